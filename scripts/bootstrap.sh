@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs mimo's build dependencies (Debian 12 packages) when missing, then configures and builds.
+# Idempotent: a second run installs nothing and rebuilds only what changed.
+#   MIMO_BUILD_DIR   build folder (default: build)
+#   MIMO_CMAKE_ARGS  extra configure arguments, e.g. "-DMIMO_SANITIZE=ON -DMIMO_CUDA=OFF"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(cmake ninja-build g++ ccache pkg-config
+          libabsl-dev libcli11-dev nlohmann-json3-dev
+          libgtest-dev libgmock-dev libbenchmark-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo=sudo
+  echo "bootstrap: installing ${missing[*]}" >&2
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+build_dir=${MIMO_BUILD_DIR:-build}
+if [[ ! -f $build_dir/build.ninja ]]; then
+  # shellcheck disable=SC2086  # MIMO_CMAKE_ARGS is a list of arguments.
+  cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo ${MIMO_CMAKE_ARGS:-}
+fi
+cmake --build "$build_dir" -j"$(nproc)"
