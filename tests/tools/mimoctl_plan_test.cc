@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -20,10 +21,16 @@ struct Result {
   std::string out, err;
 };
 
+// mimoctl is built into the same folder as this test (also inside a relocated bundle).
+std::string MimoctlPath() {
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  return self.substr(0, self.rfind('/') + 1) + "mimoctl";
+}
+
 // Runs mimoctl with `args` (already shell-quoted) and captures both streams.
 Result Mimoctl(const std::string& args) {
   const std::string err_path = ::testing::TempDir() + "mimoctl_stderr.txt";
-  const std::string command = absl::StrCat(MIMOCTL_PATH, " ", args, " 2>", err_path);
+  const std::string command = absl::StrCat(MimoctlPath(), " ", args, " 2>", err_path);
   Result result;
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return result;
