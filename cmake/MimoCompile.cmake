@@ -37,6 +37,7 @@ function(mimo_add_test name)
     message(FATAL_ERROR "mimo_add_test(${name}) needs a LABEL")
   endif()
   add_executable(${name} ${ARG_SOURCES})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main GTest::gmock)
   mimo_target_defaults(${name})
   gtest_discover_tests(${name}

@@ -6,20 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake ninja-build g++ ccache pkg-config
-          libabsl-dev libcli11-dev nlohmann-json3-dev
-          libgtest-dev libgmock-dev libbenchmark-dev)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  sudo=""
-  [[ $(id -u) -ne 0 ]] && sudo=sudo
-  echo "bootstrap: installing ${missing[*]}" >&2
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+scripts/apt-install.sh cmake ninja-build g++ ccache pkg-config \
+  libabsl-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev \
+  libgrpc++-dev libgrpc-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
+  golang-github-gogo-googleapis-dev libsqlite3-dev prometheus-cpp-dev openssl \
+  libgtest-dev libgmock-dev libbenchmark-dev
 
 build_dir=${MIMO_BUILD_DIR:-build}
 if [[ ! -f $build_dir/build.ninja ]]; then

@@ -1,50 +1,21 @@
 // `mimoctl plan` as a user runs it: the JSON contract, the table, and errors on stderr.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "tests/tools/mimoctl_runner.h"
 
 namespace {
 
 using ::testing::HasSubstr;
 
-struct Result {
-  int exit_code = -1;
-  std::string out, err;
-};
+using Result = ::mimo::tools::testing::MimoctlResult;
 
-// mimoctl is built into the same folder as this test (also inside a relocated bundle).
-std::string MimoctlPath() {
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  return self.substr(0, self.rfind('/') + 1) + "mimoctl";
-}
-
-// Runs mimoctl with `args` (already shell-quoted) and captures both streams.
-Result Mimoctl(const std::string& args) {
-  const std::string err_path = ::testing::TempDir() + "mimoctl_stderr.txt";
-  const std::string command = absl::StrCat(MimoctlPath(), " ", args, " 2>", err_path);
-  Result result;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[65536];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.out.append(buffer, n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream err(err_path);
-  std::stringstream ss;
-  ss << err.rdbuf();
-  result.err = ss.str();
-  return result;
-}
+Result Mimoctl(const std::string& args) { return ::mimo::tools::testing::RunMimoctl(args); }
 
 // vision tp=2 on ranks 0-1; language pp=2, dp=2, ep=2 on ranks 2-5; seed 5.
 constexpr char kExpected[] = R"json({"world_size": 6, "ranks": [
@@ -140,8 +111,35 @@ TEST(MimoctlPlanTest, NoComponentFails) {
 
 TEST(MimoctlPlanTest, MissingWorldIsAUsageError) {
   const Result r = Mimoctl("plan --component language=");
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_THAT(r.err, HasSubstr("--world is required"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--component requires --world"));
+  const Result nothing = Mimoctl("plan");
+  EXPECT_EQ(nothing.exit_code, 2);
+  EXPECT_THAT(nothing.err, HasSubstr("SPEC or --world (with --component) is required"));
+}
+
+std::string Example(const std::string& name) { return mimo::tools::testing::ExampleSpec(name); }
+
+TEST(MimoctlPlanTest, SpecFilePlansAsTheFlagsDo) {
+  const Result from_spec = Mimoctl("plan " + Example("mimo-cpu-8.yaml"));
+  ASSERT_EQ(from_spec.exit_code, 0) << from_spec.err;
+  const Result from_flags = Mimoctl(
+      "plan --world 8 --component vision=tp=2,dp=1,rank_offset=0 --component "
+      "audio=dp=2,rank_offset=2 --component language=tp=2,dp=2,ep=2,rank_offset=4");
+  ASSERT_EQ(from_flags.exit_code, 0) << from_flags.err;
+  EXPECT_EQ(from_spec.out, from_flags.out);
+  const Result both = Mimoctl("plan " + Example("mimo-cpu-8.yaml") + " --world 8");
+  EXPECT_EQ(both.exit_code, 2);
+  EXPECT_THAT(both.err, HasSubstr("SPEC excludes --world"));
+}
+
+TEST(MimoctlPlanTest, InvalidSpecFilePrintsEveryFieldViolation) {
+  const Result r = Mimoctl("plan " + Example("invalid-layout.yaml"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out, "");
+  EXPECT_THAT(r.err, HasSubstr("error: modules[0].parallelism.ep: module 'vision' is an encoder "
+                               "and must be dense: ep=2"));
+  EXPECT_THAT(r.err, HasSubstr("error: modules: rank 3 is not assigned to any module"));
 }
 
 TEST(MimoctlPlanTest, LanguageFlagNamesTheModule) {

@@ -1,5 +1,6 @@
 // mimoctl: the command-line client of mimo.
 #include "CLI/CLI.hpp"
+#include "tools/mimoctl/client_commands.h"
 #include "tools/mimoctl/plan_command.h"
 
 int main(int argc, char** argv) {
@@ -7,6 +8,12 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int exit_code = 0;
   mimo::tools::AddPlanCommand(app, &exit_code);
-  CLI11_PARSE(app, argc, argv);
+  mimo::tools::AddClientCommands(app, &exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help exits 0; every usage error exits 2, whatever CLI11's own code for it.
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   return exit_code;
 }

@@ -1,14 +1,17 @@
-// `mimoctl plan`: validates a layout offline and prints its rank plan.
+// `mimoctl plan`: validates a layout (flags, or a job spec file) offline and prints its rank plan.
 #include "tools/mimoctl/plan_command.h"
 
 #include <iostream>
 #include <memory>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "coordinator/spec_validation.h"
 #include "parallel/component_spec.h"
 #include "parallel/plan_format.h"
 #include "parallel/rank_plan.h"
+#include "tools/mimoctl/spec_file.h"
 
 namespace mimo::tools {
 namespace {
@@ -20,36 +23,73 @@ int PrintErrors(const absl::Status& status) {
   return 1;
 }
 
-}  // namespace
-
-void AddPlanCommand(CLI::App& app, int* exit_code) {
-  auto options = std::make_shared<PlanOptions>();
-  CLI::App* plan = app.add_subcommand(
-      "plan", "Validate a layout offline and print every rank's module, coordinates and seeds");
-  plan->add_option("--world", options->world_size, "Total number of ranks")->required();
-  plan->add_option("--language", options->language, "Name of the language (MoE) module")
-      ->capture_default_str();
-  plan->add_option("--component", options->components,
-                   "One module: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,rank_offset=N] "
-                   "(repeat per module)");
-  plan->add_option("--seed", options->seed, "Job seed")->capture_default_str();
-  plan->add_flag("--data-parallel-random-init", options->data_parallel_random_init,
-                 "Give data-parallel replicas different initialisation seeds");
-  plan->add_flag("--json", options->json, "Print JSON for programs instead of a table");
-  plan->callback([options, exit_code] { *exit_code = RunPlan(*options); });
+// The plan of a spec file, checked as the coordinator checks it; errors are printed.
+absl::StatusOr<parallel::RankPlan> PlanSpecFile(const std::string& path) {
+  absl::StatusOr<v1::JobSpec> spec = ReadJobSpecFile(path);
+  if (!spec.ok()) return spec.status();
+  std::vector<coordinator::FieldViolation> violations;
+  absl::StatusOr<parallel::RankPlan> plan = coordinator::ValidateJobSpec(*spec, &violations);
+  if (violations.empty()) return plan;
+  std::string message = absl::StrCat("invalid job spec (", violations.size(),
+                                     violations.size() == 1 ? " problem)" : " problems)");
+  for (const coordinator::FieldViolation& v : violations) {
+    absl::StrAppend(&message, "\n", v.field, ": ", v.description);
+  }
+  return absl::InvalidArgumentError(message);
 }
 
-int RunPlan(const PlanOptions& options) {
+// The plan of the layout flags.
+absl::StatusOr<parallel::RankPlan> PlanFlags(const PlanOptions& options) {
   absl::StatusOr<std::vector<parallel::ModuleParallelism>> modules =
       parallel::ParseComponents(options.components);
-  if (!modules.ok()) return PrintErrors(modules.status());
+  if (!modules.ok()) return modules.status();
   parallel::LayoutSpec spec;
   spec.world_size = options.world_size;
   spec.language = options.language;
   spec.modules = *std::move(modules);
   spec.seed = options.seed;
   spec.data_parallel_random_init = options.data_parallel_random_init;
-  absl::StatusOr<parallel::RankPlan> plan = parallel::BuildRankPlan(spec);
+  return parallel::BuildRankPlan(spec);
+}
+
+}  // namespace
+
+void AddPlanCommand(CLI::App& app, int* exit_code) {
+  auto options = std::make_shared<PlanOptions>();
+  CLI::App* plan = app.add_subcommand(
+      "plan",
+      "Validate a layout offline (from flags or a job spec file) and print every rank's module, "
+      "coordinates and seeds");
+  CLI::Option* spec =
+      plan->add_option("SPEC", options->spec_path,
+                       "A job spec (.yaml, .yml or .json), checked as the coordinator checks it");
+  CLI::Option* world = plan->add_option("--world", options->world_size, "Total number of ranks");
+  std::vector<CLI::Option*> layout_flags = {
+      world,
+      plan->add_option("--language", options->language, "Name of the language (MoE) module")
+          ->capture_default_str(),
+      plan->add_option("--component", options->components,
+                       "One module: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,rank_offset=N] "
+                       "(repeat per module)"),
+      plan->add_option("--seed", options->seed, "Job seed")->capture_default_str(),
+      plan->add_flag("--data-parallel-random-init", options->data_parallel_random_init,
+                     "Give data-parallel replicas different initialisation seeds")};
+  for (CLI::Option* flag : layout_flags) {
+    spec->excludes(flag);
+    if (flag != world) flag->needs(world);
+  }
+  plan->callback([options, exit_code, spec, world] {
+    if (spec->count() == 0 && world->count() == 0) {
+      throw CLI::RequiredError("SPEC or --world (with --component)");
+    }
+    *exit_code = RunPlan(*options);
+  });
+  plan->add_flag("--json", options->json, "Print JSON for programs instead of a table");
+}
+
+int RunPlan(const PlanOptions& options) {
+  absl::StatusOr<parallel::RankPlan> plan =
+      options.spec_path.empty() ? PlanFlags(options) : PlanSpecFile(options.spec_path);
   if (!plan.ok()) return PrintErrors(plan.status());
   if (options.json) {
     parallel::WritePlanJson(*plan, std::cout);

@@ -1,4 +1,4 @@
-// `mimoctl plan`: validates a layout offline and prints its rank plan.
+// `mimoctl plan`: validates a layout (flags, or a job spec file) offline and prints its rank plan.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +10,8 @@
 namespace mimo::tools {
 
 struct PlanOptions {
-  int world_size = 0;                      // --world: total ranks (required).
+  std::string spec_path;                   // SPEC: a job spec file; excludes the layout flags.
+  int world_size = 0;                      // --world: total ranks (required without SPEC).
   std::string language = "language";       // --language: the language module's name.
   std::vector<std::string> components;     // --component NAME=KEY=VALUE[,...], one per module.
   int64_t seed = 1234;                     // --seed: the job seed.

@@ -1,0 +1,416 @@
+// The coordinator's logic: job lifecycle, scheduling, liveness and grace periods.
+#include "coordinator/job_manager.h"
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "coordinator/job_state.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace mimo::coordinator {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+google::protobuf::Timestamp ToProto(absl::Time t) {
+  return TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+absl::Time FromProto(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(t));
+}
+
+v1::Failure MakeFailure(std::string reason, std::string message, int exit_code, int rank) {
+  v1::Failure f;
+  f.set_reason(std::move(reason));
+  f.set_message(std::move(message));
+  f.set_exit_code(exit_code);
+  f.set_rank(rank);
+  return f;
+}
+
+// The job's active deadline when it has one and has run past it, counting from its first start.
+std::optional<absl::Duration> PastActiveDeadline(const v1::Job& job, absl::Time now) {
+  const v1::JobSpec& spec = job.spec();
+  if (!spec.has_active_deadline() || !job.has_start_time()) return std::nullopt;
+  const absl::Duration limit = absl::Seconds(spec.active_deadline().seconds()) +
+                               absl::Nanoseconds(spec.active_deadline().nanos());
+  if (now - FromProto(job.start_time()) <= limit) return std::nullopt;
+  return limit;
+}
+
+v1::Failure DeadlineFailure(absl::Duration limit) {
+  return MakeFailure(
+      "DEADLINE_EXCEEDED",
+      absl::StrCat("the job ran longer than its active deadline of ", absl::FormatDuration(limit)),
+      0, -1);
+}
+
+}  // namespace
+
+JobManager::JobManager(JobStore* store, Options options) : store_(store), options_(options) {}
+
+absl::Status JobManager::Recover(absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  MIMO_ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, store_->ListUnfinishedJobs());
+  for (v1::Job& job : jobs) {
+    if (job.state() == v1::JOB_STATE_PENDING) continue;
+    std::vector<FieldViolation> violations;
+    absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(job.spec(), &violations);
+    if (!plan.ok()) {
+      // A spec this version no longer accepts cannot be re-attached.
+      MIMO_RETURN_IF_ERROR(FailAttempt(
+          job,
+          MakeFailure("COORDINATOR_RESTARTED",
+                      absl::StrCat("after a coordinator restart the spec no longer validates: ",
+                                   plan.status().message()),
+                      0, -1),
+          Retry::kNever, now));
+      continue;
+    }
+    Active& active = active_[job.id()];
+    active.attempt = job.attempt();
+    const int world = plan->world_size();
+    active.plan.emplace(*std::move(plan));
+    active.worker_of_rank.assign(world, "");
+    active.rank_state.assign(world, v1::WORKER_STATE_UNSPECIFIED);
+    active.reattach_deadline = now + options_.reattach_grace;
+    if (job.state() == v1::JOB_STATE_CANCELLING)
+      active.cancel_deadline = now + options_.cancel_grace;
+  }
+  Changed();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& spec,
+                                              const std::string& request_id,
+                                              std::vector<FieldViolation>* violations,
+                                              absl::Time now) {
+  MIMO_RETURN_IF_ERROR(ValidateJobSpec(spec, violations).status());
+  absl::MutexLock lock(&mu_);
+  MIMO_ASSIGN_OR_RETURN(JobStore::Created created, store_->CreateJob(spec, request_id, now));
+  if (created.created) {
+    Changed();
+    Schedule(now);
+    MIMO_ASSIGN_OR_RETURN(created.job, store_->GetJob(created.job.id()));
+  }
+  return created.job;
+}
+
+absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& id) { return store_->GetJob(id); }
+
+absl::StatusOr<JobStore::Page> JobManager::ListJobs(int page_size, const std::string& page_token,
+                                                    const std::vector<v1::JobState>& states) {
+  return store_->ListJobs(page_size, page_token, states);
+}
+
+absl::StatusOr<std::vector<v1::JobEvent>> JobManager::ListEvents(const std::string& id,
+                                                                 int64_t after_sequence,
+                                                                 int limit) {
+  return store_->ListEvents(id, after_sequence, limit);
+}
+
+absl::StatusOr<std::vector<v1::LogLine>> JobManager::ReadLogs(const JobStore::LogQuery& query) {
+  return store_->ReadLogs(query);
+}
+
+absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& id, const std::string& reason,
+                                              absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(id));
+  if (IsTerminal(job.state())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " is already ", StateName(job.state()), "; nothing to cancel"));
+  }
+  if (job.state() == v1::JOB_STATE_CANCELLING) return job;
+  const std::string why = reason.empty() ? "cancelled by the user" : reason;
+  MIMO_RETURN_IF_ERROR(Transition(job, v1::JOB_STATE_CANCELLING, why, now));
+  auto it = active_.find(id);
+  if (it == active_.end()) {
+    MIMO_RETURN_IF_ERROR(Transition(job, v1::JOB_STATE_CANCELLED, why, now));
+    return job;
+  }
+  it->second.cancel_deadline = now + options_.cancel_grace;
+  ReleaseAttempt(id, why);
+  CheckActiveJobs(now);  // Cancels at once when no worker still has to confirm.
+  Schedule(now);         // Workers that never fetched their rank are free for other jobs.
+  return store_->GetJob(id);
+}
+
+int64_t JobManager::version() {
+  absl::MutexLock lock(&mu_);
+  return version_;
+}
+
+int64_t JobManager::WaitForChange(int64_t seen, absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto changed = [this, seen]()
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return version_ != seen || shutdown_; };
+  mu_.AwaitWithDeadline(absl::Condition(&changed), deadline);
+  return version_;
+}
+
+void JobManager::Shutdown() {
+  absl::MutexLock lock(&mu_);
+  shutdown_ = true;
+  Changed();
+}
+
+bool JobManager::shutting_down() {
+  absl::MutexLock lock(&mu_);
+  return shutdown_;
+}
+
+absl::Status JobManager::Transition(v1::Job& job, v1::JobState to, const std::string& message,
+                                    absl::Time now) {
+  MIMO_RETURN_IF_ERROR(CheckTransition(job.state(), to));
+  job.set_state(to);
+  job.set_state_reason(message);
+  *job.mutable_update_time() = ToProto(now);
+  // Set once: the active deadline counts from the first start, across attempts.
+  if (to == v1::JOB_STATE_SCHEDULED && !job.has_start_time()) {
+    *job.mutable_start_time() = ToProto(now);
+  }
+  if (IsTerminal(to)) *job.mutable_end_time() = ToProto(now);
+  v1::JobEvent event;
+  event.set_state(to);
+  event.set_message(message);
+  *event.mutable_time() = ToProto(now);
+  MIMO_RETURN_IF_ERROR(store_->UpdateJob(job, std::move(event)).status());
+  Changed();
+  return absl::OkStatus();
+}
+
+void JobManager::ReleaseAttempt(const std::string& job_id, const std::string& reason) {
+  auto it = active_.find(job_id);
+  for (auto& [id, worker] : workers_) {
+    if (worker.job_id != job_id) continue;
+    if (worker.has_assignment) {
+      // It may be running its rank: it stays bound until it reports that it stopped (or its
+      // heartbeats stop).
+      worker.stop = true;
+      worker.stop_reason = reason;
+      continue;
+    }
+    // It never learned its rank, so it runs nothing, and a STOP heartbeat names no job it could
+    // confirm a stop for: it is idle again at once and its rank counts as stopped.
+    if (it != active_.end() && worker.attempt == it->second.attempt && worker.rank >= 0 &&
+        worker.rank < static_cast<int>(it->second.rank_state.size()) &&
+        it->second.worker_of_rank[worker.rank] == id) {
+      it->second.rank_state[worker.rank] = v1::WORKER_STATE_STOPPED;
+    }
+    worker = Worker{.info = worker.info, .last_heartbeat = worker.last_heartbeat};
+  }
+  Changed();
+  if (it == active_.end()) return;
+  const std::string prefix = absl::StrCat(job_id, "/", it->second.attempt, "/");
+  kv_.erase(kv_.lower_bound(prefix), kv_.lower_bound(prefix + '\xff'));
+}
+
+absl::Status JobManager::FailAttempt(v1::Job& job, const v1::Failure& failure, Retry retry,
+                                     absl::Time now) {
+  ReleaseAttempt(job.id(), failure.message());
+  active_.erase(job.id());
+  if (job.state() == v1::JOB_STATE_CANCELLING) {
+    return Transition(job, v1::JOB_STATE_CANCELLED, job.state_reason(), now);
+  }
+  const int restarts_used = job.attempt() - 1;
+  if (retry == Retry::kIfAllowed && restarts_used < job.spec().max_restarts() &&
+      job.state() != v1::JOB_STATE_PENDING) {
+    const std::string message = absl::StrCat(
+        "attempt ", job.attempt(), " failed (", failure.reason(), ": ", failure.message(),
+        "); restarting as attempt ", job.attempt() + 1, " of ", job.spec().max_restarts() + 1);
+    job.set_attempt(job.attempt() + 1);
+    job.clear_progress();
+    return Transition(job, v1::JOB_STATE_PENDING, message, now);
+  }
+  *job.mutable_failure() = failure;
+  return Transition(job, v1::JOB_STATE_FAILED,
+                    absl::StrCat(failure.reason(), ": ", failure.message()), now);
+}
+
+absl::Status JobManager::MarkRunningWhenAllRanksRun(v1::Job& job, const Active& active,
+                                                    const std::string& message, absl::Time now) {
+  const auto& states = active.rank_state;
+  if (job.state() != v1::JOB_STATE_SCHEDULED ||
+      !std::all_of(states.begin(), states.end(), [](v1::WorkerState s) {
+        return s == v1::WORKER_STATE_RUNNING || s == v1::WORKER_STATE_SUCCEEDED;
+      })) {
+    return absl::OkStatus();
+  }
+  return Transition(job, v1::JOB_STATE_RUNNING, message, now);
+}
+
+void JobManager::Tick(absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  CheckWorkers(now);
+  CheckActiveJobs(now);
+  Schedule(now);
+  if (now - last_purge_ > absl::Minutes(10)) {
+    last_purge_ = now;
+    store_->PurgeRequestIds(now - absl::Hours(24)).IgnoreError();
+  }
+}
+
+void JobManager::CheckWorkers(absl::Time now) {
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    const Worker& w = it->second;
+    if (now - w.last_heartbeat <= options_.heartbeat_timeout) {
+      ++it;
+      continue;
+    }
+    const std::string worker_id = it->first;
+    const std::string job_id = w.job_id;
+    const int attempt = w.attempt;
+    const int rank = w.rank;
+    const bool told_to_stop = w.stop;
+    const std::string who = absl::StrCat("rank ", rank, " (worker ", worker_id, " on ",
+                                         w.info.host(), ", device ", w.info.local_index(), ")");
+    it = workers_.erase(it);
+    Changed();
+    auto active = active_.find(job_id);
+    // Only the worker holding a rank of the job's current attempt counts: one left over from an
+    // earlier attempt (told to stop, never confirming) says nothing about the current one.
+    if (job_id.empty() || active == active_.end() || active->second.attempt != attempt ||
+        rank < 0 || rank >= static_cast<int>(active->second.worker_of_rank.size()) ||
+        active->second.worker_of_rank[rank] != worker_id) {
+      continue;
+    }
+    absl::StatusOr<v1::Job> job = store_->GetJob(job_id);
+    if (!job.ok() || IsTerminal(job->state())) continue;
+    if (job->state() == v1::JOB_STATE_CANCELLING) {
+      active->second.rank_state[rank] = v1::WORKER_STATE_STOPPED;
+      continue;
+    }
+    if (told_to_stop) continue;  // Its attempt is ending anyway; its silence changes nothing.
+    FailAttempt(*job,
+                MakeFailure("HEARTBEAT_TIMEOUT",
+                            absl::StrCat(who, " sent no heartbeat for ",
+                                         absl::FormatDuration(options_.heartbeat_timeout)),
+                            0, rank),
+                Retry::kIfAllowed, now)
+        .IgnoreError();
+  }
+}
+
+void JobManager::CheckActiveJobs(absl::Time now) {
+  std::vector<std::string> ids;
+  for (const auto& [id, active] : active_) ids.push_back(id);
+  for (const std::string& id : ids) {
+    Active& active = active_.at(id);
+    absl::StatusOr<v1::Job> job = store_->GetJob(id);
+    if (!job.ok()) continue;
+    const auto& states = active.rank_state;
+    const bool all_settled = std::all_of(states.begin(), states.end(), [](v1::WorkerState s) {
+      return s == v1::WORKER_STATE_STOPPED || s == v1::WORKER_STATE_SUCCEEDED ||
+             s == v1::WORKER_STATE_FAILED;
+    });
+    std::vector<std::string> missing;
+    for (size_t r = 0; r < active.worker_of_rank.size(); ++r) {
+      if (active.worker_of_rank[r].empty()) missing.push_back(absl::StrCat(r));
+    }
+    if (job->state() == v1::JOB_STATE_CANCELLING) {
+      if (all_settled || missing.size() == active.worker_of_rank.size() ||
+          now >= active.cancel_deadline) {
+        const std::string message =
+            all_settled || missing.size() == active.worker_of_rank.size()
+                ? job->state_reason()
+                : absl::StrCat(job->state_reason(), " (workers did not confirm the stop within ",
+                               absl::FormatDuration(options_.cancel_grace), ")");
+        ReleaseAttempt(id, message);
+        active_.erase(id);
+        Transition(*job, v1::JOB_STATE_CANCELLED, message, now).IgnoreError();
+      }
+      continue;
+    }
+    if (!missing.empty() && now >= active.reattach_deadline) {
+      if (job->state() == v1::JOB_STATE_SCHEDULED &&
+          missing.size() == active.worker_of_rank.size()) {
+        // No worker claims the attempt: none had fetched its rank before the restart (or those
+        // that had are gone as well), so nothing runs it and it can be scheduled again as is.
+        const std::string message = absl::StrCat(
+            "the coordinator restarted before attempt ", active.attempt,
+            " started and none of its workers re-registered within ",
+            absl::FormatDuration(options_.reattach_grace), "; waiting for workers again");
+        ReleaseAttempt(id, message);
+        active_.erase(id);
+        Transition(*job, v1::JOB_STATE_PENDING, message, now).IgnoreError();
+        continue;
+      }
+      FailAttempt(
+          *job,
+          MakeFailure("COORDINATOR_RESTARTED",
+                      absl::StrCat("the coordinator restarted and the workers of rank",
+                                   missing.size() == 1 ? " " : "s ", absl::StrJoin(missing, ", "),
+                                   " did not re-register within ",
+                                   absl::FormatDuration(options_.reattach_grace)),
+                      0, missing.size() == 1 ? std::stoi(missing[0]) : -1),
+          Retry::kIfAllowed, now)
+          .IgnoreError();
+      continue;
+    }
+    // Final: another attempt would start past the deadline too.
+    if (std::optional<absl::Duration> limit = PastActiveDeadline(*job, now)) {
+      FailAttempt(*job, DeadlineFailure(*limit), Retry::kNever, now).IgnoreError();
+    }
+  }
+}
+
+void JobManager::Schedule(absl::Time now) {
+  if (shutdown_) return;
+  absl::StatusOr<std::vector<v1::Job>> jobs = store_->ListUnfinishedJobs();
+  if (!jobs.ok()) return;
+  for (v1::Job& job : *jobs) {
+    if (job.state() != v1::JOB_STATE_PENDING || active_.contains(job.id())) continue;
+    // A job waiting to restart keeps counting from its first start.
+    if (std::optional<absl::Duration> limit = PastActiveDeadline(job, now)) {
+      FailAttempt(job, DeadlineFailure(*limit), Retry::kNever, now).IgnoreError();
+      continue;
+    }
+    const int world = job.spec().resources().workers();
+    std::vector<std::string> idle;
+    for (const auto& [id, w] : workers_) {
+      if (w.job_id.empty() && w.info.device() == job.spec().resources().device()) {
+        idle.push_back(id);
+      }
+    }
+    if (static_cast<int>(idle.size()) < world) continue;
+    std::vector<FieldViolation> violations;
+    absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(job.spec(), &violations);
+    if (!plan.ok()) {
+      FailAttempt(job, MakeFailure("INVALID_SPEC", std::string(plan.status().message()), 0, -1),
+                  Retry::kNever, now)
+          .IgnoreError();
+      continue;
+    }
+    // Ranks in a deterministic order: by host, then local device index.
+    std::sort(idle.begin(), idle.end(), [this](const std::string& a, const std::string& b) {
+      const v1::WorkerInfo& x = workers_.at(a).info;
+      const v1::WorkerInfo& y = workers_.at(b).info;
+      return std::make_tuple(x.host(), x.local_index(), a) <
+             std::make_tuple(y.host(), y.local_index(), b);
+    });
+    Active& active = active_[job.id()];
+    active.attempt = job.attempt();
+    active.plan.emplace(*std::move(plan));
+    active.worker_of_rank.assign(idle.begin(), idle.begin() + world);
+    active.rank_state.assign(world, v1::WORKER_STATE_UNSPECIFIED);
+    for (int r = 0; r < world; ++r) {
+      Worker& w = workers_.at(active.worker_of_rank[r]);
+      w.job_id = job.id();
+      w.attempt = job.attempt();
+      w.rank = r;
+      w.stop = false;
+      w.stop_reason.clear();
+    }
+    Transition(job, v1::JOB_STATE_SCHEDULED,
+               absl::StrCat("attempt ", job.attempt(), ": ", world, " ranks assigned"), now)
+        .IgnoreError();
+  }
+}
+
+}  // namespace mimo::coordinator

@@ -1,0 +1,180 @@
+// The coordinator's logic, independent of gRPC: job lifecycle, scheduling onto registered
+// workers, worker liveness, restart reconciliation and the rendezvous key-value store.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/job_store.h"
+#include "coordinator/spec_validation.h"
+#include "mimo/v1/worker_service.pb.h"
+#include "parallel/rank_plan.h"
+
+namespace mimo::coordinator {
+
+// Attempts: a failed attempt restarts the job as the next attempt while spec.max_restarts allows,
+// unless retrying cannot help (an exceeded active deadline, a spec that no longer validates):
+// those fail the job at once. The active deadline counts from the job's first start: start_time
+// is set when the first attempt is scheduled and kept across attempts, so time spent in earlier
+// attempts and waiting for workers between them counts too.
+class JobManager {
+ public:
+  struct Options {
+    // How often workers are told to heartbeat.
+    absl::Duration heartbeat_interval = absl::Seconds(2);
+    // A worker silent this long is dead: its job fails (or restarts) naming its rank.
+    absl::Duration heartbeat_timeout = absl::Seconds(10);
+    // After a coordinator restart, how long a job that was running waits for its workers to
+    // re-register before it fails with reason COORDINATOR_RESTARTED. A SCHEDULED job none of
+    // whose workers re-registered by then goes back to PENDING instead (same attempt): no worker
+    // had started it, so it is simply scheduled again.
+    absl::Duration reattach_grace = absl::Seconds(30);
+    // How long a cancelled job waits for its workers to confirm they stopped.
+    absl::Duration cancel_grace = absl::Seconds(30);
+  };
+
+  // `store` must outlive the manager.
+  JobManager(JobStore* store, Options options);
+
+  // Loads what a previous coordinator left: jobs that were SCHEDULED, RUNNING or CANCELLING wait
+  // `reattach_grace` from `now` for their workers. Call once, before serving.
+  absl::Status Recover(absl::Time now);
+
+  // ---- JobService ----
+
+  // Validates (filling `violations`, InvalidArgument on failure) and stores a PENDING job;
+  // idempotent per non-empty request_id.
+  absl::StatusOr<v1::Job> SubmitJob(const v1::JobSpec& spec, const std::string& request_id,
+                                    std::vector<FieldViolation>* violations, absl::Time now);
+  absl::StatusOr<v1::Job> GetJob(const std::string& id);
+  absl::StatusOr<JobStore::Page> ListJobs(int page_size, const std::string& page_token,
+                                          const std::vector<v1::JobState>& states);
+  // PENDING jobs are cancelled at once; scheduled ones go through CANCELLING while their
+  // workers stop. FailedPrecondition for a finished job; a CANCELLING job is returned as is.
+  absl::StatusOr<v1::Job> CancelJob(const std::string& id, const std::string& reason,
+                                    absl::Time now);
+  // Events after `after_sequence`, at most `limit` of them (0: all).
+  absl::StatusOr<std::vector<v1::JobEvent>> ListEvents(const std::string& id,
+                                                       int64_t after_sequence, int limit = 0);
+  absl::StatusOr<std::vector<v1::LogLine>> ReadLogs(const JobStore::LogQuery& query);
+
+  // A counter that grows with every change (job event, log line, worker change, shutdown).
+  int64_t version();
+  // Waits until version() != `seen`, `deadline` passes, or Shutdown(); returns version().
+  int64_t WaitForChange(int64_t seen, absl::Time deadline);
+
+  // ---- WorkerService ----
+
+  // Returns the new worker's id. With `resume` naming a job attempt this coordinator is
+  // waiting for (after a restart), the worker is re-attached to its rank.
+  absl::StatusOr<std::string> RegisterWorker(const v1::WorkerInfo& info,
+                                             const v1::RunningAssignment& resume, absl::Time now);
+  v1::HeartbeatResponse Heartbeat(const std::string& worker_id, absl::Time now);
+  // The worker's assignment once it has one, waiting up to `deadline`; unset if none by then.
+  // Once fetched, ending the attempt waits for the worker to report that it stopped.
+  absl::StatusOr<std::optional<v1::Assignment>> WaitAssignment(const std::string& worker_id,
+                                                               absl::Time deadline);
+  // InvalidArgument for a state that is unspecified or unknown to this version.
+  absl::Status ReportStatus(const v1::ReportStatusRequest& request, absl::Time now);
+  absl::Status ReportMetrics(const v1::ReportMetricsRequest& request, absl::Time now);
+  absl::Status ReportLogs(const std::string& worker_id, const std::string& job_id, int attempt,
+                          int rank, const std::vector<std::string>& lines, absl::Time now);
+
+  // Rendezvous store, scoped per job attempt; only that attempt's workers may use it.
+  absl::Status SetKey(const std::string& job_id, int attempt, const std::string& key,
+                      std::string value);
+  absl::StatusOr<std::optional<std::string>> GetKey(const std::string& job_id, int attempt,
+                                                    const std::string& key);
+  // DeadlineExceeded naming the missing keys if they are not all set by `deadline`; Unavailable
+  // when the coordinator shuts down first.
+  absl::StatusOr<std::map<std::string, std::string>> WaitKeys(const std::string& job_id,
+                                                              int attempt,
+                                                              const std::vector<std::string>& keys,
+                                                              absl::Time deadline);
+
+  // Periodic work: dead workers, reattach and cancel grace periods, active deadlines,
+  // scheduling, forgetting old request ids. The server calls it a few times a second.
+  void Tick(absl::Time now);
+
+  // Wakes every waiter; later waits return at once.
+  void Shutdown();
+  bool shutting_down();
+
+  const Options& options() const { return options_; }
+  int64_t num_workers();
+
+ private:
+  struct Worker {
+    v1::WorkerInfo info;
+    absl::Time last_heartbeat;
+    // The job attempt and rank the worker is bound to ("" when idle).
+    std::string job_id;
+    int attempt = 0;
+    int rank = -1;
+    // It fetched its assignment (or re-attached with it), so it may be running its rank. One that
+    // did not is unbound at once when the attempt ends: it could never confirm a stop, as a STOP
+    // heartbeat names no job to report on.
+    bool has_assignment = false;
+    bool stop = false;  // Told to stop its job (cancel, another rank failed, deadline).
+    std::string stop_reason;
+  };
+  // A job attempt that holds (or, after a restart, waits for) workers.
+  struct Active {
+    int attempt = 0;
+    std::optional<parallel::RankPlan> plan;
+    std::vector<std::string> worker_of_rank;  // "" until assigned or re-attached.
+    std::vector<v1::WorkerState> rank_state;
+    absl::Time reattach_deadline = absl::InfiniteFuture();
+    absl::Time cancel_deadline = absl::InfiniteFuture();
+    // First metrics report of the attempt, for the ETA.
+    std::optional<std::pair<absl::Time, int64_t>> first_metrics;
+  };
+
+  // Moves `job` to `to`, stores it with a state event, and wakes waiters.
+  absl::Status Transition(v1::Job& job, v1::JobState to, const std::string& message, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether another attempt could cure a failure.
+  enum class Retry { kIfAllowed, kNever };
+  // Ends an attempt that failed: with kIfAllowed, restarts the job as a new attempt if
+  // max_restarts allows; else FAILED with `failure`. Releases the attempt's workers.
+  absl::Status FailAttempt(v1::Job& job, const v1::Failure& failure, Retry retry, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Unbinds the job's workers that never fetched their assignment (their ranks count as
+  // stopped), tells the others to stop, and forgets the attempt's rendezvous keys.
+  void ReleaseAttempt(const std::string& job_id, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves a SCHEDULED job to RUNNING, with `message`, once every rank of `active` runs (or
+  // already succeeded); does nothing otherwise.
+  absl::Status MarkRunningWhenAllRanksRun(v1::Job& job, const Active& active,
+                                          const std::string& message, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Schedule(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CheckWorkers(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CheckActiveJobs(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job's attempt that `worker_id` claims to run; FailedPrecondition if it does not.
+  absl::StatusOr<Active*> BoundAttempt(const std::string& worker_id, const std::string& job_id,
+                                       int attempt, int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::Assignment MakeAssignment(const std::string& job_id, const Active& active, int rank,
+                                const v1::JobSpec& spec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Changed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++version_; }
+
+  JobStore* const store_;
+  const Options options_;
+  absl::Mutex mu_;
+  int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::Time last_purge_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);
+  // "job_id/attempt/key" -> value.
+  std::map<std::string, std::string> kv_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace mimo::coordinator

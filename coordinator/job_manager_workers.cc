@@ -1,0 +1,327 @@
+// The coordinator's logic, worker side: registration, heartbeats, assignments, status, metrics,
+// logs and the rendezvous key-value store.
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "coordinator/job_manager.h"
+#include "coordinator/job_state.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace mimo::coordinator {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+std::string KvKey(const std::string& job_id, int attempt, const std::string& key) {
+  return absl::StrCat(job_id, "/", attempt, "/", key);
+}
+
+bool Finished(v1::WorkerState s) {
+  return s == v1::WORKER_STATE_SUCCEEDED || s == v1::WORKER_STATE_FAILED ||
+         s == v1::WORKER_STATE_STOPPED;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& info,
+                                                       const v1::RunningAssignment& resume,
+                                                       absl::Time now) {
+  if (info.host().empty()) return absl::InvalidArgumentError("worker.host is empty");
+  if (info.device() == v1::DEVICE_KIND_UNSPECIFIED) {
+    return absl::InvalidArgumentError("worker.device is unspecified");
+  }
+  absl::MutexLock lock(&mu_);
+  const std::string id = absl::StrCat("w-", next_worker_++);
+  Worker& worker = workers_[id];
+  worker.info = info;
+  worker.last_heartbeat = now;
+  if (!resume.job_id().empty()) {
+    auto it = active_.find(resume.job_id());
+    const int rank = resume.rank();
+    if (it == active_.end() || it->second.attempt != resume.attempt() || rank < 0 ||
+        rank >= static_cast<int>(it->second.worker_of_rank.size()) ||
+        !it->second.worker_of_rank[rank].empty()) {
+      // Nothing waits for this worker: it must drop what it runs.
+      worker.job_id = resume.job_id();
+      worker.attempt = resume.attempt();
+      worker.rank = rank;
+      worker.has_assignment = true;
+      worker.stop = true;
+      worker.stop_reason = absl::StrCat("the coordinator does not expect job ", resume.job_id(),
+                                        " attempt ", resume.attempt(), " rank ", rank);
+    } else {
+      Active& active = it->second;
+      active.worker_of_rank[rank] = id;
+      active.rank_state[rank] = v1::WORKER_STATE_RUNNING;
+      worker.job_id = resume.job_id();
+      worker.attempt = resume.attempt();
+      worker.rank = rank;
+      worker.has_assignment = true;
+      absl::StatusOr<v1::Job> job = store_->GetJob(resume.job_id());
+      if (job.ok() && job->state() == v1::JOB_STATE_CANCELLING) {
+        worker.stop = true;
+        worker.stop_reason = job->state_reason();
+      }
+      if (std::none_of(active.worker_of_rank.begin(), active.worker_of_rank.end(),
+                       [](const std::string& w) { return w.empty(); })) {
+        active.reattach_deadline = absl::InfiniteFuture();
+        // Re-attached ranks count as running, and no report may follow soon to notice that the
+        // whole job now runs.
+        if (job.ok()) {
+          MarkRunningWhenAllRanksRun(
+              *job, active,
+              absl::StrCat("all ", active.rank_state.size(),
+                           " ranks running (re-attached after a coordinator restart)"),
+              now)
+              .IgnoreError();
+        }
+      }
+    }
+  }
+  Changed();
+  Schedule(now);
+  return id;
+}
+
+int64_t JobManager::num_workers() {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(workers_.size());
+}
+
+v1::HeartbeatResponse JobManager::Heartbeat(const std::string& worker_id, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  v1::HeartbeatResponse response;
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) {
+    response.set_command(v1::HeartbeatResponse::COMMAND_REGISTER);
+    response.set_reason(absl::StrCat("worker ", worker_id, " is not registered"));
+    return response;
+  }
+  it->second.last_heartbeat = now;
+  if (it->second.stop) {
+    response.set_command(v1::HeartbeatResponse::COMMAND_STOP);
+    response.set_reason(it->second.stop_reason);
+  } else {
+    response.set_command(v1::HeartbeatResponse::COMMAND_CONTINUE);
+  }
+  return response;
+}
+
+v1::Assignment JobManager::MakeAssignment(const std::string& job_id, const Active& active, int rank,
+                                          const v1::JobSpec& spec) {
+  v1::Assignment a;
+  a.set_job_id(job_id);
+  a.set_attempt(active.attempt);
+  *a.mutable_spec() = spec;
+  a.set_world_size(active.plan->world_size());
+  *a.mutable_rank() = RankToProto(*active.plan, rank);
+  ModulesToProto(*active.plan, a.mutable_modules());
+  return a;
+}
+
+absl::StatusOr<std::optional<v1::Assignment>> JobManager::WaitAssignment(
+    const std::string& worker_id, absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = workers_.find(worker_id);
+    return shutdown_ || it == workers_.end() ||
+           (!it->second.job_id.empty() && !it->second.stop && active_.contains(it->second.job_id));
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) {
+    return absl::NotFoundError(absl::StrCat("worker ", worker_id, " is not registered"));
+  }
+  Worker& w = it->second;
+  auto active = active_.find(w.job_id);
+  if (w.job_id.empty() || w.stop || active == active_.end()) return std::nullopt;
+  MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(w.job_id));
+  // From here on the worker may run its rank, so ending the attempt must wait for its stop.
+  w.has_assignment = true;
+  return MakeAssignment(w.job_id, active->second, w.rank, job.spec());
+}
+
+absl::StatusOr<JobManager::Active*> JobManager::BoundAttempt(const std::string& worker_id,
+                                                             const std::string& job_id, int attempt,
+                                                             int rank) {
+  auto w = workers_.find(worker_id);
+  if (w == workers_.end()) {
+    return absl::NotFoundError(absl::StrCat("worker ", worker_id, " is not registered"));
+  }
+  auto active = active_.find(job_id);
+  if (w->second.job_id != job_id || w->second.attempt != attempt || w->second.rank != rank ||
+      active == active_.end() || active->second.attempt != attempt) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " does not run rank ",
+                                                      rank, " of job ", job_id, " attempt ",
+                                                      attempt));
+  }
+  return &active->second;
+}
+
+absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, absl::Time now) {
+  // Stored states drive the job's transitions, so only known ones are accepted.
+  if (request.state() == v1::WORKER_STATE_UNSPECIFIED) {
+    return absl::InvalidArgumentError("state is unspecified");
+  }
+  if (!v1::WorkerState_IsValid(request.state())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("state ", static_cast<int>(request.state()), " is not a known WorkerState"));
+  }
+  absl::MutexLock lock(&mu_);
+  auto w = workers_.find(request.worker_id());
+  if (w == workers_.end()) {
+    return absl::NotFoundError(absl::StrCat("worker ", request.worker_id(), " is not registered"));
+  }
+  const bool finished = Finished(request.state());
+  absl::StatusOr<Active*> active =
+      BoundAttempt(request.worker_id(), request.job_id(), request.attempt(), request.rank());
+  if (!active.ok()) {
+    // A worker of an attempt that already ended confirms it stopped: it is free again.
+    if (finished && w->second.job_id == request.job_id() &&
+        w->second.attempt == request.attempt()) {
+      w->second = Worker{.info = w->second.info, .last_heartbeat = now};
+      Changed();
+      Schedule(now);
+      return absl::OkStatus();
+    }
+    return active.status();
+  }
+  (*active)->rank_state[request.rank()] = request.state();
+  if (finished) {
+    w->second = Worker{.info = w->second.info, .last_heartbeat = now};
+  }
+  Changed();
+  MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(request.job_id()));
+  const auto& states = (*active)->rank_state;
+  if (request.state() == v1::WORKER_STATE_FAILED && job.state() != v1::JOB_STATE_CANCELLING) {
+    v1::Failure failure;
+    failure.set_reason("WORKER_FAILED");
+    failure.set_message(absl::StrCat("rank ", request.rank(), " failed (exit code ",
+                                     request.exit_code(), ")",
+                                     request.message().empty() ? "" : ": ", request.message()));
+    failure.set_exit_code(request.exit_code());
+    failure.set_rank(request.rank());
+    MIMO_RETURN_IF_ERROR(FailAttempt(job, failure, Retry::kIfAllowed, now));
+    Schedule(now);  // Ranks that never fetched their assignment are free again.
+    return absl::OkStatus();
+  }
+  MIMO_RETURN_IF_ERROR(MarkRunningWhenAllRanksRun(
+      job, **active, absl::StrCat("all ", states.size(), " ranks running"), now));
+  if (job.state() == v1::JOB_STATE_RUNNING &&
+      std::all_of(states.begin(), states.end(),
+                  [](v1::WorkerState s) { return s == v1::WORKER_STATE_SUCCEEDED; })) {
+    const size_t world = states.size();  // `states` dies with the attempt, just below.
+    active_.erase(job.id());
+    const std::string prefix = absl::StrCat(job.id(), "/");
+    kv_.erase(kv_.lower_bound(prefix), kv_.lower_bound(prefix + '\xff'));
+    v1::Progress* progress = job.mutable_progress();
+    progress->set_step(job.spec().training().steps());
+    progress->set_total_steps(job.spec().training().steps());
+    progress->set_percent(100);
+    progress->clear_eta();
+    MIMO_RETURN_IF_ERROR(Transition(job, v1::JOB_STATE_SUCCEEDED,
+                                    absl::StrCat("all ", world, " ranks succeeded"), now));
+  }
+  if (job.state() == v1::JOB_STATE_CANCELLING) CheckActiveJobs(now);
+  Schedule(now);
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::ReportMetrics(const v1::ReportMetricsRequest& request, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  MIMO_ASSIGN_OR_RETURN(Active * active, BoundAttempt(request.worker_id(), request.job_id(),
+                                                      request.attempt(), request.rank()));
+  MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(request.job_id()));
+  const v1::Metrics& m = request.metrics();
+  // Every rank may report; a step already recorded is not recorded twice.
+  if (job.has_last_metrics() && m.step() <= job.last_metrics().step()) return absl::OkStatus();
+  *job.mutable_last_metrics() = m;
+  if (!job.last_metrics().has_time()) {
+    *job.mutable_last_metrics()->mutable_time() =
+        TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(now));
+  }
+  const int64_t total = job.spec().training().steps();
+  v1::Progress* progress = job.mutable_progress();
+  progress->set_step(m.step());
+  progress->set_total_steps(total);
+  progress->set_percent(total > 0 ? 100.0 * static_cast<double>(m.step()) / total : 0);
+  if (!active->first_metrics) active->first_metrics = {now, m.step()};
+  const auto [t0, s0] = *active->first_metrics;
+  if (m.step() > s0 && now > t0 && total > m.step()) {
+    const absl::Duration per_step = (now - t0) / static_cast<double>(m.step() - s0);
+    const absl::Duration eta = per_step * static_cast<double>(total - m.step());
+    *progress->mutable_eta() = TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(eta));
+  }
+  *job.mutable_update_time() = TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(now));
+  v1::JobEvent event;
+  *event.mutable_metrics() = job.last_metrics();
+  *event.mutable_time() = job.update_time();
+  MIMO_RETURN_IF_ERROR(store_->UpdateJob(job, std::move(event)).status());
+  Changed();
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::ReportLogs(const std::string& worker_id, const std::string& job_id,
+                                    int attempt, int rank, const std::vector<std::string>& lines,
+                                    absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  auto w = workers_.find(worker_id);
+  if (w == workers_.end() || w->second.job_id != job_id || w->second.attempt != attempt ||
+      w->second.rank != rank) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " does not run rank ",
+                                                      rank, " of job ", job_id, " attempt ",
+                                                      attempt));
+  }
+  MIMO_RETURN_IF_ERROR(store_->AppendLogs(job_id, attempt, rank, lines, now));
+  Changed();
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::SetKey(const std::string& job_id, int attempt, const std::string& key,
+                                std::string value) {
+  absl::MutexLock lock(&mu_);
+  auto it = active_.find(job_id);
+  if (it == active_.end() || it->second.attempt != attempt) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " attempt ", attempt, " is not running"));
+  }
+  kv_[KvKey(job_id, attempt, key)] = std::move(value);
+  Changed();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<std::string>> JobManager::GetKey(const std::string& job_id,
+                                                              int attempt, const std::string& key) {
+  absl::MutexLock lock(&mu_);
+  auto it = kv_.find(KvKey(job_id, attempt, key));
+  if (it == kv_.end()) return std::nullopt;
+  return it->second;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> JobManager::WaitKeys(
+    const std::string& job_id, int attempt, const std::vector<std::string>& keys,
+    absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto missing = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<std::string> out;
+    for (const std::string& k : keys) {
+      if (!kv_.contains(KvKey(job_id, attempt, k))) out.push_back(k);
+    }
+    return out;
+  };
+  auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return shutdown_ || missing().empty(); };
+  mu_.AwaitWithDeadline(absl::Condition(&done), deadline);
+  // Checked first: a wait cut short by the shutdown did not run out of time.
+  if (shutdown_) return absl::UnavailableError("coordinator shutting down");
+  if (const std::vector<std::string> left = missing(); !left.empty()) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("keys not set in time: ", absl::StrJoin(left, ", ")));
+  }
+  std::map<std::string, std::string> values;
+  for (const std::string& k : keys) values[k] = kv_.at(KvKey(job_id, attempt, k));
+  return values;
+}
+
+}  // namespace mimo::coordinator

@@ -1,0 +1,24 @@
+// The job state machine: which transitions are legal and which states are final.
+#pragma once
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "mimo/v1/job.pb.h"
+
+namespace mimo::coordinator {
+
+// SUCCEEDED, FAILED and CANCELLED.
+bool IsTerminal(v1::JobState state);
+
+// OK when `from` -> `to` is legal:
+//   PENDING    -> SCHEDULED | CANCELLING | FAILED
+//   SCHEDULED  -> RUNNING | PENDING (restart) | FAILED | CANCELLING
+//   RUNNING    -> SUCCEEDED | PENDING (restart) | FAILED | CANCELLING
+//   CANCELLING -> CANCELLED | FAILED
+// FailedPrecondition otherwise, naming both states.
+absl::Status CheckTransition(v1::JobState from, v1::JobState to);
+
+// "RUNNING" for JOB_STATE_RUNNING.
+absl::string_view StateName(v1::JobState state);
+
+}  // namespace mimo::coordinator

@@ -1,0 +1,98 @@
+// mimo-coordinator: the control plane's server process.
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
+#include "coordinator/server.h"
+
+namespace {
+
+// Parses "10s", "500ms", "2m" with absl's duration syntax.
+absl::Duration ParseDuration(const std::string& text, const char* flag) {
+  absl::Duration d;
+  if (!absl::ParseDuration(text, &d) || d <= absl::ZeroDuration()) {
+    throw CLI::ValidationError(flag, "expected a positive duration such as 10s or 500ms");
+  }
+  return d;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  mimo::coordinator::ServerOptions options;
+  std::string token_file, heartbeat_timeout = "10s", reattach_grace = "30s", cancel_grace = "30s";
+  CLI::App app{"mimo-coordinator: the mimo control plane (job API, job store, scheduling)"};
+  app.add_option("--listen", options.listen, "gRPC address")->capture_default_str();
+  app.add_option("--db", options.db_path, "SQLite database file")->capture_default_str();
+  app.add_option("--metrics-listen", options.metrics_listen,
+                 "Prometheus /metrics address; empty disables it")
+      ->capture_default_str();
+  app.add_option("--auth-token-file", token_file,
+                 "Require 'authorization: Bearer <token>' with the token in this file")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-cert", options.tls_cert_file, "PEM certificate chain (enables TLS)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-key", options.tls_key_file, "PEM private key (with --tls-cert)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--heartbeat-timeout", heartbeat_timeout,
+                 "A worker silent this long is declared dead")
+      ->capture_default_str();
+  app.add_option("--reattach-grace", reattach_grace,
+                 "After a restart, how long running jobs wait for their workers")
+      ->capture_default_str();
+  app.add_option("--cancel-grace", cancel_grace,
+                 "How long a cancelled job waits for its workers to stop")
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+    options.manager.heartbeat_timeout = ParseDuration(heartbeat_timeout, "--heartbeat-timeout");
+    options.manager.heartbeat_interval = options.manager.heartbeat_timeout / 5;
+    options.manager.reattach_grace = ParseDuration(reattach_grace, "--reattach-grace");
+    options.manager.cancel_grace = ParseDuration(cancel_grace, "--cancel-grace");
+    if (!token_file.empty()) {
+      std::ifstream in(token_file);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      options.auth_token = std::string(absl::StripAsciiWhitespace(ss.str()));
+      if (options.auth_token.empty()) {
+        throw CLI::ValidationError("--auth-token-file", "the token file is empty");
+      }
+    }
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  // Signals are taken by sigwait below, so every thread the server starts must block them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<mimo::coordinator::CoordinatorServer>> server =
+      mimo::coordinator::CoordinatorServer::Start(options);
+  if (!server.ok()) {
+    std::cerr << "mimo-coordinator: " << server.status().message() << '\n';
+    return 1;
+  }
+  std::cerr << "mimo-coordinator: serving on port " << (*server)->port() << " (database "
+            << options.db_path << ", auth " << (options.auth_token.empty() ? "off" : "on")
+            << ", TLS " << (options.tls_cert_file.empty() ? "off" : "on");
+  if ((*server)->metrics_port() != 0)
+    std::cerr << ", metrics on port " << (*server)->metrics_port();
+  std::cerr << ")" << std::endl;
+  int signal = 0;
+  sigwait(&signals, &signal);
+  std::cerr << "mimo-coordinator: " << (signal == SIGTERM ? "SIGTERM" : "SIGINT")
+            << ", shutting down" << std::endl;
+  const absl::Time stop_start = absl::Now();
+  (*server)->Shutdown();
+  std::cerr << "mimo-coordinator: stopped (shutdown took "
+            << absl::FormatDuration(absl::Now() - stop_start) << ")" << std::endl;
+  return 0;
+}

@@ -1,0 +1,109 @@
+// mimo-coordinator's server: the gRPC services, health and reflection, metrics, the tick thread,
+// and graceful shutdown.
+#include "coordinator/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace mimo::coordinator {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& o) {
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("TLS needs both a certificate and a key");
+  }
+  if (o.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  MIMO_ASSIGN_OR_RETURN(pair.private_key, ReadFile(o.tls_key_file));
+  MIMO_ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(o.tls_cert_file));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
+    const ServerOptions& options) {
+  std::unique_ptr<CoordinatorServer> s(new CoordinatorServer());
+  s->options_ = options;
+  MIMO_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
+  MIMO_ASSIGN_OR_RETURN(s->store_, JobStore::Open({.path = options.db_path}));
+  s->manager_ = std::make_unique<JobManager>(s->store_.get(), options.manager);
+  MIMO_RETURN_IF_ERROR(s->manager_->Recover(absl::Now()));
+  if (!options.metrics_listen.empty()) {
+    MIMO_ASSIGN_OR_RETURN(s->metrics_, CoordinatorMetrics::Serve(options.metrics_listen));
+  }
+  const ServiceContext ctx{
+      .manager = s->manager_.get(), .metrics = s->metrics_.get(), .auth_token = options.auth_token};
+  s->job_service_ = std::make_unique<JobServiceImpl>(ctx);
+  s->worker_service_ = std::make_unique<WorkerServiceImpl>(ctx);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, credentials, &s->port_);
+  builder.RegisterService(s->job_service_.get());
+  builder.RegisterService(s->worker_service_.get());
+  // A second coordinator on a busy port must fail, not silently share its traffic.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Keepalive: ping idle connections (long watches and log follows) and accept client pings.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    s->server_.reset();
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen, " (address in use or invalid)"));
+  }
+  s->server_->GetHealthCheckService()->SetServingStatus(true);
+  s->ticker_ = std::thread([server = s.get()] { server->TickLoop(); });
+  return s;
+}
+
+void CoordinatorServer::TickLoop() {
+  absl::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stopping_), options_.tick_interval)) {
+    mu_.Unlock();
+    manager_->Tick(absl::Now());
+    if (metrics_) {
+      if (auto counts = store_->CountByState(); counts.ok()) metrics_->SetJobCounts(*counts);
+      metrics_->SetWorkers(manager_->num_workers());
+    }
+    mu_.Lock();
+  }
+}
+
+void CoordinatorServer::Shutdown() {
+  if (stopped_ || server_ == nullptr) return;  // Stopped, or never started.
+  stopped_ = true;
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  manager_->Shutdown();
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.shutdown_grace));
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  ticker_.join();
+}
+
+CoordinatorServer::~CoordinatorServer() { Shutdown(); }
+
+}  // namespace mimo::coordinator

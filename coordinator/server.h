@@ -1,0 +1,71 @@
+// mimo-coordinator's server: the gRPC services, health and reflection, metrics, the tick thread,
+// and graceful shutdown.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "coordinator/job_manager.h"
+#include "coordinator/job_store.h"
+#include "coordinator/metrics.h"
+#include "coordinator/services.h"
+
+namespace mimo::coordinator {
+
+struct ServerOptions {
+  // gRPC address; port 0 picks a free port (see CoordinatorServer::port()).
+  std::string listen = "0.0.0.0:50051";
+  // SQLite database holding every job.
+  std::string db_path = "mimo-coordinator.db";
+  // Prometheus /metrics address; empty disables the endpoint.
+  std::string metrics_listen = "0.0.0.0:9464";
+  // Non-empty: every JobService/WorkerService call needs "authorization: Bearer <token>".
+  std::string auth_token;
+  // PEM files; both set: TLS, both empty: plaintext.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // How long graceful shutdown waits for calls in flight before cancelling them.
+  absl::Duration shutdown_grace = absl::Seconds(10);
+  // How often JobManager::Tick runs.
+  absl::Duration tick_interval = absl::Milliseconds(200);
+  JobManager::Options manager;
+};
+
+class CoordinatorServer {
+ public:
+  // Opens the database, recovers unfinished jobs, and starts serving.
+  static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(const ServerOptions& options);
+  // Shuts down if still serving.
+  ~CoordinatorServer();
+
+  int port() const { return port_; }
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+
+  // Health goes NOT_SERVING, streams end with UNAVAILABLE, calls in flight get `shutdown_grace`,
+  // then the tick thread stops and the database closes. Idempotent.
+  void Shutdown();
+
+ private:
+  CoordinatorServer() = default;
+  void TickLoop();
+
+  ServerOptions options_;
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<JobManager> manager_;
+  std::unique_ptr<CoordinatorMetrics> metrics_;
+  std::unique_ptr<JobServiceImpl> job_service_;
+  std::unique_ptr<WorkerServiceImpl> worker_service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::thread ticker_;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopped_ = false;
+};
+
+}  // namespace mimo::coordinator

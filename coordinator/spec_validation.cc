@@ -1,0 +1,544 @@
+// Validates a JobSpec (every field, layout through the planner) and converts rank plans to protos.
+#include "coordinator/spec_validation.h"
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "google/protobuf/descriptor.h"
+
+namespace mimo::coordinator {
+namespace {
+
+constexpr int kMaxJobNameLength = 63;
+constexpr int64_t kDefaultSeed = 1234;
+// Longest user string quoted back in a description.
+constexpr size_t kMaxQuoted = 64;
+
+// Parallelism sizes of 0 are proto3's default and mean 1.
+int SizeOrOne(int32_t size) { return size == 0 ? 1 : size; }
+
+// `s` in single quotes (as the planner quotes module names) with C escapes, cut to kMaxQuoted
+// characters.
+std::string Quote(absl::string_view s) {
+  if (s.size() <= kMaxQuoted) return absl::StrCat("'", absl::CHexEscape(s), "'");
+  return absl::StrCat("'", absl::CHexEscape(s.substr(0, kMaxQuoted)), "'...");
+}
+
+bool IsValidJobName(absl::string_view name) {
+  if (name.empty() || name.size() > kMaxJobNameLength) return false;
+  if (!absl::ascii_islower(name.front()) || name.back() == '-') return false;
+  for (char c : name) {
+    if (!absl::ascii_islower(c) && !absl::ascii_isdigit(c) && c != '-') return false;
+  }
+  return true;
+}
+
+// A planner violation's path in the spec.
+std::string SpecPath(const parallel::LayoutViolation& v) {
+  if (v.module < 0) {
+    if (v.field == "world_size") return "resources.workers";
+    if (v.field == "seed") return "training.seed";
+    return "modules";  // The language module, no modules, gaps between modules.
+  }
+  const std::string module = absl::StrCat("modules[", v.module, "]");
+  if (v.field == "name") return absl::StrCat(module, ".name");
+  if (v.field.empty()) return absl::StrCat(module, ".parallelism");
+  return absl::StrCat(module, ".parallelism.", v.field);
+}
+
+class SpecChecker {
+ public:
+  explicit SpecChecker(const v1::JobSpec& spec) : spec_(spec) {}
+
+  // Runs every check; returns the plan when the layout was planned without violations.
+  std::optional<parallel::RankPlan> Run() {
+    CheckJob();
+    CheckModules();
+    const bool plan_layout = spec_.resources().workers() > 0 &&
+                             spec_.resources().workers() <= kMaxJobWorkers && language_ >= 0;
+    // The planner checks module names itself.
+    if (!plan_layout) CheckModuleNames();
+    std::optional<parallel::RankPlan> plan;
+    if (plan_layout) plan = PlanLayout();
+    if (spec_.kind() == v1::JobSpec::KIND_TRAIN) {
+      CheckTraining(plan);
+      CheckData();
+    }
+    CheckResources();
+    CheckCheckpointing();
+    return plan;
+  }
+
+  std::vector<FieldViolation>& violations() { return violations_; }
+
+ private:
+  void Add(std::string field, std::string description) {
+    violations_.push_back({std::move(field), std::move(description)});
+  }
+
+  // Adds a violation at `path` unless `value` is positive (and finite).
+  template <typename T>
+  void Positive(const std::string& path, T value) {
+    if constexpr (std::is_floating_point_v<T>) {
+      if (std::isfinite(value) && value > 0) return;
+    } else {
+      if (value > 0) return;
+    }
+    Add(path, absl::StrCat("must be positive, got ", value));
+  }
+
+  // Adds a violation at `path` unless `value` is at least 0 (and finite).
+  template <typename T>
+  void NonNegative(const std::string& path, T value) {
+    if constexpr (std::is_floating_point_v<T>) {
+      if (std::isfinite(value) && value >= 0) return;
+    } else {
+      if (value >= 0) return;
+    }
+    Add(path, absl::StrCat("must be >= 0, got ", value));
+  }
+
+  // Adds a violation at `path` when an enum is unset or holds a number it does not define.
+  void EnumSet(const std::string& path, int value, const google::protobuf::EnumDescriptor* type) {
+    if (value == 0) {
+      Add(path, absl::StrCat("must be set (got ", type->FindValueByNumber(0)->name(), ")"));
+    } else if (type->FindValueByNumber(value) == nullptr) {
+      Add(path, absl::StrCat("unknown ", type->name(), " value ", value));
+    }
+  }
+
+  void CheckJob() {
+    if (!IsValidJobName(spec_.name())) {
+      Add("name", absl::StrCat("must be 1-", kMaxJobNameLength,
+                               " characters of [a-z0-9-], start with a letter and not end with "
+                               "'-'; got ",
+                               Quote(spec_.name())));
+    }
+    EnumSet("kind", spec_.kind(), v1::JobSpec::Kind_descriptor());
+    NonNegative("max_restarts", spec_.max_restarts());
+    if (spec_.has_active_deadline()) {
+      const google::protobuf::Duration& d = spec_.active_deadline();
+      const bool positive =
+          (d.seconds() > 0 && d.nanos() >= 0) || (d.seconds() == 0 && d.nanos() > 0);
+      if (!positive) {
+        Add("active_deadline", absl::StrCat("must be positive when set, got ", d.seconds(),
+                                            "s and ", d.nanos(), "ns"));
+      }
+    }
+  }
+
+  void CheckModules() {
+    if (spec_.modules().empty()) {
+      Add("modules", "the job has no modules: it needs at least the language model");
+      return;
+    }
+    for (int i = 0; i < spec_.modules_size(); ++i) {
+      const v1::Module& m = spec_.modules(i);
+      const std::string path = absl::StrCat("modules[", i, "]");
+      const int tp = SizeOrOne(m.parallelism().tp());
+      switch (m.model_case()) {
+        case v1::Module::kVision:
+          CheckVision(m.vision(), absl::StrCat(path, ".vision"), path, tp);
+          break;
+        case v1::Module::kAudio:
+          CheckAudio(m.audio(), absl::StrCat(path, ".audio"), path, tp);
+          break;
+        case v1::Module::kLanguage:
+          if (language_ >= 0) {
+            Add(absl::StrCat(path, ".language"),
+                absl::StrCat("module ", Quote(m.name()), " is a second language model (module ",
+                             Quote(spec_.modules(language_).name()),
+                             " is the first); exactly one module has one"));
+          } else {
+            language_ = i;
+          }
+          CheckLanguage(m, path, tp);
+          break;
+        case v1::Module::MODEL_NOT_SET:
+          Add(path, absl::StrCat("module ", Quote(m.name()),
+                                 " has no model: set one of vision, audio or language"));
+          break;
+      }
+    }
+    if (language_ < 0) {
+      Add("modules", "no module has a language model: exactly one must");
+    }
+  }
+
+  void CheckModuleNames() {
+    absl::flat_hash_map<std::string, int> first;
+    for (int i = 0; i < spec_.modules_size(); ++i) {
+      const std::string& name = spec_.modules(i).name();
+      const std::string path = absl::StrCat("modules[", i, "].name");
+      if (name.empty()) {
+        Add(path, absl::StrCat("module #", i, " has an empty name"));
+        continue;
+      }
+      auto [it, inserted] = first.emplace(name, i);
+      if (!inserted) {
+        Add(path, absl::StrCat("module ", Quote(name), " is given twice (modules #", it->second,
+                               " and #", i, ")"));
+      }
+    }
+  }
+
+  // `path` is the transformer's; `module` the module's, for its parallelism.tp.
+  void CheckTransformer(const v1::Transformer& t, bool present, const std::string& path,
+                        const std::string& module, int tp) {
+    if (!present) {
+      Add(path, "is required");
+      return;
+    }
+    Positive(absl::StrCat(path, ".num_layers"), t.num_layers());
+    Positive(absl::StrCat(path, ".hidden_size"), t.hidden_size());
+    Positive(absl::StrCat(path, ".num_attention_heads"), t.num_attention_heads());
+    NonNegative(absl::StrCat(path, ".num_query_groups"), t.num_query_groups());
+    Positive(absl::StrCat(path, ".ffn_hidden_size"), t.ffn_hidden_size());
+    const int heads = t.num_attention_heads();
+    if (heads <= 0) return;
+    if (t.hidden_size() > 0 && t.hidden_size() % heads != 0) {
+      Add(absl::StrCat(path, ".hidden_size"),
+          absl::StrCat("hidden_size ", t.hidden_size(), " is not divisible by num_attention_heads ",
+                       heads));
+    }
+    if (t.num_query_groups() > 0 && heads % t.num_query_groups() != 0) {
+      Add(absl::StrCat(path, ".num_query_groups"),
+          absl::StrCat("num_attention_heads ", heads, " is not divisible by num_query_groups ",
+                       t.num_query_groups()));
+    }
+    if (tp <= 0) return;  // The planner reports the size.
+    const std::string tp_path = absl::StrCat(module, ".parallelism.tp");
+    if (heads % tp != 0) {
+      Add(tp_path, absl::StrCat("tp=", tp, " does not divide num_attention_heads ", heads,
+                                " (each tensor-parallel rank holds whole heads)"));
+    }
+    if (t.num_query_groups() > 0 && t.num_query_groups() % tp != 0) {
+      Add(tp_path,
+          absl::StrCat("tp=", tp, " does not divide num_query_groups ", t.num_query_groups(),
+                       " (each tensor-parallel rank holds whole key/value heads)"));
+    }
+  }
+
+  void CheckProjector(const v1::Projector& p, const std::string& path) {
+    EnumSet(absl::StrCat(path, ".kind"), p.kind(), v1::Projector::Kind_descriptor());
+    if (p.kind() == v1::Projector::KIND_MLP) {
+      Positive(absl::StrCat(path, ".hidden_size"), p.hidden_size());
+    }
+  }
+
+  void CheckVision(const v1::VisionEncoder& v, const std::string& path, const std::string& module,
+                   int tp) {
+    Positive(absl::StrCat(path, ".image_size"), v.image_size());
+    Positive(absl::StrCat(path, ".patch_size"), v.patch_size());
+    Positive(absl::StrCat(path, ".num_channels"), v.num_channels());
+    if (v.image_size() > 0 && v.patch_size() > 0 && v.image_size() % v.patch_size() != 0) {
+      Add(absl::StrCat(path, ".image_size"),
+          absl::StrCat("image_size ", v.image_size(), " is not a multiple of patch_size ",
+                       v.patch_size()));
+    }
+    CheckTransformer(v.transformer(), v.has_transformer(), absl::StrCat(path, ".transformer"),
+                     module, tp);
+    CheckProjector(v.projector(), absl::StrCat(path, ".projector"));
+  }
+
+  void CheckAudio(const v1::AudioEncoder& a, const std::string& path, const std::string& module,
+                  int tp) {
+    Positive(absl::StrCat(path, ".num_mel_bins"), a.num_mel_bins());
+    Positive(absl::StrCat(path, ".frames_per_token"), a.frames_per_token());
+    Positive(absl::StrCat(path, ".max_frames"), a.max_frames());
+    if (a.max_frames() > 0 && a.frames_per_token() > 0 &&
+        a.max_frames() % a.frames_per_token() != 0) {
+      Add(absl::StrCat(path, ".max_frames"),
+          absl::StrCat("max_frames ", a.max_frames(), " is not a multiple of frames_per_token ",
+                       a.frames_per_token()));
+    }
+    CheckTransformer(a.transformer(), a.has_transformer(), absl::StrCat(path, ".transformer"),
+                     module, tp);
+    CheckProjector(a.projector(), absl::StrCat(path, ".projector"));
+  }
+
+  void CheckLanguage(const v1::Module& m, const std::string& module, int tp) {
+    const v1::LanguageModel& l = m.language();
+    const std::string path = absl::StrCat(module, ".language");
+    Positive(absl::StrCat(path, ".vocab_size"), l.vocab_size());
+    Positive(absl::StrCat(path, ".max_sequence_length"), l.max_sequence_length());
+    NonNegative(absl::StrCat(path, ".rotary_base"), l.rotary_base());
+    CheckTransformer(l.transformer(), l.has_transformer(), absl::StrCat(path, ".transformer"),
+                     module, tp);
+
+    const v1::MoE& moe = l.moe();
+    const std::string moe_path = absl::StrCat(path, ".moe");
+    const std::string ep_path = absl::StrCat(module, ".parallelism.ep");
+    const int ep = SizeOrOne(m.parallelism().ep());
+    NonNegative(absl::StrCat(moe_path, ".num_experts"), moe.num_experts());
+    NonNegative(absl::StrCat(moe_path, ".aux_loss_coeff"), moe.aux_loss_coeff());
+    NonNegative(absl::StrCat(moe_path, ".z_loss_coeff"), moe.z_loss_coeff());
+    NonNegative(absl::StrCat(moe_path, ".capacity_factor"), moe.capacity_factor());
+    NonNegative(absl::StrCat(moe_path, ".num_shared_experts"), moe.num_shared_experts());
+    NonNegative(absl::StrCat(moe_path, ".ffn_hidden_size"), moe.ffn_hidden_size());
+    NonNegative(absl::StrCat(moe_path, ".moe_layer_freq"), moe.moe_layer_freq());
+    if (moe.num_shared_experts() > 0) {
+      Positive(absl::StrCat(moe_path, ".shared_expert_ffn_hidden_size"),
+               moe.shared_expert_ffn_hidden_size());
+    } else {
+      NonNegative(absl::StrCat(moe_path, ".shared_expert_ffn_hidden_size"),
+                  moe.shared_expert_ffn_hidden_size());
+    }
+    if (moe.num_experts() > 0) {
+      if (moe.top_k() < 1 || moe.top_k() > moe.num_experts()) {
+        Add(absl::StrCat(moe_path, ".top_k"),
+            absl::StrCat("top_k must be in [1, num_experts = ", moe.num_experts(), "], got ",
+                         moe.top_k()));
+      }
+      EnumSet(absl::StrCat(moe_path, ".router_score"), moe.router_score(),
+              v1::MoE::RouterScore_descriptor());
+      if (ep > 0 && moe.num_experts() % ep != 0) {
+        Add(ep_path, absl::StrCat("ep=", ep, " does not divide moe.num_experts ", moe.num_experts(),
+                                  " (each expert-parallel rank holds ", "whole experts)"));
+      }
+    } else if (moe.num_experts() == 0 && ep != 1) {
+      Add(ep_path, absl::StrCat("ep=", ep,
+                                " needs routed experts, but moe.num_experts is 0 (every layer "
+                                "is dense)"));
+    }
+  }
+
+  std::optional<parallel::RankPlan> PlanLayout() {
+    std::vector<parallel::LayoutViolation> layout_violations;
+    absl::StatusOr<parallel::RankPlan> plan =
+        parallel::BuildRankPlan(ToLayoutSpec(spec_), &layout_violations);
+    for (const parallel::LayoutViolation& v : layout_violations) Add(SpecPath(v), v.message);
+    if (!plan.ok()) {
+      // BuildRankPlan reports every failure as a violation.
+      if (layout_violations.empty()) Add("modules", std::string(plan.status().message()));
+      return std::nullopt;
+    }
+    return *std::move(plan);
+  }
+
+  // The language module's dp: the planned one, else the one given; unknown when derived but
+  // the layout could not be planned.
+  std::optional<int> LanguageDp(const std::optional<parallel::RankPlan>& plan) const {
+    if (plan) return plan->language().config().dp;
+    if (language_ < 0) return std::nullopt;
+    const v1::Parallelism& p = spec_.modules(language_).parallelism();
+    if (!p.has_dp()) return std::nullopt;
+    return SizeOrOne(p.dp());
+  }
+
+  void CheckTraining(const std::optional<parallel::RankPlan>& plan) {
+    if (!spec_.has_training()) {
+      Add("training", "is required for KIND_TRAIN");
+      return;
+    }
+    const v1::Training& t = spec_.training();
+    Positive("training.steps", t.steps());
+    Positive("training.micro_batch_size", t.micro_batch_size());
+    Positive("training.global_batch_size", t.global_batch_size());
+    NonNegative("training.log_interval", t.log_interval());
+    const std::optional<int> dp = LanguageDp(plan);
+    if (t.micro_batch_size() > 0 && t.global_batch_size() > 0 && dp && *dp > 0) {
+      const int64_t per_step = int64_t{t.micro_batch_size()} * *dp;
+      if (t.global_batch_size() % per_step != 0) {
+        Add("training.global_batch_size",
+            absl::StrCat("global_batch_size ", t.global_batch_size(),
+                         " is not divisible by micro_batch_size * language dp = ",
+                         t.micro_batch_size(), "*", *dp, " = ", per_step));
+      }
+    }
+    if (t.seq_length() < 1) {
+      Add("training.seq_length", absl::StrCat("must be positive, got ", t.seq_length()));
+    } else if (language_ >= 0) {
+      const int max_length = spec_.modules(language_).language().max_sequence_length();
+      if (max_length > 0 && t.seq_length() > max_length) {
+        Add("training.seq_length",
+            absl::StrCat("seq_length ", t.seq_length(), " exceeds the language model's ",
+                         "max_sequence_length ", max_length));
+      }
+    }
+    EnumSet("training.precision", t.precision(), v1::Precision_descriptor());
+
+    const v1::Optimizer& o = t.optimizer();
+    Positive("training.optimizer.lr", o.lr());
+    NonNegative("training.optimizer.min_lr", o.min_lr());
+    NonNegative("training.optimizer.weight_decay", o.weight_decay());
+    for (const auto& [field, beta] :
+         {std::pair{"adam_beta1", o.adam_beta1()}, std::pair{"adam_beta2", o.adam_beta2()}}) {
+      if (!(beta >= 0 && beta < 1)) {
+        Add(absl::StrCat("training.optimizer.", field),
+            absl::StrCat("must be in [0, 1), got ", beta));
+      }
+    }
+    Positive("training.optimizer.adam_eps", o.adam_eps());
+    NonNegative("training.optimizer.clip_grad", o.clip_grad());
+    NonNegative("training.optimizer.warmup_steps", o.warmup_steps());
+    NonNegative("training.optimizer.decay_steps", o.decay_steps());
+  }
+
+  void CheckData() {
+    const v1::Data& d = spec_.data();
+    switch (d.source_case()) {
+      case v1::Data::kSynthetic:
+        NonNegative("data.synthetic.num_samples", d.synthetic().num_samples());
+        break;
+      case v1::Data::kWebdataset:
+        if (d.webdataset().shards().empty()) {
+          Add("data.webdataset.shards", "needs at least one shard path or pattern");
+        }
+        for (int j = 0; j < d.webdataset().shards_size(); ++j) {
+          if (d.webdataset().shards(j).empty()) {
+            Add(absl::StrCat("data.webdataset.shards[", j, "]"), "is empty");
+          }
+        }
+        break;
+      case v1::Data::SOURCE_NOT_SET:
+        Add("data", "a KIND_TRAIN job needs a data source: synthetic or webdataset");
+        break;
+    }
+  }
+
+  void CheckResources() {
+    Positive("resources.workers", spec_.resources().workers());
+    if (spec_.resources().workers() > kMaxJobWorkers) {
+      Add("resources.workers", absl::StrCat("at most ", kMaxJobWorkers, " workers per job, got ",
+                                            spec_.resources().workers()));
+    }
+    EnumSet("resources.device", spec_.resources().device(), v1::DeviceKind_descriptor());
+  }
+
+  void CheckCheckpointing() {
+    NonNegative("checkpointing.interval_steps", spec_.checkpointing().interval_steps());
+    NonNegative("checkpointing.keep_last", spec_.checkpointing().keep_last());
+  }
+
+  const v1::JobSpec& spec_;
+  std::vector<FieldViolation> violations_;
+  int language_ = -1;  // Index of the first module with a language model.
+};
+
+void CoordsToProto(const parallel::DenseCoords& c, v1::DenseCoordinates* out) {
+  out->set_tp(c.tp);
+  out->set_cp(c.cp);
+  out->set_dp(c.dp);
+  out->set_pp(c.pp);
+}
+
+}  // namespace
+
+parallel::LayoutSpec ToLayoutSpec(const v1::JobSpec& spec) {
+  parallel::LayoutSpec layout;
+  layout.world_size = spec.resources().workers();
+  for (const v1::Module& m : spec.modules()) {
+    if (m.has_language()) {
+      layout.language = m.name();
+      break;
+    }
+  }
+  for (const v1::Module& m : spec.modules()) {
+    const v1::Parallelism& p = m.parallelism();
+    parallel::ModuleParallelism mp;
+    mp.name = m.name();
+    mp.tp = SizeOrOne(p.tp());
+    mp.cp = SizeOrOne(p.cp());
+    mp.pp = SizeOrOne(p.pp());
+    if (p.has_dp()) mp.dp = SizeOrOne(p.dp());
+    mp.ep = SizeOrOne(p.ep());
+    mp.etp = SizeOrOne(p.etp());
+    if (p.has_rank_offset()) mp.rank_offset = p.rank_offset();
+    layout.modules.push_back(std::move(mp));
+  }
+  layout.seed = spec.training().seed() == 0 ? kDefaultSeed : spec.training().seed();
+  layout.data_parallel_random_init = spec.training().data_parallel_random_init();
+  return layout;
+}
+
+absl::StatusOr<parallel::RankPlan> ValidateJobSpec(const v1::JobSpec& spec,
+                                                   std::vector<FieldViolation>* violations) {
+  SpecChecker checker(spec);
+  std::optional<parallel::RankPlan> plan = checker.Run();
+  std::vector<FieldViolation>& found = checker.violations();
+  absl::Status status = absl::OkStatus();
+  if (!found.empty()) {
+    status = absl::InvalidArgumentError(
+        absl::StrJoin(found, "\n", [](std::string* out, const FieldViolation& v) {
+          absl::StrAppend(out, v.field, ": ", v.description);
+        }));
+  }
+  if (violations != nullptr) *violations = std::move(found);
+  if (!status.ok()) return status;
+  return *std::move(plan);
+}
+
+v1::RankAssignment RankToProto(const parallel::RankPlan& plan, int rank, GroupMembers groups) {
+  const parallel::RankAssignment& a = plan.rank(rank);
+  const parallel::ModulePlan& mp = plan.modules()[a.module];
+  v1::RankAssignment out;
+  out.set_rank(rank);
+  out.set_module(mp.config().name);
+  CoordsToProto(a.dense, out.mutable_dense());
+  if (a.expert) {
+    v1::ExpertCoordinates* e = out.mutable_expert();
+    e->set_expt_tp(a.expert->expt_tp);
+    e->set_ep(a.expert->ep);
+    e->set_expt_dp(a.expert->expt_dp);
+    e->set_pp(a.expert->pp);
+  }
+  v1::RankSeeds* seeds = out.mutable_seeds();
+  seeds->set_base(a.seeds.base);
+  seeds->set_tensor_parallel(a.seeds.tensor_parallel);
+  seeds->set_data_parallel(a.seeds.data_parallel);
+  if (a.seeds.expert) seeds->set_expert(*a.seeds.expert);
+  if (groups == GroupMembers::kOmit) return out;
+  auto& out_groups = *out.mutable_groups();
+  for (int k = 0; k < parallel::kNumGroupKinds; ++k) {
+    const auto kind = static_cast<parallel::GroupKind>(k);
+    if (parallel::IsExpertGroup(kind) && !a.expert) continue;
+    const absl::Span<const int> members = mp.Group(rank, kind);
+    v1::RankGroup& group = out_groups[std::string(parallel::GroupKindName(kind))];
+    group.mutable_ranks()->Add(members.begin(), members.end());
+  }
+  return out;
+}
+
+void ModulesToProto(const parallel::RankPlan& plan,
+                    google::protobuf::RepeatedPtrField<v1::ModulePlan>* modules) {
+  modules->Clear();
+  for (const parallel::ModulePlan& mp : plan.modules()) {
+    const parallel::ResolvedModule& m = mp.config();
+    v1::ModulePlan* p = modules->Add();
+    p->set_name(m.name);
+    p->set_language(m.is_language);
+    p->set_tp(m.tp);
+    p->set_cp(m.cp);
+    p->set_pp(m.pp);
+    p->set_dp(m.dp);
+    p->set_ep(m.ep);
+    p->set_etp(m.etp);
+    if (m.is_language) p->set_expt_dp(m.expt_dp());  // Encoders have no expert view.
+    p->set_rank_offset(m.rank_offset);
+    p->set_rank_count(m.size());
+  }
+}
+
+v1::RankPlan RankPlanToProto(const parallel::RankPlan& plan, GroupMembers groups) {
+  v1::RankPlan out;
+  out.set_world_size(plan.world_size());
+  out.set_seed(plan.seed());
+  ModulesToProto(plan, out.mutable_modules());
+  out.mutable_ranks()->Reserve(plan.world_size());
+  for (int r = 0; r < plan.world_size(); ++r) *out.add_ranks() = RankToProto(plan, r, groups);
+  return out;
+}
+
+}  // namespace mimo::coordinator

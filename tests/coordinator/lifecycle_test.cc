@@ -1,0 +1,697 @@
+// The job lifecycle through the real server: schedule, run, metrics, logs, watch, succeed; cancel;
+// worker failure, restarts, heartbeat loss, deadlines; restart of the coordinator.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "coordinator/job_state.h"
+#include "google/protobuf/util/time_util.h"
+#include "tests/coordinator/test_server.h"
+
+namespace mimo::coordinator::testing {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+using ::testing::AllOf;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+class LifecycleTest : public CoordinatorFixture {
+ protected:
+  void SetUp() override { StartServer(); }
+
+  // The states of the job's events, in order.
+  std::vector<std::string> StateHistory(const std::string& id) {
+    v1::WatchJobRequest request;
+    request.set_job_id(id);
+    auto context = Context();
+    auto reader = jobs_->WatchJob(context.get(), request);
+    std::vector<std::string> states;
+    v1::WatchJobResponse response;
+    // A finished job's watch returns its current state only; history comes from the events.
+    while (reader->Read(&response)) {
+      if (response.has_event() && response.event().has_state()) {
+        states.push_back(v1::JobState_Name(response.event().state()));
+      }
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+    return states;
+  }
+
+  // Cancels the job with `reason` ("" for the default).
+  grpc::Status Cancel(const std::string& id, v1::CancelJobResponse* response,
+                      const std::string& reason = "") {
+    v1::CancelJobRequest request;
+    request.set_job_id(id);
+    request.set_reason(reason);
+    return jobs_->CancelJob(Context().get(), request, response);
+  }
+
+  // "STATE: message" of each of the job's state events so far; works while the job runs.
+  std::vector<std::string> StateEvents(const std::string& id) {
+    v1::ListJobEventsRequest request;
+    request.set_job_id(id);
+    request.set_page_size(1000);
+    v1::ListJobEventsResponse response;
+    EXPECT_TRUE(jobs_->ListJobEvents(Context().get(), request, &response).ok());
+    std::vector<std::string> out;
+    for (const v1::JobEvent& e : response.events()) {
+      if (e.has_state()) out.push_back(absl::StrCat(StateName(e.state()), ": ", e.message()));
+    }
+    return out;
+  }
+};
+
+TEST_F(LifecycleTest, PendingUntilEnoughWorkersThenRunsToSuccess) {
+  const v1::Job submitted = Submit(SmallSpec());
+  EXPECT_EQ(submitted.state(), v1::JOB_STATE_PENDING);
+  EXPECT_EQ(submitted.attempt(), 1);
+  EXPECT_THAT(submitted.id(), ::testing::StartsWith("j-"));
+
+  // A watcher started while the job is PENDING sees every later change.
+  std::vector<std::string> watched;
+  std::thread watcher([&] {
+    v1::WatchJobRequest request;
+    request.set_job_id(submitted.id());
+    auto context = Context("", absl::Seconds(20));
+    auto reader = jobs_->WatchJob(context.get(), request);
+    v1::WatchJobResponse response;
+    bool first = true;
+    while (reader->Read(&response)) {
+      if (first) {
+        EXPECT_FALSE(response.has_event());
+        watched.push_back(v1::JobState_Name(response.job().state()));
+        first = false;
+      } else if (response.event().has_state()) {
+        watched.push_back(v1::JobState_Name(response.event().state()));
+      } else {
+        watched.push_back(absl::StrCat("metrics@", response.event().metrics().step()));
+      }
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+  });
+
+  auto workers = Workers(3);
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(Get(submitted.id()).state(), v1::JOB_STATE_PENDING);  // 3 of 4 workers.
+  workers.push_back(std::make_unique<FakeWorker>(Channel(), "h", 3));
+  AwaitState(submitted.id(), v1::JOB_STATE_SCHEDULED);
+
+  std::vector<v1::Assignment> as = Assignments(workers);
+  ASSERT_EQ(as.size(), 4u);
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(as[r].world_size(), 4);
+    EXPECT_EQ(as[r].attempt(), 1);
+    EXPECT_EQ(as[r].rank().module(), r < 2 ? "vision" : "language");
+    EXPECT_EQ(as[r].modules_size(), 2);
+  }
+  EXPECT_THAT(as[3].rank().groups().at("ep").ranks(), ElementsAre(2, 3));
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(submitted.id(), v1::JOB_STATE_RUNNING);
+
+  ASSERT_TRUE(workers[3]->Metrics(as[3], 2, 5.5).ok());
+  ASSERT_TRUE(workers[2]->Metrics(as[2], 2, 5.5).ok());  // Same step: recorded once.
+  absl::SleepFor(absl::Milliseconds(30));
+  ASSERT_TRUE(workers[3]->Metrics(as[3], 5, 4.25).ok());
+  v1::Job running = Get(submitted.id());
+  EXPECT_EQ(running.progress().step(), 5);
+  EXPECT_EQ(running.progress().total_steps(), 10);
+  EXPECT_DOUBLE_EQ(running.progress().percent(), 50);
+  EXPECT_TRUE(running.progress().has_eta());
+  EXPECT_DOUBLE_EQ(running.last_metrics().loss(), 4.25);
+
+  ASSERT_TRUE(workers[0]->Logs(as[0], {"vision says hello", "vision step 1"}).ok());
+  ASSERT_TRUE(workers[3]->Logs(as[3], {"language says hello"}).ok());
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  }
+  const v1::Job done = AwaitState(submitted.id(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_DOUBLE_EQ(done.progress().percent(), 100);
+  EXPECT_TRUE(done.has_end_time());
+  watcher.join();
+  EXPECT_THAT(watched, ElementsAre("JOB_STATE_PENDING", "JOB_STATE_SCHEDULED", "JOB_STATE_RUNNING",
+                                   "metrics@2", "metrics@5", "JOB_STATE_SUCCEEDED"));
+
+  // Logs stay readable after the job ended.
+  v1::StreamLogsRequest logs;
+  logs.set_job_id(submitted.id());
+  auto context = Context();
+  auto reader = jobs_->StreamLogs(context.get(), logs);
+  std::vector<std::string> lines;
+  v1::StreamLogsResponse chunk;
+  while (reader->Read(&chunk)) {
+    for (const v1::LogLine& l : chunk.lines())
+      lines.push_back(absl::StrCat(l.rank(), ":", l.text()));
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_THAT(lines,
+              ElementsAre("0:vision says hello", "0:vision step 1", "3:language says hello"));
+
+  // Cancelling a finished job is refused.
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(submitted.id());
+  v1::CancelJobResponse cancelled;
+  const grpc::Status status = jobs_->CancelJob(Context().get(), cancel, &cancelled);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), HasSubstr("already SUCCEEDED"));
+}
+
+TEST_F(LifecycleTest, FollowedLogsArriveWhileTheJobRuns) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_TRUE(workers[1]->Logs(as[1], {"old line"}).ok());
+  std::vector<std::string> followed;
+  std::thread follower([&] {
+    v1::StreamLogsRequest request;
+    request.set_job_id(job.id());
+    request.set_rank(1);
+    request.set_follow(true);
+    request.set_tail_lines(1);
+    auto context = Context("", absl::Seconds(20));
+    auto reader = jobs_->StreamLogs(context.get(), request);
+    v1::StreamLogsResponse chunk;
+    while (reader->Read(&chunk)) {
+      for (const v1::LogLine& l : chunk.lines()) followed.push_back(l.text());
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+  });
+  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_TRUE(workers[1]->Logs(as[1], {"new line 1", "new line 2"}).ok());
+  ASSERT_TRUE(workers[2]->Logs(as[2], {"other rank"}).ok());
+  absl::SleepFor(absl::Milliseconds(100));
+  for (int r = 0; r < 4; ++r)
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  follower.join();  // The stream ends with the job.
+  EXPECT_THAT(followed, ElementsAre("old line", "new line 1", "new line 2"));
+}
+
+TEST_F(LifecycleTest, CancelPendingJobAtOnce) {
+  const v1::Job job = Submit(SmallSpec());
+  v1::CancelJobRequest request;
+  request.set_job_id(job.id());
+  request.set_reason("not needed");
+  v1::CancelJobResponse response;
+  ASSERT_TRUE(jobs_->CancelJob(Context().get(), request, &response).ok());
+  EXPECT_EQ(response.job().state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(response.job().state_reason(), "not needed");
+  EXPECT_THAT(StateHistory(job.id()), ElementsAre());  // Finished: current state only.
+}
+
+TEST_F(LifecycleTest, CancelRunningJobStopsItsWorkers) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  v1::CancelJobRequest request;
+  request.set_job_id(job.id());
+  v1::CancelJobResponse response;
+  ASSERT_TRUE(jobs_->CancelJob(Context().get(), request, &response).ok());
+  EXPECT_EQ(response.job().state(), v1::JOB_STATE_CANCELLING);
+  for (int r = 0; r < 4; ++r)
+    EXPECT_EQ(workers[r]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+  for (int r = 0; r < 3; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_CANCELLING);  // Rank 3 has not confirmed.
+  ASSERT_TRUE(workers[3]->Report(as[3], v1::WORKER_STATE_STOPPED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_CANCELLED);
+  // The workers are free again: a new job gets them.
+  const v1::Job next = Submit(SmallSpec("next"));
+  AwaitState(next.id(), v1::JOB_STATE_SCHEDULED);
+}
+
+TEST_F(LifecycleTest, CancelGivesUpOnSilentWorkersAfterTheGrace) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  v1::CancelJobRequest request;
+  request.set_job_id(job.id());
+  v1::CancelJobResponse response;
+  ASSERT_TRUE(jobs_->CancelJob(Context().get(), request, &response).ok());
+  const absl::Time start = absl::Now();
+  // Alive but never confirming the stop.
+  const v1::Job cancelled =
+      AwaitState(job.id(), v1::JOB_STATE_CANCELLED, absl::Seconds(5), Ptrs(workers));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  EXPECT_THAT(cancelled.state_reason(), HasSubstr("did not confirm the stop"));
+}
+
+TEST_F(LifecycleTest, WorkerFailureFailsTheJobNamingTheRank) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_TRUE(workers[2]->Report(as[2], v1::WORKER_STATE_FAILED, 137, "killed").ok());
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
+  EXPECT_EQ(failed.failure().rank(), 2);
+  EXPECT_EQ(failed.failure().exit_code(), 137);
+  EXPECT_THAT(failed.failure().message(), HasSubstr("rank 2 failed (exit code 137): killed"));
+  // The other ranks are told to stop.
+  EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
+TEST_F(LifecycleTest, FailedAttemptRestartsWhenAllowed) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  v1::Job restarted = AwaitState(job.id(), v1::JOB_STATE_PENDING);
+  EXPECT_EQ(restarted.attempt(), 2);
+  EXPECT_THAT(restarted.state_reason(), HasSubstr("restarting as attempt 2 of 2"));
+  for (int r : {0, 2, 3}) {
+    EXPECT_EQ(workers[r]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  std::vector<v1::Assignment> second = Assignments(workers);
+  EXPECT_EQ(second[0].attempt(), 2);
+  ASSERT_TRUE(workers[0]->Report(second[0], v1::WORKER_STATE_FAILED, 2, "again").ok());
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.attempt(), 2);
+  EXPECT_EQ(failed.failure().rank(), 0);
+}
+
+TEST_F(LifecycleTest, SilentWorkerFailsTheJobWithinTheHeartbeatTimeout) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  const absl::Time start = absl::Now();
+  // Ranks 0, 1 and 3 keep beating; rank 2 falls silent.
+  v1::Job job_now = Get(job.id());
+  while (job_now.state() != v1::JOB_STATE_FAILED && absl::Now() - start < absl::Seconds(5)) {
+    for (int r : {0, 1, 3}) workers[r]->Heartbeat();
+    absl::SleepFor(absl::Milliseconds(50));
+    job_now = Get(job.id());
+  }
+  ASSERT_EQ(job_now.state(), v1::JOB_STATE_FAILED);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_EQ(job_now.failure().reason(), "HEARTBEAT_TIMEOUT");
+  EXPECT_EQ(job_now.failure().rank(), 2);
+  EXPECT_THAT(job_now.failure().message(), HasSubstr("rank 2 (worker"));
+  EXPECT_EQ(workers[2]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+}
+
+TEST_F(LifecycleTest, ActiveDeadlineFailsTheJob) {
+  v1::JobSpec spec = SmallSpec();
+  *spec.mutable_active_deadline() = google::protobuf::util::TimeUtil::MillisecondsToDuration(150);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  const absl::Time start = absl::Now();
+  v1::Job job_now = Get(job.id());
+  while (job_now.state() != v1::JOB_STATE_FAILED && absl::Now() - start < absl::Seconds(5)) {
+    for (auto& w : workers) w->Heartbeat();
+    absl::SleepFor(absl::Milliseconds(20));
+    job_now = Get(job.id());
+  }
+  EXPECT_EQ(job_now.failure().reason(), "DEADLINE_EXCEEDED");
+  EXPECT_EQ(job_now.failure().rank(), -1);
+}
+
+TEST_F(LifecycleTest, RanksFollowHostThenDeviceOrder) {
+  const v1::Job job = Submit(SmallSpec());
+  std::vector<std::unique_ptr<FakeWorker>> workers;
+  workers.push_back(std::make_unique<FakeWorker>(Channel(), "node-b", 1));
+  workers.push_back(std::make_unique<FakeWorker>(Channel(), "node-a", 1));
+  workers.push_back(std::make_unique<FakeWorker>(Channel(), "node-b", 0));
+  workers.push_back(std::make_unique<FakeWorker>(Channel(), "node-a", 0));
+  std::vector<int> rank_of(4);
+  for (int i = 0; i < 4; ++i) rank_of[i] = workers[i]->Assignment(absl::Seconds(5))->rank().rank();
+  EXPECT_THAT(rank_of, ElementsAre(3, 1, 2, 0));
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_SCHEDULED);
+}
+
+TEST_F(LifecycleTest, GpuJobWaitsForGpuWorkers) {
+  v1::JobSpec spec = SmallSpec();
+  spec.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+  const v1::Job job = Submit(spec);
+  auto cpu = Workers(4);
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);
+  std::vector<std::unique_ptr<FakeWorker>> gpu;
+  for (int i = 0; i < 4; ++i) {
+    gpu.push_back(std::make_unique<FakeWorker>(Channel(), "g", i, v1::DEVICE_KIND_CUDA));
+  }
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+}
+
+TEST_F(LifecycleTest, RendezvousStoreIsScopedToTheAttempt) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  auto stub = v1::WorkerService::NewStub(Channel());
+  std::thread waiter([&] {
+    v1::WaitKeysRequest request;
+    request.set_job_id(job.id());
+    request.set_attempt(1);
+    request.add_keys("nccl/tp/0");
+    request.add_keys("nccl/tp/1");
+    *request.mutable_timeout() = google::protobuf::util::TimeUtil::SecondsToDuration(5);
+    v1::WaitKeysResponse response;
+    ASSERT_TRUE(stub->WaitKeys(Context().get(), request, &response).ok());
+    EXPECT_EQ(response.values().at("nccl/tp/1"), std::string("\x00\x01", 2));
+  });
+  for (int i = 0; i < 2; ++i) {
+    v1::SetKeyRequest set;
+    set.set_job_id(job.id());
+    set.set_attempt(1);
+    set.set_key(absl::StrCat("nccl/tp/", i));
+    set.set_value(std::string("\x00\x01", 2));
+    v1::SetKeyResponse ok;
+    ASSERT_TRUE(stub->SetKey(Context().get(), set, &ok).ok());
+  }
+  waiter.join();
+  v1::GetKeyRequest get;
+  get.set_job_id(job.id());
+  get.set_attempt(1);
+  get.set_key("missing");
+  v1::GetKeyResponse got;
+  ASSERT_TRUE(stub->GetKey(Context().get(), get, &got).ok());
+  EXPECT_FALSE(got.found());
+  v1::WaitKeysRequest timeout;
+  timeout.set_job_id(job.id());
+  timeout.set_attempt(1);
+  timeout.add_keys("never");
+  *timeout.mutable_timeout() = google::protobuf::util::TimeUtil::MillisecondsToDuration(50);
+  v1::WaitKeysResponse none;
+  const grpc::Status status = stub->WaitKeys(Context().get(), timeout, &none);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_THAT(status.error_message(), HasSubstr("never"));
+  v1::SetKeyRequest stale;
+  stale.set_job_id(job.id());
+  stale.set_attempt(7);
+  stale.set_key("k");
+  v1::SetKeyResponse refused;
+  EXPECT_EQ(stub->SetKey(Context().get(), stale, &refused).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(LifecycleTest, RestartKeepsJobsAndReattachesRunningWorkers) {
+  const v1::Job done = Submit(SmallSpec("done"));
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(done.id());
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(jobs_->CancelJob(Context().get(), cancel, &cancelled).ok());
+  const v1::Job job = Submit(SmallSpec("running"));
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  const v1::Job before = AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  const v1::Job done_before = Get(done.id());
+
+  StopServer();
+  StartServer(options_);
+  EXPECT_EQ(Get(done.id()).DebugString(), done_before.DebugString());
+  EXPECT_EQ(Get(job.id()).DebugString(), before.DebugString());
+  // The old worker ids are unknown to the new coordinator.
+  EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+  std::vector<std::unique_ptr<FakeWorker>> again;
+  for (int r = 0; r < 4; ++r) {
+    v1::RunningAssignment resume;
+    resume.set_job_id(job.id());
+    resume.set_attempt(1);
+    resume.set_rank(r);
+    again.push_back(std::make_unique<FakeWorker>(Channel(), "h", r, v1::DEVICE_KIND_CPU, resume));
+  }
+  KeepBeating(Ptrs(again), options_.manager.reattach_grace + absl::Milliseconds(200));
+  for (auto& w : again) EXPECT_EQ(w->Heartbeat(), v1::HeartbeatResponse::COMMAND_CONTINUE);
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(again[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(LifecycleTest, RestartFailsRunningJobsWhoseWorkersDoNotComeBack) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  StopServer();
+  StartServer(options_);
+  v1::RunningAssignment resume;
+  resume.set_job_id(job.id());
+  resume.set_attempt(1);
+  resume.set_rank(0);
+  FakeWorker back(Channel(), "h", 0, v1::DEVICE_KIND_CPU, resume);
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5), {&back});
+  EXPECT_EQ(failed.failure().reason(), "COORDINATOR_RESTARTED");
+  EXPECT_THAT(failed.failure().message(), HasSubstr("ranks 1, 2, 3 did not re-register"));
+  EXPECT_EQ(back.Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
+TEST_F(LifecycleTest, CancelBeforeWorkersFetchedTheirRanksFreesThemForTheNextJob) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);  // Ranks assigned; no worker asked for its own.
+  v1::CancelJobResponse response;
+  ASSERT_TRUE(Cancel(job.id(), &response, "changed my mind").ok());
+  // No worker started the job, so no stop needs confirming.
+  EXPECT_EQ(response.job().state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(response.job().state_reason(), "changed my mind");
+  for (auto& w : workers) EXPECT_EQ(w->Heartbeat(), v1::HeartbeatResponse::COMMAND_CONTINUE);
+  const v1::Job next = Submit(SmallSpec("next"));
+  AwaitState(next.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), Ptrs(workers));
+  for (const v1::Assignment& a : Assignments(workers)) {
+    EXPECT_EQ(a.job_id(), next.id());
+    EXPECT_EQ(a.attempt(), 1);
+  }
+}
+
+TEST_F(LifecycleTest, FailedAttemptFreesRanksNeverFetchedAndStopsTheOthers) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  // Workers 0-2 fetch their ranks; worker 3 has not asked yet when worker 1 fails.
+  std::vector<v1::Assignment> as;
+  for (int i = 0; i < 3; ++i) {
+    std::optional<v1::Assignment> a = workers[i]->Assignment(absl::Seconds(5));
+    ASSERT_TRUE(a.has_value());
+    as.push_back(*a);
+  }
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  EXPECT_EQ(AwaitState(job.id(), v1::JOB_STATE_PENDING).attempt(), 2);
+  EXPECT_EQ(workers[3]->Heartbeat(), v1::HeartbeatResponse::COMMAND_CONTINUE);
+  for (int i : {0, 2}) {
+    EXPECT_EQ(workers[i]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+    ASSERT_TRUE(workers[i]->Report(as[i], v1::WORKER_STATE_STOPPED).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), Ptrs(workers));
+  for (const v1::Assignment& a : Assignments(workers)) EXPECT_EQ(a.attempt(), 2);
+}
+
+TEST_F(LifecycleTest, SilentWorkerOfAnEndedAttemptDoesNotTouchTheNextAttempt) {
+  // A long cancel grace, so that below only a wrongly counted rank can end the cancel early.
+  ServerOptions options = FastOptions(db_path_);
+  options.manager.cancel_grace = absl::Seconds(30);
+  StopServer();
+  StartServer(options);
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  const v1::Job job = Submit(spec);
+  auto first = Workers(4, "a");
+  std::vector<v1::Assignment> as = Assignments(first);
+  ASSERT_TRUE(first[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  AwaitState(job.id(), v1::JOB_STATE_PENDING);
+  // Attempt 2 runs on the failed rank's worker (free again) and three new ones.
+  std::vector<std::unique_ptr<FakeWorker>> second;
+  second.push_back(std::move(first[1]));
+  for (auto& w : Workers(3, "b")) second.push_back(std::move(w));
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  std::vector<v1::Assignment> bs;  // By worker, not by rank.
+  for (auto& w : second) {
+    std::optional<v1::Assignment> a = w->Assignment(absl::Seconds(5));
+    ASSERT_TRUE(a.has_value());
+    ASSERT_EQ(a->attempt(), 2);
+    ASSERT_TRUE(w->Report(*a, v1::WORKER_STATE_RUNNING).ok());
+    bs.push_back(*a);
+  }
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+
+  // Attempt 1's ranks 0, 2 and 3 were told to stop; ranks 0 and 3 vanish without confirming.
+  for (int i : {0, 2, 3}) EXPECT_EQ(first[i]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+  std::vector<FakeWorker*> beating = Ptrs(second);
+  beating.push_back(first[2].get());
+  KeepBeating(beating, options.manager.heartbeat_timeout + absl::Milliseconds(300));
+  ASSERT_EQ(first[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);  // Declared dead.
+  ASSERT_EQ(first[3]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+  const v1::Job still = Get(job.id());
+  EXPECT_EQ(still.state(), v1::JOB_STATE_RUNNING) << still.state_reason();
+  EXPECT_EQ(still.attempt(), 2);
+  EXPECT_FALSE(still.has_failure());
+
+  // Attempt 2 is cancelled: attempt 1's rank 2 vanishing is not attempt 2's rank 2 confirming.
+  v1::CancelJobResponse response;
+  ASSERT_TRUE(Cancel(job.id(), &response).ok());
+  ASSERT_EQ(response.job().state(), v1::JOB_STATE_CANCELLING);
+  int rank2 = -1;
+  for (int i = 0; i < 4; ++i) {
+    if (bs[i].rank().rank() == 2) {
+      rank2 = i;
+    } else {
+      ASSERT_TRUE(second[i]->Report(bs[i], v1::WORKER_STATE_STOPPED).ok());
+    }
+  }
+  ASSERT_NE(rank2, -1);
+  KeepBeating({second[rank2].get()}, options.manager.heartbeat_timeout + absl::Milliseconds(300));
+  ASSERT_EQ(first[2]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_CANCELLING);
+  ASSERT_TRUE(second[rank2]->Report(bs[rank2], v1::WORKER_STATE_STOPPED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(LifecycleTest, DeadlineExceededIsFinalEvenWithRestartsLeft) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(3);
+  *spec.mutable_active_deadline() = TimeUtil::MillisecondsToDuration(150);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  const v1::Job failed =
+      AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5), Ptrs(workers));
+  EXPECT_EQ(failed.failure().reason(), "DEADLINE_EXCEEDED");
+  EXPECT_EQ(failed.attempt(), 1);
+  EXPECT_THAT(StateEvents(job.id()),
+              ElementsAre("PENDING: submitted", "SCHEDULED: attempt 1: 4 ranks assigned",
+                          StartsWith("FAILED: DEADLINE_EXCEEDED")));
+  for (auto& w : workers) EXPECT_EQ(w->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
+TEST_F(LifecycleTest, ActiveDeadlineCountsFromTheFirstStartAcrossRestarts) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  *spec.mutable_active_deadline() = TimeUtil::MillisecondsToDuration(1000);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  const v1::Job first = Get(job.id());
+  ASSERT_TRUE(first.has_start_time());
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  for (int r : {0, 2, 3}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  const v1::Job second = AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  ASSERT_EQ(second.attempt(), 2);
+  EXPECT_EQ(TimeUtil::ToString(second.start_time()), TimeUtil::ToString(first.start_time()));
+  const v1::Job failed =
+      AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5), Ptrs(workers));
+  EXPECT_EQ(failed.failure().reason(), "DEADLINE_EXCEEDED");
+  EXPECT_EQ(failed.attempt(), 2);
+}
+
+TEST_F(LifecycleTest, ActiveDeadlineAlsoCountsWhileWaitingToRestart) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  *spec.mutable_active_deadline() = TimeUtil::MillisecondsToDuration(300);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);
+  // Ranks 0, 2 and 3 never confirm their stop, so attempt 2 never finds four free workers.
+  const v1::Job failed =
+      AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5), Ptrs(workers));
+  EXPECT_EQ(failed.failure().reason(), "DEADLINE_EXCEEDED");
+  EXPECT_EQ(failed.attempt(), 2);
+}
+
+TEST_F(LifecycleTest, WaitKeysAnswersUnavailableWhenTheCoordinatorStops) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  auto stub = v1::WorkerService::NewStub(Channel());
+  v1::GetKeyRequest get;  // Connects the channel, so the wait below starts at once.
+  get.set_job_id(job.id());
+  get.set_attempt(1);
+  get.set_key("k");
+  v1::GetKeyResponse got;
+  ASSERT_TRUE(stub->GetKey(Context().get(), get, &got).ok());
+  grpc::Status status;
+  std::thread waiter([&] {
+    v1::WaitKeysRequest request;
+    request.set_job_id(job.id());
+    request.set_attempt(1);
+    request.add_keys("never");
+    *request.mutable_timeout() = TimeUtil::SecondsToDuration(30);
+    v1::WaitKeysResponse response;
+    status = stub->WaitKeys(Context("", absl::Seconds(30)).get(), request, &response);
+  });
+  absl::SleepFor(absl::Milliseconds(300));  // The wait is under way.
+  StopServer();
+  waiter.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("shutting down"));
+}
+
+TEST_F(LifecycleTest, ReportStatusRejectsAnUnknownWorkerState) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (v1::WorkerState bad : {v1::WORKER_STATE_UNSPECIFIED, static_cast<v1::WorkerState>(42)}) {
+    const grpc::Status status = workers[0]->Report(as[0], bad);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+    EXPECT_THAT(status.error_message(), HasSubstr("state"));
+  }
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+}
+
+TEST_F(LifecycleTest, RestartReschedulesAScheduledJobWhoseWorkersNeverStartedIt) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);  // No worker asks for its rank.
+  StopServer();
+  StartServer(options_);
+  // The same workers register again, with nothing to resume.
+  auto again = Workers(4);
+  KeepBeating(Ptrs(again), options_.manager.reattach_grace + absl::Milliseconds(300));
+  const v1::Job rescheduled =
+      AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), Ptrs(again));
+  EXPECT_EQ(rescheduled.attempt(), 1);
+  EXPECT_FALSE(rescheduled.has_failure());
+  EXPECT_THAT(StateEvents(job.id()),
+              ElementsAre("PENDING: submitted", "SCHEDULED: attempt 1: 4 ranks assigned",
+                          AllOf(StartsWith("PENDING: "), HasSubstr("coordinator restarted"),
+                                HasSubstr("attempt 1")),
+                          "SCHEDULED: attempt 1: 4 ranks assigned"));
+  std::vector<v1::Assignment> as = Assignments(again);
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(as[r].job_id(), job.id());
+    EXPECT_EQ(as[r].attempt(), 1);
+    ASSERT_TRUE(again[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+}
+
+TEST_F(LifecycleTest, ReattachedWorkersMoveAScheduledJobToRunning) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  // Ranks 0 and 1 report running; the coordinator restarts before ranks 2 and 3 do.
+  for (int r : {0, 1}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_EQ(Get(job.id()).state(), v1::JOB_STATE_SCHEDULED);
+  StopServer();
+  StartServer(options_);
+  std::vector<std::unique_ptr<FakeWorker>> again;
+  for (int r = 0; r < 4; ++r) {
+    v1::RunningAssignment resume;
+    resume.set_job_id(job.id());
+    resume.set_attempt(1);
+    resume.set_rank(r);
+    again.push_back(std::make_unique<FakeWorker>(Channel(), "h", r, v1::DEVICE_KIND_CPU, resume));
+  }
+  // Every rank is back and running: no further report is needed to say so.
+  const v1::Job running =
+      AwaitState(job.id(), v1::JOB_STATE_RUNNING, absl::Seconds(2), Ptrs(again));
+  EXPECT_THAT(running.state_reason(), HasSubstr("re-attached"));
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(again[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+}
+
+}  // namespace
+}  // namespace mimo::coordinator::testing

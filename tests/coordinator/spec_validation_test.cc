@@ -1,0 +1,655 @@
+// ValidateJobSpec: one test per violation kind (by field path), planner violations mapped to
+// their fields, and the rank plan as protos.
+#include "coordinator/spec_validation.h"
+
+#include <gmock/gmock.h>
+#include <google/protobuf/text_format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+
+namespace mimo::coordinator {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+using ::testing::UnorderedElementsAreArray;
+
+// World 8: vision tp=2 on ranks 0-1, audio dp=2 on 2-3, language tp=2 dp=2 ep=2 on 4-7.
+constexpr char kValidSpec[] = R"pb(
+  name: "mimo-cpu-8"
+  kind: KIND_TRAIN
+  modules {
+    name: "vision"
+    vision {
+      image_size: 32
+      patch_size: 8
+      num_channels: 3
+      transformer { num_layers: 2 hidden_size: 64 num_attention_heads: 4 ffn_hidden_size: 128 }
+      projector { kind: KIND_MLP hidden_size: 128 }
+    }
+    parallelism { tp: 2 dp: 1 rank_offset: 0 }
+  }
+  modules {
+    name: "audio"
+    audio {
+      num_mel_bins: 40
+      frames_per_token: 4
+      max_frames: 64
+      transformer { num_layers: 2 hidden_size: 64 num_attention_heads: 4 ffn_hidden_size: 128 }
+      projector { kind: KIND_LINEAR }
+    }
+    parallelism { dp: 2 rank_offset: 2 }
+  }
+  modules {
+    name: "language"
+    language {
+      vocab_size: 256
+      max_sequence_length: 256
+      transformer {
+        num_layers: 2
+        hidden_size: 64
+        num_attention_heads: 4
+        num_query_groups: 2
+        ffn_hidden_size: 128
+      }
+      moe { num_experts: 4 top_k: 2 router_score: ROUTER_SCORE_SOFTMAX aux_loss_coeff: 0.01 }
+    }
+    parallelism { tp: 2 dp: 2 ep: 2 rank_offset: 4 }
+  }
+  training {
+    steps: 50
+    global_batch_size: 8
+    micro_batch_size: 2
+    seq_length: 128
+    packing: true
+    precision: PRECISION_BF16
+    seed: 1234
+    optimizer {
+      lr: 3e-4
+      adam_beta1: 0.9
+      adam_beta2: 0.95
+      adam_eps: 1e-8
+      clip_grad: 1.0
+      warmup_steps: 5
+    }
+  }
+  data { synthetic { num_samples: 1000 } }
+  resources { workers: 8 device: DEVICE_KIND_CPU }
+)pb";
+
+v1::JobSpec ValidSpec() {
+  v1::JobSpec spec;
+  EXPECT_TRUE(google::protobuf::TextFormat::ParseFromString(kValidSpec, &spec));
+  return spec;
+}
+
+std::vector<std::string> Fields(const std::vector<FieldViolation>& violations) {
+  std::vector<std::string> fields;
+  for (const FieldViolation& v : violations) fields.push_back(v.field);
+  return fields;
+}
+
+// The violations' field paths of a spec that must fail, checking the status on the way.
+std::vector<std::string> FailingFields(const v1::JobSpec& spec,
+                                       std::vector<FieldViolation>* out = nullptr) {
+  std::vector<FieldViolation> violations;
+  absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
+  EXPECT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  // The message holds "field: description", one per line, in order.
+  const std::vector<std::string> lines = absl::StrSplit(plan.status().message(), '\n');
+  EXPECT_EQ(lines.size(), violations.size());
+  for (size_t i = 0; i < std::min(lines.size(), violations.size()); ++i) {
+    EXPECT_EQ(lines[i], violations[i].field + ": " + violations[i].description);
+    EXPECT_FALSE(violations[i].description.empty()) << violations[i].field;
+  }
+  if (out != nullptr) *out = violations;
+  return Fields(violations);
+}
+
+v1::Module& Vision(v1::JobSpec& s) { return *s.mutable_modules(0); }
+v1::Module& Audio(v1::JobSpec& s) { return *s.mutable_modules(1); }
+v1::Module& Language(v1::JobSpec& s) { return *s.mutable_modules(2); }
+v1::MoE& Moe(v1::JobSpec& s) { return *Language(s).mutable_language()->mutable_moe(); }
+v1::Training& Train(v1::JobSpec& s) { return *s.mutable_training(); }
+v1::Optimizer& Opt(v1::JobSpec& s) { return *s.mutable_training()->mutable_optimizer(); }
+
+TEST(ValidateJobSpecTest, ValidSpecPasses) {
+  std::vector<FieldViolation> violations = {{"stale", "left from an earlier call"}};
+  absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(ValidSpec(), &violations);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_THAT(violations, IsEmpty());
+  EXPECT_EQ(plan->world_size(), 8);
+  EXPECT_EQ(plan->language().config().name, "language");
+}
+
+TEST(ValidateJobSpecTest, NullViolationsIsAllowed) {
+  EXPECT_TRUE(ValidateJobSpec(ValidSpec(), nullptr).ok());
+  v1::JobSpec spec = ValidSpec();
+  spec.set_name("");
+  EXPECT_EQ(ValidateJobSpec(spec, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ValidateJobSpecTest, LongestJobNamePasses) {
+  v1::JobSpec spec = ValidSpec();
+  spec.set_name("a" + std::string(61, '-') + "0");
+  ASSERT_EQ(spec.name().size(), 63u);
+  EXPECT_TRUE(ValidateJobSpec(spec, nullptr).ok());
+}
+
+TEST(ValidateJobSpecTest, SelftestNeedsNoTrainingOrData) {
+  v1::JobSpec spec = ValidSpec();
+  spec.set_kind(v1::JobSpec::KIND_SELFTEST);
+  spec.clear_training();
+  spec.clear_data();
+  absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, nullptr);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->seed(), 1234);  // Seed 0 means Megatron's default.
+}
+
+TEST(ValidateJobSpecTest, EncoderSizesOfZeroMeanOne) {
+  v1::JobSpec spec = ValidSpec();
+  v1::Parallelism* p = Audio(spec).mutable_parallelism();
+  p->set_tp(0);
+  p->set_cp(0);
+  p->set_pp(0);
+  p->set_ep(0);
+  p->set_etp(0);
+  absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, nullptr);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const parallel::ResolvedModule& audio = plan->modules()[1].config();
+  EXPECT_EQ(audio.tp * audio.cp * audio.pp * audio.ep * audio.etp, 1);
+}
+
+TEST(ValidateJobSpecTest, DerivedLanguageDpDividesTheGlobalBatch) {
+  // A language-only job: dp is derived from the 4 workers, so micro 4 * dp 4 = 16 does not
+  // divide the global batch of 8.
+  v1::JobSpec spec = ValidSpec();
+  v1::Module language = Language(spec);
+  language.clear_parallelism();
+  language.mutable_language()->mutable_moe()->set_num_experts(0);
+  spec.clear_modules();
+  *spec.add_modules() = language;
+  spec.mutable_resources()->set_workers(4);
+  Train(spec).set_micro_batch_size(4);
+  std::vector<FieldViolation> violations;
+  EXPECT_THAT(FailingFields(spec, &violations), ElementsAre("training.global_batch_size"));
+  EXPECT_EQ(violations[0].description,
+            "global_batch_size 8 is not divisible by micro_batch_size * language dp = 4*4 = 16");
+  Train(spec).set_micro_batch_size(2);
+  absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, nullptr);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->language().config().dp, 4);
+}
+
+TEST(ValidateJobSpecTest, ReportsEveryProblem) {
+  v1::JobSpec spec = ValidSpec();
+  spec.set_name("Bad_Name");
+  Vision(spec).mutable_vision()->set_patch_size(0);
+  Vision(spec).mutable_parallelism()->set_ep(2);
+  Train(spec).set_steps(0);
+  Opt(spec).set_adam_beta2(1.0);
+  spec.mutable_resources()->clear_device();
+  spec.set_max_restarts(-1);
+  std::vector<FieldViolation> violations;
+  EXPECT_THAT(FailingFields(spec, &violations),
+              UnorderedElementsAre("name", "modules[0].vision.patch_size", "max_restarts",
+                                   "modules[0].parallelism.ep", "training.steps",
+                                   "training.optimizer.adam_beta2", "resources.device"));
+  EXPECT_EQ(violations[0].description,
+            "must be 1-63 characters of [a-z0-9-], start with a letter and not end with '-'; "
+            "got 'Bad_Name'");
+}
+
+TEST(ValidateJobSpecTest, ModuleNamesAreCheckedWithoutWorkers) {
+  // With no workers the planner does not run; module names are still checked.
+  v1::JobSpec spec = ValidSpec();
+  spec.mutable_resources()->set_workers(0);
+  Audio(spec).set_name("vision");
+  Language(spec).set_name("");
+  std::vector<FieldViolation> violations;
+  EXPECT_THAT(FailingFields(spec, &violations),
+              UnorderedElementsAre("resources.workers", "modules[1].name", "modules[2].name"));
+}
+
+TEST(ValidateJobSpecTest, PlannerMessagesAreKept) {
+  v1::JobSpec spec = ValidSpec();
+  Vision(spec).mutable_parallelism()->set_ep(2);
+  std::vector<FieldViolation> violations;
+  EXPECT_THAT(FailingFields(spec, &violations), ElementsAre("modules[0].parallelism.ep"));
+  EXPECT_EQ(violations[0].description,
+            "module 'vision' is an encoder and must be dense: ep=2 (only the language module "
+            "'language' takes ep and etp)");
+}
+
+TEST(ValidateJobSpecTest, OverlapAndGap) {
+  v1::JobSpec spec = ValidSpec();
+  Audio(spec).mutable_parallelism()->set_rank_offset(1);
+  std::vector<FieldViolation> violations;
+  EXPECT_THAT(FailingFields(spec, &violations),
+              ElementsAre("modules[1].parallelism.rank_offset", "modules"));
+  EXPECT_EQ(violations[0].description,
+            "modules 'vision' [0,2) and 'audio' [1,3) overlap on rank 1");
+  EXPECT_EQ(violations[1].description,
+            "rank 3 is not assigned to any module (a gap between 'audio' [1,3) and 'language' "
+            "[4,8))");
+}
+
+TEST(ValidateJobSpecTest, ShortCoverage) {
+  v1::JobSpec spec = ValidSpec();
+  spec.mutable_resources()->set_workers(10);
+  std::vector<FieldViolation> violations;
+  EXPECT_THAT(FailingFields(spec, &violations), ElementsAre("resources.workers"));
+  EXPECT_EQ(violations[0].description,
+            "the modules cover ranks [0,8) but world_size is 10: ranks 8..9 are not assigned to "
+            "any module");
+}
+
+// One violation kind: a change to the valid spec and the field paths it must be reported at.
+struct Case {
+  std::string name;
+  std::function<void(v1::JobSpec&)> change;
+  std::vector<std::string> fields;
+};
+
+void PrintTo(const Case& c, std::ostream* out) { *out << c.name; }
+
+class ViolationTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ViolationTest, ReportedAtItsField) {
+  v1::JobSpec spec = ValidSpec();
+  GetParam().change(spec);
+  EXPECT_THAT(FailingFields(spec), UnorderedElementsAreArray(GetParam().fields));
+}
+
+constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+INSTANTIATE_TEST_SUITE_P(
+    AllKinds, ViolationTest,
+    ::testing::Values(
+        // The job.
+        Case{"NameEmpty", [](v1::JobSpec& s) { s.set_name(""); }, {"name"}},
+        Case{"NameUppercase", [](v1::JobSpec& s) { s.set_name("Mimo"); }, {"name"}},
+        Case{"NameUnderscore", [](v1::JobSpec& s) { s.set_name("mimo_8"); }, {"name"}},
+        Case{"NameStartsWithDigit", [](v1::JobSpec& s) { s.set_name("8-mimo"); }, {"name"}},
+        Case{"NameEndsWithDash", [](v1::JobSpec& s) { s.set_name("mimo-"); }, {"name"}},
+        Case{"NameTooLong", [](v1::JobSpec& s) { s.set_name(std::string(64, 'a')); }, {"name"}},
+        Case{"KindUnset", [](v1::JobSpec& s) { s.clear_kind(); }, {"kind"}},
+        Case{"KindUnknown",
+             [](v1::JobSpec& s) { s.set_kind(static_cast<v1::JobSpec::Kind>(9)); },
+             {"kind"}},
+        Case{"MaxRestartsNegative", [](v1::JobSpec& s) { s.set_max_restarts(-1); },
+             {"max_restarts"}},
+        Case{"DeadlineZero", [](v1::JobSpec& s) { s.mutable_active_deadline(); },
+             {"active_deadline"}},
+        Case{"DeadlineNegative",
+             [](v1::JobSpec& s) { s.mutable_active_deadline()->set_seconds(-5); },
+             {"active_deadline"}},
+        // Modules.
+        Case{"NoModules", [](v1::JobSpec& s) { s.clear_modules(); }, {"modules"}},
+        Case{"NoLanguageModule",
+             [](v1::JobSpec& s) { *Language(s).mutable_vision() = Vision(s).vision(); },
+             {"modules"}},
+        Case{"SecondLanguageModule",
+             [](v1::JobSpec& s) {
+               *Audio(s).mutable_language() = Language(s).language();
+               Language(s).mutable_parallelism()->set_ep(1);
+             },
+             {"modules[2].language"}},
+        Case{"ModuleWithoutModel", [](v1::JobSpec& s) { Audio(s).clear_audio(); }, {"modules[1]"}},
+        Case{"ModuleNameEmpty", [](v1::JobSpec& s) { Audio(s).set_name(""); },
+             {"modules[1].name"}},
+        Case{"ModuleNameTwice", [](v1::JobSpec& s) { Audio(s).set_name("vision"); },
+             {"modules[1].name"}},
+        // Models.
+        Case{"TransformerMissing",
+             [](v1::JobSpec& s) { Vision(s).mutable_vision()->clear_transformer(); },
+             {"modules[0].vision.transformer"}},
+        Case{"NumLayersZero",
+             [](v1::JobSpec& s) {
+               Vision(s).mutable_vision()->mutable_transformer()->set_num_layers(0);
+             },
+             {"modules[0].vision.transformer.num_layers"}},
+        Case{"FfnHiddenSizeNegative",
+             [](v1::JobSpec& s) {
+               Audio(s).mutable_audio()->mutable_transformer()->set_ffn_hidden_size(-1);
+             },
+             {"modules[1].audio.transformer.ffn_hidden_size"}},
+        Case{"HiddenNotDivisibleByHeads",
+             [](v1::JobSpec& s) {
+               Vision(s).mutable_vision()->mutable_transformer()->set_hidden_size(66);
+             },
+             {"modules[0].vision.transformer.hidden_size"}},
+        Case{"HeadsNotDivisibleByQueryGroups",
+             [](v1::JobSpec& s) {
+               Audio(s).mutable_audio()->mutable_transformer()->set_num_query_groups(3);
+             },
+             {"modules[1].audio.transformer.num_query_groups"}},
+        Case{"TpDoesNotDivideHeads",
+             [](v1::JobSpec& s) {
+               Vision(s).mutable_vision()->mutable_transformer()->set_num_attention_heads(1);
+             },
+             {"modules[0].parallelism.tp"}},
+        Case{"TpDoesNotDivideQueryGroups",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_language()->mutable_transformer()->set_num_query_groups(1);
+             },
+             {"modules[2].parallelism.tp"}},
+        Case{"ImageNotMultipleOfPatch",
+             [](v1::JobSpec& s) { Vision(s).mutable_vision()->set_patch_size(5); },
+             {"modules[0].vision.image_size"}},
+        Case{"PatchSizeZero", [](v1::JobSpec& s) { Vision(s).mutable_vision()->set_patch_size(0); },
+             {"modules[0].vision.patch_size"}},
+        Case{"NumChannelsZero",
+             [](v1::JobSpec& s) { Vision(s).mutable_vision()->set_num_channels(0); },
+             {"modules[0].vision.num_channels"}},
+        Case{"MaxFramesNotMultipleOfFramesPerToken",
+             [](v1::JobSpec& s) { Audio(s).mutable_audio()->set_frames_per_token(3); },
+             {"modules[1].audio.max_frames"}},
+        Case{"NumMelBinsZero", [](v1::JobSpec& s) { Audio(s).mutable_audio()->set_num_mel_bins(0); },
+             {"modules[1].audio.num_mel_bins"}},
+        Case{"ProjectorKindUnset",
+             [](v1::JobSpec& s) { Vision(s).mutable_vision()->clear_projector(); },
+             {"modules[0].vision.projector.kind"}},
+        Case{"MlpProjectorWithoutHiddenSize",
+             [](v1::JobSpec& s) {
+               Audio(s).mutable_audio()->mutable_projector()->set_kind(v1::Projector::KIND_MLP);
+             },
+             {"modules[1].audio.projector.hidden_size"}},
+        Case{"VocabSizeZero",
+             [](v1::JobSpec& s) { Language(s).mutable_language()->set_vocab_size(0); },
+             {"modules[2].language.vocab_size"}},
+        Case{"MaxSequenceLengthZero",
+             [](v1::JobSpec& s) { Language(s).mutable_language()->set_max_sequence_length(0); },
+             {"modules[2].language.max_sequence_length"}},
+        // MoE.
+        Case{"NumExpertsNegative", [](v1::JobSpec& s) { Moe(s).set_num_experts(-4); },
+             {"modules[2].language.moe.num_experts"}},
+        Case{"TopKZero", [](v1::JobSpec& s) { Moe(s).set_top_k(0); },
+             {"modules[2].language.moe.top_k"}},
+        Case{"TopKAboveNumExperts", [](v1::JobSpec& s) { Moe(s).set_top_k(5); },
+             {"modules[2].language.moe.top_k"}},
+        Case{"RouterScoreUnset", [](v1::JobSpec& s) { Moe(s).clear_router_score(); },
+             {"modules[2].language.moe.router_score"}},
+        Case{"AuxLossNegative", [](v1::JobSpec& s) { Moe(s).set_aux_loss_coeff(-0.1); },
+             {"modules[2].language.moe.aux_loss_coeff"}},
+        Case{"ZLossNan", [](v1::JobSpec& s) { Moe(s).set_z_loss_coeff(kNan); },
+             {"modules[2].language.moe.z_loss_coeff"}},
+        Case{"CapacityFactorNegative", [](v1::JobSpec& s) { Moe(s).set_capacity_factor(-1); },
+             {"modules[2].language.moe.capacity_factor"}},
+        Case{"SharedExpertsWithoutWidth", [](v1::JobSpec& s) { Moe(s).set_num_shared_experts(1); },
+             {"modules[2].language.moe.shared_expert_ffn_hidden_size"}},
+        Case{"EpDoesNotDivideExperts", [](v1::JobSpec& s) { Moe(s).set_num_experts(3); },
+             {"modules[2].parallelism.ep"}},
+        Case{"EpWithoutExperts", [](v1::JobSpec& s) { Moe(s).set_num_experts(0); },
+             {"modules[2].parallelism.ep"}},
+        // Training and data.
+        Case{"TrainingMissing", [](v1::JobSpec& s) { s.clear_training(); }, {"training"}},
+        Case{"StepsZero", [](v1::JobSpec& s) { Train(s).set_steps(0); }, {"training.steps"}},
+        Case{"MicroBatchZero", [](v1::JobSpec& s) { Train(s).set_micro_batch_size(0); },
+             {"training.micro_batch_size"}},
+        Case{"GlobalBatchZero", [](v1::JobSpec& s) { Train(s).set_global_batch_size(0); },
+             {"training.global_batch_size"}},
+        Case{"GlobalBatchNotDivisible", [](v1::JobSpec& s) { Train(s).set_global_batch_size(6); },
+             {"training.global_batch_size"}},
+        Case{"SeqLengthZero", [](v1::JobSpec& s) { Train(s).set_seq_length(0); },
+             {"training.seq_length"}},
+        Case{"SeqLengthAboveMax", [](v1::JobSpec& s) { Train(s).set_seq_length(257); },
+             {"training.seq_length"}},
+        Case{"PrecisionUnset", [](v1::JobSpec& s) { Train(s).clear_precision(); },
+             {"training.precision"}},
+        Case{"SeedNegative", [](v1::JobSpec& s) { Train(s).set_seed(-1); }, {"training.seed"}},
+        Case{"LogIntervalNegative", [](v1::JobSpec& s) { Train(s).set_log_interval(-1); },
+             {"training.log_interval"}},
+        Case{"LrZero", [](v1::JobSpec& s) { Opt(s).set_lr(0); }, {"training.optimizer.lr"}},
+        Case{"LrInfinite", [](v1::JobSpec& s) { Opt(s).set_lr(kInf); }, {"training.optimizer.lr"}},
+        Case{"Beta1One", [](v1::JobSpec& s) { Opt(s).set_adam_beta1(1.0); },
+             {"training.optimizer.adam_beta1"}},
+        Case{"Beta2Negative", [](v1::JobSpec& s) { Opt(s).set_adam_beta2(-0.1); },
+             {"training.optimizer.adam_beta2"}},
+        Case{"EpsZero", [](v1::JobSpec& s) { Opt(s).set_adam_eps(0); },
+             {"training.optimizer.adam_eps"}},
+        Case{"ClipGradNegative", [](v1::JobSpec& s) { Opt(s).set_clip_grad(-1); },
+             {"training.optimizer.clip_grad"}},
+        Case{"WarmupNegative", [](v1::JobSpec& s) { Opt(s).set_warmup_steps(-1); },
+             {"training.optimizer.warmup_steps"}},
+        Case{"DataMissing", [](v1::JobSpec& s) { s.clear_data(); }, {"data"}},
+        Case{"WebdatasetWithoutShards",
+             [](v1::JobSpec& s) { s.mutable_data()->mutable_webdataset(); },
+             {"data.webdataset.shards"}},
+        Case{"WebdatasetEmptyShard",
+             [](v1::JobSpec& s) {
+               s.mutable_data()->mutable_webdataset()->add_shards("/data/a.tar");
+               s.mutable_data()->mutable_webdataset()->add_shards("");
+             },
+             {"data.webdataset.shards[1]"}},
+        // Resources and checkpoints.
+        Case{"WorkersZero", [](v1::JobSpec& s) { s.mutable_resources()->set_workers(0); },
+             {"resources.workers"}},
+        Case{"WorkersBeyondTheJobLimit",
+             [](v1::JobSpec& s) { s.mutable_resources()->set_workers(kMaxJobWorkers + 1); },
+             {"resources.workers"}},
+        Case{"DeviceUnset", [](v1::JobSpec& s) { s.mutable_resources()->clear_device(); },
+             {"resources.device"}},
+        Case{"CheckpointIntervalNegative",
+             [](v1::JobSpec& s) { s.mutable_checkpointing()->set_interval_steps(-1); },
+             {"checkpointing.interval_steps"}},
+        Case{"KeepLastNegative",
+             [](v1::JobSpec& s) { s.mutable_checkpointing()->set_keep_last(-1); },
+             {"checkpointing.keep_last"}},
+        // The planner's, mapped to their fields.
+        Case{"PlannerTpNegative",
+             [](v1::JobSpec& s) { Vision(s).mutable_parallelism()->set_tp(-2); },
+             {"modules[0].parallelism.tp"}},
+        Case{"PlannerEncoderEtp",
+             [](v1::JobSpec& s) { Audio(s).mutable_parallelism()->set_etp(2); },
+             {"modules[1].parallelism.etp"}},
+        Case{"PlannerDpPairs",
+             [](v1::JobSpec& s) {
+               // vision dp=3 on ranks 0-5 (tp 2), audio dp=2 on 6-7, language on 8-11.
+               Vision(s).mutable_parallelism()->set_dp(3);
+               Audio(s).mutable_parallelism()->set_rank_offset(6);
+               Language(s).mutable_parallelism()->set_rank_offset(8);
+               s.mutable_resources()->set_workers(12);
+               Train(s).set_global_batch_size(12);
+             },
+             {"modules[1].parallelism.dp", "modules[2].parallelism.dp"}},
+        Case{"PlannerWorkersTooMany",
+             [](v1::JobSpec& s) { s.mutable_resources()->set_workers(1 << 25); },
+             {"resources.workers"}}),
+    [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+TEST(ToLayoutSpecTest, MapsEveryField) {
+  v1::JobSpec spec = ValidSpec();
+  Train(spec).set_seed(0);
+  Train(spec).set_data_parallel_random_init(true);
+  Audio(spec).mutable_parallelism()->clear_dp();
+  Audio(spec).mutable_parallelism()->clear_rank_offset();
+  Language(spec).set_name("lm");
+  Language(spec).mutable_parallelism()->set_etp(0);
+  const parallel::LayoutSpec layout = ToLayoutSpec(spec);
+  EXPECT_EQ(layout.world_size, 8);
+  EXPECT_EQ(layout.language, "lm");
+  EXPECT_EQ(layout.seed, 1234);
+  EXPECT_TRUE(layout.data_parallel_random_init);
+  ASSERT_EQ(layout.modules.size(), 3u);
+  const parallel::ModuleParallelism& audio = layout.modules[1];
+  EXPECT_EQ(audio.name, "audio");
+  EXPECT_EQ(audio.tp, 1);
+  EXPECT_EQ(audio.cp, 1);
+  EXPECT_EQ(audio.pp, 1);
+  EXPECT_EQ(audio.ep, 1);
+  EXPECT_EQ(audio.dp, std::nullopt);
+  EXPECT_EQ(audio.rank_offset, std::nullopt);
+  const parallel::ModuleParallelism& lm = layout.modules[2];
+  EXPECT_EQ(lm.tp, 2);
+  EXPECT_EQ(lm.dp, 2);
+  EXPECT_EQ(lm.ep, 2);
+  EXPECT_EQ(lm.etp, 1);
+  EXPECT_EQ(lm.rank_offset, 4);
+}
+
+std::vector<int> Members(const v1::RankAssignment& a, const std::string& kind) {
+  const auto it = a.groups().find(kind);
+  if (it == a.groups().end()) {
+    ADD_FAILURE() << "rank " << a.rank() << " has no group " << kind;
+    return {};
+  }
+  return {it->second.ranks().begin(), it->second.ranks().end()};
+}
+
+std::vector<std::string> GroupKeys(const v1::RankAssignment& a) {
+  std::vector<std::string> keys;
+  for (const auto& [key, group] : a.groups()) keys.push_back(key);
+  return keys;
+}
+
+TEST(RankPlanToProtoTest, MatchesHandCheckedPlan) {
+  absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(ValidSpec(), nullptr);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const v1::RankPlan proto = RankPlanToProto(*plan);
+  EXPECT_EQ(proto.world_size(), 8);
+  EXPECT_EQ(proto.seed(), 1234);
+
+  ASSERT_EQ(proto.modules_size(), 3);
+  const v1::ModulePlan& vision = proto.modules(0);
+  EXPECT_EQ(vision.name(), "vision");
+  EXPECT_FALSE(vision.language());
+  EXPECT_EQ(
+      std::vector<int>({vision.tp(), vision.cp(), vision.pp(), vision.dp(), vision.ep(),
+                        vision.etp(), vision.expt_dp(), vision.rank_offset(), vision.rank_count()}),
+      std::vector<int>({2, 1, 1, 1, 1, 1, 0, 0, 2}));
+  const v1::ModulePlan& audio = proto.modules(1);
+  EXPECT_EQ(audio.name(), "audio");
+  EXPECT_EQ(
+      std::vector<int>({audio.tp(), audio.cp(), audio.pp(), audio.dp(), audio.ep(), audio.etp(),
+                        audio.expt_dp(), audio.rank_offset(), audio.rank_count()}),
+      std::vector<int>({1, 1, 1, 2, 1, 1, 0, 2, 2}));
+  const v1::ModulePlan& lang = proto.modules(2);
+  EXPECT_EQ(lang.name(), "language");
+  EXPECT_TRUE(lang.language());
+  EXPECT_EQ(std::vector<int>({lang.tp(), lang.cp(), lang.pp(), lang.dp(), lang.ep(), lang.etp(),
+                              lang.expt_dp(), lang.rank_offset(), lang.rank_count()}),
+            std::vector<int>({2, 1, 1, 2, 2, 1, 2, 4, 4}));
+
+  ASSERT_EQ(proto.ranks_size(), 8);
+  for (int r = 0; r < 8; ++r) EXPECT_EQ(proto.ranks(r).rank(), r);
+  const std::vector<std::string> dense_keys = {"cp",          "dp",       "dp_cp", "embd",
+                                               "pos_embd",    "pp",       "tp",    "tp_cp",
+                                               "tp_cp_dp_pp", "tp_dp_cp", "tp_pp"};
+  std::vector<std::string> language_keys = dense_keys;
+  language_keys.insert(language_keys.end(),
+                       {"ep", "expt_dp", "expt_tp", "expt_tp_ep", "expt_tp_ep_pp"});
+
+  // Rank 1: vision, tp rank 1.
+  const v1::RankAssignment& r1 = proto.ranks(1);
+  EXPECT_EQ(r1.module(), "vision");
+  EXPECT_EQ(r1.dense().tp(), 1);
+  EXPECT_EQ(r1.dense().dp(), 0);
+  EXPECT_FALSE(r1.has_expert());
+  EXPECT_EQ(r1.seeds().base(), 1234);
+  EXPECT_EQ(r1.seeds().tensor_parallel(), 1234 + 2718 + 1);
+  EXPECT_EQ(r1.seeds().data_parallel(), 1234);
+  EXPECT_FALSE(r1.seeds().has_expert());
+  EXPECT_THAT(GroupKeys(r1), UnorderedElementsAreArray(dense_keys));
+  EXPECT_THAT(Members(r1, "tp"), ElementsAre(0, 1));
+  EXPECT_THAT(Members(r1, "dp"), ElementsAre(1));
+  EXPECT_THAT(Members(r1, "tp_cp_dp_pp"), ElementsAre(0, 1));
+  EXPECT_THAT(Members(r1, "embd"), ElementsAre(1));
+  EXPECT_THAT(Members(r1, "pos_embd"), ElementsAre(1));
+
+  // Rank 3: audio, dp rank 1.
+  const v1::RankAssignment& r3 = proto.ranks(3);
+  EXPECT_EQ(r3.module(), "audio");
+  EXPECT_EQ(r3.dense().tp(), 0);
+  EXPECT_EQ(r3.dense().dp(), 1);
+  EXPECT_THAT(GroupKeys(r3), UnorderedElementsAreArray(dense_keys));
+  EXPECT_THAT(Members(r3, "tp"), ElementsAre(3));
+  EXPECT_THAT(Members(r3, "dp"), ElementsAre(2, 3));
+  EXPECT_THAT(Members(r3, "dp_cp"), ElementsAre(2, 3));
+  EXPECT_EQ(r3.seeds().tensor_parallel(), 1234 + 2718);
+
+  // Rank 6: language, tp 0, dp 1, ep 0, expt_dp 1.
+  const v1::RankAssignment& r6 = proto.ranks(6);
+  EXPECT_EQ(r6.module(), "language");
+  EXPECT_EQ(r6.dense().tp(), 0);
+  EXPECT_EQ(r6.dense().dp(), 1);
+  ASSERT_TRUE(r6.has_expert());
+  EXPECT_EQ(r6.expert().expt_tp(), 0);
+  EXPECT_EQ(r6.expert().ep(), 0);
+  EXPECT_EQ(r6.expert().expt_dp(), 1);
+  EXPECT_EQ(r6.expert().pp(), 0);
+  EXPECT_THAT(GroupKeys(r6), UnorderedElementsAreArray(language_keys));
+  EXPECT_THAT(Members(r6, "tp"), ElementsAre(6, 7));
+  EXPECT_THAT(Members(r6, "dp"), ElementsAre(4, 6));
+  EXPECT_THAT(Members(r6, "tp_dp_cp"), ElementsAre(4, 5, 6, 7));
+  EXPECT_THAT(Members(r6, "ep"), ElementsAre(6, 7));
+  EXPECT_THAT(Members(r6, "expt_dp"), ElementsAre(4, 6));
+  EXPECT_THAT(Members(r6, "expt_tp"), ElementsAre(6));
+  EXPECT_THAT(Members(r6, "expt_tp_ep_pp"), ElementsAre(6, 7));
+  ASSERT_TRUE(r6.seeds().has_expert());
+  EXPECT_EQ(r6.seeds().expert(), 1234 + 1024);
+
+  // Rank 5: language, tp 1, dp 0, ep 1.
+  const v1::RankAssignment& r5 = proto.ranks(5);
+  EXPECT_EQ(r5.expert().ep(), 1);
+  EXPECT_EQ(r5.expert().expt_dp(), 0);
+  EXPECT_THAT(Members(r5, "ep"), ElementsAre(4, 5));
+  EXPECT_THAT(Members(r5, "expt_dp"), ElementsAre(5, 7));
+  EXPECT_EQ(r5.seeds().tensor_parallel(), 1234 + 2718 + 1);
+  EXPECT_EQ(r5.seeds().expert(), 1234 + 1024 + 100);
+}
+
+TEST(RankPlanToProtoTest, GroupMembersCanBeLeftOut) {
+  absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(ValidSpec(), nullptr);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const v1::RankPlan full = RankPlanToProto(*plan, GroupMembers::kInclude);
+  v1::RankPlan lean = RankPlanToProto(*plan, GroupMembers::kOmit);
+  for (const v1::RankAssignment& rank : lean.ranks()) EXPECT_EQ(rank.groups_size(), 0);
+  // Everything else is the same.
+  v1::RankPlan stripped = full;
+  for (v1::RankAssignment& rank : *stripped.mutable_ranks()) rank.clear_groups();
+  EXPECT_EQ(stripped.SerializeAsString(), lean.SerializeAsString());
+  v1::RankPlan modules_only;
+  ModulesToProto(*plan, modules_only.mutable_modules());
+  ASSERT_EQ(modules_only.modules_size(), 3);
+  EXPECT_EQ(modules_only.modules(2).SerializeAsString(), full.modules(2).SerializeAsString());
+}
+
+TEST(RankPlanToProtoTest, EmbeddingGroupsAreEmptyOnMiddleStages) {
+  v1::JobSpec spec = ValidSpec();
+  spec.set_kind(v1::JobSpec::KIND_SELFTEST);
+  v1::Module language = Language(spec);
+  language.mutable_parallelism()->Clear();
+  language.mutable_parallelism()->set_pp(3);
+  language.mutable_language()->mutable_moe()->set_num_experts(0);
+  spec.clear_modules();
+  *spec.add_modules() = language;
+  spec.mutable_resources()->set_workers(3);
+  absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, nullptr);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const v1::RankAssignment first = RankToProto(*plan, 0);
+  const v1::RankAssignment middle = RankToProto(*plan, 1);
+  const v1::RankAssignment last = RankToProto(*plan, 2);
+  EXPECT_THAT(Members(first, "embd"), ElementsAre(0, 2));
+  EXPECT_THAT(Members(first, "pos_embd"), ElementsAre(0));
+  EXPECT_THAT(Members(middle, "embd"), IsEmpty());
+  EXPECT_THAT(Members(middle, "pos_embd"), IsEmpty());
+  EXPECT_THAT(Members(last, "embd"), ElementsAre(0, 2));
+  EXPECT_THAT(Members(last, "pos_embd"), IsEmpty());
+  EXPECT_EQ(middle.seeds().base(), 1234 + 100);
+  EXPECT_THAT(Members(middle, "pp"), ElementsAre(0, 1, 2));
+}
+
+}  // namespace
+}  // namespace mimo::coordinator
