@@ -5,6 +5,7 @@
 #include <optional>
 #include <tuple>
 
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
@@ -50,9 +51,19 @@ v1::Failure DeadlineFailure(absl::Duration limit) {
       0, -1);
 }
 
+// Six random base-36 characters.
+std::string RandomTag() {
+  static constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+  absl::BitGen gen;
+  std::string tag(6, '0');
+  for (char& c : tag) c = kDigits[absl::Uniform(gen, 0, 36)];
+  return tag;
+}
+
 }  // namespace
 
-JobManager::JobManager(JobStore* store, Options options) : store_(store), options_(options) {}
+JobManager::JobManager(JobStore* store, Options options)
+    : store_(store), options_(options), instance_(RandomTag()) {}
 
 absl::Status JobManager::Recover(absl::Time now) {
   absl::MutexLock lock(&mu_);
@@ -257,44 +268,75 @@ void JobManager::Tick(absl::Time now) {
 }
 
 void JobManager::CheckWorkers(absl::Time now) {
-  for (auto it = workers_.begin(); it != workers_.end();) {
-    const Worker& w = it->second;
-    if (now - w.last_heartbeat <= options_.heartbeat_timeout) {
-      ++it;
-      continue;
-    }
-    const std::string worker_id = it->first;
-    const std::string job_id = w.job_id;
-    const int attempt = w.attempt;
-    const int rank = w.rank;
-    const bool told_to_stop = w.stop;
-    const std::string who = absl::StrCat("rank ", rank, " (worker ", worker_id, " on ",
-                                         w.info.host(), ", device ", w.info.local_index(), ")");
-    it = workers_.erase(it);
-    Changed();
-    auto active = active_.find(job_id);
-    // Only the worker holding a rank of the job's current attempt counts: one left over from an
-    // earlier attempt (told to stop, never confirming) says nothing about the current one.
-    if (job_id.empty() || active == active_.end() || active->second.attempt != attempt ||
-        rank < 0 || rank >= static_cast<int>(active->second.worker_of_rank.size()) ||
-        active->second.worker_of_rank[rank] != worker_id) {
-      continue;
-    }
-    absl::StatusOr<v1::Job> job = store_->GetJob(job_id);
-    if (!job.ok() || IsTerminal(job->state())) continue;
-    if (job->state() == v1::JOB_STATE_CANCELLING) {
-      active->second.rank_state[rank] = v1::WORKER_STATE_STOPPED;
-      continue;
-    }
-    if (told_to_stop) continue;  // Its attempt is ending anyway; its silence changes nothing.
-    FailAttempt(*job,
-                MakeFailure("HEARTBEAT_TIMEOUT",
-                            absl::StrCat(who, " sent no heartbeat for ",
-                                         absl::FormatDuration(options_.heartbeat_timeout)),
-                            0, rank),
-                Retry::kIfAllowed, now)
-        .IgnoreError();
+  std::vector<std::string> silent;
+  for (const auto& [id, w] : workers_) {
+    if (now - w.last_heartbeat > options_.heartbeat_timeout) silent.push_back(id);
   }
+  for (const std::string& id : silent) {
+    DropWorker(
+        id, "HEARTBEAT_TIMEOUT",
+        absl::StrCat("sent no heartbeat for ", absl::FormatDuration(options_.heartbeat_timeout)), 0,
+        {}, now);
+  }
+}
+
+void JobManager::DropWorker(const std::string& worker_id, const std::string& reason,
+                            const std::string& what, int exit_code,
+                            const std::vector<std::string>& logs, absl::Time now) {
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) return;
+  const Worker& w = it->second;
+  const std::string job_id = w.job_id;
+  const int attempt = w.attempt;
+  const int rank = w.rank;
+  const bool told_to_stop = w.stop;
+  const std::string who = absl::StrCat("rank ", rank, " (worker ", worker_id, " on ", w.info.host(),
+                                       ", device ", w.info.local_index(), ")");
+  workers_.erase(it);
+  Changed();
+  // What the worker left behind belongs to its rank's logs even when the attempt already ended
+  // (a peer may have reported the broken connection first).
+  if (!logs.empty() && !job_id.empty() && rank >= 0) {
+    store_->AppendLogs(job_id, attempt, rank, logs, now).IgnoreError();
+  }
+  auto active = active_.find(job_id);
+  // Only the worker holding a rank of the job's current attempt counts: one left over from an
+  // earlier attempt (told to stop, never confirming) says nothing about the current one.
+  if (job_id.empty() || active == active_.end() || active->second.attempt != attempt || rank < 0 ||
+      rank >= static_cast<int>(active->second.worker_of_rank.size()) ||
+      active->second.worker_of_rank[rank] != worker_id) {
+    return;
+  }
+  absl::StatusOr<v1::Job> job = store_->GetJob(job_id);
+  if (!job.ok() || IsTerminal(job->state())) return;
+  if (job->state() == v1::JOB_STATE_CANCELLING) {
+    active->second.rank_state[rank] = v1::WORKER_STATE_STOPPED;
+    return;
+  }
+  if (told_to_stop) return;  // Its attempt is ending anyway; its end changes nothing.
+  FailAttempt(*job, MakeFailure(reason, absl::StrCat(who, " ", what), exit_code, rank),
+              Retry::kIfAllowed, now)
+      .IgnoreError();
+}
+
+void JobManager::WorkerProcessExited(const std::string& host, int pid, int exit_code,
+                                     const std::string& how,
+                                     const std::vector<std::string>& stderr_tail, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  std::string worker_id;
+  for (const auto& [id, w] : workers_) {
+    if (w.info.pid() == pid && w.info.host() == host) worker_id = id;
+  }
+  if (worker_id.empty()) return;  // It never registered, or was dropped already.
+  std::vector<std::string> logs = {
+      absl::StrCat("[mimo-coordinator] the worker process (pid ", pid, ") ", how,
+                   stderr_tail.empty()
+                       ? ""
+                       : absl::StrCat("; the last ", stderr_tail.size(), " lines of its stderr:"))};
+  logs.insert(logs.end(), stderr_tail.begin(), stderr_tail.end());
+  DropWorker(worker_id, "WORKER_EXITED", absl::StrCat(how, " (pid ", pid, ")"), exit_code, logs,
+             now);
+  Schedule(now);
 }
 
 void JobManager::CheckActiveJobs(absl::Time now) {

@@ -98,6 +98,15 @@ class JobManager {
                                                               const std::vector<std::string>& keys,
                                                               absl::Time deadline);
 
+  // ---- Worker processes this coordinator started (embedded mode) ----
+
+  // The worker process `pid` on `host` exited (`how`: "exited with code 3", "was killed by
+  // signal 9 (Killed)"). The worker it registered as is forgotten at once; if it held a rank of a
+  // running attempt, `stderr_tail` is appended to that rank's logs and the attempt fails with
+  // reason WORKER_EXITED and `exit_code` without waiting for the heartbeat timeout.
+  void WorkerProcessExited(const std::string& host, int pid, int exit_code, const std::string& how,
+                           const std::vector<std::string>& stderr_tail, absl::Time now);
+
   // Periodic work: dead workers, reattach and cancel grace periods, active deadlines,
   // scheduling, forgetting old request ids. The server calls it a few times a second.
   void Tick(absl::Time now);
@@ -156,6 +165,13 @@ class JobManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Schedule(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckWorkers(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets a worker that is gone (silent, or its process exited). If it held a rank of its
+  // job's current attempt, `logs` go to that rank's logs and the attempt fails with `reason`
+  // and the message "rank R (worker W on HOST, device D) <what>" (or, while the job is being
+  // cancelled, the rank counts as stopped).
+  void DropWorker(const std::string& worker_id, const std::string& reason, const std::string& what,
+                  int exit_code, const std::vector<std::string>& logs, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckActiveJobs(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job's attempt that `worker_id` claims to run; FailedPrecondition if it does not.
   absl::StatusOr<Active*> BoundAttempt(const std::string& worker_id, const std::string& job_id,
@@ -170,6 +186,8 @@ class JobManager {
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
+  // Tells this coordinator's worker ids from an earlier one's: random, in base 36.
+  const std::string instance_;
   absl::Time last_purge_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);

@@ -33,7 +33,9 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
     return absl::InvalidArgumentError("worker.device is unspecified");
   }
   absl::MutexLock lock(&mu_);
-  const std::string id = absl::StrCat("w-", next_worker_++);
+  // Ids never repeat across coordinator restarts: a worker that kept an old id must hear
+  // COMMAND_REGISTER, not another worker's commands.
+  const std::string id = absl::StrCat("w-", instance_, "-", next_worker_++);
   Worker& worker = workers_[id];
   worker.info = info;
   worker.last_heartbeat = now;
@@ -189,18 +191,25 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     return active.status();
   }
   (*active)->rank_state[request.rank()] = request.state();
+  const bool told_to_stop = w->second.stop;
   if (finished) {
     w->second = Worker{.info = w->second.info, .last_heartbeat = now};
   }
   Changed();
   MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(request.job_id()));
   const auto& states = (*active)->rank_state;
-  if (request.state() == v1::WORKER_STATE_FAILED && job.state() != v1::JOB_STATE_CANCELLING) {
+  // A rank that failed, or stopped without being told to (its worker was shut down), ends the
+  // attempt at once: its peers would otherwise wait for it until their collectives time out.
+  const bool unasked_stop = request.state() == v1::WORKER_STATE_STOPPED && !told_to_stop;
+  if ((request.state() == v1::WORKER_STATE_FAILED || unasked_stop) &&
+      job.state() != v1::JOB_STATE_CANCELLING) {
     v1::Failure failure;
-    failure.set_reason("WORKER_FAILED");
-    failure.set_message(absl::StrCat("rank ", request.rank(), " failed (exit code ",
-                                     request.exit_code(), ")",
-                                     request.message().empty() ? "" : ": ", request.message()));
+    failure.set_reason(unasked_stop ? "WORKER_STOPPED" : "WORKER_FAILED");
+    failure.set_message(
+        absl::StrCat("rank ", request.rank(),
+                     unasked_stop ? " stopped before the job ended"
+                                  : absl::StrCat(" failed (exit code ", request.exit_code(), ")"),
+                     request.message().empty() ? "" : ": ", request.message()));
     failure.set_exit_code(request.exit_code());
     failure.set_rank(request.rank());
     MIMO_RETURN_IF_ERROR(FailAttempt(job, failure, Retry::kIfAllowed, now));

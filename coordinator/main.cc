@@ -1,5 +1,6 @@
 // mimo-coordinator: the control plane's server process.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -19,6 +20,14 @@ absl::Duration ParseDuration(const std::string& text, const char* flag) {
     throw CLI::ValidationError(flag, "expected a positive duration such as 10s or 500ms");
   }
   return d;
+}
+
+// mimo-worker in the folder of this program.
+std::string WorkerBinaryBesideUs() {
+  char self[4096] = {};
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  std::string path = n > 0 ? std::string(self, n) : std::string();
+  return path.substr(0, path.rfind('/') + 1) + "mimo-worker";
 }
 
 }  // namespace
@@ -48,8 +57,27 @@ int main(int argc, char** argv) {
   app.add_option("--cancel-grace", cancel_grace,
                  "How long a cancelled job waits for its workers to stop")
       ->capture_default_str();
+  int cpu_workers = 0, gpu_workers = 0;
+  std::string worker_binary = WorkerBinaryBesideUs();
+  CLI::Option* cpu = app.add_option("--cpu-workers", cpu_workers,
+                                    "Embedded mode: start and supervise N CPU workers on this host")
+                         ->check(CLI::Range(1, 4096));
+  CLI::Option* gpu =
+      app.add_option("--gpu-workers", gpu_workers,
+                     "Embedded mode: start and supervise N GPU workers on this host (GPUs 0..N-1)")
+          ->check(CLI::Range(1, 64));
+  cpu->excludes(gpu);
+  app.add_option("--worker-binary", worker_binary, "The mimo-worker program for embedded mode")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
+    if (cpu_workers > 0 || gpu_workers > 0) {
+      options.local_workers.count = cpu_workers > 0 ? cpu_workers : gpu_workers;
+      options.local_workers.device =
+          cpu_workers > 0 ? mimo::v1::DEVICE_KIND_CPU : mimo::v1::DEVICE_KIND_CUDA;
+      options.local_workers.worker_binary = worker_binary;
+      if (!token_file.empty()) options.local_workers.extra_args = {"--token-file", token_file};
+    }
     options.manager.heartbeat_timeout = ParseDuration(heartbeat_timeout, "--heartbeat-timeout");
     options.manager.heartbeat_interval = options.manager.heartbeat_timeout / 5;
     options.manager.reattach_grace = ParseDuration(reattach_grace, "--reattach-grace");
@@ -85,6 +113,10 @@ int main(int argc, char** argv) {
             << ", TLS " << (options.tls_cert_file.empty() ? "off" : "on");
   if ((*server)->metrics_port() != 0)
     std::cerr << ", metrics on port " << (*server)->metrics_port();
+  if (options.local_workers.count > 0) {
+    std::cerr << ", " << options.local_workers.count << (cpu_workers > 0 ? " CPU" : " GPU")
+              << " workers";
+  }
   std::cerr << ")" << std::endl;
   int signal = 0;
   sigwait(&signals, &signal);

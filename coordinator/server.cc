@@ -4,6 +4,7 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <sstream>
@@ -75,6 +76,21 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   }
   s->server_->GetHealthCheckService()->SetServingStatus(true);
   s->ticker_ = std::thread([server = s.get()] { server->TickLoop(); });
+  if (options.local_workers.count > 0) {
+    if (!options.tls_cert_file.empty()) {
+      return absl::InvalidArgumentError(
+          "local workers reach the coordinator over loopback without TLS; with TLS, start "
+          "workers separately (mimo-worker --coordinator HOST:PORT --tls-ca CA)");
+    }
+    LocalWorkersOptions local = options.local_workers;
+    local.coordinator_address = absl::StrCat("127.0.0.1:", s->port_);
+    if (local.host.empty()) {
+      char host[256] = {};
+      gethostname(host, sizeof(host) - 1);
+      local.host = host;
+    }
+    MIMO_ASSIGN_OR_RETURN(s->local_workers_, LocalWorkers::Start(local, s->manager_.get()));
+  }
   return s;
 }
 
@@ -95,6 +111,7 @@ void CoordinatorServer::Shutdown() {
   if (stopped_ || server_ == nullptr) return;  // Stopped, or never started.
   stopped_ = true;
   server_->GetHealthCheckService()->SetServingStatus(false);
+  if (local_workers_) local_workers_->Stop();
   manager_->Shutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.shutdown_grace));
   {

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "coordinator/job_manager.h"
 #include "coordinator/job_store.h"
+#include "coordinator/local_workers.h"
 #include "coordinator/metrics.h"
 #include "coordinator/services.h"
 
@@ -34,6 +35,10 @@ struct ServerOptions {
   // How often JobManager::Tick runs.
   absl::Duration tick_interval = absl::Milliseconds(200);
   JobManager::Options manager;
+  // Embedded mode: with count > 0, worker processes this coordinator starts on its own host and
+  // supervises (their coordinator_address, and host when empty, are filled in by Start). Count 0:
+  // workers are started by something else and register over the network.
+  LocalWorkersOptions local_workers;
 };
 
 class CoordinatorServer {
@@ -45,9 +50,12 @@ class CoordinatorServer {
 
   int port() const { return port_; }
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+  // The embedded worker pool; null without local workers.
+  LocalWorkers* local_workers() const { return local_workers_.get(); }
 
-  // Health goes NOT_SERVING, streams end with UNAVAILABLE, calls in flight get `shutdown_grace`,
-  // then the tick thread stops and the database closes. Idempotent.
+  // Health goes NOT_SERVING, local workers are stopped (they report while the server still
+  // answers), streams end with UNAVAILABLE, calls in flight get `shutdown_grace`, then the tick
+  // thread stops and the database closes. Idempotent.
   void Shutdown();
 
  private:
@@ -61,6 +69,7 @@ class CoordinatorServer {
   std::unique_ptr<JobServiceImpl> job_service_;
   std::unique_ptr<WorkerServiceImpl> worker_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<LocalWorkers> local_workers_;
   int port_ = 0;
   std::thread ticker_;
   absl::Mutex mu_;

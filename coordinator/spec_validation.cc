@@ -127,6 +127,10 @@ class SpecChecker {
     }
     EnumSet("kind", spec_.kind(), v1::JobSpec::Kind_descriptor());
     NonNegative("max_restarts", spec_.max_restarts());
+    NonNegative("selftest.iterations", spec_.selftest().iterations());
+    if (spec_.has_selftest() && spec_.kind() != v1::JobSpec::KIND_SELFTEST) {
+      Add("selftest", "only a KIND_SELFTEST job takes selftest settings");
+    }
     if (spec_.has_active_deadline()) {
       const google::protobuf::Duration& d = spec_.active_deadline();
       const bool positive =

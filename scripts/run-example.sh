@@ -1,13 +1,46 @@
 #!/usr/bin/env bash
-# The main job, for now: installs what is missing, builds, and plans the bundled example MIMO
-# layout (8 ranks: vision encoder tp=2 on ranks 0-1, audio encoder dp=2 on ranks 2-3, MoE
-# language model tp=2 dp=2 ep=2 on ranks 4-7), printing every rank's place, groups and seeds.
-# Extra arguments go to `mimoctl plan`, e.g. --json.
+# The main job: installs what is missing, builds, starts a local coordinator that runs its own
+# workers (embedded mode), submits a job spec (default: examples/selftest-cpu.yaml, the
+# communication self-test of the 8-rank MIMO layout on CPU workers), follows it to its end, prints
+# its history, and stops the coordinator. Exits 0 only if the job succeeded.
+#   scripts/run-example.sh [SPEC]
+# The coordinator's log (with the workers' stderr) is kept in a temporary folder, printed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh >&2
-exec "${MIMO_BUILD_DIR:-build}/bin/mimoctl" plan --world 8 \
-  --component vision=tp=2,dp=1,rank_offset=0 \
-  --component audio=dp=2,rank_offset=2 \
-  --component language=tp=2,dp=2,ep=2,rank_offset=4 \
-  "$@"
+bin=${MIMO_BUILD_DIR:-build}/bin
+spec=${1:-examples/selftest-cpu.yaml}
+
+# Workers: one per rank of the spec's layout, on the device kind it asks for.
+workers=$("$bin/mimoctl" plan "$spec" | sed -n '1s/^world_size \([0-9]*\),.*/\1/p')
+device_flag=--cpu-workers
+grep -q 'DEVICE_KIND_CUDA' "$spec" && device_flag=--gpu-workers
+
+work=$(mktemp -d -t mimo-example.XXXXXX)
+"$bin/mimo-coordinator" --listen 127.0.0.1:0 --db "$work/mimo.db" --metrics-listen "" \
+  "$device_flag" "$workers" 2>"$work/coordinator.log" &
+coordinator=$!
+stop() {
+  kill -TERM "$coordinator" 2>/dev/null && wait "$coordinator" || true
+  echo "coordinator log: $work/coordinator.log" >&2
+}
+trap stop EXIT
+
+port=""
+for _ in $(seq 100); do
+  port=$(sed -n 's/^mimo-coordinator: serving on port \([0-9]*\).*/\1/p' "$work/coordinator.log")
+  [[ -n $port ]] && break
+  kill -0 "$coordinator" 2>/dev/null || { cat "$work/coordinator.log" >&2; exit 1; }
+  sleep 0.1
+done
+[[ -n $port ]] || { echo "the coordinator did not start" >&2; exit 1; }
+export MIMO_SERVER=127.0.0.1:$port
+
+status=0
+"$bin/mimoctl" submit "$spec" --wait --request-id "run-example" || status=$?
+job=$("$bin/mimoctl" list -o json | sed -n 's/.*"id": "\(j-[0-9-]*\)".*/\1/p' | head -1)
+if [[ -n $job ]]; then
+  "$bin/mimoctl" events "$job"
+  [[ $status -ne 0 ]] && "$bin/mimoctl" logs "$job" --tail 40 >&2
+fi
+exit $status

@@ -254,6 +254,33 @@ TEST_F(LifecycleTest, WorkerFailureFailsTheJobNamingTheRank) {
   EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
 }
 
+TEST_F(LifecycleTest, RankStoppingUnaskedEndsTheAttempt) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  // Its worker was shut down (SIGTERM) while the others still run.
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_STOPPED, 0, "SIGTERM").ok());
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.failure().reason(), "WORKER_STOPPED");
+  EXPECT_EQ(failed.failure().rank(), 1);
+  EXPECT_THAT(failed.failure().message(),
+              HasSubstr("rank 1 stopped before the job ended: SIGTERM"));
+  EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
+TEST_F(LifecycleTest, WorkerIdsNeverRepeatAcrossRestarts) {
+  auto before = Workers(2);
+  StopServer();
+  StartServer(options_);
+  auto after = Workers(2);
+  for (const auto& old_worker : before) {
+    for (const auto& new_worker : after) EXPECT_NE(old_worker->id(), new_worker->id());
+    // The old id is unknown to the new coordinator, so its worker registers again.
+    EXPECT_EQ(old_worker->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+  }
+}
+
 TEST_F(LifecycleTest, FailedAttemptRestartsWhenAllowed) {
   v1::JobSpec spec = SmallSpec();
   spec.set_max_restarts(1);

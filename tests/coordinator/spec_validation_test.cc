@@ -436,6 +436,15 @@ INSTANTIATE_TEST_SUITE_P(
         // Resources and checkpoints.
         Case{"WorkersZero", [](v1::JobSpec& s) { s.mutable_resources()->set_workers(0); },
              {"resources.workers"}},
+        Case{"SelftestIterationsNegative",
+             [](v1::JobSpec& s) {
+               s.set_kind(v1::JobSpec::KIND_SELFTEST);
+               s.mutable_selftest()->set_iterations(-1);
+             },
+             {"selftest.iterations"}},
+        Case{"SelftestSettingsOnATrainingJob",
+             [](v1::JobSpec& s) { s.mutable_selftest()->set_iterations(3); },
+             {"selftest"}},
         Case{"WorkersBeyondTheJobLimit",
              [](v1::JobSpec& s) { s.mutable_resources()->set_workers(kMaxJobWorkers + 1); },
              {"resources.workers"}},

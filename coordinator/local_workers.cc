@@ -1,0 +1,242 @@
+// The embedded mode's worker pool: mimo-worker processes this coordinator starts on its own host,
+// supervised (restarted when they exit, their stderr forwarded and kept for crash reports).
+#include "coordinator/local_workers.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+
+namespace mimo::coordinator {
+namespace {
+
+// Longest stderr line kept whole; longer ones are cut.
+constexpr size_t kMaxLine = 4096;
+// How often the supervisor looks at its processes when they are quiet.
+constexpr int kPollMs = 100;
+
+const char* DeviceFlag(v1::DeviceKind device) {
+  return device == v1::DEVICE_KIND_CUDA ? "cuda" : "cpu";
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LocalWorkers>> LocalWorkers::Start(LocalWorkersOptions options,
+                                                                  JobManager* manager) {
+  if (options.count < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("local workers: count must be at least 1, got ", options.count));
+  }
+  if (access(options.worker_binary.c_str(), X_OK) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "local workers: cannot run ", options.worker_binary, ": ", std::strerror(errno)));
+  }
+  auto workers = std::unique_ptr<LocalWorkers>(new LocalWorkers(std::move(options), manager));
+  workers->supervisor_ = std::thread([w = workers.get()] { w->Supervise(); });
+  return workers;
+}
+
+LocalWorkers::LocalWorkers(LocalWorkersOptions options, JobManager* manager)
+    : options_(std::move(options)), manager_(manager) {
+  slots_.resize(options_.count);
+  for (int i = 0; i < options_.count; ++i) slots_[i].index = i;
+}
+
+LocalWorkers::~LocalWorkers() { Stop(); }
+
+int LocalWorkers::started() {
+  absl::MutexLock lock(&mu_);
+  return started_;
+}
+
+std::vector<pid_t> LocalWorkers::pids() {
+  absl::MutexLock lock(&mu_);
+  std::vector<pid_t> out;
+  for (const Slot& slot : slots_) out.push_back(slot.pid);
+  return out;
+}
+
+absl::Status LocalWorkers::Spawn(Slot& slot) {
+  std::vector<std::string> args = {options_.worker_binary,
+                                   "--coordinator",
+                                   options_.coordinator_address,
+                                   "--host",
+                                   options_.host,
+                                   "--local-index",
+                                   absl::StrCat(slot.index),
+                                   "--device",
+                                   DeviceFlag(options_.device)};
+  args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    return absl::ErrnoToStatus(errno, "local workers: pipe2");
+  }
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    const int err = errno;
+    close(fds[0]);
+    close(fds[1]);
+    return absl::ErrnoToStatus(err, "local workers: fork");
+  }
+  if (pid == 0) {
+    // Only async-signal-safe calls from here to exec. The worker dies with this thread (the
+    // supervisor, which lives as long as the pool), so a killed coordinator leaves no orphans.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(127);
+    // The coordinator blocks SIGTERM and SIGINT in every thread (it takes them with sigwait);
+    // an exec'd program would inherit that mask and ignore its stop signal.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    dup2(fds[1], STDOUT_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
+  slot.pid = pid;
+  slot.stderr_fd = fds[0];
+  slot.partial.clear();
+  slot.tail.clear();
+  ++started_;
+  return absl::OkStatus();
+}
+
+void LocalWorkers::Drain(Slot& slot) {
+  if (slot.stderr_fd < 0) return;
+  char buffer[8192];
+  while (true) {
+    const ssize_t n = read(slot.stderr_fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+        close(slot.stderr_fd);  // End of file: the process closed its end (it is exiting).
+        slot.stderr_fd = -1;
+      }
+      break;
+    }
+    slot.partial.append(buffer, n);
+    size_t start = 0;
+    for (size_t nl; (nl = slot.partial.find('\n', start)) != std::string::npos; start = nl + 1) {
+      std::string line = slot.partial.substr(start, std::min(nl - start, kMaxLine));
+      std::cerr << "[worker " << slot.index << "] " << line << '\n';
+      slot.tail.push_back(std::move(line));
+      if (static_cast<int>(slot.tail.size()) > options_.stderr_tail_lines) slot.tail.pop_front();
+    }
+    slot.partial.erase(0, start);
+    if (slot.partial.size() > kMaxLine) slot.partial.resize(kMaxLine);
+  }
+}
+
+bool LocalWorkers::Reap(Slot& slot, bool wait) {
+  if (slot.pid < 0) return false;
+  int status = 0;
+  pid_t r;
+  do {
+    r = waitpid(slot.pid, &status, wait ? 0 : WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  if (r == 0) return false;
+  Drain(slot);
+  if (!slot.partial.empty()) {
+    slot.tail.push_back(std::move(slot.partial));
+    slot.partial.clear();
+  }
+  if (slot.stderr_fd >= 0) {
+    close(slot.stderr_fd);
+    slot.stderr_fd = -1;
+  }
+  int exit_code = 0;
+  std::string how;
+  if (r < 0) {
+    how = absl::StrCat("could not be waited for: ", std::strerror(errno));
+    exit_code = -1;
+  } else if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    exit_code = 128 + sig;
+    how = absl::StrCat("was killed by signal ", sig, " (", strsignal(sig), ")");
+  } else {
+    exit_code = WEXITSTATUS(status);
+    how = absl::StrCat("exited with code ", exit_code);
+  }
+  std::cerr << "[worker " << slot.index << "] pid " << slot.pid << " " << how << '\n';
+  manager_->WorkerProcessExited(options_.host, slot.pid, exit_code, how,
+                                std::vector<std::string>(slot.tail.begin(), slot.tail.end()),
+                                absl::Now());
+  slot.pid = -1;
+  slot.tail.clear();
+  slot.restart_at = absl::Now() + options_.restart_delay;
+  return true;
+}
+
+void LocalWorkers::Supervise() {
+  while (true) {
+    std::vector<pollfd> fds;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      const absl::Time now = absl::Now();
+      for (Slot& slot : slots_) {
+        if (slot.pid >= 0 || now < slot.restart_at) continue;
+        if (absl::Status s = Spawn(slot); !s.ok()) {
+          std::cerr << "mimo-coordinator: cannot start worker " << slot.index << ": " << s << '\n';
+          slot.restart_at = now + options_.restart_delay;
+        }
+      }
+      for (const Slot& slot : slots_) {
+        if (slot.stderr_fd >= 0) fds.push_back({slot.stderr_fd, POLLIN, 0});
+      }
+    }
+    poll(fds.data(), fds.size(), kPollMs);
+    absl::MutexLock lock(&mu_);
+    for (Slot& slot : slots_) {
+      Drain(slot);
+      Reap(slot, /*wait=*/false);
+    }
+  }
+}
+
+void LocalWorkers::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  if (supervisor_.joinable()) supervisor_.join();
+  absl::MutexLock lock(&mu_);
+  for (Slot& slot : slots_) {
+    if (slot.pid >= 0) kill(slot.pid, SIGTERM);
+  }
+  const absl::Time deadline = absl::Now() + options_.stop_grace;
+  while (absl::Now() < deadline) {
+    bool running = false;
+    for (Slot& slot : slots_) {
+      Drain(slot);
+      Reap(slot, /*wait=*/false);
+      running |= slot.pid >= 0;
+    }
+    if (!running) return;
+    mu_.Unlock();
+    absl::SleepFor(absl::Milliseconds(20));
+    mu_.Lock();
+  }
+  for (Slot& slot : slots_) {
+    if (slot.pid < 0) continue;
+    kill(slot.pid, SIGKILL);
+    Reap(slot, /*wait=*/true);
+  }
+}
+
+}  // namespace mimo::coordinator

@@ -1,0 +1,86 @@
+// The embedded mode's worker pool: mimo-worker processes this coordinator starts on its own host,
+// supervised (restarted when they exit, their stderr forwarded and kept for crash reports).
+#pragma once
+
+#include <sys/types.h>
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/job_manager.h"
+#include "mimo/v1/job_spec.pb.h"
+
+namespace mimo::coordinator {
+
+struct LocalWorkersOptions {
+  // The mimo-worker program.
+  std::string worker_binary;
+  // How many workers; slot i runs with --local-index i.
+  int count = 0;
+  // Their device kind (cuda: slot i drives GPU i).
+  v1::DeviceKind device = v1::DEVICE_KIND_CPU;
+  // Where they reach the coordinator, e.g. "127.0.0.1:50051".
+  std::string coordinator_address;
+  // The host name they register with (and that WorkerProcessExited is told).
+  std::string host;
+  // More arguments for every worker, e.g. {"--token-file", PATH}.
+  std::vector<std::string> extra_args;
+  // A worker that exited is started again after this long.
+  absl::Duration restart_delay = absl::Seconds(1);
+  // Stop(): how long workers get to exit after SIGTERM before SIGKILL.
+  absl::Duration stop_grace = absl::Seconds(5);
+  // Lines of each worker's stderr kept for the report of its exit.
+  int stderr_tail_lines = 40;
+};
+
+class LocalWorkers {
+ public:
+  // Starts the workers and their supervisor. `manager` (told about every exit) must outlive
+  // this object. InvalidArgument for a count < 1 or a missing binary.
+  static absl::StatusOr<std::unique_ptr<LocalWorkers>> Start(LocalWorkersOptions options,
+                                                             JobManager* manager);
+  ~LocalWorkers();  // Stop().
+
+  // SIGTERM to every worker, SIGKILL to those still running after stop_grace, and every
+  // process reaped (no zombies). Idempotent.
+  void Stop();
+
+  // Worker processes started so far, restarts included.
+  int started();
+  // The running workers' process ids, by slot (-1 for a slot whose worker is not running).
+  std::vector<pid_t> pids();
+
+ private:
+  struct Slot {
+    int index = 0;
+    pid_t pid = -1;  // -1 while not running.
+    int stderr_fd = -1;
+    std::string partial;  // An unfinished stderr line.
+    std::deque<std::string> tail;
+    absl::Time restart_at = absl::InfinitePast();
+  };
+
+  LocalWorkers(LocalWorkersOptions options, JobManager* manager);
+  absl::Status Spawn(Slot& slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads what the slot's stderr has, forwarding whole lines to our stderr.
+  void Drain(Slot& slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reaps the slot's process if it exited and reports it; returns true if it did.
+  bool Reap(Slot& slot, bool wait) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Supervise();
+
+  const LocalWorkersOptions options_;
+  JobManager* const manager_;
+  absl::Mutex mu_;
+  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int started_ ABSL_GUARDED_BY(mu_) = 0;
+  std::thread supervisor_;
+};
+
+}  // namespace mimo::coordinator

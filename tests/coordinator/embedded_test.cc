@@ -1,0 +1,141 @@
+// Embedded mode end to end: a coordinator that starts real mimo-worker processes runs the
+// communication self-test; a worker killed with SIGKILL fails its job at once and is replaced;
+// a cancel stops every worker within seconds.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <string>
+
+#include "tests/coordinator/test_server.h"
+#include "tools/mimoctl/spec_file.h"
+
+namespace mimo::coordinator::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// mimo-worker is built into the same folder as this test.
+std::string WorkerBinary() {
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  return self.substr(0, self.rfind('/') + 1) + "mimo-worker";
+}
+
+// A self-test of the 4-rank layout of SmallSpec, running `iterations` rounds.
+v1::JobSpec Selftest(int iterations, const std::string& name = "selftest") {
+  v1::JobSpec spec = SmallSpec(name);
+  spec.set_kind(v1::JobSpec::KIND_SELFTEST);
+  spec.mutable_selftest()->set_iterations(iterations);
+  return spec;
+}
+
+class EmbeddedTest : public CoordinatorFixture {
+ protected:
+  void StartWithWorkers(int count) {
+    ServerOptions options = FastOptions(db_path_);
+    // Real workers heartbeat on their own schedule; leave them the production margin.
+    options.manager.heartbeat_interval = absl::Milliseconds(200);
+    options.manager.heartbeat_timeout = absl::Seconds(5);
+    options.local_workers.count = count;
+    options.local_workers.worker_binary = WorkerBinary();
+    options.local_workers.restart_delay = absl::Milliseconds(100);
+    StartServer(options);
+  }
+
+  // All log text of a job.
+  std::string Logs(const std::string& job_id) {
+    v1::StreamLogsRequest request;
+    request.set_job_id(job_id);
+    auto context = Context();
+    auto reader = jobs_->StreamLogs(context.get(), request);
+    std::string text;
+    v1::StreamLogsResponse response;
+    while (reader->Read(&response)) {
+      for (const v1::LogLine& line : response.lines()) {
+        absl::StrAppend(&text, "[rank ", line.rank(), "] ", line.text(), "\n");
+      }
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+    return text;
+  }
+};
+
+TEST_F(EmbeddedTest, ExampleSelftestSucceedsOnEightLocalWorkers) {
+  StartWithWorkers(8);
+  std::string example = "examples/selftest-cpu.yaml";
+  if (!std::filesystem::exists(example)) {
+    example = (std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() /
+               "examples/selftest-cpu.yaml")
+                  .string();
+  }
+  absl::StatusOr<v1::JobSpec> spec = tools::ReadJobSpecFile(example);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const v1::Job job = Submit(*spec);
+  const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(60));
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.DebugString() << Logs(job.id());
+  const std::string logs = Logs(job.id());
+  for (int r = 0; r < 8; ++r) {
+    EXPECT_THAT(logs, HasSubstr(absl::StrCat("[rank ", r, "] selftest: passed"))) << logs;
+  }
+}
+
+TEST_F(EmbeddedTest, KilledWorkerFailsItsJobAtOnceAndIsReplaced) {
+  StartWithWorkers(4);
+  const v1::Job job = Submit(Selftest(1000000, "soak"));
+  ASSERT_EQ(AwaitState(job.id(), v1::JOB_STATE_RUNNING, absl::Seconds(30)).state(),
+            v1::JOB_STATE_RUNNING);
+  const pid_t victim = server_->local_workers()->pids()[2];
+  ASSERT_GT(victim, 0);
+  const absl::Time killed = absl::Now();
+  kill(victim, SIGKILL);
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(10));
+  ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED) << failed.DebugString();
+  // Found at once (by the supervisor, or by a peer whose connection broke), not by the
+  // heartbeat timeout.
+  EXPECT_LT(absl::Now() - killed, absl::Seconds(4));
+  if (failed.failure().reason() == "WORKER_EXITED") {
+    EXPECT_EQ(failed.failure().rank(), 2);
+    EXPECT_EQ(failed.failure().exit_code(), 128 + SIGKILL);
+    EXPECT_THAT(failed.failure().message(), HasSubstr("was killed by signal 9"));
+  } else {
+    EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED") << failed.DebugString();
+  }
+  // Either way the killed rank's logs say what happened to its process.
+  absl::Time until = absl::Now() + absl::Seconds(5);
+  std::string logs;
+  while (absl::Now() < until) {
+    logs = Logs(job.id());
+    if (logs.find("was killed by signal 9") != std::string::npos) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_THAT(logs, HasSubstr(absl::StrCat("[rank 2] [mimo-coordinator] the worker process (pid ",
+                                           victim, ") was killed by signal 9")));
+  // The other workers stopped and the pool replaced the dead one: the next job runs.
+  const v1::Job next = Submit(Selftest(1, "after-kill"));
+  EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(30)).state(),
+            v1::JOB_STATE_SUCCEEDED)
+      << Logs(next.id());
+}
+
+TEST_F(EmbeddedTest, CancelStopsEveryWorkerWithinSeconds) {
+  StartWithWorkers(4);
+  const v1::Job job = Submit(Selftest(1000000, "cancelled"));
+  ASSERT_EQ(AwaitState(job.id(), v1::JOB_STATE_RUNNING, absl::Seconds(30)).state(),
+            v1::JOB_STATE_RUNNING);
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(job.id());
+  v1::CancelJobResponse response;
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(jobs_->CancelJob(Context().get(), cancel, &response).ok());
+  const v1::Job cancelled = AwaitState(job.id(), v1::JOB_STATE_CANCELLED, absl::Seconds(10));
+  EXPECT_EQ(cancelled.state(), v1::JOB_STATE_CANCELLED) << cancelled.DebugString();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  const v1::Job next = Submit(Selftest(1, "after-cancel"));
+  EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(30)).state(),
+            v1::JOB_STATE_SUCCEEDED)
+      << Logs(next.id());
+}
+
+}  // namespace
+}  // namespace mimo::coordinator::testing

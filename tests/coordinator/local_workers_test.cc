@@ -1,0 +1,151 @@
+// The embedded worker pool's supervision with stand-in worker programs (shell scripts): arguments,
+// restarts after an exit, stderr forwarding, and a stop that leaves no process behind.
+#include "coordinator/local_workers.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cerrno>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace mimo::coordinator {
+namespace {
+
+using ::testing::HasSubstr;
+
+class LocalWorkersTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<JobStore>> store = JobStore::Open({.path = ":memory:"});
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    manager_ = std::make_unique<JobManager>(store_.get(), JobManager::Options());
+  }
+
+  // An executable script under the test's temp folder.
+  std::string Script(const std::string& name, const std::string& body) {
+    const std::string path = absl::StrCat(::testing::TempDir(), "/", name, "-", getpid(), ".sh");
+    std::ofstream(path) << "#!/bin/sh\n" << body << "\n";
+    chmod(path.c_str(), 0755);
+    scripts_.push_back(path);
+    return path;
+  }
+
+  LocalWorkersOptions Options(const std::string& binary, int count) {
+    LocalWorkersOptions o;
+    o.worker_binary = binary;
+    o.count = count;
+    o.coordinator_address = "127.0.0.1:1";
+    o.host = "test-host";
+    o.restart_delay = absl::Milliseconds(50);
+    o.stop_grace = absl::Milliseconds(500);
+    return o;
+  }
+
+  // True when this process has no child left, exited or not.
+  static bool NoChildren() {
+    int status;
+    return waitpid(-1, &status, WNOHANG) < 0 && errno == ECHILD;
+  }
+
+  void TearDown() override {
+    for (const std::string& path : scripts_) std::remove(path.c_str());
+  }
+
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<JobManager> manager_;
+  std::vector<std::string> scripts_;
+};
+
+TEST_F(LocalWorkersTest, PassesTheCoordinatorHostSlotAndDevice) {
+  const std::string out = absl::StrCat(::testing::TempDir(), "/args-", getpid());
+  const std::string script =
+      Script("args", absl::StrCat("echo \"$@\" >> ", out, ".$4.$6; sleep 30"));
+  LocalWorkersOptions options = Options(script, 2);
+  options.extra_args = {"--token-file", "/secret"};
+  auto workers = LocalWorkers::Start(options, manager_.get());
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  const std::string slot1 = absl::StrCat(out, ".test-host.1");
+  for (int i = 0; i < 100 && !std::ifstream(slot1).good(); ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  (*workers)->Stop();
+  std::stringstream args;
+  args << std::ifstream(slot1).rdbuf();
+  EXPECT_EQ(args.str(),
+            "--coordinator 127.0.0.1:1 --host test-host --local-index 1 --device cpu "
+            "--token-file /secret\n");
+  std::remove(slot1.c_str());
+  std::remove(absl::StrCat(out, ".test-host.0").c_str());
+  EXPECT_TRUE(NoChildren());
+}
+
+TEST_F(LocalWorkersTest, RestartsWorkersThatExit) {
+  const std::string script = Script("exits", "echo \"going away\" >&2; exit 3");
+  auto workers = LocalWorkers::Start(Options(script, 2), manager_.get());
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((*workers)->started() < 6 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_GE((*workers)->started(), 6);
+  (*workers)->Stop();
+  EXPECT_TRUE(NoChildren());
+}
+
+TEST_F(LocalWorkersTest, StopKillsWorkersThatIgnoreSigterm) {
+  const std::string script = Script("stubborn", "trap '' TERM; while :; do sleep 1; done");
+  // The coordinator blocks SIGTERM in its threads; workers must not inherit that.
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  sigset_t old;
+  pthread_sigmask(SIG_BLOCK, &term, &old);
+  auto workers = LocalWorkers::Start(Options(script, 3), manager_.get());
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  while ((*workers)->started() < 3) absl::SleepFor(absl::Milliseconds(10));
+  const absl::Time start = absl::Now();
+  (*workers)->Stop();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  EXPECT_TRUE(NoChildren());
+}
+
+TEST_F(LocalWorkersTest, PlainWorkersStopOnSigterm) {
+  const std::string script = Script("plain", "exec sleep 30");
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  sigset_t old;
+  pthread_sigmask(SIG_BLOCK, &term, &old);
+  LocalWorkersOptions options = Options(script, 2);
+  options.stop_grace = absl::Seconds(20);
+  auto workers = LocalWorkers::Start(options, manager_.get());
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  while ((*workers)->started() < 2) absl::SleepFor(absl::Milliseconds(10));
+  absl::SleepFor(absl::Milliseconds(100));  // Let them exec.
+  const absl::Time start = absl::Now();
+  (*workers)->Stop();
+  // Well within the grace: SIGTERM reached them (no SIGKILL was needed).
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_TRUE(NoChildren());
+}
+
+TEST_F(LocalWorkersTest, BadOptionsAreErrors) {
+  auto missing = LocalWorkers::Start(Options("/nonexistent/mimo-worker", 1), manager_.get());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(missing.status().message(), HasSubstr("/nonexistent/mimo-worker"));
+  auto none = LocalWorkers::Start(Options(Script("none", "exit 0"), 0), manager_.get());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace mimo::coordinator

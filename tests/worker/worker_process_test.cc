@@ -1,0 +1,134 @@
+// mimo-worker processes against an in-process coordinator: a worker killed with SIGKILL mid-job
+// fails the job naming its rank while the others stop and take the next job; SIGTERM stops the
+// running job and exits 0; workers whose coordinator is gone exit on their own with code 3.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tests/worker/worker_test_util.h"
+
+namespace mimo::worker::testing {
+namespace {
+
+using coordinator::ServerOptions;
+using coordinator::testing::CoordinatorFixture;
+using coordinator::testing::FastOptions;
+using ::testing::HasSubstr;
+
+class WorkerProcessTest : public CoordinatorFixture {
+ protected:
+  // A 1 s heartbeat timeout: short enough for fast failure paths, long enough for processes
+  // on two busy cores.
+  void SetUp() override {
+    ServerOptions o = FastOptions(db_path_);
+    o.manager.heartbeat_interval = absl::Milliseconds(100);
+    o.manager.heartbeat_timeout = absl::Seconds(1);
+    o.manager.cancel_grace = absl::Seconds(30);
+    StartServer(o);
+  }
+
+  // mimo-worker processes on slots `indices`, each registered.
+  std::vector<std::unique_ptr<WorkerProcess>> StartWorkers(const std::vector<int>& indices) {
+    std::vector<std::unique_ptr<WorkerProcess>> workers;
+    for (int i : indices) workers.push_back(std::make_unique<WorkerProcess>(server_->port(), i));
+    for (auto& w : workers) {
+      const absl::Time deadline = absl::Now() + absl::Seconds(10);
+      while (!absl::StrContains(w->Log(), "registered with the coordinator") &&
+             absl::Now() < deadline) {
+        absl::SleepFor(absl::Milliseconds(20));
+      }
+      EXPECT_THAT(w->Log(), HasSubstr("registered with the coordinator")) << w->log_path();
+    }
+    return workers;
+  }
+};
+
+// The exit code of a wait status; -1 if it was killed by a signal.
+int ExitCode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+
+TEST_F(WorkerProcessTest, KilledWorkerFailsTheJobNamingItsRankAndTheOthersStop) {
+  // Ranks 0-2 are processes waiting in rendezvous for rank 3, which never comes.
+  auto workers = StartWorkers({0, 1, 2});
+  SilentRank silent(Channel(), 3);
+  const v1::Job job = Submit(LanguageOnlySpec(4, "kill-one"));
+  ASSERT_TRUE(AwaitLogs(*jobs_, job.id(),
+                        {"rank 0: connecting", "rank 1: connecting", "rank 2: connecting"}));
+  absl::SleepFor(absl::Milliseconds(200));  // Into the rendezvous.
+  const absl::Time killed = absl::Now();
+  workers[1]->Signal(SIGKILL);
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5));
+  ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  // Noticed within the 1 s heartbeat timeout (plus a tick and a heartbeat).
+  EXPECT_LT(absl::Now() - killed, absl::Seconds(3));
+  EXPECT_EQ(failed.failure().reason(), "HEARTBEAT_TIMEOUT");
+  EXPECT_EQ(failed.failure().rank(), 1);
+  EXPECT_THAT(failed.failure().message(), HasSubstr("rank 1"));
+  // The others were told to stop, aborted their rendezvous and reported STOPPED.
+  EXPECT_TRUE(AwaitLogs(*jobs_, job.id(), {"rank 0: job stopped", "rank 2: job stopped"},
+                        absl::Seconds(5)));
+  // Free again, they run the next job (the silent slot 3 sorts after them).
+  const v1::Job next = Submit(LanguageOnlySpec(2, "after-kill"));
+  EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(20)).state(),
+            v1::JOB_STATE_SUCCEEDED);
+  for (int i : {0, 2}) {
+    workers[i]->Signal(SIGTERM);
+    const std::optional<int> status = workers[i]->WaitExit(absl::Seconds(5));
+    ASSERT_TRUE(status.has_value()) << "worker " << i << " ignored SIGTERM";
+    EXPECT_EQ(ExitCode(*status), kExitStopped) << workers[i]->Log();
+  }
+}
+
+TEST_F(WorkerProcessTest, SigtermStopsTheRunningJobAndExitsZero) {
+  auto workers = StartWorkers({0});
+  SilentRank silent(Channel(), 1);
+  const v1::Job job = Submit(LanguageOnlySpec(2, "sigterm"));
+  ASSERT_TRUE(AwaitLogs(*jobs_, job.id(), {"rank 0: connecting"}));
+  absl::SleepFor(absl::Milliseconds(200));
+  workers[0]->Signal(SIGTERM);
+  const std::optional<int> status = workers[0]->WaitExit(absl::Seconds(5));
+  ASSERT_TRUE(status.has_value()) << "the worker ignored SIGTERM";
+  EXPECT_EQ(ExitCode(*status), kExitStopped) << workers[0]->Log();
+  EXPECT_TRUE(AwaitLogs(*jobs_, job.id(), {"rank 0: job stopped: the worker received SIGTERM"}));
+}
+
+TEST_F(WorkerProcessTest, WorkersExitOnTheirOwnWhenTheCoordinatorIsGone) {
+  // Slots 0-1 run ranks 0-1 of a job held in rendezvous by the silent slot 2; slot 3 is idle.
+  auto workers = StartWorkers({0, 1, 3});
+  auto silent = std::make_unique<SilentRank>(Channel(), 2);
+  const v1::Job job = Submit(LanguageOnlySpec(3, "orphaned"));
+  ASSERT_TRUE(AwaitLogs(*jobs_, job.id(), {"rank 0: connecting", "rank 1: connecting"}));
+  silent.reset();
+  const absl::Time gone = absl::Now();
+  StopServer();
+  for (auto& w : workers) {
+    const std::optional<int> status = w->WaitExit(absl::Seconds(6));
+    ASSERT_TRUE(status.has_value()) << "a worker did not give up: " << w->Log();
+    EXPECT_EQ(ExitCode(*status), kExitUnreachable) << w->Log();
+    EXPECT_THAT(w->Log(), HasSubstr("lost the coordinator"));
+  }
+  // The 1 s heartbeat timeout, not much more.
+  EXPECT_LT(absl::Now() - gone, absl::Seconds(5));
+}
+
+TEST_F(WorkerProcessTest, UnreachableCoordinatorAtStartExitsThree) {
+  WorkerProcess w(1, 0, {"--connect-timeout", "0.5"});  // Nothing listens on port 1.
+  const std::optional<int> status = w.WaitExit(absl::Seconds(5));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(ExitCode(*status), kExitUnreachable) << w.Log();
+  EXPECT_THAT(w.Log(), HasSubstr("cannot reach the coordinator"));
+}
+
+TEST_F(WorkerProcessTest, BadFlagsExitTwo) {
+  WorkerProcess w(server_->port(), 0, {"--device", "tpu"});
+  const std::optional<int> status = w.WaitExit(absl::Seconds(5));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(ExitCode(*status), kExitUsage) << w.Log();
+}
+
+}  // namespace
+}  // namespace mimo::worker::testing

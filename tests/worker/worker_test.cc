@@ -1,0 +1,221 @@
+// Worker objects on threads against an in-process coordinator: selftest jobs succeed with their
+// logs stored, workers persist across jobs, unsupported jobs fail with a clear message, a
+// cancelled job stops every worker, and a restarted coordinator re-attaches the running job.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tests/worker/worker_test_util.h"
+
+namespace mimo::worker::testing {
+namespace {
+
+using coordinator::ServerOptions;
+using coordinator::testing::CoordinatorFixture;
+using coordinator::testing::FastOptions;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class WorkerTest : public CoordinatorFixture {
+ protected:
+  void SetUp() override { StartServer(Options()); }
+
+  // Heartbeats every 100 ms with a 2 s timeout: several Gloo ranks on two cores must not miss
+  // one by accident. A cancelled job waits 30 s for its workers, so that reaching CANCELLED in
+  // a few seconds shows that every worker confirmed its stop.
+  ServerOptions Options() {
+    ServerOptions o = FastOptions(db_path_);
+    o.manager.heartbeat_interval = absl::Milliseconds(100);
+    o.manager.heartbeat_timeout = absl::Seconds(2);
+    o.manager.cancel_grace = absl::Seconds(30);
+    o.manager.reattach_grace = absl::Seconds(3);
+    return o;
+  }
+
+  // `n` registered workers on slots first..first+n-1 of host "h".
+  std::vector<std::unique_ptr<WorkerThread>> StartWorkers(
+      int n, int first = 0, v1::DeviceKind device = v1::DEVICE_KIND_CPU) {
+    std::vector<std::unique_ptr<WorkerThread>> workers;
+    for (int i = first; i < first + n; ++i) {
+      WorkerOptions o = TestWorkerOptions(server_->port(), i);
+      o.device = device;
+      workers.push_back(std::make_unique<WorkerThread>(o));
+    }
+    for (auto& w : workers) w->AwaitRegistered();
+    return workers;
+  }
+
+  void Cancel(const std::string& id) {
+    v1::CancelJobRequest request;
+    request.set_job_id(id);
+    request.set_reason("test cancels");
+    v1::CancelJobResponse response;
+    const grpc::Status status = jobs_->CancelJob(Context().get(), request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+};
+
+TEST_F(WorkerTest, SelftestSucceedsWithLogsAndWorkersTakeTheNextJob) {
+  auto workers = StartWorkers(4);
+  const v1::Job job = Submit(SelftestSpec("selftest-first"));
+  const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(20));
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.state_reason();
+
+  const std::vector<std::string> logs = ReadLogs(*jobs_, job.id());
+  EXPECT_TRUE(HasLine(logs, "rank 0: selftest: group tp [0,1] ok"));
+  EXPECT_TRUE(HasLine(logs, "rank 1: selftest: seeds over tp [0,1] ok"));
+  EXPECT_TRUE(HasLine(logs, "rank 2: selftest: group dp [2,3] ok"));
+  EXPECT_TRUE(HasLine(logs, "rank 3: selftest: group ep [2,3] ok"));
+  EXPECT_TRUE(HasLine(logs, "rank 3: selftest: seeds over expt_tp_ep_pp [2,3] ok"));
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_TRUE(HasLine(logs, absl::StrCat("rank ", r, ": selftest: passed"))) << "rank " << r;
+    EXPECT_TRUE(HasLine(logs, absl::StrCat("rank ", r, ": job succeeded"))) << "rank " << r;
+  }
+
+  // Workers persist across jobs.
+  const v1::Job second = Submit(SelftestSpec("selftest-second"));
+  EXPECT_EQ(AwaitState(second.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(20)).state(),
+            v1::JOB_STATE_SUCCEEDED);
+  for (auto& w : workers) EXPECT_TRUE(w->Join().ok());
+}
+
+TEST_F(WorkerTest, ExampleLayoutOnEightWorkersSucceeds) {
+  auto workers = StartWorkers(8);
+  const v1::Job job = Submit(ExampleSelftestSpec());
+  const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(25));
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.state_reason();
+  const std::vector<std::string> logs = ReadLogs(*jobs_, job.id());
+  EXPECT_TRUE(HasLine(logs, "rank 0: selftest: group tp [0,1] ok"));
+  EXPECT_TRUE(HasLine(logs, "rank 2: selftest: group dp [2,3] ok"));
+  EXPECT_TRUE(HasLine(logs, "rank 4: selftest: group tp [4,5] ok"));
+  EXPECT_TRUE(HasLine(logs, "rank 7: selftest: seeds over tp_cp_dp_pp [4,5,6,7] ok"));
+  for (int r = 0; r < 8; ++r) {
+    EXPECT_TRUE(HasLine(logs, absl::StrCat("rank ", r, ": selftest: passed"))) << "rank " << r;
+  }
+}
+
+TEST_F(WorkerTest, TrainJobFailsNamingTheMissingTrainingLoop) {
+  auto workers = StartWorkers(4);
+  const v1::Job job = Submit(coordinator::testing::SmallSpec("train"));  // KIND_TRAIN.
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(10));
+  EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
+  EXPECT_THAT(failed.failure().message(),
+              HasSubstr("KIND_TRAIN needs the model and training loop (issue 7); this worker "
+                        "runs KIND_SELFTEST jobs"));
+  // The workers are free again.
+  const v1::Job next = Submit(SelftestSpec("after-train"));
+  EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(20)).state(),
+            v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(WorkerTest, CudaJobRunsOverNcclOrFailsClearly) {
+  auto workers = StartWorkers(1, 0, v1::DEVICE_KIND_CUDA);
+  v1::JobSpec spec = LanguageOnlySpec(1, "on-gpu");
+  spec.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+  const v1::Job job = Submit(spec);
+  if (!HasNccl()) {
+    const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(10));
+    EXPECT_THAT(failed.failure().message(), HasSubstr("need NCCL communicators"));
+    EXPECT_EQ(failed.failure().rank(), 0);
+    return;
+  }
+  // A CUDA build: the one rank runs over NCCL on GPU 0 where there is one, else fails saying why.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  v1::Job done = Get(job.id());
+  while (done.state() != v1::JOB_STATE_SUCCEEDED && done.state() != v1::JOB_STATE_FAILED &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+    done = Get(job.id());
+  }
+  if (done.state() == v1::JOB_STATE_FAILED) {
+    EXPECT_THAT(done.failure().message(), HasSubstr("connecting the process groups"));
+  } else {
+    EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.state_reason();
+    EXPECT_TRUE(AwaitLogs(*jobs_, job.id(), {"rank 0: selftest: passed"}));
+  }
+}
+
+TEST_F(WorkerTest, CancelStopsEveryWorkerWithinSeconds) {
+  // Ranks 0-2 are real and wait in rendezvous for rank 3, which never comes.
+  auto workers = StartWorkers(3);
+  SilentRank silent(Channel(), 3);
+  const v1::Job job = Submit(LanguageOnlySpec(4, "held"));
+  ASSERT_TRUE(AwaitLogs(*jobs_, job.id(),
+                        {"rank 0: connecting", "rank 1: connecting", "rank 2: connecting"}));
+  absl::SleepFor(absl::Milliseconds(200));  // Into the rendezvous.
+  const absl::Time cancelled = absl::Now();
+  Cancel(job.id());
+  const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_CANCELLED, absl::Seconds(5));
+  ASSERT_EQ(done.state(), v1::JOB_STATE_CANCELLED);
+  // With a 30 s grace, CANCELLED this soon means that every worker reported STOPPED.
+  EXPECT_LT(absl::Now() - cancelled, absl::Seconds(5));
+  EXPECT_THAT(done.state_reason(), Not(HasSubstr("did not confirm")));
+  const std::vector<std::string> logs = ReadLogs(*jobs_, job.id());
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_TRUE(HasLine(logs, absl::StrCat("rank ", r, ": job stopped: test cancels")))
+        << "rank " << r;
+  }
+  // The stopped workers (slots 0-2, sorted before the silent slot 3) take the next job.
+  const v1::Job next = Submit(LanguageOnlySpec(3, "after-cancel"));
+  EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(20)).state(),
+            v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(WorkerTest, WorkerExitsOnItsOwnWhenTheCoordinatorIsGone) {
+  auto workers = StartWorkers(1);
+  const absl::Time gone = absl::Now();
+  StopServer();
+  const absl::Time deadline = absl::Now() + absl::Seconds(6);
+  while (!workers[0]->done() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(workers[0]->done()) << "the worker did not give up on the coordinator";
+  // It waits out the 2 s heartbeat timeout, not much more.
+  EXPECT_LT(absl::Now() - gone, absl::Seconds(5));
+  const absl::Status status = workers[0]->Join();
+  EXPECT_TRUE(absl::IsUnavailable(status)) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("lost the coordinator"));
+  EXPECT_EQ(ExitCodeFor(status), kExitUnreachable);
+}
+
+TEST_F(WorkerTest, RestartedCoordinatorReattachesTheRunningJob) {
+  // Rank 0 waits in rendezvous for rank 1 when the coordinator restarts. It re-registers naming
+  // its assignment (and sets its rendezvous keys again); rank 1 (gone with the old coordinator)
+  // cannot, so after the grace the job fails naming rank 1 alone: rank 0 re-attached.
+  auto workers = StartWorkers(1);
+  auto silent = std::make_unique<SilentRank>(Channel(), 1);
+  const v1::Job job = Submit(LanguageOnlySpec(2, "across-restart"));
+  ASSERT_TRUE(AwaitLogs(*jobs_, job.id(), {"rank 0: connecting"}));
+  silent.reset();
+  StopServer();
+  StartServer(options_);
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(10));
+  EXPECT_EQ(failed.failure().reason(), "COORDINATOR_RESTARTED");
+  EXPECT_EQ(failed.failure().rank(), 1) << failed.failure().message();
+  // Told to stop, the re-attached worker reports STOPPED and takes the next job.
+  const v1::Job next = Submit(LanguageOnlySpec(1, "after-restart"));
+  EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(10)).state(),
+            v1::JOB_STATE_SUCCEEDED);
+}
+
+// Disabled until the coordinator's worker ids are unique across restarts: ids restart at w-1, so
+// the first worker to re-register may get the old id of another, whose heartbeats then find
+// "its" id known, get CONTINUE, and never re-register (nor re-attach its rank).
+TEST_F(WorkerTest, DISABLED_RestartedCoordinatorReattachesEveryRank) {
+  auto workers = StartWorkers(2);
+  auto silent = std::make_unique<SilentRank>(Channel(), 2);
+  const v1::Job job = Submit(LanguageOnlySpec(3, "across-restart"));
+  ASSERT_TRUE(AwaitLogs(*jobs_, job.id(), {"rank 0: connecting", "rank 1: connecting"}));
+  silent.reset();
+  StopServer();
+  StartServer(options_);
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(10));
+  EXPECT_EQ(failed.failure().rank(), 2) << failed.failure().message();
+  const v1::Job next = Submit(LanguageOnlySpec(2, "after-restart"));
+  EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(10)).state(),
+            v1::JOB_STATE_SUCCEEDED);
+}
+
+}  // namespace
+}  // namespace mimo::worker::testing

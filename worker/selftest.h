@@ -1,0 +1,31 @@
+// The KIND_SELFTEST job: every collective on every group of the rank, then the seed properties
+// across ranks.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "comm/collective_check.h"
+#include "comm/process_groups.h"
+#include "mimo/v1/worker_service.pb.h"
+
+namespace mimo::worker {
+
+// Where the selftest reports its progress: log lines such as "selftest: group tp [4,5] ok". (No
+// metrics: a metrics report carries a step and a loss, which a selftest does not have.)
+using SelftestLog = std::function<void(const std::string&)>;
+
+// Runs on every rank of the job, with `groups` built from the assignment's groups in the global
+// kind order (the same order on every rank, so the collectives of different groups never wait on
+// each other in a cycle):
+//   1. this rank's seeds against Megatron's formula for its coordinates (CheckOwnSeeds);
+//   2. comm::CheckCollectives on every group, in order, spec.selftest.iterations times (0: once);
+//   3. on every group, each member's seeds and coordinates all-gathered and checked
+//      (CheckGroupSeeds).
+// `space` says where the communicators' buffers live (device memory for NCCL); null means host
+// memory (Gloo). Returns the first failure, naming the group ("selftest: group dp [2,3]: ...").
+absl::Status RunSelftest(const v1::Assignment& assignment, comm::ProcessGroups& groups,
+                         comm::BufferSpace* space, const SelftestLog& log);
+
+}  // namespace mimo::worker
