@@ -82,6 +82,9 @@ class GlooCommunicator : public Communicator {
   // Runs a Gloo call; a failure (Cancelled after Abort) breaks the communicator for good.
   template <typename Fn>
   absl::Status Run(absl::string_view op, Fn&& fn);
+  // Makes the communicator fail every later call with `status` (the first one stays) and closes
+  // its connections, so that the other members' calls fail too.
+  void Break(const absl::Status& status);
   // An unbound buffer over `bytes` bytes at `data` for a call to hand to Gloo, abortable by
   // Abort() (see AbortableBuffers).
   std::unique_ptr<gloo::transport::UnboundBuffer> Buffer(const void* data, size_t bytes);

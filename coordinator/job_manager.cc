@@ -51,6 +51,11 @@ v1::Failure DeadlineFailure(absl::Duration limit) {
       0, -1);
 }
 
+// "cpu" or "cuda", as workers and job specs spell device kinds.
+const char* DeviceKindWord(v1::DeviceKind device) {
+  return device == v1::DEVICE_KIND_CUDA ? "cuda" : "cpu";
+}
+
 // Six random base-36 characters.
 std::string RandomTag() {
   static constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
@@ -406,6 +411,7 @@ void JobManager::Schedule(absl::Time now) {
   if (shutdown_) return;
   absl::StatusOr<std::vector<v1::Job>> jobs = store_->ListUnfinishedJobs();
   if (!jobs.ok()) return;
+  std::map<std::string, absl::Time> short_since;
   for (v1::Job& job : *jobs) {
     if (job.state() != v1::JOB_STATE_PENDING || active_.contains(job.id())) continue;
     // A job waiting to restart keeps counting from its first start.
@@ -414,11 +420,31 @@ void JobManager::Schedule(absl::Time now) {
       continue;
     }
     const int world = job.spec().resources().workers();
+    const v1::DeviceKind device = job.spec().resources().device();
     std::vector<std::string> idle;
+    int registered = 0;
     for (const auto& [id, w] : workers_) {
-      if (w.job_id.empty() && w.info.device() == job.spec().resources().device()) {
-        idle.push_back(id);
+      if (w.info.device() != device) continue;
+      ++registered;
+      if (w.job_id.empty()) idle.push_back(id);
+    }
+    if (registered < world) {
+      auto it = short_of_workers_since_.find(job.id());
+      const absl::Time since = it == short_of_workers_since_.end() ? now : it->second;
+      if (now - since >= options_.join_timeout) {
+        FailAttempt(job,
+                    MakeFailure("JOIN_TIMEOUT",
+                                absl::StrCat("only ", registered, " of the ", world, " ",
+                                             DeviceKindWord(device),
+                                             " workers the job needs registered within ",
+                                             absl::FormatDuration(options_.join_timeout)),
+                                0, -1),
+                    Retry::kNever, now)
+            .IgnoreError();
+      } else {
+        short_since[job.id()] = since;
       }
+      continue;
     }
     if (static_cast<int>(idle.size()) < world) continue;
     std::vector<FieldViolation> violations;
@@ -453,6 +479,7 @@ void JobManager::Schedule(absl::Time now) {
                absl::StrCat("attempt ", job.attempt(), ": ", world, " ranks assigned"), now)
         .IgnoreError();
   }
+  short_of_workers_since_ = std::move(short_since);
 }
 
 }  // namespace mimo::coordinator

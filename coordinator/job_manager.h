@@ -37,6 +37,11 @@ class JobManager {
     absl::Duration reattach_grace = absl::Seconds(30);
     // How long a cancelled job waits for its workers to confirm they stopped.
     absl::Duration cancel_grace = absl::Seconds(30);
+    // How long a PENDING job waits for enough workers of its device kind to *register* (busy
+    // ones count: a job queued behind others is not waiting to join) before it fails with reason
+    // JOIN_TIMEOUT, naming how many joined. Counted by this coordinator process from when it
+    // first saw too few, so a restart starts the count again.
+    absl::Duration join_timeout = absl::Minutes(10);
   };
 
   // `store` must outlive the manager.
@@ -191,6 +196,9 @@ class JobManager {
   absl::Time last_purge_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);
+  // PENDING jobs for which fewer workers of their device kind than their world size are
+  // registered, and since when (see Options::join_timeout).
+  std::map<std::string, absl::Time> short_of_workers_since_ ABSL_GUARDED_BY(mu_);
   // "job_id/attempt/key" -> value.
   std::map<std::string, std::string> kv_ ABSL_GUARDED_BY(mu_);
 };

@@ -34,7 +34,8 @@ std::string WorkerBinaryBesideUs() {
 
 int main(int argc, char** argv) {
   mimo::coordinator::ServerOptions options;
-  std::string token_file, heartbeat_timeout = "10s", reattach_grace = "30s", cancel_grace = "30s";
+  std::string token_file, heartbeat_timeout = "10s", reattach_grace = "30s", cancel_grace = "30s",
+                          join_timeout = "10m";
   CLI::App app{"mimo-coordinator: the mimo control plane (job API, job store, scheduling)"};
   app.add_option("--listen", options.listen, "gRPC address")->capture_default_str();
   app.add_option("--db", options.db_path, "SQLite database file")->capture_default_str();
@@ -56,6 +57,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--cancel-grace", cancel_grace,
                  "How long a cancelled job waits for its workers to stop")
+      ->capture_default_str();
+  app.add_option("--join-timeout", join_timeout,
+                 "How long a job waits for enough workers to register before it fails")
       ->capture_default_str();
   int cpu_workers = 0, gpu_workers = 0;
   std::string worker_binary = WorkerBinaryBesideUs();
@@ -82,6 +86,7 @@ int main(int argc, char** argv) {
     options.manager.heartbeat_interval = options.manager.heartbeat_timeout / 5;
     options.manager.reattach_grace = ParseDuration(reattach_grace, "--reattach-grace");
     options.manager.cancel_grace = ParseDuration(cancel_grace, "--cancel-grace");
+    options.manager.join_timeout = ParseDuration(join_timeout, "--join-timeout");
     if (!token_file.empty()) {
       std::ifstream in(token_file);
       std::stringstream ss;

@@ -89,7 +89,8 @@ absl::Status InGroup(const comm::GroupSpec& group, const absl::Status& status) {
 }  // namespace
 
 absl::Status RunSelftest(const v1::Assignment& assignment, comm::ProcessGroups& groups,
-                         comm::BufferSpace* space, const SelftestLog& log) {
+                         comm::BufferSpace* space, const SelftestLog& log,
+                         const SelftestStopped& stopped) {
   const absl::Time start = absl::Now();
   const v1::RankAssignment& rank = assignment.rank();
   const bool random_init = assignment.spec().training().data_parallel_random_init();
@@ -110,6 +111,10 @@ absl::Status RunSelftest(const v1::Assignment& assignment, comm::ProcessGroups& 
   for (int round = 1; round <= rounds; ++round) {
     const absl::Time round_start = absl::Now();
     for (const comm::GroupSpec& group : groups.groups()) {
+      if (stopped && stopped()) {
+        return absl::CancelledError(
+            absl::StrCat("selftest: stopped in round ", round, " of ", rounds));
+      }
       comm::Communicator* comm = groups.Get(group.kind);
       if (comm == nullptr) {
         return InGroup(group, absl::InternalError("no communicator was built for it"));
@@ -133,6 +138,7 @@ absl::Status RunSelftest(const v1::Assignment& assignment, comm::ProcessGroups& 
 
   const SeedRecord mine = SeedRecordOf(rank);
   for (const comm::GroupSpec& group : groups.groups()) {
+    if (stopped && stopped()) return absl::CancelledError("selftest: stopped");
     comm::Communicator* comm = groups.Get(group.kind);
     absl::StatusOr<std::vector<SeedRecord>> records = GatherSeeds(*comm, space, mine);
     if (!records.ok()) return InGroup(group, records.status());

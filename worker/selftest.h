@@ -16,6 +16,9 @@ namespace mimo::worker {
 // metrics: a metrics report carries a step and a loss, which a selftest does not have.)
 using SelftestLog = std::function<void(const std::string&)>;
 
+// Whether the job was told to stop; checked before every group's collectives.
+using SelftestStopped = std::function<bool()>;
+
 // Runs on every rank of the job, with `groups` built from the assignment's groups in the global
 // kind order (the same order on every rank, so the collectives of different groups never wait on
 // each other in a cycle):
@@ -25,7 +28,10 @@ using SelftestLog = std::function<void(const std::string&)>;
 //      (CheckGroupSeeds).
 // `space` says where the communicators' buffers live (device memory for NCCL); null means host
 // memory (Gloo). Returns the first failure, naming the group ("selftest: group dp [2,3]: ...").
+// Once `stopped` (if given) returns true it returns Cancelled before the next group: aborted
+// communicators fail their calls anyway, but a stop must end the job even where none would.
 absl::Status RunSelftest(const v1::Assignment& assignment, comm::ProcessGroups& groups,
-                         comm::BufferSpace* space, const SelftestLog& log);
+                         comm::BufferSpace* space, const SelftestLog& log,
+                         const SelftestStopped& stopped = nullptr);
 
 }  // namespace mimo::worker

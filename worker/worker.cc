@@ -293,6 +293,18 @@ void Worker::OnHeartbeat(const v1::HeartbeatResponse& response) {
   }
 }
 
+void Worker::AskWhetherStopped() {
+  const Registration reg = registration();
+  const absl::StatusOr<v1::HeartbeatResponse> response = client_->Heartbeat(
+      reg.worker_id, std::min(options_.coordinator.call_timeout, reg.heartbeat_timeout));
+  if (!response.ok()) return;
+  {
+    absl::MutexLock lock(&mu_);
+    last_contact_ = absl::Now();
+  }
+  if (response->command() == v1::HeartbeatResponse::COMMAND_STOP) OnHeartbeat(*response);
+}
+
 absl::Status Worker::Report(const v1::Assignment& assignment, v1::WorkerState state, int exit_code,
                             const std::string& message) {
   v1::ReportStatusRequest request;
@@ -350,6 +362,7 @@ void Worker::RunAssignment(const v1::Assignment& assignment) {
   Report(assignment, v1::WORKER_STATE_STARTING, 0, "").IgnoreError();
 
   const absl::Status status = Execute(assignment, *job, log);
+  if (!status.ok() && !job->Stopped(nullptr)) AskWhetherStopped();
 
   std::string stop_reason;
   v1::WorkerState state;
@@ -452,8 +465,9 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
                    absl::FormatDuration(absl::Trunc(absl::Now() - start, absl::Milliseconds(1)))));
   Report(assignment, v1::WORKER_STATE_RUNNING, 0, "").IgnoreError();
 
-  return RunSelftest(assignment, *groups, space.get(),
-                     [&log](const std::string& line) { log.Line(line); });
+  return RunSelftest(
+      assignment, *groups, space.get(), [&log](const std::string& line) { log.Line(line); },
+      [&job] { return job.Stopped(nullptr); });
 }
 
 }  // namespace mimo::worker

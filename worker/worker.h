@@ -91,6 +91,11 @@ class Worker {
   void OnHeartbeat(const v1::HeartbeatResponse& response);
   // Aborts the running job, if any, with `reason`.
   void AbortJob(const std::string& reason);
+  // Called when the running job failed: one heartbeat now asks whether the coordinator is
+  // stopping it, and if so the job is aborted (and reports STOPPED). When another rank is
+  // stopped first, its connections close and this rank's collectives fail before this worker's
+  // own heartbeat brings the STOP; the failure is that stop, not a fault of its own.
+  void AskWhetherStopped();
   // Fatal: the coordinator is lost. Aborts the job and ends Run() with `status`.
   void Fail(const absl::Status& status);
 

@@ -368,6 +368,52 @@ TEST_F(LifecycleTest, GpuJobWaitsForGpuWorkers) {
   AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
 }
 
+TEST_F(LifecycleTest, JoinTimeoutFailsAJobTooFewWorkersJoinedNamingTheCount) {
+  ServerOptions options = FastOptions(db_path_);
+  options.manager.join_timeout = absl::Milliseconds(300);
+  StopServer();
+  StartServer(options);
+  const absl::Time start = absl::Now();
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(3);
+  const v1::Job failed =
+      AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5), Ptrs(workers));
+  ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
+  EXPECT_EQ(failed.failure().reason(), "JOIN_TIMEOUT");
+  EXPECT_EQ(failed.failure().rank(), -1);
+  EXPECT_EQ(failed.failure().message(),
+            "only 3 of the 4 cpu workers the job needs registered within 300ms");
+  // The workers that joined were never bound: a job they can hold runs on them.
+  v1::JobSpec three = SmallSpec("three");
+  three.mutable_modules(1)->mutable_parallelism()->set_ep(1);
+  three.mutable_modules(1)->mutable_parallelism()->set_dp(1);
+  three.mutable_resources()->set_workers(3);
+  const v1::Job next = Submit(three);
+  EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(5), Ptrs(workers)).state(),
+            v1::JOB_STATE_SCHEDULED);
+}
+
+TEST_F(LifecycleTest, JobQueuedBehindBusyWorkersIsNotAJoinTimeout) {
+  ServerOptions options = FastOptions(db_path_);
+  options.manager.join_timeout = absl::Milliseconds(200);
+  StopServer();
+  StartServer(options);
+  auto workers = Workers(4);
+  const v1::Job first = Submit(SmallSpec("first"));
+  std::vector<v1::Assignment> as = Assignments(workers);
+  const v1::Job second = Submit(SmallSpec("second"));
+  KeepBeating(Ptrs(workers), absl::Milliseconds(600));
+  EXPECT_EQ(Get(second.id()).state(), v1::JOB_STATE_PENDING);
+  for (size_t r = 0; r < workers.size(); ++r) {
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  }
+  AwaitState(first.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(5), Ptrs(workers));
+  EXPECT_EQ(
+      AwaitState(second.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(5), Ptrs(workers)).state(),
+      v1::JOB_STATE_SCHEDULED);
+}
+
 TEST_F(LifecycleTest, RendezvousStoreIsScopedToTheAttempt) {
   const v1::Job job = Submit(SmallSpec());
   auto workers = Workers(4);
