@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "google/protobuf/descriptor.h"
+#include "parallel/bridge.h"
 
 namespace mimo::coordinator {
 namespace {
@@ -511,6 +512,13 @@ v1::RankAssignment RankToProto(const parallel::RankPlan& plan, int rank, GroupMe
     const absl::Span<const int> members = mp.Group(rank, kind);
     v1::RankGroup& group = out_groups[std::string(parallel::GroupKindName(kind))];
     group.mutable_ranks()->Add(members.begin(), members.end());
+  }
+  for (const parallel::BridgeLink& link : parallel::BridgeLinksOf(plan, rank)) {
+    v1::RankLink* l = out.add_links();
+    l->set_kind(parallel::BridgeLinkKind(plan, link));
+    l->set_encoder(plan.modules()[link.encoder].config().name);
+    l->set_encoder_rank(link.encoder_rank);
+    l->set_language_rank(link.language_rank);
   }
   return out;
 }

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "parallel/bridge.h"
 
 namespace mimo::parallel {
 namespace {
@@ -91,6 +92,14 @@ nlohmann::ordered_json RankToJson(const RankPlan& plan, int rank) {
     groups[std::string(GroupKindName(kind))] = std::vector<int>(members.begin(), members.end());
   }
   j["groups"] = std::move(groups);
+  ordered_json links = ordered_json::array();
+  for (const BridgeLink& link : BridgeLinksOf(plan, rank)) {
+    links.push_back({{"kind", BridgeLinkKind(plan, link)},
+                     {"encoder", plan.modules()[link.encoder].config().name},
+                     {"encoder_rank", link.encoder_rank},
+                     {"language_rank", link.language_rank}});
+  }
+  j["links"] = std::move(links);
   return j;
 }
 

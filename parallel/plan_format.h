@@ -13,9 +13,10 @@ namespace mimo::parallel {
 void WritePlanTable(const RankPlan& plan, std::ostream& out);
 
 // {"rank": r, "module": "...", "dense": {...}, "expert": {...} | null,
-//  "seeds": {"base", "tensor_parallel", "data_parallel", "expert" | null}, "groups": {...}}
+//  "seeds": {"base", "tensor_parallel", "data_parallel", "expert" | null}, "groups": {...},
+//  "links": [{"kind", "encoder", "encoder_rank", "language_rank"}, ...]}
 // Groups hold global ranks in enumeration order; "embd"/"pos_embd" are [] on ranks outside them;
-// the expert kinds appear on language ranks only.
+// the expert kinds appear on language ranks only. "links" (bridge.h) is [] on ranks that hold none.
 nlohmann::ordered_json RankToJson(const RankPlan& plan, int rank);
 
 // {"world_size": N, "ranks": [RankToJson(0), ...]}, written one rank at a time so memory stays

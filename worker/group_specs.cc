@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "parallel/rank_plan.h"
 
@@ -34,6 +35,23 @@ absl::StatusOr<std::vector<comm::GroupSpec>> GroupSpecsOf(const v1::RankAssignme
           absl::StrCat("the assignment has a group of unknown kind '", kind,
                        "' (a newer coordinator?): its place in the connection order is unknown"));
     }
+  }
+  // Links come after the groups, in the order given (the plan's global link order).
+  for (const v1::RankLink& link : rank.links()) {
+    if (!absl::StartsWith(link.kind(), "link_") || known.contains(link.kind())) {
+      return absl::InvalidArgumentError(absl::StrCat("the assignment has a link of kind '",
+                                                     link.kind(),
+                                                     "': a link kind starts with 'link_' "
+                                                     "and is given once"));
+    }
+    if (link.encoder_rank() == link.language_rank() ||
+        (link.encoder_rank() != rank.rank() && link.language_rank() != rank.rank())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the assignment's link ", link.kind(), " between ranks ", link.encoder_rank(), " and ",
+          link.language_rank(), " does not connect rank ", rank.rank()));
+    }
+    known.insert(link.kind());
+    specs.push_back({.kind = link.kind(), .members = {link.encoder_rank(), link.language_rank()}});
   }
   return specs;
 }

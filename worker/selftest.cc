@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "comm/collective_check.h"
@@ -136,9 +138,13 @@ absl::Status RunSelftest(const v1::Assignment& assignment, comm::ProcessGroups& 
     }
   }
 
+  // Seed properties hold within a module; a link joins two modules, so it has none.
+  absl::flat_hash_set<std::string> links;
+  for (const v1::RankLink& link : rank.links()) links.insert(link.kind());
   const SeedRecord mine = SeedRecordOf(rank);
   for (const comm::GroupSpec& group : groups.groups()) {
     if (stopped && stopped()) return absl::CancelledError("selftest: stopped");
+    if (links.contains(group.kind)) continue;
     comm::Communicator* comm = groups.Get(group.kind);
     absl::StatusOr<std::vector<SeedRecord>> records = GatherSeeds(*comm, space, mine);
     if (!records.ok()) return InGroup(group, records.status());

@@ -19,13 +19,14 @@ using SelftestLog = std::function<void(const std::string&)>;
 // Whether the job was told to stop; checked before every group's collectives.
 using SelftestStopped = std::function<bool()>;
 
-// Runs on every rank of the job, with `groups` built from the assignment's groups in the global
-// kind order (the same order on every rank, so the collectives of different groups never wait on
-// each other in a cycle):
+// Runs on every rank of the job, with `groups` built by GroupSpecsOf (groups in the global kind
+// order, then links: the same order on every rank, so the collectives of different groups never
+// wait on each other in a cycle):
 //   1. this rank's seeds against Megatron's formula for its coordinates (CheckOwnSeeds);
-//   2. comm::CheckCollectives on every group, in order, spec.selftest.iterations times (0: once);
-//   3. on every group, each member's seeds and coordinates all-gathered and checked
-//      (CheckGroupSeeds).
+//   2. comm::CheckCollectives on every group and link (send/recv both ways included), in order,
+//      spec.selftest.iterations times (0: once);
+//   3. on every group (not the links, which join two modules), each member's seeds and
+//      coordinates all-gathered and checked (CheckGroupSeeds).
 // `space` says where the communicators' buffers live (device memory for NCCL); null means host
 // memory (Gloo). Returns the first failure, naming the group ("selftest: group dp [2,3]: ...").
 // Once `stopped` (if given) returns true it returns Cancelled before the next group: aborted

@@ -624,10 +624,24 @@ TEST(RankPlanToProtoTest, GroupMembersCanBeLeftOut) {
   ASSERT_TRUE(plan.ok()) << plan.status();
   const v1::RankPlan full = RankPlanToProto(*plan, GroupMembers::kInclude);
   v1::RankPlan lean = RankPlanToProto(*plan, GroupMembers::kOmit);
-  for (const v1::RankAssignment& rank : lean.ranks()) EXPECT_EQ(rank.groups_size(), 0);
+  for (const v1::RankAssignment& rank : lean.ranks()) {
+    EXPECT_EQ(rank.groups_size(), 0);
+    EXPECT_EQ(rank.links_size(), 0);
+  }
+  // The example layout's leaders hold links: vision 0 and audio 2, 3 to language 4 and 6.
+  EXPECT_EQ(full.ranks(0).links_size(), 2);
+  EXPECT_EQ(full.ranks(0).links(1).kind(), "link_vision_0_6");
+  EXPECT_EQ(full.ranks(0).links(1).encoder(), "vision");
+  EXPECT_EQ(full.ranks(0).links(1).language_rank(), 6);
+  EXPECT_EQ(full.ranks(4).links_size(), 2);
+  EXPECT_EQ(full.ranks(4).links(1).kind(), "link_audio_2_4");
+  EXPECT_EQ(full.ranks(5).links_size(), 0);
   // Everything else is the same.
   v1::RankPlan stripped = full;
-  for (v1::RankAssignment& rank : *stripped.mutable_ranks()) rank.clear_groups();
+  for (v1::RankAssignment& rank : *stripped.mutable_ranks()) {
+    rank.clear_groups();
+    rank.clear_links();
+  }
   EXPECT_EQ(stripped.SerializeAsString(), lean.SerializeAsString());
   v1::RankPlan modules_only;
   ModulesToProto(*plan, modules_only.mutable_modules());

@@ -17,46 +17,51 @@ using Result = ::mimo::tools::testing::MimoctlResult;
 
 Result Mimoctl(const std::string& args) { return ::mimo::tools::testing::RunMimoctl(args); }
 
-// vision tp=2 on ranks 0-1; language pp=2, dp=2, ep=2 on ranks 2-5; seed 5.
+// vision tp=2 on ranks 0-1; language pp=2, dp=2, ep=2 on ranks 2-5; seed 5. Vision rank 0 feeds
+// the first stage leaders of both language replicas, 2 and 3.
 constexpr char kExpected[] = R"json({"world_size": 6, "ranks": [
 {"rank": 0, "module": "vision", "dense": {"tp": 0, "cp": 0, "dp": 0, "pp": 0}, "expert": null,
  "seeds": {"base": 5, "tensor_parallel": 2723, "data_parallel": 5, "expert": null},
  "groups": {"tp": [0, 1], "cp": [0], "dp": [0], "pp": [0], "dp_cp": [0], "tp_cp": [0, 1],
             "tp_pp": [0, 1], "tp_dp_cp": [0, 1], "tp_cp_dp_pp": [0, 1], "embd": [0],
-            "pos_embd": [0]}},
+            "pos_embd": [0]},
+ "links": [{"kind": "link_vision_0_2", "encoder": "vision", "encoder_rank": 0, "language_rank": 2},
+           {"kind": "link_vision_0_3", "encoder": "vision", "encoder_rank": 0, "language_rank": 3}]},
 {"rank": 1, "module": "vision", "dense": {"tp": 1, "cp": 0, "dp": 0, "pp": 0}, "expert": null,
  "seeds": {"base": 5, "tensor_parallel": 2724, "data_parallel": 5, "expert": null},
  "groups": {"tp": [0, 1], "cp": [1], "dp": [1], "pp": [1], "dp_cp": [1], "tp_cp": [0, 1],
             "tp_pp": [0, 1], "tp_dp_cp": [0, 1], "tp_cp_dp_pp": [0, 1], "embd": [1],
-            "pos_embd": [1]}},
+            "pos_embd": [1]}, "links": []},
 {"rank": 2, "module": "language", "dense": {"tp": 0, "cp": 0, "dp": 0, "pp": 0},
  "expert": {"expt_tp": 0, "ep": 0, "expt_dp": 0, "pp": 0},
  "seeds": {"base": 5, "tensor_parallel": 2723, "data_parallel": 5, "expert": 1029},
  "groups": {"tp": [2], "cp": [2], "dp": [2, 3], "pp": [2, 4], "dp_cp": [2, 3], "tp_cp": [2],
             "tp_pp": [2, 4], "tp_dp_cp": [2, 3], "tp_cp_dp_pp": [2, 3, 4, 5], "embd": [2, 4],
             "pos_embd": [2], "ep": [2, 3], "expt_tp": [2], "expt_dp": [2],
-            "expt_tp_ep": [2, 3], "expt_tp_ep_pp": [2, 3, 4, 5]}},
+            "expt_tp_ep": [2, 3], "expt_tp_ep_pp": [2, 3, 4, 5]},
+ "links": [{"kind": "link_vision_0_2", "encoder": "vision", "encoder_rank": 0, "language_rank": 2}]},
 {"rank": 3, "module": "language", "dense": {"tp": 0, "cp": 0, "dp": 1, "pp": 0},
  "expert": {"expt_tp": 0, "ep": 1, "expt_dp": 0, "pp": 0},
  "seeds": {"base": 5, "tensor_parallel": 2723, "data_parallel": 5, "expert": 1129},
  "groups": {"tp": [3], "cp": [3], "dp": [2, 3], "pp": [3, 5], "dp_cp": [2, 3], "tp_cp": [3],
             "tp_pp": [3, 5], "tp_dp_cp": [2, 3], "tp_cp_dp_pp": [2, 3, 4, 5], "embd": [3, 5],
             "pos_embd": [3], "ep": [2, 3], "expt_tp": [3], "expt_dp": [3],
-            "expt_tp_ep": [2, 3], "expt_tp_ep_pp": [2, 3, 4, 5]}},
+            "expt_tp_ep": [2, 3], "expt_tp_ep_pp": [2, 3, 4, 5]},
+ "links": [{"kind": "link_vision_0_3", "encoder": "vision", "encoder_rank": 0, "language_rank": 3}]},
 {"rank": 4, "module": "language", "dense": {"tp": 0, "cp": 0, "dp": 0, "pp": 1},
  "expert": {"expt_tp": 0, "ep": 0, "expt_dp": 0, "pp": 1},
  "seeds": {"base": 105, "tensor_parallel": 2823, "data_parallel": 105, "expert": 1129},
  "groups": {"tp": [4], "cp": [4], "dp": [4, 5], "pp": [2, 4], "dp_cp": [4, 5], "tp_cp": [4],
             "tp_pp": [2, 4], "tp_dp_cp": [4, 5], "tp_cp_dp_pp": [2, 3, 4, 5], "embd": [2, 4],
             "pos_embd": [], "ep": [4, 5], "expt_tp": [4], "expt_dp": [4],
-            "expt_tp_ep": [4, 5], "expt_tp_ep_pp": [2, 3, 4, 5]}},
+            "expt_tp_ep": [4, 5], "expt_tp_ep_pp": [2, 3, 4, 5]}, "links": []},
 {"rank": 5, "module": "language", "dense": {"tp": 0, "cp": 0, "dp": 1, "pp": 1},
  "expert": {"expt_tp": 0, "ep": 1, "expt_dp": 0, "pp": 1},
  "seeds": {"base": 105, "tensor_parallel": 2823, "data_parallel": 105, "expert": 1229},
  "groups": {"tp": [5], "cp": [5], "dp": [4, 5], "pp": [3, 5], "dp_cp": [4, 5], "tp_cp": [5],
             "tp_pp": [3, 5], "tp_dp_cp": [4, 5], "tp_cp_dp_pp": [2, 3, 4, 5], "embd": [3, 5],
             "pos_embd": [], "ep": [4, 5], "expt_tp": [5], "expt_dp": [5],
-            "expt_tp_ep": [4, 5], "expt_tp_ep_pp": [2, 3, 4, 5]}}]})json";
+            "expt_tp_ep": [4, 5], "expt_tp_ep_pp": [2, 3, 4, 5]}, "links": []}]})json";
 
 constexpr char kLayout[] =
     "--world 6 --seed 5 --component 'vision=tp=2,dp=1' "

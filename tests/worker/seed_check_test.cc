@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "coordinator/spec_validation.h"
 #include "tests/coordinator/test_server.h"
@@ -94,6 +95,7 @@ absl::Status CheckAll(const v1::JobSpec& spec, const std::vector<v1::RankAssignm
     absl::StatusOr<std::vector<comm::GroupSpec>> groups = GroupSpecsOf(rank);
     if (!groups.ok()) return groups.status();
     for (const comm::GroupSpec& g : *groups) {
+      if (absl::StartsWith(g.kind, "link_")) continue;  // Links join modules: no seed property.
       s = CheckGroupSeeds(g.kind, g.members, Records(ranks, g.members), random_init);
       if (!s.ok()) return s;
     }
@@ -213,14 +215,22 @@ TEST(GroupSpecsTest, InTheGlobalKindOrderWithoutEmptyGroups) {
   const std::vector<v1::RankAssignment> ranks = Ranks(ExampleSpec());
   absl::StatusOr<std::vector<comm::GroupSpec>> language = GroupSpecsOf(ranks[4]);
   ASSERT_TRUE(language.ok()) << language.status();
-  EXPECT_THAT(Kinds(*language), ElementsAre("tp", "cp", "dp", "pp", "dp_cp", "tp_cp", "tp_pp",
-                                            "tp_dp_cp", "tp_cp_dp_pp", "embd", "pos_embd", "ep",
-                                            "expt_tp", "expt_dp", "expt_tp_ep", "expt_tp_ep_pp"));
+  // Then its links: language rank 4 leads replica 0, fed by vision rank 0 and audio rank 2.
+  EXPECT_THAT(Kinds(*language),
+              ElementsAre("tp", "cp", "dp", "pp", "dp_cp", "tp_cp", "tp_pp", "tp_dp_cp",
+                          "tp_cp_dp_pp", "embd", "pos_embd", "ep", "expt_tp", "expt_dp",
+                          "expt_tp_ep", "expt_tp_ep_pp", "link_vision_0_4", "link_audio_2_4"));
   EXPECT_THAT((*language)[0].members, ElementsAre(4, 5));
+  EXPECT_THAT(language->back().members, ElementsAre(2, 4));
   absl::StatusOr<std::vector<comm::GroupSpec>> vision = GroupSpecsOf(ranks[0]);
   ASSERT_TRUE(vision.ok());
-  EXPECT_THAT(Kinds(*vision), ElementsAre("tp", "cp", "dp", "pp", "dp_cp", "tp_cp", "tp_pp",
-                                          "tp_dp_cp", "tp_cp_dp_pp", "embd", "pos_embd"));
+  EXPECT_THAT(Kinds(*vision),
+              ElementsAre("tp", "cp", "dp", "pp", "dp_cp", "tp_cp", "tp_pp", "tp_dp_cp",
+                          "tp_cp_dp_pp", "embd", "pos_embd", "link_vision_0_4", "link_vision_0_6"));
+  // Tensor-parallel peers of a leader hold no link.
+  absl::StatusOr<std::vector<comm::GroupSpec>> peer = GroupSpecsOf(ranks[5]);
+  ASSERT_TRUE(peer.ok());
+  EXPECT_EQ(peer->size(), 16u);
   // The last of two stages has embd but no pos_embd.
   const std::vector<v1::RankAssignment> staged = Ranks(LanguageSpec(1, 1, 2, 1, 1, 1, false));
   absl::StatusOr<std::vector<comm::GroupSpec>> last = GroupSpecsOf(staged[1]);
@@ -240,6 +250,22 @@ TEST(GroupSpecsTest, UnknownKindsAndForeignGroupsAreRefused) {
   (*foreign.mutable_groups())["tp"].add_ranks(7);
   EXPECT_THAT(std::string(GroupSpecsOf(foreign).status().message()),
               HasSubstr("group tp does not contain rank 4"));
+}
+
+TEST(GroupSpecsTest, ForeignAndRepeatedLinksAreRefused) {
+  const v1::RankAssignment rank = Ranks(ExampleSpec())[4];
+  ASSERT_EQ(rank.links_size(), 2);
+  v1::RankAssignment foreign = rank;
+  foreign.mutable_links(0)->set_language_rank(6);
+  EXPECT_THAT(std::string(GroupSpecsOf(foreign).status().message()),
+              HasSubstr("link link_vision_0_4 between ranks 0 and 6 does not connect rank 4"));
+  v1::RankAssignment repeated = rank;
+  *repeated.add_links() = rank.links(0);
+  EXPECT_THAT(std::string(GroupSpecsOf(repeated).status().message()),
+              HasSubstr("a link kind starts with 'link_' and is given once"));
+  v1::RankAssignment named_like_a_group = rank;
+  named_like_a_group.mutable_links(0)->set_kind("tp");
+  EXPECT_FALSE(GroupSpecsOf(named_like_a_group).ok());
 }
 
 }  // namespace
