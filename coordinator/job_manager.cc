@@ -476,7 +476,7 @@ void JobManager::Schedule(absl::Time now) {
       w.stop_reason.clear();
     }
     Transition(job, v1::JOB_STATE_SCHEDULED,
-               absl::StrCat("attempt ", job.attempt(), ": ", world, " ranks assigned"), now)
+               absl::StrCat("attempt ", job.attempt(), ": ", RankCount(world), " assigned"), now)
         .IgnoreError();
   }
   short_of_workers_since_ = std::move(short_since);

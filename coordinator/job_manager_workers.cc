@@ -74,8 +74,8 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
         if (job.ok()) {
           MarkRunningWhenAllRanksRun(
               *job, active,
-              absl::StrCat("all ", active.rank_state.size(),
-                           " ranks running (re-attached after a coordinator restart)"),
+              absl::StrCat(RankCount(active.rank_state.size(), true),
+                           " running (re-attached after a coordinator restart)"),
               now)
               .IgnoreError();
         }
@@ -217,7 +217,7 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     return absl::OkStatus();
   }
   MIMO_RETURN_IF_ERROR(MarkRunningWhenAllRanksRun(
-      job, **active, absl::StrCat("all ", states.size(), " ranks running"), now));
+      job, **active, absl::StrCat(RankCount(states.size(), true), " running"), now));
   if (job.state() == v1::JOB_STATE_RUNNING &&
       std::all_of(states.begin(), states.end(),
                   [](v1::WorkerState s) { return s == v1::WORKER_STATE_SUCCEEDED; })) {
@@ -231,7 +231,7 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     progress->set_percent(100);
     progress->clear_eta();
     MIMO_RETURN_IF_ERROR(Transition(job, v1::JOB_STATE_SUCCEEDED,
-                                    absl::StrCat("all ", world, " ranks succeeded"), now));
+                                    absl::StrCat(RankCount(world, true), " succeeded"), now));
   }
   if (job.state() == v1::JOB_STATE_CANCELLING) CheckActiveJobs(now);
   Schedule(now);

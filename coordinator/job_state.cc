@@ -45,4 +45,9 @@ absl::Status CheckTransition(JobState from, JobState to) {
       absl::StrCat("a job cannot go from ", StateName(from), " to ", StateName(to)));
 }
 
+std::string RankCount(int64_t n, bool all) {
+  if (n == 1) return "1 rank";
+  return absl::StrCat(all ? "all " : "", n, " ranks");
+}
+
 }  // namespace mimo::coordinator

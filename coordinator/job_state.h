@@ -1,6 +1,9 @@
 // The job state machine: which transitions are legal and which states are final.
 #pragma once
 
+#include <cstdint>
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "mimo/v1/job.pb.h"
@@ -17,6 +20,9 @@ bool IsTerminal(v1::JobState state);
 //   CANCELLING -> CANCELLED | FAILED
 // FailedPrecondition otherwise, naming both states.
 absl::Status CheckTransition(v1::JobState from, v1::JobState to);
+
+// "1 rank", "4 ranks"; with `all`, "1 rank", "all 4 ranks". For event messages.
+std::string RankCount(int64_t n, bool all = false);
 
 // "RUNNING" for JOB_STATE_RUNNING.
 absl::string_view StateName(v1::JobState state);

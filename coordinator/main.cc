@@ -9,6 +9,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "coordinator/server.h"
 
 namespace {
@@ -28,6 +29,34 @@ std::string WorkerBinaryBesideUs() {
   const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
   std::string path = n > 0 ? std::string(self, n) : std::string();
   return path.substr(0, path.rfind('/') + 1) + "mimo-worker";
+}
+
+// The CUDA devices `worker_binary` can use, as it reports them (`--count-gpus`): the coordinator
+// itself links no CUDA. Throws CLI::ValidationError when the count cannot be read.
+int CountGpus(const std::string& worker_binary) {
+  std::string quoted = "'";
+  for (char c : worker_binary) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  quoted += "' --count-gpus";
+  FILE* pipe = popen(quoted.c_str(), "r");
+  std::string output;
+  if (pipe != nullptr) {
+    char buffer[256];
+    while (fgets(buffer, sizeof(buffer), pipe) != nullptr) output += buffer;
+  }
+  const int status = pipe != nullptr ? pclose(pipe) : -1;
+  int count = 0;
+  if (status != 0 || !absl::SimpleAtoi(absl::StripAsciiWhitespace(output), &count) || count < 0) {
+    throw CLI::ValidationError(
+        "--gpu-workers", "auto: could not count GPUs with '" + worker_binary +
+                             " --count-gpus': " + std::string(absl::StripAsciiWhitespace(output)));
+  }
+  if (count == 0) {
+    throw CLI::ValidationError("--gpu-workers",
+                               "auto: " + worker_binary +
+                                   " sees no CUDA device (check "
+                                   "CUDA_VISIBLE_DEVICES and the driver, or use --cpu-workers N)");
+  }
+  return count;
 }
 
 }  // namespace
@@ -61,22 +90,31 @@ int main(int argc, char** argv) {
   app.add_option("--join-timeout", join_timeout,
                  "How long a job waits for enough workers to register before it fails")
       ->capture_default_str();
-  int cpu_workers = 0, gpu_workers = 0;
+  int cpu_workers = 0;
+  std::string gpu_workers;
   std::string worker_binary = WorkerBinaryBesideUs();
   CLI::Option* cpu = app.add_option("--cpu-workers", cpu_workers,
                                     "Embedded mode: start and supervise N CPU workers on this host")
                          ->check(CLI::Range(1, 4096));
-  CLI::Option* gpu =
-      app.add_option("--gpu-workers", gpu_workers,
-                     "Embedded mode: start and supervise N GPU workers on this host (GPUs 0..N-1)")
-          ->check(CLI::Range(1, 64));
+  CLI::Option* gpu = app.add_option("--gpu-workers", gpu_workers,
+                                    "Embedded mode: start and supervise N GPU workers on this host "
+                                    "(GPUs 0..N-1), or 'auto': one per GPU the workers can use")
+                         ->type_name("N|auto");
   cpu->excludes(gpu);
   app.add_option("--worker-binary", worker_binary, "The mimo-worker program for embedded mode")
       ->capture_default_str();
   try {
     app.parse(argc, argv);
-    if (cpu_workers > 0 || gpu_workers > 0) {
-      options.local_workers.count = cpu_workers > 0 ? cpu_workers : gpu_workers;
+    int gpus = 0;
+    if (gpu_workers == "auto") {
+      gpus = CountGpus(worker_binary);
+    } else if (!gpu_workers.empty() &&
+               (!absl::SimpleAtoi(gpu_workers, &gpus) || gpus < 1 || gpus > 64)) {
+      throw CLI::ValidationError(
+          "--gpu-workers", "expected a number in [1, 64] or 'auto', got '" + gpu_workers + "'");
+    }
+    if (cpu_workers > 0 || gpus > 0) {
+      options.local_workers.count = cpu_workers > 0 ? cpu_workers : gpus;
       options.local_workers.device =
           cpu_workers > 0 ? mimo::v1::DEVICE_KIND_CPU : mimo::v1::DEVICE_KIND_CUDA;
       options.local_workers.worker_binary = worker_binary;
@@ -97,7 +135,8 @@ int main(int argc, char** argv) {
       }
     }
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help exits 0; every usage error exits 2, as mimoctl and mimo-worker do.
+    return app.exit(e) == 0 ? 0 : 2;
   }
 
   // Signals are taken by sigwait below, so every thread the server starts must block them.

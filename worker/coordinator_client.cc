@@ -13,7 +13,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
+#include "worker/device_info.h"
 
 namespace mimo::worker {
 namespace {
@@ -75,7 +77,8 @@ absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view call) 
                       absl::StrCat(call, ": ", status.error_message()));
 }
 
-v1::WorkerInfo LocalWorkerInfo(const std::string& host, int local_index, v1::DeviceKind device) {
+absl::StatusOr<v1::WorkerInfo> LocalWorkerInfo(const std::string& host, int local_index,
+                                               v1::DeviceKind device) {
   v1::WorkerInfo info;
   if (host.empty()) {
     char name[256] = {};
@@ -88,8 +91,7 @@ v1::WorkerInfo LocalWorkerInfo(const std::string& host, int local_index, v1::Dev
   info.set_device(device);
   info.set_pid(static_cast<int32_t>(getpid()));
   if (device == v1::DEVICE_KIND_CUDA) {
-    // The worker links no CUDA runtime yet, so the GPU's name and memory are unknown here.
-    info.set_device_name(absl::StrCat("cuda:", local_index));
+    MIMO_RETURN_IF_ERROR(DescribeCudaDevice(local_index, &info));
   } else {
     info.set_device_name(CpuModel());
     struct sysinfo si = {};

@@ -34,8 +34,10 @@ struct CoordinatorClientOptions {
 absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view call);
 
 // This process as a worker: `host` (empty: gethostname()), `local_index`, `device`, the pid,
-// and for CPU workers the CPU model and the machine's total and free memory.
-v1::WorkerInfo LocalWorkerInfo(const std::string& host, int local_index, v1::DeviceKind device);
+// and the device's name, total and free memory (the CPU model and the machine's memory, or the
+// GPU's). FailedPrecondition for a CUDA worker whose device this process cannot use.
+absl::StatusOr<v1::WorkerInfo> LocalWorkerInfo(const std::string& host, int local_index,
+                                               v1::DeviceKind device);
 
 // Thread-safe: every method may be called from any thread.
 class CoordinatorClient {

@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "worker/device_info.h"
 #include "worker/worker.h"
 
 namespace {
@@ -69,6 +70,13 @@ int main(int argc, char** argv) {
       ->type_name("SECONDS")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_flag_callback(
+      "--count-gpus",
+      [] {
+        std::cout << mimo::worker::CudaDeviceCount() << std::endl;
+        throw CLI::Success();
+      },
+      "Print the number of CUDA devices this worker can use and exit (0 without CUDA)");
   app.footer(
       "Exit codes: 0 stopped by SIGTERM or SIGINT (the running job is aborted and reported\n"
       "STOPPED); 1 fatal error (e.g. registration refused, bad token); 2 usage error; 3 the\n"

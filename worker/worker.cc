@@ -102,14 +102,6 @@ int ExitCodeFor(const absl::Status& status) {
   return kExitError;
 }
 
-bool HasNccl() {
-#ifdef MIMO_WORKER_HAVE_NCCL
-  return true;
-#else
-  return false;
-#endif
-}
-
 Worker::Worker(WorkerOptions options) : options_(std::move(options)) {}
 
 Worker::~Worker() {
@@ -206,7 +198,8 @@ absl::Status Worker::Run() {
     running_ = true;
   }
   MIMO_ASSIGN_OR_RETURN(client_, CoordinatorClient::Create(options_.coordinator));
-  info_ = LocalWorkerInfo(options_.host, options_.local_index, options_.device);
+  MIMO_ASSIGN_OR_RETURN(info_,
+                        LocalWorkerInfo(options_.host, options_.local_index, options_.device));
   if (stopping()) return absl::OkStatus();
   MIMO_RETURN_IF_ERROR(client_->WaitForConnection(options_.connect_timeout));
   MIMO_RETURN_IF_ERROR(RegisterNow({}));

@@ -43,9 +43,6 @@ inline constexpr int kExitUnreachable = 3;  // The coordinator could not be reac
 // The exit code for what Run() returned.
 int ExitCodeFor(const absl::Status& status);
 
-// Whether this build runs DEVICE_KIND_CUDA jobs (over NCCL); without, they fail.
-bool HasNccl();
-
 // One worker process (or, in tests, one thread): registers with the coordinator, sends a
 // heartbeat every heartbeat_interval from its own thread, and runs the assignments it gets, one
 // after another (workers persist across jobs). The heartbeat's answer steers it:

@@ -6,11 +6,14 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/worker/worker_test_util.h"
+#include "worker/device_info.h"
 
 namespace mimo::worker::testing {
 namespace {
@@ -19,6 +22,7 @@ using coordinator::ServerOptions;
 using coordinator::testing::CoordinatorFixture;
 using coordinator::testing::FastOptions;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class WorkerProcessTest : public CoordinatorFixture {
  protected:
@@ -128,6 +132,32 @@ TEST_F(WorkerProcessTest, BadFlagsExitTwo) {
   const std::optional<int> status = w.WaitExit(absl::Seconds(5));
   ASSERT_TRUE(status.has_value());
   EXPECT_EQ(ExitCode(*status), kExitUsage) << w.Log();
+}
+
+// Runs `command` through the shell; returns its exit code and what it printed on stdout.
+std::pair<int, std::string> RunShell(const std::string& command) {
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string out;
+  char buffer[256];
+  while (pipe != nullptr && fgets(buffer, sizeof(buffer), pipe) != nullptr) out += buffer;
+  const int status = pipe != nullptr ? pclose(pipe) : -1;
+  return {ExitCode(status), out};
+}
+
+TEST_F(WorkerProcessTest, CountGpusPrintsTheDevicesItCanUse) {
+  // The coordinator's --gpu-workers auto relies on this; no --coordinator needed.
+  const auto [code, out] = RunShell(WorkerBinary() + " --count-gpus");
+  EXPECT_EQ(code, 0);
+  EXPECT_EQ(out, absl::StrCat(CudaDeviceCount(), "\n"));
+}
+
+TEST_F(WorkerProcessTest, CudaWorkerWithoutItsGpuExitsOneNamingIt) {
+  WorkerProcess w(server_->port(), 63, {"--device", "cuda"});
+  const std::optional<int> status = w.WaitExit(absl::Seconds(10));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(ExitCode(*status), kExitError) << w.Log();
+  EXPECT_THAT(w.Log(), HasSubstr("CUDA device 63"));
+  EXPECT_THAT(w.Log(), Not(HasSubstr("registered with the coordinator")));
 }
 
 }  // namespace
