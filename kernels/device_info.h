@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+
 namespace mimo::kernels {
 
 struct CudaDevice {
@@ -22,7 +24,15 @@ struct CudaDevices {
   std::string unavailable_reason;
 };
 
-// Lists the visible devices; never fails, says why when there are none.
+// Lists the visible devices; never fails, says why when there are none. Creates a context on
+// every device (to read free memory).
 CudaDevices ListCudaDevices();
+
+// The visible devices (CUDA_VISIBLE_DEVICES applies); 0 without a driver or device.
+int CudaDeviceCount();
+
+// One device, creating a context on it alone. FailedPrecondition naming the index and the
+// number visible when it does not exist; the runtime's error (with the call) otherwise.
+absl::StatusOr<CudaDevice> DescribeCudaDevice(int index);
 
 }  // namespace mimo::kernels

@@ -4,12 +4,15 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
+#include "kernels/cuda_allocator.h"
 #include "kernels/cuda_status.h"
 #include "kernels/device_info.h"
 #include "kernels/fill.h"
+#include "kernels/tensor.h"
 
 namespace mimo::kernels {
 namespace {
@@ -79,6 +82,51 @@ TEST_F(CudaTest, FillRejectsBadArguments) {
   EXPECT_EQ(LaunchFill({.out = nullptr, .n = -1}, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(LaunchFill({.out = nullptr, .n = 0}, nullptr).ok());
+}
+
+TEST_F(CudaTest, CachingAllocatorServesTensorsOnEveryDevice) {
+  for (const CudaDevice& d : devices_.devices) {
+    SCOPED_TRACE(d.name);
+    absl::StatusOr<std::unique_ptr<CachingAllocator>> allocator = NewCudaAllocator(d.index);
+    ASSERT_TRUE(allocator.ok()) << allocator.status();
+    EXPECT_EQ((*allocator)->device(), Device::Cuda(d.index));
+    ASSERT_EQ(cudaSetDevice(d.index), cudaSuccess);
+    cudaStream_t stream = nullptr;
+    ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+    for (int step = 0; step < 3; ++step) {
+      absl::StatusOr<Tensor> t = Tensor::Empty({1000, 3}, DType::kF32, **allocator, stream);
+      ASSERT_TRUE(t.ok()) << t.status();
+      EXPECT_EQ(t->device(), Device::Cuda(d.index));
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(t->data()) % 256, 0u);
+      ASSERT_TRUE(
+          LaunchFill({.out = t->data<float>(), .n = 3000, .value = 2.5f + step}, stream).ok());
+      std::vector<float> got(3000);
+      ASSERT_EQ(cudaMemcpyAsync(got.data(), t->data(), 3000 * sizeof(float), cudaMemcpyDeviceToHost,
+                                stream),
+                cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      EXPECT_EQ(got[2999], 2.5f + step);
+    }
+    // Three steps, one segment: the later tensors reused the first one's block.
+    const AllocatorStats stats = (*allocator)->stats();
+    EXPECT_EQ(stats.system_allocations, 1);
+    EXPECT_EQ(stats.allocations, 3);
+    EXPECT_EQ(stats.allocated_bytes, 0);
+    EXPECT_EQ(stats.reserved_bytes, int64_t{2} << 20);
+    ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+  }
+}
+
+TEST_F(CudaTest, CachingAllocatorRunsOutWithAClearError) {
+  absl::StatusOr<std::unique_ptr<CachingAllocator>> allocator = NewCudaAllocator(0);
+  ASSERT_TRUE(allocator.ok()) << allocator.status();
+  const absl::StatusOr<void*> huge = (*allocator)->Allocate(size_t{1} << 50);
+  EXPECT_TRUE(absl::IsResourceExhausted(huge.status())) << huge.status();
+  EXPECT_THAT(huge.status().message(), HasSubstr("out of memory on cuda:0"));
+  EXPECT_THAT(huge.status().message(), HasSubstr("cudaErrorMemoryAllocation"));
+  // The device stays usable.
+  EXPECT_TRUE((*allocator)->Allocate(1024).ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(NewCudaAllocator(4096).status()));
 }
 
 }  // namespace

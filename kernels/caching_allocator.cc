@@ -1,0 +1,169 @@
+// A caching allocator: carves blocks from large segments and keeps freed blocks for reuse.
+#include "kernels/caching_allocator.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace mimo::kernels {
+namespace {
+
+size_t RoundUp(size_t n, size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+}  // namespace
+
+CachingAllocator::CachingAllocator(Device device, SegmentSource source,
+                                   CachingAllocatorOptions options)
+    : device_(device), source_(std::move(source)), options_(options) {}
+
+CachingAllocator::~CachingAllocator() {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [ptr, block] : blocks_) {
+    if (block->prev == nullptr) source_.free(block->ptr);
+  }
+}
+
+CachingAllocator::Block* CachingAllocator::FindFree(bool small, StreamHandle stream, size_t size) {
+  Block key;
+  key.small = small;
+  key.stream = stream;
+  key.size = size;
+  key.ptr = nullptr;
+  auto it = free_.lower_bound(&key);
+  if (it == free_.end() || (*it)->small != small || (*it)->stream != stream) return nullptr;
+  return *it;
+}
+
+absl::StatusOr<CachingAllocator::Block*> CachingAllocator::NewSegment(bool small,
+                                                                      StreamHandle stream,
+                                                                      size_t size) {
+  const size_t bytes = small ? options_.small_segment : RoundUp(size, options_.large_round);
+  absl::StatusOr<void*> memory = source_.allocate(bytes);
+  if (!memory.ok() && absl::IsResourceExhausted(memory.status())) {
+    ReleaseFreeSegments();
+    memory = source_.allocate(bytes);
+  }
+  if (!memory.ok()) return memory.status();
+  auto block = std::make_unique<Block>();
+  block->ptr = static_cast<char*>(*memory);
+  block->size = bytes;
+  block->stream = stream;
+  block->small = small;
+  block->free = true;
+  Block* raw = block.get();
+  blocks_[raw] = std::move(block);
+  free_.insert(raw);
+  stats_.reserved_bytes += static_cast<int64_t>(bytes);
+  stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, stats_.reserved_bytes);
+  ++stats_.system_allocations;
+  return raw;
+}
+
+absl::StatusOr<void*> CachingAllocator::Allocate(size_t bytes, StreamHandle stream) {
+  if (bytes == 0) return absl::InvalidArgumentError("cannot allocate 0 bytes");
+  if (bytes > (size_t{1} << 62)) {
+    return absl::ResourceExhaustedError(absl::StrCat("out of memory on ", device_.ToString(),
+                                                     ": asked ", bytes,
+                                                     " bytes, more than any device has"));
+  }
+  const size_t size = RoundUp(bytes, options_.round);
+  const bool small = size <= options_.small_limit;
+  absl::MutexLock lock(&mu_);
+  Block* block = FindFree(small, stream, size);
+  if (block == nullptr) {
+    absl::StatusOr<Block*> segment = NewSegment(small, stream, size);
+    if (!segment.ok()) {
+      UpdateLargestFree();
+      return absl::Status(
+          segment.status().code(),
+          absl::StrCat("out of memory on ", device_.ToString(), ": asked ",
+                       FormatBytes(static_cast<int64_t>(bytes)), "; this allocator has ",
+                       stats_.ToString(), "; ", segment.status().message()));
+    }
+    block = *segment;
+  }
+  free_.erase(block);
+  const size_t remaining = block->size - size;
+  if (small ? remaining >= options_.round : remaining > options_.small_limit) {
+    auto rest = std::make_unique<Block>();
+    rest->ptr = block->ptr + size;
+    rest->size = remaining;
+    rest->stream = stream;
+    rest->small = small;
+    rest->free = true;
+    rest->prev = block;
+    rest->next = block->next;
+    if (block->next != nullptr) block->next->prev = rest.get();
+    block->next = rest.get();
+    block->size = size;
+    free_.insert(rest.get());
+    blocks_[rest.get()] = std::move(rest);
+  }
+  block->free = false;
+  live_[block->ptr] = block;
+  stats_.allocated_bytes += static_cast<int64_t>(block->size);
+  stats_.peak_allocated_bytes = std::max(stats_.peak_allocated_bytes, stats_.allocated_bytes);
+  ++stats_.allocations;
+  return static_cast<void*>(block->ptr);
+}
+
+void CachingAllocator::Free(void* ptr) {
+  if (ptr == nullptr) return;
+  absl::MutexLock lock(&mu_);
+  auto it = live_.find(ptr);
+  if (it == live_.end()) return;  // Not ours (or freed twice): nothing to do.
+  Block* block = it->second;
+  live_.erase(it);
+  stats_.allocated_bytes -= static_cast<int64_t>(block->size);
+  block->free = true;
+  // Merge with free neighbours of the segment (they share pool and stream).
+  for (Block* neighbour : {block->prev, block->next}) {
+    if (neighbour == nullptr || !neighbour->free) continue;
+    free_.erase(neighbour);
+    Block* first = neighbour == block->prev ? neighbour : block;
+    Block* second = neighbour == block->prev ? block : neighbour;
+    first->size += second->size;
+    first->next = second->next;
+    if (second->next != nullptr) second->next->prev = first;
+    blocks_.erase(second);
+    block = first;
+  }
+  free_.insert(block);
+}
+
+void CachingAllocator::ReleaseFreeSegments() {
+  std::vector<Block*> whole;
+  for (Block* block : free_) {
+    if (block->prev == nullptr && block->next == nullptr) whole.push_back(block);
+  }
+  for (Block* block : whole) {
+    free_.erase(block);
+    source_.free(block->ptr);
+    stats_.reserved_bytes -= static_cast<int64_t>(block->size);
+    ++stats_.system_frees;
+    blocks_.erase(block);
+  }
+}
+
+void CachingAllocator::EmptyCache() {
+  absl::MutexLock lock(&mu_);
+  ReleaseFreeSegments();
+}
+
+void CachingAllocator::UpdateLargestFree() {
+  stats_.largest_free_block = 0;
+  for (const Block* block : free_) {
+    stats_.largest_free_block =
+        std::max(stats_.largest_free_block, static_cast<int64_t>(block->size));
+  }
+}
+
+AllocatorStats CachingAllocator::stats() {
+  absl::MutexLock lock(&mu_);
+  UpdateLargestFree();
+  return stats_;
+}
+
+}  // namespace mimo::kernels

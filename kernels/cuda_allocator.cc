@@ -1,0 +1,53 @@
+// The caching allocator over cudaMalloc/cudaFree on one device: what tensors on a GPU use.
+#include "kernels/cuda_allocator.h"
+
+#include <cuda_runtime_api.h>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda_status.h"
+
+namespace mimo::kernels {
+namespace {
+
+// Makes `device` current for the scope.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    cudaGetDevice(&previous_);
+    cudaSetDevice(device);
+  }
+  ~DeviceScope() { cudaSetDevice(previous_); }
+
+ private:
+  int previous_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CachingAllocator>> NewCudaAllocator(
+    int device, CachingAllocatorOptions options) {
+  int count = 0;
+  MIMO_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&count));
+  if (device < 0 || device >= count) {
+    return absl::InvalidArgumentError(absl::StrCat("NewCudaAllocator: CUDA device ", device,
+                                                   " does not exist (", count, " visible)"));
+  }
+  SegmentSource source;
+  source.allocate = [device](size_t bytes) -> absl::StatusOr<void*> {
+    DeviceScope scope(device);
+    void* ptr = nullptr;
+    const cudaError_t error = cudaMalloc(&ptr, bytes);
+    if (error != cudaSuccess) {
+      cudaGetLastError();  // cudaErrorMemoryAllocation is not sticky; clear it.
+      return CudaStatus(error, "cudaMalloc(&ptr, bytes)", __FILE__, __LINE__);
+    }
+    return ptr;
+  };
+  source.free = [device](void* ptr) {
+    DeviceScope scope(device);
+    cudaFree(ptr);
+  };
+  return std::make_unique<CachingAllocator>(Device::Cuda(device), std::move(source), options);
+}
+
+}  // namespace mimo::kernels
