@@ -4,25 +4,10 @@
 #include <cuda_runtime_api.h>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda_device_guard.h"
 #include "kernels/cuda_status.h"
 
 namespace mimo::kernels {
-namespace {
-
-// Makes `device` current for the scope.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    cudaGetDevice(&previous_);
-    cudaSetDevice(device);
-  }
-  ~DeviceScope() { cudaSetDevice(previous_); }
-
- private:
-  int previous_ = 0;
-};
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<CachingAllocator>> NewCudaAllocator(
     int device, CachingAllocatorOptions options) {
@@ -34,7 +19,7 @@ absl::StatusOr<std::unique_ptr<CachingAllocator>> NewCudaAllocator(
   }
   SegmentSource source;
   source.allocate = [device](size_t bytes) -> absl::StatusOr<void*> {
-    DeviceScope scope(device);
+    CudaDeviceGuard guard(device);
     void* ptr = nullptr;
     const cudaError_t error = cudaMalloc(&ptr, bytes);
     if (error != cudaSuccess) {
@@ -44,7 +29,7 @@ absl::StatusOr<std::unique_ptr<CachingAllocator>> NewCudaAllocator(
     return ptr;
   };
   source.free = [device](void* ptr) {
-    DeviceScope scope(device);
+    CudaDeviceGuard guard(device);
     cudaFree(ptr);
   };
   return std::make_unique<CachingAllocator>(Device::Cuda(device), std::move(source), options);

@@ -10,6 +10,7 @@
 
 #include "kernels/cuda_allocator.h"
 #include "kernels/cuda_status.h"
+#include "kernels/cuda_stream.h"
 #include "kernels/device_info.h"
 #include "kernels/fill.h"
 #include "kernels/tensor.h"
@@ -115,6 +116,37 @@ TEST_F(CudaTest, CachingAllocatorServesTensorsOnEveryDevice) {
     EXPECT_EQ(stats.reserved_bytes, int64_t{2} << 20);
     ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
   }
+}
+
+TEST_F(CudaTest, StreamsAndEventsOrderAndTimeWork) {
+  absl::StatusOr<CudaStream> first = CudaStream::Create(0);
+  absl::StatusOr<CudaStream> second = CudaStream::Create(0);
+  absl::StatusOr<CudaEvent> start = CudaEvent::Create(0);
+  absl::StatusOr<CudaEvent> filled = CudaEvent::Create(0);
+  ASSERT_TRUE(first.ok() && second.ok() && start.ok() && filled.ok()) << first.status();
+  constexpr int64_t n = int64_t{1} << 24;
+  float* device = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&device), n * sizeof(float)), cudaSuccess);
+  ASSERT_TRUE(start->Record(*first).ok());
+  ASSERT_TRUE(LaunchFill({.out = device, .n = n, .value = 7.0f}, first->get()).ok());
+  ASSERT_TRUE(filled->Record(*first).ok());
+  // The second stream reads the buffer only after the fill on the first.
+  ASSERT_TRUE(filled->WaitOn(*second).ok());
+  float last = 0;
+  ASSERT_EQ(
+      cudaMemcpyAsync(&last, device + n - 1, sizeof(float), cudaMemcpyDeviceToHost, second->get()),
+      cudaSuccess);
+  ASSERT_TRUE(second->Synchronize().ok());
+  EXPECT_EQ(last, 7.0f);
+  absl::StatusOr<float> ms = filled->MillisecondsSince(*start);
+  ASSERT_TRUE(ms.ok()) << ms.status();
+  EXPECT_GT(*ms, 0.0f);
+  // Moved-from objects own nothing; the moved-to ones still work.
+  CudaStream moved = *std::move(first);
+  EXPECT_EQ(first->get(), nullptr);
+  EXPECT_TRUE(moved.Synchronize().ok());
+  ASSERT_EQ(cudaFree(device), cudaSuccess);
+  EXPECT_FALSE(CudaStream::Create(4096).ok());
 }
 
 TEST_F(CudaTest, CachingAllocatorRunsOutWithAClearError) {
