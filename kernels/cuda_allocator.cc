@@ -11,12 +11,7 @@ namespace mimo::kernels {
 
 absl::StatusOr<std::unique_ptr<CachingAllocator>> NewCudaAllocator(
     int device, CachingAllocatorOptions options) {
-  int count = 0;
-  MIMO_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&count));
-  if (device < 0 || device >= count) {
-    return absl::InvalidArgumentError(absl::StrCat("NewCudaAllocator: CUDA device ", device,
-                                                   " does not exist (", count, " visible)"));
-  }
+  MIMO_RETURN_IF_ERROR(CheckCudaDevice(device, "NewCudaAllocator"));
   SegmentSource source;
   source.allocate = [device](size_t bytes) -> absl::StatusOr<void*> {
     CudaDeviceGuard guard(device);

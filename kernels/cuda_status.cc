@@ -24,4 +24,14 @@ absl::Status CudaStatus(cudaError_t error, const char* call, const char* file, i
   }
 }
 
+absl::Status CheckCudaDevice(int device, const char* what) {
+  int count = 0;
+  MIMO_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&count));
+  if (device < 0 || device >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": CUDA device ", device, " does not exist (", count, " visible)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace mimo::kernels

@@ -12,6 +12,10 @@ namespace mimo::kernels {
 // "file.cc:42: cudaMalloc(&p, n) failed: cudaErrorMemoryAllocation (out of memory)".
 absl::Status CudaStatus(cudaError_t error, const char* call, const char* file, int line);
 
+// InvalidArgument naming `what` unless `device` is a CUDA device this process sees; the runtime's
+// error when it cannot count them.
+absl::Status CheckCudaDevice(int device, const char* what);
+
 }  // namespace mimo::kernels
 
 // Returns from the enclosing function with a Status if the CUDA runtime call fails.

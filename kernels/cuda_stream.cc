@@ -9,6 +9,7 @@
 namespace mimo::kernels {
 
 absl::StatusOr<CudaStream> CudaStream::Create(int device) {
+  MIMO_RETURN_IF_ERROR(CheckCudaDevice(device, "CudaStream::Create"));
   CudaDeviceGuard guard(device);
   cudaStream_t stream = nullptr;
   MIMO_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -39,6 +40,7 @@ absl::Status CudaStream::Synchronize() const {
 }
 
 absl::StatusOr<CudaEvent> CudaEvent::Create(int device) {
+  MIMO_RETURN_IF_ERROR(CheckCudaDevice(device, "CudaEvent::Create"));
   CudaDeviceGuard guard(device);
   cudaEvent_t event = nullptr;
   MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreate(&event));

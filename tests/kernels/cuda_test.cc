@@ -146,7 +146,9 @@ TEST_F(CudaTest, StreamsAndEventsOrderAndTimeWork) {
   EXPECT_EQ(first->get(), nullptr);
   EXPECT_TRUE(moved.Synchronize().ok());
   ASSERT_EQ(cudaFree(device), cudaSuccess);
-  EXPECT_FALSE(CudaStream::Create(4096).ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(CudaStream::Create(4096).status()));
+  EXPECT_THAT(CudaEvent::Create(-1).status().message(),
+              HasSubstr("CudaEvent::Create: CUDA device -1 does not exist"));
 }
 
 TEST_F(CudaTest, CachingAllocatorRunsOutWithAClearError) {
