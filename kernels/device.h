@@ -14,7 +14,9 @@ struct Device {
   static Device Cuda(int index) { return {Kind::kCuda, index}; }
   bool is_cpu() const { return kind == Kind::kCpu; }
   bool is_cuda() const { return kind == Kind::kCuda; }
-  bool operator==(const Device&) const = default;
+  // (Spelled out: CUDA sources compile as C++17.)
+  bool operator==(const Device& o) const { return kind == o.kind && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
   // "cpu", "cuda:1".
   std::string ToString() const { return is_cpu() ? "cpu" : "cuda:" + std::to_string(index); }
 };
