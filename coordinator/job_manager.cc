@@ -151,7 +151,7 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& id, const std::
     return job;
   }
   it->second.cancel_deadline = now + options_.cancel_grace;
-  ReleaseAttempt(id, why);
+  ReleaseAttempt(id, why, now);
   CheckActiveJobs(now);  // Cancels at once when no worker still has to confirm.
   Schedule(now);         // Workers that never fetched their rank are free for other jobs.
   return store_->GetJob(id);
@@ -201,13 +201,15 @@ absl::Status JobManager::Transition(v1::Job& job, v1::JobState to, const std::st
   return absl::OkStatus();
 }
 
-void JobManager::ReleaseAttempt(const std::string& job_id, const std::string& reason) {
+void JobManager::ReleaseAttempt(const std::string& job_id, const std::string& reason,
+                                absl::Time now) {
   auto it = active_.find(job_id);
   for (auto& [id, worker] : workers_) {
     if (worker.job_id != job_id) continue;
     if (worker.has_assignment) {
       // It may be running its rank: it stays bound until it reports that it stopped (or its
       // heartbeats stop).
+      if (!worker.stop) worker.stop_time = now;
       worker.stop = true;
       worker.stop_reason = reason;
       continue;
@@ -229,7 +231,7 @@ void JobManager::ReleaseAttempt(const std::string& job_id, const std::string& re
 
 absl::Status JobManager::FailAttempt(v1::Job& job, const v1::Failure& failure, Retry retry,
                                      absl::Time now) {
-  ReleaseAttempt(job.id(), failure.message());
+  ReleaseAttempt(job.id(), failure.message(), now);
   active_.erase(job.id());
   if (job.state() == v1::JOB_STATE_CANCELLING) {
     return Transition(job, v1::JOB_STATE_CANCELLED, job.state_reason(), now);
@@ -295,6 +297,9 @@ void JobManager::DropWorker(const std::string& worker_id, const std::string& rea
   const int attempt = w.attempt;
   const int rank = w.rank;
   const bool told_to_stop = w.stop;
+  // Silent since before it was told to stop (or its process is gone): dead before the failure.
+  const bool dead_before_stop =
+      told_to_stop && (reason == "WORKER_EXITED" || w.last_heartbeat < w.stop_time);
   const std::string who = absl::StrCat("rank ", rank, " (worker ", worker_id, " on ", w.info.host(),
                                        ", device ", w.info.local_index(), ")");
   workers_.erase(it);
@@ -303,6 +308,9 @@ void JobManager::DropWorker(const std::string& worker_id, const std::string& rea
   // (a peer may have reported the broken connection first).
   if (!logs.empty() && !job_id.empty() && rank >= 0) {
     store_->AppendLogs(job_id, attempt, rank, logs, now).IgnoreError();
+  }
+  if (dead_before_stop && !job_id.empty() && rank >= 0) {
+    BlameDeadRank(job_id, attempt, rank, reason, absl::StrCat(who, " ", what), exit_code, now);
   }
   auto active = active_.find(job_id);
   // Only the worker holding a rank of the job's current attempt counts: one left over from an
@@ -322,6 +330,33 @@ void JobManager::DropWorker(const std::string& worker_id, const std::string& rea
   FailAttempt(*job, MakeFailure(reason, absl::StrCat(who, " ", what), exit_code, rank),
               Retry::kIfAllowed, now)
       .IgnoreError();
+}
+
+void JobManager::BlameDeadRank(const std::string& job_id, int attempt, int rank,
+                               const std::string& reason, const std::string& what, int exit_code,
+                               absl::Time now) {
+  absl::StatusOr<v1::Job> job = store_->GetJob(job_id);
+  if (!job.ok()) return;
+  const bool failed_here = job->state() == v1::JOB_STATE_FAILED && job->attempt() == attempt;
+  const bool restarted = job->attempt() == attempt + 1 && !IsTerminal(job->state());
+  if (!failed_here && !restarted) return;  // Cancelled, or long past this attempt.
+  if (failed_here && job->failure().rank() == rank) return;
+  const std::string earlier = failed_here
+                                  ? absl::StrCat("rank ", job->failure().rank(),
+                                                 " had reported: ", job->failure().message())
+                                  : "the attempt had already failed";
+  const std::string message = absl::StrCat(what, ", and was silent before attempt ", attempt,
+                                           " failed: most likely the cause; ", earlier);
+  if (failed_here) {
+    *job->mutable_failure() = MakeFailure(reason, message, exit_code, rank);
+    job->set_state_reason(absl::StrCat(reason, ": ", message));
+  }
+  *job->mutable_update_time() = ToProto(now);
+  v1::JobEvent event;  // Neither a state nor metrics: a note on the failure.
+  event.set_message(absl::StrCat("attempt ", attempt, ": ", message));
+  *event.mutable_time() = ToProto(now);
+  store_->UpdateJob(*job, std::move(event)).IgnoreError();
+  Changed();
 }
 
 void JobManager::WorkerProcessExited(const std::string& host, int pid, int exit_code,
@@ -368,7 +403,7 @@ void JobManager::CheckActiveJobs(absl::Time now) {
                 ? job->state_reason()
                 : absl::StrCat(job->state_reason(), " (workers did not confirm the stop within ",
                                absl::FormatDuration(options_.cancel_grace), ")");
-        ReleaseAttempt(id, message);
+        ReleaseAttempt(id, message, now);
         active_.erase(id);
         Transition(*job, v1::JOB_STATE_CANCELLED, message, now).IgnoreError();
       }
@@ -383,7 +418,7 @@ void JobManager::CheckActiveJobs(absl::Time now) {
             "the coordinator restarted before attempt ", active.attempt,
             " started and none of its workers re-registered within ",
             absl::FormatDuration(options_.reattach_grace), "; waiting for workers again");
-        ReleaseAttempt(id, message);
+        ReleaseAttempt(id, message, now);
         active_.erase(id);
         Transition(*job, v1::JOB_STATE_PENDING, message, now).IgnoreError();
         continue;

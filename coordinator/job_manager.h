@@ -137,6 +137,7 @@ class JobManager {
     bool has_assignment = false;
     bool stop = false;  // Told to stop its job (cancel, another rank failed, deadline).
     std::string stop_reason;
+    absl::Time stop_time = absl::InfiniteFuture();  // When it was told to stop.
   };
   // A job attempt that holds (or, after a restart, waits for) workers.
   struct Active {
@@ -161,7 +162,14 @@ class JobManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unbinds the job's workers that never fetched their assignment (their ranks count as
   // stopped), tells the others to stop, and forgets the attempt's rendezvous keys.
-  void ReleaseAttempt(const std::string& job_id, const std::string& reason)
+  void ReleaseAttempt(const std::string& job_id, const std::string& reason, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A worker told to stop because its attempt failed has died (`what`) without confirming, and
+  // was already silent (or exited) when the failure came: its peers most likely failed because
+  // of it (their connections to it closed), so the job's failure names its rank instead, and an
+  // event says so. Does nothing when the job has moved on to another attempt's failure.
+  void BlameDeadRank(const std::string& job_id, int attempt, int rank, const std::string& reason,
+                     const std::string& what, int exit_code, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves a SCHEDULED job to RUNNING, with `message`, once every rank of `active` runs (or
   // already succeeded); does nothing otherwise.

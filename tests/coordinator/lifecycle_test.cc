@@ -254,6 +254,58 @@ TEST_F(LifecycleTest, WorkerFailureFailsTheJobNamingTheRank) {
   EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
 }
 
+TEST_F(LifecycleTest, ADeadWorkerWhosePeersFailedFirstIsNamedAsTheCause) {
+  // Rank 1's worker dies (no more heartbeats); rank 2 reports the broken connection before the
+  // coordinator notices. Once rank 1's heartbeat timeout passes, the job names rank 1.
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  const std::vector<FakeWorker*> alive = {workers[0].get(), workers[2].get(), workers[3].get()};
+  KeepBeating(alive, absl::Milliseconds(100));  // Rank 1 is silent from here on.
+  ASSERT_TRUE(
+      workers[2]
+          ->Report(as[2], v1::WORKER_STATE_FAILED, 1, "all-gather: Connection closed by peer")
+          .ok());
+  EXPECT_EQ(AwaitState(job.id(), v1::JOB_STATE_FAILED).failure().rank(), 2);
+  for (int r : {0, 3}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  KeepBeating(alive, absl::Milliseconds(700));  // Past the 400 ms heartbeat timeout.
+  const v1::Job failed = Get(job.id());
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.failure().reason(), "HEARTBEAT_TIMEOUT");
+  EXPECT_EQ(failed.failure().rank(), 1);
+  EXPECT_THAT(failed.failure().message(),
+              AllOf(HasSubstr("rank 1 (worker "), HasSubstr("sent no heartbeat for 400ms"),
+                    HasSubstr("most likely the cause; rank 2 had reported: rank 2 failed (exit "
+                              "code 1): all-gather: Connection closed by peer")));
+  const std::vector<std::string> states = StateEvents(job.id());
+  EXPECT_EQ(states.back().rfind("FAILED: WORKER_FAILED", 0), 0u) << states.back();
+  // The note is an event of its own, after the FAILED one.
+  v1::ListJobEventsRequest request;
+  request.set_job_id(job.id());
+  v1::ListJobEventsResponse response;
+  ASSERT_TRUE(jobs_->ListJobEvents(Context().get(), request, &response).ok());
+  const v1::JobEvent& last = response.events(response.events_size() - 1);
+  EXPECT_FALSE(last.has_state());
+  EXPECT_THAT(last.message(), HasSubstr("attempt 1: rank 1 (worker "));
+}
+
+TEST_F(LifecycleTest, AWorkerDyingAfterItsAttemptFailedIsNotBlamed) {
+  // Every rank heartbeats on after rank 2's failure; rank 1's worker dies only later: the
+  // failure keeps naming rank 2.
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_TRUE(workers[2]->Report(as[2], v1::WORKER_STATE_FAILED, 1, "bad data").ok());
+  AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  KeepBeating(Ptrs(workers), absl::Milliseconds(100));
+  KeepBeating({workers[0].get(), workers[2].get(), workers[3].get()}, absl::Milliseconds(700));
+  const v1::Job failed = Get(job.id());
+  EXPECT_EQ(failed.failure().rank(), 2);
+  EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
+}
+
 TEST_F(LifecycleTest, RankStoppingUnaskedEndsTheAttempt) {
   const v1::Job job = Submit(SmallSpec());
   auto workers = Workers(4);

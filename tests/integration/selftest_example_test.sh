@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# The CPU self-test example end to end through the real programs, as a user runs it.
+#   selftest_example_test.sh MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR
+# Starts `mimo-coordinator --cpu-workers 8`, runs examples/selftest-cpu.yaml with `mimoctl submit
+# --wait` and checks its state and every rank's "selftest: passed" line; submits a long soak
+# (selftest.iterations huge), cancels it while RUNNING and requires CANCELLED within 10 s; runs
+# the example again (the workers are free again); then SIGTERMs the coordinator and requires exit
+# 0 with none of its mimo-worker children left. Every exit path stops what the test started.
+set -euo pipefail
+
+if [[ $# -ne 4 ]]; then
+  echo "usage: $0 MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR" >&2
+  exit 2
+fi
+coordinator_bin=$1 worker_bin=$2 mimoctl_bin=$3 source_dir=$4
+spec=$source_dir/examples/selftest-cpu.yaml
+readonly workers=8 cancel_limit_s=10
+
+tmp=$(mktemp -d -t mimo-selftest-example.XXXXXX)
+# A deadline of its own, below ctest's TIMEOUT (whose SIGKILL would leave everything behind): the
+# watchdog SIGTERMs this script, whose trap then cleans up.
+readonly deadline_s=90
+exec 3>&2 # the watchdog's message; nothing of it holds ctest's output pipe open
+(
+  sleep "$deadline_s" &
+  # shellcheck disable=SC2064  # $! now: the sleep to stop with the watchdog.
+  trap "kill $! 2>/dev/null; exit 0" TERM
+  wait $! && echo "FAIL: the test ran past its ${deadline_s} s deadline" >&3 && kill -TERM $$
+) >/dev/null 2>&1 &
+watchdog_pid=$!
+coordinator_pid=""
+worker_pids=()
+
+log() { echo "[selftest_example $(date +%T)] $*" >&2; }
+
+# Prints what explains a failure: the coordinator's log (with the embedded workers' stderr).
+# Per-group, per-seed and per-round lines of the workers, left out of failure output.
+readonly chatter='selftest: \(group\|seeds over\) .* ok$\|selftest: collectives round'
+dump() {
+  if [[ -s $tmp/coordinator.log ]]; then
+    echo "---- coordinator log with its workers' stderr, without per-group and per-round lines" \
+      "(last 80 lines): $tmp/coordinator.log" >&2
+    grep -v "$chatter" "$tmp/coordinator.log" | tail -n 80 >&2
+  fi
+  local f
+  for f in "$tmp"/*.out; do
+    [[ -s $f ]] || continue
+    echo "---- $(basename "$f") (last 40 lines)" >&2
+    tail -n 40 "$f" >&2
+  done
+}
+
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+
+# The pids whose parent is PID, from /proc (no procps needed).
+children_of() {
+  local f stat ppid
+  for f in /proc/[0-9]*/stat; do
+    { stat=$(<"$f"); } 2>/dev/null || continue
+    read -r _ ppid _ <<<"${stat##*) }" # after "PID (COMM) ": state, ppid, ...
+    if [[ $ppid == "$1" ]]; then
+      f=${f#/proc/}
+      echo "${f%/stat}"
+    fi
+  done
+}
+
+# True while PID runs the program mimo-worker (not a reused pid).
+is_worker() { [[ $(tr "\0" " " 2>/dev/null <"/proc/$1/cmdline") == *mimo-worker* ]]; }
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  kill "$watchdog_pid" 2>/dev/null || true
+  wait "$watchdog_pid" 2>/dev/null || true
+  # The logs as they were at the failure, before stopping adds to them.
+  [[ $status -eq 0 ]] || dump
+  if [[ -n $coordinator_pid ]] && kill -0 "$coordinator_pid" 2>/dev/null; then
+    mapfile -t worker_pids < <(children_of "$coordinator_pid")
+    kill -TERM "$coordinator_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$coordinator_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$coordinator_pid" 2>/dev/null || true
+    wait "$coordinator_pid" 2>/dev/null || true
+  fi
+  # The workers die with the coordinator (PDEATHSIG); these are only the ones that did not.
+  local pid
+  for pid in "${worker_pids[@]}"; do
+    if is_worker "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  done
+  if [[ $status -ne 0 ]]; then
+    echo "selftest_example: FAILED (exit $status); files kept in $tmp" >&2
+  else
+    rm -rf "$tmp"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ctl() { "$mimoctl_bin" "$@"; }
+
+# The job's state, from `mimoctl get JOB -o json` ("JOB_STATE_...").
+job_state() {
+  ctl get "$1" -o json | sed -n 's/^ *"state": "\(JOB_STATE_[A-Z]*\)".*/\1/p' | head -n 1
+}
+
+# Waits until JOB is in STATE, for at most SECONDS; prints how long it took (ms).
+wait_state() {
+  local job=$1 want=$2 seconds=$3 state="" start now
+  start=$(date +%s%N)
+  while :; do
+    state=$(job_state "$job") || true
+    now=$(date +%s%N)
+    [[ $state == "$want" ]] && { echo $(((now - start) / 1000000)); return 0; }
+    case $state in
+      JOB_STATE_SUCCEEDED | JOB_STATE_FAILED | JOB_STATE_CANCELLED)
+        ctl get "$job" >&2 || true
+        fail "job $job ended $state while waiting for $want" ;;
+    esac
+    ((now - start < seconds * 1000000000)) || {
+      ctl get "$job" >&2 || true
+      fail "job $job still ${state:-in an unknown state} after ${seconds}s, expected $want"
+    }
+    sleep 0.1
+  done
+}
+
+# Runs the example with `submit --wait`; checks exit 0, SUCCEEDED and every rank's passed line.
+run_example() {
+  local what=$1 job status=0
+  timeout 45 "$mimoctl_bin" submit "$spec" --wait >"$tmp/$what.out" 2>&1 || status=$?
+  job=$(grep -o 'j-[0-9]\{8\}-[0-9]\{6\}' "$tmp/$what.out" | head -n 1) || true
+  [[ $status -eq 0 ]] || {
+    [[ -n $job ]] && ctl logs "$job" --tail 60 >&2
+    fail "$what: mimoctl submit --wait exited $status (job ${job:-none}), expected 0"
+  }
+  [[ -n $job ]] || fail "$what: no job id in the output of mimoctl submit"
+  local state
+  state=$(job_state "$job")
+  [[ $state == JOB_STATE_SUCCEEDED ]] ||
+    fail "$what: job $job is $state, expected JOB_STATE_SUCCEEDED"
+  ctl logs "$job" >"$tmp/$what.logs"
+  local rank
+  for ((rank = 0; rank < workers; rank++)); do
+    grep -q "^\[rank $rank\] selftest: passed" "$tmp/$what.logs" || {
+      grep "^\[rank $rank\]" "$tmp/$what.logs" | tail -n 20 >&2
+      fail "$what: job $job has no 'selftest: passed' line for rank $rank"
+    }
+  done
+  log "$what: job $job SUCCEEDED, all $workers ranks passed"
+}
+
+# --- Start the coordinator with its own CPU workers (embedded mode).
+log "starting mimo-coordinator with $workers CPU workers"
+"$coordinator_bin" --listen 127.0.0.1:0 --db "$tmp/mimo.db" --metrics-listen "" \
+  --cpu-workers "$workers" --worker-binary "$worker_bin" >"$tmp/coordinator.log" 2>&1 &
+coordinator_pid=$!
+port=""
+for _ in $(seq 200); do
+  port=$(sed -n 's/^mimo-coordinator: serving on port \([0-9]*\).*/\1/p' "$tmp/coordinator.log")
+  [[ -n $port ]] && break
+  kill -0 "$coordinator_pid" 2>/dev/null || fail "mimo-coordinator exited before serving"
+  sleep 0.1
+done
+[[ -n $port ]] || fail "mimo-coordinator did not print its port within 20 s"
+export MIMO_SERVER=127.0.0.1:$port
+log "coordinator pid $coordinator_pid serving on $MIMO_SERVER"
+
+# --- 1. The example, as a user runs it.
+run_example first
+
+# --- 2. A long soak, cancelled while RUNNING.
+long_spec=$tmp/selftest-long.yaml
+sed -e 's/^name: selftest-cpu$/name: selftest-cpu-long/' "$spec" >"$long_spec"
+printf 'selftest: {iterations: 1000000000}\n' >>"$long_spec"
+ctl validate "$long_spec" >/dev/null || fail "the soak spec $long_spec does not validate"
+ctl submit "$long_spec" >"$tmp/long.out" 2>&1 ||
+  fail "submitting the soak spec failed: $(cat "$tmp/long.out")"
+long_job=$(grep -o 'j-[0-9]\{8\}-[0-9]\{6\}' "$tmp/long.out" | head -n 1) || true
+[[ -n $long_job ]] || fail "no job id in the output of mimoctl submit: $(cat "$tmp/long.out")"
+ms=$(wait_state "$long_job" JOB_STATE_RUNNING 30)
+log "soak job $long_job RUNNING after ${ms} ms"
+# Let every rank get into its collectives rounds before cancelling.
+for _ in $(seq 100); do
+  ctl logs "$long_job" | grep -q 'selftest: collectives round 2 of' && break
+  sleep 0.1
+done
+ctl cancel "$long_job" --reason "selftest_example_test" >/dev/null
+ms=$(wait_state "$long_job" JOB_STATE_CANCELLED "$cancel_limit_s")
+log "soak job $long_job CANCELLED ${ms} ms after the cancel"
+
+# --- 3. The example again: every worker is free again.
+run_example third
+
+# --- 4. Shutdown: SIGTERM, exit 0, no mimo-worker left behind.
+mapfile -t worker_pids < <(children_of "$coordinator_pid")
+for pid in "${worker_pids[@]}"; do
+  is_worker "$pid" || fail "child $pid of the coordinator is not a mimo-worker"
+done
+[[ ${#worker_pids[@]} -eq $workers ]] ||
+  fail "the coordinator has ${#worker_pids[@]} worker children, expected $workers"
+kill -TERM "$coordinator_pid"
+status=0
+timeout_at=$((SECONDS + 20))
+while kill -0 "$coordinator_pid" 2>/dev/null && ((SECONDS < timeout_at)); do sleep 0.1; done
+kill -0 "$coordinator_pid" 2>/dev/null && fail "mimo-coordinator still runs 20 s after SIGTERM"
+wait "$coordinator_pid" || status=$?
+coordinator_pid=""
+[[ $status -eq 0 ]] || fail "mimo-coordinator exited $status after SIGTERM, expected 0"
+grep -q '^mimo-coordinator: stopped' "$tmp/coordinator.log" ||
+  fail "the coordinator log has no 'mimo-coordinator: stopped' line"
+left=()
+for pid in "${worker_pids[@]}"; do is_worker "$pid" && left+=("$pid"); done
+[[ ${#left[@]} -eq 0 ]] ||
+  fail "mimo-worker processes left after the coordinator stopped: ${left[*]}"
+log "coordinator stopped with exit 0, its ${#worker_pids[@]} workers gone"
+echo "selftest_example: PASSED"
