@@ -14,76 +14,14 @@
 #include "common/bfloat16.h"
 #include "kernels/device_info.h"
 #include "kernels/rmsnorm.h"
+#include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/rmsnorm_reference.h"
 
 namespace mimo::kernels {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::RelativeError;
-using testing::RmsNormDxScale;
-using testing::RmsNormFloat64;
-
-// A device buffer of `bytes`, poisoned with 0xff bytes (NaN in f32 and bf16).
-struct DeviceBuffer {
-  explicit DeviceBuffer(size_t bytes) : bytes(bytes) {
-    if (bytes > 0) {
-      EXPECT_EQ(cudaMalloc(&ptr, bytes), cudaSuccess);
-      EXPECT_EQ(cudaMemset(ptr, 0xff, bytes), cudaSuccess);
-    }
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  void From(const void* host) {
-    EXPECT_EQ(cudaMemcpy(ptr, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  std::vector<char> Bytes() const {
-    std::vector<char> out(bytes);
-    EXPECT_EQ(cudaMemcpy(out.data(), ptr, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-    return out;
-  }
-  void* ptr = nullptr;
-  size_t bytes = 0;
-};
-
-// Host values of `dtype` as bytes, plus their float64 values.
-struct Host {
-  std::vector<char> bytes;
-  std::vector<double> exact;
-};
-
-Host Random(DType dtype, int64_t n, std::mt19937& random, float lo, float hi) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Host h;
-  h.bytes.resize(n * DTypeSize(dtype));
-  for (int64_t i = 0; i < n; ++i) {
-    float v = dist(random);
-    if (dtype == DType::kBF16) {
-      const uint16_t b = FloatToBFloat16(v);
-      std::memcpy(h.bytes.data() + 2 * i, &b, 2);
-      v = BFloat16ToFloat(b);
-    } else {
-      std::memcpy(h.bytes.data() + 4 * i, &v, 4);
-    }
-    h.exact.push_back(v);
-  }
-  return h;
-}
-
-std::vector<double> Values(DType dtype, const std::vector<char>& bytes) {
-  std::vector<double> out;
-  for (size_t i = 0; i < bytes.size() / DTypeSize(dtype); ++i) {
-    if (dtype == DType::kF32) {
-      float v;
-      std::memcpy(&v, bytes.data() + 4 * i, 4);
-      out.push_back(v);
-    } else {
-      uint16_t b;
-      std::memcpy(&b, bytes.data() + 2 * i, 2);
-      out.push_back(BFloat16ToFloat(b));
-    }
-  }
-  return out;
-}
+using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
 class RmsNormCudaTest : public ::testing::TestWithParam<DType> {
  protected:
@@ -106,42 +44,40 @@ TEST_P(RmsNormCudaTest, MatchesFloat64AndIsDeterministic) {
                  << DTypeName(dtype) << " (" << s.rows << ", " << s.cols << ")");
     const int64_t n = s.rows * s.cols;
     const size_t e = DTypeSize(dtype);
-    const Host x = Random(dtype, n, random, -3, 3), w = Random(dtype, s.cols, random, 0.5, 1.5),
-               dy = Random(dtype, n, random, -1, 1);
-    DeviceBuffer dx_in(n * e), dw_in(s.cols * e), ddy(n * e);
-    dx_in.From(x.bytes.data());
-    dw_in.From(w.bytes.data());
-    ddy.From(dy.bytes.data());
+    const HostData x = RandomData(dtype, n, random, -3, 3),
+                   w = RandomData(dtype, s.cols, random, 0.5, 1.5),
+                   dy = RandomData(dtype, n, random, -1, 1);
+    DeviceBuffer dx_in(x.bytes), dw_in(w.bytes), ddy(dy.bytes);
     std::vector<char> first_dx, first_dw;
     for (int run = 0; run < 2; ++run) {
       DeviceBuffer y(n * e), rstd(s.rows * 4), dx(n * e), dweight(s.cols * 4);
       ASSERT_TRUE(LaunchRmsNorm({.dtype = dtype,
-                                 .x = dx_in.ptr,
-                                 .weight = dw_in.ptr,
-                                 .y = y.ptr,
-                                 .rstd = static_cast<float*>(rstd.ptr),
+                                 .x = dx_in.get(),
+                                 .weight = dw_in.get(),
+                                 .y = y.get(),
+                                 .rstd = rstd.as<float>(),
                                  .rows = s.rows,
                                  .cols = s.cols,
                                  .eps = 1e-6f},
                                 nullptr)
                       .ok());
       ASSERT_TRUE(LaunchRmsNormBackward({.dtype = dtype,
-                                         .dy = ddy.ptr,
-                                         .x = dx_in.ptr,
-                                         .weight = dw_in.ptr,
-                                         .rstd = static_cast<const float*>(rstd.ptr),
-                                         .dx = dx.ptr,
-                                         .dweight = static_cast<float*>(dweight.ptr),
+                                         .dy = ddy.get(),
+                                         .x = dx_in.get(),
+                                         .weight = dw_in.get(),
+                                         .rstd = rstd.as<const float>(),
+                                         .dx = dx.get(),
+                                         .dweight = dweight.as<float>(),
                                          .rows = s.rows,
                                          .cols = s.cols},
                                         nullptr)
                       .ok());
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       const auto ref = RmsNormFloat64(x.exact, w.exact, dy.exact, s.rows, s.cols, 1e-6);
-      const std::vector<double> got_y = Values(dtype, y.Bytes()),
-                                got_rstd = Values(DType::kF32, rstd.Bytes()),
-                                got_dx = Values(dtype, dx.Bytes()),
-                                got_dw = Values(DType::kF32, dweight.Bytes());
+      const std::vector<double> got_y = ValuesOf(dtype, y.Bytes()),
+                                got_rstd = ValuesOf(DType::kF32, rstd.Bytes()),
+                                got_dx = ValuesOf(dtype, dx.Bytes()),
+                                got_dw = ValuesOf(DType::kF32, dweight.Bytes());
       for (const auto* v : {&got_y, &got_rstd, &got_dx, &got_dw}) {
         for (double d : *v) ASSERT_TRUE(std::isfinite(d)) << "an output element was not written";
       }
@@ -171,9 +107,8 @@ TEST_F(RmsNormCudaTest, BadArgumentsFailBeforeLaunching) {
   EXPECT_TRUE(LaunchRmsNorm({.rows = 0, .cols = 3}, nullptr).ok());
   DeviceBuffer dw(3 * 4);
   ASSERT_TRUE(
-      LaunchRmsNormBackward({.dweight = static_cast<float*>(dw.ptr), .rows = 0, .cols = 3}, nullptr)
-          .ok());
-  EXPECT_EQ(Values(DType::kF32, dw.Bytes()), (std::vector<double>{0, 0, 0}));
+      LaunchRmsNormBackward({.dweight = dw.as<float>(), .rows = 0, .cols = 3}, nullptr).ok());
+  EXPECT_EQ(ValuesOf(DType::kF32, dw.Bytes()), (std::vector<double>{0, 0, 0}));
 }
 
 }  // namespace

@@ -1,9 +1,12 @@
 // RMSNorm in float64: the reference both the CPU twin and the CUDA kernels are measured against.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#include "tests/kernels/op_test_util.h"
 
 namespace mimo::kernels::testing {
 
@@ -39,18 +42,6 @@ inline RmsNormReference RmsNormFloat64(const std::vector<double>& x,
     }
   }
   return out;
-}
-
-// max |got - want| / scale, with scale = max |want| unless given (a quantity whose digits
-// cancel, like RMSNorm's dx, is measured against the size of the terms that cancel).
-inline double RelativeError(const std::vector<double>& got, const std::vector<double>& want,
-                            double scale = 0) {
-  double err = 0, max_want = 1e-30;
-  for (size_t i = 0; i < want.size(); ++i) {
-    err = std::max(err, std::abs(got[i] - want[i]));
-    max_want = std::max(max_want, std::abs(want[i]));
-  }
-  return err / (scale > 0 ? scale : max_want);
 }
 
 // The size of the terms of RMSNorm's dx: max over elements of rstd * |dy * weight|.

@@ -19,64 +19,12 @@ namespace mimo::kernels {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::RelativeError;
-using testing::RmsNormDxScale;
-using testing::RmsNormFloat64;
+using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
 struct Shape2 {
   int64_t rows, cols;
 };
 constexpr Shape2 kShapes[] = {{1, 1}, {3, 7}, {17, 255}, {64, 1000}, {5, 4099}};
-
-// Values of `dtype` (f32 as is, bf16 rounded), stored as bytes, and their float64 values.
-struct Buffer {
-  std::vector<float> f32;
-  std::vector<uint16_t> bf16;
-  std::vector<double> exact;
-  void* data(DType dtype) {
-    return dtype == DType::kF32 ? static_cast<void*>(f32.data()) : bf16.data();
-  }
-};
-
-Buffer Random(DType dtype, int64_t n, std::mt19937& random, float lo, float hi) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Buffer b;
-  for (int64_t i = 0; i < n; ++i) {
-    float v = dist(random);
-    if (dtype == DType::kBF16) {
-      b.bf16.push_back(FloatToBFloat16(v));
-      v = BFloat16ToFloat(b.bf16.back());
-    }
-    b.f32.push_back(v);
-    b.exact.push_back(v);
-  }
-  return b;
-}
-
-// An output of n elements (f32 and bf16), poisoned with NaN.
-Buffer Poisoned(int64_t n) {
-  Buffer b;
-  b.f32.assign(n, std::numeric_limits<float>::quiet_NaN());
-  b.bf16.assign(n, 0x7fc0);
-  return b;
-}
-
-std::vector<double> Values(DType dtype, const Buffer& b) {
-  std::vector<double> out;
-  if (dtype == DType::kF32) {
-    for (float v : b.f32) out.push_back(v);
-  } else {
-    for (uint16_t v : b.bf16) out.push_back(BFloat16ToFloat(v));
-  }
-  return out;
-}
-
-bool AllFinite(const std::vector<double>& v) {
-  for (double x : v) {
-    if (!std::isfinite(x)) return false;
-  }
-  return true;
-}
 
 class RmsNormCpuTest : public ::testing::TestWithParam<DType> {};
 
@@ -88,33 +36,33 @@ TEST_P(RmsNormCpuTest, MatchesFloat64ForwardAndBackward) {
     SCOPED_TRACE(::testing::Message()
                  << DTypeName(dtype) << " (" << s.rows << ", " << s.cols << ")");
     const int64_t n = s.rows * s.cols;
-    Buffer x = Random(dtype, n, random, -3, 3);
-    Buffer w = Random(dtype, s.cols, random, 0.5, 1.5);
-    Buffer dy = Random(dtype, n, random, -1, 1);
-    Buffer y = Poisoned(n);
-    Buffer dx = Poisoned(n);
+    HostData x = RandomData(dtype, n, random, -3, 3);
+    HostData w = RandomData(dtype, s.cols, random, 0.5, 1.5);
+    HostData dy = RandomData(dtype, n, random, -1, 1);
+    HostData y = PoisonedData(dtype, n);
+    HostData dx = PoisonedData(dtype, n);
     std::vector<float> rstd(s.rows, std::nanf("")), dweight(s.cols, std::nanf(""));
     ASSERT_TRUE(RmsNormCpu({.dtype = dtype,
-                            .x = x.data(dtype),
-                            .weight = w.data(dtype),
-                            .y = y.data(dtype),
+                            .x = x.data(),
+                            .weight = w.data(),
+                            .y = y.data(),
                             .rstd = rstd.data(),
                             .rows = s.rows,
                             .cols = s.cols,
                             .eps = 1e-6f})
                     .ok());
     ASSERT_TRUE(RmsNormBackwardCpu({.dtype = dtype,
-                                    .dy = dy.data(dtype),
-                                    .x = x.data(dtype),
-                                    .weight = w.data(dtype),
+                                    .dy = dy.data(),
+                                    .x = x.data(),
+                                    .weight = w.data(),
                                     .rstd = rstd.data(),
-                                    .dx = dx.data(dtype),
+                                    .dx = dx.data(),
                                     .dweight = dweight.data(),
                                     .rows = s.rows,
                                     .cols = s.cols})
                     .ok());
     const auto ref = RmsNormFloat64(x.exact, w.exact, dy.exact, s.rows, s.cols, 1e-6);
-    const std::vector<double> got_y = Values(dtype, y), got_dx = Values(dtype, dx);
+    const std::vector<double> got_y = ValuesOf(dtype, y.bytes), got_dx = ValuesOf(dtype, dx.bytes);
     const std::vector<double> got_rstd(rstd.begin(), rstd.end());
     const std::vector<double> got_dw(dweight.begin(), dweight.end());
     ASSERT_TRUE(AllFinite(got_y) && AllFinite(got_dx) && AllFinite(got_rstd) && AllFinite(got_dw));
@@ -133,9 +81,11 @@ INSTANTIATE_TEST_SUITE_P(DTypes, RmsNormCpuTest, ::testing::Values(DType::kF32, 
 TEST(RmsNormCpuGradientTest, BackwardMatchesCentralDifferences) {
   std::mt19937 random(5);
   const int64_t rows = 3, cols = 9;
-  Buffer x = Random(DType::kF32, rows * cols, random, -2, 2);
-  Buffer w = Random(DType::kF32, cols, random, 0.5, 1.5);
-  Buffer u = Random(DType::kF32, rows * cols, random, -1, 1);
+  const HostData xd = RandomData(DType::kF32, rows * cols, random, -2, 2);
+  const HostData wd = RandomData(DType::kF32, cols, random, 0.5, 1.5);
+  const HostData ud = RandomData(DType::kF32, rows * cols, random, -1, 1);
+  const std::vector<float> x(xd.exact.begin(), xd.exact.end()), w(wd.exact.begin(), wd.exact.end()),
+      u(ud.exact.begin(), ud.exact.end());
   auto loss = [&](const std::vector<float>& xv, const std::vector<float>& wv) {
     std::vector<float> y(rows * cols), rstd(rows);
     EXPECT_TRUE(RmsNormCpu({.x = xv.data(),
@@ -147,21 +97,21 @@ TEST(RmsNormCpuGradientTest, BackwardMatchesCentralDifferences) {
                             .eps = 1e-5f})
                     .ok());
     double l = 0;
-    for (int64_t i = 0; i < rows * cols; ++i) l += static_cast<double>(y[i]) * u.f32[i];
+    for (int64_t i = 0; i < rows * cols; ++i) l += static_cast<double>(y[i]) * u[i];
     return l;
   };
   std::vector<float> y(rows * cols), rstd(rows), dx(rows * cols), dw(cols);
-  ASSERT_TRUE(RmsNormCpu({.x = x.f32.data(),
-                          .weight = w.f32.data(),
+  ASSERT_TRUE(RmsNormCpu({.x = x.data(),
+                          .weight = w.data(),
                           .y = y.data(),
                           .rstd = rstd.data(),
                           .rows = rows,
                           .cols = cols,
                           .eps = 1e-5f})
                   .ok());
-  ASSERT_TRUE(RmsNormBackwardCpu({.dy = u.f32.data(),
-                                  .x = x.f32.data(),
-                                  .weight = w.f32.data(),
+  ASSERT_TRUE(RmsNormBackwardCpu({.dy = u.data(),
+                                  .x = x.data(),
+                                  .weight = w.data(),
                                   .rstd = rstd.data(),
                                   .dx = dx.data(),
                                   .dweight = dw.data(),
@@ -170,17 +120,17 @@ TEST(RmsNormCpuGradientTest, BackwardMatchesCentralDifferences) {
                   .ok());
   constexpr float h = 1e-2f;
   for (int64_t i = 0; i < rows * cols; ++i) {
-    std::vector<float> plus = x.f32, minus = x.f32;
+    std::vector<float> plus = x, minus = x;
     plus[i] += h;
     minus[i] -= h;
-    const double numeric = (loss(plus, w.f32) - loss(minus, w.f32)) / (2 * h);
+    const double numeric = (loss(plus, w) - loss(minus, w)) / (2 * h);
     EXPECT_NEAR(dx[i], numeric, 2e-3 + 2e-3 * std::abs(numeric)) << "x[" << i << "]";
   }
   for (int64_t c = 0; c < cols; ++c) {
-    std::vector<float> plus = w.f32, minus = w.f32;
+    std::vector<float> plus = w, minus = w;
     plus[c] += h;
     minus[c] -= h;
-    const double numeric = (loss(x.f32, plus) - loss(x.f32, minus)) / (2 * h);
+    const double numeric = (loss(x, plus) - loss(x, minus)) / (2 * h);
     EXPECT_NEAR(dw[c], numeric, 2e-3 + 2e-3 * std::abs(numeric)) << "w[" << c << "]";
   }
 }

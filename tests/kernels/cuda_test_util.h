@@ -1,0 +1,50 @@
+// Device buffers for CUDA op tests: poisoned on allocation, filled from and read back to the host.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <vector>
+
+namespace mimo::kernels::testing {
+
+// `bytes` of device memory, every byte 0xff (NaN in f32 and bf16) so unwritten elements show.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+    if (bytes_ == 0) return;
+    EXPECT_EQ(cudaMalloc(&ptr_, bytes_), cudaSuccess);
+    EXPECT_EQ(cudaMemset(ptr_, 0xff, bytes_), cudaSuccess);
+  }
+  // A copy of `host` (bytes.size() bytes).
+  explicit DeviceBuffer(const std::vector<char>& host) : DeviceBuffer(host.size()) {
+    if (bytes_ > 0) {
+      EXPECT_EQ(cudaMemcpy(ptr_, host.data(), bytes_, cudaMemcpyHostToDevice), cudaSuccess);
+    }
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { cudaFree(ptr_); }
+
+  void* get() const { return ptr_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  // The contents (after a device synchronization).
+  std::vector<char> Bytes() const {
+    std::vector<char> out(bytes_);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    if (bytes_ > 0) {
+      EXPECT_EQ(cudaMemcpy(out.data(), ptr_, bytes_, cudaMemcpyDeviceToHost), cudaSuccess);
+    }
+    return out;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace mimo::kernels::testing

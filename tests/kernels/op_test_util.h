@@ -1,0 +1,83 @@
+// Helpers for op tests: random bf16/f32 host data with its exact float64 values, reading outputs
+// back as float64, NaN poisoning, and the error measure the bounds are stated in.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "common/bfloat16.h"
+#include "kernels/dtype.h"
+
+namespace mimo::kernels::testing {
+
+// Host data of one dtype: its bytes, and the float64 value of every element.
+struct HostData {
+  DType dtype = DType::kF32;
+  std::vector<char> bytes;
+  std::vector<double> exact;
+  void* data() { return bytes.data(); }
+  const void* data() const { return bytes.data(); }
+};
+
+// `n` values uniform in [lo, hi), rounded to `dtype`.
+inline HostData RandomData(DType dtype, int64_t n, std::mt19937& random, float lo, float hi) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  HostData h{.dtype = dtype, .bytes = std::vector<char>(n * DTypeSize(dtype)), .exact = {}};
+  for (int64_t i = 0; i < n; ++i) {
+    float v = dist(random);
+    if (dtype == DType::kBF16) {
+      const uint16_t b = FloatToBFloat16(v);
+      std::memcpy(h.bytes.data() + 2 * i, &b, 2);
+      v = BFloat16ToFloat(b);
+    } else {
+      std::memcpy(h.bytes.data() + 4 * i, &v, 4);
+    }
+    h.exact.push_back(v);
+  }
+  return h;
+}
+
+// `n` elements of `dtype`, every byte 0xff: NaN in f32 and bf16, so unwritten elements show.
+inline HostData PoisonedData(DType dtype, int64_t n) {
+  return HostData{
+      .dtype = dtype, .bytes = std::vector<char>(n * DTypeSize(dtype), '\xff'), .exact = {}};
+}
+
+// Elements of `dtype` (bf16 or f32) in `bytes` as float64.
+inline std::vector<double> ValuesOf(DType dtype, const std::vector<char>& bytes) {
+  std::vector<double> out;
+  for (size_t i = 0; i < bytes.size() / DTypeSize(dtype); ++i) {
+    if (dtype == DType::kF32) {
+      float v;
+      std::memcpy(&v, bytes.data() + 4 * i, 4);
+      out.push_back(v);
+    } else {
+      uint16_t b;
+      std::memcpy(&b, bytes.data() + 2 * i, 2);
+      out.push_back(BFloat16ToFloat(b));
+    }
+  }
+  return out;
+}
+
+inline bool AllFinite(const std::vector<double>& v) {
+  return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
+}
+
+// max |got - want| / scale, with scale = max |want| unless given (a quantity whose digits cancel,
+// like RMSNorm's dx, is measured against the size of the terms that cancel).
+inline double RelativeError(const std::vector<double>& got, const std::vector<double>& want,
+                            double scale = 0) {
+  double err = 0, max_want = 1e-30;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err = std::max(err, std::abs(got[i] - want[i]));
+    max_want = std::max(max_want, std::abs(want[i]));
+  }
+  return err / (scale > 0 ? scale : max_want);
+}
+
+}  // namespace mimo::kernels::testing
