@@ -5,6 +5,13 @@
 
 namespace mimo::comm {
 
+absl::Status FirstFailure(std::initializer_list<absl::Status> checks) {
+  for (const absl::Status& check : checks) {
+    if (!check.ok()) return check;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckDataType(DataType type) {
   if (DataTypeSize(type) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("invalid data type ", static_cast<int>(type)));

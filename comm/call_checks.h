@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <initializer_list>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -10,6 +11,9 @@
 #include "comm/communicator.h"
 
 namespace mimo::comm {
+
+// The first failure among `checks` (results of the checks below), else OK.
+absl::Status FirstFailure(std::initializer_list<absl::Status> checks);
 
 // InvalidArgument unless `type` is a DataType value.
 absl::Status CheckDataType(DataType type);

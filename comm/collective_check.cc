@@ -8,7 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "comm/bfloat16.h"
+#include "common/bfloat16.h"
 #include "common/status_macros.h"
 
 namespace mimo::comm {

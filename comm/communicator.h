@@ -27,8 +27,9 @@ absl::string_view ReduceOpName(ReduceOp op);
 // implementation's timeout); after a failure or Abort() the communicator only fails. Bad arguments
 // (a null buffer with a non-zero count, a root or peer outside the group, count spans of the wrong
 // length) fail with InvalidArgument before anything is sent, and leave the communicator usable;
-// calls after Abort() fail with Cancelled. One thread at a time may make calls; Abort() may come
-// from any thread, but the communicator must outlive every call blocked in it.
+// calls after Abort() fail with Cancelled (implementations derive from CheckedCommunicator, which
+// makes these checks). One thread at a time may make calls; Abort() may come from any thread, but
+// the communicator must outlive every call blocked in it.
 class Communicator {
  public:
   virtual ~Communicator() = default;

@@ -10,12 +10,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "comm/bfloat16.h"
-#include "comm/call_checks.h"
 #include "comm/gloo_abort.h"
 #include "comm/gloo_error.h"
 #include "comm/gloo_store.h"
+#include "common/bfloat16.h"
 #include "common/status_macros.h"
 #include "gloo/allgather.h"
 #include "gloo/allreduce.h"
@@ -155,7 +153,7 @@ absl::StatusOr<std::shared_ptr<gloo::transport::Device>> GlooCommunicator::Creat
 absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Connect(
     std::string kind, std::vector<int> members, int group_rank, KeyValueStore& store,
     std::shared_ptr<gloo::transport::Device> device, absl::Duration timeout) {
-  const std::string group = absl::StrCat(kind, " [", absl::StrJoin(members, ","), "]");
+  const std::string group = GroupName(kind, members);
   const int size = static_cast<int>(members.size());
   if (size < 2) {
     return absl::InvalidArgumentError(
@@ -185,54 +183,31 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Connect(
     return absl::Status(status.code(), absl::StrCat("connecting group ", group, " as member ",
                                                     group_rank, ": ", status.message()));
   }
-  return std::unique_ptr<GlooCommunicator>(
-      new GlooCommunicator(std::move(context), std::move(kind), std::move(members)));
+  return std::unique_ptr<GlooCommunicator>(new GlooCommunicator(std::move(context), kind, members));
 }
 
-GlooCommunicator::GlooCommunicator(std::shared_ptr<gloo::Context> context, std::string kind,
-                                   std::vector<int> members)
-    : context_(std::move(context)),
-      kind_(std::move(kind)),
-      members_(std::move(members)),
+GlooCommunicator::GlooCommunicator(std::shared_ptr<gloo::Context> context, absl::string_view kind,
+                                   const std::vector<int>& members)
+    : CheckedCommunicator(MemberDescription(kind, members, context->rank)),
+      context_(std::move(context)),
       rank_(context_->rank),
-      size_(context_->size),
-      description_(absl::StrCat("group ", kind_, " [", absl::StrJoin(members_, ","), "] as member ",
-                                rank_, " of ", size_)) {}
+      size_(context_->size) {}
 
 GlooCommunicator::~GlooCommunicator() = default;
 
-absl::Status GlooCommunicator::CheckUsable(absl::string_view op) {
-  if (aborted_.load()) {
-    return absl::CancelledError(
-        absl::StrCat(op, " on ", description_, ": the communicator was aborted"));
-  }
+absl::Status GlooCommunicator::CheckUsable(absl::string_view name) {
+  if (aborted_.load()) return AbortedError(name);
   absl::MutexLock lock(&mu_);
-  if (!broken_.ok()) {
-    return absl::Status(broken_.code(),
-                        absl::StrCat(op, " on ", description_,
-                                     ": unusable after an earlier failure: ", broken_.message()));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status GlooCommunicator::ArgumentError(absl::string_view op,
-                                             const absl::Status& status) const {
-  if (status.ok()) return status;
-  return absl::Status(status.code(),
-                      absl::StrCat(op, " on ", description_, ": ", status.message()));
+  return BrokenError(name, broken_);
 }
 
 template <typename Fn>
-absl::Status GlooCommunicator::Run(absl::string_view op, Fn&& fn) {
+absl::Status GlooCommunicator::Run(absl::string_view name, Fn&& fn) {
   absl::Status status = CallGloo(std::forward<Fn>(fn));
   if (status.ok()) return status;
-  if (aborted_.load()) {
-    status = absl::CancelledError(
-        absl::StrCat(op, " on ", description_, " was aborted: ", status.message()));
-  } else {
-    status = absl::Status(status.code(),
-                          absl::StrCat(op, " on ", description_, " failed: ", status.message()));
-  }
+  status = aborted_.load() ? CallError(absl::StatusCode::kCancelled, name,
+                                       absl::StrCat(" was aborted: ", status.message()))
+                           : FailedError(name, status);
   Break(status);
   return status;
 }
@@ -249,63 +224,36 @@ void GlooCommunicator::Break(const absl::Status& status) {
   ShutDownGlooSockets(*context_);
 }
 
-absl::Status GlooCommunicator::AllReduce(void* data, size_t count, DataType type, ReduceOp op) {
-  const std::string name = absl::StrCat("all-reduce(", ReduceOpName(op), ", ", DataTypeName(type),
-                                        ", ", count, " elements)");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckReduceOp(op);
-  if (args.ok()) args = CheckBuffer(data, count, "data");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
-  return Run(name, [&] {
-    gloo::AllreduceOptions opts(context_);
-    WithElementType(type, [&](auto* tag) {
-      using T = std::remove_pointer_t<decltype(tag)>;
-      opts.template setOutput<T>(Buffer(data, count * sizeof(T)));
-      opts.setReduceFunction(ReduceFunction<T>(op));
-    });
-    gloo::allreduce(opts);
+void GlooCommunicator::AllReduceInPlace(void* data, size_t count, DataType type, ReduceOp op) {
+  gloo::AllreduceOptions opts(context_);
+  WithElementType(type, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    opts.template setOutput<T>(Buffer(data, count * sizeof(T)));
+    opts.setReduceFunction(ReduceFunction<T>(op));
   });
+  gloo::allreduce(opts);
 }
 
-absl::Status GlooCommunicator::ReduceScatter(const void* input, void* output, size_t count,
-                                             DataType type, ReduceOp op) {
-  const std::string name = absl::StrCat("reduce-scatter(", ReduceOpName(op), ", ",
-                                        DataTypeName(type), ", ", count, " elements)");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckReduceOp(op);
-  if (args.ok()) args = CheckBuffer(input, count, "input");
-  if (args.ok()) args = CheckBuffer(output, count, "output");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status GlooCommunicator::DoAllReduce(absl::string_view name, void* data, size_t count,
+                                           DataType type, ReduceOp op) {
+  return Run(name, [&] { AllReduceInPlace(data, count, type, op); });
+}
+
+absl::Status GlooCommunicator::DoReduceScatter(absl::string_view name, const void* input,
+                                               void* output, size_t count, DataType type,
+                                               ReduceOp op) {
   const size_t block_bytes = count * DataTypeSize(type);
   return Run(name, [&] {
     // All-reduce a copy of the whole input, then keep this member's block.
     std::vector<char> all(static_cast<const char*>(input),
                           static_cast<const char*>(input) + block_bytes * size_);
-    gloo::AllreduceOptions opts(context_);
-    WithElementType(type, [&](auto* tag) {
-      using T = std::remove_pointer_t<decltype(tag)>;
-      opts.template setOutput<T>(Buffer(all.data(), all.size()));
-      opts.setReduceFunction(ReduceFunction<T>(op));
-    });
-    gloo::allreduce(opts);
+    AllReduceInPlace(all.data(), count * size_, type, op);
     std::memcpy(output, all.data() + block_bytes * rank_, block_bytes);
   });
 }
 
-absl::Status GlooCommunicator::AllGather(const void* input, void* output, size_t count,
-                                         DataType type) {
-  const std::string name =
-      absl::StrCat("all-gather(", DataTypeName(type), ", ", count, " elements)");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckBuffer(input, count, "input");
-  if (args.ok()) args = CheckBuffer(output, count, "output");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status GlooCommunicator::DoAllGather(absl::string_view name, const void* input, void* output,
+                                           size_t count, DataType type) {
   return Run(name, [&] {
     gloo::AllgatherOptions opts(context_);
     WithElementType(type, [&](auto* tag) {
@@ -317,22 +265,10 @@ absl::Status GlooCommunicator::AllGather(const void* input, void* output, size_t
   });
 }
 
-absl::Status GlooCommunicator::AllToAll(const void* input, absl::Span<const size_t> send_counts,
-                                        void* output, absl::Span<const size_t> recv_counts,
-                                        DataType type) {
-  const std::string name = absl::StrCat("all-to-all(", DataTypeName(type), ")");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  size_t send_total = 0, recv_total = 0;
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) {
-    args = CheckAllToAll(input, send_counts, output, recv_counts, size_, &send_total, &recv_total);
-  }
-  if (args.ok() && send_counts[rank_] != recv_counts[rank_]) {
-    args = absl::InvalidArgumentError(absl::StrCat(
-        "sends ", send_counts[rank_], " elements to itself but receives ", recv_counts[rank_]));
-  }
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-
+absl::Status GlooCommunicator::DoAllToAll(absl::string_view name, const void* input,
+                                          absl::Span<const size_t> send_counts, size_t send_total,
+                                          void* output, absl::Span<const size_t> recv_counts,
+                                          size_t recv_total, DataType type) {
   // Swap (what I send you, what I expect from you) with every peer before the data, so that both
   // ends of a mismatched pair of counts see it.
   std::vector<int64_t> mine(2 * size_), theirs(2 * size_);
@@ -351,10 +287,11 @@ absl::Status GlooCommunicator::AllToAll(const void* input, absl::Span<const size
   for (int p = 0; p < size_; ++p) {
     if (p == rank_) continue;
     if (theirs[2 * p] != mine[2 * p + 1] || theirs[2 * p + 1] != mine[2 * p]) {
-      const absl::Status mismatch = absl::InvalidArgumentError(absl::StrCat(
-          name, " on ", description_, ": counts disagree with member ", p, ": it sends ",
-          theirs[2 * p], " elements here where ", mine[2 * p + 1], " are expected, and expects ",
-          theirs[2 * p + 1], " where ", mine[2 * p], " are sent"));
+      const absl::Status mismatch = CallError(
+          absl::StatusCode::kInvalidArgument, name,
+          absl::StrCat(": counts disagree with member ", p, ": it sends ", theirs[2 * p],
+                       " elements here where ", mine[2 * p + 1], " are expected, and expects ",
+                       theirs[2 * p + 1], " where ", mine[2 * p], " are sent"));
       // The members no longer agree on what comes next.
       Break(mismatch);
       return mismatch;
@@ -374,15 +311,8 @@ absl::Status GlooCommunicator::AllToAll(const void* input, absl::Span<const size
   });
 }
 
-absl::Status GlooCommunicator::Broadcast(void* data, size_t count, DataType type, int root) {
-  const std::string name =
-      absl::StrCat("broadcast(", DataTypeName(type), ", ", count, " elements, root ", root, ")");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckRoot(root, size_);
-  if (args.ok()) args = CheckBuffer(data, count, "data");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status GlooCommunicator::DoBroadcast(absl::string_view name, void* data, size_t count,
+                                           DataType type, int root) {
   return Run(name, [&] {
     gloo::BroadcastOptions opts(context_);
     WithElementType(type, [&](auto* tag) {
@@ -394,15 +324,8 @@ absl::Status GlooCommunicator::Broadcast(void* data, size_t count, DataType type
   });
 }
 
-absl::Status GlooCommunicator::Send(const void* data, size_t count, DataType type, int peer) {
-  const std::string name =
-      absl::StrCat("send(", DataTypeName(type), ", ", count, " elements, to member ", peer, ")");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckPeer(peer, rank_, size_);
-  if (args.ok()) args = CheckBuffer(data, count, "data");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status GlooCommunicator::DoSend(absl::string_view name, const void* data, size_t count,
+                                      DataType type, int peer) {
   return Run(name, [&] {
     auto buffer = Buffer(data, count * DataTypeSize(type));
     buffer->send(peer, kPointToPointSlot);
@@ -411,15 +334,8 @@ absl::Status GlooCommunicator::Send(const void* data, size_t count, DataType typ
   });
 }
 
-absl::Status GlooCommunicator::Recv(void* data, size_t count, DataType type, int peer) {
-  const std::string name =
-      absl::StrCat("recv(", DataTypeName(type), ", ", count, " elements, from member ", peer, ")");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckPeer(peer, rank_, size_);
-  if (args.ok()) args = CheckBuffer(data, count, "data");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status GlooCommunicator::DoRecv(absl::string_view name, void* data, size_t count,
+                                      DataType type, int peer) {
   return Run(name, [&] {
     auto buffer = Buffer(data, count * DataTypeSize(type));
     buffer->recv(peer, kPointToPointSlot);
@@ -427,9 +343,8 @@ absl::Status GlooCommunicator::Recv(void* data, size_t count, DataType type, int
   });
 }
 
-absl::Status GlooCommunicator::Barrier() {
-  MIMO_RETURN_IF_ERROR(CheckUsable("barrier"));
-  return Run("barrier", [&] {
+absl::Status GlooCommunicator::DoBarrier(absl::string_view name) {
+  return Run(name, [&] {
     AbortableBarrierOptions opts(context_, buffers_);
     gloo::barrier(opts);
   });
@@ -444,7 +359,7 @@ void GlooCommunicator::Abort() {
   if (aborted_.exchange(true)) return;
   // First the calls in flight (their waits throw at once), then the connections (the peers see
   // them close, and waits on Gloo's internal buffers fail as the pairs do).
-  buffers_.AbortAll(absl::StrCat(description_, ": the communicator was aborted"));
+  buffers_.AbortAll(absl::StrCat(description(), ": the communicator was aborted"));
   ShutDownGlooSockets(*context_);
 }
 

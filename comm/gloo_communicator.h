@@ -11,7 +11,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "comm/communicator.h"
+#include "comm/checked_communicator.h"
 #include "comm/gloo_abort.h"
 #include "comm/key_value_store.h"
 
@@ -33,7 +33,7 @@ namespace mimo::comm {
 // the counts with every peer (one small extra exchange) so that a count mismatch fails with
 // InvalidArgument instead of tripping a check on Gloo's I/O thread, which would end the process.
 // Every call waits at most the group's timeout for its peers.
-class GlooCommunicator : public Communicator {
+class GlooCommunicator : public CheckedCommunicator {
  public:
   // One TCP device (a listening address and an I/O thread) for all of a process's groups.
   // `hostname` is the address peers reach this process on; "" means the host name's address.
@@ -55,33 +55,40 @@ class GlooCommunicator : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
-  absl::Status AllReduce(void* data, size_t count, DataType type, ReduceOp op) override;
-  absl::Status ReduceScatter(const void* input, void* output, size_t count, DataType type,
-                             ReduceOp op) override;
-  absl::Status AllGather(const void* input, void* output, size_t count, DataType type) override;
-  absl::Status AllToAll(const void* input, absl::Span<const size_t> send_counts, void* output,
-                        absl::Span<const size_t> recv_counts, DataType type) override;
-  absl::Status Broadcast(void* data, size_t count, DataType type, int root) override;
-  absl::Status Send(const void* data, size_t count, DataType type, int peer) override;
-  absl::Status Recv(void* data, size_t count, DataType type, int peer) override;
-  absl::Status Barrier() override;
-
   // Shuts down every connection of the group (see ShutDownGlooSockets): a call blocked in
   // another thread returns Cancelled within milliseconds, later calls fail with Cancelled, and
   // the peers' calls fail (Unavailable) as their connections close.
   void Abort() override;
 
  private:
-  GlooCommunicator(std::shared_ptr<gloo::Context> context, std::string kind,
-                   std::vector<int> members);
+  GlooCommunicator(std::shared_ptr<gloo::Context> context, absl::string_view kind,
+                   const std::vector<int>& members);
 
-  // Fails when the communicator was aborted or broken by an earlier failure.
-  absl::Status CheckUsable(absl::string_view op);
-  // InvalidArgument from an argument check, prefixed with the operation and the group.
-  absl::Status ArgumentError(absl::string_view op, const absl::Status& status) const;
+  // Cancelled after Abort(), the failure that broke the communicator, else OK.
+  absl::Status CheckUsable(absl::string_view name) override;
+  absl::Status DoAllReduce(absl::string_view name, void* data, size_t count, DataType type,
+                           ReduceOp op) override;
+  absl::Status DoReduceScatter(absl::string_view name, const void* input, void* output,
+                               size_t count, DataType type, ReduceOp op) override;
+  absl::Status DoAllGather(absl::string_view name, const void* input, void* output, size_t count,
+                           DataType type) override;
+  absl::Status DoAllToAll(absl::string_view name, const void* input,
+                          absl::Span<const size_t> send_counts, size_t send_total, void* output,
+                          absl::Span<const size_t> recv_counts, size_t recv_total,
+                          DataType type) override;
+  absl::Status DoBroadcast(absl::string_view name, void* data, size_t count, DataType type,
+                           int root) override;
+  absl::Status DoSend(absl::string_view name, const void* data, size_t count, DataType type,
+                      int peer) override;
+  absl::Status DoRecv(absl::string_view name, void* data, size_t count, DataType type,
+                      int peer) override;
+  absl::Status DoBarrier(absl::string_view name) override;
+
   // Runs a Gloo call; a failure (Cancelled after Abort) breaks the communicator for good.
   template <typename Fn>
-  absl::Status Run(absl::string_view op, Fn&& fn);
+  absl::Status Run(absl::string_view name, Fn&& fn);
+  // Inside Run: all-reduces `count` elements of `type` at `data` over the group, in place.
+  void AllReduceInPlace(void* data, size_t count, DataType type, ReduceOp op);
   // Makes the communicator fail every later call with `status` (the first one stays) and closes
   // its connections, so that the other members' calls fail too.
   void Break(const absl::Status& status);
@@ -90,12 +97,8 @@ class GlooCommunicator : public Communicator {
   std::unique_ptr<gloo::transport::UnboundBuffer> Buffer(const void* data, size_t bytes);
 
   const std::shared_ptr<gloo::Context> context_;
-  const std::string kind_;
-  const std::vector<int> members_;
   const int rank_;
   const int size_;
-  // "group tp [4,5] as member 0 of 2", for error messages.
-  const std::string description_;
   std::atomic<bool> aborted_{false};
   // Every unbound buffer a call hands to Gloo, so that Abort wakes the call's waits directly.
   AbortableBuffers buffers_;

@@ -5,103 +5,69 @@
 
 #include "absl/strings/str_cat.h"
 #include "comm/call_checks.h"
-#include "common/status_macros.h"
 
 namespace mimo::comm {
 
 LocalCommunicator::LocalCommunicator(std::string kind, int global_rank)
-    : kind_(std::move(kind)), global_rank_(global_rank) {}
+    : CheckedCommunicator(absl::StrCat("group ", GroupName(kind, {global_rank}), " (local)")),
+      group_(absl::StrCat("group ", GroupName(kind, {global_rank}))) {}
 
-absl::Status LocalCommunicator::CheckNotAborted(absl::string_view op) const {
-  if (aborted_.load()) {
-    return absl::CancelledError(absl::StrCat(op, " on group ", kind_, " [", global_rank_,
-                                             "]: the communicator was aborted"));
-  }
+std::string LocalCommunicator::CallName(absl::string_view op, absl::string_view /*args*/) const {
+  return std::string(op);
+}
+
+absl::Status LocalCommunicator::CheckUsable(absl::string_view name) {
+  if (aborted_.load()) return AbortedError(name, group_);
   return absl::OkStatus();
 }
 
-absl::Status LocalCommunicator::Annotate(absl::string_view op, const absl::Status& status) const {
-  if (status.ok()) return status;
-  return absl::Status(status.code(), absl::StrCat(op, " on group ", kind_, " [", global_rank_,
-                                                  "] (local): ", status.message()));
+absl::Status LocalCommunicator::CheckPointToPoint(const void* data, size_t count, DataType type,
+                                                  int peer) const {
+  return FirstFailure(
+      {CheckDataType(type), CheckBuffer(data, count, "data"), CheckPeer(peer, rank(), size())});
 }
 
 void LocalCommunicator::Copy(const void* from, void* to, size_t count, DataType type) {
   if (from != to && count > 0) std::memmove(to, from, count * DataTypeSize(type));
 }
 
-absl::Status LocalCommunicator::AllReduce(void* data, size_t count, DataType type, ReduceOp op) {
-  MIMO_RETURN_IF_ERROR(CheckNotAborted("all-reduce"));
-  absl::Status status = CheckDataType(type);
-  if (status.ok()) status = CheckReduceOp(op);
-  if (status.ok()) status = CheckBuffer(data, count, "data");
-  // The reduction over one member is its own data.
-  return Annotate("all-reduce", status);
+absl::Status LocalCommunicator::DoAllReduce(absl::string_view, void*, size_t, DataType, ReduceOp) {
+  return absl::OkStatus();
 }
 
-absl::Status LocalCommunicator::ReduceScatter(const void* input, void* output, size_t count,
-                                              DataType type, ReduceOp op) {
-  MIMO_RETURN_IF_ERROR(CheckNotAborted("reduce-scatter"));
-  absl::Status status = CheckDataType(type);
-  if (status.ok()) status = CheckReduceOp(op);
-  if (status.ok()) status = CheckBuffer(input, count, "input");
-  if (status.ok()) status = CheckBuffer(output, count, "output");
-  if (status.ok()) Copy(input, output, count, type);
-  return Annotate("reduce-scatter", status);
+absl::Status LocalCommunicator::DoReduceScatter(absl::string_view, const void* input, void* output,
+                                                size_t count, DataType type, ReduceOp) {
+  Copy(input, output, count, type);
+  return absl::OkStatus();
 }
 
-absl::Status LocalCommunicator::AllGather(const void* input, void* output, size_t count,
-                                          DataType type) {
-  MIMO_RETURN_IF_ERROR(CheckNotAborted("all-gather"));
-  absl::Status status = CheckDataType(type);
-  if (status.ok()) status = CheckBuffer(input, count, "input");
-  if (status.ok()) status = CheckBuffer(output, count, "output");
-  if (status.ok()) Copy(input, output, count, type);
-  return Annotate("all-gather", status);
+absl::Status LocalCommunicator::DoAllGather(absl::string_view, const void* input, void* output,
+                                            size_t count, DataType type) {
+  Copy(input, output, count, type);
+  return absl::OkStatus();
 }
 
-absl::Status LocalCommunicator::AllToAll(const void* input, absl::Span<const size_t> send_counts,
-                                         void* output, absl::Span<const size_t> recv_counts,
-                                         DataType type) {
-  MIMO_RETURN_IF_ERROR(CheckNotAborted("all-to-all"));
-  size_t send_total = 0, recv_total = 0;
-  absl::Status status = CheckDataType(type);
-  if (status.ok()) {
-    status = CheckAllToAll(input, send_counts, output, recv_counts, 1, &send_total, &recv_total);
-  }
-  if (status.ok() && send_total != recv_total) {
-    status = absl::InvalidArgumentError(
-        absl::StrCat("sends ", send_total, " elements to itself but receives ", recv_total));
-  }
-  if (status.ok()) Copy(input, output, send_total, type);
-  return Annotate("all-to-all", status);
+absl::Status LocalCommunicator::DoAllToAll(absl::string_view, const void* input,
+                                           absl::Span<const size_t>, size_t send_total,
+                                           void* output, absl::Span<const size_t>, size_t,
+                                           DataType type) {
+  Copy(input, output, send_total, type);
+  return absl::OkStatus();
 }
 
-absl::Status LocalCommunicator::Broadcast(void* data, size_t count, DataType type, int root) {
-  MIMO_RETURN_IF_ERROR(CheckNotAborted("broadcast"));
-  absl::Status status = CheckDataType(type);
-  if (status.ok()) status = CheckRoot(root, 1);
-  if (status.ok()) status = CheckBuffer(data, count, "data");
-  return Annotate("broadcast", status);
+absl::Status LocalCommunicator::DoBroadcast(absl::string_view, void*, size_t, DataType, int) {
+  return absl::OkStatus();
 }
 
-absl::Status LocalCommunicator::Send(const void* data, size_t count, DataType type, int peer) {
-  MIMO_RETURN_IF_ERROR(CheckNotAborted("send"));
-  absl::Status status = CheckDataType(type);
-  if (status.ok()) status = CheckBuffer(data, count, "data");
-  if (status.ok()) status = CheckPeer(peer, 0, 1);
-  return Annotate("send", status);
+absl::Status LocalCommunicator::DoSend(absl::string_view name, const void*, size_t, DataType, int) {
+  return CallError(absl::StatusCode::kInternal, name, ": a one-member group has no peer");
 }
 
-absl::Status LocalCommunicator::Recv(void* data, size_t count, DataType type, int peer) {
-  MIMO_RETURN_IF_ERROR(CheckNotAborted("recv"));
-  absl::Status status = CheckDataType(type);
-  if (status.ok()) status = CheckBuffer(data, count, "data");
-  if (status.ok()) status = CheckPeer(peer, 0, 1);
-  return Annotate("recv", status);
+absl::Status LocalCommunicator::DoRecv(absl::string_view name, void*, size_t, DataType, int) {
+  return CallError(absl::StatusCode::kInternal, name, ": a one-member group has no peer");
 }
 
-absl::Status LocalCommunicator::Barrier() { return CheckNotAborted("barrier"); }
+absl::Status LocalCommunicator::DoBarrier(absl::string_view) { return absl::OkStatus(); }
 
 void LocalCommunicator::Abort() { aborted_.store(true); }
 

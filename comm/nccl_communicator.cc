@@ -6,11 +6,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "comm/call_checks.h"
-#include "comm/cuda_device_guard.h"
 #include "comm/nccl_status.h"
+#include "kernels/cuda_device_guard.h"
 #include "kernels/cuda_status.h"
 
 namespace mimo::comm {
@@ -61,7 +59,7 @@ const char* At(const void* base, size_t elements, DataType type) {
 absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Connect(
     std::string kind, std::vector<int> members, int group_rank, KeyValueStore& store,
     int cuda_device, absl::Duration timeout) {
-  const std::string group = absl::StrCat(kind, " [", absl::StrJoin(members, ","), "]");
+  const std::string group = GroupName(kind, members);
   const int size = static_cast<int>(members.size());
   if (size < 1 || group_rank < 0 || group_rank >= size) {
     return absl::InvalidArgumentError(
@@ -97,24 +95,22 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Connect(
     std::memcpy(id.internal, (*values)[0].data(), sizeof(id.internal));
   }
   std::unique_ptr<NcclCommunicator> comm(
-      new NcclCommunicator(std::move(kind), std::move(members), group_rank, cuda_device, timeout));
+      new NcclCommunicator(kind, members, group_rank, cuda_device, timeout));
   if (absl::Status status = comm->Init(id); !status.ok()) return failed(status);
   return comm;
 }
 
-NcclCommunicator::NcclCommunicator(std::string kind, std::vector<int> members, int rank, int device,
-                                   absl::Duration timeout)
-    : kind_(std::move(kind)),
-      members_(std::move(members)),
+NcclCommunicator::NcclCommunicator(absl::string_view kind, const std::vector<int>& members,
+                                   int rank, int device, absl::Duration timeout)
+    : CheckedCommunicator(
+          absl::StrCat(MemberDescription(kind, members, rank), " on CUDA device ", device)),
       rank_(rank),
-      size_(static_cast<int>(members_.size())),
+      size_(static_cast<int>(members.size())),
       device_(device),
-      timeout_(timeout),
-      description_(absl::StrCat("group ", kind_, " [", absl::StrJoin(members_, ","), "] as member ",
-                                rank_, " of ", size_, " on CUDA device ", device_)) {}
+      timeout_(timeout) {}
 
 absl::Status NcclCommunicator::Init(const ncclUniqueId& id) {
-  CudaDeviceGuard guard(device_);
+  kernels::CudaDeviceGuard guard(device_);
   MIMO_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   MIMO_CUDA_RETURN_IF_ERROR(cudaMalloc(&scratch_, sizeof(int)));
@@ -149,7 +145,7 @@ absl::Status NcclCommunicator::Init(const ncclUniqueId& id) {
 }
 
 NcclCommunicator::~NcclCommunicator() {
-  CudaDeviceGuard guard(device_);
+  kernels::CudaDeviceGuard guard(device_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (comm_ != nullptr) {
@@ -178,7 +174,7 @@ NcclCommunicator::~NcclCommunicator() {
 
 void NcclCommunicator::AbortLocked() {
   if (comm_ == nullptr) return;
-  CudaDeviceGuard guard(device_);
+  kernels::CudaDeviceGuard guard(device_);
   ncclCommAbort(comm_);
   comm_ = nullptr;
 }
@@ -189,50 +185,31 @@ void NcclCommunicator::Abort() {
   AbortLocked();
 }
 
-absl::Status NcclCommunicator::CheckUsable(absl::string_view op) {
-  if (abort_requested_.load()) {
-    return absl::CancelledError(
-        absl::StrCat(op, " on ", description_, ": the communicator was aborted"));
-  }
+absl::Status NcclCommunicator::CheckUsable(absl::string_view name) {
+  if (abort_requested_.load()) return AbortedError(name);
   std::lock_guard<std::mutex> lock(mu_);
-  if (!broken_.ok()) {
-    return absl::Status(broken_.code(),
-                        absl::StrCat(op, " on ", description_,
-                                     ": unusable after an earlier failure: ", broken_.message()));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status NcclCommunicator::ArgumentError(absl::string_view op,
-                                             const absl::Status& status) const {
-  if (status.ok()) return status;
-  return absl::Status(status.code(),
-                      absl::StrCat(op, " on ", description_, ": ", status.message()));
+  return BrokenError(name, broken_);
 }
 
 template <typename Enqueue>
-absl::Status NcclCommunicator::Run(absl::string_view op, Enqueue&& enqueue) {
+absl::Status NcclCommunicator::Run(absl::string_view name, Enqueue&& enqueue) {
   const absl::Time deadline = absl::Now() + timeout_;
-  CudaDeviceGuard guard(device_);
+  kernels::CudaDeviceGuard guard(device_);
   std::unique_lock<std::mutex> lock(mu_);
   // A failure breaks the communicator for good: NCCL says nothing can be assumed about enqueued
   // work after an error, so the only way out is ncclCommAbort.
   auto fail = [&](const absl::Status& status) {
     const absl::Status annotated =
-        abort_requested_.load()
-            ? absl::CancelledError(absl::StrCat(op, " on ", description_, " was aborted"))
-            : absl::Status(status.code(),
-                           absl::StrCat(op, " on ", description_, " failed: ", status.message()));
+        abort_requested_.load() ? CallError(absl::StatusCode::kCancelled, name, " was aborted")
+                                : FailedError(name, status);
     if (broken_.ok()) broken_ = annotated;
     AbortLocked();
     return annotated;
   };
   if (comm_ == nullptr) {
     return abort_requested_.load()
-               ? absl::CancelledError(
-                     absl::StrCat(op, " on ", description_, ": the communicator was aborted"))
-               : absl::FailedPreconditionError(
-                     absl::StrCat(op, " on ", description_, ": not connected"));
+               ? AbortedError(name)
+               : CallError(absl::StatusCode::kFailedPrecondition, name, ": not connected");
   }
   if (absl::Status status = enqueue(comm_, stream_); !status.ok()) return fail(status);
   // Wait until NCCL has posted everything (a nonblocking communicator may still be enqueuing),
@@ -240,7 +217,7 @@ absl::Status NcclCommunicator::Run(absl::string_view op, Enqueue&& enqueue) {
   bool recorded = false;
   for (int poll = 0;; ++poll) {
     if (comm_ == nullptr) {
-      return absl::CancelledError(absl::StrCat(op, " on ", description_, " was aborted"));
+      return CallError(absl::StatusCode::kCancelled, name, " was aborted");
     }
     ncclResult_t state = ncclInProgress;
     absl::Status status = NcclStatus(ncclCommGetAsyncError(comm_, &state), comm_,
@@ -273,15 +250,8 @@ absl::Status NcclCommunicator::Run(absl::string_view op, Enqueue&& enqueue) {
   }
 }
 
-absl::Status NcclCommunicator::AllReduce(void* data, size_t count, DataType type, ReduceOp op) {
-  const std::string name = absl::StrCat("all-reduce(", ReduceOpName(op), ", ", DataTypeName(type),
-                                        ", ", count, " elements)");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckReduceOp(op);
-  if (args.ok()) args = CheckBuffer(data, count, "data");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status NcclCommunicator::DoAllReduce(absl::string_view name, void* data, size_t count,
+                                           DataType type, ReduceOp op) {
   return Run(name, [&](ncclComm_t comm, cudaStream_t stream) {
     MIMO_NCCL_RETURN_IF_ERROR(
         comm, ncclAllReduce(data, data, count, NcclType(type), NcclOp(op), comm, stream));
@@ -289,17 +259,9 @@ absl::Status NcclCommunicator::AllReduce(void* data, size_t count, DataType type
   });
 }
 
-absl::Status NcclCommunicator::ReduceScatter(const void* input, void* output, size_t count,
-                                             DataType type, ReduceOp op) {
-  const std::string name = absl::StrCat("reduce-scatter(", ReduceOpName(op), ", ",
-                                        DataTypeName(type), ", ", count, " elements)");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckReduceOp(op);
-  if (args.ok()) args = CheckBuffer(input, count, "input");
-  if (args.ok()) args = CheckBuffer(output, count, "output");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status NcclCommunicator::DoReduceScatter(absl::string_view name, const void* input,
+                                               void* output, size_t count, DataType type,
+                                               ReduceOp op) {
   return Run(name, [&](ncclComm_t comm, cudaStream_t stream) {
     MIMO_NCCL_RETURN_IF_ERROR(
         comm, ncclReduceScatter(input, output, count, NcclType(type), NcclOp(op), comm, stream));
@@ -307,16 +269,8 @@ absl::Status NcclCommunicator::ReduceScatter(const void* input, void* output, si
   });
 }
 
-absl::Status NcclCommunicator::AllGather(const void* input, void* output, size_t count,
-                                         DataType type) {
-  const std::string name =
-      absl::StrCat("all-gather(", DataTypeName(type), ", ", count, " elements)");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckBuffer(input, count, "input");
-  if (args.ok()) args = CheckBuffer(output, count, "output");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status NcclCommunicator::DoAllGather(absl::string_view name, const void* input, void* output,
+                                           size_t count, DataType type) {
   return Run(name, [&](ncclComm_t comm, cudaStream_t stream) {
     MIMO_NCCL_RETURN_IF_ERROR(comm,
                               ncclAllGather(input, output, count, NcclType(type), comm, stream));
@@ -324,21 +278,10 @@ absl::Status NcclCommunicator::AllGather(const void* input, void* output, size_t
   });
 }
 
-absl::Status NcclCommunicator::AllToAll(const void* input, absl::Span<const size_t> send_counts,
-                                        void* output, absl::Span<const size_t> recv_counts,
-                                        DataType type) {
-  const std::string name = absl::StrCat("all-to-all(", DataTypeName(type), ")");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  size_t send_total = 0, recv_total = 0;
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) {
-    args = CheckAllToAll(input, send_counts, output, recv_counts, size_, &send_total, &recv_total);
-  }
-  if (args.ok() && send_counts[rank_] != recv_counts[rank_]) {
-    args = absl::InvalidArgumentError(absl::StrCat(
-        "sends ", send_counts[rank_], " elements to itself but receives ", recv_counts[rank_]));
-  }
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
+absl::Status NcclCommunicator::DoAllToAll(absl::string_view name, const void* input,
+                                          absl::Span<const size_t> send_counts, size_t send_total,
+                                          void* output, absl::Span<const size_t> recv_counts,
+                                          size_t recv_total, DataType type) {
   if (send_total == 0 && recv_total == 0) {
     // NCCL send/recv pairs only with peers that have data for this member; nothing to wait for.
     return absl::OkStatus();
@@ -370,15 +313,8 @@ absl::Status NcclCommunicator::AllToAll(const void* input, absl::Span<const size
   });
 }
 
-absl::Status NcclCommunicator::Broadcast(void* data, size_t count, DataType type, int root) {
-  const std::string name =
-      absl::StrCat("broadcast(", DataTypeName(type), ", ", count, " elements, root ", root, ")");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckRoot(root, size_);
-  if (args.ok()) args = CheckBuffer(data, count, "data");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status NcclCommunicator::DoBroadcast(absl::string_view name, void* data, size_t count,
+                                           DataType type, int root) {
   return Run(name, [&](ncclComm_t comm, cudaStream_t stream) {
     MIMO_NCCL_RETURN_IF_ERROR(comm,
                               ncclBroadcast(data, data, count, NcclType(type), root, comm, stream));
@@ -386,39 +322,24 @@ absl::Status NcclCommunicator::Broadcast(void* data, size_t count, DataType type
   });
 }
 
-absl::Status NcclCommunicator::Send(const void* data, size_t count, DataType type, int peer) {
-  const std::string name =
-      absl::StrCat("send(", DataTypeName(type), ", ", count, " elements, to member ", peer, ")");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckPeer(peer, rank_, size_);
-  if (args.ok()) args = CheckBuffer(data, count, "data");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status NcclCommunicator::DoSend(absl::string_view name, const void* data, size_t count,
+                                      DataType type, int peer) {
   return Run(name, [&](ncclComm_t comm, cudaStream_t stream) {
     MIMO_NCCL_RETURN_IF_ERROR(comm, ncclSend(data, count, NcclType(type), peer, comm, stream));
     return absl::OkStatus();
   });
 }
 
-absl::Status NcclCommunicator::Recv(void* data, size_t count, DataType type, int peer) {
-  const std::string name =
-      absl::StrCat("recv(", DataTypeName(type), ", ", count, " elements, from member ", peer, ")");
-  MIMO_RETURN_IF_ERROR(CheckUsable(name));
-  absl::Status args = CheckDataType(type);
-  if (args.ok()) args = CheckPeer(peer, rank_, size_);
-  if (args.ok()) args = CheckBuffer(data, count, "data");
-  MIMO_RETURN_IF_ERROR(ArgumentError(name, args));
-  if (count == 0) return absl::OkStatus();
+absl::Status NcclCommunicator::DoRecv(absl::string_view name, void* data, size_t count,
+                                      DataType type, int peer) {
   return Run(name, [&](ncclComm_t comm, cudaStream_t stream) {
     MIMO_NCCL_RETURN_IF_ERROR(comm, ncclRecv(data, count, NcclType(type), peer, comm, stream));
     return absl::OkStatus();
   });
 }
 
-absl::Status NcclCommunicator::Barrier() {
-  MIMO_RETURN_IF_ERROR(CheckUsable("barrier"));
-  return Run("barrier", [&](ncclComm_t comm, cudaStream_t stream) {
+absl::Status NcclCommunicator::DoBarrier(absl::string_view name) {
+  return Run(name, [&](ncclComm_t comm, cudaStream_t stream) {
     MIMO_NCCL_RETURN_IF_ERROR(
         comm, ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm, stream));
     return absl::OkStatus();

@@ -12,7 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "comm/communicator.h"
+#include "comm/checked_communicator.h"
 #include "comm/key_value_store.h"
 
 namespace mimo::comm {
@@ -26,7 +26,7 @@ namespace mimo::comm {
 // group's timeout, or NCCL's error) and aborts the communicator, instead of hanging the process.
 // The price is that calls do not overlap with other work on the host. AllToAll does not check the
 // peers' counts: a mismatch ends in the timeout. Barrier is a one-element all-reduce.
-class NcclCommunicator : public Communicator {
+class NcclCommunicator : public CheckedCommunicator {
  public:
   // Connects member `group_rank` of `members` (global ranks) of the group `kind` on CUDA device
   // `cuda_device`: member 0 publishes a fresh ncclUniqueId under GroupStorePrefix(kind, members)
@@ -46,43 +46,47 @@ class NcclCommunicator : public Communicator {
   cudaStream_t stream() const { return stream_; }
   int cuda_device() const { return device_; }
 
-  absl::Status AllReduce(void* data, size_t count, DataType type, ReduceOp op) override;
-  absl::Status ReduceScatter(const void* input, void* output, size_t count, DataType type,
-                             ReduceOp op) override;
-  absl::Status AllGather(const void* input, void* output, size_t count, DataType type) override;
-  absl::Status AllToAll(const void* input, absl::Span<const size_t> send_counts, void* output,
-                        absl::Span<const size_t> recv_counts, DataType type) override;
-  absl::Status Broadcast(void* data, size_t count, DataType type, int root) override;
-  absl::Status Send(const void* data, size_t count, DataType type, int peer) override;
-  absl::Status Recv(void* data, size_t count, DataType type, int peer) override;
-  absl::Status Barrier() override;
-
   // ncclCommAbort: kernels in flight stop, and a call waiting in another thread returns
   // Cancelled at its next poll (within about a millisecond).
   void Abort() override;
 
  private:
-  NcclCommunicator(std::string kind, std::vector<int> members, int rank, int device,
+  NcclCommunicator(absl::string_view kind, const std::vector<int>& members, int rank, int device,
                    absl::Duration timeout);
 
   // Creates the stream and buffers and initializes the NCCL rank, within the timeout.
   absl::Status Init(const ncclUniqueId& id);
   // Cancelled after Abort(), the first failure after one, else OK.
-  absl::Status CheckUsable(absl::string_view op);
+  absl::Status CheckUsable(absl::string_view name) override;
+  absl::Status DoAllReduce(absl::string_view name, void* data, size_t count, DataType type,
+                           ReduceOp op) override;
+  absl::Status DoReduceScatter(absl::string_view name, const void* input, void* output,
+                               size_t count, DataType type, ReduceOp op) override;
+  absl::Status DoAllGather(absl::string_view name, const void* input, void* output, size_t count,
+                           DataType type) override;
+  // Returns at once when this member neither sends nor receives anything.
+  absl::Status DoAllToAll(absl::string_view name, const void* input,
+                          absl::Span<const size_t> send_counts, size_t send_total, void* output,
+                          absl::Span<const size_t> recv_counts, size_t recv_total,
+                          DataType type) override;
+  absl::Status DoBroadcast(absl::string_view name, void* data, size_t count, DataType type,
+                           int root) override;
+  absl::Status DoSend(absl::string_view name, const void* data, size_t count, DataType type,
+                      int peer) override;
+  absl::Status DoRecv(absl::string_view name, void* data, size_t count, DataType type,
+                      int peer) override;
+  absl::Status DoBarrier(absl::string_view name) override;
+
   // Enqueues work with `enqueue(comm, stream)` and waits for it as described above.
   template <typename Enqueue>
-  absl::Status Run(absl::string_view op, Enqueue&& enqueue);
+  absl::Status Run(absl::string_view name, Enqueue&& enqueue);
   // Aborts the NCCL communicator; mu_ must be held.
   void AbortLocked();
-  absl::Status ArgumentError(absl::string_view op, const absl::Status& status) const;
 
-  const std::string kind_;
-  const std::vector<int> members_;
   const int rank_;
   const int size_;
   const int device_;
   const absl::Duration timeout_;
-  const std::string description_;  // "group tp [4,5] as member 0 of 2 on CUDA device 0".
 
   // Guards the NCCL handle: a call holds it while it enqueues or polls, never while it sleeps,
   // so that Abort() from another thread gets in between polls.

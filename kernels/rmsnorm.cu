@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/rmsnorm.h"
 
@@ -15,18 +16,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
 
 // The sum of `v` over the block, returned to every thread. `scratch` holds kThreads / 32 floats.
 __device__ float BlockSum(float v, float* scratch) {
@@ -58,7 +47,7 @@ __global__ void RmsNormKernel(const T* __restrict__ x, const T* __restrict__ wei
   const float rstd = rsqrtf(sum / static_cast<float>(cols) + eps);
   if (threadIdx.x == 0) rstd_out[row] = rstd;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    yr[c] = FromFloat<T>(ToFloat(xr[c]) * rstd * ToFloat(weight[c]));
+    Put(&yr[c], ToFloat(xr[c]) * rstd * ToFloat(weight[c]));
   }
 }
 
@@ -78,7 +67,7 @@ __global__ void RmsNormDxKernel(const T* __restrict__ dy, const T* __restrict__ 
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
     const float xhat = ToFloat(x[base + c]) * rstd;
     const float g = ToFloat(dy[base + c]) * ToFloat(weight[c]);
-    dx[base + c] = FromFloat<T>(rstd * (g - xhat * mean));
+    Put(&dx[base + c], rstd * (g - xhat * mean));
   }
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/rope.h"
 
@@ -15,10 +16,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void Put(float* p, float v) { *p = v; }
-__device__ __forceinline__ void Put(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 
 template <typename T>
 __global__ void RopeKernel(const T* x, T* y, const int32_t* __restrict__ positions, int64_t tokens,

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/swiglu.h"
 
@@ -13,10 +14,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void Put(float* p, float v) { *p = v; }
-__device__ __forceinline__ void Put(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 
 template <typename T>
 __global__ void SwigluKernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows,

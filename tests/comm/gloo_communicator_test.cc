@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "absl/time/clock.h"
-#include "comm/bfloat16.h"
 #include "comm/collective_check.h"
 #include "comm/in_memory_store.h"
 #include "comm/process_groups.h"
+#include "common/bfloat16.h"
 #include "tests/comm/run_ranks.h"
 
 namespace mimo::comm {

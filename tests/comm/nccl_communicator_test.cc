@@ -15,6 +15,7 @@
 #include "comm/in_memory_store.h"
 #include "comm/process_groups.h"
 #include "kernels/device_info.h"
+#include "tests/comm/bad_calls.h"
 #include "tests/comm/run_ranks.h"
 
 namespace mimo::comm {
@@ -83,6 +84,21 @@ TEST_F(NcclCommunicatorTest, BadArgumentsAreInvalid) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE((*comm)->Barrier().ok());
   cudaFree(data);
+}
+
+TEST_F(NcclCommunicatorTest, BadArgumentsFailWithTheMessagesOfEveryCommunicator) {
+  InMemoryStore store;
+  absl::StatusOr<std::unique_ptr<NcclCommunicator>> comm =
+      NcclCommunicator::Connect("tp", {0}, 0, store, 0, absl::Seconds(60));
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  ExpectBadCallsRefused(**comm, "group tp [0] as member 0 of 1 on CUDA device 0");
+  EXPECT_TRUE((*comm)->Barrier().ok());
+  (*comm)->Abort();
+  const absl::Status aborted = (*comm)->Send(nullptr, 1, DataType::kFloat32, 9);
+  EXPECT_EQ(aborted.code(), absl::StatusCode::kCancelled) << aborted;
+  EXPECT_EQ(aborted.message(),
+            "send(float32, 1 elements, to member 9) on group tp [0] as member 0 of 1 on CUDA "
+            "device 0: the communicator was aborted");
 }
 
 TEST_F(NcclCommunicatorTest, MissingMemberFailsInitWithinTheTimeout) {
