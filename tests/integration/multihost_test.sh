@@ -161,30 +161,8 @@ veth_bytes() {
   echo $((rx + tx))
 }
 
-job_state() {
-  ctl get "$1" -o json | sed -n 's/^ *"state": "\(JOB_STATE_[A-Z]*\)".*/\1/p' | head -n 1
-}
-
-# Waits until JOB is in STATE for at most SECONDS; prints the milliseconds it took.
-wait_state() {
-  local job=$1 want=$2 seconds=$3 state="" start now
-  start=$(date +%s%N)
-  while :; do
-    state=$(job_state "$job") || true
-    now=$(date +%s%N)
-    [[ $state == "$want" ]] && { echo $(((now - start) / 1000000)); return 0; }
-    case $state in
-      JOB_STATE_SUCCEEDED | JOB_STATE_FAILED | JOB_STATE_CANCELLED)
-        ctl get "$job" >&2 || true
-        fail "job $job ended $state while waiting for $want" ;;
-    esac
-    ((now - start < seconds * 1000000000)) || {
-      ctl get "$job" >&2 || true
-      fail "job $job still ${state:-in an unknown state} after ${seconds}s, expected $want"
-    }
-    sleep 0.1
-  done
-}
+# shellcheck source=job_lib.sh
+source "$(dirname "$0")/job_lib.sh"
 
 # --- The coordinator (cluster mode) in ns coord.
 # `ip netns exec` execs the program: $! is its pid (a shell function here would be a subshell's).
