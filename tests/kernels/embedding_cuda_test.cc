@@ -1,0 +1,124 @@
+// Embedding's CUDA kernels against the CPU twin: the lookup bitwise equal (zeros and a count for
+// bad ids), the backward bitwise equal (the same fp32 additions in the same order) on skewed ids
+// with many duplicates, overwrite and accumulate; a missing workspace is refused. Skips without
+// a GPU.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "kernels/device_info.h"
+#include "kernels/embedding.h"
+#include "tests/kernels/cuda_test_util.h"
+#include "tests/kernels/op_test_util.h"
+
+namespace mimo::kernels {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
+
+std::vector<char> AsBytes(const void* data, size_t bytes) {
+  const char* p = static_cast<const char*>(data);
+  return std::vector<char>(p, p + bytes);
+}
+
+class EmbeddingCudaTest : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override {
+    const CudaDevices devices = ListCudaDevices();
+    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
+  }
+};
+
+TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
+  const DType dtype = GetParam();
+  std::mt19937 random(std::random_device{}());
+  struct Size {
+    int64_t vocab, tokens, dim;
+  };
+  for (const Size& s : {Size{1, 1, 1}, Size{37, 301, 19}, Size{50257, 8192, 768}}) {
+    SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " vocab " << s.vocab << " tokens "
+                                      << s.tokens << " dim " << s.dim);
+    const HostData table = RandomData(dtype, s.vocab * s.dim, random, -1, 1);
+    const HostData dout = RandomData(dtype, s.tokens * s.dim, random, -1, 1);
+    std::vector<int32_t> ids(s.tokens);
+    // Skewed, as token frequencies are: half the tokens share 4 ids.
+    for (int64_t t = 0; t < s.tokens; ++t) {
+      ids[t] = static_cast<int32_t>(random() % 2 ? random() % std::min<int64_t>(4, s.vocab)
+                                                 : random() % s.vocab);
+    }
+    if (s.tokens > 3) ids[3] = -1;
+    const DeviceBuffer d_table(table.bytes), d_dout(dout.bytes),
+        d_ids(AsBytes(ids.data(), ids.size() * 4)), d_bad(AsBytes("\0\0\0\0", 4));
+    const DeviceBuffer d_out(s.tokens * s.dim * DTypeSize(dtype));
+    ASSERT_TRUE(LaunchEmbedding({.dtype = dtype,
+                                 .table = d_table.get(),
+                                 .ids = d_ids.as<const int32_t>(),
+                                 .out = d_out.get(),
+                                 .bad_ids = d_bad.as<int32_t>(),
+                                 .vocab = s.vocab,
+                                 .tokens = s.tokens,
+                                 .dim = s.dim},
+                                nullptr)
+                    .ok());
+    HostData want_out = PoisonedData(dtype, s.tokens * s.dim);
+    int32_t want_bad = 0;
+    ASSERT_TRUE(EmbeddingCpu({.dtype = dtype,
+                              .table = table.data(),
+                              .ids = ids.data(),
+                              .out = want_out.data(),
+                              .bad_ids = &want_bad,
+                              .vocab = s.vocab,
+                              .tokens = s.tokens,
+                              .dim = s.dim})
+                    .ok());
+    EXPECT_EQ(d_out.Bytes(), want_out.bytes);
+    EXPECT_EQ(d_bad.Bytes(), AsBytes(&want_bad, 4));
+
+    const size_t workspace_bytes = EmbeddingBackwardWorkspaceBytes(s.tokens);
+    const DeviceBuffer workspace(workspace_bytes);
+    const DeviceBuffer d_dtable(s.vocab * s.dim * 4);
+    std::vector<float> want_dtable(s.vocab * s.dim);
+    for (bool accumulate : {false, true}) {
+      EmbeddingBackwardParams b{.dtype = dtype,
+                                .dout = d_dout.get(),
+                                .ids = d_ids.as<const int32_t>(),
+                                .dtable = d_dtable.as<float>(),
+                                .vocab = s.vocab,
+                                .tokens = s.tokens,
+                                .dim = s.dim,
+                                .accumulate = accumulate,
+                                .workspace = workspace.get(),
+                                .workspace_bytes = workspace_bytes};
+      ASSERT_TRUE(LaunchEmbeddingBackward(b, nullptr).ok());
+      b.dout = dout.data();
+      b.ids = ids.data();
+      b.dtable = want_dtable.data();
+      ASSERT_TRUE(EmbeddingBackwardCpu(b).ok());
+      EXPECT_EQ(d_dtable.Bytes(), AsBytes(want_dtable.data(), want_dtable.size() * 4))
+          << (accumulate ? "accumulating" : "overwriting");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, EmbeddingCudaTest, ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+TEST_F(EmbeddingCudaTest, AMissingWorkspaceIsRefused) {
+  const DeviceBuffer dout(16), ids(16), dtable(16);
+  const absl::Status status = LaunchEmbeddingBackward({.dout = dout.get(),
+                                                       .ids = ids.as<const int32_t>(),
+                                                       .dtable = dtable.as<float>(),
+                                                       .vocab = 4,
+                                                       .tokens = 4,
+                                                       .dim = 1,
+                                                       .workspace_bytes = 0},
+                                                      nullptr);
+  EXPECT_TRUE(absl::IsInvalidArgument(status)) << status;
+  EXPECT_THAT(status.message(), HasSubstr("the workspace has 0 bytes, 4 tokens need"));
+}
+
+}  // namespace
+}  // namespace mimo::kernels

@@ -1,0 +1,94 @@
+// Embedding's CPU twin: the lookup copies rows exactly (zeros and a count for ids out of range),
+// the backward equals float64 sums over duplicate ids (f32 relative error < 1e-6), overwrites or
+// accumulates, and skips bad ids; argument errors.
+#include "kernels/embedding.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "tests/kernels/op_test_util.h"
+
+namespace mimo::kernels {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
+
+class EmbeddingCpuTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(EmbeddingCpuTest, LooksUpRowsAndSumsDuplicateIds) {
+  const DType dtype = GetParam();
+  std::mt19937 random(std::random_device{}());
+  const int64_t vocab = 37, dim = 19, tokens = 301;
+  const HostData table = RandomData(dtype, vocab * dim, random, -1, 1);
+  std::vector<int32_t> ids(tokens);
+  for (int32_t& id : ids) id = static_cast<int32_t>(random() % 8);  // Many duplicates...
+  ids[5] = 36;                                                      // ...and the last row.
+  ids[7] = -3;                                                      // Out of range.
+  ids[9] = 37;
+  HostData out = PoisonedData(dtype, tokens * dim);
+  int32_t bad = 1;
+  ASSERT_TRUE(EmbeddingCpu({.dtype = dtype,
+                            .table = table.data(),
+                            .ids = ids.data(),
+                            .out = out.data(),
+                            .bad_ids = &bad,
+                            .vocab = vocab,
+                            .tokens = tokens,
+                            .dim = dim})
+                  .ok());
+  EXPECT_EQ(bad, 3);  // Added to.
+  const std::vector<double> got = ValuesOf(dtype, out.bytes);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const bool in_range = ids[t] >= 0 && ids[t] < vocab;
+    for (int64_t d = 0; d < dim; ++d) {
+      ASSERT_EQ(got[t * dim + d], in_range ? table.exact[ids[t] * dim + d] : 0.0) << t << "," << d;
+    }
+  }
+  const HostData dout = RandomData(dtype, tokens * dim, random, -1, 1);
+  std::vector<float> dtable(vocab * dim, 7.0f);
+  EmbeddingBackwardParams b{.dtype = dtype,
+                            .dout = dout.data(),
+                            .ids = ids.data(),
+                            .dtable = dtable.data(),
+                            .vocab = vocab,
+                            .tokens = tokens,
+                            .dim = dim};
+  ASSERT_TRUE(EmbeddingBackwardCpu(b).ok());
+  std::vector<double> want(vocab * dim, 0.0);
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (ids[t] < 0 || ids[t] >= vocab) continue;
+    for (int64_t d = 0; d < dim; ++d) want[ids[t] * dim + d] += dout.exact[t * dim + d];
+  }
+  EXPECT_LT(RelativeError(std::vector<double>(dtable.begin(), dtable.end()), want), 1e-6);
+  EXPECT_EQ(dtable[20 * dim], 0.0f);  // Row 20 is named by no id: overwritten with zero.
+  // Accumulating a second micro-batch doubles every sum.
+  b.accumulate = true;
+  ASSERT_TRUE(EmbeddingBackwardCpu(b).ok());
+  for (double& w : want) w *= 2;
+  EXPECT_LT(RelativeError(std::vector<double>(dtable.begin(), dtable.end()), want), 1e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, EmbeddingCpuTest, ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+TEST(EmbeddingCpuTest, BadArgumentsAreNamed) {
+  float buf[4] = {};
+  const int32_t ids[1] = {0};
+  EXPECT_THAT(EmbeddingCpu({.dtype = DType::kI32, .vocab = 1, .tokens = 1, .dim = 1}).message(),
+              HasSubstr("Embedding: dtype i32 is not supported"));
+  EXPECT_THAT(EmbeddingCpu({.table = buf, .ids = ids, .vocab = 1, .tokens = 1, .dim = 1}).message(),
+              HasSubstr("out is null"));
+  EXPECT_THAT(EmbeddingCpu({.vocab = 1, .tokens = int64_t{1} << 31, .dim = 1}).message(),
+              HasSubstr("bad sizes"));
+  EXPECT_THAT(
+      EmbeddingBackwardCpu({.dout = buf, .ids = ids, .vocab = 1, .tokens = 1, .dim = 1}).message(),
+      HasSubstr("dtable is null"));
+  EXPECT_TRUE(EmbeddingCpu({.vocab = 5, .tokens = 0, .dim = 3}).ok());
+}
+
+}  // namespace
+}  // namespace mimo::kernels
