@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda_block_reduce.cuh"
 #include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/rmsnorm.h"
@@ -15,20 +16,6 @@ namespace mimo::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-
-
-// The sum of `v` over the block, returned to every thread. `scratch` holds kThreads / 32 floats.
-__device__ float BlockSum(float v, float* scratch) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  __syncthreads();  // scratch may still be read by an earlier call.
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < blockDim.x / 32 ? scratch[lane] : 0.0f;
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 template <typename T>
 __global__ void RmsNormKernel(const T* __restrict__ x, const T* __restrict__ weight,

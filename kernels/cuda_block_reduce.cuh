@@ -1,0 +1,20 @@
+// Block-wide sums for kernels that reduce a row per block.
+#pragma once
+
+namespace mimo::kernels {
+
+// The sum of `v` over a block of at most 1024 threads (a multiple of 32), returned to every
+// thread. `scratch` holds blockDim.x / 32 floats of shared memory; calls may follow each other.
+__device__ __forceinline__ float BlockSum(float v, float* scratch) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read by an earlier call.
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < static_cast<int>(blockDim.x / 32) ? scratch[lane] : 0.0f;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+}  // namespace mimo::kernels
