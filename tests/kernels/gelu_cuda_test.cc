@@ -1,0 +1,61 @@
+// GELU's CUDA kernels against float64 (f32 relative error < 2e-6, bf16 < 1e-2) on odd sizes,
+// poisoned outputs fully written, and argument errors. Skips without a GPU.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "kernels/device_info.h"
+#include "kernels/gelu.h"
+#include "tests/kernels/cuda_test_util.h"
+#include "tests/kernels/gelu_reference.h"
+#include "tests/kernels/op_test_util.h"
+
+namespace mimo::kernels {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
+
+class GeluCudaTest : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override {
+    const CudaDevices devices = ListCudaDevices();
+    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
+  }
+};
+
+TEST_P(GeluCudaTest, MatchesFloat64) {
+  const DType dtype = GetParam();
+  const double bound = dtype == DType::kF32 ? 2e-6 : 1e-2;
+  std::mt19937 random(std::random_device{}());
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{1001}, int64_t{1} << 24}) {
+    SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " n " << n);
+    const HostData x = RandomData(dtype, n, random, -6, 6);
+    const HostData dy = RandomData(dtype, n, random, -1, 1);
+    const DeviceBuffer d_x(x.bytes), d_dy(dy.bytes), y(n * DTypeSize(dtype)),
+        dx(n * DTypeSize(dtype));
+    ASSERT_TRUE(LaunchGelu({.dtype = dtype, .x = d_x.get(), .y = y.get(), .n = n}, nullptr).ok());
+    ASSERT_TRUE(
+        LaunchGeluBackward(
+            {.dtype = dtype, .dy = d_dy.get(), .x = d_x.get(), .dx = dx.get(), .n = n}, nullptr)
+            .ok());
+    const std::vector<double> got_y = ValuesOf(dtype, y.Bytes()),
+                              got_dx = ValuesOf(dtype, dx.Bytes());
+    ASSERT_TRUE(AllFinite(got_y) && AllFinite(got_dx)) << "an output element was not written";
+    EXPECT_LT(RelativeError(got_y, GeluFloat64(x.exact)), bound);
+    EXPECT_LT(RelativeError(got_dx, GeluBackwardFloat64(dy.exact, x.exact)), bound);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, GeluCudaTest, ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+TEST_F(GeluCudaTest, BadArgumentsFailBeforeLaunching) {
+  EXPECT_THAT(LaunchGelu({.n = 4}, nullptr).message(), HasSubstr("x is null"));
+  EXPECT_TRUE(LaunchGeluBackward({.n = 0}, nullptr).ok());
+}
+
+}  // namespace
+}  // namespace mimo::kernels
