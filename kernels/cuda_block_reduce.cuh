@@ -1,4 +1,4 @@
-// Block-wide sums for kernels that reduce a row per block.
+// Block-wide sums and maxima for kernels that reduce a row per block.
 #pragma once
 
 namespace mimo::kernels {
@@ -14,6 +14,21 @@ __device__ __forceinline__ float BlockSum(float v, float* scratch) {
   __syncthreads();
   v = lane < static_cast<int>(blockDim.x / 32) ? scratch[lane] : 0.0f;
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// The maximum of `v` over the block, returned to every thread; as BlockSum.
+__device__ __forceinline__ float BlockMax(float v, float* scratch) {
+  for (int offset = 16; offset > 0; offset /= 2)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < static_cast<int>(blockDim.x / 32) ? scratch[lane] : -INFINITY;
+  for (int offset = 16; offset > 0; offset /= 2)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 

@@ -1,0 +1,125 @@
+// Chunked cross-entropy's CUDA kernels against float64 over the whole vocabulary: an odd
+// vocabulary (50257) in uneven chunks, ignored targets, large logits; losses (f32 < 2e-6
+// relative, bf16 logits < 1e-5) and gradients (f32 < 2e-6, bf16 < 1e-2). Skips without a GPU.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "kernels/cross_entropy.h"
+#include "kernels/device_info.h"
+#include "tests/kernels/cross_entropy_reference.h"
+#include "tests/kernels/cuda_test_util.h"
+#include "tests/kernels/op_test_util.h"
+
+namespace mimo::kernels {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
+
+std::vector<char> AsBytes(const void* data, size_t bytes) {
+  const char* p = static_cast<const char*>(data);
+  return std::vector<char>(p, p + bytes);
+}
+
+class CrossEntropyCudaTest : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override {
+    const CudaDevices devices = ListCudaDevices();
+    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
+  }
+};
+
+TEST_P(CrossEntropyCudaTest, ChunkedMatchesFloat64) {
+  const DType dtype = GetParam();
+  std::mt19937 random(std::random_device{}());
+  const int64_t tokens = 257, vocab = 50257, chunk = 8192;
+  const size_t e = DTypeSize(dtype);
+  for (float shift : {0.0f, 80.0f}) {
+    SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " shift " << shift);
+    const HostData logits = RandomData(dtype, tokens * vocab, random, -10 + shift, 10 + shift);
+    std::vector<int32_t> targets(tokens);
+    for (int32_t& t : targets) t = static_cast<int32_t>(random() % vocab);
+    targets[0] = -100;
+    targets[1] = vocab - 1;
+    const HostData dloss = RandomData(DType::kF32, tokens, random, 0.5, 1.5);
+    const DeviceBuffer d_targets(AsBytes(targets.data(), tokens * 4)), d_dloss(dloss.bytes),
+        max(tokens * 4), sum(tokens * 4), target_logit(tokens * 4), loss(tokens * 4),
+        lse(tokens * 4);
+    const CrossEntropyState state{max.as<float>(), sum.as<float>(), target_logit.as<float>()};
+    ASSERT_TRUE(LaunchCrossEntropyInit(state, tokens, nullptr).ok());
+    std::vector<double> got_dlogits(tokens * vocab);
+    std::vector<std::vector<char>> host_chunks;
+    for (int64_t offset = 0; offset < vocab; offset += chunk) {
+      const int64_t width = std::min(chunk, vocab - offset);
+      std::vector<char> bytes(tokens * width * e);
+      for (int64_t t = 0; t < tokens; ++t) {
+        std::copy_n(logits.bytes.data() + (t * vocab + offset) * e, width * e,
+                    bytes.data() + t * width * e);
+      }
+      const DeviceBuffer d_chunk(bytes);
+      ASSERT_TRUE(LaunchCrossEntropyChunk({.dtype = dtype,
+                                           .logits = d_chunk.get(),
+                                           .targets = d_targets.as<const int32_t>(),
+                                           .tokens = tokens,
+                                           .chunk = width,
+                                           .vocab_offset = offset,
+                                           .state = state},
+                                          nullptr)
+                      .ok());
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      host_chunks.push_back(std::move(bytes));
+    }
+    ASSERT_TRUE(LaunchCrossEntropyFinish({.targets = d_targets.as<const int32_t>(),
+                                          .tokens = tokens,
+                                          .state = state,
+                                          .loss = loss.as<float>(),
+                                          .lse = lse.as<float>()},
+                                         nullptr)
+                    .ok());
+    int64_t offset = 0;
+    for (const std::vector<char>& bytes : host_chunks) {
+      const int64_t width = static_cast<int64_t>(bytes.size() / e) / tokens;
+      const DeviceBuffer d_chunk(bytes);  // Recomputed logits, in the backward.
+      ASSERT_TRUE(LaunchCrossEntropyBackward({.dtype = dtype,
+                                              .logits = d_chunk.get(),
+                                              .targets = d_targets.as<const int32_t>(),
+                                              .lse = lse.as<const float>(),
+                                              .dloss = d_dloss.as<const float>(),
+                                              .dlogits = d_chunk.get(),
+                                              .tokens = tokens,
+                                              .chunk = width,
+                                              .vocab_offset = offset},
+                                             nullptr)
+                      .ok());
+      const std::vector<double> d = ValuesOf(dtype, d_chunk.Bytes());
+      for (int64_t t = 0; t < tokens; ++t) {
+        std::copy_n(d.begin() + t * width, width, got_dlogits.begin() + t * vocab + offset);
+      }
+      offset += width;
+    }
+    const CrossEntropyReference ref =
+        CrossEntropyFloat64(logits.exact, targets, dloss.exact, vocab);
+    const std::vector<double> got_loss = ValuesOf(DType::kF32, loss.Bytes());
+    ASSERT_TRUE(AllFinite(got_loss) && AllFinite(got_dlogits));
+    EXPECT_LT(RelativeError(got_loss, ref.loss), dtype == DType::kF32 ? 2e-6 : 1e-5);
+    EXPECT_LT(RelativeError(got_dlogits, ref.dlogits), dtype == DType::kF32 ? 2e-6 : 1e-2);
+    EXPECT_EQ(got_loss[0], 0.0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, CrossEntropyCudaTest, ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+TEST_F(CrossEntropyCudaTest, BadArgumentsFailBeforeLaunching) {
+  EXPECT_THAT(LaunchCrossEntropyChunk({.tokens = 1, .chunk = 1}, nullptr).message(),
+              HasSubstr("state.max is null"));
+  EXPECT_THAT(LaunchCrossEntropyBackward({.tokens = 2, .chunk = 2}, nullptr).message(),
+              HasSubstr("logits is null"));
+  EXPECT_TRUE(LaunchCrossEntropyInit({}, 0, nullptr).ok());
+}
+
+}  // namespace
+}  // namespace mimo::kernels
