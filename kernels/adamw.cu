@@ -10,6 +10,7 @@
 #include "kernels/adamw.h"
 #include "kernels/cuda_block_reduce.cuh"
 #include "kernels/cuda_elements.cuh"
+#include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
 
 namespace mimo::kernels {
@@ -64,8 +65,7 @@ __global__ void SumPartialsKernel(const float* __restrict__ partials, int count,
 
 template <typename G, typename M>
 void Launch(const AdamWParams& p, float c1, float c2, cudaStream_t s) {
-  const auto blocks =
-      static_cast<unsigned>(std::min<int64_t>((p.n + kThreads - 1) / kThreads, 65536));
+  const unsigned blocks = GridStrideBlocks(p.n);
   AdamWKernel<G, M><<<blocks, kThreads, 0, s>>>(
       p.master, p.m, p.v, static_cast<const G*>(p.grad), static_cast<M*>(p.model), p.n, p.lr,
       p.beta1, p.beta2, c1, c2, p.eps, p.weight_decay, p.grad_scale);

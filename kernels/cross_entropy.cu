@@ -10,6 +10,7 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda_block_reduce.cuh"
 #include "kernels/cuda_elements.cuh"
+#include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
 #include "kernels/op_checks.h"
 
@@ -80,19 +81,6 @@ __global__ void BackwardKernel(const T* logits, const int32_t* __restrict__ targ
   }
 }
 
-unsigned Blocks(int64_t n) {
-  return static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65536)));
-}
-
-absl::Status CheckGrid(const char* op, int64_t tokens) {
-  if (tokens > 0x7fffffff) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", tokens, " tokens exceed the grid limit of 2^31 - 1"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status LaunchCrossEntropyInit(const CrossEntropyState& s, int64_t tokens,
@@ -101,7 +89,7 @@ absl::Status LaunchCrossEntropyInit(const CrossEntropyState& s, int64_t tokens,
       "CrossEntropyInit", tokens > 0,
       {{s.max, "state.max"}, {s.sum, "state.sum"}, {s.target_logit, "state.target_logit"}}));
   if (tokens <= 0) return absl::OkStatus();
-  InitKernel<<<Blocks(tokens), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  InitKernel<<<GridStrideBlocks(tokens), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       s.max, s.sum, s.target_logit, tokens);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
@@ -109,7 +97,7 @@ absl::Status LaunchCrossEntropyInit(const CrossEntropyState& s, int64_t tokens,
 
 absl::Status LaunchCrossEntropyChunk(const CrossEntropyChunkParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckCrossEntropyChunk(p));
-  MIMO_RETURN_IF_ERROR(CheckGrid("CrossEntropyChunk", p.tokens));
+  MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("CrossEntropyChunk", p.tokens));
   if (p.tokens == 0 || p.chunk == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   const auto grid = static_cast<unsigned>(p.tokens);
@@ -135,7 +123,7 @@ absl::Status LaunchCrossEntropyFinish(const CrossEntropyFinishParams& p, StreamH
                                      {p.loss, "loss"},
                                      {p.lse, "lse"}}));
   if (p.tokens <= 0) return absl::OkStatus();
-  FinishKernel<<<Blocks(p.tokens), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  FinishKernel<<<GridStrideBlocks(p.tokens), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       p.targets, p.state.max, p.state.sum, p.state.target_logit, p.loss, p.lse, p.tokens);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
@@ -143,7 +131,7 @@ absl::Status LaunchCrossEntropyFinish(const CrossEntropyFinishParams& p, StreamH
 
 absl::Status LaunchCrossEntropyBackward(const CrossEntropyBackwardParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckCrossEntropyBackward(p));
-  MIMO_RETURN_IF_ERROR(CheckGrid("CrossEntropyBackward", p.tokens));
+  MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("CrossEntropyBackward", p.tokens));
   if (p.tokens == 0 || p.chunk == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   const auto grid = static_cast<unsigned>(p.tokens);

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_elements.cuh"
+#include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
 #include "kernels/embedding.h"
 
@@ -62,11 +63,6 @@ __global__ void SumRunsKernel(const T* __restrict__ dout, const int32_t* __restr
   }
 }
 
-unsigned Blocks(int64_t n) {
-  return static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65536)));
-}
-
 size_t SortTempBytes(int64_t tokens) {
   size_t bytes = 0;
   cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const int32_t*>(nullptr),
@@ -85,7 +81,7 @@ absl::Status Backward(const EmbeddingBackwardParams& p, cudaStream_t stream) {
   auto* tokens_of = reinterpret_cast<int32_t*>(w + 2 * ids_bytes);
   void* temp = w + 3 * ids_bytes;
   size_t temp_bytes = p.workspace_bytes - 3 * ids_bytes;
-  IotaKernel<<<Blocks(p.tokens), kThreads, 0, stream>>>(iota, p.tokens);
+  IotaKernel<<<GridStrideBlocks(p.tokens), kThreads, 0, stream>>>(iota, p.tokens);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   MIMO_CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairs(
       temp, temp_bytes, p.ids, keys, iota, tokens_of, static_cast<int>(p.tokens), 0,
@@ -105,11 +101,11 @@ absl::Status LaunchEmbedding(const EmbeddingParams& p, StreamHandle stream) {
   if (n == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   if (p.dtype == DType::kF32) {
-    EmbeddingKernel<float><<<Blocks(n), kThreads, 0, s>>>(static_cast<const float*>(p.table), p.ids,
-                                                          static_cast<float*>(p.out), p.bad_ids,
-                                                          p.vocab, p.tokens, p.dim);
+    EmbeddingKernel<float><<<GridStrideBlocks(n), kThreads, 0, s>>>(
+        static_cast<const float*>(p.table), p.ids, static_cast<float*>(p.out), p.bad_ids, p.vocab,
+        p.tokens, p.dim);
   } else {
-    EmbeddingKernel<__nv_bfloat16><<<Blocks(n), kThreads, 0, s>>>(
+    EmbeddingKernel<__nv_bfloat16><<<GridStrideBlocks(n), kThreads, 0, s>>>(
         static_cast<const __nv_bfloat16*>(p.table), p.ids, static_cast<__nv_bfloat16*>(p.out),
         p.bad_ids, p.vocab, p.tokens, p.dim);
   }

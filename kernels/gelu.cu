@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "kernels/cuda_elements.cuh"
+#include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
 #include "kernels/gelu.h"
 
@@ -38,10 +39,6 @@ __global__ void GeluBackwardKernel(const T* dy, const T* x, T* dx, int64_t n) {
   }
 }
 
-unsigned Blocks(int64_t n) {
-  return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536));
-}
-
 }  // namespace
 
 absl::Status LaunchGelu(const GeluParams& p, StreamHandle stream) {
@@ -49,10 +46,10 @@ absl::Status LaunchGelu(const GeluParams& p, StreamHandle stream) {
   if (p.n == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   if (p.dtype == DType::kF32) {
-    GeluKernel<float><<<Blocks(p.n), kThreads, 0, s>>>(static_cast<const float*>(p.x),
-                                                       static_cast<float*>(p.y), p.n);
+    GeluKernel<float><<<GridStrideBlocks(p.n), kThreads, 0, s>>>(static_cast<const float*>(p.x),
+                                                                 static_cast<float*>(p.y), p.n);
   } else {
-    GeluKernel<__nv_bfloat16><<<Blocks(p.n), kThreads, 0, s>>>(
+    GeluKernel<__nv_bfloat16><<<GridStrideBlocks(p.n), kThreads, 0, s>>>(
         static_cast<const __nv_bfloat16*>(p.x), static_cast<__nv_bfloat16*>(p.y), p.n);
   }
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
@@ -64,11 +61,11 @@ absl::Status LaunchGeluBackward(const GeluBackwardParams& p, StreamHandle stream
   if (p.n == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   if (p.dtype == DType::kF32) {
-    GeluBackwardKernel<float><<<Blocks(p.n), kThreads, 0, s>>>(static_cast<const float*>(p.dy),
-                                                               static_cast<const float*>(p.x),
-                                                               static_cast<float*>(p.dx), p.n);
+    GeluBackwardKernel<float><<<GridStrideBlocks(p.n), kThreads, 0, s>>>(
+        static_cast<const float*>(p.dy), static_cast<const float*>(p.x), static_cast<float*>(p.dx),
+        p.n);
   } else {
-    GeluBackwardKernel<__nv_bfloat16><<<Blocks(p.n), kThreads, 0, s>>>(
+    GeluBackwardKernel<__nv_bfloat16><<<GridStrideBlocks(p.n), kThreads, 0, s>>>(
         static_cast<const __nv_bfloat16*>(p.dy), static_cast<const __nv_bfloat16*>(p.x),
         static_cast<__nv_bfloat16*>(p.dx), p.n);
   }

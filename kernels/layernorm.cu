@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_block_reduce.cuh"
 #include "kernels/cuda_elements.cuh"
+#include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
 #include "kernels/layernorm.h"
 
@@ -81,14 +82,6 @@ __global__ void LayerNormParamGradKernel(const T* __restrict__ dy, const T* __re
   dbias[c] = db;
 }
 
-absl::Status CheckGrid(const char* op, int64_t rows) {
-  if (rows > 0x7fffffff) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", rows, " rows exceed the grid limit of 2^31 - 1"));
-  }
-  return absl::OkStatus();
-}
-
 template <typename T>
 absl::Status Forward(const LayerNormParams& p, cudaStream_t s) {
   LayerNormKernel<T><<<static_cast<unsigned>(p.rows), kThreads, 0, s>>>(
@@ -116,7 +109,7 @@ absl::Status Backward(const LayerNormBackwardParams& p, cudaStream_t s) {
 
 absl::Status LaunchLayerNorm(const LayerNormParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckLayerNorm(p));
-  MIMO_RETURN_IF_ERROR(CheckGrid("LayerNorm", p.rows));
+  MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("LayerNorm", p.rows));
   if (p.rows == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   return p.dtype == DType::kF32 ? Forward<float>(p, s) : Forward<__nv_bfloat16>(p, s);
@@ -124,7 +117,7 @@ absl::Status LaunchLayerNorm(const LayerNormParams& p, StreamHandle stream) {
 
 absl::Status LaunchLayerNormBackward(const LayerNormBackwardParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckLayerNormBackward(p));
-  MIMO_RETURN_IF_ERROR(CheckGrid("LayerNormBackward", p.rows));
+  MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("LayerNormBackward", p.rows));
   const auto s = static_cast<cudaStream_t>(stream);
   if (p.rows == 0) {
     // The sums over no rows; the gradients may be null then.

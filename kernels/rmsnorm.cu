@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_block_reduce.cuh"
 #include "kernels/cuda_elements.cuh"
+#include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
 #include "kernels/rmsnorm.h"
 
@@ -97,20 +98,11 @@ absl::Status Backward(const RmsNormBackwardParams& p, cudaStream_t stream) {
   return absl::OkStatus();
 }
 
-// Rows run as grid blocks: at most 2^31 - 1 of them.
-absl::Status CheckGrid(const char* op, int64_t rows) {
-  if (rows > 0x7fffffff) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", rows, " rows exceed the grid limit of 2^31 - 1"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status LaunchRmsNorm(const RmsNormParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckRmsNorm(p));
-  MIMO_RETURN_IF_ERROR(CheckGrid("RmsNorm", p.rows));
+  MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("RmsNorm", p.rows));
   if (p.rows == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   return p.dtype == DType::kF32 ? Forward<float>(p, s) : Forward<__nv_bfloat16>(p, s);
@@ -118,7 +110,7 @@ absl::Status LaunchRmsNorm(const RmsNormParams& p, StreamHandle stream) {
 
 absl::Status LaunchRmsNormBackward(const RmsNormBackwardParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckRmsNormBackward(p));
-  MIMO_RETURN_IF_ERROR(CheckGrid("RmsNormBackward", p.rows));
+  MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("RmsNormBackward", p.rows));
   const auto s = static_cast<cudaStream_t>(stream);
   if (p.rows == 0 && p.dweight != nullptr && p.cols > 0) {
     MIMO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.dweight, 0, p.cols * sizeof(float), s));

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "kernels/cuda_elements.cuh"
+#include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
 #include "kernels/rope.h"
 
@@ -15,7 +16,6 @@ namespace mimo::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-
 
 template <typename T>
 __global__ void RopeKernel(const T* x, T* y, const int32_t* __restrict__ positions, int64_t tokens,
@@ -59,8 +59,7 @@ absl::Status LaunchRope(const RopeParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckRope(p));
   if (p.tokens * p.heads == 0) return absl::OkStatus();
   const int64_t n = p.tokens * (p.rotary_dim / 2 + (p.head_dim - p.rotary_dim));
-  const auto blocks =
-      static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536));
+  const unsigned blocks = GridStrideBlocks(n);
   const auto s = static_cast<cudaStream_t>(stream);
   const double log_base = std::log(p.base);
   if (p.dtype == DType::kF32) {

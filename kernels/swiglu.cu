@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "kernels/cuda_elements.cuh"
+#include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
 #include "kernels/swiglu.h"
 
@@ -13,7 +14,6 @@ namespace mimo::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-
 
 template <typename T>
 __global__ void SwigluKernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows,
@@ -47,10 +47,6 @@ __global__ void SwigluBackwardKernel(const T* __restrict__ dy, const T* __restri
   }
 }
 
-unsigned Blocks(int64_t n) {
-  return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536));
-}
-
 }  // namespace
 
 absl::Status LaunchSwiglu(const SwigluParams& p, StreamHandle stream) {
@@ -59,10 +55,10 @@ absl::Status LaunchSwiglu(const SwigluParams& p, StreamHandle stream) {
   if (n == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   if (p.dtype == DType::kF32) {
-    SwigluKernel<float><<<Blocks(n), kThreads, 0, s>>>(static_cast<const float*>(p.x),
-                                                       static_cast<float*>(p.y), p.rows, p.cols);
+    SwigluKernel<float><<<GridStrideBlocks(n), kThreads, 0, s>>>(
+        static_cast<const float*>(p.x), static_cast<float*>(p.y), p.rows, p.cols);
   } else {
-    SwigluKernel<__nv_bfloat16><<<Blocks(n), kThreads, 0, s>>>(
+    SwigluKernel<__nv_bfloat16><<<GridStrideBlocks(n), kThreads, 0, s>>>(
         static_cast<const __nv_bfloat16*>(p.x), static_cast<__nv_bfloat16*>(p.y), p.rows, p.cols);
   }
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
@@ -75,11 +71,11 @@ absl::Status LaunchSwigluBackward(const SwigluBackwardParams& p, StreamHandle st
   if (n == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   if (p.dtype == DType::kF32) {
-    SwigluBackwardKernel<float><<<Blocks(n), kThreads, 0, s>>>(
+    SwigluBackwardKernel<float><<<GridStrideBlocks(n), kThreads, 0, s>>>(
         static_cast<const float*>(p.dy), static_cast<const float*>(p.x), static_cast<float*>(p.dx),
         p.rows, p.cols);
   } else {
-    SwigluBackwardKernel<__nv_bfloat16><<<Blocks(n), kThreads, 0, s>>>(
+    SwigluBackwardKernel<__nv_bfloat16><<<GridStrideBlocks(n), kThreads, 0, s>>>(
         static_cast<const __nv_bfloat16*>(p.dy), static_cast<const __nv_bfloat16*>(p.x),
         static_cast<__nv_bfloat16*>(p.dx), p.rows, p.cols);
   }
