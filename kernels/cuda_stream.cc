@@ -20,11 +20,8 @@ CudaStream::CudaStream(CudaStream&& other) noexcept
     : stream_(std::exchange(other.stream_, nullptr)), device_(other.device_) {}
 
 CudaStream& CudaStream::operator=(CudaStream&& other) noexcept {
-  if (this != &other) {
-    this->~CudaStream();
-    stream_ = std::exchange(other.stream_, nullptr);
-    device_ = other.device_;
-  }
+  std::swap(stream_, other.stream_);  // `other` destroys what this held.
+  std::swap(device_, other.device_);
   return *this;
 }
 
@@ -51,11 +48,8 @@ CudaEvent::CudaEvent(CudaEvent&& other) noexcept
     : event_(std::exchange(other.event_, nullptr)), device_(other.device_) {}
 
 CudaEvent& CudaEvent::operator=(CudaEvent&& other) noexcept {
-  if (this != &other) {
-    this->~CudaEvent();
-    event_ = std::exchange(other.event_, nullptr);
-    device_ = other.device_;
-  }
+  std::swap(event_, other.event_);  // `other` destroys what this held.
+  std::swap(device_, other.device_);
   return *this;
 }
 

@@ -1,6 +1,5 @@
 // Fill: sets every element of a float buffer to one value (used to poison outputs in tests).
-#include <algorithm>
-
+#include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
 #include "kernels/fill.h"
 
@@ -26,9 +25,7 @@ absl::Status LaunchFill(const FillParams& p, cudaStream_t stream) {
     return absl::InvalidArgumentError("LaunchFill: needs n >= 0 and a buffer");
   }
   if (p.n == 0) return absl::OkStatus();
-  constexpr int kThreads = 256;
-  const int64_t blocks = std::min<int64_t>((p.n + kThreads - 1) / kThreads, 65536);
-  FillKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p.out, p.n, p.value);
+  FillKernel<<<GridStrideBlocks(p.n), kThreadsPerBlock, 0, stream>>>(p.out, p.n, p.value);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

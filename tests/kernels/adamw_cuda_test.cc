@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "kernels/adamw.h"
-#include "kernels/device_info.h"
 #include "tests/kernels/adamw_reference.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/op_test_util.h"
@@ -20,13 +19,7 @@ namespace {
 using ::testing::HasSubstr;
 using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
-class AdamWCudaTest : public ::testing::TestWithParam<DType> {
- protected:
-  void SetUp() override {
-    const CudaDevices devices = ListCudaDevices();
-    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
-  }
-};
+class AdamWCudaTest : public CudaOpTest {};
 
 TEST_P(AdamWCudaTest, ThreeStepsMatchFloat64) {
   const DType grad_dtype = GetParam();

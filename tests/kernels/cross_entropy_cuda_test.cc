@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "kernels/cross_entropy.h"
-#include "kernels/device_info.h"
 #include "tests/kernels/cross_entropy_reference.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/op_test_util.h"
@@ -19,18 +18,7 @@ namespace {
 using ::testing::HasSubstr;
 using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
-std::vector<char> AsBytes(const void* data, size_t bytes) {
-  const char* p = static_cast<const char*>(data);
-  return std::vector<char>(p, p + bytes);
-}
-
-class CrossEntropyCudaTest : public ::testing::TestWithParam<DType> {
- protected:
-  void SetUp() override {
-    const CudaDevices devices = ListCudaDevices();
-    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
-  }
-};
+class CrossEntropyCudaTest : public CudaOpTest {};
 
 TEST_P(CrossEntropyCudaTest, ChunkedMatchesFloat64) {
   const DType dtype = GetParam();
@@ -45,7 +33,7 @@ TEST_P(CrossEntropyCudaTest, ChunkedMatchesFloat64) {
     targets[0] = -100;
     targets[1] = vocab - 1;
     const HostData dloss = RandomData(DType::kF32, tokens, random, 0.5, 1.5);
-    const DeviceBuffer d_targets(AsBytes(targets.data(), tokens * 4)), d_dloss(dloss.bytes),
+    const DeviceBuffer d_targets(BytesOf(targets.data(), tokens * 4)), d_dloss(dloss.bytes),
         max(tokens * 4), sum(tokens * 4), target_logit(tokens * 4), loss(tokens * 4),
         lse(tokens * 4);
     const CrossEntropyState state{max.as<float>(), sum.as<float>(), target_logit.as<float>()};

@@ -1,4 +1,5 @@
-// Device buffers for CUDA op tests: poisoned on allocation, filled from and read back to the host.
+// For CUDA op tests: device buffers (poisoned on allocation, filled from and read back to the host)
+// and a fixture that skips without a GPU.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -6,6 +7,9 @@
 
 #include <cstddef>
 #include <vector>
+
+#include "kernels/device_info.h"
+#include "kernels/dtype.h"
 
 namespace mimo::kernels::testing {
 
@@ -45,6 +49,15 @@ class DeviceBuffer {
  private:
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// A CUDA op test over dtypes: skips, with the reason, where no CUDA device is visible.
+class CudaOpTest : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override {
+    const CudaDevices devices = ListCudaDevices();
+    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
+  }
 };
 
 }  // namespace mimo::kernels::testing

@@ -6,7 +6,6 @@
 #include <random>
 #include <vector>
 
-#include "kernels/device_info.h"
 #include "kernels/dropout.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/op_test_util.h"
@@ -17,13 +16,7 @@ namespace {
 using ::testing::HasSubstr;
 using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
-class DropoutCudaTest : public ::testing::TestWithParam<DType> {
- protected:
-  void SetUp() override {
-    const CudaDevices devices = ListCudaDevices();
-    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
-  }
-};
+class DropoutCudaTest : public CudaOpTest {};
 
 TEST_P(DropoutCudaTest, MatchesTheCpuTwinBitwise) {
   const DType dtype = GetParam();

@@ -8,7 +8,6 @@
 #include <random>
 #include <vector>
 
-#include "kernels/device_info.h"
 #include "kernels/embedding.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/op_test_util.h"
@@ -19,18 +18,7 @@ namespace {
 using ::testing::HasSubstr;
 using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
-std::vector<char> AsBytes(const void* data, size_t bytes) {
-  const char* p = static_cast<const char*>(data);
-  return std::vector<char>(p, p + bytes);
-}
-
-class EmbeddingCudaTest : public ::testing::TestWithParam<DType> {
- protected:
-  void SetUp() override {
-    const CudaDevices devices = ListCudaDevices();
-    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
-  }
-};
+class EmbeddingCudaTest : public CudaOpTest {};
 
 TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
   const DType dtype = GetParam();
@@ -51,7 +39,7 @@ TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
     }
     if (s.tokens > 3) ids[3] = -1;
     const DeviceBuffer d_table(table.bytes), d_dout(dout.bytes),
-        d_ids(AsBytes(ids.data(), ids.size() * 4)), d_bad(AsBytes("\0\0\0\0", 4));
+        d_ids(BytesOf(ids.data(), ids.size() * 4)), d_bad(BytesOf("\0\0\0\0", 4));
     const DeviceBuffer d_out(s.tokens * s.dim * DTypeSize(dtype));
     ASSERT_TRUE(LaunchEmbedding({.dtype = dtype,
                                  .table = d_table.get(),
@@ -75,7 +63,7 @@ TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
                               .dim = s.dim})
                     .ok());
     EXPECT_EQ(d_out.Bytes(), want_out.bytes);
-    EXPECT_EQ(d_bad.Bytes(), AsBytes(&want_bad, 4));
+    EXPECT_EQ(d_bad.Bytes(), BytesOf(&want_bad, 4));
 
     const size_t workspace_bytes = EmbeddingBackwardWorkspaceBytes(s.tokens);
     const DeviceBuffer workspace(workspace_bytes);
@@ -97,7 +85,7 @@ TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
       b.ids = ids.data();
       b.dtable = want_dtable.data();
       ASSERT_TRUE(EmbeddingBackwardCpu(b).ok());
-      EXPECT_EQ(d_dtable.Bytes(), AsBytes(want_dtable.data(), want_dtable.size() * 4))
+      EXPECT_EQ(d_dtable.Bytes(), BytesOf(want_dtable.data(), want_dtable.size() * 4))
           << (accumulate ? "accumulating" : "overwriting");
     }
   }

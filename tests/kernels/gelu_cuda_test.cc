@@ -6,7 +6,6 @@
 #include <random>
 #include <vector>
 
-#include "kernels/device_info.h"
 #include "kernels/gelu.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/gelu_reference.h"
@@ -18,13 +17,7 @@ namespace {
 using ::testing::HasSubstr;
 using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
-class GeluCudaTest : public ::testing::TestWithParam<DType> {
- protected:
-  void SetUp() override {
-    const CudaDevices devices = ListCudaDevices();
-    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
-  }
-};
+class GeluCudaTest : public CudaOpTest {};
 
 TEST_P(GeluCudaTest, MatchesFloat64) {
   const DType dtype = GetParam();

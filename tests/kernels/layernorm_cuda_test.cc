@@ -7,7 +7,6 @@
 #include <random>
 #include <vector>
 
-#include "kernels/device_info.h"
 #include "kernels/layernorm.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/layernorm_reference.h"
@@ -19,13 +18,7 @@ namespace {
 using ::testing::HasSubstr;
 using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
-class LayerNormCudaTest : public ::testing::TestWithParam<DType> {
- protected:
-  void SetUp() override {
-    const CudaDevices devices = ListCudaDevices();
-    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
-  }
-};
+class LayerNormCudaTest : public CudaOpTest {};
 
 TEST_P(LayerNormCudaTest, MatchesFloat64AndIsDeterministic) {
   const DType dtype = GetParam();

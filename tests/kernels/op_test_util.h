@@ -64,6 +64,12 @@ inline std::vector<double> ValuesOf(DType dtype, const std::vector<char>& bytes)
   return out;
 }
 
+// A copy of `bytes` bytes at `data`, e.g. ids or targets for a DeviceBuffer.
+inline std::vector<char> BytesOf(const void* data, size_t bytes) {
+  const char* p = static_cast<const char*>(data);
+  return std::vector<char>(p, p + bytes);
+}
+
 inline bool AllFinite(const std::vector<double>& v) {
   return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
 }

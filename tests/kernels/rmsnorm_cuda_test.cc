@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "common/bfloat16.h"
-#include "kernels/device_info.h"
 #include "kernels/rmsnorm.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/rmsnorm_reference.h"
@@ -23,13 +22,7 @@ namespace {
 using ::testing::HasSubstr;
 using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
-class RmsNormCudaTest : public ::testing::TestWithParam<DType> {
- protected:
-  void SetUp() override {
-    const CudaDevices devices = ListCudaDevices();
-    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
-  }
-};
+class RmsNormCudaTest : public CudaOpTest {};
 
 TEST_P(RmsNormCudaTest, MatchesFloat64AndIsDeterministic) {
   const DType dtype = GetParam();

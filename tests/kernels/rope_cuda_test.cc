@@ -7,7 +7,6 @@
 #include <random>
 #include <vector>
 
-#include "kernels/device_info.h"
 #include "kernels/rope.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/op_test_util.h"
@@ -19,13 +18,7 @@ namespace {
 using ::testing::HasSubstr;
 using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
-class RopeCudaTest : public ::testing::TestWithParam<DType> {
- protected:
-  void SetUp() override {
-    const CudaDevices devices = ListCudaDevices();
-    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
-  }
-};
+class RopeCudaTest : public CudaOpTest {};
 
 TEST_P(RopeCudaTest, MatchesFloat64BothWaysAndInPlace) {
   const DType dtype = GetParam();
@@ -43,9 +36,7 @@ TEST_P(RopeCudaTest, MatchesFloat64BothWaysAndInPlace) {
     const int64_t tokens = static_cast<int64_t>(c.positions.size());
     SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " tokens " << tokens);
     const int64_t n = tokens * c.heads * c.head_dim;
-    const std::vector<char> pos_bytes(reinterpret_cast<const char*>(c.positions.data()),
-                                      reinterpret_cast<const char*>(c.positions.data() + tokens));
-    const DeviceBuffer positions(pos_bytes);
+    const DeviceBuffer positions(BytesOf(c.positions.data(), tokens * sizeof(int32_t)));
     for (bool backward : {false, true}) {
       const HostData x = RandomData(dtype, n, random, -2, 2);
       const DeviceBuffer dx(x.bytes), dy(n * DTypeSize(dtype));

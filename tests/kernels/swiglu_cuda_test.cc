@@ -6,7 +6,6 @@
 #include <random>
 #include <vector>
 
-#include "kernels/device_info.h"
 #include "kernels/swiglu.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/op_test_util.h"
@@ -18,13 +17,7 @@ namespace {
 using ::testing::HasSubstr;
 using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
-class SwigluCudaTest : public ::testing::TestWithParam<DType> {
- protected:
-  void SetUp() override {
-    const CudaDevices devices = ListCudaDevices();
-    if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
-  }
-};
+class SwigluCudaTest : public CudaOpTest {};
 
 TEST_P(SwigluCudaTest, MatchesFloat64) {
   const DType dtype = GetParam();

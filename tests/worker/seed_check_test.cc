@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/spec_validation.h"
 #include "tests/coordinator/test_server.h"
+#include "tests/worker/worker_test_util.h"
 #include "worker/group_specs.h"
 
 namespace mimo::worker {
@@ -27,26 +28,10 @@ v1::JobSpec Spec(bool random_init = false) {
   return spec;
 }
 
-// vision tp=2 on 0-1, audio dp=2 on 2-3, language tp=2 dp=2 ep=2 on 4-7.
+// The example layout (worker_test_util.h), with or without data-parallel random init.
 v1::JobSpec ExampleSpec(bool random_init = false) {
-  v1::JobSpec spec = Spec(random_init);
-  v1::Module language = spec.modules(1);
-  spec.mutable_modules()->RemoveLast();
-  v1::Module* audio = spec.add_modules();
-  audio->set_name("audio");
-  audio->mutable_audio()->set_num_mel_bins(40);
-  audio->mutable_audio()->set_frames_per_token(4);
-  audio->mutable_audio()->set_max_frames(64);
-  *audio->mutable_audio()->mutable_transformer() = spec.modules(0).vision().transformer();
-  audio->mutable_audio()->mutable_projector()->set_kind(v1::Projector::KIND_LINEAR);
-  audio->mutable_parallelism()->set_dp(2);
-  audio->mutable_parallelism()->set_rank_offset(2);
-  language.mutable_parallelism()->set_tp(2);
-  language.mutable_parallelism()->set_dp(2);
-  language.mutable_parallelism()->set_ep(2);
-  language.mutable_parallelism()->set_rank_offset(4);
-  *spec.add_modules() = language;
-  spec.mutable_resources()->set_workers(8);
+  v1::JobSpec spec = testing::ExampleSelftestSpec();
+  spec.mutable_training()->set_data_parallel_random_init(random_init);
   return spec;
 }
 
