@@ -1,5 +1,16 @@
-// Chunked softmax cross-entropy: the CUDA kernels, one block per token for the chunk's max, sum
-// and target logit, and for its gradient.
+// Chunked softmax cross-entropy: the CUDA kernels.
+//
+// The chunk kernel reads each logit once: every thread folds its logits into an online softmax
+// state (running max m and sum of exp(logit - m)), loading 16-byte packs (8 bf16 or 4 f32), kUnroll
+// of them in flight, and rescaling its sum once per group of packs. The block then combines the
+// threads' states in a fixed tree. Each token row is split over `splits` blocks (1, 2, 4 or 8, so
+// that few tokens still fill the device) that form a thread block cluster: the cluster's first
+// block combines the blocks' states through distributed shared memory in rank order, then folds
+// the result into the token's running state. The backward is a stream over (token, pack) on a
+// resident grid. Rows whose length or buffer do not allow 16-byte packs take the same kernels with
+// one-element packs. No atomics anywhere: for a given shape every sum is taken in the same order,
+// so results are bitwise reproducible.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -10,8 +21,10 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda_block_reduce.cuh"
 #include "kernels/cuda_elements.cuh"
+#include "kernels/cuda_grid.cuh"
 #include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
+#include "kernels/cuda_vector.cuh"
 #include "kernels/op_checks.h"
 
 namespace mimo::kernels {
@@ -29,27 +42,109 @@ __global__ void InitKernel(float* max, float* sum, float* target_logit, int64_t 
   }
 }
 
-template <typename T>
-__global__ void ChunkKernel(const T* __restrict__ logits, const int32_t* __restrict__ targets,
-                            int64_t chunk, int64_t vocab_offset, float* __restrict__ max_io,
-                            float* __restrict__ sum_io, float* __restrict__ target_logit) {
-  __shared__ float scratch[kThreads / 32];
-  const int64_t t = blockIdx.x;
-  const T* row = logits + t * chunk;
-  float m = -INFINITY;
-  for (int64_t c = threadIdx.x; c < chunk; c += blockDim.x) m = fmaxf(m, ToFloat(row[c]));
-  const float old_max = max_io[t];
-  const float new_max = fmaxf(old_max, BlockMax(m, scratch));
-  float sum = 0.0f;
-  for (int64_t c = threadIdx.x; c < chunk; c += blockDim.x) sum += expf(ToFloat(row[c]) - new_max);
-  sum = BlockSum(sum, scratch);
-  if (threadIdx.x == 0) {
-    sum_io[t] = sum_io[t] * expf(old_max - new_max) + sum;
-    max_io[t] = new_max;
-    const int64_t target = targets[t];
-    if (target >= vocab_offset && target < vocab_offset + chunk) {
-      target_logit[t] = ToFloat(row[target - vocab_offset]);
+// Packs in flight per thread: 4 (64 bytes on the vector path).
+constexpr int kUnroll = 4;
+// Blocks per token row at most: the portable thread block cluster size.
+constexpr int kMaxSplits = 8;
+
+// An online softmax state: the max m of some logits and the sum of exp(logit - m) over them.
+struct MaxSum {
+  float m, s;
+};
+
+__device__ __forceinline__ MaxSum Combine(MaxSum a, MaxSum b) {
+  const float m = fmaxf(a.m, b.m);
+  if (m == -INFINITY) return {m, 0.0f};  // Nothing but -inf yet (and no -inf - -inf).
+  return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+}
+
+// The state of the whole block, in thread 0: a butterfly in each warp, then one over the warps.
+__device__ __forceinline__ MaxSum BlockCombine(MaxSum v, MaxSum* scratch) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    v = Combine(
+        v, {__shfl_xor_sync(0xffffffffu, v.m, offset), __shfl_xor_sync(0xffffffffu, v.s, offset)});
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < kThreads / 32 ? scratch[lane] : MaxSum{-INFINITY, 0.0f};
+    for (int offset = 16; offset > 0; offset /= 2) {
+      v = Combine(v, {__shfl_xor_sync(0xffffffffu, v.m, offset),
+                      __shfl_xor_sync(0xffffffffu, v.s, offset)});
     }
+  }
+  return v;
+}
+
+// Block b folds packs [part * packs / splits, (part + 1) * packs / splits) of token b / splits,
+// part = b % splits (its rank in its cluster of `splits` blocks).
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    ChunkKernel(const T* __restrict__ logits, const int32_t* __restrict__ targets, int64_t chunk,
+                int64_t vocab_offset, int splits, float* __restrict__ max_io,
+                float* __restrict__ sum_io, float* __restrict__ target_logit) {
+  using P = Pack<T, N>;
+  __shared__ MaxSum scratch[kThreads / 32];
+  const int64_t t = blockIdx.x / splits;
+  const int part = static_cast<int>(blockIdx.x % splits);
+  const int64_t packs = chunk / N;
+  const int64_t begin = packs * part / splits, end = packs * (part + 1) / splits;
+  const P* __restrict__ row = reinterpret_cast<const P*>(logits + t * chunk);
+  MaxSum acc{-INFINITY, 0.0f};
+  for (int64_t first = begin + threadIdx.x; first < end; first += kUnroll * kThreads) {
+    P v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (first + u * kThreads < end) v[u] = row[first + u * kThreads];
+    }
+    float f[kUnroll][N];
+    float m = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        f[u][e] = first + u * kThreads < end ? ToFloat(v[u].v[e]) : -INFINITY;
+        m = fmaxf(m, f[u][e]);
+      }
+    }
+    if (m > acc.m) {  // Rescale once per group, not per logit.
+      acc.s *= expf(acc.m - m);
+      acc.m = m;
+    }
+    if (acc.m == -INFINITY) continue;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float s = 0.0f;
+#pragma unroll
+      for (int e = 0; e < N; ++e) s += expf(f[u][e] - acc.m);
+      acc.s += s;
+    }
+  }
+  acc = BlockCombine(acc, scratch);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (splits > 1) {
+    // The cluster's blocks hand their states to rank 0 through distributed shared memory; the
+    // second sync keeps each block's shared memory alive until rank 0 has read it.
+    __shared__ MaxSum mine;
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    if (threadIdx.x == 0) mine = acc;
+    cluster.sync();
+    if (part == 0 && threadIdx.x == 0) {
+      acc = *cluster.map_shared_rank(&mine, 0);
+      for (int r = 1; r < splits; ++r) acc = Combine(acc, *cluster.map_shared_rank(&mine, r));
+    }
+    cluster.sync();
+  }
+#endif
+  if (part != 0 || threadIdx.x != 0) return;
+  const float old_max = max_io[t];
+  const MaxSum folded = Combine({old_max, sum_io[t]}, acc);
+  max_io[t] = folded.m;
+  sum_io[t] = folded.s;
+  const int64_t target = targets[t];
+  if (target >= vocab_offset && target < vocab_offset + chunk) {
+    target_logit[t] = ToFloat(logits[t * chunk + target - vocab_offset]);
   }
 }
 
@@ -66,18 +161,113 @@ __global__ void FinishKernel(const int32_t* __restrict__ targets, const float* _
   }
 }
 
+// dlogits over (token, pack) items on a grid-stride loop. dlogits may alias logits, so neither is
+// __restrict__; each pack is read before the same thread overwrites it.
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    BackwardKernel(const T* logits, const int32_t* __restrict__ targets,
+                   const float* __restrict__ lse, const float* __restrict__ dloss, T* dlogits,
+                   int64_t tokens, int64_t chunk, int64_t vocab_offset) {
+  using P = Pack<T, N>;
+  const P* in = reinterpret_cast<const P*>(logits);
+  P* out = reinterpret_cast<P*>(dlogits);
+  const int64_t packs = chunk / N;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t step_rows = stride / packs, step_cols = stride % packs;
+  RowCursor at(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, packs);
+  while (at.row < tokens) {
+    P v[kUnroll];
+    int64_t row[kUnroll], col[kUnroll];  // row -1: past the end.
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      row[u] = at.row < tokens ? at.row : -1;
+      col[u] = at.col;
+      if (row[u] >= 0) v[u] = in[row[u] * packs + col[u]];
+      at.Advance(step_rows, step_cols, packs);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (row[u] < 0) continue;
+      const int64_t target = targets[row[u]];
+      const float scale = target < 0 ? 0.0f : dloss[row[u]];
+      const float l = lse[row[u]];
+      const int64_t c0 = vocab_offset + col[u] * N;  // Vocabulary index of the pack's first.
+      P d;
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        const float prob = expf(ToFloat(v[u].v[e]) - l);
+        const float onehot = target == c0 + e ? 1.0f : 0.0f;
+        Put(&d.v[e], scale * (prob - onehot));
+      }
+      out[row[u] * packs + col[u]] = d;
+    }
+  }
+}
+
+// Whether the chunk kernel's binary can run clusters (built for sm_90 or later).
+template <typename T, int N>
+bool ClustersBuilt() {
+  static const bool built = [] {
+    cudaFuncAttributes a{};
+    if (cudaFuncGetAttributes(&a, ChunkKernel<T, N>) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    return a.binaryVersion >= 90;
+  }();
+  return built;
+}
+
+template <typename T, int N>
+cudaError_t Chunk(const CrossEntropyChunkParams& p, cudaStream_t s) {
+  // Split rows while the grid would be under 2 resident waves and each block keeps at least one
+  // pass of kUnroll packs per thread.
+  const int64_t packs = p.chunk / N;
+  const int64_t resident = ResidentBlocks<ChunkKernel<T, N>>(kThreads);
+  int splits = 1;
+  if (ClustersBuilt<T, N>()) {
+    while (splits < kMaxSplits && p.tokens * splits < 2 * resident &&
+           packs / (2 * splits) >= kUnroll * kThreads && p.tokens * 2 * splits <= 0x7fffffff) {
+      splits *= 2;
+    }
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(p.tokens * splits));
+  config.blockDim = dim3(kThreads);
+  config.stream = s;
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = static_cast<unsigned>(splits);
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.attrs = &cluster;
+  config.numAttrs = splits > 1 ? 1 : 0;
+  return cudaLaunchKernelEx(&config, ChunkKernel<T, N>, static_cast<const T*>(p.logits), p.targets,
+                            p.chunk, p.vocab_offset, splits, p.state.max, p.state.sum,
+                            p.state.target_logit);
+}
+
 template <typename T>
-__global__ void BackwardKernel(const T* logits, const int32_t* __restrict__ targets,
-                               const float* __restrict__ lse, const float* __restrict__ dloss,
-                               T* dlogits, int64_t chunk, int64_t vocab_offset) {
-  const int64_t t = blockIdx.x;
-  const int64_t target = targets[t];
-  const float scale = target < 0 ? 0.0f : dloss[t];
-  const float l = lse[t];
-  for (int64_t c = threadIdx.x; c < chunk; c += blockDim.x) {
-    const float prob = expf(ToFloat(logits[t * chunk + c]) - l);
-    const float onehot = target == vocab_offset + c ? 1.0f : 0.0f;
-    Put(&dlogits[t * chunk + c], scale * (prob - onehot));
+cudaError_t Chunk(const CrossEntropyChunkParams& p, cudaStream_t s) {
+  if (p.chunk % kVecWidth<T> == 0 && VecAligned(p.logits)) return Chunk<T, kVecWidth<T>>(p, s);
+  return Chunk<T, 1>(p, s);
+}
+
+template <typename T, int N>
+void Backward(const CrossEntropyBackwardParams& p, cudaStream_t s) {
+  const unsigned grid = GridFor(p.tokens * (p.chunk / N), int64_t{kThreads} * kUnroll,
+                                ResidentBlocks<BackwardKernel<T, N>>(kThreads));
+  BackwardKernel<T, N><<<grid, kThreads, 0, s>>>(static_cast<const T*>(p.logits), p.targets, p.lse,
+                                                 p.dloss, static_cast<T*>(p.dlogits), p.tokens,
+                                                 p.chunk, p.vocab_offset);
+}
+
+template <typename T>
+void Backward(const CrossEntropyBackwardParams& p, cudaStream_t s) {
+  if (p.chunk % kVecWidth<T> == 0 && VecAligned(p.logits) && VecAligned(p.dlogits)) {
+    Backward<T, kVecWidth<T>>(p, s);
+  } else {
+    Backward<T, 1>(p, s);
   }
 }
 
@@ -100,17 +290,8 @@ absl::Status LaunchCrossEntropyChunk(const CrossEntropyChunkParams& p, StreamHan
   MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("CrossEntropyChunk", p.tokens));
   if (p.tokens == 0 || p.chunk == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
-  const auto grid = static_cast<unsigned>(p.tokens);
-  if (p.dtype == DType::kF32) {
-    ChunkKernel<float><<<grid, kThreads, 0, s>>>(static_cast<const float*>(p.logits), p.targets,
-                                                 p.chunk, p.vocab_offset, p.state.max, p.state.sum,
-                                                 p.state.target_logit);
-  } else {
-    ChunkKernel<__nv_bfloat16>
-        <<<grid, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(p.logits), p.targets, p.chunk,
-                                   p.vocab_offset, p.state.max, p.state.sum, p.state.target_logit);
-  }
-  MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  MIMO_CUDA_RETURN_IF_ERROR(p.dtype == DType::kF32 ? Chunk<float>(p, s)
+                                                   : Chunk<__nv_bfloat16>(p, s));
   return absl::OkStatus();
 }
 
@@ -131,18 +312,12 @@ absl::Status LaunchCrossEntropyFinish(const CrossEntropyFinishParams& p, StreamH
 
 absl::Status LaunchCrossEntropyBackward(const CrossEntropyBackwardParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckCrossEntropyBackward(p));
-  MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("CrossEntropyBackward", p.tokens));
   if (p.tokens == 0 || p.chunk == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
-  const auto grid = static_cast<unsigned>(p.tokens);
   if (p.dtype == DType::kF32) {
-    BackwardKernel<float><<<grid, kThreads, 0, s>>>(static_cast<const float*>(p.logits), p.targets,
-                                                    p.lse, p.dloss, static_cast<float*>(p.dlogits),
-                                                    p.chunk, p.vocab_offset);
+    Backward<float>(p, s);
   } else {
-    BackwardKernel<__nv_bfloat16><<<grid, kThreads, 0, s>>>(
-        static_cast<const __nv_bfloat16*>(p.logits), p.targets, p.lse, p.dloss,
-        static_cast<__nv_bfloat16*>(p.dlogits), p.chunk, p.vocab_offset);
+    Backward<__nv_bfloat16>(p, s);
   }
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

@@ -11,6 +11,22 @@ namespace {
 
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+constexpr float kSqrt2OverPi = 0.79788456080286536f;
+constexpr float kTanhCubic = 0.044715f;
+
+float GeluOf(GeluApproximation a, float x) {
+  if (a == GeluApproximation::kNone) return x * 0.5f * std::erfc(-x * kInvSqrt2);
+  return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + kTanhCubic * x * x * x)));
+}
+
+float GeluDerivativeOf(GeluApproximation a, float x) {
+  if (a == GeluApproximation::kNone) {
+    return 0.5f * std::erfc(-x * kInvSqrt2) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x);
+  }
+  const float t = std::tanh(kSqrt2OverPi * (x + kTanhCubic * x * x * x));
+  return 0.5f * (1.0f + t) +
+         0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kTanhCubic * x * x);
+}
 
 }  // namespace
 
@@ -29,8 +45,7 @@ absl::Status CheckGeluBackward(const GeluBackwardParams& p) {
 absl::Status GeluCpu(const GeluParams& p) {
   MIMO_RETURN_IF_ERROR(CheckGelu(p));
   for (int64_t i = 0; i < p.n; ++i) {
-    const float x = LoadElement(p.dtype, p.x, i);
-    StoreElement(p.dtype, p.y, i, x * 0.5f * std::erfc(-x * kInvSqrt2));
+    StoreElement(p.dtype, p.y, i, GeluOf(p.approximation, LoadElement(p.dtype, p.x, i)));
   }
   return absl::OkStatus();
 }
@@ -38,10 +53,9 @@ absl::Status GeluCpu(const GeluParams& p) {
 absl::Status GeluBackwardCpu(const GeluBackwardParams& p) {
   MIMO_RETURN_IF_ERROR(CheckGeluBackward(p));
   for (int64_t i = 0; i < p.n; ++i) {
-    const float x = LoadElement(p.dtype, p.x, i);
-    const float cdf = 0.5f * std::erfc(-x * kInvSqrt2);
-    const float pdf = kInvSqrt2Pi * std::exp(-0.5f * x * x);
-    StoreElement(p.dtype, p.dx, i, LoadElement(p.dtype, p.dy, i) * (cdf + x * pdf));
+    StoreElement(p.dtype, p.dx, i,
+                 LoadElement(p.dtype, p.dy, i) *
+                     GeluDerivativeOf(p.approximation, LoadElement(p.dtype, p.x, i)));
   }
   return absl::OkStatus();
 }

@@ -1,22 +1,149 @@
 // RMSNorm over the last dimension, forward and backward: the CUDA kernels (fp32 arithmetic on
-// bf16 or f32 storage). One block per row for the forward and dx; one thread per column, looping
-// over rows, for dweight, so that the sum is deterministic.
+// bf16 or f32 storage). One block per row. Rows that fit (at most kMaxVecs 16-byte vectors per
+// thread) are held in registers and moved as 16-byte vectors, and the backward folds dweight's
+// per-block partial sums into the dx pass; other shapes take a scalar path. dweight's partials are
+// added up in a fixed order, so results are deterministic.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <initializer_list>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_block_reduce.cuh"
 #include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
+#include "kernels/cuda_vector.cuh"
 #include "kernels/rmsnorm.h"
 
 namespace mimo::kernels {
 namespace {
 
 constexpr int kThreads = 256;
+// Vectors per thread at most: rows up to 8192 bf16 or 4096 f32 elements. Kernels are compiled
+// for 1, 2 and 4 (registers scale with it) and launched with the fewest that hold the row.
+constexpr int kMaxVecs = 4;
+
+// The vector count per thread to launch with for `cols` elements of T (the row fits).
+template <typename T>
+int VecsPerThread(int64_t cols) {
+  const int64_t vecs = cols / kVecWidth<T>;
+  return vecs <= kThreads ? 1 : vecs <= 2 * kThreads ? 2 : 4;
+}
+// Blocks of the backward, each summing dweight over its rows (a fixed number, so the order of
+// the sums depends on the shape only): 4 per SM of an H100.
+constexpr int64_t kPartialBlocks = 528;
+
+int64_t PartialBlocks(int64_t rows) { return std::min(rows, kPartialBlocks); }
+
+// Whether a row of `cols` elements of T takes the vector path with these pointers.
+template <typename T>
+bool Vectorizable(int64_t cols, std::initializer_list<const void*> pointers) {
+  if (cols % kVecWidth<T> != 0 || cols / kVecWidth < T >> int64_t{kThreads} * kMaxVecs)
+    return false;
+  for (const void* p : pointers) {
+    if (!VecAligned(p)) return false;
+  }
+  return true;
+}
+
+template <typename T, int kMaxVecs>
+__global__ void RmsNormVecKernel(const T* __restrict__ x, const T* __restrict__ weight,
+                                 T* __restrict__ y, float* __restrict__ rstd_out, int64_t cols,
+                                 float eps) {
+  constexpr int V = kVecWidth<T>;
+  __shared__ float scratch[kThreads / 32];
+  const int vecs = static_cast<int>(cols / V);
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
+  float v[kMaxVecs][V];
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kMaxVecs; ++j) {
+    const int c = threadIdx.x + j * kThreads;
+    if (c < vecs) {
+      LoadVec(x + base + c * V, v[j]);
+#pragma unroll
+      for (int i = 0; i < V; ++i) sum += v[j][i] * v[j][i];
+    }
+  }
+  sum = BlockSum(sum, scratch);
+  const float rstd = rsqrtf(sum / static_cast<float>(cols) + eps);
+  if (threadIdx.x == 0) rstd_out[blockIdx.x] = rstd;
+#pragma unroll
+  for (int j = 0; j < kMaxVecs; ++j) {
+    const int c = threadIdx.x + j * kThreads;
+    if (c < vecs) {
+      float w[V];
+      LoadVec(weight + c * V, w);
+#pragma unroll
+      for (int i = 0; i < V; ++i) v[j][i] *= rstd * w[i];
+      StoreVec(y + base + c * V, v[j]);
+    }
+  }
+}
+
+// dx for rows blockIdx.x, blockIdx.x + gridDim.x, ...; with `partial`, this block's sums of
+// dy * xhat over those rows go to partial[blockIdx.x] (cols,).
+template <typename T, int kMaxVecs>
+__global__ void RmsNormBackwardVecKernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                         const T* __restrict__ weight,
+                                         const float* __restrict__ rstd_in, T* __restrict__ dx,
+                                         float* __restrict__ partial, int64_t rows, int64_t cols) {
+  constexpr int V = kVecWidth<T>;
+  __shared__ float scratch[kThreads / 32];
+  const int vecs = static_cast<int>(cols / V);
+  const float inv_cols = 1.0f / static_cast<float>(cols);
+  float w[kMaxVecs][V], acc[kMaxVecs][V];
+#pragma unroll
+  for (int j = 0; j < kMaxVecs; ++j) {
+    const int c = threadIdx.x + j * kThreads;
+#pragma unroll
+    for (int i = 0; i < V; ++i) acc[j][i] = 0.0f;
+    if (c < vecs) LoadVec(weight + c * V, w[j]);
+  }
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t base = row * cols;
+    const float rstd = rstd_in[row];
+    float g[kMaxVecs][V], xh[kMaxVecs][V];
+    float dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      const int c = threadIdx.x + j * kThreads;
+      if (c < vecs) {
+        LoadVec(dy + base + c * V, g[j]);
+        LoadVec(x + base + c * V, xh[j]);
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          xh[j][i] *= rstd;
+          acc[j][i] += g[j][i] * xh[j][i];
+          g[j][i] *= w[j][i];
+          dot += g[j][i] * xh[j][i];
+        }
+      }
+    }
+    const float mean = BlockSum(dot, scratch) * inv_cols;
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      const int c = threadIdx.x + j * kThreads;
+      if (c < vecs) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) g[j][i] = rstd * (g[j][i] - xh[j][i] * mean);
+        StoreVec(dx + base + c * V, g[j]);
+      }
+    }
+  }
+  if (partial == nullptr) return;
+  float* out = partial + static_cast<int64_t>(blockIdx.x) * cols;
+#pragma unroll
+  for (int j = 0; j < kMaxVecs; ++j) {
+    const int c = threadIdx.x + j * kThreads;
+    if (c < vecs) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) out[c * V + i] = acc[j][i];
+    }
+  }
+}
 
 template <typename T>
 __global__ void RmsNormKernel(const T* __restrict__ x, const T* __restrict__ weight,
@@ -59,46 +186,119 @@ __global__ void RmsNormDxKernel(const T* __restrict__ dy, const T* __restrict__ 
   }
 }
 
+// Scalar path: partial[g][c] = sum of dy * xhat over rows g, g + groups, ... (grid: column blocks
+// x groups).
 template <typename T>
-__global__ void RmsNormDweightKernel(const T* __restrict__ dy, const T* __restrict__ x,
-                                     const float* __restrict__ rstd, float* __restrict__ dweight,
-                                     int64_t rows, int64_t cols) {
+__global__ void RmsNormDweightPartialKernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                            const float* __restrict__ rstd,
+                                            float* __restrict__ partial, int64_t rows,
+                                            int64_t cols) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   float sum = 0.0f;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     sum += ToFloat(dy[r * cols + c]) * ToFloat(x[r * cols + c]) * rstd[r];
   }
-  dweight[c] = sum;
+  partial[static_cast<int64_t>(blockIdx.y) * cols + c] = sum;
+}
+
+constexpr int kColumns = 32;  // Columns per block of the partial sum: a warp reads a row segment.
+constexpr int kLanes = 8;     // Threads per column, combined in lane order.
+
+// dweight[c] = sum over g of partial[g][c], in a fixed order.
+__global__ void SumPartialsKernel(const float* __restrict__ partial, float* __restrict__ dweight,
+                                  int64_t groups, int64_t cols) {
+  __shared__ float lanes[kLanes][kColumns + 1];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kColumns + threadIdx.x;
+  float sum = 0.0f;
+  if (c < cols) {
+    for (int64_t g = threadIdx.y; g < groups; g += kLanes) sum += partial[g * cols + c];
+  }
+  lanes[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= cols) return;
+  float total = 0.0f;
+  for (int lane = 0; lane < kLanes; ++lane) total += lanes[lane][threadIdx.x];
+  dweight[c] = total;
 }
 
 template <typename T>
 absl::Status Forward(const RmsNormParams& p, cudaStream_t stream) {
-  RmsNormKernel<T><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(
-      static_cast<const T*>(p.x), static_cast<const T*>(p.weight), static_cast<T*>(p.y), p.rstd,
-      p.cols, p.eps);
+  const auto grid = static_cast<unsigned>(p.rows);
+  if (Vectorizable<T>(p.cols, {p.x, p.weight, p.y})) {
+    const auto* x = static_cast<const T*>(p.x);
+    const auto* weight = static_cast<const T*>(p.weight);
+    auto* y = static_cast<T*>(p.y);
+    switch (VecsPerThread<T>(p.cols)) {
+      case 1:
+        RmsNormVecKernel<T, 1><<<grid, kThreads, 0, stream>>>(x, weight, y, p.rstd, p.cols, p.eps);
+        break;
+      case 2:
+        RmsNormVecKernel<T, 2><<<grid, kThreads, 0, stream>>>(x, weight, y, p.rstd, p.cols, p.eps);
+        break;
+      default:
+        RmsNormVecKernel<T, 4><<<grid, kThreads, 0, stream>>>(x, weight, y, p.rstd, p.cols, p.eps);
+    }
+  } else {
+    RmsNormKernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(p.x),
+                                                    static_cast<const T*>(p.weight),
+                                                    static_cast<T*>(p.y), p.rstd, p.cols, p.eps);
+  }
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 
 template <typename T>
 absl::Status Backward(const RmsNormBackwardParams& p, cudaStream_t stream) {
-  if (p.rows > 0) {
+  const auto* dy = static_cast<const T*>(p.dy);
+  const auto* x = static_cast<const T*>(p.x);
+  const auto* weight = static_cast<const T*>(p.weight);
+  auto* partial = static_cast<float*>(p.workspace);
+  const int64_t groups = PartialBlocks(p.rows);
+  if (Vectorizable<T>(p.cols, {p.dy, p.x, p.weight, p.dx})) {
+    auto* dx = static_cast<T*>(p.dx);
+    float* sums = p.dweight != nullptr ? partial : nullptr;
+    const auto grid = static_cast<unsigned>(groups);
+    switch (VecsPerThread<T>(p.cols)) {
+      case 1:
+        RmsNormBackwardVecKernel<T, 1>
+            <<<grid, kThreads, 0, stream>>>(dy, x, weight, p.rstd, dx, sums, p.rows, p.cols);
+        break;
+      case 2:
+        RmsNormBackwardVecKernel<T, 2>
+            <<<grid, kThreads, 0, stream>>>(dy, x, weight, p.rstd, dx, sums, p.rows, p.cols);
+        break;
+      default:
+        RmsNormBackwardVecKernel<T, 4>
+            <<<grid, kThreads, 0, stream>>>(dy, x, weight, p.rstd, dx, sums, p.rows, p.cols);
+    }
+  } else {
     RmsNormDxKernel<T><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(
-        static_cast<const T*>(p.dy), static_cast<const T*>(p.x), static_cast<const T*>(p.weight),
-        p.rstd, static_cast<T*>(p.dx), p.cols);
-    MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+        dy, x, weight, p.rstd, static_cast<T*>(p.dx), p.cols);
+    if (p.dweight != nullptr) {
+      MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      const dim3 grid(static_cast<unsigned>((p.cols + kThreads - 1) / kThreads),
+                      static_cast<unsigned>(groups));
+      RmsNormDweightPartialKernel<T>
+          <<<grid, kThreads, 0, stream>>>(dy, x, p.rstd, partial, p.rows, p.cols);
+    }
   }
-  if (p.dweight != nullptr && p.cols > 0) {
-    const int64_t blocks = (p.cols + kThreads - 1) / kThreads;
-    RmsNormDweightKernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        static_cast<const T*>(p.dy), static_cast<const T*>(p.x), p.rstd, p.dweight, p.rows, p.cols);
+  MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  if (p.dweight != nullptr) {
+    const dim3 grid(static_cast<unsigned>((p.cols + kColumns - 1) / kColumns)),
+        block(kColumns, kLanes);
+    SumPartialsKernel<<<grid, block, 0, stream>>>(partial, p.dweight, groups, p.cols);
     MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   return absl::OkStatus();
 }
 
 }  // namespace
+
+size_t RmsNormBackwardWorkspaceBytes(int64_t rows, int64_t cols) {
+  return rows <= 0 || cols <= 0 ? 0
+                                : static_cast<size_t>(PartialBlocks(rows) * cols) * sizeof(float);
+}
 
 absl::Status LaunchRmsNorm(const RmsNormParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckRmsNorm(p));
@@ -111,11 +311,19 @@ absl::Status LaunchRmsNorm(const RmsNormParams& p, StreamHandle stream) {
 absl::Status LaunchRmsNormBackward(const RmsNormBackwardParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckRmsNormBackward(p));
   MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("RmsNormBackward", p.rows));
+  const size_t needed = RmsNormBackwardWorkspaceBytes(p.rows, p.cols);
+  if (p.dweight != nullptr &&
+      (p.workspace_bytes < needed || (needed > 0 && p.workspace == nullptr))) {
+    return absl::InvalidArgumentError(absl::StrCat("RmsNormBackward: the workspace has ",
+                                                   p.workspace_bytes, " bytes, ", needed,
+                                                   " are needed"));
+  }
   const auto s = static_cast<cudaStream_t>(stream);
   if (p.rows == 0 && p.dweight != nullptr && p.cols > 0) {
     MIMO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.dweight, 0, p.cols * sizeof(float), s));
     return absl::OkStatus();
   }
+  if (p.rows == 0) return absl::OkStatus();
   return p.dtype == DType::kF32 ? Backward<float>(p, s) : Backward<__nv_bfloat16>(p, s);
 }
 

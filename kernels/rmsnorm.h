@@ -1,6 +1,7 @@
 // RMSNorm over the last dimension, forward and backward: y = x / rms(x) * weight.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -31,9 +32,13 @@ struct RmsNormBackwardParams {
   const void* weight = nullptr;  // (cols,)
   const float* rstd = nullptr;   // (rows,) from the forward.
   void* dx = nullptr;            // (rows, cols)
-  float* dweight = nullptr;      // (cols,) fp32.
+  float* dweight = nullptr;      // Optional (cols,) fp32.
   int64_t rows = 0;
   int64_t cols = 0;
+  // CUDA only, with dweight: scratch of at least RmsNormBackwardWorkspaceBytes(rows, cols) device
+  // bytes (per-block partial sums of dweight, added up in a fixed order).
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 // InvalidArgument for a dtype other than bf16/f32, negative sizes, zero columns with rows, a
@@ -47,6 +52,10 @@ absl::Status RmsNormBackwardCpu(const RmsNormBackwardParams& p);
 
 // CUDA: device memory, enqueued on `stream` (a cudaStream_t). Deterministic: no atomics.
 absl::Status LaunchRmsNorm(const RmsNormParams& p, StreamHandle stream);
+// The device scratch LaunchRmsNormBackward needs to compute dweight.
+size_t RmsNormBackwardWorkspaceBytes(int64_t rows, int64_t cols);
+// InvalidArgument (before anything is enqueued) when dweight is wanted and the workspace is missing
+// or too small.
 absl::Status LaunchRmsNormBackward(const RmsNormBackwardParams& p, StreamHandle stream);
 
 }  // namespace mimo::kernels

@@ -1,25 +1,44 @@
-// GELU in float64: the reference both the CPU twin and the CUDA kernels are measured against.
+// GELU in float64 (exact and tanh-approximated): the reference both the CPU twin and the CUDA
+// kernels are measured against.
 #pragma once
 
 #include <cmath>
 #include <vector>
 
+#include "kernels/gelu.h"
+
 namespace mimo::kernels::testing {
 
-inline std::vector<double> GeluFloat64(const std::vector<double>& x) {
+// The value and derivative of GELU at x.
+inline double GeluOfFloat64(GeluApproximation a, double x) {
+  if (a == GeluApproximation::kNone) return x * 0.5 * (1.0 + std::erf(x / std::sqrt(2.0)));
+  const double c = std::sqrt(2.0 / M_PI);
+  return 0.5 * x * (1.0 + std::tanh(c * (x + 0.044715 * x * x * x)));
+}
+
+inline double GeluDerivativeFloat64(GeluApproximation a, double x) {
+  if (a == GeluApproximation::kNone) {
+    const double cdf = 0.5 * (1.0 + std::erf(x / std::sqrt(2.0)));
+    const double pdf = std::exp(-0.5 * x * x) / std::sqrt(2.0 * M_PI);
+    return cdf + x * pdf;
+  }
+  const double c = std::sqrt(2.0 / M_PI);
+  const double t = std::tanh(c * (x + 0.044715 * x * x * x));
+  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x);
+}
+
+inline std::vector<double> GeluFloat64(const std::vector<double>& x,
+                                       GeluApproximation a = GeluApproximation::kNone) {
   std::vector<double> y;
-  for (double v : x) y.push_back(v * 0.5 * (1.0 + std::erf(v / std::sqrt(2.0))));
+  for (double v : x) y.push_back(GeluOfFloat64(a, v));
   return y;
 }
 
 inline std::vector<double> GeluBackwardFloat64(const std::vector<double>& dy,
-                                               const std::vector<double>& x) {
+                                               const std::vector<double>& x,
+                                               GeluApproximation a = GeluApproximation::kNone) {
   std::vector<double> dx;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double cdf = 0.5 * (1.0 + std::erf(x[i] / std::sqrt(2.0)));
-    const double pdf = std::exp(-0.5 * x[i] * x[i]) / std::sqrt(2.0 * M_PI);
-    dx.push_back(dy[i] * (cdf + x[i] * pdf));
-  }
+  for (size_t i = 0; i < x.size(); ++i) dx.push_back(dy[i] * GeluDerivativeFloat64(a, x[i]));
   return dx;
 }
 

@@ -32,7 +32,7 @@ TEST_P(RmsNormCudaTest, MatchesFloat64AndIsDeterministic) {
     int64_t rows, cols;
   };
   for (const Shape2 s : {Shape2{1, 1}, Shape2{3, 7}, Shape2{17, 255}, Shape2{64, 1000},
-                         Shape2{5, 4099}, Shape2{1000, 2048}}) {
+                         Shape2{5, 4099}, Shape2{1000, 2048}, Shape2{600, 8192}}) {
     SCOPED_TRACE(::testing::Message()
                  << DTypeName(dtype) << " (" << s.rows << ", " << s.cols << ")");
     const int64_t n = s.rows * s.cols;
@@ -43,7 +43,9 @@ TEST_P(RmsNormCudaTest, MatchesFloat64AndIsDeterministic) {
     DeviceBuffer dx_in(x.bytes), dw_in(w.bytes), ddy(dy.bytes);
     std::vector<char> first_dx, first_dw;
     for (int run = 0; run < 2; ++run) {
-      DeviceBuffer y(n * e), rstd(s.rows * 4), dx(n * e), dweight(s.cols * 4);
+      const size_t workspace_bytes = RmsNormBackwardWorkspaceBytes(s.rows, s.cols);
+      DeviceBuffer y(n * e), rstd(s.rows * 4), dx(n * e), dweight(s.cols * 4),
+          workspace(workspace_bytes);
       ASSERT_TRUE(LaunchRmsNorm({.dtype = dtype,
                                  .x = dx_in.get(),
                                  .weight = dw_in.get(),
@@ -62,7 +64,9 @@ TEST_P(RmsNormCudaTest, MatchesFloat64AndIsDeterministic) {
                                          .dx = dx.get(),
                                          .dweight = dweight.as<float>(),
                                          .rows = s.rows,
-                                         .cols = s.cols},
+                                         .cols = s.cols,
+                                         .workspace = workspace.get(),
+                                         .workspace_bytes = workspace_bytes},
                                         nullptr)
                       .ok());
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -98,7 +102,20 @@ TEST_F(RmsNormCudaTest, BadArgumentsFailBeforeLaunching) {
               HasSubstr("dtype i64 is not supported"));
   EXPECT_THAT(LaunchRmsNorm({.rows = 2, .cols = 3}, nullptr).message(), HasSubstr("x is null"));
   EXPECT_TRUE(LaunchRmsNorm({.rows = 0, .cols = 3}, nullptr).ok());
-  DeviceBuffer dw(3 * 4);
+  DeviceBuffer dw(3 * 4), x(6 * 4), rstd(2 * 4), small(4);
+  EXPECT_THAT(LaunchRmsNormBackward({.dy = x.get(),
+                                     .x = x.get(),
+                                     .weight = x.get(),
+                                     .rstd = rstd.as<float>(),
+                                     .dx = x.get(),
+                                     .dweight = dw.as<float>(),
+                                     .rows = 2,
+                                     .cols = 3,
+                                     .workspace = small.get(),
+                                     .workspace_bytes = 4},
+                                    nullptr)
+                  .message(),
+              HasSubstr("the workspace has 4 bytes, 24 are needed"));
   ASSERT_TRUE(
       LaunchRmsNormBackward({.dweight = dw.as<float>(), .rows = 0, .cols = 3}, nullptr).ok());
   EXPECT_EQ(ValuesOf(DType::kF32, dw.Bytes()), (std::vector<double>{0, 0, 0}));

@@ -1,5 +1,7 @@
 // SwiGLU's CUDA kernels against float64 on fresh random inputs and odd shapes (f32 relative error
-// < 2e-6, bf16 < 1e-2), poisoned outputs fully written, and argument errors. Skips without a GPU.
+// < 2e-6, bf16 < 1e-2; odd cols take the scalar path, others 16-byte vectors), misaligned buffers
+// (scalar path, same bits as the vector path), poisoned outputs fully written, and argument
+// errors. Skips without a GPU.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -49,6 +51,38 @@ TEST_P(SwigluCudaTest, MatchesFloat64) {
     EXPECT_LT(RelativeError(got_y, ref.y), bound);
     EXPECT_LT(RelativeError(got_dx, ref.dx), bound);
   }
+}
+
+// Buffers one element off 16-byte alignment (cols a multiple of 8) take the scalar fallback and
+// give the same bits as the aligned vector path.
+TEST_P(SwigluCudaTest, MisalignedBuffersMatchTheVectorPath) {
+  const DType dtype = GetParam();
+  const int64_t rows = 33, cols = 512, e = static_cast<int64_t>(DTypeSize(dtype));
+  std::mt19937 random(std::random_device{}());
+  const HostData x = RandomData(dtype, rows * 2 * cols, random, -6, 6);
+  const HostData dy = RandomData(dtype, rows * cols, random, -1, 1);
+  std::vector<char> x_off(e), dy_off(e);
+  x_off.insert(x_off.end(), x.bytes.begin(), x.bytes.end());
+  dy_off.insert(dy_off.end(), dy.bytes.begin(), dy.bytes.end());
+  const DeviceBuffer dx_a(x.bytes), ddy_a(dy.bytes), dx_m(x_off), ddy_m(dy_off);
+  const DeviceBuffer y_a(rows * cols * e), y_m((rows * cols + 1) * e);
+  const DeviceBuffer g_a(rows * 2 * cols * e), g_m((rows * 2 * cols + 1) * e);
+  for (bool aligned : {true, false}) {
+    const int64_t off = aligned ? 0 : e;
+    char* xp = static_cast<char*>(aligned ? dx_a.get() : dx_m.get()) + off;
+    char* dyp = static_cast<char*>(aligned ? ddy_a.get() : ddy_m.get()) + off;
+    char* yp = static_cast<char*>(aligned ? y_a.get() : y_m.get()) + off;
+    char* gp = static_cast<char*>(aligned ? g_a.get() : g_m.get()) + off;
+    ASSERT_TRUE(
+        LaunchSwiglu({.dtype = dtype, .x = xp, .y = yp, .rows = rows, .cols = cols}, nullptr).ok());
+    ASSERT_TRUE(
+        LaunchSwigluBackward(
+            {.dtype = dtype, .dy = dyp, .x = xp, .dx = gp, .rows = rows, .cols = cols}, nullptr)
+            .ok());
+  }
+  const std::vector<char> y_m_bytes = y_m.Bytes(), g_m_bytes = g_m.Bytes();
+  EXPECT_EQ(std::vector<char>(y_m_bytes.begin() + e, y_m_bytes.end()), y_a.Bytes());
+  EXPECT_EQ(std::vector<char>(g_m_bytes.begin() + e, g_m_bytes.end()), g_a.Bytes());
 }
 
 INSTANTIATE_TEST_SUITE_P(DTypes, SwigluCudaTest, ::testing::Values(DType::kF32, DType::kBF16),

@@ -1,0 +1,76 @@
+// Element packs, row cursors and resident grid sizes for the bandwidth-bound streaming kernels.
+//
+// The elementwise and row-streaming kernels (SwiGLU, RoPE, cross-entropy) touch each byte once,
+// so their speed is the memory system's: they move whole 16-byte packs (8 bf16 or 4 f32 per load,
+// LDG.128/STG.128), keep several packs in flight per thread, and run a grid-stride loop over a
+// grid sized to what the device keeps resident. Pack<T, 1> is the scalar fallback of the same
+// code, for shapes and pointers that do not allow 16-byte accesses.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace mimo::kernels {
+
+// N consecutive elements of T, loaded and stored as one access.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Walks the items i, i + stride, i + 2 stride, ... of a row-major (rows, cols) grid, keeping the
+// row and column without a 64-bit division per step: one division at the start, then a carry.
+struct RowCursor {
+  int64_t row, col;
+  __device__ __forceinline__ RowCursor(int64_t i, int64_t cols) : row(i / cols), col(i % cols) {}
+  // Steps by stride = step_rows * cols + step_cols, with step_cols < cols.
+  __device__ __forceinline__ void Advance(int64_t step_rows, int64_t step_cols, int64_t cols) {
+    row += step_rows;
+    col += step_cols;
+    if (col >= cols) {
+      col -= cols;
+      ++row;
+    }
+  }
+};
+
+// Multiprocessors of the current device (at least 1).
+inline int MultiprocessorCount() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    (void)cudaGetLastError();  // Not sticky; a grid of one wave per multiprocessor still works.
+    sms = 1;
+  }
+  return std::max(sms, 1);
+}
+
+// Blocks of `threads` threads (and `smem` bytes of dynamic shared memory, the same on every call)
+// of `kKernel` that the current device keeps resident at once: multiprocessors x blocks per
+// multiprocessor. A grid-stride loop over that many blocks has all of the device's memory
+// parallelism and no tail of late blocks. The occupancy is computed once per kernel (it depends on
+// the kernel and the architecture); the multiprocessor count is read per call (cached by CUDA).
+template <auto kKernel>
+unsigned ResidentBlocks(int threads, size_t smem = 0) {
+  static const int per_sm = [&] {
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kKernel, threads, smem) !=
+        cudaSuccess) {
+      (void)cudaGetLastError();
+      blocks = 1;
+    }
+    return std::max(blocks, 1);
+  }();
+  return static_cast<unsigned>(MultiprocessorCount() * per_sm);
+}
+
+// Grid for a grid-stride loop over `items` items, `per_block` per block and pass: enough blocks to
+// cover them, at most `resident`, at least 1.
+inline unsigned GridFor(int64_t items, int64_t per_block, unsigned resident) {
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((items + per_block - 1) / per_block, resident)));
+}
+
+}  // namespace mimo::kernels

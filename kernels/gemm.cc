@@ -1,0 +1,294 @@
+// Row-major matrix products on cuBLASLt: descriptors and heuristic algorithms cached per problem,
+// bias and GELU epilogues fused where cuBLASLt offers them.
+#include "kernels/gemm.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <tuple>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cuda_device_guard.h"
+#include "kernels/cuda_status.h"
+#include "kernels/gelu.h"
+
+namespace mimo::kernels {
+namespace {
+
+// OK for CUBLAS_STATUS_SUCCESS; otherwise Internal (InvalidArgument for a bad value) naming the
+// call, its location and cuBLAS's name for the error.
+absl::Status CublasStatus(cublasStatus_t status, const char* call, const char* file, int line) {
+  if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  const std::string message =
+      absl::StrCat(file, ":", line, ": ", call, " failed: ", cublasLtGetStatusName(status), " (",
+                   cublasLtGetStatusString(status), ")");
+  switch (status) {
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return absl::ResourceExhaustedError(message);
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return absl::InvalidArgumentError(message);
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return absl::UnavailableError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+#define MIMO_CUBLAS_RETURN_IF_ERROR(call) \
+  MIMO_RETURN_IF_ERROR(CublasStatus((call), #call, __FILE__, __LINE__))
+
+cudaDataType_t CudaType(DType dtype) { return dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+// The largest power of two up to 16 that divides the address (what cuBLASLt's kernels care for;
+// 16 for null).
+int Alignment(const void* p) {
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  int alignment = 16;
+  while (alignment > 1 && address % alignment != 0) alignment /= 2;
+  return alignment;
+}
+
+// One distinct problem: what cuBLASLt's choice of algorithm depends on.
+struct PlanKey {
+  DType ab_dtype, d_dtype;
+  bool transpose_a, transpose_b;
+  int64_t m, n, k;
+  cublasLtEpilogue_t epilogue;
+  bool accumulate;
+  int align_a, align_b, align_d, align_extra;
+
+  auto Tie() const {
+    return std::tie(ab_dtype, d_dtype, transpose_a, transpose_b, m, n, k, epilogue, accumulate,
+                    align_a, align_b, align_d, align_extra);
+  }
+  bool operator==(const PlanKey& o) const { return Tie() == o.Tie(); }
+  template <typename H>
+  friend H AbslHashValue(H h, const PlanKey& key) {
+    return H::combine(std::move(h), key.Tie());
+  }
+};
+
+// Descriptors of one problem in cuBLASLt's column-major terms and its algorithm (none when the
+// heuristic found none: the caller then takes an unfused path).
+struct Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool has_algo = false;
+
+  Plan() = default;
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+  ~Plan() {
+    if (d != nullptr) cublasLtMatrixLayoutDestroy(d);
+    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+    if (desc != nullptr) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+}  // namespace
+
+struct CublasLt::State {
+  int device = 0;
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  absl::flat_hash_map<PlanKey, std::unique_ptr<Plan>> plans;
+
+  ~State() {
+    plans.clear();
+    if (workspace != nullptr) cudaFree(workspace);
+    if (handle != nullptr) cublasLtDestroy(handle);
+  }
+
+  // The plan of `key`, made on first use. Row-major D (m, n) = op(A) op(B) is column-major
+  // D^T (n, m) = op(B)^T op(A)^T, so cuBLASLt's A is our b, its B our a, its m our n.
+  absl::StatusOr<const Plan*> PlanFor(const PlanKey& key) {
+    if (auto it = plans.find(key); it != plans.end()) return it->second.get();
+    auto plan = std::make_unique<Plan>();
+    MIMO_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t op_a = key.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = key.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &key.epilogue, sizeof(key.epilogue)));
+    const cudaDataType_t ab = CudaType(key.ab_dtype), d = CudaType(key.d_dtype);
+    // Stored shapes, column-major: our b is (k, n) row-major = (n, k) column-major, or (k, n)
+    // when transposed; likewise a.
+    const auto [a_rows, a_cols] =
+        key.transpose_b ? std::pair{key.k, key.n} : std::pair{key.n, key.k};
+    const auto [b_rows, b_cols] =
+        key.transpose_a ? std::pair{key.m, key.k} : std::pair{key.k, key.m};
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, ab, a_rows, a_cols, a_rows));
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->b, ab, b_rows, b_cols, b_rows));
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->d, d, key.n, key.m, key.n));
+
+    cublasLtMatmulPreference_t preference = nullptr;
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&preference));
+    const auto destroy = [](cublasLtMatmulPreference_t* p) { cublasLtMatmulPreferenceDestroy(*p); };
+    std::unique_ptr<cublasLtMatmulPreference_t, decltype(destroy)> preference_guard(&preference,
+                                                                                    destroy);
+    const uint64_t max_workspace = workspace_bytes;
+    MIMO_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                             &max_workspace, sizeof(max_workspace)));
+    const uint32_t align_a = key.align_b, align_b = key.align_a, align_d = key.align_d;
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
+    // The heuristic needs the epilogue's pointers' alignment: give it stand-ins as aligned as
+    // the real ones (it does not dereference them).
+    const void* stand_in = reinterpret_cast<const void*>(static_cast<uintptr_t>(key.align_extra));
+    if (key.epilogue == CUBLASLT_EPILOGUE_BIAS || key.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
+      // Only epilogues that read a bias may have its pointer set: cuBLASLt refuses the others.
+      MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+          plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &stand_in, sizeof(stand_in)));
+    }
+    if (key.epilogue == CUBLASLT_EPILOGUE_GELU_AUX ||
+        key.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
+      const int64_t ld = key.n;
+      MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+          plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &stand_in, sizeof(stand_in)));
+      MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+          plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)));
+    }
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+        handle, plan->desc, plan->a, plan->b, plan->d, plan->d, preference, 1, &result, &found);
+    if (status == CUBLAS_STATUS_SUCCESS && found > 0) {
+      plan->algo = result.algo;
+      plan->has_algo = true;
+    } else if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_SUCCESS) {
+      return CublasStatus(status, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
+    }
+    const Plan* out = plan.get();
+    plans.emplace(key, std::move(plan));
+    return out;
+  }
+
+  // Runs one cuBLASLt matmul with `epilogue`, writing `d` (and the GELU input to `aux`).
+  absl::Status Matmul(const GemmParams& p, cublasLtEpilogue_t epilogue, void* d, void* aux,
+                      cudaStream_t stream, bool* ran) {
+    int align_extra = 16;
+    if (p.bias != nullptr) align_extra = std::min(align_extra, Alignment(p.bias));
+    if (aux != nullptr) align_extra = std::min(align_extra, Alignment(aux));
+    const PlanKey key{.ab_dtype = p.ab_dtype,
+                      .d_dtype = p.d_dtype,
+                      .transpose_a = p.transpose_a,
+                      .transpose_b = p.transpose_b,
+                      .m = p.m,
+                      .n = p.n,
+                      .k = p.k,
+                      .epilogue = epilogue,
+                      .accumulate = p.accumulate,
+                      .align_a = Alignment(p.a),
+                      .align_b = Alignment(p.b),
+                      .align_d = Alignment(d),
+                      .align_extra = align_extra};
+    MIMO_ASSIGN_OR_RETURN(const Plan* plan, PlanFor(key));
+    *ran = plan->has_algo;
+    if (!plan->has_algo) return absl::OkStatus();
+    if (p.bias != nullptr) {
+      MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+          plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)));
+    }
+    if (aux != nullptr) {
+      MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+          plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+    }
+    const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(handle, plan->desc, &alpha, p.b, plan->a, p.a,
+                                               plan->b, &beta, d, plan->d, d, plan->d, &plan->algo,
+                                               workspace, workspace_bytes, stream));
+    return absl::OkStatus();
+  }
+};
+
+absl::StatusOr<std::unique_ptr<CublasLt>> CublasLt::Create(const CublasLtOptions& options) {
+  auto state = std::make_unique<State>();
+  MIMO_CUDA_RETURN_IF_ERROR(cudaGetDevice(&state->device));
+  MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&state->handle));
+  if (options.workspace_bytes > 0) {
+    MIMO_CUDA_RETURN_IF_ERROR(cudaMalloc(&state->workspace, options.workspace_bytes));
+  }
+  state->workspace_bytes = options.workspace_bytes;
+  return std::unique_ptr<CublasLt>(new CublasLt(std::move(state)));
+}
+
+CublasLt::CublasLt(std::unique_ptr<State> state) : state_(std::move(state)) {}
+CublasLt::~CublasLt() {
+  if (state_ != nullptr) {
+    CudaDeviceGuard guard(state_->device);
+    state_.reset();
+  }
+}
+
+size_t CublasLt::cached_plans() const { return state_->plans.size(); }
+
+absl::Status CublasLt::Gemm(const GemmParams& p, StreamHandle stream) {
+  MIMO_RETURN_IF_ERROR(CheckGemm(p));
+  if (p.m == 0 || p.n == 0 || (p.k == 0 && p.accumulate)) return absl::OkStatus();
+  for (const auto& [ptr, name] : {std::pair<const void*, const char*>{p.a, "a"},
+                                  {p.b, "b"},
+                                  {p.d, "d"},
+                                  {p.bias, "bias"},
+                                  {p.pre_activation, "pre_activation"}}) {
+    if (Alignment(ptr) < 16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Gemm: ", name, " is not 16-byte aligned (address ",
+                       absl::Hex(reinterpret_cast<uintptr_t>(ptr)), ")"));
+    }
+  }
+  CudaDeviceGuard guard(state_->device);
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (p.k == 0) {  // d = 0 (CheckGemm allows no bias or activation here).
+    MIMO_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(p.d, 0, static_cast<size_t>(p.m) * p.n * DTypeSize(p.d_dtype), s));
+    return absl::OkStatus();
+  }
+  const bool gelu = p.activation == GemmActivation::kGeluTanh;
+  const bool bias = p.bias != nullptr;
+  bool ran = false;
+  if (gelu && p.n % 8 == 0) {
+    MIMO_RETURN_IF_ERROR(
+        state_->Matmul(p, bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, p.d,
+                       p.pre_activation, s, &ran));
+    if (ran) return absl::OkStatus();
+  }
+  // Unfused GELU: the product (with its bias) into pre_activation, then GELU from it.
+  void* out = gelu ? p.pre_activation : p.d;
+  MIMO_RETURN_IF_ERROR(state_->Matmul(p, bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT,
+                                      out, nullptr, s, &ran));
+  if (!ran) {
+    return absl::InternalError(absl::StrCat("Gemm: cuBLASLt found no algorithm for m ", p.m, ", n ",
+                                            p.n, ", k ", p.k, " (", DTypeName(p.ab_dtype), " -> ",
+                                            DTypeName(p.d_dtype), ")"));
+  }
+  if (!gelu) return absl::OkStatus();
+  return LaunchGelu({.dtype = p.d_dtype,
+                     .x = p.pre_activation,
+                     .y = p.d,
+                     .n = p.m * p.n,
+                     .approximation = GeluApproximation::kTanh},
+                    stream);
+}
+
+}  // namespace mimo::kernels

@@ -1,0 +1,84 @@
+// Row-major matrix products D (+)= op(A) op(B) (+ bias, then GELU): cuBLASLt on the GPU with
+// algorithm heuristics cached per shape, and the CPU twin.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/allocator.h"
+#include "kernels/dtype.h"
+
+namespace mimo::kernels {
+
+// The elementwise function applied after the bias.
+enum class GemmActivation {
+  kNone,
+  // GELU, tanh approximation (what cuBLASLt's GELU epilogue computes, like Megatron's fused
+  // bias-GELU); the pre-activation is written too, for the backward.
+  kGeluTanh,
+};
+
+// All matrices are row-major and dense. Arithmetic is fp32 (bf16 products accumulate in fp32).
+// On the GPU every buffer starts 16-byte aligned (the caching allocator's blocks are).
+struct GemmParams {
+  DType ab_dtype = DType::kF32;  // Of a and b: bf16 or f32.
+  DType d_dtype = DType::kF32;   // Of d, bias and pre_activation: ab_dtype or f32.
+  const void* a = nullptr;       // (m, k), or (k, m) when transpose_a.
+  const void* b = nullptr;       // (k, n), or (n, k) when transpose_b.
+  void* d = nullptr;             // (m, n); may not alias a or b.
+  bool transpose_a = false;
+  bool transpose_b = false;
+  int64_t m = 0;
+  int64_t n = 0;
+  int64_t k = 0;  // 0 gives d = 0, or leaves d unchanged when accumulating.
+  // d += a·b (gradient accumulation) instead of d = a·b. Not with a bias or an activation.
+  bool accumulate = false;
+  const void* bias = nullptr;  // Optional (n,): added to every row.
+  GemmActivation activation = GemmActivation::kNone;
+  void* pre_activation = nullptr;  // (m, n) with an activation: a·b + bias before it.
+};
+
+// InvalidArgument for unsupported dtypes, negative sizes, sizes of 2^31 or more, a null buffer
+// that is to be read or written, or a bias or an activation with accumulation or with k = 0.
+absl::Status CheckGemm(const GemmParams& p);
+
+// CPU twin: host memory.
+absl::Status GemmCpu(const GemmParams& p);
+
+// Options of the cuBLASLt context.
+struct CublasLtOptions {
+  // cuBLASLt's scratch, allocated once: 32 MiB lets it pick its fastest Hopper kernels.
+  size_t workspace_bytes = size_t{32} << 20;
+};
+
+// cuBLASLt on one device: a handle, a workspace and, per distinct problem (dtypes, shape,
+// transposes, epilogue, pointer alignment), the descriptors and the heuristic's best algorithm,
+// so the training loop neither allocates nor searches. Not thread-safe: one per stream of work.
+class CublasLt {
+ public:
+  // Uses the current CUDA device. Unavailable without a device.
+  static absl::StatusOr<std::unique_ptr<CublasLt>> Create(const CublasLtOptions& options = {});
+  ~CublasLt();
+  CublasLt(const CublasLt&) = delete;
+  CublasLt& operator=(const CublasLt&) = delete;
+
+  // Enqueues the product on `stream` (a cudaStream_t); device memory. The bias and GELU are fused
+  // into the GEMM as cuBLASLt epilogues where it offers them (GELU needs n % 8 == 0); otherwise a
+  // separate GELU kernel follows. InvalidArgument (nothing enqueued) for bad parameters or a
+  // buffer not 16-byte aligned; Internal naming the cuBLASLt call when it fails or finds no
+  // algorithm.
+  absl::Status Gemm(const GemmParams& p, StreamHandle stream);
+
+  // Distinct problems planned so far.
+  size_t cached_plans() const;
+
+ private:
+  struct State;
+  explicit CublasLt(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace mimo::kernels
