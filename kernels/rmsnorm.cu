@@ -83,6 +83,22 @@ __global__ void RmsNormVecKernel(const T* __restrict__ x, const T* __restrict__ 
   }
 }
 
+// A raw 16-byte vector as 4 f32 or 8 bf16 values (by the size of the destination).
+__device__ __forceinline__ void Unpack(const uint4& q, float (&v)[4]) {
+  v[0] = __uint_as_float(q.x);
+  v[1] = __uint_as_float(q.y);
+  v[2] = __uint_as_float(q.z);
+  v[3] = __uint_as_float(q.w);
+}
+__device__ __forceinline__ void Unpack(const uint4& q, float (&v)[8]) {
+  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = __uint_as_float(w[i] << 16);
+    v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
 // dx for rows blockIdx.x, blockIdx.x + gridDim.x, ...; with `partial`, this block's sums of
 // dy * xhat over those rows go to partial[blockIdx.x] (cols,).
 template <typename T, int kMaxVecs>
@@ -102,17 +118,37 @@ __global__ void RmsNormBackwardVecKernel(const T* __restrict__ dy, const T* __re
     for (int i = 0; i < V; ++i) acc[j][i] = 0.0f;
     if (c < vecs) LoadVec(weight + c * V, w[j]);
   }
+  // The next row's dy and x are loaded (as raw 16-byte vectors) while this row is reduced and
+  // written, so each thread keeps two rows of loads in flight.
+  uint4 raw_dy[kMaxVecs], raw_x[kMaxVecs];
+  const auto fetch = [&](int64_t row) {
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      const int c = threadIdx.x + j * kThreads;
+      if (c < vecs) {
+        raw_dy[j] = *reinterpret_cast<const uint4*>(dy + row * cols + c * V);
+        raw_x[j] = *reinterpret_cast<const uint4*>(x + row * cols + c * V);
+      }
+    }
+  };
+  if (blockIdx.x < rows) fetch(blockIdx.x);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * cols;
     const float rstd = rstd_in[row];
     float g[kMaxVecs][V], xh[kMaxVecs][V];
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      if (threadIdx.x + j * kThreads < vecs) {
+        Unpack(raw_dy[j], g[j]);
+        Unpack(raw_x[j], xh[j]);
+      }
+    }
+    if (row + gridDim.x < rows) fetch(row + gridDim.x);
     float dot = 0.0f;
 #pragma unroll
     for (int j = 0; j < kMaxVecs; ++j) {
       const int c = threadIdx.x + j * kThreads;
       if (c < vecs) {
-        LoadVec(dy + base + c * V, g[j]);
-        LoadVec(x + base + c * V, xh[j]);
 #pragma unroll
         for (int i = 0; i < V; ++i) {
           xh[j][i] *= rstd;
