@@ -1,0 +1,67 @@
+// The CPU Ops: every call runs the op's CPU twin.
+#include "kernels/ops.h"
+
+namespace mimo::kernels {
+namespace {
+
+class CpuOps final : public Ops {
+ public:
+  Device device() const override { return Device::Cpu(); }
+  Allocator& allocator() override { return allocator_; }
+  StreamHandle stream() const override { return nullptr; }
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  absl::Status Embedding(const EmbeddingParams& p) override { return EmbeddingCpu(p); }
+  absl::Status EmbeddingBackward(const EmbeddingBackwardParams& p) override {
+    return EmbeddingBackwardCpu(p);
+  }
+  absl::Status RmsNorm(const RmsNormParams& p) override { return RmsNormCpu(p); }
+  absl::Status RmsNormBackward(const RmsNormBackwardParams& p) override {
+    return RmsNormBackwardCpu(p);
+  }
+  absl::Status LayerNorm(const LayerNormParams& p) override { return LayerNormCpu(p); }
+  absl::Status LayerNormBackward(const LayerNormBackwardParams& p) override {
+    return LayerNormBackwardCpu(p);
+  }
+  absl::Status Gemm(const GemmParams& p) override { return GemmCpu(p); }
+  absl::Status Linear(const LinearParams& p) override { return LinearCpu(p); }
+  absl::Status LinearBackward(const LinearBackwardParams& p) override {
+    return LinearBackwardCpu(p);
+  }
+  absl::Status Rope(const RopeParams& p) override { return RopeCpu(p); }
+  absl::Status Attention(const AttentionParams& p) override { return AttentionCpu(p); }
+  absl::Status AttentionBackward(const AttentionBackwardParams& p) override {
+    return AttentionBackwardCpu(p);
+  }
+  absl::Status Swiglu(const SwigluParams& p) override { return SwigluCpu(p); }
+  absl::Status SwigluBackward(const SwigluBackwardParams& p) override {
+    return SwigluBackwardCpu(p);
+  }
+  absl::Status Gelu(const GeluParams& p) override { return GeluCpu(p); }
+  absl::Status GeluBackward(const GeluBackwardParams& p) override { return GeluBackwardCpu(p); }
+  absl::Status Dropout(const DropoutParams& p) override { return DropoutCpu(p); }
+  absl::Status Patchify(const PatchifyParams& p) override { return PatchifyCpu(p); }
+  absl::Status CrossEntropyInit(const CrossEntropyState& s, int64_t tokens) override {
+    return CrossEntropyInitCpu(s, tokens);
+  }
+  absl::Status CrossEntropyChunk(const CrossEntropyChunkParams& p) override {
+    return CrossEntropyChunkCpu(p);
+  }
+  absl::Status CrossEntropyFinish(const CrossEntropyFinishParams& p) override {
+    return CrossEntropyFinishCpu(p);
+  }
+  absl::Status CrossEntropyBackward(const CrossEntropyBackwardParams& p) override {
+    return CrossEntropyBackwardCpu(p);
+  }
+  absl::Status AdamW(const AdamWParams& p) override { return AdamWCpu(p); }
+  absl::Status SumSquares(const SumSquaresParams& p) override { return SumSquaresCpu(p); }
+
+ private:
+  CpuAllocator allocator_;
+};
+
+}  // namespace
+
+std::unique_ptr<Ops> NewCpuOps() { return std::make_unique<CpuOps>(); }
+
+}  // namespace mimo::kernels

@@ -1,0 +1,184 @@
+// The CUDA Ops: every call makes the Ops' device current and enqueues the op's kernels on its
+// stream; scratch comes from the caching allocator and goes back as soon as it is enqueued (the
+// allocator hands it out again only to later work on the same stream).
+#include "kernels/cuda_ops.h"
+
+#include <utility>
+
+#include "common/status_macros.h"
+#include "kernels/cuda_allocator.h"
+#include "kernels/cuda_device_guard.h"
+#include "kernels/cuda_status.h"
+#include "kernels/cuda_stream.h"
+
+namespace mimo::kernels {
+namespace {
+
+class CudaOps final : public Ops {
+ public:
+  CudaOps(int device, std::unique_ptr<CachingAllocator> allocator, CudaStream stream,
+          std::unique_ptr<CublasLt> blas)
+      : device_(device),
+        allocator_(std::move(allocator)),
+        stream_(std::move(stream)),
+        blas_(std::move(blas)) {}
+
+  Device device() const override { return Device::Cuda(device_); }
+  Allocator& allocator() override { return *allocator_; }
+  StreamHandle stream() const override { return stream_.get(); }
+  absl::Status Synchronize() override { return stream_.Synchronize(); }
+
+  absl::Status Embedding(const EmbeddingParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchEmbedding(p, stream());
+  }
+  absl::Status EmbeddingBackward(const EmbeddingBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(EmbeddingBackwardWorkspaceBytes(p.tokens)));
+    EmbeddingBackwardParams q = p;
+    q.workspace = scratch.ptr;
+    q.workspace_bytes = scratch.bytes;
+    return LaunchEmbeddingBackward(q, stream());
+  }
+  absl::Status RmsNorm(const RmsNormParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchRmsNorm(p, stream());
+  }
+  absl::Status RmsNormBackward(const RmsNormBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    const size_t bytes = p.dweight != nullptr ? RmsNormBackwardWorkspaceBytes(p.rows, p.cols) : 0;
+    MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(bytes));
+    RmsNormBackwardParams q = p;
+    q.workspace = scratch.ptr;
+    q.workspace_bytes = scratch.bytes;
+    return LaunchRmsNormBackward(q, stream());
+  }
+  absl::Status LayerNorm(const LayerNormParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchLayerNorm(p, stream());
+  }
+  absl::Status LayerNormBackward(const LayerNormBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchLayerNormBackward(p, stream());
+  }
+  absl::Status Gemm(const GemmParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return blas_->Gemm(p, stream());
+  }
+  absl::Status Linear(const LinearParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchLinear(p, *blas_, stream());
+  }
+  absl::Status LinearBackward(const LinearBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchLinearBackward(p, *blas_, stream());
+  }
+  absl::Status Rope(const RopeParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchRope(p, stream());
+  }
+  absl::Status Attention(const AttentionParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchAttention(p, stream());
+  }
+  absl::Status AttentionBackward(const AttentionBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(AttentionBackwardWorkspaceBytes(
+                                               p.total_tokens, p.heads, p.head_dim)));
+    AttentionBackwardParams q = p;
+    q.workspace = scratch.ptr;
+    q.workspace_bytes = scratch.bytes;
+    return LaunchAttentionBackward(q, stream());
+  }
+  absl::Status Swiglu(const SwigluParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchSwiglu(p, stream());
+  }
+  absl::Status SwigluBackward(const SwigluBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchSwigluBackward(p, stream());
+  }
+  absl::Status Gelu(const GeluParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchGelu(p, stream());
+  }
+  absl::Status GeluBackward(const GeluBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchGeluBackward(p, stream());
+  }
+  absl::Status Dropout(const DropoutParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchDropout(p, stream());
+  }
+  absl::Status Patchify(const PatchifyParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchPatchify(p, stream());
+  }
+  absl::Status CrossEntropyInit(const CrossEntropyState& s, int64_t tokens) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchCrossEntropyInit(s, tokens, stream());
+  }
+  absl::Status CrossEntropyChunk(const CrossEntropyChunkParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchCrossEntropyChunk(p, stream());
+  }
+  absl::Status CrossEntropyFinish(const CrossEntropyFinishParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchCrossEntropyFinish(p, stream());
+  }
+  absl::Status CrossEntropyBackward(const CrossEntropyBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchCrossEntropyBackward(p, stream());
+  }
+  absl::Status AdamW(const AdamWParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchAdamW(p, stream());
+  }
+  absl::Status SumSquares(const SumSquaresParams& p) override {
+    CudaDeviceGuard guard(device_);
+    MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(SumSquaresWorkspaceBytes()));
+    return LaunchSumSquares(p, scratch.ptr, stream());
+  }
+
+ private:
+  // Device scratch for one call, given back when the call has been enqueued.
+  struct Scratch {
+    Allocator* allocator = nullptr;
+    void* ptr = nullptr;
+    size_t bytes = 0;
+    Scratch() = default;
+    Scratch(Allocator* a, void* p, size_t b) : allocator(a), ptr(p), bytes(b) {}
+    Scratch(Scratch&& o) noexcept : allocator(o.allocator), ptr(o.ptr), bytes(o.bytes) {
+      o.ptr = nullptr;
+    }
+    Scratch& operator=(Scratch&&) = delete;
+    ~Scratch() {
+      if (ptr != nullptr) allocator->Free(ptr);
+    }
+  };
+
+  absl::StatusOr<Scratch> Take(size_t bytes) {
+    if (bytes == 0) return Scratch();
+    MIMO_ASSIGN_OR_RETURN(void* ptr, allocator_->Allocate(bytes, stream()));
+    return Scratch(allocator_.get(), ptr, bytes);
+  }
+
+  int device_;
+  std::unique_ptr<CachingAllocator> allocator_;
+  CudaStream stream_;
+  std::unique_ptr<CublasLt> blas_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(const CudaOpsOptions& options) {
+  MIMO_RETURN_IF_ERROR(CheckCudaDevice(options.device, "NewCudaOps"));
+  MIMO_ASSIGN_OR_RETURN(auto allocator, NewCudaAllocator(options.device, options.allocator));
+  MIMO_ASSIGN_OR_RETURN(CudaStream stream, CudaStream::Create(options.device));
+  CudaDeviceGuard guard(options.device);
+  MIMO_ASSIGN_OR_RETURN(auto blas, CublasLt::Create(options.blas));
+  return std::unique_ptr<Ops>(
+      new CudaOps(options.device, std::move(allocator), std::move(stream), std::move(blas)));
+}
+
+}  // namespace mimo::kernels

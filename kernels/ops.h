@@ -1,0 +1,71 @@
+// The ops of one device behind one interface: model code calls Ops and runs unchanged on the CPU
+// twins (CPU workers, CI) or the CUDA kernels (GPU workers).
+#pragma once
+
+#include <memory>
+
+#include "absl/status/status.h"
+#include "kernels/adamw.h"
+#include "kernels/allocator.h"
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/device.h"
+#include "kernels/dropout.h"
+#include "kernels/embedding.h"
+#include "kernels/gelu.h"
+#include "kernels/gemm.h"
+#include "kernels/layernorm.h"
+#include "kernels/linear.h"
+#include "kernels/patchify.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+namespace mimo::kernels {
+
+// Each call takes the op's params struct (buffers in this device's memory, from allocator()) and
+// enqueues the op: CPU ops finish before returning, CUDA ops run in order on the Ops' stream. Ops
+// that need device scratch (embedding, RMSNorm and attention backward, the sum of squares) get
+// it from allocator() for the call: the params' workspace fields are ignored. Not thread-safe.
+class Ops {
+ public:
+  virtual ~Ops() = default;
+
+  virtual Device device() const = 0;
+  // Memory for this device's tensors.
+  virtual Allocator& allocator() = 0;
+  // The stream work is enqueued on (null on the CPU).
+  virtual StreamHandle stream() const = 0;
+  // Waits for everything enqueued so far and reports an asynchronous error, if any.
+  virtual absl::Status Synchronize() = 0;
+
+  virtual absl::Status Embedding(const EmbeddingParams& p) = 0;
+  virtual absl::Status EmbeddingBackward(const EmbeddingBackwardParams& p) = 0;
+  virtual absl::Status RmsNorm(const RmsNormParams& p) = 0;
+  virtual absl::Status RmsNormBackward(const RmsNormBackwardParams& p) = 0;
+  virtual absl::Status LayerNorm(const LayerNormParams& p) = 0;
+  virtual absl::Status LayerNormBackward(const LayerNormBackwardParams& p) = 0;
+  virtual absl::Status Gemm(const GemmParams& p) = 0;
+  virtual absl::Status Linear(const LinearParams& p) = 0;
+  virtual absl::Status LinearBackward(const LinearBackwardParams& p) = 0;
+  virtual absl::Status Rope(const RopeParams& p) = 0;
+  virtual absl::Status Attention(const AttentionParams& p) = 0;
+  virtual absl::Status AttentionBackward(const AttentionBackwardParams& p) = 0;
+  virtual absl::Status Swiglu(const SwigluParams& p) = 0;
+  virtual absl::Status SwigluBackward(const SwigluBackwardParams& p) = 0;
+  virtual absl::Status Gelu(const GeluParams& p) = 0;
+  virtual absl::Status GeluBackward(const GeluBackwardParams& p) = 0;
+  virtual absl::Status Dropout(const DropoutParams& p) = 0;
+  virtual absl::Status Patchify(const PatchifyParams& p) = 0;
+  virtual absl::Status CrossEntropyInit(const CrossEntropyState& s, int64_t tokens) = 0;
+  virtual absl::Status CrossEntropyChunk(const CrossEntropyChunkParams& p) = 0;
+  virtual absl::Status CrossEntropyFinish(const CrossEntropyFinishParams& p) = 0;
+  virtual absl::Status CrossEntropyBackward(const CrossEntropyBackwardParams& p) = 0;
+  virtual absl::Status AdamW(const AdamWParams& p) = 0;
+  virtual absl::Status SumSquares(const SumSquaresParams& p) = 0;
+};
+
+// The CPU twins over host memory (a CpuAllocator).
+std::unique_ptr<Ops> NewCpuOps();
+
+}  // namespace mimo::kernels
