@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/bfloat16.h"
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
@@ -62,6 +64,18 @@ class Buffers {
     return p;
   }
 
+  // `n` bf16 values uniform in [-1, 1) (products are measured on random operands, as torch's
+  // are: constant ones switch fewer bits and would run at higher clocks).
+  void* RandomBF16(int64_t n) {
+    std::mt19937 random(n);
+    std::uniform_real_distribution<float> dist(-1, 1);
+    std::vector<uint16_t> host(n);
+    for (uint16_t& v : host) v = FloatToBFloat16(dist(random));
+    void* p = Get(n * 2);
+    CheckCuda(cudaMemcpy(p, host.data(), n * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
+    return p;
+  }
+
  private:
   std::vector<void*> owned_;
 };
@@ -89,8 +103,8 @@ Case GemmCase(const std::string& name, int64_t m, int64_t n, int64_t k, bool tra
               .setup = [=](Buffers& b) {
                 const GemmParams p{.ab_dtype = DType::kBF16,
                                    .d_dtype = DType::kBF16,
-                                   .a = b.Get(m * k * kBF16),
-                                   .b = b.Get(k * n * kBF16),
+                                   .a = b.RandomBF16(m * k),
+                                   .b = b.RandomBF16(k * n),
                                    .d = b.Get(m * n * kBF16),
                                    .transpose_b = transpose_b,
                                    .m = m,

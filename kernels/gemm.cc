@@ -10,6 +10,7 @@
 #include <memory>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -75,6 +76,10 @@ struct PlanKey {
   }
 };
 
+// Algorithms the heuristic proposes per problem; the first call that may time them (one that
+// overwrites its output, outside a graph capture) keeps the fastest.
+constexpr int kCandidates = 8;
+
 // Descriptors of one problem in cuBLASLt's column-major terms and its algorithm (none when the
 // heuristic found none: the caller then takes an unfused path).
 struct Plan {
@@ -82,6 +87,8 @@ struct Plan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
   bool has_algo = false;
+  std::vector<cublasLtMatmulAlgo_t> candidates;  // The heuristic's, best first.
+  bool tuned = false;
 
   Plan() = default;
   Plan(const Plan&) = delete;
@@ -102,16 +109,19 @@ struct CublasLt::State {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   absl::flat_hash_map<PlanKey, std::unique_ptr<Plan>> plans;
+  cudaEvent_t start = nullptr, stop = nullptr;  // For tuning, made on first use.
 
   ~State() {
     plans.clear();
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
     if (workspace != nullptr) cudaFree(workspace);
     if (handle != nullptr) cublasLtDestroy(handle);
   }
 
   // The plan of `key`, made on first use. Row-major D (m, n) = op(A) op(B) is column-major
   // D^T (n, m) = op(B)^T op(A)^T, so cuBLASLt's A is our b, its B our a, its m our n.
-  absl::StatusOr<const Plan*> PlanFor(const PlanKey& key) {
+  absl::StatusOr<Plan*> PlanFor(const PlanKey& key) {
     if (auto it = plans.find(key); it != plans.end()) return it->second.get();
     auto plan = std::make_unique<Plan>();
     MIMO_CUBLAS_RETURN_IF_ERROR(
@@ -169,19 +179,54 @@ struct CublasLt::State {
       MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
           plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)));
     }
-    cublasLtMatmulHeuristicResult_t result{};
+    cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
     int found = 0;
-    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-        handle, plan->desc, plan->a, plan->b, plan->d, plan->d, preference, 1, &result, &found);
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->a, plan->b, plan->d, plan->d,
+                                       preference, kCandidates, results, &found);
     if (status == CUBLAS_STATUS_SUCCESS && found > 0) {
-      plan->algo = result.algo;
-      plan->has_algo = true;
-    } else if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_SUCCESS) {
+      for (int i = 0; i < found; ++i) {
+        if (results[i].state == CUBLAS_STATUS_SUCCESS) plan->candidates.push_back(results[i].algo);
+      }
+      plan->has_algo = !plan->candidates.empty();
+      if (plan->has_algo) plan->algo = plan->candidates[0];
+      plan->tuned = plan->candidates.size() < 2;
+    } else if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_SUCCESS &&
+               key.epilogue != CUBLASLT_EPILOGUE_GELU_AUX &&
+               key.epilogue != CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
+      // (A refused GELU epilogue is no error: the caller falls back to an unfused GELU.)
       return CublasStatus(status, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
     }
-    const Plan* out = plan.get();
+    Plan* out = plan.get();
     plans.emplace(key, std::move(plan));
     return out;
+  }
+
+  // Times every candidate of `plan` on `stream` (3 runs each after a warm-up; `run` enqueues one
+  // with the given algorithm) and keeps the fastest. Candidates that fail are skipped.
+  template <typename Run>
+  absl::Status Tune(Plan* plan, cudaStream_t stream, const Run& run) {
+    if (start == nullptr) {
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
+    }
+    float best = -1;
+    for (const cublasLtMatmulAlgo_t& algo : plan->candidates) {
+      if (run(algo) != CUBLAS_STATUS_SUCCESS) continue;
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream));
+      bool ok = true;
+      for (int i = 0; i < 3 && ok; ++i) ok = run(algo) == CUBLAS_STATUS_SUCCESS;
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(stop, stream));
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop));
+      float ms = 0;
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, start, stop));
+      if (ok && (best < 0 || ms < best)) {
+        best = ms;
+        plan->algo = algo;
+      }
+    }
+    plan->tuned = true;
+    return absl::OkStatus();
   }
 
   // Runs one cuBLASLt matmul with `epilogue`, writing `d` (and the GELU input to `aux`).
@@ -203,7 +248,7 @@ struct CublasLt::State {
                       .align_b = Alignment(p.b),
                       .align_d = Alignment(d),
                       .align_extra = align_extra};
-    MIMO_ASSIGN_OR_RETURN(const Plan* plan, PlanFor(key));
+    MIMO_ASSIGN_OR_RETURN(Plan * plan, PlanFor(key));
     *ran = plan->has_algo;
     if (!plan->has_algo) return absl::OkStatus();
     if (p.bias != nullptr) {
@@ -215,9 +260,18 @@ struct CublasLt::State {
           plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
     }
     const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
-    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(handle, plan->desc, &alpha, p.b, plan->a, p.a,
-                                               plan->b, &beta, d, plan->d, d, plan->d, &plan->algo,
-                                               workspace, workspace_bytes, stream));
+    const auto run = [&](const cublasLtMatmulAlgo_t& algo) {
+      return cublasLtMatmul(handle, plan->desc, &alpha, p.b, plan->a, p.a, plan->b, &beta, d,
+                            plan->d, d, plan->d, &algo, workspace, workspace_bytes, stream);
+    };
+    // Timing runs overwrite d, so only a call that overwrites it anyway (not accumulating) tunes,
+    // and never inside a graph capture.
+    if (!plan->tuned && !p.accumulate) {
+      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+      MIMO_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream, &capture));
+      if (capture == cudaStreamCaptureStatusNone) MIMO_RETURN_IF_ERROR(Tune(plan, stream, run));
+    }
+    MIMO_CUBLAS_RETURN_IF_ERROR(run(plan->algo));
     return absl::OkStatus();
   }
 };
@@ -242,6 +296,7 @@ CublasLt::~CublasLt() {
 }
 
 size_t CublasLt::cached_plans() const { return state_->plans.size(); }
+int CublasLt::device() const { return state_->device; }
 
 absl::Status CublasLt::Gemm(const GemmParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckGemm(p));

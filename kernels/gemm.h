@@ -55,8 +55,13 @@ struct CublasLtOptions {
 };
 
 // cuBLASLt on one device: a handle, a workspace and, per distinct problem (dtypes, shape,
-// transposes, epilogue, pointer alignment), the descriptors and the heuristic's best algorithm,
-// so the training loop neither allocates nor searches. Not thread-safe: one per stream of work.
+// transposes, epilogue, pointer alignment), the descriptors and an algorithm: the fastest of the
+// heuristic's first 8, timed by the problem's first call outside a graph capture (that call
+// synchronizes the stream once; accumulating problems, whose output timing runs would spoil, keep
+// the heuristic's first choice). A training loop of fixed shapes thus neither allocates nor
+// searches after its first step; each new problem costs a heuristic query, the timing and a cache
+// entry kept for the context's life (shapes that change every step, like MoE expert token counts,
+// belong in a grouped GEMM). Not thread-safe: one per stream of work.
 class CublasLt {
  public:
   // Uses the current CUDA device. Unavailable without a device.
@@ -68,12 +73,14 @@ class CublasLt {
   // Enqueues the product on `stream` (a cudaStream_t); device memory. The bias and GELU are fused
   // into the GEMM as cuBLASLt epilogues where it offers them (GELU needs n % 8 == 0); otherwise a
   // separate GELU kernel follows. InvalidArgument (nothing enqueued) for bad parameters or a
-  // buffer not 16-byte aligned; Internal naming the cuBLASLt call when it fails or finds no
-  // algorithm.
+  // buffer not 16-byte aligned; an error naming the cuBLASLt call and its status when it fails
+  // (Internal when it finds no algorithm).
   absl::Status Gemm(const GemmParams& p, StreamHandle stream);
 
   // Distinct problems planned so far.
   size_t cached_plans() const;
+  // The CUDA device the context (and its workspace) belongs to.
+  int device() const;
 
  private:
   struct State;

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "common/status_macros.h"
+#include "kernels/cuda_device_guard.h"
 #include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/gelu.h"
@@ -40,6 +41,7 @@ __global__ void BiasGradKernel(const T* dz, float* dbias, int64_t tokens, int64_
 
 absl::Status LaunchLinear(const LinearParams& p, CublasLt& blas, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckLinear(p));
+  CudaDeviceGuard guard(blas.device());
   return blas.Gemm({.ab_dtype = p.dtype,
                     .d_dtype = p.dtype,
                     .a = p.x,
@@ -58,6 +60,7 @@ absl::Status LaunchLinear(const LinearParams& p, CublasLt& blas, StreamHandle st
 absl::Status LaunchLinearBackward(const LinearBackwardParams& p, CublasLt& blas,
                                   StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckLinearBackward(p));
+  CudaDeviceGuard guard(blas.device());
   const void* dz = p.dy;  // (tokens, out)
   if (p.activation != GemmActivation::kNone) {
     MIMO_RETURN_IF_ERROR(LaunchGeluBackward({.dtype = p.dtype,

@@ -46,8 +46,8 @@ struct LinearBackwardParams {
   int64_t out = 0;
 };
 
-// InvalidArgument for a dtype other than bf16/f32, negative sizes (or in == 0 with tokens and
-// out), or a null buffer where elements are to be read or written.
+// InvalidArgument for a dtype other than bf16/f32, negative sizes, in == 0 with tokens or out, or
+// a null buffer where elements are to be read or written.
 absl::Status CheckLinear(const LinearParams& p);
 absl::Status CheckLinearBackward(const LinearBackwardParams& p);
 

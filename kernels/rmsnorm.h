@@ -50,7 +50,8 @@ absl::Status CheckRmsNormBackward(const RmsNormBackwardParams& p);
 absl::Status RmsNormCpu(const RmsNormParams& p);
 absl::Status RmsNormBackwardCpu(const RmsNormBackwardParams& p);
 
-// CUDA: device memory, enqueued on `stream` (a cudaStream_t). Deterministic: no atomics.
+// CUDA: device memory, enqueued on `stream` (a cudaStream_t). Deterministic (no atomics) for given
+// shapes and pointer alignment: 16-byte aligned rows take a vector path, others a scalar one.
 absl::Status LaunchRmsNorm(const RmsNormParams& p, StreamHandle stream);
 // The device scratch LaunchRmsNormBackward needs to compute dweight.
 size_t RmsNormBackwardWorkspaceBytes(int64_t rows, int64_t cols);

@@ -28,8 +28,7 @@ absl::Status CheckRmsNormBackward(const RmsNormBackwardParams& p) {
                        {p.x, "x"},
                        {p.weight, "weight"},
                        {p.rstd, "rstd"},
-                       {p.dx, "dx"},
-                       {p.dweight, "dweight"}});
+                       {p.dx, "dx"}});
 }
 
 absl::Status RmsNormCpu(const RmsNormParams& p) {

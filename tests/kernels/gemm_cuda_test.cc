@@ -129,6 +129,42 @@ TEST_P(GemmCudaTest, PlansAreCachedPerProblem) {
   EXPECT_EQ(blas_->cached_plans(), 3u);
 }
 
+// One cached plan serves calls with other buffers: bias, pre-activation and output pointers are
+// those of each call.
+TEST_P(GemmCudaTest, APlanReusedWithOtherBuffersUsesThem) {
+  const auto [ab, dt] = GetParam();
+  const double bound = dt == DType::kF32 ? 1e-5 : 1e-2;
+  std::mt19937 random(std::random_device{}());
+  constexpr int64_t kM = 40, kN = 64, kK = 48;
+  for (int call = 0; call < 2; ++call) {
+    const HostData a = RandomData(ab, kM * kK, random, -1, 1);
+    const HostData b = RandomData(ab, kN * kK, random, -1, 1);
+    const HostData bias = RandomData(dt, kN, random, -1, 1);
+    const DeviceBuffer da(a.bytes), db(b.bytes), dbias(bias.bytes), d(kM * kN * DTypeSize(dt)),
+        pre(kM * kN * DTypeSize(dt));
+    ASSERT_TRUE(blas_
+                    ->Gemm({.ab_dtype = ab,
+                            .d_dtype = dt,
+                            .a = da.get(),
+                            .b = db.get(),
+                            .d = d.get(),
+                            .transpose_b = true,
+                            .m = kM,
+                            .n = kN,
+                            .k = kK,
+                            .bias = dbias.get(),
+                            .activation = GemmActivation::kGeluTanh,
+                            .pre_activation = pre.get()},
+                           nullptr)
+                    .ok());
+    std::vector<double> want = GemmFloat64(a.exact, false, b.exact, true, kM, kN, kK, bias.exact);
+    EXPECT_LT(RelativeError(ValuesOf(dt, pre.Bytes()), want), bound) << "call " << call;
+    for (double& v : want) v = GeluTanhFloat64(v);
+    EXPECT_LT(RelativeError(ValuesOf(dt, d.Bytes()), want), bound) << "call " << call;
+  }
+  EXPECT_EQ(blas_->cached_plans(), 1u);
+}
+
 TEST_P(GemmCudaTest, BadArgumentsFailBeforeLaunching) {
   EXPECT_THAT(blas_->Gemm({.ab_dtype = DType::kI64, .m = 1, .n = 1, .k = 1}, nullptr).message(),
               HasSubstr("dtype i64 is not supported"));

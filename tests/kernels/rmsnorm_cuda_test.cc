@@ -97,6 +97,48 @@ TEST_P(RmsNormCudaTest, MatchesFloat64AndIsDeterministic) {
 INSTANTIATE_TEST_SUITE_P(DTypes, RmsNormCudaTest, ::testing::Values(DType::kF32, DType::kBF16),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
+// Without dweight (frozen norm weights) no workspace is needed and dx is the same, on both the
+// vector path (cols 1024) and the scalar one (cols 1001).
+TEST_F(RmsNormCudaTest, DweightIsOptional) {
+  std::mt19937 random(std::random_device{}());
+  for (int64_t cols : {int64_t{1024}, int64_t{1001}}) {
+    const int64_t rows = 700, n = rows * cols;
+    const HostData x = RandomData(DType::kBF16, n, random, -2, 2),
+                   w = RandomData(DType::kBF16, cols, random, 0.5, 1.5),
+                   dy = RandomData(DType::kBF16, n, random, -1, 1);
+    const size_t workspace_bytes = RmsNormBackwardWorkspaceBytes(rows, cols);
+    DeviceBuffer d_x(x.bytes), d_w(w.bytes), d_dy(dy.bytes), y(n * 2), rstd(rows * 4), dx1(n * 2),
+        dx2(n * 2), dweight(cols * 4), workspace(workspace_bytes);
+    ASSERT_TRUE(LaunchRmsNorm({.dtype = DType::kBF16,
+                               .x = d_x.get(),
+                               .weight = d_w.get(),
+                               .y = y.get(),
+                               .rstd = rstd.as<float>(),
+                               .rows = rows,
+                               .cols = cols},
+                              nullptr)
+                    .ok());
+    RmsNormBackwardParams b{.dtype = DType::kBF16,
+                            .dy = d_dy.get(),
+                            .x = d_x.get(),
+                            .weight = d_w.get(),
+                            .rstd = rstd.as<const float>(),
+                            .dx = dx1.get(),
+                            .dweight = dweight.as<float>(),
+                            .rows = rows,
+                            .cols = cols,
+                            .workspace = workspace.get(),
+                            .workspace_bytes = workspace_bytes};
+    ASSERT_TRUE(LaunchRmsNormBackward(b, nullptr).ok());
+    b.dx = dx2.get();
+    b.dweight = nullptr;
+    b.workspace = nullptr;
+    b.workspace_bytes = 0;
+    ASSERT_TRUE(LaunchRmsNormBackward(b, nullptr).ok());
+    EXPECT_EQ(dx1.Bytes(), dx2.Bytes()) << "cols " << cols;
+  }
+}
+
 TEST_F(RmsNormCudaTest, BadArgumentsFailBeforeLaunching) {
   EXPECT_THAT(LaunchRmsNorm({.dtype = DType::kI64, .rows = 1, .cols = 1}, nullptr).message(),
               HasSubstr("dtype i64 is not supported"));

@@ -135,6 +135,32 @@ TEST(RmsNormCpuGradientTest, BackwardMatchesCentralDifferences) {
   }
 }
 
+// Without dweight (frozen norm weights) dx is the same.
+TEST(RmsNormCpuTest, DweightIsOptional) {
+  std::vector<float> x = {1, -2, 3, 0.5f, 2, -1}, w = {1, 0.5f, 2}, dy = {0.3f, -1, 2, 1, 1, -0.5f};
+  std::vector<float> y(6), rstd(2), dx1(6), dx2(6), dw(3);
+  ASSERT_TRUE(RmsNormCpu({.x = x.data(),
+                          .weight = w.data(),
+                          .y = y.data(),
+                          .rstd = rstd.data(),
+                          .rows = 2,
+                          .cols = 3})
+                  .ok());
+  RmsNormBackwardParams b{.dy = dy.data(),
+                          .x = x.data(),
+                          .weight = w.data(),
+                          .rstd = rstd.data(),
+                          .dx = dx1.data(),
+                          .dweight = dw.data(),
+                          .rows = 2,
+                          .cols = 3};
+  ASSERT_TRUE(RmsNormBackwardCpu(b).ok());
+  b.dx = dx2.data();
+  b.dweight = nullptr;
+  ASSERT_TRUE(RmsNormBackwardCpu(b).ok());
+  EXPECT_EQ(dx1, dx2);
+}
+
 TEST(RmsNormCpuTest, BadArgumentsAreNamed) {
   float buf[4] = {};
   const RmsNormParams good{.x = buf, .weight = buf, .y = buf, .rstd = buf, .rows = 1, .cols = 4};
@@ -157,11 +183,11 @@ TEST(RmsNormCpuTest, BadArgumentsAreNamed) {
                           .x = buf,
                           .weight = buf,
                           .rstd = buf,
-                          .dx = buf,
-                          .dweight = nullptr,
+                          .dx = nullptr,
+                          .dweight = buf,
                           .rows = 1,
                           .cols = 4};
-  EXPECT_THAT(RmsNormBackwardCpu(b).message(), HasSubstr("dweight is null"));
+  EXPECT_THAT(RmsNormBackwardCpu(b).message(), HasSubstr("dx is null"));
   float dw[4] = {1, 1, 1, 1};
   EXPECT_TRUE(RmsNormBackwardCpu({.dweight = dw, .rows = 0, .cols = 4}).ok());
   EXPECT_EQ(dw[3], 0.0f);  // Overwritten with the sum over no rows.
