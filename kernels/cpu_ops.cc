@@ -11,6 +11,7 @@ class CpuOps final : public Ops {
   StreamHandle stream() const override { return nullptr; }
   absl::Status Synchronize() override { return absl::OkStatus(); }
 
+  absl::Status Add(const AddParams& p) override { return AddCpu(p); }
   absl::Status Embedding(const EmbeddingParams& p) override { return EmbeddingCpu(p); }
   absl::Status EmbeddingBackward(const EmbeddingBackwardParams& p) override {
     return EmbeddingBackwardCpu(p);

@@ -28,6 +28,10 @@ class CudaOps final : public Ops {
   StreamHandle stream() const override { return stream_.get(); }
   absl::Status Synchronize() override { return stream_.Synchronize(); }
 
+  absl::Status Add(const AddParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchAdd(p, stream());
+  }
   absl::Status Embedding(const EmbeddingParams& p) override {
     CudaDeviceGuard guard(device_);
     return LaunchEmbedding(p, stream());

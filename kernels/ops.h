@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "kernels/adamw.h"
+#include "kernels/add.h"
 #include "kernels/allocator.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
@@ -39,6 +40,7 @@ class Ops {
   // Waits for everything enqueued so far and reports an asynchronous error, if any.
   virtual absl::Status Synchronize() = 0;
 
+  virtual absl::Status Add(const AddParams& p) = 0;
   virtual absl::Status Embedding(const EmbeddingParams& p) = 0;
   virtual absl::Status EmbeddingBackward(const EmbeddingBackwardParams& p) = 0;
   virtual absl::Status RmsNorm(const RmsNormParams& p) = 0;
