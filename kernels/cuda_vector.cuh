@@ -14,22 +14,26 @@ inline constexpr int kVecWidth = 16 / static_cast<int>(sizeof(T));
 // Whether `p` may be accessed as 16-byte vectors.
 inline bool VecAligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Loads the 16-byte vector at `p` (16-byte aligned) as fp32.
-__device__ __forceinline__ void LoadVec(const float* p, float (&v)[4]) {
-  const float4 q = *reinterpret_cast<const float4*>(p);
-  v[0] = q.x;
-  v[1] = q.y;
-  v[2] = q.z;
-  v[3] = q.w;
+// A raw 16-byte vector as 4 f32 or 8 bf16 values (by the size of the destination).
+__device__ __forceinline__ void Unpack(const uint4& q, float (&v)[4]) {
+  v[0] = __uint_as_float(q.x);
+  v[1] = __uint_as_float(q.y);
+  v[2] = __uint_as_float(q.z);
+  v[3] = __uint_as_float(q.w);
 }
-__device__ __forceinline__ void LoadVec(const __nv_bfloat16* p, float (&v)[8]) {
-  const uint4 q = *reinterpret_cast<const uint4*>(p);
+__device__ __forceinline__ void Unpack(const uint4& q, float (&v)[8]) {
   const uint32_t w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     v[2 * i] = __uint_as_float(w[i] << 16);
     v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
   }
+}
+
+// Loads the 16-byte vector at `p` (16-byte aligned) as fp32.
+template <typename T>
+__device__ __forceinline__ void LoadVec(const T* p, float (&v)[kVecWidth<T>]) {
+  Unpack(*reinterpret_cast<const uint4*>(p), v);
 }
 
 // Stores `v` as the 16-byte vector at `p` (16-byte aligned), rounding to nearest even for bf16.

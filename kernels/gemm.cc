@@ -47,14 +47,8 @@ absl::Status CublasStatus(cublasStatus_t status, const char* call, const char* f
 
 cudaDataType_t CudaType(DType dtype) { return dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
-// The largest power of two up to 16 that divides the address (what cuBLASLt's kernels care for;
-// 16 for null).
-int Alignment(const void* p) {
-  const auto address = reinterpret_cast<uintptr_t>(p);
-  int alignment = 16;
-  while (alignment > 1 && address % alignment != 0) alignment /= 2;
-  return alignment;
-}
+// Every buffer is 16-byte aligned (Gemm checks it): what cuBLASLt's algorithms are chosen for.
+constexpr uint32_t kAlignment = 16;
 
 // One distinct problem: what cuBLASLt's choice of algorithm depends on.
 struct PlanKey {
@@ -63,11 +57,9 @@ struct PlanKey {
   int64_t m, n, k;
   cublasLtEpilogue_t epilogue;
   bool accumulate;
-  int align_a, align_b, align_d, align_extra;
 
   auto Tie() const {
-    return std::tie(ab_dtype, d_dtype, transpose_a, transpose_b, m, n, k, epilogue, accumulate,
-                    align_a, align_b, align_d, align_extra);
+    return std::tie(ab_dtype, d_dtype, transpose_a, transpose_b, m, n, k, epilogue, accumulate);
   }
   bool operator==(const PlanKey& o) const { return Tie() == o.Tie(); }
   template <typename H>
@@ -154,18 +146,15 @@ struct CublasLt::State {
     MIMO_CUBLAS_RETURN_IF_ERROR(
         cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                              &max_workspace, sizeof(max_workspace)));
-    const uint32_t align_a = key.align_b, align_b = key.align_a, align_d = key.align_d;
-    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
-    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
-    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
-    MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
-    // The heuristic needs the epilogue's pointers' alignment: give it stand-ins as aligned as
-    // the real ones (it does not dereference them).
-    const void* stand_in = reinterpret_cast<const void*>(static_cast<uintptr_t>(key.align_extra));
+    for (const auto attribute :
+         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+          CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+      MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+          preference, attribute, &kAlignment, sizeof(kAlignment)));
+    }
+    // The heuristic needs the epilogue's pointers' alignment: it gets an aligned stand-in (it does
+    // not dereference it).
+    const void* stand_in = reinterpret_cast<const void*>(uintptr_t{kAlignment});
     if (key.epilogue == CUBLASLT_EPILOGUE_BIAS || key.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
       // Only epilogues that read a bias may have its pointer set: cuBLASLt refuses the others.
       MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
@@ -232,9 +221,6 @@ struct CublasLt::State {
   // Runs one cuBLASLt matmul with `epilogue`, writing `d` (and the GELU input to `aux`).
   absl::Status Matmul(const GemmParams& p, cublasLtEpilogue_t epilogue, void* d, void* aux,
                       cudaStream_t stream, bool* ran) {
-    int align_extra = 16;
-    if (p.bias != nullptr) align_extra = std::min(align_extra, Alignment(p.bias));
-    if (aux != nullptr) align_extra = std::min(align_extra, Alignment(aux));
     const PlanKey key{.ab_dtype = p.ab_dtype,
                       .d_dtype = p.d_dtype,
                       .transpose_a = p.transpose_a,
@@ -243,11 +229,7 @@ struct CublasLt::State {
                       .n = p.n,
                       .k = p.k,
                       .epilogue = epilogue,
-                      .accumulate = p.accumulate,
-                      .align_a = Alignment(p.a),
-                      .align_b = Alignment(p.b),
-                      .align_d = Alignment(d),
-                      .align_extra = align_extra};
+                      .accumulate = p.accumulate};
     MIMO_ASSIGN_OR_RETURN(Plan * plan, PlanFor(key));
     *ran = plan->has_algo;
     if (!plan->has_algo) return absl::OkStatus();
@@ -306,7 +288,7 @@ absl::Status CublasLt::Gemm(const GemmParams& p, StreamHandle stream) {
                                   {p.d, "d"},
                                   {p.bias, "bias"},
                                   {p.pre_activation, "pre_activation"}}) {
-    if (Alignment(ptr) < 16) {
+    if (reinterpret_cast<uintptr_t>(ptr) % kAlignment != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("Gemm: ", name, " is not 16-byte aligned (address ",
                        absl::Hex(reinterpret_cast<uintptr_t>(ptr)), ")"));

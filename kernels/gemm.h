@@ -55,10 +55,10 @@ struct CublasLtOptions {
 };
 
 // cuBLASLt on one device: a handle, a workspace and, per distinct problem (dtypes, shape,
-// transposes, epilogue, pointer alignment), the descriptors and an algorithm: the fastest of the
-// heuristic's first 8, timed by the problem's first call outside a graph capture (that call
-// synchronizes the stream once; accumulating problems, whose output timing runs would spoil, keep
-// the heuristic's first choice). A training loop of fixed shapes thus neither allocates nor
+// transposes, epilogue), the descriptors and an algorithm: the fastest of the heuristic's first 8,
+// timed by the problem's first call outside a graph capture (that call synchronizes the stream
+// once; accumulating problems, whose output timing runs would spoil, keep the heuristic's first
+// choice). A training loop of fixed shapes thus neither allocates nor
 // searches after its first step; each new problem costs a heuristic query, the timing and a cache
 // entry kept for the context's life (shapes that change every step, like MoE expert token counts,
 // belong in a grouped GEMM). Not thread-safe: one per stream of work.

@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "kernels/allocator.h"
 #include "kernels/dtype.h"
+#include "kernels/gelu.h"
 #include "kernels/gemm.h"
 
 namespace mimo::kernels {
@@ -50,6 +51,13 @@ struct LinearBackwardParams {
 // a null buffer where elements are to be read or written.
 absl::Status CheckLinear(const LinearParams& p);
 absl::Status CheckLinearBackward(const LinearBackwardParams& p);
+
+// The layer's pieces, the same on both devices (dz is dy, or dpre_activation with an activation):
+// y = act(x w^T + bias); dz = dy * act'(pre_activation); dx = dz w; dw (+)= dz^T x.
+GemmParams LinearForwardGemm(const LinearParams& p);
+GeluBackwardParams LinearActivationBackward(const LinearBackwardParams& p);
+GemmParams LinearDxGemm(const LinearBackwardParams& p, const void* dz);
+GemmParams LinearDwGemm(const LinearBackwardParams& p, const void* dz);
 
 // CPU twins: host memory.
 absl::Status LinearCpu(const LinearParams& p);

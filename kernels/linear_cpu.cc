@@ -35,56 +35,71 @@ absl::Status CheckLinearBackward(const LinearBackwardParams& p) {
       {{p.pre_activation, "pre_activation"}, {p.dpre_activation, "dpre_activation"}});
 }
 
+GemmParams LinearForwardGemm(const LinearParams& p) {
+  // y (tokens, out) = x (tokens, in) . w^T.
+  return {.ab_dtype = p.dtype,
+          .d_dtype = p.dtype,
+          .a = p.x,
+          .b = p.w,
+          .d = p.y,
+          .transpose_b = true,
+          .m = p.tokens,
+          .n = p.out,
+          .k = p.in,
+          .bias = p.bias,
+          .activation = p.activation,
+          .pre_activation = p.pre_activation};
+}
+
+GeluBackwardParams LinearActivationBackward(const LinearBackwardParams& p) {
+  return {.dtype = p.dtype,
+          .dy = p.dy,
+          .x = p.pre_activation,
+          .dx = p.dpre_activation,
+          .n = p.tokens * p.out,
+          .approximation = GeluApproximation::kTanh};
+}
+
+GemmParams LinearDxGemm(const LinearBackwardParams& p, const void* dz) {
+  // dx (tokens, in) = dz (tokens, out) . w (out, in).
+  return {.ab_dtype = p.dtype,
+          .d_dtype = p.dtype,
+          .a = dz,
+          .b = p.w,
+          .d = p.dx,
+          .m = p.tokens,
+          .n = p.in,
+          .k = p.out};
+}
+
+GemmParams LinearDwGemm(const LinearBackwardParams& p, const void* dz) {
+  // dw (out, in) (+)= dz^T . x (tokens, in), in fp32.
+  return {.ab_dtype = p.dtype,
+          .d_dtype = DType::kF32,
+          .a = dz,
+          .b = p.x,
+          .d = p.dw,
+          .transpose_a = true,
+          .m = p.out,
+          .n = p.in,
+          .k = p.tokens,
+          .accumulate = p.accumulate};
+}
+
 absl::Status LinearCpu(const LinearParams& p) {
   MIMO_RETURN_IF_ERROR(CheckLinear(p));
-  // y (tokens, out) = x (tokens, in) . w^T.
-  return GemmCpu({.ab_dtype = p.dtype,
-                  .d_dtype = p.dtype,
-                  .a = p.x,
-                  .b = p.w,
-                  .d = p.y,
-                  .transpose_b = true,
-                  .m = p.tokens,
-                  .n = p.out,
-                  .k = p.in,
-                  .bias = p.bias,
-                  .activation = p.activation,
-                  .pre_activation = p.pre_activation});
+  return GemmCpu(LinearForwardGemm(p));
 }
 
 absl::Status LinearBackwardCpu(const LinearBackwardParams& p) {
   MIMO_RETURN_IF_ERROR(CheckLinearBackward(p));
   const void* dz = p.dy;  // (tokens, out)
   if (p.activation != GemmActivation::kNone) {
-    MIMO_RETURN_IF_ERROR(GeluBackwardCpu({.dtype = p.dtype,
-                                          .dy = p.dy,
-                                          .x = p.pre_activation,
-                                          .dx = p.dpre_activation,
-                                          .n = p.tokens * p.out,
-                                          .approximation = GeluApproximation::kTanh}));
+    MIMO_RETURN_IF_ERROR(GeluBackwardCpu(LinearActivationBackward(p)));
     dz = p.dpre_activation;
   }
-  if (p.dx != nullptr) {  // dx (tokens, in) = dz (tokens, out) . w (out, in).
-    MIMO_RETURN_IF_ERROR(GemmCpu({.ab_dtype = p.dtype,
-                                  .d_dtype = p.dtype,
-                                  .a = dz,
-                                  .b = p.w,
-                                  .d = p.dx,
-                                  .m = p.tokens,
-                                  .n = p.in,
-                                  .k = p.out}));
-  }
-  // dw (out, in) (+)= dz^T . x (tokens, in).
-  MIMO_RETURN_IF_ERROR(GemmCpu({.ab_dtype = p.dtype,
-                                .d_dtype = DType::kF32,
-                                .a = dz,
-                                .b = p.x,
-                                .d = p.dw,
-                                .transpose_a = true,
-                                .m = p.out,
-                                .n = p.in,
-                                .k = p.tokens,
-                                .accumulate = p.accumulate}));
+  if (p.dx != nullptr) MIMO_RETURN_IF_ERROR(GemmCpu(LinearDxGemm(p, dz)));
+  MIMO_RETURN_IF_ERROR(GemmCpu(LinearDwGemm(p, dz)));
   if (p.dbias != nullptr) {
     for (int64_t o = 0; o < p.out; ++o) {
       float sum = 0.0f;

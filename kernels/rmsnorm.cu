@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_block_reduce.cuh"
+#include "kernels/cuda_column_sum.cuh"
 #include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
@@ -80,22 +81,6 @@ __global__ void RmsNormVecKernel(const T* __restrict__ x, const T* __restrict__ 
       for (int i = 0; i < V; ++i) v[j][i] *= rstd * w[i];
       StoreVec(y + base + c * V, v[j]);
     }
-  }
-}
-
-// A raw 16-byte vector as 4 f32 or 8 bf16 values (by the size of the destination).
-__device__ __forceinline__ void Unpack(const uint4& q, float (&v)[4]) {
-  v[0] = __uint_as_float(q.x);
-  v[1] = __uint_as_float(q.y);
-  v[2] = __uint_as_float(q.z);
-  v[3] = __uint_as_float(q.w);
-}
-__device__ __forceinline__ void Unpack(const uint4& q, float (&v)[8]) {
-  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    v[2 * i] = __uint_as_float(w[i] << 16);
-    v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
   }
 }
 
@@ -238,26 +223,6 @@ __global__ void RmsNormDweightPartialKernel(const T* __restrict__ dy, const T* _
   partial[static_cast<int64_t>(blockIdx.y) * cols + c] = sum;
 }
 
-constexpr int kColumns = 32;  // Columns per block of the partial sum: a warp reads a row segment.
-constexpr int kLanes = 8;     // Threads per column, combined in lane order.
-
-// dweight[c] = sum over g of partial[g][c], in a fixed order.
-__global__ void SumPartialsKernel(const float* __restrict__ partial, float* __restrict__ dweight,
-                                  int64_t groups, int64_t cols) {
-  __shared__ float lanes[kLanes][kColumns + 1];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kColumns + threadIdx.x;
-  float sum = 0.0f;
-  if (c < cols) {
-    for (int64_t g = threadIdx.y; g < groups; g += kLanes) sum += partial[g * cols + c];
-  }
-  lanes[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y != 0 || c >= cols) return;
-  float total = 0.0f;
-  for (int lane = 0; lane < kLanes; ++lane) total += lanes[lane][threadIdx.x];
-  dweight[c] = total;
-}
-
 template <typename T>
 absl::Status Forward(const RmsNormParams& p, cudaStream_t stream) {
   const auto grid = static_cast<unsigned>(p.rows);
@@ -321,9 +286,8 @@ absl::Status Backward(const RmsNormBackwardParams& p, cudaStream_t stream) {
   }
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   if (p.dweight != nullptr) {
-    const dim3 grid(static_cast<unsigned>((p.cols + kColumns - 1) / kColumns)),
-        block(kColumns, kLanes);
-    SumPartialsKernel<<<grid, block, 0, stream>>>(partial, p.dweight, groups, p.cols);
+    EnqueueColumnSum(static_cast<const float*>(partial), p.dweight, groups, p.cols,
+                     /*accumulate=*/false, stream);
     MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   return absl::OkStatus();
