@@ -1,4 +1,6 @@
 // The CPU Ops: every call runs the op's CPU twin.
+#include <cstring>
+
 #include "kernels/ops.h"
 
 namespace mimo::kernels {
@@ -10,6 +12,27 @@ class CpuOps final : public Ops {
   Allocator& allocator() override { return allocator_; }
   StreamHandle stream() const override { return nullptr; }
   absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  absl::Status CopyFromHost(void* dst, const void* host, size_t bytes) override {
+    return Copy(dst, host, bytes);
+  }
+  absl::Status CopyToHost(void* host, const void* src, size_t bytes) override {
+    return Copy(host, src, bytes);
+  }
+  absl::Status Copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return absl::OkStatus();
+    if (dst == nullptr || src == nullptr) {
+      return absl::InvalidArgumentError("Ops::Copy: null buffer");
+    }
+    std::memmove(dst, src, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status SetZero(void* dst, size_t bytes) override {
+    if (bytes == 0) return absl::OkStatus();
+    if (dst == nullptr) return absl::InvalidArgumentError("Ops::SetZero: null buffer");
+    std::memset(dst, 0, bytes);
+    return absl::OkStatus();
+  }
 
   absl::Status Add(const AddParams& p) override { return AddCpu(p); }
   absl::Status Embedding(const EmbeddingParams& p) override { return EmbeddingCpu(p); }

@@ -5,6 +5,7 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda_allocator.h"
 #include "kernels/cuda_device_guard.h"
@@ -27,6 +28,24 @@ class CudaOps final : public Ops {
   Allocator& allocator() override { return *allocator_; }
   StreamHandle stream() const override { return stream_.get(); }
   absl::Status Synchronize() override { return stream_.Synchronize(); }
+
+  absl::Status CopyFromHost(void* dst, const void* host, size_t bytes) override {
+    return Memcpy(dst, host, bytes, cudaMemcpyHostToDevice, "CopyFromHost");
+  }
+  absl::Status CopyToHost(void* host, const void* src, size_t bytes) override {
+    MIMO_RETURN_IF_ERROR(Memcpy(host, src, bytes, cudaMemcpyDeviceToHost, "CopyToHost"));
+    return Synchronize();
+  }
+  absl::Status Copy(void* dst, const void* src, size_t bytes) override {
+    return Memcpy(dst, src, bytes, cudaMemcpyDeviceToDevice, "Copy");
+  }
+  absl::Status SetZero(void* dst, size_t bytes) override {
+    if (bytes == 0) return absl::OkStatus();
+    if (dst == nullptr) return absl::InvalidArgumentError("Ops::SetZero: null buffer");
+    CudaDeviceGuard guard(device_);
+    MIMO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, 0, bytes, stream_.get()));
+    return absl::OkStatus();
+  }
 
   absl::Status Add(const AddParams& p) override {
     CudaDeviceGuard guard(device_);
@@ -160,6 +179,17 @@ class CudaOps final : public Ops {
       if (ptr != nullptr) allocator->Free(ptr);
     }
   };
+
+  absl::Status Memcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                      const char* op) {
+    if (bytes == 0) return absl::OkStatus();
+    if (dst == nullptr || src == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("Ops::", op, ": null buffer"));
+    }
+    CudaDeviceGuard guard(device_);
+    MIMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, kind, stream_.get()));
+    return absl::OkStatus();
+  }
 
   absl::StatusOr<Scratch> Take(size_t bytes) {
     if (bytes == 0) return Scratch();

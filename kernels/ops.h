@@ -2,6 +2,7 @@
 // twins (CPU workers, CI) or the CUDA kernels (GPU workers).
 #pragma once
 
+#include <cstddef>
 #include <memory>
 
 #include "absl/status/status.h"
@@ -39,6 +40,14 @@ class Ops {
   virtual StreamHandle stream() const = 0;
   // Waits for everything enqueued so far and reports an asynchronous error, if any.
   virtual absl::Status Synchronize() = 0;
+
+  // Memory: `bytes` bytes between host memory and this device's memory, within this device's
+  // memory, or set to zero. CopyFromHost may return before the copy is done, but `host` may be
+  // reused as soon as it returns; CopyToHost waits for the work enqueued before it and the copy.
+  virtual absl::Status CopyFromHost(void* dst, const void* host, size_t bytes) = 0;
+  virtual absl::Status CopyToHost(void* host, const void* src, size_t bytes) = 0;
+  virtual absl::Status Copy(void* dst, const void* src, size_t bytes) = 0;
+  virtual absl::Status SetZero(void* dst, size_t bytes) = 0;
 
   virtual absl::Status Add(const AddParams& p) = 0;
   virtual absl::Status Embedding(const EmbeddingParams& p) = 0;

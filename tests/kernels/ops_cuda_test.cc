@@ -63,6 +63,25 @@ TEST_F(CudaOpsTest, IsTheDeviceItWasMadeFor) {
   EXPECT_FALSE(NewCudaOps({.device = 4096}).ok());
 }
 
+TEST_F(CudaOpsTest, CopiesAndZeroesOnItsStream) {
+  const size_t n = 1000003;  // Odd: no alignment assumed.
+  std::vector<char> a(n), back(n);
+  for (size_t i = 0; i < n; ++i) a[i] = static_cast<char>(i * 7 + 1);
+  void* x = Poisoned(n);
+  void* y = Poisoned(n);
+  ASSERT_TRUE(gpu_->CopyFromHost(x, a.data(), n).ok());
+  ASSERT_TRUE(gpu_->Copy(y, x, n).ok());
+  ASSERT_TRUE(gpu_->SetZero(static_cast<char*>(x) + 11, 100).ok());
+  ASSERT_TRUE(gpu_->CopyToHost(back.data(), y, n).ok());  // Waits: no Synchronize needed.
+  EXPECT_EQ(back, a);
+  ASSERT_TRUE(gpu_->CopyToHost(back.data(), x, n).ok());
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_EQ(back[i], i >= 11 && i < 111 ? 0 : a[i]) << i;
+  }
+  EXPECT_EQ(gpu_->CopyToHost(nullptr, x, 1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_->SetZero(nullptr, 1).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(CudaOpsTest, ScratchUsingOpsMatchTheCpu) {
   std::mt19937 random(std::random_device{}());
   constexpr int64_t kTokens = 300, kCols = 512, kVocab = 97, kHeads = 4, kHeadDim = 64;

@@ -26,6 +26,22 @@ TEST(CpuOpsTest, IsAHostDeviceWithAHostAllocator) {
   EXPECT_EQ(ops->allocator().stats().allocations, 1);
 }
 
+TEST(CpuOpsTest, CopiesAndZeroes) {
+  const std::unique_ptr<Ops> ops = NewCpuOps();
+  std::vector<char> a(37), b(37, 'x'), c(37);
+  for (int i = 0; i < 37; ++i) a[i] = static_cast<char>(i + 1);
+  ASSERT_TRUE(ops->CopyFromHost(b.data(), a.data(), 37).ok());
+  ASSERT_TRUE(ops->Copy(c.data(), b.data(), 37).ok());
+  ASSERT_TRUE(ops->SetZero(b.data() + 3, 5).ok());
+  std::vector<char> back(37);
+  ASSERT_TRUE(ops->CopyToHost(back.data(), c.data(), 37).ok());
+  EXPECT_EQ(back, a);
+  for (int i = 0; i < 37; ++i) EXPECT_EQ(b[i], i >= 3 && i < 8 ? 0 : a[i]) << i;
+  EXPECT_TRUE(ops->Copy(nullptr, a.data(), 0).ok());  // Zero bytes: nothing to do.
+  EXPECT_EQ(ops->Copy(nullptr, a.data(), 1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ops->SetZero(nullptr, 1).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CpuOpsTest, CallsAreTheCpuTwins) {
   const std::unique_ptr<Ops> ops = NewCpuOps();
   std::mt19937 random(std::random_device{}());

@@ -1,0 +1,78 @@
+// The interface of trainable blocks (norms, attention, MLPs, transformer layers): the forward
+// saves what the backward needs; the backward adds the parameters' gradients and returns the
+// input's.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/ops.h"
+#include "kernels/tensor.h"
+#include "mimo/packed_sequences.h"
+#include "mimo/parameter.h"
+#include "parallel/rng_seeds.h"
+
+namespace mimo {
+
+// What one micro-batch's forward and backward run with. Backward gets the context its forward
+// had.
+struct StepContext {
+  kernels::Ops* ops = nullptr;
+  const PackedSequences* sequences = nullptr;
+  // Hidden dropout's random stream: the rank's seed of `dropout_kind` (parallel/rng_seeds.h) and
+  // the elements of each block's substream used before this micro-batch; the caller advances
+  // it by at least tokens * hidden_size per micro-batch so no two micro-batches share a mask.
+  uint64_t dropout_seed = 0;
+  parallel::RngStreamKind dropout_kind = parallel::RngStreamKind::kDataParallel;
+  uint64_t dropout_offset = 0;
+};
+
+// What a block's forward keeps for its backward; each block derives its own.
+class SavedActivations {
+ public:
+  virtual ~SavedActivations() = default;
+};
+
+struct BlockOutput {
+  kernels::Tensor y;
+  std::unique_ptr<SavedActivations> saved;
+};
+
+class Block {
+ public:
+  virtual ~Block() = default;
+  // y = f(x) over x (tokens, features) in the model's compute dtype, contiguous.
+  virtual absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) = 0;
+  // dx from dy (y's shape) and what this block's Forward saved (consumed, so its memory goes as
+  // soon as the backward is done with it); adds the gradients of the block's parameters to
+  // their grad tensors. InvalidArgument when `saved` came from another kind of block.
+  virtual absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
+                                                   std::unique_ptr<SavedActivations> saved,
+                                                   const kernels::Tensor& dy) = 0;
+  // The block's parameters (and its sub-blocks'), appended in a fixed order.
+  virtual void AppendParameters(std::vector<Parameter*>& out) const = 0;
+};
+
+// `saved` as the block's own type, or InvalidArgument naming `block`.
+template <typename T>
+absl::StatusOr<std::unique_ptr<T>> SavedAs(std::unique_ptr<SavedActivations> saved,
+                                           const char* block) {
+  T* typed = dynamic_cast<T*>(saved.get());
+  if (typed == nullptr) {
+    return absl::InvalidArgumentError(std::string(block) +
+                                      ": Backward got activations saved by another kind of block");
+  }
+  saved.release();
+  return std::unique_ptr<T>(typed);
+}
+
+// A new contiguous tensor on `ctx`'s device for work on its stream.
+inline absl::StatusOr<kernels::Tensor> NewTensor(const StepContext& ctx,
+                                                 const kernels::Shape& shape,
+                                                 kernels::DType dtype) {
+  return kernels::Tensor::Empty(shape, dtype, ctx.ops->allocator(), ctx.ops->stream());
+}
+
+}  // namespace mimo

@@ -1,0 +1,48 @@
+// The dense MLP of a transformer layer: fc1, the activation (SwiGLU or GELU), fc2.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mimo/block.h"
+#include "mimo/build_context.h"
+#include "mimo/linear_weights.h"
+#include "mimo/mlp_builder.h"
+
+namespace mimo {
+
+class DenseMlp final : public Block {
+ public:
+  // Parameters (C hidden, F ffn_hidden_size): linear_fc1.weight (2F, C) for SwiGLU (gate rows,
+  // then up rows) or (F, C) for GELU; linear_fc2.weight (C, F) with std init_std /
+  // sqrt(2 * num_layers); biases with add_bias_linear. Width `ffn` overrides F (0: the config's).
+  static absl::StatusOr<std::unique_ptr<DenseMlp>> Create(const BuildContext& ctx, int64_t ffn = 0);
+
+  absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
+  absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
+                                           std::unique_ptr<SavedActivations> saved,
+                                           const kernels::Tensor& dy) override;
+  void AppendParameters(std::vector<Parameter*>& out) const override;
+
+ private:
+  DenseMlp(const TransformerConfig& config, int64_t ffn, LinearWeights fc1, LinearWeights fc2)
+      : config_(config), ffn_(ffn), fc1_(std::move(fc1)), fc2_(std::move(fc2)) {}
+
+  const TransformerConfig config_;
+  const int64_t ffn_;
+  LinearWeights fc1_;
+  LinearWeights fc2_;
+};
+
+// Builds DenseMlp (the config's ffn_hidden_size, or `ffn` when it is not 0).
+class DenseMlpBuilder final : public MlpBuilder {
+ public:
+  explicit DenseMlpBuilder(int64_t ffn = 0) : ffn_(ffn) {}
+  absl::StatusOr<std::unique_ptr<Block>> Build(const BuildContext& ctx) const override;
+
+ private:
+  int64_t ffn_;
+};
+
+}  // namespace mimo

@@ -1,0 +1,53 @@
+// A linear layer's parameters (weight (out, in), optional bias (out,)) and its forward and
+// backward over a range of output rows (how the fused query/key/value weight is used in parts).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "kernels/gemm.h"
+#include "kernels/ops.h"
+#include "kernels/tensor.h"
+#include "mimo/build_context.h"
+#include "mimo/parameter.h"
+
+namespace mimo {
+
+struct LinearWeights {
+  std::unique_ptr<Parameter> weight;  // (out, in), N(0, std^2), weight decay.
+  std::unique_ptr<Parameter> bias;    // (out,), zeros, no weight decay; null without a bias.
+
+  // Parameters ctx.prefix.weight and (with `bias`) ctx.prefix.bias.
+  static absl::StatusOr<LinearWeights> Create(const BuildContext& ctx, int64_t out, int64_t in,
+                                              bool bias, float std);
+
+  int64_t out() const { return weight->spec().shape[0]; }
+  int64_t in() const { return weight->spec().shape[1]; }
+};
+
+// Output rows [row0, row0 + rows) of a linear layer: y (tokens, rows) = act(x w[rows]^T + b[rows])
+// over x (tokens, in); `pre_activation` (tokens, rows) with an activation.
+absl::Status LinearRowsForward(kernels::Ops& ops, const LinearWeights& lw, int64_t row0,
+                               int64_t rows, const kernels::Tensor& x, const kernels::Tensor& y,
+                               kernels::GemmActivation activation = kernels::GemmActivation::kNone,
+                               const kernels::Tensor* pre_activation = nullptr);
+
+struct LinearRowsBackward {
+  int64_t row0 = 0;
+  int64_t rows = 0;
+  const kernels::Tensor* dy = nullptr;  // (tokens, rows)
+  const kernels::Tensor* x = nullptr;   // (tokens, in) from the forward.
+  // Optional (tokens, in): written, or added to with accumulate_dx.
+  const kernels::Tensor* dx = nullptr;
+  bool accumulate_dx = false;
+  kernels::GemmActivation activation = kernels::GemmActivation::kNone;
+  const kernels::Tensor* pre_activation = nullptr;   // (tokens, rows) with an activation.
+  const kernels::Tensor* dpre_activation = nullptr;  // (tokens, rows) scratch, ditto.
+};
+
+// The backward of LinearRowsForward: adds dw and dbias of the rows to the parameters' grads.
+absl::Status LinearRowsBackwardRun(kernels::Ops& ops, const LinearWeights& lw,
+                                   const LinearRowsBackward& b);
+
+}  // namespace mimo

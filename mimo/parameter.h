@@ -1,0 +1,78 @@
+// Trainable parameters: the weight ops read (bf16 or fp32), its fp32 master copy and fp32
+// gradient, initialized from the job seed independently of the layout.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/ops.h"
+#include "kernels/tensor.h"
+
+namespace mimo {
+
+// How a parameter's initial values are drawn.
+enum class InitKind {
+  kNormal,  // N(0, std^2), like Megatron's init_method_normal.
+  kOnes,    // Norm weights.
+  kZeros,   // Biases.
+};
+
+struct ParameterSpec {
+  // Unique within the model, dot-separated like Megatron's state-dict keys
+  // ("decoder.layers.0.mlp.linear_fc1.weight"); it keys the initial values.
+  std::string name;
+  kernels::Shape shape;  // Sizes, outermost first; every size > 0.
+  InitKind init = InitKind::kNormal;
+  float std = 0.02f;  // Of kNormal; > 0.
+  // Takes AdamW's weight decay (Megatron exempts biases and norm weights).
+  bool weight_decay = true;
+};
+
+// InvalidArgument for an empty name, a non-positive size or a non-positive std.
+absl::Status CheckParameterSpec(const ParameterSpec& spec);
+
+// The initial value of every element (row-major) of `spec`'s tensor under `seed` (the job seed):
+// element i of a kNormal tensor is std * N(0, 1) from Box-Muller over the two 32-bit words
+// 2*(i%2), 2*(i%2)+1 of Philox block i/2, keyed by a hash of (seed, name). The values depend
+// only on the seed, the name and the element's index -- not on the device or the parallel
+// layout -- like Megatron's --use-cpu-initialization.
+std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed);
+
+// One parameter on one device. `weight` is what the ops read, in the model's compute dtype;
+// `master` is its fp32 copy the optimizer updates (the same tensor when the compute dtype is
+// fp32); `grad` is the fp32 gradient the backward passes add to (Megatron's main_grad).
+class Parameter {
+ public:
+  // Allocates the tensors from `ops`' allocator, fills master and weight with InitialValues and
+  // zeroes grad. InvalidArgument for a bad spec or a dtype other than bf16/f32.
+  static absl::StatusOr<std::unique_ptr<Parameter>> Create(kernels::Ops& ops, ParameterSpec spec,
+                                                           kernels::DType dtype, uint64_t seed);
+
+  const ParameterSpec& spec() const { return spec_; }
+  const std::string& name() const { return spec_.name; }
+  int64_t numel() const { return weight_.numel(); }
+  const kernels::Tensor& weight() const { return weight_; }
+  const kernels::Tensor& master() const { return master_; }
+  const kernels::Tensor& grad() const { return grad_; }
+
+  // Sets grad to zero (before the first micro-batch of a step).
+  absl::Status ZeroGrad(kernels::Ops& ops) const;
+
+ private:
+  Parameter(ParameterSpec spec, kernels::Tensor weight, kernels::Tensor master,
+            kernels::Tensor grad)
+      : spec_(std::move(spec)),
+        weight_(std::move(weight)),
+        master_(std::move(master)),
+        grad_(std::move(grad)) {}
+
+  ParameterSpec spec_;
+  kernels::Tensor weight_;  // spec.shape, compute dtype.
+  kernels::Tensor master_;  // spec.shape, fp32.
+  kernels::Tensor grad_;    // spec.shape, fp32.
+};
+
+}  // namespace mimo

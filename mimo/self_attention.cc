@@ -1,0 +1,176 @@
+// SelfAttention: projections through the linear layers of a row range, RoPE in place, the
+// attention op; the backward runs them in reverse.
+#include "mimo/self_attention.h"
+
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "mimo/tensor_checks.h"
+
+namespace mimo {
+namespace {
+
+using kernels::DType;
+using kernels::Tensor;
+
+struct AttentionSaved final : SavedActivations {
+  Tensor x;    // (T, C) the input.
+  Tensor q;    // (T, H * D) after RoPE.
+  Tensor k;    // (T, G * D) after RoPE.
+  Tensor v;    // (T, G * D)
+  Tensor o;    // (T, H * D) attention output.
+  Tensor lse;  // (H, T) fp32.
+};
+
+}  // namespace
+
+SelfAttention::SelfAttention(const TransformerConfig& config, LinearWeights qkv, LinearWeights proj)
+    : config_(config),
+      heads_(config.num_attention_heads),
+      groups_(config.query_groups()),
+      head_dim_(config.head_dim()),
+      qkv_(std::move(qkv)),
+      proj_(std::move(proj)) {}
+
+absl::StatusOr<std::unique_ptr<SelfAttention>> SelfAttention::Create(const BuildContext& ctx) {
+  const TransformerConfig& c = *ctx.config;
+  const int64_t h = c.num_attention_heads, g = c.query_groups(), d = c.head_dim();
+  MIMO_ASSIGN_OR_RETURN(
+      LinearWeights qkv,
+      LinearWeights::Create(ctx.Child("linear_qkv"), (h + 2 * g) * d, c.hidden_size,
+                            c.add_bias_linear || c.add_qkv_bias, c.init_std));
+  MIMO_ASSIGN_OR_RETURN(
+      LinearWeights proj,
+      LinearWeights::Create(ctx.Child("linear_proj"), c.hidden_size, h * d, c.add_bias_linear,
+                            c.init_std / std::sqrt(2.0f * static_cast<float>(c.num_layers))));
+  return std::unique_ptr<SelfAttention>(new SelfAttention(c, std::move(qkv), std::move(proj)));
+}
+
+absl::StatusOr<BlockOutput> SelfAttention::Forward(const StepContext& ctx, const Tensor& x) {
+  const PackedSequences& seqs = *ctx.sequences;
+  MIMO_RETURN_IF_ERROR(CheckActivation(x, config_.hidden_size, config_.dtype, "SelfAttention"));
+  if (x.size(0) != seqs.tokens()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SelfAttention: ", x.size(0), " tokens for sequences of ", seqs.tokens(), " tokens"));
+  }
+  kernels::Ops& ops = *ctx.ops;
+  const int64_t t = x.size(0), hd = heads_ * head_dim_, gd = groups_ * head_dim_;
+  auto saved = std::make_unique<AttentionSaved>();
+  saved->x = x;
+  MIMO_ASSIGN_OR_RETURN(saved->q, NewTensor(ctx, {t, hd}, x.dtype()));
+  MIMO_ASSIGN_OR_RETURN(saved->k, NewTensor(ctx, {t, gd}, x.dtype()));
+  MIMO_ASSIGN_OR_RETURN(saved->v, NewTensor(ctx, {t, gd}, x.dtype()));
+  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, qkv_, 0, hd, x, saved->q));
+  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, qkv_, hd, gd, x, saved->k));
+  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, qkv_, hd + gd, gd, x, saved->v));
+  if (config_.rotary) {
+    const int64_t rotary_dim = config_.rotary_dim == 0 ? head_dim_ : config_.rotary_dim;
+    for (const auto& [tensor, heads] : {std::pair{&saved->q, heads_}, {&saved->k, groups_}}) {
+      MIMO_RETURN_IF_ERROR(ops.Rope({.dtype = x.dtype(),
+                                     .x = tensor->data(),
+                                     .y = tensor->data(),
+                                     .positions = seqs.positions(),
+                                     .tokens = t,
+                                     .heads = heads,
+                                     .head_dim = head_dim_,
+                                     .rotary_dim = rotary_dim,
+                                     .base = config_.rotary_base}));
+    }
+  }
+  MIMO_ASSIGN_OR_RETURN(saved->o, NewTensor(ctx, {t, hd}, x.dtype()));
+  MIMO_ASSIGN_OR_RETURN(saved->lse, NewTensor(ctx, {heads_, t}, DType::kF32));
+  MIMO_RETURN_IF_ERROR(ops.Attention({.dtype = x.dtype(),
+                                      .q = saved->q.data(),
+                                      .k = saved->k.data(),
+                                      .v = saved->v.data(),
+                                      .out = saved->o.data(),
+                                      .lse = saved->lse.data<float>(),
+                                      .cu_seqlens = seqs.cu_seqlens(),
+                                      .num_seqs = seqs.num_seqs(),
+                                      .total_tokens = t,
+                                      .heads = heads_,
+                                      .kv_heads = groups_,
+                                      .head_dim = head_dim_,
+                                      .max_seqlen = seqs.max_seqlen(),
+                                      .scale = 1.0f / std::sqrt(static_cast<float>(head_dim_)),
+                                      .causal = config_.causal}));
+  MIMO_ASSIGN_OR_RETURN(Tensor y, NewTensor(ctx, {t, config_.hidden_size}, x.dtype()));
+  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, proj_, 0, config_.hidden_size, saved->o, y));
+  return BlockOutput{std::move(y), std::move(saved)};
+}
+
+absl::StatusOr<Tensor> SelfAttention::Backward(const StepContext& ctx,
+                                               std::unique_ptr<SavedActivations> saved_base,
+                                               const Tensor& dy) {
+  MIMO_ASSIGN_OR_RETURN(auto saved,
+                        SavedAs<AttentionSaved>(std::move(saved_base), "SelfAttention"));
+  MIMO_RETURN_IF_ERROR(CheckSameShape(dy, saved->x, "SelfAttention backward"));
+  const PackedSequences& seqs = *ctx.sequences;
+  kernels::Ops& ops = *ctx.ops;
+  const int64_t t = dy.size(0), hd = heads_ * head_dim_, gd = groups_ * head_dim_;
+  MIMO_ASSIGN_OR_RETURN(Tensor d_o, NewTensor(ctx, {t, hd}, dy.dtype()));
+  MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
+      ops, proj_, {.row0 = 0, .rows = config_.hidden_size, .dy = &dy, .x = &saved->o, .dx = &d_o}));
+  MIMO_ASSIGN_OR_RETURN(Tensor dq, NewTensor(ctx, {t, hd}, dy.dtype()));
+  MIMO_ASSIGN_OR_RETURN(Tensor dk, NewTensor(ctx, {t, gd}, dy.dtype()));
+  MIMO_ASSIGN_OR_RETURN(Tensor dv, NewTensor(ctx, {t, gd}, dy.dtype()));
+  MIMO_RETURN_IF_ERROR(
+      ops.AttentionBackward({.dtype = dy.dtype(),
+                             .dout = d_o.data(),
+                             .q = saved->q.data(),
+                             .k = saved->k.data(),
+                             .v = saved->v.data(),
+                             .out = saved->o.data(),
+                             .lse = saved->lse.data<float>(),
+                             .dq = dq.data(),
+                             .dk = dk.data(),
+                             .dv = dv.data(),
+                             .cu_seqlens = seqs.cu_seqlens(),
+                             .num_seqs = seqs.num_seqs(),
+                             .total_tokens = t,
+                             .heads = heads_,
+                             .kv_heads = groups_,
+                             .head_dim = head_dim_,
+                             .max_seqlen = seqs.max_seqlen(),
+                             .scale = 1.0f / std::sqrt(static_cast<float>(head_dim_)),
+                             .causal = config_.causal}));
+  saved->o = Tensor();
+  saved->lse = Tensor();
+  if (config_.rotary) {
+    const int64_t rotary_dim = config_.rotary_dim == 0 ? head_dim_ : config_.rotary_dim;
+    for (const auto& [tensor, heads] : {std::pair{&dq, heads_}, {&dk, groups_}}) {
+      MIMO_RETURN_IF_ERROR(ops.Rope({.dtype = dy.dtype(),
+                                     .x = tensor->data(),
+                                     .y = tensor->data(),
+                                     .positions = seqs.positions(),
+                                     .tokens = t,
+                                     .heads = heads,
+                                     .head_dim = head_dim_,
+                                     .rotary_dim = rotary_dim,
+                                     .base = config_.rotary_base,
+                                     .backward = true}));
+    }
+  }
+  // dx = dq Wq + dk Wk + dv Wv; each part adds its rows' weight (and bias) gradients.
+  MIMO_ASSIGN_OR_RETURN(Tensor dx, NewTensor(ctx, dy.shape(), dy.dtype()));
+  MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
+      ops, qkv_, {.row0 = 0, .rows = hd, .dy = &dq, .x = &saved->x, .dx = &dx}));
+  MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
+      ops, qkv_,
+      {.row0 = hd, .rows = gd, .dy = &dk, .x = &saved->x, .dx = &dx, .accumulate_dx = true}));
+  MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
+      ops, qkv_,
+      {.row0 = hd + gd, .rows = gd, .dy = &dv, .x = &saved->x, .dx = &dx, .accumulate_dx = true}));
+  return dx;
+}
+
+void SelfAttention::AppendParameters(std::vector<Parameter*>& out) const {
+  for (const LinearWeights* lw : {&qkv_, &proj_}) {
+    out.push_back(lw->weight.get());
+    if (lw->bias != nullptr) out.push_back(lw->bias.get());
+  }
+}
+
+}  // namespace mimo

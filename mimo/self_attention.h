@@ -1,0 +1,40 @@
+// Self-attention over packed sequences: a fused query/key/value projection, rotary embedding,
+// grouped-query attention (causal or bidirectional) and the output projection.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mimo/block.h"
+#include "mimo/build_context.h"
+#include "mimo/linear_weights.h"
+
+namespace mimo {
+
+class SelfAttention final : public Block {
+ public:
+  // Parameters (H heads, G query groups, D head width, C hidden):
+  //   linear_qkv.weight ((H + 2G) * D, C): query rows of every head, then key rows, then value
+  //   rows (Megatron interleaves them per group; checkpoint conversion maps between the two);
+  //   linear_qkv.bias with add_bias_linear or add_qkv_bias;
+  //   linear_proj.weight (C, H * D), std init_std / sqrt(2 * num_layers); linear_proj.bias with
+  //   add_bias_linear.
+  static absl::StatusOr<std::unique_ptr<SelfAttention>> Create(const BuildContext& ctx);
+
+  absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
+  absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
+                                           std::unique_ptr<SavedActivations> saved,
+                                           const kernels::Tensor& dy) override;
+  void AppendParameters(std::vector<Parameter*>& out) const override;
+
+ private:
+  SelfAttention(const TransformerConfig& config, LinearWeights qkv, LinearWeights proj);
+
+  const TransformerConfig config_;
+  const int64_t heads_, groups_, head_dim_;
+  LinearWeights qkv_;
+  LinearWeights proj_;
+};
+
+}  // namespace mimo
