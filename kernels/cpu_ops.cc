@@ -78,6 +78,11 @@ class CpuOps final : public Ops {
     return CrossEntropyBackwardCpu(p);
   }
   absl::Status AdamW(const AdamWParams& p) override { return AdamWCpu(p); }
+  absl::Status MoeRouter(const MoeRouterParams& p) override { return MoeRouterCpu(p); }
+  absl::Status MoeRouterBackward(const MoeRouterBackwardParams& p) override {
+    return MoeRouterBackwardCpu(p);
+  }
+  absl::Status MoeAuxLoss(const MoeAuxLossParams& p) override { return MoeAuxLossCpu(p); }
   absl::Status SumSquares(const SumSquaresParams& p) override { return SumSquaresCpu(p); }
 
  private:

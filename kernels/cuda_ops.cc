@@ -3,6 +3,7 @@
 // allocator hands it out again only to later work on the same stream).
 #include "kernels/cuda_ops.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -152,6 +153,25 @@ class CudaOps final : public Ops {
   absl::Status CrossEntropyBackward(const CrossEntropyBackwardParams& p) override {
     CudaDeviceGuard guard(device_);
     return LaunchCrossEntropyBackward(p, stream());
+  }
+  absl::Status MoeRouter(const MoeRouterParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchMoeRouter(p, stream());
+  }
+  absl::Status MoeRouterBackward(const MoeRouterBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchMoeRouterBackward(p, stream());
+  }
+  absl::Status MoeAuxLoss(const MoeAuxLossParams& p) override {
+    CudaDeviceGuard guard(device_);
+    const int64_t sequences = p.cu_seqlens != nullptr ? p.num_seqs : 1;
+    MIMO_ASSIGN_OR_RETURN(Scratch scratch,
+                          Take(MoeAuxLossWorkspaceBytes(p.tokens, std::max<int64_t>(sequences, 0),
+                                                        p.config.experts)));
+    MoeAuxLossParams q = p;
+    q.workspace = scratch.ptr;
+    q.workspace_bytes = scratch.bytes;
+    return LaunchMoeAuxLoss(q, stream());
   }
   absl::Status AdamW(const AdamWParams& p) override {
     CudaDeviceGuard guard(device_);

@@ -18,6 +18,7 @@
 #include "kernels/gemm.h"
 #include "kernels/layernorm.h"
 #include "kernels/linear.h"
+#include "kernels/moe_router.h"
 #include "kernels/patchify.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -27,8 +28,9 @@ namespace mimo::kernels {
 
 // Each call takes the op's params struct (buffers in this device's memory, from allocator()) and
 // enqueues the op: CPU ops finish before returning, CUDA ops run in order on the Ops' stream. Ops
-// that need device scratch (embedding, RMSNorm and attention backward, the sum of squares) get
-// it from allocator() for the call: the params' workspace fields are ignored. Not thread-safe.
+// that need device scratch (embedding, RMSNorm and attention backward, the MoE losses, the sum of
+// squares) get it from allocator() for the call: the params' workspace fields are ignored. Not
+// thread-safe.
 class Ops {
  public:
   virtual ~Ops() = default;
@@ -72,6 +74,9 @@ class Ops {
   virtual absl::Status CrossEntropyChunk(const CrossEntropyChunkParams& p) = 0;
   virtual absl::Status CrossEntropyFinish(const CrossEntropyFinishParams& p) = 0;
   virtual absl::Status CrossEntropyBackward(const CrossEntropyBackwardParams& p) = 0;
+  virtual absl::Status MoeRouter(const MoeRouterParams& p) = 0;
+  virtual absl::Status MoeRouterBackward(const MoeRouterBackwardParams& p) = 0;
+  virtual absl::Status MoeAuxLoss(const MoeAuxLossParams& p) = 0;
   virtual absl::Status AdamW(const AdamWParams& p) = 0;
   virtual absl::Status SumSquares(const SumSquaresParams& p) = 0;
 };
