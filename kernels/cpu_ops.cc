@@ -83,6 +83,15 @@ class CpuOps final : public Ops {
     return MoeRouterBackwardCpu(p);
   }
   absl::Status MoeAuxLoss(const MoeAuxLossParams& p) override { return MoeAuxLossCpu(p); }
+  absl::Status MoePermuteMap(const MoePermuteMapParams& p) override { return MoePermuteMapCpu(p); }
+  absl::Status MoePermute(const MoePermuteParams& p) override { return MoePermuteCpu(p); }
+  absl::Status MoePermuteBackward(const MoePermuteBackwardParams& p) override {
+    return MoePermuteBackwardCpu(p);
+  }
+  absl::Status MoeUnpermute(const MoeUnpermuteParams& p) override { return MoeUnpermuteCpu(p); }
+  absl::Status MoeUnpermuteBackward(const MoeUnpermuteBackwardParams& p) override {
+    return MoeUnpermuteBackwardCpu(p);
+  }
   absl::Status SumSquares(const SumSquaresParams& p) override { return SumSquaresCpu(p); }
 
  private:

@@ -163,6 +163,7 @@ class CudaOps final : public Ops {
     return LaunchMoeRouterBackward(p, stream());
   }
   absl::Status MoeAuxLoss(const MoeAuxLossParams& p) override {
+    MIMO_RETURN_IF_ERROR(CheckMoeAuxLoss(p));  // Before sizing scratch from its fields.
     CudaDeviceGuard guard(device_);
     const int64_t sequences = p.cu_seqlens != nullptr ? p.num_seqs : 1;
     MIMO_ASSIGN_OR_RETURN(Scratch scratch,
@@ -172,6 +173,33 @@ class CudaOps final : public Ops {
     q.workspace = scratch.ptr;
     q.workspace_bytes = scratch.bytes;
     return LaunchMoeAuxLoss(q, stream());
+  }
+  absl::Status MoePermuteMap(const MoePermuteMapParams& p) override {
+    MIMO_RETURN_IF_ERROR(CheckMoePermuteMap(p));  // Before sizing scratch from its fields.
+    CudaDeviceGuard guard(device_);
+    MIMO_ASSIGN_OR_RETURN(Scratch scratch,
+                          Take(MoePermuteMapWorkspaceBytes(std::max<int64_t>(p.tokens * p.top_k, 0),
+                                                           std::max<int64_t>(p.experts, 0))));
+    MoePermuteMapParams q = p;
+    q.workspace = scratch.ptr;
+    q.workspace_bytes = scratch.bytes;
+    return LaunchMoePermuteMap(q, stream());
+  }
+  absl::Status MoePermute(const MoePermuteParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchMoePermute(p, stream());
+  }
+  absl::Status MoePermuteBackward(const MoePermuteBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchMoePermuteBackward(p, stream());
+  }
+  absl::Status MoeUnpermute(const MoeUnpermuteParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchMoeUnpermute(p, stream());
+  }
+  absl::Status MoeUnpermuteBackward(const MoeUnpermuteBackwardParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchMoeUnpermuteBackward(p, stream());
   }
   absl::Status AdamW(const AdamWParams& p) override {
     CudaDeviceGuard guard(device_);

@@ -18,6 +18,7 @@
 #include "kernels/gemm.h"
 #include "kernels/layernorm.h"
 #include "kernels/linear.h"
+#include "kernels/moe_permute.h"
 #include "kernels/moe_router.h"
 #include "kernels/patchify.h"
 #include "kernels/rmsnorm.h"
@@ -77,6 +78,11 @@ class Ops {
   virtual absl::Status MoeRouter(const MoeRouterParams& p) = 0;
   virtual absl::Status MoeRouterBackward(const MoeRouterBackwardParams& p) = 0;
   virtual absl::Status MoeAuxLoss(const MoeAuxLossParams& p) = 0;
+  virtual absl::Status MoePermuteMap(const MoePermuteMapParams& p) = 0;
+  virtual absl::Status MoePermute(const MoePermuteParams& p) = 0;
+  virtual absl::Status MoePermuteBackward(const MoePermuteBackwardParams& p) = 0;
+  virtual absl::Status MoeUnpermute(const MoeUnpermuteParams& p) = 0;
+  virtual absl::Status MoeUnpermuteBackward(const MoeUnpermuteBackwardParams& p) = 0;
   virtual absl::Status AdamW(const AdamWParams& p) = 0;
   virtual absl::Status SumSquares(const SumSquaresParams& p) = 0;
 };
