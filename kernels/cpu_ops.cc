@@ -35,6 +35,7 @@ class CpuOps final : public Ops {
   }
 
   absl::Status Add(const AddParams& p) override { return AddCpu(p); }
+  absl::Status Cast(const CastParams& p) override { return CastCpu(p); }
   absl::Status Embedding(const EmbeddingParams& p) override { return EmbeddingCpu(p); }
   absl::Status EmbeddingBackward(const EmbeddingBackwardParams& p) override {
     return EmbeddingBackwardCpu(p);

@@ -52,6 +52,10 @@ class CudaOps final : public Ops {
     CudaDeviceGuard guard(device_);
     return LaunchAdd(p, stream());
   }
+  absl::Status Cast(const CastParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchCast(p, stream());
+  }
   absl::Status Embedding(const EmbeddingParams& p) override {
     CudaDeviceGuard guard(device_);
     return LaunchEmbedding(p, stream());

@@ -10,6 +10,7 @@
 #include "kernels/add.h"
 #include "kernels/allocator.h"
 #include "kernels/attention.h"
+#include "kernels/cast.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/device.h"
 #include "kernels/dropout.h"
@@ -53,6 +54,7 @@ class Ops {
   virtual absl::Status SetZero(void* dst, size_t bytes) = 0;
 
   virtual absl::Status Add(const AddParams& p) = 0;
+  virtual absl::Status Cast(const CastParams& p) = 0;
   virtual absl::Status Embedding(const EmbeddingParams& p) = 0;
   virtual absl::Status EmbeddingBackward(const EmbeddingBackwardParams& p) = 0;
   virtual absl::Status RmsNorm(const RmsNormParams& p) = 0;
