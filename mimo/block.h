@@ -16,6 +16,13 @@
 
 namespace mimo {
 
+// The auxiliary losses a block reports for a micro-batch (MoE: load balancing and z-loss), as a
+// (2,) fp32 tensor on the device, already multiplied by their coefficients.
+struct AuxLossRecord {
+  int layer_number = 0;
+  kernels::Tensor losses;  // (2,) fp32: [load balancing, z]
+};
+
 // What one micro-batch's forward and backward run with. Backward gets the context its forward
 // had.
 struct StepContext {
@@ -27,6 +34,11 @@ struct StepContext {
   uint64_t dropout_seed = 0;
   parallel::RngStreamKind dropout_kind = parallel::RngStreamKind::kDataParallel;
   uint64_t dropout_offset = 0;
+  // d(the step's objective)/d(this micro-batch's loss), e.g. 1 / micro-batches: auxiliary losses'
+  // gradients are scaled by it, as the main loss's are (Megatron's MoEAuxLossAutoScaler).
+  float loss_scale = 1.0f;
+  // Where forwards append the auxiliary losses they compute (none are kept when null).
+  std::vector<AuxLossRecord>* aux_losses = nullptr;
 };
 
 // What a block's forward keeps for its backward; each block derives its own.

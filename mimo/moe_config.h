@@ -1,0 +1,32 @@
+// The Mixture-of-Experts settings of a transformer stack (Megatron's moe_* arguments that this
+// model implements), validated once.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/moe_router.h"
+
+namespace mimo {
+
+struct MoeConfig {
+  // Experts, top_k, score function, normalization, scaling factor, group-limited routing.
+  kernels::RouterConfig router;
+  // Load-balancing loss coefficient (0: none), per sequence (Megatron's seq_aux_loss) or per
+  // micro-batch, and the router z-loss coefficient (0: none).
+  float aux_loss_coeff = 0.0f;
+  bool per_sequence_aux_loss = false;
+  float z_loss_coeff = 0.0f;
+  // Width of each routed expert; 0 means the transformer's ffn_hidden_size.
+  int64_t expert_ffn_hidden_size = 0;
+  // Total width of the shared experts applied to every token; 0 means none.
+  int64_t shared_expert_ffn_hidden_size = 0;
+  // Each expert's rows in the permuted buffer are padded to a multiple of this (grouped GEMMs
+  // want 8 or 16); in [1, 1024].
+  int64_t align = 16;
+};
+
+// InvalidArgument naming the field at fault.
+absl::Status ValidateMoeConfig(const MoeConfig& config);
+
+}  // namespace mimo

@@ -1,0 +1,285 @@
+// Tests of mimo/moe_layer.h on the CPU ops: the forward against a float64 per-token mixture of
+// experts, the backward (with the load-balancing and z losses) against central differences for
+// the input and every parameter, the losses reported, the layer inside a TransformerLayer, bad
+// configs.
+#include "mimo/moe_layer.h"
+
+#include <cmath>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "mimo/transformer_layer.h"
+#include "tests/kernels/moe_router_reference.h"
+#include "tests/mimo/model_test_util.h"
+
+namespace mimo {
+namespace {
+
+using kernels::DType;
+using kernels::RouterScore;
+using kernels::Tensor;
+using testing::Download;
+using testing::ParametersByName;
+using testing::RandomFloats;
+using testing::RelL2;
+using testing::Upload;
+
+TransformerConfig Config(MlpActivation activation) {
+  TransformerConfig c;
+  c.num_layers = 2;
+  c.hidden_size = 8;
+  c.num_attention_heads = 2;
+  c.ffn_hidden_size = 6;
+  c.activation = activation;
+  c.add_bias_linear = false;
+  c.init_std = 0.5f;
+  c.dtype = DType::kF32;
+  return c;
+}
+
+struct MoeCase {
+  const char* name;
+  TransformerConfig config;
+  MoeConfig moe;
+};
+
+void PrintTo(const MoeCase& c, std::ostream* os) { *os << c.name; }
+
+MoeCase Softmax() {
+  MoeConfig m;
+  m.router = {.experts = 4, .top_k = 2};
+  m.aux_loss_coeff = 0.1f;
+  m.per_sequence_aux_loss = true;
+  m.z_loss_coeff = 0.01f;
+  m.shared_expert_ffn_hidden_size = 4;
+  m.align = 4;
+  return {"SoftmaxSharedSeqAux", Config(MlpActivation::kSwiglu), m};
+}
+
+MoeCase SigmoidGrouped() {
+  MoeConfig m;
+  m.router = {.experts = 8,
+              .top_k = 2,
+              .score = RouterScore::kSigmoid,
+              .scaling_factor = 2.0f,
+              .num_groups = 4,
+              .group_top_k = 2};
+  m.aux_loss_coeff = 0.05f;
+  m.expert_ffn_hidden_size = 5;
+  m.align = 1;
+  return {"SigmoidGroupLimitedGelu", Config(MlpActivation::kGelu), m};
+}
+
+const std::vector<int32_t> kLengths = {3, 1, 5};
+
+class MoeLayerCpuTest : public ::testing::TestWithParam<MoeCase> {
+ protected:
+  void SetUp() override {
+    ops_ = kernels::NewCpuOps();
+    auto seqs = PackedSequences::Create(*ops_, kLengths);
+    ASSERT_TRUE(seqs.ok());
+    seqs_ = std::make_unique<PackedSequences>(*std::move(seqs));
+    config_ = GetParam().config;
+    BuildContext build{
+        .ops = ops_.get(), .config = &config_, .seed = 5, .prefix = "mlp", .layer_number = 1};
+    auto layer = MoeLayer::Create(build, GetParam().moe);
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    layer_ = *std::move(layer);
+    // Inputs whose routing choices all sit farther from a tie than the difference step (seed 21
+    // had one within 1e-3, where the objective jumps).
+    std::mt19937 random(25);
+    x_ = RandomFloats(9 * 8, random);
+    r_ = RandomFloats(9 * 8, random);
+  }
+  StepContext Context(std::vector<AuxLossRecord>* records) {
+    return {.ops = ops_.get(), .sequences = seqs_.get(), .loss_scale = 0.5f, .aux_losses = records};
+  }
+  // sum(y * r) + loss_scale * (aux + z).
+  double Objective(const Tensor& x) {
+    std::vector<AuxLossRecord> records;
+    auto out = layer_->Forward(Context(&records), x);
+    EXPECT_TRUE(out.ok()) << out.status();
+    const std::vector<double> y = Download(*ops_, out->y);
+    double l = 0;
+    for (size_t i = 0; i < y.size(); ++i) l += y[i] * r_[i];
+    const std::vector<double> losses = Download(*ops_, records.at(0).losses);
+    return l + 0.5 * (losses[0] + losses[1]);
+  }
+
+  std::unique_ptr<kernels::Ops> ops_;
+  std::unique_ptr<PackedSequences> seqs_;
+  TransformerConfig config_;
+  std::unique_ptr<MoeLayer> layer_;
+  std::vector<float> x_, r_;
+};
+
+TEST_P(MoeLayerCpuTest, ForwardMatchesFloat64MixtureOfExperts) {
+  const MoeConfig& moe = GetParam().moe;
+  std::map<std::string, std::vector<double>> w;
+  for (const auto& [name, p] : ParametersByName(*layer_)) w[name] = Download(*ops_, p->master());
+  const int64_t t = 9, c = 8, e = moe.router.experts, k = moe.router.top_k;
+  const int64_t f = moe.expert_ffn_hidden_size != 0 ? moe.expert_ffn_hidden_size : 6;
+  const bool swiglu = config_.activation == MlpActivation::kSwiglu;
+  const int64_t f1 = swiglu ? 2 * f : f;
+  const std::vector<double> x(x_.begin(), x_.end());
+  const std::vector<double> logits =
+      kernels::testing::GemmFloat64(x, false, w["mlp.router.weight"], true, t, e, c);
+  const kernels::testing::RouterReference route =
+      kernels::testing::RouterFloat64(moe.router, logits, {}, t);
+  std::vector<double> want(t * c, 0.0);
+  for (int64_t i = 0; i < t; ++i) {
+    const std::vector<double> xi(x.begin() + i * c, x.begin() + (i + 1) * c);
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t ex = route.indices[i * k + j];
+      const std::vector<double>& w1 = w["mlp.experts.linear_fc1.weight"];
+      const std::vector<double>& w2 = w["mlp.experts.linear_fc2.weight"];
+      std::vector<double> h = kernels::testing::GemmFloat64(
+          xi, false, std::vector<double>(w1.begin() + ex * f1 * c, w1.begin() + (ex + 1) * f1 * c),
+          true, 1, f1, c);
+      const std::vector<double> a = swiglu ? kernels::testing::SwigluFloat64(h, {}, 1, f).y
+                                           : kernels::testing::GeluFloat64(h);
+      const std::vector<double> o = kernels::testing::GemmFloat64(
+          a, false, std::vector<double>(w2.begin() + ex * c * f, w2.begin() + (ex + 1) * c * f),
+          true, 1, c, f);
+      for (int64_t q = 0; q < c; ++q) want[i * c + q] += route.probs[i * k + j] * o[q];
+    }
+  }
+  if (moe.shared_expert_ffn_hidden_size > 0) {
+    const int64_t fs = moe.shared_expert_ffn_hidden_size;
+    const std::vector<double> h = kernels::testing::GemmFloat64(
+        x, false, w["mlp.shared_experts.linear_fc1.weight"], true, t, 2 * fs, c);
+    const std::vector<double> a = kernels::testing::SwigluFloat64(h, {}, t, fs).y;
+    const std::vector<double> o = kernels::testing::GemmFloat64(
+        a, false, w["mlp.shared_experts.linear_fc2.weight"], true, t, c, fs);
+    for (int64_t i = 0; i < t * c; ++i) want[i] += o[i];
+  }
+  auto out = layer_->Forward(Context(nullptr), Upload(*ops_, x_, {t, c}, DType::kF32));
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_LT(RelL2(Download(*ops_, out->y), want), 1e-5);
+}
+
+TEST_P(MoeLayerCpuTest, BackwardWithAuxLossesMatchesCentralDifferences) {
+  Tensor x = Upload(*ops_, x_, {9, 8}, DType::kF32);
+  std::vector<AuxLossRecord> records;
+  auto out = layer_->Forward(Context(&records), x);
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].layer_number, 1);
+  const std::vector<double> losses = Download(*ops_, records[0].losses);
+  EXPECT_GT(losses[0], 0.0);
+  EXPECT_EQ(losses[1] > 0.0, GetParam().moe.z_loss_coeff > 0.0f);
+  auto dx = layer_->Backward(Context(nullptr), std::move(out->saved),
+                             Upload(*ops_, r_, {9, 8}, DType::kF32));
+  ASSERT_TRUE(dx.ok()) << dx.status();
+  const std::vector<double> analytic_dx = Download(*ops_, *dx);
+  // A small step: larger ones flip a near-tied routing choice (the objective jumps there).
+  constexpr float h = 1e-3f;
+  int failures = 0, checked = 0;
+  auto check = [&](float* element, double analytic, const std::string& what) {
+    const float saved = *element;
+    *element = saved + h;
+    const double plus = Objective(x);
+    *element = saved - h;
+    const double minus = Objective(x);
+    *element = saved;
+    const double numeric = (plus - minus) / (2.0 * h);
+    ++checked;
+    if (std::abs(analytic - numeric) > 3e-3 + 3e-3 * std::abs(numeric) && ++failures <= 5) {
+      ADD_FAILURE() << what << ": analytic " << analytic << ", numeric " << numeric;
+    }
+  };
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    check(x.data<float>() + i, analytic_dx[i], absl::StrCat("dx[", i, "]"));
+  }
+  for (const auto& [name, p] : ParametersByName(*layer_)) {
+    const std::vector<double> grad = Download(*ops_, p->grad());
+    for (int64_t i = 0; i < p->numel(); ++i) {
+      check(p->master().data<float>() + i, grad[i], absl::StrCat(name, "[", i, "]"));
+    }
+  }
+  EXPECT_EQ(failures, 0) << "of " << checked;
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, MoeLayerCpuTest, ::testing::Values(Softmax(), SigmoidGrouped()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(MoeLayerTest, IsTheMlpOfATransformerLayer) {
+  auto ops = kernels::NewCpuOps();
+  TransformerConfig c = Config(MlpActivation::kSwiglu);
+  BuildContext build{.ops = ops.get(), .config = &c, .seed = 3, .prefix = "decoder.layers.0"};
+  auto layer = TransformerLayer::Create(build, MoeMlpBuilder(Softmax().moe));
+  ASSERT_TRUE(layer.ok()) << layer.status();
+  std::vector<std::string> names;
+  for (const auto& [name, p] : ParametersByName(**layer)) names.push_back(name);
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "decoder.layers.0.input_layernorm.weight",
+                       "decoder.layers.0.mlp.experts.linear_fc1.weight",
+                       "decoder.layers.0.mlp.experts.linear_fc2.weight",
+                       "decoder.layers.0.mlp.router.weight",
+                       "decoder.layers.0.mlp.shared_experts.linear_fc1.weight",
+                       "decoder.layers.0.mlp.shared_experts.linear_fc2.weight",
+                       "decoder.layers.0.pre_mlp_layernorm.weight",
+                       "decoder.layers.0.self_attention.linear_proj.weight",
+                       "decoder.layers.0.self_attention.linear_qkv.weight",
+                   }));
+  auto seqs = PackedSequences::Create(*ops, kLengths);
+  ASSERT_TRUE(seqs.ok());
+  std::mt19937 random(8);
+  const std::vector<float> r = RandomFloats(9 * 8, random);
+  Tensor x = Upload(*ops, RandomFloats(9 * 8, random), {9, 8}, DType::kF32);
+  std::vector<AuxLossRecord> records;
+  StepContext ctx{.ops = ops.get(), .sequences = &*seqs, .aux_losses = &records};
+  // sum(y * r) + the layer's auxiliary losses (loss_scale 1).
+  auto objective = [&]() {
+    records.clear();
+    auto out = (*layer)->Forward(ctx, x);
+    EXPECT_TRUE(out.ok());
+    const std::vector<double> y = Download(*ops, out->y);
+    double l = 0;
+    for (size_t i = 0; i < y.size(); ++i) l += y[i] * r[i];
+    for (double v : Download(*ops, records.at(0).losses)) l += v;
+    return l;
+  };
+  auto out = (*layer)->Forward(ctx, x);
+  ASSERT_TRUE(out.ok()) << out.status();
+  auto dx = (*layer)->Backward(ctx, std::move(out->saved), Upload(*ops, r, {9, 8}, DType::kF32));
+  ASSERT_TRUE(dx.ok()) << dx.status();
+  const std::vector<double> analytic = Download(*ops, *dx);
+  constexpr float h = 1e-3f;
+  int failures = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    float& e = x.data<float>()[i];
+    const float saved = e;
+    e = saved + h;
+    const double plus = objective();
+    e = saved - h;
+    const double minus = objective();
+    e = saved;
+    const double numeric = (plus - minus) / (2 * h);
+    if (std::abs(analytic[i] - numeric) > 3e-3 + 3e-3 * std::abs(numeric) && ++failures <= 5) {
+      ADD_FAILURE() << "dx[" << i << "]: analytic " << analytic[i] << ", numeric " << numeric;
+    }
+  }
+  EXPECT_EQ(failures, 0);
+}
+
+TEST(MoeLayerTest, RejectsBadConfigs) {
+  auto ops = kernels::NewCpuOps();
+  TransformerConfig c = Config(MlpActivation::kSwiglu);
+  BuildContext build{.ops = ops.get(), .config = &c, .prefix = "mlp"};
+  MoeConfig m = Softmax().moe;
+  m.router.top_k = 5;  // Of 4 experts.
+  EXPECT_EQ(MoeLayer::Create(build, m).status().code(), absl::StatusCode::kInvalidArgument);
+  m = Softmax().moe;
+  m.aux_loss_coeff = -1;
+  EXPECT_EQ(MoeLayer::Create(build, m).status().code(), absl::StatusCode::kInvalidArgument);
+  m = Softmax().moe;
+  m.align = 0;
+  const auto bad = MoeLayer::Create(build, m);
+  ASSERT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("align"), absl::string_view::npos);
+}
+
+}  // namespace
+}  // namespace mimo
