@@ -2,7 +2,11 @@
 // logits), its top-k experts (optionally group-limited, with a per-expert selection bias for
 // aux-loss-free balancing), its combine weights, the per-expert token counts; the backward from
 // the combine weights' gradient to the logits'; and the load-balancing and z losses with their
-// gradients (Megatron-Core's definitions).
+// gradients (Megatron-Core's definitions). Where this differs from Megatron-Core (0.14):
+//  - groups and the selection bias always rank the scores (Megatron ranks softmax routers'
+//    groups by logits outside its pre-softmax mode, and applies the bias to sigmoid scores only);
+//  - the load-balancing loss counts the experts actually chosen (Megatron recounts a plain top-k
+//    of the scores, without bias or group limit).
 #pragma once
 
 #include <cstddef>
@@ -28,7 +32,7 @@ struct RouterConfig {
   RouterScore score = RouterScore::kSoftmax;
   // Combine weights = the chosen scores divided by their sum (+ 1e-20): for softmax this is
   // Megatron's default (softmax over the top-k logits); false keeps the raw scores (its
-  // pre-softmax mode). Sigmoid routers normalize when top_k > 1.
+  // pre-softmax mode). A sigmoid router with top_k = 1 keeps its raw score either way.
   bool normalize = true;
   float scaling_factor = 1.0f;  // Multiplies the combine weights (moe_router_topk_scaling_factor).
   // Group-limited routing (DeepSeek-V3): experts form num_groups equal groups, a group's score is
@@ -105,7 +109,8 @@ absl::Status MoeAuxLossCpu(const MoeAuxLossParams& p);
 
 // CUDA: device memory, enqueued on `stream` (a cudaStream_t). Choices, weights and counts equal
 // the CPU twin's up to the last bit of expf; every result is bitwise reproducible (no float
-// atomics). No host synchronization (graph-capturable).
+// atomics). No host synchronization (graph-capturable), so device-side indices and cu_seqlens
+// are not checked: out-of-range values read and write out of bounds (the CPU twin rejects them).
 size_t MoeAuxLossWorkspaceBytes(int64_t tokens, int64_t sequences, int64_t experts);
 absl::Status LaunchMoeRouter(const MoeRouterParams& p, StreamHandle stream);
 absl::Status LaunchMoeRouterBackward(const MoeRouterBackwardParams& p, StreamHandle stream);

@@ -13,7 +13,22 @@ namespace {
 
 absl::Status CheckTokens(const char* op, const RouterConfig& c, int64_t tokens) {
   MIMO_RETURN_IF_ERROR(CheckRouterConfig(c));
-  if (tokens < 0) return absl::InvalidArgumentError(absl::StrCat(op, ": tokens ", tokens));
+  if (tokens < 0 || tokens * c.top_k >= (int64_t{1} << 31)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": tokens ", tokens, " (tokens * top_k must stay below 2^31)"));
+  }
+  return absl::OkStatus();
+}
+
+// Host-side indices (the CPU twins'): every one an expert.
+absl::Status CheckIndices(const char* op, const RouterConfig& c, const int32_t* indices,
+                          int64_t tokens) {
+  for (int64_t i = 0; i < tokens * c.top_k; ++i) {
+    if (indices[i] < 0 || indices[i] >= c.experts) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(op, ": index ", i, " is expert ", indices[i], " of ", c.experts));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -110,6 +125,7 @@ absl::Status MoeRouterCpu(const MoeRouterParams& p) {
 
 absl::Status MoeRouterBackwardCpu(const MoeRouterBackwardParams& p) {
   MIMO_RETURN_IF_ERROR(CheckMoeRouterBackward(p));
+  MIMO_RETURN_IF_ERROR(CheckIndices("MoeRouterBackward", p.config, p.indices, p.tokens));
   const RouterConfig& c = p.config;
   for (int64_t t = 0; t < p.tokens; ++t) {
     router::Backward(c, p.dprobs + t * c.top_k, p.scores + t * c.experts, p.indices + t * c.top_k,
@@ -122,9 +138,15 @@ absl::Status MoeAuxLossCpu(const MoeAuxLossParams& p) {
   MIMO_RETURN_IF_ERROR(CheckMoeAuxLoss(p));
   const RouterConfig& c = p.config;
   const int64_t sequences = p.cu_seqlens != nullptr ? p.num_seqs : 1;
-  if (p.cu_seqlens != nullptr && (p.cu_seqlens[0] != 0 || p.cu_seqlens[sequences] != p.tokens)) {
-    return absl::InvalidArgumentError("MoeAuxLoss: cu_seqlens must run from 0 to tokens");
+  if (p.cu_seqlens != nullptr) {
+    bool ok = p.cu_seqlens[0] == 0 && p.cu_seqlens[sequences] == p.tokens;
+    for (int64_t q = 0; q < sequences && ok; ++q) ok = p.cu_seqlens[q] <= p.cu_seqlens[q + 1];
+    if (!ok) {
+      return absl::InvalidArgumentError(
+          "MoeAuxLoss: cu_seqlens must run from 0 to tokens without decreasing");
+    }
   }
+  MIMO_RETURN_IF_ERROR(CheckIndices("MoeAuxLoss", c, p.indices, p.tokens));
   // Per sequence: the counts c_q and sum_t a[t] per expert.
   std::vector<int32_t> counts(sequences * c.experts, 0);
   std::vector<double> sums(sequences * c.experts, 0.0);
@@ -132,7 +154,6 @@ absl::Status MoeAuxLossCpu(const MoeAuxLossParams& p) {
   int64_t nonempty = 0;
   for (int64_t q = 0; q < sequences; ++q) {
     const Range r = SequenceRange(p, q);
-    if (r.end < r.begin) return absl::InvalidArgumentError("MoeAuxLoss: decreasing cu_seqlens");
     if (r.end == r.begin) continue;
     int32_t* cq = counts.data() + q * c.experts;
     double* aq = sums.data() + q * c.experts;
@@ -149,7 +170,7 @@ absl::Status MoeAuxLossCpu(const MoeAuxLossParams& p) {
     ++nonempty;
   }
   double z = 0.0;
-  for (int64_t t = 0; t < p.tokens; ++t) {
+  for (int64_t t = 0; t < p.tokens && p.z_coeff != 0.0f; ++t) {
     const double lse = router::LogSumExp(p.logits + t * c.experts, c.experts);
     z += lse * lse;
   }

@@ -87,6 +87,12 @@ MIMO_HOST_DEVICE inline uint64_t AllowedGroups(const RouterConfig& c, const floa
   return mask;
 }
 
+// Whether the combine weights are divided by the chosen scores' sum: as configured, except that a
+// sigmoid router with one choice keeps its raw score (as Megatron's does).
+MIMO_HOST_DEVICE inline bool Normalizes(const RouterConfig& c) {
+  return c.normalize && !(c.score == RouterScore::kSigmoid && c.top_k == 1);
+}
+
 // The token's choices (best first) and combine weights from its scores.
 MIMO_HOST_DEVICE inline void Choose(const RouterConfig& c, const float* scores, const float* bias,
                                     int32_t* indices, float* probs) {
@@ -105,7 +111,7 @@ MIMO_HOST_DEVICE inline void Choose(const RouterConfig& c, const float* scores, 
     probs[j] = scores[arg];
     sum += probs[j];
   }
-  const float scale = c.normalize ? c.scaling_factor / (sum + kNormEps) : c.scaling_factor;
+  const float scale = Normalizes(c) ? c.scaling_factor / (sum + kNormEps) : c.scaling_factor;
   for (int j = 0; j < c.top_k; ++j) probs[j] *= scale;
 }
 
@@ -121,7 +127,7 @@ MIMO_HOST_DEVICE inline void Backward(const RouterConfig& c, const float* dprobs
     ds[j] = dprobs[j] * c.scaling_factor;
     dot += ds[j] * scores[indices[j]] / denom;
   }
-  if (c.normalize) {
+  if (Normalizes(c)) {
     for (int j = 0; j < c.top_k; ++j) ds[j] = (ds[j] - dot) / denom;
   }
   for (int64_t e = 0; e < c.experts; ++e) dlogits[e] = 0.0f;

@@ -46,8 +46,10 @@ class Ops {
   virtual absl::Status Synchronize() = 0;
 
   // Memory: `bytes` bytes between host memory and this device's memory, within this device's
-  // memory, or set to zero. CopyFromHost may return before the copy is done, but `host` may be
-  // reused as soon as it returns; CopyToHost waits for the work enqueued before it and the copy.
+  // memory, or set to zero. CopyFromHost may return before the copy is done; `host` may be reused
+  // as soon as it returns when it is pageable memory (any ordinary allocation; CUDA stages it),
+  // but pinned memory must stay untouched until Synchronize. CopyToHost waits for the work
+  // enqueued before it and the copy. Copy's buffers may not overlap.
   virtual absl::Status CopyFromHost(void* dst, const void* host, size_t bytes) = 0;
   virtual absl::Status CopyToHost(void* host, const void* src, size_t bytes) = 0;
   virtual absl::Status Copy(void* dst, const void* src, size_t bytes) = 0;

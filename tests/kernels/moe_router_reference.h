@@ -75,7 +75,8 @@ inline std::vector<double> ProbsFloat64(const RouterConfig& c, const std::vector
   double sum = 0;
   for (int32_t e : indices) sum += s[e];
   for (int32_t e : indices) {
-    probs.push_back(c.scaling_factor * (c.normalize ? s[e] / (sum + 1e-20) : s[e]));
+    const bool normalize = c.normalize && !(c.score == RouterScore::kSigmoid && c.top_k == 1);
+    probs.push_back(c.scaling_factor * (normalize ? s[e] / (sum + 1e-20) : s[e]));
   }
   return probs;
 }

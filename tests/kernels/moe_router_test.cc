@@ -39,6 +39,7 @@ std::vector<RouterCase> Cases() {
         .num_groups = 4,
         .group_top_k = 2},
        /*bias=*/true},
+      {"SigmoidTop1KeepsItsScore", {.experts = 6, .top_k = 1, .score = RouterScore::kSigmoid}},
       {"OneExpert", {.experts = 1, .top_k = 1}},
   };
 }
@@ -147,27 +148,35 @@ TEST_P(MoeRouterCpuTest, AuxLossesAndGradientsMatchFloat64) {
   // Per micro-batch (no sequences) and per sequence, one of them empty.
   for (const std::vector<int32_t>& cu :
        {std::vector<int32_t>{}, std::vector<int32_t>{0, 10, 10, 31, 37}}) {
-    std::vector<float> dlogits(kTokens * c.experts, 0.5f);  // Added to.
+    // Added to: from zeros (compared at full precision), and from 0.5.
+    std::vector<float> dlogits(kTokens * c.experts, 0.0f), offset(kTokens * c.experts, 0.5f);
     float losses[2] = {NAN, NAN};
-    ASSERT_TRUE(MoeAuxLossCpu({.config = c,
-                               .logits = logits.data(),
-                               .scores = scores.data(),
-                               .indices = indices.data(),
-                               .cu_seqlens = cu.empty() ? nullptr : cu.data(),
-                               .num_seqs = cu.empty() ? 0 : static_cast<int64_t>(cu.size()) - 1,
-                               .tokens = kTokens,
-                               .aux_coeff = 0.01f,
-                               .z_coeff = 0.001f,
-                               .losses = losses,
-                               .dlogits = dlogits.data(),
-                               .loss_grad = 3.0f})
-                    .ok());
+    MoeAuxLossParams p{.config = c,
+                       .logits = logits.data(),
+                       .scores = scores.data(),
+                       .indices = indices.data(),
+                       .cu_seqlens = cu.empty() ? nullptr : cu.data(),
+                       .num_seqs = cu.empty() ? 0 : static_cast<int64_t>(cu.size()) - 1,
+                       .tokens = kTokens,
+                       .aux_coeff = 0.01f,
+                       .z_coeff = 0.001f,
+                       .losses = losses,
+                       .dlogits = dlogits.data(),
+                       .loss_grad = 3.0f};
+    ASSERT_TRUE(MoeAuxLossCpu(p).ok());
+    p.dlogits = offset.data();
+    ASSERT_TRUE(MoeAuxLossCpu(p).ok());
     const std::vector<double> want = AuxLossFloat64(c, logits_, indices, cu, kTokens, 0.01, 0.001);
     EXPECT_NEAR(losses[0], want[0], 1e-6 * want[0]) << cu.size();
     EXPECT_NEAR(losses[1], want[1], 1e-6 * want[1]) << cu.size();
     std::vector<double> grad = AuxLossGradFloat64(c, logits_, indices, cu, kTokens, 0.01, 0.001);
-    for (double& g : grad) g = 3.0 * g + 0.5;
-    EXPECT_LT(RelError(Doubles(dlogits.data(), dlogits.size()), grad, 1e-3), 1e-5) << cu.size();
+    for (double& g : grad) g *= 3.0;
+    // The gradient's own size sets the scale (central differences in float64 are good to ~1e-9
+    // of the losses, which are ~1e-2 here).
+    EXPECT_LT(RelError(Doubles(dlogits.data(), dlogits.size()), grad, 1e-6), 1e-5) << cu.size();
+    for (size_t i = 0; i < offset.size(); ++i) {
+      ASSERT_NEAR(offset[i], 0.5 + dlogits[i], 1e-7) << i;
+    }
   }
 }
 
@@ -203,6 +212,36 @@ TEST(MoeRouterTest, ZeroTokensZeroesTheCountsAndLosses) {
           .ok());
   EXPECT_EQ(losses[0], 0.0f);
   EXPECT_EQ(losses[1], 0.0f);
+}
+
+TEST(MoeRouterTest, RejectsBadIndicesAndSequences) {
+  const RouterConfig c{.experts = 3, .top_k = 1};
+  const std::vector<float> logits(4 * 3, 0.0f), scores(4 * 3, 1.0f / 3), dprobs(4, 1.0f);
+  std::vector<int32_t> indices = {0, 1, 3, 2};
+  std::vector<float> dlogits(12);
+  float losses[2];
+  EXPECT_EQ(MoeRouterBackwardCpu({.config = c,
+                                  .dprobs = dprobs.data(),
+                                  .scores = scores.data(),
+                                  .indices = indices.data(),
+                                  .dlogits = dlogits.data(),
+                                  .tokens = 4})
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  MoeAuxLossParams p{.config = c,
+                     .logits = logits.data(),
+                     .scores = scores.data(),
+                     .indices = indices.data(),
+                     .tokens = 4,
+                     .aux_coeff = 1,
+                     .losses = losses};
+  EXPECT_EQ(MoeAuxLossCpu(p).code(), absl::StatusCode::kInvalidArgument);
+  indices[2] = 2;
+  EXPECT_TRUE(MoeAuxLossCpu(p).ok());
+  const std::vector<int32_t> decreasing = {0, 100000, 4};
+  p.cu_seqlens = decreasing.data();
+  p.num_seqs = 2;
+  EXPECT_EQ(MoeAuxLossCpu(p).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(MoeRouterTest, RejectsBadConfigs) {

@@ -79,7 +79,8 @@ MoeRun RunMoe(kernels::Ops& ops, const TransformerConfig& config, const MoeConfi
   EXPECT_TRUE(layer.ok()) << layer.status();
   if (!layer.ok()) return run;
   auto seqs = PackedSequences::Create(ops, lengths);
-  EXPECT_TRUE(seqs.ok());
+  EXPECT_TRUE(seqs.ok()) << seqs.status();
+  if (!seqs.ok()) return run;
   std::vector<AuxLossRecord> records;
   StepContext ctx{.ops = &ops, .sequences = &*seqs, .loss_scale = 0.25f, .aux_losses = &records};
   const int64_t t = seqs->tokens(), c = config.hidden_size;

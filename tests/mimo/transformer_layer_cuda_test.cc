@@ -86,6 +86,7 @@ LayerRun RunLayer(kernels::Ops& ops, const TransformerConfig& config,
   if (!layer.ok()) return run;
   auto seqs = PackedSequences::Create(ops, lengths);
   EXPECT_TRUE(seqs.ok()) << seqs.status();
+  if (!seqs.ok()) return run;
   StepContext ctx{.ops = &ops, .sequences = &*seqs, .dropout_seed = 99, .dropout_offset = 4096};
   const int64_t t = seqs->tokens(), c = config.hidden_size;
   auto out = (*layer)->Forward(ctx, Upload(ops, x, {t, c}, config.dtype));
