@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -55,7 +56,8 @@ struct BlockOutput {
 class Block {
  public:
   virtual ~Block() = default;
-  // y = f(x) over x (tokens, features) in the model's compute dtype, contiguous.
+  // y = f(x) over x (tokens, features) in the model's compute dtype, contiguous. The saved
+  // activations may hold x itself: its contents must not change before the Backward.
   virtual absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) = 0;
   // dx from dy (y's shape) and what this block's Forward saved (consumed, so its memory goes as
   // soon as the backward is done with it); adds the gradients of the block's parameters to
