@@ -3,19 +3,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "mimo/tensor_checks.h"
 
 namespace mimo {
 namespace {
 
 using kernels::Tensor;
-
-// The address of row `row` of a (rows, width) matrix held by `t`.
-const char* RowPtr(const Tensor& t, int64_t row, int64_t width) {
-  return static_cast<const char*>(t.data()) + row * width * kernels::DTypeSize(t.dtype());
-}
-char* MutableRowPtr(const Tensor& t, int64_t row, int64_t width) {
-  return static_cast<char*>(t.data()) + row * width * kernels::DTypeSize(t.dtype());
-}
 
 absl::Status CheckRows(const LinearWeights& lw, int64_t row0, int64_t rows) {
   if (row0 < 0 || rows <= 0 || row0 + rows > lw.out()) {
@@ -52,8 +45,8 @@ absl::Status LinearRowsForward(kernels::Ops& ops, const LinearWeights& lw, int64
   }
   return ops.Linear({.dtype = x.dtype(),
                      .x = x.data(),
-                     .w = RowPtr(lw.weight->weight(), row0, in),
-                     .bias = lw.bias != nullptr ? RowPtr(lw.bias->weight(), row0, 1) : nullptr,
+                     .w = RowAt(lw.weight->weight(), row0, in),
+                     .bias = lw.bias != nullptr ? RowAt(lw.bias->weight(), row0, 1) : nullptr,
                      .y = y.data(),
                      .activation = activation,
                      .pre_activation = pre_activation != nullptr ? pre_activation->data() : nullptr,
@@ -77,15 +70,14 @@ absl::Status LinearRowsBackwardRun(kernels::Ops& ops, const LinearWeights& lw,
       .dtype = dy.dtype(),
       .dy = dy.data(),
       .x = x.data(),
-      .w = RowPtr(lw.weight->weight(), b.row0, in),
+      .w = RowAt(lw.weight->weight(), b.row0, in),
       .activation = b.activation,
       .pre_activation = b.pre_activation != nullptr ? b.pre_activation->data() : nullptr,
       .dpre_activation = b.dpre_activation != nullptr ? b.dpre_activation->data() : nullptr,
       .dx = b.dx != nullptr && !b.accumulate_dx ? b.dx->data() : nullptr,
-      .dw = reinterpret_cast<float*>(MutableRowPtr(lw.weight->grad(), b.row0, in)),
-      .dbias = lw.bias != nullptr
-                   ? reinterpret_cast<float*>(MutableRowPtr(lw.bias->grad(), b.row0, 1))
-                   : nullptr,
+      .dw = static_cast<float*>(RowAt(lw.weight->grad(), b.row0, in)),
+      .dbias =
+          lw.bias != nullptr ? static_cast<float*>(RowAt(lw.bias->grad(), b.row0, 1)) : nullptr,
       .accumulate = true,
       .tokens = x.size(0),
       .in = in,

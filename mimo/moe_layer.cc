@@ -32,9 +32,24 @@ struct MoeSaved final : SavedActivations {
   std::unique_ptr<SavedActivations> shared;
 };
 
-// Row `row` of a (rows, width) tensor.
-void* Row(const Tensor& t, int64_t row, int64_t width) {
-  return static_cast<char*>(t.data()) + row * width * kernels::DTypeSize(t.dtype());
+// How the experts' GELU is computed (SwiGLU has its own op).
+kernels::GeluApproximation GeluOf(MlpActivation activation) {
+  return activation == MlpActivation::kGelu ? kernels::GeluApproximation::kNone
+                                            : kernels::GeluApproximation::kTanh;
+}
+
+// The auxiliary losses' parameters over what the forward saved (losses and gradient unset).
+kernels::MoeAuxLossParams AuxLossParams(const MoeConfig& moe, const StepContext& ctx,
+                                        const MoeSaved& saved) {
+  return {.config = moe.router,
+          .logits = saved.logits.data<float>(),
+          .scores = saved.scores.data<float>(),
+          .indices = saved.indices.data<int32_t>(),
+          .cu_seqlens = moe.per_sequence_aux_loss ? ctx.sequences->cu_seqlens() : nullptr,
+          .num_seqs = moe.per_sequence_aux_loss ? ctx.sequences->num_seqs() : 0,
+          .tokens = saved.logits.size(0),
+          .aux_coeff = moe.aux_loss_coeff,
+          .z_coeff = moe.z_loss_coeff};
 }
 
 }  // namespace
@@ -113,17 +128,9 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
                                       .tokens = t}));
   if (ctx.aux_losses != nullptr) {
     MIMO_ASSIGN_OR_RETURN(Tensor losses, NewTensor(ctx, {2}, DType::kF32));
-    MIMO_RETURN_IF_ERROR(ops.MoeAuxLoss(
-        {.config = rc,
-         .logits = saved->logits.data<float>(),
-         .scores = saved->scores.data<float>(),
-         .indices = saved->indices.data<int32_t>(),
-         .cu_seqlens = moe_.per_sequence_aux_loss ? ctx.sequences->cu_seqlens() : nullptr,
-         .num_seqs = moe_.per_sequence_aux_loss ? ctx.sequences->num_seqs() : 0,
-         .tokens = t,
-         .aux_coeff = moe_.aux_loss_coeff,
-         .z_coeff = moe_.z_loss_coeff,
-         .losses = losses.data<float>()}));
+    kernels::MoeAuxLossParams p = AuxLossParams(moe_, ctx, *saved);
+    p.losses = losses.data<float>();
+    MIMO_RETURN_IF_ERROR(ops.MoeAuxLoss(p));
     ctx.aux_losses->push_back({layer_number_, std::move(losses)});
   }
   // Permute to expert-contiguous rows; the row counts come to the host for the expert GEMMs.
@@ -157,18 +164,16 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
   MIMO_ASSIGN_OR_RETURN(saved->h1, NewTensor(ctx, {capacity, f1}, x.dtype()));
   MIMO_ASSIGN_OR_RETURN(saved->a, NewTensor(ctx, {capacity, ffn_}, x.dtype()));
   MIMO_ASSIGN_OR_RETURN(saved->h2, NewTensor(ctx, {capacity, c}, x.dtype()));
-  const size_t es = kernels::DTypeSize(x.dtype());
   for (int64_t i = 0; i < e; ++i) {
     const int64_t n = off[i + 1] - off[i];
     if (n == 0) continue;
-    MIMO_RETURN_IF_ERROR(
-        ops.Linear({.dtype = x.dtype(),
-                    .x = Row(saved->xp, off[i], c),
-                    .w = static_cast<const char*>(fc1_->weight().data()) + i * f1 * c * es,
-                    .y = Row(saved->h1, off[i], f1),
-                    .tokens = n,
-                    .in = c,
-                    .out = f1}));
+    MIMO_RETURN_IF_ERROR(ops.Linear({.dtype = x.dtype(),
+                                     .x = RowAt(saved->xp, off[i], c),
+                                     .w = RowAt(fc1_->weight(), i * f1, c),
+                                     .y = RowAt(saved->h1, off[i], f1),
+                                     .tokens = n,
+                                     .in = c,
+                                     .out = f1}));
   }
   if (used > 0) {
     if (config_.activation == MlpActivation::kSwiglu) {
@@ -182,22 +187,19 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
                                      .x = saved->h1.data(),
                                      .y = saved->a.data(),
                                      .n = used * ffn_,
-                                     .approximation = config_.activation == MlpActivation::kGelu
-                                                          ? kernels::GeluApproximation::kNone
-                                                          : kernels::GeluApproximation::kTanh}));
+                                     .approximation = GeluOf(config_.activation)}));
     }
   }
   for (int64_t i = 0; i < e; ++i) {
     const int64_t n = off[i + 1] - off[i];
     if (n == 0) continue;
-    MIMO_RETURN_IF_ERROR(
-        ops.Linear({.dtype = x.dtype(),
-                    .x = Row(saved->a, off[i], ffn_),
-                    .w = static_cast<const char*>(fc2_->weight().data()) + i * c * ffn_ * es,
-                    .y = Row(saved->h2, off[i], c),
-                    .tokens = n,
-                    .in = ffn_,
-                    .out = c}));
+    MIMO_RETURN_IF_ERROR(ops.Linear({.dtype = x.dtype(),
+                                     .x = RowAt(saved->a, off[i], ffn_),
+                                     .w = RowAt(fc2_->weight(), i * c, ffn_),
+                                     .y = RowAt(saved->h2, off[i], c),
+                                     .tokens = n,
+                                     .in = ffn_,
+                                     .out = c}));
   }
   MIMO_ASSIGN_OR_RETURN(Tensor y, NewTensor(ctx, {t, c}, x.dtype()));
   MIMO_RETURN_IF_ERROR(ops.MoeUnpermute({.dtype = x.dtype(),
@@ -228,7 +230,6 @@ absl::StatusOr<Tensor> MoeLayer::Backward(const StepContext& ctx,
   const int64_t capacity = saved->pair_of_row.numel();
   const std::vector<int32_t>& off = saved->offsets;
   const int64_t used = off[e];
-  const size_t es = kernels::DTypeSize(dy.dtype());
   // Through the weighted combine: the experts' output gradients and the weights' gradient.
   MIMO_ASSIGN_OR_RETURN(Tensor dh2, NewTensor(ctx, {capacity, c}, dy.dtype()));
   MIMO_ASSIGN_OR_RETURN(Tensor dprobs, NewTensor(ctx, {t, k}, DType::kF32));
@@ -249,22 +250,20 @@ absl::StatusOr<Tensor> MoeLayer::Backward(const StepContext& ctx,
   MIMO_ASSIGN_OR_RETURN(Tensor da, NewTensor(ctx, {capacity, ffn_}, dy.dtype()));
   MIMO_ASSIGN_OR_RETURN(Tensor dh1, NewTensor(ctx, {capacity, f1}, dy.dtype()));
   MIMO_ASSIGN_OR_RETURN(Tensor dxp, NewTensor(ctx, {capacity, c}, dy.dtype()));
-  auto* g1 = static_cast<char*>(fc1_->grad().data());
-  auto* g2 = static_cast<char*>(fc2_->grad().data());
   for (int64_t i = 0; i < e; ++i) {
     const int64_t n = off[i + 1] - off[i];
     if (n == 0) continue;
-    MIMO_RETURN_IF_ERROR(ops.LinearBackward(
-        {.dtype = dy.dtype(),
-         .dy = Row(dh2, off[i], c),
-         .x = Row(saved->a, off[i], ffn_),
-         .w = static_cast<const char*>(fc2_->weight().data()) + i * c * ffn_ * es,
-         .dx = Row(da, off[i], ffn_),
-         .dw = reinterpret_cast<float*>(g2 + i * c * ffn_ * sizeof(float)),
-         .accumulate = true,
-         .tokens = n,
-         .in = ffn_,
-         .out = c}));
+    MIMO_RETURN_IF_ERROR(
+        ops.LinearBackward({.dtype = dy.dtype(),
+                            .dy = RowAt(dh2, off[i], c),
+                            .x = RowAt(saved->a, off[i], ffn_),
+                            .w = RowAt(fc2_->weight(), i * c, ffn_),
+                            .dx = RowAt(da, off[i], ffn_),
+                            .dw = static_cast<float*>(RowAt(fc2_->grad(), i * c, ffn_)),
+                            .accumulate = true,
+                            .tokens = n,
+                            .in = ffn_,
+                            .out = c}));
   }
   if (used > 0) {
     if (config_.activation == MlpActivation::kSwiglu) {
@@ -275,15 +274,12 @@ absl::StatusOr<Tensor> MoeLayer::Backward(const StepContext& ctx,
                                                .rows = used,
                                                .cols = ffn_}));
     } else {
-      MIMO_RETURN_IF_ERROR(
-          ops.GeluBackward({.dtype = dy.dtype(),
-                            .dy = da.data(),
-                            .x = saved->h1.data(),
-                            .dx = dh1.data(),
-                            .n = used * ffn_,
-                            .approximation = config_.activation == MlpActivation::kGelu
-                                                 ? kernels::GeluApproximation::kNone
-                                                 : kernels::GeluApproximation::kTanh}));
+      MIMO_RETURN_IF_ERROR(ops.GeluBackward({.dtype = dy.dtype(),
+                                             .dy = da.data(),
+                                             .x = saved->h1.data(),
+                                             .dx = dh1.data(),
+                                             .n = used * ffn_,
+                                             .approximation = GeluOf(config_.activation)}));
     }
   }
   for (int64_t i = 0; i < e; ++i) {
@@ -291,11 +287,11 @@ absl::StatusOr<Tensor> MoeLayer::Backward(const StepContext& ctx,
     if (n == 0) continue;
     MIMO_RETURN_IF_ERROR(
         ops.LinearBackward({.dtype = dy.dtype(),
-                            .dy = Row(dh1, off[i], f1),
-                            .x = Row(saved->xp, off[i], c),
-                            .w = static_cast<const char*>(fc1_->weight().data()) + i * f1 * c * es,
-                            .dx = Row(dxp, off[i], c),
-                            .dw = reinterpret_cast<float*>(g1 + i * f1 * c * sizeof(float)),
+                            .dy = RowAt(dh1, off[i], f1),
+                            .x = RowAt(saved->xp, off[i], c),
+                            .w = RowAt(fc1_->weight(), i * f1, c),
+                            .dx = RowAt(dxp, off[i], c),
+                            .dw = static_cast<float*>(RowAt(fc1_->grad(), i * f1, c)),
                             .accumulate = true,
                             .tokens = n,
                             .in = c,
@@ -320,19 +316,11 @@ absl::StatusOr<Tensor> MoeLayer::Backward(const StepContext& ctx,
                                               .tokens = t}));
   if (moe_.aux_loss_coeff > 0.0f || moe_.z_loss_coeff > 0.0f) {
     MIMO_ASSIGN_OR_RETURN(Tensor losses, NewTensor(ctx, {2}, DType::kF32));
-    MIMO_RETURN_IF_ERROR(ops.MoeAuxLoss(
-        {.config = rc,
-         .logits = saved->logits.data<float>(),
-         .scores = saved->scores.data<float>(),
-         .indices = saved->indices.data<int32_t>(),
-         .cu_seqlens = moe_.per_sequence_aux_loss ? ctx.sequences->cu_seqlens() : nullptr,
-         .num_seqs = moe_.per_sequence_aux_loss ? ctx.sequences->num_seqs() : 0,
-         .tokens = t,
-         .aux_coeff = moe_.aux_loss_coeff,
-         .z_coeff = moe_.z_loss_coeff,
-         .losses = losses.data<float>(),
-         .dlogits = dlogits.data<float>(),
-         .loss_grad = ctx.loss_scale}));
+    kernels::MoeAuxLossParams p = AuxLossParams(moe_, ctx, *saved);
+    p.losses = losses.data<float>();
+    p.dlogits = dlogits.data<float>();
+    p.loss_grad = ctx.loss_scale;
+    MIMO_RETURN_IF_ERROR(ops.MoeAuxLoss(p));
   }
   MIMO_ASSIGN_OR_RETURN(Tensor dlogits_c, NewTensor(ctx, {t, e}, dy.dtype()));
   MIMO_RETURN_IF_ERROR(ops.Cast({.from = DType::kF32,

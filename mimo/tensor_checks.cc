@@ -1,4 +1,4 @@
-// Argument checks on activations and in-place accumulation.
+// Argument checks on activations, row addressing and in-place accumulation.
 #include "mimo/tensor_checks.h"
 
 #include "absl/strings/str_cat.h"
@@ -24,6 +24,10 @@ absl::Status CheckSameShape(const kernels::Tensor& a, const kernels::Tensor& b, 
                      ", got ", a.defined() ? a.ToString() : "an undefined tensor"));
   }
   return absl::OkStatus();
+}
+
+void* RowAt(const kernels::Tensor& t, int64_t row, int64_t width) {
+  return static_cast<char*>(t.data()) + row * width * kernels::DTypeSize(t.dtype());
 }
 
 absl::Status AddInto(kernels::Ops& ops, const kernels::Tensor& dst, const kernels::Tensor& src) {
