@@ -183,7 +183,16 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Connect(
     return absl::Status(status.code(), absl::StrCat("connecting group ", group, " as member ",
                                                     group_rank, ": ", status.message()));
   }
-  return std::unique_ptr<GlooCommunicator>(new GlooCommunicator(std::move(context), kind, members));
+  // A member whose pairs are up may still be finishing its peers' handshakes: without a barrier a
+  // member that returns and closes its end at once (an error in a later group, a short-lived
+  // group) fails a peer's connect with "Connection closed by peer".
+  std::unique_ptr<GlooCommunicator> comm(new GlooCommunicator(std::move(context), kind, members));
+  const absl::Status barrier = comm->Barrier();
+  if (!barrier.ok()) {
+    return absl::Status(barrier.code(), absl::StrCat("connecting group ", group, " as member ",
+                                                     group_rank, ": ", barrier.message()));
+  }
+  return comm;
 }
 
 GlooCommunicator::GlooCommunicator(std::shared_ptr<gloo::Context> context, absl::string_view kind,

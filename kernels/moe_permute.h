@@ -19,9 +19,11 @@ int64_t MoePermuteCapacity(int64_t tokens, int64_t top_k, int64_t experts, int64
 // Where the pairs go. Expert e's rows start at offsets[e] = the sum over e' < e of
 // RoundUp(count[e'], align), with count[e] its pairs; within an expert, pairs keep their
 // (token, choice) order. pair_of_row is the inverse: the pair t * top_k + j in each row, -1 in
-// padding rows and the rows past offsets[experts].
+// padding rows and the rows past offsets[experts]. A pair whose expert is -1 goes nowhere (a
+// padding token, a choice dropped over capacity): its row is -1, so it adds nothing to the
+// unpermuted output and gets no gradient.
 struct MoePermuteMapParams {
-  const int32_t* indices = nullptr;  // (tokens, top_k): experts in [0, experts).
+  const int32_t* indices = nullptr;  // (tokens, top_k): experts in [0, experts), or -1.
   int32_t* rows = nullptr;           // (tokens, top_k)
   int32_t* offsets = nullptr;        // (experts + 1,)
   int32_t* pair_of_row = nullptr;    // (capacity,)
@@ -93,7 +95,7 @@ absl::Status CheckMoePermuteBackward(const MoePermuteBackwardParams& p);
 absl::Status CheckMoeUnpermute(const MoeUnpermuteParams& p);
 absl::Status CheckMoeUnpermuteBackward(const MoeUnpermuteBackwardParams& p);
 
-// CPU twins: host memory. The map also rejects an expert index out of range.
+// CPU twins: host memory. The map also rejects an expert index out of range (other than -1).
 absl::Status MoePermuteMapCpu(const MoePermuteMapParams& p);
 absl::Status MoePermuteCpu(const MoePermuteParams& p);
 absl::Status MoePermuteBackwardCpu(const MoePermuteBackwardParams& p);

@@ -65,8 +65,9 @@ absl::Status CheckMoePermuteMap(const MoePermuteMapParams& p) {
                                                    " is below MoePermuteCapacity (", need,
                                                    ") or reaches 2^31"));
   }
-  MIMO_RETURN_IF_ERROR(CheckBuffers("MoePermuteMap", true,
-                                    {{p.offsets, "offsets"}, {p.pair_of_row, "pair_of_row"}}));
+  MIMO_RETURN_IF_ERROR(CheckBuffers("MoePermuteMap", true, {{p.offsets, "offsets"}}));
+  MIMO_RETURN_IF_ERROR(
+      CheckBuffers("MoePermuteMap", p.capacity > 0, {{p.pair_of_row, "pair_of_row"}}));
   return CheckBuffers("MoePermuteMap", p.tokens > 0, {{p.indices, "indices"}, {p.rows, "rows"}});
 }
 
@@ -110,6 +111,7 @@ absl::Status MoePermuteMapCpu(const MoePermuteMapParams& p) {
   std::vector<int64_t> count(p.experts, 0);
   for (int64_t i = 0; i < pairs; ++i) {
     const int32_t e = p.indices[i];
+    if (e == -1) continue;
     if (e < 0 || e >= p.experts) {
       return absl::InvalidArgumentError(
           absl::StrCat("MoePermuteMap: pair ", i, " chose expert ", e, " of ", p.experts));
@@ -124,6 +126,10 @@ absl::Status MoePermuteMapCpu(const MoePermuteMapParams& p) {
   for (int64_t r = 0; r < p.capacity; ++r) p.pair_of_row[r] = -1;
   std::vector<int64_t> next(p.offsets, p.offsets + p.experts);
   for (int64_t i = 0; i < pairs; ++i) {
+    if (p.indices[i] < 0) {
+      p.rows[i] = -1;
+      continue;
+    }
     const int64_t row = next[p.indices[i]]++;
     p.rows[i] = static_cast<int32_t>(row);
     p.pair_of_row[row] = static_cast<int32_t>(i);

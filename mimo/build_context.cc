@@ -16,13 +16,15 @@ BuildContext BuildContext::Child(absl::string_view name) const {
 absl::StatusOr<std::unique_ptr<Parameter>> BuildContext::NewParameter(absl::string_view name,
                                                                       kernels::Shape shape,
                                                                       InitKind init, float std,
-                                                                      bool weight_decay) const {
+                                                                      bool weight_decay,
+                                                                      ParameterShard shard) const {
   ParameterSpec spec;
   spec.name = prefix.empty() ? std::string(name) : absl::StrCat(prefix, ".", name);
   spec.shape = std::move(shape);
   spec.init = init;
   spec.std = std;
   spec.weight_decay = weight_decay;
+  spec.shard = shard;
   return Parameter::Create(*ops, std::move(spec), config->dtype, seed);
 }
 

@@ -1,5 +1,5 @@
 // What building one block of a transformer stack needs: the ops its parameters live on, the
-// configuration, the job seed and the parameters' name prefix.
+// configuration, the rank's process groups, the job seed and the parameters' name prefix.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kernels/ops.h"
+#include "mimo/model_groups.h"
 #include "mimo/parameter.h"
 #include "mimo/transformer_config.h"
 
@@ -20,13 +21,16 @@ struct BuildContext {
   uint64_t seed = 0;                          // The job seed: keys the initial values.
   std::string prefix;                         // "decoder.layers.3.mlp"
   int layer_number = 0;                       // 0-based, in the whole stack.
+  ModelGroups groups;                         // Default: this rank alone in every group.
 
   // The context of a sub-block: prefix + "." + name.
   BuildContext Child(absl::string_view name) const;
-  // A parameter named prefix + "." + name in config->dtype.
+  // A parameter named prefix + "." + name in config->dtype; `shard` places it in a full tensor
+  // split across ranks.
   absl::StatusOr<std::unique_ptr<Parameter>> NewParameter(absl::string_view name,
                                                           kernels::Shape shape, InitKind init,
-                                                          float std, bool weight_decay) const;
+                                                          float std, bool weight_decay,
+                                                          ParameterShard shard = {}) const;
 };
 
 }  // namespace mimo

@@ -1,8 +1,9 @@
 // The Mixture-of-Experts MLP of a transformer layer: a router choosing top-k experts per token,
 // the tokens permuted to expert-contiguous order, each local expert's MLP, the outputs combined
 // with the router's weights, optional shared experts beside them; the load-balancing and z losses
-// reported and their gradients added in the backward. All experts are local (expert parallelism
-// comes with the EP dispatch).
+// reported and their gradients added in the backward. With expert parallelism (the build
+// context's EP group) each rank holds E / ep of the experts and the pairs travel to them and back
+// through MoeTokenDispatcher's all-to-all.
 #pragma once
 
 #include <memory>
@@ -11,24 +12,26 @@
 #include "absl/status/statusor.h"
 #include "mimo/block.h"
 #include "mimo/build_context.h"
-#include "mimo/dense_mlp.h"
+#include "mimo/experts.h"
 #include "mimo/linear_weights.h"
 #include "mimo/mlp_builder.h"
 #include "mimo/moe_config.h"
+#include "mimo/moe_token_dispatcher.h"
 
 namespace mimo {
 
 class MoeLayer final : public Block {
  public:
-  // Parameters (E experts, C hidden, F expert width, F1 = 2F for SwiGLU else F):
-  //   router.weight (E, C); experts.linear_fc1.weight (E, F1, C);
-  //   experts.linear_fc2.weight (E, C, F) with std init_std / sqrt(2 * num_layers);
-  //   shared_experts.* (a DenseMlp of the shared width) when configured. Experts have no biases.
-  static absl::StatusOr<std::unique_ptr<MoeLayer>> Create(const BuildContext& ctx,
-                                                          const MoeConfig& moe);
+  // Parameters (E experts, C hidden): router.weight (E, C); experts.* from `experts` (this
+  // rank's E / ep experts); shared_experts.* from `shared` when the config gives them a width.
+  // InvalidArgument when E does not split evenly over ctx.groups.ep.
+  static absl::StatusOr<std::unique_ptr<MoeLayer>> Create(
+      const BuildContext& ctx, const MoeConfig& moe,
+      const ExpertsBuilder& experts = SequentialExpertsBuilder(),
+      const SharedExpertsBuilder& shared = DenseSharedExpertsBuilder());
 
-  // Synchronizes with the device once per call to read the experts' row counts (the
-  // per-expert GEMMs are launched from the host).
+  // Synchronizes with the device to read the experts' row counts (the per-expert GEMMs are
+  // launched from the host). With EP every member of the group must run the layer together.
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
   absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
                                            std::unique_ptr<SavedActivations> saved,
@@ -36,28 +39,31 @@ class MoeLayer final : public Block {
   void AppendParameters(std::vector<Parameter*>& out) const override;
 
  private:
-  MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number, int64_t ffn,
-           LinearWeights router, std::unique_ptr<Parameter> fc1, std::unique_ptr<Parameter> fc2,
-           std::unique_ptr<DenseMlp> shared);
+  MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number,
+           MoeTokenDispatcher dispatcher, LinearWeights router, std::unique_ptr<Experts> experts,
+           std::unique_ptr<Block> shared);
 
   const TransformerConfig config_;
   const MoeConfig moe_;
   const int layer_number_;
-  const int64_t ffn_;  // F
+  const MoeTokenDispatcher dispatcher_;
   LinearWeights router_;
-  std::unique_ptr<Parameter> fc1_;  // (E, F1, C)
-  std::unique_ptr<Parameter> fc2_;  // (E, C, F)
-  std::unique_ptr<DenseMlp> shared_;
+  std::unique_ptr<Experts> experts_;
+  std::unique_ptr<Block> shared_;  // Null without shared experts.
 };
 
 // Builds MoeLayer for every layer it is asked for.
 class MoeMlpBuilder final : public MlpBuilder {
  public:
-  explicit MoeMlpBuilder(MoeConfig moe) : moe_(moe) {}
+  // Null builders mean SequentialExpertsBuilder and DenseSharedExpertsBuilder.
+  explicit MoeMlpBuilder(MoeConfig moe, std::shared_ptr<const ExpertsBuilder> experts = nullptr,
+                         std::shared_ptr<const SharedExpertsBuilder> shared = nullptr);
   absl::StatusOr<std::unique_ptr<Block>> Build(const BuildContext& ctx) const override;
 
  private:
   MoeConfig moe_;
+  std::shared_ptr<const ExpertsBuilder> experts_;
+  std::shared_ptr<const SharedExpertsBuilder> shared_;
 };
 
 }  // namespace mimo

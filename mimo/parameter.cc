@@ -51,6 +51,13 @@ absl::Status CheckParameterSpec(const ParameterSpec& spec) {
     return absl::InvalidArgumentError(
         absl::StrCat("parameter ", spec.name, ": std must be > 0, got ", spec.std));
   }
+  const ParameterShard& s = spec.shard;
+  if (s.full_size != 0 && (s.dim < 0 || s.dim >= static_cast<int>(spec.shape.size()) ||
+                           s.offset < 0 || s.offset + spec.shape[s.dim] > s.full_size)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameter ", spec.name, ": shard of ", kernels::ShapeToString(spec.shape), " at offset ",
+        s.offset, " of dimension ", s.dim, " lies outside the full size ", s.full_size));
+  }
   return absl::OkStatus();
 }
 
@@ -66,16 +73,27 @@ std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed) {
   }
   const uint64_t key = InitKey(seed, spec.name);
   const PhiloxKey philox_key{static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32)};
+  // Element i of the shard is element (o * full + d + offset) * inner + r of the full tensor,
+  // where i = (o * size + d) * inner + r along the shard's dimension of `size` elements.
+  const ParameterShard& s = spec.shard;
+  const int64_t size = s.full_size != 0 ? spec.shape[s.dim] : 1;
+  const int64_t full = s.full_size != 0 ? s.full_size : 1;
+  int64_t inner = n;
+  if (s.full_size != 0) {
+    inner = 1;
+    for (size_t d = s.dim + 1; d < spec.shape.size(); ++d) inner *= spec.shape[d];
+  }
   std::vector<float> values(n);
-  for (int64_t i = 0; i < n; i += 2) {
-    const uint64_t block = static_cast<uint64_t>(i) / 2;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t o = i / (size * inner), d = i / inner % size, r = i % inner;
+    const uint64_t g =
+        static_cast<uint64_t>((o * full + d + (s.full_size != 0 ? s.offset : 0)) * inner + r);
     const PhiloxCounter bits = Philox4x32(
-        {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u, 0u}, philox_key);
-    for (int64_t j = 0; j < 2 && i + j < n; ++j) {
-      const double radius = std::sqrt(-2.0 * std::log(UnitInterval(bits[2 * j])));
-      const double angle = 2.0 * std::numbers::pi * UnitInterval(bits[2 * j + 1]);
-      values[i + j] = static_cast<float>(spec.std * radius * std::cos(angle));
-    }
+        {static_cast<uint32_t>(g / 2), static_cast<uint32_t>(g / 2 >> 32), 0u, 0u}, philox_key);
+    const int j = static_cast<int>(g % 2);
+    const double radius = std::sqrt(-2.0 * std::log(UnitInterval(bits[2 * j])));
+    const double angle = 2.0 * std::numbers::pi * UnitInterval(bits[2 * j + 1]);
+    values[i] = static_cast<float>(spec.std * radius * std::cos(angle));
   }
   return values;
 }

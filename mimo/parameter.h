@@ -20,6 +20,15 @@ enum class InitKind {
   kZeros,   // Biases.
 };
 
+// Where a parameter sits in the model's full tensor when the layout splits that tensor across
+// ranks (routed experts over the EP group): along dimension `dim`, this rank holds the
+// shape[dim] slices starting at `offset` of the full tensor's `full_size`.
+struct ParameterShard {
+  int dim = 0;
+  int64_t offset = 0;
+  int64_t full_size = 0;  // 0: the parameter is whole on every rank that holds it.
+};
+
 struct ParameterSpec {
   // Unique within the model, dot-separated like Megatron's state-dict keys
   // ("decoder.layers.0.mlp.linear_fc1.weight"); it keys the initial values.
@@ -29,16 +38,19 @@ struct ParameterSpec {
   float std = 0.02f;  // Of kNormal; > 0.
   // Takes AdamW's weight decay (Megatron exempts biases and norm weights).
   bool weight_decay = true;
+  ParameterShard shard;  // The full tensor's shape replaces shape[shard.dim] by full_size.
 };
 
-// InvalidArgument for an empty name, a non-positive size or a non-positive std.
+// InvalidArgument for an empty name, a non-positive size, a non-positive std, or a shard
+// outside the full tensor.
 absl::Status CheckParameterSpec(const ParameterSpec& spec);
 
 // The initial value of every element (row-major) of `spec`'s tensor under `seed` (the job seed):
-// element i of a kNormal tensor is std * N(0, 1) from Box-Muller over the two 32-bit words
-// 2*(i%2), 2*(i%2)+1 of Philox block i/2, keyed by a hash of (seed, name). The values depend
-// only on the seed, the name and the element's index -- not on the device or the parallel
-// layout -- like Megatron's --use-cpu-initialization.
+// element i of the full tensor, kNormal, is std * N(0, 1) from Box-Muller over the two 32-bit
+// words 2*(i%2), 2*(i%2)+1 of Philox block i/2, keyed by a hash of (seed, name); a shard holds
+// its slice of the full tensor's values. The values depend only on the seed, the name and the
+// element's index in the full tensor -- not on the device or the parallel layout -- like
+// Megatron's --use-cpu-initialization.
 std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed);
 
 // One parameter on one device. `weight` is what the ops read, in the model's compute dtype;

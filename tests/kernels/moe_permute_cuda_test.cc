@@ -27,6 +27,7 @@ struct PermuteCase {
   const char* name;
   int64_t tokens, top_k, experts, align, hidden;
   double skew;
+  double dropped = 0.0;  // Fraction of pairs going nowhere (expert -1).
 };
 
 void PrintTo(const PermuteCase& c, std::ostream* os) { *os << c.name; }
@@ -45,7 +46,8 @@ TEST_P(MoePermuteCudaTest, BitwiseEqualToTheCpuTwins) {
   const int64_t capacity = MoePermuteCapacity(t, k.top_k, k.experts, k.align);
   const size_t es = DTypeSize(dtype);
   std::mt19937 random(11);
-  const std::vector<int32_t> indices = RandomRouting(t, k.top_k, k.experts, k.skew, random);
+  const std::vector<int32_t> indices =
+      RandomRouting(t, k.top_k, k.experts, k.skew, random, k.dropped);
   const HostData x = RandomData(dtype, t * h, random, -1, 1);
   const HostData probs = RandomData(DType::kF32, pairs, random, 0, 1);
   const HostData dout = RandomData(dtype, capacity * h, random, -1, 1);
@@ -186,6 +188,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          PermuteCase{"FineGrainedZipf", 2049, 6, 64, 8, 64, 1.2},
                                          PermuteCase{"ManyChunksSkewed", 3000, 8, 128, 16, 24, 2.0},
                                          PermuteCase{"OneToken", 1, 1, 3, 1, 7, 0.0},
+                                         PermuteCase{"DroppedPairs", 2500, 4, 16, 16, 40, 1.0, 0.3},
                                          PermuteCase{"NoTokens", 0, 2, 4, 4, 16, 0.0}),
                        ::testing::Values(DType::kF32, DType::kBF16)),
     [](const auto& info) {

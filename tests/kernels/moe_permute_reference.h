@@ -31,6 +31,7 @@ inline PermuteMapReference PermuteMapFloat64(const std::vector<int32_t>& indices
   int64_t previous = -1, within = 0;
   for (int64_t pair : order) {
     const int32_t e = indices[pair];
+    if (e < 0) continue;  // Goes nowhere.
     within = e == previous ? within + 1 : 0;
     previous = e;
     r.rows[pair] = static_cast<int32_t>(r.offsets[e] + within);
@@ -40,10 +41,11 @@ inline PermuteMapReference PermuteMapFloat64(const std::vector<int32_t>& indices
 }
 
 // Zipf-like routing: expert e is chosen with weight 1 / (e + 1)^skew (0: uniform); top_k
-// distinct experts per token.
+// distinct experts per token; then each choice replaced by -1 (goes nowhere) with probability
+// `dropped`.
 template <typename Random>
 std::vector<int32_t> RandomRouting(int64_t tokens, int64_t top_k, int64_t experts, double skew,
-                                   Random& random) {
+                                   Random& random, double dropped = 0.0) {
   std::vector<double> weight(experts);
   for (int64_t e = 0; e < experts; ++e) weight[e] = 1.0 / std::pow(e + 1.0, skew);
   std::vector<int32_t> out;
@@ -54,6 +56,12 @@ std::vector<int32_t> RandomRouting(int64_t tokens, int64_t top_k, int64_t expert
       const int32_t e = pick(random);
       out.push_back(e);
       w[e] = 0;
+    }
+  }
+  if (dropped > 0.0) {
+    std::bernoulli_distribution drop(dropped);
+    for (int32_t& e : out) {
+      if (drop(random)) e = -1;
     }
   }
   return out;

@@ -1,4 +1,5 @@
-// MoE token permutation's CPU twins against a float64 stable sort by expert: the map exactly,
+// MoE token permutation's CPU twins against a float64 stable sort by expert (a fifth of the pairs
+// going nowhere): the map exactly,
 // the permutation exactly, sums and dot products within 1e-6 (f32) / 1e-2 (bf16) of float64;
 // outputs poisoned first; argument checks.
 #include "kernels/moe_permute.h"
@@ -45,7 +46,7 @@ TEST_P(MoePermuteCpuTest, ForwardAndBackwardMatchFloat64) {
   const double bound = dtype == DType::kF32 ? 1e-6 : 1e-2;
   std::mt19937 random(3);
   const int64_t tokens = 37, top_k = 3, experts = 5, align = 4, hidden = 45;
-  const std::vector<int32_t> indices = RandomRouting(tokens, top_k, experts, 1.2, random);
+  const std::vector<int32_t> indices = RandomRouting(tokens, top_k, experts, 1.2, random, 0.2);
   const int64_t capacity = MoePermuteCapacity(tokens, top_k, experts, align);
   const Map m = RunMap(indices, tokens, top_k, experts, align);
   const PermuteMapReference want = PermuteMapFloat64(indices, experts, align, capacity);
@@ -86,6 +87,7 @@ TEST_P(MoePermuteCpuTest, ForwardAndBackwardMatchFloat64) {
                   .ok());
   std::vector<double> dx_want(tokens * hidden, 0.0);
   for (int64_t i = 0; i < tokens * top_k; ++i) {
+    if (want.rows[i] < 0) continue;
     for (int64_t c = 0; c < hidden; ++c) {
       dx_want[i / top_k * hidden + c] += dout.exact[want.rows[i] * hidden + c];
     }
@@ -108,6 +110,7 @@ TEST_P(MoePermuteCpuTest, ForwardAndBackwardMatchFloat64) {
                   .ok());
   std::vector<double> y_want(tokens * hidden, 0.0);
   for (int64_t i = 0; i < tokens * top_k; ++i) {
+    if (want.rows[i] < 0) continue;
     for (int64_t c = 0; c < hidden; ++c) {
       y_want[i / top_k * hidden + c] += probs.exact[i] * h.exact[want.rows[i] * hidden + c];
     }
@@ -132,6 +135,7 @@ TEST_P(MoePermuteCpuTest, ForwardAndBackwardMatchFloat64) {
                   .ok());
   std::vector<double> dh_want(capacity * hidden, 0.0), dprobs_want(tokens * top_k, 0.0);
   for (int64_t i = 0; i < tokens * top_k; ++i) {
+    if (want.rows[i] < 0) continue;
     for (int64_t c = 0; c < hidden; ++c) {
       dh_want[want.rows[i] * hidden + c] = probs.exact[i] * dy.exact[i / top_k * hidden + c];
       dprobs_want[i] += dy.exact[i / top_k * hidden + c] * h.exact[want.rows[i] * hidden + c];
@@ -153,10 +157,19 @@ TEST(MoePermuteTest, PadsEachExpertAndKeepsPairOrder) {
             (std::vector<int32_t>{1, 2, 5, -1, 3, -1, 0, 4, -1, -1}));  // Capacity 6 + 4 * (2 - 1).
 }
 
+TEST(MoePermuteTest, PairsOfExpertMinusOneGoNowhere) {
+  // Token 0 -> experts 1, none; token 1 -> none, 0. Align 2.
+  const Map m = RunMap({1, -1, -1, 0}, 2, 2, 2, 2);
+  EXPECT_EQ(m.offsets, (std::vector<int32_t>{0, 2, 4}));
+  EXPECT_EQ(m.rows, (std::vector<int32_t>{2, -1, -1, 0}));
+  EXPECT_EQ(m.pair_of_row, (std::vector<int32_t>{3, -1, 0, -1, -1, -1}));
+}
+
 TEST(MoePermuteTest, NoTokens) {
   const Map m = RunMap({}, 0, 2, 3, 8);
   EXPECT_EQ(m.offsets, (std::vector<int32_t>{0, 0, 0, 0}));
   EXPECT_EQ(m.pair_of_row, std::vector<int32_t>(21, -1));
+  EXPECT_EQ(RunMap({}, 0, 2, 3, 1).offsets, (std::vector<int32_t>{0, 0, 0, 0}));  // Capacity 0.
 }
 
 TEST(MoePermuteTest, RejectsBadArguments) {
@@ -173,6 +186,8 @@ TEST(MoePermuteTest, RejectsBadArguments) {
   const absl::Status out_of_range = MoePermuteMapCpu(p);
   EXPECT_EQ(out_of_range.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(out_of_range.message().find("expert 5"), absl::string_view::npos);
+  indices[1] = -2;
+  EXPECT_EQ(MoePermuteMapCpu(p).code(), absl::StatusCode::kInvalidArgument);
   indices[1] = 1;
   EXPECT_TRUE(MoePermuteMapCpu(p).ok());
   p.align = 4;  // Capacity 2 < 2 + 2 * 3.

@@ -51,6 +51,22 @@ TEST(InitialValuesTest, DependsOnSeedAndNameOnly) {
             std::vector<float>(base.begin(), base.begin() + 7));
 }
 
+TEST(InitialValuesTest, AShardHoldsItsSliceOfTheFullTensor) {
+  const std::vector<float> full = InitialValues(Normal("experts.weight", {6, 5, 3}), 9);
+  // Dimension 0 (experts over EP ranks): rows 2..3 of 6.
+  ParameterSpec rows = Normal("experts.weight", {2, 5, 3});
+  rows.shard = {.dim = 0, .offset = 2, .full_size = 6};
+  EXPECT_EQ(InitialValues(rows, 9), std::vector<float>(full.begin() + 30, full.begin() + 60));
+  // Dimension 1: columns 1..3 of 5 of every row (odd offsets and sizes cross Philox blocks).
+  ParameterSpec cols = Normal("experts.weight", {6, 3, 3});
+  cols.shard = {.dim = 1, .offset = 1, .full_size = 5};
+  std::vector<float> want;
+  for (int e = 0; e < 6; ++e) {
+    want.insert(want.end(), full.begin() + e * 15 + 3, full.begin() + e * 15 + 12);
+  }
+  EXPECT_EQ(InitialValues(cols, 9), want);
+}
+
 TEST(InitialValuesTest, OnesAndZeros) {
   EXPECT_EQ(InitialValues({.name = "n.weight", .shape = {3}, .init = InitKind::kOnes}, 1),
             std::vector<float>(3, 1.0f));
@@ -96,6 +112,14 @@ TEST(ParameterTest, RejectsBadSpecsAndDtypes) {
   EXPECT_EQ(Parameter::Create(*ops, Normal("w", {}), DType::kF32, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Parameter::Create(*ops, Normal("w", {2}, 0.0f), DType::kF32, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ParameterSpec outside = Normal("w", {2, 3});
+  outside.shard = {.dim = 0, .offset = 3, .full_size = 4};  // Rows 3..4 of 4.
+  const auto bad_shard = Parameter::Create(*ops, outside, DType::kF32, 1);
+  EXPECT_EQ(bad_shard.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_shard.status().message().find("full size 4"), absl::string_view::npos);
+  outside.shard = {.dim = 2, .offset = 0, .full_size = 4};
+  EXPECT_EQ(Parameter::Create(*ops, outside, DType::kF32, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
   const auto bad_dtype = Parameter::Create(*ops, Normal("w", {2}), DType::kI32, 1);
   EXPECT_EQ(bad_dtype.status().code(), absl::StatusCode::kInvalidArgument);

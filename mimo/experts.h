@@ -1,0 +1,74 @@
+// The routed experts of a MoE layer -- each local expert's MLP over its own block of rows -- and
+// the typed builders a MoeLayer makes its routed and shared experts with.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/tensor.h"
+#include "mimo/block.h"
+#include "mimo/build_context.h"
+#include "mimo/parameter.h"
+
+namespace mimo {
+
+// Which of the model's experts a rank holds.
+struct LocalExperts {
+  int64_t total = 0;  // E, over the whole EP group.
+  int64_t first = 0;  // The global index of local expert 0.
+  int64_t count = 0;  // El.
+  int64_t ffn = 0;    // F: each expert's width.
+};
+
+class Experts {
+ public:
+  virtual ~Experts() = default;
+  // x (R, C) in the compute dtype: local expert i's rows are [offsets[i], offsets[i + 1])
+  // (offsets on the host, El + 1 of them, rows past offsets[El] ignored). Returns h (R, C) with
+  // each row the MLP of its expert over the same row of x (rows past offsets[El] unset).
+  virtual absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x,
+                                              absl::Span<const int32_t> offsets) = 0;
+  // dh (R, C) -> dx (R, C) (rows past offsets[El] unset); adds the experts' weight gradients.
+  virtual absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
+                                                   std::unique_ptr<SavedActivations> saved,
+                                                   const kernels::Tensor& dh) = 0;
+  virtual void AppendParameters(std::vector<Parameter*>& out) const = 0;
+};
+
+// Makes a MoE layer's routed experts; ctx.prefix is the experts' ("...mlp.experts").
+class ExpertsBuilder {
+ public:
+  virtual ~ExpertsBuilder() = default;
+  virtual absl::StatusOr<std::unique_ptr<Experts>> Build(const BuildContext& ctx,
+                                                         const LocalExperts& experts) const = 0;
+};
+
+// Makes a MoE layer's shared experts: a Block from (T, C) to (T, C) applied to every token;
+// ctx.prefix is theirs ("...mlp.shared_experts"), `ffn` their total width.
+class SharedExpertsBuilder {
+ public:
+  virtual ~SharedExpertsBuilder() = default;
+  virtual absl::StatusOr<std::unique_ptr<Block>> Build(const BuildContext& ctx,
+                                                       int64_t ffn) const = 0;
+};
+
+// Experts as Megatron's SequentialMLP: one (E-sliced) weight tensor per projection, one GEMM per
+// expert with rows, launched from the host. Parameters (F1 = 2F for SwiGLU else F, no biases):
+//   linear_fc1.weight (El, F1, C); linear_fc2.weight (El, C, F) with std
+//   init_std / sqrt(2 * num_layers); each the rows [first, first + El) of the full (E, ...) tensor.
+class SequentialExpertsBuilder final : public ExpertsBuilder {
+ public:
+  absl::StatusOr<std::unique_ptr<Experts>> Build(const BuildContext& ctx,
+                                                 const LocalExperts& experts) const override;
+};
+
+// Shared experts as a DenseMlp of width `ffn` (the transformer's activation and biases).
+class DenseSharedExpertsBuilder final : public SharedExpertsBuilder {
+ public:
+  absl::StatusOr<std::unique_ptr<Block>> Build(const BuildContext& ctx, int64_t ffn) const override;
+};
+
+}  // namespace mimo

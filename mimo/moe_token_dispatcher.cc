@@ -1,0 +1,368 @@
+// MoeTokenDispatcher: the local path (one permutation into the experts' buffer) and the
+// all-to-all path (pad to the group's token count, permute by global expert, exchange the row
+// counts, all-to-all, regroup the received rows by local expert; the reverse to combine).
+#include "mimo/moe_token_dispatcher.h"
+
+#include <algorithm>
+#include <numeric>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/moe_permute.h"
+
+namespace mimo {
+namespace {
+
+using kernels::DType;
+using kernels::Tensor;
+
+absl::StatusOr<comm::DataType> CommType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return comm::DataType::kFloat32;
+    case DType::kBF16:
+      return comm::DataType::kBFloat16;
+    case DType::kI32:
+      return comm::DataType::kInt32;
+    case DType::kI64:
+      return comm::DataType::kInt64;
+  }
+  return absl::InvalidArgumentError("MoeTokenDispatcher: no communicator type for this dtype");
+}
+
+// `t` (n, width...) extended to `rows` rows: zeros, or -1 for int32 routing indices. `t` itself
+// when it already has that many.
+absl::StatusOr<Tensor> PadRows(const StepContext& ctx, const Tensor& t, int64_t rows) {
+  const int64_t n = t.size(0);
+  if (rows == n) return t;
+  kernels::Shape shape = t.shape();
+  shape[0] = rows;
+  MIMO_ASSIGN_OR_RETURN(Tensor out, NewTensor(ctx, shape, t.dtype()));
+  kernels::Ops& ops = *ctx.ops;
+  const size_t row_bytes = t.numel() == 0 ? out.nbytes() / rows : t.nbytes() / n;
+  const size_t tail = (rows - n) * row_bytes;
+  if (n > 0) MIMO_RETURN_IF_ERROR(ops.Copy(out.data(), t.data(), n * row_bytes));
+  char* tail_data = static_cast<char*>(out.data()) + n * row_bytes;
+  if (t.dtype() == DType::kI32) {
+    const std::vector<int32_t> none(tail / sizeof(int32_t), -1);
+    MIMO_RETURN_IF_ERROR(ops.CopyFromHost(tail_data, none.data(), tail));
+  } else {
+    MIMO_RETURN_IF_ERROR(ops.SetZero(tail_data, tail));
+  }
+  return out;
+}
+
+// Element counts of `rows` rows of `width` elements each.
+std::vector<size_t> Elements(const std::vector<size_t>& rows, int64_t width) {
+  std::vector<size_t> out(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) out[i] = rows[i] * static_cast<size_t>(width);
+  return out;
+}
+
+size_t Sum(const std::vector<size_t>& v) { return std::accumulate(v.begin(), v.end(), size_t{0}); }
+
+// All-to-all of rows: `send` (rows in peer order) to `recv` (rows in peer order). The ops'
+// stream is drained first: the communicator reads what the ops wrote.
+absl::Status ExchangeRows(const StepContext& ctx, comm::Communicator& ep, const Tensor& send,
+                          const std::vector<size_t>& send_rows, const Tensor& recv,
+                          const std::vector<size_t>& recv_rows, int64_t width) {
+  MIMO_ASSIGN_OR_RETURN(comm::DataType type, CommType(send.dtype()));
+  MIMO_RETURN_IF_ERROR(ctx.ops->Synchronize());
+  return ep.AllToAll(send.data(), Elements(send_rows, width), recv.data(),
+                     Elements(recv_rows, width), type);
+}
+
+}  // namespace
+
+absl::StatusOr<MoeTokenDispatcher> MoeTokenDispatcher::Create(const MoeDispatcherOptions& o) {
+  if (o.experts < 1 || o.top_k < 1 || o.top_k > o.experts || o.hidden < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MoeTokenDispatcher: needs 1 <= top_k <= experts and hidden >= 1, got experts ", o.experts,
+        ", top_k ", o.top_k, ", hidden ", o.hidden));
+  }
+  if (o.align < 1 || o.align > 1024 || o.pad_multiple < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MoeTokenDispatcher: needs align in [1, 1024] and pad_multiple >= 1, got ",
+                     o.align, " and ", o.pad_multiple));
+  }
+  const int ep = o.ep == nullptr ? 1 : o.ep->size();
+  if (o.experts % ep != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("MoeTokenDispatcher: ", o.experts,
+                                                   " experts do not split evenly over ", ep,
+                                                   " expert-parallel ranks"));
+  }
+  return MoeTokenDispatcher(o);
+}
+
+MoeTokenDispatcher::MoeTokenDispatcher(const MoeDispatcherOptions& options)
+    : options_(options),
+      ep_size_(options.ep == nullptr ? 1 : options.ep->size()),
+      ep_rank_(options.ep == nullptr ? 0 : options.ep->rank()),
+      local_experts_(options.experts / ep_size_),
+      first_expert_(ep_rank_ * local_experts_) {}
+
+absl::StatusOr<MoeDispatched> MoeTokenDispatcher::Dispatch(const StepContext& ctx, const Tensor& x,
+                                                           const Tensor& indices,
+                                                           const Tensor& probs) const {
+  kernels::Ops& ops = *ctx.ops;
+  const int64_t t = x.size(0), c = options_.hidden, k = options_.top_k, e = options_.experts;
+  if (x.dim() != 2 || x.size(1) != c || indices.shape() != kernels::Shape{t, k} ||
+      indices.dtype() != DType::kI32 || probs.shape() != kernels::Shape{t, k} ||
+      probs.dtype() != DType::kF32) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MoeTokenDispatcher: needs x (T, ", c, "), indices (T, ", k, ") i32 and probs (T, ", k,
+        ") f32, got ", x.ToString(), ", ", indices.ToString(), ", ", probs.ToString()));
+  }
+  MoeDispatched out;
+  MoeDispatchState& s = out.state;
+  s.tokens = t;
+  s.padded = t;
+  if (!expert_parallel()) {
+    // One permutation straight into the experts' padded buffer.
+    const int64_t capacity = kernels::MoePermuteCapacity(t, k, e, options_.align);
+    MIMO_ASSIGN_OR_RETURN(s.rows, NewTensor(ctx, {t, k}, DType::kI32));
+    MIMO_ASSIGN_OR_RETURN(s.pair_of_row, NewTensor(ctx, {capacity}, DType::kI32));
+    MIMO_ASSIGN_OR_RETURN(Tensor offsets, NewTensor(ctx, {e + 1}, DType::kI32));
+    MIMO_RETURN_IF_ERROR(ops.MoePermuteMap({.indices = indices.data<int32_t>(),
+                                            .rows = s.rows.data<int32_t>(),
+                                            .offsets = offsets.data<int32_t>(),
+                                            .pair_of_row = s.pair_of_row.data<int32_t>(),
+                                            .tokens = t,
+                                            .top_k = k,
+                                            .experts = e,
+                                            .align = options_.align,
+                                            .capacity = capacity}));
+    MIMO_ASSIGN_OR_RETURN(out.rows, NewTensor(ctx, {capacity, c}, x.dtype()));
+    MIMO_RETURN_IF_ERROR(ops.MoePermute({.dtype = x.dtype(),
+                                         .x = x.data(),
+                                         .pair_of_row = s.pair_of_row.data<int32_t>(),
+                                         .out = out.rows.data(),
+                                         .tokens = t,
+                                         .top_k = k,
+                                         .hidden = c,
+                                         .capacity = capacity}));
+    out.offsets.resize(e + 1);
+    MIMO_RETURN_IF_ERROR(
+        ops.CopyToHost(out.offsets.data(), offsets.data(), sizeof(int32_t) * (e + 1)));
+    s.probs = probs;
+    return out;
+  }
+
+  comm::Communicator& ep = *options_.ep;
+  const int n = ep_size_;
+  const int64_t el = local_experts_;
+  // The group's largest token count, rounded up: every member dispatches T_pad tokens.
+  MIMO_ASSIGN_OR_RETURN(Tensor count, NewTensor(ctx, {1}, DType::kI64));
+  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(count.data(), &t, sizeof(int64_t)));
+  MIMO_RETURN_IF_ERROR(ops.Synchronize());
+  MIMO_RETURN_IF_ERROR(ep.AllReduce(count.data(), 1, comm::DataType::kInt64, comm::ReduceOp::kMax));
+  int64_t most = 0;
+  MIMO_RETURN_IF_ERROR(ops.CopyToHost(&most, count.data(), sizeof(int64_t)));
+  const int64_t pad = options_.pad_multiple;
+  s.padded = (most + pad - 1) / pad * pad;
+  const int64_t tp = s.padded, send_capacity = tp * k;
+  MIMO_ASSIGN_OR_RETURN(Tensor x_pad, PadRows(ctx, x, tp));
+  MIMO_ASSIGN_OR_RETURN(Tensor indices_pad, PadRows(ctx, indices, tp));
+  MIMO_ASSIGN_OR_RETURN(s.probs, PadRows(ctx, probs, tp));
+
+  // Group the pairs by global expert: peer p's experts are one contiguous block of rows.
+  MIMO_ASSIGN_OR_RETURN(s.rows, NewTensor(ctx, {tp, k}, DType::kI32));
+  MIMO_ASSIGN_OR_RETURN(s.pair_of_row, NewTensor(ctx, {send_capacity}, DType::kI32));
+  MIMO_ASSIGN_OR_RETURN(Tensor offsets, NewTensor(ctx, {e + 1}, DType::kI32));
+  MIMO_RETURN_IF_ERROR(ops.MoePermuteMap({.indices = indices_pad.data<int32_t>(),
+                                          .rows = s.rows.data<int32_t>(),
+                                          .offsets = offsets.data<int32_t>(),
+                                          .pair_of_row = s.pair_of_row.data<int32_t>(),
+                                          .tokens = tp,
+                                          .top_k = k,
+                                          .experts = e,
+                                          .align = 1,
+                                          .capacity = send_capacity}));
+  MIMO_ASSIGN_OR_RETURN(Tensor send, NewTensor(ctx, {send_capacity, c}, x.dtype()));
+  MIMO_RETURN_IF_ERROR(ops.MoePermute({.dtype = x.dtype(),
+                                       .x = x_pad.data(),
+                                       .pair_of_row = s.pair_of_row.data<int32_t>(),
+                                       .out = send.data(),
+                                       .tokens = tp,
+                                       .top_k = k,
+                                       .hidden = c,
+                                       .capacity = send_capacity}));
+  // Every member's expert offsets: what each sends to each.
+  MIMO_ASSIGN_OR_RETURN(Tensor all_offsets, NewTensor(ctx, {n, e + 1}, DType::kI32));
+  MIMO_RETURN_IF_ERROR(ops.Synchronize());
+  MIMO_RETURN_IF_ERROR(
+      ep.AllGather(offsets.data(), all_offsets.data(), e + 1, comm::DataType::kInt32));
+  std::vector<int32_t> off(n * (e + 1));
+  MIMO_RETURN_IF_ERROR(
+      ops.CopyToHost(off.data(), all_offsets.data(), sizeof(int32_t) * off.size()));
+  auto at = [&](int p, int64_t expert) { return static_cast<int64_t>(off[p * (e + 1) + expert]); };
+  s.send_rows.resize(n);
+  s.recv_rows.resize(n);
+  for (int p = 0; p < n; ++p) {
+    s.send_rows[p] = at(ep_rank_, (p + 1) * el) - at(ep_rank_, p * el);
+    s.recv_rows[p] = at(p, (ep_rank_ + 1) * el) - at(p, ep_rank_ * el);
+  }
+  const int64_t received = static_cast<int64_t>(Sum(s.recv_rows));
+  MIMO_ASSIGN_OR_RETURN(Tensor recv, NewTensor(ctx, {received, c}, x.dtype()));
+  MIMO_RETURN_IF_ERROR(ExchangeRows(ctx, ep, send, s.send_rows, recv, s.recv_rows, c));
+
+  // Regroup the received rows (by peer, then local expert) by local expert, then peer, each
+  // expert padded to `align`.
+  out.offsets.assign(el + 1, 0);
+  for (int64_t j = 0; j < el; ++j) {
+    int64_t rows = 0;
+    for (int p = 0; p < n; ++p) {
+      rows += at(p, first_expert_ + j + 1) - at(p, first_expert_ + j);
+    }
+    out.offsets[j + 1] = static_cast<int32_t>(out.offsets[j] + (rows + options_.align - 1) /
+                                                                   options_.align * options_.align);
+  }
+  const int64_t expert_rows = out.offsets[el];
+  std::vector<int32_t> received_of(expert_rows, -1), expert_row_of(received);
+  std::vector<int64_t> next(out.offsets.begin(), out.offsets.end() - 1);
+  int64_t base = 0;  // The first received row from peer p.
+  for (int p = 0; p < n; ++p) {
+    for (int64_t j = 0; j < el; ++j) {
+      const int64_t rows = at(p, first_expert_ + j + 1) - at(p, first_expert_ + j);
+      for (int64_t i = 0; i < rows; ++i) {
+        received_of[next[j]] = static_cast<int32_t>(base + i);
+        expert_row_of[base + i] = static_cast<int32_t>(next[j]++);
+      }
+      base += rows;
+    }
+  }
+  MIMO_ASSIGN_OR_RETURN(s.received_of_expert_row, NewTensor(ctx, {expert_rows}, DType::kI32));
+  MIMO_ASSIGN_OR_RETURN(s.expert_row_of_received, NewTensor(ctx, {received}, DType::kI32));
+  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(s.received_of_expert_row.data(), received_of.data(),
+                                        sizeof(int32_t) * expert_rows));
+  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(s.expert_row_of_received.data(), expert_row_of.data(),
+                                        sizeof(int32_t) * received));
+  MIMO_ASSIGN_OR_RETURN(out.rows, NewTensor(ctx, {expert_rows, c}, x.dtype()));
+  MIMO_RETURN_IF_ERROR(ops.MoePermute({.dtype = x.dtype(),
+                                       .x = recv.data(),
+                                       .pair_of_row = s.received_of_expert_row.data<int32_t>(),
+                                       .out = out.rows.data(),
+                                       .tokens = received,
+                                       .top_k = 1,
+                                       .hidden = c,
+                                       .capacity = expert_rows}));
+  return out;
+}
+
+absl::StatusOr<Tensor> MoeTokenDispatcher::Combine(const StepContext& ctx, MoeDispatchState& s,
+                                                   const Tensor& h) const {
+  kernels::Ops& ops = *ctx.ops;
+  const int64_t c = options_.hidden, k = options_.top_k;
+  if (!expert_parallel()) {
+    s.combined = h;
+  } else {
+    // Back to the senders: the reverse regrouping, then the reverse all-to-all.
+    const int64_t received = static_cast<int64_t>(Sum(s.recv_rows));
+    MIMO_ASSIGN_OR_RETURN(Tensor back, NewTensor(ctx, {received, c}, h.dtype()));
+    MIMO_RETURN_IF_ERROR(ops.MoePermuteBackward({.dtype = h.dtype(),
+                                                 .dout = h.data(),
+                                                 .rows = s.expert_row_of_received.data<int32_t>(),
+                                                 .dx = back.data(),
+                                                 .tokens = received,
+                                                 .top_k = 1,
+                                                 .hidden = c}));
+    MIMO_ASSIGN_OR_RETURN(s.combined, NewTensor(ctx, {s.pair_of_row.numel(), c}, h.dtype()));
+    MIMO_RETURN_IF_ERROR(
+        ExchangeRows(ctx, *options_.ep, back, s.recv_rows, s.combined, s.send_rows, c));
+  }
+  MIMO_ASSIGN_OR_RETURN(Tensor y, NewTensor(ctx, {s.padded, c}, h.dtype()));
+  MIMO_RETURN_IF_ERROR(ops.MoeUnpermute({.dtype = h.dtype(),
+                                         .h = s.combined.data(),
+                                         .rows = s.rows.data<int32_t>(),
+                                         .probs = s.probs.data<float>(),
+                                         .y = y.data(),
+                                         .tokens = s.padded,
+                                         .top_k = k,
+                                         .hidden = c}));
+  return y.Slice(0, 0, s.tokens);
+}
+
+absl::StatusOr<MoeCombineGrads> MoeTokenDispatcher::CombineBackward(const StepContext& ctx,
+                                                                    MoeDispatchState& s,
+                                                                    const Tensor& dy) const {
+  kernels::Ops& ops = *ctx.ops;
+  const int64_t c = options_.hidden, k = options_.top_k;
+  if (dy.shape() != kernels::Shape{s.tokens, c} || !s.combined.defined()) {
+    return absl::InvalidArgumentError(absl::StrCat("MoeTokenDispatcher: CombineBackward needs dy (",
+                                                   s.tokens, ", ", c, ") after a Combine, got ",
+                                                   dy.ToString()));
+  }
+  MIMO_ASSIGN_OR_RETURN(Tensor dy_pad, PadRows(ctx, dy, s.padded));
+  const int64_t send_capacity = s.pair_of_row.numel();
+  MoeCombineGrads g;
+  MIMO_ASSIGN_OR_RETURN(Tensor dsend, NewTensor(ctx, {send_capacity, c}, dy.dtype()));
+  MIMO_ASSIGN_OR_RETURN(g.dprobs, NewTensor(ctx, {s.padded, k}, DType::kF32));
+  MIMO_RETURN_IF_ERROR(ops.MoeUnpermuteBackward({.dtype = dy.dtype(),
+                                                 .dy = dy_pad.data(),
+                                                 .h = s.combined.data(),
+                                                 .rows = s.rows.data<int32_t>(),
+                                                 .pair_of_row = s.pair_of_row.data<int32_t>(),
+                                                 .probs = s.probs.data<float>(),
+                                                 .dh = dsend.data(),
+                                                 .dprobs = g.dprobs.data<float>(),
+                                                 .tokens = s.padded,
+                                                 .top_k = k,
+                                                 .hidden = c,
+                                                 .capacity = send_capacity}));
+  s.combined = Tensor();
+  MIMO_ASSIGN_OR_RETURN(g.dprobs, g.dprobs.Slice(0, 0, s.tokens));
+  if (!expert_parallel()) {
+    g.dh = std::move(dsend);
+    return g;
+  }
+  // The output gradients travel the dispatch's way.
+  const int64_t received = static_cast<int64_t>(Sum(s.recv_rows));
+  const int64_t expert_rows = s.received_of_expert_row.numel();
+  MIMO_ASSIGN_OR_RETURN(Tensor drecv, NewTensor(ctx, {received, c}, dy.dtype()));
+  MIMO_RETURN_IF_ERROR(ExchangeRows(ctx, *options_.ep, dsend, s.send_rows, drecv, s.recv_rows, c));
+  MIMO_ASSIGN_OR_RETURN(g.dh, NewTensor(ctx, {expert_rows, c}, dy.dtype()));
+  MIMO_RETURN_IF_ERROR(ops.MoePermute({.dtype = dy.dtype(),
+                                       .x = drecv.data(),
+                                       .pair_of_row = s.received_of_expert_row.data<int32_t>(),
+                                       .out = g.dh.data(),
+                                       .tokens = received,
+                                       .top_k = 1,
+                                       .hidden = c,
+                                       .capacity = expert_rows}));
+  return g;
+}
+
+absl::StatusOr<Tensor> MoeTokenDispatcher::DispatchBackward(const StepContext& ctx,
+                                                            const MoeDispatchState& s,
+                                                            const Tensor& drows) const {
+  kernels::Ops& ops = *ctx.ops;
+  const int64_t c = options_.hidden, k = options_.top_k;
+  Tensor dsend = drows;
+  if (expert_parallel()) {
+    // The input gradients travel the combine's way.
+    const int64_t received = static_cast<int64_t>(Sum(s.recv_rows));
+    MIMO_ASSIGN_OR_RETURN(Tensor drecv, NewTensor(ctx, {received, c}, drows.dtype()));
+    MIMO_RETURN_IF_ERROR(ops.MoePermuteBackward({.dtype = drows.dtype(),
+                                                 .dout = drows.data(),
+                                                 .rows = s.expert_row_of_received.data<int32_t>(),
+                                                 .dx = drecv.data(),
+                                                 .tokens = received,
+                                                 .top_k = 1,
+                                                 .hidden = c}));
+    MIMO_ASSIGN_OR_RETURN(dsend, NewTensor(ctx, {s.pair_of_row.numel(), c}, drows.dtype()));
+    MIMO_RETURN_IF_ERROR(
+        ExchangeRows(ctx, *options_.ep, drecv, s.recv_rows, dsend, s.send_rows, c));
+  }
+  MIMO_ASSIGN_OR_RETURN(Tensor dx, NewTensor(ctx, {s.padded, c}, drows.dtype()));
+  MIMO_RETURN_IF_ERROR(ops.MoePermuteBackward({.dtype = drows.dtype(),
+                                               .dout = dsend.data(),
+                                               .rows = s.rows.data<int32_t>(),
+                                               .dx = dx.data(),
+                                               .tokens = s.padded,
+                                               .top_k = k,
+                                               .hidden = c}));
+  return dx.Slice(0, 0, s.tokens);
+}
+
+}  // namespace mimo
