@@ -196,8 +196,10 @@ size_t MoeAuxLossWorkspaceBytes(int64_t tokens, int64_t sequences, int64_t exper
 absl::Status LaunchMoeRouter(const MoeRouterParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckMoeRouter(p));
   const auto s = static_cast<cudaStream_t>(stream);
-  MIMO_CUDA_RETURN_IF_ERROR(
-      cudaMemsetAsync(p.tokens_per_expert, 0, sizeof(int32_t) * p.config.experts, s));
+  if (!p.accumulate_counts) {
+    MIMO_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(p.tokens_per_expert, 0, sizeof(int32_t) * p.config.experts, s));
+  }
   if (p.tokens == 0) return absl::OkStatus();
   RouterKernel<<<Blocks(p.tokens), kThreads, 0, s>>>(p.config, p.logits, p.expert_bias, p.scores,
                                                      p.indices, p.probs, p.tokens_per_expert,

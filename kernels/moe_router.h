@@ -47,7 +47,8 @@ absl::Status CheckRouterConfig(const RouterConfig& c);
 
 // Per token t: s = score(logits[t]); the top_k experts by s + expert_bias (ties: the lower expert
 // index), best first; probs[t, j] = scaling_factor * s[indices[t, j]] (/ the sum of the chosen
-// s + 1e-20 when normalizing). tokens_per_expert[e] counts the (token, choice) pairs choosing e.
+// s + 1e-20 when normalizing). tokens_per_expert[e] counts the (token, choice) pairs choosing e
+// (added to what it holds with accumulate_counts: a step's load over several micro-batches).
 struct MoeRouterParams {
   RouterConfig config;
   const float* logits = nullptr;         // (tokens, experts) fp32.
@@ -55,8 +56,9 @@ struct MoeRouterParams {
   float* scores = nullptr;               // (tokens, experts): s, for the backward and the losses.
   int32_t* indices = nullptr;            // (tokens, top_k)
   float* probs = nullptr;                // (tokens, top_k)
-  int32_t* tokens_per_expert = nullptr;  // (experts,), overwritten.
+  int32_t* tokens_per_expert = nullptr;  // (experts,), overwritten unless accumulate_counts.
   int64_t tokens = 0;
+  bool accumulate_counts = false;
 };
 
 // dlogits = d(probs)/d(logits)^T dprobs (the choice itself is piecewise constant), overwritten.

@@ -112,7 +112,9 @@ absl::Status CheckMoeAuxLoss(const MoeAuxLossParams& p) {
 absl::Status MoeRouterCpu(const MoeRouterParams& p) {
   MIMO_RETURN_IF_ERROR(CheckMoeRouter(p));
   const RouterConfig& c = p.config;
-  for (int64_t e = 0; e < c.experts; ++e) p.tokens_per_expert[e] = 0;
+  if (!p.accumulate_counts) {
+    for (int64_t e = 0; e < c.experts; ++e) p.tokens_per_expert[e] = 0;
+  }
   for (int64_t t = 0; t < p.tokens; ++t) {
     float* scores = p.scores + t * c.experts;
     int32_t* indices = p.indices + t * c.top_k;

@@ -22,6 +22,12 @@ absl::Status ValidateMoeConfig(const MoeConfig& c) {
         "moe config: expert_ffn_hidden_size and shared_expert_ffn_hidden_size must be >= 0, got ",
         c.expert_ffn_hidden_size, " and ", c.shared_expert_ffn_hidden_size));
   }
+  if (c.expert_bias &&
+      (!(c.expert_bias_update_rate > 0.0f) || !std::isfinite(c.expert_bias_update_rate))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("moe config: expert_bias_update_rate must be finite and > 0, got ",
+                     c.expert_bias_update_rate));
+  }
   if (c.align < 1 || c.align > 1024) {
     return absl::InvalidArgumentError(
         absl::StrCat("moe config: align must be in [1, 1024], got ", c.align));

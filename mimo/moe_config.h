@@ -24,6 +24,12 @@ struct MoeConfig {
   // Each expert's rows in the permuted buffer are padded to a multiple of this (grouped GEMMs
   // want 8 or 16); in [1, 1024].
   int64_t align = 16;
+  // Aux-loss-free load balancing (Megatron's moe_router_enable_expert_bias): a per-expert bias,
+  // starting at zero, added to the scores for choosing experts only, and moved by
+  // MoeLayer::UpdateExpertBias after each step by expert_bias_update_rate (Megatron's
+  // moe_router_bias_update_rate; > 0) towards a balanced load.
+  bool expert_bias = false;
+  float expert_bias_update_rate = 1e-3f;
 };
 
 // InvalidArgument naming the field at fault.

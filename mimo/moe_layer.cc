@@ -43,14 +43,17 @@ kernels::MoeAuxLossParams AuxLossParams(const MoeConfig& moe, const StepContext&
 
 MoeLayer::MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number,
                    MoeTokenDispatcher dispatcher, LinearWeights router,
-                   std::unique_ptr<Experts> experts, std::unique_ptr<Block> shared)
+                   std::unique_ptr<Experts> experts, std::unique_ptr<Block> shared,
+                   Tensor expert_bias, Tensor load)
     : config_(config),
       moe_(moe),
       layer_number_(layer_number),
       dispatcher_(std::move(dispatcher)),
       router_(std::move(router)),
       experts_(std::move(experts)),
-      shared_(std::move(shared)) {}
+      shared_(std::move(shared)),
+      expert_bias_(std::move(expert_bias)),
+      load_(std::move(load)) {}
 
 absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& ctx,
                                                            const MoeConfig& moe,
@@ -80,9 +83,16 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& c
     MIMO_ASSIGN_OR_RETURN(shared_experts, shared.Build(ctx.Child("shared_experts"),
                                                        moe.shared_expert_ffn_hidden_size));
   }
-  return std::unique_ptr<MoeLayer>(new MoeLayer(c, moe, ctx.layer_number, std::move(dispatcher),
-                                                std::move(router), std::move(routed),
-                                                std::move(shared_experts)));
+  kernels::Ops& ops = *ctx.ops;
+  MIMO_ASSIGN_OR_RETURN(Tensor bias,
+                        Tensor::Empty({e}, DType::kF32, ops.allocator(), ops.stream()));
+  MIMO_ASSIGN_OR_RETURN(Tensor load,
+                        Tensor::Empty({e}, DType::kI32, ops.allocator(), ops.stream()));
+  MIMO_RETURN_IF_ERROR(ops.SetZero(bias.data(), bias.nbytes()));
+  MIMO_RETURN_IF_ERROR(ops.SetZero(load.data(), load.nbytes()));
+  return std::unique_ptr<MoeLayer>(
+      new MoeLayer(c, moe, ctx.layer_number, std::move(dispatcher), std::move(router),
+                   std::move(routed), std::move(shared_experts), std::move(bias), std::move(load)));
 }
 
 absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tensor& x) {
@@ -106,14 +116,16 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
   MIMO_ASSIGN_OR_RETURN(saved->scores, NewTensor(ctx, {t, e}, DType::kF32));
   MIMO_ASSIGN_OR_RETURN(saved->indices, NewTensor(ctx, {t, k}, DType::kI32));
   MIMO_ASSIGN_OR_RETURN(Tensor probs, NewTensor(ctx, {t, k}, DType::kF32));
-  MIMO_ASSIGN_OR_RETURN(Tensor counts, NewTensor(ctx, {e}, DType::kI32));
-  MIMO_RETURN_IF_ERROR(ops.MoeRouter({.config = rc,
-                                      .logits = saved->logits.data<float>(),
-                                      .scores = saved->scores.data<float>(),
-                                      .indices = saved->indices.data<int32_t>(),
-                                      .probs = probs.data<float>(),
-                                      .tokens_per_expert = counts.data<int32_t>(),
-                                      .tokens = t}));
+  MIMO_RETURN_IF_ERROR(
+      ops.MoeRouter({.config = rc,
+                     .logits = saved->logits.data<float>(),
+                     .expert_bias = moe_.expert_bias ? expert_bias_.data<float>() : nullptr,
+                     .scores = saved->scores.data<float>(),
+                     .indices = saved->indices.data<int32_t>(),
+                     .probs = probs.data<float>(),
+                     .tokens_per_expert = load_.data<int32_t>(),
+                     .tokens = t,
+                     .accumulate_counts = true}));
   if (ctx.aux_losses != nullptr) {
     MIMO_ASSIGN_OR_RETURN(Tensor losses, NewTensor(ctx, {2}, DType::kF32));
     kernels::MoeAuxLossParams p = AuxLossParams(moe_, ctx, *saved);
@@ -188,6 +200,36 @@ void MoeLayer::AppendParameters(std::vector<Parameter*>& out) const {
   out.push_back(router_.weight.get());
   experts_->AppendParameters(out);
   if (shared_ != nullptr) shared_->AppendParameters(out);
+}
+
+absl::StatusOr<std::vector<int64_t>> MoeLayer::TakeExpertLoad(kernels::Ops& ops) {
+  std::vector<int32_t> counts(load_.numel());
+  MIMO_RETURN_IF_ERROR(ops.CopyToHost(counts.data(), load_.data(), load_.nbytes()));
+  MIMO_RETURN_IF_ERROR(ops.SetZero(load_.data(), load_.nbytes()));
+  return std::vector<int64_t>(counts.begin(), counts.end());
+}
+
+absl::Status MoeLayer::UpdateExpertBias(kernels::Ops& ops, absl::Span<const int64_t> load) {
+  if (!moe_.expert_bias) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("MoeLayer ", layer_number_, ": UpdateExpertBias without moe.expert_bias"));
+  }
+  const int64_t e = moe_.router.experts;
+  if (static_cast<int64_t>(load.size()) != e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MoeLayer ", layer_number_, ": load of ", load.size(), " experts, not ", e));
+  }
+  std::vector<float> bias(e);
+  MIMO_RETURN_IF_ERROR(ops.CopyToHost(bias.data(), expert_bias_.data(), expert_bias_.nbytes()));
+  double mean = 0;
+  for (int64_t n : load) mean += static_cast<double>(n);
+  mean /= static_cast<double>(e);
+  const float rate = moe_.expert_bias_update_rate;
+  for (int64_t i = 0; i < e; ++i) {
+    const double offset = mean - static_cast<double>(load[i]);
+    bias[i] += offset > 0 ? rate : (offset < 0 ? -rate : 0.0f);
+  }
+  return ops.CopyFromHost(expert_bias_.data(), bias.data(), expert_bias_.nbytes());
 }
 
 MoeMlpBuilder::MoeMlpBuilder(MoeConfig moe, std::shared_ptr<const ExpertsBuilder> experts,

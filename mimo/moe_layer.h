@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "mimo/block.h"
 #include "mimo/build_context.h"
 #include "mimo/experts.h"
@@ -38,10 +39,22 @@ class MoeLayer final : public Block {
                                            const kernels::Tensor& dy) override;
   void AppendParameters(std::vector<Parameter*>& out) const override;
 
+  // The (token, choice) pairs this rank's forwards routed to each expert since the last call
+  // (E counts: the per-expert load), counting from zero again. Waits for the device.
+  absl::StatusOr<std::vector<int64_t>> TakeExpertLoad(kernels::Ops& ops);
+  // Aux-loss-free balancing, once per step: `load` (E) is the step's per-expert load summed over
+  // every rank whose tokens this router routes (the caller all-reduces TakeExpertLoad over the
+  // tp_dp_cp group, as Megatron does); bias[e] += rate * sign(mean(load) - load[e]).
+  // FailedPrecondition without moe.expert_bias; InvalidArgument for a load of the wrong length.
+  absl::Status UpdateExpertBias(kernels::Ops& ops, absl::Span<const int64_t> load);
+  // (E,) fp32: the router's selection bias (zeros without moe.expert_bias); model state that
+  // checkpoints keep beside the parameters.
+  const kernels::Tensor& expert_bias() const { return expert_bias_; }
+
  private:
   MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number,
            MoeTokenDispatcher dispatcher, LinearWeights router, std::unique_ptr<Experts> experts,
-           std::unique_ptr<Block> shared);
+           std::unique_ptr<Block> shared, kernels::Tensor expert_bias, kernels::Tensor load);
 
   const TransformerConfig config_;
   const MoeConfig moe_;
@@ -50,6 +63,8 @@ class MoeLayer final : public Block {
   LinearWeights router_;
   std::unique_ptr<Experts> experts_;
   std::unique_ptr<Block> shared_;  // Null without shared experts.
+  kernels::Tensor expert_bias_;    // (E,) fp32
+  kernels::Tensor load_;           // (E,) int32: pairs per expert since TakeExpertLoad.
 };
 
 // Builds MoeLayer for every layer it is asked for.

@@ -138,6 +138,18 @@ TEST_P(MoeRouterCudaTest, MatchesTheCpuTwin) {
                                  .tokens = t},
                                 nullptr)
                     .ok());
+    // Once more, adding to the counts: they double.
+    EXPECT_TRUE(LaunchMoeRouter({.config = c,
+                                 .logits = d_logits.as<float>(),
+                                 .expert_bias = bias.empty() ? nullptr : d_bias.as<float>(),
+                                 .scores = d_scores.as<float>(),
+                                 .indices = d_indices.as<int32_t>(),
+                                 .probs = d_probs.as<float>(),
+                                 .tokens_per_expert = d_counts.as<int32_t>(),
+                                 .tokens = t,
+                                 .accumulate_counts = true},
+                                nullptr)
+                    .ok());
     EXPECT_TRUE(LaunchMoeRouterBackward({.config = c,
                                          .dprobs = d_dprobs.as<float>(),
                                          .scores = d_scores.as<float>(),
@@ -175,7 +187,9 @@ TEST_P(MoeRouterCudaTest, MatchesTheCpuTwin) {
   };
   const Outputs got = run();
   EXPECT_EQ(got.indices, want.indices);
-  EXPECT_EQ(got.counts, want.counts);
+  std::vector<int32_t> twice = want.counts;
+  for (int32_t& n : twice) n *= 2;
+  EXPECT_EQ(got.counts, twice);
   EXPECT_LT(RelError(got.scores, want.scores, 1e-30), 1e-6);
   EXPECT_LT(RelError(got.probs, want.probs, 1e-30), 1e-6);
   EXPECT_LT(RelError(got.dlogits, want.dlogits, 1e-3), 1e-5);

@@ -98,6 +98,18 @@ TEST_P(MoeRouterCpuTest, ForwardMatchesFloat64) {
   int64_t total = 0;
   for (int32_t n : counts) total += n;
   EXPECT_EQ(total, kTokens * c.top_k);
+  // A second micro-batch adds its counts when asked to.
+  ASSERT_TRUE(MoeRouterCpu({.config = c,
+                            .logits = logits.data(),
+                            .expert_bias = bias.empty() ? nullptr : bias.data(),
+                            .scores = scores.data(),
+                            .indices = indices.data(),
+                            .probs = probs.data(),
+                            .tokens_per_expert = counts.data(),
+                            .tokens = kTokens,
+                            .accumulate_counts = true})
+                  .ok());
+  for (int64_t e = 0; e < c.experts; ++e) EXPECT_EQ(counts[e], 2 * want.counts[e]) << e;
 }
 
 TEST_P(MoeRouterCpuTest, BackwardMatchesFloat64CentralDifferences) {

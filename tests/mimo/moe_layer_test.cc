@@ -264,6 +264,47 @@ TEST(MoeLayerTest, IsTheMlpOfATransformerLayer) {
   EXPECT_EQ(failures, 0);
 }
 
+TEST(MoeLayerTest, CountsExpertLoadAndMovesTheExpertBiasTowardsBalance) {
+  auto ops = kernels::NewCpuOps();
+  TransformerConfig c = Config(MlpActivation::kSwiglu);
+  MoeConfig m = Softmax().moe;
+  m.per_sequence_aux_loss = false;
+  m.expert_bias = true;
+  m.expert_bias_update_rate = 10.0f;  // Far above any score gap: the bias decides.
+  BuildContext build{.ops = ops.get(), .config = &c, .seed = 5, .prefix = "mlp"};
+  auto layer = MoeLayer::Create(build, m);
+  ASSERT_TRUE(layer.ok()) << layer.status();
+  std::mt19937 random(4);
+  const std::vector<float> xv = RandomFloats(9 * 8, random);
+  const Tensor x = Upload(*ops, xv, {9, 8}, DType::kF32);
+  const StepContext ctx{.ops = ops.get()};
+  // Two micro-batches: the load is twice the float64 router's counts (no bias yet).
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE((*layer)->Forward(ctx, x).ok());
+  const std::vector<double> w =
+      Download(*ops, ParametersByName(**layer)["mlp.router.weight"]->master());
+  const std::vector<double> logits = kernels::testing::GemmFloat64(
+      std::vector<double>(xv.begin(), xv.end()), false, w, true, 9, 4, 8);
+  const std::vector<int32_t> counts =
+      kernels::testing::RouterFloat64(m.router, logits, {}, 9).counts;
+  auto load = (*layer)->TakeExpertLoad(*ops);
+  ASSERT_TRUE(load.ok()) << load.status();
+  for (int e = 0; e < 4; ++e) EXPECT_EQ((*load)[e], 2 * counts[e]) << e;
+  EXPECT_EQ(*(*layer)->TakeExpertLoad(*ops), std::vector<int64_t>(4, 0));  // Counting anew.
+  // Mean load 2: experts above it are pushed down, those below up, those at it stay.
+  ASSERT_TRUE((*layer)->UpdateExpertBias(*ops, std::vector<int64_t>{6, 0, 2, 0}).ok());
+  EXPECT_EQ(Download(*ops, (*layer)->expert_bias()), (std::vector<double>{-10, 10, 0, 10}));
+  // The bias now decides the top-2 of every token: experts 1 and 3.
+  ASSERT_TRUE((*layer)->Forward(ctx, x).ok());
+  EXPECT_EQ(*(*layer)->TakeExpertLoad(*ops), (std::vector<int64_t>{0, 9, 0, 9}));
+  EXPECT_EQ((*layer)->UpdateExpertBias(*ops, std::vector<int64_t>{1, 2, 3}).code(),
+            absl::StatusCode::kInvalidArgument);
+  // Without expert_bias there is nothing to update.
+  auto plain = MoeLayer::Create(build, Softmax().moe);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)->UpdateExpertBias(*ops, std::vector<int64_t>{1, 2, 3, 4}).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 TEST(MoeLayerTest, RejectsBadConfigs) {
   auto ops = kernels::NewCpuOps();
   TransformerConfig c = Config(MlpActivation::kSwiglu);
@@ -273,6 +314,10 @@ TEST(MoeLayerTest, RejectsBadConfigs) {
   EXPECT_EQ(MoeLayer::Create(build, m).status().code(), absl::StatusCode::kInvalidArgument);
   m = Softmax().moe;
   m.aux_loss_coeff = -1;
+  EXPECT_EQ(MoeLayer::Create(build, m).status().code(), absl::StatusCode::kInvalidArgument);
+  m = Softmax().moe;
+  m.expert_bias = true;
+  m.expert_bias_update_rate = 0;
   EXPECT_EQ(MoeLayer::Create(build, m).status().code(), absl::StatusCode::kInvalidArgument);
   m = Softmax().moe;
   m.align = 0;
