@@ -38,6 +38,7 @@ struct MoePermuteMapParams {
 };
 
 // out[r] = x[pair_of_row[r] / top_k], or zeros where pair_of_row[r] < 0. x and out share `dtype`.
+// With top_k 1 it is a row gather (capacity rows from any rows of x).
 struct MoePermuteParams {
   DType dtype = DType::kF32;
   const void* x = nullptr;               // (tokens, hidden)

@@ -74,7 +74,8 @@ absl::Status CheckMoePermuteMap(const MoePermuteMapParams& p) {
 absl::Status CheckMoePermute(const MoePermuteParams& p) {
   MIMO_RETURN_IF_ERROR(CheckFloatDType("MoePermute", p.dtype));
   MIMO_RETURN_IF_ERROR(CheckSizes("MoePermute", p.tokens, p.top_k, p.hidden));
-  MIMO_RETURN_IF_ERROR(CheckCapacity("MoePermute", p.capacity, p.tokens, p.top_k));
+  // Any number of rows: as a plain row gather (top_k 1) it may drop rows of x.
+  MIMO_RETURN_IF_ERROR(CheckCapacity("MoePermute", p.capacity, 0, p.top_k));
   MIMO_RETURN_IF_ERROR(CheckBuffers("MoePermute", p.tokens > 0 && p.hidden > 0, {{p.x, "x"}}));
   return CheckBuffers("MoePermute", p.capacity > 0 && p.hidden > 0,
                       {{p.pair_of_row, "pair_of_row"}, {p.out, "out"}});

@@ -13,18 +13,16 @@ BuildContext BuildContext::Child(absl::string_view name) const {
   return child;
 }
 
-absl::StatusOr<std::unique_ptr<Parameter>> BuildContext::NewParameter(absl::string_view name,
-                                                                      kernels::Shape shape,
-                                                                      InitKind init, float std,
-                                                                      bool weight_decay,
-                                                                      ParameterShard shard) const {
+absl::StatusOr<std::unique_ptr<Parameter>> BuildContext::NewParameter(
+    absl::string_view name, kernels::Shape shape, InitKind init, float std, bool weight_decay,
+    std::vector<ParameterShard> shards) const {
   ParameterSpec spec;
   spec.name = prefix.empty() ? std::string(name) : absl::StrCat(prefix, ".", name);
   spec.shape = std::move(shape);
   spec.init = init;
   spec.std = std;
   spec.weight_decay = weight_decay;
-  spec.shard = shard;
+  spec.shards = std::move(shards);
   return Parameter::Create(*ops, std::move(spec), config->dtype, seed);
 }
 

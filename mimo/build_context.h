@@ -25,12 +25,11 @@ struct BuildContext {
 
   // The context of a sub-block: prefix + "." + name.
   BuildContext Child(absl::string_view name) const;
-  // A parameter named prefix + "." + name in config->dtype; `shard` places it in a full tensor
+  // A parameter named prefix + "." + name in config->dtype; `shards` place it in a full tensor
   // split across ranks.
-  absl::StatusOr<std::unique_ptr<Parameter>> NewParameter(absl::string_view name,
-                                                          kernels::Shape shape, InitKind init,
-                                                          float std, bool weight_decay,
-                                                          ParameterShard shard = {}) const;
+  absl::StatusOr<std::unique_ptr<Parameter>> NewParameter(
+      absl::string_view name, kernels::Shape shape, InitKind init, float std, bool weight_decay,
+      std::vector<ParameterShard> shards = {}) const;
 };
 
 }  // namespace mimo

@@ -35,6 +35,7 @@ class SequentialExperts final : public Experts {
                     std::unique_ptr<Parameter> fc1, std::unique_ptr<Parameter> fc2)
       : config_(config),
         experts_(experts),
+        f_(experts.local_ffn()),
         f1_(fc1->spec().shape[1]),
         fc1_(std::move(fc1)),
         fc2_(std::move(fc2)) {}
@@ -42,7 +43,7 @@ class SequentialExperts final : public Experts {
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const Tensor& x,
                                       absl::Span<const int32_t> offsets) override {
     MIMO_RETURN_IF_ERROR(CheckActivation(x, config_.hidden_size, config_.dtype, "Experts"));
-    const int64_t el = experts_.count, c = config_.hidden_size, f = experts_.ffn;
+    const int64_t el = experts_.count, c = config_.hidden_size, f = f_;
     if (static_cast<int64_t>(offsets.size()) != el + 1 || offsets[0] != 0 ||
         offsets[el] > x.size(0)) {
       return absl::InvalidArgumentError(absl::StrCat("Experts: needs ", el + 1,
@@ -109,7 +110,7 @@ class SequentialExperts final : public Experts {
     MIMO_RETURN_IF_ERROR(CheckSameShape(dh, saved->x, "Experts backward"));
     kernels::Ops& ops = *ctx.ops;
     const std::vector<int32_t>& off = saved->offsets;
-    const int64_t el = experts_.count, c = config_.hidden_size, f = experts_.ffn;
+    const int64_t el = experts_.count, c = config_.hidden_size, f = f_;
     const int64_t rows = dh.size(0), used = off[el];
     MIMO_ASSIGN_OR_RETURN(Tensor da, NewTensor(ctx, {rows, f}, dh.dtype()));
     MIMO_ASSIGN_OR_RETURN(Tensor dh1, NewTensor(ctx, {rows, f1_}, dh.dtype()));
@@ -172,9 +173,10 @@ class SequentialExperts final : public Experts {
  private:
   const TransformerConfig config_;
   const LocalExperts experts_;
-  const int64_t f1_;                // F1
-  std::unique_ptr<Parameter> fc1_;  // (El, F1, C)
-  std::unique_ptr<Parameter> fc2_;  // (El, C, F)
+  const int64_t f_;                 // Fl
+  const int64_t f1_;                // Fl1
+  std::unique_ptr<Parameter> fc1_;  // (El, Fl1, C)
+  std::unique_ptr<Parameter> fc2_;  // (El, C, Fl)
 };
 
 }  // namespace
@@ -183,22 +185,33 @@ absl::StatusOr<std::unique_ptr<Experts>> SequentialExpertsBuilder::Build(
     const BuildContext& ctx, const LocalExperts& experts) const {
   const TransformerConfig& c = *ctx.config;
   if (experts.count < 1 || experts.ffn < 1 || experts.first < 0 ||
-      experts.first + experts.count > experts.total) {
+      experts.first + experts.count > experts.total || experts.ffn_parts < 1 ||
+      experts.ffn % experts.ffn_parts != 0 || experts.ffn_part < 0 ||
+      experts.ffn_part >= experts.ffn_parts) {
     return absl::InvalidArgumentError(absl::StrCat(
         "SequentialExperts: experts [", experts.first, ", ", experts.first + experts.count, ") of ",
-        experts.total, " with width ", experts.ffn, " do not make a shard"));
+        experts.total, ", part ", experts.ffn_part, " of ", experts.ffn_parts, " of width ",
+        experts.ffn, " do not make a shard"));
   }
-  const int64_t el = experts.count, f = experts.ffn;
-  const int64_t f1 = c.activation == MlpActivation::kSwiglu ? 2 * f : f;
-  const ParameterShard shard{.dim = 0, .offset = experts.first, .full_size = experts.total};
-  MIMO_ASSIGN_OR_RETURN(auto fc1, ctx.Child("linear_fc1")
-                                      .NewParameter("weight", {el, f1, c.hidden_size},
-                                                    InitKind::kNormal, c.init_std, true, shard));
+  const bool swiglu = c.activation == MlpActivation::kSwiglu;
+  const int64_t el = experts.count, f = experts.local_ffn();
+  const ParameterShard rows{.dim = 0, .offset = experts.first, .full_size = experts.total};
+  MIMO_ASSIGN_OR_RETURN(auto fc1,
+                        ctx.Child("linear_fc1")
+                            .NewParameter("weight", {el, swiglu ? 2 * f : f, c.hidden_size},
+                                          InitKind::kNormal, c.init_std, true,
+                                          {rows,
+                                           {.dim = 1,
+                                            .offset = experts.ffn_part * f,
+                                            .full_size = swiglu ? 2 * experts.ffn : experts.ffn,
+                                            .blocks = swiglu ? 2 : 1}}));
   MIMO_ASSIGN_OR_RETURN(
-      auto fc2, ctx.Child("linear_fc2")
-                    .NewParameter("weight", {el, c.hidden_size, f}, InitKind::kNormal,
-                                  c.init_std / std::sqrt(2.0f * static_cast<float>(c.num_layers)),
-                                  true, shard));
+      auto fc2,
+      ctx.Child("linear_fc2")
+          .NewParameter(
+              "weight", {el, c.hidden_size, f}, InitKind::kNormal,
+              c.init_std / std::sqrt(2.0f * static_cast<float>(c.num_layers)), true,
+              {rows, {.dim = 2, .offset = experts.ffn_part * f, .full_size = experts.ffn}}));
   return std::unique_ptr<Experts>(
       new SequentialExperts(c, experts, std::move(fc1), std::move(fc2)));
 }

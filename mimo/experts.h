@@ -15,12 +15,17 @@
 
 namespace mimo {
 
-// Which of the model's experts a rank holds.
+// Which of the model's experts a rank holds, and which part of their width.
 struct LocalExperts {
   int64_t total = 0;  // E, over the whole EP group.
   int64_t first = 0;  // The global index of local expert 0.
   int64_t count = 0;  // El.
-  int64_t ffn = 0;    // F: each expert's width.
+  int64_t ffn = 0;    // F: each expert's full width.
+  // Expert tensor parallelism: each expert's width in ffn_parts (expt_tp) equal parts, of which
+  // this rank holds part ffn_part (its columns of fc1's gate and up rows, and of fc2).
+  int64_t ffn_parts = 1;
+  int64_t ffn_part = 0;
+  int64_t local_ffn() const { return ffn / ffn_parts; }
 };
 
 class Experts {
@@ -56,9 +61,11 @@ class SharedExpertsBuilder {
 };
 
 // Experts as Megatron's SequentialMLP: one (E-sliced) weight tensor per projection, one GEMM per
-// expert with rows, launched from the host. Parameters (F1 = 2F for SwiGLU else F, no biases):
-//   linear_fc1.weight (El, F1, C); linear_fc2.weight (El, C, F) with std
-//   init_std / sqrt(2 * num_layers); each the rows [first, first + El) of the full (E, ...) tensor.
+// expert with rows, launched from the host. Parameters (Fl = F / ffn_parts, Fl1 = 2Fl for SwiGLU
+// else Fl, no biases): linear_fc1.weight (El, Fl1, C); linear_fc2.weight (El, C, Fl) with std
+// init_std / sqrt(2 * num_layers); each the experts [first, first + El) and this rank's part of
+// the width of the full (E, F1, C) and (E, C, F) tensors. With ffn_parts > 1 the outputs are
+// partial sums the caller reduces over the expt_tp group.
 class SequentialExpertsBuilder final : public ExpertsBuilder {
  public:
   absl::StatusOr<std::unique_ptr<Experts>> Build(const BuildContext& ctx,

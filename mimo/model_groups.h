@@ -14,6 +14,8 @@ struct ModelGroups {
   // Expert view [ep]: the ranks the routed experts are spread over; tokens are dispatched to
   // their experts and combined back across it.
   comm::Communicator* ep = nullptr;
+  // Expert view [expt_tp]: the ranks that split each local expert's width.
+  comm::Communicator* expt_tp = nullptr;
 
   // The group's size (1 when null) and this rank's index in it (0 when null).
   static int Size(const comm::Communicator* group) { return group == nullptr ? 1 : group->size(); }
@@ -22,7 +24,7 @@ struct ModelGroups {
 
 // The model's groups from the rank's process groups (kinds named as parallel::GroupKindName).
 inline ModelGroups ModelGroupsOf(const comm::ProcessGroups& groups) {
-  return {.ep = groups.Get("ep")};
+  return {.ep = groups.Get("ep"), .expt_tp = groups.Get("expt_tp")};
 }
 
 }  // namespace mimo

@@ -62,22 +62,32 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& c
   MIMO_RETURN_IF_ERROR(ValidateMoeConfig(moe));
   const TransformerConfig& c = *ctx.config;
   const int64_t e = moe.router.experts;
+  const int64_t ffn =
+      moe.expert_ffn_hidden_size != 0 ? moe.expert_ffn_hidden_size : c.ffn_hidden_size;
+  const int etp = ModelGroups::Size(ctx.groups.expt_tp);
+  if (ffn % etp != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("MoeLayer: expert width ", ffn,
+                                                   " does not split evenly over ", etp,
+                                                   " expert tensor-parallel ranks"));
+  }
   MIMO_ASSIGN_OR_RETURN(MoeTokenDispatcher dispatcher,
                         MoeTokenDispatcher::Create({.experts = e,
                                                     .top_k = moe.router.top_k,
                                                     .hidden = c.hidden_size,
                                                     .align = moe.align,
-                                                    .ep = ctx.groups.ep}));
+                                                    .ep = ctx.groups.ep,
+                                                    .expt_tp = ctx.groups.expt_tp}));
   MIMO_ASSIGN_OR_RETURN(LinearWeights router,
                         LinearWeights::Create(ctx.Child("router"), e, c.hidden_size,
                                               /*bias=*/false, c.init_std));
-  MIMO_ASSIGN_OR_RETURN(std::unique_ptr<Experts> routed,
-                        experts.Build(ctx.Child("experts"), {.total = e,
-                                                             .first = dispatcher.first_expert(),
-                                                             .count = dispatcher.local_experts(),
-                                                             .ffn = moe.expert_ffn_hidden_size != 0
-                                                                        ? moe.expert_ffn_hidden_size
-                                                                        : c.ffn_hidden_size}));
+  MIMO_ASSIGN_OR_RETURN(
+      std::unique_ptr<Experts> routed,
+      experts.Build(ctx.Child("experts"), {.total = e,
+                                           .first = dispatcher.first_expert(),
+                                           .count = dispatcher.local_experts(),
+                                           .ffn = ffn,
+                                           .ffn_parts = etp,
+                                           .ffn_part = ModelGroups::Rank(ctx.groups.expt_tp)}));
   std::unique_ptr<Block> shared_experts;
   if (moe.shared_expert_ffn_hidden_size > 0) {
     MIMO_ASSIGN_OR_RETURN(shared_experts, shared.Build(ctx.Child("shared_experts"),

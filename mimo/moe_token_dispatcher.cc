@@ -87,6 +87,9 @@ absl::StatusOr<MoeTokenDispatcher> MoeTokenDispatcher::Create(const MoeDispatche
                      o.align, " and ", o.pad_multiple));
   }
   const int ep = o.ep == nullptr ? 1 : o.ep->size();
+  if (o.expt_tp != nullptr && o.expt_tp->size() > 1 && o.expt_tp == o.ep) {
+    return absl::InvalidArgumentError("MoeTokenDispatcher: ep and expt_tp are one communicator");
+  }
   if (o.experts % ep != 0) {
     return absl::InvalidArgumentError(absl::StrCat("MoeTokenDispatcher: ", o.experts,
                                                    " experts do not split evenly over ", ep,
@@ -99,12 +102,14 @@ MoeTokenDispatcher::MoeTokenDispatcher(const MoeDispatcherOptions& options)
     : options_(options),
       ep_size_(options.ep == nullptr ? 1 : options.ep->size()),
       ep_rank_(options.ep == nullptr ? 0 : options.ep->rank()),
+      etp_size_(options.expt_tp == nullptr ? 1 : options.expt_tp->size()),
       local_experts_(options.experts / ep_size_),
       first_expert_(ep_rank_ * local_experts_) {}
 
-absl::StatusOr<MoeDispatched> MoeTokenDispatcher::Dispatch(const StepContext& ctx, const Tensor& x,
-                                                           const Tensor& indices,
-                                                           const Tensor& probs) const {
+absl::StatusOr<MoeDispatched> MoeTokenDispatcher::DispatchOverEp(const StepContext& ctx,
+                                                                 const Tensor& x,
+                                                                 const Tensor& indices,
+                                                                 const Tensor& probs) const {
   kernels::Ops& ops = *ctx.ops;
   const int64_t t = x.size(0), c = options_.hidden, k = options_.top_k, e = options_.experts;
   if (x.dim() != 2 || x.size(1) != c || indices.shape() != kernels::Shape{t, k} ||
@@ -250,8 +255,9 @@ absl::StatusOr<MoeDispatched> MoeTokenDispatcher::Dispatch(const StepContext& ct
   return out;
 }
 
-absl::StatusOr<Tensor> MoeTokenDispatcher::Combine(const StepContext& ctx, MoeDispatchState& s,
-                                                   const Tensor& h) const {
+absl::StatusOr<Tensor> MoeTokenDispatcher::CombineOverEp(const StepContext& ctx,
+                                                         MoeDispatchState& s,
+                                                         const Tensor& h) const {
   kernels::Ops& ops = *ctx.ops;
   const int64_t c = options_.hidden, k = options_.top_k;
   if (!expert_parallel()) {
@@ -283,9 +289,9 @@ absl::StatusOr<Tensor> MoeTokenDispatcher::Combine(const StepContext& ctx, MoeDi
   return y.Slice(0, 0, s.tokens);
 }
 
-absl::StatusOr<MoeCombineGrads> MoeTokenDispatcher::CombineBackward(const StepContext& ctx,
-                                                                    MoeDispatchState& s,
-                                                                    const Tensor& dy) const {
+absl::StatusOr<MoeCombineGrads> MoeTokenDispatcher::CombineBackwardOverEp(const StepContext& ctx,
+                                                                          MoeDispatchState& s,
+                                                                          const Tensor& dy) const {
   kernels::Ops& ops = *ctx.ops;
   const int64_t c = options_.hidden, k = options_.top_k;
   if (dy.shape() != kernels::Shape{s.tokens, c} || !s.combined.defined()) {
@@ -333,9 +339,9 @@ absl::StatusOr<MoeCombineGrads> MoeTokenDispatcher::CombineBackward(const StepCo
   return g;
 }
 
-absl::StatusOr<Tensor> MoeTokenDispatcher::DispatchBackward(const StepContext& ctx,
-                                                            const MoeDispatchState& s,
-                                                            const Tensor& drows) const {
+absl::StatusOr<Tensor> MoeTokenDispatcher::DispatchBackwardOverEp(const StepContext& ctx,
+                                                                  const MoeDispatchState& s,
+                                                                  const Tensor& drows) const {
   kernels::Ops& ops = *ctx.ops;
   const int64_t c = options_.hidden, k = options_.top_k;
   Tensor dsend = drows;
@@ -363,6 +369,129 @@ absl::StatusOr<Tensor> MoeTokenDispatcher::DispatchBackward(const StepContext& c
                                                .top_k = k,
                                                .hidden = c}));
   return dx.Slice(0, 0, s.tokens);
+}
+
+absl::StatusOr<MoeDispatched> MoeTokenDispatcher::Dispatch(const StepContext& ctx, const Tensor& x,
+                                                           const Tensor& indices,
+                                                           const Tensor& probs) const {
+  MIMO_ASSIGN_OR_RETURN(MoeDispatched out, DispatchOverEp(ctx, x, indices, probs));
+  if (!expert_tensor_parallel()) return out;
+  // Every member of expt_tp holds a part of the same experts' width: each gets every member's
+  // rows of them, padded to the group's largest row count for the all-gather.
+  kernels::Ops& ops = *ctx.ops;
+  MoeDispatchState& s = out.state;
+  const int n = etp_size_;
+  const int64_t el = local_experts_;
+  s.own_rows = out.offsets[el];
+  MIMO_ASSIGN_OR_RETURN(Tensor offsets, NewTensor(ctx, {el + 1}, DType::kI32));
+  MIMO_ASSIGN_OR_RETURN(Tensor all_offsets, NewTensor(ctx, {n, el + 1}, DType::kI32));
+  MIMO_RETURN_IF_ERROR(
+      ops.CopyFromHost(offsets.data(), out.offsets.data(), sizeof(int32_t) * (el + 1)));
+  MIMO_RETURN_IF_ERROR(ops.Synchronize());
+  MIMO_RETURN_IF_ERROR(options_.expt_tp->AllGather(offsets.data(), all_offsets.data(), el + 1,
+                                                   comm::DataType::kInt32));
+  std::vector<int32_t> off(n * (el + 1));
+  MIMO_RETURN_IF_ERROR(
+      ops.CopyToHost(off.data(), all_offsets.data(), sizeof(int32_t) * off.size()));
+  auto at = [&](int m, int64_t j) { return static_cast<int64_t>(off[m * (el + 1) + j]); };
+  s.member_rows = 0;
+  for (int m = 0; m < n; ++m) s.member_rows = std::max(s.member_rows, at(m, el));
+  // Expert j's rows: member 0's, member 1's, ... (each already a multiple of `align`).
+  std::vector<int32_t> offsets_all(el + 1, 0);
+  for (int64_t j = 0; j < el; ++j) {
+    offsets_all[j + 1] = offsets_all[j];
+    for (int m = 0; m < n; ++m) offsets_all[j + 1] += at(m, j + 1) - at(m, j);
+  }
+  const int64_t rows = offsets_all[el], gathered = n * s.member_rows;
+  std::vector<int32_t> gathered_of(rows), expert_row_of(gathered, -1);
+  for (int64_t j = 0, r = 0; j < el; ++j) {
+    for (int m = 0; m < n; ++m) {
+      for (int64_t i = m * s.member_rows + at(m, j); i < m * s.member_rows + at(m, j + 1); ++i) {
+        gathered_of[r] = static_cast<int32_t>(i);
+        expert_row_of[i] = static_cast<int32_t>(r++);
+      }
+    }
+  }
+  MIMO_ASSIGN_OR_RETURN(s.gathered_of_expert_row, NewTensor(ctx, {rows}, DType::kI32));
+  MIMO_ASSIGN_OR_RETURN(s.expert_row_of_gathered, NewTensor(ctx, {gathered}, DType::kI32));
+  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(s.gathered_of_expert_row.data(), gathered_of.data(),
+                                        sizeof(int32_t) * rows));
+  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(s.expert_row_of_gathered.data(), expert_row_of.data(),
+                                        sizeof(int32_t) * gathered));
+  MIMO_ASSIGN_OR_RETURN(out.rows, GatherOverExptTp(ctx, s, out.rows));
+  out.offsets = std::move(offsets_all);
+  return out;
+}
+
+absl::StatusOr<Tensor> MoeTokenDispatcher::Combine(const StepContext& ctx, MoeDispatchState& s,
+                                                   const Tensor& h) const {
+  if (!expert_tensor_parallel()) return CombineOverEp(ctx, s, h);
+  MIMO_ASSIGN_OR_RETURN(Tensor own, ScatterOverExptTp(ctx, s, h));
+  return CombineOverEp(ctx, s, own);
+}
+
+absl::StatusOr<MoeCombineGrads> MoeTokenDispatcher::CombineBackward(const StepContext& ctx,
+                                                                    MoeDispatchState& s,
+                                                                    const Tensor& dy) const {
+  MIMO_ASSIGN_OR_RETURN(MoeCombineGrads g, CombineBackwardOverEp(ctx, s, dy));
+  if (expert_tensor_parallel()) {
+    MIMO_ASSIGN_OR_RETURN(g.dh, GatherOverExptTp(ctx, s, g.dh));
+  }
+  return g;
+}
+
+absl::StatusOr<Tensor> MoeTokenDispatcher::DispatchBackward(const StepContext& ctx,
+                                                            const MoeDispatchState& s,
+                                                            const Tensor& drows) const {
+  if (!expert_tensor_parallel()) return DispatchBackwardOverEp(ctx, s, drows);
+  MIMO_ASSIGN_OR_RETURN(Tensor own, ScatterOverExptTp(ctx, s, drows));
+  return DispatchBackwardOverEp(ctx, s, own);
+}
+
+absl::StatusOr<Tensor> MoeTokenDispatcher::GatherOverExptTp(const StepContext& ctx,
+                                                            const MoeDispatchState& s,
+                                                            const Tensor& own) const {
+  kernels::Ops& ops = *ctx.ops;
+  const int64_t c = options_.hidden, rows = s.gathered_of_expert_row.numel();
+  const int64_t gathered = s.expert_row_of_gathered.numel();
+  MIMO_ASSIGN_OR_RETURN(Tensor mine, own.Slice(0, 0, s.own_rows));
+  MIMO_ASSIGN_OR_RETURN(Tensor padded, PadRows(ctx, mine, s.member_rows));
+  MIMO_ASSIGN_OR_RETURN(Tensor all, NewTensor(ctx, {gathered, c}, own.dtype()));
+  MIMO_ASSIGN_OR_RETURN(comm::DataType type, CommType(own.dtype()));
+  MIMO_RETURN_IF_ERROR(ops.Synchronize());
+  MIMO_RETURN_IF_ERROR(
+      options_.expt_tp->AllGather(padded.data(), all.data(), s.member_rows * c, type));
+  MIMO_ASSIGN_OR_RETURN(Tensor out, NewTensor(ctx, {rows, c}, own.dtype()));
+  MIMO_RETURN_IF_ERROR(ops.MoePermute({.dtype = own.dtype(),
+                                       .x = all.data(),
+                                       .pair_of_row = s.gathered_of_expert_row.data<int32_t>(),
+                                       .out = out.data(),
+                                       .tokens = gathered,
+                                       .top_k = 1,
+                                       .hidden = c,
+                                       .capacity = rows}));
+  return out;
+}
+
+absl::StatusOr<Tensor> MoeTokenDispatcher::ScatterOverExptTp(const StepContext& ctx,
+                                                             const MoeDispatchState& s,
+                                                             const Tensor& rows) const {
+  kernels::Ops& ops = *ctx.ops;
+  const int64_t c = options_.hidden, gathered = s.expert_row_of_gathered.numel();
+  MIMO_ASSIGN_OR_RETURN(Tensor all, NewTensor(ctx, {gathered, c}, rows.dtype()));
+  MIMO_RETURN_IF_ERROR(ops.MoePermuteBackward({.dtype = rows.dtype(),
+                                               .dout = rows.data(),
+                                               .rows = s.expert_row_of_gathered.data<int32_t>(),
+                                               .dx = all.data(),
+                                               .tokens = gathered,
+                                               .top_k = 1,
+                                               .hidden = c}));
+  MIMO_ASSIGN_OR_RETURN(Tensor own, NewTensor(ctx, {s.member_rows, c}, rows.dtype()));
+  MIMO_ASSIGN_OR_RETURN(comm::DataType type, CommType(rows.dtype()));
+  MIMO_RETURN_IF_ERROR(ops.Synchronize());
+  MIMO_RETURN_IF_ERROR(options_.expt_tp->ReduceScatter(all.data(), own.data(), s.member_rows * c,
+                                                       type, comm::ReduceOp::kSum));
+  return own;
 }
 
 }  // namespace mimo

@@ -30,6 +30,11 @@ struct MoeDispatcherOptions {
   // so every member dispatches from buffers of one shape, and trims the padding after the
   // combine. >= 1.
   int64_t pad_multiple = 64;
+  // Expert view [expt_tp] (not owned); null or one member: each rank computes its experts'
+  // whole width. Otherwise its members hold parts of the same experts' width: each gets every
+  // member's rows (all-gather) and returns partial outputs, summed back to their owners
+  // (reduce-scatter). A communicator other than `ep`.
+  comm::Communicator* expt_tp = nullptr;
 };
 
 // What a dispatch keeps for its combine and for the backward. Rows of the "send" buffer are the
@@ -46,6 +51,11 @@ struct MoeDispatchState {
   std::vector<size_t> send_rows, recv_rows;  // (ep,)
   kernels::Tensor received_of_expert_row;    // (R,) int32: received row, -1 for padding.
   kernels::Tensor expert_row_of_received;    // (sum recv_rows,) int32
+  // With expt_tp: this member's rows, the group's largest count (every member's block in the
+  // gathered buffer), and the gathered rows' places among the experts' rows.
+  int64_t own_rows = 0, member_rows = 0;
+  kernels::Tensor gathered_of_expert_row;  // (R,) int32
+  kernels::Tensor expert_row_of_gathered;  // (expt_tp * member_rows,) int32, -1 for padding
 };
 
 struct MoeDispatched {
@@ -91,9 +101,32 @@ class MoeTokenDispatcher {
  private:
   explicit MoeTokenDispatcher(const MoeDispatcherOptions& options);
   bool expert_parallel() const { return ep_size_ > 1; }
+  bool expert_tensor_parallel() const { return etp_size_ > 1; }
+
+  // The four steps over the EP group alone (rows of this expt_tp member only).
+  absl::StatusOr<MoeDispatched> DispatchOverEp(const StepContext& ctx, const kernels::Tensor& x,
+                                               const kernels::Tensor& indices,
+                                               const kernels::Tensor& probs) const;
+  absl::StatusOr<kernels::Tensor> CombineOverEp(const StepContext& ctx, MoeDispatchState& state,
+                                                const kernels::Tensor& h) const;
+  absl::StatusOr<MoeCombineGrads> CombineBackwardOverEp(const StepContext& ctx,
+                                                        MoeDispatchState& state,
+                                                        const kernels::Tensor& dy) const;
+  absl::StatusOr<kernels::Tensor> DispatchBackwardOverEp(const StepContext& ctx,
+                                                         const MoeDispatchState& state,
+                                                         const kernels::Tensor& drows) const;
+  // This member's rows (own_rows of them) -> every member's rows regrouped by expert.
+  absl::StatusOr<kernels::Tensor> GatherOverExptTp(const StepContext& ctx,
+                                                   const MoeDispatchState& state,
+                                                   const kernels::Tensor& own) const;
+  // Every member's rows (partial sums) -> this member's rows summed over the group
+  // (member_rows of them, the first own_rows meaningful).
+  absl::StatusOr<kernels::Tensor> ScatterOverExptTp(const StepContext& ctx,
+                                                    const MoeDispatchState& state,
+                                                    const kernels::Tensor& rows) const;
 
   MoeDispatcherOptions options_;
-  int ep_size_ = 1, ep_rank_ = 0;
+  int ep_size_ = 1, ep_rank_ = 0, etp_size_ = 1;
   int64_t local_experts_ = 0, first_expert_ = 0;
 };
 

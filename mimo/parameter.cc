@@ -51,12 +51,18 @@ absl::Status CheckParameterSpec(const ParameterSpec& spec) {
     return absl::InvalidArgumentError(
         absl::StrCat("parameter ", spec.name, ": std must be > 0, got ", spec.std));
   }
-  const ParameterShard& s = spec.shard;
-  if (s.full_size != 0 && (s.dim < 0 || s.dim >= static_cast<int>(spec.shape.size()) ||
-                           s.offset < 0 || s.offset + spec.shape[s.dim] > s.full_size)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "parameter ", spec.name, ": shard of ", kernels::ShapeToString(spec.shape), " at offset ",
-        s.offset, " of dimension ", s.dim, " lies outside the full size ", s.full_size));
+  std::vector<bool> split(spec.shape.size(), false);
+  for (const ParameterShard& s : spec.shards) {
+    const bool dim_ok = s.dim >= 0 && s.dim < static_cast<int>(spec.shape.size()) && !split[s.dim];
+    if (!dim_ok || s.blocks < 1 || s.full_size % s.blocks != 0 ||
+        spec.shape[s.dim] % s.blocks != 0 || s.offset < 0 ||
+        s.offset + spec.shape[s.dim] / s.blocks > s.full_size / s.blocks) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameter ", spec.name, ": shard of ", kernels::ShapeToString(spec.shape), " at offset ",
+          s.offset, " of dimension ", s.dim, " (", s.blocks, " blocks) lies outside the full size ",
+          s.full_size, " or splits a dimension twice"));
+    }
+    split[s.dim] = true;
   }
   return absl::OkStatus();
 }
@@ -73,27 +79,33 @@ std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed) {
   }
   const uint64_t key = InitKey(seed, spec.name);
   const PhiloxKey philox_key{static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32)};
-  // Element i of the shard is element (o * full + d + offset) * inner + r of the full tensor,
-  // where i = (o * size + d) * inner + r along the shard's dimension of `size` elements.
-  const ParameterShard& s = spec.shard;
-  const int64_t size = s.full_size != 0 ? spec.shape[s.dim] : 1;
-  const int64_t full = s.full_size != 0 ? s.full_size : 1;
-  int64_t inner = n;
-  if (s.full_size != 0) {
-    inner = 1;
-    for (size_t d = s.dim + 1; d < spec.shape.size(); ++d) inner *= spec.shape[d];
+  // Each local coordinate along a split dimension maps to its place in the full dimension.
+  const int dims = static_cast<int>(spec.shape.size());
+  kernels::Shape full_shape = spec.shape;
+  std::vector<const ParameterShard*> shard_of(dims, nullptr);
+  for (const ParameterShard& s : spec.shards) {
+    full_shape[s.dim] = s.full_size;
+    shard_of[s.dim] = &s;
   }
   std::vector<float> values(n);
+  std::vector<int64_t> at(dims, 0);  // The local multi-index of element i.
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t o = i / (size * inner), d = i / inner % size, r = i % inner;
-    const uint64_t g =
-        static_cast<uint64_t>((o * full + d + (s.full_size != 0 ? s.offset : 0)) * inner + r);
+    uint64_t g = 0;
+    for (int d = 0; d < dims; ++d) {
+      int64_t coord = at[d];
+      if (const ParameterShard* s = shard_of[d]; s != nullptr) {
+        const int64_t per_block = spec.shape[d] / s->blocks;
+        coord = coord / per_block * (s->full_size / s->blocks) + s->offset + coord % per_block;
+      }
+      g = g * static_cast<uint64_t>(full_shape[d]) + static_cast<uint64_t>(coord);
+    }
     const PhiloxCounter bits = Philox4x32(
         {static_cast<uint32_t>(g / 2), static_cast<uint32_t>(g / 2 >> 32), 0u, 0u}, philox_key);
     const int j = static_cast<int>(g % 2);
     const double radius = std::sqrt(-2.0 * std::log(UnitInterval(bits[2 * j])));
     const double angle = 2.0 * std::numbers::pi * UnitInterval(bits[2 * j + 1]);
     values[i] = static_cast<float>(spec.std * radius * std::cos(angle));
+    for (int d = dims - 1; d >= 0 && ++at[d] == spec.shape[d]; --d) at[d] = 0;
   }
   return values;
 }

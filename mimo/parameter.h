@@ -20,13 +20,15 @@ enum class InitKind {
   kZeros,   // Biases.
 };
 
-// Where a parameter sits in the model's full tensor when the layout splits that tensor across
-// ranks (routed experts over the EP group): along dimension `dim`, this rank holds the
-// shape[dim] slices starting at `offset` of the full tensor's `full_size`.
+// How the layout splits one dimension of a parameter's full tensor across ranks (routed experts
+// over the EP group, an expert's width over expt_tp): the full dimension of `full_size` is
+// `blocks` equal consecutive blocks (2 for SwiGLU's [gate; up] rows, else 1), and this rank holds
+// shape[dim] / blocks slices of each block, starting at `offset` within the block.
 struct ParameterShard {
   int dim = 0;
   int64_t offset = 0;
-  int64_t full_size = 0;  // 0: the parameter is whole on every rank that holds it.
+  int64_t full_size = 0;
+  int64_t blocks = 1;
 };
 
 struct ParameterSpec {
@@ -38,19 +40,21 @@ struct ParameterSpec {
   float std = 0.02f;  // Of kNormal; > 0.
   // Takes AdamW's weight decay (Megatron exempts biases and norm weights).
   bool weight_decay = true;
-  ParameterShard shard;  // The full tensor's shape replaces shape[shard.dim] by full_size.
+  // The split dimensions, each at most once; none: the parameter is whole on every rank that
+  // holds it. The full tensor's shape replaces shape[dim] by full_size for each.
+  std::vector<ParameterShard> shards;
 };
 
 // InvalidArgument for an empty name, a non-positive size, a non-positive std, or a shard
-// outside the full tensor.
+// outside the full tensor (or of a dimension not in the shape, or split twice).
 absl::Status CheckParameterSpec(const ParameterSpec& spec);
 
 // The initial value of every element (row-major) of `spec`'s tensor under `seed` (the job seed):
 // element i of the full tensor, kNormal, is std * N(0, 1) from Box-Muller over the two 32-bit
-// words 2*(i%2), 2*(i%2)+1 of Philox block i/2, keyed by a hash of (seed, name); a shard holds
-// its slice of the full tensor's values. The values depend only on the seed, the name and the
-// element's index in the full tensor -- not on the device or the parallel layout -- like
-// Megatron's --use-cpu-initialization.
+// words 2*(i%2), 2*(i%2)+1 of Philox block i/2, keyed by a hash of (seed, name); a sharded
+// parameter holds its slices of the full tensor's values. The values depend only on the seed, the
+// name and the element's index in the full tensor -- not on the device or the parallel layout --
+// like Megatron's --use-cpu-initialization.
 std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed);
 
 // One parameter on one device. `weight` is what the ops read, in the model's compute dtype;

@@ -1,8 +1,10 @@
-// Expert parallelism of mimo/moe_layer.h on GPUs: two ranks (threads), one GPU each, NCCL
-// all-to-all over the EP group, ranks holding different numbers of tokens (0, 1, 63, 64, 65,
-// thousands). Each rank's output, input gradient, router gradient and auxiliary losses against
-// an ep=1 layer on the CPU ops over that rank's tokens; each rank's expert gradients against the
-// CPU experts' gradients summed over both ranks' tokens. fp32 within 1e-5, bf16 within 2e-2.
+// Expert parallelism of mimo/moe_layer.h on GPUs: two ranks (threads), one GPU each, NCCL over
+// an EP group (all-to-all) or an expt_tp group (all-gather, reduce-scatter), ranks holding
+// different numbers of tokens (0, 1, 63, 64, 65, thousands). Each rank's output, input gradient,
+// router gradient and auxiliary losses against an ep=1 layer on the CPU ops over that rank's
+// tokens; each rank's expert gradients against the CPU experts' gradients summed over both ranks'
+// tokens (the rank's half of the experts, or of every expert's width). fp32 within 1e-5, bf16
+// within 2e-2.
 #include <memory>
 #include <random>
 #include <string>
@@ -80,6 +82,32 @@ RankResult RunLayer(kernels::Ops& ops, const TransformerConfig& config, ModelGro
   return out;
 }
 
+// Rank r's half of a full expert tensor's rows (ep) or of every expert's width (expt_tp):
+// fc1 (E, 2F, C) in both its gate and up rows, fc2 (E, C, F) in its columns.
+std::vector<double> Half(const std::vector<double>& full, bool fc1, bool width, int r) {
+  const int64_t e = Moe().router.experts, f = Config(DType::kF32).ffn_hidden_size;
+  if (!width) {
+    const size_t half = full.size() / 2;
+    return std::vector<double>(full.begin() + r * half, full.begin() + (r + 1) * half);
+  }
+  std::vector<double> out;
+  const int64_t fl = f / 2;
+  for (int64_t x = 0; x < e; ++x) {
+    if (fc1) {
+      for (int b = 0; b < 2; ++b) {
+        const int64_t row = x * 2 * f + b * f + r * fl;
+        out.insert(out.end(), full.begin() + row * kHidden, full.begin() + (row + fl) * kHidden);
+      }
+    } else {
+      for (int64_t c = 0; c < kHidden; ++c) {
+        const int64_t at = (x * kHidden + c) * f + r * fl;
+        out.insert(out.end(), full.begin() + at, full.begin() + at + fl);
+      }
+    }
+  }
+  return out;
+}
+
 void ExpectClose(const std::vector<double>& got, const std::vector<double>& want, double bound,
                  const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
@@ -89,7 +117,7 @@ void ExpectClose(const std::vector<double>& got, const std::vector<double>& want
 }
 
 class MoeExpertParallelCudaTest
-    : public ::testing::TestWithParam<std::tuple<std::vector<int64_t>, DType>> {
+    : public ::testing::TestWithParam<std::tuple<std::vector<int64_t>, DType, const char*>> {
  protected:
   void SetUp() override {
     const kernels::CudaDevices devices = kernels::ListCudaDevices();
@@ -101,7 +129,8 @@ class MoeExpertParallelCudaTest
 };
 
 TEST_P(MoeExpertParallelCudaTest, EqualsTheSingleRankLayer) {
-  const auto& [tokens, dtype] = GetParam();
+  const auto& [tokens, dtype, kind] = GetParam();
+  const bool width = std::string(kind) == "expt_tp";
   const TransformerConfig config = Config(dtype);
   const double bound = dtype == DType::kF32 ? 1e-5 : 2e-2;
   std::mt19937 random(12);
@@ -118,7 +147,7 @@ TEST_P(MoeExpertParallelCudaTest, EqualsTheSingleRankLayer) {
   comm::InMemoryStore store;
   comm::RunRanks(2, [&](int rank) {
     auto groups = comm::ProcessGroups::CreateNccl(
-        {{.kind = "ep", .members = {0, 1}}}, store,
+        {{.kind = kind, .members = {0, 1}}}, store,
         {.rank = rank, .timeout = absl::Seconds(60), .cuda_device = rank});
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto gpu = kernels::NewCudaOps({.device = rank});
@@ -132,13 +161,12 @@ TEST_P(MoeExpertParallelCudaTest, EqualsTheSingleRankLayer) {
     ExpectClose(got[r].losses, want[r].losses, bound, "aux losses");
     ExpectClose(got[r].grad["mlp.router.weight"], want[r].grad["mlp.router.weight"], bound,
                 "router grad");
-    for (const std::string name :
-         {"mlp.experts.linear_fc1.weight", "mlp.experts.linear_fc2.weight"}) {
-      const size_t half = want[0].grad[name].size() / 2;
-      std::vector<double> sum(half, 0.0);
-      for (int q = 0; q < 2; ++q) {
-        for (size_t i = 0; i < half; ++i) sum[i] += want[q].grad[name][r * half + i];
-      }
+    for (const bool fc1 : {true, false}) {
+      const std::string name =
+          fc1 ? "mlp.experts.linear_fc1.weight" : "mlp.experts.linear_fc2.weight";
+      std::vector<double> sum = Half(want[0].grad[name], fc1, width, r);
+      const std::vector<double> more = Half(want[1].grad[name], fc1, width, r);
+      for (size_t i = 0; i < sum.size(); ++i) sum[i] += more[i];
       ExpectClose(got[r].grad[name], sum, bound, name + " grad");
     }
   }
@@ -148,10 +176,12 @@ INSTANTIATE_TEST_SUITE_P(TokenCounts, MoeExpertParallelCudaTest,
                          ::testing::Combine(::testing::Values(std::vector<int64_t>{0, 65},
                                                               std::vector<int64_t>{1, 64},
                                                               std::vector<int64_t>{63, 3000}),
-                                            ::testing::Values(DType::kF32, DType::kBF16)),
+                                            ::testing::Values(DType::kF32, DType::kBF16),
+                                            ::testing::Values("ep", "expt_tp")),
                          [](const auto& info) {
                            const std::vector<int64_t>& tokens = std::get<0>(info.param);
-                           return absl::StrCat("Tokens", tokens[0], "_", tokens[1], "_",
+                           return absl::StrCat(std::get<2>(info.param), "_Tokens", tokens[0], "_",
+                                               tokens[1], "_",
                                                kernels::DTypeName(std::get<1>(info.param)));
                          });
 

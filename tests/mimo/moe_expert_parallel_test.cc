@@ -1,8 +1,9 @@
 // Expert parallelism of mimo/moe_layer.h on CPU workers (ranks as threads, Gloo over loopback):
-// with the experts spread over ep ranks holding different numbers of tokens (0, 1, 63, 64, 65,
-// thousands), every rank's output, input gradient, router gradient and auxiliary losses equal
-// those of an ep=1 layer run on that rank's tokens, and each rank's expert gradients equal the
-// sum of its experts' rows of the ep=1 gradients over all ranks' tokens.
+// with the experts spread over ep ranks, and their width over expt_tp ranks, the ranks holding
+// different numbers of tokens (0, 1, 63, 64, 65, thousands), every rank's output, input
+// gradient, router gradient and auxiliary losses equal those of an ep=1 layer run on that rank's
+// tokens, and each rank's expert gradients equal its slice of the ep=1 gradients summed over all
+// ranks' tokens.
 #include <memory>
 #include <random>
 #include <string>
@@ -106,20 +107,46 @@ void ExpectClose(const std::vector<double>& got, const std::vector<double>& want
 }
 
 struct EpCase {
-  std::vector<int64_t> tokens;  // Per EP rank.
+  std::vector<int64_t> tokens;  // Per rank; rank = etp index + etp * ep index.
   int64_t experts;
+  int etp = 1;
 };
 
 std::string CaseName(const EpCase& c) {
-  return absl::StrCat("Ep", c.tokens.size(), "E", c.experts, "Tokens",
+  return absl::StrCat("Ep", c.tokens.size() / c.etp, "Etp", c.etp, "E", c.experts, "Tokens",
                       absl::StrJoin(c.tokens, "_"));
+}
+
+// Rank (t, e)'s slice of a full expert tensor: experts [e * el, (e + 1) * el), and of their
+// width F part t of etp (fc1 (E, 2F, C): in both the gate and the up rows; fc2 (E, C, F): the
+// columns).
+std::vector<double> ExpertSlice(const std::vector<double>& full, bool fc1, int64_t el, int e, int t,
+                                int etp, int64_t f) {
+  const int64_t fl = f / etp;
+  std::vector<double> out;
+  for (int64_t x = e * el; x < (e + 1) * el; ++x) {
+    if (fc1) {
+      for (int b = 0; b < 2; ++b) {
+        for (int64_t w = 0; w < fl; ++w) {
+          const int64_t row = x * 2 * f + b * f + t * fl + w;
+          out.insert(out.end(), full.begin() + row * kHidden, full.begin() + (row + 1) * kHidden);
+        }
+      }
+    } else {
+      for (int64_t c = 0; c < kHidden; ++c) {
+        const int64_t at = (x * kHidden + c) * f + t * fl;
+        out.insert(out.end(), full.begin() + at, full.begin() + at + fl);
+      }
+    }
+  }
+  return out;
 }
 
 class MoeExpertParallelTest : public ::testing::TestWithParam<EpCase> {};
 
 TEST_P(MoeExpertParallelTest, EqualsTheSingleRankLayer) {
   const EpCase& p = GetParam();
-  const int ep = static_cast<int>(p.tokens.size());
+  const int world = static_cast<int>(p.tokens.size()), etp = p.etp, ep = world / etp;
   const TransformerConfig config = Config();
   const MoeConfig moe = Moe(p.experts);
   std::mt19937 random(31);
@@ -129,30 +156,34 @@ TEST_P(MoeExpertParallelTest, EqualsTheSingleRankLayer) {
     rs.push_back(RandomFloats(t * kHidden, random));
   }
   // The reference: one ep=1 layer per rank's tokens.
-  std::vector<RankResult> want(ep);
-  for (int r = 0; r < ep; ++r) {
+  std::vector<RankResult> want(world);
+  for (int r = 0; r < world; ++r) {
     auto ops = kernels::NewCpuOps();
     std::unique_ptr<MoeLayer> layer = NewLayer(*ops, config, moe, {});
     ASSERT_NE(layer, nullptr);
     want[r] = RunLayer(*ops, *layer, xs[r], rs[r]);
   }
-  // The same over ep ranks.
-  std::vector<RankResult> got(ep);
+  // The same over etp x ep ranks (expt_tp fastest, as the expert view orders them).
+  std::vector<RankResult> got(world);
   comm::InMemoryStore store;
-  comm::RunRanks(ep, [&](int rank) {
-    std::vector<int> members(ep);
-    for (int i = 0; i < ep; ++i) members[i] = i;
+  comm::RunRanks(world, [&](int rank) {
+    std::vector<comm::GroupSpec> specs(1, {.kind = "ep"});
+    for (int e = 0; e < ep; ++e) specs[0].members.push_back(rank % etp + etp * e);
+    if (etp > 1) {
+      specs.push_back({.kind = "expt_tp"});
+      for (int t = 0; t < etp; ++t) specs[1].members.push_back(rank / etp * etp + t);
+    }
     auto groups = comm::ProcessGroups::CreateGloo(
-        {{.kind = "ep", .members = members}}, store,
-        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+        specs, store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto ops = kernels::NewCpuOps();
     std::unique_ptr<MoeLayer> layer = NewLayer(*ops, config, moe, ModelGroupsOf(**groups));
     ASSERT_NE(layer, nullptr);
     got[rank] = RunLayer(*ops, *layer, xs[rank], rs[rank]);
   });
-  const int64_t el = p.experts / ep;
-  for (int r = 0; r < ep; ++r) {
+  const int64_t el = p.experts / ep, f = Config().ffn_hidden_size;
+  for (int r = 0; r < world; ++r) {
+    const int t = r % etp, e = r / etp;
     SCOPED_TRACE(absl::StrCat("rank ", r, " with ", p.tokens[r], " tokens"));
     ExpectClose(got[r].y, want[r].y, "y");
     ExpectClose(got[r].dx, want[r].dx, "dx");
@@ -164,16 +195,17 @@ TEST_P(MoeExpertParallelTest, EqualsTheSingleRankLayer) {
     }
     // This rank's experts: their slice of the full tensors, and their gradients summed over the
     // tokens of every rank.
-    for (const std::string name :
-         {"mlp.experts.linear_fc1.weight", "mlp.experts.linear_fc2.weight"}) {
-      const std::vector<double>& full = want[r].master[name];
-      const size_t per_expert = full.size() / p.experts;
-      const size_t begin = r * el * per_expert, end = (r + 1) * el * per_expert;
-      EXPECT_EQ(got[r].master[name], std::vector<double>(full.begin() + begin, full.begin() + end))
-          << name;
-      std::vector<double> sum(end - begin, 0.0);
-      for (int q = 0; q < ep; ++q) {
-        for (size_t i = begin; i < end; ++i) sum[i - begin] += want[q].grad[name][i];
+    for (const bool fc1 : {true, false}) {
+      const std::string name =
+          fc1 ? "mlp.experts.linear_fc1.weight" : "mlp.experts.linear_fc2.weight";
+      auto slice = [&](const std::vector<double>& full) {
+        return ExpertSlice(full, fc1, el, e, t, etp, f);
+      };
+      EXPECT_EQ(got[r].master[name], slice(want[r].master[name])) << name;
+      std::vector<double> sum = slice(want[0].grad[name]);
+      for (int q = 1; q < world; ++q) {
+        const std::vector<double> more = slice(want[q].grad[name]);
+        for (size_t i = 0; i < sum.size(); ++i) sum[i] += more[i];
       }
       ExpectClose(got[r].grad[name], sum, name + " grad");
     }
@@ -183,10 +215,12 @@ TEST_P(MoeExpertParallelTest, EqualsTheSingleRankLayer) {
 INSTANTIATE_TEST_SUITE_P(TokenCounts, MoeExpertParallelTest,
                          ::testing::Values(EpCase{{63, 64}, 4}, EpCase{{0, 1}, 4},
                                            EpCase{{65, 2500}, 4}, EpCase{{0, 0}, 4},
-                                           EpCase{{64, 0, 1, 65}, 4}, EpCase{{40, 3, 70}, 6}),
+                                           EpCase{{64, 0, 1, 65}, 4}, EpCase{{40, 3, 70}, 6},
+                                           EpCase{{5, 70}, 4, 2}, EpCase{{0, 64, 65, 1}, 4, 2},
+                                           EpCase{{63, 1500, 0, 7}, 4, 2}),
                          [](const auto& info) { return CaseName(info.param); });
 
-TEST(MoeExpertParallelTest, RejectsExpertsThatDoNotSplitEvenly) {
+TEST(MoeExpertParallelTest, RejectsExpertsOrWidthsThatDoNotSplitEvenly) {
   comm::InMemoryStore store;
   comm::RunRanks(2, [&](int rank) {
     auto groups = comm::ProcessGroups::CreateGloo(
@@ -202,6 +236,15 @@ TEST(MoeExpertParallelTest, RejectsExpertsThatDoNotSplitEvenly) {
     EXPECT_NE(layer.status().message().find("3 experts do not split evenly over 2"),
               absl::string_view::npos)
         << layer.status();
+    // Width 5 over 2 expert tensor-parallel ranks (the group standing in for expt_tp here).
+    MoeConfig wide = Moe(4);
+    wide.expert_ffn_hidden_size = 5;
+    build.groups = {.expt_tp = (*groups)->Get("ep")};
+    const auto odd = MoeLayer::Create(build, wide);
+    ASSERT_EQ(odd.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(odd.status().message().find("expert width 5 does not split evenly over 2"),
+              absl::string_view::npos)
+        << odd.status();
   });
 }
 

@@ -55,16 +55,30 @@ TEST(InitialValuesTest, AShardHoldsItsSliceOfTheFullTensor) {
   const std::vector<float> full = InitialValues(Normal("experts.weight", {6, 5, 3}), 9);
   // Dimension 0 (experts over EP ranks): rows 2..3 of 6.
   ParameterSpec rows = Normal("experts.weight", {2, 5, 3});
-  rows.shard = {.dim = 0, .offset = 2, .full_size = 6};
+  rows.shards = {{.dim = 0, .offset = 2, .full_size = 6}};
   EXPECT_EQ(InitialValues(rows, 9), std::vector<float>(full.begin() + 30, full.begin() + 60));
   // Dimension 1: columns 1..3 of 5 of every row (odd offsets and sizes cross Philox blocks).
   ParameterSpec cols = Normal("experts.weight", {6, 3, 3});
-  cols.shard = {.dim = 1, .offset = 1, .full_size = 5};
+  cols.shards = {{.dim = 1, .offset = 1, .full_size = 5}};
   std::vector<float> want;
   for (int e = 0; e < 6; ++e) {
     want.insert(want.end(), full.begin() + e * 15 + 3, full.begin() + e * 15 + 12);
   }
   EXPECT_EQ(InitialValues(cols, 9), want);
+  // Two dimensions at once, one of them in two blocks (SwiGLU's [gate; up] rows): experts 4..5,
+  // and of the 4 rows of each, row 1 of the first pair and row 3 of the second.
+  const std::vector<float> swiglu = InitialValues(Normal("fc1.weight", {6, 4, 3}), 9);
+  ParameterSpec both = Normal("fc1.weight", {2, 2, 3});
+  both.shards = {{.dim = 0, .offset = 4, .full_size = 6},
+                 {.dim = 1, .offset = 1, .full_size = 4, .blocks = 2}};
+  want.clear();
+  for (int e = 4; e < 6; ++e) {
+    for (int row : {1, 3}) {
+      want.insert(want.end(), swiglu.begin() + (e * 4 + row) * 3,
+                  swiglu.begin() + (e * 4 + row + 1) * 3);
+    }
+  }
+  EXPECT_EQ(InitialValues(both, 9), want);
 }
 
 TEST(InitialValuesTest, OnesAndZeros) {
@@ -114,11 +128,15 @@ TEST(ParameterTest, RejectsBadSpecsAndDtypes) {
   EXPECT_EQ(Parameter::Create(*ops, Normal("w", {2}, 0.0f), DType::kF32, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
   ParameterSpec outside = Normal("w", {2, 3});
-  outside.shard = {.dim = 0, .offset = 3, .full_size = 4};  // Rows 3..4 of 4.
+  outside.shards = {{.dim = 0, .offset = 3, .full_size = 4}};  // Rows 3..4 of 4.
   const auto bad_shard = Parameter::Create(*ops, outside, DType::kF32, 1);
   EXPECT_EQ(bad_shard.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad_shard.status().message().find("full size 4"), absl::string_view::npos);
-  outside.shard = {.dim = 2, .offset = 0, .full_size = 4};
+  outside.shards = {{.dim = 2, .offset = 0, .full_size = 4}};
+  EXPECT_EQ(Parameter::Create(*ops, outside, DType::kF32, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  outside.shards = {{.dim = 0, .offset = 0, .full_size = 4},
+                    {.dim = 0, .offset = 0, .full_size = 4}};
   EXPECT_EQ(Parameter::Create(*ops, outside, DType::kF32, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
   const auto bad_dtype = Parameter::Create(*ops, Normal("w", {2}), DType::kI32, 1);
