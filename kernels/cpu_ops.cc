@@ -84,6 +84,9 @@ class CpuOps final : public Ops {
     return MoeRouterBackwardCpu(p);
   }
   absl::Status MoeAuxLoss(const MoeAuxLossParams& p) override { return MoeAuxLossCpu(p); }
+  absl::Status MoeCapacityDrop(const MoeCapacityDropParams& p) override {
+    return MoeCapacityDropCpu(p);
+  }
   absl::Status MoePermuteMap(const MoePermuteMapParams& p) override { return MoePermuteMapCpu(p); }
   absl::Status MoePermute(const MoePermuteParams& p) override { return MoePermuteCpu(p); }
   absl::Status MoePermuteBackward(const MoePermuteBackwardParams& p) override {

@@ -178,6 +178,16 @@ class CudaOps final : public Ops {
     q.workspace_bytes = scratch.bytes;
     return LaunchMoeAuxLoss(q, stream());
   }
+  absl::Status MoeCapacityDrop(const MoeCapacityDropParams& p) override {
+    MIMO_RETURN_IF_ERROR(CheckMoeCapacityDrop(p));  // Before sizing scratch from its fields.
+    CudaDeviceGuard guard(device_);
+    MIMO_ASSIGN_OR_RETURN(Scratch scratch,
+                          Take(MoeCapacityDropWorkspaceBytes(p.tokens * p.top_k, p.experts)));
+    MoeCapacityDropParams q = p;
+    q.workspace = scratch.ptr;
+    q.workspace_bytes = scratch.bytes;
+    return LaunchMoeCapacityDrop(q, stream());
+  }
   absl::Status MoePermuteMap(const MoePermuteMapParams& p) override {
     MIMO_RETURN_IF_ERROR(CheckMoePermuteMap(p));  // Before sizing scratch from its fields.
     CudaDeviceGuard guard(device_);

@@ -19,6 +19,7 @@
 #include "kernels/gemm.h"
 #include "kernels/layernorm.h"
 #include "kernels/linear.h"
+#include "kernels/moe_capacity.h"
 #include "kernels/moe_permute.h"
 #include "kernels/moe_router.h"
 #include "kernels/patchify.h"
@@ -82,6 +83,7 @@ class Ops {
   virtual absl::Status MoeRouter(const MoeRouterParams& p) = 0;
   virtual absl::Status MoeRouterBackward(const MoeRouterBackwardParams& p) = 0;
   virtual absl::Status MoeAuxLoss(const MoeAuxLossParams& p) = 0;
+  virtual absl::Status MoeCapacityDrop(const MoeCapacityDropParams& p) = 0;
   virtual absl::Status MoePermuteMap(const MoePermuteMapParams& p) = 0;
   virtual absl::Status MoePermute(const MoePermuteParams& p) = 0;
   virtual absl::Status MoePermuteBackward(const MoePermuteBackwardParams& p) = 0;

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "kernels/moe_capacity.h"
 #include "kernels/moe_router.h"
 
 namespace mimo {
@@ -30,6 +31,13 @@ struct MoeConfig {
   // moe_router_bias_update_rate; > 0) towards a balanced load.
   bool expert_bias = false;
   float expert_bias_update_rate = 1e-3f;
+  // Token dropping (Megatron's moe_expert_capacity_factor and moe_token_drop_policy): each expert
+  // takes at most kernels::MoeExpertCapacity(tokens, top_k, experts, capacity_factor) of a
+  // micro-batch's (token, choice) pairs on this rank, chosen by drop_policy; the others add
+  // nothing to the output (their weights' gradients are zero). 0: dropless (the default);
+  // otherwise > 0. The auxiliary losses and the per-expert load see the choices before dropping.
+  float capacity_factor = 0.0f;
+  kernels::TokenDropPolicy drop_policy = kernels::TokenDropPolicy::kProbs;
 };
 
 // InvalidArgument naming the field at fault.

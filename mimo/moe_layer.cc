@@ -143,10 +143,25 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
     MIMO_RETURN_IF_ERROR(ops.MoeAuxLoss(p));
     ctx.aux_losses->push_back({layer_number_, std::move(losses)});
   }
+  // With a capacity, the pairs over it go nowhere (the router's backward still sees them all:
+  // their weights' gradients are zero).
+  Tensor dispatch_indices = saved->indices;
+  if (moe_.capacity_factor > 0.0f) {
+    MIMO_ASSIGN_OR_RETURN(dispatch_indices, NewTensor(ctx, {t, k}, DType::kI32));
+    MIMO_RETURN_IF_ERROR(ops.MoeCapacityDrop(
+        {.policy = moe_.drop_policy,
+         .indices = saved->indices.data<int32_t>(),
+         .probs = probs.data<float>(),
+         .kept = dispatch_indices.data<int32_t>(),
+         .tokens = t,
+         .top_k = k,
+         .experts = e,
+         .capacity = kernels::MoeExpertCapacity(t, k, e, moe_.capacity_factor)}));
+  }
   // The pairs to their experts' rows (on this rank or, with EP, on others), the experts, and
   // back.
   MIMO_ASSIGN_OR_RETURN(MoeDispatched dispatched,
-                        dispatcher_.Dispatch(ctx, x, saved->indices, probs));
+                        dispatcher_.Dispatch(ctx, x, dispatch_indices, probs));
   saved->route = std::move(dispatched.state);
   MIMO_ASSIGN_OR_RETURN(BlockOutput experts,
                         experts_->Forward(ctx, dispatched.rows, dispatched.offsets));

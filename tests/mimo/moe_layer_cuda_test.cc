@@ -65,6 +65,15 @@ MoeCudaCase FineGrained() {
   return {"FineGrainedSigmoidGrouped", Base(), m, {300, 0, 211}};
 }
 
+MoeCudaCase MixtralCapacity() {
+  MoeCudaCase c = Mixtral();
+  c.name = "MixtralCapacityDropsByPosition";
+  c.moe.shared_expert_ffn_hidden_size = 0;
+  c.moe.capacity_factor = 0.75f;
+  c.moe.drop_policy = kernels::TokenDropPolicy::kPosition;
+  return c;
+}
+
 struct MoeRun {
   std::vector<double> y, dx, losses;
   std::map<std::string, std::vector<double>> grads;
@@ -141,7 +150,8 @@ TEST_P(MoeLayerCudaTest, MatchesTheCpuLayer) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerCudaTest,
-                         ::testing::Combine(::testing::Values(Mixtral(), FineGrained()),
+                         ::testing::Combine(::testing::Values(Mixtral(), FineGrained(),
+                                                              MixtralCapacity()),
                                             ::testing::Values(DType::kF32, DType::kBF16)),
                          [](const auto& info) {
                            return absl::StrCat(std::get<0>(info.param).name, "_",

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "mimo/transformer_layer.h"
+#include "tests/kernels/moe_capacity_reference.h"
 #include "tests/kernels/moe_router_reference.h"
 #include "tests/mimo/model_test_util.h"
 
@@ -71,6 +72,17 @@ MoeCase SigmoidGrouped() {
   return {"SigmoidGroupLimitedGelu", Config(MlpActivation::kGelu), m};
 }
 
+MoeCase Capacity() {
+  MoeConfig m;
+  m.router = {.experts = 4, .top_k = 2};
+  m.aux_loss_coeff = 0.1f;
+  // Capacity max(4, ceil(9 * 2 / 4 * 0.5)) = 4 of 18 pairs over 4 experts: some are dropped.
+  m.capacity_factor = 0.5f;
+  m.drop_policy = kernels::TokenDropPolicy::kProbs;
+  m.align = 2;
+  return {"SoftmaxCapacityDropsByWeight", Config(MlpActivation::kSwiglu), m};
+}
+
 const std::vector<int32_t> kLengths = {3, 1, 5};
 
 class MoeLayerCpuTest : public ::testing::TestWithParam<MoeCase> {
@@ -127,11 +139,19 @@ TEST_P(MoeLayerCpuTest, ForwardMatchesFloat64MixtureOfExperts) {
       kernels::testing::GemmFloat64(x, false, w["mlp.router.weight"], true, t, e, c);
   const kernels::testing::RouterReference route =
       kernels::testing::RouterFloat64(moe.router, logits, {}, t);
+  std::vector<int32_t> kept = route.indices;
+  if (moe.capacity_factor > 0.0f) {
+    kept = kernels::testing::CapacityDropReference(
+        moe.drop_policy, route.indices, std::vector<float>(route.probs.begin(), route.probs.end()),
+        kernels::MoeExpertCapacity(t, k, e, moe.capacity_factor));
+    EXPECT_NE(kept, route.indices) << "nothing dropped";
+  }
   std::vector<double> want(t * c, 0.0);
   for (int64_t i = 0; i < t; ++i) {
     const std::vector<double> xi(x.begin() + i * c, x.begin() + (i + 1) * c);
     for (int64_t j = 0; j < k; ++j) {
-      const int32_t ex = route.indices[i * k + j];
+      const int32_t ex = kept[i * k + j];
+      if (ex < 0) continue;
       const std::vector<double>& w1 = w["mlp.experts.linear_fc1.weight"];
       const std::vector<double>& w2 = w["mlp.experts.linear_fc2.weight"];
       std::vector<double> h = kernels::testing::GemmFloat64(
@@ -201,7 +221,8 @@ TEST_P(MoeLayerCpuTest, BackwardWithAuxLossesMatchesCentralDifferences) {
   EXPECT_EQ(failures, 0) << "of " << checked;
 }
 
-INSTANTIATE_TEST_SUITE_P(Configs, MoeLayerCpuTest, ::testing::Values(Softmax(), SigmoidGrouped()),
+INSTANTIATE_TEST_SUITE_P(Configs, MoeLayerCpuTest,
+                         ::testing::Values(Softmax(), SigmoidGrouped(), Capacity()),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(MoeLayerTest, IsTheMlpOfATransformerLayer) {
@@ -318,6 +339,9 @@ TEST(MoeLayerTest, RejectsBadConfigs) {
   m = Softmax().moe;
   m.expert_bias = true;
   m.expert_bias_update_rate = 0;
+  EXPECT_EQ(MoeLayer::Create(build, m).status().code(), absl::StatusCode::kInvalidArgument);
+  m = Softmax().moe;
+  m.capacity_factor = -1;
   EXPECT_EQ(MoeLayer::Create(build, m).status().code(), absl::StatusCode::kInvalidArgument);
   m = Softmax().moe;
   m.align = 0;
