@@ -1,19 +1,28 @@
 // Times the MoE layer (router, dispatch, experts, combine; forward and backward) on the CUDA ops
-// for the shapes bench/torch_moe.py times in PyTorch.
+// for the shapes bench/torch_moe.py times in PyTorch, and two of its parts alone.
 //
-//   moe_bench [--list] [--filter SUBSTRING] [--iters K]
+//   moe_bench [--list] [--filter SUBSTRING] [--iters K] [--parts]
 //
 // --list prints the cases (one JSON object per line: name, tokens, hidden, ffn, experts, top_k)
 // for the PyTorch side. Otherwise each case runs 2 warm-up steps and K timed ones (wall clock
 // from the first launch to the stream drained: the layer's host synchronizations count, as they
 // would in training); one JSON line per case with the median milliseconds of a forward+backward
 // and the expert TFLOP/s: 3 (forward + backward) x 2 x tokens x top_k x 3 x hidden x ffn.
+// --parts also times, between CUDA events (median of K), with balanced and with Zipf routing
+// (expert e chosen with weight 1 / (e + 1)^1.2): the permutation (map + permute) and the
+// weighted unpermute, as GB/s of the rows they must read and write; and the experts' fc1 GEMMs
+// (one per expert, as the layer runs them) against one dense GEMM of the same FLOPs.
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -54,6 +63,13 @@ kernels::Tensor RandomBF16(kernels::Ops& ops, const kernels::Shape& shape, uint3
   for (uint16_t& v : host) v = FloatToBFloat16(dist(random));
   Check(ops.CopyFromHost(t->data(), host.data(), t->nbytes()), "uploading an input");
   return *t;
+}
+
+void CheckCuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "moe_bench: %s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+  }
 }
 
 double Median(std::vector<double> v) {
@@ -101,6 +117,165 @@ void Run(const MoeCase& c, int iters) {
   std::fflush(stdout);
 }
 
+// Median milliseconds of `fn` (enqueued on `ops`' stream) between CUDA events, after a warm-up.
+double TimeOnStream(kernels::Ops& ops, int iters, const std::function<void()>& fn) {
+  const auto stream = static_cast<cudaStream_t>(ops.stream());
+  fn();
+  Check(ops.Synchronize(), "Synchronize");
+  std::vector<double> ms;
+  cudaEvent_t start, stop;
+  CheckCuda(cudaEventCreate(&start), "cudaEventCreate");
+  CheckCuda(cudaEventCreate(&stop), "cudaEventCreate");
+  for (int i = 0; i < iters; ++i) {
+    CheckCuda(cudaEventRecord(start, stream), "cudaEventRecord");
+    fn();
+    CheckCuda(cudaEventRecord(stop, stream), "cudaEventRecord");
+    CheckCuda(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float elapsed = 0;
+    CheckCuda(cudaEventElapsedTime(&elapsed, start, stop), "cudaEventElapsedTime");
+    ms.push_back(elapsed);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return Median(ms);
+}
+
+// top_k distinct experts per token, expert e with weight 1 / (e + 1)^skew.
+std::vector<int32_t> Routing(const MoeCase& c, double skew) {
+  std::mt19937 random(7);
+  std::vector<double> weight(c.experts);
+  for (int64_t e = 0; e < c.experts; ++e) weight[e] = 1.0 / std::pow(e + 1.0, skew);
+  std::vector<int32_t> out;
+  out.reserve(c.tokens * c.top_k);
+  for (int64_t t = 0; t < c.tokens; ++t) {
+    std::vector<double> w = weight;
+    for (int64_t j = 0; j < c.top_k; ++j) {
+      std::discrete_distribution<int32_t> pick(w.begin(), w.end());
+      const int32_t e = pick(random);
+      out.push_back(e);
+      w[e] = 0;
+    }
+  }
+  return out;
+}
+
+void RunParts(const MoeCase& c, int iters) {
+  auto made = kernels::NewCudaOps();
+  Check(made.status(), "NewCudaOps");
+  kernels::Ops& ops = **made;
+  auto tensor = [&](const kernels::Shape& shape, kernels::DType dtype) {
+    auto t = kernels::Tensor::Empty(shape, dtype, ops.allocator(), ops.stream());
+    Check(t.status(), "allocating");
+    return *t;
+  };
+  const int64_t t = c.tokens, k = c.top_k, e = c.experts, h = c.hidden, pairs = t * k;
+  const int64_t capacity = kernels::MoePermuteCapacity(t, k, e, 16);
+  const kernels::Tensor x = RandomBF16(ops, {t, h}, 3);
+  const kernels::Tensor rows_out = tensor({capacity, h}, kernels::DType::kBF16);
+  const kernels::Tensor y = tensor({t, h}, kernels::DType::kBF16);
+  const kernels::Tensor probs = tensor({t, k}, kernels::DType::kF32);
+  Check(ops.SetZero(probs.data(), probs.nbytes()), "SetZero");
+  const kernels::Tensor indices = tensor({t, k}, kernels::DType::kI32);
+  const kernels::Tensor rows = tensor({t, k}, kernels::DType::kI32);
+  const kernels::Tensor offsets = tensor({e + 1}, kernels::DType::kI32);
+  const kernels::Tensor pair_of_row = tensor({capacity}, kernels::DType::kI32);
+  // Rows of hidden bf16 values each pair reads and writes once.
+  const double row_bytes = 2.0 * h * 2.0 * pairs;
+  for (const auto& [routing, skew] : {std::pair{"balanced", 0.0}, std::pair{"zipf", 1.2}}) {
+    const std::vector<int32_t> host = Routing(c, skew);
+    Check(ops.CopyFromHost(indices.data(), host.data(), sizeof(int32_t) * pairs), "upload");
+    const double permute_ms = TimeOnStream(ops, iters, [&] {
+      Check(ops.MoePermuteMap({.indices = indices.data<int32_t>(),
+                               .rows = rows.data<int32_t>(),
+                               .offsets = offsets.data<int32_t>(),
+                               .pair_of_row = pair_of_row.data<int32_t>(),
+                               .tokens = t,
+                               .top_k = k,
+                               .experts = e,
+                               .align = 16,
+                               .capacity = capacity}),
+            "MoePermuteMap");
+      Check(ops.MoePermute({.dtype = kernels::DType::kBF16,
+                            .x = x.data(),
+                            .pair_of_row = pair_of_row.data<int32_t>(),
+                            .out = rows_out.data(),
+                            .tokens = t,
+                            .top_k = k,
+                            .hidden = h,
+                            .capacity = capacity}),
+            "MoePermute");
+    });
+    const double unpermute_ms = TimeOnStream(ops, iters, [&] {
+      Check(ops.MoeUnpermute({.dtype = kernels::DType::kBF16,
+                              .h = rows_out.data(),
+                              .rows = rows.data<int32_t>(),
+                              .probs = probs.data<float>(),
+                              .y = y.data(),
+                              .tokens = t,
+                              .top_k = k,
+                              .hidden = h}),
+            "MoeUnpermute");
+    });
+    std::printf(
+        "{\"name\": \"%s\", \"part\": \"permute\", \"routing\": \"%s\", \"ms\": %.3f, "
+        "\"gbps\": %.0f}\n",
+        c.name.c_str(), routing, permute_ms, row_bytes / (permute_ms * 1e-3) / 1e9);
+    std::printf(
+        "{\"name\": \"%s\", \"part\": \"unpermute\", \"routing\": \"%s\", \"ms\": %.3f, "
+        "\"gbps\": %.0f}\n",
+        c.name.c_str(), routing, unpermute_ms,
+        (2.0 * h * pairs + 2.0 * h * t) / (unpermute_ms * 1e-3) / 1e9);
+    // The experts' fc1 GEMMs over the permuted rows, one per expert, against one dense GEMM of
+    // the same rows.
+    std::vector<int32_t> off(e + 1);
+    Check(ops.MoePermuteMap({.indices = indices.data<int32_t>(),
+                             .rows = rows.data<int32_t>(),
+                             .offsets = offsets.data<int32_t>(),
+                             .pair_of_row = pair_of_row.data<int32_t>(),
+                             .tokens = t,
+                             .top_k = k,
+                             .experts = e,
+                             .align = 16,
+                             .capacity = capacity}),
+          "MoePermuteMap");
+    Check(ops.CopyToHost(off.data(), offsets.data(), sizeof(int32_t) * (e + 1)), "offsets");
+    const int64_t f1 = 2 * c.ffn, used = off[e];
+    const kernels::Tensor w1 = RandomBF16(ops, {e * f1, h}, 4);
+    const kernels::Tensor h1 = tensor({capacity, f1}, kernels::DType::kBF16);
+    const double grouped_ms = TimeOnStream(ops, iters, [&] {
+      for (int64_t i = 0; i < e; ++i) {
+        const int64_t n = off[i + 1] - off[i];
+        if (n == 0) continue;
+        Check(ops.Linear({.dtype = kernels::DType::kBF16,
+                          .x = static_cast<char*>(rows_out.data()) + off[i] * h * 2,
+                          .w = static_cast<char*>(w1.data()) + i * f1 * h * 2,
+                          .y = static_cast<char*>(h1.data()) + off[i] * f1 * 2,
+                          .tokens = n,
+                          .in = h,
+                          .out = f1}),
+              "Linear");
+      }
+    });
+    const double dense_ms = TimeOnStream(ops, iters, [&] {
+      Check(ops.Linear({.dtype = kernels::DType::kBF16,
+                        .x = rows_out.data(),
+                        .w = w1.data(),
+                        .y = h1.data(),
+                        .tokens = used,
+                        .in = h,
+                        .out = f1}),
+            "Linear");
+    });
+    const double flops = 2.0 * used * f1 * h;
+    std::printf(
+        "{\"name\": \"%s\", \"part\": \"experts_fc1\", \"routing\": \"%s\", \"ms\": "
+        "%.3f, \"tflops\": %.1f, \"dense_ms\": %.3f, \"dense_tflops\": %.1f}\n",
+        c.name.c_str(), routing, grouped_ms, flops / (grouped_ms * 1e-3) / 1e12, dense_ms,
+        flops / (dense_ms * 1e-3) / 1e12);
+    std::fflush(stdout);
+  }
+}
+
 }  // namespace
 }  // namespace mimo
 
@@ -109,9 +284,11 @@ int main(int argc, char** argv) {
   bool list = false;
   std::string filter;
   int iters = 5;
+  bool parts = false;
   app.add_flag("--list", list, "Print the cases as JSON lines and exit");
   app.add_option("--filter", filter, "Only cases whose name contains this");
   app.add_option("--iters", iters, "Timed steps per case")->check(CLI::Range(1, 1000));
+  app.add_flag("--parts", parts, "Also time the permutation and the experts' GEMMs alone");
   CLI11_PARSE(app, argc, argv);
   for (const mimo::MoeCase& c : mimo::Cases()) {
     if (c.name.find(filter) == std::string::npos) continue;
@@ -125,6 +302,7 @@ int main(int argc, char** argv) {
       continue;
     }
     mimo::Run(c, iters);
+    if (parts) mimo::RunParts(c, iters);
   }
   return 0;
 }
