@@ -1,10 +1,11 @@
 // MoE token dropping: the CUDA kernels. The pairs are grouped by expert with the permutation map
 // (token order within an expert); the position policy drops the pairs ranked at or past the
-// capacity there, the weight policy first sorts each expert's pairs by weight with CUB's stable
-// segmented sort (segments from the device-side offsets, so no host synchronization).
+// capacity there, the weight policy first sorts all pairs by (expert, weight descending) with one
+// stable CUB radix sort of 64-bit keys (no host synchronization, any number of experts), then
+// drops each expert's sorted pairs past the capacity.
 #include <cuda_runtime_api.h>
 
-#include <cub/device/device_segmented_sort.cuh>
+#include <cub/device/device_radix_sort.cuh>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -22,15 +23,18 @@ unsigned Blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / k
 
 // The scratch's parts, each 256-byte aligned.
 struct Layout {
-  size_t rows, offsets, pair_of_row, map, keys_in, keys_out, values_out, sort, total;
+  size_t rows, offsets, pair_of_row, map, keys_in, keys_out, values_in, values_out, sort, total;
 };
 
-size_t SortTempBytes(int64_t pairs, int64_t experts) {
+// Key bits: the expert (up to 1024, and 1024 for none) above 32 bits of weight.
+constexpr int kKeyBits = 32 + 11;
+
+size_t SortTempBytes(int64_t pairs) {
   size_t bytes = 0;
-  cub::DeviceSegmentedSort::StableSortPairsDescending(
-      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), pairs, experts,
-      static_cast<const int32_t*>(nullptr), static_cast<const int32_t*>(nullptr));
+  cub::DeviceRadixSort::SortPairs(
+      nullptr, bytes, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), static_cast<int>(pairs),
+      0, kKeyBits);
   return bytes;
 }
 
@@ -42,10 +46,11 @@ Layout LayoutOf(int64_t pairs, int64_t experts) {
   l.pair_of_row = l.offsets + Align256(sizeof(int32_t) * (experts + 1));
   l.map = l.pair_of_row + ints;
   l.keys_in = l.map + Align256(MoePermuteMapWorkspaceBytes(pairs, experts));
-  l.keys_out = l.keys_in + Align256(sizeof(float) * pairs);
-  l.values_out = l.keys_out + Align256(sizeof(float) * pairs);
+  l.keys_out = l.keys_in + Align256(sizeof(uint64_t) * pairs);
+  l.values_in = l.keys_out + Align256(sizeof(uint64_t) * pairs);
+  l.values_out = l.values_in + ints;
   l.sort = l.values_out + ints;
-  l.total = l.sort + Align256(SortTempBytes(pairs, experts));
+  l.total = l.sort + Align256(SortTempBytes(pairs));
   return l;
 }
 
@@ -62,17 +67,21 @@ __global__ void DropByPositionKernel(const int32_t* __restrict__ indices,
   kept[i] = valid && rows[i] - offsets[e] < capacity ? e : -1;
 }
 
-// Weight policy, step 1: each grouped row's key (its pair's weight) and the valid indices kept.
-__global__ void GatherKeysKernel(const int32_t* __restrict__ indices,
-                                 const float* __restrict__ probs,
-                                 const int32_t* __restrict__ pair_of_row, float* __restrict__ keys,
-                                 int32_t* __restrict__ kept, int64_t pairs, int64_t experts) {
+// Weight policy, step 1: each pair's key -- its expert (`experts` for none), then its weight
+// descending (the float's bits mapped to an unsigned order, inverted) -- and its index; the valid
+// indices kept. A stable ascending sort then gives each expert's pairs by weight, ties in order.
+__global__ void KeysKernel(const int32_t* __restrict__ indices, const float* __restrict__ probs,
+                           uint64_t* __restrict__ keys, int32_t* __restrict__ pair,
+                           int32_t* __restrict__ kept, int64_t pairs, int64_t experts) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= pairs) return;
-  const int32_t pair = pair_of_row[i];
-  keys[i] = pair >= 0 ? probs[pair] : 0.0f;
   const int32_t e = indices[i];
-  kept[i] = e >= 0 && e < experts ? e : -1;
+  const bool valid = e >= 0 && e < experts;
+  const uint32_t bits = __float_as_uint(probs[i] + 0.0f);  // -0 as +0, as the CPU compares.
+  const uint32_t ordered = bits & 0x80000000u ? ~bits : bits | 0x80000000u;  // Ascending order.
+  keys[i] = (static_cast<uint64_t>(valid ? e : experts) << 32) | static_cast<uint32_t>(~ordered);
+  pair[i] = static_cast<int32_t>(i);
+  kept[i] = valid ? e : -1;
 }
 
 // Weight policy, step 2: one block per expert drops its sorted pairs past the capacity.
@@ -121,16 +130,17 @@ absl::Status LaunchMoeCapacityDrop(const MoeCapacityDropParams& p, StreamHandle 
     MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     return absl::OkStatus();
   }
-  auto* keys_in = reinterpret_cast<float*>(w + l.keys_in);
-  auto* keys_out = reinterpret_cast<float*>(w + l.keys_out);
+  auto* keys_in = reinterpret_cast<uint64_t*>(w + l.keys_in);
+  auto* keys_out = reinterpret_cast<uint64_t*>(w + l.keys_out);
+  auto* pair_in = reinterpret_cast<int32_t*>(w + l.values_in);
   auto* sorted_pairs = reinterpret_cast<int32_t*>(w + l.values_out);
-  GatherKeysKernel<<<Blocks(pairs), kThreads, 0, s>>>(p.indices, p.probs, pair_of_row, keys_in,
-                                                      p.kept, pairs, p.experts);
+  KeysKernel<<<Blocks(pairs), kThreads, 0, s>>>(p.indices, p.probs, keys_in, pair_in, p.kept, pairs,
+                                                p.experts);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   size_t sort_bytes = l.total - l.sort;
-  MIMO_CUDA_RETURN_IF_ERROR(cub::DeviceSegmentedSort::StableSortPairsDescending(
-      w + l.sort, sort_bytes, keys_in, keys_out, pair_of_row, sorted_pairs, pairs, p.experts,
-      offsets, offsets + 1, s));
+  MIMO_CUDA_RETURN_IF_ERROR(
+      cub::DeviceRadixSort::SortPairs(w + l.sort, sort_bytes, keys_in, keys_out, pair_in,
+                                      sorted_pairs, static_cast<int>(pairs), 0, kKeyBits, s));
   DropSortedKernel<<<static_cast<unsigned>(p.experts), kThreads, 0, s>>>(offsets, sorted_pairs,
                                                                          p.kept, p.capacity);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());

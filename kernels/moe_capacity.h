@@ -43,8 +43,8 @@ absl::Status CheckMoeCapacityDrop(const MoeCapacityDropParams& p);
 absl::Status MoeCapacityDropCpu(const MoeCapacityDropParams& p);
 
 // CUDA: device memory, enqueued on `stream` (a cudaStream_t) with no host synchronization (the
-// pairs grouped by expert as MoePermuteMap does, then a stable segmented sort by weight); equal
-// to the CPU twin. Out-of-range expert indices are treated as -1.
+// pairs grouped by expert as MoePermuteMap does; for kProbs a stable radix sort by expert and
+// weight); equal to the CPU twin. Out-of-range expert indices are treated as -1.
 size_t MoeCapacityDropWorkspaceBytes(int64_t pairs, int64_t experts);
 absl::Status LaunchMoeCapacityDrop(const MoeCapacityDropParams& p, StreamHandle stream);
 

@@ -40,6 +40,9 @@ struct StepContext {
   float loss_scale = 1.0f;
   // Where forwards append the auxiliary losses they compute (none are kept when null).
   std::vector<AuxLossRecord>* aux_losses = nullptr;
+  // False for evaluation forwards: blocks keep no training statistics (the MoE layer counts no
+  // expert load), as Megatron counts only with gradients enabled.
+  bool training = true;
 };
 
 // What a block's forward keeps for its backward; each block derives its own.

@@ -28,10 +28,9 @@ absl::Status ValidateMoeConfig(const MoeConfig& c) {
         absl::StrCat("moe config: expert_bias_update_rate must be finite and > 0, got ",
                      c.expert_bias_update_rate));
   }
-  if (!(c.capacity_factor >= 0.0f) || !std::isfinite(c.capacity_factor)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("moe config: capacity_factor must be finite and >= 0 (0: dropless), got ",
-                     c.capacity_factor));
+  if (!(c.capacity_factor >= 0.0 && c.capacity_factor <= 1e6)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "moe config: capacity_factor must be in [0, 1e6] (0: dropless), got ", c.capacity_factor));
   }
   if (c.align < 1 || c.align > 1024) {
     return absl::InvalidArgumentError(

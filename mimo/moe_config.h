@@ -35,8 +35,9 @@ struct MoeConfig {
   // takes at most kernels::MoeExpertCapacity(tokens, top_k, experts, capacity_factor) of a
   // micro-batch's (token, choice) pairs on this rank, chosen by drop_policy; the others add
   // nothing to the output (their weights' gradients are zero). 0: dropless (the default);
-  // otherwise > 0. The auxiliary losses and the per-expert load see the choices before dropping.
-  float capacity_factor = 0.0f;
+  // otherwise in (0, 1e6]. The auxiliary losses and the per-expert load see the choices before
+  // dropping.
+  double capacity_factor = 0.0;
   kernels::TokenDropPolicy drop_policy = kernels::TokenDropPolicy::kProbs;
 };
 

@@ -126,6 +126,11 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
   MIMO_ASSIGN_OR_RETURN(saved->scores, NewTensor(ctx, {t, e}, DType::kF32));
   MIMO_ASSIGN_OR_RETURN(saved->indices, NewTensor(ctx, {t, k}, DType::kI32));
   MIMO_ASSIGN_OR_RETURN(Tensor probs, NewTensor(ctx, {t, k}, DType::kF32));
+  // Training forwards add their choices to the step's expert load; others count into scratch.
+  Tensor counts = load_;
+  if (!ctx.training) {
+    MIMO_ASSIGN_OR_RETURN(counts, NewTensor(ctx, {e}, DType::kI32));
+  }
   MIMO_RETURN_IF_ERROR(
       ops.MoeRouter({.config = rc,
                      .logits = saved->logits.data<float>(),
@@ -133,9 +138,9 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
                      .scores = saved->scores.data<float>(),
                      .indices = saved->indices.data<int32_t>(),
                      .probs = probs.data<float>(),
-                     .tokens_per_expert = load_.data<int32_t>(),
+                     .tokens_per_expert = counts.data<int32_t>(),
                      .tokens = t,
-                     .accumulate_counts = true}));
+                     .accumulate_counts = ctx.training}));
   if (ctx.aux_losses != nullptr) {
     MIMO_ASSIGN_OR_RETURN(Tensor losses, NewTensor(ctx, {2}, DType::kF32));
     kernels::MoeAuxLossParams p = AuxLossParams(moe_, ctx, *saved);
@@ -146,7 +151,7 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
   // With a capacity, the pairs over it go nowhere (the router's backward still sees them all:
   // their weights' gradients are zero).
   Tensor dispatch_indices = saved->indices;
-  if (moe_.capacity_factor > 0.0f) {
+  if (moe_.capacity_factor > 0.0) {
     MIMO_ASSIGN_OR_RETURN(dispatch_indices, NewTensor(ctx, {t, k}, DType::kI32));
     MIMO_RETURN_IF_ERROR(ops.MoeCapacityDrop(
         {.policy = moe_.drop_policy,

@@ -39,8 +39,10 @@ class MoeLayer final : public Block {
                                            const kernels::Tensor& dy) override;
   void AppendParameters(std::vector<Parameter*>& out) const override;
 
-  // The (token, choice) pairs this rank's forwards routed to each expert since the last call
-  // (E counts: the per-expert load), counting from zero again. Waits for the device.
+  // The (token, choice) pairs this rank's training forwards (StepContext::training) routed to
+  // each expert since the last call (E counts, before any capacity dropping: the per-expert
+  // load), counting from zero again. Waits for the device. Take it once per step: the device
+  // counts are int32 (2^31 pairs per expert between calls).
   absl::StatusOr<std::vector<int64_t>> TakeExpertLoad(kernels::Ops& ops);
   // Aux-loss-free balancing, once per step: `load` (E) is the step's per-expert load summed over
   // every rank whose tokens this router routes (the caller all-reduces TakeExpertLoad over the

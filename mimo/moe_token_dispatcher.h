@@ -46,7 +46,8 @@ struct MoeDispatchState {
   kernels::Tensor probs;        // (T_pad, k) fp32 combine weights, zeros for padding tokens.
   kernels::Tensor rows;         // (T_pad, k) int32: each pair's send row, -1 for none.
   kernels::Tensor pair_of_row;  // (S,) int32: each send row's pair, -1 for none.
-  kernels::Tensor combined;     // (S, C): the experts' outputs as the combine read them.
+  kernels::Tensor combined;     // (S, C), or (member_rows, C) with expt_tp alone: the experts'
+                                // outputs as the combine read them.
   // With EP: rows sent to and received from each member, and the received rows' places.
   std::vector<size_t> send_rows, recv_rows;  // (ep,)
   kernels::Tensor received_of_expert_row;    // (R,) int32: received row, -1 for padding.

@@ -71,6 +71,8 @@ TEST_P(MoeCapacityCudaTest, EqualToTheCpuTwin) {
       p.kept = want.data();
       ASSERT_TRUE(MoeCapacityDropCpu(p).ok());
       DeviceBuffer d_kept(pairs * sizeof(int32_t));
+      // Poisoned with 0x7f7f7f7f, not the buffer's usual 0xff bytes: -1 is a valid output.
+      ASSERT_EQ(cudaMemset(d_kept.get(), 0x7f, pairs * sizeof(int32_t)), cudaSuccess);
       p.indices = d_indices.as<int32_t>();
       p.probs = d_probs.as<float>();
       p.kept = d_kept.as<int32_t>();
@@ -88,6 +90,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(CapacityCase{"MixtralBalanced", 8192, 2, 8, 0.0, 0.0, 1.0, 0},
                       CapacityCase{"FineGrainedZipfTies", 4097, 6, 64, 1.2, 0.0, 1.25, 16},
                       CapacityCase{"ManyExpertsSkewedDropped", 3001, 8, 128, 2.0, 0.2, 1.0, 0},
+                      CapacityCase{"ThousandExperts", 2000, 8, 1000, 1.0, 0.1, 1.0, 4},
                       CapacityCase{"OneToken", 1, 1, 3, 0.0, 0.0, 1.0, 0},
                       CapacityCase{"NoTokens", 0, 2, 4, 0.0, 0.0, 1.0, 0}),
     [](const auto& info) { return std::string(info.param.name); });

@@ -114,6 +114,9 @@ TEST_P(MoePermuteCudaTest, BitwiseEqualToTheCpuTwins) {
       d_pair_of_row(capacity * 4), d_x(x.bytes), d_probs(probs.bytes), d_dout(dout.bytes),
       d_h(hh.bytes), d_dy(dy.bytes), d_out(out.size()), d_dx(dx.size()), d_y(y.size()),
       d_dh(dh.size()), d_dprobs(dprobs.size());
+  // -1 is a valid row (a pair going nowhere): poison with 0x7f bytes instead.
+  ASSERT_EQ(cudaMemset(d_rows.get(), 0x7f, pairs * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(d_pair_of_row.get(), 0x7f, capacity * 4), cudaSuccess);
   const size_t ws = MoePermuteMapWorkspaceBytes(pairs, k.experts);
   DeviceBuffer workspace(ws);
   ASSERT_TRUE(LaunchMoePermuteMap({.indices = d_indices.as<int32_t>(),

@@ -110,11 +110,12 @@ struct EpCase {
   std::vector<int64_t> tokens;  // Per rank; rank = etp index + etp * ep index.
   int64_t experts;
   int etp = 1;
+  double capacity_factor = 0;  // Token dropping, decided on each rank's own tokens.
 };
 
 std::string CaseName(const EpCase& c) {
   return absl::StrCat("Ep", c.tokens.size() / c.etp, "Etp", c.etp, "E", c.experts, "Tokens",
-                      absl::StrJoin(c.tokens, "_"));
+                      absl::StrJoin(c.tokens, "_"), c.capacity_factor > 0 ? "Capacity" : "");
 }
 
 // Rank (t, e)'s slice of a full expert tensor: experts [e * el, (e + 1) * el), and of their
@@ -148,7 +149,8 @@ TEST_P(MoeExpertParallelTest, EqualsTheSingleRankLayer) {
   const EpCase& p = GetParam();
   const int world = static_cast<int>(p.tokens.size()), etp = p.etp, ep = world / etp;
   const TransformerConfig config = Config();
-  const MoeConfig moe = Moe(p.experts);
+  MoeConfig moe = Moe(p.experts);
+  moe.capacity_factor = p.capacity_factor;
   std::mt19937 random(31);
   std::vector<std::vector<float>> xs, rs;
   for (int64_t t : p.tokens) {
@@ -217,7 +219,9 @@ INSTANTIATE_TEST_SUITE_P(TokenCounts, MoeExpertParallelTest,
                                            EpCase{{65, 2500}, 4}, EpCase{{0, 0}, 4},
                                            EpCase{{64, 0, 1, 65}, 4}, EpCase{{40, 3, 70}, 6},
                                            EpCase{{5, 70}, 4, 2}, EpCase{{0, 64, 65, 1}, 4, 2},
-                                           EpCase{{63, 1500, 0, 7}, 4, 2}),
+                                           EpCase{{63, 1500, 0, 7}, 4, 2},
+                                           EpCase{{63, 1500}, 4, 1, 0.5},
+                                           EpCase{{0, 64, 65, 1}, 4, 2, 0.75}),
                          [](const auto& info) { return CaseName(info.param); });
 
 TEST(MoeExpertParallelTest, RejectsExpertsOrWidthsThatDoNotSplitEvenly) {

@@ -69,7 +69,7 @@ MoeCudaCase MixtralCapacity() {
   MoeCudaCase c = Mixtral();
   c.name = "MixtralCapacityDropsByPosition";
   c.moe.shared_expert_ffn_hidden_size = 0;
-  c.moe.capacity_factor = 0.75f;
+  c.moe.capacity_factor = 0.75;
   c.moe.drop_policy = kernels::TokenDropPolicy::kPosition;
   return c;
 }

@@ -77,7 +77,7 @@ MoeCase Capacity() {
   m.router = {.experts = 4, .top_k = 2};
   m.aux_loss_coeff = 0.1f;
   // Capacity max(4, ceil(9 * 2 / 4 * 0.5)) = 4 of 18 pairs over 4 experts: some are dropped.
-  m.capacity_factor = 0.5f;
+  m.capacity_factor = 0.5;
   m.drop_policy = kernels::TokenDropPolicy::kProbs;
   m.align = 2;
   return {"SoftmaxCapacityDropsByWeight", Config(MlpActivation::kSwiglu), m};
@@ -140,7 +140,7 @@ TEST_P(MoeLayerCpuTest, ForwardMatchesFloat64MixtureOfExperts) {
   const kernels::testing::RouterReference route =
       kernels::testing::RouterFloat64(moe.router, logits, {}, t);
   std::vector<int32_t> kept = route.indices;
-  if (moe.capacity_factor > 0.0f) {
+  if (moe.capacity_factor > 0.0) {
     kept = kernels::testing::CapacityDropReference(
         moe.drop_policy, route.indices, std::vector<float>(route.probs.begin(), route.probs.end()),
         kernels::MoeExpertCapacity(t, k, e, moe.capacity_factor));
@@ -311,6 +311,9 @@ TEST(MoeLayerTest, CountsExpertLoadAndMovesTheExpertBiasTowardsBalance) {
   ASSERT_TRUE(load.ok()) << load.status();
   for (int e = 0; e < 4; ++e) EXPECT_EQ((*load)[e], 2 * counts[e]) << e;
   EXPECT_EQ(*(*layer)->TakeExpertLoad(*ops), std::vector<int64_t>(4, 0));  // Counting anew.
+  // Evaluation forwards count nothing.
+  ASSERT_TRUE((*layer)->Forward({.ops = ops.get(), .training = false}, x).ok());
+  EXPECT_EQ(*(*layer)->TakeExpertLoad(*ops), std::vector<int64_t>(4, 0));
   // Mean load 2: experts above it are pushed down, those below up, those at it stay.
   ASSERT_TRUE((*layer)->UpdateExpertBias(*ops, std::vector<int64_t>{6, 0, 2, 0}).ok());
   EXPECT_EQ(Download(*ops, (*layer)->expert_bias()), (std::vector<double>{-10, 10, 0, 10}));
