@@ -1,7 +1,7 @@
 // Times the MoE layer (router, dispatch, experts, combine; forward and backward) on the CUDA ops
 // for the shapes bench/torch_moe.py times in PyTorch, and two of its parts alone.
 //
-//   moe_bench [--list] [--filter SUBSTRING] [--iters K] [--parts]
+//   moe_bench [--list] [--filter SUBSTRING] [--iters K] [--parts] [--skew S]
 //
 // --list prints the cases (one JSON object per line: name, tokens, hidden, ffn, experts, top_k)
 // for the PyTorch side. Otherwise each case runs 2 warm-up steps and K timed ones (wall clock
@@ -77,7 +77,10 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-void Run(const MoeCase& c, int iters) {
+// The layer's forward+backward; with skew > 0 the routing is skewed towards low experts by a
+// selection bias of -skew * ln(e + 1) / E on expert e (the layer's aux-loss-free bias, written as
+// a checkpoint would), and the achieved imbalance (largest / mean expert load) is reported.
+void Run(const MoeCase& c, int iters, double skew) {
   auto ops = kernels::NewCudaOps();
   Check(ops.status(), "NewCudaOps");
   TransformerConfig config;
@@ -90,9 +93,19 @@ void Run(const MoeCase& c, int iters) {
   Check(ValidateTransformerConfig(config), "config");
   MoeConfig moe;
   moe.router = {.experts = c.experts, .top_k = c.top_k};
+  moe.expert_bias = skew > 0;
   BuildContext build{.ops = ops->get(), .config = &config, .seed = 1, .prefix = "mlp"};
   auto layer = MoeLayer::Create(build, moe);
   Check(layer.status(), "MoeLayer::Create");
+  if (skew > 0) {
+    std::vector<float> bias(c.experts);
+    for (int64_t e = 0; e < c.experts; ++e) {
+      bias[e] = static_cast<float>(-skew * std::log(e + 1.0) / static_cast<double>(c.experts));
+    }
+    Check((*ops)->CopyFromHost((*layer)->expert_bias().data(), bias.data(),
+                               sizeof(float) * bias.size()),
+          "setting the expert bias");
+  }
   const kernels::Tensor x = RandomBF16(**ops, {c.tokens, c.hidden}, 1);
   const kernels::Tensor dy = RandomBF16(**ops, {c.tokens, c.hidden}, 2);
   const StepContext ctx{.ops = ops->get()};
@@ -112,8 +125,18 @@ void Run(const MoeCase& c, int iters) {
   }
   const double median = Median(ms);
   const double flops = 3.0 * 2.0 * c.tokens * c.top_k * 3.0 * c.hidden * c.ffn;
-  std::printf("{\"name\": \"%s\", \"ms\": %.3f, \"expert_tflops\": %.1f}\n", c.name.c_str(), median,
-              flops / (median * 1e-3) / 1e12);
+  auto load = (*layer)->TakeExpertLoad(**ops);
+  Check(load.status(), "TakeExpertLoad");
+  double total = 0, most = 0;
+  for (int64_t n : *load) {
+    total += static_cast<double>(n);
+    most = std::max(most, static_cast<double>(n));
+  }
+  std::printf(
+      "{\"name\": \"%s\", \"skew\": %.2f, \"max_over_mean_load\": %.2f, \"ms\": %.3f, "
+      "\"expert_tflops\": %.1f}\n",
+      c.name.c_str(), skew, most / (total / static_cast<double>(c.experts)), median,
+      flops / (median * 1e-3) / 1e12);
   std::fflush(stdout);
 }
 
@@ -285,10 +308,15 @@ int main(int argc, char** argv) {
   std::string filter;
   int iters = 5;
   bool parts = false;
+  double skew = 0;
   app.add_flag("--list", list, "Print the cases as JSON lines and exit");
   app.add_option("--filter", filter, "Only cases whose name contains this");
   app.add_option("--iters", iters, "Timed steps per case")->check(CLI::Range(1, 1000));
   app.add_flag("--parts", parts, "Also time the permutation and the experts' GEMMs alone");
+  app.add_option("--skew", skew,
+                 "Also time the layer with routing skewed by a selection bias of "
+                 "-skew * ln(e + 1) / E on expert e")
+      ->check(CLI::Range(0.0, 1000.0));
   CLI11_PARSE(app, argc, argv);
   for (const mimo::MoeCase& c : mimo::Cases()) {
     if (c.name.find(filter) == std::string::npos) continue;
@@ -301,7 +329,8 @@ int main(int argc, char** argv) {
           static_cast<long long>(c.top_k));
       continue;
     }
-    mimo::Run(c, iters);
+    mimo::Run(c, iters, 0);
+    if (skew > 0) mimo::Run(c, iters, skew);
     if (parts) mimo::RunParts(c, iters);
   }
   return 0;
