@@ -89,6 +89,8 @@ std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed) {
   }
   std::vector<float> values(n);
   std::vector<int64_t> at(dims, 0);  // The local multi-index of element i.
+  uint64_t block = ~uint64_t{0};     // The Philox block in `bits`.
+  PhiloxCounter bits{};
   for (int64_t i = 0; i < n; ++i) {
     uint64_t g = 0;
     for (int d = 0; d < dims; ++d) {
@@ -99,8 +101,12 @@ std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed) {
       }
       g = g * static_cast<uint64_t>(full_shape[d]) + static_cast<uint64_t>(coord);
     }
-    const PhiloxCounter bits = Philox4x32(
-        {static_cast<uint32_t>(g / 2), static_cast<uint32_t>(g / 2 >> 32), 0u, 0u}, philox_key);
+    // Neighbouring elements share a Philox block: draw each block once.
+    if (g / 2 != block) {
+      block = g / 2;
+      bits = Philox4x32({static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u, 0u},
+                        philox_key);
+    }
     const int j = static_cast<int>(g % 2);
     const double radius = std::sqrt(-2.0 * std::log(UnitInterval(bits[2 * j])));
     const double angle = 2.0 * std::numbers::pi * UnitInterval(bits[2 * j + 1]);
