@@ -1,8 +1,10 @@
 // Trainable parameters: creation, layout-independent initialization, gradient reset.
 #include "mimo/parameter.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -88,31 +90,52 @@ std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed) {
     shard_of[s.dim] = &s;
   }
   std::vector<float> values(n);
-  std::vector<int64_t> at(dims, 0);  // The local multi-index of element i.
-  uint64_t block = ~uint64_t{0};     // The Philox block in `bits`.
-  PhiloxCounter bits{};
-  for (int64_t i = 0; i < n; ++i) {
-    uint64_t g = 0;
-    for (int d = 0; d < dims; ++d) {
-      int64_t coord = at[d];
-      if (const ParameterShard* s = shard_of[d]; s != nullptr) {
-        const int64_t per_block = spec.shape[d] / s->blocks;
-        coord = coord / per_block * (s->full_size / s->blocks) + s->offset + coord % per_block;
+  // Elements [begin, end): each value depends on its index alone, so ranges run in parallel.
+  auto fill = [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> at(dims, 0);  // The local multi-index of element i.
+    int64_t stride = 1;
+    for (int d = dims - 1; d >= 0; --d) {
+      at[d] = begin / stride % spec.shape[d];
+      stride *= spec.shape[d];
+    }
+    uint64_t block = ~uint64_t{0};  // The Philox block in `bits`.
+    PhiloxCounter bits{};
+    for (int64_t i = begin; i < end; ++i) {
+      uint64_t g = 0;
+      for (int d = 0; d < dims; ++d) {
+        int64_t coord = at[d];
+        if (const ParameterShard* s = shard_of[d]; s != nullptr) {
+          const int64_t per_block = spec.shape[d] / s->blocks;
+          coord = coord / per_block * (s->full_size / s->blocks) + s->offset + coord % per_block;
+        }
+        g = g * static_cast<uint64_t>(full_shape[d]) + static_cast<uint64_t>(coord);
       }
-      g = g * static_cast<uint64_t>(full_shape[d]) + static_cast<uint64_t>(coord);
+      // Neighbouring elements share a Philox block: draw each block once.
+      if (g / 2 != block) {
+        block = g / 2;
+        bits = Philox4x32(
+            {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u, 0u}, philox_key);
+      }
+      const int j = static_cast<int>(g % 2);
+      const double radius = std::sqrt(-2.0 * std::log(UnitInterval(bits[2 * j])));
+      const double angle = 2.0 * std::numbers::pi * UnitInterval(bits[2 * j + 1]);
+      values[i] = static_cast<float>(spec.std * radius * std::cos(angle));
+      for (int d = dims - 1; d >= 0 && ++at[d] == spec.shape[d]; --d) at[d] = 0;
     }
-    // Neighbouring elements share a Philox block: draw each block once.
-    if (g / 2 != block) {
-      block = g / 2;
-      bits = Philox4x32({static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u, 0u},
-                        philox_key);
-    }
-    const int j = static_cast<int>(g % 2);
-    const double radius = std::sqrt(-2.0 * std::log(UnitInterval(bits[2 * j])));
-    const double angle = 2.0 * std::numbers::pi * UnitInterval(bits[2 * j + 1]);
-    values[i] = static_cast<float>(spec.std * radius * std::cos(angle));
-    for (int d = dims - 1; d >= 0 && ++at[d] == spec.shape[d]; --d) at[d] = 0;
+  };
+  // Large tensors (a model's expert weights hold billions of values) on the host's cores.
+  constexpr int64_t kPerThread = int64_t{1} << 22;
+  const int64_t threads =
+      std::clamp<int64_t>(n / kPerThread, 1, std::max(1u, std::thread::hardware_concurrency()));
+  if (threads == 1) {
+    fill(0, n);
+    return values;
   }
+  std::vector<std::thread> workers;
+  for (int64_t t = 0; t < threads; ++t) {
+    workers.emplace_back(fill, n * t / threads, n * (t + 1) / threads);
+  }
+  for (std::thread& w : workers) w.join();
   return values;
 }
 

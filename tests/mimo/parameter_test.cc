@@ -81,6 +81,18 @@ TEST(InitialValuesTest, AShardHoldsItsSliceOfTheFullTensor) {
   EXPECT_EQ(InitialValues(both, 9), want);
 }
 
+TEST(InitialValuesTest, LargeTensorsFilledInParallelMatchTheElementwiseValues) {
+  // 9 M values: filled by several threads; a shard's values and a prefix of the whole tensor
+  // (element i depends on i alone) tell whether each thread started at its own index.
+  const ParameterSpec whole = Normal("big.weight", {3, 1000, 3001});
+  const std::vector<float> v = InitialValues(whole, 11);
+  EXPECT_EQ(std::vector<float>(v.begin(), v.begin() + 5000),
+            InitialValues(Normal("big.weight", {5000}), 11));
+  ParameterSpec tail = Normal("big.weight", {2, 1000, 3001});
+  tail.shards = {{.dim = 0, .offset = 1, .full_size = 3}};
+  EXPECT_EQ(InitialValues(tail, 11), std::vector<float>(v.begin() + 1000 * 3001, v.end()));
+}
+
 TEST(InitialValuesTest, OnesAndZeros) {
   EXPECT_EQ(InitialValues({.name = "n.weight", .shape = {3}, .init = InitKind::kOnes}, 1),
             std::vector<float>(3, 1.0f));
