@@ -15,6 +15,7 @@
 #include "comm/process_groups.h"
 #include "gtest/gtest.h"
 #include "mimo/moe_layer.h"
+#include "mimo/transformer_layer.h"
 #include "tests/comm/run_ranks.h"
 #include "tests/mimo/model_test_util.h"
 
@@ -223,6 +224,65 @@ INSTANTIATE_TEST_SUITE_P(TokenCounts, MoeExpertParallelTest,
                                            EpCase{{63, 1500}, 4, 1, 0.5},
                                            EpCase{{0, 64, 65, 1}, 4, 2, 0.75}),
                          [](const auto& info) { return CaseName(info.param); });
+
+// The groups reach the MoE layer through a TransformerLayer's MLP builder: with ep=2 each rank's
+// layer output and input gradient (packed sequences of different lengths per rank) equal the
+// ep=1 layer's on that rank's tokens.
+TEST(MoeExpertParallelTest, TransformerLayerWithAnExpertParallelMlp) {
+  const TransformerConfig config = Config();
+  const MoeMlpBuilder mlp(Moe(4));
+  const std::vector<std::vector<int32_t>> lengths = {{5, 0, 30}, {1}};
+  std::mt19937 random(3);
+  std::vector<std::vector<float>> xs, rs;
+  for (const auto& l : lengths) {
+    int64_t t = 0;
+    for (int32_t n : l) t += n;
+    xs.push_back(RandomFloats(t * kHidden, random));
+    rs.push_back(RandomFloats(t * kHidden, random));
+  }
+  // y and dx of a layer built with `groups` on rank r's tokens.
+  auto run = [&](int r, ModelGroups groups) {
+    auto ops = kernels::NewCpuOps();
+    BuildContext build{.ops = ops.get(),
+                       .config = &config,
+                       .seed = 8,
+                       .prefix = "decoder.layers.0",
+                       .groups = groups};
+    auto layer = TransformerLayer::Create(build, mlp);
+    EXPECT_TRUE(layer.ok()) << layer.status();
+    auto seqs = PackedSequences::Create(*ops, lengths[r]);
+    EXPECT_TRUE(seqs.ok()) << seqs.status();
+    std::vector<std::vector<double>> out;
+    if (!layer.ok() || !seqs.ok()) return out;
+    const StepContext ctx{.ops = ops.get(), .sequences = &*seqs};
+    const int64_t t = seqs->tokens();
+    auto forward = (*layer)->Forward(ctx, Upload(*ops, xs[r], {t, kHidden}, DType::kF32));
+    EXPECT_TRUE(forward.ok()) << forward.status();
+    if (!forward.ok()) return out;
+    out.push_back(Download(*ops, forward->y));
+    auto dx = (*layer)->Backward(ctx, std::move(forward->saved),
+                                 Upload(*ops, rs[r], {t, kHidden}, DType::kF32));
+    EXPECT_TRUE(dx.ok()) << dx.status();
+    if (dx.ok()) out.push_back(Download(*ops, *dx));
+    return out;
+  };
+  std::vector<std::vector<std::vector<double>>> want(2), got(2);
+  for (int r = 0; r < 2; ++r) want[r] = run(r, {});
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "ep", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    got[rank] = run(rank, ModelGroupsOf(**groups));
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(got[r].size(), 2u);
+    ASSERT_EQ(want[r].size(), 2u);
+    ExpectClose(got[r][0], want[r][0], absl::StrCat("rank ", r, " y"));
+    ExpectClose(got[r][1], want[r][1], absl::StrCat("rank ", r, " dx"));
+  }
+}
 
 TEST(MoeExpertParallelTest, RejectsExpertsOrWidthsThatDoNotSplitEvenly) {
   comm::InMemoryStore store;
