@@ -52,6 +52,7 @@ class MoeLayer final : public Block {
   // (E,) fp32: the router's selection bias (zeros without moe.expert_bias); model state that
   // checkpoints keep beside the parameters.
   const kernels::Tensor& expert_bias() const { return expert_bias_; }
+  bool expert_bias_enabled() const { return moe_.expert_bias; }
 
  private:
   MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number,
