@@ -204,20 +204,24 @@ void RunParts(const MoeCase& c, int iters) {
   const kernels::Tensor pair_of_row = tensor({capacity}, kernels::DType::kI32);
   // Rows of hidden bf16 values each pair reads and writes once.
   const double row_bytes = 2.0 * h * 2.0 * pairs;
+  // The pairs grouped by expert (into rows, offsets, pair_of_row).
+  auto map = [&] {
+    Check(ops.MoePermuteMap({.indices = indices.data<int32_t>(),
+                             .rows = rows.data<int32_t>(),
+                             .offsets = offsets.data<int32_t>(),
+                             .pair_of_row = pair_of_row.data<int32_t>(),
+                             .tokens = t,
+                             .top_k = k,
+                             .experts = e,
+                             .align = 16,
+                             .capacity = capacity}),
+          "MoePermuteMap");
+  };
   for (const auto& [routing, skew] : {std::pair{"balanced", 0.0}, std::pair{"zipf", 1.2}}) {
     const std::vector<int32_t> host = Routing(c, skew);
     Check(ops.CopyFromHost(indices.data(), host.data(), sizeof(int32_t) * pairs), "upload");
     const double permute_ms = TimeOnStream(ops, iters, [&] {
-      Check(ops.MoePermuteMap({.indices = indices.data<int32_t>(),
-                               .rows = rows.data<int32_t>(),
-                               .offsets = offsets.data<int32_t>(),
-                               .pair_of_row = pair_of_row.data<int32_t>(),
-                               .tokens = t,
-                               .top_k = k,
-                               .experts = e,
-                               .align = 16,
-                               .capacity = capacity}),
-            "MoePermuteMap");
+      map();
       Check(ops.MoePermute({.dtype = kernels::DType::kBF16,
                             .x = x.data(),
                             .pair_of_row = pair_of_row.data<int32_t>(),
@@ -251,16 +255,7 @@ void RunParts(const MoeCase& c, int iters) {
     // The experts' fc1 GEMMs over the permuted rows, one per expert, against one dense GEMM of
     // the same rows.
     std::vector<int32_t> off(e + 1);
-    Check(ops.MoePermuteMap({.indices = indices.data<int32_t>(),
-                             .rows = rows.data<int32_t>(),
-                             .offsets = offsets.data<int32_t>(),
-                             .pair_of_row = pair_of_row.data<int32_t>(),
-                             .tokens = t,
-                             .top_k = k,
-                             .experts = e,
-                             .align = 16,
-                             .capacity = capacity}),
-          "MoePermuteMap");
+    map();
     Check(ops.CopyToHost(off.data(), offsets.data(), sizeof(int32_t) * (e + 1)), "offsets");
     const int64_t f1 = 2 * c.ffn, used = off[e];
     const kernels::Tensor w1 = RandomBF16(ops, {e * f1, h}, 4);

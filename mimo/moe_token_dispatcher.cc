@@ -40,7 +40,7 @@ absl::StatusOr<Tensor> PadRows(const StepContext& ctx, const Tensor& t, int64_t 
   shape[0] = rows;
   MIMO_ASSIGN_OR_RETURN(Tensor out, NewTensor(ctx, shape, t.dtype()));
   kernels::Ops& ops = *ctx.ops;
-  const size_t row_bytes = t.numel() == 0 ? out.nbytes() / rows : t.nbytes() / n;
+  const size_t row_bytes = out.nbytes() / rows;  // rows > n >= 0.
   const size_t tail = (rows - n) * row_bytes;
   if (n > 0) MIMO_RETURN_IF_ERROR(ops.Copy(out.data(), t.data(), n * row_bytes));
   char* tail_data = static_cast<char*>(out.data()) + n * row_bytes;
@@ -264,7 +264,7 @@ absl::StatusOr<Tensor> MoeTokenDispatcher::CombineOverEp(const StepContext& ctx,
     s.combined = h;
   } else {
     // Back to the senders: the reverse regrouping, then the reverse all-to-all.
-    const int64_t received = static_cast<int64_t>(Sum(s.recv_rows));
+    const int64_t received = s.expert_row_of_received.numel();
     MIMO_ASSIGN_OR_RETURN(Tensor back, NewTensor(ctx, {received, c}, h.dtype()));
     MIMO_RETURN_IF_ERROR(ops.MoePermuteBackward({.dtype = h.dtype(),
                                                  .dout = h.data(),
@@ -323,7 +323,7 @@ absl::StatusOr<MoeCombineGrads> MoeTokenDispatcher::CombineBackwardOverEp(const 
     return g;
   }
   // The output gradients travel the dispatch's way.
-  const int64_t received = static_cast<int64_t>(Sum(s.recv_rows));
+  const int64_t received = s.expert_row_of_received.numel();
   const int64_t expert_rows = s.received_of_expert_row.numel();
   MIMO_ASSIGN_OR_RETURN(Tensor drecv, NewTensor(ctx, {received, c}, dy.dtype()));
   MIMO_RETURN_IF_ERROR(ExchangeRows(ctx, *options_.ep, dsend, s.send_rows, drecv, s.recv_rows, c));
@@ -347,7 +347,7 @@ absl::StatusOr<Tensor> MoeTokenDispatcher::DispatchBackwardOverEp(const StepCont
   Tensor dsend = drows;
   if (expert_parallel()) {
     // The input gradients travel the combine's way.
-    const int64_t received = static_cast<int64_t>(Sum(s.recv_rows));
+    const int64_t received = s.expert_row_of_received.numel();
     MIMO_ASSIGN_OR_RETURN(Tensor drecv, NewTensor(ctx, {received, c}, drows.dtype()));
     MIMO_RETURN_IF_ERROR(ops.MoePermuteBackward({.dtype = drows.dtype(),
                                                  .dout = drows.data(),

@@ -51,7 +51,7 @@ struct MoeDispatchState {
   // With EP: rows sent to and received from each member, and the received rows' places.
   std::vector<size_t> send_rows, recv_rows;  // (ep,)
   kernels::Tensor received_of_expert_row;    // (R,) int32: received row, -1 for padding.
-  kernels::Tensor expert_row_of_received;    // (sum recv_rows,) int32
+  kernels::Tensor expert_row_of_received;  // (sum recv_rows,) int32: its size is the rows received
   // With expt_tp: this member's rows, the group's largest count (every member's block in the
   // gathered buffer), and the gathered rows' places among the experts' rows.
   int64_t own_rows = 0, member_rows = 0;
