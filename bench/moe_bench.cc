@@ -1,7 +1,7 @@
 // Times the MoE layer (router, dispatch, experts, combine; forward and backward) on the CUDA ops
 // for the shapes bench/torch_moe.py times in PyTorch, and two of its parts alone.
 //
-//   moe_bench [--list] [--filter SUBSTRING] [--iters K] [--parts] [--skew S]
+//   moe_bench [--list] [--filter SUBSTRING] [--iters K] [--parts] [--skew S] [--graph]
 //
 // --list prints the cases (one JSON object per line: name, tokens, hidden, ffn, experts, top_k)
 // for the PyTorch side. Otherwise each case runs 2 warm-up steps and K timed ones (wall clock
@@ -11,7 +11,10 @@
 // --parts also times, between CUDA events (median of K), with balanced and with Zipf routing
 // (expert e chosen with weight 1 / (e + 1)^1.2): the permutation (map + permute) and the
 // weighted unpermute, as GB/s of the rows they must read and write; and the experts' fc1 GEMMs
-// (one per expert, as the layer runs them) against one dense GEMM of the same FLOPs.
+// (one per expert, as the layer runs them; and as one grouped GEMM over device offsets, as the
+// graph-safe layer runs them) against one dense GEMM of the same FLOPs. --graph also times the
+// graph-safe layer (moe.graph_safe: grouped GEMMs, no host synchronization), its forward+backward
+// captured once in a CUDA graph and replayed (wall clock of a replay to the stream drained).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -20,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -28,6 +32,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "common/bfloat16.h"
+#include "kernels/cuda_graph.h"
 #include "kernels/cuda_ops.h"
 #include "mimo/moe_layer.h"
 
@@ -80,7 +85,7 @@ double Median(std::vector<double> v) {
 // The layer's forward+backward; with skew > 0 the routing is skewed towards low experts by a
 // selection bias of -skew * ln(e + 1) / E on expert e (the layer's aux-loss-free bias, written as
 // a checkpoint would), and the achieved imbalance (largest / mean expert load) is reported.
-void Run(const MoeCase& c, int iters, double skew) {
+void Run(const MoeCase& c, int iters, double skew, bool graph = false) {
   auto ops = kernels::NewCudaOps();
   Check(ops.status(), "NewCudaOps");
   TransformerConfig config;
@@ -94,6 +99,7 @@ void Run(const MoeCase& c, int iters, double skew) {
   MoeConfig moe;
   moe.router = {.experts = c.experts, .top_k = c.top_k};
   moe.expert_bias = skew > 0;
+  moe.graph_safe = graph;
   BuildContext build{.ops = ops->get(), .config = &config, .seed = 1, .prefix = "mlp"};
   auto layer = MoeLayer::Create(build, moe);
   Check(layer.status(), "MoeLayer::Create");
@@ -116,10 +122,28 @@ void Run(const MoeCase& c, int iters, double skew) {
     Check((*ops)->Synchronize(), "Synchronize");
   };
   for (int i = 0; i < 2; ++i) step();
+  // The step without its final synchronization, for the capture.
+  auto enqueue = [&]() -> absl::Status {
+    auto out = (*layer)->Forward(ctx, x);
+    if (!out.ok()) return out.status();
+    return (*layer)->Backward(ctx, std::move(out->saved), dy).status();
+  };
+  std::optional<kernels::CudaGraph> captured;
+  if (graph) {
+    auto made = kernels::CudaGraph::Capture((*ops)->stream(), enqueue);
+    Check(made.status(), "capturing the layer");
+    captured.emplace(*std::move(made));
+  }
+  auto run = [&] {
+    if (!captured) return step();
+    Check(captured->Replay((*ops)->stream()), "Replay");
+    Check((*ops)->Synchronize(), "Synchronize");
+  };
+  if (captured) run();
   std::vector<double> ms;
   for (int i = 0; i < iters; ++i) {
     const auto start = std::chrono::steady_clock::now();
-    step();
+    run();
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
                      .count());
   }
@@ -133,10 +157,10 @@ void Run(const MoeCase& c, int iters, double skew) {
     most = std::max(most, static_cast<double>(n));
   }
   std::printf(
-      "{\"name\": \"%s\", \"skew\": %.2f, \"max_over_mean_load\": %.2f, \"ms\": %.3f, "
-      "\"expert_tflops\": %.1f}\n",
-      c.name.c_str(), skew, most / (total / static_cast<double>(c.experts)), median,
-      flops / (median * 1e-3) / 1e12);
+      "{\"name\": \"%s\", \"mode\": \"%s\", \"skew\": %.2f, \"max_over_mean_load\": %.2f, "
+      "\"ms\": %.3f, \"expert_tflops\": %.1f}\n",
+      c.name.c_str(), graph ? "graph" : "eager", skew,
+      most / (total / static_cast<double>(c.experts)), median, flops / (median * 1e-3) / 1e12);
   std::fflush(stdout);
 }
 
@@ -274,6 +298,20 @@ void RunParts(const MoeCase& c, int iters) {
               "Linear");
       }
     });
+    const double grouped_kernel_ms = TimeOnStream(ops, iters, [&] {
+      Check(ops.GroupedGemm({.ab_dtype = kernels::DType::kBF16,
+                             .d_dtype = kernels::DType::kBF16,
+                             .a = rows_out.data(),
+                             .b = w1.data(),
+                             .d = h1.data(),
+                             .offsets = offsets.data<int32_t>(),
+                             .groups = e,
+                             .rows = capacity,
+                             .n = f1,
+                             .k = h,
+                             .transpose_b = true}),
+            "GroupedGemm");
+    });
     const double dense_ms = TimeOnStream(ops, iters, [&] {
       Check(ops.Linear({.dtype = kernels::DType::kBF16,
                         .x = rows_out.data(),
@@ -287,9 +325,10 @@ void RunParts(const MoeCase& c, int iters) {
     const double flops = 2.0 * used * f1 * h;
     std::printf(
         "{\"name\": \"%s\", \"part\": \"experts_fc1\", \"routing\": \"%s\", \"ms\": "
-        "%.3f, \"tflops\": %.1f, \"dense_ms\": %.3f, \"dense_tflops\": %.1f}\n",
-        c.name.c_str(), routing, grouped_ms, flops / (grouped_ms * 1e-3) / 1e12, dense_ms,
-        flops / (dense_ms * 1e-3) / 1e12);
+        "%.3f, \"tflops\": %.1f, \"grouped_kernel_ms\": %.3f, \"grouped_kernel_tflops\": %.1f, "
+        "\"dense_ms\": %.3f, \"dense_tflops\": %.1f}\n",
+        c.name.c_str(), routing, grouped_ms, flops / (grouped_ms * 1e-3) / 1e12, grouped_kernel_ms,
+        flops / (grouped_kernel_ms * 1e-3) / 1e12, dense_ms, flops / (dense_ms * 1e-3) / 1e12);
     std::fflush(stdout);
   }
 }
@@ -304,6 +343,7 @@ int main(int argc, char** argv) {
   int iters = 5;
   bool parts = false;
   double skew = 0;
+  bool graph = false;
   app.add_flag("--list", list, "Print the cases as JSON lines and exit");
   app.add_option("--filter", filter, "Only cases whose name contains this");
   app.add_option("--iters", iters, "Timed steps per case")->check(CLI::Range(1, 1000));
@@ -312,6 +352,8 @@ int main(int argc, char** argv) {
                  "Also time the layer with routing skewed by a selection bias of "
                  "-skew * ln(e + 1) / E on expert e")
       ->check(CLI::Range(0.0, 1000.0));
+  app.add_flag("--graph", graph,
+               "Also time the graph-safe layer captured in a CUDA graph and replayed");
   CLI11_PARSE(app, argc, argv);
   for (const mimo::MoeCase& c : mimo::Cases()) {
     if (c.name.find(filter) == std::string::npos) continue;
@@ -326,6 +368,7 @@ int main(int argc, char** argv) {
     }
     mimo::Run(c, iters, 0);
     if (skew > 0) mimo::Run(c, iters, skew);
+    if (graph) mimo::Run(c, iters, 0, /*graph=*/true);
     if (parts) mimo::RunParts(c, iters);
   }
   return 0;

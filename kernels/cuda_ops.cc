@@ -93,6 +93,10 @@ class CudaOps final : public Ops {
     CudaDeviceGuard guard(device_);
     return blas_->Gemm(p, stream());
   }
+  absl::Status GroupedGemm(const GroupedGemmParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchGroupedGemm(p, stream());
+  }
   absl::Status Linear(const LinearParams& p) override {
     CudaDeviceGuard guard(device_);
     return LaunchLinear(p, *blas_, stream());

@@ -17,6 +17,7 @@
 #include "kernels/embedding.h"
 #include "kernels/gelu.h"
 #include "kernels/gemm.h"
+#include "kernels/grouped_gemm.h"
 #include "kernels/layernorm.h"
 #include "kernels/linear.h"
 #include "kernels/moe_capacity.h"
@@ -65,6 +66,7 @@ class Ops {
   virtual absl::Status LayerNorm(const LayerNormParams& p) = 0;
   virtual absl::Status LayerNormBackward(const LayerNormBackwardParams& p) = 0;
   virtual absl::Status Gemm(const GemmParams& p) = 0;
+  virtual absl::Status GroupedGemm(const GroupedGemmParams& p) = 0;
   virtual absl::Status Linear(const LinearParams& p) = 0;
   virtual absl::Status LinearBackward(const LinearBackwardParams& p) = 0;
   virtual absl::Status Rope(const RopeParams& p) = 0;

@@ -21,6 +21,7 @@ namespace mimo {
 // (2,) fp32 tensor on the device, already multiplied by their coefficients.
 struct AuxLossRecord {
   int layer_number = 0;
+  bool mtp = false;        // From a multi-token-prediction layer (BuildContext::mtp_layer).
   kernels::Tensor losses;  // (2,) fp32: [load balancing, z]
 };
 

@@ -21,7 +21,10 @@ struct BuildContext {
   uint64_t seed = 0;                          // The job seed: keys the initial values.
   std::string prefix;                         // "decoder.layers.3.mlp"
   int layer_number = 0;                       // 0-based, in the whole stack.
-  ModelGroups groups;                         // Default: this rank alone in every group.
+  // The block belongs to a multi-token-prediction layer (Megatron's MTP) after the main stack:
+  // its MoE auxiliary losses are reported apart from the main stack's (AuxLossRecord::mtp).
+  bool mtp_layer = false;
+  ModelGroups groups;  // Default: this rank alone in every group.
 
   // The context of a sub-block: prefix + "." + name.
   BuildContext Child(absl::string_view name) const;

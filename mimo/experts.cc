@@ -1,5 +1,6 @@
-// SequentialExperts: fc1 GEMM per expert, the activation over all rows at once, fc2 GEMM per
-// expert; the backward in reverse. DenseSharedExpertsBuilder: a DenseMlp.
+// The routed experts' MLP with its projections as per-expert GEMMs (SequentialExpertsBuilder) or
+// grouped GEMMs over device offsets (GroupedExpertsBuilder), the activation over all rows at
+// once; the backward in reverse. DenseSharedExpertsBuilder: a DenseMlp.
 #include "mimo/experts.h"
 
 #include <cmath>
@@ -14,13 +15,14 @@ namespace mimo {
 namespace {
 
 using kernels::DType;
+using kernels::GroupedGemmMode;
 using kernels::Tensor;
 
 struct ExpertsSaved final : SavedActivations {
-  std::vector<int32_t> offsets;  // (El + 1,) on the host.
-  Tensor x;                      // (R, C)
-  Tensor h1;                     // (R, F1) fc1 output.
-  Tensor a;                      // (R, F) activation.
+  ExpertRowOffsets offsets;
+  Tensor x;   // (R, C)
+  Tensor h1;  // (R, F1) fc1 output.
+  Tensor a;   // (R, F) activation.
 };
 
 // How the experts' GELU is computed (SwiGLU has its own op).
@@ -29,51 +31,40 @@ kernels::GeluApproximation GeluOf(MlpActivation activation) {
                                             : kernels::GeluApproximation::kTanh;
 }
 
-class SequentialExperts final : public Experts {
+// One projection of every local expert: w (El, out, in), x (R, in) -> y (R, out).
+struct Projection {
+  Parameter* w;
+  int64_t in, out;
+};
+
+class ExpertsMlp final : public Experts {
  public:
-  SequentialExperts(const TransformerConfig& config, const LocalExperts& experts,
-                    std::unique_ptr<Parameter> fc1, std::unique_ptr<Parameter> fc2)
+  ExpertsMlp(const TransformerConfig& config, const LocalExperts& experts, bool grouped,
+             std::unique_ptr<Parameter> fc1, std::unique_ptr<Parameter> fc2)
       : config_(config),
         experts_(experts),
+        grouped_(grouped),
         f_(experts.local_ffn()),
         f1_(fc1->spec().shape[1]),
         fc1_(std::move(fc1)),
         fc2_(std::move(fc2)) {}
 
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const Tensor& x,
-                                      absl::Span<const int32_t> offsets) override {
+                                      const ExpertRowOffsets& offsets) override {
     MIMO_RETURN_IF_ERROR(CheckActivation(x, config_.hidden_size, config_.dtype, "Experts"));
-    const int64_t el = experts_.count, c = config_.hidden_size, f = f_;
-    if (static_cast<int64_t>(offsets.size()) != el + 1 || offsets[0] != 0 ||
-        offsets[el] > x.size(0)) {
-      return absl::InvalidArgumentError(absl::StrCat("Experts: needs ", el + 1,
-                                                     " offsets from 0 to at most ", x.size(0),
-                                                     " rows, got ", offsets.size()));
-    }
-    for (int64_t i = 0; i < el; ++i) {
-      if (offsets[i + 1] < offsets[i]) {
-        return absl::InvalidArgumentError("Experts: offsets decrease");
-      }
-    }
+    MIMO_RETURN_IF_ERROR(CheckOffsets(offsets, x.size(0)));
+    const int64_t c = config_.hidden_size, f = f_;
     kernels::Ops& ops = *ctx.ops;
-    const int64_t rows = x.size(0), used = offsets[el];
+    const int64_t rows = x.size(0);
+    // Grouped, the activation runs over every row: the host does not know how many are used.
+    const int64_t used = grouped_ ? rows : offsets.host[experts_.count];
     auto saved = std::make_unique<ExpertsSaved>();
-    saved->offsets.assign(offsets.begin(), offsets.end());
+    saved->offsets = offsets;
     saved->x = x;
     MIMO_ASSIGN_OR_RETURN(saved->h1, NewTensor(ctx, {rows, f1_}, x.dtype()));
     MIMO_ASSIGN_OR_RETURN(saved->a, NewTensor(ctx, {rows, f}, x.dtype()));
     MIMO_ASSIGN_OR_RETURN(Tensor h, NewTensor(ctx, {rows, c}, x.dtype()));
-    for (int64_t i = 0; i < el; ++i) {
-      const int64_t n = offsets[i + 1] - offsets[i];
-      if (n == 0) continue;
-      MIMO_RETURN_IF_ERROR(ops.Linear({.dtype = x.dtype(),
-                                       .x = RowAt(x, offsets[i], c),
-                                       .w = RowAt(fc1_->weight(), i * f1_, c),
-                                       .y = RowAt(saved->h1, offsets[i], f1_),
-                                       .tokens = n,
-                                       .in = c,
-                                       .out = f1_}));
-    }
+    MIMO_RETURN_IF_ERROR(Project(ops, offsets, {fc1_.get(), c, f1_}, x, saved->h1));
     if (used > 0) {
       if (config_.activation == MlpActivation::kSwiglu) {
         MIMO_RETURN_IF_ERROR(ops.Swiglu({.dtype = x.dtype(),
@@ -89,17 +80,7 @@ class SequentialExperts final : public Experts {
                                        .approximation = GeluOf(config_.activation)}));
       }
     }
-    for (int64_t i = 0; i < el; ++i) {
-      const int64_t n = offsets[i + 1] - offsets[i];
-      if (n == 0) continue;
-      MIMO_RETURN_IF_ERROR(ops.Linear({.dtype = x.dtype(),
-                                       .x = RowAt(saved->a, offsets[i], f),
-                                       .w = RowAt(fc2_->weight(), i * c, f),
-                                       .y = RowAt(h, offsets[i], c),
-                                       .tokens = n,
-                                       .in = f,
-                                       .out = c}));
-    }
+    MIMO_RETURN_IF_ERROR(Project(ops, offsets, {fc2_.get(), f, c}, saved->a, h));
     return BlockOutput{std::move(h), std::move(saved)};
   }
 
@@ -109,27 +90,14 @@ class SequentialExperts final : public Experts {
     MIMO_ASSIGN_OR_RETURN(auto saved, SavedAs<ExpertsSaved>(std::move(saved_base), "Experts"));
     MIMO_RETURN_IF_ERROR(CheckSameShape(dh, saved->x, "Experts backward"));
     kernels::Ops& ops = *ctx.ops;
-    const std::vector<int32_t>& off = saved->offsets;
-    const int64_t el = experts_.count, c = config_.hidden_size, f = f_;
-    const int64_t rows = dh.size(0), used = off[el];
+    const ExpertRowOffsets& off = saved->offsets;
+    const int64_t c = config_.hidden_size, f = f_;
+    const int64_t rows = dh.size(0);
+    const int64_t used = grouped_ ? rows : off.host[experts_.count];
     MIMO_ASSIGN_OR_RETURN(Tensor da, NewTensor(ctx, {rows, f}, dh.dtype()));
     MIMO_ASSIGN_OR_RETURN(Tensor dh1, NewTensor(ctx, {rows, f1_}, dh.dtype()));
     MIMO_ASSIGN_OR_RETURN(Tensor dx, NewTensor(ctx, {rows, c}, dh.dtype()));
-    for (int64_t i = 0; i < el; ++i) {
-      const int64_t n = off[i + 1] - off[i];
-      if (n == 0) continue;
-      MIMO_RETURN_IF_ERROR(
-          ops.LinearBackward({.dtype = dh.dtype(),
-                              .dy = RowAt(dh, off[i], c),
-                              .x = RowAt(saved->a, off[i], f),
-                              .w = RowAt(fc2_->weight(), i * c, f),
-                              .dx = RowAt(da, off[i], f),
-                              .dw = static_cast<float*>(RowAt(fc2_->grad(), i * c, f)),
-                              .accumulate = true,
-                              .tokens = n,
-                              .in = f,
-                              .out = c}));
-    }
+    MIMO_RETURN_IF_ERROR(ProjectBackward(ops, off, {fc2_.get(), f, c}, saved->a, dh, da));
     if (used > 0) {
       if (config_.activation == MlpActivation::kSwiglu) {
         MIMO_RETURN_IF_ERROR(ops.SwigluBackward({.dtype = dh.dtype(),
@@ -147,21 +115,7 @@ class SequentialExperts final : public Experts {
                                                .approximation = GeluOf(config_.activation)}));
       }
     }
-    for (int64_t i = 0; i < el; ++i) {
-      const int64_t n = off[i + 1] - off[i];
-      if (n == 0) continue;
-      MIMO_RETURN_IF_ERROR(
-          ops.LinearBackward({.dtype = dh.dtype(),
-                              .dy = RowAt(dh1, off[i], f1_),
-                              .x = RowAt(saved->x, off[i], c),
-                              .w = RowAt(fc1_->weight(), i * f1_, c),
-                              .dx = RowAt(dx, off[i], c),
-                              .dw = static_cast<float*>(RowAt(fc1_->grad(), i * f1_, c)),
-                              .accumulate = true,
-                              .tokens = n,
-                              .in = c,
-                              .out = f1_}));
-    }
+    MIMO_RETURN_IF_ERROR(ProjectBackward(ops, off, {fc1_.get(), c, f1_}, saved->x, dh1, dx));
     return dx;
   }
 
@@ -170,28 +124,131 @@ class SequentialExperts final : public Experts {
     out.push_back(fc2_.get());
   }
 
+  bool needs_host_offsets() const override { return !grouped_; }
+
  private:
+  absl::Status CheckOffsets(const ExpertRowOffsets& offsets, int64_t rows) const {
+    const int64_t el = experts_.count;
+    if (grouped_) {
+      if (!offsets.device.defined() || offsets.device.shape() != kernels::Shape{el + 1} ||
+          offsets.device.dtype() != DType::kI32) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("Experts: needs ", el + 1, " int32 offsets on the device"));
+      }
+      return absl::OkStatus();
+    }
+    const std::vector<int32_t>& off = offsets.host;
+    if (static_cast<int64_t>(off.size()) != el + 1 || off[0] != 0 || off[el] > rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Experts: needs ", el + 1, " offsets on the host from 0 to at most ", rows,
+                       " rows, got ", off.size(), " (per-expert GEMMs read them on the host)"));
+    }
+    for (int64_t i = 0; i < el; ++i) {
+      if (off[i + 1] < off[i]) return absl::InvalidArgumentError("Experts: offsets decrease");
+    }
+    return absl::OkStatus();
+  }
+
+  // y (R, out) = each expert's rows of x (R, in) times its w^T.
+  absl::Status Project(kernels::Ops& ops, const ExpertRowOffsets& off, const Projection& p,
+                       const Tensor& x, const Tensor& y) const {
+    const int64_t el = experts_.count;
+    if (grouped_) {
+      return ops.GroupedGemm({.mode = GroupedGemmMode::kVariableRows,
+                              .ab_dtype = x.dtype(),
+                              .d_dtype = x.dtype(),
+                              .a = x.data(),
+                              .b = p.w->weight().data(),
+                              .d = y.data(),
+                              .offsets = off.device.data<int32_t>(),
+                              .groups = el,
+                              .rows = x.size(0),
+                              .n = p.out,
+                              .k = p.in,
+                              .transpose_b = true});
+    }
+    for (int64_t i = 0; i < el; ++i) {
+      const int64_t n = off.host[i + 1] - off.host[i];
+      if (n == 0) continue;
+      MIMO_RETURN_IF_ERROR(ops.Linear({.dtype = x.dtype(),
+                                       .x = RowAt(x, off.host[i], p.in),
+                                       .w = RowAt(p.w->weight(), i * p.out, p.in),
+                                       .y = RowAt(y, off.host[i], p.out),
+                                       .tokens = n,
+                                       .in = p.in,
+                                       .out = p.out}));
+    }
+    return absl::OkStatus();
+  }
+
+  // dy (R, out) -> dx (R, in) = each expert's rows of dy times its w; w's gradient += dy^T x.
+  absl::Status ProjectBackward(kernels::Ops& ops, const ExpertRowOffsets& off, const Projection& p,
+                               const Tensor& x, const Tensor& dy, const Tensor& dx) const {
+    const int64_t el = experts_.count;
+    if (grouped_) {
+      MIMO_RETURN_IF_ERROR(ops.GroupedGemm({.mode = GroupedGemmMode::kVariableRows,
+                                            .ab_dtype = dy.dtype(),
+                                            .d_dtype = dy.dtype(),
+                                            .a = dy.data(),
+                                            .b = p.w->weight().data(),
+                                            .d = dx.data(),
+                                            .offsets = off.device.data<int32_t>(),
+                                            .groups = el,
+                                            .rows = dy.size(0),
+                                            .n = p.in,
+                                            .k = p.out}));
+      return ops.GroupedGemm({.mode = GroupedGemmMode::kVariableDepth,
+                              .ab_dtype = dy.dtype(),
+                              .d_dtype = DType::kF32,
+                              .a = dy.data(),
+                              .b = x.data(),
+                              .d = p.w->grad().data(),
+                              .offsets = off.device.data<int32_t>(),
+                              .groups = el,
+                              .rows = dy.size(0),
+                              .m = p.out,
+                              .n = p.in,
+                              .accumulate = true});
+    }
+    for (int64_t i = 0; i < el; ++i) {
+      const int64_t n = off.host[i + 1] - off.host[i];
+      if (n == 0) continue;
+      MIMO_RETURN_IF_ERROR(
+          ops.LinearBackward({.dtype = dy.dtype(),
+                              .dy = RowAt(dy, off.host[i], p.out),
+                              .x = RowAt(x, off.host[i], p.in),
+                              .w = RowAt(p.w->weight(), i * p.out, p.in),
+                              .dx = RowAt(dx, off.host[i], p.in),
+                              .dw = static_cast<float*>(RowAt(p.w->grad(), i * p.out, p.in)),
+                              .accumulate = true,
+                              .tokens = n,
+                              .in = p.in,
+                              .out = p.out}));
+    }
+    return absl::OkStatus();
+  }
+
   const TransformerConfig config_;
   const LocalExperts experts_;
+  const bool grouped_;
   const int64_t f_;                 // Fl
   const int64_t f1_;                // Fl1
   std::unique_ptr<Parameter> fc1_;  // (El, Fl1, C)
   std::unique_ptr<Parameter> fc2_;  // (El, C, Fl)
 };
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Experts>> SequentialExpertsBuilder::Build(
-    const BuildContext& ctx, const LocalExperts& experts) const {
+// The experts' parameters, laid out as Megatron's SequentialMLP and GroupedMLP both hold them.
+absl::StatusOr<std::unique_ptr<Experts>> BuildExperts(const BuildContext& ctx,
+                                                      const LocalExperts& experts, bool grouped) {
   const TransformerConfig& c = *ctx.config;
   if (experts.count < 1 || experts.ffn < 1 || experts.first < 0 ||
       experts.first + experts.count > experts.total || experts.ffn_parts < 1 ||
       experts.ffn % experts.ffn_parts != 0 || experts.ffn_part < 0 ||
       experts.ffn_part >= experts.ffn_parts) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "SequentialExperts: experts [", experts.first, ", ", experts.first + experts.count, ") of ",
-        experts.total, ", part ", experts.ffn_part, " of ", experts.ffn_parts, " of width ",
-        experts.ffn, " do not make a shard"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Experts: experts [", experts.first, ", ", experts.first + experts.count,
+                     ") of ", experts.total, ", part ", experts.ffn_part, " of ", experts.ffn_parts,
+                     " of width ", experts.ffn, " do not make a shard"));
   }
   const bool swiglu = c.activation == MlpActivation::kSwiglu;
   const int64_t el = experts.count, f = experts.local_ffn();
@@ -213,7 +270,19 @@ absl::StatusOr<std::unique_ptr<Experts>> SequentialExpertsBuilder::Build(
               c.init_std / std::sqrt(2.0f * static_cast<float>(c.num_layers)), true,
               {rows, {.dim = 2, .offset = experts.ffn_part * f, .full_size = experts.ffn}}));
   return std::unique_ptr<Experts>(
-      new SequentialExperts(c, experts, std::move(fc1), std::move(fc2)));
+      new ExpertsMlp(c, experts, grouped, std::move(fc1), std::move(fc2)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Experts>> SequentialExpertsBuilder::Build(
+    const BuildContext& ctx, const LocalExperts& experts) const {
+  return BuildExperts(ctx, experts, /*grouped=*/false);
+}
+
+absl::StatusOr<std::unique_ptr<Experts>> GroupedExpertsBuilder::Build(
+    const BuildContext& ctx, const LocalExperts& experts) const {
+  return BuildExperts(ctx, experts, /*grouped=*/true);
 }
 
 absl::StatusOr<std::unique_ptr<Block>> DenseSharedExpertsBuilder::Build(const BuildContext& ctx,

@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/types/span.h"
 #include "kernels/tensor.h"
 #include "mimo/block.h"
 #include "mimo/build_context.h"
+#include "mimo/expert_rows.h"
 #include "mimo/parameter.h"
 
 namespace mimo {
@@ -31,16 +31,19 @@ struct LocalExperts {
 class Experts {
  public:
   virtual ~Experts() = default;
-  // x (R, C) in the compute dtype: local expert i's rows are [offsets[i], offsets[i + 1])
-  // (offsets on the host, El + 1 of them, rows past offsets[El] ignored). Returns h (R, C) with
-  // each row the MLP of its expert over the same row of x (rows past offsets[El] unset).
+  // x (R, C) in the compute dtype: local expert i's rows are [offsets[i], offsets[i + 1]) (rows
+  // past offsets[El] ignored). Returns h (R, C) with each row the MLP of its expert over the same
+  // row of x (rows past offsets[El] unset).
   virtual absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x,
-                                              absl::Span<const int32_t> offsets) = 0;
+                                              const ExpertRowOffsets& offsets) = 0;
   // dh (R, C) -> dx (R, C) (rows past offsets[El] unset); adds the experts' weight gradients.
   virtual absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
                                                    std::unique_ptr<SavedActivations> saved,
                                                    const kernels::Tensor& dh) = 0;
   virtual void AppendParameters(std::vector<Parameter*>& out) const = 0;
+  // Whether Forward reads offsets.host. Experts that read only offsets.device make no host
+  // synchronization, so a CUDA graph can capture them.
+  virtual bool needs_host_offsets() const = 0;
 };
 
 // Makes a MoE layer's routed experts; ctx.prefix is the experts' ("...mlp.experts").
@@ -61,12 +64,25 @@ class SharedExpertsBuilder {
 };
 
 // Experts as Megatron's SequentialMLP: one (E-sliced) weight tensor per projection, one GEMM per
-// expert with rows, launched from the host. Parameters (Fl = F / ffn_parts, Fl1 = 2Fl for SwiGLU
-// else Fl, no biases): linear_fc1.weight (El, Fl1, C); linear_fc2.weight (El, C, Fl) with std
-// init_std / sqrt(2 * num_layers); each the experts [first, first + El) and this rank's part of
-// the width of the full (E, F1, C) and (E, C, F) tensors. With ffn_parts > 1 the outputs are
-// partial sums the caller reduces over the expt_tp group.
+// expert with rows, launched from the host (which needs the offsets there). Parameters (Fl = F /
+// ffn_parts, Fl1 = 2Fl for SwiGLU else Fl, no biases): linear_fc1.weight (El, Fl1, C);
+// linear_fc2.weight (El, C, Fl) with std init_std / sqrt(2 * num_layers); each the experts
+// [first, first + El) and this rank's part of the width of the full (E, F1, C) and (E, C, F)
+// tensors. With ffn_parts > 1 the outputs are partial sums the caller reduces over the expt_tp
+// group.
 class SequentialExpertsBuilder final : public ExpertsBuilder {
+ public:
+  absl::StatusOr<std::unique_ptr<Experts>> Build(const BuildContext& ctx,
+                                                 const LocalExperts& experts) const override;
+};
+
+// Experts as Megatron's GroupedMLP, with SequentialExpertsBuilder's parameters (the same names,
+// shapes and initial values, so checkpoints move between the two): each projection one grouped
+// GEMM over all local experts that reads their row offsets on the device
+// (kernels::GroupedGemmParams), the activation over the whole buffer. No host synchronization:
+// what a MoE layer in a CUDA graph needs. On a GPU the grouped GEMM is mimo's own mma.sync
+// kernel; bench/RESULTS.md compares it with cuBLASLt's per-expert GEMMs.
+class GroupedExpertsBuilder final : public ExpertsBuilder {
  public:
   absl::StatusOr<std::unique_ptr<Experts>> Build(const BuildContext& ctx,
                                                  const LocalExperts& experts) const override;

@@ -39,6 +39,12 @@ struct MoeConfig {
   // dropping.
   double capacity_factor = 0.0;
   kernels::TokenDropPolicy drop_policy = kernels::TokenDropPolicy::kProbs;
+  // CUDA-graph-safe mode: the layer's forward and backward make no host synchronization (the
+  // experts' row offsets stay on the device, padding is done there, the experts run grouped
+  // GEMMs), so a CUDA graph can capture them and replay them on new inputs. Needs ep and
+  // expt_tp of 1 (the all-to-all's row counts travel through the host) and experts that read
+  // their offsets on the device (the default builder then is GroupedExpertsBuilder).
+  bool graph_safe = false;
 };
 
 // InvalidArgument naming the field at fault.

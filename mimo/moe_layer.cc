@@ -42,12 +42,13 @@ kernels::MoeAuxLossParams AuxLossParams(const MoeConfig& moe, const StepContext&
 }  // namespace
 
 MoeLayer::MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number,
-                   MoeTokenDispatcher dispatcher, LinearWeights router,
+                   bool mtp_layer, MoeTokenDispatcher dispatcher, LinearWeights router,
                    std::unique_ptr<Experts> experts, std::unique_ptr<Block> shared,
                    Tensor expert_bias, Tensor load)
     : config_(config),
       moe_(moe),
       layer_number_(layer_number),
+      mtp_layer_(mtp_layer),
       dispatcher_(std::move(dispatcher)),
       router_(std::move(router)),
       experts_(std::move(experts)),
@@ -70,13 +71,19 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& c
                                                    " does not split evenly over ", etp,
                                                    " expert tensor-parallel ranks"));
   }
-  MIMO_ASSIGN_OR_RETURN(MoeTokenDispatcher dispatcher,
-                        MoeTokenDispatcher::Create({.experts = e,
-                                                    .top_k = moe.router.top_k,
-                                                    .hidden = c.hidden_size,
-                                                    .align = moe.align,
-                                                    .ep = ctx.groups.ep,
-                                                    .expt_tp = ctx.groups.expt_tp}));
+  if (moe.graph_safe && (ModelGroups::Size(ctx.groups.ep) > 1 || etp > 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MoeLayer: moe.graph_safe needs ep and expt_tp of 1 (the all-to-all's row counts travel "
+        "through the host), got ep ",
+        ModelGroups::Size(ctx.groups.ep), " and expt_tp ", etp));
+  }
+  MoeDispatcherOptions dispatch{.experts = e,
+                                .top_k = moe.router.top_k,
+                                .hidden = c.hidden_size,
+                                .align = moe.align,
+                                .ep = ctx.groups.ep,
+                                .expt_tp = ctx.groups.expt_tp};
+  MIMO_ASSIGN_OR_RETURN(MoeTokenDispatcher dispatcher, MoeTokenDispatcher::Create(dispatch));
   MIMO_ASSIGN_OR_RETURN(LinearWeights router,
                         LinearWeights::Create(ctx.Child("router"), e, c.hidden_size,
                                               /*bias=*/false, c.init_std));
@@ -88,6 +95,15 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& c
                                            .ffn = ffn,
                                            .ffn_parts = etp,
                                            .ffn_part = ModelGroups::Rank(ctx.groups.expt_tp)}));
+  if (!routed->needs_host_offsets()) {
+    // Experts reading their offsets on the device spare the dispatch its copy to the host.
+    dispatch.host_offsets = false;
+    MIMO_ASSIGN_OR_RETURN(dispatcher, MoeTokenDispatcher::Create(dispatch));
+  } else if (moe.graph_safe) {
+    return absl::InvalidArgumentError(
+        "MoeLayer: moe.graph_safe needs experts that read their row offsets on the device "
+        "(GroupedExpertsBuilder); these read them on the host");
+  }
   std::unique_ptr<Block> shared_experts;
   if (moe.shared_expert_ffn_hidden_size > 0) {
     MIMO_ASSIGN_OR_RETURN(shared_experts, shared.Build(ctx.Child("shared_experts"),
@@ -100,9 +116,15 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& c
                         Tensor::Empty({e}, DType::kI32, ops.allocator(), ops.stream()));
   MIMO_RETURN_IF_ERROR(ops.SetZero(bias.data(), bias.nbytes()));
   MIMO_RETURN_IF_ERROR(ops.SetZero(load.data(), load.nbytes()));
-  return std::unique_ptr<MoeLayer>(
-      new MoeLayer(c, moe, ctx.layer_number, std::move(dispatcher), std::move(router),
-                   std::move(routed), std::move(shared_experts), std::move(bias), std::move(load)));
+  return std::unique_ptr<MoeLayer>(new MoeLayer(
+      c, moe, ctx.layer_number, ctx.mtp_layer, std::move(dispatcher), std::move(router),
+      std::move(routed), std::move(shared_experts), std::move(bias), std::move(load)));
+}
+
+absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& ctx,
+                                                           const MoeConfig& moe) {
+  if (moe.graph_safe) return Create(ctx, moe, GroupedExpertsBuilder());
+  return Create(ctx, moe, SequentialExpertsBuilder());
 }
 
 absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tensor& x) {
@@ -146,7 +168,7 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
     kernels::MoeAuxLossParams p = AuxLossParams(moe_, ctx, *saved);
     p.losses = losses.data<float>();
     MIMO_RETURN_IF_ERROR(ops.MoeAuxLoss(p));
-    ctx.aux_losses->push_back({layer_number_, std::move(losses)});
+    ctx.aux_losses->push_back({layer_number_, mtp_layer_, std::move(losses)});
   }
   // With a capacity, the pairs over it go nowhere (the router's backward still sees them all:
   // their weights' gradients are zero).
@@ -266,7 +288,9 @@ MoeMlpBuilder::MoeMlpBuilder(MoeConfig moe, std::shared_ptr<const ExpertsBuilder
                              std::shared_ptr<const SharedExpertsBuilder> shared)
     : moe_(moe),
       experts_(experts != nullptr ? std::move(experts)
-                                  : std::make_shared<SequentialExpertsBuilder>()),
+               : moe.graph_safe   ? std::shared_ptr<const ExpertsBuilder>(
+                                      std::make_shared<GroupedExpertsBuilder>())
+                                : std::make_shared<SequentialExpertsBuilder>()),
       shared_(shared != nullptr ? std::move(shared)
                                 : std::make_shared<DenseSharedExpertsBuilder>()) {}
 

@@ -25,14 +25,19 @@ class MoeLayer final : public Block {
  public:
   // Parameters (E experts, C hidden): router.weight (E, C); experts.* from `experts` (this
   // rank's E / ep experts); shared_experts.* from `shared` when the config gives them a width.
-  // InvalidArgument when E does not split evenly over ctx.groups.ep.
+  // InvalidArgument when E does not split evenly over ctx.groups.ep, or for moe.graph_safe with
+  // EP, expt_tp or experts that read their offsets on the host.
   static absl::StatusOr<std::unique_ptr<MoeLayer>> Create(
-      const BuildContext& ctx, const MoeConfig& moe,
-      const ExpertsBuilder& experts = SequentialExpertsBuilder(),
+      const BuildContext& ctx, const MoeConfig& moe, const ExpertsBuilder& experts,
       const SharedExpertsBuilder& shared = DenseSharedExpertsBuilder());
+  // With SequentialExpertsBuilder (GroupedExpertsBuilder with moe.graph_safe) and
+  // DenseSharedExpertsBuilder.
+  static absl::StatusOr<std::unique_ptr<MoeLayer>> Create(const BuildContext& ctx,
+                                                          const MoeConfig& moe);
 
-  // Synchronizes with the device to read the experts' row counts (the per-expert GEMMs are
-  // launched from the host). With EP every member of the group must run the layer together.
+  // Synchronizes with the device to read the experts' row counts when the experts need them on
+  // the host (per-expert GEMMs) or with EP or expt_tp; never with moe.graph_safe. With EP every
+  // member of the group must run the layer together.
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
   absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
                                            std::unique_ptr<SavedActivations> saved,
@@ -55,13 +60,14 @@ class MoeLayer final : public Block {
   bool expert_bias_enabled() const { return moe_.expert_bias; }
 
  private:
-  MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number,
+  MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number, bool mtp_layer,
            MoeTokenDispatcher dispatcher, LinearWeights router, std::unique_ptr<Experts> experts,
            std::unique_ptr<Block> shared, kernels::Tensor expert_bias, kernels::Tensor load);
 
   const TransformerConfig config_;
   const MoeConfig moe_;
   const int layer_number_;
+  const bool mtp_layer_;
   const MoeTokenDispatcher dispatcher_;
   LinearWeights router_;
   std::unique_ptr<Experts> experts_;
@@ -73,7 +79,8 @@ class MoeLayer final : public Block {
 // Builds MoeLayer for every layer it is asked for.
 class MoeMlpBuilder final : public MlpBuilder {
  public:
-  // Null builders mean SequentialExpertsBuilder and DenseSharedExpertsBuilder.
+  // Null builders mean SequentialExpertsBuilder (GroupedExpertsBuilder with moe.graph_safe) and
+  // DenseSharedExpertsBuilder.
   explicit MoeMlpBuilder(MoeConfig moe, std::shared_ptr<const ExpertsBuilder> experts = nullptr,
                          std::shared_ptr<const SharedExpertsBuilder> shared = nullptr);
   absl::StatusOr<std::unique_ptr<Block>> Build(const BuildContext& ctx) const override;

@@ -147,9 +147,13 @@ absl::StatusOr<MoeDispatched> MoeTokenDispatcher::DispatchOverEp(const StepConte
                                          .top_k = k,
                                          .hidden = c,
                                          .capacity = capacity}));
-    out.offsets.resize(e + 1);
-    MIMO_RETURN_IF_ERROR(
-        ops.CopyToHost(out.offsets.data(), offsets.data(), sizeof(int32_t) * (e + 1)));
+    // Expert-tensor parallelism works out the gathered rows' places on the host.
+    if (options_.host_offsets || expert_tensor_parallel()) {
+      out.offsets.host.resize(e + 1);
+      MIMO_RETURN_IF_ERROR(
+          ops.CopyToHost(out.offsets.host.data(), offsets.data(), sizeof(int32_t) * (e + 1)));
+    }
+    out.offsets.device = std::move(offsets);
     s.probs = probs;
     return out;
   }
@@ -214,18 +218,19 @@ absl::StatusOr<MoeDispatched> MoeTokenDispatcher::DispatchOverEp(const StepConte
 
   // Regroup the received rows (by peer, then local expert) by local expert, then peer, each
   // expert padded to `align`.
-  out.offsets.assign(el + 1, 0);
+  std::vector<int32_t>& expert_offsets = out.offsets.host;
+  expert_offsets.assign(el + 1, 0);
   for (int64_t j = 0; j < el; ++j) {
     int64_t rows = 0;
     for (int p = 0; p < n; ++p) {
       rows += at(p, first_expert_ + j + 1) - at(p, first_expert_ + j);
     }
-    out.offsets[j + 1] = static_cast<int32_t>(out.offsets[j] + (rows + options_.align - 1) /
-                                                                   options_.align * options_.align);
+    expert_offsets[j + 1] = static_cast<int32_t>(
+        expert_offsets[j] + (rows + options_.align - 1) / options_.align * options_.align);
   }
-  const int64_t expert_rows = out.offsets[el];
+  const int64_t expert_rows = expert_offsets[el];
   std::vector<int32_t> received_of(expert_rows, -1), expert_row_of(received);
-  std::vector<int64_t> next(out.offsets.begin(), out.offsets.end() - 1);
+  std::vector<int64_t> next(expert_offsets.begin(), expert_offsets.end() - 1);
   int64_t base = 0;  // The first received row from peer p.
   for (int p = 0; p < n; ++p) {
     for (int64_t j = 0; j < el; ++j) {
@@ -375,18 +380,31 @@ absl::StatusOr<MoeDispatched> MoeTokenDispatcher::Dispatch(const StepContext& ct
                                                            const Tensor& indices,
                                                            const Tensor& probs) const {
   MIMO_ASSIGN_OR_RETURN(MoeDispatched out, DispatchOverEp(ctx, x, indices, probs));
-  if (!expert_tensor_parallel()) return out;
+  if (expert_tensor_parallel()) {
+    MIMO_RETURN_IF_ERROR(GatherForExptTp(ctx, out));
+  }
+  if (!out.offsets.device.defined()) {
+    const std::vector<int32_t>& host = out.offsets.host;
+    MIMO_ASSIGN_OR_RETURN(out.offsets.device,
+                          NewTensor(ctx, {static_cast<int64_t>(host.size())}, DType::kI32));
+    MIMO_RETURN_IF_ERROR(ctx.ops->CopyFromHost(out.offsets.device.data(), host.data(),
+                                               sizeof(int32_t) * host.size()));
+  }
+  return out;
+}
+
+absl::Status MoeTokenDispatcher::GatherForExptTp(const StepContext& ctx, MoeDispatched& out) const {
   // Every member of expt_tp holds a part of the same experts' width: each gets every member's
   // rows of them, padded to the group's largest row count for the all-gather.
   kernels::Ops& ops = *ctx.ops;
   MoeDispatchState& s = out.state;
   const int n = etp_size_;
   const int64_t el = local_experts_;
-  s.own_rows = out.offsets[el];
+  s.own_rows = out.offsets.host[el];
   MIMO_ASSIGN_OR_RETURN(Tensor offsets, NewTensor(ctx, {el + 1}, DType::kI32));
   MIMO_ASSIGN_OR_RETURN(Tensor all_offsets, NewTensor(ctx, {n, el + 1}, DType::kI32));
   MIMO_RETURN_IF_ERROR(
-      ops.CopyFromHost(offsets.data(), out.offsets.data(), sizeof(int32_t) * (el + 1)));
+      ops.CopyFromHost(offsets.data(), out.offsets.host.data(), sizeof(int32_t) * (el + 1)));
   MIMO_RETURN_IF_ERROR(ops.Synchronize());
   MIMO_RETURN_IF_ERROR(options_.expt_tp->AllGather(offsets.data(), all_offsets.data(), el + 1,
                                                    comm::DataType::kInt32));
@@ -419,8 +437,8 @@ absl::StatusOr<MoeDispatched> MoeTokenDispatcher::Dispatch(const StepContext& ct
   MIMO_RETURN_IF_ERROR(ops.CopyFromHost(s.expert_row_of_gathered.data(), expert_row_of.data(),
                                         sizeof(int32_t) * gathered));
   MIMO_ASSIGN_OR_RETURN(out.rows, GatherOverExptTp(ctx, s, out.rows));
-  out.offsets = std::move(offsets_all);
-  return out;
+  out.offsets = {.device = {}, .host = std::move(offsets_all)};
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Tensor> MoeTokenDispatcher::Combine(const StepContext& ctx, MoeDispatchState& s,

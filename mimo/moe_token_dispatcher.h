@@ -12,6 +12,7 @@
 #include "comm/communicator.h"
 #include "kernels/tensor.h"
 #include "mimo/block.h"
+#include "mimo/expert_rows.h"
 
 namespace mimo {
 
@@ -35,6 +36,10 @@ struct MoeDispatcherOptions {
   // member's rows (all-gather) and returns partial outputs, summed back to their owners
   // (reduce-scatter). A communicator other than `ep`.
   comm::Communicator* expt_tp = nullptr;
+  // Whether the experts' row offsets are copied to the host (a synchronization) where the
+  // dispatch makes them on the device (no EP, no expt_tp): false for experts that read them on
+  // the device, and for a layer captured in a CUDA graph.
+  bool host_offsets = true;
 };
 
 // What a dispatch keeps for its combine and for the backward. Rows of the "send" buffer are the
@@ -60,9 +65,9 @@ struct MoeDispatchState {
 };
 
 struct MoeDispatched {
-  kernels::Tensor rows;          // (R, C): the local experts' input rows.
-  std::vector<int32_t> offsets;  // (local experts + 1,) on the host: expert i has rows
-                                 // [offsets[i], offsets[i + 1]), the last ones zero padding.
+  kernels::Tensor rows;      // (R, C): the local experts' input rows.
+  ExpertRowOffsets offsets;  // Each local expert's rows, the last ones zero padding; on the
+                             // host too unless host_offsets is false (without EP and expt_tp).
   MoeDispatchState state;
 };
 
@@ -82,8 +87,10 @@ class MoeTokenDispatcher {
 
   // x (T, C) in the compute dtype, indices (T, k) int32 global experts (-1: the pair goes
   // nowhere), probs (T, k) fp32. With EP every member of the group must call it (and every
-  // later step below) for the same layer in the same order; it synchronizes the ops' stream with
-  // the host to learn the row counts.
+  // later step below) for the same layer in the same order; with EP or expt_tp, or with
+  // host_offsets, it synchronizes the ops' stream with the host to learn the row counts.
+  // Otherwise none of the four steps synchronizes: the experts' buffer has the rows of any
+  // routing (kernels::MoePermuteCapacity), padded on the device.
   absl::StatusOr<MoeDispatched> Dispatch(const StepContext& ctx, const kernels::Tensor& x,
                                          const kernels::Tensor& indices,
                                          const kernels::Tensor& probs) const;
@@ -120,6 +127,9 @@ class MoeTokenDispatcher {
   absl::StatusOr<kernels::Tensor> GatherOverExptTp(const StepContext& ctx,
                                                    const MoeDispatchState& state,
                                                    const kernels::Tensor& own) const;
+  // Gathers every expt_tp member's rows of the local experts after the dispatch over EP and
+  // regroups them by expert (offsets on the host only).
+  absl::Status GatherForExptTp(const StepContext& ctx, MoeDispatched& out) const;
   // Every member's rows (partial sums) -> this member's rows summed over the group
   // (member_rows of them, the first own_rows meaningful).
   absl::StatusOr<kernels::Tensor> ScatterOverExptTp(const StepContext& ctx,

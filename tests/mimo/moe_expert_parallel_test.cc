@@ -86,14 +86,15 @@ RankResult RunLayer(kernels::Ops& ops, MoeLayer& layer, const std::vector<float>
 }
 
 std::unique_ptr<MoeLayer> NewLayer(kernels::Ops& ops, const TransformerConfig& config,
-                                   const MoeConfig& moe, ModelGroups groups) {
+                                   const MoeConfig& moe, ModelGroups groups,
+                                   const ExpertsBuilder& experts = SequentialExpertsBuilder()) {
   BuildContext build{.ops = &ops,
                      .config = &config,
                      .seed = 17,
                      .prefix = "mlp",
                      .layer_number = 0,
                      .groups = groups};
-  auto layer = MoeLayer::Create(build, moe);
+  auto layer = MoeLayer::Create(build, moe, experts);
   EXPECT_TRUE(layer.ok()) << layer.status();
   return layer.ok() ? *std::move(layer) : nullptr;
 }
@@ -112,11 +113,13 @@ struct EpCase {
   int64_t experts;
   int etp = 1;
   double capacity_factor = 0;  // Token dropping, decided on each rank's own tokens.
+  bool grouped = false;        // Experts as grouped GEMMs (the reference: per-expert GEMMs).
 };
 
 std::string CaseName(const EpCase& c) {
   return absl::StrCat("Ep", c.tokens.size() / c.etp, "Etp", c.etp, "E", c.experts, "Tokens",
-                      absl::StrJoin(c.tokens, "_"), c.capacity_factor > 0 ? "Capacity" : "");
+                      absl::StrJoin(c.tokens, "_"), c.capacity_factor > 0 ? "Capacity" : "",
+                      c.grouped ? "Grouped" : "");
 }
 
 // Rank (t, e)'s slice of a full expert tensor: experts [e * el, (e + 1) * el), and of their
@@ -180,7 +183,9 @@ TEST_P(MoeExpertParallelTest, EqualsTheSingleRankLayer) {
         specs, store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto ops = kernels::NewCpuOps();
-    std::unique_ptr<MoeLayer> layer = NewLayer(*ops, config, moe, ModelGroupsOf(**groups));
+    std::unique_ptr<MoeLayer> layer =
+        p.grouped ? NewLayer(*ops, config, moe, ModelGroupsOf(**groups), GroupedExpertsBuilder())
+                  : NewLayer(*ops, config, moe, ModelGroupsOf(**groups));
     ASSERT_NE(layer, nullptr);
     got[rank] = RunLayer(*ops, *layer, xs[rank], rs[rank]);
   });
@@ -215,15 +220,15 @@ TEST_P(MoeExpertParallelTest, EqualsTheSingleRankLayer) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(TokenCounts, MoeExpertParallelTest,
-                         ::testing::Values(EpCase{{63, 64}, 4}, EpCase{{0, 1}, 4},
-                                           EpCase{{65, 2500}, 4}, EpCase{{0, 0}, 4},
-                                           EpCase{{64, 0, 1, 65}, 4}, EpCase{{40, 3, 70}, 6},
-                                           EpCase{{5, 70}, 4, 2}, EpCase{{0, 64, 65, 1}, 4, 2},
-                                           EpCase{{63, 1500, 0, 7}, 4, 2},
-                                           EpCase{{63, 1500}, 4, 1, 0.5},
-                                           EpCase{{0, 64, 65, 1}, 4, 2, 0.75}),
-                         [](const auto& info) { return CaseName(info.param); });
+INSTANTIATE_TEST_SUITE_P(
+    TokenCounts, MoeExpertParallelTest,
+    ::testing::Values(EpCase{{63, 64}, 4}, EpCase{{0, 1}, 4}, EpCase{{65, 2500}, 4},
+                      EpCase{{0, 0}, 4}, EpCase{{64, 0, 1, 65}, 4}, EpCase{{40, 3, 70}, 6},
+                      EpCase{{5, 70}, 4, 2}, EpCase{{0, 64, 65, 1}, 4, 2},
+                      EpCase{{63, 1500, 0, 7}, 4, 2}, EpCase{{63, 1500}, 4, 1, 0.5},
+                      EpCase{{0, 64, 65, 1}, 4, 2, 0.75}, EpCase{{65, 2500}, 4, 1, 0, true},
+                      EpCase{{63, 1500, 0, 7}, 4, 2, 0, true}),
+    [](const auto& info) { return CaseName(info.param); });
 
 // The groups reach the MoE layer through a TransformerLayer's MLP builder: with ep=2 each rank's
 // layer output and input gradient (packed sequences of different lengths per rank) equal the
@@ -309,6 +314,18 @@ TEST(MoeExpertParallelTest, RejectsExpertsOrWidthsThatDoNotSplitEvenly) {
     EXPECT_NE(odd.status().message().find("expert width 5 does not split evenly over 2"),
               absl::string_view::npos)
         << odd.status();
+    // No CUDA-graph-safe mode over EP or expt_tp: their row counts travel through the host.
+    MoeConfig safe = Moe(4);
+    safe.graph_safe = true;
+    for (const ModelGroups g :
+         {ModelGroupsOf(**groups), ModelGroups{.expt_tp = (*groups)->Get("ep")}}) {
+      build.groups = g;
+      const auto unsafe = MoeLayer::Create(build, safe);
+      ASSERT_EQ(unsafe.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(unsafe.status().message().find("graph_safe needs ep and expt_tp of 1"),
+                absl::string_view::npos)
+          << unsafe.status();
+    }
   });
 }
 

@@ -5,6 +5,7 @@
 #include "mimo/moe_layer.h"
 
 #include <cmath>
+#include <map>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -81,6 +82,13 @@ MoeCase Capacity() {
   m.drop_policy = kernels::TokenDropPolicy::kProbs;
   m.align = 2;
   return {"SoftmaxCapacityDropsByWeight", Config(MlpActivation::kSwiglu), m};
+}
+
+// The same with grouped GEMMs over device offsets and no host synchronization.
+MoeCase GraphSafe(MoeCase c, const char* name) {
+  c.name = name;
+  c.moe.graph_safe = true;
+  return c;
 }
 
 const std::vector<int32_t> kLengths = {3, 1, 5};
@@ -222,7 +230,10 @@ TEST_P(MoeLayerCpuTest, BackwardWithAuxLossesMatchesCentralDifferences) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, MoeLayerCpuTest,
-                         ::testing::Values(Softmax(), SigmoidGrouped(), Capacity()),
+                         ::testing::Values(Softmax(), SigmoidGrouped(), Capacity(),
+                                           GraphSafe(Softmax(), "GraphSafeSoftmax"),
+                                           GraphSafe(SigmoidGrouped(), "GraphSafeSigmoidGelu"),
+                                           GraphSafe(Capacity(), "GraphSafeCapacity")),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(MoeLayerTest, IsTheMlpOfATransformerLayer) {
@@ -329,6 +340,63 @@ TEST(MoeLayerTest, CountsExpertLoadAndMovesTheExpertBiasTowardsBalance) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// Grouped GEMMs (the graph-safe layer's default experts) and per-expert GEMMs compute the same
+// products in the same order on the CPU: equal outputs and gradients, same parameters.
+TEST(MoeLayerTest, GroupedExpertsEqualSequentialExperts) {
+  auto ops = kernels::NewCpuOps();
+  TransformerConfig c = Config(MlpActivation::kSwiglu);
+  MoeConfig m = Softmax().moe;
+  m.per_sequence_aux_loss = false;
+  BuildContext build{.ops = ops.get(), .config = &c, .seed = 5, .prefix = "mlp"};
+  std::mt19937 random(6);
+  const std::vector<float> x = RandomFloats(9 * 8, random), r = RandomFloats(9 * 8, random);
+  std::vector<std::map<std::string, std::vector<double>>> results;
+  for (const bool grouped : {false, true}) {
+    m.graph_safe = grouped;
+    const GroupedExpertsBuilder grouped_experts;
+    const SequentialExpertsBuilder sequential_experts;
+    auto layer = MoeLayer::Create(
+        build, m,
+        grouped ? static_cast<const ExpertsBuilder&>(grouped_experts) : sequential_experts);
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    const StepContext ctx{.ops = ops.get()};
+    auto out = (*layer)->Forward(ctx, Upload(*ops, x, {9, 8}, DType::kF32));
+    ASSERT_TRUE(out.ok()) << out.status();
+    std::map<std::string, std::vector<double>> got;
+    got["y"] = Download(*ops, out->y);
+    auto dx = (*layer)->Backward(ctx, std::move(out->saved), Upload(*ops, r, {9, 8}, DType::kF32));
+    ASSERT_TRUE(dx.ok()) << dx.status();
+    got["dx"] = Download(*ops, *dx);
+    for (const auto& [name, p] : ParametersByName(**layer)) {
+      got[name] = Download(*ops, p->master());
+      got[name + ".grad"] = Download(*ops, p->grad());
+    }
+    results.push_back(std::move(got));
+  }
+  EXPECT_EQ(results[0], results[1]);
+}
+
+// A layer built for a multi-token-prediction block marks its auxiliary losses as such.
+TEST(MoeLayerTest, MarksTheAuxLossesOfMtpLayers) {
+  auto ops = kernels::NewCpuOps();
+  TransformerConfig c = Config(MlpActivation::kSwiglu);
+  std::mt19937 random(2);
+  const Tensor x = Upload(*ops, RandomFloats(9 * 8, random), {9, 8}, DType::kF32);
+  for (const bool mtp : {false, true}) {
+    BuildContext build{
+        .ops = ops.get(), .config = &c, .prefix = "mlp", .layer_number = 4, .mtp_layer = mtp};
+    MoeConfig m = Softmax().moe;
+    m.per_sequence_aux_loss = false;
+    auto layer = MoeLayer::Create(build, m);
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    std::vector<AuxLossRecord> records;
+    ASSERT_TRUE((*layer)->Forward({.ops = ops.get(), .aux_losses = &records}, x).ok());
+    ASSERT_EQ(records.size(), 1u);
+    EXPECT_EQ(records[0].layer_number, 4);
+    EXPECT_EQ(records[0].mtp, mtp);
+  }
+}
+
 TEST(MoeLayerTest, RejectsBadConfigs) {
   auto ops = kernels::NewCpuOps();
   TransformerConfig c = Config(MlpActivation::kSwiglu);
@@ -346,6 +414,11 @@ TEST(MoeLayerTest, RejectsBadConfigs) {
   m = Softmax().moe;
   m.capacity_factor = -1;
   EXPECT_EQ(MoeLayer::Create(build, m).status().code(), absl::StatusCode::kInvalidArgument);
+  m = Softmax().moe;
+  m.graph_safe = true;  // With experts that read their offsets on the host.
+  const auto unsafe = MoeLayer::Create(build, m, SequentialExpertsBuilder());
+  ASSERT_EQ(unsafe.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(unsafe.status().message().find("GroupedExpertsBuilder"), absl::string_view::npos);
   m = Softmax().moe;
   m.align = 0;
   const auto bad = MoeLayer::Create(build, m);

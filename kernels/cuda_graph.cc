@@ -1,0 +1,74 @@
+// CudaGraph: stream capture, instantiation and replay through checked CUDA calls.
+#include "kernels/cuda_graph.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cuda_status.h"
+
+namespace mimo::kernels {
+
+absl::StatusOr<CudaGraph> CudaGraph::Capture(StreamHandle stream,
+                                             absl::FunctionRef<absl::Status()> enqueue) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  MIMO_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  const absl::Status enqueued = enqueue();
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(s, &graph);
+  if (!enqueued.ok() || ended != cudaSuccess) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();  // The capture's error is reported below, not left behind.
+    if (!enqueued.ok()) {
+      return absl::Status(enqueued.code(),
+                          absl::StrCat("during CUDA graph capture: ", enqueued.message()));
+    }
+    MIMO_CUDA_RETURN_IF_ERROR(ended);
+  }
+  size_t nodes = 0;
+  cudaGraphExec_t exec = nullptr;
+  absl::Status status = CudaStatus(cudaGraphGetNodes(graph, nullptr, &nodes), "cudaGraphGetNodes",
+                                   __FILE__, __LINE__);
+  if (status.ok()) {
+    status = CudaStatus(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate", __FILE__,
+                        __LINE__);
+  }
+  if (!status.ok()) {
+    cudaGraphDestroy(graph);
+    return status;
+  }
+  return CudaGraph(graph, exec, nodes);
+}
+
+CudaGraph::CudaGraph(CudaGraph&& other) noexcept
+    : graph_(std::exchange(other.graph_, nullptr)),
+      exec_(std::exchange(other.exec_, nullptr)),
+      nodes_(other.nodes_) {}
+
+CudaGraph& CudaGraph::operator=(CudaGraph&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    graph_ = std::exchange(other.graph_, nullptr);
+    exec_ = std::exchange(other.exec_, nullptr);
+    nodes_ = other.nodes_;
+  }
+  return *this;
+}
+
+CudaGraph::~CudaGraph() { Reset(); }
+
+void CudaGraph::Reset() {
+  if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+  if (graph_ != nullptr) cudaGraphDestroy(graph_);
+  exec_ = nullptr;
+  graph_ = nullptr;
+}
+
+absl::Status CudaGraph::Replay(StreamHandle stream) const {
+  if (exec_ == nullptr)
+    return absl::FailedPreconditionError("CudaGraph: replay of a moved-from graph");
+  MIMO_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec_, static_cast<cudaStream_t>(stream)));
+  return absl::OkStatus();
+}
+
+}  // namespace mimo::kernels

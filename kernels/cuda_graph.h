@@ -1,0 +1,47 @@
+// CUDA graphs: the work one piece of code enqueues on a stream, captured once and replayed with a
+// single launch (no host work per kernel), as long as that code never synchronizes with the host.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "kernels/allocator.h"
+
+namespace mimo::kernels {
+
+class CudaGraph {
+ public:
+  // Runs `enqueue` with `stream` (a cudaStream_t) capturing, in relaxed mode (allocations are
+  // allowed; anything that waits for the stream fails). What it enqueues is not run now. Returns
+  // enqueue's error, or the capture's when it enqueued something a graph cannot hold (a host
+  // synchronization ends the capture with an error naming the call); the stream is out of
+  // capture mode again either way.
+  //
+  // Replays read and write the addresses the capture saw: the caller keeps every buffer they use
+  // allocated, and away from other work while the graph may run. With mimo's caching allocator,
+  // blocks freed during the capture (a step's temporaries) go back to its pool: replay only while
+  // nothing else takes memory from it, or keep the tensors.
+  static absl::StatusOr<CudaGraph> Capture(StreamHandle stream,
+                                           absl::FunctionRef<absl::Status()> enqueue);
+  CudaGraph(CudaGraph&& other) noexcept;
+  CudaGraph& operator=(CudaGraph&& other) noexcept;
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  ~CudaGraph();
+
+  // Enqueues one run of the captured work on `stream`.
+  absl::Status Replay(StreamHandle stream) const;
+  // Kernels, copies and other nodes captured.
+  size_t nodes() const { return nodes_; }
+
+ private:
+  CudaGraph(cudaGraph_t graph, cudaGraphExec_t exec, size_t nodes)
+      : graph_(graph), exec_(exec), nodes_(nodes) {}
+  void Reset();
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+  size_t nodes_ = 0;
+};
+
+}  // namespace mimo::kernels

@@ -1,0 +1,61 @@
+// Grouped matrix products over row blocks whose bounds live in device memory (MoE experts: one
+// block of rows per expert): the products of every group in one launch, with no host
+// synchronization, so a CUDA graph can capture them; and the CPU twin.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/allocator.h"
+#include "kernels/dtype.h"
+
+namespace mimo::kernels {
+
+enum class GroupedGemmMode {
+  // Each group's rows of a times its own matrix of b: d[r] = a[r] . op(b[g]) for the rows r of
+  // group g (an expert's forward and input gradient). a (rows, k); b (groups, n, k) when
+  // transpose_b, else (groups, k, n); d (rows, n). Rows in no group are left as they are.
+  kVariableRows,
+  // Each group's rows of a and b reduced into the group's own matrix: d[g] (+)= a[rows of g]^T .
+  // b[rows of g] (an expert's weight gradient). a (rows, m); b (rows, n); d (groups, m, n); a
+  // group without rows gives d[g] = 0, or leaves it as it is when accumulating.
+  kVariableDepth,
+};
+
+// Group g's rows are [offsets[g], offsets[g + 1]). Matrices are row-major and dense; products
+// accumulate in fp32 and are rounded once to d's dtype.
+struct GroupedGemmParams {
+  GroupedGemmMode mode = GroupedGemmMode::kVariableRows;
+  DType ab_dtype = DType::kF32;  // Of a and b: bf16 or f32.
+  DType d_dtype = DType::kF32;   // Of d: ab_dtype or f32.
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* d = nullptr;  // May not alias a or b.
+  // (groups + 1,) non-decreasing, in [0, rows]; in the memory of the device that runs the op.
+  const int32_t* offsets = nullptr;
+  int64_t groups = 0;  // In [1, 65535].
+  int64_t rows = 0;    // Rows of a (and of b or d): a bound on offsets[groups].
+  int64_t m = 0;       // kVariableDepth only: columns of a, rows of each d[g].
+  int64_t n = 0;
+  int64_t k = 0;             // kVariableRows only: columns of a.
+  bool transpose_b = false;  // kVariableRows only.
+  bool accumulate = false;   // d (+)= the products.
+};
+
+// InvalidArgument for unsupported dtypes, sizes out of range (each below 2^31), null buffers,
+// a transpose_b or k in kVariableDepth, or an m in kVariableRows.
+absl::Status CheckGroupedGemm(const GroupedGemmParams& p);
+
+// CPU twin: host memory, one GemmCpu per group (so results equal per-group products bitwise).
+// Also InvalidArgument for offsets that decrease or leave [0, rows].
+absl::Status GroupedGemmCpu(const GroupedGemmParams& p);
+
+// CUDA: device memory, enqueued on `stream` (a cudaStream_t) with no host synchronization, so it
+// may be captured in a CUDA graph. Offsets are not checked on the device: each group's range is
+// clamped to [0, rows] (a decreasing one is empty). bf16 a and b whose inner sizes (k and n for
+// kVariableRows, m and n for kVariableDepth) are multiples of 8 and whose buffers are 16-byte
+// aligned run on the tensor cores (128 x 256 tiles, mma.sync); anything else runs an fp32 FMA
+// kernel.
+absl::Status LaunchGroupedGemm(const GroupedGemmParams& p, StreamHandle stream);
+
+}  // namespace mimo::kernels
