@@ -26,6 +26,8 @@ class TransformerLayer final : public Block {
                                            std::unique_ptr<SavedActivations> saved,
                                            const kernels::Tensor& dy) override;
   void AppendParameters(std::vector<Parameter*>& out) const override;
+  // The MLP its builder made (a MoeLayer for MoeMlpBuilder).
+  Block& mlp() const { return *mlp_; }
 
  private:
   TransformerLayer(const TransformerConfig& config, int layer_number,

@@ -75,7 +75,9 @@ inline double RelL2(const std::vector<double>& got, const std::vector<double>& w
   return std::sqrt(num / std::max(den, 1e-30));
 }
 
-inline std::map<std::string, Parameter*> ParametersByName(const Block& block) {
+// Of a Block or anything else with AppendParameters (a whole model).
+template <typename Model>
+std::map<std::string, Parameter*> ParametersByName(const Model& block) {
   std::vector<Parameter*> params;
   block.AppendParameters(params);
   std::map<std::string, Parameter*> out;

@@ -1,0 +1,86 @@
+// The MIMO language model: token embedding with modality embeddings spliced in at their
+// placeholder tokens, a stack of transformer layers (MoE or dense MLPs), the final norm, the
+// output layer and the cross-entropy loss on the tokens that have a label; forward and backward
+// (the backward also returns the modality embeddings' gradient, for the encoders).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/tensor.h"
+#include "mimo/block.h"
+#include "mimo/build_context.h"
+#include "mimo/linear_weights.h"
+#include "mimo/moe_config.h"
+#include "mimo/parameter.h"
+#include "mimo/transformer_block.h"
+
+namespace mimo {
+
+struct LanguageModelConfig {
+  TransformerConfig transformer;  // The decoder's layers (causal, usually RoPE and RMSNorm).
+  int64_t vocab_size = 0;         // > 0.
+  // Every layer's MLP is a MoE layer with this configuration; without it, a dense MLP.
+  std::optional<MoeConfig> moe;
+  // The output layer's logits are made and consumed this many vocabulary entries at a time, so
+  // only (tokens, vocab_chunk) of them exist at once; 0: the whole vocabulary in one piece.
+  int64_t vocab_chunk = 0;
+};
+
+// InvalidArgument naming the field at fault.
+absl::Status ValidateLanguageModelConfig(const LanguageModelConfig& config);
+
+// One micro-batch: T packed tokens (the StepContext's sequences) and M modality embeddings.
+struct LanguageModelBatch {
+  // (T,) int32 ids in [0, vocab_size); a placeholder's embedding row is replaced (its id's
+  // embedding gets no gradient from it).
+  kernels::Tensor tokens;
+  kernels::Tensor labels;      // (T,) int32: each token's target (the next token), -1 for no loss.
+  kernels::Tensor embeddings;  // (M, C) in the compute dtype: projected encoder outputs.
+  // (M,) on the host: the token embeddings row m replaces; distinct, in [0, T).
+  std::vector<int32_t> embedding_positions;
+};
+
+struct LanguageModelOutput {
+  kernels::Tensor loss_sum;    // (1,) fp32: the summed loss of the labelled tokens.
+  kernels::Tensor token_loss;  // (T,) fp32: each token's loss, 0 without a label.
+  std::unique_ptr<SavedActivations> saved;
+};
+
+class LanguageModel {
+ public:
+  // Parameters (Megatron's names under ctx.prefix): embedding.word_embeddings.weight (V, C),
+  // decoder.layers.<i>.*, decoder.final_layernorm.*, output_layer.weight (V, C) (untied).
+  static absl::StatusOr<std::unique_ptr<LanguageModel>> Create(const BuildContext& ctx,
+                                                               const LanguageModelConfig& config);
+
+  // The MoE layers append their auxiliary losses to ctx.aux_losses.
+  absl::StatusOr<LanguageModelOutput> Forward(const StepContext& ctx,
+                                              const LanguageModelBatch& batch);
+  // With d(objective)/d(loss_sum) = ctx.loss_scale (the forward's context): adds every
+  // parameter's gradient and returns the gradient of batch.embeddings (M, C) (undefined when
+  // M = 0).
+  absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
+                                           std::unique_ptr<SavedActivations> saved);
+  void AppendParameters(std::vector<Parameter*>& out) const;
+  std::vector<MoeLayer*> moe_layers() const { return decoder_->moe_layers(); }
+  const LanguageModelConfig& config() const { return config_; }
+
+ private:
+  LanguageModel(const LanguageModelConfig& config, std::unique_ptr<Parameter> embedding,
+                std::unique_ptr<TransformerBlock> decoder, LinearWeights output)
+      : config_(config),
+        embedding_(std::move(embedding)),
+        decoder_(std::move(decoder)),
+        output_(std::move(output)) {}
+
+  const LanguageModelConfig config_;
+  std::unique_ptr<Parameter> embedding_;  // (V, C)
+  std::unique_ptr<TransformerBlock> decoder_;
+  LinearWeights output_;  // (V, C), no bias.
+};
+
+}  // namespace mimo

@@ -1,0 +1,44 @@
+// A stack of transformer layers and its final norm (Megatron's TransformerBlock): the body of the
+// language model and of each modality encoder.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mimo/block.h"
+#include "mimo/build_context.h"
+#include "mimo/mlp_builder.h"
+#include "mimo/moe_layer.h"
+#include "mimo/norm.h"
+#include "mimo/transformer_layer.h"
+
+namespace mimo {
+
+class TransformerBlock final : public Block {
+ public:
+  // ctx.config->num_layers layers, numbered from 0, each with an MLP from `mlp`. Parameters
+  // ctx.prefix.layers.<i>.* and ctx.prefix.final_layernorm.*.
+  static absl::StatusOr<std::unique_ptr<TransformerBlock>> Create(const BuildContext& ctx,
+                                                                  const MlpBuilder& mlp);
+
+  // x (T, C) -> final_norm(layer_{L-1}(... layer_0(x))).
+  absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
+  absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
+                                           std::unique_ptr<SavedActivations> saved,
+                                           const kernels::Tensor& dy) override;
+  void AppendParameters(std::vector<Parameter*>& out) const override;
+
+  // The layers whose MLP is a MoeLayer, in order (for the per-step expert load).
+  std::vector<MoeLayer*> moe_layers() const;
+
+ private:
+  TransformerBlock(std::vector<std::unique_ptr<TransformerLayer>> layers,
+                   std::unique_ptr<Norm> final_norm)
+      : layers_(std::move(layers)), final_norm_(std::move(final_norm)) {}
+
+  std::vector<std::unique_ptr<TransformerLayer>> layers_;
+  std::unique_ptr<Norm> final_norm_;
+};
+
+}  // namespace mimo
