@@ -23,7 +23,11 @@ absl::StatusOr<CudaGraph> CudaGraph::Capture(StreamHandle stream,
       return absl::Status(enqueued.code(),
                           absl::StrCat("during CUDA graph capture: ", enqueued.message()));
     }
-    MIMO_CUDA_RETURN_IF_ERROR(ended);
+    const absl::Status status = CudaStatus(ended, "cudaStreamEndCapture", __FILE__, __LINE__);
+    return absl::Status(status.code(),
+                        absl::StrCat("during CUDA graph capture (something enqueued could not be "
+                                     "captured): ",
+                                     status.message()));
   }
   size_t nodes = 0;
   cudaGraphExec_t exec = nullptr;
@@ -35,6 +39,7 @@ absl::StatusOr<CudaGraph> CudaGraph::Capture(StreamHandle stream,
   }
   if (!status.ok()) {
     cudaGraphDestroy(graph);
+    (void)cudaGetLastError();  // Not left behind for the next launch to report.
     return status;
   }
   return CudaGraph(graph, exec, nodes);
@@ -67,8 +72,9 @@ void CudaGraph::Reset() {
 absl::Status CudaGraph::Replay(StreamHandle stream) const {
   if (exec_ == nullptr)
     return absl::FailedPreconditionError("CudaGraph: replay of a moved-from graph");
-  MIMO_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec_, static_cast<cudaStream_t>(stream)));
-  return absl::OkStatus();
+  const cudaError_t e = cudaGraphLaunch(exec_, static_cast<cudaStream_t>(stream));
+  if (e != cudaSuccess) (void)cudaGetLastError();
+  return CudaStatus(e, "cudaGraphLaunch", __FILE__, __LINE__);
 }
 
 }  // namespace mimo::kernels

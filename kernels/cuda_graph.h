@@ -18,10 +18,12 @@ class CudaGraph {
   // synchronization ends the capture with an error naming the call); the stream is out of
   // capture mode again either way.
   //
-  // Replays read and write the addresses the capture saw: the caller keeps every buffer they use
-  // allocated, and away from other work while the graph may run. With mimo's caching allocator,
-  // blocks freed during the capture (a step's temporaries) go back to its pool: replay only while
-  // nothing else takes memory from it, or keep the tensors.
+  // A replay repeats what the capture enqueued with the values the host had then (sizes, the
+  // packed sequences' buffers, scalars such as a loss scale): new inputs go into the same device
+  // buffers, with the same shapes. Replays read and write the addresses the capture saw: the caller
+  // keeps every buffer they use allocated, and away from other work while the graph may run. With
+  // mimo's caching allocator, blocks freed during the capture (a step's temporaries) go back to its
+  // pool: replay only while nothing else takes memory from it, or keep the tensors.
   static absl::StatusOr<CudaGraph> Capture(StreamHandle stream,
                                            absl::FunctionRef<absl::Status()> enqueue);
   CudaGraph(CudaGraph&& other) noexcept;

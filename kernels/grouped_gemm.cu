@@ -349,6 +349,18 @@ __global__ void __launch_bounds__(kThreads) FmaKernel(Args args) {
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Whether the current device runs the tensor-core kernel: sm_80 or newer (cp.async, bf16 MMA)
+// with enough shared memory per block (not sm_86 / sm_89's 99 KiB).
+absl::StatusOr<bool> TensorCoresFit() {
+  int device = 0, major = 0, smem = 0;
+  MIMO_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  MIMO_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  MIMO_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return major >= 8 && static_cast<size_t>(smem) >= kSmemBytes;
+}
+
 // The grid for tiles of bm x bn: (row slots, column tiles) or (column tiles, row tiles, groups).
 absl::StatusOr<dim3> Grid(const GroupedGemmParams& p, int bm, int bn) {
   const int64_t col_tiles = (p.n + bn - 1) / bn;
@@ -417,8 +429,11 @@ absl::Status LaunchGroupedGemm(const GroupedGemmParams& p, StreamHandle stream) 
                   .transpose_b = p.transpose_b,
                   .accumulate = p.accumulate};
   const int64_t inner = rows_mode ? p.k : p.m;
-  const bool tensor_cores = p.ab_dtype == DType::kBF16 && inner % 8 == 0 && p.n % 8 == 0 &&
-                            Aligned16(p.a) && Aligned16(p.b) && Aligned16(p.d);
+  bool tensor_cores = p.ab_dtype == DType::kBF16 && inner % 8 == 0 && p.n % 8 == 0 &&
+                      Aligned16(p.a) && Aligned16(p.b) && Aligned16(p.d);
+  if (tensor_cores) {
+    MIMO_ASSIGN_OR_RETURN(tensor_cores, TensorCoresFit());
+  }
   if (tensor_cores) {
     MIMO_ASSIGN_OR_RETURN(dim3 grid, Grid(p, kBm, kBn));
     if (p.d_dtype == DType::kF32) {

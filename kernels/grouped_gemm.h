@@ -42,8 +42,8 @@ struct GroupedGemmParams {
   bool accumulate = false;   // d (+)= the products.
 };
 
-// InvalidArgument for unsupported dtypes, sizes out of range (each below 2^31), null buffers,
-// a transpose_b or k in kVariableDepth, or an m in kVariableRows.
+// InvalidArgument for unsupported dtypes, sizes out of range (each below 2^31 - 1024), null
+// buffers, a transpose_b or k in kVariableDepth, or an m in kVariableRows.
 absl::Status CheckGroupedGemm(const GroupedGemmParams& p);
 
 // CPU twin: host memory, one GemmCpu per group (so results equal per-group products bitwise).
@@ -52,10 +52,12 @@ absl::Status GroupedGemmCpu(const GroupedGemmParams& p);
 
 // CUDA: device memory, enqueued on `stream` (a cudaStream_t) with no host synchronization, so it
 // may be captured in a CUDA graph. Offsets are not checked on the device: each group's range is
-// clamped to [0, rows] (a decreasing one is empty). bf16 a and b whose inner sizes (k and n for
-// kVariableRows, m and n for kVariableDepth) are multiples of 8 and whose buffers are 16-byte
-// aligned run on the tensor cores (128 x 256 tiles, mma.sync); anything else runs an fp32 FMA
-// kernel.
+// clamped to [0, rows] (a decreasing one is empty), so offsets that break the contract give
+// undefined values (overlapping groups race) but never reach memory outside the buffers. bf16 a
+// and b whose inner sizes (k and n for kVariableRows, m and n for kVariableDepth) are multiples
+// of 8 and whose buffers are 16-byte aligned run on the tensor cores (128 x 256 tiles, mma.sync;
+// devices of compute capability 8.0+ with 162 KiB of shared memory per block, e.g. A100 and
+// H100); anything else runs an fp32 FMA kernel.
 absl::Status LaunchGroupedGemm(const GroupedGemmParams& p, StreamHandle stream);
 
 }  // namespace mimo::kernels

@@ -17,7 +17,8 @@ absl::Status CheckGroupedGemm(const GroupedGemmParams& p) {
                                                    " is not supported with a and b in ",
                                                    DTypeName(p.ab_dtype), " (same, or f32)"));
   }
-  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  // Room for a tile past the last row in the kernels' int32 index arithmetic.
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max() - 1024;
   if (p.groups < 1 || p.groups > 65535 || p.rows < 0 || p.rows > kMax || p.m < 0 || p.m > kMax ||
       p.n < 0 || p.n > kMax || p.k < 0 || p.k > kMax) {
     return absl::InvalidArgumentError(absl::StrCat("GroupedGemm: bad shape: groups ", p.groups,

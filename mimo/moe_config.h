@@ -41,7 +41,8 @@ struct MoeConfig {
   kernels::TokenDropPolicy drop_policy = kernels::TokenDropPolicy::kProbs;
   // CUDA-graph-safe mode: the layer's forward and backward make no host synchronization (the
   // experts' row offsets stay on the device, padding is done there, the experts run grouped
-  // GEMMs), so a CUDA graph can capture them and replay them on new inputs. Needs ep and
+  // GEMMs), so a CUDA graph can capture them and replay them on new inputs of the capture's
+  // token count, packing and loss scale (kernels/cuda_graph.h). Needs ep and
   // expt_tp of 1 (the all-to-all's row counts travel through the host) and experts that read
   // their offsets on the device (the default builder then is GroupedExpertsBuilder).
   bool graph_safe = false;

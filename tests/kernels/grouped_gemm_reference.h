@@ -63,6 +63,16 @@ inline std::vector<double> GroupedGemmFloat64(const GroupedGemmCase& c,
   return d;
 }
 
+// 70 groups (more than one warp's 32 per step of the blocks' search), empty ones around the
+// 32-group edges.
+inline std::vector<int32_t> SeventyCounts() {
+  std::vector<int32_t> counts(70);
+  for (int g = 0; g < 70; ++g) counts[g] = (g * 37) % 11;
+  for (int g : {0, 30, 32, 33, 63, 64, 69}) counts[g] = 0;
+  counts[31] = 150;  // Two row tiles of the FMA kernel's 64, more than one of 128.
+  return counts;
+}
+
 // Cases of both modes: empty groups, groups of one row, counts across tile edges, rows outside
 // every group, inner sizes that are and are not multiples of 8.
 inline std::vector<GroupedGemmCase> GroupedGemmCases() {
@@ -87,6 +97,9 @@ inline std::vector<GroupedGemmCase> GroupedGemmCases() {
       {"WeightGradientAccumulate", M::kVariableDepth, {64, 0, 33}, 2, 0, 40, 264, 0, false, true},
       {"WeightGradientOdd", M::kVariableDepth, {5, 2, 0}, 0, 1, 9, 11, 0, false, false},
       {"NoRows", M::kVariableRows, {0, 0}, 0, 3, 0, 16, 16, true, false},
+      {"SeventyGroups", M::kVariableRows, SeventyCounts(), 0, 7, 0, 16, 24, true, false},
+      {"SeventyGroupsWeightGradient", M::kVariableDepth, SeventyCounts(), 0, 7, 16, 24, 0, false,
+       false},
   };
 }
 

@@ -227,7 +227,7 @@ INSTANTIATE_TEST_SUITE_P(
                       EpCase{{5, 70}, 4, 2}, EpCase{{0, 64, 65, 1}, 4, 2},
                       EpCase{{63, 1500, 0, 7}, 4, 2}, EpCase{{63, 1500}, 4, 1, 0.5},
                       EpCase{{0, 64, 65, 1}, 4, 2, 0.75}, EpCase{{65, 2500}, 4, 1, 0, true},
-                      EpCase{{63, 1500, 0, 7}, 4, 2, 0, true}),
+                      EpCase{{63, 1500, 0, 7}, 4, 2, 0, true}, EpCase{{5, 70}, 4, 2, 0, true}),
     [](const auto& info) { return CaseName(info.param); });
 
 // The groups reach the MoE layer through a TransformerLayer's MLP builder: with ep=2 each rank's

@@ -1,0 +1,201 @@
+// ModalityEncoder: patches or stacked frames -> input projection + position embeddings -> the
+// transformer -> the projector; the backward in reverse.
+#include "mimo/modality_encoder.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "mimo/dense_mlp.h"
+#include "mimo/tensor_checks.h"
+
+namespace mimo {
+namespace {
+
+using kernels::DType;
+using kernels::Tensor;
+
+struct EncoderSaved final : SavedActivations {
+  std::unique_ptr<PackedSequences> sequences;
+  Tensor rows;  // (tokens, token_features): what the input projection read.
+  std::unique_ptr<SavedActivations> encoder, projector;
+};
+
+}  // namespace
+
+int64_t ModalityEncoderConfig::max_tokens() const {
+  if (input == EncoderInput::kImages) {
+    return patch_size > 0 ? (image_size / patch_size) * (image_size / patch_size) : 0;
+  }
+  return frames_per_token > 0 ? max_frames / frames_per_token : 0;
+}
+
+int64_t ModalityEncoderConfig::token_features() const {
+  return input == EncoderInput::kImages ? num_channels * patch_size * patch_size
+                                        : num_mel_bins * frames_per_token;
+}
+
+absl::Status ValidateModalityEncoderConfig(const ModalityEncoderConfig& c) {
+  MIMO_RETURN_IF_ERROR(ValidateTransformerConfig(c.transformer));
+  if (c.input == EncoderInput::kImages) {
+    if (c.patch_size < 1 || c.image_size < c.patch_size || c.image_size % c.patch_size != 0 ||
+        c.num_channels < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ModalityEncoderConfig: image_size ", c.image_size, " must be a positive multiple of ",
+          "patch_size ", c.patch_size, ", with num_channels ", c.num_channels, " >= 1"));
+    }
+  } else if (c.num_mel_bins < 1 || c.frames_per_token < 1 || c.max_frames < c.frames_per_token ||
+             c.max_frames % c.frames_per_token != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ModalityEncoderConfig: needs num_mel_bins >= 1 and max_frames a positive multiple of ",
+        "frames_per_token, got ", c.num_mel_bins, ", ", c.max_frames, " and ", c.frames_per_token));
+  }
+  if (c.output_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ModalityEncoderConfig: output_size ", c.output_size, " < 1"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ModalityEncoder>> ModalityEncoder::Create(
+    const BuildContext& ctx, const ModalityEncoderConfig& config) {
+  MIMO_RETURN_IF_ERROR(ValidateModalityEncoderConfig(config));
+  BuildContext inner = ctx;
+  inner.config = &config.transformer;
+  const TransformerConfig& t = config.transformer;
+  MIMO_ASSIGN_OR_RETURN(
+      LinearWeights input_projection,
+      LinearWeights::Create(inner.Child("embeddings.input_projection"), t.hidden_size,
+                            config.token_features(), /*bias=*/true, t.init_std));
+  MIMO_ASSIGN_OR_RETURN(auto positions,
+                        inner.Child("embeddings.position_embedding")
+                            .NewParameter("weight", {config.max_tokens(), t.hidden_size},
+                                          InitKind::kNormal, t.init_std, true));
+  MIMO_ASSIGN_OR_RETURN(auto encoder,
+                        TransformerBlock::Create(inner.Child("encoder"), DenseMlpBuilder()));
+  MIMO_ASSIGN_OR_RETURN(auto projector,
+                        Projector::Create(inner.Child("projector"), config.projector, t.hidden_size,
+                                          config.output_size));
+  return std::unique_ptr<ModalityEncoder>(
+      new ModalityEncoder(config, std::move(input_projection), std::move(positions),
+                          std::move(encoder), std::move(projector)));
+}
+
+absl::StatusOr<EncoderOutput> ModalityEncoder::Forward(const StepContext& ctx,
+                                                       const EncoderBatch& batch) {
+  kernels::Ops& ops = *ctx.ops;
+  const ModalityEncoderConfig& c = config_;
+  const DType dtype = c.transformer.dtype;
+  const int64_t width = c.transformer.hidden_size, features = c.token_features();
+  const Tensor& in = batch.input;
+  if (!in.defined() || in.dtype() != dtype || !in.is_contiguous()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ModalityEncoder: needs a contiguous ", kernels::DTypeName(dtype), " input"));
+  }
+  EncoderOutput out;
+  auto saved = std::make_unique<EncoderSaved>();
+  if (c.input == EncoderInput::kImages) {
+    const kernels::Shape want{in.dim() == 4 ? in.size(0) : -1, c.num_channels, c.image_size,
+                              c.image_size};
+    if (in.shape() != want) {
+      return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: needs images (N, ",
+                                                     c.num_channels, ", ", c.image_size, ", ",
+                                                     c.image_size, "), got ", in.ToString()));
+    }
+    const int64_t n = in.size(0), p = c.max_tokens();
+    out.tokens.assign(n, static_cast<int32_t>(p));
+    MIMO_ASSIGN_OR_RETURN(saved->rows, NewTensor(ctx, {n * p, features}, dtype));
+    MIMO_RETURN_IF_ERROR(ops.Patchify({.dtype = dtype,
+                                       .in = in.data(),
+                                       .out = saved->rows.data(),
+                                       .batch = n,
+                                       .channels = c.num_channels,
+                                       .height = c.image_size,
+                                       .width = c.image_size,
+                                       .patch = c.patch_size}));
+  } else {
+    if (in.dim() != 2 || in.size(1) != c.num_mel_bins) {
+      return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: needs frames (F, ",
+                                                     c.num_mel_bins, "), got ", in.ToString()));
+    }
+    int64_t total = 0;
+    for (int32_t f : batch.frames) {
+      if (f < c.frames_per_token || f > c.max_frames || f % c.frames_per_token != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ModalityEncoder: a sample of ", f, " frames (needs a positive multiple of ",
+            c.frames_per_token, " up to ", c.max_frames, ")"));
+      }
+      out.tokens.push_back(static_cast<int32_t>(f / c.frames_per_token));
+      total += f;
+    }
+    if (total != in.size(0)) {
+      return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: samples of ", total,
+                                                     " frames in all, input of ", in.size(0)));
+    }
+    // Stacking frames_per_token consecutive frames is a view.
+    MIMO_ASSIGN_OR_RETURN(saved->rows, in.View({total / c.frames_per_token, features}));
+  }
+  MIMO_ASSIGN_OR_RETURN(PackedSequences seqs, PackedSequences::Create(ops, out.tokens));
+  saved->sequences = std::make_unique<PackedSequences>(std::move(seqs));
+  StepContext inner = ctx;
+  inner.sequences = saved->sequences.get();
+  const int64_t tokens = saved->rows.size(0);
+  // Input projection plus each token's position embedding.
+  MIMO_ASSIGN_OR_RETURN(Tensor x, NewTensor(ctx, {tokens, width}, dtype));
+  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, input_projection_, 0, width, saved->rows, x));
+  MIMO_ASSIGN_OR_RETURN(Tensor pos, NewTensor(ctx, {tokens, width}, dtype));
+  MIMO_RETURN_IF_ERROR(ops.Embedding({.dtype = dtype,
+                                      .table = positions_->weight().data(),
+                                      .ids = saved->sequences->positions(),
+                                      .out = pos.data(),
+                                      .vocab = c.max_tokens(),
+                                      .tokens = tokens,
+                                      .dim = width}));
+  MIMO_RETURN_IF_ERROR(AddInto(ops, x, pos));
+  MIMO_ASSIGN_OR_RETURN(BlockOutput encoded, encoder_->Forward(inner, x));
+  saved->encoder = std::move(encoded.saved);
+  MIMO_ASSIGN_OR_RETURN(BlockOutput projected, projector_->Forward(inner, encoded.y));
+  saved->projector = std::move(projected.saved);
+  out.embeddings = std::move(projected.y);
+  out.saved = std::move(saved);
+  return out;
+}
+
+absl::Status ModalityEncoder::Backward(const StepContext& ctx,
+                                       std::unique_ptr<SavedActivations> saved_base,
+                                       const Tensor& dembeddings) {
+  MIMO_ASSIGN_OR_RETURN(auto saved,
+                        SavedAs<EncoderSaved>(std::move(saved_base), "ModalityEncoder"));
+  kernels::Ops& ops = *ctx.ops;
+  StepContext inner = ctx;
+  inner.sequences = saved->sequences.get();
+  const int64_t width = config_.transformer.hidden_size, tokens = saved->rows.size(0);
+  if (dembeddings.shape() != kernels::Shape{tokens, config_.output_size}) {
+    return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: needs d(embeddings) (", tokens,
+                                                   ", ", config_.output_size, "), got ",
+                                                   dembeddings.ToString()));
+  }
+  MIMO_ASSIGN_OR_RETURN(Tensor dh,
+                        projector_->Backward(inner, std::move(saved->projector), dembeddings));
+  MIMO_ASSIGN_OR_RETURN(Tensor dx, encoder_->Backward(inner, std::move(saved->encoder), dh));
+  MIMO_RETURN_IF_ERROR(ops.EmbeddingBackward({.dtype = config_.transformer.dtype,
+                                              .dout = dx.data(),
+                                              .ids = saved->sequences->positions(),
+                                              .dtable = positions_->grad().data<float>(),
+                                              .vocab = config_.max_tokens(),
+                                              .tokens = tokens,
+                                              .dim = width,
+                                              .accumulate = true}));
+  return LinearRowsBackwardRun(ops, input_projection_,
+                               {.row0 = 0, .rows = width, .dy = &dx, .x = &saved->rows});
+}
+
+void ModalityEncoder::AppendParameters(std::vector<Parameter*>& out) const {
+  out.push_back(input_projection_.weight.get());
+  out.push_back(input_projection_.bias.get());
+  out.push_back(positions_.get());
+  encoder_->AppendParameters(out);
+  projector_->AppendParameters(out);
+}
+
+}  // namespace mimo

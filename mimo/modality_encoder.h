@@ -1,0 +1,95 @@
+// A modality encoder of the MIMO model: images cut into patches (vision) or stacked mel frames
+// (audio) embedded by a linear layer plus learned position embeddings, a bidirectional
+// transformer, and the projector to the language model's width; forward and backward.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/tensor.h"
+#include "mimo/block.h"
+#include "mimo/build_context.h"
+#include "mimo/linear_weights.h"
+#include "mimo/packed_sequences.h"
+#include "mimo/parameter.h"
+#include "mimo/projector.h"
+#include "mimo/transformer_block.h"
+
+namespace mimo {
+
+enum class EncoderInput {
+  kImages,  // (N, num_channels, image_size, image_size) -> (image_size / patch_size)^2 tokens each.
+  kAudio,   // (frames, num_mel_bins), samples packed -> frames / frames_per_token tokens each.
+};
+
+struct ModalityEncoderConfig {
+  EncoderInput input = EncoderInput::kImages;
+  // kImages: square images, side a multiple of patch_size.
+  int64_t image_size = 0;
+  int64_t patch_size = 0;
+  int64_t num_channels = 3;
+  // kAudio: a sample's frames are a multiple of frames_per_token, at most max_frames.
+  int64_t num_mel_bins = 0;
+  int64_t frames_per_token = 1;
+  int64_t max_frames = 0;
+  // The encoder's layers: usually bidirectional (causal false), LayerNorm, GELU, biases, no RoPE.
+  TransformerConfig transformer;
+  ProjectorConfig projector;
+  int64_t output_size = 0;  // The language model's hidden size.
+
+  // Tokens of one sample at most (the position embeddings' rows), and features per token.
+  int64_t max_tokens() const;
+  int64_t token_features() const;
+};
+
+// InvalidArgument naming the field at fault.
+absl::Status ValidateModalityEncoderConfig(const ModalityEncoderConfig& config);
+
+struct EncoderBatch {
+  kernels::Tensor input;  // In the compute dtype; shaped as EncoderInput says.
+  // kAudio: each sample's frames, summing to input's rows (host). kImages: unused.
+  std::vector<int32_t> frames;
+};
+
+struct EncoderOutput {
+  kernels::Tensor embeddings;   // (tokens, output_size): every sample's tokens in order.
+  std::vector<int32_t> tokens;  // Per sample (host).
+  std::unique_ptr<SavedActivations> saved;
+};
+
+class ModalityEncoder {
+ public:
+  // Parameters under ctx.prefix: embeddings.input_projection.weight (C, token_features) and
+  // .bias (C,), embeddings.position_embedding.weight (max_tokens, C), encoder.layers.<i>.*,
+  // encoder.final_layernorm.*, projector.* (projector.h).
+  static absl::StatusOr<std::unique_ptr<ModalityEncoder>> Create(
+      const BuildContext& ctx, const ModalityEncoderConfig& config);
+
+  // Each sample attends within itself (ctx.sequences is not read: the encoder packs its own).
+  absl::StatusOr<EncoderOutput> Forward(const StepContext& ctx, const EncoderBatch& batch);
+  // d(embeddings) (tokens, output_size) -> adds every parameter's gradient.
+  absl::Status Backward(const StepContext& ctx, std::unique_ptr<SavedActivations> saved,
+                        const kernels::Tensor& dembeddings);
+  void AppendParameters(std::vector<Parameter*>& out) const;
+  const ModalityEncoderConfig& config() const { return config_; }
+
+ private:
+  ModalityEncoder(const ModalityEncoderConfig& config, LinearWeights input_projection,
+                  std::unique_ptr<Parameter> positions, std::unique_ptr<TransformerBlock> encoder,
+                  std::unique_ptr<Projector> projector)
+      : config_(config),
+        input_projection_(std::move(input_projection)),
+        positions_(std::move(positions)),
+        encoder_(std::move(encoder)),
+        projector_(std::move(projector)) {}
+
+  const ModalityEncoderConfig config_;
+  LinearWeights input_projection_;        // (C, token_features) + (C,)
+  std::unique_ptr<Parameter> positions_;  // (max_tokens, C)
+  std::unique_ptr<TransformerBlock> encoder_;
+  std::unique_ptr<Projector> projector_;
+};
+
+}  // namespace mimo
