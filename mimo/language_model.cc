@@ -28,6 +28,21 @@ struct LanguageModelSaved final : SavedActivations {
   Tensor lse;  // (T,) fp32: each token's log-sum-exp of the logits.
 };
 
+// MoE MLPs in every freq-th layer (from layer 0), dense ones between.
+class InterleavedMlpBuilder final : public MlpBuilder {
+ public:
+  InterleavedMlpBuilder(const MoeConfig& moe, int freq) : moe_(moe), freq_(freq) {}
+  absl::StatusOr<std::unique_ptr<Block>> Build(const BuildContext& ctx) const override {
+    if (ctx.layer_number % freq_ == 0) return moe_.Build(ctx);
+    return dense_.Build(ctx);
+  }
+
+ private:
+  MoeMlpBuilder moe_;
+  DenseMlpBuilder dense_;
+  int freq_;
+};
+
 absl::StatusOr<Tensor> Upload(const StepContext& ctx, const std::vector<int32_t>& host) {
   MIMO_ASSIGN_OR_RETURN(Tensor t, NewTensor(ctx, {static_cast<int64_t>(host.size())}, DType::kI32));
   if (!host.empty()) {
@@ -56,6 +71,10 @@ absl::Status ValidateLanguageModelConfig(const LanguageModelConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat("LanguageModelConfig: vocab_chunk ", c.vocab_chunk, " is negative"));
   }
+  if (c.moe_layer_freq < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LanguageModelConfig: moe_layer_freq ", c.moe_layer_freq, " < 1"));
+  }
   if (c.moe.has_value()) MIMO_RETURN_IF_ERROR(ValidateMoeConfig(*c.moe));
   return absl::OkStatus();
 }
@@ -72,8 +91,9 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Create(
                                           InitKind::kNormal, t.init_std, true));
   std::unique_ptr<TransformerBlock> decoder;
   if (config.moe.has_value()) {
-    MIMO_ASSIGN_OR_RETURN(
-        decoder, TransformerBlock::Create(inner.Child("decoder"), MoeMlpBuilder(*config.moe)));
+    MIMO_ASSIGN_OR_RETURN(decoder, TransformerBlock::Create(
+                                       inner.Child("decoder"),
+                                       InterleavedMlpBuilder(*config.moe, config.moe_layer_freq)));
   } else {
     MIMO_ASSIGN_OR_RETURN(decoder,
                           TransformerBlock::Create(inner.Child("decoder"), DenseMlpBuilder()));

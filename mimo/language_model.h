@@ -23,8 +23,12 @@ namespace mimo {
 struct LanguageModelConfig {
   TransformerConfig transformer;  // The decoder's layers (causal, usually RoPE and RMSNorm).
   int64_t vocab_size = 0;         // > 0.
-  // Every layer's MLP is a MoE layer with this configuration; without it, a dense MLP.
+  // Layers whose number is a multiple of moe_layer_freq (Megatron's moe_layer_freq; 1: every
+  // layer) get a MoE MLP with this configuration, the others a dense MLP; without it, every
+  // layer is dense.
   std::optional<MoeConfig> moe;
+  int moe_layer_freq = 1;  // >= 1.
+
   // The output layer's logits are made and consumed this many vocabulary entries at a time, so
   // only (tokens, vocab_chunk) of them exist at once; 0: the whole vocabulary in one piece.
   int64_t vocab_chunk = 0;

@@ -117,6 +117,25 @@ TEST_P(LanguageModelTest, HasMegatronsParameterNames) {
   EXPECT_EQ(model_->moe_layers().size(), GetParam() ? 2u : 0u);
 }
 
+// moe_layer_freq 2: MoE MLPs in layers 0 and 2 of 3, dense in layer 1.
+TEST(LanguageModelLayoutTest, InterleavesMoeAndDenseLayers) {
+  auto ops = kernels::NewCpuOps();
+  LanguageModelConfig config = Config(true);
+  config.transformer.num_layers = 3;
+  config.moe_layer_freq = 2;
+  BuildContext build{.ops = ops.get(), .config = &config.transformer, .prefix = "lm"};
+  auto model = LanguageModel::Create(build, config);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->moe_layers().size(), 2u);
+  const auto names = ParametersByName(**model);
+  EXPECT_TRUE(names.contains("lm.decoder.layers.0.mlp.router.weight"));
+  EXPECT_TRUE(names.contains("lm.decoder.layers.1.mlp.linear_fc1.weight"));
+  EXPECT_TRUE(names.contains("lm.decoder.layers.2.mlp.router.weight"));
+  config.moe_layer_freq = 0;
+  EXPECT_EQ(LanguageModel::Create(build, config).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_P(LanguageModelTest, BackwardMatchesCentralDifferences) {
   std::vector<AuxLossRecord> records;
   auto out = model_->Forward(Context(&records), batch_);
