@@ -1,0 +1,65 @@
+// PackSamples: one sequence per sample, placeholders first, the caption cut to fit.
+#include "data/micro_batch.h"
+
+#include "absl/strings/str_cat.h"
+#include "data/byte_tokenizer.h"
+
+namespace mimo::data {
+
+absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
+                                           const MicroBatchOptions& o) {
+  using T = ByteTokenizer;
+  if (o.seq_length < 1 || o.image_tokens < 0 || o.frames_per_token < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("MicroBatchOptions: seq_length ", o.seq_length,
+                                                   ", image_tokens ", o.image_tokens,
+                                                   ", frames_per_token ", o.frames_per_token));
+  }
+  HostMicroBatch b;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const Sample& s = samples[i];
+    const int64_t start = static_cast<int64_t>(b.tokens.size());
+    std::vector<int32_t> seq{T::kBos};
+    if (o.image_tokens > 0) {
+      for (int64_t k = 0; k < o.image_tokens; ++k) {
+        b.vision_positions.push_back(static_cast<int32_t>(start + seq.size()));
+        seq.push_back(T::kImage);
+      }
+      b.images.insert(b.images.end(), s.image.begin(), s.image.end());
+      ++b.num_images;
+    }
+    if (o.frames_per_token > 0 && s.audio_frames > 0) {
+      if (s.audio_frames % o.frames_per_token != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("sample ", i, ": ", s.audio_frames,
+                                                       " audio frames, not a multiple of ",
+                                                       o.frames_per_token));
+      }
+      for (int64_t k = 0; k < s.audio_frames / o.frames_per_token; ++k) {
+        b.audio_positions.push_back(static_cast<int32_t>(start + seq.size()));
+        seq.push_back(T::kAudio);
+      }
+      b.audio.insert(b.audio.end(), s.audio.begin(), s.audio.end());
+      b.audio_frames.push_back(static_cast<int32_t>(s.audio_frames));
+    }
+    const int64_t room = o.seq_length - static_cast<int64_t>(seq.size()) - 1;  // Before EOS.
+    if (room < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("sample ", i, ": ", seq.size() + 1,
+                                                     " tokens of placeholders, BOS and EOS exceed ",
+                                                     "seq_length ", o.seq_length));
+    }
+    std::vector<int32_t> text = T::Encode(s.caption);
+    if (static_cast<int64_t>(text.size()) > room) text.resize(room);
+    seq.insert(seq.end(), text.begin(), text.end());
+    seq.push_back(T::kEos);
+    for (size_t j = 0; j < seq.size(); ++j) {
+      const bool next_is_target =
+          j + 1 < seq.size() && (T::IsText(seq[j + 1]) || seq[j + 1] == T::kEos);
+      b.tokens.push_back(seq[j]);
+      b.labels.push_back(next_is_target ? seq[j + 1] : -1);
+      b.labelled += next_is_target ? 1 : 0;
+    }
+    b.lengths.push_back(static_cast<int32_t>(seq.size()));
+  }
+  return b;
+}
+
+}  // namespace mimo::data

@@ -1,0 +1,38 @@
+// Samples packed into one micro-batch on the host (THD: each sample its own sequence), in the
+// layout the MIMO model reads: token ids with the modality placeholders, next-token labels on
+// the text only, the encoders' inputs and where their tokens go.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "data/synthetic.h"
+
+namespace mimo::data {
+
+struct MicroBatchOptions {
+  int64_t seq_length = 0;    // Tokens of one sample at most (its caption is cut to fit); > 0.
+  int64_t image_tokens = 0;  // Vision-encoder tokens per image; 0: images are not used.
+  // Audio frames per audio-encoder token; 0: audio is not used.
+  int64_t frames_per_token = 0;
+};
+
+struct HostMicroBatch {
+  std::vector<int32_t> tokens;   // (T,) [BOS] [IMAGE]... [AUDIO]... caption [EOS] per sample.
+  std::vector<int32_t> labels;   // (T,) the next token where it is caption or EOS, else -1.
+  std::vector<int32_t> lengths;  // Per sample (the packed sequences).
+  std::vector<float> images;     // (N, C, H, W): every sample's image.
+  int64_t num_images = 0;
+  std::vector<int32_t> vision_positions;  // (N * image_tokens,) token indices, in order.
+  std::vector<float> audio;               // (frames, mel): the samples' clips, in order.
+  std::vector<int32_t> audio_frames;      // Per clip.
+  std::vector<int32_t> audio_positions;   // (frames / frames_per_token,) token indices.
+  int64_t labelled = 0;                   // Tokens with a label.
+};
+
+// InvalidArgument when a sample's placeholders (with BOS and EOS) do not fit seq_length.
+absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
+                                           const MicroBatchOptions& options);
+
+}  // namespace mimo::data
