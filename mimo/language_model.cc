@@ -218,7 +218,8 @@ absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ct
 }
 
 absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
-                                               std::unique_ptr<SavedActivations> saved_base) {
+                                               std::unique_ptr<SavedActivations> saved_base,
+                                               float loss_sum_grad) {
   MIMO_ASSIGN_OR_RETURN(auto saved,
                         SavedAs<LanguageModelSaved>(std::move(saved_base), "LanguageModel"));
   kernels::Ops& ops = *ctx.ops;
@@ -227,7 +228,7 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
   const int64_t m = saved->splices;
   // Through the loss and the output layer, chunk by chunk (logits recomputed).
   const int64_t chunk = config_.vocab_chunk > 0 ? std::min(config_.vocab_chunk, v) : v;
-  MIMO_ASSIGN_OR_RETURN(Tensor dloss, Filled(ctx, t, ctx.loss_scale));
+  MIMO_ASSIGN_OR_RETURN(Tensor dloss, Filled(ctx, t, loss_sum_grad));
   MIMO_ASSIGN_OR_RETURN(Tensor dh, NewTensor(ctx, {t, c}, tc.dtype));
   for (int64_t v0 = 0; v0 < v; v0 += chunk) {
     const int64_t n = std::min(chunk, v - v0);

@@ -64,11 +64,12 @@ class LanguageModel {
   // The MoE layers append their auxiliary losses to ctx.aux_losses.
   absl::StatusOr<LanguageModelOutput> Forward(const StepContext& ctx,
                                               const LanguageModelBatch& batch);
-  // With d(objective)/d(loss_sum) = ctx.loss_scale (the forward's context): adds every
-  // parameter's gradient and returns the gradient of batch.embeddings (M, C) (undefined when
-  // M = 0).
+  // With d(objective)/d(loss_sum) = loss_sum_grad (e.g. 1 / the step's labelled tokens; the
+  // MoE auxiliary losses' gradients follow ctx.loss_scale): adds every parameter's gradient and
+  // returns the gradient of batch.embeddings (M, C) (undefined when M = 0).
   absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
-                                           std::unique_ptr<SavedActivations> saved);
+                                           std::unique_ptr<SavedActivations> saved,
+                                           float loss_sum_grad);
   void AppendParameters(std::vector<Parameter*>& out) const;
   std::vector<MoeLayer*> moe_layers() const { return decoder_->moe_layers(); }
   const LanguageModelConfig& config() const { return config_; }

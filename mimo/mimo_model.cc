@@ -105,9 +105,11 @@ absl::StatusOr<MimoOutput> MimoModel::Forward(const StepContext& ctx, const Mimo
 }
 
 absl::Status MimoModel::Backward(const StepContext& ctx,
-                                 std::unique_ptr<SavedActivations> saved_base) {
+                                 std::unique_ptr<SavedActivations> saved_base,
+                                 float loss_sum_grad) {
   MIMO_ASSIGN_OR_RETURN(auto saved, SavedAs<MimoSaved>(std::move(saved_base), "MimoModel"));
-  MIMO_ASSIGN_OR_RETURN(kernels::Tensor d, language_->Backward(ctx, std::move(saved->language)));
+  MIMO_ASSIGN_OR_RETURN(kernels::Tensor d,
+                        language_->Backward(ctx, std::move(saved->language), loss_sum_grad));
   const int64_t v = saved->vision_rows, a = saved->audio_rows;
   if (v > 0) {
     MIMO_ASSIGN_OR_RETURN(kernels::Tensor dv, d.Slice(0, 0, v));

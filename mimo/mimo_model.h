@@ -53,8 +53,10 @@ class MimoModel {
                                                            const MimoModelConfig& config);
 
   absl::StatusOr<MimoOutput> Forward(const StepContext& ctx, const MimoBatch& batch);
-  // With d(objective)/d(loss_sum) = ctx.loss_scale: adds every parameter's gradient.
-  absl::Status Backward(const StepContext& ctx, std::unique_ptr<SavedActivations> saved);
+  // With d(objective)/d(loss_sum) = loss_sum_grad (the auxiliary losses' gradients follow
+  // ctx.loss_scale): adds every parameter's gradient.
+  absl::Status Backward(const StepContext& ctx, std::unique_ptr<SavedActivations> saved,
+                        float loss_sum_grad);
   void AppendParameters(std::vector<Parameter*>& out) const;
   std::vector<MoeLayer*> moe_layers() const { return language_->moe_layers(); }
 

@@ -141,7 +141,7 @@ TEST_P(LanguageModelTest, BackwardMatchesCentralDifferences) {
   auto out = model_->Forward(Context(&records), batch_);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(records.size(), GetParam() ? 2u : 0u);
-  auto dembeddings = model_->Backward(Context(nullptr), std::move(out->saved));
+  auto dembeddings = model_->Backward(Context(nullptr), std::move(out->saved), 0.5f);
   ASSERT_TRUE(dembeddings.ok()) << dembeddings.status();
   const std::vector<double> analytic = Download(*ops_, *dembeddings);
   constexpr float h = 1e-3f;

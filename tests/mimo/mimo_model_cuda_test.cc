@@ -118,7 +118,7 @@ Results RunLanguageModel(kernels::Ops& ops, DType dtype) {
   for (const AuxLossRecord& a : records) {
     r[absl::StrCat("aux", a.layer_number)] = Download(ops, a.losses);
   }
-  auto demb = (*model)->Backward(ctx, std::move(out->saved));
+  auto demb = (*model)->Backward(ctx, std::move(out->saved), 0.02f);
   EXPECT_TRUE(demb.ok()) << demb.status();
   if (!demb.ok()) return r;
   r["dembeddings"] = Download(ops, *demb);

@@ -137,7 +137,7 @@ TEST_F(MimoModelTest, BackwardMatchesCentralDifferencesAcrossModules) {
   std::vector<AuxLossRecord> records;
   auto out = model_->Forward(Context(&records), batch_);
   ASSERT_TRUE(out.ok()) << out.status();
-  ASSERT_TRUE(model_->Backward(Context(nullptr), std::move(out->saved)).ok());
+  ASSERT_TRUE(model_->Backward(Context(nullptr), std::move(out->saved), 0.5f).ok());
   constexpr float h = 1e-3f;
   int failures = 0;
   std::map<std::string, int> checked;  // Per module.
@@ -179,7 +179,7 @@ TEST_F(MimoModelTest, AdamWStepsFitAFixedBatch) {
     ASSERT_TRUE(out.ok()) << out.status();
     last = Download(*ops_, out->loss_sum)[0];
     if (step == 0) first = last;
-    ASSERT_TRUE(model_->Backward(Context(nullptr), std::move(out->saved)).ok());
+    ASSERT_TRUE(model_->Backward(Context(nullptr), std::move(out->saved), 0.5f).ok());
     auto stats = (*opt)->Step(*ops_);
     ASSERT_TRUE(stats.ok()) << stats.status();
     ASSERT_FALSE(stats->skipped);

@@ -190,7 +190,7 @@ TEST(ModalityEncoderTest, RejectsBadInputs) {
   ASSERT_NE(v, nullptr);
   const StepContext ctx{.ops = s->ops.get()};
   EncoderBatch bad = s->batch;  // Destroyed before the setups that own its memory.
-  bad.frames = {8, 3, 3};  // Not multiples of frames_per_token.
+  bad.frames = {8, 3, 3};       // Not multiples of frames_per_token.
   EXPECT_EQ(s->encoder->Forward(ctx, bad).status().code(), absl::StatusCode::kInvalidArgument);
   bad.frames = {10, 4};  // Over max_frames.
   EXPECT_EQ(s->encoder->Forward(ctx, bad).status().code(), absl::StatusCode::kInvalidArgument);

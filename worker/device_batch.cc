@@ -1,0 +1,70 @@
+// UploadMicroBatch: each host array into a tensor of the ops' device, floats rounded to bf16
+// where the model computes in bf16.
+#include "worker/device_batch.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/bfloat16.h"
+#include "common/status_macros.h"
+
+namespace mimo::worker {
+namespace {
+
+using kernels::DType;
+using kernels::Tensor;
+
+absl::StatusOr<Tensor> Ints(kernels::Ops& ops, const std::vector<int32_t>& v) {
+  MIMO_ASSIGN_OR_RETURN(Tensor t, Tensor::Empty({static_cast<int64_t>(v.size())}, DType::kI32,
+                                                ops.allocator(), ops.stream()));
+  if (!v.empty()) MIMO_RETURN_IF_ERROR(ops.CopyFromHost(t.data(), v.data(), t.nbytes()));
+  return t;
+}
+
+absl::StatusOr<Tensor> Floats(kernels::Ops& ops, const std::vector<float>& v,
+                              const kernels::Shape& shape, DType dtype) {
+  MIMO_ASSIGN_OR_RETURN(Tensor t, Tensor::Empty(shape, dtype, ops.allocator(), ops.stream()));
+  if (static_cast<int64_t>(v.size()) != t.numel()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("UploadMicroBatch: ", v.size(), " values for ", t.ToString()));
+  }
+  if (dtype == DType::kBF16) {
+    std::vector<uint16_t> bits(v.size());
+    for (size_t i = 0; i < v.size(); ++i) bits[i] = FloatToBFloat16(v[i]);
+    if (!v.empty()) MIMO_RETURN_IF_ERROR(ops.CopyFromHost(t.data(), bits.data(), t.nbytes()));
+  } else if (!v.empty()) {
+    MIMO_RETURN_IF_ERROR(ops.CopyFromHost(t.data(), v.data(), t.nbytes()));
+  }
+  return t;
+}
+
+}  // namespace
+
+absl::StatusOr<DeviceBatch> UploadMicroBatch(kernels::Ops& ops, const data::HostMicroBatch& host,
+                                             const MimoModelConfig& config) {
+  const DType dtype = config.language.transformer.dtype;
+  DeviceBatch out;
+  out.labelled = host.labelled;
+  MIMO_ASSIGN_OR_RETURN(PackedSequences seqs, PackedSequences::Create(ops, host.lengths));
+  out.sequences = std::make_unique<PackedSequences>(std::move(seqs));
+  MimoBatch& b = out.batch;
+  MIMO_ASSIGN_OR_RETURN(b.text.tokens, Ints(ops, host.tokens));
+  MIMO_ASSIGN_OR_RETURN(b.text.labels, Ints(ops, host.labels));
+  if (config.vision.has_value() && host.num_images > 0) {
+    const ModalityEncoderConfig& v = *config.vision;
+    MIMO_ASSIGN_OR_RETURN(
+        b.vision.input,
+        Floats(ops, host.images, {host.num_images, v.num_channels, v.image_size, v.image_size},
+               dtype));
+    b.vision_positions = host.vision_positions;
+  }
+  if (config.audio.has_value() && !host.audio_frames.empty()) {
+    const int64_t bins = config.audio->num_mel_bins;
+    MIMO_ASSIGN_OR_RETURN(
+        b.audio.input,
+        Floats(ops, host.audio, {static_cast<int64_t>(host.audio.size()) / bins, bins}, dtype));
+    b.audio.frames = host.audio_frames;
+    b.audio_positions = host.audio_positions;
+  }
+  return out;
+}
+
+}  // namespace mimo::worker

@@ -1,0 +1,27 @@
+// A host micro-batch (data/micro_batch.h) moved to a device as the MIMO model's batch: ids and
+// labels as int32 tensors, images and audio frames in the compute dtype, the packed sequences.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "data/micro_batch.h"
+#include "kernels/ops.h"
+#include "mimo/mimo_model.h"
+#include "mimo/packed_sequences.h"
+
+namespace mimo::worker {
+
+struct DeviceBatch {
+  std::unique_ptr<PackedSequences> sequences;
+  MimoBatch batch;
+  int64_t labelled = 0;  // Tokens with a label.
+};
+
+// `config` gives the image shape and which encoders exist: a model without a vision (audio)
+// encoder gets none of the micro-batch's images (audio). The host batch must have been packed
+// with that model's image_tokens and frames_per_token.
+absl::StatusOr<DeviceBatch> UploadMicroBatch(kernels::Ops& ops, const data::HostMicroBatch& host,
+                                             const MimoModelConfig& config);
+
+}  // namespace mimo::worker

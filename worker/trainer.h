@@ -1,0 +1,73 @@
+// Training one MIMO model on one rank: each step packs micro-batches of synthetic samples, runs
+// forward and backward on each (gradients accumulated, the loss averaged over the step's
+// labelled tokens, auxiliary losses over its micro-batches), then the optimizer update and the
+// per-expert load; it reports the step's metrics. The data-parallel and expert-parallel loop
+// builds on this step.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "data/synthetic.h"
+#include "kernels/ops.h"
+#include "mimo/mimo_model.h"
+#include "mimo/optimizer.h"
+
+namespace mimo::worker {
+
+struct TrainerOptions {
+  int64_t micro_batch_size = 1;  // Samples per forward/backward; >= 1.
+  int64_t micro_batches = 1;     // Per optimizer step (gradient accumulation); >= 1.
+  int64_t seq_length = 0;        // Tokens per sample at most; > 0.
+  data::SyntheticOptions data;   // Its image and audio sizes are set from the model.
+  OptimizerConfig optimizer;
+  uint64_t seed = 1234;  // The job seed: keys the initial parameters.
+};
+
+struct StepMetrics {
+  int64_t step = 0;     // 1 for the first update.
+  double loss = 0;      // Mean loss per labelled token.
+  double aux_loss = 0;  // The MoE layers' load-balancing + z losses, mean per micro-batch.
+  double grad_norm = 0;
+  double lr = 0;
+  bool skipped = false;
+  int64_t tokens = 0;                // Packed tokens of the step.
+  int64_t labelled = 0;              // Of which with a label.
+  std::vector<int64_t> expert_load;  // Per expert, summed over the MoE layers.
+  double seconds = 0;                // Wall time of the step.
+};
+
+class Trainer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(kernels::Ops& ops,
+                                                         const MimoModelConfig& model,
+                                                         const TrainerOptions& options);
+  // One optimizer step on the next micro_batches * micro_batch_size samples.
+  absl::StatusOr<StepMetrics> Step();
+  // Samples consumed so far (the data position).
+  int64_t position() const { return position_; }
+  MimoModel& model() { return *model_; }
+
+ private:
+  Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
+          std::unique_ptr<MimoModel> model, std::unique_ptr<AdamWOptimizer> optimizer,
+          std::vector<Parameter*> params)
+      : ops_(ops),
+        config_(config),
+        options_(options),
+        model_(std::move(model)),
+        optimizer_(std::move(optimizer)),
+        params_(std::move(params)) {}
+
+  kernels::Ops& ops_;
+  const MimoModelConfig config_;
+  const TrainerOptions options_;
+  std::unique_ptr<MimoModel> model_;
+  std::unique_ptr<AdamWOptimizer> optimizer_;
+  std::vector<Parameter*> params_;
+  int64_t position_ = 0;
+};
+
+}  // namespace mimo::worker
