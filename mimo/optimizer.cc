@@ -62,24 +62,26 @@ absl::StatusOr<std::unique_ptr<AdamWOptimizer>> AdamWOptimizer::Create(
     MIMO_RETURN_IF_ERROR(ops.SetZero(s.v.data(), s.v.nbytes()));
     state.push_back(std::move(s));
   }
-  // The squares, one slot per parameter, then ones and the total for their sum.
+  // The squares, one per parameter, ones to sum them with, and the sum.
   const int64_t n = static_cast<int64_t>(params.size());
   MIMO_ASSIGN_OR_RETURN(Tensor squares,
-                        Tensor::Empty({2 * n + 1}, DType::kF32, ops.allocator(), ops.stream()));
-  const std::vector<float> ones(n, 1.0f);
-  MIMO_RETURN_IF_ERROR(ops.SetZero(squares.data(), squares.nbytes()));
-  if (n > 0) {
-    MIMO_RETURN_IF_ERROR(ops.CopyFromHost(squares.data<float>() + n, ones.data(), 4 * n));
-  }
-  return std::unique_ptr<AdamWOptimizer>(
-      new AdamWOptimizer(config, std::move(state), std::move(squares)));
+                        Tensor::Empty({n}, DType::kF32, ops.allocator(), ops.stream()));
+  MIMO_ASSIGN_OR_RETURN(Tensor ones,
+                        Tensor::Empty({n}, DType::kF32, ops.allocator(), ops.stream()));
+  MIMO_ASSIGN_OR_RETURN(Tensor total,
+                        Tensor::Empty({1}, DType::kF32, ops.allocator(), ops.stream()));
+  const std::vector<float> host_ones(n, 1.0f);
+  if (n > 0) MIMO_RETURN_IF_ERROR(ops.CopyFromHost(ones.data(), host_ones.data(), 4 * n));
+  MIMO_RETURN_IF_ERROR(ops.SetZero(total.data(), total.nbytes()));
+  return std::unique_ptr<AdamWOptimizer>(new AdamWOptimizer(
+      config, std::move(state), std::move(squares), std::move(ones), std::move(total)));
 }
 
 absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Step(kernels::Ops& ops,
                                                         comm::Communicator* norm_group) {
   const int64_t n = static_cast<int64_t>(state_.size());
   float* squares = squares_.data<float>();
-  float* total = squares + 2 * n;
+  float* total = total_.data<float>();
   for (int64_t i = 0; i < n; ++i) {
     const Parameter& p = *state_[i].param;
     MIMO_RETURN_IF_ERROR(ops.SumSquares(
@@ -88,7 +90,7 @@ absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Step(kernels::Ops& ops,
   // total = ones (1, n) . squares (n, 1).
   MIMO_RETURN_IF_ERROR(ops.Gemm({.ab_dtype = DType::kF32,
                                  .d_dtype = DType::kF32,
-                                 .a = squares + n,
+                                 .a = ones_.data(),
                                  .b = squares,
                                  .d = total,
                                  .m = 1,

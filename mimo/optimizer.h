@@ -64,12 +64,20 @@ class AdamWOptimizer {
     Parameter* param;
     kernels::Tensor m, v;  // fp32, the parameter's shape.
   };
-  AdamWOptimizer(const OptimizerConfig& config, std::vector<State> state, kernels::Tensor squares)
-      : config_(config), state_(std::move(state)), squares_(std::move(squares)) {}
+  AdamWOptimizer(const OptimizerConfig& config, std::vector<State> state, kernels::Tensor squares,
+                 kernels::Tensor ones, kernels::Tensor total)
+      : config_(config),
+        state_(std::move(state)),
+        squares_(std::move(squares)),
+        ones_(std::move(ones)),
+        total_(std::move(total)) {}
 
   const OptimizerConfig config_;
   std::vector<State> state_;
+  // Separate tensors: cuBLASLt wants each GEMM operand 16-byte aligned.
   kernels::Tensor squares_;  // (params,) fp32: each gradient's squared norm.
+  kernels::Tensor ones_;     // (params,) fp32 ones.
+  kernels::Tensor total_;    // (1,) fp32: their sum.
   int64_t steps_ = 0;
 };
 

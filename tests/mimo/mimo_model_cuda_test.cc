@@ -1,8 +1,8 @@
 // The MIMO model's parts on the CUDA ops against the same parts on the CPU ops (themselves checked
 // against float64 and central differences), fp32 and bf16 on both sides: the MoE language model
 // with modality rows spliced in (loss, per-token losses, the rows' gradient, every parameter
-// gradient), and the vision and audio encoders (embeddings, every parameter gradient). Skips
-// without a GPU.
+// gradient; MoE in fp32, dense in bf16), and the vision and audio encoders (embeddings, every
+// parameter gradient). Skips without a GPU.
 #include <map>
 #include <random>
 
@@ -27,6 +27,9 @@ using testing::Upload;
 
 using Results = std::map<std::string, std::vector<double>>;
 
+// MoE in fp32 only: in bf16 the two devices' roundings differ enough upstream of the second
+// layer's router to flip near-tied choices, which moves whole rows of gradients (the MoE layer's
+// own CUDA test compares it in bf16 on identical inputs).
 LanguageModelConfig LmConfig(DType dtype) {
   LanguageModelConfig c;
   TransformerConfig& t = c.transformer;
@@ -44,7 +47,7 @@ LanguageModelConfig LmConfig(DType dtype) {
   m.router = {.experts = 4, .top_k = 2};
   m.aux_loss_coeff = 0.01f;
   m.z_loss_coeff = 0.001f;
-  c.moe = m;
+  if (dtype == DType::kF32) c.moe = m;
   return c;
 }
 
