@@ -46,17 +46,41 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
       .image_tokens = config_.vision.has_value() ? config_.vision->max_tokens() : 0,
       .frames_per_token = config_.audio.has_value() ? config_.audio->frames_per_token : 0};
   // Every micro-batch packed first: the loss is averaged over the whole step's labels.
+  comm::Communicator* dp =
+      options_.dp != nullptr && options_.dp->size() > 1 ? options_.dp : nullptr;
+  const int64_t replicas = dp != nullptr ? dp->size() : 1, rank = dp != nullptr ? dp->rank() : 0;
+  const int64_t per_rank = options_.micro_batches * options_.micro_batch_size;
+  int64_t next = position_ + rank * per_rank;
+  position_ += replicas * per_rank;
   std::vector<data::HostMicroBatch> host;
   StepMetrics m;
   for (int64_t i = 0; i < options_.micro_batches; ++i) {
     std::vector<data::Sample> samples;
     for (int64_t j = 0; j < options_.micro_batch_size; ++j) {
-      samples.push_back(data::MakeSyntheticSample(options_.data, position_++));
+      samples.push_back(data::MakeSyntheticSample(options_.data, next++));
     }
     MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackSamples(samples, pack));
     m.labelled += b.labelled;
     m.tokens += static_cast<int64_t>(b.tokens.size());
     host.push_back(std::move(b));
+  }
+  // The group's token counts (host memory for a CPU group, device memory for NCCL): the loss
+  // is averaged over every replica's labelled tokens.
+  MIMO_ASSIGN_OR_RETURN(
+      kernels::Tensor counts,
+      kernels::Tensor::Empty({2}, kernels::DType::kI64, ops_.allocator(), ops_.stream()));
+  MIMO_ASSIGN_OR_RETURN(
+      kernels::Tensor sums,
+      kernels::Tensor::Empty({2}, kernels::DType::kF32, ops_.allocator(), ops_.stream()));
+  if (dp != nullptr) {
+    int64_t both[2] = {m.labelled, m.tokens};
+    MIMO_RETURN_IF_ERROR(ops_.CopyFromHost(counts.data(), both, sizeof(both)));
+    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+    MIMO_RETURN_IF_ERROR(
+        dp->AllReduce(counts.data(), 2, comm::DataType::kInt64, comm::ReduceOp::kSum));
+    MIMO_RETURN_IF_ERROR(ops_.CopyToHost(both, counts.data(), sizeof(both)));
+    m.labelled = both[0];
+    m.tokens = both[1];
   }
   for (Parameter* p : params_) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
   const float loss_grad = m.labelled > 0 ? 1.0f / static_cast<float>(m.labelled) : 0.0f;
@@ -64,10 +88,11 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   for (const data::HostMicroBatch& b : host) {
     MIMO_ASSIGN_OR_RETURN(DeviceBatch d, UploadMicroBatch(ops_, b, config_));
     std::vector<AuxLossRecord> aux;
-    const StepContext ctx{.ops = &ops_,
-                          .sequences = d.sequences.get(),
-                          .loss_scale = 1.0f / static_cast<float>(options_.micro_batches),
-                          .aux_losses = &aux};
+    const StepContext ctx{
+        .ops = &ops_,
+        .sequences = d.sequences.get(),
+        .loss_scale = 1.0f / static_cast<float>(options_.micro_batches * replicas),
+        .aux_losses = &aux};
     MIMO_ASSIGN_OR_RETURN(MimoOutput out, model_->Forward(ctx, d.batch));
     MIMO_RETURN_IF_ERROR(model_->Backward(ctx, std::move(out.saved), loss_grad));
     float value = 0;
@@ -79,6 +104,24 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
       m.aux_loss += (losses[0] + losses[1]) / static_cast<double>(options_.micro_batches);
     }
   }
+  if (dp != nullptr) {
+    // Data parallel: every gradient summed over the replicas (each already carries 1 / the
+    // group's labelled tokens), and the reported losses too.
+    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+    for (Parameter* p : params_) {
+      MIMO_RETURN_IF_ERROR(dp->AllReduce(p->grad().data(), p->numel(), comm::DataType::kFloat32,
+                                         comm::ReduceOp::kSum));
+    }
+    const float local[2] = {static_cast<float>(loss_sum), static_cast<float>(m.aux_loss)};
+    MIMO_RETURN_IF_ERROR(ops_.CopyFromHost(sums.data(), local, sizeof(local)));
+    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+    MIMO_RETURN_IF_ERROR(
+        dp->AllReduce(sums.data(), 2, comm::DataType::kFloat32, comm::ReduceOp::kSum));
+    float global[2];
+    MIMO_RETURN_IF_ERROR(ops_.CopyToHost(global, sums.data(), sizeof(global)));
+    loss_sum = global[0];
+    m.aux_loss = global[1] / static_cast<double>(replicas);
+  }
   m.loss = m.labelled > 0 ? loss_sum / static_cast<double>(m.labelled) : 0.0;
   MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, optimizer_->Step(ops_));
   m.step = stats.step;
@@ -86,7 +129,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   m.grad_norm = stats.grad_norm;
   m.skipped = stats.skipped;
   const std::vector<MoeLayer*> layers = model_->moe_layers();
-  MIMO_ASSIGN_OR_RETURN(ExpertLoads loads, FinishExpertLoadStep(ops_, layers, nullptr));
+  MIMO_ASSIGN_OR_RETURN(ExpertLoads loads, FinishExpertLoadStep(ops_, layers, dp));
   for (const std::vector<int64_t>& layer : loads) {
     m.expert_load.resize(layer.size(), 0);
     for (size_t e = 0; e < layer.size(); ++e) m.expert_load[e] += layer[e];

@@ -1,8 +1,9 @@
-// Training one MIMO model on one rank: each step packs micro-batches of synthetic samples, runs
-// forward and backward on each (gradients accumulated, the loss averaged over the step's
-// labelled tokens, auxiliary losses over its micro-batches), then the optimizer update and the
-// per-expert load; it reports the step's metrics. The data-parallel and expert-parallel loop
-// builds on this step.
+// Training one MIMO model replica, alone or data parallel: each step packs this rank's
+// micro-batches of synthetic samples, runs forward and backward on each (gradients accumulated,
+// the loss averaged over the whole step's labelled tokens on every replica, auxiliary losses
+// over its micro-batches), sums the gradients over the data-parallel group, then the optimizer
+// update and the per-expert load; it reports the step's metrics. The whole model on every rank
+// of the group (modules on their own ranks and expert parallelism build on this).
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "comm/communicator.h"
 #include "data/synthetic.h"
 #include "kernels/ops.h"
 #include "mimo/mimo_model.h"
@@ -24,6 +26,11 @@ struct TrainerOptions {
   data::SyntheticOptions data;   // Its image and audio sizes are set from the model.
   OptimizerConfig optimizer;
   uint64_t seed = 1234;  // The job seed: keys the initial parameters.
+  // The data-parallel group (not owned; null or one member: this rank alone). Every member calls
+  // Step together; member r of n takes samples [base + r * k, base + (r + 1) * k) of each step's
+  // n * k (k = micro_batches * micro_batch_size), so the group sees what one rank with n times
+  // the micro-batches would, and the replicas stay identical.
+  comm::Communicator* dp = nullptr;
 };
 
 struct StepMetrics {
@@ -35,7 +42,7 @@ struct StepMetrics {
   bool skipped = false;
   int64_t tokens = 0;                // Packed tokens of the step.
   int64_t labelled = 0;              // Of which with a label.
-  std::vector<int64_t> expert_load;  // Per expert, summed over the MoE layers.
+  std::vector<int64_t> expert_load;  // Per expert, summed over the MoE layers and the group.
   double seconds = 0;                // Wall time of the step.
 };
 
@@ -46,7 +53,7 @@ class Trainer {
                                                          const TrainerOptions& options);
   // One optimizer step on the next micro_batches * micro_batch_size samples.
   absl::StatusOr<StepMetrics> Step();
-  // Samples consumed so far (the data position).
+  // Samples consumed so far by the whole group (the data position).
   int64_t position() const { return position_; }
   MimoModel& model() { return *model_; }
 

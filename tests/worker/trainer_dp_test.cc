@@ -1,0 +1,126 @@
+// Data parallelism of the trainer on CPU workers (ranks as threads, Gloo over loopback): two
+// replicas with one micro-batch each train exactly like one rank with two micro-batches on the
+// same samples (losses, gradient norms, expert loads and parameters after every step), and the
+// replicas stay identical.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <vector>
+
+#include "comm/in_memory_store.h"
+#include "comm/process_groups.h"
+#include "data/byte_tokenizer.h"
+#include "tests/comm/run_ranks.h"
+#include "worker/trainer.h"
+
+namespace mimo::worker {
+namespace {
+
+MimoModelConfig Model() {
+  MimoModelConfig c;
+  LanguageModelConfig& l = c.language;
+  l.transformer.num_layers = 2;
+  l.transformer.hidden_size = 16;
+  l.transformer.num_attention_heads = 2;
+  l.transformer.ffn_hidden_size = 32;
+  l.transformer.add_bias_linear = false;
+  l.transformer.dtype = kernels::DType::kF32;
+  l.vocab_size = data::ByteTokenizer::kVocabSize;
+  MoeConfig m;
+  m.router = {.experts = 4, .top_k = 2};
+  m.aux_loss_coeff = 0.01f;
+  m.align = 1;
+  l.moe = m;
+  TransformerConfig e;
+  e.num_layers = 1;
+  e.hidden_size = 8;
+  e.num_attention_heads = 2;
+  e.ffn_hidden_size = 16;
+  e.norm = NormKind::kLayerNorm;
+  e.activation = MlpActivation::kGelu;
+  e.causal = false;
+  e.rotary = false;
+  e.dtype = kernels::DType::kF32;
+  c.vision = ModalityEncoderConfig{.input = EncoderInput::kImages,
+                                   .image_size = 8,
+                                   .patch_size = 4,
+                                   .num_channels = 3,
+                                   .transformer = e,
+                                   .projector = {.kind = ProjectorKind::kMlp},
+                                   .output_size = 16};
+  return c;
+}
+
+struct TrainRun {
+  std::vector<StepMetrics> steps;
+  std::map<std::string, std::vector<float>> params;
+};
+
+TrainRun Train(int micro_batches, comm::Communicator* dp) {
+  TrainRun run;
+  auto ops = kernels::NewCpuOps();
+  const TrainerOptions options{.micro_batch_size = 2,
+                               .micro_batches = micro_batches,
+                               .seq_length = 48,
+                               .data = {.num_samples = 100, .seed = 5},
+                               .optimizer = {.lr = 1e-3f, .warmup_steps = 1},
+                               .seed = 9,
+                               .dp = dp};
+  auto trainer = Trainer::Create(*ops, Model(), options);
+  EXPECT_TRUE(trainer.ok()) << trainer.status();
+  if (!trainer.ok()) return run;
+  for (int i = 0; i < 3; ++i) {
+    auto m = (*trainer)->Step();
+    EXPECT_TRUE(m.ok()) << m.status();
+    if (!m.ok()) return run;
+    run.steps.push_back(*m);
+  }
+  EXPECT_EQ((*trainer)->position(), 3 * 4);
+  std::vector<Parameter*> params;
+  (*trainer)->model().AppendParameters(params);
+  for (Parameter* p : params) {
+    const float* v = p->master().data<float>();
+    run.params[p->name()].assign(v, v + p->numel());
+  }
+  return run;
+}
+
+TEST(TrainerDataParallelTest, TwoReplicasTrainLikeOneRankWithTheirMicroBatches) {
+  const TrainRun want = Train(2, nullptr);
+  std::vector<TrainRun> got(2);
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "dp", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    got[rank] = Train(1, (*groups)->Get("dp"));
+  });
+  ASSERT_EQ(want.steps.size(), 3u);
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(got[r].steps.size(), 3u) << r;
+    for (int i = 0; i < 3; ++i) {
+      const StepMetrics &g = got[r].steps[i], &w = want.steps[i];
+      EXPECT_EQ(g.labelled, w.labelled);
+      EXPECT_EQ(g.tokens, w.tokens);
+      EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
+      EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
+      EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
+      EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+    }
+    for (const auto& [name, values] : want.params) {
+      const std::vector<float>& v = got[r].params.at(name);
+      double err = 0, norm = 0;
+      for (size_t i = 0; i < values.size(); ++i) {
+        err += (v[i] - values[i]) * (v[i] - values[i]);
+        norm += values[i] * values[i];
+      }
+      EXPECT_LT(std::sqrt(err / norm), 1e-5) << name;
+    }
+  }
+  EXPECT_EQ(got[0].params, got[1].params);  // The replicas stay bitwise identical.
+}
+
+}  // namespace
+}  // namespace mimo::worker
