@@ -43,6 +43,10 @@ class MoeLayer final : public Block {
                                            std::unique_ptr<SavedActivations> saved,
                                            const kernels::Tensor& dy) override;
   void AppendParameters(std::vector<Parameter*>& out) const override;
+  // The routed experts' parameters alone: with EP each rank holds other experts' values.
+  void AppendExpertParameters(std::vector<Parameter*>& out) const {
+    experts_->AppendParameters(out);
+  }
 
   // The (token, choice) pairs this rank's training forwards (StepContext::training) routed to
   // each expert since the last call (E counts, before any capacity dropping: the per-expert

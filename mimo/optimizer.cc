@@ -48,10 +48,9 @@ double LearningRate(const OptimizerConfig& c, int64_t step) {
   return c.min_lr + 0.5 * (static_cast<double>(c.lr) - c.min_lr) * (1.0 + std::cos(M_PI * t));
 }
 
-absl::StatusOr<std::unique_ptr<AdamWOptimizer>> AdamWOptimizer::Create(
-    kernels::Ops& ops, const OptimizerConfig& config, std::vector<Parameter*> params) {
-  MIMO_RETURN_IF_ERROR(ValidateOptimizerConfig(config));
-  std::vector<State> state;
+absl::StatusOr<AdamWOptimizer::Squares> AdamWOptimizer::NewSquares(kernels::Ops& ops,
+                                                                   std::vector<Parameter*> params) {
+  Squares set;
   for (Parameter* p : params) {
     State s{.param = p};
     MIMO_ASSIGN_OR_RETURN(
@@ -60,53 +59,66 @@ absl::StatusOr<std::unique_ptr<AdamWOptimizer>> AdamWOptimizer::Create(
         s.v, Tensor::Empty(p->master().shape(), DType::kF32, ops.allocator(), ops.stream()));
     MIMO_RETURN_IF_ERROR(ops.SetZero(s.m.data(), s.m.nbytes()));
     MIMO_RETURN_IF_ERROR(ops.SetZero(s.v.data(), s.v.nbytes()));
-    state.push_back(std::move(s));
+    set.state.push_back(std::move(s));
   }
-  // The squares, one per parameter, ones to sum them with, and the sum.
   const int64_t n = static_cast<int64_t>(params.size());
-  MIMO_ASSIGN_OR_RETURN(Tensor squares,
+  MIMO_ASSIGN_OR_RETURN(set.squares,
                         Tensor::Empty({n}, DType::kF32, ops.allocator(), ops.stream()));
-  MIMO_ASSIGN_OR_RETURN(Tensor ones,
-                        Tensor::Empty({n}, DType::kF32, ops.allocator(), ops.stream()));
-  MIMO_ASSIGN_OR_RETURN(Tensor total,
-                        Tensor::Empty({1}, DType::kF32, ops.allocator(), ops.stream()));
-  const std::vector<float> host_ones(n, 1.0f);
-  if (n > 0) MIMO_RETURN_IF_ERROR(ops.CopyFromHost(ones.data(), host_ones.data(), 4 * n));
-  MIMO_RETURN_IF_ERROR(ops.SetZero(total.data(), total.nbytes()));
-  return std::unique_ptr<AdamWOptimizer>(new AdamWOptimizer(
-      config, std::move(state), std::move(squares), std::move(ones), std::move(total)));
+  MIMO_ASSIGN_OR_RETURN(set.ones, Tensor::Empty({n}, DType::kF32, ops.allocator(), ops.stream()));
+  MIMO_ASSIGN_OR_RETURN(set.total, Tensor::Empty({1}, DType::kF32, ops.allocator(), ops.stream()));
+  const std::vector<float> ones(n, 1.0f);
+  if (n > 0) MIMO_RETURN_IF_ERROR(ops.CopyFromHost(set.ones.data(), ones.data(), 4 * n));
+  MIMO_RETURN_IF_ERROR(ops.SetZero(set.total.data(), set.total.nbytes()));
+  return set;
+}
+
+absl::Status AdamWOptimizer::SumSquares(kernels::Ops& ops, const Squares& set) {
+  const int64_t n = static_cast<int64_t>(set.state.size());
+  for (int64_t i = 0; i < n; ++i) {
+    const Parameter& p = *set.state[i].param;
+    MIMO_RETURN_IF_ERROR(ops.SumSquares({.dtype = DType::kF32,
+                                         .x = p.grad().data(),
+                                         .n = p.numel(),
+                                         .out = set.squares.data<float>() + i}));
+  }
+  // total = ones (1, n) . squares (n, 1).
+  return ops.Gemm({.ab_dtype = DType::kF32,
+                   .d_dtype = DType::kF32,
+                   .a = set.ones.data(),
+                   .b = set.squares.data(),
+                   .d = set.total.data(),
+                   .m = 1,
+                   .n = 1,
+                   .k = n});
+}
+
+absl::StatusOr<std::unique_ptr<AdamWOptimizer>> AdamWOptimizer::Create(
+    kernels::Ops& ops, const OptimizerConfig& config, std::vector<Parameter*> params,
+    std::vector<Parameter*> sharded) {
+  MIMO_RETURN_IF_ERROR(ValidateOptimizerConfig(config));
+  MIMO_ASSIGN_OR_RETURN(Squares replicated, NewSquares(ops, std::move(params)));
+  MIMO_ASSIGN_OR_RETURN(Squares shards, NewSquares(ops, std::move(sharded)));
+  return std::unique_ptr<AdamWOptimizer>(
+      new AdamWOptimizer(config, std::move(replicated), std::move(shards)));
 }
 
 absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Step(kernels::Ops& ops,
                                                         comm::Communicator* norm_group) {
-  const int64_t n = static_cast<int64_t>(state_.size());
-  float* squares = squares_.data<float>();
-  float* total = total_.data<float>();
-  for (int64_t i = 0; i < n; ++i) {
-    const Parameter& p = *state_[i].param;
-    MIMO_RETURN_IF_ERROR(ops.SumSquares(
-        {.dtype = DType::kF32, .x = p.grad().data(), .n = p.numel(), .out = squares + i}));
-  }
-  // total = ones (1, n) . squares (n, 1).
-  MIMO_RETURN_IF_ERROR(ops.Gemm({.ab_dtype = DType::kF32,
-                                 .d_dtype = DType::kF32,
-                                 .a = ones_.data(),
-                                 .b = squares,
-                                 .d = total,
-                                 .m = 1,
-                                 .n = 1,
-                                 .k = n}));
+  MIMO_RETURN_IF_ERROR(SumSquares(ops, replicated_));
+  MIMO_RETURN_IF_ERROR(SumSquares(ops, sharded_));
   if (norm_group != nullptr && norm_group->size() > 1) {
     MIMO_RETURN_IF_ERROR(ops.Synchronize());
-    MIMO_RETURN_IF_ERROR(
-        norm_group->AllReduce(total, 1, comm::DataType::kFloat32, comm::ReduceOp::kSum));
+    MIMO_RETURN_IF_ERROR(norm_group->AllReduce(sharded_.total.data(), 1, comm::DataType::kFloat32,
+                                               comm::ReduceOp::kSum));
   }
-  float sum = 0;
-  MIMO_RETURN_IF_ERROR(ops.CopyToHost(&sum, total, sizeof(float)));
+  float replicated = 0, sharded = 0;
+  MIMO_RETURN_IF_ERROR(ops.CopyToHost(&replicated, replicated_.total.data(), sizeof(float)));
+  MIMO_RETURN_IF_ERROR(ops.CopyToHost(&sharded, sharded_.total.data(), sizeof(float)));
+  const double sum = static_cast<double>(replicated) + sharded;
   OptimizerStepStats stats;
   stats.step = steps_ + 1;
   stats.lr = LearningRate(config_, stats.step);
-  stats.grad_norm = std::sqrt(static_cast<double>(sum));
+  stats.grad_norm = std::sqrt(sum);
   if (!std::isfinite(stats.grad_norm)) {
     stats.skipped = true;
     return stats;
@@ -117,25 +129,27 @@ absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Step(kernels::Ops& ops,
     const double coeff = config_.clip_grad / (stats.grad_norm + 1e-6);
     if (coeff < 1.0) scale = static_cast<float>(coeff);
   }
-  for (const State& s : state_) {
-    Parameter& p = *s.param;
-    const bool separate = p.weight().data() != p.master().data();
-    MIMO_RETURN_IF_ERROR(
-        ops.AdamW({.n = p.numel(),
-                   .master = p.master().data<float>(),
-                   .m = s.m.data<float>(),
-                   .v = s.v.data<float>(),
-                   .grad = p.grad().data(),
-                   .grad_dtype = DType::kF32,
-                   .model = separate ? p.weight().data() : nullptr,
-                   .model_dtype = p.weight().dtype(),
-                   .lr = static_cast<float>(stats.lr),
-                   .beta1 = config_.beta1,
-                   .beta2 = config_.beta2,
-                   .eps = config_.eps,
-                   .weight_decay = p.spec().weight_decay ? config_.weight_decay : 0.0f,
-                   .grad_scale = scale,
-                   .step = stats.step}));
+  for (const Squares* set : {&replicated_, &sharded_}) {
+    for (const State& s : set->state) {
+      Parameter& p = *s.param;
+      const bool separate = p.weight().data() != p.master().data();
+      MIMO_RETURN_IF_ERROR(
+          ops.AdamW({.n = p.numel(),
+                     .master = p.master().data<float>(),
+                     .m = s.m.data<float>(),
+                     .v = s.v.data<float>(),
+                     .grad = p.grad().data(),
+                     .grad_dtype = DType::kF32,
+                     .model = separate ? p.weight().data() : nullptr,
+                     .model_dtype = p.weight().dtype(),
+                     .lr = static_cast<float>(stats.lr),
+                     .beta1 = config_.beta1,
+                     .beta2 = config_.beta2,
+                     .eps = config_.eps,
+                     .weight_decay = p.spec().weight_decay ? config_.weight_decay : 0.0f,
+                     .grad_scale = scale,
+                     .step = stats.step}));
+    }
   }
   return stats;
 }

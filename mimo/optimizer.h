@@ -46,15 +46,17 @@ struct OptimizerStepStats {
 
 class AdamWOptimizer {
  public:
-  // Moments (fp32, zero) for each of `params` (not owned; they outlive the optimizer).
-  static absl::StatusOr<std::unique_ptr<AdamWOptimizer>> Create(kernels::Ops& ops,
-                                                                const OptimizerConfig& config,
-                                                                std::vector<Parameter*> params);
+  // Moments (fp32, zero) for each of `params` and `sharded` (not owned; they outlive the
+  // optimizer). `sharded`: parameters whose values differ across the norm group of Step (a
+  // rank's own experts); `params` are the same on every member.
+  static absl::StatusOr<std::unique_ptr<AdamWOptimizer>> Create(
+      kernels::Ops& ops, const OptimizerConfig& config, std::vector<Parameter*> params,
+      std::vector<Parameter*> sharded = {});
 
   // One update from the parameters' gradients. `norm_group` (optional, not owned): the ranks
-  // whose parameters together make the model (e.g. the expert-parallel group, each holding other
-  // experts): their squared norms are summed over it (every member must call Step together).
-  // Waits for the device once, for the norm.
+  // whose sharded parameters together make the model (the expert-parallel group): the sharded
+  // gradients' squared norms are summed over it, the others counted once (every member must
+  // call Step together). Waits for the device once, for the norm.
   absl::StatusOr<OptimizerStepStats> Step(kernels::Ops& ops,
                                           comm::Communicator* norm_group = nullptr);
   int64_t steps() const { return steps_; }
@@ -64,20 +66,23 @@ class AdamWOptimizer {
     Parameter* param;
     kernels::Tensor m, v;  // fp32, the parameter's shape.
   };
-  AdamWOptimizer(const OptimizerConfig& config, std::vector<State> state, kernels::Tensor squares,
-                 kernels::Tensor ones, kernels::Tensor total)
-      : config_(config),
-        state_(std::move(state)),
-        squares_(std::move(squares)),
-        ones_(std::move(ones)),
-        total_(std::move(total)) {}
+  // The squared norms of one set of parameters: one slot each, ones to sum them with, the sum
+  // (separate tensors: cuBLASLt wants every GEMM operand 16-byte aligned).
+  struct Squares {
+    std::vector<State> state;
+    kernels::Tensor squares;  // (params,) fp32
+    kernels::Tensor ones;     // (params,) fp32
+    kernels::Tensor total;    // (1,) fp32
+  };
+  static absl::StatusOr<Squares> NewSquares(kernels::Ops& ops, std::vector<Parameter*> params);
+  // Enqueues the sum of the set's squared gradient norms into its total.
+  static absl::Status SumSquares(kernels::Ops& ops, const Squares& set);
+
+  AdamWOptimizer(const OptimizerConfig& config, Squares replicated, Squares sharded)
+      : config_(config), replicated_(std::move(replicated)), sharded_(std::move(sharded)) {}
 
   const OptimizerConfig config_;
-  std::vector<State> state_;
-  // Separate tensors: cuBLASLt wants each GEMM operand 16-byte aligned.
-  kernels::Tensor squares_;  // (params,) fp32: each gradient's squared norm.
-  kernels::Tensor ones_;     // (params,) fp32 ones.
-  kernels::Tensor total_;    // (1,) fp32: their sum.
+  Squares replicated_, sharded_;
   int64_t steps_ = 0;
 };
 

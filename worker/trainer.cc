@@ -1,6 +1,7 @@
 // Trainer::Step: pack, upload, forward/backward per micro-batch, optimizer, metrics.
 #include "worker/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -30,13 +31,23 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     o.data.max_frames = model.audio->max_frames;
   }
   MIMO_RETURN_IF_ERROR(data::ValidateSyntheticOptions(o.data));
-  BuildContext build{.ops = &ops, .config = &model.language.transformer, .seed = o.seed};
+  if (ModelGroups::Size(o.groups.expt_tp) > 1) {
+    return absl::UnimplementedError(
+        "Trainer: expert tensor parallelism (expt_tp > 1) is not yet supported by the training "
+        "step");
+  }
+  BuildContext build{
+      .ops = &ops, .config = &model.language.transformer, .seed = o.seed, .groups = o.groups};
   MIMO_ASSIGN_OR_RETURN(auto built, MimoModel::Create(build, model));
-  std::vector<Parameter*> params;
-  built->AppendParameters(params);
-  MIMO_ASSIGN_OR_RETURN(auto optimizer, AdamWOptimizer::Create(ops, o.optimizer, params));
-  return std::unique_ptr<Trainer>(
-      new Trainer(ops, model, o, std::move(built), std::move(optimizer), std::move(params)));
+  std::vector<Parameter*> all, experts, dense;
+  built->AppendParameters(all);
+  for (MoeLayer* layer : built->moe_layers()) layer->AppendExpertParameters(experts);
+  for (Parameter* p : all) {
+    if (std::find(experts.begin(), experts.end(), p) == experts.end()) dense.push_back(p);
+  }
+  MIMO_ASSIGN_OR_RETURN(auto optimizer, AdamWOptimizer::Create(ops, o.optimizer, dense, experts));
+  return std::unique_ptr<Trainer>(new Trainer(ops, model, o, std::move(built), std::move(optimizer),
+                                              std::move(dense), std::move(experts)));
 }
 
 absl::StatusOr<StepMetrics> Trainer::Step() {
@@ -82,7 +93,9 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     m.labelled = both[0];
     m.tokens = both[1];
   }
-  for (Parameter* p : params_) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
+  for (const auto* set : {&dense_, &experts_}) {
+    for (Parameter* p : *set) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
+  }
   const float loss_grad = m.labelled > 0 ? 1.0f / static_cast<float>(m.labelled) : 0.0f;
   double loss_sum = 0;
   for (const data::HostMicroBatch& b : host) {
@@ -108,7 +121,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     // Data parallel: every gradient summed over the replicas (each already carries 1 / the
     // group's labelled tokens), and the reported losses too.
     MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-    for (Parameter* p : params_) {
+    for (Parameter* p : dense_) {
       MIMO_RETURN_IF_ERROR(dp->AllReduce(p->grad().data(), p->numel(), comm::DataType::kFloat32,
                                          comm::ReduceOp::kSum));
     }
@@ -123,7 +136,19 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     m.aux_loss = global[1] / static_cast<double>(replicas);
   }
   m.loss = m.labelled > 0 ? loss_sum / static_cast<double>(m.labelled) : 0.0;
-  MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, optimizer_->Step(ops_));
+  // Each rank's experts see every dp rank's tokens through the all-to-all: their gradients are
+  // summed over the ranks holding the same experts only.
+  comm::Communicator* expt_dp = options_.expt_dp;
+  if (expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1) expt_dp = dp;
+  if (expt_dp != nullptr && expt_dp->size() == 1) expt_dp = nullptr;
+  if (expt_dp != nullptr) {
+    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+    for (Parameter* p : experts_) {
+      MIMO_RETURN_IF_ERROR(expt_dp->AllReduce(p->grad().data(), p->numel(),
+                                              comm::DataType::kFloat32, comm::ReduceOp::kSum));
+    }
+  }
+  MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, optimizer_->Step(ops_, options_.groups.ep));
   m.step = stats.step;
   m.lr = stats.lr;
   m.grad_norm = stats.grad_norm;

@@ -15,6 +15,7 @@
 #include "data/synthetic.h"
 #include "kernels/ops.h"
 #include "mimo/mimo_model.h"
+#include "mimo/model_groups.h"
 #include "mimo/optimizer.h"
 
 namespace mimo::worker {
@@ -31,6 +32,11 @@ struct TrainerOptions {
   // n * k (k = micro_batches * micro_batch_size), so the group sees what one rank with n times
   // the micro-batches would, and the replicas stay identical.
   comm::Communicator* dp = nullptr;
+  // Expert parallelism of the language model (ModelGroups::ep; expt_tp is not supported by the
+  // step yet): the routed experts' gradients are summed over expt_dp (the ranks holding the same
+  // experts; null: dp without EP, none with it) instead of dp, and their squared norms over ep.
+  ModelGroups groups;
+  comm::Communicator* expt_dp = nullptr;
 };
 
 struct StepMetrics {
@@ -60,20 +66,22 @@ class Trainer {
  private:
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
           std::unique_ptr<MimoModel> model, std::unique_ptr<AdamWOptimizer> optimizer,
-          std::vector<Parameter*> params)
+          std::vector<Parameter*> dense, std::vector<Parameter*> experts)
       : ops_(ops),
         config_(config),
         options_(options),
         model_(std::move(model)),
         optimizer_(std::move(optimizer)),
-        params_(std::move(params)) {}
+        dense_(std::move(dense)),
+        experts_(std::move(experts)) {}
 
   kernels::Ops& ops_;
   const MimoModelConfig config_;
   const TrainerOptions options_;
   std::unique_ptr<MimoModel> model_;
   std::unique_ptr<AdamWOptimizer> optimizer_;
-  std::vector<Parameter*> params_;
+  std::vector<Parameter*> dense_;    // Every parameter but the routed experts'.
+  std::vector<Parameter*> experts_;  // The routed experts' (this rank's experts with EP).
   int64_t position_ = 0;
 };
 

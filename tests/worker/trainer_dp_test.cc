@@ -57,7 +57,7 @@ struct TrainRun {
   std::map<std::string, std::vector<float>> params;
 };
 
-TrainRun Train(int micro_batches, comm::Communicator* dp) {
+TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {}) {
   TrainRun run;
   auto ops = kernels::NewCpuOps();
   const TrainerOptions options{.micro_batch_size = 2,
@@ -66,7 +66,8 @@ TrainRun Train(int micro_batches, comm::Communicator* dp) {
                                .data = {.num_samples = 100, .seed = 5},
                                .optimizer = {.lr = 1e-3f, .warmup_steps = 1},
                                .seed = 9,
-                               .dp = dp};
+                               .dp = dp,
+                               .groups = groups};
   auto trainer = Trainer::Create(*ops, Model(), options);
   EXPECT_TRUE(trainer.ok()) << trainer.status();
   if (!trainer.ok()) return run;
@@ -120,6 +121,51 @@ TEST(TrainerDataParallelTest, TwoReplicasTrainLikeOneRankWithTheirMicroBatches) 
     }
   }
   EXPECT_EQ(got[0].params, got[1].params);  // The replicas stay bitwise identical.
+}
+
+// Expert parallelism inside the training step: two ranks, each its own samples and half of
+// every MoE layer's experts (ep = dp = 2, expt_dp 1), train like one rank with both micro-batches:
+// the same losses, norms and loads; the same dense parameters on both; each rank's experts equal
+// its slice of the one rank's.
+TEST(TrainerDataParallelTest, ExpertParallelRanksTrainLikeOneRank) {
+  const TrainRun want = Train(2, nullptr);
+  std::vector<TrainRun> got(2);
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "dp", .members = {0, 1}}, {.kind = "ep", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    got[rank] = Train(1, (*groups)->Get("dp"), ModelGroupsOf(**groups));
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(got[r].steps.size(), 3u) << r;
+    for (int i = 0; i < 3; ++i) {
+      const StepMetrics &g = got[r].steps[i], &w = want.steps[i];
+      EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
+      EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
+      EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
+      EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+    }
+    int experts = 0;
+    for (const auto& [name, values] : want.params) {
+      std::vector<float> slice = values;
+      if (name.find(".mlp.experts.") != std::string::npos) {
+        ++experts;
+        const size_t half = values.size() / 2;  // Experts [2r, 2r + 2) of 4: dim 0 outermost.
+        slice.assign(values.begin() + r * half, values.begin() + (r + 1) * half);
+      }
+      const std::vector<float>& v = got[r].params.at(name);
+      ASSERT_EQ(v.size(), slice.size()) << name;
+      double err = 0, norm = 0;
+      for (size_t i = 0; i < slice.size(); ++i) {
+        err += (v[i] - slice[i]) * (v[i] - slice[i]);
+        norm += slice[i] * slice[i];
+      }
+      EXPECT_LT(std::sqrt(err / norm), 1e-5) << name << " on rank " << r;
+    }
+    EXPECT_EQ(experts, 4);  // fc1 and fc2 of 2 layers.
+  }
 }
 
 }  // namespace
