@@ -75,7 +75,11 @@ TEST_F(WorkerProcessTest, KilledWorkerFailsTheJobNamingItsRankAndTheOthersStop) 
   // The others were told to stop, aborted their rendezvous and reported STOPPED.
   EXPECT_TRUE(AwaitLogs(*jobs_, job.id(), {"rank 0: job stopped", "rank 2: job stopped"},
                         absl::Seconds(5)));
-  // Free again, they run the next job (the silent slot 3 sorts after them).
+  // Free again, they run the next job. The silent slot 3 (free too, but it never fetches work)
+  // goes first: were the next job submitted before the others' STOPPED reports arrived (their
+  // log lines come first), the scheduler could give it a rank and the job would wait forever.
+  silent.Stop();
+  absl::SleepFor(absl::Milliseconds(1500));  // Past the 1 s heartbeat timeout: it is dropped.
   const v1::Job next = Submit(LanguageOnlySpec(2, "after-kill"));
   EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(20)).state(),
             v1::JOB_STATE_SUCCEEDED);
