@@ -13,6 +13,8 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
@@ -350,15 +352,24 @@ __global__ void __launch_bounds__(kThreads) FmaKernel(Args args) {
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Whether the current device runs the tensor-core kernel: sm_80 or newer (cp.async, bf16 MMA)
-// with enough shared memory per block (not sm_86 / sm_89's 99 KiB).
+// with enough shared memory per block (not sm_86 / sm_89's 99 KiB). Asked of the driver once per
+// device: every launch wants the answer.
 absl::StatusOr<bool> TensorCoresFit() {
-  int device = 0, major = 0, smem = 0;
+  constexpr int kDevices = 64;
+  static std::array<std::atomic<int>, kDevices> known{};  // 0 unknown, 1 no, 2 yes.
+  int device = 0;
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  if (device < kDevices && known[device].load(std::memory_order_relaxed) != 0) {
+    return known[device].load(std::memory_order_relaxed) == 2;
+  }
+  int major = 0, smem = 0;
   MIMO_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   MIMO_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return major >= 8 && static_cast<size_t>(smem) >= kSmemBytes;
+  const bool fit = major >= 8 && static_cast<size_t>(smem) >= kSmemBytes;
+  if (device < kDevices) known[device].store(fit ? 2 : 1, std::memory_order_relaxed);
+  return fit;
 }
 
 // The grid for tiles of bm x bn: (row slots, column tiles) or (column tiles, row tiles, groups).

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -11,6 +12,28 @@
 #include "worker/device_batch.h"
 
 namespace mimo::worker {
+
+namespace {
+
+// `values` (N of them) summed over `group` in place, through a buffer of the ops' memory (what
+// the communicator reads: host memory for Gloo, device memory for NCCL).
+template <typename T, size_t N>
+absl::Status SumOverGroup(kernels::Ops& ops, comm::Communicator& group, T (&values)[N]) {
+  constexpr bool kInt = std::is_same_v<T, int64_t>;
+  static_assert(kInt || std::is_same_v<T, float>);
+  MIMO_ASSIGN_OR_RETURN(kernels::Tensor buffer,
+                        kernels::Tensor::Empty({static_cast<int64_t>(N)},
+                                               kInt ? kernels::DType::kI64 : kernels::DType::kF32,
+                                               ops.allocator(), ops.stream()));
+  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(buffer.data(), values, sizeof(values)));
+  MIMO_RETURN_IF_ERROR(ops.Synchronize());
+  MIMO_RETURN_IF_ERROR(group.AllReduce(buffer.data(), N,
+                                       kInt ? comm::DataType::kInt64 : comm::DataType::kFloat32,
+                                       comm::ReduceOp::kSum));
+  return ops.CopyToHost(values, buffer.data(), sizeof(values));
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                                          const MimoModelConfig& model,
@@ -75,21 +98,10 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     m.tokens += static_cast<int64_t>(b.tokens.size());
     host.push_back(std::move(b));
   }
-  // The group's token counts (host memory for a CPU group, device memory for NCCL): the loss
-  // is averaged over every replica's labelled tokens.
-  MIMO_ASSIGN_OR_RETURN(
-      kernels::Tensor counts,
-      kernels::Tensor::Empty({2}, kernels::DType::kI64, ops_.allocator(), ops_.stream()));
-  MIMO_ASSIGN_OR_RETURN(
-      kernels::Tensor sums,
-      kernels::Tensor::Empty({2}, kernels::DType::kF32, ops_.allocator(), ops_.stream()));
+  // The loss is averaged over every replica's labelled tokens.
   if (dp != nullptr) {
     int64_t both[2] = {m.labelled, m.tokens};
-    MIMO_RETURN_IF_ERROR(ops_.CopyFromHost(counts.data(), both, sizeof(both)));
-    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-    MIMO_RETURN_IF_ERROR(
-        dp->AllReduce(counts.data(), 2, comm::DataType::kInt64, comm::ReduceOp::kSum));
-    MIMO_RETURN_IF_ERROR(ops_.CopyToHost(both, counts.data(), sizeof(both)));
+    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *dp, both));
     m.labelled = both[0];
     m.tokens = both[1];
   }
@@ -97,10 +109,12 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     for (Parameter* p : *set) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
   }
   const float loss_grad = m.labelled > 0 ? 1.0f / static_cast<float>(m.labelled) : 0.0f;
-  double loss_sum = 0;
+  // Each micro-batch's losses stay on the device until the last backward is enqueued: one wait
+  // for all of them.
+  std::vector<kernels::Tensor> losses;
+  std::vector<AuxLossRecord> aux;
   for (const data::HostMicroBatch& b : host) {
     MIMO_ASSIGN_OR_RETURN(DeviceBatch d, UploadMicroBatch(ops_, b, config_));
-    std::vector<AuxLossRecord> aux;
     const StepContext ctx{
         .ops = &ops_,
         .sequences = d.sequences.get(),
@@ -108,14 +122,18 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
         .aux_losses = &aux};
     MIMO_ASSIGN_OR_RETURN(MimoOutput out, model_->Forward(ctx, d.batch));
     MIMO_RETURN_IF_ERROR(model_->Backward(ctx, std::move(out.saved), loss_grad));
+    losses.push_back(std::move(out.loss_sum));
+  }
+  double loss_sum = 0;
+  for (const kernels::Tensor& t : losses) {
     float value = 0;
-    MIMO_RETURN_IF_ERROR(ops_.CopyToHost(&value, out.loss_sum.data(), sizeof(float)));
+    MIMO_RETURN_IF_ERROR(ops_.CopyToHost(&value, t.data(), sizeof(float)));
     loss_sum += value;
-    for (const AuxLossRecord& r : aux) {
-      float losses[2];
-      MIMO_RETURN_IF_ERROR(ops_.CopyToHost(losses, r.losses.data(), sizeof(losses)));
-      m.aux_loss += (losses[0] + losses[1]) / static_cast<double>(options_.micro_batches);
-    }
+  }
+  for (const AuxLossRecord& r : aux) {
+    float pair[2];
+    MIMO_RETURN_IF_ERROR(ops_.CopyToHost(pair, r.losses.data(), sizeof(pair)));
+    m.aux_loss += (pair[0] + pair[1]) / static_cast<double>(options_.micro_batches);
   }
   if (dp != nullptr) {
     // Data parallel: every gradient summed over the replicas (each already carries 1 / the
@@ -125,13 +143,8 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
       MIMO_RETURN_IF_ERROR(dp->AllReduce(p->grad().data(), p->numel(), comm::DataType::kFloat32,
                                          comm::ReduceOp::kSum));
     }
-    const float local[2] = {static_cast<float>(loss_sum), static_cast<float>(m.aux_loss)};
-    MIMO_RETURN_IF_ERROR(ops_.CopyFromHost(sums.data(), local, sizeof(local)));
-    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-    MIMO_RETURN_IF_ERROR(
-        dp->AllReduce(sums.data(), 2, comm::DataType::kFloat32, comm::ReduceOp::kSum));
-    float global[2];
-    MIMO_RETURN_IF_ERROR(ops_.CopyToHost(global, sums.data(), sizeof(global)));
+    float global[2] = {static_cast<float>(loss_sum), static_cast<float>(m.aux_loss)};
+    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *dp, global));
     loss_sum = global[0];
     m.aux_loss = global[1] / static_cast<double>(replicas);
   }

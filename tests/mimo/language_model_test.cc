@@ -23,6 +23,7 @@ using testing::Download;
 using testing::ParametersByName;
 using testing::RandomFloats;
 using testing::Upload;
+using testing::UploadInts;
 
 constexpr int64_t kVocab = 11, kHidden = 8;
 const std::vector<int32_t> kLengths = {3, 1, 5};
@@ -51,13 +52,6 @@ LanguageModelConfig Config(bool moe) {
     c.moe = m;
   }
   return c;
-}
-
-Tensor UploadInts(kernels::Ops& ops, const std::vector<int32_t>& v) {
-  auto t = Tensor::Empty({static_cast<int64_t>(v.size())}, DType::kI32, ops.allocator());
-  EXPECT_TRUE(t.ok());
-  EXPECT_TRUE(ops.CopyFromHost(t->data(), v.data(), t->nbytes()).ok());
-  return *t;
 }
 
 class LanguageModelTest : public ::testing::TestWithParam<bool> {

@@ -24,6 +24,7 @@ using testing::ParametersByName;
 using testing::RandomFloats;
 using testing::RelL2;
 using testing::Upload;
+using testing::UploadInts;
 
 using Results = std::map<std::string, std::vector<double>>;
 
@@ -78,14 +79,6 @@ ModalityEncoderConfig EncoderConfig(EncoderInput input, DType dtype) {
   return c;
 }
 
-Tensor Ints(kernels::Ops& ops, const std::vector<int32_t>& v) {
-  auto t =
-      Tensor::Empty({static_cast<int64_t>(v.size())}, DType::kI32, ops.allocator(), ops.stream());
-  EXPECT_TRUE(t.ok());
-  EXPECT_TRUE(ops.CopyFromHost(t->data(), v.data(), t->nbytes()).ok());
-  return *t;
-}
-
 Results RunLanguageModel(kernels::Ops& ops, DType dtype) {
   Results r;
   const LanguageModelConfig config = LmConfig(dtype);
@@ -106,8 +99,8 @@ Results RunLanguageModel(kernels::Ops& ops, DType dtype) {
   for (int64_t i = 0; i < m; ++i) positions.push_back(static_cast<int32_t>(3 + 9 * i));
   for (int32_t p : positions) tokens[p] = 299, labels[p] = -1;
   const LanguageModelBatch batch{
-      .tokens = Ints(ops, tokens),
-      .labels = Ints(ops, labels),
+      .tokens = UploadInts(ops, tokens),
+      .labels = UploadInts(ops, labels),
       .embeddings = Upload(ops, RandomFloats(m * 128, random), {m, 128}, dtype),
       .embedding_positions = positions};
   std::vector<AuxLossRecord> records;

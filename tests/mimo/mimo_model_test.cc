@@ -21,6 +21,7 @@ using testing::Download;
 using testing::ParametersByName;
 using testing::RandomFloats;
 using testing::Upload;
+using testing::UploadInts;
 
 TransformerConfig Encoder() {
   TransformerConfig t;
@@ -74,13 +75,6 @@ MimoModelConfig Config() {
   return c;
 }
 
-Tensor Ints(kernels::Ops& ops, const std::vector<int32_t>& v) {
-  auto t = Tensor::Empty({static_cast<int64_t>(v.size())}, DType::kI32, ops.allocator());
-  EXPECT_TRUE(t.ok());
-  EXPECT_TRUE(ops.CopyFromHost(t->data(), v.data(), t->nbytes()).ok());
-  return *t;
-}
-
 class MimoModelTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -106,7 +100,7 @@ class MimoModelTest : public ::testing::Test {
     for (int p : batch_.vision_positions) tokens[p] = 10, labels[p] = -1;
     for (int p : batch_.audio_positions) tokens[p] = 10, labels[p] = -1;
     labels[11] = labels[19] = -1;  // No next token after a sequence's last.
-    batch_.text = {.tokens = Ints(*ops_, tokens), .labels = Ints(*ops_, labels)};
+    batch_.text = {.tokens = UploadInts(*ops_, tokens), .labels = UploadInts(*ops_, labels)};
     batch_.vision.input =
         Upload(*ops_, RandomFloats(2 * 2 * 4 * 4, random), {2, 2, 4, 4}, DType::kF32);
     batch_.audio.frames = {4, 2};

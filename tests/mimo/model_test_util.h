@@ -50,6 +50,15 @@ inline kernels::Tensor Upload(kernels::Ops& ops, const std::vector<float>& value
   return *t;
 }
 
+// A new (n,) int32 tensor on the ops' device holding `values` (token ids, labels).
+inline kernels::Tensor UploadInts(kernels::Ops& ops, const std::vector<int32_t>& values) {
+  auto t = kernels::Tensor::Empty({static_cast<int64_t>(values.size())}, kernels::DType::kI32,
+                                  ops.allocator(), ops.stream());
+  EXPECT_TRUE(t.ok()) << t.status();
+  EXPECT_TRUE(ops.CopyFromHost(t->data(), values.data(), t->nbytes()).ok());
+  return *t;
+}
+
 // The elements of a bf16 or f32 tensor, in double.
 inline std::vector<double> Download(kernels::Ops& ops, const kernels::Tensor& t) {
   std::vector<double> out(t.numel());
