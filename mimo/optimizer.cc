@@ -104,6 +104,12 @@ absl::StatusOr<std::unique_ptr<AdamWOptimizer>> AdamWOptimizer::Create(
 
 absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Step(kernels::Ops& ops,
                                                         comm::Communicator* norm_group) {
+  MIMO_ASSIGN_OR_RETURN(const float squared, SquaredGradNorm(ops, norm_group));
+  return Apply(ops, squared);
+}
+
+absl::StatusOr<float> AdamWOptimizer::SquaredGradNorm(kernels::Ops& ops,
+                                                      comm::Communicator* norm_group) {
   MIMO_RETURN_IF_ERROR(SumSquares(ops, replicated_));
   MIMO_RETURN_IF_ERROR(SumSquares(ops, sharded_));
   if (norm_group != nullptr && norm_group->size() > 1) {
@@ -114,7 +120,10 @@ absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Step(kernels::Ops& ops,
   float replicated = 0, sharded = 0;
   MIMO_RETURN_IF_ERROR(ops.CopyToHost(&replicated, replicated_.total.data(), sizeof(float)));
   MIMO_RETURN_IF_ERROR(ops.CopyToHost(&sharded, sharded_.total.data(), sizeof(float)));
-  const double sum = static_cast<double>(replicated) + sharded;
+  return replicated + sharded;
+}
+
+absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Apply(kernels::Ops& ops, double sum) {
   OptimizerStepStats stats;
   stats.step = steps_ + 1;
   stats.lr = LearningRate(config_, stats.step);

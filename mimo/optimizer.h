@@ -56,9 +56,17 @@ class AdamWOptimizer {
   // One update from the parameters' gradients. `norm_group` (optional, not owned): the ranks
   // whose sharded parameters together make the model (the expert-parallel group): the sharded
   // gradients' squared norms are summed over it, the others counted once (every member must
-  // call Step together). Waits for the device once, for the norm.
+  // call Step together). Waits for the device once, for the norm. Same as
+  // Apply(ops, SquaredGradNorm(ops, norm_group)).
   absl::StatusOr<OptimizerStepStats> Step(kernels::Ops& ops,
                                           comm::Communicator* norm_group = nullptr);
+  // The squared L2 norm of this rank's part of the model's gradients, as Step counts it.
+  absl::StatusOr<float> SquaredGradNorm(kernels::Ops& ops,
+                                        comm::Communicator* norm_group = nullptr);
+  // The update with the whole model's squared gradient norm given (this rank's part plus the
+  // other ranks' parts: modules on their own ranks): clipping and the skip on a non-finite norm
+  // follow it, so every rank given the same value takes the same decision.
+  absl::StatusOr<OptimizerStepStats> Apply(kernels::Ops& ops, double squared_norm);
   int64_t steps() const { return steps_; }
 
  private:

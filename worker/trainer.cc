@@ -1,4 +1,6 @@
-// Trainer::Step: pack, upload, forward/backward per micro-batch, optimizer, metrics.
+// Trainer::Step: pack, upload, forward/backward per micro-batch (embeddings and their gradients
+// over the bridge links when the modules live on their own ranks), the gradient sums, the norm
+// over the whole model, the optimizer and the metrics.
 #include "worker/trainer.h"
 
 #include <algorithm>
@@ -6,14 +8,24 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "data/micro_batch.h"
 #include "mimo/expert_load.h"
+#include "mimo/tensor_checks.h"
 #include "worker/device_batch.h"
 
 namespace mimo::worker {
 
 namespace {
+
+using kernels::Tensor;
+
+constexpr int kVision = 0, kAudio = 1;  // Indices of the encoders.
+
+const char* EncoderName(int x) { return x == kVision ? "vision" : "audio"; }
+int EncoderIndex(ModelPart part) { return part == ModelPart::kVision ? kVision : kAudio; }
+bool IsEncoder(ModelPart part) { return part == ModelPart::kVision || part == ModelPart::kAudio; }
 
 // `values` (N of them) summed over `group` in place, through a buffer of the ops' memory (what
 // the communicator reads: host memory for Gloo, device memory for NCCL).
@@ -21,10 +33,10 @@ template <typename T, size_t N>
 absl::Status SumOverGroup(kernels::Ops& ops, comm::Communicator& group, T (&values)[N]) {
   constexpr bool kInt = std::is_same_v<T, int64_t>;
   static_assert(kInt || std::is_same_v<T, float>);
-  MIMO_ASSIGN_OR_RETURN(kernels::Tensor buffer,
-                        kernels::Tensor::Empty({static_cast<int64_t>(N)},
-                                               kInt ? kernels::DType::kI64 : kernels::DType::kF32,
-                                               ops.allocator(), ops.stream()));
+  MIMO_ASSIGN_OR_RETURN(
+      Tensor buffer,
+      Tensor::Empty({static_cast<int64_t>(N)}, kInt ? kernels::DType::kI64 : kernels::DType::kF32,
+                    ops.allocator(), ops.stream()));
   MIMO_RETURN_IF_ERROR(ops.CopyFromHost(buffer.data(), values, sizeof(values)));
   MIMO_RETURN_IF_ERROR(ops.Synchronize());
   MIMO_RETURN_IF_ERROR(group.AllReduce(buffer.data(), N,
@@ -33,7 +45,133 @@ absl::Status SumOverGroup(kernels::Ops& ops, comm::Communicator& group, T (&valu
   return ops.CopyToHost(values, buffer.data(), sizeof(values));
 }
 
+// One float to or from the other end of a link, through the ops' memory.
+absl::Status SendFloat(kernels::Ops& ops, const BridgeEnd& link, float value) {
+  MIMO_ASSIGN_OR_RETURN(Tensor buffer,
+                        Tensor::Empty({1}, kernels::DType::kF32, ops.allocator(), ops.stream()));
+  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(buffer.data(), &value, sizeof(value)));
+  MIMO_RETURN_IF_ERROR(ops.Synchronize());
+  return link.group->Send(buffer.data(), 1, comm::DataType::kFloat32, 1 - link.group->rank());
+}
+
+absl::StatusOr<float> RecvFloat(kernels::Ops& ops, const BridgeEnd& link) {
+  MIMO_ASSIGN_OR_RETURN(Tensor buffer,
+                        Tensor::Empty({1}, kernels::DType::kF32, ops.allocator(), ops.stream()));
+  MIMO_RETURN_IF_ERROR(ops.Synchronize());
+  MIMO_RETURN_IF_ERROR(
+      link.group->Recv(buffer.data(), 1, comm::DataType::kFloat32, 1 - link.group->rank()));
+  float value = 0;
+  MIMO_RETURN_IF_ERROR(ops.CopyToHost(&value, buffer.data(), sizeof(value)));
+  return value;
+}
+
+// Rows [row, row + rows) of `t` (rows, width) to or from the other end of `link`.
+absl::Status SendRows(const BridgeEnd& link, const Tensor& t, int64_t row, int64_t rows) {
+  if (rows == 0) return absl::OkStatus();
+  const int64_t width = t.size(1);
+  const auto type =
+      t.dtype() == kernels::DType::kBF16 ? comm::DataType::kBFloat16 : comm::DataType::kFloat32;
+  return link.group->Send(RowAt(t, row, width), static_cast<size_t>(rows * width), type,
+                          1 - link.group->rank());
+}
+
+absl::Status RecvRows(const BridgeEnd& link, const Tensor& t, int64_t row, int64_t rows) {
+  if (rows == 0) return absl::OkStatus();
+  const int64_t width = t.size(1);
+  const auto type =
+      t.dtype() == kernels::DType::kBF16 ? comm::DataType::kBFloat16 : comm::DataType::kFloat32;
+  return link.group->Recv(RowAt(t, row, width), static_cast<size_t>(rows * width), type,
+                          1 - link.group->rank());
+}
+
+// The replicas of a module with `peer_dp` of them that replica `own` of a module with `own_dp`
+// exchanges samples with (parallel/bridge.h's pairing, the same seen from either side).
+std::vector<int> ExpectedPeers(int own, int own_dp, int peer_dp) {
+  if (own_dp >= peer_dp) return {own / (own_dp / peer_dp)};
+  std::vector<int> peers;
+  for (int p = own * (peer_dp / own_dp); p < (own + 1) * (peer_dp / own_dp); ++p) {
+    peers.push_back(p);
+  }
+  return peers;
+}
+
+// Sorts `links` by peer replica and checks they are the ones the layout pairs this replica with.
+absl::Status CheckLinks(std::vector<BridgeEnd>& links, int encoder, bool encoder_side, int own,
+                        int own_dp, int64_t micro_batch_size) {
+  const std::string what = absl::StrCat("TrainerOptions: the ", EncoderName(encoder), " links");
+  if (links.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": none given"));
+  std::sort(links.begin(), links.end(),
+            [](const BridgeEnd& a, const BridgeEnd& b) { return a.peer_replica < b.peer_replica; });
+  const int peer_dp = links[0].peer_dp;
+  std::vector<int> peers;
+  for (const BridgeEnd& l : links) {
+    if (l.group == nullptr || l.group->size() != 2 || l.group->rank() != (encoder_side ? 0 : 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": each needs a group of two members with the encoder end at rank 0"));
+    }
+    if (l.peer_dp != peer_dp) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": peer_dp differs between links"));
+    }
+    peers.push_back(l.peer_replica);
+  }
+  const int language_dp = encoder_side ? peer_dp : own_dp;
+  const int encoder_dp = encoder_side ? own_dp : peer_dp;
+  if (peer_dp < 1 || (language_dp % encoder_dp != 0 && encoder_dp % language_dp != 0) ||
+      (language_dp * micro_batch_size) % encoder_dp != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": the encoder's data-parallel size ", encoder_dp, " and the language model's ",
+        language_dp, " must divide one another, and the encoder's must divide the ",
+        language_dp * micro_batch_size, " samples of a global micro-batch"));
+  }
+  const std::vector<int> want = ExpectedPeers(own, own_dp, peer_dp);
+  if (peers != want) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " of replica ", own, " of ", own_dp, " reach replicas [", absl::StrJoin(peers, ","),
+        "] of ", peer_dp, "; the layout pairs it with [", absl::StrJoin(want, ","), "]"));
+  }
+  return absl::OkStatus();
+}
+
+// The rows encoder `x` makes for each sample.
+std::vector<int64_t> RowsPerSample(const MimoModelConfig& config, int x,
+                                   const std::vector<data::Sample>& samples) {
+  std::vector<int64_t> rows;
+  for (const data::Sample& s : samples) {
+    rows.push_back(x == kVision ? config.vision->max_tokens()
+                                : s.audio_frames / config.audio->frames_per_token);
+  }
+  return rows;
+}
+
+// Sum of rows[i] over i in [begin, end).
+int64_t SumRows(const std::vector<int64_t>& rows, int64_t begin, int64_t end) {
+  int64_t sum = 0;
+  for (int64_t i = begin; i < end; ++i) sum += rows[i];
+  return sum;
+}
+
 }  // namespace
+
+struct Trainer::Modules {
+  std::unique_ptr<ModalityEncoder> encoders[2];  // Vision, audio; null where not on this rank.
+  std::unique_ptr<LanguageModel> language;       // Null on encoder ranks.
+  std::vector<BridgeEnd> links[2];               // Per encoder, by peer replica.
+  int language_dp = 1;                           // L.
+  int encoder_dp[2] = {1, 1};                    // E of each encoder.
+};
+
+Trainer::Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
+                 std::unique_ptr<Modules> modules, std::unique_ptr<AdamWOptimizer> optimizer,
+                 std::vector<Parameter*> dense, std::vector<Parameter*> experts)
+    : ops_(ops),
+      config_(config),
+      options_(options),
+      modules_(std::move(modules)),
+      optimizer_(std::move(optimizer)),
+      dense_(std::move(dense)),
+      experts_(std::move(experts)) {}
+
+Trainer::~Trainer() = default;
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                                          const MimoModelConfig& model,
@@ -43,6 +181,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
         "TrainerOptions: needs micro_batch_size, micro_batches and seq_length >= 1, got ",
         options.micro_batch_size, ", ", options.micro_batches, ", ", options.seq_length));
   }
+  MIMO_RETURN_IF_ERROR(ValidateMimoModelConfig(model));
   TrainerOptions o = options;
   if (model.vision.has_value()) {
     o.data.image_size = model.vision->image_size;
@@ -59,73 +198,304 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
         "Trainer: expert tensor parallelism (expt_tp > 1) is not yet supported by the training "
         "step");
   }
+  const bool has[2] = {model.vision.has_value(), model.audio.has_value()};
+  const int dp_size = ModelGroups::Size(o.dp), dp_rank = ModelGroups::Rank(o.dp);
+  auto modules = std::make_unique<Modules>();
+  for (const BridgeEnd& l : o.links) {
+    if (!IsEncoder(l.encoder) || !has[EncoderIndex(l.encoder)]) {
+      return absl::InvalidArgumentError(
+          "TrainerOptions: a link for an encoder the model does not have");
+    }
+    modules->links[EncoderIndex(l.encoder)].push_back(l);
+  }
+  const bool language = o.part == ModelPart::kWhole || o.part == ModelPart::kLanguage;
+  if (o.part == ModelPart::kWhole && !o.links.empty()) {
+    return absl::InvalidArgumentError("TrainerOptions: the whole model on a rank takes no links");
+  }
+  if (language) {
+    modules->language_dp = dp_size;
+    for (int x : {kVision, kAudio}) {
+      modules->encoder_dp[x] = dp_size;  // kWhole: the encoders are replicated with the rest.
+      if (!has[x] || o.part == ModelPart::kWhole) continue;
+      MIMO_RETURN_IF_ERROR(
+          CheckLinks(modules->links[x], x, false, dp_rank, dp_size, o.micro_batch_size));
+      modules->encoder_dp[x] = modules->links[x][0].peer_dp;
+    }
+  } else {
+    const int x = EncoderIndex(o.part);
+    if (!has[x]) {
+      return absl::InvalidArgumentError(absl::StrCat("TrainerOptions: the part is the ",
+                                                     EncoderName(x),
+                                                     " encoder, which the model does not have"));
+    }
+    MIMO_RETURN_IF_ERROR(
+        CheckLinks(modules->links[x], x, true, dp_rank, dp_size, o.micro_batch_size));
+    modules->language_dp = modules->links[x][0].peer_dp;
+    modules->encoder_dp[x] = dp_size;
+  }
+  // The modules are built as MimoModel builds them (the same names, so the same initial values).
   BuildContext build{
       .ops = &ops, .config = &model.language.transformer, .seed = o.seed, .groups = o.groups};
-  MIMO_ASSIGN_OR_RETURN(auto built, MimoModel::Create(build, model));
+  const std::optional<ModalityEncoderConfig>* configs[2] = {&model.vision, &model.audio};
+  for (int x : {kVision, kAudio}) {
+    const bool here =
+        o.part == ModelPart::kWhole || (IsEncoder(o.part) && EncoderIndex(o.part) == x);
+    if (!has[x] || !here) continue;
+    MIMO_ASSIGN_OR_RETURN(modules->encoders[x],
+                          ModalityEncoder::Create(build.Child(EncoderName(x)), **configs[x]));
+  }
+  if (language) {
+    MIMO_ASSIGN_OR_RETURN(modules->language,
+                          LanguageModel::Create(build.Child("language"), model.language));
+  }
   std::vector<Parameter*> all, experts, dense;
-  built->AppendParameters(all);
-  for (MoeLayer* layer : built->moe_layers()) layer->AppendExpertParameters(experts);
+  for (const auto& e : modules->encoders) {
+    if (e != nullptr) e->AppendParameters(all);
+  }
+  if (modules->language != nullptr) {
+    modules->language->AppendParameters(all);
+    for (MoeLayer* layer : modules->language->moe_layers()) layer->AppendExpertParameters(experts);
+  }
   for (Parameter* p : all) {
     if (std::find(experts.begin(), experts.end(), p) == experts.end()) dense.push_back(p);
   }
   MIMO_ASSIGN_OR_RETURN(auto optimizer, AdamWOptimizer::Create(ops, o.optimizer, dense, experts));
-  return std::unique_ptr<Trainer>(new Trainer(ops, model, o, std::move(built), std::move(optimizer),
-                                              std::move(dense), std::move(experts)));
+  return std::unique_ptr<Trainer>(new Trainer(ops, model, o, std::move(modules),
+                                              std::move(optimizer), std::move(dense),
+                                              std::move(experts)));
+}
+
+void Trainer::AppendParameters(std::vector<Parameter*>& out) const {
+  for (const auto& e : modules_->encoders) {
+    if (e != nullptr) e->AppendParameters(out);
+  }
+  if (modules_->language != nullptr) modules_->language->AppendParameters(out);
+}
+
+absl::Status Trainer::SumGradients(comm::Communicator* group,
+                                   const std::vector<Parameter*>& params) {
+  if (group == nullptr || group->size() == 1 || params.empty()) return absl::OkStatus();
+  MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+  for (Parameter* p : params) {
+    MIMO_RETURN_IF_ERROR(group->AllReduce(p->grad().data(), p->numel(), comm::DataType::kFloat32,
+                                          comm::ReduceOp::kSum));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<StepMetrics> Trainer::Step() {
   const auto start = std::chrono::steady_clock::now();
+  const int64_t base = position_;
+  position_ += modules_->language_dp * options_.micro_batches * options_.micro_batch_size;
+  for (const auto* set : {&dense_, &experts_}) {
+    for (Parameter* p : *set) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
+  }
+  StepMetrics m;
+  const bool language = modules_->language != nullptr;
+  if (language) {
+    MIMO_RETURN_IF_ERROR(LanguageStep(base, m));
+  } else {
+    MIMO_RETURN_IF_ERROR(EncoderStep(base));
+  }
+  // Every gradient summed over its module's replicas (each already carries 1 / the labelled
+  // tokens of the step). The routed experts see every dp rank's tokens through the all-to-all:
+  // theirs are summed over the ranks holding the same experts only.
+  MIMO_RETURN_IF_ERROR(SumGradients(options_.dp, dense_));
+  comm::Communicator* expt_dp = options_.expt_dp;
+  if (expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1) expt_dp = options_.dp;
+  MIMO_RETURN_IF_ERROR(SumGradients(expt_dp, experts_));
+  MIMO_ASSIGN_OR_RETURN(const float squared, WholeModelSquaredNorm());
+  MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, optimizer_->Apply(ops_, squared));
+  m.step = stats.step;
+  m.lr = stats.lr;
+  m.grad_norm = stats.grad_norm;
+  m.skipped = stats.skipped;
+  if (language) {
+    MIMO_ASSIGN_OR_RETURN(
+        ExpertLoads loads,
+        FinishExpertLoadStep(ops_, modules_->language->moe_layers(), options_.dp));
+    for (const std::vector<int64_t>& layer : loads) {
+      m.expert_load.resize(layer.size(), 0);
+      for (size_t e = 0; e < layer.size(); ++e) m.expert_load[e] += layer[e];
+    }
+  }
+  MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+  m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return m;
+}
+
+// The squared gradient norm of the whole model, the same value on every rank: the language
+// ranks add the encoders' parts (sent up the links) to theirs and send the total back down.
+absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
+  const bool language = modules_->language != nullptr;
+  MIMO_ASSIGN_OR_RETURN(const float local,
+                        optimizer_->SquaredGradNorm(ops_, language ? options_.groups.ep : nullptr));
+  if (options_.part == ModelPart::kWhole) return local;
+  if (!language) {
+    const std::vector<BridgeEnd>& links = modules_->links[EncoderIndex(options_.part)];
+    for (const BridgeEnd& l : links) MIMO_RETURN_IF_ERROR(SendFloat(ops_, l, local));
+    float total = 0;
+    for (size_t i = 0; i < links.size(); ++i) {
+      MIMO_ASSIGN_OR_RETURN(const float t, RecvFloat(ops_, links[i]));
+      if (i == 0) total = t;  // Every language replica computes the same total.
+    }
+    return total;
+  }
+  float encoder[2] = {0, 0};
+  for (int x : {kVision, kAudio}) {
+    const std::vector<BridgeEnd>& links = modules_->links[x];
+    for (size_t i = 0; i < links.size(); ++i) {
+      MIMO_ASSIGN_OR_RETURN(const float s, RecvFloat(ops_, links[i]));
+      if (i == 0) encoder[x] = s;  // The encoder's replicas hold the same gradients.
+    }
+  }
+  const float total = local + encoder[kVision] + encoder[kAudio];
+  for (int x : {kVision, kAudio}) {
+    for (const BridgeEnd& l : modules_->links[x]) MIMO_RETURN_IF_ERROR(SendFloat(ops_, l, total));
+  }
+  return total;
+}
+
+absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
+  const int64_t mbs = options_.micro_batch_size, k = options_.micro_batches * mbs;
+  const int64_t replicas = modules_->language_dp;
+  const int64_t replica = ModelGroups::Rank(options_.dp);
+  const int64_t hidden = config_.language.transformer.hidden_size;
+  const kernels::DType dtype = config_.language.transformer.dtype;
+  const bool whole = options_.part == ModelPart::kWhole;
+  const bool has[2] = {config_.vision.has_value(), config_.audio.has_value()};
   const data::MicroBatchOptions pack{
       .seq_length = options_.seq_length,
-      .image_tokens = config_.vision.has_value() ? config_.vision->max_tokens() : 0,
-      .frames_per_token = config_.audio.has_value() ? config_.audio->frames_per_token : 0};
+      .image_tokens = has[kVision] ? config_.vision->max_tokens() : 0,
+      .frames_per_token = has[kAudio] ? config_.audio->frames_per_token : 0};
+  // Encoders on other ranks: their inputs are not uploaded here.
+  MimoModelConfig upload = config_;
+  if (!whole) {
+    upload.vision.reset();
+    upload.audio.reset();
+  }
   // Every micro-batch packed first: the loss is averaged over the whole step's labels.
-  comm::Communicator* dp =
-      options_.dp != nullptr && options_.dp->size() > 1 ? options_.dp : nullptr;
-  const int64_t replicas = dp != nullptr ? dp->size() : 1, rank = dp != nullptr ? dp->rank() : 0;
-  const int64_t per_rank = options_.micro_batches * options_.micro_batch_size;
-  int64_t next = position_ + rank * per_rank;
-  position_ += replicas * per_rank;
+  std::vector<std::vector<data::Sample>> samples(options_.micro_batches);
   std::vector<data::HostMicroBatch> host;
-  StepMetrics m;
   for (int64_t i = 0; i < options_.micro_batches; ++i) {
-    std::vector<data::Sample> samples;
-    for (int64_t j = 0; j < options_.micro_batch_size; ++j) {
-      samples.push_back(data::MakeSyntheticSample(options_.data, next++));
+    for (int64_t j = 0; j < mbs; ++j) {
+      samples[i].push_back(
+          data::MakeSyntheticSample(options_.data, base + replica * k + i * mbs + j));
     }
-    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackSamples(samples, pack));
+    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackSamples(samples[i], pack));
     m.labelled += b.labelled;
     m.tokens += static_cast<int64_t>(b.tokens.size());
     host.push_back(std::move(b));
   }
-  // The loss is averaged over every replica's labelled tokens.
+  comm::Communicator* dp = replicas > 1 ? options_.dp : nullptr;
   if (dp != nullptr) {
     int64_t both[2] = {m.labelled, m.tokens};
     MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *dp, both));
     m.labelled = both[0];
     m.tokens = both[1];
   }
-  for (const auto* set : {&dense_, &experts_}) {
-    for (Parameter* p : *set) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
-  }
   const float loss_grad = m.labelled > 0 ? 1.0f / static_cast<float>(m.labelled) : 0.0f;
+  // A remote encoder's rows of one micro-batch per link, for the gradients sent back after the
+  // last backward (the encoders run their backward once every language replica is done).
+  struct Pending {
+    Tensor dembeddings;                 // (M, C): vision rows, then audio rows.
+    std::vector<int64_t> link_rows[2];  // Per encoder, per link.
+  };
+  std::vector<Pending> pending;
   // Each micro-batch's losses stay on the device until the last backward is enqueued: one wait
   // for all of them.
-  std::vector<kernels::Tensor> losses;
+  std::vector<Tensor> losses;
   std::vector<AuxLossRecord> aux;
-  for (const data::HostMicroBatch& b : host) {
-    MIMO_ASSIGN_OR_RETURN(DeviceBatch d, UploadMicroBatch(ops_, b, config_));
+  for (int64_t i = 0; i < options_.micro_batches; ++i) {
+    const data::HostMicroBatch& b = host[i];
+    MIMO_ASSIGN_OR_RETURN(DeviceBatch d, UploadMicroBatch(ops_, b, upload));
     const StepContext ctx{
         .ops = &ops_,
         .sequences = d.sequences.get(),
         .loss_scale = 1.0f / static_cast<float>(options_.micro_batches * replicas),
         .aux_losses = &aux};
-    MIMO_ASSIGN_OR_RETURN(MimoOutput out, model_->Forward(ctx, d.batch));
-    MIMO_RETURN_IF_ERROR(model_->Backward(ctx, std::move(out.saved), loss_grad));
+    const std::vector<int32_t>* positions[2] = {&b.vision_positions, &b.audio_positions};
+    const EncoderBatch* inputs[2] = {&d.batch.vision, &d.batch.audio};
+    const int64_t rows[2] = {static_cast<int64_t>(positions[kVision]->size()),
+                             static_cast<int64_t>(positions[kAudio]->size())};
+    LanguageModelBatch text = d.batch.text;
+    text.embedding_positions.clear();
+    if (rows[kVision] + rows[kAudio] > 0) {
+      MIMO_ASSIGN_OR_RETURN(text.embeddings, Tensor::Empty({rows[kVision] + rows[kAudio], hidden},
+                                                           dtype, ops_.allocator(), ops_.stream()));
+    }
+    Pending p;
+    std::unique_ptr<SavedActivations> saved[2];
+    for (int x : {kVision, kAudio}) {
+      if (rows[x] == 0) continue;
+      const int64_t offset = x == kVision ? 0 : rows[kVision];
+      text.embedding_positions.insert(text.embedding_positions.end(), positions[x]->begin(),
+                                      positions[x]->end());
+      if (whole) {
+        MIMO_ASSIGN_OR_RETURN(EncoderOutput out, modules_->encoders[x]->Forward(ctx, *inputs[x]));
+        if (out.embeddings.size(0) != rows[x]) {
+          return absl::InternalError(absl::StrCat("the ", EncoderName(x), " encoder made ",
+                                                  out.embeddings.size(0), " tokens for ", rows[x],
+                                                  " placeholders"));
+        }
+        MIMO_RETURN_IF_ERROR(ops_.Copy(RowAt(text.embeddings, offset, hidden),
+                                       out.embeddings.data(), out.embeddings.nbytes()));
+        saved[x] = std::move(out.saved);
+        continue;
+      }
+      // The rows of this replica's samples [replica * mbs, (replica + 1) * mbs) of the global
+      // micro-batch, from the encoder replicas whose blocks hold them, in sample order.
+      const std::vector<int64_t> per_sample = RowsPerSample(config_, x, samples[i]);
+      const int64_t block = replicas * mbs / modules_->encoder_dp[x];
+      int64_t row = offset;
+      for (const BridgeEnd& l : modules_->links[x]) {
+        const int64_t from = std::max(l.peer_replica * block, replica * mbs) - replica * mbs;
+        const int64_t to =
+            std::min((l.peer_replica + 1) * block, (replica + 1) * mbs) - replica * mbs;
+        const int64_t n = SumRows(per_sample, from, to);
+        MIMO_RETURN_IF_ERROR(RecvRows(l, text.embeddings, row, n));
+        p.link_rows[x].push_back(n);
+        row += n;
+      }
+      if (row != offset + rows[x]) {
+        return absl::InternalError(absl::StrCat("the ", EncoderName(x), " links bring ",
+                                                row - offset, " rows for ", rows[x],
+                                                " placeholders"));
+      }
+    }
+    MIMO_ASSIGN_OR_RETURN(LanguageModelOutput out, modules_->language->Forward(ctx, text));
+    MIMO_ASSIGN_OR_RETURN(Tensor dembeddings,
+                          modules_->language->Backward(ctx, std::move(out.saved), loss_grad));
     losses.push_back(std::move(out.loss_sum));
+    if (whole) {
+      for (int x : {kVision, kAudio}) {
+        if (rows[x] == 0) continue;
+        const int64_t offset = x == kVision ? 0 : rows[kVision];
+        MIMO_ASSIGN_OR_RETURN(Tensor dx, dembeddings.Slice(0, offset, offset + rows[x]));
+        MIMO_RETURN_IF_ERROR(modules_->encoders[x]->Backward(ctx, std::move(saved[x]), dx));
+      }
+    } else {
+      p.dembeddings = std::move(dembeddings);
+      pending.push_back(std::move(p));
+    }
+  }
+  if (!whole) {
+    // The embeddings' gradients back to the encoders, micro-batch by micro-batch, in the order
+    // the rows came.
+    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+    for (const Pending& p : pending) {
+      int64_t row = 0;
+      for (int x : {kVision, kAudio}) {
+        for (size_t n = 0; n < p.link_rows[x].size(); ++n) {
+          MIMO_RETURN_IF_ERROR(
+              SendRows(modules_->links[x][n], p.dembeddings, row, p.link_rows[x][n]));
+          row += p.link_rows[x][n];
+        }
+      }
+    }
   }
   double loss_sum = 0;
-  for (const kernels::Tensor& t : losses) {
+  for (const Tensor& t : losses) {
     float value = 0;
     MIMO_RETURN_IF_ERROR(ops_.CopyToHost(&value, t.data(), sizeof(float)));
     loss_sum += value;
@@ -136,45 +506,90 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     m.aux_loss += (pair[0] + pair[1]) / static_cast<double>(options_.micro_batches);
   }
   if (dp != nullptr) {
-    // Data parallel: every gradient summed over the replicas (each already carries 1 / the
-    // group's labelled tokens), and the reported losses too.
-    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-    for (Parameter* p : dense_) {
-      MIMO_RETURN_IF_ERROR(dp->AllReduce(p->grad().data(), p->numel(), comm::DataType::kFloat32,
-                                         comm::ReduceOp::kSum));
-    }
     float global[2] = {static_cast<float>(loss_sum), static_cast<float>(m.aux_loss)};
     MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *dp, global));
     loss_sum = global[0];
     m.aux_loss = global[1] / static_cast<double>(replicas);
   }
   m.loss = m.labelled > 0 ? loss_sum / static_cast<double>(m.labelled) : 0.0;
-  // Each rank's experts see every dp rank's tokens through the all-to-all: their gradients are
-  // summed over the ranks holding the same experts only.
-  comm::Communicator* expt_dp = options_.expt_dp;
-  if (expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1) expt_dp = dp;
-  if (expt_dp != nullptr && expt_dp->size() == 1) expt_dp = nullptr;
-  if (expt_dp != nullptr) {
-    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-    for (Parameter* p : experts_) {
-      MIMO_RETURN_IF_ERROR(expt_dp->AllReduce(p->grad().data(), p->numel(),
-                                              comm::DataType::kFloat32, comm::ReduceOp::kSum));
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::EncoderStep(int64_t base) {
+  const int x = EncoderIndex(options_.part);
+  ModalityEncoder& encoder = *modules_->encoders[x];
+  const std::vector<BridgeEnd>& links = modules_->links[x];
+  const int64_t mbs = options_.micro_batch_size, k = options_.micro_batches * mbs;
+  const int64_t block = modules_->language_dp * mbs / modules_->encoder_dp[x];
+  const int64_t first = ModelGroups::Rank(options_.dp) * block;  // In the global micro-batch.
+  const int64_t hidden = config_.language.transformer.hidden_size;
+  const data::MicroBatchOptions pack{
+      .seq_length = options_.seq_length,
+      .image_tokens = config_.vision.has_value() ? config_.vision->max_tokens() : 0,
+      .frames_per_token = config_.audio.has_value() ? config_.audio->frames_per_token : 0};
+  MimoModelConfig upload = config_;  // Only this encoder's inputs.
+  (x == kVision ? upload.audio : upload.vision).reset();
+  struct Pending {
+    DeviceBatch batch;
+    std::unique_ptr<SavedActivations> saved;
+    std::vector<int64_t> link_rows;
+    int64_t rows = 0;
+  };
+  std::vector<Pending> pending;
+  std::vector<AuxLossRecord> aux;  // Encoders make none.
+  for (int64_t i = 0; i < options_.micro_batches; ++i) {
+    // Position j of the global micro-batch is sample j % mbs of language replica j / mbs.
+    std::vector<data::Sample> samples;
+    for (int64_t j = first; j < first + block; ++j) {
+      samples.push_back(
+          data::MakeSyntheticSample(options_.data, base + (j / mbs) * k + i * mbs + j % mbs));
     }
+    // Packed as the language ranks pack them (the same checks fail the same way).
+    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch host, data::PackSamples(samples, pack));
+    Pending p;
+    MIMO_ASSIGN_OR_RETURN(p.batch, UploadMicroBatch(ops_, host, upload));
+    const std::vector<int64_t> per_sample = RowsPerSample(config_, x, samples);
+    for (const BridgeEnd& l : links) {
+      const int64_t from = std::max(first, l.peer_replica * mbs) - first;
+      const int64_t to = std::min(first + block, (l.peer_replica + 1) * mbs) - first;
+      p.link_rows.push_back(SumRows(per_sample, from, to));
+      p.rows += p.link_rows.back();
+    }
+    if (p.rows > 0) {
+      const StepContext ctx{.ops = &ops_, .sequences = p.batch.sequences.get(), .aux_losses = &aux};
+      MIMO_ASSIGN_OR_RETURN(
+          EncoderOutput out,
+          encoder.Forward(ctx, x == kVision ? p.batch.batch.vision : p.batch.batch.audio));
+      if (out.embeddings.size(0) != p.rows) {
+        return absl::InternalError(absl::StrCat("the ", EncoderName(x), " encoder made ",
+                                                out.embeddings.size(0), " tokens for ", p.rows,
+                                                " placeholders"));
+      }
+      p.saved = std::move(out.saved);
+      MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+      int64_t row = 0;
+      for (size_t n = 0; n < links.size(); ++n) {
+        MIMO_RETURN_IF_ERROR(SendRows(links[n], out.embeddings, row, p.link_rows[n]));
+        row += p.link_rows[n];
+      }
+    }
+    pending.push_back(std::move(p));
   }
-  MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, optimizer_->Step(ops_, options_.groups.ep));
-  m.step = stats.step;
-  m.lr = stats.lr;
-  m.grad_norm = stats.grad_norm;
-  m.skipped = stats.skipped;
-  const std::vector<MoeLayer*> layers = model_->moe_layers();
-  MIMO_ASSIGN_OR_RETURN(ExpertLoads loads, FinishExpertLoadStep(ops_, layers, dp));
-  for (const std::vector<int64_t>& layer : loads) {
-    m.expert_load.resize(layer.size(), 0);
-    for (size_t e = 0; e < layer.size(); ++e) m.expert_load[e] += layer[e];
+  // The gradients come back once every language replica has run its micro-batches.
+  for (Pending& p : pending) {
+    if (p.rows == 0) continue;
+    MIMO_ASSIGN_OR_RETURN(Tensor grad,
+                          Tensor::Empty({p.rows, hidden}, config_.language.transformer.dtype,
+                                        ops_.allocator(), ops_.stream()));
+    int64_t row = 0;
+    for (size_t n = 0; n < links.size(); ++n) {
+      MIMO_RETURN_IF_ERROR(RecvRows(links[n], grad, row, p.link_rows[n]));
+      row += p.link_rows[n];
+    }
+    const StepContext ctx{.ops = &ops_, .sequences = p.batch.sequences.get(), .aux_losses = &aux};
+    MIMO_RETURN_IF_ERROR(encoder.Backward(ctx, std::move(p.saved), grad));
   }
-  MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-  m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return m;
+  return absl::OkStatus();
 }
 
 }  // namespace mimo::worker

@@ -1,9 +1,11 @@
-// Training one MIMO model replica, alone or data parallel: each step packs this rank's
-// micro-batches of synthetic samples, runs forward and backward on each (gradients accumulated,
-// the loss averaged over the whole step's labelled tokens on every replica, auxiliary losses
-// over its micro-batches), sums the gradients over the data-parallel group, then the optimizer
-// update and the per-expert load; it reports the step's metrics. The whole model on every rank
-// of the group (modules on their own ranks and expert parallelism build on this).
+// Training the MIMO model on a rank, alone, data parallel, or with its modules on their own
+// ranks: each step packs this rank's micro-batches of synthetic samples, runs forward and
+// backward on each (gradients accumulated, the loss averaged over the whole step's labelled
+// tokens on every language replica, auxiliary losses over its micro-batches), sums the gradients
+// over each module's data-parallel group, then the optimizer update (clipped by the norm over the
+// whole model) and the per-expert load; it reports the step's metrics. With modules on their own
+// ranks the encoders' embeddings travel to the language ranks over the bridge links
+// (parallel/bridge.h) and their gradients back.
 #pragma once
 
 #include <cstdint>
@@ -14,36 +16,64 @@
 #include "comm/communicator.h"
 #include "data/synthetic.h"
 #include "kernels/ops.h"
+#include "mimo/language_model.h"
 #include "mimo/mimo_model.h"
+#include "mimo/modality_encoder.h"
 #include "mimo/model_groups.h"
 #include "mimo/optimizer.h"
 
 namespace mimo::worker {
 
+// The part of the MIMO model a rank computes.
+enum class ModelPart {
+  kWhole,     // Every module (one rank, or data-parallel replicas of the whole model).
+  kLanguage,  // The language model; the encoders' embeddings arrive over links.
+  kVision,    // The vision encoder and its projector; its embeddings leave over links.
+  kAudio,     // The audio encoder and its projector.
+};
+
+// One end of a bridge link (parallel/bridge.h) that this rank holds.
+struct BridgeEnd {
+  ModelPart encoder = ModelPart::kVision;  // kVision or kAudio: whose embeddings travel on it.
+  int peer_replica = 0;                    // The data-parallel replica at the other end...
+  int peer_dp = 1;                         // ... of the other module, which has this many.
+  comm::Communicator* group = nullptr;     // Two members, the encoder end at rank 0. Not owned.
+};
+
 struct TrainerOptions {
-  int64_t micro_batch_size = 1;  // Samples per forward/backward; >= 1.
+  int64_t micro_batch_size = 1;  // Samples per language replica's forward/backward; >= 1.
   int64_t micro_batches = 1;     // Per optimizer step (gradient accumulation); >= 1.
   int64_t seq_length = 0;        // Tokens per sample at most; > 0.
   data::SyntheticOptions data;   // Its image and audio sizes are set from the model.
   OptimizerConfig optimizer;
   uint64_t seed = 1234;  // The job seed: keys the initial parameters.
-  // The data-parallel group (not owned; null or one member: this rank alone). Every member calls
-  // Step together; member r of n takes samples [base + r * k, base + (r + 1) * k) of each step's
-  // n * k (k = micro_batches * micro_batch_size), so the group sees what one rank with n times
-  // the micro-batches would, and the replicas stay identical.
+  // The data-parallel group of this rank's module (not owned; null or one member: this rank
+  // alone). Every member calls Step together. Each step takes L * micro_batches *
+  // micro_batch_size samples (L: the language model's replicas); language replica r takes
+  // [base + r * k, base + (r + 1) * k) (k = micro_batches * micro_batch_size), so the group sees
+  // what one rank with L times the micro-batches would, and the replicas stay identical.
   comm::Communicator* dp = nullptr;
   // Expert parallelism of the language model (ModelGroups::ep; expt_tp is not supported by the
   // step yet): the routed experts' gradients are summed over expt_dp (the ranks holding the same
   // experts; null: dp without EP, none with it) instead of dp, and their squared norms over ep.
   ModelGroups groups;
   comm::Communicator* expt_dp = nullptr;
+  // Modules on their own ranks: which part this rank computes, and its links to the other side.
+  // Micro-batch i of every language replica together makes a global micro-batch of L *
+  // micro_batch_size samples; an encoder with E replicas (E divides L or L divides E, and E
+  // divides L * micro_batch_size) encodes them in E contiguous blocks, one per replica, and
+  // sends each language replica the rows of its samples (parallel/bridge.h pairs the replicas).
+  // On a language rank: for every encoder of the model, one link per encoder replica feeding
+  // it; on an encoder rank: one per language replica it feeds. kWhole: no links.
+  ModelPart part = ModelPart::kWhole;
+  std::vector<BridgeEnd> links;
 };
-
+// Loss, token counts and expert loads are the language model's: 0 (empty) on encoder ranks.
 struct StepMetrics {
-  int64_t step = 0;     // 1 for the first update.
-  double loss = 0;      // Mean loss per labelled token.
-  double aux_loss = 0;  // The MoE layers' load-balancing + z losses, mean per micro-batch.
-  double grad_norm = 0;
+  int64_t step = 0;      // 1 for the first update.
+  double loss = 0;       // Mean loss per labelled token.
+  double aux_loss = 0;   // The MoE layers' load-balancing + z losses, mean per micro-batch.
+  double grad_norm = 0;  // Over the whole model, every module's gradients.
   double lr = 0;
   bool skipped = false;
   int64_t tokens = 0;                // Packed tokens of the step.
@@ -54,31 +84,34 @@ struct StepMetrics {
 
 class Trainer {
  public:
+  // InvalidArgument for options that do not fit the model or each other (links not those the
+  // layout pairs, sizes that do not divide), Unimplemented for expt_tp > 1.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(kernels::Ops& ops,
                                                          const MimoModelConfig& model,
                                                          const TrainerOptions& options);
-  // One optimizer step on the next micro_batches * micro_batch_size samples.
+  ~Trainer();
+  // One optimizer step on the next L * micro_batches * micro_batch_size samples.
   absl::StatusOr<StepMetrics> Step();
   // Samples consumed so far by the whole group (the data position).
   int64_t position() const { return position_; }
-  MimoModel& model() { return *model_; }
+  // The parameters of this rank's modules (vision.*, audio.*, language.*).
+  void AppendParameters(std::vector<Parameter*>& out) const;
 
  private:
+  struct Modules;
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
-          std::unique_ptr<MimoModel> model, std::unique_ptr<AdamWOptimizer> optimizer,
-          std::vector<Parameter*> dense, std::vector<Parameter*> experts)
-      : ops_(ops),
-        config_(config),
-        options_(options),
-        model_(std::move(model)),
-        optimizer_(std::move(optimizer)),
-        dense_(std::move(dense)),
-        experts_(std::move(experts)) {}
+          std::unique_ptr<Modules> modules, std::unique_ptr<AdamWOptimizer> optimizer,
+          std::vector<Parameter*> dense, std::vector<Parameter*> experts);
+  // The language side of a step (kWhole, kLanguage) and an encoder's (kVision, kAudio).
+  absl::Status LanguageStep(int64_t base, StepMetrics& m);
+  absl::Status EncoderStep(int64_t base);
+  absl::StatusOr<float> WholeModelSquaredNorm();
+  absl::Status SumGradients(comm::Communicator* group, const std::vector<Parameter*>& params);
 
   kernels::Ops& ops_;
   const MimoModelConfig config_;
   const TrainerOptions options_;
-  std::unique_ptr<MimoModel> model_;
+  std::unique_ptr<Modules> modules_;
   std::unique_ptr<AdamWOptimizer> optimizer_;
   std::vector<Parameter*> dense_;    // Every parameter but the routed experts'.
   std::vector<Parameter*> experts_;  // The routed experts' (this rank's experts with EP).

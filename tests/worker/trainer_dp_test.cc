@@ -79,7 +79,7 @@ TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {
   }
   EXPECT_EQ((*trainer)->position(), 3 * 4);
   std::vector<Parameter*> params;
-  (*trainer)->model().AppendParameters(params);
+  (*trainer)->AppendParameters(params);
   for (Parameter* p : params) {
     const float* v = p->master().data<float>();
     run.params[p->name()].assign(v, v + p->numel());

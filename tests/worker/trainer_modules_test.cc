@@ -1,0 +1,269 @@
+// Modules on their own ranks (CPU workers: ranks as threads, Gloo over loopback): the vision and
+// audio encoders on their ranks send their embeddings to the language ranks over the bridge links
+// and get the gradients back; with fan-out (encoder dp < language dp, expert parallel language
+// ranks) and fan-in (encoder dp > language dp) the layout trains like the whole model on one rank
+// with the same samples: the same losses, norms and expert loads, and every module's parameters
+// after every step. Links that are not the layout's are refused.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "comm/in_memory_store.h"
+#include "comm/process_groups.h"
+#include "data/byte_tokenizer.h"
+#include "tests/comm/run_ranks.h"
+#include "worker/trainer.h"
+
+namespace mimo::worker {
+namespace {
+
+TransformerConfig Encoder() {
+  TransformerConfig e;
+  e.num_layers = 1;
+  e.hidden_size = 8;
+  e.num_attention_heads = 2;
+  e.ffn_hidden_size = 16;
+  e.norm = NormKind::kLayerNorm;
+  e.activation = MlpActivation::kGelu;
+  e.causal = false;
+  e.rotary = false;
+  e.dtype = kernels::DType::kF32;
+  return e;
+}
+
+MimoModelConfig Model() {
+  MimoModelConfig c;
+  LanguageModelConfig& l = c.language;
+  l.transformer.num_layers = 2;
+  l.transformer.hidden_size = 16;
+  l.transformer.num_attention_heads = 2;
+  l.transformer.ffn_hidden_size = 32;
+  l.transformer.add_bias_linear = false;
+  l.transformer.dtype = kernels::DType::kF32;
+  l.vocab_size = data::ByteTokenizer::kVocabSize;
+  MoeConfig m;
+  m.router = {.experts = 4, .top_k = 2};
+  m.aux_loss_coeff = 0.01f;
+  m.align = 1;
+  l.moe = m;
+  c.vision = ModalityEncoderConfig{.input = EncoderInput::kImages,
+                                   .image_size = 8,
+                                   .patch_size = 4,
+                                   .num_channels = 3,
+                                   .transformer = Encoder(),
+                                   .projector = {.kind = ProjectorKind::kMlp},
+                                   .output_size = 16};
+  c.audio = ModalityEncoderConfig{.input = EncoderInput::kAudio,
+                                  .num_mel_bins = 4,
+                                  .frames_per_token = 2,
+                                  .max_frames = 8,
+                                  .transformer = Encoder(),
+                                  .projector = {.kind = ProjectorKind::kLinear},
+                                  .output_size = 16};
+  return c;
+}
+
+constexpr int kSteps = 3;
+
+TrainerOptions Options(int micro_batches) {
+  return {.micro_batch_size = 2,
+          .micro_batches = micro_batches,
+          .seq_length = 64,
+          .data = {.num_samples = 100, .seed = 5},
+          .optimizer = {.lr = 1e-3f, .clip_grad = 0.05f, .warmup_steps = 1},
+          .seed = 9};
+}
+
+struct TrainRun {
+  std::vector<StepMetrics> steps;
+  std::map<std::string, std::vector<float>> params;
+};
+
+TrainRun Train(const TrainerOptions& options) {
+  TrainRun run;
+  auto ops = kernels::NewCpuOps();
+  auto trainer = Trainer::Create(*ops, Model(), options);
+  EXPECT_TRUE(trainer.ok()) << trainer.status();
+  if (!trainer.ok()) return run;
+  for (int i = 0; i < kSteps; ++i) {
+    auto m = (*trainer)->Step();
+    EXPECT_TRUE(m.ok()) << m.status();
+    if (!m.ok()) return run;
+    run.steps.push_back(*m);
+  }
+  std::vector<Parameter*> params;
+  (*trainer)->AppendParameters(params);
+  for (Parameter* p : params) {
+    const float* v = p->master().data<float>();
+    run.params[p->name()].assign(v, v + p->numel());
+  }
+  return run;
+}
+
+// Vision on ranks [0, V), audio on [V, V + A), the language model on [V + A, V + A + L) (with
+// ep = L when expert_parallel).
+struct Layout {
+  int vision_dp = 1, audio_dp = 1, language_dp = 1;
+  bool expert_parallel = false;
+  int micro_batches = 1;  // Per language replica.
+  int world() const { return vision_dp + audio_dp + language_dp; }
+};
+
+// The replicas a replica of a module with `own_dp` pairs with (parallel/bridge.h).
+std::vector<int> Peers(int own, int own_dp, int peer_dp) {
+  if (own_dp >= peer_dp) return {own / (own_dp / peer_dp)};
+  std::vector<int> p;
+  for (int r = own * (peer_dp / own_dp); r < (own + 1) * (peer_dp / own_dp); ++r) p.push_back(r);
+  return p;
+}
+
+std::vector<TrainRun> TrainLayout(const Layout& layout) {
+  std::vector<TrainRun> runs(layout.world());
+  comm::InMemoryStore store;
+  const int lang0 = layout.vision_dp + layout.audio_dp;
+  comm::RunRanks(layout.world(), [&](int rank) {
+    const bool vision = rank < layout.vision_dp, audio = !vision && rank < lang0;
+    const int first = vision ? 0 : audio ? layout.vision_dp : lang0;
+    const int dp = vision ? layout.vision_dp : audio ? layout.audio_dp : layout.language_dp;
+    std::vector<comm::GroupSpec> specs;
+    std::vector<int> module_ranks;
+    for (int r = first; r < first + dp; ++r) module_ranks.push_back(r);
+    if (dp > 1) specs.push_back({.kind = "dp", .members = module_ranks});
+    if (!vision && !audio && layout.expert_parallel) {
+      specs.push_back({.kind = "ep", .members = module_ranks});
+    }
+    struct End {
+      ModelPart encoder;
+      int peer_replica, peer_dp;
+      std::string kind;
+    };
+    std::vector<End> ends;
+    const int encoder_first[2] = {0, layout.vision_dp};
+    const int encoder_dp[2] = {layout.vision_dp, layout.audio_dp};
+    for (int x = 0; x < 2; ++x) {
+      for (int e = 0; e < encoder_dp[x]; ++e) {
+        for (int l : Peers(e, encoder_dp[x], layout.language_dp)) {
+          const int a = encoder_first[x] + e, b = lang0 + l;
+          if (rank != a && rank != b) continue;
+          const std::string kind = absl::StrCat("link_", x, "_", a, "_", b);
+          specs.push_back({.kind = kind, .members = {a, b}});
+          ends.push_back({.encoder = x == 0 ? ModelPart::kVision : ModelPart::kAudio,
+                          .peer_replica = rank == a ? l : e,
+                          .peer_dp = rank == a ? layout.language_dp : encoder_dp[x],
+                          .kind = kind});
+        }
+      }
+    }
+    auto groups = comm::ProcessGroups::CreateGloo(
+        specs, store, {.rank = rank, .timeout = absl::Seconds(60), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    TrainerOptions o = Options(layout.micro_batches);
+    o.part = vision ? ModelPart::kVision : audio ? ModelPart::kAudio : ModelPart::kLanguage;
+    o.dp = (*groups)->Get("dp");
+    if (!vision && !audio) o.groups = ModelGroupsOf(**groups);
+    for (const End& end : ends) {
+      o.links.push_back({.encoder = end.encoder,
+                         .peer_replica = end.peer_replica,
+                         .peer_dp = end.peer_dp,
+                         .group = (*groups)->Get(end.kind)});
+    }
+    runs[rank] = Train(o);
+  });
+  return runs;
+}
+
+double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err += (got[i] - want[i]) * (got[i] - want[i]);
+    norm += want[i] * want[i];
+  }
+  return std::sqrt(err / norm);
+}
+
+// Every rank of `layout` against the whole model on one rank with all the micro-batches.
+void ExpectLikeOneRank(const Layout& layout) {
+  const TrainRun want = Train(Options(layout.language_dp * layout.micro_batches));
+  ASSERT_EQ(want.steps.size(), static_cast<size_t>(kSteps));
+  const std::vector<TrainRun> got = TrainLayout(layout);
+  const int lang0 = layout.vision_dp + layout.audio_dp;
+  for (int rank = 0; rank < layout.world(); ++rank) {
+    const TrainRun& run = got[rank];
+    ASSERT_EQ(run.steps.size(), static_cast<size_t>(kSteps)) << "rank " << rank;
+    const bool language = rank >= lang0;
+    for (int i = 0; i < kSteps; ++i) {
+      const StepMetrics &g = run.steps[i], &w = want.steps[i];
+      EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "rank " << rank << " step " << i;
+      EXPECT_GT(w.grad_norm, 0.05);  // The clipping is active.
+      if (!language) continue;
+      EXPECT_EQ(g.labelled, w.labelled);
+      EXPECT_EQ(g.tokens, w.tokens);
+      EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
+      EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
+      EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+    }
+    const std::string prefix = rank < layout.vision_dp ? "vision."
+                               : !language             ? "audio."
+                                                       : "language.";
+    int checked = 0;
+    for (const auto& [name, values] : want.params) {
+      if (name.rfind(prefix, 0) != 0) continue;
+      ++checked;
+      std::vector<float> slice = values;
+      if (language && layout.expert_parallel && name.find(".mlp.experts.") != std::string::npos) {
+        const size_t part = values.size() / layout.language_dp;  // Experts outermost.
+        const size_t r = rank - lang0;
+        slice.assign(values.begin() + r * part, values.begin() + (r + 1) * part);
+      }
+      ASSERT_EQ(run.params.count(name), 1u) << name << " on rank " << rank;
+      const std::vector<float>& v = run.params.at(name);
+      ASSERT_EQ(v.size(), slice.size()) << name;
+      EXPECT_LT(RelativeError(v, slice), 1e-5) << name << " on rank " << rank;
+    }
+    EXPECT_EQ(static_cast<size_t>(checked), run.params.size()) << "rank " << rank;
+  }
+}
+
+TEST(TrainerModulesTest, EncodersFanOutToExpertParallelLanguageRanks) {
+  ExpectLikeOneRank({.vision_dp = 1, .audio_dp = 1, .language_dp = 2, .expert_parallel = true});
+}
+
+TEST(TrainerModulesTest, EncoderReplicasFanInToOneLanguageRank) {
+  ExpectLikeOneRank({.vision_dp = 2, .audio_dp = 1, .language_dp = 1, .micro_batches = 2});
+}
+
+TEST(TrainerModulesTest, RefusesLinksTheLayoutDoesNotPair) {
+  auto ops = kernels::NewCpuOps();
+  comm::InMemoryStore store;
+  // The only language replica given a link from vision replica 1 of 2 alone (the layout pairs it
+  // with both), then one with its vision link right but no audio link.
+  std::vector<std::string> errors(2);
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "link", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    if (rank == 0) return;
+    TrainerOptions o = Options(1);
+    o.part = ModelPart::kLanguage;
+    o.links = {{.encoder = ModelPart::kVision,
+                .peer_replica = 1,
+                .peer_dp = 2,
+                .group = (*groups)->Get("link")}};
+    errors[0] = std::string(Trainer::Create(*ops, Model(), o).status().message());
+    o.links[0].peer_replica = 0;
+    o.links[0].peer_dp = 1;
+    errors[1] = std::string(Trainer::Create(*ops, Model(), o).status().message());
+  });
+  EXPECT_NE(errors[0].find("reach replicas [1] of 2; the layout pairs it with [0,1]"),
+            std::string::npos)
+      << errors[0];
+  EXPECT_NE(errors[1].find("the audio links: none given"), std::string::npos) << errors[1];
+}
+
+}  // namespace
+}  // namespace mimo::worker
