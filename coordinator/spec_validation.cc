@@ -75,6 +75,7 @@ class SpecChecker {
     if (spec_.kind() == v1::JobSpec::KIND_TRAIN) {
       CheckTraining(plan);
       CheckData();
+      CheckTrainingSupport(plan);
     }
     CheckResources();
     CheckCheckpointing();
@@ -391,6 +392,41 @@ class SpecChecker {
     NonNegative("training.optimizer.decay_steps", o.decay_steps());
   }
 
+  // What KIND_TRAIN jobs cannot do yet is refused here, never silently ignored.
+  void CheckTrainingSupport(const std::optional<parallel::RankPlan>& plan) {
+    const char* kLater =
+        "KIND_TRAIN jobs do not support this yet (data and expert parallelism only)";
+    if (plan) {
+      const int language_dp = plan->language().config().dp;
+      const int64_t samples = int64_t{spec_.training().micro_batch_size()} * language_dp;
+      for (size_t i = 0; i < plan->modules().size(); ++i) {
+        const parallel::ResolvedModule& m = plan->modules()[i].config();
+        const std::string at = absl::StrCat("modules[", i, "].parallelism.");
+        for (const auto& [field, value] :
+             {std::pair{"tp", m.tp}, std::pair{"cp", m.cp}, std::pair{"pp", m.pp}}) {
+          if (value > 1) Add(at + field, absl::StrCat(field, " ", value, ": ", kLater));
+        }
+        if (m.is_language && m.etp > 1) Add(at + "etp", absl::StrCat("etp ", m.etp, ": ", kLater));
+        if (!m.is_language && samples > 0 && samples % m.dp != 0) {
+          Add(at + "dp", absl::StrCat("dp ", m.dp, " must divide the ", samples,
+                                      " samples of a global micro-batch (micro_batch_size * "
+                                      "language dp), which the encoder's replicas split"));
+        }
+      }
+    }
+    if (spec_.training().data_parallel_random_init()) {
+      Add("training.data_parallel_random_init",
+          "KIND_TRAIN jobs start every data-parallel replica from the same values; a different "
+          "start per replica is not supported");
+    }
+    if (spec_.data().has_webdataset()) {
+      Add("data.webdataset", "KIND_TRAIN jobs read only the synthetic dataset for now");
+    }
+    if (!spec_.checkpointing().dir().empty() || !spec_.checkpointing().resume_from().empty()) {
+      Add("checkpointing", "KIND_TRAIN jobs do not write or read checkpoints yet");
+    }
+  }
+
   void CheckData() {
     const v1::Data& d = spec_.data();
     switch (d.source_case()) {
@@ -519,6 +555,12 @@ v1::RankAssignment RankToProto(const parallel::RankPlan& plan, int rank, GroupMe
     l->set_encoder(plan.modules()[link.encoder].config().name);
     l->set_encoder_rank(link.encoder_rank);
     l->set_language_rank(link.language_rank);
+    // Dense view dims: (tp, cp, dp, pp).
+    l->set_encoder_replica(
+        plan.module_of(link.encoder_rank).dense_view().Coordinate(link.encoder_rank, 2));
+    l->set_encoder_dp(plan.modules()[link.encoder].config().dp);
+    l->set_language_replica(plan.language().dense_view().Coordinate(link.language_rank, 2));
+    l->set_language_dp(plan.language().config().dp);
   }
   return out;
 }

@@ -12,6 +12,7 @@
 #include "common/status_macros.h"
 #include "data/micro_batch.h"
 #include "mimo/expert_load.h"
+#include "mimo/model_flops.h"
 #include "mimo/tensor_checks.h"
 #include "worker/device_batch.h"
 
@@ -320,6 +321,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     }
   }
   MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+  m.peak_memory_bytes = ops_.allocator().stats().peak_allocated_bytes;
   m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return m;
 }
@@ -385,6 +387,16 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackSamples(samples[i], pack));
     m.labelled += b.labelled;
     m.tokens += static_cast<int64_t>(b.tokens.size());
+    m.model_flops += LanguageModelTrainingFlops(config_.language, b.lengths);
+    for (int x : {kVision, kAudio}) {
+      if (!has[x]) continue;
+      std::vector<int64_t> tokens;
+      for (int64_t n : RowsPerSample(config_, x, samples[i])) {
+        if (n > 0) tokens.push_back(n);
+      }
+      m.model_flops +=
+          EncoderTrainingFlops(x == kVision ? *config_.vision : *config_.audio, tokens);
+    }
     host.push_back(std::move(b));
   }
   comm::Communicator* dp = replicas > 1 ? options_.dp : nullptr;
@@ -506,10 +518,12 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     m.aux_loss += (pair[0] + pair[1]) / static_cast<double>(options_.micro_batches);
   }
   if (dp != nullptr) {
-    float global[2] = {static_cast<float>(loss_sum), static_cast<float>(m.aux_loss)};
+    float global[3] = {static_cast<float>(loss_sum), static_cast<float>(m.aux_loss),
+                       static_cast<float>(m.model_flops)};
     MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *dp, global));
     loss_sum = global[0];
     m.aux_loss = global[1] / static_cast<double>(replicas);
+    m.model_flops = global[2];
   }
   m.loss = m.labelled > 0 ? loss_sum / static_cast<double>(m.labelled) : 0.0;
   return absl::OkStatus();

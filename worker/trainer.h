@@ -68,7 +68,8 @@ struct TrainerOptions {
   ModelPart part = ModelPart::kWhole;
   std::vector<BridgeEnd> links;
 };
-// Loss, token counts and expert loads are the language model's: 0 (empty) on encoder ranks.
+// Loss, token counts, model FLOPs and expert loads are the language ranks': 0 (empty) on
+// encoder ranks.
 struct StepMetrics {
   int64_t step = 0;      // 1 for the first update.
   double loss = 0;       // Mean loss per labelled token.
@@ -79,7 +80,12 @@ struct StepMetrics {
   int64_t tokens = 0;                // Packed tokens of the step.
   int64_t labelled = 0;              // Of which with a label.
   std::vector<int64_t> expert_load;  // Per expert, summed over the MoE layers and the group.
-  double seconds = 0;                // Wall time of the step.
+  // The whole model's training FLOPs of the step, over all ranks (mimo/model_flops.h: the
+  // language model and the encoders on the step's samples).
+  double model_flops = 0;
+  double seconds = 0;  // Wall time of the step.
+  // This rank's most memory live at once so far (its ops' allocator), every rank.
+  int64_t peak_memory_bytes = 0;
 };
 
 class Trainer {

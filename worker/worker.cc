@@ -13,11 +13,15 @@
 #ifdef MIMO_WORKER_HAVE_NCCL
 #include "comm/cuda_buffer_space.h"
 #endif
+#ifdef MIMO_WORKER_HAVE_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
 #include "worker/coordinator_store.h"
 #include "worker/group_specs.h"
 #include "worker/selftest.h"
+#include "worker/train_job.h"
 
 namespace mimo::worker {
 namespace {
@@ -402,9 +406,7 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
     case v1::JobSpec::KIND_SELFTEST:
       break;
     case v1::JobSpec::KIND_TRAIN:
-      return absl::UnimplementedError(
-          "KIND_TRAIN needs the model and training loop (issue 7); this worker runs "
-          "KIND_SELFTEST jobs");
+      break;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("job kind ", v1::JobSpec::Kind_Name(spec.kind()), " is not supported"));
@@ -450,9 +452,38 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
                    absl::FormatDuration(absl::Trunc(absl::Now() - start, absl::Milliseconds(1)))));
   Report(assignment, v1::WORKER_STATE_RUNNING, 0, "").IgnoreError();
 
-  return RunSelftest(
-      assignment, *groups, space.get(), [&log](const std::string& line) { log.Line(line); },
-      [&job] { return job.Stopped(nullptr); });
+  if (spec.kind() == v1::JobSpec::KIND_SELFTEST) {
+    return RunSelftest(
+        assignment, *groups, space.get(), [&log](const std::string& line) { log.Line(line); },
+        [&job] { return job.Stopped(nullptr); });
+  }
+  std::unique_ptr<kernels::Ops> ops;
+  if (cuda) {
+#ifdef MIMO_WORKER_HAVE_CUDA
+    MIMO_ASSIGN_OR_RETURN(ops, kernels::NewCudaOps({.device = options_.local_index}));
+#else
+    return absl::FailedPreconditionError("this worker was built without CUDA");
+#endif
+  } else {
+    ops = kernels::NewCpuOps();
+  }
+  const TrainJobHooks hooks{.log = [&log](const std::string& line) { log.Line(line); },
+                            .report =
+                                [&](const v1::Metrics& metrics) {
+                                  v1::ReportMetricsRequest request;
+                                  request.set_worker_id(registration().worker_id);
+                                  request.set_job_id(assignment.job_id());
+                                  request.set_attempt(assignment.attempt());
+                                  request.set_rank(assignment.rank().rank());
+                                  *request.mutable_metrics() = metrics;
+                                  // Metrics are progress, not state: a lost report is logged and
+                                  // training goes on.
+                                  const absl::Status s = client_->ReportMetrics(request);
+                                  if (!s.ok())
+                                    log.Line(absl::StrCat("metrics report failed: ", s.message()));
+                                },
+                            .stopped = [&job] { return job.Stopped(nullptr); }};
+  return RunTraining(assignment, *groups, *ops, cuda, info_.device_name(), hooks);
 }
 
 }  // namespace mimo::worker

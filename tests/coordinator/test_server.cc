@@ -29,8 +29,7 @@ v1::JobSpec SmallSpec(const std::string& name) {
   vision->mutable_vision()->set_num_channels(3);
   *vision->mutable_vision()->mutable_transformer() = t;
   vision->mutable_vision()->mutable_projector()->set_kind(v1::Projector::KIND_LINEAR);
-  vision->mutable_parallelism()->set_tp(2);
-  vision->mutable_parallelism()->set_dp(1);
+  vision->mutable_parallelism()->set_dp(2);
   vision->mutable_parallelism()->set_rank_offset(0);
   v1::Module* language = spec.add_modules();
   language->set_name("language");

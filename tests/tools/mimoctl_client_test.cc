@@ -74,7 +74,7 @@ TEST_F(MimoctlClientTest, InvalidSpecPrintsOneLinePerFieldViolation) {
 }
 
 TEST_F(MimoctlClientTest, ValidatePrintsThePlanTableLikePlan) {
-  const Result validated = Ctl(absl::StrCat("validate ", Example("mimo-cpu-8.yaml")));
+  const Result validated = Ctl(absl::StrCat("validate ", Example("selftest-cpu.yaml")));
   ASSERT_EQ(validated.exit_code, 0) << validated.err;
   const Result planned = RunMimoctl(
       "plan --world 8 --component vision=tp=2,dp=1,rank_offset=0 --component "

@@ -126,14 +126,14 @@ TEST(MimoctlPlanTest, MissingWorldIsAUsageError) {
 std::string Example(const std::string& name) { return mimo::tools::testing::ExampleSpec(name); }
 
 TEST(MimoctlPlanTest, SpecFilePlansAsTheFlagsDo) {
-  const Result from_spec = Mimoctl("plan " + Example("mimo-cpu-8.yaml"));
+  const Result from_spec = Mimoctl("plan " + Example("selftest-cpu.yaml"));
   ASSERT_EQ(from_spec.exit_code, 0) << from_spec.err;
   const Result from_flags = Mimoctl(
       "plan --world 8 --component vision=tp=2,dp=1,rank_offset=0 --component "
       "audio=dp=2,rank_offset=2 --component language=tp=2,dp=2,ep=2,rank_offset=4");
   ASSERT_EQ(from_flags.exit_code, 0) << from_flags.err;
   EXPECT_EQ(from_spec.out, from_flags.out);
-  const Result both = Mimoctl("plan " + Example("mimo-cpu-8.yaml") + " --world 8");
+  const Result both = Mimoctl("plan " + Example("selftest-cpu.yaml") + " --world 8");
   EXPECT_EQ(both.exit_code, 2);
   EXPECT_THAT(both.err, HasSubstr("SPEC excludes --world"));
 }

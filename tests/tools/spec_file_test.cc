@@ -105,8 +105,13 @@ TEST(ParseJobSpecTest, YamlAndJsonGiveEqualMessages) {
   EXPECT_EQ(from_yaml.training().optimizer().clip_grad(), 1.0);
   EXPECT_THAT(from_yaml.data().webdataset().shards(),
               ElementsAre("/data/shard-{000..009}.tar", "/data/extra.tar"));
+  // Valid, but for what KIND_TRAIN jobs cannot do yet: tensor parallelism, WebDataset shards.
   std::vector<coordinator::FieldViolation> violations;
-  EXPECT_TRUE(coordinator::ValidateJobSpec(from_yaml, &violations).ok());
+  EXPECT_FALSE(coordinator::ValidateJobSpec(from_yaml, &violations).ok());
+  std::vector<std::string> fields;
+  for (const coordinator::FieldViolation& v : violations) fields.push_back(v.field);
+  EXPECT_THAT(fields,
+              ::testing::UnorderedElementsAre("modules[0].parallelism.tp", "data.webdataset"));
 }
 
 TEST(ParseJobSpecTest, EnumsByNameOrNumber) {
@@ -331,10 +336,12 @@ TEST(ExamplesTest, CpuExampleIsTheDocumentedLayout) {
   const v1::RankPlan proto = coordinator::RankPlanToProto(*plan);
   ASSERT_EQ(proto.modules_size(), 3);
   EXPECT_EQ(proto.modules(0).rank_offset(), 0);
-  EXPECT_EQ(proto.modules(0).tp(), 2);
+  EXPECT_EQ(proto.modules(0).dp(), 2);
   EXPECT_EQ(proto.modules(1).rank_offset(), 2);
   EXPECT_EQ(proto.modules(1).dp(), 2);
   EXPECT_EQ(proto.modules(2).rank_offset(), 4);
+  EXPECT_EQ(proto.modules(2).dp(), 4);
+  EXPECT_EQ(proto.modules(2).ep(), 2);
   EXPECT_EQ(proto.modules(2).expt_dp(), 2);
 }
 

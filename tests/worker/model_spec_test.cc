@@ -29,7 +29,7 @@ TEST(ModelSpecTest, MapsTheCpuExample) {
   EXPECT_EQ(l.transformer.query_groups(), 2);
   EXPECT_EQ(l.transformer.norm, NormKind::kRmsNorm);
   EXPECT_TRUE(l.transformer.causal);
-  EXPECT_EQ(l.transformer.dtype, kernels::DType::kBF16);  // PRECISION_BF16 in the spec.
+  EXPECT_EQ(l.transformer.dtype, kernels::DType::kF32);  // PRECISION_FP32 in the spec.
   ASSERT_TRUE(l.moe.has_value());
   EXPECT_EQ(l.moe->router.experts, 4);
   EXPECT_EQ(l.moe->router.top_k, 2);

@@ -45,6 +45,8 @@ class HostBufferSpace : public comm::BufferSpace {
 v1::JobSpec Spec() {
   v1::JobSpec spec = coordinator::testing::SmallSpec("selftest");
   spec.set_kind(v1::JobSpec::KIND_SELFTEST);
+  spec.mutable_modules(0)->mutable_parallelism()->set_tp(2);  // Vision tp=2 on ranks 0-1.
+  spec.mutable_modules(0)->mutable_parallelism()->set_dp(1);
   return spec;
 }
 

@@ -41,6 +41,8 @@ inline v1::JobSpec SelftestSpec(const std::string& name = "selftest") {
 // audio dp=2 on ranks 2-3, language tp=2 dp=2 ep=2 on ranks 4-7.
 inline v1::JobSpec ExampleSelftestSpec() {
   v1::JobSpec spec = SelftestSpec("selftest-cpu");
+  spec.mutable_modules(0)->mutable_parallelism()->set_tp(2);
+  spec.mutable_modules(0)->mutable_parallelism()->set_dp(1);
   v1::Module language = spec.modules(1);
   spec.mutable_modules()->RemoveLast();
   v1::Module* audio = spec.add_modules();

@@ -1,0 +1,188 @@
+// RunTraining: spec -> model config and trainer options, then the step loop with its log lines
+// and metrics.
+#include "worker/train_job.h"
+
+#include <cmath>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/status_macros.h"
+#include "google/protobuf/util/time_util.h"
+#include "worker/model_spec.h"
+
+namespace mimo::worker {
+namespace {
+
+const v1::Module* FindModule(const v1::JobSpec& spec, const std::string& name) {
+  for (const v1::Module& m : spec.modules()) {
+    if (m.name() == name) return &m;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<ModelPart> PartOf(const v1::JobSpec& spec, const std::string& name) {
+  const v1::Module* m = FindModule(spec, name);
+  if (m == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("the spec has no module \"", name, "\""));
+  }
+  switch (m->model_case()) {
+    case v1::Module::kLanguage:
+      return ModelPart::kLanguage;
+    case v1::Module::kVision:
+      return ModelPart::kVision;
+    case v1::Module::kAudio:
+      return ModelPart::kAudio;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("module \"", name, "\" has no model"));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignment,
+                                                 const comm::ProcessGroups& groups) {
+  const v1::JobSpec& spec = assignment.spec();
+  const v1::RankAssignment& rank = assignment.rank();
+  const v1::Training& t = spec.training();
+  TrainerOptions o;
+  MIMO_ASSIGN_OR_RETURN(o.part, PartOf(spec, rank.module()));
+  const bool language = o.part == ModelPart::kLanguage;
+  o.dp = groups.Get("dp");
+  if (language) {
+    o.groups = ModelGroupsOf(groups);
+    o.expt_dp = groups.Get("expt_dp");
+  }
+  for (const v1::RankLink& link : rank.links()) {
+    MIMO_ASSIGN_OR_RETURN(const ModelPart encoder, PartOf(spec, link.encoder()));
+    comm::Communicator* group = groups.Get(link.kind());
+    if (group == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("no process group for link ", link.kind()));
+    }
+    o.links.push_back({.encoder = encoder,
+                       .peer_replica = language ? link.encoder_replica() : link.language_replica(),
+                       .peer_dp = language ? link.encoder_dp() : link.language_dp(),
+                       .group = group});
+  }
+  int language_dp = ModelGroups::Size(o.dp);
+  if (!language) {
+    if (o.links.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("encoder rank ", rank.rank(),
+                       " holds no link to the language module: with tp, cp "
+                       "and pp 1 every encoder rank must"));
+    }
+    language_dp = o.links[0].peer_dp;
+  }
+  const int64_t per_micro_batch = int64_t{t.micro_batch_size()} * language_dp;
+  if (per_micro_batch < 1 || t.global_batch_size() % per_micro_batch != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "global_batch_size ", t.global_batch_size(), " is not a multiple of micro_batch_size ",
+        t.micro_batch_size(), " * language dp ", language_dp));
+  }
+  o.micro_batch_size = t.micro_batch_size();
+  o.micro_batches = t.global_batch_size() / per_micro_batch;
+  o.seq_length = t.seq_length();
+  o.seed = t.seed() != 0 ? static_cast<uint64_t>(t.seed()) : 1234;
+  o.data.num_samples =
+      spec.data().synthetic().num_samples() > 0 ? spec.data().synthetic().num_samples() : 10000;
+  o.data.seed = o.seed;
+  const v1::Optimizer& opt = t.optimizer();
+  o.optimizer = {.lr = static_cast<float>(opt.lr()),
+                 .min_lr = static_cast<float>(opt.min_lr()),
+                 .weight_decay = static_cast<float>(opt.weight_decay()),
+                 .beta1 = static_cast<float>(opt.adam_beta1()),
+                 .beta2 = static_cast<float>(opt.adam_beta2()),
+                 .eps = static_cast<float>(opt.adam_eps()),
+                 .clip_grad = static_cast<float>(opt.clip_grad()),
+                 .warmup_steps = opt.warmup_steps(),
+                 .decay_steps = opt.decay_steps()};
+  return o;
+}
+
+double PeakTflops(const std::string& device_name, kernels::DType dtype) {
+  if (absl::StrContains(device_name, "H100") || absl::StrContains(device_name, "H200")) {
+    return dtype == kernels::DType::kBF16 ? 989.0 : 67.0;
+  }
+  return 0;
+}
+
+std::string MegatronLogLine(const StepMetrics& m, int64_t steps, int64_t consumed_samples,
+                            int64_t global_batch_size, double tflops_per_gpu) {
+  std::string line = absl::StrFormat(
+      " [%s] iteration %8d/%8d | consumed samples: %12d | elapsed time per iteration (ms): %.1f "
+      "| throughput per GPU (TFLOP/s/GPU): %.1f | learning rate: %E | global batch size: %5d "
+      "| lm loss: %E | aux loss: %E | grad norm: %.3f | tokens per second: %.0f | ",
+      absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::Now(), absl::LocalTimeZone()), m.step, steps,
+      consumed_samples, m.seconds * 1e3, tflops_per_gpu, m.lr, global_batch_size, m.loss,
+      m.aux_loss, m.grad_norm, m.seconds > 0 ? m.tokens / m.seconds : 0.0);
+  absl::StrAppend(
+      &line, "number of skipped iterations: ", absl::StrFormat("%3d", m.skipped ? 1 : 0),
+      " | number of nan iterations: ", absl::StrFormat("%3d", std::isfinite(m.loss) ? 0 : 1), " |");
+  return line;
+}
+
+absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGroups& groups,
+                         kernels::Ops& ops, bool cuda, const std::string& device_name,
+                         const TrainJobHooks& hooks) {
+  const v1::JobSpec& spec = assignment.spec();
+  const v1::Training& t = spec.training();
+  const kernels::DType dtype = ComputeDType(t.precision(), cuda);
+  MIMO_ASSIGN_OR_RETURN(const MimoModelConfig model, MimoModelConfigFromSpec(spec, dtype));
+  MIMO_ASSIGN_OR_RETURN(const TrainerOptions options, TrainerOptionsFor(assignment, groups));
+  MIMO_ASSIGN_OR_RETURN(auto trainer, Trainer::Create(ops, model, options));
+  std::vector<Parameter*> params;
+  trainer->AppendParameters(params);
+  int64_t numel = 0;
+  for (const Parameter* p : params) numel += p->numel();
+  const v1::RankAssignment& rank = assignment.rank();
+  const bool logs = options.part == ModelPart::kLanguage && rank.dense().dp() == 0;
+  const int64_t interval = t.log_interval() > 0 ? t.log_interval() : 1;
+  const double peak = PeakTflops(device_name, dtype);
+  const int world = spec.resources().workers();
+  hooks.log(absl::StrCat("training module ", rank.module(), ": ", numel,
+                         " parameters on this rank, ", options.micro_batches, " micro-batches of ",
+                         options.micro_batch_size, " samples per step, ", kernels::DTypeName(dtype),
+                         ", ", t.steps(), " steps"));
+  double seconds = 0;
+  for (int64_t step = 1; step <= t.steps(); ++step) {
+    if (hooks.stopped && hooks.stopped()) return absl::CancelledError("the job was stopped");
+    MIMO_ASSIGN_OR_RETURN(const StepMetrics m, trainer->Step());
+    seconds += m.seconds;
+    if (!logs || (step % interval != 0 && step != t.steps())) continue;
+    const double tflops = m.seconds > 0 ? m.model_flops / m.seconds / world / 1e12 : 0;
+    hooks.log(MegatronLogLine(m, t.steps(), trainer->position(), t.global_batch_size(), tflops));
+    if (!hooks.report) continue;
+    v1::Metrics metrics;
+    metrics.set_step(m.step);
+    metrics.set_loss(m.loss);
+    auto& values = *metrics.mutable_values();
+    values["aux_loss"] = m.aux_loss;
+    values["grad_norm"] = m.grad_norm;
+    values["lr"] = m.lr;
+    values["skipped"] = m.skipped ? 1 : 0;
+    values["tokens"] = static_cast<double>(m.tokens);
+    values["step_seconds"] = m.seconds;
+    int64_t routed = 0;
+    for (int64_t load : m.expert_load) routed += load;
+    for (size_t e = 0; e < m.expert_load.size(); ++e) {
+      values[absl::StrCat("expert_load_", e)] =
+          routed > 0 ? static_cast<double>(m.expert_load[e]) / routed : 0;
+    }
+    metrics.set_tokens_per_second(m.seconds > 0 ? m.tokens / m.seconds : 0);
+    metrics.set_tflops_per_gpu(tflops);
+    if (peak > 0) metrics.set_mfu(tflops / peak);
+    metrics.set_peak_memory_bytes(m.peak_memory_bytes);
+    *metrics.mutable_time() =
+        google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(absl::Now()));
+    hooks.report(metrics);
+  }
+  hooks.log(absl::StrFormat(
+      "training done: %d steps in %.1f s, peak memory %.1f MiB on this rank", t.steps(), seconds,
+      static_cast<double>(ops.allocator().stats().peak_allocated_bytes) / (1 << 20)));
+  return absl::OkStatus();
+}
+
+}  // namespace mimo::worker

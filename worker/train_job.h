@@ -1,0 +1,51 @@
+// The KIND_TRAIN job on one rank: the rank's part of the MIMO model built from the job spec and
+// trained for training.steps optimizer steps over its process groups, progress logged in the
+// lines Megatron-LM users read and reported as metrics.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "comm/process_groups.h"
+#include "kernels/ops.h"
+#include "mimo/v1/job.pb.h"
+#include "mimo/v1/worker_service.pb.h"
+#include "worker/trainer.h"
+
+namespace mimo::worker {
+
+// The trainer's options for the rank of `assignment` over `groups` (built by GroupSpecsOf): its
+// part of the model (the module's kind), micro-batches global_batch_size / (micro_batch_size *
+// language dp), the synthetic data (num_samples 0: 10000) and the optimizer from the spec, the
+// job seed (0: 1234), the module's dp group, on language ranks ep and expt_dp, and the rank's
+// bridge links. InvalidArgument when the spec or the groups do not fit (the coordinator's
+// validation refuses such specs first).
+absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignment,
+                                                 const comm::ProcessGroups& groups);
+
+// The datasheet's dense peak TFLOP/s of a GPU for `dtype` (H100 and H200: 989 in bf16, 67 in
+// fp32), the denominator of MFU; 0 when unknown (a CPU, another GPU).
+double PeakTflops(const std::string& device_name, kernels::DType dtype);
+
+// Iteration `step` of `steps` in Megatron-LM's format ("iteration 5/ 50 | consumed samples: 80 |
+// elapsed time per iteration (ms): 12.3 | throughput per GPU (TFLOP/s/GPU): 1.2 | learning rate:
+// 3.000000E-04 | global batch size: 16 | lm loss: 5.123456E+00 | ... |").
+std::string MegatronLogLine(const StepMetrics& m, int64_t steps, int64_t consumed_samples,
+                            int64_t global_batch_size, double tflops_per_gpu);
+
+struct TrainJobHooks {
+  std::function<void(const std::string&)> log;     // A line for the job's log.
+  std::function<void(const v1::Metrics&)> report;  // Metrics of a step (the logging rank only).
+  std::function<bool()> stopped;                   // Checked before every step.
+};
+
+// Runs the job's steps on this rank with `ops` (CPU ops with Gloo groups, CUDA ops with NCCL
+// groups). The logging rank (the language module's data-parallel replica 0) logs every
+// training.log_interval steps (0: every step) and the last one, and reports the same steps'
+// metrics; every rank logs its start and end. Cancelled once `stopped` says so.
+absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGroups& groups,
+                         kernels::Ops& ops, bool cuda, const std::string& device_name,
+                         const TrainJobHooks& hooks);
+
+}  // namespace mimo::worker
