@@ -36,6 +36,17 @@ absl::StatusOr<std::unique_ptr<CoordinatorMetrics>> CoordinatorMetrics::Serve(
                      .Help("Registered live workers")
                      .Register(*m->registry_)
                      .Add({});
+  for (const auto& [name, help] : std::vector<std::pair<std::string, std::string>>{
+           {"step", "The running job's last reported optimizer step"},
+           {"loss", "The running job's loss per labelled token at its last reported step"},
+           {"tokens_per_second", "Tokens trained per second at the last reported step"},
+           {"tflops_per_gpu", "Model TFLOP/s per GPU at the last reported step"},
+           {"mfu", "Model FLOPs utilization (of the datasheet bf16 peak) at the last step"},
+           {"peak_memory_bytes", "Peak device memory of the reporting rank"},
+           {"value", "Named values of the last reported step (aux_loss, grad_norm, lr, ...)"}}) {
+    m->training_[name] =
+        &prometheus::BuildGauge().Name("mimo_job_" + name).Help(help).Register(*m->registry_);
+  }
   m->SetJobCounts({});
   m->exposer_->RegisterCollectable(m->registry_);
   return m;
@@ -62,6 +73,44 @@ void CoordinatorMetrics::SetJobCounts(const std::map<v1::JobState, int64_t>& cou
 
 void CoordinatorMetrics::SetWorkers(int64_t registered) {
   workers_->Set(static_cast<double>(registered));
+}
+
+void CoordinatorMetrics::SetRunningJobs(const std::vector<v1::Job>& jobs) {
+  std::map<std::string,
+           std::vector<std::pair<prometheus::Family<prometheus::Gauge>*, prometheus::Gauge*>>>
+      shown;
+  for (const v1::Job& job : jobs) {
+    if (!job.has_last_metrics()) continue;
+    const v1::Metrics& m = job.last_metrics();
+    auto& series = shown[job.id()];
+    auto set = [&](const std::string& name, double value,
+                   std::map<std::string, std::string> labels) {
+      prometheus::Family<prometheus::Gauge>* family = training_.at(name);
+      labels["job"] = job.id();
+      prometheus::Gauge& gauge = family->Add(labels);
+      gauge.Set(value);
+      series.emplace_back(family, &gauge);
+    };
+    set("step", static_cast<double>(m.step()), {});
+    set("loss", m.loss(), {});
+    set("tokens_per_second", m.tokens_per_second(), {});
+    set("tflops_per_gpu", m.tflops_per_gpu(), {});
+    set("mfu", m.mfu(), {});
+    set("peak_memory_bytes", static_cast<double>(m.peak_memory_bytes()), {});
+    for (const auto& [name, value] : m.values()) set("value", value, {{"name", name}});
+  }
+  // Series of jobs (or values) no longer shown go.
+  for (const auto& [job, series] : shown_) {
+    const auto now = shown.find(job);
+    for (const auto& [family, gauge] : series) {
+      bool kept = false;
+      if (now != shown.end()) {
+        for (const auto& s : now->second) kept = kept || s.second == gauge;
+      }
+      if (!kept) family->Remove(gauge);
+    }
+  }
+  shown_ = std::move(shown);
 }
 
 }  // namespace mimo::coordinator

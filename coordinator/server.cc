@@ -102,6 +102,9 @@ void CoordinatorServer::TickLoop() {
     if (metrics_) {
       if (auto counts = store_->CountByState(); counts.ok()) metrics_->SetJobCounts(*counts);
       metrics_->SetWorkers(manager_->num_workers());
+      if (auto running = store_->ListJobs(1000, "", {v1::JOB_STATE_RUNNING}); running.ok()) {
+        metrics_->SetRunningJobs(running->jobs);
+      }
     }
     mu_.Lock();
   }

@@ -470,6 +470,33 @@ TEST_F(ApiTest, PrometheusEndpointCountsJobsAndRequests) {
   EXPECT_THAT(page, HasSubstr("mimo_grpc_request_duration_seconds_count{method=\"SubmitJob\"} 1"));
 }
 
+TEST_F(ApiTest, PrometheusEndpointShowsRunningJobsTrainingMetrics) {
+  ServerOptions options = FastOptions(db_path_);
+  options.metrics_listen = "127.0.0.1:0";
+  StartServer(options);
+  auto workers = Workers(4);
+  const v1::Job job = Submit(SmallSpec());
+  std::vector<v1::Assignment> as = Assignments(workers);
+  ASSERT_EQ(as.size(), 4u);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  ASSERT_TRUE(workers[2]->Metrics(as[2], 7, 2.5).ok());
+  absl::SleepFor(absl::Milliseconds(100));  // A tick refreshes the gauges.
+  std::string page = HttpGet(server_->metrics_port(), "/metrics");
+  const std::string label = absl::StrCat("{job=\"", job.id(), "\"}");
+  EXPECT_THAT(page, HasSubstr("mimo_job_step" + label + " 7"));
+  EXPECT_THAT(page, HasSubstr("mimo_job_loss" + label + " 2.5"));
+  EXPECT_THAT(page, HasSubstr("mimo_job_tokens_per_second" + label + " 1000"));
+  // Once the job ends its series go.
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+  absl::SleepFor(absl::Milliseconds(100));
+  page = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_THAT(page, Not(HasSubstr("mimo_job_step{")));
+}
+
 TEST_F(ApiTest, StreamsEndWhenTheServerShutsDown) {
   StartServer();
   const v1::Job job = Submit(SmallSpec());
