@@ -41,7 +41,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorMetrics>> CoordinatorMetrics::Serve(
            {"loss", "The running job's loss per labelled token at its last reported step"},
            {"tokens_per_second", "Tokens trained per second at the last reported step"},
            {"tflops_per_gpu", "Model TFLOP/s per GPU at the last reported step"},
-           {"mfu", "Model FLOPs utilization (of the datasheet bf16 peak) at the last step"},
+           {"mfu", "Model FLOPs utilization (of the GPU's datasheet peak for the job's precision)"},
            {"peak_memory_bytes", "Peak device memory of the reporting rank"},
            {"value", "Named values of the last reported step (aux_loss, grad_norm, lr, ...)"}}) {
     m->training_[name] =

@@ -414,6 +414,45 @@ class SpecChecker {
         }
       }
     }
+    // The synthetic data and the byte-level tokenizer: what the samples need of the model.
+    int64_t placeholders = 2;  // BOS and EOS.
+    for (int i = 0; i < spec_.modules_size(); ++i) {
+      const v1::Module& m = spec_.modules(i);
+      const std::string at = absl::StrCat("modules[", i, "].");
+      if (m.has_vision()) {
+        const v1::VisionEncoder& v = m.vision();
+        if (v.num_channels() > 0 && v.num_channels() != 1 && v.num_channels() != 3) {
+          Add(at + "vision.num_channels",
+              absl::StrCat("the synthetic images have 1 or 3 channels, got ", v.num_channels()));
+        }
+        if (v.image_size() > 0 && v.image_size() < 4) {
+          Add(at + "vision.image_size",
+              absl::StrCat("the synthetic images are at least 4 pixels wide, got ",
+                           v.image_size()));
+        }
+        if (v.patch_size() > 0) {
+          placeholders +=
+              int64_t{v.image_size() / v.patch_size()} * (v.image_size() / v.patch_size());
+        }
+      } else if (m.has_audio() && m.audio().frames_per_token() > 0) {
+        placeholders += m.audio().max_frames() / m.audio().frames_per_token();
+      } else if (m.has_language() && m.language().vocab_size() > 0 &&
+                 m.language().vocab_size() < 256) {
+        Add(at + "language.vocab_size",
+            absl::StrCat("the byte-level tokenizer needs 256 entries, got ",
+                         m.language().vocab_size()));
+      }
+    }
+    if (spec_.training().seq_length() > 0 && spec_.training().seq_length() < placeholders) {
+      Add("training.seq_length",
+          absl::StrCat("seq_length ", spec_.training().seq_length(),
+                       " leaves no room for a "
+                       "sample's ",
+                       placeholders, " tokens of BOS, EOS and modality placeholders"));
+    }
+    if (spec_.has_training() && !spec_.training().packing()) {
+      Add("training.packing", "KIND_TRAIN jobs pack samples (THD, no padding): set packing: true");
+    }
     if (spec_.training().data_parallel_random_init()) {
       Add("training.data_parallel_random_init",
           "KIND_TRAIN jobs start every data-parallel replica from the same values; a different "
@@ -421,6 +460,11 @@ class SpecChecker {
     }
     if (spec_.data().has_webdataset()) {
       Add("data.webdataset", "KIND_TRAIN jobs read only the synthetic dataset for now");
+    }
+    if (!spec_.output_dir().empty() && spec_.output_dir()[0] != '/') {
+      Add("output_dir", absl::StrCat("must be an absolute path (the logging rank writes it on its "
+                                     "host), got \"",
+                                     spec_.output_dir(), "\""));
     }
     if (!spec_.checkpointing().dir().empty() || !spec_.checkpointing().resume_from().empty()) {
       Add("checkpointing", "KIND_TRAIN jobs do not write or read checkpoints yet");

@@ -23,8 +23,8 @@ namespace mimo {
 struct LanguageModelConfig {
   TransformerConfig transformer;  // The decoder's layers (causal, usually RoPE and RMSNorm).
   int64_t vocab_size = 0;         // > 0.
-  // Layers whose number is a multiple of moe_layer_freq (Megatron's moe_layer_freq; 1: every
-  // layer) get a MoE MLP with this configuration, the others a dense MLP; without it, every
+  // Layers whose number (from 0) is a multiple of moe_layer_freq (Megatron's moe_layer_freq; 1:
+  // every layer) get a MoE MLP with this configuration, the others a dense MLP; without it, every
   // layer is dense.
   std::optional<MoeConfig> moe;
   int moe_layer_freq = 1;  // >= 1.

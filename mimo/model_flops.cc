@@ -33,8 +33,8 @@ double LanguageModelTrainingFlops(const LanguageModelConfig& c,
     tokens += n;
     pairs += 0.5 * static_cast<double>(n) * (static_cast<double>(n) + 1);
   }
-  double per_token = 0;  // Every layer's token-wise matrices.
-  for (int layer = 1; layer <= t.num_layers; ++layer) {
+  double per_token = 0;                                 // Every layer's token-wise matrices.
+  for (int layer = 0; layer < t.num_layers; ++layer) {  // Numbered from 0, as the model does.
     per_token += ProjectionFlops(t);
     if (c.moe.has_value() && layer % c.moe_layer_freq == 0) {
       const MoeConfig& m = *c.moe;

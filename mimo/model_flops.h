@@ -1,9 +1,11 @@
 // The model FLOPs of a training step, the numerator of throughput per GPU and MFU: the matrix
 // multiplications of the forward pass counted exactly for the packed sequences (2 FLOPs per
-// multiply-add), times 3 for forward + backward, as Megatron-LM counts them. Attention counts the
+// multiply-add), times 3 for forward + backward, as Megatron-LM counts them. Unlike Megatron's
+// formula (which counts every causal query against the whole sequence), attention counts only the
 // score and value products of the pairs a token attends (causal: n (n + 1) / 2 pairs in a
-// sequence of n; bidirectional: n^2); a MoE layer counts its router, its top_k routed experts per
-// token and its shared experts. Norms, activations, softmax and embedding lookups are left out.
+// sequence of n; bidirectional: n^2), so MFU is not inflated by masked work; a MoE layer counts its
+// router, its top_k routed experts per token and its shared experts. Norms, activations, softmax
+// and embedding lookups are left out.
 #pragma once
 
 #include <cstdint>

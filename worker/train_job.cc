@@ -12,6 +12,7 @@
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
 #include "worker/model_spec.h"
+#include "worker/training_outputs.h"
 
 namespace mimo::worker {
 namespace {
@@ -103,7 +104,9 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
 }
 
 double PeakTflops(const std::string& device_name, kernels::DType dtype) {
-  if (absl::StrContains(device_name, "H100") || absl::StrContains(device_name, "H200")) {
+  // SXM parts only ("NVIDIA H100 80GB HBM3", "NVIDIA H200"); PCIe and NVL parts peak lower.
+  if (absl::StrContains(device_name, "H100 80GB HBM3") ||
+      absl::StrContains(device_name, "H100 SXM") || absl::StrContains(device_name, "H200")) {
     return dtype == kernels::DType::kBF16 ? 989.0 : 67.0;
   }
   return 0;
@@ -126,7 +129,7 @@ std::string MegatronLogLine(const StepMetrics& m, int64_t steps, int64_t consume
 
 absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGroups& groups,
                          kernels::Ops& ops, bool cuda, const std::string& device_name,
-                         const TrainJobHooks& hooks) {
+                         const std::string& host, const TrainJobHooks& hooks) {
   const v1::JobSpec& spec = assignment.spec();
   const v1::Training& t = spec.training();
   const kernels::DType dtype = ComputeDType(t.precision(), cuda);
@@ -146,6 +149,12 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
                          " parameters on this rank, ", options.micro_batches, " micro-batches of ",
                          options.micro_batch_size, " samples per step, ", kernels::DTypeName(dtype),
                          ", ", t.steps(), " steps"));
+  std::unique_ptr<TrainingOutputs> outputs;
+  if (logs && !spec.output_dir().empty()) {
+    MIMO_ASSIGN_OR_RETURN(outputs, TrainingOutputs::Create(spec.output_dir(), host));
+    hooks.log(
+        absl::StrCat("writing metrics.csv, tensorboard/ and loss.png to ", spec.output_dir()));
+  }
   double seconds = 0;
   for (int64_t step = 1; step <= t.steps(); ++step) {
     if (hooks.stopped && hooks.stopped()) return absl::CancelledError("the job was stopped");
@@ -154,7 +163,6 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
     if (!logs || (step % interval != 0 && step != t.steps())) continue;
     const double tflops = m.seconds > 0 ? m.model_flops / m.seconds / world / 1e12 : 0;
     hooks.log(MegatronLogLine(m, t.steps(), trainer->position(), t.global_batch_size(), tflops));
-    if (!hooks.report) continue;
     v1::Metrics metrics;
     metrics.set_step(m.step);
     metrics.set_loss(m.loss);
@@ -177,7 +185,8 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
     metrics.set_peak_memory_bytes(m.peak_memory_bytes);
     *metrics.mutable_time() =
         google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(absl::Now()));
-    hooks.report(metrics);
+    if (outputs != nullptr) MIMO_RETURN_IF_ERROR(outputs->Add(metrics));
+    if (hooks.report) hooks.report(metrics);
   }
   hooks.log(absl::StrFormat(
       "training done: %d steps in %.1f s, peak memory %.1f MiB on this rank", t.steps(), seconds,

@@ -24,8 +24,8 @@ namespace mimo::worker {
 absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignment,
                                                  const comm::ProcessGroups& groups);
 
-// The datasheet's dense peak TFLOP/s of a GPU for `dtype` (H100 and H200: 989 in bf16, 67 in
-// fp32), the denominator of MFU; 0 when unknown (a CPU, another GPU).
+// The datasheet's dense peak TFLOP/s of a GPU for `dtype` (H100 SXM and H200: 989 in bf16, 67 in
+// fp32), the denominator of MFU; 0 when unknown (a CPU, another GPU, an H100 PCIe or NVL).
 double PeakTflops(const std::string& device_name, kernels::DType dtype);
 
 // Iteration `step` of `steps` in Megatron-LM's format ("iteration 5/ 50 | consumed samples: 80 |
@@ -43,9 +43,10 @@ struct TrainJobHooks {
 // Runs the job's steps on this rank with `ops` (CPU ops with Gloo groups, CUDA ops with NCCL
 // groups). The logging rank (the language module's data-parallel replica 0) logs every
 // training.log_interval steps (0: every step) and the last one, and reports the same steps'
-// metrics; every rank logs its start and end. Cancelled once `stopped` says so.
+// metrics, and with spec.output_dir writes them there too (training_outputs.h; `host` names its
+// TensorBoard file); every rank logs its start and end. Cancelled once `stopped` says so.
 absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGroups& groups,
                          kernels::Ops& ops, bool cuda, const std::string& device_name,
-                         const TrainJobHooks& hooks);
+                         const std::string& host, const TrainJobHooks& hooks);
 
 }  // namespace mimo::worker

@@ -438,6 +438,9 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     }
     Pending p;
     std::unique_ptr<SavedActivations> saved[2];
+    // A communicator writes on its own stream: the buffer it receives into (perhaps memory the
+    // previous micro-batch's work still reads, freed to this stream) must be idle first.
+    if (!whole) MIMO_RETURN_IF_ERROR(ops_.Synchronize());
     for (int x : {kVision, kAudio}) {
       if (rows[x] == 0) continue;
       const int64_t offset = x == kVision ? 0 : rows[kVision];
@@ -595,6 +598,7 @@ absl::Status Trainer::EncoderStep(int64_t base) {
     MIMO_ASSIGN_OR_RETURN(Tensor grad,
                           Tensor::Empty({p.rows, hidden}, config_.language.transformer.dtype,
                                         ops_.allocator(), ops_.stream()));
+    MIMO_RETURN_IF_ERROR(ops_.Synchronize());  // The receive buffer idle (see LanguageStep).
     int64_t row = 0;
     for (size_t n = 0; n < links.size(); ++n) {
       MIMO_RETURN_IF_ERROR(RecvRows(links[n], grad, row, p.link_rows[n]));

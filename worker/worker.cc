@@ -483,7 +483,7 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
                                     log.Line(absl::StrCat("metrics report failed: ", s.message()));
                                 },
                             .stopped = [&job] { return job.Stopped(nullptr); }};
-  return RunTraining(assignment, *groups, *ops, cuda, info_.device_name(), hooks);
+  return RunTraining(assignment, *groups, *ops, cuda, info_.device_name(), info_.host(), hooks);
 }
 
 }  // namespace mimo::worker

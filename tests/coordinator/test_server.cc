@@ -48,6 +48,7 @@ v1::JobSpec SmallSpec(const std::string& name) {
   training->set_global_batch_size(8);
   training->set_micro_batch_size(2);
   training->set_seq_length(128);
+  training->set_packing(true);
   training->set_precision(v1::PRECISION_FP32);
   training->mutable_optimizer()->set_lr(3e-4);
   training->mutable_optimizer()->set_adam_beta1(0.9);

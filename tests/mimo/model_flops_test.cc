@@ -56,12 +56,12 @@ TEST(ModelFlopsTest, MoeLayersCountTheRouterAndTopKExperts) {
   m.expert_ffn_hidden_size = 20;
   m.shared_expert_ffn_hidden_size = 16;
   moe.moe = m;
-  moe.moe_layer_freq = 3;  // Layer 3 of 3 only.
+  moe.moe_layer_freq = 2;  // Layers 0 and 2 of 0..2 (numbered from 0, as the model does).
   const std::vector<int32_t> lengths = {10};
   const double per_token_delta = 2 * 24 * 8 + 2 * (6 * 24 * 20) + 6 * 24 * 16 - 6 * 24 * 40;
   EXPECT_DOUBLE_EQ(
       LanguageModelTrainingFlops(moe, lengths) - LanguageModelTrainingFlops(dense, lengths),
-      3 * 10 * per_token_delta);
+      3 * 10 * 2 * per_token_delta);
 }
 
 TEST(ModelFlopsTest, EncoderIsTwiceItsMatricesPerTokenPlusBidirectionalAttention) {

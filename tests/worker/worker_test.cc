@@ -4,8 +4,11 @@
 // re-attaches the running job.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -109,6 +112,10 @@ TEST_F(WorkerTest, TrainJobTrainsAndReportsEveryStep) {
   auto workers = StartWorkers(4);
   v1::JobSpec spec = coordinator::testing::SmallSpec("train");  // KIND_TRAIN, 10 steps.
   spec.mutable_training()->mutable_optimizer()->set_lr(3e-3);
+  const std::filesystem::path out =
+      std::filesystem::temp_directory_path() / absl::StrCat("mimo-train-out-", getpid());
+  std::filesystem::remove_all(out);
+  spec.set_output_dir(out.string());
   const v1::Job job = Submit(spec);
   const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(120));
   ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.state_reason();
@@ -140,6 +147,14 @@ TEST_F(WorkerTest, TrainJobTrainsAndReportsEveryStep) {
   for (int r = 0; r < 4; ++r) {
     EXPECT_TRUE(HasLine(logs, absl::StrCat("rank ", r, ": training done: 10 steps"))) << r;
   }
+  // The logging rank's files: a CSV row per step, an event file, the loss curve.
+  std::ifstream csv(out / "metrics.csv");
+  int rows = 0;
+  for (std::string line; std::getline(csv, line);) ++rows;
+  EXPECT_EQ(rows, 11);
+  EXPECT_TRUE(std::filesystem::exists(out / "loss.png"));
+  EXPECT_FALSE(std::filesystem::is_empty(out / "tensorboard"));
+  std::filesystem::remove_all(out);
   // The workers are free again.
   const v1::Job next = Submit(SelftestSpec("after-train"));
   EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(20)).state(),

@@ -1,0 +1,76 @@
+// TrainingOutputs: a CSV row, a TensorBoard event and a redrawn loss curve per logged step.
+#include "worker/training_outputs.h"
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "worker/loss_plot.h"
+
+namespace mimo::worker {
+namespace {
+
+double Value(const v1::Metrics& m, const std::string& name) {
+  auto it = m.values().find(name);
+  return it == m.values().end() ? 0.0 : it->second;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TrainingOutputs>> TrainingOutputs::Create(const std::string& dir,
+                                                                         const std::string& host) {
+  MIMO_ASSIGN_OR_RETURN(
+      auto events,
+      TensorBoardWriter::Create((std::filesystem::path(dir) / "tensorboard").string(), host));
+  const std::filesystem::path csv = std::filesystem::path(dir) / "metrics.csv";
+  if (!std::filesystem::exists(csv)) {
+    std::ofstream out(csv);
+    out << kCsvHeader << "\n";
+    if (!out.flush()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot write ", csv.string(), ": ", std::strerror(errno)));
+    }
+  }
+  return std::unique_ptr<TrainingOutputs>(new TrainingOutputs(dir, std::move(events)));
+}
+
+absl::Status TrainingOutputs::Add(const v1::Metrics& m) {
+  const std::filesystem::path dir(dir_);
+  {
+    std::ofstream out(dir / "metrics.csv", std::ios::app);
+    out << absl::StrFormat("%d,%.9g,%.9g,%.9g,%.9g,%.6g,%.6g,%.6g,%d,%.6g\n", m.step(), m.loss(),
+                           Value(m, "aux_loss"), Value(m, "grad_norm"), Value(m, "lr"),
+                           m.tokens_per_second(), m.tflops_per_gpu(), m.mfu(),
+                           m.peak_memory_bytes(), Value(m, "step_seconds"));
+    if (!out.flush()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot write ", (dir / "metrics.csv").string(), ": ", std::strerror(errno)));
+    }
+  }
+  MIMO_RETURN_IF_ERROR(events_->WriteScalars(
+      m.step(), {{"lm loss", m.loss()},
+                 {"aux loss", Value(m, "aux_loss")},
+                 {"grad-norm", Value(m, "grad_norm")},
+                 {"learning-rate", Value(m, "lr")},
+                 {"tokens-per-second", m.tokens_per_second()},
+                 {"throughput", m.tflops_per_gpu()},
+                 {"mfu", m.mfu()},
+                 {"mem-max-allocated-bytes", static_cast<double>(m.peak_memory_bytes())},
+                 {"iteration-time", Value(m, "step_seconds")}}));
+  losses_.emplace_back(m.step(), m.loss());
+  // Drawn beside and renamed over, so a reader never sees half a picture.
+  const std::string png = (dir / "loss.png").string();
+  MIMO_RETURN_IF_ERROR(WriteLossPlot(png + ".tmp", losses_));
+  std::error_code error;
+  std::filesystem::rename(png + ".tmp", png, error);
+  if (error) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot write ", png, ": ", error.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace mimo::worker
