@@ -395,7 +395,8 @@ class SpecChecker {
   // What KIND_TRAIN jobs cannot do yet is refused here, never silently ignored.
   void CheckTrainingSupport(const std::optional<parallel::RankPlan>& plan) {
     const char* kLater =
-        "KIND_TRAIN jobs do not support this yet (data and expert parallelism only)";
+        "KIND_TRAIN jobs do not support this yet (data, expert and expert tensor parallelism "
+        "only)";
     if (plan) {
       const int language_dp = plan->language().config().dp;
       const int64_t samples = int64_t{spec_.training().micro_batch_size()} * language_dp;
@@ -406,7 +407,6 @@ class SpecChecker {
              {std::pair{"tp", m.tp}, std::pair{"cp", m.cp}, std::pair{"pp", m.pp}}) {
           if (value > 1) Add(at + field, absl::StrCat(field, " ", value, ": ", kLater));
         }
-        if (m.is_language && m.etp > 1) Add(at + "etp", absl::StrCat("etp ", m.etp, ": ", kLater));
         if (!m.is_language && samples > 0 && samples % m.dp != 0) {
           Add(at + "dp", absl::StrCat("dp ", m.dp, " must divide the ", samples,
                                       " samples of a global micro-batch (micro_batch_size * "

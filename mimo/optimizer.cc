@@ -104,18 +104,19 @@ absl::StatusOr<std::unique_ptr<AdamWOptimizer>> AdamWOptimizer::Create(
 
 absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Step(kernels::Ops& ops,
                                                         comm::Communicator* norm_group) {
-  MIMO_ASSIGN_OR_RETURN(const float squared, SquaredGradNorm(ops, norm_group));
+  MIMO_ASSIGN_OR_RETURN(const float squared, SquaredGradNorm(ops, {norm_group}));
   return Apply(ops, squared);
 }
 
-absl::StatusOr<float> AdamWOptimizer::SquaredGradNorm(kernels::Ops& ops,
-                                                      comm::Communicator* norm_group) {
+absl::StatusOr<float> AdamWOptimizer::SquaredGradNorm(
+    kernels::Ops& ops, std::vector<comm::Communicator*> norm_groups) {
   MIMO_RETURN_IF_ERROR(SumSquares(ops, replicated_));
   MIMO_RETURN_IF_ERROR(SumSquares(ops, sharded_));
-  if (norm_group != nullptr && norm_group->size() > 1) {
+  for (comm::Communicator* group : norm_groups) {
+    if (group == nullptr || group->size() == 1) continue;
     MIMO_RETURN_IF_ERROR(ops.Synchronize());
-    MIMO_RETURN_IF_ERROR(norm_group->AllReduce(sharded_.total.data(), 1, comm::DataType::kFloat32,
-                                               comm::ReduceOp::kSum));
+    MIMO_RETURN_IF_ERROR(
+        group->AllReduce(sharded_.total.data(), 1, comm::DataType::kFloat32, comm::ReduceOp::kSum));
   }
   float replicated = 0, sharded = 0;
   MIMO_RETURN_IF_ERROR(ops.CopyToHost(&replicated, replicated_.total.data(), sizeof(float)));

@@ -60,9 +60,11 @@ class AdamWOptimizer {
   // Apply(ops, SquaredGradNorm(ops, norm_group)).
   absl::StatusOr<OptimizerStepStats> Step(kernels::Ops& ops,
                                           comm::Communicator* norm_group = nullptr);
-  // The squared L2 norm of this rank's part of the model's gradients, as Step counts it.
+  // The squared L2 norm of this rank's part of the model's gradients, as Step counts it, the
+  // sharded parameters' squares summed over each of `norm_groups` in turn (null entries skipped;
+  // the expert-parallel group, then the expert-tensor-parallel group: together every shard once).
   absl::StatusOr<float> SquaredGradNorm(kernels::Ops& ops,
-                                        comm::Communicator* norm_group = nullptr);
+                                        std::vector<comm::Communicator*> norm_groups = {});
   // The update with the whole model's squared gradient norm given (this rank's part plus the
   // other ranks' parts: modules on their own ranks): clipping and the skip on a non-finite norm
   // follow it, so every rank given the same value takes the same decision.

@@ -194,11 +194,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     o.data.max_frames = model.audio->max_frames;
   }
   MIMO_RETURN_IF_ERROR(data::ValidateSyntheticOptions(o.data));
-  if (ModelGroups::Size(o.groups.expt_tp) > 1) {
-    return absl::UnimplementedError(
-        "Trainer: expert tensor parallelism (expt_tp > 1) is not yet supported by the training "
-        "step");
-  }
   const bool has[2] = {model.vision.has_value(), model.audio.has_value()};
   const int dp_size = ModelGroups::Size(o.dp), dp_rank = ModelGroups::Rank(o.dp);
   auto modules = std::make_unique<Modules>();
@@ -303,7 +298,10 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   // theirs are summed over the ranks holding the same experts only.
   MIMO_RETURN_IF_ERROR(SumGradients(options_.dp, dense_));
   comm::Communicator* expt_dp = options_.expt_dp;
-  if (expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1) expt_dp = options_.dp;
+  if (expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1 &&
+      ModelGroups::Size(options_.groups.expt_tp) == 1) {
+    expt_dp = options_.dp;
+  }
   MIMO_RETURN_IF_ERROR(SumGradients(expt_dp, experts_));
   MIMO_ASSIGN_OR_RETURN(const float squared, WholeModelSquaredNorm());
   MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, optimizer_->Apply(ops_, squared));
@@ -330,8 +328,11 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
 // ranks add the encoders' parts (sent up the links) to theirs and send the total back down.
 absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
   const bool language = modules_->language != nullptr;
-  MIMO_ASSIGN_OR_RETURN(const float local,
-                        optimizer_->SquaredGradNorm(ops_, language ? options_.groups.ep : nullptr));
+  MIMO_ASSIGN_OR_RETURN(
+      const float local,
+      optimizer_->SquaredGradNorm(
+          ops_, language ? std::vector{options_.groups.ep, options_.groups.expt_tp}
+                         : std::vector<comm::Communicator*>{}));
   if (options_.part == ModelPart::kWhole) return local;
   if (!language) {
     const std::vector<BridgeEnd>& links = modules_->links[EncoderIndex(options_.part)];

@@ -53,9 +53,10 @@ struct TrainerOptions {
   // [base + r * k, base + (r + 1) * k) (k = micro_batches * micro_batch_size), so the group sees
   // what one rank with L times the micro-batches would, and the replicas stay identical.
   comm::Communicator* dp = nullptr;
-  // Expert parallelism of the language model (ModelGroups::ep; expt_tp is not supported by the
-  // step yet): the routed experts' gradients are summed over expt_dp (the ranks holding the same
-  // experts; null: dp without EP, none with it) instead of dp, and their squared norms over ep.
+  // Expert parallelism of the language model (ModelGroups::ep and expt_tp): the routed experts'
+  // gradients are summed over expt_dp (the ranks holding the same expert shards; null: dp
+  // without EP and expt_tp, none with either) instead of dp, and their squared norms over ep and
+  // expt_tp.
   ModelGroups groups;
   comm::Communicator* expt_dp = nullptr;
   // Modules on their own ranks: which part this rank computes, and its links to the other side.
@@ -91,7 +92,7 @@ struct StepMetrics {
 class Trainer {
  public:
   // InvalidArgument for options that do not fit the model or each other (links not those the
-  // layout pairs, sizes that do not divide), Unimplemented for expt_tp > 1.
+  // layout pairs, sizes that do not divide).
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(kernels::Ops& ops,
                                                          const MimoModelConfig& model,
                                                          const TrainerOptions& options);

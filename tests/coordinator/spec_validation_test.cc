@@ -161,6 +161,14 @@ TEST(ValidateJobSpecTest, LongestJobNamePasses) {
   EXPECT_TRUE(ValidateJobSpec(spec, nullptr).ok());
 }
 
+TEST(ValidateJobSpecTest, TrainingTakesExpertTensorParallelism) {
+  v1::JobSpec spec = ValidSpec();
+  Language(spec).mutable_parallelism()->set_etp(2);  // expt_tp 2 x ep 2 over language dp 4.
+  absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, nullptr);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->language().config().expt_dp(), 1);
+}
+
 TEST(ValidateJobSpecTest, SelftestNeedsNoTrainingOrData) {
   v1::JobSpec spec = ValidSpec();
   spec.set_kind(v1::JobSpec::KIND_SELFTEST);
@@ -464,9 +472,6 @@ INSTANTIATE_TEST_SUITE_P(
                Train(s).set_global_batch_size(4);
              },
              {"modules[2].parallelism.pp"}},
-        Case{"TrainingWithExpertTensorParallelism",
-             [](v1::JobSpec& s) { Language(s).mutable_parallelism()->set_etp(2); },
-             {"modules[2].parallelism.etp"}},
         Case{"TrainingEncoderDpBeyondTheSamples",
              [](v1::JobSpec& s) {
                // Vision dp 8 on ranks 0-7 feeds language dp 4 with 4 samples a micro-batch.

@@ -1,7 +1,8 @@
 // Data parallelism of the trainer on CPU workers (ranks as threads, Gloo over loopback): two
 // replicas with one micro-batch each train exactly like one rank with two micro-batches on the
 // same samples (losses, gradient norms, expert loads and parameters after every step), and the
-// replicas stay identical.
+// replicas stay identical; so do two expert-parallel ranks and two expert-tensor-parallel ranks
+// (each with its slice of the experts).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -127,13 +128,47 @@ TEST(TrainerDataParallelTest, TwoReplicasTrainLikeOneRankWithTheirMicroBatches) 
 // every MoE layer's experts (ep = dp = 2, expt_dp 1), train like one rank with both micro-batches:
 // the same losses, norms and loads; the same dense parameters on both; each rank's experts equal
 // its slice of the one rank's.
-TEST(TrainerDataParallelTest, ExpertParallelRanksTrainLikeOneRank) {
+// Rank r's slice of a full expert tensor (experts outermost): with ep, experts [2r, 2r + 2) of 4;
+// with expt_tp, part r of each expert's width F (fc1 (E, 2F, C): in the gate and the up rows;
+// fc2 (E, C, F): the columns).
+std::vector<float> ExpertSlice(const std::string& name, const std::vector<float>& full, int r,
+                               bool expt_tp) {
+  if (!expt_tp) {
+    const size_t half = full.size() / 2;
+    return {full.begin() + r * half, full.begin() + (r + 1) * half};
+  }
+  constexpr int64_t kExperts = 4, kHidden = 16, kFfn = 32, kPart = kFfn / 2;
+  std::vector<float> out;
+  const bool fc1 = name.find("linear_fc1") != std::string::npos;
+  for (int64_t x = 0; x < kExperts; ++x) {
+    if (fc1) {
+      for (int b = 0; b < 2; ++b) {
+        for (int64_t w = 0; w < kPart; ++w) {
+          const int64_t row = x * 2 * kFfn + b * kFfn + r * kPart + w;
+          out.insert(out.end(), full.begin() + row * kHidden, full.begin() + (row + 1) * kHidden);
+        }
+      }
+    } else {
+      for (int64_t c = 0; c < kHidden; ++c) {
+        const int64_t at = (x * kHidden + c) * kFfn + r * kPart;
+        out.insert(out.end(), full.begin() + at, full.begin() + at + kPart);
+      }
+    }
+  }
+  return out;
+}
+
+// Two ranks, each its own samples, with the experts split over them (`kind`: "ep": half of every
+// MoE layer's experts each; "expt_tp": half of every expert's width each), train like one rank
+// with both micro-batches: the same losses, norms and loads; the same dense parameters on both;
+// each rank's experts equal its slice of the one rank's.
+void ExpectExpertSplitLikeOneRank(const std::string& kind) {
   const TrainRun want = Train(2, nullptr);
   std::vector<TrainRun> got(2);
   comm::InMemoryStore store;
   comm::RunRanks(2, [&](int rank) {
     auto groups = comm::ProcessGroups::CreateGloo(
-        {{.kind = "dp", .members = {0, 1}}, {.kind = "ep", .members = {0, 1}}}, store,
+        {{.kind = "dp", .members = {0, 1}}, {.kind = kind, .members = {0, 1}}}, store,
         {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
     ASSERT_TRUE(groups.ok()) << groups.status();
     got[rank] = Train(1, (*groups)->Get("dp"), ModelGroupsOf(**groups));
@@ -152,8 +187,7 @@ TEST(TrainerDataParallelTest, ExpertParallelRanksTrainLikeOneRank) {
       std::vector<float> slice = values;
       if (name.find(".mlp.experts.") != std::string::npos) {
         ++experts;
-        const size_t half = values.size() / 2;  // Experts [2r, 2r + 2) of 4: dim 0 outermost.
-        slice.assign(values.begin() + r * half, values.begin() + (r + 1) * half);
+        slice = ExpertSlice(name, values, r, kind == "expt_tp");
       }
       const std::vector<float>& v = got[r].params.at(name);
       ASSERT_EQ(v.size(), slice.size()) << name;
@@ -166,6 +200,14 @@ TEST(TrainerDataParallelTest, ExpertParallelRanksTrainLikeOneRank) {
     }
     EXPECT_EQ(experts, 4);  // fc1 and fc2 of 2 layers.
   }
+}
+
+TEST(TrainerDataParallelTest, ExpertParallelRanksTrainLikeOneRank) {
+  ExpectExpertSplitLikeOneRank("ep");
+}
+
+TEST(TrainerDataParallelTest, ExpertTensorParallelRanksTrainLikeOneRank) {
+  ExpectExpertSplitLikeOneRank("expt_tp");
 }
 
 }  // namespace
