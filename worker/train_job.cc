@@ -43,11 +43,39 @@ absl::StatusOr<ModelPart> PartOf(const v1::JobSpec& spec, const std::string& nam
 
 }  // namespace
 
+absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, int language_dp) {
+  const v1::Training& t = spec.training();
+  TrainerOptions o;
+  const int64_t per_micro_batch = int64_t{t.micro_batch_size()} * language_dp;
+  if (per_micro_batch < 1 || t.global_batch_size() % per_micro_batch != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "global_batch_size ", t.global_batch_size(), " is not a multiple of micro_batch_size ",
+        t.micro_batch_size(), " * language dp ", language_dp));
+  }
+  o.micro_batch_size = t.micro_batch_size();
+  o.micro_batches = t.global_batch_size() / per_micro_batch;
+  o.seq_length = t.seq_length();
+  o.seed = t.seed() != 0 ? static_cast<uint64_t>(t.seed()) : 1234;
+  o.data.num_samples =
+      spec.data().synthetic().num_samples() > 0 ? spec.data().synthetic().num_samples() : 10000;
+  o.data.seed = o.seed;
+  const v1::Optimizer& opt = t.optimizer();
+  o.optimizer = {.lr = static_cast<float>(opt.lr()),
+                 .min_lr = static_cast<float>(opt.min_lr()),
+                 .weight_decay = static_cast<float>(opt.weight_decay()),
+                 .beta1 = static_cast<float>(opt.adam_beta1()),
+                 .beta2 = static_cast<float>(opt.adam_beta2()),
+                 .eps = static_cast<float>(opt.adam_eps()),
+                 .clip_grad = static_cast<float>(opt.clip_grad()),
+                 .warmup_steps = opt.warmup_steps(),
+                 .decay_steps = opt.decay_steps()};
+  return o;
+}
+
 absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignment,
                                                  const comm::ProcessGroups& groups) {
   const v1::JobSpec& spec = assignment.spec();
   const v1::RankAssignment& rank = assignment.rank();
-  const v1::Training& t = spec.training();
   TrainerOptions o;
   MIMO_ASSIGN_OR_RETURN(o.part, PartOf(spec, rank.module()));
   const bool language = o.part == ModelPart::kLanguage;
@@ -77,29 +105,13 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
     }
     language_dp = o.links[0].peer_dp;
   }
-  const int64_t per_micro_batch = int64_t{t.micro_batch_size()} * language_dp;
-  if (per_micro_batch < 1 || t.global_batch_size() % per_micro_batch != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "global_batch_size ", t.global_batch_size(), " is not a multiple of micro_batch_size ",
-        t.micro_batch_size(), " * language dp ", language_dp));
-  }
-  o.micro_batch_size = t.micro_batch_size();
-  o.micro_batches = t.global_batch_size() / per_micro_batch;
-  o.seq_length = t.seq_length();
-  o.seed = t.seed() != 0 ? static_cast<uint64_t>(t.seed()) : 1234;
-  o.data.num_samples =
-      spec.data().synthetic().num_samples() > 0 ? spec.data().synthetic().num_samples() : 10000;
-  o.data.seed = o.seed;
-  const v1::Optimizer& opt = t.optimizer();
-  o.optimizer = {.lr = static_cast<float>(opt.lr()),
-                 .min_lr = static_cast<float>(opt.min_lr()),
-                 .weight_decay = static_cast<float>(opt.weight_decay()),
-                 .beta1 = static_cast<float>(opt.adam_beta1()),
-                 .beta2 = static_cast<float>(opt.adam_beta2()),
-                 .eps = static_cast<float>(opt.adam_eps()),
-                 .clip_grad = static_cast<float>(opt.clip_grad()),
-                 .warmup_steps = opt.warmup_steps(),
-                 .decay_steps = opt.decay_steps()};
+  MIMO_ASSIGN_OR_RETURN(const TrainerOptions from_spec, TrainerOptionsFromSpec(spec, language_dp));
+  o.micro_batch_size = from_spec.micro_batch_size;
+  o.micro_batches = from_spec.micro_batches;
+  o.seq_length = from_spec.seq_length;
+  o.seed = from_spec.seed;
+  o.data = from_spec.data;
+  o.optimizer = from_spec.optimizer;
   return o;
 }
 

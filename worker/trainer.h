@@ -101,6 +101,8 @@ class Trainer {
   absl::StatusOr<StepMetrics> Step();
   // Samples consumed so far by the whole group (the data position).
   int64_t position() const { return position_; }
+  // The options as resolved (the data's image and audio sizes set from the model).
+  const TrainerOptions& options() const { return options_; }
   // The parameters of this rank's modules (vision.*, audio.*, language.*).
   void AppendParameters(std::vector<Parameter*>& out) const;
 
