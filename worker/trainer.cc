@@ -163,14 +163,18 @@ struct Trainer::Modules {
 
 Trainer::Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
                  std::unique_ptr<Modules> modules, std::unique_ptr<AdamWOptimizer> optimizer,
-                 std::vector<Parameter*> dense, std::vector<Parameter*> experts)
+                 std::vector<Parameter*> dense, std::vector<Parameter*> experts,
+                 std::unique_ptr<GradientBuckets> dense_buckets,
+                 std::unique_ptr<GradientBuckets> expert_buckets)
     : ops_(ops),
       config_(config),
       options_(options),
       modules_(std::move(modules)),
       optimizer_(std::move(optimizer)),
       dense_(std::move(dense)),
-      experts_(std::move(experts)) {}
+      experts_(std::move(experts)),
+      dense_buckets_(std::move(dense_buckets)),
+      expert_buckets_(std::move(expert_buckets)) {}
 
 Trainer::~Trainer() = default;
 
@@ -256,9 +260,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     if (std::find(experts.begin(), experts.end(), p) == experts.end()) dense.push_back(p);
   }
   MIMO_ASSIGN_OR_RETURN(auto optimizer, AdamWOptimizer::Create(ops, o.optimizer, dense, experts));
-  return std::unique_ptr<Trainer>(new Trainer(ops, model, o, std::move(modules),
-                                              std::move(optimizer), std::move(dense),
-                                              std::move(experts)));
+  MIMO_ASSIGN_OR_RETURN(auto dense_buckets, GradientBuckets::Create(ops, dense, o.bucket_elements));
+  MIMO_ASSIGN_OR_RETURN(auto expert_buckets,
+                        GradientBuckets::Create(ops, experts, o.bucket_elements));
+  return std::unique_ptr<Trainer>(
+      new Trainer(ops, model, o, std::move(modules), std::move(optimizer), std::move(dense),
+                  std::move(experts), std::move(dense_buckets), std::move(expert_buckets)));
 }
 
 void Trainer::AppendParameters(std::vector<Parameter*>& out) const {
@@ -266,17 +273,6 @@ void Trainer::AppendParameters(std::vector<Parameter*>& out) const {
     if (e != nullptr) e->AppendParameters(out);
   }
   if (modules_->language != nullptr) modules_->language->AppendParameters(out);
-}
-
-absl::Status Trainer::SumGradients(comm::Communicator* group,
-                                   const std::vector<Parameter*>& params) {
-  if (group == nullptr || group->size() == 1 || params.empty()) return absl::OkStatus();
-  MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-  for (Parameter* p : params) {
-    MIMO_RETURN_IF_ERROR(group->AllReduce(p->grad().data(), p->numel(), comm::DataType::kFloat32,
-                                          comm::ReduceOp::kSum));
-  }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<StepMetrics> Trainer::Step() {
@@ -296,13 +292,13 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   // Every gradient summed over its module's replicas (each already carries 1 / the labelled
   // tokens of the step). The routed experts see every dp rank's tokens through the all-to-all:
   // theirs are summed over the ranks holding the same experts only.
-  MIMO_RETURN_IF_ERROR(SumGradients(options_.dp, dense_));
+  MIMO_RETURN_IF_ERROR(dense_buckets_->AllReduce(ops_, options_.dp));
   comm::Communicator* expt_dp = options_.expt_dp;
   if (expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1 &&
       ModelGroups::Size(options_.groups.expt_tp) == 1) {
     expt_dp = options_.dp;
   }
-  MIMO_RETURN_IF_ERROR(SumGradients(expt_dp, experts_));
+  MIMO_RETURN_IF_ERROR(expert_buckets_->AllReduce(ops_, expt_dp));
   MIMO_ASSIGN_OR_RETURN(const float squared, WholeModelSquaredNorm());
   MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, optimizer_->Apply(ops_, squared));
   m.step = stats.step;

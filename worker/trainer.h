@@ -16,6 +16,7 @@
 #include "comm/communicator.h"
 #include "data/synthetic.h"
 #include "kernels/ops.h"
+#include "mimo/gradient_buckets.h"
 #include "mimo/language_model.h"
 #include "mimo/mimo_model.h"
 #include "mimo/modality_encoder.h"
@@ -68,6 +69,9 @@ struct TrainerOptions {
   // it; on an encoder rank: one per language replica it feeds. kWhole: no links.
   ModelPart part = ModelPart::kWhole;
   std::vector<BridgeEnd> links;
+  // Gradients are summed over dp (and expt_dp) in buckets of about this many fp32 elements
+  // (mimo/gradient_buckets.h); > 0.
+  int64_t bucket_elements = GradientBuckets::kDefaultBucketElements;
 };
 // Loss, token counts, model FLOPs and expert loads are the language ranks': 0 (empty) on
 // encoder ranks.
@@ -110,12 +114,13 @@ class Trainer {
   struct Modules;
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
           std::unique_ptr<Modules> modules, std::unique_ptr<AdamWOptimizer> optimizer,
-          std::vector<Parameter*> dense, std::vector<Parameter*> experts);
+          std::vector<Parameter*> dense, std::vector<Parameter*> experts,
+          std::unique_ptr<GradientBuckets> dense_buckets,
+          std::unique_ptr<GradientBuckets> expert_buckets);
   // The language side of a step (kWhole, kLanguage) and an encoder's (kVision, kAudio).
   absl::Status LanguageStep(int64_t base, StepMetrics& m);
   absl::Status EncoderStep(int64_t base);
   absl::StatusOr<float> WholeModelSquaredNorm();
-  absl::Status SumGradients(comm::Communicator* group, const std::vector<Parameter*>& params);
 
   kernels::Ops& ops_;
   const MimoModelConfig config_;
@@ -124,6 +129,7 @@ class Trainer {
   std::unique_ptr<AdamWOptimizer> optimizer_;
   std::vector<Parameter*> dense_;    // Every parameter but the routed experts'.
   std::vector<Parameter*> experts_;  // The routed experts' (this rank's experts with EP).
+  std::unique_ptr<GradientBuckets> dense_buckets_, expert_buckets_;
   int64_t position_ = 0;
 };
 

@@ -68,7 +68,9 @@ TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {
                                .optimizer = {.lr = 1e-3f, .warmup_steps = 1},
                                .seed = 9,
                                .dp = dp,
-                               .groups = groups};
+                               .groups = groups,
+                               // Small buckets: several per step, some parameters larger.
+                               .bucket_elements = 3000};
   auto trainer = Trainer::Create(*ops, Model(), options);
   EXPECT_TRUE(trainer.ok()) << trainer.status();
   if (!trainer.ok()) return run;
