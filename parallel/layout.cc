@@ -372,9 +372,12 @@ class Validator {
     }
   }
 
+  // Embeddings travel between each encoder and the language model only: encoders' dp need not
+  // nest with each other's.
   void CheckDataParallelPairs() {
     for (size_t a = 0; a < n(); ++a) {
       for (size_t b = a + 1; b < n(); ++b) {
+        if (static_cast<int>(a) != language_ && static_cast<int>(b) != language_) continue;
         if (!dp_[a] || !dp_[b] || *dp_[a] <= 0 || *dp_[b] <= 0) continue;
         if (*dp_[a] % *dp_[b] != 0 && *dp_[b] % *dp_[a] != 0) {
           Add(b, "dp",

@@ -120,9 +120,11 @@ std::string Describe(const LayoutSpec& spec) {
   return out;
 }
 
+// Each encoder's dp and the language module's nest (encoders' with each other's need not).
 bool DataParallelSizesNest(const LayoutSpec& spec) {
   for (size_t a = 0; a < spec.modules.size(); ++a) {
     for (size_t b = a + 1; b < spec.modules.size(); ++b) {
+      if (spec.modules[a].name != spec.language && spec.modules[b].name != spec.language) continue;
       const int x = *spec.modules[a].dp, y = *spec.modules[b].dp;
       if (x % y != 0 && y % x != 0) return false;
     }
@@ -601,7 +603,7 @@ TEST(RankPlanPropertyTest, TwoEncodersThenLanguage) {
 TEST(RankPlanPropertyTest, LanguageBetweenEncoders) {
   const Counts counts = Sweep({.num_modules = 3, .language_slot = 1, .max_world = 40});
   EXPECT_GT(counts.planned, 4500);
-  EXPECT_GT(counts.rejected, 5000);
+  EXPECT_GT(counts.rejected, 3000);
 }
 
 TEST(RankPlanPropertyTest, LanguageBeforeEncoders) {
