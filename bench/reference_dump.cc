@@ -193,9 +193,11 @@ absl::Status Run(const std::string& spec_path, const std::string& out, int steps
     for (int64_t i = 0; i < options.micro_batches; ++i) {
       std::vector<data::Sample> samples;
       for (int64_t j = 0; j < mbs; ++j) {
-        samples.push_back(data::MakeSyntheticSample(options.data, base + i * mbs + j));
+        MIMO_ASSIGN_OR_RETURN(data::Sample sample, trainer->source().Get(base + i * mbs + j));
+        samples.push_back(std::move(sample));
       }
-      MIMO_ASSIGN_OR_RETURN(const data::HostMicroBatch b, data::PackSamples(samples, pack));
+      MIMO_ASSIGN_OR_RETURN(const data::HostMicroBatch b,
+                            data::PackSamples(samples, pack, trainer->tokenizer()));
       const std::string at = absl::StrCat("s", s, ".m", i, ".");
       batches.Add(at + "tokens", b.tokens);
       batches.Add(at + "labels", b.labels);

@@ -423,9 +423,10 @@ class SpecChecker {
         const v1::VisionEncoder& v = m.vision();
         if (v.num_channels() > 0 && v.num_channels() != 1 && v.num_channels() != 3) {
           Add(at + "vision.num_channels",
-              absl::StrCat("the synthetic images have 1 or 3 channels, got ", v.num_channels()));
+              absl::StrCat("images are read as gray (1 channel) or RGB (3), got ",
+                           v.num_channels()));
         }
-        if (v.image_size() > 0 && v.image_size() < 4) {
+        if (v.image_size() > 0 && v.image_size() < 4 && spec_.data().has_synthetic()) {
           Add(at + "vision.image_size",
               absl::StrCat("the synthetic images are at least 4 pixels wide, got ",
                            v.image_size()));
@@ -458,8 +459,10 @@ class SpecChecker {
           "KIND_TRAIN jobs start every data-parallel replica from the same values; a different "
           "start per replica is not supported");
     }
-    if (spec_.data().has_webdataset()) {
-      Add("data.webdataset", "KIND_TRAIN jobs read only the synthetic dataset for now");
+    if (!spec_.data().webdataset().tokenizer_model().empty()) {
+      Add("data.webdataset.tokenizer_model",
+          "KIND_TRAIN jobs tokenize captions with the byte-level tokenizer only for now "
+          "(SentencePiece models are not loaded yet)");
     }
     if (!spec_.output_dir().empty() && spec_.output_dir()[0] != '/') {
       Add("output_dir", absl::StrCat("must be an absolute path (the logging rank writes it on its "
@@ -481,10 +484,18 @@ class SpecChecker {
         if (d.webdataset().shards().empty()) {
           Add("data.webdataset.shards", "needs at least one shard path or pattern");
         }
+        // The workers read them on their hosts, from wherever they run.
         for (int j = 0; j < d.webdataset().shards_size(); ++j) {
-          if (d.webdataset().shards(j).empty()) {
-            Add(absl::StrCat("data.webdataset.shards[", j, "]"), "is empty");
+          const std::string& shard = d.webdataset().shards(j);
+          if (shard.empty() || shard[0] != '/') {
+            Add(absl::StrCat("data.webdataset.shards[", j, "]"),
+                absl::StrCat("must be an absolute path or pattern, got \"", shard, "\""));
           }
+        }
+        if (const std::string& model = d.webdataset().tokenizer_model();
+            !model.empty() && model[0] != '/') {
+          Add("data.webdataset.tokenizer_model",
+              absl::StrCat("must be an absolute path, got \"", model, "\""));
         }
         break;
       case v1::Data::SOURCE_NOT_SET:

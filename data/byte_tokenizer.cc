@@ -3,22 +3,27 @@
 
 namespace mimo::data {
 
-std::vector<int32_t> ByteTokenizer::Encode(absl::string_view text) {
+std::vector<int32_t> ByteTokenizer::Encode(absl::string_view text) const {
   std::vector<int32_t> ids;
   ids.reserve(text.size());
   for (const char c : text) {
     const int32_t b = static_cast<unsigned char>(c);
-    ids.push_back(IsText(b) ? b : ' ');
+    ids.push_back(IsTextByte(b) ? b : ' ');
   }
   return ids;
 }
 
-std::string ByteTokenizer::Decode(const std::vector<int32_t>& ids) {
+std::string ByteTokenizer::Decode(const std::vector<int32_t>& ids) const {
   std::string out;
   for (const int32_t id : ids) {
-    if (IsText(id)) out.push_back(static_cast<char>(id));
+    if (IsTextByte(id)) out.push_back(static_cast<char>(id));
   }
   return out;
+}
+
+const ByteTokenizer& DefaultTokenizer() {
+  static const ByteTokenizer* const tokenizer = new ByteTokenizer();
+  return *tokenizer;
 }
 
 }  // namespace mimo::data

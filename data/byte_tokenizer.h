@@ -7,10 +7,12 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "data/tokenizer.h"
 
 namespace mimo::data {
 
-class ByteTokenizer {
+// Stateless: construct one where needed, or use DefaultTokenizer().
+class ByteTokenizer : public Tokenizer {
  public:
   static constexpr int32_t kPad = 0;
   static constexpr int32_t kBos = 1;    // Starts every sample.
@@ -21,13 +23,23 @@ class ByteTokenizer {
 
   // Each byte of `text` as its id; control bytes other than tab and newline (they would collide
   // with the special ids) become spaces.
-  static std::vector<int32_t> Encode(absl::string_view text);
+  std::vector<int32_t> Encode(absl::string_view text) const override;
   // The text bytes of `ids`; special ids and ids outside [0, 256) are skipped.
-  static std::string Decode(const std::vector<int32_t>& ids);
+  std::string Decode(const std::vector<int32_t>& ids) const override;
   // Whether `id` is text (not a special id).
-  static bool IsText(int32_t id) {
+  bool IsText(int32_t id) const override { return IsTextByte(id); }
+  static constexpr bool IsTextByte(int32_t id) {
     return id >= 0 && id < kVocabSize && (id >= 0x20 || id == '\t' || id == '\n');
   }
+
+  int32_t bos() const override { return kBos; }
+  int32_t eos() const override { return kEos; }
+  int32_t image() const override { return kImage; }
+  int32_t audio() const override { return kAudio; }
+  int32_t vocab_size() const override { return kVocabSize; }
 };
+
+// The process-wide ByteTokenizer (what PackSamples uses when given no tokenizer).
+const ByteTokenizer& DefaultTokenizer();
 
 }  // namespace mimo::data

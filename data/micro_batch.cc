@@ -1,4 +1,5 @@
-// PackSamples: one sequence per sample, placeholders first, the caption cut to fit.
+// PackSamples: one sequence per sample, placeholders first, the caption cut to fit, in any
+// tokenizer's ids.
 #include "data/micro_batch.h"
 
 #include "absl/strings/str_cat.h"
@@ -7,8 +8,12 @@
 namespace mimo::data {
 
 absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
-                                           const MicroBatchOptions& o) {
-  using T = ByteTokenizer;
+                                           const MicroBatchOptions& options) {
+  return PackSamples(samples, options, DefaultTokenizer());
+}
+
+absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
+                                           const MicroBatchOptions& o, const Tokenizer& t) {
   if (o.seq_length < 1 || o.image_tokens < 0 || o.frames_per_token < 0) {
     return absl::InvalidArgumentError(absl::StrCat("MicroBatchOptions: seq_length ", o.seq_length,
                                                    ", image_tokens ", o.image_tokens,
@@ -18,11 +23,16 @@ absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
   for (size_t i = 0; i < samples.size(); ++i) {
     const Sample& s = samples[i];
     const int64_t start = static_cast<int64_t>(b.tokens.size());
-    std::vector<int32_t> seq{T::kBos};
+    std::vector<int32_t> seq{t.bos()};
     if (o.image_tokens > 0) {
+      if (s.image.empty() || s.image.size() != samples[0].image.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sample ", i, ": an image of ", s.image.size(), " values where ",
+                         samples[0].image.size(), " (sample 0's) and not 0 are expected"));
+      }
       for (int64_t k = 0; k < o.image_tokens; ++k) {
         b.vision_positions.push_back(static_cast<int32_t>(start + seq.size()));
-        seq.push_back(T::kImage);
+        seq.push_back(t.image());
       }
       b.images.insert(b.images.end(), s.image.begin(), s.image.end());
       ++b.num_images;
@@ -35,7 +45,7 @@ absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
       }
       for (int64_t k = 0; k < s.audio_frames / o.frames_per_token; ++k) {
         b.audio_positions.push_back(static_cast<int32_t>(start + seq.size()));
-        seq.push_back(T::kAudio);
+        seq.push_back(t.audio());
       }
       b.audio.insert(b.audio.end(), s.audio.begin(), s.audio.end());
       b.audio_frames.push_back(static_cast<int32_t>(s.audio_frames));
@@ -46,13 +56,13 @@ absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
                                                      " tokens of placeholders, BOS and EOS exceed ",
                                                      "seq_length ", o.seq_length));
     }
-    std::vector<int32_t> text = T::Encode(s.caption);
+    std::vector<int32_t> text = t.Encode(s.caption);
     if (static_cast<int64_t>(text.size()) > room) text.resize(room);
     seq.insert(seq.end(), text.begin(), text.end());
-    seq.push_back(T::kEos);
+    seq.push_back(t.eos());
     for (size_t j = 0; j < seq.size(); ++j) {
       const bool next_is_target =
-          j + 1 < seq.size() && (T::IsText(seq[j + 1]) || seq[j + 1] == T::kEos);
+          j + 1 < seq.size() && (t.IsText(seq[j + 1]) || seq[j + 1] == t.eos());
       b.tokens.push_back(seq[j]);
       b.labels.push_back(next_is_target ? seq[j + 1] : -1);
       b.labelled += next_is_target ? 1 : 0;

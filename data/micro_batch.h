@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "data/sample.h"
 #include "data/synthetic.h"
+#include "data/tokenizer.h"
 
 namespace mimo::data {
 
@@ -31,7 +33,15 @@ struct HostMicroBatch {
   int64_t labelled = 0;                   // Tokens with a label.
 };
 
-// InvalidArgument when a sample's placeholders (with BOS and EOS) do not fit seq_length.
+// Packs `samples` with `tokenizer`'s ids (its BOS, EOS, image and audio placeholders; the
+// caption's labels are the ids it calls text, and EOS). InvalidArgument when a sample's
+// placeholders (with BOS and EOS) do not fit seq_length, when images are used (image_tokens >
+// 0) and a sample has none or one of another size than the first's, or when a clip's frames are
+// not a multiple of frames_per_token.
+absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
+                                           const MicroBatchOptions& options,
+                                           const Tokenizer& tokenizer);
+// With the byte tokenizer (DefaultTokenizer()).
 absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
                                            const MicroBatchOptions& options);
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "data/sample.h"
 
 namespace mimo::data {
 
@@ -25,13 +26,6 @@ struct SyntheticOptions {
 };
 
 absl::Status ValidateSyntheticOptions(const SyntheticOptions& options);
-
-struct Sample {
-  std::vector<float> image;  // (num_channels, image_size, image_size)
-  std::vector<float> audio;  // (frames, num_mel_bins), empty for a sample without audio.
-  int64_t audio_frames = 0;
-  std::string caption;  // E.g. "a red circle at the top left, with a low tone".
-};
 
 // Sample `index` (taken modulo num_samples): a shape (circle, square, triangle or cross) of one
 // of 6 colours in one of 4 quadrants on a dark background with pixel noise; odd samples also a

@@ -8,6 +8,30 @@
 
 namespace mimo {
 
+std::vector<std::vector<Parameter*>> PlanBuckets(const std::vector<Parameter*>& params,
+                                                 int64_t bucket_elements) {
+  std::vector<std::vector<Parameter*>> buckets;
+  std::vector<Parameter*> open;
+  int64_t elements = 0;
+  auto close = [&] {
+    if (!open.empty()) buckets.push_back(std::move(open));
+    open.clear();
+    elements = 0;
+  };
+  for (Parameter* p : params) {
+    if (p->numel() > bucket_elements) {
+      close();
+      buckets.push_back({p});
+      continue;
+    }
+    if (elements + p->numel() > bucket_elements) close();
+    open.push_back(p);
+    elements += p->numel();
+  }
+  close();
+  return buckets;
+}
+
 absl::StatusOr<std::unique_ptr<GradientBuckets>> GradientBuckets::Create(
     kernels::Ops& ops, std::vector<Parameter*> params, int64_t bucket_elements) {
   if (bucket_elements < 1) {
@@ -15,22 +39,12 @@ absl::StatusOr<std::unique_ptr<GradientBuckets>> GradientBuckets::Create(
         absl::StrCat("GradientBuckets: bucket_elements ", bucket_elements, " < 1"));
   }
   std::vector<Bucket> buckets;
-  Bucket open;
-  auto close = [&] {
-    if (!open.params.empty()) buckets.push_back(std::move(open));
-    open = Bucket{};
-  };
-  for (Parameter* p : params) {
-    if (p->numel() > bucket_elements) {
-      close();
-      buckets.push_back({.params = {p}, .elements = p->numel(), .staged = false});
-      continue;
-    }
-    if (open.elements + p->numel() > bucket_elements) close();
-    open.params.push_back(p);
-    open.elements += p->numel();
+  for (std::vector<Parameter*>& group : PlanBuckets(params, bucket_elements)) {
+    Bucket b{.params = std::move(group)};
+    for (const Parameter* p : b.params) b.elements += p->numel();
+    b.staged = b.elements <= bucket_elements;
+    buckets.push_back(std::move(b));
   }
-  close();
   int64_t staging = 0;
   for (const Bucket& b : buckets) {
     if (b.staged) staging = std::max(staging, b.elements);

@@ -14,6 +14,11 @@
 
 namespace mimo {
 
+// Consecutive `params` grouped into buckets in order: a parameter joins the current bucket unless
+// that would pass bucket_elements (> 0); a parameter larger than that makes a bucket of its own.
+std::vector<std::vector<Parameter*>> PlanBuckets(const std::vector<Parameter*>& params,
+                                                 int64_t bucket_elements);
+
 class GradientBuckets {
  public:
   // Megatron-LM's default DDP bucket: 40M elements.

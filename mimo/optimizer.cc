@@ -48,6 +48,21 @@ double LearningRate(const OptimizerConfig& c, int64_t step) {
   return c.min_lr + 0.5 * (static_cast<double>(c.lr) - c.min_lr) * (1.0 + std::cos(M_PI * t));
 }
 
+OptimizerStepStats PlanUpdate(const OptimizerConfig& config, int64_t steps, double squared_norm,
+                              float& grad_scale) {
+  OptimizerStepStats stats;
+  stats.step = steps + 1;
+  stats.lr = LearningRate(config, stats.step);
+  stats.grad_norm = std::sqrt(squared_norm);
+  stats.skipped = !std::isfinite(stats.grad_norm);
+  grad_scale = 1.0f;
+  if (!stats.skipped && config.clip_grad > 0) {
+    const double coeff = config.clip_grad / (stats.grad_norm + 1e-6);
+    if (coeff < 1.0) grad_scale = static_cast<float>(coeff);
+  }
+  return stats;
+}
+
 absl::StatusOr<AdamWOptimizer::Squares> AdamWOptimizer::NewSquares(kernels::Ops& ops,
                                                                    std::vector<Parameter*> params) {
   Squares set;
@@ -125,20 +140,10 @@ absl::StatusOr<float> AdamWOptimizer::SquaredGradNorm(
 }
 
 absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Apply(kernels::Ops& ops, double sum) {
-  OptimizerStepStats stats;
-  stats.step = steps_ + 1;
-  stats.lr = LearningRate(config_, stats.step);
-  stats.grad_norm = std::sqrt(sum);
-  if (!std::isfinite(stats.grad_norm)) {
-    stats.skipped = true;
-    return stats;
-  }
-  steps_ = stats.step;
   float scale = 1.0f;
-  if (config_.clip_grad > 0) {
-    const double coeff = config_.clip_grad / (stats.grad_norm + 1e-6);
-    if (coeff < 1.0) scale = static_cast<float>(coeff);
-  }
+  const OptimizerStepStats stats = PlanUpdate(config_, steps_, sum, scale);
+  if (stats.skipped) return stats;
+  steps_ = stats.step;
   for (const Squares* set : {&replicated_, &sharded_}) {
     for (const State& s : set->state) {
       Parameter& p = *s.param;

@@ -44,6 +44,12 @@ struct OptimizerStepStats {
   bool skipped = false;  // A non-finite norm: no parameter changed (Megatron's skipped iter).
 };
 
+// The update after `steps` others given the model's squared gradient norm: its number, rate and
+// norm, skipped on a non-finite norm; `grad_scale` is set to the clip factor the gradients take
+// (1: no clipping).
+OptimizerStepStats PlanUpdate(const OptimizerConfig& config, int64_t steps, double squared_norm,
+                              float& grad_scale);
+
 class AdamWOptimizer {
  public:
   // Moments (fp32, zero) for each of `params` and `sharded` (not owned; they outlive the

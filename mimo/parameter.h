@@ -76,6 +76,12 @@ class Parameter {
 
   // Sets grad to zero (before the first micro-batch of a step).
   absl::Status ZeroGrad(kernels::Ops& ops) const;
+  // Frees the fp32 master of a parameter whose weight has its own (bf16) tensor, for an optimizer
+  // that keeps the master values itself (the distributed optimizer, each rank its shard); master()
+  // holds no memory afterwards (data() null). Nothing to do when the weight is the master (fp32).
+  void ReleaseMaster() {
+    if (master_.data() != weight_.data()) master_ = kernels::Tensor();
+  }
 
  private:
   Parameter(ParameterSpec spec, kernels::Tensor weight, kernels::Tensor master,
@@ -87,7 +93,7 @@ class Parameter {
 
   ParameterSpec spec_;
   kernels::Tensor weight_;  // spec.shape, compute dtype.
-  kernels::Tensor master_;  // spec.shape, fp32.
+  kernels::Tensor master_;  // spec.shape, fp32; empty after ReleaseMaster().
   kernels::Tensor grad_;    // spec.shape, fp32.
 };
 

@@ -10,7 +10,8 @@ scripts/apt-install.sh cmake ninja-build g++ ccache pkg-config \
   libabsl-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev \
   libgrpc++-dev libgrpc-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
   golang-github-gogo-googleapis-dev libsqlite3-dev prometheus-cpp-dev openssl \
-  libgloo-dev libgtest-dev libgmock-dev libbenchmark-dev libpng-dev
+  libgloo-dev libgtest-dev libgmock-dev libbenchmark-dev libpng-dev libjpeg62-turbo-dev \
+  libsentencepiece-dev
 
 build_dir=${MIMO_BUILD_DIR:-build}
 if [[ ! -f $build_dir/build.ninja ]]; then

@@ -59,6 +59,11 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, i
   o.data.num_samples =
       spec.data().synthetic().num_samples() > 0 ? spec.data().synthetic().num_samples() : 10000;
   o.data.seed = o.seed;
+  if (spec.data().has_webdataset()) {
+    const v1::Data::WebDataset& w = spec.data().webdataset();
+    o.webdataset =
+        data::WebDatasetOptions{.shards = {w.shards().begin(), w.shards().end()}, .seed = o.seed};
+  }
   const v1::Optimizer& opt = t.optimizer();
   o.optimizer = {.lr = static_cast<float>(opt.lr()),
                  .min_lr = static_cast<float>(opt.min_lr()),
@@ -69,6 +74,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, i
                  .clip_grad = static_cast<float>(opt.clip_grad()),
                  .warmup_steps = opt.warmup_steps(),
                  .decay_steps = opt.decay_steps()};
+  o.distributed_optimizer = opt.use_distributed_optimizer();
   return o;
 }
 
@@ -111,7 +117,9 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   o.seq_length = from_spec.seq_length;
   o.seed = from_spec.seed;
   o.data = from_spec.data;
+  o.webdataset = from_spec.webdataset;
   o.optimizer = from_spec.optimizer;
+  o.distributed_optimizer = from_spec.distributed_optimizer;
   return o;
 }
 

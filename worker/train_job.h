@@ -16,9 +16,10 @@
 namespace mimo::worker {
 
 // The options a job spec sets for every rank whose language module has `language_dp` replicas:
-// micro-batches global_batch_size / (micro_batch_size * language_dp), seq_length, the synthetic
-// data (num_samples 0: 10000), the optimizer and the job seed (0: 1234). InvalidArgument when
-// the global batch does not split so.
+// micro-batches global_batch_size / (micro_batch_size * language_dp), seq_length, the data (the
+// synthetic set, num_samples 0: 10000, or the WebDataset shards shuffled by the job seed), the
+// optimizer (distributed or not) and the job seed (0: 1234). InvalidArgument when the global
+// batch does not split so.
 absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, int language_dp);
 
 // The trainer's options for the rank of `assignment` over `groups` (built by GroupSpecsOf): its

@@ -10,7 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "data/byte_tokenizer.h"
 #include "data/micro_batch.h"
+#include "data/synthetic_source.h"
 #include "mimo/expert_load.h"
 #include "mimo/model_flops.h"
 #include "mimo/tensor_checks.h"
@@ -162,19 +164,25 @@ struct Trainer::Modules {
 };
 
 Trainer::Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
-                 std::unique_ptr<Modules> modules, std::unique_ptr<AdamWOptimizer> optimizer,
-                 std::vector<Parameter*> dense, std::vector<Parameter*> experts,
-                 std::unique_ptr<GradientBuckets> dense_buckets,
-                 std::unique_ptr<GradientBuckets> expert_buckets)
+                 std::unique_ptr<Modules> modules, Update update, std::vector<Parameter*> dense,
+                 std::vector<Parameter*> experts)
     : ops_(ops),
       config_(config),
       options_(options),
       modules_(std::move(modules)),
-      optimizer_(std::move(optimizer)),
+      update_(std::move(update)),
       dense_(std::move(dense)),
-      experts_(std::move(experts)),
-      dense_buckets_(std::move(dense_buckets)),
-      expert_buckets_(std::move(expert_buckets)) {}
+      experts_(std::move(experts)) {}
+
+// The routed experts see every dp rank's tokens through the all-to-all: their gradients are
+// summed over the ranks holding the same experts only (expt_dp; dp itself without EP and ETP).
+comm::Communicator* Trainer::ExpertDataParallelGroup() const {
+  if (options_.expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1 &&
+      ModelGroups::Size(options_.groups.expt_tp) == 1) {
+    return options_.dp;
+  }
+  return options_.expt_dp;
+}
 
 Trainer::~Trainer() = default;
 
@@ -197,7 +205,32 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     o.data.frames_per_token = model.audio->frames_per_token;
     o.data.max_frames = model.audio->max_frames;
   }
-  MIMO_RETURN_IF_ERROR(data::ValidateSyntheticOptions(o.data));
+  if (o.webdataset.has_value()) {
+    // Images are read only when the model has a vision encoder.
+    o.webdataset->image_size = model.vision.has_value() ? o.data.image_size : 0;
+    o.webdataset->num_channels = o.data.num_channels;
+    o.webdataset->num_mel_bins = o.data.num_mel_bins;
+    o.webdataset->frames_per_token = o.data.frames_per_token;
+    o.webdataset->max_frames = o.data.max_frames;
+  }
+  if (o.start_position < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TrainerOptions: start_position ", o.start_position, " < 0"));
+  }
+  std::unique_ptr<data::SampleSource> source;
+  if (o.webdataset.has_value()) {
+    MIMO_ASSIGN_OR_RETURN(source, data::WebDatasetSource::Open(*o.webdataset));
+  } else {
+    MIMO_ASSIGN_OR_RETURN(source, data::SyntheticSource::Create(o.data));
+  }
+  const data::Tokenizer& tokenizer = data::DefaultTokenizer();
+  if (tokenizer.vocab_size() > model.language.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the tokenizer's ", tokenizer.vocab_size(),
+                     " ids (with the image and audio "
+                     "placeholders) do not fit the language model's vocab_size ",
+                     model.language.vocab_size));
+  }
   const bool has[2] = {model.vision.has_value(), model.audio.has_value()};
   const int dp_size = ModelGroups::Size(o.dp), dp_rank = ModelGroups::Rank(o.dp);
   auto modules = std::make_unique<Modules>();
@@ -259,13 +292,42 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   for (Parameter* p : all) {
     if (std::find(experts.begin(), experts.end(), p) == experts.end()) dense.push_back(p);
   }
-  MIMO_ASSIGN_OR_RETURN(auto optimizer, AdamWOptimizer::Create(ops, o.optimizer, dense, experts));
-  MIMO_ASSIGN_OR_RETURN(auto dense_buckets, GradientBuckets::Create(ops, dense, o.bucket_elements));
-  MIMO_ASSIGN_OR_RETURN(auto expert_buckets,
-                        GradientBuckets::Create(ops, experts, o.bucket_elements));
-  return std::unique_ptr<Trainer>(
-      new Trainer(ops, model, o, std::move(modules), std::move(optimizer), std::move(dense),
-                  std::move(experts), std::move(dense_buckets), std::move(expert_buckets)));
+  std::unique_ptr<Trainer> trainer(new Trainer(ops, model, o, std::move(modules), Update{},
+                                               std::move(dense), std::move(experts)));
+  trainer->source_ = std::move(source);
+  trainer->tokenizer_ = &tokenizer;
+  trainer->position_ = o.start_position;
+  Update& u = trainer->update_;
+  if (o.distributed_optimizer) {
+    const std::vector<comm::Communicator*> expert_norm = {o.groups.ep, o.groups.expt_tp};
+    MIMO_ASSIGN_OR_RETURN(
+        u.distributed,
+        DistributedOptimizer::Create(
+            ops, o.optimizer,
+            {{.params = trainer->dense_, .dp = o.dp},
+             {.params = trainer->experts_,
+              .dp = trainer->ExpertDataParallelGroup(),
+              .norm_groups = language ? expert_norm : std::vector<comm::Communicator*>{}}},
+            o.bucket_elements));
+  } else {
+    MIMO_ASSIGN_OR_RETURN(
+        u.adamw, AdamWOptimizer::Create(ops, o.optimizer, trainer->dense_, trainer->experts_));
+    MIMO_ASSIGN_OR_RETURN(u.dense_buckets,
+                          GradientBuckets::Create(ops, trainer->dense_, o.bucket_elements));
+    MIMO_ASSIGN_OR_RETURN(u.expert_buckets,
+                          GradientBuckets::Create(ops, trainer->experts_, o.bucket_elements));
+  }
+  return trainer;
+}
+
+absl::StatusOr<data::Sample> Trainer::ReadSample(int64_t index) const {
+  absl::StatusOr<data::Sample> sample = source_->Get(index);
+  if (!sample.ok()) {
+    return absl::Status(
+        sample.status().code(),
+        absl::StrCat("sample ", index, " of the data: ", sample.status().message()));
+  }
+  return sample;
 }
 
 void Trainer::AppendParameters(std::vector<Parameter*>& out) const {
@@ -290,17 +352,17 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     MIMO_RETURN_IF_ERROR(EncoderStep(base));
   }
   // Every gradient summed over its module's replicas (each already carries 1 / the labelled
-  // tokens of the step). The routed experts see every dp rank's tokens through the all-to-all:
-  // theirs are summed over the ranks holding the same experts only.
-  MIMO_RETURN_IF_ERROR(dense_buckets_->AllReduce(ops_, options_.dp));
-  comm::Communicator* expt_dp = options_.expt_dp;
-  if (expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1 &&
-      ModelGroups::Size(options_.groups.expt_tp) == 1) {
-    expt_dp = options_.dp;
+  // tokens of the step): all-reduced, or reduce-scattered into the distributed optimizer's shards.
+  if (update_.distributed != nullptr) {
+    MIMO_RETURN_IF_ERROR(update_.distributed->ReduceScatterGradients(ops_));
+  } else {
+    MIMO_RETURN_IF_ERROR(update_.dense_buckets->AllReduce(ops_, options_.dp));
+    MIMO_RETURN_IF_ERROR(update_.expert_buckets->AllReduce(ops_, ExpertDataParallelGroup()));
   }
-  MIMO_RETURN_IF_ERROR(expert_buckets_->AllReduce(ops_, expt_dp));
   MIMO_ASSIGN_OR_RETURN(const float squared, WholeModelSquaredNorm());
-  MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, optimizer_->Apply(ops_, squared));
+  MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, update_.distributed != nullptr
+                                                      ? update_.distributed->Apply(ops_, squared)
+                                                      : update_.adamw->Apply(ops_, squared));
   m.step = stats.step;
   m.lr = stats.lr;
   m.grad_norm = stats.grad_norm;
@@ -326,9 +388,11 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
   const bool language = modules_->language != nullptr;
   MIMO_ASSIGN_OR_RETURN(
       const float local,
-      optimizer_->SquaredGradNorm(
-          ops_, language ? std::vector{options_.groups.ep, options_.groups.expt_tp}
-                         : std::vector<comm::Communicator*>{}));
+      update_.distributed != nullptr
+          ? update_.distributed->SquaredGradNorm(ops_)
+          : update_.adamw->SquaredGradNorm(
+                ops_, language ? std::vector{options_.groups.ep, options_.groups.expt_tp}
+                               : std::vector<comm::Communicator*>{}));
   if (options_.part == ModelPart::kWhole) return local;
   if (!language) {
     const std::vector<BridgeEnd>& links = modules_->links[EncoderIndex(options_.part)];
@@ -378,10 +442,10 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
   std::vector<data::HostMicroBatch> host;
   for (int64_t i = 0; i < options_.micro_batches; ++i) {
     for (int64_t j = 0; j < mbs; ++j) {
-      samples[i].push_back(
-          data::MakeSyntheticSample(options_.data, base + replica * k + i * mbs + j));
+      MIMO_ASSIGN_OR_RETURN(data::Sample s, ReadSample(base + replica * k + i * mbs + j));
+      samples[i].push_back(std::move(s));
     }
-    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackSamples(samples[i], pack));
+    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackSamples(samples[i], pack, *tokenizer_));
     m.labelled += b.labelled;
     m.tokens += static_cast<int64_t>(b.tokens.size());
     m.model_flops += LanguageModelTrainingFlops(config_.language, b.lengths);
@@ -555,11 +619,11 @@ absl::Status Trainer::EncoderStep(int64_t base) {
     // Position j of the global micro-batch is sample j % mbs of language replica j / mbs.
     std::vector<data::Sample> samples;
     for (int64_t j = first; j < first + block; ++j) {
-      samples.push_back(
-          data::MakeSyntheticSample(options_.data, base + (j / mbs) * k + i * mbs + j % mbs));
+      MIMO_ASSIGN_OR_RETURN(data::Sample s, ReadSample(base + (j / mbs) * k + i * mbs + j % mbs));
+      samples.push_back(std::move(s));
     }
     // Packed as the language ranks pack them (the same checks fail the same way).
-    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch host, data::PackSamples(samples, pack));
+    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch host, data::PackSamples(samples, pack, *tokenizer_));
     Pending p;
     MIMO_ASSIGN_OR_RETURN(p.batch, UploadMicroBatch(ops_, host, upload));
     const std::vector<int64_t> per_sample = RowsPerSample(config_, x, samples);

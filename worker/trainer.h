@@ -10,12 +10,18 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
+#include "data/sample_source.h"
 #include "data/synthetic.h"
+#include "data/tokenizer.h"
+#include "data/webdataset.h"
 #include "kernels/ops.h"
+#include "mimo/distributed_optimizer.h"
 #include "mimo/gradient_buckets.h"
 #include "mimo/language_model.h"
 #include "mimo/mimo_model.h"
@@ -45,7 +51,14 @@ struct TrainerOptions {
   int64_t micro_batch_size = 1;  // Samples per language replica's forward/backward; >= 1.
   int64_t micro_batches = 1;     // Per optimizer step (gradient accumulation); >= 1.
   int64_t seq_length = 0;        // Tokens per sample at most; > 0.
-  data::SyntheticOptions data;   // Its image and audio sizes are set from the model.
+  // The samples: the built-in synthetic dataset (`data`) unless `webdataset` is set (its shards
+  // indexed at Create, shuffled per epoch by its seed); either way their image and audio sizes
+  // are set from the model.
+  data::SyntheticOptions data;
+  std::optional<data::WebDatasetOptions> webdataset;
+  // Samples the group consumed before this trainer (a resumed job's Trainer::position()): the
+  // first step reads on from there. >= 0.
+  int64_t start_position = 0;
   OptimizerConfig optimizer;
   uint64_t seed = 1234;  // The job seed: keys the initial parameters.
   // The data-parallel group of this rank's module (not owned; null or one member: this rank
@@ -72,6 +85,11 @@ struct TrainerOptions {
   // Gradients are summed over dp (and expt_dp) in buckets of about this many fp32 elements
   // (mimo/gradient_buckets.h); > 0.
   int64_t bucket_elements = GradientBuckets::kDefaultBucketElements;
+  // Megatron's distributed optimizer (mimo/distributed_optimizer.h): the gradients are
+  // reduce-scattered over dp (the routed experts' over expt_dp) instead of all-reduced, each
+  // replica keeps and updates its shard of the fp32 masters and AdamW moments, and the weights
+  // are all-gathered. The same training, a 1/dp share of the optimizer's memory.
+  bool distributed_optimizer = false;
 };
 // Loss, token counts, model FLOPs and expert loads are the language ranks': 0 (empty) on
 // encoder ranks.
@@ -107,16 +125,28 @@ class Trainer {
   int64_t position() const { return position_; }
   // The options as resolved (the data's image and audio sizes set from the model).
   const TrainerOptions& options() const { return options_; }
+  // Where the samples come from and how their captions become token ids.
+  const data::SampleSource& source() const { return *source_; }
+  const data::Tokenizer& tokenizer() const { return *tokenizer_; }
   // The parameters of this rank's modules (vision.*, audio.*, language.*).
   void AppendParameters(std::vector<Parameter*>& out) const;
 
  private:
   struct Modules;
+  // How the gradients are summed over the replicas and the update made: an all-reduce in
+  // buckets and AdamW on every parameter, or the distributed optimizer.
+  struct Update {
+    std::unique_ptr<AdamWOptimizer> adamw;
+    std::unique_ptr<GradientBuckets> dense_buckets, expert_buckets;
+    std::unique_ptr<DistributedOptimizer> distributed;
+  };
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
-          std::unique_ptr<Modules> modules, std::unique_ptr<AdamWOptimizer> optimizer,
-          std::vector<Parameter*> dense, std::vector<Parameter*> experts,
-          std::unique_ptr<GradientBuckets> dense_buckets,
-          std::unique_ptr<GradientBuckets> expert_buckets);
+          std::unique_ptr<Modules> modules, Update update, std::vector<Parameter*> dense,
+          std::vector<Parameter*> experts);
+  // The routed experts' data-parallel group (TrainerOptions::expt_dp as resolved).
+  comm::Communicator* ExpertDataParallelGroup() const;
+  // Sample `index` of the global order.
+  absl::StatusOr<data::Sample> ReadSample(int64_t index) const;
   // The language side of a step (kWhole, kLanguage) and an encoder's (kVision, kAudio).
   absl::Status LanguageStep(int64_t base, StepMetrics& m);
   absl::Status EncoderStep(int64_t base);
@@ -126,10 +156,12 @@ class Trainer {
   const MimoModelConfig config_;
   const TrainerOptions options_;
   std::unique_ptr<Modules> modules_;
-  std::unique_ptr<AdamWOptimizer> optimizer_;
+  Update update_;
+  std::unique_ptr<data::SampleSource> source_;
+  // The byte-level tokenizer (SentencePiece models: data/CMakeLists.txt says why not yet).
+  const data::Tokenizer* tokenizer_ = nullptr;
   std::vector<Parameter*> dense_;    // Every parameter but the routed experts'.
   std::vector<Parameter*> experts_;  // The routed experts' (this rank's experts with EP).
-  std::unique_ptr<GradientBuckets> dense_buckets_, expert_buckets_;
   int64_t position_ = 0;
 };
 

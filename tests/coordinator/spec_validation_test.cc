@@ -169,6 +169,14 @@ TEST(ValidateJobSpecTest, TrainingTakesExpertTensorParallelism) {
   EXPECT_EQ(plan->language().config().expt_dp(), 1);
 }
 
+TEST(ValidateJobSpecTest, TrainingReadsWebDatasetShards) {
+  v1::JobSpec spec = ValidSpec();
+  spec.mutable_data()->mutable_webdataset()->add_shards("/data/train-{000..015}.tar");
+  std::vector<FieldViolation> violations;
+  EXPECT_TRUE(ValidateJobSpec(spec, &violations).ok());
+  for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+}
+
 TEST(ValidateJobSpecTest, SelftestNeedsNoTrainingOrData) {
   v1::JobSpec spec = ValidSpec();
   spec.set_kind(v1::JobSpec::KIND_SELFTEST);
@@ -451,13 +459,24 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"DataMissing", [](v1::JobSpec& s) { s.clear_data(); }, {"data"}},
         Case{"WebdatasetWithoutShards",
              [](v1::JobSpec& s) { s.mutable_data()->mutable_webdataset(); },
-             {"data.webdataset.shards", "data.webdataset"}},
+             {"data.webdataset.shards"}},
         Case{"WebdatasetEmptyShard",
              [](v1::JobSpec& s) {
                s.mutable_data()->mutable_webdataset()->add_shards("/data/a.tar");
                s.mutable_data()->mutable_webdataset()->add_shards("");
              },
-             {"data.webdataset.shards[1]", "data.webdataset"}},
+             {"data.webdataset.shards[1]"}},
+        Case{"WebdatasetRelativePaths",
+             [](v1::JobSpec& s) {
+               s.mutable_data()->mutable_webdataset()->add_shards("data/a-{0..3}.tar");
+             },
+             {"data.webdataset.shards[0]"}},
+        Case{"TrainingWithASentencePieceModel",
+             [](v1::JobSpec& s) {
+               s.mutable_data()->mutable_webdataset()->add_shards("/data/a.tar");
+               s.mutable_data()->mutable_webdataset()->set_tokenizer_model("/data/spm.model");
+             },
+             {"data.webdataset.tokenizer_model"}},
         // What KIND_TRAIN does not do yet.
         Case{"TrainingWithTensorParallelism",
              [](v1::JobSpec& s) {
@@ -535,13 +554,14 @@ INSTANTIATE_TEST_SUITE_P(
              {"modules[1].parallelism.etp"}},
         Case{"PlannerDpPairs",
              [](v1::JobSpec& s) {
-               // vision dp=3 on ranks 0-2, audio dp=2 on 3-4, language dp=4 on 5-8.
+               // vision dp=3 on ranks 0-2, audio dp=2 on 3-4, language dp=4 on 5-8: the
+               // vision and language dp do not nest (vision and audio need not).
                Vision(s).mutable_parallelism()->set_dp(3);
                Audio(s).mutable_parallelism()->set_rank_offset(3);
                Language(s).mutable_parallelism()->set_rank_offset(5);
                s.mutable_resources()->set_workers(9);
              },
-             {"modules[1].parallelism.dp", "modules[2].parallelism.dp"}},
+             {"modules[2].parallelism.dp"}},
         Case{"PlannerWorkersTooMany",
              [](v1::JobSpec& s) { s.mutable_resources()->set_workers(1 << 25); },
              {"resources.workers"}}),

@@ -1,8 +1,10 @@
 // PackSamples: placeholders and their positions, labels on caption and EOS only, lengths,
-// captions cut to seq_length, errors.
+// captions cut to seq_length, another tokenizer's ids, errors.
 #include "data/micro_batch.h"
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include "data/byte_tokenizer.h"
 
@@ -48,6 +50,58 @@ TEST(MicroBatchTest, CutsCaptionsToTheSequenceLength) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(PackSamples({Make("a", 3)}, {.seq_length = 30, .frames_per_token = 2}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A tokenizer of another vocabulary: one id per word (100 + its length), specials far from the
+// byte tokenizer's.
+class WordTokenizer : public Tokenizer {
+ public:
+  std::vector<int32_t> Encode(absl::string_view text) const override {
+    std::vector<int32_t> ids;
+    size_t start = 0;
+    while (start <= text.size()) {
+      const size_t end = std::min(text.find(' ', start), text.size());
+      if (end > start) ids.push_back(static_cast<int32_t>(100 + end - start));
+      start = end + 1;
+    }
+    return ids;
+  }
+  std::string Decode(const std::vector<int32_t>&) const override { return ""; }
+  bool IsText(int32_t id) const override { return id >= 100 && id < 1000; }
+  int32_t bos() const override { return 1000; }
+  int32_t eos() const override { return 1001; }
+  int32_t image() const override { return 1002; }
+  int32_t audio() const override { return 1003; }
+  int32_t vocab_size() const override { return 1004; }
+};
+
+TEST(MicroBatchTest, PacksInAnyTokenizersIds) {
+  const WordTokenizer w;
+  auto b = PackSamples({Make("a bb ccc", 2)},
+                       {.seq_length = 64, .image_tokens = 1, .frames_per_token = 1}, w);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->tokens, (std::vector<int32_t>{1000, 1002, 1003, 1003, 101, 102, 103, 1001}));
+  EXPECT_EQ(b->labels, (std::vector<int32_t>{-1, -1, -1, 101, 102, 103, 1001, -1}));
+  EXPECT_EQ(b->labelled, 4);
+  EXPECT_EQ(b->vision_positions, (std::vector<int32_t>{1}));
+  EXPECT_EQ(b->audio_positions, (std::vector<int32_t>{2, 3}));
+  // Without a tokenizer: the byte tokenizer's ids, as before.
+  auto bytes = PackSamples({Make("a", 0)}, {.seq_length = 8, .image_tokens = 1});
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_EQ(bytes->tokens, (std::vector<int32_t>{T::kBos, T::kImage, 'a', T::kEos}));
+}
+
+TEST(MicroBatchTest, ImagesMustBeThereAndAlike) {
+  Sample no_image = Make("a", 0);
+  no_image.image.clear();
+  EXPECT_EQ(PackSamples({no_image}, {.seq_length = 8, .image_tokens = 1}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Sample smaller = Make("a", 0);
+  smaller.image.resize(12);
+  EXPECT_EQ(
+      PackSamples({Make("a", 0), smaller}, {.seq_length = 8, .image_tokens = 1}).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(PackSamples({no_image}, {.seq_length = 8}).ok());  // Images not used.
 }
 
 }  // namespace

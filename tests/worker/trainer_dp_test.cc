@@ -2,7 +2,7 @@
 // replicas with one micro-batch each train exactly like one rank with two micro-batches on the
 // same samples (losses, gradient norms, expert loads and parameters after every step), and the
 // replicas stay identical; so do two expert-parallel ranks and two expert-tensor-parallel ranks
-// (each with its slice of the experts).
+// (each with its slice of the experts), and so do replicas with the distributed optimizer.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -58,7 +58,8 @@ struct TrainRun {
   std::map<std::string, std::vector<float>> params;
 };
 
-TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {}) {
+TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {},
+               bool distributed_optimizer = false, comm::Communicator* expt_dp = nullptr) {
   TrainRun run;
   auto ops = kernels::NewCpuOps();
   const TrainerOptions options{.micro_batch_size = 2,
@@ -69,8 +70,10 @@ TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {
                                .seed = 9,
                                .dp = dp,
                                .groups = groups,
+                               .expt_dp = expt_dp,
                                // Small buckets: several per step, some parameters larger.
-                               .bucket_elements = 3000};
+                               .bucket_elements = 3000,
+                               .distributed_optimizer = distributed_optimizer};
   auto trainer = Trainer::Create(*ops, Model(), options);
   EXPECT_TRUE(trainer.ok()) << trainer.status();
   if (!trainer.ok()) return run;
@@ -80,7 +83,7 @@ TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {
     if (!m.ok()) return run;
     run.steps.push_back(*m);
   }
-  EXPECT_EQ((*trainer)->position(), 3 * 4);
+  EXPECT_EQ((*trainer)->position(), 3 * ModelGroups::Size(dp) * micro_batches * 2);
   std::vector<Parameter*> params;
   (*trainer)->AppendParameters(params);
   for (Parameter* p : params) {
@@ -90,7 +93,7 @@ TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {
   return run;
 }
 
-TEST(TrainerDataParallelTest, TwoReplicasTrainLikeOneRankWithTheirMicroBatches) {
+void ExpectReplicasLikeOneRank(bool distributed_optimizer) {
   const TrainRun want = Train(2, nullptr);
   std::vector<TrainRun> got(2);
   comm::InMemoryStore store;
@@ -99,7 +102,7 @@ TEST(TrainerDataParallelTest, TwoReplicasTrainLikeOneRankWithTheirMicroBatches) 
         {{.kind = "dp", .members = {0, 1}}}, store,
         {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
     ASSERT_TRUE(groups.ok()) << groups.status();
-    got[rank] = Train(1, (*groups)->Get("dp"));
+    got[rank] = Train(1, (*groups)->Get("dp"), {}, distributed_optimizer);
   });
   ASSERT_EQ(want.steps.size(), 3u);
   for (int r = 0; r < 2; ++r) {
@@ -124,6 +127,16 @@ TEST(TrainerDataParallelTest, TwoReplicasTrainLikeOneRankWithTheirMicroBatches) 
     }
   }
   EXPECT_EQ(got[0].params, got[1].params);  // The replicas stay bitwise identical.
+}
+
+TEST(TrainerDataParallelTest, TwoReplicasTrainLikeOneRankWithTheirMicroBatches) {
+  ExpectReplicasLikeOneRank(false);
+}
+
+// Megatron's distributed optimizer: each replica updates half of every bucket, the weights are
+// all-gathered; the training is the one rank's all the same.
+TEST(TrainerDataParallelTest, DistributedOptimizerReplicasTrainLikeOneRank) {
+  ExpectReplicasLikeOneRank(true);
 }
 
 // Expert parallelism inside the training step: two ranks, each its own samples and half of
@@ -210,6 +223,48 @@ TEST(TrainerDataParallelTest, ExpertParallelRanksTrainLikeOneRank) {
 
 TEST(TrainerDataParallelTest, ExpertTensorParallelRanksTrainLikeOneRank) {
   ExpectExpertSplitLikeOneRank("expt_tp");
+}
+
+// Four ranks, data parallel with two expert-parallel groups ({0, 1}, {2, 3}: each rank half of
+// the experts) and the distributed optimizer: the dense parameters sharded over all four, the
+// experts over the two ranks holding the same ones (expt_dp {0, 2}, {1, 3}); they train like one
+// rank with the four micro-batches.
+TEST(TrainerDataParallelTest, DistributedOptimizerWithExpertParallelismTrainsLikeOneRank) {
+  const TrainRun want = Train(4, nullptr);
+  std::vector<TrainRun> got(4);
+  comm::InMemoryStore store;
+  comm::RunRanks(4, [&](int rank) {
+    const int ep = rank / 2 * 2, expt_dp = rank % 2;
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "dp", .members = {0, 1, 2, 3}},
+         {.kind = "ep", .members = {ep, ep + 1}},
+         {.kind = "expt_dp", .members = {expt_dp, expt_dp + 2}}},
+        store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    got[rank] =
+        Train(1, (*groups)->Get("dp"), ModelGroupsOf(**groups), true, (*groups)->Get("expt_dp"));
+  });
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_EQ(got[r].steps.size(), 3u) << r;
+    for (int i = 0; i < 3; ++i) {
+      const StepMetrics &g = got[r].steps[i], &w = want.steps[i];
+      EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
+      EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
+      EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+    }
+    for (const auto& [name, values] : want.params) {
+      const bool expert = name.find(".mlp.experts.") != std::string::npos;
+      const std::vector<float> slice = expert ? ExpertSlice(name, values, r % 2, false) : values;
+      const std::vector<float>& v = got[r].params.at(name);
+      ASSERT_EQ(v.size(), slice.size()) << name;
+      double err = 0, norm = 0;
+      for (size_t i = 0; i < slice.size(); ++i) {
+        err += (v[i] - slice[i]) * (v[i] - slice[i]);
+        norm += slice[i] * slice[i];
+      }
+      EXPECT_LT(std::sqrt(err / norm), 1e-5) << name << " on rank " << r;
+    }
+  }
 }
 
 }  // namespace

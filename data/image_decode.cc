@@ -1,0 +1,162 @@
+// DecodeImage: libpng's simplified API for PNG; libjpeg's decompressor from memory for JPEG, its
+// fatal errors brought back with setjmp/longjmp out of C code only.
+#include "data/image_decode.h"
+
+// clang-format off
+#include <cstdio>  // jpeglib.h needs FILE and size_t first.
+#include <jpeglib.h>
+#include <jerror.h>
+// clang-format on
+#include <png.h>
+
+#include <csetjmp>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace mimo::data {
+namespace {
+
+constexpr unsigned char kPngSignature[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+constexpr unsigned char kJpegSignature[] = {0xff, 0xd8, 0xff};
+
+bool StartsWith(absl::string_view bytes, const unsigned char* signature, size_t n) {
+  return bytes.size() >= n && std::memcmp(bytes.data(), signature, n) == 0;
+}
+
+absl::Status TooLarge(absl::string_view name, int64_t width, int64_t height) {
+  return absl::InvalidArgumentError(absl::StrCat("image '", name, "': ", width, "x", height,
+                                                 " is more than ", kMaxImagePixels, " pixels"));
+}
+
+absl::StatusOr<DecodedImage> DecodePng(absl::string_view bytes, absl::string_view name) {
+  png_image png;
+  std::memset(&png, 0, sizeof(png));
+  png.version = PNG_IMAGE_VERSION;
+  const auto failed = [&](const char* stage) {
+    const std::string message = png.message;
+    png_image_free(&png);
+    return absl::InvalidArgumentError(
+        absl::StrCat("image '", name, "': PNG ", stage, " failed: ", message));
+  };
+  if (!png_image_begin_read_from_memory(&png, bytes.data(), bytes.size())) {
+    return failed("header");
+  }
+  DecodedImage image;
+  image.width = png.width;
+  image.height = png.height;
+  if (image.width * image.height > kMaxImagePixels) {
+    png_image_free(&png);
+    return TooLarge(name, image.width, image.height);
+  }
+  const bool color = (png.format & PNG_FORMAT_FLAG_COLOR) != 0;
+  image.channels = color ? 3 : 1;
+  png.format = color ? PNG_FORMAT_RGB : PNG_FORMAT_GRAY;
+  image.pixels.resize(PNG_IMAGE_SIZE(png));
+  const png_color white{255, 255, 255};
+  if (!png_image_finish_read(&png, &white, image.pixels.data(), 0, nullptr)) {
+    return failed("decoding");
+  }
+  return image;
+}
+
+// libjpeg's error manager with where to jump back to and the message of a fatal error.
+struct JpegErrors {
+  jpeg_error_mgr manager;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void JpegErrorExit(j_common_ptr cinfo) {
+  JpegErrors* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, errors->message);
+  std::longjmp(errors->jump, 1);
+}
+
+// Warnings of missing data (a truncated file, a segment cut short) are fatal, where libjpeg
+// would fill the rest of the image with gray; others (e.g. extraneous bytes) are ignored.
+void JpegMessage(j_common_ptr cinfo, int level) {
+  const int code = cinfo->err->msg_code;
+  if (level < 0 && (code == JWRN_JPEG_EOF || code == JWRN_HIT_MARKER)) JpegErrorExit(cinfo);
+}
+
+// Decodes into `image` (its pixels sized here); false with `errors->message` set on failure.
+// Nothing with a destructor lives in this frame, so the longjmp out of libjpeg skips none.
+bool DecodeJpegInto(absl::string_view bytes, DecodedImage* image, bool* too_large,
+                    JpegErrors* errors) {
+  jpeg_decompress_struct cinfo;
+  cinfo.err = jpeg_std_error(&errors->manager);
+  errors->manager.error_exit = JpegErrorExit;
+  errors->manager.emit_message = JpegMessage;
+  errors->message[0] = '\0';
+  if (setjmp(errors->jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(bytes.data()),
+               static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&cinfo, TRUE);
+  const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  const bool gray = cinfo.jpeg_color_space == JCS_GRAYSCALE;
+  cinfo.out_color_space = cmyk ? JCS_CMYK : gray ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_start_decompress(&cinfo);
+  image->width = cinfo.output_width;
+  image->height = cinfo.output_height;
+  image->channels = gray ? 1 : 3;
+  if (image->width * image->height > kMaxImagePixels) {
+    *too_large = true;
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  const int64_t in_channels = cinfo.output_components;  // 1, 3 or 4 (CMYK).
+  image->pixels.resize(image->width * image->height * image->channels);
+  // One decoded row (libjpeg's pool owns it), copied or converted into the pixels.
+  JSAMPARRAY row =
+      (*cinfo.mem->alloc_sarray)(reinterpret_cast<j_common_ptr>(&cinfo), JPOOL_IMAGE,
+                                 static_cast<JDIMENSION>(image->width * in_channels), 1);
+  const bool inverted = cinfo.saw_Adobe_marker;  // Adobe writes CMYK inverted.
+  while (cinfo.output_scanline < cinfo.output_height) {
+    const int64_t y = cinfo.output_scanline;
+    jpeg_read_scanlines(&cinfo, row, 1);
+    uint8_t* out = image->pixels.data() + y * image->width * image->channels;
+    if (!cmyk) {
+      std::memcpy(out, row[0], image->width * image->channels);
+      continue;
+    }
+    for (int64_t x = 0; x < image->width; ++x) {
+      const uint8_t* p = row[0] + 4 * x;
+      const int k = inverted ? p[3] : 255 - p[3];
+      for (int c = 0; c < 3; ++c) {
+        const int ink = inverted ? p[c] : 255 - p[c];
+        out[3 * x + c] = static_cast<uint8_t>((ink * k + 127) / 255);
+      }
+    }
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return true;
+}
+
+absl::StatusOr<DecodedImage> DecodeJpeg(absl::string_view bytes, absl::string_view name) {
+  DecodedImage image;
+  JpegErrors errors;
+  bool too_large = false;
+  if (!DecodeJpegInto(bytes, &image, &too_large, &errors)) {
+    if (too_large) return TooLarge(name, image.width, image.height);
+    return absl::InvalidArgumentError(
+        absl::StrCat("image '", name, "': JPEG decoding failed: ", errors.message));
+  }
+  return image;
+}
+
+}  // namespace
+
+absl::StatusOr<DecodedImage> DecodeImage(absl::string_view bytes, absl::string_view name) {
+  if (StartsWith(bytes, kPngSignature, sizeof(kPngSignature))) return DecodePng(bytes, name);
+  if (StartsWith(bytes, kJpegSignature, sizeof(kJpegSignature))) return DecodeJpeg(bytes, name);
+  return absl::InvalidArgumentError(absl::StrCat(
+      "image '", name, "': not a PNG or JPEG file (unknown signature, ", bytes.size(), " bytes)"));
+}
+
+}  // namespace mimo::data

@@ -1,0 +1,56 @@
+// TarReader: the index of a tar file's regular members (name, data offset, size), built from the
+// headers alone, and one member's bytes by pread, so any number of threads can read members of
+// one open file at once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace mimo::data {
+
+struct TarMember {
+  std::string name;    // Its path in the archive: a pax `path` or GNU long name wins.
+  int64_t offset = 0;  // Of its first data byte in the file.
+  int64_t size = 0;    // Data bytes.
+};
+
+// Reads POSIX ustar (name prefixes), GNU (long names, 'L'; base-256 sizes) and pax ('x' headers'
+// `path` and `size`) archives. Indexes regular files (types '0', '\0' and '7') in archive order;
+// skips directories, links, devices, FIFOs, GNU long link names ('K'), global pax headers ('g')
+// and unknown types. Every header's checksum is verified; the archive must end with an
+// end-of-archive (all-zero) block. Thread-safe once opened: members() is immutable and Read is
+// a pread on the one descriptor, which stays open until the reader is destroyed.
+class TarReader {
+ public:
+  // NotFound (or the errno's code) when the file cannot be opened; DataLoss naming the file and
+  // the offset for a corrupt header (checksum, size field, pax record) or a truncated file.
+  static absl::StatusOr<std::unique_ptr<TarReader>> Open(const std::string& path);
+  ~TarReader();
+  TarReader(const TarReader&) = delete;
+  TarReader& operator=(const TarReader&) = delete;
+
+  const std::string& path() const { return path_; }
+  int64_t file_size() const { return file_size_; }
+  const std::vector<TarMember>& members() const { return members_; }
+
+  // The data of `member` (one of members()). DataLoss when the file has shrunk since Open;
+  // the errno's status when pread fails.
+  absl::StatusOr<std::string> Read(const TarMember& member) const;
+
+ private:
+  TarReader(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  absl::Status Index();
+  absl::Status ReadAt(int64_t offset, int64_t size, char* out) const;
+
+  std::string path_;
+  int fd_ = -1;
+  int64_t file_size_ = 0;
+  std::vector<TarMember> members_;
+};
+
+}  // namespace mimo::data

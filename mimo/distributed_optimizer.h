@@ -1,0 +1,93 @@
+// Megatron's distributed optimizer (--use-distributed-optimizer, ZeRO stage 1): the gradients are
+// reduce-scattered over the data-parallel group in buckets, each rank keeps the fp32 master
+// weights and AdamW moments of its 1/dp of every bucket only, updates them, and the new weights
+// are all-gathered in the compute dtype. The same updates as mimo/optimizer.h's AdamWOptimizer
+// after a gradient all-reduce, with the optimizer state's memory divided by dp.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "comm/communicator.h"
+#include "kernels/ops.h"
+#include "kernels/tensor.h"
+#include "mimo/gradient_buckets.h"
+#include "mimo/optimizer.h"
+#include "mimo/parameter.h"
+
+namespace mimo {
+
+// Parameters that share a data-parallel group: each set is sharded over its own group.
+struct ShardedParameterSet {
+  // Not owned; they outlive the optimizer. Replicas hold the same values on every member of dp.
+  std::vector<Parameter*> params;
+  // The ranks holding replicas of `params` (null or one member: this rank alone, no sharding);
+  // the gradients are summed over it.
+  comm::Communicator* dp = nullptr;
+  // Groups whose members hold different slices of `params` (the routed experts over ep and
+  // expt_tp): the squared gradient norms are summed over each in turn. Null entries are skipped.
+  std::vector<comm::Communicator*> norm_groups;
+};
+
+class DistributedOptimizer {
+ public:
+  // Plans each set's buckets (mimo/gradient_buckets.h's PlanBuckets with `bucket_elements`,
+  // each bucket padded to a multiple of its group's size), copies this rank's shard of the
+  // masters and releases the parameters' own masters (Parameter::ReleaseMaster: bf16 weights).
+  // Every member of each set's dp must create it with the same parameters in the same order.
+  static absl::StatusOr<std::unique_ptr<DistributedOptimizer>> Create(
+      kernels::Ops& ops, const OptimizerConfig& config, std::vector<ShardedParameterSet> sets,
+      int64_t bucket_elements = GradientBuckets::kDefaultBucketElements);
+
+  // The gradients (Parameter::grad, after the backward) summed over each set's dp, this rank
+  // keeping its shard. Collective over every set's dp, in order.
+  absl::Status ReduceScatterGradients(kernels::Ops& ops);
+  // The squared L2 norm of every set's summed gradients, whole: the shards' squares summed over
+  // dp, then over the set's norm groups. The same value on every member.
+  absl::StatusOr<float> SquaredGradNorm(kernels::Ops& ops);
+  // The update given the whole model's squared gradient norm (as AdamWOptimizer::Apply): this
+  // rank's shards stepped, then every parameter's weight all-gathered over dp.
+  absl::StatusOr<OptimizerStepStats> Apply(kernels::Ops& ops, double squared_norm);
+
+  int64_t steps() const { return steps_; }
+  // Elements of the optimizer state this rank keeps per kind (masters, first and second
+  // moments): its shards, padding included.
+  int64_t shard_elements() const;
+
+ private:
+  // A piece of one parameter inside this rank's shard of a bucket.
+  struct Piece {
+    Parameter* param;
+    int64_t param_offset;  // Of its first element in the parameter.
+    int64_t shard_offset;  // In the set's shard buffers.
+    int64_t elements;
+  };
+  struct Bucket {
+    std::vector<Parameter*> params;  // In order; param i at offsets[i] of the packed bucket.
+    std::vector<int64_t> offsets;
+    int64_t padded = 0;        // The packed size, a multiple of the group's size.
+    int64_t shard_offset = 0;  // Of this rank's shard in the set's shard buffers.
+  };
+  struct Set {
+    comm::Communicator* dp = nullptr;
+    std::vector<comm::Communicator*> norm_groups;
+    std::vector<Bucket> buckets;
+    std::vector<Piece> pieces;
+    kernels::DType dtype = kernels::DType::kF32;  // The weights' (one per set).
+    kernels::Tensor master, m, v, grad;           // (shard,) fp32
+    kernels::Tensor weight;   // (shard,) dtype: the updated weights to gather; master when fp32.
+    kernels::Tensor squares;  // (1,) fp32
+  };
+  DistributedOptimizer(const OptimizerConfig& config, std::vector<Set> sets,
+                       kernels::Tensor staging)
+      : config_(config), sets_(std::move(sets)), staging_(std::move(staging)) {}
+
+  const OptimizerConfig config_;
+  std::vector<Set> sets_;
+  kernels::Tensor staging_;  // (largest padded bucket,) fp32: packed gradients, gathered weights.
+  int64_t steps_ = 0;
+};
+
+}  // namespace mimo
