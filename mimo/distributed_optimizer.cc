@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -42,12 +43,17 @@ absl::StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Crea
   }
   std::vector<Set> built;
   int64_t staging = 0;
+  absl::flat_hash_set<const Parameter*> seen;
   for (size_t i = 0; i < sets.size(); ++i) {
     ShardedParameterSet& in = sets[i];
     Set set{.dp = in.dp, .norm_groups = std::move(in.norm_groups)};
     const int n = Size(in.dp), r = Rank(in.dp);
     if (!in.params.empty()) set.dtype = in.params[0]->weight().dtype();
     for (const Parameter* p : in.params) {
+      if (!seen.insert(p).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("DistributedOptimizer: parameter ", p->name(), " is given twice"));
+      }
       const bool released = p->master().data() == nullptr;
       if (p->weight().dtype() != set.dtype || released) {
         return absl::InvalidArgumentError(
@@ -78,7 +84,8 @@ absl::StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Crea
                               .shard_offset = shard_total + lo - begin,
                               .elements = hi - lo});
       }
-      if (n > 1) staging = std::max(staging, b.padded);
+      b.direct = b.params.size() == 1 && elements > bucket_elements && elements % n == 0;
+      if (n > 1 && !b.direct) staging = std::max(staging, b.padded);
       shard_total += shard;
       set.buckets.push_back(std::move(b));
     }
@@ -136,6 +143,13 @@ absl::Status DistributedOptimizer::ReduceScatterGradients(kernels::Ops& ops) {
     const int n = Size(set.dp);
     for (const Bucket& b : set.buckets) {
       const int64_t shard = b.padded / n;
+      if (n > 1 && b.direct) {
+        MIMO_RETURN_IF_ERROR(ops.Synchronize());
+        MIMO_RETURN_IF_ERROR(set.dp->ReduceScatter(b.params[0]->grad().data(),
+                                                   set.grad.data<float>() + b.shard_offset, shard,
+                                                   comm::DataType::kFloat32, comm::ReduceOp::kSum));
+        continue;
+      }
       // One member: the bucket is its shard, packed in place.
       float* packed = n > 1 ? staging_.data<float>() : set.grad.data<float>() + b.shard_offset;
       for (size_t j = 0; j < b.params.size(); ++j) {
@@ -208,6 +222,12 @@ absl::StatusOr<OptimizerStepStats> DistributedOptimizer::Apply(kernels::Ops& ops
     const int n = Size(set.dp);
     for (const Bucket& b : set.buckets) {
       const void* gathered = At(set.weight.data(), b.shard_offset, set.dtype);
+      if (n > 1 && b.direct) {
+        MIMO_RETURN_IF_ERROR(ops.Synchronize());
+        MIMO_RETURN_IF_ERROR(set.dp->AllGather(gathered, b.params[0]->weight().data(), b.padded / n,
+                                               CommType(set.dtype)));
+        continue;
+      }
       if (n > 1) {
         MIMO_RETURN_IF_ERROR(ops.Synchronize());
         MIMO_RETURN_IF_ERROR(

@@ -36,7 +36,10 @@ class DistributedOptimizer {
   // Plans each set's buckets (mimo/gradient_buckets.h's PlanBuckets with `bucket_elements`,
   // each bucket padded to a multiple of its group's size), copies this rank's shard of the
   // masters and releases the parameters' own masters (Parameter::ReleaseMaster: bf16 weights).
-  // Every member of each set's dp must create it with the same parameters in the same order.
+  // Every member of each set's dp must create it with the same parameters in the same order, and
+  // the members of a set's norm groups must all have parameters in it or all none. A parameter
+  // may be in one set once. Parameters larger than a bucket are staged (through a buffer of their
+  // size) only when the group's size does not divide theirs.
   static absl::StatusOr<std::unique_ptr<DistributedOptimizer>> Create(
       kernels::Ops& ops, const OptimizerConfig& config, std::vector<ShardedParameterSet> sets,
       int64_t bucket_elements = GradientBuckets::kDefaultBucketElements);
@@ -69,6 +72,9 @@ class DistributedOptimizer {
     std::vector<int64_t> offsets;
     int64_t padded = 0;        // The packed size, a multiple of the group's size.
     int64_t shard_offset = 0;  // Of this rank's shard in the set's shard buffers.
+    // One parameter larger than a bucket whose size the group divides: reduce-scattered from
+    // its gradient and all-gathered into its weight directly, never staged.
+    bool direct = false;
   };
   struct Set {
     comm::Communicator* dp = nullptr;
@@ -86,7 +92,7 @@ class DistributedOptimizer {
 
   const OptimizerConfig config_;
   std::vector<Set> sets_;
-  kernels::Tensor staging_;  // (largest padded bucket,) fp32: packed gradients, gathered weights.
+  kernels::Tensor staging_;  // (largest staged bucket,) fp32: packed gradients, gathered weights.
   int64_t steps_ = 0;
 };
 

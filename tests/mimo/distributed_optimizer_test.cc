@@ -1,7 +1,9 @@
 // Tests of mimo/distributed_optimizer.h over three Gloo ranks (an odd group: padded buckets):
 // the sharded updates give the weights, norms and steps of AdamWOptimizer on one rank holding
 // the summed gradients, in fp32 and bf16, with clipping and weight decay on some parameters; the
-// optimizer state is a third of the model; bf16 masters are released; bad inputs are refused.
+// optimizer state is a third of the model; bf16 masters are released; one rank alone updates as
+// AdamW does and skips non-finite steps; bad inputs (parameters twice, without masters, mixed
+// dtypes) are refused.
 #include "mimo/distributed_optimizer.h"
 
 #include <gtest/gtest.h>
@@ -12,6 +14,7 @@
 #include "comm/in_memory_store.h"
 #include "comm/process_groups.h"
 #include "common/bfloat16.h"
+#include "common/status_macros.h"
 #include "tests/comm/run_ranks.h"
 
 namespace mimo {
@@ -19,7 +22,8 @@ namespace {
 
 using kernels::DType;
 
-const std::vector<int64_t> kSizes = {10, 20, 500, 7, 3, 40, 1};
+// 500: larger than a bucket, staged (3 does not divide it); 300: reduced in place.
+const std::vector<int64_t> kSizes = {10, 20, 500, 7, 3, 40, 1, 300};
 constexpr int kRanks = 3;
 constexpr int kSteps = 3;
 constexpr int64_t kBucket = 40;
@@ -104,8 +108,8 @@ TEST_P(DistributedOptimizerTest, ShardedUpdatesMatchOneRankWithTheSummedGradient
     auto opt = DistributedOptimizer::Create(
         *ops, kConfig, {{.params = Ptrs(params), .dp = (*groups)->Get("dp")}}, kBucket);
     ASSERT_TRUE(opt.ok()) << opt.status();
-    // Buckets [10, 20], [500], [7, 3], [40], [1], each padded to a multiple of 3.
-    EXPECT_EQ((*opt)->shard_elements(), 10 + 167 + 4 + 14 + 1);
+    // Buckets [10, 20], [500], [7, 3], [40], [1], [300], each padded to a multiple of 3.
+    EXPECT_EQ((*opt)->shard_elements(), 10 + 167 + 4 + 14 + 1 + 100);
     for (const auto& p : params) {
       EXPECT_EQ(p->master().data() == nullptr, dtype != DType::kF32) << p->name();
     }
@@ -149,6 +153,47 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, DistributedOptimizerTest,
                            return info.param == DType::kF32 ? "F32" : "BF16";
                          });
 
+// One rank (no group): the shard is the whole model; with the summed gradients it updates as
+// AdamWOptimizer does. A non-finite norm skips the update and changes nothing.
+TEST(DistributedOptimizerOneRankTest, MatchesAdamWAndSkipsNonFiniteSteps) {
+  const Outcome want = Reference(DType::kF32);
+  auto ops = kernels::NewCpuOps();
+  auto params = Params(*ops, DType::kF32);
+  auto opt = DistributedOptimizer::Create(*ops, kConfig, {{.params = Ptrs(params)}}, kBucket);
+  ASSERT_TRUE(opt.ok()) << opt.status();
+  auto step = [&](int s, bool poison) -> absl::StatusOr<OptimizerStepStats> {
+    for (size_t i = 0; i < params.size(); ++i) {
+      float* g = params[i]->grad().data<float>();
+      for (int64_t k = 0; k < kSizes[i]; ++k) {
+        g[k] = 0;
+        for (int r = 0; r < kRanks; ++r) g[k] += Grad(r, s, i, k);
+      }
+    }
+    if (poison) params[2]->grad().data<float>()[7] = std::nanf("");
+    MIMO_RETURN_IF_ERROR((*opt)->ReduceScatterGradients(*ops));
+    MIMO_ASSIGN_OR_RETURN(const float squared, (*opt)->SquaredGradNorm(*ops));
+    return (*opt)->Apply(*ops, squared);
+  };
+  for (int s = 0; s < kSteps; ++s) {
+    auto stats = step(s, false);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_NEAR(stats->grad_norm, want.norms[s], 1e-6 * want.norms[s]);
+  }
+  std::vector<std::vector<float>> before;
+  for (const auto& p : params) before.push_back(Weights(*p));
+  for (size_t i = 0; i < kSizes.size(); ++i) {
+    for (int64_t k = 0; k < kSizes[i]; ++k) {
+      ASSERT_NEAR(before[i][k], want.weights[i][k], 1e-6 * std::abs(want.weights[i][k]) + 1e-7)
+          << "param " << i << " element " << k;
+    }
+  }
+  auto skipped = step(kSteps, true);
+  ASSERT_TRUE(skipped.ok()) << skipped.status();
+  EXPECT_TRUE(skipped->skipped);
+  EXPECT_EQ((*opt)->steps(), kSteps);
+  for (size_t i = 0; i < params.size(); ++i) EXPECT_EQ(Weights(*params[i]), before[i]);
+}
+
 TEST(DistributedOptimizerErrorsTest, RefusesBadBucketsAndParametersWithoutMasters) {
   auto ops = kernels::NewCpuOps();
   auto params = Params(*ops, DType::kBF16);
@@ -163,6 +208,11 @@ TEST(DistributedOptimizerErrorsTest, RefusesBadBucketsAndParametersWithoutMaster
   EXPECT_EQ(second.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(second.message().find("has no master"), std::string::npos) << second;
   auto f32 = Params(*ops, DType::kF32);
+  EXPECT_EQ(DistributedOptimizer::Create(*ops, kConfig,
+                                         {{.params = {f32[0].get()}}, {.params = {f32[0].get()}}})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
   auto bf16 = Params(*ops, DType::kBF16);
   EXPECT_EQ(DistributedOptimizer::Create(*ops, kConfig, {{.params = {f32[0].get(), bf16[1].get()}}})
                 .status()
