@@ -438,7 +438,9 @@ class SpecChecker {
       } else if (m.has_audio() && m.audio().frames_per_token() > 0) {
         placeholders += m.audio().max_frames() / m.audio().frames_per_token();
       } else if (m.has_language() && m.language().vocab_size() > 0 &&
-                 m.language().vocab_size() < 256) {
+                 m.language().vocab_size() < 256 &&
+                 spec_.data().webdataset().tokenizer_model().empty()) {
+        // With a SentencePiece model the workers check its size when they load it.
         Add(at + "language.vocab_size",
             absl::StrCat("the byte-level tokenizer needs 256 entries, got ",
                          m.language().vocab_size()));
@@ -458,11 +460,6 @@ class SpecChecker {
       Add("training.data_parallel_random_init",
           "KIND_TRAIN jobs start every data-parallel replica from the same values; a different "
           "start per replica is not supported");
-    }
-    if (!spec_.data().webdataset().tokenizer_model().empty()) {
-      Add("data.webdataset.tokenizer_model",
-          "KIND_TRAIN jobs tokenize captions with the byte-level tokenizer only for now "
-          "(SentencePiece models are not loaded yet)");
     }
     if (!spec_.output_dir().empty() && spec_.output_dir()[0] != '/') {
       Add("output_dir", absl::StrCat("must be an absolute path (the logging rank writes it on its "

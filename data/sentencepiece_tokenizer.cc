@@ -21,12 +21,13 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
   if (::stat(path.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("SentencePiece model ", path, " not found"));
   }
-  std::string error;
-  std::unique_ptr<SpmProcessor> processor = SpmProcessor::Load(path, &error);
-  if (processor == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("SentencePiece model ", path, " cannot be loaded: ", error));
+  absl::StatusOr<std::unique_ptr<SpmProcessor>> loaded = SpmProcessor::Load(path);
+  if (!loaded.ok()) {
+    return absl::Status(loaded.status().code(),
+                        absl::StrCat("SentencePiece model ", path,
+                                     " cannot be loaded: ", loaded.status().message()));
   }
+  std::unique_ptr<SpmProcessor> processor = *std::move(loaded);
   for (const auto& [what, id] : {std::pair<const char*, int>{"BOS", processor->bos_id()},
                                  std::pair<const char*, int>{"EOS", processor->eos_id()}}) {
     if (id < 0) {
@@ -47,10 +48,9 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
 }
 
 std::vector<int32_t> SentencePieceTokenizer::Encode(absl::string_view text) const {
-  std::vector<int> ids;
-  std::string error;
-  if (!processor_->Encode(std::string(text), &ids, &error)) return {};
-  return std::vector<int32_t>(ids.begin(), ids.end());
+  absl::StatusOr<std::vector<int>> ids = processor_->Encode(std::string(text));
+  if (!ids.ok()) return {};
+  return std::vector<int32_t>(ids->begin(), ids->end());
 }
 
 std::string SentencePieceTokenizer::Decode(const std::vector<int32_t>& ids) const {
@@ -58,9 +58,9 @@ std::string SentencePieceTokenizer::Decode(const std::vector<int32_t>& ids) cons
   for (const int32_t id : ids) {
     if (IsText(id)) pieces.push_back(id);
   }
-  std::string text, error;
-  if (!processor_->Decode(pieces, &text, &error)) return "";
-  return text;
+  absl::StatusOr<std::string> text = processor_->Decode(pieces);
+  if (!text.ok()) return "";
+  return *std::move(text);
 }
 
 bool SentencePieceTokenizer::IsText(int32_t id) const {

@@ -17,9 +17,10 @@ class SpmProcessor;
 
 class SentencePieceTokenizer : public Tokenizer {
  public:
-  // Loads the model file (a SentencePiece .model, the serialized ModelProto). NotFound when the
-  // file does not exist; InvalidArgument when it is not a model, or the model has no BOS or no
-  // EOS piece (train it with --bos_id and --eos_id >= 0, the defaults 1 and 2).
+  // Loads the model file (a SentencePiece .model, the serialized ModelProto) through the plugin
+  // (data/spm_processor.h). NotFound when the file does not exist; InvalidArgument when it is not
+  // a model, or the model has no BOS or no EOS piece (train it with --bos_id and --eos_id >= 0,
+  // the defaults 1 and 2); FailedPrecondition when the plugin cannot be loaded.
   static absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> Load(const std::string& path);
   ~SentencePieceTokenizer() override;
 

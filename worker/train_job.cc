@@ -63,6 +63,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, i
     const v1::Data::WebDataset& w = spec.data().webdataset();
     o.webdataset =
         data::WebDatasetOptions{.shards = {w.shards().begin(), w.shards().end()}, .seed = o.seed};
+    o.tokenizer_model = w.tokenizer_model();
   }
   const v1::Optimizer& opt = t.optimizer();
   o.optimizer = {.lr = static_cast<float>(opt.lr()),
@@ -118,6 +119,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   o.seed = from_spec.seed;
   o.data = from_spec.data;
   o.webdataset = from_spec.webdataset;
+  o.tokenizer_model = from_spec.tokenizer_model;
   o.optimizer = from_spec.optimizer;
   o.distributed_optimizer = from_spec.distributed_optimizer;
   return o;

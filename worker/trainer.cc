@@ -12,6 +12,7 @@
 #include "common/status_macros.h"
 #include "data/byte_tokenizer.h"
 #include "data/micro_batch.h"
+#include "data/sentencepiece_tokenizer.h"
 #include "data/synthetic_source.h"
 #include "mimo/expert_load.h"
 #include "mimo/model_flops.h"
@@ -223,13 +224,18 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   } else {
     MIMO_ASSIGN_OR_RETURN(source, data::SyntheticSource::Create(o.data));
   }
-  const data::Tokenizer& tokenizer = data::DefaultTokenizer();
+  std::unique_ptr<data::Tokenizer> owned_tokenizer;
+  if (!o.tokenizer_model.empty()) {
+    MIMO_ASSIGN_OR_RETURN(owned_tokenizer, data::SentencePieceTokenizer::Load(o.tokenizer_model));
+  }
+  const data::Tokenizer& tokenizer =
+      owned_tokenizer != nullptr ? *owned_tokenizer
+                                 : static_cast<const data::Tokenizer&>(data::DefaultTokenizer());
   if (tokenizer.vocab_size() > model.language.vocab_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the tokenizer's ", tokenizer.vocab_size(),
-                     " ids (with the image and audio "
-                     "placeholders) do not fit the language model's vocab_size ",
-                     model.language.vocab_size));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the tokenizer's ", tokenizer.vocab_size(), " ids (with the image and audio placeholders",
+        o.tokenizer_model.empty() ? "" : absl::StrCat("; SentencePiece model ", o.tokenizer_model),
+        ") do not fit the language model's vocab_size ", model.language.vocab_size));
   }
   const bool has[2] = {model.vision.has_value(), model.audio.has_value()};
   const int dp_size = ModelGroups::Size(o.dp), dp_rank = ModelGroups::Rank(o.dp);
@@ -296,9 +302,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                                std::move(dense), std::move(experts)));
   trainer->source_ = std::move(source);
   trainer->tokenizer_ = &tokenizer;
+  trainer->owned_tokenizer_ = std::move(owned_tokenizer);
   trainer->position_ = o.start_position;
   Update& u = trainer->update_;
-  if (o.distributed_optimizer) {
+  // With no replica to share it, the distributed optimizer's shards would only copy the state.
+  if (o.distributed_optimizer &&
+      (ModelGroups::Size(o.dp) > 1 || ModelGroups::Size(trainer->ExpertDataParallelGroup()) > 1)) {
     const std::vector<comm::Communicator*> expert_norm = {o.groups.ep, o.groups.expt_tp};
     MIMO_ASSIGN_OR_RETURN(
         u.distributed,

@@ -56,6 +56,9 @@ struct TrainerOptions {
   // are set from the model.
   data::SyntheticOptions data;
   std::optional<data::WebDatasetOptions> webdataset;
+  std::string tokenizer_model;  // A SentencePiece model file (data/sentencepiece_tokenizer.h) whose
+                                // pieces plus the two placeholders must fit the language model's
+                                // vocabulary; empty: the byte-level tokenizer.
   // Samples the group consumed before this trainer (a resumed job's Trainer::position()): the
   // first step reads on from there. >= 0.
   int64_t start_position = 0;
@@ -88,7 +91,8 @@ struct TrainerOptions {
   // Megatron's distributed optimizer (mimo/distributed_optimizer.h): the gradients are
   // reduce-scattered over dp (the routed experts' over expt_dp) instead of all-reduced, each
   // replica keeps and updates its shard of the fp32 masters and AdamW moments, and the weights
-  // are all-gathered. The same training, a 1/dp share of the optimizer's memory.
+  // are all-gathered. The same training, a 1/dp share of the optimizer's memory. Without
+  // replicas (dp and expt_dp of one rank) the plain optimizer runs.
   bool distributed_optimizer = false;
 };
 // Loss, token counts, model FLOPs and expert loads are the language ranks': 0 (empty) on
@@ -158,8 +162,9 @@ class Trainer {
   std::unique_ptr<Modules> modules_;
   Update update_;
   std::unique_ptr<data::SampleSource> source_;
-  // The byte-level tokenizer (SentencePiece models: data/CMakeLists.txt says why not yet).
+  // The byte-level tokenizer, or owned_tokenizer_ (options_.tokenizer_model's SentencePiece model).
   const data::Tokenizer* tokenizer_ = nullptr;
+  std::unique_ptr<data::Tokenizer> owned_tokenizer_;
   std::vector<Parameter*> dense_;    // Every parameter but the routed experts'.
   std::vector<Parameter*> experts_;  // The routed experts' (this rank's experts with EP).
   int64_t position_ = 0;

@@ -177,6 +177,18 @@ TEST(ValidateJobSpecTest, TrainingReadsWebDatasetShards) {
   for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
 }
 
+// A SentencePiece model replaces the byte-level tokenizer, and its 256-entry minimum with it (the
+// workers check the model's size against vocab_size when they load it).
+TEST(ValidateJobSpecTest, TrainingWithASentencePieceModel) {
+  v1::JobSpec spec = ValidSpec();
+  spec.mutable_data()->mutable_webdataset()->add_shards("/data/train-{000..015}.tar");
+  spec.mutable_data()->mutable_webdataset()->set_tokenizer_model("/data/spm.model");
+  Language(spec).mutable_language()->set_vocab_size(128);
+  std::vector<FieldViolation> violations;
+  EXPECT_TRUE(ValidateJobSpec(spec, &violations).ok());
+  for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+}
+
 TEST(ValidateJobSpecTest, SelftestNeedsNoTrainingOrData) {
   v1::JobSpec spec = ValidSpec();
   spec.set_kind(v1::JobSpec::KIND_SELFTEST);
@@ -471,10 +483,10 @@ INSTANTIATE_TEST_SUITE_P(
                s.mutable_data()->mutable_webdataset()->add_shards("data/a-{0..3}.tar");
              },
              {"data.webdataset.shards[0]"}},
-        Case{"TrainingWithASentencePieceModel",
+        Case{"WebdatasetRelativeTokenizerModel",
              [](v1::JobSpec& s) {
                s.mutable_data()->mutable_webdataset()->add_shards("/data/a.tar");
-               s.mutable_data()->mutable_webdataset()->set_tokenizer_model("/data/spm.model");
+               s.mutable_data()->mutable_webdataset()->set_tokenizer_model("spm.model");
              },
              {"data.webdataset.tokenizer_model"}},
         // What KIND_TRAIN does not do yet.

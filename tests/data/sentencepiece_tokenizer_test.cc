@@ -1,10 +1,14 @@
 // SentencePieceTokenizer on a model the test trains (SentencePiece's trainer on a small corpus
 // in a temporary folder): its BOS and EOS, the placeholders after its pieces, text round trips,
-// refusals of a model without BOS and of a missing file, and PackSamples in its ids.
+// refusals of a model without BOS and of a missing file, PackSamples in its ids, and the error
+// naming the paths tried when the plugin is missing.
 #include "data/sentencepiece_tokenizer.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 #include "data/micro_batch.h"
 #include "data/spm_processor.h"
@@ -29,19 +33,27 @@ std::string Train(const TempDir& dir, const std::string& name, const std::string
   }
   WriteFile(dir.File("corpus.txt"), corpus);
   const std::string prefix = dir.File(name);
-  std::string error;
-  if (!TrainSpmModel("--input=" + dir.File("corpus.txt") + " --model_prefix=" + prefix +
-                         " --vocab_size=48 --model_type=bpe --character_coverage=1.0"
-                         " --hard_vocab_limit=false --minloglevel=2 " +
-                         extra,
-                     &error)) {
-    ADD_FAILURE() << "training failed: " << error;
+  if (const absl::Status s =
+          TrainSpmModel("--input=" + dir.File("corpus.txt") + " --model_prefix=" + prefix +
+                        " --vocab_size=48 --model_type=bpe --character_coverage=1.0"
+                        " --hard_vocab_limit=false --minloglevel=2 " +
+                        extra);
+      !s.ok()) {
+    ADD_FAILURE() << "training failed: " << s;
     return "";
   }
   return prefix + ".model";
 }
 
-TEST(SentencePieceTokenizerTest, LoadsATrainedModel) {
+// Skips where the plugin cannot be loaded by design (AddressSanitizer builds).
+class SentencePieceTokenizerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!SpmPluginSupported()) GTEST_SKIP() << "no SentencePiece plugin in this build";
+  }
+};
+
+TEST_F(SentencePieceTokenizerTest, LoadsATrainedModel) {
   TempDir dir;
   const std::string model = Train(dir, "m");
   ASSERT_FALSE(model.empty());
@@ -73,7 +85,7 @@ TEST(SentencePieceTokenizerTest, LoadsATrainedModel) {
   EXPECT_EQ(tok.Decode(with_specials), text);
 }
 
-TEST(SentencePieceTokenizerTest, PacksSamplesInItsIds) {
+TEST_F(SentencePieceTokenizerTest, PacksSamplesInItsIds) {
   TempDir dir;
   const std::string model = Train(dir, "m");
   ASSERT_FALSE(model.empty());
@@ -95,7 +107,7 @@ TEST(SentencePieceTokenizerTest, PacksSamplesInItsIds) {
   EXPECT_EQ(b->labels[want.size() - 2], tok.eos());
 }
 
-TEST(SentencePieceTokenizerTest, RefusesModelsWithoutBosAndMissingFiles) {
+TEST_F(SentencePieceTokenizerTest, RefusesModelsWithoutBosAndMissingFiles) {
   TempDir dir;
   const std::string model = Train(dir, "nobos", "--bos_id=-1");
   ASSERT_FALSE(model.empty());
@@ -109,6 +121,20 @@ TEST(SentencePieceTokenizerTest, RefusesModelsWithoutBosAndMissingFiles) {
   WriteFile(dir.File("junk.model"), "this is not a model");
   EXPECT_EQ(SentencePieceTokenizer::Load(dir.File("junk.model")).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// In a fresh process (the plugin is opened once per process): a MIMO_SPM_PLUGIN that names no
+// file is the only place tried, and the error says so.
+TEST_F(SentencePieceTokenizerTest, NamesThePluginPathsTriedWhenItIsMissing) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        ::setenv("MIMO_SPM_PLUGIN", "/nonexistent/libmimo_spm_plugin.so", 1);
+        const absl::Status s = TrainSpmModel("--help");
+        std::fprintf(stderr, "%s\n", s.ToString().c_str());
+        std::exit(s.code() == absl::StatusCode::kFailedPrecondition ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "tried: /nonexistent/libmimo_spm_plugin.so \\(not found\\)");
 }
 
 }  // namespace

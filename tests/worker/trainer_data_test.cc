@@ -1,7 +1,9 @@
 // The trainer's data on CPU: a MIMO model trained on WebDataset tar shards the test writes (PNG
 // and JPEG images of a coloured square in one of four corners, captions saying so, log-mel .npy
 // clips on some samples) learns them; a trainer started at a data position reads on from there;
-// a vocabulary the tokenizer's ids do not fit and a missing shard are refused at Create.
+// a vocabulary the tokenizer's ids do not fit and a missing shard are refused at Create. With a
+// SentencePiece model trained here on the captions (loaded from libmimo_spm_plugin.so into this
+// process, which links libprotobuf) it learns them in the model's ids.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "data/byte_tokenizer.h"
+#include "data/spm_processor.h"
 #include "tests/data/test_files.h"
 #include "worker/trainer.h"
 
@@ -144,6 +147,58 @@ TEST(TrainerDataTest, LearnsWebDatasetShards) {
   options.webdataset = data::WebDatasetOptions{.shards = {WriteShards(dir)}, .seed = 5};
   const auto [first, last] = Train(Model(), options, 30);
   EXPECT_LT(last, 0.6 * first) << "first steps " << first << ", last steps " << last;
+}
+
+// A small BPE model of the captions (vocab_size 40, fewer pieces if the corpus has fewer) under
+// `dir`; empty on failure.
+std::string TrainSentencePiece(const TempDir& dir) {
+  std::string corpus;
+  for (int i = 0; i < 32; ++i) corpus += Caption(i) + "\n";
+  WriteFile(dir.File("captions.txt"), corpus);
+  const absl::Status s = data::TrainSpmModel(
+      "--input=" + dir.File("captions.txt") + " --model_prefix=" + dir.File("spm") +
+      " --vocab_size=40 --model_type=bpe --character_coverage=1.0"
+      " --hard_vocab_limit=false --minloglevel=2");
+  EXPECT_TRUE(s.ok()) << s;
+  return s.ok() ? dir.File("spm.model") : "";
+}
+
+TEST(TrainerDataTest, LearnsWebDatasetShardsWithASentencePieceModel) {
+  if (!data::SpmPluginSupported()) GTEST_SKIP() << "no SentencePiece plugin in this build";
+  TempDir dir;
+  TrainerOptions options = Options();
+  options.webdataset = data::WebDatasetOptions{.shards = {WriteShards(dir)}, .seed = 5};
+  options.tokenizer_model = TrainSentencePiece(dir);
+  ASSERT_FALSE(options.tokenizer_model.empty());
+  {
+    // The model's ids, not the bytes: a vocabulary of 64 fits them.
+    auto ops = kernels::NewCpuOps();
+    auto trainer = Trainer::Create(*ops, Model(64), options);
+    ASSERT_TRUE(trainer.ok()) << trainer.status();
+    const data::Tokenizer& tok = (*trainer)->tokenizer();
+    EXPECT_LE(tok.vocab_size(), 42);
+    EXPECT_EQ(tok.audio(), tok.vocab_size() - 1);
+    EXPECT_LT(tok.Encode(Caption(0)).size(), Caption(0).size());
+    EXPECT_EQ(tok.Decode(tok.Encode(Caption(5))), Caption(5));
+  }
+  const auto [first, last] = Train(Model(64), options, 30);
+  EXPECT_LT(last, 0.6 * first) << "first steps " << first << ", last steps " << last;
+}
+
+TEST(TrainerDataTest, RefusesASentencePieceModelTheVocabularyDoesNotFit) {
+  if (!data::SpmPluginSupported()) GTEST_SKIP() << "no SentencePiece plugin in this build";
+  TempDir dir;
+  TrainerOptions options = Options();
+  options.tokenizer_model = TrainSentencePiece(dir);
+  ASSERT_FALSE(options.tokenizer_model.empty());
+  auto ops = kernels::NewCpuOps();
+  absl::Status status = Trainer::Create(*ops, Model(16), options).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr(options.tokenizer_model));
+  EXPECT_THAT(status.message(), HasSubstr("do not fit the language model's vocab_size 16"));
+  options.tokenizer_model = dir.File("missing.model");
+  status = Trainer::Create(*ops, Model(64), options).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
 }
 
 TEST(TrainerDataTest, RefusesAVocabularyTheTokenizerDoesNotFit) {
