@@ -24,8 +24,8 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, i
 
 // The trainer's options for the rank of `assignment` over `groups` (built by GroupSpecsOf): its
 // part of the model (the module's kind), micro-batches global_batch_size / (micro_batch_size *
-// language dp), the synthetic data (num_samples 0: 10000) and the optimizer from the spec, the
-// job seed (0: 1234), the module's dp group, on language ranks ep and expt_dp, and the rank's
+// language dp), the data and the optimizer from the spec (TrainerOptionsFromSpec), the job seed
+// (0: 1234), the module's dp group, on language ranks ep and expt_dp, and the rank's
 // bridge links. InvalidArgument when the spec or the groups do not fit (the coordinator's
 // validation refuses such specs first).
 absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignment,
