@@ -305,27 +305,33 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   trainer->owned_tokenizer_ = std::move(owned_tokenizer);
   trainer->position_ = o.start_position;
   Update& u = trainer->update_;
-  // With no replica to share it, the distributed optimizer's shards would only copy the state.
-  if (o.distributed_optimizer &&
-      (ModelGroups::Size(o.dp) > 1 || ModelGroups::Size(trainer->ExpertDataParallelGroup()) > 1)) {
-    const std::vector<comm::Communicator*> expert_norm = {o.groups.ep, o.groups.expt_tp};
+  comm::Communicator* expt_dp = trainer->ExpertDataParallelGroup();
+  const std::vector<comm::Communicator*> expert_norm =
+      language ? std::vector{o.groups.ep, o.groups.expt_tp} : std::vector<comm::Communicator*>{};
+  // The distributed optimizer shards the sets that have replicas; on a set without (dp or
+  // expt_dp of one rank) its shards would only copy the state, so AdamW updates it in place.
+  const bool shard_dense = o.distributed_optimizer && ModelGroups::Size(o.dp) > 1;
+  const bool shard_experts = o.distributed_optimizer && ModelGroups::Size(expt_dp) > 1;
+  std::vector<ShardedParameterSet> sharded;
+  if (shard_dense) sharded.push_back({.params = trainer->dense_, .dp = o.dp});
+  if (shard_experts) {
+    sharded.push_back({.params = trainer->experts_, .dp = expt_dp, .norm_groups = expert_norm});
+  }
+  if (!sharded.empty()) {
     MIMO_ASSIGN_OR_RETURN(
         u.distributed,
-        DistributedOptimizer::Create(
-            ops, o.optimizer,
-            {{.params = trainer->dense_, .dp = o.dp},
-             {.params = trainer->experts_,
-              .dp = trainer->ExpertDataParallelGroup(),
-              .norm_groups = language ? expert_norm : std::vector<comm::Communicator*>{}}},
-            o.bucket_elements));
-  } else {
-    MIMO_ASSIGN_OR_RETURN(
-        u.adamw, AdamWOptimizer::Create(ops, o.optimizer, trainer->dense_, trainer->experts_));
-    MIMO_ASSIGN_OR_RETURN(u.dense_buckets,
-                          GradientBuckets::Create(ops, trainer->dense_, o.bucket_elements));
-    MIMO_ASSIGN_OR_RETURN(u.expert_buckets,
-                          GradientBuckets::Create(ops, trainer->experts_, o.bucket_elements));
+        DistributedOptimizer::Create(ops, o.optimizer, std::move(sharded), o.bucket_elements));
   }
+  const std::vector<Parameter*> plain_dense =
+      shard_dense ? std::vector<Parameter*>{} : trainer->dense_;
+  const std::vector<Parameter*> plain_experts =
+      shard_experts ? std::vector<Parameter*>{} : trainer->experts_;
+  MIMO_ASSIGN_OR_RETURN(u.adamw,
+                        AdamWOptimizer::Create(ops, o.optimizer, plain_dense, plain_experts));
+  MIMO_ASSIGN_OR_RETURN(u.dense_buckets,
+                        GradientBuckets::Create(ops, plain_dense, o.bucket_elements));
+  MIMO_ASSIGN_OR_RETURN(u.expert_buckets,
+                        GradientBuckets::Create(ops, plain_experts, o.bucket_elements));
   return trainer;
 }
 
@@ -364,14 +370,15 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   // tokens of the step): all-reduced, or reduce-scattered into the distributed optimizer's shards.
   if (update_.distributed != nullptr) {
     MIMO_RETURN_IF_ERROR(update_.distributed->ReduceScatterGradients(ops_));
-  } else {
-    MIMO_RETURN_IF_ERROR(update_.dense_buckets->AllReduce(ops_, options_.dp));
-    MIMO_RETURN_IF_ERROR(update_.expert_buckets->AllReduce(ops_, ExpertDataParallelGroup()));
   }
+  MIMO_RETURN_IF_ERROR(update_.dense_buckets->AllReduce(ops_, options_.dp));
+  MIMO_RETURN_IF_ERROR(update_.expert_buckets->AllReduce(ops_, ExpertDataParallelGroup()));
   MIMO_ASSIGN_OR_RETURN(const float squared, WholeModelSquaredNorm());
-  MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, update_.distributed != nullptr
-                                                      ? update_.distributed->Apply(ops_, squared)
-                                                      : update_.adamw->Apply(ops_, squared));
+  // Both take the same decision (step, rate, clip factor, skip) from the same norm.
+  MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, update_.adamw->Apply(ops_, squared));
+  if (update_.distributed != nullptr) {
+    MIMO_ASSIGN_OR_RETURN(stats, update_.distributed->Apply(ops_, squared));
+  }
   m.step = stats.step;
   m.lr = stats.lr;
   m.grad_norm = stats.grad_norm;
@@ -396,12 +403,13 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
 absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
   const bool language = modules_->language != nullptr;
   MIMO_ASSIGN_OR_RETURN(
-      const float local,
-      update_.distributed != nullptr
-          ? update_.distributed->SquaredGradNorm(ops_)
-          : update_.adamw->SquaredGradNorm(
-                ops_, language ? std::vector{options_.groups.ep, options_.groups.expt_tp}
-                               : std::vector<comm::Communicator*>{}));
+      float local, update_.adamw->SquaredGradNorm(
+                       ops_, language ? std::vector{options_.groups.ep, options_.groups.expt_tp}
+                                      : std::vector<comm::Communicator*>{}));
+  if (update_.distributed != nullptr) {
+    MIMO_ASSIGN_OR_RETURN(const float shards, update_.distributed->SquaredGradNorm(ops_));
+    local += shards;
+  }
   if (options_.part == ModelPart::kWhole) return local;
   if (!language) {
     const std::vector<BridgeEnd>& links = modules_->links[EncoderIndex(options_.part)];

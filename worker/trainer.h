@@ -91,8 +91,8 @@ struct TrainerOptions {
   // Megatron's distributed optimizer (mimo/distributed_optimizer.h): the gradients are
   // reduce-scattered over dp (the routed experts' over expt_dp) instead of all-reduced, each
   // replica keeps and updates its shard of the fp32 masters and AdamW moments, and the weights
-  // are all-gathered. The same training, a 1/dp share of the optimizer's memory. Without
-  // replicas (dp and expt_dp of one rank) the plain optimizer runs.
+  // are all-gathered. The same training, a 1/dp share of the optimizer's memory. Parameters
+  // without replicas (dp or expt_dp of one rank) are updated by the plain optimizer.
   bool distributed_optimizer = false;
 };
 // Loss, token counts, model FLOPs and expert loads are the language ranks': 0 (empty) on
@@ -138,10 +138,13 @@ class Trainer {
  private:
   struct Modules;
   // How the gradients are summed over the replicas and the update made: an all-reduce in
-  // buckets and AdamW on every parameter, or the distributed optimizer.
+  // buckets and AdamW, for the parameters the distributed optimizer (when asked for) does not
+  // shard.
   struct Update {
+    // The parameters the distributed optimizer does not shard (all of them without it).
     std::unique_ptr<AdamWOptimizer> adamw;
     std::unique_ptr<GradientBuckets> dense_buckets, expert_buckets;
+    // Null unless asked for and a set of parameters has replicas.
     std::unique_ptr<DistributedOptimizer> distributed;
   };
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,

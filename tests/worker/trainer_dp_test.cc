@@ -182,7 +182,7 @@ std::vector<float> ExpertSlice(const std::string& name, const std::vector<float>
 // MoE layer's experts each; "expt_tp": half of every expert's width each), train like one rank
 // with both micro-batches: the same losses, norms and loads; the same dense parameters on both;
 // each rank's experts equal its slice of the one rank's.
-void ExpectExpertSplitLikeOneRank(const std::string& kind) {
+void ExpectExpertSplitLikeOneRank(const std::string& kind, bool distributed_optimizer = false) {
   const TrainRun want = Train(2, nullptr);
   std::vector<TrainRun> got(2);
   comm::InMemoryStore store;
@@ -191,7 +191,7 @@ void ExpectExpertSplitLikeOneRank(const std::string& kind) {
         {{.kind = "dp", .members = {0, 1}}, {.kind = kind, .members = {0, 1}}}, store,
         {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
     ASSERT_TRUE(groups.ok()) << groups.status();
-    got[rank] = Train(1, (*groups)->Get("dp"), ModelGroupsOf(**groups));
+    got[rank] = Train(1, (*groups)->Get("dp"), ModelGroupsOf(**groups), distributed_optimizer);
   });
   for (int r = 0; r < 2; ++r) {
     ASSERT_EQ(got[r].steps.size(), 3u) << r;
@@ -221,6 +221,12 @@ TEST(TrainerDataParallelTest, ExpertParallelRanksTrainLikeOneRank) {
 
 TEST(TrainerDataParallelTest, ExpertTensorParallelRanksTrainLikeOneRank) {
   ExpectExpertSplitLikeOneRank("expt_tp");
+}
+
+// The distributed optimizer shards the dense parameters over dp; the experts, with no replica
+// (expt_dp 1), stay with AdamW: the two share the norm and the update's decisions.
+TEST(TrainerDataParallelTest, DistributedOptimizerWithUnreplicatedExpertsTrainsLikeOneRank) {
+  ExpectExpertSplitLikeOneRank("ep", true);
 }
 
 // Four ranks, data parallel with two expert-parallel groups ({0, 1}, {2, 3}: each rank half of
