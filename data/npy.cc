@@ -1,5 +1,5 @@
 // ParseNpy: the magic string, the little-endian header length, a small parser for the header's
-// Python dict literal, then the data.
+// Python dict literal, then the data. EncodeNpy: the same layout written.
 #include "data/npy.h"
 
 #include <cstring>
@@ -218,6 +218,49 @@ absl::StatusOr<NpyArray> ParseNpy(absl::string_view bytes, absl::string_view nam
     }
   }
   return array;
+}
+
+std::string NpyHeaderDict(absl::string_view descr, const std::vector<int64_t>& shape) {
+  std::string dims = absl::StrJoin(shape, ", ");
+  if (shape.size() == 1) dims += ",";  // A one-element tuple.
+  return absl::StrCat("{'descr': '", descr, "', 'fortran_order': False, 'shape': (", dims, "), }");
+}
+
+std::string NpyPreamble(absl::string_view dict, int version) {
+  const size_t fixed = kMagicLen + 2 + (version == 1 ? 2 : 4);  // Magic, version, length.
+  const size_t padding = (64 - (fixed + dict.size() + 1) % 64) % 64;
+  const uint32_t length = static_cast<uint32_t>(dict.size() + padding + 1);
+  std::string out(kMagic, kMagicLen);
+  out += static_cast<char>(version);
+  out += '\0';
+  for (size_t i = 0; i < fixed - kMagicLen - 2; ++i) {
+    out += static_cast<char>((length >> (8 * i)) & 0xff);
+  }
+  absl::StrAppend(&out, dict, std::string(padding, ' '), "\n");
+  return out;
+}
+
+absl::StatusOr<std::string> EncodeNpy(const std::vector<int64_t>& shape,
+                                      absl::Span<const float> values) {
+  int64_t count = 1;
+  for (const int64_t d : shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("EncodeNpy: negative dimension in shape (",
+                                                     absl::StrJoin(shape, ", "), ")"));
+    }
+    count *= d;
+  }
+  if (count != static_cast<int64_t>(values.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EncodeNpy: ", values.size(), " values for shape (",
+                     absl::StrJoin(shape, ", "), "), which holds ", count));
+  }
+  std::string out = NpyPreamble(NpyHeaderDict("<f4", shape));
+  const size_t header = out.size();
+  out.resize(header + values.size() * sizeof(float));
+  if (!values.empty())
+    std::memcpy(out.data() + header, values.data(), values.size() * sizeof(float));
+  return out;
 }
 
 }  // namespace mimo::data

@@ -1,5 +1,5 @@
 // NumPy .npy arrays of float32 or float16 (little-endian, C order), as float32: how a sample's
-// log-mel features are stored in a WebDataset shard.
+// log-mel features are stored in a WebDataset shard; and the writer of float32 ones.
 #pragma once
 
 #include <cstdint>
@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace mimo::data {
 
@@ -23,5 +24,19 @@ absl::StatusOr<NpyArray> ParseNpy(absl::string_view bytes, absl::string_view nam
 
 // An IEEE binary16 value as float (subnormals, infinities and NaN included).
 float HalfToFloat(uint16_t half);
+
+// `values` (row-major, shape `shape`; () for a scalar) as a float32 .npy file, format 1.0.
+// InvalidArgument for a negative dimension or a value count that is not the shape's.
+absl::StatusOr<std::string> EncodeNpy(const std::vector<int64_t>& shape,
+                                      absl::Span<const float> values);
+
+// The pieces of EncodeNpy, for writers of other dtypes or headers. The header dict numpy writes
+// for a C-order array: "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }" ("(3,)"
+// for one dimension).
+std::string NpyHeaderDict(absl::string_view descr, const std::vector<int64_t>& shape);
+// Everything before the data: the magic string, format `version` (1: a 2-byte header length,
+// 2 or 3: a 4-byte one), then `dict` padded with spaces and a newline so the data starts at a
+// multiple of 64 bytes.
+std::string NpyPreamble(absl::string_view dict, int version = 1);
 
 }  // namespace mimo::data

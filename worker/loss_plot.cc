@@ -1,7 +1,5 @@
-// WriteLossPlot: rasterize the polyline into an RGB image, then encode it with libpng.
+// WriteLossPlot: rasterize the polyline into an RGB image, then encode it (data/image_encode.h).
 #include "worker/loss_plot.h"
-
-#include <png.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -10,6 +8,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "data/image_encode.h"
 
 namespace mimo::worker {
 namespace {
@@ -49,7 +48,7 @@ class Canvas {
       }
     }
   }
-  const uint8_t* row(int y) const { return &pixels_[3 * static_cast<size_t>(y) * w_]; }
+  const std::vector<uint8_t>& pixels() const { return pixels_; }
 
  private:
   int w_, h_;
@@ -99,32 +98,17 @@ absl::Status WriteLossPlot(const std::string& path,
     }
   }
 
+  const absl::StatusOr<std::string> png = data::EncodePng(o.width, o.height, 3, canvas.pixels());
+  if (!png.ok()) {
+    return absl::Status(png.status().code(), absl::StrCat(path, ": ", png.status().message()));
+  }
   FILE* file = std::fopen(path.c_str(), "wb");
   if (file == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   }
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
-  png_infop info = png != nullptr ? png_create_info_struct(png) : nullptr;
-  if (info == nullptr) {
-    png_destroy_write_struct(&png, nullptr);
-    std::fclose(file);
-    return absl::ResourceExhaustedError("libpng could not allocate its write state");
-  }
-  // libpng reports its errors by longjmp to here; nothing with a destructor lives past setjmp.
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_write_struct(&png, &info);
-    std::fclose(file);
-    return absl::InternalError(absl::StrCat("libpng failed to write ", path));
-  }
-  png_init_io(png, file);
-  png_set_IHDR(png, info, o.width, o.height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
-               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-  png_write_info(png, info);
-  for (int y = 0; y < o.height; ++y) png_write_row(png, canvas.row(y));
-  png_write_end(png, nullptr);
-  png_destroy_write_struct(&png, &info);
-  if (std::fclose(file) != 0) {
+  const bool written = std::fwrite(png->data(), 1, png->size(), file) == png->size();
+  if (std::fclose(file) != 0 || !written) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
   }

@@ -1,5 +1,6 @@
-// The loss curve of a job as a PNG (libpng): loss against step on a white canvas, with axes and
-// four horizontal grid lines at quarters of the loss range (the numbers are in metrics.csv).
+// The loss curve of a job as a PNG (data/image_encode.h): loss against step on a white canvas,
+// with axes and four horizontal grid lines at quarters of the loss range (the numbers are in
+// metrics.csv).
 #pragma once
 
 #include <cstdint>
@@ -18,7 +19,7 @@ struct LossPlotOptions {
 
 // Writes `points` (step, loss), in step order, to `path` (replaced): the x axis spans the first to
 // the last step, the y axis 0 to the largest finite loss; non-finite losses are left out.
-// InvalidArgument without a finite point; the OS or libpng error, naming the path.
+// InvalidArgument without a finite point; the OS or encoder error, naming the path.
 absl::Status WriteLossPlot(const std::string& path,
                            const std::vector<std::pair<int64_t, double>>& points,
                            const LossPlotOptions& options = {});

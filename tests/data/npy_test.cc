@@ -1,5 +1,5 @@
 // ParseNpy: float32 and float16 arrays (versions 1.0 and 2.0), and refusals that say why: bad
-// magic, dtype, fortran order, header, data size.
+// magic, dtype, fortran order, header, data size. EncodeNpy: what numpy writes, read back.
 #include "data/npy.h"
 
 #include <gmock/gmock.h>
@@ -65,6 +65,38 @@ TEST(NpyTest, RefusesWhatItCannotRead) {
   bad_version[6] = 9;
   EXPECT_THAT(error(bad_version), HasSubstr("version 9.0"));
   EXPECT_THAT(error(MakeNpy({2}, {1, 2}).substr(0, 30)), HasSubstr("truncated header"));
+}
+
+TEST(NpyTest, EncodeNpyWritesWhatNumpyWrites) {
+  const std::vector<float> values = {0.5f, -1.25f, 3e-8f, 1e20f, 0.0f, -7.0f};
+  auto bytes = EncodeNpy({3, 2}, values);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  // numpy.save's header for a (3, 2) float32 array: 128 bytes, data from there.
+  const std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }";
+  ASSERT_EQ(bytes->size(), 128u + 6 * 4);
+  EXPECT_EQ(bytes->substr(0, 10), std::string("\x93NUMPY\x01\x00\x76\x00", 10));
+  EXPECT_EQ(bytes->substr(10, dict.size()), dict);
+  EXPECT_EQ(bytes->substr(10 + dict.size(), 118 - dict.size()),
+            std::string(117 - dict.size(), ' ') + "\n");
+  auto a = ParseNpy(*bytes, "x.npy");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->shape, (std::vector<int64_t>{3, 2}));
+  EXPECT_EQ(a->data, values);
+  for (const std::vector<int64_t>& shape :
+       {std::vector<int64_t>{}, std::vector<int64_t>{1}, std::vector<int64_t>{1, 1, 1}}) {
+    a = ParseNpy(*EncodeNpy(shape, {2.5f}), "s.npy");
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ(a->shape, shape);
+    EXPECT_EQ(a->data, std::vector<float>{2.5f});
+  }
+  EXPECT_EQ(NpyHeaderDict("<f2", {7}), "{'descr': '<f2', 'fortran_order': False, 'shape': (7,), }");
+  EXPECT_EQ(NpyPreamble("{}", 2).size() % 64, 0u);
+}
+
+TEST(NpyTest, EncodeNpyRefusals) {
+  EXPECT_THAT(EncodeNpy({3, 2}, {1, 2}).status().message(),
+              HasSubstr("2 values for shape (3, 2), which holds 6"));
+  EXPECT_THAT(EncodeNpy({-1, 2}, {}).status().message(), HasSubstr("negative dimension"));
 }
 
 }  // namespace

@@ -14,31 +14,27 @@ namespace mimo::data {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::PatternBytes;
 using testing::TarBuilder;
 using testing::TempDir;
 using testing::WriteFile;
-
-std::string Bytes(size_t n, char seed) {
-  std::string s(n, '\0');
-  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + i * 7);
-  return s;
-}
 
 TEST(TarReaderTest, IndexesRegularFilesOfEveryNameStyle) {
   TempDir dir;
   const std::string long_name = "deep/" + std::string(120, 'x') + "/0001.jpg";
   const std::string pax_name = "pax/" + std::string(200, 'p') + ".txt";
   const std::string ustar_name = std::string(80, 'u') + "/" + std::string(60, 'n') + ".png";
-  const std::string archive = TarBuilder()
-                                  .Special("dir/", '5')
-                                  .File("dir/0000.txt", "hello")
-                                  .File("dir/0000.bin", Bytes(1000, 3))
-                                  .Special("dir/link", '2')
-                                  .File(long_name, Bytes(512, 1), TarBuilder::NameStyle::kGnuLong)
-                                  .File(pax_name, "pax data", TarBuilder::NameStyle::kPaxPath)
-                                  .File(ustar_name, "", TarBuilder::NameStyle::kUstar)
-                                  .Base256File("big.npy", Bytes(700, 5))
-                                  .Finish();
+  const std::string archive =
+      TarBuilder()
+          .Special("dir/", '5')
+          .File("dir/0000.txt", "hello")
+          .File("dir/0000.bin", PatternBytes(1000, 3))
+          .Special("dir/link", '2')
+          .File(long_name, PatternBytes(512, 1), TarBuilder::NameStyle::kGnuLong)
+          .File(pax_name, "pax data", TarBuilder::NameStyle::kPaxPath)
+          .File(ustar_name, "", TarBuilder::NameStyle::kUstar)
+          .Base256File("big.npy", PatternBytes(700, 5))
+          .Finish();
   const std::string path = dir.File("a.tar");
   WriteFile(path, archive);
   auto reader = TarReader::Open(path);
@@ -57,18 +53,18 @@ TEST(TarReaderTest, IndexesRegularFilesOfEveryNameStyle) {
   EXPECT_EQ(m[5].size, 700);
   EXPECT_EQ(m[0].offset % 512, 0);
   EXPECT_EQ(*(*reader)->Read(m[0]), "hello");
-  EXPECT_EQ(*(*reader)->Read(m[1]), Bytes(1000, 3));
-  EXPECT_EQ(*(*reader)->Read(m[2]), Bytes(512, 1));
+  EXPECT_EQ(*(*reader)->Read(m[1]), PatternBytes(1000, 3));
+  EXPECT_EQ(*(*reader)->Read(m[2]), PatternBytes(512, 1));
   EXPECT_EQ(*(*reader)->Read(m[3]), "pax data");
   EXPECT_EQ(*(*reader)->Read(m[4]), "");
-  EXPECT_EQ(*(*reader)->Read(m[5]), Bytes(700, 5));
+  EXPECT_EQ(*(*reader)->Read(m[5]), PatternBytes(700, 5));
   EXPECT_EQ((*reader)->file_size(), static_cast<int64_t>(archive.size()));
 }
 
 TEST(TarReaderTest, ConcurrentReadsSeeTheirOwnMembers) {
   TempDir dir;
   TarBuilder builder;
-  for (int i = 0; i < 16; ++i) builder.File("m" + std::to_string(i), Bytes(300 + 97 * i, i));
+  for (int i = 0; i < 16; ++i) builder.File("m" + std::to_string(i), PatternBytes(300 + 97 * i, i));
   WriteFile(dir.File("a.tar"), builder.Finish());
   auto reader = TarReader::Open(dir.File("a.tar"));
   ASSERT_TRUE(reader.ok()) << reader.status();
@@ -79,7 +75,7 @@ TEST(TarReaderTest, ConcurrentReadsSeeTheirOwnMembers) {
       for (int round = 0; round < 50; ++round) {
         for (int i = t; i < 16; i += 4) {
           auto data = (*reader)->Read((*reader)->members()[i]);
-          if (!data.ok() || *data != Bytes(300 + 97 * i, i)) ++wrong[t];
+          if (!data.ok() || *data != PatternBytes(300 + 97 * i, i)) ++wrong[t];
         }
       }
     });
@@ -106,7 +102,7 @@ TEST(TarReaderTest, CorruptChecksumNamesTheFileAndOffset) {
 TEST(TarReaderTest, TruncatedFilesAreRefused) {
   TempDir dir;
   const std::string archive =
-      TarBuilder().File("a.txt", "aaa").File("b.bin", Bytes(2000, 1)).Finish();
+      TarBuilder().File("a.txt", "aaa").File("b.bin", PatternBytes(2000, 1)).Finish();
   // Cut inside b.bin's data: the member's data does not fit.
   WriteFile(dir.File("data.tar"), archive.substr(0, 1024 + 512 + 700));
   auto reader = TarReader::Open(dir.File("data.tar"));

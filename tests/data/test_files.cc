@@ -1,19 +1,23 @@
-// The data tests' file writers: a tar writer following the ustar layout, libpng's and libjpeg's
-// encoders to memory, the npy header format.
+// The data tests' file writers: tar archives from data/tar_writer.h's header blocks, PNG through
+// data/image_encode.h, libjpeg's encoder to memory, npy files from data/npy.h's header.
 #include "tests/data/test_files.h"
 
 // clang-format off
 #include <cstdio>  // jpeglib.h needs FILE and size_t first.
 #include <jpeglib.h>
 // clang-format on
-#include <png.h>
 #include <stdlib.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <stdexcept>
+#include <utility>
+
+#include "data/image_encode.h"
+#include "data/npy.h"
 
 namespace mimo::data::testing {
 
@@ -36,47 +40,37 @@ void WriteFile(const std::string& path, const std::string& bytes) {
   if (!out) throw std::runtime_error("cannot write " + path);
 }
 
-namespace {
-
-void Octal(char* field, int width, int64_t value) {
-  std::snprintf(field, width, "%0*llo", width - 1, static_cast<long long>(value));
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-}  // namespace
+std::string PatternBytes(size_t n, char seed) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + i * 7);
+  return s;
+}
 
 void TarBuilder::Header(const std::string& name, const std::string& prefix, int64_t size, char type,
                         bool base256) {
-  char h[512] = {};
-  std::memcpy(h, name.data(), std::min<size_t>(name.size(), 100));
-  Octal(h + 100, 8, 0644);
-  Octal(h + 108, 8, 1000);
-  Octal(h + 116, 8, 1000);
-  if (base256) {
-    h[124] = static_cast<char>(0x80);
-    for (int i = 0; i < 8; ++i) h[135 - i] = static_cast<char>((size >> (8 * i)) & 0xff);
-  } else {
-    Octal(h + 124, 12, size);
-  }
-  Octal(h + 136, 12, 1700000000);
-  h[156] = type;
-  std::memcpy(h + 257,
-              "ustar\0"
-              "00",
-              8);
-  std::memcpy(h + 265, "user", 4);
-  std::memcpy(h + 297, "group", 5);
-  std::memcpy(h + 345, prefix.data(), std::min<size_t>(prefix.size(), 155));
-  std::memset(h + kTarChecksumOffset, ' ', 8);
-  unsigned sum = 0;
-  for (const char c : h) sum += static_cast<unsigned char>(c);
-  std::snprintf(h + kTarChecksumOffset, 8, "%06o", sum);  // Six digits, NUL, space.
-  h[kTarChecksumOffset + 7] = ' ';
-  out_.append(h, sizeof(h));
+  absl::StatusOr<std::string> block = TarHeaderBlock({.name = name.substr(0, 100),
+                                                      .prefix = prefix.substr(0, 155),
+                                                      .size = size,
+                                                      .type = type,
+                                                      .uid = 1000,
+                                                      .gid = 1000,
+                                                      .uname = "user",
+                                                      .gname = "group",
+                                                      .mtime = 1700000000,
+                                                      .base256_size = base256});
+  if (!block.ok()) throw std::runtime_error(block.status().ToString());
+  out_ += *block;
 }
 
 void TarBuilder::Data(const std::string& data) {
   out_ += data;
-  out_.append((512 - data.size() % 512) % 512, '\0');
+  out_.append(TarPadding(static_cast<int64_t>(data.size())), '\0');
 }
 
 TarBuilder& TarBuilder::File(const std::string& name, const std::string& data, NameStyle style) {
@@ -125,22 +119,9 @@ TarBuilder& TarBuilder::Base256File(const std::string& name, const std::string& 
 std::string TarBuilder::Finish() const { return out_ + std::string(1024, '\0'); }
 
 std::string EncodePng(int width, int height, int channels, const std::vector<uint8_t>& pixels) {
-  png_image image;
-  std::memset(&image, 0, sizeof(image));
-  image.version = PNG_IMAGE_VERSION;
-  image.width = width;
-  image.height = height;
-  image.format = channels == 1 ? PNG_FORMAT_GRAY : channels == 3 ? PNG_FORMAT_RGB : PNG_FORMAT_RGBA;
-  png_alloc_size_t size = 0;
-  if (!png_image_write_to_memory(&image, nullptr, &size, 0, pixels.data(), 0, nullptr)) {
-    throw std::runtime_error(image.message);
-  }
-  std::string out(size, '\0');
-  if (!png_image_write_to_memory(&image, out.data(), &size, 0, pixels.data(), 0, nullptr)) {
-    throw std::runtime_error(image.message);
-  }
-  out.resize(size);
-  return out;
+  absl::StatusOr<std::string> png = data::EncodePng(width, height, channels, pixels);
+  if (!png.ok()) throw std::runtime_error(png.status().ToString());
+  return *std::move(png);
 }
 
 std::string EncodeJpeg(int width, int height, int channels, const std::vector<uint8_t>& pixels,
@@ -189,23 +170,8 @@ uint16_t FloatToHalf(float f) {
 
 std::string MakeNpy(const std::vector<int64_t>& shape, const std::vector<float>& values,
                     const std::string& dtype, int version, const std::string& header_dict) {
-  std::string dict = header_dict;
-  if (dict.empty()) {
-    std::string dims;
-    for (const int64_t d : shape) dims += std::to_string(d) + ", ";
-    if (shape.size() > 1) dims.resize(dims.size() - 2);  // (3,) keeps its comma.
-    dict = "{'descr': '" + dtype + "', 'fortran_order': False, 'shape': (" + dims + "), }";
-  }
-  const size_t prefix = version == 1 ? 10 : 12;
-  size_t total = prefix + dict.size() + 1;
-  const size_t pad = (64 - total % 64) % 64;
-  dict += std::string(pad, ' ') + "\n";
-  std::string out = "\x93NUMPY";
-  out += static_cast<char>(version);
-  out += '\0';
-  const uint32_t len = static_cast<uint32_t>(dict.size());
-  for (size_t i = 0; i < prefix - 8; ++i) out += static_cast<char>((len >> (8 * i)) & 0xff);
-  out += dict;
+  std::string out =
+      NpyPreamble(header_dict.empty() ? NpyHeaderDict(dtype, shape) : header_dict, version);
   for (const float v : values) {
     if (dtype == "<f2") {
       const uint16_t h = FloatToHalf(v);

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "data/tar_writer.h"  // kTarChecksumOffset, for tests that corrupt a header.
+
 namespace mimo::data::testing {
 
 // A fresh folder under $TMPDIR (or /tmp), removed with its contents on destruction.
@@ -24,6 +26,9 @@ class TempDir {
 };
 
 void WriteFile(const std::string& path, const std::string& bytes);
+std::string ReadFile(const std::string& path);
+// `n` bytes of a pattern that varies with `seed` (data no two members share by chance).
+std::string PatternBytes(size_t n, char seed);
 
 // Builds a tar archive in memory, member by member.
 class TarBuilder {
@@ -52,9 +57,6 @@ class TarBuilder {
 
   std::string out_;
 };
-
-// Offset of the checksum field in a tar header.
-inline constexpr int kTarChecksumOffset = 148;
 
 // 8-bit images, pixels (height, width, channels) with channels 1 (gray), 3 (RGB) or 4 (RGBA).
 std::string EncodePng(int width, int height, int channels, const std::vector<uint8_t>& pixels);

@@ -42,17 +42,10 @@ net=10.213.$(($$ % 250))
 addr_coord=$net.1 addr_a=$net.2 addr_b=$net.3
 
 tmp=$(mktemp -d -t mimo-multihost.XXXXXX)
-# A deadline of its own, below ctest's TIMEOUT (whose SIGKILL would leave everything behind): the
-# watchdog SIGTERMs this script, whose trap then cleans up.
-readonly deadline_s=90
-exec 3>&2 # the watchdog's message; nothing of it holds ctest's output pipe open
-(
-  sleep "$deadline_s" &
-  # shellcheck disable=SC2064  # $! now: the sleep to stop with the watchdog.
-  trap "kill $! 2>/dev/null; exit 0" TERM
-  wait $! && echo "FAIL: the test ran past its ${deadline_s} s deadline" >&3 && kill -TERM $$
-) >/dev/null 2>&1 &
-watchdog_pid=$!
+# shellcheck source=job_lib.sh
+source "$(dirname "$0")/job_lib.sh"
+# A deadline of its own, below ctest's TIMEOUT.
+start_watchdog 90
 created_ns=()
 pids=()            # every process this test started, by pid
 coordinator_pid=""
@@ -71,16 +64,10 @@ dump() {
   done
 }
 
-fail() {
-  echo "FAIL: $*" >&2
-  exit 1
-}
-
 cleanup() {
   local status=$? pid ns
   trap - EXIT INT TERM
-  kill "$watchdog_pid" 2>/dev/null || true
-  wait "$watchdog_pid" 2>/dev/null || true
+  stop_watchdog
   set +e
   # The logs as they were at the failure, before stopping adds to them.
   if [[ $status -ne 0 && $status -ne $skip_code ]]; then dump; fi
@@ -107,16 +94,9 @@ cleanup() {
   local left
   left=$(ip netns list 2>/dev/null | grep -c "^$prefix-" || true)
   [[ $left -eq 0 ]] || echo "warning: $left namespaces $prefix-* left behind" >&2
-  if [[ $status -ne 0 && $status -ne $skip_code ]]; then
-    echo "multihost: FAILED (exit $status); files kept in $tmp" >&2
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$status"
+  end_test multihost "$status" "$skip_code"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 # --- The network: a bridge in ns br, one veth pair per node namespace, enslaved to it.
 add_ns() {
@@ -161,9 +141,6 @@ veth_bytes() {
   echo $((rx + tx))
 }
 
-# shellcheck source=job_lib.sh
-source "$(dirname "$0")/job_lib.sh"
-
 # --- The coordinator (cluster mode) in ns coord.
 # `ip netns exec` execs the program: $! is its pid (a shell function here would be a subshell's).
 ip netns exec "$ns_coord" "$coordinator_bin" --listen "$addr_coord:0" --db "$tmp/mimo.db" \
@@ -171,14 +148,7 @@ ip netns exec "$ns_coord" "$coordinator_bin" --listen "$addr_coord:0" --db "$tmp
   >"$tmp/coordinator.log" 2>&1 &
 coordinator_pid=$!
 pids+=("$coordinator_pid")
-port=""
-for _ in $(seq 200); do
-  port=$(sed -n 's/^mimo-coordinator: serving on port \([0-9]*\).*/\1/p' "$tmp/coordinator.log")
-  [[ -n $port ]] && break
-  kill -0 "$coordinator_pid" 2>/dev/null || fail "mimo-coordinator exited before serving"
-  sleep 0.1
-done
-[[ -n $port ]] || fail "mimo-coordinator did not print its port within 20 s"
+port=$(coordinator_port "$tmp/coordinator.log" "$coordinator_pid")
 metrics_port=$(sed -n 's/^mimo-coordinator: serving on .*, metrics on port \([0-9]*\).*/\1/p' \
   "$tmp/coordinator.log")
 [[ -n $metrics_port ]] || fail "mimo-coordinator printed no metrics port"

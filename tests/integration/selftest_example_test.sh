@@ -17,17 +17,10 @@ spec=$source_dir/examples/selftest-cpu.yaml
 readonly workers=8 cancel_limit_s=10
 
 tmp=$(mktemp -d -t mimo-selftest-example.XXXXXX)
-# A deadline of its own, below ctest's TIMEOUT (whose SIGKILL would leave everything behind): the
-# watchdog SIGTERMs this script, whose trap then cleans up.
-readonly deadline_s=90
-exec 3>&2 # the watchdog's message; nothing of it holds ctest's output pipe open
-(
-  sleep "$deadline_s" &
-  # shellcheck disable=SC2064  # $! now: the sleep to stop with the watchdog.
-  trap "kill $! 2>/dev/null; exit 0" TERM
-  wait $! && echo "FAIL: the test ran past its ${deadline_s} s deadline" >&3 && kill -TERM $$
-) >/dev/null 2>&1 &
-watchdog_pid=$!
+# shellcheck source=job_lib.sh
+source "$(dirname "$0")/job_lib.sh"
+# A deadline of its own, below ctest's TIMEOUT.
+start_watchdog 90
 coordinator_pid=""
 worker_pids=()
 
@@ -50,61 +43,18 @@ dump() {
   done
 }
 
-fail() {
-  echo "FAIL: $*" >&2
-  exit 1
-}
-
-# The pids whose parent is PID, from /proc (no procps needed).
-children_of() {
-  local f stat ppid
-  for f in /proc/[0-9]*/stat; do
-    { stat=$(<"$f"); } 2>/dev/null || continue
-    read -r _ ppid _ <<<"${stat##*) }" # after "PID (COMM) ": state, ppid, ...
-    if [[ $ppid == "$1" ]]; then
-      f=${f#/proc/}
-      echo "${f%/stat}"
-    fi
-  done
-}
-
-# True while PID runs the program mimo-worker (not a reused pid).
-is_worker() { [[ $(tr "\0" " " 2>/dev/null <"/proc/$1/cmdline") == *mimo-worker* ]]; }
-
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  kill "$watchdog_pid" 2>/dev/null || true
-  wait "$watchdog_pid" 2>/dev/null || true
+  stop_watchdog
   # The logs as they were at the failure, before stopping adds to them.
   [[ $status -eq 0 ]] || dump
-  if [[ -n $coordinator_pid ]] && kill -0 "$coordinator_pid" 2>/dev/null; then
-    mapfile -t worker_pids < <(children_of "$coordinator_pid")
-    kill -TERM "$coordinator_pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$coordinator_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$coordinator_pid" 2>/dev/null || true
-    wait "$coordinator_pid" 2>/dev/null || true
-  fi
-  # The workers die with the coordinator (PDEATHSIG); these are only the ones that did not.
-  local pid
-  for pid in "${worker_pids[@]}"; do
-    if is_worker "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-  done
-  if [[ $status -ne 0 ]]; then
-    echo "selftest_example: FAILED (exit $status); files kept in $tmp" >&2
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$status"
+  stop_embedded_coordinator "${worker_pids[@]}"
+  end_test selftest_example "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 ctl() { "$mimoctl_bin" "$@"; }
-
-# shellcheck source=job_lib.sh
-source "$(dirname "$0")/job_lib.sh"
 
 # Runs the example with `submit --wait`; checks exit 0, SUCCEEDED and every rank's passed line.
 run_example() {
@@ -132,20 +82,7 @@ run_example() {
 }
 
 # --- Start the coordinator with its own CPU workers (embedded mode).
-log "starting mimo-coordinator with $workers CPU workers"
-"$coordinator_bin" --listen 127.0.0.1:0 --db "$tmp/mimo.db" --metrics-listen "" \
-  --cpu-workers "$workers" --worker-binary "$worker_bin" >"$tmp/coordinator.log" 2>&1 &
-coordinator_pid=$!
-port=""
-for _ in $(seq 200); do
-  port=$(sed -n 's/^mimo-coordinator: serving on port \([0-9]*\).*/\1/p' "$tmp/coordinator.log")
-  [[ -n $port ]] && break
-  kill -0 "$coordinator_pid" 2>/dev/null || fail "mimo-coordinator exited before serving"
-  sleep 0.1
-done
-[[ -n $port ]] || fail "mimo-coordinator did not print its port within 20 s"
-export MIMO_SERVER=127.0.0.1:$port
-log "coordinator pid $coordinator_pid serving on $MIMO_SERVER"
+start_embedded_coordinator "$workers"
 
 # --- 1. The example, as a user runs it.
 run_example first
