@@ -301,6 +301,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   std::unique_ptr<Trainer> trainer(new Trainer(ops, model, o, std::move(modules), Update{},
                                                std::move(dense), std::move(experts)));
   trainer->source_ = std::move(source);
+  trainer->prefetcher_ = std::make_unique<SamplePrefetcher>(*trainer->source_, 4);
   trainer->tokenizer_ = &tokenizer;
   trainer->owned_tokenizer_ = std::move(owned_tokenizer);
   trainer->position_ = o.start_position;
@@ -335,8 +336,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   return trainer;
 }
 
-absl::StatusOr<data::Sample> Trainer::ReadSample(int64_t index) const {
-  absl::StatusOr<data::Sample> sample = source_->Get(index);
+absl::StatusOr<data::Sample> Trainer::ReadSample(int64_t index) {
+  offsets_.push_back(index - base_);
+  absl::StatusOr<data::Sample> sample = prefetcher_->Take(index);
   if (!sample.ok()) {
     return absl::Status(
         sample.status().code(),
@@ -355,7 +357,11 @@ void Trainer::AppendParameters(std::vector<Parameter*>& out) const {
 absl::StatusOr<StepMetrics> Trainer::Step() {
   const auto start = std::chrono::steady_clock::now();
   const int64_t base = position_;
-  position_ += modules_->language_dp * options_.micro_batches * options_.micro_batch_size;
+  const int64_t per_step =
+      modules_->language_dp * options_.micro_batches * options_.micro_batch_size;
+  position_ += per_step;
+  base_ = base;
+  offsets_.clear();
   for (const auto* set : {&dense_, &experts_}) {
     for (Parameter* p : *set) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
   }
@@ -365,6 +371,15 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     MIMO_RETURN_IF_ERROR(LanguageStep(base, m));
   } else {
     MIMO_RETURN_IF_ERROR(EncoderStep(base));
+  }
+  // Every step reads the same offsets from its base: the next two steps' samples are read on
+  // background threads while this one reduces and updates, and the next computes.
+  for (const int64_t next : {base + per_step, base + 2 * per_step}) {
+    if (next <= fetched_base_) continue;
+    std::vector<int64_t> indices;
+    for (const int64_t offset : offsets_) indices.push_back(next + offset);
+    prefetcher_->Fetch(indices);
+    fetched_base_ = next;
   }
   // Every gradient summed over its module's replicas (each already carries 1 / the labelled
   // tokens of the step): all-reduced, or reduce-scattered into the distributed optimizer's shards.

@@ -28,6 +28,7 @@
 #include "mimo/modality_encoder.h"
 #include "mimo/model_groups.h"
 #include "mimo/optimizer.h"
+#include "worker/sample_prefetcher.h"
 
 namespace mimo::worker {
 
@@ -152,8 +153,9 @@ class Trainer {
           std::vector<Parameter*> experts);
   // The routed experts' data-parallel group (TrainerOptions::expt_dp as resolved).
   comm::Communicator* ExpertDataParallelGroup() const;
-  // Sample `index` of the global order.
-  absl::StatusOr<data::Sample> ReadSample(int64_t index) const;
+  // Sample `index` of the global order (read ahead when it was asked for); recorded, so that
+  // the next steps' indices (the same offsets from their base) are read ahead.
+  absl::StatusOr<data::Sample> ReadSample(int64_t index);
   // The language side of a step (kWhole, kLanguage) and an encoder's (kVision, kAudio).
   absl::Status LanguageStep(int64_t base, StepMetrics& m);
   absl::Status EncoderStep(int64_t base);
@@ -165,6 +167,10 @@ class Trainer {
   std::unique_ptr<Modules> modules_;
   Update update_;
   std::unique_ptr<data::SampleSource> source_;
+  std::unique_ptr<SamplePrefetcher> prefetcher_;
+  std::vector<int64_t> offsets_;  // Of this step's reads from its base.
+  int64_t base_ = 0;              // This step's.
+  int64_t fetched_base_ = 0;      // The last base whose samples were asked for ahead.
   // The byte-level tokenizer, or owned_tokenizer_ (options_.tokenizer_model's SentencePiece model).
   const data::Tokenizer* tokenizer_ = nullptr;
   std::unique_ptr<data::Tokenizer> owned_tokenizer_;
