@@ -4,23 +4,18 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
+
 namespace mimo::worker {
 
 SamplePrefetcher::SamplePrefetcher(const data::SampleSource& source, int threads)
     : source_(source), threads_(std::max(threads, 1)) {}
 
-SamplePrefetcher::~SamplePrefetcher() {
-  for (auto& [index, place] : where_) {
-    if (!place.chunk->done && place.chunk->future.valid()) place.chunk->future.wait();
-  }
-}
-
 void SamplePrefetcher::Fetch(const std::vector<int64_t>& indices) {
   std::vector<int64_t> fresh;
+  absl::flat_hash_set<int64_t> seen;
   for (int64_t i : indices) {
-    if (!where_.contains(i) && std::find(fresh.begin(), fresh.end(), i) == fresh.end()) {
-      fresh.push_back(i);
-    }
+    if (!where_.contains(i) && seen.insert(i).second) fresh.push_back(i);
   }
   const size_t per_chunk = (fresh.size() + threads_ - 1) / threads_;
   for (size_t begin = 0; begin < fresh.size(); begin += per_chunk) {

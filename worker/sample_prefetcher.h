@@ -16,10 +16,9 @@ namespace mimo::worker {
 
 class SamplePrefetcher {
  public:
-  // `source` (not owned) outlives this; `threads` >= 1 read at once.
+  // `source` (not owned) outlives this; `threads` >= 1 read at once. Destruction waits for the
+  // reads in flight (their std::async futures do).
   SamplePrefetcher(const data::SampleSource& source, int threads);
-  // Waits for the reads in flight.
-  ~SamplePrefetcher();
 
   // Starts reading `indices` in the background (an index already requested is skipped).
   void Fetch(const std::vector<int64_t>& indices);

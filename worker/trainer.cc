@@ -185,6 +185,11 @@ comm::Communicator* Trainer::ExpertDataParallelGroup() const {
   return options_.expt_dp;
 }
 
+std::vector<comm::Communicator*> Trainer::ExpertNormGroups() const {
+  if (modules_->language == nullptr) return {};
+  return {options_.groups.ep, options_.groups.expt_tp};
+}
+
 Trainer::~Trainer() = default;
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
@@ -307,8 +312,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   trainer->position_ = o.start_position;
   Update& u = trainer->update_;
   comm::Communicator* expt_dp = trainer->ExpertDataParallelGroup();
-  const std::vector<comm::Communicator*> expert_norm =
-      language ? std::vector{o.groups.ep, o.groups.expt_tp} : std::vector<comm::Communicator*>{};
   // The distributed optimizer shards the sets that have replicas; on a set without (dp or
   // expt_dp of one rank) its shards would only copy the state, so AdamW updates it in place.
   const bool shard_dense = o.distributed_optimizer && ModelGroups::Size(o.dp) > 1;
@@ -316,7 +319,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   std::vector<ShardedParameterSet> sharded;
   if (shard_dense) sharded.push_back({.params = trainer->dense_, .dp = o.dp});
   if (shard_experts) {
-    sharded.push_back({.params = trainer->experts_, .dp = expt_dp, .norm_groups = expert_norm});
+    sharded.push_back(
+        {.params = trainer->experts_, .dp = expt_dp, .norm_groups = trainer->ExpertNormGroups()});
   }
   if (!sharded.empty()) {
     MIMO_ASSIGN_OR_RETURN(
@@ -417,10 +421,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
 // ranks add the encoders' parts (sent up the links) to theirs and send the total back down.
 absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
   const bool language = modules_->language != nullptr;
-  MIMO_ASSIGN_OR_RETURN(
-      float local, update_.adamw->SquaredGradNorm(
-                       ops_, language ? std::vector{options_.groups.ep, options_.groups.expt_tp}
-                                      : std::vector<comm::Communicator*>{}));
+  MIMO_ASSIGN_OR_RETURN(float local, update_.adamw->SquaredGradNorm(ops_, ExpertNormGroups()));
   if (update_.distributed != nullptr) {
     MIMO_ASSIGN_OR_RETURN(const float shards, update_.distributed->SquaredGradNorm(ops_));
     local += shards;

@@ -153,6 +153,9 @@ class Trainer {
           std::vector<Parameter*> experts);
   // The routed experts' data-parallel group (TrainerOptions::expt_dp as resolved).
   comm::Communicator* ExpertDataParallelGroup() const;
+  // The groups over which the routed experts' squared norms are summed (ep, expt_tp); none on
+  // encoder ranks.
+  std::vector<comm::Communicator*> ExpertNormGroups() const;
   // Sample `index` of the global order (read ahead when it was asked for); recorded, so that
   // the next steps' indices (the same offsets from their base) are read ahead.
   absl::StatusOr<data::Sample> ReadSample(int64_t index);
