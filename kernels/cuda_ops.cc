@@ -4,6 +4,7 @@
 #include "kernels/cuda_ops.h"
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +16,15 @@
 
 namespace mimo::kernels {
 namespace {
+
+class StreamEvent final : public Event {
+ public:
+  explicit StreamEvent(CudaEvent event) : event_(std::move(event)) {}
+  absl::Status Wait() override { return event_.Synchronize(); }
+
+ private:
+  CudaEvent event_;
+};
 
 class CudaOps final : public Ops {
  public:
@@ -29,6 +39,12 @@ class CudaOps final : public Ops {
   Allocator& allocator() override { return *allocator_; }
   StreamHandle stream() const override { return stream_.get(); }
   absl::Status Synchronize() override { return stream_.Synchronize(); }
+  absl::StatusOr<std::unique_ptr<Event>> RecordEvent() override {
+    CudaDeviceGuard guard(device_);
+    MIMO_ASSIGN_OR_RETURN(CudaEvent event, CudaEvent::Create(device_));
+    MIMO_RETURN_IF_ERROR(event.Record(stream_));
+    return std::make_unique<StreamEvent>(std::move(event));
+  }
 
   absl::Status CopyFromHost(void* dst, const void* host, size_t bytes) override {
     return Memcpy(dst, host, bytes, cudaMemcpyHostToDevice, "CopyFromHost");

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/adamw.h"
 #include "kernels/add.h"
 #include "kernels/allocator.h"
@@ -30,6 +31,15 @@
 
 namespace mimo::kernels {
 
+// A point in an Ops' stream that any thread may wait for.
+class Event {
+ public:
+  virtual ~Event() = default;
+  // Returns once the work enqueued before the event was recorded is done (at once on the CPU,
+  // where every op finishes before it returns), with an asynchronous error if there was one.
+  virtual absl::Status Wait() = 0;
+};
+
 // Each call takes the op's params struct (buffers in this device's memory, from allocator()) and
 // enqueues the op: CPU ops finish before returning, CUDA ops run in order on the Ops' stream. Ops
 // that need device scratch (embedding, RMSNorm and attention backward, the MoE losses, the sum of
@@ -46,6 +56,9 @@ class Ops {
   virtual StreamHandle stream() const = 0;
   // Waits for everything enqueued so far and reports an asynchronous error, if any.
   virtual absl::Status Synchronize() = 0;
+  // An event after the work enqueued so far, for another thread to wait for (a communication
+  // thread before it reads what that work wrote).
+  virtual absl::StatusOr<std::unique_ptr<Event>> RecordEvent() = 0;
 
   // Memory: `bytes` bytes between host memory and this device's memory, within this device's
   // memory, or set to zero. CopyFromHost may return before the copy is done; `host` may be reused

@@ -25,6 +25,16 @@ struct AuxLossRecord {
   kernels::Tensor losses;  // (2,) fp32: [load balancing, z]
 };
 
+// Told by the backward as it finishes parameters' gradients for the step, so that their
+// reduction over the replicas can start while the backward goes on (mimo/gradient_sync.h).
+class GradientReadyHook {
+ public:
+  virtual ~GradientReadyHook() = default;
+  // The backward will not write these parameters' gradients again this step. Parameters the
+  // hook does not reduce are ignored.
+  virtual absl::Status Ready(const std::vector<Parameter*>& params) = 0;
+};
+
 // What one micro-batch's forward and backward run with. Backward gets the context its forward
 // had.
 struct StepContext {
@@ -44,6 +54,9 @@ struct StepContext {
   // False for evaluation forwards: blocks keep no training statistics (the MoE layer counts no
   // expert load), as Megatron counts only with gradients enabled.
   bool training = true;
+  // Set for the step's last backward only: the modules report each block once its backward is
+  // done (ReportGradientsReady). Null: nothing to report.
+  GradientReadyHook* gradients_ready = nullptr;
 };
 
 // What a block's forward keeps for its backward; each block derives its own.
@@ -84,6 +97,21 @@ absl::StatusOr<std::unique_ptr<T>> SavedAs(std::unique_ptr<SavedActivations> sav
   }
   saved.release();
   return std::unique_ptr<T>(typed);
+}
+
+// Tells ctx.gradients_ready, if any, that the backward is done with these gradients.
+inline absl::Status ReportGradientsReady(const StepContext& ctx,
+                                         const std::vector<Parameter*>& params) {
+  if (ctx.gradients_ready == nullptr) return absl::OkStatus();
+  return ctx.gradients_ready->Ready(params);
+}
+// The same for every parameter of `block`.
+template <typename B>
+absl::Status ReportGradientsReady(const StepContext& ctx, const B& block) {
+  if (ctx.gradients_ready == nullptr) return absl::OkStatus();
+  std::vector<Parameter*> params;
+  block.AppendParameters(params);
+  return ctx.gradients_ready->Ready(params);
 }
 
 // A new contiguous tensor on `ctx`'s device for work on its stream.

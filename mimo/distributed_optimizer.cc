@@ -1,5 +1,5 @@
-// DistributedOptimizer: per bucket, pack + reduce-scatter the gradients; AdamW on the pieces of
-// parameters inside this rank's shard; all-gather + unpack the weights.
+// DistributedOptimizer: per bucket of the gradient buffer, reduce-scatter the gradients; AdamW on
+// the pieces of parameters inside this rank's shard; all-gather + unpack the weights.
 #include "mimo/distributed_optimizer.h"
 
 #include <algorithm>
@@ -62,18 +62,11 @@ absl::StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Crea
                                   : " has a weight dtype other than the set's"));
       }
     }
+    MIMO_ASSIGN_OR_RETURN(set.grads, GradientBuffer::Create(ops, in.params, bucket_elements, n));
     int64_t shard_total = 0;
-    for (std::vector<Parameter*>& params : PlanBuckets(in.params, bucket_elements)) {
-      Bucket b{.params = std::move(params)};
-      int64_t elements = 0;
-      for (const Parameter* p : b.params) {
-        b.offsets.push_back(elements);
-        elements += p->numel();
-      }
-      const int64_t shard = (elements + n - 1) / n;
-      b.padded = shard * n;
-      b.shard_offset = shard_total;
-      // This rank's part [r * shard, (r + 1) * shard) of the packed bucket, by parameter.
+    for (const GradientBucket& b : set.grads->buckets()) {
+      const int64_t shard = b.padded / n;
+      // This rank's part [r * shard, (r + 1) * shard) of the bucket, by parameter.
       const int64_t begin = r * shard, end = begin + shard;
       for (size_t j = 0; j < b.params.size(); ++j) {
         const int64_t lo = std::max(begin, b.offsets[j]);
@@ -84,10 +77,10 @@ absl::StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Crea
                               .shard_offset = shard_total + lo - begin,
                               .elements = hi - lo});
       }
-      b.direct = b.params.size() == 1 && elements > bucket_elements && elements % n == 0;
-      if (n > 1 && !b.direct) staging = std::max(staging, b.padded);
+      const bool direct = b.params.size() == 1 && b.padded == b.params[0]->numel();
+      if (n > 1 && !direct) staging = std::max(staging, b.padded);
+      set.shards.push_back({.offset = shard_total, .direct = direct});
       shard_total += shard;
-      set.buckets.push_back(std::move(b));
     }
     auto alloc = [&](DType dtype) {
       return Tensor::Empty({std::max<int64_t>(shard_total, 1)}, dtype, ops.allocator(),
@@ -96,10 +89,15 @@ absl::StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Crea
     MIMO_ASSIGN_OR_RETURN(set.master, alloc(DType::kF32));
     MIMO_ASSIGN_OR_RETURN(set.m, alloc(DType::kF32));
     MIMO_ASSIGN_OR_RETURN(set.v, alloc(DType::kF32));
-    MIMO_ASSIGN_OR_RETURN(set.grad, alloc(DType::kF32));
+    if (n == 1 && shard_total > 0) {
+      set.grad = set.grads->tensor();  // The bucket is the shard: summed over one rank.
+    } else {
+      MIMO_ASSIGN_OR_RETURN(set.grad, alloc(DType::kF32));
+    }
     MIMO_ASSIGN_OR_RETURN(set.squares,
                           Tensor::Empty({1}, DType::kF32, ops.allocator(), ops.stream()));
     for (const Tensor* t : {&set.master, &set.m, &set.v, &set.grad}) {
+      if (t->data() == set.grads->tensor().data()) continue;  // Zeroed already.
       MIMO_RETURN_IF_ERROR(ops.SetZero(t->data(), t->nbytes()));
     }
     if (set.dtype == DType::kF32) {
@@ -116,13 +114,14 @@ absl::StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Crea
   }
   kernels::Tensor buffer;
   if (staging > 0) {
+    // Big enough for a bucket of weights in the widest dtype (fp32).
     MIMO_ASSIGN_OR_RETURN(buffer,
                           Tensor::Empty({staging}, DType::kF32, ops.allocator(), ops.stream()));
   }
   // The shards hold the masters now; the copies above must finish before they are freed.
   MIMO_RETURN_IF_ERROR(ops.Synchronize());
   for (Set& set : built) {
-    for (const Bucket& b : set.buckets) {
+    for (const GradientBucket& b : set.grads->buckets()) {
       for (Parameter* p : b.params) p->ReleaseMaster();
     }
   }
@@ -133,46 +132,36 @@ absl::StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Crea
 int64_t DistributedOptimizer::shard_elements() const {
   int64_t total = 0;
   for (const Set& set : sets_) {
-    for (const Bucket& b : set.buckets) total += b.padded / Size(set.dp);
+    for (const GradientBucket& b : set.grads->buckets()) total += b.padded / Size(set.dp);
   }
   return total;
 }
 
 absl::Status DistributedOptimizer::ReduceScatterGradients(kernels::Ops& ops) {
-  for (Set& set : sets_) {
-    const int n = Size(set.dp);
-    for (const Bucket& b : set.buckets) {
-      const int64_t shard = b.padded / n;
-      if (n > 1 && b.direct) {
-        MIMO_RETURN_IF_ERROR(ops.Synchronize());
-        MIMO_RETURN_IF_ERROR(set.dp->ReduceScatter(b.params[0]->grad().data(),
-                                                   set.grad.data<float>() + b.shard_offset, shard,
-                                                   comm::DataType::kFloat32, comm::ReduceOp::kSum));
-        continue;
-      }
-      // One member: the bucket is its shard, packed in place.
-      float* packed = n > 1 ? staging_.data<float>() : set.grad.data<float>() + b.shard_offset;
-      for (size_t j = 0; j < b.params.size(); ++j) {
-        const Parameter& p = *b.params[j];
-        MIMO_RETURN_IF_ERROR(ops.Copy(packed + b.offsets[j], p.grad().data(), 4 * p.numel()));
-      }
-      if (n == 1) continue;
-      const int64_t used = b.offsets.back() + b.params.back()->numel();
-      if (used < b.padded) MIMO_RETURN_IF_ERROR(ops.SetZero(packed + used, 4 * (b.padded - used)));
-      MIMO_RETURN_IF_ERROR(ops.Synchronize());
-      MIMO_RETURN_IF_ERROR(set.dp->ReduceScatter(packed, set.grad.data<float>() + b.shard_offset,
-                                                 shard, comm::DataType::kFloat32,
-                                                 comm::ReduceOp::kSum));
+  MIMO_RETURN_IF_ERROR(ops.Synchronize());
+  for (int i = 0; i < num_sets(); ++i) {
+    for (size_t j = 0; j < sets_[i].shards.size(); ++j) {
+      MIMO_RETURN_IF_ERROR(ReduceScatterBucket(i, j));
     }
   }
   return absl::OkStatus();
 }
 
+absl::Status DistributedOptimizer::ReduceScatterBucket(int set_index, size_t bucket) {
+  Set& set = sets_.at(set_index);
+  const int n = Size(set.dp);
+  if (n == 1) return absl::OkStatus();  // set.grad is the buffer.
+  const GradientBucket& b = set.grads->buckets().at(bucket);
+  return set.dp->ReduceScatter(set.grads->data(b),
+                               set.grad.data<float>() + set.shards[bucket].offset, b.padded / n,
+                               comm::DataType::kFloat32, comm::ReduceOp::kSum);
+}
+
 absl::StatusOr<float> DistributedOptimizer::SquaredGradNorm(kernels::Ops& ops) {
   float total = 0;
   for (Set& set : sets_) {
-    if (set.buckets.empty()) continue;
-    // The padding of every shard is zero (packed so, or never written).
+    if (set.shards.empty()) continue;
+    // The padding of every bucket is zero (never written), so is its sum.
     MIMO_RETURN_IF_ERROR(ops.SumSquares({.dtype = DType::kF32,
                                          .x = set.grad.data(),
                                          .n = set.grad.numel(),
@@ -220,9 +209,11 @@ absl::StatusOr<OptimizerStepStats> DistributedOptimizer::Apply(kernels::Ops& ops
                      .step = stats.step}));
     }
     const int n = Size(set.dp);
-    for (const Bucket& b : set.buckets) {
-      const void* gathered = At(set.weight.data(), b.shard_offset, set.dtype);
-      if (n > 1 && b.direct) {
+    const std::vector<GradientBucket>& buckets = set.grads->buckets();
+    for (size_t j = 0; j < buckets.size(); ++j) {
+      const GradientBucket& b = buckets[j];
+      const void* gathered = At(set.weight.data(), set.shards[j].offset, set.dtype);
+      if (n > 1 && set.shards[j].direct) {
         MIMO_RETURN_IF_ERROR(ops.Synchronize());
         MIMO_RETURN_IF_ERROR(set.dp->AllGather(gathered, b.params[0]->weight().data(), b.padded / n,
                                                CommType(set.dtype)));
@@ -234,9 +225,9 @@ absl::StatusOr<OptimizerStepStats> DistributedOptimizer::Apply(kernels::Ops& ops
             set.dp->AllGather(gathered, staging_.data(), b.padded / n, CommType(set.dtype)));
         gathered = staging_.data();
       }
-      for (size_t j = 0; j < b.params.size(); ++j) {
-        const Parameter& p = *b.params[j];
-        MIMO_RETURN_IF_ERROR(ops.Copy(p.weight().data(), At(gathered, b.offsets[j], set.dtype),
+      for (size_t k = 0; k < b.params.size(); ++k) {
+        const Parameter& p = *b.params[k];
+        MIMO_RETURN_IF_ERROR(ops.Copy(p.weight().data(), At(gathered, b.offsets[k], set.dtype),
                                       p.weight().nbytes()));
       }
     }

@@ -13,7 +13,7 @@
 #include "comm/communicator.h"
 #include "kernels/ops.h"
 #include "kernels/tensor.h"
-#include "mimo/gradient_buckets.h"
+#include "mimo/gradient_buffer.h"
 #include "mimo/optimizer.h"
 #include "mimo/parameter.h"
 
@@ -33,20 +33,28 @@ struct ShardedParameterSet {
 
 class DistributedOptimizer {
  public:
-  // Plans each set's buckets (mimo/gradient_buckets.h's PlanBuckets with `bucket_elements`,
-  // each bucket padded to a multiple of its group's size), copies this rank's shard of the
-  // masters and releases the parameters' own masters (Parameter::ReleaseMaster: bf16 weights).
-  // Every member of each set's dp must create it with the same parameters in the same order, and
-  // the members of a set's norm groups must all have parameters in it or all none. A parameter
-  // may be in one set once. Parameters larger than a bucket are staged (through a buffer of their
-  // size) only when the group's size does not divide theirs.
+  // Lays each set's gradients out in a GradientBuffer (mimo/gradient_buffer.h: buckets planned
+  // with `bucket_elements` over the parameters in the order given -- the order the backward
+  // finishes them -- each padded to a multiple of its group's size), copies this rank's shard
+  // of the masters and releases the parameters' own masters (Parameter::ReleaseMaster: bf16
+  // weights). Every member of each set's dp must create it with the same parameters in the same
+  // order, and the members of a set's norm groups must all have parameters in it or all none. A
+  // parameter may be in one set once.
   static absl::StatusOr<std::unique_ptr<DistributedOptimizer>> Create(
       kernels::Ops& ops, const OptimizerConfig& config, std::vector<ShardedParameterSet> sets,
-      int64_t bucket_elements = GradientBuckets::kDefaultBucketElements);
+      int64_t bucket_elements = GradientBuffer::kDefaultBucketElements);
 
   // The gradients (Parameter::grad, after the backward) summed over each set's dp, this rank
-  // keeping its shard. Collective over every set's dp, in order.
+  // keeping its shard: ReduceScatterBucket for every bucket of every set, in order, after
+  // waiting for the ops' stream. Collective over every set's dp.
   absl::Status ReduceScatterGradients(kernels::Ops& ops);
+  // The sets' gradient buffers, for a caller that starts the buckets' reductions itself
+  // (mimo/gradient_sync.h, during the backward).
+  int num_sets() const { return static_cast<int>(sets_.size()); }
+  const GradientBuffer& gradients(int set) const { return *sets_.at(set).grads; }
+  // Bucket `bucket` of set `set` reduce-scattered over the set's dp into this rank's shard; the
+  // work that wrote the bucket must be done. Collective over the set's dp.
+  absl::Status ReduceScatterBucket(int set, size_t bucket);
   // The squared L2 norm of every set's summed gradients, whole: the shards' squares summed over
   // dp, then over the set's norm groups. The same value on every member.
   absl::StatusOr<float> SquaredGradNorm(kernels::Ops& ops);
@@ -67,22 +75,22 @@ class DistributedOptimizer {
     int64_t shard_offset;  // In the set's shard buffers.
     int64_t elements;
   };
-  struct Bucket {
-    std::vector<Parameter*> params;  // In order; param i at offsets[i] of the packed bucket.
-    std::vector<int64_t> offsets;
-    int64_t padded = 0;        // The packed size, a multiple of the group's size.
-    int64_t shard_offset = 0;  // Of this rank's shard in the set's shard buffers.
-    // One parameter larger than a bucket whose size the group divides: reduce-scattered from
-    // its gradient and all-gathered into its weight directly, never staged.
+  // Per bucket of the set's gradient buffer.
+  struct Shard {
+    int64_t offset = 0;  // Of this rank's shard of the bucket in the set's shard buffers.
+    // The bucket is one parameter whose size the group divides: its weight is all-gathered
+    // directly, never staged.
     bool direct = false;
   };
   struct Set {
     comm::Communicator* dp = nullptr;
     std::vector<comm::Communicator*> norm_groups;
-    std::vector<Bucket> buckets;
+    std::unique_ptr<GradientBuffer> grads;
+    std::vector<Shard> shards;  // One per bucket of grads.
     std::vector<Piece> pieces;
     kernels::DType dtype = kernels::DType::kF32;  // The weights' (one per set).
-    kernels::Tensor master, m, v, grad;           // (shard,) fp32
+    // (shard,) fp32: the grad is grads' own buffer when dp has one member.
+    kernels::Tensor master, m, v, grad;
     kernels::Tensor weight;   // (shard,) dtype: the updated weights to gather; master when fp32.
     kernels::Tensor squares;  // (1,) fp32
   };
@@ -92,7 +100,7 @@ class DistributedOptimizer {
 
   const OptimizerConfig config_;
   std::vector<Set> sets_;
-  kernels::Tensor staging_;  // (largest staged bucket,) fp32: packed gradients, gathered weights.
+  kernels::Tensor staging_;  // (largest staged bucket,) of the weights' dtype: gathered weights.
   int64_t steps_ = 0;
 };
 

@@ -251,6 +251,7 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
                                                 .dx = &dh,
                                                 .accumulate_dx = v0 > 0}));
   }
+  MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {output_.weight.get()}));
   MIMO_ASSIGN_OR_RETURN(Tensor dx, decoder_->Backward(ctx, std::move(saved->decoder), dh));
   // Back through the gather: the token embeddings' rows, then the modality rows.
   Tensor dsrc = dx;
@@ -272,6 +273,7 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
                                               .tokens = t,
                                               .dim = c,
                                               .accumulate = true}));
+  MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {embedding_.get()}));
   if (m == 0) return Tensor();
   return dsrc.Slice(0, t, t + m);
 }

@@ -177,6 +177,7 @@ absl::Status ModalityEncoder::Backward(const StepContext& ctx,
   }
   MIMO_ASSIGN_OR_RETURN(Tensor dh,
                         projector_->Backward(inner, std::move(saved->projector), dembeddings));
+  MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *projector_));
   MIMO_ASSIGN_OR_RETURN(Tensor dx, encoder_->Backward(inner, std::move(saved->encoder), dh));
   MIMO_RETURN_IF_ERROR(ops.EmbeddingBackward({.dtype = config_.transformer.dtype,
                                               .dout = dx.data(),
@@ -186,8 +187,10 @@ absl::Status ModalityEncoder::Backward(const StepContext& ctx,
                                               .tokens = tokens,
                                               .dim = width,
                                               .accumulate = true}));
-  return LinearRowsBackwardRun(ops, input_projection_,
-                               {.row0 = 0, .rows = width, .dy = &dx, .x = &saved->rows});
+  MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
+      ops, input_projection_, {.row0 = 0, .rows = width, .dy = &dx, .x = &saved->rows}));
+  return ReportGradientsReady(
+      ctx, {input_projection_.weight.get(), input_projection_.bias.get(), positions_.get()});
 }
 
 void ModalityEncoder::AppendParameters(std::vector<Parameter*>& out) const {

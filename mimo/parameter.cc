@@ -169,4 +169,16 @@ absl::Status Parameter::ZeroGrad(kernels::Ops& ops) const {
   return ops.SetZero(grad_.data(), grad_.nbytes());
 }
 
+absl::Status Parameter::MoveGradTo(kernels::Ops& ops, kernels::Tensor storage) {
+  if (storage.dtype() != kernels::DType::kF32 || storage.numel() != numel() ||
+      !storage.is_contiguous()) {
+    return absl::InvalidArgumentError(absl::StrCat("Parameter::MoveGradTo: ", name(), " needs ",
+                                                   numel(), " contiguous fp32 elements, got ",
+                                                   storage.ToString()));
+  }
+  MIMO_RETURN_IF_ERROR(ops.Copy(storage.data(), grad_.data(), grad_.nbytes()));
+  MIMO_ASSIGN_OR_RETURN(grad_, storage.View(spec_.shape));
+  return absl::OkStatus();
+}
+
 }  // namespace mimo

@@ -76,6 +76,10 @@ class Parameter {
 
   // Sets grad to zero (before the first micro-batch of a step).
   absl::Status ZeroGrad(kernels::Ops& ops) const;
+  // Moves grad into `storage` (fp32, numel() elements, contiguous; memory owned elsewhere that
+  // outlives this parameter, such as its place in a gradient buffer): the current values are
+  // copied there (enqueued on `ops`) and grad() becomes a view of it.
+  absl::Status MoveGradTo(kernels::Ops& ops, kernels::Tensor storage);
   // Frees the fp32 master of a parameter whose weight has its own (bf16) tensor, for an optimizer
   // that keeps the master values itself (the distributed optimizer, each rank its shard); master()
   // holds no memory afterwards (data() null). Nothing to do when the weight is the master (fp32).

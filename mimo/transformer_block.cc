@@ -52,8 +52,10 @@ absl::StatusOr<kernels::Tensor> TransformerBlock::Backward(
   MIMO_ASSIGN_OR_RETURN(auto saved, SavedAs<BlockSaved>(std::move(saved_base), "TransformerBlock"));
   MIMO_ASSIGN_OR_RETURN(kernels::Tensor dh,
                         final_norm_->Backward(ctx, std::move(saved->final_norm), dy));
+  MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *final_norm_));
   for (size_t i = layers_.size(); i-- > 0;) {
     MIMO_ASSIGN_OR_RETURN(dh, layers_[i]->Backward(ctx, std::move(saved->layers[i]), dh));
+    MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *layers_[i]));
   }
   return dh;
 }

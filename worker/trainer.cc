@@ -7,6 +7,8 @@
 #include <chrono>
 #include <type_traits>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
@@ -177,6 +179,10 @@ Trainer::Trainer(kernels::Ops& ops, const MimoModelConfig& config, const Trainer
 
 // The routed experts see every dp rank's tokens through the all-to-all: their gradients are
 // summed over the ranks holding the same experts only (expt_dp; dp itself without EP and ETP).
+GradientReadyHook* Trainer::GradientsReadyHook() const {
+  return options_.overlap_grad_reduce ? update_.sync.get() : nullptr;
+}
+
 comm::Communicator* Trainer::ExpertDataParallelGroup() const {
   if (options_.expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1 &&
       ModelGroups::Size(options_.groups.expt_tp) == 1) {
@@ -300,11 +306,26 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     modules->language->AppendParameters(all);
     for (MoeLayer* layer : modules->language->moe_layers()) layer->AppendExpertParameters(experts);
   }
-  for (Parameter* p : all) {
-    if (std::find(experts.begin(), experts.end(), p) == experts.end()) dense.push_back(p);
+  // The order the backward finishes the parameters: the language model's from its output
+  // layer back, then each encoder's from its projector back.
+  std::vector<Parameter*> order;
+  if (modules->language != nullptr) modules->language->AppendParameters(order);
+  std::reverse(order.begin(), order.end());
+  for (const auto& e : modules->encoders) {
+    if (e == nullptr) continue;
+    std::vector<Parameter*> encoder;
+    e->AppendParameters(encoder);
+    order.insert(order.end(), encoder.rbegin(), encoder.rend());
   }
+  absl::flat_hash_map<const Parameter*, int64_t> turn;
+  for (size_t i = 0; i < order.size(); ++i) turn[order[i]] = static_cast<int64_t>(i);
+  const absl::flat_hash_set<const Parameter*> routed(experts.begin(), experts.end());
+  // Both sets in that order: their buckets fill in the order the backward finishes them.
+  experts.clear();
+  for (Parameter* p : order) (routed.contains(p) ? experts : dense).push_back(p);
   std::unique_ptr<Trainer> trainer(new Trainer(ops, model, o, std::move(modules), Update{},
                                                std::move(dense), std::move(experts)));
+  trainer->backward_turn_ = std::move(turn);
   trainer->source_ = std::move(source);
   trainer->prefetcher_ = std::make_unique<SamplePrefetcher>(*trainer->source_, 4);
   trainer->tokenizer_ = &tokenizer;
@@ -333,16 +354,56 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
       shard_experts ? std::vector<Parameter*>{} : trainer->experts_;
   MIMO_ASSIGN_OR_RETURN(u.adamw,
                         AdamWOptimizer::Create(ops, o.optimizer, plain_dense, plain_experts));
-  MIMO_ASSIGN_OR_RETURN(u.dense_buckets,
-                        GradientBuckets::Create(ops, plain_dense, o.bucket_elements));
-  MIMO_ASSIGN_OR_RETURN(u.expert_buckets,
-                        GradientBuckets::Create(ops, plain_experts, o.bucket_elements));
+  // The gradients of every set with replicas in buckets, each bucket's collective started in
+  // the order the backward finishes them: a bucket's turn comes when its last parameter's does.
+  struct Planned {
+    int64_t turn;
+    GradientSync::Bucket bucket;
+  };
+  std::vector<Planned> planned;
+  auto plan = [&](const GradientBuffer& grads, auto collective) {
+    for (size_t i = 0; i < grads.buckets().size(); ++i) {
+      const GradientBucket& b = grads.buckets()[i];
+      int64_t turn = 0;
+      for (const Parameter* p : b.params) turn = std::max(turn, trainer->backward_turn_.at(p));
+      planned.push_back(
+          {turn, {.params = b.params, .collective = [collective, i] { return collective(i); }}});
+    }
+  };
+  if (u.distributed != nullptr) {
+    for (int set = 0; set < u.distributed->num_sets(); ++set) {
+      DistributedOptimizer* opt = u.distributed.get();
+      plan(opt->gradients(set), [opt, set](size_t i) { return opt->ReduceScatterBucket(set, i); });
+    }
+  }
+  if (!plain_dense.empty() && ModelGroups::Size(o.dp) > 1) {
+    MIMO_ASSIGN_OR_RETURN(u.dense_grads,
+                          GradientBuffer::Create(ops, plain_dense, o.bucket_elements));
+    const GradientBuffer* grads = u.dense_grads.get();
+    comm::Communicator* group = o.dp;
+    plan(*grads, [grads, group](size_t i) { return grads->AllReduceBucket(i, group); });
+  }
+  if (!plain_experts.empty() && ModelGroups::Size(expt_dp) > 1) {
+    MIMO_ASSIGN_OR_RETURN(u.expert_grads,
+                          GradientBuffer::Create(ops, plain_experts, o.bucket_elements));
+    const GradientBuffer* grads = u.expert_grads.get();
+    plan(*grads, [grads, expt_dp](size_t i) { return grads->AllReduceBucket(i, expt_dp); });
+  }
+  if (!planned.empty()) {
+    std::stable_sort(planned.begin(), planned.end(),
+                     [](const Planned& a, const Planned& b) { return a.turn < b.turn; });
+    std::vector<GradientSync::Bucket> buckets;
+    for (Planned& p : planned) buckets.push_back(std::move(p.bucket));
+    MIMO_ASSIGN_OR_RETURN(u.sync, GradientSync::Create(ops, std::move(buckets)));
+  }
   return trainer;
 }
 
 absl::StatusOr<data::Sample> Trainer::ReadSample(int64_t index) {
   offsets_.push_back(index - base_);
+  const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<data::Sample> sample = prefetcher_->Take(index);
+  data_wait_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!sample.ok()) {
     return absl::Status(
         sample.status().code(),
@@ -366,6 +427,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   position_ += per_step;
   base_ = base;
   offsets_.clear();
+  data_wait_ = 0;
   for (const auto* set : {&dense_, &experts_}) {
     for (Parameter* p : *set) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
   }
@@ -386,12 +448,13 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     fetched_base_ = next;
   }
   // Every gradient summed over its module's replicas (each already carries 1 / the labelled
-  // tokens of the step): all-reduced, or reduce-scattered into the distributed optimizer's shards.
-  if (update_.distributed != nullptr) {
-    MIMO_RETURN_IF_ERROR(update_.distributed->ReduceScatterGradients(ops_));
+  // tokens of the step): all-reduced, or reduce-scattered into the distributed optimizer's shards;
+  // the buckets the backward finished have been on their way since.
+  if (update_.sync != nullptr) {
+    MIMO_RETURN_IF_ERROR(update_.sync->Finish());
+    m.overlapped_buckets = update_.sync->started_early();
   }
-  MIMO_RETURN_IF_ERROR(update_.dense_buckets->AllReduce(ops_, options_.dp));
-  MIMO_RETURN_IF_ERROR(update_.expert_buckets->AllReduce(ops_, ExpertDataParallelGroup()));
+  if (language) MIMO_RETURN_IF_ERROR(ReduceLanguageMetrics(m));
   MIMO_ASSIGN_OR_RETURN(const float squared, WholeModelSquaredNorm());
   // Both take the same decision (step, rate, clip factor, skip) from the same norm.
   MIMO_ASSIGN_OR_RETURN(OptimizerStepStats stats, update_.adamw->Apply(ops_, squared));
@@ -414,6 +477,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   MIMO_RETURN_IF_ERROR(ops_.Synchronize());
   m.peak_memory_bytes = ops_.allocator().stats().peak_allocated_bytes;
   m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  m.data_wait_seconds = data_wait_;
   return m;
 }
 
@@ -515,11 +579,13 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
   for (int64_t i = 0; i < options_.micro_batches; ++i) {
     const data::HostMicroBatch& b = host[i];
     MIMO_ASSIGN_OR_RETURN(DeviceBatch d, UploadMicroBatch(ops_, b, upload));
+    const bool last = i + 1 == options_.micro_batches;
     const StepContext ctx{
         .ops = &ops_,
         .sequences = d.sequences.get(),
         .loss_scale = 1.0f / static_cast<float>(options_.micro_batches * replicas),
-        .aux_losses = &aux};
+        .aux_losses = &aux,
+        .gradients_ready = last ? GradientsReadyHook() : nullptr};
     const std::vector<int32_t>* positions[2] = {&b.vision_positions, &b.audio_positions};
     const EncoderBatch* inputs[2] = {&d.batch.vision, &d.batch.audio};
     const int64_t rows[2] = {static_cast<int64_t>(positions[kVision]->size()),
@@ -614,15 +680,22 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     MIMO_RETURN_IF_ERROR(ops_.CopyToHost(pair, r.losses.data(), sizeof(pair)));
     m.aux_loss += (pair[0] + pair[1]) / static_cast<double>(options_.micro_batches);
   }
-  if (dp != nullptr) {
-    float global[3] = {static_cast<float>(loss_sum), static_cast<float>(m.aux_loss),
+  // Summed over dp by ReduceLanguageMetrics once the gradients' collectives are done.
+  m.loss = loss_sum;
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::ReduceLanguageMetrics(StepMetrics& m) {
+  const int64_t replicas = modules_->language_dp;
+  if (replicas > 1) {
+    float global[3] = {static_cast<float>(m.loss), static_cast<float>(m.aux_loss),
                        static_cast<float>(m.model_flops)};
-    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *dp, global));
-    loss_sum = global[0];
+    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.dp, global));
+    m.loss = global[0];
     m.aux_loss = global[1] / static_cast<double>(replicas);
     m.model_flops = global[2];
   }
-  m.loss = m.labelled > 0 ? loss_sum / static_cast<double>(m.labelled) : 0.0;
+  m.loss = m.labelled > 0 ? m.loss / static_cast<double>(m.labelled) : 0.0;
   return absl::OkStatus();
 }
 
@@ -689,6 +762,7 @@ absl::Status Trainer::EncoderStep(int64_t base) {
   // The gradients come back once every language replica has run its micro-batches.
   for (Pending& p : pending) {
     if (p.rows == 0) continue;
+    const bool last = &p == &pending.back();
     MIMO_ASSIGN_OR_RETURN(Tensor grad,
                           Tensor::Empty({p.rows, hidden}, config_.language.transformer.dtype,
                                         ops_.allocator(), ops_.stream()));
@@ -698,7 +772,10 @@ absl::Status Trainer::EncoderStep(int64_t base) {
       MIMO_RETURN_IF_ERROR(RecvRows(links[n], grad, row, p.link_rows[n]));
       row += p.link_rows[n];
     }
-    const StepContext ctx{.ops = &ops_, .sequences = p.batch.sequences.get(), .aux_losses = &aux};
+    const StepContext ctx{.ops = &ops_,
+                          .sequences = p.batch.sequences.get(),
+                          .aux_losses = &aux,
+                          .gradients_ready = last ? GradientsReadyHook() : nullptr};
     MIMO_RETURN_IF_ERROR(encoder.Backward(ctx, std::move(p.saved), grad));
   }
   return absl::OkStatus();

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
 #include "data/sample_source.h"
@@ -22,7 +23,8 @@
 #include "data/webdataset.h"
 #include "kernels/ops.h"
 #include "mimo/distributed_optimizer.h"
-#include "mimo/gradient_buckets.h"
+#include "mimo/gradient_buffer.h"
+#include "mimo/gradient_sync.h"
 #include "mimo/language_model.h"
 #include "mimo/mimo_model.h"
 #include "mimo/modality_encoder.h"
@@ -87,8 +89,12 @@ struct TrainerOptions {
   ModelPart part = ModelPart::kWhole;
   std::vector<BridgeEnd> links;
   // Gradients are summed over dp (and expt_dp) in buckets of about this many fp32 elements
-  // (mimo/gradient_buckets.h); > 0.
-  int64_t bucket_elements = GradientBuckets::kDefaultBucketElements;
+  // (mimo/gradient_buffer.h); > 0.
+  int64_t bucket_elements = GradientBuffer::kDefaultBucketElements;
+  // Each bucket's reduction starts on a communication thread as soon as the last micro-batch's
+  // backward has finished its gradients (mimo/gradient_sync.h), overlapping the rest of the
+  // backward; false: every bucket starts after the backward. The same sums either way.
+  bool overlap_grad_reduce = true;
   // Megatron's distributed optimizer (mimo/distributed_optimizer.h): the gradients are
   // reduce-scattered over dp (the routed experts' over expt_dp) instead of all-reduced, each
   // replica keeps and updates its shard of the fp32 masters and AdamW moments, and the weights
@@ -112,6 +118,12 @@ struct StepMetrics {
   // language model and the encoders on the step's samples).
   double model_flops = 0;
   double seconds = 0;  // Wall time of the step.
+  // Of which waiting for samples the background readers had not finished (the data loading
+  // is the bottleneck when it is a large share).
+  double data_wait_seconds = 0;
+  // Of this rank's gradient buckets (mimo/gradient_sync.h), those whose reduction started
+  // during the backward, overlapping it; the rest started after it.
+  int64_t overlapped_buckets = 0;
   // This rank's most memory live at once so far (its ops' allocator), every rank.
   int64_t peak_memory_bytes = 0;
 };
@@ -144,9 +156,12 @@ class Trainer {
   struct Update {
     // The parameters the distributed optimizer does not shard (all of them without it).
     std::unique_ptr<AdamWOptimizer> adamw;
-    std::unique_ptr<GradientBuckets> dense_buckets, expert_buckets;
     // Null unless asked for and a set of parameters has replicas.
     std::unique_ptr<DistributedOptimizer> distributed;
+    // The gradients AdamW's parameters all-reduce in place (null without replicas).
+    std::unique_ptr<GradientBuffer> dense_grads, expert_grads;
+    // Starts every bucket's collective (all-reduce or reduce-scatter); null without replicas.
+    std::unique_ptr<GradientSync> sync;
   };
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
           std::unique_ptr<Modules> modules, Update update, std::vector<Parameter*> dense,
@@ -163,6 +178,11 @@ class Trainer {
   absl::Status LanguageStep(int64_t base, StepMetrics& m);
   absl::Status EncoderStep(int64_t base);
   absl::StatusOr<float> WholeModelSquaredNorm();
+  // The loss (summed by LanguageStep), aux loss and FLOPs over the language replicas; the loss
+  // divided by the step's labelled tokens.
+  absl::Status ReduceLanguageMetrics(StepMetrics& m);
+  // What the last micro-batch's backward reports finished gradients to (null: none).
+  GradientReadyHook* GradientsReadyHook() const;
 
   kernels::Ops& ops_;
   const MimoModelConfig config_;
@@ -174,9 +194,12 @@ class Trainer {
   std::vector<int64_t> offsets_;  // Of this step's reads from its base.
   int64_t base_ = 0;              // This step's.
   int64_t fetched_base_ = 0;      // The last base whose samples were asked for ahead.
+  double data_wait_ = 0;          // This step's, in seconds (StepMetrics::data_wait_seconds).
   // The byte-level tokenizer, or owned_tokenizer_ (options_.tokenizer_model's SentencePiece model).
   const data::Tokenizer* tokenizer_ = nullptr;
   std::unique_ptr<data::Tokenizer> owned_tokenizer_;
+  // Each parameter's place in the order the backward finishes them.
+  absl::flat_hash_map<const Parameter*, int64_t> backward_turn_;
   std::vector<Parameter*> dense_;    // Every parameter but the routed experts'.
   std::vector<Parameter*> experts_;  // The routed experts' (this rank's experts with EP).
   int64_t position_ = 0;

@@ -59,7 +59,8 @@ struct TrainRun {
 };
 
 TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {},
-               bool distributed_optimizer = false, comm::Communicator* expt_dp = nullptr) {
+               bool distributed_optimizer = false, comm::Communicator* expt_dp = nullptr,
+               bool overlap_grad_reduce = true) {
   TrainRun run;
   auto ops = kernels::NewCpuOps();
   const TrainerOptions options{.micro_batch_size = 2,
@@ -73,6 +74,7 @@ TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {
                                .expt_dp = expt_dp,
                                // Small buckets: several per step, some parameters larger.
                                .bucket_elements = 3000,
+                               .overlap_grad_reduce = overlap_grad_reduce,
                                .distributed_optimizer = distributed_optimizer};
   auto trainer = Trainer::Create(*ops, Model(), options);
   EXPECT_TRUE(trainer.ok()) << trainer.status();
@@ -126,6 +128,9 @@ void ExpectReplicasLikeOneRank(bool distributed_optimizer) {
       EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
       EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
       EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+      // The buckets of the layers the backward finishes first start during it.
+      EXPECT_GT(g.overlapped_buckets, 0) << "step " << i;
+      EXPECT_EQ(w.overlapped_buckets, 0) << "step " << i;  // One rank: nothing to reduce.
     }
     for (const auto& [name, values] : want.params) {
       EXPECT_LT(RelativeError(got[r].params.at(name), values), 1e-5) << name;
@@ -142,6 +147,36 @@ TEST(TrainerDataParallelTest, TwoReplicasTrainLikeOneRankWithTheirMicroBatches) 
 // all-gathered; the training is the one rank's all the same.
 TEST(TrainerDataParallelTest, DistributedOptimizerReplicasTrainLikeOneRank) {
   ExpectReplicasLikeOneRank(true);
+}
+
+// The reductions started during the backward sum the same gradients as those started after it:
+// bitwise the same training, with either optimizer.
+TEST(TrainerDataParallelTest, OverlappedReductionTrainsBitwiseLikeReductionAfterTheBackward) {
+  for (const bool distributed : {false, true}) {
+    std::vector<TrainRun> got[2];
+    for (const bool overlap : {true, false}) {
+      got[overlap].resize(2);
+      comm::InMemoryStore store;
+      comm::RunRanks(2, [&](int rank) {
+        auto groups = comm::ProcessGroups::CreateGloo(
+            {{.kind = "dp", .members = {0, 1}}}, store,
+            {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+        ASSERT_TRUE(groups.ok()) << groups.status();
+        got[overlap][rank] = Train(1, (*groups)->Get("dp"), {}, distributed, nullptr, overlap);
+      });
+    }
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(got[1][r].steps.size(), 3u);
+      ASSERT_EQ(got[0][r].steps.size(), 3u);
+      for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(got[1][r].steps[i].loss, got[0][r].steps[i].loss);
+        EXPECT_EQ(got[1][r].steps[i].grad_norm, got[0][r].steps[i].grad_norm);
+        EXPECT_GT(got[1][r].steps[i].overlapped_buckets, 0);
+        EXPECT_EQ(got[0][r].steps[i].overlapped_buckets, 0);
+      }
+      EXPECT_EQ(got[1][r].params, got[0][r].params) << "distributed " << distributed;
+    }
+  }
 }
 
 // Expert parallelism inside the training step: two ranks, each its own samples and half of

@@ -1,7 +1,7 @@
-// Tests of mimo/gradient_buckets.h: the bucket plan (consecutive parameters up to the bucket
-// size, a larger parameter alone) and, over two Gloo ranks, every gradient summed exactly, the
-// staged ones and the one reduced in place.
-#include "mimo/gradient_buckets.h"
+// Tests of mimo/gradient_buffer.h: the bucket plan (consecutive parameters up to the bucket size,
+// a larger parameter alone, padding to the multiple), the parameters' gradients living in the
+// buffer, and, over two Gloo ranks, every gradient summed exactly in place.
+#include "mimo/gradient_buffer.h"
 
 #include <gtest/gtest.h>
 
@@ -32,18 +32,43 @@ std::vector<Parameter*> Ptrs(const std::vector<std::unique_ptr<Parameter>>& para
   return out;
 }
 
-TEST(GradientBucketsTest, PlansConsecutiveParametersUpToTheBucketSize) {
+TEST(GradientBufferTest, PlansPaddedBucketsAndHoldsTheGradients) {
   auto ops = kernels::NewCpuOps();
   auto params = Params(*ops, {10, 20, 5000, 7, 3, 40, 1});
-  auto buckets = GradientBuckets::Create(*ops, Ptrs(params), 40);
-  ASSERT_TRUE(buckets.ok()) << buckets.status();
-  // [10, 20], [5000] in place, [7, 3], [40], [1].
-  EXPECT_EQ((*buckets)->num_buckets(), 5);
-  EXPECT_EQ(GradientBuckets::Create(*ops, Ptrs(params), 0).status().code(),
+  // Gradients written before the move are kept.
+  params[3]->grad().data<float>()[6] = 42.0f;
+  auto buffer = GradientBuffer::Create(*ops, Ptrs(params), 40, 4);
+  ASSERT_TRUE(buffer.ok()) << buffer.status();
+  // [10, 20] -> 32, [5000], [7, 3] -> 12, [40], [1] -> 4.
+  const std::vector<GradientBucket>& b = (*buffer)->buckets();
+  ASSERT_EQ(b.size(), 5u);
+  const int64_t padded[] = {32, 5000, 12, 40, 4};
+  int64_t begin = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    EXPECT_EQ(b[i].padded, padded[i]) << i;
+    EXPECT_EQ(b[i].begin, begin) << i;
+    begin += padded[i];
+  }
+  EXPECT_EQ((*buffer)->tensor().numel(), begin);
+  EXPECT_EQ(b[0].offsets, (std::vector<int64_t>{0, 10}));
+  // Each gradient is a view of its place; the padding is zero.
+  const float* data = (*buffer)->tensor().data<float>();
+  EXPECT_EQ(params[1]->grad().data<float>(), data + 10);
+  EXPECT_EQ(params[3]->grad().data<float>(), data + 32 + 5000);
+  EXPECT_EQ(data[32 + 5000 + 6], 42.0f);
+  for (int64_t k = 30; k < 32; ++k) EXPECT_EQ(data[k], 0.0f);
+  EXPECT_EQ(params[2]->grad().shape(), kernels::Shape{5000});
+
+  auto again = Params(*ops, {3});
+  EXPECT_EQ(GradientBuffer::Create(*ops, Ptrs(again), 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GradientBuffer::Create(*ops, Ptrs(again), 10, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GradientBuffer::Create(*ops, {again[0].get(), again[0].get()}, 10).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST(GradientBucketsTest, SumsEveryGradientOverTheGroup) {
+TEST(GradientBufferTest, SumsEveryGradientOverTheGroup) {
   const std::vector<int64_t> sizes = {10, 20, 5000, 7, 3, 40, 1};
   comm::InMemoryStore store;
   std::vector<std::vector<std::vector<float>>> got(2);
@@ -54,13 +79,13 @@ TEST(GradientBucketsTest, SumsEveryGradientOverTheGroup) {
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto ops = kernels::NewCpuOps();
     auto params = Params(*ops, sizes);
+    auto buffer = GradientBuffer::Create(*ops, Ptrs(params), 40);
+    ASSERT_TRUE(buffer.ok()) << buffer.status();
     for (size_t i = 0; i < params.size(); ++i) {
       float* g = params[i]->grad().data<float>();
       for (int64_t k = 0; k < sizes[i]; ++k) g[k] = static_cast<float>((rank + 1) * (k + i));
     }
-    auto buckets = GradientBuckets::Create(*ops, Ptrs(params), 40);
-    ASSERT_TRUE(buckets.ok()) << buckets.status();
-    ASSERT_TRUE((*buckets)->AllReduce(*ops, (*groups)->Get("dp")).ok());
+    ASSERT_TRUE((*buffer)->AllReduce(*ops, (*groups)->Get("dp")).ok());
     for (const auto& p : params) {
       const float* g = p->grad().data<float>();
       got[rank].emplace_back(g, g + p->numel());
