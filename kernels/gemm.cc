@@ -1,5 +1,6 @@
 // Row-major matrix products on cuBLASLt: descriptors and heuristic algorithms cached per problem,
-// bias and GELU epilogues fused where cuBLASLt offers them.
+// the timed choice of algorithm shared by the problems of one size class, bias and GELU
+// epilogues fused where cuBLASLt offers them.
 #include "kernels/gemm.h"
 
 #include <cublasLt.h>
@@ -68,9 +69,22 @@ struct PlanKey {
   }
 };
 
-// Algorithms the heuristic proposes per problem; the first call that may time them (one that
-// overwrites its output, outside a graph capture) keeps the fastest.
+// Algorithms the heuristic proposes per problem; the first call of a size class (SizeClass) that
+// may time them (one that overwrites its output, outside a graph capture) keeps the fastest, and
+// the other problems of the class take it. Packed sequences change the token count, a dimension
+// of most products, at every micro-batch: timing each new count would cost more than it saves.
 constexpr int kCandidates = 8;
+
+// Plans kept at most; past that the cache starts over (a plan is cheap to make again).
+constexpr size_t kMaxPlans = 4096;
+
+// `x` rounded up to a multiple of 2^(floor(log2 x) - 2): four classes per octave.
+int64_t SizeClass(int64_t x) {
+  if (x <= 8) return x;
+  int64_t unit = 1;
+  while ((unit << 3) <= x) unit <<= 1;
+  return (x + unit - 1) / unit * unit;
+}
 
 // Descriptors of one problem in cuBLASLt's column-major terms and its algorithm (none when the
 // heuristic found none: the caller then takes an unfused path).
@@ -81,6 +95,7 @@ struct Plan {
   bool has_algo = false;
   std::vector<cublasLtMatmulAlgo_t> candidates;  // The heuristic's, best first.
   bool tuned = false;
+  bool borrowed = false;  // algo is the size class's, not yet seen to run on this problem.
 
   Plan() = default;
   Plan(const Plan&) = delete;
@@ -101,6 +116,8 @@ struct CublasLt::State {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   absl::flat_hash_map<PlanKey, std::unique_ptr<Plan>> plans;
+  // The timed algorithm per size class: the key with m, n, k through SizeClass, not accumulating.
+  absl::flat_hash_map<PlanKey, cublasLtMatmulAlgo_t> tuned;
   cudaEvent_t start = nullptr, stop = nullptr;  // For tuning, made on first use.
 
   ~State() {
@@ -115,6 +132,7 @@ struct CublasLt::State {
   // D^T (n, m) = op(B)^T op(A)^T, so cuBLASLt's A is our b, its B our a, its m our n.
   absl::StatusOr<Plan*> PlanFor(const PlanKey& key) {
     if (auto it = plans.find(key); it != plans.end()) return it->second.get();
+    if (plans.size() >= kMaxPlans) plans.clear();
     auto plan = std::make_unique<Plan>();
     MIMO_CUBLAS_RETURN_IF_ERROR(
         cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -246,12 +264,33 @@ struct CublasLt::State {
       return cublasLtMatmul(handle, plan->desc, &alpha, p.b, plan->a, p.a, plan->b, &beta, d,
                             plan->d, d, plan->d, &algo, workspace, workspace_bytes, stream);
     };
-    // Timing runs overwrite d, so only a call that overwrites it anyway (not accumulating) tunes,
-    // and never inside a graph capture.
-    if (!plan->tuned && !p.accumulate) {
-      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-      MIMO_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream, &capture));
-      if (capture == cudaStreamCaptureStatusNone) MIMO_RETURN_IF_ERROR(Tune(plan, stream, run));
+    // A problem of a size class already timed takes its algorithm. Otherwise timing runs
+    // overwrite d, so only a call that overwrites it anyway (not accumulating) tunes, and never
+    // inside a graph capture.
+    if (!plan->tuned) {
+      PlanKey size_class = key;
+      size_class.m = SizeClass(key.m);
+      size_class.n = SizeClass(key.n);
+      size_class.k = SizeClass(key.k);
+      size_class.accumulate = false;
+      if (auto it = tuned.find(size_class); it != tuned.end()) {
+        plan->algo = it->second;
+        plan->tuned = plan->borrowed = true;
+      } else if (!p.accumulate) {
+        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+        MIMO_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream, &capture));
+        if (capture == cudaStreamCaptureStatusNone) {
+          MIMO_RETURN_IF_ERROR(Tune(plan, stream, run));
+          tuned[size_class] = plan->algo;
+        }
+      }
+    }
+    if (plan->borrowed) {
+      // The class's algorithm may not fit this problem (cuBLASLt refuses it without running):
+      // then the heuristic's first choice.
+      plan->borrowed = false;
+      if (run(plan->algo) == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+      plan->algo = plan->candidates[0];
     }
     MIMO_CUBLAS_RETURN_IF_ERROR(run(plan->algo));
     return absl::OkStatus();
