@@ -103,7 +103,11 @@ class CudaOps final : public Ops {
   }
   absl::Status LayerNormBackward(const LayerNormBackwardParams& p) override {
     CudaDeviceGuard guard(device_);
-    return LaunchLayerNormBackward(p, stream());
+    MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(LayerNormBackwardWorkspaceBytes(p.rows, p.cols)));
+    LayerNormBackwardParams q = p;
+    q.workspace = scratch.ptr;
+    q.workspace_bytes = scratch.bytes;
+    return LaunchLayerNormBackward(q, stream());
   }
   absl::Status Gemm(const GemmParams& p) override {
     CudaDeviceGuard guard(device_);

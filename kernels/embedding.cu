@@ -44,22 +44,35 @@ __global__ void IotaKernel(int32_t* __restrict__ out, int64_t n) {
   }
 }
 
-// Block b handles sorted positions b, b + gridDim.x, ...; a position that starts a run of equal
-// ids sums the run's dout rows into dtable, its threads splitting the columns.
+// Block (b, y) handles sorted positions b, b + gridDim.x, ... and columns [256 y, 256 (y + 1)); a
+// position that starts a run of equal ids sums the run's dout rows into dtable, one thread per
+// column, in ascending token order. A frequent id makes a run of thousands of rows: the loads are
+// issued eight at a time ahead of the (ordered) additions, and every column has its own thread.
 template <typename T>
 __global__ void SumRunsKernel(const T* __restrict__ dout, const int32_t* __restrict__ keys,
                               const int32_t* __restrict__ tokens_of, float* __restrict__ dtable,
                               int64_t vocab, int64_t tokens, int64_t dim) {
+  const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (d >= dim) return;
   for (int64_t i = blockIdx.x; i < tokens; i += gridDim.x) {
     const int32_t id = keys[i];
     if ((i > 0 && keys[i - 1] == id) || id < 0 || id >= vocab) continue;
-    for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
-      float sum = dtable[id * dim + d];
-      for (int64_t j = i; j < tokens && keys[j] == id; ++j) {
-        sum += ToFloat(dout[static_cast<int64_t>(tokens_of[j]) * dim + d]);
+    int64_t end = i + 1;
+    while (end < tokens && keys[end] == id) ++end;
+    float sum = dtable[id * dim + d];
+    int64_t j = i;
+    constexpr int kAhead = 8;
+    for (; j + kAhead <= end; j += kAhead) {
+      float v[kAhead];
+#pragma unroll
+      for (int u = 0; u < kAhead; ++u) {
+        v[u] = ToFloat(dout[static_cast<int64_t>(tokens_of[j + u]) * dim + d]);
       }
-      dtable[id * dim + d] = sum;
+#pragma unroll
+      for (int u = 0; u < kAhead; ++u) sum += v[u];
     }
+    for (; j < end; ++j) sum += ToFloat(dout[static_cast<int64_t>(tokens_of[j]) * dim + d]);
+    dtable[id * dim + d] = sum;
   }
 }
 
@@ -86,9 +99,10 @@ absl::Status Backward(const EmbeddingBackwardParams& p, cudaStream_t stream) {
   MIMO_CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairs(
       temp, temp_bytes, p.ids, keys, iota, tokens_of, static_cast<int>(p.tokens), 0,
       static_cast<int>(sizeof(int32_t) * 8), stream));
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(p.tokens, 65536));
-  SumRunsKernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(p.dout), keys, tokens_of,
-                                                    p.dtable, p.vocab, p.tokens, p.dim);
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(p.tokens, 16384)),
+                  static_cast<unsigned>((p.dim + kThreads - 1) / kThreads));
+  SumRunsKernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(p.dout), keys, tokens_of,
+                                                  p.dtable, p.vocab, p.tokens, p.dim);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -1,11 +1,15 @@
 // LayerNorm over the last dimension, forward and backward: the CUDA kernels (fp32 arithmetic on
 // bf16 or f32 storage). One block per row for the forward and dx (two-pass mean and variance);
-// one thread per column, looping over rows, for dweight and dbias, so sums are deterministic.
+// dweight and dbias as per-block partial sums over strided rows, then summed in a fixed order, so
+// the sums are deterministic.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_block_reduce.cuh"
+#include "kernels/cuda_column_sum.cuh"
 #include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
@@ -64,22 +68,28 @@ __global__ void LayerNormDxKernel(const T* __restrict__ dy, const T* __restrict_
   }
 }
 
+// Blocks of rows each sum dweight and dbias over the rows g, g + groups, ... into partials
+// [0, groups) and [groups, 2 * groups) of (groups, cols) (grid: column blocks x groups); the
+// partials are then summed in order (EnqueueColumnSum), so the result depends on the shape only.
+constexpr int64_t kPartialBlocks = 528;
+int64_t PartialBlocks(int64_t rows) { return std::min(rows, kPartialBlocks); }
+
 template <typename T>
-__global__ void LayerNormParamGradKernel(const T* __restrict__ dy, const T* __restrict__ x,
-                                         const float* __restrict__ mean,
-                                         const float* __restrict__ rstd,
-                                         float* __restrict__ dweight, float* __restrict__ dbias,
-                                         int64_t rows, int64_t cols) {
+__global__ void LayerNormParamGradPartialKernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                                const float* __restrict__ mean,
+                                                const float* __restrict__ rstd,
+                                                float* __restrict__ partial, int64_t rows,
+                                                int64_t cols) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   float dw = 0.0f, db = 0.0f;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const float d = ToFloat(dy[r * cols + c]);
     dw += d * (ToFloat(x[r * cols + c]) - mean[r]) * rstd[r];
     db += d;
   }
-  dweight[c] = dw;
-  dbias[c] = db;
+  partial[static_cast<int64_t>(blockIdx.y) * cols + c] = dw;
+  partial[static_cast<int64_t>(gridDim.y + blockIdx.y) * cols + c] = db;
 }
 
 template <typename T>
@@ -97,10 +107,18 @@ absl::Status Backward(const LayerNormBackwardParams& p, cudaStream_t s) {
       static_cast<const T*>(p.dy), static_cast<const T*>(p.x), static_cast<const T*>(p.weight),
       p.mean, p.rstd, static_cast<T*>(p.dx), p.cols);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  const auto blocks = static_cast<unsigned>((p.cols + kThreads - 1) / kThreads);
-  LayerNormParamGradKernel<T>
-      <<<blocks, kThreads, 0, s>>>(static_cast<const T*>(p.dy), static_cast<const T*>(p.x), p.mean,
-                                   p.rstd, p.dweight, p.dbias, p.rows, p.cols);
+  const int64_t groups = PartialBlocks(p.rows);
+  auto* partial = static_cast<float*>(p.workspace);
+  const dim3 grid(static_cast<unsigned>((p.cols + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(groups));
+  LayerNormParamGradPartialKernel<T><<<grid, kThreads, 0, s>>>(static_cast<const T*>(p.dy),
+                                                               static_cast<const T*>(p.x), p.mean,
+                                                               p.rstd, partial, p.rows, p.cols);
+  MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  EnqueueColumnSum(static_cast<const float*>(partial), p.dweight, groups, p.cols, false, s);
+  MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  EnqueueColumnSum(static_cast<const float*>(partial) + groups * p.cols, p.dbias, groups, p.cols,
+                   false, s);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
@@ -115,9 +133,21 @@ absl::Status LaunchLayerNorm(const LayerNormParams& p, StreamHandle stream) {
   return p.dtype == DType::kF32 ? Forward<float>(p, s) : Forward<__nv_bfloat16>(p, s);
 }
 
+size_t LayerNormBackwardWorkspaceBytes(int64_t rows, int64_t cols) {
+  return rows <= 0 || cols <= 0
+             ? 0
+             : static_cast<size_t>(2 * PartialBlocks(rows) * cols) * sizeof(float);
+}
+
 absl::Status LaunchLayerNormBackward(const LayerNormBackwardParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckLayerNormBackward(p));
   MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("LayerNormBackward", p.rows));
+  const size_t needed = LayerNormBackwardWorkspaceBytes(p.rows, p.cols);
+  if (p.workspace_bytes < needed || (needed > 0 && p.workspace == nullptr)) {
+    return absl::InvalidArgumentError(absl::StrCat("LayerNormBackward: the workspace has ",
+                                                   p.workspace_bytes, " bytes, ", needed,
+                                                   " are needed"));
+  }
   const auto s = static_cast<cudaStream_t>(stream);
   if (p.rows == 0) {
     // The sums over no rows; the gradients may be null then.

@@ -39,6 +39,10 @@ struct LayerNormBackwardParams {
   float* dbias = nullptr;        // (cols,) fp32.
   int64_t rows = 0;
   int64_t cols = 0;
+  // CUDA only: scratch of at least LayerNormBackwardWorkspaceBytes(rows, cols) device bytes for
+  // the per-block partial sums of dweight and dbias (the CPU twin ignores it).
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 // InvalidArgument for a dtype other than bf16/f32, a bad shape, a non-positive eps, or a null
@@ -50,7 +54,10 @@ absl::Status CheckLayerNormBackward(const LayerNormBackwardParams& p);
 absl::Status LayerNormCpu(const LayerNormParams& p);
 absl::Status LayerNormBackwardCpu(const LayerNormBackwardParams& p);
 
+// The device scratch LaunchLayerNormBackward needs.
+size_t LayerNormBackwardWorkspaceBytes(int64_t rows, int64_t cols);
 // CUDA: device memory, enqueued on `stream` (a cudaStream_t). Deterministic: no atomics.
+// InvalidArgument (nothing enqueued) when the backward's workspace is missing or too small.
 absl::Status LaunchLayerNorm(const LayerNormParams& p, StreamHandle stream);
 absl::Status LaunchLayerNormBackward(const LayerNormBackwardParams& p, StreamHandle stream);
 

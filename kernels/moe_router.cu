@@ -3,6 +3,8 @@
 // reductions run in a fixed order, so every result is reproducible bit for bit.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda_status.h"
@@ -40,17 +42,29 @@ __global__ void RouterBackwardKernel(RouterConfig c, const float* __restrict__ d
 }
 
 // The scratch of the losses: per token the auxiliary scores' normalizer, per (sequence, expert)
-// the sum of the auxiliary scores and the count; the number of non-empty sequences.
+// the sum of the auxiliary scores and the count (and their partials per chunk of rows); the
+// number of non-empty sequences.
 struct AuxScratch {
-  float* denom;       // (tokens,)
-  float* sums;        // (sequences, experts)
-  int32_t* counts;    // (sequences, experts)
-  int32_t* nonempty;  // (1,)
+  float* denom;             // (tokens,)
+  float* sums;              // (sequences, experts)
+  int32_t* counts;          // (sequences, experts)
+  int32_t* nonempty;        // (1,)
+  float* partial_sums;      // (sequences, chunks, experts)
+  int32_t* partial_counts;  // (sequences, chunks, experts)
 };
 
 size_t Align(size_t n) { return (n + 255) / 256 * 256; }
 
+// Chunks of rows each sequence's sums are split into, so that one long sequence (or the whole
+// micro-batch, the per-micro-batch loss) keeps many blocks busy: about 512 rows a chunk, at most
+// 32. A function of the shape only, so the sums' order is too.
+int64_t RowChunks(int64_t tokens, int64_t sequences) {
+  const int64_t per = 512 * std::max<int64_t>(sequences, 1);
+  return std::clamp<int64_t>((tokens + per - 1) / per, 1, 32);
+}
+
 AuxScratch Carve(void* workspace, int64_t tokens, int64_t sequences, int64_t experts) {
+  const int64_t chunks = RowChunks(tokens, sequences);
   char* p = static_cast<char*>(workspace);
   AuxScratch s;
   s.denom = reinterpret_cast<float*>(p);
@@ -60,6 +74,10 @@ AuxScratch Carve(void* workspace, int64_t tokens, int64_t sequences, int64_t exp
   s.counts = reinterpret_cast<int32_t*>(p);
   p += Align(sizeof(int32_t) * sequences * experts);
   s.nonempty = reinterpret_cast<int32_t*>(p);
+  p += Align(sizeof(int32_t));
+  s.partial_sums = reinterpret_cast<float*>(p);
+  p += Align(sizeof(float) * sequences * chunks * experts);
+  s.partial_counts = reinterpret_cast<int32_t*>(p);
   return s;
 }
 
@@ -74,21 +92,22 @@ __global__ void AuxDenominatorKernel(RouterConfig c, const float* __restrict__ s
   if (t < tokens) denom[t] = router::AuxDenominator(c, scores + t * c.experts);
 }
 
-// Block (32 experts, 8 row lanes) per (sequence, 32-expert chunk): sums and counts in a fixed
-// order (strided rows per lane, then the 8 lanes in order).
-__global__ void AuxSumsKernel(RouterConfig c, const float* __restrict__ scores,
-                              const int32_t* __restrict__ indices, const int32_t* cu_seqlens,
-                              AuxScratch scratch, int64_t tokens) {
+// Block (32 experts, 8 row lanes) per (sequence, 32-expert chunk, chunk z of rows): partial sums
+// and counts of rows z * 8 + lane, stepping 8 * chunks, in a fixed order (strided rows per lane,
+// then the 8 lanes in order).
+__global__ void AuxPartialSumsKernel(RouterConfig c, const float* __restrict__ scores,
+                                     const int32_t* __restrict__ indices, const int32_t* cu_seqlens,
+                                     AuxScratch scratch, int64_t tokens) {
   __shared__ float s_sum[8][32];
   __shared__ int32_t s_count[8][32];
-  const int64_t q = blockIdx.x;
+  const int64_t q = blockIdx.x, z = blockIdx.z, chunks = gridDim.z;
   const int64_t e = static_cast<int64_t>(blockIdx.y) * 32 + threadIdx.x;
   const int64_t begin = SeqBegin(cu_seqlens, q, tokens, false);
   const int64_t end = SeqBegin(cu_seqlens, q, tokens, true);
   float sum = 0.0f;
   int32_t count = 0;
   if (e < c.experts) {
-    for (int64_t t = begin + threadIdx.y; t < end; t += 8) {
+    for (int64_t t = begin + z * 8 + threadIdx.y; t < end; t += 8 * chunks) {
       sum += scores[t * c.experts + e] / scratch.denom[t];
       for (int64_t j = 0; j < c.top_k; ++j) count += indices[t * c.top_k + j] == e ? 1 : 0;
     }
@@ -101,9 +120,26 @@ __global__ void AuxSumsKernel(RouterConfig c, const float* __restrict__ scores,
       sum += s_sum[y][threadIdx.x];
       count += s_count[y][threadIdx.x];
     }
-    scratch.sums[q * c.experts + e] = sum;
-    scratch.counts[q * c.experts + e] = count;
+    const int64_t at = (q * chunks + z) * c.experts + e;
+    scratch.partial_sums[at] = sum;
+    scratch.partial_counts[at] = count;
   }
+}
+
+// Per (sequence, expert): the chunks' partials added in chunk order.
+__global__ void AuxSumsKernel(RouterConfig c, AuxScratch scratch, int64_t sequences,
+                              int64_t chunks) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= sequences * c.experts) return;
+  const int64_t q = i / c.experts, e = i % c.experts;
+  float sum = 0.0f;
+  int32_t count = 0;
+  for (int64_t z = 0; z < chunks; ++z) {
+    sum += scratch.partial_sums[(q * chunks + z) * c.experts + e];
+    count += scratch.partial_counts[(q * chunks + z) * c.experts + e];
+  }
+  scratch.sums[i] = sum;
+  scratch.counts[i] = count;
 }
 
 constexpr int kFinishThreads = 256;
@@ -189,8 +225,10 @@ __global__ void AuxGradientKernel(RouterConfig c, const float* __restrict__ logi
 }  // namespace
 
 size_t MoeAuxLossWorkspaceBytes(int64_t tokens, int64_t sequences, int64_t experts) {
+  const int64_t partials = sequences * RowChunks(tokens, sequences) * experts;
   return Align(sizeof(float) * tokens) + Align(sizeof(float) * sequences * experts) +
-         Align(sizeof(int32_t) * sequences * experts) + Align(sizeof(int32_t));
+         Align(sizeof(int32_t) * sequences * experts) + Align(sizeof(int32_t)) +
+         Align(sizeof(float) * partials) + Align(sizeof(int32_t) * partials);
 }
 
 absl::Status LaunchMoeRouter(const MoeRouterParams& p, StreamHandle stream) {
@@ -236,9 +274,13 @@ absl::Status LaunchMoeAuxLoss(const MoeAuxLossParams& p, StreamHandle stream) {
                                                                p.tokens);
     MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
-  const dim3 grid(static_cast<unsigned>(sequences), static_cast<unsigned>((c.experts + 31) / 32));
-  AuxSumsKernel<<<grid, dim3(32, 8), 0, s>>>(c, p.scores, p.indices, p.cu_seqlens, scratch,
-                                             p.tokens);
+  const int64_t chunks = RowChunks(p.tokens, sequences);
+  const dim3 grid(static_cast<unsigned>(sequences), static_cast<unsigned>((c.experts + 31) / 32),
+                  static_cast<unsigned>(chunks));
+  AuxPartialSumsKernel<<<grid, dim3(32, 8), 0, s>>>(c, p.scores, p.indices, p.cu_seqlens, scratch,
+                                                    p.tokens);
+  MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  AuxSumsKernel<<<Blocks(sequences * c.experts), kThreads, 0, s>>>(c, scratch, sequences, chunks);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   AuxFinishKernel<<<1, kFinishThreads, 0, s>>>(c, p.logits, p.cu_seqlens, scratch, p.tokens,
                                                sequences, p.aux_coeff, p.z_coeff, p.losses);

@@ -42,7 +42,7 @@ TEST_P(LayerNormCudaTest, MatchesFloat64AndIsDeterministic) {
     std::vector<char> first_dx, first_dw;
     for (int run = 0; run < 2; ++run) {
       const DeviceBuffer y(n * e), mean(rows * 4), rstd(rows * 4), dx(n * e), dw(cols * 4),
-          db(cols * 4);
+          db(cols * 4), workspace(LayerNormBackwardWorkspaceBytes(rows, cols));
       ASSERT_TRUE(LaunchLayerNorm({.dtype = dtype,
                                    .x = d_x.get(),
                                    .weight = d_w.get(),
@@ -54,19 +54,22 @@ TEST_P(LayerNormCudaTest, MatchesFloat64AndIsDeterministic) {
                                    .cols = cols},
                                   nullptr)
                       .ok());
-      ASSERT_TRUE(LaunchLayerNormBackward({.dtype = dtype,
-                                           .dy = d_dy.get(),
-                                           .x = d_x.get(),
-                                           .weight = d_w.get(),
-                                           .mean = mean.as<const float>(),
-                                           .rstd = rstd.as<const float>(),
-                                           .dx = dx.get(),
-                                           .dweight = dw.as<float>(),
-                                           .dbias = db.as<float>(),
-                                           .rows = rows,
-                                           .cols = cols},
-                                          nullptr)
-                      .ok());
+      ASSERT_TRUE(
+          LaunchLayerNormBackward({.dtype = dtype,
+                                   .dy = d_dy.get(),
+                                   .x = d_x.get(),
+                                   .weight = d_w.get(),
+                                   .mean = mean.as<const float>(),
+                                   .rstd = rstd.as<const float>(),
+                                   .dx = dx.get(),
+                                   .dweight = dw.as<float>(),
+                                   .dbias = db.as<float>(),
+                                   .rows = rows,
+                                   .cols = cols,
+                                   .workspace = workspace.get(),
+                                   .workspace_bytes = LayerNormBackwardWorkspaceBytes(rows, cols)},
+                                  nullptr)
+              .ok());
       const std::vector<double> got_y = ValuesOf(dtype, y.Bytes()),
                                 got_dx = ValuesOf(dtype, dx.Bytes()),
                                 got_rstd = ValuesOf(DType::kF32, rstd.Bytes()),
@@ -103,6 +106,21 @@ TEST_F(LayerNormCudaTest, BadArgumentsFailBeforeLaunching) {
           {.dweight = dw.as<float>(), .dbias = db.as<float>(), .rows = 0, .cols = 3}, nullptr)
           .ok());
   EXPECT_EQ(ValuesOf(DType::kF32, db.Bytes()), (std::vector<double>{0, 0, 0}));
+  // Rows to reduce need the partial sums' workspace.
+  const DeviceBuffer x(2 * 3 * 4), dx(2 * 3 * 4), stats(2 * 4);
+  EXPECT_THAT(LaunchLayerNormBackward({.dy = x.get(),
+                                       .x = x.get(),
+                                       .weight = dw.get(),
+                                       .mean = stats.as<const float>(),
+                                       .rstd = stats.as<const float>(),
+                                       .dx = dx.get(),
+                                       .dweight = dw.as<float>(),
+                                       .dbias = db.as<float>(),
+                                       .rows = 2,
+                                       .cols = 3},
+                                      nullptr)
+                  .message(),
+              HasSubstr("workspace has 0 bytes"));
 }
 
 }  // namespace
