@@ -1,7 +1,7 @@
 // Times the training step of a job spec's whole model on one device: every module on one rank
 // (the trainer's ModelPart::kWhole), the spec's batches, data and optimizer, in its precision.
-//   train_bench SPEC [--steps N] [--warmup W] [--device cuda|cpu] [--no-overlap]
-//               [--micro-batch-size N] [--micro-batches N]
+//   train_bench SPEC [--steps N] [--warmup W] [--device cuda|cpu] [--micro-batch-size N]
+//               [--micro-batches N]
 // Prints how long one thread takes to read a step's samples (the trainer reads them ahead on
 // several), Megatron-style iteration lines, then a summary line: parameters (total and active per
 // token), median step time, tokens/s, model TFLOP/s (mimo/model_flops.h), MFU against the
@@ -33,7 +33,6 @@ struct Args {
   int steps = 20;
   int warmup = 3;
   bool cuda = true;
-  bool overlap = true;
   int64_t micro_batch_size = 0;  // 0: the spec's.
   int64_t micro_batches = 0;     // 0: the spec's.
 };
@@ -59,7 +58,6 @@ absl::Status Run(const Args& a) {
   const kernels::DType dtype = worker::ComputeDType(spec.training().precision(), a.cuda);
   MIMO_ASSIGN_OR_RETURN(const MimoModelConfig config, worker::MimoModelConfigFromSpec(spec, dtype));
   MIMO_ASSIGN_OR_RETURN(worker::TrainerOptions options, worker::TrainerOptionsFromSpec(spec, 1));
-  options.overlap_grad_reduce = a.overlap;
   if (a.micro_batch_size > 0) options.micro_batch_size = a.micro_batch_size;
   if (a.micro_batches > 0) options.micro_batches = a.micro_batches;
   MIMO_ASSIGN_OR_RETURN(auto trainer, worker::Trainer::Create(*ops, config, options));
@@ -123,11 +121,11 @@ absl::Status Run(const Args& a) {
   const double tflops = sum_f / sum_s * 1e-12;
   std::cout << absl::StrFormat(
       "summary: %d steps | median step %.1f ms | %.0f tokens/s | %.1f TFLOP/s | MFU %s | peak "
-      "memory %.2f GiB | overlap_grad_reduce %s | waiting for data %.1f%% | device allocations "
+      "memory %.2f GiB | waiting for data %.1f%% | device allocations "
       "while timed %d\n",
       a.steps, median * 1e3, sum_t / sum_s, tflops,
       peak > 0 ? absl::StrFormat("%.1f%% of %.0f", 100 * tflops / peak, peak) : "n/a",
-      peak_memory / double(1 << 30), a.overlap ? "on" : "off", 100 * data_wait / sum_s, mallocs);
+      peak_memory / double(1 << 30), 100 * data_wait / sum_s, mallocs);
   return absl::OkStatus();
 }
 
@@ -138,19 +136,16 @@ int main(int argc, char** argv) {
   CLI::App app("Times the training step of a job spec's whole model on one device");
   mimo::Args a;
   std::string device = "cuda";
-  bool no_overlap = false;
   app.add_option("SPEC", a.spec, "job spec (.yaml/.json)")->required();
   app.add_option("--steps", a.steps, "timed steps")->check(CLI::PositiveNumber);
   app.add_option("--warmup", a.warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   app.add_option("--device", device, "cuda or cpu")->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_flag("--no-overlap", no_overlap, "reduce gradients after the backward");
   app.add_option("--micro-batch-size", a.micro_batch_size, "samples per micro-batch (the spec's)")
       ->check(CLI::PositiveNumber);
   app.add_option("--micro-batches", a.micro_batches, "micro-batches per step (the spec's)")
       ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   a.cuda = device == "cuda";
-  a.overlap = !no_overlap;
   const absl::Status status = mimo::Run(a);
   if (!status.ok()) {
     std::cerr << "error: " << status << "\n";

@@ -17,6 +17,7 @@
 namespace mimo::kernels {
 namespace {
 
+// Ops::RecordEvent's: a blocking-sync event on the Ops' stream.
 class StreamEvent final : public Event {
  public:
   explicit StreamEvent(CudaEvent event) : event_(std::move(event)) {}
@@ -41,7 +42,7 @@ class CudaOps final : public Ops {
   absl::Status Synchronize() override { return stream_.Synchronize(); }
   absl::StatusOr<std::unique_ptr<Event>> RecordEvent() override {
     CudaDeviceGuard guard(device_);
-    MIMO_ASSIGN_OR_RETURN(CudaEvent event, CudaEvent::Create(device_));
+    MIMO_ASSIGN_OR_RETURN(CudaEvent event, CudaEvent::Create(device_, /*timing=*/false));
     MIMO_RETURN_IF_ERROR(event.Record(stream_));
     return std::make_unique<StreamEvent>(std::move(event));
   }

@@ -36,11 +36,12 @@ absl::Status CudaStream::Synchronize() const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<CudaEvent> CudaEvent::Create(int device) {
+absl::StatusOr<CudaEvent> CudaEvent::Create(int device, bool timing) {
   MIMO_RETURN_IF_ERROR(CheckCudaDevice(device, "CudaEvent::Create"));
   CudaDeviceGuard guard(device);
   cudaEvent_t event = nullptr;
-  MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreate(&event));
+  MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(
+      &event, timing ? cudaEventDefault : cudaEventDisableTiming | cudaEventBlockingSync));
   return CudaEvent(event, device);
 }
 

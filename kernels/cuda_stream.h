@@ -30,10 +30,12 @@ class CudaStream {
   int device_ = 0;
 };
 
-// An event for ordering streams and timing work (created with timing enabled).
+// An event for ordering streams and timing work.
 class CudaEvent {
  public:
-  static absl::StatusOr<CudaEvent> Create(int device);
+  // timing false: no timing, and Synchronize() blocks the thread instead of spinning (for a
+  // thread that waits long, such as a communication thread waiting for the backward).
+  static absl::StatusOr<CudaEvent> Create(int device, bool timing = true);
   CudaEvent(CudaEvent&& other) noexcept;
   CudaEvent& operator=(CudaEvent&& other) noexcept;
   CudaEvent(const CudaEvent&) = delete;

@@ -100,7 +100,8 @@ class DistributedOptimizer {
 
   const OptimizerConfig config_;
   std::vector<Set> sets_;
-  kernels::Tensor staging_;  // (largest staged bucket,) of the weights' dtype: gathered weights.
+  // (largest staged bucket,) fp32, big enough for a bucket's gathered weights in any dtype.
+  kernels::Tensor staging_;
   int64_t steps_ = 0;
 };
 

@@ -2,6 +2,7 @@
 #include "mimo/gradient_buffer.h"
 
 #include <algorithm>
+#include <numeric>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -49,14 +50,15 @@ absl::StatusOr<std::unique_ptr<GradientBuffer>> GradientBuffer::Create(
   }
   std::vector<GradientBucket> buckets;
   int64_t total = 0;
+  const int64_t multiple = std::lcm<int64_t>(pad_multiple, kAlignElements);
   for (std::vector<Parameter*>& group : PlanBuckets(params, bucket_elements)) {
     GradientBucket b{.params = std::move(group), .begin = total};
     int64_t elements = 0;
     for (const Parameter* p : b.params) {
       b.offsets.push_back(elements);
-      elements += p->numel();
+      elements += (p->numel() + kAlignElements - 1) / kAlignElements * kAlignElements;
     }
-    b.padded = (elements + pad_multiple - 1) / pad_multiple * pad_multiple;
+    b.padded = (elements + multiple - 1) / multiple * multiple;
     total += b.padded;
     buckets.push_back(std::move(b));
   }

@@ -20,25 +20,29 @@ namespace mimo {
 std::vector<std::vector<Parameter*>> PlanBuckets(const std::vector<Parameter*>& params,
                                                  int64_t bucket_elements);
 
-// One bucket: its parameters' gradients back to back, then zeros up to `padded`.
+// One bucket: its parameters' gradients in order, each starting at a multiple of
+// GradientBuffer::kAlignElements (zeros between), then zeros up to `padded`.
 struct GradientBucket {
   std::vector<Parameter*> params;  // In the order given to GradientBuffer::Create.
   std::vector<int64_t> offsets;    // Of each parameter's first element, within the bucket.
   int64_t begin = 0;               // Of the bucket's first element, within the buffer.
-  int64_t padded = 0;              // Elements, a multiple of the buffer's pad_multiple.
+  // Elements, a multiple of the buffer's pad_multiple and of kAlignElements.
+  int64_t padded = 0;
 };
 
 class GradientBuffer {
  public:
   // Megatron-LM's default DDP bucket: 40M elements.
   static constexpr int64_t kDefaultBucketElements = 40'000'000;
+  // Every gradient starts 256-byte aligned, as the GEMMs that write it want (16 bytes at least).
+  static constexpr int64_t kAlignElements = 64;
 
   // Buckets planned by PlanBuckets over `params` (not owned; they outlive the buffer) in the
   // order given -- the order the backward finishes them, for the reductions to start early --
   // each padded to a multiple of `pad_multiple` (the group's size, so that a reduce-scatter can
-  // split it). The buffer is allocated from `ops`, zeroed, and every parameter's gradient moved
-  // into it (Parameter::MoveGradTo). The padding stays zero: nothing writes it. InvalidArgument
-  // for bucket_elements or pad_multiple < 1, or a parameter given twice.
+  // split it) and of kAlignElements. The buffer is allocated from `ops`, zeroed, and every
+  // parameter's gradient moved into it (Parameter::MoveGradTo). The padding stays zero: nothing
+  // writes it. InvalidArgument for bucket_elements or pad_multiple < 1, or a parameter given twice.
   static absl::StatusOr<std::unique_ptr<GradientBuffer>> Create(
       kernels::Ops& ops, std::vector<Parameter*> params,
       int64_t bucket_elements = kDefaultBucketElements, int pad_multiple = 1);

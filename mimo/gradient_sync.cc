@@ -36,12 +36,31 @@ GradientSync::GradientSync(kernels::Ops& ops, std::vector<Bucket> buckets,
 
 GradientSync::~GradientSync() {
   {
-    std::unique_lock<std::mutex> lock(mu_);
-    idle_.wait(lock, [this] { return queue_.empty() && !busy_; });
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.clear();
     stop_ = true;
   }
   wake_.notify_all();
   thread_.join();
+}
+
+void GradientSync::Abandon() {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    queue_.clear();
+    idle_.wait(lock, [this] { return !busy_; });
+    error_ = absl::OkStatus();
+  }
+  Reset();
+}
+
+void GradientSync::Reset() {
+  next_ = 0;
+  started_early_ = 0;
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    missing_[i] = static_cast<int64_t>(buckets_[i].params.size());
+  }
+  reported_.clear();
 }
 
 absl::Status GradientSync::Ready(const std::vector<Parameter*>& params) {
@@ -86,13 +105,8 @@ absl::Status GradientSync::Finish() {
     idle_.wait(lock, [this] { return queue_.empty() && !busy_; });
     error = std::exchange(error_, absl::OkStatus());
   }
-  next_ = 0;
-  started_early_ = 0;
+  Reset();
   last_started_early_ = early;
-  for (size_t i = 0; i < buckets_.size(); ++i) {
-    missing_[i] = static_cast<int64_t>(buckets_[i].params.size());
-  }
-  reported_.clear();
   if (!error.ok()) return error;
   return status;
 }

@@ -37,7 +37,7 @@ class GradientSync final : public GradientReadyHook {
   // outlive the sync. InvalidArgument for a parameter in two buckets.
   static absl::StatusOr<std::unique_ptr<GradientSync>> Create(kernels::Ops& ops,
                                                               std::vector<Bucket> buckets);
-  // Waits for the collectives started (see Finish) and stops the thread.
+  // Drops the collectives not yet running (as Abandon) and stops the thread.
   ~GradientSync() override;
 
   // Marks `params` ready; starts the buckets that became startable, after an event on the ops'
@@ -49,13 +49,19 @@ class GradientSync final : public GradientReadyHook {
   // all of them and readies the sync for the next step. The first error of the step, if any.
   absl::Status Finish();
 
+  // After a failed step (Finish never called): drops the collectives queued but not running,
+  // waits for the running one and readies the sync for the next step. The group's other members
+  // then miss this rank's remaining collectives: their step fails too (by the communicators'
+  // timeout at the latest).
+  void Abandon();
+
   // Collectives started during the backward (before Finish) in the last finished step.
   int64_t started_early() const { return last_started_early_; }
 
  private:
   struct Task {
     std::shared_ptr<kernels::Event> event;  // After the work that wrote the bucket.
-    size_t bucket;
+    size_t bucket;                          // Index into buckets_.
   };
   GradientSync(kernels::Ops& ops, std::vector<Bucket> buckets,
                absl::flat_hash_map<const Parameter*, size_t> bucket_of);
@@ -63,9 +69,12 @@ class GradientSync final : public GradientReadyHook {
   absl::Status Start(size_t end);
   void Run();
 
-  kernels::Ops& ops_;
-  const std::vector<Bucket> buckets_;
-  const absl::flat_hash_map<const Parameter*, size_t> bucket_of_;
+  // Readies the counts for the next step (the thread idle).
+  void Reset();
+
+  kernels::Ops& ops_;                  // The backward's: the events are recorded on its stream.
+  const std::vector<Bucket> buckets_;  // In the order their collectives run.
+  const absl::flat_hash_map<const Parameter*, size_t> bucket_of_;  // Each parameter's bucket.
   // Touched by the caller's thread only.
   std::vector<int64_t> missing_;  // Per bucket: parameters not reported this step.
   absl::flat_hash_map<const Parameter*, bool> reported_;
@@ -80,7 +89,7 @@ class GradientSync final : public GradientReadyHook {
   bool busy_ = false;             // Guarded by mu_: the thread runs a task.
   bool stop_ = false;             // Guarded by mu_.
   absl::Status error_;            // Guarded by mu_: the step's first error.
-  std::thread thread_;
+  std::thread thread_;            // Runs Run(): the collectives, one at a time.
 };
 
 }  // namespace mimo

@@ -177,12 +177,12 @@ Trainer::Trainer(kernels::Ops& ops, const MimoModelConfig& config, const Trainer
       dense_(std::move(dense)),
       experts_(std::move(experts)) {}
 
-// The routed experts see every dp rank's tokens through the all-to-all: their gradients are
-// summed over the ranks holding the same experts only (expt_dp; dp itself without EP and ETP).
 GradientReadyHook* Trainer::GradientsReadyHook() const {
   return options_.overlap_grad_reduce ? update_.sync.get() : nullptr;
 }
 
+// The routed experts see every dp rank's tokens through the all-to-all: their gradients are
+// summed over the ranks holding the same experts only (expt_dp; dp itself without EP and ETP).
 comm::Communicator* Trainer::ExpertDataParallelGroup() const {
   if (options_.expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1 &&
       ModelGroups::Size(options_.groups.expt_tp) == 1) {
@@ -317,15 +317,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     e->AppendParameters(encoder);
     order.insert(order.end(), encoder.rbegin(), encoder.rend());
   }
-  absl::flat_hash_map<const Parameter*, int64_t> turn;
-  for (size_t i = 0; i < order.size(); ++i) turn[order[i]] = static_cast<int64_t>(i);
+  absl::flat_hash_map<const Parameter*, int64_t> backward_turn;
+  for (size_t i = 0; i < order.size(); ++i) backward_turn[order[i]] = static_cast<int64_t>(i);
   const absl::flat_hash_set<const Parameter*> routed(experts.begin(), experts.end());
   // Both sets in that order: their buckets fill in the order the backward finishes them.
   experts.clear();
   for (Parameter* p : order) (routed.contains(p) ? experts : dense).push_back(p);
   std::unique_ptr<Trainer> trainer(new Trainer(ops, model, o, std::move(modules), Update{},
                                                std::move(dense), std::move(experts)));
-  trainer->backward_turn_ = std::move(turn);
   trainer->source_ = std::move(source);
   trainer->prefetcher_ = std::make_unique<SamplePrefetcher>(*trainer->source_, 4);
   trainer->tokenizer_ = &tokenizer;
@@ -365,7 +364,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     for (size_t i = 0; i < grads.buckets().size(); ++i) {
       const GradientBucket& b = grads.buckets()[i];
       int64_t turn = 0;
-      for (const Parameter* p : b.params) turn = std::max(turn, trainer->backward_turn_.at(p));
+      for (const Parameter* p : b.params) turn = std::max(turn, backward_turn.at(p));
       planned.push_back(
           {turn, {.params = b.params, .collective = [collective, i] { return collective(i); }}});
     }
@@ -433,10 +432,10 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   }
   StepMetrics m;
   const bool language = modules_->language != nullptr;
-  if (language) {
-    MIMO_RETURN_IF_ERROR(LanguageStep(base, m));
-  } else {
-    MIMO_RETURN_IF_ERROR(EncoderStep(base));
+  if (absl::Status s = language ? LanguageStep(base, m) : EncoderStep(base); !s.ok()) {
+    // Buckets may be on their way: the next step must find the sync idle and reset.
+    if (update_.sync != nullptr) update_.sync->Abandon();
+    return s;
   }
   // Every step reads the same offsets from its base: the next two steps' samples are read on
   // background threads while this one reduces and updates, and the next computes.

@@ -14,7 +14,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
 #include "data/sample_source.h"
@@ -198,8 +197,6 @@ class Trainer {
   // The byte-level tokenizer, or owned_tokenizer_ (options_.tokenizer_model's SentencePiece model).
   const data::Tokenizer* tokenizer_ = nullptr;
   std::unique_ptr<data::Tokenizer> owned_tokenizer_;
-  // Each parameter's place in the order the backward finishes them.
-  absl::flat_hash_map<const Parameter*, int64_t> backward_turn_;
   std::vector<Parameter*> dense_;    // Every parameter but the routed experts'.
   std::vector<Parameter*> experts_;  // The routed experts' (this rank's experts with EP).
   int64_t position_ = 0;

@@ -108,8 +108,10 @@ TEST_P(DistributedOptimizerTest, ShardedUpdatesMatchOneRankWithTheSummedGradient
     auto opt = DistributedOptimizer::Create(
         *ops, kConfig, {{.params = Ptrs(params), .dp = (*groups)->Get("dp")}}, kBucket);
     ASSERT_TRUE(opt.ok()) << opt.status();
-    // Buckets [10, 20], [500], [7, 3], [40], [1], [300], each padded to a multiple of 3.
-    EXPECT_EQ((*opt)->shard_elements(), 10 + 167 + 4 + 14 + 1 + 100);
+    // Buckets [10, 20], [500], [7, 3], [40], [1], [300], each gradient starting at a multiple of
+    // 64 elements and each bucket padded to a multiple of lcm(3, 64) = 192: 128 -> 192, 512 ->
+    // 576, 128 -> 192, 64 -> 192, 64 -> 192, 320 -> 384; a third of each per rank.
+    EXPECT_EQ((*opt)->shard_elements(), 64 + 192 + 64 + 64 + 64 + 128);
     for (const auto& p : params) {
       EXPECT_EQ(p->master().data() == nullptr, dtype != DType::kF32) << p->name();
     }

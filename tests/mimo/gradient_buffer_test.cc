@@ -1,10 +1,11 @@
 // Tests of mimo/gradient_buffer.h: the bucket plan (consecutive parameters up to the bucket size,
-// a larger parameter alone, padding to the multiple), the parameters' gradients living in the
-// buffer, and, over two Gloo ranks, every gradient summed exactly in place.
+// a larger parameter alone, aligned starts, padding to the multiple), the parameters' gradients
+// living in the buffer, and, over two Gloo ranks, every gradient summed exactly in place.
 #include "mimo/gradient_buffer.h"
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "comm/in_memory_store.h"
@@ -37,12 +38,14 @@ TEST(GradientBufferTest, PlansPaddedBucketsAndHoldsTheGradients) {
   auto params = Params(*ops, {10, 20, 5000, 7, 3, 40, 1});
   // Gradients written before the move are kept.
   params[3]->grad().data<float>()[6] = 42.0f;
-  auto buffer = GradientBuffer::Create(*ops, Ptrs(params), 40, 4);
+  auto buffer = GradientBuffer::Create(*ops, Ptrs(params), 40, 3);
   ASSERT_TRUE(buffer.ok()) << buffer.status();
-  // [10, 20] -> 32, [5000], [7, 3] -> 12, [40], [1] -> 4.
+  // Each gradient at a multiple of 64 elements, each bucket a multiple of lcm(3, 64) = 192:
+  // [10, 20] -> 64 + 20 -> 192, [5000] -> 5056 (5000 aligned) -> 5184, [7, 3] -> 192, [40] -> 192,
+  // [1] -> 192.
   const std::vector<GradientBucket>& b = (*buffer)->buckets();
   ASSERT_EQ(b.size(), 5u);
-  const int64_t padded[] = {32, 5000, 12, 40, 4};
+  const int64_t padded[] = {192, 5184, 192, 192, 192};
   int64_t begin = 0;
   for (size_t i = 0; i < b.size(); ++i) {
     EXPECT_EQ(b[i].padded, padded[i]) << i;
@@ -50,13 +53,17 @@ TEST(GradientBufferTest, PlansPaddedBucketsAndHoldsTheGradients) {
     begin += padded[i];
   }
   EXPECT_EQ((*buffer)->tensor().numel(), begin);
-  EXPECT_EQ(b[0].offsets, (std::vector<int64_t>{0, 10}));
-  // Each gradient is a view of its place; the padding is zero.
+  EXPECT_EQ(b[0].offsets, (std::vector<int64_t>{0, 64}));
+  // Each gradient is a view of its place, 256-byte aligned; the gaps are zero.
   const float* data = (*buffer)->tensor().data<float>();
-  EXPECT_EQ(params[1]->grad().data<float>(), data + 10);
-  EXPECT_EQ(params[3]->grad().data<float>(), data + 32 + 5000);
-  EXPECT_EQ(data[32 + 5000 + 6], 42.0f);
-  for (int64_t k = 30; k < 32; ++k) EXPECT_EQ(data[k], 0.0f);
+  EXPECT_EQ(params[1]->grad().data<float>(), data + 64);
+  EXPECT_EQ(params[3]->grad().data<float>(), data + 192 + 5184);
+  for (const auto& p : params) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p->grad().data()) % 256, 0u) << p->name();
+  }
+  EXPECT_EQ(data[192 + 5184 + 6], 42.0f);
+  for (int64_t k = 10; k < 64; ++k) EXPECT_EQ(data[k], 0.0f);
+  for (int64_t k = 84; k < 192; ++k) EXPECT_EQ(data[k], 0.0f);
   EXPECT_EQ(params[2]->grad().shape(), kernels::Shape{5000});
 
   auto again = Params(*ops, {3});
