@@ -39,6 +39,19 @@ TEST(TrainerOptionsFromSpecTest, SplitsTheExamplesGlobalBatchOverTheLanguageRepl
   EXPECT_EQ(o->optimizer.warmup_steps, 10);
   EXPECT_EQ(o->optimizer.decay_steps, 90);
   EXPECT_TRUE(o->distributed_optimizer);
+  EXPECT_TRUE(o->overlap_grad_reduce);  // Unset in the spec: on.
+}
+
+TEST(TrainerOptionsFromSpecTest, TurnsTheGradientOverlapOffOnlyWhenTheSpecSaysSo) {
+  v1::JobSpec spec = Example();
+  spec.mutable_training()->mutable_optimizer()->set_overlap_grad_reduce(false);
+  auto o = TrainerOptionsFromSpec(spec, 1);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->overlap_grad_reduce);
+  spec.mutable_training()->mutable_optimizer()->set_overlap_grad_reduce(true);
+  o = TrainerOptionsFromSpec(spec, 1);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->overlap_grad_reduce);
 }
 
 TEST(TrainerOptionsFromSpecTest, ReadsWebDatasetShardsWithTheJobSeed) {
