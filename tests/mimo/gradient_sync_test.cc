@@ -145,6 +145,13 @@ TEST(GradientSyncTest, ReportsErrors) {
   fail = false;
   EXPECT_TRUE((*sync)->Finish().ok());
   EXPECT_EQ(calls.load(), 5);
+  // A step abandoned half-way (its backward failed): the next starts clean.
+  ASSERT_TRUE((*sync)->Ready({params[0].get()}).ok());
+  (*sync)->Abandon();
+  calls = 0;
+  ASSERT_TRUE((*sync)->Ready({params[0].get()}).ok());  // Not "reported twice".
+  EXPECT_TRUE((*sync)->Finish().ok());
+  EXPECT_EQ(calls.load(), 3);
   // A parameter in two buckets, a bucket without a collective.
   EXPECT_EQ(
       GradientSync::Create(

@@ -106,8 +106,8 @@ double RelativeError(const std::vector<float>& got, const std::vector<float>& wa
   return std::sqrt(err / norm);
 }
 
-void ExpectReplicasLikeOneRank(bool distributed_optimizer) {
-  const TrainRun want = Train(2, nullptr);
+void ExpectReplicasLikeOneRank(bool distributed_optimizer, int micro_batches = 1) {
+  const TrainRun want = Train(2 * micro_batches, nullptr);
   std::vector<TrainRun> got(2);
   comm::InMemoryStore store;
   comm::RunRanks(2, [&](int rank) {
@@ -115,7 +115,7 @@ void ExpectReplicasLikeOneRank(bool distributed_optimizer) {
         {{.kind = "dp", .members = {0, 1}}}, store,
         {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
     ASSERT_TRUE(groups.ok()) << groups.status();
-    got[rank] = Train(1, (*groups)->Get("dp"), {}, distributed_optimizer);
+    got[rank] = Train(micro_batches, (*groups)->Get("dp"), {}, distributed_optimizer);
   });
   ASSERT_EQ(want.steps.size(), 3u);
   for (int r = 0; r < 2; ++r) {
@@ -147,6 +147,13 @@ TEST(TrainerDataParallelTest, TwoReplicasTrainLikeOneRankWithTheirMicroBatches) 
 // all-gathered; the training is the one rank's all the same.
 TEST(TrainerDataParallelTest, DistributedOptimizerReplicasTrainLikeOneRank) {
   ExpectReplicasLikeOneRank(true);
+}
+
+// Gradient accumulation with the overlap: only the last micro-batch's backward reports, the
+// earlier ones' gradients accumulate first.
+TEST(TrainerDataParallelTest, ReplicasWithTwoMicroBatchesEachTrainLikeOneRankWithFour) {
+  ExpectReplicasLikeOneRank(false, 2);
+  ExpectReplicasLikeOneRank(true, 2);
 }
 
 // The reductions started during the backward sum the same gradients as those started after it:
