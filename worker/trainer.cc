@@ -332,6 +332,23 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   trainer->position_ = o.start_position;
   Update& u = trainer->update_;
   comm::Communicator* expt_dp = trainer->ExpertDataParallelGroup();
+  // The gradients' collectives on dp and expt_dp run on a communication thread while the
+  // backward uses the other groups: one communicator serves one thread at a time.
+  if (o.overlap_grad_reduce) {
+    std::vector<std::pair<const char*, comm::Communicator*>> others = {
+        {"ep", o.groups.ep}, {"expt_tp", o.groups.expt_tp}};
+    for (const BridgeEnd& l : o.links) others.push_back({"a bridge link", l.group});
+    for (comm::Communicator* reduced : {o.dp, expt_dp}) {
+      if (ModelGroups::Size(reduced) == 1) continue;
+      for (const auto& [name, other] : others) {
+        if (other == reduced) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "TrainerOptions: ", name, " shares its communicator with a data-parallel group; ",
+              "with overlap_grad_reduce each needs its own"));
+        }
+      }
+    }
+  }
   // The distributed optimizer shards the sets that have replicas; on a set without (dp or
   // expt_dp of one rank) its shards would only copy the state, so AdamW updates it in place.
   const bool shard_dense = o.distributed_optimizer && ModelGroups::Size(o.dp) > 1;

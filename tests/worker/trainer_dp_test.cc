@@ -186,6 +186,25 @@ TEST(TrainerDataParallelTest, OverlappedReductionTrainsBitwiseLikeReductionAfter
   }
 }
 
+// The overlap's communication thread reduces over dp while the backward dispatches over ep: one
+// communicator for both is refused.
+TEST(TrainerDataParallelTest, RefusesADataParallelGroupThatIsAlsoTheExpertGroup) {
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "dp", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    comm::Communicator* dp = (*groups)->Get("dp");
+    auto ops = kernels::NewCpuOps();
+    auto trainer = Trainer::Create(
+        *ops, Model(), {.micro_batch_size = 2, .seq_length = 48, .dp = dp, .groups = {.ep = dp}});
+    EXPECT_EQ(trainer.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(trainer.status().message().find("ep shares its communicator"), std::string::npos)
+        << trainer.status();
+  });
+}
+
 // Expert parallelism inside the training step: two ranks, each its own samples and half of
 // every MoE layer's experts (ep = dp = 2, expt_dp 1), train like one rank with both micro-batches:
 // the same losses, norms and loads; the same dense parameters on both; each rank's experts equal
