@@ -13,98 +13,21 @@
 #include "comm/process_groups.h"
 #include "data/byte_tokenizer.h"
 #include "tests/comm/run_ranks.h"
+#include "tests/worker/trainer_dp_util.h"
 #include "worker/trainer.h"
 
 namespace mimo::worker {
 namespace {
 
-MimoModelConfig Model() {
-  MimoModelConfig c;
-  LanguageModelConfig& l = c.language;
-  l.transformer.num_layers = 2;
-  l.transformer.hidden_size = 16;
-  l.transformer.num_attention_heads = 2;
-  l.transformer.ffn_hidden_size = 32;
-  l.transformer.add_bias_linear = false;
-  l.transformer.dtype = kernels::DType::kF32;
-  l.vocab_size = data::ByteTokenizer::kVocabSize;
-  MoeConfig m;
-  m.router = {.experts = 4, .top_k = 2};
-  m.aux_loss_coeff = 0.01f;
-  m.align = 1;
-  l.moe = m;
-  TransformerConfig e;
-  e.num_layers = 1;
-  e.hidden_size = 8;
-  e.num_attention_heads = 2;
-  e.ffn_hidden_size = 16;
-  e.norm = NormKind::kLayerNorm;
-  e.activation = MlpActivation::kGelu;
-  e.causal = false;
-  e.rotary = false;
-  e.dtype = kernels::DType::kF32;
-  c.vision = ModalityEncoderConfig{.input = EncoderInput::kImages,
-                                   .image_size = 8,
-                                   .patch_size = 4,
-                                   .num_channels = 3,
-                                   .transformer = e,
-                                   .projector = {.kind = ProjectorKind::kMlp},
-                                   .output_size = 16};
-  return c;
-}
-
-struct TrainRun {
-  std::vector<StepMetrics> steps;
-  std::map<std::string, std::vector<float>> params;
-};
-
 TrainRun Train(int micro_batches, comm::Communicator* dp, ModelGroups groups = {},
                bool distributed_optimizer = false, comm::Communicator* expt_dp = nullptr,
                bool overlap_grad_reduce = true) {
-  TrainRun run;
   auto ops = kernels::NewCpuOps();
-  const TrainerOptions options{.micro_batch_size = 2,
-                               .micro_batches = micro_batches,
-                               .seq_length = 48,
-                               .data = {.num_samples = 100, .seed = 5},
-                               .optimizer = {.lr = 1e-3f, .warmup_steps = 1},
-                               .seed = 9,
-                               .dp = dp,
-                               .groups = groups,
-                               .expt_dp = expt_dp,
-                               // Small buckets: several per step, some parameters larger.
-                               .bucket_elements = 3000,
-                               .overlap_grad_reduce = overlap_grad_reduce,
-                               .distributed_optimizer = distributed_optimizer};
-  auto trainer = Trainer::Create(*ops, Model(), options);
-  EXPECT_TRUE(trainer.ok()) << trainer.status();
-  if (!trainer.ok()) return run;
-  for (int i = 0; i < 3; ++i) {
-    auto m = (*trainer)->Step();
-    EXPECT_TRUE(m.ok()) << m.status();
-    if (!m.ok()) return run;
-    run.steps.push_back(*m);
-  }
-  EXPECT_EQ((*trainer)->position(), 3 * ModelGroups::Size(dp) * micro_batches * 2);
-  std::vector<Parameter*> params;
-  (*trainer)->AppendParameters(params);
-  for (Parameter* p : params) {
-    const float* v = p->master().data<float>();
-    run.params[p->name()].assign(v, v + p->numel());
-  }
-  return run;
+  return TrainOn(*ops, DpTestModel(), micro_batches, dp, groups, distributed_optimizer, expt_dp,
+                 overlap_grad_reduce);
 }
 
-// ||got - want|| / ||want||; 1 when the sizes differ.
-double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
-  if (got.size() != want.size()) return 1;
-  double err = 0, norm = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    err += (got[i] - want[i]) * (got[i] - want[i]);
-    norm += want[i] * want[i];
-  }
-  return std::sqrt(err / norm);
-}
+MimoModelConfig Model() { return DpTestModel(); }
 
 void ExpectReplicasLikeOneRank(bool distributed_optimizer, int micro_batches = 1) {
   const TrainRun want = Train(2 * micro_batches, nullptr);

@@ -16,52 +16,20 @@
 #include "comm/process_groups.h"
 #include "data/byte_tokenizer.h"
 #include "tests/comm/run_ranks.h"
+#include "tests/worker/trainer_dp_util.h"
 #include "worker/trainer.h"
 
 namespace mimo::worker {
 namespace {
 
-TransformerConfig Encoder() {
-  TransformerConfig e;
-  e.num_layers = 1;
-  e.hidden_size = 8;
-  e.num_attention_heads = 2;
-  e.ffn_hidden_size = 16;
-  e.norm = NormKind::kLayerNorm;
-  e.activation = MlpActivation::kGelu;
-  e.causal = false;
-  e.rotary = false;
-  e.dtype = kernels::DType::kF32;
-  return e;
-}
-
+// The data-parallel tests' model with an audio encoder too.
 MimoModelConfig Model() {
-  MimoModelConfig c;
-  LanguageModelConfig& l = c.language;
-  l.transformer.num_layers = 2;
-  l.transformer.hidden_size = 16;
-  l.transformer.num_attention_heads = 2;
-  l.transformer.ffn_hidden_size = 32;
-  l.transformer.add_bias_linear = false;
-  l.transformer.dtype = kernels::DType::kF32;
-  l.vocab_size = data::ByteTokenizer::kVocabSize;
-  MoeConfig m;
-  m.router = {.experts = 4, .top_k = 2};
-  m.aux_loss_coeff = 0.01f;
-  m.align = 1;
-  l.moe = m;
-  c.vision = ModalityEncoderConfig{.input = EncoderInput::kImages,
-                                   .image_size = 8,
-                                   .patch_size = 4,
-                                   .num_channels = 3,
-                                   .transformer = Encoder(),
-                                   .projector = {.kind = ProjectorKind::kMlp},
-                                   .output_size = 16};
+  MimoModelConfig c = DpTestModel();
   c.audio = ModalityEncoderConfig{.input = EncoderInput::kAudio,
                                   .num_mel_bins = 4,
                                   .frames_per_token = 2,
                                   .max_frames = 8,
-                                  .transformer = Encoder(),
+                                  .transformer = c.vision->transformer,
                                   .projector = {.kind = ProjectorKind::kLinear},
                                   .output_size = 16};
   return c;
@@ -77,11 +45,6 @@ TrainerOptions Options(int micro_batches) {
           .optimizer = {.lr = 1e-3f, .clip_grad = 0.05f, .warmup_steps = 1},
           .seed = 9};
 }
-
-struct TrainRun {
-  std::vector<StepMetrics> steps;
-  std::map<std::string, std::vector<float>> params;
-};
 
 TrainRun Train(const TrainerOptions& options) {
   TrainRun run;
@@ -174,15 +137,6 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     runs[rank] = Train(o);
   });
   return runs;
-}
-
-double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
-  double err = 0, norm = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    err += (got[i] - want[i]) * (got[i] - want[i]);
-    norm += want[i] * want[i];
-  }
-  return std::sqrt(err / norm);
 }
 
 // Every rank of `layout` against the whole model on one rank with all the micro-batches.

@@ -1,0 +1,121 @@
+// Shared by the trainer's data-parallel tests (CPU over Gloo, GPUs over NCCL): a small MIMO model
+// with an MoE language model, a run of three steps, and the error measure.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "data/byte_tokenizer.h"
+#include "gtest/gtest.h"
+#include "kernels/ops.h"
+#include "worker/trainer.h"
+
+namespace mimo::worker {
+
+// fp32 unless `dtype` says otherwise.
+inline MimoModelConfig DpTestModel(kernels::DType dtype = kernels::DType::kF32) {
+  MimoModelConfig c;
+  LanguageModelConfig& l = c.language;
+  l.transformer.num_layers = 2;
+  l.transformer.hidden_size = 16;
+  l.transformer.num_attention_heads = 2;
+  l.transformer.ffn_hidden_size = 32;
+  l.transformer.add_bias_linear = false;
+  l.transformer.dtype = dtype;
+  l.vocab_size = data::ByteTokenizer::kVocabSize;
+  MoeConfig m;
+  m.router = {.experts = 4, .top_k = 2};
+  m.aux_loss_coeff = 0.01f;
+  m.align = 1;
+  l.moe = m;
+  TransformerConfig e;
+  e.num_layers = 1;
+  e.hidden_size = 8;
+  e.num_attention_heads = 2;
+  e.ffn_hidden_size = 16;
+  e.norm = NormKind::kLayerNorm;
+  e.activation = MlpActivation::kGelu;
+  e.causal = false;
+  e.rotary = false;
+  e.dtype = dtype;
+  c.vision = ModalityEncoderConfig{.input = EncoderInput::kImages,
+                                   .image_size = 8,
+                                   .patch_size = 4,
+                                   .num_channels = 3,
+                                   .transformer = e,
+                                   .projector = {.kind = ProjectorKind::kMlp},
+                                   .output_size = 16};
+  return c;
+}
+
+struct TrainRun {
+  std::vector<StepMetrics> steps;
+  std::map<std::string, std::vector<float>> params;
+};
+
+// Three steps of `model` on `ops`; the parameters' values after them (copied to the host).
+inline TrainRun TrainOn(kernels::Ops& ops, const MimoModelConfig& model, int micro_batches,
+                        comm::Communicator* dp, ModelGroups groups = {},
+                        bool distributed_optimizer = false, comm::Communicator* expt_dp = nullptr,
+                        bool overlap_grad_reduce = true) {
+  TrainRun run;
+  const TrainerOptions options{.micro_batch_size = 2,
+                               .micro_batches = micro_batches,
+                               .seq_length = 48,
+                               .data = {.num_samples = 100, .seed = 5},
+                               .optimizer = {.lr = 1e-3f, .warmup_steps = 1},
+                               .seed = 9,
+                               .dp = dp,
+                               .groups = groups,
+                               .expt_dp = expt_dp,
+                               // Small buckets: several per step, some parameters larger.
+                               .bucket_elements = 3000,
+                               .overlap_grad_reduce = overlap_grad_reduce,
+                               .distributed_optimizer = distributed_optimizer};
+  auto trainer = Trainer::Create(ops, model, options);
+  EXPECT_TRUE(trainer.ok()) << trainer.status();
+  if (!trainer.ok()) return run;
+  for (int i = 0; i < 3; ++i) {
+    auto m = (*trainer)->Step();
+    EXPECT_TRUE(m.ok()) << m.status();
+    if (!m.ok()) return run;
+    run.steps.push_back(*m);
+  }
+  EXPECT_EQ((*trainer)->position(), 3 * ModelGroups::Size(dp) * micro_batches * 2);
+  std::vector<Parameter*> params;
+  (*trainer)->AppendParameters(params);
+  for (Parameter* p : params) {
+    std::vector<float>& v = run.params[p->name()];
+    if (p->weight().dtype() == kernels::DType::kF32) {
+      v.resize(p->numel());
+      EXPECT_TRUE(ops.CopyToHost(v.data(), p->weight().data(), 4 * v.size()).ok());
+    } else {  // bf16 weights: their upper halves.
+      std::vector<uint16_t> bits(p->numel());
+      EXPECT_TRUE(ops.CopyToHost(bits.data(), p->weight().data(), 2 * bits.size()).ok());
+      for (uint16_t b : bits) {
+        const uint32_t word = static_cast<uint32_t>(b) << 16;
+        float f;
+        std::memcpy(&f, &word, 4);
+        v.push_back(f);
+      }
+    }
+  }
+  return run;
+}
+
+// ||got - want|| / ||want||; 1 when the sizes differ.
+inline double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return 1;
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err += (got[i] - want[i]) * (got[i] - want[i]);
+    norm += want[i] * want[i];
+  }
+  return std::sqrt(err / norm);
+}
+
+}  // namespace mimo::worker
