@@ -405,6 +405,24 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     const GradientBuffer* grads = u.expert_grads.get();
     plan(*grads, [grads, expt_dp](size_t i) { return grads->AllReduceBucket(i, expt_dp); });
   }
+  // Gradients zeroed a buffer at a time where they live in one.
+  absl::flat_hash_set<const Parameter*> buffered;
+  if (u.distributed != nullptr) {
+    for (int set = 0; set < u.distributed->num_sets(); ++set) {
+      u.buffers.push_back(&u.distributed->gradients(set));
+    }
+  }
+  for (const GradientBuffer* g : {u.dense_grads.get(), u.expert_grads.get()}) {
+    if (g != nullptr) u.buffers.push_back(g);
+  }
+  for (const GradientBuffer* g : u.buffers) {
+    for (const GradientBucket& b : g->buckets()) buffered.insert(b.params.begin(), b.params.end());
+  }
+  for (const auto* set : {&trainer->dense_, &trainer->experts_}) {
+    for (Parameter* p : *set) {
+      if (!buffered.contains(p)) u.unbuffered.push_back(p);
+    }
+  }
   if (!planned.empty()) {
     std::stable_sort(planned.begin(), planned.end(),
                      [](const Planned& a, const Planned& b) { return a.turn < b.turn; });
@@ -444,9 +462,10 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   base_ = base;
   offsets_.clear();
   data_wait_ = 0;
-  for (const auto* set : {&dense_, &experts_}) {
-    for (Parameter* p : *set) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
+  for (const GradientBuffer* g : update_.buffers) {
+    MIMO_RETURN_IF_ERROR(ops_.SetZero(g->tensor().data(), g->tensor().nbytes()));
   }
+  for (Parameter* p : update_.unbuffered) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
   StepMetrics m;
   const bool language = modules_->language != nullptr;
   if (absl::Status s = language ? LanguageStep(base, m) : EncoderStep(base); !s.ok()) {

@@ -161,6 +161,10 @@ class Trainer {
     std::unique_ptr<GradientBuffer> dense_grads, expert_grads;
     // Starts every bucket's collective (all-reduce or reduce-scatter); null without replicas.
     std::unique_ptr<GradientSync> sync;
+    // Every gradient buffer (the distributed optimizer's and the two above), zeroed whole
+    // before a step, and the parameters whose gradients live in none, zeroed one by one.
+    std::vector<const GradientBuffer*> buffers;
+    std::vector<Parameter*> unbuffered;
   };
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
           std::unique_ptr<Modules> modules, Update update, std::vector<Parameter*> dense,
