@@ -8,16 +8,13 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "mimo/comm_type.h"
 
 namespace mimo {
 namespace {
 
 using kernels::DType;
 using kernels::Tensor;
-
-comm::DataType CommType(DType dtype) {
-  return dtype == DType::kBF16 ? comm::DataType::kBFloat16 : comm::DataType::kFloat32;
-}
 
 size_t ElementBytes(DType dtype) { return dtype == DType::kBF16 ? 2 : 4; }
 
@@ -209,20 +206,20 @@ absl::StatusOr<OptimizerStepStats> DistributedOptimizer::Apply(kernels::Ops& ops
                      .step = stats.step}));
     }
     const int n = Size(set.dp);
+    MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(set.dtype));
     const std::vector<GradientBucket>& buckets = set.grads->buckets();
     for (size_t j = 0; j < buckets.size(); ++j) {
       const GradientBucket& b = buckets[j];
       const void* gathered = At(set.weight.data(), set.shards[j].offset, set.dtype);
       if (n > 1 && set.shards[j].direct) {
         MIMO_RETURN_IF_ERROR(ops.Synchronize());
-        MIMO_RETURN_IF_ERROR(set.dp->AllGather(gathered, b.params[0]->weight().data(), b.padded / n,
-                                               CommType(set.dtype)));
+        MIMO_RETURN_IF_ERROR(
+            set.dp->AllGather(gathered, b.params[0]->weight().data(), b.padded / n, type));
         continue;
       }
       if (n > 1) {
         MIMO_RETURN_IF_ERROR(ops.Synchronize());
-        MIMO_RETURN_IF_ERROR(
-            set.dp->AllGather(gathered, staging_.data(), b.padded / n, CommType(set.dtype)));
+        MIMO_RETURN_IF_ERROR(set.dp->AllGather(gathered, staging_.data(), b.padded / n, type));
         gathered = staging_.data();
       }
       for (size_t k = 0; k < b.params.size(); ++k) {

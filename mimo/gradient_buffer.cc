@@ -80,6 +80,11 @@ absl::StatusOr<std::unique_ptr<GradientBuffer>> GradientBuffer::Create(
   return std::unique_ptr<GradientBuffer>(new GradientBuffer(std::move(buckets), buffer));
 }
 
+absl::Status GradientBuffer::Zero(kernels::Ops& ops) const {
+  if (!buffer_.defined()) return absl::OkStatus();  // No parameters.
+  return ops.SetZero(buffer_.data(), buffer_.nbytes());
+}
+
 absl::Status GradientBuffer::AllReduce(kernels::Ops& ops, comm::Communicator* group) const {
   if (group == nullptr || group->size() == 1) return absl::OkStatus();
   MIMO_RETURN_IF_ERROR(ops.Synchronize());

@@ -10,26 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/moe_permute.h"
+#include "mimo/comm_type.h"
 
 namespace mimo {
 namespace {
 
 using kernels::DType;
 using kernels::Tensor;
-
-absl::StatusOr<comm::DataType> CommType(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return comm::DataType::kFloat32;
-    case DType::kBF16:
-      return comm::DataType::kBFloat16;
-    case DType::kI32:
-      return comm::DataType::kInt32;
-    case DType::kI64:
-      return comm::DataType::kInt64;
-  }
-  return absl::InvalidArgumentError("MoeTokenDispatcher: no communicator type for this dtype");
-}
 
 // `t` (n, width...) extended to `rows` rows: zeros, or -1 for int32 routing indices. `t` itself
 // when it already has that many.

@@ -462,9 +462,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   base_ = base;
   offsets_.clear();
   data_wait_ = 0;
-  for (const GradientBuffer* g : update_.buffers) {
-    MIMO_RETURN_IF_ERROR(ops_.SetZero(g->tensor().data(), g->tensor().nbytes()));
-  }
+  for (const GradientBuffer* g : update_.buffers) MIMO_RETURN_IF_ERROR(g->Zero(ops_));
   for (Parameter* p : update_.unbuffered) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
   StepMetrics m;
   const bool language = modules_->language != nullptr;

@@ -66,6 +66,15 @@ TEST(GradientBufferTest, PlansPaddedBucketsAndHoldsTheGradients) {
   for (int64_t k = 84; k < 192; ++k) EXPECT_EQ(data[k], 0.0f);
   EXPECT_EQ(params[2]->grad().shape(), kernels::Shape{5000});
 
+  // Zero clears every gradient; a buffer of no parameters has nothing to clear.
+  params[1]->grad().data<float>()[3] = 5.0f;
+  ASSERT_TRUE((*buffer)->Zero(*ops).ok());
+  EXPECT_EQ(params[1]->grad().data<float>()[3], 0.0f);
+  EXPECT_EQ(data[192 + 5184 + 6], 0.0f);
+  auto none = GradientBuffer::Create(*ops, {});
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE((*none)->Zero(*ops).ok());
+
   auto again = Params(*ops, {3});
   EXPECT_EQ(GradientBuffer::Create(*ops, Ptrs(again), 0).status().code(),
             absl::StatusCode::kInvalidArgument);
