@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "mimo/sequence_parallel.h"
 #include "mimo/tensor_checks.h"
 
 namespace mimo {
@@ -26,20 +27,37 @@ absl::StatusOr<std::unique_ptr<DenseMlp>> DenseMlp::Create(const BuildContext& c
   const TransformerConfig& c = *ctx.config;
   if (ffn < 0) return absl::InvalidArgumentError(absl::StrCat("DenseMlp: width ", ffn));
   if (ffn == 0) ffn = c.ffn_hidden_size;
-  const int64_t fc1_rows = c.activation == MlpActivation::kSwiglu ? 2 * ffn : ffn;
-  MIMO_ASSIGN_OR_RETURN(LinearWeights fc1,
-                        LinearWeights::Create(ctx.Child("linear_fc1"), fc1_rows, c.hidden_size,
-                                              c.add_bias_linear, c.init_std));
+  const int64_t n = ModelGroups::Size(ctx.groups.tp), r = ModelGroups::Rank(ctx.groups.tp);
+  comm::Communicator* tp = n > 1 ? ctx.groups.tp : nullptr;
+  if (tp != nullptr && (ffn % n != 0 || c.add_bias_linear)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DenseMlp: tensor parallelism over ", n, " ranks needs a width that divides (", ffn,
+        ") and no linear biases (add_bias_linear ", c.add_bias_linear, ": not supported yet)"));
+  }
+  const int64_t part = ffn / n;
+  const int64_t blocks = c.activation == MlpActivation::kSwiglu ? 2 : 1;
+  std::vector<ParameterShard> fc1_shards, fc2_shards;
+  if (tp != nullptr) {
+    fc1_shards = {{.dim = 0, .offset = r * part, .full_size = blocks * ffn, .blocks = blocks}};
+    fc2_shards = {{.dim = 1, .offset = r * part, .full_size = ffn}};
+  }
+  MIMO_ASSIGN_OR_RETURN(
+      LinearWeights fc1,
+      LinearWeights::Create(ctx.Child("linear_fc1"), blocks * part, c.hidden_size,
+                            c.add_bias_linear, c.init_std, std::move(fc1_shards)));
   MIMO_ASSIGN_OR_RETURN(
       LinearWeights fc2,
-      LinearWeights::Create(ctx.Child("linear_fc2"), c.hidden_size, ffn, c.add_bias_linear,
-                            c.init_std / std::sqrt(2.0f * static_cast<float>(c.num_layers))));
-  return std::unique_ptr<DenseMlp>(new DenseMlp(c, ffn, std::move(fc1), std::move(fc2)));
+      LinearWeights::Create(ctx.Child("linear_fc2"), c.hidden_size, part, c.add_bias_linear,
+                            c.init_std / std::sqrt(2.0f * static_cast<float>(c.num_layers)),
+                            std::move(fc2_shards)));
+  return std::unique_ptr<DenseMlp>(new DenseMlp(c, part, tp, std::move(fc1), std::move(fc2)));
 }
 
-absl::StatusOr<BlockOutput> DenseMlp::Forward(const StepContext& ctx, const Tensor& x) {
-  MIMO_RETURN_IF_ERROR(CheckActivation(x, config_.hidden_size, config_.dtype, "DenseMlp"));
+absl::StatusOr<BlockOutput> DenseMlp::Forward(const StepContext& ctx, const Tensor& local) {
+  MIMO_RETURN_IF_ERROR(CheckActivation(local, config_.hidden_size, config_.dtype, "DenseMlp"));
   kernels::Ops& ops = *ctx.ops;
+  // (T, C): every member's rows (the input itself without tensor parallelism).
+  MIMO_ASSIGN_OR_RETURN(const Tensor x, GatherRows(ops, tp_, local));
   const int64_t t = x.size(0);
   auto saved = std::make_unique<MlpSaved>();
   saved->x = x;
@@ -66,15 +84,18 @@ absl::StatusOr<BlockOutput> DenseMlp::Forward(const StepContext& ctx, const Tens
   }
   MIMO_ASSIGN_OR_RETURN(Tensor y, NewTensor(ctx, {t, config_.hidden_size}, x.dtype()));
   MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, fc2_, 0, config_.hidden_size, saved->a, y));
-  return BlockOutput{std::move(y), std::move(saved)};
+  // This member's rows of the sum of the members' partial products.
+  MIMO_ASSIGN_OR_RETURN(Tensor own, ReduceScatterRows(ops, tp_, y));
+  return BlockOutput{std::move(own), std::move(saved)};
 }
 
 absl::StatusOr<Tensor> DenseMlp::Backward(const StepContext& ctx,
                                           std::unique_ptr<SavedActivations> saved_base,
-                                          const Tensor& dy) {
+                                          const Tensor& dy_local) {
   MIMO_ASSIGN_OR_RETURN(auto saved, SavedAs<MlpSaved>(std::move(saved_base), "DenseMlp"));
-  MIMO_RETURN_IF_ERROR(CheckSameShape(dy, saved->x, "DenseMlp backward"));
   kernels::Ops& ops = *ctx.ops;
+  MIMO_ASSIGN_OR_RETURN(const Tensor dy, GatherRows(ops, tp_, dy_local));  // (T, C)
+  MIMO_RETURN_IF_ERROR(CheckSameShape(dy, saved->x, "DenseMlp backward"));
   const int64_t t = dy.size(0);
   MIMO_ASSIGN_OR_RETURN(Tensor da, NewTensor(ctx, {t, ffn_}, dy.dtype()));
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
@@ -108,7 +129,8 @@ absl::StatusOr<Tensor> DenseMlp::Backward(const StepContext& ctx,
       break;
   }
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(ops, fc1_, fc1));
-  return dx;
+  // dx holds this member's part of every row's gradient: the rows' owners get the sums.
+  return ReduceScatterRows(ops, tp_, dx);
 }
 
 void DenseMlp::AppendParameters(std::vector<Parameter*>& out) const {

@@ -17,6 +17,13 @@ class DenseMlp final : public Block {
   // Parameters (C hidden, F ffn_hidden_size): linear_fc1.weight (2F, C) for SwiGLU (gate rows,
   // then up rows) or (F, C) for GELU; linear_fc2.weight (C, F) with std init_std /
   // sqrt(2 * num_layers); biases with add_bias_linear. Width `ffn` overrides F (0: the config's).
+  //
+  // With a tensor-parallel group of n > 1 members (ctx.groups.tp), member r holds slice r of the
+  // width: fc1 is column parallel (its F / n rows of the gate and of the up block), fc2 row
+  // parallel (its F / n columns), so each weight is its slice of the one-rank weight with the
+  // same initial values; and the layer is sequence parallel: its input and output are the
+  // member's block of the rows (T / n, C), gathered before fc1 and reduce-scattered after fc2.
+  // InvalidArgument when n does not divide F, or with linear biases (not supported yet).
   static absl::StatusOr<std::unique_ptr<DenseMlp>> Create(const BuildContext& ctx, int64_t ffn = 0);
 
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
@@ -26,11 +33,13 @@ class DenseMlp final : public Block {
   void AppendParameters(std::vector<Parameter*>& out) const override;
 
  private:
-  DenseMlp(const TransformerConfig& config, int64_t ffn, LinearWeights fc1, LinearWeights fc2)
-      : config_(config), ffn_(ffn), fc1_(std::move(fc1)), fc2_(std::move(fc2)) {}
+  DenseMlp(const TransformerConfig& config, int64_t ffn, comm::Communicator* tp, LinearWeights fc1,
+           LinearWeights fc2)
+      : config_(config), ffn_(ffn), tp_(tp), fc1_(std::move(fc1)), fc2_(std::move(fc2)) {}
 
   const TransformerConfig config_;
-  const int64_t ffn_;
+  const int64_t ffn_;             // This member's part of the width: F / tp.
+  comm::Communicator* const tp_;  // Null: no tensor parallelism. Not owned.
   LinearWeights fc1_;
   LinearWeights fc2_;
 };

@@ -21,13 +21,18 @@ absl::Status CheckRows(const LinearWeights& lw, int64_t row0, int64_t rows) {
 }  // namespace
 
 absl::StatusOr<LinearWeights> LinearWeights::Create(const BuildContext& ctx, int64_t out,
-                                                    int64_t in, bool bias, float std) {
+                                                    int64_t in, bool bias, float std,
+                                                    std::vector<ParameterShard> shards) {
   LinearWeights lw;
+  std::vector<ParameterShard> bias_shards;
+  for (const ParameterShard& s : shards) {
+    if (s.dim == 0) bias_shards.push_back(s);
+  }
   MIMO_ASSIGN_OR_RETURN(lw.weight, ctx.NewParameter("weight", {out, in}, InitKind::kNormal, std,
-                                                    /*weight_decay=*/true));
+                                                    /*weight_decay=*/true, std::move(shards)));
   if (bias) {
     MIMO_ASSIGN_OR_RETURN(lw.bias, ctx.NewParameter("bias", {out}, InitKind::kZeros, std,
-                                                    /*weight_decay=*/false));
+                                                    /*weight_decay=*/false, bias_shards));
   }
   return lw;
 }

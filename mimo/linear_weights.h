@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/gemm.h"
@@ -18,9 +19,12 @@ struct LinearWeights {
   std::unique_ptr<Parameter> weight;  // (out, in), N(0, std^2), weight decay.
   std::unique_ptr<Parameter> bias;    // (out,), zeros, no weight decay; null without a bias.
 
-  // Parameters ctx.prefix.weight and (with `bias`) ctx.prefix.bias.
+  // Parameters ctx.prefix.weight and (with `bias`) ctx.prefix.bias, of this rank's shape (out,
+  // in); `shards` place the weight in the full tensor split across ranks (a shard of dim 0 also
+  // places the bias).
   static absl::StatusOr<LinearWeights> Create(const BuildContext& ctx, int64_t out, int64_t in,
-                                              bool bias, float std);
+                                              bool bias, float std,
+                                              std::vector<ParameterShard> shards = {});
 
   int64_t out() const { return weight->spec().shape[0]; }
   int64_t in() const { return weight->spec().shape[1]; }

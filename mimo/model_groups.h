@@ -16,6 +16,10 @@ struct ModelGroups {
   comm::Communicator* ep = nullptr;
   // Expert view [expt_tp]: the ranks that split each local expert's width.
   comm::Communicator* expt_tp = nullptr;
+  // Dense view [tp]: the ranks that split each dense layer's width (Megatron's tensor
+  // parallelism, always with sequence parallelism: between the layers each member holds its
+  // block of the rows).
+  comm::Communicator* tp = nullptr;
 
   // The group's size (1 when null) and this rank's index in it (0 when null).
   static int Size(const comm::Communicator* group) { return group == nullptr ? 1 : group->size(); }
@@ -24,7 +28,7 @@ struct ModelGroups {
 
 // The model's groups from the rank's process groups (kinds named as parallel::GroupKindName).
 inline ModelGroups ModelGroupsOf(const comm::ProcessGroups& groups) {
-  return {.ep = groups.Get("ep"), .expt_tp = groups.Get("expt_tp")};
+  return {.ep = groups.Get("ep"), .expt_tp = groups.Get("expt_tp"), .tp = groups.Get("tp")};
 }
 
 }  // namespace mimo

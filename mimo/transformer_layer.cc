@@ -32,6 +32,11 @@ absl::StatusOr<std::unique_ptr<TransformerLayer>> TransformerLayer::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("TransformerLayer: layer ", ctx.layer_number, " of ", ctx.config->num_layers));
   }
+  if (ModelGroups::Size(ctx.groups.tp) > 1) {
+    // The dense MLP splits over tp already; attention and the norms do not yet.
+    return absl::InvalidArgumentError(
+        "TransformerLayer: tensor parallelism (tp > 1) is not supported yet");
+  }
   const int64_t hidden = ctx.config->hidden_size;
   MIMO_ASSIGN_OR_RETURN(auto input_norm, Norm::Create(ctx.Child("input_layernorm"), hidden));
   MIMO_ASSIGN_OR_RETURN(auto attention, SelfAttention::Create(ctx.Child("self_attention")));
