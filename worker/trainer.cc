@@ -336,7 +336,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   // backward uses the other groups: one communicator serves one thread at a time.
   if (o.overlap_grad_reduce) {
     std::vector<std::pair<const char*, comm::Communicator*>> others = {
-        {"ep", o.groups.ep}, {"expt_tp", o.groups.expt_tp}};
+        {"ep", o.groups.ep}, {"expt_tp", o.groups.expt_tp}, {"tp", o.groups.tp}};
     for (const BridgeEnd& l : o.links) others.push_back({"a bridge link", l.group});
     for (comm::Communicator* reduced : {o.dp, expt_dp}) {
       if (ModelGroups::Size(reduced) == 1) continue;
