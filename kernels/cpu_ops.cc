@@ -22,6 +22,7 @@ class CpuOps final : public Ops {
   absl::StatusOr<std::unique_ptr<Event>> RecordEvent() override {
     return std::make_unique<DoneEvent>();
   }
+  absl::Status UseDeviceOnThisThread() override { return absl::OkStatus(); }
 
   absl::Status CopyFromHost(void* dst, const void* host, size_t bytes) override {
     return Copy(dst, host, bytes);

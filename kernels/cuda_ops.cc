@@ -17,7 +17,8 @@
 namespace mimo::kernels {
 namespace {
 
-// Ops::RecordEvent's: a blocking-sync event on the Ops' stream.
+// Ops::RecordEvent's: a blocking-sync event on the Ops' stream (the waiting thread makes the
+// Ops' device current first: Ops::UseDeviceOnThisThread).
 class StreamEvent final : public Event {
  public:
   explicit StreamEvent(CudaEvent event) : event_(std::move(event)) {}
@@ -45,6 +46,10 @@ class CudaOps final : public Ops {
     MIMO_ASSIGN_OR_RETURN(CudaEvent event, CudaEvent::Create(device_, /*timing=*/false));
     MIMO_RETURN_IF_ERROR(event.Record(stream_));
     return std::make_unique<StreamEvent>(std::move(event));
+  }
+  absl::Status UseDeviceOnThisThread() override {
+    MIMO_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    return absl::OkStatus();
   }
 
   absl::Status CopyFromHost(void* dst, const void* host, size_t bytes) override {

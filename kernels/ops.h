@@ -59,6 +59,10 @@ class Ops {
   // An event after the work enqueued so far, for another thread to wait for (a communication
   // thread before it reads what that work wrote).
   virtual absl::StatusOr<std::unique_ptr<Event>> RecordEvent() = 0;
+  // Makes this device the calling thread's current one (CUDA; nothing on the CPU): a thread that
+  // works for these ops (a communication thread) calls it first, so that nothing it calls touches
+  // another device (CUDA's default device 0 gets a context as soon as a thread makes it current).
+  virtual absl::Status UseDeviceOnThisThread() = 0;
 
   // Memory: `bytes` bytes between host memory and this device's memory, within this device's
   // memory, or set to zero. CopyFromHost may return before the copy is done; `host` may be reused

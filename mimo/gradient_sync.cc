@@ -112,6 +112,11 @@ absl::Status GradientSync::Finish() {
 }
 
 void GradientSync::Run() {
+  // Every CUDA and NCCL call of this thread is for the backward's device.
+  if (absl::Status status = ops_.UseDeviceOnThisThread(); !status.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    error_ = status;
+  }
   for (;;) {
     Task task;
     {
