@@ -10,6 +10,11 @@
 
 namespace mimo::kernels {
 
+// Row groups of a two-stage column reduction (partials per group of strided rows, then
+// ColumnSumKernel over the groups): at most 528, 4 blocks per SM of an H100; a number that
+// depends on the shape only, so the sums' order does too.
+inline int64_t ColumnPartialGroups(int64_t rows) { return rows < 528 ? rows : 528; }
+
 inline constexpr int kColumnSumColumns = 32;  // Columns per block: a warp reads a row segment.
 inline constexpr int kColumnSumLanes = 16;    // Partial sums per column, added in lane order.
 

@@ -69,11 +69,9 @@ __global__ void LayerNormDxKernel(const T* __restrict__ dy, const T* __restrict_
 }
 
 // Blocks of rows each sum dweight and dbias over the rows g, g + groups, ... into partials
-// [0, groups) and [groups, 2 * groups) of (groups, cols) (grid: column blocks x groups); the
-// partials are then summed in order (EnqueueColumnSum), so the result depends on the shape only.
-constexpr int64_t kPartialBlocks = 528;
-int64_t PartialBlocks(int64_t rows) { return std::min(rows, kPartialBlocks); }
-
+// [0, groups) and [groups, 2 * groups) of (groups, cols) (grid: column blocks x groups, groups
+// ColumnPartialGroups); the partials are then summed in order (EnqueueColumnSum), so the result
+// depends on the shape only.
 template <typename T>
 __global__ void LayerNormParamGradPartialKernel(const T* __restrict__ dy, const T* __restrict__ x,
                                                 const float* __restrict__ mean,
@@ -107,7 +105,7 @@ absl::Status Backward(const LayerNormBackwardParams& p, cudaStream_t s) {
       static_cast<const T*>(p.dy), static_cast<const T*>(p.x), static_cast<const T*>(p.weight),
       p.mean, p.rstd, static_cast<T*>(p.dx), p.cols);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  const int64_t groups = PartialBlocks(p.rows);
+  const int64_t groups = ColumnPartialGroups(p.rows);
   auto* partial = static_cast<float*>(p.workspace);
   const dim3 grid(static_cast<unsigned>((p.cols + kThreads - 1) / kThreads),
                   static_cast<unsigned>(groups));
@@ -136,7 +134,7 @@ absl::Status LaunchLayerNorm(const LayerNormParams& p, StreamHandle stream) {
 size_t LayerNormBackwardWorkspaceBytes(int64_t rows, int64_t cols) {
   return rows <= 0 || cols <= 0
              ? 0
-             : static_cast<size_t>(2 * PartialBlocks(rows) * cols) * sizeof(float);
+             : static_cast<size_t>(2 * ColumnPartialGroups(rows) * cols) * sizeof(float);
 }
 
 absl::Status LaunchLayerNormBackward(const LayerNormBackwardParams& p, StreamHandle stream) {

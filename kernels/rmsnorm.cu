@@ -32,11 +32,6 @@ int VecsPerThread(int64_t cols) {
   const int64_t vecs = cols / kVecWidth<T>;
   return vecs <= kThreads ? 1 : vecs <= 2 * kThreads ? 2 : 4;
 }
-// Blocks of the backward, each summing dweight over its rows (a fixed number, so the order of
-// the sums depends on the shape only): 4 per SM of an H100.
-constexpr int64_t kPartialBlocks = 528;
-
-int64_t PartialBlocks(int64_t rows) { return std::min(rows, kPartialBlocks); }
 
 // Whether a row of `cols` elements of T takes the vector path with these pointers.
 template <typename T>
@@ -255,7 +250,7 @@ absl::Status Backward(const RmsNormBackwardParams& p, cudaStream_t stream) {
   const auto* x = static_cast<const T*>(p.x);
   const auto* weight = static_cast<const T*>(p.weight);
   auto* partial = static_cast<float*>(p.workspace);
-  const int64_t groups = PartialBlocks(p.rows);
+  const int64_t groups = ColumnPartialGroups(p.rows);
   if (Vectorizable<T>(p.cols, {p.dy, p.x, p.weight, p.dx})) {
     auto* dx = static_cast<T*>(p.dx);
     float* sums = p.dweight != nullptr ? partial : nullptr;
@@ -297,7 +292,7 @@ absl::Status Backward(const RmsNormBackwardParams& p, cudaStream_t stream) {
 
 size_t RmsNormBackwardWorkspaceBytes(int64_t rows, int64_t cols) {
   return rows <= 0 || cols <= 0 ? 0
-                                : static_cast<size_t>(PartialBlocks(rows) * cols) * sizeof(float);
+                                : static_cast<size_t>(ColumnPartialGroups(rows) * cols) * sizeof(float);
 }
 
 absl::Status LaunchRmsNorm(const RmsNormParams& p, StreamHandle stream) {

@@ -7,7 +7,6 @@
 #include <chrono>
 #include <type_traits>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -167,8 +166,8 @@ struct Trainer::Modules {
 };
 
 Trainer::Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
-                 std::unique_ptr<Modules> modules, Update update, std::vector<Parameter*> dense,
-                 std::vector<Parameter*> experts)
+                 std::unique_ptr<Modules> modules, GradientUpdate update,
+                 std::vector<Parameter*> dense, std::vector<Parameter*> experts)
     : ops_(ops),
       config_(config),
       options_(options),
@@ -298,12 +297,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     MIMO_ASSIGN_OR_RETURN(modules->language,
                           LanguageModel::Create(build.Child("language"), model.language));
   }
-  std::vector<Parameter*> all, experts, dense;
-  for (const auto& e : modules->encoders) {
-    if (e != nullptr) e->AppendParameters(all);
-  }
+  std::vector<Parameter*> experts, dense;
   if (modules->language != nullptr) {
-    modules->language->AppendParameters(all);
     for (MoeLayer* layer : modules->language->moe_layers()) layer->AppendExpertParameters(experts);
   }
   // The order the backward finishes the parameters: the language model's from its output
@@ -317,20 +312,17 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     e->AppendParameters(encoder);
     order.insert(order.end(), encoder.rbegin(), encoder.rend());
   }
-  absl::flat_hash_map<const Parameter*, int64_t> backward_turn;
-  for (size_t i = 0; i < order.size(); ++i) backward_turn[order[i]] = static_cast<int64_t>(i);
   const absl::flat_hash_set<const Parameter*> routed(experts.begin(), experts.end());
   // Both sets in that order: their buckets fill in the order the backward finishes them.
   experts.clear();
   for (Parameter* p : order) (routed.contains(p) ? experts : dense).push_back(p);
-  std::unique_ptr<Trainer> trainer(new Trainer(ops, model, o, std::move(modules), Update{},
+  std::unique_ptr<Trainer> trainer(new Trainer(ops, model, o, std::move(modules), GradientUpdate{},
                                                std::move(dense), std::move(experts)));
   trainer->source_ = std::move(source);
   trainer->prefetcher_ = std::make_unique<SamplePrefetcher>(*trainer->source_, 4);
   trainer->tokenizer_ = &tokenizer;
   trainer->owned_tokenizer_ = std::move(owned_tokenizer);
   trainer->position_ = o.start_position;
-  Update& u = trainer->update_;
   comm::Communicator* expt_dp = trainer->ExpertDataParallelGroup();
   // The gradients' collectives on dp and expt_dp run on a communication thread while the
   // backward uses the other groups: one communicator serves one thread at a time.
@@ -349,87 +341,17 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
       }
     }
   }
-  // The distributed optimizer shards the sets that have replicas; on a set without (dp or
-  // expt_dp of one rank) its shards would only copy the state, so AdamW updates it in place.
-  const bool shard_dense = o.distributed_optimizer && ModelGroups::Size(o.dp) > 1;
-  const bool shard_experts = o.distributed_optimizer && ModelGroups::Size(expt_dp) > 1;
-  std::vector<ShardedParameterSet> sharded;
-  if (shard_dense) sharded.push_back({.params = trainer->dense_, .dp = o.dp});
-  if (shard_experts) {
-    sharded.push_back(
-        {.params = trainer->experts_, .dp = expt_dp, .norm_groups = trainer->ExpertNormGroups()});
-  }
-  if (!sharded.empty()) {
-    MIMO_ASSIGN_OR_RETURN(
-        u.distributed,
-        DistributedOptimizer::Create(ops, o.optimizer, std::move(sharded), o.bucket_elements));
-  }
-  const std::vector<Parameter*> plain_dense =
-      shard_dense ? std::vector<Parameter*>{} : trainer->dense_;
-  const std::vector<Parameter*> plain_experts =
-      shard_experts ? std::vector<Parameter*>{} : trainer->experts_;
-  MIMO_ASSIGN_OR_RETURN(u.adamw,
-                        AdamWOptimizer::Create(ops, o.optimizer, plain_dense, plain_experts));
-  // The gradients of every set with replicas in buckets, each bucket's collective started in
-  // the order the backward finishes them: a bucket's turn comes when its last parameter's does.
-  struct Planned {
-    int64_t turn;
-    GradientSync::Bucket bucket;
-  };
-  std::vector<Planned> planned;
-  auto plan = [&](const GradientBuffer& grads, auto collective) {
-    for (size_t i = 0; i < grads.buckets().size(); ++i) {
-      const GradientBucket& b = grads.buckets()[i];
-      int64_t turn = 0;
-      for (const Parameter* p : b.params) turn = std::max(turn, backward_turn.at(p));
-      planned.push_back(
-          {turn, {.params = b.params, .collective = [collective, i] { return collective(i); }}});
-    }
-  };
-  if (u.distributed != nullptr) {
-    for (int set = 0; set < u.distributed->num_sets(); ++set) {
-      DistributedOptimizer* opt = u.distributed.get();
-      plan(opt->gradients(set), [opt, set](size_t i) { return opt->ReduceScatterBucket(set, i); });
-    }
-  }
-  if (!plain_dense.empty() && ModelGroups::Size(o.dp) > 1) {
-    MIMO_ASSIGN_OR_RETURN(u.dense_grads,
-                          GradientBuffer::Create(ops, plain_dense, o.bucket_elements));
-    const GradientBuffer* grads = u.dense_grads.get();
-    comm::Communicator* group = o.dp;
-    plan(*grads, [grads, group](size_t i) { return grads->AllReduceBucket(i, group); });
-  }
-  if (!plain_experts.empty() && ModelGroups::Size(expt_dp) > 1) {
-    MIMO_ASSIGN_OR_RETURN(u.expert_grads,
-                          GradientBuffer::Create(ops, plain_experts, o.bucket_elements));
-    const GradientBuffer* grads = u.expert_grads.get();
-    plan(*grads, [grads, expt_dp](size_t i) { return grads->AllReduceBucket(i, expt_dp); });
-  }
-  // Gradients zeroed a buffer at a time where they live in one.
-  absl::flat_hash_set<const Parameter*> buffered;
-  if (u.distributed != nullptr) {
-    for (int set = 0; set < u.distributed->num_sets(); ++set) {
-      u.buffers.push_back(&u.distributed->gradients(set));
-    }
-  }
-  for (const GradientBuffer* g : {u.dense_grads.get(), u.expert_grads.get()}) {
-    if (g != nullptr) u.buffers.push_back(g);
-  }
-  for (const GradientBuffer* g : u.buffers) {
-    for (const GradientBucket& b : g->buckets()) buffered.insert(b.params.begin(), b.params.end());
-  }
-  for (const auto* set : {&trainer->dense_, &trainer->experts_}) {
-    for (Parameter* p : *set) {
-      if (!buffered.contains(p)) u.unbuffered.push_back(p);
-    }
-  }
-  if (!planned.empty()) {
-    std::stable_sort(planned.begin(), planned.end(),
-                     [](const Planned& a, const Planned& b) { return a.turn < b.turn; });
-    std::vector<GradientSync::Bucket> buckets;
-    for (Planned& p : planned) buckets.push_back(std::move(p.bucket));
-    MIMO_ASSIGN_OR_RETURN(u.sync, GradientSync::Create(ops, std::move(buckets)));
-  }
+  MIMO_ASSIGN_OR_RETURN(
+      trainer->update_,
+      CreateGradientUpdate(ops, {.optimizer = o.optimizer,
+                                 .bucket_elements = o.bucket_elements,
+                                 .distributed_optimizer = o.distributed_optimizer,
+                                 .dense = trainer->dense_,
+                                 .experts = trainer->experts_,
+                                 .backward_order = std::move(order),
+                                 .dp = o.dp,
+                                 .expt_dp = expt_dp,
+                                 .expert_norm_groups = trainer->ExpertNormGroups()}));
   return trainer;
 }
 

@@ -29,6 +29,7 @@
 #include "mimo/modality_encoder.h"
 #include "mimo/model_groups.h"
 #include "mimo/optimizer.h"
+#include "worker/gradient_update.h"
 #include "worker/sample_prefetcher.h"
 
 namespace mimo::worker {
@@ -149,25 +150,8 @@ class Trainer {
 
  private:
   struct Modules;
-  // How the gradients are summed over the replicas and the update made: an all-reduce in
-  // buckets and AdamW, for the parameters the distributed optimizer (when asked for) does not
-  // shard.
-  struct Update {
-    // The parameters the distributed optimizer does not shard (all of them without it).
-    std::unique_ptr<AdamWOptimizer> adamw;
-    // Null unless asked for and a set of parameters has replicas.
-    std::unique_ptr<DistributedOptimizer> distributed;
-    // The gradients AdamW's parameters all-reduce in place (null without replicas).
-    std::unique_ptr<GradientBuffer> dense_grads, expert_grads;
-    // Starts every bucket's collective (all-reduce or reduce-scatter); null without replicas.
-    std::unique_ptr<GradientSync> sync;
-    // Every gradient buffer (the distributed optimizer's and the two above), zeroed whole
-    // before a step, and the parameters whose gradients live in none, zeroed one by one.
-    std::vector<const GradientBuffer*> buffers;
-    std::vector<Parameter*> unbuffered;
-  };
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
-          std::unique_ptr<Modules> modules, Update update, std::vector<Parameter*> dense,
+          std::unique_ptr<Modules> modules, GradientUpdate update, std::vector<Parameter*> dense,
           std::vector<Parameter*> experts);
   // The routed experts' data-parallel group (TrainerOptions::expt_dp as resolved).
   comm::Communicator* ExpertDataParallelGroup() const;
@@ -191,7 +175,7 @@ class Trainer {
   const MimoModelConfig config_;
   const TrainerOptions options_;
   std::unique_ptr<Modules> modules_;
-  Update update_;
+  GradientUpdate update_;
   std::unique_ptr<data::SampleSource> source_;
   std::unique_ptr<SamplePrefetcher> prefetcher_;
   std::vector<int64_t> offsets_;  // Of this step's reads from its base.

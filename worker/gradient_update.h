@@ -1,0 +1,59 @@
+// How a rank's gradients are summed over its replicas and its parameters updated: gradient
+// buffers, the collectives started as the backward finishes their buckets, AdamW and (when asked
+// for) the distributed optimizer.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "comm/communicator.h"
+#include "kernels/ops.h"
+#include "mimo/distributed_optimizer.h"
+#include "mimo/gradient_buffer.h"
+#include "mimo/gradient_sync.h"
+#include "mimo/optimizer.h"
+#include "mimo/parameter.h"
+
+namespace mimo::worker {
+
+struct GradientUpdateOptions {
+  OptimizerConfig optimizer;
+  int64_t bucket_elements = GradientBuffer::kDefaultBucketElements;
+  // Shard the sets that have replicas with the distributed optimizer; the rest get AdamW.
+  bool distributed_optimizer = false;
+  // Every parameter of the rank in the order the backward finishes them: the dense ones and the
+  // routed experts'. Not owned.
+  std::vector<Parameter*> dense, experts;
+  std::vector<Parameter*> backward_order;
+  // The replicas of the dense parameters and of the experts (null or one member: none).
+  comm::Communicator* dp = nullptr;
+  comm::Communicator* expt_dp = nullptr;
+  // Groups over which the experts' squared norms are summed (ep, expt_tp).
+  std::vector<comm::Communicator*> expert_norm_groups;
+};
+
+// An all-reduce in buckets and AdamW for the parameters the distributed optimizer (when asked
+// for) does not shard.
+struct GradientUpdate {
+  // The parameters the distributed optimizer does not shard (all of them without it).
+  std::unique_ptr<AdamWOptimizer> adamw;
+  // Null unless asked for and a set of parameters has replicas.
+  std::unique_ptr<DistributedOptimizer> distributed;
+  // The gradients AdamW's parameters all-reduce in place (null without replicas).
+  std::unique_ptr<GradientBuffer> dense_grads, expert_grads;
+  // Starts every bucket's collective (all-reduce or reduce-scatter), in the order the backward
+  // finishes the buckets: a bucket's turn comes when its last parameter's does. Null without
+  // replicas.
+  std::unique_ptr<GradientSync> sync;
+  // Every gradient buffer (the distributed optimizer's and the two above), zeroed whole
+  // before a step, and the parameters whose gradients live in none, zeroed one by one.
+  std::vector<const GradientBuffer*> buffers;
+  std::vector<Parameter*> unbuffered;
+};
+
+absl::StatusOr<GradientUpdate> CreateGradientUpdate(kernels::Ops& ops,
+                                                    const GradientUpdateOptions& o);
+
+}  // namespace mimo::worker
