@@ -6,6 +6,8 @@
 // several), Megatron-style iteration lines, then a summary line: parameters (total and active per
 // token), median step time, tokens/s, model TFLOP/s (mimo/model_flops.h), MFU against the
 // datasheet's dense bf16/fp32 peak (worker/train_job.h's PeakTflops) and the peak memory.
+// On CUDA the timed steps lie between cudaProfilerStart and cudaProfilerStop, so
+// `ncu --profile-from-start off` (or nsys's cudaProfilerApi capture range) sees only them.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -21,6 +23,8 @@
 #include "worker/train_job.h"
 #include "worker/trainer.h"
 #if MIMO_TRAIN_BENCH_CUDA
+#include <cuda_profiler_api.h>
+
 #include "kernels/cuda_ops.h"
 #include "kernels/device_info.h"
 #endif
@@ -93,9 +97,15 @@ absl::Status Run(const Args& a) {
   }
   std::vector<double> seconds, flops, tokens;
   int64_t peak_memory = 0, mallocs = 0;
-  double data_wait = 0;
+  double data_wait = 0, batch = 0;
   for (int s = 1; s <= a.warmup + a.steps; ++s) {
+#if MIMO_TRAIN_BENCH_CUDA
+    if (a.cuda && s == a.warmup + 1) cudaProfilerStart();
+#endif
     MIMO_ASSIGN_OR_RETURN(const worker::StepMetrics m, trainer->Step());
+#if MIMO_TRAIN_BENCH_CUDA
+    if (a.cuda && s == a.warmup + a.steps) cudaProfilerStop();
+#endif
     const double tflops = m.model_flops / m.seconds * 1e-12;
     std::cout << worker::MegatronLogLine(m, a.warmup + a.steps, s * samples, samples, tflops)
               << (s <= a.warmup ? " (warm-up)" : "") << "\n";
@@ -104,6 +114,7 @@ absl::Status Run(const Args& a) {
     if (s <= a.warmup) continue;
     if (s == a.warmup + a.steps) mallocs = memory.system_allocations - mallocs;
     data_wait += m.data_wait_seconds;
+    batch += m.batch_seconds;
     seconds.push_back(m.seconds);
     flops.push_back(m.model_flops);
     tokens.push_back(static_cast<double>(m.tokens));
@@ -121,11 +132,12 @@ absl::Status Run(const Args& a) {
   const double tflops = sum_f / sum_s * 1e-12;
   std::cout << absl::StrFormat(
       "summary: %d steps | median step %.1f ms | %.0f tokens/s | %.1f TFLOP/s | MFU %s | peak "
-      "memory %.2f GiB | waiting for data %.1f%% | device allocations "
+      "memory %.2f GiB | waiting for data %.1f%% | packing and uploading batches %.1f%% | device "
+      "allocations "
       "while timed %d\n",
       a.steps, median * 1e3, sum_t / sum_s, tflops,
       peak > 0 ? absl::StrFormat("%.1f%% of %.0f", 100 * tflops / peak, peak) : "n/a",
-      peak_memory / double(1 << 30), 100 * data_wait / sum_s, mallocs);
+      peak_memory / double(1 << 30), 100 * data_wait / sum_s, 100 * batch / sum_s, mallocs);
   return absl::OkStatus();
 }
 

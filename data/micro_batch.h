@@ -45,4 +45,14 @@ absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
 absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
                                            const MicroBatchOptions& options);
 
+// PackSamples in two parts, for a trainer that needs every micro-batch's tokens (the step's
+// label count) before the first one's compute, but each one's images only when it uploads it:
+// PackTokens makes everything but `images` and `audio` (same checks and errors; num_images and
+// audio_frames are set), PackMedia then appends the samples' images and audio to that batch.
+absl::StatusOr<HostMicroBatch> PackTokens(const std::vector<Sample>& samples,
+                                          const MicroBatchOptions& options,
+                                          const Tokenizer& tokenizer);
+void PackMedia(const std::vector<Sample>& samples, const MicroBatchOptions& options,
+               HostMicroBatch& batch);
+
 }  // namespace mimo::data

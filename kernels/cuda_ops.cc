@@ -13,6 +13,7 @@
 #include "kernels/cuda_device_guard.h"
 #include "kernels/cuda_status.h"
 #include "kernels/cuda_stream.h"
+#include "kernels/pinned_staging.h"
 
 namespace mimo::kernels {
 namespace {
@@ -35,7 +36,8 @@ class CudaOps final : public Ops {
       : device_(device),
         allocator_(std::move(allocator)),
         stream_(std::move(stream)),
-        blas_(std::move(blas)) {}
+        blas_(std::move(blas)),
+        staging_(device) {}
 
   Device device() const override { return Device::Cuda(device_); }
   Allocator& allocator() override { return *allocator_; }
@@ -52,8 +54,15 @@ class CudaOps final : public Ops {
     return absl::OkStatus();
   }
 
+  // Staged through pinned buffers (PinnedStaging): the host goes on while the copy waits its
+  // turn in the stream.
   absl::Status CopyFromHost(void* dst, const void* host, size_t bytes) override {
-    return Memcpy(dst, host, bytes, cudaMemcpyHostToDevice, "CopyFromHost");
+    if (bytes == 0) return absl::OkStatus();
+    if (dst == nullptr || host == nullptr) {
+      return absl::InvalidArgumentError("Ops::CopyFromHost: null buffer");
+    }
+    CudaDeviceGuard guard(device_);
+    return staging_.CopyToDevice(dst, host, bytes, stream_.get());
   }
   absl::Status CopyToHost(void* host, const void* src, size_t bytes) override {
     MIMO_RETURN_IF_ERROR(Memcpy(host, src, bytes, cudaMemcpyDeviceToHost, "CopyToHost"));
@@ -293,6 +302,7 @@ class CudaOps final : public Ops {
   std::unique_ptr<CachingAllocator> allocator_;
   CudaStream stream_;
   std::unique_ptr<CublasLt> blas_;
+  PinnedStaging staging_;  // After stream_: destroyed first, once its copies are done.
 };
 
 }  // namespace

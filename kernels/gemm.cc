@@ -96,6 +96,7 @@ struct Plan {
   std::vector<cublasLtMatmulAlgo_t> candidates;  // The heuristic's, best first.
   bool tuned = false;
   bool borrowed = false;  // algo is the size class's, not yet seen to run on this problem.
+  bool queried = false;   // The heuristic was asked (candidates are its answer).
 
   Plan() = default;
   Plan(const Plan&) = delete;
@@ -128,8 +129,9 @@ struct CublasLt::State {
     if (handle != nullptr) cublasLtDestroy(handle);
   }
 
-  // The plan of `key`, made on first use. Row-major D (m, n) = op(A) op(B) is column-major
-  // D^T (n, m) = op(B)^T op(A)^T, so cuBLASLt's A is our b, its B our a, its m our n.
+  // The plan of `key` (descriptors only; no algorithm yet), made on first use. Row-major
+  // D (m, n) = op(A) op(B) is column-major D^T (n, m) = op(B)^T op(A)^T, so cuBLASLt's A is our
+  // b, its B our a, its m our n.
   absl::StatusOr<Plan*> PlanFor(const PlanKey& key) {
     if (auto it = plans.find(key); it != plans.end()) return it->second.get();
     if (plans.size() >= kMaxPlans) plans.clear();
@@ -154,7 +156,17 @@ struct CublasLt::State {
     MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, ab, a_rows, a_cols, a_rows));
     MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->b, ab, b_rows, b_cols, b_rows));
     MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->d, d, key.n, key.m, key.n));
+    Plan* out = plan.get();
+    plans.emplace(key, std::move(plan));
+    return out;
+  }
 
+  // Asks cuBLASLt's heuristic for `plan`'s candidates (best first) and takes the first; none
+  // found leaves has_algo false. Costs tens to hundreds of microseconds of host time, which is
+  // why a problem of an already timed size class skips it (Matmul).
+  absl::Status Query(Plan* plan, const PlanKey& key) {
+    plan->queried = true;
+    plan->candidates.clear();
     cublasLtMatmulPreference_t preference = nullptr;
     MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&preference));
     const auto destroy = [](cublasLtMatmulPreference_t* p) { cublasLtMatmulPreferenceDestroy(*p); };
@@ -171,7 +183,7 @@ struct CublasLt::State {
           preference, attribute, &kAlignment, sizeof(kAlignment)));
     }
     // The heuristic needs the epilogue's pointers' alignment: it gets an aligned stand-in (it does
-    // not dereference it).
+    // not dereference it; Matmul sets the real pointers before every run).
     const void* stand_in = reinterpret_cast<const void*>(uintptr_t{kAlignment});
     if (key.epilogue == CUBLASLT_EPILOGUE_BIAS || key.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
       // Only epilogues that read a bias may have its pointer set: cuBLASLt refuses the others.
@@ -195,18 +207,17 @@ struct CublasLt::State {
       for (int i = 0; i < found; ++i) {
         if (results[i].state == CUBLAS_STATUS_SUCCESS) plan->candidates.push_back(results[i].algo);
       }
-      plan->has_algo = !plan->candidates.empty();
-      if (plan->has_algo) plan->algo = plan->candidates[0];
-      plan->tuned = plan->candidates.size() < 2;
     } else if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_SUCCESS &&
                key.epilogue != CUBLASLT_EPILOGUE_GELU_AUX &&
                key.epilogue != CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
       // (A refused GELU epilogue is no error: the caller falls back to an unfused GELU.)
       return CublasStatus(status, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
     }
-    Plan* out = plan.get();
-    plans.emplace(key, std::move(plan));
-    return out;
+    plan->has_algo = !plan->candidates.empty();
+    if (plan->has_algo) plan->algo = plan->candidates[0];
+    plan->tuned = plan->candidates.size() < 2;
+    plan->borrowed = false;
+    return absl::OkStatus();
   }
 
   // Times every candidate of `plan` on `stream` (3 runs each after a warm-up; `run` enqueues one
@@ -249,48 +260,61 @@ struct CublasLt::State {
                       .epilogue = epilogue,
                       .accumulate = p.accumulate};
     MIMO_ASSIGN_OR_RETURN(Plan * plan, PlanFor(key));
-    *ran = plan->has_algo;
-    if (!plan->has_algo) return absl::OkStatus();
-    if (p.bias != nullptr) {
-      MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
-          plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)));
+    PlanKey size_class = key;
+    size_class.m = SizeClass(key.m);
+    size_class.n = SizeClass(key.n);
+    size_class.k = SizeClass(key.k);
+    size_class.accumulate = false;
+    // A new problem of a size class already timed takes the class's algorithm without asking
+    // the heuristic; any other new problem asks it.
+    if (!plan->queried && !plan->tuned) {
+      if (auto it = tuned.find(size_class); it != tuned.end()) {
+        plan->algo = it->second;
+        plan->has_algo = plan->tuned = plan->borrowed = true;
+      } else {
+        MIMO_RETURN_IF_ERROR(Query(plan, key));
+      }
     }
-    if (aux != nullptr) {
-      MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
-          plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
-    }
+    const auto set_pointers = [&]() -> absl::Status {
+      if (p.bias != nullptr) {
+        MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+            plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)));
+      }
+      if (aux != nullptr) {
+        MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+            plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+      }
+      return absl::OkStatus();
+    };
     const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
     const auto run = [&](const cublasLtMatmulAlgo_t& algo) {
       return cublasLtMatmul(handle, plan->desc, &alpha, p.b, plan->a, p.a, plan->b, &beta, d,
                             plan->d, d, plan->d, &algo, workspace, workspace_bytes, stream);
     };
-    // A problem of a size class already timed takes its algorithm. Otherwise timing runs
-    // overwrite d, so only a call that overwrites it anyway (not accumulating) tunes, and never
-    // inside a graph capture.
-    if (!plan->tuned) {
-      PlanKey size_class = key;
-      size_class.m = SizeClass(key.m);
-      size_class.n = SizeClass(key.n);
-      size_class.k = SizeClass(key.k);
-      size_class.accumulate = false;
-      if (auto it = tuned.find(size_class); it != tuned.end()) {
-        plan->algo = it->second;
-        plan->tuned = plan->borrowed = true;
-      } else if (!p.accumulate) {
-        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-        MIMO_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream, &capture));
-        if (capture == cudaStreamCaptureStatusNone) {
-          MIMO_RETURN_IF_ERROR(Tune(plan, stream, run));
-          tuned[size_class] = plan->algo;
-        }
-      }
-    }
     if (plan->borrowed) {
       // The class's algorithm may not fit this problem (cuBLASLt refuses it without running):
-      // then the heuristic's first choice.
+      // then the heuristic's first choice, or none (the caller's unfused path).
       plan->borrowed = false;
-      if (run(plan->algo) == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-      plan->algo = plan->candidates[0];
+      MIMO_RETURN_IF_ERROR(set_pointers());
+      if (run(plan->algo) == CUBLAS_STATUS_SUCCESS) {
+        *ran = true;
+        return absl::OkStatus();
+      }
+      MIMO_RETURN_IF_ERROR(Query(plan, key));
+      plan->tuned = true;
+    }
+    *ran = plan->has_algo;
+    if (!plan->has_algo) return absl::OkStatus();
+    MIMO_RETURN_IF_ERROR(set_pointers());
+    // Timing runs overwrite d, so only a call that overwrites it anyway (not accumulating) tunes,
+    // and never inside a graph capture; an accumulating one runs the heuristic's first choice.
+    if (!plan->tuned && !p.accumulate) {
+      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+      MIMO_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream, &capture));
+      if (capture == cudaStreamCaptureStatusNone) {
+        MIMO_RETURN_IF_ERROR(Tune(plan, stream, run));
+        tuned[size_class] = plan->algo;
+      }
     }
     MIMO_CUBLAS_RETURN_IF_ERROR(run(plan->algo));
     return absl::OkStatus();

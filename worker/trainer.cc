@@ -28,6 +28,10 @@ using kernels::Tensor;
 
 constexpr int kVision = 0, kAudio = 1;  // Indices of the encoders.
 
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 const char* EncoderName(int x) { return x == kVision ? "vision" : "audio"; }
 int EncoderIndex(ModelPart part) { return part == ModelPart::kVision ? kVision : kAudio; }
 bool IsEncoder(ModelPart part) { return part == ModelPart::kVision || part == ModelPart::kAudio; }
@@ -359,7 +363,7 @@ absl::StatusOr<data::Sample> Trainer::ReadSample(int64_t index) {
   offsets_.push_back(index - base_);
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<data::Sample> sample = prefetcher_->Take(index);
-  data_wait_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  data_wait_ += SecondsSince(start);
   if (!sample.ok()) {
     return absl::Status(
         sample.status().code(),
@@ -384,6 +388,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   base_ = base;
   offsets_.clear();
   data_wait_ = 0;
+  batch_seconds_ = 0;
   for (const GradientBuffer* g : update_.buffers) MIMO_RETURN_IF_ERROR(g->Zero(ops_));
   for (Parameter* p : update_.unbuffered) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
   StepMetrics m;
@@ -433,6 +438,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   m.peak_memory_bytes = ops_.allocator().stats().peak_allocated_bytes;
   m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   m.data_wait_seconds = data_wait_;
+  m.batch_seconds = batch_seconds_;
   return m;
 }
 
@@ -497,7 +503,11 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
       MIMO_ASSIGN_OR_RETURN(data::Sample s, ReadSample(base + replica * k + i * mbs + j));
       samples[i].push_back(std::move(s));
     }
-    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackSamples(samples[i], pack, *tokenizer_));
+    // Tokens only: each micro-batch's images and audio are packed just before its upload, so
+    // the later ones' overlap the compute of the ones before.
+    const auto pack_start = std::chrono::steady_clock::now();
+    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackTokens(samples[i], pack, *tokenizer_));
+    batch_seconds_ += SecondsSince(pack_start);
     m.labelled += b.labelled;
     m.tokens += static_cast<int64_t>(b.tokens.size());
     m.model_flops += LanguageModelTrainingFlops(config_.language, b.lengths);
@@ -532,8 +542,13 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
   std::vector<Tensor> losses;
   std::vector<AuxLossRecord> aux;
   for (int64_t i = 0; i < options_.micro_batches; ++i) {
-    const data::HostMicroBatch& b = host[i];
+    data::HostMicroBatch& b = host[i];
+    const auto upload_start = std::chrono::steady_clock::now();
+    if (whole) data::PackMedia(samples[i], pack, b);  // Else the encoders' ranks read them.
     MIMO_ASSIGN_OR_RETURN(DeviceBatch d, UploadMicroBatch(ops_, b, upload));
+    b.images = {};  // Copied (staged) already.
+    b.audio = {};
+    batch_seconds_ += SecondsSince(upload_start);
     const bool last = i + 1 == options_.micro_batches;
     const StepContext ctx{
         .ops = &ops_,
@@ -684,9 +699,11 @@ absl::Status Trainer::EncoderStep(int64_t base) {
       samples.push_back(std::move(s));
     }
     // Packed as the language ranks pack them (the same checks fail the same way).
+    const auto batch_start = std::chrono::steady_clock::now();
     MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch host, data::PackSamples(samples, pack, *tokenizer_));
     Pending p;
     MIMO_ASSIGN_OR_RETURN(p.batch, UploadMicroBatch(ops_, host, upload));
+    batch_seconds_ += SecondsSince(batch_start);
     const std::vector<int64_t> per_sample = RowsPerSample(config_, x, samples);
     for (const BridgeEnd& l : links) {
       const int64_t from = std::max(first, l.peer_replica * mbs) - first;

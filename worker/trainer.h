@@ -121,6 +121,9 @@ struct StepMetrics {
   // Of which waiting for samples the background readers had not finished (the data loading
   // is the bottleneck when it is a large share).
   double data_wait_seconds = 0;
+  // Of which packing micro-batches and copying them to the device on the step's thread (the
+  // device may idle meanwhile: the step's first micro-batch has nothing before it to overlap).
+  double batch_seconds = 0;
   // Of this rank's gradient buckets (mimo/gradient_sync.h), those whose reduction started
   // during the backward, overlapping it; the rest started after it.
   int64_t overlapped_buckets = 0;
@@ -182,6 +185,7 @@ class Trainer {
   int64_t base_ = 0;              // This step's.
   int64_t fetched_base_ = 0;      // The last base whose samples were asked for ahead.
   double data_wait_ = 0;          // This step's, in seconds (StepMetrics::data_wait_seconds).
+  double batch_seconds_ = 0;      // This step's (StepMetrics::batch_seconds).
   // The byte-level tokenizer, or owned_tokenizer_ (options_.tokenizer_model's SentencePiece model).
   const data::Tokenizer* tokenizer_ = nullptr;
   std::unique_ptr<data::Tokenizer> owned_tokenizer_;

@@ -165,6 +165,58 @@ TEST_P(GemmCudaTest, APlanReusedWithOtherBuffersUsesThem) {
   EXPECT_EQ(blas_->cached_plans(), 1u);
 }
 
+// Token counts vary per micro-batch: the first problem of a size class (m 897..1024 here) is
+// timed, the others take its algorithm without asking the heuristic; each result still right,
+// with the bias and GELU epilogue (whose pointers are the call's) and accumulating.
+TEST_P(GemmCudaTest, ProblemsOfOneSizeClassShareItsTimedAlgorithm) {
+  const auto [ab, dt] = GetParam();
+  const double bound = dt == DType::kF32 ? 1e-5 : 1e-2;
+  std::mt19937 random(std::random_device{}());
+  constexpr int64_t kN = 72, kK = 56;
+  for (const int64_t m : {1000, 897, 960, 1024, 931}) {
+    const HostData a = RandomData(ab, m * kK, random, -1, 1);
+    const HostData b = RandomData(ab, kN * kK, random, -1, 1);
+    const HostData bias = RandomData(dt, kN, random, -1, 1);
+    const DeviceBuffer da(a.bytes), db(b.bytes), dbias(bias.bytes), d(m * kN * DTypeSize(dt)),
+        pre(m * kN * DTypeSize(dt)), sum(m * kN * DTypeSize(dt));
+    GemmParams p{.ab_dtype = ab,
+                 .d_dtype = dt,
+                 .a = da.get(),
+                 .b = db.get(),
+                 .d = d.get(),
+                 .transpose_b = true,
+                 .m = m,
+                 .n = kN,
+                 .k = kK,
+                 .bias = dbias.get(),
+                 .activation = GemmActivation::kGeluTanh,
+                 .pre_activation = pre.get()};
+    ASSERT_TRUE(blas_->Gemm(p, nullptr).ok()) << "m " << m;
+    std::vector<double> want = GemmFloat64(a.exact, false, b.exact, true, m, kN, kK, bias.exact);
+    EXPECT_LT(RelativeError(ValuesOf(dt, pre.Bytes()), want), bound) << "m " << m;
+    std::vector<double> gelu = want;
+    for (double& v : gelu) v = GeluTanhFloat64(v);
+    EXPECT_LT(RelativeError(ValuesOf(dt, d.Bytes()), gelu), bound) << "m " << m;
+    // sum = 0, then twice accumulated: 2 a b^T.
+    ASSERT_EQ(cudaMemset(sum.get(), 0, m * kN * DTypeSize(dt)), cudaSuccess);
+    GemmParams q{.ab_dtype = ab,
+                 .d_dtype = dt,
+                 .a = da.get(),
+                 .b = db.get(),
+                 .d = sum.get(),
+                 .transpose_b = true,
+                 .m = m,
+                 .n = kN,
+                 .k = kK,
+                 .accumulate = true};
+    ASSERT_TRUE(blas_->Gemm(q, nullptr).ok());
+    ASSERT_TRUE(blas_->Gemm(q, nullptr).ok());
+    std::vector<double> twice = GemmFloat64(a.exact, false, b.exact, true, m, kN, kK, {});
+    for (double& v : twice) v *= 2;
+    EXPECT_LT(RelativeError(ValuesOf(dt, sum.Bytes()), twice), bound) << "m " << m;
+  }
+}
+
 TEST_P(GemmCudaTest, BadArgumentsFailBeforeLaunching) {
   EXPECT_THAT(blas_->Gemm({.ab_dtype = DType::kI64, .m = 1, .n = 1, .k = 1}, nullptr).message(),
               HasSubstr("dtype i64 is not supported"));
