@@ -29,10 +29,10 @@ absl::StatusOr<std::unique_ptr<DenseMlp>> DenseMlp::Create(const BuildContext& c
   if (ffn == 0) ffn = c.ffn_hidden_size;
   const int64_t n = ModelGroups::Size(ctx.groups.tp), r = ModelGroups::Rank(ctx.groups.tp);
   comm::Communicator* tp = n > 1 ? ctx.groups.tp : nullptr;
-  if (tp != nullptr && (ffn % n != 0 || c.add_bias_linear)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "DenseMlp: tensor parallelism over ", n, " ranks needs a width that divides (", ffn,
-        ") and no linear biases (add_bias_linear ", c.add_bias_linear, ": not supported yet)"));
+  if (tp != nullptr && ffn % n != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("DenseMlp: tensor parallelism over ", n,
+                                                   " ranks needs a width that divides by it, not ",
+                                                   ffn));
   }
   const int64_t part = ffn / n;
   const int64_t blocks = c.activation == MlpActivation::kSwiglu ? 2 : 1;
@@ -50,7 +50,8 @@ absl::StatusOr<std::unique_ptr<DenseMlp>> DenseMlp::Create(const BuildContext& c
       LinearWeights::Create(ctx.Child("linear_fc2"), c.hidden_size, part, c.add_bias_linear,
                             c.init_std / std::sqrt(2.0f * static_cast<float>(c.num_layers)),
                             std::move(fc2_shards)));
-  return std::unique_ptr<DenseMlp>(new DenseMlp(c, part, tp, std::move(fc1), std::move(fc2)));
+  return std::unique_ptr<DenseMlp>(
+      new DenseMlp(c, part, tp, /*add_fc2_bias=*/r == 0, std::move(fc1), std::move(fc2)));
 }
 
 absl::StatusOr<BlockOutput> DenseMlp::Forward(const StepContext& ctx, const Tensor& local) {
@@ -83,7 +84,9 @@ absl::StatusOr<BlockOutput> DenseMlp::Forward(const StepContext& ctx, const Tens
       break;
   }
   MIMO_ASSIGN_OR_RETURN(Tensor y, NewTensor(ctx, {t, config_.hidden_size}, x.dtype()));
-  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, fc2_, 0, config_.hidden_size, saved->a, y));
+  // fc2's bias is added by one member only: the reduce-scatter sums the members' products.
+  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, fc2_, 0, config_.hidden_size, saved->a, y,
+                                         GemmActivation::kNone, nullptr, add_fc2_bias_));
   // This member's rows of the sum of the members' partial products.
   MIMO_ASSIGN_OR_RETURN(Tensor own, ReduceScatterRows(ops, tp_, y));
   return BlockOutput{std::move(own), std::move(saved)};

@@ -23,7 +23,9 @@ class DenseMlp final : public Block {
   // parallel (its F / n columns), so each weight is its slice of the one-rank weight with the
   // same initial values; and the layer is sequence parallel: its input and output are the
   // member's block of the rows (T / n, C), gathered before fc1 and reduce-scattered after fc2.
-  // InvalidArgument when n does not divide F, or with linear biases (not supported yet).
+  // fc1's bias is split with its rows; fc2's is whole on every member, added to the product by
+  // member 0 only, and its gradient (from the gathered output gradient) is the same on all.
+  // InvalidArgument when n does not divide F.
   static absl::StatusOr<std::unique_ptr<DenseMlp>> Create(const BuildContext& ctx, int64_t ffn = 0);
 
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
@@ -33,13 +35,19 @@ class DenseMlp final : public Block {
   void AppendParameters(std::vector<Parameter*>& out) const override;
 
  private:
-  DenseMlp(const TransformerConfig& config, int64_t ffn, comm::Communicator* tp, LinearWeights fc1,
-           LinearWeights fc2)
-      : config_(config), ffn_(ffn), tp_(tp), fc1_(std::move(fc1)), fc2_(std::move(fc2)) {}
+  DenseMlp(const TransformerConfig& config, int64_t ffn, comm::Communicator* tp, bool add_fc2_bias,
+           LinearWeights fc1, LinearWeights fc2)
+      : config_(config),
+        ffn_(ffn),
+        tp_(tp),
+        add_fc2_bias_(add_fc2_bias),
+        fc1_(std::move(fc1)),
+        fc2_(std::move(fc2)) {}
 
   const TransformerConfig config_;
   const int64_t ffn_;             // This member's part of the width: F / tp.
   comm::Communicator* const tp_;  // Null: no tensor parallelism. Not owned.
+  const bool add_fc2_bias_;       // This member adds fc2's bias (member 0 of tp).
   LinearWeights fc1_;
   LinearWeights fc2_;
 };

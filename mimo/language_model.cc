@@ -83,6 +83,11 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Create(
     const BuildContext& ctx, const LanguageModelConfig& config) {
   MIMO_RETURN_IF_ERROR(ValidateLanguageModelConfig(config));
   const TransformerConfig& t = config.transformer;
+  if (ModelGroups::Size(ctx.groups.tp) > 1) {
+    // The transformer layers split over tp; the embedding and output layer do not yet.
+    return absl::InvalidArgumentError(
+        "LanguageModel: tensor parallelism (tp > 1) is not supported yet");
+  }
   BuildContext inner = ctx;
   inner.config = &config.transformer;
   MIMO_ASSIGN_OR_RETURN(auto embedding,

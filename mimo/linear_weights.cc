@@ -39,7 +39,8 @@ absl::StatusOr<LinearWeights> LinearWeights::Create(const BuildContext& ctx, int
 
 absl::Status LinearRowsForward(kernels::Ops& ops, const LinearWeights& lw, int64_t row0,
                                int64_t rows, const Tensor& x, const Tensor& y,
-                               kernels::GemmActivation activation, const Tensor* pre_activation) {
+                               kernels::GemmActivation activation, const Tensor* pre_activation,
+                               bool add_bias) {
   MIMO_RETURN_IF_ERROR(CheckRows(lw, row0, rows));
   const int64_t in = lw.in();
   if (x.dim() != 2 || x.size(1) != in || y.dim() != 2 || y.size(0) != x.size(0) ||
@@ -48,16 +49,17 @@ absl::Status LinearRowsForward(kernels::Ops& ops, const LinearWeights& lw, int64
                                                    y.ToString(), " for ", rows, " rows of ", in,
                                                    " inputs"));
   }
-  return ops.Linear({.dtype = x.dtype(),
-                     .x = x.data(),
-                     .w = RowAt(lw.weight->weight(), row0, in),
-                     .bias = lw.bias != nullptr ? RowAt(lw.bias->weight(), row0, 1) : nullptr,
-                     .y = y.data(),
-                     .activation = activation,
-                     .pre_activation = pre_activation != nullptr ? pre_activation->data() : nullptr,
-                     .tokens = x.size(0),
-                     .in = in,
-                     .out = rows});
+  return ops.Linear(
+      {.dtype = x.dtype(),
+       .x = x.data(),
+       .w = RowAt(lw.weight->weight(), row0, in),
+       .bias = lw.bias != nullptr && add_bias ? RowAt(lw.bias->weight(), row0, 1) : nullptr,
+       .y = y.data(),
+       .activation = activation,
+       .pre_activation = pre_activation != nullptr ? pre_activation->data() : nullptr,
+       .tokens = x.size(0),
+       .in = in,
+       .out = rows});
 }
 
 absl::Status LinearRowsBackwardRun(kernels::Ops& ops, const LinearWeights& lw,

@@ -31,11 +31,13 @@ struct LinearWeights {
 };
 
 // Output rows [row0, row0 + rows) of a linear layer: y (tokens, rows) = act(x w[rows]^T + b[rows])
-// over x (tokens, in); `pre_activation` (tokens, rows) with an activation.
+// over x (tokens, in); `pre_activation` (tokens, rows) with an activation. `add_bias` false leaves
+// the bias out (a row-parallel layer's members but one: the sum of their products gets it once).
 absl::Status LinearRowsForward(kernels::Ops& ops, const LinearWeights& lw, int64_t row0,
                                int64_t rows, const kernels::Tensor& x, const kernels::Tensor& y,
                                kernels::GemmActivation activation = kernels::GemmActivation::kNone,
-                               const kernels::Tensor* pre_activation = nullptr);
+                               const kernels::Tensor* pre_activation = nullptr,
+                               bool add_bias = true);
 
 struct LinearRowsBackward {
   int64_t row0 = 0;

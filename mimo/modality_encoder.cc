@@ -60,6 +60,11 @@ absl::Status ValidateModalityEncoderConfig(const ModalityEncoderConfig& c) {
 absl::StatusOr<std::unique_ptr<ModalityEncoder>> ModalityEncoder::Create(
     const BuildContext& ctx, const ModalityEncoderConfig& config) {
   MIMO_RETURN_IF_ERROR(ValidateModalityEncoderConfig(config));
+  if (ModelGroups::Size(ctx.groups.tp) > 1) {
+    // The transformer layers split over tp; the embedding and output layer do not yet.
+    return absl::InvalidArgumentError(
+        "ModalityEncoder: tensor parallelism (tp > 1) is not supported yet");
+  }
   BuildContext inner = ctx;
   inner.config = &config.transformer;
   const TransformerConfig& t = config.transformer;

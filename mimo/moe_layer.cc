@@ -65,6 +65,12 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& c
   const int64_t e = moe.router.experts;
   const int64_t ffn =
       moe.expert_ffn_hidden_size != 0 ? moe.expert_ffn_hidden_size : c.ffn_hidden_size;
+  if (ModelGroups::Size(ctx.groups.tp) > 1) {
+    // Megatron's rule (sequence parallel with TP and MoE) needs the router's gradients and the
+    // load-balancing statistics summed over tp: not done yet.
+    return absl::InvalidArgumentError(
+        "MoeLayer: tensor parallelism (tp > 1) around an MoE layer is not supported yet");
+  }
   const int etp = ModelGroups::Size(ctx.groups.expt_tp);
   if (ffn % etp != 0) {
     return absl::InvalidArgumentError(absl::StrCat("MoeLayer: expert width ", ffn,

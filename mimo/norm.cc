@@ -3,6 +3,7 @@
 #include "mimo/norm.h"
 
 #include "common/status_macros.h"
+#include "mimo/comm_type.h"
 #include "mimo/tensor_checks.h"
 
 namespace mimo {
@@ -28,8 +29,9 @@ absl::StatusOr<std::unique_ptr<Norm>> Norm::Create(const BuildContext& ctx, int6
     MIMO_ASSIGN_OR_RETURN(bias, ctx.NewParameter("bias", {features}, InitKind::kZeros, c.init_std,
                                                  /*weight_decay=*/false));
   }
+  comm::Communicator* tp = ModelGroups::Size(ctx.groups.tp) > 1 ? ctx.groups.tp : nullptr;
   return std::unique_ptr<Norm>(
-      new Norm(c.norm, c.norm_epsilon, features, std::move(weight), std::move(bias)));
+      new Norm(c.norm, c.norm_epsilon, features, tp, std::move(weight), std::move(bias)));
 }
 
 absl::StatusOr<BlockOutput> Norm::Forward(const StepContext& ctx, const Tensor& x) {
@@ -71,8 +73,11 @@ absl::StatusOr<Tensor> Norm::Backward(const StepContext& ctx,
   MIMO_RETURN_IF_ERROR(CheckSameShape(dy, saved->x, "Norm backward"));
   const int64_t rows = dy.size(0);
   MIMO_ASSIGN_OR_RETURN(Tensor dx, NewTensor(ctx, dy.shape(), dy.dtype()));
-  // The ops overwrite dweight (and dbias): computed here, then added to the gradients.
-  MIMO_ASSIGN_OR_RETURN(Tensor dweight, NewTensor(ctx, {features_}, DType::kF32));
+  // The ops overwrite dweight (and dbias): computed here (summed over tp), then added to the
+  // gradients. One buffer for both: one all-reduce.
+  const int64_t parts = kind_ == NormKind::kRmsNorm ? 1 : 2;
+  MIMO_ASSIGN_OR_RETURN(Tensor partials, NewTensor(ctx, {parts, features_}, DType::kF32));
+  MIMO_ASSIGN_OR_RETURN(const Tensor dweight, partials.Select(0, 0));
   if (kind_ == NormKind::kRmsNorm) {
     MIMO_RETURN_IF_ERROR(ctx.ops->RmsNormBackward({.dtype = dy.dtype(),
                                                    .dy = dy.data(),
@@ -84,7 +89,7 @@ absl::StatusOr<Tensor> Norm::Backward(const StepContext& ctx,
                                                    .rows = rows,
                                                    .cols = features_}));
   } else {
-    MIMO_ASSIGN_OR_RETURN(Tensor dbias, NewTensor(ctx, {features_}, DType::kF32));
+    MIMO_ASSIGN_OR_RETURN(const Tensor dbias, partials.Select(0, 1));
     MIMO_RETURN_IF_ERROR(ctx.ops->LayerNormBackward({.dtype = dy.dtype(),
                                                      .dy = dy.data(),
                                                      .x = saved->x.data(),
@@ -96,9 +101,18 @@ absl::StatusOr<Tensor> Norm::Backward(const StepContext& ctx,
                                                      .dbias = dbias.data<float>(),
                                                      .rows = rows,
                                                      .cols = features_}));
-    MIMO_RETURN_IF_ERROR(AddInto(*ctx.ops, bias_->grad(), dbias));
+  }
+  if (tp_ != nullptr) {
+    MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(DType::kF32));
+    MIMO_RETURN_IF_ERROR(ctx.ops->Synchronize());  // The communicator works on its own stream.
+    MIMO_RETURN_IF_ERROR(tp_->AllReduce(partials.data(), static_cast<size_t>(partials.numel()),
+                                        type, comm::ReduceOp::kSum));
   }
   MIMO_RETURN_IF_ERROR(AddInto(*ctx.ops, weight_->grad(), dweight));
+  if (bias_ != nullptr) {
+    MIMO_ASSIGN_OR_RETURN(const Tensor dbias, partials.Select(0, 1));
+    MIMO_RETURN_IF_ERROR(AddInto(*ctx.ops, bias_->grad(), dbias));
+  }
   return dx;
 }
 

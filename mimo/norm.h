@@ -14,7 +14,10 @@ namespace mimo {
 class Norm final : public Block {
  public:
   // Parameters prefix.weight (ones) and, for LayerNorm, prefix.bias (zeros), over `features`;
-  // neither takes weight decay.
+  // neither takes weight decay. With a tensor-parallel group of n > 1 members (ctx.groups.tp) the
+  // norm is sequence parallel: each member normalizes its block of the rows, and the parameters'
+  // gradients (each member's rows' part) are summed over the group in the backward, so the
+  // replicated parameters stay equal on every member.
   static absl::StatusOr<std::unique_ptr<Norm>> Create(const BuildContext& ctx, int64_t features);
 
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
@@ -24,17 +27,19 @@ class Norm final : public Block {
   void AppendParameters(std::vector<Parameter*>& out) const override;
 
  private:
-  Norm(NormKind kind, float eps, int64_t features, std::unique_ptr<Parameter> weight,
-       std::unique_ptr<Parameter> bias)
+  Norm(NormKind kind, float eps, int64_t features, comm::Communicator* tp,
+       std::unique_ptr<Parameter> weight, std::unique_ptr<Parameter> bias)
       : kind_(kind),
         eps_(eps),
         features_(features),
+        tp_(tp),
         weight_(std::move(weight)),
         bias_(std::move(bias)) {}
 
   NormKind kind_;
   float eps_;
   int64_t features_;
+  comm::Communicator* tp_;             // Null: not sequence parallel. Not owned.
   std::unique_ptr<Parameter> weight_;  // (features,)
   std::unique_ptr<Parameter> bias_;    // (features,), LayerNorm only.
 };

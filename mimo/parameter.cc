@@ -56,17 +56,38 @@ absl::Status CheckParameterSpec(const ParameterSpec& spec) {
   std::vector<bool> split(spec.shape.size(), false);
   for (const ParameterShard& s : spec.shards) {
     const bool dim_ok = s.dim >= 0 && s.dim < static_cast<int>(spec.shape.size()) && !split[s.dim];
-    if (!dim_ok || s.blocks < 1 || s.full_size % s.blocks != 0 ||
-        spec.shape[s.dim] % s.blocks != 0 || s.offset < 0 ||
-        s.offset + spec.shape[s.dim] / s.blocks > s.full_size / s.blocks) {
+    bool inside = dim_ok;
+    if (inside && !s.ranges.empty()) {
+      int64_t held = 0, end = 0;  // Ranges in increasing order, none overlapping.
+      for (const ShardRange& r : s.ranges) {
+        inside = inside && r.size > 0 && r.start >= end && r.start + r.size <= s.full_size;
+        end = r.start + r.size;
+        held += r.size;
+      }
+      inside = inside && held == spec.shape[s.dim];
+    } else if (inside) {
+      inside = s.blocks >= 1 && s.full_size % s.blocks == 0 && spec.shape[s.dim] % s.blocks == 0 &&
+               s.offset >= 0 && s.offset + spec.shape[s.dim] / s.blocks <= s.full_size / s.blocks;
+    }
+    if (!inside) {
       return absl::InvalidArgumentError(absl::StrCat(
           "parameter ", spec.name, ": shard of ", kernels::ShapeToString(spec.shape), " at offset ",
-          s.offset, " of dimension ", s.dim, " (", s.blocks, " blocks) lies outside the full size ",
-          s.full_size, " or splits a dimension twice"));
+          s.offset, " of dimension ", s.dim, " (", s.blocks, " blocks, ", s.ranges.size(),
+          " ranges) lies outside the full size ", s.full_size, " or splits a dimension twice"));
     }
     split[s.dim] = true;
   }
   return absl::OkStatus();
+}
+
+std::vector<ShardRange> ShardRanges(const ParameterShard& shard, int64_t local_size) {
+  if (!shard.ranges.empty()) return shard.ranges;
+  std::vector<ShardRange> out;
+  const int64_t per_block = local_size / shard.blocks, full_block = shard.full_size / shard.blocks;
+  for (int64_t b = 0; b < shard.blocks; ++b) {
+    out.push_back({.start = b * full_block + shard.offset, .size = per_block});
+  }
+  return out;
 }
 
 std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed) {
@@ -84,10 +105,13 @@ std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed) {
   // Each local coordinate along a split dimension maps to its place in the full dimension.
   const int dims = static_cast<int>(spec.shape.size());
   kernels::Shape full_shape = spec.shape;
-  std::vector<const ParameterShard*> shard_of(dims, nullptr);
+  // Per split dimension, the full index of every local index.
+  std::vector<std::vector<int64_t>> full_index(dims);
   for (const ParameterShard& s : spec.shards) {
     full_shape[s.dim] = s.full_size;
-    shard_of[s.dim] = &s;
+    for (const ShardRange& r : ShardRanges(s, spec.shape[s.dim])) {
+      for (int64_t j = 0; j < r.size; ++j) full_index[s.dim].push_back(r.start + j);
+    }
   }
   std::vector<float> values(n);
   // Elements [begin, end): each value depends on its index alone, so ranges run in parallel.
@@ -103,11 +127,7 @@ std::vector<float> InitialValues(const ParameterSpec& spec, uint64_t seed) {
     for (int64_t i = begin; i < end; ++i) {
       uint64_t g = 0;
       for (int d = 0; d < dims; ++d) {
-        int64_t coord = at[d];
-        if (const ParameterShard* s = shard_of[d]; s != nullptr) {
-          const int64_t per_block = spec.shape[d] / s->blocks;
-          coord = coord / per_block * (s->full_size / s->blocks) + s->offset + coord % per_block;
-        }
+        const int64_t coord = full_index[d].empty() ? at[d] : full_index[d][at[d]];
         g = g * static_cast<uint64_t>(full_shape[d]) + static_cast<uint64_t>(coord);
       }
       // Neighbouring elements share a Philox block: draw each block once.

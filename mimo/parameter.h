@@ -20,16 +20,30 @@ enum class InitKind {
   kZeros,   // Biases.
 };
 
+// A run of consecutive indices of a full dimension: [start, start + size).
+struct ShardRange {
+  int64_t start = 0;
+  int64_t size = 0;
+};
+
 // How the layout splits one dimension of a parameter's full tensor across ranks (routed experts
-// over the EP group, an expert's width over expt_tp): the full dimension of `full_size` is
-// `blocks` equal consecutive blocks (2 for SwiGLU's [gate; up] rows, else 1), and this rank holds
-// shape[dim] / blocks slices of each block, starting at `offset` within the block.
+// over the EP group, an expert's width over expt_tp, a dense layer's width over tp): the full
+// dimension of `full_size` is `blocks` equal consecutive blocks (2 for SwiGLU's [gate; up] rows,
+// else 1), and this rank holds shape[dim] / blocks slices of each block, starting at `offset`
+// within the block. Or, when `ranges` is set (blocks of unequal sizes, such as the fused
+// [Q; K; V] rows split over tp), this rank holds those ranges of the full dimension, in order
+// (their sizes add up to shape[dim]; offset and blocks are then unused).
 struct ParameterShard {
   int dim = 0;
   int64_t offset = 0;
   int64_t full_size = 0;
   int64_t blocks = 1;
+  std::vector<ShardRange> ranges;
 };
+
+// The ranges of the full dimension a shard of `local_size` indices holds, in order (`ranges`
+// itself, or one per block).
+std::vector<ShardRange> ShardRanges(const ParameterShard& shard, int64_t local_size);
 
 struct ParameterSpec {
   // Unique within the model, dot-separated like Megatron's state-dict keys

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "mimo/sequence_parallel.h"
 #include "mimo/tensor_checks.h"
 
 namespace mimo {
@@ -26,10 +27,12 @@ struct AttentionSaved final : SavedActivations {
 
 }  // namespace
 
-SelfAttention::SelfAttention(const TransformerConfig& config, LinearWeights qkv, LinearWeights proj)
+SelfAttention::SelfAttention(const TransformerConfig& config, comm::Communicator* tp,
+                             LinearWeights qkv, LinearWeights proj)
     : config_(config),
-      heads_(config.num_attention_heads),
-      groups_(config.query_groups()),
+      tp_(tp),
+      heads_(config.num_attention_heads / ModelGroups::Size(tp)),
+      groups_(config.query_groups() / ModelGroups::Size(tp)),
       head_dim_(config.head_dim()),
       qkv_(std::move(qkv)),
       proj_(std::move(proj)) {}
@@ -37,25 +40,45 @@ SelfAttention::SelfAttention(const TransformerConfig& config, LinearWeights qkv,
 absl::StatusOr<std::unique_ptr<SelfAttention>> SelfAttention::Create(const BuildContext& ctx) {
   const TransformerConfig& c = *ctx.config;
   const int64_t h = c.num_attention_heads, g = c.query_groups(), d = c.head_dim();
-  MIMO_ASSIGN_OR_RETURN(
-      LinearWeights qkv,
-      LinearWeights::Create(ctx.Child("linear_qkv"), (h + 2 * g) * d, c.hidden_size,
-                            c.add_bias_linear || c.add_qkv_bias, c.init_std));
+  const int64_t n = ModelGroups::Size(ctx.groups.tp), r = ModelGroups::Rank(ctx.groups.tp);
+  comm::Communicator* tp = n > 1 ? ctx.groups.tp : nullptr;
+  if (h % n != 0 || g % n != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SelfAttention: tensor parallelism over ", n, " ranks needs ", "num_attention_heads (", h,
+        ") and num_query_groups (", g, ") that divide by it"));
+  }
+  const int64_t hd = h / n * d, gd = g / n * d;  // This member's query and key (value) rows.
+  std::vector<ParameterShard> qkv_shards, proj_shards;
+  if (tp != nullptr) {
+    qkv_shards = {{.dim = 0,
+                   .full_size = (h + 2 * g) * d,
+                   .ranges = {{.start = r * hd, .size = hd},
+                              {.start = h * d + r * gd, .size = gd},
+                              {.start = (h + g) * d + r * gd, .size = gd}}}};
+    proj_shards = {{.dim = 1, .offset = r * hd, .full_size = h * d}};
+  }
+  MIMO_ASSIGN_OR_RETURN(LinearWeights qkv,
+                        LinearWeights::Create(ctx.Child("linear_qkv"), hd + 2 * gd, c.hidden_size,
+                                              c.add_bias_linear || c.add_qkv_bias, c.init_std,
+                                              std::move(qkv_shards)));
   MIMO_ASSIGN_OR_RETURN(
       LinearWeights proj,
-      LinearWeights::Create(ctx.Child("linear_proj"), c.hidden_size, h * d, c.add_bias_linear,
-                            c.init_std / std::sqrt(2.0f * static_cast<float>(c.num_layers))));
-  return std::unique_ptr<SelfAttention>(new SelfAttention(c, std::move(qkv), std::move(proj)));
+      LinearWeights::Create(ctx.Child("linear_proj"), c.hidden_size, hd, c.add_bias_linear,
+                            c.init_std / std::sqrt(2.0f * static_cast<float>(c.num_layers)),
+                            std::move(proj_shards)));
+  return std::unique_ptr<SelfAttention>(new SelfAttention(c, tp, std::move(qkv), std::move(proj)));
 }
 
-absl::StatusOr<BlockOutput> SelfAttention::Forward(const StepContext& ctx, const Tensor& x) {
+absl::StatusOr<BlockOutput> SelfAttention::Forward(const StepContext& ctx, const Tensor& local) {
   const PackedSequences& seqs = *ctx.sequences;
-  MIMO_RETURN_IF_ERROR(CheckActivation(x, config_.hidden_size, config_.dtype, "SelfAttention"));
+  MIMO_RETURN_IF_ERROR(CheckActivation(local, config_.hidden_size, config_.dtype, "SelfAttention"));
+  kernels::Ops& ops = *ctx.ops;
+  // (T, C): every member's rows (the input itself without tensor parallelism).
+  MIMO_ASSIGN_OR_RETURN(const Tensor x, GatherRows(ops, tp_, local));
   if (x.size(0) != seqs.tokens()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "SelfAttention: ", x.size(0), " tokens for sequences of ", seqs.tokens(), " tokens"));
   }
-  kernels::Ops& ops = *ctx.ops;
   const int64_t t = x.size(0), hd = heads_ * head_dim_, gd = groups_ * head_dim_;
   auto saved = std::make_unique<AttentionSaved>();
   saved->x = x;
@@ -97,18 +120,23 @@ absl::StatusOr<BlockOutput> SelfAttention::Forward(const StepContext& ctx, const
                                       .scale = 1.0f / std::sqrt(static_cast<float>(head_dim_)),
                                       .causal = config_.causal}));
   MIMO_ASSIGN_OR_RETURN(Tensor y, NewTensor(ctx, {t, config_.hidden_size}, x.dtype()));
-  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, proj_, 0, config_.hidden_size, saved->o, y));
-  return BlockOutput{std::move(y), std::move(saved)};
+  // The bias once: member 0 adds it to its part of the sum the reduce-scatter makes.
+  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, proj_, 0, config_.hidden_size, saved->o, y,
+                                         kernels::GemmActivation::kNone, nullptr,
+                                         ModelGroups::Rank(tp_) == 0));
+  MIMO_ASSIGN_OR_RETURN(Tensor own, ReduceScatterRows(ops, tp_, y));
+  return BlockOutput{std::move(own), std::move(saved)};
 }
 
 absl::StatusOr<Tensor> SelfAttention::Backward(const StepContext& ctx,
                                                std::unique_ptr<SavedActivations> saved_base,
-                                               const Tensor& dy) {
+                                               const Tensor& dy_local) {
   MIMO_ASSIGN_OR_RETURN(auto saved,
                         SavedAs<AttentionSaved>(std::move(saved_base), "SelfAttention"));
-  MIMO_RETURN_IF_ERROR(CheckSameShape(dy, saved->x, "SelfAttention backward"));
   const PackedSequences& seqs = *ctx.sequences;
   kernels::Ops& ops = *ctx.ops;
+  MIMO_ASSIGN_OR_RETURN(const Tensor dy, GatherRows(ops, tp_, dy_local));  // (T, C)
+  MIMO_RETURN_IF_ERROR(CheckSameShape(dy, saved->x, "SelfAttention backward"));
   const int64_t t = dy.size(0), hd = heads_ * head_dim_, gd = groups_ * head_dim_;
   MIMO_ASSIGN_OR_RETURN(Tensor d_o, NewTensor(ctx, {t, hd}, dy.dtype()));
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
@@ -163,7 +191,8 @@ absl::StatusOr<Tensor> SelfAttention::Backward(const StepContext& ctx,
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
       ops, qkv_,
       {.row0 = hd + gd, .rows = gd, .dy = &dv, .x = &saved->x, .dx = &dx, .accumulate_dx = true}));
-  return dx;
+  // dx holds this member's heads' part of every row's gradient: the rows' owners get the sums.
+  return ReduceScatterRows(ops, tp_, dx);
 }
 
 void SelfAttention::AppendParameters(std::vector<Parameter*>& out) const {

@@ -20,6 +20,15 @@ class SelfAttention final : public Block {
   //   linear_qkv.bias with add_bias_linear or add_qkv_bias;
   //   linear_proj.weight (C, H * D), std init_std / sqrt(2 * num_layers); linear_proj.bias with
   //   add_bias_linear.
+  //
+  // With a tensor-parallel group of n > 1 members (ctx.groups.tp), member r holds heads
+  // [r H / n, (r + 1) H / n) and query groups [r G / n, (r + 1) G / n): linear_qkv is column
+  // parallel (those heads' query rows, those groups' key and value rows, and their bias), and
+  // linear_proj row parallel (those heads' columns; its bias whole, added by member 0 only), each
+  // weight a slice of the one-rank weight with the same initial values. Sequence parallel like
+  // DenseMlp: the input and output are the member's block of the rows (T / n, C), gathered
+  // before linear_qkv and reduce-scattered after linear_proj. InvalidArgument when n does not
+  // divide H and G.
   static absl::StatusOr<std::unique_ptr<SelfAttention>> Create(const BuildContext& ctx);
 
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
@@ -29,10 +38,12 @@ class SelfAttention final : public Block {
   void AppendParameters(std::vector<Parameter*>& out) const override;
 
  private:
-  SelfAttention(const TransformerConfig& config, LinearWeights qkv, LinearWeights proj);
+  SelfAttention(const TransformerConfig& config, comm::Communicator* tp, LinearWeights qkv,
+                LinearWeights proj);
 
   const TransformerConfig config_;
-  const int64_t heads_, groups_, head_dim_;
+  comm::Communicator* const tp_;             // Null: no tensor parallelism. Not owned.
+  const int64_t heads_, groups_, head_dim_;  // This member's heads and groups.
   LinearWeights qkv_;
   LinearWeights proj_;
 };

@@ -32,11 +32,7 @@ absl::StatusOr<std::unique_ptr<TransformerLayer>> TransformerLayer::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("TransformerLayer: layer ", ctx.layer_number, " of ", ctx.config->num_layers));
   }
-  if (ModelGroups::Size(ctx.groups.tp) > 1) {
-    // The dense MLP splits over tp already; attention and the norms do not yet.
-    return absl::InvalidArgumentError(
-        "TransformerLayer: tensor parallelism (tp > 1) is not supported yet");
-  }
+  comm::Communicator* tp = ModelGroups::Size(ctx.groups.tp) > 1 ? ctx.groups.tp : nullptr;
   const int64_t hidden = ctx.config->hidden_size;
   MIMO_ASSIGN_OR_RETURN(auto input_norm, Norm::Create(ctx.Child("input_layernorm"), hidden));
   MIMO_ASSIGN_OR_RETURN(auto attention, SelfAttention::Create(ctx.Child("self_attention")));
@@ -44,12 +40,15 @@ absl::StatusOr<std::unique_ptr<TransformerLayer>> TransformerLayer::Create(
   MIMO_ASSIGN_OR_RETURN(auto mlp, mlp_builder.Build(ctx.Child("mlp")));
   if (mlp == nullptr) return absl::InternalError("TransformerLayer: the MLP builder built nothing");
   return std::unique_ptr<TransformerLayer>(
-      new TransformerLayer(*ctx.config, ctx.layer_number, std::move(input_norm),
+      new TransformerLayer(*ctx.config, ctx.layer_number, tp, std::move(input_norm),
                            std::move(attention), std::move(pre_mlp_norm), std::move(mlp)));
 }
 
 absl::Status TransformerLayer::HiddenDropout(const StepContext& ctx, const Tensor& x,
                                              int site) const {
+  // Sequence parallel: x is this member's block of the rows, which take the mask the same rows
+  // take on one rank (element indices counted from the first row of the whole batch).
+  const uint64_t first = static_cast<uint64_t>(ModelGroups::Rank(tp_)) * x.numel();
   return ctx.ops->Dropout({.dtype = x.dtype(),
                            .x = x.data(),
                            .y = x.data(),
@@ -58,7 +57,7 @@ absl::Status TransformerLayer::HiddenDropout(const StepContext& ctx, const Tenso
                            .seed = ctx.dropout_seed,
                            .substream = static_cast<uint32_t>(2 * layer_number_ + site),
                            .kind = static_cast<uint32_t>(ctx.dropout_kind),
-                           .offset = ctx.dropout_offset});
+                           .offset = ctx.dropout_offset + first});
 }
 
 absl::StatusOr<BlockOutput> TransformerLayer::Forward(const StepContext& ctx, const Tensor& x) {

@@ -79,6 +79,16 @@ TEST(InitialValuesTest, AShardHoldsItsSliceOfTheFullTensor) {
     }
   }
   EXPECT_EQ(InitialValues(both, 9), want);
+  // Ranges of unequal blocks (a fused [Q; K; V] weight of 4 + 2 + 2 rows over two tp ranks):
+  // rank 1 holds rows 2..3, 5 and 7.
+  const std::vector<float> qkv = InitialValues(Normal("qkv.weight", {8, 3}), 9);
+  ParameterSpec part = Normal("qkv.weight", {4, 3});
+  part.shards = {{.dim = 0, .full_size = 8, .ranges = {{2, 2}, {5, 1}, {7, 1}}}};
+  want.clear();
+  for (int row : {2, 3, 5, 7}) {
+    want.insert(want.end(), qkv.begin() + row * 3, qkv.begin() + row * 3 + 3);
+  }
+  EXPECT_EQ(InitialValues(part, 9), want);
 }
 
 TEST(InitialValuesTest, LargeTensorsFilledInParallelMatchTheElementwiseValues) {
@@ -149,6 +159,15 @@ TEST(ParameterTest, RejectsBadSpecsAndDtypes) {
             absl::StatusCode::kInvalidArgument);
   outside.shards = {{.dim = 0, .offset = 0, .full_size = 4},
                     {.dim = 0, .offset = 0, .full_size = 4}};
+  EXPECT_EQ(Parameter::Create(*ops, outside, DType::kF32, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  outside.shards = {{.dim = 0, .full_size = 4, .ranges = {{0, 1}, {3, 2}}}};  // Past the end.
+  EXPECT_EQ(Parameter::Create(*ops, outside, DType::kF32, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  outside.shards = {{.dim = 0, .full_size = 4, .ranges = {{2, 1}, {1, 1}}}};  // Out of order.
+  EXPECT_EQ(Parameter::Create(*ops, outside, DType::kF32, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  outside.shards = {{.dim = 0, .full_size = 4, .ranges = {{0, 1}}}};  // 1 row of the 2 held.
   EXPECT_EQ(Parameter::Create(*ops, outside, DType::kF32, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
   const auto bad_dtype = Parameter::Create(*ops, Normal("w", {2}), DType::kI32, 1);
