@@ -23,13 +23,13 @@ size_t Align(size_t n) { return (n + 255) / 256 * 256; }
 template <typename T>
 __global__ void EmbeddingKernel(const T* __restrict__ table, const int32_t* __restrict__ ids,
                                 T* __restrict__ out, int32_t* bad_ids, int64_t vocab,
-                                int64_t tokens, int64_t dim) {
+                                int64_t tokens, int64_t dim, int64_t first_id) {
   const int64_t n = tokens * dim;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
     const int64_t t = i / dim, d = i % dim;
-    const int64_t id = ids[t];
+    const int64_t id = ids[t] - first_id;  // The table's row.
     const bool bad = id < 0 || id >= vocab;
     if (bad && d == 0 && bad_ids != nullptr) atomicAdd(bad_ids, 1);
     out[i] = bad ? T(0.0f) : table[id * dim + d];
@@ -51,14 +51,15 @@ __global__ void IotaKernel(int32_t* __restrict__ out, int64_t n) {
 template <typename T>
 __global__ void SumRunsKernel(const T* __restrict__ dout, const int32_t* __restrict__ keys,
                               const int32_t* __restrict__ tokens_of, float* __restrict__ dtable,
-                              int64_t vocab, int64_t tokens, int64_t dim) {
+                              int64_t vocab, int64_t tokens, int64_t dim, int64_t first_id) {
   const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   if (d >= dim) return;
   for (int64_t i = blockIdx.x; i < tokens; i += gridDim.x) {
-    const int32_t id = keys[i];
-    if ((i > 0 && keys[i - 1] == id) || id < 0 || id >= vocab) continue;
+    const int32_t key = keys[i];
+    const int64_t id = key - first_id;  // The table's row.
+    if ((i > 0 && keys[i - 1] == key) || id < 0 || id >= vocab) continue;
     int64_t end = i + 1;
-    while (end < tokens && keys[end] == id) ++end;
+    while (end < tokens && keys[end] == key) ++end;
     float sum = dtable[id * dim + d];
     int64_t j = i;
     constexpr int kAhead = 8;
@@ -102,7 +103,8 @@ absl::Status Backward(const EmbeddingBackwardParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>(p.tokens, 16384)),
                   static_cast<unsigned>((p.dim + kThreads - 1) / kThreads));
   SumRunsKernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(p.dout), keys, tokens_of,
-                                                  p.dtable, p.vocab, p.tokens, p.dim);
+                                                  p.dtable, p.vocab, p.tokens, p.dim,
+                                                  p.first_id);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
@@ -117,11 +119,11 @@ absl::Status LaunchEmbedding(const EmbeddingParams& p, StreamHandle stream) {
   if (p.dtype == DType::kF32) {
     EmbeddingKernel<float><<<GridStrideBlocks(n), kThreads, 0, s>>>(
         static_cast<const float*>(p.table), p.ids, static_cast<float*>(p.out), p.bad_ids, p.vocab,
-        p.tokens, p.dim);
+        p.tokens, p.dim, p.first_id);
   } else {
     EmbeddingKernel<__nv_bfloat16><<<GridStrideBlocks(n), kThreads, 0, s>>>(
         static_cast<const __nv_bfloat16*>(p.table), p.ids, static_cast<__nv_bfloat16*>(p.out),
-        p.bad_ids, p.vocab, p.tokens, p.dim);
+        p.bad_ids, p.vocab, p.tokens, p.dim, p.first_id);
   }
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

@@ -22,10 +22,12 @@ struct EmbeddingParams {
   int64_t vocab = 0;
   int64_t tokens = 0;
   int64_t dim = 0;
+  int64_t first_id = 0;  // >= 0.
 };
 
-// dtable[v] (+)= sum over t with ids[t] == v of dout[t], in fp32, in ascending t whatever the
-// device (so results are bitwise reproducible). Ids outside [0, vocab) are skipped.
+// dtable[v - first_id] (+)= sum over t with ids[t] == v of dout[t], in fp32, in ascending t
+// whatever the device (so results are bitwise reproducible). Ids outside [first_id, first_id +
+// vocab) are skipped.
 struct EmbeddingBackwardParams {
   DType dtype = DType::kF32;     // Of dout.
   const void* dout = nullptr;    // (tokens, dim)
@@ -34,6 +36,7 @@ struct EmbeddingBackwardParams {
   int64_t vocab = 0;
   int64_t tokens = 0;
   int64_t dim = 0;
+  int64_t first_id = 0;  // >= 0: dtable's rows are ids [first_id, first_id + vocab).
   // Add to dtable (gradient accumulation over micro-batches) instead of overwriting it (rows no id
   // names become zero).
   bool accumulate = false;

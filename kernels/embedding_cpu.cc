@@ -12,10 +12,13 @@ namespace {
 
 constexpr int64_t kMaxIndex = 0x7fffffff;
 
-absl::Status CheckSizes(const char* op, int64_t vocab, int64_t tokens, int64_t dim) {
-  if (vocab < 0 || tokens < 0 || dim < 0 || vocab > kMaxIndex || tokens > kMaxIndex) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": bad sizes (vocab ", vocab, ", tokens ", tokens, ", dim ", dim, ")"));
+absl::Status CheckSizes(const char* op, int64_t vocab, int64_t tokens, int64_t dim,
+                        int64_t first_id) {
+  if (vocab < 0 || tokens < 0 || dim < 0 || vocab > kMaxIndex || tokens > kMaxIndex ||
+      first_id < 0 || first_id + vocab > kMaxIndex) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": bad sizes (vocab ", vocab, ", tokens ",
+                                                   tokens, ", dim ", dim, ", first_id ", first_id,
+                                                   ")"));
   }
   return absl::OkStatus();
 }
@@ -24,14 +27,14 @@ absl::Status CheckSizes(const char* op, int64_t vocab, int64_t tokens, int64_t d
 
 absl::Status CheckEmbedding(const EmbeddingParams& p) {
   MIMO_RETURN_IF_ERROR(CheckFloatDType("Embedding", p.dtype));
-  MIMO_RETURN_IF_ERROR(CheckSizes("Embedding", p.vocab, p.tokens, p.dim));
+  MIMO_RETURN_IF_ERROR(CheckSizes("Embedding", p.vocab, p.tokens, p.dim, p.first_id));
   return CheckBuffers("Embedding", p.tokens * p.dim > 0,
                       {{p.table, "table"}, {p.ids, "ids"}, {p.out, "out"}});
 }
 
 absl::Status CheckEmbeddingBackward(const EmbeddingBackwardParams& p) {
   MIMO_RETURN_IF_ERROR(CheckFloatDType("EmbeddingBackward", p.dtype));
-  MIMO_RETURN_IF_ERROR(CheckSizes("EmbeddingBackward", p.vocab, p.tokens, p.dim));
+  MIMO_RETURN_IF_ERROR(CheckSizes("EmbeddingBackward", p.vocab, p.tokens, p.dim, p.first_id));
   MIMO_RETURN_IF_ERROR(
       CheckBuffers("EmbeddingBackward", p.vocab * p.dim > 0, {{p.dtable, "dtable"}}));
   return CheckBuffers("EmbeddingBackward", p.tokens * p.dim > 0,
@@ -42,7 +45,7 @@ absl::Status EmbeddingCpu(const EmbeddingParams& p) {
   MIMO_RETURN_IF_ERROR(CheckEmbedding(p));
   if (p.dim == 0) return absl::OkStatus();
   for (int64_t t = 0; t < p.tokens; ++t) {
-    const int64_t id = p.ids[t];
+    const int64_t id = p.ids[t] - p.first_id;  // The table's row.
     const bool bad = id < 0 || id >= p.vocab;
     if (bad && p.bad_ids != nullptr) ++*p.bad_ids;
     for (int64_t d = 0; d < p.dim; ++d) {
@@ -57,7 +60,7 @@ absl::Status EmbeddingBackwardCpu(const EmbeddingBackwardParams& p) {
   MIMO_RETURN_IF_ERROR(CheckEmbeddingBackward(p));
   if (!p.accumulate && p.vocab * p.dim > 0) std::fill_n(p.dtable, p.vocab * p.dim, 0.0f);
   for (int64_t t = 0; t < p.tokens; ++t) {
-    const int64_t id = p.ids[t];
+    const int64_t id = p.ids[t] - p.first_id;  // The table's row.
     if (id < 0 || id >= p.vocab) continue;
     for (int64_t d = 0; d < p.dim; ++d) {
       p.dtable[id * p.dim + d] += LoadElement(p.dtype, p.dout, t * p.dim + d);

@@ -4,12 +4,17 @@
 #include "mimo/language_model.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "mimo/comm_type.h"
 #include "mimo/dense_mlp.h"
 #include "mimo/moe_layer.h"
+#include "mimo/sequence_parallel.h"
 #include "mimo/tensor_checks.h"
 
 namespace mimo {
@@ -79,21 +84,56 @@ absl::Status ValidateLanguageModelConfig(const LanguageModelConfig& c) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Vocabulary parallel: folds the members' cross-entropy states (each over its part of the
+// vocabulary) into the whole vocabulary's, the same on every member: the largest logit, the sum
+// of exp(logit - that) (each member's rescaled), and the target's logit (only its owner's is not
+// 0). A null group has nothing to fold.
+absl::Status CombineCrossEntropyState(kernels::Ops& ops, comm::Communicator* tp,
+                                      const kernels::CrossEntropyState& state, int64_t t) {
+  if (tp == nullptr || t == 0) return absl::OkStatus();
+  const size_t bytes = sizeof(float) * static_cast<size_t>(t);
+  std::vector<float> max(t), global(t), sum(t);
+  MIMO_RETURN_IF_ERROR(ops.CopyToHost(max.data(), state.max, bytes));
+  MIMO_RETURN_IF_ERROR(ops.CopyToHost(sum.data(), state.sum, bytes));
+  MIMO_ASSIGN_OR_RETURN(const comm::DataType f32, CommType(DType::kF32));
+  // max is done with (copied to the host): it becomes the group's.
+  MIMO_RETURN_IF_ERROR(tp->AllReduce(state.max, t, f32, comm::ReduceOp::kMax));
+  MIMO_RETURN_IF_ERROR(ops.CopyToHost(global.data(), state.max, bytes));
+  for (int64_t i = 0; i < t; ++i) {
+    sum[i] = max[i] == -std::numeric_limits<float>::infinity()
+                 ? 0.0f
+                 : sum[i] * std::exp(max[i] - global[i]);
+  }
+  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(state.sum, sum.data(), bytes));
+  MIMO_RETURN_IF_ERROR(ops.Synchronize());  // The communicator works on its own stream.
+  MIMO_RETURN_IF_ERROR(tp->AllReduce(state.sum, t, f32, comm::ReduceOp::kSum));
+  return tp->AllReduce(state.target_logit, t, f32, comm::ReduceOp::kSum);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Create(
     const BuildContext& ctx, const LanguageModelConfig& config) {
   MIMO_RETURN_IF_ERROR(ValidateLanguageModelConfig(config));
   const TransformerConfig& t = config.transformer;
-  if (ModelGroups::Size(ctx.groups.tp) > 1) {
-    // The transformer layers split over tp; the embedding and output layer do not yet.
+  const int64_t n = ModelGroups::Size(ctx.groups.tp), r = ModelGroups::Rank(ctx.groups.tp);
+  comm::Communicator* tp = n > 1 ? ctx.groups.tp : nullptr;
+  if (config.vocab_size % n != 0) {
     return absl::InvalidArgumentError(
-        "LanguageModel: tensor parallelism (tp > 1) is not supported yet");
+        absl::StrCat("LanguageModel: the vocabulary (vocab_size ", config.vocab_size,
+                     ") splits over tensor parallelism of ", n, " ranks only if it divides by it"));
   }
+  const int64_t part = config.vocab_size / n;  // This member's vocabulary rows.
+  std::vector<ParameterShard> rows;
+  if (tp != nullptr) rows = {{.dim = 0, .offset = r * part, .full_size = config.vocab_size}};
   BuildContext inner = ctx;
   inner.config = &config.transformer;
   MIMO_ASSIGN_OR_RETURN(auto embedding,
                         inner.Child("embedding.word_embeddings")
-                            .NewParameter("weight", {config.vocab_size, t.hidden_size},
-                                          InitKind::kNormal, t.init_std, true));
+                            .NewParameter("weight", {part, t.hidden_size}, InitKind::kNormal,
+                                          t.init_std, true, rows));
   std::unique_ptr<TransformerBlock> decoder;
   if (config.moe.has_value()) {
     MIMO_ASSIGN_OR_RETURN(decoder, TransformerBlock::Create(
@@ -104,21 +144,27 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Create(
                           TransformerBlock::Create(inner.Child("decoder"), DenseMlpBuilder()));
   }
   MIMO_ASSIGN_OR_RETURN(LinearWeights output,
-                        LinearWeights::Create(inner.Child("output_layer"), config.vocab_size,
-                                              t.hidden_size, /*bias=*/false, t.init_std));
+                        LinearWeights::Create(inner.Child("output_layer"), part, t.hidden_size,
+                                              /*bias=*/false, t.init_std, rows));
   return std::unique_ptr<LanguageModel>(
-      new LanguageModel(config, std::move(embedding), std::move(decoder), std::move(output)));
+      new LanguageModel(config, tp, std::move(embedding), std::move(decoder), std::move(output)));
 }
 
 absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ctx,
                                                            const LanguageModelBatch& batch) {
   kernels::Ops& ops = *ctx.ops;
   const TransformerConfig& tc = config_.transformer;
-  const int64_t c = tc.hidden_size, v = config_.vocab_size;
+  const int64_t c = tc.hidden_size, v = output_.out(), first = FirstId();
   if (ctx.sequences == nullptr) {
     return absl::InvalidArgumentError("LanguageModel: needs the micro-batch's packed sequences");
   }
   const int64_t t = ctx.sequences->tokens();
+  const int members = ModelGroups::Size(tp_);
+  if (t % members != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LanguageModel: ", t, " packed tokens do not split into the row blocks of ",
+                     members, " sequence-parallel ranks (pad the micro-batch to a multiple)"));
+  }
   const int64_t m = static_cast<int64_t>(batch.embedding_positions.size());
   if (batch.tokens.shape() != kernels::Shape{t} || batch.tokens.dtype() != DType::kI32 ||
       batch.labels.shape() != kernels::Shape{t} || batch.labels.dtype() != DType::kI32) {
@@ -147,7 +193,8 @@ absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ct
                                       .out = src.data(),
                                       .vocab = v,
                                       .tokens = t,
-                                      .dim = c}));
+                                      .dim = c,
+                                      .first_id = first}));
   Tensor x = src;
   if (m > 0) {
     std::vector<int32_t> row_of(t), source_row(t + m);
@@ -162,8 +209,13 @@ absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ct
       source_row[p] = -1;
       source_row[t + i] = p;
     }
-    MIMO_RETURN_IF_ERROR(
-        ops.Copy(RowAt(src, t, c), batch.embeddings.data(), batch.embeddings.nbytes()));
+    // Vocabulary parallel, the members' rows are summed: member 0 alone brings the modality rows.
+    if (ModelGroups::Rank(tp_) == 0) {
+      MIMO_RETURN_IF_ERROR(
+          ops.Copy(RowAt(src, t, c), batch.embeddings.data(), batch.embeddings.nbytes()));
+    } else {
+      MIMO_RETURN_IF_ERROR(ops.SetZero(RowAt(src, t, c), batch.embeddings.nbytes()));
+    }
     MIMO_ASSIGN_OR_RETURN(Tensor rows, Upload(ctx, row_of));
     MIMO_ASSIGN_OR_RETURN(saved->source_rows, Upload(ctx, source_row));
     MIMO_ASSIGN_OR_RETURN(x, NewTensor(ctx, {t, c}, tc.dtype));
@@ -176,9 +228,11 @@ absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ct
                                          .hidden = c,
                                          .capacity = t}));
   }
-  MIMO_ASSIGN_OR_RETURN(BlockOutput decoded, decoder_->Forward(ctx, x));
+  // Each member's part of every row's embedding summed, this member's block of the rows kept.
+  MIMO_ASSIGN_OR_RETURN(const Tensor own, ReduceScatterRows(ops, tp_, x));
+  MIMO_ASSIGN_OR_RETURN(BlockOutput decoded, decoder_->Forward(ctx, own));
   saved->decoder = std::move(decoded.saved);
-  saved->h = std::move(decoded.y);
+  MIMO_ASSIGN_OR_RETURN(saved->h, GatherRows(ops, tp_, decoded.y));
   // The loss, one vocabulary chunk of logits at a time.
   const int64_t chunk = config_.vocab_chunk > 0 ? std::min(config_.vocab_chunk, v) : v;
   MIMO_ASSIGN_OR_RETURN(Tensor max, NewTensor(ctx, {t}, DType::kF32));
@@ -196,9 +250,10 @@ absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ct
                                                 .targets = batch.labels.data<int32_t>(),
                                                 .tokens = t,
                                                 .chunk = n,
-                                                .vocab_offset = v0,
+                                                .vocab_offset = first + v0,
                                                 .state = state}));
   }
+  MIMO_RETURN_IF_ERROR(CombineCrossEntropyState(ops, tp_, state, t));
   LanguageModelOutput out;
   MIMO_ASSIGN_OR_RETURN(out.token_loss, NewTensor(ctx, {t}, DType::kF32));
   MIMO_ASSIGN_OR_RETURN(saved->lse, NewTensor(ctx, {t}, DType::kF32));
@@ -229,7 +284,7 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
                         SavedAs<LanguageModelSaved>(std::move(saved_base), "LanguageModel"));
   kernels::Ops& ops = *ctx.ops;
   const TransformerConfig& tc = config_.transformer;
-  const int64_t c = tc.hidden_size, v = config_.vocab_size, t = saved->h.size(0);
+  const int64_t c = tc.hidden_size, v = output_.out(), first = FirstId(), t = saved->h.size(0);
   const int64_t m = saved->splices;
   // Through the loss and the output layer, chunk by chunk (logits recomputed).
   const int64_t chunk = config_.vocab_chunk > 0 ? std::min(config_.vocab_chunk, v) : v;
@@ -247,7 +302,7 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
                                                    .dlogits = logits.data(),
                                                    .tokens = t,
                                                    .chunk = n,
-                                                   .vocab_offset = v0}));
+                                                   .vocab_offset = first + v0}));
     MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(ops, output_,
                                                {.row0 = v0,
                                                 .rows = n,
@@ -257,7 +312,13 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
                                                 .accumulate_dx = v0 > 0}));
   }
   MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {output_.weight.get()}));
-  MIMO_ASSIGN_OR_RETURN(Tensor dx, decoder_->Backward(ctx, std::move(saved->decoder), dh));
+  saved->h = Tensor();
+  // dh holds this member's vocabulary's part of every row's gradient: the rows' owners get the
+  // sums; the decoder's input gradient comes back as this member's rows, gathered whole.
+  MIMO_ASSIGN_OR_RETURN(const Tensor dh_own, ReduceScatterRows(ops, tp_, dh));
+  MIMO_ASSIGN_OR_RETURN(const Tensor dx_own,
+                        decoder_->Backward(ctx, std::move(saved->decoder), dh_own));
+  MIMO_ASSIGN_OR_RETURN(const Tensor dx, GatherRows(ops, tp_, dx_own));
   // Back through the gather: the token embeddings' rows, then the modality rows.
   Tensor dsrc = dx;
   if (m > 0) {
@@ -277,6 +338,7 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
                                               .vocab = v,
                                               .tokens = t,
                                               .dim = c,
+                                              .first_id = first,
                                               .accumulate = true}));
   MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {embedding_.get()}));
   if (m == 0) return Tensor();

@@ -58,6 +58,16 @@ class LanguageModel {
  public:
   // Parameters (Megatron's names under ctx.prefix): embedding.word_embeddings.weight (V, C),
   // decoder.layers.<i>.*, decoder.final_layernorm.*, output_layer.weight (V, C) (untied).
+  //
+  // With a tensor-parallel group of n > 1 members (ctx.groups.tp) the model is tensor, sequence
+  // and vocabulary parallel like Megatron's: member r holds vocabulary rows [r V / n,
+  // (r + 1) V / n) of the embedding and the output layer (V must divide by n), looks up the ids
+  // in its part (zeros for the rest) and the sum over the members is reduce-scattered into row
+  // blocks of T / n (T must divide by n); the decoder's layers split as TransformerLayer says;
+  // the final rows are gathered, each member makes the logits of its vocabulary, and the
+  // cross-entropy's running maxima and sums are folded over the group, so every member gets
+  // every token's loss. Modality rows are taken from member 0's batch.embeddings; the returned
+  // gradient of them is the same on every member.
   static absl::StatusOr<std::unique_ptr<LanguageModel>> Create(const BuildContext& ctx,
                                                                const LanguageModelConfig& config);
 
@@ -75,17 +85,23 @@ class LanguageModel {
   const LanguageModelConfig& config() const { return config_; }
 
  private:
-  LanguageModel(const LanguageModelConfig& config, std::unique_ptr<Parameter> embedding,
-                std::unique_ptr<TransformerBlock> decoder, LinearWeights output)
+  LanguageModel(const LanguageModelConfig& config, comm::Communicator* tp,
+                std::unique_ptr<Parameter> embedding, std::unique_ptr<TransformerBlock> decoder,
+                LinearWeights output)
       : config_(config),
+        tp_(tp),
         embedding_(std::move(embedding)),
         decoder_(std::move(decoder)),
         output_(std::move(output)) {}
 
+  // The first vocabulary id of this member's rows.
+  int64_t FirstId() const { return ModelGroups::Rank(tp_) * output_.out(); }
+
   const LanguageModelConfig config_;
-  std::unique_ptr<Parameter> embedding_;  // (V, C)
+  comm::Communicator* const tp_;          // Null: no tensor parallelism. Not owned.
+  std::unique_ptr<Parameter> embedding_;  // (V, C); (V / tp, C), this member's rows.
   std::unique_ptr<TransformerBlock> decoder_;
-  LinearWeights output_;  // (V, C), no bias.
+  LinearWeights output_;  // (V, C), no bias; (V / tp, C), this member's rows.
 };
 
 }  // namespace mimo

@@ -24,20 +24,28 @@ TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
   const DType dtype = GetParam();
   std::mt19937 random(std::random_device{}());
   struct Size {
-    int64_t vocab, tokens, dim;
+    int64_t vocab, tokens, dim, first_id;
   };
-  for (const Size& s : {Size{1, 1, 1}, Size{37, 301, 19}, Size{50257, 8192, 768}}) {
+  // The last: a vocabulary-parallel member's rows, ids [1000, 1037).
+  for (const Size& s : {Size{1, 1, 1, 0}, Size{37, 301, 19, 0}, Size{50257, 8192, 768, 0},
+                        Size{37, 301, 19, 1000}}) {
     SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " vocab " << s.vocab << " tokens "
-                                      << s.tokens << " dim " << s.dim);
+                                      << s.tokens << " dim " << s.dim << " first_id "
+                                      << s.first_id);
     const HostData table = RandomData(dtype, s.vocab * s.dim, random, -1, 1);
     const HostData dout = RandomData(dtype, s.tokens * s.dim, random, -1, 1);
     std::vector<int32_t> ids(s.tokens);
     // Skewed, as token frequencies are: half the tokens share 4 ids.
     for (int64_t t = 0; t < s.tokens; ++t) {
-      ids[t] = static_cast<int32_t>(random() % 2 ? random() % std::min<int64_t>(4, s.vocab)
-                                                 : random() % s.vocab);
+      ids[t] = static_cast<int32_t>(
+          s.first_id + (random() % 2 ? random() % std::min<int64_t>(4, s.vocab)
+                                     : random() % s.vocab));
     }
     if (s.tokens > 3) ids[3] = -1;
+    if (s.first_id > 0) {  // Another member's ids, just below and just above.
+      ids[4] = static_cast<int32_t>(s.first_id - 1);
+      ids[5] = static_cast<int32_t>(s.first_id + s.vocab);
+    }
     const DeviceBuffer d_table(table.bytes), d_dout(dout.bytes),
         d_ids(BytesOf(ids.data(), ids.size() * 4)), d_bad(BytesOf("\0\0\0\0", 4));
     const DeviceBuffer d_out(s.tokens * s.dim * DTypeSize(dtype));
@@ -48,7 +56,8 @@ TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
                                  .bad_ids = d_bad.as<int32_t>(),
                                  .vocab = s.vocab,
                                  .tokens = s.tokens,
-                                 .dim = s.dim},
+                                 .dim = s.dim,
+                                 .first_id = s.first_id},
                                 nullptr)
                     .ok());
     HostData want_out = PoisonedData(dtype, s.tokens * s.dim);
@@ -60,7 +69,8 @@ TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
                               .bad_ids = &want_bad,
                               .vocab = s.vocab,
                               .tokens = s.tokens,
-                              .dim = s.dim})
+                              .dim = s.dim,
+                              .first_id = s.first_id})
                     .ok());
     EXPECT_EQ(d_out.Bytes(), want_out.bytes);
     EXPECT_EQ(d_bad.Bytes(), BytesOf(&want_bad, 4));
@@ -77,6 +87,7 @@ TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
                                 .vocab = s.vocab,
                                 .tokens = s.tokens,
                                 .dim = s.dim,
+                                .first_id = s.first_id,
                                 .accumulate = accumulate,
                                 .workspace = workspace.get(),
                                 .workspace_bytes = workspace_bytes};

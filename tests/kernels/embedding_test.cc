@@ -72,6 +72,39 @@ TEST_P(EmbeddingCpuTest, LooksUpRowsAndSumsDuplicateIds) {
   EXPECT_LT(RelativeError(std::vector<double>(dtable.begin(), dtable.end()), want), 1e-6);
 }
 
+// A vocabulary-parallel member's part of the table: rows are ids [first_id, first_id + vocab);
+// the other ids give zeros (and count as bad where a counter is given) and no gradient.
+TEST(EmbeddingCpuTest, APartOfTheTableStartsAtFirstId) {
+  const std::vector<float> table = {1, 2, 3, 4, 5, 6};  // Ids 10, 11, 12; dim 2.
+  const std::vector<int32_t> ids = {11, 9, 12, 13, 10, 11};
+  std::vector<float> out(12, -1.0f);
+  int32_t bad = 0;
+  ASSERT_TRUE(EmbeddingCpu({.table = table.data(),
+                            .ids = ids.data(),
+                            .out = out.data(),
+                            .bad_ids = &bad,
+                            .vocab = 3,
+                            .tokens = 6,
+                            .dim = 2,
+                            .first_id = 10})
+                  .ok());
+  EXPECT_EQ(out, (std::vector<float>{3, 4, 0, 0, 5, 6, 0, 0, 1, 2, 3, 4}));
+  EXPECT_EQ(bad, 2);
+  const std::vector<float> dout = {1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6};
+  std::vector<float> dtable(6, 9.0f);
+  ASSERT_TRUE(EmbeddingBackwardCpu({.dout = dout.data(),
+                                    .ids = ids.data(),
+                                    .dtable = dtable.data(),
+                                    .vocab = 3,
+                                    .tokens = 6,
+                                    .dim = 2,
+                                    .first_id = 10})
+                  .ok());
+  EXPECT_EQ(dtable, (std::vector<float>{5, 5, 7, 7, 3, 3}));  // Id 11 twice: rows 0 and 5.
+  EXPECT_THAT(EmbeddingCpu({.vocab = 1, .tokens = 0, .dim = 1, .first_id = -1}).message(),
+              HasSubstr("first_id -1"));
+}
+
 INSTANTIATE_TEST_SUITE_P(DTypes, EmbeddingCpuTest, ::testing::Values(DType::kF32, DType::kBF16),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
