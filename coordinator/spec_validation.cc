@@ -234,6 +234,10 @@ class SpecChecker {
           absl::StrCat("tp=", tp, " does not divide num_query_groups ", t.num_query_groups(),
                        " (each tensor-parallel rank holds whole key/value heads)"));
     }
+    if (t.ffn_hidden_size() > 0 && t.ffn_hidden_size() % tp != 0) {
+      Add(tp_path, absl::StrCat("tp=", tp, " does not divide ffn_hidden_size ", t.ffn_hidden_size(),
+                                " (each tensor-parallel rank holds a slice)"));
+    }
   }
 
   void CheckProjector(const v1::Projector& p, const std::string& path) {
@@ -392,21 +396,45 @@ class SpecChecker {
     NonNegative("training.optimizer.decay_steps", o.decay_steps());
   }
 
+  // Tensor parallelism in a KIND_TRAIN job: a dense language module (its layers tensor +
+  // sequence parallel, embedding and output layer vocabulary parallel), without the distributed
+  // optimizer; not yet encoders or MoE layers.
+  void CheckTensorParallelTraining(size_t index, int tp, bool is_language, const char* later) {
+    const std::string at = absl::StrCat("modules[", index, "].parallelism.tp");
+    if (!is_language) {
+      Add(at, absl::StrCat("tp ", tp, ": encoders are not tensor parallel yet; ", later));
+      return;
+    }
+    const v1::LanguageModel& l = spec_.modules(static_cast<int>(index)).language();
+    if (l.moe().num_experts() > 0) {
+      Add(at, absl::StrCat("tp ", tp, " with MoE layers (moe.num_experts ", l.moe().num_experts(),
+                           "): ", later));
+    }
+    if (l.vocab_size() > 0 && l.vocab_size() % tp != 0) {
+      Add(at, absl::StrCat("tp=", tp, " does not divide vocab_size ", l.vocab_size(),
+                           " (the embedding and output layer are vocabulary parallel)"));
+    }
+    if (spec_.training().optimizer().use_distributed_optimizer()) {
+      Add("training.optimizer.use_distributed_optimizer",
+          absl::StrCat("the distributed optimizer with tp ", tp, ": ", later));
+    }
+  }
+
   // What KIND_TRAIN jobs cannot do yet is refused here, never silently ignored.
   void CheckTrainingSupport(const std::optional<parallel::RankPlan>& plan) {
     const char* kLater =
-        "KIND_TRAIN jobs do not support this yet (data, expert and expert tensor parallelism "
-        "only)";
+        "KIND_TRAIN jobs do not support this yet (data, expert and expert tensor parallelism, "
+        "and tensor parallelism of a dense language module)";
     if (plan) {
       const int language_dp = plan->language().config().dp;
       const int64_t samples = int64_t{spec_.training().micro_batch_size()} * language_dp;
       for (size_t i = 0; i < plan->modules().size(); ++i) {
         const parallel::ResolvedModule& m = plan->modules()[i].config();
         const std::string at = absl::StrCat("modules[", i, "].parallelism.");
-        for (const auto& [field, value] :
-             {std::pair{"tp", m.tp}, std::pair{"cp", m.cp}, std::pair{"pp", m.pp}}) {
+        for (const auto& [field, value] : {std::pair{"cp", m.cp}, std::pair{"pp", m.pp}}) {
           if (value > 1) Add(at + field, absl::StrCat(field, " ", value, ": ", kLater));
         }
+        if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language, kLater);
         if (!m.is_language && samples > 0 && samples % m.dp != 0) {
           Add(at + "dp", absl::StrCat("dp ", m.dp, " must divide the ", samples,
                                       " samples of a global micro-batch (micro_batch_size * "

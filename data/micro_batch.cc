@@ -39,10 +39,10 @@ void PackMedia(const std::vector<Sample>& samples, const MicroBatchOptions& o, H
 
 absl::StatusOr<HostMicroBatch> PackTokens(const std::vector<Sample>& samples,
                                           const MicroBatchOptions& o, const Tokenizer& t) {
-  if (o.seq_length < 1 || o.image_tokens < 0 || o.frames_per_token < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("MicroBatchOptions: seq_length ", o.seq_length,
-                                                   ", image_tokens ", o.image_tokens,
-                                                   ", frames_per_token ", o.frames_per_token));
+  if (o.seq_length < 1 || o.image_tokens < 0 || o.frames_per_token < 0 || o.pad_to_multiple < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MicroBatchOptions: seq_length ", o.seq_length, ", image_tokens ", o.image_tokens,
+        ", frames_per_token ", o.frames_per_token, ", pad_to_multiple ", o.pad_to_multiple));
   }
   HostMicroBatch b;
   for (size_t i = 0; i < samples.size(); ++i) {
@@ -91,6 +91,13 @@ absl::StatusOr<HostMicroBatch> PackTokens(const std::vector<Sample>& samples,
       b.labelled += next_is_target ? 1 : 0;
     }
     b.lengths.push_back(static_cast<int32_t>(seq.size()));
+  }
+  const int64_t total = static_cast<int64_t>(b.tokens.size());
+  if (const int64_t pad = (o.pad_to_multiple - total % o.pad_to_multiple) % o.pad_to_multiple;
+      pad > 0) {
+    b.tokens.insert(b.tokens.end(), pad, t.eos());
+    b.labels.insert(b.labels.end(), pad, -1);
+    b.lengths.push_back(static_cast<int32_t>(pad));
   }
   return b;
 }

@@ -18,13 +18,17 @@ struct MicroBatchOptions {
   int64_t image_tokens = 0;  // Vision-encoder tokens per image; 0: images are not used.
   // Audio frames per audio-encoder token; 0: audio is not used.
   int64_t frames_per_token = 0;
+  // The packed tokens are padded to a multiple of this (sequence parallelism splits them into
+  // equal row blocks): a last sequence of EOS ids without labels. 1: no padding.
+  int64_t pad_to_multiple = 1;
 };
 
 struct HostMicroBatch {
-  std::vector<int32_t> tokens;   // (T,) [BOS] [IMAGE]... [AUDIO]... caption [EOS] per sample.
-  std::vector<int32_t> labels;   // (T,) the next token where it is caption or EOS, else -1.
-  std::vector<int32_t> lengths;  // Per sample (the packed sequences).
-  std::vector<float> images;     // (N, C, H, W): every sample's image.
+  std::vector<int32_t> tokens;  // (T,) [BOS] [IMAGE]... [AUDIO]... caption [EOS] per sample.
+  std::vector<int32_t> labels;  // (T,) the next token where it is caption or EOS, else -1.
+  // Per sample (the packed sequences), then the padding sequence if there is one.
+  std::vector<int32_t> lengths;
+  std::vector<float> images;  // (N, C, H, W): every sample's image.
   int64_t num_images = 0;
   std::vector<int32_t> vision_positions;  // (N * image_tokens,) token indices, in order.
   std::vector<float> audio;               // (frames, mel): the samples' clips, in order.

@@ -35,8 +35,11 @@ absl::StatusOr<GradientUpdate> CreateGradientUpdate(kernels::Ops& ops,
   const std::vector<Parameter*> plain_dense = shard_dense ? std::vector<Parameter*>{} : o.dense;
   const std::vector<Parameter*> plain_experts =
       shard_experts ? std::vector<Parameter*>{} : o.experts;
-  MIMO_ASSIGN_OR_RETURN(u.adamw,
-                        AdamWOptimizer::Create(ops, o.optimizer, plain_dense, plain_experts));
+  // AdamW's sharded set (squares summed over the norm groups): the routed experts, and the
+  // tensor-parallel slices of dense parameters (an MoE layer refuses tp > 1: never both).
+  std::vector<Parameter*> whole, slices = plain_experts;
+  for (Parameter* p : plain_dense) (p->spec().shards.empty() ? whole : slices).push_back(p);
+  MIMO_ASSIGN_OR_RETURN(u.adamw, AdamWOptimizer::Create(ops, o.optimizer, whole, slices));
   // The gradients of every set with replicas in buckets, each bucket's collective started in
   // the order the backward finishes them: a bucket's turn comes when its last parameter's does.
   struct Planned {

@@ -194,9 +194,10 @@ comm::Communicator* Trainer::ExpertDataParallelGroup() const {
   return options_.expt_dp;
 }
 
-std::vector<comm::Communicator*> Trainer::ExpertNormGroups() const {
+std::vector<comm::Communicator*> Trainer::ShardNormGroups() const {
   if (modules_->language == nullptr) return {};
-  return {options_.groups.ep, options_.groups.expt_tp};
+  // (An MoE layer refuses tp > 1, so no parameter is split over tp and ep at once.)
+  return {options_.groups.ep, options_.groups.expt_tp, options_.groups.tp};
 }
 
 Trainer::~Trainer() = default;
@@ -265,11 +266,25 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   if (o.part == ModelPart::kWhole && !o.links.empty()) {
     return absl::InvalidArgumentError("TrainerOptions: the whole model on a rank takes no links");
   }
+  const int tp_size = language ? ModelGroups::Size(o.groups.tp) : 1;
+  if (tp_size > 1 && o.distributed_optimizer) {
+    return absl::InvalidArgumentError(
+        "TrainerOptions: the distributed optimizer with tensor parallelism (tp > 1) is not "
+        "supported yet");
+  }
   if (language) {
     modules->language_dp = dp_size;
     for (int x : {kVision, kAudio}) {
       modules->encoder_dp[x] = dp_size;  // kWhole: the encoders are replicated with the rest.
       if (!has[x] || o.part == ModelPart::kWhole) continue;
+      if (ModelGroups::Rank(o.groups.tp) != 0) {
+        // Only member 0 of a tensor-parallel group holds the links (parallel/bridge.h).
+        if (!modules->links[x].empty()) {
+          return absl::InvalidArgumentError(
+              "TrainerOptions: links on a language rank other than member 0 of its tp group");
+        }
+        continue;
+      }
       MIMO_RETURN_IF_ERROR(
           CheckLinks(modules->links[x], x, false, dp_rank, dp_size, o.micro_batch_size));
       modules->encoder_dp[x] = modules->links[x][0].peer_dp;
@@ -287,15 +302,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     modules->encoder_dp[x] = dp_size;
   }
   // The modules are built as MimoModel builds them (the same names, so the same initial values).
+  // The encoders are not tensor parallel: on a rank of the whole model with tp > 1 each member
+  // computes them whole (the same values on every member).
   BuildContext build{
       .ops = &ops, .config = &model.language.transformer, .seed = o.seed, .groups = o.groups};
+  BuildContext encoder_build = build;
+  encoder_build.groups.tp = nullptr;
   const std::optional<ModalityEncoderConfig>* configs[2] = {&model.vision, &model.audio};
   for (int x : {kVision, kAudio}) {
     const bool here =
         o.part == ModelPart::kWhole || (IsEncoder(o.part) && EncoderIndex(o.part) == x);
     if (!has[x] || !here) continue;
-    MIMO_ASSIGN_OR_RETURN(modules->encoders[x],
-                          ModalityEncoder::Create(build.Child(EncoderName(x)), **configs[x]));
+    MIMO_ASSIGN_OR_RETURN(
+        modules->encoders[x],
+        ModalityEncoder::Create(encoder_build.Child(EncoderName(x)), **configs[x]));
   }
   if (language) {
     MIMO_ASSIGN_OR_RETURN(modules->language,
@@ -355,7 +375,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                  .backward_order = std::move(order),
                                  .dp = o.dp,
                                  .expt_dp = expt_dp,
-                                 .expert_norm_groups = trainer->ExpertNormGroups()}));
+                                 .expert_norm_groups = trainer->ShardNormGroups()}));
   return trainer;
 }
 
@@ -446,7 +466,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
 // ranks add the encoders' parts (sent up the links) to theirs and send the total back down.
 absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
   const bool language = modules_->language != nullptr;
-  MIMO_ASSIGN_OR_RETURN(float local, update_.adamw->SquaredGradNorm(ops_, ExpertNormGroups()));
+  MIMO_ASSIGN_OR_RETURN(float local, update_.adamw->SquaredGradNorm(ops_, ShardNormGroups()));
   if (update_.distributed != nullptr) {
     MIMO_ASSIGN_OR_RETURN(const float shards, update_.distributed->SquaredGradNorm(ops_));
     local += shards;
@@ -462,6 +482,12 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
     }
     return total;
   }
+  if (ModelGroups::Rank(options_.groups.tp) != 0) {
+    // Member 0 of the tp group holds the links: its total, summed with the others' zeros.
+    float total[1] = {0};
+    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.groups.tp, total));
+    return total[0];
+  }
   float encoder[2] = {0, 0};
   for (int x : {kVision, kAudio}) {
     const std::vector<BridgeEnd>& links = modules_->links[x];
@@ -473,6 +499,10 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
   const float total = local + encoder[kVision] + encoder[kAudio];
   for (int x : {kVision, kAudio}) {
     for (const BridgeEnd& l : modules_->links[x]) MIMO_RETURN_IF_ERROR(SendFloat(ops_, l, total));
+  }
+  if (ModelGroups::Size(options_.groups.tp) > 1) {
+    float shared[1] = {total};
+    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.groups.tp, shared));
   }
   return total;
 }
@@ -488,7 +518,8 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
   const data::MicroBatchOptions pack{
       .seq_length = options_.seq_length,
       .image_tokens = has[kVision] ? config_.vision->max_tokens() : 0,
-      .frames_per_token = has[kAudio] ? config_.audio->frames_per_token : 0};
+      .frames_per_token = has[kAudio] ? config_.audio->frames_per_token : 0,
+      .pad_to_multiple = ModelGroups::Size(options_.groups.tp)};
   // Encoders on other ranks: their inputs are not uploaded here.
   MimoModelConfig upload = config_;
   if (!whole) {
@@ -576,6 +607,13 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
       const int64_t offset = x == kVision ? 0 : rows[kVision];
       text.embedding_positions.insert(text.embedding_positions.end(), positions[x]->begin(),
                                       positions[x]->end());
+      if (!whole && ModelGroups::Rank(options_.groups.tp) != 0) {
+        // Not member 0 of a tp group: no links; the language model reads member 0's rows only.
+        MIMO_RETURN_IF_ERROR(
+            ops_.SetZero(RowAt(text.embeddings, offset, hidden),
+                         static_cast<size_t>(rows[x] * hidden) * kernels::DTypeSize(dtype)));
+        continue;
+      }
       if (whole) {
         MIMO_ASSIGN_OR_RETURN(EncoderOutput out, modules_->encoders[x]->Forward(ctx, *inputs[x]));
         if (out.embeddings.size(0) != rows[x]) {

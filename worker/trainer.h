@@ -76,7 +76,10 @@ struct TrainerOptions {
   // Expert parallelism of the language model (ModelGroups::ep and expt_tp): the routed experts'
   // gradients are summed over expt_dp (the ranks holding the same expert shards; null: dp
   // without EP and expt_tp, none with either) instead of dp, and their squared norms over ep and
-  // expt_tp.
+  // expt_tp. Tensor parallelism of the language model (ModelGroups::tp; dense MLPs only, without
+  // the distributed optimizer): its members read the same samples, each micro-batch is padded to
+  // a multiple of tp tokens, only member 0 holds the links to the encoders, and on a rank of the
+  // whole model the encoders are computed whole by every member.
   ModelGroups groups;
   comm::Communicator* expt_dp = nullptr;
   // Modules on their own ranks: which part this rank computes, and its links to the other side.
@@ -111,7 +114,7 @@ struct StepMetrics {
   double grad_norm = 0;  // Over the whole model, every module's gradients.
   double lr = 0;
   bool skipped = false;
-  int64_t tokens = 0;                // Packed tokens of the step.
+  int64_t tokens = 0;                // Packed tokens of the step (with tp's padding).
   int64_t labelled = 0;              // Of which with a label.
   std::vector<int64_t> expert_load;  // Per expert, summed over the MoE layers and the group.
   // The whole model's training FLOPs of the step, over all ranks (mimo/model_flops.h: the
@@ -158,9 +161,9 @@ class Trainer {
           std::vector<Parameter*> experts);
   // The routed experts' data-parallel group (TrainerOptions::expt_dp as resolved).
   comm::Communicator* ExpertDataParallelGroup() const;
-  // The groups over which the routed experts' squared norms are summed (ep, expt_tp); none on
-  // encoder ranks.
-  std::vector<comm::Communicator*> ExpertNormGroups() const;
+  // The groups over which the sharded parameters' squared norms are summed (the routed experts'
+  // over ep and expt_tp, the tensor-parallel slices over tp); none on encoder ranks.
+  std::vector<comm::Communicator*> ShardNormGroups() const;
   // Sample `index` of the global order (read ahead when it was asked for); recorded, so that
   // the next steps' indices (the same offsets from their base) are read ahead.
   absl::StatusOr<data::Sample> ReadSample(int64_t index);

@@ -136,6 +136,22 @@ v1::Module& Audio(v1::JobSpec& s) { return *s.mutable_modules(1); }
 v1::Module& Language(v1::JobSpec& s) { return *s.mutable_modules(2); }
 v1::MoE& Moe(v1::JobSpec& s) { return *Language(s).mutable_language()->mutable_moe(); }
 v1::Training& Train(v1::JobSpec& s) { return *s.mutable_training(); }
+
+// KIND_TRAIN runs a dense language module tensor parallel (here tp 2 x dp 2).
+TEST(ValidateJobSpecTest, TrainingAcceptsATensorParallelDenseLanguageModule) {
+  v1::JobSpec spec = ValidSpec();
+  v1::Module& language = Language(spec);
+  language.mutable_language()->clear_moe();
+  language.mutable_parallelism()->set_tp(2);
+  language.mutable_parallelism()->set_dp(2);
+  language.mutable_parallelism()->set_ep(1);
+  Train(spec).set_global_batch_size(4);
+  std::vector<FieldViolation> violations;
+  const absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+}
+
 v1::Optimizer& Opt(v1::JobSpec& s) { return *s.mutable_training()->mutable_optimizer(); }
 
 TEST(ValidateJobSpecTest, ValidSpecPasses) {
@@ -496,6 +512,33 @@ INSTANTIATE_TEST_SUITE_P(
                Vision(s).mutable_parallelism()->set_dp(1);
              },
              {"modules[0].parallelism.tp"}},
+        Case{"TrainingWithTensorParallelMoe",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_parallelism()->set_tp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Train(s).set_global_batch_size(4);
+             },
+             {"modules[2].parallelism.tp"}},
+        Case{"TrainingWithTensorParallelismAndTheDistributedOptimizer",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_language()->clear_moe();
+               Language(s).mutable_parallelism()->set_tp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Language(s).mutable_parallelism()->set_ep(1);
+               Train(s).set_global_batch_size(4);
+               Train(s).mutable_optimizer()->set_use_distributed_optimizer(true);
+             },
+             {"training.optimizer.use_distributed_optimizer"}},
+        Case{"TrainingWithAVocabularyTensorParallelismDoesNotSplit",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_language()->clear_moe();
+               Language(s).mutable_language()->set_vocab_size(257);
+               Language(s).mutable_parallelism()->set_tp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Language(s).mutable_parallelism()->set_ep(1);
+               Train(s).set_global_batch_size(4);
+             },
+             {"modules[2].parallelism.tp"}},
         Case{"TrainingWithPipelineParallelism",
              [](v1::JobSpec& s) {
                Language(s).mutable_parallelism()->set_pp(2);

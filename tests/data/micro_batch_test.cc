@@ -72,6 +72,26 @@ TEST(MicroBatchTest, TokensThenMediaEqualsPackSamples) {
   EXPECT_EQ(whole->audio[8], -200.0f);
 }
 
+// Sequence parallelism splits the tokens into equal blocks: a padding sequence fills them up.
+TEST(MicroBatchTest, PadsToAMultipleWithAnUnlabelledSequence) {
+  const MicroBatchOptions o{.seq_length = 64, .image_tokens = 2, .pad_to_multiple = 4};
+  auto b = PackSamples({Make("ab", 0), Make("xyz", 0)}, o);  // 6 + 7 tokens.
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->lengths, (std::vector<int32_t>{6, 7, 3}));
+  ASSERT_EQ(b->tokens.size(), 16u);
+  EXPECT_EQ(std::vector<int32_t>(b->tokens.begin() + 13, b->tokens.end()),
+            (std::vector<int32_t>(3, T::kEos)));
+  EXPECT_EQ(std::vector<int32_t>(b->labels.begin() + 13, b->labels.end()),
+            (std::vector<int32_t>(3, -1)));
+  EXPECT_EQ(b->labelled, 7);  // As without padding: 2 + 3 caption tokens and 2 EOS.
+  EXPECT_EQ(b->vision_positions, (std::vector<int32_t>{1, 2, 7, 8}));
+  auto exact = PackSamples({Make("ab", 0), Make("xy", 0)}, o);  // 6 + 6: 12 already.
+  ASSERT_TRUE(exact.ok());
+  EXPECT_EQ(exact->lengths, (std::vector<int32_t>{6, 6}));
+  EXPECT_EQ(PackSamples({Make("a", 0)}, {.seq_length = 8, .pad_to_multiple = 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(MicroBatchTest, CutsCaptionsToTheSequenceLength) {
   auto b = PackSamples({Make("abcdefgh", 0)}, {.seq_length = 6, .image_tokens = 1});
   ASSERT_TRUE(b.ok());

@@ -14,6 +14,7 @@
 #include "kernels/ops.h"
 #include "kernels/tensor.h"
 #include "mimo/block.h"
+#include "mimo/parameter.h"
 #include "mimo/transformer_config.h"
 #include "tests/kernels/attention_reference.h"
 #include "tests/kernels/gelu_reference.h"
@@ -82,6 +83,33 @@ inline double RelL2(const std::vector<double>& got, const std::vector<double>& w
     den += want[i] * want[i];
   }
   return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// The elements of `full` (a parameter's one-rank values, row-major) that a member holding
+// `spec` (its shards) holds, in its order.
+inline std::vector<float> SliceOf(const std::vector<float>& full, const ParameterSpec& spec) {
+  const int dims = static_cast<int>(spec.shape.size());
+  kernels::Shape full_shape = spec.shape;
+  std::vector<std::vector<int64_t>> index(dims);
+  for (int d = 0; d < dims; ++d) {
+    for (int64_t j = 0; j < spec.shape[d]; ++j) index[d].push_back(j);
+  }
+  for (const ParameterShard& s : spec.shards) {
+    full_shape[s.dim] = s.full_size;
+    index[s.dim].clear();
+    for (const ShardRange& r : ShardRanges(s, spec.shape[s.dim])) {
+      for (int64_t j = 0; j < r.size; ++j) index[s.dim].push_back(r.start + j);
+    }
+  }
+  std::vector<float> out;
+  std::vector<int64_t> at(dims, 0);
+  for (int64_t i = 0; i < kernels::NumElements(spec.shape); ++i) {
+    int64_t g = 0;
+    for (int d = 0; d < dims; ++d) g = g * full_shape[d] + index[d][at[d]];
+    out.push_back(full[g]);
+    for (int d = dims - 1; d >= 0 && ++at[d] == spec.shape[d]; --d) at[d] = 0;
+  }
+  return out;
 }
 
 // Of a Block or anything else with AppendParameters (a whole model).

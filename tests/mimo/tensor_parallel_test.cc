@@ -32,6 +32,7 @@ namespace {
 
 using kernels::DType;
 using testing::RandomFloats;
+using testing::SliceOf;
 using testing::Upload;
 
 constexpr int64_t kHidden = 16;
@@ -45,33 +46,6 @@ std::vector<float> Host(kernels::Ops& ops, const kernels::Tensor& t) {
 // Rows [r0, r0 + n) of a row-major (rows, cols) matrix.
 std::vector<float> Rows(const std::vector<float>& m, int64_t cols, int64_t r0, int64_t n) {
   return {m.begin() + r0 * cols, m.begin() + (r0 + n) * cols};
-}
-
-// The elements of `full` (a parameter's one-rank values, row-major) that a member holding
-// `spec` (its shards) holds, in its order.
-std::vector<float> SliceOf(const std::vector<float>& full, const ParameterSpec& spec) {
-  const int dims = static_cast<int>(spec.shape.size());
-  kernels::Shape full_shape = spec.shape;
-  std::vector<std::vector<int64_t>> index(dims);
-  for (int d = 0; d < dims; ++d) {
-    for (int64_t j = 0; j < spec.shape[d]; ++j) index[d].push_back(j);
-  }
-  for (const ParameterShard& s : spec.shards) {
-    full_shape[s.dim] = s.full_size;
-    index[s.dim].clear();
-    for (const ShardRange& r : ShardRanges(s, spec.shape[s.dim])) {
-      for (int64_t j = 0; j < r.size; ++j) index[s.dim].push_back(r.start + j);
-    }
-  }
-  std::vector<float> out;
-  std::vector<int64_t> at(dims, 0);
-  for (int64_t i = 0; i < kernels::NumElements(spec.shape); ++i) {
-    int64_t g = 0;
-    for (int d = 0; d < dims; ++d) g = g * full_shape[d] + index[d][at[d]];
-    out.push_back(full[g]);
-    for (int d = dims - 1; d >= 0 && ++at[d] == spec.shape[d]; --d) at[d] = 0;
-  }
-  return out;
 }
 
 double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {

@@ -55,6 +55,7 @@ inline MimoModelConfig DpTestModel(kernels::DType dtype = kernels::DType::kF32) 
 struct TrainRun {
   std::vector<StepMetrics> steps;
   std::map<std::string, std::vector<float>> params;
+  std::map<std::string, ParameterSpec> specs;  // Each parameter's (its shards under tp or ep).
 };
 
 // Three steps of `model` on `ops`; the parameters' values after them (copied to the host).
@@ -89,6 +90,7 @@ inline TrainRun TrainOn(kernels::Ops& ops, const MimoModelConfig& model, int mic
   std::vector<Parameter*> params;
   (*trainer)->AppendParameters(params);
   for (Parameter* p : params) {
+    run.specs[p->name()] = p->spec();
     std::vector<float>& v = run.params[p->name()];
     if (p->weight().dtype() == kernels::DType::kF32) {
       v.resize(p->numel());

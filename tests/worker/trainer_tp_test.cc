@@ -1,0 +1,112 @@
+// The trainer with the language model tensor + sequence + vocabulary parallel (tp = 2, alone and
+// with dp = 2) over Gloo against one rank on the same data: the same losses, label counts and
+// gradient norms at every step, each member's parameters its slices of the one-rank parameters
+// after three AdamW steps, the replicated ones bitwise equal across the members. The distributed
+// optimizer with tp is refused.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "comm/in_memory_store.h"
+#include "comm/process_groups.h"
+#include "tests/comm/run_ranks.h"
+#include "tests/mimo/model_test_util.h"
+#include "tests/worker/trainer_dp_util.h"
+
+namespace mimo::worker {
+namespace {
+
+MimoModelConfig DenseModel() {
+  MimoModelConfig c = DpTestModel();
+  c.language.moe.reset();  // An MoE layer refuses tp > 1.
+  return c;
+}
+
+// Every member against the one-rank run: metrics and parameter slices.
+void ExpectMatchesOneRank(const std::vector<TrainRun>& got, const TrainRun& want, int tp) {
+  ASSERT_EQ(want.steps.size(), 3u);
+  for (size_t r = 0; r < got.size(); ++r) {
+    SCOPED_TRACE(::testing::Message() << "rank " << r);
+    ASSERT_EQ(got[r].steps.size(), 3u);
+    for (int i = 0; i < 3; ++i) {
+      const StepMetrics &g = got[r].steps[i], &w = want.steps[i];
+      EXPECT_EQ(g.labelled, w.labelled) << "step " << i;
+      EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
+      EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
+    }
+    ASSERT_EQ(got[r].params.size(), want.params.size());
+    int sharded = 0;
+    for (const auto& [name, values] : got[r].params) {
+      SCOPED_TRACE(name);
+      ASSERT_TRUE(want.params.contains(name));
+      const ParameterSpec& spec = got[r].specs.at(name);
+      sharded += spec.shards.empty() ? 0 : 1;
+      EXPECT_LT(RelativeError(values, testing::SliceOf(want.params.at(name), spec)), 1e-5);
+      // The tp peer (same replica): replicated parameters bitwise equal.
+      const size_t peer = r ^ 1;
+      if (tp > 1 && spec.shards.empty()) {
+        EXPECT_EQ(values, got[peer].params.at(name));
+      }
+    }
+    EXPECT_GE(sharded, tp > 1 ? 6 : 0);  // Embedding, output layer, 2 x (qkv, proj, fc1, fc2).
+  }
+}
+
+TEST(TrainerTensorParallelTest, TwoMembersEqualOneRank) {
+  const MimoModelConfig model = DenseModel();
+  auto one = kernels::NewCpuOps();
+  const TrainRun want = TrainOn(*one, model, 2, nullptr);
+  std::vector<TrainRun> got(2);
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "tp", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    auto ops = kernels::NewCpuOps();
+    got[rank] = TrainOn(*ops, model, 2, nullptr, ModelGroupsOf(**groups));
+  });
+  ExpectMatchesOneRank(got, want, 2);
+}
+
+// Ranks (replica, member): 0 = (0, 0), 1 = (0, 1), 2 = (1, 0), 3 = (1, 1).
+TEST(TrainerTensorParallelTest, WithDataParallelReplicasEqualOneRank) {
+  const MimoModelConfig model = DenseModel();
+  auto one = kernels::NewCpuOps();
+  const TrainRun want = TrainOn(*one, model, 2, nullptr);
+  std::vector<TrainRun> got(4);
+  comm::InMemoryStore store;
+  comm::RunRanks(4, [&](int rank) {
+    const int member = rank % 2, replica0 = rank / 2 * 2;
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "dp", .members = {member, member + 2}},
+         {.kind = "tp", .members = {replica0, replica0 + 1}}},
+        store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    auto ops = kernels::NewCpuOps();
+    got[rank] = TrainOn(*ops, model, 1, (*groups)->Get("dp"), ModelGroupsOf(**groups));
+  });
+  ExpectMatchesOneRank(got, want, 2);
+}
+
+TEST(TrainerTensorParallelTest, RefusesTheDistributedOptimizer) {
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "tp", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    auto ops = kernels::NewCpuOps();
+    auto trainer = Trainer::Create(*ops, DenseModel(),
+                                   {.micro_batch_size = 2,
+                                    .seq_length = 48,
+                                    .groups = ModelGroupsOf(**groups),
+                                    .distributed_optimizer = true});
+    EXPECT_EQ(trainer.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(trainer.status().message().find("tensor parallelism"), std::string::npos)
+        << trainer.status();
+  });
+}
+
+}  // namespace
+}  // namespace mimo::worker
