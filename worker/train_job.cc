@@ -164,7 +164,9 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
   int64_t numel = 0;
   for (const Parameter* p : params) numel += p->numel();
   const v1::RankAssignment& rank = assignment.rank();
-  const bool logs = options.part == ModelPart::kLanguage && rank.dense().dp() == 0;
+  // One rank: data-parallel replica 0, tensor-parallel member 0 (the members log the same loss).
+  const bool logs =
+      options.part == ModelPart::kLanguage && rank.dense().dp() == 0 && rank.dense().tp() == 0;
   const int64_t interval = t.log_interval() > 0 ? t.log_interval() : 1;
   const double peak = PeakTflops(device_name, dtype);
   const int world = spec.resources().workers();

@@ -48,7 +48,7 @@ struct TrainJobHooks {
 };
 
 // Runs the job's steps on this rank with `ops` (CPU ops with Gloo groups, CUDA ops with NCCL
-// groups). The logging rank (the language module's data-parallel replica 0) logs every
+// groups). The logging rank (the language module's data-parallel replica 0, tp member 0) logs every
 // training.log_interval steps (0: every step) and the last one, and reports the same steps'
 // metrics, and with spec.output_dir writes them there too (training_outputs.h; `host` names its
 // TensorBoard file); every rank logs its start and end. Cancelled once `stopped` says so.

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The tensor-parallel example end to end through the real programs, as a user runs it.
+#   tp_example_test.sh MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR
+# A copy of examples/mimo-cpu-8-tp.yaml (language model tp=2 dp=2) with 20 steps and its
+# output_dir in a temporary folder, run on `mimo-coordinator --cpu-workers 8` with `mimoctl submit
+# --wait`: the job must succeed, output_dir/metrics.csv have a row for its last step, and the loss
+# of the last step be below the first's. Every exit path stops what the test started.
+set -euo pipefail
+
+if [[ $# -ne 4 ]]; then
+  echo "usage: $0 MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR" >&2
+  exit 2
+fi
+coordinator_bin=$1 worker_bin=$2 mimoctl_bin=$3 source_dir=$4
+example=$source_dir/examples/mimo-cpu-8-tp.yaml
+readonly steps=20
+
+tmp=$(mktemp -d -t mimo-tp-example.XXXXXX)
+# shellcheck source=job_lib.sh
+source "$(dirname "$0")/job_lib.sh"
+start_watchdog 90
+coordinator_pid=""
+
+log() { echo "[tp_example $(date +%T)] $*" >&2; }
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  stop_watchdog
+  if [[ $status -ne 0 && -s $tmp/coordinator.log ]]; then
+    echo "---- coordinator log with its workers' stderr (last 60 lines): $tmp/coordinator.log" >&2
+    tail -n 60 "$tmp/coordinator.log" >&2
+  fi
+  # shellcheck disable=SC2119  # no pids of its own to add
+  stop_embedded_coordinator
+  end_test tp_example "$status"
+}
+trap_cleanup
+
+ctl() { "$mimoctl_bin" "$@"; }
+
+grep -q "parallelism: {tp: 2, dp: 2" "$example" || fail "$example has no language tp=2 dp=2"
+spec=$tmp/tp.yaml
+sed -e "s|^name: .*|name: tp-example-test|" \
+  -e "s|^  steps: .*|  steps: $steps|" \
+  -e "s|^    warmup_steps: .*|    warmup_steps: 5|" \
+  -e "s|^    decay_steps: .*|    decay_steps: $((steps - 5))|" \
+  -e "s|^  log_interval: .*|  log_interval: 1|" \
+  -e "s|^output_dir: .*|output_dir: $tmp/output|" "$example" >"$spec"
+for want in "steps: $steps" "output_dir: $tmp/output"; do
+  grep -qF -- "$want" "$spec" || fail "the test's spec $spec has no '$want'"
+done
+workers=$(ctl plan "$spec" | sed -n '1s/^world_size \([0-9]*\),.*/\1/p')
+[[ $workers == 8 ]] || fail "mimoctl plan $spec printed world_size '${workers}', expected 8"
+
+start_embedded_coordinator "$workers"
+ctl validate "$spec" >/dev/null || fail "the test's spec $spec does not validate"
+status=0
+timeout 60 "$mimoctl_bin" submit "$spec" --wait >"$tmp/submit.out" 2>&1 || status=$?
+job=$(grep -o 'j-[0-9]\{8\}-[0-9]\{6\}' "$tmp/submit.out" | head -n 1) || true
+[[ $status -eq 0 ]] || {
+  cat "$tmp/submit.out" >&2
+  [[ -n $job ]] && ctl logs "$job" --tail 60 >&2
+  fail "mimoctl submit --wait exited $status (job ${job:-none}), expected 0"
+}
+[[ -n $job ]] || fail "no job id in the output of mimoctl submit"
+state=$(job_state "$job")
+[[ $state == JOB_STATE_SUCCEEDED ]] || fail "job $job is $state, expected JOB_STATE_SUCCEEDED"
+csv=$tmp/output/metrics.csv
+[[ -s $csv ]] || fail "job $job wrote no $csv"
+grep -q "^$steps," "$csv" || {
+  cat "$csv" >&2
+  fail "$csv has no row for step $steps"
+}
+# The loss column by its header name; the last step's below the first's.
+column=$(head -n 1 "$csv" | tr ',' '\n' | grep -n '^loss$' | cut -d: -f1)
+[[ -n $column ]] || fail "$csv has no loss column: $(head -n 1 "$csv")"
+first=$(sed -n '2p' "$csv" | cut -d, -f"$column")
+last=$(grep "^$steps," "$csv" | cut -d, -f"$column")
+awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
+  fail "the loss went from $first (first row) to $last (step $steps): it did not fall"
+log "job $job SUCCEEDED with language tp=2 dp=2; loss $first -> $last"
+echo "tp_example: PASSED"
