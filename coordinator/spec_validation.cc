@@ -418,6 +418,15 @@ class SpecChecker {
       Add("training.optimizer.use_distributed_optimizer",
           absl::StrCat("the distributed optimizer with tp ", tp, ": ", later));
     }
+    const v1::Optimizer& o = spec_.training().optimizer();
+    const bool overlap = !o.has_overlap_grad_reduce() || o.overlap_grad_reduce();
+    if (overlap && spec_.resources().device() != v1::DEVICE_KIND_CPU) {
+      // Each layer's tp collectives beside the dp ones on the communication thread: two NCCL
+      // communicators driven from two threads, not run on GPUs yet.
+      Add("training.optimizer.overlap_grad_reduce",
+          absl::StrCat("overlapping the gradient reduction with tp ", tp,
+                       " on GPUs is not supported yet: set overlap_grad_reduce: false"));
+    }
   }
 
   // What KIND_TRAIN jobs cannot do yet is refused here, never silently ignored.

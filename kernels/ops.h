@@ -66,8 +66,10 @@ class Ops {
 
   // Memory: `bytes` bytes between host memory and this device's memory, within this device's
   // memory, or set to zero. CopyFromHost may return before the copy is done, and `host` may be
-  // reused as soon as it returns (the CUDA Ops stage it in pinned buffers of their own:
-  // kernels/pinned_staging.h). CopyToHost waits for the work enqueued before it and the copy.
+  // reused as soon as it returns when it is ordinary (pageable) memory (the CUDA Ops stage large
+  // copies in pinned buffers of their own, kernels/pinned_staging.h; CUDA stages small ones);
+  // pinned memory must stay untouched until Synchronize. CopyToHost waits for the work enqueued
+  // before it and the copy.
   // Copy's buffers may not overlap.
   virtual absl::Status CopyFromHost(void* dst, const void* host, size_t bytes) = 0;
   virtual absl::Status CopyToHost(void* host, const void* src, size_t bytes) = 0;

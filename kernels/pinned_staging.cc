@@ -72,18 +72,29 @@ absl::Status PinnedStaging::Acquire(size_t bytes, Buffer** out) {
 absl::Status PinnedStaging::CopyToDevice(void* dst, const void* host, size_t bytes,
                                          cudaStream_t stream) {
   if (bytes == 0) return absl::OkStatus();
+  // A graph capture would keep a pooled buffer's address, which later copies overwrite.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  MIMO_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream, &capture));
   Buffer* buffer = nullptr;
-  if (bytes >= options_.min_bytes) MIMO_RETURN_IF_ERROR(Acquire(bytes, &buffer));
+  if (bytes >= options_.min_bytes && capture == cudaStreamCaptureStatusNone) {
+    MIMO_RETURN_IF_ERROR(Acquire(bytes, &buffer));
+  }
   if (buffer == nullptr) {
     MIMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, stream));
     return absl::OkStatus();
   }
   std::memcpy(buffer->ptr, host, bytes);
-  MIMO_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(dst, buffer->ptr, bytes, cudaMemcpyHostToDevice, stream));
-  MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(buffer->done, stream));
+  // Busy from the moment a copy may read it; a failed record leaves it busy until the stream is
+  // idle (checked once more before it is handed out again).
   buffer->busy = true;
   buffer->last_use = ++uses_;
+  MIMO_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst, buffer->ptr, bytes, cudaMemcpyHostToDevice, stream));
+  if (const cudaError_t e = cudaEventRecord(buffer->done, stream); e != cudaSuccess) {
+    cudaStreamSynchronize(stream);
+    buffer->busy = false;
+    MIMO_CUDA_RETURN_IF_ERROR(e);
+  }
   return absl::OkStatus();
 }
 

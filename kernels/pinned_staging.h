@@ -24,6 +24,7 @@ struct PinnedStagingOptions {
   size_t max_bytes = size_t{1} << 30;
 };
 
+// Not thread-safe: one thread (the Ops' caller) copies through it.
 class PinnedStaging {
  public:
   // For copies to `device`'s memory; nothing is allocated until the first staged copy.
@@ -34,7 +35,9 @@ class PinnedStaging {
   ~PinnedStaging();
 
   // Enqueues a copy of `bytes` bytes from `host` to `dst` (device memory) on `stream`; `host`
-  // may be reused as soon as this returns. The caller has made `device` current.
+  // (ordinary memory) may be reused as soon as this returns. Copies below min_bytes, and any
+  // during a graph capture, go straight to cudaMemcpyAsync (a pinned `host` must then stay
+  // untouched until the copy is done). The caller has made `device` current.
   absl::Status CopyToDevice(void* dst, const void* host, size_t bytes, cudaStream_t stream);
 
   // Pinned bytes held (for tests and reports).

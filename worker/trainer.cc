@@ -194,10 +194,18 @@ comm::Communicator* Trainer::ExpertDataParallelGroup() const {
   return options_.expt_dp;
 }
 
+std::vector<comm::Communicator*> Trainer::ExpertNormGroups() const {
+  if (modules_->language == nullptr) return {};
+  return {options_.groups.ep, options_.groups.expt_tp};
+}
+
 std::vector<comm::Communicator*> Trainer::ShardNormGroups() const {
   if (modules_->language == nullptr) return {};
-  // (An MoE layer refuses tp > 1, so no parameter is split over tp and ep at once.)
-  return {options_.groups.ep, options_.groups.expt_tp, options_.groups.tp};
+  // The sharded parameters are the routed experts, or (an MoE layer refuses tp > 1) the tensor-
+  // parallel slices: never both. A dense model's expt_tp group may have tp's members (Megatron's
+  // default etp = tp): summing over both would count the slices twice.
+  if (!experts_.empty()) return ExpertNormGroups();
+  return {options_.groups.tp};
 }
 
 Trainer::~Trainer() = default;
@@ -350,6 +358,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   comm::Communicator* expt_dp = trainer->ExpertDataParallelGroup();
   // The gradients' collectives on dp and expt_dp run on a communication thread while the
   // backward uses the other groups: one communicator serves one thread at a time.
+  if (o.overlap_grad_reduce && ModelGroups::Size(o.groups.tp) > 1 && ops.device().is_cuda()) {
+    // Every layer's tp collectives on the step thread beside the dp ones on the communication
+    // thread, in an order that differs per rank: NCCL kernels of two communicators can then wait
+    // on each other. Not run on GPUs yet.
+    return absl::InvalidArgumentError(
+        "TrainerOptions: overlap_grad_reduce with tensor parallelism (tp > 1) on GPUs is not "
+        "supported yet (set overlap_grad_reduce: false)");
+  }
   if (o.overlap_grad_reduce) {
     std::vector<std::pair<const char*, comm::Communicator*>> others = {
         {"ep", o.groups.ep}, {"expt_tp", o.groups.expt_tp}, {"tp", o.groups.tp}};
@@ -375,7 +391,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                  .backward_order = std::move(order),
                                  .dp = o.dp,
                                  .expt_dp = expt_dp,
-                                 .expert_norm_groups = trainer->ShardNormGroups()}));
+                                 .expert_norm_groups = trainer->ExpertNormGroups()}));
   return trainer;
 }
 
@@ -540,8 +556,10 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackTokens(samples[i], pack, *tokenizer_));
     batch_seconds_ += SecondsSince(pack_start);
     m.labelled += b.labelled;
-    m.tokens += static_cast<int64_t>(b.tokens.size());
-    m.model_flops += LanguageModelTrainingFlops(config_.language, b.lengths);
+    // The samples' sequences, without tp's padding sequence (not counted as work).
+    const std::vector<int32_t> lengths(b.lengths.begin(), b.lengths.begin() + samples[i].size());
+    for (int32_t n : lengths) m.tokens += n;
+    m.model_flops += LanguageModelTrainingFlops(config_.language, lengths);
     for (int x : {kVision, kAudio}) {
       if (!has[x]) continue;
       std::vector<int64_t> tokens;

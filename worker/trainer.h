@@ -114,7 +114,7 @@ struct StepMetrics {
   double grad_norm = 0;  // Over the whole model, every module's gradients.
   double lr = 0;
   bool skipped = false;
-  int64_t tokens = 0;                // Packed tokens of the step (with tp's padding).
+  int64_t tokens = 0;                // Packed tokens of the step (not tp's padding).
   int64_t labelled = 0;              // Of which with a label.
   std::vector<int64_t> expert_load;  // Per expert, summed over the MoE layers and the group.
   // The whole model's training FLOPs of the step, over all ranks (mimo/model_flops.h: the
@@ -161,8 +161,11 @@ class Trainer {
           std::vector<Parameter*> experts);
   // The routed experts' data-parallel group (TrainerOptions::expt_dp as resolved).
   comm::Communicator* ExpertDataParallelGroup() const;
-  // The groups over which the sharded parameters' squared norms are summed (the routed experts'
-  // over ep and expt_tp, the tensor-parallel slices over tp); none on encoder ranks.
+  // The groups over which the routed experts' squared norms are summed (ep, expt_tp); none on
+  // encoder ranks.
+  std::vector<comm::Communicator*> ExpertNormGroups() const;
+  // Those of the sharded parameters (AdamW's sharded set): the experts', or the tensor-parallel
+  // slices' (tp).
   std::vector<comm::Communicator*> ShardNormGroups() const;
   // Sample `index` of the global order (read ahead when it was asked for); recorded, so that
   // the next steps' indices (the same offsets from their base) are read ahead.

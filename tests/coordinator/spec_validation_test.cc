@@ -529,6 +529,16 @@ INSTANTIATE_TEST_SUITE_P(
                Train(s).mutable_optimizer()->set_use_distributed_optimizer(true);
              },
              {"training.optimizer.use_distributed_optimizer"}},
+        Case{"TrainingWithTensorParallelismOnGpusOverlappingTheReduction",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_language()->clear_moe();
+               Language(s).mutable_parallelism()->set_tp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Language(s).mutable_parallelism()->set_ep(1);
+               Train(s).set_global_batch_size(4);
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+             },
+             {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingWithAVocabularyTensorParallelismDoesNotSplit",
              [](v1::JobSpec& s) {
                Language(s).mutable_language()->clear_moe();

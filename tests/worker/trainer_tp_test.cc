@@ -69,6 +69,27 @@ TEST(TrainerTensorParallelTest, TwoMembersEqualOneRank) {
   ExpectMatchesOneRank(got, want, 2);
 }
 
+// Megatron's default etp = tp on a dense model: an expt_tp group with tp's members must not
+// count the tensor-parallel slices' norms twice.
+TEST(TrainerTensorParallelTest, AnExpertTensorGroupLikeTpChangesNothing) {
+  const MimoModelConfig model = DenseModel();
+  auto one = kernels::NewCpuOps();
+  const TrainRun want = TrainOn(*one, model, 2, nullptr);
+  std::vector<TrainRun> got(2);
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "tp", .members = {0, 1}}, {.kind = "expt_tp", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    auto ops = kernels::NewCpuOps();
+    const ModelGroups model_groups = ModelGroupsOf(**groups);
+    ASSERT_NE(model_groups.expt_tp, nullptr);
+    got[rank] = TrainOn(*ops, model, 2, nullptr, model_groups);
+  });
+  ExpectMatchesOneRank(got, want, 2);
+}
+
 // Ranks (replica, member): 0 = (0, 0), 1 = (0, 1), 2 = (1, 0), 3 = (1, 1).
 TEST(TrainerTensorParallelTest, WithDataParallelReplicasEqualOneRank) {
   const MimoModelConfig model = DenseModel();
