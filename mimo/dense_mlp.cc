@@ -16,7 +16,7 @@ using kernels::GemmActivation;
 using kernels::Tensor;
 
 struct MlpSaved final : SavedActivations {
-  Tensor x;  // (T, C) the input.
+  Tensor x;  // (T / tp, C) the input: this member's rows.
   Tensor h;  // (T, 2F) SwiGLU or (T, F) GELU: fc1's output before the activation.
   Tensor a;  // (T, F) the activation, fc2's input.
 };
@@ -61,7 +61,7 @@ absl::StatusOr<BlockOutput> DenseMlp::Forward(const StepContext& ctx, const Tens
   MIMO_ASSIGN_OR_RETURN(const Tensor x, GatherRows(ops, tp_, local));
   const int64_t t = x.size(0);
   auto saved = std::make_unique<MlpSaved>();
-  saved->x = x;
+  saved->x = local;  // This member's rows: gathered again in the backward (1 / tp the memory).
   MIMO_ASSIGN_OR_RETURN(saved->h, NewTensor(ctx, {t, fc1_.out()}, x.dtype()));
   MIMO_ASSIGN_OR_RETURN(saved->a, NewTensor(ctx, {t, ffn_}, x.dtype()));
   switch (config_.activation) {
@@ -97,8 +97,8 @@ absl::StatusOr<Tensor> DenseMlp::Backward(const StepContext& ctx,
                                           const Tensor& dy_local) {
   MIMO_ASSIGN_OR_RETURN(auto saved, SavedAs<MlpSaved>(std::move(saved_base), "DenseMlp"));
   kernels::Ops& ops = *ctx.ops;
+  MIMO_RETURN_IF_ERROR(CheckSameShape(dy_local, saved->x, "DenseMlp backward"));
   MIMO_ASSIGN_OR_RETURN(const Tensor dy, GatherRows(ops, tp_, dy_local));  // (T, C)
-  MIMO_RETURN_IF_ERROR(CheckSameShape(dy, saved->x, "DenseMlp backward"));
   const int64_t t = dy.size(0);
   MIMO_ASSIGN_OR_RETURN(Tensor da, NewTensor(ctx, {t, ffn_}, dy.dtype()));
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
@@ -106,7 +106,9 @@ absl::StatusOr<Tensor> DenseMlp::Backward(const StepContext& ctx,
   saved->a = Tensor();
   MIMO_ASSIGN_OR_RETURN(Tensor dh, NewTensor(ctx, {t, fc1_.out()}, dy.dtype()));
   MIMO_ASSIGN_OR_RETURN(Tensor dx, NewTensor(ctx, dy.shape(), dy.dtype()));
-  LinearRowsBackward fc1{.row0 = 0, .rows = fc1_.out(), .dy = &dh, .x = &saved->x, .dx = &dx};
+  MIMO_ASSIGN_OR_RETURN(const Tensor x, GatherRows(ops, tp_, saved->x));  // (T, C)
+  saved->x = Tensor();
+  LinearRowsBackward fc1{.row0 = 0, .rows = fc1_.out(), .dy = &dh, .x = &x, .dx = &dx};
   switch (config_.activation) {
     case MlpActivation::kSwiglu:
       MIMO_RETURN_IF_ERROR(ops.SwigluBackward({.dtype = dy.dtype(),

@@ -22,7 +22,8 @@ class DenseMlp final : public Block {
   // width: fc1 is column parallel (its F / n rows of the gate and of the up block), fc2 row
   // parallel (its F / n columns), so each weight is its slice of the one-rank weight with the
   // same initial values; and the layer is sequence parallel: its input and output are the
-  // member's block of the rows (T / n, C), gathered before fc1 and reduce-scattered after fc2.
+  // member's block of the rows (T / n, C), gathered before fc1 (and again in the backward: only
+  // the member's rows are kept) and reduce-scattered after fc2.
   // fc1's bias is split with its rows; fc2's is whole on every member, added to the product by
   // member 0 only, and its gradient (from the gathered output gradient) is the same on all.
   // InvalidArgument when n does not divide F.

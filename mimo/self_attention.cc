@@ -17,7 +17,7 @@ using kernels::DType;
 using kernels::Tensor;
 
 struct AttentionSaved final : SavedActivations {
-  Tensor x;    // (T, C) the input.
+  Tensor x;    // (T / tp, C) the input: this member's rows.
   Tensor q;    // (T, H * D) after RoPE.
   Tensor k;    // (T, G * D) after RoPE.
   Tensor v;    // (T, G * D)
@@ -81,7 +81,7 @@ absl::StatusOr<BlockOutput> SelfAttention::Forward(const StepContext& ctx, const
   }
   const int64_t t = x.size(0), hd = heads_ * head_dim_, gd = groups_ * head_dim_;
   auto saved = std::make_unique<AttentionSaved>();
-  saved->x = x;
+  saved->x = local;  // This member's rows: gathered again in the backward (1 / tp the memory).
   MIMO_ASSIGN_OR_RETURN(saved->q, NewTensor(ctx, {t, hd}, x.dtype()));
   MIMO_ASSIGN_OR_RETURN(saved->k, NewTensor(ctx, {t, gd}, x.dtype()));
   MIMO_ASSIGN_OR_RETURN(saved->v, NewTensor(ctx, {t, gd}, x.dtype()));
@@ -135,8 +135,8 @@ absl::StatusOr<Tensor> SelfAttention::Backward(const StepContext& ctx,
                         SavedAs<AttentionSaved>(std::move(saved_base), "SelfAttention"));
   const PackedSequences& seqs = *ctx.sequences;
   kernels::Ops& ops = *ctx.ops;
+  MIMO_RETURN_IF_ERROR(CheckSameShape(dy_local, saved->x, "SelfAttention backward"));
   MIMO_ASSIGN_OR_RETURN(const Tensor dy, GatherRows(ops, tp_, dy_local));  // (T, C)
-  MIMO_RETURN_IF_ERROR(CheckSameShape(dy, saved->x, "SelfAttention backward"));
   const int64_t t = dy.size(0), hd = heads_ * head_dim_, gd = groups_ * head_dim_;
   MIMO_ASSIGN_OR_RETURN(Tensor d_o, NewTensor(ctx, {t, hd}, dy.dtype()));
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
@@ -182,15 +182,16 @@ absl::StatusOr<Tensor> SelfAttention::Backward(const StepContext& ctx,
     }
   }
   // dx = dq Wq + dk Wk + dv Wv; each part adds its rows' weight (and bias) gradients.
+  MIMO_ASSIGN_OR_RETURN(const Tensor x, GatherRows(ops, tp_, saved->x));  // (T, C)
+  saved->x = Tensor();
   MIMO_ASSIGN_OR_RETURN(Tensor dx, NewTensor(ctx, dy.shape(), dy.dtype()));
+  MIMO_RETURN_IF_ERROR(
+      LinearRowsBackwardRun(ops, qkv_, {.row0 = 0, .rows = hd, .dy = &dq, .x = &x, .dx = &dx}));
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
-      ops, qkv_, {.row0 = 0, .rows = hd, .dy = &dq, .x = &saved->x, .dx = &dx}));
+      ops, qkv_, {.row0 = hd, .rows = gd, .dy = &dk, .x = &x, .dx = &dx, .accumulate_dx = true}));
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
       ops, qkv_,
-      {.row0 = hd, .rows = gd, .dy = &dk, .x = &saved->x, .dx = &dx, .accumulate_dx = true}));
-  MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
-      ops, qkv_,
-      {.row0 = hd + gd, .rows = gd, .dy = &dv, .x = &saved->x, .dx = &dx, .accumulate_dx = true}));
+      {.row0 = hd + gd, .rows = gd, .dy = &dv, .x = &x, .dx = &dx, .accumulate_dx = true}));
   // dx holds this member's heads' part of every row's gradient: the rows' owners get the sums.
   return ReduceScatterRows(ops, tp_, dx);
 }

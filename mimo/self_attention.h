@@ -27,7 +27,8 @@ class SelfAttention final : public Block {
   // linear_proj row parallel (those heads' columns; its bias whole, added by member 0 only), each
   // weight a slice of the one-rank weight with the same initial values. Sequence parallel like
   // DenseMlp: the input and output are the member's block of the rows (T / n, C), gathered
-  // before linear_qkv and reduce-scattered after linear_proj. InvalidArgument when n does not
+  // before linear_qkv and reduce-scattered after linear_proj (the input is kept as the member's
+  // rows and gathered again in the backward, as Megatron does). InvalidArgument when n does not
   // divide H and G.
   static absl::StatusOr<std::unique_ptr<SelfAttention>> Create(const BuildContext& ctx);
 
