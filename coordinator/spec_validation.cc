@@ -397,8 +397,8 @@ class SpecChecker {
   }
 
   // Tensor parallelism in a KIND_TRAIN job: a dense language module (its layers tensor +
-  // sequence parallel, embedding and output layer vocabulary parallel), without the distributed
-  // optimizer; not yet encoders or MoE layers.
+  // sequence parallel, embedding and output layer vocabulary parallel); not yet encoders or MoE
+  // layers, nor overlapping the gradient reduction on GPUs.
   void CheckTensorParallelTraining(size_t index, int tp, bool is_language, const char* later) {
     const std::string at = absl::StrCat("modules[", index, "].parallelism.tp");
     if (!is_language) {
@@ -413,10 +413,6 @@ class SpecChecker {
     if (l.vocab_size() > 0 && l.vocab_size() % tp != 0) {
       Add(at, absl::StrCat("tp=", tp, " does not divide vocab_size ", l.vocab_size(),
                            " (the embedding and output layer are vocabulary parallel)"));
-    }
-    if (spec_.training().optimizer().use_distributed_optimizer()) {
-      Add("training.optimizer.use_distributed_optimizer",
-          absl::StrCat("the distributed optimizer with tp ", tp, ": ", later));
     }
     const v1::Optimizer& o = spec_.training().optimizer();
     const bool overlap = !o.has_overlap_grad_reduce() || o.overlap_grad_reduce();

@@ -23,7 +23,17 @@ absl::StatusOr<GradientUpdate> CreateGradientUpdate(kernels::Ops& ops,
   const bool shard_dense = o.distributed_optimizer && ModelGroups::Size(o.dp) > 1;
   const bool shard_experts = o.distributed_optimizer && ModelGroups::Size(o.expt_dp) > 1;
   std::vector<ShardedParameterSet> sharded;
-  if (shard_dense) sharded.push_back({.params = o.dense, .dp = o.dp});
+  if (shard_dense) {
+    // Tensor parallel: the slices' squared norms summed over tp, the whole parameters' once.
+    std::vector<Parameter*> whole, slices;
+    for (Parameter* p : o.dense) (p->spec().shards.empty() ? whole : slices).push_back(p);
+    if (ModelGroups::Size(o.tp) > 1 && !slices.empty()) {
+      if (!whole.empty()) sharded.push_back({.params = whole, .dp = o.dp});
+      sharded.push_back({.params = slices, .dp = o.dp, .norm_groups = {o.tp}});
+    } else {
+      sharded.push_back({.params = o.dense, .dp = o.dp});
+    }
+  }
   if (shard_experts) {
     sharded.push_back({.params = o.experts, .dp = o.expt_dp, .norm_groups = o.expert_norm_groups});
   }

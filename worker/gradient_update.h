@@ -32,6 +32,9 @@ struct GradientUpdateOptions {
   comm::Communicator* expt_dp = nullptr;
   // Groups over which the experts' squared norms are summed (ep, expt_tp).
   std::vector<comm::Communicator*> expert_norm_groups;
+  // The tensor-parallel group (null or one member: none): the dense parameters split over it
+  // (their ParameterSpec has shards) have their squared norms summed over it.
+  comm::Communicator* tp = nullptr;
 };
 
 // An all-reduce in buckets and AdamW for the parameters the distributed optimizer (when asked

@@ -274,12 +274,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   if (o.part == ModelPart::kWhole && !o.links.empty()) {
     return absl::InvalidArgumentError("TrainerOptions: the whole model on a rank takes no links");
   }
-  const int tp_size = language ? ModelGroups::Size(o.groups.tp) : 1;
-  if (tp_size > 1 && o.distributed_optimizer) {
-    return absl::InvalidArgumentError(
-        "TrainerOptions: the distributed optimizer with tensor parallelism (tp > 1) is not "
-        "supported yet");
-  }
   if (language) {
     modules->language_dp = dp_size;
     for (int x : {kVision, kAudio}) {
@@ -391,7 +385,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                  .backward_order = std::move(order),
                                  .dp = o.dp,
                                  .expt_dp = expt_dp,
-                                 .expert_norm_groups = trainer->ExpertNormGroups()}));
+                                 .expert_norm_groups = trainer->ExpertNormGroups(),
+                                 .tp = o.groups.tp}));
   return trainer;
 }
 

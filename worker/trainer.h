@@ -76,10 +76,11 @@ struct TrainerOptions {
   // Expert parallelism of the language model (ModelGroups::ep and expt_tp): the routed experts'
   // gradients are summed over expt_dp (the ranks holding the same expert shards; null: dp
   // without EP and expt_tp, none with either) instead of dp, and their squared norms over ep and
-  // expt_tp. Tensor parallelism of the language model (ModelGroups::tp; dense MLPs only, without
-  // the distributed optimizer): its members read the same samples, each micro-batch is padded to
-  // a multiple of tp tokens, only member 0 holds the links to the encoders, and on a rank of the
-  // whole model the encoders are computed whole by every member.
+  // expt_tp. Tensor parallelism of the language model (ModelGroups::tp; dense MLPs only; on GPUs
+  // without overlap_grad_reduce): its members read the same samples, each micro-batch is padded
+  // to a multiple of tp tokens, only member 0 holds the links to the encoders, the slices'
+  // squared norms are summed over tp, and on a rank of the whole model the encoders are computed
+  // whole by every member.
   ModelGroups groups;
   comm::Communicator* expt_dp = nullptr;
   // Modules on their own ranks: which part this rank computes, and its links to the other side.

@@ -137,7 +137,8 @@ v1::Module& Language(v1::JobSpec& s) { return *s.mutable_modules(2); }
 v1::MoE& Moe(v1::JobSpec& s) { return *Language(s).mutable_language()->mutable_moe(); }
 v1::Training& Train(v1::JobSpec& s) { return *s.mutable_training(); }
 
-// KIND_TRAIN runs a dense language module tensor parallel (here tp 2 x dp 2).
+// KIND_TRAIN runs a dense language module tensor parallel (here tp 2 x dp 2, with the
+// distributed optimizer).
 TEST(ValidateJobSpecTest, TrainingAcceptsATensorParallelDenseLanguageModule) {
   v1::JobSpec spec = ValidSpec();
   v1::Module& language = Language(spec);
@@ -146,6 +147,7 @@ TEST(ValidateJobSpecTest, TrainingAcceptsATensorParallelDenseLanguageModule) {
   language.mutable_parallelism()->set_dp(2);
   language.mutable_parallelism()->set_ep(1);
   Train(spec).set_global_batch_size(4);
+  Train(spec).mutable_optimizer()->set_use_distributed_optimizer(true);
   std::vector<FieldViolation> violations;
   const absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
   EXPECT_TRUE(plan.ok()) << plan.status();
@@ -519,16 +521,6 @@ INSTANTIATE_TEST_SUITE_P(
                Train(s).set_global_batch_size(4);
              },
              {"modules[2].parallelism.tp"}},
-        Case{"TrainingWithTensorParallelismAndTheDistributedOptimizer",
-             [](v1::JobSpec& s) {
-               Language(s).mutable_language()->clear_moe();
-               Language(s).mutable_parallelism()->set_tp(2);
-               Language(s).mutable_parallelism()->set_dp(2);
-               Language(s).mutable_parallelism()->set_ep(1);
-               Train(s).set_global_batch_size(4);
-               Train(s).mutable_optimizer()->set_use_distributed_optimizer(true);
-             },
-             {"training.optimizer.use_distributed_optimizer"}},
         Case{"TrainingWithTensorParallelismOnGpusOverlappingTheReduction",
              [](v1::JobSpec& s) {
                Language(s).mutable_language()->clear_moe();
