@@ -22,17 +22,14 @@ absl::StatusOr<GradientUpdate> CreateGradientUpdate(kernels::Ops& ops,
   // expt_dp of one rank) its shards would only copy the state, so AdamW updates it in place.
   const bool shard_dense = o.distributed_optimizer && ModelGroups::Size(o.dp) > 1;
   const bool shard_experts = o.distributed_optimizer && ModelGroups::Size(o.expt_dp) > 1;
+  // The dense parameters split over tp (their specs have shards) and the whole ones: the slices'
+  // squared norms are summed over tp, the whole parameters' counted once.
+  std::vector<Parameter*> whole, slices;
+  for (Parameter* p : o.dense) (p->spec().shards.empty() ? whole : slices).push_back(p);
   std::vector<ShardedParameterSet> sharded;
   if (shard_dense) {
-    // Tensor parallel: the slices' squared norms summed over tp, the whole parameters' once.
-    std::vector<Parameter*> whole, slices;
-    for (Parameter* p : o.dense) (p->spec().shards.empty() ? whole : slices).push_back(p);
-    if (ModelGroups::Size(o.tp) > 1 && !slices.empty()) {
-      if (!whole.empty()) sharded.push_back({.params = whole, .dp = o.dp});
-      sharded.push_back({.params = slices, .dp = o.dp, .norm_groups = {o.tp}});
-    } else {
-      sharded.push_back({.params = o.dense, .dp = o.dp});
-    }
+    if (!whole.empty()) sharded.push_back({.params = whole, .dp = o.dp});
+    if (!slices.empty()) sharded.push_back({.params = slices, .dp = o.dp, .norm_groups = {o.tp}});
   }
   if (shard_experts) {
     sharded.push_back({.params = o.experts, .dp = o.expt_dp, .norm_groups = o.expert_norm_groups});
@@ -45,11 +42,16 @@ absl::StatusOr<GradientUpdate> CreateGradientUpdate(kernels::Ops& ops,
   const std::vector<Parameter*> plain_dense = shard_dense ? std::vector<Parameter*>{} : o.dense;
   const std::vector<Parameter*> plain_experts =
       shard_experts ? std::vector<Parameter*>{} : o.experts;
-  // AdamW's sharded set (squares summed over the norm groups): the routed experts, and the
-  // tensor-parallel slices of dense parameters (an MoE layer refuses tp > 1: never both).
-  std::vector<Parameter*> whole, slices = plain_experts;
-  for (Parameter* p : plain_dense) (p->spec().shards.empty() ? whole : slices).push_back(p);
-  MIMO_ASSIGN_OR_RETURN(u.adamw, AdamWOptimizer::Create(ops, o.optimizer, whole, slices));
+  // AdamW's sharded set: the routed experts, or the tp slices (an MoE layer refuses tp > 1:
+  // never both), each with its norm groups.
+  std::vector<Parameter*> adamw_sharded = plain_experts;
+  if (!shard_dense) adamw_sharded.insert(adamw_sharded.end(), slices.begin(), slices.end());
+  u.adamw_norm_groups =
+      o.experts.empty() ? std::vector<comm::Communicator*>{o.tp} : o.expert_norm_groups;
+  MIMO_ASSIGN_OR_RETURN(
+      u.adamw,
+      AdamWOptimizer::Create(ops, o.optimizer, shard_dense ? std::vector<Parameter*>{} : whole,
+                             adamw_sharded));
   // The gradients of every set with replicas in buckets, each bucket's collective started in
   // the order the backward finishes them: a bucket's turn comes when its last parameter's does.
   struct Planned {

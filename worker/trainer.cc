@@ -9,7 +9,6 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "data/byte_tokenizer.h"
 #include "data/micro_batch.h"
@@ -18,6 +17,7 @@
 #include "mimo/expert_load.h"
 #include "mimo/model_flops.h"
 #include "mimo/tensor_checks.h"
+#include "worker/bridge_link.h"
 #include "worker/device_batch.h"
 
 namespace mimo::worker {
@@ -52,93 +52,6 @@ absl::Status SumOverGroup(kernels::Ops& ops, comm::Communicator& group, T (&valu
                                        kInt ? comm::DataType::kInt64 : comm::DataType::kFloat32,
                                        comm::ReduceOp::kSum));
   return ops.CopyToHost(values, buffer.data(), sizeof(values));
-}
-
-// One float to or from the other end of a link, through the ops' memory.
-absl::Status SendFloat(kernels::Ops& ops, const BridgeEnd& link, float value) {
-  MIMO_ASSIGN_OR_RETURN(Tensor buffer,
-                        Tensor::Empty({1}, kernels::DType::kF32, ops.allocator(), ops.stream()));
-  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(buffer.data(), &value, sizeof(value)));
-  MIMO_RETURN_IF_ERROR(ops.Synchronize());
-  return link.group->Send(buffer.data(), 1, comm::DataType::kFloat32, 1 - link.group->rank());
-}
-
-absl::StatusOr<float> RecvFloat(kernels::Ops& ops, const BridgeEnd& link) {
-  MIMO_ASSIGN_OR_RETURN(Tensor buffer,
-                        Tensor::Empty({1}, kernels::DType::kF32, ops.allocator(), ops.stream()));
-  MIMO_RETURN_IF_ERROR(ops.Synchronize());
-  MIMO_RETURN_IF_ERROR(
-      link.group->Recv(buffer.data(), 1, comm::DataType::kFloat32, 1 - link.group->rank()));
-  float value = 0;
-  MIMO_RETURN_IF_ERROR(ops.CopyToHost(&value, buffer.data(), sizeof(value)));
-  return value;
-}
-
-// Rows [row, row + rows) of `t` (rows, width) to or from the other end of `link`.
-absl::Status SendRows(const BridgeEnd& link, const Tensor& t, int64_t row, int64_t rows) {
-  if (rows == 0) return absl::OkStatus();
-  const int64_t width = t.size(1);
-  const auto type =
-      t.dtype() == kernels::DType::kBF16 ? comm::DataType::kBFloat16 : comm::DataType::kFloat32;
-  return link.group->Send(RowAt(t, row, width), static_cast<size_t>(rows * width), type,
-                          1 - link.group->rank());
-}
-
-absl::Status RecvRows(const BridgeEnd& link, const Tensor& t, int64_t row, int64_t rows) {
-  if (rows == 0) return absl::OkStatus();
-  const int64_t width = t.size(1);
-  const auto type =
-      t.dtype() == kernels::DType::kBF16 ? comm::DataType::kBFloat16 : comm::DataType::kFloat32;
-  return link.group->Recv(RowAt(t, row, width), static_cast<size_t>(rows * width), type,
-                          1 - link.group->rank());
-}
-
-// The replicas of a module with `peer_dp` of them that replica `own` of a module with `own_dp`
-// exchanges samples with (parallel/bridge.h's pairing, the same seen from either side).
-std::vector<int> ExpectedPeers(int own, int own_dp, int peer_dp) {
-  if (own_dp >= peer_dp) return {own / (own_dp / peer_dp)};
-  std::vector<int> peers;
-  for (int p = own * (peer_dp / own_dp); p < (own + 1) * (peer_dp / own_dp); ++p) {
-    peers.push_back(p);
-  }
-  return peers;
-}
-
-// Sorts `links` by peer replica and checks they are the ones the layout pairs this replica with.
-absl::Status CheckLinks(std::vector<BridgeEnd>& links, int encoder, bool encoder_side, int own,
-                        int own_dp, int64_t micro_batch_size) {
-  const std::string what = absl::StrCat("TrainerOptions: the ", EncoderName(encoder), " links");
-  if (links.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": none given"));
-  std::sort(links.begin(), links.end(),
-            [](const BridgeEnd& a, const BridgeEnd& b) { return a.peer_replica < b.peer_replica; });
-  const int peer_dp = links[0].peer_dp;
-  std::vector<int> peers;
-  for (const BridgeEnd& l : links) {
-    if (l.group == nullptr || l.group->size() != 2 || l.group->rank() != (encoder_side ? 0 : 1)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": each needs a group of two members with the encoder end at rank 0"));
-    }
-    if (l.peer_dp != peer_dp) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": peer_dp differs between links"));
-    }
-    peers.push_back(l.peer_replica);
-  }
-  const int language_dp = encoder_side ? peer_dp : own_dp;
-  const int encoder_dp = encoder_side ? own_dp : peer_dp;
-  if (peer_dp < 1 || (language_dp % encoder_dp != 0 && encoder_dp % language_dp != 0) ||
-      (language_dp * micro_batch_size) % encoder_dp != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": the encoder's data-parallel size ", encoder_dp, " and the language model's ",
-        language_dp, " must divide one another, and the encoder's must divide the ",
-        language_dp * micro_batch_size, " samples of a global micro-batch"));
-  }
-  const std::vector<int> want = ExpectedPeers(own, own_dp, peer_dp);
-  if (peers != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " of replica ", own, " of ", own_dp, " reach replicas [", absl::StrJoin(peers, ","),
-        "] of ", peer_dp, "; the layout pairs it with [", absl::StrJoin(want, ","), "]"));
-  }
-  return absl::OkStatus();
 }
 
 // The rows encoder `x` makes for each sample.
@@ -197,15 +110,6 @@ comm::Communicator* Trainer::ExpertDataParallelGroup() const {
 std::vector<comm::Communicator*> Trainer::ExpertNormGroups() const {
   if (modules_->language == nullptr) return {};
   return {options_.groups.ep, options_.groups.expt_tp};
-}
-
-std::vector<comm::Communicator*> Trainer::ShardNormGroups() const {
-  if (modules_->language == nullptr) return {};
-  // The sharded parameters are the routed experts, or (an MoE layer refuses tp > 1) the tensor-
-  // parallel slices: never both. A dense model's expt_tp group may have tp's members (Megatron's
-  // default etp = tp): summing over both would count the slices twice.
-  if (!experts_.empty()) return ExpertNormGroups();
-  return {options_.groups.tp};
 }
 
 Trainer::~Trainer() = default;
@@ -287,8 +191,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
         }
         continue;
       }
-      MIMO_RETURN_IF_ERROR(
-          CheckLinks(modules->links[x], x, false, dp_rank, dp_size, o.micro_batch_size));
+      MIMO_RETURN_IF_ERROR(CheckLinks(modules->links[x], EncoderName(x), false, dp_rank, dp_size,
+                                      o.micro_batch_size));
       modules->encoder_dp[x] = modules->links[x][0].peer_dp;
     }
   } else {
@@ -299,7 +203,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                                      " encoder, which the model does not have"));
     }
     MIMO_RETURN_IF_ERROR(
-        CheckLinks(modules->links[x], x, true, dp_rank, dp_size, o.micro_batch_size));
+        CheckLinks(modules->links[x], EncoderName(x), true, dp_rank, dp_size, o.micro_batch_size));
     modules->language_dp = modules->links[x][0].peer_dp;
     modules->encoder_dp[x] = dp_size;
   }
@@ -477,7 +381,8 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
 // ranks add the encoders' parts (sent up the links) to theirs and send the total back down.
 absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
   const bool language = modules_->language != nullptr;
-  MIMO_ASSIGN_OR_RETURN(float local, update_.adamw->SquaredGradNorm(ops_, ShardNormGroups()));
+  MIMO_ASSIGN_OR_RETURN(float local,
+                        update_.adamw->SquaredGradNorm(ops_, update_.adamw_norm_groups));
   if (update_.distributed != nullptr) {
     MIMO_ASSIGN_OR_RETURN(const float shards, update_.distributed->SquaredGradNorm(ops_));
     local += shards;

@@ -29,26 +29,11 @@
 #include "mimo/modality_encoder.h"
 #include "mimo/model_groups.h"
 #include "mimo/optimizer.h"
+#include "worker/bridge_link.h"
 #include "worker/gradient_update.h"
 #include "worker/sample_prefetcher.h"
 
 namespace mimo::worker {
-
-// The part of the MIMO model a rank computes.
-enum class ModelPart {
-  kWhole,     // Every module (one rank, or data-parallel replicas of the whole model).
-  kLanguage,  // The language model; the encoders' embeddings arrive over links.
-  kVision,    // The vision encoder and its projector; its embeddings leave over links.
-  kAudio,     // The audio encoder and its projector.
-};
-
-// One end of a bridge link (parallel/bridge.h) that this rank holds.
-struct BridgeEnd {
-  ModelPart encoder = ModelPart::kVision;  // kVision or kAudio: whose embeddings travel on it.
-  int peer_replica = 0;                    // The data-parallel replica at the other end...
-  int peer_dp = 1;                         // ... of the other module, which has this many.
-  comm::Communicator* group = nullptr;     // Two members, the encoder end at rank 0. Not owned.
-};
 
 struct TrainerOptions {
   int64_t micro_batch_size = 1;  // Samples per language replica's forward/backward; >= 1.
@@ -165,9 +150,6 @@ class Trainer {
   // The groups over which the routed experts' squared norms are summed (ep, expt_tp); none on
   // encoder ranks.
   std::vector<comm::Communicator*> ExpertNormGroups() const;
-  // Those of the sharded parameters (AdamW's sharded set): the experts', or the tensor-parallel
-  // slices' (tp).
-  std::vector<comm::Communicator*> ShardNormGroups() const;
   // Sample `index` of the global order (read ahead when it was asked for); recorded, so that
   // the next steps' indices (the same offsets from their base) are read ahead.
   absl::StatusOr<data::Sample> ReadSample(int64_t index);

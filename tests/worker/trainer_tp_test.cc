@@ -90,32 +90,9 @@ TEST(TrainerTensorParallelTest, AnExpertTensorGroupLikeTpChangesNothing) {
   ExpectMatchesOneRank(got, want, 2);
 }
 
-// Ranks (replica, member): 0 = (0, 0), 1 = (0, 1), 2 = (1, 0), 3 = (1, 1).
-TEST(TrainerTensorParallelTest, WithDataParallelReplicasEqualOneRank) {
-  const MimoModelConfig model = DenseModel();
-  auto one = kernels::NewCpuOps();
-  const TrainRun want = TrainOn(*one, model, 2, nullptr);
-  std::vector<TrainRun> got(4);
-  comm::InMemoryStore store;
-  comm::RunRanks(4, [&](int rank) {
-    const int member = rank % 2, replica0 = rank / 2 * 2;
-    auto groups = comm::ProcessGroups::CreateGloo(
-        {{.kind = "dp", .members = {member, member + 2}},
-         {.kind = "tp", .members = {replica0, replica0 + 1}}},
-        store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
-    ASSERT_TRUE(groups.ok()) << groups.status();
-    auto ops = kernels::NewCpuOps();
-    got[rank] = TrainOn(*ops, model, 1, (*groups)->Get("dp"), ModelGroupsOf(**groups));
-  });
-  ExpectMatchesOneRank(got, want, 2);
-}
-
-// The distributed optimizer over dp beside tp: the slices' and the whole parameters' shards in
-// their own sets (the slices' norms summed over tp).
-TEST(TrainerTensorParallelTest, DistributedOptimizerWithDataParallelReplicasEqualsOneRank) {
-  const MimoModelConfig model = DenseModel();
-  auto one = kernels::NewCpuOps();
-  const TrainRun want = TrainOn(*one, model, 2, nullptr);
+// Ranks (replica, member): 0 = (0, 0), 1 = (0, 1), 2 = (1, 0), 3 = (1, 1); one micro-batch each,
+// so the two replicas together take the one-rank run's two.
+std::vector<TrainRun> TrainDpTimesTp(const MimoModelConfig& model, bool distributed_optimizer) {
   std::vector<TrainRun> got(4);
   comm::InMemoryStore store;
   comm::RunRanks(4, [&](int rank) {
@@ -127,9 +104,25 @@ TEST(TrainerTensorParallelTest, DistributedOptimizerWithDataParallelReplicasEqua
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto ops = kernels::NewCpuOps();
     got[rank] = TrainOn(*ops, model, 1, (*groups)->Get("dp"), ModelGroupsOf(**groups),
-                        /*distributed_optimizer=*/true);
+                        distributed_optimizer);
   });
-  ExpectMatchesOneRank(got, want, 2);
+  return got;
+}
+
+TEST(TrainerTensorParallelTest, WithDataParallelReplicasEqualOneRank) {
+  const MimoModelConfig model = DenseModel();
+  auto one = kernels::NewCpuOps();
+  const TrainRun want = TrainOn(*one, model, 2, nullptr);
+  ExpectMatchesOneRank(TrainDpTimesTp(model, false), want, 2);
+}
+
+// The distributed optimizer over dp beside tp: the slices' and the whole parameters' shards in
+// their own sets (the slices' norms summed over tp).
+TEST(TrainerTensorParallelTest, DistributedOptimizerWithDataParallelReplicasEqualsOneRank) {
+  const MimoModelConfig model = DenseModel();
+  auto one = kernels::NewCpuOps();
+  const TrainRun want = TrainOn(*one, model, 2, nullptr);
+  ExpectMatchesOneRank(TrainDpTimesTp(model, true), want, 2);
 }
 
 }  // namespace
