@@ -396,9 +396,9 @@ class SpecChecker {
     NonNegative("training.optimizer.decay_steps", o.decay_steps());
   }
 
-  // Tensor parallelism in a KIND_TRAIN job: a dense language module (its layers tensor +
-  // sequence parallel, embedding and output layer vocabulary parallel); not yet encoders or MoE
-  // layers, nor overlapping the gradient reduction on GPUs.
+  // Tensor parallelism in a KIND_TRAIN job: the language module (its layers tensor + sequence
+  // parallel, MoE layers sequence parallel, embedding and output layer vocabulary parallel); not
+  // yet encoders, nor overlapping the gradient reduction on GPUs.
   void CheckTensorParallelTraining(size_t index, int tp, bool is_language, const char* later) {
     const std::string at = absl::StrCat("modules[", index, "].parallelism.tp");
     if (!is_language) {
@@ -406,10 +406,6 @@ class SpecChecker {
       return;
     }
     const v1::LanguageModel& l = spec_.modules(static_cast<int>(index)).language();
-    if (l.moe().num_experts() > 0) {
-      Add(at, absl::StrCat("tp ", tp, " with MoE layers (moe.num_experts ", l.moe().num_experts(),
-                           "): ", later));
-    }
     if (l.vocab_size() > 0 && l.vocab_size() % tp != 0) {
       Add(at, absl::StrCat("tp=", tp, " does not divide vocab_size ", l.vocab_size(),
                            " (the embedding and output layer are vocabulary parallel)"));

@@ -98,6 +98,7 @@ absl::StatusOr<HostMicroBatch> PackTokens(const std::vector<Sample>& samples,
     b.tokens.insert(b.tokens.end(), pad, t.eos());
     b.labels.insert(b.labels.end(), pad, -1);
     b.lengths.push_back(static_cast<int32_t>(pad));
+    b.padding = pad;
   }
   return b;
 }

@@ -35,6 +35,7 @@ struct HostMicroBatch {
   std::vector<int32_t> audio_frames;      // Per clip.
   std::vector<int32_t> audio_positions;   // (frames / frames_per_token,) token indices.
   int64_t labelled = 0;                   // Tokens with a label.
+  int64_t padding = 0;                    // Tokens of the padding sequence (0: none).
 };
 
 // Packs `samples` with `tokenizer`'s ids (its BOS, EOS, image and audio placeholders; the

@@ -39,6 +39,14 @@ __global__ void AddKernel(const T* a, const T* b, T* out, int64_t begin, int64_t
   }
 }
 
+__global__ void AddCountsKernel(const uint32_t* a, const uint32_t* b, uint32_t* out, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    out[i] = a[i] + b[i];
+  }
+}
+
 template <typename T>
 void Enqueue(const AddParams& p, cudaStream_t s) {
   const auto* a = static_cast<const T*>(p.a);
@@ -63,7 +71,11 @@ absl::Status LaunchAdd(const AddParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckAdd(p));
   if (p.n == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
-  if (p.dtype == DType::kF32) {
+  if (p.dtype == DType::kI32) {
+    AddCountsKernel<<<GridStrideBlocks(p.n), kThreadsPerBlock, 0, s>>>(
+        static_cast<const uint32_t*>(p.a), static_cast<const uint32_t*>(p.b),
+        static_cast<uint32_t*>(p.out), p.n);
+  } else if (p.dtype == DType::kF32) {
     Enqueue<float>(p, s);
   } else {
     Enqueue<__nv_bfloat16>(p, s);

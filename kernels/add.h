@@ -10,8 +10,9 @@
 
 namespace mimo::kernels {
 
-// a, b and out share `dtype` (bf16 or f32); the sum is taken in fp32 and rounded once. out may
-// alias a or b (in-place accumulation).
+// a, b and out share `dtype` (bf16, f32, or int32 for counts); a float sum is taken in fp32 and
+// rounded once, an int32 one wraps around on overflow. out may alias a or b (in-place
+// accumulation).
 struct AddParams {
   DType dtype = DType::kF32;
   const void* a = nullptr;  // (n,)
@@ -20,7 +21,7 @@ struct AddParams {
   int64_t n = 0;
 };
 
-// InvalidArgument for a dtype other than bf16/f32, a negative n, or a null buffer when n > 0.
+// InvalidArgument for a dtype other than bf16/f32/int32, a negative n, or a null buffer when n > 0.
 absl::Status CheckAdd(const AddParams& p);
 
 // CPU twin: host memory.

@@ -160,15 +160,18 @@ __device__ double BlockSum(double v, double* shared) {
 }
 
 // One block: the two losses and the number of non-empty sequences.
+// `whole` > 0: this call holds part of a micro-batch of `whole` tokens (its counts already in
+// the scratch); 0: all of it.
 __global__ void AuxFinishKernel(RouterConfig c, const float* __restrict__ logits,
                                 const int32_t* cu_seqlens, AuxScratch scratch, int64_t tokens,
-                                int64_t sequences, float aux_coeff, float z_coeff,
+                                int64_t whole, int64_t sequences, float aux_coeff, float z_coeff,
                                 float* __restrict__ losses) {
   __shared__ double shared[kFinishThreads];
   double aux = 0.0, nonempty = 0.0, z = 0.0;
   for (int64_t q = threadIdx.x; q < sequences; q += kFinishThreads) {
     const int64_t n =
-        SeqBegin(cu_seqlens, q, tokens, true) - SeqBegin(cu_seqlens, q, tokens, false);
+        whole > 0 ? whole
+                  : SeqBegin(cu_seqlens, q, tokens, true) - SeqBegin(cu_seqlens, q, tokens, false);
     if (n <= 0) continue;
     double dot = 0.0;
     for (int64_t e = 0; e < c.experts; ++e) {
@@ -190,7 +193,8 @@ __global__ void AuxFinishKernel(RouterConfig c, const float* __restrict__ logits
   z = BlockSum(z, shared);
   if (threadIdx.x == 0) {
     losses[0] = nonempty > 0 ? static_cast<float>(aux_coeff * aux / nonempty) : 0.0f;
-    losses[1] = tokens > 0 ? static_cast<float>(z_coeff * z / tokens) : 0.0f;
+    const int64_t z_tokens = whole > 0 ? whole : tokens;
+    losses[1] = z_tokens > 0 ? static_cast<float>(z_coeff * z / z_tokens) : 0.0f;
     *scratch.nonempty = static_cast<int32_t>(nonempty);
   }
 }
@@ -198,7 +202,7 @@ __global__ void AuxFinishKernel(RouterConfig c, const float* __restrict__ logits
 __global__ void AuxGradientKernel(RouterConfig c, const float* __restrict__ logits,
                                   const float* __restrict__ scores, const int32_t* cu_seqlens,
                                   int64_t sequences, AuxScratch scratch, int64_t tokens,
-                                  float aux_coeff, float z_coeff, float loss_grad,
+                                  int64_t whole, float aux_coeff, float z_coeff, float loss_grad,
                                   float* __restrict__ dlogits) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= tokens) return;
@@ -215,11 +219,12 @@ __global__ void AuxGradientKernel(RouterConfig c, const float* __restrict__ logi
     }
     q = lo;
   }
-  const float n = static_cast<float>(SeqBegin(cu_seqlens, q, tokens, true) -
-                                     SeqBegin(cu_seqlens, q, tokens, false));
+  const float n = static_cast<float>(whole > 0 ? whole
+                                               : SeqBegin(cu_seqlens, q, tokens, true) -
+                                                     SeqBegin(cu_seqlens, q, tokens, false));
   const float scale = loss_grad * aux_coeff * static_cast<float>(c.experts) /
                       (static_cast<float>(c.top_k) * n * n * static_cast<float>(*scratch.nonempty));
-  const float z_scale = loss_grad * z_coeff / static_cast<float>(tokens);
+  const float z_scale = loss_grad * z_coeff / static_cast<float>(whole > 0 ? whole : tokens);
   router::AddAuxGradient(c, logits + t * c.experts, scores + t * c.experts,
                          scratch.counts + q * c.experts, scale, z_scale, dlogits + t * c.experts);
 }
@@ -284,13 +289,19 @@ absl::Status LaunchMoeAuxLoss(const MoeAuxLossParams& p, StreamHandle stream) {
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   AuxSumsKernel<<<Blocks(sequences * c.experts), kThreads, 0, s>>>(c, scratch, sequences, chunks);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  AuxFinishKernel<<<1, kFinishThreads, 0, s>>>(c, p.logits, p.cu_seqlens, scratch, p.tokens,
+  // Part of a micro-batch: its losses weigh by the whole micro-batch's counts.
+  const int64_t whole = p.counts != nullptr ? p.total_tokens : 0;
+  if (p.counts != nullptr) {
+    MIMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(scratch.counts, p.counts, sizeof(int32_t) * c.experts,
+                                              cudaMemcpyDeviceToDevice, s));
+  }
+  AuxFinishKernel<<<1, kFinishThreads, 0, s>>>(c, p.logits, p.cu_seqlens, scratch, p.tokens, whole,
                                                sequences, p.aux_coeff, p.z_coeff, p.losses);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   if (p.dlogits != nullptr && p.tokens > 0) {
     AuxGradientKernel<<<Blocks(p.tokens), kThreads, 0, s>>>(
-        c, p.logits, p.scores, p.cu_seqlens, sequences, scratch, p.tokens, p.aux_coeff, p.z_coeff,
-        p.loss_grad, p.dlogits);
+        c, p.logits, p.scores, p.cu_seqlens, sequences, scratch, p.tokens, whole, p.aux_coeff,
+        p.z_coeff, p.loss_grad, p.dlogits);
     MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   return absl::OkStatus();

@@ -80,6 +80,11 @@ struct MoeRouterBackwardParams {
 // the micro-batch is one sequence (Megatron's switch load-balancing loss).
 //   z = z_coeff * mean over tokens of logsumexp(logits[t])^2.
 // With dlogits, loss_grad * d(aux + z)/d(logits) is added to it (the counts are constants).
+// A micro-batch split over ranks (sequence parallelism: each holds its block of the rows) gives
+// `counts`, the whole micro-batch's pairs per expert (summed over the ranks), and total_tokens,
+// its tokens: T and c[e] above are the whole micro-batch's, the sums over t this call's rows, so
+// the ranks' losses and gradients are their shares of the whole micro-batch's (the losses add up
+// over the ranks to the losses one rank computes over all the rows).
 struct MoeAuxLossParams {
   RouterConfig config;
   const float* logits = nullptr;        // (tokens, experts)
@@ -89,6 +94,11 @@ struct MoeAuxLossParams {
                                         // for the CPU twin, device memory for CUDA).
   int64_t num_seqs = 0;
   int64_t tokens = 0;
+  // Optional (experts,) and > 0 with it (>= tokens): the whole micro-batch's counts and tokens
+  // when this call holds part of its rows (host memory for the CPU twin, device memory for
+  // CUDA). Not with cu_seqlens.
+  const int32_t* counts = nullptr;
+  int64_t total_tokens = 0;
   float aux_coeff = 0.0f;    // >= 0
   float z_coeff = 0.0f;      // >= 0
   float* losses = nullptr;   // (2,), overwritten.

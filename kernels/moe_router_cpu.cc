@@ -1,4 +1,5 @@
 // MoE routing: argument checks and the CPU twins.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -104,6 +105,12 @@ absl::Status CheckMoeAuxLoss(const MoeAuxLossParams& p) {
   if (p.cu_seqlens != nullptr && p.num_seqs < 1) {
     return absl::InvalidArgumentError("MoeAuxLoss: cu_seqlens needs num_seqs >= 1");
   }
+  if (p.counts != nullptr &&
+      (p.cu_seqlens != nullptr || p.total_tokens < p.tokens || p.total_tokens < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MoeAuxLoss: the whole micro-batch's counts need total_tokens >= max(tokens, 1) (got ",
+        p.total_tokens, " for ", p.tokens, " tokens) and no cu_seqlens"));
+  }
   MIMO_RETURN_IF_ERROR(CheckBuffers("MoeAuxLoss", true, {{p.losses, "losses"}}));
   return CheckBuffers("MoeAuxLoss", p.tokens > 0,
                       {{p.logits, "logits"}, {p.scores, "scores"}, {p.indices, "indices"}});
@@ -150,13 +157,16 @@ absl::Status MoeAuxLossCpu(const MoeAuxLossParams& p) {
   }
   MIMO_RETURN_IF_ERROR(CheckIndices("MoeAuxLoss", c, p.indices, p.tokens));
   // Per sequence: the counts c_q and sum_t a[t] per expert.
+  // A part of the micro-batch normalizes by the whole one's tokens and weighs by its counts.
+  const bool part = p.counts != nullptr;
+  const int64_t whole = part ? p.total_tokens : p.tokens;
   std::vector<int32_t> counts(sequences * c.experts, 0);
   std::vector<double> sums(sequences * c.experts, 0.0);
   double aux = 0.0;
   int64_t nonempty = 0;
   for (int64_t q = 0; q < sequences; ++q) {
     const Range r = SequenceRange(p, q);
-    if (r.end == r.begin) continue;
+    if (r.end == r.begin && !part) continue;
     int32_t* cq = counts.data() + q * c.experts;
     double* aq = sums.data() + q * c.experts;
     for (int64_t t = r.begin; t < r.end; ++t) {
@@ -165,9 +175,10 @@ absl::Status MoeAuxLossCpu(const MoeAuxLossParams& p) {
       for (int64_t e = 0; e < c.experts; ++e) aq[e] += s[e] / denom;
       for (int64_t j = 0; j < c.top_k; ++j) ++cq[p.indices[t * c.top_k + j]];
     }
+    if (part) std::copy(p.counts, p.counts + c.experts, cq);
     double dot = 0.0;
     for (int64_t e = 0; e < c.experts; ++e) dot += cq[e] * aq[e];
-    const double tq = static_cast<double>(r.end - r.begin);
+    const double tq = static_cast<double>(part ? whole : r.end - r.begin);
     aux += dot * static_cast<double>(c.experts) / (static_cast<double>(c.top_k) * tq * tq);
     ++nonempty;
   }
@@ -177,12 +188,12 @@ absl::Status MoeAuxLossCpu(const MoeAuxLossParams& p) {
     z += lse * lse;
   }
   p.losses[0] = nonempty > 0 ? static_cast<float>(p.aux_coeff * aux / nonempty) : 0.0f;
-  p.losses[1] = p.tokens > 0 ? static_cast<float>(p.z_coeff * z / p.tokens) : 0.0f;
+  p.losses[1] = whole > 0 ? static_cast<float>(p.z_coeff * z / whole) : 0.0f;
   if (p.dlogits == nullptr) return absl::OkStatus();
-  const float z_scale = p.tokens > 0 ? p.loss_grad * p.z_coeff / static_cast<float>(p.tokens) : 0;
+  const float z_scale = whole > 0 ? p.loss_grad * p.z_coeff / static_cast<float>(whole) : 0;
   for (int64_t q = 0; q < sequences; ++q) {
     const Range r = SequenceRange(p, q);
-    const float tq = static_cast<float>(r.end - r.begin);
+    const float tq = static_cast<float>(part ? whole : r.end - r.begin);
     const float scale = p.loss_grad * p.aux_coeff * static_cast<float>(c.experts) /
                         (static_cast<float>(c.top_k) * tq * tq * static_cast<float>(nonempty));
     for (int64_t t = r.begin; t < r.end; ++t) {

@@ -51,6 +51,10 @@ struct StepContext {
   float loss_scale = 1.0f;
   // Where forwards append the auxiliary losses they compute (none are kept when null).
   std::vector<AuxLossRecord>* aux_losses = nullptr;
+  // The micro-batch's last rows that only pad it to equal row blocks (sequence parallelism: a
+  // sequence of their own, without labels): blocks keep no statistics of them (the MoE layer
+  // routes them but leaves them out of its expert load and auxiliary losses).
+  int64_t padding_rows = 0;
   // False for evaluation forwards: blocks keep no training statistics (the MoE layer counts no
   // expert load), as Megatron counts only with gradients enabled.
   bool training = true;

@@ -18,13 +18,14 @@ namespace mimo {
 using ExpertLoads = std::vector<std::vector<int64_t>>;
 
 // Takes every layer's load (MoeLayer::TakeExpertLoad, which restarts its count), sums them over
-// `group` in one all-reduce (null: this rank alone) -- the ranks whose tokens the same routers
-// route, Megatron's tp x dp x cp group of the module -- and, for the layers configured with
-// expert_bias, moves the bias towards balance (MoeLayer::UpdateExpertBias). Returns the summed
-// loads, for metrics. Collective over `group`: every member calls it once per step with its
-// layers in the same order. `ops` must be the layers' ops and work where `group` does.
+// each of `groups` in turn, one all-reduce each (null entries and groups of one skipped) -- the
+// ranks whose tokens the same routers route, Megatron's tp x dp x cp group of the module, e.g.
+// dp then tp -- and, for the layers configured with expert_bias, moves the bias towards balance
+// (MoeLayer::UpdateExpertBias). Returns the summed loads, for metrics. Collective over the
+// groups: every member calls it once per step with its layers in the same order. `ops` must be
+// the layers' ops and work where the groups do.
 absl::StatusOr<ExpertLoads> FinishExpertLoadStep(kernels::Ops& ops,
                                                  absl::Span<MoeLayer* const> layers,
-                                                 comm::Communicator* group);
+                                                 absl::Span<comm::Communicator* const> groups);
 
 }  // namespace mimo

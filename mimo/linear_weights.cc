@@ -69,9 +69,14 @@ absl::Status LinearRowsBackwardRun(kernels::Ops& ops, const LinearWeights& lw,
   const Tensor& x = *b.x;
   const Tensor& dy = *b.dy;
   if (x.dim() != 2 || x.size(1) != in || dy.dim() != 2 || dy.size(0) != x.size(0) ||
-      dy.size(1) != b.rows || (b.dx != nullptr && b.dx->shape() != x.shape())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(lw.weight->name(), " backward: x ", x.ToString(), ", dy ", dy.ToString()));
+      dy.size(1) != b.rows || (b.dx != nullptr && b.dx->shape() != x.shape()) ||
+      (b.dw != nullptr && (lw.bias != nullptr || b.dw->dtype() != kernels::DType::kF32 ||
+                           b.dw->shape() != kernels::Shape{b.rows, in}))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        lw.weight->name(), " backward: x ", x.ToString(), ", dy ", dy.ToString(),
+        b.dw != nullptr
+            ? absl::StrCat(", dw ", b.dw->ToString(), lw.bias != nullptr ? " with a bias" : "")
+            : ""));
   }
   kernels::LinearBackwardParams p{
       .dtype = dy.dtype(),
@@ -82,10 +87,11 @@ absl::Status LinearRowsBackwardRun(kernels::Ops& ops, const LinearWeights& lw,
       .pre_activation = b.pre_activation != nullptr ? b.pre_activation->data() : nullptr,
       .dpre_activation = b.dpre_activation != nullptr ? b.dpre_activation->data() : nullptr,
       .dx = b.dx != nullptr && !b.accumulate_dx ? b.dx->data() : nullptr,
-      .dw = static_cast<float*>(RowAt(lw.weight->grad(), b.row0, in)),
+      .dw = b.dw != nullptr ? b.dw->data<float>()
+                            : static_cast<float*>(RowAt(lw.weight->grad(), b.row0, in)),
       .dbias =
           lw.bias != nullptr ? static_cast<float*>(RowAt(lw.bias->grad(), b.row0, 1)) : nullptr,
-      .accumulate = true,
+      .accumulate = b.dw == nullptr,
       .tokens = x.size(0),
       .in = in,
       .out = b.rows};

@@ -50,9 +50,13 @@ struct LinearRowsBackward {
   kernels::GemmActivation activation = kernels::GemmActivation::kNone;
   const kernels::Tensor* pre_activation = nullptr;   // (tokens, rows) with an activation.
   const kernels::Tensor* dpre_activation = nullptr;  // (tokens, rows) scratch, ditto.
+  // Optional (rows, in) fp32: the rows' weight gradient written here instead of added to the
+  // parameter's (to be summed over a group first); not for a layer with a bias.
+  const kernels::Tensor* dw = nullptr;
 };
 
-// The backward of LinearRowsForward: adds dw and dbias of the rows to the parameters' grads.
+// The backward of LinearRowsForward: adds dw and dbias of the rows to the parameters' grads (dw
+// to b.dw instead when given).
 absl::Status LinearRowsBackwardRun(kernels::Ops& ops, const LinearWeights& lw,
                                    const LinearRowsBackward& b);
 

@@ -2,6 +2,7 @@
 // reverse, with the router's and the auxiliary losses' gradients meeting in the logits.
 #include "mimo/moe_layer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 
@@ -21,20 +22,45 @@ struct MoeSaved final : SavedActivations {
   Tensor scores;           // (T, E) fp32
   Tensor indices;          // (T, k) int32
   MoeDispatchState route;  // Where the pairs went.
+  // Sequence parallel with auxiliary losses: the (token, choice) pairs per expert of the whole
+  // micro-batch (every tp member's rows), (E,) int32.
+  Tensor whole_counts;
   std::unique_ptr<SavedActivations> experts;
   std::unique_ptr<SavedActivations> shared;
 };
 
-// The auxiliary losses' parameters over what the forward saved (losses and gradient unset).
+// The rows of a micro-batch that count in the layer's statistics: the micro-batch's real
+// (unpadded) rows and, of this member's block [member * rows, (member + 1) * rows), its first
+// `local` ones (the padding comes last).
+struct RealRows {
+  int64_t whole = 0;
+  int64_t local = 0;
+};
+
+absl::StatusOr<RealRows> RealRowsOf(const StepContext& ctx, int64_t rows, comm::Communicator* tp) {
+  const int64_t n = ModelGroups::Size(tp), member = ModelGroups::Rank(tp);
+  if (ctx.padding_rows < 0 || ctx.padding_rows > n * rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MoeLayer: ", ctx.padding_rows, " padding rows of ", n * rows));
+  }
+  const int64_t whole = n * rows - ctx.padding_rows;
+  return RealRows{whole, std::clamp<int64_t>(whole - member * rows, 0, rows)};
+}
+
+// The auxiliary losses' parameters over what the forward saved (losses and gradient unset): the
+// real rows only; with whole_counts, this member's share of the whole micro-batch's.
 kernels::MoeAuxLossParams AuxLossParams(const MoeConfig& moe, const StepContext& ctx,
-                                        const MoeSaved& saved) {
+                                        const MoeSaved& saved, RealRows real) {
+  const bool part = saved.whole_counts.numel() > 0;
   return {.config = moe.router,
           .logits = saved.logits.data<float>(),
           .scores = saved.scores.data<float>(),
           .indices = saved.indices.data<int32_t>(),
           .cu_seqlens = moe.per_sequence_aux_loss ? ctx.sequences->cu_seqlens() : nullptr,
           .num_seqs = moe.per_sequence_aux_loss ? ctx.sequences->num_seqs() : 0,
-          .tokens = saved.logits.size(0),
+          .tokens = real.local,
+          .counts = part ? saved.whole_counts.data<int32_t>() : nullptr,
+          .total_tokens = part ? real.whole : 0,
           .aux_coeff = moe.aux_loss_coeff,
           .z_coeff = moe.z_loss_coeff};
 }
@@ -42,13 +68,14 @@ kernels::MoeAuxLossParams AuxLossParams(const MoeConfig& moe, const StepContext&
 }  // namespace
 
 MoeLayer::MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number,
-                   bool mtp_layer, MoeTokenDispatcher dispatcher, LinearWeights router,
-                   std::unique_ptr<Experts> experts, std::unique_ptr<Block> shared,
-                   Tensor expert_bias, Tensor load)
+                   bool mtp_layer, comm::Communicator* tp, MoeTokenDispatcher dispatcher,
+                   LinearWeights router, std::unique_ptr<Experts> experts,
+                   std::unique_ptr<Block> shared, Tensor expert_bias, Tensor load)
     : config_(config),
       moe_(moe),
       layer_number_(layer_number),
       mtp_layer_(mtp_layer),
+      tp_(tp),
       dispatcher_(std::move(dispatcher)),
       router_(std::move(router)),
       experts_(std::move(experts)),
@@ -65,11 +92,20 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& c
   const int64_t e = moe.router.experts;
   const int64_t ffn =
       moe.expert_ffn_hidden_size != 0 ? moe.expert_ffn_hidden_size : c.ffn_hidden_size;
-  if (ModelGroups::Size(ctx.groups.tp) > 1) {
-    // Megatron's rule (sequence parallel with TP and MoE) needs the router's gradients and the
-    // load-balancing statistics summed over tp: not done yet.
-    return absl::InvalidArgumentError(
-        "MoeLayer: tensor parallelism (tp > 1) around an MoE layer is not supported yet");
+  // Tensor parallel around the layer means sequence parallel in it (Megatron's rule): each tp
+  // member routes its block of the rows.
+  comm::Communicator* tp = ModelGroups::Size(ctx.groups.tp) > 1 ? ctx.groups.tp : nullptr;
+  if (tp != nullptr && moe.per_sequence_aux_loss) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MoeLayer: moe.per_sequence_aux_loss with tp ", tp->size(),
+        " (sequence parallel: a sequence's tokens straddle the members' row blocks) is not "
+        "supported; use the per-micro-batch load-balancing loss"));
+  }
+  if (tp != nullptr && moe.graph_safe) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MoeLayer: moe.graph_safe needs tp of 1 (the members' counts and the router's gradients "
+        "are summed through the host), got tp ",
+        tp->size()));
   }
   const int etp = ModelGroups::Size(ctx.groups.expt_tp);
   if (ffn % etp != 0) {
@@ -123,7 +159,7 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& c
   MIMO_RETURN_IF_ERROR(ops.SetZero(bias.data(), bias.nbytes()));
   MIMO_RETURN_IF_ERROR(ops.SetZero(load.data(), load.nbytes()));
   return std::unique_ptr<MoeLayer>(new MoeLayer(
-      c, moe, ctx.layer_number, ctx.mtp_layer, std::move(dispatcher), std::move(router),
+      c, moe, ctx.layer_number, ctx.mtp_layer, tp, std::move(dispatcher), std::move(router),
       std::move(routed), std::move(shared_experts), std::move(bias), std::move(load)));
 }
 
@@ -155,23 +191,57 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
   MIMO_ASSIGN_OR_RETURN(saved->indices, NewTensor(ctx, {t, k}, DType::kI32));
   MIMO_ASSIGN_OR_RETURN(Tensor probs, NewTensor(ctx, {t, k}, DType::kF32));
   // Training forwards add their choices to the step's expert load; others count into scratch.
+  // Sequence parallel with auxiliary losses: the micro-batch's own counts, summed over tp below.
+  const bool aux = moe_.aux_loss_coeff > 0.0f || moe_.z_loss_coeff > 0.0f;
+  const bool whole_counts = tp_ != nullptr && aux;
   Tensor counts = load_;
-  if (!ctx.training) {
+  if (!ctx.training || whole_counts) {
     MIMO_ASSIGN_OR_RETURN(counts, NewTensor(ctx, {e}, DType::kI32));
   }
-  MIMO_RETURN_IF_ERROR(
-      ops.MoeRouter({.config = rc,
-                     .logits = saved->logits.data<float>(),
-                     .expert_bias = moe_.expert_bias ? expert_bias_.data<float>() : nullptr,
-                     .scores = saved->scores.data<float>(),
-                     .indices = saved->indices.data<int32_t>(),
-                     .probs = probs.data<float>(),
-                     .tokens_per_expert = counts.data<int32_t>(),
-                     .tokens = t,
-                     .accumulate_counts = ctx.training}));
+  // The real rows count; padding rows are routed (their outputs are never used) into scratch
+  // counts.
+  MIMO_ASSIGN_OR_RETURN(const RealRows real, RealRowsOf(ctx, t, tp_));
+  if (moe_.per_sequence_aux_loss && real.local < t) {
+    return absl::InvalidArgumentError("MoeLayer: per_sequence_aux_loss with padding rows");
+  }
+  kernels::MoeRouterParams route{
+      .config = rc,
+      .logits = saved->logits.data<float>(),
+      .expert_bias = moe_.expert_bias ? expert_bias_.data<float>() : nullptr,
+      .scores = saved->scores.data<float>(),
+      .indices = saved->indices.data<int32_t>(),
+      .probs = probs.data<float>(),
+      .tokens_per_expert = counts.data<int32_t>(),
+      .tokens = real.local,
+      .accumulate_counts = ctx.training && !whole_counts};
+  MIMO_RETURN_IF_ERROR(ops.MoeRouter(route));
+  if (real.local < t) {
+    MIMO_ASSIGN_OR_RETURN(Tensor ignored, NewTensor(ctx, {e}, DType::kI32));
+    route.logits += real.local * e;
+    route.scores += real.local * e;
+    route.indices += real.local * k;
+    route.probs += real.local * k;
+    route.tokens_per_expert = ignored.data<int32_t>();
+    route.tokens = t - real.local;
+    route.accumulate_counts = false;
+    MIMO_RETURN_IF_ERROR(ops.MoeRouter(route));
+  }
+  if (whole_counts) {
+    if (ctx.training) {
+      MIMO_RETURN_IF_ERROR(ops.Add({.dtype = DType::kI32,
+                                    .a = load_.data(),
+                                    .b = counts.data(),
+                                    .out = load_.data(),
+                                    .n = e}));
+    }
+    MIMO_RETURN_IF_ERROR(ops.Synchronize());  // The communicator works on its own stream.
+    MIMO_RETURN_IF_ERROR(tp_->AllReduce(counts.data(), static_cast<size_t>(e),
+                                        comm::DataType::kInt32, comm::ReduceOp::kSum));
+    saved->whole_counts = std::move(counts);
+  }
   if (ctx.aux_losses != nullptr) {
     MIMO_ASSIGN_OR_RETURN(Tensor losses, NewTensor(ctx, {2}, DType::kF32));
-    kernels::MoeAuxLossParams p = AuxLossParams(moe_, ctx, *saved);
+    kernels::MoeAuxLossParams p = AuxLossParams(moe_, ctx, *saved, real);
     p.losses = losses.data<float>();
     MIMO_RETURN_IF_ERROR(ops.MoeAuxLoss(p));
     ctx.aux_losses->push_back({layer_number_, mtp_layer_, std::move(losses)});
@@ -232,7 +302,8 @@ absl::StatusOr<Tensor> MoeLayer::Backward(const StepContext& ctx,
                                               .tokens = t}));
   if (moe_.aux_loss_coeff > 0.0f || moe_.z_loss_coeff > 0.0f) {
     MIMO_ASSIGN_OR_RETURN(Tensor losses, NewTensor(ctx, {2}, DType::kF32));
-    kernels::MoeAuxLossParams p = AuxLossParams(moe_, ctx, *saved);
+    MIMO_ASSIGN_OR_RETURN(const RealRows real, RealRowsOf(ctx, t, tp_));
+    kernels::MoeAuxLossParams p = AuxLossParams(moe_, ctx, *saved, real);
     p.losses = losses.data<float>();
     p.dlogits = dlogits.data<float>();
     p.loss_grad = ctx.loss_scale;
@@ -244,9 +315,25 @@ absl::StatusOr<Tensor> MoeLayer::Backward(const StepContext& ctx,
                                  .x = dlogits.data(),
                                  .y = dlogits_c.data(),
                                  .n = t * e}));
-  MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
-      ops, router_,
-      {.row0 = 0, .rows = e, .dy = &dlogits_c, .x = &saved->x, .dx = &dx, .accumulate_dx = true}));
+  // Sequence parallel: every tp member's rows add to the replicated router's gradient.
+  Tensor drouter;
+  if (tp_ != nullptr) {
+    MIMO_ASSIGN_OR_RETURN(drouter, NewTensor(ctx, {e, config_.hidden_size}, DType::kF32));
+  }
+  MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(ops, router_,
+                                             {.row0 = 0,
+                                              .rows = e,
+                                              .dy = &dlogits_c,
+                                              .x = &saved->x,
+                                              .dx = &dx,
+                                              .accumulate_dx = true,
+                                              .dw = tp_ != nullptr ? &drouter : nullptr}));
+  if (tp_ != nullptr) {
+    MIMO_RETURN_IF_ERROR(ops.Synchronize());
+    MIMO_RETURN_IF_ERROR(tp_->AllReduce(drouter.data(), static_cast<size_t>(drouter.numel()),
+                                        comm::DataType::kFloat32, comm::ReduceOp::kSum));
+    MIMO_RETURN_IF_ERROR(AddInto(ops, router_.weight->grad(), drouter));
+  }
   if (shared_ != nullptr) {
     MIMO_ASSIGN_OR_RETURN(Tensor dshared, shared_->Backward(ctx, std::move(saved->shared), dy));
     MIMO_RETURN_IF_ERROR(AddInto(ops, dx, dshared));

@@ -3,7 +3,10 @@
 // with the router's weights, optional shared experts beside them; the load-balancing and z losses
 // reported and their gradients added in the backward. With expert parallelism (the build
 // context's EP group) each rank holds E / ep of the experts and the pairs travel to them and back
-// through MoeTokenDispatcher's all-to-all.
+// through MoeTokenDispatcher's all-to-all. With tensor parallelism (ctx.groups.tp) the layer is
+// sequence parallel (Megatron's rule for MoE under TP): each tp member routes its own block of
+// the rows through the replicated router, whose gradient and the load-balancing loss's counts are
+// summed over tp; each member reports its share of the auxiliary losses (they add up over tp).
 #pragma once
 
 #include <memory>
@@ -11,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "comm/communicator.h"
 #include "mimo/block.h"
 #include "mimo/build_context.h"
 #include "mimo/experts.h"
@@ -25,8 +29,9 @@ class MoeLayer final : public Block {
  public:
   // Parameters (E experts, C hidden): router.weight (E, C); experts.* from `experts` (this
   // rank's E / ep experts); shared_experts.* from `shared` when the config gives them a width.
-  // InvalidArgument when E does not split evenly over ctx.groups.ep, or for moe.graph_safe with
-  // EP, expt_tp or experts that read their offsets on the host.
+  // InvalidArgument when E does not split evenly over ctx.groups.ep, for moe.graph_safe with
+  // EP, expt_tp, tp or experts that read their offsets on the host, or for
+  // moe.per_sequence_aux_loss with tp.
   static absl::StatusOr<std::unique_ptr<MoeLayer>> Create(
       const BuildContext& ctx, const MoeConfig& moe, const ExpertsBuilder& experts,
       const SharedExpertsBuilder& shared = DenseSharedExpertsBuilder());
@@ -36,8 +41,8 @@ class MoeLayer final : public Block {
                                                           const MoeConfig& moe);
 
   // Synchronizes with the device to read the experts' row counts when the experts need them on
-  // the host (per-expert GEMMs) or with EP or expt_tp; never with moe.graph_safe. With EP every
-  // member of the group must run the layer together.
+  // the host (per-expert GEMMs) or with EP or expt_tp, and for the sums over tp; never with
+  // moe.graph_safe. With EP (or tp) every member of the group must run the layer together.
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
   absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
                                            std::unique_ptr<SavedActivations> saved,
@@ -65,13 +70,15 @@ class MoeLayer final : public Block {
 
  private:
   MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number, bool mtp_layer,
-           MoeTokenDispatcher dispatcher, LinearWeights router, std::unique_ptr<Experts> experts,
-           std::unique_ptr<Block> shared, kernels::Tensor expert_bias, kernels::Tensor load);
+           comm::Communicator* tp, MoeTokenDispatcher dispatcher, LinearWeights router,
+           std::unique_ptr<Experts> experts, std::unique_ptr<Block> shared,
+           kernels::Tensor expert_bias, kernels::Tensor load);
 
   const TransformerConfig config_;
   const MoeConfig moe_;
   const int layer_number_;
   const bool mtp_layer_;
+  comm::Communicator* const tp_;  // Null without tensor parallelism.
   const MoeTokenDispatcher dispatcher_;
   LinearWeights router_;
   std::unique_ptr<Experts> experts_;

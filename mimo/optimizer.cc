@@ -109,34 +109,42 @@ absl::Status AdamWOptimizer::SumSquares(kernels::Ops& ops, const Squares& set) {
 
 absl::StatusOr<std::unique_ptr<AdamWOptimizer>> AdamWOptimizer::Create(
     kernels::Ops& ops, const OptimizerConfig& config, std::vector<Parameter*> params,
-    std::vector<Parameter*> sharded) {
+    std::vector<NormShardedParameters> sharded) {
   MIMO_RETURN_IF_ERROR(ValidateOptimizerConfig(config));
   MIMO_ASSIGN_OR_RETURN(Squares replicated, NewSquares(ops, std::move(params)));
-  MIMO_ASSIGN_OR_RETURN(Squares shards, NewSquares(ops, std::move(sharded)));
+  std::vector<ShardedSquares> sets;
+  for (NormShardedParameters& set : sharded) {
+    MIMO_ASSIGN_OR_RETURN(Squares squares, NewSquares(ops, std::move(set.params)));
+    sets.push_back({std::move(squares), std::move(set.norm_groups)});
+  }
   return std::unique_ptr<AdamWOptimizer>(
-      new AdamWOptimizer(config, std::move(replicated), std::move(shards)));
+      new AdamWOptimizer(config, std::move(replicated), std::move(sets)));
 }
 
-absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Step(kernels::Ops& ops,
-                                                        comm::Communicator* norm_group) {
-  MIMO_ASSIGN_OR_RETURN(const float squared, SquaredGradNorm(ops, {norm_group}));
+absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Step(kernels::Ops& ops) {
+  MIMO_ASSIGN_OR_RETURN(const float squared, SquaredGradNorm(ops));
   return Apply(ops, squared);
 }
 
-absl::StatusOr<float> AdamWOptimizer::SquaredGradNorm(
-    kernels::Ops& ops, std::vector<comm::Communicator*> norm_groups) {
+absl::StatusOr<float> AdamWOptimizer::SquaredGradNorm(kernels::Ops& ops) {
   MIMO_RETURN_IF_ERROR(SumSquares(ops, replicated_));
-  MIMO_RETURN_IF_ERROR(SumSquares(ops, sharded_));
-  for (comm::Communicator* group : norm_groups) {
-    if (group == nullptr || group->size() == 1) continue;
-    MIMO_RETURN_IF_ERROR(ops.Synchronize());
-    MIMO_RETURN_IF_ERROR(
-        group->AllReduce(sharded_.total.data(), 1, comm::DataType::kFloat32, comm::ReduceOp::kSum));
+  for (const ShardedSquares& set : sharded_) {
+    MIMO_RETURN_IF_ERROR(SumSquares(ops, set.squares));
+    for (comm::Communicator* group : set.norm_groups) {
+      if (group == nullptr || group->size() == 1) continue;
+      MIMO_RETURN_IF_ERROR(ops.Synchronize());
+      MIMO_RETURN_IF_ERROR(group->AllReduce(set.squares.total.data(), 1, comm::DataType::kFloat32,
+                                            comm::ReduceOp::kSum));
+    }
   }
-  float replicated = 0, sharded = 0;
-  MIMO_RETURN_IF_ERROR(ops.CopyToHost(&replicated, replicated_.total.data(), sizeof(float)));
-  MIMO_RETURN_IF_ERROR(ops.CopyToHost(&sharded, sharded_.total.data(), sizeof(float)));
-  return replicated + sharded;
+  float total = 0;
+  MIMO_RETURN_IF_ERROR(ops.CopyToHost(&total, replicated_.total.data(), sizeof(float)));
+  for (const ShardedSquares& set : sharded_) {
+    float part = 0;
+    MIMO_RETURN_IF_ERROR(ops.CopyToHost(&part, set.squares.total.data(), sizeof(float)));
+    total += part;
+  }
+  return total;
 }
 
 absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Apply(kernels::Ops& ops, double sum) {
@@ -144,7 +152,9 @@ absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Apply(kernels::Ops& ops, doub
   const OptimizerStepStats stats = PlanUpdate(config_, steps_, sum, scale);
   if (stats.skipped) return stats;
   steps_ = stats.step;
-  for (const Squares* set : {&replicated_, &sharded_}) {
+  std::vector<const Squares*> sets = {&replicated_};
+  for (const ShardedSquares& set : sharded_) sets.push_back(&set.squares);
+  for (const Squares* set : sets) {
     for (const State& s : set->state) {
       Parameter& p = *s.param;
       const bool separate = p.weight().data() != p.master().data();

@@ -50,27 +50,30 @@ struct OptimizerStepStats {
 OptimizerStepStats PlanUpdate(const OptimizerConfig& config, int64_t steps, double squared_norm,
                               float& grad_scale);
 
+// Parameters that hold different parts of the model on the members of their norm groups (a
+// rank's own experts over ep and expt_tp; a tp member's slices over tp): their squared gradient
+// norms are summed over each group in turn (null entries skipped), so that together the groups
+// count every part once.
+struct NormShardedParameters {
+  std::vector<Parameter*> params;
+  std::vector<comm::Communicator*> norm_groups;  // Not owned.
+};
+
 class AdamWOptimizer {
  public:
-  // Moments (fp32, zero) for each of `params` and `sharded` (not owned; they outlive the
-  // optimizer). `sharded`: parameters whose values differ across the norm group of Step (a
-  // rank's own experts); `params` are the same on every member.
+  // Moments (fp32, zero) for each of `params` and the `sharded` sets' (not owned; they outlive
+  // the optimizer). `params` are the same on every rank that holds them.
   static absl::StatusOr<std::unique_ptr<AdamWOptimizer>> Create(
       kernels::Ops& ops, const OptimizerConfig& config, std::vector<Parameter*> params,
-      std::vector<Parameter*> sharded = {});
+      std::vector<NormShardedParameters> sharded = {});
 
-  // One update from the parameters' gradients. `norm_group` (optional, not owned): the ranks
-  // whose sharded parameters together make the model (the expert-parallel group): the sharded
-  // gradients' squared norms are summed over it, the others counted once (every member must
-  // call Step together). Waits for the device once, for the norm. Same as
-  // Apply(ops, SquaredGradNorm(ops, norm_group)).
-  absl::StatusOr<OptimizerStepStats> Step(kernels::Ops& ops,
-                                          comm::Communicator* norm_group = nullptr);
-  // The squared L2 norm of this rank's part of the model's gradients, as Step counts it, the
-  // sharded parameters' squares summed over each of `norm_groups` in turn (null entries skipped;
-  // the expert-parallel group, then the expert-tensor-parallel group: together every shard once).
-  absl::StatusOr<float> SquaredGradNorm(kernels::Ops& ops,
-                                        std::vector<comm::Communicator*> norm_groups = {});
+  // One update from the parameters' gradients (every member of the sharded sets' norm groups
+  // must call Step together). Waits for the device once, for the norm. Same as
+  // Apply(ops, SquaredGradNorm(ops)).
+  absl::StatusOr<OptimizerStepStats> Step(kernels::Ops& ops);
+  // The squared L2 norm of this rank's part of the model's gradients, as Step counts it: the
+  // replicated parameters' squares once, each sharded set's summed over its norm groups.
+  absl::StatusOr<float> SquaredGradNorm(kernels::Ops& ops);
   // The update with the whole model's squared gradient norm given (this rank's part plus the
   // other ranks' parts: modules on their own ranks): clipping and the skip on a non-finite norm
   // follow it, so every rank given the same value takes the same decision.
@@ -94,11 +97,18 @@ class AdamWOptimizer {
   // Enqueues the sum of the set's squared gradient norms into its total.
   static absl::Status SumSquares(kernels::Ops& ops, const Squares& set);
 
-  AdamWOptimizer(const OptimizerConfig& config, Squares replicated, Squares sharded)
+  struct ShardedSquares {
+    Squares squares;
+    std::vector<comm::Communicator*> norm_groups;
+  };
+
+  AdamWOptimizer(const OptimizerConfig& config, Squares replicated,
+                 std::vector<ShardedSquares> sharded)
       : config_(config), replicated_(std::move(replicated)), sharded_(std::move(sharded)) {}
 
   const OptimizerConfig config_;
-  Squares replicated_, sharded_;
+  Squares replicated_;
+  std::vector<ShardedSquares> sharded_;
   int64_t steps_ = 0;
 };
 

@@ -42,16 +42,18 @@ absl::StatusOr<GradientUpdate> CreateGradientUpdate(kernels::Ops& ops,
   const std::vector<Parameter*> plain_dense = shard_dense ? std::vector<Parameter*>{} : o.dense;
   const std::vector<Parameter*> plain_experts =
       shard_experts ? std::vector<Parameter*>{} : o.experts;
-  // AdamW's sharded set: the routed experts, or the tp slices (an MoE layer refuses tp > 1:
-  // never both), each with its norm groups.
-  std::vector<Parameter*> adamw_sharded = plain_experts;
-  if (!shard_dense) adamw_sharded.insert(adamw_sharded.end(), slices.begin(), slices.end());
-  u.adamw_norm_groups =
-      o.experts.empty() ? std::vector<comm::Communicator*>{o.tp} : o.expert_norm_groups;
+  // AdamW's sharded sets: the routed experts and the tp slices, each with its norm groups.
+  std::vector<NormShardedParameters> adamw_sharded;
+  if (!plain_experts.empty()) {
+    adamw_sharded.push_back({.params = plain_experts, .norm_groups = o.expert_norm_groups});
+  }
+  if (!shard_dense && !slices.empty()) {
+    adamw_sharded.push_back({.params = slices, .norm_groups = {o.tp}});
+  }
   MIMO_ASSIGN_OR_RETURN(
       u.adamw,
       AdamWOptimizer::Create(ops, o.optimizer, shard_dense ? std::vector<Parameter*>{} : whole,
-                             adamw_sharded));
+                             std::move(adamw_sharded)));
   // The gradients of every set with replicas in buckets, each bucket's collective started in
   // the order the backward finishes them: a bucket's turn comes when its last parameter's does.
   struct Planned {

@@ -42,9 +42,6 @@ struct GradientUpdateOptions {
 struct GradientUpdate {
   // The parameters the distributed optimizer does not shard (all of them without it).
   std::unique_ptr<AdamWOptimizer> adamw;
-  // The groups over which AdamW's sharded parameters' squared norms are summed: the experts'
-  // (expert_norm_groups), or the tensor-parallel slices' (tp).
-  std::vector<comm::Communicator*> adamw_norm_groups;
   // Null unless asked for and a set of parameters has replicas.
   std::unique_ptr<DistributedOptimizer> distributed;
   // The gradients AdamW's parameters all-reduce in place (null without replicas).

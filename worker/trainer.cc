@@ -361,9 +361,9 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   m.grad_norm = stats.grad_norm;
   m.skipped = stats.skipped;
   if (language) {
-    MIMO_ASSIGN_OR_RETURN(
-        ExpertLoads loads,
-        FinishExpertLoadStep(ops_, modules_->language->moe_layers(), options_.dp));
+    MIMO_ASSIGN_OR_RETURN(ExpertLoads loads,
+                          FinishExpertLoadStep(ops_, modules_->language->moe_layers(),
+                                               {options_.dp, options_.groups.tp}));
     for (const std::vector<int64_t>& layer : loads) {
       m.expert_load.resize(layer.size(), 0);
       for (size_t e = 0; e < layer.size(); ++e) m.expert_load[e] += layer[e];
@@ -381,8 +381,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
 // ranks add the encoders' parts (sent up the links) to theirs and send the total back down.
 absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
   const bool language = modules_->language != nullptr;
-  MIMO_ASSIGN_OR_RETURN(float local,
-                        update_.adamw->SquaredGradNorm(ops_, update_.adamw_norm_groups));
+  MIMO_ASSIGN_OR_RETURN(float local, update_.adamw->SquaredGradNorm(ops_));
   if (update_.distributed != nullptr) {
     MIMO_ASSIGN_OR_RETURN(const float shards, update_.distributed->SquaredGradNorm(ops_));
     local += shards;
@@ -504,6 +503,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
         .sequences = d.sequences.get(),
         .loss_scale = 1.0f / static_cast<float>(options_.micro_batches * replicas),
         .aux_losses = &aux,
+        .padding_rows = b.padding,
         .gradients_ready = last ? GradientsReadyHook() : nullptr};
     const std::vector<int32_t>* positions[2] = {&b.vision_positions, &b.audio_positions};
     const EncoderBatch* inputs[2] = {&d.batch.vision, &d.batch.audio};
@@ -612,6 +612,12 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
 }
 
 absl::Status Trainer::ReduceLanguageMetrics(StepMetrics& m) {
+  if (ModelGroups::Size(options_.groups.tp) > 1) {
+    // Sequence-parallel MoE layers: each tp member holds its share of the auxiliary losses.
+    float aux[1] = {static_cast<float>(m.aux_loss)};
+    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.groups.tp, aux));
+    m.aux_loss = aux[0];
+  }
   const int64_t replicas = modules_->language_dp;
   if (replicas > 1) {
     float global[3] = {static_cast<float>(m.loss), static_cast<float>(m.aux_loss),

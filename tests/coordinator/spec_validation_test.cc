@@ -137,21 +137,24 @@ v1::Module& Language(v1::JobSpec& s) { return *s.mutable_modules(2); }
 v1::MoE& Moe(v1::JobSpec& s) { return *Language(s).mutable_language()->mutable_moe(); }
 v1::Training& Train(v1::JobSpec& s) { return *s.mutable_training(); }
 
-// KIND_TRAIN runs a dense language module tensor parallel (here tp 2 x dp 2, with the
-// distributed optimizer).
-TEST(ValidateJobSpecTest, TrainingAcceptsATensorParallelDenseLanguageModule) {
-  v1::JobSpec spec = ValidSpec();
-  v1::Module& language = Language(spec);
-  language.mutable_language()->clear_moe();
-  language.mutable_parallelism()->set_tp(2);
-  language.mutable_parallelism()->set_dp(2);
-  language.mutable_parallelism()->set_ep(1);
-  Train(spec).set_global_batch_size(4);
-  Train(spec).mutable_optimizer()->set_use_distributed_optimizer(true);
-  std::vector<FieldViolation> violations;
-  const absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
-  EXPECT_TRUE(plan.ok()) << plan.status();
-  for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+// KIND_TRAIN runs a language module tensor parallel, dense or MoE (here tp 2 x dp 2, with the
+// distributed optimizer; the MoE layers with ep 2).
+TEST(ValidateJobSpecTest, TrainingAcceptsATensorParallelLanguageModule) {
+  for (const bool moe : {false, true}) {
+    SCOPED_TRACE(moe ? "MoE" : "dense");
+    v1::JobSpec spec = ValidSpec();
+    v1::Module& language = Language(spec);
+    if (!moe) language.mutable_language()->clear_moe();
+    language.mutable_parallelism()->set_tp(2);
+    language.mutable_parallelism()->set_dp(2);
+    language.mutable_parallelism()->set_ep(moe ? 2 : 1);
+    Train(spec).set_global_batch_size(4);
+    Train(spec).mutable_optimizer()->set_use_distributed_optimizer(true);
+    std::vector<FieldViolation> violations;
+    const absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+  }
 }
 
 v1::Optimizer& Opt(v1::JobSpec& s) { return *s.mutable_training()->mutable_optimizer(); }
@@ -514,13 +517,6 @@ INSTANTIATE_TEST_SUITE_P(
                Vision(s).mutable_parallelism()->set_dp(1);
              },
              {"modules[0].parallelism.tp"}},
-        Case{"TrainingWithTensorParallelMoe",
-             [](v1::JobSpec& s) {
-               Language(s).mutable_parallelism()->set_tp(2);
-               Language(s).mutable_parallelism()->set_dp(2);
-               Train(s).set_global_batch_size(4);
-             },
-             {"modules[2].parallelism.tp"}},
         Case{"TrainingWithTensorParallelismOnGpusOverlappingTheReduction",
              [](v1::JobSpec& s) {
                Language(s).mutable_language()->clear_moe();

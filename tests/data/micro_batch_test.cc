@@ -84,10 +84,12 @@ TEST(MicroBatchTest, PadsToAMultipleWithAnUnlabelledSequence) {
   EXPECT_EQ(std::vector<int32_t>(b->labels.begin() + 13, b->labels.end()),
             (std::vector<int32_t>(3, -1)));
   EXPECT_EQ(b->labelled, 7);  // As without padding: 2 + 3 caption tokens and 2 EOS.
+  EXPECT_EQ(b->padding, 3);
   EXPECT_EQ(b->vision_positions, (std::vector<int32_t>{1, 2, 7, 8}));
   auto exact = PackSamples({Make("ab", 0), Make("xy", 0)}, o);  // 6 + 6: 12 already.
   ASSERT_TRUE(exact.ok());
   EXPECT_EQ(exact->lengths, (std::vector<int32_t>{6, 6}));
+  EXPECT_EQ(exact->padding, 0);
   EXPECT_EQ(PackSamples({Make("a", 0)}, {.seq_length = 8, .pad_to_multiple = 0}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tensor-parallel example end to end through the real programs, as a user runs it.
 #   tp_example_test.sh MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR
-# A copy of examples/mimo-cpu-8-tp.yaml (language model tp=2 dp=2) with 20 steps and its
+# A copy of examples/mimo-cpu-8-tp.yaml (MoE language model tp=2 dp=2 ep=2) with 20 steps and its
 # output_dir in a temporary folder, run on `mimo-coordinator --cpu-workers 8` with `mimoctl submit
 # --wait`: the job must succeed, output_dir/metrics.csv have a row for its last step, and the loss
 # of the last step be below the first's. Every exit path stops what the test started.
@@ -38,7 +38,7 @@ trap_cleanup
 
 ctl() { "$mimoctl_bin" "$@"; }
 
-grep -q "parallelism: {tp: 2, dp: 2" "$example" || fail "$example has no language tp=2 dp=2"
+grep -q "parallelism: {tp: 2, dp: 2, ep: 2" "$example" || fail "$example has no language tp=2 dp=2 ep=2"
 spec=$tmp/tp.yaml
 sed -e "s|^name: .*|name: tp-example-test|" \
   -e "s|^  steps: .*|  steps: $steps|" \
@@ -78,5 +78,5 @@ first=$(sed -n '2p' "$csv" | cut -d, -f"$column")
 last=$(grep "^$steps," "$csv" | cut -d, -f"$column")
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
   fail "the loss went from $first (first row) to $last (step $steps): it did not fall"
-log "job $job SUCCEEDED with language tp=2 dp=2; loss $first -> $last"
+log "job $job SUCCEEDED with language tp=2 dp=2 ep=2; loss $first -> $last"
 echo "tp_example: PASSED"

@@ -59,6 +59,27 @@ TEST_P(AddCudaTest, EqualsTheCpuTwinBitwise) {
 INSTANTIATE_TEST_SUITE_P(DTypes, AddCudaTest, ::testing::Values(DType::kF32, DType::kBF16),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
+TEST_F(AddCudaTest, Int32CountsEqualTheCpuTwin) {
+  std::mt19937 random(std::random_device{}());
+  std::uniform_int_distribution<int32_t> value(-2147483647 - 1, 2147483647);
+  const int64_t n = 1001;
+  std::vector<int32_t> a(n), b(n), want(n);
+  for (int64_t i = 0; i < n; ++i) a[i] = value(random), b[i] = value(random);
+  ASSERT_TRUE(
+      AddCpu({.dtype = DType::kI32, .a = a.data(), .b = b.data(), .out = want.data(), .n = n})
+          .ok());
+  const auto bytes = [](const std::vector<int32_t>& v) {
+    return std::vector<char>(reinterpret_cast<const char*>(v.data()),
+                             reinterpret_cast<const char*>(v.data() + v.size()));
+  };
+  const DeviceBuffer da(bytes(a)), db(bytes(b));
+  ASSERT_TRUE(
+      LaunchAdd({.dtype = DType::kI32, .a = da.get(), .b = db.get(), .out = da.get(), .n = n},
+                nullptr)
+          .ok());
+  EXPECT_EQ(da.Bytes(), bytes(want));
+}
+
 TEST_F(AddCudaTest, BadArgumentsFailBeforeLaunching) {
   EXPECT_THAT(LaunchAdd({.n = 3}, nullptr).message(), HasSubstr("a is null"));
   EXPECT_TRUE(LaunchAdd({.n = 0}, nullptr).ok());

@@ -43,6 +43,19 @@ TEST_P(AddCpuTest, MatchesFloat64AndWorksInPlace) {
 INSTANTIATE_TEST_SUITE_P(DTypes, AddCpuTest, ::testing::Values(DType::kF32, DType::kBF16),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
+TEST(AddCpuTest, Int32CountsAddExactlyAndWrapAround) {
+  const std::vector<int32_t> a = {0, 5, -7, 2147483647, 1 << 30};
+  const std::vector<int32_t> b = {3, 11, 7, 1, 1 << 30};
+  std::vector<int32_t> out(a.size(), -1);
+  ASSERT_TRUE(AddCpu({.dtype = DType::kI32,
+                      .a = a.data(),
+                      .b = b.data(),
+                      .out = out.data(),
+                      .n = static_cast<int64_t>(a.size())})
+                  .ok());
+  EXPECT_EQ(out, (std::vector<int32_t>{3, 16, 0, -2147483647 - 1, -2147483647 - 1}));
+}
+
 TEST(AddCpuTest, BadArgumentsAreNamed) {
   EXPECT_THAT(AddCpu({.dtype = DType::kI64, .n = 1}).message(), HasSubstr("dtype i64"));
   EXPECT_THAT(AddCpu({.n = -2}).message(), HasSubstr("bad shape"));

@@ -203,6 +203,60 @@ TEST_P(MoeRouterCudaTest, MatchesTheCpuTwin) {
   EXPECT_EQ(Raw(again.losses), Raw(got.losses));
 }
 
+// Sequence parallelism: the auxiliary losses of rows [333, 1000) of a micro-batch given the
+// whole micro-batch's counts and tokens, against the CPU twin of the same part.
+TEST_F(MoeRouterCudaTest, APartOfAMicroBatchMatchesTheCpuTwin) {
+  const RouterConfig c{.experts = 64, .top_k = 6};
+  const int64_t t = 1000, first = 333, rows = t - first, e = c.experts;
+  std::mt19937 random(9);
+  std::normal_distribution<float> normal(0.0f, 1.5f);
+  std::vector<float> logits(t * e), scores(t * e), probs(t * c.top_k);
+  for (float& v : logits) v = normal(random);
+  std::vector<int32_t> indices(t * c.top_k), counts(e);
+  ASSERT_TRUE(MoeRouterCpu({.config = c,
+                            .logits = logits.data(),
+                            .scores = scores.data(),
+                            .indices = indices.data(),
+                            .probs = probs.data(),
+                            .tokens_per_expert = counts.data(),
+                            .tokens = t})
+                  .ok());
+  const std::vector<float> part_logits(logits.begin() + first * e, logits.end());
+  const std::vector<float> part_scores(scores.begin() + first * e, scores.end());
+  const std::vector<int32_t> part_indices(indices.begin() + first * c.top_k, indices.end());
+  std::vector<float> want_losses(2), want_grad(rows * e, 0.0f);
+  MoeAuxLossParams p{.config = c,
+                     .logits = part_logits.data(),
+                     .scores = part_scores.data(),
+                     .indices = part_indices.data(),
+                     .tokens = rows,
+                     .counts = counts.data(),
+                     .total_tokens = t,
+                     .aux_coeff = 0.01f,
+                     .z_coeff = 0.001f,
+                     .losses = want_losses.data(),
+                     .dlogits = want_grad.data(),
+                     .loss_grad = 2.0f};
+  ASSERT_TRUE(MoeAuxLossCpu(p).ok());
+  DeviceBuffer d_logits(Raw(part_logits)), d_scores(Raw(part_scores)), d_indices(Raw(part_indices)),
+      d_counts(Raw(counts)), d_grad(Raw(std::vector<float>(rows * e, 0.0f))), d_losses(8),
+      workspace(MoeAuxLossWorkspaceBytes(rows, 1, e));
+  p.logits = d_logits.as<float>();
+  p.scores = d_scores.as<float>();
+  p.indices = d_indices.as<int32_t>();
+  p.counts = d_counts.as<int32_t>();
+  p.losses = d_losses.as<float>();
+  p.dlogits = d_grad.as<float>();
+  p.workspace = workspace.get();
+  p.workspace_bytes = MoeAuxLossWorkspaceBytes(rows, 1, e);
+  ASSERT_TRUE(LaunchMoeAuxLoss(p, nullptr).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> losses = Typed<float>(d_losses.Bytes());
+  EXPECT_NEAR(losses[0], want_losses[0], 1e-5 * want_losses[0]);
+  EXPECT_NEAR(losses[1], want_losses[1], 1e-5 * want_losses[1]);
+  EXPECT_LT(RelError(Typed<float>(d_grad.Bytes()), want_grad, 1e-12), 1e-5);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Cases, MoeRouterCudaTest,
     ::testing::Values(CudaRouterCase{"MixtralSoftmax", {.experts = 8, .top_k = 2}, 4097, false, {}},

@@ -192,6 +192,62 @@ TEST_P(MoeRouterCpuTest, AuxLossesAndGradientsMatchFloat64) {
   }
 }
 
+// Sequence parallelism: the micro-batch's rows split into three uneven parts (one empty), each
+// given the whole micro-batch's counts and tokens: the parts' losses add up to the whole's and
+// their gradients are the whole's rows.
+TEST_P(MoeRouterCpuTest, PartsOfAMicroBatchAddUpToIt) {
+  const RouterConfig& c = GetParam().config;
+  const std::vector<float> logits = Floats(logits_), bias = Floats(bias_);
+  std::vector<float> scores(kTokens * c.experts), probs(kTokens * c.top_k);
+  std::vector<int32_t> indices(kTokens * c.top_k), counts(c.experts);
+  ASSERT_TRUE(MoeRouterCpu({.config = c,
+                            .logits = logits.data(),
+                            .expert_bias = bias.empty() ? nullptr : bias.data(),
+                            .scores = scores.data(),
+                            .indices = indices.data(),
+                            .probs = probs.data(),
+                            .tokens_per_expert = counts.data(),
+                            .tokens = kTokens})
+                  .ok());
+  std::vector<float> whole_grad(kTokens * c.experts, 0.0f);
+  float whole[2];
+  MoeAuxLossParams p{.config = c,
+                     .logits = logits.data(),
+                     .scores = scores.data(),
+                     .indices = indices.data(),
+                     .tokens = kTokens,
+                     .aux_coeff = 0.01f,
+                     .z_coeff = 0.001f,
+                     .losses = whole,
+                     .dlogits = whole_grad.data(),
+                     .loss_grad = 2.0f};
+  ASSERT_TRUE(MoeAuxLossCpu(p).ok());
+  std::vector<float> grad(kTokens * c.experts, 0.0f);
+  double sum[2] = {0, 0};
+  for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{0, 13}, {13, 13}, {13, kTokens}}) {
+    float part[2] = {NAN, NAN};
+    MoeAuxLossParams q = p;
+    q.logits = logits.data() + begin * c.experts;
+    q.scores = scores.data() + begin * c.experts;
+    q.indices = indices.data() + begin * c.top_k;
+    q.tokens = end - begin;
+    q.counts = counts.data();
+    q.total_tokens = kTokens;
+    q.losses = part;
+    q.dlogits = grad.data() + begin * c.experts;
+    ASSERT_TRUE(MoeAuxLossCpu(q).ok()) << begin;
+    sum[0] += part[0];
+    sum[1] += part[1];
+  }
+  EXPECT_NEAR(sum[0], whole[0], 1e-6 * whole[0]);
+  EXPECT_NEAR(sum[1], whole[1], 1e-6 * whole[1]);
+  for (size_t i = 0; i < grad.size(); ++i) ASSERT_NEAR(grad[i], whole_grad[i], 1e-9) << i;
+  // The whole micro-batch's tokens cannot be fewer than the part's, nor come with sequences.
+  p.counts = counts.data();
+  p.total_tokens = kTokens - 1;
+  EXPECT_EQ(MoeAuxLossCpu(p).code(), absl::StatusCode::kInvalidArgument);
+}
+
 INSTANTIATE_TEST_SUITE_P(Configs, MoeRouterCpuTest, ::testing::ValuesIn(Cases()),
                          [](const auto& info) { return std::string(info.param.name); });
 

@@ -73,12 +73,12 @@ StepResult RunStep(int rank, comm::Communicator* group) {
     for (auto& layer : layers) EXPECT_TRUE(layer->Forward(ctx, x).ok());
   }
   std::vector<MoeLayer*> raw = {layers[0].get(), layers[1].get()};
-  auto loads = FinishExpertLoadStep(*ops, raw, group);
+  auto loads = FinishExpertLoadStep(*ops, raw, {group});
   EXPECT_TRUE(loads.ok()) << loads.status();
   if (!loads.ok()) return out;
   out.loads = *loads;
   for (auto& layer : layers) out.bias.push_back(Download(*ops, layer->expert_bias()));
-  auto again = FinishExpertLoadStep(*ops, raw, group);
+  auto again = FinishExpertLoadStep(*ops, raw, {group});
   EXPECT_TRUE(again.ok()) << again.status();
   if (again.ok()) out.again = *again;
   return out;

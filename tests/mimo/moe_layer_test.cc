@@ -340,6 +340,67 @@ TEST(MoeLayerTest, CountsExpertLoadAndMovesTheExpertBiasTowardsBalance) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// Padding rows (sequence parallelism fills the micro-batch up to equal row blocks) are routed but
+// stay out of the statistics: with 4 padding rows after 9 real ones, the load, the auxiliary
+// losses and the real rows' outputs, input gradients and parameter gradients equal those of the
+// 9 rows alone; the padding rows' input gradient is zero for a zero output gradient.
+TEST(MoeLayerTest, PaddingRowsStayOutOfTheStatistics) {
+  TransformerConfig c = Config(MlpActivation::kSwiglu);
+  MoeConfig m = Softmax().moe;
+  m.per_sequence_aux_loss = false;
+  m.aux_loss_coeff = 0.05f;
+  m.z_loss_coeff = 0.01f;
+  std::mt19937 random(6);
+  const std::vector<float> xv = RandomFloats(13 * 8, random);
+  std::vector<float> dyv = RandomFloats(13 * 8, random);
+  std::fill(dyv.begin() + 9 * 8, dyv.end(), 0.0f);
+  struct Out {
+    std::vector<double> y, dx, losses, router_grad;
+    std::vector<int64_t> load;
+  };
+  auto run = [&](int64_t rows, int64_t padding) {
+    Out o;
+    auto ops = kernels::NewCpuOps();
+    BuildContext build{.ops = ops.get(), .config = &c, .seed = 5, .prefix = "mlp"};
+    auto layer = MoeLayer::Create(build, m);
+    EXPECT_TRUE(layer.ok()) << layer.status();
+    if (!layer.ok()) return o;
+    std::vector<AuxLossRecord> aux;
+    const StepContext ctx{.ops = ops.get(), .aux_losses = &aux, .padding_rows = padding};
+    const std::vector<float> x(xv.begin(), xv.begin() + rows * 8);
+    const std::vector<float> dy(dyv.begin(), dyv.begin() + rows * 8);
+    auto out = (*layer)->Forward(ctx, Upload(*ops, x, {rows, 8}, DType::kF32));
+    EXPECT_TRUE(out.ok()) << out.status();
+    if (!out.ok()) return o;
+    o.y = Download(*ops, out->y);
+    o.losses = Download(*ops, aux.at(0).losses);
+    auto dx =
+        (*layer)->Backward(ctx, std::move(out->saved), Upload(*ops, dy, {rows, 8}, DType::kF32));
+    EXPECT_TRUE(dx.ok()) << dx.status();
+    if (!dx.ok()) return o;
+    o.dx = Download(*ops, *dx);
+    o.router_grad = Download(*ops, ParametersByName(**layer)["mlp.router.weight"]->grad());
+    o.load = *(*layer)->TakeExpertLoad(*ops);
+    return o;
+  };
+  const Out alone = run(9, 0), padded = run(13, 4);
+  EXPECT_EQ(padded.load, alone.load);
+  EXPECT_EQ(padded.losses, alone.losses);
+  EXPECT_EQ(std::vector<double>(padded.y.begin(), padded.y.begin() + 9 * 8), alone.y);
+  EXPECT_EQ(std::vector<double>(padded.dx.begin(), padded.dx.begin() + 9 * 8), alone.dx);
+  EXPECT_EQ(std::vector<double>(padded.dx.begin() + 9 * 8, padded.dx.end()),
+            std::vector<double>(4 * 8, 0.0));
+  EXPECT_EQ(padded.router_grad, alone.router_grad);
+  // More padding than rows is refused.
+  auto ops = kernels::NewCpuOps();
+  BuildContext build{.ops = ops.get(), .config = &c, .seed = 5, .prefix = "mlp"};
+  auto layer = MoeLayer::Create(build, m);
+  ASSERT_TRUE(layer.ok());
+  const StepContext bad{.ops = ops.get(), .padding_rows = 14};
+  EXPECT_EQ((*layer)->Forward(bad, Upload(*ops, xv, {13, 8}, DType::kF32)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // Grouped GEMMs (the graph-safe layer's default experts) and per-expert GEMMs compute the same
 // products in the same order on the CPU: equal outputs and gradients, same parameters.
 TEST(MoeLayerTest, GroupedExpertsEqualSequentialExperts) {

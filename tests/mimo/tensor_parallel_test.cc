@@ -6,12 +6,16 @@
 // the one-rank parameters (same initial values), its output and input gradient are its block of the
 // one-rank rows, each sharded gradient is its slice of the one-rank gradient, and each replicated
 // parameter (norms, row-parallel biases) gets the whole one-rank gradient on both members, fp32.
+// An MoE layer under tp is sequence parallel: the router's gradient is whole on both members,
+// the routed experts' gradients (members' rows only, summed later over expt_dp) and the auxiliary
+// losses add up over the members to the one-rank values.
 // What cannot split is refused with a message that names it.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <functional>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -79,8 +83,14 @@ struct Param {
 
 struct Result {
   std::vector<float> y, dx;
+  std::vector<float> aux;  // Each MoE layer's (load-balancing, z) losses.
   std::map<std::string, Param> params;
 };
+
+// A routed expert's parameter: each tp member's gradient holds its rows' part.
+bool IsRoutedExpert(const std::string& name) {
+  return name.find(".mlp.experts.") != std::string::npos;
+}
 
 using BlockFactory =
     std::function<absl::StatusOr<std::unique_ptr<Block>>(const BuildContext& build)>;
@@ -99,11 +109,20 @@ Result Run(kernels::Ops& ops, const TransformerConfig& config, ModelGroups group
   for (Parameter* p : params) Perturb(ops, *p);
   auto seqs = PackedSequences::Create(ops, lengths);
   EXPECT_TRUE(seqs.ok()) << seqs.status();
-  const StepContext ctx{.ops = &ops, .sequences = &*seqs, .dropout_seed = 77, .dropout_offset = 3};
+  std::vector<AuxLossRecord> aux;
+  const StepContext ctx{.ops = &ops,
+                        .sequences = &*seqs,
+                        .dropout_seed = 77,
+                        .dropout_offset = 3,
+                        .aux_losses = &aux};
   auto out = (*block)->Forward(ctx, Upload(ops, x, {rows, kHidden}, config.dtype));
   EXPECT_TRUE(out.ok()) << out.status();
   if (!out.ok()) return r;
   r.y = Host(ops, out->y);
+  for (const AuxLossRecord& a : aux) {
+    const std::vector<float> pair = Host(ops, a.losses);
+    r.aux.insert(r.aux.end(), pair.begin(), pair.end());
+  }
   auto dx = (*block)->Backward(ctx, std::move(out->saved),
                                Upload(ops, dy, {rows, kHidden}, config.dtype));
   EXPECT_TRUE(dx.ok()) << dx.status();
@@ -149,12 +168,26 @@ void ExpectSplitEqualsOneRank(const TransformerConfig& config, const BlockFactor
       ASSERT_TRUE(want.params.contains(name));
       const Param& whole = want.params.at(name);
       EXPECT_EQ(p.weight, SliceOf(whole.weight, p.spec));
+      if (IsRoutedExpert(name)) {
+        std::vector<float> sum = p.grad;
+        const std::vector<float>& other = got[1 - r].params.at(name).grad;
+        for (size_t i = 0; i < sum.size() && i < other.size(); ++i) sum[i] += other[i];
+        EXPECT_LT(RelativeError(sum, whole.grad), 1e-6);
+        continue;
+      }
       EXPECT_LT(RelativeError(p.grad, SliceOf(whole.grad, p.spec)), 1e-6);
       if (p.spec.shards.empty()) {
         // Replicated: bitwise the same gradient on both members (the optimizer keeps them equal).
         EXPECT_EQ(p.grad, got[1 - r].params.at(name).grad);
       }
     }
+  }
+  // The auxiliary losses: the members' shares add up to the one-rank losses.
+  ASSERT_EQ(got[0].aux.size(), want.aux.size());
+  ASSERT_EQ(got[1].aux.size(), want.aux.size());
+  for (size_t i = 0; i < want.aux.size(); ++i) {
+    EXPECT_NEAR(got[0].aux[i] + got[1].aux[i], want.aux[i], 1e-6 * std::abs(want.aux[i])) << i;
+    EXPECT_GT(want.aux[i], 0.0f) << i;
   }
   // Something was split: attention and MLP weights are sharded.
   int sharded = 0;
@@ -189,6 +222,17 @@ BlockFactory Layer() {
   };
 }
 
+BlockFactory MoeTransformerLayer(MoeConfig moe,
+                                 std::shared_ptr<const ExpertsBuilder> experts = nullptr) {
+  return [moe, experts](const BuildContext& b) -> absl::StatusOr<std::unique_ptr<Block>> {
+    BuildContext layer_build = b;
+    layer_build.layer_number = 1;
+    MIMO_ASSIGN_OR_RETURN(auto layer,
+                          TransformerLayer::Create(layer_build, MoeMlpBuilder(moe, experts)));
+    return std::unique_ptr<Block>(std::move(layer));
+  };
+}
+
 TEST(TensorParallelTest, SwigluMlp) { ExpectSplitEqualsOneRank(Config(), Mlp(), {10}); }
 
 TEST(TensorParallelTest, GeluMlpWithBiases) {
@@ -213,6 +257,28 @@ TEST(TensorParallelTest, BidirectionalLayerNormGeluLayerWithBiases) {
   c.rotary = false;
   c.num_query_groups = 4;
   ExpectSplitEqualsOneRank(c, Layer(), {5, 9});
+}
+
+// Megatron's rule: an MoE layer under tp is sequence parallel. Each member routes its rows;
+// shared experts tensor parallel beside the routed ones; both auxiliary losses.
+TEST(TensorParallelTest, SequenceParallelMoeLayer) {
+  const MoeConfig moe{.router = {.experts = 4, .top_k = 2},
+                      .aux_loss_coeff = 0.01f,
+                      .z_loss_coeff = 0.001f,
+                      .shared_expert_ffn_hidden_size = 8};
+  ExpectSplitEqualsOneRank(Config(), MoeTransformerLayer(moe), {3, 7, 2});
+}
+
+TEST(TensorParallelTest, SequenceParallelSigmoidMoeLayerWithGroupedExperts) {
+  TransformerConfig c = Config();
+  c.activation = MlpActivation::kGelu;
+  c.add_bias_linear = true;
+  const MoeConfig moe{.router = {.experts = 6, .top_k = 3, .score = kernels::RouterScore::kSigmoid},
+                      .aux_loss_coeff = 0.02f,
+                      .z_loss_coeff = 0.002f,
+                      .expert_ffn_hidden_size = 10};
+  ExpectSplitEqualsOneRank(c, MoeTransformerLayer(moe, std::make_shared<GroupedExpertsBuilder>()),
+                           {14});
 }
 
 // The language model: vocabulary-parallel embedding and output layer around tensor + sequence
@@ -323,12 +389,15 @@ TEST(TensorParallelTest, RefusesWhatItCannotSplit) {
     EXPECT_EQ(mqa.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(mqa.status().message().find("num_query_groups (1)"), std::string::npos)
         << mqa.status();
-    // A vocabulary that does not split; not yet: an MoE layer under tp.
+    // The per-sequence load-balancing loss (sequences straddle the members' rows); a
+    // vocabulary that does not split.
     config.num_query_groups = 2;
-    const auto moe = MoeLayer::Create(build, MoeConfig{.router = {.experts = 2, .top_k = 1}},
-                                      SequentialExpertsBuilder(), DenseSharedExpertsBuilder());
+    const auto moe = MoeLayer::Create(build, MoeConfig{.router = {.experts = 2, .top_k = 1},
+                                                       .aux_loss_coeff = 0.01f,
+                                                       .per_sequence_aux_loss = true});
     EXPECT_EQ(moe.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(moe.status().message().find("not supported yet"), std::string::npos) << moe.status();
+    EXPECT_NE(moe.status().message().find("per_sequence_aux_loss with tp 2"), std::string::npos)
+        << moe.status();
     const LanguageModelConfig lm{.transformer = config, .vocab_size = 33};
     const auto model = LanguageModel::Create(build, lm);
     EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);

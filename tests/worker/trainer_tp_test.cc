@@ -2,7 +2,9 @@
 // with dp = 2) over Gloo against one rank on the same data: the same losses, label counts and
 // gradient norms at every step, each member's parameters its slices of the one-rank parameters
 // after three AdamW steps (plain, or the distributed optimizer over dp), the replicated ones
-// bitwise equal across the members; an expt_tp group with tp's members changes nothing.
+// bitwise equal across the members; an expt_tp group with tp's members changes nothing. MoE
+// layers under tp (sequence parallel) give the same auxiliary losses and expert loads too, with
+// the experts replicated over tp (summed over expt_dp) or split over it (ep = tp's members).
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -18,7 +20,7 @@ namespace {
 
 MimoModelConfig DenseModel() {
   MimoModelConfig c = DpTestModel();
-  c.language.moe.reset();  // An MoE layer refuses tp > 1.
+  c.language.moe.reset();
   return c;
 }
 
@@ -33,6 +35,8 @@ void ExpectMatchesOneRank(const std::vector<TrainRun>& got, const TrainRun& want
       EXPECT_EQ(g.labelled, w.labelled) << "step " << i;
       EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
       EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
+      EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
+      EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
     }
     ASSERT_EQ(got[r].params.size(), want.params.size());
     int sharded = 0;
@@ -91,20 +95,27 @@ TEST(TrainerTensorParallelTest, AnExpertTensorGroupLikeTpChangesNothing) {
 }
 
 // Ranks (replica, member): 0 = (0, 0), 1 = (0, 1), 2 = (1, 0), 3 = (1, 1); one micro-batch each,
-// so the two replicas together take the one-rank run's two.
-std::vector<TrainRun> TrainDpTimesTp(const MimoModelConfig& model, bool distributed_optimizer) {
+// so the two replicas together take the one-rank run's two. With `expert_parallel` (an MoE
+// model), the expert view Megatron builds for ep 2 (expt_tp 1): ep groups with tp's members,
+// expt_dp groups with dp's.
+std::vector<TrainRun> TrainDpTimesTp(const MimoModelConfig& model, bool distributed_optimizer,
+                                     bool expert_parallel = false) {
   std::vector<TrainRun> got(4);
   comm::InMemoryStore store;
   comm::RunRanks(4, [&](int rank) {
     const int member = rank % 2, replica0 = rank / 2 * 2;
+    std::vector<comm::GroupSpec> specs = {{.kind = "dp", .members = {member, member + 2}},
+                                          {.kind = "tp", .members = {replica0, replica0 + 1}}};
+    if (expert_parallel) {
+      specs.push_back({.kind = "ep", .members = {replica0, replica0 + 1}});
+      specs.push_back({.kind = "expt_dp", .members = {member, member + 2}});
+    }
     auto groups = comm::ProcessGroups::CreateGloo(
-        {{.kind = "dp", .members = {member, member + 2}},
-         {.kind = "tp", .members = {replica0, replica0 + 1}}},
-        store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+        specs, store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto ops = kernels::NewCpuOps();
     got[rank] = TrainOn(*ops, model, 1, (*groups)->Get("dp"), ModelGroupsOf(**groups),
-                        distributed_optimizer);
+                        distributed_optimizer, (*groups)->Get("expt_dp"));
   });
   return got;
 }
@@ -123,6 +134,36 @@ TEST(TrainerTensorParallelTest, DistributedOptimizerWithDataParallelReplicasEqua
   auto one = kernels::NewCpuOps();
   const TrainRun want = TrainOn(*one, model, 2, nullptr);
   ExpectMatchesOneRank(TrainDpTimesTp(model, true), want, 2);
+}
+
+// MoE layers under tp are sequence parallel: each member routes its rows; the experts,
+// replicated over the two members, get their gradients summed over expt_dp (the members).
+TEST(TrainerTensorParallelTest, SequenceParallelMoeLayersEqualOneRank) {
+  const MimoModelConfig model = DpTestModel();
+  auto one = kernels::NewCpuOps();
+  const TrainRun want = TrainOn(*one, model, 2, nullptr);
+  ASSERT_GT(want.steps[0].aux_loss, 0.0);
+  std::vector<TrainRun> got(2);
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "tp", .members = {0, 1}}, {.kind = "expt_dp", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    auto ops = kernels::NewCpuOps();
+    got[rank] =
+        TrainOn(*ops, model, 2, nullptr, ModelGroupsOf(**groups), false, (*groups)->Get("expt_dp"));
+  });
+  ExpectMatchesOneRank(got, want, 2);
+}
+
+// dp 2 x tp 2 with the experts split over each replica's tp members (ep 2) and the distributed
+// optimizer: dense parameters sharded over dp, experts over expt_dp.
+TEST(TrainerTensorParallelTest, ExpertParallelMoeWithDataParallelReplicasEqualsOneRank) {
+  const MimoModelConfig model = DpTestModel();
+  auto one = kernels::NewCpuOps();
+  const TrainRun want = TrainOn(*one, model, 2, nullptr);
+  ExpectMatchesOneRank(TrainDpTimesTp(model, true, /*expert_parallel=*/true), want, 2);
 }
 
 }  // namespace
