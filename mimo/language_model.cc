@@ -115,9 +115,15 @@ absl::Status CombineCrossEntropyState(kernels::Ops& ops, comm::Communicator* tp,
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Create(
-    const BuildContext& ctx, const LanguageModelConfig& config) {
+    const BuildContext& ctx, const LanguageModelConfig& config, const PipelineStage& stage) {
   MIMO_RETURN_IF_ERROR(ValidateLanguageModelConfig(config));
   const TransformerConfig& t = config.transformer;
+  if (stage.count < 1 || stage.index < 0 || stage.index >= stage.count ||
+      t.num_layers % stage.count != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LanguageModel: pipeline stage ", stage.index, " of ", stage.count, ": the ",
+                     t.num_layers, " layers (num_layers) must split evenly over the stages"));
+  }
   const int64_t n = ModelGroups::Size(ctx.groups.tp), r = ModelGroups::Rank(ctx.groups.tp);
   comm::Communicator* tp = n > 1 ? ctx.groups.tp : nullptr;
   if (config.vocab_size % n != 0) {
@@ -130,60 +136,42 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Create(
   if (tp != nullptr) rows = {{.dim = 0, .offset = r * part, .full_size = config.vocab_size}};
   BuildContext inner = ctx;
   inner.config = &config.transformer;
-  MIMO_ASSIGN_OR_RETURN(auto embedding,
-                        inner.Child("embedding.word_embeddings")
-                            .NewParameter("weight", {part, t.hidden_size}, InitKind::kNormal,
-                                          t.init_std, true, rows));
+  std::unique_ptr<Parameter> embedding;
+  if (stage.first()) {
+    MIMO_ASSIGN_OR_RETURN(embedding, inner.Child("embedding.word_embeddings")
+                                         .NewParameter("weight", {part, t.hidden_size},
+                                                       InitKind::kNormal, t.init_std, true, rows));
+  }
+  const int per_stage = t.num_layers / stage.count;
+  const TransformerBlockPart layers{
+      .first_layer = stage.index * per_stage, .num_layers = per_stage, .final_norm = stage.last()};
   std::unique_ptr<TransformerBlock> decoder;
   if (config.moe.has_value()) {
-    MIMO_ASSIGN_OR_RETURN(decoder, TransformerBlock::Create(
-                                       inner.Child("decoder"),
-                                       InterleavedMlpBuilder(*config.moe, config.moe_layer_freq)));
+    MIMO_ASSIGN_OR_RETURN(
+        decoder, TransformerBlock::Create(inner.Child("decoder"),
+                                          InterleavedMlpBuilder(*config.moe, config.moe_layer_freq),
+                                          layers));
   } else {
-    MIMO_ASSIGN_OR_RETURN(decoder,
-                          TransformerBlock::Create(inner.Child("decoder"), DenseMlpBuilder()));
+    MIMO_ASSIGN_OR_RETURN(
+        decoder, TransformerBlock::Create(inner.Child("decoder"), DenseMlpBuilder(), layers));
   }
-  MIMO_ASSIGN_OR_RETURN(LinearWeights output,
-                        LinearWeights::Create(inner.Child("output_layer"), part, t.hidden_size,
-                                              /*bias=*/false, t.init_std, rows));
-  return std::unique_ptr<LanguageModel>(
-      new LanguageModel(config, tp, std::move(embedding), std::move(decoder), std::move(output)));
+  std::optional<LinearWeights> output;
+  if (stage.last()) {
+    MIMO_ASSIGN_OR_RETURN(output,
+                          LinearWeights::Create(inner.Child("output_layer"), part, t.hidden_size,
+                                                /*bias=*/false, t.init_std, rows));
+  }
+  return std::unique_ptr<LanguageModel>(new LanguageModel(
+      config, stage, tp, part, std::move(embedding), std::move(decoder), std::move(output)));
 }
 
-absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ctx,
-                                                           const LanguageModelBatch& batch) {
+absl::StatusOr<Tensor> LanguageModel::Embed(const StepContext& ctx, const LanguageModelBatch& batch,
+                                            SavedActivations& saved_base) {
+  auto& saved = static_cast<LanguageModelSaved&>(saved_base);
   kernels::Ops& ops = *ctx.ops;
   const TransformerConfig& tc = config_.transformer;
-  const int64_t c = tc.hidden_size, v = output_.out(), first = FirstId();
-  if (ctx.sequences == nullptr) {
-    return absl::InvalidArgumentError("LanguageModel: needs the micro-batch's packed sequences");
-  }
-  const int64_t t = ctx.sequences->tokens();
-  const int members = ModelGroups::Size(tp_);
-  if (t % members != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("LanguageModel: ", t, " packed tokens do not split into the row blocks of ",
-                     members, " sequence-parallel ranks (pad the micro-batch to a multiple)"));
-  }
-  const int64_t m = static_cast<int64_t>(batch.embedding_positions.size());
-  if (batch.tokens.shape() != kernels::Shape{t} || batch.tokens.dtype() != DType::kI32 ||
-      batch.labels.shape() != kernels::Shape{t} || batch.labels.dtype() != DType::kI32) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "LanguageModel: needs tokens and labels (", t, ",) int32 for the packed sequences, got ",
-        batch.tokens.ToString(), " and ", batch.labels.ToString()));
-  }
-  if (m > 0) {
-    MIMO_RETURN_IF_ERROR(CheckActivation(batch.embeddings, c, tc.dtype, "LanguageModel"));
-    if (batch.embeddings.size(0) != m) {
-      return absl::InvalidArgumentError(absl::StrCat("LanguageModel: ", m, " positions for ",
-                                                     batch.embeddings.size(0),
-                                                     " modality embeddings"));
-    }
-  }
-  auto saved = std::make_unique<LanguageModelSaved>();
-  saved->tokens = batch.tokens;
-  saved->labels = batch.labels;
-  saved->splices = m;
+  const int64_t c = tc.hidden_size, v = vocab_part_, first = FirstId();
+  const int64_t t = ctx.sequences->tokens(), m = saved.splices;
   // Token embeddings, then the modality rows over their placeholders: x[r] = src[row_of[r]] over
   // src = [token embeddings; modality embeddings].
   MIMO_ASSIGN_OR_RETURN(Tensor src, NewTensor(ctx, {t + m, c}, tc.dtype));
@@ -217,7 +205,7 @@ absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ct
       MIMO_RETURN_IF_ERROR(ops.SetZero(RowAt(src, t, c), batch.embeddings.nbytes()));
     }
     MIMO_ASSIGN_OR_RETURN(Tensor rows, Upload(ctx, row_of));
-    MIMO_ASSIGN_OR_RETURN(saved->source_rows, Upload(ctx, source_row));
+    MIMO_ASSIGN_OR_RETURN(saved.source_rows, Upload(ctx, source_row));
     MIMO_ASSIGN_OR_RETURN(x, NewTensor(ctx, {t, c}, tc.dtype));
     MIMO_RETURN_IF_ERROR(ops.MoePermute({.dtype = tc.dtype,
                                          .x = src.data(),
@@ -229,9 +217,65 @@ absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ct
                                          .capacity = t}));
   }
   // Each member's part of every row's embedding summed, this member's block of the rows kept.
-  MIMO_ASSIGN_OR_RETURN(const Tensor own, ReduceScatterRows(ops, tp_, x));
+  return ReduceScatterRows(ops, tp_, x);
+}
+
+absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ctx,
+                                                           const LanguageModelBatch& batch) {
+  kernels::Ops& ops = *ctx.ops;
+  const TransformerConfig& tc = config_.transformer;
+  const int64_t c = tc.hidden_size, v = vocab_part_, first = FirstId();
+  if (ctx.sequences == nullptr) {
+    return absl::InvalidArgumentError("LanguageModel: needs the micro-batch's packed sequences");
+  }
+  const int64_t t = ctx.sequences->tokens();
+  const int members = ModelGroups::Size(tp_);
+  if (t % members != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LanguageModel: ", t, " packed tokens do not split into the row blocks of ",
+                     members, " sequence-parallel ranks (pad the micro-batch to a multiple)"));
+  }
+  const int64_t m =
+      stage_.first() ? static_cast<int64_t>(batch.embedding_positions.size()) : int64_t{0};
+  if (batch.tokens.shape() != kernels::Shape{t} || batch.tokens.dtype() != DType::kI32 ||
+      batch.labels.shape() != kernels::Shape{t} || batch.labels.dtype() != DType::kI32) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "LanguageModel: needs tokens and labels (", t, ",) int32 for the packed sequences, got ",
+        batch.tokens.ToString(), " and ", batch.labels.ToString()));
+  }
+  if (m > 0) {
+    MIMO_RETURN_IF_ERROR(CheckActivation(batch.embeddings, c, tc.dtype, "LanguageModel"));
+    if (batch.embeddings.size(0) != m) {
+      return absl::InvalidArgumentError(absl::StrCat("LanguageModel: ", m, " positions for ",
+                                                     batch.embeddings.size(0),
+                                                     " modality embeddings"));
+    }
+  }
+  auto saved = std::make_unique<LanguageModelSaved>();
+  saved->tokens = batch.tokens;
+  saved->labels = batch.labels;
+  saved->splices = m;
+  Tensor own;  // This member's rows of the decoder's input.
+  if (stage_.first()) {
+    MIMO_ASSIGN_OR_RETURN(own, Embed(ctx, batch, *saved));
+  } else {
+    MIMO_RETURN_IF_ERROR(
+        CheckActivation(batch.hidden, c, tc.dtype, "LanguageModel: the stage's input"));
+    if (batch.hidden.size(0) != t / members) {
+      return absl::InvalidArgumentError(absl::StrCat("LanguageModel: stage ", stage_.index, " got ",
+                                                     batch.hidden.size(0), " input rows for ", t,
+                                                     " tokens over ", members, " tp members"));
+    }
+    own = batch.hidden;
+  }
   MIMO_ASSIGN_OR_RETURN(BlockOutput decoded, decoder_->Forward(ctx, own));
   saved->decoder = std::move(decoded.saved);
+  LanguageModelOutput out;
+  if (!stage_.last()) {
+    out.hidden = std::move(decoded.y);
+    out.saved = std::move(saved);
+    return out;
+  }
   MIMO_ASSIGN_OR_RETURN(saved->h, GatherRows(ops, tp_, decoded.y));
   // The loss, one vocabulary chunk of logits at a time.
   const int64_t chunk = config_.vocab_chunk > 0 ? std::min(config_.vocab_chunk, v) : v;
@@ -244,7 +288,7 @@ absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ct
   for (int64_t v0 = 0; v0 < v; v0 += chunk) {
     const int64_t n = std::min(chunk, v - v0);
     MIMO_ASSIGN_OR_RETURN(Tensor part, NewTensor(ctx, {t, n}, tc.dtype));
-    MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, output_, v0, n, saved->h, part));
+    MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, *output_, v0, n, saved->h, part));
     MIMO_RETURN_IF_ERROR(ops.CrossEntropyChunk({.dtype = tc.dtype,
                                                 .logits = part.data(),
                                                 .targets = batch.labels.data<int32_t>(),
@@ -254,7 +298,6 @@ absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ct
                                                 .state = state}));
   }
   MIMO_RETURN_IF_ERROR(CombineCrossEntropyState(ops, tp_, state, t));
-  LanguageModelOutput out;
   MIMO_ASSIGN_OR_RETURN(out.token_loss, NewTensor(ctx, {t}, DType::kF32));
   MIMO_ASSIGN_OR_RETURN(saved->lse, NewTensor(ctx, {t}, DType::kF32));
   MIMO_RETURN_IF_ERROR(ops.CrossEntropyFinish({.targets = batch.labels.data<int32_t>(),
@@ -279,45 +322,60 @@ absl::StatusOr<LanguageModelOutput> LanguageModel::Forward(const StepContext& ct
 
 absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
                                                std::unique_ptr<SavedActivations> saved_base,
-                                               float loss_sum_grad) {
+                                               float loss_sum_grad, const Tensor& dhidden) {
   MIMO_ASSIGN_OR_RETURN(auto saved,
                         SavedAs<LanguageModelSaved>(std::move(saved_base), "LanguageModel"));
   kernels::Ops& ops = *ctx.ops;
   const TransformerConfig& tc = config_.transformer;
-  const int64_t c = tc.hidden_size, v = output_.out(), first = FirstId(), t = saved->h.size(0);
-  const int64_t m = saved->splices;
-  // Through the loss and the output layer, chunk by chunk (logits recomputed).
-  const int64_t chunk = config_.vocab_chunk > 0 ? std::min(config_.vocab_chunk, v) : v;
-  MIMO_ASSIGN_OR_RETURN(Tensor dloss, Filled(ctx, t, loss_sum_grad));
-  MIMO_ASSIGN_OR_RETURN(Tensor dh, NewTensor(ctx, {t, c}, tc.dtype));
-  for (int64_t v0 = 0; v0 < v; v0 += chunk) {
-    const int64_t n = std::min(chunk, v - v0);
-    MIMO_ASSIGN_OR_RETURN(Tensor logits, NewTensor(ctx, {t, n}, tc.dtype));
-    MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, output_, v0, n, saved->h, logits));
-    MIMO_RETURN_IF_ERROR(ops.CrossEntropyBackward({.dtype = tc.dtype,
-                                                   .logits = logits.data(),
-                                                   .targets = saved->labels.data<int32_t>(),
-                                                   .lse = saved->lse.data<float>(),
-                                                   .dloss = dloss.data<float>(),
-                                                   .dlogits = logits.data(),
-                                                   .tokens = t,
-                                                   .chunk = n,
-                                                   .vocab_offset = first + v0}));
-    MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(ops, output_,
-                                               {.row0 = v0,
-                                                .rows = n,
-                                                .dy = &logits,
-                                                .x = &saved->h,
-                                                .dx = &dh,
-                                                .accumulate_dx = v0 > 0}));
+  const int64_t c = tc.hidden_size, v = vocab_part_, first = FirstId();
+  const int64_t t = saved->tokens.size(0), m = saved->splices;
+  Tensor dh_own;  // The gradient of this member's rows of the decoder's output.
+  if (stage_.last()) {
+    // Through the loss and the output layer, chunk by chunk (logits recomputed).
+    const int64_t chunk = config_.vocab_chunk > 0 ? std::min(config_.vocab_chunk, v) : v;
+    MIMO_ASSIGN_OR_RETURN(Tensor dloss, Filled(ctx, t, loss_sum_grad));
+    MIMO_ASSIGN_OR_RETURN(Tensor dh, NewTensor(ctx, {t, c}, tc.dtype));
+    for (int64_t v0 = 0; v0 < v; v0 += chunk) {
+      const int64_t n = std::min(chunk, v - v0);
+      MIMO_ASSIGN_OR_RETURN(Tensor logits, NewTensor(ctx, {t, n}, tc.dtype));
+      MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, *output_, v0, n, saved->h, logits));
+      MIMO_RETURN_IF_ERROR(ops.CrossEntropyBackward({.dtype = tc.dtype,
+                                                     .logits = logits.data(),
+                                                     .targets = saved->labels.data<int32_t>(),
+                                                     .lse = saved->lse.data<float>(),
+                                                     .dloss = dloss.data<float>(),
+                                                     .dlogits = logits.data(),
+                                                     .tokens = t,
+                                                     .chunk = n,
+                                                     .vocab_offset = first + v0}));
+      MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(ops, *output_,
+                                                 {.row0 = v0,
+                                                  .rows = n,
+                                                  .dy = &logits,
+                                                  .x = &saved->h,
+                                                  .dx = &dh,
+                                                  .accumulate_dx = v0 > 0}));
+    }
+    MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {output_->weight.get()}));
+    saved->h = Tensor();
+    // dh holds this member's vocabulary's part of every row's gradient: the rows' owners get
+    // the sums.
+    MIMO_ASSIGN_OR_RETURN(dh_own, ReduceScatterRows(ops, tp_, dh));
+  } else {
+    const int members = ModelGroups::Size(tp_);
+    MIMO_RETURN_IF_ERROR(
+        CheckActivation(dhidden, c, tc.dtype, "LanguageModel: the stage's output gradient"));
+    if (dhidden.size(0) != t / members) {
+      return absl::InvalidArgumentError(absl::StrCat("LanguageModel: stage ", stage_.index, " got ",
+                                                     dhidden.size(0), " output gradient rows for ",
+                                                     t, " tokens over ", members, " tp members"));
+    }
+    dh_own = dhidden;
   }
-  MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {output_.weight.get()}));
-  saved->h = Tensor();
-  // dh holds this member's vocabulary's part of every row's gradient: the rows' owners get the
-  // sums; the decoder's input gradient comes back as this member's rows, gathered whole.
-  MIMO_ASSIGN_OR_RETURN(const Tensor dh_own, ReduceScatterRows(ops, tp_, dh));
+  // The decoder's input gradient comes back as this member's rows.
   MIMO_ASSIGN_OR_RETURN(const Tensor dx_own,
                         decoder_->Backward(ctx, std::move(saved->decoder), dh_own));
+  if (!stage_.first()) return dx_own;
   MIMO_ASSIGN_OR_RETURN(const Tensor dx, GatherRows(ops, tp_, dx_own));
   // Back through the gather: the token embeddings' rows, then the modality rows.
   Tensor dsrc = dx;
@@ -346,9 +404,9 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
 }
 
 void LanguageModel::AppendParameters(std::vector<Parameter*>& out) const {
-  out.push_back(embedding_.get());
+  if (embedding_ != nullptr) out.push_back(embedding_.get());
   decoder_->AppendParameters(out);
-  out.push_back(output_.weight.get());
+  if (output_.has_value()) out.push_back(output_->weight.get());
 }
 
 }  // namespace mimo

@@ -37,6 +37,16 @@ struct LanguageModelConfig {
 // InvalidArgument naming the field at fault.
 absl::Status ValidateLanguageModelConfig(const LanguageModelConfig& config);
 
+// The pipeline stage a LanguageModel holds: stage `index` of `count` (Megatron's pp rank and
+// size) holds layers [index L / count, (index + 1) L / count) of the L layers (L must divide by
+// count); the first stage also the embedding, the last the final norm, output layer and loss.
+struct PipelineStage {
+  int index = 0;
+  int count = 1;
+  bool first() const { return index == 0; }
+  bool last() const { return index == count - 1; }
+};
+
 // One micro-batch: T packed tokens (the StepContext's sequences) and M modality embeddings.
 struct LanguageModelBatch {
   // (T,) int32 ids in [0, vocab_size); a placeholder's embedding row is replaced (its id's
@@ -46,11 +56,16 @@ struct LanguageModelBatch {
   kernels::Tensor embeddings;  // (M, C) in the compute dtype: projected encoder outputs.
   // (M,) on the host: the token embeddings row m replaces; distinct, in [0, T).
   std::vector<int32_t> embedding_positions;
+  // Stages after the first: the previous stage's output, this tp member's block of the rows
+  // (T / tp, C) in the compute dtype (embeddings and positions are then unused).
+  kernels::Tensor hidden;
 };
 
 struct LanguageModelOutput {
-  kernels::Tensor loss_sum;    // (1,) fp32: the summed loss of the labelled tokens.
-  kernels::Tensor token_loss;  // (T,) fp32: each token's loss, 0 without a label.
+  kernels::Tensor loss_sum;    // Last stage: (1,) fp32, the summed loss of the labelled tokens.
+  kernels::Tensor token_loss;  // Last stage: (T,) fp32, each token's loss, 0 without a label.
+  // Stages before the last: the stage's output for the next stage (T / tp, C).
+  kernels::Tensor hidden;
   std::unique_ptr<SavedActivations> saved;
 };
 
@@ -68,40 +83,61 @@ class LanguageModel {
   // cross-entropy's running maxima and sums are folded over the group, so every member gets
   // every token's loss. Modality rows are taken from member 0's batch.embeddings; the returned
   // gradient of them is the same on every member.
+  //
+  // With a pipeline `stage` of count > 1 the model holds that stage's part (PipelineStage);
+  // parameters keep their names in the whole model (layers numbered in the whole stack).
+  // InvalidArgument when the layers do not divide by the stages.
   static absl::StatusOr<std::unique_ptr<LanguageModel>> Create(const BuildContext& ctx,
-                                                               const LanguageModelConfig& config);
+                                                               const LanguageModelConfig& config,
+                                                               const PipelineStage& stage = {});
 
-  // The MoE layers append their auxiliary losses to ctx.aux_losses.
+  // The MoE layers append their auxiliary losses to ctx.aux_losses. Stages after the first read
+  // batch.hidden instead of embedding the tokens; stages before the last return their output
+  // rows (hidden) instead of the loss.
   absl::StatusOr<LanguageModelOutput> Forward(const StepContext& ctx,
                                               const LanguageModelBatch& batch);
-  // With d(objective)/d(loss_sum) = loss_sum_grad (e.g. 1 / the step's labelled tokens; the
-  // MoE auxiliary losses' gradients follow ctx.loss_scale): adds every parameter's gradient and
-  // returns the gradient of batch.embeddings (M, C) (undefined when M = 0).
+  // Last stage: with d(objective)/d(loss_sum) = loss_sum_grad (e.g. 1 / the step's labelled
+  // tokens; the MoE auxiliary losses' gradients follow ctx.loss_scale); stages before it: from
+  // `dhidden`, the gradient of their output (T / tp, C). Adds every parameter's gradient and
+  // returns, on the first stage, the gradient of batch.embeddings (M, C) (undefined when M = 0),
+  // on later stages that of batch.hidden (T / tp, C).
   absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
                                            std::unique_ptr<SavedActivations> saved,
-                                           float loss_sum_grad);
+                                           float loss_sum_grad,
+                                           const kernels::Tensor& dhidden = kernels::Tensor());
   void AppendParameters(std::vector<Parameter*>& out) const;
   std::vector<MoeLayer*> moe_layers() const { return decoder_->moe_layers(); }
   const LanguageModelConfig& config() const { return config_; }
+  const PipelineStage& stage() const { return stage_; }
 
  private:
-  LanguageModel(const LanguageModelConfig& config, comm::Communicator* tp,
-                std::unique_ptr<Parameter> embedding, std::unique_ptr<TransformerBlock> decoder,
-                LinearWeights output)
+  LanguageModel(const LanguageModelConfig& config, const PipelineStage& stage,
+                comm::Communicator* tp, int64_t vocab_part, std::unique_ptr<Parameter> embedding,
+                std::unique_ptr<TransformerBlock> decoder, std::optional<LinearWeights> output)
       : config_(config),
+        stage_(stage),
         tp_(tp),
+        vocab_part_(vocab_part),
         embedding_(std::move(embedding)),
         decoder_(std::move(decoder)),
         output_(std::move(output)) {}
 
   // The first vocabulary id of this member's rows.
-  int64_t FirstId() const { return ModelGroups::Rank(tp_) * output_.out(); }
+  int64_t FirstId() const { return ModelGroups::Rank(tp_) * vocab_part_; }
+  // First stage: the tokens' embeddings with the modality rows spliced in, this member's block
+  // of the rows; keeps what the backward needs in `saved` (the model's saved activations).
+  absl::StatusOr<kernels::Tensor> Embed(const StepContext& ctx, const LanguageModelBatch& batch,
+                                        SavedActivations& saved);
 
   const LanguageModelConfig config_;
-  comm::Communicator* const tp_;          // Null: no tensor parallelism. Not owned.
-  std::unique_ptr<Parameter> embedding_;  // (V, C); (V / tp, C), this member's rows.
+  const PipelineStage stage_;
+  comm::Communicator* const tp_;  // Null: no tensor parallelism. Not owned.
+  const int64_t vocab_part_;      // V / tp: this member's vocabulary rows.
+  // First stage only: (V, C); (V / tp, C), this member's rows.
+  std::unique_ptr<Parameter> embedding_;
   std::unique_ptr<TransformerBlock> decoder_;
-  LinearWeights output_;  // (V, C), no bias; (V / tp, C), this member's rows.
+  // Last stage only: (V, C), no bias; (V / tp, C), this member's rows.
+  std::optional<LinearWeights> output_;
 };
 
 }  // namespace mimo

@@ -16,18 +16,27 @@ struct BlockSaved final : SavedActivations {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<TransformerBlock>> TransformerBlock::Create(const BuildContext& ctx,
-                                                                           const MlpBuilder& mlp) {
+absl::StatusOr<std::unique_ptr<TransformerBlock>> TransformerBlock::Create(
+    const BuildContext& ctx, const MlpBuilder& mlp, const TransformerBlockPart& part) {
   MIMO_RETURN_IF_ERROR(ValidateTransformerConfig(*ctx.config));
+  const int total = ctx.config->num_layers;
+  const int count = part.num_layers < 0 ? total - part.first_layer : part.num_layers;
+  if (part.first_layer < 0 || count < 0 || part.first_layer + count > total) {
+    return absl::InvalidArgumentError(absl::StrCat("TransformerBlock: layers [", part.first_layer,
+                                                   ", ", part.first_layer + count, ") of ", total));
+  }
   std::vector<std::unique_ptr<TransformerLayer>> layers;
-  for (int i = 0; i < ctx.config->num_layers; ++i) {
+  for (int i = part.first_layer; i < part.first_layer + count; ++i) {
     BuildContext layer = ctx.Child(absl::StrCat("layers.", i));
     layer.layer_number = i;
     MIMO_ASSIGN_OR_RETURN(auto built, TransformerLayer::Create(layer, mlp));
     layers.push_back(std::move(built));
   }
-  MIMO_ASSIGN_OR_RETURN(auto final_norm,
-                        Norm::Create(ctx.Child("final_layernorm"), ctx.config->hidden_size));
+  std::unique_ptr<Norm> final_norm;
+  if (part.final_norm) {
+    MIMO_ASSIGN_OR_RETURN(final_norm,
+                          Norm::Create(ctx.Child("final_layernorm"), ctx.config->hidden_size));
+  }
   return std::unique_ptr<TransformerBlock>(
       new TransformerBlock(std::move(layers), std::move(final_norm)));
 }
@@ -41,6 +50,7 @@ absl::StatusOr<BlockOutput> TransformerBlock::Forward(const StepContext& ctx,
     saved->layers.push_back(std::move(out.saved));
     h = std::move(out.y);
   }
+  if (final_norm_ == nullptr) return BlockOutput{std::move(h), std::move(saved)};
   MIMO_ASSIGN_OR_RETURN(BlockOutput out, final_norm_->Forward(ctx, h));
   saved->final_norm = std::move(out.saved);
   return BlockOutput{std::move(out.y), std::move(saved)};
@@ -50,9 +60,11 @@ absl::StatusOr<kernels::Tensor> TransformerBlock::Backward(
     const StepContext& ctx, std::unique_ptr<SavedActivations> saved_base,
     const kernels::Tensor& dy) {
   MIMO_ASSIGN_OR_RETURN(auto saved, SavedAs<BlockSaved>(std::move(saved_base), "TransformerBlock"));
-  MIMO_ASSIGN_OR_RETURN(kernels::Tensor dh,
-                        final_norm_->Backward(ctx, std::move(saved->final_norm), dy));
-  MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *final_norm_));
+  kernels::Tensor dh = dy;
+  if (final_norm_ != nullptr) {
+    MIMO_ASSIGN_OR_RETURN(dh, final_norm_->Backward(ctx, std::move(saved->final_norm), dy));
+    MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *final_norm_));
+  }
   for (size_t i = layers_.size(); i-- > 0;) {
     MIMO_ASSIGN_OR_RETURN(dh, layers_[i]->Backward(ctx, std::move(saved->layers[i]), dh));
     MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *layers_[i]));
@@ -62,7 +74,7 @@ absl::StatusOr<kernels::Tensor> TransformerBlock::Backward(
 
 void TransformerBlock::AppendParameters(std::vector<Parameter*>& out) const {
   for (const auto& layer : layers_) layer->AppendParameters(out);
-  final_norm_->AppendParameters(out);
+  if (final_norm_ != nullptr) final_norm_->AppendParameters(out);
 }
 
 std::vector<MoeLayer*> TransformerBlock::moe_layers() const {

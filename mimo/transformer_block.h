@@ -15,14 +15,23 @@
 
 namespace mimo {
 
+// The part of the stack a block holds (a pipeline stage's): layers [first_layer, first_layer +
+// num_layers) of the config's, and the final norm or not.
+struct TransformerBlockPart {
+  int first_layer = 0;
+  int num_layers = -1;  // -1: to the end of the stack.
+  bool final_norm = true;
+};
+
 class TransformerBlock final : public Block {
  public:
-  // ctx.config->num_layers layers, numbered from 0, each with an MLP from `mlp`. Parameters
-  // ctx.prefix.layers.<i>.* and ctx.prefix.final_layernorm.*.
-  static absl::StatusOr<std::unique_ptr<TransformerBlock>> Create(const BuildContext& ctx,
-                                                                  const MlpBuilder& mlp);
+  // The part's layers of ctx.config->num_layers (all of them by default), numbered in the whole
+  // stack, each with an MLP from `mlp`. Parameters ctx.prefix.layers.<i>.* and (with the final
+  // norm) ctx.prefix.final_layernorm.*. InvalidArgument for a part outside the stack.
+  static absl::StatusOr<std::unique_ptr<TransformerBlock>> Create(
+      const BuildContext& ctx, const MlpBuilder& mlp, const TransformerBlockPart& part = {});
 
-  // x (T, C) -> final_norm(layer_{L-1}(... layer_0(x))).
+  // x (T, C) -> final_norm(layer_{L-1}(... layer_0(x))) over the part's layers.
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
   absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
                                            std::unique_ptr<SavedActivations> saved,
@@ -38,7 +47,7 @@ class TransformerBlock final : public Block {
       : layers_(std::move(layers)), final_norm_(std::move(final_norm)) {}
 
   std::vector<std::unique_ptr<TransformerLayer>> layers_;
-  std::unique_ptr<Norm> final_norm_;
+  std::unique_ptr<Norm> final_norm_;  // Null without the final norm.
 };
 
 }  // namespace mimo

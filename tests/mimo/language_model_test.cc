@@ -2,7 +2,8 @@
 // embeddings, modality rows over their placeholders, dense decoder, final norm, chunked output
 // layer and cross-entropy on labelled tokens only) against float64; the backward of the loss
 // (plus the MoE auxiliary losses) against central differences for the modality embeddings and
-// every parameter, dense and MoE; bad batches.
+// every parameter, dense and MoE; bad batches; pipeline stages chained by hand equal the whole
+// model.
 #include "mimo/language_model.h"
 
 #include <cmath>
@@ -127,6 +128,76 @@ TEST(LanguageModelLayoutTest, InterleavesMoeAndDenseLayers) {
   EXPECT_TRUE(names.contains("lm.decoder.layers.2.mlp.router.weight"));
   config.moe_layer_freq = 0;
   EXPECT_EQ(LanguageModel::Create(build, config).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Pipeline stages chained by hand (each stage's output rows the next one's input, the output
+// gradients back the other way) give the whole model's loss, auxiliary losses, modality
+// gradient and parameter gradients, bitwise; each stage holds its part of the parameters, with
+// the whole model's names and initial values.
+TEST_P(LanguageModelTest, PipelineStagesEqualTheWholeModel) {
+  LanguageModelConfig config = config_;
+  config.transformer.num_layers = 4;
+  BuildContext build{.ops = ops_.get(), .config = &config.transformer, .seed = 3, .prefix = "lm"};
+  auto whole = LanguageModel::Create(build, config);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  std::vector<AuxLossRecord> whole_aux;
+  auto whole_out = (*whole)->Forward(Context(&whole_aux), batch_);
+  ASSERT_TRUE(whole_out.ok()) << whole_out.status();
+  const std::vector<double> whole_loss = Download(*ops_, whole_out->token_loss);
+  auto whole_demb = (*whole)->Backward(Context(nullptr), std::move(whole_out->saved), 0.25f);
+  ASSERT_TRUE(whole_demb.ok()) << whole_demb.status();
+  const auto whole_params = ParametersByName(**whole);
+  for (const int count : {2, 4}) {
+    SCOPED_TRACE(::testing::Message() << count << " stages");
+    std::vector<std::unique_ptr<LanguageModel>> stages;
+    for (int i = 0; i < count; ++i) {
+      auto stage = LanguageModel::Create(build, config, {.index = i, .count = count});
+      ASSERT_TRUE(stage.ok()) << stage.status();
+      stages.push_back(*std::move(stage));
+    }
+    std::vector<AuxLossRecord> aux;
+    std::vector<std::unique_ptr<SavedActivations>> saved(count);
+    LanguageModelBatch batch = batch_;
+    LanguageModelOutput out;
+    for (int i = 0; i < count; ++i) {
+      auto o = stages[i]->Forward(Context(&aux), batch);
+      ASSERT_TRUE(o.ok()) << o.status();
+      saved[i] = std::move(o->saved);
+      batch.hidden = o->hidden;
+      out = *std::move(o);
+    }
+    EXPECT_EQ(Download(*ops_, out.token_loss), whole_loss);
+    ASSERT_EQ(aux.size(), whole_aux.size());
+    for (size_t i = 0; i < aux.size(); ++i) {
+      EXPECT_EQ(Download(*ops_, aux[i].losses), Download(*ops_, whole_aux[i].losses)) << i;
+    }
+    Tensor grad;
+    for (int i = count; i-- > 0;) {
+      auto g = stages[i]->Backward(Context(nullptr), std::move(saved[i]), 0.25f, grad);
+      ASSERT_TRUE(g.ok()) << g.status();
+      grad = *std::move(g);
+    }
+    EXPECT_EQ(Download(*ops_, grad), Download(*ops_, *whole_demb));
+    size_t held = 0;
+    for (int i = 0; i < count; ++i) {
+      for (const auto& [name, p] : ParametersByName(*stages[i])) {
+        ++held;
+        ASSERT_TRUE(whole_params.contains(name)) << name;
+        EXPECT_EQ(Download(*ops_, p->master()), Download(*ops_, whole_params.at(name)->master()))
+            << name;
+        EXPECT_EQ(Download(*ops_, p->grad()), Download(*ops_, whole_params.at(name)->grad()))
+            << name;
+      }
+    }
+    EXPECT_EQ(held, whole_params.size());  // Every parameter on exactly one stage.
+    EXPECT_TRUE(ParametersByName(*stages[0]).contains("lm.embedding.word_embeddings.weight"));
+    EXPECT_TRUE(ParametersByName(*stages[count - 1]).contains("lm.output_layer.weight"));
+  }
+  // Layers that do not split over the stages; a stage outside the count.
+  EXPECT_EQ(LanguageModel::Create(build, config, {.index = 0, .count = 3}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LanguageModel::Create(build, config, {.index = 2, .count = 2}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
