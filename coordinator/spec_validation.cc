@@ -410,13 +410,33 @@ class SpecChecker {
       Add(at, absl::StrCat("tp=", tp, " does not divide vocab_size ", l.vocab_size(),
                            " (the embedding and output layer are vocabulary parallel)"));
     }
+    CheckNoOverlapOnGpus(absl::StrCat("tp ", tp));
+  }
+
+  // Pipeline parallelism in a KIND_TRAIN job: the language module, its layers split evenly over
+  // the stages; not yet encoders, nor overlapping the gradient reduction on GPUs.
+  void CheckPipelineParallelTraining(size_t index, int pp, bool is_language, const char* later) {
+    const std::string at = absl::StrCat("modules[", index, "].parallelism.pp");
+    if (!is_language) {
+      Add(at, absl::StrCat("pp ", pp, ": encoders are not pipeline parallel yet; ", later));
+      return;
+    }
+    const int layers = spec_.modules(static_cast<int>(index)).language().transformer().num_layers();
+    if (layers > 0 && layers % pp != 0) {
+      Add(at, absl::StrCat("pp=", pp, " does not divide num_layers ", layers,
+                           " (each pipeline stage holds an equal share of the layers)"));
+    }
+    CheckNoOverlapOnGpus(absl::StrCat("pp ", pp));
+  }
+
+  // Each layer's tp collectives, or the stages' transfers, beside the dp ones on the
+  // communication thread: two NCCL communicators driven from two threads, not run on GPUs yet.
+  void CheckNoOverlapOnGpus(const std::string& what) {
     const v1::Optimizer& o = spec_.training().optimizer();
     const bool overlap = !o.has_overlap_grad_reduce() || o.overlap_grad_reduce();
     if (overlap && spec_.resources().device() != v1::DEVICE_KIND_CPU) {
-      // Each layer's tp collectives beside the dp ones on the communication thread: two NCCL
-      // communicators driven from two threads, not run on GPUs yet.
       Add("training.optimizer.overlap_grad_reduce",
-          absl::StrCat("overlapping the gradient reduction with tp ", tp,
+          absl::StrCat("overlapping the gradient reduction with ", what,
                        " on GPUs is not supported yet: set overlap_grad_reduce: false"));
     }
   }
@@ -425,17 +445,16 @@ class SpecChecker {
   void CheckTrainingSupport(const std::optional<parallel::RankPlan>& plan) {
     const char* kLater =
         "KIND_TRAIN jobs do not support this yet (data, expert and expert tensor parallelism, "
-        "and tensor parallelism of a dense language module)";
+        "and tensor and pipeline parallelism of the language module)";
     if (plan) {
       const int language_dp = plan->language().config().dp;
       const int64_t samples = int64_t{spec_.training().micro_batch_size()} * language_dp;
       for (size_t i = 0; i < plan->modules().size(); ++i) {
         const parallel::ResolvedModule& m = plan->modules()[i].config();
         const std::string at = absl::StrCat("modules[", i, "].parallelism.");
-        for (const auto& [field, value] : {std::pair{"cp", m.cp}, std::pair{"pp", m.pp}}) {
-          if (value > 1) Add(at + field, absl::StrCat(field, " ", value, ": ", kLater));
-        }
+        if (m.cp > 1) Add(at + "cp", absl::StrCat("cp ", m.cp, ": ", kLater));
         if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language, kLater);
+        if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp, m.is_language, kLater);
         if (!m.is_language && samples > 0 && samples % m.dp != 0) {
           Add(at + "dp", absl::StrCat("dp ", m.dp, " must divide the ", samples,
                                       " samples of a global micro-batch (micro_batch_size * "

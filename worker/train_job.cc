@@ -91,6 +91,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   if (language) {
     o.groups = ModelGroupsOf(groups);
     o.expt_dp = groups.Get("expt_dp");
+    o.pp = groups.Get("pp");
   }
   for (const v1::RankLink& link : rank.links()) {
     MIMO_ASSIGN_OR_RETURN(const ModelPart encoder, PartOf(spec, link.encoder()));
@@ -164,9 +165,11 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
   int64_t numel = 0;
   for (const Parameter* p : params) numel += p->numel();
   const v1::RankAssignment& rank = assignment.rank();
-  // One rank: data-parallel replica 0, tensor-parallel member 0 (the members log the same loss).
-  const bool logs =
-      options.part == ModelPart::kLanguage && rank.dense().dp() == 0 && rank.dense().tp() == 0;
+  // One rank: data-parallel replica 0, tensor-parallel member 0 (the members log the same loss)
+  // of the last pipeline stage (as Megatron logs).
+  const bool logs = options.part == ModelPart::kLanguage && rank.dense().dp() == 0 &&
+                    rank.dense().tp() == 0 &&
+                    rank.dense().pp() == ModelGroups::Size(options.pp) - 1;
   const int64_t interval = t.log_interval() > 0 ? t.log_interval() : 1;
   const double peak = PeakTflops(device_name, dtype);
   const int world = spec.resources().workers();

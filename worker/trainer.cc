@@ -14,8 +14,10 @@
 #include "data/micro_batch.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "data/synthetic_source.h"
+#include "mimo/comm_type.h"
 #include "mimo/expert_load.h"
 #include "mimo/model_flops.h"
+#include "mimo/pipeline_schedule.h"
 #include "mimo/tensor_checks.h"
 #include "worker/bridge_link.h"
 #include "worker/device_batch.h"
@@ -178,16 +180,22 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   if (o.part == ModelPart::kWhole && !o.links.empty()) {
     return absl::InvalidArgumentError("TrainerOptions: the whole model on a rank takes no links");
   }
+  const PipelineStage stage{.index = ModelGroups::Rank(o.pp), .count = ModelGroups::Size(o.pp)};
+  if (!language && stage.count > 1) {
+    return absl::InvalidArgumentError(
+        "TrainerOptions: pipeline parallelism (pp > 1) of an encoder is not supported yet");
+  }
   if (language) {
     modules->language_dp = dp_size;
     for (int x : {kVision, kAudio}) {
       modules->encoder_dp[x] = dp_size;  // kWhole: the encoders are replicated with the rest.
       if (!has[x] || o.part == ModelPart::kWhole) continue;
-      if (ModelGroups::Rank(o.groups.tp) != 0) {
-        // Only member 0 of a tensor-parallel group holds the links (parallel/bridge.h).
+      if (ModelGroups::Rank(o.groups.tp) != 0 || !stage.first()) {
+        // Only member 0 of the first stage's tp group holds the links (parallel/bridge.h).
         if (!modules->links[x].empty()) {
           return absl::InvalidArgumentError(
-              "TrainerOptions: links on a language rank other than member 0 of its tp group");
+              "TrainerOptions: links on a language rank other than member 0 of its first "
+              "pipeline stage's tp group");
         }
         continue;
       }
@@ -216,8 +224,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   encoder_build.groups.tp = nullptr;
   const std::optional<ModalityEncoderConfig>* configs[2] = {&model.vision, &model.audio};
   for (int x : {kVision, kAudio}) {
-    const bool here =
-        o.part == ModelPart::kWhole || (IsEncoder(o.part) && EncoderIndex(o.part) == x);
+    // On ranks of the whole model the encoders belong to the first pipeline stage.
+    const bool here = (o.part == ModelPart::kWhole && stage.first()) ||
+                      (IsEncoder(o.part) && EncoderIndex(o.part) == x);
     if (!has[x] || !here) continue;
     MIMO_ASSIGN_OR_RETURN(
         modules->encoders[x],
@@ -225,7 +234,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   }
   if (language) {
     MIMO_ASSIGN_OR_RETURN(modules->language,
-                          LanguageModel::Create(build.Child("language"), model.language));
+                          LanguageModel::Create(build.Child("language"), model.language, stage));
   }
   std::vector<Parameter*> experts, dense;
   if (modules->language != nullptr) {
@@ -256,17 +265,18 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   comm::Communicator* expt_dp = trainer->ExpertDataParallelGroup();
   // The gradients' collectives on dp and expt_dp run on a communication thread while the
   // backward uses the other groups: one communicator serves one thread at a time.
-  if (o.overlap_grad_reduce && ModelGroups::Size(o.groups.tp) > 1 && ops.device().is_cuda()) {
-    // Every layer's tp collectives on the step thread beside the dp ones on the communication
-    // thread, in an order that differs per rank: NCCL kernels of two communicators can then wait
-    // on each other. Not run on GPUs yet.
+  if (o.overlap_grad_reduce && ops.device().is_cuda() &&
+      (ModelGroups::Size(o.groups.tp) > 1 || stage.count > 1)) {
+    // Every layer's tp collectives (or the stages' transfers) on the step thread beside the dp
+    // ones on the communication thread, in an order that differs per rank: NCCL kernels of two
+    // communicators can then wait on each other. Not run on GPUs yet.
     return absl::InvalidArgumentError(
-        "TrainerOptions: overlap_grad_reduce with tensor parallelism (tp > 1) on GPUs is not "
-        "supported yet (set overlap_grad_reduce: false)");
+        "TrainerOptions: overlap_grad_reduce with tensor or pipeline parallelism (tp or pp > 1) "
+        "on GPUs is not supported yet (set overlap_grad_reduce: false)");
   }
   if (o.overlap_grad_reduce) {
     std::vector<std::pair<const char*, comm::Communicator*>> others = {
-        {"ep", o.groups.ep}, {"expt_tp", o.groups.expt_tp}, {"tp", o.groups.tp}};
+        {"ep", o.groups.ep}, {"expt_tp", o.groups.expt_tp}, {"tp", o.groups.tp}, {"pp", o.pp}};
     for (const BridgeEnd& l : o.links) others.push_back({"a bridge link", l.group});
     for (comm::Communicator* reduced : {o.dp, expt_dp}) {
       if (ModelGroups::Size(reduced) == 1) continue;
@@ -364,9 +374,23 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     MIMO_ASSIGN_OR_RETURN(ExpertLoads loads,
                           FinishExpertLoadStep(ops_, modules_->language->moe_layers(),
                                                {options_.dp, options_.groups.tp}));
+    if (config_.language.moe.has_value())
+      m.expert_load.assign(config_.language.moe->router.experts, 0);
     for (const std::vector<int64_t>& layer : loads) {
-      m.expert_load.resize(layer.size(), 0);
-      for (size_t e = 0; e < layer.size(); ++e) m.expert_load[e] += layer[e];
+      for (size_t e = 0; e < layer.size() && e < m.expert_load.size(); ++e) {
+        m.expert_load[e] += layer[e];
+      }
+    }
+    if (ModelGroups::Size(options_.pp) > 1 && !m.expert_load.empty()) {
+      // Each stage's MoE layers: one all-reduce of the per-expert sums.
+      MIMO_ASSIGN_OR_RETURN(Tensor buffer,
+                            Tensor::Empty({static_cast<int64_t>(m.expert_load.size())},
+                                          kernels::DType::kI64, ops_.allocator(), ops_.stream()));
+      MIMO_RETURN_IF_ERROR(ops_.CopyFromHost(buffer.data(), m.expert_load.data(), buffer.nbytes()));
+      MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+      MIMO_RETURN_IF_ERROR(options_.pp->AllReduce(buffer.data(), m.expert_load.size(),
+                                                  comm::DataType::kInt64, comm::ReduceOp::kSum));
+      MIMO_RETURN_IF_ERROR(ops_.CopyToHost(m.expert_load.data(), buffer.data(), buffer.nbytes()));
     }
   }
   MIMO_RETURN_IF_ERROR(ops_.Synchronize());
@@ -386,7 +410,6 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
     MIMO_ASSIGN_OR_RETURN(const float shards, update_.distributed->SquaredGradNorm(ops_));
     local += shards;
   }
-  if (options_.part == ModelPart::kWhole) return local;
   if (!language) {
     const std::vector<BridgeEnd>& links = modules_->links[EncoderIndex(options_.part)];
     for (const BridgeEnd& l : links) MIMO_RETURN_IF_ERROR(SendFloat(ops_, l, local));
@@ -397,29 +420,32 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
     }
     return total;
   }
-  if (ModelGroups::Rank(options_.groups.tp) != 0) {
-    // Member 0 of the tp group holds the links: its total, summed with the others' zeros.
-    float total[1] = {0};
-    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.groups.tp, total));
-    return total[0];
+  // Pipeline stages: each holds its part of the model (every tp member the same squares).
+  if (ModelGroups::Size(options_.pp) > 1) {
+    float part[1] = {local};
+    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.pp, part));
+    local = part[0];
   }
-  float encoder[2] = {0, 0};
+  if (options_.part == ModelPart::kWhole) return local;
+  // The encoders' parts come up the links of the first stage's tp member 0, which sends the
+  // total back down, then shares them with its tp and pp peers.
+  float encoders[1] = {0};
   for (int x : {kVision, kAudio}) {
     const std::vector<BridgeEnd>& links = modules_->links[x];
     for (size_t i = 0; i < links.size(); ++i) {
-      MIMO_ASSIGN_OR_RETURN(const float s, RecvFloat(ops_, links[i]));
-      if (i == 0) encoder[x] = s;  // The encoder's replicas hold the same gradients.
+      MIMO_ASSIGN_OR_RETURN(const float e, RecvFloat(ops_, links[i]));
+      if (i == 0) encoders[0] += e;  // The encoder's replicas hold the same gradients.
     }
   }
-  const float total = local + encoder[kVision] + encoder[kAudio];
   for (int x : {kVision, kAudio}) {
-    for (const BridgeEnd& l : modules_->links[x]) MIMO_RETURN_IF_ERROR(SendFloat(ops_, l, total));
+    for (const BridgeEnd& l : modules_->links[x]) {
+      MIMO_RETURN_IF_ERROR(SendFloat(ops_, l, local + encoders[0]));
+    }
   }
-  if (ModelGroups::Size(options_.groups.tp) > 1) {
-    float shared[1] = {total};
-    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.groups.tp, shared));
+  for (comm::Communicator* group : {options_.groups.tp, options_.pp}) {
+    if (ModelGroups::Size(group) > 1) MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *group, encoders));
   }
-  return total;
+  return local + encoders[0];
 }
 
 absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
@@ -435,12 +461,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
       .image_tokens = has[kVision] ? config_.vision->max_tokens() : 0,
       .frames_per_token = has[kAudio] ? config_.audio->frames_per_token : 0,
       .pad_to_multiple = ModelGroups::Size(options_.groups.tp)};
-  // Encoders on other ranks: their inputs are not uploaded here.
   MimoModelConfig upload = config_;
-  if (!whole) {
-    upload.vision.reset();
-    upload.audio.reset();
-  }
   // Every micro-batch packed first: the loss is averaged over the whole step's labels.
   std::vector<std::vector<data::Sample>> samples(options_.micro_batches);
   std::vector<data::HostMicroBatch> host;
@@ -489,34 +510,77 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
   // for all of them.
   std::vector<Tensor> losses;
   std::vector<AuxLossRecord> aux;
-  for (int64_t i = 0; i < options_.micro_batches; ++i) {
+  // Pipeline stages: this stage's part of the language model, the micro-batches in the 1F1B
+  // order (one stage: each micro-batch's forward then its backward).
+  LanguageModel& lm = *modules_->language;
+  const PipelineStage stage = lm.stage();
+  const bool encoders_here = whole && stage.first();
+  if (!encoders_here) {  // Encoders elsewhere: their inputs are not uploaded here.
+    upload.vision.reset();
+    upload.audio.reset();
+  }
+  const int tp = ModelGroups::Size(options_.groups.tp);
+  // A micro-batch from its forward to its backward.
+  struct InFlight {
+    DeviceBatch d;
+    StepContext ctx;
+    LanguageModelBatch text;
+    int64_t rows[2] = {0, 0};
+    std::unique_ptr<SavedActivations> saved, encoder_saved[2];
+    Pending p;
+    Tensor send;  // The forward's output rows for the next stage, or the input's gradient.
+    // From a neighbouring stage: the input rows (before the forward), or the gradient of the
+    // output rows (before the backward).
+    Tensor received;
+  };
+  std::vector<InFlight> flight(options_.micro_batches);
+  // The stages' transfers: this member's rows of the micro-batch, in the compute dtype. The
+  // communicator works on its own stream: the tensors' work must be done (and a receive buffer,
+  // perhaps memory freed to this stream, idle) first.
+  MIMO_ASSIGN_OR_RETURN(const comm::DataType rows_type, CommType(dtype));
+  auto transfer = [&](int64_t i, bool send, int peer, Tensor& t) -> absl::Status {
+    if (!send) {
+      const int64_t tokens = static_cast<int64_t>(host[i].tokens.size());
+      MIMO_ASSIGN_OR_RETURN(
+          t, Tensor::Empty({tokens / tp, hidden}, dtype, ops_.allocator(), ops_.stream()));
+    }
+    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+    const size_t count = static_cast<size_t>(t.numel());
+    return send ? options_.pp->Send(t.data(), count, rows_type, peer)
+                : options_.pp->Recv(t.data(), count, rows_type, peer);
+  };
+  auto forward = [&](int64_t i) -> absl::Status {
+    InFlight& f = flight[i];
     data::HostMicroBatch& b = host[i];
     const auto upload_start = std::chrono::steady_clock::now();
-    if (whole) data::PackMedia(samples[i], pack, b);  // Else the encoders' ranks read them.
-    MIMO_ASSIGN_OR_RETURN(DeviceBatch d, UploadMicroBatch(ops_, b, upload));
+    if (encoders_here) data::PackMedia(samples[i], pack, b);  // Else the encoders' ranks read them.
+    MIMO_ASSIGN_OR_RETURN(f.d, UploadMicroBatch(ops_, b, upload));
     b.images = {};  // Copied (staged) already.
     b.audio = {};
     batch_seconds_ += SecondsSince(upload_start);
     const bool last = i + 1 == options_.micro_batches;
-    const StepContext ctx{
-        .ops = &ops_,
-        .sequences = d.sequences.get(),
-        .loss_scale = 1.0f / static_cast<float>(options_.micro_batches * replicas),
-        .aux_losses = &aux,
-        .padding_rows = b.padding,
-        .gradients_ready = last ? GradientsReadyHook() : nullptr};
-    const std::vector<int32_t>* positions[2] = {&b.vision_positions, &b.audio_positions};
-    const EncoderBatch* inputs[2] = {&d.batch.vision, &d.batch.audio};
-    const int64_t rows[2] = {static_cast<int64_t>(positions[kVision]->size()),
-                             static_cast<int64_t>(positions[kAudio]->size())};
-    LanguageModelBatch text = d.batch.text;
+    f.ctx = StepContext{.ops = &ops_,
+                        .sequences = f.d.sequences.get(),
+                        .loss_scale = 1.0f / static_cast<float>(options_.micro_batches * replicas),
+                        .aux_losses = &aux,
+                        .padding_rows = b.padding,
+                        .gradients_ready = last ? GradientsReadyHook() : nullptr};
+    const StepContext& ctx = f.ctx;
+    LanguageModelBatch& text = f.text;
+    text = f.d.batch.text;
     text.embedding_positions.clear();
+    text.hidden = std::move(f.received);  // A later stage: the input rows received.
+    f.received = Tensor();
+    if (!stage.first()) return absl::OkStatus();
+    const std::vector<int32_t>* positions[2] = {&b.vision_positions, &b.audio_positions};
+    const EncoderBatch* inputs[2] = {&f.d.batch.vision, &f.d.batch.audio};
+    int64_t* rows = f.rows;
+    rows[kVision] = static_cast<int64_t>(positions[kVision]->size());
+    rows[kAudio] = static_cast<int64_t>(positions[kAudio]->size());
     if (rows[kVision] + rows[kAudio] > 0) {
       MIMO_ASSIGN_OR_RETURN(text.embeddings, Tensor::Empty({rows[kVision] + rows[kAudio], hidden},
                                                            dtype, ops_.allocator(), ops_.stream()));
     }
-    Pending p;
-    std::unique_ptr<SavedActivations> saved[2];
     // A communicator writes on its own stream: the buffer it receives into (perhaps memory the
     // previous micro-batch's work still reads, freed to this stream) must be idle first.
     if (!whole) MIMO_RETURN_IF_ERROR(ops_.Synchronize());
@@ -541,7 +605,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
         }
         MIMO_RETURN_IF_ERROR(ops_.Copy(RowAt(text.embeddings, offset, hidden),
                                        out.embeddings.data(), out.embeddings.nbytes()));
-        saved[x] = std::move(out.saved);
+        f.encoder_saved[x] = std::move(out.saved);
         continue;
       }
       // The rows of this replica's samples [replica * mbs, (replica + 1) * mbs) of the global
@@ -555,7 +619,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
             std::min((l.peer_replica + 1) * block, (replica + 1) * mbs) - replica * mbs;
         const int64_t n = SumRows(per_sample, from, to);
         MIMO_RETURN_IF_ERROR(RecvRows(l, text.embeddings, row, n));
-        p.link_rows[x].push_back(n);
+        f.p.link_rows[x].push_back(n);
         row += n;
       }
       if (row != offset + rows[x]) {
@@ -564,20 +628,61 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
                                                 " placeholders"));
       }
     }
-    MIMO_ASSIGN_OR_RETURN(LanguageModelOutput out, modules_->language->Forward(ctx, text));
-    MIMO_ASSIGN_OR_RETURN(Tensor dembeddings,
-                          modules_->language->Backward(ctx, std::move(out.saved), loss_grad));
-    losses.push_back(std::move(out.loss_sum));
-    if (whole) {
+    return absl::OkStatus();
+  };
+  auto backward = [&](int64_t i) -> absl::Status {
+    InFlight& f = flight[i];
+    MIMO_ASSIGN_OR_RETURN(Tensor grad,
+                          lm.Backward(f.ctx, std::move(f.saved), loss_grad, f.received));
+    f.received = Tensor();
+    if (!stage.first()) {
+      f.send = std::move(grad);  // The gradient of the stage's input rows.
+    } else if (whole) {
       for (int x : {kVision, kAudio}) {
-        if (rows[x] == 0) continue;
-        const int64_t offset = x == kVision ? 0 : rows[kVision];
-        MIMO_ASSIGN_OR_RETURN(Tensor dx, dembeddings.Slice(0, offset, offset + rows[x]));
-        MIMO_RETURN_IF_ERROR(modules_->encoders[x]->Backward(ctx, std::move(saved[x]), dx));
+        if (f.rows[x] == 0) continue;
+        const int64_t offset = x == kVision ? 0 : f.rows[kVision];
+        MIMO_ASSIGN_OR_RETURN(Tensor dx, grad.Slice(0, offset, offset + f.rows[x]));
+        MIMO_RETURN_IF_ERROR(
+            modules_->encoders[x]->Backward(f.ctx, std::move(f.encoder_saved[x]), dx));
       }
     } else {
-      p.dembeddings = std::move(dembeddings);
-      pending.push_back(std::move(p));
+      f.p.dembeddings = std::move(grad);
+      pending.push_back(std::move(f.p));
+    }
+    return absl::OkStatus();
+  };
+  MIMO_ASSIGN_OR_RETURN(const std::vector<PipelineAction> schedule,
+                        OneForwardOneBackward(stage.index, stage.count, options_.micro_batches));
+  for (const PipelineAction& a : schedule) {
+    InFlight& f = flight[a.micro_batch];
+    switch (a.kind) {
+      case PipelineAction::kRecvActivation:
+        MIMO_RETURN_IF_ERROR(transfer(a.micro_batch, false, stage.index - 1, f.received));
+        break;
+      case PipelineAction::kForward: {
+        MIMO_RETURN_IF_ERROR(forward(a.micro_batch));
+        MIMO_ASSIGN_OR_RETURN(LanguageModelOutput out, lm.Forward(f.ctx, f.text));
+        f.text = LanguageModelBatch();
+        f.saved = std::move(out.saved);
+        if (stage.last()) losses.push_back(std::move(out.loss_sum));
+        f.send = std::move(out.hidden);
+        break;
+      }
+      case PipelineAction::kSendActivation:
+        MIMO_RETURN_IF_ERROR(transfer(a.micro_batch, true, stage.index + 1, f.send));
+        f.send = Tensor();
+        break;
+      case PipelineAction::kRecvGradient:
+        MIMO_RETURN_IF_ERROR(transfer(a.micro_batch, false, stage.index + 1, f.received));
+        break;
+      case PipelineAction::kBackward:
+        MIMO_RETURN_IF_ERROR(backward(a.micro_batch));
+        if (stage.first()) f = InFlight();  // Done with the micro-batch.
+        break;
+      case PipelineAction::kSendGradient:
+        MIMO_RETURN_IF_ERROR(transfer(a.micro_batch, true, stage.index - 1, f.send));
+        f = InFlight();
+        break;
     }
   }
   if (!whole) {
@@ -617,6 +722,13 @@ absl::Status Trainer::ReduceLanguageMetrics(StepMetrics& m) {
     float aux[1] = {static_cast<float>(m.aux_loss)};
     MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.groups.tp, aux));
     m.aux_loss = aux[0];
+  }
+  if (ModelGroups::Size(options_.pp) > 1) {
+    // The loss is the last stage's, the auxiliary losses each stage's layers'.
+    float both[2] = {static_cast<float>(m.loss), static_cast<float>(m.aux_loss)};
+    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.pp, both));
+    m.loss = both[0];
+    m.aux_loss = both[1];
   }
   const int64_t replicas = modules_->language_dp;
   if (replicas > 1) {

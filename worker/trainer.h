@@ -61,13 +61,21 @@ struct TrainerOptions {
   // Expert parallelism of the language model (ModelGroups::ep and expt_tp): the routed experts'
   // gradients are summed over expt_dp (the ranks holding the same expert shards; null: dp
   // without EP and expt_tp, none with either) instead of dp, and their squared norms over ep and
-  // expt_tp. Tensor parallelism of the language model (ModelGroups::tp; dense MLPs only; on GPUs
-  // without overlap_grad_reduce): its members read the same samples, each micro-batch is padded
-  // to a multiple of tp tokens, only member 0 holds the links to the encoders, the slices'
-  // squared norms are summed over tp, and on a rank of the whole model the encoders are computed
-  // whole by every member.
+  // expt_tp. Tensor parallelism of the language model (ModelGroups::tp; on GPUs without
+  // overlap_grad_reduce): its members read the same samples, each micro-batch is padded to a
+  // multiple of tp tokens, only member 0 holds the links to the encoders, the slices' squared
+  // norms and the MoE layers' auxiliary losses and loads are summed over tp, and on a rank of
+  // the whole model the encoders are computed whole by every member.
   ModelGroups groups;
   comm::Communicator* expt_dp = nullptr;
+  // Pipeline parallelism of the language model (Megatron's pp; not owned; null or one member:
+  // none): this rank holds stage pp->rank() of pp->size() (mimo/language_model.h's
+  // PipelineStage; the layers must divide by the stages) and runs the step's micro-batches in the
+  // 1F1B schedule (mimo/pipeline_schedule.h), each stage's output rows and their gradients sent
+  // between neighbouring stages over this group. Every stage reads the same samples; only the
+  // first stage holds the links to the encoders (on a rank of the whole model: the encoders);
+  // the stages' squared norms, losses and expert loads are summed over it.
+  comm::Communicator* pp = nullptr;
   // Modules on their own ranks: which part this rank computes, and its links to the other side.
   // Micro-batch i of every language replica together makes a global micro-batch of L *
   // micro_batch_size samples; an encoder with E replicas (E divides L or L divides E, and E

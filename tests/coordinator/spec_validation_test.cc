@@ -157,6 +157,20 @@ TEST(ValidateJobSpecTest, TrainingAcceptsATensorParallelLanguageModule) {
   }
 }
 
+// KIND_TRAIN runs the language module pipeline parallel (here pp 2 x dp 2 x ep 2: one of the two
+// layers a stage).
+TEST(ValidateJobSpecTest, TrainingAcceptsAPipelineParallelLanguageModule) {
+  v1::JobSpec spec = ValidSpec();
+  Language(spec).mutable_parallelism()->set_pp(2);
+  Language(spec).mutable_parallelism()->set_dp(2);
+  Train(spec).set_global_batch_size(4);
+  std::vector<FieldViolation> violations;
+  const absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+  EXPECT_EQ(plan->language().config().pp, 2);
+}
+
 v1::Optimizer& Opt(v1::JobSpec& s) { return *s.mutable_training()->mutable_optimizer(); }
 
 TEST(ValidateJobSpecTest, ValidSpecPasses) {
@@ -537,13 +551,28 @@ INSTANTIATE_TEST_SUITE_P(
                Train(s).set_global_batch_size(4);
              },
              {"modules[2].parallelism.tp"}},
-        Case{"TrainingWithPipelineParallelism",
+        Case{"TrainingWithPipelineStagesOfUnequalLayers",
              [](v1::JobSpec& s) {
+               Language(s).mutable_language()->mutable_transformer()->set_num_layers(3);
                Language(s).mutable_parallelism()->set_pp(2);
                Language(s).mutable_parallelism()->set_dp(2);
                Train(s).set_global_batch_size(4);
              },
              {"modules[2].parallelism.pp"}},
+        Case{"TrainingWithAPipelineParallelEncoder",
+             [](v1::JobSpec& s) {
+               Vision(s).mutable_parallelism()->set_pp(2);
+               Vision(s).mutable_parallelism()->set_dp(1);
+             },
+             {"modules[0].parallelism.pp"}},
+        Case{"TrainingWithPipelineParallelismOnGpusOverlappingTheReduction",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_parallelism()->set_pp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Train(s).set_global_batch_size(4);
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+             },
+             {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingEncoderDpBeyondTheSamples",
              [](v1::JobSpec& s) {
                // Vision dp 8 on ranks 0-7 feeds language dp 4 with 4 samples a micro-batch.

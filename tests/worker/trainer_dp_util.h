@@ -62,7 +62,7 @@ struct TrainRun {
 inline TrainRun TrainOn(kernels::Ops& ops, const MimoModelConfig& model, int micro_batches,
                         comm::Communicator* dp, ModelGroups groups = {},
                         bool distributed_optimizer = false, comm::Communicator* expt_dp = nullptr,
-                        bool overlap_grad_reduce = true) {
+                        bool overlap_grad_reduce = true, comm::Communicator* pp = nullptr) {
   TrainRun run;
   const TrainerOptions options{.micro_batch_size = 2,
                                .micro_batches = micro_batches,
@@ -73,6 +73,7 @@ inline TrainRun TrainOn(kernels::Ops& ops, const MimoModelConfig& model, int mic
                                .dp = dp,
                                .groups = groups,
                                .expt_dp = expt_dp,
+                               .pp = pp,
                                // Small buckets: several per step, some parameters larger.
                                .bucket_elements = 3000,
                                .overlap_grad_reduce = overlap_grad_reduce,

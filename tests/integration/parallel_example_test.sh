@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# The tensor-parallel example end to end through the real programs, as a user runs it.
-#   tp_example_test.sh MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR
-# A copy of examples/mimo-cpu-8-tp.yaml (MoE language model tp=2 dp=2 ep=2) with 20 steps and its
-# output_dir in a temporary folder, run on `mimo-coordinator --cpu-workers 8` with `mimoctl submit
-# --wait`: the job must succeed, output_dir/metrics.csv have a row for its last step, and the loss
-# of the last step be below the first's. Every exit path stops what the test started.
+# A model-parallel example end to end through the real programs, as a user runs it.
+#   parallel_example_test.sh MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR EXAMPLE LAYOUT
+# A copy of examples/EXAMPLE (whose language module's parallelism line must start with LAYOUT,
+# e.g. "{tp: 2, dp: 2, ep: 2") with 20 steps and its output_dir in a temporary folder, run on
+# `mimo-coordinator --cpu-workers 8` with `mimoctl submit --wait`: the job must succeed,
+# output_dir/metrics.csv have a row for its last step, and the loss of the last step be below the
+# first's. Every exit path stops what the test started.
 set -euo pipefail
 
-if [[ $# -ne 4 ]]; then
-  echo "usage: $0 MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR" >&2
+if [[ $# -ne 6 ]]; then
+  echo "usage: $0 MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR EXAMPLE LAYOUT" >&2
   exit 2
 fi
-coordinator_bin=$1 worker_bin=$2 mimoctl_bin=$3 source_dir=$4
-example=$source_dir/examples/mimo-cpu-8-tp.yaml
+coordinator_bin=$1 worker_bin=$2 mimoctl_bin=$3 source_dir=$4 layout=$6
+example=$source_dir/examples/$5
+name=$(basename "$5" .yaml)
 readonly steps=20
 
-tmp=$(mktemp -d -t mimo-tp-example.XXXXXX)
+tmp=$(mktemp -d -t mimo-parallel-example.XXXXXX)
 # shellcheck source=job_lib.sh
 source "$(dirname "$0")/job_lib.sh"
 start_watchdog 90
 coordinator_pid=""
 
-log() { echo "[tp_example $(date +%T)] $*" >&2; }
+log() { echo "[$name $(date +%T)] $*" >&2; }
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
@@ -32,15 +34,15 @@ cleanup() {
   fi
   # shellcheck disable=SC2119  # no pids of its own to add
   stop_embedded_coordinator
-  end_test tp_example "$status"
+  end_test "$name" "$status"
 }
 trap_cleanup
 
 ctl() { "$mimoctl_bin" "$@"; }
 
-grep -q "parallelism: {tp: 2, dp: 2, ep: 2" "$example" || fail "$example has no language tp=2 dp=2 ep=2"
-spec=$tmp/tp.yaml
-sed -e "s|^name: .*|name: tp-example-test|" \
+grep -qF "parallelism: $layout" "$example" || fail "$example has no parallelism: $layout"
+spec=$tmp/$name.yaml
+sed -e "s|^name: .*|name: $name-test|" \
   -e "s|^  steps: .*|  steps: $steps|" \
   -e "s|^    warmup_steps: .*|    warmup_steps: 5|" \
   -e "s|^    decay_steps: .*|    decay_steps: $((steps - 5))|" \
@@ -78,5 +80,5 @@ first=$(sed -n '2p' "$csv" | cut -d, -f"$column")
 last=$(grep "^$steps," "$csv" | cut -d, -f"$column")
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
   fail "the loss went from $first (first row) to $last (step $steps): it did not fall"
-log "job $job SUCCEEDED with language tp=2 dp=2 ep=2; loss $first -> $last"
-echo "tp_example: PASSED"
+log "job $job SUCCEEDED with language $layout}; loss $first -> $last"
+echo "$name: PASSED"
