@@ -398,7 +398,7 @@ class SpecChecker {
 
   // Tensor parallelism in a KIND_TRAIN job: the language module (its layers tensor + sequence
   // parallel, MoE layers sequence parallel, embedding and output layer vocabulary parallel); not
-  // yet encoders, nor overlapping the gradient reduction on GPUs.
+  // yet encoders (nor, checked apart, overlapping the reduction on GPUs).
   void CheckTensorParallelTraining(size_t index, int tp, bool is_language, const char* later) {
     const std::string at = absl::StrCat("modules[", index, "].parallelism.tp");
     if (!is_language) {
@@ -410,11 +410,10 @@ class SpecChecker {
       Add(at, absl::StrCat("tp=", tp, " does not divide vocab_size ", l.vocab_size(),
                            " (the embedding and output layer are vocabulary parallel)"));
     }
-    CheckNoOverlapOnGpus(absl::StrCat("tp ", tp));
   }
 
   // Pipeline parallelism in a KIND_TRAIN job: the language module, its layers split evenly over
-  // the stages; not yet encoders, nor overlapping the gradient reduction on GPUs.
+  // the stages; not yet encoders (nor, checked apart, overlapping the reduction on GPUs).
   void CheckPipelineParallelTraining(size_t index, int pp, bool is_language, const char* later) {
     const std::string at = absl::StrCat("modules[", index, "].parallelism.pp");
     if (!is_language) {
@@ -426,7 +425,6 @@ class SpecChecker {
       Add(at, absl::StrCat("pp=", pp, " does not divide num_layers ", layers,
                            " (each pipeline stage holds an equal share of the layers)"));
     }
-    CheckNoOverlapOnGpus(absl::StrCat("pp ", pp));
   }
 
   // Each layer's tp collectives, or the stages' transfers, beside the dp ones on the
@@ -455,6 +453,9 @@ class SpecChecker {
         if (m.cp > 1) Add(at + "cp", absl::StrCat("cp ", m.cp, ": ", kLater));
         if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language, kLater);
         if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp, m.is_language, kLater);
+        if (m.is_language && (m.tp > 1 || m.pp > 1)) {
+          CheckNoOverlapOnGpus(absl::StrCat("tp ", m.tp, " and pp ", m.pp));
+        }
         if (!m.is_language && samples > 0 && samples % m.dp != 0) {
           Add(at + "dp", absl::StrCat("dp ", m.dp, " must divide the ", samples,
                                       " samples of a global micro-batch (micro_batch_size * "

@@ -198,8 +198,8 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
   if (!ctx.training || whole_counts) {
     MIMO_ASSIGN_OR_RETURN(counts, NewTensor(ctx, {e}, DType::kI32));
   }
-  // The real rows count; padding rows are routed (their outputs are never used) into scratch
-  // counts.
+  // The real rows count; padding rows are routed too (the router's shapes stay whole) into
+  // scratch counts, and dispatched nowhere below.
   MIMO_ASSIGN_OR_RETURN(const RealRows real, RealRowsOf(ctx, t, tp_));
   if (moe_.per_sequence_aux_loss && real.local < t) {
     return absl::InvalidArgumentError("MoeLayer: per_sequence_aux_loss with padding rows");
@@ -246,20 +246,33 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
     MIMO_RETURN_IF_ERROR(ops.MoeAuxLoss(p));
     ctx.aux_losses->push_back({layer_number_, mtp_layer_, std::move(losses)});
   }
-  // With a capacity, the pairs over it go nowhere (the router's backward still sees them all:
-  // their weights' gradients are zero).
+  // Padding rows' pairs go nowhere (expert -1: no expert work, no all-to-all rows, no room taken
+  // under a capacity; their output rows are zeros).
   Tensor dispatch_indices = saved->indices;
-  if (moe_.capacity_factor > 0.0) {
+  if (real.local < t) {
     MIMO_ASSIGN_OR_RETURN(dispatch_indices, NewTensor(ctx, {t, k}, DType::kI32));
+    const size_t real_bytes = sizeof(int32_t) * static_cast<size_t>(real.local * k);
+    if (real_bytes > 0) {
+      MIMO_RETURN_IF_ERROR(ops.Copy(dispatch_indices.data(), saved->indices.data(), real_bytes));
+    }
+    const std::vector<int32_t> nowhere((t - real.local) * k, -1);
+    MIMO_RETURN_IF_ERROR(ops.CopyFromHost(dispatch_indices.data<int32_t>() + real.local * k,
+                                          nowhere.data(), sizeof(int32_t) * nowhere.size()));
+  }
+  // With a capacity (of the real rows), the pairs over it go nowhere (the router's backward
+  // still sees them all: their weights' gradients are zero).
+  if (moe_.capacity_factor > 0.0) {
+    MIMO_ASSIGN_OR_RETURN(Tensor kept, NewTensor(ctx, {t, k}, DType::kI32));
     MIMO_RETURN_IF_ERROR(ops.MoeCapacityDrop(
         {.policy = moe_.drop_policy,
-         .indices = saved->indices.data<int32_t>(),
+         .indices = dispatch_indices.data<int32_t>(),
          .probs = probs.data<float>(),
-         .kept = dispatch_indices.data<int32_t>(),
+         .kept = kept.data<int32_t>(),
          .tokens = t,
          .top_k = k,
          .experts = e,
-         .capacity = kernels::MoeExpertCapacity(t, k, e, moe_.capacity_factor)}));
+         .capacity = kernels::MoeExpertCapacity(real.local, k, e, moe_.capacity_factor)}));
+    dispatch_indices = std::move(kept);
   }
   // The pairs to their experts' rows (on this rank or, with EP, on others), the experts, and
   // back.

@@ -68,7 +68,8 @@ class AdamWOptimizer {
       std::vector<NormShardedParameters> sharded = {});
 
   // One update from the parameters' gradients (every member of the sharded sets' norm groups
-  // must call Step together). Waits for the device once, for the norm. Same as
+  // must call Step together). Waits for the device for the norm (and before each norm group's
+  // all-reduce). Same as
   // Apply(ops, SquaredGradNorm(ops)).
   absl::StatusOr<OptimizerStepStats> Step(kernels::Ops& ops);
   // The squared L2 norm of this rank's part of the model's gradients, as Step counts it: the

@@ -262,6 +262,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   trainer->tokenizer_ = &tokenizer;
   trainer->owned_tokenizer_ = std::move(owned_tokenizer);
   trainer->position_ = o.start_position;
+  if (!trainer->experts_.empty() && o.expt_dp == nullptr && ModelGroups::Size(o.groups.tp) > 1 &&
+      ModelGroups::Size(o.groups.ep) == 1 && ModelGroups::Size(o.groups.expt_tp) == 1) {
+    // Each tp member's rows reach the same whole experts: their gradients must be summed over
+    // tp as well as dp, which dp alone would not do.
+    return absl::InvalidArgumentError(
+        "TrainerOptions: MoE layers under tensor parallelism with every expert whole on every tp "
+        "member need expt_dp (the tp x dp ranks holding the same experts)");
+  }
   comm::Communicator* expt_dp = trainer->ExpertDataParallelGroup();
   // The gradients' collectives on dp and expt_dp run on a communication thread while the
   // backward uses the other groups: one communicator serves one thread at a time.

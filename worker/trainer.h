@@ -60,12 +60,12 @@ struct TrainerOptions {
   comm::Communicator* dp = nullptr;
   // Expert parallelism of the language model (ModelGroups::ep and expt_tp): the routed experts'
   // gradients are summed over expt_dp (the ranks holding the same expert shards; null: dp
-  // without EP and expt_tp, none with either) instead of dp, and their squared norms over ep and
-  // expt_tp. Tensor parallelism of the language model (ModelGroups::tp; on GPUs without
-  // overlap_grad_reduce): its members read the same samples, each micro-batch is padded to a
-  // multiple of tp tokens, only member 0 holds the links to the encoders, the slices' squared
-  // norms and the MoE layers' auxiliary losses and loads are summed over tp, and on a rank of
-  // the whole model the encoders are computed whole by every member.
+  // without EP, expt_tp and tp, none with EP or expt_tp; required with tp alone) instead of dp,
+  // and their squared norms over ep and expt_tp. Tensor parallelism of the language model
+  // (ModelGroups::tp; on GPUs without overlap_grad_reduce): its members read the same samples, each
+  // micro-batch is padded to a multiple of tp tokens, only member 0 holds the links to the
+  // encoders, the slices' squared norms and the MoE layers' auxiliary losses and loads are summed
+  // over tp, and on a rank of the whole model the encoders are computed whole by every member.
   ModelGroups groups;
   comm::Communicator* expt_dp = nullptr;
   // Pipeline parallelism of the language model (Megatron's pp; not owned; null or one member:

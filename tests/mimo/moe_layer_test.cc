@@ -341,15 +341,19 @@ TEST(MoeLayerTest, CountsExpertLoadAndMovesTheExpertBiasTowardsBalance) {
 }
 
 // Padding rows (sequence parallelism fills the micro-batch up to equal row blocks) are routed but
-// stay out of the statistics: with 4 padding rows after 9 real ones, the load, the auxiliary
-// losses and the real rows' outputs, input gradients and parameter gradients equal those of the
-// 9 rows alone; the padding rows' input gradient is zero for a zero output gradient.
-TEST(MoeLayerTest, PaddingRowsStayOutOfTheStatistics) {
+// dispatched nowhere and stay out of the statistics: with 4 padding rows after 9 real ones, the
+// load, the auxiliary losses and the real rows' outputs, input gradients and parameter gradients
+// equal those of the 9 rows alone; the padding rows' input gradient is zero for a zero output
+// gradient.
+class MoePaddingTest : public ::testing::TestWithParam<double> {};
+
+TEST_P(MoePaddingTest, PaddingRowsStayOutOfTheStatistics) {
   TransformerConfig c = Config(MlpActivation::kSwiglu);
   MoeConfig m = Softmax().moe;
   m.per_sequence_aux_loss = false;
   m.aux_loss_coeff = 0.05f;
   m.z_loss_coeff = 0.01f;
+  m.capacity_factor = GetParam();
   std::mt19937 random(6);
   const std::vector<float> xv = RandomFloats(13 * 8, random);
   std::vector<float> dyv = RandomFloats(13 * 8, random);
@@ -400,6 +404,10 @@ TEST(MoeLayerTest, PaddingRowsStayOutOfTheStatistics) {
   EXPECT_EQ((*layer)->Forward(bad, Upload(*ops, xv, {13, 8}, DType::kF32)).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
+
+// Dropless, and with a capacity of the real rows (5 pairs an expert: some of the 18 real pairs
+// dropped) that the padding rows' pairs take no room of.
+INSTANTIATE_TEST_SUITE_P(Capacity, MoePaddingTest, ::testing::Values(0.0, 1.0));
 
 // Grouped GEMMs (the graph-safe layer's default experts) and per-expert GEMMs compute the same
 // products in the same order on the CPU: equal outputs and gradients, same parameters.

@@ -7,6 +7,7 @@
 // the experts replicated over tp (summed over expt_dp) or split over it (ep = tp's members).
 #include <gtest/gtest.h>
 
+#include <string>
 #include <vector>
 
 #include "comm/in_memory_store.h"
@@ -155,6 +156,27 @@ TEST(TrainerTensorParallelTest, SequenceParallelMoeLayersEqualOneRank) {
         TrainOn(*ops, model, 2, nullptr, ModelGroupsOf(**groups), false, (*groups)->Get("expt_dp"));
   });
   ExpectMatchesOneRank(got, want, 2);
+}
+
+// With every expert whole on both tp members, their gradients must be summed over tp too: without
+// an expt_dp group naming the members the trainer refuses to start (dp alone would miss them).
+TEST(TrainerTensorParallelTest, WholeExpertsUnderTpNeedTheirExpertDataParallelGroup) {
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "tp", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    auto ops = kernels::NewCpuOps();
+    auto trainer = Trainer::Create(*ops, DpTestModel(),
+                                   {.micro_batch_size = 2,
+                                    .seq_length = 48,
+                                    .data = {.num_samples = 100, .seed = 5},
+                                    .groups = ModelGroupsOf(**groups)});
+    EXPECT_EQ(trainer.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(trainer.status().message().find("need expt_dp"), std::string::npos)
+        << trainer.status();
+  });
 }
 
 // dp 2 x tp 2 with the experts split over each replica's tp members (ep 2) and the distributed
