@@ -43,7 +43,7 @@ absl::StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Crea
   absl::flat_hash_set<const Parameter*> seen;
   for (size_t i = 0; i < sets.size(); ++i) {
     ShardedParameterSet& in = sets[i];
-    Set set{.dp = in.dp, .norm_groups = std::move(in.norm_groups)};
+    Set set{.dp = in.dp, .norm_groups = std::move(in.norm_groups), .in_norm = in.in_norm};
     const int n = Size(in.dp), r = Rank(in.dp);
     if (!in.params.empty()) set.dtype = in.params[0]->weight().dtype();
     for (const Parameter* p : in.params) {
@@ -157,7 +157,7 @@ absl::Status DistributedOptimizer::ReduceScatterBucket(int set_index, size_t buc
 absl::StatusOr<float> DistributedOptimizer::SquaredGradNorm(kernels::Ops& ops) {
   float total = 0;
   for (Set& set : sets_) {
-    if (set.shards.empty()) continue;
+    if (set.shards.empty() || !set.in_norm) continue;
     // The padding of every bucket is zero (never written), so is its sum.
     MIMO_RETURN_IF_ERROR(ops.SumSquares({.dtype = DType::kF32,
                                          .x = set.grad.data(),

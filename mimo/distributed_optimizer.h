@@ -29,6 +29,9 @@ struct ShardedParameterSet {
   // Groups whose members hold different slices of `params` (the routed experts over ep and
   // expt_tp): the squared gradient norms are summed over each in turn. Null entries are skipped.
   std::vector<comm::Communicator*> norm_groups;
+  // False: updated, but left out of SquaredGradNorm (copies of parameters another rank counts:
+  // the last pipeline stage's copy of shared word embeddings).
+  bool in_norm = true;
 };
 
 class DistributedOptimizer {
@@ -85,6 +88,7 @@ class DistributedOptimizer {
   struct Set {
     comm::Communicator* dp = nullptr;
     std::vector<comm::Communicator*> norm_groups;
+    bool in_norm = true;
     std::unique_ptr<GradientBuffer> grads;
     std::vector<Shard> shards;  // One per bucket of grads.
     std::vector<Piece> pieces;

@@ -136,8 +136,9 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Create(
   if (tp != nullptr) rows = {{.dim = 0, .offset = r * part, .full_size = config.vocab_size}};
   BuildContext inner = ctx;
   inner.config = &config.transformer;
+  const bool shared = config.share_embeddings_and_output_weights;
   std::unique_ptr<Parameter> embedding;
-  if (stage.first()) {
+  if (stage.first() && !(shared && stage.last())) {
     MIMO_ASSIGN_OR_RETURN(embedding, inner.Child("embedding.word_embeddings")
                                          .NewParameter("weight", {part, t.hidden_size},
                                                        InitKind::kNormal, t.init_std, true, rows));
@@ -157,9 +158,12 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Create(
   }
   std::optional<LinearWeights> output;
   if (stage.last()) {
-    MIMO_ASSIGN_OR_RETURN(output,
-                          LinearWeights::Create(inner.Child("output_layer"), part, t.hidden_size,
-                                                /*bias=*/false, t.init_std, rows));
+    // Shared: the word embeddings themselves, or the last stage's copy of them (same name, so
+    // the same initial values as the first stage's).
+    MIMO_ASSIGN_OR_RETURN(
+        output,
+        LinearWeights::Create(inner.Child(shared ? "embedding.word_embeddings" : "output_layer"),
+                              part, t.hidden_size, /*bias=*/false, t.init_std, rows));
   }
   return std::unique_ptr<LanguageModel>(new LanguageModel(
       config, stage, tp, part, std::move(embedding), std::move(decoder), std::move(output)));
@@ -176,7 +180,7 @@ absl::StatusOr<Tensor> LanguageModel::Embed(const StepContext& ctx, const Langua
   // src = [token embeddings; modality embeddings].
   MIMO_ASSIGN_OR_RETURN(Tensor src, NewTensor(ctx, {t + m, c}, tc.dtype));
   MIMO_RETURN_IF_ERROR(ops.Embedding({.dtype = tc.dtype,
-                                      .table = embedding_->weight().data(),
+                                      .table = word_embeddings().weight().data(),
                                       .ids = batch.tokens.data<int32_t>(),
                                       .out = src.data(),
                                       .vocab = v,
@@ -356,7 +360,10 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
                                                   .dx = &dh,
                                                   .accumulate_dx = v0 > 0}));
     }
-    MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {output_->weight.get()}));
+    // Shared with the word embeddings: their gradient is not complete yet.
+    if (!config_.share_embeddings_and_output_weights) {
+      MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {output_->weight.get()}));
+    }
     saved->h = Tensor();
     // dh holds this member's vocabulary's part of every row's gradient: the rows' owners get
     // the sums.
@@ -392,13 +399,16 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
   MIMO_RETURN_IF_ERROR(ops.EmbeddingBackward({.dtype = tc.dtype,
                                               .dout = dsrc.data(),
                                               .ids = saved->tokens.data<int32_t>(),
-                                              .dtable = embedding_->grad().data<float>(),
+                                              .dtable = word_embeddings().grad().data<float>(),
                                               .vocab = v,
                                               .tokens = t,
                                               .dim = c,
                                               .first_id = first,
                                               .accumulate = true}));
-  MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {embedding_.get()}));
+  // A copy shared over stages is summed with the other stage's by the caller first.
+  if (shared_embeddings_copy() == nullptr) {
+    MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {&word_embeddings()}));
+  }
   if (m == 0) return Tensor();
   return dsrc.Slice(0, t, t + m);
 }

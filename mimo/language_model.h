@@ -32,6 +32,12 @@ struct LanguageModelConfig {
   // The output layer's logits are made and consumed this many vocabulary entries at a time, so
   // only (tokens, vocab_chunk) of them exist at once; 0: the whole vocabulary in one piece.
   int64_t vocab_chunk = 0;
+
+  // Megatron's share_embeddings_and_output_weights: the output layer multiplies by the word
+  // embeddings (one parameter, its gradient from both uses). With pipeline stages the first
+  // and the last stage each hold a copy (same name, same initial values) whose gradients the
+  // caller sums over the two (Megatron's embedding group) before the update.
+  bool share_embeddings_and_output_weights = false;
 };
 
 // InvalidArgument naming the field at fault.
@@ -72,7 +78,8 @@ struct LanguageModelOutput {
 class LanguageModel {
  public:
   // Parameters (Megatron's names under ctx.prefix): embedding.word_embeddings.weight (V, C),
-  // decoder.layers.<i>.*, decoder.final_layernorm.*, output_layer.weight (V, C) (untied).
+  // decoder.layers.<i>.*, decoder.final_layernorm.*, output_layer.weight (V, C) (untied; tied,
+  // the output layer uses the word embeddings).
   //
   // With a tensor-parallel group of n > 1 members (ctx.groups.tp) the model is tensor, sequence
   // and vocabulary parallel like Megatron's: member r holds vocabulary rows [r V / n,
@@ -107,6 +114,13 @@ class LanguageModel {
                                            const kernels::Tensor& dhidden = kernels::Tensor());
   void AppendParameters(std::vector<Parameter*>& out) const;
   std::vector<MoeLayer*> moe_layers() const { return decoder_->moe_layers(); }
+  // With shared word embeddings over pipeline stages, the first and last stages' copy (whose
+  // gradient must be summed over the two stages before the update; it is never reported to
+  // StepContext::gradients_ready, so the caller does that first); null otherwise.
+  Parameter* shared_embeddings_copy() const {
+    const bool shared = config_.share_embeddings_and_output_weights && stage_.count > 1;
+    return shared && (stage_.first() || stage_.last()) ? &word_embeddings() : nullptr;
+  }
   const LanguageModelConfig& config() const { return config_; }
   const PipelineStage& stage() const { return stage_; }
 
@@ -124,6 +138,11 @@ class LanguageModel {
 
   // The first vocabulary id of this member's rows.
   int64_t FirstId() const { return ModelGroups::Rank(tp_) * vocab_part_; }
+  // The word embeddings: embedding_, or the output layer's weight when they are shared on a
+  // stage that holds both.
+  Parameter& word_embeddings() const {
+    return embedding_ != nullptr ? *embedding_ : *output_->weight;
+  }
   // First stage: the tokens' embeddings with the modality rows spliced in, this member's block
   // of the rows; keeps what the backward needs in `saved` (the model's saved activations).
   absl::StatusOr<kernels::Tensor> Embed(const StepContext& ctx, const LanguageModelBatch& batch,
@@ -133,10 +152,12 @@ class LanguageModel {
   const PipelineStage stage_;
   comm::Communicator* const tp_;  // Null: no tensor parallelism. Not owned.
   const int64_t vocab_part_;      // V / tp: this member's vocabulary rows.
-  // First stage only: (V, C); (V / tp, C), this member's rows.
+  // First stage only: (V, C); (V / tp, C), this member's rows. Null on a stage that also holds
+  // the output layer when the two are shared.
   std::unique_ptr<Parameter> embedding_;
   std::unique_ptr<TransformerBlock> decoder_;
-  // Last stage only: (V, C), no bias; (V / tp, C), this member's rows.
+  // Last stage only: (V, C), no bias; (V / tp, C), this member's rows. With shared embeddings:
+  // the word embeddings (named so).
   std::optional<LinearWeights> output_;
 };
 

@@ -115,7 +115,7 @@ absl::StatusOr<std::unique_ptr<AdamWOptimizer>> AdamWOptimizer::Create(
   std::vector<ShardedSquares> sets;
   for (NormShardedParameters& set : sharded) {
     MIMO_ASSIGN_OR_RETURN(Squares squares, NewSquares(ops, std::move(set.params)));
-    sets.push_back({std::move(squares), std::move(set.norm_groups)});
+    sets.push_back({std::move(squares), std::move(set.norm_groups), set.in_norm});
   }
   return std::unique_ptr<AdamWOptimizer>(
       new AdamWOptimizer(config, std::move(replicated), std::move(sets)));
@@ -129,6 +129,7 @@ absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Step(kernels::Ops& ops) {
 absl::StatusOr<float> AdamWOptimizer::SquaredGradNorm(kernels::Ops& ops) {
   MIMO_RETURN_IF_ERROR(SumSquares(ops, replicated_));
   for (const ShardedSquares& set : sharded_) {
+    if (!set.in_norm) continue;
     MIMO_RETURN_IF_ERROR(SumSquares(ops, set.squares));
     for (comm::Communicator* group : set.norm_groups) {
       if (group == nullptr || group->size() == 1) continue;
@@ -140,6 +141,7 @@ absl::StatusOr<float> AdamWOptimizer::SquaredGradNorm(kernels::Ops& ops) {
   float total = 0;
   MIMO_RETURN_IF_ERROR(ops.CopyToHost(&total, replicated_.total.data(), sizeof(float)));
   for (const ShardedSquares& set : sharded_) {
+    if (!set.in_norm) continue;
     float part = 0;
     MIMO_RETURN_IF_ERROR(ops.CopyToHost(&part, set.squares.total.data(), sizeof(float)));
     total += part;

@@ -57,6 +57,9 @@ OptimizerStepStats PlanUpdate(const OptimizerConfig& config, int64_t steps, doub
 struct NormShardedParameters {
   std::vector<Parameter*> params;
   std::vector<comm::Communicator*> norm_groups;  // Not owned.
+  // False: updated, but left out of the norm (copies of parameters another rank counts: the
+  // last pipeline stage's copy of shared word embeddings).
+  bool in_norm = true;
 };
 
 class AdamWOptimizer {
@@ -101,6 +104,7 @@ class AdamWOptimizer {
   struct ShardedSquares {
     Squares squares;
     std::vector<comm::Communicator*> norm_groups;
+    bool in_norm = true;
   };
 
   AdamWOptimizer(const OptimizerConfig& config, Squares replicated,

@@ -35,6 +35,9 @@ struct GradientUpdateOptions {
   // The tensor-parallel group (null or one member: none): the dense parameters split over it
   // (their ParameterSpec has shards) have their squared norms summed over it.
   comm::Communicator* tp = nullptr;
+  // Dense parameters (also in `dense`) updated but left out of the gradient norm: copies of
+  // parameters another rank counts (the last pipeline stage's copy of shared word embeddings).
+  std::vector<Parameter*> outside_norm;
 };
 
 // An all-reduce in buckets and AdamW for the parameters the distributed optimizer (when asked

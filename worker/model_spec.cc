@@ -93,6 +93,7 @@ absl::StatusOr<MimoModelConfig> MimoModelConfigFromSpec(const v1::JobSpec& spec,
         c.vocab_size = l.vocab_size();
         c.moe = Moe(l.moe(), l.transformer().ffn_hidden_size());
         c.moe_layer_freq = l.moe().moe_layer_freq() > 0 ? l.moe().moe_layer_freq() : 1;
+        c.share_embeddings_and_output_weights = l.share_embeddings_and_output_weights();
         MIMO_RETURN_IF_ERROR(InModule(ValidateLanguageModelConfig(c), module.name()));
         break;
       }

@@ -92,6 +92,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
     o.groups = ModelGroupsOf(groups);
     o.expt_dp = groups.Get("expt_dp");
     o.pp = groups.Get("pp");
+    o.embd = groups.Get("embd");
   }
   for (const v1::RankLink& link : rank.links()) {
     MIMO_ASSIGN_OR_RETURN(const ModelPart encoder, PartOf(spec, link.encoder()));

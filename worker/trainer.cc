@@ -236,6 +236,16 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     MIMO_ASSIGN_OR_RETURN(modules->language,
                           LanguageModel::Create(build.Child("language"), model.language, stage));
   }
+  // Shared word embeddings over stages: the first and last stages sum their copies' gradients.
+  Parameter* shared_copy =
+      modules->language != nullptr ? modules->language->shared_embeddings_copy() : nullptr;
+  if (shared_copy != nullptr && ModelGroups::Size(o.embd) != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TrainerOptions: shared word embeddings over ", stage.count,
+        " pipeline stages need the embedding group of the first and last stage (embd, 2 "
+        "members), got ",
+        ModelGroups::Size(o.embd)));
+  }
   std::vector<Parameter*> experts, dense;
   if (modules->language != nullptr) {
     for (MoeLayer* layer : modules->language->moe_layers()) layer->AppendExpertParameters(experts);
@@ -308,7 +318,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                  .dp = o.dp,
                                  .expt_dp = expt_dp,
                                  .expert_norm_groups = trainer->ExpertNormGroups(),
-                                 .tp = o.groups.tp}));
+                                 .tp = o.groups.tp,
+                                 .outside_norm = shared_copy != nullptr && !stage.first()
+                                                     ? std::vector<Parameter*>{shared_copy}
+                                                     : std::vector<Parameter*>{}}));
   return trainer;
 }
 
@@ -363,6 +376,14 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   // Every gradient summed over its module's replicas (each already carries 1 / the labelled
   // tokens of the step): all-reduced, or reduce-scattered into the distributed optimizer's shards;
   // the buckets the backward finished have been on their way since.
+  if (Parameter* copy = language ? modules_->language->shared_embeddings_copy() : nullptr) {
+    // The first and last stages' copies of the shared word embeddings: each gets the sum of both
+    // uses' gradients (before the data-parallel sums: the copy's bucket waits for Finish).
+    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+    MIMO_RETURN_IF_ERROR(options_.embd->AllReduce(copy->grad().data(),
+                                                  static_cast<size_t>(copy->numel()),
+                                                  comm::DataType::kFloat32, comm::ReduceOp::kSum));
+  }
   if (update_.sync != nullptr) {
     MIMO_RETURN_IF_ERROR(update_.sync->Finish());
     m.overlapped_buckets = update_.sync->started_early();

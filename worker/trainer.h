@@ -76,6 +76,11 @@ struct TrainerOptions {
   // first stage holds the links to the encoders (on a rank of the whole model: the encoders);
   // the stages' squared norms, losses and expert loads are summed over it.
   comm::Communicator* pp = nullptr;
+  // With pp > 1 and shared word embeddings (LanguageModelConfig::
+  // share_embeddings_and_output_weights): the first and last stages' ranks (Megatron's
+  // embedding group, two members; not owned), over which the two copies' gradients are summed
+  // before the update. The last stage's copy is left out of the gradient norm.
+  comm::Communicator* embd = nullptr;
   // Modules on their own ranks: which part this rank computes, and its links to the other side.
   // Micro-batch i of every language replica together makes a global micro-batch of L *
   // micro_batch_size samples; an encoder with E replicas (E divides L or L divides E, and E

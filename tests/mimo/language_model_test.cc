@@ -90,6 +90,10 @@ class LanguageModelTest : public ::testing::TestWithParam<bool> {
     return 0.5 * l;
   }
 
+  // Every parameter's and the modality embeddings' gradient against central differences of
+  // Objective().
+  void ExpectBackwardMatchesCentralDifferences();
+
   std::unique_ptr<kernels::Ops> ops_;
   std::unique_ptr<PackedSequences> seqs_;
   LanguageModelConfig config_;
@@ -202,6 +206,55 @@ TEST_P(LanguageModelTest, PipelineStagesEqualTheWholeModel) {
 }
 
 TEST_P(LanguageModelTest, BackwardMatchesCentralDifferences) {
+  ExpectBackwardMatchesCentralDifferences();
+}
+
+// Shared word embeddings: one parameter, no output layer of its own, its gradient the sum of
+// both uses' (checked by central differences); pipeline stages' two copies' gradients add up to
+// it.
+TEST_P(LanguageModelTest, SharedWordEmbeddings) {
+  config_.share_embeddings_and_output_weights = true;
+  BuildContext build{.ops = ops_.get(), .config = &config_.transformer, .seed = 3, .prefix = "lm"};
+  auto model = LanguageModel::Create(build, config_);
+  ASSERT_TRUE(model.ok()) << model.status();
+  model_ = *std::move(model);
+  const auto params = ParametersByName(*model_);
+  EXPECT_FALSE(params.contains("lm.output_layer.weight"));
+  ASSERT_TRUE(params.contains("lm.embedding.word_embeddings.weight"));
+  EXPECT_EQ(model_->shared_embeddings_copy(), nullptr);  // One stage: nothing to share.
+  ExpectBackwardMatchesCentralDifferences();
+  const std::vector<double> whole =
+      Download(*ops_, params.at("lm.embedding.word_embeddings.weight")->grad());
+  // Two stages: each holds a copy named as the one parameter (same initial values).
+  std::vector<std::unique_ptr<LanguageModel>> stages;
+  for (int i = 0; i < 2; ++i) {
+    auto stage = LanguageModel::Create(build, config_, {.index = i, .count = 2});
+    ASSERT_TRUE(stage.ok()) << stage.status();
+    ASSERT_NE((*stage)->shared_embeddings_copy(), nullptr);
+    EXPECT_EQ(Download(*ops_, (*stage)->shared_embeddings_copy()->master()),
+              Download(*ops_, params.at("lm.embedding.word_embeddings.weight")->master()));
+    stages.push_back(*std::move(stage));
+  }
+  auto first = stages[0]->Forward(Context(nullptr), batch_);
+  ASSERT_TRUE(first.ok()) << first.status();
+  LanguageModelBatch batch = batch_;
+  batch.hidden = first->hidden;
+  auto last = stages[1]->Forward(Context(nullptr), batch);
+  ASSERT_TRUE(last.ok()) << last.status();
+  auto dhidden = stages[1]->Backward(Context(nullptr), std::move(last->saved), 0.5f);
+  ASSERT_TRUE(dhidden.ok()) << dhidden.status();
+  ASSERT_TRUE(stages[0]->Backward(Context(nullptr), std::move(first->saved), 0.5f, *dhidden).ok());
+  std::vector<double> sum = Download(*ops_, stages[0]->shared_embeddings_copy()->grad());
+  const std::vector<double> other = Download(*ops_, stages[1]->shared_embeddings_copy()->grad());
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < sum.size(); ++i) {
+    err += (sum[i] + other[i] - whole[i]) * (sum[i] + other[i] - whole[i]);
+    norm += whole[i] * whole[i];
+  }
+  EXPECT_LT(std::sqrt(err / norm), 1e-6);
+}
+
+void LanguageModelTest::ExpectBackwardMatchesCentralDifferences() {
   std::vector<AuxLossRecord> records;
   auto out = model_->Forward(Context(&records), batch_);
   ASSERT_TRUE(out.ok()) << out.status();

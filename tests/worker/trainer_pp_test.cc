@@ -3,7 +3,8 @@
 // with 1, 2 and 4 micro-batches: the same losses, auxiliary losses, expert loads and gradient
 // norms at every step, and each stage's parameters (its part of the model, under the whole
 // model's names) those of the one-rank run after three AdamW steps; with dp = 2 and the
-// distributed optimizer, and with tp = 2 (MoE layers sequence parallel, experts split over tp).
+// distributed optimizer, with tp = 2 (MoE layers sequence parallel, experts split over tp), and
+// with the word embeddings shared between the first and last stage.
 #include <gtest/gtest.h>
 
 #include <set>
@@ -116,6 +117,66 @@ TEST(TrainerPipelineParallelTest, WithTensorAndExpertParallelStages) {
                         (*groups)->Get("pp"));
   });
   ExpectMatchesOneRank(got, want);
+}
+
+// Shared word embeddings over the two stages: each holds a copy, their gradients summed over the
+// embedding group (the first and last stage) before the update, the last stage's copy left out
+// of the norm; with dp 2, plain AdamW and the distributed optimizer. Without the group the trainer
+// refuses to start.
+TEST(TrainerPipelineParallelTest, SharedWordEmbeddingsStayOneParameter) {
+  MimoModelConfig model = DpTestModel();
+  model.language.share_embeddings_and_output_weights = true;
+  auto one = kernels::NewCpuOps();
+  const TrainRun want = TrainOn(*one, model, 4, nullptr);
+  ASSERT_FALSE(want.params.contains("language.output_layer.weight"));
+  for (const bool distributed : {false, true}) {
+    SCOPED_TRACE(distributed ? "distributed optimizer" : "AdamW");
+    std::vector<TrainRun> got(4);
+    comm::InMemoryStore store;
+    comm::RunRanks(4, [&](int rank) {
+      const int stage = rank / 2, replica = rank % 2;
+      auto groups = comm::ProcessGroups::CreateGloo(
+          {{.kind = "dp", .members = {2 * stage, 2 * stage + 1}},
+           {.kind = "pp", .members = {replica, replica + 2}},
+           {.kind = "embd", .members = {replica, replica + 2}}},
+          store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+      ASSERT_TRUE(groups.ok()) << groups.status();
+      auto ops = kernels::NewCpuOps();
+      TrainerOptions options{.micro_batch_size = 2,
+                             .micro_batches = 2,
+                             .seq_length = 48,
+                             .data = {.num_samples = 100, .seed = 5},
+                             .optimizer = {.lr = 1e-3f, .warmup_steps = 1},
+                             .seed = 9,
+                             .dp = (*groups)->Get("dp"),
+                             .pp = (*groups)->Get("pp"),
+                             .bucket_elements = 3000,
+                             .distributed_optimizer = distributed};
+      // The group is required.
+      EXPECT_EQ(Trainer::Create(*ops, model, options).status().code(),
+                absl::StatusCode::kInvalidArgument);
+      options.embd = (*groups)->Get("embd");
+      auto trainer = Trainer::Create(*ops, model, options);
+      ASSERT_TRUE(trainer.ok()) << trainer.status();
+      for (int i = 0; i < 3; ++i) {
+        auto m = (*trainer)->Step();
+        ASSERT_TRUE(m.ok()) << m.status();
+        got[rank].steps.push_back(*m);
+      }
+      std::vector<Parameter*> params;
+      (*trainer)->AppendParameters(params);
+      for (Parameter* p : params) {
+        got[rank].specs[p->name()] = p->spec();
+        std::vector<float>& v = got[rank].params[p->name()];
+        v.resize(p->numel());
+        ASSERT_TRUE(ops->CopyToHost(v.data(), p->weight().data(), 4 * v.size()).ok());
+      }
+    });
+    ExpectMatchesOneRank(got, want);
+    for (int r = 0; r < 4; ++r) {
+      EXPECT_TRUE(got[r].params.contains("language.embedding.word_embeddings.weight")) << r;
+    }
+  }
 }
 
 }  // namespace
