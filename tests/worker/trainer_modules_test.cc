@@ -3,11 +3,13 @@
 // and get the gradients back; with fan-out (encoder dp < language dp, expert parallel language
 // ranks) and fan-in (encoder dp > language dp) the layout trains like the whole model on one rank
 // with the same samples: the same losses, norms and expert loads, and every module's parameters
-// after every step. Links that are not the layout's are refused.
+// after every step; also with the language model in two pipeline stages (encoders linked to the
+// first). Links that are not the layout's are refused.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -67,13 +69,15 @@ TrainRun Train(const TrainerOptions& options) {
   return run;
 }
 
-// Vision on ranks [0, V), audio on [V, V + A), the language model on [V + A, V + A + L) (with
-// ep = L when expert_parallel).
+// Vision on ranks [0, V), audio on [V, V + A), the language model on [V + A, V + A + L * P)
+// (with ep = L when expert_parallel; P pipeline stages, stage s replica d at V + A + s L + d, the
+// encoders linked to the first stage).
 struct Layout {
   int vision_dp = 1, audio_dp = 1, language_dp = 1;
   bool expert_parallel = false;
   int micro_batches = 1;  // Per language replica.
-  int world() const { return vision_dp + audio_dp + language_dp; }
+  int language_pp = 1;
+  int world() const { return vision_dp + audio_dp + language_dp * language_pp; }
 };
 
 // The replicas a replica of a module with `own_dp` pairs with (parallel/bridge.h).
@@ -90,7 +94,8 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
   const int lang0 = layout.vision_dp + layout.audio_dp;
   comm::RunRanks(layout.world(), [&](int rank) {
     const bool vision = rank < layout.vision_dp, audio = !vision && rank < lang0;
-    const int first = vision ? 0 : audio ? layout.vision_dp : lang0;
+    const int stage = vision || audio ? 0 : (rank - lang0) / layout.language_dp;
+    const int first = vision ? 0 : audio ? layout.vision_dp : lang0 + stage * layout.language_dp;
     const int dp = vision ? layout.vision_dp : audio ? layout.audio_dp : layout.language_dp;
     std::vector<comm::GroupSpec> specs;
     std::vector<int> module_ranks;
@@ -98,6 +103,14 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     if (dp > 1) specs.push_back({.kind = "dp", .members = module_ranks});
     if (!vision && !audio && layout.expert_parallel) {
       specs.push_back({.kind = "ep", .members = module_ranks});
+    }
+    if (!vision && !audio && layout.language_pp > 1) {
+      std::vector<int> stages;
+      const int replica = (rank - lang0) % layout.language_dp;
+      for (int s = 0; s < layout.language_pp; ++s) {
+        stages.push_back(lang0 + s * layout.language_dp + replica);
+      }
+      specs.push_back({.kind = "pp", .members = stages});
     }
     struct End {
       ModelPart encoder;
@@ -127,7 +140,10 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     TrainerOptions o = Options(layout.micro_batches);
     o.part = vision ? ModelPart::kVision : audio ? ModelPart::kAudio : ModelPart::kLanguage;
     o.dp = (*groups)->Get("dp");
-    if (!vision && !audio) o.groups = ModelGroupsOf(**groups);
+    if (!vision && !audio) {
+      o.groups = ModelGroupsOf(**groups);
+      o.pp = (*groups)->Get("pp");
+    }
     for (const End& end : ends) {
       o.links.push_back({.encoder = end.encoder,
                          .peer_replica = end.peer_replica,
@@ -145,6 +161,7 @@ void ExpectLikeOneRank(const Layout& layout) {
   ASSERT_EQ(want.steps.size(), static_cast<size_t>(kSteps));
   const std::vector<TrainRun> got = TrainLayout(layout);
   const int lang0 = layout.vision_dp + layout.audio_dp;
+  std::set<std::string> held;
   for (int rank = 0; rank < layout.world(); ++rank) {
     const TrainRun& run = got[rank];
     ASSERT_EQ(run.steps.size(), static_cast<size_t>(kSteps)) << "rank " << rank;
@@ -168,11 +185,13 @@ void ExpectLikeOneRank(const Layout& layout) {
     int checked = 0;
     for (const auto& [name, values] : want.params) {
       if (name.rfind(prefix, 0) != 0) continue;
+      if (language && layout.language_pp > 1 && !run.params.contains(name)) continue;
       ++checked;
+      held.insert(name);
       std::vector<float> slice = values;
       if (language && layout.expert_parallel && name.find(".mlp.experts.") != std::string::npos) {
         const size_t part = values.size() / layout.language_dp;  // Experts outermost.
-        const size_t r = rank - lang0;
+        const size_t r = (rank - lang0) % layout.language_dp;
         slice.assign(values.begin() + r * part, values.begin() + (r + 1) * part);
       }
       ASSERT_EQ(run.params.count(name), 1u) << name << " on rank " << rank;
@@ -182,10 +201,22 @@ void ExpectLikeOneRank(const Layout& layout) {
     }
     EXPECT_EQ(static_cast<size_t>(checked), run.params.size()) << "rank " << rank;
   }
+  EXPECT_EQ(held.size(), want.params.size());  // Every parameter on some rank.
 }
 
 TEST(TrainerModulesTest, EncodersFanOutToExpertParallelLanguageRanks) {
   ExpectLikeOneRank({.vision_dp = 1, .audio_dp = 1, .language_dp = 2, .expert_parallel = true});
+}
+
+// The language model in two pipeline stages of two expert-parallel replicas each, the encoders
+// linked to the first stage only: 2 micro-batches per replica in the 1F1B schedule.
+TEST(TrainerModulesTest, EncodersFeedTheFirstOfTwoPipelineStages) {
+  ExpectLikeOneRank({.vision_dp = 1,
+                     .audio_dp = 2,
+                     .language_dp = 2,
+                     .expert_parallel = true,
+                     .micro_batches = 2,
+                     .language_pp = 2});
 }
 
 TEST(TrainerModulesTest, EncoderReplicasFanInToOneLanguageRank) {
