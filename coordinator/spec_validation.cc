@@ -396,15 +396,13 @@ class SpecChecker {
     NonNegative("training.optimizer.decay_steps", o.decay_steps());
   }
 
-  // Tensor parallelism in a KIND_TRAIN job: the language module (its layers tensor + sequence
-  // parallel, MoE layers sequence parallel, embedding and output layer vocabulary parallel); not
-  // yet encoders (nor, checked apart, overlapping the reduction on GPUs).
-  void CheckTensorParallelTraining(size_t index, int tp, bool is_language, const char* later) {
+  // Tensor parallelism in a KIND_TRAIN job, of any module (layers tensor + sequence parallel;
+  // the language module's MoE layers sequence parallel, its embedding and output layer
+  // vocabulary parallel; an encoder's embeddings and projector whole on every member); not
+  // overlapping the reduction on GPUs (checked apart).
+  void CheckTensorParallelTraining(size_t index, int tp, bool is_language) {
+    if (!is_language) return;
     const std::string at = absl::StrCat("modules[", index, "].parallelism.tp");
-    if (!is_language) {
-      Add(at, absl::StrCat("tp ", tp, ": encoders are not tensor parallel yet; ", later));
-      return;
-    }
     const v1::LanguageModel& l = spec_.modules(static_cast<int>(index)).language();
     if (l.vocab_size() > 0 && l.vocab_size() % tp != 0) {
       Add(at, absl::StrCat("tp=", tp, " does not divide vocab_size ", l.vocab_size(),
@@ -443,7 +441,7 @@ class SpecChecker {
   void CheckTrainingSupport(const std::optional<parallel::RankPlan>& plan) {
     const char* kLater =
         "KIND_TRAIN jobs do not support this yet (data, expert and expert tensor parallelism, "
-        "and tensor and pipeline parallelism of the language module)";
+        "tensor parallelism, and pipeline parallelism of the language module)";
     if (plan) {
       const int language_dp = plan->language().config().dp;
       const int64_t samples = int64_t{spec_.training().micro_batch_size()} * language_dp;
@@ -451,10 +449,10 @@ class SpecChecker {
         const parallel::ResolvedModule& m = plan->modules()[i].config();
         const std::string at = absl::StrCat("modules[", i, "].parallelism.");
         if (m.cp > 1) Add(at + "cp", absl::StrCat("cp ", m.cp, ": ", kLater));
-        if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language, kLater);
+        if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language);
         if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp, m.is_language, kLater);
-        if (m.is_language && (m.tp > 1 || m.pp > 1)) {
-          CheckNoOverlapOnGpus(absl::StrCat("tp ", m.tp, " and pp ", m.pp));
+        if (m.tp > 1 || (m.is_language && m.pp > 1)) {
+          CheckNoOverlapOnGpus(absl::StrCat("tp ", m.tp, " and pp ", m.pp, " (", m.name, ")"));
         }
         if (!m.is_language && samples > 0 && samples % m.dp != 0) {
           Add(at + "dp", absl::StrCat("dp ", m.dp, " must divide the ", samples,

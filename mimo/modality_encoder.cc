@@ -2,11 +2,14 @@
 // transformer -> the projector; the backward in reverse.
 #include "mimo/modality_encoder.h"
 
+#include <algorithm>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "mimo/dense_mlp.h"
+#include "mimo/sequence_parallel.h"
 #include "mimo/tensor_checks.h"
 
 namespace mimo {
@@ -17,7 +20,8 @@ using kernels::Tensor;
 
 struct EncoderSaved final : SavedActivations {
   std::unique_ptr<PackedSequences> sequences;
-  Tensor rows;  // (tokens, token_features): what the input projection read.
+  Tensor rows;         // (tokens + padding, token_features): what the input projection read.
+  int64_t tokens = 0;  // Without tp's padding rows.
   std::unique_ptr<SavedActivations> encoder, projector;
 };
 
@@ -60,29 +64,32 @@ absl::Status ValidateModalityEncoderConfig(const ModalityEncoderConfig& c) {
 absl::StatusOr<std::unique_ptr<ModalityEncoder>> ModalityEncoder::Create(
     const BuildContext& ctx, const ModalityEncoderConfig& config) {
   MIMO_RETURN_IF_ERROR(ValidateModalityEncoderConfig(config));
-  if (ModelGroups::Size(ctx.groups.tp) > 1) {
-    // The transformer layers split over tp; the embedding and output layer do not yet.
+  comm::Communicator* tp = ModelGroups::Size(ctx.groups.tp) > 1 ? ctx.groups.tp : nullptr;
+  if (tp != nullptr && config.max_tokens() < tp->size() - 1) {
     return absl::InvalidArgumentError(
-        "ModalityEncoder: tensor parallelism (tp > 1) is not supported yet");
+        absl::StrCat("ModalityEncoder: tp ", tp->size(), " pads up to ", tp->size() - 1,
+                     " rows, more than the position embeddings' ", config.max_tokens(), " tokens"));
   }
   BuildContext inner = ctx;
   inner.config = &config.transformer;
+  BuildContext whole = inner;  // The embeddings and projector: whole on every tp member.
+  whole.groups.tp = nullptr;
   const TransformerConfig& t = config.transformer;
   MIMO_ASSIGN_OR_RETURN(
       LinearWeights input_projection,
-      LinearWeights::Create(inner.Child("embeddings.input_projection"), t.hidden_size,
+      LinearWeights::Create(whole.Child("embeddings.input_projection"), t.hidden_size,
                             config.token_features(), /*bias=*/true, t.init_std));
   MIMO_ASSIGN_OR_RETURN(auto positions,
-                        inner.Child("embeddings.position_embedding")
+                        whole.Child("embeddings.position_embedding")
                             .NewParameter("weight", {config.max_tokens(), t.hidden_size},
                                           InitKind::kNormal, t.init_std, true));
   MIMO_ASSIGN_OR_RETURN(auto encoder,
                         TransformerBlock::Create(inner.Child("encoder"), DenseMlpBuilder()));
   MIMO_ASSIGN_OR_RETURN(auto projector,
-                        Projector::Create(inner.Child("projector"), config.projector, t.hidden_size,
+                        Projector::Create(whole.Child("projector"), config.projector, t.hidden_size,
                                           config.output_size));
   return std::unique_ptr<ModalityEncoder>(
-      new ModalityEncoder(config, std::move(input_projection), std::move(positions),
+      new ModalityEncoder(config, tp, std::move(input_projection), std::move(positions),
                           std::move(encoder), std::move(projector)));
 }
 
@@ -140,10 +147,26 @@ absl::StatusOr<EncoderOutput> ModalityEncoder::Forward(const StepContext& ctx,
     // Stacking frames_per_token consecutive frames is a view.
     MIMO_ASSIGN_OR_RETURN(saved->rows, in.View({total / c.frames_per_token, features}));
   }
-  MIMO_ASSIGN_OR_RETURN(PackedSequences seqs, PackedSequences::Create(ops, out.tokens));
+  // Tensor parallel: zero rows in a sequence of their own pad the tokens to equal row blocks.
+  const int members = ModelGroups::Size(tp_);
+  saved->tokens = saved->rows.size(0);
+  const int64_t padding = (members - saved->tokens % members) % members;
+  std::vector<int32_t> lengths = out.tokens;
+  if (padding > 0) {
+    MIMO_ASSIGN_OR_RETURN(Tensor padded,
+                          NewTensor(ctx, {saved->tokens + padding, features}, dtype));
+    MIMO_RETURN_IF_ERROR(ops.Copy(padded.data(), saved->rows.data(), saved->rows.nbytes()));
+    MIMO_RETURN_IF_ERROR(
+        ops.SetZero(RowAt(padded, saved->tokens, features),
+                    static_cast<size_t>(padding * features) * kernels::DTypeSize(dtype)));
+    saved->rows = std::move(padded);
+    lengths.push_back(static_cast<int32_t>(padding));
+  }
+  MIMO_ASSIGN_OR_RETURN(PackedSequences seqs, PackedSequences::Create(ops, lengths));
   saved->sequences = std::make_unique<PackedSequences>(std::move(seqs));
   StepContext inner = ctx;
   inner.sequences = saved->sequences.get();
+  inner.padding_rows = padding;
   const int64_t tokens = saved->rows.size(0);
   // Input projection plus each token's position embedding.
   MIMO_ASSIGN_OR_RETURN(Tensor x, NewTensor(ctx, {tokens, width}, dtype));
@@ -157,9 +180,14 @@ absl::StatusOr<EncoderOutput> ModalityEncoder::Forward(const StepContext& ctx,
                                       .tokens = tokens,
                                       .dim = width}));
   MIMO_RETURN_IF_ERROR(AddInto(ops, x, pos));
-  MIMO_ASSIGN_OR_RETURN(BlockOutput encoded, encoder_->Forward(inner, x));
+  // This member's block of the rows through the layers, then every row again.
+  const int64_t block = tokens / members, first = ModelGroups::Rank(tp_) * block;
+  MIMO_ASSIGN_OR_RETURN(const Tensor own, x.Slice(0, first, first + block));
+  MIMO_ASSIGN_OR_RETURN(BlockOutput encoded, encoder_->Forward(inner, own));
   saved->encoder = std::move(encoded.saved);
-  MIMO_ASSIGN_OR_RETURN(BlockOutput projected, projector_->Forward(inner, encoded.y));
+  MIMO_ASSIGN_OR_RETURN(const Tensor gathered, GatherRows(ops, tp_, encoded.y));
+  MIMO_ASSIGN_OR_RETURN(const Tensor h, gathered.Slice(0, 0, saved->tokens));
+  MIMO_ASSIGN_OR_RETURN(BlockOutput projected, projector_->Forward(inner, h));
   saved->projector = std::move(projected.saved);
   out.embeddings = std::move(projected.y);
   out.saved = std::move(saved);
@@ -174,16 +202,31 @@ absl::Status ModalityEncoder::Backward(const StepContext& ctx,
   kernels::Ops& ops = *ctx.ops;
   StepContext inner = ctx;
   inner.sequences = saved->sequences.get();
+  const DType dtype = config_.transformer.dtype;
   const int64_t width = config_.transformer.hidden_size, tokens = saved->rows.size(0);
-  if (dembeddings.shape() != kernels::Shape{tokens, config_.output_size}) {
-    return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: needs d(embeddings) (", tokens,
-                                                   ", ", config_.output_size, "), got ",
-                                                   dembeddings.ToString()));
+  if (dembeddings.shape() != kernels::Shape{saved->tokens, config_.output_size}) {
+    return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: needs d(embeddings) (",
+                                                   saved->tokens, ", ", config_.output_size,
+                                                   "), got ", dembeddings.ToString()));
   }
+  inner.padding_rows = tokens - saved->tokens;
   MIMO_ASSIGN_OR_RETURN(Tensor dh,
                         projector_->Backward(inner, std::move(saved->projector), dembeddings));
   MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *projector_));
-  MIMO_ASSIGN_OR_RETURN(Tensor dx, encoder_->Backward(inner, std::move(saved->encoder), dh));
+  // Every member computed the projector on every row: the gradient of its own rows is its
+  // block of dh (zero on the padding rows).
+  const int members = ModelGroups::Size(tp_);
+  const int64_t block = tokens / members, first = ModelGroups::Rank(tp_) * block;
+  MIMO_ASSIGN_OR_RETURN(Tensor dh_own, NewTensor(ctx, {block, width}, dtype));
+  MIMO_RETURN_IF_ERROR(ops.SetZero(dh_own.data(), dh_own.nbytes()));
+  const int64_t real = std::clamp<int64_t>(saved->tokens - first, 0, block);
+  if (real > 0) {
+    MIMO_RETURN_IF_ERROR(ops.Copy(dh_own.data(), RowAt(dh, first, width),
+                                  static_cast<size_t>(real * width) * kernels::DTypeSize(dtype)));
+  }
+  MIMO_ASSIGN_OR_RETURN(const Tensor dx_own,
+                        encoder_->Backward(inner, std::move(saved->encoder), dh_own));
+  MIMO_ASSIGN_OR_RETURN(Tensor dx, GatherRows(ops, tp_, dx_own));
   MIMO_RETURN_IF_ERROR(ops.EmbeddingBackward({.dtype = config_.transformer.dtype,
                                               .dout = dx.data(),
                                               .ids = saved->sequences->positions(),

@@ -64,6 +64,14 @@ class ModalityEncoder {
   // Parameters under ctx.prefix: embeddings.input_projection.weight (C, token_features) and
   // .bias (C,), embeddings.position_embedding.weight (max_tokens, C), encoder.layers.<i>.*,
   // encoder.final_layernorm.*, projector.* (projector.h).
+  //
+  // With a tensor-parallel group of n > 1 members (ctx.groups.tp) the encoder's layers are
+  // tensor and sequence parallel (TransformerLayer): the tokens, padded with a sequence of zero
+  // rows to a multiple of n, are embedded whole by every member, each keeps its block of the rows
+  // through the layers, and the final rows are gathered for the projector; the input projection,
+  // position embeddings and projector are whole on every member, computed on every row alike
+  // (their gradients the same on every member). Every member returns all the embeddings and
+  // must be given the same d(embeddings).
   static absl::StatusOr<std::unique_ptr<ModalityEncoder>> Create(
       const BuildContext& ctx, const ModalityEncoderConfig& config);
 
@@ -76,16 +84,18 @@ class ModalityEncoder {
   const ModalityEncoderConfig& config() const { return config_; }
 
  private:
-  ModalityEncoder(const ModalityEncoderConfig& config, LinearWeights input_projection,
-                  std::unique_ptr<Parameter> positions, std::unique_ptr<TransformerBlock> encoder,
-                  std::unique_ptr<Projector> projector)
+  ModalityEncoder(const ModalityEncoderConfig& config, comm::Communicator* tp,
+                  LinearWeights input_projection, std::unique_ptr<Parameter> positions,
+                  std::unique_ptr<TransformerBlock> encoder, std::unique_ptr<Projector> projector)
       : config_(config),
+        tp_(tp),
         input_projection_(std::move(input_projection)),
         positions_(std::move(positions)),
         encoder_(std::move(encoder)),
         projector_(std::move(projector)) {}
 
   const ModalityEncoderConfig config_;
+  comm::Communicator* const tp_;          // Null: no tensor parallelism. Not owned.
   LinearWeights input_projection_;        // (C, token_features) + (C,)
   std::unique_ptr<Parameter> positions_;  // (max_tokens, C)
   std::unique_ptr<TransformerBlock> encoder_;

@@ -88,8 +88,8 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   MIMO_ASSIGN_OR_RETURN(o.part, PartOf(spec, rank.module()));
   const bool language = o.part == ModelPart::kLanguage;
   o.dp = groups.Get("dp");
+  o.groups = ModelGroupsOf(groups);  // Encoder ranks: tp alone.
   if (language) {
-    o.groups = ModelGroupsOf(groups);
     o.expt_dp = groups.Get("expt_dp");
     o.pp = groups.Get("pp");
     o.embd = groups.Get("embd");
@@ -107,13 +107,15 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   }
   int language_dp = ModelGroups::Size(o.dp);
   if (!language) {
-    if (o.links.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("encoder rank ", rank.rank(),
-                       " holds no link to the language module: with tp, cp "
-                       "and pp 1 every encoder rank must"));
+    // Tensor-parallel encoder members other than 0 hold no link: the plan says.
+    language_dp = 0;
+    for (const v1::ModulePlan& m : assignment.modules()) {
+      if (m.language()) language_dp = m.dp();
     }
-    language_dp = o.links[0].peer_dp;
+    if (language_dp < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "encoder rank ", rank.rank(), ": the assignment has no language module's plan (its dp)"));
+    }
   }
   MIMO_ASSIGN_OR_RETURN(const TrainerOptions from_spec, TrainerOptionsFromSpec(spec, language_dp));
   o.micro_batch_size = from_spec.micro_batch_size;

@@ -210,18 +210,30 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                                      EncoderName(x),
                                                      " encoder, which the model does not have"));
     }
-    MIMO_RETURN_IF_ERROR(
-        CheckLinks(modules->links[x], EncoderName(x), true, dp_rank, dp_size, o.micro_batch_size));
-    modules->language_dp = modules->links[x][0].peer_dp;
+    // Only tp member 0 holds links (parallel/bridge.h); it tells the others the language
+    // module's replicas.
+    int64_t language_dp[1] = {0};
+    if (ModelGroups::Rank(o.groups.tp) == 0) {
+      MIMO_RETURN_IF_ERROR(CheckLinks(modules->links[x], EncoderName(x), true, dp_rank, dp_size,
+                                      o.micro_batch_size));
+      language_dp[0] = modules->links[x][0].peer_dp;
+    } else if (!modules->links[x].empty()) {
+      return absl::InvalidArgumentError(
+          "TrainerOptions: links on an encoder rank other than member 0 of its tp group");
+    }
+    if (ModelGroups::Size(o.groups.tp) > 1) {
+      MIMO_RETURN_IF_ERROR(SumOverGroup(ops, *o.groups.tp, language_dp));
+    }
+    modules->language_dp = static_cast<int>(language_dp[0]);
     modules->encoder_dp[x] = dp_size;
   }
   // The modules are built as MimoModel builds them (the same names, so the same initial values).
-  // The encoders are not tensor parallel: on a rank of the whole model with tp > 1 each member
-  // computes them whole (the same values on every member).
+  // On a rank of the whole model the encoders are not tensor parallel: with tp > 1 each member
+  // computes them whole (the same values on every member); on an encoder's own ranks they are.
   BuildContext build{
       .ops = &ops, .config = &model.language.transformer, .seed = o.seed, .groups = o.groups};
   BuildContext encoder_build = build;
-  encoder_build.groups.tp = nullptr;
+  if (o.part == ModelPart::kWhole) encoder_build.groups.tp = nullptr;
   const std::optional<ModalityEncoderConfig>* configs[2] = {&model.vision, &model.audio};
   for (int x : {kVision, kAudio}) {
     // On ranks of the whole model the encoders belong to the first pipeline stage.
@@ -440,14 +452,18 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
     local += shards;
   }
   if (!language) {
+    // tp member 0 holds the links: the total comes down to it, then to the other members.
     const std::vector<BridgeEnd>& links = modules_->links[EncoderIndex(options_.part)];
     for (const BridgeEnd& l : links) MIMO_RETURN_IF_ERROR(SendFloat(ops_, l, local));
-    float total = 0;
+    float total[1] = {0};
     for (size_t i = 0; i < links.size(); ++i) {
       MIMO_ASSIGN_OR_RETURN(const float t, RecvFloat(ops_, links[i]));
-      if (i == 0) total = t;  // Every language replica computes the same total.
+      if (i == 0) total[0] = t;  // Every language replica computes the same total.
     }
-    return total;
+    if (ModelGroups::Size(options_.groups.tp) > 1) {
+      MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.groups.tp, total));
+    }
+    return total[0];
   }
   // Pipeline stages: each holds its part of the model (every tp member the same squares).
   if (ModelGroups::Size(options_.pp) > 1) {
@@ -808,11 +824,12 @@ absl::Status Trainer::EncoderStep(int64_t base) {
     MIMO_ASSIGN_OR_RETURN(p.batch, UploadMicroBatch(ops_, host, upload));
     batch_seconds_ += SecondsSince(batch_start);
     const std::vector<int64_t> per_sample = RowsPerSample(config_, x, samples);
+    // Every tp member encodes the block's rows; member 0 holds the links, which split them.
+    p.rows = SumRows(per_sample, 0, block);
     for (const BridgeEnd& l : links) {
       const int64_t from = std::max(first, l.peer_replica * mbs) - first;
       const int64_t to = std::min(first + block, (l.peer_replica + 1) * mbs) - first;
       p.link_rows.push_back(SumRows(per_sample, from, to));
-      p.rows += p.link_rows.back();
     }
     if (p.rows > 0) {
       const StepContext ctx{.ops = &ops_, .sequences = p.batch.sequences.get(), .aux_losses = &aux};
@@ -846,6 +863,12 @@ absl::Status Trainer::EncoderStep(int64_t base) {
     for (size_t n = 0; n < links.size(); ++n) {
       MIMO_RETURN_IF_ERROR(RecvRows(links[n], grad, row, p.link_rows[n]));
       row += p.link_rows[n];
+    }
+    if (ModelGroups::Size(options_.groups.tp) > 1) {
+      // Member 0's gradient to the other members (each computed the embeddings whole).
+      MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(grad.dtype()));
+      MIMO_RETURN_IF_ERROR(options_.groups.tp->Broadcast(
+          grad.data(), static_cast<size_t>(grad.numel()), type, /*root=*/0));
     }
     const StepContext ctx{.ops = &ops_,
                           .sequences = p.batch.sequences.get(),

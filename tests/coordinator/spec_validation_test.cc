@@ -157,6 +157,17 @@ TEST(ValidateJobSpecTest, TrainingAcceptsATensorParallelLanguageModule) {
   }
 }
 
+// KIND_TRAIN runs an encoder tensor parallel (vision tp 2 on ranks 0-1).
+TEST(ValidateJobSpecTest, TrainingAcceptsATensorParallelEncoder) {
+  v1::JobSpec spec = ValidSpec();
+  Vision(spec).mutable_parallelism()->set_tp(2);
+  Vision(spec).mutable_parallelism()->set_dp(1);
+  std::vector<FieldViolation> violations;
+  const absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+}
+
 // KIND_TRAIN runs the language module pipeline parallel (here pp 2 x dp 2 x ep 2: one of the two
 // layers a stage).
 TEST(ValidateJobSpecTest, TrainingAcceptsAPipelineParallelLanguageModule) {
@@ -525,12 +536,13 @@ INSTANTIATE_TEST_SUITE_P(
              },
              {"data.webdataset.tokenizer_model"}},
         // What KIND_TRAIN does not do yet.
-        Case{"TrainingWithTensorParallelism",
+        Case{"TrainingWithATensorParallelEncoderOnGpusOverlappingTheReduction",
              [](v1::JobSpec& s) {
                Vision(s).mutable_parallelism()->set_tp(2);
                Vision(s).mutable_parallelism()->set_dp(1);
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
              },
-             {"modules[0].parallelism.tp"}},
+             {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingWithTensorParallelismOnGpusOverlappingTheReduction",
              [](v1::JobSpec& s) {
                Language(s).mutable_language()->clear_moe();

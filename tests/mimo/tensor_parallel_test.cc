@@ -9,6 +9,7 @@
 // An MoE layer under tp is sequence parallel: the router's gradient is whole on both members,
 // the routed experts' gradients (members' rows only, summed later over expt_dp) and the auxiliary
 // losses add up over the members to the one-rank values.
+// Modality encoders: their layers split, the rest whole on both members.
 // What cannot split is refused with a message that names it.
 #include <gtest/gtest.h>
 
@@ -25,6 +26,7 @@
 #include "common/status_macros.h"
 #include "mimo/dense_mlp.h"
 #include "mimo/language_model.h"
+#include "mimo/modality_encoder.h"
 #include "mimo/moe_layer.h"
 #include "mimo/packed_sequences.h"
 #include "mimo/transformer_layer.h"
@@ -366,6 +368,106 @@ TEST(TensorParallelTest, VocabularyParallelLanguageModel) {
     }
     EXPECT_FALSE(got[r].params.at("lm.embedding.word_embeddings.weight").spec.shards.empty());
     EXPECT_FALSE(got[r].params.at("lm.output_layer.weight").spec.shards.empty());
+  }
+}
+
+// A modality encoder over tp = 2: its layers tensor + sequence parallel, the rest whole on both
+// members. Images (3 x 4 patches: 12 rows, no padding) and audio clips of 3 + 2 tokens (a padding
+// row): every member returns all the one-rank embeddings, its slices get the one-rank
+// gradients' slices and its whole parameters the whole one-rank gradients, the same on both.
+struct EncoderResult {
+  std::vector<float> embeddings;
+  std::map<std::string, Param> params;
+};
+
+EncoderResult RunEncoder(kernels::Ops& ops, const ModalityEncoderConfig& config, ModelGroups groups,
+                         const std::vector<float>& input, const kernels::Shape& shape,
+                         const std::vector<int32_t>& frames,
+                         const std::vector<float>& dembeddings) {
+  EncoderResult r;
+  BuildContext build{
+      .ops = &ops, .config = &config.transformer, .seed = 6, .prefix = "enc", .groups = groups};
+  auto encoder = ModalityEncoder::Create(build, config);
+  EXPECT_TRUE(encoder.ok()) << encoder.status();
+  if (!encoder.ok()) return r;
+  std::vector<Parameter*> params;
+  (*encoder)->AppendParameters(params);
+  for (Parameter* p : params) Perturb(ops, *p);
+  const StepContext ctx{.ops = &ops, .dropout_seed = 3};
+  const EncoderBatch batch{.input = Upload(ops, input, shape, DType::kF32), .frames = frames};
+  auto out = (*encoder)->Forward(ctx, batch);
+  EXPECT_TRUE(out.ok()) << out.status();
+  if (!out.ok()) return r;
+  r.embeddings = Host(ops, out->embeddings);
+  const int64_t rows = out->embeddings.size(0);
+  EXPECT_TRUE((*encoder)
+                  ->Backward(ctx, std::move(out->saved),
+                             Upload(ops, dembeddings, {rows, config.output_size}, DType::kF32))
+                  .ok());
+  for (Parameter* p : params) {
+    r.params[p->name()] = {p->spec(), Host(ops, p->weight()), Host(ops, p->grad())};
+  }
+  return r;
+}
+
+TEST(TensorParallelTest, ModalityEncoders) {
+  for (const EncoderInput input : {EncoderInput::kImages, EncoderInput::kAudio}) {
+    const bool images = input == EncoderInput::kImages;
+    SCOPED_TRACE(images ? "images" : "audio");
+    ModalityEncoderConfig c{
+        .input = input,
+        .image_size = 4,
+        .patch_size = 2,
+        .num_channels = 3,
+        .num_mel_bins = 3,
+        .frames_per_token = 2,
+        .max_frames = 8,
+        .transformer = Config(),
+        .projector = {.kind = images ? ProjectorKind::kMlp : ProjectorKind::kLinear,
+                      .hidden_size = 5},
+        .output_size = 6};
+    c.transformer.num_layers = 2;
+    c.transformer.causal = false;
+    c.transformer.rotary = false;
+    c.transformer.hidden_dropout = 0.1f;
+    const kernels::Shape shape = images ? kernels::Shape{3, 3, 4, 4} : kernels::Shape{10, 3};
+    const std::vector<int32_t> frames =
+        images ? std::vector<int32_t>{} : std::vector<int32_t>{6, 4};
+    const int64_t rows = images ? 12 : 5;
+    std::mt19937 random(13);
+    const std::vector<float> x = RandomFloats(kernels::NumElements(shape), random);
+    const std::vector<float> dy = RandomFloats(rows * 6, random);
+    auto one = kernels::NewCpuOps();
+    const EncoderResult want = RunEncoder(*one, c, {}, x, shape, frames, dy);
+    ASSERT_EQ(want.embeddings.size(), static_cast<size_t>(rows * 6));
+    std::vector<EncoderResult> got(2);
+    comm::InMemoryStore store;
+    comm::RunRanks(2, [&](int rank) {
+      auto groups = comm::ProcessGroups::CreateGloo(
+          {{.kind = "tp", .members = {0, 1}}}, store,
+          {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+      ASSERT_TRUE(groups.ok()) << groups.status();
+      auto ops = kernels::NewCpuOps();
+      got[rank] = RunEncoder(*ops, c, ModelGroupsOf(**groups), x, shape, frames, dy);
+    });
+    int sharded = 0;
+    for (int r = 0; r < 2; ++r) {
+      SCOPED_TRACE(::testing::Message() << "member " << r);
+      EXPECT_LT(RelativeError(got[r].embeddings, want.embeddings), 1e-6);
+      ASSERT_EQ(got[r].params.size(), want.params.size());
+      for (const auto& [name, p] : got[r].params) {
+        SCOPED_TRACE(name);
+        const Param& whole = want.params.at(name);
+        EXPECT_EQ(p.weight, SliceOf(whole.weight, p.spec));
+        EXPECT_LT(RelativeError(p.grad, SliceOf(whole.grad, p.spec)), 1e-6);
+        if (p.spec.shards.empty()) {
+          EXPECT_EQ(p.grad, got[1 - r].params.at(name).grad);
+        } else {
+          ++sharded;
+        }
+      }
+    }
+    EXPECT_GE(sharded, 8);  // 2 members x 2 layers x (qkv, proj, fc1, fc2).
   }
 }
 

@@ -18,6 +18,7 @@
 #include "comm/process_groups.h"
 #include "data/byte_tokenizer.h"
 #include "tests/comm/run_ranks.h"
+#include "tests/mimo/model_test_util.h"
 #include "tests/worker/trainer_dp_util.h"
 #include "worker/trainer.h"
 
@@ -65,6 +66,7 @@ TrainRun Train(const TrainerOptions& options) {
   for (Parameter* p : params) {
     const float* v = p->master().data<float>();
     run.params[p->name()].assign(v, v + p->numel());
+    run.specs[p->name()] = p->spec();
   }
   return run;
 }
@@ -77,7 +79,10 @@ struct Layout {
   bool expert_parallel = false;
   int micro_batches = 1;  // Per language replica.
   int language_pp = 1;
-  int world() const { return vision_dp + audio_dp + language_dp * language_pp; }
+  // Vision replica e's tp members at ranks [e T, (e + 1) T); member 0 holds the links.
+  int vision_tp = 1;
+  int vision_ranks() const { return vision_dp * vision_tp; }
+  int world() const { return vision_ranks() + audio_dp + language_dp * language_pp; }
 };
 
 // The replicas a replica of a module with `own_dp` pairs with (parallel/bridge.h).
@@ -91,16 +96,25 @@ std::vector<int> Peers(int own, int own_dp, int peer_dp) {
 std::vector<TrainRun> TrainLayout(const Layout& layout) {
   std::vector<TrainRun> runs(layout.world());
   comm::InMemoryStore store;
-  const int lang0 = layout.vision_dp + layout.audio_dp;
+  const int lang0 = layout.vision_ranks() + layout.audio_dp;
   comm::RunRanks(layout.world(), [&](int rank) {
-    const bool vision = rank < layout.vision_dp, audio = !vision && rank < lang0;
+    const bool vision = rank < layout.vision_ranks(), audio = !vision && rank < lang0;
     const int stage = vision || audio ? 0 : (rank - lang0) / layout.language_dp;
-    const int first = vision ? 0 : audio ? layout.vision_dp : lang0 + stage * layout.language_dp;
+    const int first = vision  ? 0
+                      : audio ? layout.vision_ranks()
+                              : lang0 + stage * layout.language_dp;
     const int dp = vision ? layout.vision_dp : audio ? layout.audio_dp : layout.language_dp;
+    const int stride = vision ? layout.vision_tp : 1;  // Between a module's replicas.
+    const int member = vision ? rank % layout.vision_tp : 0;
     std::vector<comm::GroupSpec> specs;
     std::vector<int> module_ranks;
-    for (int r = first; r < first + dp; ++r) module_ranks.push_back(r);
+    for (int d = 0; d < dp; ++d) module_ranks.push_back(first + d * stride + member);
     if (dp > 1) specs.push_back({.kind = "dp", .members = module_ranks});
+    if (vision && layout.vision_tp > 1) {
+      std::vector<int> tp;
+      for (int t = 0; t < layout.vision_tp; ++t) tp.push_back(rank - member + t);
+      specs.push_back({.kind = "tp", .members = tp});
+    }
     if (!vision && !audio && layout.expert_parallel) {
       specs.push_back({.kind = "ep", .members = module_ranks});
     }
@@ -118,12 +132,13 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
       std::string kind;
     };
     std::vector<End> ends;
-    const int encoder_first[2] = {0, layout.vision_dp};
+    const int encoder_first[2] = {0, layout.vision_ranks()};
     const int encoder_dp[2] = {layout.vision_dp, layout.audio_dp};
+    const int encoder_stride[2] = {layout.vision_tp, 1};
     for (int x = 0; x < 2; ++x) {
       for (int e = 0; e < encoder_dp[x]; ++e) {
         for (int l : Peers(e, encoder_dp[x], layout.language_dp)) {
-          const int a = encoder_first[x] + e, b = lang0 + l;
+          const int a = encoder_first[x] + e * encoder_stride[x], b = lang0 + l;
           if (rank != a && rank != b) continue;
           const std::string kind = absl::StrCat("link_", x, "_", a, "_", b);
           specs.push_back({.kind = kind, .members = {a, b}});
@@ -140,10 +155,8 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     TrainerOptions o = Options(layout.micro_batches);
     o.part = vision ? ModelPart::kVision : audio ? ModelPart::kAudio : ModelPart::kLanguage;
     o.dp = (*groups)->Get("dp");
-    if (!vision && !audio) {
-      o.groups = ModelGroupsOf(**groups);
-      o.pp = (*groups)->Get("pp");
-    }
+    o.groups = ModelGroupsOf(**groups);
+    if (!vision && !audio) o.pp = (*groups)->Get("pp");
     for (const End& end : ends) {
       o.links.push_back({.encoder = end.encoder,
                          .peer_replica = end.peer_replica,
@@ -160,7 +173,7 @@ void ExpectLikeOneRank(const Layout& layout) {
   const TrainRun want = Train(Options(layout.language_dp * layout.micro_batches));
   ASSERT_EQ(want.steps.size(), static_cast<size_t>(kSteps));
   const std::vector<TrainRun> got = TrainLayout(layout);
-  const int lang0 = layout.vision_dp + layout.audio_dp;
+  const int lang0 = layout.vision_ranks() + layout.audio_dp;
   std::set<std::string> held;
   for (int rank = 0; rank < layout.world(); ++rank) {
     const TrainRun& run = got[rank];
@@ -179,10 +192,10 @@ void ExpectLikeOneRank(const Layout& layout) {
       EXPECT_NEAR(g.model_flops, w.model_flops, 1e-6 * w.model_flops) << "step " << i;
       EXPECT_GT(w.model_flops, 0);
     }
-    const std::string prefix = rank < layout.vision_dp ? "vision."
-                               : !language             ? "audio."
-                                                       : "language.";
-    int checked = 0;
+    const std::string prefix = rank < layout.vision_ranks() ? "vision."
+                               : !language                  ? "audio."
+                                                            : "language.";
+    int checked = 0, sharded = 0;
     for (const auto& [name, values] : want.params) {
       if (name.rfind(prefix, 0) != 0) continue;
       if (language && layout.language_pp > 1 && !run.params.contains(name)) continue;
@@ -195,11 +208,18 @@ void ExpectLikeOneRank(const Layout& layout) {
         slice.assign(values.begin() + r * part, values.begin() + (r + 1) * part);
       }
       ASSERT_EQ(run.params.count(name), 1u) << name << " on rank " << rank;
+      if (!language) {
+        slice = testing::SliceOf(values, run.specs.at(name));  // tp slices.
+        sharded += run.specs.at(name).shards.empty() ? 0 : 1;
+      }
       const std::vector<float>& v = run.params.at(name);
       ASSERT_EQ(v.size(), slice.size()) << name;
       EXPECT_LT(RelativeError(v, slice), 1e-5) << name << " on rank " << rank;
     }
     EXPECT_EQ(static_cast<size_t>(checked), run.params.size()) << "rank " << rank;
+    if (rank < layout.vision_ranks() && layout.vision_tp > 1) {
+      EXPECT_GE(sharded, 4) << rank;
+    }
   }
   EXPECT_EQ(held.size(), want.params.size());  // Every parameter on some rank.
 }
@@ -217,6 +237,12 @@ TEST(TrainerModulesTest, EncodersFeedTheFirstOfTwoPipelineStages) {
                      .expert_parallel = true,
                      .micro_batches = 2,
                      .language_pp = 2});
+}
+
+// A tensor-parallel vision encoder (one replica of two members, member 0 linked to both
+// language replicas) beside the audio encoder.
+TEST(TrainerModulesTest, TensorParallelEncoderFansOut) {
+  ExpectLikeOneRank({.vision_dp = 1, .audio_dp = 1, .language_dp = 2, .vision_tp = 2});
 }
 
 TEST(TrainerModulesTest, EncoderReplicasFanInToOneLanguageRank) {
