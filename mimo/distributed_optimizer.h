@@ -55,6 +55,9 @@ class DistributedOptimizer {
   // (mimo/gradient_sync.h, during the backward).
   int num_sets() const { return static_cast<int>(sets_.size()); }
   const GradientBuffer& gradients(int set) const { return *sets_.at(set).grads; }
+  // (shard,) fp32: this rank's shard of the set's summed gradients once every bucket of it has
+  // been reduce-scattered (the buffer itself when dp has one member).
+  const kernels::Tensor& gradient_shard(int set) const { return sets_.at(set).grad; }
   // Bucket `bucket` of set `set` reduce-scattered over the set's dp into this rank's shard; the
   // work that wrote the bucket must be done. Collective over the set's dp.
   absl::Status ReduceScatterBucket(int set, size_t bucket);

@@ -360,8 +360,8 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
                                                   .dx = &dh,
                                                   .accumulate_dx = v0 > 0}));
     }
-    // Shared with the word embeddings: their gradient is not complete yet.
-    if (!config_.share_embeddings_and_output_weights) {
+    // Shared with the word embeddings on this stage: their gradient is not complete yet.
+    if (embedding_ != nullptr || !stage_.first()) {
       MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {output_->weight.get()}));
     }
     saved->h = Tensor();
@@ -405,18 +405,22 @@ absl::StatusOr<Tensor> LanguageModel::Backward(const StepContext& ctx,
                                               .dim = c,
                                               .first_id = first,
                                               .accumulate = true}));
-  // A copy shared over stages is summed with the other stage's by the caller first.
-  if (shared_embeddings_copy() == nullptr) {
-    MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {&word_embeddings()}));
-  }
+  MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, {&word_embeddings()}));
   if (m == 0) return Tensor();
   return dsrc.Slice(0, t, t + m);
 }
 
 void LanguageModel::AppendParameters(std::vector<Parameter*>& out) const {
-  if (embedding_ != nullptr) out.push_back(embedding_.get());
+  // The word embeddings first wherever this stage holds them (the output layer's weight when
+  // shared), so the backward order reversed from this list has them where they finish.
+  if (embedding_ != nullptr ||
+      (output_.has_value() && config_.share_embeddings_and_output_weights)) {
+    out.push_back(&word_embeddings());
+  }
   decoder_->AppendParameters(out);
-  if (output_.has_value()) out.push_back(output_->weight.get());
+  if (output_.has_value() && !config_.share_embeddings_and_output_weights) {
+    out.push_back(output_->weight.get());
+  }
 }
 
 }  // namespace mimo

@@ -115,8 +115,9 @@ class LanguageModel {
   void AppendParameters(std::vector<Parameter*>& out) const;
   std::vector<MoeLayer*> moe_layers() const { return decoder_->moe_layers(); }
   // With shared word embeddings over pipeline stages, the first and last stages' copy (whose
-  // gradient must be summed over the two stages before the update; it is never reported to
-  // StepContext::gradients_ready, so the caller does that first); null otherwise.
+  // gradient, once summed over the stage's replicas, the caller sums over the two stages before
+  // the update; on the last stage it is reported ready after the output layer's backward, its
+  // only use there); null otherwise.
   Parameter* shared_embeddings_copy() const {
     const bool shared = config_.share_embeddings_and_output_weights && stage_.count > 1;
     return shared && (stage_.first() || stage_.last()) ? &word_embeddings() : nullptr;

@@ -24,21 +24,30 @@ absl::StatusOr<GradientUpdate> CreateGradientUpdate(kernels::Ops& ops,
   const bool shard_experts = o.distributed_optimizer && ModelGroups::Size(o.expt_dp) > 1;
   // The dense parameters split over tp (their specs have shards) and the whole ones: the slices'
   // squared norms are summed over tp, the whole parameters' counted once.
-  // Copies counted on another rank go in a set of their own, left out of the norm.
-  const absl::flat_hash_set<const Parameter*> outside(o.outside_norm.begin(), o.outside_norm.end());
+  // Parameters shared with other ranks' copies go in a set of their own (the same layout on
+  // every rank holding a copy).
+  const absl::flat_hash_set<const Parameter*> shared(o.shared.begin(), o.shared.end());
   std::vector<Parameter*> whole, slices, copies;
   for (Parameter* p : o.dense) {
-    if (outside.contains(p)) {
+    if (shared.contains(p)) {
       copies.push_back(p);
     } else {
       (p->spec().shards.empty() ? whole : slices).push_back(p);
     }
   }
+  std::vector<comm::Communicator*> copies_norm_groups;
+  if (!copies.empty() && !copies[0]->spec().shards.empty()) copies_norm_groups = {o.tp};
   std::vector<ShardedParameterSet> sharded;
   if (shard_dense) {
     if (!whole.empty()) sharded.push_back({.params = whole, .dp = o.dp});
     if (!slices.empty()) sharded.push_back({.params = slices, .dp = o.dp, .norm_groups = {o.tp}});
-    if (!copies.empty()) sharded.push_back({.params = copies, .dp = o.dp, .in_norm = false});
+    if (!copies.empty()) {
+      u.shared_set = static_cast<int>(sharded.size());
+      sharded.push_back({.params = copies,
+                         .dp = o.dp,
+                         .norm_groups = copies_norm_groups,
+                         .in_norm = o.shared_in_norm});
+    }
   }
   if (shard_experts) {
     sharded.push_back({.params = o.experts, .dp = o.expt_dp, .norm_groups = o.expert_norm_groups});
@@ -60,7 +69,8 @@ absl::StatusOr<GradientUpdate> CreateGradientUpdate(kernels::Ops& ops,
     adamw_sharded.push_back({.params = slices, .norm_groups = {o.tp}});
   }
   if (!shard_dense && !copies.empty()) {
-    adamw_sharded.push_back({.params = copies, .in_norm = false});
+    adamw_sharded.push_back(
+        {.params = copies, .norm_groups = copies_norm_groups, .in_norm = o.shared_in_norm});
   }
   MIMO_ASSIGN_OR_RETURN(
       u.adamw,

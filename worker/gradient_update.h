@@ -35,9 +35,12 @@ struct GradientUpdateOptions {
   // The tensor-parallel group (null or one member: none): the dense parameters split over it
   // (their ParameterSpec has shards) have their squared norms summed over it.
   comm::Communicator* tp = nullptr;
-  // Dense parameters (also in `dense`) updated but left out of the gradient norm: copies of
-  // parameters another rank counts (the last pipeline stage's copy of shared word embeddings).
-  std::vector<Parameter*> outside_norm;
+  // Dense parameters (also in `dense`) whose gradients are summed with other ranks' copies
+  // after the data-parallel sums (shared word embeddings over pipeline stages): in a set of their
+  // own, laid out the same on every rank that holds a copy; left out of the gradient norm with
+  // `shared_in_norm` false (the copy another rank counts).
+  std::vector<Parameter*> shared;
+  bool shared_in_norm = true;
 };
 
 // An all-reduce in buckets and AdamW for the parameters the distributed optimizer (when asked
@@ -47,6 +50,9 @@ struct GradientUpdate {
   std::unique_ptr<AdamWOptimizer> adamw;
   // Null unless asked for and a set of parameters has replicas.
   std::unique_ptr<DistributedOptimizer> distributed;
+  // The distributed optimizer's set of GradientUpdateOptions::shared (-1: none, or no
+  // distributed optimizer): after the sums its gradient shard is what the copies share.
+  int shared_set = -1;
   // The gradients AdamW's parameters all-reduce in place (null without replicas).
   std::unique_ptr<GradientBuffer> dense_grads, expert_grads;
   // Starts every bucket's collective (all-reduce or reduce-scatter), in the order the backward

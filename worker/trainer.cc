@@ -321,19 +321,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   }
   MIMO_ASSIGN_OR_RETURN(
       trainer->update_,
-      CreateGradientUpdate(ops, {.optimizer = o.optimizer,
-                                 .bucket_elements = o.bucket_elements,
-                                 .distributed_optimizer = o.distributed_optimizer,
-                                 .dense = trainer->dense_,
-                                 .experts = trainer->experts_,
-                                 .backward_order = std::move(order),
-                                 .dp = o.dp,
-                                 .expt_dp = expt_dp,
-                                 .expert_norm_groups = trainer->ExpertNormGroups(),
-                                 .tp = o.groups.tp,
-                                 .outside_norm = shared_copy != nullptr && !stage.first()
-                                                     ? std::vector<Parameter*>{shared_copy}
-                                                     : std::vector<Parameter*>{}}));
+      CreateGradientUpdate(ops,
+                           {.optimizer = o.optimizer,
+                            .bucket_elements = o.bucket_elements,
+                            .distributed_optimizer = o.distributed_optimizer,
+                            .dense = trainer->dense_,
+                            .experts = trainer->experts_,
+                            .backward_order = std::move(order),
+                            .dp = o.dp,
+                            .expt_dp = expt_dp,
+                            .expert_norm_groups = trainer->ExpertNormGroups(),
+                            .tp = o.groups.tp,
+                            .shared = shared_copy != nullptr ? std::vector<Parameter*>{shared_copy}
+                                                             : std::vector<Parameter*>{},
+                            .shared_in_norm = stage.first()}));
   return trainer;
 }
 
@@ -388,17 +389,21 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   // Every gradient summed over its module's replicas (each already carries 1 / the labelled
   // tokens of the step): all-reduced, or reduce-scattered into the distributed optimizer's shards;
   // the buckets the backward finished have been on their way since.
-  if (Parameter* copy = language ? modules_->language->shared_embeddings_copy() : nullptr) {
-    // The first and last stages' copies of the shared word embeddings: each gets the sum of both
-    // uses' gradients (before the data-parallel sums: the copy's bucket waits for Finish).
-    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-    MIMO_RETURN_IF_ERROR(options_.embd->AllReduce(copy->grad().data(),
-                                                  static_cast<size_t>(copy->numel()),
-                                                  comm::DataType::kFloat32, comm::ReduceOp::kSum));
-  }
   if (update_.sync != nullptr) {
     MIMO_RETURN_IF_ERROR(update_.sync->Finish());
     m.overlapped_buckets = update_.sync->started_early();
+  }
+  if (Parameter* copy = language ? modules_->language->shared_embeddings_copy() : nullptr) {
+    // The first and last stages' copies of the shared word embeddings, each summed over its
+    // replicas: both get the sum of the two (after the data-parallel sums, as Megatron does, so
+    // the copies stay bitwise equal). With the distributed optimizer, this rank's shard of them
+    // (their set laid out alike on both stages).
+    const Tensor& grad = update_.shared_set >= 0
+                             ? update_.distributed->gradient_shard(update_.shared_set)
+                             : copy->grad();
+    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+    MIMO_RETURN_IF_ERROR(options_.embd->AllReduce(grad.data(), static_cast<size_t>(grad.numel()),
+                                                  comm::DataType::kFloat32, comm::ReduceOp::kSum));
   }
   if (language) MIMO_RETURN_IF_ERROR(ReduceLanguageMetrics(m));
   MIMO_ASSIGN_OR_RETURN(const float squared, WholeModelSquaredNorm());

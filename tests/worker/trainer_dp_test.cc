@@ -109,6 +109,29 @@ TEST(TrainerDataParallelTest, OverlappedReductionTrainsBitwiseLikeReductionAfter
   }
 }
 
+// Shared word embeddings (the output layer's weight, listed where the word embeddings finish in
+// the backward) under dp with the overlapped reduction: the replicas stay bitwise equal and
+// buckets still start during the backward.
+TEST(TrainerDataParallelTest, SharedWordEmbeddingsLeaveTheOverlapAlone) {
+  MimoModelConfig model = DpTestModel();
+  model.language.share_embeddings_and_output_weights = true;
+  std::vector<TrainRun> got(2);
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "dp", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    auto ops = kernels::NewCpuOps();
+    got[rank] = TrainOn(*ops, model, 1, (*groups)->Get("dp"));
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(got[r].steps.size(), 3u);
+    EXPECT_GT(got[r].steps[2].overlapped_buckets, 0) << r;
+    EXPECT_EQ(got[r].params, got[1 - r].params);
+  }
+}
+
 // The overlap's communication thread reduces over dp while the backward dispatches over ep: one
 // communicator for both is refused.
 TEST(TrainerDataParallelTest, RefusesADataParallelGroupThatIsAlsoTheExpertGroup) {

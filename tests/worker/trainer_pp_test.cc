@@ -119,26 +119,31 @@ TEST(TrainerPipelineParallelTest, WithTensorAndExpertParallelStages) {
   ExpectMatchesOneRank(got, want);
 }
 
-// Shared word embeddings over the two stages: each holds a copy, their gradients summed over the
-// embedding group (the first and last stage) before the update, the last stage's copy left out
-// of the norm; with dp 2, plain AdamW and the distributed optimizer. Without the group the trainer
-// refuses to start.
+// Shared word embeddings over the two stages: each holds a copy, summed over its replicas and
+// then over the embedding group (the first and last stage) before the update, the last stage's
+// copy left out of the norm; three replicas a stage (sums in several orders), plain AdamW and
+// the distributed optimizer: like one rank, the two copies bitwise equal. Without the group the
+// trainer refuses to start.
 TEST(TrainerPipelineParallelTest, SharedWordEmbeddingsStayOneParameter) {
+  constexpr int kReplicas = 3;
   MimoModelConfig model = DpTestModel();
   model.language.share_embeddings_and_output_weights = true;
   auto one = kernels::NewCpuOps();
-  const TrainRun want = TrainOn(*one, model, 4, nullptr);
+  const TrainRun want = TrainOn(*one, model, 2 * kReplicas, nullptr);
   ASSERT_FALSE(want.params.contains("language.output_layer.weight"));
+  const std::string kShared = "language.embedding.word_embeddings.weight";
   for (const bool distributed : {false, true}) {
     SCOPED_TRACE(distributed ? "distributed optimizer" : "AdamW");
-    std::vector<TrainRun> got(4);
+    std::vector<TrainRun> got(2 * kReplicas);
     comm::InMemoryStore store;
-    comm::RunRanks(4, [&](int rank) {
-      const int stage = rank / 2, replica = rank % 2;
+    comm::RunRanks(2 * kReplicas, [&](int rank) {
+      const int stage = rank / kReplicas, replica = rank % kReplicas;
+      std::vector<int> dp;
+      for (int d = 0; d < kReplicas; ++d) dp.push_back(stage * kReplicas + d);
       auto groups = comm::ProcessGroups::CreateGloo(
-          {{.kind = "dp", .members = {2 * stage, 2 * stage + 1}},
-           {.kind = "pp", .members = {replica, replica + 2}},
-           {.kind = "embd", .members = {replica, replica + 2}}},
+          {{.kind = "dp", .members = dp},
+           {.kind = "pp", .members = {replica, replica + kReplicas}},
+           {.kind = "embd", .members = {replica, replica + kReplicas}}},
           store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
       ASSERT_TRUE(groups.ok()) << groups.status();
       auto ops = kernels::NewCpuOps();
@@ -173,9 +178,13 @@ TEST(TrainerPipelineParallelTest, SharedWordEmbeddingsStayOneParameter) {
       }
     });
     ExpectMatchesOneRank(got, want);
-    for (int r = 0; r < 4; ++r) {
-      EXPECT_TRUE(got[r].params.contains("language.embedding.word_embeddings.weight")) << r;
+    for (int r = 0; r < kReplicas; ++r) {
+      ASSERT_TRUE(got[r].params.contains(kShared));
+      ASSERT_TRUE(got[r + kReplicas].params.contains(kShared));
+      EXPECT_EQ(got[r].params.at(kShared), got[r + kReplicas].params.at(kShared)) << r;
     }
+    // The shared weight's bucket does not hold the others back: some start during the backward.
+    for (int r = 0; r < 2 * kReplicas; ++r) EXPECT_GT(got[r].steps[2].overlapped_buckets, 0) << r;
   }
 }
 
