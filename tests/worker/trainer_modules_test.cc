@@ -4,7 +4,8 @@
 // ranks) and fan-in (encoder dp > language dp) the layout trains like the whole model on one rank
 // with the same samples: the same losses, norms and expert loads, and every module's parameters
 // after every step; also with the language model in two pipeline stages (encoders linked to the
-// first). Links that are not the layout's are refused.
+// first), a tensor-parallel vision encoder, and the tensor-parallel example's whole layout.
+// Links that are not the layout's are refused.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -71,18 +72,20 @@ TrainRun Train(const TrainerOptions& options) {
   return run;
 }
 
-// Vision on ranks [0, V), audio on [V, V + A), the language model on [V + A, V + A + L * P)
-// (with ep = L when expert_parallel; P pipeline stages, stage s replica d at V + A + s L + d, the
-// encoders linked to the first stage).
+// Vision on ranks [0, V T_v), audio on [V T_v, V T_v + A), the language model after them: P
+// pipeline stages of L replicas of T tp members, stage s replica d member t at
+// lang0 + (s L + d) T + t (expert_parallel: ep = L without tp, else ep over the tp members and
+// expt_dp over the replicas). Encoders link to member 0 of the first stage's replicas; vision
+// replica e's tp members are at ranks [e T_v, (e + 1) T_v), member 0 holding the links.
 struct Layout {
   int vision_dp = 1, audio_dp = 1, language_dp = 1;
   bool expert_parallel = false;
   int micro_batches = 1;  // Per language replica.
   int language_pp = 1;
-  // Vision replica e's tp members at ranks [e T, (e + 1) T); member 0 holds the links.
   int vision_tp = 1;
+  int language_tp = 1;
   int vision_ranks() const { return vision_dp * vision_tp; }
-  int world() const { return vision_ranks() + audio_dp + language_dp * language_pp; }
+  int world() const { return vision_ranks() + audio_dp + language_dp * language_tp * language_pp; }
 };
 
 // The replicas a replica of a module with `own_dp` pairs with (parallel/bridge.h).
@@ -99,30 +102,27 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
   const int lang0 = layout.vision_ranks() + layout.audio_dp;
   comm::RunRanks(layout.world(), [&](int rank) {
     const bool vision = rank < layout.vision_ranks(), audio = !vision && rank < lang0;
-    const int stage = vision || audio ? 0 : (rank - lang0) / layout.language_dp;
-    const int first = vision  ? 0
-                      : audio ? layout.vision_ranks()
-                              : lang0 + stage * layout.language_dp;
-    const int dp = vision ? layout.vision_dp : audio ? layout.audio_dp : layout.language_dp;
-    const int stride = vision ? layout.vision_tp : 1;  // Between a module's replicas.
-    const int member = vision ? rank % layout.vision_tp : 0;
+    const bool language = !vision && !audio;
+    const int lt = layout.language_tp, ld = layout.language_dp;
+    const int stage = language ? (rank - lang0) / (ld * lt) : 0;
+    const int first = vision ? 0 : audio ? layout.vision_ranks() : lang0 + stage * ld * lt;
+    const int dp = vision ? layout.vision_dp : audio ? layout.audio_dp : ld;
+    const int tp_size = vision ? layout.vision_tp : language ? lt : 1;
+    const int member = rank % tp_size;
     std::vector<comm::GroupSpec> specs;
-    std::vector<int> module_ranks;
-    for (int d = 0; d < dp; ++d) module_ranks.push_back(first + d * stride + member);
+    std::vector<int> module_ranks, tp;  // Replicas (the same member), members (the same replica).
+    for (int d = 0; d < dp; ++d) module_ranks.push_back(first + d * tp_size + member);
+    for (int t = 0; t < tp_size; ++t) tp.push_back(rank - member + t);
     if (dp > 1) specs.push_back({.kind = "dp", .members = module_ranks});
-    if (vision && layout.vision_tp > 1) {
-      std::vector<int> tp;
-      for (int t = 0; t < layout.vision_tp; ++t) tp.push_back(rank - member + t);
-      specs.push_back({.kind = "tp", .members = tp});
+    if (tp_size > 1) specs.push_back({.kind = "tp", .members = tp});
+    if (language && layout.expert_parallel) {
+      specs.push_back({.kind = "ep", .members = lt > 1 ? tp : module_ranks});
+      if (lt > 1 && dp > 1) specs.push_back({.kind = "expt_dp", .members = module_ranks});
     }
-    if (!vision && !audio && layout.expert_parallel) {
-      specs.push_back({.kind = "ep", .members = module_ranks});
-    }
-    if (!vision && !audio && layout.language_pp > 1) {
+    if (language && layout.language_pp > 1) {
       std::vector<int> stages;
-      const int replica = (rank - lang0) % layout.language_dp;
       for (int s = 0; s < layout.language_pp; ++s) {
-        stages.push_back(lang0 + s * layout.language_dp + replica);
+        stages.push_back(rank + (s - stage) * ld * lt);
       }
       specs.push_back({.kind = "pp", .members = stages});
     }
@@ -138,7 +138,7 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     for (int x = 0; x < 2; ++x) {
       for (int e = 0; e < encoder_dp[x]; ++e) {
         for (int l : Peers(e, encoder_dp[x], layout.language_dp)) {
-          const int a = encoder_first[x] + e * encoder_stride[x], b = lang0 + l;
+          const int a = encoder_first[x] + e * encoder_stride[x], b = lang0 + l * lt;
           if (rank != a && rank != b) continue;
           const std::string kind = absl::StrCat("link_", x, "_", a, "_", b);
           specs.push_back({.kind = kind, .members = {a, b}});
@@ -156,7 +156,10 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     o.part = vision ? ModelPart::kVision : audio ? ModelPart::kAudio : ModelPart::kLanguage;
     o.dp = (*groups)->Get("dp");
     o.groups = ModelGroupsOf(**groups);
-    if (!vision && !audio) o.pp = (*groups)->Get("pp");
+    if (language) {
+      o.pp = (*groups)->Get("pp");
+      o.expt_dp = (*groups)->Get("expt_dp");
+    }
     for (const End& end : ends) {
       o.links.push_back({.encoder = end.encoder,
                          .peer_replica = end.peer_replica,
@@ -201,17 +204,10 @@ void ExpectLikeOneRank(const Layout& layout) {
       if (language && layout.language_pp > 1 && !run.params.contains(name)) continue;
       ++checked;
       held.insert(name);
-      std::vector<float> slice = values;
-      if (language && layout.expert_parallel && name.find(".mlp.experts.") != std::string::npos) {
-        const size_t part = values.size() / layout.language_dp;  // Experts outermost.
-        const size_t r = (rank - lang0) % layout.language_dp;
-        slice.assign(values.begin() + r * part, values.begin() + (r + 1) * part);
-      }
       ASSERT_EQ(run.params.count(name), 1u) << name << " on rank " << rank;
-      if (!language) {
-        slice = testing::SliceOf(values, run.specs.at(name));  // tp slices.
-        sharded += run.specs.at(name).shards.empty() ? 0 : 1;
-      }
+      // tp slices, a rank's experts.
+      const std::vector<float> slice = testing::SliceOf(values, run.specs.at(name));
+      sharded += run.specs.at(name).shards.empty() ? 0 : 1;
       const std::vector<float>& v = run.params.at(name);
       ASSERT_EQ(v.size(), slice.size()) << name;
       EXPECT_LT(RelativeError(v, slice), 1e-5) << name << " on rank " << rank;
@@ -243,6 +239,18 @@ TEST(TrainerModulesTest, EncodersFeedTheFirstOfTwoPipelineStages) {
 // language replicas) beside the audio encoder.
 TEST(TrainerModulesTest, TensorParallelEncoderFansOut) {
   ExpectLikeOneRank({.vision_dp = 1, .audio_dp = 1, .language_dp = 2, .vision_tp = 2});
+}
+
+// examples/mimo-cpu-8-tp.yaml's layout: vision tp 2, audio dp 2, the language model tp 2 x dp 2
+// with each replica's experts split over its tp members (ep 2, expt_dp 2).
+TEST(TrainerModulesTest, TheTensorParallelExamplesLayout) {
+  ExpectLikeOneRank({.vision_dp = 1,
+                     .audio_dp = 2,
+                     .language_dp = 2,
+                     .expert_parallel = true,
+                     .micro_batches = 2,
+                     .vision_tp = 2,
+                     .language_tp = 2});
 }
 
 TEST(TrainerModulesTest, EncoderReplicasFanInToOneLanguageRank) {
