@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "common/status_macros.h"
 #include "data/byte_tokenizer.h"
 #include "data/micro_batch.h"
@@ -38,22 +39,28 @@ const char* EncoderName(int x) { return x == kVision ? "vision" : "audio"; }
 int EncoderIndex(ModelPart part) { return part == ModelPart::kVision ? kVision : kAudio; }
 bool IsEncoder(ModelPart part) { return part == ModelPart::kVision || part == ModelPart::kAudio; }
 
-// `values` (N of them) summed over `group` in place, through a buffer of the ops' memory (what
-// the communicator reads: host memory for Gloo, device memory for NCCL).
-template <typename T, size_t N>
-absl::Status SumOverGroup(kernels::Ops& ops, comm::Communicator& group, T (&values)[N]) {
+// `values` summed over `group` in place, through a buffer of the ops' memory (what the
+// communicator reads: host memory for Gloo, device memory for NCCL).
+template <typename T>
+absl::Status SumOverGroup(kernels::Ops& ops, comm::Communicator& group, absl::Span<T> values) {
   constexpr bool kInt = std::is_same_v<T, int64_t>;
   static_assert(kInt || std::is_same_v<T, float>);
-  MIMO_ASSIGN_OR_RETURN(
-      Tensor buffer,
-      Tensor::Empty({static_cast<int64_t>(N)}, kInt ? kernels::DType::kI64 : kernels::DType::kF32,
-                    ops.allocator(), ops.stream()));
-  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(buffer.data(), values, sizeof(values)));
+  if (values.empty()) return absl::OkStatus();
+  const size_t bytes = sizeof(T) * values.size();
+  MIMO_ASSIGN_OR_RETURN(Tensor buffer,
+                        Tensor::Empty({static_cast<int64_t>(values.size())},
+                                      kInt ? kernels::DType::kI64 : kernels::DType::kF32,
+                                      ops.allocator(), ops.stream()));
+  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(buffer.data(), values.data(), bytes));
   MIMO_RETURN_IF_ERROR(ops.Synchronize());
-  MIMO_RETURN_IF_ERROR(group.AllReduce(buffer.data(), N,
+  MIMO_RETURN_IF_ERROR(group.AllReduce(buffer.data(), values.size(),
                                        kInt ? comm::DataType::kInt64 : comm::DataType::kFloat32,
                                        comm::ReduceOp::kSum));
-  return ops.CopyToHost(values, buffer.data(), sizeof(values));
+  return ops.CopyToHost(values.data(), buffer.data(), bytes);
+}
+template <typename T, size_t N>
+absl::Status SumOverGroup(kernels::Ops& ops, comm::Communicator& group, T (&values)[N]) {
+  return SumOverGroup(ops, group, absl::MakeSpan(values));
 }
 
 // The rows encoder `x` makes for each sample.
@@ -427,16 +434,9 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
         m.expert_load[e] += layer[e];
       }
     }
-    if (ModelGroups::Size(options_.pp) > 1 && !m.expert_load.empty()) {
-      // Each stage's MoE layers: one all-reduce of the per-expert sums.
-      MIMO_ASSIGN_OR_RETURN(Tensor buffer,
-                            Tensor::Empty({static_cast<int64_t>(m.expert_load.size())},
-                                          kernels::DType::kI64, ops_.allocator(), ops_.stream()));
-      MIMO_RETURN_IF_ERROR(ops_.CopyFromHost(buffer.data(), m.expert_load.data(), buffer.nbytes()));
-      MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-      MIMO_RETURN_IF_ERROR(options_.pp->AllReduce(buffer.data(), m.expert_load.size(),
-                                                  comm::DataType::kInt64, comm::ReduceOp::kSum));
-      MIMO_RETURN_IF_ERROR(ops_.CopyToHost(m.expert_load.data(), buffer.data(), buffer.nbytes()));
+    if (ModelGroups::Size(options_.pp) > 1) {
+      // Each stage's MoE layers: the per-expert sums over the stages.
+      MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.pp, absl::MakeSpan(m.expert_load)));
     }
   }
   MIMO_RETURN_IF_ERROR(ops_.Synchronize());

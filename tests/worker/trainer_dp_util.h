@@ -58,26 +58,11 @@ struct TrainRun {
   std::map<std::string, ParameterSpec> specs;  // Each parameter's (its shards under tp or ep).
 };
 
-// Three steps of `model` on `ops`; the parameters' values after them (copied to the host).
-inline TrainRun TrainOn(kernels::Ops& ops, const MimoModelConfig& model, int micro_batches,
-                        comm::Communicator* dp, ModelGroups groups = {},
-                        bool distributed_optimizer = false, comm::Communicator* expt_dp = nullptr,
-                        bool overlap_grad_reduce = true, comm::Communicator* pp = nullptr) {
+// Three steps of `model` on `ops` with `options`; the parameters' values after them (copied to
+// the host).
+inline TrainRun TrainWith(kernels::Ops& ops, const MimoModelConfig& model,
+                          const TrainerOptions& options) {
   TrainRun run;
-  const TrainerOptions options{.micro_batch_size = 2,
-                               .micro_batches = micro_batches,
-                               .seq_length = 48,
-                               .data = {.num_samples = 100, .seed = 5},
-                               .optimizer = {.lr = 1e-3f, .warmup_steps = 1},
-                               .seed = 9,
-                               .dp = dp,
-                               .groups = groups,
-                               .expt_dp = expt_dp,
-                               .pp = pp,
-                               // Small buckets: several per step, some parameters larger.
-                               .bucket_elements = 3000,
-                               .overlap_grad_reduce = overlap_grad_reduce,
-                               .distributed_optimizer = distributed_optimizer};
   auto trainer = Trainer::Create(ops, model, options);
   EXPECT_TRUE(trainer.ok()) << trainer.status();
   if (!trainer.ok()) return run;
@@ -87,7 +72,8 @@ inline TrainRun TrainOn(kernels::Ops& ops, const MimoModelConfig& model, int mic
     if (!m.ok()) return run;
     run.steps.push_back(*m);
   }
-  EXPECT_EQ((*trainer)->position(), 3 * ModelGroups::Size(dp) * micro_batches * 2);
+  EXPECT_EQ((*trainer)->position(),
+            3 * ModelGroups::Size(options.dp) * options.micro_batches * options.micro_batch_size);
   std::vector<Parameter*> params;
   (*trainer)->AppendParameters(params);
   for (Parameter* p : params) {
@@ -108,6 +94,52 @@ inline TrainRun TrainOn(kernels::Ops& ops, const MimoModelConfig& model, int mic
     }
   }
   return run;
+}
+
+// The data-parallel tests' options (2 samples a micro-batch, small gradient buckets).
+inline TrainerOptions TestOptions(int micro_batches, comm::Communicator* dp,
+                                  ModelGroups groups = {}, bool distributed_optimizer = false,
+                                  comm::Communicator* expt_dp = nullptr,
+                                  bool overlap_grad_reduce = true,
+                                  comm::Communicator* pp = nullptr) {
+  return {.micro_batch_size = 2,
+          .micro_batches = micro_batches,
+          .seq_length = 48,
+          .data = {.num_samples = 100, .seed = 5},
+          .optimizer = {.lr = 1e-3f, .warmup_steps = 1},
+          .seed = 9,
+          .dp = dp,
+          .groups = groups,
+          .expt_dp = expt_dp,
+          .pp = pp,
+          // Small buckets: several per step, some parameters larger.
+          .bucket_elements = 3000,
+          .overlap_grad_reduce = overlap_grad_reduce,
+          .distributed_optimizer = distributed_optimizer};
+}
+
+// TrainWith the test options.
+inline TrainRun TrainOn(kernels::Ops& ops, const MimoModelConfig& model, int micro_batches,
+                        comm::Communicator* dp, ModelGroups groups = {},
+                        bool distributed_optimizer = false, comm::Communicator* expt_dp = nullptr,
+                        bool overlap_grad_reduce = true, comm::Communicator* pp = nullptr) {
+  return TrainWith(ops, model,
+                   TestOptions(micro_batches, dp, groups, distributed_optimizer, expt_dp,
+                               overlap_grad_reduce, pp));
+}
+
+// A run's step metrics against a reference run's: label counts and expert loads equal; loss,
+// auxiliary loss (1e-5) and gradient norm (1e-4) within relative bounds.
+inline void ExpectStepsMatch(const TrainRun& got, const TrainRun& want) {
+  ASSERT_EQ(got.steps.size(), want.steps.size());
+  for (size_t i = 0; i < want.steps.size(); ++i) {
+    const StepMetrics &g = got.steps[i], &w = want.steps[i];
+    EXPECT_EQ(g.labelled, w.labelled) << "step " << i;
+    EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
+    EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
+    EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
+    EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+  }
 }
 
 // ||got - want|| / ||want||; 1 when the sizes differ.

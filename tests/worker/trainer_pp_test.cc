@@ -26,15 +26,7 @@ void ExpectMatchesOneRank(const std::vector<TrainRun>& got, const TrainRun& want
   std::set<std::string> held;
   for (size_t r = 0; r < got.size(); ++r) {
     SCOPED_TRACE(::testing::Message() << "rank " << r);
-    ASSERT_EQ(got[r].steps.size(), 3u);
-    for (int i = 0; i < 3; ++i) {
-      const StepMetrics &g = got[r].steps[i], &w = want.steps[i];
-      EXPECT_EQ(g.labelled, w.labelled) << "step " << i;
-      EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
-      EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
-      EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
-      EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
-    }
+    ExpectStepsMatch(got[r], want);
     for (const auto& [name, values] : got[r].params) {
       SCOPED_TRACE(name);
       ASSERT_TRUE(want.params.contains(name));
@@ -147,35 +139,13 @@ TEST(TrainerPipelineParallelTest, SharedWordEmbeddingsStayOneParameter) {
           store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
       ASSERT_TRUE(groups.ok()) << groups.status();
       auto ops = kernels::NewCpuOps();
-      TrainerOptions options{.micro_batch_size = 2,
-                             .micro_batches = 2,
-                             .seq_length = 48,
-                             .data = {.num_samples = 100, .seed = 5},
-                             .optimizer = {.lr = 1e-3f, .warmup_steps = 1},
-                             .seed = 9,
-                             .dp = (*groups)->Get("dp"),
-                             .pp = (*groups)->Get("pp"),
-                             .bucket_elements = 3000,
-                             .distributed_optimizer = distributed};
+      TrainerOptions options = TestOptions(2, (*groups)->Get("dp"), {}, distributed, nullptr, true,
+                                           (*groups)->Get("pp"));
       // The group is required.
       EXPECT_EQ(Trainer::Create(*ops, model, options).status().code(),
                 absl::StatusCode::kInvalidArgument);
       options.embd = (*groups)->Get("embd");
-      auto trainer = Trainer::Create(*ops, model, options);
-      ASSERT_TRUE(trainer.ok()) << trainer.status();
-      for (int i = 0; i < 3; ++i) {
-        auto m = (*trainer)->Step();
-        ASSERT_TRUE(m.ok()) << m.status();
-        got[rank].steps.push_back(*m);
-      }
-      std::vector<Parameter*> params;
-      (*trainer)->AppendParameters(params);
-      for (Parameter* p : params) {
-        got[rank].specs[p->name()] = p->spec();
-        std::vector<float>& v = got[rank].params[p->name()];
-        v.resize(p->numel());
-        ASSERT_TRUE(ops->CopyToHost(v.data(), p->weight().data(), 4 * v.size()).ok());
-      }
+      got[rank] = TrainWith(*ops, model, options);
     });
     ExpectMatchesOneRank(got, want);
     for (int r = 0; r < kReplicas; ++r) {

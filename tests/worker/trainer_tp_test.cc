@@ -30,15 +30,7 @@ void ExpectMatchesOneRank(const std::vector<TrainRun>& got, const TrainRun& want
   ASSERT_EQ(want.steps.size(), 3u);
   for (size_t r = 0; r < got.size(); ++r) {
     SCOPED_TRACE(::testing::Message() << "rank " << r);
-    ASSERT_EQ(got[r].steps.size(), 3u);
-    for (int i = 0; i < 3; ++i) {
-      const StepMetrics &g = got[r].steps[i], &w = want.steps[i];
-      EXPECT_EQ(g.labelled, w.labelled) << "step " << i;
-      EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
-      EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
-      EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
-      EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
-    }
+    ExpectStepsMatch(got[r], want);
     ASSERT_EQ(got[r].params.size(), want.params.size());
     int sharded = 0;
     for (const auto& [name, values] : got[r].params) {
