@@ -441,18 +441,22 @@ class SpecChecker {
   void CheckTrainingSupport(const std::optional<parallel::RankPlan>& plan) {
     const char* kLater =
         "KIND_TRAIN jobs do not support this yet (data, expert and expert tensor parallelism, "
-        "tensor parallelism, and pipeline parallelism of the language module)";
+        "tensor parallelism, and pipeline and context parallelism of the language module)";
     if (plan) {
       const int language_dp = plan->language().config().dp;
       const int64_t samples = int64_t{spec_.training().micro_batch_size()} * language_dp;
       for (size_t i = 0; i < plan->modules().size(); ++i) {
         const parallel::ResolvedModule& m = plan->modules()[i].config();
         const std::string at = absl::StrCat("modules[", i, "].parallelism.");
-        if (m.cp > 1) Add(at + "cp", absl::StrCat("cp ", m.cp, ": ", kLater));
+        if (m.cp > 1 && !m.is_language) {
+          Add(at + "cp",
+              absl::StrCat("cp ", m.cp, ": encoders are not context parallel yet; ", kLater));
+        }
         if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language);
         if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp, m.is_language, kLater);
-        if (m.tp > 1 || (m.is_language && m.pp > 1)) {
-          CheckNoOverlapOnGpus(absl::StrCat("tp ", m.tp, " and pp ", m.pp, " (", m.name, ")"));
+        if (m.tp > 1 || (m.is_language && (m.pp > 1 || m.cp > 1))) {
+          CheckNoOverlapOnGpus(
+              absl::StrCat("tp ", m.tp, ", pp ", m.pp, " and cp ", m.cp, " (", m.name, ")"));
         }
         if (!m.is_language && samples > 0 && samples % m.dp != 0) {
           Add(at + "dp", absl::StrCat("dp ", m.dp, " must divide the ", samples,

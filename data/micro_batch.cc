@@ -39,10 +39,12 @@ void PackMedia(const std::vector<Sample>& samples, const MicroBatchOptions& o, H
 
 absl::StatusOr<HostMicroBatch> PackTokens(const std::vector<Sample>& samples,
                                           const MicroBatchOptions& o, const Tokenizer& t) {
-  if (o.seq_length < 1 || o.image_tokens < 0 || o.frames_per_token < 0 || o.pad_to_multiple < 1) {
+  if (o.seq_length < 1 || o.image_tokens < 0 || o.frames_per_token < 0 || o.pad_to_multiple < 1 ||
+      o.sequence_multiple < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "MicroBatchOptions: seq_length ", o.seq_length, ", image_tokens ", o.image_tokens,
-        ", frames_per_token ", o.frames_per_token, ", pad_to_multiple ", o.pad_to_multiple));
+        ", frames_per_token ", o.frames_per_token, ", pad_to_multiple ", o.pad_to_multiple,
+        ", sequence_multiple ", o.sequence_multiple));
   }
   HostMicroBatch b;
   for (size_t i = 0; i < samples.size(); ++i) {
@@ -90,7 +92,12 @@ absl::StatusOr<HostMicroBatch> PackTokens(const std::vector<Sample>& samples,
       b.labels.push_back(next_is_target ? seq[j + 1] : -1);
       b.labelled += next_is_target ? 1 : 0;
     }
-    b.lengths.push_back(static_cast<int32_t>(seq.size()));
+    const int64_t n = static_cast<int64_t>(seq.size());
+    const int64_t pad = (o.sequence_multiple - n % o.sequence_multiple) % o.sequence_multiple;
+    b.tokens.insert(b.tokens.end(), pad, t.eos());
+    b.labels.insert(b.labels.end(), pad, -1);
+    b.lengths.push_back(static_cast<int32_t>(n + pad));
+    b.sequence_padding.push_back(static_cast<int32_t>(pad));
   }
   const int64_t total = static_cast<int64_t>(b.tokens.size());
   if (const int64_t pad = (o.pad_to_multiple - total % o.pad_to_multiple) % o.pad_to_multiple;

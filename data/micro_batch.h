@@ -21,14 +21,20 @@ struct MicroBatchOptions {
   // The packed tokens are padded to a multiple of this (sequence parallelism splits them into
   // equal row blocks): a last sequence of EOS ids without labels. 1: no padding.
   int64_t pad_to_multiple = 1;
+  // Each sample's sequence is padded to a multiple of this (context parallelism splits every
+  // sequence into 2 cp equal chunks; Megatron pads each to a multiple of 2 cp, times tp with
+  // sequence parallelism): EOS ids without labels after its own EOS. 1: no padding.
+  int64_t sequence_multiple = 1;
 };
 
 struct HostMicroBatch {
   std::vector<int32_t> tokens;  // (T,) [BOS] [IMAGE]... [AUDIO]... caption [EOS] per sample.
   std::vector<int32_t> labels;  // (T,) the next token where it is caption or EOS, else -1.
-  // Per sample (the packed sequences), then the padding sequence if there is one.
+  // Per sample (the packed sequences, with their sequence_multiple padding), then the padding
+  // sequence if there is one.
   std::vector<int32_t> lengths;
-  std::vector<float> images;  // (N, C, H, W): every sample's image.
+  std::vector<int32_t> sequence_padding;  // Per sample: the EOS ids padding its sequence.
+  std::vector<float> images;              // (N, C, H, W): every sample's image.
   int64_t num_images = 0;
   std::vector<int32_t> vision_positions;  // (N * image_tokens,) token indices, in order.
   std::vector<float> audio;               // (frames, mel): the samples' clips, in order.

@@ -70,6 +70,9 @@ class CpuOps final : public Ops {
   absl::Status AttentionBackward(const AttentionBackwardParams& p) override {
     return AttentionBackwardCpu(p);
   }
+  absl::Status AttentionMerge(const AttentionMergeParams& p) override {
+    return AttentionMergeCpu(p);
+  }
   absl::Status Swiglu(const SwigluParams& p) override { return SwigluCpu(p); }
   absl::Status SwigluBackward(const SwigluBackwardParams& p) override {
     return SwigluBackwardCpu(p);

@@ -157,6 +157,10 @@ class CudaOps final : public Ops {
     q.workspace_bytes = scratch.bytes;
     return LaunchAttentionBackward(q, stream());
   }
+  absl::Status AttentionMerge(const AttentionMergeParams& p) override {
+    CudaDeviceGuard guard(device_);
+    return LaunchAttentionMerge(p, stream());
+  }
   absl::Status Swiglu(const SwigluParams& p) override {
     CudaDeviceGuard guard(device_);
     return LaunchSwiglu(p, stream());

@@ -11,6 +11,7 @@
 #include "kernels/add.h"
 #include "kernels/allocator.h"
 #include "kernels/attention.h"
+#include "kernels/attention_merge.h"
 #include "kernels/cast.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/device.h"
@@ -91,6 +92,7 @@ class Ops {
   virtual absl::Status Rope(const RopeParams& p) = 0;
   virtual absl::Status Attention(const AttentionParams& p) = 0;
   virtual absl::Status AttentionBackward(const AttentionBackwardParams& p) = 0;
+  virtual absl::Status AttentionMerge(const AttentionMergeParams& p) = 0;
   virtual absl::Status Swiglu(const SwigluParams& p) = 0;
   virtual absl::Status SwigluBackward(const SwigluBackwardParams& p) = 0;
   virtual absl::Status Gelu(const GeluParams& p) = 0;

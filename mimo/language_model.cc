@@ -193,6 +193,10 @@ absl::StatusOr<Tensor> LanguageModel::Embed(const StepContext& ctx, const Langua
     for (int64_t r = 0; r < t; ++r) row_of[r] = static_cast<int32_t>(r), source_row[r] = r;
     for (int64_t i = 0; i < m; ++i) {
       const int32_t p = batch.embedding_positions[i];
+      if (p == -1) {  // Not one of this rank's rows (context parallelism): no gradient.
+        source_row[t + i] = -1;
+        continue;
+      }
       if (p < 0 || p >= t || row_of[p] >= t) {
         return absl::InvalidArgumentError(absl::StrCat("LanguageModel: embedding position ", p,
                                                        " is outside [0, ", t, ") or repeated"));

@@ -60,7 +60,9 @@ struct LanguageModelBatch {
   kernels::Tensor tokens;
   kernels::Tensor labels;      // (T,) int32: each token's target (the next token), -1 for no loss.
   kernels::Tensor embeddings;  // (M, C) in the compute dtype: projected encoder outputs.
-  // (M,) on the host: the token embeddings row m replaces; distinct, in [0, T).
+  // (M,) on the host: the token embeddings row m replaces; distinct, in [0, T), or -1 for a row
+  // whose token is not among this rank's (context parallelism: every member gets all M rows,
+  // its gradient of the others is 0).
   std::vector<int32_t> embedding_positions;
   // Stages after the first: the previous stage's output, this tp member's block of the rows
   // (T / tp, C) in the compute dtype (embeddings and positions are then unused).

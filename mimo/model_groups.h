@@ -20,6 +20,13 @@ struct ModelGroups {
   // parallelism, always with sequence parallelism: between the layers each member holds its
   // block of the rows).
   comm::Communicator* tp = nullptr;
+  // Dense view [cp]: the ranks that split each sequence (context parallelism; the
+  // StepContext's PackedSequences say which rows this rank holds). Self-attention passes the
+  // keys and values around it; every other block works on the rank's rows alone.
+  comm::Communicator* cp = nullptr;
+  // Dense view [tp, cp]: the ranks whose rows make up one micro-batch together (the MoE layers
+  // sum their expert counts over it for the load-balancing loss). Used when cp > 1.
+  comm::Communicator* tp_cp = nullptr;
 
   // The group's size (1 when null) and this rank's index in it (0 when null).
   static int Size(const comm::Communicator* group) { return group == nullptr ? 1 : group->size(); }
@@ -28,7 +35,11 @@ struct ModelGroups {
 
 // The model's groups from the rank's process groups (kinds named as parallel::GroupKindName).
 inline ModelGroups ModelGroupsOf(const comm::ProcessGroups& groups) {
-  return {.ep = groups.Get("ep"), .expt_tp = groups.Get("expt_tp"), .tp = groups.Get("tp")};
+  return {.ep = groups.Get("ep"),
+          .expt_tp = groups.Get("expt_tp"),
+          .tp = groups.Get("tp"),
+          .cp = groups.Get("cp"),
+          .tp_cp = groups.Get("tp_cp")};
 }
 
 }  // namespace mimo

@@ -37,14 +37,18 @@ struct RealRows {
   int64_t local = 0;
 };
 
-absl::StatusOr<RealRows> RealRowsOf(const StepContext& ctx, int64_t rows, comm::Communicator* tp) {
+// With context parallelism over `cp` ranks the micro-batch is every cp member's rows too (its
+// sequences padded whole, so no padding rows).
+absl::StatusOr<RealRows> RealRowsOf(const StepContext& ctx, int64_t rows, comm::Communicator* tp,
+                                    int cp) {
   const int64_t n = ModelGroups::Size(tp), member = ModelGroups::Rank(tp);
-  if (ctx.padding_rows < 0 || ctx.padding_rows > n * rows) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("MoeLayer: ", ctx.padding_rows, " padding rows of ", n * rows));
+  if (ctx.padding_rows < 0 || ctx.padding_rows > n * rows || (cp > 1 && ctx.padding_rows > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("MoeLayer: ", ctx.padding_rows,
+                                                   " padding rows of ", n * rows,
+                                                   cp > 1 ? " with context parallelism" : ""));
   }
   const int64_t whole = n * rows - ctx.padding_rows;
-  return RealRows{whole, std::clamp<int64_t>(whole - member * rows, 0, rows)};
+  return RealRows{whole * cp, std::clamp<int64_t>(whole - member * rows, 0, rows)};
 }
 
 // The auxiliary losses' parameters over what the forward saved (losses and gradient unset): the
@@ -68,14 +72,16 @@ kernels::MoeAuxLossParams AuxLossParams(const MoeConfig& moe, const StepContext&
 }  // namespace
 
 MoeLayer::MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number,
-                   bool mtp_layer, comm::Communicator* tp, MoeTokenDispatcher dispatcher,
-                   LinearWeights router, std::unique_ptr<Experts> experts,
-                   std::unique_ptr<Block> shared, Tensor expert_bias, Tensor load)
+                   bool mtp_layer, comm::Communicator* tp, comm::Communicator* batch,
+                   MoeTokenDispatcher dispatcher, LinearWeights router,
+                   std::unique_ptr<Experts> experts, std::unique_ptr<Block> shared,
+                   Tensor expert_bias, Tensor load)
     : config_(config),
       moe_(moe),
       layer_number_(layer_number),
       mtp_layer_(mtp_layer),
       tp_(tp),
+      batch_(batch),
       dispatcher_(std::move(dispatcher)),
       router_(std::move(router)),
       experts_(std::move(experts)),
@@ -106,6 +112,23 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& c
         "MoeLayer: moe.graph_safe needs tp of 1 (the members' counts and the router's gradients "
         "are summed through the host), got tp ",
         tp->size()));
+  }
+  // Context parallel: each cp member routes its rows of the sequences; the micro-batch's rows are
+  // those of the tp x cp members together.
+  const int cp = ModelGroups::Size(ctx.groups.cp);
+  comm::Communicator* batch = tp;
+  if (cp > 1) {
+    if (moe.per_sequence_aux_loss || moe.graph_safe) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "MoeLayer: moe.", moe.per_sequence_aux_loss ? "per_sequence_aux_loss" : "graph_safe",
+          " with context parallelism (cp ", cp, ") is not supported"));
+    }
+    if (ModelGroups::Size(ctx.groups.tp_cp) != cp * ModelGroups::Size(tp)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "MoeLayer: context parallelism over ", cp, " ranks needs the tp x cp group (tp_cp) of ",
+          cp * ModelGroups::Size(tp), " members, got ", ModelGroups::Size(ctx.groups.tp_cp)));
+    }
+    batch = ctx.groups.tp_cp;
   }
   const int etp = ModelGroups::Size(ctx.groups.expt_tp);
   if (ffn % etp != 0) {
@@ -159,7 +182,7 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& c
   MIMO_RETURN_IF_ERROR(ops.SetZero(bias.data(), bias.nbytes()));
   MIMO_RETURN_IF_ERROR(ops.SetZero(load.data(), load.nbytes()));
   return std::unique_ptr<MoeLayer>(new MoeLayer(
-      c, moe, ctx.layer_number, ctx.mtp_layer, tp, std::move(dispatcher), std::move(router),
+      c, moe, ctx.layer_number, ctx.mtp_layer, tp, batch, std::move(dispatcher), std::move(router),
       std::move(routed), std::move(shared_experts), std::move(bias), std::move(load)));
 }
 
@@ -191,16 +214,17 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
   MIMO_ASSIGN_OR_RETURN(saved->indices, NewTensor(ctx, {t, k}, DType::kI32));
   MIMO_ASSIGN_OR_RETURN(Tensor probs, NewTensor(ctx, {t, k}, DType::kF32));
   // Training forwards add their choices to the step's expert load; others count into scratch.
-  // Sequence parallel with auxiliary losses: the micro-batch's own counts, summed over tp below.
+  // Sequence (or context) parallel with auxiliary losses: the micro-batch's own counts, summed
+  // over tp (tp x cp) below.
   const bool aux = moe_.aux_loss_coeff > 0.0f || moe_.z_loss_coeff > 0.0f;
-  const bool whole_counts = tp_ != nullptr && aux;
+  const bool whole_counts = batch_ != nullptr && aux;
   Tensor counts = load_;
   if (!ctx.training || whole_counts) {
     MIMO_ASSIGN_OR_RETURN(counts, NewTensor(ctx, {e}, DType::kI32));
   }
   // The real rows count; padding rows are routed too (the router's shapes stay whole) into
   // scratch counts, and dispatched nowhere below.
-  MIMO_ASSIGN_OR_RETURN(const RealRows real, RealRowsOf(ctx, t, tp_));
+  MIMO_ASSIGN_OR_RETURN(const RealRows real, RealRowsOf(ctx, t, tp_, CpSize()));
   if (moe_.per_sequence_aux_loss && real.local < t) {
     return absl::InvalidArgumentError("MoeLayer: per_sequence_aux_loss with padding rows");
   }
@@ -235,8 +259,8 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
                                     .n = e}));
     }
     MIMO_RETURN_IF_ERROR(ops.Synchronize());  // The communicator works on its own stream.
-    MIMO_RETURN_IF_ERROR(tp_->AllReduce(counts.data(), static_cast<size_t>(e),
-                                        comm::DataType::kInt32, comm::ReduceOp::kSum));
+    MIMO_RETURN_IF_ERROR(batch_->AllReduce(counts.data(), static_cast<size_t>(e),
+                                           comm::DataType::kInt32, comm::ReduceOp::kSum));
     saved->whole_counts = std::move(counts);
   }
   if (ctx.aux_losses != nullptr) {
@@ -315,7 +339,7 @@ absl::StatusOr<Tensor> MoeLayer::Backward(const StepContext& ctx,
                                               .tokens = t}));
   if (moe_.aux_loss_coeff > 0.0f || moe_.z_loss_coeff > 0.0f) {
     MIMO_ASSIGN_OR_RETURN(Tensor losses, NewTensor(ctx, {2}, DType::kF32));
-    MIMO_ASSIGN_OR_RETURN(const RealRows real, RealRowsOf(ctx, t, tp_));
+    MIMO_ASSIGN_OR_RETURN(const RealRows real, RealRowsOf(ctx, t, tp_, CpSize()));
     kernels::MoeAuxLossParams p = AuxLossParams(moe_, ctx, *saved, real);
     p.losses = losses.data<float>();
     p.dlogits = dlogits.data<float>();

@@ -70,8 +70,8 @@ class MoeLayer final : public Block {
 
  private:
   MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number, bool mtp_layer,
-           comm::Communicator* tp, MoeTokenDispatcher dispatcher, LinearWeights router,
-           std::unique_ptr<Experts> experts, std::unique_ptr<Block> shared,
+           comm::Communicator* tp, comm::Communicator* batch, MoeTokenDispatcher dispatcher,
+           LinearWeights router, std::unique_ptr<Experts> experts, std::unique_ptr<Block> shared,
            kernels::Tensor expert_bias, kernels::Tensor load);
 
   const TransformerConfig config_;
@@ -79,6 +79,10 @@ class MoeLayer final : public Block {
   const int layer_number_;
   const bool mtp_layer_;
   comm::Communicator* const tp_;  // Null without tensor parallelism.
+  // The ranks whose rows make up the micro-batch: tp, or tp x cp with context parallelism; null
+  // when this rank holds it all.
+  comm::Communicator* const batch_;
+  int CpSize() const { return ModelGroups::Size(batch_) / ModelGroups::Size(tp_); }
   const MoeTokenDispatcher dispatcher_;
   LinearWeights router_;
   std::unique_ptr<Experts> experts_;

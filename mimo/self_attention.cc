@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "mimo/context_attention.h"
 #include "mimo/sequence_parallel.h"
 #include "mimo/tensor_checks.h"
 
@@ -22,15 +23,17 @@ struct AttentionSaved final : SavedActivations {
   Tensor k;    // (T, G * D) after RoPE.
   Tensor v;    // (T, G * D)
   Tensor o;    // (T, H * D) attention output.
-  Tensor lse;  // (H, T) fp32.
+  Tensor lse;  // (H, T) fp32; with context parallelism in `context_lse` instead.
+  ContextAttentionLse context_lse;
 };
 
 }  // namespace
 
 SelfAttention::SelfAttention(const TransformerConfig& config, comm::Communicator* tp,
-                             LinearWeights qkv, LinearWeights proj)
+                             comm::Communicator* cp, LinearWeights qkv, LinearWeights proj)
     : config_(config),
       tp_(tp),
+      cp_(cp),
       heads_(config.num_attention_heads / ModelGroups::Size(tp)),
       groups_(config.query_groups() / ModelGroups::Size(tp)),
       head_dim_(config.head_dim()),
@@ -66,7 +69,9 @@ absl::StatusOr<std::unique_ptr<SelfAttention>> SelfAttention::Create(const Build
       LinearWeights::Create(ctx.Child("linear_proj"), c.hidden_size, hd, c.add_bias_linear,
                             c.init_std / std::sqrt(2.0f * static_cast<float>(c.num_layers)),
                             std::move(proj_shards)));
-  return std::unique_ptr<SelfAttention>(new SelfAttention(c, tp, std::move(qkv), std::move(proj)));
+  comm::Communicator* cp = ModelGroups::Size(ctx.groups.cp) > 1 ? ctx.groups.cp : nullptr;
+  return std::unique_ptr<SelfAttention>(
+      new SelfAttention(c, tp, cp, std::move(qkv), std::move(proj)));
 }
 
 absl::StatusOr<BlockOutput> SelfAttention::Forward(const StepContext& ctx, const Tensor& local) {
@@ -102,23 +107,29 @@ absl::StatusOr<BlockOutput> SelfAttention::Forward(const StepContext& ctx, const
                                      .base = config_.rotary_base}));
     }
   }
-  MIMO_ASSIGN_OR_RETURN(saved->o, NewTensor(ctx, {t, hd}, x.dtype()));
-  MIMO_ASSIGN_OR_RETURN(saved->lse, NewTensor(ctx, {heads_, t}, DType::kF32));
-  MIMO_RETURN_IF_ERROR(ops.Attention({.dtype = x.dtype(),
-                                      .q = saved->q.data(),
-                                      .k = saved->k.data(),
-                                      .v = saved->v.data(),
-                                      .out = saved->o.data(),
-                                      .lse = saved->lse.data<float>(),
-                                      .cu_seqlens = seqs.cu_seqlens(),
-                                      .num_seqs = seqs.num_seqs(),
-                                      .total_tokens = t,
-                                      .heads = heads_,
-                                      .kv_heads = groups_,
-                                      .head_dim = head_dim_,
-                                      .max_seqlen = seqs.max_seqlen(),
-                                      .scale = 1.0f / std::sqrt(static_cast<float>(head_dim_)),
-                                      .causal = config_.causal}));
+  if (cp_ != nullptr || seqs.context_size() > 1) {
+    MIMO_ASSIGN_OR_RETURN(comm::Communicator * cp, ContextGroup(seqs));
+    MIMO_RETURN_IF_ERROR(ContextAttentionForward(ctx, *cp, ContextShape(), saved->q, saved->k,
+                                                 saved->v, saved->o, saved->context_lse));
+  } else {
+    MIMO_ASSIGN_OR_RETURN(saved->o, NewTensor(ctx, {t, hd}, x.dtype()));
+    MIMO_ASSIGN_OR_RETURN(saved->lse, NewTensor(ctx, {heads_, t}, DType::kF32));
+    MIMO_RETURN_IF_ERROR(ops.Attention({.dtype = x.dtype(),
+                                        .q = saved->q.data(),
+                                        .k = saved->k.data(),
+                                        .v = saved->v.data(),
+                                        .out = saved->o.data(),
+                                        .lse = saved->lse.data<float>(),
+                                        .cu_seqlens = seqs.cu_seqlens(),
+                                        .num_seqs = seqs.num_seqs(),
+                                        .total_tokens = t,
+                                        .heads = heads_,
+                                        .kv_heads = groups_,
+                                        .head_dim = head_dim_,
+                                        .max_seqlen = seqs.max_seqlen(),
+                                        .scale = 1.0f / std::sqrt(static_cast<float>(head_dim_)),
+                                        .causal = config_.causal}));
+  }
   MIMO_ASSIGN_OR_RETURN(Tensor y, NewTensor(ctx, {t, config_.hidden_size}, x.dtype()));
   // The bias once: member 0 adds it to its part of the sum the reduce-scatter makes.
   MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, proj_, 0, config_.hidden_size, saved->o, y,
@@ -144,28 +155,36 @@ absl::StatusOr<Tensor> SelfAttention::Backward(const StepContext& ctx,
   MIMO_ASSIGN_OR_RETURN(Tensor dq, NewTensor(ctx, {t, hd}, dy.dtype()));
   MIMO_ASSIGN_OR_RETURN(Tensor dk, NewTensor(ctx, {t, gd}, dy.dtype()));
   MIMO_ASSIGN_OR_RETURN(Tensor dv, NewTensor(ctx, {t, gd}, dy.dtype()));
-  MIMO_RETURN_IF_ERROR(
-      ops.AttentionBackward({.dtype = dy.dtype(),
-                             .dout = d_o.data(),
-                             .q = saved->q.data(),
-                             .k = saved->k.data(),
-                             .v = saved->v.data(),
-                             .out = saved->o.data(),
-                             .lse = saved->lse.data<float>(),
-                             .dq = dq.data(),
-                             .dk = dk.data(),
-                             .dv = dv.data(),
-                             .cu_seqlens = seqs.cu_seqlens(),
-                             .num_seqs = seqs.num_seqs(),
-                             .total_tokens = t,
-                             .heads = heads_,
-                             .kv_heads = groups_,
-                             .head_dim = head_dim_,
-                             .max_seqlen = seqs.max_seqlen(),
-                             .scale = 1.0f / std::sqrt(static_cast<float>(head_dim_)),
-                             .causal = config_.causal}));
+  if (cp_ != nullptr || seqs.context_size() > 1) {
+    MIMO_ASSIGN_OR_RETURN(comm::Communicator * cp, ContextGroup(seqs));
+    MIMO_RETURN_IF_ERROR(ContextAttentionBackward(ctx, *cp, ContextShape(), d_o, saved->q, saved->k,
+                                                  saved->v, saved->o, saved->context_lse, dq, dk,
+                                                  dv));
+  } else {
+    MIMO_RETURN_IF_ERROR(
+        ops.AttentionBackward({.dtype = dy.dtype(),
+                               .dout = d_o.data(),
+                               .q = saved->q.data(),
+                               .k = saved->k.data(),
+                               .v = saved->v.data(),
+                               .out = saved->o.data(),
+                               .lse = saved->lse.data<float>(),
+                               .dq = dq.data(),
+                               .dk = dk.data(),
+                               .dv = dv.data(),
+                               .cu_seqlens = seqs.cu_seqlens(),
+                               .num_seqs = seqs.num_seqs(),
+                               .total_tokens = t,
+                               .heads = heads_,
+                               .kv_heads = groups_,
+                               .head_dim = head_dim_,
+                               .max_seqlen = seqs.max_seqlen(),
+                               .scale = 1.0f / std::sqrt(static_cast<float>(head_dim_)),
+                               .causal = config_.causal}));
+  }
   saved->o = Tensor();
   saved->lse = Tensor();
+  saved->context_lse = ContextAttentionLse();
   if (config_.rotary) {
     const int64_t rotary_dim = config_.rotary_dim == 0 ? head_dim_ : config_.rotary_dim;
     for (const auto& [tensor, heads] : {std::pair{&dq, heads_}, {&dk, groups_}}) {
@@ -194,6 +213,24 @@ absl::StatusOr<Tensor> SelfAttention::Backward(const StepContext& ctx,
       {.row0 = hd + gd, .rows = gd, .dy = &dv, .x = &x, .dx = &dx, .accumulate_dx = true}));
   // dx holds this member's heads' part of every row's gradient: the rows' owners get the sums.
   return ReduceScatterRows(ops, tp_, dx);
+}
+
+absl::StatusOr<comm::Communicator*> SelfAttention::ContextGroup(const PackedSequences& seqs) const {
+  if (cp_ == nullptr || seqs.context_size() != cp_->size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SelfAttention: sequences split over ", seqs.context_size(),
+                     " context-parallel ranks, but the layer's context-parallel group has ",
+                     ModelGroups::Size(cp_)));
+  }
+  return cp_;
+}
+
+ContextAttentionShape SelfAttention::ContextShape() const {
+  return {.heads = heads_,
+          .kv_heads = groups_,
+          .head_dim = head_dim_,
+          .scale = 1.0f / std::sqrt(static_cast<float>(head_dim_)),
+          .causal = config_.causal};
 }
 
 void SelfAttention::AppendParameters(std::vector<Parameter*>& out) const {

@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "mimo/block.h"
 #include "mimo/build_context.h"
+#include "mimo/context_attention.h"
 #include "mimo/linear_weights.h"
 
 namespace mimo {
@@ -30,6 +31,11 @@ class SelfAttention final : public Block {
   // before linear_qkv and reduce-scattered after linear_proj (the input is kept as the member's
   // rows and gathered again in the backward, as Megatron does). InvalidArgument when n does not
   // divide H and G.
+  //
+  // With a context-parallel group (ctx.groups.cp of more than one member) the StepContext's
+  // sequences must be split over it (PackedSequences::CreateSplit): the attention itself runs
+  // as ring attention (mimo/context_attention.h); the projections and RoPE (at the tokens'
+  // positions in their whole sequences) work on the rank's rows alone.
   static absl::StatusOr<std::unique_ptr<SelfAttention>> Create(const BuildContext& ctx);
 
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
@@ -39,11 +45,16 @@ class SelfAttention final : public Block {
   void AppendParameters(std::vector<Parameter*>& out) const override;
 
  private:
-  SelfAttention(const TransformerConfig& config, comm::Communicator* tp, LinearWeights qkv,
-                LinearWeights proj);
+  SelfAttention(const TransformerConfig& config, comm::Communicator* tp, comm::Communicator* cp,
+                LinearWeights qkv, LinearWeights proj);
+
+  // The layer's context-parallel group, checked against how `seqs` are split.
+  absl::StatusOr<comm::Communicator*> ContextGroup(const PackedSequences& seqs) const;
+  ContextAttentionShape ContextShape() const;
 
   const TransformerConfig config_;
   comm::Communicator* const tp_;             // Null: no tensor parallelism. Not owned.
+  comm::Communicator* const cp_;             // Null: no context parallelism. Not owned.
   const int64_t heads_, groups_, head_dim_;  // This member's heads and groups.
   LinearWeights qkv_;
   LinearWeights proj_;

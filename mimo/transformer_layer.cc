@@ -1,6 +1,7 @@
 // TransformerLayer: the pre-norm residual structure around SelfAttention and the built MLP.
 #include "mimo/transformer_layer.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -47,17 +48,29 @@ absl::StatusOr<std::unique_ptr<TransformerLayer>> TransformerLayer::Create(
 absl::Status TransformerLayer::HiddenDropout(const StepContext& ctx, const Tensor& x,
                                              int site) const {
   // Sequence parallel: x is this member's block of the rows, which take the mask the same rows
-  // take on one rank (element indices counted from the first row of the whole batch).
-  const uint64_t first = static_cast<uint64_t>(ModelGroups::Rank(tp_)) * x.numel();
-  return ctx.ops->Dropout({.dtype = x.dtype(),
-                           .x = x.data(),
-                           .y = x.data(),
-                           .n = x.numel(),
-                           .p = config_.hidden_dropout,
-                           .seed = ctx.dropout_seed,
-                           .substream = static_cast<uint32_t>(2 * layer_number_ + site),
-                           .kind = static_cast<uint32_t>(ctx.dropout_kind),
-                           .offset = ctx.dropout_offset + first});
+  // take on one rank (element indices counted from the first row of the whole batch); context
+  // parallel, each of the rank's runs of rows takes the mask of the tokens it holds.
+  const int64_t c = config_.hidden_size, rows = x.size(0);
+  const int64_t row0 = ModelGroups::Rank(tp_) * rows;  // In the rank's rows.
+  auto masked = [&](int64_t local, int64_t global, int64_t n) {
+    return ctx.ops->Dropout({.dtype = x.dtype(),
+                             .x = RowAt(x, local - row0, c),
+                             .y = RowAt(x, local - row0, c),
+                             .n = n * c,
+                             .p = config_.hidden_dropout,
+                             .seed = ctx.dropout_seed,
+                             .substream = static_cast<uint32_t>(2 * layer_number_ + site),
+                             .kind = static_cast<uint32_t>(ctx.dropout_kind),
+                             .offset = ctx.dropout_offset + static_cast<uint64_t>(global * c)});
+  };
+  if (ctx.sequences == nullptr || ctx.sequences->context_size() == 1) {
+    return masked(row0, row0, rows);
+  }
+  for (const parallel::TokenRun& r : ctx.sequences->runs()) {
+    const int64_t begin = std::max(r.local, row0), end = std::min(r.local + r.length, row0 + rows);
+    if (begin < end) MIMO_RETURN_IF_ERROR(masked(begin, r.global + begin - r.local, end - begin));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<BlockOutput> TransformerLayer::Forward(const StepContext& ctx, const Tensor& x) {

@@ -43,15 +43,27 @@ absl::StatusOr<Tensor> Floats(kernels::Ops& ops, const std::vector<float>& v,
 }  // namespace
 
 absl::StatusOr<DeviceBatch> UploadMicroBatch(kernels::Ops& ops, const data::HostMicroBatch& host,
-                                             const MimoModelConfig& config) {
+                                             const MimoModelConfig& config, int context_size,
+                                             int context_rank) {
   const DType dtype = config.language.transformer.dtype;
   DeviceBatch out;
   out.labelled = host.labelled;
-  MIMO_ASSIGN_OR_RETURN(PackedSequences seqs, PackedSequences::Create(ops, host.lengths));
+  MIMO_ASSIGN_OR_RETURN(PackedSequences seqs, PackedSequences::CreateSplit(
+                                                  ops, host.lengths, context_size, context_rank));
   out.sequences = std::make_unique<PackedSequences>(std::move(seqs));
   MimoBatch& b = out.batch;
-  MIMO_ASSIGN_OR_RETURN(b.text.tokens, Ints(ops, host.tokens));
-  MIMO_ASSIGN_OR_RETURN(b.text.labels, Ints(ops, host.labels));
+  if (context_size == 1) {
+    MIMO_ASSIGN_OR_RETURN(b.text.tokens, Ints(ops, host.tokens));
+    MIMO_ASSIGN_OR_RETURN(b.text.labels, Ints(ops, host.labels));
+  } else {
+    std::vector<int32_t> tokens, labels;
+    for (const int64_t t : parallel::GlobalTokensOf(out.sequences->runs())) {
+      tokens.push_back(host.tokens[t]);
+      labels.push_back(host.labels[t]);
+    }
+    MIMO_ASSIGN_OR_RETURN(b.text.tokens, Ints(ops, tokens));
+    MIMO_ASSIGN_OR_RETURN(b.text.labels, Ints(ops, labels));
+  }
   if (config.vision.has_value() && host.num_images > 0) {
     const ModalityEncoderConfig& v = *config.vision;
     MIMO_ASSIGN_OR_RETURN(

@@ -20,8 +20,12 @@ struct DeviceBatch {
 
 // `config` gives the image shape and which encoders exist: a model without a vision (audio)
 // encoder gets none of the micro-batch's images (audio). The host batch must have been packed
-// with that model's image_tokens and frames_per_token.
+// with that model's image_tokens and frames_per_token. With context parallelism (context_size >
+// 1; the sequences padded to multiples of 2 context_size) the sequences, tokens and labels are
+// those of member context_rank (PackedSequences::CreateSplit); the images, audio and their
+// placeholders' positions stay the whole micro-batch's.
 absl::StatusOr<DeviceBatch> UploadMicroBatch(kernels::Ops& ops, const data::HostMicroBatch& host,
-                                             const MimoModelConfig& config);
+                                             const MimoModelConfig& config, int context_size = 1,
+                                             int context_rank = 0);
 
 }  // namespace mimo::worker

@@ -88,6 +88,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   MIMO_ASSIGN_OR_RETURN(o.part, PartOf(spec, rank.module()));
   const bool language = o.part == ModelPart::kLanguage;
   o.dp = groups.Get("dp");
+  o.dp_cp = groups.Get("dp_cp");
   o.groups = ModelGroupsOf(groups);  // Encoder ranks: tp alone.
   if (language) {
     o.expt_dp = groups.Get("expt_dp");
@@ -168,10 +169,10 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
   int64_t numel = 0;
   for (const Parameter* p : params) numel += p->numel();
   const v1::RankAssignment& rank = assignment.rank();
-  // One rank: data-parallel replica 0, tensor-parallel member 0 (the members log the same loss)
-  // of the last pipeline stage (as Megatron logs).
+  // One rank: data-parallel replica 0, tensor- and context-parallel member 0 (the members log
+  // the same loss) of the last pipeline stage (as Megatron logs).
   const bool logs = options.part == ModelPart::kLanguage && rank.dense().dp() == 0 &&
-                    rank.dense().tp() == 0 &&
+                    rank.dense().tp() == 0 && rank.dense().cp() == 0 &&
                     rank.dense().pp() == ModelGroups::Size(options.pp) - 1;
   const int64_t interval = t.log_interval() > 0 ? t.log_interval() : 1;
   const double peak = PeakTflops(device_name, dtype);

@@ -111,7 +111,7 @@ GradientReadyHook* Trainer::GradientsReadyHook() const {
 comm::Communicator* Trainer::ExpertDataParallelGroup() const {
   if (options_.expt_dp == nullptr && ModelGroups::Size(options_.groups.ep) == 1 &&
       ModelGroups::Size(options_.groups.expt_tp) == 1) {
-    return options_.dp;
+    return GradientGroup();
   }
   return options_.expt_dp;
 }
@@ -192,17 +192,30 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     return absl::InvalidArgumentError(
         "TrainerOptions: pipeline parallelism (pp > 1) of an encoder is not supported yet");
   }
+  const int cp = ModelGroups::Size(o.groups.cp);
+  if (cp > 1) {
+    if (!language) {
+      return absl::InvalidArgumentError(
+          "TrainerOptions: context parallelism (cp > 1) of an encoder is not supported yet");
+    }
+    if (ModelGroups::Size(o.dp_cp) != cp * dp_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "TrainerOptions: context parallelism over ", cp, " ranks needs dp_cp (the ", cp * dp_size,
+          " ranks of cp x dp), got ", ModelGroups::Size(o.dp_cp), " members"));
+    }
+  }
   if (language) {
     modules->language_dp = dp_size;
     for (int x : {kVision, kAudio}) {
       modules->encoder_dp[x] = dp_size;  // kWhole: the encoders are replicated with the rest.
       if (!has[x] || o.part == ModelPart::kWhole) continue;
-      if (ModelGroups::Rank(o.groups.tp) != 0 || !stage.first()) {
-        // Only member 0 of the first stage's tp group holds the links (parallel/bridge.h).
+      if (ModelGroups::Rank(o.groups.tp) != 0 || ModelGroups::Rank(o.groups.cp) != 0 ||
+          !stage.first()) {
+        // Only member (tp 0, cp 0) of the first stage holds the links (parallel/bridge.h).
         if (!modules->links[x].empty()) {
           return absl::InvalidArgumentError(
               "TrainerOptions: links on a language rank other than member 0 of its first "
-              "pipeline stage's tp group");
+              "pipeline stage's tp and cp groups");
         }
         continue;
       }
@@ -235,12 +248,17 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     modules->encoder_dp[x] = dp_size;
   }
   // The modules are built as MimoModel builds them (the same names, so the same initial values).
-  // On a rank of the whole model the encoders are not tensor parallel: with tp > 1 each member
-  // computes them whole (the same values on every member); on an encoder's own ranks they are.
+  // On a rank of the whole model the encoders are not tensor (context) parallel: with tp (cp) > 1
+  // each member computes them whole (the same values on every member); on an encoder's own ranks
+  // they are tensor parallel.
   BuildContext build{
       .ops = &ops, .config = &model.language.transformer, .seed = o.seed, .groups = o.groups};
   BuildContext encoder_build = build;
-  if (o.part == ModelPart::kWhole) encoder_build.groups.tp = nullptr;
+  if (o.part == ModelPart::kWhole) {
+    encoder_build.groups.tp = nullptr;
+    encoder_build.groups.cp = nullptr;
+    encoder_build.groups.tp_cp = nullptr;
+  }
   const std::optional<ModalityEncoderConfig>* configs[2] = {&model.vision, &model.audio};
   for (int x : {kVision, kAudio}) {
     // On ranks of the whole model the encoders belong to the first pipeline stage.
@@ -303,19 +321,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   // The gradients' collectives on dp and expt_dp run on a communication thread while the
   // backward uses the other groups: one communicator serves one thread at a time.
   if (o.overlap_grad_reduce && ops.device().is_cuda() &&
-      (ModelGroups::Size(o.groups.tp) > 1 || stage.count > 1)) {
+      (ModelGroups::Size(o.groups.tp) > 1 || stage.count > 1 || cp > 1)) {
     // Every layer's tp collectives (or the stages' transfers) on the step thread beside the dp
     // ones on the communication thread, in an order that differs per rank: NCCL kernels of two
     // communicators can then wait on each other. Not run on GPUs yet.
     return absl::InvalidArgumentError(
-        "TrainerOptions: overlap_grad_reduce with tensor or pipeline parallelism (tp or pp > 1) "
-        "on GPUs is not supported yet (set overlap_grad_reduce: false)");
+        "TrainerOptions: overlap_grad_reduce with tensor, pipeline or context parallelism (tp, pp "
+        "or cp > 1) on GPUs is not supported yet (set overlap_grad_reduce: false)");
   }
   if (o.overlap_grad_reduce) {
     std::vector<std::pair<const char*, comm::Communicator*>> others = {
-        {"ep", o.groups.ep}, {"expt_tp", o.groups.expt_tp}, {"tp", o.groups.tp}, {"pp", o.pp}};
+        {"ep", o.groups.ep}, {"expt_tp", o.groups.expt_tp}, {"tp", o.groups.tp},
+        {"cp", o.groups.cp}, {"tp_cp", o.groups.tp_cp},     {"pp", o.pp}};
     for (const BridgeEnd& l : o.links) others.push_back({"a bridge link", l.group});
-    for (comm::Communicator* reduced : {o.dp, expt_dp}) {
+    for (comm::Communicator* reduced : {trainer->GradientGroup(), expt_dp}) {
       if (ModelGroups::Size(reduced) == 1) continue;
       for (const auto& [name, other] : others) {
         if (other == reduced) {
@@ -335,7 +354,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                             .dense = trainer->dense_,
                             .experts = trainer->experts_,
                             .backward_order = std::move(order),
-                            .dp = o.dp,
+                            .dp = trainer->GradientGroup(),
                             .expt_dp = expt_dp,
                             .expert_norm_groups = trainer->ExpertNormGroups(),
                             .tp = o.groups.tp,
@@ -424,9 +443,10 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   m.grad_norm = stats.grad_norm;
   m.skipped = stats.skipped;
   if (language) {
-    MIMO_ASSIGN_OR_RETURN(ExpertLoads loads,
-                          FinishExpertLoadStep(ops_, modules_->language->moe_layers(),
-                                               {options_.dp, options_.groups.tp}));
+    MIMO_ASSIGN_OR_RETURN(
+        ExpertLoads loads,
+        FinishExpertLoadStep(ops_, modules_->language->moe_layers(),
+                             {options_.dp, options_.groups.tp, options_.groups.cp}));
     if (config_.language.moe.has_value())
       m.expert_load.assign(config_.language.moe->router.experts, 0);
     for (const std::vector<int64_t>& layer : loads) {
@@ -477,8 +497,8 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
     local = part[0];
   }
   if (options_.part == ModelPart::kWhole) return local;
-  // The encoders' parts come up the links of the first stage's tp member 0, which sends the
-  // total back down, then shares them with its tp and pp peers.
+  // The encoders' parts come up the links of the first stage's member (tp 0, cp 0), which sends
+  // the total back down, then shares them with its tp, cp and pp peers.
   float encoders[1] = {0};
   for (int x : {kVision, kAudio}) {
     const std::vector<BridgeEnd>& links = modules_->links[x];
@@ -492,7 +512,7 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
       MIMO_RETURN_IF_ERROR(SendFloat(ops_, l, local + encoders[0]));
     }
   }
-  for (comm::Communicator* group : {options_.groups.tp, options_.pp}) {
+  for (comm::Communicator* group : {options_.groups.tp, options_.groups.cp, options_.pp}) {
     if (ModelGroups::Size(group) > 1) MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *group, encoders));
   }
   return local + encoders[0];
@@ -506,11 +526,16 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
   const kernels::DType dtype = config_.language.transformer.dtype;
   const bool whole = options_.part == ModelPart::kWhole;
   const bool has[2] = {config_.vision.has_value(), config_.audio.has_value()};
+  const int tp = ModelGroups::Size(options_.groups.tp), cp = ModelGroups::Size(options_.groups.cp);
+  const int cp_rank = ModelGroups::Rank(options_.groups.cp);
+  // Sequence parallel: the micro-batch padded to tp row blocks; context parallel: each sequence
+  // to 2 cp chunks (of a multiple of tp rows each with tp, so the members' rows split too).
   const data::MicroBatchOptions pack{
       .seq_length = options_.seq_length,
       .image_tokens = has[kVision] ? config_.vision->max_tokens() : 0,
       .frames_per_token = has[kAudio] ? config_.audio->frames_per_token : 0,
-      .pad_to_multiple = ModelGroups::Size(options_.groups.tp)};
+      .pad_to_multiple = cp > 1 ? 1 : tp,
+      .sequence_multiple = cp > 1 ? 2 * cp * tp : 1};
   MimoModelConfig upload = config_;
   // Every micro-batch packed first: the loss is averaged over the whole step's labels.
   std::vector<std::vector<data::Sample>> samples(options_.micro_batches);
@@ -526,8 +551,10 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackTokens(samples[i], pack, *tokenizer_));
     batch_seconds_ += SecondsSince(pack_start);
     m.labelled += b.labelled;
-    // The samples' sequences, without tp's padding sequence (not counted as work).
-    const std::vector<int32_t> lengths(b.lengths.begin(), b.lengths.begin() + samples[i].size());
+    // The samples' sequences, without tp's padding sequence and cp's padding (not counted as
+    // work).
+    std::vector<int32_t> lengths(b.lengths.begin(), b.lengths.begin() + samples[i].size());
+    for (size_t s = 0; s < lengths.size(); ++s) lengths[s] -= b.sequence_padding[s];
     for (int32_t n : lengths) m.tokens += n;
     m.model_flops += LanguageModelTrainingFlops(config_.language, lengths);
     for (int x : {kVision, kAudio}) {
@@ -569,7 +596,6 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     upload.vision.reset();
     upload.audio.reset();
   }
-  const int tp = ModelGroups::Size(options_.groups.tp);
   // A micro-batch from its forward to its backward.
   struct InFlight {
     DeviceBatch d;
@@ -590,7 +616,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
   MIMO_ASSIGN_OR_RETURN(const comm::DataType rows_type, CommType(dtype));
   auto transfer = [&](int64_t i, bool send, int peer, Tensor& t) -> absl::Status {
     if (!send) {
-      const int64_t tokens = static_cast<int64_t>(host[i].tokens.size());
+      const int64_t tokens = static_cast<int64_t>(host[i].tokens.size()) / cp;
       MIMO_ASSIGN_OR_RETURN(
           t, Tensor::Empty({tokens / tp, hidden}, dtype, ops_.allocator(), ops_.stream()));
     }
@@ -604,7 +630,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     data::HostMicroBatch& b = host[i];
     const auto upload_start = std::chrono::steady_clock::now();
     if (encoders_here) data::PackMedia(samples[i], pack, b);  // Else the encoders' ranks read them.
-    MIMO_ASSIGN_OR_RETURN(f.d, UploadMicroBatch(ops_, b, upload));
+    MIMO_ASSIGN_OR_RETURN(f.d, UploadMicroBatch(ops_, b, upload, cp, cp_rank));
     b.images = {};  // Copied (staged) already.
     b.audio = {};
     batch_seconds_ += SecondsSince(upload_start);
@@ -634,18 +660,29 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     // A communicator writes on its own stream: the buffer it receives into (perhaps memory the
     // previous micro-batch's work still reads, freed to this stream) must be idle first.
     if (!whole) MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+    // Context parallel: a placeholder's row among this member's, or -1.
+    std::vector<int32_t> local_row;
+    if (cp > 1) {
+      local_row.assign(b.tokens.size(), -1);
+      for (const parallel::TokenRun& r : f.d.sequences->runs()) {
+        for (int64_t j = 0; j < r.length; ++j) local_row[r.global + j] = r.local + j;
+      }
+    }
+    const int tp_rank = ModelGroups::Rank(options_.groups.tp);
     for (int x : {kVision, kAudio}) {
       if (rows[x] == 0) continue;
       const int64_t offset = x == kVision ? 0 : rows[kVision];
-      text.embedding_positions.insert(text.embedding_positions.end(), positions[x]->begin(),
-                                      positions[x]->end());
-      if (!whole && ModelGroups::Rank(options_.groups.tp) != 0) {
+      for (const int32_t p : *positions[x]) {
+        text.embedding_positions.push_back(cp > 1 ? local_row[p] : p);
+      }
+      if (!whole && tp_rank != 0) {
         // Not member 0 of a tp group: no links; the language model reads member 0's rows only.
         MIMO_RETURN_IF_ERROR(
             ops_.SetZero(RowAt(text.embeddings, offset, hidden),
                          static_cast<size_t>(rows[x] * hidden) * kernels::DTypeSize(dtype)));
         continue;
       }
+      if (!whole && cp_rank != 0) continue;  // Member 0 of the cp group broadcasts them below.
       if (whole) {
         MIMO_ASSIGN_OR_RETURN(EncoderOutput out, modules_->encoders[x]->Forward(ctx, *inputs[x]));
         if (out.embeddings.size(0) != rows[x]) {
@@ -678,6 +715,12 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
                                                 " placeholders"));
       }
     }
+    if (!whole && cp > 1 && tp_rank == 0 && text.embeddings.numel() > 0) {
+      // Every cp member places the rows of its tokens.
+      MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(dtype));
+      MIMO_RETURN_IF_ERROR(options_.groups.cp->Broadcast(
+          text.embeddings.data(), static_cast<size_t>(text.embeddings.numel()), type, /*root=*/0));
+    }
     return absl::OkStatus();
   };
   auto backward = [&](int64_t i) -> absl::Status {
@@ -696,6 +739,13 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
             modules_->encoders[x]->Backward(f.ctx, std::move(f.encoder_saved[x]), dx));
       }
     } else {
+      if (cp > 1 && ModelGroups::Rank(options_.groups.tp) == 0 && grad.numel() > 0) {
+        // Each cp member's gradient holds its tokens' rows: their sum goes up the links.
+        MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(grad.dtype()));
+        MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+        MIMO_RETURN_IF_ERROR(options_.groups.cp->AllReduce(
+            grad.data(), static_cast<size_t>(grad.numel()), type, comm::ReduceOp::kSum));
+      }
       f.p.dembeddings = std::move(grad);
       pending.push_back(std::move(f.p));
     }
@@ -772,6 +822,13 @@ absl::Status Trainer::ReduceLanguageMetrics(StepMetrics& m) {
     float aux[1] = {static_cast<float>(m.aux_loss)};
     MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.groups.tp, aux));
     m.aux_loss = aux[0];
+  }
+  if (ModelGroups::Size(options_.groups.cp) > 1) {
+    // Each cp member holds its tokens' losses and its share of the auxiliary losses.
+    float both[2] = {static_cast<float>(m.loss), static_cast<float>(m.aux_loss)};
+    MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.groups.cp, both));
+    m.loss = both[0];
+    m.aux_loss = both[1];
   }
   if (ModelGroups::Size(options_.pp) > 1) {
     // The loss is the last stage's, the auxiliary losses each stage's layers'.

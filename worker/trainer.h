@@ -66,7 +66,18 @@ struct TrainerOptions {
   // micro-batch is padded to a multiple of tp tokens, only member 0 holds the links to the
   // encoders, the slices' squared norms and the MoE layers' auxiliary losses and loads are summed
   // over tp, and on a rank of the whole model the encoders are computed whole by every member.
+  //
+  // Context parallelism of the language model (ModelGroups::cp, Megatron's cp): its members
+  // read the same samples, every sequence is padded to a multiple of 2 cp (2 cp tp with tp > 1)
+  // with unlabelled EOS ids, and member r computes chunks r and 2cp-1-r of each
+  // (parallel/context_split.h; the attention is ring attention). The dense gradients are summed
+  // over dp_cp (the [cp, dp] group, required with cp > 1; also the distributed optimizer's
+  // shards), the routed experts' over expt_dp (dp_cp without EP and expt_tp); losses, auxiliary
+  // losses and expert loads are summed over cp. Only member (tp 0, cp 0) holds the links to the
+  // encoders and broadcasts the modality rows over cp; on a rank of the whole model every member
+  // computes the encoders whole. Not on GPUs with overlap_grad_reduce; not on encoder ranks.
   ModelGroups groups;
+  comm::Communicator* dp_cp = nullptr;
   comm::Communicator* expt_dp = nullptr;
   // Pipeline parallelism of the language model (Megatron's pp; not owned; null or one member:
   // none): this rank holds stage pp->rank() of pp->size() (mimo/language_model.h's
@@ -90,7 +101,7 @@ struct TrainerOptions {
   // it; on an encoder rank: one per language replica it feeds. kWhole: no links.
   ModelPart part = ModelPart::kWhole;
   std::vector<BridgeEnd> links;
-  // Gradients are summed over dp (and expt_dp) in buckets of about this many fp32 elements
+  // Gradients are summed over dp (dp_cp; and expt_dp) in buckets of about this many fp32 elements
   // (mimo/gradient_buffer.h); > 0.
   int64_t bucket_elements = GradientBuffer::kDefaultBucketElements;
   // Each bucket's reduction starts on a communication thread as soon as the last micro-batch's
@@ -113,7 +124,7 @@ struct StepMetrics {
   double grad_norm = 0;  // Over the whole model, every module's gradients.
   double lr = 0;
   bool skipped = false;
-  int64_t tokens = 0;                // Packed tokens of the step (not tp's padding).
+  int64_t tokens = 0;                // Packed tokens of the step (not tp's or cp's padding).
   int64_t labelled = 0;              // Of which with a label.
   std::vector<int64_t> expert_load;  // Per expert, summed over the MoE layers and the group.
   // The whole model's training FLOPs of the step, over all ranks (mimo/model_flops.h: the
@@ -158,6 +169,10 @@ class Trainer {
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
           std::unique_ptr<Modules> modules, GradientUpdate update, std::vector<Parameter*> dense,
           std::vector<Parameter*> experts);
+  // The group the dense gradients are summed over: dp, or dp_cp with context parallelism.
+  comm::Communicator* GradientGroup() const {
+    return ModelGroups::Size(options_.groups.cp) > 1 ? options_.dp_cp : options_.dp;
+  }
   // The routed experts' data-parallel group (TrainerOptions::expt_dp as resolved).
   comm::Communicator* ExpertDataParallelGroup() const;
   // The groups over which the routed experts' squared norms are summed (ep, expt_tp); none on

@@ -182,6 +182,19 @@ TEST(ValidateJobSpecTest, TrainingAcceptsAPipelineParallelLanguageModule) {
   EXPECT_EQ(plan->language().config().pp, 2);
 }
 
+// KIND_TRAIN runs the language module context parallel (here cp 2 x dp 2 x ep 2, MoE).
+TEST(ValidateJobSpecTest, TrainingAcceptsAContextParallelLanguageModule) {
+  v1::JobSpec spec = ValidSpec();
+  Language(spec).mutable_parallelism()->set_cp(2);
+  Language(spec).mutable_parallelism()->set_dp(2);
+  Train(spec).set_global_batch_size(4);
+  std::vector<FieldViolation> violations;
+  const absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+  EXPECT_EQ(plan->language().config().cp, 2);
+}
+
 v1::Optimizer& Opt(v1::JobSpec& s) { return *s.mutable_training()->mutable_optimizer(); }
 
 TEST(ValidateJobSpecTest, ValidSpecPasses) {
@@ -580,6 +593,20 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"TrainingWithPipelineParallelismOnGpusOverlappingTheReduction",
              [](v1::JobSpec& s) {
                Language(s).mutable_parallelism()->set_pp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Train(s).set_global_batch_size(4);
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+             },
+             {"training.optimizer.overlap_grad_reduce"}},
+        Case{"TrainingWithAContextParallelEncoder",
+             [](v1::JobSpec& s) {
+               Vision(s).mutable_parallelism()->set_cp(2);
+               Vision(s).mutable_parallelism()->set_dp(1);
+             },
+             {"modules[0].parallelism.cp"}},
+        Case{"TrainingWithContextParallelismOnGpusOverlappingTheReduction",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_parallelism()->set_cp(2);
                Language(s).mutable_parallelism()->set_dp(2);
                Train(s).set_global_batch_size(4);
                s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);

@@ -94,6 +94,26 @@ TEST(MicroBatchTest, PadsToAMultipleWithAnUnlabelledSequence) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Context parallelism splits every sequence into equal chunks: each is padded after its EOS.
+TEST(MicroBatchTest, PadsEachSequenceToAMultiple) {
+  const MicroBatchOptions o{.seq_length = 64, .image_tokens = 2, .sequence_multiple = 4};
+  auto b = PackSamples({Make("ab", 0), Make("xyz", 0), Make("uv", 0)}, o);  // 6 + 7 + 6 tokens.
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->lengths, (std::vector<int32_t>{8, 8, 8}));
+  EXPECT_EQ(b->sequence_padding, (std::vector<int32_t>{2, 1, 2}));
+  EXPECT_EQ(b->padding, 0);
+  ASSERT_EQ(b->tokens.size(), 24u);
+  EXPECT_EQ(std::vector<int32_t>(b->tokens.begin() + 5, b->tokens.begin() + 8),
+            (std::vector<int32_t>(3, T::kEos)));  // Sample 0's EOS, then its 2 padding ids.
+  EXPECT_EQ(b->labels[5], -1);  // EOS ends the sample: nothing to predict, padding or not.
+  EXPECT_EQ(b->labels[6], -1);
+  EXPECT_EQ(b->labels[7], -1);
+  EXPECT_EQ(b->labelled, 10);  // As without padding.
+  EXPECT_EQ(b->vision_positions, (std::vector<int32_t>{1, 2, 9, 10, 17, 18}));
+  EXPECT_EQ(PackSamples({Make("a", 0)}, {.seq_length = 8, .sequence_multiple = 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(MicroBatchTest, CutsCaptionsToTheSequenceLength) {
   auto b = PackSamples({Make("abcdefgh", 0)}, {.seq_length = 6, .image_tokens = 1});
   ASSERT_TRUE(b.ok());

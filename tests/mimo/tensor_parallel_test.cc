@@ -32,108 +32,31 @@
 #include "mimo/transformer_layer.h"
 #include "tests/comm/run_ranks.h"
 #include "tests/mimo/model_test_util.h"
+#include "tests/mimo/parallel_test_util.h"
 
 namespace mimo {
 namespace {
 
 using kernels::DType;
+using testing::BlockFactory;
+using testing::Host;
+using testing::LmResult;
+using testing::Param;
+using testing::Perturb;
 using testing::RandomFloats;
+using testing::RelativeError;
+using testing::Result;
+using testing::Rows;
+using testing::Run;
+using testing::RunLm;
 using testing::SliceOf;
 using testing::Upload;
 
-constexpr int64_t kHidden = 16;
-
-std::vector<float> Host(kernels::Ops& ops, const kernels::Tensor& t) {
-  std::vector<float> v(t.numel());
-  EXPECT_TRUE(ops.CopyToHost(v.data(), t.data(), 4 * v.size()).ok());
-  return v;
-}
-
-// Rows [r0, r0 + n) of a row-major (rows, cols) matrix.
-std::vector<float> Rows(const std::vector<float>& m, int64_t cols, int64_t r0, int64_t n) {
-  return {m.begin() + r0 * cols, m.begin() + (r0 + n) * cols};
-}
-
-double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double err = 0, norm = 0;
-  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
-    err += (got[i] - want[i]) * (got[i] - want[i]);
-    norm += want[i] * want[i];
-  }
-  return norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
-}
-
-// Norm weights and biases start at ones and zeros, which would hide a bias added twice: every
-// such parameter gets values drawn for its whole tensor from its name, and its slice of them.
-void Perturb(kernels::Ops& ops, Parameter& p) {
-  if (p.spec().init == InitKind::kNormal) return;
-  kernels::Shape full_shape = p.spec().shape;
-  for (const ParameterShard& s : p.spec().shards) full_shape[s.dim] = s.full_size;
-  std::mt19937 random(static_cast<uint32_t>(std::hash<std::string>()(p.name())));
-  const std::vector<float> full =
-      RandomFloats(kernels::NumElements(full_shape), random, 0.5f, 1.5f);
-  const std::vector<float> mine = SliceOf(full, p.spec());
-  ASSERT_EQ(p.weight().data(), p.master().data());  // fp32: one tensor.
-  ASSERT_TRUE(ops.CopyFromHost(p.weight().data(), mine.data(), 4 * mine.size()).ok());
-}
-
-struct Param {
-  ParameterSpec spec;
-  std::vector<float> weight, grad;
-};
-
-struct Result {
-  std::vector<float> y, dx;
-  std::vector<float> aux;  // Each MoE layer's (load-balancing, z) losses.
-  std::map<std::string, Param> params;
-};
+using testing::kHidden;
 
 // A routed expert's parameter: each tp member's gradient holds its rows' part.
 bool IsRoutedExpert(const std::string& name) {
   return name.find(".mlp.experts.") != std::string::npos;
-}
-
-using BlockFactory =
-    std::function<absl::StatusOr<std::unique_ptr<Block>>(const BuildContext& build)>;
-
-// Builds a block on `ops` with `groups`, runs its forward on x (rows, C) and its backward on dy.
-Result Run(kernels::Ops& ops, const TransformerConfig& config, ModelGroups groups,
-           const BlockFactory& factory, const std::vector<int32_t>& lengths,
-           const std::vector<float>& x, const std::vector<float>& dy, int64_t rows) {
-  Result r;
-  BuildContext build{.ops = &ops, .config = &config, .seed = 5, .prefix = "b", .groups = groups};
-  auto block = factory(build);
-  EXPECT_TRUE(block.ok()) << block.status();
-  if (!block.ok()) return r;
-  std::vector<Parameter*> params;
-  (*block)->AppendParameters(params);
-  for (Parameter* p : params) Perturb(ops, *p);
-  auto seqs = PackedSequences::Create(ops, lengths);
-  EXPECT_TRUE(seqs.ok()) << seqs.status();
-  std::vector<AuxLossRecord> aux;
-  const StepContext ctx{.ops = &ops,
-                        .sequences = &*seqs,
-                        .dropout_seed = 77,
-                        .dropout_offset = 3,
-                        .aux_losses = &aux};
-  auto out = (*block)->Forward(ctx, Upload(ops, x, {rows, kHidden}, config.dtype));
-  EXPECT_TRUE(out.ok()) << out.status();
-  if (!out.ok()) return r;
-  r.y = Host(ops, out->y);
-  for (const AuxLossRecord& a : aux) {
-    const std::vector<float> pair = Host(ops, a.losses);
-    r.aux.insert(r.aux.end(), pair.begin(), pair.end());
-  }
-  auto dx = (*block)->Backward(ctx, std::move(out->saved),
-                               Upload(ops, dy, {rows, kHidden}, config.dtype));
-  EXPECT_TRUE(dx.ok()) << dx.status();
-  if (!dx.ok()) return r;
-  r.dx = Host(ops, *dx);
-  for (Parameter* p : params) {
-    r.params[p->name()] = {p->spec(), Host(ops, p->weight()), Host(ops, p->grad())};
-  }
-  return r;
 }
 
 // Runs `factory`'s block on one rank and over tp = 2, and compares as the file comment says.
@@ -145,7 +68,7 @@ void ExpectSplitEqualsOneRank(const TransformerConfig& config, const BlockFactor
   const std::vector<float> x = RandomFloats(tokens * kHidden, random);
   const std::vector<float> dy = RandomFloats(tokens * kHidden, random);
   auto one = kernels::NewCpuOps();
-  const Result want = Run(*one, config, {}, factory, lengths, x, dy, tokens);
+  const Result want = Run(*one, config, {}, factory, {.lengths = lengths}, x, dy, tokens);
   ASSERT_FALSE(want.params.empty());
   std::vector<Result> got(2);
   const int64_t half = tokens / 2;
@@ -157,7 +80,7 @@ void ExpectSplitEqualsOneRank(const TransformerConfig& config, const BlockFactor
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto ops = kernels::NewCpuOps();
     got[rank] =
-        Run(*ops, config, ModelGroupsOf(**groups), factory, lengths,
+        Run(*ops, config, ModelGroupsOf(**groups), factory, {.lengths = lengths},
             Rows(x, kHidden, rank * half, half), Rows(dy, kHidden, rank * half, half), half);
   });
   for (int r = 0; r < 2; ++r) {
@@ -285,47 +208,6 @@ TEST(TensorParallelTest, SequenceParallelSigmoidMoeLayerWithGroupedExperts) {
 
 // The language model: vocabulary-parallel embedding and output layer around tensor + sequence
 // parallel layers, modality rows spliced over placeholders, packed sequences, unlabelled tokens.
-struct LmResult {
-  std::vector<float> token_loss, loss_sum, dembeddings;
-  std::map<std::string, Param> params;
-};
-
-LmResult RunLm(kernels::Ops& ops, const LanguageModelConfig& config, ModelGroups groups,
-               const std::vector<int32_t>& lengths, const std::vector<int32_t>& tokens,
-               const std::vector<int32_t>& labels, const std::vector<float>& embeddings,
-               const std::vector<int32_t>& positions) {
-  LmResult r;
-  BuildContext build{
-      .ops = &ops, .config = &config.transformer, .seed = 8, .prefix = "lm", .groups = groups};
-  auto lm = LanguageModel::Create(build, config);
-  EXPECT_TRUE(lm.ok()) << lm.status();
-  if (!lm.ok()) return r;
-  std::vector<Parameter*> params;
-  (*lm)->AppendParameters(params);
-  for (Parameter* p : params) Perturb(ops, *p);
-  auto seqs = PackedSequences::Create(ops, lengths);
-  EXPECT_TRUE(seqs.ok()) << seqs.status();
-  const StepContext ctx{.ops = &ops, .sequences = &*seqs};
-  const int64_t m = static_cast<int64_t>(positions.size());
-  LanguageModelBatch batch{.tokens = testing::UploadInts(ops, tokens),
-                           .labels = testing::UploadInts(ops, labels),
-                           .embeddings = Upload(ops, embeddings, {m, kHidden}, DType::kF32),
-                           .embedding_positions = positions};
-  auto out = (*lm)->Forward(ctx, batch);
-  EXPECT_TRUE(out.ok()) << out.status();
-  if (!out.ok()) return r;
-  r.token_loss = Host(ops, out->token_loss);
-  r.loss_sum = Host(ops, out->loss_sum);
-  auto demb = (*lm)->Backward(ctx, std::move(out->saved), 0.25f);
-  EXPECT_TRUE(demb.ok()) << demb.status();
-  if (!demb.ok()) return r;
-  r.dembeddings = Host(ops, *demb);
-  for (Parameter* p : params) {
-    r.params[p->name()] = {p->spec(), Host(ops, p->weight()), Host(ops, p->grad())};
-  }
-  return r;
-}
-
 TEST(TensorParallelTest, VocabularyParallelLanguageModel) {
   LanguageModelConfig config{.transformer = Config(), .vocab_size = 32, .vocab_chunk = 5};
   const std::vector<int32_t> lengths = {5, 9, 2};  // 16 tokens: 8 rows a member.
@@ -338,7 +220,8 @@ TEST(TensorParallelTest, VocabularyParallelLanguageModel) {
   const std::vector<int32_t> positions = {1, 2, 9};  // Placeholders of both members' rows.
   const std::vector<float> embeddings = RandomFloats(3 * kHidden, random);
   auto one = kernels::NewCpuOps();
-  const LmResult want = RunLm(*one, config, {}, lengths, tokens, labels, embeddings, positions);
+  const LmResult want =
+      RunLm(*one, config, {}, {.lengths = lengths}, tokens, labels, embeddings, positions);
   ASSERT_FALSE(want.params.empty());
   std::vector<LmResult> got(2);
   comm::InMemoryStore store;
@@ -351,8 +234,8 @@ TEST(TensorParallelTest, VocabularyParallelLanguageModel) {
     // Member 1's modality rows are not read: it gets other values.
     const std::vector<float> mine =
         rank == 0 ? embeddings : std::vector<float>(embeddings.size(), 99.0f);
-    got[rank] =
-        RunLm(*ops, config, ModelGroupsOf(**groups), lengths, tokens, labels, mine, positions);
+    got[rank] = RunLm(*ops, config, ModelGroupsOf(**groups), {.lengths = lengths}, tokens, labels,
+                      mine, positions);
   });
   for (int r = 0; r < 2; ++r) {
     SCOPED_TRACE(::testing::Message() << "member " << r);

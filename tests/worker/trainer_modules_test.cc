@@ -4,7 +4,8 @@
 // ranks) and fan-in (encoder dp > language dp) the layout trains like the whole model on one rank
 // with the same samples: the same losses, norms and expert loads, and every module's parameters
 // after every step; also with the language model in two pipeline stages (encoders linked to the
-// first), a tensor-parallel vision encoder, and the tensor-parallel example's whole layout.
+// first), context parallel (alone, and tp x cp x pp), a tensor-parallel vision encoder, and the
+// tensor-parallel example's whole layout.
 // Links that are not the layout's are refused.
 #include <gtest/gtest.h>
 
@@ -41,10 +42,10 @@ MimoModelConfig Model() {
 
 constexpr int kSteps = 3;
 
-TrainerOptions Options(int micro_batches) {
+TrainerOptions Options(int micro_batches, int64_t seq_length = 64) {
   return {.micro_batch_size = 2,
           .micro_batches = micro_batches,
-          .seq_length = 64,
+          .seq_length = seq_length,
           .data = {.num_samples = 100, .seed = 5},
           .optimizer = {.lr = 1e-3f, .clip_grad = 0.05f, .warmup_steps = 1},
           .seed = 9};
@@ -73,10 +74,11 @@ TrainRun Train(const TrainerOptions& options) {
 }
 
 // Vision on ranks [0, V T_v), audio on [V T_v, V T_v + A), the language model after them: P
-// pipeline stages of L replicas of T tp members, stage s replica d member t at
-// lang0 + (s L + d) T + t (expert_parallel: ep = L without tp, else ep over the tp members and
-// expt_dp over the replicas). Encoders link to member 0 of the first stage's replicas; vision
-// replica e's tp members are at ranks [e T_v, (e + 1) T_v), member 0 holding the links.
+// pipeline stages of L replicas of C cp members of T tp members, stage s replica d cp member c tp
+// member t at lang0 + ((s L + d) C + c) T + t (expert_parallel: ep = L without tp and expt_dp
+// over cp, else ep over the tp members and expt_dp over the replicas' cp members). Encoders link to
+// member 0 of the first stage's replicas; vision replica e's tp members are at ranks [e T_v, (e +
+// 1) T_v), member 0 holding the links.
 struct Layout {
   int vision_dp = 1, audio_dp = 1, language_dp = 1;
   bool expert_parallel = false;
@@ -84,8 +86,13 @@ struct Layout {
   int language_pp = 1;
   int vision_tp = 1;
   int language_tp = 1;
+  int language_cp = 1;
+  int64_t seq_length = 64;
   int vision_ranks() const { return vision_dp * vision_tp; }
-  int world() const { return vision_ranks() + audio_dp + language_dp * language_tp * language_pp; }
+  int replica_ranks() const { return language_tp * language_cp; }  // A language replica's.
+  int world() const {
+    return vision_ranks() + audio_dp + language_dp * replica_ranks() * language_pp;
+  }
 };
 
 // The replicas a replica of a module with `own_dp` pairs with (parallel/bridge.h).
@@ -103,26 +110,45 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
   comm::RunRanks(layout.world(), [&](int rank) {
     const bool vision = rank < layout.vision_ranks(), audio = !vision && rank < lang0;
     const bool language = !vision && !audio;
-    const int lt = layout.language_tp, ld = layout.language_dp;
-    const int stage = language ? (rank - lang0) / (ld * lt) : 0;
-    const int first = vision ? 0 : audio ? layout.vision_ranks() : lang0 + stage * ld * lt;
+    const int lt = layout.language_tp, ld = layout.language_dp, lc = layout.language_cp;
+    const int lr = layout.replica_ranks();
+    const int stage = language ? (rank - lang0) / (ld * lr) : 0;
+    const int first = vision ? 0 : audio ? layout.vision_ranks() : lang0 + stage * ld * lr;
     const int dp = vision ? layout.vision_dp : audio ? layout.audio_dp : ld;
     const int tp_size = vision ? layout.vision_tp : language ? lt : 1;
-    const int member = rank % tp_size;
+    const int cp_size = language ? lc : 1;
+    const int member = (rank - first) % tp_size, cp_member = (rank - first) / tp_size % cp_size;
     std::vector<comm::GroupSpec> specs;
-    std::vector<int> module_ranks, tp;  // Replicas (the same member), members (the same replica).
-    for (int d = 0; d < dp; ++d) module_ranks.push_back(first + d * tp_size + member);
+    // Replicas (the same tp and cp member), tp members and cp members (the same replica), and
+    // the replicas' cp members (the same tp member).
+    std::vector<int> module_ranks, tp, cp, dp_cp, tp_cp;
+    for (int d = 0; d < dp; ++d) {
+      module_ranks.push_back(first + (d * cp_size + cp_member) * tp_size + member);
+      for (int c = 0; c < cp_size; ++c)
+        dp_cp.push_back(first + (d * cp_size + c) * tp_size + member);
+    }
     for (int t = 0; t < tp_size; ++t) tp.push_back(rank - member + t);
+    for (int c = 0; c < cp_size; ++c) cp.push_back(rank + (c - cp_member) * tp_size);
+    for (int i = 0; i < tp_size * cp_size; ++i) {
+      tp_cp.push_back(rank - member - cp_member * tp_size + i);
+    }
     if (dp > 1) specs.push_back({.kind = "dp", .members = module_ranks});
     if (tp_size > 1) specs.push_back({.kind = "tp", .members = tp});
+    if (cp_size > 1) {
+      specs.push_back({.kind = "cp", .members = cp});
+      specs.push_back({.kind = "dp_cp", .members = dp_cp});
+      specs.push_back({.kind = "tp_cp", .members = tp_cp});
+    }
     if (language && layout.expert_parallel) {
       specs.push_back({.kind = "ep", .members = lt > 1 ? tp : module_ranks});
-      if (lt > 1 && dp > 1) specs.push_back({.kind = "expt_dp", .members = module_ranks});
+      // The ranks holding the same experts: the replicas' cp members (the same tp member).
+      const std::vector<int>& same = lt > 1 ? dp_cp : cp;
+      if (same.size() > 1) specs.push_back({.kind = "expt_dp", .members = same});
     }
     if (language && layout.language_pp > 1) {
       std::vector<int> stages;
       for (int s = 0; s < layout.language_pp; ++s) {
-        stages.push_back(rank + (s - stage) * ld * lt);
+        stages.push_back(rank + (s - stage) * ld * lr);
       }
       specs.push_back({.kind = "pp", .members = stages});
     }
@@ -138,7 +164,7 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     for (int x = 0; x < 2; ++x) {
       for (int e = 0; e < encoder_dp[x]; ++e) {
         for (int l : Peers(e, encoder_dp[x], layout.language_dp)) {
-          const int a = encoder_first[x] + e * encoder_stride[x], b = lang0 + l * lt;
+          const int a = encoder_first[x] + e * encoder_stride[x], b = lang0 + l * lr;
           if (rank != a && rank != b) continue;
           const std::string kind = absl::StrCat("link_", x, "_", a, "_", b);
           specs.push_back({.kind = kind, .members = {a, b}});
@@ -152,9 +178,10 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     auto groups = comm::ProcessGroups::CreateGloo(
         specs, store, {.rank = rank, .timeout = absl::Seconds(60), .hostname = "127.0.0.1"});
     ASSERT_TRUE(groups.ok()) << groups.status();
-    TrainerOptions o = Options(layout.micro_batches);
+    TrainerOptions o = Options(layout.micro_batches, layout.seq_length);
     o.part = vision ? ModelPart::kVision : audio ? ModelPart::kAudio : ModelPart::kLanguage;
     o.dp = (*groups)->Get("dp");
+    o.dp_cp = (*groups)->Get("dp_cp");
     o.groups = ModelGroupsOf(**groups);
     if (language) {
       o.pp = (*groups)->Get("pp");
@@ -173,7 +200,8 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
 
 // Every rank of `layout` against the whole model on one rank with all the micro-batches.
 void ExpectLikeOneRank(const Layout& layout) {
-  const TrainRun want = Train(Options(layout.language_dp * layout.micro_batches));
+  const TrainRun want =
+      Train(Options(layout.language_dp * layout.micro_batches, layout.seq_length));
   ASSERT_EQ(want.steps.size(), static_cast<size_t>(kSteps));
   const std::vector<TrainRun> got = TrainLayout(layout);
   const int lang0 = layout.vision_ranks() + layout.audio_dp;
@@ -251,6 +279,35 @@ TEST(TrainerModulesTest, TheTensorParallelExamplesLayout) {
                      .micro_batches = 2,
                      .vision_tp = 2,
                      .language_tp = 2});
+}
+
+// The language model context parallel (cp 2 x dp 2, experts split over the replicas): member
+// (tp 0, cp 0) of each replica holds the links and broadcasts the modality rows over cp, the
+// members' gradients of them summed before they go back. seq_length 24: every sample fills it
+// (a multiple of 2 cp, so no padding that the MoE layers would route).
+TEST(TrainerModulesTest, EncodersFeedAContextParallelLanguageModel) {
+  ExpectLikeOneRank({.vision_dp = 1,
+                     .audio_dp = 2,
+                     .language_dp = 2,
+                     .expert_parallel = true,
+                     .micro_batches = 2,
+                     .language_cp = 2,
+                     .seq_length = 24});
+}
+
+// tp 2 x cp 2 of one replica in two pipeline stages (experts split over tp, expt_dp over cp), a
+// tensor-parallel vision encoder.
+TEST(TrainerModulesTest, EncodersFeedATensorContextPipelineParallelLanguageModel) {
+  ExpectLikeOneRank({.vision_dp = 1,
+                     .audio_dp = 1,
+                     .language_dp = 1,
+                     .expert_parallel = true,
+                     .micro_batches = 2,
+                     .language_pp = 2,
+                     .vision_tp = 2,
+                     .language_tp = 2,
+                     .language_cp = 2,
+                     .seq_length = 24});
 }
 
 TEST(TrainerModulesTest, EncoderReplicasFanInToOneLanguageRank) {

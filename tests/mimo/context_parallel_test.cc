@@ -1,0 +1,414 @@
+// Context parallelism over Gloo ranks against one rank on the same sequences: the ring attention
+// alone (cp 2 and 3, causal and bidirectional, grouped-query), transformer layers (RoPE at the
+// whole sequences' positions, dropout with the one-rank masks, MoE layers with both auxiliary
+// losses), tp 2 x cp 2, and the language model with modality rows. Each member's outputs and
+// input gradients equal the one-rank rows of the tokens it holds, its parameters' gradients
+// summed over the cp members (as the dp x cp gradient reduction sums them) the one-rank ones,
+// and the auxiliary losses' shares add up to the one-rank losses (relative L2 error < 1e-5).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "comm/in_memory_store.h"
+#include "comm/process_groups.h"
+#include "common/status_macros.h"
+#include "mimo/context_attention.h"
+#include "mimo/dense_mlp.h"
+#include "mimo/language_model.h"
+#include "mimo/moe_layer.h"
+#include "mimo/transformer_layer.h"
+#include "parallel/context_split.h"
+#include "tests/comm/run_ranks.h"
+#include "tests/mimo/model_test_util.h"
+#include "tests/mimo/parallel_test_util.h"
+
+namespace mimo {
+namespace {
+
+using kernels::DType;
+using testing::BlockFactory;
+using testing::Host;
+using testing::kHidden;
+using testing::LmResult;
+using testing::RandomFloats;
+using testing::RelativeError;
+using testing::Result;
+using testing::Run;
+using testing::RunLm;
+using testing::SliceOf;
+using testing::Upload;
+
+constexpr double kBound = 1e-5;
+
+// tp x cp ranks, tp fastest (Megatron's order): rank = t + tp * c.
+struct Split {
+  int tp = 1;
+  int cp = 2;
+  int ranks() const { return tp * cp; }
+  int tp_rank(int rank) const { return rank % tp; }
+  int cp_rank(int rank) const { return rank / tp; }
+};
+
+std::vector<comm::GroupSpec> GroupsOf(const Split& s, int rank) {
+  std::vector<comm::GroupSpec> specs;
+  const int t = s.tp_rank(rank), c = s.cp_rank(rank);
+  comm::GroupSpec tp{.kind = "tp"}, cp{.kind = "cp"}, tp_cp{.kind = "tp_cp"};
+  for (int i = 0; i < s.tp; ++i) tp.members.push_back(c * s.tp + i);
+  for (int j = 0; j < s.cp; ++j) cp.members.push_back(t + s.tp * j);
+  for (int r = 0; r < s.ranks(); ++r) tp_cp.members.push_back(r);
+  if (s.tp > 1) specs.push_back(tp);
+  specs.push_back(cp);
+  specs.push_back(tp_cp);
+  return specs;
+}
+
+// Runs body(rank, groups) on every rank of `s` over Gloo.
+template <typename Body>
+void OnRanks(const Split& s, Body body) {
+  comm::InMemoryStore store;
+  comm::RunRanks(s.ranks(), [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        GroupsOf(s, rank), store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    body(rank, **groups);
+  });
+}
+
+// The tokens a member holds, in its row order.
+std::vector<int64_t> TokensOf(const std::vector<int32_t>& lengths, int cp, int rank) {
+  auto runs = parallel::ContextSplitRuns(lengths, cp, rank);
+  EXPECT_TRUE(runs.ok()) << runs.status();
+  return runs.ok() ? parallel::GlobalTokensOf(*runs) : std::vector<int64_t>{};
+}
+
+// Rows `tokens` of a (rows, width) matrix.
+template <typename T>
+std::vector<T> Gather(const std::vector<T>& m, int64_t width, const std::vector<int64_t>& tokens) {
+  std::vector<T> out;
+  for (int64_t t : tokens)
+    out.insert(out.end(), m.begin() + t * width, m.begin() + (t + 1) * width);
+  return out;
+}
+
+// Rows [member * n, (member + 1) * n) of a (rows, width) matrix: a tp member's block.
+template <typename T>
+std::vector<T> RowBlock(const std::vector<T>& m, int64_t width, int member, int members) {
+  const int64_t n = static_cast<int64_t>(m.size()) / width / members;
+  return {m.begin() + member * n * width, m.begin() + (member + 1) * n * width};
+}
+
+void ExpectContextSplitEqualsOneRank(const TransformerConfig& config, const BlockFactory& factory,
+                                     const std::vector<int32_t>& lengths, Split split) {
+  int64_t tokens = 0;
+  for (int32_t n : lengths) tokens += n;
+  std::mt19937 random(std::random_device{}());
+  const std::vector<float> x = RandomFloats(tokens * kHidden, random);
+  const std::vector<float> dy = RandomFloats(tokens * kHidden, random);
+  auto one = kernels::NewCpuOps();
+  const Result want = Run(*one, config, {}, factory, {.lengths = lengths}, x, dy, tokens);
+  ASSERT_FALSE(want.params.empty());
+  std::vector<Result> got(split.ranks());
+  OnRanks(split, [&](int rank, const comm::ProcessGroups& groups) {
+    const int t = split.tp_rank(rank), c = split.cp_rank(rank);
+    const std::vector<int64_t> mine = TokensOf(lengths, split.cp, c);
+    auto ops = kernels::NewCpuOps();
+    got[rank] = Run(*ops, config, ModelGroupsOf(groups), factory,
+                    {.lengths = lengths, .context_size = split.cp, .context_rank = c},
+                    RowBlock(Gather(x, kHidden, mine), kHidden, t, split.tp),
+                    RowBlock(Gather(dy, kHidden, mine), kHidden, t, split.tp),
+                    static_cast<int64_t>(mine.size()) / split.tp);
+  });
+  std::vector<float> aux(want.aux.size(), 0.0f);
+  for (int rank = 0; rank < split.ranks(); ++rank) {
+    SCOPED_TRACE(::testing::Message() << "rank " << rank);
+    const int t = split.tp_rank(rank), c = split.cp_rank(rank);
+    const std::vector<int64_t> mine = TokensOf(lengths, split.cp, c);
+    EXPECT_LT(
+        RelativeError(got[rank].y, RowBlock(Gather(want.y, kHidden, mine), kHidden, t, split.tp)),
+        kBound)
+        << "y";
+    EXPECT_LT(
+        RelativeError(got[rank].dx, RowBlock(Gather(want.dx, kHidden, mine), kHidden, t, split.tp)),
+        kBound)
+        << "dx";
+    ASSERT_EQ(got[rank].params.size(), want.params.size());
+    ASSERT_EQ(got[rank].aux.size(), want.aux.size());
+    for (size_t i = 0; i < aux.size(); ++i) aux[i] += got[rank].aux[i];
+    if (c != 0) continue;
+    for (const auto& [name, p] : got[rank].params) {
+      SCOPED_TRACE(name);
+      const testing::Param& whole = want.params.at(name);
+      EXPECT_EQ(p.weight, SliceOf(whole.weight, p.spec));
+      // Over this tp member's cp peers; the routed experts (whole on every rank, each tp
+      // member's rows reaching its own copy) over every rank.
+      const bool routed = name.find(".mlp.experts.") != std::string::npos;
+      std::vector<float> sum(p.grad.size(), 0.0f);
+      for (int other = 0; other < split.ranks(); ++other) {
+        if (!routed && split.tp_rank(other) != t) continue;
+        const std::vector<float>& g = got[other].params.at(name).grad;
+        for (size_t i = 0; i < sum.size(); ++i) sum[i] += g[i];
+      }
+      EXPECT_LT(RelativeError(sum, SliceOf(whole.grad, p.spec)), kBound);
+    }
+  }
+  for (size_t i = 0; i < want.aux.size(); ++i) {
+    EXPECT_NEAR(aux[i], want.aux[i], 1e-5 * std::abs(want.aux[i])) << i;
+    EXPECT_GT(want.aux[i], 0.0f) << i;
+  }
+}
+
+TransformerConfig Config() {
+  TransformerConfig c;
+  c.num_layers = 2;
+  c.hidden_size = kHidden;
+  c.num_attention_heads = 4;
+  c.num_query_groups = 2;
+  c.ffn_hidden_size = 24;
+  c.add_bias_linear = false;
+  c.dtype = DType::kF32;
+  return c;
+}
+
+BlockFactory Layer(std::optional<MoeConfig> moe = std::nullopt) {
+  return [moe](const BuildContext& b) -> absl::StatusOr<std::unique_ptr<Block>> {
+    BuildContext layer_build = b;
+    layer_build.layer_number = 1;
+    std::unique_ptr<TransformerLayer> layer;
+    if (moe.has_value()) {
+      MIMO_ASSIGN_OR_RETURN(layer, TransformerLayer::Create(layer_build, MoeMlpBuilder(*moe)));
+    } else {
+      MIMO_ASSIGN_OR_RETURN(layer, TransformerLayer::Create(layer_build, DenseMlpBuilder()));
+    }
+    return std::unique_ptr<Block>(std::move(layer));
+  };
+}
+
+// The ring attention alone: q, k, v of the whole sequences, each member's rows, against the
+// attention op over the whole sequences; the backward's dq, dk, dv too.
+void ExpectRingAttentionEqualsOneRank(const std::vector<int32_t>& lengths, int cp, bool causal) {
+  SCOPED_TRACE(::testing::Message() << "cp " << cp << (causal ? " causal" : " bidirectional"));
+  const int64_t heads = 4, groups = 2, d = 8, hd = heads * d, gd = groups * d;
+  int64_t t = 0;
+  for (int32_t n : lengths) t += n;
+  std::mt19937 random(std::random_device{}());
+  const std::vector<float> q = RandomFloats(t * hd, random), k = RandomFloats(t * gd, random),
+                           v = RandomFloats(t * gd, random), dout = RandomFloats(t * hd, random);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  auto one = kernels::NewCpuOps();
+  std::vector<int32_t> cu = {0};
+  for (int32_t n : lengths) cu.push_back(cu.back() + n);
+  std::vector<float> out(t * hd), lse(heads * t), dq(t * hd), dk(t * gd), dv(t * gd);
+  const kernels::AttentionParams fwd{.q = q.data(),
+                                     .k = k.data(),
+                                     .v = v.data(),
+                                     .out = out.data(),
+                                     .lse = lse.data(),
+                                     .cu_seqlens = cu.data(),
+                                     .num_seqs = static_cast<int64_t>(lengths.size()),
+                                     .total_tokens = t,
+                                     .heads = heads,
+                                     .kv_heads = groups,
+                                     .head_dim = d,
+                                     .scale = scale,
+                                     .causal = causal};
+  ASSERT_TRUE(kernels::AttentionCpu(fwd).ok());
+  ASSERT_TRUE(kernels::AttentionBackwardCpu({.dout = dout.data(),
+                                             .q = q.data(),
+                                             .k = k.data(),
+                                             .v = v.data(),
+                                             .out = out.data(),
+                                             .lse = lse.data(),
+                                             .dq = dq.data(),
+                                             .dk = dk.data(),
+                                             .dv = dv.data(),
+                                             .cu_seqlens = cu.data(),
+                                             .num_seqs = fwd.num_seqs,
+                                             .total_tokens = t,
+                                             .heads = heads,
+                                             .kv_heads = groups,
+                                             .head_dim = d,
+                                             .scale = scale,
+                                             .causal = causal})
+                  .ok());
+  const Split split{.tp = 1, .cp = cp};
+  OnRanks(split, [&](int rank, const comm::ProcessGroups& pg) {
+    const std::vector<int64_t> mine = TokensOf(lengths, cp, rank);
+    const int64_t rows = static_cast<int64_t>(mine.size());
+    auto ops = kernels::NewCpuOps();
+    auto seqs = PackedSequences::CreateSplit(*ops, lengths, cp, rank);
+    ASSERT_TRUE(seqs.ok()) << seqs.status();
+    const StepContext ctx{.ops = ops.get(), .sequences = &*seqs};
+    const ContextAttentionShape shape{
+        .heads = heads, .kv_heads = groups, .head_dim = d, .scale = scale, .causal = causal};
+    const kernels::Tensor tq = Upload(*ops, Gather(q, hd, mine), {rows, hd}, DType::kF32);
+    const kernels::Tensor tk = Upload(*ops, Gather(k, gd, mine), {rows, gd}, DType::kF32);
+    const kernels::Tensor tv = Upload(*ops, Gather(v, gd, mine), {rows, gd}, DType::kF32);
+    kernels::Tensor o;
+    ContextAttentionLse l;
+    ASSERT_TRUE(ContextAttentionForward(ctx, *pg.Get("cp"), shape, tq, tk, tv, o, l).ok());
+    EXPECT_LT(RelativeError(Host(*ops, o), Gather(out, hd, mine)), kBound) << "rank " << rank;
+    const kernels::Tensor gq = Upload(*ops, std::vector<float>(rows * hd), {rows, hd}, DType::kF32);
+    const kernels::Tensor gk = Upload(*ops, std::vector<float>(rows * gd), {rows, gd}, DType::kF32);
+    const kernels::Tensor gv = Upload(*ops, std::vector<float>(rows * gd), {rows, gd}, DType::kF32);
+    ASSERT_TRUE(
+        ContextAttentionBackward(ctx, *pg.Get("cp"), shape,
+                                 Upload(*ops, Gather(dout, hd, mine), {rows, hd}, DType::kF32), tq,
+                                 tk, tv, o, l, gq, gk, gv)
+            .ok());
+    EXPECT_LT(RelativeError(Host(*ops, gq), Gather(dq, hd, mine)), kBound) << "dq rank " << rank;
+    EXPECT_LT(RelativeError(Host(*ops, gk), Gather(dk, gd, mine)), kBound) << "dk rank " << rank;
+    EXPECT_LT(RelativeError(Host(*ops, gv), Gather(dv, gd, mine)), kBound) << "dv rank " << rank;
+  });
+}
+
+TEST(ContextParallelTest, RingAttention) {
+  for (const bool causal : {true, false}) {
+    ExpectRingAttentionEqualsOneRank({8, 4, 12}, 2, causal);
+    ExpectRingAttentionEqualsOneRank({6, 18, 12}, 3, causal);
+    ExpectRingAttentionEqualsOneRank({8, 16}, 4, causal);
+  }
+}
+
+TEST(ContextParallelTest, CausalGroupedQueryLayerWithRopeAndDropout) {
+  TransformerConfig c = Config();
+  c.hidden_dropout = 0.2f;
+  ExpectContextSplitEqualsOneRank(c, Layer(), {8, 12, 4}, {.cp = 2});
+  ExpectContextSplitEqualsOneRank(c, Layer(), {6, 12}, {.cp = 3});
+}
+
+TEST(ContextParallelTest, BidirectionalLayerNormLayerWithBiases) {
+  TransformerConfig c = Config();
+  c.norm = NormKind::kLayerNorm;
+  c.activation = MlpActivation::kGelu;
+  c.add_bias_linear = true;
+  c.causal = false;
+  c.rotary = false;
+  ExpectContextSplitEqualsOneRank(c, Layer(), {4, 8}, {.cp = 2});
+}
+
+TEST(ContextParallelTest, MoeLayerWithAuxiliaryLosses) {
+  const MoeConfig moe{.router = {.experts = 4, .top_k = 2},
+                      .aux_loss_coeff = 0.01f,
+                      .z_loss_coeff = 0.001f,
+                      .shared_expert_ffn_hidden_size = 8};
+  ExpectContextSplitEqualsOneRank(Config(), Layer(moe), {8, 4, 12}, {.cp = 2});
+}
+
+TEST(ContextParallelTest, TensorTimesContextParallelLayer) {
+  TransformerConfig c = Config();
+  c.hidden_dropout = 0.1f;
+  ExpectContextSplitEqualsOneRank(c, Layer(), {8, 16}, {.tp = 2, .cp = 2});
+}
+
+TEST(ContextParallelTest, TensorTimesContextParallelMoeLayer) {
+  const MoeConfig moe{
+      .router = {.experts = 4, .top_k = 2}, .aux_loss_coeff = 0.01f, .z_loss_coeff = 0.001f};
+  ExpectContextSplitEqualsOneRank(Config(), Layer(moe), {8, 16}, {.tp = 2, .cp = 2});
+}
+
+// The language model over cp 2 (and tp 2 x cp 2): every member gets all the modality rows,
+// placed where its tokens are (-1 elsewhere); the members' loss sums and embedding gradients
+// add up to the one-rank ones, their token losses are the one-rank losses of their tokens.
+void ExpectLanguageModelSplitEqualsOneRank(Split split) {
+  SCOPED_TRACE(::testing::Message() << "tp " << split.tp << " cp " << split.cp);
+  LanguageModelConfig config{.transformer = Config(), .vocab_size = 32, .vocab_chunk = 5};
+  const std::vector<int32_t> lengths = {8, 16, 8};
+  const int64_t total = 32;
+  std::mt19937 random(11);
+  std::vector<int32_t> tokens(total), labels(total);
+  for (int i = 0; i < total; ++i) {
+    tokens[i] = static_cast<int32_t>(random() % 32);
+    labels[i] = i % 5 == 1 ? -1 : static_cast<int32_t>(random() % 32);
+  }
+  const std::vector<int32_t> positions = {1, 2, 9, 20, 30};
+  const std::vector<float> embeddings = RandomFloats(5 * kHidden, random);
+  auto one = kernels::NewCpuOps();
+  const LmResult want =
+      RunLm(*one, config, {}, {.lengths = lengths}, tokens, labels, embeddings, positions);
+  ASSERT_FALSE(want.params.empty());
+  std::vector<LmResult> got(split.ranks());
+  OnRanks(split, [&](int rank, const comm::ProcessGroups& groups) {
+    const int c = split.cp_rank(rank);
+    const std::vector<int64_t> mine = TokensOf(lengths, split.cp, c);
+    std::vector<int32_t> local_positions;
+    for (int32_t p : positions) {
+      const auto it = std::find(mine.begin(), mine.end(), p);
+      local_positions.push_back(it == mine.end() ? -1 : static_cast<int32_t>(it - mine.begin()));
+    }
+    auto ops = kernels::NewCpuOps();
+    got[rank] =
+        RunLm(*ops, config, ModelGroupsOf(groups),
+              {.lengths = lengths, .context_size = split.cp, .context_rank = c},
+              Gather(tokens, 1, mine), Gather(labels, 1, mine), embeddings, local_positions);
+  });
+  for (int t = 0; t < split.tp; ++t) {
+    SCOPED_TRACE(::testing::Message() << "tp member " << t);
+    float loss_sum = 0;
+    std::vector<float> dembeddings(want.dembeddings.size(), 0.0f);
+    std::map<std::string, std::vector<float>> grads;
+    for (int c = 0; c < split.cp; ++c) {
+      const LmResult& r = got[t + split.tp * c];
+      const std::vector<int64_t> mine = TokensOf(lengths, split.cp, c);
+      EXPECT_LT(RelativeError(r.token_loss, Gather(want.token_loss, 1, mine)), kBound);
+      loss_sum += r.loss_sum.at(0);
+      for (size_t i = 0; i < dembeddings.size(); ++i) dembeddings[i] += r.dembeddings.at(i);
+      for (const auto& [name, p] : r.params) {
+        std::vector<float>& g = grads[name];
+        g.resize(p.grad.size(), 0.0f);
+        for (size_t i = 0; i < g.size(); ++i) g[i] += p.grad[i];
+      }
+    }
+    EXPECT_NEAR(loss_sum, want.loss_sum.at(0), 1e-5 * std::abs(want.loss_sum.at(0)));
+    EXPECT_LT(RelativeError(dembeddings, want.dembeddings), kBound);
+    ASSERT_EQ(grads.size(), want.params.size());
+    for (const auto& [name, grad] : grads) {
+      SCOPED_TRACE(name);
+      const testing::Param& p = got[t].params.at(name);
+      EXPECT_LT(RelativeError(grad, SliceOf(want.params.at(name).grad, p.spec)), kBound);
+    }
+  }
+}
+
+TEST(ContextParallelTest, LanguageModel) {
+  ExpectLanguageModelSplitEqualsOneRank({.cp = 2});
+  ExpectLanguageModelSplitEqualsOneRank({.tp = 2, .cp = 2});
+}
+
+TEST(ContextParallelTest, RefusesWhatItCannotSplit) {
+  // Sequences not padded to multiples of 2 cp.
+  auto ops = kernels::NewCpuOps();
+  const auto odd = PackedSequences::CreateSplit(*ops, std::vector<int32_t>{4, 6}, 2, 0);
+  EXPECT_EQ(odd.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(odd.status().message(), ::testing::HasSubstr("multiple of 4"));
+  OnRanks({.cp = 2}, [&](int rank, const comm::ProcessGroups& groups) {
+    auto ops = kernels::NewCpuOps();
+    TransformerConfig config = Config();
+    BuildContext build{
+        .ops = ops.get(), .config = &config, .prefix = "b", .groups = ModelGroupsOf(groups)};
+    const auto moe = MoeLayer::Create(build, MoeConfig{.router = {.experts = 2, .top_k = 1},
+                                                       .aux_loss_coeff = 0.01f,
+                                                       .per_sequence_aux_loss = true});
+    EXPECT_EQ(moe.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(moe.status().message(), ::testing::HasSubstr("per_sequence_aux_loss with context"));
+    // A layer of a cp group fed sequences that are not split over it.
+    auto layer = TransformerLayer::Create(build, DenseMlpBuilder());
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    auto whole = PackedSequences::Create(*ops, std::vector<int32_t>{4});
+    ASSERT_TRUE(whole.ok());
+    const StepContext ctx{.ops = ops.get(), .sequences = &*whole};
+    const auto out = (*layer)->Forward(
+        ctx, Upload(*ops, std::vector<float>(4 * kHidden, 0.5f), {4, kHidden}, DType::kF32));
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(out.status().message(), ::testing::HasSubstr("split over 1 context-parallel"));
+    (void)rank;
+  });
+}
+
+}  // namespace
+}  // namespace mimo
