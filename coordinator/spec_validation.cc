@@ -410,15 +410,14 @@ class SpecChecker {
     }
   }
 
-  // Pipeline parallelism in a KIND_TRAIN job: the language module, its layers split evenly over
-  // the stages; not yet encoders (nor, checked apart, overlapping the reduction on GPUs).
-  void CheckPipelineParallelTraining(size_t index, int pp, bool is_language, const char* later) {
+  // Pipeline parallelism in a KIND_TRAIN job, of any module: its layers split evenly over the
+  // stages (not, checked apart, overlapping the reduction on GPUs).
+  void CheckPipelineParallelTraining(size_t index, int pp) {
     const std::string at = absl::StrCat("modules[", index, "].parallelism.pp");
-    if (!is_language) {
-      Add(at, absl::StrCat("pp ", pp, ": encoders are not pipeline parallel yet; ", later));
-      return;
-    }
-    const int layers = spec_.modules(static_cast<int>(index)).language().transformer().num_layers();
+    const v1::Module& m = spec_.modules(static_cast<int>(index));
+    const int layers = m.has_language() ? m.language().transformer().num_layers()
+                       : m.has_vision() ? m.vision().transformer().num_layers()
+                                        : m.audio().transformer().num_layers();
     if (layers > 0 && layers % pp != 0) {
       Add(at, absl::StrCat("pp=", pp, " does not divide num_layers ", layers,
                            " (each pipeline stage holds an equal share of the layers)"));
@@ -441,7 +440,7 @@ class SpecChecker {
   void CheckTrainingSupport(const std::optional<parallel::RankPlan>& plan) {
     const char* kLater =
         "KIND_TRAIN jobs do not support this yet (data, expert and expert tensor parallelism, "
-        "tensor parallelism, and pipeline and context parallelism of the language module)";
+        "tensor and pipeline parallelism, and context parallelism of the language module)";
     if (plan) {
       const int language_dp = plan->language().config().dp;
       const int64_t samples = int64_t{spec_.training().micro_batch_size()} * language_dp;
@@ -453,8 +452,8 @@ class SpecChecker {
               absl::StrCat("cp ", m.cp, ": encoders are not context parallel yet; ", kLater));
         }
         if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language);
-        if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp, m.is_language, kLater);
-        if (m.tp > 1 || (m.is_language && (m.pp > 1 || m.cp > 1))) {
+        if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp);
+        if (m.tp > 1 || m.pp > 1 || m.cp > 1) {
           CheckNoOverlapOnGpus(
               absl::StrCat("tp ", m.tp, ", pp ", m.pp, " and cp ", m.cp, " (", m.name, ")"));
         }

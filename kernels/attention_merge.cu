@@ -38,12 +38,13 @@ __global__ void MergeLseKernel(float* __restrict__ lse, const float* __restrict_
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
-    const float l = lse[i], p = part_lse[i], m = fmaxf(l, p);
-    if (first) {
+    const float p = part_lse[i];
+    if (first) {  // The running value is not read.
       lse[i] = p;
-    } else if (m != -INFINITY) {
-      lse[i] = m + logf(expf(l - m) + expf(p - m));
+      continue;
     }
+    const float l = lse[i], m = fmaxf(l, p);
+    if (m != -INFINITY) lse[i] = m + logf(expf(l - m) + expf(p - m));
   }
 }
 

@@ -118,12 +118,8 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Create(
     const BuildContext& ctx, const LanguageModelConfig& config, const PipelineStage& stage) {
   MIMO_RETURN_IF_ERROR(ValidateLanguageModelConfig(config));
   const TransformerConfig& t = config.transformer;
-  if (stage.count < 1 || stage.index < 0 || stage.index >= stage.count ||
-      t.num_layers % stage.count != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("LanguageModel: pipeline stage ", stage.index, " of ", stage.count, ": the ",
-                     t.num_layers, " layers (num_layers) must split evenly over the stages"));
-  }
+  MIMO_ASSIGN_OR_RETURN(const TransformerBlockPart layers,
+                        stage.Part(t.num_layers, "LanguageModel"));
   const int64_t n = ModelGroups::Size(ctx.groups.tp), r = ModelGroups::Rank(ctx.groups.tp);
   comm::Communicator* tp = n > 1 ? ctx.groups.tp : nullptr;
   if (config.vocab_size % n != 0) {
@@ -143,9 +139,6 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Create(
                                          .NewParameter("weight", {part, t.hidden_size},
                                                        InitKind::kNormal, t.init_std, true, rows));
   }
-  const int per_stage = t.num_layers / stage.count;
-  const TransformerBlockPart layers{
-      .first_layer = stage.index * per_stage, .num_layers = per_stage, .final_norm = stage.last()};
   std::unique_ptr<TransformerBlock> decoder;
   if (config.moe.has_value()) {
     MIMO_ASSIGN_OR_RETURN(

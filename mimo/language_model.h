@@ -43,16 +43,6 @@ struct LanguageModelConfig {
 // InvalidArgument naming the field at fault.
 absl::Status ValidateLanguageModelConfig(const LanguageModelConfig& config);
 
-// The pipeline stage a LanguageModel holds: stage `index` of `count` (Megatron's pp rank and
-// size) holds layers [index L / count, (index + 1) L / count) of the L layers (L must divide by
-// count); the first stage also the embedding, the last the final norm, output layer and loss.
-struct PipelineStage {
-  int index = 0;
-  int count = 1;
-  bool first() const { return index == 0; }
-  bool last() const { return index == count - 1; }
-};
-
 // One micro-batch: T packed tokens (the StepContext's sequences) and M modality embeddings.
 struct LanguageModelBatch {
   // (T,) int32 ids in [0, vocab_size); a placeholder's embedding row is replaced (its id's
@@ -93,7 +83,8 @@ class LanguageModel {
   // every token's loss. Modality rows are taken from member 0's batch.embeddings; the returned
   // gradient of them is the same on every member.
   //
-  // With a pipeline `stage` of count > 1 the model holds that stage's part (PipelineStage);
+  // With a pipeline `stage` of count > 1 the model holds that stage's part (PipelineStage: its
+  // layers; the first stage also the embedding, the last the final norm, output layer and loss);
   // parameters keep their names in the whole model (layers numbered in the whole stack).
   // InvalidArgument when the layers do not divide by the stages.
   static absl::StatusOr<std::unique_ptr<LanguageModel>> Create(const BuildContext& ctx,

@@ -113,11 +113,11 @@ absl::Status MimoModel::Backward(const StepContext& ctx,
   const int64_t v = saved->vision_rows, a = saved->audio_rows;
   if (v > 0) {
     MIMO_ASSIGN_OR_RETURN(kernels::Tensor dv, d.Slice(0, 0, v));
-    MIMO_RETURN_IF_ERROR(vision_->Backward(ctx, std::move(saved->vision), dv));
+    MIMO_RETURN_IF_ERROR(vision_->Backward(ctx, std::move(saved->vision), dv).status());
   }
   if (a > 0) {
     MIMO_ASSIGN_OR_RETURN(kernels::Tensor da, d.Slice(0, v, v + a));
-    MIMO_RETURN_IF_ERROR(audio_->Backward(ctx, std::move(saved->audio), da));
+    MIMO_RETURN_IF_ERROR(audio_->Backward(ctx, std::move(saved->audio), da).status());
   }
   return absl::OkStatus();
 }

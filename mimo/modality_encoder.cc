@@ -19,8 +19,8 @@ using kernels::DType;
 using kernels::Tensor;
 
 struct EncoderSaved final : SavedActivations {
-  std::unique_ptr<PackedSequences> sequences;
-  Tensor rows;         // (tokens + padding, token_features): what the input projection read.
+  std::unique_ptr<PackedSequences> sequences;  // The samples' tokens, then tp's padding rows.
+  Tensor rows;  // First stage: (tokens + padding, token_features), what the input projection read.
   int64_t tokens = 0;  // Without tp's padding rows.
   std::unique_ptr<SavedActivations> encoder, projector;
 };
@@ -62,8 +62,10 @@ absl::Status ValidateModalityEncoderConfig(const ModalityEncoderConfig& c) {
 }
 
 absl::StatusOr<std::unique_ptr<ModalityEncoder>> ModalityEncoder::Create(
-    const BuildContext& ctx, const ModalityEncoderConfig& config) {
+    const BuildContext& ctx, const ModalityEncoderConfig& config, const PipelineStage& stage) {
   MIMO_RETURN_IF_ERROR(ValidateModalityEncoderConfig(config));
+  MIMO_ASSIGN_OR_RETURN(const TransformerBlockPart layers,
+                        stage.Part(config.transformer.num_layers, "ModalityEncoder"));
   comm::Communicator* tp = ModelGroups::Size(ctx.groups.tp) > 1 ? ctx.groups.tp : nullptr;
   if (tp != nullptr && config.max_tokens() < tp->size() - 1) {
     return absl::InvalidArgumentError(
@@ -75,21 +77,27 @@ absl::StatusOr<std::unique_ptr<ModalityEncoder>> ModalityEncoder::Create(
   BuildContext whole = inner;  // The embeddings and projector: whole on every tp member.
   whole.groups.tp = nullptr;
   const TransformerConfig& t = config.transformer;
+  std::optional<LinearWeights> input_projection;
+  std::unique_ptr<Parameter> positions;
+  if (stage.first()) {
+    MIMO_ASSIGN_OR_RETURN(
+        input_projection,
+        LinearWeights::Create(whole.Child("embeddings.input_projection"), t.hidden_size,
+                              config.token_features(), /*bias=*/true, t.init_std));
+    MIMO_ASSIGN_OR_RETURN(positions,
+                          whole.Child("embeddings.position_embedding")
+                              .NewParameter("weight", {config.max_tokens(), t.hidden_size},
+                                            InitKind::kNormal, t.init_std, true));
+  }
   MIMO_ASSIGN_OR_RETURN(
-      LinearWeights input_projection,
-      LinearWeights::Create(whole.Child("embeddings.input_projection"), t.hidden_size,
-                            config.token_features(), /*bias=*/true, t.init_std));
-  MIMO_ASSIGN_OR_RETURN(auto positions,
-                        whole.Child("embeddings.position_embedding")
-                            .NewParameter("weight", {config.max_tokens(), t.hidden_size},
-                                          InitKind::kNormal, t.init_std, true));
-  MIMO_ASSIGN_OR_RETURN(auto encoder,
-                        TransformerBlock::Create(inner.Child("encoder"), DenseMlpBuilder()));
-  MIMO_ASSIGN_OR_RETURN(auto projector,
-                        Projector::Create(whole.Child("projector"), config.projector, t.hidden_size,
-                                          config.output_size));
+      auto encoder, TransformerBlock::Create(inner.Child("encoder"), DenseMlpBuilder(), layers));
+  std::unique_ptr<Projector> projector;
+  if (stage.last()) {
+    MIMO_ASSIGN_OR_RETURN(projector, Projector::Create(whole.Child("projector"), config.projector,
+                                                       t.hidden_size, config.output_size));
+  }
   return std::unique_ptr<ModalityEncoder>(
-      new ModalityEncoder(config, tp, std::move(input_projection), std::move(positions),
+      new ModalityEncoder(config, stage, tp, std::move(input_projection), std::move(positions),
                           std::move(encoder), std::move(projector)));
 }
 
@@ -100,33 +108,37 @@ absl::StatusOr<EncoderOutput> ModalityEncoder::Forward(const StepContext& ctx,
   const DType dtype = c.transformer.dtype;
   const int64_t width = c.transformer.hidden_size, features = c.token_features();
   const Tensor& in = batch.input;
-  if (!in.defined() || in.dtype() != dtype || !in.is_contiguous()) {
+  const bool first = stage_.first();
+  if (first && (!in.defined() || in.dtype() != dtype || !in.is_contiguous())) {
     return absl::InvalidArgumentError(
         absl::StrCat("ModalityEncoder: needs a contiguous ", kernels::DTypeName(dtype), " input"));
   }
   EncoderOutput out;
   auto saved = std::make_unique<EncoderSaved>();
   if (c.input == EncoderInput::kImages) {
-    const kernels::Shape want{in.dim() == 4 ? in.size(0) : -1, c.num_channels, c.image_size,
-                              c.image_size};
-    if (in.shape() != want) {
-      return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: needs images (N, ",
-                                                     c.num_channels, ", ", c.image_size, ", ",
-                                                     c.image_size, "), got ", in.ToString()));
+    const int64_t n = first ? (in.dim() == 4 ? in.size(0) : -1) : batch.images;
+    const kernels::Shape want{n, c.num_channels, c.image_size, c.image_size};
+    if (n < 0 || (first && in.shape() != want)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ModalityEncoder: needs images (N, ", c.num_channels, ", ", c.image_size, ", ",
+          c.image_size, "), got ", first ? in.ToString() : absl::StrCat(n, " images")));
     }
-    const int64_t n = in.size(0), p = c.max_tokens();
+    const int64_t p = c.max_tokens();
     out.tokens.assign(n, static_cast<int32_t>(p));
-    MIMO_ASSIGN_OR_RETURN(saved->rows, NewTensor(ctx, {n * p, features}, dtype));
-    MIMO_RETURN_IF_ERROR(ops.Patchify({.dtype = dtype,
-                                       .in = in.data(),
-                                       .out = saved->rows.data(),
-                                       .batch = n,
-                                       .channels = c.num_channels,
-                                       .height = c.image_size,
-                                       .width = c.image_size,
-                                       .patch = c.patch_size}));
+    saved->tokens = n * p;
+    if (first) {
+      MIMO_ASSIGN_OR_RETURN(saved->rows, NewTensor(ctx, {n * p, features}, dtype));
+      MIMO_RETURN_IF_ERROR(ops.Patchify({.dtype = dtype,
+                                         .in = in.data(),
+                                         .out = saved->rows.data(),
+                                         .batch = n,
+                                         .channels = c.num_channels,
+                                         .height = c.image_size,
+                                         .width = c.image_size,
+                                         .patch = c.patch_size}));
+    }
   } else {
-    if (in.dim() != 2 || in.size(1) != c.num_mel_bins) {
+    if (first && (in.dim() != 2 || in.size(1) != c.num_mel_bins)) {
       return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: needs frames (F, ",
                                                      c.num_mel_bins, "), got ", in.ToString()));
     }
@@ -140,51 +152,69 @@ absl::StatusOr<EncoderOutput> ModalityEncoder::Forward(const StepContext& ctx,
       out.tokens.push_back(static_cast<int32_t>(f / c.frames_per_token));
       total += f;
     }
-    if (total != in.size(0)) {
+    if (first && total != in.size(0)) {
       return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: samples of ", total,
                                                      " frames in all, input of ", in.size(0)));
     }
+    saved->tokens = total / c.frames_per_token;
     // Stacking frames_per_token consecutive frames is a view.
-    MIMO_ASSIGN_OR_RETURN(saved->rows, in.View({total / c.frames_per_token, features}));
+    if (first) {
+      MIMO_ASSIGN_OR_RETURN(saved->rows, in.View({saved->tokens, features}));
+    }
   }
   // Tensor parallel: zero rows in a sequence of their own pad the tokens to equal row blocks.
   const int members = ModelGroups::Size(tp_);
-  saved->tokens = saved->rows.size(0);
   const int64_t padding = (members - saved->tokens % members) % members;
+  const int64_t tokens = saved->tokens + padding;
   std::vector<int32_t> lengths = out.tokens;
   if (padding > 0) {
-    MIMO_ASSIGN_OR_RETURN(Tensor padded,
-                          NewTensor(ctx, {saved->tokens + padding, features}, dtype));
-    MIMO_RETURN_IF_ERROR(ops.Copy(padded.data(), saved->rows.data(), saved->rows.nbytes()));
-    MIMO_RETURN_IF_ERROR(
-        ops.SetZero(RowAt(padded, saved->tokens, features),
-                    static_cast<size_t>(padding * features) * kernels::DTypeSize(dtype)));
-    saved->rows = std::move(padded);
     lengths.push_back(static_cast<int32_t>(padding));
+    if (first) {
+      MIMO_ASSIGN_OR_RETURN(Tensor padded, NewTensor(ctx, {tokens, features}, dtype));
+      MIMO_RETURN_IF_ERROR(ops.Copy(padded.data(), saved->rows.data(), saved->rows.nbytes()));
+      MIMO_RETURN_IF_ERROR(
+          ops.SetZero(RowAt(padded, saved->tokens, features),
+                      static_cast<size_t>(padding * features) * kernels::DTypeSize(dtype)));
+      saved->rows = std::move(padded);
+    }
   }
   MIMO_ASSIGN_OR_RETURN(PackedSequences seqs, PackedSequences::Create(ops, lengths));
   saved->sequences = std::make_unique<PackedSequences>(std::move(seqs));
   StepContext inner = ctx;
   inner.sequences = saved->sequences.get();
   inner.padding_rows = padding;
-  const int64_t tokens = saved->rows.size(0);
-  // Input projection plus each token's position embedding.
-  MIMO_ASSIGN_OR_RETURN(Tensor x, NewTensor(ctx, {tokens, width}, dtype));
-  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, input_projection_, 0, width, saved->rows, x));
-  MIMO_ASSIGN_OR_RETURN(Tensor pos, NewTensor(ctx, {tokens, width}, dtype));
-  MIMO_RETURN_IF_ERROR(ops.Embedding({.dtype = dtype,
-                                      .table = positions_->weight().data(),
-                                      .ids = saved->sequences->positions(),
-                                      .out = pos.data(),
-                                      .vocab = c.max_tokens(),
-                                      .tokens = tokens,
-                                      .dim = width}));
-  MIMO_RETURN_IF_ERROR(AddInto(ops, x, pos));
-  // This member's block of the rows through the layers, then every row again.
-  const int64_t block = tokens / members, first = ModelGroups::Rank(tp_) * block;
-  MIMO_ASSIGN_OR_RETURN(const Tensor own, x.Slice(0, first, first + block));
+  const int64_t block = tokens / members, row0 = ModelGroups::Rank(tp_) * block;
+  Tensor own;  // This member's block of the rows into the layers.
+  if (first) {
+    // Input projection plus each token's position embedding.
+    MIMO_ASSIGN_OR_RETURN(Tensor x, NewTensor(ctx, {tokens, width}, dtype));
+    MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, *input_projection_, 0, width, saved->rows, x));
+    MIMO_ASSIGN_OR_RETURN(Tensor pos, NewTensor(ctx, {tokens, width}, dtype));
+    MIMO_RETURN_IF_ERROR(ops.Embedding({.dtype = dtype,
+                                        .table = positions_->weight().data(),
+                                        .ids = saved->sequences->positions(),
+                                        .out = pos.data(),
+                                        .vocab = c.max_tokens(),
+                                        .tokens = tokens,
+                                        .dim = width}));
+    MIMO_RETURN_IF_ERROR(AddInto(ops, x, pos));
+    MIMO_ASSIGN_OR_RETURN(own, x.Slice(0, row0, row0 + block));
+  } else {
+    own = batch.hidden;
+    MIMO_RETURN_IF_ERROR(CheckActivation(own, width, dtype, "ModalityEncoder stage input"));
+    if (own.size(0) != block) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ModalityEncoder: stage input of ", own.size(0), " rows, expected ", block));
+    }
+  }
   MIMO_ASSIGN_OR_RETURN(BlockOutput encoded, encoder_->Forward(inner, own));
   saved->encoder = std::move(encoded.saved);
+  if (!stage_.last()) {
+    out.hidden = std::move(encoded.y);
+    out.saved = std::move(saved);
+    return out;
+  }
+  // Every row again for the projector.
   MIMO_ASSIGN_OR_RETURN(const Tensor gathered, GatherRows(ops, tp_, encoded.y));
   MIMO_ASSIGN_OR_RETURN(const Tensor h, gathered.Slice(0, 0, saved->tokens));
   MIMO_ASSIGN_OR_RETURN(BlockOutput projected, projector_->Forward(inner, h));
@@ -194,38 +224,48 @@ absl::StatusOr<EncoderOutput> ModalityEncoder::Forward(const StepContext& ctx,
   return out;
 }
 
-absl::Status ModalityEncoder::Backward(const StepContext& ctx,
-                                       std::unique_ptr<SavedActivations> saved_base,
-                                       const Tensor& dembeddings) {
+absl::StatusOr<Tensor> ModalityEncoder::Backward(const StepContext& ctx,
+                                                 std::unique_ptr<SavedActivations> saved_base,
+                                                 const Tensor& dy) {
   MIMO_ASSIGN_OR_RETURN(auto saved,
                         SavedAs<EncoderSaved>(std::move(saved_base), "ModalityEncoder"));
   kernels::Ops& ops = *ctx.ops;
   StepContext inner = ctx;
   inner.sequences = saved->sequences.get();
   const DType dtype = config_.transformer.dtype;
-  const int64_t width = config_.transformer.hidden_size, tokens = saved->rows.size(0);
-  if (dembeddings.shape() != kernels::Shape{saved->tokens, config_.output_size}) {
-    return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: needs d(embeddings) (",
-                                                   saved->tokens, ", ", config_.output_size,
-                                                   "), got ", dembeddings.ToString()));
-  }
+  const int64_t width = config_.transformer.hidden_size, tokens = saved->sequences->tokens();
   inner.padding_rows = tokens - saved->tokens;
-  MIMO_ASSIGN_OR_RETURN(Tensor dh,
-                        projector_->Backward(inner, std::move(saved->projector), dembeddings));
-  MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *projector_));
-  // Every member computed the projector on every row: the gradient of its own rows is its
-  // block of dh (zero on the padding rows).
   const int members = ModelGroups::Size(tp_);
-  const int64_t block = tokens / members, first = ModelGroups::Rank(tp_) * block;
-  MIMO_ASSIGN_OR_RETURN(Tensor dh_own, NewTensor(ctx, {block, width}, dtype));
-  MIMO_RETURN_IF_ERROR(ops.SetZero(dh_own.data(), dh_own.nbytes()));
-  const int64_t real = std::clamp<int64_t>(saved->tokens - first, 0, block);
-  if (real > 0) {
-    MIMO_RETURN_IF_ERROR(ops.Copy(dh_own.data(), RowAt(dh, first, width),
-                                  static_cast<size_t>(real * width) * kernels::DTypeSize(dtype)));
+  const int64_t block = tokens / members, row0 = ModelGroups::Rank(tp_) * block;
+  Tensor dh_own;  // The gradient of this member's block of the layers' output rows.
+  if (stage_.last()) {
+    if (dy.shape() != kernels::Shape{saved->tokens, config_.output_size}) {
+      return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: needs d(embeddings) (",
+                                                     saved->tokens, ", ", config_.output_size,
+                                                     "), got ", dy.ToString()));
+    }
+    MIMO_ASSIGN_OR_RETURN(Tensor dh, projector_->Backward(inner, std::move(saved->projector), dy));
+    MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *projector_));
+    // Every member computed the projector on every row: the gradient of its own rows is its
+    // block of dh (zero on the padding rows).
+    MIMO_ASSIGN_OR_RETURN(dh_own, NewTensor(ctx, {block, width}, dtype));
+    MIMO_RETURN_IF_ERROR(ops.SetZero(dh_own.data(), dh_own.nbytes()));
+    const int64_t real = std::clamp<int64_t>(saved->tokens - row0, 0, block);
+    if (real > 0) {
+      MIMO_RETURN_IF_ERROR(ops.Copy(dh_own.data(), RowAt(dh, row0, width),
+                                    static_cast<size_t>(real * width) * kernels::DTypeSize(dtype)));
+    }
+  } else {
+    if (dy.shape() != kernels::Shape{block, width}) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ModalityEncoder: needs the gradient of the stage's output (", block, ", ",
+                       width, "), got ", dy.ToString()));
+    }
+    dh_own = dy;
   }
-  MIMO_ASSIGN_OR_RETURN(const Tensor dx_own,
+  MIMO_ASSIGN_OR_RETURN(Tensor dx_own,
                         encoder_->Backward(inner, std::move(saved->encoder), dh_own));
+  if (!stage_.first()) return dx_own;  // The previous stage's output rows' gradient.
   MIMO_ASSIGN_OR_RETURN(Tensor dx, GatherRows(ops, tp_, dx_own));
   MIMO_RETURN_IF_ERROR(ops.EmbeddingBackward({.dtype = config_.transformer.dtype,
                                               .dout = dx.data(),
@@ -236,17 +276,20 @@ absl::Status ModalityEncoder::Backward(const StepContext& ctx,
                                               .dim = width,
                                               .accumulate = true}));
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
-      ops, input_projection_, {.row0 = 0, .rows = width, .dy = &dx, .x = &saved->rows}));
-  return ReportGradientsReady(
-      ctx, {input_projection_.weight.get(), input_projection_.bias.get(), positions_.get()});
+      ops, *input_projection_, {.row0 = 0, .rows = width, .dy = &dx, .x = &saved->rows}));
+  MIMO_RETURN_IF_ERROR(ReportGradientsReady(
+      ctx, {input_projection_->weight.get(), input_projection_->bias.get(), positions_.get()}));
+  return Tensor();
 }
 
 void ModalityEncoder::AppendParameters(std::vector<Parameter*>& out) const {
-  out.push_back(input_projection_.weight.get());
-  out.push_back(input_projection_.bias.get());
-  out.push_back(positions_.get());
+  if (input_projection_.has_value()) {
+    out.push_back(input_projection_->weight.get());
+    out.push_back(input_projection_->bias.get());
+    out.push_back(positions_.get());
+  }
   encoder_->AppendParameters(out);
-  projector_->AppendParameters(out);
+  if (projector_ != nullptr) projector_->AppendParameters(out);
 }
 
 }  // namespace mimo

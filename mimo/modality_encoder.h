@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -48,13 +49,21 @@ struct ModalityEncoderConfig {
 absl::Status ValidateModalityEncoderConfig(const ModalityEncoderConfig& config);
 
 struct EncoderBatch {
-  kernels::Tensor input;  // In the compute dtype; shaped as EncoderInput says.
+  kernels::Tensor input;  // In the compute dtype; shaped as EncoderInput says. First stage only.
   // kAudio: each sample's frames, summing to input's rows (host). kImages: unused.
   std::vector<int32_t> frames;
+  // Pipeline stages after the first: the previous stage's output rows, this tp member's block
+  // ((tokens + padding) / tp, hidden_size) in the compute dtype, and (kImages) the number of
+  // images, which input gives on the first stage.
+  kernels::Tensor hidden;
+  int64_t images = 0;
 };
 
 struct EncoderOutput {
-  kernels::Tensor embeddings;   // (tokens, output_size): every sample's tokens in order.
+  // Last stage: (tokens, output_size), every sample's tokens in order.
+  kernels::Tensor embeddings;
+  // Stages before the last: the stage's output rows for the next stage (EncoderBatch::hidden).
+  kernels::Tensor hidden;
   std::vector<int32_t> tokens;  // Per sample (host).
   std::unique_ptr<SavedActivations> saved;
 };
@@ -72,22 +81,35 @@ class ModalityEncoder {
   // position embeddings and projector are whole on every member, computed on every row alike
   // (their gradients the same on every member). Every member returns all the embeddings and
   // must be given the same d(embeddings).
+  //
+  // With a pipeline `stage` of count > 1 the encoder holds that stage's part: its share of the
+  // layers (PipelineStage), the first stage also the input projection and position embeddings,
+  // the last the final norm and the projector; parameters keep their whole-model names.
   static absl::StatusOr<std::unique_ptr<ModalityEncoder>> Create(
-      const BuildContext& ctx, const ModalityEncoderConfig& config);
+      const BuildContext& ctx, const ModalityEncoderConfig& config,
+      const PipelineStage& stage = {});
 
   // Each sample attends within itself (ctx.sequences is not read: the encoder packs its own).
+  // Stages after the first read batch.hidden (and the samples' sizes) instead of the input;
+  // stages before the last return their output rows (hidden) instead of the embeddings.
   absl::StatusOr<EncoderOutput> Forward(const StepContext& ctx, const EncoderBatch& batch);
-  // d(embeddings) (tokens, output_size) -> adds every parameter's gradient.
-  absl::Status Backward(const StepContext& ctx, std::unique_ptr<SavedActivations> saved,
-                        const kernels::Tensor& dembeddings);
+  // From d(embeddings) (tokens, output_size) on the last stage, the gradient of the output rows
+  // (EncoderOutput::hidden's shape) before it: adds every parameter's gradient and returns, on
+  // stages after the first, the gradient of batch.hidden (undefined on the first).
+  absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
+                                           std::unique_ptr<SavedActivations> saved,
+                                           const kernels::Tensor& dy);
   void AppendParameters(std::vector<Parameter*>& out) const;
   const ModalityEncoderConfig& config() const { return config_; }
+  const PipelineStage& stage() const { return stage_; }
 
  private:
-  ModalityEncoder(const ModalityEncoderConfig& config, comm::Communicator* tp,
-                  LinearWeights input_projection, std::unique_ptr<Parameter> positions,
-                  std::unique_ptr<TransformerBlock> encoder, std::unique_ptr<Projector> projector)
+  ModalityEncoder(const ModalityEncoderConfig& config, const PipelineStage& stage,
+                  comm::Communicator* tp, std::optional<LinearWeights> input_projection,
+                  std::unique_ptr<Parameter> positions, std::unique_ptr<TransformerBlock> encoder,
+                  std::unique_ptr<Projector> projector)
       : config_(config),
+        stage_(stage),
         tp_(tp),
         input_projection_(std::move(input_projection)),
         positions_(std::move(positions)),
@@ -95,11 +117,12 @@ class ModalityEncoder {
         projector_(std::move(projector)) {}
 
   const ModalityEncoderConfig config_;
-  comm::Communicator* const tp_;          // Null: no tensor parallelism. Not owned.
-  LinearWeights input_projection_;        // (C, token_features) + (C,)
-  std::unique_ptr<Parameter> positions_;  // (max_tokens, C)
+  const PipelineStage stage_;
+  comm::Communicator* const tp_;                   // Null: no tensor parallelism. Not owned.
+  std::optional<LinearWeights> input_projection_;  // First stage: (C, token_features) + (C,)
+  std::unique_ptr<Parameter> positions_;           // First stage: (max_tokens, C)
   std::unique_ptr<TransformerBlock> encoder_;
-  std::unique_ptr<Projector> projector_;
+  std::unique_ptr<Projector> projector_;  // Last stage.
 };
 
 }  // namespace mimo

@@ -16,6 +16,17 @@ struct BlockSaved final : SavedActivations {
 
 }  // namespace
 
+absl::StatusOr<TransformerBlockPart> PipelineStage::Part(int num_layers, const char* module) const {
+  if (count < 1 || index < 0 || index >= count || num_layers % count != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(module, ": pipeline stage ", index, " of ", count, ": the ", num_layers,
+                     " layers (num_layers) must split evenly over the stages"));
+  }
+  const int per_stage = num_layers / count;
+  return TransformerBlockPart{
+      .first_layer = index * per_stage, .num_layers = per_stage, .final_norm = last()};
+}
+
 absl::StatusOr<std::unique_ptr<TransformerBlock>> TransformerBlock::Create(
     const BuildContext& ctx, const MlpBuilder& mlp, const TransformerBlockPart& part) {
   MIMO_RETURN_IF_ERROR(ValidateTransformerConfig(*ctx.config));

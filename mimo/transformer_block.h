@@ -23,6 +23,19 @@ struct TransformerBlockPart {
   bool final_norm = true;
 };
 
+// A module's pipeline stage: stage `index` of `count` (Megatron's pp rank and size) holds layers
+// [index L / count, (index + 1) L / count) of its L layers (L must divide by count), the last one
+// also the final norm.
+struct PipelineStage {
+  int index = 0;
+  int count = 1;
+  bool first() const { return index == 0; }
+  bool last() const { return index == count - 1; }
+  // This stage's part of a stack of `num_layers`; InvalidArgument naming `module` when the stage
+  // is not one of count >= 1 or the layers do not divide by the stages.
+  absl::StatusOr<TransformerBlockPart> Part(int num_layers, const char* module) const;
+};
+
 class TransformerBlock final : public Block {
  public:
   // The part's layers of ctx.config->num_layers (all of them by default), numbered in the whole

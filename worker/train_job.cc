@@ -90,9 +90,9 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   o.dp = groups.Get("dp");
   o.dp_cp = groups.Get("dp_cp");
   o.groups = ModelGroupsOf(groups);  // Encoder ranks: tp alone.
+  o.pp = groups.Get("pp");
   if (language) {
     o.expt_dp = groups.Get("expt_dp");
-    o.pp = groups.Get("pp");
     o.embd = groups.Get("embd");
   }
   for (const v1::RankLink& link : rank.links()) {

@@ -188,10 +188,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     return absl::InvalidArgumentError("TrainerOptions: the whole model on a rank takes no links");
   }
   const PipelineStage stage{.index = ModelGroups::Rank(o.pp), .count = ModelGroups::Size(o.pp)};
-  if (!language && stage.count > 1) {
-    return absl::InvalidArgumentError(
-        "TrainerOptions: pipeline parallelism (pp > 1) of an encoder is not supported yet");
-  }
   const int cp = ModelGroups::Size(o.groups.cp);
   if (cp > 1) {
     if (!language) {
@@ -230,19 +226,22 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                                      EncoderName(x),
                                                      " encoder, which the model does not have"));
     }
-    // Only tp member 0 holds links (parallel/bridge.h); it tells the others the language
-    // module's replicas.
+    // Only tp member 0 of the last pipeline stage holds links (parallel/bridge.h); it tells the
+    // others the language module's replicas.
     int64_t language_dp[1] = {0};
-    if (ModelGroups::Rank(o.groups.tp) == 0) {
+    if (ModelGroups::Rank(o.groups.tp) == 0 && stage.last()) {
       MIMO_RETURN_IF_ERROR(CheckLinks(modules->links[x], EncoderName(x), true, dp_rank, dp_size,
                                       o.micro_batch_size));
       language_dp[0] = modules->links[x][0].peer_dp;
     } else if (!modules->links[x].empty()) {
       return absl::InvalidArgumentError(
-          "TrainerOptions: links on an encoder rank other than member 0 of its tp group");
+          "TrainerOptions: links on an encoder rank other than member 0 of its last pipeline "
+          "stage's tp group");
     }
-    if (ModelGroups::Size(o.groups.tp) > 1) {
-      MIMO_RETURN_IF_ERROR(SumOverGroup(ops, *o.groups.tp, language_dp));
+    for (comm::Communicator* group : {o.groups.tp, o.pp}) {
+      if (ModelGroups::Size(group) > 1) {
+        MIMO_RETURN_IF_ERROR(SumOverGroup(ops, *group, language_dp));
+      }
     }
     modules->language_dp = static_cast<int>(language_dp[0]);
     modules->encoder_dp[x] = dp_size;
@@ -265,9 +264,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     const bool here = (o.part == ModelPart::kWhole && stage.first()) ||
                       (IsEncoder(o.part) && EncoderIndex(o.part) == x);
     if (!has[x] || !here) continue;
-    MIMO_ASSIGN_OR_RETURN(
-        modules->encoders[x],
-        ModalityEncoder::Create(encoder_build.Child(EncoderName(x)), **configs[x]));
+    // An encoder's own ranks may be its pipeline stages.
+    MIMO_ASSIGN_OR_RETURN(modules->encoders[x],
+                          ModalityEncoder::Create(encoder_build.Child(EncoderName(x)), **configs[x],
+                                                  IsEncoder(o.part) ? stage : PipelineStage{}));
   }
   if (language) {
     MIMO_ASSIGN_OR_RETURN(modules->language,
@@ -477,7 +477,13 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
     local += shards;
   }
   if (!language) {
-    // tp member 0 holds the links: the total comes down to it, then to the other members.
+    // The encoder's stages' parts summed; tp member 0 of the last stage holds the links: the
+    // total comes down to it, then to the other members and stages.
+    if (ModelGroups::Size(options_.pp) > 1) {
+      float part[1] = {local};
+      MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.pp, part));
+      local = part[0];
+    }
     const std::vector<BridgeEnd>& links = modules_->links[EncoderIndex(options_.part)];
     for (const BridgeEnd& l : links) MIMO_RETURN_IF_ERROR(SendFloat(ops_, l, local));
     float total[1] = {0};
@@ -485,8 +491,8 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
       MIMO_ASSIGN_OR_RETURN(const float t, RecvFloat(ops_, links[i]));
       if (i == 0) total[0] = t;  // Every language replica computes the same total.
     }
-    if (ModelGroups::Size(options_.groups.tp) > 1) {
-      MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.groups.tp, total));
+    for (comm::Communicator* group : {options_.groups.tp, options_.pp}) {
+      if (ModelGroups::Size(group) > 1) MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *group, total));
     }
     return total[0];
   }
@@ -736,7 +742,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
         const int64_t offset = x == kVision ? 0 : f.rows[kVision];
         MIMO_ASSIGN_OR_RETURN(Tensor dx, grad.Slice(0, offset, offset + f.rows[x]));
         MIMO_RETURN_IF_ERROR(
-            modules_->encoders[x]->Backward(f.ctx, std::move(f.encoder_saved[x]), dx));
+            modules_->encoders[x]->Backward(f.ctx, std::move(f.encoder_saved[x]), dx).status());
       }
     } else {
       if (cp > 1 && ModelGroups::Rank(options_.groups.tp) == 0 && grad.numel() > 0) {
@@ -853,17 +859,37 @@ absl::Status Trainer::ReduceLanguageMetrics(StepMetrics& m) {
 absl::Status Trainer::EncoderStep(int64_t base) {
   const int x = EncoderIndex(options_.part);
   ModalityEncoder& encoder = *modules_->encoders[x];
+  const PipelineStage stage = encoder.stage();
   const std::vector<BridgeEnd>& links = modules_->links[x];
   const int64_t mbs = options_.micro_batch_size, k = options_.micro_batches * mbs;
   const int64_t block = modules_->language_dp * mbs / modules_->encoder_dp[x];
   const int64_t first = ModelGroups::Rank(options_.dp) * block;  // In the global micro-batch.
   const int64_t hidden = config_.language.transformer.hidden_size;
+  const ModalityEncoderConfig& ec = x == kVision ? *config_.vision : *config_.audio;
+  const kernels::DType dtype = ec.transformer.dtype;
+  const int tp = ModelGroups::Size(options_.groups.tp);
   const data::MicroBatchOptions pack{
       .seq_length = options_.seq_length,
       .image_tokens = config_.vision.has_value() ? config_.vision->max_tokens() : 0,
       .frames_per_token = config_.audio.has_value() ? config_.audio->frames_per_token : 0};
-  MimoModelConfig upload = config_;  // Only this encoder's inputs.
+  MimoModelConfig upload = config_;  // Only this encoder's inputs, on its first stage.
   (x == kVision ? upload.audio : upload.vision).reset();
+  if (!stage.first()) (x == kVision ? upload.vision : upload.audio).reset();
+  // Pipeline stages: this member's block of a micro-batch's rows (tp's padding included) to or
+  // from a neighbouring stage. The communicator works on its own stream: the tensor's work must
+  // be done (and a receive buffer, perhaps memory freed to this stream, idle) first.
+  MIMO_ASSIGN_OR_RETURN(const comm::DataType rows_type, CommType(dtype));
+  auto transfer = [&](bool send, int peer, int64_t rows, Tensor& t) -> absl::Status {
+    if (!send) {
+      const int64_t padded = rows + (tp - rows % tp) % tp;
+      MIMO_ASSIGN_OR_RETURN(t, Tensor::Empty({padded / tp, ec.transformer.hidden_size}, dtype,
+                                             ops_.allocator(), ops_.stream()));
+    }
+    MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+    const size_t count = static_cast<size_t>(t.numel());
+    return send ? options_.pp->Send(t.data(), count, rows_type, peer)
+                : options_.pp->Recv(t.data(), count, rows_type, peer);
+  };
   struct Pending {
     DeviceBatch batch;
     std::unique_ptr<SavedActivations> saved;
@@ -872,6 +898,8 @@ absl::Status Trainer::EncoderStep(int64_t base) {
   };
   std::vector<Pending> pending;
   std::vector<AuxLossRecord> aux;  // Encoders make none.
+  // Every micro-batch's forward through the stages in turn, then (once the language ranks are
+  // done with them all) the backwards from the last stage back.
   for (int64_t i = 0; i < options_.micro_batches; ++i) {
     // Position j of the global micro-batch is sample j % mbs of language replica j / mbs.
     std::vector<data::Sample> samples;
@@ -881,12 +909,15 @@ absl::Status Trainer::EncoderStep(int64_t base) {
     }
     // Packed as the language ranks pack them (the same checks fail the same way).
     const auto batch_start = std::chrono::steady_clock::now();
-    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch host, data::PackSamples(samples, pack, *tokenizer_));
+    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch host,
+                          stage.first() ? data::PackSamples(samples, pack, *tokenizer_)
+                                        : data::PackTokens(samples, pack, *tokenizer_));
     Pending p;
     MIMO_ASSIGN_OR_RETURN(p.batch, UploadMicroBatch(ops_, host, upload));
     batch_seconds_ += SecondsSince(batch_start);
     const std::vector<int64_t> per_sample = RowsPerSample(config_, x, samples);
-    // Every tp member encodes the block's rows; member 0 holds the links, which split them.
+    // Every tp member encodes the block's rows; member 0 of the last stage holds the links,
+    // which split them.
     p.rows = SumRows(per_sample, 0, block);
     for (const BridgeEnd& l : links) {
       const int64_t from = std::max(first, l.peer_replica * mbs) - first;
@@ -895,20 +926,28 @@ absl::Status Trainer::EncoderStep(int64_t base) {
     }
     if (p.rows > 0) {
       const StepContext ctx{.ops = &ops_, .sequences = p.batch.sequences.get(), .aux_losses = &aux};
-      MIMO_ASSIGN_OR_RETURN(
-          EncoderOutput out,
-          encoder.Forward(ctx, x == kVision ? p.batch.batch.vision : p.batch.batch.audio));
-      if (out.embeddings.size(0) != p.rows) {
-        return absl::InternalError(absl::StrCat("the ", EncoderName(x), " encoder made ",
-                                                out.embeddings.size(0), " tokens for ", p.rows,
-                                                " placeholders"));
+      EncoderBatch in = x == kVision ? p.batch.batch.vision : p.batch.batch.audio;
+      if (!stage.first()) {
+        in.frames = host.audio_frames;
+        in.images = host.num_images;
+        MIMO_RETURN_IF_ERROR(transfer(false, stage.index - 1, p.rows, in.hidden));
       }
+      MIMO_ASSIGN_OR_RETURN(EncoderOutput out, encoder.Forward(ctx, in));
       p.saved = std::move(out.saved);
-      MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-      int64_t row = 0;
-      for (size_t n = 0; n < links.size(); ++n) {
-        MIMO_RETURN_IF_ERROR(SendRows(links[n], out.embeddings, row, p.link_rows[n]));
-        row += p.link_rows[n];
+      if (!stage.last()) {
+        MIMO_RETURN_IF_ERROR(transfer(true, stage.index + 1, p.rows, out.hidden));
+      } else {
+        if (out.embeddings.size(0) != p.rows) {
+          return absl::InternalError(absl::StrCat("the ", EncoderName(x), " encoder made ",
+                                                  out.embeddings.size(0), " tokens for ", p.rows,
+                                                  " placeholders"));
+        }
+        MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+        int64_t row = 0;
+        for (size_t n = 0; n < links.size(); ++n) {
+          MIMO_RETURN_IF_ERROR(SendRows(links[n], out.embeddings, row, p.link_rows[n]));
+          row += p.link_rows[n];
+        }
       }
     }
     pending.push_back(std::move(p));
@@ -917,26 +956,32 @@ absl::Status Trainer::EncoderStep(int64_t base) {
   for (Pending& p : pending) {
     if (p.rows == 0) continue;
     const bool last = &p == &pending.back();
-    MIMO_ASSIGN_OR_RETURN(Tensor grad,
-                          Tensor::Empty({p.rows, hidden}, config_.language.transformer.dtype,
-                                        ops_.allocator(), ops_.stream()));
-    MIMO_RETURN_IF_ERROR(ops_.Synchronize());  // The receive buffer idle (see LanguageStep).
-    int64_t row = 0;
-    for (size_t n = 0; n < links.size(); ++n) {
-      MIMO_RETURN_IF_ERROR(RecvRows(links[n], grad, row, p.link_rows[n]));
-      row += p.link_rows[n];
-    }
-    if (ModelGroups::Size(options_.groups.tp) > 1) {
-      // Member 0's gradient to the other members (each computed the embeddings whole).
-      MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(grad.dtype()));
-      MIMO_RETURN_IF_ERROR(options_.groups.tp->Broadcast(
-          grad.data(), static_cast<size_t>(grad.numel()), type, /*root=*/0));
+    Tensor grad;
+    if (stage.last()) {
+      MIMO_ASSIGN_OR_RETURN(grad,
+                            Tensor::Empty({p.rows, hidden}, config_.language.transformer.dtype,
+                                          ops_.allocator(), ops_.stream()));
+      MIMO_RETURN_IF_ERROR(ops_.Synchronize());  // The receive buffer idle (see LanguageStep).
+      int64_t row = 0;
+      for (size_t n = 0; n < links.size(); ++n) {
+        MIMO_RETURN_IF_ERROR(RecvRows(links[n], grad, row, p.link_rows[n]));
+        row += p.link_rows[n];
+      }
+      if (tp > 1) {
+        // Member 0's gradient to the other members (each computed the embeddings whole).
+        MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(grad.dtype()));
+        MIMO_RETURN_IF_ERROR(options_.groups.tp->Broadcast(
+            grad.data(), static_cast<size_t>(grad.numel()), type, /*root=*/0));
+      }
+    } else {
+      MIMO_RETURN_IF_ERROR(transfer(false, stage.index + 1, p.rows, grad));
     }
     const StepContext ctx{.ops = &ops_,
                           .sequences = p.batch.sequences.get(),
                           .aux_losses = &aux,
                           .gradients_ready = last ? GradientsReadyHook() : nullptr};
-    MIMO_RETURN_IF_ERROR(encoder.Backward(ctx, std::move(p.saved), grad));
+    MIMO_ASSIGN_OR_RETURN(Tensor dinput, encoder.Backward(ctx, std::move(p.saved), grad));
+    if (!stage.first()) MIMO_RETURN_IF_ERROR(transfer(true, stage.index - 1, p.rows, dinput));
   }
   return absl::OkStatus();
 }

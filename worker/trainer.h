@@ -75,17 +75,22 @@ struct TrainerOptions {
   // shards), the routed experts' over expt_dp (dp_cp without EP and expt_tp); losses, auxiliary
   // losses and expert loads are summed over cp. Only member (tp 0, cp 0) holds the links to the
   // encoders and broadcasts the modality rows over cp; on a rank of the whole model every member
-  // computes the encoders whole. Not on GPUs with overlap_grad_reduce; not on encoder ranks.
+  // computes the encoders whole. Not on GPUs with overlap_grad_reduce; not on encoder ranks. The
+  // padding tokens are routed by the MoE layers like any token (as in Megatron): they count in
+  // the expert loads and the auxiliary losses, so an MoE model trains like cp 1 exactly only
+  // when no sequence needs padding.
   ModelGroups groups;
   comm::Communicator* dp_cp = nullptr;
   comm::Communicator* expt_dp = nullptr;
   // Pipeline parallelism of the language model (Megatron's pp; not owned; null or one member:
-  // none): this rank holds stage pp->rank() of pp->size() (mimo/language_model.h's
+  // none): this rank holds stage pp->rank() of pp->size() (mimo/transformer_block.h's
   // PipelineStage; the layers must divide by the stages) and runs the step's micro-batches in the
   // 1F1B schedule (mimo/pipeline_schedule.h), each stage's output rows and their gradients sent
   // between neighbouring stages over this group. Every stage reads the same samples; only the
   // first stage holds the links to the encoders (on a rank of the whole model: the encoders);
-  // the stages' squared norms, losses and expert loads are summed over it.
+  // the stages' squared norms, losses and expert loads are summed over it. On an encoder's own
+  // ranks: its stages run every micro-batch's forward in turn, the last stage's tp member 0
+  // holding the links, then the backwards from the last stage back; their norms summed over pp.
   comm::Communicator* pp = nullptr;
   // With pp > 1 and shared word embeddings (LanguageModelConfig::
   // share_embeddings_and_output_weights): the first and last stages' ranks (Megatron's

@@ -182,6 +182,17 @@ TEST(ValidateJobSpecTest, TrainingAcceptsAPipelineParallelLanguageModule) {
   EXPECT_EQ(plan->language().config().pp, 2);
 }
 
+// KIND_TRAIN runs an encoder pipeline parallel (vision pp 2 on ranks 0-1: one layer a stage).
+TEST(ValidateJobSpecTest, TrainingAcceptsAPipelineParallelEncoder) {
+  v1::JobSpec spec = ValidSpec();
+  Vision(spec).mutable_parallelism()->set_pp(2);
+  Vision(spec).mutable_parallelism()->set_dp(1);
+  std::vector<FieldViolation> violations;
+  const absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+}
+
 // KIND_TRAIN runs the language module context parallel (here cp 2 x dp 2 x ep 2, MoE).
 TEST(ValidateJobSpecTest, TrainingAcceptsAContextParallelLanguageModule) {
   v1::JobSpec spec = ValidSpec();
@@ -584,12 +595,20 @@ INSTANTIATE_TEST_SUITE_P(
                Train(s).set_global_batch_size(4);
              },
              {"modules[2].parallelism.pp"}},
-        Case{"TrainingWithAPipelineParallelEncoder",
+        Case{"TrainingWithEncoderStagesOfUnequalLayers",
              [](v1::JobSpec& s) {
+               Vision(s).mutable_vision()->mutable_transformer()->set_num_layers(3);
                Vision(s).mutable_parallelism()->set_pp(2);
                Vision(s).mutable_parallelism()->set_dp(1);
              },
              {"modules[0].parallelism.pp"}},
+        Case{"TrainingWithAPipelineParallelEncoderOnGpusOverlappingTheReduction",
+             [](v1::JobSpec& s) {
+               Vision(s).mutable_parallelism()->set_pp(2);
+               Vision(s).mutable_parallelism()->set_dp(1);
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+             },
+             {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingWithPipelineParallelismOnGpusOverlappingTheReduction",
              [](v1::JobSpec& s) {
                Language(s).mutable_parallelism()->set_pp(2);

@@ -183,6 +183,79 @@ INSTANTIATE_TEST_SUITE_P(Inputs, ModalityEncoderGradTest,
                            return info.param == EncoderInput::kImages ? "Vision" : "Audio";
                          });
 
+// Pipeline stages chained by hand (each stage's output rows the next one's input; later stages
+// get the samples' sizes, not the input) give the whole encoder's embeddings and parameter
+// gradients, bitwise; every parameter on one stage under its whole-model name; layers that do not
+// split over the stages are refused.
+TEST_P(ModalityEncoderGradTest, PipelineStagesEqualTheWholeEncoder) {
+  auto s = MakeSetup(GetParam());
+  ASSERT_NE(s, nullptr);
+  ModalityEncoderConfig config = s->config;
+  config.transformer.num_layers = 4;
+  BuildContext build{
+      .ops = s->ops.get(), .config = &config.transformer, .seed = 4, .prefix = "vision"};
+  auto whole = ModalityEncoder::Create(build, config);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  const StepContext ctx{.ops = s->ops.get(), .dropout_seed = 3};
+  auto whole_out = (*whole)->Forward(ctx, s->batch);
+  ASSERT_TRUE(whole_out.ok()) << whole_out.status();
+  std::mt19937 random(9);
+  const Tensor dy = Upload(*s->ops, RandomFloats(whole_out->embeddings.numel(), random),
+                           whole_out->embeddings.shape(), DType::kF32);
+  ASSERT_TRUE((*whole)->Backward(ctx, std::move(whole_out->saved), dy).ok());
+  const auto whole_params = ParametersByName(**whole);
+  for (const int count : {2, 4}) {
+    SCOPED_TRACE(::testing::Message() << count << " stages");
+    std::vector<std::unique_ptr<ModalityEncoder>> stages;
+    for (int i = 0; i < count; ++i) {
+      auto stage = ModalityEncoder::Create(build, config, {.index = i, .count = count});
+      ASSERT_TRUE(stage.ok()) << stage.status();
+      stages.push_back(*std::move(stage));
+    }
+    std::vector<std::unique_ptr<SavedActivations>> saved(count);
+    EncoderBatch batch = s->batch;
+    EncoderOutput out;
+    for (int i = 0; i < count; ++i) {
+      if (i == 1) {  // Later stages: the sizes, not the input.
+        batch.images = GetParam() == EncoderInput::kImages ? s->batch.input.size(0) : 0;
+        batch.input = Tensor();
+      }
+      auto o = stages[i]->Forward(ctx, batch);
+      ASSERT_TRUE(o.ok()) << o.status();
+      saved[i] = std::move(o->saved);
+      batch.hidden = o->hidden;
+      out = *std::move(o);
+    }
+    EXPECT_EQ(Download(*s->ops, out.embeddings), Download(*s->ops, whole_out->embeddings));
+    EXPECT_EQ(out.tokens, whole_out->tokens);
+    Tensor grad = dy;
+    for (int i = count; i-- > 0;) {
+      auto g = stages[i]->Backward(ctx, std::move(saved[i]), grad);
+      ASSERT_TRUE(g.ok()) << g.status();
+      EXPECT_EQ(g->defined(), i > 0);
+      grad = *std::move(g);
+    }
+    size_t held = 0;
+    for (int i = 0; i < count; ++i) {
+      for (const auto& [name, p] : ParametersByName(*stages[i])) {
+        ++held;
+        ASSERT_TRUE(whole_params.contains(name)) << name;
+        EXPECT_EQ(Download(*s->ops, p->master()),
+                  Download(*s->ops, whole_params.at(name)->master()))
+            << name;
+        EXPECT_EQ(Download(*s->ops, p->grad()), Download(*s->ops, whole_params.at(name)->grad()))
+            << name;
+      }
+    }
+    EXPECT_EQ(held, whole_params.size());
+    EXPECT_TRUE(ParametersByName(*stages[0]).contains("vision.embeddings.input_projection.weight"));
+    EXPECT_FALSE(ParametersByName(*stages[0]).contains("vision.projector.linear_fc1.weight"));
+  }
+  const auto uneven = ModalityEncoder::Create(build, config, {.index = 0, .count = 3});
+  EXPECT_EQ(uneven.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(uneven.status().message().find("must split evenly"), std::string::npos);
+}
+
 TEST(ModalityEncoderTest, RejectsBadInputs) {
   auto s = MakeSetup(EncoderInput::kAudio);
   auto v = MakeSetup(EncoderInput::kImages);

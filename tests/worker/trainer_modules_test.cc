@@ -28,8 +28,9 @@ namespace mimo::worker {
 namespace {
 
 // The data-parallel tests' model with an audio encoder too.
-MimoModelConfig Model() {
+MimoModelConfig Model(int vision_layers = 1) {
   MimoModelConfig c = DpTestModel();
+  c.vision->transformer.num_layers = vision_layers;
   c.audio = ModalityEncoderConfig{.input = EncoderInput::kAudio,
                                   .num_mel_bins = 4,
                                   .frames_per_token = 2,
@@ -51,10 +52,10 @@ TrainerOptions Options(int micro_batches, int64_t seq_length = 64) {
           .seed = 9};
 }
 
-TrainRun Train(const TrainerOptions& options) {
+TrainRun Train(const TrainerOptions& options, int vision_layers = 1) {
   TrainRun run;
   auto ops = kernels::NewCpuOps();
-  auto trainer = Trainer::Create(*ops, Model(), options);
+  auto trainer = Trainer::Create(*ops, Model(vision_layers), options);
   EXPECT_TRUE(trainer.ok()) << trainer.status();
   if (!trainer.ok()) return run;
   for (int i = 0; i < kSteps; ++i) {
@@ -85,10 +86,12 @@ struct Layout {
   int micro_batches = 1;  // Per language replica.
   int language_pp = 1;
   int vision_tp = 1;
+  int vision_pp = 1;
   int language_tp = 1;
   int language_cp = 1;
   int64_t seq_length = 64;
-  int vision_ranks() const { return vision_dp * vision_tp; }
+  int vision_stage_ranks() const { return vision_dp * vision_tp; }
+  int vision_ranks() const { return vision_stage_ranks() * vision_pp; }
   int replica_ranks() const { return language_tp * language_cp; }  // A language replica's.
   int world() const {
     return vision_ranks() + audio_dp + language_dp * replica_ranks() * language_pp;
@@ -112,8 +115,9 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     const bool language = !vision && !audio;
     const int lt = layout.language_tp, ld = layout.language_dp, lc = layout.language_cp;
     const int lr = layout.replica_ranks();
-    const int stage = language ? (rank - lang0) / (ld * lr) : 0;
-    const int first = vision ? 0 : audio ? layout.vision_ranks() : lang0 + stage * ld * lr;
+    const int vr = layout.vision_stage_ranks();
+    const int stage = language ? (rank - lang0) / (ld * lr) : vision ? rank / vr : 0;
+    const int first = vision ? stage * vr : audio ? layout.vision_ranks() : lang0 + stage * ld * lr;
     const int dp = vision ? layout.vision_dp : audio ? layout.audio_dp : ld;
     const int tp_size = vision ? layout.vision_tp : language ? lt : 1;
     const int cp_size = language ? lc : 1;
@@ -152,13 +156,19 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
       }
       specs.push_back({.kind = "pp", .members = stages});
     }
+    if (vision && layout.vision_pp > 1) {
+      std::vector<int> stages;
+      for (int s = 0; s < layout.vision_pp; ++s) stages.push_back(rank + (s - stage) * vr);
+      specs.push_back({.kind = "pp", .members = stages});
+    }
     struct End {
       ModelPart encoder;
       int peer_replica, peer_dp;
       std::string kind;
     };
     std::vector<End> ends;
-    const int encoder_first[2] = {0, layout.vision_ranks()};
+    // The links' encoder ends: tp member 0 of the last stage.
+    const int encoder_first[2] = {(layout.vision_pp - 1) * vr, layout.vision_ranks()};
     const int encoder_dp[2] = {layout.vision_dp, layout.audio_dp};
     const int encoder_stride[2] = {layout.vision_tp, 1};
     for (int x = 0; x < 2; ++x) {
@@ -183,25 +193,23 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     o.dp = (*groups)->Get("dp");
     o.dp_cp = (*groups)->Get("dp_cp");
     o.groups = ModelGroupsOf(**groups);
-    if (language) {
-      o.pp = (*groups)->Get("pp");
-      o.expt_dp = (*groups)->Get("expt_dp");
-    }
+    o.pp = (*groups)->Get("pp");
+    if (language) o.expt_dp = (*groups)->Get("expt_dp");
     for (const End& end : ends) {
       o.links.push_back({.encoder = end.encoder,
                          .peer_replica = end.peer_replica,
                          .peer_dp = end.peer_dp,
                          .group = (*groups)->Get(end.kind)});
     }
-    runs[rank] = Train(o);
+    runs[rank] = Train(o, layout.vision_pp);  // One vision layer a stage.
   });
   return runs;
 }
 
 // Every rank of `layout` against the whole model on one rank with all the micro-batches.
 void ExpectLikeOneRank(const Layout& layout) {
-  const TrainRun want =
-      Train(Options(layout.language_dp * layout.micro_batches, layout.seq_length));
+  const TrainRun want = Train(Options(layout.language_dp * layout.micro_batches, layout.seq_length),
+                              layout.vision_pp);
   ASSERT_EQ(want.steps.size(), static_cast<size_t>(kSteps));
   const std::vector<TrainRun> got = TrainLayout(layout);
   const int lang0 = layout.vision_ranks() + layout.audio_dp;
@@ -229,7 +237,9 @@ void ExpectLikeOneRank(const Layout& layout) {
     int checked = 0, sharded = 0;
     for (const auto& [name, values] : want.params) {
       if (name.rfind(prefix, 0) != 0) continue;
-      if (language && layout.language_pp > 1 && !run.params.contains(name)) continue;
+      if ((layout.language_pp > 1 || layout.vision_pp > 1) && !run.params.contains(name)) {
+        continue;  // Another stage's.
+      }
       ++checked;
       held.insert(name);
       ASSERT_EQ(run.params.count(name), 1u) << name << " on rank " << rank;
@@ -308,6 +318,17 @@ TEST(TrainerModulesTest, EncodersFeedATensorContextPipelineParallelLanguageModel
                      .language_tp = 2,
                      .language_cp = 2,
                      .seq_length = 24});
+}
+
+// The vision encoder in two pipeline stages of two tp members (the last stage's member 0 linked
+// to both language replicas), its rows and their gradients sent between the stages.
+TEST(TrainerModulesTest, PipelineParallelEncoderFansOut) {
+  ExpectLikeOneRank({.vision_dp = 1,
+                     .audio_dp = 1,
+                     .language_dp = 2,
+                     .micro_batches = 2,
+                     .vision_tp = 2,
+                     .vision_pp = 2});
 }
 
 TEST(TrainerModulesTest, EncoderReplicasFanInToOneLanguageRank) {
