@@ -121,6 +121,14 @@ std::vector<comm::Communicator*> Trainer::ExpertNormGroups() const {
   return {options_.groups.ep, options_.groups.expt_tp};
 }
 
+void Trainer::SetDropoutStream(StepContext& ctx, int64_t base, int64_t i) const {
+  const int64_t samples = modules_->language_dp * options_.micro_batch_size;  // A global one's.
+  const auto micro_batch = static_cast<uint64_t>(base / samples + i);
+  ctx.dropout_seed = options_.seed + 100 * static_cast<uint64_t>(ModelGroups::Rank(options_.pp));
+  ctx.dropout_kind = parallel::RngStreamKind::kDataParallel;
+  ctx.dropout_offset = micro_batch << 40;
+}
+
 Trainer::~Trainer() = default;
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
@@ -647,6 +655,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
                         .aux_losses = &aux,
                         .padding_rows = b.padding,
                         .gradients_ready = last ? GradientsReadyHook() : nullptr};
+    SetDropoutStream(f.ctx, base, i);
     const StepContext& ctx = f.ctx;
     LanguageModelBatch& text = f.text;
     text = f.d.batch.text;
@@ -895,6 +904,7 @@ absl::Status Trainer::EncoderStep(int64_t base) {
     std::unique_ptr<SavedActivations> saved;
     std::vector<int64_t> link_rows;
     int64_t rows = 0;
+    int64_t index = 0;  // In the step.
   };
   std::vector<Pending> pending;
   std::vector<AuxLossRecord> aux;  // Encoders make none.
@@ -913,6 +923,7 @@ absl::Status Trainer::EncoderStep(int64_t base) {
                           stage.first() ? data::PackSamples(samples, pack, *tokenizer_)
                                         : data::PackTokens(samples, pack, *tokenizer_));
     Pending p;
+    p.index = i;
     MIMO_ASSIGN_OR_RETURN(p.batch, UploadMicroBatch(ops_, host, upload));
     batch_seconds_ += SecondsSince(batch_start);
     const std::vector<int64_t> per_sample = RowsPerSample(config_, x, samples);
@@ -925,7 +936,8 @@ absl::Status Trainer::EncoderStep(int64_t base) {
       p.link_rows.push_back(SumRows(per_sample, from, to));
     }
     if (p.rows > 0) {
-      const StepContext ctx{.ops = &ops_, .sequences = p.batch.sequences.get(), .aux_losses = &aux};
+      StepContext ctx{.ops = &ops_, .sequences = p.batch.sequences.get(), .aux_losses = &aux};
+      SetDropoutStream(ctx, base, i);
       EncoderBatch in = x == kVision ? p.batch.batch.vision : p.batch.batch.audio;
       if (!stage.first()) {
         in.frames = host.audio_frames;
@@ -976,10 +988,11 @@ absl::Status Trainer::EncoderStep(int64_t base) {
     } else {
       MIMO_RETURN_IF_ERROR(transfer(false, stage.index + 1, p.rows, grad));
     }
-    const StepContext ctx{.ops = &ops_,
-                          .sequences = p.batch.sequences.get(),
-                          .aux_losses = &aux,
-                          .gradients_ready = last ? GradientsReadyHook() : nullptr};
+    StepContext ctx{.ops = &ops_,
+                    .sequences = p.batch.sequences.get(),
+                    .aux_losses = &aux,
+                    .gradients_ready = last ? GradientsReadyHook() : nullptr};
+    SetDropoutStream(ctx, base, p.index);
     MIMO_ASSIGN_OR_RETURN(Tensor dinput, encoder.Backward(ctx, std::move(p.saved), grad));
     if (!stage.first()) MIMO_RETURN_IF_ERROR(transfer(true, stage.index - 1, p.rows, dinput));
   }

@@ -174,6 +174,11 @@ class Trainer {
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
           std::unique_ptr<Modules> modules, GradientUpdate update, std::vector<Parameter*> dense,
           std::vector<Parameter*> experts);
+  // Hidden dropout's stream for micro-batch i of the step that starts at sample `base`:
+  // Megatron's data-parallel seed of this rank (the job seed + 100 x its pipeline stage) and an
+  // offset of its own per micro-batch of the run (2^40 elements apart), so no two micro-batches
+  // share a mask and a resumed run draws the masks an uninterrupted one would.
+  void SetDropoutStream(StepContext& ctx, int64_t base, int64_t i) const;
   // The group the dense gradients are summed over: dp, or dp_cp with context parallelism.
   comm::Communicator* GradientGroup() const {
     return ModelGroups::Size(options_.groups.cp) > 1 ? options_.dp_cp : options_.dp;

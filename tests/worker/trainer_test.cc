@@ -109,6 +109,37 @@ std::pair<double, double> Train(kernels::Ops& ops, kernels::DType dtype) {
 }
 
 #if !MIMO_TRAINER_TEST_CUDA
+// Hidden dropout draws a new mask for every micro-batch: a step of two micro-batches of one and
+// the same sample (the data set holds one) does not give the loss of a step with one of them,
+// as it would if both shared a mask; without dropout it does.
+TEST(TrainerTest, HiddenDropoutMasksDifferPerMicroBatch) {
+  for (const float p : {0.0f, 0.3f}) {
+    SCOPED_TRACE(::testing::Message() << "hidden_dropout " << p);
+    MimoModelConfig model = Model();
+    model.language.transformer.hidden_dropout = p;
+    double loss[2] = {0, 0};
+    for (const int micro_batches : {1, 2}) {
+      TrainerOptions o = Options();
+      o.micro_batch_size = 1;
+      o.micro_batches = micro_batches;
+      o.data.num_samples = 1;
+      auto ops = kernels::NewCpuOps();
+      auto trainer = Trainer::Create(*ops, model, o);
+      ASSERT_TRUE(trainer.ok()) << trainer.status();
+      auto m = (*trainer)->Step();
+      ASSERT_TRUE(m.ok()) << m.status();
+      loss[micro_batches - 1] = m->loss;
+    }
+    if (p > 0) {
+      EXPECT_GT(std::abs(loss[1] - loss[0]), 1e-4 * loss[0]);
+    } else {
+      EXPECT_NEAR(loss[1], loss[0], 1e-6 * loss[0]);
+    }
+  }
+}
+#endif
+
+#if !MIMO_TRAINER_TEST_CUDA
 TEST(TrainerTest, LearnsTheSyntheticCaptions) {
   auto ops = kernels::NewCpuOps();
   const auto [first, last] = Train(*ops, kernels::DType::kF32);
