@@ -1,0 +1,43 @@
+// The folders of a run's checkpoints and how one is committed atomically: every rank writes its
+// files into a staging folder, then one rank fsyncs it, renames it to the step's folder and
+// points `latest_checkpointed_iteration.txt` (Megatron's names) at it, last. A save that dies
+// before the rename leaves only a staging folder, which nothing loads and the next save clears.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace mimo::checkpoint {
+
+// "<root>/iter_0000100": step 100's checkpoint (7 digits, more when the step needs them).
+std::string CheckpointDir(const std::string& root, int64_t step);
+// "<root>/.iter_0000100.staging": where step 100's files are written before the commit.
+std::string StagingDir(const std::string& root, int64_t step);
+// "<root>/latest_checkpointed_iteration.txt": the step of the newest committed checkpoint.
+std::string LatestFile(const std::string& root);
+
+// One rank, before any rank writes: creates `root` (and parents) if needed and an empty staging
+// folder for `step` (a stale one, from a save that died, removed first); returns its path.
+absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step);
+
+// One rank, after every rank has written and fsynced its files into the staging folder: fsyncs
+// the folder, renames it to CheckpointDir (replacing a checkpoint of the same step), fsyncs
+// `root`, then writes LatestFile (a temporary file fsynced and renamed over it, `root` fsynced
+// again). Then, with keep > 0, removes the oldest committed checkpoints beyond the newest
+// `keep` (never the latest). FailedPrecondition when the staging folder does not exist.
+absl::Status CommitCheckpoint(const std::string& root, int64_t step, int keep = 0);
+
+// The steps of the committed checkpoints under `root`, ascending (staging folders and other
+// entries ignored); empty when `root` does not exist.
+absl::StatusOr<std::vector<int64_t>> ListCheckpoints(const std::string& root);
+
+// The step LatestFile names, or nullopt when there is none (a run that never saved).
+// DataLoss when the file is not a step number or names a folder that does not exist.
+absl::StatusOr<std::optional<int64_t>> LatestCheckpoint(const std::string& root);
+
+}  // namespace mimo::checkpoint
