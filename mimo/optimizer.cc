@@ -149,6 +149,19 @@ absl::StatusOr<float> AdamWOptimizer::SquaredGradNorm(kernels::Ops& ops) {
   return total;
 }
 
+std::vector<std::pair<std::string, kernels::Tensor>> AdamWOptimizer::StateTensors() const {
+  std::vector<std::pair<std::string, kernels::Tensor>> out;
+  std::vector<const Squares*> sets = {&replicated_};
+  for (const ShardedSquares& set : sharded_) sets.push_back(&set.squares);
+  for (const Squares* set : sets) {
+    for (const State& s : set->state) {
+      out.emplace_back(s.param->name() + ".exp_avg", s.m);
+      out.emplace_back(s.param->name() + ".exp_avg_sq", s.v);
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<OptimizerStepStats> AdamWOptimizer::Apply(kernels::Ops& ops, double sum) {
   float scale = 1.0f;
   const OptimizerStepStats stats = PlanUpdate(config_, steps_, sum, scale);

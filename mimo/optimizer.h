@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -83,6 +85,13 @@ class AdamWOptimizer {
   // follow it, so every rank given the same value takes the same decision.
   absl::StatusOr<OptimizerStepStats> Apply(kernels::Ops& ops, double squared_norm);
   int64_t steps() const { return steps_; }
+  // A restored run's count of updates: the learning-rate schedule and Adam's bias correction go
+  // on from it.
+  void set_steps(int64_t steps) { steps_ = steps; }
+  // The state a checkpoint keeps: each parameter's first and second moments (fp32, its shape),
+  // named "<parameter name>.exp_avg" and ".exp_avg_sq" (PyTorch's names), in a fixed order.
+  // Views of the optimizer's own tensors: writing them restores the state.
+  std::vector<std::pair<std::string, kernels::Tensor>> StateTensors() const;
 
  private:
   struct State {

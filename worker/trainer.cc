@@ -121,6 +121,11 @@ std::vector<comm::Communicator*> Trainer::ExpertNormGroups() const {
   return {options_.groups.ep, options_.groups.expt_tp};
 }
 
+std::vector<MoeLayer*> Trainer::MoeLayers() const {
+  if (modules_->language == nullptr) return {};
+  return modules_->language->moe_layers();
+}
+
 void Trainer::SetDropoutStream(StepContext& ctx, int64_t base, int64_t i) const {
   const int64_t samples = modules_->language_dp * options_.micro_batch_size;  // A global one's.
   const auto micro_batch = static_cast<uint64_t>(base / samples + i);

@@ -169,6 +169,22 @@ class Trainer {
   // The parameters of this rank's modules (vision.*, audio.*, language.*).
   void AppendParameters(std::vector<Parameter*>& out) const;
 
+  // This rank's part of the training state, written into `dir` (a checkpoint's staging folder,
+  // checkpoint/checkpoint_dir.h) as two safetensors files named by `rank` (its global rank):
+  // model_rank_NNNNN.safetensors, every parameter's weights in the compute dtype under its
+  // name; optim_rank_NNNNN.safetensors, the fp32 masters (when the weights are bf16;
+  // "<name>.master"), AdamW's moments ("<name>.exp_avg", ".exp_avg_sq") and the MoE layers'
+  // expert biases ("moe.<i>.expert_bias", when they balance by bias); both with the step, data
+  // position and rank in their metadata. FailedPrecondition with the distributed optimizer (not
+  // yet). Between steps only.
+  absl::Status SaveState(const std::string& dir, int rank) const;
+  // Restores what SaveState wrote for `rank`, into a trainer of the same model and layout just
+  // created: the next Step continues as the saved run's would (the same samples, learning rate,
+  // moments and weights). NotFound, DataLoss or InvalidArgument naming the file and the tensor
+  // that is missing, damaged or of another dtype or shape, before any state is changed only for
+  // the metadata check; a tensor that fails midway leaves the trainer to be discarded.
+  absl::Status LoadState(const std::string& dir, int rank);
+
  private:
   struct Modules;
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
@@ -179,6 +195,8 @@ class Trainer {
   // offset of its own per micro-batch of the run (2^40 elements apart), so no two micro-batches
   // share a mask and a resumed run draws the masks an uninterrupted one would.
   void SetDropoutStream(StepContext& ctx, int64_t base, int64_t i) const;
+  // The MoE layers of this rank's part of the language model (none on encoder ranks).
+  std::vector<MoeLayer*> MoeLayers() const;
   // The group the dense gradients are summed over: dp, or dp_cp with context parallelism.
   comm::Communicator* GradientGroup() const {
     return ModelGroups::Size(options_.groups.cp) > 1 ? options_.dp_cp : options_.dp;

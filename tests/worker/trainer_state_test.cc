@@ -1,0 +1,125 @@
+// Trainer::SaveState / LoadState: a run saved after two steps and restored into a new trainer
+// goes on exactly as the uninterrupted run (losses, norms, expert loads and every parameter
+// bitwise; fp32 and bf16 with their masters, the MoE layers' expert biases); a wrong, damaged or
+// missing file gives an error naming it; restoring into a trainer that has stepped is refused.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "tests/worker/trainer_dp_util.h"
+#include "worker/trainer.h"
+
+namespace mimo::worker {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+std::string TempDir(const std::string& name) {
+  const std::string dir =
+      ::testing::TempDir() + "/trainer-state-" + name + "-" + std::to_string(::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+MimoModelConfig Model(kernels::DType dtype) {
+  MimoModelConfig m = DpTestModel(dtype);
+  m.language.moe->expert_bias = true;  // State beyond the parameters and moments.
+  m.language.moe->expert_bias_update_rate = 0.01f;
+  return m;
+}
+
+std::vector<float> Values(kernels::Ops& ops, const Trainer& t) {
+  std::vector<Parameter*> params;
+  t.AppendParameters(params);
+  std::vector<float> out;
+  for (Parameter* p : params) {
+    const kernels::Tensor& m = p->master().data() != nullptr ? p->master() : p->weight();
+    std::vector<float> v(m.numel());
+    EXPECT_TRUE(ops.CopyToHost(v.data(), m.data(), 4 * v.size()).ok());
+    out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
+}
+
+TEST(TrainerStateTest, ARestoredRunGoesOnAsTheUninterruptedOne) {
+  for (const kernels::DType dtype : {kernels::DType::kF32, kernels::DType::kBF16}) {
+    SCOPED_TRACE(kernels::DTypeName(dtype));
+    const MimoModelConfig model = Model(dtype);
+    const TrainerOptions options = TestOptions(2, nullptr);
+    auto ops = kernels::NewCpuOps();
+    auto whole = Trainer::Create(*ops, model, options);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    std::vector<StepMetrics> want;
+    for (int i = 0; i < 4; ++i) want.push_back(*(*whole)->Step());
+    // Two steps, saved; a new trainer restores them and takes the last two.
+    const std::string dir = TempDir(std::string(kernels::DTypeName(dtype)));
+    {
+      auto first = Trainer::Create(*ops, model, options);
+      ASSERT_TRUE(first.ok());
+      for (int i = 0; i < 2; ++i) ASSERT_TRUE((*first)->Step().ok());
+      ASSERT_TRUE((*first)->SaveState(dir, 3).ok());
+    }
+    EXPECT_TRUE(fs::exists(dir + "/model_rank_00003.safetensors"));
+    EXPECT_TRUE(fs::exists(dir + "/optim_rank_00003.safetensors"));
+    auto resumed = Trainer::Create(*ops, model, options);
+    ASSERT_TRUE(resumed.ok());
+    const absl::Status loaded = (*resumed)->LoadState(dir, 3);
+    ASSERT_TRUE(loaded.ok()) << loaded;
+    EXPECT_EQ((*resumed)->position(), 2 * 2 * 2);  // Two steps of two micro-batches of two.
+    for (int i = 2; i < 4; ++i) {
+      auto m = (*resumed)->Step();
+      ASSERT_TRUE(m.ok()) << m.status();
+      EXPECT_EQ(m->step, want[i].step);
+      EXPECT_EQ(m->loss, want[i].loss) << "step " << i;
+      EXPECT_EQ(m->grad_norm, want[i].grad_norm) << "step " << i;
+      EXPECT_EQ(m->lr, want[i].lr) << "step " << i;
+      EXPECT_EQ(m->expert_load, want[i].expert_load) << "step " << i;
+    }
+    EXPECT_EQ(Values(*ops, **resumed), Values(*ops, **whole));
+    fs::remove_all(dir);
+  }
+}
+
+TEST(TrainerStateTest, WrongDamagedOrMissingFilesAreClearErrors) {
+  const MimoModelConfig model = Model(kernels::DType::kF32);
+  const TrainerOptions options = TestOptions(1, nullptr);
+  auto ops = kernels::NewCpuOps();
+  const std::string dir = TempDir("errors");
+  auto saved = Trainer::Create(*ops, model, options);
+  ASSERT_TRUE(saved.ok());
+  ASSERT_TRUE((*saved)->Step().ok());
+  ASSERT_TRUE((*saved)->SaveState(dir, 0).ok());
+  auto fresh = [&](const MimoModelConfig& m) {
+    auto t = Trainer::Create(*ops, m, options);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return *std::move(t);
+  };
+  // Stepped already.
+  EXPECT_EQ((*saved)->LoadState(dir, 0).code(), absl::StatusCode::kFailedPrecondition);
+  // Another rank's files: none.
+  const absl::Status missing = fresh(model)->LoadState(dir, 1);
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.message(), HasSubstr("model_rank_00001.safetensors"));
+  // Another model: a wider language model.
+  MimoModelConfig wider = model;
+  wider.language.transformer.ffn_hidden_size = 48;
+  const absl::Status other = fresh(wider)->LoadState(dir, 0);
+  EXPECT_EQ(other.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(other.message(), HasSubstr("another model or layout"));
+  // A file cut short.
+  const std::string optim = dir + "/optim_rank_00000.safetensors";
+  fs::resize_file(optim, fs::file_size(optim) - 16);
+  const absl::Status cut = fresh(model)->LoadState(dir, 0);
+  EXPECT_EQ(cut.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(cut.message(), HasSubstr(optim));
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace mimo::worker
