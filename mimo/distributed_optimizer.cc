@@ -178,6 +178,16 @@ absl::StatusOr<float> DistributedOptimizer::SquaredGradNorm(kernels::Ops& ops) {
   return total;
 }
 
+std::vector<std::pair<std::string, kernels::Tensor>> DistributedOptimizer::StateTensors() const {
+  std::vector<std::pair<std::string, kernels::Tensor>> out;
+  for (size_t i = 0; i < sets_.size(); ++i) {
+    out.emplace_back(absl::StrCat("set.", i, ".master"), sets_[i].master);
+    out.emplace_back(absl::StrCat("set.", i, ".exp_avg"), sets_[i].m);
+    out.emplace_back(absl::StrCat("set.", i, ".exp_avg_sq"), sets_[i].v);
+  }
+  return out;
+}
+
 absl::StatusOr<OptimizerStepStats> DistributedOptimizer::Apply(kernels::Ops& ops,
                                                                double squared_norm) {
   float scale = 1.0f;

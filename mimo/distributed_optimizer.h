@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -69,6 +71,13 @@ class DistributedOptimizer {
   absl::StatusOr<OptimizerStepStats> Apply(kernels::Ops& ops, double squared_norm);
 
   int64_t steps() const { return steps_; }
+  // A restored run's count of updates (as AdamWOptimizer::set_steps).
+  void set_steps(int64_t steps) { steps_ = steps; }
+  // The state a checkpoint keeps of this rank: each set's shard of the fp32 masters and of
+  // AdamW's moments, (shard,) fp32 each, named "set.<i>.master", ".exp_avg", ".exp_avg_sq".
+  // Views of the optimizer's own tensors. Their layout follows the sets' buckets, so only a
+  // run of the same parameters, bucket size and dp size reads them back.
+  std::vector<std::pair<std::string, kernels::Tensor>> StateTensors() const;
   // Elements of the optimizer state this rank keeps per kind (masters, first and second
   // moments): its shards, padding included.
   int64_t shard_elements() const;

@@ -174,9 +174,10 @@ class Trainer {
   // model_rank_NNNNN.safetensors, every parameter's weights in the compute dtype under its
   // name; optim_rank_NNNNN.safetensors, the fp32 masters (when the weights are bf16;
   // "<name>.master"), AdamW's moments ("<name>.exp_avg", ".exp_avg_sq") and the MoE layers'
-  // expert biases ("moe.<i>.expert_bias", when they balance by bias); both with the step, data
-  // position and rank in their metadata. FailedPrecondition with the distributed optimizer (not
-  // yet). Between steps only.
+  // expert biases ("moe.<i>.expert_bias", when they balance by bias) and, with the distributed
+  // optimizer, this rank's shards of its masters and moments ("distributed.set.<i>.*": readable
+  // only by the same layout and bucket size); both with the step, data position and rank in
+  // their metadata. Between steps only.
   absl::Status SaveState(const std::string& dir, int rank) const;
   // Restores what SaveState wrote for `rank`, into a trainer of the same model and layout just
   // created: the next Step continues as the saved run's would (the same samples, learning rate,

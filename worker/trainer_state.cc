@@ -56,7 +56,12 @@ absl::Status Write(kernels::Ops& ops, const std::string& path, const std::vector
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = tensors[i].tensor;
     host[i].resize(t.nbytes());
-    if (t.nbytes() > 0) MIMO_RETURN_IF_ERROR(ops.CopyToHost(host[i].data(), t.data(), t.nbytes()));
+    if (t.nbytes() > 0) {
+      if (absl::Status s = ops.CopyToHost(host[i].data(), t.data(), t.nbytes()); !s.ok()) {
+        return absl::Status(s.code(),
+                            absl::StrCat("saving \"", tensors[i].name, "\": ", s.message()));
+      }
+    }
     out.push_back({.name = tensors[i].name,
                    .dtype = SafetensorsDType(t.dtype()),
                    .shape = {t.shape().begin(), t.shape().end()},
@@ -112,20 +117,23 @@ absl::Status Read(kernels::Ops& ops, const checkpoint::SafetensorsReader& reader
 }  // namespace
 
 absl::Status Trainer::SaveState(const std::string& dir, int rank) const {
-  if (update_.distributed != nullptr) {
-    return absl::FailedPreconditionError(
-        "Trainer::SaveState: checkpoints of the distributed optimizer's shards are not "
-        "supported yet");
-  }
   std::vector<Parameter*> params;
   AppendParameters(params);
   std::vector<Named> model, optim;
   for (Parameter* p : params) {
     model.push_back({p->name(), p->weight()});
-    if (p->master().data() != p->weight().data())
+    // The master, where the parameter keeps its own apart from its weight (the distributed
+    // optimizer's shards hold the masters it released).
+    if (p->master().data() != nullptr && p->master().data() != p->weight().data()) {
       optim.push_back({p->name() + ".master", p->master()});
+    }
   }
   for (auto& [name, t] : update_.adamw->StateTensors()) optim.push_back({name, t});
+  if (update_.distributed != nullptr) {
+    for (auto& [name, t] : update_.distributed->StateTensors()) {
+      optim.push_back({"distributed." + name, t});
+    }
+  }
   const std::vector<MoeLayer*> layers = MoeLayers();
   for (size_t i = 0; i < layers.size(); ++i) {
     if (layers[i]->expert_bias_enabled()) {
@@ -148,11 +156,6 @@ absl::Status Trainer::LoadState(const std::string& dir, int rank) {
     return absl::FailedPreconditionError(
         "Trainer::LoadState: into a trainer that has stepped (restore into a new one)");
   }
-  if (update_.distributed != nullptr) {
-    return absl::FailedPreconditionError(
-        "Trainer::LoadState: checkpoints of the distributed optimizer's shards are not "
-        "supported yet");
-  }
   MIMO_ASSIGN_OR_RETURN(const checkpoint::SafetensorsReader model,
                         checkpoint::SafetensorsReader::Open(FileName(dir, "model", rank)));
   MIMO_ASSIGN_OR_RETURN(const checkpoint::SafetensorsReader optim,
@@ -170,12 +173,18 @@ absl::Status Trainer::LoadState(const std::string& dir, int rank) {
   std::vector<char> buffer;
   for (Parameter* p : params) {
     MIMO_RETURN_IF_ERROR(Read(ops_, model, p->name(), p->weight(), buffer));
-    if (p->master().data() != p->weight().data()) {
+    if (p->master().data() != nullptr && p->master().data() != p->weight().data()) {
       MIMO_RETURN_IF_ERROR(Read(ops_, optim, p->name() + ".master", p->master(), buffer));
     }
   }
   for (const auto& [name, t] : update_.adamw->StateTensors()) {
     MIMO_RETURN_IF_ERROR(Read(ops_, optim, name, t, buffer));
+  }
+  if (update_.distributed != nullptr) {
+    for (const auto& [name, t] : update_.distributed->StateTensors()) {
+      MIMO_RETURN_IF_ERROR(Read(ops_, optim, "distributed." + name, t, buffer));
+    }
+    update_.distributed->set_steps(step);
   }
   const std::vector<MoeLayer*> layers = MoeLayers();
   for (size_t i = 0; i < layers.size(); ++i) {

@@ -1,6 +1,7 @@
 // Trainer::SaveState / LoadState: a run saved after two steps and restored into a new trainer
 // goes on exactly as the uninterrupted run (losses, norms, expert loads and every parameter
-// bitwise; fp32 and bf16 with their masters, the MoE layers' expert biases); a wrong, damaged or
+// bitwise; fp32 and bf16 with their masters, the MoE layers' expert biases; two data-parallel
+// ranks with the distributed optimizer's shards and experts over ep); a wrong, damaged or
 // missing file gives an error naming it; restoring into a trainer that has stepped is refused.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -10,6 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "comm/in_memory_store.h"
+#include "comm/process_groups.h"
+#include "common/bfloat16.h"
+#include "tests/comm/run_ranks.h"
 #include "tests/worker/trainer_dp_util.h"
 #include "worker/trainer.h"
 
@@ -34,15 +39,22 @@ MimoModelConfig Model(kernels::DType dtype) {
   return m;
 }
 
+// Every parameter's fp32 master (its bf16 weight where the distributed optimizer holds the
+// master) in order.
 std::vector<float> Values(kernels::Ops& ops, const Trainer& t) {
   std::vector<Parameter*> params;
   t.AppendParameters(params);
   std::vector<float> out;
   for (Parameter* p : params) {
-    const kernels::Tensor& m = p->master().data() != nullptr ? p->master() : p->weight();
-    std::vector<float> v(m.numel());
-    EXPECT_TRUE(ops.CopyToHost(v.data(), m.data(), 4 * v.size()).ok());
-    out.insert(out.end(), v.begin(), v.end());
+    if (p->master().data() != nullptr) {
+      std::vector<float> v(p->numel());
+      EXPECT_TRUE(ops.CopyToHost(v.data(), p->master().data(), 4 * v.size()).ok());
+      out.insert(out.end(), v.begin(), v.end());
+      continue;
+    }
+    std::vector<uint16_t> bits(p->numel());
+    EXPECT_TRUE(ops.CopyToHost(bits.data(), p->weight().data(), 2 * bits.size()).ok());
+    for (uint16_t b : bits) out.push_back(BFloat16ToFloat(b));
   }
   return out;
 }
@@ -84,6 +96,47 @@ TEST(TrainerStateTest, ARestoredRunGoesOnAsTheUninterruptedOne) {
     EXPECT_EQ(Values(*ops, **resumed), Values(*ops, **whole));
     fs::remove_all(dir);
   }
+}
+
+// Two data-parallel replicas with the distributed optimizer (bf16: the masters only in its
+// shards) and experts split over ep: each rank saves its own state and restores it.
+TEST(TrainerStateTest, DataParallelRanksWithTheDistributedOptimizerResume) {
+  const MimoModelConfig model = Model(kernels::DType::kBF16);
+  const std::string dir = TempDir("dp");
+  std::vector<std::vector<float>> want(2), got(2);
+  std::vector<std::vector<double>> want_loss(2), got_loss(2);
+  for (const bool interrupted : {false, true}) {
+    comm::InMemoryStore store;
+    comm::RunRanks(2, [&](int rank) {
+      auto groups = comm::ProcessGroups::CreateGloo(
+          {{.kind = "dp", .members = {0, 1}}, {.kind = "ep", .members = {0, 1}}}, store,
+          {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+      ASSERT_TRUE(groups.ok()) << groups.status();
+      auto ops = kernels::NewCpuOps();
+      const TrainerOptions options =
+          TestOptions(1, (*groups)->Get("dp"), ModelGroupsOf(**groups), /*distributed=*/true);
+      auto trainer = Trainer::Create(*ops, model, options);
+      ASSERT_TRUE(trainer.ok()) << trainer.status();
+      std::vector<double>& losses = interrupted ? got_loss[rank] : want_loss[rank];
+      for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
+      if (interrupted) {
+        const absl::Status saved = (*trainer)->SaveState(dir, rank);
+        ASSERT_TRUE(saved.ok()) << saved;
+        auto resumed = Trainer::Create(*ops, model, options);
+        ASSERT_TRUE(resumed.ok());
+        const absl::Status loaded = (*resumed)->LoadState(dir, rank);
+        ASSERT_TRUE(loaded.ok()) << loaded;
+        *trainer = *std::move(resumed);
+      }
+      for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
+      (interrupted ? got : want)[rank] = Values(*ops, **trainer);
+    });
+  }
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(got_loss[r], want_loss[r]) << "rank " << r;
+    EXPECT_EQ(got[r], want[r]) << "rank " << r;
+  }
+  fs::remove_all(dir);
 }
 
 TEST(TrainerStateTest, WrongDamagedOrMissingFilesAreClearErrors) {
