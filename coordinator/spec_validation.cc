@@ -516,8 +516,21 @@ class SpecChecker {
                                      "host), got \"",
                                      spec_.output_dir(), "\""));
     }
-    if (!spec_.checkpointing().dir().empty() || !spec_.checkpointing().resume_from().empty()) {
-      Add("checkpointing", "KIND_TRAIN jobs do not write or read checkpoints yet");
+    const v1::Checkpointing& c = spec_.checkpointing();
+    if (!c.dir().empty() && c.dir()[0] != '/') {
+      Add("checkpointing.dir", absl::StrCat("must be an absolute path (every rank writes its "
+                                            "files there: a folder all of them share), got \"",
+                                            c.dir(), "\""));
+    }
+    if (!c.resume_from().empty() && c.resume_from() != "latest" && c.resume_from()[0] != '/') {
+      Add("checkpointing.resume_from",
+          absl::StrCat("must be \"latest\" or an absolute path, got \"", c.resume_from(), "\""));
+    }
+    if (c.resume_from() == "latest" && c.dir().empty()) {
+      Add("checkpointing.resume_from", "\"latest\" needs checkpointing.dir to look in");
+    }
+    if (c.async_save()) {
+      Add("checkpointing.async_save", "KIND_TRAIN jobs do not save asynchronously yet");
     }
   }
 

@@ -9,8 +9,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "checkpoint/checkpoint_dir.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
+#include "worker/job_checkpoint.h"
 #include "worker/model_spec.h"
 #include "worker/training_outputs.h"
 
@@ -187,11 +189,34 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
     hooks.log(
         absl::StrCat("writing metrics.csv, tensorboard/ and loss.png to ", spec.output_dir()));
   }
+  const v1::Checkpointing& checkpointing = spec.checkpointing();
+  MIMO_ASSIGN_OR_RETURN(const std::optional<ResumePoint> resume, FindResumePoint(assignment));
+  int64_t first_step = 1;
+  if (resume.has_value()) {
+    if (absl::Status s = trainer->LoadState(resume->dir, rank.rank()); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("resuming from ", resume->dir, ": ", s.message()));
+    }
+    first_step = resume->iteration + 1;
+    hooks.log(absl::StrCat("resumed from ", resume->dir, " after iteration ", resume->iteration,
+                           " (consumed samples: ", trainer->position(), ")"));
+  }
+  const int64_t save_interval = checkpointing.interval_steps();
   double seconds = 0;
-  for (int64_t step = 1; step <= t.steps(); ++step) {
+  for (int64_t step = first_step; step <= t.steps(); ++step) {
     if (hooks.stopped && hooks.stopped()) return absl::CancelledError("the job was stopped");
     MIMO_ASSIGN_OR_RETURN(const StepMetrics m, trainer->Step());
     seconds += m.seconds;
+    if (!checkpointing.dir().empty() &&
+        ((save_interval > 0 && step % save_interval == 0) || step == t.steps())) {
+      const absl::Time save_start = absl::Now();
+      MIMO_RETURN_IF_ERROR(
+          SaveJobCheckpoint(assignment, *trainer, step, hooks.store, hooks.store_timeout));
+      if (rank.rank() == 0) {
+        hooks.log(absl::StrCat(
+            "saved checkpoint ", checkpoint::CheckpointDir(checkpointing.dir(), step), " in ",
+            absl::FormatDuration(absl::Trunc(absl::Now() - save_start, absl::Milliseconds(1)))));
+      }
+    }
     if (!logs || (step % interval != 0 && step != t.steps())) continue;
     const double tflops = m.seconds > 0 ? m.model_flops / m.seconds / world / 1e12 : 0;
     hooks.log(MegatronLogLine(m, t.steps(), trainer->position(), t.global_batch_size(), tflops));

@@ -7,6 +7,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "comm/key_value_store.h"
 #include "comm/process_groups.h"
 #include "kernels/ops.h"
 #include "mimo/v1/job.pb.h"
@@ -45,13 +47,21 @@ struct TrainJobHooks {
   std::function<void(const std::string&)> log;     // A line for the job's log.
   std::function<void(const v1::Metrics&)> report;  // Metrics of a step (the logging rank only).
   std::function<bool()> stopped;                   // Checked before every step.
+  // The attempt's key-value store (not owned), where the ranks meet to commit a checkpoint;
+  // needed with spec.checkpointing.dir and more than one rank. A save waits up to
+  // store_timeout for the other ranks.
+  comm::KeyValueStore* store = nullptr;
+  absl::Duration store_timeout = absl::Minutes(10);
 };
 
 // Runs the job's steps on this rank with `ops` (CPU ops with Gloo groups, CUDA ops with NCCL
 // groups). The logging rank (the language module's data-parallel replica 0, tp member 0) logs every
 // training.log_interval steps (0: every step) and the last one, and reports the same steps'
 // metrics, and with spec.output_dir writes them there too (training_outputs.h; `host` names its
-// TensorBoard file); every rank logs its start and end. Cancelled once `stopped` says so.
+// TensorBoard file); every rank logs its start and end. Cancelled once `stopped` says so. With
+// spec.checkpointing it first resumes from the checkpoint job_checkpoint.h finds (the steps
+// after the saved one; the same samples, losses and updates as a run never interrupted) and
+// saves every interval_steps and after the last step.
 absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGroups& groups,
                          kernels::Ops& ops, bool cuda, const std::string& device_name,
                          const std::string& host, const TrainJobHooks& hooks);

@@ -482,7 +482,9 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
                                   if (!s.ok())
                                     log.Line(absl::StrCat("metrics report failed: ", s.message()));
                                 },
-                            .stopped = [&job] { return job.Stopped(nullptr); }};
+                            .stopped = [&job] { return job.Stopped(nullptr); },
+                            .store = &store,
+                            .store_timeout = options_.comm_timeout};
   return RunTraining(assignment, *groups, *ops, cuda, info_.device_name(), info_.host(), hooks);
 }
 

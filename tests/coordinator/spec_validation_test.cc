@@ -193,6 +193,20 @@ TEST(ValidateJobSpecTest, TrainingAcceptsAPipelineParallelEncoder) {
   for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
 }
 
+// KIND_TRAIN jobs save checkpoints and resume (from the latest under dir, or a folder).
+TEST(ValidateJobSpecTest, TrainingAcceptsCheckpointing) {
+  for (const std::string resume : {"", "latest", "/ckpt/iter_0000100"}) {
+    v1::JobSpec spec = ValidSpec();
+    spec.mutable_checkpointing()->set_dir("/ckpt");
+    spec.mutable_checkpointing()->set_interval_steps(100);
+    spec.mutable_checkpointing()->set_keep_last(2);
+    spec.mutable_checkpointing()->set_resume_from(resume);
+    std::vector<FieldViolation> violations;
+    EXPECT_TRUE(ValidateJobSpec(spec, &violations).ok()) << resume;
+    for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+  }
+}
+
 // KIND_TRAIN runs the language module context parallel (here cp 2 x dp 2 x ep 2, MoE).
 TEST(ValidateJobSpecTest, TrainingAcceptsAContextParallelLanguageModule) {
   v1::JobSpec spec = ValidSpec();
@@ -656,9 +670,21 @@ INSTANTIATE_TEST_SUITE_P(
              {"training.packing"}},
         Case{"TrainingOutputDirRelative", [](v1::JobSpec& s) { s.set_output_dir("runs/a"); },
              {"output_dir"}},
-        Case{"TrainingWithCheckpoints",
-             [](v1::JobSpec& s) { s.mutable_checkpointing()->set_dir("/tmp/ckpt"); },
-             {"checkpointing"}},
+        Case{"CheckpointDirRelative",
+             [](v1::JobSpec& s) { s.mutable_checkpointing()->set_dir("ckpt"); },
+             {"checkpointing.dir"}},
+        Case{"ResumeFromARelativeFolder",
+             [](v1::JobSpec& s) { s.mutable_checkpointing()->set_resume_from("ckpt/iter_0000010"); },
+             {"checkpointing.resume_from"}},
+        Case{"ResumeFromLatestWithoutADir",
+             [](v1::JobSpec& s) { s.mutable_checkpointing()->set_resume_from("latest"); },
+             {"checkpointing.resume_from"}},
+        Case{"AsynchronousSaves",
+             [](v1::JobSpec& s) {
+               s.mutable_checkpointing()->set_dir("/tmp/ckpt");
+               s.mutable_checkpointing()->set_async_save(true);
+             },
+             {"checkpointing.async_save"}},
         Case{"TrainingWithDataParallelRandomInit",
              [](v1::JobSpec& s) { Train(s).set_data_parallel_random_init(true); },
              {"training.data_parallel_random_init"}},
