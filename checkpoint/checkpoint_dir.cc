@@ -90,6 +90,7 @@ absl::Status CommitCheckpoint(const std::string& root, int64_t step, int keep) {
     if (ec) return FsError(ec, "cannot move aside", final_dir);
     fs::rename(staging, final_dir, ec);
     if (ec) return FsError(ec, "cannot rename to", final_dir);
+    MIMO_RETURN_IF_ERROR(Fsync(root));  // The new one in place before the old one goes.
     MIMO_RETURN_IF_ERROR(RemoveAll(aside));
   } else {
     fs::rename(staging, final_dir, ec);

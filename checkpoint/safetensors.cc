@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/crc32c.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -65,7 +66,19 @@ absl::Status PreadAll(int fd, char* out, size_t n, uint64_t offset, const std::s
   return absl::OkStatus();
 }
 
-absl::Status WriteAll(int fd, const char* data, size_t n, const std::string& path) {
+// CRC-32C continued over more bytes (Crc32c's state between calls: the register, not
+// finalized).
+uint32_t Crc32cExtend(uint32_t crc, const void* data, size_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  uint32_t c = ~crc;
+  for (size_t i = 0; i < n; ++i) c = crc32c_internal::kTable[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+  return ~c;
+}
+
+absl::Status WriteAll(int fd, const char* data, size_t n, const std::string& path,
+                      FileDigest& digest) {
+  digest.bytes += n;
+  digest.crc32c = Crc32cExtend(digest.crc32c, data, n);
   while (n > 0) {
     const ssize_t put = ::write(fd, data, n);
     if (put < 0) {
@@ -113,12 +126,16 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
     return absl::InvalidArgumentError(absl::StrCat(
         "safetensors: ", prefix.size(), " bytes given of an ", 8 + length, "-byte header"));
   }
-  // Duplicate names are an error (a JSON parser would keep the last one silently).
-  std::set<std::string> names;
+  // A key repeated in any object is an error (a JSON parser would keep the last one silently).
+  std::vector<std::set<std::string>> keys;  // Of each object being parsed, innermost last.
   std::string duplicate;
-  const Json::parser_callback_t unique = [&](int depth, Json::parse_event_t event, Json& parsed) {
-    if (depth == 1 && event == Json::parse_event_t::key && parsed.is_string() &&
-        !names.insert(parsed.get<std::string>()).second && duplicate.empty()) {
+  const Json::parser_callback_t unique = [&](int, Json::parse_event_t event, Json& parsed) {
+    if (event == Json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (event == Json::parse_event_t::object_end && !keys.empty()) {
+      keys.pop_back();
+    } else if (event == Json::parse_event_t::key && parsed.is_string() && !keys.empty() &&
+               !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
       duplicate = parsed.get<std::string>();
     }
     return true;
@@ -126,7 +143,7 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
   const Json header = Json::parse(prefix.substr(8, length), unique, /*allow_exceptions=*/false);
   if (header.is_discarded()) return Bad("not valid JSON");
   if (!header.is_object()) return Bad("not a JSON object");
-  if (!duplicate.empty()) return Bad(absl::StrCat("tensor \"", duplicate, "\" named twice"));
+  if (!duplicate.empty()) return Bad(absl::StrCat("key \"", duplicate, "\" given twice"));
   SafetensorsHeader out;
   out.data_offset = 8 + length;
   const uint64_t data_bytes = file_size - out.data_offset;
@@ -271,8 +288,28 @@ absl::Status SafetensorsReader::ReadRange(absl::string_view name, uint64_t offse
   return PreadAll(fd_, out.data(), out.size(), header_.data_offset + t->begin + offset, path_);
 }
 
-absl::Status WriteSafetensors(const std::string& path, absl::Span<const TensorToWrite> tensors,
-                              const std::map<std::string, std::string>& metadata) {
+absl::StatusOr<FileDigest> DigestOf(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return OsError("cannot open", path);
+  FileDigest digest;
+  std::vector<char> buffer(1 << 20);
+  absl::Status status;
+  while (true) {
+    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) status = OsError("cannot read", path);
+    if (n <= 0) break;
+    digest.bytes += static_cast<uint64_t>(n);
+    digest.crc32c = Crc32cExtend(digest.crc32c, buffer.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  if (!status.ok()) return status;
+  return digest;
+}
+
+absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
+                                            absl::Span<const TensorToWrite> tensors,
+                                            const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::set<std::string> names;
@@ -308,14 +345,16 @@ absl::Status WriteSafetensors(const std::string& path, absl::Span<const TensorTo
   for (int i = 0; i < 8; ++i) length[i] = static_cast<char>((text.size() >> (8 * i)) & 0xff);
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return OsError("cannot create", path);
-  absl::Status status = WriteAll(fd, length, 8, path);
-  if (status.ok()) status = WriteAll(fd, text.data(), text.size(), path);
+  FileDigest digest;
+  absl::Status status = WriteAll(fd, length, 8, path, digest);
+  if (status.ok()) status = WriteAll(fd, text.data(), text.size(), path, digest);
   for (size_t i = 0; i < tensors.size() && status.ok(); ++i) {
-    status = WriteAll(fd, static_cast<const char*>(tensors[i].data), sizes[i], path);
+    status = WriteAll(fd, static_cast<const char*>(tensors[i].data), sizes[i], path, digest);
   }
   if (status.ok() && ::fsync(fd) != 0) status = OsError("cannot fsync", path);
   if (::close(fd) != 0 && status.ok()) status = OsError("cannot close", path);
-  return status;
+  if (!status.ok()) return status;
+  return digest;
 }
 
 }  // namespace mimo::checkpoint

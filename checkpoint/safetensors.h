@@ -47,7 +47,7 @@ size_t DTypeBytes(absl::string_view dtype);
 // first 8 bytes and, when the header length they give is in range, the header itself
 // (8 + length bytes). InvalidArgument (DataLoss for a file too short for what the header says)
 // naming what is wrong: a length beyond kMaxHeaderBytes or the file, a header that is not a JSON
-// object of objects, a duplicate tensor name, an unknown dtype, a negative or overflowing shape,
+// object of objects, a key given twice in any object, an unknown dtype, a negative or overflowing shape,
 // data_offsets that are not two nondecreasing integers, a byte length other than dtype size x
 // elements, tensors that overlap or leave holes (the bytes after the header must be exactly the
 // tensors', back to back), or "__metadata__" that is not an object of strings.
@@ -89,10 +89,23 @@ struct TensorToWrite {
   const void* data = nullptr;
 };
 
+// A file's size and CRC-32C (common/crc32c.h), as a checkpoint's metadata records them.
+struct FileDigest {
+  uint64_t bytes = 0;
+  uint32_t crc32c = 0;
+
+  bool operator==(const FileDigest&) const = default;
+};
+
 // Writes `tensors` (in this order) and `metadata` to `path` (created or truncated), then fsyncs
-// it. InvalidArgument, before anything is written, for an empty or duplicate name, the name
-// "__metadata__", an unknown dtype or a negative shape; the OS error otherwise.
-absl::Status WriteSafetensors(const std::string& path, absl::Span<const TensorToWrite> tensors,
-                              const std::map<std::string, std::string>& metadata = {});
+// it; returns the digest of what it wrote. InvalidArgument, before anything is written, for an
+// empty or duplicate name, the name "__metadata__", an unknown dtype or a negative shape; the
+// OS error otherwise.
+absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
+                                            absl::Span<const TensorToWrite> tensors,
+                                            const std::map<std::string, std::string>& metadata = {});
+
+// The digest of the file at `path`, read in pieces (never whole in memory).
+absl::StatusOr<FileDigest> DigestOf(const std::string& path);
 
 }  // namespace mimo::checkpoint

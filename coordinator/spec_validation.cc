@@ -574,8 +574,15 @@ class SpecChecker {
   }
 
   void CheckCheckpointing() {
-    NonNegative("checkpointing.interval_steps", spec_.checkpointing().interval_steps());
-    NonNegative("checkpointing.keep_last", spec_.checkpointing().keep_last());
+    const v1::Checkpointing& c = spec_.checkpointing();
+    NonNegative("checkpointing.interval_steps", c.interval_steps());
+    NonNegative("checkpointing.keep_last", c.keep_last());
+    if (!spec_.has_checkpointing()) return;
+    if (spec_.kind() != v1::JobSpec::KIND_TRAIN) {
+      Add("checkpointing", "only KIND_TRAIN jobs save and resume checkpoints");
+    } else if (c.dir().empty() && (c.interval_steps() > 0 || c.keep_last() > 0)) {
+      Add("checkpointing.dir", "interval_steps and keep_last need a dir to save in");
+    }
   }
 
   const v1::JobSpec& spec_;

@@ -5,9 +5,12 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <type_traits>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "checkpoint/checkpoint_dir.h"
 #include "common/status_macros.h"
@@ -51,41 +54,145 @@ std::string LayoutOf(const v1::Assignment& assignment) {
   return absl::StrJoin(parts, " ");
 }
 
-absl::StatusOr<std::optional<ResumePoint>> FindResumePoint(const v1::Assignment& assignment) {
-  const v1::Checkpointing& c = assignment.spec().checkpointing();
-  std::string dir;
-  if (c.resume_from().empty() || c.resume_from() == "latest") {
-    if (c.dir().empty()) return std::optional<ResumePoint>();
+absl::Status VerifyRankFiles(const ResumePoint& resume, int rank) {
+  for (const char* kind : {"model", "optim"}) {
+    const std::string file = absl::StrFormat("%s_rank_%05d.safetensors", kind, rank);
+    const auto it = resume.files.find(file);
+    if (it == resume.files.end()) {
+      return absl::DataLossError(
+          absl::StrCat(MetadataPath(resume.dir), " lists no ", file, " (rank ", rank, "'s)"));
+    }
+    MIMO_ASSIGN_OR_RETURN(const checkpoint::FileDigest d,
+                          checkpoint::DigestOf(resume.dir + "/" + file));
+    if (!(d == it->second)) {
+      return absl::DataLossError(
+          absl::StrCat(resume.dir, "/", file, " has ", d.bytes, " bytes of CRC-32C ", d.crc32c,
+                       "; ", MetadataPath(resume.dir), " says ", it->second.bytes,
+                       " bytes of CRC-32C ", it->second.crc32c, ": the checkpoint is damaged"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The checkpoint folder a job resumes from, or "" for a fresh start: the newest under dir (the
+// run's own progress: a restarted attempt, or the job submitted again), else resume_from.
+absl::StatusOr<std::string> ResumeFolder(const v1::Checkpointing& c) {
+  if (!c.dir().empty()) {
     MIMO_ASSIGN_OR_RETURN(const std::optional<int64_t> latest,
                           checkpoint::LatestCheckpoint(c.dir()));
-    if (!latest.has_value()) return std::optional<ResumePoint>();
-    dir = checkpoint::CheckpointDir(c.dir(), *latest);
-  } else {
-    dir = c.resume_from();
+    if (latest.has_value()) return checkpoint::CheckpointDir(c.dir(), *latest);
   }
+  if (c.resume_from().empty() || c.resume_from() == "latest") return std::string();
+  return c.resume_from();
+}
+
+// A string or integer field of `meta`, or nullopt when it is missing or of another type.
+template <typename T>
+std::optional<T> Field(const nlohmann::json& meta, const char* key) {
+  const auto it = meta.find(key);
+  if (it == meta.end()) return std::nullopt;
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (!it->is_string()) return std::nullopt;
+  } else {
+    if (!it->is_number_integer()) return std::nullopt;
+  }
+  return it->get<T>();
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<ResumePoint>> FindResumePoint(const v1::Assignment& assignment) {
+  MIMO_ASSIGN_OR_RETURN(const std::string dir, ResumeFolder(assignment.spec().checkpointing()));
+  if (dir.empty()) return std::optional<ResumePoint>();
   std::ifstream in(MetadataPath(dir));
   if (!in) {
     return absl::NotFoundError(
         absl::StrCat("no checkpoint to resume from: ", MetadataPath(dir), " cannot be read"));
   }
   const nlohmann::json meta = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (meta.is_discarded() || !meta.is_object() || meta.value("format", "") != kFormat ||
-      meta.value("version", 0) != kVersion || !meta.contains("iteration") ||
-      !meta["iteration"].is_number_integer() || !meta.contains("layout") ||
-      !meta["layout"].is_string()) {
+  const bool object = !meta.is_discarded() && meta.is_object();
+  const std::optional<std::string> format =
+      object ? Field<std::string>(meta, "format") : std::nullopt;
+  const std::optional<std::string> saved =
+      object ? Field<std::string>(meta, "layout") : std::nullopt;
+  const std::optional<int64_t> version = object ? Field<int64_t>(meta, "version") : std::nullopt;
+  const std::optional<int64_t> iteration =
+      object ? Field<int64_t>(meta, "iteration") : std::nullopt;
+  const std::optional<int64_t> saved_world =
+      object ? Field<int64_t>(meta, "world_size") : std::nullopt;
+  if (format != kFormat || version != kVersion || !saved || !iteration || *iteration < 0 ||
+      !saved_world) {
     return absl::DataLossError(absl::StrCat(MetadataPath(dir), " is not a ", kFormat, " version ",
                                             kVersion, " metadata file"));
   }
-  const std::string layout = LayoutOf(assignment), saved = meta["layout"].get<std::string>();
+  const std::string layout = LayoutOf(assignment);
   const int world = assignment.spec().resources().workers();
-  if (saved != layout || meta.value("world_size", 0) != world) {
+  if (*saved != layout || *saved_world != world) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint ", dir, " was saved by ", meta.value("world_size", 0), " ranks in layout \"",
-        saved, "\"; this job has ", world, " ranks in layout \"", layout,
+        "checkpoint ", dir, " was saved by ", *saved_world, " ranks in layout \"", *saved,
+        "\"; this job has ", world, " ranks in layout \"", layout,
         "\": resume it in its own layout (resharding checkpoints is not supported yet)"));
   }
-  return std::optional<ResumePoint>(
-      ResumePoint{.dir = dir, .iteration = meta["iteration"].get<int64_t>()});
+  if (*iteration > assignment.spec().training().steps()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint ", dir, " is at iteration ", *iteration,
+                     ", beyond the job's training.steps ", assignment.spec().training().steps()));
+  }
+  ResumePoint point{.dir = dir, .iteration = *iteration};
+  const auto files = meta.find("files");
+  if (files != meta.end() && files->is_object()) {
+    for (const auto& [file, d] : files->items()) {
+      if (!d.is_object() || !d.contains("bytes") || !d.contains("crc32c") ||
+          !d["bytes"].is_number_unsigned() || !d["crc32c"].is_number_unsigned()) {
+        return absl::DataLossError(
+            absl::StrCat(MetadataPath(dir), ": file ", file, " without bytes and crc32c"));
+      }
+      point.files[file] = {.bytes = d["bytes"].get<uint64_t>(),
+                           .crc32c = d["crc32c"].get<uint32_t>()};
+    }
+  }
+  return std::optional<ResumePoint>(std::move(point));
+}
+
+absl::StatusOr<std::optional<ResumePoint>> AgreeOnResumePoint(const v1::Assignment& assignment,
+                                                              comm::KeyValueStore* store,
+                                                              absl::Duration timeout) {
+  const int rank = assignment.rank().rank(), world = assignment.spec().resources().workers();
+  if (world == 1) return FindResumePoint(assignment);
+  if (store == nullptr) {
+    return absl::FailedPreconditionError("resuming several ranks needs the job's store");
+  }
+  constexpr char kKey[] = "checkpoint/resume";
+  std::string chosen;  // The folder, or "" for a fresh start.
+  if (rank == 0) {
+    absl::StatusOr<std::optional<ResumePoint>> found = FindResumePoint(assignment);
+    // The others learn of a failure too (and fail naming rank 0), instead of waiting.
+    const std::string value =
+        !found.ok() ? "error" : (found->has_value() ? "dir:" + (*found)->dir : "none");
+    MIMO_RETURN_IF_ERROR(store->Set(kKey, value));
+    return found;
+  }
+  MIMO_ASSIGN_OR_RETURN(const std::vector<std::string> values, store->Wait({kKey}, timeout));
+  const std::string& value = values[0];
+  if (value == "none") return std::optional<ResumePoint>();
+  if (!absl::StartsWith(value, "dir:")) {
+    return absl::AbortedError("rank 0 could not find the checkpoint to resume from");
+  }
+  chosen = value.substr(4);
+  // The folder rank 0 chose, read here (the same checks), whatever this rank's own view of
+  // the latest pointer.
+  v1::Assignment pinned = assignment;
+  pinned.mutable_spec()->mutable_checkpointing()->clear_dir();
+  pinned.mutable_spec()->mutable_checkpointing()->set_resume_from(chosen);
+  absl::StatusOr<std::optional<ResumePoint>> found = FindResumePoint(pinned);
+  if (found.ok() && !found->has_value()) {
+    return absl::NotFoundError(absl::StrCat("rank 0 resumes from ", chosen,
+                                            ", which this rank cannot read (is the checkpoint "
+                                            "folder shared by every host?)"));
+  }
+  return found;
 }
 
 absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& trainer,
@@ -104,11 +211,25 @@ absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& 
     MIMO_RETURN_IF_ERROR(store->Wait({key + "staged"}, timeout).status());
   }
   const std::string staging = checkpoint::StagingDir(c.dir(), iteration);
-  MIMO_RETURN_IF_ERROR(trainer.SaveState(staging, rank));
-  if (rank != 0) return store->Set(absl::StrCat(key, "written/", rank), "1");
+  MIMO_ASSIGN_OR_RETURN(const auto digests, trainer.SaveState(staging, rank));
+  // Each rank's files with their sizes and CRC-32Cs, for rank 0's metadata.json.
+  nlohmann::json files = nlohmann::json::object();
+  for (const auto& [file, d] : digests) {
+    files[file] = {{"bytes", d.bytes}, {"crc32c", d.crc32c}};
+  }
+  if (rank != 0) return store->Set(absl::StrCat(key, "written/", rank), files.dump());
   std::vector<std::string> written;
   for (int r = 1; r < world; ++r) written.push_back(absl::StrCat(key, "written/", r));
-  if (!written.empty()) MIMO_RETURN_IF_ERROR(store->Wait(written, timeout).status());
+  if (!written.empty()) {
+    MIMO_ASSIGN_OR_RETURN(const std::vector<std::string> values, store->Wait(written, timeout));
+    for (const std::string& v : values) {
+      const nlohmann::json theirs = nlohmann::json::parse(v, nullptr, false);
+      if (!theirs.is_object()) {
+        return absl::DataLossError("a rank's report of its checkpoint files is not JSON");
+      }
+      files.update(theirs);
+    }
+  }
   nlohmann::json modules = nlohmann::json::array();
   for (const v1::ModulePlan& m : assignment.modules()) {
     modules.push_back({{"name", m.name()},
@@ -122,16 +243,10 @@ absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& 
                        {"rank_offset", m.rank_offset()},
                        {"rank_count", m.rank_count()}});
   }
-  const nlohmann::json meta = {{"format", kFormat},
-                               {"version", kVersion},
-                               {"iteration", iteration},
-                               {"consumed_samples", trainer.position()},
-                               {"world_size", world},
-                               {"layout", LayoutOf(assignment)},
-                               {"modules", modules},
-                               {"files",
-                                "model_rank_NNNNN.safetensors and optim_rank_NNNNN."
-                                "safetensors for every rank NNNNN"}};
+  const nlohmann::json meta = {{"format", kFormat},      {"version", kVersion},
+                               {"iteration", iteration}, {"consumed_samples", trainer.position()},
+                               {"world_size", world},    {"layout", LayoutOf(assignment)},
+                               {"modules", modules},     {"files", files}};
   MIMO_RETURN_IF_ERROR(WriteAndSync(MetadataPath(staging), meta.dump(2) + "\n"));
   return checkpoint::CommitCheckpoint(c.dir(), iteration, c.keep_last());
 }

@@ -5,12 +5,14 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "checkpoint/safetensors.h"
 #include "comm/key_value_store.h"
 #include "mimo/v1/job.pb.h"
 #include "mimo/v1/worker_service.pb.h"
@@ -25,18 +27,34 @@ std::string LayoutOf(const v1::Assignment& assignment);
 struct ResumePoint {
   std::string dir;        // The checkpoint folder (iter_NNNNNNN).
   int64_t iteration = 0;  // The job's iterations done when it was saved.
+  // Every rank's files as metadata.json records them (file name -> size and CRC-32C).
+  std::map<std::string, checkpoint::FileDigest> files;
 };
 
-// Where this job resumes: spec.checkpointing.resume_from (a folder, or "latest" under dir), or,
-// when empty, the latest checkpoint under dir; nullopt when there is none (a fresh start).
+// Checks rank `rank`'s two files against the digests metadata.json records: DataLoss naming
+// the file when it is missing from the record, of another size or CRC-32C.
+absl::Status VerifyRankFiles(const ResumePoint& resume, int rank);
+
+// Where this job resumes: the latest checkpoint under spec.checkpointing.dir (the run's own
+// progress: a restarted attempt, or the job submitted again), else resume_from (a folder of
+// another run, say; "latest" is the same as empty); nullopt for a fresh start.
 // FailedPrecondition when the checkpoint's metadata.json names another layout or world size
-// (a reshard is needed), DataLoss/NotFound when it is missing or damaged.
+// (a reshard is needed) or an iteration beyond training.steps, DataLoss/NotFound when it is
+// missing or damaged.
 absl::StatusOr<std::optional<ResumePoint>> FindResumePoint(const v1::Assignment& assignment);
+
+// FindResumePoint as every rank of the job agrees: global rank 0 finds it and publishes the
+// folder through `store`; the others read that folder (NotFound when they cannot: a folder not
+// shared by every host), so no rank starts afresh while another resumes. One rank: no store.
+absl::StatusOr<std::optional<ResumePoint>> AgreeOnResumePoint(const v1::Assignment& assignment,
+                                                              comm::KeyValueStore* store,
+                                                              absl::Duration timeout);
 
 // Saves iteration `iteration` of every rank: global rank 0 prepares the staging folder, every
 // rank writes its state into it and says so in `store`, rank 0 waits for all of them (up to
-// `timeout`), writes metadata.json and commits (keeping spec.checkpointing.keep_last). Every
-// rank of the job calls it after the same iteration; the others go on once they have written.
+// `timeout`), writes metadata.json (with every rank's files' sizes and CRC-32Cs) and commits
+// (keeping spec.checkpointing.keep_last). Every rank of the job calls it after the same iteration;
+// the others go on once they have written.
 absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& trainer,
                                int64_t iteration, comm::KeyValueStore* store,
                                absl::Duration timeout);

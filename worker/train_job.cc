@@ -190,10 +190,13 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
         absl::StrCat("writing metrics.csv, tensorboard/ and loss.png to ", spec.output_dir()));
   }
   const v1::Checkpointing& checkpointing = spec.checkpointing();
-  MIMO_ASSIGN_OR_RETURN(const std::optional<ResumePoint> resume, FindResumePoint(assignment));
+  MIMO_ASSIGN_OR_RETURN(const std::optional<ResumePoint> resume,
+                        AgreeOnResumePoint(assignment, hooks.store, hooks.store_timeout));
   int64_t first_step = 1;
   if (resume.has_value()) {
-    if (absl::Status s = trainer->LoadState(resume->dir, rank.rank()); !s.ok()) {
+    absl::Status s = VerifyRankFiles(*resume, rank.rank());
+    if (s.ok()) s = trainer->LoadState(resume->dir, rank.rank());
+    if (!s.ok()) {
       return absl::Status(s.code(), absl::StrCat("resuming from ", resume->dir, ": ", s.message()));
     }
     first_step = resume->iteration + 1;

@@ -9,12 +9,14 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/safetensors.h"
 #include "comm/communicator.h"
 #include "data/sample_source.h"
 #include "data/synthetic.h"
@@ -178,7 +180,9 @@ class Trainer {
   // optimizer, this rank's shards of its masters and moments ("distributed.set.<i>.*": readable
   // only by the same layout and bucket size); both with the step, data position and rank in
   // their metadata. Between steps only.
-  absl::Status SaveState(const std::string& dir, int rank) const;
+  // Returns each file's digest (by file name), for the checkpoint's metadata.
+  absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> SaveState(const std::string& dir,
+                                                                          int rank) const;
   // Restores what SaveState wrote for `rank`, into a trainer of the same model and layout just
   // created: the next Step continues as the saved run's would (the same samples, learning rate,
   // moments and weights). NotFound, DataLoss or InvalidArgument naming the file and the tensor

@@ -48,8 +48,9 @@ struct Named {
   Tensor tensor;
 };
 
-absl::Status Write(kernels::Ops& ops, const std::string& path, const std::vector<Named>& tensors,
-                   const std::map<std::string, std::string>& metadata) {
+absl::StatusOr<checkpoint::FileDigest> Write(kernels::Ops& ops, const std::string& path,
+                                             const std::vector<Named>& tensors,
+                                             const std::map<std::string, std::string>& metadata) {
   // Host copies (a rank's state; the file is written from them in one pass).
   std::vector<std::vector<char>> host(tensors.size());
   std::vector<checkpoint::TensorToWrite> out;
@@ -116,7 +117,8 @@ absl::Status Read(kernels::Ops& ops, const checkpoint::SafetensorsReader& reader
 
 }  // namespace
 
-absl::Status Trainer::SaveState(const std::string& dir, int rank) const {
+absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> Trainer::SaveState(
+    const std::string& dir, int rank) const {
   std::vector<Parameter*> params;
   AppendParameters(params);
   std::vector<Named> model, optim;
@@ -147,8 +149,14 @@ absl::Status Trainer::SaveState(const std::string& dir, int rank) const {
       {"position", absl::StrCat(position_)},
       {"rank", absl::StrCat(rank)}};
   MIMO_RETURN_IF_ERROR(ops_.Synchronize());
-  MIMO_RETURN_IF_ERROR(Write(ops_, FileName(dir, "model", rank), model, metadata));
-  return Write(ops_, FileName(dir, "optim", rank), optim, metadata);
+  std::map<std::string, checkpoint::FileDigest> digests;
+  for (const auto& [kind, tensors] : {std::pair{"model", &model}, {"optim", &optim}}) {
+    const std::string path = FileName(dir, kind, rank);
+    MIMO_ASSIGN_OR_RETURN(const checkpoint::FileDigest digest,
+                          Write(ops_, path, *tensors, metadata));
+    digests[path.substr(dir.size() + 1)] = digest;
+  }
+  return digests;
 }
 
 absl::Status Trainer::LoadState(const std::string& dir, int rank) {

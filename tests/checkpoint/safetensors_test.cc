@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "common/crc32c.h"
+
 namespace mimo::checkpoint {
 namespace {
 
@@ -43,15 +45,19 @@ TEST(SafetensorsTest, WritesAndReadsBack) {
   const std::vector<uint16_t> b = {0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0};  // bf16 (5,)
   const int32_t c = 42;                                                      // I32 scalar
   const std::string path = TempPath("roundtrip.safetensors");
-  ASSERT_TRUE(
+  const absl::StatusOr<FileDigest> written =
       WriteSafetensors(path,
                        {{.name = "layer.a", .dtype = "F32", .shape = {3, 4}, .data = a.data()},
                         {.name = "b", .dtype = "BF16", .shape = {5}, .data = b.data()},
                         {.name = "empty", .dtype = "I64", .shape = {0, 7}},
                         {.name = "c", .dtype = "I32", .shape = {}, .data = &c}},
-                       {{"format", "pt"}, {"step", "100"}})
-          .ok());
+                       {{"format", "pt"}, {"step", "100"}});
+  ASSERT_TRUE(written.ok()) << written.status();
   const std::string bytes = Slurp(path);
+  // The digest of what was written: the file's size and CRC-32C, as DigestOf reads them.
+  EXPECT_EQ(*written,
+            (FileDigest{.bytes = bytes.size(), .crc32c = Crc32c(bytes.data(), bytes.size())}));
+  EXPECT_EQ(*DigestOf(path), *written);
   uint64_t length = 0;
   std::memcpy(&length, bytes.data(), 8);
   EXPECT_EQ(length % 8, 0u);  // Tensors 8-byte aligned.
@@ -141,7 +147,10 @@ TEST(SafetensorsTest, RejectsEveryMalformedHeader) {
       {"trailing bytes", "{" + ok_tensor + "}", std::string(12, 0),
        absl::StatusCode::kInvalidArgument, "the tensors hold 8 bytes, the file 12"},
       {"a duplicate name", "{" + ok_tensor + "," + ok_tensor + "}", std::string(8, 0),
-       absl::StatusCode::kInvalidArgument, "named twice"},
+       absl::StatusCode::kInvalidArgument, "key \"t\" given twice"},
+      {"a field given twice",
+       R"({"t":{"dtype":"F32","dtype":"I32","shape":[2],"data_offsets":[0,8]}})",
+       std::string(8, 0), absl::StatusCode::kInvalidArgument, "key \"dtype\" given twice"},
       {"metadata not strings", "{" + ok_tensor + R"(,"__metadata__":{"a":1}})", std::string(8, 0),
        absl::StatusCode::kInvalidArgument, "is not a string"},
       {"an unknown field",
@@ -196,7 +205,7 @@ TEST(SafetensorsTest, WriterRefusesBadTensorsBeforeWriting) {
             {.name = "__metadata__", .dtype = "F32", .shape = {1}, .data = &x}},
         std::vector<TensorToWrite>{{.name = "a", .dtype = "F32", .shape = {-1}, .data = &x}},
         std::vector<TensorToWrite>{{.name = "a", .dtype = "F32", .shape = {1}}}}) {
-    EXPECT_EQ(WriteSafetensors(path, bad).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(WriteSafetensors(path, bad).status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_FALSE(std::ifstream(path).good());  // Nothing created.
   }
 }

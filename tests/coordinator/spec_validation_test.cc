@@ -679,6 +679,17 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"ResumeFromLatestWithoutADir",
              [](v1::JobSpec& s) { s.mutable_checkpointing()->set_resume_from("latest"); },
              {"checkpointing.resume_from"}},
+        Case{"CheckpointsOfASelftest",
+             [](v1::JobSpec& s) {
+               s.set_kind(v1::JobSpec::KIND_SELFTEST);
+               s.clear_training();
+               s.clear_data();
+               s.mutable_checkpointing()->set_dir("/tmp/ckpt");
+             },
+             {"checkpointing"}},
+        Case{"SavesWithoutADir",
+             [](v1::JobSpec& s) { s.mutable_checkpointing()->set_interval_steps(10); },
+             {"checkpointing.dir"}},
         Case{"AsynchronousSaves",
              [](v1::JobSpec& s) {
                s.mutable_checkpointing()->set_dir("/tmp/ckpt");

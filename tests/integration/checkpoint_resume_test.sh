@@ -3,8 +3,9 @@
 # dp 2, MoE language model dp 4 with ep, the distributed optimizer) trained 6 steps saving every
 # 3 (run A), then 3 steps saving at the end (run B) and the same spec with 6 steps (run C), which
 # resumes from B's iteration 3. C's losses at steps 4-6 must equal A's exactly; the checkpoint
-# folders, metadata.json and the latest pointer must be as Megatron names them; a spec whose
-# layout differs from a checkpoint's fails with an error naming both layouts.
+# folders, metadata.json and the latest pointer must be as Megatron names them; resume_from
+# starts a new dir from another run's checkpoint, after which the dir's own latest wins; keep_last
+# prunes; a spec whose layout differs from a checkpoint's fails with an error naming both layouts.
 #   checkpoint_resume_test.sh MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR
 set -euo pipefail
 
@@ -92,7 +93,9 @@ grep -q '"layout": "vision=tp=1,pp=1,dp=2' "$tmp/ckpt-a/iter_0000006/metadata.js
 run "$(spec b 3 "$tmp/ckpt-b" 0)" JOB_STATE_SUCCEEDED >/dev/null
 [[ -d $tmp/ckpt-b/iter_0000003 ]] || fail "run B left no iter_0000003"
 job=$(run "$(spec c 6 "$tmp/ckpt-b" 0)" JOB_STATE_SUCCEEDED)
-ctl logs "$job" | grep -q "resumed from $tmp/ckpt-b/iter_0000003 after iteration 3" ||
+# (The logs into a file first: grep -q stopping early would fail the pipe under pipefail.)
+ctl logs "$job" >"$tmp/c.log"
+grep -q "resumed from $tmp/ckpt-b/iter_0000003 after iteration 3" "$tmp/c.log" ||
   fail "job $job did not log its resume from iteration 3"
 want=$(losses a | sed -n '4,6p')
 got=$(losses c)
@@ -102,11 +105,29 @@ want
 $want"
 log "steps 4-6 after resuming from iteration 3: $(echo "$got" | tr '\n' ';')"
 
+# resume_from another run's checkpoint into a new dir, saving every step, keeping 2: E resumes
+# from A's iteration 3 (the same losses); F, the same spec with 7 steps, resumes from E's own
+# latest (iteration 6), not from resume_from.
+spec_e=$(spec e 6 "$tmp/ckpt-e" 1)
+printf '  keep_last: 2\n  resume_from: %s\n' "$tmp/ckpt-a/iter_0000003" >>"$spec_e"
+run "$spec_e" JOB_STATE_SUCCEEDED >/dev/null
+[[ $(losses e) == "$want" ]] || fail "run E (resumed from A's iteration 3) has other losses: $(losses e)"
+kept=$(cd "$tmp/ckpt-e" && echo iter_*)
+[[ $kept == "iter_0000005 iter_0000006" ]] || fail "keep_last 2 kept $kept"
+spec_f=$(spec f 7 "$tmp/ckpt-e" 1)
+printf '  keep_last: 2\n  resume_from: %s\n' "$tmp/ckpt-a/iter_0000003" >>"$spec_f"
+job=$(run "$spec_f" JOB_STATE_SUCCEEDED)
+ctl logs "$job" >"$tmp/f.log"
+grep -q "resumed from $tmp/ckpt-e/iter_0000006 after iteration 6" "$tmp/f.log" ||
+  fail "job $job did not resume from its own latest checkpoint"
+[[ $(losses f | cut -d' ' -f1) == 7 ]] || fail "run F ran steps $(losses f | cut -d' ' -f1 | tr '\n' ' ')"
+
 # Another layout (the language model's ep 2 -> 1): refused, naming both layouts.
 other=$(spec d 6 "$tmp/ckpt-b" 0)
 sed -i 's/{dp: 4, ep: 2, rank_offset: 4}/{dp: 4, ep: 1, rank_offset: 4}/' "$other"
 grep -qF '{dp: 4, ep: 1, rank_offset: 4}' "$other" || fail "$other: the layout was not changed"
 job=$(run "$other" JOB_STATE_FAILED)
-ctl logs "$job" | grep -q "resharding checkpoints is not supported yet" ||
+ctl logs "$job" >"$tmp/d.log"
+grep -q "resharding checkpoints is not supported yet" "$tmp/d.log" ||
   { ctl logs "$job" --tail 20 >&2; fail "job $job failed without naming the layouts"; }
 echo "$name: PASSED"

@@ -120,7 +120,7 @@ TEST(TrainerStateTest, DataParallelRanksWithTheDistributedOptimizerResume) {
       std::vector<double>& losses = interrupted ? got_loss[rank] : want_loss[rank];
       for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
       if (interrupted) {
-        const absl::Status saved = (*trainer)->SaveState(dir, rank);
+        const absl::Status saved = (*trainer)->SaveState(dir, rank).status();
         ASSERT_TRUE(saved.ok()) << saved;
         auto resumed = Trainer::Create(*ops, model, options);
         ASSERT_TRUE(resumed.ok());
