@@ -47,9 +47,9 @@ size_t DTypeBytes(absl::string_view dtype);
 // first 8 bytes and, when the header length they give is in range, the header itself
 // (8 + length bytes). InvalidArgument (DataLoss for a file too short for what the header says)
 // naming what is wrong: a length beyond kMaxHeaderBytes or the file, a header that is not a JSON
-// object of objects, a key given twice in any object, an unknown dtype, a negative or overflowing shape,
-// data_offsets that are not two nondecreasing integers, a byte length other than dtype size x
-// elements, tensors that overlap or leave holes (the bytes after the header must be exactly the
+// object of objects, a key given twice in any object, an unknown dtype, a negative or overflowing
+// shape, data_offsets that are not two nondecreasing integers, a byte length other than dtype size
+// x elements, tensors that overlap or leave holes (the bytes after the header must be exactly the
 // tensors', back to back), or "__metadata__" that is not an object of strings.
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefix,
                                                          uint64_t file_size);
@@ -101,9 +101,9 @@ struct FileDigest {
 // it; returns the digest of what it wrote. InvalidArgument, before anything is written, for an
 // empty or duplicate name, the name "__metadata__", an unknown dtype or a negative shape; the
 // OS error otherwise.
-absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
-                                            absl::Span<const TensorToWrite> tensors,
-                                            const std::map<std::string, std::string>& metadata = {});
+absl::StatusOr<FileDigest> WriteSafetensors(
+    const std::string& path, absl::Span<const TensorToWrite> tensors,
+    const std::map<std::string, std::string>& metadata = {});
 
 // The digest of the file at `path`, read in pieces (never whole in memory).
 absl::StatusOr<FileDigest> DigestOf(const std::string& path);
