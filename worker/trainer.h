@@ -179,7 +179,9 @@ class Trainer {
   // expert biases ("moe.<i>.expert_bias", when they balance by bias) and, with the distributed
   // optimizer, this rank's shards of its masters and moments ("distributed.set.<i>.*": readable
   // only by the same layout and bucket size); both with the step, data position and rank in
-  // their metadata. Between steps only.
+  // their metadata, the model file also "shards": for each parameter split over ranks (tp, ep,
+  // expt_tp), per split dimension its full size and the [start, size] ranges of it this rank
+  // holds. Between steps only.
   // Returns each file's digest (by file name), for the checkpoint's metadata.
   absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> SaveState(const std::string& dir,
                                                                           int rank) const;

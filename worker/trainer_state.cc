@@ -13,6 +13,7 @@
 #include "checkpoint/safetensors.h"
 #include "common/status_macros.h"
 #include "mimo/moe_layer.h"
+#include "nlohmann/json.hpp"
 #include "worker/trainer.h"
 
 namespace mimo::worker {
@@ -142,18 +143,34 @@ absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> Trainer::SaveState
       optim.push_back({absl::StrCat("moe.", i, ".expert_bias"), layers[i]->expert_bias()});
     }
   }
-  const std::map<std::string, std::string> metadata = {
-      {"format", kFormat},
-      {"version", kVersion},
-      {"step", absl::StrCat(update_.adamw->steps())},
-      {"position", absl::StrCat(position_)},
-      {"rank", absl::StrCat(rank)}};
+  // Where each sharded parameter's slice lies in its full tensor (for resharding): per name,
+  // for each split dimension the ranges of it this rank holds, in order, and the full size.
+  nlohmann::json shards = nlohmann::json::object();
+  for (Parameter* p : params) {
+    if (p->spec().shards.empty()) continue;
+    nlohmann::json dims = nlohmann::json::array();
+    for (const ParameterShard& shard : p->spec().shards) {
+      nlohmann::json ranges = nlohmann::json::array();
+      for (const ShardRange& r : ShardRanges(shard, p->spec().shape[shard.dim])) {
+        ranges.push_back({r.start, r.size});
+      }
+      dims.push_back({{"dim", shard.dim}, {"full_size", shard.full_size}, {"ranges", ranges}});
+    }
+    shards[p->name()] = dims;
+  }
+  std::map<std::string, std::string> metadata = {{"format", kFormat},
+                                                 {"version", kVersion},
+                                                 {"step", absl::StrCat(update_.adamw->steps())},
+                                                 {"position", absl::StrCat(position_)},
+                                                 {"rank", absl::StrCat(rank)}};
   MIMO_RETURN_IF_ERROR(ops_.Synchronize());
   std::map<std::string, checkpoint::FileDigest> digests;
   for (const auto& [kind, tensors] : {std::pair{"model", &model}, {"optim", &optim}}) {
     const std::string path = FileName(dir, kind, rank);
+    std::map<std::string, std::string> file_metadata = metadata;
+    if (tensors == &model && !shards.empty()) file_metadata["shards"] = shards.dump();
     MIMO_ASSIGN_OR_RETURN(const checkpoint::FileDigest digest,
-                          Write(ops_, path, *tensors, metadata));
+                          Write(ops_, path, *tensors, file_metadata));
     digests[path.substr(dir.size() + 1)] = digest;
   }
   return digests;

@@ -14,6 +14,7 @@
 #include "comm/in_memory_store.h"
 #include "comm/process_groups.h"
 #include "common/bfloat16.h"
+#include "nlohmann/json.hpp"
 #include "tests/comm/run_ranks.h"
 #include "tests/worker/trainer_dp_util.h"
 #include "worker/trainer.h"
@@ -132,6 +133,15 @@ TEST(TrainerStateTest, DataParallelRanksWithTheDistributedOptimizerResume) {
       (interrupted ? got : want)[rank] = Values(*ops, **trainer);
     });
   }
+  // Rank 1's model file places its experts (2 and 3 of 4, over ep) in the full tensors.
+  auto reader = checkpoint::SafetensorsReader::Open(dir + "/model_rank_00001.safetensors");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  const nlohmann::json shards = nlohmann::json::parse(reader->header().metadata.at("shards"));
+  const std::string fc1 = "language.decoder.layers.0.mlp.experts.linear_fc1.weight";
+  ASSERT_TRUE(shards.contains(fc1)) << shards.dump();
+  EXPECT_EQ(shards[fc1][0]["dim"], 0);
+  EXPECT_EQ(shards[fc1][0]["full_size"], 4);
+  EXPECT_EQ(shards[fc1][0]["ranges"], nlohmann::json::parse("[[2, 2]]"));
   for (int r = 0; r < 2; ++r) {
     EXPECT_EQ(got_loss[r], want_loss[r]) << "rank " << r;
     EXPECT_EQ(got[r], want[r]) << "rank " << r;
