@@ -6,14 +6,15 @@
 # folders, metadata.json and the latest pointer must be as Megatron names them; resume_from
 # starts a new dir from another run's checkpoint, after which the dir's own latest wins; keep_last
 # prunes; a spec whose layout differs from a checkpoint's fails with an error naming both layouts.
-#   checkpoint_resume_test.sh MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR
+# mimo-convert inspects the checkpoints and verifies the resumed run's last one equal to A's.
+#   checkpoint_resume_test.sh MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR MIMO_CONVERT
 set -euo pipefail
 
-if [[ $# -ne 4 ]]; then
-  echo "usage: $0 MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR" >&2
+if [[ $# -ne 5 ]]; then
+  echo "usage: $0 MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR MIMO_CONVERT" >&2
   exit 2
 fi
-coordinator_bin=$1 worker_bin=$2 mimoctl_bin=$3 source_dir=$4
+coordinator_bin=$1 worker_bin=$2 mimoctl_bin=$3 source_dir=$4 convert_bin=$5
 example=$source_dir/examples/mimo-cpu-8.yaml
 name=checkpoint-resume
 
@@ -63,6 +64,12 @@ run() {
   [[ -n $job ]] || { cat "$out" >&2; fail "no job id in the output of mimoctl submit $1"; }
   local state
   state=$(job_state "$job")
+  # submit --wait can return between attempts (a failed attempt restarting): wait for the end.
+  if [[ $state != JOB_STATE_SUCCEEDED && $state != JOB_STATE_FAILED &&
+    $state != JOB_STATE_CANCELLED ]]; then
+    wait_state "$job" "$2" 60 >/dev/null
+    state=$(job_state "$job")
+  fi
   if [[ $state != "$2" ]]; then
     cat "$out" >&2
     ctl logs "$job" --tail 40 >&2 || true
@@ -104,6 +111,11 @@ $got
 want
 $want"
 log "steps 4-6 after resuming from iteration 3: $(echo "$got" | tr '\n' ';')"
+"$convert_bin" inspect "$tmp/ckpt-b/iter_0000006" >"$tmp/inspect.out" ||
+  fail "mimo-convert inspect failed: $(cat "$tmp/inspect.out")"
+grep -q "crc32c ok" "$tmp/inspect.out" || fail "inspect checked no file: $(head "$tmp/inspect.out")"
+"$convert_bin" verify "$tmp/ckpt-a/iter_0000006" "$tmp/ckpt-b/iter_0000006" ||
+  fail "the resumed run's weights after step 6 differ from the uninterrupted run's"
 
 # resume_from another run's checkpoint into a new dir, saving every step, keeping 2: E resumes
 # from A's iteration 3 (the same losses); F, the same spec with 7 steps, resumes from E's own
@@ -124,8 +136,9 @@ grep -q "resumed from $tmp/ckpt-e/iter_0000006 after iteration 6" "$tmp/f.log" |
 
 # Another layout (the language model's ep 2 -> 1): refused, naming both layouts.
 other=$(spec d 6 "$tmp/ckpt-b" 0)
-sed -i 's/{dp: 4, ep: 2, rank_offset: 4}/{dp: 4, ep: 1, rank_offset: 4}/' "$other"
+sed -i 's/{dp: 4, ep: 2, rank_offset: 4}/{dp: 4, ep: 1, rank_offset: 4}/; s/^max_restarts: .*/max_restarts: 0/' "$other"
 grep -qF '{dp: 4, ep: 1, rank_offset: 4}' "$other" || fail "$other: the layout was not changed"
+grep -qF 'max_restarts: 0' "$other" || fail "$other: max_restarts was not set to 0"
 job=$(run "$other" JOB_STATE_FAILED)
 ctl logs "$job" >"$tmp/d.log"
 grep -q "resharding checkpoints is not supported yet" "$tmp/d.log" ||

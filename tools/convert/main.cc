@@ -1,0 +1,20 @@
+// mimo-convert: checkpoint tools (tools/convert/convert_commands.h).
+//   mimo-convert inspect DIR
+//   mimo-convert verify A B
+#include "CLI/CLI.hpp"
+#include "tools/convert/convert_commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app(
+      "mimo-convert: inspect and verify checkpoints (resharding, export and import are "
+      "to come)");
+  int exit_code = 0;
+  mimo::tools::AddConvertCommands(app, &exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  return exit_code;
+}
