@@ -307,14 +307,13 @@ absl::StatusOr<FileDigest> DigestOf(const std::string& path) {
   return digest;
 }
 
-absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
-                                            absl::Span<const TensorToWrite> tensors,
-                                            const std::map<std::string, std::string>& metadata) {
+absl::StatusOr<SafetensorsStreamWriter> SafetensorsStreamWriter::Create(
+    const std::string& path, absl::Span<const TensorToWrite> tensors,
+    const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::set<std::string> names;
   uint64_t offset = 0;
-  std::vector<uint64_t> sizes;
   for (const TensorToWrite& t : tensors) {
     const size_t bytes = DTypeBytes(t.dtype);
     if (t.name.empty() || t.name == "__metadata__" || !names.insert(t.name).second || bytes == 0) {
@@ -330,14 +329,10 @@ absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
       }
       elements *= static_cast<uint64_t>(d);
     }
-    if (elements > 0 && t.data == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("WriteSafetensors: tensor \"", t.name, "\" has no data"));
-    }
-    sizes.push_back(elements * bytes);
+    const uint64_t size = elements * bytes;
     header[t.name] = {
-        {"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {offset, offset + sizes.back()}}};
-    offset += sizes.back();
+        {"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {offset, offset + size}}};
+    offset += size;
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // The tensors' bytes 8-byte aligned.
@@ -345,16 +340,66 @@ absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
   for (int i = 0; i < 8; ++i) length[i] = static_cast<char>((text.size() >> (8 * i)) & 0xff);
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return OsError("cannot create", path);
-  FileDigest digest;
-  absl::Status status = WriteAll(fd, length, 8, path, digest);
-  if (status.ok()) status = WriteAll(fd, text.data(), text.size(), path, digest);
-  for (size_t i = 0; i < tensors.size() && status.ok(); ++i) {
-    status = WriteAll(fd, static_cast<const char*>(tensors[i].data), sizes[i], path, digest);
+  SafetensorsStreamWriter writer(path, fd, offset);
+  MIMO_RETURN_IF_ERROR(WriteAll(fd, length, 8, path, writer.digest_));
+  MIMO_RETURN_IF_ERROR(WriteAll(fd, text.data(), text.size(), path, writer.digest_));
+  return writer;
+}
+
+SafetensorsStreamWriter::SafetensorsStreamWriter(SafetensorsStreamWriter&& other) noexcept
+    : path_(std::move(other.path_)),
+      fd_(std::exchange(other.fd_, -1)),
+      remaining_(other.remaining_),
+      digest_(other.digest_) {}
+
+SafetensorsStreamWriter::~SafetensorsStreamWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::Status SafetensorsStreamWriter::Append(absl::Span<const char> bytes) {
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, " is finished"));
+  if (bytes.size() > remaining_) {
+    return absl::InvalidArgumentError(absl::StrCat("WriteSafetensors: ", bytes.size(),
+                                                   " bytes given where ", remaining_,
+                                                   " remain for ", path_, "'s tensors"));
   }
-  if (status.ok() && ::fsync(fd) != 0) status = OsError("cannot fsync", path);
-  if (::close(fd) != 0 && status.ok()) status = OsError("cannot close", path);
+  remaining_ -= bytes.size();
+  return WriteAll(fd_, bytes.data(), bytes.size(), path_, digest_);
+}
+
+absl::StatusOr<FileDigest> SafetensorsStreamWriter::Finish() {
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, " is finished"));
+  const int fd = std::exchange(fd_, -1);
+  absl::Status status;
+  if (remaining_ > 0) {
+    status = absl::FailedPreconditionError(absl::StrCat("WriteSafetensors: ", path_, " is missing ",
+                                                        remaining_, " bytes of its tensors"));
+  }
+  if (status.ok() && ::fsync(fd) != 0) status = OsError("cannot fsync", path_);
+  if (::close(fd) != 0 && status.ok()) status = OsError("cannot close", path_);
   if (!status.ok()) return status;
-  return digest;
+  return digest_;
+}
+
+absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
+                                            absl::Span<const TensorToWrite> tensors,
+                                            const std::map<std::string, std::string>& metadata) {
+  for (const TensorToWrite& t : tensors) {
+    uint64_t elements = 1;
+    for (int64_t d : t.shape) elements *= d < 0 ? 0 : static_cast<uint64_t>(d);
+    if (elements > 0 && t.data == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("WriteSafetensors: tensor \"", t.name, "\" has no data"));
+    }
+  }
+  MIMO_ASSIGN_OR_RETURN(SafetensorsStreamWriter writer,
+                        SafetensorsStreamWriter::Create(path, tensors, metadata));
+  for (const TensorToWrite& t : tensors) {
+    uint64_t bytes = DTypeBytes(t.dtype);
+    for (int64_t d : t.shape) bytes *= static_cast<uint64_t>(d);
+    MIMO_RETURN_IF_ERROR(writer.Append({static_cast<const char*>(t.data), bytes}));
+  }
+  return writer.Finish();
 }
 
 }  // namespace mimo::checkpoint

@@ -105,6 +105,34 @@ absl::StatusOr<FileDigest> WriteSafetensors(
     const std::string& path, absl::Span<const TensorToWrite> tensors,
     const std::map<std::string, std::string>& metadata = {});
 
+// A safetensors file written tensor by tensor, so that a caller streaming whole tensors (an
+// export assembling one parameter at a time) never holds them all: Create writes the header from
+// the tensors' names, dtypes and shapes (their data is not read); Append takes their bytes in
+// order, in pieces of any size; Finish checks that all came, fsyncs and returns the digest.
+// InvalidArgument for bad tensors as WriteSafetensors, or more bytes than they hold;
+// FailedPrecondition from Finish when bytes are missing (the file is then incomplete).
+class SafetensorsStreamWriter {
+ public:
+  static absl::StatusOr<SafetensorsStreamWriter> Create(
+      const std::string& path, absl::Span<const TensorToWrite> tensors,
+      const std::map<std::string, std::string>& metadata = {});
+  SafetensorsStreamWriter(SafetensorsStreamWriter&& other) noexcept;
+  SafetensorsStreamWriter& operator=(SafetensorsStreamWriter&&) = delete;
+  SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
+  ~SafetensorsStreamWriter();
+
+  absl::Status Append(absl::Span<const char> bytes);
+  absl::StatusOr<FileDigest> Finish();
+
+ private:
+  SafetensorsStreamWriter(std::string path, int fd, uint64_t remaining)
+      : path_(std::move(path)), fd_(fd), remaining_(remaining) {}
+  std::string path_;
+  int fd_ = -1;
+  uint64_t remaining_ = 0;  // Tensor bytes still to come.
+  FileDigest digest_;
+};
+
 // The digest of the file at `path`, read in pieces (never whole in memory).
 absl::StatusOr<FileDigest> DigestOf(const std::string& path);
 

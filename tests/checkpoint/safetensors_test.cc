@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -93,6 +94,42 @@ TEST(SafetensorsTest, WritesAndReadsBack) {
 
 // As Hugging Face's writer lays a file out: keys in any order, metadata first or not, no
 // padding required.
+// Tensor by tensor, in pieces of any size: the same file as WriteSafetensors writes at once;
+// bytes beyond the tensors are refused, missing ones reported by Finish.
+TEST(SafetensorsTest, StreamsTensorsInPieces) {
+  std::vector<float> a(10);
+  std::iota(a.begin(), a.end(), 1.0f);
+  const std::vector<uint16_t> b = {1, 2, 3};
+  const std::vector<TensorToWrite> tensors = {
+      {.name = "a", .dtype = "F32", .shape = {2, 5}, .data = a.data()},
+      {.name = "b", .dtype = "U16", .shape = {3}, .data = b.data()}};
+  const std::string whole = TempPath("whole.safetensors"),
+                    streamed = TempPath("streamed.safetensors");
+  const auto want = WriteSafetensors(whole, tensors, {{"k", "v"}});
+  ASSERT_TRUE(want.ok());
+  auto writer = SafetensorsStreamWriter::Create(streamed, tensors, {{"k", "v"}});
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  const char* pa = reinterpret_cast<const char*>(a.data());
+  ASSERT_TRUE(writer->Append({pa, 7}).ok());  // Pieces that straddle elements and tensors.
+  std::string rest(pa + 7, 33);
+  rest.append(reinterpret_cast<const char*>(b.data()), 2);
+  ASSERT_TRUE(writer->Append({rest.data(), rest.size()}).ok());
+  EXPECT_EQ(writer->Append({rest.data(), 5}).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(writer->Append({reinterpret_cast<const char*>(b.data()) + 2, 4}).ok());
+  const auto got = writer->Finish();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, *want);
+  EXPECT_EQ(Slurp(streamed), Slurp(whole));
+  auto short_writer = SafetensorsStreamWriter::Create(streamed, tensors);
+  ASSERT_TRUE(short_writer.ok());
+  ASSERT_TRUE(short_writer->Append({pa, 40}).ok());
+  const auto missing = short_writer->Finish();
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(missing.status().message(), HasSubstr("missing 6 bytes"));
+  std::remove(whole.c_str());
+  std::remove(streamed.c_str());
+}
+
 TEST(SafetensorsTest, ReadsAFileMadeByHand) {
   const std::string header =
       R"({"w":{"dtype":"F16","shape":[2,1],"data_offsets":[8,12]},"__metadata__":{"format":"pt"},)"
@@ -149,8 +186,8 @@ TEST(SafetensorsTest, RejectsEveryMalformedHeader) {
       {"a duplicate name", "{" + ok_tensor + "," + ok_tensor + "}", std::string(8, 0),
        absl::StatusCode::kInvalidArgument, "key \"t\" given twice"},
       {"a field given twice",
-       R"({"t":{"dtype":"F32","dtype":"I32","shape":[2],"data_offsets":[0,8]}})",
-       std::string(8, 0), absl::StatusCode::kInvalidArgument, "key \"dtype\" given twice"},
+       R"({"t":{"dtype":"F32","dtype":"I32","shape":[2],"data_offsets":[0,8]}})", std::string(8, 0),
+       absl::StatusCode::kInvalidArgument, "key \"dtype\" given twice"},
       {"metadata not strings", "{" + ok_tensor + R"(,"__metadata__":{"a":1}})", std::string(8, 0),
        absl::StatusCode::kInvalidArgument, "is not a string"},
       {"an unknown field",
