@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "checkpoint/checkpoint_dir.h"
 #include "common/status_macros.h"
+#include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
 
 namespace mimo::worker {
@@ -230,9 +231,20 @@ absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& 
       files.update(theirs);
     }
   }
+  // Each module's plan, and its spec (the model's configuration) in the proto JSON mapping.
+  std::map<std::string, nlohmann::json> specs;
+  for (const v1::Module& m : assignment.spec().modules()) {
+    std::string text;
+    google::protobuf::util::JsonPrintOptions options;
+    options.preserve_proto_field_names = true;
+    if (google::protobuf::util::MessageToJsonString(m, &text, options).ok()) {
+      specs[m.name()] = nlohmann::json::parse(text, nullptr, false);
+    }
+  }
   nlohmann::json modules = nlohmann::json::array();
   for (const v1::ModulePlan& m : assignment.modules()) {
     modules.push_back({{"name", m.name()},
+                       {"spec", specs.contains(m.name()) ? specs[m.name()] : nlohmann::json()},
                        {"language", m.language()},
                        {"tp", m.tp()},
                        {"cp", m.cp()},

@@ -6,7 +6,8 @@
 # folders, metadata.json and the latest pointer must be as Megatron names them; resume_from
 # starts a new dir from another run's checkpoint, after which the dir's own latest wins; keep_last
 # prunes; a spec whose layout differs from a checkpoint's fails with an error naming both layouts.
-# mimo-convert inspects the checkpoints and verifies the resumed run's last one equal to A's.
+# mimo-convert inspects the checkpoints, verifies the resumed run's last one equal to A's and
+# exports A's per module.
 #   checkpoint_resume_test.sh MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR MIMO_CONVERT
 set -euo pipefail
 
@@ -116,6 +117,15 @@ log "steps 4-6 after resuming from iteration 3: $(echo "$got" | tr '\n' ';')"
 grep -q "crc32c ok" "$tmp/inspect.out" || fail "inspect checked no file: $(head "$tmp/inspect.out")"
 "$convert_bin" verify "$tmp/ckpt-a/iter_0000006" "$tmp/ckpt-b/iter_0000006" ||
   fail "the resumed run's weights after step 6 differ from the uninterrupted run's"
+"$convert_bin" export --from "$tmp/ckpt-a/iter_0000006" --to "$tmp/export" >/dev/null ||
+  fail "mimo-convert export failed"
+for module in vision audio language; do
+  for file in model.safetensors.index.json config.json model-00001-of-00001.safetensors; do
+    [[ -s $tmp/export/$module/$file ]] || fail "the export has no $module/$file"
+  done
+done
+grep -q '"vocab_size"' "$tmp/export/language/config.json" ||
+  fail "the export's language config.json holds no spec: $(cat "$tmp/export/language/config.json")"
 
 # resume_from another run's checkpoint into a new dir, saving every step, keeping 2: E resumes
 # from A's iteration 3 (the same losses); F, the same spec with 7 steps, resumes from E's own

@@ -92,5 +92,55 @@ TEST_F(ConvertCommandsTest, InspectListsAndChecksTheFiles) {
   EXPECT_EQ(RunInspect(root_ + "/missing", out3, err3), 1);
 }
 
+// Export: a module per subfolder, files of at most --max-shard-bytes with the index's weight map
+// and total size, the tensors whole; a second export is refused without --overwrite.
+TEST_F(ConvertCommandsTest, ExportWritesEachModuleAsHuggingFaceFiles) {
+  // a/: vision.w (2, 2) whole, language.a (4, 2) split over two ranks, language.b (3,) whole.
+  const std::vector<float> a = {0, 1, 2, 3, 4, 5, 6, 7}, b = {8, 9, 10}, v = {11, 12, 13, 14};
+  for (int r = 0; r < 2; ++r) {
+    const nlohmann::json shards = {
+        {"language.a", {{{"dim", 0}, {"full_size", 4}, {"ranges", {{2 * r, 2}}}}}}};
+    ASSERT_TRUE(checkpoint::WriteSafetensors(
+                    root_ + "/a/model_rank_0000" + std::to_string(r) + ".safetensors",
+                    {{.name = "language.a", .dtype = "F32", .shape = {2, 2}, .data = &a[4 * r]},
+                     {.name = "language.b", .dtype = "F32", .shape = {3}, .data = b.data()},
+                     {.name = "vision.w", .dtype = "F32", .shape = {2, 2}, .data = v.data()}},
+                    {{"shards", shards.dump()}})
+                    .ok());
+  }
+  std::ofstream(root_ + "/a/metadata.json")
+      << nlohmann::json({{"iteration", 6},
+                         {"layout", "vision=tp=1 language=tp=2"},
+                         {"modules", {{{"name", "language"}, {"spec", {{"vocab_size", 256}}}}}}})
+             .dump();
+  const ExportOptions options{.from = root_ + "/a", .to = root_ + "/out", .max_shard_bytes = 32};
+  std::ostringstream out, err;
+  ASSERT_EQ(RunExport(options, out, err), 0) << err.str();
+  EXPECT_THAT(out.str(), HasSubstr("language: 2 tensors, 44 bytes in 2 files"));
+  const std::string lang = root_ + "/out/language";
+  std::ifstream index_file(lang + "/model.safetensors.index.json");
+  const nlohmann::json index = nlohmann::json::parse(index_file);
+  EXPECT_EQ(index["metadata"]["total_size"], 44);
+  EXPECT_EQ(index["weight_map"]["language.a"], "model-00001-of-00002.safetensors");
+  EXPECT_EQ(index["weight_map"]["language.b"], "model-00002-of-00002.safetensors");
+  auto first = checkpoint::SafetensorsReader::Open(lang + "/model-00001-of-00002.safetensors");
+  ASSERT_TRUE(first.ok()) << first.status();
+  std::vector<float> whole(8);
+  ASSERT_TRUE(first->Read("language.a", {reinterpret_cast<char*>(whole.data()), 32}).ok());
+  EXPECT_EQ(whole, a);
+  std::ifstream config_file(lang + "/config.json");
+  const nlohmann::json config = nlohmann::json::parse(config_file);
+  EXPECT_EQ(config["spec"]["vocab_size"], 256);
+  EXPECT_EQ(config["iteration"], 6);
+  EXPECT_TRUE(fs::exists(root_ + "/out/vision/model-00001-of-00001.safetensors"));
+  std::ostringstream out2, err2;
+  EXPECT_EQ(RunExport(options, out2, err2), 1);
+  EXPECT_THAT(err2.str(), HasSubstr("--overwrite"));
+  ExportOptions again = options;
+  again.overwrite = true;
+  std::ostringstream out3, err3;
+  EXPECT_EQ(RunExport(again, out3, err3), 0) << err3.str();
+}
+
 }  // namespace
 }  // namespace mimo::tools

@@ -3,9 +3,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -131,6 +134,90 @@ int RunVerify(const std::string& a, const std::string& b, std::ostream& out, std
   return 0;
 }
 
+int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
+  namespace fs = std::filesystem;
+  auto reader = checkpoint::ConsolidatedReader::Open(o.from);
+  if (!reader.ok()) {
+    err << "error: " << reader.status().message() << "\n";
+    return 1;
+  }
+  std::ifstream in(o.from + "/metadata.json");
+  const nlohmann::json meta =
+      in ? nlohmann::json::parse(in, nullptr, false) : nlohmann::json(nullptr);
+  // The tensors by module (the name up to its first dot), in name order.
+  std::map<std::string, std::vector<const checkpoint::WholeTensor*>> modules;
+  for (const auto& [name, t] : reader->tensors()) {
+    modules[name.substr(0, name.find('.'))].push_back(&t);
+  }
+  std::error_code ec;
+  if (fs::exists(o.to, ec) && !fs::is_empty(o.to, ec) && !o.overwrite) {
+    err << "error: " << o.to << " already holds files; refusing to overwrite them without "
+        << "--overwrite\n";
+    return 1;
+  }
+  std::vector<char> buffer;
+  for (const auto& [module, tensors] : modules) {
+    const std::string dir = o.to + "/" + module;
+    fs::remove_all(dir, ec);
+    fs::create_directories(dir, ec);
+    if (ec) {
+      err << "error: cannot create " << dir << ": " << ec.message() << "\n";
+      return 1;
+    }
+    // Files of at most max_shard_bytes, tensors in name order.
+    std::vector<std::vector<const checkpoint::WholeTensor*>> files(1);
+    uint64_t in_file = 0, total = 0;
+    for (const checkpoint::WholeTensor* t : tensors) {
+      if (in_file > 0 && in_file + t->bytes() > o.max_shard_bytes) {
+        files.emplace_back();
+        in_file = 0;
+      }
+      files.back().push_back(t);
+      in_file += t->bytes();
+      total += t->bytes();
+    }
+    nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+    for (size_t f = 0; f < files.size(); ++f) {
+      char name[64];
+      std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", f + 1, files.size());
+      std::vector<checkpoint::TensorToWrite> specs;
+      for (const checkpoint::WholeTensor* t : files[f]) {
+        specs.push_back({.name = t->name, .dtype = t->dtype, .shape = t->shape});
+        weight_map[t->name] = name;
+      }
+      auto writer =
+          checkpoint::SafetensorsStreamWriter::Create(dir + "/" + name, specs, {{"format", "pt"}});
+      absl::Status status = writer.status();
+      for (size_t i = 0; i < files[f].size() && status.ok(); ++i) {
+        buffer.resize(files[f][i]->bytes());
+        status = reader->Read(files[f][i]->name, absl::MakeSpan(buffer));
+        if (status.ok()) status = writer->Append(buffer);
+      }
+      if (status.ok()) status = writer->Finish().status();
+      if (!status.ok()) {
+        err << "error: " << status.message() << "\n";
+        return 1;
+      }
+    }
+    const nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}},
+                                          {"weight_map", weight_map}};
+    std::ofstream(dir + "/model.safetensors.index.json") << index.dump(2) << "\n";
+    nlohmann::ordered_json config = {{"mimo_module", module}};
+    if (meta.is_object()) {
+      config["iteration"] = meta.value("iteration", nlohmann::json());
+      config["source_layout"] = meta.value("layout", nlohmann::json());
+      for (const nlohmann::json& m : meta.value("modules", nlohmann::json::array())) {
+        if (m.is_object() && m.value("name", "") == module)
+          config["spec"] = m.value("spec", nlohmann::json());
+      }
+    }
+    std::ofstream(dir + "/config.json") << config.dump(2) << "\n";
+    out << module << ": " << tensors.size() << " tensors, " << total << " bytes in " << files.size()
+        << (files.size() == 1 ? " file" : " files") << " -> " << dir << "\n";
+  }
+  return 0;
+}
+
 void AddConvertCommands(CLI::App& app, int* exit_code) {
   auto dir = std::make_shared<std::string>();
   CLI::App* inspect = app.add_subcommand(
@@ -145,6 +232,22 @@ void AddConvertCommands(CLI::App& app, int* exit_code) {
   verify->callback([pair, exit_code] {
     *exit_code = RunVerify(pair->first, pair->second, std::cout, std::cerr);
   });
+  auto options = std::make_shared<ExportOptions>();
+  CLI::App* export_command = app.add_subcommand(
+      "export", "write a checkpoint's whole tensors per module as Hugging Face-style safetensors");
+  export_command->add_option("--from", options->from, "a checkpoint folder (iter_NNNNNNN)")
+      ->required();
+  export_command->add_option("--to", options->to, "the export's folder (a subfolder per module)")
+      ->required();
+  export_command
+      ->add_option("--max-shard-bytes", options->max_shard_bytes,
+                   "bytes per safetensors file at most")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 50))
+      ->capture_default_str();
+  export_command->add_flag("--overwrite", options->overwrite,
+                           "replace the modules' subfolders when --to holds files");
+  export_command->callback(
+      [options, exit_code] { *exit_code = RunExport(*options, std::cout, std::cerr); });
   app.require_subcommand(1);
 }
 

@@ -1,8 +1,10 @@
 // `mimo-convert`: commands over checkpoints (checkpoint/): `inspect` (a checkpoint's layout,
-// files and their checksums, whole tensors) and `verify` (two checkpoints' tensors equal after
-// un-sharding, whatever their layouts). Resharding, export and import are still to come.
+// files and their checksums, whole tensors), `verify` (two checkpoints' tensors equal after
+// un-sharding, whatever their layouts) and `export` (whole tensors per module in the layout
+// Hugging Face's readers expect). Resharding and import are still to come.
 #pragma once
 
+#include <cstdint>
 #include <ostream>
 #include <string>
 
@@ -21,7 +23,24 @@ int RunInspect(const std::string& dir, std::ostream& out, std::ostream& err);
 // with the largest absolute difference) or an error.
 int RunVerify(const std::string& a, const std::string& b, std::ostream& out, std::ostream& err);
 
-// Registers `inspect` and `verify` on `app`; the exit code of the one that runs goes to
+struct ExportOptions {
+  std::string from;  // A checkpoint folder (iter_NNNNNNN).
+  std::string to;    // The export's folder: one subfolder per module.
+  // Bytes per safetensors file at most (a larger tensor gets a file of its own); > 0.
+  uint64_t max_shard_bytes = 5'000'000'000;
+  bool overwrite = false;  // Replace the modules' subfolders when `to` already has files.
+};
+
+// Writes every module's whole tensors (the compute-dtype weights, under their full names
+// "language.decoder.layers.0.self_attention.linear_qkv.weight", ...) into TO/<module>/ as
+// model-0000k-of-0000N.safetensors (files of at most max_shard_bytes, tensors in name order),
+// model.safetensors.index.json ({"metadata": {"total_size"}, "weight_map": {name: file}}) and
+// config.json (the module's spec from the checkpoint's metadata.json, its iteration and source
+// layout), one tensor in memory at a time. Returns 0, or 1 with the error on `err` (a checkpoint
+// that does not read, TO holding files without `overwrite`).
+int RunExport(const ExportOptions& options, std::ostream& out, std::ostream& err);
+
+// Registers `inspect`, `verify` and `export` on `app`; the exit code of the one that runs goes to
 // `*exit_code`.
 void AddConvertCommands(CLI::App& app, int* exit_code);
 

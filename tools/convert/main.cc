@@ -1,6 +1,7 @@
 // mimo-convert: checkpoint tools (tools/convert/convert_commands.h).
 //   mimo-convert inspect DIR
 //   mimo-convert verify A B
+//   mimo-convert export --from DIR --to OUT [--max-shard-bytes N] [--overwrite]
 #include "CLI/CLI.hpp"
 #include "tools/convert/convert_commands.h"
 
