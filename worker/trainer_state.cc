@@ -52,24 +52,24 @@ struct Named {
 absl::StatusOr<checkpoint::FileDigest> Write(kernels::Ops& ops, const std::string& path,
                                              const std::vector<Named>& tensors,
                                              const std::map<std::string, std::string>& metadata) {
-  // Host copies (a rank's state; the file is written from them in one pass).
-  std::vector<std::vector<char>> host(tensors.size());
-  std::vector<checkpoint::TensorToWrite> out;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const Tensor& t = tensors[i].tensor;
-    host[i].resize(t.nbytes());
-    if (t.nbytes() > 0) {
-      if (absl::Status s = ops.CopyToHost(host[i].data(), t.data(), t.nbytes()); !s.ok()) {
-        return absl::Status(s.code(),
-                            absl::StrCat("saving \"", tensors[i].name, "\": ", s.message()));
-      }
-    }
-    out.push_back({.name = tensors[i].name,
-                   .dtype = SafetensorsDType(t.dtype()),
-                   .shape = {t.shape().begin(), t.shape().end()},
-                   .data = host[i].data()});
+  std::vector<checkpoint::TensorToWrite> specs;
+  for (const Named& n : tensors) {
+    specs.push_back({.name = n.name,
+                     .dtype = SafetensorsDType(n.tensor.dtype()),
+                     .shape = {n.tensor.shape().begin(), n.tensor.shape().end()}});
   }
-  return checkpoint::WriteSafetensors(path, out, metadata);
+  // Streamed through one host buffer, a tensor at a time (never the rank's whole state).
+  MIMO_ASSIGN_OR_RETURN(checkpoint::SafetensorsStreamWriter writer,
+                        checkpoint::SafetensorsStreamWriter::Create(path, specs, metadata));
+  std::vector<char> host;
+  for (const Named& n : tensors) {
+    host.resize(n.tensor.nbytes());
+    if (absl::Status s = ops.CopyToHost(host.data(), n.tensor.data(), host.size()); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("saving \"", n.name, "\": ", s.message()));
+    }
+    MIMO_RETURN_IF_ERROR(writer.Append(host));
+  }
+  return writer.Finish();
 }
 
 // Checks `reader`'s metadata against what this trainer is; returns the saved step and position.
