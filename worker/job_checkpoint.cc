@@ -9,9 +9,11 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "checkpoint/checkpoint_dir.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
@@ -169,17 +171,29 @@ absl::StatusOr<std::optional<ResumePoint>> AgreeOnResumePoint(const v1::Assignme
   std::string chosen;  // The folder, or "" for a fresh start.
   if (rank == 0) {
     absl::StatusOr<std::optional<ResumePoint>> found = FindResumePoint(assignment);
-    // The others learn of a failure too (and fail naming rank 0), instead of waiting.
-    const std::string value =
-        !found.ok() ? "error" : (found->has_value() ? "dir:" + (*found)->dir : "none");
+    // The others learn of a failure too (and fail with rank 0's error, whichever rank the job's
+    // failure is reported from), instead of waiting.
+    const std::string value = !found.ok()
+                                  ? absl::StrCat("error:", static_cast<int>(found.status().code()),
+                                                 ":", found.status().message())
+                                  : (found->has_value() ? "dir:" + (*found)->dir : "none");
     MIMO_RETURN_IF_ERROR(store->Set(kKey, value));
     return found;
   }
   MIMO_ASSIGN_OR_RETURN(const std::vector<std::string> values, store->Wait({kKey}, timeout));
   const std::string& value = values[0];
   if (value == "none") return std::optional<ResumePoint>();
+  if (absl::string_view error = value; absl::ConsumePrefix(&error, "error:")) {
+    int code = static_cast<int>(absl::StatusCode::kUnknown);
+    const size_t colon = error.find(':');
+    if (colon == absl::string_view::npos || !absl::SimpleAtoi(error.substr(0, colon), &code)) {
+      return absl::UnknownError(absl::StrCat("rank 0: ", error));
+    }
+    return absl::Status(static_cast<absl::StatusCode>(code),
+                        absl::StrCat("rank 0: ", error.substr(colon + 1)));
+  }
   if (!absl::StartsWith(value, "dir:")) {
-    return absl::AbortedError("rank 0 could not find the checkpoint to resume from");
+    return absl::DataLossError(absl::StrCat("rank 0 published no resume point: \"", value, "\""));
   }
   chosen = value.substr(4);
   // The folder rank 0 chose, read here (the same checks), whatever this rank's own view of
