@@ -23,6 +23,7 @@ absl::StatusOr<std::unique_ptr<Parameter>> BuildContext::NewParameter(
   spec.std = std;
   spec.weight_decay = weight_decay;
   spec.shards = std::move(shards);
+  if (describe_only) return Parameter::Describe(std::move(spec), config->dtype);
   return Parameter::Create(*ops, std::move(spec), config->dtype, seed);
 }
 

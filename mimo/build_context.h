@@ -25,6 +25,9 @@ struct BuildContext {
   // its MoE auxiliary losses are reported apart from the main stack's (AuxLossRecord::mtp).
   bool mtp_layer = false;
   ModelGroups groups;  // Default: this rank alone in every group.
+  // Parameters are described, not created (Parameter::Describe: no memory, no initial values):
+  // a model built so can list its parameters and nothing else (mimo-convert's target layouts).
+  bool describe_only = false;
 
   // The context of a sub-block: prefix + "." + name.
   BuildContext Child(absl::string_view name) const;

@@ -126,6 +126,26 @@ absl::StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Crea
       new DistributedOptimizer(config, std::move(built), std::move(buffer)));
 }
 
+absl::StatusOr<std::vector<DistributedOptimizer::StatePiece>> DistributedOptimizer::StatePieces()
+    const {
+  std::vector<StatePiece> out;
+  for (const Set& set : sets_) {
+    for (const Piece& p : set.pieces) {
+      if (p.elements == 0) continue;
+      const int64_t a = p.shard_offset, b = p.shard_offset + p.elements;
+      StatePiece piece{.param = p.param,
+                       .param_offset = p.param_offset,
+                       .elements = p.elements,
+                       .weight_dtype = set.dtype};
+      MIMO_ASSIGN_OR_RETURN(piece.master, set.master.Slice(0, a, b));
+      MIMO_ASSIGN_OR_RETURN(piece.exp_avg, set.m.Slice(0, a, b));
+      MIMO_ASSIGN_OR_RETURN(piece.exp_avg_sq, set.v.Slice(0, a, b));
+      out.push_back(std::move(piece));
+    }
+  }
+  return out;
+}
+
 int64_t DistributedOptimizer::shard_elements() const {
   int64_t total = 0;
   for (const Set& set : sets_) {
@@ -176,16 +196,6 @@ absl::StatusOr<float> DistributedOptimizer::SquaredGradNorm(kernels::Ops& ops) {
     total += squares;
   }
   return total;
-}
-
-std::vector<std::pair<std::string, kernels::Tensor>> DistributedOptimizer::StateTensors() const {
-  std::vector<std::pair<std::string, kernels::Tensor>> out;
-  for (size_t i = 0; i < sets_.size(); ++i) {
-    out.emplace_back(absl::StrCat("set.", i, ".master"), sets_[i].master);
-    out.emplace_back(absl::StrCat("set.", i, ".exp_avg"), sets_[i].m);
-    out.emplace_back(absl::StrCat("set.", i, ".exp_avg_sq"), sets_[i].v);
-  }
-  return out;
 }
 
 absl::StatusOr<OptimizerStepStats> DistributedOptimizer::Apply(kernels::Ops& ops,

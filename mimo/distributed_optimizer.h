@@ -73,11 +73,19 @@ class DistributedOptimizer {
   int64_t steps() const { return steps_; }
   // A restored run's count of updates (as AdamWOptimizer::set_steps).
   void set_steps(int64_t steps) { steps_ = steps; }
-  // The state a checkpoint keeps of this rank: each set's shard of the fp32 masters and of
-  // AdamW's moments, (shard,) fp32 each, named "set.<i>.master", ".exp_avg", ".exp_avg_sq".
-  // Views of the optimizer's own tensors. Their layout follows the sets' buckets, so only a
-  // run of the same parameters, bucket size and dp size reads them back.
-  std::vector<std::pair<std::string, kernels::Tensor>> StateTensors() const;
+  // The state a checkpoint keeps of this rank, by parameter: each piece of a parameter inside
+  // this rank's shards (a
+  // parameter has at most one), as elements [param_offset, param_offset + elements) of its
+  // row-major tensor, with views of the masters and moments there ((elements,) fp32 each). What
+  // checkpoints keep, so that any layout reads them (worker/trainer_state.cc).
+  struct StatePiece {
+    Parameter* param = nullptr;
+    int64_t param_offset = 0;
+    int64_t elements = 0;
+    kernels::Tensor master, exp_avg, exp_avg_sq;
+    kernels::DType weight_dtype = kernels::DType::kF32;  // bf16: the master is its own state.
+  };
+  absl::StatusOr<std::vector<StatePiece>> StatePieces() const;
   // Elements of the optimizer state this rank keeps per kind (masters, first and second
   // moments): its shards, padding included.
   int64_t shard_elements() const;

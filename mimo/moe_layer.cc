@@ -89,6 +89,11 @@ MoeLayer::MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int la
       expert_bias_(std::move(expert_bias)),
       load_(std::move(load)) {}
 
+std::string MoeLayer::expert_bias_name() const {
+  const std::string& weight = router_.weight->name();  // "<prefix>.router.weight"
+  return absl::StrCat(weight.substr(0, weight.rfind('.')), ".expert_bias");
+}
+
 absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const BuildContext& ctx,
                                                            const MoeConfig& moe,
                                                            const ExpertsBuilder& experts,

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -67,6 +68,9 @@ class MoeLayer final : public Block {
   // checkpoints keep beside the parameters.
   const kernels::Tensor& expert_bias() const { return expert_bias_; }
   bool expert_bias_enabled() const { return moe_.expert_bias; }
+  // The expert bias's name in checkpoints, beside the router's weight in the whole model:
+  // "language.decoder.layers.3.mlp.router.expert_bias".
+  std::string expert_bias_name() const;
 
  private:
   MoeLayer(const TransformerConfig& config, const MoeConfig& moe, int layer_number, bool mtp_layer,

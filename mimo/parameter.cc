@@ -185,6 +185,16 @@ absl::StatusOr<std::unique_ptr<Parameter>> Parameter::Create(kernels::Ops& ops, 
       new Parameter(std::move(spec), std::move(weight), std::move(master), std::move(grad)));
 }
 
+absl::StatusOr<std::unique_ptr<Parameter>> Parameter::Describe(ParameterSpec spec, DType dtype) {
+  MIMO_RETURN_IF_ERROR(CheckParameterSpec(spec));
+  if (dtype != DType::kBF16 && dtype != DType::kF32) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameter ", spec.name, ": dtype ", kernels::DTypeName(dtype), " is not bf16 or f32"));
+  }
+  const Tensor none;
+  return std::unique_ptr<Parameter>(new Parameter(std::move(spec), none, none, none));
+}
+
 absl::Status Parameter::ZeroGrad(kernels::Ops& ops) const {
   return ops.SetZero(grad_.data(), grad_.nbytes());
 }

@@ -81,9 +81,15 @@ class Parameter {
   static absl::StatusOr<std::unique_ptr<Parameter>> Create(kernels::Ops& ops, ParameterSpec spec,
                                                            kernels::DType dtype, uint64_t seed);
 
+  // The spec alone, checked as Create checks it, without memory or values (weight, master and
+  // grad empty): what a rank of a layout holds, for tools that only need the names, shapes and
+  // shards (mimo-convert). Such a parameter can be listed, never computed with.
+  static absl::StatusOr<std::unique_ptr<Parameter>> Describe(ParameterSpec spec,
+                                                             kernels::DType dtype);
+
   const ParameterSpec& spec() const { return spec_; }
   const std::string& name() const { return spec_.name; }
-  int64_t numel() const { return weight_.numel(); }
+  int64_t numel() const { return kernels::NumElements(spec_.shape); }
   const kernels::Tensor& weight() const { return weight_; }
   const kernels::Tensor& master() const { return master_; }
   const kernels::Tensor& grad() const { return grad_; }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "checkpoint/checkpoint_dir.h"
 #include "common/status_macros.h"
@@ -23,7 +24,7 @@ namespace mimo::worker {
 namespace {
 
 constexpr char kFormat[] = "mimo.checkpoint";
-constexpr int kVersion = 1;
+constexpr int kVersion = 2;  // 2: the job spec recorded, rank files of mimo.rank_state 2.
 
 std::string MetadataPath(const std::string& dir) { return dir + "/metadata.json"; }
 
@@ -47,9 +48,9 @@ absl::Status WriteAndSync(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-std::string LayoutOf(const v1::Assignment& assignment) {
+std::string LayoutOf(const google::protobuf::RepeatedPtrField<v1::ModulePlan>& modules) {
   std::vector<std::string> parts;
-  for (const v1::ModulePlan& m : assignment.modules()) {
+  for (const v1::ModulePlan& m : modules) {
     parts.push_back(absl::StrCat(m.name(), "=tp=", m.tp(), ",pp=", m.pp(), ",dp=", m.dp(),
                                  ",cp=", m.cp(), ",ep=", std::max(1, m.ep()),
                                  ",etp=", std::max(1, m.etp()), ",rank_offset=", m.rank_offset()));
@@ -130,13 +131,15 @@ absl::StatusOr<std::optional<ResumePoint>> FindResumePoint(const v1::Assignment&
     return absl::DataLossError(absl::StrCat(MetadataPath(dir), " is not a ", kFormat, " version ",
                                             kVersion, " metadata file"));
   }
-  const std::string layout = LayoutOf(assignment);
+  const std::string layout = LayoutOf(assignment.modules());
   const int world = assignment.spec().resources().workers();
   if (*saved != layout || *saved_world != world) {
     return absl::FailedPreconditionError(absl::StrCat(
         "checkpoint ", dir, " was saved by ", *saved_world, " ranks in layout \"", *saved,
         "\"; this job has ", world, " ranks in layout \"", layout,
-        "\": resume it in its own layout (resharding checkpoints is not supported yet)"));
+        "\": resume it in its own layout, or reshard it to this one (mimo-convert reshard --from ",
+        dir, " --to NEW_DIR --component ",
+        absl::StrJoin(absl::StrSplit(layout, ' '), " --component "), ") and resume from NEW_DIR"));
   }
   if (*iteration > assignment.spec().training().steps()) {
     return absl::FailedPreconditionError(
@@ -210,6 +213,50 @@ absl::StatusOr<std::optional<ResumePoint>> AgreeOnResumePoint(const v1::Assignme
   return found;
 }
 
+nlohmann::json CheckpointMetadata(const v1::JobSpec& spec,
+                                  const google::protobuf::RepeatedPtrField<v1::ModulePlan>& plans,
+                                  int64_t iteration, int64_t consumed_samples,
+                                  const nlohmann::json& files) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  auto to_json = [&](const google::protobuf::Message& m) {
+    std::string text;
+    return google::protobuf::util::MessageToJsonString(m, &text, options).ok()
+               ? nlohmann::json::parse(text, nullptr, false)
+               : nlohmann::json();
+  };
+  // Each module's plan, and its spec (the model's configuration) in the proto JSON mapping.
+  std::map<std::string, nlohmann::json> specs;
+  for (const v1::Module& m : spec.modules()) specs[m.name()] = to_json(m);
+  nlohmann::json modules = nlohmann::json::array();
+  for (const v1::ModulePlan& m : plans) {
+    modules.push_back({{"name", m.name()},
+                       {"spec", specs.contains(m.name()) ? specs[m.name()] : nlohmann::json()},
+                       {"language", m.language()},
+                       {"tp", m.tp()},
+                       {"cp", m.cp()},
+                       {"pp", m.pp()},
+                       {"dp", m.dp()},
+                       {"ep", m.ep()},
+                       {"etp", m.etp()},
+                       {"rank_offset", m.rank_offset()},
+                       {"rank_count", m.rank_count()}});
+  }
+  return {{"format", kFormat},
+          {"version", kVersion},
+          {"iteration", iteration},
+          {"consumed_samples", consumed_samples},
+          {"world_size", spec.resources().workers()},
+          {"layout", LayoutOf(plans)},
+          {"modules", modules},
+          {"job_spec", to_json(spec)},
+          {"files", files}};
+}
+
+absl::Status WriteCheckpointMetadata(const std::string& staging, const nlohmann::json& metadata) {
+  return WriteAndSync(MetadataPath(staging), metadata.dump(2) + "\n");
+}
+
 absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& trainer,
                                int64_t iteration, comm::KeyValueStore* store,
                                absl::Duration timeout) {
@@ -245,35 +292,9 @@ absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& 
       files.update(theirs);
     }
   }
-  // Each module's plan, and its spec (the model's configuration) in the proto JSON mapping.
-  std::map<std::string, nlohmann::json> specs;
-  for (const v1::Module& m : assignment.spec().modules()) {
-    std::string text;
-    google::protobuf::util::JsonPrintOptions options;
-    options.preserve_proto_field_names = true;
-    if (google::protobuf::util::MessageToJsonString(m, &text, options).ok()) {
-      specs[m.name()] = nlohmann::json::parse(text, nullptr, false);
-    }
-  }
-  nlohmann::json modules = nlohmann::json::array();
-  for (const v1::ModulePlan& m : assignment.modules()) {
-    modules.push_back({{"name", m.name()},
-                       {"spec", specs.contains(m.name()) ? specs[m.name()] : nlohmann::json()},
-                       {"language", m.language()},
-                       {"tp", m.tp()},
-                       {"cp", m.cp()},
-                       {"pp", m.pp()},
-                       {"dp", m.dp()},
-                       {"ep", m.ep()},
-                       {"etp", m.etp()},
-                       {"rank_offset", m.rank_offset()},
-                       {"rank_count", m.rank_count()}});
-  }
-  const nlohmann::json meta = {{"format", kFormat},      {"version", kVersion},
-                               {"iteration", iteration}, {"consumed_samples", trainer.position()},
-                               {"world_size", world},    {"layout", LayoutOf(assignment)},
-                               {"modules", modules},     {"files", files}};
-  MIMO_RETURN_IF_ERROR(WriteAndSync(MetadataPath(staging), meta.dump(2) + "\n"));
+  MIMO_RETURN_IF_ERROR(
+      WriteCheckpointMetadata(staging, CheckpointMetadata(assignment.spec(), assignment.modules(),
+                                                          iteration, trainer.position(), files)));
   return checkpoint::CommitCheckpoint(c.dir(), iteration, c.keep_last());
 }
 

@@ -16,13 +16,24 @@
 #include "comm/key_value_store.h"
 #include "mimo/v1/job.pb.h"
 #include "mimo/v1/worker_service.pb.h"
+#include "nlohmann/json.hpp"
 #include "worker/trainer.h"
 
 namespace mimo::worker {
 
 // The job's layout in the conversion grammar, one component per module in plan order:
 // "vision=tp=1,pp=1,dp=2,cp=1,ep=1,etp=1,rank_offset=0 language=...".
-std::string LayoutOf(const v1::Assignment& assignment);
+std::string LayoutOf(const google::protobuf::RepeatedPtrField<v1::ModulePlan>& modules);
+
+// A checkpoint's metadata.json: format, iteration, consumed samples, world size, the layout
+// (LayoutOf), each module's plan and spec, the whole job spec (proto JSON mapping, field
+// names as in the proto) and `files` ({file: {"bytes", "crc32c"}} of every rank's files).
+nlohmann::json CheckpointMetadata(const v1::JobSpec& spec,
+                                  const google::protobuf::RepeatedPtrField<v1::ModulePlan>& plans,
+                                  int64_t iteration, int64_t consumed_samples,
+                                  const nlohmann::json& files);
+// Writes `metadata` as `staging`/metadata.json, fsynced.
+absl::Status WriteCheckpointMetadata(const std::string& staging, const nlohmann::json& metadata);
 
 struct ResumePoint {
   std::string dir;        // The checkpoint folder (iter_NNNNNNN).

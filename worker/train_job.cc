@@ -14,37 +14,10 @@
 #include "google/protobuf/util/time_util.h"
 #include "worker/job_checkpoint.h"
 #include "worker/model_spec.h"
+#include "worker/rank_modules.h"
 #include "worker/training_outputs.h"
 
 namespace mimo::worker {
-namespace {
-
-const v1::Module* FindModule(const v1::JobSpec& spec, const std::string& name) {
-  for (const v1::Module& m : spec.modules()) {
-    if (m.name() == name) return &m;
-  }
-  return nullptr;
-}
-
-absl::StatusOr<ModelPart> PartOf(const v1::JobSpec& spec, const std::string& name) {
-  const v1::Module* m = FindModule(spec, name);
-  if (m == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("the spec has no module \"", name, "\""));
-  }
-  switch (m->model_case()) {
-    case v1::Module::kLanguage:
-      return ModelPart::kLanguage;
-    case v1::Module::kVision:
-      return ModelPart::kVision;
-    case v1::Module::kAudio:
-      return ModelPart::kAudio;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat("module \"", name, "\" has no model"));
-  }
-}
-
-}  // namespace
-
 absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, int language_dp) {
   const v1::Training& t = spec.training();
   TrainerOptions o;
@@ -87,7 +60,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   const v1::JobSpec& spec = assignment.spec();
   const v1::RankAssignment& rank = assignment.rank();
   TrainerOptions o;
-  MIMO_ASSIGN_OR_RETURN(o.part, PartOf(spec, rank.module()));
+  MIMO_ASSIGN_OR_RETURN(o.part, PartOfModule(spec, rank.module()));
   const bool language = o.part == ModelPart::kLanguage;
   o.dp = groups.Get("dp");
   o.dp_cp = groups.Get("dp_cp");
@@ -98,7 +71,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
     o.embd = groups.Get("embd");
   }
   for (const v1::RankLink& link : rank.links()) {
-    MIMO_ASSIGN_OR_RETURN(const ModelPart encoder, PartOf(spec, link.encoder()));
+    MIMO_ASSIGN_OR_RETURN(const ModelPart encoder, PartOfModule(spec, link.encoder()));
     comm::Communicator* group = groups.Get(link.kind());
     if (group == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat("no process group for link ", link.kind()));

@@ -22,6 +22,7 @@
 #include "mimo/tensor_checks.h"
 #include "worker/bridge_link.h"
 #include "worker/device_batch.h"
+#include "worker/rank_modules.h"
 
 namespace mimo::worker {
 
@@ -260,32 +261,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     modules->encoder_dp[x] = dp_size;
   }
   // The modules are built as MimoModel builds them (the same names, so the same initial values).
-  // On a rank of the whole model the encoders are not tensor (context) parallel: with tp (cp) > 1
-  // each member computes them whole (the same values on every member); on an encoder's own ranks
-  // they are tensor parallel.
-  BuildContext build{
-      .ops = &ops, .config = &model.language.transformer, .seed = o.seed, .groups = o.groups};
-  BuildContext encoder_build = build;
-  if (o.part == ModelPart::kWhole) {
-    encoder_build.groups.tp = nullptr;
-    encoder_build.groups.cp = nullptr;
-    encoder_build.groups.tp_cp = nullptr;
-  }
-  const std::optional<ModalityEncoderConfig>* configs[2] = {&model.vision, &model.audio};
-  for (int x : {kVision, kAudio}) {
-    // On ranks of the whole model the encoders belong to the first pipeline stage.
-    const bool here = (o.part == ModelPart::kWhole && stage.first()) ||
-                      (IsEncoder(o.part) && EncoderIndex(o.part) == x);
-    if (!has[x] || !here) continue;
-    // An encoder's own ranks may be its pipeline stages.
-    MIMO_ASSIGN_OR_RETURN(modules->encoders[x],
-                          ModalityEncoder::Create(encoder_build.Child(EncoderName(x)), **configs[x],
-                                                  IsEncoder(o.part) ? stage : PipelineStage{}));
-  }
-  if (language) {
-    MIMO_ASSIGN_OR_RETURN(modules->language,
-                          LanguageModel::Create(build.Child("language"), model.language, stage));
-  }
+  MIMO_ASSIGN_OR_RETURN(
+      RankModules built,
+      BuildRankModules(ops, model,
+                       {.part = o.part, .groups = o.groups, .stage = stage, .seed = o.seed}));
+  for (int x : {kVision, kAudio}) modules->encoders[x] = std::move(built.encoders[x]);
+  modules->language = std::move(built.language);
   // Shared word embeddings over stages: the first and last stages sum their copies' gradients.
   Parameter* shared_copy =
       modules->language != nullptr ? modules->language->shared_embeddings_copy() : nullptr;

@@ -176,20 +176,24 @@ class Trainer {
   // model_rank_NNNNN.safetensors, every parameter's weights in the compute dtype under its
   // name; optim_rank_NNNNN.safetensors, the fp32 masters (when the weights are bf16;
   // "<name>.master"), AdamW's moments ("<name>.exp_avg", ".exp_avg_sq") and the MoE layers'
-  // expert biases ("moe.<i>.expert_bias", when they balance by bias) and, with the distributed
-  // optimizer, this rank's shards of its masters and moments ("distributed.set.<i>.*": readable
-  // only by the same layout and bucket size); both with the step, data position and rank in
-  // their metadata, the model file also "shards": for each parameter split over ranks (tp, ep,
-  // expt_tp), per split dimension its full size and the [start, size] ranges of it this rank
-  // holds. Between steps only.
-  // Returns each file's digest (by file name), for the checkpoint's metadata.
+  // expert biases ("<layer>.mlp.router.expert_bias", when they balance by bias); both with the
+  // step, data position and rank in their metadata and "shards": for each parameter split over
+  // ranks (tp, ep, expt_tp), per split dimension its full size and the [start, size] ranges of
+  // it this rank holds (the optimizer's tensors of a parameter lie where its weight does). With
+  // the distributed optimizer, a parameter's optimizer tensors are this rank's run of its
+  // elements, (n,) each, placed by the optimizer file's "pieces" ({name: {"offset": the run's
+  // first element, "shape": the parameter's on this rank}}). So every tensor has a place in its
+  // parameter's full tensor: any layout's ranks read them (mimo-convert reshard). Between steps
+  // only. Returns each file's digest (by file name), for the checkpoint's metadata.
   absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> SaveState(const std::string& dir,
                                                                           int rank) const;
   // Restores what SaveState wrote for `rank`, into a trainer of the same model and layout just
-  // created: the next Step continues as the saved run's would (the same samples, learning rate,
-  // moments and weights). NotFound, DataLoss or InvalidArgument naming the file and the tensor
-  // that is missing, damaged or of another dtype or shape, before any state is changed only for
-  // the metadata check; a tensor that fails midway leaves the trainer to be discarded.
+  // created (or files mimo-convert wrote for this layout: the distributed optimizer takes its
+  // run of whole optimizer tensors): the next Step continues as the saved run's would (the same
+  // samples, learning rate, moments and weights). NotFound, DataLoss or InvalidArgument naming
+  // the file and the tensor that is missing, damaged or of another dtype or shape, before any
+  // state is changed only for the metadata check; a tensor that fails midway leaves the trainer
+  // to be discarded.
   absl::Status LoadState(const std::string& dir, int rank);
 
  private:

@@ -14,6 +14,7 @@
 #include "common/status_macros.h"
 #include "mimo/moe_layer.h"
 #include "nlohmann/json.hpp"
+#include "worker/rank_state_format.h"
 #include "worker/trainer.h"
 
 namespace mimo::worker {
@@ -21,27 +22,6 @@ namespace {
 
 using kernels::DType;
 using kernels::Tensor;
-
-constexpr char kFormat[] = "mimo.rank_state";
-constexpr char kVersion[] = "1";
-
-std::string SafetensorsDType(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "F32";
-    case DType::kBF16:
-      return "BF16";
-    case DType::kI32:
-      return "I32";
-    case DType::kI64:
-      return "I64";
-  }
-  return "";
-}
-
-std::string FileName(const std::string& dir, const char* kind, int rank) {
-  return absl::StrFormat("%s/%s_rank_%05d.safetensors", dir, kind, rank);
-}
 
 // A named device tensor to save or restore.
 struct Named {
@@ -81,11 +61,11 @@ absl::Status CheckMetadata(const checkpoint::SafetensorsReader& reader, int rank
     return it == m.end() ? "" : it->second;
   };
   int64_t saved_rank = -1;
-  if (get("format") != kFormat || get("version") != kVersion ||
+  if (get("format") != kRankStateFormat || get("version") != kRankStateVersion ||
       !absl::SimpleAtoi(get("step"), &step) || !absl::SimpleAtoi(get("position"), &position) ||
       !absl::SimpleAtoi(get("rank"), &saved_rank)) {
     return absl::DataLossError(absl::StrCat(
-        reader.path(), " is not a ", kFormat, " version ", kVersion,
+        reader.path(), " is not a ", kRankStateFormat, " version ", kRankStateVersion,
         " file (its metadata: format \"", get("format"), "\", version \"", get("version"), "\")"));
   }
   if (saved_rank != rank) {
@@ -116,6 +96,51 @@ absl::Status Read(kernels::Ops& ops, const checkpoint::SafetensorsReader& reader
   return ops.Synchronize();  // The buffer is reused for the next tensor.
 }
 
+// The optimizer file's "pieces" (parameter name -> {"offset": its first element, "shape": the
+// parameter's}) of the distributed optimizer's runs; an empty object when it has none.
+absl::StatusOr<nlohmann::json> PiecesOf(const checkpoint::SafetensorsReader& reader) {
+  const auto it = reader.header().metadata.find("pieces");
+  if (it == reader.header().metadata.end()) return nlohmann::json::object();
+  nlohmann::json pieces = nlohmann::json::parse(it->second, nullptr, false);
+  if (!pieces.is_object()) {
+    return absl::DataLossError(absl::StrCat(reader.path(), ": \"pieces\" is not a JSON object"));
+  }
+  return pieces;
+}
+
+// The distributed optimizer's piece `piece` of tensor `name` into `t` ((elements,) fp32): from a
+// run saved as the same piece, or sliced from the parameter's whole local tensor (as a run with
+// the plain optimizer or mimo-convert writes it).
+absl::Status ReadPiece(kernels::Ops& ops, const checkpoint::SafetensorsReader& reader,
+                       const nlohmann::json& pieces, const std::string& name,
+                       const DistributedOptimizer::StatePiece& piece, const Tensor& t,
+                       std::vector<char>& buffer) {
+  const checkpoint::TensorEntry* e = reader.header().Find(name);
+  if (e == nullptr) {
+    return absl::NotFoundError(absl::StrCat(reader.path(), " has no tensor \"", name, "\""));
+  }
+  const std::string& param = piece.param->name();
+  const std::vector<int64_t> whole(piece.param->spec().shape.begin(),
+                                   piece.param->spec().shape.end());
+  int64_t skip = 0;
+  if (e->dtype == "F32" && e->shape == whole) {
+    skip = piece.param_offset;
+  } else if (!(e->dtype == "F32" && e->shape == std::vector<int64_t>{piece.elements} &&
+               pieces.contains(param) &&
+               pieces[param] == nlohmann::json{{"offset", piece.param_offset}, {"shape", whole}})) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor \"", name, "\" of ", reader.path(), " is ", e->dtype, " (",
+                     absl::StrJoin(e->shape, ", "), "), neither the whole parameter (",
+                     absl::StrJoin(whole, ", "), ") nor this rank's run of its elements from ",
+                     piece.param_offset, ": a checkpoint of another model or layout"));
+  }
+  buffer.resize(e->end - e->begin);
+  MIMO_RETURN_IF_ERROR(reader.Read(name, absl::MakeSpan(buffer)));
+  MIMO_RETURN_IF_ERROR(
+      ops.CopyFromHost(t.data(), buffer.data() + skip * sizeof(float), t.nbytes()));
+  return ops.Synchronize();  // The buffer is reused for the next tensor.
+}
+
 }  // namespace
 
 absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> Trainer::SaveState(
@@ -132,43 +157,37 @@ absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> Trainer::SaveState
     }
   }
   for (auto& [name, t] : update_.adamw->StateTensors()) optim.push_back({name, t});
+  // The distributed optimizer's shards by parameter: each piece a flat run of the parameter's
+  // elements, placed by "pieces" (any layout reads them, as it reads whole ones).
+  nlohmann::json pieces = nlohmann::json::object();
   if (update_.distributed != nullptr) {
-    for (auto& [name, t] : update_.distributed->StateTensors()) {
-      optim.push_back({"distributed." + name, t});
+    MIMO_ASSIGN_OR_RETURN(const auto state, update_.distributed->StatePieces());
+    for (const DistributedOptimizer::StatePiece& piece : state) {
+      const std::string& name = piece.param->name();
+      if (piece.weight_dtype != DType::kF32) optim.push_back({name + ".master", piece.master});
+      optim.push_back({name + ".exp_avg", piece.exp_avg});
+      optim.push_back({name + ".exp_avg_sq", piece.exp_avg_sq});
+      pieces[name] = {{"offset", piece.param_offset},
+                      {"shape", std::vector<int64_t>(piece.param->spec().shape.begin(),
+                                                     piece.param->spec().shape.end())}};
     }
   }
-  const std::vector<MoeLayer*> layers = MoeLayers();
-  for (size_t i = 0; i < layers.size(); ++i) {
-    if (layers[i]->expert_bias_enabled()) {
-      optim.push_back({absl::StrCat("moe.", i, ".expert_bias"), layers[i]->expert_bias()});
+  for (const MoeLayer* layer : MoeLayers()) {
+    if (layer->expert_bias_enabled()) {
+      optim.push_back({layer->expert_bias_name(), layer->expert_bias()});
     }
   }
-  // Where each sharded parameter's slice lies in its full tensor (for resharding): per name,
-  // for each split dimension the ranges of it this rank holds, in order, and the full size.
-  nlohmann::json shards = nlohmann::json::object();
-  for (Parameter* p : params) {
-    if (p->spec().shards.empty()) continue;
-    nlohmann::json dims = nlohmann::json::array();
-    for (const ParameterShard& shard : p->spec().shards) {
-      nlohmann::json ranges = nlohmann::json::array();
-      for (const ShardRange& r : ShardRanges(shard, p->spec().shape[shard.dim])) {
-        ranges.push_back({r.start, r.size});
-      }
-      dims.push_back({{"dim", shard.dim}, {"full_size", shard.full_size}, {"ranges", ranges}});
-    }
-    shards[p->name()] = dims;
-  }
-  std::map<std::string, std::string> metadata = {{"format", kFormat},
-                                                 {"version", kVersion},
-                                                 {"step", absl::StrCat(update_.adamw->steps())},
-                                                 {"position", absl::StrCat(position_)},
-                                                 {"rank", absl::StrCat(rank)}};
+  std::vector<ParameterSpec> specs;
+  for (const Parameter* p : params) specs.push_back(p->spec());
+  const std::map<std::string, std::string> metadata =
+      RankStateMetadata(update_.adamw->steps(), position_, rank, specs);
   MIMO_RETURN_IF_ERROR(ops_.Synchronize());
   std::map<std::string, checkpoint::FileDigest> digests;
   for (const auto& [kind, tensors] : {std::pair{"model", &model}, {"optim", &optim}}) {
-    const std::string path = FileName(dir, kind, rank);
+    const std::string path = RankStateFile(dir, kind, rank);
+    // The optimizer's tensors of a sharded parameter lie where its weight does ("shards").
     std::map<std::string, std::string> file_metadata = metadata;
-    if (tensors == &model && !shards.empty()) file_metadata["shards"] = shards.dump();
+    if (tensors == &optim && !pieces.empty()) file_metadata["pieces"] = pieces.dump();
     MIMO_ASSIGN_OR_RETURN(const checkpoint::FileDigest digest,
                           Write(ops_, path, *tensors, file_metadata));
     digests[path.substr(dir.size() + 1)] = digest;
@@ -182,9 +201,9 @@ absl::Status Trainer::LoadState(const std::string& dir, int rank) {
         "Trainer::LoadState: into a trainer that has stepped (restore into a new one)");
   }
   MIMO_ASSIGN_OR_RETURN(const checkpoint::SafetensorsReader model,
-                        checkpoint::SafetensorsReader::Open(FileName(dir, "model", rank)));
+                        checkpoint::SafetensorsReader::Open(RankStateFile(dir, "model", rank)));
   MIMO_ASSIGN_OR_RETURN(const checkpoint::SafetensorsReader optim,
-                        checkpoint::SafetensorsReader::Open(FileName(dir, "optim", rank)));
+                        checkpoint::SafetensorsReader::Open(RankStateFile(dir, "optim", rank)));
   int64_t step = 0, position = 0, step2 = 0, position2 = 0;
   MIMO_RETURN_IF_ERROR(CheckMetadata(model, rank, step, position));
   MIMO_RETURN_IF_ERROR(CheckMetadata(optim, rank, step2, position2));
@@ -206,16 +225,30 @@ absl::Status Trainer::LoadState(const std::string& dir, int rank) {
     MIMO_RETURN_IF_ERROR(Read(ops_, optim, name, t, buffer));
   }
   if (update_.distributed != nullptr) {
-    for (const auto& [name, t] : update_.distributed->StateTensors()) {
-      MIMO_RETURN_IF_ERROR(Read(ops_, optim, "distributed." + name, t, buffer));
+    MIMO_ASSIGN_OR_RETURN(const auto state, update_.distributed->StatePieces());
+    MIMO_ASSIGN_OR_RETURN(const nlohmann::json pieces, PiecesOf(optim));
+    for (const DistributedOptimizer::StatePiece& piece : state) {
+      const std::string& name = piece.param->name();
+      if (piece.weight_dtype == DType::kF32) {
+        // The weight is the master: the optimizer's copy of it from the weight just read.
+        MIMO_RETURN_IF_ERROR(ops_.Copy(piece.master.data(),
+                                       piece.param->weight().data<float>() + piece.param_offset,
+                                       piece.master.nbytes()));
+      } else {
+        MIMO_RETURN_IF_ERROR(
+            ReadPiece(ops_, optim, pieces, name + ".master", piece, piece.master, buffer));
+      }
+      MIMO_RETURN_IF_ERROR(
+          ReadPiece(ops_, optim, pieces, name + ".exp_avg", piece, piece.exp_avg, buffer));
+      MIMO_RETURN_IF_ERROR(
+          ReadPiece(ops_, optim, pieces, name + ".exp_avg_sq", piece, piece.exp_avg_sq, buffer));
     }
     update_.distributed->set_steps(step);
   }
-  const std::vector<MoeLayer*> layers = MoeLayers();
-  for (size_t i = 0; i < layers.size(); ++i) {
-    if (layers[i]->expert_bias_enabled()) {
-      MIMO_RETURN_IF_ERROR(Read(ops_, optim, absl::StrCat("moe.", i, ".expert_bias"),
-                                layers[i]->expert_bias(), buffer));
+  for (MoeLayer* layer : MoeLayers()) {
+    if (layer->expert_bias_enabled()) {
+      MIMO_RETURN_IF_ERROR(
+          Read(ops_, optim, layer->expert_bias_name(), layer->expert_bias(), buffer));
     }
   }
   update_.adamw->set_steps(step);

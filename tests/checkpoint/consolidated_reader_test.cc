@@ -1,7 +1,9 @@
 // ConsolidatedReader: parameters assembled from hand-made rank files (rows split over two ranks,
 // fused rows in unequal ranges, columns split, a replicated bias and scalar, a 3-D expert
-// stack), equal to the full tensors they were cut from; a missing rank, overlapping slices and
-// disagreeing shapes are named.
+// stack), equal to the full tensors they were cut from; regions of them (another layout's
+// slices) read from only the files that hold them; the distributed optimizer's runs of a slice
+// over dp ranks placed by "pieces"; a missing rank, overlapping slices and disagreeing shapes
+// are named.
 #include "checkpoint/consolidated_reader.h"
 
 #include <gmock/gmock.h>
@@ -106,6 +108,87 @@ TEST_F(ConsolidatedReaderTest, AssemblesEveryKindOfSlice) {
   EXPECT_EQ(ReadWhole(*reader, "experts"), experts);
   EXPECT_EQ(ReadWhole(*reader, "bias"), bias);
   EXPECT_EQ(ReadWhole(*reader, "scalar"), std::vector<float>{scalar});
+}
+
+TEST_F(ConsolidatedReaderTest, ReadsRegionsOfAnotherLayout) {
+  // w (6, 5) split by rows over two ranks; a region of rows {1, 4, 5} and columns {0, 3, 4}, and
+  // one of rank 0's rows alone.
+  std::vector<float> w(6 * 5);
+  std::iota(w.begin(), w.end(), 0.5f);
+  for (int r = 0; r < 2; ++r) {
+    WriteRank(
+        r,
+        {{"w",
+          {3, 5},
+          Cut(w, 5, {{3 * r, 3}}, {{0, 5}}),
+          nlohmann::json::array(
+              {{{"dim", 0}, {"full_size", 6}, {"ranges", nlohmann::json::array({{3 * r, 3}})}}})}});
+  }
+  auto reader = ConsolidatedReader::Open(dir_);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  const Region region = {{{1, 1}, {4, 2}}, {{0, 1}, {3, 2}}};
+  std::vector<float> got(9, -1.0f);
+  ASSERT_TRUE(reader->ReadRegion("w", region, {reinterpret_cast<char*>(got.data()), 36}).ok());
+  EXPECT_EQ(got, Cut(w, 5, {{1, 1}, {4, 2}}, {{0, 1}, {3, 2}}));
+  EXPECT_EQ(reader->FilesOf("w", region), (std::vector<int>{0, 1}));
+  EXPECT_EQ(reader->FilesOf("w", {{{0, 2}}, {{0, 5}}}), std::vector<int>{0});
+  // Outside the tensor, or a buffer of another size: refused.
+  EXPECT_EQ(reader->ReadRegion("w", {{{5, 2}}, {{0, 5}}}, {reinterpret_cast<char*>(got.data()), 36})
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(reader->ReadRegion("w", region, {reinterpret_cast<char*>(got.data()), 32}).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ConsolidatedReaderTest, PlacesTheDistributedOptimizersRuns) {
+  // "w.exp_avg" of a (4, 5) parameter split by rows over tp 2; each tp slice (2, 5) held by two
+  // dp ranks as runs of 7 and 3 of its 10 elements (a run crossing a row); "bias.exp_avg" whole,
+  // in runs of 2 and 1.
+  std::vector<float> m(4 * 5), bias = {1, 2, 3};
+  std::iota(m.begin(), m.end(), 0.25f);
+  int rank = 0;
+  for (int tp = 0; tp < 2; ++tp) {
+    const std::vector<float> slice = Cut(m, 5, {{2 * tp, 2}}, {{0, 5}});
+    for (int dp = 0; dp < 2; ++dp, ++rank) {
+      const int64_t begin = dp == 0 ? 0 : 7, end = dp == 0 ? 7 : 10;
+      const std::vector<float> run(slice.begin() + begin, slice.begin() + end);
+      const int64_t bias_begin = dp == 0 ? 0 : 2, bias_end = dp == 0 ? 2 : 3;
+      const std::vector<float> bias_run(bias.begin() + bias_begin, bias.begin() + bias_end);
+      const nlohmann::json shards = {
+          {"w", nlohmann::json::array({{{"dim", 0},
+                                        {"full_size", 4},
+                                        {"ranges", nlohmann::json::array({{2 * tp, 2}})}}})}};
+      const nlohmann::json pieces = {{"w", {{"offset", begin}, {"shape", {2, 5}}}},
+                                     {"bias", {{"offset", bias_begin}, {"shape", {3}}}}};
+      char name[64];
+      std::snprintf(name, sizeof(name), "/optim_rank_%05d.safetensors", rank);
+      ASSERT_TRUE(
+          WriteSafetensors(
+              dir_ + name,
+              {{.name = "w.exp_avg", .dtype = "F32", .shape = {end - begin}, .data = run.data()},
+               {.name = "bias.exp_avg",
+                .dtype = "F32",
+                .shape = {bias_end - bias_begin},
+                .data = bias_run.data()}},
+              {{"shards", shards.dump()}, {"pieces", pieces.dump()}})
+              .ok());
+      // The model files hold the weights (whole here; the test reads the optimizer's).
+      WriteRank(rank, {{"bias", {3}, bias, nullptr}});
+    }
+  }
+  auto reader = ConsolidatedReader::Open(dir_);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  const WholeTensor& t = reader->tensors().at("w.exp_avg");
+  EXPECT_TRUE(t.optimizer);
+  EXPECT_EQ(t.shape, (std::vector<int64_t>{4, 5}));
+  EXPECT_EQ(ReadWhole(*reader, "w.exp_avg"), m);
+  EXPECT_EQ(ReadWhole(*reader, "bias.exp_avg"), bias);
+  // Rows 1-2 (across the tp slices and the runs), columns 2-4.
+  const Region region = {{{1, 2}}, {{2, 3}}};
+  std::vector<float> got(6, -1.0f);
+  ASSERT_TRUE(
+      reader->ReadRegion("w.exp_avg", region, {reinterpret_cast<char*>(got.data()), 24}).ok());
+  EXPECT_EQ(got, Cut(m, 5, {{1, 2}}, {{2, 3}}));
 }
 
 TEST_F(ConsolidatedReaderTest, NamesMissingOverlappingAndDisagreeingSlices) {

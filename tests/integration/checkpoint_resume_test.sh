@@ -151,6 +151,6 @@ grep -qF '{dp: 4, ep: 1, rank_offset: 4}' "$other" || fail "$other: the layout w
 grep -qF 'max_restarts: 0' "$other" || fail "$other: max_restarts was not set to 0"
 job=$(run "$other" JOB_STATE_FAILED)
 ctl logs "$job" >"$tmp/d.log"
-grep -q "resharding checkpoints is not supported yet" "$tmp/d.log" ||
+grep -q "or reshard it to this one (mimo-convert reshard --from" "$tmp/d.log" ||
   { ctl logs "$job" --tail 20 >&2; fail "job $job failed without naming the layouts"; }
 echo "$name: PASSED"

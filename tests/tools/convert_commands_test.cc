@@ -62,11 +62,11 @@ class ConvertCommandsTest : public ::testing::Test {
 TEST_F(ConvertCommandsTest, VerifyComparesWholeTensorsOfAnyLayouts) {
   Write();
   std::ostringstream out, err;
-  EXPECT_EQ(RunVerify(root_ + "/a", root_ + "/b", out, err), 0) << err.str();
+  EXPECT_EQ(RunVerify(root_ + "/a", root_ + "/b", false, out, err), 0) << err.str();
   EXPECT_THAT(out.str(), HasSubstr("equal: 1 tensors"));
   Write(/*changed=*/5);
   std::ostringstream out2, err2;
-  EXPECT_EQ(RunVerify(root_ + "/a", root_ + "/b", out2, err2), 1);
+  EXPECT_EQ(RunVerify(root_ + "/a", root_ + "/b", false, out2, err2), 1);
   EXPECT_THAT(err2.str(), HasSubstr("differ: tensor w: largest absolute difference 1"));
 }
 

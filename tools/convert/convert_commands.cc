@@ -1,5 +1,8 @@
-// mimo-convert's inspect and verify, over ConsolidatedReader and the folder's metadata.json.
+// mimo-convert's inspect, verify and export, over ConsolidatedReader and metadata.json, and the
+// command line of every command.
 #include "tools/convert/convert_commands.h"
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +21,7 @@
 #include "checkpoint/safetensors.h"
 #include "common/bfloat16.h"
 #include "nlohmann/json.hpp"
+#include "tools/convert/reshard.h"
 
 namespace mimo::tools {
 namespace {
@@ -72,7 +76,8 @@ int RunInspect(const std::string& dir, std::ostream& out, std::ostream& err) {
   for (const auto& [name, t] : reader->tensors()) {
     total += t.bytes();
     out << "  " << name << "  " << t.dtype << " [" << absl::StrJoin(t.shape, ", ") << "]  "
-        << t.slices.size() << (t.slices.size() == 1 ? " slice" : " slices") << "\n";
+        << t.slices.size() << (t.slices.size() == 1 ? " slice" : " slices")
+        << (t.optimizer ? "  (optimizer)" : "") << "\n";
   }
   out << "whole tensors: " << total << " bytes\n";
   if (bad > 0) {
@@ -82,7 +87,8 @@ int RunInspect(const std::string& dir, std::ostream& out, std::ostream& err) {
   return 0;
 }
 
-int RunVerify(const std::string& a, const std::string& b, std::ostream& out, std::ostream& err) {
+int RunVerify(const std::string& a, const std::string& b, bool weights_only, std::ostream& out,
+              std::ostream& err) {
   auto ra = checkpoint::ConsolidatedReader::Open(a);
   auto rb = checkpoint::ConsolidatedReader::Open(b);
   for (const auto* r : {&ra, &rb}) {
@@ -91,14 +97,18 @@ int RunVerify(const std::string& a, const std::string& b, std::ostream& out, std
       return 1;
     }
   }
+  auto skip = [&](const checkpoint::WholeTensor& t) { return weights_only && t.optimizer; };
+  size_t compared = 0;
   for (const auto& [name, t] : rb->tensors()) {
-    if (!ra->tensors().contains(name)) {
+    if (!skip(t) && !ra->tensors().contains(name)) {
       err << "differ: " << b << " has tensor " << name << ", " << a << " does not\n";
       return 1;
     }
   }
   std::vector<char> x, y;
   for (const auto& [name, t] : ra->tensors()) {
+    if (skip(t)) continue;
+    ++compared;
     const auto other = rb->tensors().find(name);
     if (other == rb->tensors().end()) {
       err << "differ: " << a << " has tensor " << name << ", " << b << " does not\n";
@@ -130,7 +140,7 @@ int RunVerify(const std::string& a, const std::string& b, std::ostream& out, std
     err << "\n";
     return 1;
   }
-  out << "equal: " << ra->tensors().size() << " tensors of " << a << " and " << b << "\n";
+  out << "equal: " << compared << " tensors of " << a << " and " << b << "\n";
   return 0;
 }
 
@@ -147,7 +157,7 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
   // The tensors by module (the name up to its first dot), in name order.
   std::map<std::string, std::vector<const checkpoint::WholeTensor*>> modules;
   for (const auto& [name, t] : reader->tensors()) {
-    modules[name.substr(0, name.find('.'))].push_back(&t);
+    if (!t.optimizer) modules[name.substr(0, name.find('.'))].push_back(&t);
   }
   std::error_code ec;
   if (fs::exists(o.to, ec) && !fs::is_empty(o.to, ec) && !o.overwrite) {
@@ -229,8 +239,11 @@ void AddConvertCommands(CLI::App& app, int* exit_code) {
       "verify", "check that two checkpoints hold the same tensors after un-sharding");
   verify->add_option("A", pair->first, "a checkpoint folder")->required();
   verify->add_option("B", pair->second, "another, of any layout")->required();
-  verify->callback([pair, exit_code] {
-    *exit_code = RunVerify(pair->first, pair->second, std::cout, std::cerr);
+  auto weights_only = std::make_shared<bool>(false);
+  verify->add_flag("--weights-only", *weights_only,
+                   "compare the parameters only, not the optimizer state");
+  verify->callback([pair, weights_only, exit_code] {
+    *exit_code = RunVerify(pair->first, pair->second, *weights_only, std::cout, std::cerr);
   });
   auto options = std::make_shared<ExportOptions>();
   CLI::App* export_command = app.add_subcommand(
@@ -248,6 +261,59 @@ void AddConvertCommands(CLI::App& app, int* exit_code) {
                            "replace the modules' subfolders when --to holds files");
   export_command->callback(
       [options, exit_code] { *exit_code = RunExport(*options, std::cout, std::cerr); });
+
+  const bool terminal = ::isatty(STDERR_FILENO) != 0;
+  auto reshard = std::make_shared<ReshardOptions>();
+  CLI::App* reshard_command = app.add_subcommand(
+      "reshard", "write a checkpoint of another layout from a checkpoint of any layout");
+  reshard_command
+      ->add_option("--from", reshard->from,
+                   "a checkpoint folder (iter_NNNNNNN) or root (its latest checkpoint)")
+      ->required();
+  reshard_command
+      ->add_option("--to", reshard->to,
+                   "the root to commit the new checkpoint under (a job's checkpointing.dir or "
+                   "resume_from)")
+      ->required();
+  reshard_command
+      ->add_option("--component", reshard->components,
+                   "one module's layout: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,rank_offset=N] "
+                   "(repeat per module)")
+      ->required();
+  reshard_command->add_option(
+      "--world", reshard->world,
+      "the target's ranks (default: the modules' ranks when every component sets dp, else the "
+      "source job's)");
+  reshard_command->add_flag("--dry-run", reshard->dry_run,
+                            "print which source files feed each target rank; write nothing");
+  reshard_command->add_flag("--overwrite", reshard->overwrite,
+                            "write even when --to already holds checkpoints");
+  reshard_command->callback([reshard, exit_code, terminal] {
+    reshard->progress = terminal;
+    *exit_code = RunReshard(*reshard, std::cout, std::cerr);
+  });
+
+  auto import = std::make_shared<ImportOptions>();
+  CLI::App* import_command = app.add_subcommand(
+      "import", "write a checkpoint (iteration 0) of a job's layout from an export's weights");
+  import_command->add_option("--from", import->from, "an export's folder (mimo-convert export)")
+      ->required();
+  import_command->add_option("--to", import->to, "the root to commit the checkpoint under")
+      ->required();
+  import_command
+      ->add_option("--spec", import->spec,
+                   "the job spec (.yaml/.json) whose model and layout the checkpoint is for")
+      ->required();
+  import_command->add_option("--component", import->components,
+                             "a module's layout replacing the spec's (repeat per module)");
+  import_command->add_option("--world", import->world, "the target's ranks (as for reshard)");
+  import_command->add_flag("--dry-run", import->dry_run, "print the plan; write nothing");
+  import_command->add_flag("--overwrite", import->overwrite,
+                           "write even when --to already holds checkpoints");
+  import_command->callback([import, exit_code, terminal] {
+    import->progress = terminal;
+    *exit_code = RunImport(*import, std::cout, std::cerr);
+  });
   app.require_subcommand(1);
 }
 

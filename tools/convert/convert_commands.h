@@ -1,7 +1,7 @@
 // `mimo-convert`: commands over checkpoints (checkpoint/): `inspect` (a checkpoint's layout,
 // files and their checksums, whole tensors), `verify` (two checkpoints' tensors equal after
-// un-sharding, whatever their layouts) and `export` (whole tensors per module in the layout
-// Hugging Face's readers expect). Resharding and import are still to come.
+// un-sharding, whatever their layouts), `export` (whole tensors per module in the layout
+// Hugging Face's readers expect), `reshard` and `import` (tools/convert/reshard.h).
 #pragma once
 
 #include <cstdint>
@@ -18,10 +18,12 @@ namespace mimo::tools {
 // not read or a file whose checksum differs.
 int RunInspect(const std::string& dir, std::ostream& out, std::ostream& err);
 
-// Compares every tensor of two checkpoint folders after un-sharding: the same names, dtypes,
-// shapes and bytes. Returns 0 when equal, 1 naming the first difference (for float tensors
-// with the largest absolute difference) or an error.
-int RunVerify(const std::string& a, const std::string& b, std::ostream& out, std::ostream& err);
+// Compares every tensor of two checkpoint folders after un-sharding (the parameters and the
+// optimizer state; only the parameters with `weights_only`): the same names, dtypes, shapes
+// and bytes. Returns 0 when equal, 1 naming the first difference (for float tensors with the
+// largest absolute difference) or an error.
+int RunVerify(const std::string& a, const std::string& b, bool weights_only, std::ostream& out,
+              std::ostream& err);
 
 struct ExportOptions {
   std::string from;  // A checkpoint folder (iter_NNNNNNN).
@@ -40,8 +42,8 @@ struct ExportOptions {
 // that does not read, TO holding files without `overwrite`).
 int RunExport(const ExportOptions& options, std::ostream& out, std::ostream& err);
 
-// Registers `inspect`, `verify` and `export` on `app`; the exit code of the one that runs goes to
-// `*exit_code`.
+// Registers `inspect`, `verify`, `export`, `reshard` and `import` on `app`; the exit code of
+// the one that runs goes to `*exit_code`.
 void AddConvertCommands(CLI::App& app, int* exit_code);
 
 }  // namespace mimo::tools

@@ -2,13 +2,13 @@
 //   mimo-convert inspect DIR
 //   mimo-convert verify A B
 //   mimo-convert export --from DIR --to OUT [--max-shard-bytes N] [--overwrite]
+//   mimo-convert reshard --from DIR --to ROOT --component NAME=tp=N,... ... [--dry-run]
+//   mimo-convert import --from EXPORT --to ROOT --spec JOB.yaml [--component ...] [--dry-run]
 #include "CLI/CLI.hpp"
 #include "tools/convert/convert_commands.h"
 
 int main(int argc, char** argv) {
-  CLI::App app(
-      "mimo-convert: inspect and verify checkpoints (resharding, export and import are "
-      "to come)");
+  CLI::App app("mimo-convert: inspect, verify, reshard, export and import checkpoints");
   int exit_code = 0;
   mimo::tools::AddConvertCommands(app, &exit_code);
   try {

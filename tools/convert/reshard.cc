@@ -1,0 +1,521 @@
+// RunReshard and RunImport: the target layout planned, each target rank described by the model
+// code, its tensors read region by region from the source and written as that rank's files,
+// committed as one checkpoint.
+#include "tools/convert/reshard.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "checkpoint/checkpoint_dir.h"
+#include "checkpoint/consolidated_reader.h"
+#include "checkpoint/safetensors.h"
+#include "common/bfloat16.h"
+#include "common/status_macros.h"
+#include "coordinator/spec_validation.h"
+#include "nlohmann/json.hpp"
+#include "parallel/component_spec.h"
+#include "tools/mimoctl/spec_file.h"
+#include "worker/job_checkpoint.h"
+#include "worker/rank_modules.h"
+#include "worker/rank_state_format.h"
+
+namespace mimo::tools {
+namespace {
+
+namespace fs = std::filesystem;
+using checkpoint::ConsolidatedReader;
+using checkpoint::Region;
+
+// What the target checkpoint is for: the job with its new layout, and the plan of it.
+struct Target {
+  v1::JobSpec spec;
+  std::optional<parallel::RankPlan> plan;
+  google::protobuf::RepeatedPtrField<v1::ModulePlan> modules;
+};
+
+// The source: whole tensors, and where training stood.
+struct Source {
+  std::optional<ConsolidatedReader> reader;
+  int64_t iteration = 0;
+  int64_t step = 0;      // Optimizer updates.
+  int64_t position = 0;  // Samples consumed.
+  std::string layout;    // As metadata.json says (reshard).
+};
+
+// How a target tensor is made.
+enum class Fill {
+  kCopy,    // The source tensor's region.
+  kMaster,  // The fp32 master from the (bf16) weight's region.
+  kZero,    // AdamW's moments and expert biases of a fresh start.
+};
+
+struct TensorPlan {
+  std::string name;    // In the target file.
+  std::string source;  // In the source.
+  std::string dtype;
+  std::vector<int64_t> shape;  // On the target rank.
+  Region region;               // Of the full tensor.
+  Fill fill = Fill::kCopy;
+  uint64_t bytes() const {
+    uint64_t n = checkpoint::DTypeBytes(dtype);
+    for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+    return n;
+  }
+};
+
+// One target rank's two files.
+struct RankPlan {
+  worker::RankDescription description;
+  std::vector<TensorPlan> model, optim;
+};
+
+std::string Bytes(double n) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (n >= 1000 && u < 4) {
+    n /= 1000;
+    ++u;
+  }
+  return absl::StrFormat(u == 0 ? "%.0f %s" : "%.1f %s", n, units[u]);
+}
+
+// The module's spec by name, or null.
+v1::Module* FindModule(v1::JobSpec& spec, const std::string& name) {
+  for (v1::Module& m : *spec.mutable_modules()) {
+    if (m.name() == name) return &m;
+  }
+  return nullptr;
+}
+
+// `spec` with the layout of `components` (none: the spec's own), planned and validated as the
+// coordinator validates a job.
+absl::StatusOr<Target> PlanTarget(v1::JobSpec spec, const std::vector<std::string>& components,
+                                  int world) {
+  if (!components.empty()) {
+    MIMO_ASSIGN_OR_RETURN(const std::vector<parallel::ModuleParallelism> layout,
+                          parallel::ParseComponents(components));
+    std::vector<std::string> problems, names;
+    for (const v1::Module& m : spec.modules()) names.push_back(m.name());
+    bool every_dp = true;
+    int ranks = 0;
+    std::set<std::string> named;
+    for (const parallel::ModuleParallelism& c : layout) {
+      named.insert(c.name);
+      v1::Module* m = FindModule(spec, c.name);
+      if (m == nullptr) {
+        problems.push_back(absl::StrCat("component \"", c.name, "\": the job has no module \"",
+                                        c.name, "\" (its modules: ", absl::StrJoin(names, ", "),
+                                        ")"));
+        continue;
+      }
+      v1::Parallelism& p = *m->mutable_parallelism();
+      p.set_tp(c.tp);
+      p.set_cp(c.cp);
+      p.set_pp(c.pp);
+      p.set_ep(c.ep);
+      p.set_etp(c.etp);
+      c.dp.has_value() ? p.set_dp(*c.dp) : p.clear_dp();
+      c.rank_offset.has_value() ? p.set_rank_offset(*c.rank_offset) : p.clear_rank_offset();
+      every_dp = every_dp && c.dp.has_value();
+      ranks += c.tp * c.cp * c.pp * c.dp.value_or(0);
+    }
+    for (const std::string& name : names) {
+      if (!named.contains(name)) {
+        problems.push_back(
+            absl::StrCat("module \"", name, "\" has no --component (give one per module)"));
+      }
+    }
+    if (!problems.empty()) return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+    if (world == 0 && every_dp) world = ranks;
+  }
+  if (world > 0) spec.mutable_resources()->set_workers(world);
+  std::vector<coordinator::FieldViolation> violations;
+  absl::StatusOr<parallel::RankPlan> plan = coordinator::ValidateJobSpec(spec, &violations);
+  if (!violations.empty()) {
+    std::string message = absl::StrCat("the target layout is invalid (", violations.size(),
+                                       violations.size() == 1 ? " problem)" : " problems)");
+    for (const coordinator::FieldViolation& v : violations) {
+      absl::StrAppend(&message, "\n", v.field, ": ", v.description);
+    }
+    return absl::InvalidArgumentError(message);
+  }
+  MIMO_RETURN_IF_ERROR(plan.status());
+  Target out{.spec = std::move(spec)};
+  coordinator::ModulesToProto(*plan, &out.modules);
+  out.plan = *std::move(plan);
+  return out;
+}
+
+// The region of the full tensor `p` holds, and the full shape.
+Region RegionOf(const ParameterSpec& p, std::vector<int64_t>& full) {
+  full.assign(p.shape.begin(), p.shape.end());
+  Region region;
+  for (int64_t n : p.shape) region.push_back({{0, n}});
+  for (const ParameterShard& shard : p.shards) {
+    region[shard.dim].clear();
+    for (const ShardRange& r : ShardRanges(shard, p.shape[shard.dim])) {
+      region[shard.dim].push_back({r.start, r.size});
+    }
+    full[shard.dim] = shard.full_size;
+  }
+  return region;
+}
+
+// The source tensor `name` must be `dtype` of `full` shape.
+absl::Status CheckSource(const ConsolidatedReader& reader, const std::string& name,
+                         const std::string& dtype, const std::vector<int64_t>& full) {
+  const auto it = reader.tensors().find(name);
+  if (it == reader.tensors().end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the source has no tensor \"", name, "\" that the target's model needs (another model?)"));
+  }
+  if (it->second.dtype != dtype || it->second.shape != full) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the source's tensor \"", name, "\" is ", it->second.dtype, " [",
+                     absl::StrJoin(it->second.shape, ", "), "]; the target's model needs ", dtype,
+                     " [", absl::StrJoin(full, ", "), "]"));
+  }
+  return absl::OkStatus();
+}
+
+// Target rank `rank`'s tensors and where each comes from; marks the source tensors used.
+absl::StatusOr<RankPlan> PlanRank(const Target& target, int rank, kernels::DType dtype,
+                                  const ConsolidatedReader& source, bool fresh,
+                                  std::set<std::string>& used) {
+  RankPlan out;
+  MIMO_ASSIGN_OR_RETURN(out.description,
+                        worker::DescribeRank(target.spec, *target.plan, rank, dtype));
+  const std::string weight = worker::SafetensorsDType(dtype);
+  auto add = [&](std::vector<TensorPlan>& file, TensorPlan t,
+                 const std::vector<int64_t>& full) -> absl::Status {
+    if (t.fill != Fill::kZero) {
+      MIMO_RETURN_IF_ERROR(
+          CheckSource(source, t.source, t.fill == Fill::kMaster ? weight : t.dtype, full));
+      used.insert(t.source);
+    }
+    file.push_back(std::move(t));
+    return absl::OkStatus();
+  };
+  for (const ParameterSpec& p : out.description.parameters) {
+    std::vector<int64_t> full;
+    const Region region = RegionOf(p, full);
+    const std::vector<int64_t> shape(p.shape.begin(), p.shape.end());
+    auto state = [&](const char* suffix, Fill how) {
+      return TensorPlan{.name = p.name + suffix,
+                        .source = how == Fill::kCopy ? p.name + suffix : p.name,
+                        .dtype = "F32",
+                        .shape = shape,
+                        .region = region,
+                        .fill = how};
+    };
+    MIMO_RETURN_IF_ERROR(add(out.model,
+                             {.name = p.name,
+                              .source = p.name,
+                              .dtype = weight,
+                              .shape = shape,
+                              .region = region,
+                              .fill = Fill::kCopy},
+                             full));
+    if (dtype != kernels::DType::kF32) {
+      MIMO_RETURN_IF_ERROR(
+          add(out.optim, state(".master", fresh ? Fill::kMaster : Fill::kCopy), full));
+    }
+    for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
+      MIMO_RETURN_IF_ERROR(add(out.optim, state(suffix, fresh ? Fill::kZero : Fill::kCopy), full));
+    }
+  }
+  for (const std::string& name : out.description.expert_biases) {
+    const int64_t e = out.description.experts;
+    MIMO_RETURN_IF_ERROR(add(out.optim,
+                             {.name = name,
+                              .source = name,
+                              .dtype = "F32",
+                              .shape = {e},
+                              .region = {{{0, e}}},
+                              .fill = fresh ? Fill::kZero : Fill::kCopy},
+                             {e}));
+  }
+  return out;
+}
+
+// One line about target rank `rank`: its module and coordinates.
+std::string RankLine(const Target& target, int rank) {
+  const parallel::RankAssignment& a = target.plan->rank(rank);
+  const parallel::ResolvedModule& m = target.plan->module_of(rank).config();
+  std::string line =
+      absl::StrFormat("rank %d %s tp %d/%d cp %d/%d dp %d/%d pp %d/%d", rank, m.name, a.dense.tp,
+                      m.tp, a.dense.cp, m.cp, a.dense.dp, m.dp, a.dense.pp, m.pp);
+  if (a.expert.has_value()) {
+    absl::StrAppendFormat(&line, " ep %d/%d etp %d/%d", a.expert->ep, m.ep, a.expert->expt_tp,
+                          m.etp);
+  }
+  return line;
+}
+
+// Writes one file of a target rank: each tensor made (read, converted or zero) and streamed.
+absl::StatusOr<checkpoint::FileDigest> WriteFile(const std::string& path,
+                                                 const std::vector<TensorPlan>& tensors,
+                                                 const std::map<std::string, std::string>& metadata,
+                                                 const ConsolidatedReader& source,
+                                                 std::vector<char>& buffer,
+                                                 std::vector<char>& scratch) {
+  std::vector<checkpoint::TensorToWrite> specs;
+  for (const TensorPlan& t : tensors) {
+    specs.push_back({.name = t.name, .dtype = t.dtype, .shape = t.shape});
+  }
+  MIMO_ASSIGN_OR_RETURN(checkpoint::SafetensorsStreamWriter writer,
+                        checkpoint::SafetensorsStreamWriter::Create(path, specs, metadata));
+  for (const TensorPlan& t : tensors) {
+    buffer.assign(t.bytes(), 0);
+    if (t.fill == Fill::kCopy) {
+      MIMO_RETURN_IF_ERROR(source.ReadRegion(t.source, t.region, absl::MakeSpan(buffer)));
+    } else if (t.fill == Fill::kMaster) {
+      // The weight's values in fp32 (bf16 widened exactly).
+      const std::string& dtype = source.tensors().at(t.source).dtype;
+      scratch.resize(t.bytes() / 4 * checkpoint::DTypeBytes(dtype));
+      MIMO_RETURN_IF_ERROR(source.ReadRegion(t.source, t.region, absl::MakeSpan(scratch)));
+      for (size_t i = 0; i < buffer.size() / 4; ++i) {
+        float v;
+        if (dtype == "BF16") {
+          uint16_t b;
+          std::memcpy(&b, scratch.data() + 2 * i, 2);
+          v = BFloat16ToFloat(b);
+        } else {
+          std::memcpy(&v, scratch.data() + 4 * i, 4);
+        }
+        std::memcpy(buffer.data() + 4 * i, &v, 4);
+      }
+    }
+    MIMO_RETURN_IF_ERROR(writer.Append(buffer));
+  }
+  return writer.Finish();
+}
+
+struct WriteOptions {
+  std::string to;
+  bool dry_run = false;
+  bool overwrite = false;
+  bool progress = false;
+  bool fresh = false;  // Import: masters from the weights, zero moments and biases.
+};
+
+// The whole target checkpoint from `source`: planned (every rank described and checked
+// against the source first), printed on a dry run, else written and committed.
+absl::Status WriteCheckpoint(const Source& source, const Target& target, const WriteOptions& o,
+                             const std::string& what, std::ostream& out, std::ostream& err) {
+  const ConsolidatedReader& reader = *source.reader;
+  // The weights' dtype is the source's (any weight will do: they share it).
+  std::optional<kernels::DType> dtype;
+  for (const auto& [name, t] : reader.tensors()) {
+    if (t.optimizer) continue;
+    if (t.dtype == "BF16") dtype = kernels::DType::kBF16;
+    if (t.dtype == "F32") dtype = kernels::DType::kF32;
+    if (dtype.has_value()) break;
+  }
+  if (!dtype.has_value()) {
+    return absl::InvalidArgumentError("the source holds no bf16 or fp32 weights");
+  }
+  const int world = target.plan->world_size();
+  std::vector<RankPlan> ranks;
+  std::set<std::string> used;
+  uint64_t total = 0;
+  for (int r = 0; r < world; ++r) {
+    absl::StatusOr<RankPlan> plan = PlanRank(target, r, *dtype, reader, o.fresh, used);
+    if (!plan.ok()) {
+      return absl::Status(plan.status().code(),
+                          absl::StrCat("target rank ", r, ": ", plan.status().message()));
+    }
+    for (const auto* file : {&plan->model, &plan->optim}) {
+      for (const TensorPlan& t : *file) total += t.bytes();
+    }
+    ranks.push_back(*std::move(plan));
+  }
+  for (const auto& [name, t] : reader.tensors()) {
+    if (!used.contains(name) && !(o.fresh && t.optimizer)) {
+      return absl::InvalidArgumentError(absl::StrCat("the source's tensor \"", name,
+                                                     "\" has no place in the target's model "
+                                                     "(a checkpoint of another model?)"));
+    }
+  }
+  const std::string layout = worker::LayoutOf(target.modules);
+  if (o.dry_run) {
+    out << what << "\n  to layout " << layout << " (" << world << " ranks, " << Bytes(total)
+        << "):\n";
+    for (int r = 0; r < world; ++r) {
+      std::set<std::string> files;
+      uint64_t bytes = 0;
+      for (const auto* file : {&ranks[r].model, &ranks[r].optim}) {
+        for (const TensorPlan& t : *file) {
+          bytes += t.bytes();
+          if (t.fill == Fill::kZero) continue;
+          for (int f : reader.FilesOf(t.source, t.region)) {
+            files.insert(fs::path(reader.files()[f]).filename().string());
+          }
+        }
+      }
+      out << "  " << RankLine(target, r) << ": " << ranks[r].model.size() + ranks[r].optim.size()
+          << " tensors, " << Bytes(bytes) << " <- " << absl::StrJoin(files, ", ") << "\n";
+    }
+    out << "dry run: nothing written\n";
+    return absl::OkStatus();
+  }
+  MIMO_ASSIGN_OR_RETURN(const std::vector<int64_t> existing, checkpoint::ListCheckpoints(o.to));
+  if (!existing.empty() && !o.overwrite) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(o.to, " already holds checkpoints (iteration ", existing.back(),
+                     "); refusing to write over them without --overwrite"));
+  }
+  MIMO_ASSIGN_OR_RETURN(const std::string staging,
+                        checkpoint::PrepareStaging(o.to, source.iteration));
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  nlohmann::json files = nlohmann::json::object();
+  std::vector<char> buffer, scratch;
+  uint64_t done = 0;
+  for (int r = 0; r < world; ++r) {
+    const std::map<std::string, std::string> metadata =
+        worker::RankStateMetadata(source.step, source.position, r, ranks[r].description.parameters);
+    for (const auto& [kind, tensors] :
+         {std::pair{"model", &ranks[r].model}, {"optim", &ranks[r].optim}}) {
+      const std::string path = worker::RankStateFile(staging, kind, r);
+      absl::StatusOr<checkpoint::FileDigest> digest =
+          WriteFile(path, *tensors, metadata, reader, buffer, scratch);
+      if (!digest.ok()) {
+        return absl::Status(digest.status().code(),
+                            absl::StrCat("target rank ", r, ": ", digest.status().message()));
+      }
+      files[fs::path(path).filename().string()] = {{"bytes", digest->bytes},
+                                                   {"crc32c", digest->crc32c}};
+      for (const TensorPlan& t : *tensors) done += t.bytes();
+    }
+    if (o.progress) {
+      const int width = 30, filled = static_cast<int>(width * (r + 1) / world);
+      err << "\r[" << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << r + 1
+          << "/" << world << " ranks  " << Bytes(done) << "  "
+          << Bytes(done / std::max(seconds(), 1e-9)) << "/s" << std::flush;
+    }
+  }
+  if (o.progress) err << "\n";
+  MIMO_RETURN_IF_ERROR(worker::WriteCheckpointMetadata(
+      staging, worker::CheckpointMetadata(target.spec, target.modules, source.iteration,
+                                          source.position, files)));
+  MIMO_RETURN_IF_ERROR(checkpoint::CommitCheckpoint(o.to, source.iteration));
+  const double s = seconds();
+  out << what << "\n  to layout " << layout << ": " << world << " ranks, " << Bytes(done) << " in "
+      << absl::StrFormat("%.2f", s) << " s (" << Bytes(done / std::max(s, 1e-9)) << "/s) -> "
+      << checkpoint::CheckpointDir(o.to, source.iteration) << "\n";
+  return absl::OkStatus();
+}
+
+// The checkpoint folder `from` names: itself when it holds metadata.json, else the latest
+// checkpoint of the root it is.
+absl::StatusOr<std::string> CheckpointFolder(const std::string& from) {
+  std::error_code ec;
+  if (fs::exists(from + "/metadata.json", ec)) return from;
+  MIMO_ASSIGN_OR_RETURN(const std::optional<int64_t> latest, checkpoint::LatestCheckpoint(from));
+  if (!latest.has_value()) {
+    return absl::NotFoundError(
+        absl::StrCat(from,
+                     " is neither a checkpoint folder (no metadata.json) nor a checkpoint root "
+                     "(no latest_checkpointed_iteration.txt)"));
+  }
+  return checkpoint::CheckpointDir(from, *latest);
+}
+
+int Fail(const absl::Status& status, std::ostream& err) {
+  for (absl::string_view line : absl::StrSplit(status.message(), '\n')) {
+    err << "error: " << line << "\n";
+  }
+  return 1;
+}
+
+absl::Status Reshard(const ReshardOptions& o, std::ostream& out, std::ostream& err) {
+  MIMO_ASSIGN_OR_RETURN(const std::string dir, CheckpointFolder(o.from));
+  std::ifstream in(dir + "/metadata.json");
+  const nlohmann::json meta = nlohmann::json::parse(in, nullptr, false);
+  if (!meta.is_object() || !meta.contains("iteration") || !meta["iteration"].is_number_integer()) {
+    return absl::DataLossError(absl::StrCat(dir, "/metadata.json is not a checkpoint's metadata"));
+  }
+  if (!meta.contains("job_spec") || !meta["job_spec"].is_object()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir,
+                     "/metadata.json records no job_spec (a checkpoint saved before resharding was "
+                     "supported): resume it in its own layout and save again"));
+  }
+  MIMO_ASSIGN_OR_RETURN(const v1::JobSpec spec,
+                        ParseJobSpec(meta["job_spec"].dump(), SpecFormat::kJson));
+  MIMO_ASSIGN_OR_RETURN(const Target target, PlanTarget(spec, o.components, o.world));
+  Source source{.iteration = meta["iteration"].get<int64_t>(),
+                .layout = meta.value("layout", std::string())};
+  MIMO_ASSIGN_OR_RETURN(source.reader, ConsolidatedReader::Open(dir));
+  // The step and data position as the ranks' files record them.
+  MIMO_ASSIGN_OR_RETURN(const checkpoint::SafetensorsReader first,
+                        checkpoint::SafetensorsReader::Open(source.reader->files().front()));
+  const auto& m = first.header().metadata;
+  if (!m.contains("step") || !m.contains("position") ||
+      !absl::SimpleAtoi(m.at("step"), &source.step) ||
+      !absl::SimpleAtoi(m.at("position"), &source.position)) {
+    return absl::DataLossError(
+        absl::StrCat(first.path(), " records no step and position (not a rank's state file)"));
+  }
+  const WriteOptions w{
+      .to = o.to, .dry_run = o.dry_run, .overwrite = o.overwrite, .progress = o.progress};
+  return WriteCheckpoint(
+      source, target, w,
+      absl::StrCat("iteration ", source.iteration, " of ", dir, " (layout ", source.layout, ")"),
+      out, err);
+}
+
+absl::Status Import(const ImportOptions& o, std::ostream& out, std::ostream& err) {
+  MIMO_ASSIGN_OR_RETURN(const v1::JobSpec spec, ReadJobSpecFile(o.spec));
+  MIMO_ASSIGN_OR_RETURN(const Target target, PlanTarget(spec, o.components, o.world));
+  // Every safetensors file of the export's module folders (or of the folder itself).
+  std::vector<std::string> paths;
+  std::error_code ec;
+  for (const auto& e : fs::recursive_directory_iterator(o.from, ec)) {
+    if (e.is_regular_file() && e.path().extension() == ".safetensors") {
+      paths.push_back(e.path().string());
+    }
+  }
+  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", o.from));
+  if (paths.empty()) {
+    return absl::NotFoundError(absl::StrCat(o.from, " holds no .safetensors files"));
+  }
+  Source source;
+  MIMO_ASSIGN_OR_RETURN(source.reader, ConsolidatedReader::OpenFiles(paths));
+  const WriteOptions w{.to = o.to,
+                       .dry_run = o.dry_run,
+                       .overwrite = o.overwrite,
+                       .progress = o.progress,
+                       .fresh = true};
+  return WriteCheckpoint(source, target, w, absl::StrCat("the weights of ", o.from), out, err);
+}
+
+}  // namespace
+
+int RunReshard(const ReshardOptions& options, std::ostream& out, std::ostream& err) {
+  const absl::Status status = Reshard(options, out, err);
+  return status.ok() ? 0 : Fail(status, err);
+}
+
+int RunImport(const ImportOptions& options, std::ostream& out, std::ostream& err) {
+  const absl::Status status = Import(options, out, err);
+  return status.ok() ? 0 : Fail(status, err);
+}
+
+}  // namespace mimo::tools
