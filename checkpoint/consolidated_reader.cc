@@ -278,7 +278,7 @@ absl::Status ConsolidatedReader::ReadRegion(const std::string& name, const Regio
   }
   std::vector<int64_t> stride(dims, 1);  // Of the region, in elements.
   for (int d = dims - 2; d >= 0; --d) stride[d] = stride[d + 1] * Count(region[d + 1]);
-  std::vector<char> local;
+  ByteBuffer& local = local_;
   for (const Slice& s : whole.slices) {
     // Each local dimension's index -> the region's (-1: outside it).
     std::vector<std::vector<int64_t>> map = ToFull(s.ranges);
@@ -293,10 +293,10 @@ absl::Status ConsolidatedReader::ReadRegion(const std::string& name, const Regio
     }
     if (!meets) continue;
     const TensorEntry* e = readers_[s.file].header().Find(name);
-    local.resize(e->end - e->begin);
-    MIMO_RETURN_IF_ERROR(readers_[s.file].Read(name, absl::MakeSpan(local)));
+    local.Resize(e->end - e->begin);
+    MIMO_RETURN_IF_ERROR(readers_[s.file].Read(name, local.span()));
     if (dims == 0) {
-      std::copy(local.begin(), local.end(), out.data());
+      std::copy(local.data(), local.data() + local.size(), out.data());
       continue;
     }
     // The rows of the innermost dimension that the run covers, each scattered by runs of

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "checkpoint/safetensors.h"
+#include "common/byte_buffer.h"
 
 namespace mimo::checkpoint {
 
@@ -56,7 +57,8 @@ class ConsolidatedReader {
   // Every tensor, by name.
   const std::map<std::string, WholeTensor>& tensors() const { return tensors_; }
   const std::vector<std::string>& files() const { return paths_; }
-  // The full tensor `name` (row-major, its dtype) into `out` of exactly bytes().
+  // The full tensor `name` (row-major, its dtype) into `out` of exactly bytes(). Read and
+  // ReadRegion share a read buffer: one call at a time.
   absl::Status Read(const std::string& name, absl::Span<char> out) const;
   // The part `region` of tensor `name` (per dimension, ranges of the full dimension, in order)
   // into `out` (row-major over the region, its dtype), reading only the files whose slices meet
@@ -70,6 +72,7 @@ class ConsolidatedReader {
   std::vector<std::string> paths_;
   std::vector<SafetensorsReader> readers_;
   std::map<std::string, WholeTensor> tensors_;
+  mutable ByteBuffer local_;  // A slice as its file holds it.
 };
 
 }  // namespace mimo::checkpoint

@@ -66,15 +66,6 @@ absl::Status PreadAll(int fd, char* out, size_t n, uint64_t offset, const std::s
   return absl::OkStatus();
 }
 
-// CRC-32C continued over more bytes (Crc32c's state between calls: the register, not
-// finalized).
-uint32_t Crc32cExtend(uint32_t crc, const void* data, size_t n) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  uint32_t c = ~crc;
-  for (size_t i = 0; i < n; ++i) c = crc32c_internal::kTable[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-  return ~c;
-}
-
 absl::Status WriteAll(int fd, const char* data, size_t n, const std::string& path,
                       FileDigest& digest) {
   digest.bytes += n;

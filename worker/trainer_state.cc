@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "checkpoint/safetensors.h"
+#include "common/byte_buffer.h"
 #include "common/status_macros.h"
 #include "mimo/moe_layer.h"
 #include "nlohmann/json.hpp"
@@ -41,13 +42,13 @@ absl::StatusOr<checkpoint::FileDigest> Write(kernels::Ops& ops, const std::strin
   // Streamed through one host buffer, a tensor at a time (never the rank's whole state).
   MIMO_ASSIGN_OR_RETURN(checkpoint::SafetensorsStreamWriter writer,
                         checkpoint::SafetensorsStreamWriter::Create(path, specs, metadata));
-  std::vector<char> host;
+  ByteBuffer host;
   for (const Named& n : tensors) {
-    host.resize(n.tensor.nbytes());
+    host.Resize(n.tensor.nbytes());
     if (absl::Status s = ops.CopyToHost(host.data(), n.tensor.data(), host.size()); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("saving \"", n.name, "\": ", s.message()));
     }
-    MIMO_RETURN_IF_ERROR(writer.Append(host));
+    MIMO_RETURN_IF_ERROR(writer.Append(host.span()));
   }
   return writer.Finish();
 }
@@ -77,7 +78,7 @@ absl::Status CheckMetadata(const checkpoint::SafetensorsReader& reader, int rank
 
 // `t`'s contents from the tensor `name` of `reader`, which must have its dtype and shape.
 absl::Status Read(kernels::Ops& ops, const checkpoint::SafetensorsReader& reader,
-                  const std::string& name, const Tensor& t, std::vector<char>& buffer) {
+                  const std::string& name, const Tensor& t, ByteBuffer& buffer) {
   const checkpoint::TensorEntry* e = reader.header().Find(name);
   if (e == nullptr) {
     return absl::NotFoundError(absl::StrCat(reader.path(), " has no tensor \"", name, "\""));
@@ -89,8 +90,8 @@ absl::Status Read(kernels::Ops& ops, const checkpoint::SafetensorsReader& reader
         absl::StrJoin(e->shape, ", "), "); this trainer's is ", SafetensorsDType(t.dtype()), " (",
         absl::StrJoin(shape, ", "), "): a checkpoint of another model or layout"));
   }
-  buffer.resize(t.nbytes());
-  MIMO_RETURN_IF_ERROR(reader.Read(name, absl::MakeSpan(buffer)));
+  buffer.Resize(t.nbytes());
+  MIMO_RETURN_IF_ERROR(reader.Read(name, buffer.span()));
   if (t.nbytes() == 0) return absl::OkStatus();
   MIMO_RETURN_IF_ERROR(ops.CopyFromHost(t.data(), buffer.data(), t.nbytes()));
   return ops.Synchronize();  // The buffer is reused for the next tensor.
@@ -114,7 +115,7 @@ absl::StatusOr<nlohmann::json> PiecesOf(const checkpoint::SafetensorsReader& rea
 absl::Status ReadPiece(kernels::Ops& ops, const checkpoint::SafetensorsReader& reader,
                        const nlohmann::json& pieces, const std::string& name,
                        const DistributedOptimizer::StatePiece& piece, const Tensor& t,
-                       std::vector<char>& buffer) {
+                       ByteBuffer& buffer) {
   const checkpoint::TensorEntry* e = reader.header().Find(name);
   if (e == nullptr) {
     return absl::NotFoundError(absl::StrCat(reader.path(), " has no tensor \"", name, "\""));
@@ -134,8 +135,8 @@ absl::Status ReadPiece(kernels::Ops& ops, const checkpoint::SafetensorsReader& r
                      absl::StrJoin(whole, ", "), ") nor this rank's run of its elements from ",
                      piece.param_offset, ": a checkpoint of another model or layout"));
   }
-  buffer.resize(e->end - e->begin);
-  MIMO_RETURN_IF_ERROR(reader.Read(name, absl::MakeSpan(buffer)));
+  buffer.Resize(e->end - e->begin);
+  MIMO_RETURN_IF_ERROR(reader.Read(name, buffer.span()));
   MIMO_RETURN_IF_ERROR(
       ops.CopyFromHost(t.data(), buffer.data() + skip * sizeof(float), t.nbytes()));
   return ops.Synchronize();  // The buffer is reused for the next tensor.
@@ -214,7 +215,7 @@ absl::Status Trainer::LoadState(const std::string& dir, int rank) {
   }
   std::vector<Parameter*> params;
   AppendParameters(params);
-  std::vector<char> buffer;
+  ByteBuffer buffer;
   for (Parameter* p : params) {
     MIMO_RETURN_IF_ERROR(Read(ops_, model, p->name(), p->weight(), buffer));
     if (p->master().data() != nullptr && p->master().data() != p->weight().data()) {

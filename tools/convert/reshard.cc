@@ -23,6 +23,7 @@
 #include "checkpoint/consolidated_reader.h"
 #include "checkpoint/safetensors.h"
 #include "common/bfloat16.h"
+#include "common/byte_buffer.h"
 #include "common/status_macros.h"
 #include "coordinator/spec_validation.h"
 #include "nlohmann/json.hpp"
@@ -270,8 +271,7 @@ absl::StatusOr<checkpoint::FileDigest> WriteFile(const std::string& path,
                                                  const std::vector<TensorPlan>& tensors,
                                                  const std::map<std::string, std::string>& metadata,
                                                  const ConsolidatedReader& source,
-                                                 std::vector<char>& buffer,
-                                                 std::vector<char>& scratch) {
+                                                 ByteBuffer& buffer, ByteBuffer& scratch) {
   std::vector<checkpoint::TensorToWrite> specs;
   for (const TensorPlan& t : tensors) {
     specs.push_back({.name = t.name, .dtype = t.dtype, .shape = t.shape});
@@ -279,14 +279,16 @@ absl::StatusOr<checkpoint::FileDigest> WriteFile(const std::string& path,
   MIMO_ASSIGN_OR_RETURN(checkpoint::SafetensorsStreamWriter writer,
                         checkpoint::SafetensorsStreamWriter::Create(path, specs, metadata));
   for (const TensorPlan& t : tensors) {
-    buffer.assign(t.bytes(), 0);
-    if (t.fill == Fill::kCopy) {
-      MIMO_RETURN_IF_ERROR(source.ReadRegion(t.source, t.region, absl::MakeSpan(buffer)));
+    buffer.Resize(t.bytes());
+    if (t.fill == Fill::kZero) {
+      std::fill(buffer.data(), buffer.data() + buffer.size(), 0);
+    } else if (t.fill == Fill::kCopy) {  // Every element: the source's slices cover the tensor.
+      MIMO_RETURN_IF_ERROR(source.ReadRegion(t.source, t.region, buffer.span()));
     } else if (t.fill == Fill::kMaster) {
       // The weight's values in fp32 (bf16 widened exactly).
       const std::string& dtype = source.tensors().at(t.source).dtype;
-      scratch.resize(t.bytes() / 4 * checkpoint::DTypeBytes(dtype));
-      MIMO_RETURN_IF_ERROR(source.ReadRegion(t.source, t.region, absl::MakeSpan(scratch)));
+      scratch.Resize(t.bytes() / 4 * checkpoint::DTypeBytes(dtype));
+      MIMO_RETURN_IF_ERROR(source.ReadRegion(t.source, t.region, scratch.span()));
       for (size_t i = 0; i < buffer.size() / 4; ++i) {
         float v;
         if (dtype == "BF16") {
@@ -299,7 +301,7 @@ absl::StatusOr<checkpoint::FileDigest> WriteFile(const std::string& path,
         std::memcpy(buffer.data() + 4 * i, &v, 4);
       }
     }
-    MIMO_RETURN_IF_ERROR(writer.Append(buffer));
+    MIMO_RETURN_IF_ERROR(writer.Append(buffer.span()));
   }
   return writer.Finish();
 }
@@ -385,7 +387,7 @@ absl::Status WriteCheckpoint(const Source& source, const Target& target, const W
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   nlohmann::json files = nlohmann::json::object();
-  std::vector<char> buffer, scratch;
+  ByteBuffer buffer, scratch;
   uint64_t done = 0;
   for (int r = 0; r < world; ++r) {
     const std::map<std::string, std::string> metadata =
