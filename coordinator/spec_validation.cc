@@ -529,8 +529,8 @@ class SpecChecker {
     if (c.resume_from() == "latest" && c.dir().empty()) {
       Add("checkpointing.resume_from", "\"latest\" needs checkpointing.dir to look in");
     }
-    if (c.async_save()) {
-      Add("checkpointing.async_save", "KIND_TRAIN jobs do not save asynchronously yet");
+    if (c.async_save() && c.dir().empty()) {
+      Add("checkpointing.async_save", "needs checkpointing.dir to save in");
     }
   }
 

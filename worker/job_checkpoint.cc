@@ -257,9 +257,9 @@ absl::Status WriteCheckpointMetadata(const std::string& staging, const nlohmann:
   return WriteAndSync(MetadataPath(staging), metadata.dump(2) + "\n");
 }
 
-absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& trainer,
-                               int64_t iteration, comm::KeyValueStore* store,
-                               absl::Duration timeout) {
+absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, int64_t iteration,
+                               int64_t consumed_samples, const RankStateWriter& write,
+                               comm::KeyValueStore* store, absl::Duration timeout) {
   const v1::Checkpointing& c = assignment.spec().checkpointing();
   const int rank = assignment.rank().rank(), world = assignment.spec().resources().workers();
   if (world > 1 && store == nullptr) {
@@ -273,7 +273,7 @@ absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& 
     MIMO_RETURN_IF_ERROR(store->Wait({key + "staged"}, timeout).status());
   }
   const std::string staging = checkpoint::StagingDir(c.dir(), iteration);
-  MIMO_ASSIGN_OR_RETURN(const auto digests, trainer.SaveState(staging, rank));
+  MIMO_ASSIGN_OR_RETURN(const auto digests, write(staging));
   // Each rank's files with their sizes and CRC-32Cs, for rank 0's metadata.json.
   nlohmann::json files = nlohmann::json::object();
   for (const auto& [file, d] : digests) {
@@ -294,7 +294,7 @@ absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& 
   }
   MIMO_RETURN_IF_ERROR(
       WriteCheckpointMetadata(staging, CheckpointMetadata(assignment.spec(), assignment.modules(),
-                                                          iteration, trainer.position(), files)));
+                                                          iteration, consumed_samples, files)));
   return checkpoint::CommitCheckpoint(c.dir(), iteration, c.keep_last());
 }
 

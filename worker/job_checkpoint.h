@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -61,13 +62,19 @@ absl::StatusOr<std::optional<ResumePoint>> AgreeOnResumePoint(const v1::Assignme
                                                               comm::KeyValueStore* store,
                                                               absl::Duration timeout);
 
+// Writes this rank's files into a checkpoint's staging folder (Trainer::SaveState, or
+// WriteRankState of a captured state); returns each file's digest by file name.
+using RankStateWriter = std::function<absl::StatusOr<std::map<std::string, checkpoint::FileDigest>>(
+    const std::string& staging)>;
+
 // Saves iteration `iteration` of every rank: global rank 0 prepares the staging folder, every
-// rank writes its state into it and says so in `store`, rank 0 waits for all of them (up to
-// `timeout`), writes metadata.json (with every rank's files' sizes and CRC-32Cs) and commits
-// (keeping spec.checkpointing.keep_last). Every rank of the job calls it after the same iteration;
-// the others go on once they have written.
-absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, const Trainer& trainer,
-                               int64_t iteration, comm::KeyValueStore* store,
-                               absl::Duration timeout);
+// rank writes its state into it with `write` and says so in `store`, rank 0 waits for all of
+// them (up to `timeout`), writes metadata.json (with every rank's files' sizes and CRC-32Cs and
+// `consumed_samples`) and commits (keeping spec.checkpointing.keep_last). Every rank of the job
+// calls it after the same iteration (from any thread: an asynchronous save's); the others go
+// on once they have written.
+absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, int64_t iteration,
+                               int64_t consumed_samples, const RankStateWriter& write,
+                               comm::KeyValueStore* store, absl::Duration timeout);
 
 }  // namespace mimo::worker

@@ -3,6 +3,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace mimo::worker {
@@ -47,6 +48,23 @@ std::map<std::string, std::string> RankStateMetadata(int64_t step, int64_t posit
   }
   if (!shards.empty()) metadata["shards"] = shards.dump();
   return metadata;
+}
+
+absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> WriteRankState(
+    const HostRankState& state, const std::string& dir) {
+  std::map<std::string, checkpoint::FileDigest> digests;
+  for (const HostStateFile& file : state.files) {
+    const std::string path = RankStateFile(dir, file.kind.c_str(), state.rank);
+    std::vector<checkpoint::TensorToWrite> specs;
+    for (const HostTensor& t : file.tensors) {
+      specs.push_back({.name = t.name, .dtype = t.dtype, .shape = t.shape});
+    }
+    MIMO_ASSIGN_OR_RETURN(checkpoint::SafetensorsStreamWriter writer,
+                          checkpoint::SafetensorsStreamWriter::Create(path, specs, file.metadata));
+    for (const HostTensor& t : file.tensors) MIMO_RETURN_IF_ERROR(writer.Append(t.bytes.span()));
+    MIMO_ASSIGN_OR_RETURN(digests[path.substr(dir.size() + 1)], writer.Finish());
+  }
+  return digests;
 }
 
 }  // namespace mimo::worker

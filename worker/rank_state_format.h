@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "checkpoint/safetensors.h"
+#include "common/byte_buffer.h"
 #include "kernels/dtype.h"
 #include "mimo/parameter.h"
 
@@ -26,5 +29,29 @@ std::string SafetensorsDType(kernels::DType dtype);
 // "ranges": [[start, size], ...]} (the ranges of the full dimension the rank holds, in order).
 std::map<std::string, std::string> RankStateMetadata(int64_t step, int64_t position, int rank,
                                                      const std::vector<ParameterSpec>& params);
+
+// A rank's state copied to host memory (Trainer::CaptureState), to be written apart from the
+// device.
+struct HostTensor {
+  std::string name;
+  std::string dtype;  // Safetensors'.
+  std::vector<int64_t> shape;
+  ByteBuffer bytes;
+};
+struct HostStateFile {
+  std::string kind;  // "model" or "optim".
+  std::vector<HostTensor> tensors;
+  std::map<std::string, std::string> metadata;
+};
+struct HostRankState {
+  int rank = 0;
+  int64_t position = 0;  // Samples the group consumed: the checkpoint's consumed_samples.
+  std::vector<HostStateFile> files;
+};
+
+// Writes `state`'s files into `dir` (what Trainer::SaveState would have written when it was
+// captured); returns each file's digest by file name.
+absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> WriteRankState(
+    const HostRankState& state, const std::string& dir);
 
 }  // namespace mimo::worker

@@ -3,6 +3,10 @@
 #include "worker/train_job.h"
 
 #include <cmath>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -18,6 +22,29 @@
 #include "worker/training_outputs.h"
 
 namespace mimo::worker {
+namespace {
+
+// One save running on a thread of its own; at most one at a time.
+class BackgroundSave {
+ public:
+  ~BackgroundSave() { Wait().IgnoreError(); }
+  void Start(std::function<absl::Status()> save) {
+    thread_ = std::thread([this, save = std::move(save)] { status_ = save(); });
+  }
+  // Waits for the save in flight, if any; its status.
+  absl::Status Wait() {
+    if (!thread_.joinable()) return absl::OkStatus();
+    thread_.join();
+    return std::exchange(status_, absl::OkStatus());
+  }
+
+ private:
+  std::thread thread_;
+  absl::Status status_;  // Written by the thread, read after the join.
+};
+
+}  // namespace
+
 absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, int language_dp) {
   const v1::Training& t = spec.training();
   TrainerOptions o;
@@ -177,6 +204,12 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
                            " (consumed samples: ", trainer->position(), ")"));
   }
   const int64_t save_interval = checkpointing.interval_steps();
+  auto ms = [](absl::Duration d) {
+    return absl::FormatDuration(absl::Trunc(d, absl::Milliseconds(1)));
+  };
+  // An asynchronous save in flight: joined before the next save and before this function
+  // returns, however it returns.
+  BackgroundSave background;
   double seconds = 0;
   for (int64_t step = first_step; step <= t.steps(); ++step) {
     if (hooks.stopped && hooks.stopped()) return absl::CancelledError("the job was stopped");
@@ -185,12 +218,36 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
     if (!checkpointing.dir().empty() &&
         ((save_interval > 0 && step % save_interval == 0) || step == t.steps())) {
       const absl::Time save_start = absl::Now();
-      MIMO_RETURN_IF_ERROR(
-          SaveJobCheckpoint(assignment, *trainer, step, hooks.store, hooks.store_timeout));
-      if (rank.rank() == 0) {
-        hooks.log(absl::StrCat(
-            "saved checkpoint ", checkpoint::CheckpointDir(checkpointing.dir(), step), " in ",
-            absl::FormatDuration(absl::Trunc(absl::Now() - save_start, absl::Milliseconds(1)))));
+      const std::string dir = checkpoint::CheckpointDir(checkpointing.dir(), step);
+      if (checkpointing.async_save()) {
+        // Training waits only for the previous save and the copy to host memory.
+        MIMO_RETURN_IF_ERROR(background.Wait());
+        MIMO_ASSIGN_OR_RETURN(std::shared_ptr<const HostRankState> state,
+                              trainer->CaptureState(rank.rank()));
+        if (rank.rank() == 0) {
+          hooks.log(absl::StrCat("copied iteration ", step, "'s state to host memory in ",
+                                 ms(absl::Now() - save_start), "; saving it in the background"));
+        }
+        background.Start([&assignment, &hooks, &ms, state, step, dir, save_start,
+                          logs_saves = rank.rank() == 0]() {
+          const absl::Status saved = SaveJobCheckpoint(
+              assignment, step, state->position,
+              [&state](const std::string& staging) { return WriteRankState(*state, staging); },
+              hooks.store, hooks.store_timeout);
+          if (saved.ok() && logs_saves) {
+            hooks.log(absl::StrCat("saved checkpoint ", dir, " (in the background) in ",
+                                   ms(absl::Now() - save_start)));
+          }
+          return saved;
+        });
+      } else {
+        MIMO_RETURN_IF_ERROR(SaveJobCheckpoint(
+            assignment, step, trainer->position(),
+            [&](const std::string& staging) { return trainer->SaveState(staging, rank.rank()); },
+            hooks.store, hooks.store_timeout));
+        if (rank.rank() == 0) {
+          hooks.log(absl::StrCat("saved checkpoint ", dir, " in ", ms(absl::Now() - save_start)));
+        }
       }
     }
     if (!logs || (step % interval != 0 && step != t.steps())) continue;
@@ -221,6 +278,7 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
     if (outputs != nullptr) MIMO_RETURN_IF_ERROR(outputs->Add(metrics));
     if (hooks.report) hooks.report(metrics);
   }
+  MIMO_RETURN_IF_ERROR(background.Wait());
   hooks.log(absl::StrFormat(
       "training done: %d steps in %.1f s, peak memory %.1f MiB on this rank", t.steps(), seconds,
       static_cast<double>(ops.allocator().stats().peak_allocated_bytes) / (1 << 20)));

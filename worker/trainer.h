@@ -33,6 +33,7 @@
 #include "mimo/optimizer.h"
 #include "worker/bridge_link.h"
 #include "worker/gradient_update.h"
+#include "worker/rank_state_format.h"
 #include "worker/sample_prefetcher.h"
 
 namespace mimo::worker {
@@ -187,6 +188,9 @@ class Trainer {
   // only. Returns each file's digest (by file name), for the checkpoint's metadata.
   absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> SaveState(const std::string& dir,
                                                                           int rank) const;
+  // The same state copied to host memory (every tensor; the device is done with it on return),
+  // for WriteRankState to write the same files while training goes on (an asynchronous save).
+  absl::StatusOr<std::unique_ptr<HostRankState>> CaptureState(int rank) const;
   // Restores what SaveState wrote for `rank`, into a trainer of the same model and layout just
   // created (or files mimo-convert wrote for this layout: the distributed optimizer takes its
   // run of whole optimizer tensors): the next Step continues as the saved run's would (the same
@@ -198,6 +202,13 @@ class Trainer {
 
  private:
   struct Modules;
+  // One of the two files SaveState writes: its device tensors, by name, and metadata.
+  struct StateFile {
+    const char* kind = "";
+    std::vector<std::pair<std::string, kernels::Tensor>> tensors;
+    std::map<std::string, std::string> metadata;
+  };
+  absl::StatusOr<std::vector<StateFile>> StateFiles(int rank) const;
   Trainer(kernels::Ops& ops, const MimoModelConfig& config, const TrainerOptions& options,
           std::unique_ptr<Modules> modules, GradientUpdate update, std::vector<Parameter*> dense,
           std::vector<Parameter*> experts);

@@ -1,5 +1,6 @@
-// Trainer::SaveState / LoadState: a rank's parameters, optimizer state, expert biases, step and
-// data position as safetensors files, one tensor at a time through a host buffer.
+// Trainer::SaveState / CaptureState / LoadState: a rank's parameters, optimizer state, expert
+// biases, step and data position as safetensors files, one tensor at a time through a host
+// buffer, or copied to host memory whole to be written later.
 #include <cstring>
 #include <map>
 #include <string>
@@ -24,29 +25,25 @@ namespace {
 using kernels::DType;
 using kernels::Tensor;
 
-// A named device tensor to save or restore.
-struct Named {
-  std::string name;
-  Tensor tensor;
-};
-
-absl::StatusOr<checkpoint::FileDigest> Write(kernels::Ops& ops, const std::string& path,
-                                             const std::vector<Named>& tensors,
-                                             const std::map<std::string, std::string>& metadata) {
+// Writes device tensors into a safetensors file at `path`.
+absl::StatusOr<checkpoint::FileDigest> Write(
+    kernels::Ops& ops, const std::string& path,
+    const std::vector<std::pair<std::string, Tensor>>& tensors,
+    const std::map<std::string, std::string>& metadata) {
   std::vector<checkpoint::TensorToWrite> specs;
-  for (const Named& n : tensors) {
-    specs.push_back({.name = n.name,
-                     .dtype = SafetensorsDType(n.tensor.dtype()),
-                     .shape = {n.tensor.shape().begin(), n.tensor.shape().end()}});
+  for (const auto& [name, t] : tensors) {
+    specs.push_back({.name = name,
+                     .dtype = SafetensorsDType(t.dtype()),
+                     .shape = {t.shape().begin(), t.shape().end()}});
   }
   // Streamed through one host buffer, a tensor at a time (never the rank's whole state).
   MIMO_ASSIGN_OR_RETURN(checkpoint::SafetensorsStreamWriter writer,
                         checkpoint::SafetensorsStreamWriter::Create(path, specs, metadata));
   ByteBuffer host;
-  for (const Named& n : tensors) {
-    host.Resize(n.tensor.nbytes());
-    if (absl::Status s = ops.CopyToHost(host.data(), n.tensor.data(), host.size()); !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("saving \"", n.name, "\": ", s.message()));
+  for (const auto& [name, t] : tensors) {
+    host.Resize(t.nbytes());
+    if (absl::Status s = ops.CopyToHost(host.data(), t.data(), host.size()); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("saving \"", name, "\": ", s.message()));
     }
     MIMO_RETURN_IF_ERROR(writer.Append(host.span()));
   }
@@ -144,20 +141,19 @@ absl::Status ReadPiece(kernels::Ops& ops, const checkpoint::SafetensorsReader& r
 
 }  // namespace
 
-absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> Trainer::SaveState(
-    const std::string& dir, int rank) const {
+absl::StatusOr<std::vector<Trainer::StateFile>> Trainer::StateFiles(int rank) const {
   std::vector<Parameter*> params;
   AppendParameters(params);
-  std::vector<Named> model, optim;
+  StateFile model{.kind = "model"}, optim{.kind = "optim"};
   for (Parameter* p : params) {
-    model.push_back({p->name(), p->weight()});
+    model.tensors.push_back({p->name(), p->weight()});
     // The master, where the parameter keeps its own apart from its weight (the distributed
     // optimizer's shards hold the masters it released).
     if (p->master().data() != nullptr && p->master().data() != p->weight().data()) {
-      optim.push_back({p->name() + ".master", p->master()});
+      optim.tensors.push_back({p->name() + ".master", p->master()});
     }
   }
-  for (auto& [name, t] : update_.adamw->StateTensors()) optim.push_back({name, t});
+  for (auto& [name, t] : update_.adamw->StateTensors()) optim.tensors.push_back({name, t});
   // The distributed optimizer's shards by parameter: each piece a flat run of the parameter's
   // elements, placed by "pieces" (any layout reads them, as it reads whole ones).
   nlohmann::json pieces = nlohmann::json::object();
@@ -165,9 +161,11 @@ absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> Trainer::SaveState
     MIMO_ASSIGN_OR_RETURN(const auto state, update_.distributed->StatePieces());
     for (const DistributedOptimizer::StatePiece& piece : state) {
       const std::string& name = piece.param->name();
-      if (piece.weight_dtype != DType::kF32) optim.push_back({name + ".master", piece.master});
-      optim.push_back({name + ".exp_avg", piece.exp_avg});
-      optim.push_back({name + ".exp_avg_sq", piece.exp_avg_sq});
+      if (piece.weight_dtype != DType::kF32) {
+        optim.tensors.push_back({name + ".master", piece.master});
+      }
+      optim.tensors.push_back({name + ".exp_avg", piece.exp_avg});
+      optim.tensors.push_back({name + ".exp_avg_sq", piece.exp_avg_sq});
       pieces[name] = {{"offset", piece.param_offset},
                       {"shape", std::vector<int64_t>(piece.param->spec().shape.begin(),
                                                      piece.param->spec().shape.end())}};
@@ -175,25 +173,57 @@ absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> Trainer::SaveState
   }
   for (const MoeLayer* layer : MoeLayers()) {
     if (layer->expert_bias_enabled()) {
-      optim.push_back({layer->expert_bias_name(), layer->expert_bias()});
+      optim.tensors.push_back({layer->expert_bias_name(), layer->expert_bias()});
     }
   }
   std::vector<ParameterSpec> specs;
   for (const Parameter* p : params) specs.push_back(p->spec());
-  const std::map<std::string, std::string> metadata =
-      RankStateMetadata(update_.adamw->steps(), position_, rank, specs);
+  // The optimizer's tensors of a sharded parameter lie where its weight does ("shards").
+  model.metadata = RankStateMetadata(update_.adamw->steps(), position_, rank, specs);
+  optim.metadata = model.metadata;
+  if (!pieces.empty()) optim.metadata["pieces"] = pieces.dump();
+  std::vector<StateFile> files;
+  files.push_back(std::move(model));
+  files.push_back(std::move(optim));
+  return files;
+}
+
+absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> Trainer::SaveState(
+    const std::string& dir, int rank) const {
+  MIMO_ASSIGN_OR_RETURN(const std::vector<StateFile> files, StateFiles(rank));
   MIMO_RETURN_IF_ERROR(ops_.Synchronize());
   std::map<std::string, checkpoint::FileDigest> digests;
-  for (const auto& [kind, tensors] : {std::pair{"model", &model}, {"optim", &optim}}) {
-    const std::string path = RankStateFile(dir, kind, rank);
-    // The optimizer's tensors of a sharded parameter lie where its weight does ("shards").
-    std::map<std::string, std::string> file_metadata = metadata;
-    if (tensors == &optim && !pieces.empty()) file_metadata["pieces"] = pieces.dump();
-    MIMO_ASSIGN_OR_RETURN(const checkpoint::FileDigest digest,
-                          Write(ops_, path, *tensors, file_metadata));
-    digests[path.substr(dir.size() + 1)] = digest;
+  for (const StateFile& file : files) {
+    const std::string path = RankStateFile(dir, file.kind, rank);
+    MIMO_ASSIGN_OR_RETURN(digests[path.substr(dir.size() + 1)],
+                          Write(ops_, path, file.tensors, file.metadata));
   }
   return digests;
+}
+
+absl::StatusOr<std::unique_ptr<HostRankState>> Trainer::CaptureState(int rank) const {
+  MIMO_ASSIGN_OR_RETURN(const std::vector<StateFile> files, StateFiles(rank));
+  MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+  auto state = std::make_unique<HostRankState>();
+  state->rank = rank;
+  state->position = position_;
+  for (const StateFile& file : files) {
+    HostStateFile& host = state->files.emplace_back();
+    host.kind = file.kind;
+    host.metadata = file.metadata;
+    host.tensors.resize(file.tensors.size());
+    for (size_t i = 0; i < file.tensors.size(); ++i) {
+      const auto& [name, t] = file.tensors[i];
+      HostTensor& h = host.tensors[i];
+      h.name = name;
+      h.dtype = SafetensorsDType(t.dtype());
+      h.shape.assign(t.shape().begin(), t.shape().end());
+      h.bytes.Resize(t.nbytes());
+      MIMO_RETURN_IF_ERROR(ops_.CopyToHost(h.bytes.data(), t.data(), t.nbytes()));
+    }
+  }
+  MIMO_RETURN_IF_ERROR(ops_.Synchronize());
+  return state;
 }
 
 absl::Status Trainer::LoadState(const std::string& dir, int rank) {

@@ -5,7 +5,8 @@
 # resumes from B's iteration 3. C's losses at steps 4-6 must equal A's exactly; the checkpoint
 # folders, metadata.json and the latest pointer must be as Megatron names them; resume_from
 # starts a new dir from another run's checkpoint, after which the dir's own latest wins; keep_last
-# prunes; a spec whose layout differs from a checkpoint's fails with an error naming both layouts.
+# prunes; asynchronous saves hold the same state; a spec whose layout differs from a
+# checkpoint's fails with an error naming both layouts and the reshard command.
 # mimo-convert inspects the checkpoints, verifies the resumed run's last one equal to A's and
 # exports A's per module.
 #   checkpoint_resume_test.sh MIMO_COORDINATOR MIMO_WORKER MIMOCTL SOURCE_DIR MIMO_CONVERT
@@ -130,10 +131,17 @@ grep -q '"vocab_size"' "$tmp/export/language/config.json" ||
 # resume_from another run's checkpoint into a new dir, saving every step, keeping 2: E resumes
 # from A's iteration 3 (the same losses); F, the same spec with 7 steps, resumes from E's own
 # latest (iteration 6), not from resume_from.
+# E saves asynchronously (the files written while the next steps run).
 spec_e=$(spec e 6 "$tmp/ckpt-e" 1)
-printf '  keep_last: 2\n  resume_from: %s\n' "$tmp/ckpt-a/iter_0000003" >>"$spec_e"
-run "$spec_e" JOB_STATE_SUCCEEDED >/dev/null
+printf '  keep_last: 2\n  resume_from: %s\n  async_save: true\n' "$tmp/ckpt-a/iter_0000003" \
+  >>"$spec_e"
+job=$(run "$spec_e" JOB_STATE_SUCCEEDED)
 [[ $(losses e) == "$want" ]] || fail "run E (resumed from A's iteration 3) has other losses: $(losses e)"
+ctl logs "$job" >"$tmp/e.log"
+grep -q "saved checkpoint $tmp/ckpt-e/iter_0000006 (in the background)" "$tmp/e.log" ||
+  fail "job $job logged no background save of iteration 6"
+"$convert_bin" verify "$tmp/ckpt-a/iter_0000006" "$tmp/ckpt-e/iter_0000006" >/dev/null ||
+  fail "run E's asynchronously saved iteration 6 differs from run A's"
 kept=$(cd "$tmp/ckpt-e" && echo iter_*)
 [[ $kept == "iter_0000005 iter_0000006" ]] || fail "keep_last 2 kept $kept"
 spec_f=$(spec f 7 "$tmp/ckpt-e" 1)

@@ -1,7 +1,8 @@
 // Trainer::SaveState / LoadState: a run saved after two steps and restored into a new trainer
 // goes on exactly as the uninterrupted run (losses, norms, expert loads and every parameter
 // bitwise; fp32 and bf16 with their masters, the MoE layers' expert biases; two data-parallel
-// ranks with the distributed optimizer's shards and experts over ep); a wrong, damaged or
+// ranks with the distributed optimizer's shards and experts over ep); a state captured to host
+// memory and written later makes the same files; a wrong, damaged or
 // missing file gives an error naming it; restoring into a trainer that has stepped is refused.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -81,6 +82,27 @@ TEST(TrainerStateTest, ARestoredRunGoesOnAsTheUninterruptedOne) {
     }
     EXPECT_TRUE(fs::exists(dir + "/model_rank_00003.safetensors"));
     EXPECT_TRUE(fs::exists(dir + "/optim_rank_00003.safetensors"));
+    {
+      // The state captured to host memory and written later (an asynchronous save) makes the
+      // same files, byte for byte, even when the trainer steps on meanwhile.
+      auto first = Trainer::Create(*ops, model, options);
+      ASSERT_TRUE(first.ok());
+      for (int i = 0; i < 2; ++i) ASSERT_TRUE((*first)->Step().ok());
+      auto state = (*first)->CaptureState(3);
+      ASSERT_TRUE(state.ok()) << state.status();
+      ASSERT_TRUE((*first)->Step().ok());
+      const std::string later = TempDir(std::string(kernels::DTypeName(dtype)) + "-captured");
+      auto written = WriteRankState(**state, later);
+      ASSERT_TRUE(written.ok()) << written.status();
+      for (const char* file : {"model_rank_00003.safetensors", "optim_rank_00003.safetensors"}) {
+        auto a = checkpoint::DigestOf(dir + "/" + file);
+        auto b = checkpoint::DigestOf(later + "/" + file);
+        ASSERT_TRUE(a.ok() && b.ok());
+        EXPECT_TRUE(*a == *b) << file;
+        EXPECT_TRUE(written->at(file) == *b) << file;
+      }
+      fs::remove_all(later);
+    }
     auto resumed = Trainer::Create(*ops, model, options);
     ASSERT_TRUE(resumed.ok());
     const absl::Status loaded = (*resumed)->LoadState(dir, 3);
