@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <type_traits>
 #include <vector>
@@ -89,6 +90,14 @@ absl::StatusOr<std::string> ResumeFolder(const v1::Checkpointing& c) {
     if (latest.has_value()) return checkpoint::CheckpointDir(c.dir(), *latest);
   }
   if (c.resume_from().empty() || c.resume_from() == "latest") return std::string();
+  // A checkpoint root (say, mimo-convert reshard's --to): its latest checkpoint.
+  std::error_code ec;
+  if (!std::filesystem::exists(MetadataPath(c.resume_from()), ec) &&
+      std::filesystem::exists(checkpoint::LatestFile(c.resume_from()), ec)) {
+    MIMO_ASSIGN_OR_RETURN(const std::optional<int64_t> latest,
+                          checkpoint::LatestCheckpoint(c.resume_from()));
+    if (latest.has_value()) return checkpoint::CheckpointDir(c.resume_from(), *latest);
+  }
   return c.resume_from();
 }
 

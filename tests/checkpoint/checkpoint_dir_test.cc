@@ -68,6 +68,15 @@ TEST_F(CheckpointDirTest, ASaveThatDiesLeavesThePreviousOneLatest) {
   EXPECT_EQ(Read(200), "b");
   EXPECT_EQ(*LatestCheckpoint(root_), 200);
   EXPECT_EQ(CommitCheckpoint(root_, 300).code(), absl::StatusCode::kFailedPrecondition);
+  // Dying between the commit's rename and the latest file's update: the folder is there, the
+  // latest still names 200, which still loads; saving 300 again replaces the orphan.
+  Save(300, "orphan", /*crash=*/true);
+  fs::rename(StagingDir(root_, 300), CheckpointDir(root_, 300));
+  EXPECT_EQ(*LatestCheckpoint(root_), 200);
+  EXPECT_EQ(Read(200), "b");
+  Save(300, "c");
+  EXPECT_EQ(*LatestCheckpoint(root_), 300);
+  EXPECT_EQ(Read(300), "c");
 }
 
 TEST_F(CheckpointDirTest, KeepsTheNewestAndReplacesAStepSavedAgain) {

@@ -192,11 +192,15 @@ if convert reshard --from "$tmp/a3" --to "$tmp/t4" "${flags[@]}" >"$tmp/again.ou
 fi
 grep -q "without --overwrite" "$tmp/again.out" || fail "no --overwrite hint: $(cat "$tmp/again.out")"
 
-# Each new layout resumes with A's losses.
-for run_name in t2 t4 e4 p2 p1 moved; do
+# Each new layout resumes with A's losses: from the resharded root as its dir, or (moved) as
+# resume_from, saving into a dir of its own.
+for run_name in t2 t4 e4 p2 p1; do
   run "$(spec "$run_name" "$run_name" 6 "dir: $tmp/$run_name")" >/dev/null
   same_losses "$run_name"
 done
+run "$(spec moved moved 6 "dir: $tmp/moved-run" "resume_from: $tmp/moved")" >/dev/null
+same_losses moved
+[[ -d $tmp/moved-run/iter_0000006 ]] || fail "the moved run saved no iteration 6 in its own dir"
 
 # Export A's iteration 3 and import it into the tp 4 layout: the same weights (fresh optimizer
 # state), and a run starts from them (its first loss below a fresh start's).
