@@ -6,7 +6,8 @@
 # is a port of a bridge in <prefix>-br, so the rendezvous and the Gloo connections cross real
 # interfaces. Runs examples/selftest-cpu.yaml and checks: it succeeds, ranks 0-3 ran on node-a and
 # 4-7 on node-b in local-index order, and the veth byte counters grew (to and from the coordinator,
-# and between node-a and node-b: the encoder-language links). Then it kills (-9) the worker of
+# and between node-a and node-b: the encoder-language links). Trains the main example
+# (examples/mimo-cpu-8.yaml, 5 steps) across the nodes to completion. Then it kills (-9) the worker of
 # rank 5 (node-b slot 1; coordinator --heartbeat-timeout 3s): mid-job, the job must fail within the
 # heartbeat timeout and the coordinator drop the worker; just before a submit, the job must fail
 # with HEARTBEAT_TIMEOUT naming rank 5. Needs root and `ip netns`: exits 77 (skipped) otherwise.
@@ -231,6 +232,31 @@ cross=$(((grew[$ns_a] + grew[$ns_b] - grew[$ns_coord]) / 2))
   fail "only $cross bytes went between node-a and node-b (Gloo), expected > $min_cross_bytes"
 log "traffic ok: ${cross} bytes between node-a and node-b," \
   "${grew[$ns_coord]} to and from the coordinator"
+
+# --- 1b. The main example (the MIMO model: vision and audio encoders on node-a, the MoE language
+# model dp 4 x ep 2 on node-b) trains 5 steps across the two nodes to completion.
+train_spec=$tmp/mimo-cpu-8-multihost.yaml
+sed -e 's/^name: .*/name: mimo-cpu-8-multihost/' -e 's/^  steps: .*/  steps: 5/' \
+  -e 's/^  log_interval: .*/  log_interval: 1/' -e "s|^output_dir: .*|output_dir: $tmp/train|" \
+  "$source_dir/examples/mimo-cpu-8.yaml" >"$train_spec"
+grep -q '^  steps: 5$' "$train_spec" || fail "$train_spec: steps not set to 5"
+status=0
+timeout 60 ip netns exec "$ns_coord" "$mimoctl_bin" submit "$train_spec" --wait \
+  >"$tmp/train.out" 2>&1 || status=$?
+job=$(grep -o 'j-[0-9]\{8\}-[0-9]\{6\}' "$tmp/train.out" | head -n 1) || true
+if [[ $status -ne 0 ]]; then
+  [[ -n $job ]] && ctl logs "$job" --tail 60 >&2
+  fail "the training job: mimoctl submit --wait exited $status (job ${job:-none}), expected 0"
+fi
+state=$(job_state "$job")
+[[ $state == JOB_STATE_SUCCEEDED ]] || fail "training job $job is $state, expected SUCCEEDED"
+ctl logs "$job" >"$tmp/train.logs"
+grep -q "iteration        5/       5 .* lm loss: " "$tmp/train.logs" ||
+  fail "training job $job logged no 5th iteration with a loss"
+[[ $(grep -c "job succeeded" "$tmp/train.logs") -eq 8 ]] ||
+  fail "not every rank of training job $job logged its success"
+log "training job $job SUCCEEDED across the nodes:" \
+  "$(grep -o 'iteration        5/.*lm loss: [^ ]*' "$tmp/train.logs" | sed 's/ |.*lm loss:/, loss/')"
 
 # --- 2. A worker dies (kill -9) mid-job.
 long_spec=$tmp/selftest-long.yaml
