@@ -139,6 +139,11 @@ absl::StatusOr<RankDescription> DescribeRank(const v1::JobSpec& spec,
   std::vector<Parameter*> params;
   modules.AppendParameters(params);
   for (const Parameter* p : params) out.parameters.push_back(p->spec());
+  std::vector<Parameter*> experts;
+  for (MoeLayer* layer : modules.moe_layers()) layer->AppendExpertParameters(experts);
+  for (const Parameter* p : experts) out.routed.insert(p->name());
+  out.saves_dense = a.dense.dp == 0 && a.dense.cp == 0;
+  out.saves_experts = a.expert.has_value() ? a.expert->expt_dp == 0 : out.saves_dense;
   for (const MoeLayer* layer : modules.moe_layers()) {
     if (!layer->expert_bias_enabled()) continue;
     out.expert_biases.push_back(layer->expert_bias_name());

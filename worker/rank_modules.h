@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,10 @@ absl::StatusOr<RankModules> BuildRankModules(kernels::Ops& ops, const MimoModelC
 struct RankDescription {
   ModelPart part = ModelPart::kWhole;
   std::vector<ParameterSpec> parameters;
+  std::set<std::string> routed;  // The names of those of the routed experts.
+  // Whether the rank saves the replicas of the dense parameters (member 0 of their gradient
+  // group: dp 0 and cp 0) and of the routed experts (expt_dp 0), as Trainer::SaveState does.
+  bool saves_dense = true, saves_experts = true;
   std::vector<std::string> expert_biases;
   int64_t experts = 0;  // The routed experts' count (the expert biases' length).
 };

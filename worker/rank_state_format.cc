@@ -50,6 +50,20 @@ std::map<std::string, std::string> RankStateMetadata(int64_t step, int64_t posit
   return metadata;
 }
 
+checkpoint::Region RegionOf(const ParameterSpec& p, std::vector<int64_t>* full) {
+  checkpoint::Region region;
+  for (int64_t n : p.shape) region.push_back({{0, n}});
+  if (full != nullptr) full->assign(p.shape.begin(), p.shape.end());
+  for (const ParameterShard& shard : p.shards) {
+    region[shard.dim].clear();
+    for (const ShardRange& r : ShardRanges(shard, p.shape[shard.dim])) {
+      region[shard.dim].push_back({r.start, r.size});
+    }
+    if (full != nullptr) (*full)[shard.dim] = shard.full_size;
+  }
+  return region;
+}
+
 absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> WriteRankState(
     const HostRankState& state, const std::string& dir) {
   std::map<std::string, checkpoint::FileDigest> digests;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/consolidated_reader.h"
 #include "checkpoint/safetensors.h"
 #include "common/byte_buffer.h"
 #include "kernels/dtype.h"
@@ -29,6 +30,10 @@ std::string SafetensorsDType(kernels::DType dtype);
 // "ranges": [[start, size], ...]} (the ranges of the full dimension the rank holds, in order).
 std::map<std::string, std::string> RankStateMetadata(int64_t step, int64_t position, int rank,
                                                      const std::vector<ParameterSpec>& params);
+
+// The region of its full tensor a rank's parameter `p` holds (per dimension, the ranges of the
+// full dimension: its shards', else the whole dimension), and the full shape into `full`.
+checkpoint::Region RegionOf(const ParameterSpec& p, std::vector<int64_t>* full = nullptr);
 
 // A rank's state copied to host memory (Trainer::CaptureState), to be written apart from the
 // device.

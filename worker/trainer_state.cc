@@ -3,14 +3,18 @@
 // buffer, or copied to host memory whole to be written later.
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "checkpoint/consolidated_reader.h"
 #include "checkpoint/safetensors.h"
 #include "common/byte_buffer.h"
 #include "common/status_macros.h"
@@ -139,13 +143,95 @@ absl::Status ReadPiece(kernels::Ops& ops, const checkpoint::SafetensorsReader& r
   return ops.Synchronize();  // The buffer is reused for the next tensor.
 }
 
+// Where a restored rank's tensors come from: its own files, or, for the replicas another rank
+// saved (SaveState writes each once), any rank's files of the checkpoint read as whole tensors.
+class StateSource {
+ public:
+  StateSource(kernels::Ops& ops, std::string dir) : ops_(ops), dir_(std::move(dir)) {}
+
+  // Tensor `name` of `own` into `t`, or, when `own` does not hold it, the region `spec` holds
+  // (whole: `t`'s shape) of the checkpoint's tensor `name`.
+  absl::Status Read(const checkpoint::SafetensorsReader& own, const std::string& name,
+                    const ParameterSpec* spec, const Tensor& t) {
+    if (own.header().Find(name) != nullptr) return worker::Read(ops_, own, name, t, buffer_);
+    MIMO_RETURN_IF_ERROR(FromAll(name, spec, t));
+    MIMO_RETURN_IF_ERROR(ops_.CopyFromHost(t.data(), buffer_.data(), t.nbytes()));
+    return ops_.Synchronize();  // The buffer is reused for the next tensor.
+  }
+
+  // The distributed optimizer's run `piece` of `name`: from `own` (a run, or the whole
+  // parameter), else sliced from the parameter's whole region in the checkpoint.
+  absl::Status ReadPiece(const checkpoint::SafetensorsReader& own, const nlohmann::json& pieces,
+                         const std::string& name, const DistributedOptimizer::StatePiece& piece,
+                         const Tensor& t) {
+    if (own.header().Find(name) != nullptr) {
+      return worker::ReadPiece(ops_, own, pieces, name, piece, t, buffer_);
+    }
+    MIMO_RETURN_IF_ERROR(FromAll(name, &piece.param->spec(), Tensor()));
+    MIMO_RETURN_IF_ERROR(ops_.CopyFromHost(
+        t.data(), buffer_.data() + piece.param_offset * sizeof(float), t.nbytes()));
+    return ops_.Synchronize();
+  }
+
+ private:
+  // The region into buffer_, checked against the dtype and full shape expected.
+  absl::Status FromAll(const std::string& name, const ParameterSpec* spec, const Tensor& t) {
+    if (!all_.has_value()) {
+      MIMO_ASSIGN_OR_RETURN(all_, checkpoint::ConsolidatedReader::Open(dir_));
+    }
+    const auto it = all_->tensors().find(name);
+    if (it == all_->tensors().end()) {
+      return absl::NotFoundError(absl::StrCat("no file of ", dir_, " holds tensor \"", name, "\""));
+    }
+    std::vector<int64_t> full(t.shape().begin(), t.shape().end());
+    checkpoint::Region region;
+    if (spec != nullptr) {
+      region = RegionOf(*spec, &full);
+    } else {
+      for (int64_t n : full) region.push_back({{0, n}});
+    }
+    const std::string dtype =
+        t.data() != nullptr || spec == nullptr ? SafetensorsDType(t.dtype()) : std::string("F32");
+    if (it->second.dtype != dtype || it->second.shape != full) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor \"", name, "\" of ", dir_, " is ", it->second.dtype, " [",
+                       absl::StrJoin(it->second.shape, ", "), "]; this trainer's is ", dtype, " [",
+                       absl::StrJoin(full, ", "), "]: a checkpoint of another model or layout"));
+    }
+    int64_t elements = 1;
+    for (const auto& dim : region) {
+      int64_t n = 0;
+      for (const auto& r : dim) n += r.second;
+      elements *= n;
+    }
+    buffer_.Resize(elements * checkpoint::DTypeBytes(dtype));
+    return all_->ReadRegion(name, region, buffer_.span());
+  }
+
+  kernels::Ops& ops_;
+  const std::string dir_;
+  std::optional<checkpoint::ConsolidatedReader> all_;  // Opened on first need.
+  ByteBuffer buffer_;
+};
+
 }  // namespace
 
 absl::StatusOr<std::vector<Trainer::StateFile>> Trainer::StateFiles(int rank) const {
   std::vector<Parameter*> params;
   AppendParameters(params);
+  // Replicas are saved once, by member 0 of the group that holds copies of them (the dense
+  // parameters' gradient group, the routed experts' expt_dp); the other members read them from
+  // its files (LoadState). The distributed optimizer's runs are every rank's own.
+  const absl::flat_hash_set<const Parameter*> routed(experts_.begin(), experts_.end());
+  const bool dense_owner = ModelGroups::Rank(GradientGroup()) == 0;
+  const bool expert_owner = ModelGroups::Rank(ExpertDataParallelGroup()) == 0;
+  absl::flat_hash_set<std::string> replicas;  // Parameters another rank saves.
   StateFile model{.kind = "model"}, optim{.kind = "optim"};
   for (Parameter* p : params) {
+    if (!(routed.contains(p) ? expert_owner : dense_owner)) {
+      replicas.insert(p->name());
+      continue;
+    }
     model.tensors.push_back({p->name(), p->weight()});
     // The master, where the parameter keeps its own apart from its weight (the distributed
     // optimizer's shards hold the masters it released).
@@ -153,7 +239,9 @@ absl::StatusOr<std::vector<Trainer::StateFile>> Trainer::StateFiles(int rank) co
       optim.tensors.push_back({p->name() + ".master", p->master()});
     }
   }
-  for (auto& [name, t] : update_.adamw->StateTensors()) optim.tensors.push_back({name, t});
+  for (auto& [name, t] : update_.adamw->StateTensors()) {
+    if (!replicas.contains(name.substr(0, name.rfind('.')))) optim.tensors.push_back({name, t});
+  }
   // The distributed optimizer's shards by parameter: each piece a flat run of the parameter's
   // elements, placed by "pieces" (any layout reads them, as it reads whole ones).
   nlohmann::json pieces = nlohmann::json::object();
@@ -172,7 +260,7 @@ absl::StatusOr<std::vector<Trainer::StateFile>> Trainer::StateFiles(int rank) co
     }
   }
   for (const MoeLayer* layer : MoeLayers()) {
-    if (layer->expert_bias_enabled()) {
+    if (layer->expert_bias_enabled() && dense_owner) {
       optim.tensors.push_back({layer->expert_bias_name(), layer->expert_bias()});
     }
   }
@@ -245,15 +333,17 @@ absl::Status Trainer::LoadState(const std::string& dir, int rank) {
   }
   std::vector<Parameter*> params;
   AppendParameters(params);
-  ByteBuffer buffer;
+  absl::flat_hash_map<std::string, const ParameterSpec*> spec_of;
+  for (const Parameter* p : params) spec_of[p->name()] = &p->spec();
+  StateSource source(ops_, dir);
   for (Parameter* p : params) {
-    MIMO_RETURN_IF_ERROR(Read(ops_, model, p->name(), p->weight(), buffer));
+    MIMO_RETURN_IF_ERROR(source.Read(model, p->name(), &p->spec(), p->weight()));
     if (p->master().data() != nullptr && p->master().data() != p->weight().data()) {
-      MIMO_RETURN_IF_ERROR(Read(ops_, optim, p->name() + ".master", p->master(), buffer));
+      MIMO_RETURN_IF_ERROR(source.Read(optim, p->name() + ".master", &p->spec(), p->master()));
     }
   }
   for (const auto& [name, t] : update_.adamw->StateTensors()) {
-    MIMO_RETURN_IF_ERROR(Read(ops_, optim, name, t, buffer));
+    MIMO_RETURN_IF_ERROR(source.Read(optim, name, spec_of.at(name.substr(0, name.rfind('.'))), t));
   }
   if (update_.distributed != nullptr) {
     MIMO_ASSIGN_OR_RETURN(const auto state, update_.distributed->StatePieces());
@@ -267,19 +357,19 @@ absl::Status Trainer::LoadState(const std::string& dir, int rank) {
                                        piece.master.nbytes()));
       } else {
         MIMO_RETURN_IF_ERROR(
-            ReadPiece(ops_, optim, pieces, name + ".master", piece, piece.master, buffer));
+            source.ReadPiece(optim, pieces, name + ".master", piece, piece.master));
       }
       MIMO_RETURN_IF_ERROR(
-          ReadPiece(ops_, optim, pieces, name + ".exp_avg", piece, piece.exp_avg, buffer));
+          source.ReadPiece(optim, pieces, name + ".exp_avg", piece, piece.exp_avg));
       MIMO_RETURN_IF_ERROR(
-          ReadPiece(ops_, optim, pieces, name + ".exp_avg_sq", piece, piece.exp_avg_sq, buffer));
+          source.ReadPiece(optim, pieces, name + ".exp_avg_sq", piece, piece.exp_avg_sq));
     }
     update_.distributed->set_steps(step);
   }
   for (MoeLayer* layer : MoeLayers()) {
     if (layer->expert_bias_enabled()) {
       MIMO_RETURN_IF_ERROR(
-          Read(ops_, optim, layer->expert_bias_name(), layer->expert_bias(), buffer));
+          source.Read(optim, layer->expert_bias_name(), nullptr, layer->expert_bias()));
     }
   }
   update_.adamw->set_steps(step);

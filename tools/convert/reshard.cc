@@ -160,21 +160,6 @@ absl::StatusOr<Target> PlanTarget(v1::JobSpec spec, const std::vector<std::strin
   return out;
 }
 
-// The region of the full tensor `p` holds, and the full shape.
-Region RegionOf(const ParameterSpec& p, std::vector<int64_t>& full) {
-  full.assign(p.shape.begin(), p.shape.end());
-  Region region;
-  for (int64_t n : p.shape) region.push_back({{0, n}});
-  for (const ParameterShard& shard : p.shards) {
-    region[shard.dim].clear();
-    for (const ShardRange& r : ShardRanges(shard, p.shape[shard.dim])) {
-      region[shard.dim].push_back({r.start, r.size});
-    }
-    full[shard.dim] = shard.full_size;
-  }
-  return region;
-}
-
 // The source tensor `name` must be `dtype` of `full` shape.
 absl::Status CheckSource(const ConsolidatedReader& reader, const std::string& name,
                          const std::string& dtype, const std::vector<int64_t>& full) {
@@ -210,9 +195,13 @@ absl::StatusOr<RankPlan> PlanRank(const Target& target, int rank, kernels::DType
     file.push_back(std::move(t));
     return absl::OkStatus();
   };
-  for (const ParameterSpec& p : out.description.parameters) {
+  const worker::RankDescription& d = out.description;
+  for (const ParameterSpec& p : d.parameters) {
+    // Replicas are written once, by the rank that saves them (the others read them from its
+    // files): what the workers' own saves do.
+    if (!(d.routed.contains(p.name) ? d.saves_experts : d.saves_dense)) continue;
     std::vector<int64_t> full;
-    const Region region = RegionOf(p, full);
+    const Region region = worker::RegionOf(p, &full);
     const std::vector<int64_t> shape(p.shape.begin(), p.shape.end());
     auto state = [&](const char* suffix, Fill how) {
       return TensorPlan{.name = p.name + suffix,
@@ -238,7 +227,7 @@ absl::StatusOr<RankPlan> PlanRank(const Target& target, int rank, kernels::DType
       MIMO_RETURN_IF_ERROR(add(out.optim, state(suffix, fresh ? Fill::kZero : Fill::kCopy), full));
     }
   }
-  for (const std::string& name : out.description.expert_biases) {
+  for (const std::string& name : d.saves_dense ? d.expert_biases : std::vector<std::string>()) {
     const int64_t e = out.description.experts;
     MIMO_RETURN_IF_ERROR(add(out.optim,
                              {.name = name,
