@@ -183,12 +183,6 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
                          " parameters on this rank, ", options.micro_batches, " micro-batches of ",
                          options.micro_batch_size, " samples per step, ", kernels::DTypeName(dtype),
                          ", ", t.steps(), " steps"));
-  std::unique_ptr<TrainingOutputs> outputs;
-  if (logs && !spec.output_dir().empty()) {
-    MIMO_ASSIGN_OR_RETURN(outputs, TrainingOutputs::Create(spec.output_dir(), host));
-    hooks.log(
-        absl::StrCat("writing metrics.csv, tensorboard/ and loss.png to ", spec.output_dir()));
-  }
   const v1::Checkpointing& checkpointing = spec.checkpointing();
   MIMO_ASSIGN_OR_RETURN(const std::optional<ResumePoint> resume,
                         AgreeOnResumePoint(assignment, hooks.store, hooks.store_timeout));
@@ -202,6 +196,12 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
     first_step = resume->iteration + 1;
     hooks.log(absl::StrCat("resumed from ", resume->dir, " after iteration ", resume->iteration,
                            " (consumed samples: ", trainer->position(), ")"));
+  }
+  std::unique_ptr<TrainingOutputs> outputs;
+  if (logs && !spec.output_dir().empty()) {
+    MIMO_ASSIGN_OR_RETURN(outputs, TrainingOutputs::Create(spec.output_dir(), host, first_step));
+    hooks.log(
+        absl::StrCat("writing metrics.csv, tensorboard/ and loss.png to ", spec.output_dir()));
   }
   const int64_t save_interval = checkpointing.interval_steps();
   auto ms = [](absl::Duration d) {

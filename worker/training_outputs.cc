@@ -6,8 +6,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "worker/loss_plot.h"
 
@@ -22,20 +24,49 @@ double Value(const v1::Metrics& m, const std::string& name) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TrainingOutputs>> TrainingOutputs::Create(const std::string& dir,
-                                                                         const std::string& host) {
+                                                                         const std::string& host,
+                                                                         int64_t first_step) {
   MIMO_ASSIGN_OR_RETURN(
       auto events,
       TensorBoardWriter::Create((std::filesystem::path(dir) / "tensorboard").string(), host));
   const std::filesystem::path csv = std::filesystem::path(dir) / "metrics.csv";
-  if (!std::filesystem::exists(csv)) {
-    std::ofstream out(csv);
-    out << kCsvHeader << "\n";
-    if (!out.flush()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot write ", csv.string(), ": ", std::strerror(errno)));
+  // The rows kept: those of the steps before first_step (none when the run starts afresh).
+  std::string kept = std::string(kCsvHeader) + "\n";
+  std::vector<std::pair<int64_t, double>> losses;
+  if (std::ifstream in(csv); in) {
+    std::string line;
+    std::getline(in, line);  // The header.
+    while (std::getline(in, line)) {
+      const std::vector<std::string> fields = absl::StrSplit(line, ',');
+      int64_t step = 0;
+      double loss = 0;
+      if (fields.size() < 2 || !absl::SimpleAtoi(fields[0], &step) ||
+          !absl::SimpleAtod(fields[1], &loss) || step >= first_step) {
+        continue;
+      }
+      absl::StrAppend(&kept, line, "\n");
+      losses.emplace_back(step, loss);
     }
   }
-  return std::unique_ptr<TrainingOutputs>(new TrainingOutputs(dir, std::move(events)));
+  // Written beside and renamed over: a crash leaves the old file or the new one.
+  const std::string tmp = csv.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << kept;
+    if (!out.flush()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+    }
+  }
+  std::error_code error;
+  std::filesystem::rename(tmp, csv, error);
+  if (error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot write ", csv.string(), ": ", error.message()));
+  }
+  std::unique_ptr<TrainingOutputs> out(new TrainingOutputs(dir, std::move(events)));
+  out->losses_ = std::move(losses);
+  return out;
 }
 
 absl::Status TrainingOutputs::Add(const v1::Metrics& m) {

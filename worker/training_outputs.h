@@ -18,10 +18,14 @@ namespace mimo::worker {
 
 class TrainingOutputs {
  public:
-  // Creates `dir` and its tensorboard/ folder; metrics.csv gets its header unless it exists (a
-  // restarted attempt appends). The OS error, naming the path, on failure.
+  // Creates `dir` and its tensorboard/ folder; metrics.csv gets its header unless it exists. A
+  // run that starts at `first_step` (> 1: resumed from a checkpoint) keeps an existing
+  // metrics.csv's rows of the steps before it and drops the later ones (an earlier attempt's
+  // steps after its last checkpoint, which this run computes again), so every step has one row;
+  // loss.png is redrawn from the rows kept. The OS error, naming the path, on failure.
   static absl::StatusOr<std::unique_ptr<TrainingOutputs>> Create(const std::string& dir,
-                                                                 const std::string& host);
+                                                                 const std::string& host,
+                                                                 int64_t first_step = 1);
   // One logged step, to all three files.
   absl::Status Add(const v1::Metrics& metrics);
 

@@ -123,7 +123,7 @@ TEST(LossPlotTest, FallingLossRunsFromUpperLeftToLowerRight) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(TrainingOutputsTest, CsvTensorBoardAndPlotPerStepAndARestartAppends) {
+TEST(TrainingOutputsTest, CsvTensorBoardAndPlotPerStepAndAResumedRunReplacesLaterSteps) {
   const auto dir = TempDir("outputs");
   v1::Metrics m;
   m.set_step(5);
@@ -140,8 +140,13 @@ TEST(TrainingOutputsTest, CsvTensorBoardAndPlotPerStepAndARestartAppends) {
     ASSERT_TRUE((*outputs)->Add(m).ok());
   }
   {
-    auto again = TrainingOutputs::Create(dir.string(), "h2");  // A restarted attempt.
+    // A restarted attempt resuming after step 7 (its checkpoint): the earlier attempt's row of
+    // step 10 is dropped, the new one's kept, step 15 appended.
+    auto again = TrainingOutputs::Create(dir.string(), "h2", /*first_step=*/8);
     ASSERT_TRUE(again.ok()) << again.status();
+    m.set_step(10);
+    m.set_loss(2.25);
+    ASSERT_TRUE((*again)->Add(m).ok());
     m.set_step(15);
     m.set_loss(1.0);
     ASSERT_TRUE((*again)->Add(m).ok());
@@ -152,7 +157,9 @@ TEST(TrainingOutputsTest, CsvTensorBoardAndPlotPerStepAndARestartAppends) {
   ASSERT_EQ(lines.size(), 4u);
   EXPECT_EQ(lines[0], TrainingOutputs::kCsvHeader);
   EXPECT_EQ(lines[1], "5,3.5,0,1.5,0.001,1000,0,0,0,0");
+  EXPECT_EQ(lines[2].substr(0, 8), "10,2.25,");
   EXPECT_EQ(lines[3].substr(0, 5), "15,1,");
+  EXPECT_FALSE(std::filesystem::exists(dir / "metrics.csv.tmp"));
   int event_files = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir / "tensorboard")) {
     ++event_files;
