@@ -33,6 +33,17 @@ bool Intersect(const Ranges& a, const Ranges& b) {
   return false;
 }
 
+// No index of the dimension in two of the ranges.
+bool Disjoint(Ranges ranges) {
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    if (ranges[i].second > 0 && ranges[i - 1].first + ranges[i - 1].second > ranges[i].first) {
+      return false;
+    }
+  }
+  return true;
+}
+
 int64_t Count(const Ranges& d) {
   int64_t n = 0;
   for (const auto& r : d) n += r.second;
@@ -78,11 +89,12 @@ absl::Status PlaceByShards(const std::string& path, const std::string& name,
     for (const nlohmann::json& r : d["ranges"]) {
       if (!r.is_array() || r.size() != 2 || !r[0].is_number_integer() ||
           !r[1].is_number_integer() || r[0].get<int64_t>() < 0 || r[1].get<int64_t>() < 0 ||
-          r[0].get<int64_t>() + r[1].get<int64_t>() > size) {
+          r[0].get<int64_t>() > size || r[1].get<int64_t>() > size - r[0].get<int64_t>()) {
         return Bad(path, name, "a range outside the full dimension");
       }
       ranges.push_back({r[0].get<int64_t>(), r[1].get<int64_t>()});
     }
+    if (!Disjoint(ranges)) return Bad(path, name, "ranges of a dimension that overlap");
     if (Count(ranges) != local[dim]) {
       return Bad(path, name,
                  absl::StrCat("ranges of ", Count(ranges), " for a local size of ", local[dim]));
@@ -131,7 +143,8 @@ absl::StatusOr<ConsolidatedReader> ConsolidatedReader::Open(const std::string& d
   return OpenFiles(std::move(paths));
 }
 
-absl::StatusOr<ConsolidatedReader> ConsolidatedReader::OpenFiles(std::vector<std::string> paths) {
+absl::StatusOr<ConsolidatedReader> ConsolidatedReader::OpenFiles(std::vector<std::string> paths,
+                                                                 bool partial) {
   if (paths.empty()) return absl::NotFoundError("no checkpoint files to read");
   ConsolidatedReader out;
   out.paths_ = std::move(paths);
@@ -216,6 +229,7 @@ absl::StatusOr<ConsolidatedReader> ConsolidatedReader::OpenFiles(std::vector<std
     out.readers_.push_back(std::move(reader));
   }
   for (const auto& [name, whole] : out.tensors_) {
+    if (partial) break;
     int64_t covered = 0, numel = 1;
     for (const Slice& s : whole.slices) covered += RunEnd(s) - s.run_begin;
     for (int64_t d : whole.shape) numel *= d;
@@ -262,8 +276,12 @@ absl::Status ConsolidatedReader::ReadRegion(const std::string& name, const Regio
     to_region[d].assign(whole.shape[d], -1);
     int64_t next = 0;
     for (const auto& [start, size] : region[d]) {
-      inside = inside && start >= 0 && size >= 0 && start + size <= whole.shape[d];
-      for (int64_t i = 0; i < size && inside; ++i) to_region[d][start + i] = next++;
+      inside = inside && start >= 0 && size >= 0 && start <= whole.shape[d] &&
+               size <= whole.shape[d] - start;
+      for (int64_t i = 0; i < size && inside; ++i) {
+        inside = to_region[d][start + i] < 0;  // Each index in one range only.
+        to_region[d][start + i] = next++;
+      }
     }
   }
   if (!inside) {
@@ -276,6 +294,7 @@ absl::Status ConsolidatedReader::ReadRegion(const std::string& name, const Regio
                                                    Numel(region) * element, " bytes, not ",
                                                    out.size()));
   }
+  int64_t copied = 0;  // Elements written into `out`: every one once, or an error.
   std::vector<int64_t> stride(dims, 1);  // Of the region, in elements.
   for (int d = dims - 2; d >= 0; --d) stride[d] = stride[d + 1] * Count(region[d + 1]);
   ByteBuffer& local = local_;
@@ -293,10 +312,11 @@ absl::Status ConsolidatedReader::ReadRegion(const std::string& name, const Regio
     }
     if (!meets) continue;
     const TensorEntry* e = readers_[s.file].header().Find(name);
-    local.Resize(e->end - e->begin);
+    MIMO_RETURN_IF_ERROR(local.Resize(e->end - e->begin));
     MIMO_RETURN_IF_ERROR(readers_[s.file].Read(name, local.span()));
     if (dims == 0) {
       std::copy(local.data(), local.data() + local.size(), out.data());
+      copied = 1;
       continue;
     }
     // The rows of the innermost dimension that the run covers, each scattered by runs of
@@ -327,9 +347,14 @@ absl::Status ConsolidatedReader::ReadRegion(const std::string& name, const Regio
         while (i + run < last && map[dims - 1][i + run] == at + run) ++run;
         const char* src = local.data() + (row * inner + i - begin) * element;
         std::copy(src, src + run * element, out.data() + (base + at) * element);
+        copied += run;
         i += run;
       }
     }
+  }
+  if (copied != Numel(region)) {
+    return absl::DataLossError(absl::StrCat("tensor \"", name, "\": the files read hold ", copied,
+                                            " of the region's ", Numel(region), " elements"));
   }
   return absl::OkStatus();
 }

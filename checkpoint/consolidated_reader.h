@@ -51,8 +51,11 @@ class ConsolidatedReader {
   // NotFound for a folder without model files.
   static absl::StatusOr<ConsolidatedReader> Open(const std::string& dir);
   // `paths` read together as Open reads a folder's files (optimizer files are those named
-  // optim_rank_*): say, an export's files of whole tensors. NotFound for an empty list.
-  static absl::StatusOr<ConsolidatedReader> OpenFiles(std::vector<std::string> paths);
+  // optim_rank_*): say, an export's files of whole tensors. With `partial` the files need not
+  // cover every tensor (some ranks' files of a checkpoint): ReadRegion then fails with DataLoss
+  // for a region they do not hold. NotFound for an empty list.
+  static absl::StatusOr<ConsolidatedReader> OpenFiles(std::vector<std::string> paths,
+                                                      bool partial = false);
 
   // Every tensor, by name.
   const std::map<std::string, WholeTensor>& tensors() const { return tensors_; }
@@ -62,7 +65,8 @@ class ConsolidatedReader {
   absl::Status Read(const std::string& name, absl::Span<char> out) const;
   // The part `region` of tensor `name` (per dimension, ranges of the full dimension, in order)
   // into `out` (row-major over the region, its dtype), reading only the files whose slices meet
-  // it. InvalidArgument for a region outside the tensor or an `out` of another size.
+  // it. InvalidArgument for a region outside the tensor, with overlapping ranges, or an `out` of
+  // another size; DataLoss when the files do not hold all of it (a partial open).
   absl::Status ReadRegion(const std::string& name, const Region& region,
                           absl::Span<char> out) const;
   // The files whose slices meet `region` of `name` (for a resharding plan).

@@ -5,7 +5,10 @@
 
 #include <cstddef>
 #include <memory>
+#include <new>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 
 namespace mimo {
@@ -13,13 +16,21 @@ namespace mimo {
 class ByteBuffer {
  public:
   // Makes the buffer `n` bytes long; its contents are unspecified afterwards (allocates only
-  // when `n` exceeds every size before).
-  void Resize(size_t n) {
+  // when `n` exceeds every size before). ResourceExhausted when the memory is not there.
+  absl::Status Resize(size_t n) {
     if (n > capacity_) {
-      data_.reset(new char[n]);
+      data_.reset();
+      capacity_ = 0;
+      data_.reset(new (std::nothrow) char[n]);
+      if (data_ == nullptr) {
+        size_ = 0;
+        return absl::ResourceExhaustedError(
+            absl::StrCat("cannot allocate ", n, " bytes of host memory"));
+      }
       capacity_ = n;
     }
     size_ = n;
+    return absl::OkStatus();
   }
   char* data() { return data_.get(); }
   const char* data() const { return data_.get(); }

@@ -189,7 +189,15 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
   int64_t first_step = 1;
   if (resume.has_value()) {
     absl::Status s = VerifyRankFiles(*resume, rank.rank());
-    if (s.ok()) s = trainer->LoadState(resume->dir, rank.rank());
+    // The replicas this rank lacks are in the files of member 0 of its data-parallel groups.
+    std::vector<int> sources;
+    for (const char* kind : {"dp", "dp_cp", "expt_dp"}) {
+      const auto group = rank.groups().find(kind);
+      if (group != rank.groups().end() && !group->second.ranks().empty()) {
+        sources.push_back(group->second.ranks(0));
+      }
+    }
+    if (s.ok()) s = trainer->LoadState(resume->dir, rank.rank(), sources);
     if (!s.ok()) {
       return absl::Status(s.code(), absl::StrCat("resuming from ", resume->dir, ": ", s.message()));
     }

@@ -198,7 +198,10 @@ class Trainer {
   // the file and the tensor that is missing, damaged or of another dtype or shape, before any
   // state is changed only for the metadata check; a tensor that fails midway leaves the trainer
   // to be discarded.
-  absl::Status LoadState(const std::string& dir, int rank);
+  // The replicas this rank did not save (SaveState writes each once) are read from the files of
+  // `sources` (the global ranks of member 0 of its data-parallel groups; empty: from every
+  // rank's files of `dir`, whose headers are read then).
+  absl::Status LoadState(const std::string& dir, int rank, const std::vector<int>& sources = {});
 
  private:
   struct Modules;

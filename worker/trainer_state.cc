@@ -1,6 +1,7 @@
 // Trainer::SaveState / CaptureState / LoadState: a rank's parameters, optimizer state, expert
 // biases, step and data position as safetensors files, one tensor at a time through a host
 // buffer, or copied to host memory whole to be written later.
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -45,7 +46,7 @@ absl::StatusOr<checkpoint::FileDigest> Write(
                         checkpoint::SafetensorsStreamWriter::Create(path, specs, metadata));
   ByteBuffer host;
   for (const auto& [name, t] : tensors) {
-    host.Resize(t.nbytes());
+    MIMO_RETURN_IF_ERROR(host.Resize(t.nbytes()));
     if (absl::Status s = ops.CopyToHost(host.data(), t.data(), host.size()); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("saving \"", name, "\": ", s.message()));
     }
@@ -91,7 +92,7 @@ absl::Status Read(kernels::Ops& ops, const checkpoint::SafetensorsReader& reader
         absl::StrJoin(e->shape, ", "), "); this trainer's is ", SafetensorsDType(t.dtype()), " (",
         absl::StrJoin(shape, ", "), "): a checkpoint of another model or layout"));
   }
-  buffer.Resize(t.nbytes());
+  MIMO_RETURN_IF_ERROR(buffer.Resize(t.nbytes()));
   MIMO_RETURN_IF_ERROR(reader.Read(name, buffer.span()));
   if (t.nbytes() == 0) return absl::OkStatus();
   MIMO_RETURN_IF_ERROR(ops.CopyFromHost(t.data(), buffer.data(), t.nbytes()));
@@ -136,7 +137,7 @@ absl::Status ReadPiece(kernels::Ops& ops, const checkpoint::SafetensorsReader& r
                      absl::StrJoin(whole, ", "), ") nor this rank's run of its elements from ",
                      piece.param_offset, ": a checkpoint of another model or layout"));
   }
-  buffer.Resize(e->end - e->begin);
+  MIMO_RETURN_IF_ERROR(buffer.Resize(e->end - e->begin));
   MIMO_RETURN_IF_ERROR(reader.Read(name, buffer.span()));
   MIMO_RETURN_IF_ERROR(
       ops.CopyFromHost(t.data(), buffer.data() + skip * sizeof(float), t.nbytes()));
@@ -147,7 +148,9 @@ absl::Status ReadPiece(kernels::Ops& ops, const checkpoint::SafetensorsReader& r
 // saved (SaveState writes each once), any rank's files of the checkpoint read as whole tensors.
 class StateSource {
  public:
-  StateSource(kernels::Ops& ops, std::string dir) : ops_(ops), dir_(std::move(dir)) {}
+  // `sources`: the ranks whose files hold what this rank's lack (empty: any rank's).
+  StateSource(kernels::Ops& ops, std::string dir, std::vector<int> sources)
+      : ops_(ops), dir_(std::move(dir)), sources_(std::move(sources)) {}
 
   // Tensor `name` of `own` into `t`, or, when `own` does not hold it, the region `spec` holds
   // (whole: `t`'s shape) of the checkpoint's tensor `name`.
@@ -176,8 +179,17 @@ class StateSource {
  private:
   // The region into buffer_, checked against the dtype and full shape expected.
   absl::Status FromAll(const std::string& name, const ParameterSpec* spec, const Tensor& t) {
-    if (!all_.has_value()) {
+    if (!all_.has_value() && sources_.empty()) {
       MIMO_ASSIGN_OR_RETURN(all_, checkpoint::ConsolidatedReader::Open(dir_));
+    } else if (!all_.has_value()) {
+      std::vector<int> ranks = sources_;
+      std::sort(ranks.begin(), ranks.end());
+      ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
+      std::vector<std::string> paths;
+      for (int r : ranks) {
+        for (const char* kind : {"model", "optim"}) paths.push_back(RankStateFile(dir_, kind, r));
+      }
+      MIMO_ASSIGN_OR_RETURN(all_, checkpoint::ConsolidatedReader::OpenFiles(paths, true));
     }
     const auto it = all_->tensors().find(name);
     if (it == all_->tensors().end()) {
@@ -204,12 +216,13 @@ class StateSource {
       for (const auto& r : dim) n += r.second;
       elements *= n;
     }
-    buffer_.Resize(elements * checkpoint::DTypeBytes(dtype));
+    MIMO_RETURN_IF_ERROR(buffer_.Resize(elements * checkpoint::DTypeBytes(dtype)));
     return all_->ReadRegion(name, region, buffer_.span());
   }
 
   kernels::Ops& ops_;
   const std::string dir_;
+  const std::vector<int> sources_;
   std::optional<checkpoint::ConsolidatedReader> all_;  // Opened on first need.
   ByteBuffer buffer_;
 };
@@ -306,7 +319,7 @@ absl::StatusOr<std::unique_ptr<HostRankState>> Trainer::CaptureState(int rank) c
       h.name = name;
       h.dtype = SafetensorsDType(t.dtype());
       h.shape.assign(t.shape().begin(), t.shape().end());
-      h.bytes.Resize(t.nbytes());
+      MIMO_RETURN_IF_ERROR(h.bytes.Resize(t.nbytes()));
       MIMO_RETURN_IF_ERROR(ops_.CopyToHost(h.bytes.data(), t.data(), t.nbytes()));
     }
   }
@@ -314,7 +327,7 @@ absl::StatusOr<std::unique_ptr<HostRankState>> Trainer::CaptureState(int rank) c
   return state;
 }
 
-absl::Status Trainer::LoadState(const std::string& dir, int rank) {
+absl::Status Trainer::LoadState(const std::string& dir, int rank, const std::vector<int>& sources) {
   if (update_.adamw->steps() != 0 || position_ != options_.start_position) {
     return absl::FailedPreconditionError(
         "Trainer::LoadState: into a trainer that has stepped (restore into a new one)");
@@ -335,7 +348,7 @@ absl::Status Trainer::LoadState(const std::string& dir, int rank) {
   AppendParameters(params);
   absl::flat_hash_map<std::string, const ParameterSpec*> spec_of;
   for (const Parameter* p : params) spec_of[p->name()] = &p->spec();
-  StateSource source(ops_, dir);
+  StateSource source(ops_, dir, sources);
   for (Parameter* p : params) {
     MIMO_RETURN_IF_ERROR(source.Read(model, p->name(), &p->spec(), p->weight()));
     if (p->master().data() != nullptr && p->master().data() != p->weight().data()) {

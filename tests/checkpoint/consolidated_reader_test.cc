@@ -212,6 +212,34 @@ TEST_F(ConsolidatedReaderTest, NamesMissingOverlappingAndDisagreeingSlices) {
   fs::remove_all(dir_);
   fs::create_directories(dir_);
   EXPECT_EQ(ConsolidatedReader::Open(dir_).status().code(), absl::StatusCode::kNotFound);
+  // Ranges of one dimension overlapping within a slice, and a start that would overflow.
+  auto one = [](nlohmann::json ranges) {
+    return nlohmann::json::array({{{"dim", 0}, {"full_size", 5}, {"ranges", ranges}}});
+  };
+  WriteRank(0, {{"w", {4}, std::vector<float>(4, 1.0f), one({{0, 2}, {1, 2}})}});
+  WriteRank(1, {{"w", {1}, {1.0f}, one({{4, 1}})}});
+  EXPECT_THAT(ConsolidatedReader::Open(dir_).status().message(), HasSubstr("overlap"));
+  WriteRank(0, {{"w", {4}, std::vector<float>(4, 1.0f), one({{int64_t{9223372036854775806}, 4}})}});
+  EXPECT_THAT(ConsolidatedReader::Open(dir_).status().message(),
+              HasSubstr("outside the full dimension"));
+  // A partial open (rank 1's file alone) reads what it holds and names what it does not.
+  WriteRank(0, {{"w", {4}, std::vector<float>(4, 1.0f), one({{0, 4}})}});
+  auto partial = ConsolidatedReader::OpenFiles({dir_ + "/model_rank_00001.safetensors"}, true);
+  ASSERT_TRUE(partial.ok()) << partial.status();
+  float x = 0;
+  EXPECT_TRUE(partial->ReadRegion("w", {{{4, 1}}}, {reinterpret_cast<char*>(&x), 4}).ok());
+  EXPECT_EQ(x, 1.0f);
+  std::vector<float> two(2);
+  const absl::Status lacking =
+      partial->ReadRegion("w", {{{3, 2}}}, {reinterpret_cast<char*>(two.data()), 8});
+  EXPECT_EQ(lacking.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(lacking.message(), HasSubstr("hold 1 of the region's 2 elements"));
+  // A region overlapping itself is refused.
+  auto whole = ConsolidatedReader::Open(dir_);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(
+      whole->ReadRegion("w", {{{0, 2}, {1, 1}}}, {reinterpret_cast<char*>(two.data()), 12}).code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -123,7 +123,8 @@ TEST(TrainerStateTest, ARestoredRunGoesOnAsTheUninterruptedOne) {
 }
 
 // Two data-parallel replicas with the distributed optimizer (bf16: the masters only in its
-// shards) and experts split over ep: each rank saves its own state and restores it.
+// shards) and experts split over ep: each rank saves its own state (the replicas once, on rank
+// 0) and restores it.
 TEST(TrainerStateTest, DataParallelRanksWithTheDistributedOptimizerResume) {
   const MimoModelConfig model = Model(kernels::DType::kBF16);
   const std::string dir = TempDir("dp");
@@ -146,9 +147,12 @@ TEST(TrainerStateTest, DataParallelRanksWithTheDistributedOptimizerResume) {
       if (interrupted) {
         const absl::Status saved = (*trainer)->SaveState(dir, rank).status();
         ASSERT_TRUE(saved.ok()) << saved;
+        // Rank 0 saved the replicated weights once; rank 1 reads them from its files (named as
+        // the source of its replicas), once both have written.
+        ASSERT_TRUE((*groups)->Get("dp")->Barrier().ok());
         auto resumed = Trainer::Create(*ops, model, options);
         ASSERT_TRUE(resumed.ok());
-        const absl::Status loaded = (*resumed)->LoadState(dir, rank);
+        const absl::Status loaded = (*resumed)->LoadState(dir, rank, {0});
         ASSERT_TRUE(loaded.ok()) << loaded;
         *trainer = *std::move(resumed);
       }

@@ -268,7 +268,7 @@ absl::StatusOr<checkpoint::FileDigest> WriteFile(const std::string& path,
   MIMO_ASSIGN_OR_RETURN(checkpoint::SafetensorsStreamWriter writer,
                         checkpoint::SafetensorsStreamWriter::Create(path, specs, metadata));
   for (const TensorPlan& t : tensors) {
-    buffer.Resize(t.bytes());
+    MIMO_RETURN_IF_ERROR(buffer.Resize(t.bytes()));
     if (t.fill == Fill::kZero) {
       std::fill(buffer.data(), buffer.data() + buffer.size(), 0);
     } else if (t.fill == Fill::kCopy) {  // Every element: the source's slices cover the tensor.
@@ -276,7 +276,7 @@ absl::StatusOr<checkpoint::FileDigest> WriteFile(const std::string& path,
     } else if (t.fill == Fill::kMaster) {
       // The weight's values in fp32 (bf16 widened exactly).
       const std::string& dtype = source.tensors().at(t.source).dtype;
-      scratch.Resize(t.bytes() / 4 * checkpoint::DTypeBytes(dtype));
+      MIMO_RETURN_IF_ERROR(scratch.Resize(t.bytes() / 4 * checkpoint::DTypeBytes(dtype)));
       MIMO_RETURN_IF_ERROR(source.ReadRegion(t.source, t.region, scratch.span()));
       for (size_t i = 0; i < buffer.size() / 4; ++i) {
         float v;
