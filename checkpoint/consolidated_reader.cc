@@ -58,6 +58,41 @@ int64_t Numel(const Region& region) {
 
 int64_t RunEnd(const Slice& s) { return s.run_end < 0 ? Numel(s.ranges) : s.run_end; }
 
+// Whether an element of slice `s`'s run lies in `region` (which its ranges meet).
+bool RunMeets(const Slice& s, const Region& region) {
+  const int dims = static_cast<int>(s.ranges.size());
+  std::vector<std::vector<int64_t>> full(dims);  // Each local index's full index.
+  for (int d = 0; d < dims; ++d) {
+    for (const auto& [start, size] : s.ranges[d]) {
+      for (int64_t i = 0; i < size; ++i) full[d].push_back(start + i);
+    }
+  }
+  auto in = [&](int d, int64_t f) {
+    for (const auto& [start, size] : region[d]) {
+      if (f >= start && f < start + size) return true;
+    }
+    return false;
+  };
+  const int64_t inner = dims == 0 ? 1 : static_cast<int64_t>(full[dims - 1].size());
+  const int64_t begin = s.run_begin, end = RunEnd(s);
+  if (dims == 0 || inner == 0) return end > begin;
+  for (int64_t row = begin / inner; row * inner < end; ++row) {  // Row by row.
+    int64_t rest = row;
+    bool outer = true;
+    for (int d = dims - 2; d >= 0 && outer; --d) {
+      const int64_t n = static_cast<int64_t>(full[d].size());
+      outer = in(d, full[d][rest % n]);
+      rest /= n;
+    }
+    if (!outer) continue;
+    const int64_t last = std::min(end, (row + 1) * inner) - row * inner;
+    for (int64_t i = std::max(begin, row * inner) - row * inner; i < last; ++i) {
+      if (in(dims - 1, full[dims - 1][i])) return true;
+    }
+  }
+  return false;
+}
+
 // The JSON object under `key` of a file's metadata; an empty object when it has none.
 absl::StatusOr<nlohmann::json> MetadataObject(const SafetensorsReader& reader, const char* key) {
   const auto it = reader.header().metadata.find(key);
@@ -257,6 +292,7 @@ std::vector<int> ConsolidatedReader::FilesOf(const std::string& name, const Regi
   for (const Slice& s : it->second.slices) {
     bool meet = true;
     for (size_t d = 0; d < region.size(); ++d) meet = meet && Intersect(s.ranges[d], region[d]);
+    if (meet && s.run_end >= 0) meet = RunMeets(s, region);
     if (meet) files.push_back(s.file);
   }
   return files;
@@ -285,9 +321,9 @@ absl::Status ConsolidatedReader::ReadRegion(const std::string& name, const Regio
     }
   }
   if (!inside) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor \"", name,
-                                                   "\": a region outside its shape [",
-                                                   absl::StrJoin(whole.shape, ", "), "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor \"", name, "\": a region outside its shape or overlapping itself [",
+                     absl::StrJoin(whole.shape, ", "), "]"));
   }
   if (out.size() != Numel(region) * element) {
     return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\": the region has ",
@@ -311,11 +347,10 @@ absl::Status ConsolidatedReader::ReadRegion(const std::string& name, const Regio
       meets = meets && any;
     }
     if (!meets) continue;
-    const TensorEntry* e = readers_[s.file].header().Find(name);
-    MIMO_RETURN_IF_ERROR(local.Resize(e->end - e->begin));
-    MIMO_RETURN_IF_ERROR(readers_[s.file].Read(name, local.span()));
     if (dims == 0) {
-      std::copy(local.data(), local.data() + local.size(), out.data());
+      MIMO_RETURN_IF_ERROR(local.Resize(element));
+      MIMO_RETURN_IF_ERROR(readers_[s.file].Read(name, local.span()));
+      std::copy(local.data(), local.data() + element, out.data());
       copied = 1;
       continue;
     }
@@ -324,17 +359,34 @@ absl::Status ConsolidatedReader::ReadRegion(const std::string& name, const Regio
     const int64_t inner = static_cast<int64_t>(map[dims - 1].size());
     const int64_t begin = s.run_begin, end = RunEnd(s);
     if (inner == 0 || end <= begin) continue;
-    for (int64_t row = begin / inner; row * inner < end; ++row) {
+    // A row's offset in the region, or -1 when the region does not have it.
+    auto row_base = [&](int64_t row) {
       int64_t base = 0, rest = row;
-      bool kept = true;
       for (int d = dims - 2; d >= 0; --d) {  // The row's local index, innermost outer dim first.
         const int64_t n = static_cast<int64_t>(map[d].size());
         const int64_t at = map[d][rest % n];
+        if (at < 0) return int64_t{-1};
         rest /= n;
-        kept = kept && at >= 0;
         base += at * stride[d];
       }
-      if (!kept) continue;
+      return base;
+    };
+    // Only the run's rows the region has are read (the first to the last of them).
+    int64_t first_row = -1, last_row = -1;
+    for (int64_t row = begin / inner; row * inner < end; ++row) {
+      if (row_base(row) < 0) continue;
+      if (first_row < 0) first_row = row;
+      last_row = row;
+    }
+    if (first_row < 0) continue;
+    const int64_t read_begin = std::max(begin, first_row * inner);
+    const int64_t read_end = std::min(end, (last_row + 1) * inner);
+    MIMO_RETURN_IF_ERROR(local.Resize((read_end - read_begin) * element));
+    MIMO_RETURN_IF_ERROR(
+        readers_[s.file].ReadRange(name, (read_begin - begin) * element, local.span()));
+    for (int64_t row = first_row; row <= last_row; ++row) {
+      const int64_t base = row_base(row);
+      if (base < 0) continue;
       const int64_t first = std::max(begin, row * inner) - row * inner;
       const int64_t last = std::min(end, (row + 1) * inner) - row * inner;
       for (int64_t i = first; i < last;) {
@@ -345,7 +397,7 @@ absl::Status ConsolidatedReader::ReadRegion(const std::string& name, const Regio
           continue;
         }
         while (i + run < last && map[dims - 1][i + run] == at + run) ++run;
-        const char* src = local.data() + (row * inner + i - begin) * element;
+        const char* src = local.data() + (row * inner + i - read_begin) * element;
         std::copy(src, src + run * element, out.data() + (base + at) * element);
         copied += run;
         i += run;

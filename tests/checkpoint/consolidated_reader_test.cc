@@ -189,6 +189,9 @@ TEST_F(ConsolidatedReaderTest, PlacesTheDistributedOptimizersRuns) {
   ASSERT_TRUE(
       reader->ReadRegion("w.exp_avg", region, {reinterpret_cast<char*>(got.data()), 24}).ok());
   EXPECT_EQ(got, Cut(m, 5, {{1, 2}}, {{2, 3}}));
+  // Only the runs that hold part of it are read: rank 1's (row 1, columns 2-4) and rank 2's (row
+  // 2); rank 0's run ends at row 1 column 1, rank 3's is row 3. (Files: model 0-3, optim 4-7.)
+  EXPECT_EQ(reader->FilesOf("w.exp_avg", region), (std::vector<int>{5, 6}));
 }
 
 TEST_F(ConsolidatedReaderTest, NamesMissingOverlappingAndDisagreeingSlices) {
