@@ -58,15 +58,21 @@ int64_t Numel(const Region& region) {
 
 int64_t RunEnd(const Slice& s) { return s.run_end < 0 ? Numel(s.ranges) : s.run_end; }
 
+// Per dimension, each local index's index in the full dimension.
+std::vector<std::vector<int64_t>> ToFull(const Region& ranges) {
+  std::vector<std::vector<int64_t>> out(ranges.size());
+  for (size_t d = 0; d < ranges.size(); ++d) {
+    for (const auto& [start, size] : ranges[d]) {
+      for (int64_t i = 0; i < size; ++i) out[d].push_back(start + i);
+    }
+  }
+  return out;
+}
+
 // Whether an element of slice `s`'s run lies in `region` (which its ranges meet).
 bool RunMeets(const Slice& s, const Region& region) {
   const int dims = static_cast<int>(s.ranges.size());
-  std::vector<std::vector<int64_t>> full(dims);  // Each local index's full index.
-  for (int d = 0; d < dims; ++d) {
-    for (const auto& [start, size] : s.ranges[d]) {
-      for (int64_t i = 0; i < size; ++i) full[d].push_back(start + i);
-    }
-  }
+  const std::vector<std::vector<int64_t>> full = ToFull(s.ranges);
   auto in = [&](int d, int64_t f) {
     for (const auto& [start, size] : region[d]) {
       if (f >= start && f < start + size) return true;
@@ -138,17 +144,6 @@ absl::Status PlaceByShards(const std::string& path, const std::string& name,
     full[dim] = size;
   }
   return absl::OkStatus();
-}
-
-// Per dimension, each local index's index in the full dimension.
-std::vector<std::vector<int64_t>> ToFull(const Region& ranges) {
-  std::vector<std::vector<int64_t>> out(ranges.size());
-  for (size_t d = 0; d < ranges.size(); ++d) {
-    for (const auto& [start, size] : ranges[d]) {
-      for (int64_t i = 0; i < size; ++i) out[d].push_back(start + i);
-    }
-  }
-  return out;
 }
 
 }  // namespace

@@ -2,7 +2,7 @@
 # Checkpoints end to end through the real programs: the main example (8 CPU workers; encoders
 # dp 2, MoE language model dp 4 with ep, the distributed optimizer) trained 6 steps saving every
 # 3 (run A), then 3 steps saving at the end (run B) and the same spec with 6 steps (run C), which
-# resumes from B's iteration 3. C's losses at steps 4-6 must equal A's exactly; the checkpoint
+# resumes from B's iteration 3. C's job_losses at steps 4-6 must equal A's exactly; the checkpoint
 # folders, metadata.json and the latest pointer must be as Megatron names them; resume_from
 # starts a new dir from another run's checkpoint, after which the dir's own latest wins; keep_last
 # prunes; asynchronous saves hold the same state; a spec whose layout differs from a
@@ -27,18 +27,7 @@ start_watchdog 120
 coordinator_pid=""
 
 log() { echo "[$name $(date +%T)] $*" >&2; }
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  stop_watchdog
-  if [[ $status -ne 0 && -s $tmp/coordinator.log ]]; then
-    echo "---- coordinator log with its workers' stderr (last 60 lines): $tmp/coordinator.log" >&2
-    tail -n 60 "$tmp/coordinator.log" >&2
-  fi
-  # shellcheck disable=SC2119  # no pids of its own to add
-  stop_embedded_coordinator
-  end_test "$name" "$status"
-}
+cleanup() { embedded_cleanup; }
 trap_cleanup
 
 ctl() { "$mimoctl_bin" "$@"; }
@@ -58,38 +47,8 @@ spec() {
   echo "$file"
 }
 
-# run SPEC EXPECTED_STATE: submits and waits; prints the job id.
-run() {
-  local out=$tmp/$(basename "$1" .yaml).submit status=0 job
-  timeout 90 "$mimoctl_bin" submit "$1" --wait >"$out" 2>&1 || status=$?
-  job=$(grep -o 'j-[0-9]\{8\}-[0-9]\{6\}' "$out" | head -n 1) || true
-  [[ -n $job ]] || { cat "$out" >&2; fail "no job id in the output of mimoctl submit $1"; }
-  local state
-  state=$(job_state "$job")
-  # submit --wait can return between attempts (a failed attempt restarting): wait for the end.
-  if [[ $state != JOB_STATE_SUCCEEDED && $state != JOB_STATE_FAILED &&
-    $state != JOB_STATE_CANCELLED ]]; then
-    wait_state "$job" "$2" 60 >/dev/null
-    state=$(job_state "$job")
-  fi
-  if [[ $state != "$2" ]]; then
-    cat "$out" >&2
-    ctl logs "$job" --tail 40 >&2 || true
-    fail "job $job ($1) is $state, expected $2"
-  fi
-  echo "$job"
-}
-
-# losses RUN: "step loss" lines of its metrics.csv.
-losses() {
-  local csv=$tmp/$1/metrics.csv column
-  [[ -s $csv ]] || fail "$csv is missing"
-  column=$(head -n 1 "$csv" | tr ',' '\n' | grep -n '^loss$' | cut -d: -f1)
-  tail -n +2 "$csv" | cut -d, -f1,"$column" | tr ',' ' '
-}
-
 start_embedded_coordinator 8
-run "$(spec a 6 "$tmp/ckpt-a" 3)" JOB_STATE_SUCCEEDED >/dev/null
+run_job "$(spec a 6 "$tmp/ckpt-a" 3)" JOB_STATE_SUCCEEDED >/dev/null
 for want in iter_0000003 iter_0000006; do
   [[ -d $tmp/ckpt-a/$want ]] || fail "run A left no $tmp/ckpt-a/$want: $(ls "$tmp/ckpt-a")"
 done
@@ -99,15 +58,15 @@ files=$(find "$tmp/ckpt-a/iter_0000006" -name '*_rank_*.safetensors' | wc -l)
 grep -q '"layout": "vision=tp=1,pp=1,dp=2' "$tmp/ckpt-a/iter_0000006/metadata.json" ||
   fail "metadata.json does not record the layout: $(cat "$tmp/ckpt-a/iter_0000006/metadata.json")"
 
-run "$(spec b 3 "$tmp/ckpt-b" 0)" JOB_STATE_SUCCEEDED >/dev/null
+run_job "$(spec b 3 "$tmp/ckpt-b" 0)" JOB_STATE_SUCCEEDED >/dev/null
 [[ -d $tmp/ckpt-b/iter_0000003 ]] || fail "run B left no iter_0000003"
-job=$(run "$(spec c 6 "$tmp/ckpt-b" 0)" JOB_STATE_SUCCEEDED)
+job=$(run_job "$(spec c 6 "$tmp/ckpt-b" 0)" JOB_STATE_SUCCEEDED)
 # (The logs into a file first: grep -q stopping early would fail the pipe under pipefail.)
 ctl logs "$job" >"$tmp/c.log"
 grep -q "resumed from $tmp/ckpt-b/iter_0000003 after iteration 3" "$tmp/c.log" ||
   fail "job $job did not log its resume from iteration 3"
-want=$(losses a | sed -n '4,6p')
-got=$(losses c)
+want=$(job_losses a | sed -n '4,6p')
+got=$(job_losses c)
 [[ $got == "$want" ]] || fail "the resumed run's losses differ: got
 $got
 want
@@ -135,8 +94,8 @@ grep -q '"vocab_size"' "$tmp/export/language/config.json" ||
 spec_e=$(spec e 6 "$tmp/ckpt-e" 1)
 printf '  keep_last: 2\n  resume_from: %s\n  async_save: true\n' "$tmp/ckpt-a/iter_0000003" \
   >>"$spec_e"
-job=$(run "$spec_e" JOB_STATE_SUCCEEDED)
-[[ $(losses e) == "$want" ]] || fail "run E (resumed from A's iteration 3) has other losses: $(losses e)"
+job=$(run_job "$spec_e" JOB_STATE_SUCCEEDED)
+[[ $(job_losses e) == "$want" ]] || fail "run E (resumed from A's iteration 3) has other losses: $(job_losses e)"
 ctl logs "$job" >"$tmp/e.log"
 grep -q "saved checkpoint $tmp/ckpt-e/iter_0000006 (in the background)" "$tmp/e.log" ||
   fail "job $job logged no background save of iteration 6"
@@ -146,18 +105,18 @@ kept=$(cd "$tmp/ckpt-e" && echo iter_*)
 [[ $kept == "iter_0000005 iter_0000006" ]] || fail "keep_last 2 kept $kept"
 spec_f=$(spec f 7 "$tmp/ckpt-e" 1)
 printf '  keep_last: 2\n  resume_from: %s\n' "$tmp/ckpt-a/iter_0000003" >>"$spec_f"
-job=$(run "$spec_f" JOB_STATE_SUCCEEDED)
+job=$(run_job "$spec_f" JOB_STATE_SUCCEEDED)
 ctl logs "$job" >"$tmp/f.log"
 grep -q "resumed from $tmp/ckpt-e/iter_0000006 after iteration 6" "$tmp/f.log" ||
   fail "job $job did not resume from its own latest checkpoint"
-[[ $(losses f | cut -d' ' -f1) == 7 ]] || fail "run F ran steps $(losses f | cut -d' ' -f1 | tr '\n' ' ')"
+[[ $(job_losses f | cut -d' ' -f1) == 7 ]] || fail "run F ran steps $(job_losses f | cut -d' ' -f1 | tr '\n' ' ')"
 
 # Another layout (the language model's ep 2 -> 1): refused, naming both layouts.
 other=$(spec d 6 "$tmp/ckpt-b" 0)
 sed -i 's/{dp: 4, ep: 2, rank_offset: 4}/{dp: 4, ep: 1, rank_offset: 4}/; s/^max_restarts: .*/max_restarts: 0/' "$other"
 grep -qF '{dp: 4, ep: 1, rank_offset: 4}' "$other" || fail "$other: the layout was not changed"
 grep -qF 'max_restarts: 0' "$other" || fail "$other: max_restarts was not set to 0"
-job=$(run "$other" JOB_STATE_FAILED)
+job=$(run_job "$other" JOB_STATE_FAILED)
 ctl logs "$job" >"$tmp/d.log"
 grep -q "or reshard it to this one (mimo-convert reshard --from" "$tmp/d.log" ||
   { ctl logs "$job" --tail 20 >&2; fail "job $job failed without naming the layouts"; }

@@ -139,3 +139,50 @@ stop_embedded_coordinator() {
     if is_worker "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
 }
+
+# The cleanup of a test on an embedded coordinator (start_embedded_coordinator; the caller's
+# $name and $tmp): stops the watchdog, on failure shows the end of the coordinator's log (its
+# workers' stderr included), stops the coordinator and its workers, then end_test. Call it first
+# thing in the caller's `cleanup`, so that it sees the exit status.
+embedded_cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  stop_watchdog
+  if [[ $status -ne 0 && -s $tmp/coordinator.log ]]; then
+    echo "---- coordinator log with its workers' stderr (last 60 lines): $tmp/coordinator.log" >&2
+    tail -n 60 "$tmp/coordinator.log" >&2
+  fi
+  # shellcheck disable=SC2119  # no pids of its own to add
+  stop_embedded_coordinator
+  end_test "$name" "$status"
+}
+
+# run_job SPEC EXPECTED_STATE: submits SPEC with $mimoctl_bin and waits for its end (submit --wait
+# can return between attempts, a failed one restarting); fails unless the job ends in
+# EXPECTED_STATE; prints the job id.
+run_job() {
+  local out=$tmp/$(basename "$1" .yaml).submit status=0 job state
+  timeout 90 "$mimoctl_bin" submit "$1" --wait >"$out" 2>&1 || status=$?
+  job=$(grep -o 'j-[0-9]\{8\}-[0-9]\{6\}' "$out" | head -n 1) || true
+  [[ -n $job ]] || { cat "$out" >&2; fail "no job id in the output of mimoctl submit $1"; }
+  state=$(job_state "$job")
+  if [[ $state != JOB_STATE_SUCCEEDED && $state != JOB_STATE_FAILED &&
+    $state != JOB_STATE_CANCELLED ]]; then
+    wait_state "$job" "$2" 60 >/dev/null
+    state=$(job_state "$job")
+  fi
+  if [[ $state != "$2" ]]; then
+    cat "$out" >&2
+    "$mimoctl_bin" logs "$job" --tail 40 >&2 || true
+    fail "job $job ($1) is $state, expected $2"
+  fi
+  echo "$job"
+}
+
+# job_losses RUN: the "step loss" lines of $tmp/RUN/metrics.csv.
+job_losses() {
+  local csv=$tmp/$1/metrics.csv column
+  [[ -s $csv ]] || fail "$csv is missing"
+  column=$(head -n 1 "$csv" | tr ',' '\n' | grep -n '^loss$' | cut -d: -f1)
+  tail -n +2 "$csv" | cut -d, -f1,"$column" | tr ',' ' '
+}

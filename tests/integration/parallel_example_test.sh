@@ -24,18 +24,7 @@ start_watchdog 90
 coordinator_pid=""
 
 log() { echo "[$name $(date +%T)] $*" >&2; }
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  stop_watchdog
-  if [[ $status -ne 0 && -s $tmp/coordinator.log ]]; then
-    echo "---- coordinator log with its workers' stderr (last 60 lines): $tmp/coordinator.log" >&2
-    tail -n 60 "$tmp/coordinator.log" >&2
-  fi
-  # shellcheck disable=SC2119  # no pids of its own to add
-  stop_embedded_coordinator
-  end_test "$name" "$status"
-}
+cleanup() { embedded_cleanup; }
 trap_cleanup
 
 ctl() { "$mimoctl_bin" "$@"; }

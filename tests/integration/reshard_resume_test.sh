@@ -26,18 +26,7 @@ start_watchdog 140
 coordinator_pid=""
 
 log() { echo "[$name $(date +%T)] $*" >&2; }
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  stop_watchdog
-  if [[ $status -ne 0 && -s $tmp/coordinator.log ]]; then
-    echo "---- coordinator log with its workers' stderr (last 60 lines): $tmp/coordinator.log" >&2
-    tail -n 60 "$tmp/coordinator.log" >&2
-  fi
-  # shellcheck disable=SC2119  # no pids of its own to add
-  stop_embedded_coordinator
-  end_test "$name" "$status"
-}
+cleanup() { embedded_cleanup; }
 trap_cleanup
 
 ctl() { "$mimoctl_bin" "$@"; }
@@ -92,34 +81,11 @@ spec() {
   echo "$file"
 }
 
-# run SPEC: submits and waits for success; prints the job id.
-run() {
-  local out=$tmp/$(basename "$1" .yaml).submit status=0 job state
-  timeout 90 "$mimoctl_bin" submit "$1" --wait >"$out" 2>&1 || status=$?
-  job=$(grep -o 'j-[0-9]\{8\}-[0-9]\{6\}' "$out" | head -n 1) || true
-  [[ -n $job ]] || { cat "$out" >&2; fail "no job id in the output of mimoctl submit $1"; }
-  state=$(job_state "$job")
-  if [[ $state != JOB_STATE_SUCCEEDED ]]; then
-    cat "$out" >&2
-    "$mimoctl_bin" logs "$job" --tail 40 >&2 || true
-    fail "job $job ($1) is $state"
-  fi
-  echo "$job"
-}
-
-# losses RUN: "step loss" lines of its metrics.csv.
-losses() {
-  local csv=$tmp/$1/metrics.csv column
-  [[ -s $csv ]] || fail "$csv is missing"
-  column=$(head -n 1 "$csv" | tr ',' '\n' | grep -n '^loss$' | cut -d: -f1)
-  tail -n +2 "$csv" | cut -d, -f1,"$column" | tr ',' ' '
-}
-
 # same_losses RUN: RUN's steps equal A's steps 4-6 within 1e-5 relative.
 same_losses() {
   local want got
-  want=$(losses a | sed -n '4,6p')
-  got=$(losses "$1")
+  want=$(job_losses a | sed -n '4,6p')
+  got=$(job_losses "$1")
   paste -d' ' <(echo "$want") <(echo "$got") | awk -v run="$1" '
     { d = $2 - $4; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2)
       if ($1 != $3 || r > 1e-5) { bad = 1 }
@@ -143,7 +109,7 @@ reshard() {
 }
 
 start_embedded_coordinator 8
-run "$(spec a a 6 "dir: $tmp/ckpt-a" "interval_steps: 3")" >/dev/null
+run_job "$(spec a a 6 "dir: $tmp/ckpt-a" "interval_steps: 3")" JOB_STATE_SUCCEEDED >/dev/null
 [[ -d $tmp/ckpt-a/iter_0000003 ]] || fail "run A left no iter_0000003"
 cp -r "$tmp/ckpt-a/iter_0000003" "$tmp/a3"  # A's own latest is 6; keep 3 as a folder.
 
@@ -195,10 +161,10 @@ grep -q "without --overwrite" "$tmp/again.out" || fail "no --overwrite hint: $(c
 # Each new layout resumes with A's losses: from the resharded root as its dir, or (moved) as
 # resume_from, saving into a dir of its own.
 for run_name in t2 t4 e4 p2 p1; do
-  run "$(spec "$run_name" "$run_name" 6 "dir: $tmp/$run_name")" >/dev/null
+  run_job "$(spec "$run_name" "$run_name" 6 "dir: $tmp/$run_name")" JOB_STATE_SUCCEEDED >/dev/null
   same_losses "$run_name"
 done
-run "$(spec moved moved 6 "dir: $tmp/moved-run" "resume_from: $tmp/moved")" >/dev/null
+run_job "$(spec moved moved 6 "dir: $tmp/moved-run" "resume_from: $tmp/moved")" JOB_STATE_SUCCEEDED >/dev/null
 same_losses moved
 [[ -d $tmp/moved-run/iter_0000006 ]] || fail "the moved run saved no iteration 6 in its own dir"
 
@@ -210,9 +176,9 @@ convert import --from "$tmp/export" --to "$tmp/imported" --spec "$import_spec" >
   fail "import failed: $(cat "$tmp/import.out")"
 convert verify --weights-only "$tmp/a3" "$tmp/imported/iter_0000000" >/dev/null ||
   fail "the imported checkpoint's weights differ from run A's"
-run "$import_spec" >/dev/null
-first=$(losses imported | head -n 1 | cut -d' ' -f2)
-fresh=$(losses a | head -n 1 | cut -d' ' -f2)
+run_job "$import_spec" JOB_STATE_SUCCEEDED >/dev/null
+first=$(job_losses imported | head -n 1 | cut -d' ' -f2)
+fresh=$(job_losses a | head -n 1 | cut -d' ' -f2)
 awk -v a="$first" -v b="$fresh" 'BEGIN { exit !(a < b) }' ||
   fail "the imported run's first loss $first is not below a fresh start's $fresh"
 log "imported into tp 4: first loss $first (a fresh start's: $fresh)"

@@ -26,6 +26,7 @@
 #include "common/byte_buffer.h"
 #include "common/status_macros.h"
 #include "coordinator/spec_validation.h"
+#include "kernels/allocator.h"
 #include "nlohmann/json.hpp"
 #include "parallel/component_spec.h"
 #include "tools/mimoctl/spec_file.h"
@@ -83,16 +84,6 @@ struct RankPlan {
   std::vector<TensorPlan> model, optim;
 };
 
-std::string Bytes(double n) {
-  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-  int u = 0;
-  while (n >= 1000 && u < 4) {
-    n /= 1000;
-    ++u;
-  }
-  return absl::StrFormat(u == 0 ? "%.0f %s" : "%.1f %s", n, units[u]);
-}
-
 // The module's spec by name, or null.
 v1::Module* FindModule(v1::JobSpec& spec, const std::string& name) {
   for (v1::Module& m : *spec.mutable_modules()) {
@@ -143,17 +134,12 @@ absl::StatusOr<Target> PlanTarget(v1::JobSpec spec, const std::vector<std::strin
     if (world == 0 && every_dp) world = ranks;
   }
   if (world > 0) spec.mutable_resources()->set_workers(world);
-  std::vector<coordinator::FieldViolation> violations;
-  absl::StatusOr<parallel::RankPlan> plan = coordinator::ValidateJobSpec(spec, &violations);
-  if (!violations.empty()) {
-    std::string message = absl::StrCat("the target layout is invalid (", violations.size(),
-                                       violations.size() == 1 ? " problem)" : " problems)");
-    for (const coordinator::FieldViolation& v : violations) {
-      absl::StrAppend(&message, "\n", v.field, ": ", v.description);
-    }
-    return absl::InvalidArgumentError(message);
+  // Checked as the coordinator checks a job: every problem, one "field: description" a line.
+  absl::StatusOr<parallel::RankPlan> plan = coordinator::ValidateJobSpec(spec, nullptr);
+  if (!plan.ok()) {
+    return absl::Status(plan.status().code(),
+                        absl::StrCat("the target layout is invalid\n", plan.status().message()));
   }
-  MIMO_RETURN_IF_ERROR(plan.status());
   Target out{.spec = std::move(spec)};
   coordinator::ModulesToProto(*plan, &out.modules);
   out.plan = *std::move(plan);
@@ -343,8 +329,8 @@ absl::Status WriteCheckpoint(const Source& source, const Target& target, const W
   }
   const std::string layout = worker::LayoutOf(target.modules);
   if (o.dry_run) {
-    out << what << "\n  to layout " << layout << " (" << world << " ranks, " << Bytes(total)
-        << "):\n";
+    out << what << "\n  to layout " << layout << " (" << world << " ranks, "
+        << kernels::FormatBytes(static_cast<int64_t>(total)) << "):\n";
     for (int r = 0; r < world; ++r) {
       std::set<std::string> files;
       uint64_t bytes = 0;
@@ -358,7 +344,8 @@ absl::Status WriteCheckpoint(const Source& source, const Target& target, const W
         }
       }
       out << "  " << RankLine(target, r) << ": " << ranks[r].model.size() + ranks[r].optim.size()
-          << " tensors, " << Bytes(bytes) << " <- " << absl::StrJoin(files, ", ") << "\n";
+          << " tensors, " << kernels::FormatBytes(static_cast<int64_t>(bytes)) << " <- "
+          << absl::StrJoin(files, ", ") << "\n";
     }
     out << "dry run: nothing written\n";
     return absl::OkStatus();
@@ -397,8 +384,9 @@ absl::Status WriteCheckpoint(const Source& source, const Target& target, const W
     if (o.progress) {
       const int width = 30, filled = static_cast<int>(width * (r + 1) / world);
       err << "\r[" << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << r + 1
-          << "/" << world << " ranks  " << Bytes(done) << "  "
-          << Bytes(done / std::max(seconds(), 1e-9)) << "/s" << std::flush;
+          << "/" << world << " ranks  " << kernels::FormatBytes(static_cast<int64_t>(done)) << "  "
+          << kernels::FormatBytes(static_cast<int64_t>(done / std::max(seconds(), 1e-9))) << "/s"
+          << std::flush;
     }
   }
   if (o.progress) err << "\n";
@@ -407,8 +395,9 @@ absl::Status WriteCheckpoint(const Source& source, const Target& target, const W
                                           source.position, files)));
   MIMO_RETURN_IF_ERROR(checkpoint::CommitCheckpoint(o.to, source.iteration));
   const double s = seconds();
-  out << what << "\n  to layout " << layout << ": " << world << " ranks, " << Bytes(done) << " in "
-      << absl::StrFormat("%.2f", s) << " s (" << Bytes(done / std::max(s, 1e-9)) << "/s) -> "
+  out << what << "\n  to layout " << layout << ": " << world << " ranks, "
+      << kernels::FormatBytes(static_cast<int64_t>(done)) << " in " << absl::StrFormat("%.2f", s)
+      << " s (" << kernels::FormatBytes(static_cast<int64_t>(done / std::max(s, 1e-9))) << "/s) -> "
       << checkpoint::CheckpointDir(o.to, source.iteration) << "\n";
   return absl::OkStatus();
 }
