@@ -95,6 +95,7 @@ absl::Status JobManager::Recover(absl::Time now) {
     active.worker_of_rank.assign(world, "");
     active.rank_state.assign(world, v1::WORKER_STATE_UNSPECIFIED);
     active.reattach_deadline = now + options_.reattach_grace;
+    active.checkpoint = job.checkpoint_request();
     if (job.state() == v1::JOB_STATE_CANCELLING)
       active.cancel_deadline = now + options_.cancel_grace;
   }
@@ -155,6 +156,39 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& id, const std::
   CheckActiveJobs(now);  // Cancels at once when no worker still has to confirm.
   Schedule(now);         // Workers that never fetched their rank are free for other jobs.
   return store_->GetJob(id);
+}
+
+absl::StatusOr<v1::Job> JobManager::CheckpointJob(const std::string& id, bool stop,
+                                                  const std::string& reason, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(id));
+  if (job.spec().checkpointing().dir().empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " saves no checkpoints: its spec has no checkpointing.dir"));
+  }
+  auto active = active_.find(id);
+  if (job.state() != v1::JOB_STATE_RUNNING || active == active_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", id, " is ", StateName(job.state()), "; only a running job can save a checkpoint",
+        job.state() == v1::JOB_STATE_PENDING || job.state() == v1::JOB_STATE_SCHEDULED
+            ? " (its ranks have not all started yet)"
+            : ""));
+  }
+  v1::CheckpointRequest& request = *job.mutable_checkpoint_request();
+  if (request.stop()) return job;  // Stopping already; a second stop changes nothing.
+  request.set_sequence(request.sequence() + 1);
+  request.set_stop(stop);
+  request.set_reason(reason);
+  *request.mutable_time() = ToProto(now);
+  active->second.checkpoint = request;
+  *job.mutable_update_time() = ToProto(now);
+  v1::JobEvent event;
+  event.set_message(absl::StrCat("checkpoint requested", stop ? ", then stop" : "",
+                                 reason.empty() ? "" : ": ", reason));
+  *event.mutable_time() = ToProto(now);
+  MIMO_RETURN_IF_ERROR(store_->UpdateJob(job, std::move(event)).status());
+  Changed();
+  return job;
 }
 
 int64_t JobManager::version() {
@@ -237,13 +271,15 @@ absl::Status JobManager::FailAttempt(v1::Job& job, const v1::Failure& failure, R
     return Transition(job, v1::JOB_STATE_CANCELLED, job.state_reason(), now);
   }
   const int restarts_used = job.attempt() - 1;
-  if (retry == Retry::kIfAllowed && restarts_used < job.spec().max_restarts() &&
-      job.state() != v1::JOB_STATE_PENDING) {
+  // A job asked to stop is not restarted: the user wanted it to end.
+  if (retry == Retry::kIfAllowed && !job.checkpoint_request().stop() &&
+      restarts_used < job.spec().max_restarts() && job.state() != v1::JOB_STATE_PENDING) {
     const std::string message = absl::StrCat(
         "attempt ", job.attempt(), " failed (", failure.reason(), ": ", failure.message(),
         "); restarting as attempt ", job.attempt() + 1, " of ", job.spec().max_restarts() + 1);
     job.set_attempt(job.attempt() + 1);
     job.clear_progress();
+    job.clear_checkpoint_request();  // The new attempt's ranks count requests afresh.
     return Transition(job, v1::JOB_STATE_PENDING, message, now);
   }
   *job.mutable_failure() = failure;

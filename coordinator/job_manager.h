@@ -64,6 +64,11 @@ class JobManager {
   // workers stop. FailedPrecondition for a finished job; a CANCELLING job is returned as is.
   absl::StatusOr<v1::Job> CancelJob(const std::string& id, const std::string& reason,
                                     absl::Time now);
+  // Records a checkpoint request on a RUNNING job (see v1::CheckpointRequest), which its
+  // workers learn through their heartbeats; a stop request already recorded is returned as is.
+  // FailedPrecondition when the job is not RUNNING or has no checkpointing.dir.
+  absl::StatusOr<v1::Job> CheckpointJob(const std::string& id, bool stop, const std::string& reason,
+                                        absl::Time now);
   // Events after `after_sequence`, at most `limit` of them (0: all).
   absl::StatusOr<std::vector<v1::JobEvent>> ListEvents(const std::string& id,
                                                        int64_t after_sequence, int limit = 0);
@@ -149,6 +154,8 @@ class JobManager {
     absl::Time cancel_deadline = absl::InfiniteFuture();
     // First metrics report of the attempt, for the ETA.
     std::optional<std::pair<absl::Time, int64_t>> first_metrics;
+    // The job's checkpoint_request, for the heartbeats (sequence 0: none).
+    v1::CheckpointRequest checkpoint;
   };
 
   // Moves `job` to `to`, stores it with a state event, and wakes waiters.

@@ -107,6 +107,11 @@ v1::HeartbeatResponse JobManager::Heartbeat(const std::string& worker_id, absl::
     response.set_reason(it->second.stop_reason);
   } else {
     response.set_command(v1::HeartbeatResponse::COMMAND_CONTINUE);
+    auto active = active_.find(it->second.job_id);
+    if (active != active_.end() && active->second.attempt == it->second.attempt &&
+        active->second.checkpoint.sequence() > 0) {
+      *response.mutable_checkpoint_request() = active->second.checkpoint;
+    }
   }
   return response;
 }
@@ -200,7 +205,10 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   const auto& states = (*active)->rank_state;
   // A rank that failed, or stopped without being told to (its worker was shut down), ends the
   // attempt at once: its peers would otherwise wait for it until their collectives time out.
-  const bool unasked_stop = request.state() == v1::WORKER_STATE_STOPPED && !told_to_stop;
+  // Ranks asked to save a checkpoint and stop do stop on their own.
+  const bool stop_requested = (*active)->checkpoint.stop();
+  const bool unasked_stop =
+      request.state() == v1::WORKER_STATE_STOPPED && !told_to_stop && !stop_requested;
   if ((request.state() == v1::WORKER_STATE_FAILED || unasked_stop) &&
       job.state() != v1::JOB_STATE_CANCELLING) {
     v1::Failure failure;
@@ -215,6 +223,19 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     MIMO_RETURN_IF_ERROR(FailAttempt(job, failure, Retry::kIfAllowed, now));
     Schedule(now);  // Ranks that never fetched their assignment are free again.
     return absl::OkStatus();
+  }
+  if (stop_requested && request.state() == v1::WORKER_STATE_STOPPED && request.rank() == 0 &&
+      job.state() == v1::JOB_STATE_RUNNING) {
+    // Rank 0 stops last of a save: after committing the checkpoint. The others have stopped
+    // or are about to; those that do not within cancel_grace are told to.
+    const std::string& reason = job.checkpoint_request().reason();
+    MIMO_RETURN_IF_ERROR(Transition(
+        job, v1::JOB_STATE_CANCELLING,
+        absl::StrCat(request.message().empty() ? "stopped after a checkpoint as requested"
+                                               : request.message(),
+                     reason.empty() ? "" : ": ", reason),
+        now));
+    (*active)->cancel_deadline = now + options_.cancel_grace;
   }
   MIMO_RETURN_IF_ERROR(MarkRunningWhenAllRanksRun(
       job, **active, absl::StrCat(RankCount(states.size(), true), " running"), now));

@@ -162,6 +162,19 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
   });
 }
 
+grpc::Status JobServiceImpl::CheckpointJob(grpc::ServerContext* context,
+                                           const v1::CheckpointJobRequest* request,
+                                           v1::CheckpointJobResponse* response) {
+  return Handle(ctx_, "CheckpointJob", *context, [&] {
+    if (grpc::Status s = RequireJobId(request->job_id()); !s.ok()) return s;
+    absl::StatusOr<v1::Job> job = ctx_.manager->CheckpointJob(request->job_id(), request->stop(),
+                                                              request->reason(), absl::Now());
+    if (!job.ok()) return ToGrpcStatus(job.status());
+    *response->mutable_job() = *std::move(job);
+    return grpc::Status::OK;
+  });
+}
+
 grpc::Status JobServiceImpl::ListJobEvents(grpc::ServerContext* context,
                                            const v1::ListJobEventsRequest* request,
                                            v1::ListJobEventsResponse* response) {

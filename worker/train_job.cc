@@ -16,6 +16,7 @@
 #include "checkpoint/checkpoint_dir.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
+#include "worker/group_reduce.h"
 #include "worker/job_checkpoint.h"
 #include "worker/model_spec.h"
 #include "worker/rank_modules.h"
@@ -157,9 +158,10 @@ std::string MegatronLogLine(const StepMetrics& m, int64_t steps, int64_t consume
   return line;
 }
 
-absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGroups& groups,
-                         kernels::Ops& ops, bool cuda, const std::string& device_name,
-                         const std::string& host, const TrainJobHooks& hooks) {
+absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
+                                        const comm::ProcessGroups& groups, kernels::Ops& ops,
+                                        bool cuda, const std::string& device_name,
+                                        const std::string& host, const TrainJobHooks& hooks) {
   const v1::JobSpec& spec = assignment.spec();
   const v1::Training& t = spec.training();
   const kernels::DType dtype = ComputeDType(t.precision(), cuda);
@@ -219,14 +221,40 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
   // returns, however it returns.
   BackgroundSave background;
   double seconds = 0;
+  comm::Communicator* world_group = groups.Get(kWorldGroup);
+  int64_t requests_done = 0;  // Checkpoint requests saved so far.
+  TrainingEnd end{.iteration = first_step - 1};
   for (int64_t step = first_step; step <= t.steps(); ++step) {
     if (hooks.stopped && hooks.stopped()) return absl::CancelledError("the job was stopped");
     MIMO_ASSIGN_OR_RETURN(const StepMetrics m, trainer->Step());
     seconds += m.seconds;
+    end.iteration = step;
+    // The newest request any rank has heard of, as 2 * sequence + stop: a stop request is its
+    // attempt's last, so the max names it whenever a rank knows of it.
+    bool requested = false, stop = false;
+    if (!checkpointing.dir().empty()) {
+      const v1::CheckpointRequest heard =
+          hooks.checkpoint_request ? hooks.checkpoint_request() : v1::CheckpointRequest();
+      int64_t newest[1] = {2 * heard.sequence() + (heard.stop() ? 1 : 0)};
+      if (world_group != nullptr) {
+        MIMO_RETURN_IF_ERROR(
+            ReduceOverGroup(ops, *world_group, absl::MakeSpan(newest), comm::ReduceOp::kMax));
+      }
+      requested = newest[0] / 2 > requests_done;
+      stop = requested && newest[0] % 2 == 1;
+      if (requested) {
+        requests_done = newest[0] / 2;
+        if (rank.rank() == 0) {
+          hooks.log(absl::StrCat("saving a checkpoint after iteration ", step, " as requested",
+                                 stop ? ", then stopping" : ""));
+        }
+      }
+    }
     if (!checkpointing.dir().empty() &&
-        ((save_interval > 0 && step % save_interval == 0) || step == t.steps())) {
+        ((save_interval > 0 && step % save_interval == 0) || step == t.steps() || requested)) {
       const absl::Time save_start = absl::Now();
       const std::string dir = checkpoint::CheckpointDir(checkpointing.dir(), step);
+      end.checkpoint = dir;
       if (checkpointing.async_save()) {
         // Training waits only for the previous save and the copy to host memory.
         MIMO_RETURN_IF_ERROR(background.Wait());
@@ -258,7 +286,10 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
         }
       }
     }
-    if (!logs || (step % interval != 0 && step != t.steps())) continue;
+    if (!logs || (step % interval != 0 && step != t.steps() && !stop)) {
+      if (stop) break;
+      continue;
+    }
     const double tflops = m.seconds > 0 ? m.model_flops / m.seconds / world / 1e12 : 0;
     hooks.log(MegatronLogLine(m, t.steps(), trainer->position(), t.global_batch_size(), tflops));
     v1::Metrics metrics;
@@ -285,12 +316,14 @@ absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGr
         google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(absl::Now()));
     if (outputs != nullptr) MIMO_RETURN_IF_ERROR(outputs->Add(metrics));
     if (hooks.report) hooks.report(metrics);
+    if (stop) break;
   }
   MIMO_RETURN_IF_ERROR(background.Wait());
   hooks.log(absl::StrFormat(
-      "training done: %d steps in %.1f s, peak memory %.1f MiB on this rank", t.steps(), seconds,
+      "training %s: %d steps in %.1f s, peak memory %.1f MiB on this rank",
+      end.iteration < t.steps() ? "stopped" : "done", end.iteration - first_step + 1, seconds,
       static_cast<double>(ops.allocator().stats().peak_allocated_bytes) / (1 << 20)));
-  return absl::OkStatus();
+  return end;
 }
 
 }  // namespace mimo::worker

@@ -43,15 +43,28 @@ double PeakTflops(const std::string& device_name, kernels::DType dtype);
 std::string MegatronLogLine(const StepMetrics& m, int64_t steps, int64_t consumed_samples,
                             int64_t global_batch_size, double tflops_per_gpu);
 
+// The group of every rank of a KIND_TRAIN job of more than one rank (the worker connects it
+// first, members 0..world-1), where the ranks agree on checkpoint requests.
+inline constexpr char kWorldGroup[] = "world";
+
 struct TrainJobHooks {
   std::function<void(const std::string&)> log;     // A line for the job's log.
   std::function<void(const v1::Metrics&)> report;  // Metrics of a step (the logging rank only).
   std::function<bool()> stopped;                   // Checked before every step.
+  // The newest checkpoint request this rank has heard of (sequence 0: none); asked after every
+  // step when the spec has checkpointing.dir. Null: none ever.
+  std::function<v1::CheckpointRequest()> checkpoint_request;
   // The attempt's key-value store (not owned), where the ranks meet to commit a checkpoint;
   // needed with spec.checkpointing.dir and more than one rank. A save waits up to
   // store_timeout for the other ranks.
   comm::KeyValueStore* store = nullptr;
   absl::Duration store_timeout = absl::Minutes(10);
+};
+
+// How a run ended: after the last step, or earlier after a checkpoint-and-stop request.
+struct TrainingEnd {
+  int64_t iteration = 0;   // The last iteration done: training.steps, or fewer when stopped.
+  std::string checkpoint;  // The checkpoint saved after it ("" when none was).
 };
 
 // Runs the job's steps on this rank with `ops` (CPU ops with Gloo groups, CUDA ops with NCCL
@@ -61,9 +74,12 @@ struct TrainJobHooks {
 // TensorBoard file); every rank logs its start and end. Cancelled once `stopped` says so. With
 // spec.checkpointing it first resumes from the checkpoint job_checkpoint.h finds (the steps
 // after the saved one; the same samples, losses and updates as a run never interrupted) and
-// saves every interval_steps and after the last step.
-absl::Status RunTraining(const v1::Assignment& assignment, const comm::ProcessGroups& groups,
-                         kernels::Ops& ops, bool cuda, const std::string& device_name,
-                         const std::string& host, const TrainJobHooks& hooks);
+// saves every interval_steps and after the last step. After every step the ranks agree (a max
+// over kWorldGroup) on the newest checkpoint request any of them has heard of: a new one is
+// saved after that step, and one that asks to stop ends the run there, once the save is done.
+absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
+                                        const comm::ProcessGroups& groups, kernels::Ops& ops,
+                                        bool cuda, const std::string& device_name,
+                                        const std::string& host, const TrainJobHooks& hooks);
 
 }  // namespace mimo::worker

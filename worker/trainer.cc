@@ -22,6 +22,7 @@
 #include "mimo/tensor_checks.h"
 #include "worker/bridge_link.h"
 #include "worker/device_batch.h"
+#include "worker/group_reduce.h"
 #include "worker/rank_modules.h"
 
 namespace mimo::worker {
@@ -39,30 +40,6 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 const char* EncoderName(int x) { return x == kVision ? "vision" : "audio"; }
 int EncoderIndex(ModelPart part) { return part == ModelPart::kVision ? kVision : kAudio; }
 bool IsEncoder(ModelPart part) { return part == ModelPart::kVision || part == ModelPart::kAudio; }
-
-// `values` summed over `group` in place, through a buffer of the ops' memory (what the
-// communicator reads: host memory for Gloo, device memory for NCCL).
-template <typename T>
-absl::Status SumOverGroup(kernels::Ops& ops, comm::Communicator& group, absl::Span<T> values) {
-  constexpr bool kInt = std::is_same_v<T, int64_t>;
-  static_assert(kInt || std::is_same_v<T, float>);
-  if (values.empty()) return absl::OkStatus();
-  const size_t bytes = sizeof(T) * values.size();
-  MIMO_ASSIGN_OR_RETURN(Tensor buffer,
-                        Tensor::Empty({static_cast<int64_t>(values.size())},
-                                      kInt ? kernels::DType::kI64 : kernels::DType::kF32,
-                                      ops.allocator(), ops.stream()));
-  MIMO_RETURN_IF_ERROR(ops.CopyFromHost(buffer.data(), values.data(), bytes));
-  MIMO_RETURN_IF_ERROR(ops.Synchronize());
-  MIMO_RETURN_IF_ERROR(group.AllReduce(buffer.data(), values.size(),
-                                       kInt ? comm::DataType::kInt64 : comm::DataType::kFloat32,
-                                       comm::ReduceOp::kSum));
-  return ops.CopyToHost(values.data(), buffer.data(), bytes);
-}
-template <typename T, size_t N>
-absl::Status SumOverGroup(kernels::Ops& ops, comm::Communicator& group, T (&values)[N]) {
-  return SumOverGroup(ops, group, absl::MakeSpan(values));
-}
 
 // The rows encoder `x` makes for each sample.
 std::vector<int64_t> RowsPerSample(const MimoModelConfig& config, int x,

@@ -76,6 +76,7 @@ struct Worker::RunningJob {
   absl::Mutex mu;
   bool stopped ABSL_GUARDED_BY(mu) = false;
   std::string stop_reason ABSL_GUARDED_BY(mu);
+  v1::CheckpointRequest checkpoint ABSL_GUARDED_BY(mu);
   // Set once connected; cleared (under `mu`) before being destroyed.
   std::unique_ptr<comm::ProcessGroups> groups ABSL_GUARDED_BY(mu);
 
@@ -90,6 +91,27 @@ struct Worker::RunningJob {
       if (groups) groups->AbortAll();
     }
     store_calls.Cancel();
+  }
+
+  // Marks the job stopped (with `reason`) without aborting anything: it ended on its own, early,
+  // as a checkpoint request asked.
+  void EndedEarly(const std::string& reason) {
+    absl::MutexLock lock(&mu);
+    if (!stopped) {
+      stopped = true;
+      stop_reason = reason;
+    }
+  }
+
+  // The newest checkpoint request the coordinator sent (stop is sticky).
+  void NoteCheckpointRequest(const v1::CheckpointRequest& request) {
+    absl::MutexLock lock(&mu);
+    if (request.sequence() > checkpoint.sequence()) checkpoint = request;
+    if (request.stop()) checkpoint.set_stop(true);
+  }
+  v1::CheckpointRequest checkpoint_request() {
+    absl::MutexLock lock(&mu);
+    return checkpoint;
   }
 
   // Whether the job was stopped, and why.
@@ -285,6 +307,16 @@ void Worker::OnHeartbeat(const v1::HeartbeatResponse& response) {
       }
       break;
     }
+    case v1::HeartbeatResponse::COMMAND_CONTINUE:
+      if (response.has_checkpoint_request()) {
+        std::shared_ptr<RunningJob> job;
+        {
+          absl::MutexLock lock(&mu_);
+          job = job_;
+        }
+        if (job) job->NoteCheckpointRequest(response.checkpoint_request());
+      }
+      break;
     default:
       break;
   }
@@ -413,6 +445,12 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
   }
 
   MIMO_ASSIGN_OR_RETURN(std::vector<comm::GroupSpec> specs, GroupSpecsOf(assignment.rank()));
+  if (spec.kind() == v1::JobSpec::KIND_TRAIN && assignment.world_size() > 1) {
+    // Every rank's, connected first: where the ranks agree on checkpoint requests each step.
+    comm::GroupSpec world{.kind = kWorldGroup};
+    for (int r = 0; r < assignment.world_size(); ++r) world.members.push_back(r);
+    specs.insert(specs.begin(), std::move(world));
+  }
   log.Line(absl::StrCat("connecting ", specs.size(), " process groups (", cuda ? "NCCL" : "Gloo",
                         "): ", DescribeGroups(specs)));
   const absl::Time start = absl::Now();
@@ -483,9 +521,17 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
                                     log.Line(absl::StrCat("metrics report failed: ", s.message()));
                                 },
                             .stopped = [&job] { return job.Stopped(nullptr); },
+                            .checkpoint_request = [&job] { return job.checkpoint_request(); },
                             .store = &store,
                             .store_timeout = options_.comm_timeout};
-  return RunTraining(assignment, *groups, *ops, cuda, info_.device_name(), info_.host(), hooks);
+  MIMO_ASSIGN_OR_RETURN(
+      const TrainingEnd end,
+      RunTraining(assignment, *groups, *ops, cuda, info_.device_name(), info_.host(), hooks));
+  if (end.iteration < spec.training().steps()) {
+    job.EndedEarly(
+        absl::StrCat("stopped after saving checkpoint ", end.checkpoint, " as requested"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mimo::worker

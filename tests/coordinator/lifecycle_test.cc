@@ -1,5 +1,6 @@
 // The job lifecycle through the real server: schedule, run, metrics, logs, watch, succeed; cancel;
-// worker failure, restarts, heartbeat loss, deadlines; restart of the coordinator.
+// checkpoint requests; worker failure, restarts, heartbeat loss, deadlines; restart of the
+// coordinator.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -47,6 +48,15 @@ class LifecycleTest : public CoordinatorFixture {
     request.set_job_id(id);
     request.set_reason(reason);
     return jobs_->CancelJob(Context().get(), request, response);
+  }
+
+  grpc::Status Checkpoint(const std::string& id, bool stop, const std::string& reason,
+                          v1::CheckpointJobResponse* response) {
+    v1::CheckpointJobRequest request;
+    request.set_job_id(id);
+    request.set_stop(stop);
+    request.set_reason(reason);
+    return jobs_->CheckpointJob(Context().get(), request, response);
   }
 
   // "STATE: message" of each of the job's state events so far; works while the job runs.
@@ -221,6 +231,132 @@ TEST_F(LifecycleTest, CancelRunningJobStopsItsWorkers) {
   // The workers are free again: a new job gets them.
   const v1::Job next = Submit(SmallSpec("next"));
   AwaitState(next.id(), v1::JOB_STATE_SCHEDULED);
+}
+
+// SmallSpec saving checkpoints into /ckpt (nothing is written: the workers are fakes).
+v1::JobSpec CheckpointingSpec(int max_restarts = 0) {
+  v1::JobSpec spec = SmallSpec();
+  spec.mutable_checkpointing()->set_dir("/ckpt");
+  spec.set_max_restarts(max_restarts);
+  return spec;
+}
+
+TEST_F(LifecycleTest, CheckpointRequestsReachTheRanksThroughTheirHeartbeats) {
+  const v1::Job job = Submit(CheckpointingSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  EXPECT_FALSE(workers[0]->Beat().has_checkpoint_request());
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  EXPECT_FALSE(workers[0]->Beat().has_checkpoint_request());
+  v1::CheckpointJobResponse response;
+  ASSERT_TRUE(Checkpoint(job.id(), false, "before the upgrade", &response).ok());
+  EXPECT_EQ(response.job().state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(response.job().checkpoint_request().sequence(), 1);
+  EXPECT_FALSE(response.job().checkpoint_request().stop());
+  EXPECT_EQ(Get(job.id()).checkpoint_request().reason(), "before the upgrade");
+  ASSERT_TRUE(Checkpoint(job.id(), false, "", &response).ok());
+  for (int r = 0; r < 4; ++r) {
+    const v1::HeartbeatResponse beat = workers[r]->Beat();
+    EXPECT_EQ(beat.command(), v1::HeartbeatResponse::COMMAND_CONTINUE);
+    EXPECT_EQ(beat.checkpoint_request().sequence(), 2) << r;
+  }
+  v1::ListJobEventsRequest events;
+  events.set_job_id(job.id());
+  v1::ListJobEventsResponse history;
+  ASSERT_TRUE(jobs_->ListJobEvents(Context().get(), events, &history).ok());
+  std::vector<std::string> notes;
+  for (const v1::JobEvent& e : history.events()) {
+    if (!e.has_state() && !e.has_metrics()) notes.push_back(e.message());
+  }
+  EXPECT_THAT(notes,
+              ElementsAre("checkpoint requested: before the upgrade", "checkpoint requested"));
+  // Saving goes on as the job does: it still succeeds.
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(LifecycleTest, CheckpointAndStopCancelsTheJobOnceRankZeroHasCommitted) {
+  const v1::Job job = Submit(CheckpointingSpec(/*max_restarts=*/2));
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  v1::CheckpointJobResponse response;
+  ASSERT_TRUE(Checkpoint(job.id(), true, "time limit in 5 minutes", &response).ok());
+  EXPECT_TRUE(response.job().checkpoint_request().stop());
+  // A second request changes nothing: the job is stopping.
+  ASSERT_TRUE(Checkpoint(job.id(), false, "", &response).ok());
+  EXPECT_EQ(response.job().checkpoint_request().sequence(), 1);
+  EXPECT_TRUE(workers[2]->Beat().checkpoint_request().stop());
+  // The ranks stop on their own; rank 0 last, once the checkpoint is committed.
+  const std::string saved = "stopped after saving checkpoint /ckpt/iter_0000007 as requested";
+  for (int r = 1; r < 4; ++r) {
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED, 0, saved).ok());
+  }
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);  // Not a failure, not restarted.
+  ASSERT_TRUE(workers[0]->Report(as[0], v1::WORKER_STATE_STOPPED, 0, saved).ok());
+  const v1::Job stopped = AwaitState(job.id(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(stopped.state_reason(), absl::StrCat(saved, ": time limit in 5 minutes"));
+  EXPECT_EQ(stopped.attempt(), 1);
+  EXPECT_FALSE(stopped.has_failure());
+  // The workers are free again.
+  const v1::Job next = Submit(SmallSpec("next"));
+  AwaitState(next.id(), v1::JOB_STATE_SCHEDULED);
+}
+
+TEST_F(LifecycleTest, AJobAskedToStopIsNotRestartedAfterAFailure) {
+  const v1::Job job = Submit(CheckpointingSpec(/*max_restarts=*/2));
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  v1::CheckpointJobResponse response;
+  ASSERT_TRUE(Checkpoint(job.id(), true, "", &response).ok());
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_STOPPED, 0, "saved").ok());
+  // Rank 0 could not commit the checkpoint.
+  ASSERT_TRUE(workers[0]->Report(as[0], v1::WORKER_STATE_FAILED, 1, "disk full").ok());
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.attempt(), 1);
+  EXPECT_THAT(failed.failure().message(), HasSubstr("rank 0 failed (exit code 1): disk full"));
+}
+
+TEST_F(LifecycleTest, ARestartedAttemptStartsWithoutTheEarlierAttemptsRequests) {
+  const v1::Job job = Submit(CheckpointingSpec(/*max_restarts=*/1));
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  v1::CheckpointJobResponse response;
+  ASSERT_TRUE(Checkpoint(job.id(), false, "", &response).ok());
+  ASSERT_TRUE(workers[2]->Report(as[2], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  EXPECT_FALSE(AwaitState(job.id(), v1::JOB_STATE_PENDING).has_checkpoint_request());
+  for (int r : {0, 1, 3}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  std::vector<v1::Assignment> second = Assignments(workers);
+  ASSERT_EQ(second[0].attempt(), 2);
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_TRUE(workers[r]->Report(second[r], v1::WORKER_STATE_RUNNING).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  EXPECT_FALSE(workers[0]->Beat().has_checkpoint_request());
+}
+
+TEST_F(LifecycleTest, CheckpointRequestsNeedARunningJobThatSavesCheckpoints) {
+  v1::CheckpointJobResponse response;
+  const v1::Job no_dir = Submit(SmallSpec());
+  grpc::Status status = Checkpoint(no_dir.id(), false, "", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), HasSubstr("its spec has no checkpointing.dir"));
+  const v1::Job pending = Submit(CheckpointingSpec());
+  status = Checkpoint(pending.id(), true, "", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), HasSubstr("is PENDING; only a running job"));
+  EXPECT_FALSE(Get(pending.id()).has_checkpoint_request());
+  EXPECT_EQ(Checkpoint("j-20260101-000001", false, "", &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
 }
 
 TEST_F(LifecycleTest, CancelGivesUpOnSilentWorkersAfterTheGrace) {

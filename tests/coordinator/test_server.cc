@@ -94,12 +94,12 @@ std::optional<v1::Assignment> FakeWorker::Assignment(absl::Duration wait) {
   return response.assignment();
 }
 
-v1::HeartbeatResponse::Command FakeWorker::Heartbeat() {
+v1::HeartbeatResponse FakeWorker::Beat() {
   v1::HeartbeatRequest request;
   request.set_worker_id(id_);
   v1::HeartbeatResponse response;
   EXPECT_TRUE(stub_->Heartbeat(Context().get(), request, &response).ok());
-  return response.command();
+  return response;
 }
 
 grpc::Status FakeWorker::Report(const v1::Assignment& a, v1::WorkerState state, int exit_code,

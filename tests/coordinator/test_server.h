@@ -62,7 +62,8 @@ class FakeWorker {
   const std::string& id() const { return id_; }
   // Waits up to `wait` for an assignment (unset if none).
   std::optional<v1::Assignment> Assignment(absl::Duration wait);
-  v1::HeartbeatResponse::Command Heartbeat();
+  v1::HeartbeatResponse::Command Heartbeat() { return Beat().command(); }
+  v1::HeartbeatResponse Beat();
   grpc::Status Report(const v1::Assignment& a, v1::WorkerState state, int exit_code = 0,
                       const std::string& message = "");
   grpc::Status Metrics(const v1::Assignment& a, int64_t step, double loss);

@@ -1,5 +1,5 @@
-// mimoctl's job commands (submit, get, list, cancel, events, watch, logs, validate): calls to
-// JobService.
+// mimoctl's job commands (submit, get, list, cancel, checkpoint, events, watch, logs, validate):
+// calls to JobService.
 #include "tools/mimoctl/client_commands.h"
 
 #include <grpcpp/grpcpp.h>
@@ -382,7 +382,8 @@ void AddSubmitCommand(CLI::App& app, int* exit_code) {
 struct JobOptions {
   ClientOptions client;
   std::string job_id;
-  std::string reason;  // cancel only.
+  std::string reason;  // cancel and checkpoint.
+  bool stop = false;   // checkpoint only.
 };
 
 int RunGet(const JobOptions& options) {
@@ -405,6 +406,21 @@ int RunCancel(const JobOptions& options) {
   request.set_reason(options.reason);
   v1::CancelJobResponse response;
   const grpc::Status status = coordinator.Call(&JobService::Stub::CancelJob, request, &response);
+  if (!status.ok()) return coordinator.Fail(status, /*streamed=*/false);
+  return PrintResult(coordinator.output(), response.job(),
+                     [&] { return FormatJob(response.job(), absl::Now()); });
+}
+
+int RunCheckpoint(const JobOptions& options) {
+  Coordinator coordinator(options.client, /*streaming=*/false);
+  if (const int code = coordinator.Start()) return code;
+  v1::CheckpointJobRequest request;
+  request.set_job_id(options.job_id);
+  request.set_stop(options.stop);
+  request.set_reason(options.reason);
+  v1::CheckpointJobResponse response;
+  const grpc::Status status =
+      coordinator.Call(&JobService::Stub::CheckpointJob, request, &response);
   if (!status.ok()) return coordinator.Fail(status, /*streamed=*/false);
   return PrintResult(coordinator.output(), response.job(),
                      [&] { return FormatJob(response.job(), absl::Now()); });
@@ -629,6 +645,16 @@ void AddClientCommands(CLI::App& app, int* exit_code) {
   auto cancel = std::make_shared<JobOptions>();
   AddJobCommand(app, exit_code, "cancel", "Cancel a job and print it", RunCancel, cancel)
       ->add_option("--reason", cancel->reason, "Why; recorded as the job's state reason")
+      ->type_name("TEXT");
+  auto checkpoint = std::make_shared<JobOptions>();
+  CLI::App* save =
+      AddJobCommand(app, exit_code, "checkpoint",
+                    "Ask a running job to save a checkpoint after its next step, and print it",
+                    RunCheckpoint, checkpoint);
+  save->add_flag("--stop", checkpoint->stop,
+                 "Then end the job (CANCELLED) once the checkpoint is committed; submitting the "
+                 "spec again resumes from it");
+  save->add_option("--reason", checkpoint->reason, "Why; recorded in the job's events")
       ->type_name("TEXT");
   AddJobCommand(app, exit_code, "events",
                 "Print a job's history: every state change with its reason, and metrics reports",

@@ -162,6 +162,15 @@ std::string FormatJob(const v1::Job& job, absl::Time now) {
   std::string out = FormatColumns({JobHeader(), JobRow(job, now)});
   if (!job.state_reason().empty()) absl::StrAppend(&out, "reason: ", job.state_reason(), "\n");
   if (job.has_failure()) absl::StrAppend(&out, "failure: ", FormatFailure(job.failure()), "\n");
+  if (job.has_checkpoint_request()) {
+    const v1::CheckpointRequest& c = job.checkpoint_request();
+    absl::StrAppend(
+        &out, "checkpoint requested: #", c.sequence(), c.stop() ? ", then stop" : "",
+        c.has_time() ? absl::StrCat(" at ", absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", ToTime(c.time()),
+                                                             absl::UTCTimeZone()))
+                     : "",
+        c.reason().empty() ? "" : absl::StrCat(" (", c.reason(), ")"), "\n");
+  }
   return out;
 }
 

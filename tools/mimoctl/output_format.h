@@ -53,8 +53,9 @@ std::string FormatFailure(const v1::Failure& failure);
 // reported loss with four decimals; AGE is `now` minus create_time (FormatShortDuration).
 std::string FormatJobTable(const google::protobuf::RepeatedPtrField<v1::Job>& jobs, absl::Time now);
 
-// One job: FormatJobTable with its row, then "reason: <state_reason>" when there is one and
-// "failure: <FormatFailure>" when the job has a failure.
+// One job: FormatJobTable with its row, then "reason: <state_reason>" when there is one,
+// "failure: <FormatFailure>" when the job has a failure and "checkpoint requested: #N, then stop
+// at TIME (REASON)" when it has a checkpoint request.
 std::string FormatJob(const v1::Job& job, absl::Time now);
 
 // A job's history:
