@@ -274,30 +274,66 @@ absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, int64_t iterati
   if (world > 1 && store == nullptr) {
     return absl::FailedPreconditionError("a checkpoint of several ranks needs the job's store");
   }
+  // Every rank's report goes into the store whether its part went well or not ({"error",
+  // "code"} when not), so that the ranks waiting on it fail at once instead of at the timeout.
   const std::string key = absl::StrCat("checkpoint/", iteration, "/");
+  auto report = [&](const std::string& name, const absl::Status& status,
+                    const nlohmann::json& ok_value) -> absl::Status {
+    if (world == 1) return status;
+    const nlohmann::json value = status.ok()
+                                     ? ok_value
+                                     : nlohmann::json{{"error", std::string(status.message())},
+                                                      {"code", static_cast<int>(status.code())}};
+    const absl::Status set = store->Set(key + name, value.dump());
+    return status.ok() ? set : status;  // The rank's own error first.
+  };
+  // A report from rank `from` for `what`: its JSON, or the error it reports.
+  auto read = [&](const std::string& value, int from,
+                  absl::string_view what) -> absl::StatusOr<nlohmann::json> {
+    nlohmann::json theirs = nlohmann::json::parse(value, nullptr, false);
+    if (!theirs.is_object()) {
+      return absl::DataLossError(
+          absl::StrCat("rank ", from, "'s report of ", what, " is not JSON"));
+    }
+    if (theirs.contains("error")) {
+      const int code = theirs.value("code", 0);
+      return absl::Status(
+          code > 0 && code <= static_cast<int>(absl::StatusCode::kUnauthenticated)
+              ? static_cast<absl::StatusCode>(code)
+              : absl::StatusCode::kUnknown,
+          absl::StrCat("rank ", from, " could not ", what, " of checkpoint iteration ", iteration,
+                       ": ", theirs.value("error", std::string())));
+    }
+    return theirs;
+  };
   if (rank == 0) {
-    MIMO_RETURN_IF_ERROR(checkpoint::PrepareStaging(c.dir(), iteration).status());
-    if (world > 1) MIMO_RETURN_IF_ERROR(store->Set(key + "staged", "1"));
+    MIMO_RETURN_IF_ERROR(report("staged", checkpoint::PrepareStaging(c.dir(), iteration).status(),
+                                nlohmann::json::object()));
   } else {
-    MIMO_RETURN_IF_ERROR(store->Wait({key + "staged"}, timeout).status());
+    MIMO_ASSIGN_OR_RETURN(const std::vector<std::string> staged,
+                          store->Wait({key + "staged"}, timeout));
+    MIMO_RETURN_IF_ERROR(read(staged[0], 0, "prepare the staging folder").status());
   }
   const std::string staging = checkpoint::StagingDir(c.dir(), iteration);
-  MIMO_ASSIGN_OR_RETURN(const auto digests, write(staging));
+  absl::StatusOr<std::map<std::string, checkpoint::FileDigest>> digests = write(staging);
   // Each rank's files with their sizes and CRC-32Cs, for rank 0's metadata.json.
   nlohmann::json files = nlohmann::json::object();
-  for (const auto& [file, d] : digests) {
-    files[file] = {{"bytes", d.bytes}, {"crc32c", d.crc32c}};
+  if (digests.ok()) {
+    for (const auto& [file, d] : *digests) {
+      files[file] = {{"bytes", d.bytes}, {"crc32c", d.crc32c}};
+    }
   }
-  if (rank != 0) return store->Set(absl::StrCat(key, "written/", rank), files.dump());
+  if (rank != 0) {
+    return report(absl::StrCat("written/", rank), digests.status(), files);
+  }
+  MIMO_RETURN_IF_ERROR(digests.status());
   std::vector<std::string> written;
   for (int r = 1; r < world; ++r) written.push_back(absl::StrCat(key, "written/", r));
   if (!written.empty()) {
     MIMO_ASSIGN_OR_RETURN(const std::vector<std::string> values, store->Wait(written, timeout));
-    for (const std::string& v : values) {
-      const nlohmann::json theirs = nlohmann::json::parse(v, nullptr, false);
-      if (!theirs.is_object()) {
-        return absl::DataLossError("a rank's report of its checkpoint files is not JSON");
-      }
+    for (size_t i = 0; i < values.size(); ++i) {
+      MIMO_ASSIGN_OR_RETURN(const nlohmann::json theirs,
+                            read(values[i], static_cast<int>(i) + 1, "write its files"));
       files.update(theirs);
     }
   }

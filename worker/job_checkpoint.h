@@ -72,7 +72,9 @@ using RankStateWriter = std::function<absl::StatusOr<std::map<std::string, check
 // them (up to `timeout`), writes metadata.json (with every rank's files' sizes and CRC-32Cs and
 // `consumed_samples`) and commits (keeping spec.checkpointing.keep_last). Every rank of the job
 // calls it after the same iteration (from any thread: an asynchronous save's); the others go
-// on once they have written.
+// on once they have written. A rank whose part fails (rank 0's staging folder, another's files)
+// says so in `store` too, so that the ranks waiting for it fail at once with an error naming it
+// rather than at the timeout.
 absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, int64_t iteration,
                                int64_t consumed_samples, const RankStateWriter& write,
                                comm::KeyValueStore* store, absl::Duration timeout);

@@ -2,6 +2,7 @@
 // and metrics.
 #include "worker/train_job.h"
 
+#include <atomic>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -30,7 +31,11 @@ class BackgroundSave {
  public:
   ~BackgroundSave() { Wait().IgnoreError(); }
   void Start(std::function<absl::Status()> save) {
-    thread_ = std::thread([this, save = std::move(save)] { status_ = save(); });
+    done_ = false;
+    thread_ = std::thread([this, save = std::move(save)] {
+      status_ = save();
+      done_ = true;
+    });
   }
   // Waits for the save in flight, if any; its status.
   absl::Status Wait() {
@@ -38,10 +43,14 @@ class BackgroundSave {
     thread_.join();
     return std::exchange(status_, absl::OkStatus());
   }
+  // Without waiting: the status of a save that has ended (joined), OK while one runs or none
+  // does. Checked after every step, so that a failed save ends the run at once.
+  absl::Status Check() { return done_ ? Wait() : absl::OkStatus(); }
 
  private:
   std::thread thread_;
-  absl::Status status_;  // Written by the thread, read after the join.
+  std::atomic<bool> done_{false};
+  absl::Status status_;  // Written by the thread before done_, read after the join.
 };
 
 }  // namespace
@@ -227,6 +236,7 @@ absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
   for (int64_t step = first_step; step <= t.steps(); ++step) {
     if (hooks.stopped && hooks.stopped()) return absl::CancelledError("the job was stopped");
     MIMO_ASSIGN_OR_RETURN(const StepMetrics m, trainer->Step());
+    MIMO_RETURN_IF_ERROR(background.Check());
     seconds += m.seconds;
     end.iteration = step;
     // The newest request any rank has heard of, as 2 * sequence + stop: a stop request is its
