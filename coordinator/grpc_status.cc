@@ -17,13 +17,11 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 grpc::Status InvalidSpecStatus(const std::vector<FieldViolation>& violations) {
   google::rpc::BadRequest bad_request;
-  std::string message = absl::StrCat("invalid job spec (", violations.size(), " problem",
-                                     violations.size() == 1 ? "" : "s", ")");
+  const std::string message = DescribeViolations(violations);
   for (const FieldViolation& v : violations) {
     google::rpc::BadRequest::FieldViolation* fv = bad_request.add_field_violations();
     fv->set_field(v.field);
     fv->set_description(v.description);
-    absl::StrAppend(&message, "\n", v.field, ": ", v.description);
   }
   google::rpc::Status rpc_status;
   rpc_status.set_code(google::rpc::INVALID_ARGUMENT);

@@ -180,13 +180,13 @@ absl::StatusOr<v1::Job> JobManager::CheckpointJob(const std::string& id, bool st
   request.set_stop(stop);
   request.set_reason(reason);
   *request.mutable_time() = ToProto(now);
-  active->second.checkpoint = request;
   *job.mutable_update_time() = ToProto(now);
   v1::JobEvent event;
   event.set_message(absl::StrCat("checkpoint requested", stop ? ", then stop" : "",
                                  reason.empty() ? "" : ": ", reason));
   *event.mutable_time() = ToProto(now);
   MIMO_RETURN_IF_ERROR(store_->UpdateJob(job, std::move(event)).status());
+  active->second.checkpoint = job.checkpoint_request();  // Stored first: the workers act on it.
   Changed();
   return job;
 }
@@ -457,6 +457,22 @@ void JobManager::CheckActiveJobs(absl::Time now) {
         ReleaseAttempt(id, message, now);
         active_.erase(id);
         Transition(*job, v1::JOB_STATE_PENDING, message, now).IgnoreError();
+        continue;
+      }
+      if (job->checkpoint_request().stop()) {
+        // The job was stopping after a checkpoint: ranks that had finished their part were free
+        // before the restart and do not come back. It ends as asked, without a restart.
+        const std::string message = absl::StrCat(
+            "stopped after a checkpoint request (", job->checkpoint_request().reason(),
+            "); the coordinator restarted meanwhile and the workers of rank",
+            missing.size() == 1 ? " " : "s ", absl::StrJoin(missing, ", "),
+            " did not re-register within ", absl::FormatDuration(options_.reattach_grace),
+            ", so whether the checkpoint was committed is unconfirmed: see the checkpoint "
+            "folder's latest_checkpointed_iteration.txt");
+        ReleaseAttempt(id, message, now);
+        active_.erase(id);
+        Transition(*job, v1::JOB_STATE_CANCELLING, message, now).IgnoreError();
+        Transition(*job, v1::JOB_STATE_CANCELLED, message, now).IgnoreError();
         continue;
       }
       FailAttempt(

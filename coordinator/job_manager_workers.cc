@@ -111,6 +111,10 @@ v1::HeartbeatResponse JobManager::Heartbeat(const std::string& worker_id, absl::
     if (active != active_.end() && active->second.attempt == it->second.attempt &&
         active->second.checkpoint.sequence() > 0) {
       *response.mutable_checkpoint_request() = active->second.checkpoint;
+      v1::RunningAssignment* to = response.mutable_checkpoint_request_for();
+      to->set_job_id(it->second.job_id);
+      to->set_attempt(it->second.attempt);
+      to->set_rank(it->second.rank);
     }
   }
   return response;
@@ -206,9 +210,10 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   // A rank that failed, or stopped without being told to (its worker was shut down), ends the
   // attempt at once: its peers would otherwise wait for it until their collectives time out.
   // Ranks asked to save a checkpoint and stop do stop on their own.
-  const bool stop_requested = (*active)->checkpoint.stop();
+  const bool stopped_as_asked = request.state() == v1::WORKER_STATE_STOPPED &&
+                                (*active)->checkpoint.stop() && request.stopped_after_checkpoint();
   const bool unasked_stop =
-      request.state() == v1::WORKER_STATE_STOPPED && !told_to_stop && !stop_requested;
+      request.state() == v1::WORKER_STATE_STOPPED && !told_to_stop && !stopped_as_asked;
   if ((request.state() == v1::WORKER_STATE_FAILED || unasked_stop) &&
       job.state() != v1::JOB_STATE_CANCELLING) {
     v1::Failure failure;
@@ -224,8 +229,7 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     Schedule(now);  // Ranks that never fetched their assignment are free again.
     return absl::OkStatus();
   }
-  if (stop_requested && request.state() == v1::WORKER_STATE_STOPPED && request.rank() == 0 &&
-      job.state() == v1::JOB_STATE_RUNNING) {
+  if (stopped_as_asked && request.rank() == 0 && job.state() == v1::JOB_STATE_RUNNING) {
     // Rank 0 stops last of a save: after committing the checkpoint. The others have stopped
     // or are about to; those that do not within cancel_grace are told to.
     const std::string& reason = job.checkpoint_request().reason();

@@ -626,6 +626,15 @@ parallel::LayoutSpec ToLayoutSpec(const v1::JobSpec& spec) {
   return layout;
 }
 
+std::string DescribeViolations(const std::vector<FieldViolation>& violations) {
+  std::string message = absl::StrCat("invalid job spec (", violations.size(), " problem",
+                                     violations.size() == 1 ? "" : "s", ")");
+  for (const FieldViolation& v : violations) {
+    absl::StrAppend(&message, "\n", v.field, ": ", v.description);
+  }
+  return message;
+}
+
 absl::StatusOr<parallel::RankPlan> ValidateJobSpec(const v1::JobSpec& spec,
                                                    std::vector<FieldViolation>* violations) {
   SpecChecker checker(spec);
@@ -633,10 +642,7 @@ absl::StatusOr<parallel::RankPlan> ValidateJobSpec(const v1::JobSpec& spec,
   std::vector<FieldViolation>& found = checker.violations();
   absl::Status status = absl::OkStatus();
   if (!found.empty()) {
-    status = absl::InvalidArgumentError(
-        absl::StrJoin(found, "\n", [](std::string* out, const FieldViolation& v) {
-          absl::StrAppend(out, v.field, ": ", v.description);
-        }));
+    status = absl::InvalidArgumentError(DescribeViolations(found));
   }
   if (violations != nullptr) *violations = std::move(found);
   if (!status.ok()) return status;

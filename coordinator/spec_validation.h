@@ -23,6 +23,10 @@ struct FieldViolation {
   std::string description;
 };
 
+// "invalid job spec (N problems)", then "field: description" per violation, a line each: the
+// message of every refusal of a spec (ValidateJobSpec, the service's INVALID_ARGUMENT, mimoctl).
+std::string DescribeViolations(const std::vector<FieldViolation>& violations);
+
 // The planner's input for a spec: every module's parallelism (sizes of 0 mean 1), world size =
 // resources.workers, language = the module whose `model` is `language`, seed and
 // data_parallel_random_init from `training` (seed 0 means 1234).
@@ -40,7 +44,7 @@ parallel::LayoutSpec ToLayoutSpec(const v1::JobSpec& spec);
 // index
 // -> "modules[i].parallelism.<field>" or "modules[i].name", layout-wide -> "modules",
 // "resources.workers" or "training.seed") with the planner's message. Returns the plan when
-// there are no violations, else InvalidArgument listing "field: description" one per line.
+// there are no violations, else InvalidArgument with DescribeViolations' message.
 // `violations` (may be null) receives the list, empty on success.
 absl::StatusOr<parallel::RankPlan> ValidateJobSpec(const v1::JobSpec& spec,
                                                    std::vector<FieldViolation>* violations);

@@ -18,6 +18,7 @@
 #include "common/status_macros.h"
 #include "google/protobuf/util/time_util.h"
 #include "worker/group_reduce.h"
+#include "worker/group_specs.h"
 #include "worker/job_checkpoint.h"
 #include "worker/model_spec.h"
 #include "worker/rank_modules.h"
@@ -54,6 +55,17 @@ class BackgroundSave {
 };
 
 }  // namespace
+
+absl::StatusOr<std::vector<comm::GroupSpec>> TrainingGroupSpecs(const v1::Assignment& assignment) {
+  MIMO_ASSIGN_OR_RETURN(std::vector<comm::GroupSpec> specs, GroupSpecsOf(assignment.rank()));
+  if (!assignment.spec().checkpointing().dir().empty() && assignment.world_size() > 1) {
+    // Connected first, by every rank: the same place in every rank's order.
+    comm::GroupSpec world{.kind = kWorldGroup};
+    for (int r = 0; r < assignment.world_size(); ++r) world.members.push_back(r);
+    specs.insert(specs.begin(), std::move(world));
+  }
+  return specs;
+}
 
 absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, int language_dp) {
   const v1::Training& t = spec.training();

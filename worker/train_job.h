@@ -43,9 +43,13 @@ double PeakTflops(const std::string& device_name, kernels::DType dtype);
 std::string MegatronLogLine(const StepMetrics& m, int64_t steps, int64_t consumed_samples,
                             int64_t global_batch_size, double tflops_per_gpu);
 
-// The group of every rank of a KIND_TRAIN job of more than one rank (the worker connects it
-// first, members 0..world-1), where the ranks agree on checkpoint requests.
+// The group of every rank of a KIND_TRAIN job of more than one rank that saves checkpoints
+// (members 0..world-1), where the ranks agree on checkpoint requests.
 inline constexpr char kWorldGroup[] = "world";
+
+// The groups a KIND_TRAIN rank connects: kWorldGroup first when the job has one, then
+// GroupSpecsOf's.
+absl::StatusOr<std::vector<comm::GroupSpec>> TrainingGroupSpecs(const v1::Assignment& assignment);
 
 struct TrainJobHooks {
   std::function<void(const std::string&)> log;     // A line for the job's log.

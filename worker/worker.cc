@@ -77,6 +77,7 @@ struct Worker::RunningJob {
   bool stopped ABSL_GUARDED_BY(mu) = false;
   std::string stop_reason ABSL_GUARDED_BY(mu);
   v1::CheckpointRequest checkpoint ABSL_GUARDED_BY(mu);
+  bool ended_after_checkpoint ABSL_GUARDED_BY(mu) = false;
   // Set once connected; cleared (under `mu`) before being destroyed.
   std::unique_ptr<comm::ProcessGroups> groups ABSL_GUARDED_BY(mu);
 
@@ -95,16 +96,24 @@ struct Worker::RunningJob {
 
   // Marks the job stopped (with `reason`) without aborting anything: it ended on its own, early,
   // as a checkpoint request asked.
-  void EndedEarly(const std::string& reason) {
+  void EndAfterCheckpoint(const std::string& reason) {
     absl::MutexLock lock(&mu);
     if (!stopped) {
       stopped = true;
       stop_reason = reason;
+      ended_after_checkpoint = true;
     }
   }
+  // Whether it ended so (rather than being stopped).
+  bool EndedAfterCheckpoint() {
+    absl::MutexLock lock(&mu);
+    return ended_after_checkpoint;
+  }
 
-  // The newest checkpoint request the coordinator sent (stop is sticky).
-  void NoteCheckpointRequest(const v1::CheckpointRequest& request) {
+  // The newest checkpoint request the coordinator sent for this job attempt (stop is sticky).
+  void NoteCheckpointRequest(const v1::CheckpointRequest& request,
+                             const v1::RunningAssignment& to) {
+    if (to.job_id() != id.job_id() || to.attempt() != id.attempt()) return;  // A stale answer.
     absl::MutexLock lock(&mu);
     if (request.sequence() > checkpoint.sequence()) checkpoint = request;
     if (request.stop()) checkpoint.set_stop(true);
@@ -314,7 +323,10 @@ void Worker::OnHeartbeat(const v1::HeartbeatResponse& response) {
           absl::MutexLock lock(&mu_);
           job = job_;
         }
-        if (job) job->NoteCheckpointRequest(response.checkpoint_request());
+        if (job) {
+          job->NoteCheckpointRequest(response.checkpoint_request(),
+                                     response.checkpoint_request_for());
+        }
       }
       break;
     default:
@@ -335,7 +347,7 @@ void Worker::AskWhetherStopped() {
 }
 
 absl::Status Worker::Report(const v1::Assignment& assignment, v1::WorkerState state, int exit_code,
-                            const std::string& message) {
+                            const std::string& message, bool stopped_after_checkpoint) {
   v1::ReportStatusRequest request;
   request.set_job_id(assignment.job_id());
   request.set_attempt(assignment.attempt());
@@ -343,6 +355,7 @@ absl::Status Worker::Report(const v1::Assignment& assignment, v1::WorkerState st
   request.set_state(state);
   request.set_exit_code(exit_code);
   request.set_message(message);
+  request.set_stopped_after_checkpoint(stopped_after_checkpoint);
   const bool final_state = Final(state);
   const absl::Time give_up = absl::Now() + registration().heartbeat_timeout;
   absl::Status status;
@@ -412,7 +425,7 @@ void Worker::RunAssignment(const v1::Assignment& assignment) {
   }
   // The coordinator refuses a rank's lines once its final state is in.
   log.Close().IgnoreError();
-  Report(assignment, state, exit_code, message).IgnoreError();
+  Report(assignment, state, exit_code, message, job->EndedAfterCheckpoint()).IgnoreError();
 
   // The groups go only after the final report, so that peers blocked in a collective with this
   // rank learn why from the coordinator's STOP rather than failing on a closed connection first.
@@ -444,13 +457,9 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
           absl::StrCat("job kind ", v1::JobSpec::Kind_Name(spec.kind()), " is not supported"));
   }
 
-  MIMO_ASSIGN_OR_RETURN(std::vector<comm::GroupSpec> specs, GroupSpecsOf(assignment.rank()));
-  if (spec.kind() == v1::JobSpec::KIND_TRAIN && assignment.world_size() > 1) {
-    // Every rank's, connected first: where the ranks agree on checkpoint requests each step.
-    comm::GroupSpec world{.kind = kWorldGroup};
-    for (int r = 0; r < assignment.world_size(); ++r) world.members.push_back(r);
-    specs.insert(specs.begin(), std::move(world));
-  }
+  MIMO_ASSIGN_OR_RETURN(std::vector<comm::GroupSpec> specs, spec.kind() == v1::JobSpec::KIND_TRAIN
+                                                                ? TrainingGroupSpecs(assignment)
+                                                                : GroupSpecsOf(assignment.rank()));
   log.Line(absl::StrCat("connecting ", specs.size(), " process groups (", cuda ? "NCCL" : "Gloo",
                         "): ", DescribeGroups(specs)));
   const absl::Time start = absl::Now();
@@ -528,7 +537,7 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
       const TrainingEnd end,
       RunTraining(assignment, *groups, *ops, cuda, info_.device_name(), info_.host(), hooks));
   if (end.iteration < spec.training().steps()) {
-    job.EndedEarly(
+    job.EndAfterCheckpoint(
         absl::StrCat("stopped after saving checkpoint ", end.checkpoint, " as requested"));
   }
   return absl::OkStatus();

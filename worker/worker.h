@@ -101,9 +101,10 @@ class Worker {
   absl::Status Execute(const v1::Assignment& assignment, RunningJob& job, JobLog& log);
   // Reports `state` for the assignment. A final state is retried while the coordinator is
   // unreachable (a lost final report would leave the job waiting for this rank forever), until
-  // the coordinator is declared lost.
+  // the coordinator is declared lost. `stopped_after_checkpoint`: a STOPPED that a checkpoint
+  // request asked for.
   absl::Status Report(const v1::Assignment& assignment, v1::WorkerState state, int exit_code,
-                      const std::string& message);
+                      const std::string& message, bool stopped_after_checkpoint = false);
 
   Registration registration() const;
   bool stopping() const;

@@ -260,6 +260,10 @@ TEST_F(LifecycleTest, CheckpointRequestsReachTheRanksThroughTheirHeartbeats) {
     const v1::HeartbeatResponse beat = workers[r]->Beat();
     EXPECT_EQ(beat.command(), v1::HeartbeatResponse::COMMAND_CONTINUE);
     EXPECT_EQ(beat.checkpoint_request().sequence(), 2) << r;
+    // Naming the attempt and rank it is for: a late answer cannot reach the worker's next job.
+    EXPECT_EQ(beat.checkpoint_request_for().job_id(), job.id());
+    EXPECT_EQ(beat.checkpoint_request_for().attempt(), 1);
+    EXPECT_EQ(beat.checkpoint_request_for().rank(), r);
   }
   v1::ListJobEventsRequest events;
   events.set_job_id(job.id());
@@ -294,10 +298,10 @@ TEST_F(LifecycleTest, CheckpointAndStopCancelsTheJobOnceRankZeroHasCommitted) {
   // The ranks stop on their own; rank 0 last, once the checkpoint is committed.
   const std::string saved = "stopped after saving checkpoint /ckpt/iter_0000007 as requested";
   for (int r = 1; r < 4; ++r) {
-    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED, 0, saved).ok());
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED, 0, saved, true).ok());
   }
   EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);  // Not a failure, not restarted.
-  ASSERT_TRUE(workers[0]->Report(as[0], v1::WORKER_STATE_STOPPED, 0, saved).ok());
+  ASSERT_TRUE(workers[0]->Report(as[0], v1::WORKER_STATE_STOPPED, 0, saved, true).ok());
   const v1::Job stopped = AwaitState(job.id(), v1::JOB_STATE_CANCELLED);
   EXPECT_EQ(stopped.state_reason(), absl::StrCat(saved, ": time limit in 5 minutes"));
   EXPECT_EQ(stopped.attempt(), 1);
@@ -315,12 +319,55 @@ TEST_F(LifecycleTest, AJobAskedToStopIsNotRestartedAfterAFailure) {
   AwaitState(job.id(), v1::JOB_STATE_RUNNING);
   v1::CheckpointJobResponse response;
   ASSERT_TRUE(Checkpoint(job.id(), true, "", &response).ok());
-  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_STOPPED, 0, "saved").ok());
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_STOPPED, 0, "saved", true).ok());
   // Rank 0 could not commit the checkpoint.
   ASSERT_TRUE(workers[0]->Report(as[0], v1::WORKER_STATE_FAILED, 1, "disk full").ok());
   const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
   EXPECT_EQ(failed.attempt(), 1);
   EXPECT_THAT(failed.failure().message(), HasSubstr("rank 0 failed (exit code 1): disk full"));
+}
+
+TEST_F(LifecycleTest, ARankStoppingForAnotherReasonWhileAStopIsPendingEndsTheAttempt) {
+  const v1::Job job = Submit(CheckpointingSpec(/*max_restarts=*/2));
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  v1::CheckpointJobResponse response;
+  ASSERT_TRUE(Checkpoint(job.id(), true, "drain", &response).ok());
+  // Its worker got SIGTERM before the save: not the stop that was asked for.
+  ASSERT_TRUE(workers[0]->Report(as[0], v1::WORKER_STATE_STOPPED, 0, "SIGTERM").ok());
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.failure().reason(), "WORKER_STOPPED");
+  EXPECT_EQ(failed.attempt(), 1);  // Asked to stop: not restarted.
+  EXPECT_EQ(workers[1]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
+TEST_F(LifecycleTest, ACoordinatorRestartWhileAJobStopsAfterACheckpointEndsItCancelled) {
+  const v1::Job job = Submit(CheckpointingSpec(/*max_restarts=*/2));
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  v1::CheckpointJobResponse response;
+  ASSERT_TRUE(Checkpoint(job.id(), true, "time limit", &response).ok());
+  // Ranks 1-3 wrote their part and are free; rank 0 is committing when the coordinator restarts.
+  for (int r = 1; r < 4; ++r) {
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED, 0, "saved", true).ok());
+  }
+  StopServer();
+  StartServer(options_);
+  v1::RunningAssignment resume;
+  resume.set_job_id(job.id());
+  resume.set_attempt(1);
+  resume.set_rank(0);
+  FakeWorker back(Channel(), "h", 0, v1::DEVICE_KIND_CPU, resume);
+  const v1::Job stopped = AwaitState(job.id(), v1::JOB_STATE_CANCELLED, absl::Seconds(5), {&back});
+  EXPECT_THAT(stopped.state_reason(),
+              AllOf(HasSubstr("stopped after a checkpoint request (time limit)"),
+                    HasSubstr("ranks 1, 2, 3 did not re-register"), HasSubstr("unconfirmed")));
+  EXPECT_EQ(stopped.attempt(), 1);
+  EXPECT_FALSE(stopped.has_failure());
 }
 
 TEST_F(LifecycleTest, ARestartedAttemptStartsWithoutTheEarlierAttemptsRequests) {

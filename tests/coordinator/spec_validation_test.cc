@@ -120,9 +120,13 @@ std::vector<std::string> FailingFields(const v1::JobSpec& spec,
   absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
   EXPECT_FALSE(plan.ok());
   EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
-  // The message holds "field: description", one per line, in order.
-  const std::vector<std::string> lines = absl::StrSplit(plan.status().message(), '\n');
-  EXPECT_EQ(lines.size(), violations.size());
+  // The message: "invalid job spec (N problems)", then "field: description", one per line, in
+  // order.
+  std::vector<std::string> lines = absl::StrSplit(plan.status().message(), '\n');
+  EXPECT_EQ(lines.size(), violations.size() + 1);
+  EXPECT_EQ(lines[0], absl::StrCat("invalid job spec (", violations.size(), " problem",
+                                   violations.size() == 1 ? ")" : "s)"));
+  lines.erase(lines.begin());
   for (size_t i = 0; i < std::min(lines.size(), violations.size()); ++i) {
     EXPECT_EQ(lines[i], violations[i].field + ": " + violations[i].description);
     EXPECT_FALSE(violations[i].description.empty()) << violations[i].field;

@@ -138,7 +138,7 @@ absl::StatusOr<Target> PlanTarget(v1::JobSpec spec, const std::vector<std::strin
   absl::StatusOr<parallel::RankPlan> plan = coordinator::ValidateJobSpec(spec, nullptr);
   if (!plan.ok()) {
     return absl::Status(plan.status().code(),
-                        absl::StrCat("the target layout is invalid\n", plan.status().message()));
+                        absl::StrCat("the target layout is invalid: ", plan.status().message()));
   }
   Target out{.spec = std::move(spec)};
   coordinator::ModulesToProto(*plan, &out.modules);

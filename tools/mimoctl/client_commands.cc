@@ -654,7 +654,8 @@ void AddClientCommands(CLI::App& app, int* exit_code) {
   save->add_flag("--stop", checkpoint->stop,
                  "Then end the job (CANCELLED) once the checkpoint is committed; submitting the "
                  "spec again resumes from it");
-  save->add_option("--reason", checkpoint->reason, "Why; recorded in the job's events")
+  save->add_option("--reason", checkpoint->reason,
+                   "Why; recorded in the job's events (and, with --stop, its state reason)")
       ->type_name("TEXT");
   AddJobCommand(app, exit_code, "events",
                 "Print a job's history: every state change with its reason, and metrics reports",

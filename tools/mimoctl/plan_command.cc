@@ -27,15 +27,7 @@ int PrintErrors(const absl::Status& status) {
 absl::StatusOr<parallel::RankPlan> PlanSpecFile(const std::string& path) {
   absl::StatusOr<v1::JobSpec> spec = ReadJobSpecFile(path);
   if (!spec.ok()) return spec.status();
-  std::vector<coordinator::FieldViolation> violations;
-  absl::StatusOr<parallel::RankPlan> plan = coordinator::ValidateJobSpec(*spec, &violations);
-  if (violations.empty()) return plan;
-  std::string message = absl::StrCat("invalid job spec (", violations.size(),
-                                     violations.size() == 1 ? " problem)" : " problems)");
-  for (const coordinator::FieldViolation& v : violations) {
-    absl::StrAppend(&message, "\n", v.field, ": ", v.description);
-  }
-  return absl::InvalidArgumentError(message);
+  return coordinator::ValidateJobSpec(*spec, nullptr);
 }
 
 // The plan of the layout flags.
