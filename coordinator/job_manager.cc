@@ -270,13 +270,21 @@ absl::Status JobManager::FailAttempt(v1::Job& job, const v1::Failure& failure, R
   if (job.state() == v1::JOB_STATE_CANCELLING) {
     return Transition(job, v1::JOB_STATE_CANCELLED, job.state_reason(), now);
   }
-  const int restarts_used = job.attempt() - 1;
+  const int restarts_used = job.attempt() - 1 - job.preemptions();
   // A job asked to stop is not restarted: the user wanted it to end.
-  if (retry == Retry::kIfAllowed && !job.checkpoint_request().stop() &&
-      restarts_used < job.spec().max_restarts() && job.state() != v1::JOB_STATE_PENDING) {
-    const std::string message = absl::StrCat(
-        "attempt ", job.attempt(), " failed (", failure.reason(), ": ", failure.message(),
-        "); restarting as attempt ", job.attempt() + 1, " of ", job.spec().max_restarts() + 1);
+  const bool restart = !job.checkpoint_request().stop() && job.state() != v1::JOB_STATE_PENDING &&
+                       (retry == Retry::kPreempted ||
+                        (retry == Retry::kIfAllowed && restarts_used < job.spec().max_restarts()));
+  if (restart) {
+    const std::string message =
+        retry == Retry::kPreempted
+            ? absl::StrCat("attempt ", job.attempt(), " ended for a drained worker (",
+                           failure.message(), "); restarting from that checkpoint as attempt ",
+                           job.attempt() + 1)
+            : absl::StrCat("attempt ", job.attempt(), " failed (", failure.reason(), ": ",
+                           failure.message(), "); restarting as attempt ", job.attempt() + 1,
+                           " of ", job.spec().max_restarts() + job.preemptions() + 1);
+    if (retry == Retry::kPreempted) job.set_preemptions(job.preemptions() + 1);
     job.set_attempt(job.attempt() + 1);
     job.clear_progress();
     job.clear_checkpoint_request();  // The new attempt's ranks count requests afresh.
@@ -511,7 +519,7 @@ void JobManager::Schedule(absl::Time now) {
     std::vector<std::string> idle;
     int registered = 0;
     for (const auto& [id, w] : workers_) {
-      if (w.info.device() != device) continue;
+      if (w.info.device() != device || w.leaving) continue;
       ++registered;
       if (w.job_id.empty()) idle.push_back(id);
     }

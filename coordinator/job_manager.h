@@ -143,6 +143,8 @@ class JobManager {
     bool stop = false;  // Told to stop its job (cancel, another rank failed, deadline).
     std::string stop_reason;
     absl::Time stop_time = absl::InfiniteFuture();  // When it was told to stop.
+    // It said it exits after its last report: it gets no rank until it is gone.
+    bool leaving = false;
   };
   // A job attempt that holds (or, after a restart, waits for) workers.
   struct Active {
@@ -162,9 +164,16 @@ class JobManager {
   absl::Status Transition(v1::Job& job, v1::JobState to, const std::string& message, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether another attempt could cure a failure.
-  enum class Retry { kIfAllowed, kNever };
+  enum class Retry {
+    kIfAllowed,
+    kNever,
+    // The ranks saved a checkpoint and stopped because a worker was drained: restart whatever
+    // max_restarts says, counting a preemption instead of a restart.
+    kPreempted
+  };
   // Ends an attempt that failed: with kIfAllowed, restarts the job as a new attempt if
-  // max_restarts allows; else FAILED with `failure`. Releases the attempt's workers.
+  // max_restarts allows; else FAILED with `failure`. A job asked to stop (checkpoint request)
+  // is never restarted. Releases the attempt's workers.
   absl::Status FailAttempt(v1::Job& job, const v1::Failure& failure, Retry retry, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unbinds the job's workers that never fetched their assignment (their ranks count as

@@ -192,7 +192,8 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     // A worker of an attempt that already ended confirms it stopped: it is free again.
     if (finished && w->second.job_id == request.job_id() &&
         w->second.attempt == request.attempt()) {
-      w->second = Worker{.info = w->second.info, .last_heartbeat = now};
+      w->second =
+          Worker{.info = w->second.info, .last_heartbeat = now, .leaving = request.leaving()};
       Changed();
       Schedule(now);
       return absl::OkStatus();
@@ -202,18 +203,21 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   (*active)->rank_state[request.rank()] = request.state();
   const bool told_to_stop = w->second.stop;
   if (finished) {
-    w->second = Worker{.info = w->second.info, .last_heartbeat = now};
+    w->second = Worker{.info = w->second.info, .last_heartbeat = now, .leaving = request.leaving()};
   }
   Changed();
   MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(request.job_id()));
   const auto& states = (*active)->rank_state;
   // A rank that failed, or stopped without being told to (its worker was shut down), ends the
   // attempt at once: its peers would otherwise wait for it until their collectives time out.
-  // Ranks asked to save a checkpoint and stop do stop on their own.
-  const bool stopped_as_asked = request.state() == v1::WORKER_STATE_STOPPED &&
-                                (*active)->checkpoint.stop() && request.stopped_after_checkpoint();
+  // A rank that stopped after a checkpoint did so for the job's stop request, or else because a
+  // worker of the job was drained (SIGTERM): the attempt then restarts from that checkpoint.
+  const bool after_checkpoint =
+      request.state() == v1::WORKER_STATE_STOPPED && request.stopped_after_checkpoint();
+  const bool stopped_as_asked = after_checkpoint && (*active)->checkpoint.stop();
+  const bool drained = after_checkpoint && !(*active)->checkpoint.stop();
   const bool unasked_stop =
-      request.state() == v1::WORKER_STATE_STOPPED && !told_to_stop && !stopped_as_asked;
+      request.state() == v1::WORKER_STATE_STOPPED && !told_to_stop && !after_checkpoint;
   if ((request.state() == v1::WORKER_STATE_FAILED || unasked_stop) &&
       job.state() != v1::JOB_STATE_CANCELLING) {
     v1::Failure failure;
@@ -227,6 +231,16 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     failure.set_rank(request.rank());
     MIMO_RETURN_IF_ERROR(FailAttempt(job, failure, Retry::kIfAllowed, now));
     Schedule(now);  // Ranks that never fetched their assignment are free again.
+    return absl::OkStatus();
+  }
+  if (drained && request.rank() == 0 && job.state() == v1::JOB_STATE_RUNNING) {
+    // Rank 0 reports last of a save, once the checkpoint is committed.
+    v1::Failure failure;
+    failure.set_reason("PREEMPTED");
+    failure.set_message(request.message());
+    failure.set_rank(request.rank());
+    MIMO_RETURN_IF_ERROR(FailAttempt(job, failure, Retry::kPreempted, now));
+    Schedule(now);
     return absl::OkStatus();
   }
   if (stopped_as_asked && request.rank() == 0 && job.state() == v1::JOB_STATE_RUNNING) {

@@ -93,7 +93,9 @@ absl::Status LocalWorkers::Spawn(Slot& slot) {
   if (pid == 0) {
     // Only async-signal-safe calls from here to exec. The worker dies with this thread (the
     // supervisor, which lives as long as the pool), so a killed coordinator leaves no orphans.
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    // SIGINT stops a worker at once (SIGTERM would drain: save a checkpoint first, through the
+    // coordinator that is gone).
+    prctl(PR_SET_PDEATHSIG, SIGINT);
     if (getppid() != parent) _exit(127);
     // The coordinator blocks SIGTERM and SIGINT in every thread (it takes them with sigwait);
     // an exec'd program would inherit that mask and ignore its stop signal.
@@ -217,7 +219,8 @@ void LocalWorkers::Stop() {
   if (supervisor_.joinable()) supervisor_.join();
   absl::MutexLock lock(&mu_);
   for (Slot& slot : slots_) {
-    if (slot.pid >= 0) kill(slot.pid, SIGTERM);
+    // At once (SIGINT): the coordinator is going, so no job could restart after a drain.
+    if (slot.pid >= 0) kill(slot.pid, SIGINT);
   }
   const absl::Time deadline = absl::Now() + options_.stop_grace;
   while (absl::Now() < deadline) {

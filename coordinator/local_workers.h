@@ -33,7 +33,7 @@ struct LocalWorkersOptions {
   std::vector<std::string> extra_args;
   // A worker that exited is started again after this long.
   absl::Duration restart_delay = absl::Seconds(1);
-  // Stop(): how long workers get to exit after SIGTERM before SIGKILL.
+  // Stop(): how long workers get to exit after SIGINT before SIGKILL.
   absl::Duration stop_grace = absl::Seconds(5);
   // Lines of each worker's stderr kept for the report of its exit.
   int stderr_tail_lines = 40;
@@ -47,8 +47,8 @@ class LocalWorkers {
                                                              JobManager* manager);
   ~LocalWorkers();  // Stop().
 
-  // SIGTERM to every worker, SIGKILL to those still running after stop_grace, and every
-  // process reaped (no zombies). Idempotent.
+  // SIGINT to every worker (stop at once, no drain), SIGKILL to those still running after
+  // stop_grace, and every process reaped (no zombies). Idempotent.
   void Stop();
 
   // Worker processes started so far, restarts included.

@@ -78,7 +78,9 @@ int main(int argc, char** argv) {
       },
       "Print the number of CUDA devices this worker can use and exit (0 without CUDA)");
   app.footer(
-      "Exit codes: 0 stopped by SIGTERM or SIGINT (the running job is aborted and reported\n"
+      "Exit codes: 0 stopped by SIGTERM or SIGINT (SIGTERM: a training job that saves checkpoints\n"
+      "saves one after its current step and stops, and the coordinator restarts it from there;\n"
+      "other jobs, or SIGINT or a second SIGTERM: the running job is aborted and reported\n"
       "STOPPED); 1 fatal error (e.g. registration refused, bad token); 2 usage error; 3 the\n"
       "coordinator cannot be reached within --connect-timeout, or stopped answering for longer\n"
       "than its heartbeat timeout (the running job is aborted first).");
@@ -103,12 +105,23 @@ int main(int argc, char** argv) {
 
   mimo::worker::Worker worker(options);
   std::thread signal_thread([&] {
-    int signal = 0;
-    sigwait(&signals, &signal);
-    if (signal == SIGUSR1) return;
-    const std::string name = signal == SIGTERM ? "SIGTERM" : "SIGINT";
-    std::cerr << "mimo-worker: " << name << ", stopping" << std::endl;
-    worker.Stop(absl::StrCat("the worker received ", name));
+    // The first SIGTERM drains (a training job saves and stops); SIGINT, or a second SIGTERM,
+    // stops at once.
+    bool drained = false;
+    while (true) {
+      int signal = 0;
+      sigwait(&signals, &signal);
+      if (signal == SIGUSR1) return;
+      const std::string name = signal == SIGTERM ? "SIGTERM" : "SIGINT";
+      if (signal == SIGTERM && !drained) {
+        drained = true;
+        std::cerr << "mimo-worker: SIGTERM, draining" << std::endl;
+        worker.Drain("the worker received SIGTERM");
+        continue;
+      }
+      std::cerr << "mimo-worker: " << name << ", stopping" << std::endl;
+      worker.Stop(absl::StrCat("the worker received ", name));
+    }
   });
   const absl::Status status = worker.Run();
   pthread_kill(signal_thread.native_handle(), SIGUSR1);

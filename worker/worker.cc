@@ -36,6 +36,8 @@ constexpr absl::Duration kDefaultHeartbeatInterval = absl::Seconds(2);
 constexpr absl::Duration kDefaultHeartbeatTimeout = absl::Seconds(10);
 
 // How often a final status report is retried while the coordinator cannot be reached.
+// The sequence of a drained worker's own checkpoint request (Worker::Drain).
+constexpr int64_t kDrainSequence = int64_t{1} << 40;
 constexpr absl::Duration kReportRetryInterval = absl::Milliseconds(100);
 
 absl::Duration FromProto(const google::protobuf::Duration& d) {
@@ -76,6 +78,8 @@ struct Worker::RunningJob {
   absl::Mutex mu;
   bool stopped ABSL_GUARDED_BY(mu) = false;
   std::string stop_reason ABSL_GUARDED_BY(mu);
+  // A KIND_TRAIN job with checkpointing.dir: Drain() can ask it to save and stop.
+  bool saves_checkpoints = false;
   v1::CheckpointRequest checkpoint ABSL_GUARDED_BY(mu);
   bool ended_after_checkpoint ABSL_GUARDED_BY(mu) = false;
   // Set once connected; cleared (under `mu`) before being destroyed.
@@ -108,6 +112,15 @@ struct Worker::RunningJob {
   bool EndedAfterCheckpoint() {
     absl::MutexLock lock(&mu);
     return ended_after_checkpoint;
+  }
+
+  // This worker is being taken away: a request of its own to save and stop, newer than any the
+  // coordinator sends (their sequences count from 1).
+  void NoteDrain(const std::string& reason) {
+    absl::MutexLock lock(&mu);
+    checkpoint.set_sequence(kDrainSequence);
+    checkpoint.set_stop(true);
+    checkpoint.set_reason(reason);
   }
 
   // The newest checkpoint request the coordinator sent for this job attempt (stop is sticky).
@@ -158,7 +171,7 @@ bool Worker::stopping() const {
   return stopping_;
 }
 
-void Worker::Stop(const std::string& reason) {
+std::shared_ptr<Worker::RunningJob> Worker::BeginStopping() {
   std::shared_ptr<RunningJob> job;
   {
     absl::MutexLock lock(&mu_);
@@ -166,7 +179,23 @@ void Worker::Stop(const std::string& reason) {
     job = job_;
   }
   poll_canceller_.Cancel();
-  if (job) job->Abort(reason);
+  return job;
+}
+
+void Worker::Stop(const std::string& reason) {
+  if (std::shared_ptr<RunningJob> job = BeginStopping()) job->Abort(reason);
+}
+
+void Worker::Drain(const std::string& reason) {
+  std::shared_ptr<RunningJob> job = BeginStopping();
+  if (!job) return;
+  if (!job->saves_checkpoints) {
+    job->Abort(reason);
+    return;
+  }
+  Say(absl::StrCat(reason, ": job ", job->id.job_id(),
+                   " saves a checkpoint after its current step, then stops"));
+  job->NoteDrain(reason);
 }
 
 void Worker::Fail(const absl::Status& status) {
@@ -357,6 +386,7 @@ absl::Status Worker::Report(const v1::Assignment& assignment, v1::WorkerState st
   request.set_message(message);
   request.set_stopped_after_checkpoint(stopped_after_checkpoint);
   const bool final_state = Final(state);
+  request.set_leaving(final_state && stopping());
   const absl::Time give_up = absl::Now() + registration().heartbeat_timeout;
   absl::Status status;
   while (true) {
@@ -383,6 +413,8 @@ absl::Status Worker::Report(const v1::Assignment& assignment, v1::WorkerState st
 void Worker::RunAssignment(const v1::Assignment& assignment) {
   const v1::RankAssignment& rank = assignment.rank();
   auto job = std::make_shared<RunningJob>();
+  job->saves_checkpoints = assignment.spec().kind() == v1::JobSpec::KIND_TRAIN &&
+                           !assignment.spec().checkpointing().dir().empty();
   job->id.set_job_id(assignment.job_id());
   job->id.set_attempt(assignment.attempt());
   job->id.set_rank(rank.rank());
@@ -537,8 +569,10 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
       const TrainingEnd end,
       RunTraining(assignment, *groups, *ops, cuda, info_.device_name(), info_.host(), hooks));
   if (end.iteration < spec.training().steps()) {
-    job.EndAfterCheckpoint(
-        absl::StrCat("stopped after saving checkpoint ", end.checkpoint, " as requested"));
+    const v1::CheckpointRequest asked = job.checkpoint_request();
+    job.EndAfterCheckpoint(absl::StrCat(
+        "stopped after saving checkpoint ", end.checkpoint, " as requested",
+        asked.sequence() >= kDrainSequence ? absl::StrCat(" (", asked.reason(), ")") : ""));
   }
   return absl::OkStatus();
 }

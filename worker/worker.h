@@ -70,6 +70,12 @@ class Worker {
   // Aborts the running job (it reports STOPPED with `reason`) and makes Run() return OK.
   // Thread-safe; not async-signal-safe (call it from a signal-handling thread).
   void Stop(const std::string& reason);
+  // Stop() for a worker being taken away (SIGTERM: a node drain, a preemption): a running
+  // training job that saves checkpoints is asked to save after its current step and stop (every
+  // rank of the job agrees on it, as on a `mimoctl checkpoint --stop`; the coordinator then
+  // restarts the job from that checkpoint on the workers it has); any other job is aborted as
+  // Stop() does. Run() returns OK once the job has ended. A Stop() after it aborts the save.
+  void Drain(const std::string& reason);
 
   // The id the coordinator gave this worker; empty before registration.
   std::string worker_id() const;
@@ -108,6 +114,8 @@ class Worker {
 
   Registration registration() const;
   bool stopping() const;
+  // Run() is to end once the running job (returned; null when none) has: no new assignment.
+  std::shared_ptr<RunningJob> BeginStopping();
 
   const WorkerOptions options_;
   std::unique_ptr<CoordinatorClient> client_;

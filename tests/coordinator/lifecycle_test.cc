@@ -370,6 +370,46 @@ TEST_F(LifecycleTest, ACoordinatorRestartWhileAJobStopsAfterACheckpointEndsItCan
   EXPECT_FALSE(stopped.has_failure());
 }
 
+TEST_F(LifecycleTest, AJobThatSavedForADrainedWorkerRestartsWithoutUsingARestart) {
+  const v1::Job job = Submit(CheckpointingSpec(/*max_restarts=*/0));
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  // Rank 2's worker got SIGTERM: every rank saved after the same step and stopped, and that
+  // worker leaves.
+  const std::string saved = "stopped after saving checkpoint /ckpt/iter_0000004 as requested";
+  for (int r = 1; r < 4; ++r) {
+    const std::string message = r == 2 ? saved + " (the worker received SIGTERM)" : saved;
+    ASSERT_TRUE(workers[r]
+                    ->Report(as[r], v1::WORKER_STATE_STOPPED, 0, message,
+                             /*stopped_after_checkpoint=*/true, /*leaving=*/r == 2)
+                    .ok());
+  }
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);  // Rank 0 commits last.
+  ASSERT_TRUE(workers[0]->Report(as[0], v1::WORKER_STATE_STOPPED, 0, saved, true).ok());
+  // The next attempt waits for a fourth worker: the leaving one gets no rank.
+  AwaitState(job.id(), v1::JOB_STATE_PENDING);
+  KeepBeating(Ptrs(workers), absl::Milliseconds(100));
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);
+  workers[2] = std::make_unique<FakeWorker>(Channel(), "h", 2);  // Its replacement.
+  const v1::Job restarted =
+      AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(5), Ptrs(workers));
+  EXPECT_EQ(restarted.attempt(), 2);
+  EXPECT_EQ(restarted.preemptions(), 1);
+  EXPECT_THAT(StateEvents(job.id()),
+              ::testing::Contains(
+                  AllOf(StartsWith("PENDING: attempt 1 ended for a drained worker (" + saved + ")"),
+                        HasSubstr("restarting from that checkpoint as attempt 2"))));
+  // The attempt after it has the restarts of the spec (none) for real failures.
+  std::vector<v1::Assignment> second = Assignments(workers);
+  ASSERT_EQ(second[0].attempt(), 2);
+  ASSERT_TRUE(workers[3]->Report(second[3], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.attempt(), 2);
+  EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
+}
+
 TEST_F(LifecycleTest, ARestartedAttemptStartsWithoutTheEarlierAttemptsRequests) {
   const v1::Job job = Submit(CheckpointingSpec(/*max_restarts=*/1));
   auto workers = Workers(4);

@@ -100,12 +100,13 @@ TEST_F(LocalWorkersTest, RestartsWorkersThatExit) {
   EXPECT_TRUE(NoChildren());
 }
 
-TEST_F(LocalWorkersTest, StopKillsWorkersThatIgnoreSigterm) {
-  const std::string script = Script("stubborn", "trap '' TERM; while :; do sleep 1; done");
-  // The coordinator blocks SIGTERM in its threads; workers must not inherit that.
+TEST_F(LocalWorkersTest, StopKillsWorkersThatIgnoreSigint) {
+  const std::string script = Script("stubborn", "trap '' INT; while :; do sleep 1; done");
+  // The coordinator blocks SIGTERM and SIGINT in its threads; workers must not inherit that.
   sigset_t term;
   sigemptyset(&term);
   sigaddset(&term, SIGTERM);
+  sigaddset(&term, SIGINT);
   sigset_t old;
   pthread_sigmask(SIG_BLOCK, &term, &old);
   auto workers = LocalWorkers::Start(Options(script, 3), manager_.get());
@@ -118,11 +119,14 @@ TEST_F(LocalWorkersTest, StopKillsWorkersThatIgnoreSigterm) {
   EXPECT_TRUE(NoChildren());
 }
 
-TEST_F(LocalWorkersTest, PlainWorkersStopOnSigterm) {
-  const std::string script = Script("plain", "exec sleep 30");
+TEST_F(LocalWorkersTest, PlainWorkersStopOnSigint) {
+  // SIGINT, not SIGTERM: a mimo-worker drains on SIGTERM (a save first), and the coordinator
+  // that stops it is going away.
+  const std::string script = Script("plain", "trap 'exit 0' INT; trap '' TERM; sleep 30 & wait");
   sigset_t term;
   sigemptyset(&term);
   sigaddset(&term, SIGTERM);
+  sigaddset(&term, SIGINT);
   sigset_t old;
   pthread_sigmask(SIG_BLOCK, &term, &old);
   LocalWorkersOptions options = Options(script, 2);
@@ -134,7 +138,7 @@ TEST_F(LocalWorkersTest, PlainWorkersStopOnSigterm) {
   absl::SleepFor(absl::Milliseconds(100));  // Let them exec.
   const absl::Time start = absl::Now();
   (*workers)->Stop();
-  // Well within the grace: SIGTERM reached them (no SIGKILL was needed).
+  // Well within the grace: SIGINT reached them (no SIGKILL was needed).
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   EXPECT_TRUE(NoChildren());
 }

@@ -103,7 +103,8 @@ v1::HeartbeatResponse FakeWorker::Beat() {
 }
 
 grpc::Status FakeWorker::Report(const v1::Assignment& a, v1::WorkerState state, int exit_code,
-                                const std::string& message, bool stopped_after_checkpoint) {
+                                const std::string& message, bool stopped_after_checkpoint,
+                                bool leaving) {
   v1::ReportStatusRequest request;
   request.set_worker_id(id_);
   request.set_job_id(a.job_id());
@@ -113,6 +114,7 @@ grpc::Status FakeWorker::Report(const v1::Assignment& a, v1::WorkerState state, 
   request.set_exit_code(exit_code);
   request.set_message(message);
   request.set_stopped_after_checkpoint(stopped_after_checkpoint);
+  request.set_leaving(leaving);
   v1::ReportStatusResponse response;
   return stub_->ReportStatus(Context().get(), request, &response);
 }

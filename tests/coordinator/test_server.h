@@ -65,7 +65,8 @@ class FakeWorker {
   v1::HeartbeatResponse::Command Heartbeat() { return Beat().command(); }
   v1::HeartbeatResponse Beat();
   grpc::Status Report(const v1::Assignment& a, v1::WorkerState state, int exit_code = 0,
-                      const std::string& message = "", bool stopped_after_checkpoint = false);
+                      const std::string& message = "", bool stopped_after_checkpoint = false,
+                      bool leaving = false);
   grpc::Status Metrics(const v1::Assignment& a, int64_t step, double loss);
   grpc::Status Logs(const v1::Assignment& a, const std::vector<std::string>& lines);
 

@@ -122,12 +122,7 @@ for _ in $(seq 600); do
 done
 [[ -n $job ]] || fail "mimo.sbatch named no job: $(cat "$tmp/4001.out")"
 log "job $job; waiting for step 2"
-for _ in $(seq 600); do
-  step=$(ctl get "$job" -o json | sed -n 's/^ *"step": "\([0-9]*\)".*/\1/p' | head -n 1)
-  ((${step:-0} >= 2)) && break
-  sleep 0.1
-done
-((${step:-0} >= 2)) || fail "job $job did not reach step 2 in 60 s"
+step=$(wait_step "$job" 2)
 # A save off the schedule first: the job saves after a step and goes on.
 ctl checkpoint "$job" --reason "a test" >/dev/null
 for _ in $(seq 600); do

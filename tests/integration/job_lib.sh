@@ -30,6 +30,17 @@ wait_state() {
   done
 }
 
+# Waits until JOB has reported step STEP or a later one, for at most 60 s; prints the step.
+wait_step() {
+  local job=$1 want=$2 step=0
+  for _ in $(seq 600); do
+    step=$(ctl get "$job" -o json | sed -n 's/^ *"step": "\([0-9]*\)".*/\1/p' | head -n 1)
+    ((${step:-0} >= want)) && { echo "$step"; return 0; }
+    sleep 0.1
+  done
+  fail "job $job did not reach step $want in 60 s"
+}
+
 # Starts the watchdog: after SECONDS it SIGTERMs this script, whose EXIT trap then cleans up (a
 # deadline below ctest's TIMEOUT, whose SIGKILL would leave everything behind). Sets watchdog_pid;
 # the trap stops it with `kill "$watchdog_pid"`.
