@@ -284,7 +284,10 @@ absl::Status JobManager::FailAttempt(v1::Job& job, const v1::Failure& failure, R
             : absl::StrCat("attempt ", job.attempt(), " failed (", failure.reason(), ": ",
                            failure.message(), "); restarting as attempt ", job.attempt() + 1,
                            " of ", job.spec().max_restarts() + job.preemptions() + 1);
-    if (retry == Retry::kPreempted) job.set_preemptions(job.preemptions() + 1);
+    if (retry == Retry::kPreempted) {
+      job.set_preemptions(job.preemptions() + 1);
+      after_preemption_.insert(job.id());
+    }
     job.set_attempt(job.attempt() + 1);
     job.clear_progress();
     job.clear_checkpoint_request();  // The new attempt's ranks count requests afresh.
@@ -526,7 +529,9 @@ void JobManager::Schedule(absl::Time now) {
     if (registered < world) {
       auto it = short_of_workers_since_.find(job.id());
       const absl::Time since = it == short_of_workers_since_.end() ? now : it->second;
-      if (now - since >= options_.join_timeout) {
+      // A job restarted for a drained worker waits for its replacement however long it takes
+      // (a new node, spot capacity coming back).
+      if (now - since >= options_.join_timeout && !after_preemption_.contains(job.id())) {
         FailAttempt(job,
                     MakeFailure("JOIN_TIMEOUT",
                                 absl::StrCat("only ", registered, " of the ", world, " ",
@@ -570,6 +575,7 @@ void JobManager::Schedule(absl::Time now) {
       w.stop = false;
       w.stop_reason.clear();
     }
+    after_preemption_.erase(job.id());
     Transition(job, v1::JOB_STATE_SCHEDULED,
                absl::StrCat("attempt ", job.attempt(), ": ", RankCount(world), " assigned"), now)
         .IgnoreError();

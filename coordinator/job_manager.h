@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -40,7 +41,8 @@ class JobManager {
     // How long a PENDING job waits for enough workers of its device kind to *register* (busy
     // ones count: a job queued behind others is not waiting to join) before it fails with reason
     // JOIN_TIMEOUT, naming how many joined. Counted by this coordinator process from when it
-    // first saw too few, so a restart starts the count again.
+    // first saw too few, so a restart starts the count again. A job restarted for a drained
+    // worker (a preemption) waits without this limit.
     absl::Duration join_timeout = absl::Minutes(10);
   };
 
@@ -223,6 +225,9 @@ class JobManager {
   // PENDING jobs for which fewer workers of their device kind than their world size are
   // registered, and since when (see Options::join_timeout).
   std::map<std::string, absl::Time> short_of_workers_since_ ABSL_GUARDED_BY(mu_);
+  // PENDING jobs restarted for a drained worker: exempt from join_timeout until scheduled (this
+  // coordinator process only: a restart of it applies the timeout again).
+  std::set<std::string> after_preemption_ ABSL_GUARDED_BY(mu_);
   // "job_id/attempt/key" -> value.
   std::map<std::string, std::string> kv_ ABSL_GUARDED_BY(mu_);
 };

@@ -233,7 +233,8 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     Schedule(now);  // Ranks that never fetched their assignment are free again.
     return absl::OkStatus();
   }
-  if (drained && request.rank() == 0 && job.state() == v1::JOB_STATE_RUNNING) {
+  if (drained && request.rank() == 0 &&
+      (job.state() == v1::JOB_STATE_RUNNING || job.state() == v1::JOB_STATE_SCHEDULED)) {
     // Rank 0 reports last of a save, once the checkpoint is committed.
     v1::Failure failure;
     failure.set_reason("PREEMPTED");

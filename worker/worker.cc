@@ -35,9 +35,10 @@ constexpr int kJobFailedExitCode = 1;
 constexpr absl::Duration kDefaultHeartbeatInterval = absl::Seconds(2);
 constexpr absl::Duration kDefaultHeartbeatTimeout = absl::Seconds(10);
 
-// How often a final status report is retried while the coordinator cannot be reached.
 // The sequence of a drained worker's own checkpoint request (Worker::Drain).
 constexpr int64_t kDrainSequence = int64_t{1} << 40;
+
+// How often a final status report is retried while the coordinator cannot be reached.
 constexpr absl::Duration kReportRetryInterval = absl::Milliseconds(100);
 
 absl::Duration FromProto(const google::protobuf::Duration& d) {
@@ -337,6 +338,9 @@ void Worker::OnHeartbeat(const v1::HeartbeatResponse& response) {
       {
         absl::MutexLock lock(&mu_);
         if (job_) resume = job_->id;
+        // Leaving with no job: registering again would offer the coordinator a worker that is
+        // about to exit.
+        if (!job_ && stopping_) break;
       }
       Say(absl::StrCat("the coordinator asks to register again (", response.reason(), ")"));
       if (absl::Status s = RegisterNow(resume); !s.ok()) {

@@ -371,7 +371,11 @@ TEST_F(LifecycleTest, ACoordinatorRestartWhileAJobStopsAfterACheckpointEndsItCan
 }
 
 TEST_F(LifecycleTest, AJobThatSavedForADrainedWorkerRestartsWithoutUsingARestart) {
-  const v1::Job job = Submit(CheckpointingSpec(/*max_restarts=*/0));
+  ServerOptions options = FastOptions(db_path_);
+  options.manager.join_timeout = absl::Milliseconds(200);
+  StopServer();
+  StartServer(options);
+  const v1::Job job = Submit(CheckpointingSpec(/*max_restarts=*/1));
   auto workers = Workers(4);
   std::vector<v1::Assignment> as = Assignments(workers);
   for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
@@ -388,9 +392,10 @@ TEST_F(LifecycleTest, AJobThatSavedForADrainedWorkerRestartsWithoutUsingARestart
   }
   EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);  // Rank 0 commits last.
   ASSERT_TRUE(workers[0]->Report(as[0], v1::WORKER_STATE_STOPPED, 0, saved, true).ok());
-  // The next attempt waits for a fourth worker: the leaving one gets no rank.
+  // The next attempt waits for a fourth worker: the leaving one gets no rank, and the wait
+  // for its replacement has no join timeout.
   AwaitState(job.id(), v1::JOB_STATE_PENDING);
-  KeepBeating(Ptrs(workers), absl::Milliseconds(100));
+  KeepBeating(Ptrs(workers), absl::Milliseconds(600));
   EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);
   workers[2] = std::make_unique<FakeWorker>(Channel(), "h", 2);  // Its replacement.
   const v1::Job restarted =
@@ -401,12 +406,22 @@ TEST_F(LifecycleTest, AJobThatSavedForADrainedWorkerRestartsWithoutUsingARestart
               ::testing::Contains(
                   AllOf(StartsWith("PENDING: attempt 1 ended for a drained worker (" + saved + ")"),
                         HasSubstr("restarting from that checkpoint as attempt 2"))));
-  // The attempt after it has the restarts of the spec (none) for real failures.
+  // The attempts after it still have the spec's one restart for real failures.
   std::vector<v1::Assignment> second = Assignments(workers);
   ASSERT_EQ(second[0].attempt(), 2);
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(workers[r]->Report(second[r], v1::WORKER_STATE_STOPPED).ok());
+  }
   ASSERT_TRUE(workers[3]->Report(second[3], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  const v1::Job third =
+      AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(5), Ptrs(workers));
+  EXPECT_EQ(third.attempt(), 3);
+  EXPECT_THAT(StateEvents(job.id()),
+              ::testing::Contains(HasSubstr("restarting as attempt 3 of 3")));
+  std::vector<v1::Assignment> last = Assignments(workers);
+  ASSERT_TRUE(workers[3]->Report(last[3], v1::WORKER_STATE_FAILED, 1, "again").ok());
   const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
-  EXPECT_EQ(failed.attempt(), 2);
+  EXPECT_EQ(failed.attempt(), 3);
   EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
 }
 

@@ -122,7 +122,8 @@ TEST_F(LocalWorkersTest, StopKillsWorkersThatIgnoreSigint) {
 TEST_F(LocalWorkersTest, PlainWorkersStopOnSigint) {
   // SIGINT, not SIGTERM: a mimo-worker drains on SIGTERM (a save first), and the coordinator
   // that stops it is going away.
-  const std::string script = Script("plain", "trap 'exit 0' INT; trap '' TERM; sleep 30 & wait");
+  const std::string script =
+      Script("plain", "trap 'exit 0' INT; trap '' TERM; while :; do sleep 0.1; done");
   sigset_t term;
   sigemptyset(&term);
   sigaddset(&term, SIGTERM);

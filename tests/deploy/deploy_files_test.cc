@@ -253,6 +253,15 @@ TEST(DeployFilesTest, ManifestsParseAndCarryTheirRequiredFields) {
       if (kind == "Job") {
         ++jobs;
         EXPECT_EQ(At(doc, "spec.completionMode").as<std::string>(""), "Indexed");
+        // The API server refuses backoffLimitPerIndex and podFailurePolicy unless pods are
+        // never restarted in place; drained pods (DisruptionTarget) must not use up retries.
+        if (At(doc, "spec.backoffLimitPerIndex").IsDefined() ||
+            At(doc, "spec.podFailurePolicy").IsDefined()) {
+          EXPECT_EQ(At(doc, "spec.template.spec.restartPolicy").as<std::string>(""), "Never");
+        }
+        EXPECT_EQ(At(doc, "spec.podFailurePolicy.rules")[0]["action"].as<std::string>(""),
+                  "Ignore");
+        EXPECT_GE(At(doc, "spec.template.spec.terminationGracePeriodSeconds").as<int>(0), 60);
         const YAML::Node c = At(doc, "spec.template.spec.containers")[0];
         EXPECT_TRUE(At(c, "resources.limits")["nvidia.com/gpu"].IsDefined());
         std::set<std::string> env;
