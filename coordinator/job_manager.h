@@ -87,7 +87,9 @@ class JobManager {
   // waiting for (after a restart), the worker is re-attached to its rank.
   absl::StatusOr<std::string> RegisterWorker(const v1::WorkerInfo& info,
                                              const v1::RunningAssignment& resume, absl::Time now);
-  v1::HeartbeatResponse Heartbeat(const std::string& worker_id, absl::Time now);
+  // `leaving`: the worker exits now; an idle one is forgotten at once, a busy one gets no
+  // further rank.
+  v1::HeartbeatResponse Heartbeat(const std::string& worker_id, bool leaving, absl::Time now);
   // The worker's assignment once it has one, waiting up to `deadline`; unset if none by then.
   // Once fetched, ending the attempt waits for the worker to report that it stopped.
   absl::StatusOr<std::optional<v1::Assignment>> WaitAssignment(const std::string& worker_id,

@@ -92,7 +92,8 @@ int64_t JobManager::num_workers() {
   return static_cast<int64_t>(workers_.size());
 }
 
-v1::HeartbeatResponse JobManager::Heartbeat(const std::string& worker_id, absl::Time now) {
+v1::HeartbeatResponse JobManager::Heartbeat(const std::string& worker_id, bool leaving,
+                                            absl::Time now) {
   absl::MutexLock lock(&mu_);
   v1::HeartbeatResponse response;
   auto it = workers_.find(worker_id);
@@ -102,6 +103,15 @@ v1::HeartbeatResponse JobManager::Heartbeat(const std::string& worker_id, absl::
     return response;
   }
   it->second.last_heartbeat = now;
+  if (leaving) {
+    if (it->second.job_id.empty()) {
+      workers_.erase(it);
+      Changed();
+      response.set_command(v1::HeartbeatResponse::COMMAND_CONTINUE);
+      return response;
+    }
+    it->second.leaving = true;
+  }
   if (it->second.stop) {
     response.set_command(v1::HeartbeatResponse::COMMAND_STOP);
     response.set_reason(it->second.stop_reason);

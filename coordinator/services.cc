@@ -318,7 +318,7 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* context,
                                           const v1::HeartbeatRequest* request,
                                           v1::HeartbeatResponse* response) {
   return Handle(ctx_, "Heartbeat", *context, [&] {
-    *response = ctx_.manager->Heartbeat(request->worker_id(), absl::Now());
+    *response = ctx_.manager->Heartbeat(request->worker_id(), request->leaving(), absl::Now());
     return grpc::Status::OK;
   });
 }

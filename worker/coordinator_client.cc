@@ -173,9 +173,11 @@ absl::StatusOr<v1::RegisterWorkerResponse> CoordinatorClient::Register(
 }
 
 absl::StatusOr<v1::HeartbeatResponse> CoordinatorClient::Heartbeat(const std::string& worker_id,
-                                                                   absl::Duration timeout) {
+                                                                   absl::Duration timeout,
+                                                                   bool leaving) {
   v1::HeartbeatRequest request;
   request.set_worker_id(worker_id);
+  request.set_leaving(leaving);
   v1::HeartbeatResponse response;
   auto context = NewContext(timeout);
   const grpc::Status status = stub_->Heartbeat(context.get(), request, &response);

@@ -56,7 +56,7 @@ class CoordinatorClient {
                                                       const v1::RunningAssignment& resume);
   // `timeout` bounds this call (heartbeats must not outlive the heartbeat timeout).
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const std::string& worker_id,
-                                                  absl::Duration timeout);
+                                                  absl::Duration timeout, bool leaving = false);
   // Waits up to `wait` for an assignment; nullopt when none came. Cancelled through `canceller`.
   absl::StatusOr<std::optional<v1::Assignment>> WaitAssignment(const std::string& worker_id,
                                                                absl::Duration wait,

@@ -290,8 +290,21 @@ absl::Status Worker::Run() {
     heartbeat_done_ = true;
   }
   if (heartbeat_.joinable()) heartbeat_.join();
-  absl::MutexLock lock(&mu_);
-  return fatal_;
+  absl::Status fatal;
+  {
+    absl::MutexLock lock(&mu_);
+    fatal = fatal_;
+  }
+  if (fatal.ok()) {
+    // No job runs any more: the coordinator gives this worker no further rank.
+    const Registration reg = registration();
+    client_
+        ->Heartbeat(reg.worker_id,
+                    std::min(options_.coordinator.call_timeout, reg.heartbeat_timeout),
+                    /*leaving=*/true)
+        .IgnoreError();
+  }
+  return fatal;
 }
 
 void Worker::HeartbeatLoop() {

@@ -425,6 +425,18 @@ TEST_F(LifecycleTest, AJobThatSavedForADrainedWorkerRestartsWithoutUsingARestart
   EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
 }
 
+TEST_F(LifecycleTest, AnIdleWorkerThatLeavesIsForgottenAtOnce) {
+  auto workers = Workers(4);
+  // Stopped (SIGTERM) with no job: it says so with its last heartbeat and exits.
+  workers[3]->Beat(/*leaving=*/true);
+  const v1::Job job = Submit(SmallSpec());
+  KeepBeating(Ptrs(workers), absl::Milliseconds(200));
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);                      // 3 of 4 workers.
+  EXPECT_EQ(workers[3]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);  // Forgotten.
+  workers[3] = std::make_unique<FakeWorker>(Channel(), "h", 3);
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+}
+
 TEST_F(LifecycleTest, ARestartedAttemptStartsWithoutTheEarlierAttemptsRequests) {
   const v1::Job job = Submit(CheckpointingSpec(/*max_restarts=*/1));
   auto workers = Workers(4);

@@ -94,9 +94,10 @@ std::optional<v1::Assignment> FakeWorker::Assignment(absl::Duration wait) {
   return response.assignment();
 }
 
-v1::HeartbeatResponse FakeWorker::Beat() {
+v1::HeartbeatResponse FakeWorker::Beat(bool leaving) {
   v1::HeartbeatRequest request;
   request.set_worker_id(id_);
+  request.set_leaving(leaving);
   v1::HeartbeatResponse response;
   EXPECT_TRUE(stub_->Heartbeat(Context().get(), request, &response).ok());
   return response;

@@ -63,7 +63,8 @@ class FakeWorker {
   // Waits up to `wait` for an assignment (unset if none).
   std::optional<v1::Assignment> Assignment(absl::Duration wait);
   v1::HeartbeatResponse::Command Heartbeat() { return Beat().command(); }
-  v1::HeartbeatResponse Beat();
+  // `leaving`: the worker says it exits now.
+  v1::HeartbeatResponse Beat(bool leaving = false);
   grpc::Status Report(const v1::Assignment& a, v1::WorkerState state, int exit_code = 0,
                       const std::string& message = "", bool stopped_after_checkpoint = false,
                       bool leaving = false);
