@@ -424,6 +424,35 @@ class SpecChecker {
     }
   }
 
+  // Context parallelism of an encoder in a KIND_TRAIN job: all-to-all attention, each of the
+  // tp x cp members attending with a share of the heads over whole sequences, the tokens padded
+  // to tp x cp equal row blocks with rows the position embeddings cover.
+  void CheckContextParallelEncoder(size_t index, int tp, int cp) {
+    const std::string at = absl::StrCat("modules[", index, "].parallelism.cp");
+    const v1::Module& m = spec_.modules(static_cast<int>(index));
+    const v1::Transformer& t = m.has_vision() ? m.vision().transformer() : m.audio().transformer();
+    const int members = tp * cp;
+    const int groups = t.num_query_groups() > 0 ? t.num_query_groups() : t.num_attention_heads();
+    if (t.num_attention_heads() > 0 &&
+        (t.num_attention_heads() % members != 0 || groups % members != 0)) {
+      Add(at, absl::StrCat("tp ", tp, " x cp ", cp, " must divide num_attention_heads (",
+                           t.num_attention_heads(), ") and num_query_groups (", groups,
+                           "): an encoder's context-parallel members attend with a share of the "
+                           "heads each (all-to-all attention)"));
+    }
+    int64_t tokens = 0;
+    if (m.has_vision() && m.vision().patch_size() > 0) {
+      tokens = int64_t{m.vision().image_size() / m.vision().patch_size()} *
+               (m.vision().image_size() / m.vision().patch_size());
+    } else if (m.has_audio() && m.audio().frames_per_token() > 0) {
+      tokens = m.audio().max_frames() / m.audio().frames_per_token();
+    }
+    if (tokens > 0 && tokens < members - 1) {
+      Add(at, absl::StrCat("tp ", tp, " x cp ", cp, " pads a micro-batch with up to ", members - 1,
+                           " rows, more than the encoder's ", tokens, " position embeddings"));
+    }
+  }
+
   // Each layer's tp collectives, or the stages' transfers, beside the dp ones on the
   // communication thread: two NCCL communicators driven from two threads, not run on GPUs yet.
   void CheckNoOverlapOnGpus(const std::string& what) {
@@ -438,19 +467,13 @@ class SpecChecker {
 
   // What KIND_TRAIN jobs cannot do yet is refused here, never silently ignored.
   void CheckTrainingSupport(const std::optional<parallel::RankPlan>& plan) {
-    const char* kLater =
-        "KIND_TRAIN jobs do not support this yet (data, expert and expert tensor parallelism, "
-        "tensor and pipeline parallelism, and context parallelism of the language module)";
     if (plan) {
       const int language_dp = plan->language().config().dp;
       const int64_t samples = int64_t{spec_.training().micro_batch_size()} * language_dp;
       for (size_t i = 0; i < plan->modules().size(); ++i) {
         const parallel::ResolvedModule& m = plan->modules()[i].config();
         const std::string at = absl::StrCat("modules[", i, "].parallelism.");
-        if (m.cp > 1 && !m.is_language) {
-          Add(at + "cp",
-              absl::StrCat("cp ", m.cp, ": encoders are not context parallel yet; ", kLater));
-        }
+        if (m.cp > 1 && !m.is_language) CheckContextParallelEncoder(i, m.tp, m.cp);
         if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language);
         if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp);
         if (m.tp > 1 || m.pp > 1 || m.cp > 1) {

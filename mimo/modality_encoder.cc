@@ -19,11 +19,42 @@ using kernels::DType;
 using kernels::Tensor;
 
 struct EncoderSaved final : SavedActivations {
-  std::unique_ptr<PackedSequences> sequences;  // The samples' tokens, then tp's padding rows.
-  Tensor rows;  // First stage: (tokens + padding, token_features), what the input projection read.
-  int64_t tokens = 0;  // Without tp's padding rows.
+  std::unique_ptr<PackedSequences> sequences;  // The samples' tokens, then the padding rows.
+  Tensor rows;         // First stage: (span, token_features), what the input projection read.
+  int64_t tokens = 0;  // Without the padding rows.
   std::unique_ptr<SavedActivations> encoder, projector;
 };
+
+// Where a member's rows lie: the tokens (padding included) in cp equal spans, cp member c
+// holding span c, tp member t block t of its span.
+struct Rows {
+  int64_t span = 0;   // Rows of a cp member.
+  int64_t first = 0;  // Its span's first row.
+  int64_t block = 0;  // Rows of a member (span / tp).
+  int64_t own = 0;    // Its block's first row in the span.
+
+  static int64_t PaddingOf(int64_t tokens, comm::Communicator* tp, comm::Communicator* cp) {
+    const int64_t members = ModelGroups::Size(tp) * ModelGroups::Size(cp);
+    return (members - tokens % members) % members;
+  }
+  static Rows Of(int64_t tokens, comm::Communicator* tp, comm::Communicator* cp) {
+    Rows r;
+    r.span = tokens / ModelGroups::Size(cp);
+    r.first = ModelGroups::Rank(cp) * r.span;
+    r.block = r.span / ModelGroups::Size(tp);
+    r.own = ModelGroups::Rank(tp) * r.block;
+    return r;
+  }
+};
+
+// The layers' context: the encoder's sequences, and the dropout masks of the member's span.
+StepContext Inner(const StepContext& ctx, const EncoderSaved& saved, const Rows& r, int64_t width) {
+  StepContext inner = ctx;
+  inner.sequences = saved.sequences.get();
+  inner.padding_rows = saved.sequences->tokens() - saved.tokens;
+  inner.dropout_offset += static_cast<uint64_t>(r.first * width);
+  return inner;
+}
 
 }  // namespace
 
@@ -67,15 +98,28 @@ absl::StatusOr<std::unique_ptr<ModalityEncoder>> ModalityEncoder::Create(
   MIMO_ASSIGN_OR_RETURN(const TransformerBlockPart layers,
                         stage.Part(config.transformer.num_layers, "ModalityEncoder"));
   comm::Communicator* tp = ModelGroups::Size(ctx.groups.tp) > 1 ? ctx.groups.tp : nullptr;
-  if (tp != nullptr && config.max_tokens() < tp->size() - 1) {
+  comm::Communicator* cp = ModelGroups::Size(ctx.groups.cp) > 1 ? ctx.groups.cp : nullptr;
+  const int members = ModelGroups::Size(tp) * ModelGroups::Size(cp);
+  if (config.max_tokens() < members - 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("ModalityEncoder: tp ", tp->size(), " pads up to ", tp->size() - 1,
-                     " rows, more than the position embeddings' ", config.max_tokens(), " tokens"));
+        absl::StrCat("ModalityEncoder: tp ", ModelGroups::Size(tp), " x cp ", ModelGroups::Size(cp),
+                     " pads up to ", members - 1, " rows, more than the position embeddings' ",
+                     config.max_tokens(), " tokens"));
+  }
+  const TransformerConfig& tc = config.transformer;
+  if (cp != nullptr &&
+      (tc.num_attention_heads % members != 0 || tc.query_groups() % members != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ModalityEncoder: context parallelism trades head shares over the cp group: tp ",
+        ModelGroups::Size(tp), " x cp ", cp->size(), " must divide num_attention_heads (",
+        tc.num_attention_heads, ") and num_query_groups (", tc.query_groups(), ")"));
   }
   BuildContext inner = ctx;
   inner.config = &config.transformer;
   BuildContext whole = inner;  // The embeddings and projector: whole on every tp member.
   whole.groups.tp = nullptr;
+  whole.groups.cp = nullptr;
+  whole.groups.tp_cp = nullptr;
   const TransformerConfig& t = config.transformer;
   std::optional<LinearWeights> input_projection;
   std::unique_ptr<Parameter> positions;
@@ -97,7 +141,7 @@ absl::StatusOr<std::unique_ptr<ModalityEncoder>> ModalityEncoder::Create(
                                                        t.hidden_size, config.output_size));
   }
   return std::unique_ptr<ModalityEncoder>(
-      new ModalityEncoder(config, stage, tp, std::move(input_projection), std::move(positions),
+      new ModalityEncoder(config, stage, tp, cp, std::move(input_projection), std::move(positions),
                           std::move(encoder), std::move(projector)));
 }
 
@@ -162,9 +206,9 @@ absl::StatusOr<EncoderOutput> ModalityEncoder::Forward(const StepContext& ctx,
       MIMO_ASSIGN_OR_RETURN(saved->rows, in.View({saved->tokens, features}));
     }
   }
-  // Tensor parallel: zero rows in a sequence of their own pad the tokens to equal row blocks.
-  const int members = ModelGroups::Size(tp_);
-  const int64_t padding = (members - saved->tokens % members) % members;
+  // Tensor and context parallel: zero rows in a sequence of their own pad the tokens to equal
+  // row blocks.
+  const int64_t padding = Rows::PaddingOf(saved->tokens, tp_, cp_);
   const int64_t tokens = saved->tokens + padding;
   std::vector<int32_t> lengths = out.tokens;
   if (padding > 0) {
@@ -180,31 +224,30 @@ absl::StatusOr<EncoderOutput> ModalityEncoder::Forward(const StepContext& ctx,
   }
   MIMO_ASSIGN_OR_RETURN(PackedSequences seqs, PackedSequences::Create(ops, lengths));
   saved->sequences = std::make_unique<PackedSequences>(std::move(seqs));
-  StepContext inner = ctx;
-  inner.sequences = saved->sequences.get();
-  inner.padding_rows = padding;
-  const int64_t block = tokens / members, row0 = ModelGroups::Rank(tp_) * block;
+  const Rows r = Rows::Of(tokens, tp_, cp_);
+  const StepContext inner = Inner(ctx, *saved, r, width);
   Tensor own;  // This member's block of the rows into the layers.
   if (first) {
-    // Input projection plus each token's position embedding.
-    MIMO_ASSIGN_OR_RETURN(Tensor x, NewTensor(ctx, {tokens, width}, dtype));
+    // Input projection plus each token's position embedding, over the cp member's span.
+    MIMO_ASSIGN_OR_RETURN(saved->rows, saved->rows.Slice(0, r.first, r.first + r.span));
+    MIMO_ASSIGN_OR_RETURN(Tensor x, NewTensor(ctx, {r.span, width}, dtype));
     MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, *input_projection_, 0, width, saved->rows, x));
-    MIMO_ASSIGN_OR_RETURN(Tensor pos, NewTensor(ctx, {tokens, width}, dtype));
+    MIMO_ASSIGN_OR_RETURN(Tensor pos, NewTensor(ctx, {r.span, width}, dtype));
     MIMO_RETURN_IF_ERROR(ops.Embedding({.dtype = dtype,
                                         .table = positions_->weight().data(),
-                                        .ids = saved->sequences->positions(),
+                                        .ids = saved->sequences->positions() + r.first,
                                         .out = pos.data(),
                                         .vocab = c.max_tokens(),
-                                        .tokens = tokens,
+                                        .tokens = r.span,
                                         .dim = width}));
     MIMO_RETURN_IF_ERROR(AddInto(ops, x, pos));
-    MIMO_ASSIGN_OR_RETURN(own, x.Slice(0, row0, row0 + block));
+    MIMO_ASSIGN_OR_RETURN(own, x.Slice(0, r.own, r.own + r.block));
   } else {
     own = batch.hidden;
     MIMO_RETURN_IF_ERROR(CheckActivation(own, width, dtype, "ModalityEncoder stage input"));
-    if (own.size(0) != block) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("ModalityEncoder: stage input of ", own.size(0), " rows, expected ", block));
+    if (own.size(0) != r.block) {
+      return absl::InvalidArgumentError(absl::StrCat("ModalityEncoder: stage input of ",
+                                                     own.size(0), " rows, expected ", r.block));
     }
   }
   MIMO_ASSIGN_OR_RETURN(BlockOutput encoded, encoder_->Forward(inner, own));
@@ -214,12 +257,13 @@ absl::StatusOr<EncoderOutput> ModalityEncoder::Forward(const StepContext& ctx,
     out.saved = std::move(saved);
     return out;
   }
-  // Every row again for the projector.
+  // The span's rows again for the projector (the padding's outputs are dropped), then every
+  // cp member's.
   MIMO_ASSIGN_OR_RETURN(const Tensor gathered, GatherRows(ops, tp_, encoded.y));
-  MIMO_ASSIGN_OR_RETURN(const Tensor h, gathered.Slice(0, 0, saved->tokens));
-  MIMO_ASSIGN_OR_RETURN(BlockOutput projected, projector_->Forward(inner, h));
+  MIMO_ASSIGN_OR_RETURN(BlockOutput projected, projector_->Forward(inner, gathered));
   saved->projector = std::move(projected.saved);
-  out.embeddings = std::move(projected.y);
+  MIMO_ASSIGN_OR_RETURN(const Tensor all, GatherRows(ops, cp_, projected.y));
+  MIMO_ASSIGN_OR_RETURN(out.embeddings, all.Slice(0, 0, saved->tokens));
   out.saved = std::move(saved);
   return out;
 }
@@ -230,13 +274,10 @@ absl::StatusOr<Tensor> ModalityEncoder::Backward(const StepContext& ctx,
   MIMO_ASSIGN_OR_RETURN(auto saved,
                         SavedAs<EncoderSaved>(std::move(saved_base), "ModalityEncoder"));
   kernels::Ops& ops = *ctx.ops;
-  StepContext inner = ctx;
-  inner.sequences = saved->sequences.get();
   const DType dtype = config_.transformer.dtype;
-  const int64_t width = config_.transformer.hidden_size, tokens = saved->sequences->tokens();
-  inner.padding_rows = tokens - saved->tokens;
-  const int members = ModelGroups::Size(tp_);
-  const int64_t block = tokens / members, row0 = ModelGroups::Rank(tp_) * block;
+  const int64_t width = config_.transformer.hidden_size;
+  const Rows r = Rows::Of(saved->sequences->tokens(), tp_, cp_);
+  const StepContext inner = Inner(ctx, *saved, r, width);
   Tensor dh_own;  // The gradient of this member's block of the layers' output rows.
   if (stage_.last()) {
     if (dy.shape() != kernels::Shape{saved->tokens, config_.output_size}) {
@@ -244,21 +285,25 @@ absl::StatusOr<Tensor> ModalityEncoder::Backward(const StepContext& ctx,
                                                      saved->tokens, ", ", config_.output_size,
                                                      "), got ", dy.ToString()));
     }
-    MIMO_ASSIGN_OR_RETURN(Tensor dh, projector_->Backward(inner, std::move(saved->projector), dy));
-    MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *projector_));
-    // Every member computed the projector on every row: the gradient of its own rows is its
-    // block of dh (zero on the padding rows).
-    MIMO_ASSIGN_OR_RETURN(dh_own, NewTensor(ctx, {block, width}, dtype));
-    MIMO_RETURN_IF_ERROR(ops.SetZero(dh_own.data(), dh_own.nbytes()));
-    const int64_t real = std::clamp<int64_t>(saved->tokens - row0, 0, block);
+    // The projector ran on the cp member's span: its rows of dy, zero on the padding rows.
+    MIMO_ASSIGN_OR_RETURN(Tensor dspan, NewTensor(ctx, {r.span, config_.output_size}, dy.dtype()));
+    MIMO_RETURN_IF_ERROR(ops.SetZero(dspan.data(), dspan.nbytes()));
+    const int64_t real = std::clamp<int64_t>(saved->tokens - r.first, 0, r.span);
     if (real > 0) {
-      MIMO_RETURN_IF_ERROR(ops.Copy(dh_own.data(), RowAt(dh, row0, width),
-                                    static_cast<size_t>(real * width) * kernels::DTypeSize(dtype)));
+      MIMO_RETURN_IF_ERROR(ops.Copy(
+          dspan.data(), RowAt(dy, r.first, config_.output_size),
+          static_cast<size_t>(real * config_.output_size) * kernels::DTypeSize(dy.dtype())));
     }
+    MIMO_ASSIGN_OR_RETURN(const Tensor dh,
+                          projector_->Backward(inner, std::move(saved->projector), dspan));
+    MIMO_RETURN_IF_ERROR(ReportGradientsReady(ctx, *projector_));
+    // Every tp member computed the projector on the span's rows: the gradient of its own rows
+    // is its block of dh.
+    MIMO_ASSIGN_OR_RETURN(dh_own, dh.Slice(0, r.own, r.own + r.block));
   } else {
-    if (dy.shape() != kernels::Shape{block, width}) {
+    if (dy.shape() != kernels::Shape{r.block, width}) {
       return absl::InvalidArgumentError(
-          absl::StrCat("ModalityEncoder: needs the gradient of the stage's output (", block, ", ",
+          absl::StrCat("ModalityEncoder: needs the gradient of the stage's output (", r.block, ", ",
                        width, "), got ", dy.ToString()));
     }
     dh_own = dy;
@@ -266,13 +311,13 @@ absl::StatusOr<Tensor> ModalityEncoder::Backward(const StepContext& ctx,
   MIMO_ASSIGN_OR_RETURN(Tensor dx_own,
                         encoder_->Backward(inner, std::move(saved->encoder), dh_own));
   if (!stage_.first()) return dx_own;  // The previous stage's output rows' gradient.
-  MIMO_ASSIGN_OR_RETURN(Tensor dx, GatherRows(ops, tp_, dx_own));
-  MIMO_RETURN_IF_ERROR(ops.EmbeddingBackward({.dtype = config_.transformer.dtype,
+  MIMO_ASSIGN_OR_RETURN(Tensor dx, GatherRows(ops, tp_, dx_own));  // (span, C)
+  MIMO_RETURN_IF_ERROR(ops.EmbeddingBackward({.dtype = dtype,
                                               .dout = dx.data(),
-                                              .ids = saved->sequences->positions(),
+                                              .ids = saved->sequences->positions() + r.first,
                                               .dtable = positions_->grad().data<float>(),
                                               .vocab = config_.max_tokens(),
-                                              .tokens = tokens,
+                                              .tokens = r.span,
                                               .dim = width,
                                               .accumulate = true}));
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(

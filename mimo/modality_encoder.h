@@ -82,6 +82,14 @@ class ModalityEncoder {
   // (their gradients the same on every member). Every member returns all the embeddings and
   // must be given the same d(embeddings).
   //
+  // With a context-parallel group of m > 1 members (ctx.groups.cp) too, the padding makes n m
+  // equal blocks: cp member c embeds and projects span c of the m spans (the rows its n tp
+  // members carry through the layers, one block each), the layers attend over whole sequences
+  // by all-to-all attention (SelfAttention: n m must divide the heads and query groups, else
+  // InvalidArgument here), hidden dropout takes the one-rank masks of the span's rows, and the
+  // projected spans are gathered over cp. The whole parameters' gradients are then the span's
+  // part: summed over the cp members (with the replicas', dp x cp) they are the whole ones.
+  //
   // With a pipeline `stage` of count > 1 the encoder holds that stage's part: its share of the
   // layers (PipelineStage), the first stage also the input projection and position embeddings,
   // the last the final norm and the projector; parameters keep their whole-model names.
@@ -105,12 +113,14 @@ class ModalityEncoder {
 
  private:
   ModalityEncoder(const ModalityEncoderConfig& config, const PipelineStage& stage,
-                  comm::Communicator* tp, std::optional<LinearWeights> input_projection,
+                  comm::Communicator* tp, comm::Communicator* cp,
+                  std::optional<LinearWeights> input_projection,
                   std::unique_ptr<Parameter> positions, std::unique_ptr<TransformerBlock> encoder,
                   std::unique_ptr<Projector> projector)
       : config_(config),
         stage_(stage),
         tp_(tp),
+        cp_(cp),
         input_projection_(std::move(input_projection)),
         positions_(std::move(positions)),
         encoder_(std::move(encoder)),
@@ -119,6 +129,7 @@ class ModalityEncoder {
   const ModalityEncoderConfig config_;
   const PipelineStage stage_;
   comm::Communicator* const tp_;                   // Null: no tensor parallelism. Not owned.
+  comm::Communicator* const cp_;                   // Null: no context parallelism. Not owned.
   std::optional<LinearWeights> input_projection_;  // First stage: (C, token_features) + (C,)
   std::unique_ptr<Parameter> positions_;           // First stage: (max_tokens, C)
   std::unique_ptr<TransformerBlock> encoder_;

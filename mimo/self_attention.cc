@@ -3,11 +3,13 @@
 #include "mimo/self_attention.h"
 
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "mimo/context_attention.h"
+#include "mimo/head_exchange.h"
 #include "mimo/sequence_parallel.h"
 #include "mimo/tensor_checks.h"
 
@@ -17,13 +19,16 @@ namespace {
 using kernels::DType;
 using kernels::Tensor;
 
+// Shapes for R rows of the member (T / cp with head shares, else T) and the Hs heads and Gs
+// groups it attends with (H / cp and G / cp with head shares, else H and G).
 struct AttentionSaved final : SavedActivations {
-  Tensor x;    // (T / tp, C) the input: this member's rows.
-  Tensor q;    // (T, H * D) after RoPE.
-  Tensor k;    // (T, G * D) after RoPE.
-  Tensor v;    // (T, G * D)
-  Tensor o;    // (T, H * D) attention output.
-  Tensor lse;  // (H, T) fp32; with context parallelism in `context_lse` instead.
+  Tensor x;       // (R / tp, C) the input: this member's rows.
+  Tensor q;       // (T, Hs * D) after RoPE.
+  Tensor k;       // (T, Gs * D) after RoPE.
+  Tensor v;       // (T, Gs * D)
+  Tensor o;       // (T, Hs * D) attention output.
+  Tensor o_rows;  // (R, H * D) what linear_proj read: o itself, or the head shares traded back.
+  Tensor lse;     // (Hs, T) fp32; with ring attention in `context_lse` instead.
   ContextAttentionLse context_lse;
 };
 
@@ -78,43 +83,41 @@ absl::StatusOr<BlockOutput> SelfAttention::Forward(const StepContext& ctx, const
   const PackedSequences& seqs = *ctx.sequences;
   MIMO_RETURN_IF_ERROR(CheckActivation(local, config_.hidden_size, config_.dtype, "SelfAttention"));
   kernels::Ops& ops = *ctx.ops;
-  // (T, C): every member's rows (the input itself without tensor parallelism).
+  // (R, C): every tp member's rows (the input itself without tensor parallelism).
   MIMO_ASSIGN_OR_RETURN(const Tensor x, GatherRows(ops, tp_, local));
-  if (x.size(0) != seqs.tokens()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "SelfAttention: ", x.size(0), " tokens for sequences of ", seqs.tokens(), " tokens"));
-  }
-  const int64_t t = x.size(0), hd = heads_ * head_dim_, gd = groups_ * head_dim_;
+  MIMO_ASSIGN_OR_RETURN(const Heads a, HeadsFor(seqs, x.size(0)));
+  const int64_t rows = x.size(0), t = seqs.tokens(), hd = heads_ * head_dim_,
+                gd = groups_ * head_dim_;
+  const DType dtype = x.dtype();
   auto saved = std::make_unique<AttentionSaved>();
   saved->x = local;  // This member's rows: gathered again in the backward (1 / tp the memory).
-  MIMO_ASSIGN_OR_RETURN(saved->q, NewTensor(ctx, {t, hd}, x.dtype()));
-  MIMO_ASSIGN_OR_RETURN(saved->k, NewTensor(ctx, {t, gd}, x.dtype()));
-  MIMO_ASSIGN_OR_RETURN(saved->v, NewTensor(ctx, {t, gd}, x.dtype()));
-  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, qkv_, 0, hd, x, saved->q));
-  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, qkv_, hd, gd, x, saved->k));
-  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, qkv_, hd + gd, gd, x, saved->v));
-  if (config_.rotary) {
-    const int64_t rotary_dim = config_.rotary_dim == 0 ? head_dim_ : config_.rotary_dim;
-    for (const auto& [tensor, heads] : {std::pair{&saved->q, heads_}, {&saved->k, groups_}}) {
-      MIMO_RETURN_IF_ERROR(ops.Rope({.dtype = x.dtype(),
-                                     .x = tensor->data(),
-                                     .y = tensor->data(),
-                                     .positions = seqs.positions(),
-                                     .tokens = t,
-                                     .heads = heads,
-                                     .head_dim = head_dim_,
-                                     .rotary_dim = rotary_dim,
-                                     .base = config_.rotary_base}));
+  // q (T, Hs * D), k and v (T, Gs * D): each head share's projection of this member's rows, slot
+  // p for member p, traded for every member's rows of this member's share (whole heads alike).
+  auto project = [&](int64_t row0, int64_t width, Tensor& out) -> absl::Status {
+    MIMO_ASSIGN_OR_RETURN(Tensor slots, NewTensor(ctx, {a.shares, rows, width}, dtype));
+    for (int p = 0; p < a.shares; ++p) {
+      MIMO_ASSIGN_OR_RETURN(const Tensor slot, slots.Select(0, p));
+      MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, qkv_, row0 + p * width, width, x, slot));
     }
-  }
-  if (cp_ != nullptr || seqs.context_size() > 1) {
+    if (a.shares > 1) {
+      MIMO_ASSIGN_OR_RETURN(slots, ExchangeSlots(ops, *cp_, slots));
+    }
+    MIMO_ASSIGN_OR_RETURN(out, slots.View({t, width}));
+    return absl::OkStatus();
+  };
+  const int64_t qw = a.heads * head_dim_, kw = a.groups * head_dim_;
+  MIMO_RETURN_IF_ERROR(project(0, qw, saved->q));
+  MIMO_RETURN_IF_ERROR(project(hd, kw, saved->k));
+  MIMO_RETURN_IF_ERROR(project(hd + gd, kw, saved->v));
+  MIMO_RETURN_IF_ERROR(ApplyRope(ctx, a, saved->q, saved->k, /*backward=*/false));
+  if (a.ring) {
     MIMO_ASSIGN_OR_RETURN(comm::Communicator * cp, ContextGroup(seqs));
     MIMO_RETURN_IF_ERROR(ContextAttentionForward(ctx, *cp, ContextShape(), saved->q, saved->k,
                                                  saved->v, saved->o, saved->context_lse));
   } else {
-    MIMO_ASSIGN_OR_RETURN(saved->o, NewTensor(ctx, {t, hd}, x.dtype()));
-    MIMO_ASSIGN_OR_RETURN(saved->lse, NewTensor(ctx, {heads_, t}, DType::kF32));
-    MIMO_RETURN_IF_ERROR(ops.Attention({.dtype = x.dtype(),
+    MIMO_ASSIGN_OR_RETURN(saved->o, NewTensor(ctx, {t, qw}, dtype));
+    MIMO_ASSIGN_OR_RETURN(saved->lse, NewTensor(ctx, {a.heads, t}, DType::kF32));
+    MIMO_RETURN_IF_ERROR(ops.Attention({.dtype = dtype,
                                         .q = saved->q.data(),
                                         .k = saved->k.data(),
                                         .v = saved->v.data(),
@@ -123,16 +126,23 @@ absl::StatusOr<BlockOutput> SelfAttention::Forward(const StepContext& ctx, const
                                         .cu_seqlens = seqs.cu_seqlens(),
                                         .num_seqs = seqs.num_seqs(),
                                         .total_tokens = t,
-                                        .heads = heads_,
-                                        .kv_heads = groups_,
+                                        .heads = a.heads,
+                                        .kv_heads = a.groups,
                                         .head_dim = head_dim_,
                                         .max_seqlen = seqs.max_seqlen(),
                                         .scale = 1.0f / std::sqrt(static_cast<float>(head_dim_)),
                                         .causal = config_.causal}));
   }
-  MIMO_ASSIGN_OR_RETURN(Tensor y, NewTensor(ctx, {t, config_.hidden_size}, x.dtype()));
+  // (R, H * D): this member's rows of every head, as linear_proj reads them.
+  saved->o_rows = saved->o;
+  if (a.shares > 1) {
+    MIMO_ASSIGN_OR_RETURN(const Tensor o, saved->o.View({a.shares, rows, qw}));
+    MIMO_ASSIGN_OR_RETURN(const Tensor back, ExchangeSlots(ops, *cp_, o));
+    MIMO_ASSIGN_OR_RETURN(saved->o_rows, InterleaveSlots(ops, back, a.shares, /*inverse=*/false));
+  }
+  MIMO_ASSIGN_OR_RETURN(Tensor y, NewTensor(ctx, {rows, config_.hidden_size}, dtype));
   // The bias once: member 0 adds it to its part of the sum the reduce-scatter makes.
-  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, proj_, 0, config_.hidden_size, saved->o, y,
+  MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, proj_, 0, config_.hidden_size, saved->o_rows, y,
                                          kernels::GemmActivation::kNone, nullptr,
                                          ModelGroups::Rank(tp_) == 0));
   MIMO_ASSIGN_OR_RETURN(Tensor own, ReduceScatterRows(ops, tp_, y));
@@ -147,22 +157,32 @@ absl::StatusOr<Tensor> SelfAttention::Backward(const StepContext& ctx,
   const PackedSequences& seqs = *ctx.sequences;
   kernels::Ops& ops = *ctx.ops;
   MIMO_RETURN_IF_ERROR(CheckSameShape(dy_local, saved->x, "SelfAttention backward"));
-  MIMO_ASSIGN_OR_RETURN(const Tensor dy, GatherRows(ops, tp_, dy_local));  // (T, C)
-  const int64_t t = dy.size(0), hd = heads_ * head_dim_, gd = groups_ * head_dim_;
-  MIMO_ASSIGN_OR_RETURN(Tensor d_o, NewTensor(ctx, {t, hd}, dy.dtype()));
+  MIMO_ASSIGN_OR_RETURN(const Tensor dy, GatherRows(ops, tp_, dy_local));  // (R, C)
+  MIMO_ASSIGN_OR_RETURN(const Heads a, HeadsFor(seqs, dy.size(0)));
+  const int64_t rows = dy.size(0), t = seqs.tokens(), hd = heads_ * head_dim_,
+                gd = groups_ * head_dim_, qw = a.heads * head_dim_, kw = a.groups * head_dim_;
+  const DType dtype = dy.dtype();
+  MIMO_ASSIGN_OR_RETURN(Tensor d_o, NewTensor(ctx, {rows, hd}, dtype));
   MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
-      ops, proj_, {.row0 = 0, .rows = config_.hidden_size, .dy = &dy, .x = &saved->o, .dx = &d_o}));
-  MIMO_ASSIGN_OR_RETURN(Tensor dq, NewTensor(ctx, {t, hd}, dy.dtype()));
-  MIMO_ASSIGN_OR_RETURN(Tensor dk, NewTensor(ctx, {t, gd}, dy.dtype()));
-  MIMO_ASSIGN_OR_RETURN(Tensor dv, NewTensor(ctx, {t, gd}, dy.dtype()));
-  if (cp_ != nullptr || seqs.context_size() > 1) {
+      ops, proj_,
+      {.row0 = 0, .rows = config_.hidden_size, .dy = &dy, .x = &saved->o_rows, .dx = &d_o}));
+  saved->o_rows = Tensor();
+  if (a.shares > 1) {  // Back to the whole rows of this member's head share: (T, Hs * D).
+    MIMO_ASSIGN_OR_RETURN(const Tensor slots, InterleaveSlots(ops, d_o, a.shares, true));
+    MIMO_ASSIGN_OR_RETURN(const Tensor traded, ExchangeSlots(ops, *cp_, slots));
+    MIMO_ASSIGN_OR_RETURN(d_o, traded.View({t, qw}));
+  }
+  MIMO_ASSIGN_OR_RETURN(Tensor dq, NewTensor(ctx, {t, qw}, dtype));
+  MIMO_ASSIGN_OR_RETURN(Tensor dk, NewTensor(ctx, {t, kw}, dtype));
+  MIMO_ASSIGN_OR_RETURN(Tensor dv, NewTensor(ctx, {t, kw}, dtype));
+  if (a.ring) {
     MIMO_ASSIGN_OR_RETURN(comm::Communicator * cp, ContextGroup(seqs));
     MIMO_RETURN_IF_ERROR(ContextAttentionBackward(ctx, *cp, ContextShape(), d_o, saved->q, saved->k,
                                                   saved->v, saved->o, saved->context_lse, dq, dk,
                                                   dv));
   } else {
     MIMO_RETURN_IF_ERROR(
-        ops.AttentionBackward({.dtype = dy.dtype(),
+        ops.AttentionBackward({.dtype = dtype,
                                .dout = d_o.data(),
                                .q = saved->q.data(),
                                .k = saved->k.data(),
@@ -175,8 +195,8 @@ absl::StatusOr<Tensor> SelfAttention::Backward(const StepContext& ctx,
                                .cu_seqlens = seqs.cu_seqlens(),
                                .num_seqs = seqs.num_seqs(),
                                .total_tokens = t,
-                               .heads = heads_,
-                               .kv_heads = groups_,
+                               .heads = a.heads,
+                               .kv_heads = a.groups,
                                .head_dim = head_dim_,
                                .max_seqlen = seqs.max_seqlen(),
                                .scale = 1.0f / std::sqrt(static_cast<float>(head_dim_)),
@@ -185,34 +205,77 @@ absl::StatusOr<Tensor> SelfAttention::Backward(const StepContext& ctx,
   saved->o = Tensor();
   saved->lse = Tensor();
   saved->context_lse = ContextAttentionLse();
-  if (config_.rotary) {
-    const int64_t rotary_dim = config_.rotary_dim == 0 ? head_dim_ : config_.rotary_dim;
-    for (const auto& [tensor, heads] : {std::pair{&dq, heads_}, {&dk, groups_}}) {
-      MIMO_RETURN_IF_ERROR(ops.Rope({.dtype = dy.dtype(),
-                                     .x = tensor->data(),
-                                     .y = tensor->data(),
-                                     .positions = seqs.positions(),
-                                     .tokens = t,
-                                     .heads = heads,
-                                     .head_dim = head_dim_,
-                                     .rotary_dim = rotary_dim,
-                                     .base = config_.rotary_base,
-                                     .backward = true}));
+  MIMO_RETURN_IF_ERROR(ApplyRope(ctx, a, dq, dk, /*backward=*/true));
+  // dx = dq Wq + dk Wk + dv Wv; each part adds its rows' weight (and bias) gradients. Head
+  // shares: each share's gradients of this member's rows come back from the member that had it.
+  MIMO_ASSIGN_OR_RETURN(const Tensor x, GatherRows(ops, tp_, saved->x));  // (R, C)
+  saved->x = Tensor();
+  MIMO_ASSIGN_OR_RETURN(Tensor dx, NewTensor(ctx, dy.shape(), dtype));
+  bool accumulate = false;
+  for (const auto& [grad, row0, width] :
+       {std::tuple{&dq, int64_t{0}, qw}, {&dk, hd, kw}, {&dv, hd + gd, kw}}) {
+    MIMO_ASSIGN_OR_RETURN(Tensor slots, grad->View({a.shares, rows, width}));
+    if (a.shares > 1) {
+      MIMO_ASSIGN_OR_RETURN(slots, ExchangeSlots(ops, *cp_, slots));
+    }
+    for (int p = 0; p < a.shares; ++p) {
+      MIMO_ASSIGN_OR_RETURN(const Tensor slot, slots.Select(0, p));
+      MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(ops, qkv_,
+                                                 {.row0 = row0 + p * width,
+                                                  .rows = width,
+                                                  .dy = &slot,
+                                                  .x = &x,
+                                                  .dx = &dx,
+                                                  .accumulate_dx = accumulate}));
+      accumulate = true;
     }
   }
-  // dx = dq Wq + dk Wk + dv Wv; each part adds its rows' weight (and bias) gradients.
-  MIMO_ASSIGN_OR_RETURN(const Tensor x, GatherRows(ops, tp_, saved->x));  // (T, C)
-  saved->x = Tensor();
-  MIMO_ASSIGN_OR_RETURN(Tensor dx, NewTensor(ctx, dy.shape(), dy.dtype()));
-  MIMO_RETURN_IF_ERROR(
-      LinearRowsBackwardRun(ops, qkv_, {.row0 = 0, .rows = hd, .dy = &dq, .x = &x, .dx = &dx}));
-  MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
-      ops, qkv_, {.row0 = hd, .rows = gd, .dy = &dk, .x = &x, .dx = &dx, .accumulate_dx = true}));
-  MIMO_RETURN_IF_ERROR(LinearRowsBackwardRun(
-      ops, qkv_,
-      {.row0 = hd + gd, .rows = gd, .dy = &dv, .x = &x, .dx = &dx, .accumulate_dx = true}));
   // dx holds this member's heads' part of every row's gradient: the rows' owners get the sums.
   return ReduceScatterRows(ops, tp_, dx);
+}
+
+absl::StatusOr<SelfAttention::Heads> SelfAttention::HeadsFor(const PackedSequences& seqs,
+                                                             int64_t rows) const {
+  Heads a{.heads = heads_, .groups = groups_};
+  if (seqs.context_size() > 1 || (cp_ != nullptr && rows == seqs.tokens())) {
+    a.ring = true;  // ContextGroup checks the split against the group.
+    if (rows == seqs.tokens()) return a;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SelfAttention: ", rows, " rows for split sequences of ", seqs.tokens(), " tokens"));
+  }
+  a.shares = ModelGroups::Size(cp_);
+  if (rows * a.shares != seqs.tokens()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SelfAttention: ", a.shares, " x ", rows, " rows for sequences of ", seqs.tokens(),
+        " tokens", a.shares > 1 ? " (each context-parallel member holds an equal block)" : ""));
+  }
+  if (heads_ % a.shares != 0 || groups_ % a.shares != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SelfAttention: all-to-all context parallelism over ", a.shares, " ranks needs the ",
+        heads_, " heads and ", groups_, " query groups of a tp member to divide by it"));
+  }
+  a.heads /= a.shares;
+  a.groups /= a.shares;
+  return a;
+}
+
+absl::Status SelfAttention::ApplyRope(const StepContext& ctx, const Heads& a, Tensor& q, Tensor& k,
+                                      bool backward) const {
+  if (!config_.rotary) return absl::OkStatus();
+  const int64_t rotary_dim = config_.rotary_dim == 0 ? head_dim_ : config_.rotary_dim;
+  for (const auto& [tensor, heads] : {std::pair{&q, a.heads}, {&k, a.groups}}) {
+    MIMO_RETURN_IF_ERROR(ctx.ops->Rope({.dtype = tensor->dtype(),
+                                        .x = tensor->data(),
+                                        .y = tensor->data(),
+                                        .positions = ctx.sequences->positions(),
+                                        .tokens = tensor->size(0),
+                                        .heads = heads,
+                                        .head_dim = head_dim_,
+                                        .rotary_dim = rotary_dim,
+                                        .base = config_.rotary_base,
+                                        .backward = backward}));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<comm::Communicator*> SelfAttention::ContextGroup(const PackedSequences& seqs) const {

@@ -32,10 +32,17 @@ class SelfAttention final : public Block {
   // rows and gathered again in the backward, as Megatron does). InvalidArgument when n does not
   // divide H and G.
   //
-  // With a context-parallel group (ctx.groups.cp of more than one member) the StepContext's
-  // sequences must be split over it (PackedSequences::CreateSplit): the attention itself runs
-  // as ring attention (mimo/context_attention.h); the projections and RoPE (at the tokens'
-  // positions in their whole sequences) work on the rank's rows alone.
+  // With a context-parallel group (ctx.groups.cp of n > 1 members), one of two kinds by the
+  // StepContext's sequences:
+  // - split over the group (PackedSequences::CreateSplit; the language model): the attention
+  //   itself runs as ring attention (mimo/context_attention.h); the projections and RoPE (at the
+  //   tokens' positions in their whole sequences) work on the rank's rows alone;
+  // - whole, the rows (after tp's gather) member r's equal block r (the encoders, whose
+  //   bidirectional attention would see a split's padding): all-to-all attention
+  //   (mimo/head_exchange.h): each member projects its rows for every head share, trades them
+  //   for the whole rows of share r (heads [r Hs, (r + 1) Hs), Hs = H / tp / n, and groups
+  //   alike) and attends over whole sequences, then trades the outputs back for linear_proj.
+  //   InvalidArgument at the forward unless n divides the member's heads and groups.
   static absl::StatusOr<std::unique_ptr<SelfAttention>> Create(const BuildContext& ctx);
 
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) override;
@@ -48,6 +55,16 @@ class SelfAttention final : public Block {
   SelfAttention(const TransformerConfig& config, comm::Communicator* tp, comm::Communicator* cp,
                 LinearWeights qkv, LinearWeights proj);
 
+  // What this member attends with over `seqs`, from R rows (after tp's gather).
+  struct Heads {
+    int64_t heads = 0, groups = 0;  // Hs and Gs.
+    int shares = 1;                 // cp with all-to-all attention, else 1.
+    bool ring = false;              // Ring attention (split sequences).
+  };
+  absl::StatusOr<Heads> HeadsFor(const PackedSequences& seqs, int64_t rows) const;
+  // RoPE (or its backward) in place on q (T, Hs * D) and k (T, Gs * D), when the layer uses it.
+  absl::Status ApplyRope(const StepContext& ctx, const Heads& a, kernels::Tensor& q,
+                         kernels::Tensor& k, bool backward) const;
   // The layer's context-parallel group, checked against how `seqs` are split.
   absl::StatusOr<comm::Communicator*> ContextGroup(const PackedSequences& seqs) const;
   ContextAttentionShape ContextShape() const;

@@ -181,10 +181,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   const PipelineStage stage{.index = ModelGroups::Rank(o.pp), .count = ModelGroups::Size(o.pp)};
   const int cp = ModelGroups::Size(o.groups.cp);
   if (cp > 1) {
-    if (!language) {
-      return absl::InvalidArgumentError(
-          "TrainerOptions: context parallelism (cp > 1) of an encoder is not supported yet");
-    }
     if (ModelGroups::Size(o.dp_cp) != cp * dp_size) {
       return absl::InvalidArgumentError(absl::StrCat(
           "TrainerOptions: context parallelism over ", cp, " ranks needs dp_cp (the ", cp * dp_size,
@@ -217,19 +213,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                                      EncoderName(x),
                                                      " encoder, which the model does not have"));
     }
-    // Only tp member 0 of the last pipeline stage holds links (parallel/bridge.h); it tells the
-    // others the language module's replicas.
+    // Only member (tp 0, cp 0) of the last pipeline stage holds links (parallel/bridge.h); it
+    // tells the others the language module's replicas.
     int64_t language_dp[1] = {0};
-    if (ModelGroups::Rank(o.groups.tp) == 0 && stage.last()) {
+    if (ModelGroups::Rank(o.groups.tp) == 0 && ModelGroups::Rank(o.groups.cp) == 0 &&
+        stage.last()) {
       MIMO_RETURN_IF_ERROR(CheckLinks(modules->links[x], EncoderName(x), true, dp_rank, dp_size,
                                       o.micro_batch_size));
       language_dp[0] = modules->links[x][0].peer_dp;
     } else if (!modules->links[x].empty()) {
       return absl::InvalidArgumentError(
           "TrainerOptions: links on an encoder rank other than member 0 of its last pipeline "
-          "stage's tp group");
+          "stage's tp and cp groups");
     }
-    for (comm::Communicator* group : {o.groups.tp, o.pp}) {
+    for (comm::Communicator* group : {o.groups.tp, o.groups.cp, o.pp}) {
       if (ModelGroups::Size(group) > 1) {
         MIMO_RETURN_IF_ERROR(SumOverGroup(ops, *group, language_dp));
       }
@@ -448,8 +445,8 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
     local += shards;
   }
   if (!language) {
-    // The encoder's stages' parts summed; tp member 0 of the last stage holds the links: the
-    // total comes down to it, then to the other members and stages.
+    // The encoder's stages' parts summed; member (tp 0, cp 0) of the last stage holds the links:
+    // the total comes down to it, then to the other members and stages.
     if (ModelGroups::Size(options_.pp) > 1) {
       float part[1] = {local};
       MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.pp, part));
@@ -462,7 +459,7 @@ absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
       MIMO_ASSIGN_OR_RETURN(const float t, RecvFloat(ops_, links[i]));
       if (i == 0) total[0] = t;  // Every language replica computes the same total.
     }
-    for (comm::Communicator* group : {options_.groups.tp, options_.pp}) {
+    for (comm::Communicator* group : {options_.groups.tp, options_.groups.cp, options_.pp}) {
       if (ModelGroups::Size(group) > 1) MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *group, total));
     }
     return total[0];
@@ -839,7 +836,8 @@ absl::Status Trainer::EncoderStep(int64_t base) {
   const int64_t hidden = config_.language.transformer.hidden_size;
   const ModalityEncoderConfig& ec = x == kVision ? *config_.vision : *config_.audio;
   const kernels::DType dtype = ec.transformer.dtype;
-  const int tp = ModelGroups::Size(options_.groups.tp);
+  // The encoder's rows split in tp x cp equal blocks (tp's and cp's padding included).
+  const int members = ModelGroups::Size(options_.groups.tp) * ModelGroups::Size(options_.groups.cp);
   const data::MicroBatchOptions pack{
       .seq_length = options_.seq_length,
       .image_tokens = config_.vision.has_value() ? config_.vision->max_tokens() : 0,
@@ -853,8 +851,8 @@ absl::Status Trainer::EncoderStep(int64_t base) {
   MIMO_ASSIGN_OR_RETURN(const comm::DataType rows_type, CommType(dtype));
   auto transfer = [&](bool send, int peer, int64_t rows, Tensor& t) -> absl::Status {
     if (!send) {
-      const int64_t padded = rows + (tp - rows % tp) % tp;
-      MIMO_ASSIGN_OR_RETURN(t, Tensor::Empty({padded / tp, ec.transformer.hidden_size}, dtype,
+      const int64_t padded = rows + (members - rows % members) % members;
+      MIMO_ASSIGN_OR_RETURN(t, Tensor::Empty({padded / members, ec.transformer.hidden_size}, dtype,
                                              ops_.allocator(), ops_.stream()));
     }
     MIMO_RETURN_IF_ERROR(ops_.Synchronize());
@@ -890,8 +888,8 @@ absl::Status Trainer::EncoderStep(int64_t base) {
     MIMO_ASSIGN_OR_RETURN(p.batch, UploadMicroBatch(ops_, host, upload));
     batch_seconds_ += SecondsSince(batch_start);
     const std::vector<int64_t> per_sample = RowsPerSample(config_, x, samples);
-    // Every tp member encodes the block's rows; member 0 of the last stage holds the links,
-    // which split them.
+    // Every tp and cp member returns the block's rows; member (tp 0, cp 0) of the last stage
+    // holds the links, which split them.
     p.rows = SumRows(per_sample, 0, block);
     for (const BridgeEnd& l : links) {
       const int64_t from = std::max(first, l.peer_replica * mbs) - first;
@@ -942,11 +940,13 @@ absl::Status Trainer::EncoderStep(int64_t base) {
         MIMO_RETURN_IF_ERROR(RecvRows(links[n], grad, row, p.link_rows[n]));
         row += p.link_rows[n];
       }
-      if (tp > 1) {
-        // Member 0's gradient to the other members (each computed the embeddings whole).
+      // Member (tp 0, cp 0)'s gradient to the other members (each returned the embeddings
+      // whole): over cp to the tp 0 members, then over each tp group from its member 0.
+      for (comm::Communicator* group : {options_.groups.cp, options_.groups.tp}) {
+        if (ModelGroups::Size(group) == 1) continue;
         MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(grad.dtype()));
-        MIMO_RETURN_IF_ERROR(options_.groups.tp->Broadcast(
-            grad.data(), static_cast<size_t>(grad.numel()), type, /*root=*/0));
+        MIMO_RETURN_IF_ERROR(
+            group->Broadcast(grad.data(), static_cast<size_t>(grad.numel()), type, /*root=*/0));
       }
     } else {
       MIMO_RETURN_IF_ERROR(transfer(false, stage.index + 1, p.rows, grad));

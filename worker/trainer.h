@@ -78,10 +78,13 @@ struct TrainerOptions {
   // shards), the routed experts' over expt_dp (dp_cp without EP and expt_tp); losses, auxiliary
   // losses and expert loads are summed over cp. Only member (tp 0, cp 0) holds the links to the
   // encoders and broadcasts the modality rows over cp; on a rank of the whole model every member
-  // computes the encoders whole. Not on GPUs with overlap_grad_reduce; not on encoder ranks. The
-  // padding tokens are routed by the MoE layers like any token (as in Megatron): they count in
-  // the expert loads and the auxiliary losses, so an MoE model trains like cp 1 exactly only
-  // when no sequence needs padding.
+  // computes the encoders whole. Not on GPUs with overlap_grad_reduce. The padding tokens are
+  // routed by the MoE layers like any token (as in Megatron): they count in the expert loads and
+  // the auxiliary losses, so an MoE model trains like cp 1 exactly only when no sequence needs
+  // padding. On an encoder's ranks, cp is all-to-all attention over whole samples
+  // (mimo/modality_encoder.h): the members read the same samples, each carries its block of the
+  // rows, the gradients are summed over dp_cp, and member (tp 0, cp 0) of the last stage holds
+  // the links and broadcasts d(embeddings) over cp and tp.
   ModelGroups groups;
   comm::Communicator* dp_cp = nullptr;
   comm::Communicator* expt_dp = nullptr;

@@ -211,6 +211,17 @@ TEST(ValidateJobSpecTest, TrainingAcceptsCheckpointing) {
   }
 }
 
+// KIND_TRAIN runs an encoder context parallel (vision cp 2 on ranks 0-1: 4 heads, 2 a member).
+TEST(ValidateJobSpecTest, TrainingAcceptsAContextParallelEncoder) {
+  v1::JobSpec spec = ValidSpec();
+  Vision(spec).mutable_parallelism()->set_cp(2);
+  Vision(spec).mutable_parallelism()->set_dp(1);
+  std::vector<FieldViolation> violations;
+  const absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+}
+
 // KIND_TRAIN runs the language module context parallel (here cp 2 x dp 2 x ep 2, MoE).
 TEST(ValidateJobSpecTest, TrainingAcceptsAContextParallelLanguageModule) {
   v1::JobSpec spec = ValidSpec();
@@ -635,10 +646,16 @@ INSTANTIATE_TEST_SUITE_P(
                s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
              },
              {"training.optimizer.overlap_grad_reduce"}},
-        Case{"TrainingWithAContextParallelEncoder",
+        Case{"TrainingWithAContextParallelEncoderOfTooFewHeads",
              [](v1::JobSpec& s) {
+               // tp 2 x cp 2 members, 2 heads: all-to-all attention gives each member whole heads.
+               Vision(s).mutable_vision()->mutable_transformer()->set_num_attention_heads(2);
+               Vision(s).mutable_parallelism()->set_tp(2);
                Vision(s).mutable_parallelism()->set_cp(2);
                Vision(s).mutable_parallelism()->set_dp(1);
+               Audio(s).mutable_parallelism()->set_rank_offset(4);
+               Language(s).mutable_parallelism()->set_rank_offset(6);
+               s.mutable_resources()->set_workers(10);
              },
              {"modules[0].parallelism.cp"}},
         Case{"TrainingWithContextParallelismOnGpusOverlappingTheReduction",

@@ -2,8 +2,8 @@
 # Resharding end to end through the real programs. The main example's model (with 4 query
 # groups, so that tp 4 divides its heads) is trained 6 steps by 8 CPU workers saving at step 3
 # (run A, the example's layout: encoders dp 2, language dp 4 ep 2). A's iteration 3 is resharded
-# along chains -- language tp 2 -> 1 -> 4, ep 1 -> 2 -> 4, pp 2 -> 1, the encoders moved after the
-# language model -- each step verified tensor by tensor (parameters and optimizer state) against
+# along chains -- language tp 2 -> 1 -> 4, ep 1 -> 2 -> 4 (with the vision encoder cp 2 at ep 4),
+# pp 2 -> 1, the encoders moved after the language model -- each step verified tensor by tensor (parameters and optimizer state) against
 # A's; then jobs in the new layouts resume from them and their steps 4-6 must have A's losses
 # (within 1e-5 relative: only the order of sums differs). Also: --dry-run writes nothing and names
 # the source files, bad layouts fail with the planner's errors before writing, an existing target
@@ -39,7 +39,7 @@ layout a "{dp: 2, rank_offset: 0}" "{dp: 2, rank_offset: 2}" "{dp: 4, ep: 2, ran
 layout t2 "{dp: 2, rank_offset: 0}" "{dp: 2, rank_offset: 2}" "{tp: 2, dp: 2, ep: 2, rank_offset: 4}"
 layout t1 "{dp: 2, rank_offset: 0}" "{dp: 2, rank_offset: 2}" "{dp: 4, ep: 1, rank_offset: 4}"
 layout t4 "{dp: 2, rank_offset: 0}" "{dp: 2, rank_offset: 2}" "{tp: 4, dp: 1, rank_offset: 4}"
-layout e4 "{dp: 2, rank_offset: 0}" "{dp: 2, rank_offset: 2}" "{dp: 4, ep: 4, rank_offset: 4}"
+layout e4 "{cp: 2, dp: 1, rank_offset: 0}" "{dp: 2, rank_offset: 2}" "{dp: 4, ep: 4, rank_offset: 4}"
 layout p2 "{dp: 2, rank_offset: 0}" "{dp: 2, rank_offset: 2}" "{pp: 2, dp: 2, ep: 2, rank_offset: 4}"
 layout p1 "{dp: 2, rank_offset: 0}" "{dp: 2, rank_offset: 2}" "{dp: 4, ep: 2, rank_offset: 4}"
 layout moved "{dp: 2, rank_offset: 4}" "{dp: 2, rank_offset: 6}" "{dp: 4, ep: 4, rank_offset: 0}"

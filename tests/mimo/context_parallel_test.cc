@@ -1,7 +1,8 @@
 // Context parallelism over Gloo ranks against one rank on the same sequences: the ring attention
 // alone (cp 2 and 3, causal and bidirectional, grouped-query), transformer layers (RoPE at the
 // whole sequences' positions, dropout with the one-rank masks, MoE layers with both auxiliary
-// losses), tp 2 x cp 2, and the language model with modality rows. Each member's outputs and
+// losses), tp 2 x cp 2, the language model with modality rows, and modality encoders (all-to-all
+// attention over whole sequences: cp 2, cp 4, tp 2 x cp 2, dropout, padded rows). Each member's outputs and
 // input gradients equal the one-rank rows of the tokens it holds, its parameters' gradients
 // summed over the cp members (as the dp x cp gradient reduction sums them) the one-rank ones,
 // and the auxiliary losses' shares add up to the one-rank losses (relative L2 error < 1e-5); in
@@ -22,6 +23,7 @@
 #include "mimo/context_attention.h"
 #include "mimo/dense_mlp.h"
 #include "mimo/language_model.h"
+#include "mimo/modality_encoder.h"
 #include "mimo/moe_layer.h"
 #include "mimo/transformer_layer.h"
 #include "parallel/context_split.h"
@@ -34,13 +36,16 @@ namespace {
 
 using kernels::DType;
 using testing::BlockFactory;
+using testing::EncoderResult;
 using testing::Host;
 using testing::kHidden;
 using testing::LmResult;
+using testing::Param;
 using testing::RandomFloats;
 using testing::RelativeError;
 using testing::Result;
 using testing::Run;
+using testing::RunEncoder;
 using testing::RunLm;
 using testing::SliceOf;
 using testing::Upload;
@@ -500,6 +505,77 @@ TEST(ContextParallelTest, LanguageModel) {
   ExpectLanguageModelSplitEqualsOneRank({.tp = 2, .cp = 2});
 }
 
+// A modality encoder over tp x cp members: whole sequences, rows in tp x cp equal blocks,
+// all-to-all attention (each member a share of the heads), hidden dropout with the one-rank masks
+// of the member's rows. Images of 3 x 4 patches (12 rows, split evenly) and audio clips of 3 + 2
+// tokens (5 rows, padded to 6 or 8 for the members' equal blocks): every member
+// returns all the one-rank embeddings, and each member's gradients summed over its cp group are
+// its slice of the one-rank gradients (as the dp x cp reduction sums them).
+void ExpectEncoderSplitEqualsOneRank(Split split) {
+  SCOPED_TRACE(::testing::Message() << "tp " << split.tp << " x cp " << split.cp);
+  for (const EncoderInput input : {EncoderInput::kImages, EncoderInput::kAudio}) {
+    const bool images = input == EncoderInput::kImages;
+    SCOPED_TRACE(images ? "images" : "audio");
+    ModalityEncoderConfig c{
+        .input = input,
+        .image_size = 4,
+        .patch_size = 2,
+        .num_channels = 3,
+        .num_mel_bins = 3,
+        .frames_per_token = 2,
+        .max_frames = 8,
+        .transformer = Config(),
+        .projector = {.kind = images ? ProjectorKind::kMlp : ProjectorKind::kLinear,
+                      .hidden_size = 5},
+        .output_size = 6};
+    c.transformer.num_query_groups = 4;  // Whole key/value heads on tp 2 x cp 2 members.
+    c.transformer.norm = NormKind::kLayerNorm;
+    c.transformer.activation = MlpActivation::kGelu;
+    c.transformer.add_bias_linear = true;
+    c.transformer.causal = false;
+    c.transformer.rotary = false;
+    c.transformer.hidden_dropout = 0.1f;
+    const kernels::Shape shape = images ? kernels::Shape{3, 3, 4, 4} : kernels::Shape{10, 3};
+    const std::vector<int32_t> frames =
+        images ? std::vector<int32_t>{} : std::vector<int32_t>{6, 4};
+    const int64_t rows = images ? 12 : 5;
+    std::mt19937 random(29);
+    const std::vector<float> x = RandomFloats(kernels::NumElements(shape), random);
+    const std::vector<float> dy = RandomFloats(rows * c.output_size, random);
+    auto one = kernels::NewCpuOps();
+    const EncoderResult want = RunEncoder(*one, c, {}, x, shape, frames, dy);
+    ASSERT_EQ(want.embeddings.size(), static_cast<size_t>(rows * c.output_size));
+    std::vector<EncoderResult> got(split.ranks());
+    OnRanks(split, [&](int rank, const comm::ProcessGroups& groups) {
+      auto ops = kernels::NewCpuOps();
+      got[rank] = RunEncoder(*ops, c, ModelGroupsOf(groups), x, shape, frames, dy);
+    });
+    for (int rank = 0; rank < split.ranks(); ++rank) {
+      SCOPED_TRACE(::testing::Message() << "rank " << rank);
+      EXPECT_LT(RelativeError(got[rank].embeddings, want.embeddings), kBound);
+      ASSERT_EQ(got[rank].params.size(), want.params.size());
+      if (split.cp_rank(rank) != 0) continue;
+      for (const auto& [name, p] : got[rank].params) {
+        SCOPED_TRACE(name);
+        std::vector<float> sum(p.grad.size(), 0.0f);
+        for (int c = 0; c < split.cp; ++c) {
+          const std::vector<float>& g = got[rank + c * split.tp].params.at(name).grad;
+          for (size_t i = 0; i < sum.size(); ++i) sum[i] += g[i];
+        }
+        const Param& whole = want.params.at(name);
+        EXPECT_EQ(p.weight, SliceOf(whole.weight, p.spec));
+        EXPECT_LT(RelativeError(sum, SliceOf(whole.grad, p.spec)), kBound);
+      }
+    }
+  }
+}
+
+TEST(ContextParallelTest, ModalityEncoders) {
+  ExpectEncoderSplitEqualsOneRank({.cp = 2});
+  ExpectEncoderSplitEqualsOneRank({.cp = 4});
+  ExpectEncoderSplitEqualsOneRank({.tp = 2, .cp = 2});
+}
+
 TEST(ContextParallelTest, RefusesWhatItCannotSplit) {
   // Sequences not padded to multiples of 2 cp.
   auto ops = kernels::NewCpuOps();
@@ -526,6 +602,23 @@ TEST(ContextParallelTest, RefusesWhatItCannotSplit) {
         ctx, Upload(*ops, std::vector<float>(4 * kHidden, 0.5f), {4, kHidden}, DType::kF32));
     EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(out.status().message(), ::testing::HasSubstr("split over 1 context-parallel"));
+    // Whole sequences with rows that are not the members' equal blocks (all-to-all attention).
+    const auto uneven = (*layer)->Forward(
+        ctx, Upload(*ops, std::vector<float>(3 * kHidden, 0.5f), {3, kHidden}, DType::kF32));
+    EXPECT_EQ(uneven.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(uneven.status().message(),
+                ::testing::HasSubstr("2 x 3 rows for sequences of 4 tokens"));
+    // An encoder whose key/value heads cannot be shared out over the cp members.
+    ModalityEncoderConfig encoder{.input = EncoderInput::kImages,
+                                  .image_size = 4,
+                                  .patch_size = 2,
+                                  .transformer = config,
+                                  .projector = {.kind = ProjectorKind::kLinear},
+                                  .output_size = 6};
+    encoder.transformer.num_query_groups = 1;
+    const auto mqa = ModalityEncoder::Create(build, encoder);
+    EXPECT_EQ(mqa.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(mqa.status().message(), ::testing::HasSubstr("num_query_groups (1)"));
     (void)rank;
   });
 }

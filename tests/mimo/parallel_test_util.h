@@ -1,7 +1,7 @@
 // Helpers of the tests that split blocks over ranks (tensor, context parallelism) and compare
 // them with one rank: tensors to the host, row ranges, relative L2 errors, parameters whose
 // ones-and-zeros initial values are replaced by values drawn from their whole tensor, and runs of
-// a block's or the language model's forward and backward.
+// a block's, the language model's or a modality encoder's forward and backward.
 #pragma once
 
 #include <cmath>
@@ -18,6 +18,7 @@
 #include "mimo/block.h"
 #include "mimo/build_context.h"
 #include "mimo/language_model.h"
+#include "mimo/modality_encoder.h"
 #include "mimo/packed_sequences.h"
 #include "mimo/parameter.h"
 #include "tests/mimo/model_test_util.h"
@@ -165,6 +166,45 @@ inline LmResult RunLm(kernels::Ops& ops, const LanguageModelConfig& config, Mode
   EXPECT_TRUE(demb.ok()) << demb.status();
   if (!demb.ok()) return r;
   r.dembeddings = Host(ops, *demb);
+  for (Parameter* p : params) {
+    r.params[p->name()] = {p->spec(), Host(ops, p->weight()), Host(ops, p->grad())};
+  }
+  return r;
+}
+
+// A modality encoder's embeddings from `input` (frames: audio samples' frames), and its
+// parameters' weights and gradients after the backward of `dembeddings`; dropout seed 3.
+struct EncoderResult {
+  std::vector<float> embeddings;
+  std::map<std::string, Param> params;
+};
+
+inline EncoderResult RunEncoder(kernels::Ops& ops, const ModalityEncoderConfig& config,
+                                ModelGroups groups, const std::vector<float>& input,
+                                const kernels::Shape& shape, const std::vector<int32_t>& frames,
+                                const std::vector<float>& dembeddings) {
+  EncoderResult r;
+  BuildContext build{
+      .ops = &ops, .config = &config.transformer, .seed = 6, .prefix = "enc", .groups = groups};
+  auto encoder = ModalityEncoder::Create(build, config);
+  EXPECT_TRUE(encoder.ok()) << encoder.status();
+  if (!encoder.ok()) return r;
+  std::vector<Parameter*> params;
+  (*encoder)->AppendParameters(params);
+  for (Parameter* p : params) Perturb(ops, *p);
+  const StepContext ctx{.ops = &ops, .dropout_seed = 3};
+  const EncoderBatch batch{.input = Upload(ops, input, shape, kernels::DType::kF32),
+                           .frames = frames};
+  auto out = (*encoder)->Forward(ctx, batch);
+  EXPECT_TRUE(out.ok()) << out.status();
+  if (!out.ok()) return r;
+  r.embeddings = Host(ops, out->embeddings);
+  const int64_t rows = out->embeddings.size(0);
+  EXPECT_TRUE(
+      (*encoder)
+          ->Backward(ctx, std::move(out->saved),
+                     Upload(ops, dembeddings, {rows, config.output_size}, kernels::DType::kF32))
+          .ok());
   for (Parameter* p : params) {
     r.params[p->name()] = {p->spec(), Host(ops, p->weight()), Host(ops, p->grad())};
   }

@@ -39,6 +39,7 @@ namespace {
 
 using kernels::DType;
 using testing::BlockFactory;
+using testing::EncoderResult;
 using testing::Host;
 using testing::LmResult;
 using testing::Param;
@@ -48,6 +49,7 @@ using testing::RelativeError;
 using testing::Result;
 using testing::Rows;
 using testing::Run;
+using testing::RunEncoder;
 using testing::RunLm;
 using testing::SliceOf;
 using testing::Upload;
@@ -258,41 +260,6 @@ TEST(TensorParallelTest, VocabularyParallelLanguageModel) {
 // members. Images (3 x 4 patches: 12 rows, no padding) and audio clips of 3 + 2 tokens (a padding
 // row): every member returns all the one-rank embeddings, its slices get the one-rank
 // gradients' slices and its whole parameters the whole one-rank gradients, the same on both.
-struct EncoderResult {
-  std::vector<float> embeddings;
-  std::map<std::string, Param> params;
-};
-
-EncoderResult RunEncoder(kernels::Ops& ops, const ModalityEncoderConfig& config, ModelGroups groups,
-                         const std::vector<float>& input, const kernels::Shape& shape,
-                         const std::vector<int32_t>& frames,
-                         const std::vector<float>& dembeddings) {
-  EncoderResult r;
-  BuildContext build{
-      .ops = &ops, .config = &config.transformer, .seed = 6, .prefix = "enc", .groups = groups};
-  auto encoder = ModalityEncoder::Create(build, config);
-  EXPECT_TRUE(encoder.ok()) << encoder.status();
-  if (!encoder.ok()) return r;
-  std::vector<Parameter*> params;
-  (*encoder)->AppendParameters(params);
-  for (Parameter* p : params) Perturb(ops, *p);
-  const StepContext ctx{.ops = &ops, .dropout_seed = 3};
-  const EncoderBatch batch{.input = Upload(ops, input, shape, DType::kF32), .frames = frames};
-  auto out = (*encoder)->Forward(ctx, batch);
-  EXPECT_TRUE(out.ok()) << out.status();
-  if (!out.ok()) return r;
-  r.embeddings = Host(ops, out->embeddings);
-  const int64_t rows = out->embeddings.size(0);
-  EXPECT_TRUE((*encoder)
-                  ->Backward(ctx, std::move(out->saved),
-                             Upload(ops, dembeddings, {rows, config.output_size}, DType::kF32))
-                  .ok());
-  for (Parameter* p : params) {
-    r.params[p->name()] = {p->spec(), Host(ops, p->weight()), Host(ops, p->grad())};
-  }
-  return r;
-}
-
 TEST(TensorParallelTest, ModalityEncoders) {
   for (const EncoderInput input : {EncoderInput::kImages, EncoderInput::kAudio}) {
     const bool images = input == EncoderInput::kImages;

@@ -4,8 +4,9 @@
 // ranks) and fan-in (encoder dp > language dp) the layout trains like the whole model on one rank
 // with the same samples: the same losses, norms and expert loads, and every module's parameters
 // after every step; also with the language model in two pipeline stages (encoders linked to the
-// first), context parallel (alone, and tp x cp x pp), a tensor-parallel vision encoder, and the
-// tensor-parallel example's whole layout.
+// first), context parallel (alone, and tp x cp x pp), a tensor-parallel vision encoder, a
+// context-parallel one (alone, padded, and tp x cp x pp), and the tensor-parallel example's whole
+// layout.
 // Links that are not the layout's are refused.
 #include <gtest/gtest.h>
 
@@ -27,10 +28,19 @@
 namespace mimo::worker {
 namespace {
 
+// The vision encoder's size where a test sets it.
+struct VisionSize {
+  int layers = 1;
+  int heads = 2;
+  int64_t image_size = 8;  // Patches of 4: (image_size / 4)^2 tokens an image.
+};
+
 // The data-parallel tests' model with an audio encoder too.
-MimoModelConfig Model(int vision_layers = 1) {
+MimoModelConfig Model(const VisionSize& vision = {}) {
   MimoModelConfig c = DpTestModel();
-  c.vision->transformer.num_layers = vision_layers;
+  c.vision->transformer.num_layers = vision.layers;
+  c.vision->transformer.num_attention_heads = vision.heads;
+  c.vision->image_size = vision.image_size;
   c.audio = ModalityEncoderConfig{.input = EncoderInput::kAudio,
                                   .num_mel_bins = 4,
                                   .frames_per_token = 2,
@@ -52,10 +62,10 @@ TrainerOptions Options(int micro_batches, int64_t seq_length = 64) {
           .seed = 9};
 }
 
-TrainRun Train(const TrainerOptions& options, int vision_layers = 1) {
+TrainRun Train(const TrainerOptions& options, const VisionSize& vision = {}) {
   TrainRun run;
   auto ops = kernels::NewCpuOps();
-  auto trainer = Trainer::Create(*ops, Model(vision_layers), options);
+  auto trainer = Trainer::Create(*ops, Model(vision), options);
   EXPECT_TRUE(trainer.ok()) << trainer.status();
   if (!trainer.ok()) return run;
   for (int i = 0; i < kSteps; ++i) {
@@ -78,8 +88,8 @@ TrainRun Train(const TrainerOptions& options, int vision_layers = 1) {
 // pipeline stages of L replicas of C cp members of T tp members, stage s replica d cp member c tp
 // member t at lang0 + ((s L + d) C + c) T + t (expert_parallel: ep = L without tp and expt_dp
 // over cp, else ep over the tp members and expt_dp over the replicas' cp members). Encoders link to
-// member 0 of the first stage's replicas; vision replica e's tp members are at ranks [e T_v, (e +
-// 1) T_v), member 0 holding the links.
+// member 0 of the first stage's replicas; vision stage s replica e cp member c tp member t is at
+// (s E + e) C_v T_v + c T_v + t, member (tp 0, cp 0) of the last stage holding the links.
 struct Layout {
   int vision_dp = 1, audio_dp = 1, language_dp = 1;
   bool expert_parallel = false;
@@ -87,10 +97,12 @@ struct Layout {
   int language_pp = 1;
   int vision_tp = 1;
   int vision_pp = 1;
+  int vision_cp = 1;
+  VisionSize vision;  // Its layers: one a stage.
   int language_tp = 1;
   int language_cp = 1;
   int64_t seq_length = 64;
-  int vision_stage_ranks() const { return vision_dp * vision_tp; }
+  int vision_stage_ranks() const { return vision_dp * vision_tp * vision_cp; }
   int vision_ranks() const { return vision_stage_ranks() * vision_pp; }
   int replica_ranks() const { return language_tp * language_cp; }  // A language replica's.
   int world() const {
@@ -120,7 +132,7 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
     const int first = vision ? stage * vr : audio ? layout.vision_ranks() : lang0 + stage * ld * lr;
     const int dp = vision ? layout.vision_dp : audio ? layout.audio_dp : ld;
     const int tp_size = vision ? layout.vision_tp : language ? lt : 1;
-    const int cp_size = language ? lc : 1;
+    const int cp_size = language ? lc : vision ? layout.vision_cp : 1;
     const int member = (rank - first) % tp_size, cp_member = (rank - first) / tp_size % cp_size;
     std::vector<comm::GroupSpec> specs;
     // Replicas (the same tp and cp member), tp members and cp members (the same replica), and
@@ -167,10 +179,10 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
       std::string kind;
     };
     std::vector<End> ends;
-    // The links' encoder ends: tp member 0 of the last stage.
+    // The links' encoder ends: member (tp 0, cp 0) of the last stage.
     const int encoder_first[2] = {(layout.vision_pp - 1) * vr, layout.vision_ranks()};
     const int encoder_dp[2] = {layout.vision_dp, layout.audio_dp};
-    const int encoder_stride[2] = {layout.vision_tp, 1};
+    const int encoder_stride[2] = {layout.vision_tp * layout.vision_cp, 1};
     for (int x = 0; x < 2; ++x) {
       for (int e = 0; e < encoder_dp[x]; ++e) {
         for (int l : Peers(e, encoder_dp[x], layout.language_dp)) {
@@ -201,15 +213,15 @@ std::vector<TrainRun> TrainLayout(const Layout& layout) {
                          .peer_dp = end.peer_dp,
                          .group = (*groups)->Get(end.kind)});
     }
-    runs[rank] = Train(o, layout.vision_pp);  // One vision layer a stage.
+    runs[rank] = Train(o, layout.vision);
   });
   return runs;
 }
 
 // Every rank of `layout` against the whole model on one rank with all the micro-batches.
 void ExpectLikeOneRank(const Layout& layout) {
-  const TrainRun want = Train(Options(layout.language_dp * layout.micro_batches, layout.seq_length),
-                              layout.vision_pp);
+  const TrainRun want =
+      Train(Options(layout.language_dp * layout.micro_batches, layout.seq_length), layout.vision);
   ASSERT_EQ(want.steps.size(), static_cast<size_t>(kSteps));
   const std::vector<TrainRun> got = TrainLayout(layout);
   const int lang0 = layout.vision_ranks() + layout.audio_dp;
@@ -328,7 +340,33 @@ TEST(TrainerModulesTest, PipelineParallelEncoderFansOut) {
                      .language_dp = 2,
                      .micro_batches = 2,
                      .vision_tp = 2,
-                     .vision_pp = 2});
+                     .vision_pp = 2,
+                     .vision = {.layers = 2}});
+}
+
+// A context-parallel vision encoder (one replica of two members attending with a head each,
+// member 0 linked to both language replicas) beside the audio encoder. Images of 9 patches:
+// an odd number of images pads the rows to the members' equal blocks.
+TEST(TrainerModulesTest, ContextParallelEncoderFansOut) {
+  ExpectLikeOneRank({.vision_dp = 1,
+                     .audio_dp = 1,
+                     .language_dp = 2,
+                     .micro_batches = 2,
+                     .vision_cp = 2,
+                     .vision = {.image_size = 12}});
+}
+
+// The vision encoder tp 2 x cp 2 in two pipeline stages (4 heads: one a member), its rows
+// padded to 4 equal blocks and sent between the stages.
+TEST(TrainerModulesTest, TensorContextPipelineParallelEncoderFansOut) {
+  ExpectLikeOneRank({.vision_dp = 1,
+                     .audio_dp = 1,
+                     .language_dp = 2,
+                     .micro_batches = 2,
+                     .vision_tp = 2,
+                     .vision_pp = 2,
+                     .vision_cp = 2,
+                     .vision = {.layers = 2, .heads = 4, .image_size = 12}});
 }
 
 TEST(TrainerModulesTest, EncoderReplicasFanInToOneLanguageRank) {
