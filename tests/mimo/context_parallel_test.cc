@@ -2,8 +2,9 @@
 // alone (cp 2 and 3, causal and bidirectional, grouped-query), transformer layers (RoPE at the
 // whole sequences' positions, dropout with the one-rank masks, MoE layers with both auxiliary
 // losses), tp 2 x cp 2, the language model with modality rows, and modality encoders (all-to-all
-// attention over whole sequences: cp 2, cp 4, tp 2 x cp 2, dropout, padded rows). Each member's outputs and
-// input gradients equal the one-rank rows of the tokens it holds, its parameters' gradients
+// attention over whole sequences: cp 2, cp 4, tp 2 x cp 2, dropout, padded rows). Each member's
+// outputs and input gradients equal the one-rank rows of the tokens it holds (an encoder's: all
+// the embeddings), its parameters' gradients
 // summed over the cp members (as the dp x cp gradient reduction sums them) the one-rank ones,
 // and the auxiliary losses' shares add up to the one-rank losses (relative L2 error < 1e-5); in
 // bf16 the ring attention within 4 x the one-rank bf16 error of fp32 attention + 2e-3.
