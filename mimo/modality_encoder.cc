@@ -229,7 +229,11 @@ absl::StatusOr<EncoderOutput> ModalityEncoder::Forward(const StepContext& ctx,
   Tensor own;  // This member's block of the rows into the layers.
   if (first) {
     // Input projection plus each token's position embedding, over the cp member's span.
-    MIMO_ASSIGN_OR_RETURN(saved->rows, saved->rows.Slice(0, r.first, r.first + r.span));
+    if (r.span < tokens) {  // Context parallel: only the span's rows stay for the backward.
+      MIMO_ASSIGN_OR_RETURN(const Tensor span, saved->rows.Slice(0, r.first, r.first + r.span));
+      MIMO_ASSIGN_OR_RETURN(saved->rows, NewTensor(ctx, span.shape(), dtype));
+      MIMO_RETURN_IF_ERROR(ops.Copy(saved->rows.data(), span.data(), span.nbytes()));
+    }
     MIMO_ASSIGN_OR_RETURN(Tensor x, NewTensor(ctx, {r.span, width}, dtype));
     MIMO_RETURN_IF_ERROR(LinearRowsForward(ops, *input_projection_, 0, width, saved->rows, x));
     MIMO_ASSIGN_OR_RETURN(Tensor pos, NewTensor(ctx, {r.span, width}, dtype));

@@ -44,8 +44,8 @@ absl::Status Trainer::EncoderStep(int64_t base) {
   MimoModelConfig upload = config_;  // Only this encoder's inputs, on its first stage.
   (x == kVision ? upload.audio : upload.vision).reset();
   if (!stage.first()) (x == kVision ? upload.vision : upload.audio).reset();
-  // Pipeline stages: this member's block of a micro-batch's rows (tp's padding included) to or
-  // from a neighbouring stage. The communicator works on its own stream: the tensor's work must
+  // Pipeline stages: this member's block of a micro-batch's rows (the tp x cp padding included) to
+  // or from a neighbouring stage. The communicator works on its own stream: the tensor's work must
   // be done (and a receive buffer, perhaps memory freed to this stream, idle) first.
   MIMO_ASSIGN_OR_RETURN(const comm::DataType rows_type, CommType(dtype));
   auto transfer = [&](bool send, int peer, int64_t rows, Tensor& t) -> absl::Status {
@@ -141,8 +141,9 @@ absl::Status Trainer::EncoderStep(int64_t base) {
       }
       // Member (tp 0, cp 0)'s gradient to the other members (each returned the embeddings
       // whole): over cp to the tp 0 members, then over each tp group from its member 0.
+      const bool tp0 = ModelGroups::Rank(options_.groups.tp) == 0;
       for (comm::Communicator* group : {options_.groups.cp, options_.groups.tp}) {
-        if (ModelGroups::Size(group) == 1) continue;
+        if (ModelGroups::Size(group) == 1 || (group == options_.groups.cp && !tp0)) continue;
         MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(grad.dtype()));
         MIMO_RETURN_IF_ERROR(
             group->Broadcast(grad.data(), static_cast<size_t>(grad.numel()), type, /*root=*/0));

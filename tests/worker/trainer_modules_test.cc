@@ -356,6 +356,17 @@ TEST(TrainerModulesTest, ContextParallelEncoderFansOut) {
                      .vision = {.image_size = 12}});
 }
 
+// Two replicas of a context-parallel vision encoder (dp 2 x cp 2: gradients summed over the
+// four ranks of dp x cp), each linked to its language replica.
+TEST(TrainerModulesTest, ContextParallelEncoderReplicas) {
+  ExpectLikeOneRank({.vision_dp = 2,
+                     .audio_dp = 1,
+                     .language_dp = 2,
+                     .micro_batches = 2,
+                     .vision_cp = 2,
+                     .vision = {.image_size = 12}});
+}
+
 // The vision encoder tp 2 x cp 2 in two pipeline stages (4 heads: one a member), its rows
 // padded to 4 equal blocks and sent between the stages.
 TEST(TrainerModulesTest, TensorContextPipelineParallelEncoderFansOut) {
