@@ -411,8 +411,9 @@ class SpecChecker {
   }
 
   // Pipeline parallelism in a KIND_TRAIN job, of any module: its layers split evenly over the
-  // stages (not, checked apart, overlapping the reduction on GPUs).
-  void CheckPipelineParallelTraining(size_t index, int pp) {
+  // stages (not, checked apart, overlapping the reduction on GPUs); interleaved (vpp > 1), over
+  // the pp x vpp chunks, with micro-batches (per language replica) a multiple of pp.
+  void CheckPipelineParallelTraining(size_t index, int pp, int vpp, int64_t samples) {
     const std::string at = absl::StrCat("modules[", index, "].parallelism.pp");
     const v1::Module& m = spec_.modules(static_cast<int>(index));
     const int layers = m.has_language() ? m.language().transformer().num_layers()
@@ -421,6 +422,19 @@ class SpecChecker {
     if (layers > 0 && layers % pp != 0) {
       Add(at, absl::StrCat("pp=", pp, " does not divide num_layers ", layers,
                            " (each pipeline stage holds an equal share of the layers)"));
+      return;
+    }
+    if (vpp <= 1) return;
+    const std::string vpp_at = absl::StrCat("modules[", index, "].parallelism.vpp");
+    if (layers > 0 && layers % (pp * vpp) != 0) {
+      Add(vpp_at, absl::StrCat("pp=", pp, " x vpp=", vpp, " does not divide num_layers ", layers,
+                               " (each model chunk holds an equal share of the layers)"));
+    }
+    const int64_t global = spec_.training().global_batch_size();
+    if (samples > 0 && global % samples == 0 && (global / samples) % pp != 0) {
+      Add(vpp_at, absl::StrCat("the interleaved schedule runs micro-batches in groups of pp=", pp,
+                               "; each language replica gets ", global / samples,
+                               " a step (global_batch_size / (micro_batch_size * language dp))"));
     }
   }
 
@@ -475,7 +489,7 @@ class SpecChecker {
         const std::string at = absl::StrCat("modules[", i, "].parallelism.");
         if (m.cp > 1 && !m.is_language) CheckContextParallelEncoder(i, m.tp, m.cp);
         if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language);
-        if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp);
+        if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp, m.vpp, samples);
         if (m.tp > 1 || m.pp > 1 || m.cp > 1) {
           CheckNoOverlapOnGpus(
               absl::StrCat("tp ", m.tp, ", pp ", m.pp, " and cp ", m.cp, " (", m.name, ")"));
@@ -641,6 +655,7 @@ parallel::LayoutSpec ToLayoutSpec(const v1::JobSpec& spec) {
     if (p.has_dp()) mp.dp = SizeOrOne(p.dp());
     mp.ep = SizeOrOne(p.ep());
     mp.etp = SizeOrOne(p.etp());
+    mp.vpp = SizeOrOne(p.vpp());
     if (p.has_rank_offset()) mp.rank_offset = p.rank_offset();
     layout.modules.push_back(std::move(mp));
   }
@@ -730,6 +745,7 @@ void ModulesToProto(const parallel::RankPlan& plan,
     p->set_dp(m.dp);
     p->set_ep(m.ep);
     p->set_etp(m.etp);
+    p->set_vpp(m.vpp);
     if (m.is_language) p->set_expt_dp(m.expt_dp());  // Encoders have no expert view.
     p->set_rank_offset(m.rank_offset);
     p->set_rank_count(m.size());

@@ -1,4 +1,5 @@
-// Parses Megatron's MIMO component syntax: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,rank_offset=N].
+// Parses Megatron's MIMO component syntax:
+// NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,vpp=N,rank_offset=N].
 #include "parallel/component_spec.h"
 
 #include "absl/container/flat_hash_map.h"
@@ -29,6 +30,7 @@ void Assign(absl::string_view key, int value, ModuleParallelism& m) {
   if (key == "cp") m.cp = value;
   if (key == "ep") m.ep = value;
   if (key == "etp") m.etp = value;
+  if (key == "vpp") m.vpp = value;
   if (key == "rank_offset") m.rank_offset = value;
 }
 

@@ -1,4 +1,5 @@
-// Parses Megatron's MIMO component syntax: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,rank_offset=N].
+// Parses Megatron's MIMO component syntax:
+// NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,vpp=N,rank_offset=N].
 #pragma once
 
 #include <string>
@@ -13,7 +14,7 @@ namespace mimo::parallel {
 
 // One component: the module name before the first '=', then comma-separated KEY=VALUE tokens.
 // Names, keys and values are trimmed; empty tokens are skipped ("language=" means all
-// defaults). Keys: tp, pp, dp, cp, ep, etp, rank_offset; values are integers (range checks are
+// defaults). Keys: tp, pp, dp, cp, ep, etp, vpp, rank_offset; values are integers (range checks are
 // the planner's). Errors name the component and the token at fault.
 absl::StatusOr<ModuleParallelism> ParseComponent(absl::string_view text);
 
@@ -23,7 +24,7 @@ absl::StatusOr<std::vector<ModuleParallelism>> ParseComponents(
     absl::Span<const std::string> components);
 
 // The supported keys, in the order the syntax lists them.
-inline constexpr absl::string_view kComponentKeys[] = {"tp", "pp",  "dp",         "cp",
-                                                       "ep", "etp", "rank_offset"};
+inline constexpr absl::string_view kComponentKeys[] = {"tp", "pp",  "dp",  "cp",
+                                                       "ep", "etp", "vpp", "rank_offset"};
 
 }  // namespace mimo::parallel

@@ -98,7 +98,8 @@ class Validator {
     for (size_t i = 0; i < n(); ++i) {
       const ModuleParallelism& m = mod(i);
       const std::pair<const char*, std::optional<int>> sizes[] = {
-          {"tp", m.tp}, {"cp", m.cp}, {"pp", m.pp}, {"dp", m.dp}, {"ep", m.ep}, {"etp", m.etp}};
+          {"tp", m.tp}, {"cp", m.cp},   {"pp", m.pp},  {"dp", m.dp},
+          {"ep", m.ep}, {"etp", m.etp}, {"vpp", m.vpp}};
       for (const auto& [field, value] : sizes) {
         if (!value) continue;
         if (*value <= 0 || *value > kMaxWorldSize) {
@@ -143,6 +144,20 @@ class Validator {
                            value, " (only the language module '", spec_.language,
                            "' takes ep and etp)"));
         }
+      }
+      if (mod(i).vpp != 1) {
+        Add(i, "vpp",
+            absl::StrCat("module ", Name(i), " is an encoder: vpp=", mod(i).vpp,
+                         " (only the language module '", spec_.language,
+                         "' takes interleaved pipeline stages)"));
+      }
+    }
+    for (size_t i = 0; i < n(); ++i) {
+      // An encoder's vpp is refused above.
+      if (static_cast<int>(i) == language_ && mod(i).vpp > 1 && mod(i).pp < 2) {
+        Add(i, "vpp",
+            absl::StrCat("module ", Name(i), ": vpp=", mod(i).vpp,
+                         " interleaves pipeline stages and needs pp > 1, got pp=", mod(i).pp));
       }
     }
   }
@@ -279,6 +294,7 @@ class Validator {
                           .dp = *dp_[i],
                           .ep = m.ep,
                           .etp = m.etp,
+                          .vpp = m.vpp,
                           .rank_offset = *offset_[i]};
   }
 

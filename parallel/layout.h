@@ -16,6 +16,7 @@ struct ResolvedModule {
   int spec_index = 0;  // Position in LayoutSpec::modules.
   bool is_language = false;
   int tp = 1, cp = 1, pp = 1, dp = 1, ep = 1, etp = 1;
+  int vpp = 1;  // Model chunks per rank (interleaved pipeline stages).
   int rank_offset = 0;
 
   int dense_size() const { return tp * cp * pp; }  // Model-parallel ranks of one replica.
@@ -33,7 +34,8 @@ struct ResolvedLayout {
 
 // Checks the spec and derives what it leaves unset. Collects every problem rather than stopping
 // at the first: sizes positive and rank offsets non-negative; module names non-empty and unique;
-// the language module present; encoders dense (ep = etp = 1); every tp a power of two; for the
+// the language module present; encoders dense (ep = etp = 1) and in plain stages (vpp = 1); vpp
+// > 1 only with pp > 1; every tp a power of two; for the
 // language module, tp*cp*dp divisible by etp*ep and etp <= 100 (so that, within a pipeline stage,
 // ranks holding different expert shards get different expert seeds; see rng_seeds.h);
 // rank ranges tiling [0, world_size) exactly (overlaps, gaps, short and over coverage each

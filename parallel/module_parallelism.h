@@ -22,6 +22,10 @@ struct ModuleParallelism {
   std::optional<int> dp;
   int ep = 1;   // Expert-parallel size; the language module only (encoders are dense).
   int etp = 1;  // Expert tensor-parallel size; the language module only.
+  // Virtual pipeline stages (model chunks) per rank, Megatron's
+  // virtual_pipeline_model_parallel_size: the language module only, with pp > 1. It places
+  // layers, not ranks.
+  int vpp = 1;
   // First global rank of the module. Unset: 0, or, when dp is derived for several modules,
   // the module's position in the order given times its share of the world.
   std::optional<int> rank_offset;

@@ -52,9 +52,11 @@ absl::Status WriteAndSync(const std::string& path, const std::string& text) {
 std::string LayoutOf(const google::protobuf::RepeatedPtrField<v1::ModulePlan>& modules) {
   std::vector<std::string> parts;
   for (const v1::ModulePlan& m : modules) {
-    parts.push_back(absl::StrCat(m.name(), "=tp=", m.tp(), ",pp=", m.pp(), ",dp=", m.dp(),
-                                 ",cp=", m.cp(), ",ep=", std::max(1, m.ep()),
-                                 ",etp=", std::max(1, m.etp()), ",rank_offset=", m.rank_offset()));
+    // vpp only when the stages are interleaved: older checkpoints' layouts stay the same.
+    parts.push_back(absl::StrCat(
+        m.name(), "=tp=", m.tp(), ",pp=", m.pp(), ",dp=", m.dp(), ",cp=", m.cp(),
+        ",ep=", std::max(1, m.ep()), ",etp=", std::max(1, m.etp()),
+        m.vpp() > 1 ? absl::StrCat(",vpp=", m.vpp()) : "", ",rank_offset=", m.rank_offset()));
   }
   return absl::StrJoin(parts, " ");
 }
@@ -248,6 +250,7 @@ nlohmann::json CheckpointMetadata(const v1::JobSpec& spec,
                        {"dp", m.dp()},
                        {"ep", m.ep()},
                        {"etp", m.etp()},
+                       {"vpp", std::max(1, m.vpp())},
                        {"rank_offset", m.rank_offset()},
                        {"rank_count", m.rank_count()}});
   }

@@ -64,12 +64,15 @@ void RankModules::AppendParameters(std::vector<Parameter*>& out) const {
   for (const auto& e : encoders) {
     if (e != nullptr) e->AppendParameters(out);
   }
-  if (language != nullptr) language->AppendParameters(out);
+  for (const auto& chunk : language) chunk->AppendParameters(out);
 }
 
 std::vector<MoeLayer*> RankModules::moe_layers() const {
-  if (language == nullptr) return {};
-  return language->moe_layers();
+  std::vector<MoeLayer*> out;
+  for (const auto& chunk : language) {
+    for (MoeLayer* layer : chunk->moe_layers()) out.push_back(layer);
+  }
+  return out;
 }
 
 absl::StatusOr<RankModules> BuildRankModules(kernels::Ops& ops, const MimoModelConfig& model,
@@ -106,8 +109,18 @@ absl::StatusOr<RankModules> BuildRankModules(kernels::Ops& ops, const MimoModelC
                                                   whole ? PipelineStage{} : o.stage));
   }
   if (whole || o.part == ModelPart::kLanguage) {
-    MIMO_ASSIGN_OR_RETURN(out.language,
-                          LanguageModel::Create(build.Child("language"), model.language, o.stage));
+    if (o.chunks < 1 || (o.chunks > 1 && o.stage.count < 2)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("interleaved pipeline stages: ", o.chunks, " model chunks a rank over ",
+                       o.stage.count, " stages (needs 1, or more over 2 or more stages)"));
+    }
+    for (int c = 0; c < o.chunks; ++c) {
+      const PipelineStage chunk{.index = c * o.stage.count + o.stage.index,
+                                .count = o.chunks * o.stage.count};
+      MIMO_ASSIGN_OR_RETURN(std::unique_ptr<LanguageModel> lm,
+                            LanguageModel::Create(build.Child("language"), model.language, chunk));
+      out.language.push_back(std::move(lm));
+    }
   }
   return out;
 }
@@ -132,6 +145,7 @@ absl::StatusOr<RankDescription> DescribeRank(const v1::JobSpec& spec,
       .part = out.part,
       .groups = {.ep = &ep, .expt_tp = &expt_tp, .tp = &tp, .cp = &cp, .tp_cp = &tp_cp},
       .stage = {.index = a.dense.pp, .count = m.pp},
+      .chunks = m.is_language ? m.vpp : 1,
       .describe_only = true};
   // Small buffers the layers make at build time (the MoE layers' bias and load) live here.
   const std::unique_ptr<kernels::Ops> ops = kernels::NewCpuOps();

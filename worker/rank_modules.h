@@ -28,9 +28,11 @@ absl::StatusOr<ModelPart> PartOfModule(const v1::JobSpec& spec, const std::strin
 
 struct RankModules {
   std::unique_ptr<ModalityEncoder> encoders[2];  // Vision, audio; null where not on this rank.
-  std::unique_ptr<LanguageModel> language;       // Null on encoder ranks.
+  // The language model's chunks on this rank, in order: one (the rank's pipeline stage) unless
+  // the stages are interleaved; none on encoder ranks.
+  std::vector<std::unique_ptr<LanguageModel>> language;
 
-  // Every parameter: the encoders' (vision, audio), then the language model's.
+  // Every parameter: the encoders' (vision, audio), then the language model's chunks'.
   void AppendParameters(std::vector<Parameter*>& out) const;
   std::vector<MoeLayer*> moe_layers() const;
 };
@@ -44,6 +46,9 @@ struct RankModulesOptions {
   // The rank's stage of its module (pp); on ranks of the whole model the encoders are whole on
   // the first stage.
   PipelineStage stage;
+  // Interleaved pipeline stages of the language model (Megatron's virtual pipeline): its layers
+  // in stage.count x chunks parts, this rank holding parts c * stage.count + stage.index.
+  int chunks = 1;
   uint64_t seed = 1234;        // The job seed: keys the initial values.
   bool describe_only = false;  // BuildContext::describe_only: parameters without memory.
 };

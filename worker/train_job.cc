@@ -2,6 +2,7 @@
 // and metrics.
 #include "worker/train_job.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <functional>
@@ -113,7 +114,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   const bool language = o.part == ModelPart::kLanguage;
   o.dp = groups.Get("dp");
   o.dp_cp = groups.Get("dp_cp");
-  o.groups = ModelGroupsOf(groups);  // Encoder ranks: tp alone.
+  o.groups = ModelGroupsOf(groups);
   o.pp = groups.Get("pp");
   if (language) {
     o.expt_dp = groups.Get("expt_dp");
@@ -131,6 +132,9 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
                        .group = group});
   }
   int language_dp = ModelGroups::Size(o.dp);
+  for (const v1::ModulePlan& m : assignment.modules()) {
+    if (m.language() && language) o.virtual_stages = std::max(1, m.vpp());
+  }
   if (!language) {
     // Tensor-parallel encoder members other than 0 hold no link: the plan says.
     language_dp = 0;

@@ -62,13 +62,16 @@ comm::Communicator* Trainer::ExpertDataParallelGroup() const {
 }
 
 std::vector<comm::Communicator*> Trainer::ExpertNormGroups() const {
-  if (modules_->language == nullptr) return {};
+  if (modules_->language.empty()) return {};
   return {options_.groups.ep, options_.groups.expt_tp};
 }
 
 std::vector<MoeLayer*> Trainer::MoeLayers() const {
-  if (modules_->language == nullptr) return {};
-  return modules_->language->moe_layers();
+  std::vector<MoeLayer*> out;
+  for (const auto& chunk : modules_->language) {
+    for (MoeLayer* layer : chunk->moe_layers()) out.push_back(layer);
+  }
+  return out;
 }
 
 void Trainer::SetDropoutStream(StepContext& ctx, int64_t base, int64_t i) const {
@@ -146,6 +149,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     return absl::InvalidArgumentError("TrainerOptions: the whole model on a rank takes no links");
   }
   const PipelineStage stage{.index = ModelGroups::Rank(o.pp), .count = ModelGroups::Size(o.pp)};
+  if (o.virtual_stages < 1 ||
+      (o.virtual_stages > 1 && (!language || stage.count < 2 || o.micro_batches % stage.count))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TrainerOptions: ", o.virtual_stages, " virtual pipeline stages need a language model in ",
+        "2 or more pipeline stages and micro-batches a multiple of them, got ", stage.count,
+        " stages and ", o.micro_batches, " micro-batches", language ? "" : " on an encoder rank"));
+  }
   const int cp = ModelGroups::Size(o.groups.cp);
   if (cp > 1) {
     if (ModelGroups::Size(o.dp_cp) != cp * dp_size) {
@@ -202,15 +212,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     modules->encoder_dp[x] = dp_size;
   }
   // The modules are built as MimoModel builds them (the same names, so the same initial values).
-  MIMO_ASSIGN_OR_RETURN(
-      RankModules built,
-      BuildRankModules(ops, model,
-                       {.part = o.part, .groups = o.groups, .stage = stage, .seed = o.seed}));
+  MIMO_ASSIGN_OR_RETURN(RankModules built,
+                        BuildRankModules(ops, model,
+                                         {.part = o.part,
+                                          .groups = o.groups,
+                                          .stage = stage,
+                                          .chunks = language ? o.virtual_stages : 1,
+                                          .seed = o.seed}));
   for (int x : {kVision, kAudio}) modules->encoders[x] = std::move(built.encoders[x]);
   modules->language = std::move(built.language);
   // Shared word embeddings over stages: the first and last stages sum their copies' gradients.
-  Parameter* shared_copy =
-      modules->language != nullptr ? modules->language->shared_embeddings_copy() : nullptr;
+  Parameter* shared_copy = nullptr;
+  for (const auto& chunk : modules->language) {
+    if (chunk->shared_embeddings_copy() != nullptr) shared_copy = chunk->shared_embeddings_copy();
+  }
   if (shared_copy != nullptr && ModelGroups::Size(o.embd) != 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         "TrainerOptions: shared word embeddings over ", stage.count,
@@ -219,13 +234,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
         ModelGroups::Size(o.embd)));
   }
   std::vector<Parameter*> experts, dense;
-  if (modules->language != nullptr) {
-    for (MoeLayer* layer : modules->language->moe_layers()) layer->AppendExpertParameters(experts);
+  for (const auto& chunk : modules->language) {
+    for (MoeLayer* layer : chunk->moe_layers()) layer->AppendExpertParameters(experts);
   }
   // The order the backward finishes the parameters: the language model's from its output
   // layer back, then each encoder's from its projector back.
   std::vector<Parameter*> order;
-  if (modules->language != nullptr) modules->language->AppendParameters(order);
+  for (const auto& chunk : modules->language) chunk->AppendParameters(order);
   std::reverse(order.begin(), order.end());
   for (const auto& e : modules->encoders) {
     if (e == nullptr) continue;
@@ -316,7 +331,7 @@ void Trainer::AppendParameters(std::vector<Parameter*>& out) const {
   for (const auto& e : modules_->encoders) {
     if (e != nullptr) e->AppendParameters(out);
   }
-  if (modules_->language != nullptr) modules_->language->AppendParameters(out);
+  for (const auto& chunk : modules_->language) chunk->AppendParameters(out);
 }
 
 absl::StatusOr<StepMetrics> Trainer::Step() {
@@ -332,7 +347,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   for (const GradientBuffer* g : update_.buffers) MIMO_RETURN_IF_ERROR(g->Zero(ops_));
   for (Parameter* p : update_.unbuffered) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
   StepMetrics m;
-  const bool language = modules_->language != nullptr;
+  const bool language = !modules_->language.empty();
   if (absl::Status s = language ? LanguageStep(base, m) : EncoderStep(base); !s.ok()) {
     // Buckets may be on their way: the next step must find the sync idle and reset.
     if (update_.sync != nullptr) update_.sync->Abandon();
@@ -354,7 +369,11 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     MIMO_RETURN_IF_ERROR(update_.sync->Finish());
     m.overlapped_buckets = update_.sync->started_early();
   }
-  if (Parameter* copy = language ? modules_->language->shared_embeddings_copy() : nullptr) {
+  Parameter* copy = nullptr;
+  for (const auto& chunk : modules_->language) {
+    if (chunk->shared_embeddings_copy() != nullptr) copy = chunk->shared_embeddings_copy();
+  }
+  if (copy != nullptr) {
     // The first and last stages' copies of the shared word embeddings, each summed over its
     // replicas: both get the sum of the two (after the data-parallel sums, as Megatron does, so
     // the copies stay bitwise equal). With the distributed optimizer, this rank's shard of them
@@ -378,10 +397,9 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   m.grad_norm = stats.grad_norm;
   m.skipped = stats.skipped;
   if (language) {
-    MIMO_ASSIGN_OR_RETURN(
-        ExpertLoads loads,
-        FinishExpertLoadStep(ops_, modules_->language->moe_layers(),
-                             {options_.dp, options_.groups.tp, options_.groups.cp}));
+    MIMO_ASSIGN_OR_RETURN(ExpertLoads loads, FinishExpertLoadStep(ops_, MoeLayers(),
+                                                                  {options_.dp, options_.groups.tp,
+                                                                   options_.groups.cp}));
     if (config_.language.moe.has_value())
       m.expert_load.assign(config_.language.moe->router.experts, 0);
     for (const std::vector<int64_t>& layer : loads) {
@@ -405,7 +423,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
 // The squared gradient norm of the whole model, the same value on every rank: the language
 // ranks add the encoders' parts (sent up the links) to theirs and send the total back down.
 absl::StatusOr<float> Trainer::WholeModelSquaredNorm() {
-  const bool language = modules_->language != nullptr;
+  const bool language = !modules_->language.empty();
   MIMO_ASSIGN_OR_RETURN(float local, update_.adamw->SquaredGradNorm(ops_));
   if (update_.distributed != nullptr) {
     MIMO_ASSIGN_OR_RETURN(const float shards, update_.distributed->SquaredGradNorm(ops_));

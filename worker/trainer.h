@@ -95,9 +95,16 @@ struct TrainerOptions {
   // between neighbouring stages over this group. Every stage reads the same samples; only the
   // first stage holds the links to the encoders (on a rank of the whole model: the encoders);
   // the stages' squared norms, losses and expert loads are summed over it. On an encoder's own
-  // ranks: its stages run every micro-batch's forward in turn, the last stage's tp member 0
+  // ranks: its stages run every micro-batch's forward in turn, the last stage's member (tp 0, cp 0)
   // holding the links, then the backwards from the last stage back; their norms summed over pp.
   comm::Communicator* pp = nullptr;
+  // Interleaved pipeline stages of the language model (Megatron's
+  // virtual_pipeline_model_parallel_size): with v > 1 its layers are pp x v chunks, this rank
+  // holding chunks c * pp + rank (c < v), run in the interleaved 1F1B schedule (a bubble of
+  // (pp - 1) / (v m + pp - 1) of the step instead of (pp - 1) / (m + pp - 1)); activations of a
+  // chunk go to the next rank, the last rank's to rank 0's next chunk. Needs pp > 1 and
+  // micro_batches a multiple of pp.
+  int virtual_stages = 1;
   // With pp > 1 and shared word embeddings (LanguageModelConfig::
   // share_embeddings_and_output_weights): the first and last stages' ranks (Megatron's
   // embedding group, two members; not owned), over which the two copies' gradients are summed

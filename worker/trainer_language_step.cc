@@ -110,18 +110,21 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
   // for all of them.
   std::vector<Tensor> losses;
   std::vector<AuxLossRecord> aux;
-  // Pipeline stages: this stage's part of the language model, the micro-batches in the 1F1B
-  // order (one stage: each micro-batch's forward then its backward).
-  LanguageModel& lm = *modules_->language;
-  const PipelineStage stage = lm.stage();
-  const bool encoders_here = whole && stage.first();
+  // Pipeline stages: this stage's part of the language model (its chunks, interleaved), the
+  // micro-batches in the 1F1B order (one stage: each micro-batch's forward then its backward).
+  const std::vector<std::unique_ptr<LanguageModel>>& chunks = modules_->language;
+  const int rank = ModelGroups::Rank(options_.pp), ranks = ModelGroups::Size(options_.pp);
+  const bool encoders_here = whole && rank == 0;
   if (!encoders_here) {  // Encoders elsewhere: their inputs are not uploaded here.
     upload.vision.reset();
     upload.audio.reset();
   }
-  // A micro-batch from its forward to its backward.
+  // Each micro-batch's upload, from the forward of its first chunk here to the backward of its
+  // last.
+  std::vector<DeviceBatch> batches(options_.micro_batches);
+  std::vector<int> chunks_done(options_.micro_batches, 0);
+  // A micro-batch of a chunk from its forward to its backward.
   struct InFlight {
-    DeviceBatch d;
     StepContext ctx;
     LanguageModelBatch text;
     int64_t rows[2] = {0, 0};
@@ -132,7 +135,8 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     // output rows (before the backward).
     Tensor received;
   };
-  std::vector<InFlight> flight(options_.micro_batches);
+  std::vector<std::vector<InFlight>> flight(chunks.size());
+  for (std::vector<InFlight>& f : flight) f.resize(options_.micro_batches);
   // The stages' transfers: this member's rows of the micro-batch, in the compute dtype. The
   // communicator works on its own stream: the tensors' work must be done (and a receive buffer,
   // perhaps memory freed to this stream, idle) first.
@@ -148,18 +152,22 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     return send ? options_.pp->Send(t.data(), count, rows_type, peer)
                 : options_.pp->Recv(t.data(), count, rows_type, peer);
   };
-  auto forward = [&](int64_t i) -> absl::Status {
-    InFlight& f = flight[i];
+  auto forward = [&](int c, int64_t i) -> absl::Status {
+    InFlight& f = flight[c][i];
+    const PipelineStage stage = chunks[c]->stage();
     data::HostMicroBatch& b = host[i];
-    const auto upload_start = std::chrono::steady_clock::now();
-    if (encoders_here) data::PackMedia(samples[i], pack, b);  // Else the encoders' ranks read them.
-    MIMO_ASSIGN_OR_RETURN(f.d, UploadMicroBatch(ops_, b, upload, cp, cp_rank));
-    b.images = {};  // Copied (staged) already.
-    b.audio = {};
-    batch_seconds_ += SecondsSince(upload_start);
+    DeviceBatch& d = batches[i];
+    if (d.sequences == nullptr) {  // The micro-batch's first chunk here.
+      const auto upload_start = std::chrono::steady_clock::now();
+      if (encoders_here) data::PackMedia(samples[i], pack, b);  // Else the encoders' ranks do.
+      MIMO_ASSIGN_OR_RETURN(d, UploadMicroBatch(ops_, b, upload, cp, cp_rank));
+      b.images = {};  // Copied (staged) already.
+      b.audio = {};
+      batch_seconds_ += SecondsSince(upload_start);
+    }
     const bool last = i + 1 == options_.micro_batches;
     f.ctx = StepContext{.ops = &ops_,
-                        .sequences = f.d.sequences.get(),
+                        .sequences = d.sequences.get(),
                         .loss_scale = 1.0f / static_cast<float>(options_.micro_batches * replicas),
                         .aux_losses = &aux,
                         .padding_rows = b.padding,
@@ -167,13 +175,13 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     SetDropoutStream(f.ctx, base, i);
     const StepContext& ctx = f.ctx;
     LanguageModelBatch& text = f.text;
-    text = f.d.batch.text;
+    text = d.batch.text;
     text.embedding_positions.clear();
     text.hidden = std::move(f.received);  // A later stage: the input rows received.
     Drop(f.received);
     if (!stage.first()) return absl::OkStatus();
     const std::vector<int32_t>* positions[2] = {&b.vision_positions, &b.audio_positions};
-    const EncoderBatch* inputs[2] = {&f.d.batch.vision, &f.d.batch.audio};
+    const EncoderBatch* inputs[2] = {&d.batch.vision, &d.batch.audio};
     int64_t* rows = f.rows;
     rows[kVision] = static_cast<int64_t>(positions[kVision]->size());
     rows[kAudio] = static_cast<int64_t>(positions[kAudio]->size());
@@ -188,7 +196,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     std::vector<int32_t> local_row;
     if (cp > 1) {
       local_row.assign(b.tokens.size(), -1);
-      for (const parallel::TokenRun& r : f.d.sequences->runs()) {
+      for (const parallel::TokenRun& r : d.sequences->runs()) {
         for (int64_t j = 0; j < r.length; ++j) local_row[r.global + j] = r.local + j;
       }
     }
@@ -247,10 +255,11 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     }
     return absl::OkStatus();
   };
-  auto backward = [&](int64_t i) -> absl::Status {
-    InFlight& f = flight[i];
+  auto backward = [&](int c, int64_t i) -> absl::Status {
+    InFlight& f = flight[c][i];
+    const PipelineStage stage = chunks[c]->stage();
     MIMO_ASSIGN_OR_RETURN(Tensor grad,
-                          lm.Backward(f.ctx, std::move(f.saved), loss_grad, f.received));
+                          chunks[c]->Backward(f.ctx, std::move(f.saved), loss_grad, f.received));
     Drop(f.received);
     if (!stage.first()) {
       f.send = std::move(grad);  // The gradient of the stage's input rows.
@@ -275,17 +284,35 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     }
     return absl::OkStatus();
   };
-  MIMO_ASSIGN_OR_RETURN(const std::vector<PipelineAction> schedule,
-                        OneForwardOneBackward(stage.index, stage.count, options_.micro_batches));
+  std::vector<PipelineAction> schedule;
+  if (chunks.size() == 1) {
+    MIMO_ASSIGN_OR_RETURN(schedule, OneForwardOneBackward(rank, ranks, options_.micro_batches));
+  } else {
+    MIMO_ASSIGN_OR_RETURN(std::vector<std::vector<PipelineAction>> all,
+                          InterleavedOneForwardOneBackward(ranks, static_cast<int>(chunks.size()),
+                                                           options_.micro_batches));
+    schedule = std::move(all[rank]);
+  }
+  // The neighbours: activations go up to the next rank (the last rank's to rank 0's next chunk),
+  // gradients down.
+  const int next = (rank + 1) % ranks, previous = (rank + ranks - 1) % ranks;
+  // The micro-batch's upload goes once every chunk here is done with it.
+  auto done = [&](int c, int64_t i) {
+    flight[c][i] = InFlight();
+    if (++chunks_done[i] == static_cast<int>(chunks.size())) batches[i] = DeviceBatch();
+  };
   for (const PipelineAction& a : schedule) {
-    InFlight& f = flight[a.micro_batch];
+    const int c = a.chunk;
+    const int64_t i = a.micro_batch;
+    InFlight& f = flight[c][i];
+    const PipelineStage stage = chunks[c]->stage();
     switch (a.kind) {
       case PipelineAction::kRecvActivation:
-        MIMO_RETURN_IF_ERROR(transfer(a.micro_batch, false, stage.index - 1, f.received));
+        MIMO_RETURN_IF_ERROR(transfer(i, false, previous, f.received));
         break;
       case PipelineAction::kForward: {
-        MIMO_RETURN_IF_ERROR(forward(a.micro_batch));
-        MIMO_ASSIGN_OR_RETURN(LanguageModelOutput out, lm.Forward(f.ctx, f.text));
+        MIMO_RETURN_IF_ERROR(forward(c, i));
+        MIMO_ASSIGN_OR_RETURN(LanguageModelOutput out, chunks[c]->Forward(f.ctx, f.text));
         f.text = LanguageModelBatch();
         f.saved = std::move(out.saved);
         if (stage.last()) losses.push_back(std::move(out.loss_sum));
@@ -293,19 +320,19 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
         break;
       }
       case PipelineAction::kSendActivation:
-        MIMO_RETURN_IF_ERROR(transfer(a.micro_batch, true, stage.index + 1, f.send));
+        MIMO_RETURN_IF_ERROR(transfer(i, true, next, f.send));
         Drop(f.send);
         break;
       case PipelineAction::kRecvGradient:
-        MIMO_RETURN_IF_ERROR(transfer(a.micro_batch, false, stage.index + 1, f.received));
+        MIMO_RETURN_IF_ERROR(transfer(i, false, next, f.received));
         break;
       case PipelineAction::kBackward:
-        MIMO_RETURN_IF_ERROR(backward(a.micro_batch));
-        if (stage.first()) f = InFlight();  // Done with the micro-batch.
+        MIMO_RETURN_IF_ERROR(backward(c, i));
+        if (stage.first()) done(c, i);
         break;
       case PipelineAction::kSendGradient:
-        MIMO_RETURN_IF_ERROR(transfer(a.micro_batch, true, stage.index - 1, f.send));
-        f = InFlight();
+        MIMO_RETURN_IF_ERROR(transfer(i, true, previous, f.send));
+        done(c, i);
         break;
     }
   }

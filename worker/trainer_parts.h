@@ -53,10 +53,12 @@ inline int64_t SumRows(const std::vector<int64_t>& rows, int64_t begin, int64_t 
 
 struct Trainer::Modules {
   std::unique_ptr<ModalityEncoder> encoders[2];  // Vision, audio; null where not on this rank.
-  std::unique_ptr<LanguageModel> language;       // Null on encoder ranks.
-  std::vector<BridgeEnd> links[2];               // Per encoder, by peer replica.
-  int language_dp = 1;                           // L.
-  int encoder_dp[2] = {1, 1};                    // E of each encoder.
+  // The language model's chunks on this rank (RankModules::language): one unless the pipeline
+  // stages are interleaved; none on encoder ranks.
+  std::vector<std::unique_ptr<LanguageModel>> language;
+  std::vector<BridgeEnd> links[2];  // Per encoder, by peer replica.
+  int language_dp = 1;              // L.
+  int encoder_dp[2] = {1, 1};       // E of each encoder.
 };
 
 }  // namespace mimo::worker

@@ -211,6 +211,34 @@ TEST(ValidateJobSpecTest, TrainingAcceptsCheckpointing) {
   }
 }
 
+// KIND_TRAIN runs the language module in interleaved pipeline stages (pp 2 x vpp 2 over 4
+// layers, 2 micro-batches a replica); the plan carries vpp to the workers.
+TEST(ValidateJobSpecTest, TrainingAcceptsInterleavedPipelineStages) {
+  v1::JobSpec spec = ValidSpec();
+  Language(spec).mutable_language()->mutable_transformer()->set_num_layers(4);
+  Language(spec).mutable_parallelism()->set_pp(2);
+  Language(spec).mutable_parallelism()->set_vpp(2);
+  Language(spec).mutable_parallelism()->set_dp(2);
+  Train(spec).set_global_batch_size(8);
+  std::vector<FieldViolation> violations;
+  const absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+  EXPECT_EQ(plan->language().config().vpp, 2);
+  // 3 layers a chunk... 4 layers in 6 chunks; 1 micro-batch a replica for 2 stages.
+  Language(spec).mutable_parallelism()->set_vpp(3);
+  EXPECT_FALSE(ValidateJobSpec(spec, &violations).ok());
+  ASSERT_EQ(violations.size(), 1u);
+  EXPECT_EQ(violations[0].field, "modules[2].parallelism.vpp");
+  EXPECT_NE(violations[0].description.find("does not divide num_layers 4"), std::string::npos);
+  Language(spec).mutable_parallelism()->set_vpp(2);
+  Train(spec).set_global_batch_size(4);
+  EXPECT_FALSE(ValidateJobSpec(spec, &violations).ok());
+  ASSERT_EQ(violations.size(), 1u);
+  EXPECT_NE(violations[0].description.find("groups of pp=2"), std::string::npos)
+      << violations[0].description;
+}
+
 // KIND_TRAIN runs an encoder context parallel (vision cp 2 on ranks 0-1: 4 heads, 2 a member).
 TEST(ValidateJobSpecTest, TrainingAcceptsAContextParallelEncoder) {
   v1::JobSpec spec = ValidSpec();

@@ -79,7 +79,7 @@ TEST(ParseComponentTest, MalformedToken) {
 TEST(ParseComponentTest, UnknownKeyListsSupportedKeys) {
   EXPECT_EQ(Error("vision=tp=2,sp=2"),
             "component 'vision=tp=2,sp=2': unknown key 'sp' (supported keys: tp, pp, dp, cp, ep, "
-            "etp, rank_offset)");
+            "etp, vpp, rank_offset)");
 }
 
 TEST(ParseComponentTest, NonIntegerValue) {

@@ -186,6 +186,32 @@ TEST(ResolveLayoutTest, EncodersMustBeDense) {
   EXPECT_EQ(v[1].field, "etp");
 }
 
+// Interleaved pipeline stages: the language module's, over pp > 1; resolved as given.
+TEST(ResolveLayoutTest, VirtualPipelineStages) {
+  ModuleParallelism vision = Module("vision", 1, 2, 0);
+  ModuleParallelism language = Module("language", 1, 2, 2, 1, /*pp=*/2);
+  language.vpp = 3;
+  const absl::StatusOr<ResolvedLayout> ok = ResolveLayout(Spec(6, {vision, language}));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->modules[1].vpp, 3);
+  EXPECT_EQ(ok->modules[0].vpp, 1);
+  vision.vpp = 2;
+  language.pp = 1;
+  language.dp = 4;
+  std::vector<LayoutViolation> v;
+  EXPECT_THAT(Errors(Spec(6, {vision, language}), &v),
+              ElementsAre("module 'vision' is an encoder: vpp=2 (only the language module "
+                          "'language' takes interleaved pipeline stages)",
+                          "module 'language': vpp=3 interleaves pipeline stages and needs pp > "
+                          "1, got pp=1"));
+  EXPECT_EQ(v[0].field, "vpp");
+  EXPECT_EQ(v[1].field, "vpp");
+  language.vpp = 0;
+  vision.vpp = 1;
+  EXPECT_THAT(Errors(Spec(6, {vision, language})),
+              ElementsAre("module 'language': vpp must be in [1, 16777216], got 0"));
+}
+
 TEST(ResolveLayoutTest, TensorParallelMustBeAPowerOfTwo) {
   EXPECT_THAT(Errors(Spec(6, {Module("language", 6, 1, 0)})),
               ElementsAre("module 'language': tp=6 is not a power of two"));

@@ -365,7 +365,8 @@ TEST(ToJsonTest, PrintsDefaultValuesButNotUnsetOptionalFields) {
   ASSERT_TRUE(json.ok()) << json.status();
   // rank_offset is unset, so left out; dp is set to 0, so present.
   EXPECT_EQ(nlohmann::json::parse(*json),
-            nlohmann::json({{"tp", 0}, {"cp", 0}, {"pp", 0}, {"dp", 0}, {"ep", 0}, {"etp", 0}}));
+            nlohmann::json(
+                {{"tp", 0}, {"cp", 0}, {"pp", 0}, {"dp", 0}, {"ep", 0}, {"etp", 0}, {"vpp", 0}}));
 }
 
 TEST(ToYamlTest, ReadsBackAsTheJsonDocument) {

@@ -4,13 +4,16 @@
 // norms at every step, and each stage's parameters (its part of the model, under the whole
 // model's names) those of the one-rank run after three AdamW steps; with dp = 2 and the
 // distributed optimizer, with tp = 2 (MoE layers sequence parallel, experts split over tp), and
-// with the word embeddings shared between the first and last stage.
+// with the word embeddings shared between the first and last stage. Interleaved stages (pp 2 x 2
+// or 3 x 2 model chunks a rank, Megatron's virtual pipeline) likewise, alone and with dp, tp,
+// the distributed optimizer and shared word embeddings.
 #include <gtest/gtest.h>
 
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "comm/in_memory_store.h"
 #include "comm/process_groups.h"
 #include "tests/comm/run_ranks.h"
@@ -156,6 +159,101 @@ TEST(TrainerPipelineParallelTest, SharedWordEmbeddingsStayOneParameter) {
     // The shared weight's bucket does not hold the others back: some start during the backward.
     for (int r = 0; r < 2 * kReplicas; ++r) EXPECT_GT(got[r].steps[2].overlapped_buckets, 0) << r;
   }
+}
+
+// Interleaved stages: `stages` ranks of `chunks` model chunks each (one layer a chunk), with
+// `replicas` data-parallel replicas of `members` tp members each (rank ((s * replicas) + d) *
+// members + t; experts split over tp), against one rank with all the micro-batches.
+struct Interleaved {
+  int stages = 2, chunks = 2, replicas = 1, members = 1;
+  int micro_batches = 2;  // Per replica.
+  bool distributed = false, shared = false;
+};
+
+void ExpectInterleavedLikeOneRank(const Interleaved& v) {
+  SCOPED_TRACE(::testing::Message() << v.stages << " stages x " << v.chunks << " chunks, "
+                                    << v.replicas << " replicas of " << v.members << " members, "
+                                    << v.micro_batches << " micro-batches");
+  MimoModelConfig model = DpTestModel();
+  model.language.transformer.num_layers = v.stages * v.chunks;
+  model.language.share_embeddings_and_output_weights = v.shared;
+  auto one = kernels::NewCpuOps();
+  const TrainRun want = TrainOn(*one, model, v.micro_batches * v.replicas, nullptr);
+  const int per_stage = v.replicas * v.members, world = v.stages * per_stage;
+  std::vector<TrainRun> got(world);
+  comm::InMemoryStore store;
+  comm::RunRanks(world, [&](int rank) {
+    const int s = rank / per_stage, d = rank % per_stage / v.members, t = rank % v.members;
+    std::vector<comm::GroupSpec> specs;
+    comm::GroupSpec pp{.kind = "pp"}, dp{.kind = "dp"}, tp{.kind = "tp"};
+    for (int x = 0; x < v.stages; ++x) pp.members.push_back(rank + (x - s) * per_stage);
+    for (int x = 0; x < v.replicas; ++x) dp.members.push_back(rank + (x - d) * v.members);
+    for (int x = 0; x < v.members; ++x) tp.members.push_back(rank + x - t);
+    specs.push_back(pp);
+    if (v.replicas > 1) specs.push_back(dp);
+    if (v.members > 1) {
+      specs.push_back(tp);
+      specs.push_back({.kind = "ep", .members = tp.members});
+    }
+    if (v.shared)
+      specs.push_back({.kind = "embd", .members = {pp.members.front(), pp.members.back()}});
+    auto groups = comm::ProcessGroups::CreateGloo(
+        specs, store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    auto ops = kernels::NewCpuOps();
+    TrainerOptions o = TestOptions(v.micro_batches, (*groups)->Get("dp"), ModelGroupsOf(**groups),
+                                   v.distributed, nullptr, true, (*groups)->Get("pp"));
+    o.virtual_stages = v.chunks;
+    o.embd = (*groups)->Get("embd");
+    got[rank] = TrainWith(*ops, model, o);
+  });
+  ExpectMatchesOneRank(got, want);
+  // Rank s holds layers s, s + stages, ...: chunk c of stage s is layer c * stages + s.
+  for (int rank = 0; rank < world; ++rank) {
+    const int s = rank / per_stage;
+    for (int layer = 0; layer < v.stages * v.chunks; ++layer) {
+      const bool here = got[rank].params.contains(
+          absl::StrCat("language.decoder.layers.", layer, ".input_layernorm.weight"));
+      EXPECT_EQ(here, layer % v.stages == s) << "rank " << rank << " layer " << layer;
+    }
+  }
+}
+
+TEST(TrainerPipelineParallelTest, InterleavedStagesEqualOneRank) {
+  for (const int micro_batches : {2, 4, 6}) {
+    ExpectInterleavedLikeOneRank({.micro_batches = micro_batches});
+  }
+  ExpectInterleavedLikeOneRank({.stages = 3, .chunks = 2, .micro_batches = 6});
+  ExpectInterleavedLikeOneRank({.chunks = 3, .micro_batches = 4});
+}
+
+TEST(TrainerPipelineParallelTest,
+     InterleavedStagesWithReplicasTensorParallelismAndSharedEmbeddings) {
+  ExpectInterleavedLikeOneRank(
+      {.replicas = 2, .micro_batches = 2, .distributed = true, .shared = true});
+  ExpectInterleavedLikeOneRank({.members = 2, .micro_batches = 4, .shared = true});
+}
+
+TEST(TrainerPipelineParallelTest, InterleavedStagesRefuseWhatTheScheduleCannotRun) {
+  comm::InMemoryStore store;
+  comm::RunRanks(2, [&](int rank) {
+    auto groups = comm::ProcessGroups::CreateGloo(
+        {{.kind = "pp", .members = {0, 1}}}, store,
+        {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    auto ops = kernels::NewCpuOps();
+    MimoModelConfig model = DpTestModel();
+    model.language.transformer.num_layers = 4;
+    TrainerOptions o = TestOptions(3, nullptr, {}, false, nullptr, true, (*groups)->Get("pp"));
+    o.virtual_stages = 2;  // 3 micro-batches over 2 stages.
+    auto odd = Trainer::Create(*ops, model, o);
+    EXPECT_EQ(odd.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(odd.status().message().find("a multiple of them"), std::string::npos) << odd.status();
+    o.micro_batches = 2;
+    o.virtual_stages = 3;  // 4 layers in 6 chunks.
+    auto layers = Trainer::Create(*ops, model, o);
+    EXPECT_EQ(layers.status().code(), absl::StatusCode::kInvalidArgument) << layers.status();
+  });
 }
 
 }  // namespace

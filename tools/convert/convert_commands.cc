@@ -277,7 +277,7 @@ void AddConvertCommands(CLI::App& app, int* exit_code) {
       ->required();
   reshard_command
       ->add_option("--component", reshard->components,
-                   "one module's layout: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,rank_offset=N] "
+                   "one module's layout: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,vpp=N,rank_offset=N] "
                    "(repeat per module)")
       ->required();
   reshard_command->add_option(

@@ -19,7 +19,7 @@ struct ReshardOptions {
   // The root the resharded checkpoint is committed under (iter_NNNNNNN of the same iteration,
   // and latest_checkpointed_iteration.txt), as a job's checkpointing.dir or resume_from.
   std::string to;
-  // One per module: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,rank_offset=N] (mimoctl plan's
+  // One per module: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,vpp=N,rank_offset=N] (mimoctl plan's
   // grammar); every module of the job named once.
   std::vector<std::string> components;
   // The target's ranks. 0: the sum of the modules' ranks when every component sets dp, else

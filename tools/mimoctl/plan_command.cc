@@ -61,7 +61,7 @@ void AddPlanCommand(CLI::App& app, int* exit_code) {
       plan->add_option("--language", options->language, "Name of the language (MoE) module")
           ->capture_default_str(),
       plan->add_option("--component", options->components,
-                       "One module: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,rank_offset=N] "
+                       "One module: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,vpp=N,rank_offset=N] "
                        "(repeat per module)"),
       plan->add_option("--seed", options->seed, "Job seed")->capture_default_str(),
       plan->add_flag("--data-parallel-random-init", options->data_parallel_random_init,
