@@ -1,11 +1,12 @@
 // Model parallelism of the trainer on two GPUs over NCCL (ranks as threads, one device each,
 // the gradient reduction after the backward): the language model tensor parallel (tp = 2, the
 // experts whole on both members, summed over expt_dp), in two pipeline stages (pp = 2, 1F1B over
-// two micro-batches), and context parallel (cp = 2, ring attention; seq_length 24 so that no
-// sequence needs padding) trains like one GPU: losses, auxiliary losses, norms and expert loads
-// at every step, each rank's parameters (its slices, its stage's) after three AdamW steps
-// (relative error < 1e-4: fp32 on both sides, the attention backward's dQ atomics make CUDA
-// runs differ in the last bits). Skips without two CUDA devices.
+// two micro-batches; "vpp": four layers in two interleaved chunks a stage), and context parallel
+// (cp = 2, ring attention; seq_length 24 so that no sequence needs padding) trains like one GPU:
+// losses, auxiliary losses, norms and expert loads at every step, each rank's parameters (its
+// slices, its stage's) after three AdamW steps (relative error < 1e-4: fp32 on both sides, the
+// attention backward's dQ atomics make CUDA runs differ in the last bits). Skips without two CUDA
+// devices.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -22,9 +23,10 @@
 namespace mimo::worker {
 namespace {
 
-// DpTestModel widened to sizes the CUDA kernels take (head dims of 16).
-MimoModelConfig Model() {
+// DpTestModel widened to sizes the CUDA kernels take (head dims of 16); `layers` language layers.
+MimoModelConfig Model(int layers = 2) {
   MimoModelConfig c = DpTestModel();
+  c.language.transformer.num_layers = layers;
   c.language.transformer.hidden_size = 32;
   c.language.transformer.ffn_hidden_size = 64;
   TransformerConfig& e = c.vision->transformer;
@@ -53,10 +55,13 @@ class TrainerModelParallelNcclTest : public ::testing::TestWithParam<const char*
 };
 
 TEST_P(TrainerModelParallelNcclTest, TwoGpusTrainLikeOne) {
-  const std::string split = GetParam();
+  const std::string param = GetParam();
+  const bool interleaved = param == "vpp";
+  const std::string split = interleaved ? "pp" : param;
+  const MimoModelConfig model = Model(interleaved ? 4 : 2);
   auto one = kernels::NewCudaOps({.device = 0});
   ASSERT_TRUE(one.ok()) << one.status();
-  const TrainRun want = TrainWith(**one, Model(), Options());
+  const TrainRun want = TrainWith(**one, model, Options());
   std::vector<TrainRun> got(2);
   comm::InMemoryStore store;
   comm::RunRanks(2, [&](int rank) {
@@ -76,12 +81,13 @@ TEST_P(TrainerModelParallelNcclTest, TwoGpusTrainLikeOne) {
     o.expt_dp = (*groups)->Get("expt_dp");
     o.pp = (*groups)->Get("pp");
     o.dp_cp = (*groups)->Get("dp_cp");
-    got[rank] = TrainWith(**ops, Model(), o);
+    o.virtual_stages = interleaved ? 2 : 1;
+    got[rank] = TrainWith(**ops, model, o);
   });
   constexpr double kBound = 1e-4;
   ASSERT_EQ(want.steps.size(), 3u);
   for (int r = 0; r < 2; ++r) {
-    SCOPED_TRACE(::testing::Message() << split << " rank " << r);
+    SCOPED_TRACE(::testing::Message() << param << " rank " << r);
     ASSERT_EQ(got[r].steps.size(), 3u);
     for (int i = 0; i < 3; ++i) {
       const StepMetrics &g = got[r].steps[i], &w = want.steps[i];
@@ -100,7 +106,8 @@ TEST_P(TrainerModelParallelNcclTest, TwoGpusTrainLikeOne) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Splits, TrainerModelParallelNcclTest, ::testing::Values("tp", "pp", "cp"),
+INSTANTIATE_TEST_SUITE_P(Splits, TrainerModelParallelNcclTest,
+                         ::testing::Values("tp", "pp", "vpp", "cp"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
