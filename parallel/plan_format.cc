@@ -35,14 +35,15 @@ void WritePlanTable(const RankPlan& plan, std::ostream& out) {
   out << "world_size " << plan.world_size() << ", seed " << plan.seed() << ", "
       << plan.modules().size() << " modules\n\n";
   std::vector<std::vector<std::string>> modules = {
-      {"MODULE", "RANKS", "TP", "CP", "DP", "PP", "EP", "ETP", "EXPT_DP"}};
+      {"MODULE", "RANKS", "TP", "CP", "DP", "PP", "EP", "ETP", "EXPT_DP", "VPP"}};
   for (const ModulePlan& mp : plan.modules()) {
     const ResolvedModule& m = mp.config();
     const bool lang = m.is_language;
     modules.push_back({m.name, absl::StrCat("[", m.rank_offset, ",", m.rank_end(), ")"),
                        absl::StrCat(m.tp), absl::StrCat(m.cp), absl::StrCat(m.dp),
                        absl::StrCat(m.pp), lang ? absl::StrCat(m.ep) : "-",
-                       lang ? absl::StrCat(m.etp) : "-", lang ? absl::StrCat(m.expt_dp()) : "-"});
+                       lang ? absl::StrCat(m.etp) : "-", lang ? absl::StrCat(m.expt_dp()) : "-",
+                       lang ? absl::StrCat(m.vpp) : "-"});
   }
   WriteColumns(modules, out);
   out << '\n';

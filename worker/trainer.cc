@@ -259,6 +259,17 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   trainer->tokenizer_ = &tokenizer;
   trainer->owned_tokenizer_ = std::move(owned_tokenizer);
   trainer->position_ = o.start_position;
+  if (language) {
+    if (o.virtual_stages == 1) {
+      MIMO_ASSIGN_OR_RETURN(trainer->schedule_,
+                            OneForwardOneBackward(stage.index, stage.count, o.micro_batches));
+    } else {
+      MIMO_ASSIGN_OR_RETURN(
+          std::vector<std::vector<PipelineAction>> all,
+          InterleavedOneForwardOneBackward(stage.count, o.virtual_stages, o.micro_batches));
+      trainer->schedule_ = std::move(all[stage.index]);
+    }
+  }
   if (!trainer->experts_.empty() && o.expt_dp == nullptr && ModelGroups::Size(o.groups.tp) > 1 &&
       ModelGroups::Size(o.groups.ep) == 1 && ModelGroups::Size(o.groups.expt_tp) == 1) {
     // Each tp member's rows reach the same whole experts: their gradients must be summed over

@@ -31,6 +31,7 @@
 #include "mimo/modality_encoder.h"
 #include "mimo/model_groups.h"
 #include "mimo/optimizer.h"
+#include "mimo/pipeline_schedule.h"
 #include "worker/bridge_link.h"
 #include "worker/gradient_update.h"
 #include "worker/rank_state_format.h"
@@ -270,6 +271,10 @@ class Trainer {
   const data::Tokenizer* tokenizer_ = nullptr;
   std::unique_ptr<data::Tokenizer> owned_tokenizer_;
   std::vector<Parameter*> dense_;    // Every parameter but the routed experts'.
+  // A language rank's actions each step: its pipeline stage's 1F1B or interleaved schedule (one
+  // stage: each micro-batch's forward, then its backward). Made once: the interleaved one is
+  // a simulation of every rank.
+  std::vector<PipelineAction> schedule_;
   std::vector<Parameter*> experts_;  // The routed experts' (this rank's experts with EP).
   int64_t position_ = 0;
 };

@@ -284,15 +284,6 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     }
     return absl::OkStatus();
   };
-  std::vector<PipelineAction> schedule;
-  if (chunks.size() == 1) {
-    MIMO_ASSIGN_OR_RETURN(schedule, OneForwardOneBackward(rank, ranks, options_.micro_batches));
-  } else {
-    MIMO_ASSIGN_OR_RETURN(std::vector<std::vector<PipelineAction>> all,
-                          InterleavedOneForwardOneBackward(ranks, static_cast<int>(chunks.size()),
-                                                           options_.micro_batches));
-    schedule = std::move(all[rank]);
-  }
   // The neighbours: activations go up to the next rank (the last rank's to rank 0's next chunk),
   // gradients down.
   const int next = (rank + 1) % ranks, previous = (rank + ranks - 1) % ranks;
@@ -301,7 +292,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     flight[c][i] = InFlight();
     if (++chunks_done[i] == static_cast<int>(chunks.size())) batches[i] = DeviceBatch();
   };
-  for (const PipelineAction& a : schedule) {
+  for (const PipelineAction& a : schedule_) {
     const int c = a.chunk;
     const int64_t i = a.micro_batch;
     InFlight& f = flight[c][i];

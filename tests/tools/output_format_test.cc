@@ -242,7 +242,7 @@ TEST(FormatRankPlanTableTest, SameAsThePlannersTable) {
   parallel::WritePlanTable(*plan, expected);
   const std::string table = FormatRankPlanTable(ToProto(*plan));
   EXPECT_EQ(table, expected.str());
-  EXPECT_THAT(table, HasSubstr("\nlanguage  [4,12)  2   1   2   2   2   1    2\n"));
+  EXPECT_THAT(table, HasSubstr("\nlanguage  [4,12)  2   1   2   2   2   1    2        1\n"));
 }
 
 // A job that exercises every JSON type and the strings YAML would misread unquoted.

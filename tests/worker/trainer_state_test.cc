@@ -1,7 +1,8 @@
 // Trainer::SaveState / LoadState: a run saved after two steps and restored into a new trainer
 // goes on exactly as the uninterrupted run (losses, norms, expert loads and every parameter
 // bitwise; fp32 and bf16 with their masters, the MoE layers' expert biases; two data-parallel
-// ranks with the distributed optimizer's shards and experts over ep); a state captured to host
+// ranks with the distributed optimizer's shards and experts over ep; two interleaved stages of
+// two model chunks each); a state captured to host
 // memory and written later makes the same files; a wrong, damaged or
 // missing file gives an error naming it; restoring into a trainer that has stepped is refused.
 #include <gmock/gmock.h>
@@ -169,6 +170,62 @@ TEST(TrainerStateTest, DataParallelRanksWithTheDistributedOptimizerResume) {
   EXPECT_EQ(shards[fc1][0]["dim"], 0);
   EXPECT_EQ(shards[fc1][0]["full_size"], 4);
   EXPECT_EQ(shards[fc1][0]["ranges"], nlohmann::json::parse("[[2, 2]]"));
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(got_loss[r], want_loss[r]) << "rank " << r;
+    EXPECT_EQ(got[r], want[r]) << "rank " << r;
+  }
+  fs::remove_all(dir);
+}
+
+// Interleaved pipeline stages (pp 2 x vpp 2 over four layers, expert biases): each rank saves
+// and restores both of its model chunks (layers s and s + 2), and the restored run goes on
+// bitwise as the uninterrupted one.
+TEST(TrainerStateTest, InterleavedStagesResume) {
+  MimoModelConfig model = Model(kernels::DType::kF32);
+  model.language.transformer.num_layers = 4;
+  const std::string dir = TempDir("vpp");
+  std::vector<std::vector<float>> want(2), got(2);
+  std::vector<std::vector<double>> want_loss(2), got_loss(2);
+  for (const bool interrupted : {false, true}) {
+    comm::InMemoryStore store;
+    comm::RunRanks(2, [&](int rank) {
+      auto groups = comm::ProcessGroups::CreateGloo(
+          {{.kind = "pp", .members = {0, 1}}}, store,
+          {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+      ASSERT_TRUE(groups.ok()) << groups.status();
+      auto ops = kernels::NewCpuOps();
+      TrainerOptions options =
+          TestOptions(2, nullptr, {}, false, nullptr, true, (*groups)->Get("pp"));
+      options.virtual_stages = 2;
+      auto trainer = Trainer::Create(*ops, model, options);
+      ASSERT_TRUE(trainer.ok()) << trainer.status();
+      std::vector<double>& losses = interrupted ? got_loss[rank] : want_loss[rank];
+      for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
+      if (interrupted) {
+        const absl::Status saved = (*trainer)->SaveState(dir, rank).status();
+        ASSERT_TRUE(saved.ok()) << saved;
+        auto resumed = Trainer::Create(*ops, model, options);
+        ASSERT_TRUE(resumed.ok());
+        const absl::Status loaded = (*resumed)->LoadState(dir, rank, {rank});
+        ASSERT_TRUE(loaded.ok()) << loaded;
+        *trainer = *std::move(resumed);
+      }
+      for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
+      (interrupted ? got : want)[rank] = Values(*ops, **trainer);
+    });
+  }
+  // Rank 1 holds layers 1 and 3.
+  auto reader = checkpoint::SafetensorsReader::Open(dir + "/model_rank_00001.safetensors");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  int layers = 0;
+  for (const checkpoint::TensorEntry& t : reader->header().tensors) {
+    if (t.name.find("input_layernorm.weight") == std::string::npos) continue;
+    ++layers;
+    EXPECT_TRUE(t.name.find("layers.1.") != std::string::npos ||
+                t.name.find("layers.3.") != std::string::npos)
+        << t.name;
+  }
+  EXPECT_EQ(layers, 2);
   for (int r = 0; r < 2; ++r) {
     EXPECT_EQ(got_loss[r], want_loss[r]) << "rank " << r;
     EXPECT_EQ(got[r], want[r]) << "rank " << r;

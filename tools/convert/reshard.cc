@@ -119,7 +119,7 @@ absl::StatusOr<Target> PlanTarget(v1::JobSpec spec, const std::vector<std::strin
       p.set_pp(c.pp);
       p.set_ep(c.ep);
       p.set_etp(c.etp);
-      c.vpp > 1 ? p.set_vpp(c.vpp) : p.clear_vpp();
+      p.set_vpp(c.vpp);  // The planner refuses a bad value.
       c.dp.has_value() ? p.set_dp(*c.dp) : p.clear_dp();
       c.rank_offset.has_value() ? p.set_rank_offset(*c.rank_offset) : p.clear_rank_offset();
       every_dp = every_dp && c.dp.has_value();

@@ -232,14 +232,14 @@ std::string FormatLogLine(const v1::LogLine& line, bool with_rank) {
 std::string FormatRankPlanTable(const v1::RankPlan& plan) {
   std::string out = absl::StrCat("world_size ", plan.world_size(), ", seed ", plan.seed(), ", ",
                                  plan.modules_size(), " modules\n\n");
-  Rows modules = {{"MODULE", "RANKS", "TP", "CP", "DP", "PP", "EP", "ETP", "EXPT_DP"}};
+  Rows modules = {{"MODULE", "RANKS", "TP", "CP", "DP", "PP", "EP", "ETP", "EXPT_DP", "VPP"}};
   for (const v1::ModulePlan& m : plan.modules()) {
     const bool lang = m.language();
     modules.push_back(
         {m.name(), absl::StrCat("[", m.rank_offset(), ",", m.rank_offset() + m.rank_count(), ")"),
          absl::StrCat(m.tp()), absl::StrCat(m.cp()), absl::StrCat(m.dp()), absl::StrCat(m.pp()),
          lang ? absl::StrCat(m.ep()) : "-", lang ? absl::StrCat(m.etp()) : "-",
-         lang ? absl::StrCat(m.expt_dp()) : "-"});
+         lang ? absl::StrCat(m.expt_dp()) : "-", lang ? absl::StrCat(std::max(1, m.vpp())) : "-"});
   }
   absl::StrAppend(&out, FormatColumns(modules), "\n");
   Rows rows = {{"RANK", "MODULE", "TP", "CP", "DP", "PP", "EXPT_TP", "EP", "EXPT_DP", "SEED",
