@@ -19,6 +19,7 @@
 #include "comm/in_memory_store.h"
 #include "coordinator/spec_validation.h"
 #include "tests/coordinator/test_server.h"
+#include "tests/worker/plan_ranks.h"
 #include "worker/group_specs.h"
 
 namespace mimo::worker {
@@ -60,70 +61,22 @@ struct RankResult {
 std::vector<RankResult> RunAll(const v1::JobSpec& spec,
                                const std::function<void(v1::Assignment&)>& mutate = nullptr,
                                comm::BufferSpace* space = nullptr) {
-  absl::StatusOr<parallel::RankPlan> plan = coordinator::ValidateJobSpec(spec, nullptr);
-  EXPECT_TRUE(plan.ok()) << plan.status();
-  if (!plan.ok()) return {};
-  const int world = plan->world_size();
-  comm::InMemoryStore store;
-  absl::Mutex mu;
-  bool failed = false;
-  int finished = 0;
-  std::vector<comm::ProcessGroups*> live(world, nullptr);
-  std::vector<RankResult> results(world);
-  auto fail_all = [&] {
-    absl::MutexLock lock(&mu);
-    failed = true;
-    for (comm::ProcessGroups* g : live) {
-      if (g != nullptr) g->AbortAll();
-    }
-  };
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) {
-    threads.emplace_back([&, r] {
-      v1::Assignment a;
-      a.set_job_id("j-test");
-      a.set_attempt(1);
-      *a.mutable_spec() = spec;
-      a.set_world_size(world);
-      *a.mutable_rank() = coordinator::RankToProto(*plan, r);
-      if (mutate) mutate(a);
-      absl::StatusOr<std::vector<comm::GroupSpec>> specs = GroupSpecsOf(a.rank());
-      std::unique_ptr<comm::ProcessGroups> groups;
-      if (specs.ok()) {
-        comm::ProcessGroupsOptions options;
-        options.rank = r;
-        options.timeout = absl::Seconds(10);
-        options.hostname = "127.0.0.1";
-        absl::StatusOr<std::unique_ptr<comm::ProcessGroups>> created =
-            comm::ProcessGroups::CreateGloo(*specs, store, options);
-        if (created.ok()) {
-          groups = *std::move(created);
-        } else {
-          results[r].status = created.status();
-        }
-      } else {
-        results[r].status = specs.status();
-      }
-      if (groups) {
-        {
-          absl::MutexLock lock(&mu);
-          live[r] = groups.get();
-          if (failed) groups->AbortAll();
-        }
-        results[r].status = RunSelftest(a, *groups, space, [&results, r](const std::string& line) {
+  std::vector<RankResult> results(spec.resources().workers());
+  testing::PlanRanksOptions options;
+  options.mutate = mutate;
+  options.timeout = absl::Seconds(10);
+  const std::vector<absl::Status> statuses = testing::RunPlanRanks(
+      spec,
+      [&](int r, const v1::Assignment& a, comm::ProcessGroups& groups, comm::KeyValueStore&) {
+        return RunSelftest(a, groups, space, [&results, r](const std::string& line) {
           results[r].log.push_back(line);
         });
-      }
-      if (!results[r].status.ok()) fail_all();
-      // The groups outlive every rank's run: fail_all may still abort them.
-      absl::MutexLock lock(&mu);
-      ++finished;
-      auto all_finished = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return finished == world; };
-      mu.Await(absl::Condition(&all_finished));
-      live[r] = nullptr;
-    });
+      },
+      options);
+  EXPECT_EQ(statuses.size(), results.size());
+  for (size_t r = 0; r < statuses.size() && r < results.size(); ++r) {
+    results[r].status = statuses[r];
   }
-  for (std::thread& t : threads) t.join();
   return results;
 }
 

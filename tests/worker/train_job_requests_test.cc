@@ -17,6 +17,7 @@
 #include "coordinator/spec_validation.h"
 #include "kernels/ops.h"
 #include "tests/coordinator/test_server.h"
+#include "tests/worker/plan_ranks.h"
 #include "worker/train_job.h"
 
 namespace mimo::worker {
@@ -29,6 +30,7 @@ constexpr int kSteps = 5;
 struct RankRun {
   absl::StatusOr<TrainingEnd> end = absl::UnknownError("not run");
   std::vector<std::string> log;
+  bool ran = false;  // Else `end` is its groups' error.
 };
 
 // A request that rank `rank` alone hears of, from its `from_step`-th step on.
@@ -44,76 +46,45 @@ std::vector<RankRun> TrainAll(const std::string& dir, const Heard& heard) {
   v1::JobSpec spec = coordinator::testing::SmallSpec("requests");
   spec.mutable_training()->set_steps(kSteps);
   spec.mutable_checkpointing()->set_dir(dir);
-  absl::StatusOr<parallel::RankPlan> plan = coordinator::ValidateJobSpec(spec, nullptr);
-  EXPECT_TRUE(plan.ok()) << plan.status();
-  if (!plan.ok()) return {};
-  const int world = plan->world_size();
-  comm::InMemoryStore store;
   absl::Mutex mu;
-  std::vector<comm::ProcessGroups*> live(world, nullptr);
-  int finished = 0;
-  std::vector<RankRun> runs(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) {
-    threads.emplace_back([&, r] {
-      v1::Assignment a;
-      a.set_job_id("j-test");
-      a.set_attempt(1);
-      *a.mutable_spec() = spec;
-      a.set_world_size(world);
-      *a.mutable_rank() = coordinator::RankToProto(*plan, r);
-      coordinator::ModulesToProto(*plan, a.mutable_modules());
-      absl::StatusOr<std::vector<comm::GroupSpec>> specs = TrainingGroupSpecs(a);
-      ASSERT_TRUE(specs.ok()) << specs.status();
-      ASSERT_EQ((*specs)[0].kind, kWorldGroup);
-      comm::ProcessGroupsOptions options;
-      options.rank = r;
-      options.timeout = absl::Seconds(30);
-      options.hostname = "127.0.0.1";
-      absl::StatusOr<std::unique_ptr<comm::ProcessGroups>> groups =
-          comm::ProcessGroups::CreateGloo(*specs, store, options);
-      if (!groups.ok()) {
-        runs[r].end = groups.status();
-      } else {
-        {
-          absl::MutexLock lock(&mu);
-          live[r] = groups->get();
-        }
-        std::unique_ptr<kernels::Ops> ops = kernels::NewCpuOps();
-        int calls = 0;
-        TrainJobHooks hooks{.log =
-                                [&runs, &mu, r](const std::string& line) {
-                                  absl::MutexLock lock(&mu);
-                                  runs[r].log.push_back(line);
-                                },
-                            .checkpoint_request =
-                                [&heard, &calls, r] {
-                                  v1::CheckpointRequest request;
-                                  if (r == heard.rank && ++calls >= heard.from_step) {
-                                    request.set_sequence(1);
-                                    request.set_stop(heard.stop);
-                                  }
-                                  return request;
-                                },
-                            .store = &store,
-                            .store_timeout = absl::Seconds(30)};
-        runs[r].end = RunTraining(a, **groups, *ops, false, "cpu", "test", hooks);
-        if (!runs[r].end.ok()) {
-          absl::MutexLock lock(&mu);
-          for (comm::ProcessGroups* g : live) {
-            if (g != nullptr) g->AbortAll();
-          }
-        }
-      }
-      // The groups outlive every rank's run: another rank's failure may still abort them.
-      absl::MutexLock lock(&mu);
-      ++finished;
-      auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return finished == world; };
-      mu.Await(absl::Condition(&all));
-      live[r] = nullptr;
-    });
+  std::vector<RankRun> runs(spec.resources().workers());
+  auto body = [&](int r, const v1::Assignment& a, comm::ProcessGroups& groups,
+                  comm::KeyValueStore& store) -> absl::Status {
+    std::unique_ptr<kernels::Ops> ops = kernels::NewCpuOps();
+    int calls = 0;
+    TrainJobHooks hooks{.log =
+                            [&runs, &mu, r](const std::string& line) {
+                              absl::MutexLock lock(&mu);
+                              runs[r].log.push_back(line);
+                            },
+                        .checkpoint_request =
+                            [&heard, &calls, r] {
+                              v1::CheckpointRequest request;
+                              if (r == heard.rank && ++calls >= heard.from_step) {
+                                request.set_sequence(1);
+                                request.set_stop(heard.stop);
+                              }
+                              return request;
+                            },
+                        .store = &store,
+                        .store_timeout = absl::Seconds(30)};
+    runs[r].ran = true;
+    runs[r].end = RunTraining(a, groups, *ops, false, "cpu", "test", hooks);
+    return runs[r].end.status();
+  };
+  testing::PlanRanksOptions options;
+  options.group_specs = [](const v1::Assignment& a) {
+    absl::StatusOr<std::vector<comm::GroupSpec>> specs = TrainingGroupSpecs(a);
+    if (specs.ok()) {
+      EXPECT_EQ((*specs)[0].kind, kWorldGroup);
+    }
+    return specs;
+  };
+  const std::vector<absl::Status> statuses = testing::RunPlanRanks(spec, body, options);
+  EXPECT_EQ(statuses.size(), runs.size());
+  for (size_t r = 0; r < statuses.size() && r < runs.size(); ++r) {
+    if (!runs[r].ran) runs[r].end = statuses[r];
   }
-  for (std::thread& t : threads) t.join();
   return runs;
 }
 
