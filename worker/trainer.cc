@@ -222,10 +222,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   for (int x : {kVision, kAudio}) modules->encoders[x] = std::move(built.encoders[x]);
   modules->language = std::move(built.language);
   // Shared word embeddings over stages: the first and last stages sum their copies' gradients.
-  Parameter* shared_copy = nullptr;
-  for (const auto& chunk : modules->language) {
-    if (chunk->shared_embeddings_copy() != nullptr) shared_copy = chunk->shared_embeddings_copy();
-  }
+  Parameter* shared_copy = trainer_parts::SharedEmbeddingsCopy(modules->language);
   if (shared_copy != nullptr && ModelGroups::Size(o.embd) != 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         "TrainerOptions: shared word embeddings over ", stage.count,
@@ -380,11 +377,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     MIMO_RETURN_IF_ERROR(update_.sync->Finish());
     m.overlapped_buckets = update_.sync->started_early();
   }
-  Parameter* copy = nullptr;
-  for (const auto& chunk : modules_->language) {
-    if (chunk->shared_embeddings_copy() != nullptr) copy = chunk->shared_embeddings_copy();
-  }
-  if (copy != nullptr) {
+  if (Parameter* copy = trainer_parts::SharedEmbeddingsCopy(modules_->language)) {
     // The first and last stages' copies of the shared word embeddings, each summed over its
     // replicas: both get the sum of the two (after the data-parallel sums, as Megatron does, so
     // the copies stay bitwise equal). With the distributed optimizer, this rank's shard of them

@@ -49,6 +49,15 @@ inline int64_t SumRows(const std::vector<int64_t>& rows, int64_t begin, int64_t 
   return sum;
 }
 
+// The copy of the shared word embeddings among a rank's language chunks (the first virtual
+// stage's or the last's), or null.
+inline Parameter* SharedEmbeddingsCopy(const std::vector<std::unique_ptr<LanguageModel>>& chunks) {
+  for (const auto& chunk : chunks) {
+    if (chunk->shared_embeddings_copy() != nullptr) return chunk->shared_embeddings_copy();
+  }
+  return nullptr;
+}
+
 }  // namespace trainer_parts
 
 struct Trainer::Modules {

@@ -172,6 +172,38 @@ inline LmResult RunLm(kernels::Ops& ops, const LanguageModelConfig& config, Mode
   return r;
 }
 
+// The encoder cases of the split tests: images (3 of 4 x 4 pixels in patches of 2: 12 rows) or
+// audio clips of 6 + 4 frames of 3 mel bins, two frames a token (3 + 2 rows); `transformer` made
+// bidirectional, without RoPE, with hidden dropout 0.1; outputs of width 6 (an MLP projector of
+// width 5 for images, a linear one for audio).
+struct EncoderCase {
+  ModalityEncoderConfig config;
+  kernels::Shape shape;         // Of the input.
+  std::vector<int32_t> frames;  // Audio: each clip's frames.
+  int64_t rows = 0;             // The embeddings' rows.
+};
+
+inline EncoderCase SmallEncoderCase(EncoderInput input, TransformerConfig transformer) {
+  const bool images = input == EncoderInput::kImages;
+  transformer.causal = false;
+  transformer.rotary = false;
+  transformer.hidden_dropout = 0.1f;
+  return {.config = {.input = input,
+                     .image_size = 4,
+                     .patch_size = 2,
+                     .num_channels = 3,
+                     .num_mel_bins = 3,
+                     .frames_per_token = 2,
+                     .max_frames = 8,
+                     .transformer = transformer,
+                     .projector = {.kind = images ? ProjectorKind::kMlp : ProjectorKind::kLinear,
+                                   .hidden_size = 5},
+                     .output_size = 6},
+          .shape = images ? kernels::Shape{3, 3, 4, 4} : kernels::Shape{10, 3},
+          .frames = images ? std::vector<int32_t>{} : std::vector<int32_t>{6, 4},
+          .rows = images ? 12 : 5};
+}
+
 // A modality encoder's embeddings from `input` (frames: audio samples' frames), and its
 // parameters' weights and gradients after the backward of `dembeddings`; dropout seed 3.
 struct EncoderResult {

@@ -264,26 +264,9 @@ TEST(TensorParallelTest, ModalityEncoders) {
   for (const EncoderInput input : {EncoderInput::kImages, EncoderInput::kAudio}) {
     const bool images = input == EncoderInput::kImages;
     SCOPED_TRACE(images ? "images" : "audio");
-    ModalityEncoderConfig c{
-        .input = input,
-        .image_size = 4,
-        .patch_size = 2,
-        .num_channels = 3,
-        .num_mel_bins = 3,
-        .frames_per_token = 2,
-        .max_frames = 8,
-        .transformer = Config(),
-        .projector = {.kind = images ? ProjectorKind::kMlp : ProjectorKind::kLinear,
-                      .hidden_size = 5},
-        .output_size = 6};
-    c.transformer.num_layers = 2;
-    c.transformer.causal = false;
-    c.transformer.rotary = false;
-    c.transformer.hidden_dropout = 0.1f;
-    const kernels::Shape shape = images ? kernels::Shape{3, 3, 4, 4} : kernels::Shape{10, 3};
-    const std::vector<int32_t> frames =
-        images ? std::vector<int32_t>{} : std::vector<int32_t>{6, 4};
-    const int64_t rows = images ? 12 : 5;
+    TransformerConfig layers = Config();
+    layers.num_layers = 2;
+    const auto [c, shape, frames, rows] = testing::SmallEncoderCase(input, layers);
     std::mt19937 random(13);
     const std::vector<float> x = RandomFloats(kernels::NumElements(shape), random);
     const std::vector<float> dy = RandomFloats(rows * 6, random);

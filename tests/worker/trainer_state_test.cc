@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,51 @@ std::vector<float> Values(kernels::Ops& ops, const Trainer& t) {
     for (uint16_t b : bits) out.push_back(BFloat16ToFloat(b));
   }
   return out;
+}
+
+// Each of two ranks (Gloo groups `groups`, each over both) trains four steps twice: straight
+// through, and saved into `dir` after two, restored into a new trainer (its replicas read from
+// the files of `sources`, once every rank has saved) which takes the last two. Per rank: both
+// runs' losses and their parameters at the end (Values).
+struct TwoRuns {
+  std::vector<std::vector<double>> want_loss = {{}, {}}, got_loss = {{}, {}};
+  std::vector<std::vector<float>> want = {{}, {}}, got = {{}, {}};
+};
+
+TwoRuns ResumeOnTwoRanks(const MimoModelConfig& model, const std::vector<std::string>& groups,
+                         const std::function<TrainerOptions(const comm::ProcessGroups&)>& options,
+                         const std::string& dir,
+                         const std::function<std::vector<int>(int)>& sources) {
+  TwoRuns runs;
+  std::vector<comm::GroupSpec> specs;
+  for (const std::string& kind : groups) specs.push_back({.kind = kind, .members = {0, 1}});
+  for (const bool interrupted : {false, true}) {
+    comm::InMemoryStore store;
+    comm::RunRanks(2, [&](int rank) {
+      auto made = comm::ProcessGroups::CreateGloo(
+          specs, store, {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
+      ASSERT_TRUE(made.ok()) << made.status();
+      auto ops = kernels::NewCpuOps();
+      const TrainerOptions o = options(**made);
+      auto trainer = Trainer::Create(*ops, model, o);
+      ASSERT_TRUE(trainer.ok()) << trainer.status();
+      std::vector<double>& losses = interrupted ? runs.got_loss[rank] : runs.want_loss[rank];
+      for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
+      if (interrupted) {
+        const absl::Status saved = (*trainer)->SaveState(dir, rank).status();
+        ASSERT_TRUE(saved.ok()) << saved;
+        ASSERT_TRUE((*made)->Get(groups[0])->Barrier().ok());
+        auto resumed = Trainer::Create(*ops, model, o);
+        ASSERT_TRUE(resumed.ok());
+        const absl::Status loaded = (*resumed)->LoadState(dir, rank, sources(rank));
+        ASSERT_TRUE(loaded.ok()) << loaded;
+        *trainer = *std::move(resumed);
+      }
+      for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
+      (interrupted ? runs.got : runs.want)[rank] = Values(*ops, **trainer);
+    });
+  }
+  return runs;
 }
 
 TEST(TrainerStateTest, ARestoredRunGoesOnAsTheUninterruptedOne) {
@@ -129,38 +175,14 @@ TEST(TrainerStateTest, ARestoredRunGoesOnAsTheUninterruptedOne) {
 TEST(TrainerStateTest, DataParallelRanksWithTheDistributedOptimizerResume) {
   const MimoModelConfig model = Model(kernels::DType::kBF16);
   const std::string dir = TempDir("dp");
-  std::vector<std::vector<float>> want(2), got(2);
-  std::vector<std::vector<double>> want_loss(2), got_loss(2);
-  for (const bool interrupted : {false, true}) {
-    comm::InMemoryStore store;
-    comm::RunRanks(2, [&](int rank) {
-      auto groups = comm::ProcessGroups::CreateGloo(
-          {{.kind = "dp", .members = {0, 1}}, {.kind = "ep", .members = {0, 1}}}, store,
-          {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
-      ASSERT_TRUE(groups.ok()) << groups.status();
-      auto ops = kernels::NewCpuOps();
-      const TrainerOptions options =
-          TestOptions(1, (*groups)->Get("dp"), ModelGroupsOf(**groups), /*distributed=*/true);
-      auto trainer = Trainer::Create(*ops, model, options);
-      ASSERT_TRUE(trainer.ok()) << trainer.status();
-      std::vector<double>& losses = interrupted ? got_loss[rank] : want_loss[rank];
-      for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
-      if (interrupted) {
-        const absl::Status saved = (*trainer)->SaveState(dir, rank).status();
-        ASSERT_TRUE(saved.ok()) << saved;
-        // Rank 0 saved the replicated weights once; rank 1 reads them from its files (named as
-        // the source of its replicas), once both have written.
-        ASSERT_TRUE((*groups)->Get("dp")->Barrier().ok());
-        auto resumed = Trainer::Create(*ops, model, options);
-        ASSERT_TRUE(resumed.ok());
-        const absl::Status loaded = (*resumed)->LoadState(dir, rank, {0});
-        ASSERT_TRUE(loaded.ok()) << loaded;
-        *trainer = *std::move(resumed);
-      }
-      for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
-      (interrupted ? got : want)[rank] = Values(*ops, **trainer);
-    });
-  }
+  // Rank 0 saves the replicated weights once; rank 1 reads them from its files (named as the
+  // source of its replicas).
+  const TwoRuns runs = ResumeOnTwoRanks(
+      model, {"dp", "ep"},
+      [](const comm::ProcessGroups& groups) {
+        return TestOptions(1, groups.Get("dp"), ModelGroupsOf(groups), /*distributed=*/true);
+      },
+      dir, [](int) { return std::vector<int>{0}; });
   // Rank 1's model file places its experts (2 and 3 of 4, over ep) in the full tensors.
   auto reader = checkpoint::SafetensorsReader::Open(dir + "/model_rank_00001.safetensors");
   ASSERT_TRUE(reader.ok()) << reader.status();
@@ -171,8 +193,8 @@ TEST(TrainerStateTest, DataParallelRanksWithTheDistributedOptimizerResume) {
   EXPECT_EQ(shards[fc1][0]["full_size"], 4);
   EXPECT_EQ(shards[fc1][0]["ranges"], nlohmann::json::parse("[[2, 2]]"));
   for (int r = 0; r < 2; ++r) {
-    EXPECT_EQ(got_loss[r], want_loss[r]) << "rank " << r;
-    EXPECT_EQ(got[r], want[r]) << "rank " << r;
+    EXPECT_EQ(runs.got_loss[r], runs.want_loss[r]) << "rank " << r;
+    EXPECT_EQ(runs.got[r], runs.want[r]) << "rank " << r;
   }
   fs::remove_all(dir);
 }
@@ -184,36 +206,14 @@ TEST(TrainerStateTest, InterleavedStagesResume) {
   MimoModelConfig model = Model(kernels::DType::kF32);
   model.language.transformer.num_layers = 4;
   const std::string dir = TempDir("vpp");
-  std::vector<std::vector<float>> want(2), got(2);
-  std::vector<std::vector<double>> want_loss(2), got_loss(2);
-  for (const bool interrupted : {false, true}) {
-    comm::InMemoryStore store;
-    comm::RunRanks(2, [&](int rank) {
-      auto groups = comm::ProcessGroups::CreateGloo(
-          {{.kind = "pp", .members = {0, 1}}}, store,
-          {.rank = rank, .timeout = absl::Seconds(30), .hostname = "127.0.0.1"});
-      ASSERT_TRUE(groups.ok()) << groups.status();
-      auto ops = kernels::NewCpuOps();
-      TrainerOptions options =
-          TestOptions(2, nullptr, {}, false, nullptr, true, (*groups)->Get("pp"));
-      options.virtual_stages = 2;
-      auto trainer = Trainer::Create(*ops, model, options);
-      ASSERT_TRUE(trainer.ok()) << trainer.status();
-      std::vector<double>& losses = interrupted ? got_loss[rank] : want_loss[rank];
-      for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
-      if (interrupted) {
-        const absl::Status saved = (*trainer)->SaveState(dir, rank).status();
-        ASSERT_TRUE(saved.ok()) << saved;
-        auto resumed = Trainer::Create(*ops, model, options);
-        ASSERT_TRUE(resumed.ok());
-        const absl::Status loaded = (*resumed)->LoadState(dir, rank, {rank});
-        ASSERT_TRUE(loaded.ok()) << loaded;
-        *trainer = *std::move(resumed);
-      }
-      for (int i = 0; i < 2; ++i) losses.push_back((*trainer)->Step()->loss);
-      (interrupted ? got : want)[rank] = Values(*ops, **trainer);
-    });
-  }
+  const TwoRuns runs = ResumeOnTwoRanks(
+      model, {"pp"},
+      [](const comm::ProcessGroups& groups) {
+        TrainerOptions o = TestOptions(2, nullptr, {}, false, nullptr, true, groups.Get("pp"));
+        o.virtual_stages = 2;
+        return o;
+      },
+      dir, [](int rank) { return std::vector<int>{rank}; });
   // Rank 1 holds layers 1 and 3.
   auto reader = checkpoint::SafetensorsReader::Open(dir + "/model_rank_00001.safetensors");
   ASSERT_TRUE(reader.ok()) << reader.status();
@@ -227,8 +227,8 @@ TEST(TrainerStateTest, InterleavedStagesResume) {
   }
   EXPECT_EQ(layers, 2);
   for (int r = 0; r < 2; ++r) {
-    EXPECT_EQ(got_loss[r], want_loss[r]) << "rank " << r;
-    EXPECT_EQ(got[r], want[r]) << "rank " << r;
+    EXPECT_EQ(runs.got_loss[r], runs.want_loss[r]) << "rank " << r;
+    EXPECT_EQ(runs.got[r], runs.want[r]) << "rank " << r;
   }
   fs::remove_all(dir);
 }
