@@ -202,16 +202,22 @@ absl::Status Run(const std::string& spec_path, const std::string& out, int steps
       batches.Add(at + "tokens", b.tokens);
       batches.Add(at + "labels", b.labels);
       batches.Add(at + "lengths", b.lengths);
+      // The samples' images and audio, one after another (as the upload copies them).
+      std::vector<float> images, audio;
+      for (const data::Sample& sample : samples) {
+        images.insert(images.end(), sample.image.begin(), sample.image.end());
+        if (sample.audio_frames > 0)
+          audio.insert(audio.end(), sample.audio.begin(), sample.audio.end());
+      }
       if (config.vision.has_value() && b.num_images > 0) {
         const ModalityEncoderConfig& v = *config.vision;
         batches.Add(at + "images", {b.num_images, v.num_channels, v.image_size, v.image_size},
-                    b.images.data());
+                    images.data());
         batches.Add(at + "vision_positions", b.vision_positions);
       }
       if (config.audio.has_value() && !b.audio_frames.empty()) {
         const int64_t bins = config.audio->num_mel_bins;
-        batches.Add(at + "audio", {static_cast<int64_t>(b.audio.size()) / bins, bins},
-                    b.audio.data());
+        batches.Add(at + "audio", {static_cast<int64_t>(audio.size()) / bins, bins}, audio.data());
         batches.Add(at + "audio_frames", b.audio_frames);
         batches.Add(at + "audio_positions", b.audio_positions);
       }

@@ -1,6 +1,7 @@
 // Samples packed into one micro-batch on the host (THD: each sample its own sequence), in the
 // layout the MIMO model reads: token ids with the modality placeholders, next-token labels on
-// the text only, the encoders' inputs and where their tokens go.
+// the text only, and where the encoders' tokens go (their inputs, the samples' images and audio,
+// stay in the samples: the upload copies each straight to the device).
 #pragma once
 
 #include <cstdint>
@@ -34,11 +35,9 @@ struct HostMicroBatch {
   // sequence if there is one.
   std::vector<int32_t> lengths;
   std::vector<int32_t> sequence_padding;  // Per sample: the EOS ids padding its sequence.
-  std::vector<float> images;              // (N, C, H, W): every sample's image.
-  int64_t num_images = 0;
+  int64_t num_images = 0;                 // Samples with an image (all, when images are used).
   std::vector<int32_t> vision_positions;  // (N * image_tokens,) token indices, in order.
-  std::vector<float> audio;               // (frames, mel): the samples' clips, in order.
-  std::vector<int32_t> audio_frames;      // Per clip.
+  std::vector<int32_t> audio_frames;      // Per clip (the samples with audio, in order).
   std::vector<int32_t> audio_positions;   // (frames / frames_per_token,) token indices.
   int64_t labelled = 0;                   // Tokens with a label.
   int64_t padding = 0;                    // Tokens of the padding sequence (0: none).
@@ -55,15 +54,5 @@ absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
 // With the byte tokenizer (DefaultTokenizer()).
 absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
                                            const MicroBatchOptions& options);
-
-// PackSamples in two parts, for a trainer that needs every micro-batch's tokens (the step's
-// label count) before the first one's compute, but each one's images only when it uploads it:
-// PackTokens makes everything but `images` and `audio` (same checks and errors; num_images and
-// audio_frames are set), PackMedia then appends the samples' images and audio to that batch.
-absl::StatusOr<HostMicroBatch> PackTokens(const std::vector<Sample>& samples,
-                                          const MicroBatchOptions& options,
-                                          const Tokenizer& tokenizer);
-void PackMedia(const std::vector<Sample>& samples, const MicroBatchOptions& options,
-               HostMicroBatch& batch);
 
 }  // namespace mimo::data

@@ -79,12 +79,10 @@ absl::Status Trainer::EncoderStep(int64_t base) {
     }
     // Packed as the language ranks pack them (the same checks fail the same way).
     const auto batch_start = std::chrono::steady_clock::now();
-    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch host,
-                          stage.first() ? data::PackSamples(samples, pack, *tokenizer_)
-                                        : data::PackTokens(samples, pack, *tokenizer_));
+    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch host, data::PackSamples(samples, pack, *tokenizer_));
     Pending p;
     p.index = i;
-    MIMO_ASSIGN_OR_RETURN(p.batch, UploadMicroBatch(ops_, host, upload));
+    MIMO_ASSIGN_OR_RETURN(p.batch, UploadMicroBatch(ops_, host, samples, upload));
     batch_seconds_ += SecondsSince(batch_start);
     const std::vector<int64_t> per_sample = RowsPerSample(config_, x, samples);
     // Every tp and cp member returns the block's rows; member (tp 0, cp 0) of the last stage

@@ -68,10 +68,10 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
       MIMO_ASSIGN_OR_RETURN(data::Sample s, ReadSample(base + replica * k + i * mbs + j));
       samples[i].push_back(std::move(s));
     }
-    // Tokens only: each micro-batch's images and audio are packed just before its upload, so
-    // the later ones' overlap the compute of the ones before.
+    // Tokens only: each micro-batch's images and audio go to the device from its samples when
+    // its first forward here starts, so the later ones' copies overlap the compute before.
     const auto pack_start = std::chrono::steady_clock::now();
-    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackTokens(samples[i], pack, *tokenizer_));
+    MIMO_ASSIGN_OR_RETURN(data::HostMicroBatch b, data::PackSamples(samples[i], pack, *tokenizer_));
     batch_seconds_ += SecondsSince(pack_start);
     m.labelled += b.labelled;
     // The samples' sequences, without tp's padding sequence and cp's padding (not counted as
@@ -159,10 +159,8 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
     DeviceBatch& d = batches[i];
     if (d.sequences == nullptr) {  // The micro-batch's first chunk here.
       const auto upload_start = std::chrono::steady_clock::now();
-      if (encoders_here) data::PackMedia(samples[i], pack, b);  // Else the encoders' ranks do.
-      MIMO_ASSIGN_OR_RETURN(d, UploadMicroBatch(ops_, b, upload, cp, cp_rank));
-      b.images = {};  // Copied (staged) already.
-      b.audio = {};
+      // The media only where the encoders run (`upload` has none elsewhere).
+      MIMO_ASSIGN_OR_RETURN(d, UploadMicroBatch(ops_, b, samples[i], upload, cp, cp_rank));
       batch_seconds_ += SecondsSince(upload_start);
     }
     const bool last = i + 1 == options_.micro_batches;

@@ -1,5 +1,5 @@
 // PackSamples: placeholders and their positions, labels on caption and EOS only, lengths,
-// captions cut to seq_length, another tokenizer's ids, errors; PackTokens + PackMedia the same.
+// captions cut to seq_length, another tokenizer's ids, errors.
 #include "data/micro_batch.h"
 
 #include <gtest/gtest.h>
@@ -37,39 +37,7 @@ TEST(MicroBatchTest, PacksPlaceholdersTextAndLabels) {
   EXPECT_EQ(b->vision_positions, (std::vector<int32_t>{1, 2, 7, 8}));
   EXPECT_EQ(b->audio_positions, (std::vector<int32_t>{9, 10}));
   EXPECT_EQ(b->num_images, 2);
-  EXPECT_EQ(b->images.size(), 2u * 48);
   EXPECT_EQ(b->audio_frames, (std::vector<int32_t>{4}));
-  EXPECT_EQ(b->audio.size(), 8u);
-}
-
-// The two halves the trainer calls: tokens first (no media), then media; together PackSamples.
-TEST(MicroBatchTest, TokensThenMediaEqualsPackSamples) {
-  std::vector<Sample> samples = {Make("ab", 0), Make("xyz", 4), Make("q", 2)};
-  for (size_t i = 0; i < samples.size(); ++i) {
-    for (size_t j = 0; j < samples[i].image.size(); ++j) samples[i].image[j] = i * 100.0f + j;
-    for (size_t j = 0; j < samples[i].audio.size(); ++j) samples[i].audio[j] = -(i * 100.0f + j);
-  }
-  const MicroBatchOptions o{.seq_length = 64, .image_tokens = 2, .frames_per_token = 2};
-  auto whole = PackSamples(samples, o);
-  auto tokens = PackTokens(samples, o, DefaultTokenizer());
-  ASSERT_TRUE(whole.ok() && tokens.ok());
-  EXPECT_TRUE(tokens->images.empty());
-  EXPECT_TRUE(tokens->audio.empty());
-  EXPECT_EQ(tokens->num_images, 3);
-  EXPECT_EQ(tokens->audio_frames, (std::vector<int32_t>{4, 2}));
-  PackMedia(samples, o, *tokens);
-  EXPECT_EQ(tokens->tokens, whole->tokens);
-  EXPECT_EQ(tokens->labels, whole->labels);
-  EXPECT_EQ(tokens->lengths, whole->lengths);
-  EXPECT_EQ(tokens->labelled, whole->labelled);
-  EXPECT_EQ(tokens->vision_positions, whole->vision_positions);
-  EXPECT_EQ(tokens->audio_positions, whole->audio_positions);
-  EXPECT_EQ(tokens->images, whole->images);
-  EXPECT_EQ(tokens->audio, whole->audio);
-  EXPECT_EQ(whole->images.size(), 3u * 48);
-  EXPECT_EQ(whole->images[48], 100.0f);  // Sample 1's first value, after sample 0's 48.
-  EXPECT_EQ(whole->audio.size(), 12u);   // Sample 1's 8 values, then sample 2's 4.
-  EXPECT_EQ(whole->audio[8], -200.0f);
 }
 
 // Sequence parallelism splits the tokens into equal blocks: a padding sequence fills them up.
