@@ -65,23 +65,21 @@ absl::StatusOr<Ring> RingOf(const StepContext& ctx, comm::Communicator& cp, cons
               .cu = s.cu_seqlens()};
 }
 
-// `cur` to the next member, the previous member's into `next`; then `cur` is that. Even members
-// send first, odd ones receive first, so blocking sends cannot all wait at once.
-absl::Status Shift(const StepContext& ctx, comm::Communicator& cp, const Ring& ring, Tensor& cur,
-                   Tensor& next, int64_t offset, int64_t count) {
-  MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(cur.dtype()));
-  MIMO_RETURN_IF_ERROR(ctx.ops->Synchronize());  // The communicator works on its own stream.
+// `send` to the next member, the previous member's into `recv`. Even members send first, odd
+// ones receive first, so blocking sends cannot all wait at once. No synchronization: the caller
+// has made sure `send` is written and `recv` idle (the communicator works on its own stream), and
+// kernels may read `send` meanwhile (the ring's overlap: a step's attention runs on the ops'
+// stream while the next step's keys travel).
+absl::Status Exchange(comm::Communicator& cp, const Ring& ring, const Tensor& send, Tensor& recv) {
+  MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(send.dtype()));
   const int to = (ring.rank + 1) % ring.size, from = (ring.rank + ring.size - 1) % ring.size;
-  const size_t n = static_cast<size_t>(count);
+  const size_t n = static_cast<size_t>(send.numel());
   if (ring.rank % 2 == 0) {
-    MIMO_RETURN_IF_ERROR(cp.Send(At(cur, offset), n, type, to));
-    MIMO_RETURN_IF_ERROR(cp.Recv(At(next, offset), n, type, from));
-  } else {
-    MIMO_RETURN_IF_ERROR(cp.Recv(At(next, offset), n, type, from));
-    MIMO_RETURN_IF_ERROR(cp.Send(At(cur, offset), n, type, to));
+    MIMO_RETURN_IF_ERROR(cp.Send(send.data(), n, type, to));
+    return cp.Recv(recv.data(), n, type, from);
   }
-  std::swap(cur, next);
-  return absl::OkStatus();
+  MIMO_RETURN_IF_ERROR(cp.Recv(recv.data(), n, type, from));
+  return cp.Send(send.data(), n, type, to);
 }
 
 }  // namespace
@@ -108,7 +106,8 @@ absl::Status ContextAttentionForward(const StepContext& ctx, comm::Communicator&
   }
   bool first[2] = {true, true};
   for (int step = 0; step < ring.size; ++step) {
-    if (step > 0) MIMO_RETURN_IF_ERROR(Shift(ctx, cp, ring, cur, next, 0, cur.numel()));
+    // `cur` written (copied, or received), `next` idle (the last step's attention read it).
+    MIMO_RETURN_IF_ERROR(ops.Synchronize());
     const int j = (ring.rank - step + ring.size) % ring.size;  // Whose keys these are.
     for (const BlockSpec& b : BlocksOf(ring.rank, j, shape.causal)) {
       MIMO_RETURN_IF_ERROR(ops.Attention({.dtype = dtype,
@@ -137,6 +136,11 @@ absl::Status ContextAttentionForward(const StepContext& ctx, comm::Communicator&
                                                .first = first[b.qx]}));
       first[b.qx] = false;
     }
+    // The next member's keys travel while this step's attention runs.
+    if (step + 1 < ring.size) {
+      MIMO_RETURN_IF_ERROR(Exchange(cp, ring, cur, next));
+      std::swap(cur, next);
+    }
   }
   MIMO_ASSIGN_OR_RETURN(out, NewTensor(ctx, {t, hd}, dtype));
   return ops.Cast(
@@ -153,13 +157,18 @@ absl::Status ContextAttentionBackward(const StepContext& ctx, comm::Communicator
   const DType dtype = q.dtype();
   const int64_t t = 2 * ring.c, h = shape.heads, hd = h * shape.head_dim,
                 gd = shape.kv_heads * shape.head_dim;
-  // In flight: (4, T, G * D), [K; V; dK; dV], the gradients of the keys and values the buffer
-  // holds, summed over the members it has been on.
-  MIMO_ASSIGN_OR_RETURN(Tensor cur, NewTensor(ctx, {4, t, gd}, dtype));
-  MIMO_ASSIGN_OR_RETURN(Tensor next, NewTensor(ctx, {4, t, gd}, dtype));
+  // The keys and values in flight, (2, T, G * D) [K; V], as in the forward; and the gradients
+  // of the keys and values, which follow their keys one step behind: the members that have held
+  // member j's keys so far have summed their parts into dKV_j, which reaches a member while it
+  // computes with the next keys (so both transfers run beside a step's attention).
+  MIMO_ASSIGN_OR_RETURN(Tensor cur, NewTensor(ctx, {2, t, gd}, dtype));
+  MIMO_ASSIGN_OR_RETURN(Tensor next, NewTensor(ctx, {2, t, gd}, dtype));
   MIMO_RETURN_IF_ERROR(ops.Copy(At(cur, 0), k.data(), k.nbytes()));
   MIMO_RETURN_IF_ERROR(ops.Copy(At(cur, t * gd), v.data(), v.nbytes()));
-  MIMO_RETURN_IF_ERROR(ops.SetZero(At(cur, 2 * t * gd), 2 * k.nbytes()));
+  MIMO_ASSIGN_OR_RETURN(Tensor grads, NewTensor(ctx, {2, t, gd}, dtype));  // [dK; dV] sent on.
+  MIMO_ASSIGN_OR_RETURN(Tensor arrived, NewTensor(ctx, {2, t, gd}, dtype));
+  // This member's part of the step's dKV: its blocks' gradients summed, rows as in `cur`.
+  MIMO_ASSIGN_OR_RETURN(Tensor part, NewTensor(ctx, {2, t, gd}, dtype));
   MIMO_RETURN_IF_ERROR(CheckSameShape(dq, q, "ContextAttentionBackward: dq"));
   MIMO_RETURN_IF_ERROR(CheckSameShape(dk, k, "ContextAttentionBackward: dk"));
   MIMO_RETURN_IF_ERROR(CheckSameShape(dv, v, "ContextAttentionBackward: dv"));
@@ -167,11 +176,13 @@ absl::Status ContextAttentionBackward(const StepContext& ctx, comm::Communicator
   MIMO_ASSIGN_OR_RETURN(Tensor bq, NewTensor(ctx, {ring.c, hd}, dtype));
   MIMO_ASSIGN_OR_RETURN(Tensor bk, NewTensor(ctx, {ring.c, gd}, dtype));
   MIMO_ASSIGN_OR_RETURN(Tensor bv, NewTensor(ctx, {ring.c, gd}, dtype));
-  auto add = [&](void* dst, const Tensor& src) {
-    return ops.Add({.dtype = dtype, .a = dst, .b = src.data(), .out = dst, .n = src.numel()});
+  auto add = [&](void* dst, const void* src, int64_t n) {
+    return ops.Add({.dtype = dtype, .a = dst, .b = src, .out = dst, .n = n});
   };
   for (int step = 0; step < ring.size; ++step) {
-    if (step > 0) MIMO_RETURN_IF_ERROR(Shift(ctx, cp, ring, cur, next, 0, cur.numel()));
+    // `cur` and `grads` written, `next`, `arrived` and `part` idle.
+    MIMO_RETURN_IF_ERROR(ops.Synchronize());
+    MIMO_RETURN_IF_ERROR(ops.SetZero(part.data(), part.nbytes()));
     const int j = (ring.rank - step + ring.size) % ring.size;
     for (const BlockSpec& b : BlocksOf(ring.rank, j, shape.causal)) {
       const int64_t qrow = b.qx * ring.c, krow = b.ky * ring.c;
@@ -194,18 +205,31 @@ absl::Status ContextAttentionBackward(const StepContext& ctx, comm::Communicator
                                                   .max_seqlen = ring.max_len,
                                                   .scale = shape.scale,
                                                   .causal = b.causal}));
-      MIMO_RETURN_IF_ERROR(add(At(dq, qrow * hd), bq));
-      MIMO_RETURN_IF_ERROR(add(At(cur, (2 * t + krow) * gd), bk));
-      MIMO_RETURN_IF_ERROR(add(At(cur, (3 * t + krow) * gd), bv));
+      MIMO_RETURN_IF_ERROR(add(At(dq, qrow * hd), bq.data(), bq.numel()));
+      MIMO_RETURN_IF_ERROR(add(At(part, krow * gd), bk.data(), bk.numel()));
+      MIMO_RETURN_IF_ERROR(add(At(part, (t + krow) * gd), bv.data(), bv.numel()));
     }
+    // Beside the attention: the next member's keys, and the gradients of this step's keys from
+    // the members before (the last step's finished ones on to the next member).
+    if (step + 1 < ring.size) MIMO_RETURN_IF_ERROR(Exchange(cp, ring, cur, next));
+    if (step > 0) {
+      MIMO_RETURN_IF_ERROR(Exchange(cp, ring, grads, arrived));
+      std::swap(grads, arrived);
+      MIMO_RETURN_IF_ERROR(add(grads.data(), part.data(), part.numel()));
+    } else {
+      std::swap(grads, part);  // Member j = this one: the first to hold its keys.
+    }
+    std::swap(cur, next);
   }
-  // The buffer now holds the next member's keys with every member's gradients: back to it, and
-  // this member's from the previous one.
+  // `grads` holds the gradients of the next member's keys from every member: to it, and this
+  // member's from the previous one.
   if (ring.size > 1) {
-    MIMO_RETURN_IF_ERROR(Shift(ctx, cp, ring, cur, next, 2 * t * gd, 2 * t * gd));
+    MIMO_RETURN_IF_ERROR(ops.Synchronize());
+    MIMO_RETURN_IF_ERROR(Exchange(cp, ring, grads, arrived));
+    std::swap(grads, arrived);
   }
-  MIMO_RETURN_IF_ERROR(ops.Copy(dk.data(), At(cur, 2 * t * gd), dk.nbytes()));
-  return ops.Copy(dv.data(), At(cur, 3 * t * gd), dv.nbytes());
+  MIMO_RETURN_IF_ERROR(ops.Copy(dk.data(), At(grads, 0), dk.nbytes()));
+  return ops.Copy(dv.data(), At(grads, t * gd), dv.nbytes());
 }
 
 }  // namespace mimo

@@ -1,7 +1,10 @@
 // Self-attention over sequences split across a context-parallel group (Megatron's / Transformer
 // Engine's ring attention): each member holds chunks r and 2cp-1-r of every sequence
 // (PackedSequences::CreateSplit), the keys and values go around the group one member a step,
-// each block of keys gives a partial softmax, and the partials are merged by log-sum-exp.
+// each block of keys gives a partial softmax, and the partials are merged by log-sum-exp. The
+// transfers overlap the compute: a step's attention is enqueued on the ops' stream before the
+// next step's keys (and, in the backward, the gradients of the keys, one step behind them) go
+// around on the communicator's stream.
 #pragma once
 
 #include <cstdint>
