@@ -1,6 +1,7 @@
 // Dumps a single-rank training run for the PyTorch reference (bench/reference/): the model and
 // optimizer configuration (config.json), every parameter's initial fp32 value (init.bin), every
-// step's packed micro-batches (batches.bin) and the C++ run's per-step metrics (losses.json).
+// step's packed micro-batches (batches.bin), every MoE layer's routing of them (routing.bin) and
+// the C++ run's per-step metrics (losses.json).
 //   reference_dump SPEC --out DIR [--steps N] [--device cpu|cuda]
 // The spec's model, batch sizes, data and optimizer with every module on one rank, in fp32.
 #include <cstdint>
@@ -187,6 +188,10 @@ absl::Status Run(const std::string& spec_path, const std::string& out, int steps
       .image_tokens = config.vision.has_value() ? config.vision->max_tokens() : 0,
       .frames_per_token = config.audio.has_value() ? config.audio->frames_per_token : 0};
   const int64_t mbs = options.micro_batch_size;
+  // Every MoE layer's routing of every micro-batch (routing.bin), for the reference to replay.
+  Archive routing((dir / "routing.bin").string());
+  std::vector<RoutingRecord> log;
+  trainer->set_routing_log(&log);
   ordered_json losses = ordered_json::array();
   for (int s = 1; s <= steps; ++s) {
     const int64_t base = (s - 1) * options.micro_batches * mbs;
@@ -223,6 +228,20 @@ absl::Status Run(const std::string& spec_path, const std::string& out, int steps
       }
     }
     MIMO_ASSIGN_OR_RETURN(const worker::StepMetrics m, trainer->Step());
+    // Record j of step s: "sS.rJ.layer" (its layer number), ".indices" and ".dispatched" (T, k).
+    for (size_t j = 0; j < log.size(); ++j) {
+      const std::string at = absl::StrCat("s", s, ".r", j, ".");
+      const std::vector<int32_t> layer = {log[j].layer_number};
+      routing.Add(at + "layer", layer);
+      for (const auto& [what, t] :
+           {std::pair<const char*, const kernels::Tensor*>{"indices", &log[j].indices},
+            {"dispatched", &log[j].dispatched}}) {
+        std::vector<int32_t> values(t->numel());
+        MIMO_RETURN_IF_ERROR(ops->CopyToHost(values.data(), t->data(), 4 * values.size()));
+        routing.Add(at + what, {t->size(0), t->size(1)}, values.data());
+      }
+    }
+    log.clear();
     losses.push_back({{"step", m.step},
                       {"loss", m.loss},
                       {"aux_loss", m.aux_loss},
@@ -234,6 +253,7 @@ absl::Status Run(const std::string& spec_path, const std::string& out, int steps
     }
   }
   if (!batches.ok()) return absl::InternalError("cannot write batches.bin");
+  if (!routing.ok()) return absl::InternalError("cannot write routing.bin");
   std::ofstream(dir / "losses.json") << losses.dump(1) << "\n";
   return absl::OkStatus();
 }

@@ -25,6 +25,17 @@ struct AuxLossRecord {
   kernels::Tensor losses;  // (2,) fp32: [load balancing, z]
 };
 
+// One MoE layer's routing of a micro-batch (its forward's choices), kept when the step asks
+// (StepContext::routing): for comparisons with a reference implementation, whose own choices can
+// differ on near ties and would otherwise send the runs apart.
+struct RoutingRecord {
+  int layer_number = 0;
+  bool mtp = false;
+  kernels::Tensor indices;     // (T, k) int32: the chosen experts, best first.
+  kernels::Tensor dispatched;  // (T, k) int32: where the pairs go (-1: dropped under a capacity,
+                               // or a padding row's).
+};
+
 // Told by the backward as it finishes parameters' gradients for the step, so that their
 // reduction over the replicas can start while the backward goes on (mimo/gradient_sync.h).
 class GradientReadyHook {
@@ -51,6 +62,8 @@ struct StepContext {
   float loss_scale = 1.0f;
   // Where forwards append the auxiliary losses they compute (none are kept when null).
   std::vector<AuxLossRecord>* aux_losses = nullptr;
+  // Where MoE forwards append their routing (none is kept when null).
+  std::vector<RoutingRecord>* routing = nullptr;
   // The micro-batch's last rows that only pad it to equal row blocks (sequence parallelism: a
   // sequence of their own, without labels): blocks keep no statistics of them (the MoE layer
   // routes them but leaves them out of its expert load and auxiliary losses).

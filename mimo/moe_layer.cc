@@ -303,6 +303,9 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
          .capacity = kernels::MoeExpertCapacity(real.local, k, e, moe_.capacity_factor)}));
     dispatch_indices = std::move(kept);
   }
+  if (ctx.routing != nullptr) {
+    ctx.routing->push_back({layer_number_, mtp_layer_, saved->indices, dispatch_indices});
+  }
   // The pairs to their experts' rows (on this rank or, with EP, on others), the experts, and
   // back.
   MIMO_ASSIGN_OR_RETURN(MoeDispatched dispatched,

@@ -173,6 +173,10 @@ class Trainer {
   ~Trainer();
   // One optimizer step on the next L * micro_batches * micro_batch_size samples.
   absl::StatusOr<StepMetrics> Step();
+  // From the next step on, the language MoE layers' routing of every micro-batch is appended to
+  // `log` (not owned; null: none is kept), in the order of the forwards: micro-batch by
+  // micro-batch, layer by layer (bench/reference_dump replays it in the PyTorch reference).
+  void set_routing_log(std::vector<RoutingRecord>* log) { routing_log_ = log; }
   // Samples consumed so far by the whole group (the data position).
   int64_t position() const { return position_; }
   // The options as resolved (the data's image and audio sizes set from the model).
@@ -267,10 +271,11 @@ class Trainer {
   int64_t fetched_base_ = 0;      // The last base whose samples were asked for ahead.
   double data_wait_ = 0;          // This step's, in seconds (StepMetrics::data_wait_seconds).
   double batch_seconds_ = 0;      // This step's (StepMetrics::batch_seconds).
+  std::vector<RoutingRecord>* routing_log_ = nullptr;  // set_routing_log's.
   // The byte-level tokenizer, or owned_tokenizer_ (options_.tokenizer_model's SentencePiece model).
   const data::Tokenizer* tokenizer_ = nullptr;
   std::unique_ptr<data::Tokenizer> owned_tokenizer_;
-  std::vector<Parameter*> dense_;    // Every parameter but the routed experts'.
+  std::vector<Parameter*> dense_;  // Every parameter but the routed experts'.
   // A language rank's actions each step: its pipeline stage's 1F1B or interleaved schedule (one
   // stage: each micro-batch's forward, then its backward). Made once: the interleaved one is
   // a simulation of every rank.

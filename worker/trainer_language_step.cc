@@ -168,6 +168,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
                         .sequences = d.sequences.get(),
                         .loss_scale = 1.0f / static_cast<float>(options_.micro_batches * replicas),
                         .aux_losses = &aux,
+                        .routing = routing_log_,
                         .padding_rows = b.padding,
                         .gradients_ready = last ? GradientsReadyHook() : nullptr};
     SetDropoutStream(f.ctx, base, i);

@@ -567,8 +567,45 @@ def moe_aux_losses(moe, logits, scores, indices, seqs):
     return aux, z
 
 
-def moe_layer(P, prefix, cfg, moe, state, seqs, x, aux_out):
-    # mimo/moe_layer.cc Forward.
+class Replay:
+    """routing.bin (bench/reference_dump.cc): the C++ run's MoE routing, record after record in
+    the order of its forwards (micro-batch by micro-batch, layer by layer), replayed so that the
+    comparison survives near-tied choices the two sides break differently; counts the tokens
+    whose own choice (choice_flips) or own kept pairs (drop_flips) differed."""
+
+    def __init__(self, archive):
+        self.archive = archive
+        self.step = 0
+        self.next = 0
+        self.choice_flips = 0
+        self.drop_flips = 0
+
+    def begin_step(self, step):
+        self.step, self.next = step, 0
+        self.choice_flips = self.drop_flips = 0
+
+    def take(self, layer, shape, device):
+        at = "s%d.r%d." % (self.step, self.next)
+        if at + "layer" not in self.archive:
+            raise DumpError("routing.bin has no record %s (layer %d)" % (at, layer))
+        recorded = int(self.archive.get(at + "layer")[0])
+        if recorded != layer:
+            raise DumpError("routing.bin record %s is layer %d's, not layer %d's"
+                            % (at, recorded, layer))
+        out = []
+        for what in ("indices", "dispatched"):
+            a = self.archive.get(at + what)
+            if tuple(a.shape) != tuple(shape):
+                raise DumpError("routing.bin %s%s is %s, not %s" % (at, what, a.shape, shape))
+            out.append(torch.from_numpy(a.astype(np.int64)).to(device))
+        self.next += 1
+        return out[0], out[1]
+
+
+def moe_layer(P, prefix, cfg, moe, state, seqs, x, aux_out, replay=None, layer=0):
+    # mimo/moe_layer.cc Forward. With `replay` (Replay), the C++ run's choices (and, under a
+    # capacity, its kept pairs) are used instead of this layer's own, which are only counted
+    # where they differ.
     T, C = x.shape
     E, k = moe.experts, moe.top_k
     logits = F.linear(x, P[prefix + ".router.weight"])  # fp32 logits, no bias
@@ -578,6 +615,11 @@ def moe_layer(P, prefix, cfg, moe, state, seqs, x, aux_out):
         scores = torch.softmax(logits, dim=-1)  # over all experts, then top-k
     with torch.no_grad():
         indices = route(moe, scores.detach(), state.bias if moe.expert_bias else None)
+        cpp_dispatch = None
+        if replay is not None:
+            cpp_indices, cpp_dispatch = replay.take(layer, (T, k), x.device)
+            replay.choice_flips += int((cpp_indices != indices).any(dim=1).sum())
+            indices = cpp_indices
         # Training forwards count every choice (before any dropping) into the step's load.
         state.load += torch.bincount(indices.reshape(-1), minlength=E)
     chosen = scores.gather(1, indices)  # raw (unbiased) scores of the choices
@@ -592,6 +634,9 @@ def moe_layer(P, prefix, cfg, moe, state, seqs, x, aux_out):
     dispatch = indices
     if moe.capacity_factor > 0.0:
         dispatch = capacity_drop(moe, indices, probs)
+    if cpp_dispatch is not None:
+        replay.drop_flips += int((cpp_dispatch != dispatch).any(dim=1).sum())
+        dispatch = cpp_dispatch
     # The experts: each (token, choice) pair through its expert's MLP, weighted by its prob and
     # summed per token (the C++ permutation and padding change nothing in the math).
     w1 = P[prefix + ".experts.linear_fc1.weight"]  # (E, F1, C)
@@ -622,7 +667,8 @@ def moe_layer(P, prefix, cfg, moe, state, seqs, x, aux_out):
     return y
 
 
-def transformer_block(P, prefix, cfg, seqs, x, moe=None, freq=1, moe_states=None, aux_out=None):
+def transformer_block(P, prefix, cfg, seqs, x, moe=None, freq=1, moe_states=None, aux_out=None,
+                      replay=None):
     # mimo/transformer_layer.cc: h = x + attn(norm1(x)); y = h + mlp(norm2(h)); then the final
     # norm (transformer_block.cc).
     for i in range(cfg.num_layers):
@@ -631,7 +677,7 @@ def transformer_block(P, prefix, cfg, seqs, x, moe=None, freq=1, moe_states=None
                                norm(P, p + ".input_layernorm", cfg, x))
         n2 = norm(P, p + ".pre_mlp_layernorm", cfg, h)
         if is_moe_layer(i, moe, freq):
-            m = moe_layer(P, p + ".mlp", cfg, moe, moe_states[i], seqs, n2, aux_out)
+            m = moe_layer(P, p + ".mlp", cfg, moe, moe_states[i], seqs, n2, aux_out, replay, i)
         else:
             m = dense_mlp(P, p + ".mlp", cfg, cfg.ffn, n2)
         x = h + m
@@ -710,6 +756,7 @@ class Reference:
         self.m = {n: torch.zeros_like(p) for n, p in self.P.items()}
         self.v = {n: torch.zeros_like(p) for n, p in self.P.items()}
         self.steps_done = 0  # mimo/optimizer.cc steps_
+        self.replay = None  # A Replay of the C++ routing, or None: the reference routes itself.
         self.moe_states = {}
         if cfg.moe is not None:
             for i in range(cfg.language.num_layers):
@@ -736,7 +783,7 @@ class Reference:
             # embedding no gradient).
             x = x.index_copy(0, positions, embeddings)
         h = transformer_block(P, "language.decoder", cfg.language, seqs, x, cfg.moe,
-                              cfg.moe_layer_freq, self.moe_states, aux_out)
+                              cfg.moe_layer_freq, self.moe_states, aux_out, self.replay)
         logits = F.linear(h, P["language.output_layer.weight"])  # untied, no bias
         # kernels/cross_entropy.h: loss = logsumexp - target logit; targets < 0 ignored.
         valid = labels >= 0
@@ -752,6 +799,8 @@ class Reference:
         for p in self.P.values():
             p.grad = None
         mb = cfg.micro_batches
+        if self.replay is not None:
+            self.replay.begin_step(step)
 
         def name(i, what):
             return "s%d.m%d.%s" % (step, i, what)
@@ -831,8 +880,9 @@ class Reference:
                 rate = cfg.moe.expert_bias_rate
                 st.bias += (torch.sign(offset) * rate).to(torch.float32)
             st.load.zero_()
+        flips = (self.replay.choice_flips, self.replay.drop_flips) if self.replay else None
         return {"loss": loss, "aux_loss": aux_metric, "grad_norm": grad_norm, "lr": lr,
-                "skipped": skipped, "labelled": labelled}
+                "skipped": skipped, "labelled": labelled, "flips": flips}
 
     def learning_rate(self, step):
         # mimo/optimizer.cc LearningRate.
@@ -911,6 +961,9 @@ def main(argv=None):
                     help="also fail when a grad norm differs by more than this (default: report)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default=None,
                     help="default: cuda when available")
+    ap.add_argument("--own-routing", action="store_true",
+                    help="route every MoE layer itself instead of replaying the C++ choices "
+                         "from routing.bin (near ties then part the runs)")
     args = ap.parse_args(argv)
 
     # Plain fp32 GEMMs (the C++ uses CUBLAS_COMPUTE_32F): no TF32.
@@ -932,15 +985,21 @@ def main(argv=None):
         if steps == 0:
             raise DumpError("losses.json has no steps")
         model = Reference(cfg, init, device)
+        routing = os.path.join(args.dump_dir, "routing.bin")
+        if cfg.moe is not None and not args.own_routing:
+            if not os.path.exists(routing):
+                raise DumpError("%s is missing (an older dump? pass --own-routing)" % routing)
+            model.replay = Replay(Archive(routing))
     except (DumpError, KeyError, ValueError, NotImplementedError) as e:
         print("error: %s: %s" % (type(e).__name__, e), file=sys.stderr)
         return 2
 
-    print("reference: %d parameters in %d tensors on %s; %d steps of %d micro-batches"
-          % (model.numel(), len(model.P), device, steps, cfg.micro_batches))
-    header = "%5s  %12s  %12s  %9s  %11s  %11s  %9s  %11s  %11s" % (
+    print("reference: %d parameters in %d tensors on %s; %d steps of %d micro-batches; %s"
+          % (model.numel(), len(model.P), device, steps, cfg.micro_batches,
+             "MoE routing replayed from the C++ run" if model.replay else "own routing"))
+    header = "%5s  %12s  %12s  %9s  %11s  %11s  %9s  %11s  %11s  %11s" % (
         "step", "C++ loss", "ref loss", "rel diff", "C++ gnorm", "ref gnorm", "rel diff",
-        "C++ aux", "ref aux")
+        "C++ aux", "ref aux", "flips")
     print(header)
     print("-" * len(header))
     failures = []
@@ -963,9 +1022,11 @@ def main(argv=None):
             flags.append("SKIP")
         if not (rel_diff(num(row.get("lr", r["lr"])), r["lr"]) <= 1e-5):
             flags.append("LR")
-        print("%5d  %12.6f  %12.6f  %9.2e  %11.5f  %11.5f  %9.2e  %11.4e  %11.4e  %s" % (
+        # Tokens whose own top-k choice / own kept pairs differed from the replayed C++ ones.
+        flips = "%d/%d" % r["flips"] if r["flips"] else "-"
+        print("%5d  %12.6f  %12.6f  %9.2e  %11.5f  %11.5f  %9.2e  %11.4e  %11.4e  %11s  %s" % (
             s, cpp_loss, r["loss"], dl, cpp_gnorm, r["grad_norm"], dg,
-            num(row.get("aux_loss", 0.0)), r["aux_loss"], " ".join(flags)))
+            num(row.get("aux_loss", 0.0)), r["aux_loss"], flips, " ".join(flags)))
         sys.stdout.flush()
         if "LOSS" in flags or "GRAD" in flags:
             failures.append(s)

@@ -112,8 +112,18 @@ class MoeLayerCpuTest : public ::testing::TestWithParam<MoeCase> {
     x_ = RandomFloats(9 * 8, random);
     r_ = RandomFloats(9 * 8, random);
   }
-  StepContext Context(std::vector<AuxLossRecord>* records) {
-    return {.ops = ops_.get(), .sequences = seqs_.get(), .loss_scale = 0.5f, .aux_losses = records};
+  StepContext Context(std::vector<AuxLossRecord>* records,
+                      std::vector<RoutingRecord>* routing = nullptr) {
+    return {.ops = ops_.get(),
+            .sequences = seqs_.get(),
+            .loss_scale = 0.5f,
+            .aux_losses = records,
+            .routing = routing};
+  }
+  std::vector<int32_t> Ints(const Tensor& t) {
+    std::vector<int32_t> v(t.numel());
+    EXPECT_TRUE(ops_->CopyToHost(v.data(), t.data(), 4 * v.size()).ok());
+    return v;
   }
   // sum(y * r) + loss_scale * (aux + z).
   double Objective(const Tensor& x) {
@@ -182,9 +192,17 @@ TEST_P(MoeLayerCpuTest, ForwardMatchesFloat64MixtureOfExperts) {
         a, false, w["mlp.shared_experts.linear_fc2.weight"], true, t, c, fs);
     for (int64_t i = 0; i < t * c; ++i) want[i] += o[i];
   }
-  auto out = layer_->Forward(Context(nullptr), Upload(*ops_, x_, {t, c}, DType::kF32));
+  // The routing kept for a reference comparison: the choices, and the pairs kept under a
+  // capacity.
+  std::vector<RoutingRecord> routing;
+  auto out = layer_->Forward(Context(nullptr, &routing), Upload(*ops_, x_, {t, c}, DType::kF32));
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_LT(RelL2(Download(*ops_, out->y), want), 1e-5);
+  ASSERT_EQ(routing.size(), 1u);
+  EXPECT_EQ(routing[0].layer_number, 1);
+  EXPECT_EQ(routing[0].indices.shape(), (kernels::Shape{t, k}));
+  EXPECT_EQ(Ints(routing[0].indices), route.indices);
+  EXPECT_EQ(Ints(routing[0].dispatched), kept);
 }
 
 TEST_P(MoeLayerCpuTest, BackwardWithAuxLossesMatchesCentralDifferences) {

@@ -167,6 +167,36 @@ TEST(TrainerTest, LearnsTheSyntheticCaptionsOnAGpu) {
 #endif
 
 #if !MIMO_TRAINER_TEST_CUDA
+// The routing log: each micro-batch's MoE layers in turn, every token's choices (the load the
+// step reports counts the same choices), nothing once the log is unset.
+TEST(TrainerTest, LogsEveryMoeLayersRoutingInForwardOrder) {
+  auto ops = kernels::NewCpuOps();
+  auto trainer = Trainer::Create(*ops, Model(), Options());
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  std::vector<RoutingRecord> log;
+  (*trainer)->set_routing_log(&log);
+  auto m = (*trainer)->Step();
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_EQ(log.size(), 4u);  // 2 micro-batches x 2 MoE layers.
+  std::vector<int64_t> load(4, 0);
+  int64_t tokens = 0;
+  for (size_t j = 0; j < log.size(); ++j) {
+    EXPECT_EQ(log[j].layer_number, static_cast<int>(j % 2)) << j;
+    ASSERT_EQ(log[j].indices.dim(), 2);
+    EXPECT_EQ(log[j].indices.size(1), 2);
+    EXPECT_EQ(log[j].dispatched.shape(), log[j].indices.shape());
+    std::vector<int32_t> choices(log[j].indices.numel());
+    ASSERT_TRUE(ops->CopyToHost(choices.data(), log[j].indices.data(), 4 * choices.size()).ok());
+    for (int32_t e : choices) ++load.at(e);
+    if (j % 2 == 0) tokens += log[j].indices.size(0);
+  }
+  EXPECT_EQ(tokens, m->tokens);
+  EXPECT_EQ(load, m->expert_load);
+  (*trainer)->set_routing_log(nullptr);
+  ASSERT_TRUE((*trainer)->Step().ok());
+  EXPECT_EQ(log.size(), 4u);
+}
+
 TEST(TrainerTest, RejectsBadOptions) {
   auto ops = kernels::NewCpuOps();
   EXPECT_EQ(
