@@ -216,6 +216,13 @@ absl::Status Run(const std::string& spec_path, const std::string& out, int steps
       }
       if (config.vision.has_value() && b.num_images > 0) {
         const ModalityEncoderConfig& v = *config.vision;
+        if (static_cast<int64_t>(images.size()) !=
+            b.num_images * v.num_channels * v.image_size * v.image_size) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("step ", s, " micro-batch ", i, ": ", images.size(),
+                           " image values for ", b.num_images, " images of ", v.num_channels, " x ",
+                           v.image_size, " x ", v.image_size));
+        }
         batches.Add(at + "images", {b.num_images, v.num_channels, v.image_size, v.image_size},
                     images.data());
         batches.Add(at + "vision_positions", b.vision_positions);

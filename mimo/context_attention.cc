@@ -1,5 +1,6 @@
-// Ring attention: the block schedule of the load-balanced split, the ring shifts, the log-sum-exp
-// merges of the forward and the per-block backward with its gradients' accumulation.
+// Ring attention: the block schedule of the load-balanced split, the ring exchanges beside each
+// step's attention, the log-sum-exp merges of the forward and the per-block backward with its
+// gradients' accumulation.
 #include "mimo/context_attention.h"
 
 #include <utility>

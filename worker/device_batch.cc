@@ -103,6 +103,13 @@ absl::StatusOr<DeviceBatch> UploadMicroBatch(kernels::Ops& ops, const data::Host
     int64_t frames = 0;
     for (const data::Sample& s : samples) {
       if (s.audio_frames == 0) continue;
+      const size_t c = clips.size();
+      if (c >= host.audio_frames.size() || s.audio_frames != host.audio_frames[c]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "UploadMicroBatch: clip ", c, " of the samples has ", s.audio_frames,
+            " frames where the batch packed ",
+            c < host.audio_frames.size() ? absl::StrCat(host.audio_frames[c]) : "no clip"));
+      }
       if (static_cast<int64_t>(s.audio.size()) != s.audio_frames * bins) {
         return absl::InvalidArgumentError(
             absl::StrCat("UploadMicroBatch: a clip of ", s.audio.size(), " values for ",

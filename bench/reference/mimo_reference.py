@@ -584,6 +584,14 @@ class Replay:
         self.step, self.next = step, 0
         self.choice_flips = self.drop_flips = 0
 
+    def end_step(self):
+        """Every record of the step used: a C++ run with more MoE forwards than the reference
+        makes would otherwise go unnoticed."""
+        at = "s%d.r%d." % (self.step, self.next)
+        if at + "layer" in self.archive:
+            raise DumpError("routing.bin has %s beyond the %d records the reference used in "
+                            "step %d" % (at, self.next, self.step))
+
     def take(self, layer, shape, device):
         at = "s%d.r%d." % (self.step, self.next)
         if at + "layer" not in self.archive:
@@ -618,7 +626,9 @@ def moe_layer(P, prefix, cfg, moe, state, seqs, x, aux_out, replay=None, layer=0
         cpp_dispatch = None
         if replay is not None:
             cpp_indices, cpp_dispatch = replay.take(layer, (T, k), x.device)
-            replay.choice_flips += int((cpp_indices != indices).any(dim=1).sum())
+            # The same experts in another order route alike: compare the sets.
+            differ = cpp_indices.sort(dim=1).values != indices.sort(dim=1).values
+            replay.choice_flips += int(differ.any(dim=1).sum())
             indices = cpp_indices
         # Training forwards count every choice (before any dropping) into the step's load.
         state.load += torch.bincount(indices.reshape(-1), minlength=E)
@@ -870,6 +880,8 @@ class Reference:
             loss_sum += float(ce_sum.detach())
             for a, z in aux:
                 aux_metric += (float(a.detach()) + float(z.detach())) / float(mb)
+        if self.replay is not None:
+            self.replay.end_step()
         loss = loss_sum / labelled if labelled > 0 else 0.0
         grad_norm, lr, skipped = self.optimizer_step()
         # FinishExpertLoadStep: after the optimizer (skipped or not), the bias updates.

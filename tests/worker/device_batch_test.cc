@@ -128,6 +128,16 @@ TEST(DeviceBatchTest, RefusesMediaThatDoNotMatch) {
   EXPECT_NE(d.status().message().find("a clip of 7 values for 4 frames of 2 mel bins"),
             std::string::npos)
       << d.status();
+  // The same clips in another order: as many, as many frames, but not the packed ones.
+  std::vector<data::Sample> swapped = Samples(3);
+  std::swap(swapped[1].audio, swapped[2].audio);
+  std::swap(swapped[1].audio_frames, swapped[2].audio_frames);
+  d = UploadMicroBatch(*ops, *host, swapped, config);
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(
+      d.status().message().find("clip 0 of the samples has 4 frames where the batch packed 2"),
+      std::string::npos)
+      << d.status();
   // Other samples than the batch was packed from: one image and one clip too few.
   samples.pop_back();
   d = UploadMicroBatch(*ops, *host, samples, config);
