@@ -38,6 +38,7 @@ namespace {
 using kernels::DType;
 using testing::BlockFactory;
 using testing::EncoderResult;
+using testing::Gather;
 using testing::Host;
 using testing::kHidden;
 using testing::LmResult;
@@ -49,6 +50,7 @@ using testing::Run;
 using testing::RunEncoder;
 using testing::RunLm;
 using testing::SliceOf;
+using testing::TokensOf;
 using testing::Upload;
 
 constexpr double kBound = 1e-5;
@@ -86,22 +88,6 @@ void OnRanks(const Split& s, Body body) {
     ASSERT_TRUE(groups.ok()) << groups.status();
     body(rank, **groups);
   });
-}
-
-// The tokens a member holds, in its row order.
-std::vector<int64_t> TokensOf(const std::vector<int32_t>& lengths, int cp, int rank) {
-  auto runs = parallel::ContextSplitRuns(lengths, cp, rank);
-  EXPECT_TRUE(runs.ok()) << runs.status();
-  return runs.ok() ? parallel::GlobalTokensOf(*runs) : std::vector<int64_t>{};
-}
-
-// Rows `tokens` of a (rows, width) matrix.
-template <typename T>
-std::vector<T> Gather(const std::vector<T>& m, int64_t width, const std::vector<int64_t>& tokens) {
-  std::vector<T> out;
-  for (int64_t t : tokens)
-    out.insert(out.end(), m.begin() + t * width, m.begin() + (t + 1) * width);
-  return out;
 }
 
 // Rows [member * n, (member + 1) * n) of a (rows, width) matrix: a tp member's block.

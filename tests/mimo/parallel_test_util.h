@@ -21,9 +21,27 @@
 #include "mimo/modality_encoder.h"
 #include "mimo/packed_sequences.h"
 #include "mimo/parameter.h"
+#include "parallel/context_split.h"
 #include "tests/mimo/model_test_util.h"
 
 namespace mimo::testing {
+
+// The tokens (indices in the whole packed batch) member `rank` of a context-parallel group of `cp`
+// holds: chunks rank and 2 cp - 1 - rank of every sequence.
+inline std::vector<int64_t> TokensOf(const std::vector<int32_t>& lengths, int cp, int rank) {
+  auto runs = parallel::ContextSplitRuns(lengths, cp, rank);
+  EXPECT_TRUE(runs.ok()) << runs.status();
+  return runs.ok() ? parallel::GlobalTokensOf(*runs) : std::vector<int64_t>{};
+}
+
+// Rows `tokens` of a (rows, width) matrix.
+template <typename T>
+std::vector<T> Gather(const std::vector<T>& m, int64_t width, const std::vector<int64_t>& tokens) {
+  std::vector<T> out;
+  for (int64_t t : tokens)
+    out.insert(out.end(), m.begin() + t * width, m.begin() + (t + 1) * width);
+  return out;
+}
 
 // An fp32 tensor's values.
 inline std::vector<float> Host(kernels::Ops& ops, const kernels::Tensor& t) {
