@@ -66,13 +66,7 @@ std::vector<comm::Communicator*> Trainer::ExpertNormGroups() const {
   return {options_.groups.ep, options_.groups.expt_tp};
 }
 
-std::vector<MoeLayer*> Trainer::MoeLayers() const {
-  std::vector<MoeLayer*> out;
-  for (const auto& chunk : modules_->language) {
-    for (MoeLayer* layer : chunk->moe_layers()) out.push_back(layer);
-  }
-  return out;
-}
+std::vector<MoeLayer*> Trainer::MoeLayers() const { return modules_->moe_layers(); }
 
 void Trainer::SetDropoutStream(StepContext& ctx, int64_t base, int64_t i) const {
   const int64_t samples = modules_->language_dp * options_.micro_batch_size;  // A global one's.
@@ -219,8 +213,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
                                           .stage = stage,
                                           .chunks = language ? o.virtual_stages : 1,
                                           .seed = o.seed}));
-  for (int x : {kVision, kAudio}) modules->encoders[x] = std::move(built.encoders[x]);
-  modules->language = std::move(built.language);
+  static_cast<RankModules&>(*modules) = std::move(built);
   // Shared word embeddings over stages: the first and last stages sum their copies' gradients.
   Parameter* shared_copy = trainer_parts::SharedEmbeddingsCopy(modules->language);
   if (shared_copy != nullptr && ModelGroups::Size(o.embd) != 2) {
@@ -231,9 +224,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
         ModelGroups::Size(o.embd)));
   }
   std::vector<Parameter*> experts, dense;
-  for (const auto& chunk : modules->language) {
-    for (MoeLayer* layer : chunk->moe_layers()) layer->AppendExpertParameters(experts);
-  }
+  for (MoeLayer* layer : modules->moe_layers()) layer->AppendExpertParameters(experts);
   // The order the backward finishes the parameters: the language model's from its output
   // layer back, then each encoder's from its projector back.
   std::vector<Parameter*> order;
@@ -336,10 +327,7 @@ absl::StatusOr<data::Sample> Trainer::ReadSample(int64_t index) {
 }
 
 void Trainer::AppendParameters(std::vector<Parameter*>& out) const {
-  for (const auto& e : modules_->encoders) {
-    if (e != nullptr) e->AppendParameters(out);
-  }
-  for (const auto& chunk : modules_->language) chunk->AppendParameters(out);
+  modules_->AppendParameters(out);
 }
 
 absl::StatusOr<StepMetrics> Trainer::Step() {

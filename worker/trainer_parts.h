@@ -13,6 +13,7 @@
 #include "mimo/mimo_model.h"
 #include "mimo/modality_encoder.h"
 #include "worker/bridge_link.h"
+#include "worker/rank_modules.h"
 #include "worker/trainer.h"
 
 namespace mimo::worker {
@@ -60,11 +61,8 @@ inline Parameter* SharedEmbeddingsCopy(const std::vector<std::unique_ptr<Languag
 
 }  // namespace trainer_parts
 
-struct Trainer::Modules {
-  std::unique_ptr<ModalityEncoder> encoders[2];  // Vision, audio; null where not on this rank.
-  // The language model's chunks on this rank (RankModules::language): one unless the pipeline
-  // stages are interleaved; none on encoder ranks.
-  std::vector<std::unique_ptr<LanguageModel>> language;
+// The rank's modules (encoders, language chunks) and how its encoders and language replicas meet.
+struct Trainer::Modules : RankModules {
   std::vector<BridgeEnd> links[2];  // Per encoder, by peer replica.
   int language_dp = 1;              // L.
   int encoder_dp[2] = {1, 1};       // E of each encoder.
