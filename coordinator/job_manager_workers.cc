@@ -7,6 +7,7 @@
 #include "common/status_macros.h"
 #include "coordinator/job_manager.h"
 #include "coordinator/job_state.h"
+#include "coordinator/plan_proto.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace mimo::coordinator {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/grpc_status.h"
 #include "coordinator/job_state.h"
+#include "coordinator/plan_proto.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace mimo::coordinator {

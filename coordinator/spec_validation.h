@@ -1,4 +1,4 @@
-// Validates a JobSpec (every field, layout through the planner) and converts rank plans to protos.
+// Validates a JobSpec (every field, layout through the planner).
 #pragma once
 
 #include <string>
@@ -48,23 +48,5 @@ parallel::LayoutSpec ToLayoutSpec(const v1::JobSpec& spec);
 // `violations` (may be null) receives the list, empty on success.
 absl::StatusOr<parallel::RankPlan> ValidateJobSpec(const v1::JobSpec& spec,
                                                    std::vector<FieldViolation>* violations);
-
-// Whether a rank's protos list the members of its process groups. The members of all ranks
-// together grow with the square of the world size (every rank lists its whole module in
-// "tp_cp_dp_pp"), so whole-plan answers leave them out and each worker gets only its own.
-enum class GroupMembers { kInclude, kOmit };
-
-// Every module's resolved sizes (expt_dp only on the language module, 0 on encoders).
-void ModulesToProto(const parallel::RankPlan& plan,
-                    google::protobuf::RepeatedPtrField<v1::ModulePlan>* modules);
-
-// The plan, or one rank of it, as protos: the modules (ModulesToProto) and per rank its
-// coordinates, seeds and, with GroupMembers::kInclude, its groups keyed by
-// parallel::GroupKindName ("embd"/"pos_embd" present but empty off their stages; the expert
-// kinds on language ranks only).
-v1::RankPlan RankPlanToProto(const parallel::RankPlan& plan,
-                             GroupMembers groups = GroupMembers::kInclude);
-v1::RankAssignment RankToProto(const parallel::RankPlan& plan, int rank,
-                               GroupMembers groups = GroupMembers::kInclude);
 
 }  // namespace mimo::coordinator

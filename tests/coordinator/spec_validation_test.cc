@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "coordinator/plan_proto.h"
 
 namespace mimo::coordinator {
 namespace {

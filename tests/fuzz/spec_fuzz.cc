@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "coordinator/plan_proto.h"
 #include "coordinator/spec_validation.h"
 #include "tools/mimoctl/spec_file.h"
 

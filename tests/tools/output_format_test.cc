@@ -16,6 +16,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/time/time.h"
+#include "coordinator/plan_proto.h"
 #include "coordinator/spec_validation.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/plan_proto.h"
 #include "coordinator/spec_validation.h"
 
 namespace mimo::tools {

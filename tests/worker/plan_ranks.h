@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "comm/in_memory_store.h"
 #include "comm/process_groups.h"
+#include "coordinator/plan_proto.h"
 #include "coordinator/spec_validation.h"
 #include "worker/group_specs.h"
 

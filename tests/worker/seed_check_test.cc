@@ -10,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "coordinator/plan_proto.h"
 #include "coordinator/spec_validation.h"
 #include "tests/coordinator/test_server.h"
 #include "tests/worker/worker_test_util.h"

@@ -25,6 +25,7 @@
 #include "common/bfloat16.h"
 #include "common/byte_buffer.h"
 #include "common/status_macros.h"
+#include "coordinator/plan_proto.h"
 #include "coordinator/spec_validation.h"
 #include "kernels/allocator.h"
 #include "nlohmann/json.hpp"
