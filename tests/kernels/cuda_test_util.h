@@ -1,11 +1,12 @@
 // For CUDA op tests: device buffers (poisoned on allocation, filled from and read back to the host)
-// and a fixture that skips without a GPU.
+// and a fixture that skips without a GPU; why a multi-GPU test skips.
 #pragma once
 
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "kernels/device_info.h"
@@ -50,6 +51,16 @@ class DeviceBuffer {
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// Why a test that needs `n` CUDA devices cannot run here ("needs 2 CUDA devices, found 1"), or
+// "" when it can.
+inline std::string MissingCudaDevices(size_t n) {
+  const CudaDevices devices = ListCudaDevices();
+  if (devices.devices.size() >= n) return "";
+  return "needs " + std::to_string(n) + " CUDA devices, found " +
+         std::to_string(devices.devices.size()) +
+         (devices.devices.empty() ? ": " + devices.unavailable_reason : "");
+}
 
 // A CUDA op test over dtypes: skips, with the reason, where no CUDA device is visible.
 class CudaOpTest : public ::testing::TestWithParam<DType> {

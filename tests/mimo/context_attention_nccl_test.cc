@@ -13,9 +13,9 @@
 #include "comm/process_groups.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda_ops.h"
-#include "kernels/device_info.h"
 #include "mimo/context_attention.h"
 #include "tests/comm/run_ranks.h"
+#include "tests/kernels/cuda_test_util.h"
 #include "tests/mimo/model_test_util.h"
 #include "tests/mimo/parallel_test_util.h"
 
@@ -39,11 +39,8 @@ struct Grads {
 class ContextAttentionNcclTest : public ::testing::TestWithParam<std::tuple<DType, bool>> {
  protected:
   void SetUp() override {
-    const kernels::CudaDevices devices = kernels::ListCudaDevices();
-    if (devices.devices.size() < 2) {
-      GTEST_SKIP() << "needs 2 CUDA devices, found " << devices.devices.size()
-                   << (devices.devices.empty() ? ": " + devices.unavailable_reason : "");
-    }
+    const std::string missing = kernels::testing::MissingCudaDevices(2);
+    if (!missing.empty()) GTEST_SKIP() << missing;
   }
 };
 

@@ -15,8 +15,8 @@
 #include "comm/in_memory_store.h"
 #include "comm/process_groups.h"
 #include "kernels/cuda_ops.h"
-#include "kernels/device_info.h"
 #include "tests/comm/run_ranks.h"
+#include "tests/kernels/cuda_test_util.h"
 #include "tests/mimo/model_test_util.h"
 #include "tests/worker/trainer_dp_util.h"
 
@@ -46,11 +46,8 @@ TrainerOptions Options() {
 class TrainerModelParallelNcclTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
-    const kernels::CudaDevices devices = kernels::ListCudaDevices();
-    if (devices.devices.size() < 2) {
-      GTEST_SKIP() << "needs 2 CUDA devices, found " << devices.devices.size()
-                   << (devices.devices.empty() ? ": " + devices.unavailable_reason : "");
-    }
+    const std::string missing = kernels::testing::MissingCudaDevices(2);
+    if (!missing.empty()) GTEST_SKIP() << missing;
   }
 };
 

@@ -11,8 +11,8 @@
 #include "comm/in_memory_store.h"
 #include "comm/process_groups.h"
 #include "kernels/cuda_ops.h"
-#include "kernels/device_info.h"
 #include "tests/comm/run_ranks.h"
+#include "tests/kernels/cuda_test_util.h"
 #include "tests/worker/trainer_dp_util.h"
 
 namespace mimo::worker {
@@ -33,11 +33,8 @@ MimoModelConfig Model() {
 class TrainerNcclTest : public ::testing::TestWithParam<std::tuple<bool, const char*>> {
  protected:
   void SetUp() override {
-    const kernels::CudaDevices devices = kernels::ListCudaDevices();
-    if (devices.devices.size() < 2) {
-      GTEST_SKIP() << "needs 2 CUDA devices, found " << devices.devices.size()
-                   << (devices.devices.empty() ? ": " + devices.unavailable_reason : "");
-    }
+    const std::string missing = kernels::testing::MissingCudaDevices(2);
+    if (!missing.empty()) GTEST_SKIP() << missing;
   }
 };
 
