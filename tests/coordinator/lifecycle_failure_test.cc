@@ -1,0 +1,310 @@
+// Failures through the real server: dead and silent workers, the rank to blame, restarts of
+// failed attempts, active deadlines.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "google/protobuf/util/time_util.h"
+#include "tests/coordinator/lifecycle_fixture.h"
+
+namespace mimo::coordinator::testing {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+using ::testing::AllOf;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+TEST_F(LifecycleTest, WorkerFailureFailsTheJobNamingTheRank) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_TRUE(workers[2]->Report(as[2], v1::WORKER_STATE_FAILED, 137, "killed").ok());
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
+  EXPECT_EQ(failed.failure().rank(), 2);
+  EXPECT_EQ(failed.failure().exit_code(), 137);
+  EXPECT_THAT(failed.failure().message(), HasSubstr("rank 2 failed (exit code 137): killed"));
+  // The other ranks are told to stop.
+  EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
+TEST_F(LifecycleTest, ADeadWorkerWhosePeersFailedFirstIsNamedAsTheCause) {
+  // Rank 1's worker dies (no more heartbeats); rank 2 reports the broken connection before the
+  // coordinator notices. Once rank 1's heartbeat timeout passes, the job names rank 1.
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  const std::vector<FakeWorker*> alive = {workers[0].get(), workers[2].get(), workers[3].get()};
+  KeepBeating(alive, absl::Milliseconds(100));  // Rank 1 is silent from here on.
+  ASSERT_TRUE(
+      workers[2]
+          ->Report(as[2], v1::WORKER_STATE_FAILED, 1, "all-gather: Connection closed by peer")
+          .ok());
+  EXPECT_EQ(AwaitState(job.id(), v1::JOB_STATE_FAILED).failure().rank(), 2);
+  for (int r : {0, 3}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  KeepBeating(alive, absl::Milliseconds(700));  // Past the 400 ms heartbeat timeout.
+  const v1::Job failed = Get(job.id());
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.failure().reason(), "HEARTBEAT_TIMEOUT");
+  EXPECT_EQ(failed.failure().rank(), 1);
+  EXPECT_THAT(failed.failure().message(),
+              AllOf(HasSubstr("rank 1 (worker "), HasSubstr("sent no heartbeat for 400ms"),
+                    HasSubstr("most likely the cause; rank 2 had reported: rank 2 failed (exit "
+                              "code 1): all-gather: Connection closed by peer")));
+  const std::vector<std::string> states = StateEvents(job.id());
+  EXPECT_EQ(states.back().rfind("FAILED: WORKER_FAILED", 0), 0u) << states.back();
+  // The note is an event of its own, after the FAILED one.
+  v1::ListJobEventsRequest request;
+  request.set_job_id(job.id());
+  v1::ListJobEventsResponse response;
+  ASSERT_TRUE(jobs_->ListJobEvents(Context().get(), request, &response).ok());
+  const v1::JobEvent& last = response.events(response.events_size() - 1);
+  EXPECT_FALSE(last.has_state());
+  EXPECT_THAT(last.message(), HasSubstr("attempt 1: rank 1 (worker "));
+}
+
+TEST_F(LifecycleTest, AWorkerDyingAfterItsAttemptFailedIsNotBlamed) {
+  // Every rank heartbeats on after rank 2's failure; rank 1's worker dies only later: the
+  // failure keeps naming rank 2.
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_TRUE(workers[2]->Report(as[2], v1::WORKER_STATE_FAILED, 1, "bad data").ok());
+  AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  KeepBeating(Ptrs(workers), absl::Milliseconds(100));
+  KeepBeating({workers[0].get(), workers[2].get(), workers[3].get()}, absl::Milliseconds(700));
+  const v1::Job failed = Get(job.id());
+  EXPECT_EQ(failed.failure().rank(), 2);
+  EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
+}
+
+TEST_F(LifecycleTest, RankStoppingUnaskedEndsTheAttempt) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  // Its worker was shut down (SIGTERM) while the others still run.
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_STOPPED, 0, "SIGTERM").ok());
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.failure().reason(), "WORKER_STOPPED");
+  EXPECT_EQ(failed.failure().rank(), 1);
+  EXPECT_THAT(failed.failure().message(),
+              HasSubstr("rank 1 stopped before the job ended: SIGTERM"));
+  EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
+TEST_F(LifecycleTest, WorkerIdsNeverRepeatAcrossRestarts) {
+  auto before = Workers(2);
+  StopServer();
+  StartServer(options_);
+  auto after = Workers(2);
+  for (const auto& old_worker : before) {
+    for (const auto& new_worker : after) EXPECT_NE(old_worker->id(), new_worker->id());
+    // The old id is unknown to the new coordinator, so its worker registers again.
+    EXPECT_EQ(old_worker->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+  }
+}
+
+TEST_F(LifecycleTest, FailedAttemptRestartsWhenAllowed) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  v1::Job restarted = AwaitState(job.id(), v1::JOB_STATE_PENDING);
+  EXPECT_EQ(restarted.attempt(), 2);
+  EXPECT_THAT(restarted.state_reason(), HasSubstr("restarting as attempt 2 of 2"));
+  for (int r : {0, 2, 3}) {
+    EXPECT_EQ(workers[r]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  std::vector<v1::Assignment> second = Assignments(workers);
+  EXPECT_EQ(second[0].attempt(), 2);
+  ASSERT_TRUE(workers[0]->Report(second[0], v1::WORKER_STATE_FAILED, 2, "again").ok());
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.attempt(), 2);
+  EXPECT_EQ(failed.failure().rank(), 0);
+}
+
+TEST_F(LifecycleTest, FailedAttemptFreesRanksNeverFetchedAndStopsTheOthers) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  // Workers 0-2 fetch their ranks; worker 3 has not asked yet when worker 1 fails.
+  std::vector<v1::Assignment> as;
+  for (int i = 0; i < 3; ++i) {
+    std::optional<v1::Assignment> a = workers[i]->Assignment(absl::Seconds(5));
+    ASSERT_TRUE(a.has_value());
+    as.push_back(*a);
+  }
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  EXPECT_EQ(AwaitState(job.id(), v1::JOB_STATE_PENDING).attempt(), 2);
+  EXPECT_EQ(workers[3]->Heartbeat(), v1::HeartbeatResponse::COMMAND_CONTINUE);
+  for (int i : {0, 2}) {
+    EXPECT_EQ(workers[i]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+    ASSERT_TRUE(workers[i]->Report(as[i], v1::WORKER_STATE_STOPPED).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), Ptrs(workers));
+  for (const v1::Assignment& a : Assignments(workers)) EXPECT_EQ(a.attempt(), 2);
+}
+
+TEST_F(LifecycleTest, SilentWorkerFailsTheJobWithinTheHeartbeatTimeout) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  const absl::Time start = absl::Now();
+  // Ranks 0, 1 and 3 keep beating; rank 2 falls silent.
+  v1::Job job_now = Get(job.id());
+  while (job_now.state() != v1::JOB_STATE_FAILED && absl::Now() - start < absl::Seconds(5)) {
+    for (int r : {0, 1, 3}) workers[r]->Heartbeat();
+    absl::SleepFor(absl::Milliseconds(50));
+    job_now = Get(job.id());
+  }
+  ASSERT_EQ(job_now.state(), v1::JOB_STATE_FAILED);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_EQ(job_now.failure().reason(), "HEARTBEAT_TIMEOUT");
+  EXPECT_EQ(job_now.failure().rank(), 2);
+  EXPECT_THAT(job_now.failure().message(), HasSubstr("rank 2 (worker"));
+  EXPECT_EQ(workers[2]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+}
+
+TEST_F(LifecycleTest, SilentWorkerOfAnEndedAttemptDoesNotTouchTheNextAttempt) {
+  // A long cancel grace, so that below only a wrongly counted rank can end the cancel early.
+  ServerOptions options = FastOptions(db_path_);
+  options.manager.cancel_grace = absl::Seconds(30);
+  StopServer();
+  StartServer(options);
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  const v1::Job job = Submit(spec);
+  auto first = Workers(4, "a");
+  std::vector<v1::Assignment> as = Assignments(first);
+  ASSERT_TRUE(first[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  AwaitState(job.id(), v1::JOB_STATE_PENDING);
+  // Attempt 2 runs on the failed rank's worker (free again) and three new ones.
+  std::vector<std::unique_ptr<FakeWorker>> second;
+  second.push_back(std::move(first[1]));
+  for (auto& w : Workers(3, "b")) second.push_back(std::move(w));
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  std::vector<v1::Assignment> bs;  // By worker, not by rank.
+  for (auto& w : second) {
+    std::optional<v1::Assignment> a = w->Assignment(absl::Seconds(5));
+    ASSERT_TRUE(a.has_value());
+    ASSERT_EQ(a->attempt(), 2);
+    ASSERT_TRUE(w->Report(*a, v1::WORKER_STATE_RUNNING).ok());
+    bs.push_back(*a);
+  }
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+
+  // Attempt 1's ranks 0, 2 and 3 were told to stop; ranks 0 and 3 vanish without confirming.
+  for (int i : {0, 2, 3}) EXPECT_EQ(first[i]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+  std::vector<FakeWorker*> beating = Ptrs(second);
+  beating.push_back(first[2].get());
+  KeepBeating(beating, options.manager.heartbeat_timeout + absl::Milliseconds(300));
+  ASSERT_EQ(first[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);  // Declared dead.
+  ASSERT_EQ(first[3]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+  const v1::Job still = Get(job.id());
+  EXPECT_EQ(still.state(), v1::JOB_STATE_RUNNING) << still.state_reason();
+  EXPECT_EQ(still.attempt(), 2);
+  EXPECT_FALSE(still.has_failure());
+
+  // Attempt 2 is cancelled: attempt 1's rank 2 vanishing is not attempt 2's rank 2 confirming.
+  v1::CancelJobResponse response;
+  ASSERT_TRUE(Cancel(job.id(), &response).ok());
+  ASSERT_EQ(response.job().state(), v1::JOB_STATE_CANCELLING);
+  int rank2 = -1;
+  for (int i = 0; i < 4; ++i) {
+    if (bs[i].rank().rank() == 2) {
+      rank2 = i;
+    } else {
+      ASSERT_TRUE(second[i]->Report(bs[i], v1::WORKER_STATE_STOPPED).ok());
+    }
+  }
+  ASSERT_NE(rank2, -1);
+  KeepBeating({second[rank2].get()}, options.manager.heartbeat_timeout + absl::Milliseconds(300));
+  ASSERT_EQ(first[2]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_CANCELLING);
+  ASSERT_TRUE(second[rank2]->Report(bs[rank2], v1::WORKER_STATE_STOPPED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(LifecycleTest, ActiveDeadlineFailsTheJob) {
+  v1::JobSpec spec = SmallSpec();
+  *spec.mutable_active_deadline() = google::protobuf::util::TimeUtil::MillisecondsToDuration(150);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  const absl::Time start = absl::Now();
+  v1::Job job_now = Get(job.id());
+  while (job_now.state() != v1::JOB_STATE_FAILED && absl::Now() - start < absl::Seconds(5)) {
+    for (auto& w : workers) w->Heartbeat();
+    absl::SleepFor(absl::Milliseconds(20));
+    job_now = Get(job.id());
+  }
+  EXPECT_EQ(job_now.failure().reason(), "DEADLINE_EXCEEDED");
+  EXPECT_EQ(job_now.failure().rank(), -1);
+}
+
+TEST_F(LifecycleTest, DeadlineExceededIsFinalEvenWithRestartsLeft) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(3);
+  *spec.mutable_active_deadline() = TimeUtil::MillisecondsToDuration(150);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  const v1::Job failed =
+      AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5), Ptrs(workers));
+  EXPECT_EQ(failed.failure().reason(), "DEADLINE_EXCEEDED");
+  EXPECT_EQ(failed.attempt(), 1);
+  EXPECT_THAT(StateEvents(job.id()),
+              ElementsAre("PENDING: submitted", "SCHEDULED: attempt 1: 4 ranks assigned",
+                          StartsWith("FAILED: DEADLINE_EXCEEDED")));
+  for (auto& w : workers) EXPECT_EQ(w->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
+TEST_F(LifecycleTest, ActiveDeadlineCountsFromTheFirstStartAcrossRestarts) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  *spec.mutable_active_deadline() = TimeUtil::MillisecondsToDuration(1000);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  const v1::Job first = Get(job.id());
+  ASSERT_TRUE(first.has_start_time());
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  for (int r : {0, 2, 3}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  const v1::Job second = AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  ASSERT_EQ(second.attempt(), 2);
+  EXPECT_EQ(TimeUtil::ToString(second.start_time()), TimeUtil::ToString(first.start_time()));
+  const v1::Job failed =
+      AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5), Ptrs(workers));
+  EXPECT_EQ(failed.failure().reason(), "DEADLINE_EXCEEDED");
+  EXPECT_EQ(failed.attempt(), 2);
+}
+
+TEST_F(LifecycleTest, ActiveDeadlineAlsoCountsWhileWaitingToRestart) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  *spec.mutable_active_deadline() = TimeUtil::MillisecondsToDuration(300);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);
+  // Ranks 0, 2 and 3 never confirm their stop, so attempt 2 never finds four free workers.
+  const v1::Job failed =
+      AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5), Ptrs(workers));
+  EXPECT_EQ(failed.failure().reason(), "DEADLINE_EXCEEDED");
+  EXPECT_EQ(failed.attempt(), 2);
+}
+
+}  // namespace
+}  // namespace mimo::coordinator::testing

@@ -1,0 +1,154 @@
+// Restarts of the coordinator through the real server: jobs kept, workers reattached or their
+// jobs failed, scheduled jobs rescheduled, waits answered when it stops.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "google/protobuf/util/time_util.h"
+#include "tests/coordinator/lifecycle_fixture.h"
+
+namespace mimo::coordinator::testing {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+using ::testing::AllOf;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+TEST_F(LifecycleTest, RestartKeepsJobsAndReattachesRunningWorkers) {
+  const v1::Job done = Submit(SmallSpec("done"));
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(done.id());
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(jobs_->CancelJob(Context().get(), cancel, &cancelled).ok());
+  const v1::Job job = Submit(SmallSpec("running"));
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  const v1::Job before = AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  const v1::Job done_before = Get(done.id());
+
+  StopServer();
+  StartServer(options_);
+  EXPECT_EQ(Get(done.id()).DebugString(), done_before.DebugString());
+  EXPECT_EQ(Get(job.id()).DebugString(), before.DebugString());
+  // The old worker ids are unknown to the new coordinator.
+  EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+  std::vector<std::unique_ptr<FakeWorker>> again;
+  for (int r = 0; r < 4; ++r) {
+    v1::RunningAssignment resume;
+    resume.set_job_id(job.id());
+    resume.set_attempt(1);
+    resume.set_rank(r);
+    again.push_back(std::make_unique<FakeWorker>(Channel(), "h", r, v1::DEVICE_KIND_CPU, resume));
+  }
+  KeepBeating(Ptrs(again), options_.manager.reattach_grace + absl::Milliseconds(200));
+  for (auto& w : again) EXPECT_EQ(w->Heartbeat(), v1::HeartbeatResponse::COMMAND_CONTINUE);
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(again[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(LifecycleTest, RestartFailsRunningJobsWhoseWorkersDoNotComeBack) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  StopServer();
+  StartServer(options_);
+  v1::RunningAssignment resume;
+  resume.set_job_id(job.id());
+  resume.set_attempt(1);
+  resume.set_rank(0);
+  FakeWorker back(Channel(), "h", 0, v1::DEVICE_KIND_CPU, resume);
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5), {&back});
+  EXPECT_EQ(failed.failure().reason(), "COORDINATOR_RESTARTED");
+  EXPECT_THAT(failed.failure().message(), HasSubstr("ranks 1, 2, 3 did not re-register"));
+  EXPECT_EQ(back.Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
+TEST_F(LifecycleTest, RestartReschedulesAScheduledJobWhoseWorkersNeverStartedIt) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);  // No worker asks for its rank.
+  StopServer();
+  StartServer(options_);
+  // The same workers register again, with nothing to resume.
+  auto again = Workers(4);
+  KeepBeating(Ptrs(again), options_.manager.reattach_grace + absl::Milliseconds(300));
+  const v1::Job rescheduled =
+      AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), Ptrs(again));
+  EXPECT_EQ(rescheduled.attempt(), 1);
+  EXPECT_FALSE(rescheduled.has_failure());
+  EXPECT_THAT(StateEvents(job.id()),
+              ElementsAre("PENDING: submitted", "SCHEDULED: attempt 1: 4 ranks assigned",
+                          AllOf(StartsWith("PENDING: "), HasSubstr("coordinator restarted"),
+                                HasSubstr("attempt 1")),
+                          "SCHEDULED: attempt 1: 4 ranks assigned"));
+  std::vector<v1::Assignment> as = Assignments(again);
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(as[r].job_id(), job.id());
+    EXPECT_EQ(as[r].attempt(), 1);
+    ASSERT_TRUE(again[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+}
+
+TEST_F(LifecycleTest, ReattachedWorkersMoveAScheduledJobToRunning) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  // Ranks 0 and 1 report running; the coordinator restarts before ranks 2 and 3 do.
+  for (int r : {0, 1}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_EQ(Get(job.id()).state(), v1::JOB_STATE_SCHEDULED);
+  StopServer();
+  StartServer(options_);
+  std::vector<std::unique_ptr<FakeWorker>> again;
+  for (int r = 0; r < 4; ++r) {
+    v1::RunningAssignment resume;
+    resume.set_job_id(job.id());
+    resume.set_attempt(1);
+    resume.set_rank(r);
+    again.push_back(std::make_unique<FakeWorker>(Channel(), "h", r, v1::DEVICE_KIND_CPU, resume));
+  }
+  // Every rank is back and running: no further report is needed to say so.
+  const v1::Job running =
+      AwaitState(job.id(), v1::JOB_STATE_RUNNING, absl::Seconds(2), Ptrs(again));
+  EXPECT_THAT(running.state_reason(), HasSubstr("re-attached"));
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(again[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(LifecycleTest, WaitKeysAnswersUnavailableWhenTheCoordinatorStops) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  auto stub = v1::WorkerService::NewStub(Channel());
+  v1::GetKeyRequest get;  // Connects the channel, so the wait below starts at once.
+  get.set_job_id(job.id());
+  get.set_attempt(1);
+  get.set_key("k");
+  v1::GetKeyResponse got;
+  ASSERT_TRUE(stub->GetKey(Context().get(), get, &got).ok());
+  grpc::Status status;
+  std::thread waiter([&] {
+    v1::WaitKeysRequest request;
+    request.set_job_id(job.id());
+    request.set_attempt(1);
+    request.add_keys("never");
+    *request.mutable_timeout() = TimeUtil::SecondsToDuration(30);
+    v1::WaitKeysResponse response;
+    status = stub->WaitKeys(Context("", absl::Seconds(30)).get(), request, &response);
+  });
+  absl::SleepFor(absl::Milliseconds(300));  // The wait is under way.
+  StopServer();
+  waiter.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("shutting down"));
+}
+
+}  // namespace
+}  // namespace mimo::coordinator::testing
