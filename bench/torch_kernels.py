@@ -165,8 +165,12 @@ def load(path):
 
 def table(cases, ours, theirs):
     ours = {r["name"]: r for r in ours}
-    copy = next((r["gbps"] for r in ours.values() if r["name"].startswith("copy")), None)
-    print("| case | shape | ours ms | ours rate | % of copy bw | torch | torch ms | torch rate | ours / torch speed |")
+    # The floor is the fastest copy measured in the run, ours (cudaMemcpyAsync) or torch's copy_:
+    # on an H200 copy_ moves 4.3 TB/s where cudaMemcpyAsync moves 2.8.
+    copies = [r["gbps"] for r in list(ours.values()) + theirs
+              if r["name"].startswith("copy") and "gbps" in r]
+    copy = max(copies, default=None)
+    print("| case | shape | ours ms | ours rate | % of best copy bw | torch | torch ms | torch rate | ours / torch speed |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for case in cases:
         mine = ours.get(case["name"])
