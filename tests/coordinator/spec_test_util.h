@@ -1,10 +1,18 @@
-// The job specs the coordinator's spec tests start from: a valid 8-rank MIMO training job and the
-// tensor-parallel layout whose plan the plan tests check by hand.
+// The job specs the coordinator's spec tests start from (a valid 8-rank MIMO training job and the
+// tensor-parallel layout whose plan the plan tests check by hand), the valid spec's modules by
+// role, and FailingFields for specs that must fail.
 #pragma once
 
 #include <google/protobuf/text_format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "coordinator/spec_validation.h"
 #include "mimo/v1/job_spec.pb.h"
 
 namespace mimo::coordinator::testing {
@@ -92,5 +100,40 @@ inline v1::JobSpec TpLayoutSpec() {
   spec.mutable_modules(2)->mutable_parallelism()->set_dp(2);
   return spec;
 }
+
+inline std::vector<std::string> Fields(const std::vector<FieldViolation>& violations) {
+  std::vector<std::string> fields;
+  for (const FieldViolation& v : violations) fields.push_back(v.field);
+  return fields;
+}
+
+// The violations' field paths of a spec that must fail, checking the status on the way.
+inline std::vector<std::string> FailingFields(const v1::JobSpec& spec,
+                                              std::vector<FieldViolation>* out = nullptr) {
+  std::vector<FieldViolation> violations;
+  absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(spec, &violations);
+  EXPECT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  // The message: "invalid job spec (N problems)", then "field: description", one per line, in
+  // order.
+  std::vector<std::string> lines = absl::StrSplit(plan.status().message(), '\n');
+  EXPECT_EQ(lines.size(), violations.size() + 1);
+  EXPECT_EQ(lines[0], absl::StrCat("invalid job spec (", violations.size(), " problem",
+                                   violations.size() == 1 ? ")" : "s)"));
+  lines.erase(lines.begin());
+  for (size_t i = 0; i < std::min(lines.size(), violations.size()); ++i) {
+    EXPECT_EQ(lines[i], violations[i].field + ": " + violations[i].description);
+    EXPECT_FALSE(violations[i].description.empty()) << violations[i].field;
+  }
+  if (out != nullptr) *out = violations;
+  return Fields(violations);
+}
+
+inline v1::Module& Vision(v1::JobSpec& s) { return *s.mutable_modules(0); }
+inline v1::Module& Audio(v1::JobSpec& s) { return *s.mutable_modules(1); }
+inline v1::Module& Language(v1::JobSpec& s) { return *s.mutable_modules(2); }
+inline v1::MoE& Moe(v1::JobSpec& s) { return *Language(s).mutable_language()->mutable_moe(); }
+inline v1::Training& Train(v1::JobSpec& s) { return *s.mutable_training(); }
+inline v1::Optimizer& Opt(v1::JobSpec& s) { return *s.mutable_training()->mutable_optimizer(); }
 
 }  // namespace mimo::coordinator::testing
