@@ -30,8 +30,8 @@ namespace {
 
 using nlohmann::ordered_json;
 
-// The tensor archive bench/reference/mimo_reference.py reads: "MIMOTEN1", then per tensor the
-// name (uint32 length + bytes), dtype (0 fp32, 1 int32), rank, int64 dims, row-major data.
+// The tensor archive bench/reference/archive.py reads: "MIMOTEN1", then per tensor the name
+// (uint32 length + bytes), dtype (0 fp32, 1 int32), rank, int64 dims, row-major data.
 class Archive {
  public:
   explicit Archive(const std::string& path) : out_(path, std::ios::binary) { out_ << "MIMOTEN1"; }
