@@ -468,13 +468,16 @@ class SpecChecker {
 
   // Each layer's tp collectives, or the stages' transfers, beside the dp ones on the
   // communication thread: two NCCL communicators driven from two threads, not run on GPUs yet.
+  // Unset, the workers turn the overlap off for such modules (worker/train_job.h); asked for, it
+  // is refused.
   void CheckNoOverlapOnGpus(const std::string& what) {
     const v1::Optimizer& o = spec_.training().optimizer();
-    const bool overlap = !o.has_overlap_grad_reduce() || o.overlap_grad_reduce();
-    if (overlap && spec_.resources().device() != v1::DEVICE_KIND_CPU) {
+    if (o.has_overlap_grad_reduce() && o.overlap_grad_reduce() &&
+        spec_.resources().device() != v1::DEVICE_KIND_CPU) {
       Add("training.optimizer.overlap_grad_reduce",
           absl::StrCat("overlapping the gradient reduction with ", what,
-                       " on GPUs is not supported yet: set overlap_grad_reduce: false"));
+                       " on GPUs is not supported yet: leave overlap_grad_reduce unset (off for "
+                       "such modules on GPUs) or set it false"));
     }
   }
 

@@ -52,6 +52,14 @@ struct MaxSum {
   float m, s;
 };
 
+// exp(d) for the per-logit terms: ex2 of d * log2(e) takes a few instructions where expf's range
+// reduction takes about twice as many, and the chunk kernel issues one per logit it reads. The
+// relative error grows with |d| (about 1e-7 per unit of d), so it stays small where the terms are
+// not (d near 0).
+__device__ __forceinline__ float ExpOfDifference(float d) {
+  return exp2f(d * 1.4426950408889634f);
+}
+
 __device__ __forceinline__ MaxSum Combine(MaxSum a, MaxSum b) {
   const float m = fmaxf(a.m, b.m);
   if (m == -INFINITY) return {m, 0.0f};  // Nothing but -inf yet (and no -inf - -inf).
@@ -117,7 +125,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int u = 0; u < kUnroll; ++u) {
       float s = 0.0f;
 #pragma unroll
-      for (int e = 0; e < N; ++e) s += expf(f[u][e] - acc.m);
+      for (int e = 0; e < N; ++e) s += ExpOfDifference(f[u][e] - acc.m);
       acc.s += s;
     }
   }
@@ -195,7 +203,7 @@ __global__ void __launch_bounds__(kThreads)
       P d;
 #pragma unroll
       for (int e = 0; e < N; ++e) {
-        const float prob = expf(ToFloat(v[u].v[e]) - l);
+        const float prob = ExpOfDifference(ToFloat(v[u].v[e]) - l);
         const float onehot = target == c0 + e ? 1.0f : 0.0f;
         Put(&d.v[e], scale * (prob - onehot));
       }

@@ -156,7 +156,16 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   o.tokenizer_model = from_spec.tokenizer_model;
   o.optimizer = from_spec.optimizer;
   o.distributed_optimizer = from_spec.distributed_optimizer;
+  o.overlap_grad_reduce =
+      OverlapGradReduce(spec, ModelGroups::Size(o.groups.tp), ModelGroups::Size(o.pp),
+                        ModelGroups::Size(o.groups.cp));
   return o;
+}
+
+bool OverlapGradReduce(const v1::JobSpec& spec, int tp, int pp, int cp) {
+  const v1::Optimizer& opt = spec.training().optimizer();
+  if (opt.has_overlap_grad_reduce()) return opt.overlap_grad_reduce();
+  return spec.resources().device() == v1::DEVICE_KIND_CPU || (tp == 1 && pp == 1 && cp == 1);
 }
 
 double PeakTflops(const std::string& device_name, kernels::DType dtype) {

@@ -81,6 +81,24 @@ TEST(ValidateJobSpecTest, TrainingAcceptsAPipelineParallelEncoder) {
   for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
 }
 
+// On GPUs, modules with tp, pp or cp > 1 cannot overlap the gradient reduction yet: unset, the
+// workers turn it off for them; false is fine too (true is refused: spec_violation_test.cc).
+TEST(ValidateJobSpecTest, TrainingAcceptsModelParallelismOnGpusWithoutAskingForTheOverlap) {
+  for (const bool set_false : {false, true}) {
+    v1::JobSpec spec = ValidSpec();
+    spec.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+    Vision(spec).mutable_parallelism()->set_tp(2);
+    Vision(spec).mutable_parallelism()->set_dp(1);
+    Language(spec).mutable_parallelism()->set_cp(2);
+    Language(spec).mutable_parallelism()->set_dp(2);
+    Train(spec).set_global_batch_size(4);
+    if (set_false) Opt(spec).set_overlap_grad_reduce(false);
+    std::vector<FieldViolation> violations;
+    EXPECT_TRUE(ValidateJobSpec(spec, &violations).ok()) << set_false;
+    for (const FieldViolation& v : violations) ADD_FAILURE() << v.field << ": " << v.description;
+  }
+}
+
 // KIND_TRAIN jobs save checkpoints and resume (from the latest under dir, or a folder).
 TEST(ValidateJobSpecTest, TrainingAcceptsCheckpointing) {
   for (const std::string resume : {"", "latest", "/ckpt/iter_0000100"}) {

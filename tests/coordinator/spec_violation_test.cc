@@ -224,6 +224,7 @@ INSTANTIATE_TEST_SUITE_P(
                Vision(s).mutable_parallelism()->set_tp(2);
                Vision(s).mutable_parallelism()->set_dp(1);
                s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
              },
              {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingWithTensorParallelismOnGpusOverlappingTheReduction",
@@ -234,6 +235,7 @@ INSTANTIATE_TEST_SUITE_P(
                Language(s).mutable_parallelism()->set_ep(1);
                Train(s).set_global_batch_size(4);
                s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
              },
              {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingWithAVocabularyTensorParallelismDoesNotSplit",
@@ -266,6 +268,7 @@ INSTANTIATE_TEST_SUITE_P(
                Vision(s).mutable_parallelism()->set_pp(2);
                Vision(s).mutable_parallelism()->set_dp(1);
                s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
              },
              {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingWithPipelineParallelismOnGpusOverlappingTheReduction",
@@ -274,6 +277,7 @@ INSTANTIATE_TEST_SUITE_P(
                Language(s).mutable_parallelism()->set_dp(2);
                Train(s).set_global_batch_size(4);
                s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
              },
              {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingWithAContextParallelEncoderOfTooFewHeads",
@@ -294,6 +298,7 @@ INSTANTIATE_TEST_SUITE_P(
                Language(s).mutable_parallelism()->set_dp(2);
                Train(s).set_global_batch_size(4);
                s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
              },
              {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingEncoderDpBeyondTheSamples",

@@ -1,14 +1,21 @@
 // Tests of worker/train_job.h: the trainer's options from a job spec (the example's batch split,
 // schedule and distributed optimizer; WebDataset shards with a tokenizer model; a global batch
-// that does not split), the MFU denominators, and the Megatron-style iteration line.
+// that does not split; the gradient overlap per module and device), the MFU denominators, and the
+// Megatron-style iteration line.
 #include "worker/train_job.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "comm/in_memory_store.h"
+#include "coordinator/plan_proto.h"
+#include "coordinator/spec_validation.h"
 #include "tools/mimoctl/spec_file.h"
+#include "worker/group_specs.h"
 
 namespace mimo::worker {
 namespace {
@@ -52,6 +59,63 @@ TEST(TrainerOptionsFromSpecTest, TurnsTheGradientOverlapOffOnlyWhenTheSpecSaysSo
   o = TrainerOptionsFromSpec(spec, 1);
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_TRUE(o->overlap_grad_reduce);
+}
+
+TEST(OverlapGradReduceTest, UnsetIsOnExceptForModelParallelModulesOnGpus) {
+  v1::JobSpec spec = Example();  // CPU, overlap_grad_reduce unset.
+  EXPECT_TRUE(OverlapGradReduce(spec, 1, 1, 1));
+  EXPECT_TRUE(OverlapGradReduce(spec, 2, 2, 2));
+  spec.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+  EXPECT_TRUE(OverlapGradReduce(spec, 1, 1, 1));
+  EXPECT_FALSE(OverlapGradReduce(spec, 2, 1, 1));
+  EXPECT_FALSE(OverlapGradReduce(spec, 1, 2, 1));
+  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 2));
+  // Set, the spec decides (the coordinator refuses true where it cannot be done).
+  spec.mutable_training()->mutable_optimizer()->set_overlap_grad_reduce(true);
+  EXPECT_TRUE(OverlapGradReduce(spec, 2, 1, 1));
+  spec.mutable_training()->mutable_optimizer()->set_overlap_grad_reduce(false);
+  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 1));
+  spec.mutable_resources()->set_device(v1::DEVICE_KIND_CPU);
+  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 1));
+}
+
+// The example's language module alone on one rank, as its worker gets it.
+v1::Assignment OneRankLanguageAssignment(const v1::JobSpec& example) {
+  v1::JobSpec spec = example;
+  v1::Module language;
+  for (const v1::Module& m : spec.modules()) {
+    if (m.has_language()) language = m;
+  }
+  language.mutable_parallelism()->Clear();
+  spec.clear_modules();
+  *spec.add_modules() = language;
+  spec.mutable_resources()->set_workers(1);
+  v1::Assignment a;
+  absl::StatusOr<parallel::RankPlan> plan = coordinator::ValidateJobSpec(spec, nullptr);
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  if (!plan.ok()) return a;
+  *a.mutable_spec() = spec;
+  a.set_world_size(1);
+  *a.mutable_rank() = coordinator::RankToProto(*plan, 0);
+  coordinator::ModulesToProto(*plan, a.mutable_modules());
+  return a;
+}
+
+TEST(TrainerOptionsForTest, TakesTheGradientOverlapFromTheSpec) {
+  for (const bool overlap : {false, true}) {
+    v1::JobSpec spec = Example();
+    spec.mutable_training()->mutable_optimizer()->set_overlap_grad_reduce(overlap);
+    const v1::Assignment a = OneRankLanguageAssignment(spec);
+    absl::StatusOr<std::vector<comm::GroupSpec>> specs = GroupSpecsOf(a.rank());
+    ASSERT_TRUE(specs.ok()) << specs.status();
+    comm::InMemoryStore store;
+    auto groups = comm::ProcessGroups::CreateGloo(*specs, store, {.rank = 0});
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    absl::StatusOr<TrainerOptions> o = TrainerOptionsFor(a, **groups);
+    ASSERT_TRUE(o.ok()) << o.status();
+    EXPECT_EQ(o->overlap_grad_reduce, overlap);
+    EXPECT_EQ(o->micro_batches, 8);  // 16 samples in micro-batches of 2 on one replica.
+  }
 }
 
 TEST(TrainerOptionsFromSpecTest, ReadsWebDatasetShardsWithTheJobSeed) {
