@@ -147,7 +147,8 @@ ordered_json ConfigJson(const MimoModelConfig& c, const worker::TrainerOptions& 
           {"audio", EncoderJson(c.audio)}};
 }
 
-absl::Status Run(const std::string& spec_path, const std::string& out, int steps, bool cuda) {
+absl::Status Run(const std::string& spec_path, const std::string& out, int steps, bool cuda,
+                 bool deterministic) {
   MIMO_ASSIGN_OR_RETURN(const v1::JobSpec spec, tools::ReadJobSpecFile(spec_path));
   MIMO_ASSIGN_OR_RETURN(const MimoModelConfig config,
                         worker::MimoModelConfigFromSpec(spec, kernels::DType::kF32));
@@ -155,8 +156,9 @@ absl::Status Run(const std::string& spec_path, const std::string& out, int steps
   std::unique_ptr<kernels::Ops> ops;
   if (cuda) {
 #if MIMO_REFERENCE_DUMP_CUDA
-    MIMO_ASSIGN_OR_RETURN(ops, kernels::NewCudaOps());
+    MIMO_ASSIGN_OR_RETURN(ops, kernels::NewCudaOps({.deterministic = deterministic}));
 #else
+    (void)deterministic;
     return absl::FailedPreconditionError("built without CUDA");
 #endif
   } else {
@@ -272,14 +274,18 @@ int main(int argc, char** argv) {
   CLI::App app("Dumps a single-rank fp32 training run for the PyTorch reference");
   std::string spec, out, device = "cpu";
   int steps = 200;
+  bool deterministic = false;
   app.add_option("SPEC", spec, "job spec (.yaml/.json): model, batches, data, optimizer")
       ->required();
   app.add_option("--out", out, "folder for config.json, init.bin, batches.bin, losses.json")
       ->required();
   app.add_option("--steps", steps, "optimizer steps")->check(CLI::PositiveNumber);
   app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_flag("--deterministic", deterministic,
+               "CUDA: bitwise reproducible kernels (kernels::CudaOpsOptions::deterministic), so "
+               "that a rerun dumps the same losses");
   CLI11_PARSE(app, argc, argv);
-  const absl::Status status = mimo::Run(spec, out, steps, device == "cuda");
+  const absl::Status status = mimo::Run(spec, out, steps, device == "cuda", deterministic);
   if (!status.ok()) {
     std::cerr << "error: " << status << "\n";
     return 1;

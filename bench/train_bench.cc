@@ -39,6 +39,7 @@ struct Args {
   bool cuda = true;
   int64_t micro_batch_size = 0;  // 0: the spec's.
   int64_t micro_batches = 0;     // 0: the spec's.
+  bool deterministic = false;    // kernels::CudaOpsOptions::deterministic.
 };
 
 absl::Status Run(const Args& a) {
@@ -52,7 +53,7 @@ absl::Status Run(const Args& a) {
       return absl::FailedPreconditionError("no CUDA device: " + devices.unavailable_reason);
     }
     device = devices.devices[0].name;
-    MIMO_ASSIGN_OR_RETURN(ops, kernels::NewCudaOps());
+    MIMO_ASSIGN_OR_RETURN(ops, kernels::NewCudaOps({.deterministic = a.deterministic}));
 #else
     return absl::FailedPreconditionError("built without CUDA: use --device cpu");
 #endif
@@ -156,6 +157,8 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--micro-batches", a.micro_batches, "micro-batches per step (the spec's)")
       ->check(CLI::PositiveNumber);
+  app.add_flag("--deterministic", a.deterministic,
+               "CUDA: bitwise reproducible kernels, to time what they cost");
   CLI11_PARSE(app, argc, argv);
   a.cuda = device == "cuda";
   const absl::Status status = mimo::Run(a);

@@ -61,8 +61,12 @@ struct AttentionBackwardParams {
   int64_t max_seqlen = 0;  // As in AttentionParams.
   float scale = 1.0f;
   bool causal = false;
+  // CUDA only: dq summed over the key tiles in a fixed order (each tile's block waits for the
+  // tiles before it) instead of with atomics, so that a repeated call gives the same bits; slower.
+  // The CPU twin is deterministic either way.
+  bool deterministic = false;
   // CUDA only: scratch of at least AttentionBackwardWorkspaceBytes(total_tokens, heads, head_dim)
-  // device bytes (fp32 dq accumulators and the row sums D).
+  // device bytes (fp32 dq accumulators, the row sums D and the deterministic mode's turns).
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };

@@ -1,6 +1,7 @@
 // Attention backward on the GPU: P is recomputed from lse; one block per (key tile, kv head,
 // sequence) loops over the query tiles of every query head of its group, keeps dK and dV in
-// registers and adds dQ into an fp32 workspace with atomics; a last kernel scales and converts dQ.
+// registers and adds dQ into an fp32 workspace with atomics (or, deterministic, in key-tile order:
+// AwaitTurn); a last kernel scales and converts dQ.
 // bf16 on the tensor cores (mma.sync), f32 on fp32 FMA tiles. Causal tiles above the diagonal are
 // skipped.
 #include "kernels/attention_cuda.cuh"
@@ -35,7 +36,7 @@ struct BwdTile {
   static_assert(kDParts * kQTiles == kWarps && kDQ * kDParts == kD);
 };
 
-template <int kD, int kBlockM, int kWarps, int kSplitD, bool kCausal>
+template <int kD, int kBlockM, int kWarps, int kSplitD, bool kCausal, bool kOrdered>
 __global__ void __launch_bounds__(kWarps * 32, 1) BwdMmaKernel(const BwdArgs a) {
   using Tile = BwdTile<kD, kBlockM, kWarps, kSplitD>;
   constexpr int kThreads = Tile::kThreads, kBlockN = Tile::kBlockN, kDW = Tile::kDW;
@@ -190,10 +191,13 @@ __global__ void __launch_bounds__(kWarps * 32, 1) BwdMmaKernel(const BwdArgs a) 
       }
     }
     __syncthreads();
-    // dQ += dS K for 16 queries and kDQ dims, added to the unscaled fp32 accumulators.
+    // dQ += dS K for 16 queries and kDQ dims, added to the unscaled fp32 accumulators: with
+    // atomics, or (kOrdered) computed first and added once the lower key tiles have added theirs
+    // to this query tile.
     const int query0 = m0 + q_tile * 16;
-    if (query0 < seqlen && (!kCausal || query0 + 15 >= n0)) {
-      float acc_dq[kDQ / 8][4];
+    const bool has_dq = query0 < seqlen && (!kCausal || query0 + 15 >= n0);
+    float acc_dq[kDQ / 8][4];
+    const auto compute_dq = [&] {
 #pragma unroll
       for (int dt = 0; dt < kDQ / 8; ++dt) {
 #pragma unroll
@@ -213,6 +217,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) BwdMmaKernel(const BwdArgs a) 
           Mma(acc_dq[2 * dn + 1], sa, kb[2], kb[3]);
         }
       }
+    };
+    const auto add_dq = [&](auto add2) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int query = query0 + g + half * 8;
@@ -221,10 +227,24 @@ __global__ void __launch_bounds__(kWarps * 32, 1) BwdMmaKernel(const BwdArgs a) 
 #pragma unroll
         for (int dt = 0; dt < kDQ / 8; ++dt) {
           const int col = dq_part * kDQ + dt * 8 + 2 * t;
-          if (col < a.head_dim)
-            AtomicAdd2(row + col, acc_dq[dt][2 * half], acc_dq[dt][2 * half + 1]);
+          if (col < a.head_dim) add2(row + col, acc_dq[dt][2 * half], acc_dq[dt][2 * half + 1]);
         }
       }
+    };
+    if constexpr (kOrdered) {
+      if (has_dq) compute_dq();
+      int* const turn = a.dq_turns + static_cast<int64_t>(start + m0) * a.heads + h;
+      AwaitTurn(turn, static_cast<int>(blockIdx.y));
+      if (has_dq) {
+        add_dq([](float* p, float x, float y) {
+          AddInTurn(p, x);
+          AddInTurn(p + 1, y);
+        });
+      }
+      PassTurn(turn, static_cast<int>(blockIdx.y) + 1);
+    } else if (has_dq) {
+      compute_dq();
+      add_dq([](float* p, float x, float y) { AtomicAdd2(p, x, y); });
     }
     __syncthreads();  // s_ds and the buffer just read are rewritten next.
   }
@@ -260,7 +280,7 @@ size_t BwdFmaSmemBytes(int head_dim) {
 // A block takes 32 keys of one kv head and sequence. Per 32-query tile: thread (i = tid / 8,
 // j = tid % 8 + 8n) forms P and dS; then thread (key tid / 8, dims tid % 8 + 8m) adds to dK and
 // dV, and thread (query tid / 8, the same dims) adds its dQ to the workspace.
-template <bool kCausal>
+template <bool kCausal, bool kOrdered>
 __global__ void __launch_bounds__(kFmaThreads) BwdFmaKernel(const BwdArgs a) {
   extern __shared__ float fsmem[];
   const int hd = a.head_dim, ld = hd + 1;
@@ -342,6 +362,9 @@ __global__ void __launch_bounds__(kFmaThreads) BwdFmaKernel(const BwdArgs a) {
           }
         }
       }
+      int* const turn =
+          kOrdered ? a.dq_turns + static_cast<int64_t>(start + m0) * a.heads + h : nullptr;
+      if constexpr (kOrdered) AwaitTurn(turn, static_cast<int>(blockIdx.y));
       if (m0 + row8 < seqlen) {
         float* dq = a.dq_accum + (start + m0 + row8) * q_stride + h * hd;
 #pragma unroll 4
@@ -352,9 +375,14 @@ __global__ void __launch_bounds__(kFmaThreads) BwdFmaKernel(const BwdArgs a) {
           for (int j = 0; j < kFmaTile; ++j) {
             sum = fmaf(s_ds[row8 * (kFmaTile + 1) + j], s_k[j * ld + d], sum);
           }
-          atomicAdd(dq + d, sum);
+          if constexpr (kOrdered) {
+            AddInTurn(dq + d, sum);
+          } else {
+            atomicAdd(dq + d, sum);
+          }
         }
       }
+      if constexpr (kOrdered) PassTurn(turn, static_cast<int>(blockIdx.y) + 1);
     }
   }
   if (n0 + row8 < seqlen) {
@@ -446,8 +474,11 @@ template <int kD, int kBlockM, int kWarps, int kSplitD>
 absl::Status BackwardMma(const AttentionBackwardParams& p, const BwdArgs& args,
                          cudaStream_t stream) {
   using Tile = BwdTile<kD, kBlockM, kWarps, kSplitD>;
-  auto kernel = p.causal ? BwdMmaKernel<kD, kBlockM, kWarps, kSplitD, true>
-                         : BwdMmaKernel<kD, kBlockM, kWarps, kSplitD, false>;
+  auto kernel = p.deterministic
+                    ? (p.causal ? BwdMmaKernel<kD, kBlockM, kWarps, kSplitD, true, true>
+                                : BwdMmaKernel<kD, kBlockM, kWarps, kSplitD, false, true>)
+                    : (p.causal ? BwdMmaKernel<kD, kBlockM, kWarps, kSplitD, true, false>
+                                : BwdMmaKernel<kD, kBlockM, kWarps, kSplitD, false, false>);
   MIMO_RETURN_IF_ERROR(AllowSmem(kernel, Tile::kSmemBytes));
   const dim3 grid(static_cast<unsigned>(p.kv_heads * p.num_seqs),
                   static_cast<unsigned>((p.max_seqlen + Tile::kBlockN - 1) / Tile::kBlockN));
@@ -459,7 +490,9 @@ absl::Status BackwardMma(const AttentionBackwardParams& p, const BwdArgs& args,
 absl::Status BackwardFma(const AttentionBackwardParams& p, const BwdArgs& args,
                          cudaStream_t stream) {
   const size_t smem = BwdFmaSmemBytes(static_cast<int>(p.head_dim));
-  auto kernel = p.causal ? BwdFmaKernel<true> : BwdFmaKernel<false>;
+  auto kernel = p.deterministic
+                    ? (p.causal ? BwdFmaKernel<true, true> : BwdFmaKernel<false, true>)
+                    : (p.causal ? BwdFmaKernel<true, false> : BwdFmaKernel<false, false>);
   MIMO_RETURN_IF_ERROR(AllowSmem(kernel, smem));
   const dim3 grid(static_cast<unsigned>(p.kv_heads * p.num_seqs),
                   static_cast<unsigned>((p.max_seqlen + kFmaTile - 1) / kFmaTile));
@@ -475,6 +508,12 @@ absl::Status Backward(const AttentionBackwardParams& p, cudaStream_t stream) {
   auto* row_sums = reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
                                             Align(static_cast<size_t>(n) * sizeof(float)));
   const int64_t rows = p.total_tokens * p.heads;
+  int* turns = reinterpret_cast<int*>(reinterpret_cast<char*>(row_sums) +
+                                      Align(static_cast<size_t>(rows) * sizeof(float)));
+  if (p.deterministic) {
+    MIMO_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(turns, 0, static_cast<size_t>(rows) * sizeof(int), stream));
+  }
   BwdPrepareKernel<T><<<GridStrideBlocks(rows * 32), kThreadsPerBlock, 0, stream>>>(
       static_cast<const T*>(p.dout), static_cast<const T*>(p.out), row_sums, dq_accum, rows,
       static_cast<int>(p.heads), p.total_tokens, static_cast<int>(p.head_dim));
@@ -488,6 +527,7 @@ absl::Status Backward(const AttentionBackwardParams& p, cudaStream_t stream) {
                      p.lse,
                      row_sums,
                      dq_accum,
+                     p.deterministic ? turns : nullptr,
                      p.cu_seqlens,
                      static_cast<int>(p.total_tokens),
                      static_cast<int>(p.heads),
@@ -519,7 +559,8 @@ absl::Status Backward(const AttentionBackwardParams& p, cudaStream_t stream) {
 size_t AttentionBackwardWorkspaceBytes(int64_t total_tokens, int64_t heads, int64_t head_dim) {
   if (total_tokens <= 0 || heads <= 0 || head_dim <= 0) return 0;
   return Align(static_cast<size_t>(total_tokens * heads * head_dim) * sizeof(float)) +
-         Align(static_cast<size_t>(total_tokens * heads) * sizeof(float));
+         Align(static_cast<size_t>(total_tokens * heads) * sizeof(float)) +
+         Align(static_cast<size_t>(total_tokens * heads) * sizeof(int));
 }
 
 absl::Status LaunchAttentionBackward(const AttentionBackwardParams& p, StreamHandle stream) {

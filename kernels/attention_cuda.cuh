@@ -52,6 +52,9 @@ struct BwdArgs {
   const float* lse;
   const float* row_sums;  // D = rowsum(dout * out), (heads, total).
   float* dq_accum;        // (total, heads, head_dim), zeroed, unscaled.
+  // Deterministic mode: (total, heads) turns, zeroed; the entry of a query tile's first row and
+  // head counts the key tiles that have added their dQ to it. Null: dQ is added with atomics.
+  int* dq_turns;
   const int32_t* cu_seqlens;
   int total, heads, kv_heads, group, head_dim;
   float scale;
@@ -75,6 +78,35 @@ __device__ __forceinline__ void AtomicAdd2(float* p, float x, float y) {
   atomicAdd(p + 1, y);
 #endif
 }
+
+// Deterministic dQ: the blocks of one (kv head, sequence) add to a query tile in key-tile order,
+// block y once blocks 0..y-1 have (the key tiles that reach a query tile are always 0..Y, and each
+// block takes its query tiles in increasing order, so a block only ever waits for lower ones;
+// that they run relies on the grid dispatching blocks in increasing linear index, as CUB's
+// decoupled look-back and CUTLASS's semaphores do). Every thread of the block calls both; `turn`
+// is the tile's counter in BwdArgs::dq_turns. The adds in between go through L2 (AddInTurn), past
+// L1 lines that another block may have left stale.
+__device__ __forceinline__ void AwaitTurn(int* turn, int mine) {
+  if (threadIdx.x == 0) {
+    int seen;
+    for (;;) {
+      asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(seen) : "l"(turn) : "memory");
+      if (seen == mine) break;
+      __nanosleep(64);
+    }
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ void PassTurn(int* turn, int next) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    asm volatile("st.release.gpu.global.b32 [%0], %1;" : : "l"(turn), "r"(next) : "memory");
+  }
+}
+
+__device__ __forceinline__ void AddInTurn(float* p, float x) { __stcg(p, __ldcg(p) + x); }
 
 // Copies a tile of kRows rows of kD bf16 (row r at src + r * stride) into shared memory rows of
 // kD + 8 (the padding spreads ldmatrix rows over the banks), zero-filling rows >= valid_rows and

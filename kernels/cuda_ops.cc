@@ -32,8 +32,9 @@ class StreamEvent final : public Event {
 class CudaOps final : public Ops {
  public:
   CudaOps(int device, std::unique_ptr<CachingAllocator> allocator, CudaStream stream,
-          std::unique_ptr<CublasLt> blas)
+          std::unique_ptr<CublasLt> blas, bool deterministic)
       : device_(device),
+        deterministic_(deterministic),
         allocator_(std::move(allocator)),
         stream_(std::move(stream)),
         blas_(std::move(blas)),
@@ -153,6 +154,7 @@ class CudaOps final : public Ops {
     MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(AttentionBackwardWorkspaceBytes(
                                                p.total_tokens, p.heads, p.head_dim)));
     AttentionBackwardParams q = p;
+    q.deterministic = q.deterministic || deterministic_;
     q.workspace = scratch.ptr;
     q.workspace_bytes = scratch.bytes;
     return LaunchAttentionBackward(q, stream());
@@ -303,6 +305,7 @@ class CudaOps final : public Ops {
   }
 
   int device_;
+  bool deterministic_;  // CudaOpsOptions::deterministic.
   std::unique_ptr<CachingAllocator> allocator_;
   CudaStream stream_;
   std::unique_ptr<CublasLt> blas_;
@@ -316,9 +319,11 @@ absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(const CudaOpsOptions& options) {
   MIMO_ASSIGN_OR_RETURN(auto allocator, NewCudaAllocator(options.device, options.allocator));
   MIMO_ASSIGN_OR_RETURN(CudaStream stream, CudaStream::Create(options.device));
   CudaDeviceGuard guard(options.device);
-  MIMO_ASSIGN_OR_RETURN(auto blas, CublasLt::Create(options.blas));
-  return std::unique_ptr<Ops>(
-      new CudaOps(options.device, std::move(allocator), std::move(stream), std::move(blas)));
+  CublasLtOptions blas_options = options.blas;
+  blas_options.deterministic = blas_options.deterministic || options.deterministic;
+  MIMO_ASSIGN_OR_RETURN(auto blas, CublasLt::Create(blas_options));
+  return std::unique_ptr<Ops>(new CudaOps(options.device, std::move(allocator), std::move(stream),
+                                          std::move(blas), options.deterministic));
 }
 
 }  // namespace mimo::kernels

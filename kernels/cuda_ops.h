@@ -14,6 +14,11 @@ struct CudaOpsOptions {
   int device = 0;                     // The GPU (an index of the visible devices).
   CachingAllocatorOptions allocator;  // Of the device memory tensors and scratch come from.
   CublasLtOptions blas;               // Of the GEMMs' cuBLASLt context.
+  // Bitwise reproducible runs (Megatron's --deterministic-mode): the GEMMs without timed
+  // algorithms (sets blas.deterministic) and the attention backward's dq in a fixed order
+  // (AttentionBackwardParams::deterministic). Every other kernel here sums in an order fixed by
+  // the shapes either way. Slower; off by default.
+  bool deterministic = false;
 };
 
 // InvalidArgument for a device that does not exist; the CUDA error when the stream, allocator or

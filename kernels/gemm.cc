@@ -116,6 +116,7 @@ struct CublasLt::State {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  bool deterministic = false;  // CublasLtOptions::deterministic: no timing, so nothing lent.
   absl::flat_hash_map<PlanKey, std::unique_ptr<Plan>> plans;
   // The timed algorithm per size class: the key with m, n, k through SizeClass, not accumulating.
   absl::flat_hash_map<PlanKey, cublasLtMatmulAlgo_t> tuned;
@@ -311,7 +312,9 @@ struct CublasLt::State {
     if (!plan->tuned && !p.accumulate) {
       cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
       MIMO_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream, &capture));
-      if (capture == cudaStreamCaptureStatusNone) {
+      if (deterministic) {
+        plan->tuned = true;  // The heuristic's first choice for this problem; nothing is lent.
+      } else if (capture == cudaStreamCaptureStatusNone) {
         MIMO_RETURN_IF_ERROR(Tune(plan, stream, run));
         tuned[size_class] = plan->algo;
       }
@@ -329,6 +332,7 @@ absl::StatusOr<std::unique_ptr<CublasLt>> CublasLt::Create(const CublasLtOptions
     MIMO_CUDA_RETURN_IF_ERROR(cudaMalloc(&state->workspace, options.workspace_bytes));
   }
   state->workspace_bytes = options.workspace_bytes;
+  state->deterministic = options.deterministic;
   return std::unique_ptr<CublasLt>(new CublasLt(std::move(state)));
 }
 

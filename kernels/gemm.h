@@ -52,16 +52,22 @@ absl::Status GemmCpu(const GemmParams& p);
 struct CublasLtOptions {
   // cuBLASLt's scratch, allocated once: 32 MiB lets it pick its fastest Hopper kernels.
   size_t workspace_bytes = size_t{32} << 20;
+  // Every problem runs the heuristic's first algorithm for its own shape instead of the fastest
+  // of the first 8 as timed on its size class's first call: timing picks by noise among
+  // near-equal algorithms, which may sum in another order in another run, and a lent algorithm
+  // would depend on which problem came first. On, a product's bits depend on the problem only;
+  // the price is sometimes a slower algorithm and a heuristic query per new shape.
+  bool deterministic = false;
 };
 
 // cuBLASLt on one device: a handle, a workspace and, per distinct problem (dtypes, shape,
 // transposes, epilogue), the descriptors and an algorithm: the fastest of the heuristic's first 8,
 // timed by the problem's first call outside a graph capture (that call synchronizes the stream
 // once; accumulating problems, whose output timing runs would spoil, keep the heuristic's first
-// choice). A training loop of fixed shapes thus neither allocates nor
-// searches after its first step; each new problem costs a heuristic query, the timing and a cache
-// entry kept for the context's life (shapes that change every step, like MoE expert token counts,
-// belong in a grouped GEMM). Not thread-safe: one per stream of work.
+// choice; CublasLtOptions::deterministic skips the timing). A training loop of fixed shapes thus
+// neither allocates nor searches after its first step; each new problem costs a heuristic query,
+// the timing and a cache entry kept for the context's life (shapes that change every step, like
+// MoE expert token counts, belong in a grouped GEMM). Not thread-safe: one per stream of work.
 class CublasLt {
  public:
   // Uses the current CUDA device. Unavailable without a device.

@@ -1,8 +1,8 @@
 // Attention's CUDA kernels against float64 on fresh random inputs: head dims 64 and 128 and odd
 // multiples of 8 (padded to a tile), sequences longer than a tile, packings with empty and
 // one-token sequences, grouped-query heads and both masks (f32 relative error < 1e-5, bf16 <
-// 1e-2), poisoned outputs fully written, bitwise-reproducible dk and dv; argument errors. Skips
-// without a GPU.
+// 1e-2), poisoned outputs fully written, bitwise-reproducible dk and dv, and dq too in
+// deterministic mode; argument errors. Skips without a GPU.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -98,14 +98,28 @@ TEST_P(AttentionCudaTest, MatchesFloat64ForwardAndBackward) {
                                 .workspace_bytes = workspace_bytes};
       const absl::Status backward = LaunchAttentionBackward(b, nullptr);
       ASSERT_TRUE(backward.ok()) << backward;
-      // A rerun gives bitwise equal dk and dv (dq is summed with atomics).
-      const DeviceBuffer d_dk2(nkv * e), d_dv2(nkv * e);
+      // Reruns in deterministic mode: dk and dv bitwise equal to the first run's (they never
+      // depend on timing), dq bitwise equal between the two (summed in key-tile order instead of
+      // with atomics).
+      // The fp32 dq accumulators (the workspace's first nq floats) are compared too: bf16 dq
+      // would hide most differences of order.
+      const DeviceBuffer d_dq2(nq * e), d_dq3(nq * e), d_dk2(nkv * e), d_dv2(nkv * e),
+          workspace3(workspace_bytes);
+      b.deterministic = true;
+      b.dq = d_dq2.get();
       b.dk = d_dk2.get();
       b.dv = d_dv2.get();
+      ASSERT_TRUE(LaunchAttentionBackward(b, nullptr).ok());
+      b.dq = d_dq3.get();
+      b.workspace = workspace3.get();
       ASSERT_TRUE(LaunchAttentionBackward(b, nullptr).ok());
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       EXPECT_EQ(d_dk2.Bytes(), d_dk.Bytes());
       EXPECT_EQ(d_dv2.Bytes(), d_dv.Bytes());
+      EXPECT_EQ(d_dq3.Bytes(), d_dq2.Bytes());
+      const std::vector<char> accum2 = workspace.Bytes(), accum3 = workspace3.Bytes();
+      EXPECT_TRUE(std::equal(accum2.begin(), accum2.begin() + nq * 4, accum3.begin()))
+          << "dq's fp32 accumulators differ between deterministic runs";
       const AttentionReference ref =
           AttentionFloat64(q.exact, k.exact, v.exact, dout.exact, cu, c.heads, c.kv_heads,
                            c.head_dim, static_cast<double>(scale), causal);
@@ -120,6 +134,7 @@ TEST_P(AttentionCudaTest, MatchesFloat64ForwardAndBackward) {
       EXPECT_LT(RelativeError(got_out, ref.out), bound) << "out";
       EXPECT_LT(RelativeError(got_lse, ref.lse), 1e-5) << "lse";
       EXPECT_LT(RelativeError(got_dq, ref.dq), bound) << "dq";
+      EXPECT_LT(RelativeError(ValuesOf(dtype, d_dq2.Bytes()), ref.dq), bound) << "dq in turn";
       EXPECT_LT(RelativeError(got_dk, ref.dk), bound) << "dk";
       EXPECT_LT(RelativeError(got_dv, ref.dv), bound) << "dv";
     }
