@@ -101,7 +101,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, i
                  .warmup_steps = opt.warmup_steps(),
                  .decay_steps = opt.decay_steps()};
   o.distributed_optimizer = opt.use_distributed_optimizer();
-  o.overlap_grad_reduce = !opt.has_overlap_grad_reduce() || opt.overlap_grad_reduce();
+  o.overlap_grad_reduce = OverlapGradReduce(spec, 1, 1, 1);
   return o;
 }
 
