@@ -3,6 +3,7 @@
 PyTorch on the same GPU, for issue 7's item 8 (our step at least 1.2x faster).
 
   python3 bench/torch_mimo_step.py [--dense] [--compile] [--steps 10] [--warmup 5]
+                                   [--micro-batch-size 16] [--micro-batches 4]
 
 The model as train_bench builds it from the spec (sizes below are the spec's): a ViT encoder
 (patch projection + learned positions, pre-LayerNorm blocks, bidirectional attention per image,
@@ -34,6 +35,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--tiny", action="store_true", help="small sizes, to check the script on a CPU")
+    ap.add_argument("--micro-batch-size", type=int, default=0, help="samples a micro-batch (16)")
+    ap.add_argument("--micro-batches", type=int, default=0, help="micro-batches a step (4)")
     args = ap.parse_args()
 
     import torch
@@ -49,6 +52,10 @@ def main():
         c.update(image=32, patch=16, v_layers=1, v_hidden=32, v_heads=2, v_ffn=64, proj_hidden=64,
                  vocab=300, layers=2, hidden=64, heads=4, groups=2, ffn=96, expert_ffn=32,
                  samples=2, micro_batches=2, caption=8)
+    if args.micro_batch_size > 0:
+        c["samples"] = args.micro_batch_size
+    if args.micro_batches > 0:
+        c["micro_batches"] = args.micro_batches
     P = (c["image"] // c["patch"]) ** 2
     L = P + c["caption"]
     head_dim = c["hidden"] // c["heads"]
@@ -231,7 +238,8 @@ def main():
     print(json.dumps({
         "config": "tiny" if args.tiny else ("mimo-dense-1b" if args.dense else "mimo-moe-1b"),
         "compile": args.compile, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
-        "torch": torch.__version__, "parameters": params, "median_step_ms": round(ms, 1),
+        "torch": torch.__version__, "parameters": params, "micro_batches": c["micro_batches"],
+        "micro_batch_size": B, "median_step_ms": round(ms, 1),
         "tokens_per_s": round(tokens_per_step / ms * 1e3),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev == "cuda" else None,
     }))

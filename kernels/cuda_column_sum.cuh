@@ -4,6 +4,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/cuda_elements.cuh"
@@ -37,6 +38,26 @@ __global__ void ColumnSumKernel(const T* __restrict__ in, float* __restrict__ ou
   out[c] = accumulate ? out[c] + total : total;
 }
 
+// partial[g][c] = sum over rows r = g, g + groups, ... of in[r][c] (grid: column blocks of
+// blockDim.x x groups): the first stage of a column sum over many rows.
+template <typename T>
+__global__ void ColumnPartialSumKernel(const T* __restrict__ in, float* __restrict__ partial,
+                                       int64_t rows, int64_t cols) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  float sum = 0.0f;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) sum += ToFloat(in[r * cols + c]);
+  partial[static_cast<int64_t>(blockIdx.y) * cols + c] = sum;
+}
+
+// Device scratch of EnqueueManyRowColumnSum: none up to ColumnPartialGroups' cap of rows (one
+// stage is enough), else one fp32 row per group.
+inline size_t ManyRowColumnSumWorkspaceBytes(int64_t rows, int64_t cols) {
+  return rows <= 0 || cols <= 0 || ColumnPartialGroups(rows) == rows
+             ? 0
+             : static_cast<size_t>(ColumnPartialGroups(rows) * cols) * sizeof(float);
+}
+
 // Enqueues ColumnSumKernel over every column (cols > 0); the caller checks cudaGetLastError().
 template <typename T>
 void EnqueueColumnSum(const T* in, float* out, int64_t rows, int64_t cols, bool accumulate,
@@ -44,6 +65,24 @@ void EnqueueColumnSum(const T* in, float* out, int64_t rows, int64_t cols, bool 
   const dim3 grid(static_cast<unsigned>((cols + kColumnSumColumns - 1) / kColumnSumColumns));
   const dim3 block(kColumnSumColumns, kColumnSumLanes);
   ColumnSumKernel<T><<<grid, block, 0, stream>>>(in, out, rows, cols, accumulate);
+}
+
+// The same sums for any number of rows: with more rows than ColumnPartialGroups' cap, partial
+// sums of the row groups first (ManyRowColumnSumWorkspaceBytes of `workspace`), so thousands of
+// blocks read the matrix instead of one per 32 columns. The order depends on the shape only.
+template <typename T>
+void EnqueueManyRowColumnSum(const T* in, float* out, int64_t rows, int64_t cols, bool accumulate,
+                             float* workspace, cudaStream_t stream) {
+  if (ManyRowColumnSumWorkspaceBytes(rows, cols) == 0) {
+    EnqueueColumnSum(in, out, rows, cols, accumulate, stream);
+    return;
+  }
+  const int64_t groups = ColumnPartialGroups(rows);
+  constexpr int kThreads = 256;
+  const dim3 grid(static_cast<unsigned>((cols + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(groups));
+  ColumnPartialSumKernel<T><<<grid, kThreads, 0, stream>>>(in, workspace, rows, cols);
+  EnqueueColumnSum(static_cast<const float*>(workspace), out, groups, cols, accumulate, stream);
 }
 
 }  // namespace mimo::kernels

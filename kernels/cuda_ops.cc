@@ -94,7 +94,7 @@ class CudaOps final : public Ops {
   }
   absl::Status EmbeddingBackward(const EmbeddingBackwardParams& p) override {
     CudaDeviceGuard guard(device_);
-    MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(EmbeddingBackwardWorkspaceBytes(p.tokens)));
+    MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(EmbeddingBackwardWorkspaceBytes(p.tokens, p.dim)));
     EmbeddingBackwardParams q = p;
     q.workspace = scratch.ptr;
     q.workspace_bytes = scratch.bytes;
@@ -139,7 +139,12 @@ class CudaOps final : public Ops {
   }
   absl::Status LinearBackward(const LinearBackwardParams& p) override {
     CudaDeviceGuard guard(device_);
-    return LaunchLinearBackward(p, *blas_, stream());
+    const size_t bytes = p.dbias != nullptr ? LinearBackwardWorkspaceBytes(p.tokens, p.out) : 0;
+    MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(bytes));
+    LinearBackwardParams q = p;
+    q.workspace = scratch.ptr;
+    q.workspace_bytes = scratch.bytes;
+    return LaunchLinearBackward(q, *blas_, stream());
   }
   absl::Status Rope(const RopeParams& p) override {
     CudaDeviceGuard guard(device_);

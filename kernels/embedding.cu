@@ -1,6 +1,7 @@
 // Embedding lookup, forward and backward: the CUDA kernels. The backward sorts (id, token) pairs
-// with CUB's stable radix sort, then the first token of each run of equal ids sums its run in
-// ascending token order: the same additions, in the same order, as the CPU twin.
+// with CUB's stable radix sort, then sums each run of equal ids in chunks of sorted positions
+// (a frequent id's thousands of rows in parallel): the same additions, in the same order, as the
+// CPU twin.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -19,6 +20,16 @@ namespace {
 constexpr int kThreads = 256;
 
 size_t Align(size_t n) { return (n + 255) / 256 * 256; }
+
+int64_t Chunks(int64_t tokens) {
+  return (tokens + kEmbeddingBackwardChunk - 1) / kEmbeddingBackwardChunk;
+}
+
+// Floats of one of the per-chunk arrays (head, cont), padded to whole 256-byte blocks.
+int64_t ChunkFloats(int64_t chunks, int64_t dim) {
+  return static_cast<int64_t>(Align(static_cast<size_t>(chunks * dim) * sizeof(float)) /
+                              sizeof(float));
+}
 
 template <typename T>
 __global__ void EmbeddingKernel(const T* __restrict__ table, const int32_t* __restrict__ ids,
@@ -44,37 +55,79 @@ __global__ void IotaKernel(int32_t* __restrict__ out, int64_t n) {
   }
 }
 
-// Block (b, y) handles sorted positions b, b + gridDim.x, ... and columns [256 y, 256 (y + 1)); a
-// position that starts a run of equal ids sums the run's dout rows into dtable, one thread per
-// column, in ascending token order. A frequent id makes a run of thousands of rows: the loads are
-// issued eight at a time ahead of the (ordered) additions, and every column has its own thread.
+// Sorted positions [c S, (c + 1) S) form chunk c (S = kEmbeddingBackwardChunk). Block (c, y)
+// sums, for columns [256 y, 256 (y + 1)), each run's rows that lie in chunk c, in ascending token
+// order from 0: a run that starts and ends in the chunk is added to dtable at once; the piece of
+// a run that goes on past the chunk's end is its head (head[c]); the piece of a run that began
+// before the chunk is a continuation (cont[c]). FinishRunsKernel then adds every long run's head
+// and continuations to dtable in chunk order, so the additions depend on the ids only.
 template <typename T>
-__global__ void SumRunsKernel(const T* __restrict__ dout, const int32_t* __restrict__ keys,
-                              const int32_t* __restrict__ tokens_of, float* __restrict__ dtable,
-                              int64_t vocab, int64_t tokens, int64_t dim, int64_t first_id) {
+__global__ void SumChunksKernel(const T* __restrict__ dout, const int32_t* __restrict__ keys,
+                                const int32_t* __restrict__ tokens_of, float* __restrict__ dtable,
+                                float* __restrict__ head, float* __restrict__ cont, int64_t vocab,
+                                int64_t tokens, int64_t dim, int64_t first_id) {
   const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   if (d >= dim) return;
-  for (int64_t i = blockIdx.x; i < tokens; i += gridDim.x) {
+  const int64_t c = blockIdx.x;
+  const int64_t begin = c * kEmbeddingBackwardChunk;
+  const int64_t end =
+      begin + kEmbeddingBackwardChunk < tokens ? begin + kEmbeddingBackwardChunk : tokens;
+  for (int64_t i = begin; i < end;) {
     const int32_t key = keys[i];
-    const int64_t id = key - first_id;  // The table's row.
-    if ((i > 0 && keys[i - 1] == key) || id < 0 || id >= vocab) continue;
-    int64_t end = i + 1;
-    while (end < tokens && keys[end] == key) ++end;
-    float sum = dtable[id * dim + d];
-    int64_t j = i;
-    constexpr int kAhead = 8;
-    for (; j + kAhead <= end; j += kAhead) {
-      float v[kAhead];
+    int64_t j = i + 1;
+    while (j < end && keys[j] == key) ++j;  // [i, j): the run's piece in this chunk.
+    const int64_t id = key - first_id;      // The table's row.
+    if (id >= 0 && id < vocab) {
+      float sum = 0.0f;
+      int64_t k = i;
+      constexpr int kAhead = 8;
+      for (; k + kAhead <= j; k += kAhead) {
+        float v[kAhead];
 #pragma unroll
-      for (int u = 0; u < kAhead; ++u) {
-        v[u] = ToFloat(dout[static_cast<int64_t>(tokens_of[j + u]) * dim + d]);
+        for (int u = 0; u < kAhead; ++u) {
+          v[u] = ToFloat(dout[static_cast<int64_t>(tokens_of[k + u]) * dim + d]);
+        }
+#pragma unroll
+        for (int u = 0; u < kAhead; ++u) sum += v[u];
       }
-#pragma unroll
-      for (int u = 0; u < kAhead; ++u) sum += v[u];
+      for (; k < j; ++k) sum += ToFloat(dout[static_cast<int64_t>(tokens_of[k]) * dim + d]);
+      const bool starts = i == 0 || keys[i - 1] != key;
+      const bool goes_on = j < tokens && keys[j] == key;
+      if (!starts) {
+        cont[c * dim + d] = sum;
+      } else if (goes_on) {
+        head[c * dim + d] = sum;
+      } else {
+        dtable[id * dim + d] += sum;
+      }
     }
-    for (; j < end; ++j) sum += ToFloat(dout[static_cast<int64_t>(tokens_of[j]) * dim + d]);
-    dtable[id * dim + d] = sum;
+    i = j;
   }
+}
+
+// Block (c, y): when chunk c's last run goes on past the chunk and starts in it, adds its head
+// and the continuations of chunks c + 1, c + 2, ... (as long as the run lasts) to dtable.
+__global__ void FinishRunsKernel(const int32_t* __restrict__ keys, float* __restrict__ dtable,
+                                 const float* __restrict__ head, const float* __restrict__ cont,
+                                 int64_t vocab, int64_t tokens, int64_t dim, int64_t first_id) {
+  const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (d >= dim) return;
+  const int64_t c = blockIdx.x;
+  const int64_t next = (c + 1) * kEmbeddingBackwardChunk;  // The next chunk's first position.
+  if (next >= tokens) return;
+  const int32_t key = keys[next - 1];
+  const int64_t id = key - first_id;
+  if (keys[next] != key || id < 0 || id >= vocab) return;
+  int64_t start = next - 1;  // Does the run start in chunk c?
+  while (start > next - kEmbeddingBackwardChunk && keys[start - 1] == key) --start;
+  if (start == next - kEmbeddingBackwardChunk && start > 0 && keys[start - 1] == key) return;
+  float total = dtable[id * dim + d] + head[c * dim + d];
+  for (int64_t n = c + 1;; ++n) {
+    total += cont[n * dim + d];
+    const int64_t after = (n + 1) * kEmbeddingBackwardChunk;
+    if (after >= tokens || keys[after] != key) break;
+  }
+  dtable[id * dim + d] = total;
 }
 
 size_t SortTempBytes(int64_t tokens) {
@@ -94,18 +147,26 @@ absl::Status Backward(const EmbeddingBackwardParams& p, cudaStream_t stream) {
   auto* iota = reinterpret_cast<int32_t*>(w + ids_bytes);
   auto* tokens_of = reinterpret_cast<int32_t*>(w + 2 * ids_bytes);
   void* temp = w + 3 * ids_bytes;
-  size_t temp_bytes = p.workspace_bytes - 3 * ids_bytes;
+  size_t temp_bytes = SortTempBytes(p.tokens);
   IotaKernel<<<GridStrideBlocks(p.tokens), kThreads, 0, stream>>>(iota, p.tokens);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   MIMO_CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairs(
       temp, temp_bytes, p.ids, keys, iota, tokens_of, static_cast<int>(p.tokens), 0,
       static_cast<int>(sizeof(int32_t) * 8), stream));
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(p.tokens, 16384)),
+  const int64_t chunks = Chunks(p.tokens);
+  auto* head = reinterpret_cast<float*>(w + 3 * ids_bytes + Align(SortTempBytes(p.tokens)));
+  float* cont = head + ChunkFloats(chunks, p.dim);
+  const dim3 grid(static_cast<unsigned>(chunks),
                   static_cast<unsigned>((p.dim + kThreads - 1) / kThreads));
-  SumRunsKernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(p.dout), keys, tokens_of,
-                                                  p.dtable, p.vocab, p.tokens, p.dim,
-                                                  p.first_id);
+  SumChunksKernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(p.dout), keys, tokens_of,
+                                                    p.dtable, head, cont, p.vocab, p.tokens, p.dim,
+                                                    p.first_id);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  if (chunks > 1) {
+    FinishRunsKernel<<<grid, kThreads, 0, stream>>>(keys, p.dtable, head, cont, p.vocab, p.tokens,
+                                                    p.dim, p.first_id);
+    MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  }
   return absl::OkStatus();
 }
 
@@ -129,19 +190,20 @@ absl::Status LaunchEmbedding(const EmbeddingParams& p, StreamHandle stream) {
   return absl::OkStatus();
 }
 
-size_t EmbeddingBackwardWorkspaceBytes(int64_t tokens) {
-  if (tokens <= 0) return 0;
-  return 3 * Align(static_cast<size_t>(tokens) * sizeof(int32_t)) + Align(SortTempBytes(tokens));
+size_t EmbeddingBackwardWorkspaceBytes(int64_t tokens, int64_t dim) {
+  if (tokens <= 0 || dim <= 0) return 0;
+  return 3 * Align(static_cast<size_t>(tokens) * sizeof(int32_t)) + Align(SortTempBytes(tokens)) +
+         2 * static_cast<size_t>(ChunkFloats(Chunks(tokens), dim)) * sizeof(float);
 }
 
 absl::Status LaunchEmbeddingBackward(const EmbeddingBackwardParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckEmbeddingBackward(p));
   const bool rows = p.tokens * p.dim > 0;
-  const size_t needed = rows ? EmbeddingBackwardWorkspaceBytes(p.tokens) : 0;
+  const size_t needed = rows ? EmbeddingBackwardWorkspaceBytes(p.tokens, p.dim) : 0;
   if (rows && (p.workspace == nullptr || p.workspace_bytes < needed)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("EmbeddingBackward: the workspace has ", p.workspace_bytes, " bytes, ",
-                     p.tokens, " tokens need ", needed, " (EmbeddingBackwardWorkspaceBytes)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EmbeddingBackward: the workspace has ", p.workspace_bytes, " bytes, ", p.tokens,
+        " tokens of width ", p.dim, " need ", needed, " (EmbeddingBackwardWorkspaceBytes)"));
   }
   const auto s = static_cast<cudaStream_t>(stream);
   if (!p.accumulate && p.vocab * p.dim > 0) {

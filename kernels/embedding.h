@@ -25,9 +25,14 @@ struct EmbeddingParams {
   int64_t first_id = 0;  // >= 0.
 };
 
-// dtable[v - first_id] (+)= sum over t with ids[t] == v of dout[t], in fp32, in ascending t
-// whatever the device (so results are bitwise reproducible). Ids outside [first_id, first_id +
-// vocab) are skipped.
+// Sorted positions per chunk of the backward's sums (see EmbeddingBackwardParams).
+inline constexpr int64_t kEmbeddingBackwardChunk = 256;
+
+// dtable[v - first_id] (+)= sum over t with ids[t] == v of dout[t], in fp32, the same additions
+// in the same order whatever the device (so results are bitwise reproducible): the (id, t) pairs
+// sorted, id's run of sorted positions is cut where a chunk of kEmbeddingBackwardChunk positions
+// ends, each piece summed from 0 in ascending t, and the pieces added to dtable in order. Ids
+// outside [first_id, first_id + vocab) are skipped.
 struct EmbeddingBackwardParams {
   DType dtype = DType::kF32;     // Of dout.
   const void* dout = nullptr;    // (tokens, dim)
@@ -40,7 +45,7 @@ struct EmbeddingBackwardParams {
   // Add to dtable (gradient accumulation over micro-batches) instead of overwriting it (rows no id
   // names become zero).
   bool accumulate = false;
-  // CUDA only: scratch of at least EmbeddingBackwardWorkspaceBytes(tokens) device bytes.
+  // CUDA only: scratch of at least EmbeddingBackwardWorkspaceBytes(tokens, dim) device bytes.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
@@ -56,8 +61,9 @@ absl::Status EmbeddingBackwardCpu(const EmbeddingBackwardParams& p);
 
 // CUDA: device memory, enqueued on `stream` (a cudaStream_t).
 absl::Status LaunchEmbedding(const EmbeddingParams& p, StreamHandle stream);
-// The device scratch LaunchEmbeddingBackward needs for `tokens` ids (a sort of the ids).
-size_t EmbeddingBackwardWorkspaceBytes(int64_t tokens);
+// The device scratch LaunchEmbeddingBackward needs for `tokens` ids and rows of `dim` (a sort of
+// the ids and two fp32 rows per chunk).
+size_t EmbeddingBackwardWorkspaceBytes(int64_t tokens, int64_t dim);
 // InvalidArgument (before anything is enqueued) when the workspace is missing or too small.
 absl::Status LaunchEmbeddingBackward(const EmbeddingBackwardParams& p, StreamHandle stream);
 

@@ -1,5 +1,7 @@
 // Embedding lookup, forward and backward: the argument checks and the CPU twins.
 #include <algorithm>
+#include <numeric>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -59,11 +61,33 @@ absl::Status EmbeddingCpu(const EmbeddingParams& p) {
 absl::Status EmbeddingBackwardCpu(const EmbeddingBackwardParams& p) {
   MIMO_RETURN_IF_ERROR(CheckEmbeddingBackward(p));
   if (!p.accumulate && p.vocab * p.dim > 0) std::fill_n(p.dtable, p.vocab * p.dim, 0.0f);
-  for (int64_t t = 0; t < p.tokens; ++t) {
-    const int64_t id = p.ids[t] - p.first_id;  // The table's row.
-    if (id < 0 || id >= p.vocab) continue;
-    for (int64_t d = 0; d < p.dim; ++d) {
-      p.dtable[id * p.dim + d] += LoadElement(p.dtype, p.dout, t * p.dim + d);
+  if (p.dim == 0) return absl::OkStatus();
+  // The tokens in (id, t) order: a run of equal ids per table row, its sorted positions cut into
+  // pieces where a chunk ends, as the CUDA kernels do.
+  std::vector<int32_t> order(static_cast<size_t>(p.tokens));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return p.ids[a] < p.ids[b]; });
+  std::vector<float> piece(static_cast<size_t>(p.dim));
+  for (int64_t i = 0; i < p.tokens;) {
+    const int32_t key = p.ids[order[i]];
+    int64_t end = i + 1;
+    while (end < p.tokens && p.ids[order[end]] == key) ++end;
+    const int64_t id = key - p.first_id;  // The table's row.
+    if (id < 0 || id >= p.vocab) {
+      i = end;
+      continue;
+    }
+    float* row = p.dtable + id * p.dim;
+    while (i < end) {
+      const int64_t stop =
+          std::min(end, (i / kEmbeddingBackwardChunk + 1) * kEmbeddingBackwardChunk);
+      std::fill(piece.begin(), piece.end(), 0.0f);
+      for (; i < stop; ++i) {
+        const int64_t t = order[i];
+        for (int64_t d = 0; d < p.dim; ++d) piece[d] += LoadElement(p.dtype, p.dout, t * p.dim + d);
+      }
+      for (int64_t d = 0; d < p.dim; ++d) row[d] += piece[d];
     }
   }
   return absl::OkStatus();

@@ -45,6 +45,10 @@ struct LinearBackwardParams {
   int64_t tokens = 0;
   int64_t in = 0;  // > 0
   int64_t out = 0;
+  // CUDA only, with dbias: scratch of at least LinearBackwardWorkspaceBytes(tokens, out) device
+  // bytes (the bias gradient's partial sums over row groups).
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 // InvalidArgument for a dtype other than bf16/f32, negative sizes, in == 0 with tokens or out, or
@@ -65,6 +69,9 @@ absl::Status LinearBackwardCpu(const LinearBackwardParams& p);
 
 // CUDA: device memory, enqueued on `stream` (a cudaStream_t) through `blas` (its device).
 absl::Status LaunchLinear(const LinearParams& p, CublasLt& blas, StreamHandle stream);
+// The device scratch LaunchLinearBackward needs for a bias gradient over `tokens` rows.
+size_t LinearBackwardWorkspaceBytes(int64_t tokens, int64_t out);
+// InvalidArgument (before anything is enqueued) when dbias is set and the workspace is too small.
 absl::Status LaunchLinearBackward(const LinearBackwardParams& p, CublasLt& blas,
                                   StreamHandle stream);
 

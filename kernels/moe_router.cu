@@ -128,20 +128,30 @@ __global__ void AuxPartialSumsKernel(RouterConfig c, const float* __restrict__ s
   }
 }
 
-// Per (sequence, expert): the chunks' partials added in chunk order.
+// Per (sequence, expert), one warp: lane l adds the partials of chunks l, l + 32, ... in chunk
+// order, then the lanes' sums meet in a fixed butterfly, so the order depends on the shape only.
+// (A thread per output walking every chunk took 57 us a call on an H100 for one sequence of 14.7k
+// tokens: 230 chunks, one load after another.)
 __global__ void AuxSumsKernel(RouterConfig c, AuxScratch scratch, int64_t sequences,
                               int64_t chunks) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= sequences * c.experts) return;
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  if (i >= sequences * c.experts) return;  // The whole warp: i is the warp's.
   const int64_t q = i / c.experts, e = i % c.experts;
   float sum = 0.0f;
   int32_t count = 0;
-  for (int64_t z = 0; z < chunks; ++z) {
+  for (int64_t z = lane; z < chunks; z += 32) {
     sum += scratch.partial_sums[(q * chunks + z) * c.experts + e];
     count += scratch.partial_counts[(q * chunks + z) * c.experts + e];
   }
-  scratch.sums[i] = sum;
-  scratch.counts[i] = count;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    count += __shfl_xor_sync(0xffffffffu, count, offset);
+  }
+  if (lane == 0) {
+    scratch.sums[i] = sum;
+    scratch.counts[i] = count;
+  }
 }
 
 constexpr int kFinishThreads = 256;
@@ -287,7 +297,8 @@ absl::Status LaunchMoeAuxLoss(const MoeAuxLossParams& p, StreamHandle stream) {
   AuxPartialSumsKernel<<<grid, dim3(32, 8), 0, s>>>(c, p.scores, p.indices, p.cu_seqlens, scratch,
                                                     p.tokens);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  AuxSumsKernel<<<Blocks(sequences * c.experts), kThreads, 0, s>>>(c, scratch, sequences, chunks);
+  AuxSumsKernel<<<Blocks(sequences * c.experts * 32), kThreads, 0, s>>>(c, scratch, sequences,
+                                                                        chunks);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   // Part of a micro-batch: its losses weigh by the whole micro-batch's counts.
   const int64_t whole = p.counts != nullptr ? p.total_tokens : 0;

@@ -556,7 +556,9 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
   std::unique_ptr<kernels::Ops> ops;
   if (cuda) {
 #ifdef MIMO_WORKER_HAVE_CUDA
-    MIMO_ASSIGN_OR_RETURN(ops, kernels::NewCudaOps({.device = options_.local_index}));
+    MIMO_ASSIGN_OR_RETURN(ops,
+                          kernels::NewCudaOps({.device = options_.local_index,
+                                               .deterministic = spec.training().deterministic()}));
 #else
     return absl::FailedPreconditionError("this worker was built without CUDA");
 #endif

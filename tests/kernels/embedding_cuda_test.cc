@@ -26,20 +26,21 @@ TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
   struct Size {
     int64_t vocab, tokens, dim, first_id;
   };
-  // The last: a vocabulary-parallel member's rows, ids [1000, 1037).
+  // Size{2, 1500, 300, 0}: two runs of ~750 sorted positions over six chunks, cut mid-run. The
+  // last: a vocabulary-parallel member's rows, ids [1000, 1037).
   for (const Size& s : {Size{1, 1, 1, 0}, Size{37, 301, 19, 0}, Size{50257, 8192, 768, 0},
-                        Size{37, 301, 19, 1000}}) {
-    SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " vocab " << s.vocab << " tokens "
-                                      << s.tokens << " dim " << s.dim << " first_id "
-                                      << s.first_id);
+                        Size{2, 1500, 300, 0}, Size{37, 301, 19, 1000}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << DTypeName(dtype) << " vocab " << s.vocab << " tokens " << s.tokens << " dim "
+                 << s.dim << " first_id " << s.first_id);
     const HostData table = RandomData(dtype, s.vocab * s.dim, random, -1, 1);
     const HostData dout = RandomData(dtype, s.tokens * s.dim, random, -1, 1);
     std::vector<int32_t> ids(s.tokens);
     // Skewed, as token frequencies are: half the tokens share 4 ids.
     for (int64_t t = 0; t < s.tokens; ++t) {
-      ids[t] = static_cast<int32_t>(
-          s.first_id + (random() % 2 ? random() % std::min<int64_t>(4, s.vocab)
-                                     : random() % s.vocab));
+      ids[t] =
+          static_cast<int32_t>(s.first_id + (random() % 2 ? random() % std::min<int64_t>(4, s.vocab)
+                                                          : random() % s.vocab));
     }
     if (s.tokens > 3) ids[3] = -1;
     if (s.first_id > 0) {  // Another member's ids, just below and just above.
@@ -75,7 +76,7 @@ TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
     EXPECT_EQ(d_out.Bytes(), want_out.bytes);
     EXPECT_EQ(d_bad.Bytes(), BytesOf(&want_bad, 4));
 
-    const size_t workspace_bytes = EmbeddingBackwardWorkspaceBytes(s.tokens);
+    const size_t workspace_bytes = EmbeddingBackwardWorkspaceBytes(s.tokens, s.dim);
     const DeviceBuffer workspace(workspace_bytes);
     const DeviceBuffer d_dtable(s.vocab * s.dim * 4);
     std::vector<float> want_dtable(s.vocab * s.dim);
@@ -116,7 +117,7 @@ TEST_F(EmbeddingCudaTest, AMissingWorkspaceIsRefused) {
                                                        .workspace_bytes = 0},
                                                       nullptr);
   EXPECT_TRUE(absl::IsInvalidArgument(status)) << status;
-  EXPECT_THAT(status.message(), HasSubstr("the workspace has 0 bytes, 4 tokens need"));
+  EXPECT_THAT(status.message(), HasSubstr("the workspace has 0 bytes, 4 tokens of width 1 need"));
 }
 
 }  // namespace

@@ -105,6 +105,41 @@ TEST(EmbeddingCpuTest, APartOfTheTableStartsAtFirstId) {
               HasSubstr("first_id -1"));
 }
 
+// The order of the backward's additions is part of the contract (the CUDA kernels reproduce it
+// bitwise): id 1's run of sorted positions starts after id 0's 10 and is cut at every multiple of
+// kEmbeddingBackwardChunk; each piece is summed from zero and added to the table row in order.
+TEST(EmbeddingCpuTest, TheBackwardAddsChunkPiecesInOrder) {
+  const int64_t tokens = 700;
+  std::vector<int32_t> ids(tokens, 1);
+  for (int64_t t = 0; t < 10; ++t) ids[t * 37] = 0;
+  std::mt19937 random(7);
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  std::vector<float> dout(tokens);
+  for (float& v : dout) v = uniform(random) * (1 << (random() % 20));
+  std::vector<float> dtable = {0.0f, 0.5f};
+  ASSERT_TRUE(EmbeddingBackwardCpu({.dout = dout.data(),
+                                    .ids = ids.data(),
+                                    .dtable = dtable.data(),
+                                    .vocab = 2,
+                                    .tokens = tokens,
+                                    .dim = 1,
+                                    .accumulate = true})
+                  .ok());
+  float want = 0.5f, piece = 0.0f;
+  int64_t position = 10;  // Id 1's first sorted position.
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (ids[t] != 1) continue;
+    if (position % kEmbeddingBackwardChunk == 0) {
+      want += piece;
+      piece = 0.0f;
+    }
+    piece += dout[t];
+    ++position;
+  }
+  want += piece;
+  EXPECT_EQ(dtable[1], want);
+}
+
 INSTANTIATE_TEST_SUITE_P(DTypes, EmbeddingCpuTest, ::testing::Values(DType::kF32, DType::kBF16),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 

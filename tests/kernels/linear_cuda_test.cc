@@ -44,7 +44,8 @@ TEST_P(LinearCudaTest, MatchesFloat64ForwardAndBackward) {
        {Case{1, 1, 1, false, false, false, true}, Case{7, 5, 3, true, false, true, true},
         Case{33, 17, 24, true, true, false, true}, Case{65, 40, 9, false, true, true, false},
         Case{0, 8, 4, true, true, false, true}, Case{1000, 512, 1536, true, true, true, true},
-        Case{257, 1024, 512, false, false, false, true}}) {
+        Case{257, 1024, 512, false, false, false, true},
+        Case{3001, 64, 77, true, false, false, true}}) {
     SCOPED_TRACE(::testing::Message()
                  << DTypeName(dtype) << " tokens " << c.tokens << " in " << c.in << " out " << c.out
                  << " bias " << c.bias << " gelu " << c.gelu << " acc " << c.accumulate);
@@ -72,6 +73,8 @@ TEST_P(LinearCudaTest, MatchesFloat64ForwardAndBackward) {
                                         .out = c.out},
                                        *blas_, nullptr);
     ASSERT_TRUE(status.ok()) << status;
+    const size_t workspace_bytes = LinearBackwardWorkspaceBytes(c.tokens, c.out);
+    const DeviceBuffer workspace(workspace_bytes);
     status = LaunchLinearBackward({.dtype = dtype,
                                    .dy = ddy.get(),
                                    .x = dx_in.get(),
@@ -85,7 +88,9 @@ TEST_P(LinearCudaTest, MatchesFloat64ForwardAndBackward) {
                                    .accumulate = c.accumulate,
                                    .tokens = c.tokens,
                                    .in = c.in,
-                                   .out = c.out},
+                                   .out = c.out,
+                                   .workspace = workspace.get(),
+                                   .workspace_bytes = workspace_bytes},
                                   *blas_, nullptr);
     ASSERT_TRUE(status.ok()) << status;
     const LinearReference ref =
@@ -127,6 +132,18 @@ TEST_P(LinearCudaTest, BadArgumentsFailBeforeLaunching) {
               HasSubstr("dtype i32 is not supported"));
   EXPECT_THAT(LaunchLinearBackward({.tokens = 1, .in = 1, .out = 1}, *blas_, nullptr).message(),
               HasSubstr("dw is null"));
+  const DeviceBuffer buf(4 * 600);
+  EXPECT_THAT(LaunchLinearBackward({.dy = buf.get(),
+                                    .x = buf.get(),
+                                    .w = buf.get(),
+                                    .dw = buf.as<float>(),
+                                    .dbias = buf.as<float>(),
+                                    .tokens = 600,
+                                    .in = 1,
+                                    .out = 1},
+                                   *blas_, nullptr)
+                  .message(),
+              HasSubstr("the workspace has 0 bytes, a bias gradient over 600 rows of 1 needs"));
   EXPECT_TRUE(LaunchLinear({.tokens = 0, .in = 1, .out = 0}, *blas_, nullptr).ok());
 }
 

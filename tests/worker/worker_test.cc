@@ -184,6 +184,46 @@ TEST_F(WorkerTest, CudaWorkerRunsItsJobOverNcclOrRefusesToStartWithoutItsGpu) {
   EXPECT_TRUE(AwaitLogs(*jobs_, job.id(), {"rank 0: selftest: passed"}));
 }
 
+// training.deterministic: the same one-rank job twice gives the same loss and gradient norm at
+// every step, bit for bit. On a GPU host the CUDA worker runs it (the timed cuBLASLt algorithms and
+// the attention backward's atomics made two runs part from the first step); elsewhere a CPU
+// worker does, so the flag's path through the coordinator and worker is run either way.
+TEST_F(WorkerTest, ADeterministicJobRepeatsBitForBit) {
+  const bool gpu = CudaDeviceCount() > 0;
+  const v1::DeviceKind device = gpu ? v1::DEVICE_KIND_CUDA : v1::DEVICE_KIND_CPU;
+  auto workers = StartWorkers(1, 0, device);
+  std::vector<std::vector<std::string>> runs;
+  for (int run = 0; run < 2; ++run) {
+    v1::JobSpec spec = coordinator::testing::SmallSpec(absl::StrCat("deterministic-", run));
+    v1::Module language = spec.modules(1);
+    spec.clear_modules();
+    language.mutable_parallelism()->set_dp(1);
+    language.mutable_parallelism()->set_ep(1);
+    language.mutable_parallelism()->set_rank_offset(0);
+    *spec.add_modules() = language;
+    spec.mutable_resources()->set_workers(1);
+    spec.mutable_resources()->set_device(device);
+    spec.mutable_training()->set_steps(5);
+    spec.mutable_training()->set_global_batch_size(4);
+    spec.mutable_training()->set_precision(gpu ? v1::PRECISION_BF16 : v1::PRECISION_FP32);
+    spec.mutable_training()->set_deterministic(true);
+    const v1::Job job = Submit(spec);
+    const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(60));
+    ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.state_reason();
+    std::vector<std::string>& lines = runs.emplace_back();
+    for (const std::string& line : ReadLogs(*jobs_, job.id())) {
+      const size_t at = line.find(" | lm loss: ");
+      const size_t end = line.find(" | tokens per second: ");
+      if (at != std::string::npos && end != std::string::npos) {
+        lines.push_back(line.substr(at, end - at));  // The losses and the gradient norm.
+      }
+    }
+    EXPECT_EQ(lines.size(), 5u);
+    lines.push_back(absl::StrFormat("%a", done.last_metrics().loss()));
+  }
+  EXPECT_EQ(runs[0], runs[1]);
+}
+
 TEST_F(WorkerTest, CancelStopsEveryWorkerWithinSeconds) {
   // Ranks 0-2 are real and wait in rendezvous for rank 3, which never comes.
   auto workers = StartWorkers(3);
