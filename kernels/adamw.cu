@@ -1,6 +1,6 @@
 // AdamW and the sum of squares: the CUDA kernels. AdamW is elementwise over a grid-stride loop;
-// the sum of squares writes one partial per block (a fixed grid, so a fixed order) and one block
-// then adds the partials.
+// the sum of squares writes one partial per block (a grid fixed by the size, so a fixed order) and
+// one block then adds the partials.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -118,16 +118,21 @@ absl::Status LaunchSumSquares(const SumSquaresParams& p, void* workspace, Stream
     return absl::InvalidArgumentError("SumSquares: the workspace is null");
   }
   const auto s = static_cast<cudaStream_t>(stream);
-  auto* partials = static_cast<float*>(workspace);
+  // One block per kThreads x 16 elements, up to kPartials: a small tensor (a norm's weight, a bias)
+  // takes one block, which writes the sum itself.
+  const unsigned blocks = static_cast<unsigned>(
+      std::clamp<int64_t>((p.n + kThreads * 16 - 1) / (kThreads * 16), 1, kPartials));
+  float* partials = blocks == 1 ? p.out : static_cast<float*>(workspace);
   if (p.dtype == DType::kF32) {
     PartialSumSquaresKernel<float>
-        <<<kPartials, kThreads, 0, s>>>(static_cast<const float*>(p.x), p.n, partials);
+        <<<blocks, kThreads, 0, s>>>(static_cast<const float*>(p.x), p.n, partials);
   } else {
     PartialSumSquaresKernel<__nv_bfloat16>
-        <<<kPartials, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(p.x), p.n, partials);
+        <<<blocks, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(p.x), p.n, partials);
   }
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  SumPartialsKernel<<<1, kThreads, 0, s>>>(partials, kPartials, p.out);
+  if (blocks == 1) return absl::OkStatus();
+  SumPartialsKernel<<<1, kThreads, 0, s>>>(partials, static_cast<int>(blocks), p.out);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
