@@ -1,11 +1,13 @@
 // Embedding's CUDA kernels against the CPU twin: the lookup bitwise equal (zeros and a count for
 // bad ids), the backward bitwise equal (the same fp32 additions in the same order) on skewed ids
-// with many duplicates, overwrite and accumulate; a missing workspace is refused. Skips without
-// a GPU.
+// with many duplicates, overwrite and accumulate, and runs placed on the backward's chunk grid; a
+// missing workspace is refused. Skips without a GPU.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/embedding.h"
@@ -105,6 +107,51 @@ TEST_P(EmbeddingCudaTest, MatchesTheCpuTwinBitwise) {
 
 INSTANTIATE_TEST_SUITE_P(DTypes, EmbeddingCudaTest, ::testing::Values(DType::kF32, DType::kBF16),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+// Runs placed on the chunk grid (the table holds ids 1-4): id 0, below the table, crosses the
+// first chunk boundary (sorted positions 0-299); id 1 ends exactly at a boundary (511); id 2 starts
+// at one and crosses the next; id 3 starts at a boundary and ends mid-chunk; id 4 is a short run;
+// id 9, above the table, crosses a boundary at the end. Bitwise against the CPU twin, and nothing
+// written outside the table: the rows around it are guards.
+TEST_F(EmbeddingCudaTest, RunsOnTheChunkGridMatchTheCpuTwin) {
+  const int64_t vocab = 4, dim = 33, first_id = 1;
+  std::vector<int32_t> ids;
+  for (const auto& [id, count] : std::vector<std::pair<int32_t, int>>{
+           {0, 300}, {1, 212}, {2, 512}, {3, 600}, {4, 37}, {9, 300}}) {
+    ids.insert(ids.end(), count, id);
+  }
+  std::mt19937 random(11);
+  std::shuffle(ids.begin(), ids.end(), random);  // Token order is not sorted order.
+  const auto tokens = static_cast<int64_t>(ids.size());
+  const HostData dout = RandomData(DType::kBF16, tokens * dim, random, -1, 1);
+  // Rows -1 and vocab of the buffer are guards, poisoned.
+  std::vector<float> init((vocab + 2) * dim, 0.25f);
+  for (int64_t d = 0; d < dim; ++d) init[d] = init[(vocab + 1) * dim + d] = 1e30f;
+  const DeviceBuffer d_dout(dout.bytes), d_ids(BytesOf(ids.data(), ids.size() * 4)),
+      d_dtable(BytesOf(init.data(), init.size() * 4));
+  const size_t workspace_bytes = EmbeddingBackwardWorkspaceBytes(tokens, dim);
+  const DeviceBuffer workspace(workspace_bytes);
+  EmbeddingBackwardParams b{.dtype = DType::kBF16,
+                            .dout = d_dout.get(),
+                            .ids = d_ids.as<const int32_t>(),
+                            .dtable = d_dtable.as<float>() + dim,
+                            .vocab = vocab,
+                            .tokens = tokens,
+                            .dim = dim,
+                            .first_id = first_id,
+                            .accumulate = true,
+                            .workspace = workspace.get(),
+                            .workspace_bytes = workspace_bytes};
+  ASSERT_TRUE(LaunchEmbeddingBackward(b, nullptr).ok());
+  std::vector<float> want = init;
+  b.dout = dout.data();
+  b.ids = ids.data();
+  b.dtable = want.data() + dim;
+  ASSERT_TRUE(EmbeddingBackwardCpu(b).ok());
+  EXPECT_EQ(d_dtable.Bytes(), BytesOf(want.data(), want.size() * 4));
+  EXPECT_EQ(want[0], 1e30f);  // The CPU twin kept to the table too.
+  EXPECT_EQ(want[(vocab + 1) * dim], 1e30f);
+}
 
 TEST_F(EmbeddingCudaTest, AMissingWorkspaceIsRefused) {
   const DeviceBuffer dout(16), ids(16), dtable(16);

@@ -45,7 +45,8 @@ TEST_P(LinearCudaTest, MatchesFloat64ForwardAndBackward) {
         Case{33, 17, 24, true, true, false, true}, Case{65, 40, 9, false, true, true, false},
         Case{0, 8, 4, true, true, false, true}, Case{1000, 512, 1536, true, true, true, true},
         Case{257, 1024, 512, false, false, false, true},
-        Case{3001, 64, 77, true, false, false, true}}) {
+        Case{3001, 64, 77, true, false, false, true},
+        Case{3001, 40, 520, true, false, true, true}}) {
     SCOPED_TRACE(::testing::Message()
                  << DTypeName(dtype) << " tokens " << c.tokens << " in " << c.in << " out " << c.out
                  << " bias " << c.bias << " gelu " << c.gelu << " acc " << c.accumulate);
