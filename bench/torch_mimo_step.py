@@ -17,7 +17,7 @@ caption of 34 tokens (the synthetic set's mean; ours vary per sample), every sam
 sequence of the same length, so a batch needs no padding and no varlen attention.
 Experts: tokens sorted by expert into groups padded to 16 rows and torch._grouped_mm (the
 efficient PyTorch MoE), or a loop over experts where _grouped_mm is missing. Prints one JSON line:
-median step ms, tokens per second and peak memory. Figures on an H200 are in bench/RESULTS.md
+median step ms, tokens per second and peak memory. Figures (H200, H100) are in bench/RESULTS.md
 ("Training step on one GPU"); --tiny checks the script on a CPU (PyTorch 1.13: the expert loop
 and the plain attention).
 """
