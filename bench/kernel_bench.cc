@@ -25,6 +25,7 @@
 #include "common/bfloat16.h"
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
+#include "kernels/attention_cudnn.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/gemm.h"
 #include "kernels/rmsnorm.h"
@@ -115,7 +116,7 @@ Case GemmCase(const std::string& name, int64_t m, int64_t n, int64_t k, bool tra
               }};
 }
 
-std::vector<Case> Cases(CublasLt* blas) {
+std::vector<Case> Cases(CublasLt* blas, CudnnAttention* cudnn) {
   std::vector<Case> cases;
   // Copy bandwidth: the floor the bandwidth-bound ops are measured against.
   constexpr int64_t kCopyBytes = int64_t{1} << 30;
@@ -294,70 +295,97 @@ std::vector<Case> Cases(CublasLt* blas) {
                        Check(LaunchCrossEntropyBackward(p, s), "CrossEntropyBackward");
                      });
                    }});
-  // Attention, causal, bf16, in the packed layout (batch sequences of equal length). FLOPs as
-  // FlashAttention counts them: forward 4 * b * h * s^2 * d, halved when causal; backward 2.5x.
-  for (const auto& [b, h, s, d, backward] :
-       {std::tuple<int64_t, int64_t, int64_t, int64_t, bool>{4, 32, 4096, 128, false},
-        {4, 32, 4096, 128, true},
-        {8, 16, 2048, 64, false},
-        {8, 16, 2048, 64, true}}) {
-    const double forward_flops = 4.0 * b * h * s * s * d / 2;
-    cases.push_back(
-        {.name = absl::StrCat("attention_", backward ? "fwd_bwd" : "fwd", "_b", b, "h", h, "s", s,
-                              "d", d),
-         .kind = backward ? "attention" : "attention_fwd",
-         .shape = {b, h, s, d, 1},
-         .work = backward ? 3.5 * forward_flops : forward_flops,
-         .flops = true,
-         .setup = [=](Buffers& buf) {
-           const int64_t tokens = b * s, n = tokens * h * d;
-           std::vector<int32_t> cu(b + 1);
-           for (int64_t i = 0; i <= b; ++i) cu[i] = static_cast<int32_t>(i * s);
-           auto* cu_seqlens = static_cast<int32_t*>(buf.Get(cu.size() * 4));
-           CheckCuda(cudaMemcpy(cu_seqlens, cu.data(), cu.size() * 4, cudaMemcpyHostToDevice),
-                     "cudaMemcpy");
-           const AttentionParams f{.dtype = DType::kBF16,
-                                   .q = buf.Get(n * kBF16),
-                                   .k = buf.Get(n * kBF16),
-                                   .v = buf.Get(n * kBF16),
-                                   .out = buf.Get(n * kBF16),
-                                   .lse = static_cast<float*>(buf.Get(h * tokens * kF32)),
-                                   .cu_seqlens = cu_seqlens,
-                                   .num_seqs = b,
-                                   .total_tokens = tokens,
-                                   .heads = h,
-                                   .kv_heads = h,
-                                   .head_dim = d,
-                                   .max_seqlen = s,
-                                   .scale = 1.0f / std::sqrt(static_cast<float>(d)),
-                                   .causal = true};
-           const size_t workspace = AttentionBackwardWorkspaceBytes(tokens, h, d);
-           const AttentionBackwardParams g{.dtype = DType::kBF16,
-                                           .dout = buf.Get(n * kBF16),
-                                           .q = f.q,
-                                           .k = f.k,
-                                           .v = f.v,
-                                           .out = f.out,
-                                           .lse = f.lse,
-                                           .dq = buf.Get(n * kBF16),
-                                           .dk = buf.Get(n * kBF16),
-                                           .dv = buf.Get(n * kBF16),
-                                           .cu_seqlens = cu_seqlens,
-                                           .num_seqs = b,
-                                           .total_tokens = tokens,
-                                           .heads = h,
-                                           .kv_heads = h,
-                                           .head_dim = d,
-                                           .max_seqlen = s,
-                                           .scale = f.scale,
-                                           .causal = true,
-                                           .workspace = buf.Get(workspace),
-                                           .workspace_bytes = workspace};
-           return std::function<void(cudaStream_t)>([=](cudaStream_t st) {
-             Check(LaunchAttention(f, st), "Attention");
-             if (backward) Check(LaunchAttentionBackward(g, st), "AttentionBackward");
-           });
-         }});
+  // Attention, bf16, in the packed layout (batch sequences of equal length), through cuDNN's
+  // fused attention (what the CUDA Ops use for bf16) and through our own kernels
+  // ("attention_own_"): issue 5's two causal shapes, then the language (causal) and vision
+  // (bidirectional) attention of bench/specs/mimo-moe-1b.yaml at 64 samples (230 and 196 tokens:
+  // cuDNN pads them to 256). FLOPs as FlashAttention counts them: forward 4 * b * h * s^2 * d,
+  // halved when causal; backward 2.5x.
+  for (const bool own : {false, true}) {
+    for (const auto& [b, h, s, d, causal, backward] :
+         {std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>{4, 32, 4096, 128, true, false},
+          {4, 32, 4096, 128, true, true},
+          {8, 16, 2048, 64, true, false},
+          {8, 16, 2048, 64, true, true},
+          {64, 16, 230, 128, true, true},
+          {64, 12, 196, 64, false, true}}) {
+      const double forward_flops = 4.0 * b * h * s * s * d / (causal ? 2 : 1);
+      cases.push_back(
+          {.name = absl::StrCat("attention_", own ? "own_" : "", backward ? "fwd_bwd" : "fwd", "_b",
+                                b, "h", h, "s", s, "d", d, causal ? "" : "_bidir"),
+           .kind = backward ? "attention" : "attention_fwd",
+           .shape = {b, h, s, d, causal ? 1 : 0},
+           .work = backward ? 3.5 * forward_flops : forward_flops,
+           .flops = true,
+           .setup = [=](Buffers& buf) {
+             const int64_t tokens = b * s, n = tokens * h * d;
+             std::vector<int32_t> cu(b + 1);
+             for (int64_t i = 0; i <= b; ++i) cu[i] = static_cast<int32_t>(i * s);
+             auto* cu_seqlens = static_cast<int32_t*>(buf.Get(cu.size() * 4));
+             CheckCuda(cudaMemcpy(cu_seqlens, cu.data(), cu.size() * 4, cudaMemcpyHostToDevice),
+                       "cudaMemcpy");
+             const AttentionParams f{.dtype = DType::kBF16,
+                                     .q = buf.Get(n * kBF16),
+                                     .k = buf.Get(n * kBF16),
+                                     .v = buf.Get(n * kBF16),
+                                     .out = buf.Get(n * kBF16),
+                                     .lse = static_cast<float*>(buf.Get(h * tokens * kF32)),
+                                     .cu_seqlens = cu_seqlens,
+                                     .num_seqs = b,
+                                     .total_tokens = tokens,
+                                     .heads = h,
+                                     .kv_heads = h,
+                                     .head_dim = d,
+                                     .max_seqlen = s,
+                                     .scale = 1.0f / std::sqrt(static_cast<float>(d)),
+                                     .causal = causal};
+             AttentionBackwardParams g{.dtype = DType::kBF16,
+                                       .dout = buf.Get(n * kBF16),
+                                       .q = f.q,
+                                       .k = f.k,
+                                       .v = f.v,
+                                       .out = f.out,
+                                       .lse = f.lse,
+                                       .dq = buf.Get(n * kBF16),
+                                       .dk = buf.Get(n * kBF16),
+                                       .dv = buf.Get(n * kBF16),
+                                       .cu_seqlens = cu_seqlens,
+                                       .num_seqs = b,
+                                       .total_tokens = tokens,
+                                       .heads = h,
+                                       .kv_heads = h,
+                                       .head_dim = d,
+                                       .max_seqlen = s,
+                                       .scale = f.scale,
+                                       .causal = causal};
+             if (own) {
+               g.workspace_bytes = AttentionBackwardWorkspaceBytes(tokens, h, d);
+               g.workspace = buf.Get(g.workspace_bytes);
+               return std::function<void(cudaStream_t)>([=](cudaStream_t st) {
+                 Check(LaunchAttention(f, st), "Attention");
+                 if (backward) Check(LaunchAttentionBackward(g, st), "AttentionBackward");
+               });
+             }
+             // The plans are made here, outside the timing.
+             const absl::StatusOr<size_t> fwd_bytes = cudnn->ForwardWorkspaceBytes(f);
+             Check(fwd_bytes.status(), "CudnnAttention forward plan");
+             size_t bwd_bytes = 0;
+             if (backward) {
+               const absl::StatusOr<size_t> bytes = cudnn->BackwardWorkspaceBytes(g);
+               Check(bytes.status(), "CudnnAttention backward plan");
+               bwd_bytes = *bytes;
+             }
+             void* workspace = buf.Get(std::max(*fwd_bytes, bwd_bytes));
+             const size_t workspace_bytes = std::max(*fwd_bytes, bwd_bytes);
+             return std::function<void(cudaStream_t)>([=](cudaStream_t st) {
+               Check(cudnn->Forward(f, workspace, workspace_bytes, st), "CudnnAttention forward");
+               if (backward) {
+                 Check(cudnn->Backward(g, workspace, workspace_bytes, st),
+                       "CudnnAttention backward");
+               }
+             });
+           }});
+    }
   }
   // AdamW on 2^28 parameters with fp32 gradients: reads master, m, v, grad; writes master, m, v
   // and the bf16 model copy.
@@ -432,12 +460,16 @@ int Main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   std::unique_ptr<CublasLt> blas;
+  std::unique_ptr<CudnnAttention> cudnn;
   if (!list) {
     auto created = CublasLt::Create();
     Check(created.status(), "CublasLt::Create");
     blas = std::move(*created);
+    auto attention = CudnnAttention::Create();
+    Check(attention.status(), "CudnnAttention::Create");
+    cudnn = std::move(*attention);
   }
-  for (const Case& c : Cases(blas.get())) {
+  for (const Case& c : Cases(blas.get(), cudnn.get())) {
     if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
     if (list) {
       std::printf(

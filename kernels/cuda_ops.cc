@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/attention_cudnn.h"
 #include "kernels/cuda_allocator.h"
 #include "kernels/cuda_device_guard.h"
 #include "kernels/cuda_status.h"
@@ -32,12 +33,13 @@ class StreamEvent final : public Event {
 class CudaOps final : public Ops {
  public:
   CudaOps(int device, std::unique_ptr<CachingAllocator> allocator, CudaStream stream,
-          std::unique_ptr<CublasLt> blas, bool deterministic)
+          std::unique_ptr<CublasLt> blas, std::unique_ptr<CudnnAttention> cudnn, bool deterministic)
       : device_(device),
         deterministic_(deterministic),
         allocator_(std::move(allocator)),
         stream_(std::move(stream)),
         blas_(std::move(blas)),
+        cudnn_(std::move(cudnn)),
         staging_(device) {}
 
   Device device() const override { return Device::Cuda(device_); }
@@ -150,16 +152,39 @@ class CudaOps final : public Ops {
     CudaDeviceGuard guard(device_);
     return LaunchRope(p, stream());
   }
+  // bf16 attention goes through cuDNN's fused attention where it takes the problem (1.6-2.4x our
+  // kernels on long sequences on an H100, 1.1-1.2x on short ones: bench/RESULTS.md), the rest
+  // through our kernels. Both keep the log-sum-exps in one layout, so either backward follows
+  // either forward.
   absl::Status Attention(const AttentionParams& p) override {
     CudaDeviceGuard guard(device_);
+    if (cudnn_ != nullptr && CudnnAttention::Handles(p.dtype, p.num_seqs, p.head_dim)) {
+      const absl::StatusOr<size_t> bytes = cudnn_->ForwardWorkspaceBytes(p);
+      if (bytes.ok()) {
+        MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(*bytes));
+        return cudnn_->Forward(p, scratch.ptr, scratch.bytes, stream());
+      }
+      if (!absl::IsUnimplemented(bytes.status())) return bytes.status();
+    }
     return LaunchAttention(p, stream());
   }
+  // Deterministic mode keeps our backward: its dq order is fixed, cuDNN's adds with atomics.
   absl::Status AttentionBackward(const AttentionBackwardParams& p) override {
     CudaDeviceGuard guard(device_);
+    const bool deterministic = p.deterministic || deterministic_;
+    if (!deterministic && cudnn_ != nullptr &&
+        CudnnAttention::Handles(p.dtype, p.num_seqs, p.head_dim)) {
+      const absl::StatusOr<size_t> bytes = cudnn_->BackwardWorkspaceBytes(p);
+      if (bytes.ok()) {
+        MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(*bytes));
+        return cudnn_->Backward(p, scratch.ptr, scratch.bytes, stream());
+      }
+      if (!absl::IsUnimplemented(bytes.status())) return bytes.status();
+    }
     MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(AttentionBackwardWorkspaceBytes(
                                                p.total_tokens, p.heads, p.head_dim)));
     AttentionBackwardParams q = p;
-    q.deterministic = q.deterministic || deterministic_;
+    q.deterministic = deterministic;
     q.workspace = scratch.ptr;
     q.workspace_bytes = scratch.bytes;
     return LaunchAttentionBackward(q, stream());
@@ -314,6 +339,7 @@ class CudaOps final : public Ops {
   std::unique_ptr<CachingAllocator> allocator_;
   CudaStream stream_;
   std::unique_ptr<CublasLt> blas_;
+  std::unique_ptr<CudnnAttention> cudnn_;  // Null before Hopper.
   PinnedStaging staging_;  // After stream_: destroyed first, once its copies are done.
 };
 
@@ -327,8 +353,11 @@ absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(const CudaOpsOptions& options) {
   CublasLtOptions blas_options = options.blas;
   blas_options.deterministic = blas_options.deterministic || options.deterministic;
   MIMO_ASSIGN_OR_RETURN(auto blas, CublasLt::Create(blas_options));
+  absl::StatusOr<std::unique_ptr<CudnnAttention>> cudnn = CudnnAttention::Create();
+  if (!cudnn.ok() && !absl::IsUnimplemented(cudnn.status())) return cudnn.status();
   return std::unique_ptr<Ops>(new CudaOps(options.device, std::move(allocator), std::move(stream),
-                                          std::move(blas), options.deterministic));
+                                          std::move(blas), cudnn.ok() ? *std::move(cudnn) : nullptr,
+                                          options.deterministic));
 }
 
 }  // namespace mimo::kernels

@@ -1,4 +1,5 @@
-// The CUDA Ops: the kernels of one GPU on one stream, with its caching allocator and cuBLASLt.
+// The CUDA Ops: the kernels of one GPU on one stream, with its caching allocator, cuBLASLt and
+// (on Hopper and newer) cuDNN's fused attention.
 #pragma once
 
 #include <memory>
