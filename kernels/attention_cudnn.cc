@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <tuple>
 #include <utility>
@@ -18,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/attention_cudnn_layout.h"
+#include "kernels/cuda_device_guard.h"
 #include "kernels/cuda_status.h"
 #include "kernels/cudnn_backend.h"
 #include "kernels/cudnn_status.h"
@@ -63,23 +66,37 @@ struct Problem {
   }
 };
 
+int64_t PowerOfTwoAtLeast(int64_t n, int64_t floor) {
+  return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(std::max(n, floor))));
+}
+
 // Sequences of one length that is a multiple of 128 are plain strided batches; anything else is
-// ragged, padded to a power of two of at least 128 (cuDNN 9.14's backward wants the padding mask
-// below multiples of 128, and a handful of padded lengths keeps the plans few).
+// ragged: the sequence count rounded up to a power of two (the extra sequences empty) and the
+// length to a power of two of at least 128 (cuDNN 9.14's backward wants the padding mask below
+// multiples of 128), so that packed batches of varying counts and lengths share a few plans.
 Problem Describe(bool backward, int64_t num_seqs, int64_t total_tokens, int64_t max_seqlen,
                  int64_t heads, int64_t kv_heads, int64_t head_dim, bool causal) {
   Problem p{.backward = backward,
             .b = num_seqs,
+            .s = max_seqlen,
             .h = heads,
             .hk = kv_heads,
             .d = head_dim,
             .causal = causal};
   p.ragged = total_tokens != num_seqs * max_seqlen || max_seqlen % 128 != 0;
-  p.s = p.ragged ? static_cast<int64_t>(
-                       std::bit_ceil(static_cast<uint64_t>(std::max<int64_t>(max_seqlen, 128))))
-                 : max_seqlen;
+  if (p.ragged) {
+    p.b = PowerOfTwoAtLeast(num_seqs, 1);
+    p.s = PowerOfTwoAtLeast(max_seqlen, 128);
+  }
   return p;
 }
+
+// Padded rows (sequences x padded length) at most this many times the tokens: past it the fp32
+// workspace (stats, softmax sums, dq accumulators, all padded) outgrows what the tokens need, and
+// our kernels, whose scratch follows the tokens, take the batch. Small batches, up to kFreePadding
+// padded rows, may pad any amount.
+constexpr int64_t kMaxPadding = 4;
+constexpr int64_t kFreePadding = 8192;
 
 // Whether the problem's graphs set scores to -inf anywhere.
 bool Masks(const Problem& p) { return p.ragged || p.causal; }
@@ -361,6 +378,12 @@ struct CudnnAttention::State {
   absl::flat_hash_map<Problem, absl::Status> refused;
 
   ~State() {
+    if (handle != nullptr) {
+      // Work enqueued earlier may still use the plans' kernels. (The handle's last stream may be
+      // gone by now: the whole device is waited for.)
+      CudaDeviceGuard guard(device);
+      cudaDeviceSynchronize();
+    }
     plans.clear();
     if (handle != nullptr) cudnnDestroy(handle);
   }
@@ -376,12 +399,12 @@ struct CudnnAttention::State {
                        p.s, ", heads ", p.h, "/", p.hk, ", head_dim ", p.d,
                        p.causal ? ", causal" : "", p.ragged ? ", ragged" : "",
                        "): ", plan.status().message()));
-      // Only a settled "no" is remembered; allocation failures and the like may pass.
-      if (why.code() == absl::StatusCode::kUnimplemented ||
-          why.code() == absl::StatusCode::kInvalidArgument) {
-        refused.emplace(p, why);
-      }
-      return why;
+      // The parameters passed CheckAttention: whatever else cuDNN objects to is "not this problem"
+      // (Unimplemented, remembered, and our kernels take it), short of running out of memory.
+      if (why.code() == absl::StatusCode::kResourceExhausted) return why;
+      const absl::Status refusal = absl::UnimplementedError(why.message());
+      refused.emplace(p, refusal);
+      return refusal;
     }
     return plans.emplace(p, *std::move(plan)).first->second.get();
   }
@@ -401,7 +424,21 @@ absl::StatusOr<std::unique_ptr<CudnnAttention>> CudnnAttention::Create() {
                                                  " has compute capability ", major,
                                                  ".x; these graphs need 9.0 (Hopper) or newer"));
   }
-  MIMO_CUDNN_RETURN_IF_ERROR(cudnnCreate(&state->handle));
+  // 9.6 zeroes the dq accumulators itself and takes grouped-query heads in ragged batches;
+  // 9.10.0 and 9.10.1 have a known bf16 backward fault.
+  const size_t version = cudnnGetVersion();
+  if (version < 90600 || version == 91000 || version == 91001) {
+    return absl::UnimplementedError(
+        absl::StrCat("cuDNN attention: cuDNN ", version,
+                     " is loaded; these graphs need 9.6 or newer (not 9.10.0 or 9.10.1)"));
+  }
+  // A cuDNN that cannot start (a missing sub-library, say) means no cuDNN attention, not an error.
+  const absl::Status created =
+      CudnnStatus(cudnnCreate(&state->handle), "cudnnCreate", __FILE__, __LINE__);
+  if (!created.ok()) {
+    state->handle = nullptr;
+    return absl::UnimplementedError(created.message());
+  }
   return std::unique_ptr<CudnnAttention>(new CudnnAttention(std::move(state)));
 }
 
@@ -414,9 +451,17 @@ size_t CudnnAttention::cached_plans() const { return state_->plans.size(); }
 
 namespace {
 
-// Unimplemented for what cuDNN is not asked to do; the parameters' own errors first.
+// Unimplemented for what cuDNN is not asked to do (the parameters' own errors come first, from
+// CheckAttention); InvalidArgument for a buffer not 16-byte aligned, as LaunchAttention says.
 absl::Status CheckHandled(DType dtype, int64_t num_seqs, int64_t total_tokens, int64_t heads,
-                          int64_t head_dim, int64_t max_seqlen) {
+                          int64_t head_dim, int64_t max_seqlen,
+                          std::initializer_list<std::pair<const char*, const void*>> buffers) {
+  for (const auto& [name, ptr] : buffers) {
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cuDNN attention: ", name, " is not 16-byte aligned"));
+    }
+  }
   if (!CudnnAttention::Handles(dtype, num_seqs, head_dim)) {
     return absl::UnimplementedError(
         absl::StrCat("cuDNN attention takes bf16, head_dim a multiple of 8 up to 128 and at least "
@@ -430,6 +475,13 @@ absl::Status CheckHandled(DType dtype, int64_t num_seqs, int64_t total_tokens, i
     return absl::UnimplementedError(
         "cuDNN attention: the tensors' element offsets exceed int32 (cuDNN's ragged offsets)");
   }
+  const Problem padded = Describe(false, num_seqs, total_tokens, max_seqlen, 1, 1, 1, false);
+  if (padded.ragged && padded.b * padded.s > std::max(kMaxPadding * total_tokens, kFreePadding)) {
+    return absl::UnimplementedError(
+        absl::StrCat("cuDNN attention: ", num_seqs, " sequences of up to ", max_seqlen, " tokens (",
+                     total_tokens, " in all) pad to ", padded.b, " x ", padded.s, " rows, over ",
+                     kMaxPadding, " times the tokens"));
+  }
   return absl::OkStatus();
 }
 
@@ -442,8 +494,10 @@ T* At(void* base, size_t offset) {
 
 absl::StatusOr<size_t> CudnnAttention::ForwardWorkspaceBytes(const AttentionParams& p) {
   MIMO_RETURN_IF_ERROR(CheckAttention(p));
-  MIMO_RETURN_IF_ERROR(
-      CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim, p.max_seqlen));
+  if (p.total_tokens == 0) return 0;
+  MIMO_RETURN_IF_ERROR(CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim,
+                                    p.max_seqlen,
+                                    {{"q", p.q}, {"k", p.k}, {"v", p.v}, {"out", p.out}}));
   const Problem problem = Describe(false, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads,
                                    p.kv_heads, p.head_dim, p.causal);
   MIMO_ASSIGN_OR_RETURN(const CudnnGraph::Plan* plan, state_->PlanFor(problem));
@@ -452,8 +506,17 @@ absl::StatusOr<size_t> CudnnAttention::ForwardWorkspaceBytes(const AttentionPara
 
 absl::StatusOr<size_t> CudnnAttention::BackwardWorkspaceBytes(const AttentionBackwardParams& p) {
   MIMO_RETURN_IF_ERROR(CheckAttentionBackward(p));
-  MIMO_RETURN_IF_ERROR(
-      CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim, p.max_seqlen));
+  if (p.total_tokens == 0) return 0;
+  MIMO_RETURN_IF_ERROR(CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim,
+                                    p.max_seqlen,
+                                    {{"q", p.q},
+                                     {"k", p.k},
+                                     {"v", p.v},
+                                     {"out", p.out},
+                                     {"dout", p.dout},
+                                     {"dq", p.dq},
+                                     {"dk", p.dk},
+                                     {"dv", p.dv}}));
   const Problem problem = Describe(true, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads,
                                    p.kv_heads, p.head_dim, p.causal);
   MIMO_ASSIGN_OR_RETURN(const CudnnGraph::Plan* plan, state_->PlanFor(problem));
@@ -489,6 +552,8 @@ absl::Status CudnnAttention::Forward(const AttentionParams& p, void* workspace,
     auto* ragged_kv = At<int32_t>(workspace, layout.ragged_kv);
     MIMO_RETURN_IF_ERROR(LaunchCudnnVarlen({.cu_seqlens = p.cu_seqlens,
                                             .num_seqs = p.num_seqs,
+                                            .padded_seqs = problem.b,
+                                            .max_seqlen = problem.s,
                                             .heads = p.heads,
                                             .kv_heads = p.kv_heads,
                                             .head_dim = p.head_dim,
@@ -503,6 +568,7 @@ absl::Status CudnnAttention::Forward(const AttentionParams& p, void* workspace,
       CudnnExecute(state_->handle, *plan, uids, pointers, At<char>(workspace, layout.cudnn)));
   return LaunchCudnnStats({.cu_seqlens = p.cu_seqlens,
                            .num_seqs = p.num_seqs,
+                           .padded_seqs = problem.b,
                            .heads = p.heads,
                            .total_tokens = p.total_tokens,
                            .max_seqlen = problem.s,
@@ -529,6 +595,7 @@ absl::Status CudnnAttention::Backward(const AttentionBackwardParams& p, void* wo
   auto* stats = At<float>(workspace, layout.stats);
   MIMO_RETURN_IF_ERROR(LaunchCudnnStats({.cu_seqlens = p.cu_seqlens,
                                          .num_seqs = p.num_seqs,
+                                         .padded_seqs = problem.b,
                                          .heads = p.heads,
                                          .total_tokens = p.total_tokens,
                                          .max_seqlen = problem.s,
@@ -558,6 +625,8 @@ absl::Status CudnnAttention::Backward(const AttentionBackwardParams& p, void* wo
     auto* ragged_kv = At<int32_t>(workspace, layout.ragged_kv);
     MIMO_RETURN_IF_ERROR(LaunchCudnnVarlen({.cu_seqlens = p.cu_seqlens,
                                             .num_seqs = p.num_seqs,
+                                            .padded_seqs = problem.b,
+                                            .max_seqlen = problem.s,
                                             .heads = p.heads,
                                             .kv_heads = p.kv_heads,
                                             .head_dim = p.head_dim,

@@ -75,7 +75,8 @@ class CudnnGraph {
                          cudnnDataType_t precision = CUDNN_DATA_FLOAT, int64_t axis = -1);
   // y = x seen through y's dimensions and strides (a transpose, for instance).
   absl::Status Reshape(cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y);
-  // y = reduce(x) over the dimensions where y has extent 1, in fp32.
+  // y = reduce(x) over the dimensions where y is smaller (to extent 1, or by whole groups: h query
+  // heads summed into h / g), in fp32.
   absl::Status Reduction(cudnnReduceTensorOp_t op, cudnnBackendDescriptor_t x,
                          cudnnBackendDescriptor_t y);
 

@@ -118,9 +118,10 @@ __global__ void FinishRunsKernel(const int32_t* __restrict__ keys, float* __rest
   const int32_t key = keys[next - 1];
   const int64_t id = key - first_id;
   if (keys[next] != key || id < 0 || id >= vocab) return;
-  int64_t start = next - 1;  // Does the run start in chunk c?
-  while (start > next - kEmbeddingBackwardChunk && keys[start - 1] == key) --start;
-  if (start == next - kEmbeddingBackwardChunk && start > 0 && keys[start - 1] == key) return;
+  // The run's head is chunk c's unless the run began before it: the keys are sorted, so that is
+  // when the chunk's first position and the one before it hold the key too.
+  const int64_t begin = next - kEmbeddingBackwardChunk;
+  if (begin > 0 && keys[begin] == key && keys[begin - 1] == key) return;
   float total = dtable[id * dim + d] + head[c * dim + d];
   for (int64_t n = c + 1;; ++n) {
     total += cont[n * dim + d];

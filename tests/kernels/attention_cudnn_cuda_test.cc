@@ -1,8 +1,11 @@
 // cuDNN's fused attention (kernels/attention_cudnn.h) against float64 on fresh random bf16 inputs:
 // plain batches of one length (a multiple of 128) and ragged packings (empty, one-token and
 // odd-length sequences), grouped-query heads, head dims 64 to 128, both masks (relative error
-// < 1e-2, log-sum-exps < 1e-5), poisoned outputs fully written, plans cached per problem; the
-// log-sum-exps interchangeable with LaunchAttention's. Skips without a GPU or before Hopper.
+// < 1e-2, log-sum-exps < 1e-5), poisoned outputs fully written, plans cached per problem and
+// shared by packings of similar counts; the log-sum-exps interchangeable with LaunchAttention's
+// both ways; a forward + backward captured in a CUDA graph and replayed; refusals (dtype, head
+// dims, over-padded packings, misalignment); the CUDA Ops falling back to our kernels for what
+// cuDNN does not take. Skips without a GPU or before Hopper.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -11,8 +14,11 @@
 #include <random>
 #include <vector>
 
+#include "common/status_macros.h"
 #include "kernels/attention.h"
 #include "kernels/attention_cudnn.h"
+#include "kernels/cuda_graph.h"
+#include "kernels/cuda_ops.h"
 #include "tests/kernels/attention_reference.h"
 #include "tests/kernels/cuda_test_util.h"
 
@@ -40,10 +46,15 @@ struct Case {
   int64_t heads, kv_heads, head_dim;
 };
 
-// Runs one case through cuDNN (forward, then backward), or with `own_forward` through
-// LaunchAttention's forward and cuDNN's backward, and compares with float64.
-void CheckCase(CudnnAttention& cudnn, const Case& c, bool causal, bool own_forward,
-               std::mt19937& random) {
+enum class Mode {
+  kCudnn,        // cuDNN's forward and backward.
+  kOwnForward,   // LaunchAttention's forward, cuDNN's backward.
+  kOwnBackward,  // cuDNN's forward, LaunchAttentionBackward.
+  kGraph,  // cuDNN's forward and backward captured in a CUDA graph, outputs poisoned, replayed.
+};
+
+// Runs one case and compares with float64.
+void CheckCase(CudnnAttention& cudnn, const Case& c, bool causal, Mode mode, std::mt19937& random) {
   const DType dtype = DType::kBF16;
   const std::vector<int32_t> cu = CuSeqlens(c.lengths);
   const int64_t total = cu.back(), num_seqs = static_cast<int64_t>(c.lengths.size());
@@ -73,41 +84,64 @@ void CheckCase(CudnnAttention& cudnn, const Case& c, bool causal, bool own_forwa
                           .max_seqlen = max_seqlen,
                           .scale = scale,
                           .causal = causal};
-  if (own_forward) {
+  const absl::StatusOr<size_t> fwd_bytes = cudnn.ForwardWorkspaceBytes(f);
+  ASSERT_TRUE(fwd_bytes.ok()) << fwd_bytes.status();
+  const DeviceBuffer fwd_workspace(*fwd_bytes);
+  if (mode == Mode::kOwnForward) {
     ASSERT_TRUE(LaunchAttention(f, nullptr).ok());
-  } else {
-    const absl::StatusOr<size_t> bytes = cudnn.ForwardWorkspaceBytes(f);
-    ASSERT_TRUE(bytes.ok()) << bytes.status();
-    const DeviceBuffer workspace(*bytes);
-    const absl::Status forward = cudnn.Forward(f, workspace.get(), *bytes, nullptr);
+  } else if (mode != Mode::kGraph) {
+    const absl::Status forward = cudnn.Forward(f, fwd_workspace.get(), *fwd_bytes, nullptr);
     ASSERT_TRUE(forward.ok()) << forward;
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
-  const AttentionBackwardParams b{.dtype = dtype,
-                                  .dout = d_dout.get(),
-                                  .q = d_q.get(),
-                                  .k = d_k.get(),
-                                  .v = d_v.get(),
-                                  .out = d_out.get(),
-                                  .lse = d_lse.as<const float>(),
-                                  .dq = d_dq.get(),
-                                  .dk = d_dk.get(),
-                                  .dv = d_dv.get(),
-                                  .cu_seqlens = d_cu.as<const int32_t>(),
-                                  .num_seqs = num_seqs,
-                                  .total_tokens = total,
-                                  .heads = c.heads,
-                                  .kv_heads = c.kv_heads,
-                                  .head_dim = c.head_dim,
-                                  .max_seqlen = max_seqlen,
-                                  .scale = scale,
-                                  .causal = causal};
+  AttentionBackwardParams b{.dtype = dtype,
+                            .dout = d_dout.get(),
+                            .q = d_q.get(),
+                            .k = d_k.get(),
+                            .v = d_v.get(),
+                            .out = d_out.get(),
+                            .lse = d_lse.as<const float>(),
+                            .dq = d_dq.get(),
+                            .dk = d_dk.get(),
+                            .dv = d_dv.get(),
+                            .cu_seqlens = d_cu.as<const int32_t>(),
+                            .num_seqs = num_seqs,
+                            .total_tokens = total,
+                            .heads = c.heads,
+                            .kv_heads = c.kv_heads,
+                            .head_dim = c.head_dim,
+                            .max_seqlen = max_seqlen,
+                            .scale = scale,
+                            .causal = causal};
   const absl::StatusOr<size_t> bytes = cudnn.BackwardWorkspaceBytes(b);
   ASSERT_TRUE(bytes.ok()) << bytes.status();
   const DeviceBuffer workspace(*bytes);
-  const absl::Status backward = cudnn.Backward(b, workspace.get(), *bytes, nullptr);
-  ASSERT_TRUE(backward.ok()) << backward;
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  if (mode == Mode::kOwnBackward) {
+    const size_t own_bytes = AttentionBackwardWorkspaceBytes(total, c.heads, c.head_dim);
+    const DeviceBuffer own_workspace(own_bytes);
+    b.workspace = own_workspace.get();
+    b.workspace_bytes = own_bytes;
+    ASSERT_TRUE(LaunchAttentionBackward(b, nullptr).ok());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  } else if (mode == Mode::kGraph) {
+    cudaStream_t stream = nullptr;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    absl::StatusOr<CudaGraph> graph = CudaGraph::Capture(stream, [&]() -> absl::Status {
+      MIMO_RETURN_IF_ERROR(cudnn.Forward(f, fwd_workspace.get(), *fwd_bytes, stream));
+      return cudnn.Backward(b, workspace.get(), *bytes, stream);
+    });
+    ASSERT_TRUE(graph.ok()) << graph.status();
+    for (const DeviceBuffer* out : {&d_out, &d_lse, &d_dq, &d_dk, &d_dv}) {
+      ASSERT_EQ(cudaMemset(out->get(), 0xff, out->Bytes().size()), cudaSuccess);
+    }
+    ASSERT_TRUE(graph->Replay(stream).ok());
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    cudaStreamDestroy(stream);
+  } else {
+    const absl::Status backward = cudnn.Backward(b, workspace.get(), *bytes, nullptr);
+    ASSERT_TRUE(backward.ok()) << backward;
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  }
 
   const AttentionReference ref =
       AttentionFloat64(q.exact, k.exact, v.exact, dout.exact, cu, c.heads, c.kv_heads, c.head_dim,
@@ -144,23 +178,80 @@ TEST_F(AttentionCudnnCudaTest, MatchesFloat64ForwardAndBackward) {
       SCOPED_TRACE(::testing::Message() << ::testing::PrintToString(c.lengths) << " heads "
                                         << c.heads << "/" << c.kv_heads << " head_dim "
                                         << c.head_dim << (causal ? " causal" : " bidirectional"));
-      CheckCase(*cudnn_, c, causal, /*own_forward=*/false, random);
+      CheckCase(*cudnn_, c, causal, Mode::kCudnn, random);
     }
   }
   // Every (direction, problem) planned once: a second pass adds none.
   const size_t plans = cudnn_->cached_plans();
-  CheckCase(*cudnn_, cases[3], true, false, random);
+  CheckCase(*cudnn_, cases[3], true, Mode::kCudnn, random);
   EXPECT_EQ(cudnn_->cached_plans(), plans);
 }
 
-TEST_F(AttentionCudnnCudaTest, TakesTheLogSumExpsOfTheOwnForward) {
+TEST_F(AttentionCudnnCudaTest, PackingsOfSimilarCountsAndLengthsShareAPlan) {
   std::mt19937 random(std::random_device{}());
-  CheckCase(*cudnn_, {{5, 17, 130}, 4, 2, 64}, true, /*own_forward=*/true, random);
+  // 3 and 4 sequences of up to 100 and 128 tokens: 4 x 128 rows either way, one plan a direction.
+  CheckCase(*cudnn_, {{5, 100, 31}, 2, 1, 64}, true, Mode::kCudnn, random);
+  const size_t plans = cudnn_->cached_plans();
+  CheckCase(*cudnn_, {{128, 7, 60, 1}, 2, 1, 64}, true, Mode::kCudnn, random);
+  EXPECT_EQ(cudnn_->cached_plans(), plans);
+}
+
+TEST_F(AttentionCudnnCudaTest, LogSumExpsInterchangeWithTheOwnKernels) {
+  std::mt19937 random(std::random_device{}());
+  CheckCase(*cudnn_, {{5, 17, 130}, 4, 2, 64}, true, Mode::kOwnForward, random);
+  CheckCase(*cudnn_, {{5, 17, 130}, 4, 2, 64}, true, Mode::kOwnBackward, random);
+  CheckCase(*cudnn_, {{256, 256}, 2, 2, 128}, false, Mode::kOwnBackward, random);
 }
 
 TEST_F(AttentionCudnnCudaTest, EmptySequencesInAPacking) {
   std::mt19937 random(std::random_device{}());
-  CheckCase(*cudnn_, {{70, 0, 9}, 2, 1, 64}, true, false, random);
+  CheckCase(*cudnn_, {{70, 0, 9}, 2, 1, 64}, true, Mode::kCudnn, random);
+}
+
+TEST_F(AttentionCudnnCudaTest, ReplaysInACudaGraph) {
+  std::mt19937 random(std::random_device{}());
+  CheckCase(*cudnn_, {{5, 17, 130}, 4, 2, 64}, true, Mode::kGraph, random);
+  CheckCase(*cudnn_, {{256, 256}, 2, 1, 128}, true, Mode::kGraph, random);
+}
+
+// Through NewCudaOps: bf16 at head_dim 256 and f32 (which cuDNN does not take) still attend right.
+TEST_F(AttentionCudnnCudaTest, TheCudaOpsFallBackToTheOwnKernels) {
+  absl::StatusOr<std::unique_ptr<Ops>> ops = NewCudaOps();
+  ASSERT_TRUE(ops.ok()) << ops.status();
+  std::mt19937 random(std::random_device{}());
+  for (const auto& [dtype, head_dim] :
+       {std::pair{DType::kBF16, int64_t{256}}, std::pair{DType::kF32, int64_t{64}}}) {
+    SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " head_dim " << head_dim);
+    const std::vector<int32_t> lengths = {40, 9}, cu = CuSeqlens(lengths);
+    const int64_t total = cu.back(), heads = 2, n = total * heads * head_dim;
+    const HostData q = RandomData(dtype, n, random, -2, 2), k = RandomData(dtype, n, random, -2, 2),
+                   v = RandomData(dtype, n, random, -1, 1);
+    const DeviceBuffer d_q(q.bytes), d_k(k.bytes), d_v(v.bytes),
+        d_cu(BytesOf(cu.data(), cu.size() * sizeof(int32_t))), d_out(n * DTypeSize(dtype)),
+        d_lse(heads * total * 4);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    const absl::Status run = (*ops)->Attention({.dtype = dtype,
+                                                .q = d_q.get(),
+                                                .k = d_k.get(),
+                                                .v = d_v.get(),
+                                                .out = d_out.get(),
+                                                .lse = d_lse.as<float>(),
+                                                .cu_seqlens = d_cu.as<const int32_t>(),
+                                                .num_seqs = 2,
+                                                .total_tokens = total,
+                                                .heads = heads,
+                                                .kv_heads = heads,
+                                                .head_dim = head_dim,
+                                                .max_seqlen = 40,
+                                                .scale = scale,
+                                                .causal = true});
+    ASSERT_TRUE(run.ok()) << run;
+    ASSERT_TRUE((*ops)->Synchronize().ok());
+    const AttentionReference ref =
+        AttentionFloat64(q.exact, k.exact, v.exact, {}, cu, heads, heads, head_dim, scale, true);
+    EXPECT_LT(RelativeError(ValuesOf(dtype, d_out.Bytes()), ref.out),
+              dtype == DType::kF32 ? 1e-5 : 1e-2);
+  }
 }
 
 TEST_F(AttentionCudnnCudaTest, RefusesWhatItDoesNotTake) {
@@ -190,6 +281,33 @@ TEST_F(AttentionCudnnCudaTest, RefusesWhatItDoesNotTake) {
   p.max_seqlen = 0;
   EXPECT_THAT(cudnn_->ForwardWorkspaceBytes(p).status().message(), HasSubstr("max_seqlen"));
   p.max_seqlen = 4;
+  p.q = buf.as<char>() + 8;
+  EXPECT_THAT(cudnn_->ForwardWorkspaceBytes(p).status().message(),
+              HasSubstr("q is not 16-byte aligned"));
+  p.q = buf.get();
+  // 17 sequences, one of 4096 tokens: padded to 32 x 4096 rows, 30 times the 4352 tokens.
+  std::vector<int32_t> lengths(16, 16);
+  lengths.push_back(4096);
+  const std::vector<int32_t> skewed = CuSeqlens(lengths);
+  const DeviceBuffer d_skewed(BytesOf(skewed.data(), skewed.size() * sizeof(int32_t)));
+  AttentionParams over = p;
+  over.cu_seqlens = d_skewed.as<const int32_t>();
+  over.num_seqs = 17;
+  over.total_tokens = skewed.back();
+  over.max_seqlen = 4096;
+  EXPECT_THAT(cudnn_->ForwardWorkspaceBytes(over).status().message(),
+              HasSubstr("pad to 32 x 4096"));
+  // No tokens: no plan, no workspace.
+  const size_t plans = cudnn_->cached_plans();
+  AttentionParams empty = p;
+  empty.total_tokens = 0;
+  empty.max_seqlen = 0;
+  empty.cu_seqlens = d_skewed.as<const int32_t>();  // Starts 0, 16: never read.
+  empty.num_seqs = 1;
+  const absl::StatusOr<size_t> none = cudnn_->ForwardWorkspaceBytes(empty);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none, 0u);
+  EXPECT_EQ(cudnn_->cached_plans(), plans);
   p.heads = 3;  // Not a multiple of kv_heads 2.
   p.kv_heads = 2;
   EXPECT_TRUE(absl::IsInvalidArgument(cudnn_->ForwardWorkspaceBytes(p).status()));
