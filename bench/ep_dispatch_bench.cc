@@ -1,23 +1,29 @@
 // Expert-parallel dispatch + combine of the MoE token dispatcher over NCCL against NCCL's own
 // all-to-all of the same bytes, one thread per GPU of this host (issue 6: EP=2 on two NVLink
-// GPUs at 90% or more of the all-to-all's bus bandwidth).
+// GPUs at 90% or more of NCCL's all-to-all bus bandwidth).
 //
-//   ep_dispatch_bench [--gpus N] [--tokens T] [--hidden C] [--experts E] [--top-k K] [--iters I]
+//   ep_dispatch_bench [--gpus N] [--tokens T] [--hidden C] [--experts E] [--top-k K]
+//                     [--zipf S] [--iters I]
 //
-// Each rank routes T tokens (bf16 rows of width C) to k distinct experts drawn uniformly (each
-// rank holds E / N of them), then times I steps of MoeTokenDispatcher::Dispatch followed by
-// Combine of the dispatched rows (identity experts): two all-to-alls of the routed rows plus the
-// dispatcher's own work (routing metadata exchange, permutation, padding, host synchronizations
-// for the counts). Against it, in the same run, I pairs of communicator AllToAll calls moving
-// the same send buffer (S = T * k rows, equal blocks per peer). Prints one markdown row: bytes
-// per all-to-all, time per step, and bus bandwidth as nccl-tests defines it for all-to-all
-// (2 all-to-alls x S x C x 2 bytes / time x (N - 1) / N) for both, and their ratio. Defaults: the
-// Mixtral-style layer of bench/torch_moe.py (C 4096, E 8, k 2) at 32768 tokens per rank: 256 MiB
-// per all-to-all.
+// Each rank routes T tokens (bf16 rows of width C) to k distinct experts (uniformly, or with
+// --zipf S expert e drawn with weight 1 / (e + 1)^S; each rank holds E / N experts), then times I
+// steps of MoeTokenDispatcher::Dispatch followed by Combine of the dispatched rows (identity
+// experts): two all-to-alls of the routed rows plus the dispatcher's own work (the count
+// exchange, permutation, padding, host synchronizations for the counts). Against it, in the same
+// run, with the same send buffer (S = T * k rows in equal blocks per peer): 2 x I all-to-alls as
+// NCCL runs them (grouped ncclSend/ncclRecv on a stream, one wait at the end, as nccl-tests and
+// comm_bench time them), and 2 x I through the communicator (which waits for each call). Bus
+// bandwidth as nccl-tests defines it for all-to-all: 2 x S x C x 2 bytes / time x (N - 1) / N.
+// The gap between the layer and NCCL is the dispatcher's overhead and the routing's imbalance
+// (the rows each rank sends to the others are printed), not NCCL's efficiency. Defaults: the
+// Mixtral-style layer of bench/torch_moe.py (C 4096, E 8, k 2) at 16384 tokens per rank: 256 MiB
+// per all-to-all, the size of the issue's NCCL figure. Run with NCCL_NVLS_ENABLE=0 on NVLink.
 #include <cuda_runtime_api.h>
+#include <nccl.h>
 
 #include <algorithm>
 #include <barrier>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -52,6 +58,13 @@ void CheckCuda(cudaError_t e, const char* what) {
   }
 }
 
+void CheckNccl(ncclResult_t e, const char* what) {
+  if (e != ncclSuccess) {
+    std::fprintf(stderr, "ep_dispatch_bench: %s: %s\n", what, ncclGetErrorString(e));
+    std::exit(1);
+  }
+}
+
 template <typename T>
 T Take(absl::StatusOr<T> v, const char* what) {
   Check(v.status(), what);
@@ -60,11 +73,12 @@ T Take(absl::StatusOr<T> v, const char* what) {
 
 struct Options {
   int gpus = 2;
-  int64_t tokens = 32768;
+  int64_t tokens = 16384;
   int64_t hidden = 4096;
   int64_t experts = 8;
   int64_t top_k = 2;
-  int iters = 10;
+  double zipf = 0;  // 0: uniform routing.
+  int iters = 20;
 };
 
 // A device tensor holding `host` (bf16 bits, fp32 or int32 values).
@@ -81,12 +95,15 @@ kernels::Tensor Upload(kernels::Ops& ops, const std::vector<T>& host, const kern
 struct Rank {
   std::unique_ptr<kernels::Ops> ops;
   std::unique_ptr<comm::NcclCommunicator> ep;
+  ncclComm_t raw = nullptr;  // A plain NCCL communicator of the same GPUs.
+  cudaStream_t stream = nullptr;
   std::optional<MoeTokenDispatcher> dispatcher;
   kernels::Tensor x, indices, probs, send, recv;
 };
 
 void Setup(const Options& o, int rank, comm::KeyValueStore& store, Rank& r) {
   CheckCuda(cudaSetDevice(rank), "cudaSetDevice");
+  CheckCuda(cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking), "cudaStreamCreate");
   r.ops = Take(kernels::NewCudaOps({.device = rank}), "NewCudaOps");
   std::vector<int> members(o.gpus);
   std::iota(members.begin(), members.end(), 0);
@@ -102,12 +119,18 @@ void Setup(const Options& o, int rank, comm::KeyValueStore& store, Rank& r) {
   std::uniform_real_distribution<float> value(-1.0f, 1.0f);
   std::vector<uint16_t> x(o.tokens * o.hidden);
   for (uint16_t& v : x) v = FloatToBFloat16(value(random));
+  // k distinct experts per token, drawn one after another by weight without replacement.
+  std::vector<double> weight(o.experts);
+  for (int64_t e = 0; e < o.experts; ++e) weight[e] = std::pow(1.0 / (e + 1), o.zipf);
   std::vector<int32_t> indices(o.tokens * o.top_k);
-  std::vector<int32_t> experts(o.experts);
-  std::iota(experts.begin(), experts.end(), 0);
   for (int64_t t = 0; t < o.tokens; ++t) {
-    std::shuffle(experts.begin(), experts.end(), random);
-    std::copy_n(experts.begin(), o.top_k, indices.begin() + t * o.top_k);
+    std::vector<double> left = weight;
+    for (int64_t j = 0; j < o.top_k; ++j) {
+      std::discrete_distribution<int32_t> pick(left.begin(), left.end());
+      const int32_t e = pick(random);
+      indices[t * o.top_k + j] = e;
+      left[e] = 0;
+    }
   }
   const std::vector<float> probs(o.tokens * o.top_k, 1.0f / static_cast<float>(o.top_k));
   r.x = Upload(*r.ops, x, {o.tokens, o.hidden}, kernels::DType::kBF16);
@@ -140,13 +163,33 @@ void LayerStep(Rank& r, int64_t* crossed) {
   }
 }
 
-// Two all-to-alls of the whole send buffer in equal blocks, through the same communicator.
-void NcclStep(const Options& o, Rank& r) {
-  const size_t per_peer = static_cast<size_t>(o.tokens * o.top_k / o.gpus * o.hidden);
-  const std::vector<size_t> counts(o.gpus, per_peer);
+size_t PerPeer(const Options& o) {
+  return static_cast<size_t>(o.tokens * o.top_k / o.gpus * o.hidden);
+}
+
+// Two all-to-alls of the whole send buffer in equal blocks, through the communicator.
+void CommunicatorStep(const Options& o, Rank& r) {
+  const std::vector<size_t> counts(o.gpus, PerPeer(o));
   for (int i = 0; i < 2; ++i) {
     Check(r.ep->AllToAll(r.send.data(), counts, r.recv.data(), counts, comm::DataType::kBFloat16),
           "AllToAll");
+  }
+}
+
+// Two all-to-alls as NCCL runs them: grouped sends and receives, enqueued without waiting.
+void NcclEnqueue(const Options& o, Rank& r) {
+  const size_t per_peer = PerPeer(o);
+  const auto* in = static_cast<const uint16_t*>(r.send.data());
+  auto* out = static_cast<uint16_t*>(r.recv.data());
+  for (int i = 0; i < 2; ++i) {
+    CheckNccl(ncclGroupStart(), "ncclGroupStart");
+    for (int p = 0; p < o.gpus; ++p) {
+      CheckNccl(ncclSend(in + p * per_peer, per_peer, ncclBfloat16, p, r.raw, r.stream),
+                "ncclSend");
+      CheckNccl(ncclRecv(out + p * per_peer, per_peer, ncclBfloat16, p, r.raw, r.stream),
+                "ncclRecv");
+    }
+    CheckNccl(ncclGroupEnd(), "ncclGroupEnd");
   }
 }
 
@@ -157,22 +200,30 @@ int Main(const Options& o) {
     return 2;
   }
   if (o.experts % o.gpus != 0 || o.top_k > o.experts || (o.tokens * o.top_k) % o.gpus != 0) {
-    std::fprintf(stderr, "ep_dispatch_bench: experts must split over the GPUs, top-k <= experts\n");
+    std::fprintf(stderr,
+                 "ep_dispatch_bench: the experts and the tokens x top-k must split evenly over the "
+                 "GPUs, and top-k may not exceed the experts\n");
     return 2;
   }
   cudaDeviceProp prop{};
   CheckCuda(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   comm::InMemoryStore store;
   std::vector<Rank> ranks(o.gpus);
+  std::vector<ncclComm_t> raw(o.gpus);
+  std::vector<int> devices(o.gpus);
+  std::iota(devices.begin(), devices.end(), 0);
+  CheckNccl(ncclCommInitAll(raw.data(), o.gpus, devices.data()), "ncclCommInitAll");
+  for (int i = 0; i < o.gpus; ++i) ranks[i].raw = raw[i];
   {
     std::vector<std::thread> threads;
     for (int i = 0; i < o.gpus; ++i) threads.emplace_back([&, i] { Setup(o, i, store, ranks[i]); });
     for (std::thread& t : threads) t.join();
   }
-  // Seconds per step (slowest rank) of the layer's path and of the bare all-to-alls.
-  double seconds[2] = {0, 0};
+  // Seconds per step (slowest rank): the layer's path, NCCL's all-to-alls, the communicator's.
+  enum Path { kLayer, kNccl, kCommunicator };
+  double seconds[3] = {0, 0, 0};
   std::vector<int64_t> crossed(o.gpus, 0);
-  for (int bare = 0; bare < 2; ++bare) {
+  for (const Path path : {kLayer, kNccl, kCommunicator}) {
     std::barrier sync(o.gpus);
     std::vector<double> took(o.gpus);
     std::vector<std::thread> threads;
@@ -180,41 +231,50 @@ int Main(const Options& o) {
       threads.emplace_back([&, i] {
         CheckCuda(cudaSetDevice(i), "cudaSetDevice");
         Rank& r = ranks[i];
-        const auto step = [&] {
-          if (bare) {
-            NcclStep(o, r);
-          } else {
-            LayerStep(r, nullptr);
+        const auto steps = [&](int n) {
+          for (int it = 0; it < n; ++it) {
+            if (path == kLayer) LayerStep(r, nullptr);
+            if (path == kNccl) NcclEnqueue(o, r);
+            if (path == kCommunicator) CommunicatorStep(o, r);
           }
+          if (path == kNccl) CheckCuda(cudaStreamSynchronize(r.stream), "cudaStreamSynchronize");
         };
-        for (int w = 0; w < 3; ++w) step();  // Warm-up (plans, buffers, NCCL channels).
-        if (!bare) LayerStep(r, &crossed[i]);
+        steps(3);  // Warm-up (plans, buffers, NCCL channels).
+        if (path == kLayer) LayerStep(r, &crossed[i]);
         sync.arrive_and_wait();
         const absl::Time start = absl::Now();
-        for (int it = 0; it < o.iters; ++it) step();
+        steps(o.iters);
         took[i] = absl::ToDoubleSeconds(absl::Now() - start) / o.iters;
       });
     }
     for (std::thread& t : threads) t.join();
-    seconds[bare] = *std::max_element(took.begin(), took.end());
+    seconds[path] = *std::max_element(took.begin(), took.end());
   }
   const double rows = static_cast<double>(o.tokens * o.top_k);
   const double bytes = rows * static_cast<double>(o.hidden) * 2;  // One all-to-all's buffer.
   const double factor = static_cast<double>(o.gpus - 1) / o.gpus;
   const auto busbw = [&](double s) { return 2 * bytes / s / 1e9 * factor; };
   std::printf(
-      "# %d x %s, %lld tokens per rank, hidden %lld, %lld experts, top-%lld, bf16; rows "
-      "sent to other ranks per dispatch:",
+      "# %d x %s, %lld tokens per rank, hidden %lld, %lld experts, top-%lld, %s routing, "
+      "bf16, %d steps; rows sent to other ranks per dispatch:",
       o.gpus, prop.name, static_cast<long long>(o.tokens), static_cast<long long>(o.hidden),
-      static_cast<long long>(o.experts), static_cast<long long>(o.top_k));
+      static_cast<long long>(o.experts), static_cast<long long>(o.top_k),
+      o.zipf > 0 ? "Zipf" : "uniform", o.iters);
   for (int64_t c : crossed) std::printf(" %lld", static_cast<long long>(c));
   std::printf(" (of %.0f)\n", rows);
   std::printf(
       "| bytes per all-to-all | dispatch + combine | busbw GB/s | 2 NCCL all-to-alls | "
-      "busbw GB/s | layer / NCCL |\n| --- | --- | --- | --- | --- | --- |\n");
-  std::printf("| %.0f | %.1f us | %.1f | %.1f us | %.1f | %.2f |\n", bytes, seconds[0] * 1e6,
-              busbw(seconds[0]), seconds[1] * 1e6, busbw(seconds[1]),
-              busbw(seconds[0]) / busbw(seconds[1]));
+      "busbw GB/s | 2 through the communicator | busbw GB/s | layer / NCCL | layer / "
+      "communicator |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf("| %.0f | %.1f us | %.1f | %.1f us | %.1f | %.1f us | %.1f | %.2f | %.2f |\n", bytes,
+              seconds[kLayer] * 1e6, busbw(seconds[kLayer]), seconds[kNccl] * 1e6,
+              busbw(seconds[kNccl]), seconds[kCommunicator] * 1e6, busbw(seconds[kCommunicator]),
+              seconds[kNccl] / seconds[kLayer], seconds[kCommunicator] / seconds[kLayer]);
+  for (int i = 0; i < o.gpus; ++i) {
+    CheckCuda(cudaSetDevice(i), "cudaSetDevice");
+    CheckNccl(ncclCommDestroy(ranks[i].raw), "ncclCommDestroy");
+    CheckCuda(cudaStreamDestroy(ranks[i].stream), "cudaStreamDestroy");
+  }
   return 0;
 }
 
@@ -229,6 +289,8 @@ int main(int argc, char** argv) {
   app.add_option("--hidden", o.hidden, "hidden size")->check(CLI::PositiveNumber);
   app.add_option("--experts", o.experts, "routed experts in all")->check(CLI::PositiveNumber);
   app.add_option("--top-k", o.top_k, "experts per token")->check(CLI::PositiveNumber);
+  app.add_option("--zipf", o.zipf, "routing skew: expert e drawn with weight 1 / (e + 1)^S")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--iters", o.iters, "timed steps")->check(CLI::Range(1, 1000));
   CLI11_PARSE(app, argc, argv);
   return mimo::Main(o);
