@@ -490,6 +490,36 @@ T* At(void* base, size_t offset) {
   return reinterpret_cast<T*>(static_cast<char*>(base) + offset);
 }
 
+// The masks' inputs, added to a variant pack: the -inf constant of a masked graph and, for a
+// ragged batch, the sequence lengths and ragged offsets, computed into the workspace on `stream`.
+template <typename Params>
+absl::Status AddMaskInputs(const Problem& problem, const Layout& layout, const Params& p,
+                           void* workspace, float* neg_inf, StreamHandle stream,
+                           std::vector<int64_t>& uids, std::vector<void*>& pointers) {
+  if (Masks(problem)) {
+    uids.push_back(kNegInf);
+    pointers.push_back(neg_inf);
+  }
+  if (!problem.ragged) return absl::OkStatus();
+  auto* seq_len = At<int32_t>(workspace, layout.seq_len);
+  auto* ragged_q = At<int32_t>(workspace, layout.ragged_q);
+  auto* ragged_kv = At<int32_t>(workspace, layout.ragged_kv);
+  MIMO_RETURN_IF_ERROR(LaunchCudnnVarlen({.cu_seqlens = p.cu_seqlens,
+                                          .num_seqs = p.num_seqs,
+                                          .padded_seqs = problem.b,
+                                          .max_seqlen = problem.s,
+                                          .heads = p.heads,
+                                          .kv_heads = p.kv_heads,
+                                          .head_dim = p.head_dim,
+                                          .seq_len = seq_len,
+                                          .q_offsets = ragged_q,
+                                          .kv_offsets = ragged_kv},
+                                         stream));
+  uids.insert(uids.end(), {kSeqLen, kSeqLenKv, kRaggedQ, kRaggedKv});
+  pointers.insert(pointers.end(), {seq_len, seq_len, ragged_q, ragged_kv});
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<size_t> CudnnAttention::ForwardWorkspaceBytes(const AttentionParams& p) {
@@ -542,28 +572,8 @@ absl::Status CudnnAttention::Forward(const AttentionParams& p, void* workspace,
   std::vector<int64_t> uids = {kQ, kK, kV, kO, kStats, kScale};
   std::vector<void*> pointers = {
       const_cast<void*>(p.q), const_cast<void*>(p.k), const_cast<void*>(p.v), p.out, stats, &scale};
-  if (Masks(problem)) {
-    uids.push_back(kNegInf);
-    pointers.push_back(&neg_inf);
-  }
-  if (problem.ragged) {
-    auto* seq_len = At<int32_t>(workspace, layout.seq_len);
-    auto* ragged_q = At<int32_t>(workspace, layout.ragged_q);
-    auto* ragged_kv = At<int32_t>(workspace, layout.ragged_kv);
-    MIMO_RETURN_IF_ERROR(LaunchCudnnVarlen({.cu_seqlens = p.cu_seqlens,
-                                            .num_seqs = p.num_seqs,
-                                            .padded_seqs = problem.b,
-                                            .max_seqlen = problem.s,
-                                            .heads = p.heads,
-                                            .kv_heads = p.kv_heads,
-                                            .head_dim = p.head_dim,
-                                            .seq_len = seq_len,
-                                            .q_offsets = ragged_q,
-                                            .kv_offsets = ragged_kv},
-                                           stream));
-    uids.insert(uids.end(), {kSeqLen, kSeqLenKv, kRaggedQ, kRaggedKv});
-    pointers.insert(pointers.end(), {seq_len, seq_len, ragged_q, ragged_kv});
-  }
+  MIMO_RETURN_IF_ERROR(
+      AddMaskInputs(problem, layout, p, workspace, &neg_inf, stream, uids, pointers));
   MIMO_RETURN_IF_ERROR(
       CudnnExecute(state_->handle, *plan, uids, pointers, At<char>(workspace, layout.cudnn)));
   return LaunchCudnnStats({.cu_seqlens = p.cu_seqlens,
@@ -619,28 +629,8 @@ absl::Status CudnnAttention::Backward(const AttentionBackwardParams& p, void* wo
                                  &one,
                                  At<float>(workspace, layout.softmax_sum),
                                  At<float>(workspace, layout.dq_accum)};
-  if (problem.ragged) {
-    auto* seq_len = At<int32_t>(workspace, layout.seq_len);
-    auto* ragged_q = At<int32_t>(workspace, layout.ragged_q);
-    auto* ragged_kv = At<int32_t>(workspace, layout.ragged_kv);
-    MIMO_RETURN_IF_ERROR(LaunchCudnnVarlen({.cu_seqlens = p.cu_seqlens,
-                                            .num_seqs = p.num_seqs,
-                                            .padded_seqs = problem.b,
-                                            .max_seqlen = problem.s,
-                                            .heads = p.heads,
-                                            .kv_heads = p.kv_heads,
-                                            .head_dim = p.head_dim,
-                                            .seq_len = seq_len,
-                                            .q_offsets = ragged_q,
-                                            .kv_offsets = ragged_kv},
-                                           stream));
-    uids.insert(uids.end(), {kSeqLen, kSeqLenKv, kRaggedQ, kRaggedKv});
-    pointers.insert(pointers.end(), {seq_len, seq_len, ragged_q, ragged_kv});
-  }
-  if (Masks(problem)) {
-    uids.push_back(kNegInf);
-    pointers.push_back(&neg_inf);
-  }
+  MIMO_RETURN_IF_ERROR(
+      AddMaskInputs(problem, layout, p, workspace, &neg_inf, stream, uids, pointers));
   return CudnnExecute(state_->handle, *plan, uids, pointers, At<char>(workspace, layout.cudnn));
 }
 
