@@ -107,7 +107,7 @@ void Setup(const Options& o, int rank, comm::KeyValueStore& store, Rank& r) {
   r.ops = Take(kernels::NewCudaOps({.device = rank}), "NewCudaOps");
   std::vector<int> members(o.gpus);
   std::iota(members.begin(), members.end(), 0);
-  r.ep = Take(comm::NcclCommunicator::Connect("ep", members, rank, store, rank, absl::Seconds(120)),
+  r.ep = Take(comm::NcclCommunicator::Connect("ep", members, rank, store, rank, absl::Seconds(60)),
               "NcclCommunicator::Connect");
   r.dispatcher.emplace(Take(MoeTokenDispatcher::Create({.experts = o.experts,
                                                         .top_k = o.top_k,
@@ -282,6 +282,8 @@ int Main(const Options& o) {
 }  // namespace mimo
 
 int main(int argc, char** argv) {
+  // Line by line even into a pipe: a time limit that ends the run keeps the rows printed.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   CLI::App app("Times the MoE dispatcher's expert-parallel dispatch + combine against NCCL.");
   mimo::Options o;
   app.add_option("--gpus", o.gpus, "GPUs (ranks of the EP group)")->check(CLI::Range(2, 64));

@@ -10,17 +10,20 @@
 // peer); for the pipelines the measured bubble, the larger of the two ranks' share of the step
 // spent in the pipeline's receives, beside the formula's (pp - 1) / (vpp m + pp - 1). The
 // gradient reduction does not overlap the backward (overlap_grad_reduce off, as on GPUs with tp
-// or pp).
+// or pp). A layout that fails is reported at once (its peer's communicators aborted, so it does
+// not wait out the timeout) and the next one runs; the exit status is then 1.
 #include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -105,6 +108,31 @@ struct Args {
   bool language_only = false;
 };
 
+// The two ranks' process groups while a layout runs: a rank that fails aborts both, so its peer
+// returns from the call it waits in instead of waiting out the timeout.
+class LayoutGroups {
+ public:
+  void Add(comm::ProcessGroups* groups) {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_.push_back(groups);
+    if (failed_) groups->AbortAll();
+  }
+  void Remove(comm::ProcessGroups* groups) {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_.erase(std::remove(live_.begin(), live_.end(), groups), live_.end());
+  }
+  void Fail() {
+    std::lock_guard<std::mutex> lock(mu_);
+    failed_ = true;
+    for (comm::ProcessGroups* g : live_) g->AbortAll();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<comm::ProcessGroups*> live_;  // Guarded by mu_.
+  bool failed_ = false;                     // Guarded by mu_.
+};
+
 // What one rank measured over the timed steps.
 struct RankResult {
   absl::Status status;
@@ -115,8 +143,9 @@ struct RankResult {
 };
 
 RankResult RunRank(const Args& a, const std::string& layout, const v1::JobSpec& spec, int rank,
-                   comm::KeyValueStore& store) {
+                   comm::KeyValueStore& store, LayoutGroups& live) {
   RankResult r;
+  std::unique_ptr<comm::ProcessGroups> groups;
   r.status = [&]() -> absl::Status {
     const std::vector<std::string> kinds = layout == "dp" ? std::vector<std::string>{"dp"}
                                            : layout == "tp"
@@ -125,8 +154,7 @@ RankResult RunRank(const Args& a, const std::string& layout, const v1::JobSpec& 
     std::vector<comm::GroupSpec> specs;
     for (const std::string& k : kinds) specs.push_back({.kind = k, .members = {0, 1}});
     const comm::ProcessGroupsOptions po{
-        .rank = rank, .timeout = absl::Minutes(5), .hostname = "127.0.0.1", .cuda_device = rank};
-    std::unique_ptr<comm::ProcessGroups> groups;
+        .rank = rank, .timeout = absl::Seconds(60), .hostname = "127.0.0.1", .cuda_device = rank};
     std::unique_ptr<kernels::Ops> ops;
     std::string device = "cpu";
     if (a.cuda) {
@@ -141,6 +169,7 @@ RankResult RunRank(const Args& a, const std::string& layout, const v1::JobSpec& 
       MIMO_ASSIGN_OR_RETURN(groups, comm::ProcessGroups::CreateGloo(specs, store, po));
       ops = kernels::NewCpuOps();
     }
+    live.Add(groups.get());
     std::map<std::string, std::unique_ptr<TimedCommunicator>> timed;
     for (const std::string& k : kinds) {
       timed[k] = std::make_unique<TimedCommunicator>(groups->Get(k));
@@ -185,20 +214,39 @@ RankResult RunRank(const Args& a, const std::string& layout, const v1::JobSpec& 
     }
     return absl::OkStatus();
   }();
+  if (!r.status.ok()) {
+    std::cerr << absl::StrFormat("%s, rank %d: %s\n", layout, rank, r.status.ToString())
+              << std::flush;
+    live.Fail();
+  }
+  if (groups != nullptr) live.Remove(groups.get());
   return r;
 }
 
+// Every layout in turn; the first failure (the others still run).
 absl::Status Run(const Args& a) {
   MIMO_ASSIGN_OR_RETURN(const v1::JobSpec spec, tools::ReadJobSpecFile(a.spec));
+  absl::Status first_error;
   for (const std::string& layout : a.layouts) {
     std::vector<RankResult> results(2);
     comm::InMemoryStore store;
+    LayoutGroups live;
     std::vector<std::thread> threads;
     for (int rank = 0; rank < 2; ++rank) {
-      threads.emplace_back([&, rank] { results[rank] = RunRank(a, layout, spec, rank, store); });
+      threads.emplace_back(
+          [&, rank] { results[rank] = RunRank(a, layout, spec, rank, store, live); });
     }
     for (std::thread& t : threads) t.join();
-    for (const RankResult& r : results) MIMO_RETURN_IF_ERROR(r.status);
+    if (!results[0].status.ok() || !results[1].status.ok()) {
+      // The cause, rather than the peer's Cancelled from the abort.
+      absl::Status s = results[0].status.ok() ? results[1].status : results[0].status;
+      for (const RankResult& r : results) {
+        if (!r.status.ok() && !absl::IsCancelled(r.status)) s = r.status;
+      }
+      std::cout << absl::StrFormat("%s: failed (%s)\n", layout, s.ToString()) << std::flush;
+      first_error.Update(absl::Status(s.code(), absl::StrCat(layout, ": ", s.message())));
+      continue;
+    }
     double bubble = 0;
     for (int rank = 0; rank < 2; ++rank) {
       const RankResult& r = results[rank];
@@ -222,8 +270,9 @@ absl::Status Run(const Args& a) {
           100 * bubble,
           100 * PipelineBubbleFraction(2, results[0].micro_batches, layout == "vpp" ? 2 : 1));
     }
+    std::cout << std::flush;
   }
-  return absl::OkStatus();
+  return first_error;
 }
 
 }  // namespace

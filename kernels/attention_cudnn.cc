@@ -378,14 +378,14 @@ struct CudnnAttention::State {
   absl::flat_hash_map<Problem, absl::Status> refused;
 
   ~State() {
-    if (handle != nullptr) {
-      // Work enqueued earlier may still use the plans' kernels. (The handle's last stream may be
-      // gone by now: the whole device is waited for.)
-      CudaDeviceGuard guard(device);
-      cudaDeviceSynchronize();
-    }
+    if (handle == nullptr) return;  // No plans either.
+    // The plans and the handle belong to `device`, whichever device the thread has current.
+    CudaDeviceGuard guard(device);
+    // Work enqueued earlier may still use the plans' kernels. (The handle's last stream may be
+    // gone by now: the whole device is waited for.)
+    cudaDeviceSynchronize();
     plans.clear();
-    if (handle != nullptr) cudnnDestroy(handle);
+    cudnnDestroy(handle);
   }
 
   absl::StatusOr<const CudnnGraph::Plan*> PlanFor(const Problem& p) {

@@ -117,7 +117,7 @@ TEST_P(ContextAttentionNcclTest, EqualsTheWholeSequencesOnOneGpu) {
   comm::RunRanks(2, [&](int rank) {
     auto groups = comm::ProcessGroups::CreateNccl(
         {{.kind = "cp", .members = {0, 1}}}, store,
-        {.rank = rank, .timeout = absl::Seconds(60), .cuda_device = rank});
+        {.rank = rank, .timeout = absl::Seconds(30), .cuda_device = rank});
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto ops = kernels::NewCudaOps({.device = rank});
     ASSERT_TRUE(ops.ok()) << ops.status();
@@ -136,12 +136,14 @@ TEST_P(ContextAttentionNcclTest, EqualsTheWholeSequencesOnOneGpu) {
     kernels::Tensor out;
     ContextAttentionLse lse;
     comm::Communicator& cp = *(*groups)->Get("cp");
-    ASSERT_TRUE(ContextAttentionForward(ctx, cp, shape, tq, tk, tv, out, lse).ok());
+    const absl::Status forward = ContextAttentionForward(ctx, cp, shape, tq, tk, tv, out, lse);
+    ASSERT_TRUE(forward.ok()) << forward;
     const kernels::Tensor dq = Upload(o, std::vector<float>(rows * kHd), {rows, kHd}, dtype);
     const kernels::Tensor dk = Upload(o, std::vector<float>(rows * kGd), {rows, kGd}, dtype);
     const kernels::Tensor dv = Upload(o, std::vector<float>(rows * kGd), {rows, kGd}, dtype);
-    ASSERT_TRUE(
-        ContextAttentionBackward(ctx, cp, shape, td, tq, tk, tv, out, lse, dq, dk, dv).ok());
+    const absl::Status backward =
+        ContextAttentionBackward(ctx, cp, shape, td, tq, tk, tv, out, lse, dq, dk, dv);
+    ASSERT_TRUE(backward.ok()) << backward;
     got[rank] = {Download(o, out), Download(o, dq), Download(o, dk), Download(o, dv)};
   });
   for (int rank = 0; rank < 2; ++rank) {

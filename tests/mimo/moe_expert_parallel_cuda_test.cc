@@ -145,7 +145,7 @@ TEST_P(MoeExpertParallelCudaTest, EqualsTheSingleRankLayer) {
   comm::RunRanks(2, [&](int rank) {
     auto groups = comm::ProcessGroups::CreateNccl(
         {{.kind = kind, .members = {0, 1}}}, store,
-        {.rank = rank, .timeout = absl::Seconds(60), .cuda_device = rank});
+        {.rank = rank, .timeout = absl::Seconds(30), .cuda_device = rank});
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto gpu = kernels::NewCudaOps({.device = rank});
     ASSERT_TRUE(gpu.ok()) << gpu.status();

@@ -69,7 +69,7 @@ TEST_P(TrainerModelParallelNcclTest, TwoGpusTrainLikeOne) {
       specs.push_back({.kind = "tp_cp", .members = {0, 1}});
     }
     auto groups = comm::ProcessGroups::CreateNccl(
-        specs, store, {.rank = rank, .timeout = absl::Seconds(60), .cuda_device = rank});
+        specs, store, {.rank = rank, .timeout = absl::Seconds(30), .cuda_device = rank});
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto ops = kernels::NewCudaOps({.device = rank});
     ASSERT_TRUE(ops.ok()) << ops.status();

@@ -50,7 +50,7 @@ TEST_P(TrainerNcclTest, TwoGpusTrainLikeOneWithBothMicroBatches) {
     std::vector<comm::GroupSpec> specs = {{.kind = "dp", .members = {0, 1}}};
     if (ep) specs.push_back({.kind = "ep", .members = {0, 1}});
     auto groups = comm::ProcessGroups::CreateNccl(
-        specs, store, {.rank = rank, .timeout = absl::Seconds(60), .cuda_device = rank});
+        specs, store, {.rank = rank, .timeout = absl::Seconds(30), .cuda_device = rank});
     ASSERT_TRUE(groups.ok()) << groups.status();
     auto ops = kernels::NewCudaOps({.device = rank});
     ASSERT_TRUE(ops.ok()) << ops.status();
