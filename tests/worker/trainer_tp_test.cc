@@ -148,6 +148,8 @@ TEST(TrainerTensorParallelTest, SequenceParallelMoeLayersEqualOneRank) {
         TrainOn(*ops, model, 2, nullptr, ModelGroupsOf(**groups), false, (*groups)->Get("expt_dp"));
   });
   ExpectMatchesOneRank(got, want, 2);
+  // The experts' reduction over expt_dp started during the backward, beside the layers' tp calls.
+  for (const TrainRun& run : got) EXPECT_GT(run.steps[2].overlapped_buckets, 0);
 }
 
 // With every expert whole on both tp members, their gradients must be summed over tp too: without
