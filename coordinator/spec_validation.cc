@@ -466,6 +466,21 @@ class SpecChecker {
     }
   }
 
+  // Each layer's tp collectives, or the stages' transfers, beside the dp ones on the
+  // communication thread: two NCCL communicators driven from two threads, not run on GPUs yet.
+  // Unset, the workers turn the overlap off for such modules (worker/train_job.h); asked for, it
+  // is refused.
+  void CheckNoOverlapOnGpus(const std::string& what) {
+    const v1::Optimizer& o = spec_.training().optimizer();
+    if (o.has_overlap_grad_reduce() && o.overlap_grad_reduce() &&
+        spec_.resources().device() != v1::DEVICE_KIND_CPU) {
+      Add("training.optimizer.overlap_grad_reduce",
+          absl::StrCat("overlapping the gradient reduction with ", what,
+                       " on GPUs is not supported yet: leave overlap_grad_reduce unset (off for "
+                       "such modules on GPUs) or set it false"));
+    }
+  }
+
   // What KIND_TRAIN jobs cannot do yet is refused here, never silently ignored.
   void CheckTrainingSupport(const std::optional<parallel::RankPlan>& plan) {
     if (plan) {
@@ -477,6 +492,10 @@ class SpecChecker {
         if (m.cp > 1 && !m.is_language) CheckContextParallelEncoder(i, m.tp, m.cp);
         if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language);
         if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp, m.vpp, samples);
+        if (m.tp > 1 || m.pp > 1 || m.cp > 1) {
+          CheckNoOverlapOnGpus(
+              absl::StrCat("tp ", m.tp, ", pp ", m.pp, " and cp ", m.cp, " (", m.name, ")"));
+        }
         if (!m.is_language && samples > 0 && samples % m.dp != 0) {
           Add(at + "dp", absl::StrCat("dp ", m.dp, " must divide the ", samples,
                                       " samples of a global micro-batch (micro_batch_size * "

@@ -35,8 +35,8 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
 
 // Whether a rank of a module with this tp, pp and cp overlaps its gradient reduction with the
 // backward: the spec's training.optimizer.overlap_grad_reduce when set; unset, on, except on
-// GPUs for a module with tp, pp or cp > 1 (their overlap beside the layers' own collectives has
-// not been run on two GPUs yet, so it is on only when asked for).
+// GPUs for a module with tp, pp or cp > 1, where the trainer cannot overlap yet (the coordinator
+// refuses an explicit true there).
 bool OverlapGradReduce(const v1::JobSpec& spec, int tp, int pp, int cp);
 
 // The datasheet's dense peak TFLOP/s of a GPU for `dtype` (H100 SXM and H200: 989 in bf16, 67 in

@@ -268,11 +268,19 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   }
   comm::Communicator* expt_dp = trainer->ExpertDataParallelGroup();
   // The gradients' collectives on dp and expt_dp run on a communication thread while the
-  // backward uses the other groups (ep, tp, cp, pp, the links): one communicator serves one
-  // thread at a time. On GPUs the two threads' NCCL calls each run on their communicator's own
-  // stream and wait for their own work, the step thread's only after the compute before them, so
-  // at most two NCCL kernels are in flight on a device and they run side by side; the buckets
-  // start in the same order on every member of a group.
+  // backward uses the other groups: one communicator serves one thread at a time.
+  if (o.overlap_grad_reduce && ops.device().is_cuda() &&
+      (ModelGroups::Size(o.groups.tp) > 1 || stage.count > 1 || cp > 1)) {
+    // Every layer's tp collectives (or the stages' transfers) on the step thread beside the dp
+    // ones on the communication thread, in an order that differs per rank: NCCL kernels of two
+    // communicators can then wait on each other (streams sharing a hardware queue run in order;
+    // cudaMalloc, cudaFree and lazy module loads may wait for the whole device). The way out is
+    // to enqueue each bucket's collective from the step thread, in the same order on every rank,
+    // and wait for it in Finish. Not run on GPUs yet.
+    return absl::InvalidArgumentError(
+        "TrainerOptions: overlap_grad_reduce with tensor, pipeline or context parallelism (tp, pp "
+        "or cp > 1) on GPUs is not supported yet (set overlap_grad_reduce: false)");
+  }
   if (o.overlap_grad_reduce) {
     std::vector<std::pair<const char*, comm::Communicator*>> others = {
         {"ep", o.groups.ep}, {"expt_tp", o.groups.expt_tp}, {"tp", o.groups.tp},

@@ -66,10 +66,10 @@ struct TrainerOptions {
   // gradients are summed over expt_dp (the ranks holding the same expert shards; null: dp
   // without EP, expt_tp and tp, none with EP or expt_tp; required with tp alone) instead of dp,
   // and their squared norms over ep and expt_tp. Tensor parallelism of the language model
-  // (ModelGroups::tp): its members read the same samples, each micro-batch is padded to a
-  // multiple of tp tokens, only member 0 holds the links to the encoders, the slices' squared
-  // norms and the MoE layers' auxiliary losses and loads are summed over tp, and on a rank of the
-  // whole model the encoders are computed whole by every member.
+  // (ModelGroups::tp; on GPUs without overlap_grad_reduce): its members read the same samples, each
+  // micro-batch is padded to a multiple of tp tokens, only member 0 holds the links to the
+  // encoders, the slices' squared norms and the MoE layers' auxiliary losses and loads are summed
+  // over tp, and on a rank of the whole model the encoders are computed whole by every member.
   //
   // Context parallelism of the language model (ModelGroups::cp, Megatron's cp): its members
   // read the same samples, every sequence is padded to a multiple of 2 cp (2 cp tp with tp > 1)
@@ -79,12 +79,13 @@ struct TrainerOptions {
   // shards), the routed experts' over expt_dp (dp_cp without EP and expt_tp); losses, auxiliary
   // losses and expert loads are summed over cp. Only member (tp 0, cp 0) holds the links to the
   // encoders and broadcasts the modality rows over cp; on a rank of the whole model every member
-  // computes the encoders whole. The padding tokens are routed by the MoE layers like any token
-  // (as in Megatron): they count in the expert loads and the auxiliary losses, so an MoE model
-  // trains like cp 1 exactly only when no sequence needs padding. On an encoder's ranks, cp is
-  // all-to-all attention over whole samples (mimo/modality_encoder.h): the members read the same
-  // samples, each carries its block of the rows, the gradients are summed over dp_cp, and member
-  // (tp 0, cp 0) of the last stage holds the links and broadcasts d(embeddings) over cp and tp.
+  // computes the encoders whole. Not on GPUs with overlap_grad_reduce. The padding tokens are
+  // routed by the MoE layers like any token (as in Megatron): they count in the expert loads and
+  // the auxiliary losses, so an MoE model trains like cp 1 exactly only when no sequence needs
+  // padding. On an encoder's ranks, cp is all-to-all attention over whole samples
+  // (mimo/modality_encoder.h): the members read the same samples, each carries its block of the
+  // rows, the gradients are summed over dp_cp, and member (tp 0, cp 0) of the last stage holds
+  // the links and broadcasts d(embeddings) over cp and tp.
   ModelGroups groups;
   comm::Communicator* dp_cp = nullptr;
   comm::Communicator* expt_dp = nullptr;

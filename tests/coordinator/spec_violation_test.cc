@@ -219,6 +219,25 @@ INSTANTIATE_TEST_SUITE_P(
              },
              {"data.webdataset.tokenizer_model"}},
         // What KIND_TRAIN does not do yet.
+        Case{"TrainingWithATensorParallelEncoderOnGpusOverlappingTheReduction",
+             [](v1::JobSpec& s) {
+               Vision(s).mutable_parallelism()->set_tp(2);
+               Vision(s).mutable_parallelism()->set_dp(1);
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
+             },
+             {"training.optimizer.overlap_grad_reduce"}},
+        Case{"TrainingWithTensorParallelismOnGpusOverlappingTheReduction",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_language()->clear_moe();
+               Language(s).mutable_parallelism()->set_tp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Language(s).mutable_parallelism()->set_ep(1);
+               Train(s).set_global_batch_size(4);
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
+             },
+             {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingWithAVocabularyTensorParallelismDoesNotSplit",
              [](v1::JobSpec& s) {
                Language(s).mutable_language()->clear_moe();
@@ -244,6 +263,23 @@ INSTANTIATE_TEST_SUITE_P(
                Vision(s).mutable_parallelism()->set_dp(1);
              },
              {"modules[0].parallelism.pp"}},
+        Case{"TrainingWithAPipelineParallelEncoderOnGpusOverlappingTheReduction",
+             [](v1::JobSpec& s) {
+               Vision(s).mutable_parallelism()->set_pp(2);
+               Vision(s).mutable_parallelism()->set_dp(1);
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
+             },
+             {"training.optimizer.overlap_grad_reduce"}},
+        Case{"TrainingWithPipelineParallelismOnGpusOverlappingTheReduction",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_parallelism()->set_pp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Train(s).set_global_batch_size(4);
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
+             },
+             {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingWithAContextParallelEncoderOfTooFewHeads",
              [](v1::JobSpec& s) {
                // tp 2 x cp 2 members, 2 heads: all-to-all attention gives each member whole heads.
@@ -256,6 +292,15 @@ INSTANTIATE_TEST_SUITE_P(
                s.mutable_resources()->set_workers(10);
              },
              {"modules[0].parallelism.cp"}},
+        Case{"TrainingWithContextParallelismOnGpusOverlappingTheReduction",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_parallelism()->set_cp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Train(s).set_global_batch_size(4);
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
+             },
+             {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingEncoderDpBeyondTheSamples",
              [](v1::JobSpec& s) {
                // Vision dp 8 on ranks 0-7 feeds language dp 4 with 4 samples a micro-batch.
