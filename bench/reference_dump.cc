@@ -2,18 +2,27 @@
 // optimizer configuration (config.json), every parameter's initial fp32 value (init.bin), every
 // step's packed micro-batches (batches.bin), every MoE layer's routing of them (routing.bin) and
 // the C++ run's per-step metrics (losses.json).
-//   reference_dump SPEC --out DIR [--steps N] [--device cpu|cuda]
-// The spec's model, batch sizes, data and optimizer with every module on one rank, in fp32.
+//   reference_dump SPEC --out DIR [--steps N] [--device cpu|cuda] [--deterministic]
+//                  [--layout one|dp2|ep2]
+// The spec's model, batch sizes, data and optimizer with every module on one rank, in fp32. With
+// --layout dp2 or ep2 the same job also trains on two ranks (threads: Gloo on the CPU, NCCL on
+// cuda:0 and cuda:1) as two data-parallel replicas, each taking half of every step's
+// micro-batches (ep2: the experts split over the two as well), and their per-step metrics go to
+// losses_dp2.json or losses_ep2.json: the same steps on the same data as the one-rank dump, for
+// the reference to check the parallel run against (mimo_reference.py --losses).
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "comm/in_memory_store.h"
+#include "comm/process_groups.h"
 #include "common/status_macros.h"
 #include "data/micro_batch.h"
 #include "nlohmann/json.hpp"
@@ -147,23 +156,91 @@ ordered_json ConfigJson(const MimoModelConfig& c, const worker::TrainerOptions& 
           {"audio", EncoderJson(c.audio)}};
 }
 
+// One step's metrics as losses.json holds them.
+ordered_json StepJson(const worker::StepMetrics& m) {
+  return {{"step", m.step},           {"loss", m.loss}, {"aux_loss", m.aux_loss},
+          {"grad_norm", m.grad_norm}, {"lr", m.lr},     {"skipped", m.skipped}};
+}
+
+absl::StatusOr<std::unique_ptr<kernels::Ops>> NewOps(bool cuda, int device, bool deterministic) {
+  if (!cuda) return kernels::NewCpuOps();
+#if MIMO_REFERENCE_DUMP_CUDA
+  return kernels::NewCudaOps({.device = device, .deterministic = deterministic});
+#else
+  (void)device;
+  (void)deterministic;
+  return absl::FailedPreconditionError("built without CUDA");
+#endif
+}
+
+// Rank `rank` of the two-rank run of `layout` ("dp2" or "ep2"): its per-step metrics.
+absl::StatusOr<ordered_json> TrainRank(const v1::JobSpec& spec, const MimoModelConfig& config,
+                                       const std::string& layout, int steps, bool cuda,
+                                       bool deterministic, int rank, comm::KeyValueStore& store) {
+  std::vector<comm::GroupSpec> groups = {{.kind = "dp", .members = {0, 1}}};
+  if (layout == "ep2") groups.push_back({.kind = "ep", .members = {0, 1}});
+  const comm::ProcessGroupsOptions po{
+      .rank = rank, .timeout = absl::Seconds(60), .hostname = "127.0.0.1", .cuda_device = rank};
+  std::unique_ptr<comm::ProcessGroups> pg;
+  if (cuda) {
+#if MIMO_REFERENCE_DUMP_CUDA
+    MIMO_ASSIGN_OR_RETURN(pg, comm::ProcessGroups::CreateNccl(groups, store, po));
+#else
+    return absl::FailedPreconditionError("built without CUDA");
+#endif
+  } else {
+    MIMO_ASSIGN_OR_RETURN(pg, comm::ProcessGroups::CreateGloo(groups, store, po));
+  }
+  MIMO_ASSIGN_OR_RETURN(std::unique_ptr<kernels::Ops> ops, NewOps(cuda, rank, deterministic));
+  MIMO_ASSIGN_OR_RETURN(worker::TrainerOptions options, worker::TrainerOptionsFromSpec(spec, 2));
+  options.dp = pg->Get("dp");
+  if (layout == "ep2") options.groups.ep = pg->Get("ep");
+  MIMO_ASSIGN_OR_RETURN(auto trainer, worker::Trainer::Create(*ops, config, options));
+  ordered_json losses = ordered_json::array();
+  for (int s = 1; s <= steps; ++s) {
+    absl::StatusOr<worker::StepMetrics> m = trainer->Step();
+    if (!m.ok()) {
+      pg->AbortAll();  // The peer then fails at once instead of waiting out the timeout.
+      return m.status();
+    }
+    losses.push_back(StepJson(*m));
+  }
+  return losses;
+}
+
+// The two-rank run of `layout`: rank 0's metrics, written to losses_<layout>.json in `dir`.
+absl::Status RunTwoRanks(const v1::JobSpec& spec, const MimoModelConfig& config,
+                         const std::string& layout, int steps, bool cuda, bool deterministic,
+                         const std::filesystem::path& dir) {
+  std::vector<absl::StatusOr<ordered_json>> got(2, absl::UnknownError("not run"));
+  comm::InMemoryStore store;
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      got[rank] = TrainRank(spec, config, layout, steps, cuda, deterministic, rank, store);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int rank = 0; rank < 2; ++rank) {
+    if (!got[rank].ok()) {
+      return absl::Status(got[rank].status().code(),
+                          absl::StrCat(layout, " rank ", rank, ": ", got[rank].status().message()));
+    }
+  }
+  std::ofstream(dir / absl::StrCat("losses_", layout, ".json")) << got[0]->dump(1) << "\n";
+  const ordered_json& last = got[0]->back();
+  std::cerr << layout << " step " << steps << ": loss " << last["loss"].get<double>()
+            << ", grad norm " << last["grad_norm"].get<double>() << "\n";
+  return absl::OkStatus();
+}
+
 absl::Status Run(const std::string& spec_path, const std::string& out, int steps, bool cuda,
-                 bool deterministic) {
+                 bool deterministic, const std::string& layout) {
   MIMO_ASSIGN_OR_RETURN(const v1::JobSpec spec, tools::ReadJobSpecFile(spec_path));
   MIMO_ASSIGN_OR_RETURN(const MimoModelConfig config,
                         worker::MimoModelConfigFromSpec(spec, kernels::DType::kF32));
   MIMO_ASSIGN_OR_RETURN(worker::TrainerOptions options, worker::TrainerOptionsFromSpec(spec, 1));
-  std::unique_ptr<kernels::Ops> ops;
-  if (cuda) {
-#if MIMO_REFERENCE_DUMP_CUDA
-    MIMO_ASSIGN_OR_RETURN(ops, kernels::NewCudaOps({.deterministic = deterministic}));
-#else
-    (void)deterministic;
-    return absl::FailedPreconditionError("built without CUDA");
-#endif
-  } else {
-    ops = kernels::NewCpuOps();
-  }
+  MIMO_ASSIGN_OR_RETURN(std::unique_ptr<kernels::Ops> ops, NewOps(cuda, 0, deterministic));
   MIMO_ASSIGN_OR_RETURN(auto trainer, worker::Trainer::Create(*ops, config, options));
   options = trainer->options();
   std::filesystem::create_directories(out);
@@ -251,12 +328,7 @@ absl::Status Run(const std::string& spec_path, const std::string& out, int steps
       }
     }
     log.clear();
-    losses.push_back({{"step", m.step},
-                      {"loss", m.loss},
-                      {"aux_loss", m.aux_loss},
-                      {"grad_norm", m.grad_norm},
-                      {"lr", m.lr},
-                      {"skipped", m.skipped}});
+    losses.push_back(StepJson(m));
     if (s == 1 || s % 20 == 0) {
       std::cerr << "step " << s << ": loss " << m.loss << ", grad norm " << m.grad_norm << "\n";
     }
@@ -264,7 +336,8 @@ absl::Status Run(const std::string& spec_path, const std::string& out, int steps
   if (!batches.ok()) return absl::InternalError("cannot write batches.bin");
   if (!routing.ok()) return absl::InternalError("cannot write routing.bin");
   std::ofstream(dir / "losses.json") << losses.dump(1) << "\n";
-  return absl::OkStatus();
+  if (layout == "one") return absl::OkStatus();
+  return RunTwoRanks(spec, config, layout, steps, cuda, deterministic, dir);
 }
 
 }  // namespace
@@ -272,7 +345,7 @@ absl::Status Run(const std::string& spec_path, const std::string& out, int steps
 
 int main(int argc, char** argv) {
   CLI::App app("Dumps a single-rank fp32 training run for the PyTorch reference");
-  std::string spec, out, device = "cpu";
+  std::string spec, out, device = "cpu", layout = "one";
   int steps = 200;
   bool deterministic = false;
   app.add_option("SPEC", spec, "job spec (.yaml/.json): model, batches, data, optimizer")
@@ -284,8 +357,12 @@ int main(int argc, char** argv) {
   app.add_flag("--deterministic", deterministic,
                "CUDA: bitwise reproducible kernels (kernels::CudaOpsOptions::deterministic), so "
                "that a rerun dumps the same losses");
+  app.add_option("--layout", layout,
+                 "also train on two ranks: dp2 (data parallel) or ep2 (and expert parallel), "
+                 "their metrics in losses_LAYOUT.json")
+      ->check(CLI::IsMember({"one", "dp2", "ep2"}));
   CLI11_PARSE(app, argc, argv);
-  const absl::Status status = mimo::Run(spec, out, steps, device == "cuda", deterministic);
+  const absl::Status status = mimo::Run(spec, out, steps, device == "cuda", deterministic, layout);
   if (!status.ok()) {
     std::cerr << "error: " << status << "\n";
     return 1;

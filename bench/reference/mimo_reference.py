@@ -7,7 +7,10 @@ values on the same packed micro-batches with the same objective, clipping, sched
 worker/trainer.cc (ModelPart::kWhole) and mimo/optimizer.cc, and compares every step's loss with
 the C++ run's.
 
-    python3 bench/reference/mimo_reference.py DUMP_DIR [--steps N] [--rtol R]
+    python3 bench/reference/mimo_reference.py DUMP_DIR [--steps N] [--rtol R] [--losses FILE]
+
+--losses losses_dp2.json (or losses_ep2.json) compares with the dump's two-rank run of the same
+steps (reference_dump --layout dp2 / ep2) instead of its one-rank run.
 
 Exit status: 0 when every checked step's loss agrees within rtol, 1 otherwise, 2 on a bad dump.
 
@@ -63,6 +66,9 @@ def main(argv=None):
                     help="also fail when a grad norm differs by more than this (default: report)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default=None,
                     help="default: cuda when available")
+    ap.add_argument("--losses", default="losses.json",
+                    help="the C++ run to compare with, in DUMP_DIR: losses.json (one rank, the "
+                         "default) or losses_dp2.json / losses_ep2.json (two ranks)")
     ap.add_argument("--own-routing", action="store_true",
                     help="route every MoE layer itself instead of replaying the C++ choices "
                          "from routing.bin (near ties then part the runs)")
@@ -77,7 +83,7 @@ def main(argv=None):
     try:
         with open(os.path.join(args.dump_dir, "config.json")) as f:
             cfg = Config(json.load(f))
-        with open(os.path.join(args.dump_dir, "losses.json")) as f:
+        with open(os.path.join(args.dump_dir, args.losses)) as f:
             cpp = json.load(f)
         init = Archive(os.path.join(args.dump_dir, "init.bin"))
         batches = Archive(os.path.join(args.dump_dir, "batches.bin"))
@@ -85,7 +91,7 @@ def main(argv=None):
         if args.steps > 0:
             steps = min(steps, args.steps)
         if steps == 0:
-            raise DumpError("losses.json has no steps")
+            raise DumpError("%s has no steps" % args.losses)
         model = Reference(cfg, init, device)
         routing = os.path.join(args.dump_dir, "routing.bin")
         if cfg.moe is not None and not args.own_routing:
