@@ -466,16 +466,17 @@ class SpecChecker {
     }
   }
 
-  // Each layer's tp collectives, or the stages' transfers, beside the dp ones on the
-  // communication thread: two NCCL communicators driven from two threads, not run on GPUs yet.
-  // Unset, the workers turn the overlap off for such modules (worker/train_job.h); asked for, it
-  // is refused.
-  void CheckNoOverlapOnGpus(const std::string& what) {
+  // Each layer's tp, cp or ep collectives, or the stages' transfers, beside the dp ones on the
+  // communication thread: two NCCL communicators driven from two threads in an order that may
+  // differ per rank, not supported on GPUs yet. Unset, the workers turn the overlap off for such
+  // modules (worker/train_job.h); asked for, it is refused, once for all of `modules` (each
+  // "tp 2, pp 1, ... (name)").
+  void CheckNoOverlapOnGpus(const std::vector<std::string>& modules) {
     const v1::Optimizer& o = spec_.training().optimizer();
-    if (o.has_overlap_grad_reduce() && o.overlap_grad_reduce() &&
+    if (!modules.empty() && o.has_overlap_grad_reduce() && o.overlap_grad_reduce() &&
         spec_.resources().device() != v1::DEVICE_KIND_CPU) {
       Add("training.optimizer.overlap_grad_reduce",
-          absl::StrCat("overlapping the gradient reduction with ", what,
+          absl::StrCat("overlapping the gradient reduction with ", absl::StrJoin(modules, "; "),
                        " on GPUs is not supported yet: leave overlap_grad_reduce unset (off for "
                        "such modules on GPUs) or set it false"));
     }
@@ -486,15 +487,17 @@ class SpecChecker {
     if (plan) {
       const int language_dp = plan->language().config().dp;
       const int64_t samples = int64_t{spec_.training().micro_batch_size()} * language_dp;
+      std::vector<std::string> parallel_modules;  // Those whose backward has its own collectives.
       for (size_t i = 0; i < plan->modules().size(); ++i) {
         const parallel::ResolvedModule& m = plan->modules()[i].config();
         const std::string at = absl::StrCat("modules[", i, "].parallelism.");
         if (m.cp > 1 && !m.is_language) CheckContextParallelEncoder(i, m.tp, m.cp);
         if (m.tp > 1) CheckTensorParallelTraining(i, m.tp, m.is_language);
         if (m.pp > 1) CheckPipelineParallelTraining(i, m.pp, m.vpp, samples);
-        if (m.tp > 1 || m.pp > 1 || m.cp > 1) {
-          CheckNoOverlapOnGpus(
-              absl::StrCat("tp ", m.tp, ", pp ", m.pp, " and cp ", m.cp, " (", m.name, ")"));
+        if (m.tp > 1 || m.pp > 1 || m.cp > 1 || m.ep > 1 || m.etp > 1) {
+          parallel_modules.push_back(absl::StrCat("tp ", m.tp, ", pp ", m.pp, ", cp ", m.cp,
+                                                  ", ep ", m.ep, " and etp ", m.etp, " (", m.name,
+                                                  ")"));
         }
         if (!m.is_language && samples > 0 && samples % m.dp != 0) {
           Add(at + "dp", absl::StrCat("dp ", m.dp, " must divide the ", samples,
@@ -502,6 +505,7 @@ class SpecChecker {
                                       "language dp), which the encoder's replicas split"));
         }
       }
+      CheckNoOverlapOnGpus(parallel_modules);
     }
     // The synthetic data and the byte-level tokenizer: what the samples need of the model.
     int64_t placeholders = 2;  // BOS and EOS.

@@ -101,7 +101,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, i
                  .warmup_steps = opt.warmup_steps(),
                  .decay_steps = opt.decay_steps()};
   o.distributed_optimizer = opt.use_distributed_optimizer();
-  o.overlap_grad_reduce = OverlapGradReduce(spec, 1, 1, 1);
+  o.overlap_grad_reduce = OverlapGradReduce(spec, 1, 1, 1, 1, 1);
   return o;
 }
 
@@ -156,16 +156,17 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignmen
   o.tokenizer_model = from_spec.tokenizer_model;
   o.optimizer = from_spec.optimizer;
   o.distributed_optimizer = from_spec.distributed_optimizer;
-  o.overlap_grad_reduce =
-      OverlapGradReduce(spec, ModelGroups::Size(o.groups.tp), ModelGroups::Size(o.pp),
-                        ModelGroups::Size(o.groups.cp));
+  o.overlap_grad_reduce = OverlapGradReduce(
+      spec, ModelGroups::Size(o.groups.tp), ModelGroups::Size(o.pp), ModelGroups::Size(o.groups.cp),
+      ModelGroups::Size(o.groups.ep), ModelGroups::Size(o.groups.expt_tp));
   return o;
 }
 
-bool OverlapGradReduce(const v1::JobSpec& spec, int tp, int pp, int cp) {
+bool OverlapGradReduce(const v1::JobSpec& spec, int tp, int pp, int cp, int ep, int etp) {
   const v1::Optimizer& opt = spec.training().optimizer();
   if (opt.has_overlap_grad_reduce()) return opt.overlap_grad_reduce();
-  return spec.resources().device() == v1::DEVICE_KIND_CPU || (tp == 1 && pp == 1 && cp == 1);
+  return spec.resources().device() == v1::DEVICE_KIND_CPU ||
+         (tp == 1 && pp == 1 && cp == 1 && ep == 1 && etp == 1);
 }
 
 double PeakTflops(const std::string& device_name, kernels::DType dtype) {

@@ -33,11 +33,12 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromSpec(const v1::JobSpec& spec, i
 absl::StatusOr<TrainerOptions> TrainerOptionsFor(const v1::Assignment& assignment,
                                                  const comm::ProcessGroups& groups);
 
-// Whether a rank of a module with this tp, pp and cp overlaps its gradient reduction with the
-// backward: the spec's training.optimizer.overlap_grad_reduce when set; unset, on, except on
-// GPUs for a module with tp, pp or cp > 1, where the trainer cannot overlap yet (the coordinator
-// refuses an explicit true there).
-bool OverlapGradReduce(const v1::JobSpec& spec, int tp, int pp, int cp);
+// Whether a rank of a module with this tp, pp, cp, ep and etp overlaps its gradient reduction
+// with the backward: the spec's training.optimizer.overlap_grad_reduce when set; unset, on,
+// except on GPUs for a module with any of them > 1, whose backward makes collectives of its own
+// beside the reduction, which the trainer cannot overlap there yet (the coordinator refuses an
+// explicit true).
+bool OverlapGradReduce(const v1::JobSpec& spec, int tp, int pp, int cp, int ep, int etp);
 
 // The datasheet's dense peak TFLOP/s of a GPU for `dtype` (H100 SXM and H200: 989 in bf16, 67 in
 // fp32), the denominator of MFU; 0 when unknown (a CPU, another GPU, an H100 PCIe or NVL).

@@ -270,16 +270,18 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   // The gradients' collectives on dp and expt_dp run on a communication thread while the
   // backward uses the other groups: one communicator serves one thread at a time.
   if (o.overlap_grad_reduce && ops.device().is_cuda() &&
-      (ModelGroups::Size(o.groups.tp) > 1 || stage.count > 1 || cp > 1)) {
-    // Every layer's tp collectives (or the stages' transfers) on the step thread beside the dp
-    // ones on the communication thread, in an order that differs per rank: NCCL kernels of two
-    // communicators can then wait on each other (streams sharing a hardware queue run in order;
+      (ModelGroups::Size(o.groups.tp) > 1 || stage.count > 1 || cp > 1 ||
+       ModelGroups::Size(o.groups.ep) > 1 || ModelGroups::Size(o.groups.expt_tp) > 1)) {
+    // Every layer's tp, cp or ep collectives (or the stages' transfers) on the step thread beside
+    // the dp ones on the communication thread, in an order that differs per rank: NCCL kernels of
+    // two communicators can then wait on each other (streams sharing a hardware queue run in order;
     // cudaMalloc, cudaFree and lazy module loads may wait for the whole device). The way out is
     // to enqueue each bucket's collective from the step thread, in the same order on every rank,
     // and wait for it in Finish. Not run on GPUs yet.
     return absl::InvalidArgumentError(
-        "TrainerOptions: overlap_grad_reduce with tensor, pipeline or context parallelism (tp, pp "
-        "or cp > 1) on GPUs is not supported yet (set overlap_grad_reduce: false)");
+        "TrainerOptions: overlap_grad_reduce with tensor, pipeline, context or expert parallelism "
+        "(tp, pp, cp, ep or etp > 1) on GPUs is not supported yet (set overlap_grad_reduce: "
+        "false)");
   }
   if (o.overlap_grad_reduce) {
     std::vector<std::pair<const char*, comm::Communicator*>> others = {

@@ -227,6 +227,13 @@ INSTANTIATE_TEST_SUITE_P(
                Opt(s).set_overlap_grad_reduce(true);
              },
              {"training.optimizer.overlap_grad_reduce"}},
+        Case{"TrainingWithExpertParallelismOnGpusOverlappingTheReduction",
+             [](v1::JobSpec& s) {
+               // The example's language module: dp 4, ep 2.
+               s.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+               Opt(s).set_overlap_grad_reduce(true);
+             },
+             {"training.optimizer.overlap_grad_reduce"}},
         Case{"TrainingWithTensorParallelismOnGpusOverlappingTheReduction",
              [](v1::JobSpec& s) {
                Language(s).mutable_language()->clear_moe();

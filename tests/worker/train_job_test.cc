@@ -61,22 +61,24 @@ TEST(TrainerOptionsFromSpecTest, TurnsTheGradientOverlapOffOnlyWhenTheSpecSaysSo
   EXPECT_TRUE(o->overlap_grad_reduce);
 }
 
-TEST(OverlapGradReduceTest, UnsetIsOnExceptForModelParallelModulesOnGpus) {
+TEST(OverlapGradReduceTest, UnsetIsOnExceptForModelOrExpertParallelModulesOnGpus) {
   v1::JobSpec spec = Example();  // CPU, overlap_grad_reduce unset.
-  EXPECT_TRUE(OverlapGradReduce(spec, 1, 1, 1));
-  EXPECT_TRUE(OverlapGradReduce(spec, 2, 2, 2));
+  EXPECT_TRUE(OverlapGradReduce(spec, 1, 1, 1, 1, 1));
+  EXPECT_TRUE(OverlapGradReduce(spec, 2, 2, 2, 2, 2));
   spec.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
-  EXPECT_TRUE(OverlapGradReduce(spec, 1, 1, 1));
-  EXPECT_FALSE(OverlapGradReduce(spec, 2, 1, 1));
-  EXPECT_FALSE(OverlapGradReduce(spec, 1, 2, 1));
-  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 2));
+  EXPECT_TRUE(OverlapGradReduce(spec, 1, 1, 1, 1, 1));
+  EXPECT_FALSE(OverlapGradReduce(spec, 2, 1, 1, 1, 1));
+  EXPECT_FALSE(OverlapGradReduce(spec, 1, 2, 1, 1, 1));
+  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 2, 1, 1));
+  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 1, 2, 1));
+  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 1, 1, 2));
   // Set, the spec decides (the coordinator refuses true where it cannot be done).
   spec.mutable_training()->mutable_optimizer()->set_overlap_grad_reduce(true);
-  EXPECT_TRUE(OverlapGradReduce(spec, 2, 1, 1));
+  EXPECT_TRUE(OverlapGradReduce(spec, 2, 1, 1, 1, 1));
   spec.mutable_training()->mutable_optimizer()->set_overlap_grad_reduce(false);
-  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 1));
+  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 1, 1, 1));
   spec.mutable_resources()->set_device(v1::DEVICE_KIND_CPU);
-  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 1));
+  EXPECT_FALSE(OverlapGradReduce(spec, 1, 1, 1, 1, 1));
 }
 
 // The example's language module alone on one rank, as its worker gets it.
