@@ -290,6 +290,7 @@ absl::Status JobManager::FailAttempt(v1::Job& job, const v1::Failure& failure, R
     }
     job.set_attempt(job.attempt() + 1);
     job.clear_progress();
+    job.clear_last_metrics();        // The new attempt's steps start again from the checkpoint's.
     job.clear_checkpoint_request();  // The new attempt's ranks count requests afresh.
     return Transition(job, v1::JOB_STATE_PENDING, message, now);
   }
@@ -312,6 +313,7 @@ absl::Status JobManager::MarkRunningWhenAllRanksRun(v1::Job& job, const Active& 
 
 void JobManager::Tick(absl::Time now) {
   absl::MutexLock lock(&mu_);
+  if (shutdown_) return;  // Workers stopped by the shutdown are not failures.
   CheckWorkers(now);
   CheckActiveJobs(now);
   Schedule(now);

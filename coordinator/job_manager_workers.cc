@@ -217,6 +217,9 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     w->second = Worker{.info = w->second.info, .last_heartbeat = now, .leaving = request.leaving()};
   }
   Changed();
+  // Shutting down, the coordinator stops its own workers: their reports change no job (the next
+  // start's Recover decides, as for workers that outlive the coordinator).
+  if (shutdown_) return absl::OkStatus();
   MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(request.job_id()));
   const auto& states = (*active)->rank_state;
   // A rank that failed, or stopped without being told to (its worker was shut down), ends the

@@ -114,8 +114,10 @@ void CoordinatorServer::Shutdown() {
   if (stopped_ || server_ == nullptr) return;  // Stopped, or never started.
   stopped_ = true;
   server_->GetHealthCheckService()->SetServingStatus(false);
-  if (local_workers_) local_workers_->Stop();
+  // The manager first: the embedded workers' reports of being stopped must not fail their jobs
+  // (the next start's Recover decides what becomes of them).
   manager_->Shutdown();
+  if (local_workers_) local_workers_->Stop();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.shutdown_grace));
   {
     absl::MutexLock lock(&mu_);

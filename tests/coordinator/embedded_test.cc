@@ -1,6 +1,6 @@
 // Embedded mode end to end: a coordinator that starts real mimo-worker processes runs the
 // communication self-test; a worker killed with SIGKILL fails its job at once and is replaced;
-// a cancel stops every worker within seconds.
+// a cancel stops every worker within seconds; stopping the coordinator blames no worker.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -135,6 +135,23 @@ TEST_F(EmbeddedTest, CancelStopsEveryWorkerWithinSeconds) {
   EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(30)).state(),
             v1::JOB_STATE_SUCCEEDED)
       << Logs(next.id());
+}
+
+// Stopping the coordinator (SIGTERM's path) stops its workers too: their reports of being stopped
+// must not fail the running job. It is left to the next start, which finds no worker of it back
+// (none outlives an embedded coordinator) and ends it as COORDINATOR_RESTARTED.
+TEST_F(EmbeddedTest, StoppingTheCoordinatorDoesNotBlameItsWorkers) {
+  StartWithWorkers(4);
+  const v1::Job job = Submit(Selftest(1000000, "interrupted"));
+  ASSERT_EQ(AwaitState(job.id(), v1::JOB_STATE_RUNNING, absl::Seconds(30)).state(),
+            v1::JOB_STATE_RUNNING);
+  StopServer();
+  ServerOptions options = FastOptions(db_path_);
+  StartServer(options);
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);  // As the shutdown left it.
+  const v1::Job ended =
+      AwaitState(job.id(), v1::JOB_STATE_FAILED, options.manager.reattach_grace + absl::Seconds(5));
+  EXPECT_EQ(ended.failure().reason(), "COORDINATOR_RESTARTED") << ended.DebugString();
 }
 
 }  // namespace

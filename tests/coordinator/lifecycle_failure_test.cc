@@ -132,6 +132,34 @@ TEST_F(LifecycleTest, FailedAttemptRestartsWhenAllowed) {
   EXPECT_EQ(failed.failure().rank(), 0);
 }
 
+// A restarted attempt counts its steps again from its checkpoint's (here from the start): its
+// metrics are recorded and shown though they repeat steps the failed attempt reached.
+TEST_F(LifecycleTest, ARestartedAttemptsMetricsAreRecordedFromItsFirstStep) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_TRUE(workers[0]->Metrics(as[0], 10, 2.5).ok());
+  EXPECT_EQ(Get(job.id()).progress().step(), 10);
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  const v1::Job restarted = AwaitState(job.id(), v1::JOB_STATE_PENDING);
+  EXPECT_FALSE(restarted.has_last_metrics());
+  EXPECT_FALSE(restarted.has_progress());
+  for (int r : {0, 2, 3}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  std::vector<v1::Assignment> second = Assignments(workers);
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_TRUE(workers[r]->Report(second[r], v1::WORKER_STATE_RUNNING).ok());
+  }
+  ASSERT_TRUE(workers[0]->Metrics(second[0], 2, 4.0).ok());
+  const v1::Job now = Get(job.id());
+  EXPECT_EQ(now.progress().step(), 2);
+  EXPECT_EQ(now.last_metrics().step(), 2);
+  EXPECT_DOUBLE_EQ(now.last_metrics().loss(), 4.0);
+}
+
 TEST_F(LifecycleTest, FailedAttemptFreesRanksNeverFetchedAndStopsTheOthers) {
   v1::JobSpec spec = SmallSpec();
   spec.set_max_restarts(1);
