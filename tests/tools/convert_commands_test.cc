@@ -142,5 +142,47 @@ TEST_F(ConvertCommandsTest, ExportWritesEachModuleAsHuggingFaceFiles) {
   EXPECT_EQ(RunExport(again, out3, err3), 0) << err3.str();
 }
 
+// Export writes a fused QKV weight in Megatron's row order (per query group: its query heads,
+// key, value) and carries the routers' expert biases from the optimizer files, leaving the
+// moments behind.
+TEST_F(ConvertCommandsTest, ExportWritesMegatronsQkvOrderAndTheExpertBiases) {
+  // 4 heads of width 1 in 2 groups: mimo's rows q0 q1 q2 q3 k0 k1 v0 v1.
+  const std::vector<float> qkv = {0, 1, 2, 3, 4, 5, 6, 7}, bias = {0.5f, -0.5f}, moments = {9, 9};
+  const std::string qkv_name = "language.decoder.layers.0.self_attention.linear_qkv.weight";
+  const std::string bias_name = "language.decoder.layers.0.mlp.router.expert_bias";
+  ASSERT_TRUE(checkpoint::WriteSafetensors(
+                  root_ + "/a/model_rank_00000.safetensors",
+                  {{.name = qkv_name, .dtype = "F32", .shape = {8, 1}, .data = qkv.data()}})
+                  .ok());
+  ASSERT_TRUE(
+      checkpoint::WriteSafetensors(
+          root_ + "/a/optim_rank_00000.safetensors",
+          {{.name = bias_name, .dtype = "F32", .shape = {2}, .data = bias.data()},
+           {.name = qkv_name + ".exp_avg", .dtype = "F32", .shape = {2}, .data = moments.data()}})
+          .ok());
+  const nlohmann::json spec = {
+      {"name", "language"},
+      {"language",
+       {{"transformer",
+         {{"hidden_size", 4}, {"num_attention_heads", 4}, {"num_query_groups", 2}}}}}};
+  std::ofstream(root_ + "/a/metadata.json")
+      << nlohmann::json({{"iteration", 6},
+                         {"layout", "language=tp=1"},
+                         {"modules", {{{"name", "language"}, {"spec", spec}}}}})
+             .dump();
+  std::ostringstream out, err;
+  ASSERT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/out"}, out, err), 0) << err.str();
+  auto file =
+      checkpoint::SafetensorsReader::Open(root_ + "/out/language/model-00001-of-00001.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<float> got(8);
+  ASSERT_TRUE(file->Read(qkv_name, {reinterpret_cast<char*>(got.data()), 32}).ok());
+  EXPECT_EQ(got, (std::vector<float>{0, 1, 4, 6, 2, 3, 5, 7}));  // q0 q1 k0 v0 q2 q3 k1 v1
+  std::vector<float> got_bias(2);
+  ASSERT_TRUE(file->Read(bias_name, {reinterpret_cast<char*>(got_bias.data()), 8}).ok());
+  EXPECT_EQ(got_bias, bias);
+  EXPECT_THAT(out.str(), HasSubstr("language: 2 tensors"));  // Not the moments.
+}
+
 }  // namespace
 }  // namespace mimo::tools

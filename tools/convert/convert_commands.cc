@@ -16,11 +16,14 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "checkpoint/consolidated_reader.h"
 #include "checkpoint/safetensors.h"
 #include "common/bfloat16.h"
+#include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
+#include "tools/convert/qkv_layout.h"
 #include "tools/convert/reshard.h"
 
 namespace mimo::tools {
@@ -154,10 +157,14 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
   std::ifstream in(o.from + "/metadata.json");
   const nlohmann::json meta =
       in ? nlohmann::json::parse(in, nullptr, false) : nlohmann::json(nullptr);
-  // The tensors by module (the name up to its first dot), in name order.
+  // The tensors by module (the name up to its first dot), in name order: the weights, and the
+  // MoE routers' expert biases (aux-loss-free balancing: kept in the optimizer files, but the
+  // trained model routes with them).
   std::map<std::string, std::vector<const checkpoint::WholeTensor*>> modules;
   for (const auto& [name, t] : reader->tensors()) {
-    if (!t.optimizer) modules[name.substr(0, name.find('.'))].push_back(&t);
+    if (!t.optimizer || absl::EndsWith(name, ".expert_bias")) {
+      modules[name.substr(0, name.find('.'))].push_back(&t);
+    }
   }
   std::error_code ec;
   if (fs::exists(o.to, ec) && !fs::is_empty(o.to, ec) && !o.overwrite) {
@@ -165,8 +172,24 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
         << "--overwrite\n";
     return 1;
   }
-  std::vector<char> buffer;
+  std::vector<char> buffer, reordered;
   for (const auto& [module, tensors] : modules) {
+    // Fused QKV rows go out in Megatron's order, which needs the module's attention sizes.
+    absl::StatusOr<QkvShape> qkv = absl::NotFoundError(
+        absl::StrCat("metadata.json has no spec of module \"", module,
+                     "\", whose attention sizes order its fused QKV rows for Megatron"));
+    if (meta.is_object()) {
+      for (const nlohmann::json& m : meta.value("modules", nlohmann::json::array())) {
+        if (!m.is_object() || m.value("name", "") != module || !m.contains("spec")) continue;
+        v1::Module spec;
+        if (!google::protobuf::util::JsonStringToMessage(m["spec"].dump(), &spec).ok()) {
+          qkv = absl::InvalidArgumentError(
+              absl::StrCat("metadata.json's spec of module \"", module, "\" does not parse"));
+        } else {
+          qkv = QkvShapeOf(spec);
+        }
+      }
+    }
     const std::string dir = o.to + "/" + module;
     fs::remove_all(dir, ec);
     fs::create_directories(dir, ec);
@@ -199,8 +222,22 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
           checkpoint::SafetensorsStreamWriter::Create(dir + "/" + name, specs, {{"format", "pt"}});
       absl::Status status = writer.status();
       for (size_t i = 0; i < files[f].size() && status.ok(); ++i) {
-        buffer.resize(files[f][i]->bytes());
-        status = reader->Read(files[f][i]->name, absl::MakeSpan(buffer));
+        const checkpoint::WholeTensor& t = *files[f][i];
+        buffer.resize(t.bytes());
+        status = reader->Read(t.name, absl::MakeSpan(buffer));
+        if (status.ok() && IsFusedQkv(t.name)) {
+          if (!qkv.ok()) {
+            status = qkv.status();
+          } else if (t.shape.empty() || t.shape[0] != qkv->rows()) {
+            status = absl::InvalidArgumentError(
+                absl::StrCat(t.name, " has ", t.shape.empty() ? 0 : t.shape[0], " rows, its ",
+                             "module's attention ", qkv->rows()));
+          } else {
+            reordered.resize(buffer.size());
+            ToMegatronOrder(*qkv, buffer.size() / qkv->rows(), buffer.data(), reordered.data());
+            buffer.swap(reordered);
+          }
+        }
         if (status.ok()) status = writer->Append(buffer);
       }
       if (status.ok()) status = writer->Finish().status();

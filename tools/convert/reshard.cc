@@ -30,6 +30,7 @@
 #include "kernels/allocator.h"
 #include "nlohmann/json.hpp"
 #include "parallel/component_spec.h"
+#include "tools/convert/qkv_layout.h"
 #include "tools/mimoctl/spec_file.h"
 #include "worker/job_checkpoint.h"
 #include "worker/rank_modules.h"
@@ -62,7 +63,7 @@ struct Source {
 enum class Fill {
   kCopy,    // The source tensor's region.
   kMaster,  // The fp32 master from the (bf16) weight's region.
-  kZero,    // AdamW's moments and expert biases of a fresh start.
+  kZero,    // AdamW's moments of a fresh start, and expert biases an import lacks.
 };
 
 struct TensorPlan {
@@ -72,6 +73,9 @@ struct TensorPlan {
   std::vector<int64_t> shape;  // On the target rank.
   Region region;               // Of the full tensor.
   Fill fill = Fill::kCopy;
+  // Set for a fused QKV weight or bias read from an export: the source's rows are in
+  // Megatron's order (tools/convert/qkv_layout.h), the region in mimo's.
+  std::optional<QkvShape> megatron_qkv;
   uint64_t bytes() const {
     uint64_t n = checkpoint::DTypeBytes(dtype);
     for (int64_t d : shape) n *= static_cast<uint64_t>(d);
@@ -165,6 +169,33 @@ absl::Status CheckSource(const ConsolidatedReader& reader, const std::string& na
   return absl::OkStatus();
 }
 
+// `t`'s region of its source into `out`: one read, or for a source in Megatron's QKV order one
+// per run of its rows there.
+absl::Status ReadSource(const ConsolidatedReader& source, const TensorPlan& t,
+                        absl::Span<char> out) {
+  if (!t.megatron_qkv.has_value()) return source.ReadRegion(t.source, t.region, out);
+  const checkpoint::WholeTensor& whole = source.tensors().at(t.source);
+  uint64_t row_bytes = checkpoint::DTypeBytes(whole.dtype);  // Of one row of the region.
+  for (size_t d = 1; d < t.region.size(); ++d) {
+    uint64_t extent = 0;
+    for (const auto& [first, count] : t.region[d]) extent += static_cast<uint64_t>(count);
+    row_bytes *= extent;
+  }
+  uint64_t at = 0;
+  for (const auto& [first, count] : t.region[0]) {
+    for (const auto& [to, n] : MegatronRuns(*t.megatron_qkv, first, count)) {
+      Region piece = t.region;
+      piece[0] = {{to, n}};
+      const uint64_t bytes = static_cast<uint64_t>(n) * row_bytes;
+      if (at + bytes > out.size()) return absl::InternalError("QKV region larger than its buffer");
+      MIMO_RETURN_IF_ERROR(source.ReadRegion(t.source, piece, out.subspan(at, bytes)));
+      at += bytes;
+    }
+  }
+  if (at != out.size()) return absl::InternalError("QKV region smaller than its buffer");
+  return absl::OkStatus();
+}
+
 // Target rank `rank`'s tensors and where each comes from; marks the source tensors used.
 absl::StatusOr<RankPlan> PlanRank(const Target& target, int rank, kernels::DType dtype,
                                   const ConsolidatedReader& source, bool fresh,
@@ -184,6 +215,16 @@ absl::StatusOr<RankPlan> PlanRank(const Target& target, int rank, kernels::DType
     return absl::OkStatus();
   };
   const worker::RankDescription& d = out.description;
+  // An import's source holds fused QKV rows in Megatron's order (export writes them so).
+  std::optional<QkvShape> qkv;
+  if (fresh) {
+    const std::string& module = target.plan->module_of(rank).config().name;
+    for (const v1::Module& m : target.spec.modules()) {
+      if (m.name() == module) {
+        MIMO_ASSIGN_OR_RETURN(qkv, QkvShapeOf(m));
+      }
+    }
+  }
   for (const ParameterSpec& p : d.parameters) {
     // Replicas are written once, by the rank that saves them (the others read them from its
     // files): what the workers' own saves do.
@@ -191,13 +232,16 @@ absl::StatusOr<RankPlan> PlanRank(const Target& target, int rank, kernels::DType
     std::vector<int64_t> full;
     const Region region = worker::RegionOf(p, &full);
     const std::vector<int64_t> shape(p.shape.begin(), p.shape.end());
+    // Read from the weight of an export: in Megatron's order if a fused QKV.
+    const std::optional<QkvShape> order = IsFusedQkv(p.name) ? qkv : std::nullopt;
     auto state = [&](const char* suffix, Fill how) {
       return TensorPlan{.name = p.name + suffix,
                         .source = how == Fill::kCopy ? p.name + suffix : p.name,
                         .dtype = "F32",
                         .shape = shape,
                         .region = region,
-                        .fill = how};
+                        .fill = how,
+                        .megatron_qkv = how == Fill::kMaster ? order : std::nullopt};
     };
     MIMO_RETURN_IF_ERROR(add(out.model,
                              {.name = p.name,
@@ -205,7 +249,8 @@ absl::StatusOr<RankPlan> PlanRank(const Target& target, int rank, kernels::DType
                               .dtype = weight,
                               .shape = shape,
                               .region = region,
-                              .fill = Fill::kCopy},
+                              .fill = Fill::kCopy,
+                              .megatron_qkv = order},
                              full));
     if (dtype != kernels::DType::kF32) {
       MIMO_RETURN_IF_ERROR(
@@ -217,13 +262,15 @@ absl::StatusOr<RankPlan> PlanRank(const Target& target, int rank, kernels::DType
   }
   for (const std::string& name : d.saves_dense ? d.expert_biases : std::vector<std::string>()) {
     const int64_t e = out.description.experts;
+    // An import copies the biases an export carries (zero where it has none).
+    const bool copy = !fresh || source.tensors().contains(name);
     MIMO_RETURN_IF_ERROR(add(out.optim,
                              {.name = name,
                               .source = name,
                               .dtype = "F32",
                               .shape = {e},
                               .region = {{{0, e}}},
-                              .fill = fresh ? Fill::kZero : Fill::kCopy},
+                              .fill = copy ? Fill::kCopy : Fill::kZero},
                              {e}));
   }
   return out;
@@ -260,12 +307,12 @@ absl::StatusOr<checkpoint::FileDigest> WriteFile(const std::string& path,
     if (t.fill == Fill::kZero) {
       std::fill(buffer.data(), buffer.data() + buffer.size(), 0);
     } else if (t.fill == Fill::kCopy) {  // Every element: the source's slices cover the tensor.
-      MIMO_RETURN_IF_ERROR(source.ReadRegion(t.source, t.region, buffer.span()));
+      MIMO_RETURN_IF_ERROR(ReadSource(source, t, buffer.span()));
     } else if (t.fill == Fill::kMaster) {
       // The weight's values in fp32 (bf16 widened exactly).
       const std::string& dtype = source.tensors().at(t.source).dtype;
       MIMO_RETURN_IF_ERROR(scratch.Resize(t.bytes() / 4 * checkpoint::DTypeBytes(dtype)));
-      MIMO_RETURN_IF_ERROR(source.ReadRegion(t.source, t.region, scratch.span()));
+      MIMO_RETURN_IF_ERROR(ReadSource(source, t, scratch.span()));
       for (size_t i = 0; i < buffer.size() / 4; ++i) {
         float v;
         if (dtype == "BF16") {
@@ -288,7 +335,7 @@ struct WriteOptions {
   bool dry_run = false;
   bool overwrite = false;
   bool progress = false;
-  bool fresh = false;  // Import: masters from the weights, zero moments and biases.
+  bool fresh = false;  // Import: masters from the weights, zero moments, biases if exported.
 };
 
 // The whole target checkpoint from `source`: planned (every rank described and checked
