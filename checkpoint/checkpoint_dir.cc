@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "absl/algorithm/container.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -65,6 +66,24 @@ absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) return FsError(ec, "cannot create", root);
+  // What earlier saves left: staging folders of saves that died (at any step), checkpoints that
+  // retention set aside but could not remove, and a replaced checkpoint whose successor is in
+  // place. One save runs at a time, so none of them is in use.
+  std::vector<std::string> stale;
+  for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    absl::string_view rest = name;
+    const bool hidden = absl::ConsumePrefix(&rest, ".") && absl::StartsWith(rest, kPrefix) &&
+                        (absl::EndsWith(rest, ".staging") || absl::EndsWith(rest, ".deleting"));
+    rest = name;
+    std::error_code exists;
+    const bool replaced = absl::StartsWith(rest, kPrefix) &&
+                          absl::ConsumeSuffix(&rest, ".replaced") &&
+                          fs::is_directory(root + "/" + std::string(rest), exists);
+    if (hidden || replaced) stale.push_back(e.path().string());
+  }
+  if (ec) return FsError(ec, "cannot list", root);
+  for (const std::string& path : stale) MIMO_RETURN_IF_ERROR(RemoveAll(path));
   const std::string staging = StagingDir(root, step);
   MIMO_RETURN_IF_ERROR(RemoveAll(staging));
   fs::create_directory(staging, ec);
@@ -72,7 +91,8 @@ absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step
   return staging;
 }
 
-absl::Status CommitCheckpoint(const std::string& root, int64_t step, int keep) {
+absl::Status CommitCheckpoint(const std::string& root, int64_t step, int keep,
+                              std::vector<std::string>* not_removed) {
   const std::string staging = StagingDir(root, step), final_dir = CheckpointDir(root, step);
   std::error_code ec;
   if (!fs::is_directory(staging, ec)) {
@@ -109,10 +129,27 @@ absl::Status CommitCheckpoint(const std::string& root, int64_t step, int keep) {
   if (ec) return FsError(ec, "cannot rename to", latest);
   MIMO_RETURN_IF_ERROR(Fsync(root));
   if (keep <= 0) return absl::OkStatus();
-  MIMO_ASSIGN_OR_RETURN(const std::vector<int64_t> steps, ListCheckpoints(root));
-  for (size_t i = 0; i + keep < steps.size(); ++i) {
-    if (steps[i] == step) continue;  // The latest stays whatever the order.
-    MIMO_RETURN_IF_ERROR(RemoveAll(CheckpointDir(root, steps[i])));
+  // The commit stands whatever happens below: a checkpoint that cannot be removed (a file held
+  // open on NFS, a read-only folder) is reported and left, set aside under a name nothing lists
+  // when the rename works, for the next save to clear.
+  auto failed = [&](const absl::Status& s) {
+    if (not_removed != nullptr) not_removed->push_back(std::string(s.message()));
+  };
+  absl::StatusOr<std::vector<int64_t>> steps = ListCheckpoints(root);
+  if (!steps.ok()) {
+    failed(steps.status());
+    return absl::OkStatus();
+  }
+  for (size_t i = 0; i + keep < steps->size(); ++i) {
+    if ((*steps)[i] == step) continue;  // The latest stays whatever the order.
+    const std::string old = CheckpointDir(root, (*steps)[i]);
+    const std::string aside = absl::StrFormat("%s/.%s%07d.deleting", root, kPrefix, (*steps)[i]);
+    fs::rename(old, aside, ec);
+    if (ec) {
+      failed(FsError(ec, "cannot set aside", old));
+      continue;
+    }
+    if (absl::Status s = RemoveAll(aside); !s.ok()) failed(s);
   }
   return absl::OkStatus();
 }
@@ -147,9 +184,17 @@ absl::StatusOr<std::optional<int64_t>> LatestCheckpoint(const std::string& root)
         absl::StrCat(latest, " does not hold a step number: \"", text.substr(0, 40), "\""));
   }
   std::error_code ec;
-  if (!fs::is_directory(CheckpointDir(root, step), ec)) {
-    return absl::DataLossError(absl::StrCat(latest, " names step ", step, " but ",
-                                            CheckpointDir(root, step), " does not exist"));
+  const std::string dir = CheckpointDir(root, step), aside = dir + ".replaced";
+  if (!fs::is_directory(dir, ec) && fs::is_directory(aside, ec)) {
+    // A commit replacing this step died between its two renames: the old checkpoint, aside,
+    // is still whole and still the latest.
+    fs::rename(aside, dir, ec);
+    if (ec) return FsError(ec, "cannot restore", aside);
+    MIMO_RETURN_IF_ERROR(Fsync(root));
+  }
+  if (!fs::is_directory(dir, ec)) {
+    return absl::DataLossError(
+        absl::StrCat(latest, " names step ", step, " but ", dir, " does not exist"));
   }
   return std::optional<int64_t>(step);
 }

@@ -22,21 +22,27 @@ std::string StagingDir(const std::string& root, int64_t step);
 std::string LatestFile(const std::string& root);
 
 // One rank, before any rank writes: creates `root` (and parents) if needed and an empty staging
-// folder for `step` (a stale one, from a save that died, removed first); returns its path.
+// folder for `step`; returns its path. What earlier saves left is removed first: staging folders
+// of saves that died (any step), old checkpoints set aside by retention but not removed, and a
+// replaced checkpoint whose successor is in place.
 absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step);
 
 // One rank, after every rank has written and fsynced its files into the staging folder: fsyncs
 // the folder, renames it to CheckpointDir (replacing a checkpoint of the same step), fsyncs
 // `root`, then writes LatestFile (a temporary file fsynced and renamed over it, `root` fsynced
 // again). Then, with keep > 0, removes the oldest committed checkpoints beyond the newest
-// `keep` (never the latest). FailedPrecondition when the staging folder does not exist.
-absl::Status CommitCheckpoint(const std::string& root, int64_t step, int keep = 0);
+// `keep` (never the latest): each renamed aside, then removed; one that cannot be removed is
+// left (aside when the rename worked) and its error appended to `not_removed`, the commit
+// standing. FailedPrecondition when the staging folder does not exist.
+absl::Status CommitCheckpoint(const std::string& root, int64_t step, int keep = 0,
+                              std::vector<std::string>* not_removed = nullptr);
 
 // The steps of the committed checkpoints under `root`, ascending (staging folders and other
 // entries ignored); empty when `root` does not exist.
 absl::StatusOr<std::vector<int64_t>> ListCheckpoints(const std::string& root);
 
-// The step LatestFile names, or nullopt when there is none (a run that never saved).
+// The step LatestFile names, or nullopt when there is none (a run that never saved). A commit
+// that died while replacing that step's checkpoint left the old one aside: it is renamed back.
 // DataLoss when the file is not a step number or names a folder that does not exist.
 absl::StatusOr<std::optional<int64_t>> LatestCheckpoint(const std::string& root);
 

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <type_traits>
 #include <vector>
 
@@ -343,7 +344,15 @@ absl::Status SaveJobCheckpoint(const v1::Assignment& assignment, int64_t iterati
   MIMO_RETURN_IF_ERROR(
       WriteCheckpointMetadata(staging, CheckpointMetadata(assignment.spec(), assignment.modules(),
                                                           iteration, consumed_samples, files)));
-  return checkpoint::CommitCheckpoint(c.dir(), iteration, c.keep_last());
+  std::vector<std::string> not_removed;
+  MIMO_RETURN_IF_ERROR(
+      checkpoint::CommitCheckpoint(c.dir(), iteration, c.keep_last(), &not_removed));
+  // The checkpoint is committed; an old one that stays only costs disk (the next save retries).
+  for (const std::string& why : not_removed) {
+    std::cerr << "warning: checkpoint " << iteration << " committed, but keep_last "
+              << c.keep_last() << " could not remove an older one: " << why << "\n";
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mimo::worker

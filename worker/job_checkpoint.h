@@ -70,7 +70,8 @@ using RankStateWriter = std::function<absl::StatusOr<std::map<std::string, check
 // Saves iteration `iteration` of every rank: global rank 0 prepares the staging folder, every
 // rank writes its state into it with `write` and says so in `store`, rank 0 waits for all of
 // them (up to `timeout`), writes metadata.json (with every rank's files' sizes and CRC-32Cs and
-// `consumed_samples`) and commits (keeping spec.checkpointing.keep_last). Every rank of the job
+// `consumed_samples`) and commits (keeping spec.checkpointing.keep_last; an older checkpoint that
+// cannot be removed is a warning on stderr, not a failure). Every rank of the job
 // calls it after the same iteration (from any thread: an asynchronous save's); the others go
 // on once they have written. A rank whose part fails (rank 0's staging folder, another's files)
 // says so in `store` too, so that the ranks waiting for it fail at once with an error naming it

@@ -101,5 +101,50 @@ TEST_F(CheckpointDirTest, DamagedLatestFileOrMissingFolderIsAClearError) {
   EXPECT_THAT(missing.status().message(), HasSubstr("iter_0000300 does not exist"));
 }
 
+// Staging folders of saves that died at other steps, and what retention set aside, are cleared
+// by the next save; a replaced checkpoint is cleared once its successor is in place.
+TEST_F(CheckpointDirTest, TheNextSaveClearsWhatEarlierSavesLeft) {
+  Save(100, "a");
+  Save(1037, "half", /*crash=*/true);  // An off-schedule save, killed.
+  fs::create_directory(root_ + "/.iter_0000050.deleting");
+  fs::create_directory(CheckpointDir(root_, 100) + ".replaced");
+  fs::create_directory(CheckpointDir(root_, 70) + ".replaced");  // Its checkpoint is gone.
+  Save(200, "b");
+  EXPECT_FALSE(fs::exists(StagingDir(root_, 1037)));
+  EXPECT_FALSE(fs::exists(root_ + "/.iter_0000050.deleting"));
+  EXPECT_FALSE(fs::exists(CheckpointDir(root_, 100) + ".replaced"));
+  EXPECT_TRUE(fs::exists(CheckpointDir(root_, 70) + ".replaced"));  // Not known to be stale.
+  EXPECT_THAT(*ListCheckpoints(root_), ElementsAre(100, 200));
+}
+
+// An old checkpoint that cannot be removed fails neither the commit nor the latest pointer: here
+// it cannot be set aside (a non-empty folder already holds its aside name, as a removal that
+// failed half-way would leave it between two saves).
+TEST_F(CheckpointDirTest, ARetentionThatCannotRemoveKeepsTheCommit) {
+  Save(10, "x");
+  fs::create_directory(root_ + "/.iter_0000010.deleting");
+  std::ofstream(root_ + "/.iter_0000010.deleting/held") << "held";
+  fs::create_directory(StagingDir(root_, 20));
+  std::vector<std::string> not_removed;
+  ASSERT_TRUE(CommitCheckpoint(root_, 20, /*keep=*/1, &not_removed).ok());
+  EXPECT_EQ(*LatestCheckpoint(root_), 20);
+  ASSERT_EQ(not_removed.size(), 1u);
+  EXPECT_THAT(not_removed[0], HasSubstr("cannot set aside"));
+  EXPECT_THAT(*ListCheckpoints(root_), ElementsAre(10, 20));  // Left for the next save.
+  Save(30, "y", false, /*keep=*/1);  // Which clears the aside folder first, then removes both.
+  EXPECT_THAT(*ListCheckpoints(root_), ElementsAre(30));
+}
+
+// A commit replacing the latest step's checkpoint that died between its two renames: the old
+// checkpoint, aside, is restored.
+TEST_F(CheckpointDirTest, AReplacementThatDiedBetweenItsRenamesRestoresTheOldCheckpoint) {
+  Save(100, "a");
+  fs::rename(CheckpointDir(root_, 100), CheckpointDir(root_, 100) + ".replaced");
+  auto latest = LatestCheckpoint(root_);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_EQ(**latest, 100);
+  EXPECT_EQ(Read(100), "a");
+}
+
 }  // namespace
 }  // namespace mimo::checkpoint
