@@ -311,6 +311,8 @@ grpc::Status WorkerServiceImpl::RegisterWorker(grpc::ServerContext* context,
         TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(o.heartbeat_interval));
     *response->mutable_heartbeat_timeout() =
         TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(o.heartbeat_timeout));
+    *response->mutable_reattach_grace() =
+        TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(o.reattach_grace));
     return grpc::Status::OK;
   });
 }

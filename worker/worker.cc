@@ -240,9 +240,10 @@ absl::Status Worker::RegisterNow(const v1::RunningAssignment& resume) {
   absl::Duration timeout = FromProto(response.heartbeat_timeout());
   if (interval <= absl::ZeroDuration()) interval = kDefaultHeartbeatInterval;
   if (timeout <= absl::ZeroDuration()) timeout = kDefaultHeartbeatTimeout;
+  const absl::Duration lost_after = std::max(timeout, FromProto(response.reattach_grace()));
   {
     absl::MutexLock lock(&mu_);
-    registration_ = {response.worker_id(), interval, timeout};
+    registration_ = {response.worker_id(), interval, timeout, lost_after};
     last_contact_ = absl::Now();
   }
   Say(absl::StrCat("registered with the coordinator at ", options_.coordinator.address, " as ",
@@ -329,12 +330,14 @@ void Worker::HeartbeatLoop() {
       absl::MutexLock lock(&mu_);
       silent = absl::Now() - last_contact_;
     }
-    if (silent > reg.heartbeat_timeout) {
-      // The coordinator has declared this worker dead by now: whatever it runs is void.
+    if (silent > reg.lost_after) {
+      // Neither a restarted coordinator (past its reattach grace) nor one that stayed up (past
+      // its heartbeat timeout) still counts on this worker: whatever it runs is void.
       Fail(absl::UnavailableError(
           absl::StrCat("lost the coordinator at ", options_.coordinator.address, ": no answer for ",
                        absl::FormatDuration(absl::Trunc(silent, absl::Milliseconds(1))),
                        " (its heartbeat timeout is ", absl::FormatDuration(reg.heartbeat_timeout),
+                       ", its reattach grace at most ", absl::FormatDuration(reg.lost_after),
                        "); last error: ", response.status().message())));
       // Keep going until Run() ends: a final report in flight may still get through.
     }
@@ -404,7 +407,7 @@ absl::Status Worker::Report(const v1::Assignment& assignment, v1::WorkerState st
   request.set_stopped_after_checkpoint(stopped_after_checkpoint);
   const bool final_state = Final(state);
   request.set_leaving(final_state && stopping());
-  const absl::Time give_up = absl::Now() + registration().heartbeat_timeout;
+  const absl::Time give_up = absl::Now() + registration().lost_after;
   absl::Status status;
   while (true) {
     request.set_worker_id(registration().worker_id);

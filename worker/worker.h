@@ -49,8 +49,11 @@ int ExitCodeFor(const absl::Status& status);
 //   - STOP: the running job's communicators are aborted and the job reports STOPPED;
 //   - REGISTER (the coordinator restarted and forgot it): it registers again, naming the running
 //     assignment in `resume`, so that the coordinator re-attaches the job;
-//   - no answer for longer than heartbeat_timeout: the coordinator is lost (and has declared
-//     this worker dead), so the worker aborts the running job and Run() fails with Unavailable.
+//   - no answer for longer than heartbeat_timeout and the coordinator's reattach grace (the time
+//     a restarted coordinator waits for running jobs' workers): the coordinator is lost (dead,
+//     or alive and past declaring this worker dead), so the worker aborts the running job and
+//     Run() fails with Unavailable. Within that time it keeps its job and, when the coordinator
+//     answers again (restarted), registers again to re-attach it.
 // A job reports STARTING, builds one Gloo communicator per group of its rank, reports RUNNING,
 // runs by kind, and reports SUCCEEDED, FAILED (exit_code, message) or STOPPED. Its log lines go
 // to the coordinator and to stderr.
@@ -86,6 +89,9 @@ class Worker {
     std::string worker_id;
     absl::Duration heartbeat_interval;
     absl::Duration heartbeat_timeout;
+    // The coordinator is given up after this long without an answer: the longer of
+    // heartbeat_timeout and its reattach grace.
+    absl::Duration lost_after;
   };
 
   absl::Status RegisterNow(const v1::RunningAssignment& resume);

@@ -348,6 +348,32 @@ TEST_F(WorkerTest, RunningJobSurvivesACoordinatorRestart) {
   }
 }
 
+// A restart slower than the heartbeat timeout but within the reattach grace: the workers keep
+// their job through the outage (they give up only after the longer of the two) and re-attach it.
+TEST_F(WorkerTest, RunningJobSurvivesAnOutageLongerThanTheHeartbeatTimeout) {
+  StopServer();
+  ServerOptions options = Options();
+  options.manager.reattach_grace = absl::Seconds(6);
+  StartServer(options);
+  auto workers = StartWorkers(4);
+  v1::JobSpec spec = SelftestSpec("through-outage");
+  spec.mutable_selftest()->set_iterations(3 * kRestartRounds);
+  const v1::Job job = Submit(spec);
+  std::vector<std::string> rounds;
+  for (int r = 0; r < 4; ++r) {
+    rounds.push_back(
+        absl::StrCat("rank ", r, ": selftest: collectives round 2 of ", 3 * kRestartRounds, " ok"));
+  }
+  ASSERT_TRUE(AwaitLogs(*jobs_, job.id(), rounds, absl::Seconds(20)));
+  StopServer();
+  absl::SleepFor(options.manager.heartbeat_timeout + absl::Seconds(1));
+  StartServer(options_);
+  const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(30));
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.state_reason();
+  EXPECT_EQ(done.attempt(), 1);
+  for (auto& w : workers) EXPECT_FALSE(w->done()) << "a worker gave up during the outage";
+}
+
 // Two workers re-attach their ranks after the restart (their new ids must not collide with
 // each other's old ones); only the rank that never comes back is named.
 TEST_F(WorkerTest, RestartedCoordinatorReattachesEveryRank) {
