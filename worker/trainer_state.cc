@@ -87,10 +87,16 @@ absl::Status Read(kernels::Ops& ops, const checkpoint::SafetensorsReader& reader
   }
   const std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
   if (e->dtype != SafetensorsDType(t.dtype()) || e->shape != shape) {
+    // Only the dtype apart: the job trains in another precision than the checkpoint's run.
+    const bool precision = e->shape == shape && (e->dtype == "F32" || e->dtype == "BF16");
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor \"", name, "\" of ", reader.path(), " is ", e->dtype, " (",
         absl::StrJoin(e->shape, ", "), "); this trainer's is ", SafetensorsDType(t.dtype()), " (",
-        absl::StrJoin(shape, ", "), "): a checkpoint of another model or layout"));
+        absl::StrJoin(shape, ", "), "): ",
+        precision ? "the checkpoint was trained in another precision (training.precision, or the "
+                    "device kind when it is unset: bf16 on GPUs, fp32 on CPUs); set it to match, "
+                    "or export and import the weights to change it"
+                  : "a checkpoint of another model or layout"));
   }
   MIMO_RETURN_IF_ERROR(buffer.Resize(t.nbytes()));
   MIMO_RETURN_IF_ERROR(reader.Read(name, buffer.span()));

@@ -182,4 +182,17 @@ fresh=$(job_losses a | head -n 1 | cut -d' ' -f2)
 awk -v a="$first" -v b="$fresh" 'BEGIN { exit !(a < b) }' ||
   fail "the imported run's first loss $first is not below a fresh start's $fresh"
 log "imported into tp 4: first loss $first (a fresh start's: $fresh)"
+
+# Into a spec that trains in bf16: the export's fp32 weights are converted (rounded to nearest
+# even).
+bf16_spec=$tmp/imported-bf16.yaml
+sed -e 's/precision: PRECISION_FP32/precision: PRECISION_BF16/' "$import_spec" >"$bf16_spec"
+grep -q PRECISION_BF16 "$bf16_spec" || fail "$bf16_spec does not train in bf16"
+convert import --from "$tmp/export" --to "$tmp/imported-bf16" --spec "$bf16_spec" \
+  >"$tmp/import-bf16.out" 2>&1 || fail "import into bf16 failed: $(cat "$tmp/import-bf16.out")"
+convert inspect "$tmp/imported-bf16/iter_0000000" >"$tmp/inspect-bf16.out" ||
+  fail "inspect of the bf16 import failed"
+grep -q 'linear_qkv.weight.*BF16' "$tmp/inspect-bf16.out" ||
+  fail "the bf16 import's weights are not BF16: $(grep linear_qkv "$tmp/inspect-bf16.out")"
+log "imported into bf16"
 echo "$name: PASSED"

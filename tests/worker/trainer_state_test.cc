@@ -307,6 +307,10 @@ TEST(TrainerStateTest, WrongDamagedOrMissingFilesAreClearErrors) {
   const absl::Status other = fresh(wider)->LoadState(dir, 0);
   EXPECT_EQ(other.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(other.message(), HasSubstr("another model or layout"));
+  // The same model trained in bf16: the precision is named.
+  const absl::Status bf16 = fresh(Model(kernels::DType::kBF16))->LoadState(dir, 0);
+  EXPECT_EQ(bf16.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bf16.message(), HasSubstr("trained in another precision"));
   // A file cut short.
   const std::string optim = dir + "/optim_rank_00000.safetensors";
   fs::resize_file(optim, fs::file_size(optim) - 16);

@@ -33,6 +33,7 @@
 #include "tools/convert/qkv_layout.h"
 #include "tools/mimoctl/spec_file.h"
 #include "worker/job_checkpoint.h"
+#include "worker/model_spec.h"
 #include "worker/rank_modules.h"
 #include "worker/rank_state_format.h"
 
@@ -152,7 +153,7 @@ absl::StatusOr<Target> PlanTarget(v1::JobSpec spec, const std::vector<std::strin
   return out;
 }
 
-// The source tensor `name` must be `dtype` of `full` shape.
+// The source tensor `name` must be `dtype` (empty: F32 or BF16) of `full` shape.
 absl::Status CheckSource(const ConsolidatedReader& reader, const std::string& name,
                          const std::string& dtype, const std::vector<int64_t>& full) {
   const auto it = reader.tensors().find(name);
@@ -160,11 +161,13 @@ absl::Status CheckSource(const ConsolidatedReader& reader, const std::string& na
     return absl::InvalidArgumentError(absl::StrCat(
         "the source has no tensor \"", name, "\" that the target's model needs (another model?)"));
   }
-  if (it->second.dtype != dtype || it->second.shape != full) {
+  const bool dtype_ok = dtype.empty() ? it->second.dtype == "F32" || it->second.dtype == "BF16"
+                                      : it->second.dtype == dtype;
+  if (!dtype_ok || it->second.shape != full) {
     return absl::InvalidArgumentError(
         absl::StrCat("the source's tensor \"", name, "\" is ", it->second.dtype, " [",
-                     absl::StrJoin(it->second.shape, ", "), "]; the target's model needs ", dtype,
-                     " [", absl::StrJoin(full, ", "), "]"));
+                     absl::StrJoin(it->second.shape, ", "), "]; the target's model needs ",
+                     dtype.empty() ? "F32 or BF16" : dtype, " [", absl::StrJoin(full, ", "), "]"));
   }
   return absl::OkStatus();
 }
@@ -207,8 +210,10 @@ absl::StatusOr<RankPlan> PlanRank(const Target& target, int rank, kernels::DType
   auto add = [&](std::vector<TensorPlan>& file, TensorPlan t,
                  const std::vector<int64_t>& full) -> absl::Status {
     if (t.fill != Fill::kZero) {
-      MIMO_RETURN_IF_ERROR(
-          CheckSource(source, t.source, t.fill == Fill::kMaster ? weight : t.dtype, full));
+      // An import's weights may be F32 or BF16 whatever the target's: they are converted.
+      const bool any_float = fresh && (t.fill == Fill::kMaster || t.dtype == weight);
+      MIMO_RETURN_IF_ERROR(CheckSource(
+          source, t.source, any_float ? "" : (t.fill == Fill::kMaster ? weight : t.dtype), full));
       used.insert(t.source);
     }
     file.push_back(std::move(t));
@@ -306,6 +311,25 @@ absl::StatusOr<checkpoint::FileDigest> WriteFile(const std::string& path,
     MIMO_RETURN_IF_ERROR(buffer.Resize(t.bytes()));
     if (t.fill == Fill::kZero) {
       std::fill(buffer.data(), buffer.data() + buffer.size(), 0);
+    } else if (t.fill == Fill::kCopy &&
+               source.tensors().at(t.source).dtype != t.dtype) {  // An import's other precision.
+      const std::string& from = source.tensors().at(t.source).dtype;
+      const uint64_t n = t.bytes() / checkpoint::DTypeBytes(t.dtype);
+      MIMO_RETURN_IF_ERROR(scratch.Resize(n * checkpoint::DTypeBytes(from)));
+      MIMO_RETURN_IF_ERROR(ReadSource(source, t, scratch.span()));
+      for (uint64_t i = 0; i < n; ++i) {
+        if (from == "BF16") {  // To F32: exact.
+          uint16_t b;
+          std::memcpy(&b, scratch.data() + 2 * i, 2);
+          const float v = BFloat16ToFloat(b);
+          std::memcpy(buffer.data() + 4 * i, &v, 4);
+        } else {  // F32 to BF16: rounded to nearest even.
+          float v;
+          std::memcpy(&v, scratch.data() + 4 * i, 4);
+          const uint16_t b = FloatToBFloat16(v);
+          std::memcpy(buffer.data() + 2 * i, &b, 2);
+        }
+      }
     } else if (t.fill == Fill::kCopy) {  // Every element: the source's slices cover the tensor.
       MIMO_RETURN_IF_ERROR(ReadSource(source, t, buffer.span()));
     } else if (t.fill == Fill::kMaster) {
@@ -343,17 +367,15 @@ struct WriteOptions {
 absl::Status WriteCheckpoint(const Source& source, const Target& target, const WriteOptions& o,
                              const std::string& what, std::ostream& out, std::ostream& err) {
   const ConsolidatedReader& reader = *source.reader;
-  // The weights' dtype is the source's (any weight will do: they share it).
-  std::optional<kernels::DType> dtype;
+  // The weights' dtype: the one the target spec trains in. A reshard's spec is the source job's,
+  // so it is the source's; an import converts the export's weights to it.
+  bool any_weight = false;
   for (const auto& [name, t] : reader.tensors()) {
-    if (t.optimizer) continue;
-    if (t.dtype == "BF16") dtype = kernels::DType::kBF16;
-    if (t.dtype == "F32") dtype = kernels::DType::kF32;
-    if (dtype.has_value()) break;
+    any_weight = any_weight || (!t.optimizer && (t.dtype == "BF16" || t.dtype == "F32"));
   }
-  if (!dtype.has_value()) {
-    return absl::InvalidArgumentError("the source holds no bf16 or fp32 weights");
-  }
+  if (!any_weight) return absl::InvalidArgumentError("the source holds no bf16 or fp32 weights");
+  const std::optional<kernels::DType> dtype = worker::ComputeDType(
+      target.spec.training().precision(), target.spec.resources().device() == v1::DEVICE_KIND_CUDA);
   const int world = target.plan->world_size();
   std::vector<RankPlan> ranks;
   std::set<std::string> used;
