@@ -507,6 +507,17 @@ void JobManager::CheckActiveJobs(absl::Time now) {
   }
 }
 
+namespace {
+
+// " (not counting W1; W2: told to stop more than GRACE ago, never confirmed)", or "".
+std::string NotCounted(const std::vector<std::string>& stuck, absl::Duration grace) {
+  if (stuck.empty()) return "";
+  return absl::StrCat(" (not counting ", absl::StrJoin(stuck, "; "), ": told to stop more than ",
+                      absl::FormatDuration(grace), " ago, never confirmed)");
+}
+
+}  // namespace
+
 void JobManager::Schedule(absl::Time now) {
   if (shutdown_) return;
   absl::StatusOr<std::vector<v1::Job>> jobs = store_->ListUnfinishedJobs();
@@ -521,10 +532,16 @@ void JobManager::Schedule(absl::Time now) {
     }
     const int world = job.spec().resources().workers();
     const v1::DeviceKind device = job.spec().resources().device();
-    std::vector<std::string> idle;
+    std::vector<std::string> idle, stuck;
     int registered = 0;
     for (const auto& [id, w] : workers_) {
       if (w.info.device() != device || w.leaving) continue;
+      // Told to stop longer than the cancel grace ago and still not confirming (a collective
+      // hung in its process, a stuck file system): not a worker a job can wait for.
+      if (w.stop && !w.job_id.empty() && now - w.stop_time > options_.cancel_grace) {
+        stuck.push_back(absl::StrCat(id, " on ", w.info.host(), ", device ", w.info.local_index()));
+        continue;
+      }
       ++registered;
       if (w.job_id.empty()) idle.push_back(id);
     }
@@ -539,7 +556,8 @@ void JobManager::Schedule(absl::Time now) {
                                 absl::StrCat("only ", registered, " of the ", world, " ",
                                              DeviceKindWord(device),
                                              " workers the job needs registered within ",
-                                             absl::FormatDuration(options_.join_timeout)),
+                                             absl::FormatDuration(options_.join_timeout),
+                                             NotCounted(stuck, options_.cancel_grace)),
                                 0, -1),
                     Retry::kNever, now)
             .IgnoreError();

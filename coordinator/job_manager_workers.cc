@@ -84,6 +84,7 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
       worker.rank = rank;
       worker.has_assignment = true;
       worker.stop = true;
+      worker.stop_time = now;
       worker.stop_reason = absl::StrCat("the coordinator does not expect job ", resume.job_id(),
                                         " attempt ", resume.attempt(), " rank ", rank);
     } else {
@@ -97,6 +98,7 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
       absl::StatusOr<v1::Job> job = store_->GetJob(resume.job_id());
       if (job.ok() && job->state() == v1::JOB_STATE_CANCELLING) {
         worker.stop = true;
+        worker.stop_time = now;
         worker.stop_reason = job->state_reason();
       }
       if (std::none_of(active.worker_of_rank.begin(), active.worker_of_rank.end(),

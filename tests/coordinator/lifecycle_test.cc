@@ -248,6 +248,33 @@ TEST_F(LifecycleTest, GpuJobWaitsForGpuWorkers) {
   AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
 }
 
+// A worker told to stop that keeps beating but never confirms (a collective hung in its process)
+// stops counting once the cancel grace has passed: the restarted job that needs it fails with
+// JOIN_TIMEOUT naming it instead of waiting behind it forever.
+TEST_F(LifecycleTest, AWorkerThatNeverConfirmsItsStopIsNotWaitedForForever) {
+  ServerOptions options = FastOptions(db_path_);
+  options.manager.join_timeout = absl::Milliseconds(300);
+  StopServer();
+  StartServer(options);
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  const v1::Job job = Submit(spec);
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  AwaitState(job.id(), v1::JOB_STATE_PENDING);
+  for (int r : {0, 3}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  // Worker 2 beats on, told to stop, and never reports.
+  const v1::Job failed =
+      AwaitState(job.id(), v1::JOB_STATE_FAILED, absl::Seconds(5), Ptrs(workers));
+  ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED) << failed.DebugString();
+  EXPECT_EQ(failed.failure().reason(), "JOIN_TIMEOUT");
+  EXPECT_THAT(failed.failure().message(),
+              HasSubstr(absl::StrCat("(not counting ", workers[2]->id(),
+                                     " on h, device 2: told "
+                                     "to stop more than 600ms ago, never confirmed)")));
+}
+
 TEST_F(LifecycleTest, JoinTimeoutFailsAJobTooFewWorkersJoinedNamingTheCount) {
   ServerOptions options = FastOptions(db_path_);
   options.manager.join_timeout = absl::Milliseconds(300);
