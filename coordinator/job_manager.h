@@ -74,6 +74,10 @@ class JobManager {
   // Events after `after_sequence`, at most `limit` of them (0: all).
   absl::StatusOr<std::vector<v1::JobEvent>> ListEvents(const std::string& id,
                                                        int64_t after_sequence, int limit = 0);
+  // The sequence number of the job's newest event (0: none yet).
+  absl::StatusOr<int64_t> LastEventSequence(const std::string& id) {
+    return store_->LastEventSequence(id);
+  }
   absl::StatusOr<std::vector<v1::LogLine>> ReadLogs(const JobStore::LogQuery& query);
 
   // A counter that grows with every change (job event, log line, worker change, shutdown).

@@ -568,6 +568,21 @@ absl::StatusOr<std::vector<v1::JobEvent>> JobStore::ListEvents(const std::string
   return events;
 }
 
+absl::StatusOr<int64_t> JobStore::LastEventSequence(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  MIMO_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_, Transaction::Kind::kRead));
+  MIMO_RETURN_IF_ERROR(CheckJobExists(db_, job_id));
+  MIMO_ASSIGN_OR_RETURN(
+      Statement stmt,
+      Statement::Prepare(db_,
+                         "SELECT COALESCE(MAX(sequence), 0) FROM job_events WHERE job_id = ?1"));
+  stmt.Bind(1, job_id);
+  MIMO_ASSIGN_OR_RETURN(const bool row, stmt.Step());
+  const int64_t sequence = row ? stmt.Int(0) : 0;
+  MIMO_RETURN_IF_ERROR(tx.Commit());
+  return sequence;
+}
+
 absl::Status JobStore::AppendLogs(const std::string& job_id, int attempt, int rank,
                                   const std::vector<std::string>& lines, absl::Time time) {
   if (attempt < 1 || rank < 0) {

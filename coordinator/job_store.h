@@ -73,6 +73,9 @@ class JobStore {
   // NotFound for an unknown job.
   absl::StatusOr<std::vector<v1::JobEvent>> ListEvents(const std::string& job_id,
                                                        int64_t after_sequence, int limit = 0);
+  // The sequence number of a job's newest event (0 before its first); NotFound for an unknown
+  // job. One indexed lookup, whatever the job's history.
+  absl::StatusOr<int64_t> LastEventSequence(const std::string& job_id);
 
   // Appends log lines of one rank of one attempt; each gets the job's next log sequence number.
   // NotFound for an unknown job; InvalidArgument for attempt < 1 or rank < 0.

@@ -215,9 +215,9 @@ grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* context,
     // The events are read before the job: one committed in between is then sent again after
     // the first response (harmless) instead of being counted as seen while the job sent does
     // not show it yet (a watch that never learns that its job ended).
-    absl::StatusOr<std::vector<v1::JobEvent>> seen = m.ListEvents(request->job_id(), 0);
+    absl::StatusOr<int64_t> seen = m.LastEventSequence(request->job_id());
     if (!seen.ok()) return ToGrpcStatus(seen.status());
-    int64_t sequence = seen->empty() ? 0 : seen->back().sequence();
+    int64_t sequence = *seen;
     absl::StatusOr<v1::Job> job = m.GetJob(request->job_id());
     if (!job.ok()) return ToGrpcStatus(job.status());
     v1::WatchJobResponse first;

@@ -176,6 +176,10 @@ TEST_F(JobStoreTest, UpdateReplacesJobAndAppendsEvents) {
   EXPECT_TRUE(MessageDifferencer::Equals(after_first[1], third));
   ASSERT_OK_AND_ASSIGN(std::vector<v1::JobEvent> none, store_->ListEvents(job.id(), 3));
   EXPECT_THAT(none, IsEmpty());
+  ASSERT_OK_AND_ASSIGN(const int64_t last, store_->LastEventSequence(job.id()));
+  EXPECT_EQ(last, 3);
+  EXPECT_EQ(store_->LastEventSequence("j-19700101-000009").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(JobStoreTest, IdsCountUpAndUseTheUtcDateOfCreation) {
