@@ -621,17 +621,21 @@ absl::StatusOr<std::vector<v1::LogLine>> JobStore::ReadLogs(const LogQuery& quer
   MIMO_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_, Transaction::Kind::kRead));
   MIMO_ASSIGN_OR_RETURN(const v1::Job job, LoadJob(db_, query.job_id));
   const bool tail = query.after_sequence <= 0 && query.tail_lines > 0;
-  // Newest first so that LIMIT keeps the tail; -1 is no limit.
+  // A tail newest first so that LIMIT keeps it, a page oldest first; -1 is no limit.
   MIMO_ASSIGN_OR_RETURN(
       Statement stmt,
-      Statement::Prepare(db_,
-                         "SELECT sequence, attempt, rank, time, text FROM job_logs "
-                         "WHERE job_id = ?1 AND attempt = ?2 AND (?3 IS NULL OR rank = ?3) "
-                         "AND sequence > ?4 ORDER BY sequence DESC LIMIT ?5"));
+      Statement::Prepare(db_, tail ? "SELECT sequence, attempt, rank, time, text FROM job_logs "
+                                     "WHERE job_id = ?1 AND attempt = ?2 AND (?3 IS NULL OR "
+                                     "rank = ?3) AND sequence > ?4 ORDER BY sequence DESC LIMIT ?5"
+                                   : "SELECT sequence, attempt, rank, time, text FROM job_logs "
+                                     "WHERE job_id = ?1 AND attempt = ?2 AND (?3 IS NULL OR "
+                                     "rank = ?3) AND sequence > ?4 ORDER BY sequence LIMIT ?5"));
   stmt.Bind(1, query.job_id)
       .Bind(2, query.attempt > 0 ? query.attempt : job.attempt())
       .Bind(4, query.after_sequence)
-      .Bind(5, tail ? query.tail_lines : -1);
+      .Bind(5, tail                  ? query.tail_lines
+               : query.max_lines > 0 ? query.max_lines
+                                     : -1);
   if (query.rank.has_value()) {
     stmt.Bind(3, *query.rank);
   } else {
@@ -644,7 +648,7 @@ absl::StatusOr<std::vector<v1::LogLine>> JobStore::ReadLogs(const LogQuery& quer
     lines.push_back(ReadLogLine(stmt));
   }
   MIMO_RETURN_IF_ERROR(tx.Commit());
-  std::reverse(lines.begin(), lines.end());
+  if (tail) std::reverse(lines.begin(), lines.end());
   return lines;
 }
 

@@ -20,6 +20,8 @@ using google::protobuf::util::TimeUtil;
 constexpr absl::Duration kStreamPoll = absl::Seconds(1);
 // Log lines per StreamLogsResponse.
 constexpr size_t kLogBatch = 500;
+// Lines read from the store at a time by StreamLogs.
+constexpr int kLogPage = 10000;
 // ListJobEvents page sizes.
 constexpr int kDefaultEventPage = 100;
 constexpr int kMaxEventPage = 1000;
@@ -258,12 +260,17 @@ grpc::Status JobServiceImpl::StreamLogs(grpc::ServerContext* context,
     if (request->has_rank()) query.rank = request->rank();
     query.attempt = request->attempt();
     query.tail_lines = request->tail_lines();
+    // Pages of the log, so that a long one is never held in memory whole.
+    query.max_lines = kLogPage;
     while (true) {
       const int64_t version = m.version();
       absl::StatusOr<v1::Job> job = m.GetJob(request->job_id());
       if (!job.ok()) return ToGrpcStatus(job.status());
+      const bool paged = query.tail_lines == 0 || query.after_sequence > 0;
       absl::StatusOr<std::vector<v1::LogLine>> lines = m.ReadLogs(query);
       if (!lines.ok()) return ToGrpcStatus(lines.status());
+      // A full page: more lines may follow at once, before anything else is decided.
+      const bool more = paged && static_cast<int>(lines->size()) == kLogPage;
       // Follow from the last line sent (from the first line when none was).
       if (!lines->empty()) query.after_sequence = lines->back().sequence();
       query.tail_lines = 0;
@@ -273,6 +280,7 @@ grpc::Status JobServiceImpl::StreamLogs(grpc::ServerContext* context,
         for (size_t i = at; i < end; ++i) *response.add_lines() = std::move((*lines)[i]);
         if (!writer->Write(response)) return grpc::Status::CANCELLED;
       }
+      if (more) continue;
       if (!request->follow() || (IsTerminal(job->state()) && lines->empty())) {
         return grpc::Status::OK;
       }

@@ -141,6 +141,41 @@ TEST_F(LifecycleTest, FollowedLogsArriveWhileTheJobRuns) {
   EXPECT_THAT(followed, ElementsAre("old line", "new line 1", "new line 2"));
 }
 
+// A log longer than StreamLogs' page (10000 lines read from the store at a time) arrives whole
+// and in order, followed or not.
+TEST_F(LifecycleTest, ALongLogStreamsWholeInPages) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  constexpr int kLines = 25003;
+  std::vector<std::string> lines;
+  for (int i = 0; i < kLines; ++i) lines.push_back(absl::StrCat("line ", i));
+  for (int at = 0; at < kLines; at += 5000) {
+    ASSERT_TRUE(
+        workers[0]
+            ->Logs(as[0], std::vector<std::string>(lines.begin() + at,
+                                                   lines.begin() + std::min(kLines, at + 5000)))
+            .ok());
+  }
+  for (int r = 0; r < 4; ++r)
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+  for (const bool follow : {false, true}) {
+    v1::StreamLogsRequest request;
+    request.set_job_id(job.id());
+    request.set_follow(follow);
+    auto context = Context("", absl::Seconds(20));
+    auto reader = jobs_->StreamLogs(context.get(), request);
+    std::vector<std::string> got;
+    v1::StreamLogsResponse chunk;
+    while (reader->Read(&chunk)) {
+      for (const v1::LogLine& l : chunk.lines()) got.push_back(l.text());
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(got, lines) << "follow " << follow;
+  }
+}
+
 TEST_F(LifecycleTest, CancelPendingJobAtOnce) {
   const v1::Job job = Submit(SmallSpec());
   v1::CancelJobRequest request;
