@@ -20,7 +20,6 @@ namespace mimo::coordinator {
 namespace {
 
 constexpr int kDefaultPageSize = 50;
-constexpr int kMaxPageSize = 1000;
 
 // Migration i (1-based) takes the schema from user_version i - 1 to i. Times are Unix nanoseconds;
 // `job` and `event` hold serialized mimo.v1.Job and mimo.v1.JobEvent. jobs.id is NULL only inside

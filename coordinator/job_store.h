@@ -24,6 +24,9 @@ namespace mimo::coordinator {
 // that a call reported as stored. Several processes may share the file.
 class JobStore {
  public:
+  // ListJobs' largest page.
+  static constexpr int kMaxPageSize = 1000;
+
   struct Options {
     // Database file, created if absent (mode 0644 less the umask). ":memory:" for a private
     // in-memory database (tests).

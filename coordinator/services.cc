@@ -143,8 +143,16 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* context,
       }
       states.push_back(static_cast<v1::JobState>(s));
     }
+    if (request->page_size() < 0 || request->page_size() > JobStore::kMaxPageSize) {
+      return BadField("page_size", absl::StrCat("is ", request->page_size(), ", outside [0, ",
+                                                JobStore::kMaxPageSize, "]"));
+    }
     absl::StatusOr<JobStore::Page> page =
         ctx_.manager->ListJobs(request->page_size(), request->page_token(), states);
+    // The page size is checked above: a request the store refuses has a bad page_token.
+    if (absl::IsInvalidArgument(page.status())) {
+      return BadField("page_token", std::string(page.status().message()));
+    }
     if (!page.ok()) return ToGrpcStatus(page.status());
     for (v1::Job& job : page->jobs) *response->add_jobs() = std::move(job);
     response->set_next_page_token(page->next_page_token);

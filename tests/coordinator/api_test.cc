@@ -165,6 +165,12 @@ TEST_F(ApiTest, RequestsAreCheckedFieldByField) {
   list.add_states(v1::JOB_STATE_UNSPECIFIED);
   v1::ListJobsResponse listed;
   expect_bad(jobs_->ListJobs(Context().get(), list, &listed), "states[1]");
+  v1::ListJobsRequest bad_list_token;
+  bad_list_token.set_page_token("not-a-token");
+  expect_bad(jobs_->ListJobs(Context().get(), bad_list_token, &listed), "page_token");
+  v1::ListJobsRequest too_many;
+  too_many.set_page_size(100000);
+  expect_bad(jobs_->ListJobs(Context().get(), too_many, &listed), "page_size");
   v1::ListJobEventsRequest bad_token;
   bad_token.set_job_id(job.id());
   bad_token.set_page_token("not-a-token");
