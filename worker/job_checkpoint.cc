@@ -90,7 +90,15 @@ absl::StatusOr<std::string> ResumeFolder(const v1::Checkpointing& c) {
   if (!c.dir().empty()) {
     MIMO_ASSIGN_OR_RETURN(const std::optional<int64_t> latest,
                           checkpoint::LatestCheckpoint(c.dir()));
-    if (latest.has_value()) return checkpoint::CheckpointDir(c.dir(), *latest);
+    if (latest.has_value()) {
+      const std::string own = checkpoint::CheckpointDir(c.dir(), *latest);
+      if (!c.resume_from().empty() && c.resume_from() != "latest") {
+        std::cerr << "note: resuming from " << own << ", the run's own progress under "
+                  << "checkpointing.dir, not from checkpointing.resume_from " << c.resume_from()
+                  << " (which only starts a run whose dir holds no checkpoint yet)\n";
+      }
+      return own;
+    }
   }
   if (c.resume_from().empty() || c.resume_from() == "latest") return std::string();
   // A checkpoint root (say, mimo-convert reshard's --to): its latest checkpoint.

@@ -138,8 +138,13 @@ TEST_F(ConvertCommandsTest, ExportWritesEachModuleAsHuggingFaceFiles) {
   EXPECT_THAT(err2.str(), HasSubstr("--overwrite"));
   ExportOptions again = options;
   again.overwrite = true;
+  // A module of an earlier export that this checkpoint lacks is removed with --overwrite.
+  fs::create_directories(root_ + "/out/audio");
+  std::ofstream(root_ + "/out/audio/model.safetensors.index.json") << "{}";
   std::ostringstream out3, err3;
   EXPECT_EQ(RunExport(again, out3, err3), 0) << err3.str();
+  EXPECT_FALSE(fs::exists(root_ + "/out/audio"));
+  EXPECT_TRUE(fs::exists(root_ + "/out/vision/model-00001-of-00001.safetensors"));
 }
 
 // Export writes a fused QKV weight in Megatron's row order (per query group: its query heads,

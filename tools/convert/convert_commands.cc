@@ -172,6 +172,17 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
         << "--overwrite\n";
     return 1;
   }
+  // An earlier export's modules that this one lacks go too (import reads every file under --to).
+  if (o.overwrite && fs::is_directory(o.to, ec)) {
+    std::vector<fs::path> stale;
+    for (const fs::directory_entry& e : fs::directory_iterator(o.to, ec)) {
+      if (e.is_directory() && !modules.contains(e.path().filename().string()) &&
+          fs::exists(e.path() / "model.safetensors.index.json")) {
+        stale.push_back(e.path());
+      }
+    }
+    for (const fs::path& p : stale) fs::remove_all(p, ec);
+  }
   std::vector<char> buffer, reordered;
   for (const auto& [module, tensors] : modules) {
     // Fused QKV rows go out in Megatron's order, which needs the module's attention sizes.
