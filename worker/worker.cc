@@ -20,6 +20,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "worker/coordinator_store.h"
 #include "worker/group_specs.h"
+#include "worker/metrics_sender.h"
 #include "worker/selftest.h"
 #include "worker/train_job.h"
 
@@ -584,20 +585,23 @@ absl::Status Worker::Execute(const v1::Assignment& assignment, RunningJob& job, 
   } else {
     ops = kernels::NewCpuOps();
   }
+  // Metrics are progress, not state: sent from a thread of their own (a slow coordinator never
+  // holds up a step), a lost report is logged and training goes on.
+  MetricsSender metrics(
+      [this](const v1::ReportMetricsRequest& request) { return client_->ReportMetrics(request); },
+      [&log](const absl::Status& s) {
+        log.Line(absl::StrCat("metrics report failed: ", s.message()));
+      });
   const TrainJobHooks hooks{.log = [&log](const std::string& line) { log.Line(line); },
                             .report =
-                                [&](const v1::Metrics& metrics) {
+                                [&](const v1::Metrics& m) {
                                   v1::ReportMetricsRequest request;
                                   request.set_worker_id(registration().worker_id);
                                   request.set_job_id(assignment.job_id());
                                   request.set_attempt(assignment.attempt());
                                   request.set_rank(assignment.rank().rank());
-                                  *request.mutable_metrics() = metrics;
-                                  // Metrics are progress, not state: a lost report is logged and
-                                  // training goes on.
-                                  const absl::Status s = client_->ReportMetrics(request);
-                                  if (!s.ok())
-                                    log.Line(absl::StrCat("metrics report failed: ", s.message()));
+                                  *request.mutable_metrics() = m;
+                                  metrics.Post(std::move(request));
                                 },
                             .stopped = [&job] { return job.Stopped(nullptr); },
                             .checkpoint_request = [&job] { return job.checkpoint_request(); },

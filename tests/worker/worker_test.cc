@@ -357,18 +357,20 @@ TEST_F(WorkerTest, RunningJobSurvivesAnOutageLongerThanTheHeartbeatTimeout) {
   StartServer(options);
   auto workers = StartWorkers(4);
   v1::JobSpec spec = SelftestSpec("through-outage");
-  spec.mutable_selftest()->set_iterations(3 * kRestartRounds);
+  spec.mutable_selftest()->set_iterations(2 * kRestartRounds);
   const v1::Job job = Submit(spec);
   std::vector<std::string> rounds;
   for (int r = 0; r < 4; ++r) {
     rounds.push_back(
-        absl::StrCat("rank ", r, ": selftest: collectives round 2 of ", 3 * kRestartRounds, " ok"));
+        absl::StrCat("rank ", r, ": selftest: collectives round 2 of ", 2 * kRestartRounds, " ok"));
   }
   ASSERT_TRUE(AwaitLogs(*jobs_, job.id(), rounds, absl::Seconds(20)));
   StopServer();
   absl::SleepFor(options.manager.heartbeat_timeout + absl::Seconds(1));
   StartServer(options_);
-  const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(30));
+  // Whether the job ends during the outage (its final reports then wait for the coordinator) or
+  // after it, it ends SUCCEEDED in its first attempt; slow rounds on a loaded machine take long.
+  const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(90));
   ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.state_reason();
   EXPECT_EQ(done.attempt(), 1);
   for (auto& w : workers) EXPECT_FALSE(w->done()) << "a worker gave up during the outage";
