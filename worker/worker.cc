@@ -352,19 +352,9 @@ void Worker::OnHeartbeat(const v1::HeartbeatResponse& response) {
       break;
     case v1::HeartbeatResponse::COMMAND_REGISTER: {
       v1::RunningAssignment resume;
-      std::optional<v1::ReportStatusRequest> last;
       {
         absl::MutexLock lock(&mu_);
-        if (job_) {
-          resume = job_->id;
-        } else if (last_final_) {
-          // The rank this worker ended: a restarted coordinator may still wait for it (its peers
-          // still running), so it re-attaches the rank and reports its end again.
-          last = last_final_;
-          resume.set_job_id(last->job_id());
-          resume.set_attempt(last->attempt());
-          resume.set_rank(last->rank());
-        }
+        if (job_) resume = job_->id;
         // Leaving with no job: registering again would offer the coordinator a worker that is
         // about to exit.
         if (!job_ && stopping_) break;
@@ -373,12 +363,6 @@ void Worker::OnHeartbeat(const v1::HeartbeatResponse& response) {
       if (absl::Status s = RegisterNow(resume); !s.ok()) {
         Say(absl::StrCat("registering again failed (retrying with the next heartbeat): ",
                          s.message()));
-      } else if (last) {
-        last->set_worker_id(registration().worker_id);
-        if (absl::Status r = client_->ReportStatus(*last); !r.ok()) {
-          Say(absl::StrCat("reporting the end of job ", last->job_id(),
-                           " again failed: ", r.message()));
-        }
       }
       break;
     }

@@ -51,34 +51,6 @@ TEST_F(LifecycleTest, RestartKeepsJobsAndReattachesRunningWorkers) {
   AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
 }
 
-// A rank that ended before the restart (its peers still running): its worker re-registers
-// naming that rank and reports its end again, so the job does not count it as missing.
-TEST_F(LifecycleTest, ARankThatEndedBeforeARestartIsReattachedByItsFinalReport) {
-  const v1::Job job = Submit(SmallSpec());
-  auto workers = Workers(4);
-  std::vector<v1::Assignment> as = Assignments(workers);
-  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
-  ASSERT_TRUE(workers[0]->Report(as[0], v1::WORKER_STATE_SUCCEEDED).ok());
-  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
-  StopServer();
-  StartServer(options_);
-  std::vector<std::unique_ptr<FakeWorker>> again;
-  for (int r = 0; r < 4; ++r) {
-    v1::RunningAssignment resume;
-    resume.set_job_id(job.id());
-    resume.set_attempt(1);
-    resume.set_rank(as[r].rank().rank());
-    again.push_back(std::make_unique<FakeWorker>(Channel(), "h", r, v1::DEVICE_KIND_CPU, resume));
-  }
-  ASSERT_TRUE(again[0]->Report(as[0], v1::WORKER_STATE_SUCCEEDED).ok());
-  KeepBeating(Ptrs(again), options_.manager.reattach_grace + absl::Milliseconds(200));
-  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);
-  for (int r = 1; r < 4; ++r) {
-    ASSERT_TRUE(again[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
-  }
-  AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
-}
-
 TEST_F(LifecycleTest, RestartFailsRunningJobsWhoseWorkersDoNotComeBack) {
   const v1::Job job = Submit(SmallSpec());
   auto workers = Workers(4);

@@ -376,23 +376,6 @@ TEST_F(WorkerTest, RunningJobSurvivesAnOutageLongerThanTheHeartbeatTimeout) {
   for (auto& w : workers) EXPECT_FALSE(w->done()) << "a worker gave up during the outage";
 }
 
-// A worker whose last job ended re-registers after a coordinator restart naming the rank it
-// ended and reports that end again (a restarted coordinator may still wait for it); for a job
-// that is over the coordinator tells it to stop, and it is free for the next job.
-TEST_F(WorkerTest, AWorkerThatEndedItsJobReportsItAgainAfterARestartAndTakesTheNext) {
-  auto workers = StartWorkers(1);
-  const v1::Job first = Submit(LanguageOnlySpec(1, "before-restart"));
-  ASSERT_EQ(AwaitState(first.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(20)).state(),
-            v1::JOB_STATE_SUCCEEDED);
-  StopServer();
-  StartServer(options_);
-  const v1::Job next = Submit(LanguageOnlySpec(1, "after-restart"));
-  EXPECT_EQ(AwaitState(next.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(20)).state(),
-            v1::JOB_STATE_SUCCEEDED);
-  EXPECT_EQ(Get(first.id()).state(), v1::JOB_STATE_SUCCEEDED);
-  EXPECT_FALSE(workers[0]->done());
-}
-
 // Two workers re-attach their ranks after the restart (their new ids must not collide with
 // each other's old ones); only the rank that never comes back is named.
 TEST_F(WorkerTest, RestartedCoordinatorReattachesEveryRank) {
