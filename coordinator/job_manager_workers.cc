@@ -34,38 +34,6 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
     return absl::InvalidArgumentError("worker.device is unspecified");
   }
   absl::MutexLock lock(&mu_);
-  // One worker per host and device: an entry already there is a process that died and was
-  // restarted in its place (a container restart) before its heartbeats ran out, which would
-  // otherwise be handed ranks it cannot run; or this process's own earlier registration whose
-  // answer it never got, resuming the same rank, which then moves over.
-  std::vector<std::string> replaced;
-  for (const auto& [other_id, other] : workers_) {
-    if (other.info.host() == info.host() && other.info.local_index() == info.local_index() &&
-        other.info.device() == info.device()) {
-      replaced.push_back(other_id);
-    }
-  }
-  for (const std::string& other_id : replaced) {
-    const Worker& other = workers_.at(other_id);
-    const bool same_rank = other.info.pid() == info.pid() && !resume.job_id().empty() &&
-                           other.job_id == resume.job_id() && other.attempt == resume.attempt() &&
-                           other.rank == resume.rank();
-    if (!same_rank) {
-      DropWorker(other_id, "WORKER_REPLACED",
-                 absl::StrCat("was replaced by a worker registering from the same host and device "
-                              "(pid ",
-                              info.pid(), ")"),
-                 0, {}, now);
-      continue;
-    }
-    auto a = active_.find(other.job_id);
-    if (a != active_.end() && other.rank >= 0 &&
-        other.rank < static_cast<int>(a->second.worker_of_rank.size()) &&
-        a->second.worker_of_rank[other.rank] == other_id) {
-      a->second.worker_of_rank[other.rank].clear();
-    }
-    workers_.erase(other_id);
-  }
   // Ids never repeat across coordinator restarts: a worker that kept an old id must hear
   // COMMAND_REGISTER, not another worker's commands.
   const std::string id = absl::StrCat("w-", instance_, "-", next_worker_++);

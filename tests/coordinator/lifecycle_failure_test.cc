@@ -97,35 +97,6 @@ TEST_F(LifecycleTest, RankStoppingUnaskedEndsTheAttempt) {
   EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
 }
 
-// A worker restarted in its slot (same host and device, a new process) before the old one's
-// heartbeats ran out replaces it: the old one's rank fails at once, naming the replacement,
-// instead of after the heartbeat timeout; an idle one just goes, taking no rank.
-TEST_F(LifecycleTest, AWorkerRegisteringInItsSlotReplacesTheOldOne) {
-  v1::JobSpec spec = SmallSpec();
-  spec.set_max_restarts(1);
-  const v1::Job job = Submit(spec);
-  auto workers = Workers(4);
-  std::vector<v1::Assignment> as = Assignments(workers);
-  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
-  const int rank = as[2].rank().rank();
-  FakeWorker again(Channel(), "h", 2);  // Slot 2 of host h, restarted.
-  const v1::Job restarted = AwaitState(job.id(), v1::JOB_STATE_PENDING, absl::Milliseconds(500));
-  EXPECT_EQ(restarted.attempt(), 2);
-  EXPECT_THAT(restarted.state_reason(), HasSubstr("WORKER_REPLACED"));
-  EXPECT_THAT(restarted.state_reason(),
-              HasSubstr(absl::StrCat("rank ", rank, " (worker ", workers[2]->id())));
-  EXPECT_EQ(workers[2]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
-  // The next attempt runs on the three others and the replacement.
-  for (int r : {0, 1, 3}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
-  std::vector<FakeWorker*> now = {workers[0].get(), workers[1].get(), &again, workers[3].get()};
-  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), now);
-  for (FakeWorker* w : now) {
-    std::optional<v1::Assignment> a = w->Assignment(absl::Seconds(2));
-    ASSERT_TRUE(a.has_value()) << w->id();
-    EXPECT_EQ(a->attempt(), 2);
-  }
-}
-
 TEST_F(LifecycleTest, WorkerIdsNeverRepeatAcrossRestarts) {
   auto before = Workers(2);
   StopServer();
