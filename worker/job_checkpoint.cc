@@ -161,22 +161,6 @@ absl::StatusOr<std::optional<ResumePoint>> FindResumePoint(const v1::Assignment&
         dir, " --to NEW_DIR --component ",
         absl::StrJoin(absl::StrSplit(layout, ' '), " --component "), ") and resume from NEW_DIR"));
   }
-  // The optimizer state is laid out per the distributed optimizer's setting (flat shards of the
-  // data-parallel group, or whole tensors): a job must resume with the setting it saved with.
-  const auto saved_spec = meta.find("job_spec");
-  if (saved_spec != meta.end() && saved_spec->is_object()) {
-    const nlohmann::json& opt = saved_spec->value("training", nlohmann::json::object())
-                                    .value("optimizer", nlohmann::json::object());
-    const bool saved_distributed = opt.is_object() && opt.value("use_distributed_optimizer", false);
-    const bool distributed = assignment.spec().training().optimizer().use_distributed_optimizer();
-    if (saved_distributed != distributed) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "checkpoint ", dir, " was saved with training.optimizer.use_distributed_optimizer ",
-          saved_distributed ? "true" : "false", "; this job has it ",
-          distributed ? "true" : "false",
-          ": its optimizer state is laid out for that setting, so resume with it"));
-    }
-  }
   if (*iteration > assignment.spec().training().steps()) {
     return absl::FailedPreconditionError(
         absl::StrCat("checkpoint ", dir, " is at iteration ", *iteration,

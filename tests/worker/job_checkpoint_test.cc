@@ -124,20 +124,5 @@ TEST_F(JobCheckpointTest, AStagingFolderRankZeroCannotMakeFailsEveryRankAtOnce) 
   }
 }
 
-// A job resumes only with the distributed optimizer setting its checkpoint was saved with (its
-// optimizer state is laid out for it).
-TEST_F(JobCheckpointTest, ResumingWithTheOtherDistributedOptimizerSettingIsRefused) {
-  const Outcome out = SaveAll(dir_ / "ckpt", -1);
-  for (int r = 0; r < kWorld; ++r) ASSERT_TRUE(out.status[r].ok()) << r << ": " << out.status[r];
-  v1::Assignment a = AssignmentOf(0, (dir_ / "ckpt").string());
-  a.mutable_spec()->mutable_training()->set_steps(10);
-  a.mutable_spec()->mutable_training()->mutable_optimizer()->set_use_distributed_optimizer(true);
-  const absl::StatusOr<std::optional<ResumePoint>> point = FindResumePoint(a);
-  EXPECT_EQ(point.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(point.status().message(),
-              HasSubstr("saved with training.optimizer.use_distributed_optimizer false; this job "
-                        "has it true"));
-}
-
 }  // namespace
 }  // namespace mimo::worker
