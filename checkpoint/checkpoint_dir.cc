@@ -66,15 +66,19 @@ absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) return FsError(ec, "cannot create", root);
-  // What earlier saves left: staging folders of saves that died (at any step), checkpoints that
-  // retention set aside but could not remove, and a replaced checkpoint whose successor is in
-  // place. One save runs at a time, so none of them is in use.
+  // What earlier saves left: staging folders of saves of earlier steps that died, checkpoints
+  // that retention set aside but could not remove, and a replaced checkpoint whose successor is
+  // in place. Best effort: what cannot be removed now is tried again at the next save, and
+  // costs only disk.
   std::vector<std::string> stale;
   for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
     absl::string_view rest = name;
-    const bool hidden = absl::ConsumePrefix(&rest, ".") && absl::StartsWith(rest, kPrefix) &&
-                        (absl::EndsWith(rest, ".staging") || absl::EndsWith(rest, ".deleting"));
+    int64_t staged = 0;
+    const bool hidden = absl::ConsumePrefix(&rest, ".") && absl::ConsumePrefix(&rest, kPrefix) &&
+                        (absl::ConsumeSuffix(&rest, ".deleting") ||
+                         (absl::ConsumeSuffix(&rest, ".staging") &&
+                          absl::SimpleAtoi(rest, &staged) && staged < step));
     rest = name;
     std::error_code exists;
     const bool replaced = absl::StartsWith(rest, kPrefix) &&
@@ -82,8 +86,8 @@ absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step
                           fs::is_directory(root + "/" + std::string(rest), exists);
     if (hidden || replaced) stale.push_back(e.path().string());
   }
-  if (ec) return FsError(ec, "cannot list", root);
-  for (const std::string& path : stale) MIMO_RETURN_IF_ERROR(RemoveAll(path));
+  ec.clear();  // A folder that cannot be listed holds nothing to clear; creating staging tells.
+  for (const std::string& path : stale) RemoveAll(path).IgnoreError();
   const std::string staging = StagingDir(root, step);
   MIMO_RETURN_IF_ERROR(RemoveAll(staging));
   fs::create_directory(staging, ec);
@@ -111,7 +115,10 @@ absl::Status CommitCheckpoint(const std::string& root, int64_t step, int keep,
     fs::rename(staging, final_dir, ec);
     if (ec) return FsError(ec, "cannot rename to", final_dir);
     MIMO_RETURN_IF_ERROR(Fsync(root));  // The new one in place before the old one goes.
-    MIMO_RETURN_IF_ERROR(RemoveAll(aside));
+    // Past this point the commit stands: an old copy that cannot go is the next save's to clear.
+    if (absl::Status s = RemoveAll(aside); !s.ok() && not_removed != nullptr) {
+      not_removed->push_back(std::string(s.message()));
+    }
   } else {
     fs::rename(staging, final_dir, ec);
     if (ec) return FsError(ec, "cannot rename to", final_dir);

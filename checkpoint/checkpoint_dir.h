@@ -22,9 +22,10 @@ std::string StagingDir(const std::string& root, int64_t step);
 std::string LatestFile(const std::string& root);
 
 // One rank, before any rank writes: creates `root` (and parents) if needed and an empty staging
-// folder for `step`; returns its path. What earlier saves left is removed first: staging folders
-// of saves that died (any step), old checkpoints set aside by retention but not removed, and a
-// replaced checkpoint whose successor is in place.
+// folder for `step`; returns its path. What earlier saves left is removed first, as far as it
+// can be (what cannot is left for the next save): staging folders of earlier steps' saves that
+// died, old checkpoints set aside by retention but not removed, and a replaced checkpoint whose
+// successor is in place.
 absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step);
 
 // One rank, after every rank has written and fsynced its files into the staging folder: fsyncs

@@ -417,6 +417,11 @@ void JobManager::WorkerProcessExited(const std::string& host, int pid, int exit_
     if (w.info.pid() == pid && w.info.host() == host) worker_id = id;
   }
   if (worker_id.empty()) return;  // It never registered, or was dropped already.
+  if (shutdown_) {
+    // Stopped by the shutdown: its job is left to the next start's Recover.
+    workers_.erase(worker_id);
+    return;
+  }
   std::vector<std::string> logs = {
       absl::StrCat("[mimo-coordinator] the worker process (pid ", pid, ") ", how,
                    stderr_tail.empty()

@@ -220,8 +220,9 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   }
   Changed();
   // Shutting down, the coordinator stops its own workers: their reports change no job (the next
-  // start's Recover decides, as for workers that outlive the coordinator).
-  if (shutdown_) return absl::OkStatus();
+  // start's Recover decides, as for workers that outlive the coordinator). Unavailable, so that a
+  // final report is kept and sent again to the next coordinator.
+  if (shutdown_) return absl::UnavailableError("the coordinator is shutting down");
   MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(request.job_id()));
   const auto& states = (*active)->rank_state;
   // A rank that failed, or stopped without being told to (its worker was shut down), ends the

@@ -274,6 +274,9 @@ grpc::Status JobServiceImpl::StreamLogs(grpc::ServerContext* context,
       const int64_t version = m.version();
       absl::StatusOr<v1::Job> job = m.GetJob(request->job_id());
       if (!job.ok()) return ToGrpcStatus(job.status());
+      // The latest attempt when the stream starts, kept: a restart meanwhile does not switch the
+      // pages that follow to another attempt's log.
+      if (query.attempt == 0) query.attempt = job->attempt();
       const bool paged = query.tail_lines == 0 || query.after_sequence > 0;
       absl::StatusOr<std::vector<v1::LogLine>> lines = m.ReadLogs(query);
       if (!lines.ok()) return ToGrpcStatus(lines.status());

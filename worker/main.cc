@@ -83,7 +83,8 @@ int main(int argc, char** argv) {
       "other jobs, or SIGINT or a second SIGTERM: the running job is aborted and reported\n"
       "STOPPED); 1 fatal error (e.g. registration refused, bad token); 2 usage error; 3 the\n"
       "coordinator cannot be reached within --connect-timeout, or stopped answering for longer\n"
-      "than its heartbeat timeout (the running job is aborted first).");
+      "than its heartbeat timeout and reattach grace, whichever is longer (the running job is\n"
+      "aborted first).");
   try {
     app.parse(argc, argv);
     if (!token_file.empty()) options.coordinator.token = ReadToken(token_file);

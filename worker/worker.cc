@@ -338,7 +338,8 @@ void Worker::HeartbeatLoop() {
           absl::StrCat("lost the coordinator at ", options_.coordinator.address, ": no answer for ",
                        absl::FormatDuration(absl::Trunc(silent, absl::Milliseconds(1))),
                        " (its heartbeat timeout is ", absl::FormatDuration(reg.heartbeat_timeout),
-                       ", its reattach grace at most ", absl::FormatDuration(reg.lost_after),
+                       "; this worker waits ", absl::FormatDuration(reg.lost_after),
+                       ", the longer of it and the reattach grace",
                        "); last error: ", response.status().message())));
       // Keep going until Run() ends: a final report in flight may still get through.
     }

@@ -101,16 +101,18 @@ TEST_F(CheckpointDirTest, DamagedLatestFileOrMissingFolderIsAClearError) {
   EXPECT_THAT(missing.status().message(), HasSubstr("iter_0000300 does not exist"));
 }
 
-// Staging folders of saves that died at other steps, and what retention set aside, are cleared
+// Staging folders of saves of earlier steps that died, and what retention set aside, are cleared
 // by the next save; a replaced checkpoint is cleared once its successor is in place.
 TEST_F(CheckpointDirTest, TheNextSaveClearsWhatEarlierSavesLeft) {
   Save(100, "a");
-  Save(1037, "half", /*crash=*/true);  // An off-schedule save, killed.
+  Save(137, "half", /*crash=*/true);    // An off-schedule save, killed.
+  Save(1037, "later", /*crash=*/true);  // A later step's: perhaps still being written.
   fs::create_directory(root_ + "/.iter_0000050.deleting");
   fs::create_directory(CheckpointDir(root_, 100) + ".replaced");
   fs::create_directory(CheckpointDir(root_, 70) + ".replaced");  // Its checkpoint is gone.
   Save(200, "b");
-  EXPECT_FALSE(fs::exists(StagingDir(root_, 1037)));
+  EXPECT_FALSE(fs::exists(StagingDir(root_, 137)));
+  EXPECT_TRUE(fs::exists(StagingDir(root_, 1037)));
   EXPECT_FALSE(fs::exists(root_ + "/.iter_0000050.deleting"));
   EXPECT_FALSE(fs::exists(CheckpointDir(root_, 100) + ".replaced"));
   EXPECT_TRUE(fs::exists(CheckpointDir(root_, 70) + ".replaced"));  // Not known to be stale.

@@ -109,9 +109,12 @@ TEST_F(ConvertCommandsTest, ExportWritesEachModuleAsHuggingFaceFiles) {
                     .ok());
   }
   std::ofstream(root_ + "/a/metadata.json")
-      << nlohmann::json({{"iteration", 6},
-                         {"layout", "vision=tp=1 language=tp=2"},
-                         {"modules", {{{"name", "language"}, {"spec", {{"vocab_size", 256}}}}}}})
+      << nlohmann::json(
+             {{"iteration", 6},
+              {"layout", "vision=tp=1 language=tp=2"},
+              {"modules",
+               {{{"name", "language"},
+                 {"spec", {{"name", "language"}, {"language", {{"vocab_size", 256}}}}}}}}})
              .dump();
   const ExportOptions options{.from = root_ + "/a", .to = root_ + "/out", .max_shard_bytes = 32};
   std::ostringstream out, err;
@@ -130,7 +133,7 @@ TEST_F(ConvertCommandsTest, ExportWritesEachModuleAsHuggingFaceFiles) {
   EXPECT_EQ(whole, a);
   std::ifstream config_file(lang + "/config.json");
   const nlohmann::json config = nlohmann::json::parse(config_file);
-  EXPECT_EQ(config["spec"]["vocab_size"], 256);
+  EXPECT_EQ(config["spec"]["language"]["vocab_size"], 256);
   EXPECT_EQ(config["iteration"], 6);
   EXPECT_TRUE(fs::exists(root_ + "/out/vision/model-00001-of-00001.safetensors"));
   std::ostringstream out2, err2;
@@ -165,15 +168,16 @@ TEST_F(ConvertCommandsTest, ExportWritesMegatronsQkvOrderAndTheExpertBiases) {
           {{.name = bias_name, .dtype = "F32", .shape = {2}, .data = bias.data()},
            {.name = qkv_name + ".exp_avg", .dtype = "F32", .shape = {2}, .data = moments.data()}})
           .ok());
+  // The module named by the user ("lm"); its tensors are named after its kind ("language").
   const nlohmann::json spec = {
-      {"name", "language"},
+      {"name", "lm"},
       {"language",
        {{"transformer",
          {{"hidden_size", 4}, {"num_attention_heads", 4}, {"num_query_groups", 2}}}}}};
   std::ofstream(root_ + "/a/metadata.json")
       << nlohmann::json({{"iteration", 6},
                          {"layout", "language=tp=1"},
-                         {"modules", {{{"name", "language"}, {"spec", spec}}}}})
+                         {"modules", {{{"name", "lm"}, {"spec", spec}}}}})
              .dump();
   std::ostringstream out, err;
   ASSERT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/out"}, out, err), 0) << err.str();

@@ -191,7 +191,11 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
                      "\", whose attention sizes order its fused QKV rows for Megatron"));
     if (meta.is_object()) {
       for (const nlohmann::json& m : meta.value("modules", nlohmann::json::array())) {
-        if (!m.is_object() || m.value("name", "") != module || !m.contains("spec")) continue;
+        // Tensor names begin with the model's kind ("language"), the spec's name is the user's.
+        if (!m.is_object() || !m.contains("spec") || !m["spec"].is_object() ||
+            !m["spec"].contains(module)) {
+          continue;
+        }
         v1::Module spec;
         if (!google::protobuf::util::JsonStringToMessage(m["spec"].dump(), &spec).ok()) {
           qkv = absl::InvalidArgumentError(
@@ -265,7 +269,8 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
       config["iteration"] = meta.value("iteration", nlohmann::json());
       config["source_layout"] = meta.value("layout", nlohmann::json());
       for (const nlohmann::json& m : meta.value("modules", nlohmann::json::array())) {
-        if (m.is_object() && m.value("name", "") == module)
+        if (m.is_object() && m.contains("spec") && m["spec"].is_object() &&
+            m["spec"].contains(module))
           config["spec"] = m.value("spec", nlohmann::json());
       }
     }
