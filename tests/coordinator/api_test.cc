@@ -15,6 +15,8 @@
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "tests/coordinator/test_server.h"
@@ -485,11 +487,16 @@ TEST_F(ApiTest, PrometheusEndpointShowsRunningJobsTrainingMetrics) {
   std::vector<v1::Assignment> as = Assignments(workers);
   ASSERT_EQ(as.size(), 4u);
   for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
-  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING, absl::Seconds(5), Ptrs(workers));
   ASSERT_TRUE(workers[2]->Metrics(as[2], 7, 2.5).ok());
-  absl::SleepFor(absl::Milliseconds(100));  // A tick refreshes the gauges.
-  std::string page = HttpGet(server_->metrics_port(), "/metrics");
+  // A tick refreshes the gauges; the workers beat meanwhile (a loaded machine may take a while).
   const std::string label = absl::StrCat("{job=\"", job.id(), "\"}");
+  std::string page;
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  do {
+    KeepBeating(Ptrs(workers), absl::Milliseconds(50));
+    page = HttpGet(server_->metrics_port(), "/metrics");
+  } while (!absl::StrContains(page, "mimo_job_step" + label + " 7") && absl::Now() < deadline);
   EXPECT_THAT(page, HasSubstr("mimo_job_step" + label + " 7"));
   EXPECT_THAT(page, HasSubstr("mimo_job_loss" + label + " 2.5"));
   EXPECT_THAT(page, HasSubstr("mimo_job_tokens_per_second" + label + " 1000"));
