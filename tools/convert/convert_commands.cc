@@ -147,6 +147,22 @@ int RunVerify(const std::string& a, const std::string& b, bool weights_only, std
   return 0;
 }
 
+namespace {
+
+// The spec (proto JSON) in metadata.json of the module whose model is `kind` ("language": what
+// its tensor names begin with; the module's own name is the user's), or null.
+nlohmann::json ModuleSpec(const nlohmann::json& meta, const std::string& kind) {
+  if (!meta.is_object()) return nullptr;
+  for (const nlohmann::json& m : meta.value("modules", nlohmann::json::array())) {
+    if (m.is_object() && m.contains("spec") && m["spec"].is_object() && m["spec"].contains(kind)) {
+      return m["spec"];
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
   namespace fs = std::filesystem;
   auto reader = checkpoint::ConsolidatedReader::Open(o.from);
@@ -185,25 +201,17 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
   }
   std::vector<char> buffer, reordered;
   for (const auto& [module, tensors] : modules) {
+    const nlohmann::json module_spec = ModuleSpec(meta, module);
     // Fused QKV rows go out in Megatron's order, which needs the module's attention sizes.
     absl::StatusOr<QkvShape> qkv = absl::NotFoundError(
         absl::StrCat("metadata.json has no spec of module \"", module,
                      "\", whose attention sizes order its fused QKV rows for Megatron"));
-    if (meta.is_object()) {
-      for (const nlohmann::json& m : meta.value("modules", nlohmann::json::array())) {
-        // Tensor names begin with the model's kind ("language"), the spec's name is the user's.
-        if (!m.is_object() || !m.contains("spec") || !m["spec"].is_object() ||
-            !m["spec"].contains(module)) {
-          continue;
-        }
-        v1::Module spec;
-        if (!google::protobuf::util::JsonStringToMessage(m["spec"].dump(), &spec).ok()) {
-          qkv = absl::InvalidArgumentError(
-              absl::StrCat("metadata.json's spec of module \"", module, "\" does not parse"));
-        } else {
-          qkv = QkvShapeOf(spec);
-        }
-      }
+    if (!module_spec.is_null()) {
+      v1::Module spec;
+      qkv = google::protobuf::util::JsonStringToMessage(module_spec.dump(), &spec).ok()
+                ? QkvShapeOf(spec)
+                : absl::InvalidArgumentError(absl::StrCat("metadata.json's spec of module \"",
+                                                          module, "\" does not parse"));
     }
     const std::string dir = o.to + "/" + module;
     fs::remove_all(dir, ec);
@@ -268,11 +276,7 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
     if (meta.is_object()) {
       config["iteration"] = meta.value("iteration", nlohmann::json());
       config["source_layout"] = meta.value("layout", nlohmann::json());
-      for (const nlohmann::json& m : meta.value("modules", nlohmann::json::array())) {
-        if (m.is_object() && m.contains("spec") && m["spec"].is_object() &&
-            m["spec"].contains(module))
-          config["spec"] = m.value("spec", nlohmann::json());
-      }
+      if (!module_spec.is_null()) config["spec"] = module_spec;
     }
     std::ofstream(dir + "/config.json") << config.dump(2) << "\n";
     out << module << ": " << tensors.size() << " tensors, " << total << " bytes in " << files.size()

@@ -311,42 +311,30 @@ absl::StatusOr<checkpoint::FileDigest> WriteFile(const std::string& path,
     MIMO_RETURN_IF_ERROR(buffer.Resize(t.bytes()));
     if (t.fill == Fill::kZero) {
       std::fill(buffer.data(), buffer.data() + buffer.size(), 0);
-    } else if (t.fill == Fill::kCopy &&
-               source.tensors().at(t.source).dtype != t.dtype) {  // An import's other precision.
+    } else {
+      // The source's region in its dtype, converted when the target's differs: a master (F32)
+      // from a bf16 weight, widened exactly, or an import's weight in the other precision (to
+      // bf16: rounded to nearest even).
       const std::string& from = source.tensors().at(t.source).dtype;
-      const uint64_t n = t.bytes() / checkpoint::DTypeBytes(t.dtype);
-      MIMO_RETURN_IF_ERROR(scratch.Resize(n * checkpoint::DTypeBytes(from)));
-      MIMO_RETURN_IF_ERROR(ReadSource(source, t, scratch.span()));
-      for (uint64_t i = 0; i < n; ++i) {
-        if (from == "BF16") {  // To F32: exact.
-          uint16_t b;
-          std::memcpy(&b, scratch.data() + 2 * i, 2);
-          const float v = BFloat16ToFloat(b);
-          std::memcpy(buffer.data() + 4 * i, &v, 4);
-        } else {  // F32 to BF16: rounded to nearest even.
-          float v;
-          std::memcpy(&v, scratch.data() + 4 * i, 4);
-          const uint16_t b = FloatToBFloat16(v);
-          std::memcpy(buffer.data() + 2 * i, &b, 2);
+      if (from == t.dtype) {
+        MIMO_RETURN_IF_ERROR(ReadSource(source, t, buffer.span()));
+      } else {
+        const uint64_t n = t.bytes() / checkpoint::DTypeBytes(t.dtype);
+        MIMO_RETURN_IF_ERROR(scratch.Resize(n * checkpoint::DTypeBytes(from)));
+        MIMO_RETURN_IF_ERROR(ReadSource(source, t, scratch.span()));
+        for (uint64_t i = 0; i < n; ++i) {
+          if (from == "BF16") {
+            uint16_t b;
+            std::memcpy(&b, scratch.data() + 2 * i, 2);
+            const float v = BFloat16ToFloat(b);
+            std::memcpy(buffer.data() + 4 * i, &v, 4);
+          } else {
+            float v;
+            std::memcpy(&v, scratch.data() + 4 * i, 4);
+            const uint16_t b = FloatToBFloat16(v);
+            std::memcpy(buffer.data() + 2 * i, &b, 2);
+          }
         }
-      }
-    } else if (t.fill == Fill::kCopy) {  // Every element: the source's slices cover the tensor.
-      MIMO_RETURN_IF_ERROR(ReadSource(source, t, buffer.span()));
-    } else if (t.fill == Fill::kMaster) {
-      // The weight's values in fp32 (bf16 widened exactly).
-      const std::string& dtype = source.tensors().at(t.source).dtype;
-      MIMO_RETURN_IF_ERROR(scratch.Resize(t.bytes() / 4 * checkpoint::DTypeBytes(dtype)));
-      MIMO_RETURN_IF_ERROR(ReadSource(source, t, scratch.span()));
-      for (size_t i = 0; i < buffer.size() / 4; ++i) {
-        float v;
-        if (dtype == "BF16") {
-          uint16_t b;
-          std::memcpy(&b, scratch.data() + 2 * i, 2);
-          v = BFloat16ToFloat(b);
-        } else {
-          std::memcpy(&v, scratch.data() + 4 * i, 4);
-        }
-        std::memcpy(buffer.data() + 4 * i, &v, 4);
       }
     }
     MIMO_RETURN_IF_ERROR(writer.Append(buffer.span()));
@@ -374,14 +362,14 @@ absl::Status WriteCheckpoint(const Source& source, const Target& target, const W
     any_weight = any_weight || (!t.optimizer && (t.dtype == "BF16" || t.dtype == "F32"));
   }
   if (!any_weight) return absl::InvalidArgumentError("the source holds no bf16 or fp32 weights");
-  const std::optional<kernels::DType> dtype = worker::ComputeDType(
+  const kernels::DType dtype = worker::ComputeDType(
       target.spec.training().precision(), target.spec.resources().device() == v1::DEVICE_KIND_CUDA);
   const int world = target.plan->world_size();
   std::vector<RankPlan> ranks;
   std::set<std::string> used;
   uint64_t total = 0;
   for (int r = 0; r < world; ++r) {
-    absl::StatusOr<RankPlan> plan = PlanRank(target, r, *dtype, reader, o.fresh, used);
+    absl::StatusOr<RankPlan> plan = PlanRank(target, r, dtype, reader, o.fresh, used);
     if (!plan.ok()) {
       return absl::Status(plan.status().code(),
                           absl::StrCat("target rank ", r, ": ", plan.status().message()));
