@@ -2,6 +2,7 @@
 #include "coordinator/job_manager.h"
 
 #include <algorithm>
+#include <iostream>
 #include <optional>
 #include <tuple>
 
@@ -320,6 +321,16 @@ void JobManager::Tick(absl::Time now) {
   if (now - last_purge_ > absl::Minutes(10)) {
     last_purge_ = now;
     store_->PurgeRequestIds(now - absl::Hours(24)).IgnoreError();
+  }
+  const absl::Duration ttl = options_.finished_job_ttl;
+  if (ttl > absl::ZeroDuration() && now - last_ttl_check_ >= std::min(ttl, absl::Minutes(10))) {
+    last_ttl_check_ = now;
+    // A failure (a locked database, say) is tried again at the next check.
+    const absl::StatusOr<int64_t> deleted = store_->DeleteFinishedJobs(now - ttl);
+    if (!deleted.ok()) {
+      std::cerr << "mimo-coordinator: deleting the jobs that ended before "
+                << absl::FormatTime(now - ttl) << ": " << deleted.status() << '\n';
+    }
   }
 }
 

@@ -44,6 +44,10 @@ class JobManager {
     // first saw too few, so a restart starts the count again. A job restarted for a drained
     // worker (a preemption) waits without this limit.
     absl::Duration join_timeout = absl::Minutes(10);
+    // How long a job that ended (SUCCEEDED, FAILED or CANCELLED) is kept after its last update,
+    // with its events and logs; then it is deleted (checked every 10 minutes, or every ttl when
+    // shorter), like a Kubernetes Job's ttlSecondsAfterFinished. Zero keeps every job.
+    absl::Duration finished_job_ttl = absl::ZeroDuration();
   };
 
   // `store` must outlive the manager.
@@ -226,6 +230,7 @@ class JobManager {
   // Tells this coordinator's worker ids from an earlier one's: random, in base 36.
   const std::string instance_;
   absl::Time last_purge_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Time last_ttl_check_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);
   // PENDING jobs for which fewer workers of their device kind than their world size are

@@ -109,6 +109,11 @@ class JobStore {
   // Forgets request ids recorded before `cutoff`.
   absl::Status PurgeRequestIds(absl::Time cutoff);
 
+  // Deletes the jobs that ended (SUCCEEDED, FAILED or CANCELLED) and were last updated before
+  // `cutoff`, with their events, logs and request ids, in one transaction: GetJob then answers
+  // NotFound for them. Returns how many were deleted.
+  absl::StatusOr<int64_t> DeleteFinishedJobs(absl::Time cutoff);
+
  private:
   explicit JobStore(sqlite3* db, Options options);
   sqlite3* db_;  // Owned; opened SQLITE_OPEN_NOMUTEX, so every use must hold mu_.

@@ -64,7 +64,7 @@ int CountGpus(const std::string& worker_binary) {
 int main(int argc, char** argv) {
   mimo::coordinator::ServerOptions options;
   std::string token_file, heartbeat_timeout = "10s", reattach_grace = "30s", cancel_grace = "30s",
-                          join_timeout = "10m";
+                          join_timeout = "10m", finished_job_ttl;
   CLI::App app{"mimo-coordinator: the mimo control plane (job API, job store, scheduling)"};
   app.add_option("--listen", options.listen, "gRPC address")->capture_default_str();
   app.add_option("--db", options.db_path, "SQLite database file")->capture_default_str();
@@ -90,6 +90,9 @@ int main(int argc, char** argv) {
   app.add_option("--join-timeout", join_timeout,
                  "How long a job waits for enough workers to register before it fails")
       ->capture_default_str();
+  app.add_option("--finished-job-ttl", finished_job_ttl,
+                 "Delete a job that ended this long ago, with its events and logs (default: keep "
+                 "every job)");
   int cpu_workers = 0;
   std::string gpu_workers;
   std::string worker_binary = WorkerBinaryBesideUs();
@@ -125,6 +128,9 @@ int main(int argc, char** argv) {
     options.manager.reattach_grace = ParseDuration(reattach_grace, "--reattach-grace");
     options.manager.cancel_grace = ParseDuration(cancel_grace, "--cancel-grace");
     options.manager.join_timeout = ParseDuration(join_timeout, "--join-timeout");
+    if (!finished_job_ttl.empty()) {
+      options.manager.finished_job_ttl = ParseDuration(finished_job_ttl, "--finished-job-ttl");
+    }
     if (!token_file.empty()) {
       std::ifstream in(token_file);
       std::stringstream ss;

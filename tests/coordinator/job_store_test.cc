@@ -30,6 +30,7 @@ using ::google::protobuf::util::MessageDifferencer;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::Pair;
 using ::testing::SizeIs;
 
@@ -239,6 +240,49 @@ TEST_F(JobStoreTest, PurgedRequestIdsAreForgotten) {
   ASSERT_OK_AND_ASSIGN(JobStore::Created new_again, store_->CreateJob(Spec(), "new", kNow));
   EXPECT_FALSE(new_again.created);
   EXPECT_EQ(new_again.job.id(), new_job.id());
+}
+
+TEST_F(JobStoreTest, DeleteFinishedJobsTakesOnlyEndedJobsLastUpdatedBeforeTheCutoff) {
+  const v1::Job succeeded = SetState(Create(kNow, "succeeded"), v1::JOB_STATE_SUCCEEDED);
+  const v1::Job failed = SetState(Create(kNow), v1::JOB_STATE_FAILED);
+  const v1::Job cancelled = SetState(Create(kNow), v1::JOB_STATE_CANCELLED);
+  const v1::Job running = SetState(Create(kNow), v1::JOB_STATE_RUNNING);
+  const v1::Job cancelling = SetState(Create(kNow), v1::JOB_STATE_CANCELLING);
+  const v1::Job pending = Create(kNow, "pending");
+  v1::Job recent = Create(kNow);
+  recent.mutable_update_time()->set_seconds(absl::ToUnixSeconds(kNow + absl::Hours(1)));
+  recent = SetState(recent, v1::JOB_STATE_SUCCEEDED);
+  for (const v1::Job& job : {succeeded, failed, running, recent}) {
+    ASSERT_TRUE(store_->AppendLogs(job.id(), 1, 0, {"line"}, kNow).ok());
+  }
+
+  ASSERT_OK_AND_ASSIGN(const int64_t deleted, store_->DeleteFinishedJobs(kNow + absl::Minutes(30)));
+  EXPECT_EQ(deleted, 3);
+  for (const v1::Job& gone : {succeeded, failed, cancelled}) {
+    SCOPED_TRACE(gone.id());
+    EXPECT_EQ(store_->GetJob(gone.id()).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(store_->ListEvents(gone.id(), 0).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(store_->ReadLogs({.job_id = gone.id()}).status().code(), absl::StatusCode::kNotFound);
+  }
+  for (const v1::Job& kept : {running, cancelling, pending, recent}) {
+    SCOPED_TRACE(kept.id());
+    ASSERT_OK_AND_ASSIGN(const v1::Job stored, store_->GetJob(kept.id()));
+    EXPECT_EQ(stored.state(), kept.state());
+    ASSERT_OK_AND_ASSIGN(const std::vector<v1::JobEvent> events, store_->ListEvents(kept.id(), 0));
+    EXPECT_THAT(events, Not(IsEmpty()));
+  }
+  ASSERT_OK_AND_ASSIGN(const auto recent_logs, store_->ReadLogs({.job_id = recent.id()}));
+  EXPECT_THAT(Texts(recent_logs), ElementsAre("line"));
+  ASSERT_OK_AND_ASSIGN(const JobStore::Page page, store_->ListJobs(0, "", {}));
+  EXPECT_THAT(page.jobs, SizeIs(4));
+  // The deleted job's request id went with it; a kept job's still answers.
+  ASSERT_OK_AND_ASSIGN(JobStore::Created again, store_->CreateJob(Spec(), "succeeded", kNow));
+  EXPECT_TRUE(again.created);
+  ASSERT_OK_AND_ASSIGN(JobStore::Created same, store_->CreateJob(Spec(), "pending", kNow));
+  EXPECT_FALSE(same.created);
+  EXPECT_EQ(same.job.id(), pending.id());
+  ASSERT_OK_AND_ASSIGN(const int64_t none, store_->DeleteFinishedJobs(kNow + absl::Minutes(30)));
+  EXPECT_EQ(none, 0);
 }
 
 TEST_F(JobStoreTest, ListJobsPagesNewestFirstVisitingEachJobOnce) {

@@ -188,6 +188,29 @@ TEST_F(LifecycleTest, CancelPendingJobAtOnce) {
   EXPECT_THAT(StateHistory(job.id()), ElementsAre());  // Finished: current state only.
 }
 
+TEST_F(LifecycleTest, FinishedJobsAreDeletedAfterTheirTtl) {
+  ServerOptions options = FastOptions(db_path_);
+  options.manager.finished_job_ttl = absl::Milliseconds(300);
+  StopServer();
+  StartServer(options);
+  const v1::Job done = Submit(SmallSpec("done"));
+  const v1::Job waiting = Submit(SmallSpec("waiting"));  // PENDING: no workers.
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(Cancel(done.id(), &cancelled).ok());
+  ASSERT_EQ(cancelled.job().state(), v1::JOB_STATE_CANCELLED);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  grpc::Status status;
+  do {
+    absl::SleepFor(absl::Milliseconds(50));
+    v1::GetJobRequest request;
+    request.set_job_id(done.id());
+    v1::GetJobResponse response;
+    status = jobs_->GetJob(Context().get(), request, &response);
+  } while (status.ok() && absl::Now() < deadline);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+  EXPECT_EQ(Get(waiting.id()).state(), v1::JOB_STATE_PENDING);
+}
+
 TEST_F(LifecycleTest, CancelRunningJobStopsItsWorkers) {
   const v1::Job job = Submit(SmallSpec());
   auto workers = Workers(4);

@@ -1,5 +1,6 @@
-// mimo-coordinator's command line: bad values of --gpu-workers exit 2 with a message naming the
-// flag, and `--gpu-workers auto` asks the worker binary how many GPUs it can use.
+// mimo-coordinator's command line: bad values of --gpu-workers and of the durations exit 2 with a
+// message naming the flag, and `--gpu-workers auto` asks the worker binary how many GPUs it can
+// use.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -53,6 +54,16 @@ TEST(CoordinatorFlagsTest, GpuWorkersOutOfRangeExitsTwo) {
     EXPECT_THAT(out, HasSubstr(absl::StrCat("--gpu-workers: expected a number in [1, 64] or "
                                             "'auto', got '",
                                             value, "'")));
+  }
+}
+
+TEST(CoordinatorFlagsTest, BadDurationsExitTwoNamingTheFlag) {
+  for (const char* flag : {"--finished-job-ttl", "--join-timeout", "--heartbeat-timeout"}) {
+    for (const char* value : {"0s", "-5m", "soon"}) {
+      const auto [code, out] = RunCoordinator(absl::StrCat(flag, " ", value));
+      EXPECT_EQ(code, 2) << out;
+      EXPECT_THAT(out, HasSubstr(absl::StrCat(flag, ": expected a positive duration")));
+    }
   }
 }
 
