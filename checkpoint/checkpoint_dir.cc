@@ -66,6 +66,20 @@ absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) return FsError(ec, "cannot create", root);
+  // A commit replacing a checkpoint that died between its renames left the old one aside, whole:
+  // it goes back under its name (readers found it aside meanwhile: CommittedCheckpointFolder).
+  for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    absl::string_view rest = name;
+    if (!absl::StartsWith(rest, kPrefix) || !absl::ConsumeSuffix(&rest, ".replaced")) continue;
+    const std::string dir = root + "/" + std::string(rest);
+    std::error_code exists;
+    if (fs::exists(dir, exists)) continue;
+    std::error_code renamed;
+    fs::rename(e.path(), dir, renamed);
+    if (renamed) return FsError(renamed, "cannot restore", e.path().string());
+  }
+  ec.clear();
   // What earlier saves left: staging folders of saves of earlier steps that died, checkpoints
   // that retention set aside but could not remove, and a replaced checkpoint whose successor is
   // in place. Best effort: what cannot be removed now is tried again at the next save, and
@@ -191,19 +205,19 @@ absl::StatusOr<std::optional<int64_t>> LatestCheckpoint(const std::string& root)
         absl::StrCat(latest, " does not hold a step number: \"", text.substr(0, 40), "\""));
   }
   std::error_code ec;
-  const std::string dir = CheckpointDir(root, step), aside = dir + ".replaced";
-  if (!fs::is_directory(dir, ec) && fs::is_directory(aside, ec)) {
-    // A commit replacing this step died between its two renames: the old checkpoint, aside,
-    // is still whole and still the latest.
-    fs::rename(aside, dir, ec);
-    if (ec) return FsError(ec, "cannot restore", aside);
-    MIMO_RETURN_IF_ERROR(Fsync(root));
-  }
-  if (!fs::is_directory(dir, ec)) {
-    return absl::DataLossError(
-        absl::StrCat(latest, " names step ", step, " but ", dir, " does not exist"));
+  if (!fs::is_directory(CommittedCheckpointFolder(root, step), ec)) {
+    return absl::DataLossError(absl::StrCat(latest, " names step ", step, " but ",
+                                            CheckpointDir(root, step), " does not exist"));
   }
   return std::optional<int64_t>(step);
+}
+
+std::string CommittedCheckpointFolder(const std::string& root, int64_t step) {
+  const std::string dir = CheckpointDir(root, step), aside = dir + ".replaced";
+  std::error_code ec;
+  // A commit replacing this step that died between its two renames: the old checkpoint, aside,
+  // is still whole and still the latest.
+  return !fs::is_directory(dir, ec) && fs::is_directory(aside, ec) ? aside : dir;
 }
 
 }  // namespace mimo::checkpoint

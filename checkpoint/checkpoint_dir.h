@@ -25,7 +25,8 @@ std::string LatestFile(const std::string& root);
 // folder for `step`; returns its path. What earlier saves left is removed first, as far as it
 // can be (what cannot is left for the next save): staging folders of earlier steps' saves that
 // died, old checkpoints set aside by retention but not removed, and a replaced checkpoint whose
-// successor is in place.
+// successor is in place. A replaced checkpoint whose successor is not (the commit died between
+// its renames) is renamed back first.
 absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step);
 
 // One rank, after every rank has written and fsynced its files into the staging folder: fsyncs
@@ -42,9 +43,15 @@ absl::Status CommitCheckpoint(const std::string& root, int64_t step, int keep = 
 // entries ignored); empty when `root` does not exist.
 absl::StatusOr<std::vector<int64_t>> ListCheckpoints(const std::string& root);
 
-// The step LatestFile names, or nullopt when there is none (a run that never saved). A commit
-// that died while replacing that step's checkpoint left the old one aside: it is renamed back.
-// DataLoss when the file is not a step number or names a folder that does not exist.
+// The step LatestFile names, or nullopt when there is none (a run that never saved). Changes
+// nothing, so any rank or tool may call it while a run saves. DataLoss when the file is not a
+// step number or names a checkpoint that does not exist (neither its folder nor, after a commit
+// that died while replacing it, its aside copy).
 absl::StatusOr<std::optional<int64_t>> LatestCheckpoint(const std::string& root);
+
+// The folder that holds step's committed checkpoint: CheckpointDir, or the old copy a commit
+// that died between its two renames left aside ("<dir>.replaced", whole; the next save of the
+// run, in PrepareStaging, renames it back).
+std::string CommittedCheckpointFolder(const std::string& root, int64_t step);
 
 }  // namespace mimo::checkpoint

@@ -91,7 +91,7 @@ absl::StatusOr<std::string> ResumeFolder(const v1::Checkpointing& c) {
     MIMO_ASSIGN_OR_RETURN(const std::optional<int64_t> latest,
                           checkpoint::LatestCheckpoint(c.dir()));
     if (latest.has_value()) {
-      const std::string own = checkpoint::CheckpointDir(c.dir(), *latest);
+      const std::string own = checkpoint::CommittedCheckpointFolder(c.dir(), *latest);
       if (!c.resume_from().empty() && c.resume_from() != "latest") {
         std::cerr << "note: resuming from " << own << ", the run's own progress under "
                   << "checkpointing.dir, not from checkpointing.resume_from " << c.resume_from()
@@ -107,7 +107,7 @@ absl::StatusOr<std::string> ResumeFolder(const v1::Checkpointing& c) {
       std::filesystem::exists(checkpoint::LatestFile(c.resume_from()), ec)) {
     MIMO_ASSIGN_OR_RETURN(const std::optional<int64_t> latest,
                           checkpoint::LatestCheckpoint(c.resume_from()));
-    if (latest.has_value()) return checkpoint::CheckpointDir(c.resume_from(), *latest);
+    if (latest.has_value()) return checkpoint::CommittedCheckpointFolder(c.resume_from(), *latest);
   }
   return c.resume_from();
 }

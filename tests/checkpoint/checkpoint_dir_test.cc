@@ -102,21 +102,22 @@ TEST_F(CheckpointDirTest, DamagedLatestFileOrMissingFolderIsAClearError) {
 }
 
 // Staging folders of saves of earlier steps that died, and what retention set aside, are cleared
-// by the next save; a replaced checkpoint is cleared once its successor is in place.
+// by the next save; a replaced checkpoint is cleared once its successor is in place, and put back
+// under its name when its successor is not.
 TEST_F(CheckpointDirTest, TheNextSaveClearsWhatEarlierSavesLeft) {
   Save(100, "a");
   Save(137, "half", /*crash=*/true);    // An off-schedule save, killed.
   Save(1037, "later", /*crash=*/true);  // A later step's: perhaps still being written.
   fs::create_directory(root_ + "/.iter_0000050.deleting");
   fs::create_directory(CheckpointDir(root_, 100) + ".replaced");
-  fs::create_directory(CheckpointDir(root_, 70) + ".replaced");  // Its checkpoint is gone.
+  fs::create_directory(CheckpointDir(root_, 70) + ".replaced");  // Its replacement died.
   Save(200, "b");
   EXPECT_FALSE(fs::exists(StagingDir(root_, 137)));
   EXPECT_TRUE(fs::exists(StagingDir(root_, 1037)));
   EXPECT_FALSE(fs::exists(root_ + "/.iter_0000050.deleting"));
   EXPECT_FALSE(fs::exists(CheckpointDir(root_, 100) + ".replaced"));
-  EXPECT_TRUE(fs::exists(CheckpointDir(root_, 70) + ".replaced"));  // Not known to be stale.
-  EXPECT_THAT(*ListCheckpoints(root_), ElementsAre(100, 200));
+  EXPECT_FALSE(fs::exists(CheckpointDir(root_, 70) + ".replaced"));  // Put back:
+  EXPECT_THAT(*ListCheckpoints(root_), ElementsAre(70, 100, 200));
 }
 
 // An old checkpoint that cannot be removed fails neither the commit nor the latest pointer: here
@@ -137,14 +138,22 @@ TEST_F(CheckpointDirTest, ARetentionThatCannotRemoveKeepsTheCommit) {
   EXPECT_THAT(*ListCheckpoints(root_), ElementsAre(30));
 }
 
-// A commit replacing the latest step's checkpoint that died between its two renames: the old
-// checkpoint, aside, is restored.
-TEST_F(CheckpointDirTest, AReplacementThatDiedBetweenItsRenamesRestoresTheOldCheckpoint) {
+// A commit replacing the latest step's checkpoint that died between its two renames: readers
+// find the old checkpoint aside and change nothing (a converter or another rank may read while the
+// run saves); the run's next save puts it back under its name.
+TEST_F(CheckpointDirTest, AReplacementThatDiedBetweenItsRenamesLeavesTheOldCheckpointReadable) {
   Save(100, "a");
-  fs::rename(CheckpointDir(root_, 100), CheckpointDir(root_, 100) + ".replaced");
+  const std::string aside = CheckpointDir(root_, 100) + ".replaced";
+  fs::rename(CheckpointDir(root_, 100), aside);
   auto latest = LatestCheckpoint(root_);
   ASSERT_TRUE(latest.ok()) << latest.status();
   EXPECT_EQ(**latest, 100);
+  EXPECT_EQ(CommittedCheckpointFolder(root_, 100), aside);
+  EXPECT_TRUE(fs::exists(aside));  // Untouched by the readers.
+  EXPECT_FALSE(fs::exists(CheckpointDir(root_, 100)));
+  ASSERT_TRUE(PrepareStaging(root_, 200).ok());
+  EXPECT_FALSE(fs::exists(aside));
+  EXPECT_EQ(CommittedCheckpointFolder(root_, 100), CheckpointDir(root_, 100));
   EXPECT_EQ(Read(100), "a");
 }
 

@@ -473,7 +473,7 @@ absl::StatusOr<std::string> CheckpointFolder(const std::string& from) {
                      " is neither a checkpoint folder (no metadata.json) nor a checkpoint root "
                      "(no latest_checkpointed_iteration.txt)"));
   }
-  return checkpoint::CheckpointDir(from, *latest);
+  return checkpoint::CommittedCheckpointFolder(from, *latest);
 }
 
 int Fail(const absl::Status& status, std::ostream& err) {
