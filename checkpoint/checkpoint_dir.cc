@@ -66,24 +66,27 @@ absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) return FsError(ec, "cannot create", root);
-  // A commit replacing a checkpoint that died between its renames left the old one aside, whole:
-  // it goes back under its name (readers found it aside meanwhile: CommittedCheckpointFolder).
-  for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
-    const std::string name = e.path().filename().string();
-    absl::string_view rest = name;
-    if (!absl::StartsWith(rest, kPrefix) || !absl::ConsumeSuffix(&rest, ".replaced")) continue;
-    const std::string dir = root + "/" + std::string(rest);
-    std::error_code exists;
-    if (fs::exists(dir, exists)) continue;
-    std::error_code renamed;
-    fs::rename(e.path(), dir, renamed);
-    if (renamed) return FsError(renamed, "cannot restore", e.path().string());
+  // A commit replacing the latest checkpoint that died between its renames left the old one
+  // aside, whole: it goes back under its name (readers found it aside meanwhile:
+  // CommittedCheckpointFolder). Best effort: readers keep finding it aside until it is back.
+  if (const absl::StatusOr<std::optional<int64_t>> latest = LatestCheckpoint(root);
+      latest.ok() && latest->has_value()) {
+    const std::string dir = CheckpointDir(root, **latest);
+    if (const std::string folder = CommittedCheckpointFolder(root, **latest); folder != dir) {
+      std::error_code renamed;
+      fs::rename(folder, dir, renamed);
+      if (!renamed) Fsync(root).IgnoreError();
+    }
   }
-  ec.clear();
   // What earlier saves left: staging folders of saves of earlier steps that died, checkpoints
-  // that retention set aside but could not remove, and a replaced checkpoint whose successor is
-  // in place. Best effort: what cannot be removed now is tried again at the next save, and
-  // costs only disk.
+  // that retention set aside but could not remove, and replaced checkpoints other than the
+  // latest's aside copy (their successor is in place, or a removal stopped half-way). Best
+  // effort: what cannot be removed now is tried again at the next save, and costs only disk.
+  std::string latest_aside;
+  if (const absl::StatusOr<std::optional<int64_t>> latest = LatestCheckpoint(root);
+      latest.ok() && latest->has_value()) {
+    latest_aside = CheckpointDir(root, **latest) + ".replaced";
+  }
   std::vector<std::string> stale;
   for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
@@ -97,7 +100,8 @@ absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step
     std::error_code exists;
     const bool replaced = absl::StartsWith(rest, kPrefix) &&
                           absl::ConsumeSuffix(&rest, ".replaced") &&
-                          fs::is_directory(root + "/" + std::string(rest), exists);
+                          (fs::is_directory(root + "/" + std::string(rest), exists) ||
+                           e.path().string() != latest_aside);
     if (hidden || replaced) stale.push_back(e.path().string());
   }
   ec.clear();  // A folder that cannot be listed holds nothing to clear; creating staging tells.

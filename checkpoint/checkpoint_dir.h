@@ -25,8 +25,9 @@ std::string LatestFile(const std::string& root);
 // folder for `step`; returns its path. What earlier saves left is removed first, as far as it
 // can be (what cannot is left for the next save): staging folders of earlier steps' saves that
 // died, old checkpoints set aside by retention but not removed, and a replaced checkpoint whose
-// successor is in place. A replaced checkpoint whose successor is not (the commit died between
-// its renames) is renamed back first.
+// successor is in place. The latest checkpoint's replaced copy, when its successor is not in
+// place (the commit died between its renames), is renamed back first; other replaced copies
+// without a successor (a removal that stopped half-way) are removed.
 absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step);
 
 // One rank, after every rank has written and fsynced its files into the staging folder: fsyncs
@@ -44,7 +45,8 @@ absl::Status CommitCheckpoint(const std::string& root, int64_t step, int keep = 
 absl::StatusOr<std::vector<int64_t>> ListCheckpoints(const std::string& root);
 
 // The step LatestFile names, or nullopt when there is none (a run that never saved). Changes
-// nothing, so any rank or tool may call it while a run saves. DataLoss when the file is not a
+// nothing, so any rank or tool may call it while a run saves (though the run's next commit or
+// save may then move or remove the folder it names). DataLoss when the file is not a
 // step number or names a checkpoint that does not exist (neither its folder nor, after a commit
 // that died while replacing it, its aside copy).
 absl::StatusOr<std::optional<int64_t>> LatestCheckpoint(const std::string& root);

@@ -313,24 +313,31 @@ absl::Status JobManager::MarkRunningWhenAllRanksRun(v1::Job& job, const Active& 
 }
 
 void JobManager::Tick(absl::Time now) {
-  absl::MutexLock lock(&mu_);
-  if (shutdown_) return;  // Workers stopped by the shutdown are not failures.
-  CheckWorkers(now);
-  CheckActiveJobs(now);
-  Schedule(now);
-  if (now - last_purge_ > absl::Minutes(10)) {
-    last_purge_ = now;
-    store_->PurgeRequestIds(now - absl::Hours(24)).IgnoreError();
-  }
   const absl::Duration ttl = options_.finished_job_ttl;
-  if (ttl > absl::ZeroDuration() && now - last_ttl_check_ >= std::min(ttl, absl::Minutes(10))) {
-    last_ttl_check_ = now;
-    // A failure (a locked database, say) is tried again at the next check.
-    const absl::StatusOr<int64_t> deleted = store_->DeleteFinishedJobs(now - ttl);
-    if (!deleted.ok()) {
-      std::cerr << "mimo-coordinator: deleting the jobs that ended before "
-                << absl::FormatTime(now - ttl) << ": " << deleted.status() << '\n';
+  bool delete_finished = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutdown_) return;  // Workers stopped by the shutdown are not failures.
+    CheckWorkers(now);
+    CheckActiveJobs(now);
+    Schedule(now);
+    if (now - last_purge_ > absl::Minutes(10)) {
+      last_purge_ = now;
+      store_->PurgeRequestIds(now - absl::Hours(24)).IgnoreError();
     }
+    if (ttl > absl::ZeroDuration() && now - last_ttl_check_ >= std::min(ttl, absl::Minutes(10))) {
+      last_ttl_check_ = now;
+      delete_finished = true;
+    }
+  }
+  if (!delete_finished) return;
+  // Outside mu_ (heartbeats and reports go on meanwhile): the jobs it deletes have ended, so the
+  // manager holds nothing of them. A failure (a locked database, say) is tried again at the next
+  // check.
+  const absl::StatusOr<int64_t> deleted = store_->DeleteFinishedJobs(now - ttl);
+  if (!deleted.ok()) {
+    std::cerr << "mimo-coordinator: deleting the jobs that ended before "
+              << absl::FormatTime(now - ttl) << ": " << deleted.status() << '\n';
   }
 }
 

@@ -688,28 +688,32 @@ absl::Status JobStore::PurgeRequestIds(absl::Time cutoff) {
 }
 
 absl::StatusOr<int64_t> JobStore::DeleteFinishedJobs(absl::Time cutoff) {
-  absl::MutexLock lock(&mu_);
-  MIMO_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_, Transaction::Kind::kWrite));
-  // The rows that refer to a job go first (the foreign keys are enforced).
+  // Jobs at most this many per transaction: a first purge of a large database does not hold the
+  // database (and the store's lock) for one long transaction.
+  constexpr int kBatch = 1000;
   const std::string finished = absl::StrCat(
       "SELECT id FROM jobs WHERE state IN (", static_cast<int>(v1::JOB_STATE_SUCCEEDED), ", ",
       static_cast<int>(v1::JOB_STATE_FAILED), ", ", static_cast<int>(v1::JOB_STATE_CANCELLED),
-      ") AND update_time < ?1");
-  for (const char* table : {"job_logs", "job_events", "request_ids"}) {
-    MIMO_ASSIGN_OR_RETURN(
-        Statement stmt, Statement::Prepare(db_, absl::StrCat("DELETE FROM ", table,
-                                                             " WHERE job_id IN (", finished, ")")));
-    stmt.Bind(1, absl::ToUnixNanos(cutoff));
-    MIMO_RETURN_IF_ERROR(stmt.Run());
+      ") AND update_time < ?1 ORDER BY seq LIMIT ", kBatch);
+  int64_t total = 0;
+  while (true) {
+    absl::MutexLock lock(&mu_);
+    MIMO_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_, Transaction::Kind::kWrite));
+    // The rows that refer to a job go first (the foreign keys are enforced).
+    for (const char* table : {"job_logs", "job_events", "request_ids", "jobs"}) {
+      MIMO_ASSIGN_OR_RETURN(
+          Statement stmt,
+          Statement::Prepare(db_, absl::StrCat("DELETE FROM ", table, " WHERE ",
+                                               std::string(table) == "jobs" ? "id" : "job_id",
+                                               " IN (", finished, ")")));
+      stmt.Bind(1, absl::ToUnixNanos(cutoff));
+      MIMO_RETURN_IF_ERROR(stmt.Run());
+    }
+    const int64_t deleted = sqlite3_changes(db_);
+    MIMO_RETURN_IF_ERROR(tx.Commit());
+    total += deleted;
+    if (deleted < kBatch) return total;
   }
-  MIMO_ASSIGN_OR_RETURN(
-      Statement stmt,
-      Statement::Prepare(db_, absl::StrCat("DELETE FROM jobs WHERE id IN (", finished, ")")));
-  stmt.Bind(1, absl::ToUnixNanos(cutoff));
-  MIMO_RETURN_IF_ERROR(stmt.Run());
-  const int64_t deleted = sqlite3_changes(db_);
-  MIMO_RETURN_IF_ERROR(tx.Commit());
-  return deleted;
 }
 
 }  // namespace mimo::coordinator

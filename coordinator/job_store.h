@@ -110,8 +110,8 @@ class JobStore {
   absl::Status PurgeRequestIds(absl::Time cutoff);
 
   // Deletes the jobs that ended (SUCCEEDED, FAILED or CANCELLED) and were last updated before
-  // `cutoff`, with their events, logs and request ids, in one transaction: GetJob then answers
-  // NotFound for them. Returns how many were deleted.
+  // `cutoff`, with their events, logs and request ids, in transactions of up to 1000 jobs (a
+  // job's rows go in one): GetJob then answers NotFound for them. Returns how many were deleted.
   absl::StatusOr<int64_t> DeleteFinishedJobs(absl::Time cutoff);
 
  private:

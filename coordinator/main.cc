@@ -91,8 +91,8 @@ int main(int argc, char** argv) {
                  "How long a job waits for enough workers to register before it fails")
       ->capture_default_str();
   app.add_option("--finished-job-ttl", finished_job_ttl,
-                 "Delete a job that ended this long ago, with its events and logs (default: keep "
-                 "every job)");
+                 "Delete a job that ended, this long after its last update, with its events and "
+                 "logs (such as 720h; default: keep every job)");
   int cpu_workers = 0;
   std::string gpu_workers;
   std::string worker_binary = WorkerBinaryBesideUs();

@@ -102,22 +102,23 @@ TEST_F(CheckpointDirTest, DamagedLatestFileOrMissingFolderIsAClearError) {
 }
 
 // Staging folders of saves of earlier steps that died, and what retention set aside, are cleared
-// by the next save; a replaced checkpoint is cleared once its successor is in place, and put back
-// under its name when its successor is not.
+// by the next save; a replaced checkpoint is cleared once its successor is in place, or when it
+// is not the latest's (only the latest's is put back under its name).
 TEST_F(CheckpointDirTest, TheNextSaveClearsWhatEarlierSavesLeft) {
   Save(100, "a");
   Save(137, "half", /*crash=*/true);    // An off-schedule save, killed.
   Save(1037, "later", /*crash=*/true);  // A later step's: perhaps still being written.
   fs::create_directory(root_ + "/.iter_0000050.deleting");
   fs::create_directory(CheckpointDir(root_, 100) + ".replaced");
-  fs::create_directory(CheckpointDir(root_, 70) + ".replaced");  // Its replacement died.
+  fs::create_directory(CheckpointDir(root_, 70) + ".replaced");  // Half removed, not the latest.
   Save(200, "b");
   EXPECT_FALSE(fs::exists(StagingDir(root_, 137)));
   EXPECT_TRUE(fs::exists(StagingDir(root_, 1037)));
   EXPECT_FALSE(fs::exists(root_ + "/.iter_0000050.deleting"));
   EXPECT_FALSE(fs::exists(CheckpointDir(root_, 100) + ".replaced"));
-  EXPECT_FALSE(fs::exists(CheckpointDir(root_, 70) + ".replaced"));  // Put back:
-  EXPECT_THAT(*ListCheckpoints(root_), ElementsAre(70, 100, 200));
+  EXPECT_FALSE(fs::exists(CheckpointDir(root_, 70) + ".replaced"));
+  EXPECT_FALSE(fs::exists(CheckpointDir(root_, 70)));
+  EXPECT_THAT(*ListCheckpoints(root_), ElementsAre(100, 200));
 }
 
 // An old checkpoint that cannot be removed fails neither the commit nor the latest pointer: here

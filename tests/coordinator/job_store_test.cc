@@ -285,6 +285,17 @@ TEST_F(JobStoreTest, DeleteFinishedJobsTakesOnlyEndedJobsLastUpdatedBeforeTheCut
   EXPECT_EQ(none, 0);
 }
 
+// More jobs than one transaction takes (1000) are all deleted, in batches.
+TEST_F(JobStoreTest, DeleteFinishedJobsGoesOnPastOneBatch) {
+  for (int i = 0; i < 1003; ++i) SetState(Create(kNow), v1::JOB_STATE_SUCCEEDED);
+  const v1::Job running = SetState(Create(kNow), v1::JOB_STATE_RUNNING);
+  ASSERT_OK_AND_ASSIGN(const int64_t deleted, store_->DeleteFinishedJobs(kNow + absl::Hours(1)));
+  EXPECT_EQ(deleted, 1003);
+  ASSERT_OK_AND_ASSIGN(const JobStore::Page page, store_->ListJobs(0, "", {}));
+  ASSERT_THAT(page.jobs, SizeIs(1));
+  EXPECT_EQ(page.jobs[0].id(), running.id());
+}
+
 TEST_F(JobStoreTest, ListJobsPagesNewestFirstVisitingEachJobOnce) {
   std::vector<std::string> newest_first;
   for (int i = 0; i < 25; ++i) newest_first.insert(newest_first.begin(), Create().id());
