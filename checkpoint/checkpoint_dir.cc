@@ -69,12 +69,14 @@ absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step
   // A commit replacing the latest checkpoint that died between its renames left the old one
   // aside, whole: it goes back under its name (readers found it aside meanwhile:
   // CommittedCheckpointFolder). Best effort: readers keep finding it aside until it is back.
+  std::string latest_aside;
   if (const absl::StatusOr<std::optional<int64_t>> latest = LatestCheckpoint(root);
       latest.ok() && latest->has_value()) {
     const std::string dir = CheckpointDir(root, **latest);
-    if (const std::string folder = CommittedCheckpointFolder(root, **latest); folder != dir) {
+    latest_aside = dir + ".replaced";
+    if (CommittedCheckpointFolder(root, **latest) == latest_aside) {
       std::error_code renamed;
-      fs::rename(folder, dir, renamed);
+      fs::rename(latest_aside, dir, renamed);
       if (!renamed) Fsync(root).IgnoreError();
     }
   }
@@ -82,11 +84,6 @@ absl::StatusOr<std::string> PrepareStaging(const std::string& root, int64_t step
   // that retention set aside but could not remove, and replaced checkpoints other than the
   // latest's aside copy (their successor is in place, or a removal stopped half-way). Best
   // effort: what cannot be removed now is tried again at the next save, and costs only disk.
-  std::string latest_aside;
-  if (const absl::StatusOr<std::optional<int64_t>> latest = LatestCheckpoint(root);
-      latest.ok() && latest->has_value()) {
-    latest_aside = CheckpointDir(root, **latest) + ".replaced";
-  }
   std::vector<std::string> stale;
   for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
