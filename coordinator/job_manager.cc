@@ -95,6 +95,10 @@ absl::Status JobManager::Recover(absl::Time now) {
     active.plan.emplace(*std::move(plan));
     active.worker_of_rank.assign(world, "");
     active.rank_state.assign(world, v1::WORKER_STATE_UNSPECIFIED);
+    // Ranks that finished before the restart: their workers, free since, do not come back.
+    for (const int32_t r : job.succeeded_ranks()) {
+      if (r >= 0 && r < world) active.rank_state[r] = v1::WORKER_STATE_SUCCEEDED;
+    }
     active.reattach_deadline = now + options_.reattach_grace;
     active.checkpoint = job.checkpoint_request();
     if (job.state() == v1::JOB_STATE_CANCELLING)
@@ -463,9 +467,16 @@ void JobManager::CheckActiveJobs(absl::Time now) {
       return s == v1::WORKER_STATE_STOPPED || s == v1::WORKER_STATE_SUCCEEDED ||
              s == v1::WORKER_STATE_FAILED;
     });
+    if (job->state() == v1::JOB_STATE_RUNNING &&
+        std::all_of(states.begin(), states.end(),
+                    [](v1::WorkerState s) { return s == v1::WORKER_STATE_SUCCEEDED; })) {
+      // Every rank had succeeded when the coordinator restarted, before the job was marked so.
+      Succeed(*job, now).IgnoreError();
+      continue;
+    }
     std::vector<std::string> missing;
     for (size_t r = 0; r < active.worker_of_rank.size(); ++r) {
-      if (active.worker_of_rank[r].empty()) missing.push_back(absl::StrCat(r));
+      if (Unattached(active, r)) missing.push_back(absl::StrCat(r));
     }
     if (job->state() == v1::JOB_STATE_CANCELLING) {
       if (all_settled || missing.size() == active.worker_of_rank.size() ||
@@ -610,6 +621,7 @@ void JobManager::Schedule(absl::Time now) {
     active.plan.emplace(*std::move(plan));
     active.worker_of_rank.assign(idle.begin(), idle.begin() + world);
     active.rank_state.assign(world, v1::WORKER_STATE_UNSPECIFIED);
+    job.clear_succeeded_ranks();  // Of an earlier attempt.
     for (int r = 0; r < world; ++r) {
       Worker& w = workers_.at(active.worker_of_rank[r]);
       w.job_id = job.id();

@@ -214,6 +214,13 @@ class JobManager {
                   int exit_code, const std::vector<std::string>& logs, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckActiveJobs(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the attempt of `job` (RUNNING, every rank succeeded): SUCCEEDED at 100%.
+  absl::Status Succeed(v1::Job& job, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether rank `r` of `active` waits for a worker: none holds it (after a coordinator restart,
+  // until one re-attaches) and it had not succeeded before.
+  static bool Unattached(const Active& active, size_t r) {
+    return active.worker_of_rank[r].empty() && active.rank_state[r] != v1::WORKER_STATE_SUCCEEDED;
+  }
   // The job's attempt that `worker_id` claims to run; FailedPrecondition if it does not.
   absl::StatusOr<Active*> BoundAttempt(const std::string& worker_id, const std::string& job_id,
                                        int attempt, int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

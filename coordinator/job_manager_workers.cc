@@ -69,8 +69,11 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
         worker.stop_time = now;
         worker.stop_reason = job->state_reason();
       }
-      if (std::none_of(active.worker_of_rank.begin(), active.worker_of_rank.end(),
-                       [](const std::string& w) { return w.empty(); })) {
+      bool all_attached = true;
+      for (size_t r = 0; r < active.worker_of_rank.size(); ++r) {
+        all_attached = all_attached && !Unattached(active, r);
+      }
+      if (all_attached) {
         active.reattach_deadline = absl::InfiniteFuture();
         // Re-attached ranks count as running, and no report may follow soon to notice that the
         // whole job now runs.
@@ -224,6 +227,14 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   // final report is kept and sent again to the next coordinator.
   if (shutdown_) return absl::UnavailableError("the coordinator is shutting down");
   MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(request.job_id()));
+  if (request.state() == v1::WORKER_STATE_SUCCEEDED && !IsTerminal(job.state()) &&
+      std::find(job.succeeded_ranks().begin(), job.succeeded_ranks().end(), request.rank()) ==
+          job.succeeded_ranks().end()) {
+    // Stored: the rank's worker is free now, and a coordinator restarting before the job ends
+    // must not wait for it to re-attach.
+    job.add_succeeded_ranks(request.rank());
+    MIMO_RETURN_IF_ERROR(store_->SaveJob(job));
+  }
   const auto& states = (*active)->rank_state;
   // A rank that failed, or stopped without being told to (its worker was shut down), ends the
   // attempt at once: its peers would otherwise wait for it until their collectives time out.
@@ -278,19 +289,25 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   if (job.state() == v1::JOB_STATE_RUNNING &&
       std::all_of(states.begin(), states.end(),
                   [](v1::WorkerState s) { return s == v1::WORKER_STATE_SUCCEEDED; })) {
-    const size_t world = states.size();  // `states` dies with the attempt, just below.
-    active_.erase(job.id());
-    const std::string prefix = absl::StrCat(job.id(), "/");
-    kv_.erase(kv_.lower_bound(prefix), kv_.lower_bound(prefix + '\xff'));
-    v1::Progress* progress = job.mutable_progress();
-    progress->set_step(job.spec().training().steps());
-    progress->set_total_steps(job.spec().training().steps());
-    progress->set_percent(100);
-    progress->clear_eta();
-    MIMO_RETURN_IF_ERROR(Transition(job, v1::JOB_STATE_SUCCEEDED,
-                                    absl::StrCat(RankCount(world, true), " succeeded"), now));
+    return Succeed(job, now);
   }
   if (job.state() == v1::JOB_STATE_CANCELLING) CheckActiveJobs(now);
+  Schedule(now);
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::Succeed(v1::Job& job, absl::Time now) {
+  const size_t world = active_.at(job.id()).rank_state.size();
+  active_.erase(job.id());
+  const std::string prefix = absl::StrCat(job.id(), "/");
+  kv_.erase(kv_.lower_bound(prefix), kv_.lower_bound(prefix + '\xff'));
+  v1::Progress* progress = job.mutable_progress();
+  progress->set_step(job.spec().training().steps());
+  progress->set_total_steps(job.spec().training().steps());
+  progress->set_percent(100);
+  progress->clear_eta();
+  MIMO_RETURN_IF_ERROR(Transition(job, v1::JOB_STATE_SUCCEEDED,
+                                  absl::StrCat(RankCount(world, true), " succeeded"), now));
   Schedule(now);
   return absl::OkStatus();
 }

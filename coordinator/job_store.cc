@@ -387,6 +387,13 @@ absl::StatusOr<v1::JobEvent> JobStore::UpdateJob(const v1::Job& job, v1::JobEven
   return event;
 }
 
+absl::Status JobStore::SaveJob(const v1::Job& job) {
+  absl::MutexLock lock(&mu_);
+  MIMO_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_, Transaction::Kind::kWrite));
+  MIMO_RETURN_IF_ERROR(ReplaceJob(db_, job));
+  return tx.Commit();
+}
+
 absl::StatusOr<JobStore::Page> JobStore::ListJobs(int page_size, const std::string& page_token,
                                                   const std::vector<v1::JobState>& states) {
   if (page_size < 0 || page_size > kMaxPageSize) {

@@ -62,6 +62,9 @@ class JobStore {
   // Replaces the stored job (matched by job.id(); NotFound if absent) and appends `event` with the
   // next sequence number, in one transaction. Returns the event as stored.
   absl::StatusOr<v1::JobEvent> UpdateJob(const v1::Job& job, v1::JobEvent event);
+  // Replaces the stored job without an event (NotFound if absent): for bookkeeping no one watches,
+  // such as Job.succeeded_ranks.
+  absl::Status SaveJob(const v1::Job& job);
 
   struct Page {
     std::vector<v1::Job> jobs;

@@ -183,6 +183,17 @@ TEST_F(JobStoreTest, UpdateReplacesJobAndAppendsEvents) {
             absl::StatusCode::kNotFound);
 }
 
+TEST_F(JobStoreTest, SaveReplacesJobWithoutAnEvent) {
+  v1::Job job = Create();
+  job.add_succeeded_ranks(3);
+  job.add_succeeded_ranks(0);
+  ASSERT_TRUE(store_->SaveJob(job).ok());
+  ASSERT_OK_AND_ASSIGN(v1::Job stored, store_->GetJob(job.id()));
+  EXPECT_TRUE(MessageDifferencer::Equals(stored, job)) << stored.DebugString();
+  ASSERT_OK_AND_ASSIGN(const int64_t last, store_->LastEventSequence(job.id()));
+  EXPECT_EQ(last, 1);  // Only "submitted".
+}
+
 TEST_F(JobStoreTest, IdsCountUpAndUseTheUtcDateOfCreation) {
   EXPECT_EQ(Create(kNow + absl::Hours(11) + absl::Minutes(59)).id(), "j-20261123-000001");
   EXPECT_EQ(Create(kNow + absl::Hours(12)).id(), "j-20261124-000002");
@@ -416,6 +427,7 @@ TEST_F(JobStoreTest, UnknownJobsAreNotFound) {
   ghost.set_id("j-20261123-000099");
   EXPECT_EQ(store_->GetJob(ghost.id()).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store_->UpdateJob(ghost, v1::JobEvent()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->SaveJob(ghost).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store_->ListEvents(ghost.id(), 0).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store_->AppendLogs(ghost.id(), 1, 0, {"x"}, kNow).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store_->ReadLogs({.job_id = ghost.id()}).status().code(), absl::StatusCode::kNotFound);

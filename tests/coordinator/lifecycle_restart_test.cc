@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "coordinator/job_store.h"
 #include "google/protobuf/util/time_util.h"
 #include "tests/coordinator/lifecycle_fixture.h"
 
@@ -49,6 +50,58 @@ TEST_F(LifecycleTest, RestartKeepsJobsAndReattachesRunningWorkers) {
   EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);
   for (int r = 0; r < 4; ++r) ASSERT_TRUE(again[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
   AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(LifecycleTest, RestartDoesNotWaitForRanksThatHadSucceeded) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  // Ranks 2 and 0 finish first: their workers are free again and do not come back.
+  for (int r : {2, 0}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  EXPECT_THAT(Get(job.id()).succeeded_ranks(), ElementsAre(2, 0));
+  StopServer();
+  StartServer(options_);
+  std::vector<std::unique_ptr<FakeWorker>> again;
+  for (int r : {1, 3}) {
+    v1::RunningAssignment resume;
+    resume.set_job_id(job.id());
+    resume.set_attempt(1);
+    resume.set_rank(r);
+    again.push_back(std::make_unique<FakeWorker>(Channel(), "h", r, v1::DEVICE_KIND_CPU, resume));
+  }
+  KeepBeating(Ptrs(again), options_.manager.reattach_grace + absl::Milliseconds(200));
+  for (auto& w : again) EXPECT_EQ(w->Heartbeat(), v1::HeartbeatResponse::COMMAND_CONTINUE);
+  ASSERT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);
+  ASSERT_TRUE(again[0]->Report(as[1], v1::WORKER_STATE_SUCCEEDED).ok());
+  ASSERT_TRUE(again[1]->Report(as[3], v1::WORKER_STATE_SUCCEEDED).ok());
+  const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_THAT(done.succeeded_ranks(), ElementsAre(2, 0, 1, 3));
+  EXPECT_EQ(done.progress().percent(), 100);
+}
+
+TEST_F(LifecycleTest, AJobWhoseRanksAllSucceededBeforeARestartSucceedsAfterIt) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  for (int r = 0; r < 3; ++r)
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  StopServer();
+  {
+    // As if the coordinator had stopped between storing the last rank's success and the job's.
+    auto store = JobStore::Open({.path = db_path_});
+    ASSERT_TRUE(store.ok()) << store.status();
+    absl::StatusOr<v1::Job> stored = (*store)->GetJob(job.id());
+    ASSERT_TRUE(stored.ok());
+    ASSERT_EQ(stored->state(), v1::JOB_STATE_RUNNING);
+    stored->add_succeeded_ranks(3);
+    ASSERT_TRUE((*store)->SaveJob(*stored).ok());
+  }
+  StartServer(options_);
+  const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.state_reason(), "all 4 ranks succeeded");
 }
 
 TEST_F(LifecycleTest, RestartFailsRunningJobsWhoseWorkersDoNotComeBack) {
