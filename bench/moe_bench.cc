@@ -2,6 +2,7 @@
 // for the shapes bench/torch_moe.py times in PyTorch, and two of its parts alone.
 //
 //   moe_bench [--list] [--filter SUBSTRING] [--iters K] [--parts] [--skew S] [--graph]
+//             [--batch-streams N]
 //
 // --list prints the cases (one JSON object per line: name, tokens, hidden, ffn, experts, top_k)
 // for the PyTorch side. Otherwise each case runs 2 warm-up steps and K timed ones (wall clock
@@ -11,8 +12,10 @@
 // --parts also times, between CUDA events (median of K), with balanced and with Zipf routing
 // (expert e chosen with weight 1 / (e + 1)^1.2): the permutation (map + permute) and the
 // weighted unpermute, as GB/s of the rows they must read and write; and the experts' fc1 GEMMs
-// (one per expert, as the layer runs them; and as one grouped GEMM over device offsets, as the
-// graph-safe layer runs them) against one dense GEMM of the same FLOPs. --graph also times the
+// (one per expert as one batch, as the layer runs them; one per expert one after another; and as
+// one grouped GEMM over device offsets, as the graph-safe layer runs them) against one dense GEMM
+// of the same FLOPs. --batch-streams sets the streams a batch of GEMMs spreads over
+// (CublasLtOptions::batch_streams; 1: one after another). --graph also times the
 // graph-safe layer (moe.graph_safe: grouped GEMMs, no host synchronization), its forward+backward
 // captured once in a CUDA graph and replayed (wall clock of a replay to the stream drained).
 #include <cuda_runtime_api.h>
@@ -85,8 +88,10 @@ double Median(std::vector<double> v) {
 // The layer's forward+backward; with skew > 0 the routing is skewed towards low experts by a
 // selection bias of -skew * ln(e + 1) / E on expert e (the layer's aux-loss-free bias, written as
 // a checkpoint would), and the achieved imbalance (largest / mean expert load) is reported.
-void Run(const MoeCase& c, int iters, double skew, bool graph = false) {
-  auto ops = kernels::NewCudaOps();
+void Run(const MoeCase& c, int iters, double skew, int batch_streams, bool graph = false) {
+  kernels::CudaOpsOptions options;
+  options.blas.batch_streams = batch_streams;
+  auto ops = kernels::NewCudaOps(options);
   Check(ops.status(), "NewCudaOps");
   TransformerConfig config;
   config.num_layers = 1;
@@ -206,8 +211,10 @@ std::vector<int32_t> Routing(const MoeCase& c, double skew) {
   return out;
 }
 
-void RunParts(const MoeCase& c, int iters) {
-  auto made = kernels::NewCudaOps();
+void RunParts(const MoeCase& c, int iters, int batch_streams) {
+  kernels::CudaOpsOptions options;
+  options.blas.batch_streams = batch_streams;
+  auto made = kernels::NewCudaOps(options);
   Check(made.status(), "NewCudaOps");
   kernels::Ops& ops = **made;
   auto tensor = [&](const kernels::Shape& shape, kernels::DType dtype) {
@@ -284,19 +291,23 @@ void RunParts(const MoeCase& c, int iters) {
     const int64_t f1 = 2 * c.ffn, used = off[e];
     const kernels::Tensor w1 = RandomBF16(ops, {e * f1, h}, 4);
     const kernels::Tensor h1 = tensor({capacity, f1}, kernels::DType::kBF16);
-    const double grouped_ms = TimeOnStream(ops, iters, [&] {
-      for (int64_t i = 0; i < e; ++i) {
-        const int64_t n = off[i + 1] - off[i];
-        if (n == 0) continue;
-        Check(ops.Linear({.dtype = kernels::DType::kBF16,
-                          .x = static_cast<char*>(rows_out.data()) + off[i] * h * 2,
-                          .w = static_cast<char*>(w1.data()) + i * f1 * h * 2,
-                          .y = static_cast<char*>(h1.data()) + off[i] * f1 * 2,
-                          .tokens = n,
-                          .in = h,
-                          .out = f1}),
-              "Linear");
-      }
+    std::vector<kernels::GemmParams> batch;
+    for (int64_t i = 0; i < e; ++i) {
+      const int64_t n = off[i + 1] - off[i];
+      if (n == 0) continue;
+      batch.push_back(
+          kernels::LinearForwardGemm({.dtype = kernels::DType::kBF16,
+                                      .x = static_cast<char*>(rows_out.data()) + off[i] * h * 2,
+                                      .w = static_cast<char*>(w1.data()) + i * f1 * h * 2,
+                                      .y = static_cast<char*>(h1.data()) + off[i] * f1 * 2,
+                                      .tokens = n,
+                                      .in = h,
+                                      .out = f1}));
+    }
+    const double batch_ms =
+        TimeOnStream(ops, iters, [&] { Check(ops.GemmBatch(batch), "GemmBatch"); });
+    const double sequential_ms = TimeOnStream(ops, iters, [&] {
+      for (const kernels::GemmParams& p : batch) Check(ops.Gemm(p), "Gemm");
     });
     const double grouped_kernel_ms = TimeOnStream(ops, iters, [&] {
       Check(ops.GroupedGemm({.ab_dtype = kernels::DType::kBF16,
@@ -325,9 +336,11 @@ void RunParts(const MoeCase& c, int iters) {
     const double flops = 2.0 * used * f1 * h;
     std::printf(
         "{\"name\": \"%s\", \"part\": \"experts_fc1\", \"routing\": \"%s\", \"ms\": "
-        "%.3f, \"tflops\": %.1f, \"grouped_kernel_ms\": %.3f, \"grouped_kernel_tflops\": %.1f, "
+        "%.3f, \"tflops\": %.1f, \"sequential_ms\": %.3f, \"sequential_tflops\": %.1f, "
+        "\"grouped_kernel_ms\": %.3f, \"grouped_kernel_tflops\": %.1f, "
         "\"dense_ms\": %.3f, \"dense_tflops\": %.1f}\n",
-        c.name.c_str(), routing, grouped_ms, flops / (grouped_ms * 1e-3) / 1e12, grouped_kernel_ms,
+        c.name.c_str(), routing, batch_ms, flops / (batch_ms * 1e-3) / 1e12, sequential_ms,
+        flops / (sequential_ms * 1e-3) / 1e12, grouped_kernel_ms,
         flops / (grouped_kernel_ms * 1e-3) / 1e12, dense_ms, flops / (dense_ms * 1e-3) / 1e12);
     std::fflush(stdout);
   }
@@ -344,6 +357,7 @@ int main(int argc, char** argv) {
   bool parts = false;
   double skew = 0;
   bool graph = false;
+  int batch_streams = mimo::kernels::CublasLtOptions{}.batch_streams;
   app.add_flag("--list", list, "Print the cases as JSON lines and exit");
   app.add_option("--filter", filter, "Only cases whose name contains this");
   app.add_option("--iters", iters, "Timed steps per case")->check(CLI::Range(1, 1000));
@@ -354,6 +368,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1000.0));
   app.add_flag("--graph", graph,
                "Also time the graph-safe layer captured in a CUDA graph and replayed");
+  app.add_option("--batch-streams", batch_streams,
+                 "Streams a batch of GEMMs (the experts' per-expert GEMMs) spreads over")
+      ->check(CLI::Range(1, 16));
   CLI11_PARSE(app, argc, argv);
   for (const mimo::MoeCase& c : mimo::Cases()) {
     if (c.name.find(filter) == std::string::npos) continue;
@@ -366,10 +383,10 @@ int main(int argc, char** argv) {
           static_cast<long long>(c.top_k));
       continue;
     }
-    mimo::Run(c, iters, 0);
-    if (skew > 0) mimo::Run(c, iters, skew);
-    if (graph) mimo::Run(c, iters, 0, /*graph=*/true);
-    if (parts) mimo::RunParts(c, iters);
+    mimo::Run(c, iters, 0, batch_streams);
+    if (skew > 0) mimo::Run(c, iters, skew, batch_streams);
+    if (graph) mimo::Run(c, iters, 0, batch_streams, /*graph=*/true);
+    if (parts) mimo::RunParts(c, iters, batch_streams);
   }
   return 0;
 }

@@ -60,6 +60,9 @@ class CpuOps final : public Ops {
     return LayerNormBackwardCpu(p);
   }
   absl::Status Gemm(const GemmParams& p) override { return GemmCpu(p); }
+  absl::Status GemmBatch(absl::Span<const GemmParams> problems) override {
+    return GemmBatchCpu(problems);
+  }
   absl::Status GroupedGemm(const GroupedGemmParams& p) override { return GroupedGemmCpu(p); }
   absl::Status Linear(const LinearParams& p) override { return LinearCpu(p); }
   absl::Status LinearBackward(const LinearBackwardParams& p) override {

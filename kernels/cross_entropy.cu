@@ -6,8 +6,8 @@
 // threads' states in a fixed tree. Each token row is split over `splits` blocks (1, 2, 4 or 8, so
 // that few tokens still fill the device) that form a thread block cluster: the cluster's first
 // block combines the blocks' states through distributed shared memory in rank order, then folds
-// the result into the token's running state. The backward is a stream over (token, pack) on a
-// resident grid. Rows whose length or buffer do not allow 16-byte packs take the same kernels with
+// the result into the token's running state. The backward gives each block one segment of one
+// token's row. Rows whose length or buffer do not allow 16-byte packs take the same kernels with
 // one-element packs. No atomics anywhere: for a given shape every sum is taken in the same order,
 // so results are bitwise reproducible.
 #include <cooperative_groups.h>
@@ -56,9 +56,7 @@ struct MaxSum {
 // reduction takes about twice as many, and the chunk kernel issues one per logit it reads. The
 // relative error grows with |d| (about 1e-7 per unit of d), so it stays small where the terms are
 // not (d near 0).
-__device__ __forceinline__ float ExpOfDifference(float d) {
-  return exp2f(d * 1.4426950408889634f);
-}
+__device__ __forceinline__ float ExpOfDifference(float d) { return exp2f(d * 1.4426950408889634f); }
 
 __device__ __forceinline__ MaxSum Combine(MaxSum a, MaxSum b) {
   const float m = fmaxf(a.m, b.m);
@@ -169,45 +167,48 @@ __global__ void FinishKernel(const int32_t* __restrict__ targets, const float* _
   }
 }
 
-// dlogits over (token, pack) items on a grid-stride loop. dlogits may alias logits, so neither is
-// __restrict__; each pack is read before the same thread overwrites it.
+// Packs in flight per thread in the backward.
+constexpr int kBackwardUnroll = 4;
+
+// dlogits for one segment of one token's row per block: block b takes token b / segments and
+// `passes` passes of kBackwardUnroll x kThreads packs from packs (b % segments) x span on, so the
+// token's target, loss scale and log-sum-exp are read once per block, not once per pack. dlogits
+// may alias logits, so neither is __restrict__; each pack is read before the same thread
+// overwrites it.
 template <typename T, int N>
 __global__ void __launch_bounds__(kThreads)
     BackwardKernel(const T* logits, const int32_t* __restrict__ targets,
                    const float* __restrict__ lse, const float* __restrict__ dloss, T* dlogits,
-                   int64_t tokens, int64_t chunk, int64_t vocab_offset) {
+                   int64_t chunk, int64_t vocab_offset, int64_t segments, int passes) {
   using P = Pack<T, N>;
-  const P* in = reinterpret_cast<const P*>(logits);
-  P* out = reinterpret_cast<P*>(dlogits);
+  constexpr int kSpan = kBackwardUnroll * kThreads;
+  const int64_t t = blockIdx.x / segments;
   const int64_t packs = chunk / N;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t step_rows = stride / packs, step_cols = stride % packs;
-  RowCursor at(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, packs);
-  while (at.row < tokens) {
-    P v[kUnroll];
-    int64_t row[kUnroll], col[kUnroll];  // row -1: past the end.
+  const int64_t target = targets[t];
+  const float scale = target < 0 ? 0.0f : dloss[t];
+  const float l = lse[t];
+  const int64_t local_target = target - vocab_offset;  // Outside [0, chunk): not in this chunk.
+  const P* in = reinterpret_cast<const P*>(logits + t * chunk);
+  P* out = reinterpret_cast<P*>(dlogits + t * chunk);
+  int64_t first = (blockIdx.x % segments) * passes * int64_t{kSpan} + threadIdx.x;
+  for (int pass = 0; pass < passes; ++pass, first += kSpan) {
+    P v[kBackwardUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      row[u] = at.row < tokens ? at.row : -1;
-      col[u] = at.col;
-      if (row[u] >= 0) v[u] = in[row[u] * packs + col[u]];
-      at.Advance(step_rows, step_cols, packs);
+    for (int u = 0; u < kBackwardUnroll; ++u) {
+      if (first + u * kThreads < packs) v[u] = in[first + u * kThreads];
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (row[u] < 0) continue;
-      const int64_t target = targets[row[u]];
-      const float scale = target < 0 ? 0.0f : dloss[row[u]];
-      const float l = lse[row[u]];
-      const int64_t c0 = vocab_offset + col[u] * N;  // Vocabulary index of the pack's first.
+    for (int u = 0; u < kBackwardUnroll; ++u) {
+      const int64_t at = first + u * kThreads;
+      if (at >= packs) continue;
       P d;
 #pragma unroll
       for (int e = 0; e < N; ++e) {
         const float prob = ExpOfDifference(ToFloat(v[u].v[e]) - l);
-        const float onehot = target == c0 + e ? 1.0f : 0.0f;
+        const float onehot = local_target == at * N + e ? 1.0f : 0.0f;
         Put(&d.v[e], scale * (prob - onehot));
       }
-      out[row[u] * packs + col[u]] = d;
+      out[at] = d;
     }
   }
 }
@@ -263,11 +264,18 @@ cudaError_t Chunk(const CrossEntropyChunkParams& p, cudaStream_t s) {
 
 template <typename T, int N>
 void Backward(const CrossEntropyBackwardParams& p, cudaStream_t s) {
-  const unsigned grid = GridFor(p.tokens * (p.chunk / N), int64_t{kThreads} * kUnroll,
-                                ResidentBlocks<BackwardKernel<T, N>>(kThreads));
-  BackwardKernel<T, N><<<grid, kThreads, 0, s>>>(static_cast<const T*>(p.logits), p.targets, p.lse,
-                                                 p.dloss, static_cast<T*>(p.dlogits), p.tokens,
-                                                 p.chunk, p.vocab_offset);
+  // One pass per block unless the grid would pass CUDA's 2^31 - 1 blocks.
+  const int64_t span = int64_t{kBackwardUnroll} * kThreads;
+  const int64_t packs = p.chunk / N;
+  int passes = 1;
+  int64_t segments = (packs + span - 1) / span;
+  while (segments > 1 && p.tokens * segments > 0x7fffffff) {
+    passes *= 2;
+    segments = (packs + span * passes - 1) / (span * passes);
+  }
+  BackwardKernel<T, N><<<static_cast<unsigned>(p.tokens * segments), kThreads, 0, s>>>(
+      static_cast<const T*>(p.logits), p.targets, p.lse, p.dloss, static_cast<T*>(p.dlogits),
+      p.chunk, p.vocab_offset, segments, passes);
 }
 
 template <typename T>
@@ -320,6 +328,7 @@ absl::Status LaunchCrossEntropyFinish(const CrossEntropyFinishParams& p, StreamH
 
 absl::Status LaunchCrossEntropyBackward(const CrossEntropyBackwardParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckCrossEntropyBackward(p));
+  MIMO_RETURN_IF_ERROR(CheckRowsFitTheGrid("CrossEntropyBackward", p.tokens));
   if (p.tokens == 0 || p.chunk == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   if (p.dtype == DType::kF32) {

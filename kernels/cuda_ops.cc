@@ -131,6 +131,10 @@ class CudaOps final : public Ops {
     CudaDeviceGuard guard(device_);
     return blas_->Gemm(p, stream());
   }
+  absl::Status GemmBatch(absl::Span<const GemmParams> problems) override {
+    CudaDeviceGuard guard(device_);
+    return blas_->GemmBatch(problems, stream());
+  }
   absl::Status GroupedGemm(const GroupedGemmParams& p) override {
     CudaDeviceGuard guard(device_);
     return LaunchGroupedGemm(p, stream());

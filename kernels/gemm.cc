@@ -51,6 +51,22 @@ cudaDataType_t CudaType(DType dtype) { return dtype == DType::kBF16 ? CUDA_R_16B
 // Every buffer is 16-byte aligned (Gemm checks it): what cuBLASLt's algorithms are chosen for.
 constexpr uint32_t kAlignment = 16;
 
+// InvalidArgument naming the first of p's buffers not kAlignment-aligned.
+absl::Status CheckAligned(const GemmParams& p) {
+  for (const auto& [ptr, name] : {std::pair<const void*, const char*>{p.a, "a"},
+                                  {p.b, "b"},
+                                  {p.d, "d"},
+                                  {p.bias, "bias"},
+                                  {p.pre_activation, "pre_activation"}}) {
+    if (reinterpret_cast<uintptr_t>(ptr) % kAlignment != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Gemm: ", name, " is not 16-byte aligned (address ",
+                       absl::Hex(reinterpret_cast<uintptr_t>(ptr)), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // One distinct problem: what cuBLASLt's choice of algorithm depends on.
 struct PlanKey {
   DType ab_dtype, d_dtype;
@@ -75,6 +91,9 @@ struct PlanKey {
 // of most products, at every micro-batch: timing each new count would cost more than it saves.
 constexpr int kCandidates = 8;
 
+// CublasLtOptions::batch_streams at most.
+constexpr int kMaxBatchStreams = 16;
+
 // Plans kept at most; past that the cache starts over (a plan is cheap to make again).
 constexpr size_t kMaxPlans = 4096;
 
@@ -84,6 +103,28 @@ int64_t SizeClass(int64_t x) {
   int64_t unit = 1;
   while ((unit << 3) <= x) unit <<= 1;
   return (x + unit - 1) / unit * unit;
+}
+
+PlanKey KeyOf(const GemmParams& p, cublasLtEpilogue_t epilogue) {
+  return {.ab_dtype = p.ab_dtype,
+          .d_dtype = p.d_dtype,
+          .transpose_a = p.transpose_a,
+          .transpose_b = p.transpose_b,
+          .m = p.m,
+          .n = p.n,
+          .k = p.k,
+          .epilogue = epilogue,
+          .accumulate = p.accumulate};
+}
+
+// The key whose timed algorithm `key` may borrow: its dimensions through SizeClass, not
+// accumulating.
+PlanKey SizeClassOf(PlanKey key) {
+  key.m = SizeClass(key.m);
+  key.n = SizeClass(key.n);
+  key.k = SizeClass(key.k);
+  key.accumulate = false;
+  return key;
 }
 
 // Descriptors of one problem in cuBLASLt's column-major terms and its algorithm (none when the
@@ -117,6 +158,16 @@ struct CublasLt::State {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   bool deterministic = false;  // CublasLtOptions::deterministic: no timing, so nothing lent.
+  int batch_streams = 1;       // CublasLtOptions::batch_streams.
+  // GemmBatch's extra streams, each with its workspace and the event it joins back with; made on
+  // the first batch. `fork` is recorded on the caller's stream for them to wait on.
+  struct Side {
+    cudaStream_t stream = nullptr;
+    void* workspace = nullptr;
+    cudaEvent_t done = nullptr;
+  };
+  std::vector<Side> sides;
+  cudaEvent_t fork = nullptr;
   absl::flat_hash_map<PlanKey, std::unique_ptr<Plan>> plans;
   // The timed algorithm per size class: the key with m, n, k through SizeClass, not accumulating.
   absl::flat_hash_map<PlanKey, cublasLtMatmulAlgo_t> tuned;
@@ -124,6 +175,7 @@ struct CublasLt::State {
 
   ~State() {
     plans.clear();
+    DestroySides();
     if (start != nullptr) cudaEventDestroy(start);
     if (stop != nullptr) cudaEventDestroy(stop);
     if (workspace != nullptr) cudaFree(workspace);
@@ -249,33 +301,11 @@ struct CublasLt::State {
   }
 
   // Runs one cuBLASLt matmul with `epilogue`, writing `d` (and the GELU input to `aux`).
+  // `scratch`: the workspace of `stream` (workspace_bytes).
   absl::Status Matmul(const GemmParams& p, cublasLtEpilogue_t epilogue, void* d, void* aux,
-                      cudaStream_t stream, bool* ran) {
-    const PlanKey key{.ab_dtype = p.ab_dtype,
-                      .d_dtype = p.d_dtype,
-                      .transpose_a = p.transpose_a,
-                      .transpose_b = p.transpose_b,
-                      .m = p.m,
-                      .n = p.n,
-                      .k = p.k,
-                      .epilogue = epilogue,
-                      .accumulate = p.accumulate};
-    MIMO_ASSIGN_OR_RETURN(Plan * plan, PlanFor(key));
-    PlanKey size_class = key;
-    size_class.m = SizeClass(key.m);
-    size_class.n = SizeClass(key.n);
-    size_class.k = SizeClass(key.k);
-    size_class.accumulate = false;
-    // A new problem of a size class already timed takes the class's algorithm without asking
-    // the heuristic; any other new problem asks it.
-    if (!plan->queried && !plan->tuned) {
-      if (auto it = tuned.find(size_class); it != tuned.end()) {
-        plan->algo = it->second;
-        plan->has_algo = plan->tuned = plan->borrowed = true;
-      } else {
-        MIMO_RETURN_IF_ERROR(Query(plan, key));
-      }
-    }
+                      cudaStream_t stream, void* scratch, bool* ran) {
+    const PlanKey key = KeyOf(p, epilogue);
+    MIMO_ASSIGN_OR_RETURN(Plan * plan, Settle(key));
     const auto set_pointers = [&]() -> absl::Status {
       if (p.bias != nullptr) {
         MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
@@ -290,7 +320,7 @@ struct CublasLt::State {
     const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
     const auto run = [&](const cublasLtMatmulAlgo_t& algo) {
       return cublasLtMatmul(handle, plan->desc, &alpha, p.b, plan->a, p.a, plan->b, &beta, d,
-                            plan->d, d, plan->d, &algo, workspace, workspace_bytes, stream);
+                            plan->d, d, plan->d, &algo, scratch, workspace_bytes, stream);
     };
     if (plan->borrowed) {
       // The class's algorithm may not fit this problem (cuBLASLt refuses it without running):
@@ -316,15 +346,71 @@ struct CublasLt::State {
         plan->tuned = true;  // The heuristic's first choice for this problem; nothing is lent.
       } else if (capture == cudaStreamCaptureStatusNone) {
         MIMO_RETURN_IF_ERROR(Tune(plan, stream, run));
-        tuned[size_class] = plan->algo;
+        tuned[SizeClassOf(key)] = plan->algo;
       }
     }
     MIMO_CUBLAS_RETURN_IF_ERROR(run(plan->algo));
     return absl::OkStatus();
   }
+
+  // The plan of `key` with an algorithm chosen as its first call chooses one: a new problem of a
+  // size class already timed takes the class's algorithm without asking the heuristic; any other
+  // new problem asks it.
+  absl::StatusOr<Plan*> Settle(const PlanKey& key) {
+    MIMO_ASSIGN_OR_RETURN(Plan * plan, PlanFor(key));
+    if (!plan->queried && !plan->tuned) {
+      if (auto it = tuned.find(SizeClassOf(key)); it != tuned.end()) {
+        plan->algo = it->second;
+        plan->has_algo = plan->tuned = plan->borrowed = true;
+      } else {
+        MIMO_RETURN_IF_ERROR(Query(plan, key));
+      }
+    }
+    return plan;
+  }
+
+  // Whether Matmul, outside a graph capture, would time algorithms for `key`: its plan is untimed
+  // and no timed size class lends it one.
+  bool WouldTime(const PlanKey& key) const {
+    if (deterministic || key.accumulate) return false;
+    if (auto it = plans.find(key); it != plans.end()) {
+      if (it->second->tuned) return false;
+      if (it->second->queried) return true;
+    }
+    return !tuned.contains(SizeClassOf(key));
+  }
+
+  void DestroySides() {
+    for (Side& side : sides) {
+      if (side.done != nullptr) cudaEventDestroy(side.done);
+      if (side.stream != nullptr) cudaStreamDestroy(side.stream);
+      if (side.workspace != nullptr) cudaFree(side.workspace);
+    }
+    sides.clear();
+    if (fork != nullptr) cudaEventDestroy(fork);
+    fork = nullptr;
+  }
+
+  // Makes GemmBatch's extra streams, their workspaces and events.
+  absl::Status MakeSides() {
+    for (int i = 1; i < batch_streams; ++i) {
+      Side& side = sides.emplace_back();
+      MIMO_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&side.done, cudaEventDisableTiming));
+      if (workspace_bytes > 0) {
+        MIMO_CUDA_RETURN_IF_ERROR(cudaMalloc(&side.workspace, workspace_bytes));
+      }
+    }
+    MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    return absl::OkStatus();
+  }
 };
 
 absl::StatusOr<std::unique_ptr<CublasLt>> CublasLt::Create(const CublasLtOptions& options) {
+  if (options.batch_streams < 1 || options.batch_streams > kMaxBatchStreams) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CublasLt: batch_streams is ", options.batch_streams, ", needs 1 to ", kMaxBatchStreams));
+  }
   auto state = std::make_unique<State>();
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetDevice(&state->device));
   MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&state->handle));
@@ -333,6 +419,10 @@ absl::StatusOr<std::unique_ptr<CublasLt>> CublasLt::Create(const CublasLtOptions
   }
   state->workspace_bytes = options.workspace_bytes;
   state->deterministic = options.deterministic;
+  state->batch_streams = options.batch_streams;
+  // The extra streams' workspaces are allocated now, before the caching allocator holds the
+  // device's memory, not in the middle of a step.
+  if (options.batch_streams > 1) MIMO_RETURN_IF_ERROR(state->MakeSides());
   return std::unique_ptr<CublasLt>(new CublasLt(std::move(state)));
 }
 
@@ -349,20 +439,14 @@ int CublasLt::device() const { return state_->device; }
 
 absl::Status CublasLt::Gemm(const GemmParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckGemm(p));
-  if (p.m == 0 || p.n == 0 || (p.k == 0 && p.accumulate)) return absl::OkStatus();
-  for (const auto& [ptr, name] : {std::pair<const void*, const char*>{p.a, "a"},
-                                  {p.b, "b"},
-                                  {p.d, "d"},
-                                  {p.bias, "bias"},
-                                  {p.pre_activation, "pre_activation"}}) {
-    if (reinterpret_cast<uintptr_t>(ptr) % kAlignment != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Gemm: ", name, " is not 16-byte aligned (address ",
-                       absl::Hex(reinterpret_cast<uintptr_t>(ptr)), ")"));
-    }
-  }
+  MIMO_RETURN_IF_ERROR(CheckAligned(p));
   CudaDeviceGuard guard(state_->device);
+  return Enqueue(p, stream, state_->workspace);
+}
+
+absl::Status CublasLt::Enqueue(const GemmParams& p, StreamHandle stream, void* workspace) {
   const auto s = static_cast<cudaStream_t>(stream);
+  if (p.m == 0 || p.n == 0 || (p.k == 0 && p.accumulate)) return absl::OkStatus();
   if (p.k == 0) {  // d = 0 (CheckGemm allows no bias or activation here).
     MIMO_CUDA_RETURN_IF_ERROR(
         cudaMemsetAsync(p.d, 0, static_cast<size_t>(p.m) * p.n * DTypeSize(p.d_dtype), s));
@@ -374,13 +458,13 @@ absl::Status CublasLt::Gemm(const GemmParams& p, StreamHandle stream) {
   if (gelu && p.n % 8 == 0) {
     MIMO_RETURN_IF_ERROR(
         state_->Matmul(p, bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, p.d,
-                       p.pre_activation, s, &ran));
+                       p.pre_activation, s, workspace, &ran));
     if (ran) return absl::OkStatus();
   }
   // Unfused GELU: the product (with its bias) into pre_activation, then GELU from it.
   void* out = gelu ? p.pre_activation : p.d;
   MIMO_RETURN_IF_ERROR(state_->Matmul(p, bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT,
-                                      out, nullptr, s, &ran));
+                                      out, nullptr, s, workspace, &ran));
   if (!ran) {
     return absl::InternalError(absl::StrCat("Gemm: cuBLASLt found no algorithm for m ", p.m, ", n ",
                                             p.n, ", k ", p.k, " (", DTypeName(p.ab_dtype), " -> ",
@@ -392,7 +476,83 @@ absl::Status CublasLt::Gemm(const GemmParams& p, StreamHandle stream) {
                      .y = p.d,
                      .n = p.m * p.n,
                      .approximation = GeluApproximation::kTanh},
-                    stream);
+                    s);
+}
+
+absl::Status CublasLt::GemmBatch(absl::Span<const GemmParams> problems, StreamHandle stream) {
+  MIMO_RETURN_IF_ERROR(CheckGemmBatch(problems));
+  for (const GemmParams& p : problems) MIMO_RETURN_IF_ERROR(CheckAligned(p));
+  CudaDeviceGuard guard(state_->device);
+  const auto s = static_cast<cudaStream_t>(stream);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  MIMO_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(s, &capture));
+  // In the caller's order, as one by one: products to time run alone on the caller's stream (as
+  // does everything without extra streams); the others' algorithms are chosen now, so that none
+  // depends on which products the batch timed first.
+  std::vector<const GemmParams*> rest;
+  for (const GemmParams& p : problems) {
+    if (p.m == 0 || p.n == 0 || (p.k == 0 && p.accumulate)) continue;
+    if (state_->sides.empty()) {
+      MIMO_RETURN_IF_ERROR(Enqueue(p, s, state_->workspace));
+      continue;
+    }
+    if (p.k > 0) {
+      const PlanKey key = KeyOf(p, CUBLASLT_EPILOGUE_DEFAULT);
+      if (capture == cudaStreamCaptureStatusNone && state_->WouldTime(key)) {
+        MIMO_RETURN_IF_ERROR(Enqueue(p, s, state_->workspace));
+        continue;
+      }
+      MIMO_RETURN_IF_ERROR(state_->Settle(key).status());
+    }
+    rest.push_back(&p);
+  }
+  if (rest.size() <= 1) {
+    return rest.empty() ? absl::OkStatus() : Enqueue(*rest[0], s, state_->workspace);
+  }
+  // Largest first onto the least loaded lane (lane 0: the caller's stream). Equal sizes keep
+  // their order, so the assignment depends on the shapes only.
+  const auto work = [](const GemmParams* p) {
+    return static_cast<double>(p->m) * p->n * std::max<int64_t>(p->k, 1);
+  };
+  std::stable_sort(rest.begin(), rest.end(),
+                   [&](const GemmParams* a, const GemmParams* b) { return work(a) > work(b); });
+  const size_t lanes = std::min(rest.size(), state_->sides.size() + 1);
+  std::vector<double> load(lanes, 0.0);
+  std::vector<std::vector<const GemmParams*>> assigned(lanes);
+  for (const GemmParams* p : rest) {
+    const size_t lane = std::min_element(load.begin(), load.end()) - load.begin();
+    load[lane] += work(p);
+    assigned[lane].push_back(p);
+  }
+  MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(state_->fork, s));
+  // Every lane that forked joins back, after an error too: no stream is left forked from a
+  // capture.
+  absl::Status status;
+  size_t forked = 1;
+  for (; forked < lanes; ++forked) {
+    const cudaError_t e = cudaStreamWaitEvent(state_->sides[forked - 1].stream, state_->fork);
+    if (e != cudaSuccess) {
+      status = CudaStatus(e, "cudaStreamWaitEvent (GemmBatch fork)", __FILE__, __LINE__);
+      break;
+    }
+  }
+  for (size_t lane = 0; lane < forked && status.ok(); ++lane) {
+    const cudaStream_t ls = lane == 0 ? s : state_->sides[lane - 1].stream;
+    void* workspace = lane == 0 ? state_->workspace : state_->sides[lane - 1].workspace;
+    for (const GemmParams* p : assigned[lane]) {
+      status = Enqueue(*p, ls, workspace);
+      if (!status.ok()) break;
+    }
+  }
+  for (size_t lane = 1; lane < forked; ++lane) {
+    const State::Side& side = state_->sides[lane - 1];
+    cudaError_t e = cudaEventRecord(side.done, side.stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(s, side.done);
+    if (e != cudaSuccess && status.ok()) {
+      status = CudaStatus(e, "joining a GemmBatch stream", __FILE__, __LINE__);
+    }
+  }
+  return status;
 }
 
 }  // namespace mimo::kernels

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "kernels/allocator.h"
 #include "kernels/dtype.h"
 
@@ -48,6 +49,14 @@ absl::Status CheckGemm(const GemmParams& p);
 // CPU twin: host memory.
 absl::Status GemmCpu(const GemmParams& p);
 
+// A batch of independent products (GemmBatch): each passes CheckGemm and takes no bias and no
+// activation, and no product's output overlaps another's output or any product's inputs, so they
+// may run in any order or at once. InvalidArgument naming the first offending product otherwise.
+absl::Status CheckGemmBatch(absl::Span<const GemmParams> problems);
+
+// CPU twin of CublasLt::GemmBatch: the products one after another.
+absl::Status GemmBatchCpu(absl::Span<const GemmParams> problems);
+
 // Options of the cuBLASLt context.
 struct CublasLtOptions {
   // cuBLASLt's scratch, allocated once: 32 MiB lets it pick its fastest Hopper kernels.
@@ -58,6 +67,11 @@ struct CublasLtOptions {
   // would depend on which problem came first. On, a product's bits depend on the problem only;
   // the price is sometimes a slower algorithm and a heuristic query per new shape.
   bool deterministic = false;
+  // Streams a GemmBatch spreads its products over, the caller's included (1 to 16): products too
+  // small to fill the GPU alone (an MoE layer's per-expert GEMMs) then run side by side. Each
+  // extra stream has a workspace of workspace_bytes of its own, allocated with the context. 1 runs
+  // a batch one product after another.
+  int batch_streams = 4;
 };
 
 // cuBLASLt on one device: a handle, a workspace and, per distinct problem (dtypes, shape,
@@ -83,6 +97,13 @@ class CublasLt {
   // (Internal when it finds no algorithm).
   absl::Status Gemm(const GemmParams& p, StreamHandle stream);
 
+  // Enqueues independent products (CheckGemmBatch) so that they run side by side: the largest
+  // first, each onto the least loaded of CublasLtOptions::batch_streams streams, which fork from
+  // and join back into `stream` (also inside a graph capture). A product whose size class would
+  // have its algorithms timed runs alone on `stream` first, so no timing overlaps other work.
+  // Each product's result is bitwise what Gemm gives it. Nothing is enqueued when a check fails.
+  absl::Status GemmBatch(absl::Span<const GemmParams> problems, StreamHandle stream);
+
   // Distinct problems planned so far.
   size_t cached_plans() const;
   // The CUDA device the context (and its workspace) belongs to.
@@ -91,6 +112,8 @@ class CublasLt {
  private:
   struct State;
   explicit CublasLt(std::unique_ptr<State> state);
+  // One checked product on `stream`, with `workspace` (workspace_bytes, that stream's own).
+  absl::Status Enqueue(const GemmParams& p, StreamHandle stream, void* workspace);
   std::unique_ptr<State> state_;
 };
 

@@ -2,7 +2,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,6 +32,17 @@ std::vector<float> Operand(DType dtype, const void* x, bool transposed, int64_t 
   return out;
 }
 
+// Byte range [begin, end) of a (rows, cols) operand of `dtype` at `p`.
+struct Range {
+  uintptr_t begin, end;
+  size_t problem;
+};
+
+Range RangeOf(const void* p, DType dtype, int64_t rows, int64_t cols, size_t problem) {
+  const auto begin = reinterpret_cast<uintptr_t>(p);
+  return {begin, begin + static_cast<uintptr_t>(rows * cols) * DTypeSize(dtype), problem};
+}
+
 }  // namespace
 
 absl::Status CheckGemm(const GemmParams& p) {
@@ -55,6 +68,52 @@ absl::Status CheckGemm(const GemmParams& p) {
   MIMO_RETURN_IF_ERROR(CheckBuffers("Gemm", any_output && p.k > 0, {{p.a, "a"}, {p.b, "b"}}));
   MIMO_RETURN_IF_ERROR(CheckBuffers("Gemm", any_output, {{p.d, "d"}}));
   return CheckBuffers("Gemm", any_output && activation, {{p.pre_activation, "pre_activation"}});
+}
+
+absl::Status CheckGemmBatch(absl::Span<const GemmParams> problems) {
+  std::vector<Range> writes, reads;
+  for (size_t i = 0; i < problems.size(); ++i) {
+    const GemmParams& p = problems[i];
+    const auto named = [i](const absl::Status& s) {
+      return absl::Status(s.code(), absl::StrCat("GemmBatch: product ", i, ": ", s.message()));
+    };
+    if (absl::Status s = CheckGemm(p); !s.ok()) return named(s);
+    if (p.bias != nullptr || p.activation != GemmActivation::kNone) {
+      return named(absl::InvalidArgumentError("a batch takes no bias and no activation"));
+    }
+    if (p.m == 0 || p.n == 0) continue;
+    writes.push_back(RangeOf(p.d, p.d_dtype, p.m, p.n, i));
+    if (p.k == 0) continue;
+    reads.push_back(RangeOf(p.a, p.ab_dtype, p.m, p.k, i));
+    reads.push_back(RangeOf(p.b, p.ab_dtype, p.k, p.n, i));
+  }
+  const auto by_begin = [](const Range& a, const Range& b) { return a.begin < b.begin; };
+  std::sort(writes.begin(), writes.end(), by_begin);
+  for (size_t i = 1; i < writes.size(); ++i) {
+    if (writes[i].begin < writes[i - 1].end) {
+      return absl::InvalidArgumentError(absl::StrCat("GemmBatch: the outputs of products ",
+                                                     writes[i - 1].problem, " and ",
+                                                     writes[i].problem, " overlap"));
+    }
+  }
+  // An input overlaps some output if it overlaps the last output starting before its end: the
+  // outputs are disjoint, so that one ends last of those that start before the input ends.
+  for (const Range& r : reads) {
+    auto it = std::lower_bound(writes.begin(), writes.end(), r.end,
+                               [](const Range& w, uintptr_t end) { return w.begin < end; });
+    if (it != writes.begin() && std::prev(it)->end > r.begin) {
+      return absl::InvalidArgumentError(absl::StrCat("GemmBatch: an input of product ", r.problem,
+                                                     " overlaps the output of product ",
+                                                     std::prev(it)->problem));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GemmBatchCpu(absl::Span<const GemmParams> problems) {
+  MIMO_RETURN_IF_ERROR(CheckGemmBatch(problems));
+  for (const GemmParams& p : problems) MIMO_RETURN_IF_ERROR(GemmCpu(p));
+  return absl::OkStatus();
 }
 
 absl::Status GemmCpu(const GemmParams& p) {

@@ -86,6 +86,8 @@ class Ops {
   virtual absl::Status LayerNorm(const LayerNormParams& p) = 0;
   virtual absl::Status LayerNormBackward(const LayerNormBackwardParams& p) = 0;
   virtual absl::Status Gemm(const GemmParams& p) = 0;
+  // Independent products (CheckGemmBatch), side by side where the device can (CublasLt::GemmBatch).
+  virtual absl::Status GemmBatch(absl::Span<const GemmParams> problems) = 0;
   virtual absl::Status GroupedGemm(const GroupedGemmParams& p) = 0;
   virtual absl::Status Linear(const LinearParams& p) = 0;
   virtual absl::Status LinearBackward(const LinearBackwardParams& p) = 0;

@@ -1,10 +1,11 @@
-// The routed experts' MLP with its projections as per-expert GEMMs (SequentialExpertsBuilder) or
-// grouped GEMMs over device offsets (GroupedExpertsBuilder), the activation over all rows at
-// once; the backward in reverse. DenseSharedExpertsBuilder: a DenseMlp.
+// The routed experts' MLP with its projections as batches of per-expert GEMMs
+// (SequentialExpertsBuilder) or grouped GEMMs over device offsets (GroupedExpertsBuilder), the
+// activation over all rows at once; the backward in reverse. DenseSharedExpertsBuilder: a DenseMlp.
 #include "mimo/experts.h"
 
 #include <cmath>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -167,18 +168,19 @@ class ExpertsMlp final : public Experts {
                               .k = p.in,
                               .transpose_b = true});
     }
+    std::vector<kernels::GemmParams> batch;
     for (int64_t i = 0; i < el; ++i) {
       const int64_t n = off.host[i + 1] - off.host[i];
       if (n == 0) continue;
-      MIMO_RETURN_IF_ERROR(ops.Linear({.dtype = x.dtype(),
-                                       .x = RowAt(x, off.host[i], p.in),
-                                       .w = RowAt(p.w->weight(), i * p.out, p.in),
-                                       .y = RowAt(y, off.host[i], p.out),
-                                       .tokens = n,
-                                       .in = p.in,
-                                       .out = p.out}));
+      batch.push_back(kernels::LinearForwardGemm({.dtype = x.dtype(),
+                                                  .x = RowAt(x, off.host[i], p.in),
+                                                  .w = RowAt(p.w->weight(), i * p.out, p.in),
+                                                  .y = RowAt(y, off.host[i], p.out),
+                                                  .tokens = n,
+                                                  .in = p.in,
+                                                  .out = p.out}));
     }
-    return absl::OkStatus();
+    return ops.GemmBatch(batch);
   }
 
   // dy (R, out) -> dx (R, in) = each expert's rows of dy times its w; w's gradient += dy^T x.
@@ -210,22 +212,26 @@ class ExpertsMlp final : public Experts {
                               .n = p.in,
                               .accumulate = true});
     }
+    // Every expert's dx and weight-gradient products in one batch: their outputs are disjoint.
+    std::vector<kernels::GemmParams> batch;
     for (int64_t i = 0; i < el; ++i) {
       const int64_t n = off.host[i + 1] - off.host[i];
       if (n == 0) continue;
-      MIMO_RETURN_IF_ERROR(
-          ops.LinearBackward({.dtype = dy.dtype(),
-                              .dy = RowAt(dy, off.host[i], p.out),
-                              .x = RowAt(x, off.host[i], p.in),
-                              .w = RowAt(p.w->weight(), i * p.out, p.in),
-                              .dx = RowAt(dx, off.host[i], p.in),
-                              .dw = static_cast<float*>(RowAt(p.w->grad(), i * p.out, p.in)),
-                              .accumulate = true,
-                              .tokens = n,
-                              .in = p.in,
-                              .out = p.out}));
+      const kernels::LinearBackwardParams expert{
+          .dtype = dy.dtype(),
+          .dy = RowAt(dy, off.host[i], p.out),
+          .x = RowAt(x, off.host[i], p.in),
+          .w = RowAt(p.w->weight(), i * p.out, p.in),
+          .dx = RowAt(dx, off.host[i], p.in),
+          .dw = static_cast<float*>(RowAt(p.w->grad(), i * p.out, p.in)),
+          .accumulate = true,
+          .tokens = n,
+          .in = p.in,
+          .out = p.out};
+      batch.push_back(kernels::LinearDxGemm(expert, expert.dy));
+      batch.push_back(kernels::LinearDwGemm(expert, expert.dy));
     }
-    return absl::OkStatus();
+    return ops.GemmBatch(batch);
   }
 
   const TransformerConfig config_;

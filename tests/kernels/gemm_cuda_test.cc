@@ -1,7 +1,7 @@
 // The cuBLASLt GEMM against float64 on fresh random inputs and odd shapes, every transpose, bias,
 // GELU fused (n % 8 == 0) and unfused, accumulation (relative error: f32 < 1e-5, bf16 outputs <
-// 1e-2); plans cached per problem; argument errors, misaligned buffers among them. Skips without
-// a GPU.
+// 1e-2); plans cached per problem; batches on several streams equal to their products one by
+// one; argument errors, misaligned buffers among them. Skips without a GPU.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -9,6 +9,8 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cuda_graph.h"
+#include "kernels/cuda_stream.h"
 #include "kernels/gemm.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/kernels/gemm_reference.h"
@@ -217,6 +219,122 @@ TEST_P(GemmCudaTest, ProblemsOfOneSizeClassShareItsTimedAlgorithm) {
   }
 }
 
+// An MoE layer's per-expert products as one batch on 4 streams: every product bitwise what Gemm
+// alone gives it (with the algorithms the batch's first products timed), within the bound of
+// float64, eagerly and replayed from a CUDA graph onto poisoned outputs.
+TEST_P(GemmCudaTest, ABatchEqualsItsProductsOneByOne) {
+  const auto [ab, dt] = GetParam();
+  const double bound = dt == DType::kF32 ? 1e-5 : 1e-2;
+  std::mt19937 random(std::random_device{}());
+  constexpr int64_t kIn = 192, kOut = 136;
+  // Rows per expert, the zero-row expert included; then each expert's weight gradient (out, in)
+  // accumulated from its rows.
+  const std::vector<int64_t> rows = {333, 0, 1, 1024, 77, 512, 333, 96};
+  int64_t total = 0;
+  for (const int64_t r : rows) total += r;
+  const int64_t experts = static_cast<int64_t>(rows.size());
+  const HostData x = RandomData(ab, total * kIn, random, -1, 1);
+  const HostData w = RandomData(ab, experts * kOut * kIn, random, -1, 1);
+  const HostData dy = RandomData(ab, total * kOut, random, -1, 1);
+  const HostData dw0 = RandomData(DType::kF32, experts * kOut * kIn, random, -1, 1);
+  const DeviceBuffer dx(x.bytes), dwt(w.bytes), ddy(dy.bytes);
+  // Outputs of the batch, of the one-by-one run and of the replay.
+  const size_t y_bytes = total * kOut * DTypeSize(dt);
+  const DeviceBuffer y_batch(y_bytes), y_single(y_bytes), y_replay(y_bytes);
+  const DeviceBuffer g_batch(dw0.bytes), g_single(dw0.bytes), g_replay(dw0.bytes);
+  const auto problems = [&](const DeviceBuffer& y, const DeviceBuffer& g) {
+    std::vector<GemmParams> out;
+    int64_t first = 0;
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t n = rows[e];
+      const char* xe = static_cast<const char*>(dx.get()) + first * kIn * DTypeSize(ab);
+      const char* dye = static_cast<const char*>(ddy.get()) + first * kOut * DTypeSize(ab);
+      out.push_back({.ab_dtype = ab,
+                     .d_dtype = dt,
+                     .a = xe,
+                     .b = static_cast<const char*>(dwt.get()) + e * kOut * kIn * DTypeSize(ab),
+                     .d = static_cast<char*>(y.get()) + first * kOut * DTypeSize(dt),
+                     .transpose_b = true,
+                     .m = n,
+                     .n = kOut,
+                     .k = kIn});
+      out.push_back({.ab_dtype = ab,
+                     .d_dtype = DType::kF32,
+                     .a = dye,
+                     .b = xe,
+                     .d = static_cast<char*>(g.get()) + e * kOut * kIn * 4,
+                     .transpose_a = true,
+                     .m = kOut,
+                     .n = kIn,
+                     .k = n,
+                     .accumulate = true});
+      first += n;
+    }
+    return out;
+  };
+  const auto reset_gradients = [&](const DeviceBuffer& g) {
+    ASSERT_EQ(cudaMemcpy(g.get(), dw0.data(), dw0.bytes.size(), cudaMemcpyHostToDevice),
+              cudaSuccess);
+  };
+  auto stream = CudaStream::Create(0);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  reset_gradients(g_batch);
+  reset_gradients(g_single);
+  ASSERT_TRUE(blas_->GemmBatch(problems(y_batch, g_batch), stream->get()).ok());
+  for (const GemmParams& p : problems(y_single, g_single)) {
+    ASSERT_TRUE(blas_->Gemm(p, stream->get()).ok());
+  }
+  ASSERT_TRUE(stream->Synchronize().ok());
+  EXPECT_EQ(y_batch.Bytes(), y_single.Bytes());
+  EXPECT_EQ(g_batch.Bytes(), g_single.Bytes());
+  // Against float64: y = x w_e^T per expert, dw = dw0 + dy_e^T x_e.
+  std::vector<double> want_y, want_g = dw0.exact;
+  int64_t first = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t n = rows[e];
+    const std::vector<double> xe(x.exact.begin() + first * kIn,
+                                 x.exact.begin() + (first + n) * kIn);
+    const std::vector<double> we(w.exact.begin() + e * kOut * kIn,
+                                 w.exact.begin() + (e + 1) * kOut * kIn);
+    const std::vector<double> dye(dy.exact.begin() + first * kOut,
+                                  dy.exact.begin() + (first + n) * kOut);
+    const std::vector<double> ye = GemmFloat64(xe, false, we, true, n, kOut, kIn, {});
+    want_y.insert(want_y.end(), ye.begin(), ye.end());
+    const std::vector<double> ge = GemmFloat64(dye, true, xe, false, kOut, kIn, n, {});
+    for (int64_t i = 0; i < kOut * kIn; ++i) want_g[e * kOut * kIn + i] += ge[i];
+    first += n;
+  }
+  EXPECT_LT(RelativeError(ValuesOf(dt, y_batch.Bytes()), want_y), bound);
+  EXPECT_LT(RelativeError(ValuesOf(DType::kF32, g_batch.Bytes()), want_g), 1e-5);
+  // Captured once, replayed onto poisoned outputs (the gradients reset): the same bits.
+  reset_gradients(g_replay);
+  const std::vector<GemmParams> replayed = problems(y_replay, g_replay);
+  auto graph =
+      CudaGraph::Capture(stream->get(), [&] { return blas_->GemmBatch(replayed, stream->get()); });
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_TRUE(graph->Replay(stream->get()).ok());
+  ASSERT_TRUE(stream->Synchronize().ok());
+  EXPECT_EQ(y_replay.Bytes(), y_single.Bytes());
+  EXPECT_EQ(g_replay.Bytes(), g_single.Bytes());
+  // Fresh deterministic contexts (each product the heuristic's choice for it, nothing timed or
+  // lent): the batch on 4 streams and the products one by one give the same bits as well.
+  auto batched = CublasLt::Create({.deterministic = true});
+  auto single = CublasLt::Create({.deterministic = true, .batch_streams = 1});
+  ASSERT_TRUE(batched.ok() && single.ok());
+  reset_gradients(g_batch);
+  reset_gradients(g_single);
+  ASSERT_TRUE((*batched)->GemmBatch(problems(y_batch, g_batch), stream->get()).ok());
+  ASSERT_TRUE((*single)->GemmBatch(problems(y_single, g_single), stream->get()).ok());
+  ASSERT_TRUE(stream->Synchronize().ok());
+  EXPECT_EQ(y_batch.Bytes(), y_single.Bytes());
+  EXPECT_EQ(g_batch.Bytes(), g_single.Bytes());
+  // A batch with an output overlapping an input is refused before anything runs.
+  std::vector<GemmParams> overlapping = problems(y_batch, g_batch);
+  overlapping[4].d = const_cast<void*>(overlapping[0].a);  // Expert 2's one row.
+  EXPECT_THAT(blas_->GemmBatch(overlapping, stream->get()).message(),
+              HasSubstr("an input of product 0 overlaps the output of product 4"));
+}
+
 TEST_P(GemmCudaTest, BadArgumentsFailBeforeLaunching) {
   EXPECT_THAT(blas_->Gemm({.ab_dtype = DType::kI64, .m = 1, .n = 1, .k = 1}, nullptr).message(),
               HasSubstr("dtype i64 is not supported"));
@@ -235,6 +353,10 @@ TEST_P(GemmCudaTest, BadArgumentsFailBeforeLaunching) {
           .message(),
       HasSubstr("bias is not 16-byte aligned"));
   EXPECT_EQ(blas_->cached_plans(), 0u);
+  EXPECT_THAT(CublasLt::Create({.batch_streams = 0}).status().message(),
+              HasSubstr("batch_streams is 0, needs 1 to 16"));
+  EXPECT_THAT(CublasLt::Create({.batch_streams = 17}).status().message(),
+              HasSubstr("batch_streams is 17"));
 }
 
 }  // namespace

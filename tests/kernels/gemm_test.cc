@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -117,6 +118,89 @@ TEST(GemmCpuTest, BadArgumentsAreNamed) {
   EXPECT_THAT(GemmCpu({.d = &x, .m = 1, .n = 1, .k = 0, .bias = &x}).message(),
               HasSubstr("k = 0 cannot take a bias"));
   EXPECT_TRUE(GemmCpu({.m = 0, .n = 3, .k = 2}).ok());
+}
+
+// A batch equals its products one by one (bitwise: the same CPU code), in any order.
+TEST(GemmBatchCpuTest, EqualsTheProductsOneByOne) {
+  std::mt19937 random(std::random_device{}());
+  struct Case {
+    int64_t m, n, k;
+    bool ta, tb, accumulate;
+  };
+  const std::vector<Case> cases = {{7, 5, 3, false, true, false},
+                                   {1, 9, 17, true, false, true},
+                                   {0, 4, 4, false, false, false},
+                                   {6, 8, 0, false, false, false},
+                                   {33, 2, 11, true, true, true}};
+  std::vector<HostData> a, b, d_batch, d_single;
+  for (const Case& c : cases) {
+    a.push_back(RandomData(DType::kBF16, c.m * c.k, random, -1, 1));
+    b.push_back(RandomData(DType::kBF16, c.k * c.n, random, -1, 1));
+    d_batch.push_back(c.accumulate ? RandomData(DType::kF32, c.m * c.n, random, -1, 1)
+                                   : PoisonedData(DType::kF32, c.m * c.n));
+    d_single.push_back(d_batch.back());
+  }
+  const auto params = [&](std::vector<HostData>& d) {
+    std::vector<GemmParams> out;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      const Case& c = cases[i];
+      out.push_back({.ab_dtype = DType::kBF16,
+                     .d_dtype = DType::kF32,
+                     .a = a[i].data(),
+                     .b = b[i].data(),
+                     .d = d[i].data(),
+                     .transpose_a = c.ta,
+                     .transpose_b = c.tb,
+                     .m = c.m,
+                     .n = c.n,
+                     .k = c.k,
+                     .accumulate = c.accumulate});
+    }
+    return out;
+  };
+  std::vector<GemmParams> batch = params(d_batch);
+  std::reverse(batch.begin(), batch.end());
+  ASSERT_TRUE(GemmBatchCpu(batch).ok());
+  for (const GemmParams& p : params(d_single)) ASSERT_TRUE(GemmCpu(p).ok());
+  for (size_t i = 0; i < cases.size(); ++i) EXPECT_EQ(d_batch[i].bytes, d_single[i].bytes) << i;
+  EXPECT_TRUE(GemmBatchCpu({}).ok());
+}
+
+TEST(GemmBatchCpuTest, OverlapsAndEpiloguesAreRefusedBeforeAnyProductRuns) {
+  std::vector<float> buf(64, 1.0f);
+  float* x = buf.data();
+  const GemmParams p{.a = x, .b = x + 4, .d = x + 8, .m = 2, .n = 2, .k = 2};  // d: [8, 12).
+  GemmParams writes_a = p;  // Its output is p's a.
+  writes_a.a = x + 16;
+  writes_a.b = x + 20;
+  writes_a.d = x + 2;  // [2, 6) overlaps p's a [0, 4) and b [4, 8).
+  EXPECT_THAT(CheckGemmBatch({p, writes_a}).message(),
+              HasSubstr("an input of product 0 overlaps the output of product 1"));
+  GemmParams same_d = p;
+  same_d.a = x + 16;
+  same_d.b = x + 20;
+  same_d.d = x + 10;  // [10, 14) overlaps p's d [8, 12).
+  EXPECT_THAT(CheckGemmBatch({p, same_d}).message(),
+              HasSubstr("the outputs of products 0 and 1 overlap"));
+  GemmParams next_to = same_d;
+  next_to.d = x + 12;  // Adjacent, not overlapping; and the inputs may be shared.
+  next_to.a = p.a;
+  EXPECT_TRUE(CheckGemmBatch({p, next_to}).ok());
+  GemmParams reads_own_output = p;
+  reads_own_output.a = x + 8;
+  EXPECT_THAT(CheckGemmBatch({reads_own_output}).message(),
+              HasSubstr("an input of product 0 overlaps the output of product 0"));
+  GemmParams with_bias = next_to;
+  with_bias.bias = x + 40;
+  EXPECT_THAT(CheckGemmBatch({p, with_bias}).message(),
+              HasSubstr("GemmBatch: product 1: a batch takes no bias"));
+  GemmParams bad = p;
+  bad.m = -1;
+  EXPECT_THAT(CheckGemmBatch({bad}).message(), HasSubstr("GemmBatch: product 0: Gemm: bad shape"));
+  // Nothing ran: the first product's output is still ones.
+  const std::vector<float> before = buf;
+  EXPECT_FALSE(GemmBatchCpu({p, same_d}).ok());
+  EXPECT_EQ(buf, before);
 }
 
 }  // namespace
