@@ -214,7 +214,8 @@ class JobManager {
                   int exit_code, const std::vector<std::string>& logs, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckActiveJobs(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Ends the attempt of `job` (RUNNING, every rank succeeded): SUCCEEDED at 100%.
+  // Ends the attempt of `job` (RUNNING, every rank succeeded): SUCCEEDED at 100%. The attempt
+  // stays active when the store fails, for the next report or tick to try again.
   absl::Status Succeed(v1::Job& job, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether rank `r` of `active` waits for a worker: none holds it (after a coordinator restart,
   // until one re-attaches) and it had not succeeded before.

@@ -298,16 +298,18 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
 
 absl::Status JobManager::Succeed(v1::Job& job, absl::Time now) {
   const size_t world = active_.at(job.id()).rank_state.size();
-  active_.erase(job.id());
-  const std::string prefix = absl::StrCat(job.id(), "/");
-  kv_.erase(kv_.lower_bound(prefix), kv_.lower_bound(prefix + '\xff'));
   v1::Progress* progress = job.mutable_progress();
   progress->set_step(job.spec().training().steps());
   progress->set_total_steps(job.spec().training().steps());
   progress->set_percent(100);
   progress->clear_eta();
+  // Stored first: if the store fails, the attempt stays active and the next report or tick
+  // tries again.
   MIMO_RETURN_IF_ERROR(Transition(job, v1::JOB_STATE_SUCCEEDED,
                                   absl::StrCat(RankCount(world, true), " succeeded"), now));
+  active_.erase(job.id());
+  const std::string prefix = absl::StrCat(job.id(), "/");
+  kv_.erase(kv_.lower_bound(prefix), kv_.lower_bound(prefix + '\xff'));
   Schedule(now);
   return absl::OkStatus();
 }

@@ -2,6 +2,7 @@
 // jobs failed, scheduled jobs rescheduled, waits answered when it stops.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <thread>
 
@@ -100,6 +101,29 @@ TEST_F(LifecycleTest, AJobWhoseRanksAllSucceededBeforeARestartSucceedsAfterIt) {
     ASSERT_TRUE((*store)->SaveJob(*stored).ok());
   }
   StartServer(options_);
+  const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.state_reason(), "all 4 ranks succeeded");
+}
+
+TEST_F(LifecycleTest, ASuccessTheStoreCouldNotTakeIsStoredAtALaterTick) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  for (int r = 0; r < 3; ++r)
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  {
+    // Another process holds the database's write lock past the store's busy timeout (5 s): the
+    // last rank's report cannot be stored.
+    sqlite3* other = nullptr;
+    ASSERT_EQ(sqlite3_open(db_path_.c_str(), &other), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+    EXPECT_FALSE(workers[3]->Report(as[3], v1::WORKER_STATE_SUCCEEDED).ok());
+    ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(other);
+  }
+  // Every rank succeeded in memory: a tick stores the job's success once the store takes writes.
   const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(done.state_reason(), "all 4 ranks succeeded");
 }
