@@ -486,9 +486,10 @@ void JobManager::CheckActiveJobs(absl::Time now) {
                 ? job->state_reason()
                 : absl::StrCat(job->state_reason(), " (workers did not confirm the stop within ",
                                absl::FormatDuration(options_.cancel_grace), ")");
+        // Stored first: when the store fails, the attempt stays for the next tick to try again.
+        if (!Transition(*job, v1::JOB_STATE_CANCELLED, message, now).ok()) continue;
         ReleaseAttempt(id, message, now);
         active_.erase(id);
-        Transition(*job, v1::JOB_STATE_CANCELLED, message, now).IgnoreError();
       }
       continue;
     }
@@ -501,9 +502,9 @@ void JobManager::CheckActiveJobs(absl::Time now) {
             "the coordinator restarted before attempt ", active.attempt,
             " started and none of its workers re-registered within ",
             absl::FormatDuration(options_.reattach_grace), "; waiting for workers again");
+        if (!Transition(*job, v1::JOB_STATE_PENDING, message, now).ok()) continue;
         ReleaseAttempt(id, message, now);
         active_.erase(id);
-        Transition(*job, v1::JOB_STATE_PENDING, message, now).IgnoreError();
         continue;
       }
       if (job->checkpoint_request().stop()) {
@@ -516,10 +517,12 @@ void JobManager::CheckActiveJobs(absl::Time now) {
             " did not re-register within ", absl::FormatDuration(options_.reattach_grace),
             ", so whether the checkpoint was committed is unconfirmed: see the checkpoint "
             "folder's latest_checkpointed_iteration.txt");
+        if (!Transition(*job, v1::JOB_STATE_CANCELLING, message, now).ok()) continue;
+        // From here on the cancelling branch above ends it at once, at the next tick if need be.
+        active.cancel_deadline = now;
+        if (!Transition(*job, v1::JOB_STATE_CANCELLED, message, now).ok()) continue;
         ReleaseAttempt(id, message, now);
         active_.erase(id);
-        Transition(*job, v1::JOB_STATE_CANCELLING, message, now).IgnoreError();
-        Transition(*job, v1::JOB_STATE_CANCELLED, message, now).IgnoreError();
         continue;
       }
       FailAttempt(
