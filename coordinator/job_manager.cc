@@ -270,38 +270,50 @@ void JobManager::ReleaseAttempt(const std::string& job_id, const std::string& re
 
 absl::Status JobManager::FailAttempt(v1::Job& job, const v1::Failure& failure, Retry retry,
                                      absl::Time now) {
-  ReleaseAttempt(job.id(), failure.message(), now);
-  active_.erase(job.id());
+  const std::string id = job.id();
+  absl::Status stored;
+  bool preempted = false;
   if (job.state() == v1::JOB_STATE_CANCELLING) {
-    return Transition(job, v1::JOB_STATE_CANCELLED, job.state_reason(), now);
-  }
-  const int restarts_used = job.attempt() - 1 - job.preemptions();
-  // A job asked to stop is not restarted: the user wanted it to end.
-  const bool restart = !job.checkpoint_request().stop() && job.state() != v1::JOB_STATE_PENDING &&
-                       (retry == Retry::kPreempted ||
-                        (retry == Retry::kIfAllowed && restarts_used < job.spec().max_restarts()));
-  if (restart) {
-    const std::string message =
-        retry == Retry::kPreempted
-            ? absl::StrCat("attempt ", job.attempt(), " ended for a drained worker (",
-                           failure.message(), "); restarting from that checkpoint as attempt ",
-                           job.attempt() + 1)
-            : absl::StrCat("attempt ", job.attempt(), " failed (", failure.reason(), ": ",
-                           failure.message(), "); restarting as attempt ", job.attempt() + 1,
-                           " of ", job.spec().max_restarts() + job.preemptions() + 1);
-    if (retry == Retry::kPreempted) {
-      job.set_preemptions(job.preemptions() + 1);
-      after_preemption_.insert(job.id());
+    stored = Transition(job, v1::JOB_STATE_CANCELLED, job.state_reason(), now);
+  } else {
+    const int restarts_used = job.attempt() - 1 - job.preemptions();
+    // A job asked to stop is not restarted: the user wanted it to end.
+    const bool restart =
+        !job.checkpoint_request().stop() && job.state() != v1::JOB_STATE_PENDING &&
+        (retry == Retry::kPreempted ||
+         (retry == Retry::kIfAllowed && restarts_used < job.spec().max_restarts()));
+    if (restart) {
+      const std::string message =
+          retry == Retry::kPreempted
+              ? absl::StrCat("attempt ", job.attempt(), " ended for a drained worker (",
+                             failure.message(), "); restarting from that checkpoint as attempt ",
+                             job.attempt() + 1)
+              : absl::StrCat("attempt ", job.attempt(), " failed (", failure.reason(), ": ",
+                             failure.message(), "); restarting as attempt ", job.attempt() + 1,
+                             " of ", job.spec().max_restarts() + job.preemptions() + 1);
+      preempted = retry == Retry::kPreempted;
+      if (preempted) job.set_preemptions(job.preemptions() + 1);
+      job.set_attempt(job.attempt() + 1);
+      job.clear_progress();
+      job.clear_last_metrics();        // The new attempt's steps start again from the checkpoint's.
+      job.clear_checkpoint_request();  // The new attempt's ranks count requests afresh.
+      stored = Transition(job, v1::JOB_STATE_PENDING, message, now);
+    } else {
+      *job.mutable_failure() = failure;
+      stored = Transition(job, v1::JOB_STATE_FAILED,
+                          absl::StrCat(failure.reason(), ": ", failure.message()), now);
     }
-    job.set_attempt(job.attempt() + 1);
-    job.clear_progress();
-    job.clear_last_metrics();        // The new attempt's steps start again from the checkpoint's.
-    job.clear_checkpoint_request();  // The new attempt's ranks count requests afresh.
-    return Transition(job, v1::JOB_STATE_PENDING, message, now);
   }
-  *job.mutable_failure() = failure;
-  return Transition(job, v1::JOB_STATE_FAILED,
-                    absl::StrCat(failure.reason(), ": ", failure.message()), now);
+  if (!stored.ok()) {
+    if (auto it = active_.find(id); it != active_.end()) {
+      it->second.unstored_failure.emplace(failure, retry);
+    }
+    return stored;
+  }
+  if (preempted) after_preemption_.insert(id);
+  ReleaseAttempt(id, failure.message(), now);
+  active_.erase(id);
+  return absl::OkStatus();
 }
 
 absl::Status JobManager::MarkRunningWhenAllRanksRun(v1::Job& job, const Active& active,
@@ -462,6 +474,12 @@ void JobManager::CheckActiveJobs(absl::Time now) {
     Active& active = active_.at(id);
     absl::StatusOr<v1::Job> job = store_->GetJob(id);
     if (!job.ok()) continue;
+    if (active.unstored_failure) {
+      // A failure the store did not take: stored now (or kept for the next tick again).
+      const auto [failure, retry] = *active.unstored_failure;
+      FailAttempt(*job, failure, retry, now).IgnoreError();
+      continue;
+    }
     const auto& states = active.rank_state;
     const bool all_settled = std::all_of(states.begin(), states.end(), [](v1::WorkerState s) {
       return s == v1::WORKER_STATE_STOPPED || s == v1::WORKER_STATE_SUCCEEDED ||

@@ -158,6 +158,14 @@ class JobManager {
     // It said it exits after its last report: it gets no rank until it is gone.
     bool leaving = false;
   };
+  // Whether another attempt could cure a failure.
+  enum class Retry {
+    kIfAllowed,
+    kNever,
+    // The ranks saved a checkpoint and stopped because a worker was drained: restart whatever
+    // max_restarts says, counting a preemption instead of a restart.
+    kPreempted
+  };
   // A job attempt that holds (or, after a restart, waits for) workers.
   struct Active {
     int attempt = 0;
@@ -170,22 +178,17 @@ class JobManager {
     std::optional<std::pair<absl::Time, int64_t>> first_metrics;
     // The job's checkpoint_request, for the heartbeats (sequence 0: none).
     v1::CheckpointRequest checkpoint;
+    // A failure FailAttempt could not store: the next tick tries again.
+    std::optional<std::pair<v1::Failure, Retry>> unstored_failure;
   };
 
   // Moves `job` to `to`, stores it with a state event, and wakes waiters.
   absl::Status Transition(v1::Job& job, v1::JobState to, const std::string& message, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Whether another attempt could cure a failure.
-  enum class Retry {
-    kIfAllowed,
-    kNever,
-    // The ranks saved a checkpoint and stopped because a worker was drained: restart whatever
-    // max_restarts says, counting a preemption instead of a restart.
-    kPreempted
-  };
   // Ends an attempt that failed: with kIfAllowed, restarts the job as a new attempt if
   // max_restarts allows; else FAILED with `failure`. A job asked to stop (checkpoint request)
-  // is never restarted. Releases the attempt's workers.
+  // is never restarted. Releases the attempt's workers. Stored first: when the store fails, the
+  // attempt stays active with the failure kept for the next tick to store.
   absl::Status FailAttempt(v1::Job& job, const v1::Failure& failure, Retry retry, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unbinds the job's workers that never fetched their assignment (their ranks count as

@@ -128,6 +128,27 @@ TEST_F(LifecycleTest, ASuccessTheStoreCouldNotTakeIsStoredAtALaterTick) {
   EXPECT_EQ(done.state_reason(), "all 4 ranks succeeded");
 }
 
+TEST_F(LifecycleTest, AFailureTheStoreCouldNotTakeIsStoredAtALaterTick) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+  {
+    sqlite3* other = nullptr;
+    ASSERT_EQ(sqlite3_open(db_path_.c_str(), &other), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+    EXPECT_FALSE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 3).ok());
+    ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(other);
+  }
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
+  EXPECT_THAT(failed.failure().message(), HasSubstr("rank 1 failed (exit code 3)"));
+  // The attempt's other workers are told to stop.
+  EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
 TEST_F(LifecycleTest, RestartFailsRunningJobsWhoseWorkersDoNotComeBack) {
   const v1::Job job = Submit(SmallSpec());
   auto workers = Workers(4);
