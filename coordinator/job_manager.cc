@@ -485,17 +485,12 @@ void JobManager::CheckActiveJobs(absl::Time now) {
       return s == v1::WORKER_STATE_STOPPED || s == v1::WORKER_STATE_SUCCEEDED ||
              s == v1::WORKER_STATE_FAILED;
     });
-    if (job->state() == v1::JOB_STATE_RUNNING &&
-        std::all_of(states.begin(), states.end(),
-                    [](v1::WorkerState s) { return s == v1::WORKER_STATE_SUCCEEDED; })) {
+    if (job->state() == v1::JOB_STATE_RUNNING && AllSucceeded(active)) {
       // Every rank had succeeded when the coordinator restarted, before the job was marked so.
       Succeed(*job, now).IgnoreError();
       continue;
     }
-    std::vector<std::string> missing;
-    for (size_t r = 0; r < active.worker_of_rank.size(); ++r) {
-      if (Unattached(active, r)) missing.push_back(absl::StrCat(r));
-    }
+    const std::vector<std::string> missing = UnattachedRanks(active);
     if (job->state() == v1::JOB_STATE_CANCELLING) {
       if (all_settled || missing.size() == active.worker_of_rank.size() ||
           now >= active.cancel_deadline) {

@@ -2,6 +2,7 @@
 // workers, worker liveness, restart reconciliation and the rendezvous key-value store.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "coordinator/job_store.h"
@@ -220,10 +222,21 @@ class JobManager {
   // Ends the attempt of `job` (RUNNING, every rank succeeded): SUCCEEDED at 100%. The attempt
   // stays active when the store fails, for the next report or tick to try again.
   absl::Status Succeed(v1::Job& job, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Whether rank `r` of `active` waits for a worker: none holds it (after a coordinator restart,
-  // until one re-attaches) and it had not succeeded before.
-  static bool Unattached(const Active& active, size_t r) {
-    return active.worker_of_rank[r].empty() && active.rank_state[r] != v1::WORKER_STATE_SUCCEEDED;
+  // The ranks of `active` that wait for a worker: none holds them (after a coordinator restart,
+  // until one re-attaches) and they had not succeeded before.
+  static std::vector<std::string> UnattachedRanks(const Active& active) {
+    std::vector<std::string> out;
+    for (size_t r = 0; r < active.worker_of_rank.size(); ++r) {
+      if (active.worker_of_rank[r].empty() && active.rank_state[r] != v1::WORKER_STATE_SUCCEEDED) {
+        out.push_back(absl::StrCat(r));
+      }
+    }
+    return out;
+  }
+  // Whether every rank of `active` succeeded.
+  static bool AllSucceeded(const Active& active) {
+    return std::all_of(active.rank_state.begin(), active.rank_state.end(),
+                       [](v1::WorkerState s) { return s == v1::WORKER_STATE_SUCCEEDED; });
   }
   // The job's attempt that `worker_id` claims to run; FailedPrecondition if it does not.
   absl::StatusOr<Active*> BoundAttempt(const std::string& worker_id, const std::string& job_id,

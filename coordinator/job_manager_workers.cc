@@ -69,11 +69,7 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
         worker.stop_time = now;
         worker.stop_reason = job->state_reason();
       }
-      bool all_attached = true;
-      for (size_t r = 0; r < active.worker_of_rank.size(); ++r) {
-        all_attached = all_attached && !Unattached(active, r);
-      }
-      if (all_attached) {
+      if (UnattachedRanks(active).empty()) {
         active.reattach_deadline = absl::InfiniteFuture();
         // Re-attached ranks count as running, and no report may follow soon to notice that the
         // whole job now runs.
@@ -286,9 +282,7 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   }
   MIMO_RETURN_IF_ERROR(MarkRunningWhenAllRanksRun(
       job, **active, absl::StrCat(RankCount(states.size(), true), " running"), now));
-  if (job.state() == v1::JOB_STATE_RUNNING &&
-      std::all_of(states.begin(), states.end(),
-                  [](v1::WorkerState s) { return s == v1::WORKER_STATE_SUCCEEDED; })) {
+  if (job.state() == v1::JOB_STATE_RUNNING && AllSucceeded(**active)) {
     return Succeed(job, now);
   }
   if (job.state() == v1::JOB_STATE_CANCELLING) CheckActiveJobs(now);

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <functional>
+#include <string>
 #include <thread>
 
 #include "coordinator/job_store.h"
@@ -105,6 +107,18 @@ TEST_F(LifecycleTest, AJobWhoseRanksAllSucceededBeforeARestartSucceedsAfterIt) {
   EXPECT_EQ(done.state_reason(), "all 4 ranks succeeded");
 }
 
+// Runs `fn` while another connection holds the database's write lock: the coordinator's writes
+// meanwhile fail after the store's busy timeout (5 s).
+void WhileAnotherProcessLocksTheDatabase(const std::string& db_path,
+                                         const std::function<void()>& fn) {
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  fn();
+  EXPECT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+}
+
 TEST_F(LifecycleTest, ASuccessTheStoreCouldNotTakeIsStoredAtALaterTick) {
   const v1::Job job = Submit(SmallSpec());
   auto workers = Workers(4);
@@ -113,16 +127,9 @@ TEST_F(LifecycleTest, ASuccessTheStoreCouldNotTakeIsStoredAtALaterTick) {
   AwaitState(job.id(), v1::JOB_STATE_RUNNING);
   for (int r = 0; r < 3; ++r)
     ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
-  {
-    // Another process holds the database's write lock past the store's busy timeout (5 s): the
-    // last rank's report cannot be stored.
-    sqlite3* other = nullptr;
-    ASSERT_EQ(sqlite3_open(db_path_.c_str(), &other), SQLITE_OK);
-    ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
-    EXPECT_FALSE(workers[3]->Report(as[3], v1::WORKER_STATE_SUCCEEDED).ok());
-    ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
-    sqlite3_close(other);
-  }
+  // The last rank's report cannot be stored.
+  WhileAnotherProcessLocksTheDatabase(
+      db_path_, [&] { EXPECT_FALSE(workers[3]->Report(as[3], v1::WORKER_STATE_SUCCEEDED).ok()); });
   // Every rank succeeded in memory: a tick stores the job's success once the store takes writes.
   const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(done.state_reason(), "all 4 ranks succeeded");
@@ -134,14 +141,8 @@ TEST_F(LifecycleTest, AFailureTheStoreCouldNotTakeIsStoredAtALaterTick) {
   std::vector<v1::Assignment> as = Assignments(workers);
   for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
   AwaitState(job.id(), v1::JOB_STATE_RUNNING);
-  {
-    sqlite3* other = nullptr;
-    ASSERT_EQ(sqlite3_open(db_path_.c_str(), &other), SQLITE_OK);
-    ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
-    EXPECT_FALSE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 3).ok());
-    ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
-    sqlite3_close(other);
-  }
+  WhileAnotherProcessLocksTheDatabase(
+      db_path_, [&] { EXPECT_FALSE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 3).ok()); });
   const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
   EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
   EXPECT_THAT(failed.failure().message(), HasSubstr("rank 1 failed (exit code 3)"));
