@@ -1,7 +1,7 @@
 // MoE token permutation: the CUDA kernels. The map is integer work in three passes (per-chunk
 // expert histograms, a scan over chunks and experts, then one warp per chunk ranking its pairs
 // in order with __match_any_sync), so it needs no host synchronization and gives the CPU twin's
-// rows exactly. The data kernels give each row (or token, or pair) one warp whose lanes stride
+// rows exactly. The data kernels give each row (or token) one warp whose lanes stride
 // over the hidden features; sums run in the CPU twin's order with rounded (uncontracted) fp32
 // operations, so results are bitwise equal to it. Where rows are whole 16-byte vectors (hidden a
 // multiple of 8 bf16 or 4 f32, buffers 16-byte aligned) the lanes move 16 bytes at a time; each
@@ -26,6 +26,7 @@ constexpr int kWarps = 8;     // Warps per block of the data kernels.
 
 int64_t Chunks(int64_t pairs) { return (pairs + kChunk - 1) / kChunk; }
 size_t Align256(size_t n) { return (n + 255) / 256 * 256; }
+unsigned WarpBlocks(int64_t n) { return static_cast<unsigned>((n + kWarps - 1) / kWarps); }
 
 __global__ void HistogramKernel(const int32_t* __restrict__ indices, int64_t pairs, int64_t experts,
                                 int32_t* __restrict__ chunk_counts) {
@@ -147,46 +148,6 @@ __global__ void UnpermuteKernel(const T* __restrict__ h, const int32_t* __restri
   }
 }
 
-// One warp per row of dh.
-template <typename T>
-__global__ void UnpermuteBackwardRowsKernel(const T* __restrict__ dy,
-                                            const int32_t* __restrict__ pair_of_row,
-                                            const float* __restrict__ probs, T* __restrict__ dh,
-                                            int64_t top_k, int64_t hidden, int64_t capacity) {
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (r >= capacity) return;
-  const int32_t pair = pair_of_row[r];
-  for (int64_t c = threadIdx.x % 32; c < hidden; c += 32) {
-    const float v =
-        pair >= 0 ? __fmul_rn(probs[pair], ToFloat(dy[pair / top_k * hidden + c])) : 0.0f;
-    Put(dh + r * hidden + c, v);
-  }
-}
-
-// One warp per pair: dprobs = dot(dy[t], h[row]), lanes over features, then an xor butterfly.
-template <typename T>
-__global__ void UnpermuteBackwardProbsKernel(const T* __restrict__ dy, const T* __restrict__ h,
-                                             const int32_t* __restrict__ rows,
-                                             float* __restrict__ dprobs, int64_t pairs,
-                                             int64_t top_k, int64_t hidden) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (i >= pairs) return;
-  const int32_t row = rows[i];
-  const int lane = threadIdx.x % 32;
-  float sum = 0.0f;
-  if (row >= 0) {
-    const T* a = dy + i / top_k * hidden;
-    const T* b = h + row * hidden;
-    for (int64_t c = lane; c < hidden; c += 32) {
-      sum = __fadd_rn(sum, __fmul_rn(ToFloat(a[c]), ToFloat(b[c])));
-    }
-  }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, offset));
-  }
-  if (lane == 0) dprobs[i] = row >= 0 ? sum : 0.0f;
-}
-
 // The vector forms of the kernels above: lane l handles elements [8l, 8l + 8) (bf16) or
 // [4l, 4l + 4) (f32) of each 32-vector stride.
 template <typename T>
@@ -247,24 +208,91 @@ __global__ void UnpermuteVecKernel(const T* __restrict__ h, const int32_t* __res
   }
 }
 
-template <typename T>
-__global__ void UnpermuteBackwardRowsVecKernel(const T* __restrict__ dy,
-                                               const int32_t* __restrict__ pair_of_row,
-                                               const float* __restrict__ probs, T* __restrict__ dh,
-                                               int64_t top_k, int64_t hidden, int64_t capacity) {
+// One warp per token of the unpermutation's backward: for each pair (t, j) with a row, dprobs =
+// dot(dy[t], h[row]) and dh[row] = probs * dy[t], in one pass over dy[t] and h[row]. Lane l sums
+// the products of elements l * W .. l * W + W - 1 of each 32 * W stride in order (W: the elements
+// of a 16-byte vector), then the lanes meet in an xor butterfly: the order the CPU twin takes.
+// kVec moves whole 16-byte vectors; otherwise single elements in the same order.
+template <typename T, bool kVec>
+__global__ void UnpermuteBackwardKernel(const T* __restrict__ dy, const T* __restrict__ h,
+                                        const int32_t* __restrict__ rows,
+                                        const float* __restrict__ probs, T* __restrict__ dh,
+                                        float* __restrict__ dprobs, int64_t tokens, int64_t top_k,
+                                        int64_t hidden) {
   constexpr int W = kVecWidth<T>;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (r >= capacity) return;
-  const int32_t pair = pair_of_row[r];
-  for (int64_t c = (threadIdx.x % 32) * W; c < hidden; c += 32 * W) {
-    float v[W] = {};
-    if (pair >= 0) {
-      LoadVec(dy + pair / top_k * hidden + c, v);
-      const float p = probs[pair];
-#pragma unroll
-      for (int i = 0; i < W; ++i) v[i] = __fmul_rn(p, v[i]);
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (t >= tokens) return;
+  const int lane = threadIdx.x % 32;
+  const T* a = dy + t * hidden;
+  for (int64_t j = 0; j < top_k; ++j) {
+    const int64_t pair = t * top_k + j;
+    const int32_t row = rows[pair];
+    if (row < 0) {
+      if (lane == 0) dprobs[pair] = 0.0f;
+      continue;
     }
-    StoreVec(dh + r * hidden + c, v);
+    const float p = probs[pair];
+    const T* b = h + row * hidden;
+    T* out = dh + row * hidden;
+    float sum = 0.0f;
+    for (int64_t base = lane * W; base < hidden; base += 32 * W) {
+      if constexpr (kVec) {
+        float u[W], v[W];
+        LoadVec(a + base, u);
+        LoadVec(b + base, v);
+#pragma unroll
+        for (int i = 0; i < W; ++i) {
+          sum = __fadd_rn(sum, __fmul_rn(u[i], v[i]));
+          u[i] = __fmul_rn(p, u[i]);
+        }
+        StoreVec(out + base, u);
+      } else {
+        for (int64_t c = base; c < base + W && c < hidden; ++c) {
+          const float u = ToFloat(a[c]);
+          sum = __fadd_rn(sum, __fmul_rn(u, ToFloat(b[c])));
+          Put(out + c, __fmul_rn(p, u));
+        }
+      }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+      sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, offset));
+    }
+    if (lane == 0) dprobs[pair] = sum;
+  }
+}
+
+// Zeros the rows r < capacity that no pair fills (pair_of_row[r] < 0: experts' padding, dropped
+// pairs, the tail): a warp per 32 rows finds them with a ballot and clears each together.
+template <typename T, bool kVec>
+__global__ void ZeroUnusedRowsKernel(const int32_t* __restrict__ pair_of_row, T* __restrict__ out,
+                                     int64_t hidden, int64_t capacity) {
+  constexpr int W = kVecWidth<T>;
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32) * 32;
+  if (first >= capacity) return;
+  const int lane = threadIdx.x % 32;
+  const bool unused = first + lane < capacity && pair_of_row[first + lane] < 0;
+  for (uint32_t todo = __ballot_sync(0xffffffffu, unused); todo != 0; todo &= todo - 1) {
+    T* row = out + (first + __ffs(todo) - 1) * hidden;
+    if constexpr (kVec) {
+      for (int64_t c = lane * W; c < hidden; c += 32 * W) {
+        *reinterpret_cast<uint4*>(row + c) = make_uint4(0, 0, 0, 0);
+      }
+    } else {
+      for (int64_t c = lane; c < hidden; c += 32) Put(row + c, 0.0f);
+    }
+  }
+}
+
+template <typename T, bool kVec>
+void EnqueueUnpermuteBackward(const MoeUnpermuteBackwardParams& p, cudaStream_t s) {
+  if (p.capacity > 0 && p.hidden > 0) {
+    ZeroUnusedRowsKernel<T, kVec><<<WarpBlocks((p.capacity + 31) / 32), 32 * kWarps, 0, s>>>(
+        p.pair_of_row, static_cast<T*>(p.dh), p.hidden, p.capacity);
+  }
+  if (p.tokens > 0) {
+    UnpermuteBackwardKernel<T, kVec><<<WarpBlocks(p.tokens), 32 * kWarps, 0, s>>>(
+        static_cast<const T*>(p.dy), static_cast<const T*>(p.h), p.rows, p.probs,
+        static_cast<T*>(p.dh), p.dprobs, p.tokens, p.top_k, p.hidden);
   }
 }
 
@@ -276,8 +304,6 @@ bool Vectorizable(DType dtype, int64_t hidden, std::initializer_list<const void*
   }
   return true;
 }
-
-unsigned WarpBlocks(int64_t n) { return static_cast<unsigned>((n + kWarps - 1) / kWarps); }
 
 }  // namespace
 
@@ -401,39 +427,13 @@ absl::Status LaunchMoeUnpermute(const MoeUnpermuteParams& p, StreamHandle stream
 absl::Status LaunchMoeUnpermuteBackward(const MoeUnpermuteBackwardParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckMoeUnpermuteBackward(p));
   const auto s = static_cast<cudaStream_t>(stream);
-  const int64_t pairs = p.tokens * p.top_k;
-  const bool vec = Vectorizable(p.dtype, p.hidden, {p.dy, p.dh});
+  const bool vec = Vectorizable(p.dtype, p.hidden, {p.dy, p.h, p.dh});
   if (p.dtype == DType::kBF16) {
-    using T = __nv_bfloat16;
-    if (p.capacity > 0 && p.hidden > 0 && vec) {
-      UnpermuteBackwardRowsVecKernel<<<WarpBlocks(p.capacity), 32 * kWarps, 0, s>>>(
-          static_cast<const T*>(p.dy), p.pair_of_row, p.probs, static_cast<T*>(p.dh), p.top_k,
-          p.hidden, p.capacity);
-    } else if (p.capacity > 0 && p.hidden > 0) {
-      UnpermuteBackwardRowsKernel<<<WarpBlocks(p.capacity), 32 * kWarps, 0, s>>>(
-          static_cast<const T*>(p.dy), p.pair_of_row, p.probs, static_cast<T*>(p.dh), p.top_k,
-          p.hidden, p.capacity);
-    }
-    if (pairs > 0) {
-      UnpermuteBackwardProbsKernel<<<WarpBlocks(pairs), 32 * kWarps, 0, s>>>(
-          static_cast<const T*>(p.dy), static_cast<const T*>(p.h), p.rows, p.dprobs, pairs, p.top_k,
-          p.hidden);
-    }
+    vec ? EnqueueUnpermuteBackward<__nv_bfloat16, true>(p, s)
+        : EnqueueUnpermuteBackward<__nv_bfloat16, false>(p, s);
   } else {
-    if (p.capacity > 0 && p.hidden > 0 && vec) {
-      UnpermuteBackwardRowsVecKernel<<<WarpBlocks(p.capacity), 32 * kWarps, 0, s>>>(
-          static_cast<const float*>(p.dy), p.pair_of_row, p.probs, static_cast<float*>(p.dh),
-          p.top_k, p.hidden, p.capacity);
-    } else if (p.capacity > 0 && p.hidden > 0) {
-      UnpermuteBackwardRowsKernel<<<WarpBlocks(p.capacity), 32 * kWarps, 0, s>>>(
-          static_cast<const float*>(p.dy), p.pair_of_row, p.probs, static_cast<float*>(p.dh),
-          p.top_k, p.hidden, p.capacity);
-    }
-    if (pairs > 0) {
-      UnpermuteBackwardProbsKernel<<<WarpBlocks(pairs), 32 * kWarps, 0, s>>>(
-          static_cast<const float*>(p.dy), static_cast<const float*>(p.h), p.rows, p.dprobs, pairs,
-          p.top_k, p.hidden);
-    }
+    vec ? EnqueueUnpermuteBackward<float, true>(p, s)
+        : EnqueueUnpermuteBackward<float, false>(p, s);
   }
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

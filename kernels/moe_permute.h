@@ -74,7 +74,8 @@ struct MoeUnpermuteParams {
 };
 
 // dh[r] = probs[p] * dy[p / top_k] for p = pair_of_row[r] (zeros in padding rows);
-// dprobs[t, j] = dot(dy[t], h[rows[t, j]]) in fp32.
+// dprobs[t, j] = dot(dy[t], h[rows[t, j]]) in fp32. rows and pair_of_row are the map's, each the
+// other's inverse (the CUDA kernel fills dh through rows and zeros the rows pair_of_row leaves).
 struct MoeUnpermuteBackwardParams {
   DType dtype = DType::kF32;             // Of dy, h and dh.
   const void* dy = nullptr;              // (tokens, hidden)

@@ -31,12 +31,15 @@ absl::Status CheckCapacity(const char* op, int64_t capacity, int64_t tokens, int
 }
 
 // The fp32 dot product of two rows in the order the CUDA kernel takes: lane l of a warp sums
-// elements l, l + 32, ...; then the 32 partial sums meet in an xor butterfly.
+// elements l * W .. l * W + W - 1 of each stride of 32 * W (W = the elements of a 16-byte vector:
+// 8 bf16, 4 f32) in order; then the 32 partial sums meet in an xor butterfly.
 float WarpOrderDot(DType dtype, const void* a, int64_t a_row, const void* b, int64_t b_row,
                    int64_t n) {
+  const int64_t w = 16 / static_cast<int64_t>(DTypeSize(dtype));
   float lane[32] = {};
   for (int64_t c = 0; c < n; ++c) {
-    lane[c % 32] += LoadElement(dtype, a, a_row * n + c) * LoadElement(dtype, b, b_row * n + c);
+    lane[c % (32 * w) / w] +=
+        LoadElement(dtype, a, a_row * n + c) * LoadElement(dtype, b, b_row * n + c);
   }
   for (int offset = 16; offset > 0; offset /= 2) {
     float next[32];

@@ -1,12 +1,14 @@
-// MoE routing: the CUDA kernels. One thread per token runs the same per-token arithmetic as the
-// CPU twin (moe_router_math.h); the per-expert counts are integer atomics and the losses'
-// reductions run in a fixed order, so every result is reproducible bit for bit.
+// MoE routing: the CUDA kernels. Routing and its backward run a warp per token (group-limited
+// routing one thread per token, the CPU twin's per-token arithmetic of moe_router_math.h); the
+// per-expert counts are integer atomics and the losses' reductions run in a fixed order, so every
+// result is reproducible bit for bit.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/cuda_grid.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/moe_router.h"
 #include "kernels/moe_router_math.h"
@@ -31,14 +33,155 @@ __global__ void RouterKernel(RouterConfig c, const float* __restrict__ logits,
   for (int64_t j = 0; j < c.top_k; ++j) atomicAdd(tokens_per_expert + idx[j], 1);
 }
 
-__global__ void RouterBackwardKernel(RouterConfig c, const float* __restrict__ dprobs,
-                                     const float* __restrict__ scores,
-                                     const int32_t* __restrict__ indices,
-                                     float* __restrict__ dlogits, int64_t tokens) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= tokens) return;
-  router::Backward(c, dprobs + t * c.top_k, scores + t * c.experts, indices + t * c.top_k,
-                   dlogits + t * c.experts);
+// The warp-per-token kernels below (the forward without group-limited routing, and the
+// backward): a warp's lanes hold experts lane, lane + 32, ..., so a token's row is read and
+// written whole 128-byte lines at a time (one thread per token touched a 512-byte-strided line
+// per expert: 633 us for the Qwen3 router of 32768 tokens x 128 experts on an H100). They choose
+// the same experts as the CPU twin; the softmax sum is a warp reduction (an order of its own).
+constexpr int kRouterWarps = 8;
+
+// A candidate expert: its (biased) score and index; e < 0 when there is none.
+struct Candidate {
+  float v;
+  int e;
+};
+
+// The better of two candidates: the higher score, on a tie the lower index (the CPU twin's first
+// strict maximum in index order).
+__device__ __forceinline__ Candidate Better(Candidate a, Candidate b) {
+  if (a.e < 0) return b;
+  if (b.e < 0) return a;
+  if (b.v > a.v || (!(a.v > b.v) && b.e < a.e)) return b;
+  return a;
+}
+
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Blocks for a grid-stride loop of one warp per token: about two per SM, fewer for few tokens,
+// so each block adds its per-expert counts to the global ones once.
+unsigned RouterWarpBlocks(int64_t tokens) {
+  const int64_t needed = (tokens + kRouterWarps - 1) / kRouterWarps;
+  return static_cast<unsigned>(std::min<int64_t>(needed, 2 * MultiprocessorCount()));
+}
+
+// Shared memory: a row of scores per warp, then the block's per-expert counts.
+size_t RouterWarpSmem(int64_t experts) {
+  return sizeof(float) * kRouterWarps * experts + sizeof(int32_t) * experts;
+}
+
+__global__ void RouterWarpKernel(RouterConfig c, const float* __restrict__ logits,
+                                 const float* __restrict__ bias, float* __restrict__ scores,
+                                 int32_t* __restrict__ indices, float* __restrict__ probs,
+                                 int32_t* __restrict__ tokens_per_expert, int64_t tokens) {
+  extern __shared__ float smem[];
+  const int experts = static_cast<int>(c.experts), top_k = static_cast<int>(c.top_k);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* s = smem + warp * experts;  // (experts,) this warp's token's scores
+  auto* counts = reinterpret_cast<int32_t*>(smem + kRouterWarps * experts);  // (experts,)
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRouterWarps + warp; t < tokens;
+       t += static_cast<int64_t>(gridDim.x) * kRouterWarps) {
+    const float* l = logits + t * experts;
+    if (c.score == RouterScore::kSigmoid) {
+      for (int e = lane; e < experts; e += 32) s[e] = 1.0f / (1.0f + router::Exp(-l[e]));
+    } else {
+      float m = -INFINITY;
+      for (int e = lane; e < experts; e += 32) m = fmaxf(m, l[e]);
+      m = WarpMax(m);
+      float z = 0.0f;
+      for (int e = lane; e < experts; e += 32) {
+        s[e] = router::Exp(l[e] - m);
+        z += s[e];
+      }
+      const float inv = 1.0f / WarpSum(z);
+      for (int e = lane; e < experts; e += 32) s[e] *= inv;
+    }
+    __syncwarp();  // Every lane reads the chosen experts' scores below.
+    for (int e = lane; e < experts; e += 32) scores[t * experts + e] = s[e];
+    // Choice j: each lane's best untaken expert, then the warp's best of those.
+    uint32_t taken = 0;  // Bit i: expert lane + 32 i.
+    float sum = 0.0f, mine_p = 0.0f;
+    int mine_e = 0;
+    for (int j = 0; j < top_k; ++j) {
+      Candidate best{0.0f, -1};
+      for (int i = 0, e = lane; e < experts; ++i, e += 32) {
+        if ((taken >> i) & 1u) continue;
+        const float v = router::Biased(s, bias, e);
+        if (best.e < 0 || v > best.v) best = {v, e};
+      }
+      for (int o = 16; o > 0; o /= 2) {
+        const Candidate other{__shfl_xor_sync(0xffffffffu, best.v, o),
+                              __shfl_xor_sync(0xffffffffu, best.e, o)};
+        best = Better(best, other);
+      }
+      if (best.e % 32 == lane) taken |= 1u << (best.e / 32);
+      const float p = s[best.e];
+      sum += p;
+      if (lane == j) mine_p = p, mine_e = best.e;
+      if (lane == 0) atomicAdd(counts + best.e, 1);
+    }
+    const float scale =
+        router::Normalizes(c) ? c.scaling_factor / (sum + router::kNormEps) : c.scaling_factor;
+    if (lane < top_k) {
+      indices[t * top_k + lane] = mine_e;
+      probs[t * top_k + lane] = mine_p * scale;
+    }
+    __syncwarp();  // s is rewritten for the next token.
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+    if (counts[e] != 0) atomicAdd(tokens_per_expert + e, counts[e]);
+  }
+}
+
+// The CPU twin's router::Backward, a warp per token: the chosen experts' terms by lane j (in
+// choice order, as the twin adds them), each expert's gradient by its lane.
+__global__ void RouterBackwardWarpKernel(RouterConfig c, const float* __restrict__ dprobs,
+                                         const float* __restrict__ scores,
+                                         const int32_t* __restrict__ indices,
+                                         float* __restrict__ dlogits, int64_t tokens) {
+  const int experts = static_cast<int>(c.experts), top_k = static_cast<int>(c.top_k);
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+       t < tokens; t += warps) {
+    const float* st = scores + t * experts;
+    const int my_e = lane < top_k ? indices[t * top_k + lane] : -1;
+    const float my_s = lane < top_k ? st[my_e] : 0.0f;
+    float my_ds = lane < top_k ? dprobs[t * top_k + lane] * c.scaling_factor : 0.0f;
+    float sum = 0.0f;
+    for (int j = 0; j < top_k; ++j) sum += __shfl_sync(0xffffffffu, my_s, j);
+    const float denom = sum + router::kNormEps;
+    float dot = 0.0f;
+    for (int j = 0; j < top_k; ++j) {
+      dot += __shfl_sync(0xffffffffu, my_ds, j) * __shfl_sync(0xffffffffu, my_s, j) / denom;
+    }
+    if (router::Normalizes(c)) my_ds = (my_ds - dot) / denom;
+    float inner = 0.0f;  // Softmax: the sum over the chosen of ds * s.
+    for (int j = 0; j < top_k; ++j) {
+      inner += __shfl_sync(0xffffffffu, my_ds, j) * __shfl_sync(0xffffffffu, my_s, j);
+    }
+    for (int base = 0; base < experts; base += 32) {  // Whole warps: the shuffles need them.
+      const int e = base + lane;
+      const float s = e < experts ? st[e] : 0.0f;
+      float d = c.score == RouterScore::kSigmoid ? 0.0f : -s * inner;
+      for (int j = 0; j < top_k; ++j) {
+        const int chosen = __shfl_sync(0xffffffffu, my_e, j);
+        const float ds = __shfl_sync(0xffffffffu, my_ds, j);
+        if (chosen == e) d = c.score == RouterScore::kSigmoid ? ds * s * (1.0f - s) : d + s * ds;
+      }
+      if (e < experts) dlogits[t * experts + e] = d;
+    }
+  }
 }
 
 // The scratch of the losses: per token the auxiliary scores' normalizer, per (sequence, expert)
@@ -256,9 +399,16 @@ absl::Status LaunchMoeRouter(const MoeRouterParams& p, StreamHandle stream) {
         cudaMemsetAsync(p.tokens_per_expert, 0, sizeof(int32_t) * p.config.experts, s));
   }
   if (p.tokens == 0) return absl::OkStatus();
-  RouterKernel<<<Blocks(p.tokens), kThreads, 0, s>>>(p.config, p.logits, p.expert_bias, p.scores,
-                                                     p.indices, p.probs, p.tokens_per_expert,
-                                                     p.tokens);
+  if (p.config.num_groups == 0) {
+    RouterWarpKernel<<<RouterWarpBlocks(p.tokens), 32 * kRouterWarps,
+                       RouterWarpSmem(p.config.experts), s>>>(p.config, p.logits, p.expert_bias,
+                                                              p.scores, p.indices, p.probs,
+                                                              p.tokens_per_expert, p.tokens);
+  } else {
+    RouterKernel<<<Blocks(p.tokens), kThreads, 0, s>>>(p.config, p.logits, p.expert_bias, p.scores,
+                                                       p.indices, p.probs, p.tokens_per_expert,
+                                                       p.tokens);
+  }
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
@@ -266,8 +416,9 @@ absl::Status LaunchMoeRouter(const MoeRouterParams& p, StreamHandle stream) {
 absl::Status LaunchMoeRouterBackward(const MoeRouterBackwardParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckMoeRouterBackward(p));
   if (p.tokens == 0) return absl::OkStatus();
-  RouterBackwardKernel<<<Blocks(p.tokens), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      p.config, p.dprobs, p.scores, p.indices, p.dlogits, p.tokens);
+  RouterBackwardWarpKernel<<<RouterWarpBlocks(p.tokens), 32 * kRouterWarps, 0,
+                             static_cast<cudaStream_t>(stream)>>>(p.config, p.dprobs, p.scores,
+                                                                  p.indices, p.dlogits, p.tokens);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

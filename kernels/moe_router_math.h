@@ -1,5 +1,6 @@
-// The per-token arithmetic of MoE routing, shared by the CPU twin and the CUDA kernels (one
-// thread per token) so both choose the same experts in the same order.
+// The per-token arithmetic of MoE routing: the CPU twin's, and the CUDA kernels' where they run a
+// thread per token (group-limited routing, the losses); the warp-per-token kernels reproduce its
+// choices and its backward's order.
 #pragma once
 
 #include <cmath>
