@@ -256,6 +256,7 @@ void RunParts(const MoeCase& c, int iters, int batch_streams) {
       Check(ops.MoePermute({.dtype = kernels::DType::kBF16,
                             .x = x.data(),
                             .pair_of_row = pair_of_row.data<int32_t>(),
+                            .rows = rows.data<int32_t>(),
                             .out = rows_out.data(),
                             .tokens = t,
                             .top_k = k,

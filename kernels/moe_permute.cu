@@ -165,6 +165,31 @@ __global__ void PermuteVecKernel(const T* __restrict__ x, const int32_t* __restr
   }
 }
 
+// The permutation in token order (MoePermuteParams::rows given): one warp per token reads its row
+// of x once and writes it to each of its pairs' rows.
+template <typename T, bool kVec>
+__global__ void PermuteByTokenKernel(const T* __restrict__ x, const int32_t* __restrict__ rows,
+                                     T* __restrict__ out, int64_t tokens, int64_t top_k,
+                                     int64_t hidden) {
+  constexpr int W = kVec ? kVecWidth<T> : 1;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (t >= tokens) return;
+  const int32_t* mine = rows + t * top_k;
+  for (int64_t c = (threadIdx.x % 32) * W; c < hidden; c += 32 * W) {
+    if constexpr (kVec) {
+      const uint4 v = *reinterpret_cast<const uint4*>(x + t * hidden + c);
+      for (int64_t j = 0; j < top_k; ++j) {
+        if (mine[j] >= 0) *reinterpret_cast<uint4*>(out + mine[j] * hidden + c) = v;
+      }
+    } else {
+      const T v = x[t * hidden + c];
+      for (int64_t j = 0; j < top_k; ++j) {
+        if (mine[j] >= 0) out[mine[j] * hidden + c] = v;
+      }
+    }
+  }
+}
+
 template <typename T>
 __global__ void PermuteBackwardVecKernel(const T* __restrict__ dout,
                                          const int32_t* __restrict__ rows, T* __restrict__ dx,
@@ -340,12 +365,30 @@ absl::Status LaunchMoePermuteMap(const MoePermuteMapParams& p, StreamHandle stre
   return absl::OkStatus();
 }
 
+template <typename T, bool kVec>
+void EnqueuePermuteByToken(const MoePermuteParams& p, cudaStream_t s) {
+  ZeroUnusedRowsKernel<T, kVec><<<WarpBlocks((p.capacity + 31) / 32), 32 * kWarps, 0, s>>>(
+      p.pair_of_row, static_cast<T*>(p.out), p.hidden, p.capacity);
+  if (p.tokens > 0) {
+    PermuteByTokenKernel<T, kVec><<<WarpBlocks(p.tokens), 32 * kWarps, 0, s>>>(
+        static_cast<const T*>(p.x), p.rows, static_cast<T*>(p.out), p.tokens, p.top_k, p.hidden);
+  }
+}
+
 absl::Status LaunchMoePermute(const MoePermuteParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckMoePermute(p));
   if (p.capacity == 0 || p.hidden == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   const unsigned blocks = WarpBlocks(p.capacity);
-  if (Vectorizable(p.dtype, p.hidden, {p.x, p.out})) {
+  if (p.rows != nullptr) {
+    const bool vec = Vectorizable(p.dtype, p.hidden, {p.x, p.out});
+    if (p.dtype == DType::kBF16) {
+      vec ? EnqueuePermuteByToken<__nv_bfloat16, true>(p, s)
+          : EnqueuePermuteByToken<__nv_bfloat16, false>(p, s);
+    } else {
+      vec ? EnqueuePermuteByToken<float, true>(p, s) : EnqueuePermuteByToken<float, false>(p, s);
+    }
+  } else if (Vectorizable(p.dtype, p.hidden, {p.x, p.out})) {
     if (p.dtype == DType::kBF16) {
       PermuteVecKernel<<<blocks, 32 * kWarps, 0, s>>>(
           static_cast<const __nv_bfloat16*>(p.x), p.pair_of_row, static_cast<__nv_bfloat16*>(p.out),

@@ -43,7 +43,11 @@ struct MoePermuteParams {
   DType dtype = DType::kF32;
   const void* x = nullptr;               // (tokens, hidden)
   const int32_t* pair_of_row = nullptr;  // (capacity,) from the map.
-  void* out = nullptr;                   // (capacity, hidden)
+  // Optional (tokens, top_k): the map's rows, pair_of_row's inverse. With it the CUDA kernel reads
+  // each token's row of x once and writes it to its top_k rows (a row-by-row gather rereads x
+  // top_k times, mostly from DRAM once x outgrows L2); the result is the same.
+  const int32_t* rows = nullptr;
+  void* out = nullptr;  // (capacity, hidden)
   int64_t tokens = 0;
   int64_t top_k = 0;
   int64_t hidden = 0;

@@ -113,7 +113,7 @@ TEST_P(MoePermuteCudaTest, BitwiseEqualToTheCpuTwins) {
   DeviceBuffer d_indices(Raw(indices)), d_rows(pairs * 4), d_offsets((k.experts + 1) * 4),
       d_pair_of_row(capacity * 4), d_x(x.bytes), d_probs(probs.bytes), d_dout(dout.bytes),
       d_h(hh.bytes), d_dy(dy.bytes), d_out(out.size()), d_dx(dx.size()), d_y(y.size()),
-      d_dh(dh.size()), d_dprobs(dprobs.size());
+      d_dh(dh.size()), d_dprobs(dprobs.size()), d_out_by_token(out.size());
   // -1 is a valid row (a pair going nowhere): poison with 0x7f bytes instead.
   ASSERT_EQ(cudaMemset(d_rows.get(), 0x7f, pairs * 4), cudaSuccess);
   ASSERT_EQ(cudaMemset(d_pair_of_row.get(), 0x7f, capacity * 4), cudaSuccess);
@@ -136,6 +136,18 @@ TEST_P(MoePermuteCudaTest, BitwiseEqualToTheCpuTwins) {
                                 .x = d_x.get(),
                                 .pair_of_row = d_pair_of_row.as<int32_t>(),
                                 .out = d_out.get(),
+                                .tokens = t,
+                                .top_k = k.top_k,
+                                .hidden = h,
+                                .capacity = capacity},
+                               nullptr)
+                  .ok());
+  // The same permutation in token order (rows given): each token's row read once.
+  ASSERT_TRUE(LaunchMoePermute({.dtype = dtype,
+                                .x = d_x.get(),
+                                .pair_of_row = d_pair_of_row.as<int32_t>(),
+                                .rows = d_rows.as<int32_t>(),
+                                .out = d_out_by_token.get(),
                                 .tokens = t,
                                 .top_k = k.top_k,
                                 .hidden = h,
@@ -179,6 +191,7 @@ TEST_P(MoePermuteCudaTest, BitwiseEqualToTheCpuTwins) {
   EXPECT_EQ(d_offsets.Bytes(), Raw(offsets));
   EXPECT_EQ(d_pair_of_row.Bytes(), Raw(pair_of_row));
   EXPECT_EQ(d_out.Bytes(), out);
+  EXPECT_EQ(d_out_by_token.Bytes(), out);
   EXPECT_EQ(d_dx.Bytes(), dx);
   EXPECT_EQ(d_y.Bytes(), y);
   EXPECT_EQ(d_dh.Bytes(), dh);
