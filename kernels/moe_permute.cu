@@ -182,9 +182,9 @@ __global__ void PermuteByTokenKernel(const T* __restrict__ x, const int32_t* __r
         if (mine[j] >= 0) *reinterpret_cast<uint4*>(out + mine[j] * hidden + c) = v;
       }
     } else {
-      const T v = x[t * hidden + c];
+      const float v = ToFloat(x[t * hidden + c]);  // As the scalar gather (and the CPU twin).
       for (int64_t j = 0; j < top_k; ++j) {
-        if (mine[j] >= 0) out[mine[j] * hidden + c] = v;
+        if (mine[j] >= 0) Put(out + mine[j] * hidden + c, v);
       }
     }
   }

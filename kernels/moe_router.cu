@@ -37,7 +37,7 @@ __global__ void RouterKernel(RouterConfig c, const float* __restrict__ logits,
 // backward): a warp's lanes hold experts lane, lane + 32, ..., so a token's row is read and
 // written whole 128-byte lines at a time (one thread per token touched a 512-byte-strided line
 // per expert: 633 us for the Qwen3 router of 32768 tokens x 128 experts on an H100). They choose
-// the same experts as the CPU twin; the softmax sum is a warp reduction (an order of its own).
+// the same experts as the CPU twin, whose softmax sum takes the warp reduction's order.
 constexpr int kRouterWarps = 8;
 
 // A candidate expert: its (biased) score and index; e < 0 when there is none.

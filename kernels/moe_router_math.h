@@ -35,12 +35,19 @@ MIMO_HOST_DEVICE inline void Scores(const RouterConfig& c, const float* logits, 
   }
   float m = logits[0];
   for (int64_t e = 1; e < c.experts; ++e) m = logits[e] > m ? logits[e] : m;
-  float z = 0.0f;
+  // The normalizer in the CUDA warp kernel's order: lane l sums experts l, l + 32, ... in order,
+  // then the 32 partial sums meet in an xor butterfly.
+  float lane[32] = {};
   for (int64_t e = 0; e < c.experts; ++e) {
     scores[e] = Exp(logits[e] - m);
-    z += scores[e];
+    lane[e % 32] += scores[e];
   }
-  const float inv = 1.0f / z;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    float next[32];
+    for (int l = 0; l < 32; ++l) next[l] = lane[l] + lane[l ^ offset];
+    for (int l = 0; l < 32; ++l) lane[l] = next[l];
+  }
+  const float inv = 1.0f / lane[0];
   for (int64_t e = 0; e < c.experts; ++e) scores[e] *= inv;
 }
 

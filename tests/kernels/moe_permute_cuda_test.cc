@@ -205,6 +205,10 @@ INSTANTIATE_TEST_SUITE_P(
                                          PermuteCase{"ManyChunksSkewed", 3000, 8, 128, 16, 24, 2.0},
                                          PermuteCase{"OneToken", 1, 1, 3, 1, 7, 0.0},
                                          PermuteCase{"DroppedPairs", 2500, 4, 16, 16, 40, 1.0, 0.3},
+                                         // Rows of 130 elements: the scalar paths (no 16-byte
+                                         // vectors) with padding and dropped rows to zero.
+                                         PermuteCase{"ScalarRowsPadded", 700, 3, 12, 16, 130, 1.0,
+                                                     0.2},
                                          PermuteCase{"NoTokens", 0, 2, 4, 4, 16, 0.0}),
                        ::testing::Values(DType::kF32, DType::kBF16)),
     [](const auto& info) {
