@@ -308,11 +308,18 @@ __global__ void ZeroUnusedRowsKernel(const int32_t* __restrict__ pair_of_row, T*
   }
 }
 
+// ZeroUnusedRowsKernel over rows [0, capacity) of `out` (capacity > 0).
+template <typename T, bool kVec>
+void EnqueueZeroUnusedRows(const int32_t* pair_of_row, T* out, int64_t hidden, int64_t capacity,
+                           cudaStream_t s) {
+  ZeroUnusedRowsKernel<T, kVec>
+      <<<WarpBlocks((capacity + 31) / 32), 32 * kWarps, 0, s>>>(pair_of_row, out, hidden, capacity);
+}
+
 template <typename T, bool kVec>
 void EnqueueUnpermuteBackward(const MoeUnpermuteBackwardParams& p, cudaStream_t s) {
   if (p.capacity > 0 && p.hidden > 0) {
-    ZeroUnusedRowsKernel<T, kVec><<<WarpBlocks((p.capacity + 31) / 32), 32 * kWarps, 0, s>>>(
-        p.pair_of_row, static_cast<T*>(p.dh), p.hidden, p.capacity);
+    EnqueueZeroUnusedRows<T, kVec>(p.pair_of_row, static_cast<T*>(p.dh), p.hidden, p.capacity, s);
   }
   if (p.tokens > 0) {
     UnpermuteBackwardKernel<T, kVec><<<WarpBlocks(p.tokens), 32 * kWarps, 0, s>>>(
@@ -367,8 +374,7 @@ absl::Status LaunchMoePermuteMap(const MoePermuteMapParams& p, StreamHandle stre
 
 template <typename T, bool kVec>
 void EnqueuePermuteByToken(const MoePermuteParams& p, cudaStream_t s) {
-  ZeroUnusedRowsKernel<T, kVec><<<WarpBlocks((p.capacity + 31) / 32), 32 * kWarps, 0, s>>>(
-      p.pair_of_row, static_cast<T*>(p.out), p.hidden, p.capacity);
+  EnqueueZeroUnusedRows<T, kVec>(p.pair_of_row, static_cast<T*>(p.out), p.hidden, p.capacity, s);
   if (p.tokens > 0) {
     PermuteByTokenKernel<T, kVec><<<WarpBlocks(p.tokens), 32 * kWarps, 0, s>>>(
         static_cast<const T*>(p.x), p.rows, static_cast<T*>(p.out), p.tokens, p.top_k, p.hidden);

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/cuda_block_reduce.cuh"
 #include "kernels/cuda_grid.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/moe_router.h"
@@ -53,16 +54,6 @@ __device__ __forceinline__ Candidate Better(Candidate a, Candidate b) {
   if (b.e < 0) return a;
   if (b.v > a.v || (!(a.v > b.v) && b.e < a.e)) return b;
   return a;
-}
-
-__device__ __forceinline__ float WarpMax(float v) {
-  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 // Blocks for a grid-stride loop of one warp per token: about two per SM, fewer for few tokens,
@@ -151,9 +142,8 @@ __global__ void RouterBackwardWarpKernel(RouterConfig c, const float* __restrict
                                          float* __restrict__ dlogits, int64_t tokens) {
   const int experts = static_cast<int>(c.experts), top_k = static_cast<int>(c.top_k);
   const int lane = threadIdx.x % 32;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-       t < tokens; t += warps) {
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRouterWarps + threadIdx.x / 32; t < tokens;
+       t += static_cast<int64_t>(gridDim.x) * kRouterWarps) {
     const float* st = scores + t * experts;
     const int my_e = lane < top_k ? indices[t * top_k + lane] : -1;
     const float my_s = lane < top_k ? st[my_e] : 0.0f;
