@@ -2,7 +2,7 @@
 // for the shapes bench/torch_moe.py times in PyTorch, and two of its parts alone.
 //
 //   moe_bench [--list] [--filter SUBSTRING] [--iters K] [--parts] [--skew S] [--graph]
-//             [--batch-streams N]
+//             [--batch-streams N] [--align A]
 //
 // --list prints the cases (one JSON object per line: name, tokens, hidden, ffn, experts, top_k)
 // for the PyTorch side. Otherwise each case runs 2 warm-up steps and K timed ones (wall clock
@@ -15,7 +15,9 @@
 // (one per expert as one batch, as the layer runs them; one per expert one after another; and as
 // one grouped GEMM over device offsets, as the graph-safe layer runs them) against one dense GEMM
 // of the same FLOPs. --batch-streams sets the streams a batch of GEMMs spreads over
-// (CublasLtOptions::batch_streams; 1: one after another). --graph also times the
+// (CublasLtOptions::batch_streams; 1: one after another); --align pads each expert's rows to a
+// multiple of A (MoeConfig::align; experts of equal padded counts share one batched GEMM).
+// --graph also times the
 // graph-safe layer (moe.graph_safe: grouped GEMMs, no host synchronization), its forward+backward
 // captured once in a CUDA graph and replayed (wall clock of a replay to the stream drained).
 #include <cuda_runtime_api.h>
@@ -88,7 +90,8 @@ double Median(std::vector<double> v) {
 // The layer's forward+backward; with skew > 0 the routing is skewed towards low experts by a
 // selection bias of -skew * ln(e + 1) / E on expert e (the layer's aux-loss-free bias, written as
 // a checkpoint would), and the achieved imbalance (largest / mean expert load) is reported.
-void Run(const MoeCase& c, int iters, double skew, int batch_streams, bool graph = false) {
+void Run(const MoeCase& c, int iters, double skew, int batch_streams, int64_t align,
+         bool graph = false) {
   kernels::CudaOpsOptions options;
   options.blas.batch_streams = batch_streams;
   auto ops = kernels::NewCudaOps(options);
@@ -105,6 +108,7 @@ void Run(const MoeCase& c, int iters, double skew, int batch_streams, bool graph
   moe.router = {.experts = c.experts, .top_k = c.top_k};
   moe.expert_bias = skew > 0;
   moe.graph_safe = graph;
+  moe.align = align;
   BuildContext build{.ops = ops->get(), .config = &config, .seed = 1, .prefix = "mlp"};
   auto layer = MoeLayer::Create(build, moe);
   Check(layer.status(), "MoeLayer::Create");
@@ -211,7 +215,7 @@ std::vector<int32_t> Routing(const MoeCase& c, double skew) {
   return out;
 }
 
-void RunParts(const MoeCase& c, int iters, int batch_streams) {
+void RunParts(const MoeCase& c, int iters, int batch_streams, int64_t align) {
   kernels::CudaOpsOptions options;
   options.blas.batch_streams = batch_streams;
   auto made = kernels::NewCudaOps(options);
@@ -223,7 +227,7 @@ void RunParts(const MoeCase& c, int iters, int batch_streams) {
     return *t;
   };
   const int64_t t = c.tokens, k = c.top_k, e = c.experts, h = c.hidden, pairs = t * k;
-  const int64_t capacity = kernels::MoePermuteCapacity(t, k, e, 16);
+  const int64_t capacity = kernels::MoePermuteCapacity(t, k, e, align);
   const kernels::Tensor x = RandomBF16(ops, {t, h}, 3);
   const kernels::Tensor rows_out = tensor({capacity, h}, kernels::DType::kBF16);
   const kernels::Tensor y = tensor({t, h}, kernels::DType::kBF16);
@@ -244,7 +248,7 @@ void RunParts(const MoeCase& c, int iters, int batch_streams) {
                              .tokens = t,
                              .top_k = k,
                              .experts = e,
-                             .align = 16,
+                             .align = align,
                              .capacity = capacity}),
           "MoePermuteMap");
   };
@@ -359,6 +363,7 @@ int main(int argc, char** argv) {
   double skew = 0;
   bool graph = false;
   int batch_streams = mimo::kernels::CublasLtOptions{}.batch_streams;
+  int64_t align = mimo::MoeConfig{}.align;
   app.add_flag("--list", list, "Print the cases as JSON lines and exit");
   app.add_option("--filter", filter, "Only cases whose name contains this");
   app.add_option("--iters", iters, "Timed steps per case")->check(CLI::Range(1, 1000));
@@ -372,6 +377,10 @@ int main(int argc, char** argv) {
   app.add_option("--batch-streams", batch_streams,
                  "Streams a batch of GEMMs (the experts' per-expert GEMMs) spreads over")
       ->check(CLI::Range(1, 16));
+  app.add_option("--align", align,
+                 "Each expert's rows padded to a multiple of this (MoeConfig::align); experts of "
+                 "equal padded counts share one batched GEMM")
+      ->check(CLI::Range(1, 1024));
   CLI11_PARSE(app, argc, argv);
   for (const mimo::MoeCase& c : mimo::Cases()) {
     if (c.name.find(filter) == std::string::npos) continue;
@@ -384,10 +393,10 @@ int main(int argc, char** argv) {
           static_cast<long long>(c.top_k));
       continue;
     }
-    mimo::Run(c, iters, 0, batch_streams);
-    if (skew > 0) mimo::Run(c, iters, skew, batch_streams);
-    if (graph) mimo::Run(c, iters, 0, batch_streams, /*graph=*/true);
-    if (parts) mimo::RunParts(c, iters, batch_streams);
+    mimo::Run(c, iters, 0, batch_streams, align);
+    if (skew > 0) mimo::Run(c, iters, skew, batch_streams, align);
+    if (graph) mimo::Run(c, iters, 0, batch_streams, align, /*graph=*/true);
+    if (parts) mimo::RunParts(c, iters, batch_streams, align);
   }
   return 0;
 }

@@ -19,6 +19,7 @@
 #include "kernels/cuda_device_guard.h"
 #include "kernels/cuda_status.h"
 #include "kernels/gelu.h"
+#include "kernels/gemm_pointers.h"
 
 namespace mimo::kernels {
 namespace {
@@ -67,16 +68,19 @@ absl::Status CheckAligned(const GemmParams& p) {
   return absl::OkStatus();
 }
 
-// One distinct problem: what cuBLASLt's choice of algorithm depends on.
+// One distinct problem: what cuBLASLt's choice of algorithm depends on. `batch` > 1: that many
+// products of this shape in one pointer-array batched call (GemmBatch's stacks).
 struct PlanKey {
   DType ab_dtype, d_dtype;
   bool transpose_a, transpose_b;
   int64_t m, n, k;
   cublasLtEpilogue_t epilogue;
   bool accumulate;
+  int batch;
 
   auto Tie() const {
-    return std::tie(ab_dtype, d_dtype, transpose_a, transpose_b, m, n, k, epilogue, accumulate);
+    return std::tie(ab_dtype, d_dtype, transpose_a, transpose_b, m, n, k, epilogue, accumulate,
+                    batch);
   }
   bool operator==(const PlanKey& o) const { return Tie() == o.Tie(); }
   template <typename H>
@@ -94,6 +98,9 @@ constexpr int kCandidates = 8;
 // CublasLtOptions::batch_streams at most.
 constexpr int kMaxBatchStreams = 16;
 
+// Bytes of one stream's operand tables for a stack (GemmPointersParams::out).
+constexpr size_t kTableBytes = 3 * kMaxGemmPointers * sizeof(void*);
+
 // Plans kept at most; past that the cache starts over (a plan is cheap to make again).
 constexpr size_t kMaxPlans = 4096;
 
@@ -105,7 +112,7 @@ int64_t SizeClass(int64_t x) {
   return (x + unit - 1) / unit * unit;
 }
 
-PlanKey KeyOf(const GemmParams& p, cublasLtEpilogue_t epilogue) {
+PlanKey KeyOf(const GemmParams& p, cublasLtEpilogue_t epilogue, int batch = 1) {
   return {.ab_dtype = p.ab_dtype,
           .d_dtype = p.d_dtype,
           .transpose_a = p.transpose_a,
@@ -114,7 +121,8 @@ PlanKey KeyOf(const GemmParams& p, cublasLtEpilogue_t epilogue) {
           .n = p.n,
           .k = p.k,
           .epilogue = epilogue,
-          .accumulate = p.accumulate};
+          .accumulate = p.accumulate,
+          .batch = batch};
 }
 
 // The key whose timed algorithm `key` may borrow: its dimensions through SizeClass, not
@@ -123,6 +131,7 @@ PlanKey SizeClassOf(PlanKey key) {
   key.m = SizeClass(key.m);
   key.n = SizeClass(key.n);
   key.k = SizeClass(key.k);
+  key.batch = static_cast<int>(SizeClass(key.batch));
   key.accumulate = false;
   return key;
 }
@@ -164,8 +173,12 @@ struct CublasLt::State {
   struct Side {
     cudaStream_t stream = nullptr;
     void* workspace = nullptr;
+    void** table = nullptr;  // Its stacks' operand tables (3 x kMaxGemmPointers pointers).
     cudaEvent_t done = nullptr;
   };
+  // The caller's stream's operand tables for stacks; a table is rewritten only by work on the
+  // stream that read it last, so stream order keeps a stack's table until its product has run.
+  void** table = nullptr;
   std::vector<Side> sides;
   cudaEvent_t fork = nullptr;
   absl::flat_hash_map<PlanKey, std::unique_ptr<Plan>> plans;
@@ -179,6 +192,7 @@ struct CublasLt::State {
     if (start != nullptr) cudaEventDestroy(start);
     if (stop != nullptr) cudaEventDestroy(stop);
     if (workspace != nullptr) cudaFree(workspace);
+    if (table != nullptr) cudaFree(table);
     if (handle != nullptr) cublasLtDestroy(handle);
   }
 
@@ -209,6 +223,17 @@ struct CublasLt::State {
     MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, ab, a_rows, a_cols, a_rows));
     MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->b, ab, b_rows, b_cols, b_rows));
     MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->d, d, key.n, key.m, key.n));
+    if (key.batch > 1) {
+      // The operands are device tables of `batch` pointers each (GemmPointersParams::out).
+      const int32_t count = key.batch;
+      const uint32_t mode = CUBLASLT_BATCH_MODE_POINTER_ARRAY;
+      for (cublasLtMatrixLayout_t layout : {plan->a, plan->b, plan->d}) {
+        MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutSetAttribute(
+            layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+        MIMO_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutSetAttribute(
+            layout, CUBLASLT_MATRIX_LAYOUT_BATCH_MODE, &mode, sizeof(mode)));
+      }
+    }
     Plan* out = plan.get();
     plans.emplace(key, std::move(plan));
     return out;
@@ -301,10 +326,11 @@ struct CublasLt::State {
   }
 
   // Runs one cuBLASLt matmul with `epilogue`, writing `d` (and the GELU input to `aux`).
-  // `scratch`: the workspace of `stream` (workspace_bytes).
+  // `scratch`: the workspace of `stream` (workspace_bytes). `batch` > 1: p.a, p.b and `d` are
+  // device tables of that many pointers, one product of p's shape each.
   absl::Status Matmul(const GemmParams& p, cublasLtEpilogue_t epilogue, void* d, void* aux,
-                      cudaStream_t stream, void* scratch, bool* ran) {
-    const PlanKey key = KeyOf(p, epilogue);
+                      cudaStream_t stream, void* scratch, bool* ran, int batch = 1) {
+    const PlanKey key = KeyOf(p, epilogue, batch);
     MIMO_ASSIGN_OR_RETURN(Plan * plan, Settle(key));
     const auto set_pointers = [&]() -> absl::Status {
       if (p.bias != nullptr) {
@@ -385,6 +411,7 @@ struct CublasLt::State {
       if (side.done != nullptr) cudaEventDestroy(side.done);
       if (side.stream != nullptr) cudaStreamDestroy(side.stream);
       if (side.workspace != nullptr) cudaFree(side.workspace);
+      if (side.table != nullptr) cudaFree(side.table);
     }
     sides.clear();
     if (fork != nullptr) cudaEventDestroy(fork);
@@ -400,6 +427,7 @@ struct CublasLt::State {
       if (workspace_bytes > 0) {
         MIMO_CUDA_RETURN_IF_ERROR(cudaMalloc(&side.workspace, workspace_bytes));
       }
+      MIMO_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&side.table), kTableBytes));
     }
     MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
     return absl::OkStatus();
@@ -417,6 +445,7 @@ absl::StatusOr<std::unique_ptr<CublasLt>> CublasLt::Create(const CublasLtOptions
   if (options.workspace_bytes > 0) {
     MIMO_CUDA_RETURN_IF_ERROR(cudaMalloc(&state->workspace, options.workspace_bytes));
   }
+  MIMO_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&state->table), kTableBytes));
   state->workspace_bytes = options.workspace_bytes;
   state->deterministic = options.deterministic;
   state->batch_streams = options.batch_streams;
@@ -479,6 +508,30 @@ absl::Status CublasLt::Enqueue(const GemmParams& p, StreamHandle stream, void* w
                     s);
 }
 
+absl::Status CublasLt::EnqueueStack(absl::Span<const GemmParams* const> stack, StreamHandle stream,
+                                    void* workspace, void** table) {
+  if (stack.size() == 1) return Enqueue(*stack[0], stream, workspace);
+  const auto s = static_cast<cudaStream_t>(stream);
+  const int count = static_cast<int>(stack.size());
+  GemmPointersParams tables{.count = count, .out = table};
+  for (int i = 0; i < count; ++i) {
+    tables.a[i] = stack[i]->a;
+    tables.b[i] = stack[i]->b;
+    tables.d[i] = stack[i]->d;
+  }
+  MIMO_RETURN_IF_ERROR(LaunchGemmPointers(tables, s));
+  GemmParams shape = *stack[0];
+  shape.a = table;
+  shape.b = table + count;
+  bool ran = false;
+  MIMO_RETURN_IF_ERROR(state_->Matmul(shape, CUBLASLT_EPILOGUE_DEFAULT, table + 2 * count, nullptr,
+                                      s, workspace, &ran, count));
+  if (ran) return absl::OkStatus();
+  // cuBLASLt has no batched algorithm for this shape: the products one by one.
+  for (const GemmParams* p : stack) MIMO_RETURN_IF_ERROR(Enqueue(*p, stream, workspace));
+  return absl::OkStatus();
+}
+
 absl::Status CublasLt::GemmBatch(absl::Span<const GemmParams> problems, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckGemmBatch(problems));
   for (const GemmParams& p : problems) MIMO_RETURN_IF_ERROR(CheckAligned(p));
@@ -486,43 +539,76 @@ absl::Status CublasLt::GemmBatch(absl::Span<const GemmParams> problems, StreamHa
   const auto s = static_cast<cudaStream_t>(stream);
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   MIMO_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(s, &capture));
-  // In the caller's order, as one by one: products to time run alone on the caller's stream (as
-  // does everything without extra streams); the others' algorithms are chosen now, so that none
-  // depends on which products the batch timed first.
-  std::vector<const GemmParams*> rest;
+  // Stacks: the products of one shape (dtypes, transposes, m, n, k, accumulation), in the
+  // caller's order, up to kMaxGemmPointers a stack. A stack of several is one pointer-array
+  // batched product (one kernel over all their tiles: an MoE layer's experts with equal padded
+  // row counts); a stack of one, or one cuBLASLt cannot batch, is a plain product.
+  std::vector<std::vector<const GemmParams*>> stacks;
+  absl::flat_hash_map<PlanKey, size_t> filling;  // Each shape's last stack.
   for (const GemmParams& p : problems) {
     if (p.m == 0 || p.n == 0 || (p.k == 0 && p.accumulate)) continue;
+    if (p.k == 0) {  // d = 0: a memset, never stacked.
+      stacks.push_back({&p});
+      continue;
+    }
+    const auto [it, fresh] = filling.try_emplace(KeyOf(p, CUBLASLT_EPILOGUE_DEFAULT), 0);
+    if (fresh || stacks[it->second].size() == static_cast<size_t>(kMaxGemmPointers)) {
+      it->second = stacks.size();
+      stacks.emplace_back();
+    }
+    stacks[it->second].push_back(&p);
+  }
+  for (size_t i = 0; i < stacks.size(); ++i) {
+    if (stacks[i].size() < 2) continue;
+    const PlanKey key =
+        KeyOf(*stacks[i][0], CUBLASLT_EPILOGUE_DEFAULT, static_cast<int>(stacks[i].size()));
+    if (state_->PlanFor(key).ok()) continue;
+    // This cuBLASLt takes no pointer-array batch of the shape: plain products.
+    std::vector<std::vector<const GemmParams*>> singles;
+    for (const GemmParams* p : stacks[i]) singles.push_back({p});
+    stacks.erase(stacks.begin() + i);
+    stacks.insert(stacks.begin() + i, singles.begin(), singles.end());
+    i += singles.size() - 1;
+  }
+  // In the caller's order, as one by one: stacks to time run alone on the caller's stream (as
+  // does everything without extra streams); the others' algorithms are chosen now, so that none
+  // depends on which stacks the batch timed first.
+  std::vector<const std::vector<const GemmParams*>*> rest;
+  for (const auto& stack : stacks) {
+    const GemmParams& p = *stack[0];
     if (state_->sides.empty()) {
-      MIMO_RETURN_IF_ERROR(Enqueue(p, s, state_->workspace));
+      MIMO_RETURN_IF_ERROR(EnqueueStack(stack, s, state_->workspace, state_->table));
       continue;
     }
     if (p.k > 0) {
-      const PlanKey key = KeyOf(p, CUBLASLT_EPILOGUE_DEFAULT);
+      const PlanKey key = KeyOf(p, CUBLASLT_EPILOGUE_DEFAULT, static_cast<int>(stack.size()));
       if (capture == cudaStreamCaptureStatusNone && state_->WouldTime(key)) {
-        MIMO_RETURN_IF_ERROR(Enqueue(p, s, state_->workspace));
+        MIMO_RETURN_IF_ERROR(EnqueueStack(stack, s, state_->workspace, state_->table));
         continue;
       }
       MIMO_RETURN_IF_ERROR(state_->Settle(key).status());
     }
-    rest.push_back(&p);
+    rest.push_back(&stack);
   }
   if (rest.size() <= 1) {
-    return rest.empty() ? absl::OkStatus() : Enqueue(*rest[0], s, state_->workspace);
+    return rest.empty() ? absl::OkStatus()
+                        : EnqueueStack(*rest[0], s, state_->workspace, state_->table);
   }
   // Largest first onto the least loaded lane (lane 0: the caller's stream). Equal sizes keep
   // their order, so the assignment depends on the shapes only.
-  const auto work = [](const GemmParams* p) {
-    return static_cast<double>(p->m) * p->n * std::max<int64_t>(p->k, 1);
+  const auto work = [](const std::vector<const GemmParams*>* stack) {
+    const GemmParams& p = *(*stack)[0];
+    return static_cast<double>(stack->size()) * p.m * p.n * std::max<int64_t>(p.k, 1);
   };
   std::stable_sort(rest.begin(), rest.end(),
-                   [&](const GemmParams* a, const GemmParams* b) { return work(a) > work(b); });
+                   [&](const auto* a, const auto* b) { return work(a) > work(b); });
   const size_t lanes = std::min(rest.size(), state_->sides.size() + 1);
   std::vector<double> load(lanes, 0.0);
-  std::vector<std::vector<const GemmParams*>> assigned(lanes);
-  for (const GemmParams* p : rest) {
+  std::vector<std::vector<const std::vector<const GemmParams*>*>> assigned(lanes);
+  for (const auto* stack : rest) {
     const size_t lane = std::min_element(load.begin(), load.end()) - load.begin();
-    load[lane] += work(p);
-    assigned[lane].push_back(p);
+    load[lane] += work(stack);
+    assigned[lane].push_back(stack);
   }
   MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(state_->fork, s));
   // Every lane that forked joins back, after an error too: no stream is left forked from a
@@ -537,10 +623,12 @@ absl::Status CublasLt::GemmBatch(absl::Span<const GemmParams> problems, StreamHa
     }
   }
   for (size_t lane = 0; lane < forked && status.ok(); ++lane) {
-    const cudaStream_t ls = lane == 0 ? s : state_->sides[lane - 1].stream;
-    void* workspace = lane == 0 ? state_->workspace : state_->sides[lane - 1].workspace;
-    for (const GemmParams* p : assigned[lane]) {
-      status = Enqueue(*p, ls, workspace);
+    const bool caller = lane == 0;
+    const cudaStream_t ls = caller ? s : state_->sides[lane - 1].stream;
+    void* workspace = caller ? state_->workspace : state_->sides[lane - 1].workspace;
+    void** table = caller ? state_->table : state_->sides[lane - 1].table;
+    for (const auto* stack : assigned[lane]) {
+      status = EnqueueStack(*stack, ls, workspace, table);
       if (!status.ok()) break;
     }
   }

@@ -97,11 +97,16 @@ class CublasLt {
   // (Internal when it finds no algorithm).
   absl::Status Gemm(const GemmParams& p, StreamHandle stream);
 
-  // Enqueues independent products (CheckGemmBatch) so that they run side by side: the largest
+  // Enqueues independent products (CheckGemmBatch) so that they run side by side. Products of
+  // one shape (dtypes, transposes, m, n, k, accumulation; up to 128 at a time) run as one
+  // pointer-array batched cuBLASLt product: one kernel over all their tiles, as fast as a dense
+  // product of their rows where the shape alone leaves the GPU partly idle (an MoE layer's
+  // experts with equal padded row counts). These stacks and the remaining products go largest
   // first, each onto the least loaded of CublasLtOptions::batch_streams streams, which fork from
-  // and join back into `stream` (also inside a graph capture). A product whose size class would
+  // and join back into `stream` (also inside a graph capture). A stack whose size class would
   // have its algorithms timed runs alone on `stream` first, so no timing overlaps other work.
-  // Each product's result is bitwise what Gemm gives it. Nothing is enqueued when a check fails.
+  // A product's bits depend on the batch's shapes, not on the streams: a product alone in its
+  // shape gives what Gemm gives it. Nothing is enqueued when a check fails.
   absl::Status GemmBatch(absl::Span<const GemmParams> problems, StreamHandle stream);
 
   // Distinct problems planned so far.
@@ -114,6 +119,10 @@ class CublasLt {
   explicit CublasLt(std::unique_ptr<State> state);
   // One checked product on `stream`, with `workspace` (workspace_bytes, that stream's own).
   absl::Status Enqueue(const GemmParams& p, StreamHandle stream, void* workspace);
+  // A GemmBatch stack on `stream`: one product, or several of one shape as one pointer-array
+  // batched product whose operand tables are written to `table` (that stream's own).
+  absl::Status EnqueueStack(absl::Span<const GemmParams* const> stack, StreamHandle stream,
+                            void* workspace, void** table);
   std::unique_ptr<State> state_;
 };
 

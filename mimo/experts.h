@@ -65,7 +65,8 @@ class SharedExpertsBuilder {
 
 // Experts as Megatron's SequentialMLP: one (E-sliced) weight tensor per projection, one GEMM per
 // expert with rows, launched from the host (which needs the offsets there) as one batch per
-// projection and direction (Ops::GemmBatch: on a GPU they run side by side on several streams).
+// projection and direction (Ops::GemmBatch: on a GPU experts of equal padded row counts share one
+// batched product, and the products run side by side on several streams).
 // Parameters (Fl = F / ffn_parts, Fl1 = 2Fl for SwiGLU else Fl, no biases): linear_fc1.weight (El,
 // Fl1, C); linear_fc2.weight (El, C, Fl) with std init_std / sqrt(2 * num_layers); each the experts
 // [first, first + El) and this rank's part of the width of the full (E, F1, C) and (E, C, F)
