@@ -15,7 +15,8 @@
 // (one per expert as one batch, as the layer runs them; one per expert one after another; and as
 // one grouped GEMM over device offsets, as the graph-safe layer runs them) against one dense GEMM
 // of the same FLOPs. --batch-streams sets the streams a batch of GEMMs spreads over
-// (CublasLtOptions::batch_streams; 1: one after another); --align pads each expert's rows to a
+// (CublasLtOptions::batch_streams; 1: one after another, products of one shape still
+// stacked); --align pads each expert's rows to a
 // multiple of A (MoeConfig::align; experts of equal padded counts share one batched GEMM).
 // --graph also times the
 // graph-safe layer (moe.graph_safe: grouped GEMMs, no host synchronization), its forward+backward

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <memory>
 #include <tuple>
@@ -131,7 +132,7 @@ PlanKey SizeClassOf(PlanKey key) {
   key.m = SizeClass(key.m);
   key.n = SizeClass(key.n);
   key.k = SizeClass(key.k);
-  key.batch = static_cast<int>(SizeClass(key.batch));
+  key.batch = static_cast<int>(std::bit_ceil(static_cast<unsigned>(key.batch)));  // Powers of 2.
   key.accumulate = false;
   return key;
 }
@@ -176,8 +177,10 @@ struct CublasLt::State {
     void** table = nullptr;  // Its stacks' operand tables (3 x kMaxGemmPointers pointers).
     cudaEvent_t done = nullptr;
   };
-  // The caller's stream's operand tables for stacks; a table is rewritten only by work on the
-  // stream that read it last, so stream order keeps a stack's table until its product has run.
+  // The caller's stream's operand tables for stacks. A lane's table is written and read only by
+  // work on that lane's stream, so stream order keeps a stack's table until its product has run;
+  // for the caller's stream this holds because a context serves one stream of work (CublasLt's
+  // contract), as its workspace already requires.
   void** table = nullptr;
   std::vector<Side> sides;
   cudaEvent_t fork = nullptr;
@@ -513,7 +516,8 @@ absl::Status CublasLt::EnqueueStack(absl::Span<const GemmParams* const> stack, S
   if (stack.size() == 1) return Enqueue(*stack[0], stream, workspace);
   const auto s = static_cast<cudaStream_t>(stream);
   const int count = static_cast<int>(stack.size());
-  GemmPointersParams tables{.count = count, .out = table};
+  // The a, b and d tables at fixed offsets (16-byte aligned whatever the count).
+  GemmPointersParams tables{.count = count, .stride = kMaxGemmPointers, .out = table};
   for (int i = 0; i < count; ++i) {
     tables.a[i] = stack[i]->a;
     tables.b[i] = stack[i]->b;
@@ -522,10 +526,11 @@ absl::Status CublasLt::EnqueueStack(absl::Span<const GemmParams* const> stack, S
   MIMO_RETURN_IF_ERROR(LaunchGemmPointers(tables, s));
   GemmParams shape = *stack[0];
   shape.a = table;
-  shape.b = table + count;
+  shape.b = table + kMaxGemmPointers;
   bool ran = false;
-  MIMO_RETURN_IF_ERROR(state_->Matmul(shape, CUBLASLT_EPILOGUE_DEFAULT, table + 2 * count, nullptr,
-                                      s, workspace, &ran, count));
+  MIMO_RETURN_IF_ERROR(state_->Matmul(shape, CUBLASLT_EPILOGUE_DEFAULT,
+                                      table + 2 * kMaxGemmPointers, nullptr, s, workspace, &ran,
+                                      count));
   if (ran) return absl::OkStatus();
   // cuBLASLt has no batched algorithm for this shape: the products one by one.
   for (const GemmParams* p : stack) MIMO_RETURN_IF_ERROR(Enqueue(*p, stream, workspace));
@@ -562,8 +567,10 @@ absl::Status CublasLt::GemmBatch(absl::Span<const GemmParams> problems, StreamHa
     if (stacks[i].size() < 2) continue;
     const PlanKey key =
         KeyOf(*stacks[i][0], CUBLASLT_EPILOGUE_DEFAULT, static_cast<int>(stacks[i].size()));
-    if (state_->PlanFor(key).ok()) continue;
-    // This cuBLASLt takes no pointer-array batch of the shape: plain products.
+    const absl::StatusOr<Plan*> plan = state_->Settle(key);
+    if (plan.ok() && (*plan)->has_algo) continue;
+    // cuBLASLt takes no pointer-array batch of this shape: plain products (which the timing
+    // pass below then sees as such).
     std::vector<std::vector<const GemmParams*>> singles;
     for (const GemmParams* p : stacks[i]) singles.push_back({p});
     stacks.erase(stacks.begin() + i);

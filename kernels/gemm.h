@@ -64,24 +64,28 @@ struct CublasLtOptions {
   // Every problem runs the heuristic's first algorithm for its own shape instead of the fastest
   // of the first 8 as timed on its size class's first call: timing picks by noise among
   // near-equal algorithms, which may sum in another order in another run, and a lent algorithm
-  // would depend on which problem came first. On, a product's bits depend on the problem only;
-  // the price is sometimes a slower algorithm and a heuristic query per new shape.
+  // would depend on which problem came first. On, a product's bits depend on the problem only
+  // (and, in a GemmBatch, on how many products of its shape share its stack); the price is
+  // sometimes a slower algorithm and a heuristic query per new shape.
   bool deterministic = false;
   // Streams a GemmBatch spreads its products over, the caller's included (1 to 16): products too
   // small to fill the GPU alone (an MoE layer's per-expert GEMMs) then run side by side. Each
   // extra stream has a workspace of workspace_bytes of its own, allocated with the context. 1 runs
-  // a batch one product after another.
+  // a batch's stacks and products one after another.
   int batch_streams = 4;
 };
 
 // cuBLASLt on one device: a handle, a workspace and, per distinct problem (dtypes, shape,
-// transposes, epilogue), the descriptors and an algorithm: the fastest of the heuristic's first 8,
+// transposes, epilogue, and for GemmBatch's stacks the number of products batched), the
+// descriptors and an algorithm: the fastest of the heuristic's first 8,
 // timed by the problem's first call outside a graph capture (that call synchronizes the stream
 // once; accumulating problems, whose output timing runs would spoil, keep the heuristic's first
 // choice; CublasLtOptions::deterministic skips the timing). A training loop of fixed shapes thus
 // neither allocates nor searches after its first step; each new problem costs a heuristic query,
 // the timing and a cache entry kept for the context's life (shapes that change every step, like
-// MoE expert token counts, belong in a grouped GEMM). Not thread-safe: one per stream of work.
+// MoE expert token counts, meet mostly size classes already timed: m, n and k in quarter octaves,
+// stack sizes in powers of 2; the graph-safe path takes a grouped GEMM). Not thread-safe: one per
+// stream of work.
 class CublasLt {
  public:
   // Uses the current CUDA device. Unavailable without a device.

@@ -18,11 +18,14 @@ struct GemmPointersParams {
   const void* a[kMaxGemmPointers] = {};
   const void* b[kMaxGemmPointers] = {};
   void* d[kMaxGemmPointers] = {};
-  // Device memory for 3 * count pointers: a's table, then b's, then d's.
+  // Pointers from one table to the next, >= count: a's table at out, b's at out + stride, d's at
+  // out + 2 * stride (device memory).
+  int stride = 0;
   void** out = nullptr;
 };
 
-// Enqueues the write on `stream`; InvalidArgument for a count out of range or no `out`.
+// Enqueues the write on `stream`; InvalidArgument for a count out of range, a stride below it or
+// no `out`.
 absl::Status LaunchGemmPointers(const GemmPointersParams& p, cudaStream_t stream);
 
 }  // namespace mimo::kernels

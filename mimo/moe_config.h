@@ -26,7 +26,8 @@ struct MoeConfig {
   // [1, 1024]. Grouped GEMMs want 8 or 16; 64 lets experts of about equal loads share a padded
   // row count, so that the GPU's per-expert products run as a few batched ones (CublasLt::
   // GemmBatch's stacks): a Qwen3-style layer 3.5% and a fine-grained one 4% faster on an H100
-  // than with 16 (bench/RESULTS.md, 2026-12-06), at up to 63 zero rows per expert.
+  // than with 16 (bench/RESULTS.md, 2026-12-06), at up to 63 zero rows per expert (also in the
+  // graph-safe path's grouped GEMM, whose speed with 64 is not measured).
   int64_t align = 64;
   // Aux-loss-free load balancing (Megatron's moe_router_enable_expert_bias): a per-expert bias,
   // starting at zero, added to the scores for choosing experts only, and moved by

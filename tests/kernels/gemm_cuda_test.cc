@@ -1,10 +1,12 @@
 // The cuBLASLt GEMM against float64 on fresh random inputs and odd shapes, every transpose, bias,
 // GELU fused (n % 8 == 0) and unfused, accumulation (relative error: f32 < 1e-5, bf16 outputs <
-// 1e-2); plans cached per problem; batches on several streams equal to their products one by
-// one; argument errors, misaligned buffers among them. Skips without a GPU.
+// 1e-2); plans cached per problem; batches on several streams, products of one shape stacked into
+// pointer-array products, against their products one by one; argument errors, misaligned buffers
+// among them. Skips without a GPU.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
 #include <random>
 #include <vector>
@@ -286,6 +288,24 @@ TEST_P(GemmCudaTest, ABatchMatchesItsProductsOneByOne) {
     ASSERT_TRUE(blas_->Gemm(p, stream->get()).ok());
   }
   ASSERT_TRUE(stream->Synchronize().ok());
+  // Experts alone in their row count are plain products: what Gemm gives them, bit for bit.
+  {
+    const std::vector<char> yb = y_batch.Bytes(), ys = y_single.Bytes();
+    const std::vector<char> gb = g_batch.Bytes(), gs = g_single.Bytes();
+    int64_t first = 0;
+    for (int64_t e = 0; e < experts; ++e) {
+      if (std::count(rows.begin(), rows.end(), rows[e]) == 1) {
+        const size_t y0 = first * kOut * DTypeSize(dt),
+                     y1 = (first + rows[e]) * kOut * DTypeSize(dt);
+        EXPECT_TRUE(std::equal(yb.begin() + y0, yb.begin() + y1, ys.begin() + y0))
+            << "expert " << e;
+        const size_t g0 = e * kOut * kIn * 4, g1 = (e + 1) * kOut * kIn * 4;
+        EXPECT_TRUE(std::equal(gb.begin() + g0, gb.begin() + g1, gs.begin() + g0))
+            << "expert " << e;
+      }
+      first += rows[e];
+    }
+  }
   EXPECT_LT(RelativeError(ValuesOf(dt, y_batch.Bytes()), ValuesOf(dt, y_single.Bytes())), bound);
   EXPECT_LT(RelativeError(ValuesOf(DType::kF32, g_batch.Bytes()),
                           ValuesOf(DType::kF32, g_single.Bytes())),
@@ -338,8 +358,9 @@ TEST_P(GemmCudaTest, ABatchMatchesItsProductsOneByOne) {
               HasSubstr("an input of product 0 overlaps the output of product 4"));
 }
 
-// 131 products of one shape: a stack of 128 and one of 3, each product within the bound of
-// float64, and the same bits replayed from a CUDA graph onto poisoned outputs.
+// 131 products of one shape: a stack of 128 and one of 3 (two batched plans, no plain one), each
+// product within the bound of float64, and the same bits replayed twice from a CUDA graph onto
+// poisoned outputs after an eager batch over other buffers rewrote the operand tables.
 TEST_P(GemmCudaTest, ProductsOfOneShapeStackUpTo128AtATime) {
   const auto [ab, dt] = GetParam();
   const double bound = dt == DType::kF32 ? 1e-5 : 1e-2;
@@ -370,6 +391,7 @@ TEST_P(GemmCudaTest, ProductsOfOneShapeStackUpTo128AtATime) {
   ASSERT_EQ(cudaMemset(d.get(), 0xff, d_bytes), cudaSuccess);  // NaN in bf16 and f32.
   ASSERT_TRUE(blas_->GemmBatch(problems(d), stream->get()).ok());
   ASSERT_TRUE(stream->Synchronize().ok());
+  EXPECT_EQ(blas_->cached_plans(), 2u);  // Stacks of 128 and 3: nothing fell back to plain ones.
   const std::vector<double> got = ValuesOf(dt, d.Bytes());
   for (int64_t i = 0; i < kProducts; ++i) {
     const std::vector<double> ai(a.exact.begin() + i * kM * kK,
@@ -380,14 +402,19 @@ TEST_P(GemmCudaTest, ProductsOfOneShapeStackUpTo128AtATime) {
     const std::vector<double> gi(got.begin() + i * kM * kN, got.begin() + (i + 1) * kM * kN);
     ASSERT_LT(RelativeError(gi, want), bound) << "product " << i;
   }
-  ASSERT_EQ(cudaMemset(replay.get(), 0xff, d_bytes), cudaSuccess);
   const std::vector<GemmParams> replayed = problems(replay);
   auto graph =
       CudaGraph::Capture(stream->get(), [&] { return blas_->GemmBatch(replayed, stream->get()); });
   ASSERT_TRUE(graph.ok()) << graph.status();
-  ASSERT_TRUE(graph->Replay(stream->get()).ok());
-  ASSERT_TRUE(stream->Synchronize().ok());
-  EXPECT_EQ(replay.Bytes(), d.Bytes());
+  const DeviceBuffer other(d_bytes);
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_TRUE(blas_->GemmBatch(problems(other), stream->get()).ok());
+    ASSERT_EQ(cudaMemsetAsync(replay.get(), 0xff, d_bytes, stream->get()), cudaSuccess);
+    ASSERT_TRUE(graph->Replay(stream->get()).ok());
+    ASSERT_TRUE(stream->Synchronize().ok());
+    EXPECT_EQ(replay.Bytes(), d.Bytes()) << "replay " << round;
+    EXPECT_EQ(other.Bytes(), d.Bytes()) << "eager " << round;
+  }
 }
 
 TEST_P(GemmCudaTest, BadArgumentsFailBeforeLaunching) {
