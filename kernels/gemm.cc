@@ -7,7 +7,6 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
 #include <memory>
 #include <tuple>
@@ -132,7 +131,9 @@ PlanKey SizeClassOf(PlanKey key) {
   key.m = SizeClass(key.m);
   key.n = SizeClass(key.n);
   key.k = SizeClass(key.k);
-  key.batch = static_cast<int>(std::bit_ceil(static_cast<unsigned>(key.batch)));  // Powers of 2.
+  // One class for every stack size: routing changes the sizes every step, and each new class
+  // would cost a timing (a synchronization) in the middle of training.
+  key.batch = key.batch > 1 ? 2 : 1;
   key.accumulate = false;
   return key;
 }

@@ -84,7 +84,7 @@ struct CublasLtOptions {
 // neither allocates nor searches after its first step; each new problem costs a heuristic query,
 // the timing and a cache entry kept for the context's life (shapes that change every step, like
 // MoE expert token counts, meet mostly size classes already timed: m, n and k in quarter octaves,
-// stack sizes in powers of 2; the graph-safe path takes a grouped GEMM). Not thread-safe: one per
+// all stack sizes in one class; the graph-safe path takes a grouped GEMM). Not thread-safe: one per
 // stream of work.
 class CublasLt {
  public:
