@@ -77,15 +77,15 @@ struct CublasLtOptions {
 
 // cuBLASLt on one device: a handle, a workspace and, per distinct problem (dtypes, shape,
 // transposes, epilogue, and for GemmBatch's stacks the number of products batched), the
-// descriptors and an algorithm: the fastest of the heuristic's first 8,
-// timed by the problem's first call outside a graph capture (that call synchronizes the stream
-// once; accumulating problems, whose output timing runs would spoil, keep the heuristic's first
-// choice; CublasLtOptions::deterministic skips the timing). A training loop of fixed shapes thus
-// neither allocates nor searches after its first step; each new problem costs a heuristic query,
-// the timing and a cache entry kept for the context's life (shapes that change every step, like
-// MoE expert token counts, meet mostly size classes already timed: m, n and k in quarter octaves,
-// all stack sizes in one class; the graph-safe path takes a grouped GEMM). Not thread-safe: one per
-// stream of work.
+// descriptors and an algorithm: the fastest of the heuristic's first 8, timed by the problem's
+// first call outside a graph capture (that call synchronizes the stream once; accumulating
+// problems, whose output timing runs would spoil, keep the heuristic's first choice;
+// CublasLtOptions::deterministic skips the timing). A training loop of fixed shapes thus neither
+// allocates nor searches after its first step; each new problem costs a heuristic query, the timing
+// and a cache entry kept for the context's life (shapes that change every step, like MoE expert
+// token counts, meet mostly size classes already timed: m, n and k in quarter octaves, all stack
+// sizes in one class; the graph-safe path takes a grouped GEMM). Not thread-safe: one per stream of
+// work.
 class CublasLt {
  public:
   // Uses the current CUDA device. Unavailable without a device.
@@ -103,9 +103,10 @@ class CublasLt {
 
   // Enqueues independent products (CheckGemmBatch) so that they run side by side. Products of
   // one shape (dtypes, transposes, m, n, k, accumulation; up to 128 at a time) run as one
-  // pointer-array batched cuBLASLt product: one kernel over all their tiles, as fast as a dense
-  // product of their rows where the shape alone leaves the GPU partly idle (an MoE layer's
-  // experts with equal padded row counts). These stacks and the remaining products go largest
+  // pointer-array batched cuBLASLt product: one kernel over all their tiles, near the speed of a
+  // dense product of their rows where the shape alone leaves the GPU partly idle (an MoE layer's
+  // experts with equal padded row counts: 0.84-1.06x dense, against 0.80-0.92x for the products
+  // side by side; bench/RESULTS.md, 2026-12-06). These stacks and the remaining products go largest
   // first, each onto the least loaded of CublasLtOptions::batch_streams streams, which fork from
   // and join back into `stream` (also inside a graph capture). A stack whose size class would
   // have its algorithms timed runs alone on `stream` first, so no timing overlaps other work.
