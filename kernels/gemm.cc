@@ -549,34 +549,34 @@ absl::Status CublasLt::GemmBatch(absl::Span<const GemmParams> problems, StreamHa
   // caller's order, up to kMaxGemmPointers a stack. A stack of several is one pointer-array
   // batched product (one kernel over all their tiles: an MoE layer's experts with equal padded
   // row counts); a stack of one, or one cuBLASLt cannot batch, is a plain product.
-  std::vector<std::vector<const GemmParams*>> stacks;
-  absl::flat_hash_map<PlanKey, size_t> filling;  // Each shape's last stack.
+  std::vector<std::vector<const GemmParams*>> groups;
+  absl::flat_hash_map<PlanKey, size_t> filling;  // Each shape's last group.
   for (const GemmParams& p : problems) {
     if (p.m == 0 || p.n == 0 || (p.k == 0 && p.accumulate)) continue;
     if (p.k == 0) {  // d = 0: a memset, never stacked.
-      stacks.push_back({&p});
+      groups.push_back({&p});
       continue;
     }
     const auto [it, fresh] = filling.try_emplace(KeyOf(p, CUBLASLT_EPILOGUE_DEFAULT), 0);
-    if (fresh || stacks[it->second].size() == static_cast<size_t>(kMaxGemmPointers)) {
-      it->second = stacks.size();
-      stacks.emplace_back();
+    if (fresh || groups[it->second].size() == static_cast<size_t>(kMaxGemmPointers)) {
+      it->second = groups.size();
+      groups.emplace_back();
     }
-    stacks[it->second].push_back(&p);
+    groups[it->second].push_back(&p);
   }
-  for (size_t i = 0; i < stacks.size(); ++i) {
-    if (stacks[i].size() < 2) continue;
-    const PlanKey key =
-        KeyOf(*stacks[i][0], CUBLASLT_EPILOGUE_DEFAULT, static_cast<int>(stacks[i].size()));
-    const absl::StatusOr<Plan*> plan = state_->Settle(key);
-    if (plan.ok() && (*plan)->has_algo) continue;
-    // cuBLASLt takes no pointer-array batch of this shape: plain products (which the timing
-    // pass below then sees as such).
-    std::vector<std::vector<const GemmParams*>> singles;
-    for (const GemmParams* p : stacks[i]) singles.push_back({p});
-    stacks.erase(stacks.begin() + i);
-    stacks.insert(stacks.begin() + i, singles.begin(), singles.end());
-    i += singles.size() - 1;
+  // A group of several is a stack where cuBLASLt has a pointer-array algorithm for it; otherwise
+  // its products run plain (and the timing pass below sees them as such).
+  std::vector<std::vector<const GemmParams*>> stacks;
+  for (std::vector<const GemmParams*>& group : groups) {
+    if (group.size() > 1) {
+      const absl::StatusOr<Plan*> plan = state_->Settle(
+          KeyOf(*group[0], CUBLASLT_EPILOGUE_DEFAULT, static_cast<int>(group.size())));
+      if (plan.ok() && (*plan)->has_algo) {
+        stacks.push_back(std::move(group));
+        continue;
+      }
+    }
+    for (const GemmParams* p : group) stacks.push_back({p});
   }
   // In the caller's order, as one by one: stacks to time run alone on the caller's stream (as
   // does everything without extra streams); the others' algorithms are chosen now, so that none

@@ -296,8 +296,10 @@ __global__ void ZeroUnusedRowsKernel(const int32_t* __restrict__ pair_of_row, T*
   if (first >= capacity) return;
   const int lane = threadIdx.x % 32;
   const bool unused = first + lane < capacity && pair_of_row[first + lane] < 0;
-  for (uint32_t todo = __ballot_sync(0xffffffffu, unused); todo != 0; todo &= todo - 1) {
-    T* row = out + (first + __ffs(todo) - 1) * hidden;
+  // Each set bit an unused row; the lowest is cleared after its row is.
+  for (uint32_t pending = __ballot_sync(0xffffffffu, unused); pending != 0;
+       pending &= pending - 1) {
+    T* row = out + (first + __ffs(pending) - 1) * hidden;
     if constexpr (kVec) {
       for (int64_t c = lane * W; c < hidden; c += 32 * W) {
         *reinterpret_cast<uint4*>(row + c) = make_uint4(0, 0, 0, 0);

@@ -132,28 +132,20 @@ TEST_P(MoePermuteCudaTest, BitwiseEqualToTheCpuTwins) {
                                    .workspace_bytes = ws},
                                   nullptr)
                   .ok());
-  ASSERT_TRUE(LaunchMoePermute({.dtype = dtype,
+  const MoePermuteParams gather{.dtype = dtype,
                                 .x = d_x.get(),
                                 .pair_of_row = d_pair_of_row.as<int32_t>(),
                                 .out = d_out.get(),
                                 .tokens = t,
                                 .top_k = k.top_k,
                                 .hidden = h,
-                                .capacity = capacity},
-                               nullptr)
-                  .ok());
+                                .capacity = capacity};
+  ASSERT_TRUE(LaunchMoePermute(gather, nullptr).ok());
   // The same permutation in token order (rows given): each token's row read once.
-  ASSERT_TRUE(LaunchMoePermute({.dtype = dtype,
-                                .x = d_x.get(),
-                                .pair_of_row = d_pair_of_row.as<int32_t>(),
-                                .rows = d_rows.as<int32_t>(),
-                                .out = d_out_by_token.get(),
-                                .tokens = t,
-                                .top_k = k.top_k,
-                                .hidden = h,
-                                .capacity = capacity},
-                               nullptr)
-                  .ok());
+  MoePermuteParams by_token = gather;
+  by_token.rows = d_rows.as<int32_t>();
+  by_token.out = d_out_by_token.get();
+  ASSERT_TRUE(LaunchMoePermute(by_token, nullptr).ok());
   ASSERT_TRUE(LaunchMoePermuteBackward({.dtype = dtype,
                                         .dout = d_dout.get(),
                                         .rows = d_rows.as<int32_t>(),
