@@ -1,8 +1,8 @@
-// Element packs, row cursors and resident grid sizes for the bandwidth-bound streaming kernels.
+// Element packs and resident grid sizes for the bandwidth-bound streaming kernels.
 //
 // The elementwise and row-streaming kernels (SwiGLU, RoPE, cross-entropy) touch each byte once,
 // so their speed is the memory system's: they move whole 16-byte packs (8 bf16 or 4 f32 per load,
-// LDG.128/STG.128), keep several packs in flight per thread, and run a grid-stride loop over a
+// LDG.128/STG.128) and keep several packs in flight per thread, some over a grid-stride loop on a
 // grid sized to what the device keeps resident. Pack<T, 1> is the scalar fallback of the same
 // code, for shapes and pointers that do not allow 16-byte accesses.
 #pragma once
@@ -18,22 +18,6 @@ namespace mimo::kernels {
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
   T v[N];
-};
-
-// Walks the items i, i + stride, i + 2 stride, ... of a row-major (rows, cols) grid, keeping the
-// row and column without a 64-bit division per step: one division at the start, then a carry.
-struct RowCursor {
-  int64_t row, col;
-  __device__ __forceinline__ RowCursor(int64_t i, int64_t cols) : row(i / cols), col(i % cols) {}
-  // Steps by stride = step_rows * cols + step_cols, with step_cols < cols.
-  __device__ __forceinline__ void Advance(int64_t step_rows, int64_t step_cols, int64_t cols) {
-    row += step_rows;
-    col += step_cols;
-    if (col >= cols) {
-      col -= cols;
-      ++row;
-    }
-  }
 };
 
 // Multiprocessors of the current device (at least 1).

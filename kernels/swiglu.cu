@@ -1,129 +1,162 @@
 // SwiGLU, forward and backward: the CUDA kernels (fp32 arithmetic on bf16 or f32 storage).
 //
 // Both are pure streams (the forward reads 2 and writes 1 element per output, the backward reads 3
-// and writes 2), so they are built to run at copy bandwidth: each thread moves 16-byte packs (8
-// bf16 or 4 f32 of a row's gate, up, dy, y, dgate, dup) with several packs of each input loaded
-// before the first is used, over a grid-stride loop on a resident grid (RowCursor keeps the row
-// and column without dividing per pack). Rows whose length or buffers do not allow 16-byte packs
-// take the same code with one-element packs. Every output element is computed by one thread from
-// its own inputs, so results do not depend on the grid and are bitwise reproducible.
+// and writes 2), so they are built to run at copy bandwidth: each thread moves a few 16-byte packs
+// (8 bf16 or 4 f32 of a row's gate, up, dy, y, dgate, dup), all loaded before the first is used,
+// on a grid that covers the tensor in one pass; a FastDivider finds each pack's row in 32-bit
+// arithmetic (tensors of more than 2^31 - 1 packs are launched in groups of whole rows). Rows
+// whose length or buffers do not allow 16-byte packs take the same code with one-element packs.
+// Every output element is computed by one thread from its own inputs, so results do not depend on
+// the grid and are bitwise reproducible.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
 #include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_grid.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/cuda_vector.cuh"
+#include "kernels/fast_divider.h"
 #include "kernels/swiglu.h"
 
 namespace mimo::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-// Packs of each input in flight per thread: the forward 4 (of 16 bytes, or single elements), the
-// backward 3 of 16 bytes or 4 single elements. With the register caps below (128 a thread) 2
-// blocks fit on a multiprocessor, with 64 or 72 KB of loads in flight on each: enough for copy
-// bandwidth, with the independent packs hiding the sigmoid's latency (the backward's third pack:
-// 2.9% faster than two at 8192 x 14336 bf16 on an H100, 2026-12-06 in bench/RESULTS.md).
-constexpr int kForwardUnroll = 4;
-template <int N>
-inline constexpr int kBackwardUnroll = N > 1 ? 3 : 4;
+#ifndef SWU_F
+#define SWU_F 4
+#define SWU_B 3
+#endif
+// Packs of each input per thread: the forward kForwardPacks, the backward kBackwardPacks (of 16
+// bytes, or single elements). Each thread loads all of its packs, then computes and stores them,
+// and the grid covers the tensor in one pass: many small blocks, few registers each, so the
+// multiprocessors hold up to 64 warps whose loads overlap one another's arithmetic.
+constexpr int kForwardPacks = SWU_F;
+constexpr int kBackwardPacks = SWU_B;
 
-// __frcp_rn is the correctly rounded reciprocal: the same bits as 1.0f / x, without the division.
-__device__ __forceinline__ float Sigmoid(float a) { return __frcp_rn(1.0f + expf(-a)); }
+// 1 / (1 + exp(-a)) from the multiprocessor's ex2 and reciprocal approximations (a relative error
+// of a few 1e-7 for |a| up to tens): expf's range reduction and the correctly rounded reciprocal
+// took about 20 instructions an element. Large |a| saturate to 0 or 1 (ex2 gives inf or 0;
+// rcp(inf) = 0).
+__device__ __forceinline__ float Sigmoid(float a) {
+  float e, r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(a * -1.4426950408889634f));
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+  return r;
+}
 
-// y[r, c] = silu(x[r, c]) * x[r, cols + c], over packs of N elements (cols % N == 0).
+// y[r, c] = silu(x[r, c]) * x[r, cols + c], over `items` = rows * packs packs of N elements
+// (cols % N == 0); item i is pack i of y: row rows_of(i), and its gate is pack i + row * packs of
+// x.
 template <typename T, int N>
-__global__ void __launch_bounds__(kThreads, 2)
-    SwigluKernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t cols) {
+__global__ void __launch_bounds__(kThreads)
+    SwigluKernel(const T* __restrict__ x, T* __restrict__ y, uint32_t items, uint32_t packs,
+                 FastDivider rows_of) {
   using P = Pack<T, N>;
   const P* __restrict__ xp = reinterpret_cast<const P*>(x);
   P* __restrict__ yp = reinterpret_cast<P*>(y);
-  const int64_t packs = cols / N;  // Per row of y; a row of x holds 2 * packs.
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t step_rows = stride / packs, step_cols = stride % packs;
-  RowCursor at(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, packs);
-  while (at.row < rows) {
-    P gate[kForwardUnroll], up[kForwardUnroll];
-    int64_t out[kForwardUnroll];  // Pack index in y, or -1 past the end.
+  const uint32_t first = blockIdx.x * uint32_t{kThreads * kForwardPacks} + threadIdx.x;
+  P gate[kForwardPacks], up[kForwardPacks];
 #pragma unroll
-    for (int u = 0; u < kForwardUnroll; ++u) {
-      out[u] = at.row < rows ? at.row * packs + at.col : -1;
-      if (out[u] >= 0) {
-        const int64_t g = out[u] + at.row * packs;  // row * 2 * packs + col.
-        gate[u] = xp[g];
-        up[u] = xp[g + packs];
-      }
-      at.Advance(step_rows, step_cols, packs);
+  for (int u = 0; u < kForwardPacks; ++u) {
+    const uint32_t i = first + u * kThreads;
+    if (i < items) {
+      const uint32_t g = i + rows_of(i) * packs;
+      gate[u] = xp[g];
+      up[u] = xp[g + packs];
     }
+  }
 #pragma unroll
-    for (int u = 0; u < kForwardUnroll; ++u) {
-      if (out[u] < 0) continue;
-      P result;
+  for (int u = 0; u < kForwardPacks; ++u) {
+    const uint32_t i = first + u * kThreads;
+    if (i >= items) continue;
+    P result;
 #pragma unroll
-      for (int e = 0; e < N; ++e) {
-        const float a = ToFloat(gate[u].v[e]);
-        Put(&result.v[e], a * Sigmoid(a) * ToFloat(up[u].v[e]));
-      }
-      yp[out[u]] = result;
+    for (int e = 0; e < N; ++e) {
+      const float a = ToFloat(gate[u].v[e]);
+      Put(&result.v[e], a * Sigmoid(a) * ToFloat(up[u].v[e]));
     }
+    yp[i] = result;
   }
 }
 
-// dgate = dy * up * silu'(gate), dup = dy * silu(gate), over packs of N elements.
+// dgate = dy * up * silu'(gate), dup = dy * silu(gate), over packs of N elements (as the forward).
 template <typename T, int N>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads)
     SwigluBackwardKernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx,
-                         int64_t rows, int64_t cols) {
+                         uint32_t items, uint32_t packs, FastDivider rows_of) {
   using P = Pack<T, N>;
   const P* __restrict__ dyp = reinterpret_cast<const P*>(dy);
   const P* __restrict__ xp = reinterpret_cast<const P*>(x);
   P* __restrict__ dxp = reinterpret_cast<P*>(dx);
-  const int64_t packs = cols / N;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t step_rows = stride / packs, step_cols = stride % packs;
-  RowCursor at(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, packs);
-  while (at.row < rows) {
-    P d[kBackwardUnroll<N>], gate[kBackwardUnroll<N>], up[kBackwardUnroll<N>];
-    int64_t in[kBackwardUnroll<N>],
-        g[kBackwardUnroll<N>];  // Pack index in dy (-1 past the end), and of gate in x.
+  const uint32_t first = blockIdx.x * uint32_t{kThreads * kBackwardPacks} + threadIdx.x;
+  P d[kBackwardPacks], gate[kBackwardPacks], up[kBackwardPacks];
 #pragma unroll
-    for (int u = 0; u < kBackwardUnroll<N>; ++u) {
-      in[u] = at.row < rows ? at.row * packs + at.col : -1;
-      g[u] = in[u] + at.row * packs;
-      if (in[u] >= 0) {
-        d[u] = dyp[in[u]];
-        gate[u] = xp[g[u]];
-        up[u] = xp[g[u] + packs];
-      }
-      at.Advance(step_rows, step_cols, packs);
-    }
-#pragma unroll
-    for (int u = 0; u < kBackwardUnroll<N>; ++u) {
-      if (in[u] < 0) continue;
-      P dgate, dup;
-#pragma unroll
-      for (int e = 0; e < N; ++e) {
-        const float a = ToFloat(gate[u].v[e]);
-        const float b = ToFloat(up[u].v[e]);
-        const float dv = ToFloat(d[u].v[e]);
-        const float s = Sigmoid(a);
-        // The explicit fma keeps the vector and scalar instantiations bitwise alike.
-        Put(&dgate.v[e], dv * b * s * __fmaf_rn(a, 1.0f - s, 1.0f));
-        Put(&dup.v[e], dv * a * s);
-      }
-      dxp[g[u]] = dgate;
-      dxp[g[u] + packs] = dup;
+  for (int u = 0; u < kBackwardPacks; ++u) {
+    const uint32_t i = first + u * kThreads;
+    if (i < items) {
+      const uint32_t g = i + rows_of(i) * packs;
+      d[u] = dyp[i];
+      gate[u] = xp[g];
+      up[u] = xp[g + packs];
     }
   }
+#pragma unroll
+  for (int u = 0; u < kBackwardPacks; ++u) {
+    const uint32_t i = first + u * kThreads;
+    if (i >= items) continue;
+    P dgate, dup;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      const float a = ToFloat(gate[u].v[e]);
+      const float b = ToFloat(up[u].v[e]);
+      const float dv = ToFloat(d[u].v[e]);
+      const float s = Sigmoid(a);
+      // The explicit fma keeps the vector and scalar instantiations bitwise alike.
+      Put(&dgate.v[e], dv * b * s * __fmaf_rn(a, 1.0f - s, 1.0f));
+      Put(&dup.v[e], dv * a * s);
+    }
+    const uint32_t g = i + rows_of(i) * packs;
+    dxp[g] = dgate;
+    dxp[g + packs] = dup;
+  }
+}
+
+// Rows of at most this many elements (so of packs, too): the kernels index in 32 bits.
+constexpr int64_t kMaxItems = 0x7fffffff;
+
+// Calls `launch(row0, items, packs, rows_of, grid)` for groups of whole rows of at most kMaxItems
+// packs in all (row0 the group's first row; packs <= kMaxItems).
+template <int kPacksPerThread, typename Launch>
+void ForRowGroups(int64_t rows, int64_t packs, Launch launch) {
+  const int64_t group = kMaxItems / packs;
+  const FastDivider rows_of(static_cast<uint32_t>(packs));
+  for (int64_t row0 = 0; row0 < rows; row0 += group) {
+    const int64_t items = std::min(group, rows - row0) * packs;
+    const auto grid = static_cast<unsigned>((items + kThreads * kPacksPerThread - 1) /
+                                            (kThreads * kPacksPerThread));
+    launch(row0, static_cast<uint32_t>(items), static_cast<uint32_t>(packs), rows_of, grid);
+  }
+}
+
+absl::Status CheckRowLength(int64_t cols) {
+  if (cols <= kMaxItems) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "SwiGLU: rows of ", cols, " elements; the CUDA kernels take at most ", kMaxItems));
 }
 
 template <typename T, int N>
 void Forward(const SwigluParams& p, cudaStream_t s) {
-  const unsigned grid = GridFor(p.rows * (p.cols / N), int64_t{kThreads} * kForwardUnroll,
-                                ResidentBlocks<SwigluKernel<T, N>>(kThreads));
-  SwigluKernel<T, N>
-      <<<grid, kThreads, 0, s>>>(static_cast<const T*>(p.x), static_cast<T*>(p.y), p.rows, p.cols);
+  const int64_t packs = p.cols / N;
+  ForRowGroups<kForwardPacks>(
+      p.rows, packs,
+      [&](int64_t row0, uint32_t items, uint32_t n, FastDivider rows_of, unsigned grid) {
+        SwigluKernel<T, N><<<grid, kThreads, 0, s>>>(static_cast<const T*>(p.x) + row0 * 2 * p.cols,
+                                                     static_cast<T*>(p.y) + row0 * p.cols, items, n,
+                                                     rows_of);
+      });
 }
 
 template <typename T>
@@ -135,16 +168,17 @@ void Forward(const SwigluParams& p, cudaStream_t s) {
   }
 }
 
-// The backward's grid covers the items in one pass per thread (up to CUDA's grid limit, past which
-// the loop strides) rather than one resident wave: 3% faster at 8192 x 14336 bf16 on an H100
-// (2026-12-06 in bench/RESULTS.md; the forward is faster on a resident grid).
 template <typename T, int N>
 void Backward(const SwigluBackwardParams& p, cudaStream_t s) {
-  const unsigned grid =
-      GridFor(p.rows * (p.cols / N), int64_t{kThreads} * kBackwardUnroll<N>, 0x7fffffffu);
-  SwigluBackwardKernel<T, N><<<grid, kThreads, 0, s>>>(static_cast<const T*>(p.dy),
-                                                       static_cast<const T*>(p.x),
-                                                       static_cast<T*>(p.dx), p.rows, p.cols);
+  const int64_t packs = p.cols / N;
+  ForRowGroups<kBackwardPacks>(
+      p.rows, packs,
+      [&](int64_t row0, uint32_t items, uint32_t n, FastDivider rows_of, unsigned grid) {
+        SwigluBackwardKernel<T, N><<<grid, kThreads, 0, s>>>(
+            static_cast<const T*>(p.dy) + row0 * p.cols,
+            static_cast<const T*>(p.x) + row0 * 2 * p.cols,
+            static_cast<T*>(p.dx) + row0 * 2 * p.cols, items, n, rows_of);
+      });
 }
 
 template <typename T>
@@ -162,6 +196,7 @@ absl::Status LaunchSwiglu(const SwigluParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckSwiglu(p));
   if (p.rows * p.cols == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
+  MIMO_RETURN_IF_ERROR(CheckRowLength(p.cols));
   if (p.dtype == DType::kF32) {
     Forward<float>(p, s);
   } else {
@@ -175,6 +210,7 @@ absl::Status LaunchSwigluBackward(const SwigluBackwardParams& p, StreamHandle st
   MIMO_RETURN_IF_ERROR(CheckSwigluBackward(p));
   if (p.rows * p.cols == 0) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
+  MIMO_RETURN_IF_ERROR(CheckRowLength(p.cols));
   if (p.dtype == DType::kF32) {
     Backward<float>(p, s);
   } else {

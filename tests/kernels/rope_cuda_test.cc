@@ -31,7 +31,11 @@ TEST_P(RopeCudaTest, MatchesFloat64BothWaysAndInPlace) {
   const std::vector<Case> cases = {{PackedPositions({1}), 1, 2, 2},
                                    {PackedPositions({5, 1, 9}), 3, 10, 6},
                                    {{0, 1, 4095, 65536, 131071}, 2, 128, 128},
-                                   {PackedPositions({1000, 3000, 95}), 8, 128, 64}};
+                                   {PackedPositions({1000, 3000, 95}), 8, 128, 64},
+                                   // Heads split into groups (bf16: 2 of 18 heads, the last
+                                   // heads in flight partly filled); one head a thread.
+                                   {PackedPositions({2500, 2500}), 36, 128, 96},
+                                   {PackedPositions({300}), 12, 64, 64}};
   for (const Case& c : cases) {
     const int64_t tokens = static_cast<int64_t>(c.positions.size());
     SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " tokens " << tokens);

@@ -94,6 +94,17 @@ TEST_F(SwigluCudaTest, BadArgumentsFailBeforeLaunching) {
   EXPECT_THAT(LaunchSwigluBackward({.rows = 2, .cols = 3}, nullptr).message(),
               HasSubstr("dy is null"));
   EXPECT_TRUE(LaunchSwiglu({.rows = 0, .cols = 3}, nullptr).ok());
+  // Rows past 32-bit indexing are refused (the buffers are never touched).
+  const DeviceBuffer any(16);
+  const int64_t too_long = int64_t{1} << 31;
+  EXPECT_THAT(LaunchSwiglu({.x = any.get(), .y = any.get(), .rows = 1, .cols = too_long}, nullptr)
+                  .message(),
+              HasSubstr("rows of 2147483648 elements"));
+  EXPECT_THAT(
+      LaunchSwigluBackward(
+          {.dy = any.get(), .x = any.get(), .dx = any.get(), .rows = 1, .cols = too_long}, nullptr)
+          .message(),
+      HasSubstr("rows of 2147483648 elements"));
 }
 
 }  // namespace
