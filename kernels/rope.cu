@@ -1,15 +1,16 @@
 // Rotary position embedding: the CUDA kernels.
 //
-// The fast path moves 16-byte packs (8 bf16 or 4 f32): a block takes a tile of tokens and streams
-// its (head, pack) items, kUnroll items (each a pack of the first half and the matching pack of the
-// second half, or one pass-through pack) in flight per thread, over a grid-stride loop on a
-// resident grid. The tile's angles (cos and sin of theta, computed in double once per (token, i)
-// and shared by all heads) are put into shared memory first. Shapes
-// whose rotary half or head size is not a whole number of packs, or misaligned buffers, take the
-// scalar kernel: one thread per (token, i < rotary_dim / 2) pair computes the angle in double and
-// rotates that pair in every head; pass-through elements are copied by the same threads. Both
-// compute every element from its own inputs, with the same float arithmetic, so results are bitwise
-// reproducible.
+// The fast path moves 16-byte packs (8 bf16 or 4 f32): a thread takes one pack column of one
+// token (the packs at j of both rotated halves, or a pass-through pack) over a group of its heads,
+// so the column's angles are computed once per thread, and the grid covers the tokens in one pass
+// of many small blocks (heads are split into groups, each taken by its own threads, until there
+// are about 2^20 threads). Angles: theta = position * base^(-2i / rotary_dim) formed and reduced
+// to [-pi, pi] in double (the frequencies in a per-block table), cos and sin in float. Shapes
+// whose rotary half or head size is not a whole number of packs, more than kMaxHalf pairs, or
+// misaligned buffers take the scalar kernel: one thread per (token, i < rotary_dim / 2) pair
+// computes the angle the same way and rotates that pair in every head; pass-through elements are
+// copied by the same threads. Both compute every element from its own inputs, with the same
+// arithmetic, so results are bitwise reproducible.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -21,15 +22,20 @@
 #include "kernels/cuda_launch.h"
 #include "kernels/cuda_status.h"
 #include "kernels/cuda_vector.cuh"
+#include "kernels/fast_divider.h"
 #include "kernels/rope.h"
 
 namespace mimo::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kUnroll = 2;           // Items in flight per thread on the vector path.
-constexpr int kTableEntries = 1024;  // (cos, sin) pairs of a tile: 8 KB of shared memory.
-constexpr int64_t kMaxItemsPerToken = int64_t{1} << 20;  // Keeps tile item counts in 32 bits.
+// Threads the vector kernel aims for: below this, a token's heads are split into groups, each
+// taken by its own threads (which compute the same angles again). At 16384 tokens of 32 heads of
+// 128 bf16, 2^20 (4 heads a thread) was the fastest of 2^19 to 2^21 on an H100 (and, with an
+// earlier angle computation, on an H200; 2026-12-06 in bench/RESULTS.md).
+constexpr int64_t kTargetThreads = int64_t{1} << 20;
+// Rotated pairs the vector kernel takes at most (a block's table of their frequencies: 4 KB).
+constexpr int kMaxHalf = 512;
 
 // The rotation of (a, b) by the angle whose (cos, sin) is `cs`.
 __device__ __forceinline__ float RotateFirst(float a, float b, float2 cs) {
@@ -39,83 +45,92 @@ __device__ __forceinline__ float RotateSecond(float a, float b, float2 cs) {
   return b * cs.x + a * cs.y;
 }
 
-// The (cos, sin) of token position `position` and pair i, theta in double, sin negated backward.
-__device__ __forceinline__ float2 Angle(int32_t position, int i, int64_t rotary_dim,
-                                        double log_base, bool backward) {
-  const double theta = position * exp(-2.0 * static_cast<double>(i) / rotary_dim * log_base);
-  double s, c;
-  sincos(theta, &s, &c);
-  return make_float2(static_cast<float>(c), static_cast<float>(backward ? -s : s));
+// base^(-2i / rotary_dim), the frequency of pair i, in double.
+__device__ __forceinline__ double InvFreq(int i, int64_t rotary_dim, double log_base) {
+  return exp(-2.0 * static_cast<double>(i) / rotary_dim * log_base);
 }
 
-// The vector path: tiles of `tile_tokens` tokens per block and pass. Per token and head there are
-// rot_packs = rotary_dim / 2 / N rotation items and `pass_packs` copy items (0 in place). x and y
-// may alias, so they are not __restrict__.
+// The (cos, sin) of theta = position * inv_freq, sin negated backward. theta is formed and
+// reduced to [-pi, pi] in double (exact enough for positions in the millions), its cos and sin
+// taken in float by the multiprocessor's approximations (absolute error below 5e-7, as large as
+// rounding the reduced angle to float): a double-precision sincos took about 100 instructions and
+// tens of registers per angle.
+__device__ __forceinline__ float2 Angle(int32_t position, double inv_freq, bool backward) {
+  constexpr double kTwoPiHi = 6.283185307179586232;    // 2 pi rounded to double,
+  constexpr double kTwoPiLo = 2.4492935982947064e-16;  // and the rest.
+  const double theta = position * inv_freq;
+  const double turns = rint(theta * (1.0 / kTwoPiHi));
+  const auto r = static_cast<float>(fma(-turns, kTwoPiLo, fma(-turns, kTwoPiHi, theta)));
+  float s, c;
+  __sincosf(r, &s, &c);
+  return make_float2(c, backward ? -s : s);
+}
+
+// How the vector kernel splits its work: thread (token t, head group g, column j) takes pack
+// column j (j < rot_packs: the packs at j * N of both rotated halves; past that: a pass-through
+// pack) of heads [g * group_heads, (g + 1) * group_heads) of token t. Threads of one token and
+// group are adjacent by j, so a warp reads whole 128-byte lines.
+struct RopeVecShape {
+  uint32_t items;        // Threads: tokens * groups * columns (< 2^31).
+  FastDivider token_of;  // item / (groups * columns).
+  int per_token;         // groups * columns.
+  int columns;           // rot_packs + pass_packs.
+  int rot_packs;         // rotary_dim / 2 / N.
+  int group_heads;       // Heads a thread takes.
+  int heads, head_dim, rotary_dim;
+};
+
+// The vector path (half and head_dim multiples of N). Each thread computes the angles of its
+// pack column once, then rotates (or copies) that column of its heads one head at a time; a
+// multiprocessor holds up to 32 such warps, whose loads overlap one another's arithmetic. x and y
+// may alias (in place: every element is read and then written by the same thread), so they are
+// not __restrict__.
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 4)
-    RopeVecKernel(const T* x, T* y, const int32_t* __restrict__ positions, int64_t tokens,
-                  int heads, int head_dim, int rotary_dim, int pass_packs, int tile_tokens,
+__global__ void __launch_bounds__(kThreads)
+    RopeVecKernel(const T* x, T* y, const int32_t* __restrict__ positions, RopeVecShape shape,
                   double log_base, bool backward) {
   constexpr int N = kVecWidth<T>;
   using P = Pack<T, N>;
-  __shared__ float2 table[kTableEntries];
-  const int half = rotary_dim / 2;
-  const int rot_packs = half / N;
-  const int per_head = rot_packs + pass_packs;
-  const int per_token = heads * per_head;
-  for (int64_t t0 = static_cast<int64_t>(blockIdx.x) * tile_tokens; t0 < tokens;
-       t0 += static_cast<int64_t>(gridDim.x) * tile_tokens) {
-    const int nt = static_cast<int>(tokens - t0 < tile_tokens ? tokens - t0 : tile_tokens);
-    for (int k = threadIdx.x; k < nt * half; k += blockDim.x) {
-      const int tl = k / half;
-      table[k] = Angle(positions[t0 + tl], k - tl * half, rotary_dim, log_base, backward);
+  // The frequencies of every pair, computed once per block (one exp each).
+  __shared__ double inv_freq[kMaxHalf];
+  const int half = shape.rotary_dim / 2;
+  for (int i = threadIdx.x; i < half; i += kThreads) {
+    inv_freq[i] = InvFreq(i, shape.rotary_dim, log_base);
+  }
+  __syncthreads();
+  const uint32_t item = blockIdx.x * kThreads + threadIdx.x;
+  if (item >= shape.items) return;
+  const uint32_t t = shape.token_of(item);
+  const int rest = static_cast<int>(item - t * static_cast<uint32_t>(shape.per_token));
+  const int g = rest / shape.columns, j = rest - g * shape.columns;
+  const int h0 = g * shape.group_heads;
+  const int h1 = min(h0 + shape.group_heads, shape.heads);
+  // Element offset of the pack in head h0 of token t; a pass-through pack sits past the rotation.
+  const T* in = x + (static_cast<int64_t>(t) * shape.heads + h0) * shape.head_dim;
+  T* out = y + (static_cast<int64_t>(t) * shape.heads + h0) * shape.head_dim;
+  if (j >= shape.rot_packs) {
+    const int offset = shape.rotary_dim + (j - shape.rot_packs) * N;
+    for (int h = h0; h < h1; ++h, in += shape.head_dim, out += shape.head_dim) {
+      *reinterpret_cast<P*>(out + offset) = *reinterpret_cast<const P*>(in + offset);
     }
-    __syncthreads();
-    const int items = nt * per_token;
-    for (int first = threadIdx.x; first < items; first += kUnroll * kThreads) {
-      P a[kUnroll], b[kUnroll];
-      int64_t at[kUnroll];  // Element offset of a (b is half further), or -1 for no item.
-      int angle[kUnroll];   // Table index of the pack's first pair, or -1 for a copy.
+    return;
+  }
+  const int32_t position = positions[t];
+  float2 cs[N];  // The column's (cos, sin) pairs.
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int k = first + u * kThreads;
-        at[u] = -1;
-        if (k >= items) continue;
-        const int tl = k / per_token;
-        const int h = (k - tl * per_token) / per_head;
-        const int j = k - tl * per_token - h * per_head;
-        const int64_t head = ((t0 + tl) * heads + h) * head_dim;
-        if (j < rot_packs) {
-          at[u] = head + j * N;
-          angle[u] = tl * half + j * N;
-          a[u] = *reinterpret_cast<const P*>(x + at[u]);
-          b[u] = *reinterpret_cast<const P*>(x + at[u] + half);
-        } else {
-          at[u] = head + rotary_dim + (j - rot_packs) * N;
-          angle[u] = -1;
-          a[u] = *reinterpret_cast<const P*>(x + at[u]);
-        }
-      }
+  for (int e = 0; e < N; ++e) cs[e] = Angle(position, inv_freq[j * N + e], backward);
+  for (int h = h0; h < h1; ++h, in += shape.head_dim, out += shape.head_dim) {
+    const P a = *reinterpret_cast<const P*>(in + j * N);
+    const P b = *reinterpret_cast<const P*>(in + j * N + half);
+    P ya, yb;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (at[u] < 0) continue;
-        if (angle[u] < 0) {
-          *reinterpret_cast<P*>(y + at[u]) = a[u];
-          continue;
-        }
-        P ya, yb;
-#pragma unroll
-        for (int e = 0; e < N; ++e) {
-          const float2 cs = table[angle[u] + e];
-          const float av = ToFloat(a[u].v[e]), bv = ToFloat(b[u].v[e]);
-          Put(&ya.v[e], RotateFirst(av, bv, cs));
-          Put(&yb.v[e], RotateSecond(av, bv, cs));
-        }
-        *reinterpret_cast<P*>(y + at[u]) = ya;
-        *reinterpret_cast<P*>(y + at[u] + half) = yb;
-      }
+    for (int e = 0; e < N; ++e) {
+      const float av = ToFloat(a.v[e]), bv = ToFloat(b.v[e]);
+      Put(&ya.v[e], RotateFirst(av, bv, cs[e]));
+      Put(&yb.v[e], RotateSecond(av, bv, cs[e]));
     }
-    __syncthreads();  // The table is rewritten for the next tile.
+    *reinterpret_cast<P*>(out + j * N) = ya;
+    *reinterpret_cast<P*>(out + j * N + half) = yb;
   }
 }
 
@@ -132,7 +147,8 @@ __global__ void RopeScalarKernel(const T* x, T* y, const int32_t* __restrict__ p
        k += stride) {
     const int64_t t = k / per_token, j = k % per_token;
     if (j < half) {
-      const float2 cs = Angle(positions[t], static_cast<int>(j), rotary_dim, log_base, backward);
+      const float2 cs =
+          Angle(positions[t], InvFreq(static_cast<int>(j), rotary_dim, log_base), backward);
       for (int64_t h = 0; h < heads; ++h) {
         const int64_t base = (t * heads + h) * head_dim;
         const float a = ToFloat(x[base + j]);
@@ -157,18 +173,26 @@ void Launch(const RopeParams& p, cudaStream_t s) {
   T* y = static_cast<T*>(p.y);
   const double log_base = std::log(p.base);
   const int64_t half = p.rotary_dim / 2;
-  const int64_t pass_packs = p.x == p.y ? 0 : (p.head_dim - p.rotary_dim) / N;
-  const int64_t per_token = p.heads * (half / N + pass_packs);
-  if (half % N == 0 && p.head_dim % N == 0 && half <= kTableEntries &&
-      per_token <= kMaxItemsPerToken && VecAligned(p.x) && VecAligned(p.y)) {
-    // Tiles of about 2 passes of kUnroll items per thread, as many tokens as the table holds.
-    const int64_t tile = std::clamp<int64_t>(
-        2 * kUnroll * kThreads / std::max<int64_t>(per_token, 1), 1, kTableEntries / half);
-    const unsigned grid = GridFor(p.tokens, tile, ResidentBlocks<RopeVecKernel<T>>(kThreads));
-    RopeVecKernel<T><<<grid, kThreads, 0, s>>>(
-        x, y, p.positions, p.tokens, static_cast<int>(p.heads), static_cast<int>(p.head_dim),
-        static_cast<int>(p.rotary_dim), static_cast<int>(pass_packs), static_cast<int>(tile),
-        log_base, p.backward);
+  const int64_t columns = half / N + (p.x == p.y ? 0 : (p.head_dim - p.rotary_dim) / N);
+  // Head groups: enough threads to fill the device, each group at least one head.
+  const int64_t groups =
+      std::clamp<int64_t>(kTargetThreads / std::max<int64_t>(p.tokens * columns, 1), 1, p.heads);
+  const int64_t group_heads = (p.heads + groups - 1) / groups;
+  const int64_t per_token = (p.heads + group_heads - 1) / group_heads * columns;
+  if (half % N == 0 && p.head_dim % N == 0 && half <= kMaxHalf &&
+      p.tokens * per_token < (int64_t{1} << 31) && p.heads * p.head_dim < (int64_t{1} << 31) &&
+      VecAligned(p.x) && VecAligned(p.y)) {
+    const RopeVecShape shape{.items = static_cast<uint32_t>(p.tokens * per_token),
+                             .token_of = FastDivider(static_cast<uint32_t>(per_token)),
+                             .per_token = static_cast<int>(per_token),
+                             .columns = static_cast<int>(columns),
+                             .rot_packs = static_cast<int>(half / N),
+                             .group_heads = static_cast<int>(group_heads),
+                             .heads = static_cast<int>(p.heads),
+                             .head_dim = static_cast<int>(p.head_dim),
+                             .rotary_dim = static_cast<int>(p.rotary_dim)};
+    const auto grid = static_cast<unsigned>((shape.items + kThreads - 1) / kThreads);
+    RopeVecKernel<T><<<grid, kThreads, 0, s>>>(x, y, p.positions, shape, log_base, p.backward);
   } else {
     const int64_t n = p.tokens * (half + (p.head_dim - p.rotary_dim));
     RopeScalarKernel<T><<<GridStrideBlocks(n), kThreads, 0, s>>>(
