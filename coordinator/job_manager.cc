@@ -52,11 +52,6 @@ v1::Failure DeadlineFailure(absl::Duration limit) {
       0, -1);
 }
 
-// "cpu" or "cuda", as workers and job specs spell device kinds.
-const char* DeviceKindWord(v1::DeviceKind device) {
-  return device == v1::DEVICE_KIND_CUDA ? "cuda" : "cpu";
-}
-
 // Six random base-36 characters.
 std::string RandomTag() {
   static constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuvwxyz";

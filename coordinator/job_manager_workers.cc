@@ -34,6 +34,23 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
     return absl::InvalidArgumentError("worker.device is unspecified");
   }
   absl::MutexLock lock(&mu_);
+  // A device runs one worker at a time. While a worker on record holds this one (same host,
+  // device kind and local index, not leaving), another registration for it is refused: a worker
+  // restarted before its predecessor's heartbeat timeout retries until that record is dropped (so
+  // the dead one is never given a rank), and a second live worker never displaces the first.
+  for (const auto& [held_by, w] : workers_) {
+    if (w.leaving || w.info.host() != info.host() || w.info.device() != info.device() ||
+        w.info.local_index() != info.local_index()) {
+      continue;
+    }
+    return absl::AlreadyExistsError(absl::StrCat(
+        DeviceKindWord(info.device()), " device ", info.local_index(), " of host ", info.host(),
+        " is held by worker ", held_by, " (pid ", w.info.pid(), ", last heartbeat ",
+        absl::FormatDuration(absl::Trunc(now - w.last_heartbeat, absl::Milliseconds(1))),
+        " ago): a worker restarted for it registers once that one's heartbeat timeout (",
+        absl::FormatDuration(options_.heartbeat_timeout),
+        ") has passed; workers for different devices need different local indices"));
+  }
   // Ids never repeat across coordinator restarts: a worker that kept an old id must hear
   // COMMAND_REGISTER, not another worker's commands.
   const std::string id = absl::StrCat("w-", instance_, "-", next_worker_++);

@@ -50,4 +50,8 @@ std::string RankCount(int64_t n, bool all) {
   return absl::StrCat(all ? "all " : "", n, " ranks");
 }
 
+const char* DeviceKindWord(v1::DeviceKind device) {
+  return device == v1::DEVICE_KIND_CUDA ? "cuda" : "cpu";
+}
+
 }  // namespace mimo::coordinator

@@ -1,4 +1,5 @@
-// The job state machine: which transitions are legal and which states are final.
+// The job state machine (which transitions are legal, which states are final) and the words
+// event messages use for states, rank counts and device kinds.
 #pragma once
 
 #include <cstdint>
@@ -26,5 +27,8 @@ std::string RankCount(int64_t n, bool all = false);
 
 // "RUNNING" for JOB_STATE_RUNNING.
 absl::string_view StateName(v1::JobState state);
+
+// "cpu" or "cuda", as workers and job specs spell device kinds.
+const char* DeviceKindWord(v1::DeviceKind device);
 
 }  // namespace mimo::coordinator

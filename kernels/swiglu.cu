@@ -25,16 +25,15 @@ namespace mimo::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-#ifndef SWU_F
-#define SWU_F 4
-#define SWU_B 3
-#endif
-// Packs of each input per thread: the forward kForwardPacks, the backward kBackwardPacks (of 16
-// bytes, or single elements). Each thread loads all of its packs, then computes and stores them,
-// and the grid covers the tensor in one pass: many small blocks, few registers each, so the
-// multiprocessors hold up to 64 warps whose loads overlap one another's arithmetic.
-constexpr int kForwardPacks = SWU_F;
-constexpr int kBackwardPacks = SWU_B;
+// Packs of each input per thread (of 16 bytes, or single elements): 4 forward, 3 backward. Each
+// thread loads its packs, then computes and stores them, and the grid covers the tensor in one
+// pass: small blocks of few registers (58 forward, 73 backward, so 32 and 24 warps a
+// multiprocessor), whose loads overlap one another's arithmetic. At 8192 x 14336 bf16 this is
+// 6% (forward) and 0.5% (backward) faster on an H100 than the earlier resident grid of 16 deeply
+// unrolled warps a multiprocessor (1 or 2 packs a thread measured the same), and 1.39x / 1.26x
+// faster on an H200, at copy bandwidth (2026-12-06 in bench/RESULTS.md).
+constexpr int kForwardPacks = 4;
+constexpr int kBackwardPacks = 3;
 
 // 1 / (1 + exp(-a)) from the multiprocessor's ex2 and reciprocal approximations (a relative error
 // of a few 1e-7 for |a| up to tens): expf's range reduction and the correctly rounded reciprocal

@@ -269,7 +269,19 @@ absl::Status Worker::Run() {
                         LocalWorkerInfo(options_.host, options_.local_index, options_.device));
   if (stopping()) return absl::OkStatus();
   MIMO_RETURN_IF_ERROR(client_->WaitForConnection(options_.connect_timeout));
-  MIMO_RETURN_IF_ERROR(RegisterNow({}));
+  // AlreadyExists: the coordinator still holds this device for another worker (this one's
+  // predecessor, dead but not yet timed out, or a live duplicate). Retried every second; said once.
+  absl::Status registered = RegisterNow({});
+  for (bool said = false; absl::IsAlreadyExists(registered) && !stopping(); said = true) {
+    if (!said) Say(absl::StrCat("waiting to register: ", registered.message()));
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
+    }
+    registered = RegisterNow({});
+  }
+  if (stopping() && !registered.ok()) return absl::OkStatus();
+  MIMO_RETURN_IF_ERROR(registered);
   heartbeat_ = std::thread([this] { HeartbeatLoop(); });
 
   while (!stopping()) {

@@ -97,6 +97,39 @@ TEST_F(LifecycleTest, RankStoppingUnaskedEndsTheAttempt) {
   EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
 }
 
+// RegisterWorker for (host, local_index, device) and nothing more: its status.
+grpc::Status Register(std::shared_ptr<grpc::Channel> channel, const std::string& host,
+                      int local_index, v1::DeviceKind device = v1::DEVICE_KIND_CPU) {
+  v1::RegisterWorkerRequest request;
+  request.mutable_worker()->set_host(host);
+  request.mutable_worker()->set_local_index(local_index);
+  request.mutable_worker()->set_device(device);
+  v1::RegisterWorkerResponse response;
+  return v1::WorkerService::NewStub(channel)->RegisterWorker(Context().get(), request, &response);
+}
+
+// A worker restarted on its device before its predecessor's heartbeat timeout is refused (the dead
+// predecessor must not be offered ranks meanwhile, nor a live duplicate displaced) until that
+// record is dropped; then it registers. Other hosts and device kinds are not affected.
+TEST_F(LifecycleTest, ADeviceHeldByAWorkerOnRecordRefusesASecondOneUntilItsTimeout) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  const grpc::Status refused = Register(Channel(), "h", 2);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_THAT(refused.error_message(),
+              AllOf(HasSubstr("cpu device 2 of host h is held by worker " + workers[2]->id()),
+                    HasSubstr("registers once that one's heartbeat timeout")));
+  EXPECT_TRUE(Register(Channel(), "g", 2).ok());
+  EXPECT_TRUE(Register(Channel(), "h", 2, v1::DEVICE_KIND_CUDA).ok());
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);
+  // Rank 2's worker is dead: once its heartbeat timeout drops it, its device is free.
+  KeepBeating({workers[0].get(), workers[1].get(), workers[3].get()}, absl::Milliseconds(600));
+  EXPECT_TRUE(Register(Channel(), "h", 2).ok());
+  EXPECT_EQ(Get(job.id()).failure().reason(), "HEARTBEAT_TIMEOUT");
+}
+
 TEST_F(LifecycleTest, WorkerIdsNeverRepeatAcrossRestarts) {
   auto before = Workers(2);
   StopServer();

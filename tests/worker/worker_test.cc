@@ -285,6 +285,23 @@ TEST_F(WorkerTest, CancelStopsALongSelftestMidRunOnEveryRankWithinTwoSeconds) {
             v1::JOB_STATE_SUCCEEDED);
 }
 
+// A worker restarted on its device while the coordinator still holds the device for its dead
+// predecessor waits (its registration is refused) until that one's 2 s heartbeat timeout has
+// passed, then registers and takes jobs.
+TEST_F(WorkerTest, ARestartedWorkerRegistersOnceItsPredecessorTimesOut) {
+  const coordinator::testing::FakeWorker predecessor(Channel(), "h", 0);  // Silent from now on.
+  const absl::Time start = absl::Now();
+  auto workers = StartWorkers(1);  // Slot 0 of host "h"; waits up to 5 s.
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(1500));
+  auto more = StartWorkers(3, 1);
+  const v1::Job job = Submit(SelftestSpec("selftest-after-restart"));
+  EXPECT_EQ(AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED, absl::Seconds(20)).state(),
+            v1::JOB_STATE_SUCCEEDED);
+  workers.insert(workers.end(), std::make_move_iterator(more.begin()),
+                 std::make_move_iterator(more.end()));
+  for (auto& w : workers) EXPECT_TRUE(w->Join().ok());
+}
+
 TEST_F(WorkerTest, WorkerExitsOnItsOwnWhenTheCoordinatorIsGone) {
   auto workers = StartWorkers(1);
   const absl::Time gone = absl::Now();
