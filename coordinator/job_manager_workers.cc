@@ -35,13 +35,20 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
   }
   absl::MutexLock lock(&mu_);
   // A device runs one worker at a time. While a worker on record holds this one (same host,
-  // device kind and local index, not leaving), another registration for it is refused: a worker
-  // restarted before its predecessor's heartbeat timeout retries until that record is dropped (so
-  // the dead one is never given a rank), and a second live worker never displaces the first.
+  // device kind and local index, not leaving), another registration for it is refused, so a
+  // second live worker never displaces the first; the new one retries. A holder without a job
+  // that missed two heartbeats is taken as gone (a live worker beats every interval, and nothing
+  // is lost) and replaced at once; one with a job holds the device until its heartbeat timeout,
+  // which fails that job naming it.
+  std::string stale;
   for (const auto& [held_by, w] : workers_) {
     if (w.leaving || w.info.host() != info.host() || w.info.device() != info.device() ||
         w.info.local_index() != info.local_index()) {
       continue;
+    }
+    if (w.job_id.empty() && now - w.last_heartbeat > 2 * options_.heartbeat_interval) {
+      stale = held_by;
+      break;
     }
     return absl::AlreadyExistsError(absl::StrCat(
         DeviceKindWord(info.device()), " device ", info.local_index(), " of host ", info.host(),
@@ -51,6 +58,7 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
         absl::FormatDuration(options_.heartbeat_timeout),
         ") has passed; workers for different devices need different local indices"));
   }
+  if (!stale.empty()) workers_.erase(stale);
   // Ids never repeat across coordinator restarts: a worker that kept an old id must hear
   // COMMAND_REGISTER, not another worker's commands.
   const std::string id = absl::StrCat("w-", instance_, "-", next_worker_++);

@@ -81,7 +81,8 @@ int main(int argc, char** argv) {
       "Exit codes: 0 stopped by SIGTERM or SIGINT (SIGTERM: a training job that saves checkpoints\n"
       "saves one after its current step and stops, and the coordinator restarts it from there;\n"
       "other jobs, or SIGINT or a second SIGTERM: the running job is aborted and reported\n"
-      "STOPPED); 1 fatal error (e.g. registration refused, bad token); 2 usage error; 3 the\n"
+      "STOPPED); 1 fatal error (e.g. registration refused, other than for a device held by\n"
+      "another worker, which is retried; bad token); 2 usage error; 3 the\n"
       "coordinator cannot be reached within --connect-timeout, or stopped answering for longer\n"
       "than its heartbeat timeout and reattach grace, whichever is longer (the running job is\n"
       "aborted first).");

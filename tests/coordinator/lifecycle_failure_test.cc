@@ -108,26 +108,42 @@ grpc::Status Register(std::shared_ptr<grpc::Channel> channel, const std::string&
   return v1::WorkerService::NewStub(channel)->RegisterWorker(Context().get(), request, &response);
 }
 
-// A worker restarted on its device before its predecessor's heartbeat timeout is refused (the dead
-// predecessor must not be offered ranks meanwhile, nor a live duplicate displaced) until that
-// record is dropped; then it registers. Other hosts and device kinds are not affected.
-TEST_F(LifecycleTest, ADeviceHeldByAWorkerOnRecordRefusesASecondOneUntilItsTimeout) {
+// A worker restarted on its device while its predecessor still holds a rank there is refused
+// (a second live worker must never displace the first) until that record is dropped by its
+// heartbeat timeout; then it registers. Other hosts and device kinds are not affected.
+TEST_F(LifecycleTest, ADeviceHeldByAWorkerWithAJobRefusesASecondOneUntilItsTimeout) {
+  const std::shared_ptr<grpc::Channel> channel = Channel();
   const v1::Job job = Submit(SmallSpec());
   auto workers = Workers(4);
   std::vector<v1::Assignment> as = Assignments(workers);
   for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
-  const grpc::Status refused = Register(Channel(), "h", 2);
+  for (auto& w : workers) w->Heartbeat();  // Well inside the 400 ms heartbeat timeout.
+  const grpc::Status refused = Register(channel, "h", 2);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_THAT(refused.error_message(),
               AllOf(HasSubstr("cpu device 2 of host h is held by worker " + workers[2]->id()),
                     HasSubstr("registers once that one's heartbeat timeout")));
-  EXPECT_TRUE(Register(Channel(), "g", 2).ok());
-  EXPECT_TRUE(Register(Channel(), "h", 2, v1::DEVICE_KIND_CUDA).ok());
+  EXPECT_TRUE(Register(channel, "g", 2).ok());
+  EXPECT_TRUE(Register(channel, "h", 2, v1::DEVICE_KIND_CUDA).ok());
+  for (auto& w : workers) w->Heartbeat();
   EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);
   // Rank 2's worker is dead: once its heartbeat timeout drops it, its device is free.
   KeepBeating({workers[0].get(), workers[1].get(), workers[3].get()}, absl::Milliseconds(600));
-  EXPECT_TRUE(Register(Channel(), "h", 2).ok());
+  EXPECT_TRUE(Register(channel, "h", 2).ok());
   EXPECT_EQ(Get(job.id()).failure().reason(), "HEARTBEAT_TIMEOUT");
+}
+
+// An idle worker that missed two heartbeats (50 ms apart here) is replaced by a new registration
+// for its device at once, well before its 400 ms timeout, and is not offered the next job.
+TEST_F(LifecycleTest, AnIdleSilentWorkersDeviceIsTakenAtOnce) {
+  auto workers = Workers(4);
+  absl::SleepFor(absl::Milliseconds(150));
+  for (int i : {0, 2, 3}) workers[i]->Heartbeat();
+  auto old = std::move(workers[1]);
+  workers[1] = std::make_unique<FakeWorker>(Channel(), "h", 1);
+  EXPECT_EQ(old->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+  Submit(SmallSpec());
+  Assignments(workers);  // Each of the 4 live workers gets a rank.
 }
 
 TEST_F(LifecycleTest, WorkerIdsNeverRepeatAcrossRestarts) {
