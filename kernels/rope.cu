@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kThreads)
   const int g = rest / shape.columns, j = rest - g * shape.columns;
   const int h0 = g * shape.group_heads;
   const int h1 = min(h0 + shape.group_heads, shape.heads);
-  // Element offset of the pack in head h0 of token t; a pass-through pack sits past the rotation.
+  // Head h0 of token t; a pass-through column's pack sits past the rotated part.
   const T* in = x + (static_cast<int64_t>(t) * shape.heads + h0) * shape.head_dim;
   T* out = y + (static_cast<int64_t>(t) * shape.heads + h0) * shape.head_dim;
   if (j >= shape.rot_packs) {
