@@ -485,6 +485,51 @@ absl::Status CheckHandled(DType dtype, int64_t num_seqs, int64_t total_tokens, i
   return absl::OkStatus();
 }
 
+// A call's problem, plan and workspace layout; no plan when there are no tokens (nothing to do).
+struct Prepared {
+  Problem problem;
+  const CudnnGraph::Plan* plan = nullptr;
+  Layout layout;
+};
+
+// Checks a forward call and finds its plan through `plan_for` (Problem -> StatusOr<const Plan*>).
+template <typename PlanFor>
+absl::StatusOr<Prepared> PrepareForward(const AttentionParams& p, PlanFor&& plan_for) {
+  MIMO_RETURN_IF_ERROR(CheckAttention(p));
+  Prepared out;
+  if (p.total_tokens == 0) return out;
+  MIMO_RETURN_IF_ERROR(CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim,
+                                    p.max_seqlen,
+                                    {{"q", p.q}, {"k", p.k}, {"v", p.v}, {"out", p.out}}));
+  out.problem = Describe(false, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads, p.kv_heads,
+                         p.head_dim, p.causal);
+  MIMO_ASSIGN_OR_RETURN(out.plan, plan_for(out.problem));
+  out.layout = LayoutFor(out.problem, out.plan->workspace_bytes);
+  return out;
+}
+
+template <typename PlanFor>
+absl::StatusOr<Prepared> PrepareBackward(const AttentionBackwardParams& p, PlanFor&& plan_for) {
+  MIMO_RETURN_IF_ERROR(CheckAttentionBackward(p));
+  Prepared out;
+  if (p.total_tokens == 0) return out;
+  MIMO_RETURN_IF_ERROR(CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim,
+                                    p.max_seqlen,
+                                    {{"q", p.q},
+                                     {"k", p.k},
+                                     {"v", p.v},
+                                     {"out", p.out},
+                                     {"dout", p.dout},
+                                     {"dq", p.dq},
+                                     {"dk", p.dk},
+                                     {"dv", p.dv}}));
+  out.problem = Describe(true, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads, p.kv_heads,
+                         p.head_dim, p.causal);
+  MIMO_ASSIGN_OR_RETURN(out.plan, plan_for(out.problem));
+  out.layout = LayoutFor(out.problem, out.plan->workspace_bytes);
+  return out;
+}
+
 template <typename T>
 T* At(void* base, size_t offset) {
   return reinterpret_cast<T*>(static_cast<char*>(base) + offset);
@@ -523,48 +568,33 @@ absl::Status AddMaskInputs(const Problem& problem, const Layout& layout, const P
 }  // namespace
 
 absl::StatusOr<size_t> CudnnAttention::ForwardWorkspaceBytes(const AttentionParams& p) {
-  MIMO_RETURN_IF_ERROR(CheckAttention(p));
-  if (p.total_tokens == 0) return 0;
-  MIMO_RETURN_IF_ERROR(CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim,
-                                    p.max_seqlen,
-                                    {{"q", p.q}, {"k", p.k}, {"v", p.v}, {"out", p.out}}));
-  const Problem problem = Describe(false, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads,
-                                   p.kv_heads, p.head_dim, p.causal);
-  MIMO_ASSIGN_OR_RETURN(const CudnnGraph::Plan* plan, state_->PlanFor(problem));
-  return LayoutFor(problem, plan->workspace_bytes).total;
+  MIMO_ASSIGN_OR_RETURN(const Prepared call, PrepareForward(p, [this](const Problem& problem) {
+                          return state_->PlanFor(problem);
+                        }));
+  return call.plan == nullptr ? 0 : call.layout.total;
 }
 
 absl::StatusOr<size_t> CudnnAttention::BackwardWorkspaceBytes(const AttentionBackwardParams& p) {
-  MIMO_RETURN_IF_ERROR(CheckAttentionBackward(p));
-  if (p.total_tokens == 0) return 0;
-  MIMO_RETURN_IF_ERROR(CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim,
-                                    p.max_seqlen,
-                                    {{"q", p.q},
-                                     {"k", p.k},
-                                     {"v", p.v},
-                                     {"out", p.out},
-                                     {"dout", p.dout},
-                                     {"dq", p.dq},
-                                     {"dk", p.dk},
-                                     {"dv", p.dv}}));
-  const Problem problem = Describe(true, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads,
-                                   p.kv_heads, p.head_dim, p.causal);
-  MIMO_ASSIGN_OR_RETURN(const CudnnGraph::Plan* plan, state_->PlanFor(problem));
-  return LayoutFor(problem, plan->workspace_bytes).total;
+  MIMO_ASSIGN_OR_RETURN(const Prepared call, PrepareBackward(p, [this](const Problem& problem) {
+                          return state_->PlanFor(problem);
+                        }));
+  return call.plan == nullptr ? 0 : call.layout.total;
 }
 
 absl::Status CudnnAttention::Forward(const AttentionParams& p, void* workspace,
                                      size_t workspace_bytes, StreamHandle stream) {
-  MIMO_ASSIGN_OR_RETURN(const size_t needed, ForwardWorkspaceBytes(p));
-  if (p.total_tokens == 0) return absl::OkStatus();
-  if (workspace == nullptr || workspace_bytes < needed) {
+  MIMO_ASSIGN_OR_RETURN(const Prepared call, PrepareForward(p, [this](const Problem& problem) {
+                          return state_->PlanFor(problem);
+                        }));
+  if (call.plan == nullptr) return absl::OkStatus();
+  if (workspace == nullptr || workspace_bytes < call.layout.total) {
     return absl::InvalidArgumentError(absl::StrCat("cuDNN attention forward: workspace of ",
-                                                   workspace_bytes, " bytes, needs ", needed));
+                                                   workspace_bytes, " bytes, needs ",
+                                                   call.layout.total));
   }
-  const Problem problem = Describe(false, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads,
-                                   p.kv_heads, p.head_dim, p.causal);
-  MIMO_ASSIGN_OR_RETURN(const CudnnGraph::Plan* plan, state_->PlanFor(problem));
-  const Layout layout = LayoutFor(problem, plan->workspace_bytes);
+  const Problem& problem = call.problem;
+  const Layout& layout = call.layout;
+  const CudnnGraph::Plan* plan = call.plan;
   const auto s = static_cast<cudaStream_t>(stream);
   MIMO_CUDNN_RETURN_IF_ERROR(cudnnSetStream(state_->handle, s));
   float scale = p.scale, neg_inf = -std::numeric_limits<float>::infinity();
@@ -590,16 +620,18 @@ absl::Status CudnnAttention::Forward(const AttentionParams& p, void* workspace,
 
 absl::Status CudnnAttention::Backward(const AttentionBackwardParams& p, void* workspace,
                                       size_t workspace_bytes, StreamHandle stream) {
-  MIMO_ASSIGN_OR_RETURN(const size_t needed, BackwardWorkspaceBytes(p));
-  if (p.total_tokens == 0) return absl::OkStatus();
-  if (workspace == nullptr || workspace_bytes < needed) {
+  MIMO_ASSIGN_OR_RETURN(const Prepared call, PrepareBackward(p, [this](const Problem& problem) {
+                          return state_->PlanFor(problem);
+                        }));
+  if (call.plan == nullptr) return absl::OkStatus();
+  if (workspace == nullptr || workspace_bytes < call.layout.total) {
     return absl::InvalidArgumentError(absl::StrCat("cuDNN attention backward: workspace of ",
-                                                   workspace_bytes, " bytes, needs ", needed));
+                                                   workspace_bytes, " bytes, needs ",
+                                                   call.layout.total));
   }
-  const Problem problem = Describe(true, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads,
-                                   p.kv_heads, p.head_dim, p.causal);
-  MIMO_ASSIGN_OR_RETURN(const CudnnGraph::Plan* plan, state_->PlanFor(problem));
-  const Layout layout = LayoutFor(problem, plan->workspace_bytes);
+  const Problem& problem = call.problem;
+  const Layout& layout = call.layout;
+  const CudnnGraph::Plan* plan = call.plan;
   const auto s = static_cast<cudaStream_t>(stream);
   MIMO_CUDNN_RETURN_IF_ERROR(cudnnSetStream(state_->handle, s));
   auto* stats = At<float>(workspace, layout.stats);
