@@ -233,20 +233,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Whether the chunk kernel's binary can run clusters (built for sm_90 or later).
-template <typename T, int N>
-bool ClustersBuilt() {
-  static const bool built = [] {
-    cudaFuncAttributes a{};
-    if (cudaFuncGetAttributes(&a, ChunkKernel<T, N>) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    return a.binaryVersion >= 90;
-  }();
-  return built;
-}
-
 template <typename T, int N>
 cudaError_t Chunk(const CrossEntropyChunkParams& p, cudaStream_t s) {
   // Split rows while the grid would be under 2 resident waves and each block keeps at least one
@@ -254,7 +240,7 @@ cudaError_t Chunk(const CrossEntropyChunkParams& p, cudaStream_t s) {
   const int64_t packs = p.chunk / N;
   const int64_t resident = ResidentBlocks<ChunkKernel<T, N>>(kThreads);
   int splits = 1;
-  if (ClustersBuilt<T, N>()) {
+  if (ClustersBuilt<ChunkKernel<T, N>>()) {
     while (splits < kMaxSplits && p.tokens * splits < 2 * resident &&
            packs / (2 * splits) >= kUnroll * kThreads && p.tokens * 2 * splits <= 0x7fffffff) {
       splits *= 2;

@@ -50,6 +50,21 @@ unsigned ResidentBlocks(int threads, size_t smem = 0) {
   return static_cast<unsigned>(MultiprocessorCount() * per_sm);
 }
 
+// Whether `kKernel`'s binary for the current device can run thread block clusters (built for
+// sm_90 or later); computed once per kernel.
+template <auto kKernel>
+bool ClustersBuilt() {
+  static const bool built = [] {
+    cudaFuncAttributes a{};
+    if (cudaFuncGetAttributes(&a, kKernel) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    return a.binaryVersion >= 90;
+  }();
+  return built;
+}
+
 // Grid for a grid-stride loop over `items` items, `per_block` per block and pass: enough blocks to
 // cover them, at most `resident`, at least 1.
 inline unsigned GridFor(int64_t items, int64_t per_block, unsigned resident) {
