@@ -50,8 +50,9 @@ unsigned ResidentBlocks(int threads, size_t smem = 0) {
   return static_cast<unsigned>(MultiprocessorCount() * per_sm);
 }
 
-// Whether `kKernel`'s binary for the current device can run thread block clusters (built for
-// sm_90 or later); computed once per kernel.
+// Whether `kKernel`'s code for the current device has its cluster paths: compiled from PTX of
+// compute_90 or later (the kernels' `__CUDA_ARCH__ >= 900` code; a binary JIT-compiled for a
+// Hopper from older PTX has not) and running on sm_90 or later. Computed once per kernel.
 template <auto kKernel>
 bool ClustersBuilt() {
   static const bool built = [] {
@@ -60,7 +61,7 @@ bool ClustersBuilt() {
       (void)cudaGetLastError();
       return false;
     }
-    return a.binaryVersion >= 90;
+    return a.ptxVersion >= 90 && a.binaryVersion >= 90;
   }();
   return built;
 }

@@ -98,7 +98,8 @@ constexpr size_t BackwardSmemBytes() {
 }
 
 // dx for rows blockIdx.x, blockIdx.x + gridDim.x, ...; with `partial`, this block's sums of
-// dy * xhat over those rows go to partial[blockIdx.x] (cols,). Each thread copies its own 16-byte
+// dy * xhat over those rows go to partial[blockIdx.x] (cols,), or, `paired` (clusters of 2), the
+// pair's sums to partial[blockIdx.x / 2]. Each thread copies its own 16-byte
 // vectors of dy and x for the next kStages - 1 rows into its own shared-memory slots
 // (cp.async), so many rows' loads are in flight without registers to hold them, and no thread
 // waits for another's copies.
@@ -311,7 +312,7 @@ absl::Status Forward(const RmsNormParams& p, cudaStream_t stream) {
 // Blocks of the backward, each writing one fp32 dweight partial row over its strided rows: at
 // most 264, 2 per SM of an H100 or H200 (7% faster than ColumnPartialGroups' 4 per SM at 16384 x
 // 4096 on an H100, 2026-12-05 in bench/RESULTS.md). It depends on the shape only, so the sums'
-// order does too.
+// order depends on the shape and on whether the code runs clusters (see Backward) only.
 int64_t BackwardGroups(int64_t rows) { return rows < 264 ? rows : 264; }
 
 template <typename T, int kMaxVecs>
