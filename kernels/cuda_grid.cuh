@@ -50,20 +50,27 @@ unsigned ResidentBlocks(int threads, size_t smem = 0) {
   return static_cast<unsigned>(MultiprocessorCount() * per_sm);
 }
 
-// Whether `kKernel`'s code for the current device has its cluster paths: compiled from PTX of
-// compute_90 or later (the kernels' `__CUDA_ARCH__ >= 900` code; a binary JIT-compiled for a
-// Hopper from older PTX has not) and running on sm_90 or later. Computed once per kernel.
+// The architecture `kKernel`'s code for the current device was compiled for, as 10 x major +
+// minor: the lower of its PTX's and its binary's (a binary JIT-compiled for a Hopper from older
+// PTX has only that PTX's `__CUDA_ARCH__` code paths); 0 when it cannot be queried. Computed once
+// per kernel.
 template <auto kKernel>
-bool ClustersBuilt() {
-  static const bool built = [] {
+int KernelArch() {
+  static const int arch = [] {
     cudaFuncAttributes a{};
     if (cudaFuncGetAttributes(&a, kKernel) != cudaSuccess) {
       (void)cudaGetLastError();
-      return false;
+      return 0;
     }
-    return a.ptxVersion >= 90 && a.binaryVersion >= 90;
+    return std::min(a.ptxVersion, a.binaryVersion);
   }();
-  return built;
+  return arch;
+}
+
+// Whether `kKernel` can run its thread block cluster paths (sm_90 code on an sm_90 device).
+template <auto kKernel>
+bool ClustersBuilt() {
+  return KernelArch<kKernel>() >= 90;
 }
 
 // Grid for a grid-stride loop over `items` items, `per_block` per block and pass: enough blocks to

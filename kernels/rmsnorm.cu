@@ -349,7 +349,9 @@ absl::Status Backward(const RmsNormBackwardParams& p, cudaStream_t stream) {
   auto* partial = static_cast<float*>(p.workspace);
   const int64_t groups = BackwardGroups(p.rows);
   bool paired = false;
-  if (Vectorizable<T>(p.cols, {p.dy, p.x, p.weight, p.dx})) {
+  // The vector backward copies through cp.async (sm_80 code); older code takes the scalar path.
+  if (Vectorizable<T>(p.cols, {p.dy, p.x, p.weight, p.dx}) &&
+      KernelArch<RmsNormBackwardVecKernel<T, 2>>() >= 80) {
     auto* dx = static_cast<T*>(p.dx);
     float* sums = p.dweight != nullptr ? partial : nullptr;
     const auto grid = static_cast<unsigned>(groups);
