@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -485,6 +486,28 @@ absl::Status CheckHandled(DType dtype, int64_t num_seqs, int64_t total_tokens, i
   return absl::OkStatus();
 }
 
+// A forward call's checks: CheckAttention's, then (with tokens) what cuDNN is not asked to take.
+absl::Status CheckCall(const AttentionParams& p) {
+  MIMO_RETURN_IF_ERROR(CheckAttention(p));
+  if (p.total_tokens == 0) return absl::OkStatus();
+  return CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim, p.max_seqlen,
+                      {{"q", p.q}, {"k", p.k}, {"v", p.v}, {"out", p.out}});
+}
+
+absl::Status CheckCall(const AttentionBackwardParams& p) {
+  MIMO_RETURN_IF_ERROR(CheckAttentionBackward(p));
+  if (p.total_tokens == 0) return absl::OkStatus();
+  return CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim, p.max_seqlen,
+                      {{"q", p.q},
+                       {"k", p.k},
+                       {"v", p.v},
+                       {"out", p.out},
+                       {"dout", p.dout},
+                       {"dq", p.dq},
+                       {"dk", p.dk},
+                       {"dv", p.dv}});
+}
+
 // A call's problem, plan and workspace layout; no plan when there are no tokens (nothing to do).
 struct Prepared {
   Problem problem;
@@ -492,40 +515,17 @@ struct Prepared {
   Layout layout;
 };
 
-// Checks a forward call and finds its plan through `plan_for` (Problem -> StatusOr<const Plan*>).
-template <typename PlanFor>
-absl::StatusOr<Prepared> PrepareForward(const AttentionParams& p, PlanFor&& plan_for) {
-  MIMO_RETURN_IF_ERROR(CheckAttention(p));
+// Checks a call (AttentionParams or AttentionBackwardParams) and finds its plan through
+// `plans.PlanFor(problem)` (the CudnnAttention's state).
+template <typename Params, typename Plans>
+absl::StatusOr<Prepared> Prepare(const Params& p, Plans& plans) {
+  MIMO_RETURN_IF_ERROR(CheckCall(p));
   Prepared out;
   if (p.total_tokens == 0) return out;
-  MIMO_RETURN_IF_ERROR(CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim,
-                                    p.max_seqlen,
-                                    {{"q", p.q}, {"k", p.k}, {"v", p.v}, {"out", p.out}}));
-  out.problem = Describe(false, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads, p.kv_heads,
+  constexpr bool kBackward = std::is_same_v<Params, AttentionBackwardParams>;
+  out.problem = Describe(kBackward, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads, p.kv_heads,
                          p.head_dim, p.causal);
-  MIMO_ASSIGN_OR_RETURN(out.plan, plan_for(out.problem));
-  out.layout = LayoutFor(out.problem, out.plan->workspace_bytes);
-  return out;
-}
-
-template <typename PlanFor>
-absl::StatusOr<Prepared> PrepareBackward(const AttentionBackwardParams& p, PlanFor&& plan_for) {
-  MIMO_RETURN_IF_ERROR(CheckAttentionBackward(p));
-  Prepared out;
-  if (p.total_tokens == 0) return out;
-  MIMO_RETURN_IF_ERROR(CheckHandled(p.dtype, p.num_seqs, p.total_tokens, p.heads, p.head_dim,
-                                    p.max_seqlen,
-                                    {{"q", p.q},
-                                     {"k", p.k},
-                                     {"v", p.v},
-                                     {"out", p.out},
-                                     {"dout", p.dout},
-                                     {"dq", p.dq},
-                                     {"dk", p.dk},
-                                     {"dv", p.dv}}));
-  out.problem = Describe(true, p.num_seqs, p.total_tokens, p.max_seqlen, p.heads, p.kv_heads,
-                         p.head_dim, p.causal);
-  MIMO_ASSIGN_OR_RETURN(out.plan, plan_for(out.problem));
+  MIMO_ASSIGN_OR_RETURN(out.plan, plans.PlanFor(out.problem));
   out.layout = LayoutFor(out.problem, out.plan->workspace_bytes);
   return out;
 }
@@ -568,24 +568,18 @@ absl::Status AddMaskInputs(const Problem& problem, const Layout& layout, const P
 }  // namespace
 
 absl::StatusOr<size_t> CudnnAttention::ForwardWorkspaceBytes(const AttentionParams& p) {
-  MIMO_ASSIGN_OR_RETURN(const Prepared call, PrepareForward(p, [this](const Problem& problem) {
-                          return state_->PlanFor(problem);
-                        }));
+  MIMO_ASSIGN_OR_RETURN(const Prepared call, Prepare(p, *state_));
   return call.plan == nullptr ? 0 : call.layout.total;
 }
 
 absl::StatusOr<size_t> CudnnAttention::BackwardWorkspaceBytes(const AttentionBackwardParams& p) {
-  MIMO_ASSIGN_OR_RETURN(const Prepared call, PrepareBackward(p, [this](const Problem& problem) {
-                          return state_->PlanFor(problem);
-                        }));
+  MIMO_ASSIGN_OR_RETURN(const Prepared call, Prepare(p, *state_));
   return call.plan == nullptr ? 0 : call.layout.total;
 }
 
 absl::Status CudnnAttention::Forward(const AttentionParams& p, void* workspace,
                                      size_t workspace_bytes, StreamHandle stream) {
-  MIMO_ASSIGN_OR_RETURN(const Prepared call, PrepareForward(p, [this](const Problem& problem) {
-                          return state_->PlanFor(problem);
-                        }));
+  MIMO_ASSIGN_OR_RETURN(const Prepared call, Prepare(p, *state_));
   if (call.plan == nullptr) return absl::OkStatus();
   if (workspace == nullptr || workspace_bytes < call.layout.total) {
     return absl::InvalidArgumentError(absl::StrCat("cuDNN attention forward: workspace of ",
@@ -620,9 +614,7 @@ absl::Status CudnnAttention::Forward(const AttentionParams& p, void* workspace,
 
 absl::Status CudnnAttention::Backward(const AttentionBackwardParams& p, void* workspace,
                                       size_t workspace_bytes, StreamHandle stream) {
-  MIMO_ASSIGN_OR_RETURN(const Prepared call, PrepareBackward(p, [this](const Problem& problem) {
-                          return state_->PlanFor(problem);
-                        }));
+  MIMO_ASSIGN_OR_RETURN(const Prepared call, Prepare(p, *state_));
   if (call.plan == nullptr) return absl::OkStatus();
   if (workspace == nullptr || workspace_bytes < call.layout.total) {
     return absl::InvalidArgumentError(absl::StrCat("cuDNN attention backward: workspace of ",

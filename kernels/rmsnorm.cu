@@ -350,15 +350,15 @@ absl::Status Backward(const RmsNormBackwardParams& p, cudaStream_t stream) {
   const int64_t groups = BackwardGroups(p.rows);
   bool paired = false;
   // The vector backward copies through cp.async (sm_80 code); older code takes the scalar path.
-  if (Vectorizable<T>(p.cols, {p.dy, p.x, p.weight, p.dx}) &&
-      KernelArch<RmsNormBackwardVecKernel<T, 2>>() >= 80) {
+  const int arch = KernelArch<RmsNormBackwardVecKernel<T, 2>>();
+  if (Vectorizable<T>(p.cols, {p.dy, p.x, p.weight, p.dx}) && arch >= 80) {
     auto* dx = static_cast<T*>(p.dx);
     float* sums = p.dweight != nullptr ? partial : nullptr;
     const auto grid = static_cast<unsigned>(groups);
     // Blocks in clusters of 2 add their dweight sums before writing them, where the block count
     // is even and the device runs clusters: half the partials' traffic and column sum (2.5%
     // faster at 16384 x 4096 on an H100, 2026-12-06 in bench/RESULTS.md).
-    paired = sums != nullptr && groups % 2 == 0 && ClustersBuilt<RmsNormBackwardVecKernel<T, 2>>();
+    paired = sums != nullptr && groups % 2 == 0 && arch >= 90;  // Clusters: sm_90 code.
     switch (VecsPerThread<T>(p.cols)) {
       case 1:
         MIMO_RETURN_IF_ERROR(
