@@ -283,6 +283,7 @@ class SpecChecker {
     Positive(absl::StrCat(path, ".vocab_size"), l.vocab_size());
     Positive(absl::StrCat(path, ".max_sequence_length"), l.max_sequence_length());
     NonNegative(absl::StrCat(path, ".rotary_base"), l.rotary_base());
+    NonNegative(absl::StrCat(path, ".vocab_chunk"), l.vocab_chunk());
     CheckTransformer(l.transformer(), l.has_transformer(), absl::StrCat(path, ".transformer"),
                      module, tp);
 

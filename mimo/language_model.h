@@ -30,8 +30,9 @@ struct LanguageModelConfig {
   int moe_layer_freq = 1;  // >= 1.
 
   // The output layer's logits are made and consumed this many vocabulary entries at a time, so
-  // only (tokens, vocab_chunk) of them exist at once; 0: the whole vocabulary in one piece.
-  int64_t vocab_chunk = 0;
+  // only (tokens, vocab_chunk) of them exist at once (a 128k vocabulary in 4 chunks); 0: the
+  // whole vocabulary in one piece.
+  int64_t vocab_chunk = 32768;
 
   // Megatron's share_embeddings_and_output_weights: the output layer multiplies by the word
   // embeddings (one parameter, its gradient from both uses). With pipeline stages the first

@@ -94,6 +94,7 @@ absl::StatusOr<MimoModelConfig> MimoModelConfigFromSpec(const v1::JobSpec& spec,
         c.moe = Moe(l.moe(), l.transformer().ffn_hidden_size());
         c.moe_layer_freq = l.moe().moe_layer_freq() > 0 ? l.moe().moe_layer_freq() : 1;
         c.share_embeddings_and_output_weights = l.share_embeddings_and_output_weights();
+        if (l.vocab_chunk() > 0) c.vocab_chunk = l.vocab_chunk();
         MIMO_RETURN_IF_ERROR(InModule(ValidateLanguageModelConfig(c), module.name()));
         break;
       }

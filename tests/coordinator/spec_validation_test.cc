@@ -270,11 +270,13 @@ TEST(ValidateJobSpecTest, ReportsEveryProblem) {
   Opt(spec).set_adam_beta2(1.0);
   spec.mutable_resources()->clear_device();
   spec.set_max_restarts(-1);
+  Language(spec).mutable_language()->set_vocab_chunk(-1);
   std::vector<FieldViolation> violations;
-  EXPECT_THAT(FailingFields(spec, &violations),
-              UnorderedElementsAre("name", "modules[0].vision.patch_size", "max_restarts",
-                                   "modules[0].parallelism.ep", "training.steps",
-                                   "training.optimizer.adam_beta2", "resources.device"));
+  EXPECT_THAT(
+      FailingFields(spec, &violations),
+      UnorderedElementsAre("name", "modules[0].vision.patch_size", "max_restarts",
+                           "modules[2].language.vocab_chunk", "modules[0].parallelism.ep",
+                           "training.steps", "training.optimizer.adam_beta2", "resources.device"));
   EXPECT_EQ(violations[0].description,
             "must be 1-63 characters of [a-z0-9-], start with a letter and not end with '-'; "
             "got 'Bad_Name'");

@@ -35,6 +35,7 @@ TEST(ModelSpecTest, MapsTheCpuExample) {
   EXPECT_EQ(l.moe->router.top_k, 2);
   EXPECT_FLOAT_EQ(l.moe->aux_loss_coeff, 0.01f);
   EXPECT_EQ(l.moe_layer_freq, 1);
+  EXPECT_EQ(l.vocab_chunk, 32768);  // Unset in the spec: the default.
   ASSERT_TRUE(config->vision.has_value());
   EXPECT_EQ(config->vision->max_tokens(), 16);  // (32 / 8)^2 patches.
   EXPECT_EQ(config->vision->projector.kind, ProjectorKind::kMlp);
@@ -57,6 +58,16 @@ TEST(ModelSpecTest, MapsTheGpuExample) {
   auto config = MimoModelConfigFromSpec(spec, ComputeDType(spec.training().precision(), true));
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->language.transformer.dtype, kernels::DType::kBF16);
+}
+
+TEST(ModelSpecTest, TakesTheVocabularyChunk) {
+  v1::JobSpec spec = Example("mimo-cpu-8.yaml");
+  for (v1::Module& m : *spec.mutable_modules()) {
+    if (m.has_language()) m.mutable_language()->set_vocab_chunk(100);
+  }
+  auto config = MimoModelConfigFromSpec(spec, kernels::DType::kF32);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->language.vocab_chunk, 100);
 }
 
 TEST(ModelSpecTest, ComputeDTypeFollowsPrecisionAndDevice) {
