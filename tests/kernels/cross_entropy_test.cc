@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <limits>
 #include <random>
 #include <vector>
@@ -29,7 +30,9 @@ Result RunChunked(DType dtype, const HostData& logits, const std::vector<int32_t
                   const std::vector<float>& dloss, int64_t vocab, int64_t chunk) {
   const int64_t tokens = static_cast<int64_t>(targets.size());
   const size_t e = DTypeSize(dtype);
-  std::vector<float> max(tokens), sum(tokens), target_logit(tokens), loss(tokens), lse(tokens);
+  // Every buffer starts as NaN, so one that Init or Finish leaves unwritten shows.
+  std::vector<float> max(tokens, std::nanf("")), sum(tokens, std::nanf("")),
+      target_logit(tokens, std::nanf("")), loss(tokens, std::nanf("")), lse(tokens, std::nanf(""));
   const CrossEntropyState state{max.data(), sum.data(), target_logit.data()};
   EXPECT_TRUE(CrossEntropyInitCpu(state, tokens).ok());
   std::vector<std::vector<char>> chunks;

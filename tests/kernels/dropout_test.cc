@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -104,6 +105,35 @@ TEST(DropoutCpuTest, TheMaskDependsOnTheStreamAndPositionOnly) {
   copy.y = other.data();
   ASSERT_TRUE(DropoutCpu(copy).ok());
   EXPECT_EQ(other, x);
+}
+
+// L(x) = sum(y * u): the backward (the same op on u, same stream and offset) must equal central
+// differences of L.
+TEST(DropoutCpuGradientTest, BackwardMatchesCentralDifferences) {
+  std::mt19937 random(19);
+  const int64_t n = 40;
+  const HostData x = RandomData(DType::kF32, n, random, -1, 1);
+  const HostData u = RandomData(DType::kF32, n, random, -1, 1);
+  const DropoutParams stream{.n = n, .p = 0.3f, .seed = 77, .substream = 2, .kind = 1, .offset = 5};
+  auto forward = [&](const std::vector<float>& at) {
+    std::vector<float> y(n);
+    DropoutParams p = stream;
+    p.x = at.data();
+    p.y = y.data();
+    EXPECT_TRUE(DropoutCpu(p).ok());
+    return y;
+  };
+  std::vector<float> dx(n);
+  DropoutParams back = stream;
+  back.x = u.data();
+  back.y = dx.data();
+  ASSERT_TRUE(DropoutCpu(back).ok());
+  const std::vector<float> xs(x.exact.begin(), x.exact.end());
+  ExpectCentralDifferences(xs, std::vector<float>(u.exact.begin(), u.exact.end()), dx, forward);
+  // Some elements are dropped and some kept, so both kinds of gradient are checked.
+  const std::vector<float> y = forward(xs);
+  EXPECT_GT(std::count(y.begin(), y.end(), 0.0f), 0);
+  EXPECT_LT(std::count(y.begin(), y.end(), 0.0f), n);
 }
 
 TEST(DropoutCpuTest, BadArgumentsAreNamed) {

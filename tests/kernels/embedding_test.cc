@@ -143,6 +143,38 @@ TEST(EmbeddingCpuTest, TheBackwardAddsChunkPiecesInOrder) {
 INSTANTIATE_TEST_SUITE_P(DTypes, EmbeddingCpuTest, ::testing::Values(DType::kF32, DType::kBF16),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
+// L(table) = sum(out * u): the backward with dout = u must equal central differences of L, rows
+// named by several ids (and by none) included.
+TEST(EmbeddingCpuGradientTest, BackwardMatchesCentralDifferences) {
+  std::mt19937 random(17);
+  const int64_t vocab = 5, dim = 3;
+  const std::vector<int32_t> ids = {2, 0, 2, 4, 2, 0};  // Row 1 and 3 unused.
+  const int64_t tokens = static_cast<int64_t>(ids.size());
+  const HostData table = RandomData(DType::kF32, vocab * dim, random, -1, 1);
+  const HostData u = RandomData(DType::kF32, tokens * dim, random, -1, 1);
+  auto forward = [&](const std::vector<float>& t) {
+    std::vector<float> out(tokens * dim);
+    EXPECT_TRUE(EmbeddingCpu({.table = t.data(),
+                              .ids = ids.data(),
+                              .out = out.data(),
+                              .vocab = vocab,
+                              .tokens = tokens,
+                              .dim = dim})
+                    .ok());
+    return out;
+  };
+  std::vector<float> dtable(vocab * dim);
+  ASSERT_TRUE(EmbeddingBackwardCpu({.dout = u.data(),
+                                    .ids = ids.data(),
+                                    .dtable = dtable.data(),
+                                    .vocab = vocab,
+                                    .tokens = tokens,
+                                    .dim = dim})
+                  .ok());
+  ExpectCentralDifferences(std::vector<float>(table.exact.begin(), table.exact.end()),
+                           std::vector<float>(u.exact.begin(), u.exact.end()), dtable, forward);
+}
+
 TEST(EmbeddingCpuTest, BadArgumentsAreNamed) {
   float buf[4] = {};
   const int32_t ids[1] = {0};

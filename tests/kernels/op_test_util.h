@@ -2,6 +2,8 @@
 // back as float64, NaN poisoning, and the error measure the bounds are stated in.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -84,6 +86,28 @@ inline double RelativeError(const std::vector<double>& got, const std::vector<do
     max_want = std::max(max_want, std::abs(want[i]));
   }
   return err / (scale > 0 ? scale : max_want);
+}
+
+// Checks an f32 op's backward by central differences: with L(x) = sum_j forward(x)_j * u_j, dx
+// (the backward applied to u) must equal (L(x + h e_i) - L(x - h e_i)) / 2h for every i, within
+// tol * (1 + |difference|). forward maps x to its output.
+template <typename Forward>
+void ExpectCentralDifferences(const std::vector<float>& x, const std::vector<float>& u,
+                              const std::vector<float>& dx, Forward forward, float h = 1e-2f,
+                              double tol = 2e-3) {
+  auto loss = [&](const std::vector<float>& at) {
+    const std::vector<float> y = forward(at);
+    double l = 0;
+    for (size_t j = 0; j < y.size(); ++j) l += static_cast<double>(y[j]) * u[j];
+    return l;
+  };
+  for (size_t i = 0; i < x.size(); ++i) {
+    std::vector<float> plus = x, minus = x;
+    plus[i] += h;
+    minus[i] -= h;
+    const double numeric = (loss(plus) - loss(minus)) / (2.0 * h);
+    EXPECT_NEAR(dx[i], numeric, tol * (1 + std::abs(numeric))) << "x[" << i << "]";
+  }
 }
 
 }  // namespace mimo::kernels::testing

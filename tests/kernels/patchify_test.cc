@@ -125,6 +125,34 @@ TEST(PatchifyCpuTest, ThenALinearLayerIsAPatchConvolution) {
   }
 }
 
+// L(images) = sum(patches * u): the backward with the patches' gradient u must equal central
+// differences of L.
+TEST(PatchifyCpuGradientTest, BackwardMatchesCentralDifferences) {
+  std::mt19937 random(29);
+  const int64_t batch = 2, channels = 2, height = 4, width = 6, patch = 2;
+  const int64_t n = batch * channels * height * width;
+  const HostData images = RandomData(DType::kF32, n, random, -1, 1);
+  const HostData u = RandomData(DType::kF32, n, random, -1, 1);
+  const PatchifyParams shape{
+      .batch = batch, .channels = channels, .height = height, .width = width, .patch = patch};
+  auto forward = [&](const std::vector<float>& at) {
+    std::vector<float> patches(n);
+    PatchifyParams p = shape;
+    p.in = at.data();
+    p.out = patches.data();
+    EXPECT_TRUE(PatchifyCpu(p).ok());
+    return patches;
+  };
+  std::vector<float> dimages(n);
+  PatchifyParams back = shape;
+  back.in = u.data();
+  back.out = dimages.data();
+  back.backward = true;
+  ASSERT_TRUE(PatchifyCpu(back).ok());
+  ExpectCentralDifferences(std::vector<float>(images.exact.begin(), images.exact.end()),
+                           std::vector<float>(u.exact.begin(), u.exact.end()), dimages, forward);
+}
+
 TEST(PatchifyCpuTest, BadArgumentsAreNamed) {
   EXPECT_THAT(PatchifyCpu({.dtype = DType::kI32, .patch = 1}).message(), HasSubstr("dtype i32"));
   EXPECT_THAT(

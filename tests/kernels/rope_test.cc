@@ -105,6 +105,37 @@ TEST(RopeCpuGradientTest, BackwardIsTheTransposeOfTheForward) {
   EXPECT_NEAR(left, right, 1e-5 * n);
 }
 
+// L(x) = sum(y * u): the backward with dy = u must equal central differences of L, pass-through
+// elements (rotary_dim < head_dim) included.
+TEST(RopeCpuGradientTest, BackwardMatchesCentralDifferences) {
+  std::mt19937 random(23);
+  const std::vector<int32_t> positions = PackedPositions({3, 2});
+  const int64_t tokens = 5, heads = 2, head_dim = 6, rotary_dim = 4, n = tokens * heads * head_dim;
+  const HostData x = RandomData(DType::kF32, n, random, -1, 1);
+  const HostData u = RandomData(DType::kF32, n, random, -1, 1);
+  const RopeParams shape{.positions = positions.data(),
+                         .tokens = tokens,
+                         .heads = heads,
+                         .head_dim = head_dim,
+                         .rotary_dim = rotary_dim};
+  auto forward = [&](const std::vector<float>& at) {
+    std::vector<float> y(n);
+    RopeParams p = shape;
+    p.x = at.data();
+    p.y = y.data();
+    EXPECT_TRUE(RopeCpu(p).ok());
+    return y;
+  };
+  std::vector<float> dx(n);
+  RopeParams back = shape;
+  back.x = u.data();
+  back.y = dx.data();
+  back.backward = true;
+  ASSERT_TRUE(RopeCpu(back).ok());
+  ExpectCentralDifferences(std::vector<float>(x.exact.begin(), x.exact.end()),
+                           std::vector<float>(u.exact.begin(), u.exact.end()), dx, forward);
+}
+
 TEST(RopeCpuTest, BadArgumentsAreNamed) {
   float buf[8] = {};
   const int32_t pos[1] = {-1};
