@@ -1,6 +1,6 @@
 // Attention's CUDA kernels against float64 on fresh random inputs: head dims 64 and 128 and odd
 // multiples of 8 (padded to a tile), sequences longer than a tile, packings with empty and
-// one-token sequences, grouped-query heads and both masks (f32 relative error < 1e-5, bf16 <
+// one-token sequences, grouped-query heads and both masks (f32 relative error < 5e-6, bf16 <
 // 1e-2), poisoned outputs fully written, bitwise-reproducible dk and dv, and dq too in
 // deterministic mode; argument errors. Skips without a GPU.
 #include <gmock/gmock.h>
@@ -30,7 +30,7 @@ struct Case {
 
 TEST_P(AttentionCudaTest, MatchesFloat64ForwardAndBackward) {
   const DType dtype = GetParam();
-  const double bound = dtype == DType::kF32 ? 1e-5 : 1e-2;
+  const double bound = dtype == DType::kF32 ? 5e-6 : 1e-2;
   std::mt19937 random(std::random_device{}());
   const std::vector<Case> cases = {
       {{300}, 2, 2, 64},        {{300}, 2, 1, 128},        {{5, 0, 17, 130}, 4, 2, 64},

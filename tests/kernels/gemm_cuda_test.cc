@@ -1,5 +1,5 @@
 // The cuBLASLt GEMM against float64 on fresh random inputs and odd shapes, every transpose, bias,
-// GELU fused (n % 8 == 0) and unfused, accumulation (relative error: f32 < 1e-5, bf16 outputs <
+// GELU fused (n % 8 == 0) and unfused, accumulation (relative error: f32 < 3e-6, bf16 outputs <
 // 1e-2); plans cached per problem; batches on several streams, products of one shape stacked into
 // pointer-array products, against their products one by one; argument errors, misaligned buffers
 // among them. Skips without a GPU.
@@ -42,7 +42,7 @@ class GemmCudaTest : public ::testing::TestWithParam<DTypes> {
 
 TEST_P(GemmCudaTest, MatchesFloat64) {
   const auto [ab, dt] = GetParam();
-  const double bound = dt == DType::kF32 ? 1e-5 : 1e-2;
+  const double bound = dt == DType::kF32 ? 3e-6 : 1e-2;
   std::mt19937 random(std::random_device{}());
   struct Case {
     int64_t m, n, k;
@@ -137,7 +137,7 @@ TEST_P(GemmCudaTest, PlansAreCachedPerProblem) {
 // those of each call.
 TEST_P(GemmCudaTest, APlanReusedWithOtherBuffersUsesThem) {
   const auto [ab, dt] = GetParam();
-  const double bound = dt == DType::kF32 ? 1e-5 : 1e-2;
+  const double bound = dt == DType::kF32 ? 3e-6 : 1e-2;
   std::mt19937 random(std::random_device{}());
   constexpr int64_t kM = 40, kN = 64, kK = 48;
   for (int call = 0; call < 2; ++call) {
@@ -174,7 +174,7 @@ TEST_P(GemmCudaTest, APlanReusedWithOtherBuffersUsesThem) {
 // with the bias and GELU epilogue (whose pointers are the call's) and accumulating.
 TEST_P(GemmCudaTest, ProblemsOfOneSizeClassShareItsTimedAlgorithm) {
   const auto [ab, dt] = GetParam();
-  const double bound = dt == DType::kF32 ? 1e-5 : 1e-2;
+  const double bound = dt == DType::kF32 ? 3e-6 : 1e-2;
   std::mt19937 random(std::random_device{}());
   constexpr int64_t kN = 72, kK = 56;
   for (const int64_t m : {1000, 897, 960, 1024, 931}) {
@@ -227,7 +227,7 @@ TEST_P(GemmCudaTest, ProblemsOfOneSizeClassShareItsTimedAlgorithm) {
 // same bits on 4 streams as on 1.
 TEST_P(GemmCudaTest, ABatchMatchesItsProductsOneByOne) {
   const auto [ab, dt] = GetParam();
-  const double bound = dt == DType::kF32 ? 1e-5 : 1e-2;
+  const double bound = dt == DType::kF32 ? 3e-6 : 1e-2;
   std::mt19937 random(std::random_device{}());
   constexpr int64_t kIn = 192, kOut = 136;
   // Rows per expert, the zero-row expert included, two stacks (333 twice, 256 three times); then
@@ -363,7 +363,7 @@ TEST_P(GemmCudaTest, ABatchMatchesItsProductsOneByOne) {
 // poisoned outputs after an eager batch over other buffers rewrote the operand tables.
 TEST_P(GemmCudaTest, ProductsOfOneShapeStackUpTo128AtATime) {
   const auto [ab, dt] = GetParam();
-  const double bound = dt == DType::kF32 ? 1e-5 : 1e-2;
+  const double bound = dt == DType::kF32 ? 3e-6 : 1e-2;
   std::mt19937 random(std::random_device{}());
   constexpr int64_t kProducts = 131, kM = 24, kN = 40, kK = 56;
   const HostData a = RandomData(ab, kProducts * kM * kK, random, -1, 1);

@@ -1,5 +1,5 @@
 // The grouped GEMM's CUDA kernels (tensor-core and FMA paths) against float64 on fresh random
-// inputs for both modes and every dtype pair (relative error: f32 outputs < 1e-5, bf16 outputs
+// inputs for both modes and every dtype pair (relative error: f32 outputs < 3e-6, bf16 outputs
 // < 1e-2; rows outside every group untouched), a Mixtral-sized case, and offsets that break the
 // contract staying inside the buffers. Skips without a GPU.
 #include <gtest/gtest.h>
@@ -61,7 +61,7 @@ class GroupedGemmCudaTest : public ::testing::TestWithParam<DTypes> {
 };
 
 TEST_P(GroupedGemmCudaTest, MatchesFloat64) {
-  const double bound = GetParam().d == DType::kF32 ? 1e-5 : 1e-2;
+  const double bound = GetParam().d == DType::kF32 ? 3e-6 : 1e-2;
   const unsigned seed = std::random_device{}();
   std::mt19937 random(seed);
   for (const GroupedGemmCase& c : GroupedGemmCases()) {
@@ -73,7 +73,7 @@ TEST_P(GroupedGemmCudaTest, MatchesFloat64) {
 // Shapes of a Mixtral-like layer cut down (8 experts, skewed counts, C 512, F 352): the three
 // kinds of product the experts' forward and backward make.
 TEST_P(GroupedGemmCudaTest, ExpertShapes) {
-  const double bound = GetParam().d == DType::kF32 ? 1e-5 : 1e-2;
+  const double bound = GetParam().d == DType::kF32 ? 3e-6 : 1e-2;
   const unsigned seed = std::random_device{}();
   std::mt19937 random(seed);
   const std::vector<int32_t> counts{512, 37, 0, 1000, 128, 64, 3, 257};
