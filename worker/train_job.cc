@@ -356,9 +356,9 @@ absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
   }
   MIMO_RETURN_IF_ERROR(background.Wait());
   hooks.log(absl::StrFormat(
-      "training %s: %d steps in %.1f s, peak memory %.1f MiB on this rank",
+      "training %s: %d steps in %.1f s; memory on this rank: %s",
       end.iteration < t.steps() ? "stopped" : "done", end.iteration - first_step + 1, seconds,
-      static_cast<double>(ops.allocator().stats().peak_allocated_bytes) / (1 << 20)));
+      ops.allocator().stats().ToString()));
   return end;
 }
 
