@@ -134,8 +134,11 @@ std::vector<Case> Cases(CublasLt* blas, CudnnAttention* cudnn) {
                    }});
   cases.push_back(GemmCase("gemm_8192^3", 8192, 8192, 8192, false, blas));
   // Linear layers y = x w^T (m tokens, n out, k in) of the models in examples/: micro-batch 2,
-  // language sequence 128 (256 tokens), vision 2 x 16 patches (32 tokens), hidden 64, 4 heads
-  // (2 query groups, head dim 16), ffn 128, vocabulary 256, patch 3x8x8.
+  // language sequence 128 (256 tokens), vision 2 x 16 patches (32 tokens), audio up to 2 x 16
+  // tokens of 4 frames of 40 mel bins, hidden 64, 4 heads (2 query groups, head dim 16), ffn 128,
+  // vocabulary 256, patch 3x8x8. The audio encoder's attention and MLP products have the vision
+  // encoder's shapes, its linear projector the attention output's; "_tp2" are the shards of the
+  // tensor-parallel examples (tp=2) whose shapes appear nowhere else.
   const struct {
     const char* name;
     int64_t m, n, k;
@@ -149,9 +152,14 @@ std::vector<Case> Cases(CublasLt* blas, CudnnAttention* cudnn) {
       {"gemm_vit_patch", 32, 64, 192},
       {"gemm_vit_qkv", 32, 192, 64},
       {"gemm_vit_fc1", 32, 128, 64},
+      {"gemm_vit_proj", 32, 64, 64},
       {"gemm_vit_fc2", 32, 64, 128},
+      {"gemm_audio_frames", 32, 64, 160},
       {"gemm_projector_fc1", 32, 128, 64},
       {"gemm_projector_fc2", 32, 64, 128},
+      {"gemm_lm_proj_tp2", 256, 64, 32},
+      {"gemm_vit_qkv_tp2", 32, 96, 64},
+      {"gemm_vit_proj_tp2", 32, 64, 32},
       // A Llama-3-8B-sized layer at 8192 tokens, for scale.
       {"gemm_8b_qkv", 8192, 6144, 4096},
       {"gemm_8b_fc1", 8192, 28672, 4096},
