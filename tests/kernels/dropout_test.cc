@@ -1,7 +1,7 @@
 // Dropout's CPU twin: kept elements scaled by 1/(1-p) and the rest zero, the kept share within
 // 5 standard deviations of 1-p, the mask a function of (stream, offset + index) only (split calls
-// equal one call; another kind, substream or seed gives another mask), p = 0 a copy, and argument
-// errors.
+// equal one call; another kind, substream or seed gives another mask), p = 0 a copy, the backward
+// against central differences, and argument errors.
 #include "kernels/dropout.h"
 
 #include <gmock/gmock.h>

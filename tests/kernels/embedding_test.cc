@@ -1,6 +1,7 @@
 // Embedding's CPU twin: the lookup copies rows exactly (zeros and a count for ids out of range),
 // the backward equals float64 sums over duplicate ids (f32 relative error < 1e-6), overwrites or
-// accumulates, and skips bad ids; argument errors.
+// accumulates, and skips bad ids; the backward against central differences of the lookup;
+// argument errors.
 #include "kernels/embedding.h"
 
 #include <gmock/gmock.h>

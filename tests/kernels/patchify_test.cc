@@ -1,6 +1,6 @@
 // Patchify's CPU twin: every element where the formula puts it (exact), the backward as the
-// forward's transpose (<P x, y> = <x, P^T y>), Patchify then a linear layer equal to a Conv2d
-// with kernel = stride = patch (float64), and argument errors.
+// forward's transpose (<P x, y> = <x, P^T y>) and against central differences, Patchify then a
+// linear layer equal to a Conv2d with kernel = stride = patch (float64), and argument errors.
 #include "kernels/patchify.h"
 
 #include <gmock/gmock.h>
