@@ -370,21 +370,15 @@ absl::Status JobManager::ReportMetrics(const v1::ReportMetricsRequest& request, 
 absl::Status JobManager::ReportLogs(const std::string& worker_id, const std::string& job_id,
                                     int attempt, int rank, const std::vector<std::string>& lines,
                                     absl::Time now) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto w = workers_.find(worker_id);
-    if (w == workers_.end() || w->second.job_id != job_id || w->second.attempt != attempt ||
-        w->second.rank != rank) {
-      return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " does not run rank ",
-                                                        rank, " of job ", job_id, " attempt ",
-                                                        attempt));
-    }
-  }
-  // Written outside the manager's lock: every rank streams its lines, the busiest writes there
-  // are, and heartbeats, assignments and the reconciler need not wait on the database for them.
-  // The store serializes its calls and checks that the job still exists.
-  MIMO_RETURN_IF_ERROR(store_->AppendLogs(job_id, attempt, rank, lines, now));
   absl::MutexLock lock(&mu_);
+  auto w = workers_.find(worker_id);
+  if (w == workers_.end() || w->second.job_id != job_id || w->second.attempt != attempt ||
+      w->second.rank != rank) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " does not run rank ",
+                                                      rank, " of job ", job_id, " attempt ",
+                                                      attempt));
+  }
+  MIMO_RETURN_IF_ERROR(store_->AppendLogs(job_id, attempt, rank, lines, now));
   Changed();
   return absl::OkStatus();
 }
