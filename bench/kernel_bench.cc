@@ -133,12 +133,17 @@ std::vector<Case> Cases(CublasLt* blas, CudnnAttention* cudnn) {
                      });
                    }});
   cases.push_back(GemmCase("gemm_8192^3", 8192, 8192, 8192, false, blas));
-  // Linear layers y = x w^T (m tokens, n out, k in) of the models in examples/: micro-batch 2,
-  // language sequence 128 (256 tokens), vision 2 x 16 patches (32 tokens), audio up to 2 x 16
-  // tokens of 4 frames of 40 mel bins, hidden 64, 4 heads (2 query groups, head dim 16), ffn 128,
-  // vocabulary 256, patch 3x8x8. The audio encoder's attention and MLP products have the vision
-  // encoder's shapes, its linear projector the attention output's; "_tp2" are the shards of the
-  // tensor-parallel examples (tp=2) whose shapes appear nowhere else.
+  // Linear layers y = x w^T (m tokens, n out, k in) of the models in examples/: hidden 64, 4
+  // heads (2 query groups, head dim 16), ffn 128, 4 experts top-2, vocabulary 256, patch 3x8x8,
+  // audio tokens of 4 frames x 40 mel bins. Tokens: the language model's micro-batch of 2 x 128
+  // (256; 128 on a cp=2 member, its routed rows about 128 an expert, 64 with cp=2); an encoder
+  // replica's samples are language dp x micro-batch / encoder dp: 32 tokens (2 images x 16
+  // patches) in mimo-gpu-2 and -pp and on -cp's cp=2 members, 64 (4 images or clips, at most) in
+  // the other mimo-cpu-8 examples. The
+  // audio encoder's attention and MLP products have the vision encoder's shapes at 64 tokens, its
+  // linear projector the attention output's; the MLP projector the encoder MLP's. "_tp2": the
+  // tensor-parallel examples' (tp=2) shards whose shapes appear nowhere else; "_cp2": a context-
+  // parallel member's.
   const struct {
     const char* name;
     int64_t m, n, k;
@@ -149,17 +154,27 @@ std::vector<Case> Cases(CublasLt* blas, CudnnAttention* cudnn) {
       {"gemm_lm_expert_fc2", 128, 64, 128},
       {"gemm_lm_router", 256, 4, 64},
       {"gemm_lm_output", 256, 256, 64},
+      {"gemm_lm_proj_tp2", 256, 64, 32},
+      {"gemm_lm_router_cp2", 128, 4, 64},
+      {"gemm_lm_qkv_cp2", 128, 128, 64},
+      {"gemm_lm_proj_cp2", 128, 64, 64},
+      {"gemm_lm_expert_fc1_cp2", 64, 256, 64},
+      {"gemm_lm_expert_fc2_cp2", 64, 64, 128},
       {"gemm_vit_patch", 32, 64, 192},
       {"gemm_vit_qkv", 32, 192, 64},
-      {"gemm_vit_fc1", 32, 128, 64},
       {"gemm_vit_proj", 32, 64, 64},
+      {"gemm_vit_fc1", 32, 128, 64},
       {"gemm_vit_fc2", 32, 64, 128},
-      {"gemm_audio_frames", 32, 64, 160},
       {"gemm_projector_fc1", 32, 128, 64},
       {"gemm_projector_fc2", 32, 64, 128},
-      {"gemm_lm_proj_tp2", 256, 64, 32},
-      {"gemm_vit_qkv_tp2", 32, 96, 64},
-      {"gemm_vit_proj_tp2", 32, 64, 32},
+      {"gemm_vit64_patch", 64, 64, 192},
+      {"gemm_audio64_frames", 64, 64, 160},
+      {"gemm_enc64_qkv", 64, 192, 64},
+      {"gemm_enc64_proj", 64, 64, 64},
+      {"gemm_enc64_fc1", 64, 128, 64},
+      {"gemm_enc64_fc2", 64, 64, 128},
+      {"gemm_vit64_qkv_tp2", 64, 96, 64},
+      {"gemm_vit64_proj_tp2", 64, 64, 32},
       // A Llama-3-8B-sized layer at 8192 tokens, for scale.
       {"gemm_8b_qkv", 8192, 6144, 4096},
       {"gemm_8b_fc1", 8192, 28672, 4096},

@@ -12,6 +12,11 @@ namespace mimo::kernels::testing {
 
 struct AttentionReference {
   std::vector<double> out, lse, dq, dk, dv;
+  // The size of the terms dq's and dk's sums cancel: the largest element of the same sums taken
+  // over |term| with |dP - D| as |dP| + |D|. A backward computes D = rowsum(dout * out) from its
+  // rounded out (bf16: 2^-9 relative), an error that dP - D can magnify far beyond max |dq|, so
+  // their errors are measured against these (as RMSNorm's dx is).
+  double dq_scale = 0, dk_scale = 0;
 };
 
 // q, dout: (total, heads, head_dim); k, v: (total, kv_heads, head_dim); cu_seqlens as in
@@ -29,6 +34,7 @@ inline AttentionReference AttentionFloat64(
   r.dq.assign(backward ? q.size() : 0, 0.0);
   r.dk.assign(backward ? k.size() : 0, 0.0);
   r.dv.assign(backward ? v.size() : 0, 0.0);
+  std::vector<double> dq_terms(r.dq.size(), 0.0), dk_terms(r.dk.size(), 0.0);
   auto dot = [&](const std::vector<double>& a, int64_t ia, const std::vector<double>& b,
                  int64_t ib) {
     double sum = 0;
@@ -63,16 +69,22 @@ inline AttentionReference AttentionFloat64(
         for (int64_t j = 0; j < keys; ++j) {
           const int64_t kv_row = (start + j) * kv_model + kv_offset;
           const double prob = std::exp(score[j] - lse);
-          const double dscore = prob * (dot(dout, row, v, kv_row) - row_sum);
+          const double dp = dot(dout, row, v, kv_row);
+          const double dscore = prob * (dp - row_sum);
+          const double dscore_size = prob * (std::abs(dp) + std::abs(row_sum));
           for (int64_t d = 0; d < head_dim; ++d) {
             r.dv[kv_row + d] += prob * dout[row + d];
             r.dq[row + d] += scale * dscore * k[kv_row + d];
             r.dk[kv_row + d] += scale * dscore * q[row + d];
+            dq_terms[row + d] += std::abs(scale * dscore_size * k[kv_row + d]);
+            dk_terms[kv_row + d] += std::abs(scale * dscore_size * q[row + d]);
           }
         }
       }
     }
   }
+  for (const double t : dq_terms) r.dq_scale = std::max(r.dq_scale, t);
+  for (const double t : dk_terms) r.dk_scale = std::max(r.dk_scale, t);
   return r;
 }
 

@@ -123,7 +123,7 @@ TEST(DropoutCpuGradientTest, BackwardMatchesCentralDifferences) {
     EXPECT_TRUE(DropoutCpu(p).ok());
     return y;
   };
-  std::vector<float> dx(n);
+  std::vector<float> dx(n, std::nanf(""));
   DropoutParams back = stream;
   back.x = u.data();
   back.y = dx.data();

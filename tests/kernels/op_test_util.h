@@ -1,5 +1,6 @@
 // Helpers for op tests: random bf16/f32 host data with its exact float64 values, reading outputs
-// back as float64, NaN poisoning, and the error measure the bounds are stated in.
+// back as float64, NaN poisoning, the error measure the bounds are stated in, and a
+// central-difference check of a backward.
 #pragma once
 
 #include <gtest/gtest.h>

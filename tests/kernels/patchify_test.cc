@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -143,7 +144,7 @@ TEST(PatchifyCpuGradientTest, BackwardMatchesCentralDifferences) {
     EXPECT_TRUE(PatchifyCpu(p).ok());
     return patches;
   };
-  std::vector<float> dimages(n);
+  std::vector<float> dimages(n, std::nanf(""));
   PatchifyParams back = shape;
   back.in = u.data();
   back.out = dimages.data();

@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -127,7 +128,7 @@ TEST(RopeCpuGradientTest, BackwardMatchesCentralDifferences) {
     EXPECT_TRUE(RopeCpu(p).ok());
     return y;
   };
-  std::vector<float> dx(n);
+  std::vector<float> dx(n, std::nanf(""));
   RopeParams back = shape;
   back.x = u.data();
   back.y = dx.data();
