@@ -1,6 +1,7 @@
 // Tests of mimo/modality_encoder.h (and its projector) on the CPU ops: the vision encoder's
 // forward against float64 (patches, input projection, position embeddings, a bidirectional
-// LayerNorm/GELU layer, final norm, MLP projector); vision and audio backwards against central
+// LayerNorm/GELU layer, final norm, MLP projector), the audio encoder's (stacked frames, positions
+// restarting per clip, linear projector); vision and audio backwards against central
 // differences for every parameter; Megatron-style names; bad inputs.
 #include "mimo/modality_encoder.h"
 
@@ -129,6 +130,46 @@ TEST(ModalityEncoderTest, VisionForwardMatchesFloat64) {
   x = kernels::testing::GeluFloat64(x, kernels::GeluApproximation::kNone);
   x = linear(x, w["vision.projector.linear_fc2.weight"], w["vision.projector.linear_fc2.bias"], t,
              5, 6);
+  EXPECT_LT(testing::RelL2(Download(*s->ops, out->embeddings), x), 1e-5);
+}
+
+// The audio encoder: frames_per_token consecutive frames stacked into a token (the frame
+// embedding is the input projection of that stack), positions restarting in every clip,
+// attention within each clip only, final norm, linear projector.
+TEST(ModalityEncoderTest, AudioForwardMatchesFloat64) {
+  auto s = MakeSetup(EncoderInput::kAudio);
+  ASSERT_NE(s, nullptr);
+  auto out = s->encoder->Forward({.ops = s->ops.get()}, s->batch);
+  ASSERT_TRUE(out.ok()) << out.status();
+  const std::vector<int32_t> clips = {4, 1, 2};
+  EXPECT_EQ(out->tokens, clips);
+  std::map<std::string, std::vector<double>> w;
+  for (const auto& [name, p] : ParametersByName(*s->encoder)) {
+    w[name] = Download(*s->ops, p->master());
+  }
+  const int64_t t = 7, c = 8, f = 6;  // 14 frames of 3 bins, 2 frames a token.
+  // Token r's features are frames 2r and 2r + 1, one after the other: the input as it lies.
+  const std::vector<double> rows(s->input.begin(), s->input.end());
+  ASSERT_EQ(static_cast<int64_t>(rows.size()), t * f);
+  std::vector<double> x =
+      kernels::testing::GemmFloat64(rows, false, w["vision.embeddings.input_projection.weight"],
+                                    true, t, c, f, w["vision.embeddings.input_projection.bias"]);
+  int64_t r = 0;
+  for (const int32_t clip : clips) {
+    for (int32_t i = 0; i < clip; ++i, ++r) {
+      for (int64_t j = 0; j < c; ++j) {
+        x[r * c + j] += w["vision.embeddings.position_embedding.weight"][i * c + j];
+      }
+    }
+  }
+  x = testing::TransformerLayerFloat64(s->config.transformer, "vision.encoder.layers.0", w, x,
+                                       clips);
+  x = kernels::testing::LayerNormFloat64(
+          x, w["vision.encoder.final_layernorm.weight"], w["vision.encoder.final_layernorm.bias"],
+          std::vector<double>(t * c), t, c, s->config.transformer.norm_epsilon)
+          .y;
+  x = kernels::testing::GemmFloat64(x, false, w["vision.projector.linear_fc1.weight"], true, t, 6,
+                                    c, w["vision.projector.linear_fc1.bias"]);
   EXPECT_LT(testing::RelL2(Download(*s->ops, out->embeddings), x), 1e-5);
 }
 
