@@ -91,19 +91,19 @@ inline double RelativeError(const std::vector<double>& got, const std::vector<do
 
 // Checks an f32 op's backward by central differences: with L(x) = sum_j forward(x)_j * u_j, dx
 // (the backward applied to u) must equal (L(x + h e_i) - L(x - h e_i)) / 2h for every i, within
-// tol * (1 + |difference|). forward maps x to its output.
+// tol * (1 + |difference|). x and u are f32 data; forward maps x's values to the op's output.
 template <typename Forward>
-void ExpectCentralDifferences(const std::vector<float>& x, const std::vector<float>& u,
-                              const std::vector<float>& dx, Forward forward, float h = 1e-2f,
-                              double tol = 2e-3) {
+void ExpectCentralDifferences(const HostData& x, const HostData& u, const std::vector<float>& dx,
+                              Forward forward, float h = 1e-2f, double tol = 2e-3) {
   auto loss = [&](const std::vector<float>& at) {
     const std::vector<float> y = forward(at);
     double l = 0;
-    for (size_t j = 0; j < y.size(); ++j) l += static_cast<double>(y[j]) * u[j];
+    for (size_t j = 0; j < y.size(); ++j) l += static_cast<double>(y[j]) * u.exact[j];
     return l;
   };
-  for (size_t i = 0; i < x.size(); ++i) {
-    std::vector<float> plus = x, minus = x;
+  const std::vector<float> x0(x.exact.begin(), x.exact.end());
+  for (size_t i = 0; i < x0.size(); ++i) {
+    std::vector<float> plus = x0, minus = x0;
     plus[i] += h;
     minus[i] -= h;
     const double numeric = (loss(plus) - loss(minus)) / (2.0 * h);
