@@ -20,6 +20,7 @@
 #include "kernels/cuda_status.h"
 #include "kernels/gelu.h"
 #include "kernels/gemm_pointers.h"
+#include "kernels/stream_hold.h"
 
 namespace mimo::kernels {
 namespace {
@@ -302,25 +303,46 @@ struct CublasLt::State {
     return absl::OkStatus();
   }
 
-  // Times every candidate of `plan` on `stream` (3 runs each after a warm-up; `run` enqueues one
-  // with the given algorithm) and keeps the fastest. Candidates that fail are skipped.
+  // Times every candidate of `plan` on `stream` and keeps the fastest; candidates that fail are
+  // skipped. `run` enqueues one run with the given algorithm. Each candidate's timed runs wait
+  // behind a stream hold, so they run back to back on the device and a few-microsecond kernel is
+  // timed rather than the host's launch rate; their number makes the timed span about
+  // kTimedSpanMs (kMinTimedRuns to kMaxTimedRuns runs), judged from one run of the first.
   template <typename Run>
   absl::Status Tune(Plan* plan, cudaStream_t stream, const Run& run) {
+    constexpr float kTimedSpanMs = 0.2f;
+    constexpr int kMinTimedRuns = 3, kMaxTimedRuns = 50;
+    // Longer than the host takes to enqueue one run (a few microseconds), with room to spare.
+    constexpr int64_t kHoldPerRunNs = 20'000, kHoldBaseNs = 50'000;
     if (start == nullptr) {
       MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
       MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
     }
-    float best = -1;
-    for (const cublasLtMatmulAlgo_t& algo : plan->candidates) {
-      if (run(algo) != CUBLAS_STATUS_SUCCESS) continue;
+    // Milliseconds of `runs` back-to-back runs of `algo` (-1: a run failed).
+    const auto time = [&](const cublasLtMatmulAlgo_t& algo, int runs) -> absl::StatusOr<float> {
+      MIMO_RETURN_IF_ERROR(LaunchStreamHold(kHoldBaseNs + kHoldPerRunNs * runs, stream));
       MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream));
       bool ok = true;
-      for (int i = 0; i < 3 && ok; ++i) ok = run(algo) == CUBLAS_STATUS_SUCCESS;
+      for (int i = 0; i < runs && ok; ++i) ok = run(algo) == CUBLAS_STATUS_SUCCESS;
       MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(stop, stream));
       MIMO_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop));
       float ms = 0;
       MIMO_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, start, stop));
-      if (ok && (best < 0 || ms < best)) {
+      return ok ? ms : -1.0f;
+    };
+    int runs = 0;  // Set from the first candidate that runs.
+    float best = -1;
+    for (const cublasLtMatmulAlgo_t& algo : plan->candidates) {
+      if (run(algo) != CUBLAS_STATUS_SUCCESS) continue;  // Also the warm-up.
+      if (runs == 0) {
+        MIMO_ASSIGN_OR_RETURN(const float once, time(algo, 1));
+        if (once < 0) continue;
+        runs = once <= 0 ? kMaxTimedRuns
+                         : std::clamp(static_cast<int>(kTimedSpanMs / once) + 1, kMinTimedRuns,
+                                      kMaxTimedRuns);
+      }
+      MIMO_ASSIGN_OR_RETURN(const float ms, time(algo, runs));
+      if (ms >= 0 && (best < 0 || ms < best)) {
         best = ms;
         plan->algo = algo;
       }

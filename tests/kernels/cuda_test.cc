@@ -13,6 +13,7 @@
 #include "kernels/cuda_stream.h"
 #include "kernels/device_info.h"
 #include "kernels/fill.h"
+#include "kernels/stream_hold.h"
 #include "kernels/tensor.h"
 
 namespace mimo::kernels {
@@ -83,6 +84,37 @@ TEST_F(CudaTest, FillRejectsBadArguments) {
   EXPECT_EQ(LaunchFill({.out = nullptr, .n = -1}, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(LaunchFill({.out = nullptr, .n = 0}, nullptr).ok());
+}
+
+TEST_F(CudaTest, StreamHoldDelaysTheWorkBehindIt) {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t before = nullptr, after = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&before), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&after), cudaSuccess);
+  float* device = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&device), sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMemset(device, 0xff, sizeof(float)), cudaSuccess);
+  for (const int64_t ns : {int64_t{0}, int64_t{3'000'000}}) {
+    SCOPED_TRACE(ns);
+    ASSERT_EQ(cudaEventRecord(before, stream), cudaSuccess);
+    ASSERT_TRUE(LaunchStreamHold(ns, stream).ok());
+    ASSERT_TRUE(LaunchFill({.out = device, .n = 1, .value = static_cast<float>(ns)}, stream).ok());
+    ASSERT_EQ(cudaEventRecord(after, stream), cudaSuccess);
+    ASSERT_EQ(cudaEventSynchronize(after), cudaSuccess);
+    float ms = 0;
+    ASSERT_EQ(cudaEventElapsedTime(&ms, before, after), cudaSuccess);
+    // The event timer resolves about half a microsecond.
+    EXPECT_GE(ms, static_cast<float>(ns) * 1e-6f - 1e-3f);
+    float got = 0;
+    ASSERT_EQ(cudaMemcpy(&got, device, sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(got, static_cast<float>(ns));  // The work behind the hold ran.
+  }
+  EXPECT_EQ(LaunchStreamHold(-1, stream).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_EQ(cudaFree(device), cudaSuccess);
+  ASSERT_EQ(cudaEventDestroy(before), cudaSuccess);
+  ASSERT_EQ(cudaEventDestroy(after), cudaSuccess);
+  ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
 }
 
 TEST_F(CudaTest, CachingAllocatorServesTensorsOnEveryDevice) {
