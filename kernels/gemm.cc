@@ -189,13 +189,12 @@ struct CublasLt::State {
   absl::flat_hash_map<PlanKey, std::unique_ptr<Plan>> plans;
   // The timed algorithm per size class: the key with m, n, k through SizeClass, not accumulating.
   absl::flat_hash_map<PlanKey, cublasLtMatmulAlgo_t> tuned;
-  cudaEvent_t start = nullptr, stop = nullptr;  // For tuning, made on first use.
+  std::vector<cudaEvent_t> marks;  // Tune's timing events, made on first use.
 
   ~State() {
     plans.clear();
     DestroySides();
-    if (start != nullptr) cudaEventDestroy(start);
-    if (stop != nullptr) cudaEventDestroy(stop);
+    for (cudaEvent_t event : marks) cudaEventDestroy(event);
     if (workspace != nullptr) cudaFree(workspace);
     if (table != nullptr) cudaFree(table);
     if (handle != nullptr) cublasLtDestroy(handle);
@@ -303,51 +302,74 @@ struct CublasLt::State {
     return absl::OkStatus();
   }
 
-  // Times every candidate of `plan` on `stream` and keeps the fastest; candidates that fail are
-  // skipped. `run` enqueues one run with the given algorithm. Each candidate's timed runs wait
-  // behind a stream hold, so they run back to back on the device and a few-microsecond kernel is
-  // timed rather than the host's launch rate; their number makes the timed span about
-  // kTimedSpanMs (kMinTimedRuns to kMaxTimedRuns runs), judged from one run of the first.
+  // Times the candidates of `plan` on `stream` and keeps the fastest: the heuristic's first choice
+  // unless another is more than kMargin faster (so timing noise alone changes nothing). `run`
+  // enqueues one run with the given algorithm; candidates that fail are skipped. The candidates
+  // are timed in kRounds interleaved rounds, each keeping its best, so clock changes during tuning
+  // favour none. A round's runs wait behind one stream hold, so they run back to back on the
+  // device and a few-microsecond product is timed, not the host's launch rate; each candidate has
+  // `runs` of them per round, enough to span about kSpanMs (kMinRuns to kMaxRuns), judged from
+  // one run of the first.
   template <typename Run>
   absl::Status Tune(Plan* plan, cudaStream_t stream, const Run& run) {
-    constexpr float kTimedSpanMs = 0.2f;
-    constexpr int kMinTimedRuns = 3, kMaxTimedRuns = 50;
-    // Longer than the host takes to enqueue one run (a few microseconds), with room to spare.
-    constexpr int64_t kHoldPerRunNs = 20'000, kHoldBaseNs = 50'000;
-    if (start == nullptr) {
-      MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
-      MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
-    }
-    // Milliseconds of `runs` back-to-back runs of `algo` (-1: a run failed).
-    const auto time = [&](const cublasLtMatmulAlgo_t& algo, int runs) -> absl::StatusOr<float> {
-      MIMO_RETURN_IF_ERROR(LaunchStreamHold(kHoldBaseNs + kHoldPerRunNs * runs, stream));
-      MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream));
-      bool ok = true;
-      for (int i = 0; i < runs && ok; ++i) ok = run(algo) == CUBLAS_STATUS_SUCCESS;
-      MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(stop, stream));
-      MIMO_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop));
-      float ms = 0;
-      MIMO_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, start, stop));
-      return ok ? ms : -1.0f;
-    };
-    int runs = 0;  // Set from the first candidate that runs.
-    float best = -1;
-    for (const cublasLtMatmulAlgo_t& algo : plan->candidates) {
-      if (run(algo) != CUBLAS_STATUS_SUCCESS) continue;  // Also the warm-up.
-      if (runs == 0) {
-        MIMO_ASSIGN_OR_RETURN(const float once, time(algo, 1));
-        if (once < 0) continue;
-        runs = once <= 0 ? kMaxTimedRuns
-                         : std::clamp(static_cast<int>(kTimedSpanMs / once) + 1, kMinTimedRuns,
-                                      kMaxTimedRuns);
-      }
-      MIMO_ASSIGN_OR_RETURN(const float ms, time(algo, runs));
-      if (ms >= 0 && (best < 0 || ms < best)) {
-        best = ms;
-        plan->algo = algo;
-      }
-    }
+    constexpr int kRounds = 3;
+    constexpr float kSpanMs = 0.1f, kMargin = 0.02f;
+    constexpr int kMinRuns = 3, kMaxRuns = 30;
+    // Longer than the host takes to enqueue the round (a few microseconds a run), with room.
+    constexpr int64_t kHoldBaseNs = 20'000, kHoldPerRunNs = 10'000;
     plan->tuned = true;
+    while (marks.size() < static_cast<size_t>(kCandidates) + 1) {
+      cudaEvent_t event = nullptr;
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventCreate(&event));
+      marks.push_back(event);
+    }
+    std::vector<cublasLtMatmulAlgo_t> algos;  // Those that run (this first run: the warm-up).
+    for (const cublasLtMatmulAlgo_t& algo : plan->candidates) {
+      if (run(algo) == CUBLAS_STATUS_SUCCESS) algos.push_back(algo);
+    }
+    if (algos.empty()) return absl::OkStatus();
+    const int n = static_cast<int>(algos.size());
+    // Milliseconds from marks[i] to marks[i + 1] (both reached).
+    const auto elapsed = [&](int i) -> absl::StatusOr<float> {
+      float ms = 0;
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, marks[i], marks[i + 1]));
+      return ms;
+    };
+    MIMO_RETURN_IF_ERROR(LaunchStreamHold(kHoldBaseNs + kHoldPerRunNs, stream));
+    MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[0], stream));
+    const bool first_ok = run(algos[0]) == CUBLAS_STATUS_SUCCESS;
+    MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[1], stream));
+    MIMO_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(marks[1]));
+    MIMO_ASSIGN_OR_RETURN(const float once, elapsed(0));
+    const int runs = !first_ok || once <= 0
+                         ? kMaxRuns
+                         : std::clamp(static_cast<int>(kSpanMs / once) + 1, kMinRuns, kMaxRuns);
+    std::vector<float> best(n, -1);  // Per algorithm, its fastest round.
+    std::vector<bool> failed(n, false);
+    for (int round = 0; round < kRounds; ++round) {
+      MIMO_RETURN_IF_ERROR(LaunchStreamHold(kHoldBaseNs + kHoldPerRunNs * runs * n, stream));
+      for (int i = 0; i < n; ++i) {
+        MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[i], stream));
+        for (int r = 0; r < runs && !failed[i]; ++r) {
+          failed[i] = run(algos[i]) != CUBLAS_STATUS_SUCCESS;
+        }
+      }
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[n], stream));
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(marks[n]));
+      for (int i = 0; i < n; ++i) {
+        MIMO_ASSIGN_OR_RETURN(const float ms, elapsed(i));
+        if (!failed[i] && (best[i] < 0 || ms < best[i])) best[i] = ms;
+      }
+    }
+    int keep = -1, fastest = -1;
+    for (int i = 0; i < n; ++i) {
+      if (failed[i]) continue;
+      if (keep < 0) keep = i;
+      if (fastest < 0 || best[i] < best[fastest]) fastest = i;
+    }
+    if (keep < 0) return absl::OkStatus();
+    if (best[fastest] < (1 - kMargin) * best[keep]) keep = fastest;
+    plan->algo = algos[keep];
     return absl::OkStatus();
   }
 
