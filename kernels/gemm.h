@@ -77,8 +77,10 @@ struct CublasLtOptions {
 
 // cuBLASLt on one device: a handle, a workspace and, per distinct problem (dtypes, shape,
 // transposes, epilogue, and for GemmBatch's stacks the number of products batched), the
-// descriptors and an algorithm: the fastest of the heuristic's first 8, timed by the problem's
-// first call outside a graph capture (that call synchronizes the stream once; accumulating
+// descriptors and an algorithm: of the heuristic's first 8, timed by the problem's first call
+// outside a graph capture (three interleaved rounds queued behind a stream hold, so short products
+// run back to back), the first unless another is more than 2% faster (that call synchronizes the
+// stream a few times; accumulating
 // problems, whose output timing runs would spoil, keep the heuristic's first choice;
 // CublasLtOptions::deterministic skips the timing). A training loop of fixed shapes thus neither
 // allocates nor searches after its first step; each new problem costs a heuristic query, the timing
