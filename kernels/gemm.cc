@@ -91,9 +91,10 @@ struct PlanKey {
 };
 
 // Algorithms the heuristic proposes per problem; the first call of a size class (SizeClass) that
-// may time them (one that overwrites its output, outside a graph capture) keeps the fastest, and
-// the other problems of the class take it. Packed sequences change the token count, a dimension
-// of most products, at every micro-batch: timing each new count would cost more than it saves.
+// may time them (one that overwrites its output, outside a graph capture) keeps the heuristic's
+// first unless another is more than 2% faster (Tune), and the other problems of the class take
+// it. Packed sequences change the token count, a dimension of most products, at every
+// micro-batch: timing each new count would cost more than it saves.
 constexpr int kCandidates = 8;
 
 // CublasLtOptions::batch_streams at most.
@@ -305,11 +306,13 @@ struct CublasLt::State {
   // Times the candidates of `plan` on `stream` and keeps the fastest: the heuristic's first choice
   // unless another is more than kMargin faster (so timing noise alone changes nothing). `run`
   // enqueues one run with the given algorithm; candidates that fail are skipped. The candidates
-  // are timed in kRounds interleaved rounds, each keeping its best, so clock changes during tuning
-  // favour none. A round's runs wait behind one stream hold, so they run back to back on the
-  // device and a few-microsecond product is timed, not the host's launch rate; each candidate has
-  // `runs` of them per round, enough to span about kSpanMs (kMinRuns to kMaxRuns), judged from
-  // one run of the first.
+  // are timed in kRounds interleaved rounds, each keeping its best, so a clock change between
+  // rounds favours none (within a round the order is fixed, the first candidate first: a drop in
+  // the clock there can only favour the heuristic's choice, which the margin keeps anyway). A
+  // round's runs wait behind one stream hold, so they run back to back on the device and a
+  // few-microsecond product is timed, not the host's launch rate; each candidate has `runs` of them
+  // per round, enough to span about kSpanMs (kMinRuns to kMaxRuns), judged from one run of the
+  // first.
   template <typename Run>
   absl::Status Tune(Plan* plan, cudaStream_t stream, const Run& run) {
     constexpr int kRounds = 3;

@@ -80,14 +80,13 @@ struct CublasLtOptions {
 // descriptors and an algorithm: of the heuristic's first 8, timed by the problem's first call
 // outside a graph capture (three interleaved rounds queued behind a stream hold, so short products
 // run back to back), the first unless another is more than 2% faster (that call synchronizes the
-// stream a few times; accumulating
-// problems, whose output timing runs would spoil, keep the heuristic's first choice;
-// CublasLtOptions::deterministic skips the timing). A training loop of fixed shapes thus neither
-// allocates nor searches after its first step; each new problem costs a heuristic query, the timing
-// and a cache entry kept for the context's life (shapes that change every step, like MoE expert
-// token counts, meet mostly size classes already timed: m, n and k in quarter octaves, all stack
-// sizes in one class; the graph-safe path takes a grouped GEMM). Not thread-safe: one per stream of
-// work.
+// stream a few times; accumulating problems, whose output timing runs would spoil, keep the
+// heuristic's first choice; CublasLtOptions::deterministic skips the timing). A training loop of
+// fixed shapes thus neither allocates nor searches after its first step; each new problem costs a
+// heuristic query, the timing and a cache entry kept for the context's life (shapes that change
+// every step, like MoE expert token counts, meet mostly size classes already timed: m, n and k in
+// quarter octaves, all stack sizes in one class; the graph-safe path takes a grouped GEMM). Not
+// thread-safe: one per stream of work.
 class CublasLt {
  public:
   // Uses the current CUDA device. Unavailable without a device.
