@@ -139,11 +139,10 @@ std::vector<Case> Cases(CublasLt* blas, CudnnAttention* cudnn) {
   // (256; 128 on a cp=2 member, its routed rows about 128 an expert, 64 with cp=2); an encoder
   // replica's samples are language dp x micro-batch / encoder dp: 32 tokens (2 images x 16
   // patches) in mimo-gpu-2 and -pp and on -cp's cp=2 members, 64 (4 images or clips, at most) in
-  // the other mimo-cpu-8 examples. The
-  // audio encoder's attention and MLP products have the vision encoder's shapes at 64 tokens, its
-  // linear projector the attention output's; the MLP projector the encoder MLP's. "_tp2": the
-  // tensor-parallel examples' (tp=2) shards whose shapes appear nowhere else; "_cp2": a context-
-  // parallel member's.
+  // the other mimo-cpu-8 examples. The audio encoder's attention and MLP products have the vision
+  // encoder's shapes at 64 tokens, its linear projector the attention output's; the MLP projector
+  // the encoder MLP's. "_tp2": the tensor-parallel examples' (tp=2) shards whose shapes appear
+  // nowhere else; "_cp2": a context-parallel member's.
   const struct {
     const char* name;
     int64_t m, n, k;

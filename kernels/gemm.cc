@@ -18,9 +18,9 @@
 #include "common/status_macros.h"
 #include "kernels/cuda_device_guard.h"
 #include "kernels/cuda_status.h"
+#include "kernels/fastest_of.h"
 #include "kernels/gelu.h"
 #include "kernels/gemm_pointers.h"
-#include "kernels/stream_hold.h"
 
 namespace mimo::kernels {
 namespace {
@@ -303,23 +303,11 @@ struct CublasLt::State {
     return absl::OkStatus();
   }
 
-  // Times the candidates of `plan` on `stream` and keeps the fastest: the heuristic's first choice
-  // unless another is more than kMargin faster (so timing noise alone changes nothing). `run`
-  // enqueues one run with the given algorithm; candidates that fail are skipped. The candidates
-  // are timed in kRounds interleaved rounds, each keeping its best, so a clock change between
-  // rounds favours none (within a round the order is fixed, the first candidate first: a drop in
-  // the clock there can only favour the heuristic's choice, which the margin keeps anyway). A
-  // round's runs wait behind one stream hold, so they run back to back on the device and a
-  // few-microsecond product is timed, not the host's launch rate; each candidate has `runs` of them
-  // per round, enough to span about kSpanMs (kMinRuns to kMaxRuns), judged from one run of the
-  // first.
+  // Times the candidates of `plan` on `stream` and keeps the heuristic's first unless another is
+  // clearly faster (FastestOf); `run` enqueues one run with the given algorithm. Candidates that
+  // fail are skipped.
   template <typename Run>
   absl::Status Tune(Plan* plan, cudaStream_t stream, const Run& run) {
-    constexpr int kRounds = 3;
-    constexpr float kSpanMs = 0.1f, kMargin = 0.02f;
-    constexpr int kMinRuns = 3, kMaxRuns = 30;
-    // Longer than the host takes to enqueue the round (a few microseconds a run), with room.
-    constexpr int64_t kHoldBaseNs = 20'000, kHoldPerRunNs = 10'000;
     plan->tuned = true;
     while (marks.size() < static_cast<size_t>(kCandidates) + 1) {
       cudaEvent_t event = nullptr;
@@ -331,48 +319,10 @@ struct CublasLt::State {
       if (run(algo) == CUBLAS_STATUS_SUCCESS) algos.push_back(algo);
     }
     if (algos.empty()) return absl::OkStatus();
-    const int n = static_cast<int>(algos.size());
-    // Milliseconds from marks[i] to marks[i + 1] (both reached).
-    const auto elapsed = [&](int i) -> absl::StatusOr<float> {
-      float ms = 0;
-      MIMO_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, marks[i], marks[i + 1]));
-      return ms;
-    };
-    MIMO_RETURN_IF_ERROR(LaunchStreamHold(kHoldBaseNs + kHoldPerRunNs, stream));
-    MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[0], stream));
-    const bool first_ok = run(algos[0]) == CUBLAS_STATUS_SUCCESS;
-    MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[1], stream));
-    MIMO_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(marks[1]));
-    MIMO_ASSIGN_OR_RETURN(const float once, elapsed(0));
-    const int runs = !first_ok || once <= 0
-                         ? kMaxRuns
-                         : std::clamp(static_cast<int>(kSpanMs / once) + 1, kMinRuns, kMaxRuns);
-    std::vector<float> best(n, -1);  // Per algorithm, its fastest round.
-    std::vector<bool> failed(n, false);
-    for (int round = 0; round < kRounds; ++round) {
-      MIMO_RETURN_IF_ERROR(LaunchStreamHold(kHoldBaseNs + kHoldPerRunNs * runs * n, stream));
-      for (int i = 0; i < n; ++i) {
-        MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[i], stream));
-        for (int r = 0; r < runs && !failed[i]; ++r) {
-          failed[i] = run(algos[i]) != CUBLAS_STATUS_SUCCESS;
-        }
-      }
-      MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[n], stream));
-      MIMO_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(marks[n]));
-      for (int i = 0; i < n; ++i) {
-        MIMO_ASSIGN_OR_RETURN(const float ms, elapsed(i));
-        if (!failed[i] && (best[i] < 0 || ms < best[i])) best[i] = ms;
-      }
-    }
-    int keep = -1, fastest = -1;
-    for (int i = 0; i < n; ++i) {
-      if (failed[i]) continue;
-      if (keep < 0) keep = i;
-      if (fastest < 0 || best[i] < best[fastest]) fastest = i;
-    }
-    if (keep < 0) return absl::OkStatus();
-    if (best[fastest] < (1 - kMargin) * best[keep]) keep = fastest;
-    plan->algo = algos[keep];
+    const auto run_one = [&](int i) { return run(algos[i]) == CUBLAS_STATUS_SUCCESS; };
+    MIMO_ASSIGN_OR_RETURN(const int keep,
+                          FastestOf(static_cast<int>(algos.size()), run_one, stream, marks));
+    if (keep >= 0) plan->algo = algos[keep];
     return absl::OkStatus();
   }
 
