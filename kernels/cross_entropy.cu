@@ -246,19 +246,10 @@ cudaError_t Chunk(const CrossEntropyChunkParams& p, cudaStream_t s) {
       splits *= 2;
     }
   }
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(p.tokens * splits));
-  config.blockDim = dim3(kThreads);
-  config.stream = s;
-  cudaLaunchAttribute cluster{};
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = static_cast<unsigned>(splits);
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  config.attrs = &cluster;
-  config.numAttrs = splits > 1 ? 1 : 0;
-  return cudaLaunchKernelEx(&config, ChunkKernel<T, N>, static_cast<const T*>(p.logits), p.targets,
-                            p.chunk, p.vocab_offset, splits, p.state.max, p.state.sum,
+  const ClusterLaunch launch(dim3(static_cast<unsigned>(p.tokens * splits)), dim3(kThreads), 0, s,
+                             static_cast<unsigned>(splits));
+  return cudaLaunchKernelEx(&launch.config, ChunkKernel<T, N>, static_cast<const T*>(p.logits),
+                            p.targets, p.chunk, p.vocab_offset, splits, p.state.max, p.state.sum,
                             p.state.target_logit);
 }
 

@@ -1,4 +1,4 @@
-// Element packs and resident grid sizes for the bandwidth-bound streaming kernels.
+// Element packs, resident grid sizes and cluster launches for the streaming kernels.
 //
 // The elementwise and row-streaming kernels (SwiGLU, RoPE, cross-entropy) touch each byte once,
 // so their speed is the memory system's: they move whole 16-byte packs (8 bf16 or 4 f32 per load,
@@ -72,6 +72,29 @@ template <auto kKernel>
 bool ClustersBuilt() {
   return KernelArch<kKernel>() >= 90;
 }
+
+// A launch of `grid` blocks of `block` threads on `stream` (cudaLaunchKernelEx), in clusters of
+// `cluster_x` consecutive blocks when that is more than 1 (the kernel must have ClustersBuilt and
+// the grid a multiple of it). Not copyable: `config` points at `cluster`.
+struct ClusterLaunch {
+  ClusterLaunch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, unsigned cluster_x) {
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = cluster_x;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = cluster_x > 1 ? 1 : 0;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute cluster{};
+};
 
 // Grid for a grid-stride loop over `items` items, `per_block` per block and pass: enough blocks to
 // cover them, at most `resident`, at least 1.

@@ -14,6 +14,7 @@
 #include "kernels/cuda_device_guard.h"
 #include "kernels/cuda_status.h"
 #include "kernels/cuda_stream.h"
+#include "kernels/grouped_gemm_tiles.h"
 #include "kernels/pinned_staging.h"
 
 namespace mimo::kernels {
@@ -135,8 +136,17 @@ class CudaOps final : public Ops {
     CudaDeviceGuard guard(device_);
     return blas_->GemmBatch(problems, stream());
   }
+  // Row blocks padded to 64 rows or more run as tiles through cuBLASLt (1.1-1.6x the grouped
+  // kernel with 64-row tiles on an H100, more with longer ones: bench/RESULTS.md), the rest on
+  // the grouped kernel.
   absl::Status GroupedGemm(const GroupedGemmParams& p) override {
     CudaDeviceGuard guard(device_);
+    MIMO_RETURN_IF_ERROR(CheckGroupedGemm(p));
+    if (GroupedGemmTilesApply(p)) {
+      MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(GroupedGemmTilesWorkspaceBytes(p)));
+      const absl::Status tiles = LaunchGroupedGemmTiles(p, scratch.ptr, *blas_, stream());
+      if (!absl::IsFailedPrecondition(tiles)) return tiles;
+    }
     return LaunchGroupedGemm(p, stream());
   }
   absl::Status Linear(const LinearParams& p) override {

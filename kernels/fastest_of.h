@@ -19,14 +19,15 @@ namespace mimo::kernels {
 
 // Times alternatives 0..n-1 (n >= 1) of one piece of work on `stream` and returns the one to
 // keep: 0 unless another is more than kMargin faster (so timing noise alone changes nothing), or
-// -1 when each had a run refused. `run(i)` enqueues one run of alternative i and says whether it
-// was accepted; `marks` holds at least n + 1 timing events. The alternatives are timed in kRounds
-// interleaved rounds, each keeping its best, so a clock change between rounds favours none
-// (within a round the order is fixed, 0 first: a drop in the clock there can only favour 0, which
-// the margin keeps anyway). A round's runs wait behind one stream hold, so they run back to back
-// on the device and a few-microsecond kernel is timed, not the host's launch rate; each
-// alternative has `runs` of them per round, enough to span about kSpanMs (kMinRuns to kMaxRuns),
-// judged from one run of alternative 0. Synchronizes the stream kRounds + 1 times.
+// -1 when each had a run refused (n > 1; a single alternative is returned untimed, never run).
+// `run(i)` enqueues one run of alternative i and says whether it was accepted; `marks` holds at
+// least n + 1 timing events. The alternatives are timed in kRounds interleaved rounds, each keeping
+// its best, so a clock change between rounds favours none; round r starts with alternative r (mod
+// n), so the head of a round (where a drop in the clock would favour whoever runs there) is not
+// always 0's. A round's runs wait behind one stream hold, so they run back to back on the device
+// and a few-microsecond kernel is timed, not the host's launch rate; each alternative has `runs` of
+// them per round, enough to span about kSpanMs (kMinRuns to kMaxRuns), judged from one run of
+// alternative 0. Synchronizes the stream kRounds + 1 times (n > 1).
 template <typename Run>
 absl::StatusOr<int> FastestOf(int n, const Run& run, cudaStream_t stream,
                               absl::Span<const cudaEvent_t> marks) {
@@ -41,6 +42,7 @@ absl::StatusOr<int> FastestOf(int n, const Run& run, cudaStream_t stream,
     MIMO_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, marks[i], marks[i + 1]));
     return ms;
   };
+  if (n == 1) return 0;
   MIMO_RETURN_IF_ERROR(LaunchStreamHold(kHoldBaseNs + kHoldPerRunNs, stream));
   MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[0], stream));
   const bool first_ok = run(0);
@@ -55,14 +57,17 @@ absl::StatusOr<int> FastestOf(int n, const Run& run, cudaStream_t stream,
   std::vector<bool> failed(n, false);
   for (int round = 0; round < kRounds; ++round) {
     MIMO_RETURN_IF_ERROR(LaunchStreamHold(kHoldBaseNs + kHoldPerRunNs * runs * n, stream));
-    for (int i = 0; i < n; ++i) {
-      MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[i], stream));
+    // Position j of the round runs alternative (round + j) % n, between marks[j] and marks[j + 1].
+    for (int j = 0; j < n; ++j) {
+      const int i = (round + j) % n;
+      MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[j], stream));
       for (int r = 0; r < runs && !failed[i]; ++r) failed[i] = !run(i);
     }
     MIMO_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks[n], stream));
     MIMO_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(marks[n]));
-    for (int i = 0; i < n; ++i) {
-      MIMO_ASSIGN_OR_RETURN(const float ms, elapsed(i));
+    for (int j = 0; j < n; ++j) {
+      const int i = (round + j) % n;
+      MIMO_ASSIGN_OR_RETURN(const float ms, elapsed(j));
       best[i] = failed[i] ? std::numeric_limits<float>::infinity() : std::min(best[i], ms);
     }
   }

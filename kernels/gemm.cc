@@ -93,8 +93,8 @@ struct PlanKey {
 // Algorithms the heuristic proposes per problem; the first call of a size class (SizeClass) that
 // may time them (one that overwrites its output, outside a graph capture) keeps the heuristic's
 // first unless another is more than 2% faster (Tune), and the other problems of the class take
-// it. Packed sequences change the token count, a dimension of most products, at every
-// micro-batch: timing each new count would cost more than it saves.
+// it (unless none of its candidates ran). Packed sequences change the token count, a dimension of
+// most products, at every micro-batch: timing each new count would cost more than it saves.
 constexpr int kCandidates = 8;
 
 // CublasLtOptions::batch_streams at most.
@@ -188,7 +188,8 @@ struct CublasLt::State {
   std::vector<Side> sides;
   cudaEvent_t fork = nullptr;
   absl::flat_hash_map<PlanKey, std::unique_ptr<Plan>> plans;
-  // The timed algorithm per size class: the key with m, n, k through SizeClass, not accumulating.
+  // The kept algorithm per size class (timed, or the only candidate that ran): the key with m, n,
+  // k through SizeClass, not accumulating.
   absl::flat_hash_map<PlanKey, cublasLtMatmulAlgo_t> tuned;
   std::vector<cudaEvent_t> marks;  // Tune's timing events, made on first use.
 
@@ -305,9 +306,9 @@ struct CublasLt::State {
 
   // Times the candidates of `plan` on `stream` and keeps the heuristic's first unless another is
   // clearly faster (FastestOf); `run` enqueues one run with the given algorithm. Candidates that
-  // fail are skipped.
+  // fail are skipped; false when every one failed (plan->algo is then not one to lend).
   template <typename Run>
-  absl::Status Tune(Plan* plan, cudaStream_t stream, const Run& run) {
+  absl::StatusOr<bool> Tune(Plan* plan, cudaStream_t stream, const Run& run) {
     plan->tuned = true;
     while (marks.size() < static_cast<size_t>(kCandidates) + 1) {
       cudaEvent_t event = nullptr;
@@ -318,12 +319,13 @@ struct CublasLt::State {
     for (const cublasLtMatmulAlgo_t& algo : plan->candidates) {
       if (run(algo) == CUBLAS_STATUS_SUCCESS) algos.push_back(algo);
     }
-    if (algos.empty()) return absl::OkStatus();
+    if (algos.empty()) return false;
     const auto run_one = [&](int i) { return run(algos[i]) == CUBLAS_STATUS_SUCCESS; };
     MIMO_ASSIGN_OR_RETURN(const int keep,
                           FastestOf(static_cast<int>(algos.size()), run_one, stream, marks));
-    if (keep >= 0) plan->algo = algos[keep];
-    return absl::OkStatus();
+    if (keep < 0) return false;
+    plan->algo = algos[keep];
+    return true;
   }
 
   // Runs one cuBLASLt matmul with `epilogue`, writing `d` (and the GELU input to `aux`).
@@ -372,8 +374,8 @@ struct CublasLt::State {
       if (deterministic) {
         plan->tuned = true;  // The heuristic's first choice for this problem; nothing is lent.
       } else if (capture == cudaStreamCaptureStatusNone) {
-        MIMO_RETURN_IF_ERROR(Tune(plan, stream, run));
-        tuned[SizeClassOf(key)] = plan->algo;
+        MIMO_ASSIGN_OR_RETURN(const bool kept, Tune(plan, stream, run));
+        if (kept) tuned[SizeClassOf(key)] = plan->algo;
       }
     }
     MIMO_CUBLAS_RETURN_IF_ERROR(run(plan->algo));
@@ -533,6 +535,37 @@ absl::Status CublasLt::EnqueueStack(absl::Span<const GemmParams* const> stack, S
   // cuBLASLt has no batched algorithm for this shape: the products one by one.
   for (const GemmParams* p : stack) MIMO_RETURN_IF_ERROR(Enqueue(*p, stream, workspace));
   return absl::OkStatus();
+}
+
+absl::Status CublasLt::GemmTables(const GemmParams& shape, const void* const* a,
+                                  const void* const* b, void* const* d, int count,
+                                  StreamHandle stream) {
+  const auto aligned = [](const void* table) {
+    return table != nullptr && reinterpret_cast<uintptr_t>(table) % alignof(void*) == 0;
+  };
+  if (count < 1 || !aligned(a) || !aligned(b) || !aligned(d) || shape.bias != nullptr ||
+      shape.activation != GemmActivation::kNone) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GemmTables: needs 16-byte aligned tables of at least one product (got ",
+                     count, ") and no bias or activation"));
+  }
+  GemmParams p = shape;
+  p.a = a;
+  p.b = b;
+  p.d = const_cast<void**>(d);
+  MIMO_RETURN_IF_ERROR(CheckGemm(p));
+  if (p.m == 0 || p.n == 0 || p.k == 0) {
+    return absl::InvalidArgumentError("GemmTables: every dimension must be positive");
+  }
+  CudaDeviceGuard guard(state_->device);
+  bool ran = false;
+  MIMO_RETURN_IF_ERROR(state_->Matmul(p, CUBLASLT_EPILOGUE_DEFAULT, p.d, nullptr,
+                                      static_cast<cudaStream_t>(stream), state_->workspace, &ran,
+                                      count));
+  if (ran) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("GemmTables: cuBLASLt has no pointer-array algorithm for ", count,
+                   " products of m ", p.m, ", n ", p.n, ", k ", p.k));
 }
 
 absl::Status CublasLt::GemmBatch(absl::Span<const GemmParams> problems, StreamHandle stream) {

@@ -40,6 +40,10 @@ struct GroupedGemmParams {
   int64_t k = 0;             // kVariableRows only: columns of a.
   bool transpose_b = false;  // kVariableRows only.
   bool accumulate = false;   // d (+)= the products.
+  // kVariableRows only: every offsets[g] is a multiple of this (an MoE layer's padding to its
+  // alignment). At 64 or more the CUDA op may run the groups as cuBLASLt products of that many
+  // rows each (GroupedGemmTiles). The CPU twin checks it; the CUDA op trusts it.
+  int64_t row_multiple = 1;
 };
 
 // InvalidArgument for unsupported dtypes, sizes out of range (each below 2^31 - 1024), null
@@ -57,7 +61,8 @@ absl::Status GroupedGemmCpu(const GroupedGemmParams& p);
 // and b whose inner sizes (k and n for kVariableRows, m and n for kVariableDepth) are multiples
 // of 8 and whose buffers are 16-byte aligned run on the tensor cores (128 x 256 tiles, mma.sync;
 // devices of compute capability 8.0+ with 162 KiB of shared memory per block, e.g. A100 and
-// H100); anything else runs an fp32 FMA kernel.
+// H100); anything else runs an fp32 FMA kernel. (The Ops' GroupedGemm may instead run a
+// kVariableRows product with a row_multiple of 64 or more through cuBLASLt: GroupedGemmTiles.)
 absl::Status LaunchGroupedGemm(const GroupedGemmParams& p, StreamHandle stream);
 
 }  // namespace mimo::kernels

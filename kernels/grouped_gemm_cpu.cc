@@ -29,9 +29,14 @@ absl::Status CheckGroupedGemm(const GroupedGemmParams& p) {
   if (rows_mode && p.m != 0) {
     return absl::InvalidArgumentError("GroupedGemm: m is kVariableDepth's (rows are the groups')");
   }
-  if (!rows_mode && (p.k != 0 || p.transpose_b)) {
+  if (!rows_mode && (p.k != 0 || p.transpose_b || p.row_multiple != 1)) {
     return absl::InvalidArgumentError(
-        "GroupedGemm: kVariableDepth takes neither k (the groups' rows) nor transpose_b");
+        "GroupedGemm: kVariableDepth takes neither k (the groups' rows), transpose_b nor "
+        "row_multiple");
+  }
+  if (p.row_multiple < 1 || p.row_multiple > kMax) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GroupedGemm: row_multiple ", p.row_multiple, " is not positive"));
   }
   MIMO_RETURN_IF_ERROR(CheckBuffers("GroupedGemm", true, {{p.offsets, "offsets"}}));
   const bool any_input = p.rows > 0 && p.n > 0 && (rows_mode ? p.k > 0 : p.m > 0);
@@ -48,6 +53,11 @@ absl::Status GroupedGemmCpu(const GroupedGemmParams& p) {
       return absl::InvalidArgumentError(absl::StrCat("GroupedGemm: offsets[", g, "] = ", o,
                                                      " is not in [offsets[", g - 1, "], ", p.rows,
                                                      "]"));
+    }
+    if (o % p.row_multiple != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("GroupedGemm: offsets[", g, "] = ", o,
+                                                     " is not a multiple of row_multiple ",
+                                                     p.row_multiple));
     }
   }
   const size_t ab = DTypeSize(p.ab_dtype), ds = DTypeSize(p.d_dtype);

@@ -323,21 +323,10 @@ absl::Status LaunchBackwardVec(unsigned grid, const T* dy, const T* x, const T* 
   MIMO_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(RmsNormBackwardVecKernel<T, kMaxVecs>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(kSmem)));
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(grid);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kSmem;
-  config.stream = stream;
-  cudaLaunchAttribute cluster{};
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = 2;
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  config.attrs = &cluster;
-  config.numAttrs = paired ? 1 : 0;
-  MIMO_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, RmsNormBackwardVecKernel<T, kMaxVecs>, dy,
-                                               x, weight, p.rstd, dx, sums, p.rows, p.cols,
-                                               paired));
+  const ClusterLaunch launch(dim3(grid), dim3(kThreads), kSmem, stream, paired ? 2 : 1);
+  MIMO_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&launch.config,
+                                               RmsNormBackwardVecKernel<T, kMaxVecs>, dy, x, weight,
+                                               p.rstd, dx, sums, p.rows, p.cols, paired));
   return absl::OkStatus();
 }
 

@@ -13,6 +13,8 @@ namespace mimo {
 struct ExpertRowOffsets {
   kernels::Tensor device;     // (El + 1,) int32 in the ops' memory.
   std::vector<int32_t> host;  // The same on the host, or empty when they stayed on the device.
+  // Every offset is a multiple of this (the dispatch's alignment where it promises one).
+  int64_t row_multiple = 1;
 };
 
 }  // namespace mimo

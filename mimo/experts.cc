@@ -166,7 +166,8 @@ class ExpertsMlp final : public Experts {
                               .rows = x.size(0),
                               .n = p.out,
                               .k = p.in,
-                              .transpose_b = true});
+                              .transpose_b = true,
+                              .row_multiple = off.row_multiple});
     }
     std::vector<kernels::GemmParams> batch;
     for (int64_t i = 0; i < el; ++i) {
@@ -198,7 +199,8 @@ class ExpertsMlp final : public Experts {
                                             .groups = el,
                                             .rows = dy.size(0),
                                             .n = p.in,
-                                            .k = p.out}));
+                                            .k = p.out,
+                                            .row_multiple = off.row_multiple}));
       return ops.GroupedGemm({.mode = GroupedGemmMode::kVariableDepth,
                               .ab_dtype = dy.dtype(),
                               .d_dtype = DType::kF32,

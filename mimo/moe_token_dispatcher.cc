@@ -142,6 +142,7 @@ absl::StatusOr<MoeDispatched> MoeTokenDispatcher::DispatchOverEp(const StepConte
           ops.CopyToHost(out.offsets.host.data(), offsets.data(), sizeof(int32_t) * (e + 1)));
     }
     out.offsets.device = std::move(offsets);
+    out.offsets.row_multiple = options_.align;
     s.probs = probs;
     return out;
   }

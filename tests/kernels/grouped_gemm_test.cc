@@ -93,6 +93,20 @@ TEST(GroupedGemmCheckTest, RejectsBadArguments) {
   p = good;
   p.d_dtype = DType::kBF16;
   EXPECT_THAT(GroupedGemmCpu(p).message(), HasSubstr("d dtype"));
+  // row_multiple: a promise about the offsets (2 holds here, 4 does not), kVariableRows only.
+  p = good;
+  p.row_multiple = 2;
+  EXPECT_TRUE(GroupedGemmCpu(p).ok());
+  p.row_multiple = 4;
+  EXPECT_THAT(GroupedGemmCpu(p).message(), HasSubstr("not a multiple of row_multiple 4"));
+  p.row_multiple = 0;
+  EXPECT_THAT(GroupedGemmCpu(p).message(), HasSubstr("row_multiple 0 is not positive"));
+  p = good;
+  p.mode = GroupedGemmMode::kVariableDepth;
+  p.k = 0;
+  p.m = 2;
+  p.row_multiple = 2;
+  EXPECT_THAT(GroupedGemmCpu(p).message(), HasSubstr("row_multiple"));
   for (const std::vector<int32_t>& bad : {std::vector<int32_t>{0, 3, 2}, {0, 2, 5}, {-1, 2, 4}}) {
     offsets = bad;
     const absl::Status s = GroupedGemmCpu(good);
