@@ -9,18 +9,24 @@
 // from the first launch to the stream drained: the layer's host synchronizations count, as they
 // would in training); one JSON line per case with the median milliseconds of a forward+backward
 // and the expert TFLOP/s: 3 (forward + backward) x 2 x tokens x top_k x 3 x hidden x ffn.
-// --parts also times, between CUDA events (median of K), with balanced and with Zipf routing
+// --parts also times, between CUDA events (median of K; the products compared with each other
+// interleaved, one of each a round), with balanced and with Zipf routing
 // (expert e chosen with weight 1 / (e + 1)^1.2): the permutation (map + permute) and the
 // weighted unpermute, as GB/s of the rows they must read and write; and the experts' fc1 GEMMs
 // (one per expert as one batch, as the layer runs them; one per expert one after another; and as
-// one grouped GEMM over device offsets, as the graph-safe layer runs them) against one dense GEMM
-// of the same FLOPs. --batch-streams sets the streams a batch of GEMMs spreads over
-// (CublasLtOptions::batch_streams; 1: one after another, products of one shape still
-// stacked); --align pads each expert's rows to a
-// multiple of A (MoeConfig::align; experts of equal padded counts share one batched GEMM).
+// one grouped GEMM over device offsets, as the graph-safe layer runs them: row tiles of --align
+// rows through cuBLASLt where that is 64 or more, else the grouped kernel) against one dense GEMM
+// of the same FLOPs, and as one batch of products of at most 512 / 1024 / 2048 rows; and fc1's
+// weight gradient per expert as one batch, added to an f32 gradient (as the layer does), written
+// over it, and written in bf16. After the timed steps of a case, one more runs between
+// cudaProfilerStart/Stop (for ncu --profile-from-start off). --batch-streams sets the
+// streams a batch of GEMMs spreads over (CublasLtOptions::batch_streams; 1: one after another,
+// products of one shape still stacked); --align pads each expert's rows to a multiple of A
+// (MoeConfig::align; experts of equal padded counts share one batched GEMM).
 // --graph also times the
 // graph-safe layer (moe.graph_safe: grouped GEMMs, no host synchronization), its forward+backward
 // captured once in a CUDA graph and replayed (wall clock of a replay to the stream drained).
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -40,6 +46,7 @@
 #include "common/bfloat16.h"
 #include "kernels/cuda_graph.h"
 #include "kernels/cuda_ops.h"
+#include "kernels/stream_hold.h"
 #include "mimo/moe_layer.h"
 
 namespace mimo {
@@ -157,6 +164,10 @@ void Run(const MoeCase& c, int iters, double skew, int batch_streams, int64_t al
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
                      .count());
   }
+  // One more step, untimed, between profiler marks (ncu --profile-from-start off sees it alone).
+  CheckCuda(cudaProfilerStart(), "cudaProfilerStart");
+  run();
+  CheckCuda(cudaProfilerStop(), "cudaProfilerStop");
   const double median = Median(ms);
   const double flops = 3.0 * 2.0 * c.tokens * c.top_k * 3.0 * c.hidden * c.ffn;
   auto load = (*layer)->TakeExpertLoad(**ops);
@@ -195,6 +206,40 @@ double TimeOnStream(kernels::Ops& ops, int iters, const std::function<void()>& f
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return Median(ms);
+}
+
+// Median milliseconds of each of `fns` between CUDA events, timed in `iters` rounds that run
+// each once (round r starting with fns[r % n]), so that a change of the clock over the run moves
+// all of them alike: what comparing them needs. Each round waits behind a stream hold while the
+// host enqueues it, so no function's time includes the host's. After one warm-up run of each.
+std::vector<double> TimeInterleaved(kernels::Ops& ops, int iters,
+                                    const std::vector<std::function<void()>>& fns) {
+  constexpr int64_t kHoldNs = 20'000'000;  // Longer than a round takes to enqueue.
+  const auto stream = static_cast<cudaStream_t>(ops.stream());
+  const size_t n = fns.size();
+  for (const auto& fn : fns) fn();
+  Check(ops.Synchronize(), "Synchronize");
+  std::vector<cudaEvent_t> marks(n + 1);
+  for (cudaEvent_t& m : marks) CheckCuda(cudaEventCreate(&m), "cudaEventCreate");
+  std::vector<std::vector<double>> ms(n);
+  for (int r = 0; r < iters; ++r) {
+    Check(kernels::LaunchStreamHold(kHoldNs, stream), "LaunchStreamHold");
+    for (size_t j = 0; j < n; ++j) {
+      CheckCuda(cudaEventRecord(marks[j], stream), "cudaEventRecord");
+      fns[(r + j) % n]();
+    }
+    CheckCuda(cudaEventRecord(marks[n], stream), "cudaEventRecord");
+    CheckCuda(cudaEventSynchronize(marks[n]), "cudaEventSynchronize");
+    for (size_t j = 0; j < n; ++j) {
+      float elapsed = 0;
+      CheckCuda(cudaEventElapsedTime(&elapsed, marks[j], marks[j + 1]), "cudaEventElapsedTime");
+      ms[(r + j) % n].push_back(elapsed);
+    }
+  }
+  for (cudaEvent_t m : marks) cudaEventDestroy(m);
+  std::vector<double> medians;
+  for (auto& v : ms) medians.push_back(Median(std::move(v)));
+  return medians;
 }
 
 // top_k distinct experts per token, expert e with weight 1 / (e + 1)^skew.
@@ -297,49 +342,110 @@ void RunParts(const MoeCase& c, int iters, int batch_streams, int64_t align) {
     const int64_t f1 = 2 * c.ffn, used = off[e];
     const kernels::Tensor w1 = RandomBF16(ops, {e * f1, h}, 4);
     const kernels::Tensor h1 = tensor({capacity, f1}, kernels::DType::kBF16);
-    std::vector<kernels::GemmParams> batch;
-    for (int64_t i = 0; i < e; ++i) {
-      const int64_t n = off[i + 1] - off[i];
-      if (n == 0) continue;
-      batch.push_back(
-          kernels::LinearForwardGemm({.dtype = kernels::DType::kBF16,
-                                      .x = static_cast<char*>(rows_out.data()) + off[i] * h * 2,
-                                      .w = static_cast<char*>(w1.data()) + i * f1 * h * 2,
-                                      .y = static_cast<char*>(h1.data()) + off[i] * f1 * 2,
-                                      .tokens = n,
-                                      .in = h,
-                                      .out = f1}));
-    }
-    const double batch_ms =
-        TimeOnStream(ops, iters, [&] { Check(ops.GemmBatch(batch), "GemmBatch"); });
-    const double sequential_ms = TimeOnStream(ops, iters, [&] {
-      for (const kernels::GemmParams& p : batch) Check(ops.Gemm(p), "Gemm");
-    });
-    const double grouped_kernel_ms = TimeOnStream(ops, iters, [&] {
-      Check(ops.GroupedGemm({.ab_dtype = kernels::DType::kBF16,
-                             .d_dtype = kernels::DType::kBF16,
-                             .a = rows_out.data(),
-                             .b = w1.data(),
-                             .d = h1.data(),
-                             .offsets = offsets.data<int32_t>(),
-                             .groups = e,
-                             .rows = capacity,
-                             .n = f1,
-                             .k = h,
-                             .transpose_b = true}),
-            "GroupedGemm");
-    });
-    const double dense_ms = TimeOnStream(ops, iters, [&] {
-      Check(ops.Linear({.dtype = kernels::DType::kBF16,
-                        .x = rows_out.data(),
-                        .w = w1.data(),
-                        .y = h1.data(),
-                        .tokens = used,
-                        .in = h,
-                        .out = f1}),
-            "Linear");
-    });
+    // Each expert's rows as products of at most `chunk` rows (0: one product per expert).
+    auto fc1_batch = [&](int64_t chunk) {
+      std::vector<kernels::GemmParams> out;
+      for (int64_t i = 0; i < e; ++i) {
+        const int64_t step = chunk > 0 ? chunk : std::max<int64_t>(off[i + 1] - off[i], 1);
+        for (int64_t r = off[i]; r < off[i + 1]; r += step) {
+          out.push_back(
+              kernels::LinearForwardGemm({.dtype = kernels::DType::kBF16,
+                                          .x = static_cast<char*>(rows_out.data()) + r * h * 2,
+                                          .w = static_cast<char*>(w1.data()) + i * f1 * h * 2,
+                                          .y = static_cast<char*>(h1.data()) + r * f1 * 2,
+                                          .tokens = std::min<int64_t>(step, off[i + 1] - r),
+                                          .in = h,
+                                          .out = f1}));
+        }
+      }
+      return out;
+    };
+    const std::vector<kernels::GemmParams> batch = fc1_batch(0), chunk512 = fc1_batch(512),
+                                           chunk1024 = fc1_batch(1024), chunk2048 = fc1_batch(2048);
+    const std::vector<double> fc1_ms =
+        TimeInterleaved(ops, iters,
+                        {[&] { Check(ops.GemmBatch(batch), "GemmBatch"); },
+                         [&] {
+                           for (const kernels::GemmParams& p : batch) Check(ops.Gemm(p), "Gemm");
+                         },
+                         [&] {
+                           Check(ops.GroupedGemm({.ab_dtype = kernels::DType::kBF16,
+                                                  .d_dtype = kernels::DType::kBF16,
+                                                  .a = rows_out.data(),
+                                                  .b = w1.data(),
+                                                  .d = h1.data(),
+                                                  .offsets = offsets.data<int32_t>(),
+                                                  .groups = e,
+                                                  .rows = capacity,
+                                                  .n = f1,
+                                                  .k = h,
+                                                  .transpose_b = true,
+                                                  .row_multiple = align}),
+                                 "GroupedGemm");
+                         },
+                         [&] {
+                           Check(ops.Linear({.dtype = kernels::DType::kBF16,
+                                             .x = rows_out.data(),
+                                             .w = w1.data(),
+                                             .y = h1.data(),
+                                             .tokens = used,
+                                             .in = h,
+                                             .out = f1}),
+                                 "Linear");
+                         },
+                         [&] { Check(ops.GemmBatch(chunk512), "GemmBatch"); },
+                         [&] { Check(ops.GemmBatch(chunk1024), "GemmBatch"); },
+                         [&] { Check(ops.GemmBatch(chunk2048), "GemmBatch"); }});
+    const double batch_ms = fc1_ms[0], sequential_ms = fc1_ms[1], grouped_kernel_ms = fc1_ms[2],
+                 dense_ms = fc1_ms[3];
+    std::printf(
+        "{\"name\": \"%s\", \"part\": \"experts_fc1_chunks\", \"routing\": \"%s\", "
+        "\"tflops_512\": %.1f, \"tflops_1024\": %.1f, \"tflops_2048\": %.1f}\n",
+        c.name.c_str(), routing, 2.0 * used * f1 * h / (fc1_ms[4] * 1e-3) / 1e12,
+        2.0 * used * f1 * h / (fc1_ms[5] * 1e-3) / 1e12,
+        2.0 * used * f1 * h / (fc1_ms[6] * 1e-3) / 1e12);
+    // fc1's weight gradient, one product per expert as one batch: added to an f32 gradient (as
+    // the layer does), written over an f32 gradient, and written in bf16 (as PyTorch's autograd
+    // leaves a bf16 parameter's gradient).
+    const kernels::Tensor dw = tensor({e * f1, h}, kernels::DType::kF32);
+    const kernels::Tensor dw16 = tensor({e * f1, h}, kernels::DType::kBF16);
+    Check(ops.SetZero(dw.data(), dw.nbytes()), "SetZero");
+    auto dw_batch = [&](kernels::DType d_dtype, bool accumulate) {
+      const kernels::Tensor& out_dw = d_dtype == kernels::DType::kF32 ? dw : dw16;
+      std::vector<kernels::GemmParams> out;
+      for (int64_t i = 0; i < e; ++i) {
+        const int64_t n = off[i + 1] - off[i];
+        if (n == 0) continue;
+        kernels::GemmParams g = kernels::LinearDwGemm(
+            {.dtype = kernels::DType::kBF16,
+             .x = static_cast<char*>(rows_out.data()) + off[i] * h * 2,
+             .dw = reinterpret_cast<float*>(static_cast<char*>(out_dw.data()) +
+                                            i * f1 * h * kernels::DTypeSize(d_dtype)),
+             .accumulate = accumulate,
+             .tokens = n,
+             .in = h,
+             .out = f1},
+            static_cast<char*>(h1.data()) + off[i] * f1 * 2);
+        g.d_dtype = d_dtype;
+        out.push_back(g);
+      }
+      return out;
+    };
+    const std::vector<kernels::GemmParams> dw_add = dw_batch(kernels::DType::kF32, true),
+                                           dw_f32 = dw_batch(kernels::DType::kF32, false),
+                                           dw_bf16 = dw_batch(kernels::DType::kBF16, false);
+    const std::vector<double> dw_ms =
+        TimeInterleaved(ops, iters,
+                        {[&] { Check(ops.GemmBatch(dw_add), "GemmBatch"); },
+                         [&] { Check(ops.GemmBatch(dw_f32), "GemmBatch"); },
+                         [&] { Check(ops.GemmBatch(dw_bf16), "GemmBatch"); }});
     const double flops = 2.0 * used * f1 * h;
+    std::printf(
+        "{\"name\": \"%s\", \"part\": \"experts_fc1_dw\", \"routing\": \"%s\", "
+        "\"f32_add_ms\": %.3f, \"f32_add_tflops\": %.1f, \"f32_ms\": %.3f, \"f32_tflops\": "
+        "%.1f, \"bf16_ms\": %.3f, \"bf16_tflops\": %.1f}\n",
+        c.name.c_str(), routing, dw_ms[0], flops / (dw_ms[0] * 1e-3) / 1e12, dw_ms[1],
+        flops / (dw_ms[1] * 1e-3) / 1e12, dw_ms[2], flops / (dw_ms[2] * 1e-3) / 1e12);
     std::printf(
         "{\"name\": \"%s\", \"part\": \"experts_fc1\", \"routing\": \"%s\", \"ms\": "
         "%.3f, \"tflops\": %.1f, \"sequential_ms\": %.3f, \"sequential_tflops\": %.1f, "
