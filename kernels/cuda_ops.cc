@@ -143,9 +143,14 @@ class CudaOps final : public Ops {
     CudaDeviceGuard guard(device_);
     MIMO_RETURN_IF_ERROR(CheckGroupedGemm(p));
     if (GroupedGemmTilesApply(p)) {
-      MIMO_ASSIGN_OR_RETURN(Scratch scratch, Take(GroupedGemmTilesWorkspaceBytes(p)));
-      const absl::Status tiles = LaunchGroupedGemmTiles(p, scratch.ptr, *blas_, stream());
-      if (!absl::IsFailedPrecondition(tiles)) return tiles;
+      // Without room for the tables, or without a cuBLASLt algorithm: the grouped kernel.
+      absl::StatusOr<Scratch> scratch = Take(GroupedGemmTilesWorkspaceBytes(p));
+      if (scratch.ok()) {
+        const absl::Status tiles = LaunchGroupedGemmTiles(p, scratch->ptr, *blas_, stream());
+        if (!absl::IsFailedPrecondition(tiles)) return tiles;
+      } else if (!absl::IsResourceExhausted(scratch.status())) {
+        return scratch.status();
+      }
     }
     return LaunchGroupedGemm(p, stream());
   }

@@ -543,10 +543,11 @@ absl::Status CublasLt::GemmTables(const GemmParams& shape, const void* const* a,
   const auto aligned = [](const void* table) {
     return table != nullptr && reinterpret_cast<uintptr_t>(table) % alignof(void*) == 0;
   };
-  if (count < 1 || !aligned(a) || !aligned(b) || !aligned(d) || shape.bias != nullptr ||
+  // One product would be planned as a plain one, reading the tables as its matrices.
+  if (count < 2 || !aligned(a) || !aligned(b) || !aligned(d) || shape.bias != nullptr ||
       shape.activation != GemmActivation::kNone) {
     return absl::InvalidArgumentError(
-        absl::StrCat("GemmTables: needs 16-byte aligned tables of at least one product (got ",
+        absl::StrCat("GemmTables: needs pointer-aligned tables of at least two products (got ",
                      count, ") and no bias or activation"));
   }
   GemmParams p = shape;

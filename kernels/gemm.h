@@ -115,13 +115,13 @@ class CublasLt {
   // shape gives what Gemm gives it. Nothing is enqueued when a check fails.
   absl::Status GemmBatch(absl::Span<const GemmParams> problems, StreamHandle stream);
 
-  // `count` products of `shape`'s dtypes, transposes, m, n, k and accumulation whose operands
-  // are in device tables (count pointers each) that earlier work on `stream` writes: one
-  // pointer-array batched product, planned and timed as a GemmBatch stack of that many. shape's a,
-  // b and d are not read; the operands must be 16-byte aligned and no output may overlap another's
-  // (not checked: they are on the device). InvalidArgument for a bad shape, count or table, or a
-  // bias or an activation; FailedPrecondition (nothing enqueued) when cuBLASLt has no pointer-array
-  // algorithm for it.
+  // `count` (2 or more) products of `shape`'s dtypes, transposes, m, n, k and accumulation
+  // whose operands are in device tables (count pointers each) that earlier work on `stream`
+  // writes: one pointer-array batched product, planned and timed as a GemmBatch stack of that
+  // many. shape's a, b and d are not read; the operands must be 16-byte aligned, and an output
+  // that overlaps another's gets one of their values (not checked: they are on the device).
+  // InvalidArgument for a bad shape, count or table, or a bias or an activation;
+  // FailedPrecondition (nothing enqueued) when cuBLASLt has no pointer-array algorithm for it.
   absl::Status GemmTables(const GemmParams& shape, const void* const* a, const void* const* b,
                           void* const* d, int count, StreamHandle stream);
 

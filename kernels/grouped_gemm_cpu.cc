@@ -36,7 +36,7 @@ absl::Status CheckGroupedGemm(const GroupedGemmParams& p) {
   }
   if (p.row_multiple < 1 || p.row_multiple > kMax) {
     return absl::InvalidArgumentError(
-        absl::StrCat("GroupedGemm: row_multiple ", p.row_multiple, " is not positive"));
+        absl::StrCat("GroupedGemm: row_multiple ", p.row_multiple, " is not in [1, ", kMax, "]"));
   }
   MIMO_RETURN_IF_ERROR(CheckBuffers("GroupedGemm", true, {{p.offsets, "offsets"}}));
   const bool any_input = p.rows > 0 && p.n > 0 && (rows_mode ? p.k > 0 : p.m > 0);

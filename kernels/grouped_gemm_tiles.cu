@@ -67,7 +67,7 @@ size_t TableBytes(int64_t tiles) {
 bool GroupedGemmTilesApply(const GroupedGemmParams& p) {
   return p.mode == GroupedGemmMode::kVariableRows && p.ab_dtype == DType::kBF16 &&
          p.row_multiple >= kMinTileRows && p.k > 0 && p.k % 8 == 0 && p.n > 0 && p.n % 8 == 0 &&
-         p.rows / p.row_multiple >= 1 &&
+         p.rows / p.row_multiple >= 2 &&
          p.rows / p.row_multiple <= std::numeric_limits<int32_t>::max() / 4 && Aligned16(p.a) &&
          Aligned16(p.b) && Aligned16(p.d);
 }

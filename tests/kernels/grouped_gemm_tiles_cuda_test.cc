@@ -166,8 +166,15 @@ TEST_F(GroupedGemmTilesTest, RefusesWhatItCannotTile) {
   p.k = 60;  // Not a multiple of 8.
   EXPECT_FALSE(GroupedGemmTilesApply(p));
   p = ok;
-  p.rows = 63;  // No whole tile.
+  p.rows = 127;  // One whole tile: a plain product, not tiles.
   EXPECT_FALSE(GroupedGemmTilesApply(p));
+  void* const* table = static_cast<void* const*>(workspace.get());
+  EXPECT_EQ(blas_
+                ->GemmTables(
+                    {.ab_dtype = DType::kBF16, .d_dtype = DType::kBF16, .m = 64, .n = 64, .k = 64},
+                    table, table, table, 1, stream_)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
   p = ok;
   p.mode = GroupedGemmMode::kVariableDepth;
   p.k = 0;
