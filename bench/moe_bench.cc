@@ -398,12 +398,12 @@ void RunParts(const MoeCase& c, int iters, int batch_streams, int64_t align) {
                          [&] { Check(ops.GemmBatch(chunk2048), "GemmBatch"); }});
     const double batch_ms = fc1_ms[0], sequential_ms = fc1_ms[1], grouped_kernel_ms = fc1_ms[2],
                  dense_ms = fc1_ms[3];
+    const double flops = 2.0 * used * f1 * h;
     std::printf(
         "{\"name\": \"%s\", \"part\": \"experts_fc1_chunks\", \"routing\": \"%s\", "
         "\"tflops_512\": %.1f, \"tflops_1024\": %.1f, \"tflops_2048\": %.1f}\n",
-        c.name.c_str(), routing, 2.0 * used * f1 * h / (fc1_ms[4] * 1e-3) / 1e12,
-        2.0 * used * f1 * h / (fc1_ms[5] * 1e-3) / 1e12,
-        2.0 * used * f1 * h / (fc1_ms[6] * 1e-3) / 1e12);
+        c.name.c_str(), routing, flops / (fc1_ms[4] * 1e-3) / 1e12,
+        flops / (fc1_ms[5] * 1e-3) / 1e12, flops / (fc1_ms[6] * 1e-3) / 1e12);
     // fc1's weight gradient, one product per expert as one batch: added to an f32 gradient (as
     // the layer does), written over an f32 gradient, and written in bf16 (as PyTorch's autograd
     // leaves a bf16 parameter's gradient).
@@ -439,7 +439,6 @@ void RunParts(const MoeCase& c, int iters, int batch_streams, int64_t align) {
                         {[&] { Check(ops.GemmBatch(dw_add), "GemmBatch"); },
                          [&] { Check(ops.GemmBatch(dw_f32), "GemmBatch"); },
                          [&] { Check(ops.GemmBatch(dw_bf16), "GemmBatch"); }});
-    const double flops = 2.0 * used * f1 * h;
     std::printf(
         "{\"name\": \"%s\", \"part\": \"experts_fc1_dw\", \"routing\": \"%s\", "
         "\"f32_add_ms\": %.3f, \"f32_add_tflops\": %.1f, \"f32_ms\": %.3f, \"f32_tflops\": "
