@@ -18,8 +18,9 @@
 // rows through cuBLASLt where that is 64 or more, else the grouped kernel) against one dense GEMM
 // of the same FLOPs, and as one batch of products of at most 512 / 1024 / 2048 rows; and fc1's
 // weight gradient per expert as one batch, added to an f32 gradient (as the layer does), written
-// over it, and written in bf16. After the timed steps of a case, one more runs between
-// cudaProfilerStart/Stop (for ncu --profile-from-start off). --batch-streams sets the
+// over it, and written in bf16, and as one grouped product (the graph-safe layer's) on each
+// tensor-core kernel of the GPU (wgmma, mma.sync). After the timed steps of a case, one more runs
+// between cudaProfilerStart/Stop (for ncu --profile-from-start off). --batch-streams sets the
 // streams a batch of GEMMs spreads over (CublasLtOptions::batch_streams; 1: one after another,
 // products of one shape still stacked); --align pads each expert's rows to a multiple of A
 // (MoeConfig::align; experts of equal padded counts share one batched GEMM).
@@ -46,6 +47,7 @@
 #include "common/bfloat16.h"
 #include "kernels/cuda_graph.h"
 #include "kernels/cuda_ops.h"
+#include "kernels/grouped_gemm.h"
 #include "kernels/stream_hold.h"
 #include "mimo/moe_layer.h"
 
@@ -434,11 +436,42 @@ void RunParts(const MoeCase& c, int iters, int batch_streams, int64_t align) {
     const std::vector<kernels::GemmParams> dw_add = dw_batch(kernels::DType::kF32, true),
                                            dw_f32 = dw_batch(kernels::DType::kF32, false),
                                            dw_bf16 = dw_batch(kernels::DType::kBF16, false);
-    const std::vector<double> dw_ms =
-        TimeInterleaved(ops, iters,
-                        {[&] { Check(ops.GemmBatch(dw_add), "GemmBatch"); },
-                         [&] { Check(ops.GemmBatch(dw_f32), "GemmBatch"); },
-                         [&] { Check(ops.GemmBatch(dw_bf16), "GemmBatch"); }});
+    // And as the graph-safe layer runs it: one grouped product over the device offsets, added
+    // to the f32 gradient, on each tensor-core kernel this GPU has.
+    const kernels::GroupedGemmParams grouped_dw{.mode = kernels::GroupedGemmMode::kVariableDepth,
+                                                .ab_dtype = kernels::DType::kBF16,
+                                                .d_dtype = kernels::DType::kF32,
+                                                .a = h1.data(),
+                                                .b = rows_out.data(),
+                                                .d = dw.data(),
+                                                .offsets = offsets.data<int32_t>(),
+                                                .groups = e,
+                                                .rows = capacity,
+                                                .m = f1,
+                                                .n = h,
+                                                .accumulate = true};
+    std::vector<std::function<void()>> dw_fns = {
+        [&] { Check(ops.GemmBatch(dw_add), "GemmBatch"); },
+        [&] { Check(ops.GemmBatch(dw_f32), "GemmBatch"); },
+        [&] { Check(ops.GemmBatch(dw_bf16), "GemmBatch"); }};
+    std::vector<std::string> grouped_names;
+    for (const auto& [name, kernel] :
+         {std::pair{"wgmma", kernels::GroupedGemmKernel::kWgmma},
+          std::pair{"mma_sync", kernels::GroupedGemmKernel::kMmaSync}}) {
+      if (!kernels::LaunchGroupedGemmWith(grouped_dw, kernel, ops.stream()).ok()) continue;
+      grouped_names.push_back(name);
+      dw_fns.push_back([&, kernel] {
+        Check(kernels::LaunchGroupedGemmWith(grouped_dw, kernel, ops.stream()), "GroupedGemm");
+      });
+    }
+    const std::vector<double> dw_ms = TimeInterleaved(ops, iters, dw_fns);
+    for (size_t i = 0; i < grouped_names.size(); ++i) {
+      const double ms = dw_ms[3 + i];
+      std::printf(
+          "{\"name\": \"%s\", \"part\": \"experts_fc1_dw_grouped\", \"routing\": \"%s\", "
+          "\"kernel\": \"%s\", \"ms\": %.3f, \"tflops\": %.1f}\n",
+          c.name.c_str(), routing, grouped_names[i].c_str(), ms, flops / (ms * 1e-3) / 1e12);
+    }
     std::printf(
         "{\"name\": \"%s\", \"part\": \"experts_fc1_dw\", \"routing\": \"%s\", "
         "\"f32_add_ms\": %.3f, \"f32_add_tflops\": %.1f, \"f32_ms\": %.3f, \"f32_tflops\": "

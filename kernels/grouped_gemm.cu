@@ -4,11 +4,12 @@
 // and row tile it covers, or exits; kVariableDepth launches (column tile, row tile, group) and
 // reduces over its group's rows. So the grid depends on sizes only, never on the offsets.
 //
-// The bf16 kernel: 128 x 256 output tiles, 64-deep k steps through a 3-stage cp.async pipeline,
-// 8 warps of 64 x 64 each, ldmatrix feeding m16n8k16 MMAs with fp32 accumulators. Operands may be
-// stored with k contiguous (a's rows, b as (n, k)) or with m / n contiguous (a^T for weight
-// gradients, b as (k, n)); both are copied to shared memory as stored, rows padded by 16 bytes so
-// ldmatrix's eight rows hit distinct banks, and the latter read with ldmatrix's transpose.
+// The mma.sync bf16 kernel: 128 x 256 output tiles, 64-deep k steps through a 3-stage cp.async
+// pipeline, 8 warps of 64 x 64 each, ldmatrix feeding m16n8k16 MMAs with fp32 accumulators.
+// Operands may be stored with k contiguous (a's rows, b as (n, k)) or with m / n contiguous (a^T
+// for weight gradients, b as (k, n)); both are copied to shared memory as stored, rows padded by 16
+// bytes so ldmatrix's eight rows hit distinct banks, and the latter read with ldmatrix's transpose.
+// On Hopper, kVariableDepth runs a wgmma kernel instead (below).
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -22,6 +23,7 @@
 #include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_mma.cuh"
 #include "kernels/cuda_status.h"
+#include "kernels/cuda_wgmma.cuh"
 #include "kernels/grouped_gemm.h"
 
 namespace mimo::kernels {
@@ -290,6 +292,112 @@ __global__ void __launch_bounds__(kThreads, 1) TensorCoreKernel(Args args) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Hopper bf16 kernel for kVariableDepth (weight gradients): the same 128 x 256 output tiles as
+// the mma.sync kernel, computed by two warpgroups of 64 x 256 each through wgmma m64n256k16 from
+// shared memory; 64-deep k steps through a 4-stage cp.async pipeline (two steps load ahead while
+// one product runs). Both operands stay m/n-contiguous as stored, in 128-byte-swizzled atoms of
+// 64 (m or n) x 8 (k): a stage holds a's 2 x 8 atoms and b's 4 x 8, ordered (m/n atom, k atom).
+
+namespace hopper {
+
+constexpr int kBm = 128, kBn = 256, kBk = 64, kStages = 4, kThreads = 256;
+constexpr int kAtomBytes = 1024, kAtomsK = kBk / 8;
+constexpr int kMnAtomStride = kAtomsK * kAtomBytes;  // Bytes between atoms along m/n.
+constexpr int kStageA = kBm / 64 * kMnAtomStride, kStageB = kBn / 64 * kMnAtomStride;
+constexpr size_t kSmemBytes = size_t{kStages} * (kStageA + kStageB) + kAtomBytes;  // + alignment.
+
+// Copies rows [kk0, kk0 + kBk) (valid below k_end) and columns [x0, x0 + kCols) (valid below
+// x_end, a multiple of 8) of row-major `src` (ld columns) into the atoms at `dst`; invalid chunks
+// are zero-filled.
+template <int kCols>
+__device__ __forceinline__ void LoadMnMajor(uint32_t dst, const bf16* src, int ld, int x0,
+                                            int x_end, int kk0, int k_end) {
+  constexpr int kChunksPerRow = kCols / 8;
+  constexpr int kChunks = kChunksPerRow * kBk;
+  static_assert(kChunks % kThreads == 0);
+#pragma unroll
+  for (int it = 0; it < kChunks / kThreads; ++it) {
+    const int c = it * kThreads + static_cast<int>(threadIdx.x);
+    const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;
+    const int kk = kk0 + row, x = x0 + chunk * 8;
+    const bool ok = kk < k_end && x < x_end;
+    const uint32_t offset =
+        (chunk / 8) * kMnAtomStride + (row / 8) * kAtomBytes + Swizzle128(row % 8, chunk % 8);
+    CpAsync16(dst + offset, ok ? src + static_cast<int64_t>(kk) * ld + x : src, ok);
+  }
+}
+
+template <typename OutT>
+__global__ void __launch_bounds__(kThreads, 1) WgmmaDepthKernel(Args args) {
+  Work w;
+  if (!FindWork<GroupedGemmMode::kVariableDepth>(args, kBm, kBn, sizeof(bf16), sizeof(OutT), w)) {
+    return;
+  }
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t base = (SmemAddr(smem_raw) + kAtomBytes - 1) & ~uint32_t{kAtomBytes - 1};
+  const bf16* a = reinterpret_cast<const bf16*>(w.a);
+  const bf16* b = reinterpret_cast<const bf16*>(w.b);
+  const int warpgroup = threadIdx.x / 128;
+  const int steps = (w.k_end - w.k_begin + kBk - 1) / kBk;
+  auto stage_a = [&](int s) { return base + s * (kStageA + kStageB); };
+  auto stage_b = [&](int s) { return base + s * (kStageA + kStageB) + kStageA; };
+  auto load = [&](int step) {
+    const int s = step % kStages, kk0 = w.k_begin + step * kBk;
+    LoadMnMajor<kBm>(stage_a(s), a, w.lda, w.m0, w.m_end, kk0, w.k_end);
+    LoadMnMajor<kBn>(stage_b(s), b, w.ldb, w.n0, args.n, kk0, w.k_end);
+  };
+
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kStages - 2; ++s) {
+    if (s < steps) load(s);
+    CpAsyncCommit();
+  }
+  for (int step = 0; step < steps; ++step) {
+    // Step `step` has landed; after the barrier every warpgroup's product of step - 2 is done
+    // (each waited for all but its last), so its stage can be refilled.
+    CpAsyncWait<kStages - 3>();
+    FenceProxyAsyncShared();
+    __syncthreads();
+    if (step + kStages - 2 < steps) load(step + kStages - 2);
+    CpAsyncCommit();
+    const uint32_t as = stage_a(step % kStages) + warpgroup * kMnAtomStride;
+    const uint32_t bs = stage_b(step % kStages);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kBk / 16; ++kk) {
+      WgmmaM64N256K16MnMajor(acc,
+                             MnMajorSw128Desc(as + kk * 2 * kAtomBytes, kMnAtomStride, kAtomBytes),
+                             MnMajorSw128Desc(bs + kk * 2 * kAtomBytes, kMnAtomStride, kAtomBytes));
+    }
+    WgmmaCommit();
+    WgmmaWait<1>(acc);
+  }
+  WgmmaWait<0>(acc);
+  CpAsyncWait<0>();
+
+  OutT* d = reinterpret_cast<OutT*>(w.d);
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
+  const int m_top = w.m0 + warpgroup * 64 + warp * 16 + lane / 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int m = m_top + half * 8;
+    if (m >= w.m_end) continue;
+#pragma unroll
+    for (int j = 0; j < kBn / 8; ++j) {
+      const int n = w.n0 + j * 8 + 2 * (lane % 4);
+      if (n >= args.n) continue;
+      StorePair(d + static_cast<int64_t>(m) * args.n + n, acc[4 * j + 2 * half],
+                acc[4 * j + 2 * half + 1], args.accumulate);
+    }
+  }
+}
+
+}  // namespace hopper
+
+// ---------------------------------------------------------------------------------------------
 // fp32 FMA kernel: any dtype, size and alignment. 64 x 64 output tiles, 16-deep k steps; each
 // of 256 threads computes 4 x 4 outputs 16 apart.
 
@@ -351,25 +459,39 @@ __global__ void __launch_bounds__(kThreads) FmaKernel(Args args) {
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Whether the current device runs the tensor-core kernel: sm_80 or newer (cp.async, bf16 MMA)
-// with enough shared memory per block (not sm_86 / sm_89's 99 KiB). Asked of the driver once per
-// device: every launch wants the answer.
-absl::StatusOr<bool> TensorCoresFit() {
+// Which tensor-core kernels the current device runs: mma.sync on sm_80 or newer (cp.async, bf16
+// MMA) with enough shared memory per block (not sm_86 / sm_89's 99 KiB); wgmma on a compute
+// capability 9.0 device when this library has sm_90a code. Asked of the driver once per device:
+// every launch wants the answer.
+struct DeviceKernels {
+  bool mma_sync = false, wgmma = false;
+};
+
+absl::StatusOr<DeviceKernels> KernelsOfDevice() {
   constexpr int kDevices = 64;
-  static std::array<std::atomic<int>, kDevices> known{};  // 0 unknown, 1 no, 2 yes.
+  static std::array<std::atomic<int>, kDevices> known{};  // 0 unknown, else 1 + the bits.
   int device = 0;
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  const auto unpack = [](int v) { return DeviceKernels{((v - 1) & 1) != 0, ((v - 1) & 2) != 0}; };
   if (device < kDevices && known[device].load(std::memory_order_relaxed) != 0) {
-    return known[device].load(std::memory_order_relaxed) == 2;
+    return unpack(known[device].load(std::memory_order_relaxed));
   }
-  int major = 0, smem = 0;
+  int major = 0, minor = 0, smem = 0;
   MIMO_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   MIMO_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  MIMO_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const bool fit = major >= 8 && static_cast<size_t>(smem) >= kSmemBytes;
-  if (device < kDevices) known[device].store(fit ? 2 : 1, std::memory_order_relaxed);
-  return fit;
+  DeviceKernels k;
+  k.mma_sync = major >= 8 && static_cast<size_t>(smem) >= kSmemBytes;
+#ifdef MIMO_CUDA_SM90A
+  k.wgmma = major == 9 && minor == 0 && static_cast<size_t>(smem) >= hopper::kSmemBytes;
+#endif
+  if (device < kDevices) {
+    known[device].store(1 + (k.mma_sync ? 1 : 0) + (k.wgmma ? 2 : 0), std::memory_order_relaxed);
+  }
+  return k;
 }
 
 // The grid for tiles of bm x bn: (row slots, column tiles) or (column tiles, row tiles, groups).
@@ -392,39 +514,86 @@ absl::StatusOr<dim3> Grid(const GroupedGemmParams& p, int bm, int bn) {
               static_cast<unsigned>(p.groups));
 }
 
-template <GroupedGemmMode kMode, bool kKA, bool kKB, typename OutT>
-absl::Status RunTensorCore(const Args& args, dim3 grid, cudaStream_t s) {
-  auto kernel = TensorCoreKernel<kMode, kKA, kKB, OutT>;
-  MIMO_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
-  kernel<<<grid, kThreads, kSmemBytes, s>>>(args);
+template <auto kKernel>
+absl::Status Launch(const Args& args, dim3 grid, int threads, size_t smem, cudaStream_t s) {
+  if (smem > 48 * 1024) {
+    MIMO_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+        kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+  kKernel<<<grid, threads, smem, s>>>(args);
   return absl::OkStatus();
 }
 
 template <typename OutT>
-absl::Status TensorCore(const GroupedGemmParams& p, const Args& args, dim3 grid, cudaStream_t s) {
-  if (p.mode == GroupedGemmMode::kVariableDepth) {
-    return RunTensorCore<GroupedGemmMode::kVariableDepth, false, false, OutT>(args, grid, s);
+absl::Status MmaSync(const GroupedGemmParams& p, const Args& args, dim3 grid, cudaStream_t s) {
+  using M = GroupedGemmMode;
+  if (p.mode == M::kVariableDepth) {
+    return Launch<TensorCoreKernel<M::kVariableDepth, false, false, OutT>>(args, grid, kThreads,
+                                                                           kSmemBytes, s);
   }
   if (p.transpose_b) {
-    return RunTensorCore<GroupedGemmMode::kVariableRows, true, true, OutT>(args, grid, s);
+    return Launch<TensorCoreKernel<M::kVariableRows, true, true, OutT>>(args, grid, kThreads,
+                                                                        kSmemBytes, s);
   }
-  return RunTensorCore<GroupedGemmMode::kVariableRows, true, false, OutT>(args, grid, s);
+  return Launch<TensorCoreKernel<M::kVariableRows, true, false, OutT>>(args, grid, kThreads,
+                                                                       kSmemBytes, s);
 }
 
 template <typename T, typename OutT>
-void Fma(const GroupedGemmParams& p, const Args& args, dim3 grid, cudaStream_t s) {
+absl::Status Fma(const GroupedGemmParams& p, const Args& args, dim3 grid, cudaStream_t s) {
   if (p.mode == GroupedGemmMode::kVariableRows) {
-    FmaKernel<GroupedGemmMode::kVariableRows, T, OutT><<<grid, kThreads, 0, s>>>(args);
-  } else {
-    FmaKernel<GroupedGemmMode::kVariableDepth, T, OutT><<<grid, kThreads, 0, s>>>(args);
+    return Launch<FmaKernel<GroupedGemmMode::kVariableRows, T, OutT>>(args, grid, kThreads, 0, s);
   }
+  return Launch<FmaKernel<GroupedGemmMode::kVariableDepth, T, OutT>>(args, grid, kThreads, 0, s);
+}
+
+// Why `kernel` cannot run `p` here, or OK.
+absl::Status Refusal(const GroupedGemmParams& p, GroupedGemmKernel kernel,
+                     const DeviceKernels& device) {
+  if (kernel == GroupedGemmKernel::kFma) return absl::OkStatus();
+  const int64_t inner = p.mode == GroupedGemmMode::kVariableRows ? p.k : p.m;
+  if (p.ab_dtype != DType::kBF16 || inner % 8 != 0 || p.n % 8 != 0 || !Aligned16(p.a) ||
+      !Aligned16(p.b) || !Aligned16(p.d)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "GroupedGemm: the tensor-core kernels need bf16 a and b, inner sizes that are multiples "
+        "of 8 and 16-byte aligned buffers (got ",
+        DTypeName(p.ab_dtype), ", ", inner, " and ", p.n, ")"));
+  }
+  if (kernel == GroupedGemmKernel::kMmaSync && !device.mma_sync) {
+    return absl::FailedPreconditionError(
+        "GroupedGemm: the mma.sync kernel needs compute capability 8.0+ and 162 KiB of shared "
+        "memory per block");
+  }
+  if (kernel == GroupedGemmKernel::kWgmma) {
+    if (p.mode != GroupedGemmMode::kVariableDepth) {
+      return absl::FailedPreconditionError(
+          "GroupedGemm: the wgmma kernel runs kVariableDepth only");
+    }
+    if (!device.wgmma) {
+      return absl::FailedPreconditionError(
+          "GroupedGemm: the wgmma kernel needs a compute capability 9.0 device and sm_90a code in "
+          "this build (CMAKE_CUDA_ARCHITECTURES with 90a)");
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
 
-absl::Status LaunchGroupedGemm(const GroupedGemmParams& p, StreamHandle stream) {
+absl::StatusOr<GroupedGemmKernel> ChooseGroupedGemmKernel(const GroupedGemmParams& p) {
   MIMO_RETURN_IF_ERROR(CheckGroupedGemm(p));
+  MIMO_ASSIGN_OR_RETURN(const DeviceKernels device, KernelsOfDevice());
+  // kWgmma is not chosen yet: it has not run on a GPU (no device was lent the session it was
+  // written; bench/RESULTS.md). Its test and moe_bench --parts run it by name.
+  if (Refusal(p, GroupedGemmKernel::kMmaSync, device).ok()) return GroupedGemmKernel::kMmaSync;
+  return GroupedGemmKernel::kFma;
+}
+
+absl::Status LaunchGroupedGemmWith(const GroupedGemmParams& p, GroupedGemmKernel kernel,
+                                   StreamHandle stream) {
+  MIMO_RETURN_IF_ERROR(CheckGroupedGemm(p));
+  MIMO_ASSIGN_OR_RETURN(const DeviceKernels device, KernelsOfDevice());
+  MIMO_RETURN_IF_ERROR(Refusal(p, kernel, device));
   const bool rows_mode = p.mode == GroupedGemmMode::kVariableRows;
   if (p.n == 0 || (rows_mode ? p.rows == 0 : p.m == 0)) return absl::OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
@@ -439,31 +608,41 @@ absl::Status LaunchGroupedGemm(const GroupedGemmParams& p, StreamHandle stream) 
                   .k = static_cast<int>(p.k),
                   .transpose_b = p.transpose_b,
                   .accumulate = p.accumulate};
-  const int64_t inner = rows_mode ? p.k : p.m;
-  bool tensor_cores = p.ab_dtype == DType::kBF16 && inner % 8 == 0 && p.n % 8 == 0 &&
-                      Aligned16(p.a) && Aligned16(p.b) && Aligned16(p.d);
-  if (tensor_cores) {
-    MIMO_ASSIGN_OR_RETURN(tensor_cores, TensorCoresFit());
-  }
-  if (tensor_cores) {
-    MIMO_ASSIGN_OR_RETURN(dim3 grid, Grid(p, kBm, kBn));
-    if (p.d_dtype == DType::kF32) {
-      MIMO_RETURN_IF_ERROR(TensorCore<float>(p, args, grid, s));
-    } else {
-      MIMO_RETURN_IF_ERROR(TensorCore<bf16>(p, args, grid, s));
+  const bool f32_out = p.d_dtype == DType::kF32;
+  switch (kernel) {
+    case GroupedGemmKernel::kWgmma: {
+      MIMO_ASSIGN_OR_RETURN(dim3 grid, Grid(p, hopper::kBm, hopper::kBn));
+      MIMO_RETURN_IF_ERROR(f32_out ? Launch<hopper::WgmmaDepthKernel<float>>(
+                                         args, grid, hopper::kThreads, hopper::kSmemBytes, s)
+                                   : Launch<hopper::WgmmaDepthKernel<bf16>>(
+                                         args, grid, hopper::kThreads, hopper::kSmemBytes, s));
+      break;
     }
-  } else {
-    MIMO_ASSIGN_OR_RETURN(dim3 grid, Grid(p, kFmaTile, kFmaTile));
-    if (p.ab_dtype == DType::kF32) {
-      Fma<float, float>(p, args, grid, s);
-    } else if (p.d_dtype == DType::kF32) {
-      Fma<bf16, float>(p, args, grid, s);
-    } else {
-      Fma<bf16, bf16>(p, args, grid, s);
+    case GroupedGemmKernel::kMmaSync: {
+      MIMO_ASSIGN_OR_RETURN(dim3 grid, Grid(p, kBm, kBn));
+      MIMO_RETURN_IF_ERROR(f32_out ? MmaSync<float>(p, args, grid, s)
+                                   : MmaSync<bf16>(p, args, grid, s));
+      break;
+    }
+    case GroupedGemmKernel::kFma: {
+      MIMO_ASSIGN_OR_RETURN(dim3 grid, Grid(p, kFmaTile, kFmaTile));
+      if (p.ab_dtype == DType::kF32) {
+        MIMO_RETURN_IF_ERROR((Fma<float, float>(p, args, grid, s)));
+      } else if (f32_out) {
+        MIMO_RETURN_IF_ERROR((Fma<bf16, float>(p, args, grid, s)));
+      } else {
+        MIMO_RETURN_IF_ERROR((Fma<bf16, bf16>(p, args, grid, s)));
+      }
+      break;
     }
   }
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
+}
+
+absl::Status LaunchGroupedGemm(const GroupedGemmParams& p, StreamHandle stream) {
+  MIMO_ASSIGN_OR_RETURN(const GroupedGemmKernel kernel, ChooseGroupedGemmKernel(p));
+  return LaunchGroupedGemmWith(p, kernel, stream);
 }
 
 }  // namespace mimo::kernels

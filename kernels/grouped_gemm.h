@@ -54,15 +54,33 @@ absl::Status CheckGroupedGemm(const GroupedGemmParams& p);
 // Also InvalidArgument for offsets that decrease or leave [0, rows].
 absl::Status GroupedGemmCpu(const GroupedGemmParams& p);
 
+// The CUDA kernels a grouped product can run on.
+enum class GroupedGemmKernel {
+  kFma,      // fp32 FMA, 64 x 64 tiles: any dtype, size and alignment.
+  kMmaSync,  // bf16 tensor cores through mma.sync, 128 x 256 tiles: compute capability 8.0+ with
+             // 162 KiB of shared memory per block (A100, H100).
+  kWgmma,    // bf16 kVariableDepth through Hopper's wgmma, 128 x 256 tiles: compute capability
+             // 9.0 and sm_90a code in the build (CMAKE_CUDA_ARCHITECTURES with 90a). Not yet
+             // chosen by ChooseGroupedGemmKernel: it has not run on a GPU.
+};
+// The tensor-core kernels also need bf16 a and b whose inner sizes (k and n for kVariableRows, m
+// and n for kVariableDepth) are multiples of 8 and 16-byte aligned a, b and d.
+
+// The kernel LaunchGroupedGemm runs `p` on for the current device: mma.sync where it can, else
+// FMA. InvalidArgument as CheckGroupedGemm.
+absl::StatusOr<GroupedGemmKernel> ChooseGroupedGemmKernel(const GroupedGemmParams& p);
+
 // CUDA: device memory, enqueued on `stream` (a cudaStream_t) with no host synchronization, so it
-// may be captured in a CUDA graph. Offsets are not checked on the device: each group's range is
-// clamped to [0, rows] (a decreasing one is empty), so offsets that break the contract give
-// undefined values (overlapping groups race) but never reach memory outside the buffers. bf16 a
-// and b whose inner sizes (k and n for kVariableRows, m and n for kVariableDepth) are multiples
-// of 8 and whose buffers are 16-byte aligned run on the tensor cores (128 x 256 tiles, mma.sync;
-// devices of compute capability 8.0+ with 162 KiB of shared memory per block, e.g. A100 and
-// H100); anything else runs an fp32 FMA kernel. (The Ops' GroupedGemm may instead run a
-// kVariableRows product with a row_multiple of 64 or more through cuBLASLt: GroupedGemmTiles.)
+// may be captured in a CUDA graph, on ChooseGroupedGemmKernel's kernel. Offsets are not checked
+// on the device: each group's range is clamped to [0, rows] (a decreasing one is empty), so
+// offsets that break the contract give undefined values (overlapping groups race) but never
+// reach memory outside the buffers. (The Ops' GroupedGemm may instead run a kVariableRows product
+// with a row_multiple of 64 or more through cuBLASLt: GroupedGemmTiles.)
 absl::Status LaunchGroupedGemm(const GroupedGemmParams& p, StreamHandle stream);
+
+// LaunchGroupedGemm on the named kernel, for tests and benchmarks that compare them;
+// FailedPrecondition (before anything is enqueued) when it cannot run `p` on this device.
+absl::Status LaunchGroupedGemmWith(const GroupedGemmParams& p, GroupedGemmKernel kernel,
+                                   StreamHandle stream);
 
 }  // namespace mimo::kernels

@@ -1,9 +1,11 @@
-// The grouped GEMM's CUDA kernels (tensor-core and FMA paths) against float64 on fresh random
-// inputs for both modes and every dtype pair (relative error: f32 outputs < 3e-6, bf16 outputs
-// < 1e-2; rows outside every group untouched), a Mixtral-sized case, and offsets that break the
-// contract staying inside the buffers. Skips without a GPU.
+// The grouped GEMM's CUDA kernels (each of FMA, mma.sync and, on Hopper, wgmma that can run a
+// case) against float64 on fresh random inputs for both modes and every dtype pair (relative
+// error: f32 outputs < 3e-6, bf16 outputs < 1e-2; rows outside every group untouched), a
+// Mixtral-sized case, the kernel each device is given, and offsets that break the contract
+// staying inside the buffers. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -29,8 +31,10 @@ class GroupedGemmCudaTest : public ::testing::TestWithParam<DTypes> {
     if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
   }
 
-  // Runs `c` on the device and returns its error against float64.
-  double Run(const GroupedGemmCase& c, std::mt19937& random) {
+  // Runs `c` on `kernel` and returns its error against float64; nothing when the kernel cannot
+  // run it on this device.
+  std::optional<double> Run(const GroupedGemmCase& c, GroupedGemmKernel kernel,
+                            std::mt19937& random) {
     const auto [ab, dt] = GetParam();
     const GroupedGemmSizes size = SizesOf(c);
     HostData a = RandomData(ab, size.a, random, -1, 1);
@@ -54,39 +58,46 @@ class GroupedGemmCudaTest : public ::testing::TestWithParam<DTypes> {
                               .k = c.k,
                               .transpose_b = c.transpose_b,
                               .accumulate = c.accumulate};
-    const absl::Status s = LaunchGroupedGemm(p, nullptr);
+    const absl::Status s = LaunchGroupedGemmWith(p, kernel, nullptr);
+    if (absl::IsFailedPrecondition(s)) return std::nullopt;
     EXPECT_TRUE(s.ok()) << s;
     return GroupedGemmError(ValuesOf(dt, d_d.Bytes()), want);
   }
+
+  // Every case on every kernel that can run it; each kernel the device is given for a case must
+  // have run it.
+  void RunAll(const std::vector<GroupedGemmCase>& cases) {
+    const double bound = GetParam().d == DType::kF32 ? 3e-6 : 1e-2;
+    const unsigned seed = std::random_device{}();
+    std::mt19937 random(seed);
+    for (const GroupedGemmCase& c : cases) {
+      for (GroupedGemmKernel kernel :
+           {GroupedGemmKernel::kFma, GroupedGemmKernel::kMmaSync, GroupedGemmKernel::kWgmma}) {
+        SCOPED_TRACE(::testing::Message()
+                     << c.name << " kernel " << static_cast<int>(kernel) << " seed " << seed);
+        const std::optional<double> err = Run(c, kernel, random);
+        if (err) {
+          EXPECT_LT(*err, bound);
+        }
+      }
+    }
+  }
 };
 
-TEST_P(GroupedGemmCudaTest, MatchesFloat64) {
-  const double bound = GetParam().d == DType::kF32 ? 3e-6 : 1e-2;
-  const unsigned seed = std::random_device{}();
-  std::mt19937 random(seed);
-  for (const GroupedGemmCase& c : GroupedGemmCases()) {
-    SCOPED_TRACE(::testing::Message() << c.name << " seed " << seed);
-    EXPECT_LT(Run(c, random), bound);
-  }
-}
+TEST_P(GroupedGemmCudaTest, MatchesFloat64) { RunAll(GroupedGemmCases()); }
 
 // Shapes of a Mixtral-like layer cut down (8 experts, skewed counts, C 512, F 352): the three
 // kinds of product the experts' forward and backward make.
 TEST_P(GroupedGemmCudaTest, ExpertShapes) {
-  const double bound = GetParam().d == DType::kF32 ? 3e-6 : 1e-2;
-  const unsigned seed = std::random_device{}();
-  std::mt19937 random(seed);
   const std::vector<int32_t> counts{512, 37, 0, 1000, 128, 64, 3, 257};
   using M = GroupedGemmMode;
-  for (const GroupedGemmCase& c :
-       {GroupedGemmCase{"Fc1", M::kVariableRows, counts, 0, 40, 0, 704, 512, true, false},
-        GroupedGemmCase{"Fc2InputGradient", M::kVariableRows, counts, 0, 40, 0, 352, 512, false,
-                        false},
-        GroupedGemmCase{"Fc1WeightGradient", M::kVariableDepth, counts, 0, 40, 704, 512, 0, false,
-                        true}}) {
-    SCOPED_TRACE(::testing::Message() << c.name << " seed " << seed);
-    EXPECT_LT(Run(c, random), bound);
-  }
+  RunAll({GroupedGemmCase{"Fc1", M::kVariableRows, counts, 0, 40, 0, 704, 512, true, false},
+          GroupedGemmCase{"Fc2InputGradient", M::kVariableRows, counts, 0, 40, 0, 352, 512, false,
+                          false},
+          GroupedGemmCase{"Fc1WeightGradient", M::kVariableDepth, counts, 0, 40, 704, 512, 0, false,
+                          true},
+          GroupedGemmCase{"Fc2WeightGradient", M::kVariableDepth, counts, 0, 40, 512, 352, 0, false,
+                          false}});
 }
 
 INSTANTIATE_TEST_SUITE_P(DTypes, GroupedGemmCudaTest,
@@ -97,6 +108,51 @@ INSTANTIATE_TEST_SUITE_P(DTypes, GroupedGemmCudaTest,
                            return absl::StrCat(DTypeName(info.param.ab), "_",
                                                DTypeName(info.param.d));
                          });
+
+// The kernel each product is given: bf16 on mma.sync, sizes that are not multiples of 8 on FMA;
+// a kernel that cannot run a product refuses it; on a compute capability 9.0 device (with sm_90a
+// code, as the default build has) the wgmma kernel runs weight gradients, so the cases above
+// test it there.
+TEST(GroupedGemmCudaKernelTest, EachProductGetsAKernelThatRunsIt) {
+  const CudaDevices devices = ListCudaDevices();
+  if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
+  DeviceBuffer a(64 * 64 * 2), b(64 * 64 * 2), d(64 * 64 * 4), offsets(8);
+  const auto params = [&](GroupedGemmMode mode, int64_t inner) {
+    const bool depth = mode == GroupedGemmMode::kVariableDepth;
+    return GroupedGemmParams{.mode = mode,
+                             .ab_dtype = DType::kBF16,
+                             .d_dtype = DType::kF32,
+                             .a = a.get(),
+                             .b = b.get(),
+                             .d = d.get(),
+                             .offsets = offsets.as<int32_t>(),
+                             .groups = 1,
+                             .rows = 64,
+                             .m = depth ? inner : 0,
+                             .n = 64,
+                             .k = depth ? 0 : inner};
+  };
+  int major = 0, minor = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0), cudaSuccess);
+  const bool hopper = major == 9 && minor == 0;
+  using M = GroupedGemmMode;
+  EXPECT_EQ(*ChooseGroupedGemmKernel(params(M::kVariableDepth, 64)), GroupedGemmKernel::kMmaSync);
+  EXPECT_EQ(*ChooseGroupedGemmKernel(params(M::kVariableRows, 64)), GroupedGemmKernel::kMmaSync);
+  for (const GroupedGemmParams& p : {params(M::kVariableDepth, 60), params(M::kVariableRows, 60)}) {
+    EXPECT_EQ(*ChooseGroupedGemmKernel(p), GroupedGemmKernel::kFma);
+    EXPECT_EQ(LaunchGroupedGemmWith(p, GroupedGemmKernel::kMmaSync, nullptr).code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_EQ(LaunchGroupedGemmWith(params(M::kVariableRows, 64), GroupedGemmKernel::kWgmma, nullptr)
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  if (!hopper) GTEST_SKIP() << "the wgmma kernel needs a compute capability 9.0 device";
+  EXPECT_TRUE(
+      LaunchGroupedGemmWith(params(M::kVariableDepth, 64), GroupedGemmKernel::kWgmma, nullptr)
+          .ok());
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
 
 // Offsets past rows or decreasing are clamped on the device: the kernels read and write inside
 // the buffers only (compute-sanitizer's memcheck proves it) and finish without an error.
@@ -130,7 +186,11 @@ TEST(GroupedGemmCudaContractTest, BadOffsetsStayInBounds) {
                         .rows = rows,
                         .m = k,
                         .n = k};
-  ASSERT_TRUE(LaunchGroupedGemm(p, nullptr).ok());
+  for (GroupedGemmKernel kernel :
+       {GroupedGemmKernel::kFma, GroupedGemmKernel::kMmaSync, GroupedGemmKernel::kWgmma}) {
+    const absl::Status s = LaunchGroupedGemmWith(p, kernel, nullptr);
+    EXPECT_TRUE(s.ok() || absl::IsFailedPrecondition(s)) << s;
+  }
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
