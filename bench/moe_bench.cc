@@ -458,7 +458,15 @@ void RunParts(const MoeCase& c, int iters, int batch_streams, int64_t align) {
     for (const auto& [name, kernel] :
          {std::pair{"wgmma", kernels::GroupedGemmKernel::kWgmma},
           std::pair{"mma_sync", kernels::GroupedGemmKernel::kMmaSync}}) {
-      if (!kernels::LaunchGroupedGemmWith(grouped_dw, kernel, ops.stream()).ok()) continue;
+      const absl::Status can = kernels::LaunchGroupedGemmWith(grouped_dw, kernel, ops.stream());
+      if (absl::IsFailedPrecondition(can)) {
+        std::printf(
+            "{\"name\": \"%s\", \"part\": \"experts_fc1_dw_grouped\", \"routing\": "
+            "\"%s\", \"kernel\": \"%s\", \"refused\": \"%s\"}\n",
+            c.name.c_str(), routing, name, std::string(can.message()).c_str());
+        continue;
+      }
+      Check(can, "GroupedGemm");
       grouped_names.push_back(name);
       dw_fns.push_back([&, kernel] {
         Check(kernels::LaunchGroupedGemmWith(grouped_dw, kernel, ops.stream()), "GroupedGemm");

@@ -9,7 +9,7 @@
 // Operands may be stored with k contiguous (a's rows, b as (n, k)) or with m / n contiguous (a^T
 // for weight gradients, b as (k, n)); both are copied to shared memory as stored, rows padded by 16
 // bytes so ldmatrix's eight rows hit distinct banks, and the latter read with ldmatrix's transpose.
-// On Hopper, kVariableDepth runs a wgmma kernel instead (below).
+// For Hopper, kVariableDepth also has a wgmma kernel (below), run only by name so far.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -551,52 +551,49 @@ absl::Status Fma(const GroupedGemmParams& p, const Args& args, dim3 grid, cudaSt
 absl::Status Refusal(const GroupedGemmParams& p, GroupedGemmKernel kernel,
                      const DeviceKernels& device) {
   if (kernel == GroupedGemmKernel::kFma) return absl::OkStatus();
-  const int64_t inner = p.mode == GroupedGemmMode::kVariableRows ? p.k : p.m;
-  if (p.ab_dtype != DType::kBF16 || inner % 8 != 0 || p.n % 8 != 0 || !Aligned16(p.a) ||
-      !Aligned16(p.b) || !Aligned16(p.d)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "GroupedGemm: the tensor-core kernels need bf16 a and b, inner sizes that are multiples "
-        "of 8 and 16-byte aligned buffers (got ",
-        DTypeName(p.ab_dtype), ", ", inner, " and ", p.n, ")"));
+  const absl::string_view name = GroupedGemmKernelName(kernel);
+  const auto refuse = [&](auto... why) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("GroupedGemm: the ", name, " kernel ", why...));
+  };
+  if (kernel == GroupedGemmKernel::kWgmma && p.mode != GroupedGemmMode::kVariableDepth) {
+    return refuse("runs kVariableDepth only");
+  }
+  if (p.ab_dtype != DType::kBF16) return refuse("needs bf16 a and b, got ", DTypeName(p.ab_dtype));
+  const bool rows_mode = p.mode == GroupedGemmMode::kVariableRows;
+  const int64_t inner = rows_mode ? p.k : p.m;
+  if (inner % 8 != 0 || p.n % 8 != 0) {
+    return refuse("needs ", rows_mode ? "k" : "m", " and n multiples of 8, got ", inner, " and ",
+                  p.n);
+  }
+  for (const auto& [what, ptr] :
+       {std::pair<const char*, const void*>{"a", p.a}, {"b", p.b}, {"d", p.d}}) {
+    if (!Aligned16(ptr)) return refuse("needs 16-byte aligned buffers; ", what, " is not");
   }
   if (kernel == GroupedGemmKernel::kMmaSync && !device.mma_sync) {
-    return absl::FailedPreconditionError(
-        "GroupedGemm: the mma.sync kernel needs compute capability 8.0+ and 162 KiB of shared "
-        "memory per block");
+    return refuse("needs compute capability 8.0+ and 162 KiB of shared memory per block");
   }
-  if (kernel == GroupedGemmKernel::kWgmma) {
-    if (p.mode != GroupedGemmMode::kVariableDepth) {
-      return absl::FailedPreconditionError(
-          "GroupedGemm: the wgmma kernel runs kVariableDepth only");
-    }
-    if (!device.wgmma) {
-      return absl::FailedPreconditionError(
-          "GroupedGemm: the wgmma kernel needs a compute capability 9.0 device and sm_90a code in "
-          "this build (CMAKE_CUDA_ARCHITECTURES with 90a)");
-    }
+  if (kernel == GroupedGemmKernel::kWgmma && !device.wgmma) {
+    return refuse(
+        "needs a compute capability 9.0 device and sm_90a code in this build "
+        "(CMAKE_CUDA_ARCHITECTURES with 90a)");
   }
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<GroupedGemmKernel> ChooseGroupedGemmKernel(const GroupedGemmParams& p) {
-  MIMO_RETURN_IF_ERROR(CheckGroupedGemm(p));
-  MIMO_ASSIGN_OR_RETURN(const DeviceKernels device, KernelsOfDevice());
-  // kWgmma is not chosen yet: it has not run on a GPU (no device was lent the session it was
-  // written; bench/RESULTS.md). Its test and moe_bench --parts run it by name.
-  if (Refusal(p, GroupedGemmKernel::kMmaSync, device).ok()) return GroupedGemmKernel::kMmaSync;
-  return GroupedGemmKernel::kFma;
+// kWgmma is not chosen yet: it has not run on a GPU (no device was lent the session it was
+// written; bench/RESULTS.md). Its test and moe_bench --parts run it by name.
+GroupedGemmKernel Choose(const GroupedGemmParams& p, const DeviceKernels& device) {
+  return Refusal(p, GroupedGemmKernel::kMmaSync, device).ok() ? GroupedGemmKernel::kMmaSync
+                                                              : GroupedGemmKernel::kFma;
 }
 
-absl::Status LaunchGroupedGemmWith(const GroupedGemmParams& p, GroupedGemmKernel kernel,
-                                   StreamHandle stream) {
-  MIMO_RETURN_IF_ERROR(CheckGroupedGemm(p));
-  MIMO_ASSIGN_OR_RETURN(const DeviceKernels device, KernelsOfDevice());
-  MIMO_RETURN_IF_ERROR(Refusal(p, kernel, device));
-  const bool rows_mode = p.mode == GroupedGemmMode::kVariableRows;
-  if (p.n == 0 || (rows_mode ? p.rows == 0 : p.m == 0)) return absl::OkStatus();
-  const auto s = static_cast<cudaStream_t>(stream);
+bool Empty(const GroupedGemmParams& p) {
+  return p.n == 0 || (p.mode == GroupedGemmMode::kVariableRows ? p.rows == 0 : p.m == 0);
+}
+
+// Enqueues checked, non-empty `p` on `kernel`, which can run it.
+absl::Status Run(const GroupedGemmParams& p, GroupedGemmKernel kernel, cudaStream_t s) {
   const Args args{.a = p.a,
                   .b = p.b,
                   .d = p.d,
@@ -640,9 +637,40 @@ absl::Status LaunchGroupedGemmWith(const GroupedGemmParams& p, GroupedGemmKernel
   return absl::OkStatus();
 }
 
+}  // namespace
+
+absl::string_view GroupedGemmKernelName(GroupedGemmKernel kernel) {
+  switch (kernel) {
+    case GroupedGemmKernel::kFma:
+      return "FMA";
+    case GroupedGemmKernel::kMmaSync:
+      return "mma.sync";
+    case GroupedGemmKernel::kWgmma:
+      return "wgmma";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<GroupedGemmKernel> ChooseGroupedGemmKernel(const GroupedGemmParams& p) {
+  MIMO_RETURN_IF_ERROR(CheckGroupedGemm(p));
+  MIMO_ASSIGN_OR_RETURN(const DeviceKernels device, KernelsOfDevice());
+  return Choose(p, device);
+}
+
+absl::Status LaunchGroupedGemmWith(const GroupedGemmParams& p, GroupedGemmKernel kernel,
+                                   StreamHandle stream) {
+  MIMO_RETURN_IF_ERROR(CheckGroupedGemm(p));
+  MIMO_ASSIGN_OR_RETURN(const DeviceKernels device, KernelsOfDevice());
+  MIMO_RETURN_IF_ERROR(Refusal(p, kernel, device));
+  if (Empty(p)) return absl::OkStatus();
+  return Run(p, kernel, static_cast<cudaStream_t>(stream));
+}
+
 absl::Status LaunchGroupedGemm(const GroupedGemmParams& p, StreamHandle stream) {
-  MIMO_ASSIGN_OR_RETURN(const GroupedGemmKernel kernel, ChooseGroupedGemmKernel(p));
-  return LaunchGroupedGemmWith(p, kernel, stream);
+  MIMO_RETURN_IF_ERROR(CheckGroupedGemm(p));
+  if (Empty(p)) return absl::OkStatus();
+  MIMO_ASSIGN_OR_RETURN(const DeviceKernels device, KernelsOfDevice());
+  return Run(p, Choose(p, device), static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace mimo::kernels

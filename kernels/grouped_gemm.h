@@ -6,6 +6,8 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "kernels/allocator.h"
 #include "kernels/dtype.h"
 
@@ -66,8 +68,10 @@ enum class GroupedGemmKernel {
 // The tensor-core kernels also need bf16 a and b whose inner sizes (k and n for kVariableRows, m
 // and n for kVariableDepth) are multiples of 8 and 16-byte aligned a, b and d.
 
+absl::string_view GroupedGemmKernelName(GroupedGemmKernel kernel);  // "FMA", "mma.sync", "wgmma".
+
 // The kernel LaunchGroupedGemm runs `p` on for the current device: mma.sync where it can, else
-// FMA. InvalidArgument as CheckGroupedGemm.
+// FMA. InvalidArgument as CheckGroupedGemm; a CUDA error when the device cannot be queried.
 absl::StatusOr<GroupedGemmKernel> ChooseGroupedGemmKernel(const GroupedGemmParams& p);
 
 // CUDA: device memory, enqueued on `stream` (a cudaStream_t) with no host synchronization, so it
