@@ -44,20 +44,8 @@ class GroupedGemmCudaTest : public ::testing::TestWithParam<DTypes> {
     const std::vector<int32_t> offsets = OffsetsOf(c);
     DeviceBuffer d_a(a.bytes), d_b(b.bytes), d_d(d.bytes),
         d_offsets(BytesOf(offsets.data(), offsets.size() * sizeof(int32_t)));
-    const GroupedGemmParams p{.mode = c.mode,
-                              .ab_dtype = ab,
-                              .d_dtype = dt,
-                              .a = d_a.get(),
-                              .b = d_b.get(),
-                              .d = d_d.get(),
-                              .offsets = d_offsets.as<int32_t>(),
-                              .groups = static_cast<int64_t>(c.counts.size()),
-                              .rows = RowsOf(c),
-                              .m = c.m,
-                              .n = c.n,
-                              .k = c.k,
-                              .transpose_b = c.transpose_b,
-                              .accumulate = c.accumulate};
+    const GroupedGemmParams p =
+        ParamsOf(c, ab, dt, d_a.get(), d_b.get(), d_d.get(), d_offsets.as<int32_t>());
     const absl::Status s = LaunchGroupedGemmWith(p, kernel, nullptr);
     if (absl::IsFailedPrecondition(s)) {
       EXPECT_NE(kernel, GroupedGemmKernel::kFma);

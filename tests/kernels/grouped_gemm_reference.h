@@ -29,6 +29,25 @@ inline std::vector<int32_t> OffsetsOf(const GroupedGemmCase& c) {
 
 inline int64_t RowsOf(const GroupedGemmCase& c) { return OffsetsOf(c).back() + c.tail; }
 
+// `c`'s product over buffers a, b, d and offsets (OffsetsOf(c)) of dtypes `ab` and `d_dtype`.
+inline GroupedGemmParams ParamsOf(const GroupedGemmCase& c, DType ab, DType d_dtype, const void* a,
+                                  const void* b, void* d, const int32_t* offsets) {
+  return {.mode = c.mode,
+          .ab_dtype = ab,
+          .d_dtype = d_dtype,
+          .a = a,
+          .b = b,
+          .d = d,
+          .offsets = offsets,
+          .groups = static_cast<int64_t>(c.counts.size()),
+          .rows = RowsOf(c),
+          .m = c.m,
+          .n = c.n,
+          .k = c.k,
+          .transpose_b = c.transpose_b,
+          .accumulate = c.accumulate};
+}
+
 // The expected d: `d` (its old values, NaN where never written) with every group's product set
 // or added.
 inline std::vector<double> GroupedGemmFloat64(const GroupedGemmCase& c,

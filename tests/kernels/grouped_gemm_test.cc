@@ -38,20 +38,7 @@ TEST_P(GroupedGemmTest, MatchesFloat64) {
     HostData d = c.accumulate ? RandomData(dt, size.d, random, -1, 1) : PoisonedData(dt, size.d);
     const std::vector<double> want = GroupedGemmFloat64(c, a.exact, b.exact, ValuesOf(dt, d.bytes));
     const std::vector<int32_t> offsets = OffsetsOf(c);
-    const GroupedGemmParams p{.mode = c.mode,
-                              .ab_dtype = ab,
-                              .d_dtype = dt,
-                              .a = a.data(),
-                              .b = b.data(),
-                              .d = d.data(),
-                              .offsets = offsets.data(),
-                              .groups = static_cast<int64_t>(c.counts.size()),
-                              .rows = RowsOf(c),
-                              .m = c.m,
-                              .n = c.n,
-                              .k = c.k,
-                              .transpose_b = c.transpose_b,
-                              .accumulate = c.accumulate};
+    const GroupedGemmParams p = ParamsOf(c, ab, dt, a.data(), b.data(), d.data(), offsets.data());
     ASSERT_TRUE(GroupedGemmCpu(p).ok()) << GroupedGemmCpu(p);
     EXPECT_LT(GroupedGemmError(ValuesOf(dt, d.bytes), want), dt == DType::kF32 ? 3e-6 : 1e-2);
   }

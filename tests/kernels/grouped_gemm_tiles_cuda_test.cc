@@ -38,20 +38,10 @@ class GroupedGemmTilesTest : public ::testing::Test {
   GroupedGemmParams Params(const GroupedGemmCase& c, DType d_dtype, int64_t tile,
                            const DeviceBuffer& a, const DeviceBuffer& b, const DeviceBuffer& d,
                            const DeviceBuffer& offsets) const {
-    return {.mode = c.mode,
-            .ab_dtype = DType::kBF16,
-            .d_dtype = d_dtype,
-            .a = a.get(),
-            .b = b.get(),
-            .d = d.get(),
-            .offsets = offsets.as<int32_t>(),
-            .groups = static_cast<int64_t>(c.counts.size()),
-            .rows = RowsOf(c),
-            .n = c.n,
-            .k = c.k,
-            .transpose_b = c.transpose_b,
-            .accumulate = c.accumulate,
-            .row_multiple = tile};
+    GroupedGemmParams p =
+        ParamsOf(c, DType::kBF16, d_dtype, a.get(), b.get(), d.get(), offsets.as<int32_t>());
+    p.row_multiple = tile;
+    return p;
   }
 
   std::unique_ptr<CublasLt> blas_;
