@@ -9,7 +9,7 @@
 // Operands may be stored with k contiguous (a's rows, b as (n, k)) or with m / n contiguous (a^T
 // for weight gradients, b as (k, n)); both are copied to shared memory as stored, rows padded by 16
 // bytes so ldmatrix's eight rows hit distinct banks, and the latter read with ldmatrix's transpose.
-// For Hopper, kVariableDepth also has a wgmma kernel (below), run only by name so far.
+// For Hopper, kVariableDepth also has a wgmma kernel (below), chosen where it can run.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -581,11 +581,12 @@ absl::Status Refusal(const GroupedGemmParams& p, GroupedGemmKernel kernel,
   return absl::OkStatus();
 }
 
-// kWgmma is not chosen yet: it has not run on a GPU (no device was lent the session it was
-// written; bench/RESULTS.md). Its test and moe_bench --parts run it by name.
+// The fastest kernel that can run `p`: wgmma (Hopper weight gradients), mma.sync, else FMA.
 GroupedGemmKernel Choose(const GroupedGemmParams& p, const DeviceKernels& device) {
-  return Refusal(p, GroupedGemmKernel::kMmaSync, device).ok() ? GroupedGemmKernel::kMmaSync
-                                                              : GroupedGemmKernel::kFma;
+  for (GroupedGemmKernel k : {GroupedGemmKernel::kWgmma, GroupedGemmKernel::kMmaSync}) {
+    if (Refusal(p, k, device).ok()) return k;
+  }
+  return GroupedGemmKernel::kFma;
 }
 
 bool Empty(const GroupedGemmParams& p) {

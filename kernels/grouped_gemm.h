@@ -62,16 +62,17 @@ enum class GroupedGemmKernel {
   kMmaSync,  // bf16 tensor cores through mma.sync, 128 x 256 tiles: compute capability 8.0+ with
              // 162 KiB of shared memory per block (A100, H100).
   kWgmma,    // bf16 kVariableDepth through Hopper's wgmma, 128 x 256 tiles: compute capability
-             // 9.0 and sm_90a code in the build (CMAKE_CUDA_ARCHITECTURES with 90a). Not yet
-             // chosen by ChooseGroupedGemmKernel: it has not run on a GPU.
+             // 9.0 and sm_90a code in the build (CMAKE_CUDA_ARCHITECTURES with 90a); about 1.3-1.5x
+             // mma.sync on an H100's weight gradients (bench/RESULTS.md).
 };
 // The tensor-core kernels also need bf16 a and b whose inner sizes (k and n for kVariableRows, m
 // and n for kVariableDepth) are multiples of 8 and 16-byte aligned a, b and d.
 
 absl::string_view GroupedGemmKernelName(GroupedGemmKernel kernel);  // "FMA", "mma.sync", "wgmma".
 
-// The kernel LaunchGroupedGemm runs `p` on for the current device: mma.sync where it can, else
-// FMA. InvalidArgument as CheckGroupedGemm; a CUDA error when the device cannot be queried.
+// The kernel LaunchGroupedGemm runs `p` on for the current device: wgmma where it can, else
+// mma.sync where it can, else FMA. InvalidArgument as CheckGroupedGemm; a CUDA error when the
+// device cannot be queried.
 absl::StatusOr<GroupedGemmKernel> ChooseGroupedGemmKernel(const GroupedGemmParams& p);
 
 // CUDA: device memory, enqueued on `stream` (a cudaStream_t) with no host synchronization, so it

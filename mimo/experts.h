@@ -82,8 +82,9 @@ class SequentialExpertsBuilder final : public ExpertsBuilder {
 // shapes and initial values, so checkpoints move between the two): each projection one grouped
 // GEMM over all local experts that reads their row offsets on the device
 // (kernels::GroupedGemmParams), the activation over the whole buffer. No host synchronization:
-// what a MoE layer in a CUDA graph needs. On a GPU the grouped GEMM is mimo's own mma.sync
-// kernel; bench/RESULTS.md compares it with cuBLASLt's per-expert GEMMs.
+// what a MoE layer in a CUDA graph needs. On a GPU the forward and input-gradient products run as
+// cuBLASLt row tiles inside each expert, the weight gradients on mimo's grouped kernel (wgmma on
+// Hopper, else mma.sync); bench/RESULTS.md compares them with cuBLASLt's per-expert GEMMs.
 class GroupedExpertsBuilder final : public ExpertsBuilder {
  public:
   absl::StatusOr<std::unique_ptr<Experts>> Build(const BuildContext& ctx,

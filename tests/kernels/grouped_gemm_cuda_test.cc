@@ -102,10 +102,10 @@ INSTANTIATE_TEST_SUITE_P(DTypes, GroupedGemmCudaTest,
                                                DTypeName(info.param.d));
                          });
 
-// The kernel each product is given: mma.sync where the device runs it, FMA for sizes that are
-// not multiples of 8 (which mma.sync and wgmma refuse), never wgmma yet (it has not run on a GPU);
-// on a compute capability 9.0 device with sm_90a code (the default build's) the wgmma kernel
-// accepts and runs a weight gradient, so the cases above test it there.
+// The kernel each product is given: wgmma for weight gradients where it runs (a compute
+// capability 9.0 device and sm_90a code, the default build's), else mma.sync where the device runs
+// it, FMA for sizes that are not multiples of 8 (which mma.sync and wgmma refuse); on Hopper the
+// wgmma kernel must accept and run a weight gradient, so the cases above test it there.
 TEST(GroupedGemmCudaKernelTest, EachProductGetsAKernelThatRunsIt) {
   const CudaDevices devices = ListCudaDevices();
   if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
@@ -130,10 +130,13 @@ TEST(GroupedGemmCudaKernelTest, EachProductGetsAKernelThatRunsIt) {
       LaunchGroupedGemmWith(params(M::kVariableRows, 64), GroupedGemmKernel::kMmaSync, nullptr).ok()
           ? GroupedGemmKernel::kMmaSync
           : GroupedGemmKernel::kFma;
+  const bool wgmma_runs =
+      LaunchGroupedGemmWith(params(M::kVariableDepth, 64), GroupedGemmKernel::kWgmma, nullptr).ok();
   for (M mode : {M::kVariableDepth, M::kVariableRows}) {
     const absl::StatusOr<GroupedGemmKernel> chosen = ChooseGroupedGemmKernel(params(mode, 64));
     ASSERT_TRUE(chosen.ok()) << chosen.status();
-    EXPECT_EQ(*chosen, tensor_cores);
+    EXPECT_EQ(*chosen,
+              mode == M::kVariableDepth && wgmma_runs ? GroupedGemmKernel::kWgmma : tensor_cores);
     const GroupedGemmParams odd = params(mode, 60);
     const absl::StatusOr<GroupedGemmKernel> odd_chosen = ChooseGroupedGemmKernel(odd);
     ASSERT_TRUE(odd_chosen.ok()) << odd_chosen.status();
