@@ -8,7 +8,9 @@
 // for the PyTorch side. Otherwise each case runs 2 warm-up steps and K timed ones (wall clock
 // from the first launch to the stream drained: the layer's host synchronizations count, as they
 // would in training); one JSON line per case with the median milliseconds of a forward+backward
-// and the expert TFLOP/s: 3 (forward + backward) x 2 x tokens x top_k x 3 x hidden x ffn.
+// and the expert TFLOP/s: 3 (forward + backward) x 2 x tokens x top_k x 3 x hidden x ffn. Each
+// step is a training step of one micro-batch: the gradients reset first (Parameter::ResetGrad:
+// the experts' weight gradients written, not added to an f32 gradient read back).
 // --parts also times, between CUDA events (median of K; the products compared with each other
 // interleaved, one of each a round), with balanced and with Zipf routing
 // (expert e chosen with weight 1 / (e + 1)^1.2): the permutation (map + permute) and the
@@ -45,11 +47,13 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "common/bfloat16.h"
+#include "common/status_macros.h"
 #include "kernels/cuda_graph.h"
 #include "kernels/cuda_ops.h"
 #include "kernels/grouped_gemm.h"
 #include "kernels/stream_hold.h"
 #include "mimo/moe_layer.h"
+#include "mimo/parameter.h"
 
 namespace mimo {
 namespace {
@@ -134,7 +138,16 @@ void Run(const MoeCase& c, int iters, double skew, int batch_streams, int64_t al
   const kernels::Tensor x = RandomBF16(**ops, {c.tokens, c.hidden}, 1);
   const kernels::Tensor dy = RandomBF16(**ops, {c.tokens, c.hidden}, 2);
   const StepContext ctx{.ops = ops->get()};
+  // Every step is a training step of one micro-batch: its gradients reset first, as the
+  // trainer's (the experts' marked stale, so their first products write them).
+  std::vector<Parameter*> params;
+  (*layer)->AppendParameters(params);
+  auto reset = [&]() -> absl::Status {
+    for (Parameter* p : params) MIMO_RETURN_IF_ERROR(p->ResetGrad(**ops));
+    return absl::OkStatus();
+  };
   auto step = [&]() {
+    Check(reset(), "ResetGrad");
     auto out = (*layer)->Forward(ctx, x);
     Check(out.status(), "Forward");
     Check((*layer)->Backward(ctx, std::move(out->saved), dy).status(), "Backward");
@@ -143,6 +156,7 @@ void Run(const MoeCase& c, int iters, double skew, int batch_streams, int64_t al
   for (int i = 0; i < 2; ++i) step();
   // The step without its final synchronization, for the capture.
   auto enqueue = [&]() -> absl::Status {
+    MIMO_RETURN_IF_ERROR(reset());
     auto out = (*layer)->Forward(ctx, x);
     if (!out.ok()) return out.status();
     return (*layer)->Backward(ctx, std::move(out->saved), dy).status();

@@ -48,7 +48,11 @@ class ExpertsMlp final : public Experts {
         f_(experts.local_ffn()),
         f1_(fc1->spec().shape[1]),
         fc1_(std::move(fc1)),
-        fc2_(std::move(fc2)) {}
+        fc2_(std::move(fc2)) {
+    // ProjectBackward writes every local expert's gradient, those without rows included.
+    fc1_->set_backward_writes_whole_grad();
+    fc2_->set_backward_writes_whole_grad();
+  }
 
   absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const Tensor& x,
                                       const ExpertRowOffsets& offsets) override {
@@ -184,10 +188,12 @@ class ExpertsMlp final : public Experts {
     return ops.GemmBatch(batch);
   }
 
-  // dy (R, out) -> dx (R, in) = each expert's rows of dy times its w; w's gradient += dy^T x.
+  // dy (R, out) -> dx (R, in) = each expert's rows of dy times its w; w's gradient += dy^T x, or
+  // = where it is stale (the step's first backward), for every local expert.
   absl::Status ProjectBackward(kernels::Ops& ops, const ExpertRowOffsets& off, const Projection& p,
                                const Tensor& x, const Tensor& dy, const Tensor& dx) const {
     const int64_t el = experts_.count;
+    const bool write = p.w->TakeStaleGrad();
     if (grouped_) {
       MIMO_RETURN_IF_ERROR(ops.GroupedGemm({.mode = GroupedGemmMode::kVariableRows,
                                             .ab_dtype = dy.dtype(),
@@ -212,13 +218,19 @@ class ExpertsMlp final : public Experts {
                               .rows = dy.size(0),
                               .m = p.out,
                               .n = p.in,
-                              .accumulate = true});
+                              .accumulate = !write});
     }
     // Every expert's dx and weight-gradient products in one batch: their outputs are disjoint.
     std::vector<kernels::GemmParams> batch;
     for (int64_t i = 0; i < el; ++i) {
       const int64_t n = off.host[i + 1] - off.host[i];
-      if (n == 0) continue;
+      if (n == 0) {
+        if (write) {
+          MIMO_RETURN_IF_ERROR(ops.SetZero(RowAt(p.w->grad(), i * p.out, p.in),
+                                           static_cast<size_t>(p.out * p.in) * sizeof(float)));
+        }
+        continue;
+      }
       const kernels::LinearBackwardParams expert{
           .dtype = dy.dtype(),
           .dy = RowAt(dy, off.host[i], p.out),
@@ -226,7 +238,7 @@ class ExpertsMlp final : public Experts {
           .w = RowAt(p.w->weight(), i * p.out, p.in),
           .dx = RowAt(dx, off.host[i], p.in),
           .dw = static_cast<float*>(RowAt(p.w->grad(), i * p.out, p.in)),
-          .accumulate = true,
+          .accumulate = !write,
           .tokens = n,
           .in = p.in,
           .out = p.out};

@@ -36,7 +36,9 @@ class Experts {
   // row of x (rows past offsets[El] unset).
   virtual absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x,
                                               const ExpertRowOffsets& offsets) = 0;
-  // dh (R, C) -> dx (R, C) (rows past offsets[El] unset); adds the experts' weight gradients.
+  // dh (R, C) -> dx (R, C) (rows past offsets[El] unset); adds the experts' weight gradients,
+  // or writes every local expert's (zero for one without rows) where they are stale
+  // (Parameter::ResetGrad: the step's first backward).
   virtual absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
                                                    std::unique_ptr<SavedActivations> saved,
                                                    const kernels::Tensor& dh) = 0;

@@ -80,9 +80,22 @@ absl::StatusOr<std::unique_ptr<GradientBuffer>> GradientBuffer::Create(
   return std::unique_ptr<GradientBuffer>(new GradientBuffer(std::move(buckets), buffer));
 }
 
-absl::Status GradientBuffer::Zero(kernels::Ops& ops) const {
+absl::Status GradientBuffer::Reset(kernels::Ops& ops) const {
   if (!buffer_.defined()) return absl::OkStatus();  // No parameters.
-  return ops.SetZero(buffer_.data(), buffer_.nbytes());
+  bool whole = true;
+  for (const GradientBucket& b : buckets_) {
+    for (const Parameter* p : b.params) whole = whole && p->backward_writes_whole_grad();
+  }
+  for (const GradientBucket& b : buckets_) {
+    for (Parameter* p : b.params) {
+      if (whole) {
+        MIMO_RETURN_IF_ERROR(p->ResetGrad(ops));
+      } else {
+        p->TakeStaleGrad();  // The memset below writes it.
+      }
+    }
+  }
+  return whole ? absl::OkStatus() : ops.SetZero(buffer_.data(), buffer_.nbytes());
 }
 
 absl::Status GradientBuffer::AllReduce(kernels::Ops& ops, comm::Communicator* group) const {

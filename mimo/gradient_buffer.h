@@ -53,8 +53,10 @@ class GradientBuffer {
   // Every bucket, padding included: (total,) fp32.
   const kernels::Tensor& tensor() const { return buffer_; }
 
-  // Every gradient (and the padding) set to zero, with one memset: before a step.
-  absl::Status Zero(kernels::Ops& ops) const;
+  // Before a step: where every parameter's backward writes its gradient whole, marks them stale
+  // (Parameter::ResetGrad) and leaves the buffer as it is (the padding stays zero: nothing
+  // writes it); else every gradient and the padding set to zero with one memset.
+  absl::Status Reset(kernels::Ops& ops) const;
   // Every bucket summed over `group` in place (null or one member: nothing to do): one
   // all-reduce per bucket, after waiting for the ops' stream. Collective over the group.
   absl::Status AllReduce(kernels::Ops& ops, comm::Communicator* group) const;

@@ -64,9 +64,10 @@ void GradientSync::Reset() {
 }
 
 absl::Status GradientSync::Ready(const std::vector<Parameter*>& params) {
-  for (const Parameter* p : params) {
+  for (Parameter* p : params) {
     auto it = bucket_of_.find(p);
     if (it == bucket_of_.end()) continue;
+    MIMO_RETURN_IF_ERROR(p->ZeroGradIfStale(ops_));  // Ready, though no backward wrote it.
     if (reported_[p]) {
       return absl::InternalError(
           absl::StrCat("GradientSync: the gradient of ", p->name(), " was reported ready twice"));
@@ -98,7 +99,13 @@ absl::Status GradientSync::Start(size_t end) {
 
 absl::Status GradientSync::Finish() {
   const int64_t early = started_early_;
-  absl::Status status = next_ < buckets_.size() ? Start(buckets_.size()) : absl::OkStatus();
+  absl::Status status;
+  for (size_t i = next_; i < buckets_.size() && status.ok(); ++i) {
+    for (Parameter* p : buckets_[i].params) {
+      status.Update(p->ZeroGradIfStale(ops_));  // Unused this step.
+    }
+  }
+  if (status.ok() && next_ < buckets_.size()) status = Start(buckets_.size());
   absl::Status error;
   {
     std::unique_lock<std::mutex> lock(mu_);

@@ -41,12 +41,14 @@ class GradientSync final : public GradientReadyHook {
   ~GradientSync() override;
 
   // Marks `params` ready; starts the buckets that became startable, after an event on the ops'
-  // stream that the thread waits for. Parameters in no bucket are ignored. InternalError for a
+  // stream that the thread waits for. Parameters in no bucket are ignored; a stale gradient
+  // (Parameter::ResetGrad, no backward wrote it) is set to zero first. InternalError for a
   // parameter reported twice in one step (its gradient was still being written), or the error
   // of an earlier collective.
   absl::Status Ready(const std::vector<Parameter*>& params) override;
-  // Starts every bucket not started yet (parameters never reported: unused this step), waits for
-  // all of them and readies the sync for the next step. The first error of the step, if any.
+  // Starts every bucket not started yet (parameters never reported: unused this step; stale
+  // gradients among them set to zero), waits for all of them and readies the sync for the next
+  // step. The first error of the step, if any.
   absl::Status Finish();
 
   // After a failed step (Finish never called): drops the collectives queued but not running,

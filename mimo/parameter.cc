@@ -195,8 +195,19 @@ absl::StatusOr<std::unique_ptr<Parameter>> Parameter::Describe(ParameterSpec spe
   return std::unique_ptr<Parameter>(new Parameter(std::move(spec), none, none, none));
 }
 
-absl::Status Parameter::ZeroGrad(kernels::Ops& ops) const {
+absl::Status Parameter::ZeroGrad(kernels::Ops& ops) {
+  grad_stale_ = false;
   return ops.SetZero(grad_.data(), grad_.nbytes());
+}
+
+absl::Status Parameter::ResetGrad(kernels::Ops& ops) {
+  if (!backward_writes_whole_grad_) return ZeroGrad(ops);
+  grad_stale_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status Parameter::ZeroGradIfStale(kernels::Ops& ops) {
+  return grad_stale_ ? ZeroGrad(ops) : absl::OkStatus();
 }
 
 absl::Status Parameter::MoveGradTo(kernels::Ops& ops, kernels::Tensor storage) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -94,8 +95,23 @@ class Parameter {
   const kernels::Tensor& master() const { return master_; }
   const kernels::Tensor& grad() const { return grad_; }
 
-  // Sets grad to zero (before the first micro-batch of a step).
-  absl::Status ZeroGrad(kernels::Ops& ops) const;
+  // Sets grad to zero; it is no longer stale.
+  absl::Status ZeroGrad(kernels::Ops& ops);
+  // Before the first micro-batch of a step: marks grad stale (it still holds an earlier step's
+  // values) where the backward writes it whole (set_backward_writes_whole_grad), saving the
+  // memset and the first product's read of the old values; zeroes it otherwise.
+  absl::Status ResetGrad(kernels::Ops& ops);
+  // Declared by the block that owns the parameter when the first backward of a step writes every
+  // element of grad if asked to (TakeStaleGrad): the routed experts' weights. Default false.
+  void set_backward_writes_whole_grad() { backward_writes_whole_grad_ = true; }
+  bool backward_writes_whole_grad() const { return backward_writes_whole_grad_; }
+  // For the backward about to produce this gradient: true (once per ResetGrad) when grad is
+  // stale; the caller must then write every element of it instead of adding to it.
+  bool TakeStaleGrad() { return std::exchange(grad_stale_, false); }
+  bool grad_stale() const { return grad_stale_; }
+  // For readers of the step's gradients (reductions, the optimizer): a gradient no backward wrote
+  // this step (still stale) is set to zero first.
+  absl::Status ZeroGradIfStale(kernels::Ops& ops);
   // Moves grad into `storage` (fp32, numel() elements, contiguous; memory owned elsewhere that
   // outlives this parameter, such as its place in a gradient buffer): the current values are
   // copied there (enqueued on `ops`) and grad() becomes a view of it.
@@ -119,6 +135,8 @@ class Parameter {
   kernels::Tensor weight_;  // spec.shape, compute dtype.
   kernels::Tensor master_;  // spec.shape, fp32; empty after ReleaseMaster().
   kernels::Tensor grad_;    // spec.shape, fp32.
+  bool backward_writes_whole_grad_ = false;
+  bool grad_stale_ = false;  // Since ResetGrad, until TakeStaleGrad or ZeroGrad.
 };
 
 }  // namespace mimo

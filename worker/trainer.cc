@@ -345,8 +345,9 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   offsets_.clear();
   data_wait_ = 0;
   batch_seconds_ = 0;
-  for (const GradientBuffer* g : update_.buffers) MIMO_RETURN_IF_ERROR(g->Zero(ops_));
-  for (Parameter* p : update_.unbuffered) MIMO_RETURN_IF_ERROR(p->ZeroGrad(ops_));
+  // Zeroed, or stale where the first backward writes them whole (the routed experts').
+  for (const GradientBuffer* g : update_.buffers) MIMO_RETURN_IF_ERROR(g->Reset(ops_));
+  for (Parameter* p : update_.unbuffered) MIMO_RETURN_IF_ERROR(p->ResetGrad(ops_));
   StepMetrics m;
   const bool language = !modules_->language.empty();
   if (absl::Status s = language ? LanguageStep(base, m) : EncoderStep(base); !s.ok()) {
@@ -363,6 +364,8 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
     prefetcher_->Fetch(indices);
     fetched_base_ = next;
   }
+  // A gradient no backward wrote (stale) is zero: those the sync reduces it zeroes itself.
+  for (Parameter* p : update_.unbuffered) MIMO_RETURN_IF_ERROR(p->ZeroGradIfStale(ops_));
   // Every gradient summed over its module's replicas (each already carries 1 / the labelled
   // tokens of the step): all-reduced, or reduce-scattered into the distributed optimizer's shards;
   // the buckets the backward finished have been on their way since.

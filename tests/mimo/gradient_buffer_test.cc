@@ -66,14 +66,23 @@ TEST(GradientBufferTest, PlansPaddedBucketsAndHoldsTheGradients) {
   for (int64_t k = 84; k < 192; ++k) EXPECT_EQ(data[k], 0.0f);
   EXPECT_EQ(params[2]->grad().shape(), kernels::Shape{5000});
 
-  // Zero clears every gradient; a buffer of no parameters has nothing to clear.
+  // Reset clears every gradient while one parameter's backward does not write it whole; a buffer
+  // of no parameters has nothing to clear.
+  for (size_t i = 0; i + 1 < params.size(); ++i) params[i]->set_backward_writes_whole_grad();
   params[1]->grad().data<float>()[3] = 5.0f;
-  ASSERT_TRUE((*buffer)->Zero(*ops).ok());
+  ASSERT_TRUE((*buffer)->Reset(*ops).ok());
   EXPECT_EQ(params[1]->grad().data<float>()[3], 0.0f);
   EXPECT_EQ(data[192 + 5184 + 6], 0.0f);
+  for (const auto& p : params) EXPECT_FALSE(p->grad_stale()) << p->name();
   auto none = GradientBuffer::Create(*ops, {});
   ASSERT_TRUE(none.ok()) << none.status();
-  EXPECT_TRUE((*none)->Zero(*ops).ok());
+  EXPECT_TRUE((*none)->Reset(*ops).ok());
+  // Where every backward writes its gradient whole, they are only marked stale.
+  params.back()->set_backward_writes_whole_grad();
+  params[1]->grad().data<float>()[3] = 5.0f;
+  ASSERT_TRUE((*buffer)->Reset(*ops).ok());
+  EXPECT_EQ(params[1]->grad().data<float>()[3], 5.0f);
+  for (const auto& p : params) EXPECT_TRUE(p->grad_stale()) << p->name();
 
   auto again = Params(*ops, {3});
   EXPECT_EQ(GradientBuffer::Create(*ops, Ptrs(again), 0).status().code(),

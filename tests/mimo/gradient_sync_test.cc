@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -64,6 +65,36 @@ TEST(GradientSyncTest, StartsABucketDuringTheBackwardOnceItAndThoseBeforeAreRead
     ASSERT_TRUE((*sync)->Finish().ok());  // Bucket 2 was never reported: started here.
     EXPECT_TRUE(ran[2].load());
     EXPECT_EQ((*sync)->started_early(), 2) << "step " << step;
+  }
+}
+
+// A stale gradient (Parameter::ResetGrad) that no backward wrote is zero by the time its bucket's
+// collective reads it, whether reported ready or left for Finish.
+TEST(GradientSyncTest, ZeroesStaleGradientsBeforeTheirCollective) {
+  auto ops = kernels::NewCpuOps();
+  auto params = Params(*ops, 2, 4);
+  std::vector<float> seen[2];
+  std::vector<GradientSync::Bucket> buckets;
+  for (int i = 0; i < 2; ++i) {
+    params[i]->set_backward_writes_whole_grad();
+    buckets.push_back({.params = {params[i].get()}, .collective = [&seen, &params, i] {
+                         const float* g = params[i]->grad().data<float>();
+                         seen[i].assign(g, g + 4);
+                         return absl::OkStatus();
+                       }});
+  }
+  auto sync = GradientSync::Create(*ops, std::move(buckets));
+  ASSERT_TRUE(sync.ok()) << sync.status();
+  for (auto& p : params) {
+    std::fill_n(p->grad().data<float>(), 4, 7.0f);  // An earlier step's values.
+    ASSERT_TRUE(p->ResetGrad(*ops).ok());
+    EXPECT_TRUE(p->grad_stale());
+  }
+  ASSERT_TRUE((*sync)->Ready({params[0].get()}).ok());
+  ASSERT_TRUE((*sync)->Finish().ok());
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(seen[i], std::vector<float>(4, 0.0f)) << i;
+    EXPECT_FALSE(params[i]->grad_stale());
   }
 }
 

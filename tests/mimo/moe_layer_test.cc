@@ -4,6 +4,7 @@
 // configs.
 #include "mimo/moe_layer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
@@ -461,6 +462,65 @@ TEST(MoeLayerTest, GroupedExpertsEqualSequentialExperts) {
     results.push_back(std::move(got));
   }
   EXPECT_EQ(results[0], results[1]);
+}
+
+// After ResetGrad (a step's first micro-batch) the experts' weight gradients are stale: the
+// backward writes them whole -- over an earlier step's values, zero for experts without rows --
+// and the next backward adds to them. The same gradients as backwards into zeroed ones, with
+// per-expert and with grouped GEMMs.
+TEST(MoeLayerTest, WritesStaleExpertGradientsWholeThenAddsToThem) {
+  auto ops = kernels::NewCpuOps();
+  TransformerConfig c = Config(MlpActivation::kSwiglu);
+  MoeConfig m;
+  m.router = {.experts = 8, .top_k = 2};
+  m.align = 1;
+  BuildContext build{.ops = ops.get(), .config = &c, .seed = 5, .prefix = "mlp"};
+  std::mt19937 random(3);
+  // 2 tokens, 4 pairs: at least 4 of the 8 experts get no rows.
+  const std::vector<float> x = RandomFloats(2 * 8, random), r = RandomFloats(2 * 8, random);
+  for (const bool grouped : {false, true}) {
+    SCOPED_TRACE(grouped ? "grouped" : "sequential");
+    m.graph_safe = grouped;
+    auto layer = MoeLayer::Create(build, m);
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    const StepContext ctx{.ops = ops.get()};
+    auto step = [&] {
+      auto out = (*layer)->Forward(ctx, Upload(*ops, x, {2, 8}, DType::kF32));
+      ASSERT_TRUE(out.ok()) << out.status();
+      auto dx =
+          (*layer)->Backward(ctx, std::move(out->saved), Upload(*ops, r, {2, 8}, DType::kF32));
+      ASSERT_TRUE(dx.ok()) << dx.status();
+    };
+    auto grads = [&] {
+      std::map<std::string, std::vector<double>> got;
+      for (const auto& [name, p] : ParametersByName(**layer)) got[name] = Download(*ops, p->grad());
+      return got;
+    };
+    step();  // Into the zeroed gradients of a new layer.
+    const std::map<std::string, std::vector<double>> once = grads();
+    const std::vector<double>& fc1 = once.at("mlp.experts.linear_fc1.weight");
+    const size_t per_expert = fc1.size() / 8;
+    int empty = 0;
+    for (size_t e = 0; e < 8; ++e) {
+      empty += std::all_of(fc1.begin() + e * per_expert, fc1.begin() + (e + 1) * per_expert,
+                           [](double v) { return v == 0.0; });
+    }
+    EXPECT_GE(empty, 4);
+    for (const auto& [name, p] : ParametersByName(**layer)) {
+      std::fill_n(p->grad().data<float>(), p->numel(), 7.0f);  // An earlier step's.
+      ASSERT_TRUE(p->ResetGrad(*ops).ok());
+      EXPECT_EQ(p->grad_stale(), name.find(".experts.") != std::string::npos) << name;
+    }
+    step();
+    EXPECT_EQ(grads(), once);
+    for (const auto& [name, p] : ParametersByName(**layer)) EXPECT_FALSE(p->grad_stale()) << name;
+    step();
+    std::map<std::string, std::vector<double>> twice = once;
+    for (auto& [name, v] : twice) {
+      for (double& g : v) g *= 2;
+    }
+    EXPECT_EQ(grads(), twice);
+  }
 }
 
 // A layer built for a multi-token-prediction block marks its auxiliary losses as such.

@@ -114,7 +114,7 @@ TEST(ParameterTest, Fp32WeightIsTheMasterAndGradStartsAtZero) {
   auto ops = kernels::NewCpuOps();
   auto p = Parameter::Create(*ops, Normal("w", {3, 4}), DType::kF32, 9);
   ASSERT_TRUE(p.ok()) << p.status();
-  const Parameter& param = **p;
+  Parameter& param = **p;
   EXPECT_EQ(param.numel(), 12);
   EXPECT_EQ(param.weight().data(), param.master().data());
   const std::vector<float> want = InitialValues(param.spec(), 9);
@@ -124,6 +124,36 @@ TEST(ParameterTest, Fp32WeightIsTheMasterAndGradStartsAtZero) {
   param.grad().data<float>()[3] = 5;
   ASSERT_TRUE(param.ZeroGrad(*ops).ok());
   EXPECT_EQ(param.grad().data<float>()[3], 0.0f);
+}
+
+// ResetGrad zeroes a gradient unless the backward writes it whole; then it only marks it stale,
+// once: the first writer takes the mark, a reader finding it still stale zeroes it.
+TEST(ParameterTest, ResetGradMarksGradientsTheBackwardWritesWholeStale) {
+  auto ops = kernels::NewCpuOps();
+  auto p = Parameter::Create(*ops, Normal("w", {3, 4}), DType::kF32, 9);
+  ASSERT_TRUE(p.ok()) << p.status();
+  Parameter& param = **p;
+  float* g = param.grad().data<float>();
+  g[3] = 5;
+  ASSERT_TRUE(param.ResetGrad(*ops).ok());
+  EXPECT_EQ(g[3], 0.0f);
+  EXPECT_FALSE(param.grad_stale());
+  EXPECT_FALSE(param.TakeStaleGrad());
+
+  param.set_backward_writes_whole_grad();
+  g[3] = 5;
+  ASSERT_TRUE(param.ResetGrad(*ops).ok());
+  EXPECT_EQ(g[3], 5.0f);  // No memset.
+  EXPECT_TRUE(param.grad_stale());
+  EXPECT_TRUE(param.TakeStaleGrad());
+  EXPECT_FALSE(param.TakeStaleGrad());
+  ASSERT_TRUE(param.ZeroGradIfStale(*ops).ok());
+  EXPECT_EQ(g[3], 5.0f);  // Written by its taker: left alone.
+
+  ASSERT_TRUE(param.ResetGrad(*ops).ok());
+  ASSERT_TRUE(param.ZeroGradIfStale(*ops).ok());
+  EXPECT_EQ(g[3], 0.0f);
+  EXPECT_FALSE(param.grad_stale());
 }
 
 TEST(ParameterTest, Bf16WeightIsTheRoundedMaster) {
