@@ -19,13 +19,13 @@
 // one grouped GEMM over device offsets, as the graph-safe layer runs them: row tiles of --align
 // rows through cuBLASLt where that is 64 or more, else the grouped kernel) against one dense GEMM
 // of the same FLOPs, and as one batch of products of at most 512 / 1024 / 2048 rows; and fc1's
-// weight gradient per expert as one batch, added to an f32 gradient (as the layer does), written
-// over it, and written in bf16, and as one grouped product (the graph-safe layer's) on each
-// tensor-core kernel of the GPU (wgmma, mma.sync). After the timed steps of a case, one more runs
-// between cudaProfilerStart/Stop (for ncu --profile-from-start off). --batch-streams sets the
-// streams a batch of GEMMs spreads over (CublasLtOptions::batch_streams; 1: one after another,
-// products of one shape still stacked); --align pads each expert's rows to a multiple of A
-// (MoeConfig::align; experts of equal padded counts share one batched GEMM).
+// weight gradient per expert as one batch, added to an f32 gradient (as the layer's later
+// micro-batches do), written over it (its first), and written in bf16, and as one grouped product
+// (the graph-safe layer's) on each tensor-core kernel of the GPU (wgmma, mma.sync). After the timed
+// steps of a case, one more runs between cudaProfilerStart/Stop (for ncu --profile-from-start off).
+// --batch-streams sets the streams a batch of GEMMs spreads over (CublasLtOptions::batch_streams;
+// 1: one after another, products of one shape still stacked); --align pads each expert's rows to a
+// multiple of A (MoeConfig::align; experts of equal padded counts share one batched GEMM).
 // --graph also times the
 // graph-safe layer (moe.graph_safe: grouped GEMMs, no host synchronization), its forward+backward
 // captured once in a CUDA graph and replayed (wall clock of a replay to the stream drained).
@@ -421,8 +421,8 @@ void RunParts(const MoeCase& c, int iters, int batch_streams, int64_t align) {
         c.name.c_str(), routing, flops / (fc1_ms[4] * 1e-3) / 1e12,
         flops / (fc1_ms[5] * 1e-3) / 1e12, flops / (fc1_ms[6] * 1e-3) / 1e12);
     // fc1's weight gradient, one product per expert as one batch: added to an f32 gradient (as
-    // the layer does), written over an f32 gradient, and written in bf16 (as PyTorch's autograd
-    // leaves a bf16 parameter's gradient).
+    // the layer's later micro-batches do), written over an f32 gradient (its first), and written
+    // in bf16 (as PyTorch's autograd leaves a bf16 parameter's gradient).
     const kernels::Tensor dw = tensor({e * f1, h}, kernels::DType::kF32);
     const kernels::Tensor dw16 = tensor({e * f1, h}, kernels::DType::kBF16);
     Check(ops.SetZero(dw.data(), dw.nbytes()), "SetZero");

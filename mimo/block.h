@@ -1,6 +1,6 @@
 // The interface of trainable blocks (norms, attention, MLPs, transformer layers): the forward
-// saves what the backward needs; the backward adds the parameters' gradients and returns the
-// input's.
+// saves what the backward needs; the backward adds the parameters' gradients (or writes those
+// marked stale, Parameter::ResetGrad) and returns the input's.
 #pragma once
 
 #include <cstdint>
@@ -95,7 +95,8 @@ class Block {
   virtual absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const kernels::Tensor& x) = 0;
   // dx from dy (y's shape) and what this block's Forward saved (consumed, so its memory goes as
   // soon as the backward is done with it); adds the gradients of the block's parameters to
-  // their grad tensors. InvalidArgument when `saved` came from another kind of block.
+  // their grad tensors (writes a stale one whole: Parameter::TakeStaleGrad). InvalidArgument
+  // when `saved` came from another kind of block.
   virtual absl::StatusOr<kernels::Tensor> Backward(const StepContext& ctx,
                                                    std::unique_ptr<SavedActivations> saved,
                                                    const kernels::Tensor& dy) = 0;

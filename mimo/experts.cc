@@ -225,9 +225,13 @@ class ExpertsMlp final : public Experts {
     for (int64_t i = 0; i < el; ++i) {
       const int64_t n = off.host[i + 1] - off.host[i];
       if (n == 0) {
-        if (write) {
-          MIMO_RETURN_IF_ERROR(ops.SetZero(RowAt(p.w->grad(), i * p.out, p.in),
-                                           static_cast<size_t>(p.out * p.in) * sizeof(float)));
+        if (write) {  // Experts [i, j) have no rows: their gradients zeroed with one memset.
+          int64_t j = i + 1;
+          while (j < el && off.host[j + 1] == off.host[j]) ++j;
+          MIMO_RETURN_IF_ERROR(
+              ops.SetZero(RowAt(p.w->grad(), i * p.out, p.in),
+                          static_cast<size_t>((j - i) * p.out * p.in) * sizeof(float)));
+          i = j - 1;
         }
         continue;
       }

@@ -49,9 +49,12 @@ struct MoeConfig {
   // experts' row offsets stay on the device, padding is done there, the experts run grouped
   // GEMMs), so a CUDA graph can capture them and replay them on new inputs of the capture's
   // token count, packing and loss scale (kernels/cuda_graph.h); slower than the eager layer
-  // (1.7-2.3x on an H100: the weight gradients run on mimo's own grouped kernel). Needs ep and
-  // expt_tp of 1 (the all-to-all's row counts travel through the host) and experts that read
-  // their offsets on the device (the default builder then is GroupedExpertsBuilder).
+  // (1.5-1.65x on an H100: the weight gradients run on mimo's own grouped kernel). A capture
+  // keeps whether the experts' weight gradients are written or added (written when stale at
+  // capture: Parameter::ResetGrad), so a step's first micro-batch and its later ones need graphs
+  // of their own. Needs ep and expt_tp of 1 (the all-to-all's row counts travel through the
+  // host) and experts that read their offsets on the device (the default builder then is
+  // GroupedExpertsBuilder).
   bool graph_safe = false;
 };
 

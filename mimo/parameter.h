@@ -109,8 +109,9 @@ class Parameter {
   // stale; the caller must then write every element of it instead of adding to it.
   bool TakeStaleGrad() { return std::exchange(grad_stale_, false); }
   bool grad_stale() const { return grad_stale_; }
-  // For readers of the step's gradients (reductions, the optimizer): a gradient no backward wrote
-  // this step (still stale) is set to zero first.
+  // For the first reader of the step's gradients (GradientSync before a bucket's collective,
+  // Trainer::Step for the others; the reductions and optimizers themselves do not check): a
+  // gradient no backward wrote this step (still stale) is set to zero first.
   absl::Status ZeroGradIfStale(kernels::Ops& ops);
   // Moves grad into `storage` (fp32, numel() elements, contiguous; memory owned elsewhere that
   // outlives this parameter, such as its place in a gradient buffer): the current values are

@@ -111,7 +111,7 @@ absl::StatusOr<GradientUpdate> CreateGradientUpdate(kernels::Ops& ops,
     plan(*grads,
          [grads, expt_dp = o.expt_dp](size_t i) { return grads->AllReduceBucket(i, expt_dp); });
   }
-  // Gradients zeroed a buffer at a time where they live in one.
+  // Gradients reset a buffer at a time where they live in one.
   absl::flat_hash_set<const Parameter*> buffered;
   if (u.distributed != nullptr) {
     for (int set = 0; set < u.distributed->num_sets(); ++set) {

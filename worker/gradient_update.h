@@ -59,8 +59,9 @@ struct GradientUpdate {
   // finishes the buckets: a bucket's turn comes when its last parameter's does. Null without
   // replicas.
   std::unique_ptr<GradientSync> sync;
-  // Every gradient buffer (the distributed optimizer's and the two above), zeroed whole
-  // before a step, and the parameters whose gradients live in none, zeroed one by one.
+  // Every gradient buffer (the distributed optimizer's and the two above), reset whole before
+  // a step (GradientBuffer::Reset), and the parameters whose gradients live in none, reset one
+  // by one (Parameter::ResetGrad).
   std::vector<const GradientBuffer*> buffers;
   std::vector<Parameter*> unbuffered;
 };

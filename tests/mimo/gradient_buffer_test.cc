@@ -68,7 +68,10 @@ TEST(GradientBufferTest, PlansPaddedBucketsAndHoldsTheGradients) {
 
   // Reset clears every gradient while one parameter's backward does not write it whole; a buffer
   // of no parameters has nothing to clear.
-  for (size_t i = 0; i + 1 < params.size(); ++i) params[i]->set_backward_writes_whole_grad();
+  for (size_t i = 0; i + 1 < params.size(); ++i) {
+    params[i]->set_backward_writes_whole_grad();
+    ASSERT_TRUE(params[i]->ResetGrad(*ops).ok());  // Stale: the memset below writes it.
+  }
   params[1]->grad().data<float>()[3] = 5.0f;
   ASSERT_TRUE((*buffer)->Reset(*ops).ok());
   EXPECT_EQ(params[1]->grad().data<float>()[3], 0.0f);

@@ -72,30 +72,38 @@ TEST(GradientSyncTest, StartsABucketDuringTheBackwardOnceItAndThoseBeforeAreRead
 // collective reads it, whether reported ready or left for Finish.
 TEST(GradientSyncTest, ZeroesStaleGradientsBeforeTheirCollective) {
   auto ops = kernels::NewCpuOps();
-  auto params = Params(*ops, 2, 4);
-  std::vector<float> seen[2];
+  auto params = Params(*ops, 3, 4);
+  std::vector<float> seen[3];
+  auto record = [&seen, &params](std::vector<int> which) {
+    return [&seen, &params, which] {
+      for (int i : which) {
+        const float* g = params[i]->grad().data<float>();
+        seen[i].assign(g, g + 4);
+      }
+      return absl::OkStatus();
+    };
+  };
+  // Bucket 0: p0 and p1, reported ready; bucket 1: p2, never reported.
   std::vector<GradientSync::Bucket> buckets;
-  for (int i = 0; i < 2; ++i) {
-    params[i]->set_backward_writes_whole_grad();
-    buckets.push_back({.params = {params[i].get()}, .collective = [&seen, &params, i] {
-                         const float* g = params[i]->grad().data<float>();
-                         seen[i].assign(g, g + 4);
-                         return absl::OkStatus();
-                       }});
-  }
+  buckets.push_back({.params = {params[0].get(), params[1].get()}, .collective = record({0, 1})});
+  buckets.push_back({.params = {params[2].get()}, .collective = record({2})});
   auto sync = GradientSync::Create(*ops, std::move(buckets));
   ASSERT_TRUE(sync.ok()) << sync.status();
   for (auto& p : params) {
+    p->set_backward_writes_whole_grad();
     std::fill_n(p->grad().data<float>(), 4, 7.0f);  // An earlier step's values.
     ASSERT_TRUE(p->ResetGrad(*ops).ok());
     EXPECT_TRUE(p->grad_stale());
   }
-  ASSERT_TRUE((*sync)->Ready({params[0].get()}).ok());
+  // The backward wrote p0 only.
+  ASSERT_TRUE(params[0]->TakeStaleGrad());
+  std::fill_n(params[0]->grad().data<float>(), 4, 3.0f);
+  ASSERT_TRUE((*sync)->Ready({params[0].get(), params[1].get()}).ok());
   ASSERT_TRUE((*sync)->Finish().ok());
-  for (int i = 0; i < 2; ++i) {
-    EXPECT_EQ(seen[i], std::vector<float>(4, 0.0f)) << i;
-    EXPECT_FALSE(params[i]->grad_stale());
-  }
+  EXPECT_EQ(seen[0], std::vector<float>(4, 3.0f));
+  EXPECT_EQ(seen[1], std::vector<float>(4, 0.0f));
+  EXPECT_EQ(seen[2], std::vector<float>(4, 0.0f));
+  for (const auto& p : params) EXPECT_FALSE(p->grad_stale()) << p->name();
 }
 
 TEST(GradientSyncTest, SumsOverTwoRanksThatReportInDifferentOrders) {
