@@ -1,7 +1,10 @@
 // The MoE layer on the CUDA ops against the same layer on the CPU ops (itself checked against
 // float64 and central differences), in fp32 and bf16 on both sides: same seed, inputs and
-// output gradient; y, dx, every parameter gradient and the auxiliary losses.
+// output gradient; y, dx, every parameter gradient and the auxiliary losses. The CUDA layer runs
+// twice: adding to zeroed gradients, and writing stale ones (Parameter::ResetGrad over NaN: the
+// experts' weight gradients written whole, as on a step's first micro-batch).
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -81,12 +84,19 @@ struct MoeRun {
 
 MoeRun RunMoe(kernels::Ops& ops, const TransformerConfig& config, const MoeConfig& moe,
               const std::vector<int32_t>& lengths, const std::vector<float>& x,
-              const std::vector<float>& dy) {
+              const std::vector<float>& dy, bool stale_grads = false) {
   MoeRun run;
   BuildContext build{.ops = &ops, .config = &config, .seed = 9, .prefix = "mlp", .layer_number = 2};
   auto layer = MoeLayer::Create(build, moe);
   EXPECT_TRUE(layer.ok()) << layer.status();
   if (!layer.ok()) return run;
+  if (stale_grads) {
+    for (const auto& [name, p] : ParametersByName(**layer)) {
+      const std::vector<float> nan(p->numel(), std::numeric_limits<float>::quiet_NaN());
+      EXPECT_TRUE(ops.CopyFromHost(p->grad().data(), nan.data(), p->grad().nbytes()).ok());
+      EXPECT_TRUE(p->ResetGrad(ops).ok()) << name;
+    }
+  }
   auto seqs = PackedSequences::Create(ops, lengths);
   EXPECT_TRUE(seqs.ok()) << seqs.status();
   if (!seqs.ok()) return run;
@@ -128,25 +138,28 @@ TEST_P(MoeLayerCudaTest, MatchesTheCpuLayer) {
   auto gpu = kernels::NewCudaOps();
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   const MoeRun want = RunMoe(*cpu, config, k.moe, k.lengths, x, dy);
-  const MoeRun got = RunMoe(**gpu, config, k.moe, k.lengths, x, dy);
-  ASSERT_FALSE(got.dx.empty());
-  // Same dtype on both sides: fp32 within 1e-5; bf16 within 2e-2 (intermediates rounded to
-  // bf16 from fp32 values that differ in the last bits).
-  const double bound = dtype == DType::kF32 ? 1e-5 : 2e-2;
-  double worst = 0;
-  std::string worst_name;
-  auto check = [&](const std::vector<double>& g, const std::vector<double>& w,
-                   const std::string& what) {
-    const double err = RelL2(g, w);
-    EXPECT_LT(err, bound) << what;
-    if (err > worst) worst = err, worst_name = what;
-  };
-  check(got.y, want.y, "y");
-  check(got.dx, want.dx, "dx");
-  check(got.losses, want.losses, "losses");
-  for (const auto& [name, grad] : want.grads) check(got.grads.at(name), grad, name);
-  std::cout << k.name << " " << kernels::DTypeName(dtype) << ": worst relative error " << worst
-            << " (" << worst_name << ")\n";
+  for (const bool stale : {false, true}) {
+    SCOPED_TRACE(stale ? "stale gradients written" : "zeroed gradients added to");
+    const MoeRun got = RunMoe(**gpu, config, k.moe, k.lengths, x, dy, stale);
+    ASSERT_FALSE(got.dx.empty());
+    // Same dtype on both sides: fp32 within 1e-5; bf16 within 2e-2 (intermediates rounded to
+    // bf16 from fp32 values that differ in the last bits).
+    const double bound = dtype == DType::kF32 ? 1e-5 : 2e-2;
+    double worst = 0;
+    std::string worst_name;
+    auto check = [&](const std::vector<double>& g, const std::vector<double>& w,
+                     const std::string& what) {
+      const double err = RelL2(g, w);
+      EXPECT_LT(err, bound) << what;
+      if (err > worst) worst = err, worst_name = what;
+    };
+    check(got.y, want.y, "y");
+    check(got.dx, want.dx, "dx");
+    check(got.losses, want.losses, "losses");
+    for (const auto& [name, grad] : want.grads) check(got.grads.at(name), grad, name);
+    std::cout << k.name << " " << kernels::DTypeName(dtype) << (stale ? " (stale)" : "")
+              << ": worst relative error " << worst << " (" << worst_name << ")\n";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerCudaTest,
