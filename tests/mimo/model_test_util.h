@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -84,6 +85,30 @@ inline double RelL2(const std::vector<double>& got, const std::vector<double>& w
   }
   return std::sqrt(num / std::max(den, 1e-30));
 }
+
+// Expects each result within `bound` (RelL2) of its reference and keeps the worst, for the
+// summary line a GPU test prints.
+class RelL2Check {
+ public:
+  explicit RelL2Check(double bound) : bound_(bound) {}
+  void operator()(const std::vector<double>& got, const std::vector<double>& want,
+                  const std::string& what) {
+    const double err = RelL2(got, want);
+    EXPECT_LT(err, bound_) << what;
+    if (err > worst_) worst_ = err, worst_name_ = what;
+  }
+  // "worst relative error E (NAME)".
+  std::string Worst() const {
+    std::ostringstream out;
+    out << "worst relative error " << worst_ << " (" << worst_name_ << ")";
+    return out.str();
+  }
+
+ private:
+  double bound_;
+  double worst_ = 0;
+  std::string worst_name_;
+};
 
 // The elements of `full` (a parameter's one-rank values, row-major) that a member holding
 // `spec` (its shards) holds, in its order.

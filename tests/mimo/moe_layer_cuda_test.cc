@@ -22,7 +22,7 @@ using kernels::RouterScore;
 using testing::Download;
 using testing::ParametersByName;
 using testing::RandomFloats;
-using testing::RelL2;
+using testing::RelL2Check;
 using testing::Upload;
 
 struct MoeCudaCase {
@@ -138,27 +138,20 @@ TEST_P(MoeLayerCudaTest, MatchesTheCpuLayer) {
   auto gpu = kernels::NewCudaOps();
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   const MoeRun want = RunMoe(*cpu, config, k.moe, k.lengths, x, dy);
+  // Same dtype on both sides: fp32 within 1e-5; bf16 within 2e-2 (intermediates rounded to
+  // bf16 from fp32 values that differ in the last bits).
+  const double bound = dtype == DType::kF32 ? 1e-5 : 2e-2;
   for (const bool stale : {false, true}) {
     SCOPED_TRACE(stale ? "stale gradients written" : "zeroed gradients added to");
     const MoeRun got = RunMoe(**gpu, config, k.moe, k.lengths, x, dy, stale);
     ASSERT_FALSE(got.dx.empty());
-    // Same dtype on both sides: fp32 within 1e-5; bf16 within 2e-2 (intermediates rounded to
-    // bf16 from fp32 values that differ in the last bits).
-    const double bound = dtype == DType::kF32 ? 1e-5 : 2e-2;
-    double worst = 0;
-    std::string worst_name;
-    auto check = [&](const std::vector<double>& g, const std::vector<double>& w,
-                     const std::string& what) {
-      const double err = RelL2(g, w);
-      EXPECT_LT(err, bound) << what;
-      if (err > worst) worst = err, worst_name = what;
-    };
+    RelL2Check check(bound);
     check(got.y, want.y, "y");
     check(got.dx, want.dx, "dx");
     check(got.losses, want.losses, "losses");
     for (const auto& [name, grad] : want.grads) check(got.grads.at(name), grad, name);
-    std::cout << k.name << " " << kernels::DTypeName(dtype) << (stale ? " (stale)" : "")
-              << ": worst relative error " << worst << " (" << worst_name << ")\n";
+    std::cout << k.name << " " << kernels::DTypeName(dtype) << (stale ? " (stale)" : "") << ": "
+              << check.Worst() << "\n";
   }
 }
 
