@@ -2,7 +2,8 @@
 // one block per possible (row tile, column tile), ceil(rows / BM) + groups row tiles being enough
 // for any offsets, and each block walks the offsets (one warp, 32 groups per step) to the group
 // and row tile it covers, or exits; kVariableDepth launches (column tile, row tile, group) and
-// reduces over its group's rows. So the grid depends on sizes only, never on the offsets.
+// reduces over its group's rows (the Hopper kernel: a persistent grid striding over the same
+// tiles). So the grid depends on sizes only, never on the offsets.
 //
 // The mma.sync bf16 kernel: 128 x 256 output tiles, 64-deep k steps through a 3-stage cp.async
 // pipeline, 8 warps of 64 x 64 each, ldmatrix feeding m16n8k16 MMAs with fp32 accumulators.
@@ -10,6 +11,8 @@
 // for weight gradients, b as (k, n)); both are copied to shared memory as stored, rows padded by 16
 // bytes so ldmatrix's eight rows hit distinct banks, and the latter read with ldmatrix's transpose.
 // For Hopper, kVariableDepth also has a wgmma kernel (below), chosen where it can run.
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -17,12 +20,14 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda_elements.cuh"
 #include "kernels/cuda_mma.cuh"
 #include "kernels/cuda_status.h"
+#include "kernels/cuda_tma.cuh"
 #include "kernels/cuda_wgmma.cuh"
 #include "kernels/grouped_gemm.h"
 
@@ -101,39 +106,46 @@ struct Work {
   int lda, ldb;
 };
 
+// kVariableDepth's work for output tile (column tile `col`, row tile `row`) of group `g`: m runs
+// over [row * bm, m), k over the group's rows; false when it adds nothing.
+__device__ __forceinline__ bool DepthWork(const Args& args, int bm, int bn, size_t d_size, int col,
+                                          int row, int g, Work& w) {
+  const int2 r = GroupRows(args.offsets, g, args.rows);
+  if (r.x == r.y && args.accumulate) return false;  // Adds nothing.
+  w.n0 = col * bn;
+  w.m0 = row * bm;
+  w.m_end = min(w.m0 + bm, args.m);
+  w.k_begin = r.x;
+  w.k_end = r.y;
+  w.a = static_cast<const char*>(args.a);
+  w.lda = args.m;
+  w.b = static_cast<const char*>(args.b);
+  w.ldb = args.n;
+  w.d = static_cast<char*>(args.d) + static_cast<size_t>(g) * args.m * args.n * d_size;
+  return true;
+}
+
 // The work of this block, or false when it has none. kVariableRows: m indexes a's (and d's)
 // rows, k runs over [0, k); kVariableDepth: m runs over [0, m) of group blockIdx.z, k over its
 // rows.
 template <GroupedGemmMode kMode>
 __device__ bool FindWork(const Args& args, int bm, int bn, size_t ab_size, size_t d_size, Work& w) {
-  w.n0 = (kMode == GroupedGemmMode::kVariableRows ? blockIdx.y : blockIdx.x) * bn;
-  if (kMode == GroupedGemmMode::kVariableRows) {
-    const Tile tile = FindRowTile(args, bm, blockIdx.x);
-    if (tile.group < 0) return false;
-    w.m0 = tile.row0;
-    w.m_end = min(tile.row0 + bm, tile.row_end);
-    w.k_begin = 0;
-    w.k_end = args.k;
-    w.a = static_cast<const char*>(args.a);
-    w.lda = args.k;
-    w.b = static_cast<const char*>(args.b) +
-          static_cast<size_t>(tile.group) * args.n * args.k * ab_size;
-    w.ldb = args.transpose_b ? args.k : args.n;
-    w.d = static_cast<char*>(args.d);
-  } else {
-    const int g = blockIdx.z;
-    const int2 r = GroupRows(args.offsets, g, args.rows);
-    if (r.x == r.y && args.accumulate) return false;  // Adds nothing.
-    w.m0 = blockIdx.y * bm;
-    w.m_end = min(w.m0 + bm, args.m);
-    w.k_begin = r.x;
-    w.k_end = r.y;
-    w.a = static_cast<const char*>(args.a);
-    w.lda = args.m;
-    w.b = static_cast<const char*>(args.b);
-    w.ldb = args.n;
-    w.d = static_cast<char*>(args.d) + static_cast<size_t>(g) * args.m * args.n * d_size;
+  if (kMode == GroupedGemmMode::kVariableDepth) {
+    return DepthWork(args, bm, bn, d_size, blockIdx.x, blockIdx.y, blockIdx.z, w);
   }
+  const Tile tile = FindRowTile(args, bm, blockIdx.x);
+  if (tile.group < 0) return false;
+  w.n0 = blockIdx.y * bn;
+  w.m0 = tile.row0;
+  w.m_end = min(tile.row0 + bm, tile.row_end);
+  w.k_begin = 0;
+  w.k_end = args.k;
+  w.a = static_cast<const char*>(args.a);
+  w.lda = args.k;
+  w.b = static_cast<const char*>(args.b) +
+        static_cast<size_t>(tile.group) * args.n * args.k * ab_size;
+  w.ldb = args.transpose_b ? args.k : args.n;
+  w.d = static_cast<char*>(args.d);
   return true;
 }
 
@@ -398,6 +410,152 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaDepthKernel(Args args) {
 }  // namespace hopper
 
 // ---------------------------------------------------------------------------------------------
+// The second Hopper kernel for kVariableDepth (kWgmmaTma): the same tiles and products as the
+// first, persistent, with a producer warpgroup. Its one thread loads 64-deep k steps of both
+// operands with TMA into a 4-stage ring of shared memory, each stage's full / empty barriers
+// (mbarrier) handing it between producer and consumers; two consumer warpgroups compute 64 x 256
+// each through wgmma m64n256k16, keeping one step's products in flight, and release a stage once
+// its products are done. The operands' layout is the first kernel's: a TMA box of 64 (m or n) x
+// 64 (k) in the 128-byte swizzle is 8 of its atoms along k, a stage a's 2 boxes and b's 4. A step
+// starts at any row; the rows of a group's last step past its end (the next group's, or past the
+// tensor, which TMA zero-fills) are zeroed in shared memory before the products.
+
+namespace hopper_tma {
+
+constexpr int kBm = 128, kBn = 256, kBk = 64, kStages = 4;
+constexpr int kConsumers = 2, kThreads = 128 * (1 + kConsumers);
+constexpr int kAtomBytes = 1024, kAtomsK = kBk / 8, kLineBytes = 128;
+constexpr int kBoxBytes = kAtomsK * kAtomBytes;  // One TMA box: 64 (m/n) x 64 (k).
+constexpr int kStageA = kBm / 64 * kBoxBytes, kStageB = kBn / 64 * kBoxBytes;
+constexpr int kStageBytes = kStageA + kStageB;
+// The ring, its 2 x kStages barriers, and room to align the ring to 1024 bytes.
+constexpr size_t kSmemBytes = size_t{kStages} * kStageBytes + 2 * kStages * 8 + kAtomBytes;
+// Registers per thread after the producer gives its own up (SetMaxRegisters*): 40 x 128 +
+// 232 x 256 fit the multiprocessor's 65536.
+constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+
+// Zeroes lines [valid, kBk) (k rows) of every box of a stage: 6 boxes x 8 atoms, each line 128
+// bytes in its atom. Called by the 256 consumer threads.
+__device__ __forceinline__ void ZeroLinesFrom(uint32_t stage, int valid, int thread) {
+  const int lines = kBk - valid;
+  constexpr int kChunksPerLine = kLineBytes / 16, kBoxes = kStageBytes / kBoxBytes;
+  for (int c = thread; c < lines * kChunksPerLine * kBoxes; c += 128 * kConsumers) {
+    const int box = c / (lines * kChunksPerLine), rest = c % (lines * kChunksPerLine);
+    const int line = valid + rest / kChunksPerLine, chunk = rest % kChunksPerLine;
+    const uint32_t at =
+        stage + box * kBoxBytes + (line / 8) * kAtomBytes + (line % 8) * kLineBytes + chunk * 16;
+    asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(at), "r"(0) : "memory");
+  }
+}
+
+// Output tile `t` of the (column tile, row tile, group) order, column tiles fastest.
+__device__ __forceinline__ bool TileWork(const Args& args, int t, size_t d_size, Work& w) {
+  const int cols = (args.n + kBn - 1) / kBn, rows = (args.m + kBm - 1) / kBm;
+  return DepthWork(args, kBm, kBn, d_size, t % cols, (t / cols) % rows, t / (cols * rows), w);
+}
+
+// Persistent: block b computes tiles b, b + gridDim.x, ...; the producer runs into the next tile
+// while the consumers store the last one. `it` counts k steps over all of a block's tiles (stage
+// it % kStages, in its (it / kStages)-th round).
+template <typename OutT>
+__global__ void __launch_bounds__(kThreads, 1)
+    WgmmaDepthKernel(const __grid_constant__ CUtensorMap map_a,
+                     const __grid_constant__ CUtensorMap map_b, Args args, int tiles) {
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t base = (SmemAddr(smem_raw) + kAtomBytes - 1) & ~uint32_t{kAtomBytes - 1};
+  const uint32_t full = base + kStages * kStageBytes, empty = full + kStages * 8;
+  auto stage = [&](int s) { return base + s * kStageBytes; };
+  const int warpgroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      MbarInit(full + 8 * s, 1);                  // The producer's arrival (+ its bytes).
+      MbarInit(empty + 8 * s, 128 * kConsumers);  // Every consumer thread's.
+    }
+    FenceMbarInit();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {  // Producer.
+    SetMaxRegistersDec<kProducerRegisters>();
+    if (threadIdx.x != 0) return;
+    int it = 0;
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      Work w;
+      if (!TileWork(args, t, sizeof(OutT), w)) continue;
+      for (int kk0 = w.k_begin; kk0 < w.k_end; kk0 += kBk, ++it) {
+        const int s = it % kStages, round = it / kStages;
+        if (round > 0) MbarWait(empty + 8 * s, (round - 1) & 1);
+        const uint32_t bar = full + 8 * s;
+        MbarArriveExpectTx(bar, kStageBytes);
+#pragma unroll
+        for (int i = 0; i < kBm / 64; ++i) {
+          TmaLoad2d(stage(s) + i * kBoxBytes, &map_a, w.m0 + 64 * i, kk0, bar);
+        }
+#pragma unroll
+        for (int j = 0; j < kBn / 64; ++j) {
+          TmaLoad2d(stage(s) + kStageA + j * kBoxBytes, &map_b, w.n0 + 64 * j, kk0, bar);
+        }
+      }
+    }
+    return;
+  }
+
+  SetMaxRegistersInc<kConsumerRegisters>();
+  const int consumer = warpgroup - 1, ct = threadIdx.x - 128;  // ct: thread among consumers.
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
+  int it = 0;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    Work w;
+    if (!TileWork(args, t, sizeof(OutT), w)) continue;
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+    const int first = it;
+    for (int kk0 = w.k_begin; kk0 < w.k_end; kk0 += kBk, ++it) {
+      const int s = it % kStages;
+      MbarWait(full + 8 * s, (it / kStages) & 1);
+      if (w.k_end - kk0 < kBk) {  // The group's last step: lines past its rows add nothing.
+        ZeroLinesFrom(stage(s), w.k_end - kk0, ct);
+        FenceProxyAsyncShared();
+        NamedBarrier(1, 128 * kConsumers);
+      }
+      const uint32_t as = stage(s) + consumer * kBoxBytes, bs = stage(s) + kStageA;
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kBk / 16; ++kk) {
+        WgmmaM64N256K16MnMajor(acc,
+                               MnMajorSw128Desc(as + kk * 2 * kAtomBytes, kBoxBytes, kAtomBytes),
+                               MnMajorSw128Desc(bs + kk * 2 * kAtomBytes, kBoxBytes, kAtomBytes));
+      }
+      WgmmaCommit();
+      // The previous step's products are done: release its stage. Every consumer thread arrives
+      // (one lane per warp would branch inside the pipeline, and ptxas then serializes the wgmma).
+      WgmmaWait<1>(acc);
+      if (it > first) MbarArrive(empty + 8 * ((it - 1) % kStages));
+    }
+    WgmmaWait<0>(acc);
+    if (it > first) MbarArrive(empty + 8 * ((it - 1) % kStages));  // The tile's last stage.
+
+    OutT* d = reinterpret_cast<OutT*>(w.d);
+    const int m_top = w.m0 + consumer * 64 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int m = m_top + half * 8;
+      if (m >= w.m_end) continue;
+#pragma unroll
+      for (int j = 0; j < kBn / 8; ++j) {
+        const int n = w.n0 + j * 8 + 2 * (lane % 4);
+        if (n >= args.n) continue;
+        StorePair(d + static_cast<int64_t>(m) * args.n + n, acc[4 * j + 2 * half],
+                  acc[4 * j + 2 * half + 1], args.accumulate);
+      }
+    }
+  }
+}
+
+}  // namespace hopper_tma
+
+// ---------------------------------------------------------------------------------------------
 // fp32 FMA kernel: any dtype, size and alignment. 64 x 64 output tiles, 16-deep k steps; each
 // of 256 threads computes 4 x 4 outputs 16 apart.
 
@@ -459,39 +617,112 @@ __global__ void __launch_bounds__(kThreads) FmaKernel(Args args) {
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// The driver's cuTensorMapEncodeTiled, found once through the runtime (nothing links libcuda).
+absl::StatusOr<PFN_cuTensorMapEncodeTiled_v12000> TensorMapEncoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();  // The failed query is not the next launch's error.
+      return PFN_cuTensorMapEncodeTiled_v12000{nullptr};
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  if (encode == nullptr) {
+    return absl::UnavailableError(
+        "GroupedGemm: the driver has no cuTensorMapEncodeTiled (the wgmma TMA kernel's loads)");
+  }
+  return encode;
+}
+
 // Which tensor-core kernels the current device runs: mma.sync on sm_80 or newer (cp.async, bf16
 // MMA) with enough shared memory per block (not sm_86 / sm_89's 99 KiB); wgmma on a compute
-// capability 9.0 device when this library has sm_90a code. Asked of the driver once per device:
-// every launch wants the answer.
+// capability 9.0 device when this library has sm_90a code and the driver encodes TMA maps. Asked
+// of the driver once per device: every launch wants the answer.
 struct DeviceKernels {
-  bool mma_sync = false, wgmma = false;
+  bool mma_sync = false, wgmma = false, wgmma_tma = false;
+  int multiprocessors = 1;
 };
 
 absl::StatusOr<DeviceKernels> KernelsOfDevice() {
   constexpr int kDevices = 64;
-  static std::array<std::atomic<int>, kDevices> known{};  // 0 unknown, else 1 + the bits.
+  // 0 unknown, else 1 + the kernels' bits + the multiprocessors << 2.
+  static std::array<std::atomic<int>, kDevices> known{};
   int device = 0;
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  const auto unpack = [](int v) { return DeviceKernels{((v - 1) & 1) != 0, ((v - 1) & 2) != 0}; };
+  const auto unpack = [](int v) {
+    return DeviceKernels{((v - 1) & 1) != 0, ((v - 1) & 2) != 0, ((v - 1) & 4) != 0, (v - 1) >> 3};
+  };
   if (device < kDevices && known[device].load(std::memory_order_relaxed) != 0) {
     return unpack(known[device].load(std::memory_order_relaxed));
   }
-  int major = 0, minor = 0, smem = 0;
+  int major = 0, minor = 0, smem = 0, multiprocessors = 0;
   MIMO_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   MIMO_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
   MIMO_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  MIMO_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
   DeviceKernels k;
   k.mma_sync = major >= 8 && static_cast<size_t>(smem) >= kSmemBytes;
 #ifdef MIMO_CUDA_SM90A
   k.wgmma = major == 9 && minor == 0 && static_cast<size_t>(smem) >= hopper::kSmemBytes;
+  k.wgmma_tma = major == 9 && minor == 0 && static_cast<size_t>(smem) >= hopper_tma::kSmemBytes &&
+                TensorMapEncoder().ok();
 #endif
+  k.multiprocessors = std::max(multiprocessors, 1);
   if (device < kDevices) {
-    known[device].store(1 + (k.mma_sync ? 1 : 0) + (k.wgmma ? 2 : 0), std::memory_order_relaxed);
+    known[device].store(1 + (k.mma_sync ? 1 : 0) + (k.wgmma ? 2 : 0) + (k.wgmma_tma ? 4 : 0) +
+                            (k.multiprocessors << 3),
+                        std::memory_order_relaxed);
   }
   return k;
+}
+
+// The TMA map of row-major bf16 `data` (rows, cols) read in boxes of 64 columns x 64 rows, stored
+// 128-byte swizzled (the wgmma kernels' m/n-contiguous atoms); reads past the tensor give zeros.
+absl::StatusOr<CUtensorMap> BoxMap(const void* data, int64_t rows, int64_t cols) {
+  MIMO_ASSIGN_OR_RETURN(const PFN_cuTensorMapEncodeTiled_v12000 encode, TensorMapEncoder());
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols),
+                              static_cast<cuuint64_t>(std::max<int64_t>(rows, 1))};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * sizeof(bf16)};
+  const cuuint32_t box[2] = {64, hopper_tma::kBk}, element_strides[2] = {1, 1};
+  const CUresult r =
+      encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(data), dims, strides, box,
+             element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    return absl::InternalError(absl::StrCat("GroupedGemm: cuTensorMapEncodeTiled failed (CUresult ",
+                                            static_cast<int>(r), ") for ", rows, " x ", cols));
+  }
+  return map;
+}
+
+// The persistent wgmma TMA kernel over `grid`'s tiles: one block per multiprocessor, or fewer.
+template <typename OutT>
+absl::Status LaunchWgmmaTma(const GroupedGemmParams& p, const Args& args, dim3 grid,
+                            int multiprocessors, cudaStream_t s) {
+  const int64_t tiles = int64_t{grid.x} * grid.y * grid.z;
+  if (tiles > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GroupedGemm: ", tiles, " output tiles are more than the wgmma TMA kernel counts"));
+  }
+  // Without rows a and b may be null and are never read: the maps get d's address instead.
+  MIMO_ASSIGN_OR_RETURN(const CUtensorMap map_a, BoxMap(p.rows > 0 ? p.a : p.d, p.rows, p.m));
+  MIMO_ASSIGN_OR_RETURN(const CUtensorMap map_b, BoxMap(p.rows > 0 ? p.b : p.d, p.rows, p.n));
+  const auto kernel = hopper_tma::WgmmaDepthKernel<OutT>;
+  MIMO_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(hopper_tma::kSmemBytes)));
+  const int64_t blocks = std::min<int64_t>(tiles, multiprocessors);
+  kernel<<<static_cast<unsigned>(blocks), hopper_tma::kThreads, hopper_tma::kSmemBytes, s>>>(
+      map_a, map_b, args, static_cast<int>(tiles));
+  return absl::OkStatus();
 }
 
 // The grid for tiles of bm x bn: (row slots, column tiles) or (column tiles, row tiles, groups).
@@ -556,7 +787,8 @@ absl::Status Refusal(const GroupedGemmParams& p, GroupedGemmKernel kernel,
     return absl::FailedPreconditionError(
         absl::StrCat("GroupedGemm: the ", name, " kernel ", why...));
   };
-  if (kernel == GroupedGemmKernel::kWgmma && p.mode != GroupedGemmMode::kVariableDepth) {
+  const bool hopper = kernel == GroupedGemmKernel::kWgmma || kernel == GroupedGemmKernel::kWgmmaTma;
+  if (hopper && p.mode != GroupedGemmMode::kVariableDepth) {
     return refuse("runs kVariableDepth only");
   }
   if (p.ab_dtype != DType::kBF16) return refuse("needs bf16 a and b, got ", DTypeName(p.ab_dtype));
@@ -578,10 +810,16 @@ absl::Status Refusal(const GroupedGemmParams& p, GroupedGemmKernel kernel,
         "needs a compute capability 9.0 device and sm_90a code in this build "
         "(CMAKE_CUDA_ARCHITECTURES with 90a)");
   }
+  if (kernel == GroupedGemmKernel::kWgmmaTma && !device.wgmma_tma) {
+    return refuse(
+        "needs a compute capability 9.0 device, sm_90a code in this build "
+        "(CMAKE_CUDA_ARCHITECTURES with 90a) and a driver with cuTensorMapEncodeTiled");
+  }
   return absl::OkStatus();
 }
 
-// The fastest kernel that can run `p`: wgmma (Hopper weight gradients), mma.sync, else FMA.
+// The fastest kernel that can run `p`: wgmma (Hopper weight gradients), mma.sync, else FMA. The
+// wgmma TMA kernel is not chosen until it has run and been timed on a GPU.
 GroupedGemmKernel Choose(const GroupedGemmParams& p, const DeviceKernels& device) {
   for (GroupedGemmKernel k : {GroupedGemmKernel::kWgmma, GroupedGemmKernel::kMmaSync}) {
     if (Refusal(p, k, device).ok()) return k;
@@ -594,7 +832,8 @@ bool Empty(const GroupedGemmParams& p) {
 }
 
 // Enqueues checked, non-empty `p` on `kernel`, which can run it.
-absl::Status Run(const GroupedGemmParams& p, GroupedGemmKernel kernel, cudaStream_t s) {
+absl::Status Run(const GroupedGemmParams& p, GroupedGemmKernel kernel, const DeviceKernels& device,
+                 cudaStream_t s) {
   const Args args{.a = p.a,
                   .b = p.b,
                   .d = p.d,
@@ -614,6 +853,13 @@ absl::Status Run(const GroupedGemmParams& p, GroupedGemmKernel kernel, cudaStrea
                                          args, grid, hopper::kThreads, hopper::kSmemBytes, s)
                                    : Launch<hopper::WgmmaDepthKernel<bf16>>(
                                          args, grid, hopper::kThreads, hopper::kSmemBytes, s));
+      break;
+    }
+    case GroupedGemmKernel::kWgmmaTma: {
+      MIMO_ASSIGN_OR_RETURN(dim3 grid, Grid(p, hopper_tma::kBm, hopper_tma::kBn));
+      const int sms = device.multiprocessors;
+      MIMO_RETURN_IF_ERROR(f32_out ? LaunchWgmmaTma<float>(p, args, grid, sms, s)
+                                   : LaunchWgmmaTma<bf16>(p, args, grid, sms, s));
       break;
     }
     case GroupedGemmKernel::kMmaSync: {
@@ -648,6 +894,8 @@ absl::string_view GroupedGemmKernelName(GroupedGemmKernel kernel) {
       return "mma.sync";
     case GroupedGemmKernel::kWgmma:
       return "wgmma";
+    case GroupedGemmKernel::kWgmmaTma:
+      return "wgmma_tma";
   }
   return "unknown";
 }
@@ -664,14 +912,14 @@ absl::Status LaunchGroupedGemmWith(const GroupedGemmParams& p, GroupedGemmKernel
   MIMO_ASSIGN_OR_RETURN(const DeviceKernels device, KernelsOfDevice());
   MIMO_RETURN_IF_ERROR(Refusal(p, kernel, device));
   if (Empty(p)) return absl::OkStatus();
-  return Run(p, kernel, static_cast<cudaStream_t>(stream));
+  return Run(p, kernel, device, static_cast<cudaStream_t>(stream));
 }
 
 absl::Status LaunchGroupedGemm(const GroupedGemmParams& p, StreamHandle stream) {
   MIMO_RETURN_IF_ERROR(CheckGroupedGemm(p));
   if (Empty(p)) return absl::OkStatus();
   MIMO_ASSIGN_OR_RETURN(const DeviceKernels device, KernelsOfDevice());
-  return Run(p, Choose(p, device), static_cast<cudaStream_t>(stream));
+  return Run(p, Choose(p, device), device, static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace mimo::kernels

@@ -64,11 +64,15 @@ enum class GroupedGemmKernel {
   kWgmma,    // bf16 kVariableDepth through Hopper's wgmma, 128 x 256 tiles: compute capability
              // 9.0 and sm_90a code in the build (CMAKE_CUDA_ARCHITECTURES with 90a); about 1.3-1.5x
              // mma.sync on an H100's weight gradients (bench/RESULTS.md).
+  kWgmmaTma,  // The same products as kWgmma, persistent, its operands loaded by TMA from a
+              // producer warpgroup; also needs a driver with cuTensorMapEncodeTiled. Not chosen
+              // (ChooseGroupedGemmKernel) until it has run and been timed on a GPU.
 };
 // The tensor-core kernels also need bf16 a and b whose inner sizes (k and n for kVariableRows, m
 // and n for kVariableDepth) are multiples of 8 and 16-byte aligned a, b and d.
 
-absl::string_view GroupedGemmKernelName(GroupedGemmKernel kernel);  // "FMA", "mma.sync", "wgmma".
+// "FMA", "mma.sync", "wgmma", "wgmma_tma".
+absl::string_view GroupedGemmKernelName(GroupedGemmKernel kernel);
 
 // The kernel LaunchGroupedGemm runs `p` on for the current device: wgmma where it can, else
 // mma.sync where it can, else FMA. InvalidArgument as CheckGroupedGemm; a CUDA error when the

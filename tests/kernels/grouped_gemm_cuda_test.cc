@@ -1,10 +1,11 @@
-// The grouped GEMM's CUDA kernels (each of FMA, mma.sync and, on Hopper, wgmma that can run a
-// case) against float64 on fresh random inputs for both modes and every dtype pair (relative
-// error: f32 outputs < 3e-6, bf16 outputs < 1e-2; rows outside every group untouched), a
-// Mixtral-sized case, the kernel each device is given, and offsets that break the contract
-// staying inside the buffers. Skips without a GPU.
+// The grouped GEMM's CUDA kernels (each of FMA, mma.sync and, on Hopper, both wgmma kernels that
+// can run a case) against float64 on fresh random inputs for both modes and every dtype pair
+// (relative error: f32 outputs < 3e-6, bf16 outputs < 1e-2; rows outside every group untouched,
+// or, for weight gradients, NaN and never read), a Mixtral-sized case, the kernel each device is
+// given, and offsets that break the contract staying inside the buffers. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <optional>
 #include <random>
 #include <vector>
@@ -20,9 +21,23 @@ namespace {
 
 using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
+// Every kernel, each tried on every case (a kernel the device or build cannot run refuses).
+constexpr GroupedGemmKernel kKernels[] = {GroupedGemmKernel::kFma, GroupedGemmKernel::kMmaSync,
+                                          GroupedGemmKernel::kWgmma, GroupedGemmKernel::kWgmmaTma};
+
 struct DTypes {
   DType ab, d;
 };
+
+// Sets the bytes of the rows before the first group and after the last (of `cols` elements) to
+// all ones: NaN in f32 and bf16. A kernel that lets them into a weight gradient, even times zero,
+// fails the case.
+void PoisonRowsOutsideGroups(const GroupedGemmCase& c, int64_t cols, HostData& data) {
+  const size_t row_bytes = static_cast<size_t>(cols) * DTypeSize(data.dtype);
+  const int64_t end = OffsetsOf(c).back();
+  std::fill_n(data.bytes.begin(), c.first * row_bytes, '\xff');
+  std::fill(data.bytes.begin() + end * row_bytes, data.bytes.end(), '\xff');
+}
 
 class GroupedGemmCudaTest : public ::testing::TestWithParam<DTypes> {
  protected:
@@ -39,6 +54,10 @@ class GroupedGemmCudaTest : public ::testing::TestWithParam<DTypes> {
     const GroupedGemmSizes size = SizesOf(c);
     HostData a = RandomData(ab, size.a, random, -1, 1);
     HostData b = RandomData(ab, size.b, random, -1, 1);
+    if (c.mode == GroupedGemmMode::kVariableDepth) {  // Rows in no group hold NaN: never read.
+      PoisonRowsOutsideGroups(c, c.m, a);
+      PoisonRowsOutsideGroups(c, c.n, b);
+    }
     HostData d = c.accumulate ? RandomData(dt, size.d, random, -1, 1) : PoisonedData(dt, size.d);
     const std::vector<double> want = GroupedGemmFloat64(c, a.exact, b.exact, ValuesOf(dt, d.bytes));
     const std::vector<int32_t> offsets = OffsetsOf(c);
@@ -64,8 +83,7 @@ class GroupedGemmCudaTest : public ::testing::TestWithParam<DTypes> {
     const unsigned seed = std::random_device{}();
     std::mt19937 random(seed);
     for (const GroupedGemmCase& c : cases) {
-      for (GroupedGemmKernel kernel :
-           {GroupedGemmKernel::kFma, GroupedGemmKernel::kMmaSync, GroupedGemmKernel::kWgmma}) {
+      for (GroupedGemmKernel kernel : kKernels) {
         SCOPED_TRACE(::testing::Message()
                      << c.name << " on " << GroupedGemmKernelName(kernel) << " seed " << seed);
         const std::optional<double> err = Run(c, kernel, random);
@@ -105,7 +123,7 @@ INSTANTIATE_TEST_SUITE_P(DTypes, GroupedGemmCudaTest,
 // The kernel each product is given: wgmma for weight gradients where it runs (a compute
 // capability 9.0 device and sm_90a code, the default build's), else mma.sync where the device runs
 // it, FMA for sizes that are not multiples of 8 (which mma.sync and wgmma refuse); on Hopper the
-// wgmma kernel must accept and run a weight gradient, so the cases above test it there.
+// wgmma kernels must accept and run a weight gradient, so the cases above test them there.
 TEST(GroupedGemmCudaKernelTest, EachProductGetsAKernelThatRunsIt) {
   const CudaDevices devices = ListCudaDevices();
   if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
@@ -141,14 +159,16 @@ TEST(GroupedGemmCudaKernelTest, EachProductGetsAKernelThatRunsIt) {
     const absl::StatusOr<GroupedGemmKernel> odd_chosen = ChooseGroupedGemmKernel(odd);
     ASSERT_TRUE(odd_chosen.ok()) << odd_chosen.status();
     EXPECT_EQ(*odd_chosen, GroupedGemmKernel::kFma);
-    for (GroupedGemmKernel k : {GroupedGemmKernel::kMmaSync, GroupedGemmKernel::kWgmma}) {
+    for (GroupedGemmKernel k :
+         {GroupedGemmKernel::kMmaSync, GroupedGemmKernel::kWgmma, GroupedGemmKernel::kWgmmaTma}) {
       EXPECT_EQ(LaunchGroupedGemmWith(odd, k, nullptr).code(),
                 absl::StatusCode::kFailedPrecondition);
     }
   }
-  EXPECT_EQ(LaunchGroupedGemmWith(params(M::kVariableRows, 64), GroupedGemmKernel::kWgmma, nullptr)
-                .code(),
-            absl::StatusCode::kFailedPrecondition);
+  for (GroupedGemmKernel k : {GroupedGemmKernel::kWgmma, GroupedGemmKernel::kWgmmaTma}) {
+    EXPECT_EQ(LaunchGroupedGemmWith(params(M::kVariableRows, 64), k, nullptr).code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   int major = 0, minor = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
@@ -156,11 +176,12 @@ TEST(GroupedGemmCudaKernelTest, EachProductGetsAKernelThatRunsIt) {
   if (major != 9 || minor != 0) {
     GTEST_SKIP() << "the wgmma kernel needs a compute capability 9.0 device";
   }
-  const absl::Status wgmma =
-      LaunchGroupedGemmWith(params(M::kVariableDepth, 64), GroupedGemmKernel::kWgmma, nullptr);
-  if (absl::IsFailedPrecondition(wgmma)) GTEST_SKIP() << wgmma.message();
-  EXPECT_TRUE(wgmma.ok()) << wgmma;
-  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (GroupedGemmKernel k : {GroupedGemmKernel::kWgmma, GroupedGemmKernel::kWgmmaTma}) {
+    const absl::Status wgmma = LaunchGroupedGemmWith(params(M::kVariableDepth, 64), k, nullptr);
+    if (absl::IsFailedPrecondition(wgmma)) GTEST_SKIP() << wgmma.message();
+    EXPECT_TRUE(wgmma.ok()) << wgmma;
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  }
 }
 
 // Offsets past rows or decreasing are clamped on the device: the kernels read and write inside
@@ -197,8 +218,7 @@ TEST(GroupedGemmCudaContractTest, BadOffsetsStayInBounds) {
                         .n = k};
   const absl::StatusOr<GroupedGemmKernel> chosen = ChooseGroupedGemmKernel(p);
   ASSERT_TRUE(chosen.ok()) << chosen.status();
-  for (GroupedGemmKernel kernel :
-       {GroupedGemmKernel::kFma, GroupedGemmKernel::kMmaSync, GroupedGemmKernel::kWgmma}) {
+  for (GroupedGemmKernel kernel : kKernels) {
     const absl::Status s = LaunchGroupedGemmWith(p, kernel, nullptr);
     const bool must_run = kernel == GroupedGemmKernel::kFma || kernel == *chosen;
     EXPECT_TRUE(s.ok() || (!must_run && absl::IsFailedPrecondition(s)))

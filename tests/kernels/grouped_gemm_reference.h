@@ -116,6 +116,7 @@ inline std::vector<GroupedGemmCase> GroupedGemmCases() {
       {"WeightGradientAccumulate", M::kVariableDepth, {64, 0, 33}, 2, 0, 40, 264, 0, false, true},
       {"WeightGradientOdd", M::kVariableDepth, {5, 2, 0}, 0, 1, 9, 11, 0, false, false},
       {"NoRows", M::kVariableRows, {0, 0}, 0, 3, 0, 16, 16, true, false},
+      {"WeightGradientNoRows", M::kVariableDepth, {0, 0}, 0, 0, 16, 24, 0, false, false},
       {"SeventyGroups", M::kVariableRows, SeventyCounts(), 0, 7, 0, 16, 24, true, false},
       {"SeventyGroupsWeightGradient", M::kVariableDepth, SeventyCounts(), 0, 7, 16, 24, 0, false,
        false},
