@@ -2,15 +2,15 @@
 // one block per possible (row tile, column tile), ceil(rows / BM) + groups row tiles being enough
 // for any offsets, and each block walks the offsets (one warp, 32 groups per step) to the group
 // and row tile it covers, or exits; kVariableDepth launches (column tile, row tile, group) and
-// reduces over its group's rows (the Hopper kernel: a persistent grid striding over the same
-// tiles). So the grid depends on sizes only, never on the offsets.
+// reduces over its group's rows (the second Hopper kernel: a persistent grid striding over the
+// same tiles). So the grid depends on sizes only, never on the offsets.
 //
 // The mma.sync bf16 kernel: 128 x 256 output tiles, 64-deep k steps through a 3-stage cp.async
 // pipeline, 8 warps of 64 x 64 each, ldmatrix feeding m16n8k16 MMAs with fp32 accumulators.
 // Operands may be stored with k contiguous (a's rows, b as (n, k)) or with m / n contiguous (a^T
 // for weight gradients, b as (k, n)); both are copied to shared memory as stored, rows padded by 16
 // bytes so ldmatrix's eight rows hit distinct banks, and the latter read with ldmatrix's transpose.
-// For Hopper, kVariableDepth also has a wgmma kernel (below), chosen where it can run.
+// For Hopper, kVariableDepth also has two wgmma kernels (below); the first is chosen where it runs.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -639,8 +639,8 @@ absl::StatusOr<PFN_cuTensorMapEncodeTiled_v12000> TensorMapEncoder() {
 
 // Which tensor-core kernels the current device runs: mma.sync on sm_80 or newer (cp.async, bf16
 // MMA) with enough shared memory per block (not sm_86 / sm_89's 99 KiB); wgmma on a compute
-// capability 9.0 device when this library has sm_90a code and the driver encodes TMA maps. Asked
-// of the driver once per device: every launch wants the answer.
+// capability 9.0 device when this library has sm_90a code, wgmma_tma where the driver also
+// encodes TMA maps. Asked of the driver once per device: every launch wants the answer.
 struct DeviceKernels {
   bool mma_sync = false, wgmma = false, wgmma_tma = false;
   int multiprocessors = 1;
@@ -648,7 +648,7 @@ struct DeviceKernels {
 
 absl::StatusOr<DeviceKernels> KernelsOfDevice() {
   constexpr int kDevices = 64;
-  // 0 unknown, else 1 + the kernels' bits + the multiprocessors << 2.
+  // 0 unknown, else 1 + the kernels' bits + the multiprocessors << 3.
   static std::array<std::atomic<int>, kDevices> known{};
   int device = 0;
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
