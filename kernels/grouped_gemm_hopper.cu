@@ -1,0 +1,352 @@
+// The grouped GEMM's two Hopper kernels for kVariableDepth (weight gradients), both on wgmma
+// m64n256k16 over 128 x 256 output tiles with operands in 128-byte-swizzled shared memory: the
+// first loads through cp.async from all its threads, the second is persistent with a TMA producer
+// warpgroup. The TMA maps are encoded through the driver's entry point (nothing links libcuda).
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cuda_mma.cuh"
+#include "kernels/cuda_status.h"
+#include "kernels/cuda_tma.cuh"
+#include "kernels/cuda_wgmma.cuh"
+#include "kernels/grouped_gemm_hopper.cuh"
+
+namespace mimo::kernels::grouped_gemm_internal {
+namespace {
+
+// Stores a warpgroup's 64 x 256 accumulators (the fragment layout of WgmmaM64N256K16MnMajor) at
+// rows [m0, m0 + 64) of its block's tile `w`, written or added; rows and columns past the output
+// are skipped.
+template <typename OutT>
+__device__ __forceinline__ void StoreWarpgroupTile(const float (&acc)[128], const Work& w,
+                                                   const Args& args, int m0) {
+  OutT* d = reinterpret_cast<OutT*>(w.d);
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
+  const int m_top = m0 + warp * 16 + lane / 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int m = m_top + half * 8;
+    if (m >= w.m_end) continue;
+#pragma unroll
+    for (int j = 0; j < kWgmmaBn / 8; ++j) {
+      const int n = w.n0 + j * 8 + 2 * (lane % 4);
+      if (n >= args.n) continue;
+      StorePair(d + static_cast<int64_t>(m) * args.n + n, acc[4 * j + 2 * half],
+                acc[4 * j + 2 * half + 1], args.accumulate);
+    }
+  }
+}
+
+// Hopper bf16 kernel for kVariableDepth (weight gradients): the same 128 x 256 output tiles as
+// the mma.sync kernel, computed by two warpgroups of 64 x 256 each through wgmma m64n256k16 from
+// shared memory; 64-deep k steps through a 4-stage cp.async pipeline (two steps load ahead while
+// one product runs). Both operands stay m/n-contiguous as stored, in 128-byte-swizzled atoms of
+// 64 (m or n) x 8 (k): a stage holds a's 2 x 8 atoms and b's 4 x 8, ordered (m/n atom, k atom).
+
+namespace hopper {
+
+constexpr int kBm = kWgmmaBm, kBn = kWgmmaBn, kBk = 64, kStages = 4, kThreads = 256;
+constexpr int kAtomBytes = 1024, kAtomsK = kBk / 8;
+constexpr int kMnAtomStride = kAtomsK * kAtomBytes;  // Bytes between atoms along m/n.
+constexpr int kStageA = kBm / 64 * kMnAtomStride, kStageB = kBn / 64 * kMnAtomStride;
+constexpr size_t kSmemBytes = size_t{kStages} * (kStageA + kStageB) + kAtomBytes;  // + alignment.
+
+// Copies rows [kk0, kk0 + kBk) (valid below k_end) and columns [x0, x0 + kCols) (valid below
+// x_end, a multiple of 8) of row-major `src` (ld columns) into the atoms at `dst`; invalid chunks
+// are zero-filled.
+template <int kCols>
+__device__ __forceinline__ void LoadMnMajor(uint32_t dst, const bf16* src, int ld, int x0,
+                                            int x_end, int kk0, int k_end) {
+  constexpr int kChunksPerRow = kCols / 8;
+  constexpr int kChunks = kChunksPerRow * kBk;
+  static_assert(kChunks % kThreads == 0);
+#pragma unroll
+  for (int it = 0; it < kChunks / kThreads; ++it) {
+    const int c = it * kThreads + static_cast<int>(threadIdx.x);
+    const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;
+    const int kk = kk0 + row, x = x0 + chunk * 8;
+    const bool ok = kk < k_end && x < x_end;
+    const uint32_t offset =
+        (chunk / 8) * kMnAtomStride + (row / 8) * kAtomBytes + Swizzle128(row % 8, chunk % 8);
+    CpAsync16(dst + offset, ok ? src + static_cast<int64_t>(kk) * ld + x : src, ok);
+  }
+}
+
+template <typename OutT>
+__global__ void __launch_bounds__(kThreads, 1) WgmmaDepthKernel(Args args) {
+  Work w;
+  if (!DepthWork(args, kBm, kBn, sizeof(OutT), blockIdx.x, blockIdx.y, blockIdx.z, w)) return;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t base = (SmemAddr(smem_raw) + kAtomBytes - 1) & ~uint32_t{kAtomBytes - 1};
+  const bf16* a = reinterpret_cast<const bf16*>(w.a);
+  const bf16* b = reinterpret_cast<const bf16*>(w.b);
+  const int warpgroup = threadIdx.x / 128;
+  const int steps = (w.k_end - w.k_begin + kBk - 1) / kBk;
+  auto stage_a = [&](int s) { return base + s * (kStageA + kStageB); };
+  auto stage_b = [&](int s) { return base + s * (kStageA + kStageB) + kStageA; };
+  auto load = [&](int step) {
+    const int s = step % kStages, kk0 = w.k_begin + step * kBk;
+    LoadMnMajor<kBm>(stage_a(s), a, w.lda, w.m0, w.m_end, kk0, w.k_end);
+    LoadMnMajor<kBn>(stage_b(s), b, w.ldb, w.n0, args.n, kk0, w.k_end);
+  };
+
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kStages - 2; ++s) {
+    if (s < steps) load(s);
+    CpAsyncCommit();
+  }
+  for (int step = 0; step < steps; ++step) {
+    // Step `step` has landed; after the barrier every warpgroup's product of step - 2 is done
+    // (each waited for all but its last), so its stage can be refilled.
+    CpAsyncWait<kStages - 3>();
+    FenceProxyAsyncShared();
+    __syncthreads();
+    if (step + kStages - 2 < steps) load(step + kStages - 2);
+    CpAsyncCommit();
+    const uint32_t as = stage_a(step % kStages) + warpgroup * kMnAtomStride;
+    const uint32_t bs = stage_b(step % kStages);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kBk / 16; ++kk) {
+      WgmmaM64N256K16MnMajor(acc,
+                             MnMajorSw128Desc(as + kk * 2 * kAtomBytes, kMnAtomStride, kAtomBytes),
+                             MnMajorSw128Desc(bs + kk * 2 * kAtomBytes, kMnAtomStride, kAtomBytes));
+    }
+    WgmmaCommit();
+    WgmmaWait<1>(acc);
+  }
+  WgmmaWait<0>(acc);
+  CpAsyncWait<0>();
+
+  StoreWarpgroupTile<OutT>(acc, w, args, w.m0 + warpgroup * 64);
+}
+
+}  // namespace hopper
+
+// ---------------------------------------------------------------------------------------------
+// The second Hopper kernel for kVariableDepth (kWgmmaTma): the same tiles and products as the
+// first, persistent, with a producer warpgroup. Its one thread loads 64-deep k steps of both
+// operands with TMA into a 4-stage ring of shared memory, each stage's full / empty barriers
+// (mbarrier) handing it between producer and consumers; two consumer warpgroups compute 64 x 256
+// each through wgmma m64n256k16, keeping one step's products in flight, and release a stage once
+// its products are done. The operands' layout is the first kernel's: a TMA box of 64 (m or n) x
+// 64 (k) in the 128-byte swizzle is 8 of its atoms along k, a stage a's 2 boxes and b's 4. A step
+// starts at any row; the rows of a group's last step past its end (the next group's, or past the
+// tensor, which TMA zero-fills) are zeroed in shared memory before the products.
+
+namespace hopper_tma {
+
+using hopper::kAtomBytes, hopper::kBk, hopper::kBm, hopper::kBn, hopper::kStageA, hopper::kStageB,
+    hopper::kStages;
+constexpr int kConsumers = 2, kThreads = 128 * (1 + kConsumers);
+constexpr int kLineBytes = 128;
+constexpr int kBoxBytes = hopper::kMnAtomStride;  // One TMA box: 64 (m/n) x 64 (k), 8 atoms.
+constexpr int kStageBytes = kStageA + kStageB;
+// The ring, its 2 x kStages barriers, and room to align the ring to 1024 bytes.
+constexpr size_t kSmemBytes = size_t{kStages} * kStageBytes + 2 * kStages * 8 + kAtomBytes;
+// Registers per thread after the producer gives its own up (SetMaxRegisters*): 40 x 128 +
+// 232 x 256 fit the multiprocessor's 65536.
+constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+
+// Zeroes lines [valid, kBk) (k rows) of every box of a stage: 6 boxes x 8 atoms, each line 128
+// bytes in its atom. Called by the 256 consumer threads.
+__device__ __forceinline__ void ZeroLinesFrom(uint32_t stage, int valid, int thread) {
+  const int lines = kBk - valid;
+  constexpr int kChunksPerLine = kLineBytes / 16, kBoxes = kStageBytes / kBoxBytes;
+  for (int c = thread; c < lines * kChunksPerLine * kBoxes; c += 128 * kConsumers) {
+    const int box = c / (lines * kChunksPerLine), rest = c % (lines * kChunksPerLine);
+    const int line = valid + rest / kChunksPerLine, chunk = rest % kChunksPerLine;
+    const uint32_t at =
+        stage + box * kBoxBytes + (line / 8) * kAtomBytes + (line % 8) * kLineBytes + chunk * 16;
+    asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(at), "r"(0) : "memory");
+  }
+}
+
+// Output tile `t` of the (column tile, row tile, group) order, column tiles fastest.
+__device__ __forceinline__ bool TileWork(const Args& args, int t, size_t d_size, Work& w) {
+  const int cols = (args.n + kBn - 1) / kBn, rows = (args.m + kBm - 1) / kBm;
+  return DepthWork(args, kBm, kBn, d_size, t % cols, (t / cols) % rows, t / (cols * rows), w);
+}
+
+// Persistent: block b computes tiles b, b + gridDim.x, ...; the producer runs into the next tile
+// while the consumers store the last one. `it` counts k steps over all of a block's tiles (stage
+// it % kStages, in its (it / kStages)-th round).
+template <typename OutT>
+__global__ void __launch_bounds__(kThreads, 1)
+    WgmmaDepthKernel(const __grid_constant__ CUtensorMap map_a,
+                     const __grid_constant__ CUtensorMap map_b, Args args, int tiles) {
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t base = (SmemAddr(smem_raw) + kAtomBytes - 1) & ~uint32_t{kAtomBytes - 1};
+  const uint32_t full = base + kStages * kStageBytes, empty = full + kStages * 8;
+  auto stage = [&](int s) { return base + s * kStageBytes; };
+  const int warpgroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      MbarInit(full + 8 * s, 1);                  // The producer's arrival (+ its bytes).
+      MbarInit(empty + 8 * s, 128 * kConsumers);  // Every consumer thread's.
+    }
+    FenceMbarInit();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {  // Producer.
+    SetMaxRegistersDec<kProducerRegisters>();
+    if (threadIdx.x != 0) return;
+    int it = 0;
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      Work w;
+      if (!TileWork(args, t, sizeof(OutT), w)) continue;
+      for (int kk0 = w.k_begin; kk0 < w.k_end; kk0 += kBk, ++it) {
+        const int s = it % kStages, round = it / kStages;
+        if (round > 0) MbarWait(empty + 8 * s, (round - 1) & 1);
+        const uint32_t bar = full + 8 * s;
+        MbarArriveExpectTx(bar, kStageBytes);
+#pragma unroll
+        for (int i = 0; i < kBm / 64; ++i) {
+          TmaLoad2d(stage(s) + i * kBoxBytes, &map_a, w.m0 + 64 * i, kk0, bar);
+        }
+#pragma unroll
+        for (int j = 0; j < kBn / 64; ++j) {
+          TmaLoad2d(stage(s) + kStageA + j * kBoxBytes, &map_b, w.n0 + 64 * j, kk0, bar);
+        }
+      }
+    }
+    return;
+  }
+
+  SetMaxRegistersInc<kConsumerRegisters>();
+  const int consumer = warpgroup - 1, ct = threadIdx.x - 128;  // ct: thread among consumers.
+  int it = 0;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    Work w;
+    if (!TileWork(args, t, sizeof(OutT), w)) continue;
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+    const int first = it;
+    for (int kk0 = w.k_begin; kk0 < w.k_end; kk0 += kBk, ++it) {
+      const int s = it % kStages;
+      MbarWait(full + 8 * s, (it / kStages) & 1);
+      if (w.k_end - kk0 < kBk) {  // The group's last step: lines past its rows add nothing.
+        ZeroLinesFrom(stage(s), w.k_end - kk0, ct);
+        FenceProxyAsyncShared();
+        NamedBarrier(1, 128 * kConsumers);
+      }
+      const uint32_t as = stage(s) + consumer * kBoxBytes, bs = stage(s) + kStageA;
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kBk / 16; ++kk) {
+        WgmmaM64N256K16MnMajor(acc,
+                               MnMajorSw128Desc(as + kk * 2 * kAtomBytes, kBoxBytes, kAtomBytes),
+                               MnMajorSw128Desc(bs + kk * 2 * kAtomBytes, kBoxBytes, kAtomBytes));
+      }
+      WgmmaCommit();
+      // The previous step's products are done: release its stage. Every consumer thread arrives
+      // (one lane per warp would branch inside the pipeline, and ptxas then serializes the wgmma).
+      WgmmaWait<1>(acc);
+      if (it > first) MbarArrive(empty + 8 * ((it - 1) % kStages));
+    }
+    WgmmaWait<0>(acc);
+    if (it > first) MbarArrive(empty + 8 * ((it - 1) % kStages));  // The tile's last stage.
+
+    StoreWarpgroupTile<OutT>(acc, w, args, w.m0 + consumer * 64);
+  }
+}
+
+}  // namespace hopper_tma
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+// The driver's cuTensorMapEncodeTiled, found once through the runtime (nothing links libcuda).
+absl::StatusOr<PFN_cuTensorMapEncodeTiled_v12000> TensorMapEncoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();  // The failed query is not the next launch's error.
+      return PFN_cuTensorMapEncodeTiled_v12000{nullptr};
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  if (encode == nullptr) {
+    return absl::UnavailableError(
+        "GroupedGemm: the driver has no cuTensorMapEncodeTiled (the wgmma TMA kernel's loads)");
+  }
+  return encode;
+}
+
+// The TMA map of row-major bf16 `data` (rows, cols) read in boxes of 64 columns x 64 rows, stored
+// 128-byte swizzled (the wgmma kernels' m/n-contiguous atoms); reads past the tensor give zeros.
+absl::StatusOr<CUtensorMap> BoxMap(const void* data, int64_t rows, int64_t cols) {
+  MIMO_ASSIGN_OR_RETURN(const PFN_cuTensorMapEncodeTiled_v12000 encode, TensorMapEncoder());
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols),
+                              static_cast<cuuint64_t>(std::max<int64_t>(rows, 1))};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * sizeof(bf16)};
+  const cuuint32_t box[2] = {64, hopper_tma::kBk}, element_strides[2] = {1, 1};
+  const CUresult r =
+      encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(data), dims, strides, box,
+             element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    return absl::InternalError(absl::StrCat("GroupedGemm: cuTensorMapEncodeTiled failed (CUresult ",
+                                            static_cast<int>(r), ") for ", rows, " x ", cols));
+  }
+  return map;
+}
+
+// The persistent TMA kernel over the tiles of `grid`: one block per multiprocessor, or fewer.
+template <typename OutT>
+absl::Status LaunchTma(const Args& args, dim3 grid, int multiprocessors, cudaStream_t s) {
+  const int64_t tiles = int64_t{grid.x} * grid.y * grid.z;
+  if (tiles > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GroupedGemm: ", tiles, " output tiles are more than the wgmma TMA kernel counts"));
+  }
+  // Without rows a and b may be null and are never read: the maps get d's address instead.
+  MIMO_ASSIGN_OR_RETURN(const CUtensorMap map_a,
+                        BoxMap(args.rows > 0 ? args.a : args.d, args.rows, args.m));
+  MIMO_ASSIGN_OR_RETURN(const CUtensorMap map_b,
+                        BoxMap(args.rows > 0 ? args.b : args.d, args.rows, args.n));
+  const auto kernel = hopper_tma::WgmmaDepthKernel<OutT>;
+  MIMO_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(hopper_tma::kSmemBytes)));
+  const int64_t blocks = std::min<int64_t>(tiles, multiprocessors);
+  kernel<<<static_cast<unsigned>(blocks), hopper_tma::kThreads, hopper_tma::kSmemBytes, s>>>(
+      map_a, map_b, args, static_cast<int>(tiles));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+size_t WgmmaSmemBytes() { return hopper::kSmemBytes; }
+size_t WgmmaTmaSmemBytes() { return hopper_tma::kSmemBytes; }
+bool TensorMapsEncodable() { return TensorMapEncoder().ok(); }
+
+absl::Status LaunchWgmma(const Args& args, bool f32_out, dim3 grid, cudaStream_t s) {
+  return f32_out ? Launch<hopper::WgmmaDepthKernel<float>>(args, grid, hopper::kThreads,
+                                                           hopper::kSmemBytes, s)
+                 : Launch<hopper::WgmmaDepthKernel<bf16>>(args, grid, hopper::kThreads,
+                                                          hopper::kSmemBytes, s);
+}
+
+absl::Status LaunchWgmmaTma(const Args& args, bool f32_out, dim3 grid, int multiprocessors,
+                            cudaStream_t s) {
+  return f32_out ? LaunchTma<float>(args, grid, multiprocessors, s)
+                 : LaunchTma<bf16>(args, grid, multiprocessors, s);
+}
+
+}  // namespace mimo::kernels::grouped_gemm_internal
