@@ -1,6 +1,7 @@
 // Validates a JobSpec (every field, layout through the planner).
 #include "coordinator/spec_validation.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -108,6 +109,13 @@ class SpecChecker {
       if (value >= 0) return;
     }
     Add(path, absl::StrCat("must be >= 0, got ", value));
+  }
+
+  // Adds a violation at `path` unless `value`, which workers read as a float, is 0 or in
+  // (0, max] and stays positive as a float.
+  void FloatUpTo(const std::string& path, double value, double max) {
+    if (value == 0 || (value > 0 && value <= max && static_cast<float>(value) > 0)) return;
+    Add(path, absl::StrCat("must be 0 or in (0, ", max, "] (positive as a float), got ", value));
   }
 
   // Adds a violation at `path` when an enum is unset or holds a number it does not define.
@@ -277,6 +285,47 @@ class SpecChecker {
     CheckProjector(a.projector(), absl::StrCat(path, ".projector"));
   }
 
+  // The router's settings (kernels::CheckRouterConfig's limits, which workers check again).
+  void CheckRouter(const v1::MoE& moe, const std::string& path) {
+    constexpr int kMaxExperts = 1024, kMaxTopK = 32, kMaxGroups = 64;
+    const int e = moe.num_experts(), k = moe.top_k();
+    if (e > kMaxExperts) {
+      Add(absl::StrCat(path, ".num_experts"),
+          absl::StrCat("must be at most ", kMaxExperts, ", got ", e));
+    }
+    if (k < 1 || k > std::min(e, kMaxTopK)) {
+      Add(absl::StrCat(path, ".top_k"), absl::StrCat("top_k must be in [1, min(num_experts = ", e,
+                                                     ", ", kMaxTopK, ")], got ", k));
+    }
+    EnumSet(absl::StrCat(path, ".router_score"), moe.router_score(),
+            v1::MoE::RouterScore_descriptor());
+    FloatUpTo(absl::StrCat(path, ".top_k_scaling_factor"), moe.top_k_scaling_factor(), 1e6);
+    FloatUpTo(absl::StrCat(path, ".expert_bias_update_rate"), moe.expert_bias_update_rate(), 1.0);
+    if (v1::MoE::DropPolicy_descriptor()->FindValueByNumber(moe.drop_policy()) == nullptr) {
+      Add(absl::StrCat(path, ".drop_policy"),
+          absl::StrCat("unknown DropPolicy value ", moe.drop_policy()));
+    }
+    const int groups = moe.num_groups(), group_k = moe.group_top_k();
+    if (groups == 0) {
+      if (group_k != 0) {
+        Add(absl::StrCat(path, ".group_top_k"),
+            absl::StrCat("group_top_k ", group_k, " without num_groups"));
+      }
+      return;
+    }
+    if (groups < 2 || groups > kMaxGroups || e % groups != 0) {
+      Add(absl::StrCat(path, ".num_groups"),
+          absl::StrCat("num_groups must be in [2, ", kMaxGroups, "] and divide num_experts ", e,
+                       ", got ", groups));
+    } else if (group_k < 1 || group_k > groups || k < 1 || k % group_k != 0 ||
+               k > group_k * (e / groups)) {
+      Add(absl::StrCat(path, ".group_top_k"),
+          absl::StrCat("group_top_k must be in [1, num_groups = ", groups, "], divide top_k ", k,
+                       " and leave at least top_k experts in the chosen groups (group_top_k x ",
+                       e / groups, "), got ", group_k));
+    }
+  }
+
   void CheckLanguage(const v1::Module& m, const std::string& module, int tp) {
     const v1::LanguageModel& l = m.language();
     const std::string path = absl::StrCat(module, ".language");
@@ -294,7 +343,10 @@ class SpecChecker {
     NonNegative(absl::StrCat(moe_path, ".num_experts"), moe.num_experts());
     NonNegative(absl::StrCat(moe_path, ".aux_loss_coeff"), moe.aux_loss_coeff());
     NonNegative(absl::StrCat(moe_path, ".z_loss_coeff"), moe.z_loss_coeff());
-    NonNegative(absl::StrCat(moe_path, ".capacity_factor"), moe.capacity_factor());
+    if (!(moe.capacity_factor() >= 0 && moe.capacity_factor() <= 1e6)) {
+      Add(absl::StrCat(moe_path, ".capacity_factor"),
+          absl::StrCat("must be in [0, 1e6] (0: dropless), got ", moe.capacity_factor()));
+    }
     NonNegative(absl::StrCat(moe_path, ".num_shared_experts"), moe.num_shared_experts());
     NonNegative(absl::StrCat(moe_path, ".ffn_hidden_size"), moe.ffn_hidden_size());
     NonNegative(absl::StrCat(moe_path, ".moe_layer_freq"), moe.moe_layer_freq());
@@ -306,13 +358,14 @@ class SpecChecker {
                   moe.shared_expert_ffn_hidden_size());
     }
     if (moe.num_experts() > 0) {
-      if (moe.top_k() < 1 || moe.top_k() > moe.num_experts()) {
-        Add(absl::StrCat(moe_path, ".top_k"),
-            absl::StrCat("top_k must be in [1, num_experts = ", moe.num_experts(), "], got ",
-                         moe.top_k()));
+      CheckRouter(moe, moe_path);
+      if (moe.per_sequence_aux_loss() && (tp > 1 || SizeOrOne(m.parallelism().cp()) > 1)) {
+        Add(absl::StrCat(moe_path, ".per_sequence_aux_loss"),
+            absl::StrCat("needs tp and cp of 1 (a sequence's tokens would straddle the ranks' "
+                         "rows), got tp ",
+                         tp, " and cp ", SizeOrOne(m.parallelism().cp()),
+                         "; use the per-micro-batch load-balancing loss"));
       }
-      EnumSet(absl::StrCat(moe_path, ".router_score"), moe.router_score(),
-              v1::MoE::RouterScore_descriptor());
       if (ep > 0 && moe.num_experts() % ep != 0) {
         Add(ep_path, absl::StrCat("ep=", ep, " does not divide moe.num_experts ", moe.num_experts(),
                                   " (each expert-parallel rank holds ", "whole experts)"));

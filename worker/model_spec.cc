@@ -53,6 +53,20 @@ std::optional<MoeConfig> Moe(const v1::MoE& m, int64_t ffn) {
                                         ? m.shared_expert_ffn_hidden_size()
                                         : m.num_shared_experts() * expert_width;
   c.capacity_factor = m.capacity_factor();
+  c.router.normalize = !m.has_normalize_weights() || m.normalize_weights();
+  if (m.top_k_scaling_factor() != 0) {
+    c.router.scaling_factor = static_cast<float>(m.top_k_scaling_factor());
+  }
+  c.router.num_groups = m.num_groups();
+  c.router.group_top_k = m.group_top_k();
+  c.per_sequence_aux_loss = m.per_sequence_aux_loss();
+  c.expert_bias = m.expert_bias();
+  if (m.expert_bias_update_rate() != 0) {
+    c.expert_bias_update_rate = static_cast<float>(m.expert_bias_update_rate());
+  }
+  c.drop_policy = m.drop_policy() == v1::MoE::DROP_POLICY_POSITION
+                      ? kernels::TokenDropPolicy::kPosition
+                      : kernels::TokenDropPolicy::kProbs;
   return c;
 }
 

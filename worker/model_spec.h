@@ -5,7 +5,9 @@
 // 10000). Encoders: LayerNorm, exact GELU, biases, bidirectional attention, learned position
 // embeddings (ViT / Whisper style). Projector KIND_UNSPECIFIED is KIND_MLP. MoE: num_experts 0
 // makes every layer dense; shared experts of total width shared_expert_ffn_hidden_size, or
-// num_shared_experts times the routed experts' width when that is 0; moe_layer_freq 0 is 1.
+// num_shared_experts times the routed experts' width when that is 0; moe_layer_freq 0 is 1;
+// normalize_weights unset is true, top_k_scaling_factor 0 is 1, expert_bias_update_rate 0 is
+// 1e-3, DROP_POLICY_UNSPECIFIED is DROP_POLICY_PROBS (Megatron's defaults).
 #pragma once
 
 #include "absl/status/statusor.h"

@@ -163,6 +163,59 @@ INSTANTIATE_TEST_SUITE_P(
              {"modules[2].language.moe.capacity_factor"}},
         Case{"SharedExpertsWithoutWidth", [](v1::JobSpec& s) { Moe(s).set_num_shared_experts(1); },
              {"modules[2].language.moe.shared_expert_ffn_hidden_size"}},
+        Case{"NumExpertsAbove1024", [](v1::JobSpec& s) { Moe(s).set_num_experts(2048); },
+             {"modules[2].language.moe.num_experts"}},
+        Case{"TopKAbove32",
+             [](v1::JobSpec& s) {
+               Moe(s).set_num_experts(64);
+               Moe(s).set_top_k(33);
+             },
+             {"modules[2].language.moe.top_k"}},
+        Case{"TopKScalingFactorNegative",
+             [](v1::JobSpec& s) { Moe(s).set_top_k_scaling_factor(-1); },
+             {"modules[2].language.moe.top_k_scaling_factor"}},
+        Case{"TopKScalingFactorAbove1e6",
+             [](v1::JobSpec& s) { Moe(s).set_top_k_scaling_factor(1e300); },
+             {"modules[2].language.moe.top_k_scaling_factor"}},
+        Case{"ExpertBiasUpdateRateZeroAsAFloat",
+             [](v1::JobSpec& s) { Moe(s).set_expert_bias_update_rate(1e-50); },
+             {"modules[2].language.moe.expert_bias_update_rate"}},
+        Case{"CapacityFactorAbove1e6", [](v1::JobSpec& s) { Moe(s).set_capacity_factor(2e6); },
+             {"modules[2].language.moe.capacity_factor"}},
+        Case{"ExpertBiasUpdateRateNan",
+             [](v1::JobSpec& s) { Moe(s).set_expert_bias_update_rate(kNan); },
+             {"modules[2].language.moe.expert_bias_update_rate"}},
+        Case{"DropPolicyUnknown",
+             [](v1::JobSpec& s) { Moe(s).set_drop_policy(static_cast<v1::MoE::DropPolicy>(9)); },
+             {"modules[2].language.moe.drop_policy"}},
+        Case{"GroupTopKWithoutGroups", [](v1::JobSpec& s) { Moe(s).set_group_top_k(1); },
+             {"modules[2].language.moe.group_top_k"}},
+        Case{"NumGroupsNotDividingExperts",
+             [](v1::JobSpec& s) {
+               Moe(s).set_num_groups(3);
+               Moe(s).set_group_top_k(1);
+             },
+             {"modules[2].language.moe.num_groups"}},
+        Case{"GroupTopKNotDividingTopK",
+             [](v1::JobSpec& s) {
+               Moe(s).set_num_groups(4);
+               Moe(s).set_group_top_k(3);
+             },
+             {"modules[2].language.moe.group_top_k"}},
+        Case{"GroupsTooFewForTopK",  // 1 group of 1 expert (4 / 4) for top_k 2.
+             [](v1::JobSpec& s) {
+               Moe(s).set_num_groups(4);
+               Moe(s).set_group_top_k(1);
+             },
+             {"modules[2].language.moe.group_top_k"}},
+        Case{"PerSequenceAuxLossWithTp",
+             [](v1::JobSpec& s) {
+               Moe(s).set_per_sequence_aux_loss(true);
+               Language(s).mutable_parallelism()->set_tp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Language(s).mutable_parallelism()->set_ep(1);
+             },
+             {"modules[2].language.moe.per_sequence_aux_loss"}},
         Case{"EpDoesNotDivideExperts", [](v1::JobSpec& s) { Moe(s).set_num_experts(3); },
              {"modules[2].parallelism.ep"}},
         Case{"EpWithoutExperts", [](v1::JobSpec& s) { Moe(s).set_num_experts(0); },

@@ -70,6 +70,68 @@ TEST(ModelSpecTest, TakesTheVocabularyChunk) {
   EXPECT_EQ(config->language.vocab_chunk, 100);
 }
 
+v1::MoE& LanguageMoe(v1::JobSpec& spec) {
+  for (v1::Module& m : *spec.mutable_modules()) {
+    if (m.has_language()) return *m.mutable_language()->mutable_moe();
+  }
+  ADD_FAILURE() << "no language module";
+  return *spec.add_modules()->mutable_language()->mutable_moe();
+}
+
+TEST(ModelSpecTest, RouterSettingsDefaultAsMegatronDoes) {
+  auto config = MimoModelConfigFromSpec(Example("mimo-cpu-8.yaml"), kernels::DType::kF32);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const MoeConfig& m = *config->language.moe;
+  EXPECT_TRUE(m.router.normalize);
+  EXPECT_EQ(m.router.scaling_factor, 1.0f);
+  EXPECT_EQ(m.router.num_groups, 0);
+  EXPECT_EQ(m.router.group_top_k, 0);
+  EXPECT_FALSE(m.per_sequence_aux_loss);
+  EXPECT_FALSE(m.expert_bias);
+  EXPECT_EQ(m.expert_bias_update_rate, 1e-3f);
+  EXPECT_EQ(m.drop_policy, kernels::TokenDropPolicy::kProbs);
+}
+
+TEST(ModelSpecTest, MapsTheRouterSettings) {
+  v1::JobSpec spec = Example("mimo-cpu-8.yaml");
+  v1::MoE& moe = LanguageMoe(spec);
+  moe.set_router_score(v1::MoE::ROUTER_SCORE_SIGMOID);
+  moe.set_normalize_weights(false);
+  moe.set_top_k_scaling_factor(2.5);
+  moe.set_num_groups(2);
+  moe.set_group_top_k(1);
+  moe.set_per_sequence_aux_loss(true);
+  moe.set_expert_bias(true);
+  moe.set_expert_bias_update_rate(0.01);
+  moe.set_capacity_factor(1.5);
+  moe.set_drop_policy(v1::MoE::DROP_POLICY_POSITION);
+  auto config = MimoModelConfigFromSpec(spec, kernels::DType::kF32);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const MoeConfig& m = *config->language.moe;
+  EXPECT_EQ(m.router.score, kernels::RouterScore::kSigmoid);
+  EXPECT_FALSE(m.router.normalize);
+  EXPECT_EQ(m.router.scaling_factor, 2.5f);
+  EXPECT_EQ(m.router.num_groups, 2);
+  EXPECT_EQ(m.router.group_top_k, 1);
+  EXPECT_TRUE(m.per_sequence_aux_loss);
+  EXPECT_TRUE(m.expert_bias);
+  EXPECT_EQ(m.expert_bias_update_rate, 0.01f);
+  EXPECT_EQ(m.capacity_factor, 1.5);
+  EXPECT_EQ(m.drop_policy, kernels::TokenDropPolicy::kPosition);
+  // The model builds with them.
+  auto ops = kernels::NewCpuOps();
+  BuildContext build{.ops = ops.get(), .config = &config->language.transformer, .seed = 7};
+  auto model = MimoModel::Create(build, *config);
+  EXPECT_TRUE(model.ok()) << model.status();
+  // A group setting the router refuses names the language module.
+  LanguageMoe(spec).set_group_top_k(3);  // Above num_groups.
+  auto bad = MimoModelConfigFromSpec(spec, kernels::DType::kF32);
+  ASSERT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("module \"language\""), absl::string_view::npos)
+      << bad.status();
+  EXPECT_NE(bad.status().message().find("group_top_k"), absl::string_view::npos) << bad.status();
+}
+
 TEST(ModelSpecTest, ComputeDTypeFollowsPrecisionAndDevice) {
   EXPECT_EQ(ComputeDType(v1::PRECISION_FP32, true), kernels::DType::kF32);
   EXPECT_EQ(ComputeDType(v1::PRECISION_BF16, false), kernels::DType::kBF16);
