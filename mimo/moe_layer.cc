@@ -202,6 +202,28 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
   kernels::Ops& ops = *ctx.ops;
   const kernels::RouterConfig& rc = moe_.router;
   const int64_t t = x.size(0), c = config_.hidden_size, e = rc.experts, k = rc.top_k;
+  // The real rows count; padding rows are routed too (the router's shapes stay whole) into
+  // scratch counts, and dispatched nowhere below.
+  MIMO_ASSIGN_OR_RETURN(const RealRows real, RealRowsOf(ctx, t, tp_, CpSize()));
+  if (moe_.graph_safe && real.local < t) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MoeLayer: graph_safe with padding rows (", t - real.local, " of ", t,
+                     "; their pairs' indices are written from host memory, which a replay of "
+                     "the graph would not read again)"));
+  }
+  if (moe_.per_sequence_aux_loss) {
+    // The losses' kernels read the sequences' bounds on the device, unchecked: check them here.
+    if (real.local < t) {
+      return absl::InvalidArgumentError("MoeLayer: per_sequence_aux_loss with padding rows");
+    }
+    if (ctx.sequences == nullptr || ctx.sequences->tokens() != t) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "MoeLayer: per_sequence_aux_loss needs the micro-batch's packed sequences over its ", t,
+          " rows (StepContext::sequences), got ",
+          ctx.sequences == nullptr ? std::string("none")
+                                   : absl::StrCat(ctx.sequences->tokens(), " tokens")));
+    }
+  }
   auto saved = std::make_unique<MoeSaved>();
   saved->x = x;
   // Route: fp32 logits from the compute-dtype GEMM, then the router op and the losses.
@@ -226,12 +248,6 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
   Tensor counts = load_;
   if (!ctx.training || whole_counts) {
     MIMO_ASSIGN_OR_RETURN(counts, NewTensor(ctx, {e}, DType::kI32));
-  }
-  // The real rows count; padding rows are routed too (the router's shapes stay whole) into
-  // scratch counts, and dispatched nowhere below.
-  MIMO_ASSIGN_OR_RETURN(const RealRows real, RealRowsOf(ctx, t, tp_, CpSize()));
-  if (moe_.per_sequence_aux_loss && real.local < t) {
-    return absl::InvalidArgumentError("MoeLayer: per_sequence_aux_loss with padding rows");
   }
   kernels::MoeRouterParams route{
       .config = rc,

@@ -422,6 +422,17 @@ TEST_P(MoePaddingTest, PaddingRowsStayOutOfTheStatistics) {
   const StepContext bad{.ops = ops.get(), .padding_rows = 14};
   EXPECT_EQ((*layer)->Forward(bad, Upload(*ops, xv, {13, 8}, DType::kF32)).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // And so is any padding in the graph-safe mode (its indices would come from the host).
+  MoeConfig safe = m;
+  safe.graph_safe = true;
+  auto graph_safe = MoeLayer::Create(build, safe);
+  ASSERT_TRUE(graph_safe.ok()) << graph_safe.status();
+  const StepContext one{.ops = ops.get(), .padding_rows = 1};
+  const auto refused = (*graph_safe)->Forward(one, Upload(*ops, xv, {13, 8}, DType::kF32));
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("graph_safe with padding rows (1 of 13;"),
+            absl::string_view::npos)
+      << refused.status();
 }
 
 // Dropless, and with a capacity of the real rows (5 pairs an expert: some of the 18 real pairs
@@ -542,6 +553,35 @@ TEST(MoeLayerTest, MarksTheAuxLossesOfMtpLayers) {
     EXPECT_EQ(records[0].layer_number, 4);
     EXPECT_EQ(records[0].mtp, mtp);
   }
+}
+
+TEST(MoeLayerTest, PerSequenceAuxLossRefusesAForwardWithoutItsSequences) {
+  auto ops = kernels::NewCpuOps();
+  TransformerConfig c = Config(MlpActivation::kSwiglu);
+  BuildContext build{.ops = ops.get(), .config = &c, .prefix = "mlp"};
+  auto layer = MoeLayer::Create(build, Softmax().moe);  // per_sequence_aux_loss.
+  ASSERT_TRUE(layer.ok()) << layer.status();
+  std::mt19937 random(3);
+  const Tensor x = Upload(*ops, RandomFloats(9 * 8, random), {9, 8}, DType::kF32);
+  std::vector<AuxLossRecord> records;
+  const auto none = (*layer)->Forward({.ops = ops.get(), .aux_losses = &records}, x);
+  ASSERT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(none.status().message().find("over its 9 rows (StepContext::sequences), got none"),
+            absl::string_view::npos)
+      << none.status();
+  auto eight = PackedSequences::Create(*ops, std::vector<int32_t>{3, 5});  // 8 of the 9 rows.
+  ASSERT_TRUE(eight.ok());
+  const auto short_by_one =
+      (*layer)->Forward({.ops = ops.get(), .sequences = &*eight, .aux_losses = &records}, x);
+  ASSERT_EQ(short_by_one.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(short_by_one.status().message().find("got 8 tokens"), absl::string_view::npos)
+      << short_by_one.status();
+  EXPECT_TRUE(records.empty());
+  auto nine = PackedSequences::Create(*ops, std::vector<int32_t>{4, 5});
+  ASSERT_TRUE(nine.ok());
+  EXPECT_TRUE(
+      (*layer)->Forward({.ops = ops.get(), .sequences = &*nine, .aux_losses = &records}, x).ok());
+  EXPECT_EQ(records.size(), 1u);
 }
 
 TEST(MoeLayerTest, RejectsBadConfigs) {
