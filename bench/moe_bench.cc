@@ -21,7 +21,7 @@
 // of the same FLOPs, and as one batch of products of at most 512 / 1024 / 2048 rows; and fc1's
 // weight gradient per expert as one batch, added to an f32 gradient (as the layer's later
 // micro-batches do), written over it (its first), and written in bf16, and as one grouped product
-// (the graph-safe layer's) on each tensor-core kernel of the GPU (wgmma, wgmma_tma, mma.sync).
+// (the graph-safe layer's) on each tensor-core kernel of the GPU (wgmma, mma.sync).
 // After the timed steps of a case, one more runs between cudaProfilerStart/Stop (for ncu
 // --profile-from-start off).
 // --batch-streams sets the streams a batch of GEMMs spreads over (CublasLtOptions::batch_streams;
@@ -472,7 +472,6 @@ void RunParts(const MoeCase& c, int iters, int batch_streams, int64_t align) {
     std::vector<std::string> grouped_names;
     for (const auto& [name, kernel] :
          {std::pair{"wgmma", kernels::GroupedGemmKernel::kWgmma},
-          std::pair{"wgmma_tma", kernels::GroupedGemmKernel::kWgmmaTma},
           std::pair{"mma_sync", kernels::GroupedGemmKernel::kMmaSync}}) {
       const absl::Status can = kernels::LaunchGroupedGemmWith(grouped_dw, kernel, ops.stream());
       if (absl::IsFailedPrecondition(can)) {

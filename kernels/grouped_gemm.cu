@@ -10,8 +10,8 @@
 // Operands may be stored with k contiguous (a's rows, b as (n, k)) or with m / n contiguous (a^T
 // for weight gradients, b as (k, n)); both are copied to shared memory as stored, rows padded by 16
 // bytes so ldmatrix's eight rows hit distinct banks, and the latter read with ldmatrix's transpose.
-// For Hopper, kVariableDepth also has two wgmma kernels (grouped_gemm_hopper.cu); the first is
-// chosen where it runs.
+// For Hopper, kVariableDepth also has a wgmma kernel (grouped_gemm_hopper.cu), chosen where it
+// runs.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -303,21 +303,21 @@ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 // Which tensor-core kernels the current device runs: mma.sync on sm_80 or newer (cp.async, bf16
 // MMA) with enough shared memory per block (not sm_86 / sm_89's 99 KiB); wgmma on a compute
-// capability 9.0 device when this library has sm_90a code, wgmma_tma where the driver also
-// encodes TMA maps. Asked of the driver once per device: every launch wants the answer.
+// capability 9.0 device when this library has sm_90a code and the driver encodes TMA maps. Asked
+// of the driver once per device: every launch wants the answer.
 struct DeviceKernels {
-  bool mma_sync = false, wgmma = false, wgmma_tma = false;
+  bool mma_sync = false, wgmma = false;
   int multiprocessors = 1;
 };
 
 absl::StatusOr<DeviceKernels> KernelsOfDevice() {
   constexpr int kDevices = 64;
-  // 0 unknown, else 1 + the kernels' bits + the multiprocessors << 3.
+  // 0 unknown, else 1 + the kernels' bits + the multiprocessors << 2.
   static std::array<std::atomic<int>, kDevices> known{};
   int device = 0;
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   const auto unpack = [](int v) {
-    return DeviceKernels{((v - 1) & 1) != 0, ((v - 1) & 2) != 0, ((v - 1) & 4) != 0, (v - 1) >> 3};
+    return DeviceKernels{((v - 1) & 1) != 0, ((v - 1) & 2) != 0, (v - 1) >> 2};
   };
   if (device < kDevices && known[device].load(std::memory_order_relaxed) != 0) {
     return unpack(known[device].load(std::memory_order_relaxed));
@@ -335,14 +335,12 @@ absl::StatusOr<DeviceKernels> KernelsOfDevice() {
   k.mma_sync = major >= 8 && static_cast<size_t>(smem) >= kSmemBytes;
 #ifdef MIMO_CUDA_SM90A
   const size_t optin = static_cast<size_t>(smem);
-  k.wgmma = major == 9 && minor == 0 && optin >= grouped_gemm_internal::WgmmaSmemBytes();
-  k.wgmma_tma = major == 9 && minor == 0 && optin >= grouped_gemm_internal::WgmmaTmaSmemBytes() &&
-                grouped_gemm_internal::TensorMapsEncodable();
+  k.wgmma = major == 9 && minor == 0 && optin >= grouped_gemm_internal::WgmmaSmemBytes() &&
+            grouped_gemm_internal::TensorMapsEncodable();
 #endif
   k.multiprocessors = std::max(multiprocessors, 1);
   if (device < kDevices) {
-    known[device].store(1 + (k.mma_sync ? 1 : 0) + (k.wgmma ? 2 : 0) + (k.wgmma_tma ? 4 : 0) +
-                            (k.multiprocessors << 3),
+    known[device].store(1 + (k.mma_sync ? 1 : 0) + (k.wgmma ? 2 : 0) + (k.multiprocessors << 2),
                         std::memory_order_relaxed);
   }
   return k;
@@ -400,8 +398,7 @@ absl::Status Refusal(const GroupedGemmParams& p, GroupedGemmKernel kernel,
     return absl::FailedPreconditionError(
         absl::StrCat("GroupedGemm: the ", name, " kernel ", why...));
   };
-  const bool hopper = kernel == GroupedGemmKernel::kWgmma || kernel == GroupedGemmKernel::kWgmmaTma;
-  if (hopper && p.mode != GroupedGemmMode::kVariableDepth) {
+  if (kernel == GroupedGemmKernel::kWgmma && p.mode != GroupedGemmMode::kVariableDepth) {
     return refuse("runs kVariableDepth only");
   }
   if (p.ab_dtype != DType::kBF16) return refuse("needs bf16 a and b, got ", DTypeName(p.ab_dtype));
@@ -420,19 +417,13 @@ absl::Status Refusal(const GroupedGemmParams& p, GroupedGemmKernel kernel,
   }
   if (kernel == GroupedGemmKernel::kWgmma && !device.wgmma) {
     return refuse(
-        "needs a compute capability 9.0 device and sm_90a code in this build "
-        "(CMAKE_CUDA_ARCHITECTURES with 90a)");
-  }
-  if (kernel == GroupedGemmKernel::kWgmmaTma && !device.wgmma_tma) {
-    return refuse(
         "needs a compute capability 9.0 device, sm_90a code in this build "
         "(CMAKE_CUDA_ARCHITECTURES with 90a) and a driver with cuTensorMapEncodeTiled");
   }
   return absl::OkStatus();
 }
 
-// The fastest kernel that can run `p`: wgmma (Hopper weight gradients), mma.sync, else FMA. The
-// wgmma TMA kernel is not chosen until it has run and been timed on a GPU.
+// The fastest kernel that can run `p`: wgmma (Hopper weight gradients), mma.sync, else FMA.
 GroupedGemmKernel Choose(const GroupedGemmParams& p, const DeviceKernels& device) {
   for (GroupedGemmKernel k : {GroupedGemmKernel::kWgmma, GroupedGemmKernel::kMmaSync}) {
     if (Refusal(p, k, device).ok()) return k;
@@ -462,13 +453,8 @@ absl::Status Run(const GroupedGemmParams& p, GroupedGemmKernel kernel, const Dev
   switch (kernel) {
     case GroupedGemmKernel::kWgmma: {
       MIMO_ASSIGN_OR_RETURN(dim3 grid, Grid(p, kWgmmaBm, kWgmmaBn));
-      MIMO_RETURN_IF_ERROR(grouped_gemm_internal::LaunchWgmma(args, f32_out, grid, s));
-      break;
-    }
-    case GroupedGemmKernel::kWgmmaTma: {
-      MIMO_ASSIGN_OR_RETURN(dim3 grid, Grid(p, kWgmmaBm, kWgmmaBn));
       MIMO_RETURN_IF_ERROR(
-          grouped_gemm_internal::LaunchWgmmaTma(args, f32_out, grid, device.multiprocessors, s));
+          grouped_gemm_internal::LaunchWgmma(args, f32_out, grid, device.multiprocessors, s));
       break;
     }
     case GroupedGemmKernel::kMmaSync: {
@@ -503,8 +489,6 @@ absl::string_view GroupedGemmKernelName(GroupedGemmKernel kernel) {
       return "mma.sync";
     case GroupedGemmKernel::kWgmma:
       return "wgmma";
-    case GroupedGemmKernel::kWgmmaTma:
-      return "wgmma_tma";
   }
   return "unknown";
 }

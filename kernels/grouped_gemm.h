@@ -61,17 +61,16 @@ enum class GroupedGemmKernel {
   kFma,      // fp32 FMA, 64 x 64 tiles: any dtype, size and alignment.
   kMmaSync,  // bf16 tensor cores through mma.sync, 128 x 256 tiles: compute capability 8.0+ with
              // 162 KiB of shared memory per block (A100, H100).
-  kWgmma,    // bf16 kVariableDepth through Hopper's wgmma, 128 x 256 tiles: compute capability
-             // 9.0 and sm_90a code in the build (CMAKE_CUDA_ARCHITECTURES with 90a); about 1.3-1.5x
-             // mma.sync on an H100's weight gradients (bench/RESULTS.md).
-  kWgmmaTma,  // The same products as kWgmma, persistent, its operands loaded by TMA from a
-              // producer warpgroup; also needs a driver with cuTensorMapEncodeTiled. Not chosen
-              // (ChooseGroupedGemmKernel) until it has run and been timed on a GPU.
+  kWgmma,    // bf16 kVariableDepth through Hopper's wgmma, 128 x 256 tiles, persistent, its
+             // operands loaded by TMA: compute capability 9.0, sm_90a code in the build
+             // (CMAKE_CUDA_ARCHITECTURES with 90a) and a driver with cuTensorMapEncodeTiled. On an
+             // H100: 540-610 TFLOP/s writing the graph-safe MoE layer's weight gradients (clocks
+             // locked at 1.45 GHz), about 260 adding to them, 1.4x mma.sync (bench/RESULTS.md).
 };
 // The tensor-core kernels also need bf16 a and b whose inner sizes (k and n for kVariableRows, m
 // and n for kVariableDepth) are multiples of 8 and 16-byte aligned a, b and d.
 
-// "FMA", "mma.sync", "wgmma", "wgmma_tma".
+// "FMA", "mma.sync", "wgmma".
 absl::string_view GroupedGemmKernelName(GroupedGemmKernel kernel);
 
 // The kernel LaunchGroupedGemm runs `p` on for the current device: wgmma where it can, else

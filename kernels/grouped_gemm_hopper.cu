@@ -1,7 +1,7 @@
-// The grouped GEMM's two Hopper kernels for kVariableDepth (weight gradients), both on wgmma
-// m64n256k16 over 128 x 256 output tiles with operands in 128-byte-swizzled shared memory: the
-// first loads through cp.async from all its threads, the second is persistent with a TMA producer
-// warpgroup. The TMA maps are encoded through the driver's entry point (nothing links libcuda).
+// The grouped GEMM's Hopper kernel for kVariableDepth (weight gradients): wgmma m64n256k16 over
+// 128 x 256 output tiles with operands in 128-byte-swizzled shared memory, persistent, a TMA
+// producer warpgroup feeding two consumer warpgroups. The TMA maps are encoded through the
+// driver's entry point (nothing links libcuda).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -43,113 +43,26 @@ __device__ __forceinline__ void StoreWarpgroupTile(const float (&acc)[128], cons
   }
 }
 
-// Hopper bf16 kernel for kVariableDepth (weight gradients): the same 128 x 256 output tiles as
-// the mma.sync kernel, computed by two warpgroups of 64 x 256 each through wgmma m64n256k16 from
-// shared memory; 64-deep k steps through a 4-stage cp.async pipeline (two steps load ahead while
-// one product runs). Both operands stay m/n-contiguous as stored, in 128-byte-swizzled atoms of
-// 64 (m or n) x 8 (k): a stage holds a's 2 x 8 atoms and b's 4 x 8, ordered (m/n atom, k atom).
-
-namespace hopper {
-
-constexpr int kBm = kWgmmaBm, kBn = kWgmmaBn, kBk = 64, kStages = 4, kThreads = 256;
-constexpr int kAtomBytes = 1024, kAtomsK = kBk / 8;
-constexpr int kMnAtomStride = kAtomsK * kAtomBytes;  // Bytes between atoms along m/n.
-constexpr int kStageA = kBm / 64 * kMnAtomStride, kStageB = kBn / 64 * kMnAtomStride;
-constexpr size_t kSmemBytes = size_t{kStages} * (kStageA + kStageB) + kAtomBytes;  // + alignment.
-
-// Copies rows [kk0, kk0 + kBk) (valid below k_end) and columns [x0, x0 + kCols) (valid below
-// x_end, a multiple of 8) of row-major `src` (ld columns) into the atoms at `dst`; invalid chunks
-// are zero-filled.
-template <int kCols>
-__device__ __forceinline__ void LoadMnMajor(uint32_t dst, const bf16* src, int ld, int x0,
-                                            int x_end, int kk0, int k_end) {
-  constexpr int kChunksPerRow = kCols / 8;
-  constexpr int kChunks = kChunksPerRow * kBk;
-  static_assert(kChunks % kThreads == 0);
-#pragma unroll
-  for (int it = 0; it < kChunks / kThreads; ++it) {
-    const int c = it * kThreads + static_cast<int>(threadIdx.x);
-    const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;
-    const int kk = kk0 + row, x = x0 + chunk * 8;
-    const bool ok = kk < k_end && x < x_end;
-    const uint32_t offset =
-        (chunk / 8) * kMnAtomStride + (row / 8) * kAtomBytes + Swizzle128(row % 8, chunk % 8);
-    CpAsync16(dst + offset, ok ? src + static_cast<int64_t>(kk) * ld + x : src, ok);
-  }
-}
-
-template <typename OutT>
-__global__ void __launch_bounds__(kThreads, 1) WgmmaDepthKernel(Args args) {
-  Work w;
-  if (!DepthWork(args, kBm, kBn, sizeof(OutT), blockIdx.x, blockIdx.y, blockIdx.z, w)) return;
-  extern __shared__ unsigned char smem_raw[];
-  const uint32_t base = (SmemAddr(smem_raw) + kAtomBytes - 1) & ~uint32_t{kAtomBytes - 1};
-  const bf16* a = reinterpret_cast<const bf16*>(w.a);
-  const bf16* b = reinterpret_cast<const bf16*>(w.b);
-  const int warpgroup = threadIdx.x / 128;
-  const int steps = (w.k_end - w.k_begin + kBk - 1) / kBk;
-  auto stage_a = [&](int s) { return base + s * (kStageA + kStageB); };
-  auto stage_b = [&](int s) { return base + s * (kStageA + kStageB) + kStageA; };
-  auto load = [&](int step) {
-    const int s = step % kStages, kk0 = w.k_begin + step * kBk;
-    LoadMnMajor<kBm>(stage_a(s), a, w.lda, w.m0, w.m_end, kk0, w.k_end);
-    LoadMnMajor<kBn>(stage_b(s), b, w.ldb, w.n0, args.n, kk0, w.k_end);
-  };
-
-  float acc[128];
-#pragma unroll
-  for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
-#pragma unroll
-  for (int s = 0; s < kStages - 2; ++s) {
-    if (s < steps) load(s);
-    CpAsyncCommit();
-  }
-  for (int step = 0; step < steps; ++step) {
-    // Step `step` has landed; after the barrier every warpgroup's product of step - 2 is done
-    // (each waited for all but its last), so its stage can be refilled.
-    CpAsyncWait<kStages - 3>();
-    FenceProxyAsyncShared();
-    __syncthreads();
-    if (step + kStages - 2 < steps) load(step + kStages - 2);
-    CpAsyncCommit();
-    const uint32_t as = stage_a(step % kStages) + warpgroup * kMnAtomStride;
-    const uint32_t bs = stage_b(step % kStages);
-    WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < kBk / 16; ++kk) {
-      WgmmaM64N256K16MnMajor(acc,
-                             MnMajorSw128Desc(as + kk * 2 * kAtomBytes, kMnAtomStride, kAtomBytes),
-                             MnMajorSw128Desc(bs + kk * 2 * kAtomBytes, kMnAtomStride, kAtomBytes));
-    }
-    WgmmaCommit();
-    WgmmaWait<1>(acc);
-  }
-  WgmmaWait<0>(acc);
-  CpAsyncWait<0>();
-
-  StoreWarpgroupTile<OutT>(acc, w, args, w.m0 + warpgroup * 64);
-}
-
-}  // namespace hopper
-
 // ---------------------------------------------------------------------------------------------
-// The second Hopper kernel for kVariableDepth (kWgmmaTma): the same tiles and products as the
-// first, persistent, with a producer warpgroup. Its one thread loads 64-deep k steps of both
+// The kernel: persistent, with a producer warpgroup. Its one thread loads 64-deep k steps of both
 // operands with TMA into a 4-stage ring of shared memory, each stage's full / empty barriers
 // (mbarrier) handing it between producer and consumers; two consumer warpgroups compute 64 x 256
 // each through wgmma m64n256k16, keeping one step's products in flight, and release a stage once
-// its products are done. The operands' layout is the first kernel's: a TMA box of 64 (m or n) x
-// 64 (k) in the 128-byte swizzle is 8 of its atoms along k, a stage a's 2 boxes and b's 4. A step
-// starts at any row; the rows of a group's last step past its end (the next group's, or past the
-// tensor, which TMA zero-fills) are zeroed in shared memory before the products.
+// its products are done. Both operands stay m/n-contiguous as stored, in 128-byte-swizzled atoms
+// of 64 (m or n) x 8 (k); a TMA box of 64 (m or n) x 64 (k) is 8 atoms along k, a stage a's 2
+// boxes and b's 4. A step starts at any row; the rows of a group's last step past its end (the
+// next group's, or past the tensor, which TMA zero-fills) are zeroed in shared memory before the
+// products.
 
-namespace hopper_tma {
+namespace hopper {
 
-using hopper::kAtomBytes, hopper::kBk, hopper::kBm, hopper::kBn, hopper::kStageA, hopper::kStageB,
-    hopper::kStages;
+constexpr int kBm = kWgmmaBm, kBn = kWgmmaBn, kBk = 64, kStages = 4;
+constexpr int kAtomBytes = 1024, kAtomsK = kBk / 8;
+constexpr int kMnAtomStride = kAtomsK * kAtomBytes;  // Bytes between atoms along m/n.
+constexpr int kStageA = kBm / 64 * kMnAtomStride, kStageB = kBn / 64 * kMnAtomStride;
 constexpr int kConsumers = 2, kThreads = 128 * (1 + kConsumers);
 constexpr int kLineBytes = 128;
-constexpr int kBoxBytes = hopper::kMnAtomStride;  // One TMA box: 64 (m/n) x 64 (k), 8 atoms.
+constexpr int kBoxBytes = kMnAtomStride;  // One TMA box: 64 (m/n) x 64 (k), 8 atoms.
 constexpr int kStageBytes = kStageA + kStageB;
 // The ring, its 2 x kStages barriers, and room to align the ring to 1024 bytes.
 constexpr size_t kSmemBytes = size_t{kStages} * kStageBytes + 2 * kStages * 8 + kAtomBytes;
@@ -262,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-}  // namespace hopper_tma
+}  // namespace hopper
 
 // ---------------------------------------------------------------------------------------------
 // Host side.
@@ -282,20 +195,20 @@ absl::StatusOr<PFN_cuTensorMapEncodeTiled_v12000> TensorMapEncoder() {
   }();
   if (encode == nullptr) {
     return absl::UnavailableError(
-        "GroupedGemm: the driver has no cuTensorMapEncodeTiled (the wgmma TMA kernel's loads)");
+        "GroupedGemm: the driver has no cuTensorMapEncodeTiled (the wgmma kernel's loads)");
   }
   return encode;
 }
 
 // The TMA map of row-major bf16 `data` (rows, cols) read in boxes of 64 columns x 64 rows, stored
-// 128-byte swizzled (the wgmma kernels' m/n-contiguous atoms); reads past the tensor give zeros.
+// 128-byte swizzled (the kernel's m/n-contiguous atoms); reads past the tensor give zeros.
 absl::StatusOr<CUtensorMap> BoxMap(const void* data, int64_t rows, int64_t cols) {
   MIMO_ASSIGN_OR_RETURN(const PFN_cuTensorMapEncodeTiled_v12000 encode, TensorMapEncoder());
   CUtensorMap map;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols),
                               static_cast<cuuint64_t>(std::max<int64_t>(rows, 1))};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * sizeof(bf16)};
-  const cuuint32_t box[2] = {64, hopper_tma::kBk}, element_strides[2] = {1, 1};
+  const cuuint32_t box[2] = {64, hopper::kBk}, element_strides[2] = {1, 1};
   const CUresult r =
       encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(data), dims, strides, box,
              element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -307,25 +220,24 @@ absl::StatusOr<CUtensorMap> BoxMap(const void* data, int64_t rows, int64_t cols)
   return map;
 }
 
-// The persistent TMA kernel over the tiles of `grid`: one block per multiprocessor, or fewer.
+// The persistent kernel over the tiles of `grid`: one block per multiprocessor, or fewer.
 template <typename OutT>
-absl::Status LaunchTma(const Args& args, dim3 grid, int multiprocessors, cudaStream_t s) {
+absl::Status LaunchPersistent(const Args& args, dim3 grid, int multiprocessors, cudaStream_t s) {
   const int64_t tiles = int64_t{grid.x} * grid.y * grid.z;
   if (tiles > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "GroupedGemm: ", tiles, " output tiles are more than the wgmma TMA kernel counts"));
+        "GroupedGemm: ", tiles, " output tiles are more than the wgmma kernel counts"));
   }
   // Without rows a and b may be null and are never read: the maps get d's address instead.
   MIMO_ASSIGN_OR_RETURN(const CUtensorMap map_a,
                         BoxMap(args.rows > 0 ? args.a : args.d, args.rows, args.m));
   MIMO_ASSIGN_OR_RETURN(const CUtensorMap map_b,
                         BoxMap(args.rows > 0 ? args.b : args.d, args.rows, args.n));
-  const auto kernel = hopper_tma::WgmmaDepthKernel<OutT>;
-  MIMO_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(hopper_tma::kSmemBytes)));
+  const auto kernel = hopper::WgmmaDepthKernel<OutT>;
+  MIMO_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(hopper::kSmemBytes)));
   const int64_t blocks = std::min<int64_t>(tiles, multiprocessors);
-  kernel<<<static_cast<unsigned>(blocks), hopper_tma::kThreads, hopper_tma::kSmemBytes, s>>>(
+  kernel<<<static_cast<unsigned>(blocks), hopper::kThreads, hopper::kSmemBytes, s>>>(
       map_a, map_b, args, static_cast<int>(tiles));
   return absl::OkStatus();
 }
@@ -333,20 +245,12 @@ absl::Status LaunchTma(const Args& args, dim3 grid, int multiprocessors, cudaStr
 }  // namespace
 
 size_t WgmmaSmemBytes() { return hopper::kSmemBytes; }
-size_t WgmmaTmaSmemBytes() { return hopper_tma::kSmemBytes; }
 bool TensorMapsEncodable() { return TensorMapEncoder().ok(); }
 
-absl::Status LaunchWgmma(const Args& args, bool f32_out, dim3 grid, cudaStream_t s) {
-  return f32_out ? Launch<hopper::WgmmaDepthKernel<float>>(args, grid, hopper::kThreads,
-                                                           hopper::kSmemBytes, s)
-                 : Launch<hopper::WgmmaDepthKernel<bf16>>(args, grid, hopper::kThreads,
-                                                          hopper::kSmemBytes, s);
-}
-
-absl::Status LaunchWgmmaTma(const Args& args, bool f32_out, dim3 grid, int multiprocessors,
-                            cudaStream_t s) {
-  return f32_out ? LaunchTma<float>(args, grid, multiprocessors, s)
-                 : LaunchTma<bf16>(args, grid, multiprocessors, s);
+absl::Status LaunchWgmma(const Args& args, bool f32_out, dim3 grid, int multiprocessors,
+                         cudaStream_t s) {
+  return f32_out ? LaunchPersistent<float>(args, grid, multiprocessors, s)
+                 : LaunchPersistent<bf16>(args, grid, multiprocessors, s);
 }
 
 }  // namespace mimo::kernels::grouped_gemm_internal

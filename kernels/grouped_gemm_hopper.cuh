@@ -1,5 +1,5 @@
-// The grouped GEMM's Hopper kernels for kVariableDepth (grouped_gemm_hopper.cu), as
-// grouped_gemm.cu chooses and launches them: what each needs and how each is enqueued.
+// The grouped GEMM's Hopper kernel for kVariableDepth (grouped_gemm_hopper.cu), as
+// grouped_gemm.cu chooses and launches it: what it needs and how it is enqueued.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -11,20 +11,18 @@
 
 namespace mimo::kernels::grouped_gemm_internal {
 
-// Both kernels' output tiles: the grid is (column tiles, row tiles, groups) of these.
+// Its output tiles: the grid is (column tiles, row tiles, groups) of these.
 inline constexpr int kWgmmaBm = 128, kWgmmaBn = 256;
 
-// Dynamic shared memory per block of the cp.async kernel (kWgmma) and of the TMA one (kWgmmaTma).
+// Dynamic shared memory per block.
 size_t WgmmaSmemBytes();
-size_t WgmmaTmaSmemBytes();
 
-// Whether the driver encodes TMA maps (cuTensorMapEncodeTiled), which the TMA kernel needs.
+// Whether the driver encodes TMA maps (cuTensorMapEncodeTiled), which the kernel needs.
 bool TensorMapsEncodable();
 
-// Enqueue the product `args` describes on `grid`: d in f32 where `f32_out`, else bf16. The TMA
-// kernel runs at most `multiprocessors` persistent blocks over the grid's tiles.
-absl::Status LaunchWgmma(const Args& args, bool f32_out, dim3 grid, cudaStream_t s);
-absl::Status LaunchWgmmaTma(const Args& args, bool f32_out, dim3 grid, int multiprocessors,
-                            cudaStream_t s);
+// Enqueues the product `args` describes over the tiles of `grid` (d in f32 where `f32_out`,
+// else bf16) on at most `multiprocessors` persistent blocks.
+absl::Status LaunchWgmma(const Args& args, bool f32_out, dim3 grid, int multiprocessors,
+                         cudaStream_t s);
 
 }  // namespace mimo::kernels::grouped_gemm_internal

@@ -49,7 +49,8 @@ struct MoeConfig {
   // experts' row offsets stay on the device, padding is done there, the experts run grouped
   // GEMMs), so a CUDA graph can capture them and replay them on new inputs of the capture's
   // token count, packing and loss scale (kernels/cuda_graph.h); slower than the eager layer
-  // (1.5-1.65x on an H100: the weight gradients run on mimo's own grouped kernel). A capture
+  // (1.15-1.35x on an H100: the products run as cuBLASLt tiles of `align` rows, the weight
+  // gradients on mimo's own grouped kernel, sized for the worst-case routing). A capture
   // keeps whether the experts' weight gradients are written or added (written when stale at
   // capture: Parameter::ResetGrad), so a step's first micro-batch and its later ones need graphs
   // of their own. Needs ep and expt_tp of 1 (the all-to-all's row counts travel through the

@@ -1,4 +1,4 @@
-// The grouped GEMM's CUDA kernels (each of FMA, mma.sync and, on Hopper, both wgmma kernels that
+// The grouped GEMM's CUDA kernels (each of FMA, mma.sync and, on Hopper, the wgmma kernel that
 // can run a case) against float64 on fresh random inputs for both modes and every dtype pair
 // (relative error: f32 outputs < 3e-6, bf16 outputs < 1e-2; rows outside every group untouched,
 // or, for weight gradients, NaN and never read), a Mixtral-sized case, the kernel each device is
@@ -23,7 +23,7 @@ using namespace ::mimo::kernels::testing;  // NOLINT: test helpers.
 
 // Every kernel, each tried on every case (a kernel the device or build cannot run refuses).
 constexpr GroupedGemmKernel kKernels[] = {GroupedGemmKernel::kFma, GroupedGemmKernel::kMmaSync,
-                                          GroupedGemmKernel::kWgmma, GroupedGemmKernel::kWgmmaTma};
+                                          GroupedGemmKernel::kWgmma};
 
 struct DTypes {
   DType ab, d;
@@ -121,9 +121,10 @@ INSTANTIATE_TEST_SUITE_P(DTypes, GroupedGemmCudaTest,
                          });
 
 // The kernel each product is given: wgmma for weight gradients where it runs (a compute
-// capability 9.0 device and sm_90a code, the default build's), else mma.sync where the device runs
-// it, FMA for sizes that are not multiples of 8 (which mma.sync and wgmma refuse); on Hopper the
-// wgmma kernels must accept and run a weight gradient, so the cases above test them there.
+// capability 9.0 device, sm_90a code (the default build's) and a driver that encodes TMA maps),
+// else mma.sync where the device runs it, FMA for sizes that are not multiples of 8 (which
+// mma.sync and wgmma refuse); on Hopper the wgmma kernel must accept and run a weight gradient,
+// so the cases above test it there.
 TEST(GroupedGemmCudaKernelTest, EachProductGetsAKernelThatRunsIt) {
   const CudaDevices devices = ListCudaDevices();
   if (devices.devices.empty()) GTEST_SKIP() << "no CUDA device: " << devices.unavailable_reason;
@@ -159,16 +160,14 @@ TEST(GroupedGemmCudaKernelTest, EachProductGetsAKernelThatRunsIt) {
     const absl::StatusOr<GroupedGemmKernel> odd_chosen = ChooseGroupedGemmKernel(odd);
     ASSERT_TRUE(odd_chosen.ok()) << odd_chosen.status();
     EXPECT_EQ(*odd_chosen, GroupedGemmKernel::kFma);
-    for (GroupedGemmKernel k :
-         {GroupedGemmKernel::kMmaSync, GroupedGemmKernel::kWgmma, GroupedGemmKernel::kWgmmaTma}) {
+    for (GroupedGemmKernel k : {GroupedGemmKernel::kMmaSync, GroupedGemmKernel::kWgmma}) {
       EXPECT_EQ(LaunchGroupedGemmWith(odd, k, nullptr).code(),
                 absl::StatusCode::kFailedPrecondition);
     }
   }
-  for (GroupedGemmKernel k : {GroupedGemmKernel::kWgmma, GroupedGemmKernel::kWgmmaTma}) {
-    EXPECT_EQ(LaunchGroupedGemmWith(params(M::kVariableRows, 64), k, nullptr).code(),
-              absl::StatusCode::kFailedPrecondition);
-  }
+  EXPECT_EQ(LaunchGroupedGemmWith(params(M::kVariableRows, 64), GroupedGemmKernel::kWgmma, nullptr)
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   int major = 0, minor = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
@@ -176,12 +175,11 @@ TEST(GroupedGemmCudaKernelTest, EachProductGetsAKernelThatRunsIt) {
   if (major != 9 || minor != 0) {
     GTEST_SKIP() << "the wgmma kernel needs a compute capability 9.0 device";
   }
-  for (GroupedGemmKernel k : {GroupedGemmKernel::kWgmma, GroupedGemmKernel::kWgmmaTma}) {
-    const absl::Status wgmma = LaunchGroupedGemmWith(params(M::kVariableDepth, 64), k, nullptr);
-    if (absl::IsFailedPrecondition(wgmma)) GTEST_SKIP() << wgmma.message();
-    EXPECT_TRUE(wgmma.ok()) << wgmma;
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  }
+  const absl::Status wgmma =
+      LaunchGroupedGemmWith(params(M::kVariableDepth, 64), GroupedGemmKernel::kWgmma, nullptr);
+  if (absl::IsFailedPrecondition(wgmma)) GTEST_SKIP() << wgmma.message();
+  EXPECT_TRUE(wgmma.ok()) << wgmma;
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 // Offsets past rows or decreasing are clamped on the device: the kernels read and write inside
