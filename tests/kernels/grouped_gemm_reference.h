@@ -54,28 +54,42 @@ inline std::vector<double> GroupedGemmFloat64(const GroupedGemmCase& c,
                                               const std::vector<double>& a,
                                               const std::vector<double>& b, std::vector<double> d) {
   const std::vector<int32_t> off = OffsetsOf(c);
+  // Loops ordered so that the innermost one walks contiguous memory (the sums' order does not
+  // matter in float64 at these sizes).
   for (size_t g = 0; g + 1 < off.size(); ++g) {
     if (c.mode == GroupedGemmMode::kVariableRows) {
+      const double* bg = b.data() + static_cast<int64_t>(g) * c.n * c.k;
+      std::vector<double> sum(c.n);
       for (int64_t r = off[g]; r < off[g + 1]; ++r) {
-        for (int64_t j = 0; j < c.n; ++j) {
-          double sum = 0;
-          for (int64_t l = 0; l < c.k; ++l) {
-            const int64_t bi =
-                static_cast<int64_t>(g) * c.n * c.k + (c.transpose_b ? j * c.k + l : l * c.n + j);
-            sum += a[r * c.k + l] * b[bi];
+        const double* ar = a.data() + r * c.k;
+        if (c.transpose_b) {  // b's rows are (n, k): a dot product per output.
+          for (int64_t j = 0; j < c.n; ++j) {
+            double s = 0;
+            for (int64_t l = 0; l < c.k; ++l) s += ar[l] * bg[j * c.k + l];
+            sum[j] = s;
           }
+        } else {  // b is (k, n): a's row times b, one b row at a time.
+          std::fill(sum.begin(), sum.end(), 0.0);
+          for (int64_t l = 0; l < c.k; ++l) {
+            for (int64_t j = 0; j < c.n; ++j) sum[j] += ar[l] * bg[l * c.n + j];
+          }
+        }
+        for (int64_t j = 0; j < c.n; ++j) {
           double& out = d[r * c.n + j];
-          out = c.accumulate ? out + sum : sum;
+          out = c.accumulate ? out + sum[j] : sum[j];
         }
       }
-    } else {
-      for (int64_t i = 0; i < c.m; ++i) {
-        for (int64_t j = 0; j < c.n; ++j) {
-          double sum = 0;
-          for (int64_t r = off[g]; r < off[g + 1]; ++r) sum += a[r * c.m + i] * b[r * c.n + j];
-          double& out = d[(static_cast<int64_t>(g) * c.m + i) * c.n + j];
-          out = c.accumulate ? out + sum : sum;
+    } else {  // Outer products of the group's rows of a (m) and b (n).
+      std::vector<double> sum(c.m * c.n, 0.0);
+      for (int64_t r = off[g]; r < off[g + 1]; ++r) {
+        for (int64_t i = 0; i < c.m; ++i) {
+          const double x = a[r * c.m + i];
+          for (int64_t j = 0; j < c.n; ++j) sum[i * c.n + j] += x * b[r * c.n + j];
         }
+      }
+      for (int64_t i = 0; i < c.m * c.n; ++i) {
+        double& out = d[static_cast<int64_t>(g) * c.m * c.n + i];
+        out = c.accumulate ? out + sum[i] : sum[i];
       }
     }
   }
