@@ -68,6 +68,8 @@ class MoeLayer final : public Block {
   // checkpoints keep beside the parameters.
   const kernels::Tensor& expert_bias() const { return expert_bias_; }
   bool expert_bias_enabled() const { return moe_.expert_bias; }
+  // The layer's number in the whole stack (BuildContext::layer_number).
+  int layer_number() const { return layer_number_; }
   // The expert bias's name in checkpoints, beside the router's weight in the whole model:
   // "language.decoder.layers.3.mlp.router.expert_bias".
   std::string expert_bias_name() const;

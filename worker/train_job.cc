@@ -344,6 +344,9 @@ absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
       values[absl::StrCat("expert_load_", e)] =
           routed > 0 ? static_cast<double>(m.expert_load[e]) / routed : 0;
     }
+    for (const auto& [layer, imbalance] : m.expert_load_imbalance) {
+      values[absl::StrCat("expert_load_imbalance_layer_", layer)] = imbalance;
+    }
     metrics.set_tokens_per_second(m.seconds > 0 ? m.tokens / m.seconds : 0);
     metrics.set_tflops_per_gpu(tflops);
     if (peak > 0) metrics.set_mfu(tflops / peak);
@@ -355,10 +358,10 @@ absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
     if (stop) break;
   }
   MIMO_RETURN_IF_ERROR(background.Wait());
-  hooks.log(absl::StrFormat(
-      "training %s: %d steps in %.1f s; memory on this rank: %s",
-      end.iteration < t.steps() ? "stopped" : "done", end.iteration - first_step + 1, seconds,
-      ops.allocator().stats().ToString()));
+  hooks.log(absl::StrFormat("training %s: %d steps in %.1f s; memory on this rank: %s",
+                            end.iteration < t.steps() ? "stopped" : "done",
+                            end.iteration - first_step + 1, seconds,
+                            ops.allocator().stats().ToString()));
   return end;
 }
 

@@ -402,14 +402,33 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
                                                                    options_.groups.cp}));
     if (config_.language.moe.has_value())
       m.expert_load.assign(config_.language.moe->router.experts, 0);
-    for (const std::vector<int64_t>& layer : loads) {
+    // Each layer's busiest expert and its total, at the layer's place in the whole stack.
+    const int layers = config_.language.transformer.num_layers;
+    std::vector<int64_t> busiest_and_total(2 * static_cast<size_t>(layers), 0);
+    const std::vector<MoeLayer*> moe_layers = MoeLayers();
+    for (size_t i = 0; i < loads.size(); ++i) {
+      const std::vector<int64_t>& layer = loads[i];
       for (size_t e = 0; e < layer.size() && e < m.expert_load.size(); ++e) {
         m.expert_load[e] += layer[e];
       }
+      const int at = moe_layers[i]->layer_number();
+      if (at < 0 || at >= layers || layer.empty()) continue;
+      busiest_and_total[2 * at] = *std::max_element(layer.begin(), layer.end());
+      for (int64_t n : layer) busiest_and_total[2 * at + 1] += n;
     }
     if (ModelGroups::Size(options_.pp) > 1) {
-      // Each stage's MoE layers: the per-expert sums over the stages.
+      // Each stage's MoE layers: the per-expert sums, and the layers' figures, over the stages.
       MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.pp, absl::MakeSpan(m.expert_load)));
+      MIMO_RETURN_IF_ERROR(SumOverGroup(ops_, *options_.pp, absl::MakeSpan(busiest_and_total)));
+    }
+    if (config_.language.moe.has_value()) {
+      const double experts = static_cast<double>(config_.language.moe->router.experts);
+      for (int l = 0; l < layers; ++l) {
+        if (l % config_.language.moe_layer_freq != 0) continue;
+        const int64_t total = busiest_and_total[2 * l + 1];
+        m.expert_load_imbalance[l] =
+            total > 0 ? static_cast<double>(busiest_and_total[2 * l]) * experts / total : 0.0;
+      }
     }
   }
   MIMO_RETURN_IF_ERROR(ops_.Synchronize());

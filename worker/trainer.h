@@ -146,6 +146,9 @@ struct StepMetrics {
   int64_t tokens = 0;                // Packed tokens of the step (not tp's or cp's padding).
   int64_t labelled = 0;              // Of which with a label.
   std::vector<int64_t> expert_load;  // Per expert, summed over the MoE layers and the group.
+  // Per MoE layer of the whole stack, by its layer number: the busiest expert's load over the
+  // mean load, summed over the group (1: balanced; 0: the layer routed nothing).
+  std::map<int, double> expert_load_imbalance;
   // The whole model's training FLOPs of the step, over all ranks (mimo/model_flops.h: the
   // language model and the encoders on the step's samples).
   double model_flops = 0;

@@ -51,6 +51,7 @@ void ExpectReplicasLikeOneRank(bool distributed_optimizer, int micro_batches = 1
       EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
       EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
       EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+      EXPECT_EQ(g.expert_load_imbalance, w.expert_load_imbalance) << "step " << i;
       // The buckets of the layers the backward finishes first start during it.
       EXPECT_GT(g.overlapped_buckets, 0) << "step " << i;
       EXPECT_EQ(w.overlapped_buckets, 0) << "step " << i;  // One rank: nothing to reduce.
@@ -208,6 +209,7 @@ void ExpectExpertSplitLikeOneRank(const std::string& kind, bool distributed_opti
       EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
       EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
       EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+      EXPECT_EQ(g.expert_load_imbalance, w.expert_load_imbalance) << "step " << i;
     }
     int experts = 0;
     for (const auto& [name, values] : want.params) {
@@ -262,6 +264,7 @@ TEST(TrainerDataParallelTest, DistributedOptimizerWithExpertParallelismTrainsLik
       EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
       EXPECT_NEAR(g.grad_norm, w.grad_norm, 1e-4 * w.grad_norm) << "step " << i;
       EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+      EXPECT_EQ(g.expert_load_imbalance, w.expert_load_imbalance) << "step " << i;
     }
     for (const auto& [name, values] : want.params) {
       const bool expert = name.find(".mlp.experts.") != std::string::npos;

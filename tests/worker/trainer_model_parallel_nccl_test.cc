@@ -92,6 +92,7 @@ TEST_P(TrainerModelParallelNcclTest, TwoGpusTrainLikeOne) {
       EXPECT_NEAR(g.aux_loss, w.aux_loss, kBound * w.aux_loss) << "step " << i;
       EXPECT_NEAR(g.grad_norm, w.grad_norm, kBound * w.grad_norm) << "step " << i;
       EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+      EXPECT_EQ(g.expert_load_imbalance, w.expert_load_imbalance) << "step " << i;
     }
     for (const auto& [name, values] : got[r].params) {
       ASSERT_TRUE(want.params.contains(name)) << name;

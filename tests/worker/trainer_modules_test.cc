@@ -240,6 +240,7 @@ void ExpectLikeOneRank(const Layout& layout) {
       EXPECT_NEAR(g.loss, w.loss, 1e-5 * w.loss) << "step " << i;
       EXPECT_NEAR(g.aux_loss, w.aux_loss, 1e-5 * w.aux_loss) << "step " << i;
       EXPECT_EQ(g.expert_load, w.expert_load) << "step " << i;
+      EXPECT_EQ(g.expert_load_imbalance, w.expert_load_imbalance) << "step " << i;
       EXPECT_NEAR(g.model_flops, w.model_flops, 1e-6 * w.model_flops) << "step " << i;
       EXPECT_GT(w.model_flops, 0);
     }

@@ -70,6 +70,7 @@ TEST_P(TrainerNcclTest, TwoGpusTrainLikeOneWithBothMicroBatches) {
       EXPECT_NEAR(g.loss, w.loss, kBound * w.loss) << "rank " << r << " step " << i;
       EXPECT_NEAR(g.grad_norm, w.grad_norm, kBound * w.grad_norm) << "rank " << r << " step " << i;
       EXPECT_EQ(g.expert_load, w.expert_load) << "rank " << r << " step " << i;
+      EXPECT_EQ(g.expert_load_imbalance, w.expert_load_imbalance) << "rank " << r << " step " << i;
       if (ep) {
         EXPECT_EQ(g.overlapped_buckets, 0) << "rank " << r << " step " << i;
       } else {

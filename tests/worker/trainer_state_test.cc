@@ -163,6 +163,7 @@ TEST(TrainerStateTest, ARestoredRunGoesOnAsTheUninterruptedOne) {
       EXPECT_EQ(m->grad_norm, want[i].grad_norm) << "step " << i;
       EXPECT_EQ(m->lr, want[i].lr) << "step " << i;
       EXPECT_EQ(m->expert_load, want[i].expert_load) << "step " << i;
+      EXPECT_EQ(m->expert_load_imbalance, want[i].expert_load_imbalance) << "step " << i;
     }
     EXPECT_EQ(Values(*ops, **resumed), Values(*ops, **whole));
     fs::remove_all(dir);

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 #include <vector>
@@ -204,6 +205,7 @@ TEST(TrainerTest, LogsEveryMoeLayersRoutingInForwardOrder) {
   ASSERT_TRUE(m.ok()) << m.status();
   ASSERT_EQ(log.size(), 4u);  // 2 micro-batches x 2 MoE layers.
   std::vector<int64_t> load(4, 0);
+  std::vector<std::vector<int64_t>> layer_load(2, std::vector<int64_t>(4, 0));
   int64_t tokens = 0;
   for (size_t j = 0; j < log.size(); ++j) {
     EXPECT_EQ(log[j].layer_number, static_cast<int>(j % 2)) << j;
@@ -212,11 +214,24 @@ TEST(TrainerTest, LogsEveryMoeLayersRoutingInForwardOrder) {
     EXPECT_EQ(log[j].dispatched.shape(), log[j].indices.shape());
     std::vector<int32_t> choices(log[j].indices.numel());
     ASSERT_TRUE(ops->CopyToHost(choices.data(), log[j].indices.data(), 4 * choices.size()).ok());
-    for (int32_t e : choices) ++load.at(e);
+    for (int32_t e : choices) {
+      ++load.at(e);
+      ++layer_load[j % 2].at(e);
+    }
     if (j % 2 == 0) tokens += log[j].indices.size(0);
   }
   EXPECT_EQ(tokens, m->tokens);
   EXPECT_EQ(load, m->expert_load);
+  // Each layer's busiest expert over its mean load.
+  ASSERT_EQ(m->expert_load_imbalance.size(), 2u);
+  for (int layer = 0; layer < 2; ++layer) {
+    const std::vector<int64_t>& l = layer_load[layer];
+    const double mean = (l[0] + l[1] + l[2] + l[3]) / 4.0;
+    EXPECT_DOUBLE_EQ(m->expert_load_imbalance.at(layer),
+                     *std::max_element(l.begin(), l.end()) / mean)
+        << "layer " << layer;
+    EXPECT_GE(m->expert_load_imbalance.at(layer), 1.0);
+  }
   (*trainer)->set_routing_log(nullptr);
   ASSERT_TRUE((*trainer)->Step().ok());
   EXPECT_EQ(log.size(), 4u);

@@ -125,6 +125,7 @@ TEST_F(WorkerTest, TrainJobTrainsAndReportsEveryStep) {
   EXPECT_GT(done.last_metrics().tflops_per_gpu(), 0);
   EXPECT_GT(done.last_metrics().peak_memory_bytes(), 0);
   EXPECT_EQ(done.last_metrics().values().count("expert_load_3"), 1u);
+  EXPECT_EQ(done.last_metrics().values().count("expert_load_imbalance_layer_0"), 1u);
   const std::vector<std::string> logs = ReadLogs(*jobs_, job.id());
   EXPECT_TRUE(HasLine(logs, "rank 0: training module vision: ")) << absl::StrJoin(logs, "\n");
   EXPECT_TRUE(HasLine(logs, "rank 3: training module language: "));
