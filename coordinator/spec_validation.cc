@@ -2,11 +2,9 @@
 #include "coordinator/spec_validation.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
-#include <type_traits>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -16,7 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "google/protobuf/descriptor.h"
+#include "coordinator/field_checks.h"
+#include "coordinator/moe_spec_checks.h"
 
 namespace mimo::coordinator {
 namespace {
@@ -25,9 +24,6 @@ constexpr int kMaxJobNameLength = 63;
 constexpr int64_t kDefaultSeed = 1234;
 // Longest user string quoted back in a description.
 constexpr size_t kMaxQuoted = 64;
-
-// Parallelism sizes of 0 are proto3's default and mean 1.
-int SizeOrOne(int32_t size) { return size == 0 ? 1 : size; }
 
 // `s` in single quotes (as the planner quotes module names) with C escapes, cut to kMaxQuoted
 // characters.
@@ -58,7 +54,7 @@ std::string SpecPath(const parallel::LayoutViolation& v) {
   return absl::StrCat(module, ".parallelism.", v.field);
 }
 
-class SpecChecker {
+class SpecChecker : public FieldChecks {
  public:
   explicit SpecChecker(const v1::JobSpec& spec) : spec_(spec) {}
 
@@ -82,51 +78,7 @@ class SpecChecker {
     return plan;
   }
 
-  std::vector<FieldViolation>& violations() { return violations_; }
-
  private:
-  void Add(std::string field, std::string description) {
-    violations_.push_back({std::move(field), std::move(description)});
-  }
-
-  // Adds a violation at `path` unless `value` is positive (and finite).
-  template <typename T>
-  void Positive(const std::string& path, T value) {
-    if constexpr (std::is_floating_point_v<T>) {
-      if (std::isfinite(value) && value > 0) return;
-    } else {
-      if (value > 0) return;
-    }
-    Add(path, absl::StrCat("must be positive, got ", value));
-  }
-
-  // Adds a violation at `path` unless `value` is at least 0 (and finite).
-  template <typename T>
-  void NonNegative(const std::string& path, T value) {
-    if constexpr (std::is_floating_point_v<T>) {
-      if (std::isfinite(value) && value >= 0) return;
-    } else {
-      if (value >= 0) return;
-    }
-    Add(path, absl::StrCat("must be >= 0, got ", value));
-  }
-
-  // Adds a violation at `path` unless `value`, which workers read as a float, is 0 or in
-  // (0, max] and stays positive as a float.
-  void FloatUpTo(const std::string& path, double value, double max) {
-    if (value == 0 || (value > 0 && value <= max && static_cast<float>(value) > 0)) return;
-    Add(path, absl::StrCat("must be 0 or in (0, ", max, "] (positive as a float), got ", value));
-  }
-
-  // Adds a violation at `path` when an enum is unset or holds a number it does not define.
-  void EnumSet(const std::string& path, int value, const google::protobuf::EnumDescriptor* type) {
-    if (value == 0) {
-      Add(path, absl::StrCat("must be set (got ", type->FindValueByNumber(0)->name(), ")"));
-    } else if (type->FindValueByNumber(value) == nullptr) {
-      Add(path, absl::StrCat("unknown ", type->name(), " value ", value));
-    }
-  }
-
   void CheckJob() {
     if (!IsValidJobName(spec_.name())) {
       Add("name", absl::StrCat("must be 1-", kMaxJobNameLength,
@@ -285,47 +237,6 @@ class SpecChecker {
     CheckProjector(a.projector(), absl::StrCat(path, ".projector"));
   }
 
-  // The router's settings (kernels::CheckRouterConfig's limits, which workers check again).
-  void CheckRouter(const v1::MoE& moe, const std::string& path) {
-    constexpr int kMaxExperts = 1024, kMaxTopK = 32, kMaxGroups = 64;
-    const int e = moe.num_experts(), k = moe.top_k();
-    if (e > kMaxExperts) {
-      Add(absl::StrCat(path, ".num_experts"),
-          absl::StrCat("must be at most ", kMaxExperts, ", got ", e));
-    }
-    if (k < 1 || k > std::min(e, kMaxTopK)) {
-      Add(absl::StrCat(path, ".top_k"), absl::StrCat("top_k must be in [1, min(num_experts = ", e,
-                                                     ", ", kMaxTopK, ")], got ", k));
-    }
-    EnumSet(absl::StrCat(path, ".router_score"), moe.router_score(),
-            v1::MoE::RouterScore_descriptor());
-    FloatUpTo(absl::StrCat(path, ".top_k_scaling_factor"), moe.top_k_scaling_factor(), 1e6);
-    FloatUpTo(absl::StrCat(path, ".expert_bias_update_rate"), moe.expert_bias_update_rate(), 1.0);
-    if (v1::MoE::DropPolicy_descriptor()->FindValueByNumber(moe.drop_policy()) == nullptr) {
-      Add(absl::StrCat(path, ".drop_policy"),
-          absl::StrCat("unknown DropPolicy value ", moe.drop_policy()));
-    }
-    const int groups = moe.num_groups(), group_k = moe.group_top_k();
-    if (groups == 0) {
-      if (group_k != 0) {
-        Add(absl::StrCat(path, ".group_top_k"),
-            absl::StrCat("group_top_k ", group_k, " without num_groups"));
-      }
-      return;
-    }
-    if (groups < 2 || groups > kMaxGroups || e % groups != 0) {
-      Add(absl::StrCat(path, ".num_groups"),
-          absl::StrCat("num_groups must be in [2, ", kMaxGroups, "] and divide num_experts ", e,
-                       ", got ", groups));
-    } else if (group_k < 1 || group_k > groups || k < 1 || k % group_k != 0 ||
-               k > group_k * (e / groups)) {
-      Add(absl::StrCat(path, ".group_top_k"),
-          absl::StrCat("group_top_k must be in [1, num_groups = ", groups, "], divide top_k ", k,
-                       " and leave at least top_k experts in the chosen groups (group_top_k x ",
-                       e / groups, "), got ", group_k));
-    }
-  }
-
   void CheckLanguage(const v1::Module& m, const std::string& module, int tp) {
     const v1::LanguageModel& l = m.language();
     const std::string path = absl::StrCat(module, ".language");
@@ -336,45 +247,7 @@ class SpecChecker {
     CheckTransformer(l.transformer(), l.has_transformer(), absl::StrCat(path, ".transformer"),
                      module, tp);
 
-    const v1::MoE& moe = l.moe();
-    const std::string moe_path = absl::StrCat(path, ".moe");
-    const std::string ep_path = absl::StrCat(module, ".parallelism.ep");
-    const int ep = SizeOrOne(m.parallelism().ep());
-    NonNegative(absl::StrCat(moe_path, ".num_experts"), moe.num_experts());
-    NonNegative(absl::StrCat(moe_path, ".aux_loss_coeff"), moe.aux_loss_coeff());
-    NonNegative(absl::StrCat(moe_path, ".z_loss_coeff"), moe.z_loss_coeff());
-    if (!(moe.capacity_factor() >= 0 && moe.capacity_factor() <= 1e6)) {
-      Add(absl::StrCat(moe_path, ".capacity_factor"),
-          absl::StrCat("must be in [0, 1e6] (0: dropless), got ", moe.capacity_factor()));
-    }
-    NonNegative(absl::StrCat(moe_path, ".num_shared_experts"), moe.num_shared_experts());
-    NonNegative(absl::StrCat(moe_path, ".ffn_hidden_size"), moe.ffn_hidden_size());
-    NonNegative(absl::StrCat(moe_path, ".moe_layer_freq"), moe.moe_layer_freq());
-    if (moe.num_shared_experts() > 0) {
-      Positive(absl::StrCat(moe_path, ".shared_expert_ffn_hidden_size"),
-               moe.shared_expert_ffn_hidden_size());
-    } else {
-      NonNegative(absl::StrCat(moe_path, ".shared_expert_ffn_hidden_size"),
-                  moe.shared_expert_ffn_hidden_size());
-    }
-    if (moe.num_experts() > 0) {
-      CheckRouter(moe, moe_path);
-      if (moe.per_sequence_aux_loss() && (tp > 1 || SizeOrOne(m.parallelism().cp()) > 1)) {
-        Add(absl::StrCat(moe_path, ".per_sequence_aux_loss"),
-            absl::StrCat("needs tp and cp of 1 (a sequence's tokens would straddle the ranks' "
-                         "rows), got tp ",
-                         tp, " and cp ", SizeOrOne(m.parallelism().cp()),
-                         "; use the per-micro-batch load-balancing loss"));
-      }
-      if (ep > 0 && moe.num_experts() % ep != 0) {
-        Add(ep_path, absl::StrCat("ep=", ep, " does not divide moe.num_experts ", moe.num_experts(),
-                                  " (each expert-parallel rank holds ", "whole experts)"));
-      }
-    } else if (moe.num_experts() == 0 && ep != 1) {
-      Add(ep_path, absl::StrCat("ep=", ep,
-                                " needs routed experts, but moe.num_experts is 0 (every layer "
-                                "is dense)"));
-    }
+    CheckMoe(m, module, tp, *this);
   }
 
   std::optional<parallel::RankPlan> PlanLayout() {
@@ -683,7 +556,6 @@ class SpecChecker {
   }
 
   const v1::JobSpec& spec_;
-  std::vector<FieldViolation> violations_;
   int language_ = -1;  // Index of the first module with a language model.
 };
 

@@ -38,7 +38,6 @@ using grouped_gemm_internal::DepthWork;
 using grouped_gemm_internal::GroupRows;
 using grouped_gemm_internal::kWgmmaBm;
 using grouped_gemm_internal::kWgmmaBn;
-using grouped_gemm_internal::Launch;
 using grouped_gemm_internal::StorePair;
 using grouped_gemm_internal::Work;
 
@@ -298,6 +297,17 @@ __global__ void __launch_bounds__(kThreads) FmaKernel(Args args) {
 
 // ---------------------------------------------------------------------------------------------
 // Host side.
+
+// Enqueues kKernel(args), raising its dynamic shared memory limit where `smem` needs it.
+template <auto kKernel>
+absl::Status Launch(const Args& args, dim3 grid, int threads, size_t smem, cudaStream_t s) {
+  if (smem > 48 * 1024) {
+    MIMO_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+        kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+  kKernel<<<grid, threads, smem, s>>>(args);
+  return absl::OkStatus();
+}
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 

@@ -1,6 +1,6 @@
 // What the grouped GEMM's kernels share (grouped_gemm.cu and grouped_gemm_hopper.cu): the
 // arguments every kernel reads, a group's clamped rows, a block's work for a weight-gradient tile,
-// the paired stores that write or add, and the launcher of the one-argument kernels.
+// and the paired stores that write or add.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,10 +8,6 @@
 
 #include <cstddef>
 #include <cstdint>
-
-#include "absl/status/status.h"
-#include "common/status_macros.h"
-#include "kernels/cuda_status.h"
 
 namespace mimo::kernels::grouped_gemm_internal {
 
@@ -85,17 +81,6 @@ __device__ __forceinline__ void StorePair<bf16>(bf16* d, float x, float y, bool 
     y = __bfloat162float(old.y) + y;
   }
   *reinterpret_cast<__nv_bfloat162*>(d) = __floats2bfloat162_rn(x, y);
-}
-
-// Enqueues kKernel(args), raising its dynamic shared memory limit where `smem` needs it.
-template <auto kKernel>
-absl::Status Launch(const Args& args, dim3 grid, int threads, size_t smem, cudaStream_t s) {
-  if (smem > 48 * 1024) {
-    MIMO_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-        kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  }
-  kKernel<<<grid, threads, smem, s>>>(args);
-  return absl::OkStatus();
 }
 
 }  // namespace mimo::kernels::grouped_gemm_internal
