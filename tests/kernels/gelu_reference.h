@@ -2,6 +2,7 @@
 // kernels are measured against.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -40,6 +41,18 @@ inline std::vector<double> GeluBackwardFloat64(const std::vector<double>& dy,
   std::vector<double> dx;
   for (size_t i = 0; i < x.size(); ++i) dx.push_back(dy[i] * GeluDerivativeFloat64(a, x[i]));
   return dx;
+}
+
+// The largest difference of `got` from `want`, relative to want's largest magnitude or to 1 when
+// every value is smaller: a lone x near -6 has a GELU near -1e-6 whose f32 erfc argument alone
+// is off by up to x^2 ulp (2e-6 of it).
+inline double GeluError(const std::vector<double>& got, const std::vector<double>& want) {
+  double err = 0, scale = 1;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err = std::max(err, std::abs(got[i] - want[i]));
+    scale = std::max(scale, std::abs(want[i]));
+  }
+  return err / scale;
 }
 
 }  // namespace mimo::kernels::testing
