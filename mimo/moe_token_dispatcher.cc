@@ -218,6 +218,7 @@ absl::StatusOr<MoeDispatched> MoeTokenDispatcher::DispatchOverEp(const StepConte
     expert_offsets[j + 1] = static_cast<int32_t>(
         expert_offsets[j] + (rows + options_.align - 1) / options_.align * options_.align);
   }
+  out.offsets.row_multiple = options_.align;
   const int64_t expert_rows = expert_offsets[el];
   std::vector<int32_t> received_of(expert_rows, -1), expert_row_of(received);
   std::vector<int64_t> next(expert_offsets.begin(), expert_offsets.end() - 1);
@@ -427,7 +428,7 @@ absl::Status MoeTokenDispatcher::GatherForExptTp(const StepContext& ctx, MoeDisp
   MIMO_RETURN_IF_ERROR(ops.CopyFromHost(s.expert_row_of_gathered.data(), expert_row_of.data(),
                                         sizeof(int32_t) * gathered));
   MIMO_ASSIGN_OR_RETURN(out.rows, GatherOverExptTp(ctx, s, out.rows));
-  out.offsets = {.device = {}, .host = std::move(offsets_all)};
+  out.offsets = {.device = {}, .host = std::move(offsets_all), .row_multiple = options_.align};
   return absl::OkStatus();
 }
 

@@ -111,6 +111,10 @@ TEST_P(MoeTokenDispatcherTest, PadsToTheGroupsLargestCountAndTrimsAfterTheCombin
                                            IndicesOf(*ops, mine.indices, t),
                                            Upload(*ops, mine.probs, {t, kTopK}, DType::kF32));
     ASSERT_TRUE(dispatched.ok()) << dispatched.status();
+    // Each local expert's received rows padded to `align`: offsets that promise it, so grouped
+    // experts may run them as row tiles (GroupedGemmParams::row_multiple).
+    EXPECT_EQ(dispatched->offsets.row_multiple, 4);
+    for (int32_t o : dispatched->offsets.host) EXPECT_EQ(o % 4, 0) << o;
     MoeDispatchState& s = dispatched->state;
     MemberResult& r = got[rank];
     r.padded = s.padded;
