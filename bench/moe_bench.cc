@@ -21,7 +21,8 @@
 // of the same FLOPs, and as one batch of products of at most 512 / 1024 / 2048 rows; and fc1's
 // weight gradient per expert as one batch, added to an f32 gradient (as the layer's later
 // micro-batches do), written over it (its first), and written in bf16, and as one grouped product
-// (the graph-safe layer's) on each tensor-core kernel of the GPU (wgmma, mma.sync).
+// (the graph-safe layer's) on each tensor-core kernel of the GPU (wgmma, mma.sync), added to the
+// f32 gradient and written over it.
 // After the timed steps of a case, one more runs between cudaProfilerStart/Stop (for ncu
 // --profile-from-start off).
 // --batch-streams sets the streams a batch of GEMMs spreads over (CublasLtOptions::batch_streams;
@@ -485,6 +486,13 @@ void RunParts(const MoeCase& c, int iters, int batch_streams, int64_t align) {
       grouped_names.push_back(name);
       dw_fns.push_back([&, kernel] {
         Check(kernels::LaunchGroupedGemmWith(grouped_dw, kernel, ops.stream()), "GroupedGemm");
+      });
+      // And written over the gradient (the graph-safe layer's first micro-batch of a step).
+      grouped_names.push_back(absl::StrCat(name, "_written"));
+      dw_fns.push_back([&, kernel] {
+        kernels::GroupedGemmParams written = grouped_dw;
+        written.accumulate = false;
+        Check(kernels::LaunchGroupedGemmWith(written, kernel, ops.stream()), "GroupedGemm");
       });
     }
     const std::vector<double> dw_ms = TimeInterleaved(ops, iters, dw_fns);
