@@ -2,6 +2,8 @@
 #include "coordinator/moe_spec_checks.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
@@ -60,8 +62,10 @@ void CheckMoe(const v1::Module& m, const std::string& module, int tp, FieldCheck
   const std::string ep_path = absl::StrCat(module, ".parallelism.ep");
   const int ep = SizeOrOne(m.parallelism().ep());
   checks.NonNegative(absl::StrCat(moe_path, ".num_experts"), moe.num_experts());
-  checks.NonNegative(absl::StrCat(moe_path, ".aux_loss_coeff"), moe.aux_loss_coeff());
-  checks.NonNegative(absl::StrCat(moe_path, ".z_loss_coeff"), moe.z_loss_coeff());
+  // Workers read the coefficients as floats: finite and, unless 0, positive there too.
+  constexpr double kFloatMax = std::numeric_limits<float>::max();
+  checks.FloatUpTo(absl::StrCat(moe_path, ".aux_loss_coeff"), moe.aux_loss_coeff(), kFloatMax);
+  checks.FloatUpTo(absl::StrCat(moe_path, ".z_loss_coeff"), moe.z_loss_coeff(), kFloatMax);
   if (!(moe.capacity_factor() >= 0 && moe.capacity_factor() <= 1e6)) {
     checks.Add(absl::StrCat(moe_path, ".capacity_factor"),
                absl::StrCat("must be in [0, 1e6] (0: dropless), got ", moe.capacity_factor()));
@@ -84,6 +88,25 @@ void CheckMoe(const v1::Module& m, const std::string& module, int tp, FieldCheck
                               "rows), got tp ",
                               tp, " and cp ", SizeOrOne(m.parallelism().cp()),
                               "; use the per-micro-batch load-balancing loss"));
+    }
+    // Each expert's width splits over expt_tp, the shared experts' over tp (a dense MLP's).
+    const int etp = SizeOrOne(m.parallelism().etp());
+    const int64_t expert_width = moe.ffn_hidden_size() > 0
+                                     ? moe.ffn_hidden_size()
+                                     : m.language().transformer().ffn_hidden_size();
+    if (etp > 0 && expert_width > 0 && expert_width % etp != 0) {
+      checks.Add(absl::StrCat(module, ".parallelism.etp"),
+                 absl::StrCat("etp=", etp, " does not divide the experts' width ", expert_width,
+                              " (moe.ffn_hidden_size, or the transformer's ffn_hidden_size when it "
+                              "is 0; each expert-tensor-parallel rank holds a slice)"));
+    }
+    const int64_t shared_width = moe.shared_expert_ffn_hidden_size() > 0
+                                     ? moe.shared_expert_ffn_hidden_size()
+                                     : int64_t{moe.num_shared_experts()} * expert_width;
+    if (tp > 0 && shared_width > 0 && shared_width % tp != 0) {
+      checks.Add(absl::StrCat(moe_path, ".shared_expert_ffn_hidden_size"),
+                 absl::StrCat("tp=", tp, " does not divide the shared experts' width ",
+                              shared_width, " (each tensor-parallel rank holds a slice)"));
     }
     if (ep > 0 && moe.num_experts() % ep != 0) {
       checks.Add(ep_path,

@@ -329,6 +329,10 @@ absl::StatusOr<BlockOutput> MoeLayer::Forward(const StepContext& ctx, const Tens
   saved->route = std::move(dispatched.state);
   MIMO_ASSIGN_OR_RETURN(BlockOutput experts,
                         experts_->Forward(ctx, dispatched.rows, dispatched.offsets));
+  // The combine reads the experts' rows wherever the dispatch put them: experts of another
+  // builder that return another shape are refused, not read past.
+  MIMO_RETURN_IF_ERROR(
+      CheckSameShape(experts.y, dispatched.rows, "MoeLayer: the routed experts' output"));
   saved->experts = std::move(experts.saved);
   MIMO_ASSIGN_OR_RETURN(Tensor y, dispatcher_.Combine(ctx, saved->route, experts.y));
   if (shared_ != nullptr) {
@@ -351,6 +355,8 @@ absl::StatusOr<Tensor> MoeLayer::Backward(const StepContext& ctx,
   MIMO_ASSIGN_OR_RETURN(MoeCombineGrads combine,
                         dispatcher_.CombineBackward(ctx, saved->route, dy));
   MIMO_ASSIGN_OR_RETURN(Tensor dxp, experts_->Backward(ctx, std::move(saved->experts), combine.dh));
+  MIMO_RETURN_IF_ERROR(
+      CheckSameShape(dxp, combine.dh, "MoeLayer: the routed experts' input gradient"));
   MIMO_ASSIGN_OR_RETURN(Tensor dx, dispatcher_.DispatchBackward(ctx, saved->route, dxp));
   // Through the router: the combine weights' and the auxiliary losses' gradients meet in the
   // logits, then the router GEMM (in the compute dtype) adds to dx and the router's gradient.

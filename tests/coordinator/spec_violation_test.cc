@@ -216,6 +216,31 @@ INSTANTIATE_TEST_SUITE_P(
                Language(s).mutable_parallelism()->set_ep(1);
              },
              {"modules[2].language.moe.per_sequence_aux_loss"}},
+        Case{"AuxLossInfiniteAsAFloat", [](v1::JobSpec& s) { Moe(s).set_aux_loss_coeff(1e39); },
+             {"modules[2].language.moe.aux_loss_coeff"}},
+        Case{"ZLossZeroAsAFloat", [](v1::JobSpec& s) { Moe(s).set_z_loss_coeff(1e-50); },
+             {"modules[2].language.moe.z_loss_coeff"}},
+        Case{"EtpDoesNotDivideExpertWidth",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_parallelism()->set_etp(2);
+               Moe(s).set_ffn_hidden_size(3);
+             },
+             {"modules[2].parallelism.etp"}},
+        Case{"EtpDoesNotDivideTheTransformersWidth",  // The experts' width when moe's is 0.
+             [](v1::JobSpec& s) {
+               Language(s).mutable_parallelism()->set_etp(2);
+               Language(s).mutable_language()->mutable_transformer()->set_ffn_hidden_size(129);
+             },
+             {"modules[2].parallelism.etp"}},
+        Case{"TpDoesNotDivideSharedExpertWidth",
+             [](v1::JobSpec& s) {
+               Language(s).mutable_parallelism()->set_tp(2);
+               Language(s).mutable_parallelism()->set_dp(2);
+               Language(s).mutable_parallelism()->set_ep(1);
+               Moe(s).set_num_shared_experts(1);
+               Moe(s).set_shared_expert_ffn_hidden_size(3);
+             },
+             {"modules[2].language.moe.shared_expert_ffn_hidden_size"}},
         Case{"EpDoesNotDivideExperts", [](v1::JobSpec& s) { Moe(s).set_num_experts(3); },
              {"modules[2].parallelism.ep"}},
         Case{"EpWithoutExperts", [](v1::JobSpec& s) { Moe(s).set_num_experts(0); },

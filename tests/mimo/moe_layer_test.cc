@@ -10,6 +10,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "mimo/transformer_layer.h"
 #include "tests/kernels/moe_capacity_reference.h"
@@ -611,6 +612,76 @@ TEST(MoeLayerTest, RejectsBadConfigs) {
   const auto bad = MoeLayer::Create(build, m);
   ASSERT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("align"), absl::string_view::npos);
+}
+
+// Routed experts (of a builder of the user's) that return one row too few from their forward or
+// their backward.
+class ShortExperts final : public Experts {
+ public:
+  explicit ShortExperts(bool short_forward) : short_forward_(short_forward) {}
+  absl::StatusOr<BlockOutput> Forward(const StepContext& ctx, const Tensor& x,
+                                      const ExpertRowOffsets&) override {
+    MIMO_ASSIGN_OR_RETURN(Tensor y, Rows(ctx, x, short_forward_));
+    return BlockOutput{std::move(y), std::make_unique<SavedActivations>()};
+  }
+  absl::StatusOr<Tensor> Backward(const StepContext& ctx, std::unique_ptr<SavedActivations>,
+                                  const Tensor& dh) override {
+    return Rows(ctx, dh, !short_forward_);
+  }
+  void AppendParameters(std::vector<Parameter*>&) const override {}
+  bool needs_host_offsets() const override { return false; }
+
+ private:
+  // Zeros shaped like `like`, one row fewer when `short_rows`.
+  static absl::StatusOr<Tensor> Rows(const StepContext& ctx, const Tensor& like, bool short_rows) {
+    MIMO_ASSIGN_OR_RETURN(
+        Tensor out,
+        NewTensor(ctx, {like.size(0) - (short_rows ? 1 : 0), like.size(1)}, like.dtype()));
+    MIMO_RETURN_IF_ERROR(ctx.ops->SetZero(out.data(), out.nbytes()));
+    return out;
+  }
+  const bool short_forward_;
+};
+
+class ShortExpertsBuilder final : public ExpertsBuilder {
+ public:
+  explicit ShortExpertsBuilder(bool short_forward) : short_forward_(short_forward) {}
+  absl::StatusOr<std::unique_ptr<Experts>> Build(const BuildContext&,
+                                                 const LocalExperts&) const override {
+    return std::unique_ptr<Experts>(new ShortExperts(short_forward_));
+  }
+
+ private:
+  const bool short_forward_;
+};
+
+// The combine and the dispatch's backward index the experts' rows by where the dispatch put
+// them: experts that return another number of rows are refused, not read or written past.
+TEST(MoeLayerTest, RefusesExpertsThatReturnAnotherShape) {
+  auto ops = kernels::NewCpuOps();
+  TransformerConfig c = Config(MlpActivation::kSwiglu);
+  BuildContext build{.ops = ops.get(), .config = &c, .seed = 5, .prefix = "mlp"};
+  std::mt19937 random(8);
+  const std::vector<float> x = RandomFloats(9 * 8, random);
+  const StepContext ctx{.ops = ops.get()};
+  MoeConfig m = Softmax().moe;
+  m.per_sequence_aux_loss = false;
+  for (const bool short_forward : {true, false}) {
+    auto layer = MoeLayer::Create(build, m, ShortExpertsBuilder(short_forward));
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    auto out = (*layer)->Forward(ctx, Upload(*ops, x, {9, 8}, DType::kF32));
+    if (short_forward) {
+      ASSERT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument) << out.status();
+      EXPECT_NE(out.status().message().find("routed experts' output"), absl::string_view::npos)
+          << out.status();
+      continue;
+    }
+    ASSERT_TRUE(out.ok()) << out.status();
+    auto dx = (*layer)->Backward(ctx, std::move(out->saved), Upload(*ops, x, {9, 8}, DType::kF32));
+    ASSERT_EQ(dx.status().code(), absl::StatusCode::kInvalidArgument) << dx.status();
+    EXPECT_NE(dx.status().message().find("routed experts' input gradient"), absl::string_view::npos)
+        << dx.status();
+  }
 }
 
 }  // namespace
