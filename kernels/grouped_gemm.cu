@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda_elements.cuh"
+#include "kernels/cuda_grid.cuh"
 #include "kernels/cuda_mma.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/grouped_gemm.h"
@@ -342,7 +343,11 @@ absl::StatusOr<DeviceKernels> KernelsOfDevice() {
   MIMO_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
   DeviceKernels k;
-  k.mma_sync = major >= 8 && static_cast<size_t>(smem) >= kSmemBytes;
+  // Its code, too, must be sm_80 or later: older PTX JIT-compiled for this device traps in the
+  // mma paths (cuda_mma.cuh).
+  k.mma_sync =
+      major >= 8 && static_cast<size_t>(smem) >= kSmemBytes &&
+      KernelArch<TensorCoreKernel<GroupedGemmMode::kVariableDepth, false, false, float>>() >= 80;
 #ifdef MIMO_CUDA_SM90A
   const size_t optin = static_cast<size_t>(smem);
   k.wgmma = major == 9 && minor == 0 && optin >= grouped_gemm_internal::WgmmaSmemBytes() &&

@@ -5,6 +5,7 @@
 // drops each expert's sorted pairs past the capacity.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cub/device/device_radix_sort.cuh>
 
 #include "absl/strings/str_cat.h"
@@ -102,6 +103,9 @@ absl::Status LaunchMoeCapacityDrop(const MoeCapacityDropParams& p, StreamHandle 
   MIMO_RETURN_IF_ERROR(CheckMoeCapacityDrop(p));
   const int64_t pairs = p.tokens * p.top_k;
   if (pairs == 0) return absl::OkStatus();
+  // A capacity above the pairs drops nothing, as it says; clamped, the kernels' row arithmetic
+  // cannot overflow (a caller's "no limit" of INT64_MAX).
+  const int64_t capacity = std::min(p.capacity, pairs);
   const Layout l = LayoutOf(pairs, p.experts);
   if (p.workspace == nullptr || p.workspace_bytes < l.total) {
     return absl::InvalidArgumentError(absl::StrCat("MoeCapacityDrop: needs ", l.total,
@@ -126,7 +130,7 @@ absl::Status LaunchMoeCapacityDrop(const MoeCapacityDropParams& p, StreamHandle 
                                            stream));
   if (p.policy == TokenDropPolicy::kPosition) {
     DropByPositionKernel<<<Blocks(pairs), kThreads, 0, s>>>(p.indices, rows, offsets, p.kept, pairs,
-                                                            p.experts, p.capacity);
+                                                            p.experts, capacity);
     MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     return absl::OkStatus();
   }
@@ -142,7 +146,7 @@ absl::Status LaunchMoeCapacityDrop(const MoeCapacityDropParams& p, StreamHandle 
       cub::DeviceRadixSort::SortPairs(w + l.sort, sort_bytes, keys_in, keys_out, pair_in,
                                       sorted_pairs, static_cast<int>(pairs), 0, kKeyBits, s));
   DropSortedKernel<<<static_cast<unsigned>(p.experts), kThreads, 0, s>>>(offsets, sorted_pairs,
-                                                                         p.kept, p.capacity);
+                                                                         p.kept, capacity);
   MIMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

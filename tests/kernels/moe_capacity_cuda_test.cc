@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -59,7 +60,9 @@ TEST_P(MoeCapacityCudaTest, EqualToTheCpuTwin) {
   const size_t workspace_bytes = MoeCapacityDropWorkspaceBytes(pairs, k.experts);
   DeviceBuffer workspace(workspace_bytes);
   for (TokenDropPolicy policy : {TokenDropPolicy::kProbs, TokenDropPolicy::kPosition}) {
-    for (int64_t capacity : {int64_t{0}, base / 2, base, 4 * base + 100}) {
+    // ... and no limit at all: INT64_MAX keeps every pair (the launcher clamps it to the pairs).
+    for (int64_t capacity :
+         {int64_t{0}, base / 2, base, 4 * base + 100, std::numeric_limits<int64_t>::max()}) {
       MoeCapacityDropParams p{.policy = policy,
                               .probs = probs.data(),
                               .tokens = k.tokens,
