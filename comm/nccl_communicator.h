@@ -25,7 +25,10 @@ namespace mimo::comm {
 // communicator's stream: a dead or absent peer makes the call fail (DeadlineExceeded after the
 // group's timeout, or NCCL's error) and aborts the communicator, instead of hanging the process.
 // The price is that calls do not overlap with other work on the host. AllToAll does not check the
-// peers' counts: a mismatch ends in the timeout. Barrier is a one-element all-reduce.
+// peers' counts (NCCL does not): a member expecting more than its peer sends ends in the timeout,
+// but one expecting less may return OK with the message cut short (NVIDIA/nccl#1938; across
+// nodes NCCL may report a truncated message), where Gloo refuses the mismatch. Barrier is a
+// one-element all-reduce.
 class NcclCommunicator : public CheckedCommunicator {
  public:
   // Connects member `group_rank` of `members` (global ranks) of the group `kind` on CUDA device
