@@ -4,6 +4,7 @@
 #include "mimo/moe_token_dispatcher.h"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 #include <utility>
 
@@ -203,6 +204,12 @@ absl::StatusOr<MoeDispatched> MoeTokenDispatcher::DispatchOverEp(const StepConte
     s.recv_rows[p] = at(p, (ep_rank_ + 1) * el) - at(p, ep_rank_ * el);
   }
   const int64_t received = static_cast<int64_t>(Sum(s.recv_rows));
+  // The experts' row offsets and the regrouping's row indices are int32.
+  if (received + el * (options_.align - 1) > std::numeric_limits<int32_t>::max()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("MoeTokenDispatcher: member ", ep_rank_, " would receive ", received,
+                     " rows for its experts, more than int32 row indices reach"));
+  }
   MIMO_ASSIGN_OR_RETURN(Tensor recv, NewTensor(ctx, {received, c}, x.dtype()));
   MIMO_RETURN_IF_ERROR(ExchangeRows(ctx, ep, send, s.send_rows, recv, s.recv_rows, c));
 

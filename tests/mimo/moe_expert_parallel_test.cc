@@ -228,8 +228,8 @@ TEST_P(MoeExpertParallelTest, EqualsTheSingleRankLayer) {
   ExpectEqualsTheSingleRankLayer(GetParam());
 }
 
-// Random layouts (ep 2 or 4, etp 1 or 2, 2 to 4 experts a rank) with random token counts per
-// rank (0 to 300), dropless or dropping, per-expert or grouped GEMMs.
+// Random layouts (ep 2 or 4, etp 1 or 2, 4 or 8 experts: 1 or 2 a rank) with random token counts
+// per rank (0 to 300), dropless or dropping, per-expert or grouped GEMMs.
 TEST(MoeExpertParallelRandomTest, RandomLayoutsEqualTheSingleRankLayer) {
   const unsigned seed = std::random_device{}();
   std::mt19937 random(seed);
