@@ -100,9 +100,8 @@ void CheckMoe(const v1::Module& m, const std::string& module, int tp, FieldCheck
                               " (moe.ffn_hidden_size, or the transformer's ffn_hidden_size when it "
                               "is 0; each expert-tensor-parallel rank holds a slice)"));
     }
-    const int64_t shared_width = moe.shared_expert_ffn_hidden_size() > 0
-                                     ? moe.shared_expert_ffn_hidden_size()
-                                     : int64_t{moe.num_shared_experts()} * expert_width;
+    // (Shared experts without a width of their own are refused above.)
+    const int shared_width = moe.shared_expert_ffn_hidden_size();
     if (tp > 0 && shared_width > 0 && shared_width % tp != 0) {
       checks.Add(absl::StrCat(moe_path, ".shared_expert_ffn_hidden_size"),
                  absl::StrCat("tp=", tp, " does not divide the shared experts' width ",
