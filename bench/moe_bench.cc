@@ -165,7 +165,7 @@ void Run(const MoeCase& c, int iters, double skew, int batch_streams, int64_t al
   };
   std::optional<kernels::CudaGraph> captured;
   if (graph) {
-    auto made = kernels::CudaGraph::Capture((*ops)->stream(), enqueue);
+    auto made = kernels::CudaGraph::Capture(**ops, enqueue);
     Check(made.status(), "capturing the layer");
     captured.emplace(*std::move(made));
   }

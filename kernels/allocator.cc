@@ -77,6 +77,18 @@ void CpuAllocator::Free(void* ptr) {
   std::free(ptr);
 }
 
+absl::StatusOr<Allocator::PoolId> Allocator::BeginPrivatePool(StreamHandle) {
+  return absl::UnimplementedError(
+      absl::StrCat("the allocator of ", device().ToString(), " has no private pools"));
+}
+
+absl::Status Allocator::EndPrivatePool(StreamHandle) {
+  return absl::UnimplementedError(
+      absl::StrCat("the allocator of ", device().ToString(), " has no private pools"));
+}
+
+void Allocator::ReleasePrivatePool(PoolId) {}
+
 AllocatorStats CpuAllocator::stats() {
   absl::MutexLock lock(&mu_);
   return stats_;

@@ -23,7 +23,8 @@ struct AllocatorStats {
   int64_t peak_allocated_bytes = 0;  // The most ever live at once.
   int64_t reserved_bytes = 0;        // Obtained from the system (live + cached).
   int64_t peak_reserved_bytes = 0;
-  int64_t largest_free_block = 0;  // The largest cached block (0 without a cache).
+  int64_t largest_free_block = 0;  // The largest cached block any request may get (0 without
+                                   // a cache; private pools' blocks are not counted).
   int64_t allocations = 0;         // Allocate calls that succeeded.
   int64_t system_allocations = 0;  // Of which needed memory from the system (cudaMalloc).
   int64_t system_frees = 0;        // Segments given back (cudaFree).
@@ -49,6 +50,23 @@ class Allocator {
   // Returns memory from Allocate; null is a no-op.
   virtual void Free(void* ptr) = 0;
   virtual AllocatorStats stats() = 0;
+
+  // Private pools, for CUDA graphs (kernels/cuda_graph.h). From BeginPrivatePool(stream) to
+  // EndPrivatePool(stream), requests on `stream` get blocks from segments of the pool alone
+  // (reused within it as usual), and blocks allocated on `stream` outside the pool and freed
+  // meanwhile are held back; until ReleasePrivatePool(pool), neither is handed to any other
+  // request nor given back to the device: the memory a graph captured on `stream` reads and writes
+  // stays its replays' while the graph may run. Requests and frees of other streams are not
+  // covered, nor blocks allocated before Begin and freed after End (keep those until the release).
+  // Begin: FailedPrecondition while the stream's pool is open; End: when none is. Allocators
+  // without a cache: Unimplemented.
+  using PoolId = uint64_t;
+  virtual absl::StatusOr<PoolId> BeginPrivatePool(StreamHandle stream);
+  virtual absl::Status EndPrivatePool(StreamHandle stream);
+  // The pool's blocks, free or held, join the shared cache; live ones join it when freed. Call
+  // once no graph that used the pool can run. Ends the pool first if it is still open; a no-op
+  // for a pool released already or unknown.
+  virtual void ReleasePrivatePool(PoolId pool);
 };
 
 // Host memory straight from the C library (no cache); 256-byte aligned.

@@ -25,18 +25,23 @@ CachingAllocator::~CachingAllocator() {
   }
 }
 
-CachingAllocator::Block* CachingAllocator::FindFree(bool small, StreamHandle stream, size_t size) {
+CachingAllocator::Block* CachingAllocator::FindFree(PoolId pool, bool small, StreamHandle stream,
+                                                    size_t size) {
   Block key;
+  key.pool = pool;
   key.small = small;
   key.stream = stream;
   key.size = size;
   key.ptr = nullptr;
   auto it = free_.lower_bound(&key);
-  if (it == free_.end() || (*it)->small != small || (*it)->stream != stream) return nullptr;
+  if (it == free_.end() || (*it)->pool != pool || (*it)->small != small ||
+      (*it)->stream != stream) {
+    return nullptr;
+  }
   return *it;
 }
 
-absl::StatusOr<CachingAllocator::Block*> CachingAllocator::NewSegment(bool small,
+absl::StatusOr<CachingAllocator::Block*> CachingAllocator::NewSegment(PoolId pool, bool small,
                                                                       StreamHandle stream,
                                                                       size_t size) {
   const size_t bytes = small ? options_.small_segment : RoundUp(size, options_.large_round);
@@ -50,6 +55,7 @@ absl::StatusOr<CachingAllocator::Block*> CachingAllocator::NewSegment(bool small
   block->ptr = static_cast<char*>(*memory);
   block->size = bytes;
   block->stream = stream;
+  block->pool = pool;
   block->small = small;
   block->free = true;
   Block* raw = block.get();
@@ -71,9 +77,11 @@ absl::StatusOr<void*> CachingAllocator::Allocate(size_t bytes, StreamHandle stre
   const size_t size = RoundUp(bytes, options_.round);
   const bool small = size <= options_.small_limit;
   absl::MutexLock lock(&mu_);
-  Block* block = FindFree(small, stream, size);
+  const auto open = open_pools_.find(stream);
+  const PoolId pool = open == open_pools_.end() ? 0 : open->second;
+  Block* block = FindFree(pool, small, stream, size);
   if (block == nullptr) {
-    absl::StatusOr<Block*> segment = NewSegment(small, stream, size);
+    absl::StatusOr<Block*> segment = NewSegment(pool, small, stream, size);
     if (!segment.ok()) {
       UpdateLargestFree();
       return absl::Status(
@@ -91,6 +99,7 @@ absl::StatusOr<void*> CachingAllocator::Allocate(size_t bytes, StreamHandle stre
     rest->ptr = block->ptr + size;
     rest->size = remaining;
     rest->stream = stream;
+    rest->pool = pool;
     rest->small = small;
     rest->free = true;
     rest->prev = block;
@@ -117,6 +126,15 @@ void CachingAllocator::Free(void* ptr) {
   Block* block = it->second;
   live_.erase(it);
   stats_.allocated_bytes -= static_cast<int64_t>(block->size);
+  const auto open = open_pools_.find(block->stream);
+  if (open != open_pools_.end() && block->pool != open->second) {
+    held_[open->second].push_back(block);  // A capture may have used it: kept from others.
+    return;
+  }
+  InsertFree(block);
+}
+
+void CachingAllocator::InsertFree(Block* block) {
   block->free = true;
   // Merge with free neighbours of the segment (they share pool and stream).
   for (Block* neighbour : {block->prev, block->next}) {
@@ -134,9 +152,13 @@ void CachingAllocator::Free(void* ptr) {
 }
 
 void CachingAllocator::ReleaseFreeSegments() {
+  // cudaFree while a graph is capturing would end the capture or sync with it.
+  if (!open_pools_.empty()) return;
   std::vector<Block*> whole;
   for (Block* block : free_) {
-    if (block->prev == nullptr && block->next == nullptr) whole.push_back(block);
+    if (block->pool == 0 && block->prev == nullptr && block->next == nullptr) {
+      whole.push_back(block);
+    }
   }
   for (Block* block : whole) {
     free_.erase(block);
@@ -155,9 +177,63 @@ void CachingAllocator::EmptyCache() {
 void CachingAllocator::UpdateLargestFree() {
   stats_.largest_free_block = 0;
   for (const Block* block : free_) {
+    if (block->pool != 0) continue;
     stats_.largest_free_block =
         std::max(stats_.largest_free_block, static_cast<int64_t>(block->size));
   }
+}
+
+absl::StatusOr<Allocator::PoolId> CachingAllocator::BeginPrivatePool(StreamHandle stream) {
+  absl::MutexLock lock(&mu_);
+  if (open_pools_.contains(stream)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CachingAllocator on ", device_.ToString(), ": stream ",
+        absl::Hex(reinterpret_cast<uintptr_t>(stream)),
+        " already has an open private pool (one CUDA graph captures a stream at a time)"));
+  }
+  const PoolId pool = next_pool_++;
+  open_pools_[stream] = pool;
+  return pool;
+}
+
+absl::Status CachingAllocator::EndPrivatePool(StreamHandle stream) {
+  absl::MutexLock lock(&mu_);
+  const auto open = open_pools_.find(stream);
+  if (open == open_pools_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CachingAllocator on ", device_.ToString(), ": no open private pool on stream ",
+        absl::Hex(reinterpret_cast<uintptr_t>(stream))));
+  }
+  ended_pools_.insert(open->second);
+  open_pools_.erase(open);
+  return absl::OkStatus();
+}
+
+void CachingAllocator::ReleasePrivatePool(PoolId pool) {
+  absl::MutexLock lock(&mu_);
+  for (auto open = open_pools_.begin(); open != open_pools_.end(); ++open) {
+    if (open->second == pool) {
+      open_pools_.erase(open);
+      ended_pools_.insert(pool);
+      break;
+    }
+  }
+  if (!ended_pools_.erase(pool)) return;
+  // A pool's segments hold its blocks alone: retag them all, re-keying the free ones.
+  std::vector<Block*> now_free;
+  for (const auto& [raw, block] : blocks_) {
+    if (block->pool != pool) continue;
+    if (block->free) {
+      free_.erase(raw);
+      now_free.push_back(raw);
+    }
+    block->pool = 0;
+  }
+  for (Block* block : now_free) free_.insert(block);
+  const auto held = held_.find(pool);
+  if (held == held_.end()) return;
+  for (Block* block : held->second) InsertFree(block);
+  held_.erase(held);
 }
 
 AllocatorStats CachingAllocator::stats() {

@@ -10,9 +10,11 @@
 #include <memory>
 #include <set>
 #include <tuple>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/allocator.h"
@@ -41,7 +43,10 @@ struct CachingAllocatorOptions {
 // larger than needed is split (small pool: when at least `round` bytes remain; large pool: when
 // more than small_limit remain), and a freed block merges with free neighbours of its segment.
 // When the source is out of memory, every wholly free segment is returned to it and the request
-// retried once; then it fails with ResourceExhausted and the statistics. Thread-safe.
+// retried once (not while a private pool is open: a CUDA graph may be capturing); then it fails
+// with ResourceExhausted and the statistics. Private pools (Allocator::BeginPrivatePool) have
+// segments and free blocks of their own, never released to the source before ReleasePrivatePool.
+// Thread-safe.
 class CachingAllocator final : public Allocator {
  public:
   CachingAllocator(Device device, SegmentSource source, CachingAllocatorOptions options = {});
@@ -53,7 +58,11 @@ class CachingAllocator final : public Allocator {
   // Keeps the block for reuse by later requests on the stream it was allocated for.
   void Free(void* ptr) override;
   AllocatorStats stats() override;
-  // Returns every wholly free segment to the source.
+  absl::StatusOr<PoolId> BeginPrivatePool(StreamHandle stream) override;
+  absl::Status EndPrivatePool(StreamHandle stream) override;
+  void ReleasePrivatePool(PoolId pool) override;
+  // Returns every wholly free segment of the shared cache to the source (none while a private pool
+  // is open).
   void EmptyCache();
 
  private:
@@ -61,22 +70,26 @@ class CachingAllocator final : public Allocator {
     char* ptr = nullptr;
     size_t size = 0;
     StreamHandle stream = nullptr;
-    bool small = false;  // Pool.
+    PoolId pool = 0;     // 0: the shared cache; else a private pool.
+    bool small = false;  // Small or large segments.
     bool free = false;
     Block* prev = nullptr;  // Neighbours in the same segment, by address.
     Block* next = nullptr;
   };
-  // Free blocks ordered for best fit: by pool, stream, size, address.
+  // Free blocks ordered for best fit: by pool, segment size class, stream, size, address.
   struct ByFit {
     bool operator()(const Block* a, const Block* b) const {
-      return std::make_tuple(a->small, a->stream, a->size, a->ptr) <
-             std::make_tuple(b->small, b->stream, b->size, b->ptr);
+      return std::make_tuple(a->pool, a->small, a->stream, a->size, a->ptr) <
+             std::make_tuple(b->pool, b->small, b->stream, b->size, b->ptr);
     }
   };
 
-  Block* FindFree(bool small, StreamHandle stream, size_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<Block*> NewSegment(bool small, StreamHandle stream, size_t size)
+  Block* FindFree(PoolId pool, bool small, StreamHandle stream, size_t size)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<Block*> NewSegment(PoolId pool, bool small, StreamHandle stream, size_t size)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks `block` free, merges it with free neighbours of its segment and caches the result.
+  void InsertFree(Block* block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseFreeSegments() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateLargestFree() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -89,6 +102,12 @@ class CachingAllocator final : public Allocator {
   absl::flat_hash_map<void*, Block*> live_ ABSL_GUARDED_BY(mu_);
   // Every block, owned here; segment heads are blocks whose prev is null.
   absl::flat_hash_map<Block*, std::unique_ptr<Block>> blocks_ ABSL_GUARDED_BY(mu_);
+  // Private pools: the open one of each stream, those ended and not yet released, and the blocks
+  // from outside each pool freed while it was open (held back, neither live nor free).
+  PoolId next_pool_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<StreamHandle, PoolId> open_pools_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<PoolId> ended_pools_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<PoolId, std::vector<Block*>> held_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace mimo::kernels

@@ -45,10 +45,26 @@ absl::StatusOr<CudaGraph> CudaGraph::Capture(StreamHandle stream,
   return CudaGraph(graph, exec, nodes);
 }
 
+absl::StatusOr<CudaGraph> CudaGraph::Capture(Ops& ops, absl::FunctionRef<absl::Status()> enqueue) {
+  Allocator& memory = ops.allocator();
+  MIMO_ASSIGN_OR_RETURN(const Allocator::PoolId pool, memory.BeginPrivatePool(ops.stream()));
+  absl::StatusOr<CudaGraph> graph = Capture(ops.stream(), enqueue);
+  const absl::Status ended = memory.EndPrivatePool(ops.stream());
+  if (!graph.ok() || !ended.ok()) {
+    memory.ReleasePrivatePool(pool);  // Nothing captured will run.
+    return graph.ok() ? ended : graph.status();
+  }
+  graph->pool_owner_ = &memory;
+  graph->pool_ = pool;
+  return graph;
+}
+
 CudaGraph::CudaGraph(CudaGraph&& other) noexcept
     : graph_(std::exchange(other.graph_, nullptr)),
       exec_(std::exchange(other.exec_, nullptr)),
-      nodes_(other.nodes_) {}
+      nodes_(other.nodes_),
+      pool_owner_(std::exchange(other.pool_owner_, nullptr)),
+      pool_(other.pool_) {}
 
 CudaGraph& CudaGraph::operator=(CudaGraph&& other) noexcept {
   if (this != &other) {
@@ -56,6 +72,8 @@ CudaGraph& CudaGraph::operator=(CudaGraph&& other) noexcept {
     graph_ = std::exchange(other.graph_, nullptr);
     exec_ = std::exchange(other.exec_, nullptr);
     nodes_ = other.nodes_;
+    pool_owner_ = std::exchange(other.pool_owner_, nullptr);
+    pool_ = other.pool_;
   }
   return *this;
 }
@@ -67,6 +85,10 @@ void CudaGraph::Reset() {
   if (graph_ != nullptr) cudaGraphDestroy(graph_);
   exec_ = nullptr;
   graph_ = nullptr;
+  // The pool's blocks go to the cache of the capture's stream: later work there runs after any
+  // replay enqueued on it (the header asks replays elsewhere to be waited for).
+  if (pool_owner_ != nullptr) pool_owner_->ReleasePrivatePool(pool_);
+  pool_owner_ = nullptr;
 }
 
 absl::Status CudaGraph::Replay(StreamHandle stream) const {

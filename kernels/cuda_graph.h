@@ -7,6 +7,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "kernels/allocator.h"
+#include "kernels/ops.h"
 
 namespace mimo::kernels {
 
@@ -21,11 +22,21 @@ class CudaGraph {
   // A replay repeats what the capture enqueued with the values the host had then (sizes, the
   // packed sequences' buffers, scalars such as a loss scale): new inputs go into the same device
   // buffers, with the same shapes. Replays read and write the addresses the capture saw: the caller
-  // keeps every buffer they use allocated, and away from other work while the graph may run. With
-  // mimo's caching allocator, blocks freed during the capture (a step's temporaries) go back to its
-  // pool: replay only while nothing else takes memory from it, or keep the tensors.
+  // keeps every buffer they use allocated, and away from other work while the graph may run. This
+  // form is for launches on buffers of the caller's: nothing enqueue allocates is protected.
   static absl::StatusOr<CudaGraph> Capture(StreamHandle stream,
                                            absl::FunctionRef<absl::Status()> enqueue);
+  // As above on `ops`' stream, with a private pool of ops' allocator (Allocator::BeginPrivatePool)
+  // open during the capture: what enqueue allocates from it comes from the pool's own segments,
+  // and what was allocated on ops' stream and is freed during the capture (a step's temporaries,
+  // tensors the step replaced) is handed to no other request until the graph is destroyed, so
+  // other work may use the allocator between and beside replays. Buffers made before the capture
+  // and freed after it are not covered: keep the graph's inputs while it lives. The tensors enqueue
+  // leaves behind (outputs, gradients) are the replays' too: keep them to read each replay's
+  // results. Destroying the graph returns the pool to the cache of ops' stream: replays enqueued on
+  // another stream must have finished by then. `ops` must outlive the graph. The allocator's error
+  // when it has no private pools (the CPU's).
+  static absl::StatusOr<CudaGraph> Capture(Ops& ops, absl::FunctionRef<absl::Status()> enqueue);
   CudaGraph(CudaGraph&& other) noexcept;
   CudaGraph& operator=(CudaGraph&& other) noexcept;
   CudaGraph(const CudaGraph&) = delete;
@@ -44,6 +55,8 @@ class CudaGraph {
   cudaGraph_t graph_ = nullptr;
   cudaGraphExec_t exec_ = nullptr;
   size_t nodes_ = 0;
+  Allocator* pool_owner_ = nullptr;  // The private pool the graph's memory came from, if any.
+  Allocator::PoolId pool_ = 0;
 };
 
 }  // namespace mimo::kernels

@@ -1,11 +1,13 @@
 // CachingAllocator over a fake segment source with a capacity: reuse without new segments, best
-// fit, splitting and merging, per-stream pools, peaks and fragmentation, and running out.
+// fit, splitting and merging, per-stream pools, peaks and fragmentation, running out, and private
+// pools (what a CUDA graph's capture allocates and frees is handed to no one else until released).
 #include "kernels/caching_allocator.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <map>
 #include <random>
 #include <set>
 #include <vector>
@@ -157,6 +159,105 @@ TEST(CachingAllocatorTest, RunningOutReleasesTheCacheThenFailsWithStatistics) {
   EXPECT_TRUE(allocator.Allocate(4 * kMiB).ok());
 }
 
+TEST(CachingAllocatorTest, APrivatePoolKeepsWhatItsCaptureAllocatedAndFreedFromOthers) {
+  FakeDevice device;
+  CachingAllocator allocator(Device::Cuda(0), device.Source());
+  // Before the capture: a cached block and a live one on the capture's stream, one on another.
+  void* cached = *allocator.Allocate(4 * kMiB, Stream(1));
+  void* replaced = *allocator.Allocate(4 * kMiB, Stream(1));
+  void* other = *allocator.Allocate(4 * kMiB, Stream(2));
+  allocator.Free(cached);
+  const absl::StatusOr<Allocator::PoolId> pool = allocator.BeginPrivatePool(Stream(1));
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_TRUE(absl::IsFailedPrecondition(allocator.BeginPrivatePool(Stream(1)).status()));
+  // The capture: its blocks come from new segments, not from the shared cache; its temporaries
+  // are reused within it; what it frees from outside (a tensor it replaced) is held back.
+  void* temporary = *allocator.Allocate(4 * kMiB, Stream(1));
+  EXPECT_NE(temporary, cached);
+  allocator.Free(temporary);
+  void* output = *allocator.Allocate(4 * kMiB, Stream(1));
+  EXPECT_EQ(output, temporary);
+  allocator.Free(replaced);
+  void* beside = *allocator.Allocate(4 * kMiB, Stream(2));  // Other streams: the shared cache.
+  EXPECT_NE(beside, temporary);
+  allocator.Free(beside);
+  ASSERT_TRUE(allocator.EndPrivatePool(Stream(1)).ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(allocator.EndPrivatePool(Stream(1))));
+  // Between replays: the stream's requests get the shared cache, never the pool's or the held
+  // block; the output freed now stays in the pool.
+  allocator.Free(output);
+  std::set<void*> given;
+  for (int i = 0; i < 3; ++i) given.insert(*allocator.Allocate(4 * kMiB, Stream(1)));
+  EXPECT_TRUE(given.contains(cached));
+  EXPECT_FALSE(given.contains(output));
+  EXPECT_FALSE(given.contains(replaced));
+  // Emptying the cache never gives back the pool's segments (nor the held block's).
+  allocator.EmptyCache();
+  for (void* p : given) allocator.Free(p);
+  allocator.Free(other);
+  allocator.EmptyCache();
+  EXPECT_EQ(device.used, 8 * kMiB);  // The pool's segment and the held block's.
+  // Released: both join the shared cache and are reused (and released) like any block.
+  allocator.ReleasePrivatePool(*pool);
+  allocator.ReleasePrivatePool(*pool);  // Twice: a no-op.
+  std::set<void*> after;
+  for (int i = 0; i < 2; ++i) after.insert(*allocator.Allocate(4 * kMiB, Stream(1)));
+  EXPECT_EQ(after, (std::set<void*>{output, replaced}));
+  for (void* p : after) allocator.Free(p);
+  allocator.EmptyCache();
+  EXPECT_EQ(device.used, 0u);
+  EXPECT_EQ(allocator.stats().allocated_bytes, 0);
+}
+
+// A shared request whose best fit would be a free block of an ended pool on the same stream (the
+// next in the cache's order when the shared cache has nothing for the stream) gets a new segment.
+TEST(CachingAllocatorTest, SharedRequestsNeverGetAnEndedPoolsFreeBlocks) {
+  FakeDevice device;
+  CachingAllocator allocator(Device::Cuda(0), device.Source());
+  const absl::StatusOr<Allocator::PoolId> pool = allocator.BeginPrivatePool(Stream(1));
+  ASSERT_TRUE(pool.ok());
+  void* in_pool = *allocator.Allocate(4 * kMiB, Stream(1));
+  void* small_in_pool = *allocator.Allocate(1000, Stream(1));
+  allocator.Free(in_pool);
+  allocator.Free(small_in_pool);
+  ASSERT_TRUE(allocator.EndPrivatePool(Stream(1)).ok());
+  EXPECT_EQ(allocator.stats().largest_free_block, 0);  // Nothing the others may get.
+  void* shared = *allocator.Allocate(4 * kMiB, Stream(1));
+  void* small_shared = *allocator.Allocate(1000, Stream(1));
+  EXPECT_NE(shared, in_pool);
+  EXPECT_NE(small_shared, small_in_pool);
+  EXPECT_EQ(device.mallocs, 4);
+  // Released while still open, a pool is ended first.
+  const absl::StatusOr<Allocator::PoolId> open = allocator.BeginPrivatePool(Stream(2));
+  ASSERT_TRUE(open.ok());
+  allocator.ReleasePrivatePool(*open);
+  EXPECT_TRUE(absl::IsFailedPrecondition(allocator.EndPrivatePool(Stream(2))));
+  EXPECT_TRUE(allocator.BeginPrivatePool(Stream(2)).ok());
+}
+
+TEST(CachingAllocatorTest, NoCacheIsReleasedWhileAPrivatePoolIsOpen) {
+  FakeDevice device;
+  device.capacity = 8 * kMiB;
+  CachingAllocator allocator(Device::Cuda(0), device.Source());
+  allocator.Free(*allocator.Allocate(6 * kMiB, Stream(2)));  // Cached.
+  const absl::StatusOr<Allocator::PoolId> pool = allocator.BeginPrivatePool(Stream(1));
+  ASSERT_TRUE(pool.ok());
+  // cudaFree during a capture would break it: out of memory instead.
+  const absl::StatusOr<void*> a = allocator.Allocate(4 * kMiB, Stream(1));
+  EXPECT_TRUE(absl::IsResourceExhausted(a.status())) << a.status();
+  EXPECT_EQ(device.frees, 0);
+  ASSERT_TRUE(allocator.EndPrivatePool(Stream(1)).ok());
+  allocator.ReleasePrivatePool(*pool);
+  EXPECT_TRUE(allocator.Allocate(4 * kMiB, Stream(1)).ok());
+  EXPECT_EQ(device.frees, 1);
+}
+
+TEST(CachingAllocatorTest, TheHostAllocatorHasNoPrivatePools) {
+  CpuAllocator allocator;
+  EXPECT_TRUE(absl::IsUnimplemented(allocator.BeginPrivatePool(nullptr).status()));
+  EXPECT_TRUE(absl::IsUnimplemented(allocator.EndPrivatePool(nullptr)));
+}
+
 TEST(CachingAllocatorTest, BadRequestsAndForeignPointers) {
   FakeDevice device;
   CachingAllocator allocator(Device::Cuda(0), device.Source());
@@ -203,6 +304,78 @@ TEST(CachingAllocatorTest, RandomSequencesKeepBlocksDisjointAndAccounted) {
   const AllocatorStats stats = allocator.stats();
   EXPECT_EQ(stats.allocated_bytes, 0);
   EXPECT_EQ(stats.reserved_bytes, static_cast<int64_t>(device.used));
+  allocator.EmptyCache();
+  EXPECT_EQ(device.used, 0u);
+  EXPECT_EQ(allocator.stats().reserved_bytes, 0);
+}
+
+// Random allocations and frees on 3 streams while private pools open, end and are released at
+// random: no request is ever answered with memory a pool not yet released holds (allocated in it,
+// or freed from outside it while it was open) unless it is a request of that pool's capture;
+// releasing everything gives every byte back.
+TEST(CachingAllocatorTest, RandomPrivatePoolsNeverLendTheirMemory) {
+  FakeDevice device;
+  device.capacity = size_t{1} << 30;
+  CachingAllocator allocator(Device::Cuda(0), device.Source());
+  std::mt19937 random(17);
+  struct Live {
+    char* ptr;
+    size_t size;
+    int stream;
+  };
+  std::vector<Live> live;
+  std::map<int, Allocator::PoolId> open;                                       // By stream.
+  std::map<Allocator::PoolId, std::vector<std::pair<char*, size_t>>> guarded;  // Not released.
+  std::vector<Allocator::PoolId> ended;
+  auto overlaps = [](char* p, size_t n, const std::pair<char*, size_t>& r) {
+    return p < r.first + r.second && r.first < p + n;
+  };
+  for (int i = 0; i < 4000; ++i) {
+    const int action = static_cast<int>(random() % 100);
+    const int stream = static_cast<int>(random() % 3);
+    if (action < 3) {
+      if (open.contains(stream)) {
+        ASSERT_TRUE(allocator.EndPrivatePool(Stream(stream)).ok());
+        ended.push_back(open[stream]);
+        open.erase(stream);
+      } else {
+        absl::StatusOr<Allocator::PoolId> pool = allocator.BeginPrivatePool(Stream(stream));
+        ASSERT_TRUE(pool.ok()) << pool.status();
+        open[stream] = *pool;
+        guarded[*pool];
+      }
+    } else if (action < 5 && !ended.empty()) {
+      const size_t k = random() % ended.size();
+      allocator.ReleasePrivatePool(ended[k]);
+      guarded.erase(ended[k]);
+      ended.erase(ended.begin() + k);
+    } else if (live.empty() || (live.size() < 100 && action < 55)) {
+      const size_t size = random() % 4 == 0 ? 1 + random() % (5 * kMiB) : 1 + random() % 20000;
+      absl::StatusOr<void*> p = allocator.Allocate(size, Stream(stream));
+      ASSERT_TRUE(p.ok()) << p.status();
+      char* c = static_cast<char*>(*p);
+      const auto capture = open.find(stream);
+      for (const auto& [pool, ranges] : guarded) {
+        if (capture != open.end() && capture->second == pool) continue;
+        for (const auto& r : ranges) ASSERT_FALSE(overlaps(c, size, r)) << "pool " << pool;
+      }
+      if (capture != open.end()) guarded[capture->second].emplace_back(c, size);
+      live.push_back({c, size, stream});
+    } else if (!live.empty()) {
+      const size_t k = random() % live.size();
+      const auto capture = open.find(live[k].stream);
+      if (capture != open.end()) guarded[capture->second].emplace_back(live[k].ptr, live[k].size);
+      allocator.Free(live[k].ptr);
+      live.erase(live.begin() + k);
+    }
+  }
+  for (const auto& [stream, pool] : open) {
+    ASSERT_TRUE(allocator.EndPrivatePool(Stream(stream)).ok());
+    ended.push_back(pool);
+  }
+  for (const Live& l : live) allocator.Free(l.ptr);
+  for (Allocator::PoolId pool : ended) allocator.ReleasePrivatePool(pool);
+  EXPECT_EQ(allocator.stats().allocated_bytes, 0);
   allocator.EmptyCache();
   EXPECT_EQ(device.used, 0u);
   EXPECT_EQ(allocator.stats().reserved_bytes, 0);

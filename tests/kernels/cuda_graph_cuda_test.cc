@@ -1,9 +1,13 @@
 // CudaGraph: a grouped GEMM captured once and replayed on new inputs and new offsets (read on the
-// device at replay) equals direct launches; a host synchronization during capture is an error
-// that leaves the stream usable; enqueue's own error comes back. Skips without a GPU.
+// device at replay) equals direct launches; the memory a capture allocated, freed or replaced
+// stays its replays' (a private pool) until the graph is destroyed; a host synchronization during
+// capture is an error that leaves the stream usable; enqueue's own error comes back. Skips without
+// a GPU.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -86,6 +90,57 @@ TEST_F(CudaGraphTest, ReplaysAGroupedGemmOnNewInputsAndOffsets) {
   }
 }
 
+TEST_F(CudaGraphTest, ReplaysKeepTheirMemoryFromTensorsTakenBetweenThem) {
+  constexpr int64_t n = int64_t{1} << 20;  // 4 MiB of f32 a tensor.
+  auto floats = [](const std::vector<char>& bytes) {
+    std::vector<float> v(bytes.size() / sizeof(float));
+    std::memcpy(v.data(), bytes.data(), bytes.size());
+    return v;
+  };
+  const Tensor a = New({n}, DType::kF32);
+  std::vector<float> host_a(n);
+  for (int64_t i = 0; i < n; ++i) host_a[i] = static_cast<float>(i % 97);
+  Put(a, host_a.data());
+  std::optional<Tensor> out = New({n}, DType::kF32);
+  ASSERT_TRUE(ops_->Synchronize().ok());
+  // The step: a temporary 2a, then out = 2a + a in a tensor of its own, replacing the old one.
+  auto graph = CudaGraph::Capture(*ops_, [&]() -> absl::Status {
+    MIMO_ASSIGN_OR_RETURN(Tensor twice,
+                          Tensor::Empty({n}, DType::kF32, ops_->allocator(), ops_->stream()));
+    MIMO_RETURN_IF_ERROR(ops_->Add(
+        {.dtype = DType::kF32, .a = a.data(), .b = a.data(), .out = twice.data(), .n = n}));
+    MIMO_ASSIGN_OR_RETURN(Tensor sum,
+                          Tensor::Empty({n}, DType::kF32, ops_->allocator(), ops_->stream()));
+    MIMO_RETURN_IF_ERROR(ops_->Add(
+        {.dtype = DType::kF32, .a = twice.data(), .b = a.data(), .out = sum.data(), .n = n}));
+    out = std::move(sum);
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  // Tensors taken after the capture (from the stream's cache, where the temporary and the replaced
+  // tensor would be without the pool), filled, then replays.
+  const std::vector<float> pattern(n, -7.0f);
+  std::vector<Tensor> taken;
+  for (int i = 0; i < 4; ++i) {
+    taken.push_back(New({n}, DType::kF32));
+    Put(taken.back(), pattern.data());
+  }
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(graph->Replay(ops_->stream()).ok());
+  for (const Tensor& t : taken) {
+    EXPECT_NE(t.data(), out->data());
+    EXPECT_EQ(floats(Get(t)), pattern);
+  }
+  const std::vector<float> got = floats(Get(*out));
+  for (int64_t i = 0; i < n; i += 4099) ASSERT_EQ(got[i], 3.0f * host_a[i]) << i;
+  // Destroyed, the graph's memory (the temporary's and the replaced tensor's) serves others.
+  taken.clear();
+  out.reset();
+  const int64_t segments = ops_->allocator().stats().system_allocations;
+  graph = absl::UnknownError("destroyed");
+  for (int i = 0; i < 7; ++i) taken.push_back(New({n}, DType::kF32));
+  EXPECT_EQ(ops_->allocator().stats().system_allocations, segments);
+}
+
 TEST_F(CudaGraphTest, HostSynchronizationDuringCaptureIsAnError) {
   const Tensor t = New({256}, DType::kF32);
   auto graph = CudaGraph::Capture(ops_->stream(), [&]() -> absl::Status {
@@ -110,6 +165,43 @@ TEST_F(CudaGraphTest, ReturnsEnqueuesError) {
   ASSERT_EQ(graph.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(graph.status().message(), HasSubstr("bad shape"));
   EXPECT_TRUE(ops_->Synchronize().ok());
+  // Through the Ops form: its private pool is closed and released with the failed capture, and
+  // what that capture allocated serves others.
+  const Tensor t = New({256}, DType::kF32);
+  constexpr int64_t n = int64_t{1} << 20;
+  graph = CudaGraph::Capture(*ops_, [&]() -> absl::Status {
+    MIMO_ASSIGN_OR_RETURN(Tensor scratch,
+                          Tensor::Empty({n}, DType::kF32, ops_->allocator(), ops_->stream()));
+    return absl::InvalidArgumentError("bad shape");
+  });
+  ASSERT_EQ(graph.status().code(), absl::StatusCode::kInvalidArgument);
+  const int64_t segments = ops_->allocator().stats().system_allocations;
+  {
+    const Tensor reused = New({n}, DType::kF32);
+    EXPECT_EQ(ops_->allocator().stats().system_allocations, segments);
+  }
+  // A graph moved keeps its pool (the moved-from one releases nothing): a tensor taken after the
+  // moved-from one is gone does not get the memory the replay zeroes.
+  graph = CudaGraph::Capture(*ops_, [&]() -> absl::Status {
+    MIMO_ASSIGN_OR_RETURN(Tensor scratch,
+                          Tensor::Empty({n}, DType::kF32, ops_->allocator(), ops_->stream()));
+    MIMO_RETURN_IF_ERROR(ops_->SetZero(scratch.data(), scratch.nbytes()));
+    return ops_->SetZero(t.data(), t.nbytes());
+  });
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  CudaGraph moved = *std::move(graph);
+  graph = absl::UnknownError("moved from");
+  const std::vector<float> pattern(n, 5.0f);
+  std::vector<Tensor> taken;  // Two: the cache has the first capture's block too.
+  for (int i = 0; i < 2; ++i) {
+    taken.push_back(New({n}, DType::kF32));
+    Put(taken.back(), pattern.data());
+  }
+  ASSERT_TRUE(moved.Replay(ops_->stream()).ok());
+  for (const Tensor& k : taken) {
+    const std::vector<char> after = Get(k);
+    EXPECT_EQ(std::memcmp(after.data(), pattern.data(), after.size()), 0);
+  }
 }
 
 }  // namespace

@@ -145,7 +145,7 @@ TEST_P(MoeLayerGraphCudaTest, ReplaysLikeTheEagerLayer) {
     eager[i] = results();
   }
   load_inputs(0);
-  auto graph = kernels::CudaGraph::Capture(ops.stream(), step);
+  auto graph = kernels::CudaGraph::Capture(ops, step);
   ASSERT_TRUE(graph.ok()) << graph.status();
   std::cout << k.name << " " << kernels::DTypeName(dtype) << ": " << graph->nodes()
             << " graph nodes\n";
