@@ -83,4 +83,18 @@ __device__ __forceinline__ void StorePair<bf16>(bf16* d, float x, float y, bool 
   *reinterpret_cast<__nv_bfloat162*>(d) = __floats2bfloat162_rn(x, y);
 }
 
+// The pair at d as floats (the old values of an output that is added to).
+template <typename OutT>
+__device__ __forceinline__ float2 LoadPair(const OutT* d);
+
+template <>
+__device__ __forceinline__ float2 LoadPair<float>(const float* d) {
+  return *reinterpret_cast<const float2*>(d);
+}
+
+template <>
+__device__ __forceinline__ float2 LoadPair<bf16>(const bf16* d) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(d));
+}
+
 }  // namespace mimo::kernels::grouped_gemm_internal

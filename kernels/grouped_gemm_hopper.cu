@@ -20,12 +20,45 @@
 namespace mimo::kernels::grouped_gemm_internal {
 namespace {
 
-// Stores a warpgroup's 64 x 256 accumulators (the fragment layout of WgmmaM64N256K16MnMajor) at
-// rows [m0, m0 + 64) of its block's tile `w`, written or added; rows and columns past the output
-// are skipped.
+// Sets a warpgroup's 64 x 256 accumulators (the fragment layout of WgmmaM64N256K16MnMajor) for
+// rows [m0, m0 + 64) of its block's tile `w` to the output's values there when the products add
+// to it (kAdd), else to zero. The old values load before the tile's products, every load issued
+// before any is used: added in the epilogue instead, each pair's load waited behind the previous
+// pair's store (the kernel ran 2.2x slower adding than writing, bench/RESULTS.md). kAdd is a
+// template argument and the loads are unconditional (outside the output, where nothing is stored,
+// they read the tile's first pair): ptxas serializes the wgmma when an accumulator has a
+// definition that is not always taken.
+template <typename OutT, bool kAdd>
+__device__ __forceinline__ void InitWarpgroupTile(float (&acc)[128], const Work& w,
+                                                  const Args& args, int m0) {
+  if constexpr (!kAdd) {
+#pragma unroll
+    for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+  } else {
+    const OutT* d = reinterpret_cast<const OutT*>(w.d);
+    const int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
+    const int m_top = m0 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int m = m_top + half * 8;
+#pragma unroll
+      for (int j = 0; j < kWgmmaBn / 8; ++j) {
+        const int n = w.n0 + j * 8 + 2 * (lane % 4);
+        const bool inside = m < w.m_end && n < args.n;
+        const float2 old = LoadPair(d + (inside ? static_cast<int64_t>(m) * args.n + n : 0));
+        acc[4 * j + 2 * half] = old.x;
+        acc[4 * j + 2 * half + 1] = old.y;
+      }
+    }
+  }
+}
+
+// Stores a warpgroup's 64 x 256 accumulators (as InitWarpgroupTile lays them out) at rows
+// [m0, m0 + 64) of its block's tile `w`, written or added to the old values (`add`); rows and
+// columns past the output are skipped.
 template <typename OutT>
 __device__ __forceinline__ void StoreWarpgroupTile(const float (&acc)[128], const Work& w,
-                                                   const Args& args, int m0) {
+                                                   const Args& args, int m0, bool add) {
   OutT* d = reinterpret_cast<OutT*>(w.d);
   const int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
   const int m_top = m0 + warp * 16 + lane / 4;
@@ -38,7 +71,7 @@ __device__ __forceinline__ void StoreWarpgroupTile(const float (&acc)[128], cons
       const int n = w.n0 + j * 8 + 2 * (lane % 4);
       if (n >= args.n) continue;
       StorePair(d + static_cast<int64_t>(m) * args.n + n, acc[4 * j + 2 * half],
-                acc[4 * j + 2 * half + 1], args.accumulate);
+                acc[4 * j + 2 * half + 1], add);
     }
   }
 }
@@ -93,7 +126,7 @@ __device__ __forceinline__ bool TileWork(const Args& args, int t, size_t d_size,
 // Persistent: block b computes tiles b, b + gridDim.x, ...; the producer runs into the next tile
 // while the consumers store the last one. `it` counts k steps over all of a block's tiles (stage
 // it % kStages, in its (it / kStages)-th round).
-template <typename OutT>
+template <typename OutT, bool kAdd>
 __global__ void __launch_bounds__(kThreads, 1)
     WgmmaDepthKernel(const __grid_constant__ CUtensorMap map_a,
                      const __grid_constant__ CUtensorMap map_b, Args args, int tiles) {
@@ -143,8 +176,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     Work w;
     if (!TileWork(args, t, sizeof(OutT), w)) continue;
     float acc[128];
-#pragma unroll
-    for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+    InitWarpgroupTile<OutT, kAdd>(acc, w, args, w.m0 + consumer * 64);
     const int first = it;
     for (int kk0 = w.k_begin; kk0 < w.k_end; kk0 += kBk, ++it) {
       const int s = it % kStages;
@@ -171,7 +203,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     WgmmaWait<0>(acc);
     if (it > first) MbarArrive(empty + 8 * ((it - 1) % kStages));  // The tile's last stage.
 
-    StoreWarpgroupTile<OutT>(acc, w, args, w.m0 + consumer * 64);
+    // The added form's accumulators hold the sums already: its test, rows < 0, never holds (the
+    // host checks rows >= 0). Both forms keep a test at run time in the epilogue: folded to a
+    // constant, the epilogue ran 1.2-1.45x slower on an H100 and an H200 (bench/RESULTS.md,
+    // fifteenth session), for a reason not found.
+    StoreWarpgroupTile<OutT>(acc, w, args, w.m0 + consumer * 64,
+                             kAdd ? args.rows < 0 : args.accumulate);
   }
 }
 
@@ -233,7 +270,8 @@ absl::Status LaunchPersistent(const Args& args, dim3 grid, int multiprocessors, 
                         BoxMap(args.rows > 0 ? args.a : args.d, args.rows, args.m));
   MIMO_ASSIGN_OR_RETURN(const CUtensorMap map_b,
                         BoxMap(args.rows > 0 ? args.b : args.d, args.rows, args.n));
-  const auto kernel = hopper::WgmmaDepthKernel<OutT>;
+  const auto kernel = args.accumulate ? hopper::WgmmaDepthKernel<OutT, true>
+                                      : hopper::WgmmaDepthKernel<OutT, false>;
   MIMO_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(hopper::kSmemBytes)));
   const int64_t blocks = std::min<int64_t>(tiles, multiprocessors);
