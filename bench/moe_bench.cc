@@ -30,7 +30,9 @@
 // multiple of A (MoeConfig::align; experts of equal padded counts share one batched GEMM).
 // --graph also times the
 // graph-safe layer (moe.graph_safe: grouped GEMMs, no host synchronization), its forward+backward
-// captured once in a CUDA graph and replayed (wall clock of a replay to the stream drained).
+// captured once in a CUDA graph and replayed (wall clock of a replay to the stream drained): a
+// micro-batch's first step ("graph": the experts' weight gradients written) and a later one's
+// ("graph_later_microbatch": added to them).
 #include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 
@@ -40,7 +42,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
-#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -156,51 +157,61 @@ void Run(const MoeCase& c, int iters, double skew, int batch_streams, int64_t al
     Check((*ops)->Synchronize(), "Synchronize");
   };
   for (int i = 0; i < 2; ++i) step();
-  // The step without its final synchronization, for the capture.
-  auto enqueue = [&]() -> absl::Status {
-    MIMO_RETURN_IF_ERROR(reset());
+  // The step without its final synchronization, for the capture: a micro-batch's first (the
+  // gradients reset, the experts' weight gradients written) or a later one (added to them).
+  auto enqueue = [&](bool first) -> absl::Status {
+    if (first) MIMO_RETURN_IF_ERROR(reset());
     auto out = (*layer)->Forward(ctx, x);
     if (!out.ok()) return out.status();
     return (*layer)->Backward(ctx, std::move(out->saved), dy).status();
   };
-  std::optional<kernels::CudaGraph> captured;
-  if (graph) {
-    auto made = kernels::CudaGraph::Capture(**ops, enqueue);
-    Check(made.status(), "capturing the layer");
-    captured.emplace(*std::move(made));
-  }
-  auto run = [&] {
-    if (!captured) return step();
-    Check(captured->Replay((*ops)->stream()), "Replay");
-    Check((*ops)->Synchronize(), "Synchronize");
-  };
-  if (captured) run();
-  std::vector<double> ms;
-  for (int i = 0; i < iters; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    run();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-                     .count());
-  }
-  // One more step, untimed, between profiler marks (ncu --profile-from-start off sees it alone).
-  CheckCuda(cudaProfilerStart(), "cudaProfilerStart");
-  run();
-  CheckCuda(cudaProfilerStop(), "cudaProfilerStop");
-  const double median = Median(ms);
   const double flops = 3.0 * 2.0 * c.tokens * c.top_k * 3.0 * c.hidden * c.ffn;
-  auto load = (*layer)->TakeExpertLoad(**ops);
-  Check(load.status(), "TakeExpertLoad");
-  double total = 0, most = 0;
-  for (int64_t n : *load) {
-    total += static_cast<double>(n);
-    most = std::max(most, static_cast<double>(n));
+  // Times `run` (wall clock to the stream drained) and prints the case's line for `mode`.
+  auto time_and_print = [&](const char* mode, const std::function<void()>& run) {
+    std::vector<double> ms;
+    for (int i = 0; i < iters; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      run();
+      ms.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count());
+    }
+    // One more, untimed, between profiler marks (ncu --profile-from-start off sees it alone).
+    CheckCuda(cudaProfilerStart(), "cudaProfilerStart");
+    run();
+    CheckCuda(cudaProfilerStop(), "cudaProfilerStop");
+    const double median = Median(ms);
+    auto load = (*layer)->TakeExpertLoad(**ops);
+    Check(load.status(), "TakeExpertLoad");
+    double total = 0, most = 0;
+    for (int64_t n : *load) {
+      total += static_cast<double>(n);
+      most = std::max(most, static_cast<double>(n));
+    }
+    std::printf(
+        "{\"name\": \"%s\", \"mode\": \"%s\", \"skew\": %.2f, \"max_over_mean_load\": %.2f, "
+        "\"ms\": %.3f, \"expert_tflops\": %.1f}\n",
+        c.name.c_str(), mode, skew, most / (total / static_cast<double>(c.experts)), median,
+        flops / (median * 1e-3) / 1e12);
+    std::fflush(stdout);
+  };
+  if (!graph) {
+    time_and_print("eager", step);
+    return;
   }
-  std::printf(
-      "{\"name\": \"%s\", \"mode\": \"%s\", \"skew\": %.2f, \"max_over_mean_load\": %.2f, "
-      "\"ms\": %.3f, \"expert_tflops\": %.1f}\n",
-      c.name.c_str(), graph ? "graph" : "eager", skew,
-      most / (total / static_cast<double>(c.experts)), median, flops / (median * 1e-3) / 1e12);
-  std::fflush(stdout);
+  // Captured once, replayed; then a later micro-batch's step (the gradients not stale at the
+  // capture: the experts' weight gradients added), its replays accumulating into them.
+  for (const bool first : {true, false}) {
+    if (!first) step();  // Fresh gradients, no longer stale.
+    auto graph_step = kernels::CudaGraph::Capture(**ops, [&] { return enqueue(first); });
+    Check(graph_step.status(), "capturing the layer");
+    auto replay = [&] {
+      Check(graph_step->Replay((*ops)->stream()), "Replay");
+      Check((*ops)->Synchronize(), "Synchronize");
+    };
+    replay();  // Warm-up.
+    time_and_print(first ? "graph" : "graph_later_microbatch", replay);
+  }
 }
 
 // Median milliseconds of `fn` (enqueued on `ops`' stream) between CUDA events, after a warm-up.

@@ -23,11 +23,11 @@ namespace {
 // Sets a warpgroup's 64 x 256 accumulators (the fragment layout of WgmmaM64N256K16MnMajor) for
 // rows [m0, m0 + 64) of its block's tile `w` to the output's values there when the products add
 // to it (kAdd), else to zero. The old values load before the tile's products, every load issued
-// before any is used: added in the epilogue instead, each pair's load waited behind the previous
-// pair's store (the kernel ran 2.2x slower adding than writing, bench/RESULTS.md). kAdd is a
-// template argument and the loads are unconditional (outside the output, where nothing is stored,
-// they read the tile's first pair): ptxas serializes the wgmma when an accumulator has a
-// definition that is not always taken.
+// before any is used: added in the epilogue instead (each pair's load presumably waiting behind
+// the previous pair's store) the kernel ran 2.2x slower adding than writing (bench/RESULTS.md),
+// 1.14-1.19x now (H200). kAdd is a template argument and the loads are unconditional (outside the
+// output, where nothing is stored, they read the group's first pair): ptxas serializes the wgmma
+// when an accumulator has a definition that is not always taken.
 template <typename OutT, bool kAdd>
 __device__ __forceinline__ void InitWarpgroupTile(float (&acc)[128], const Work& w,
                                                   const Args& args, int m0) {
