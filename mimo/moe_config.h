@@ -48,14 +48,14 @@ struct MoeConfig {
   // CUDA-graph-safe mode: the layer's forward and backward make no host synchronization (the
   // experts' row offsets stay on the device, padding is done there, the experts run grouped
   // GEMMs), so a CUDA graph can capture them and replay them on new inputs of the capture's
-  // token count, packing and loss scale (kernels/cuda_graph.h); slower than the eager layer
-  // (1.15-1.35x on an H100: the products run as cuBLASLt tiles of `align` rows, the weight
-  // gradients on mimo's own grouped kernel, sized for the worst-case routing). A capture
-  // keeps whether the experts' weight gradients are written or added (written when stale at
-  // capture: Parameter::ResetGrad), so a step's first micro-batch and its later ones need graphs
-  // of their own. Needs ep and expt_tp of 1 (the all-to-all's row counts travel through the
-  // host) and experts that read their offsets on the device (the default builder then is
-  // GroupedExpertsBuilder).
+  // token count, packing and loss scale (kernels::CudaGraph::Capture(ops, ...): its memory in a
+  // private pool of the ops' allocator); slower than the eager layer (1.12-1.35x on an H100 and
+  // an H200: the products run as cuBLASLt tiles of `align` rows, the weight gradients on mimo's
+  // own grouped kernel, sized for the worst-case routing). A capture keeps whether the experts'
+  // weight gradients are written or added (written when stale at capture: Parameter::ResetGrad),
+  // so a step's first micro-batch and its later ones need graphs of their own. Needs ep and
+  // expt_tp of 1 (the all-to-all's row counts travel through the host) and experts that read
+  // their offsets on the device (the default builder then is GroupedExpertsBuilder).
   bool graph_safe = false;
 };
 
