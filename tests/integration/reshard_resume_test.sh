@@ -142,6 +142,35 @@ bad "no module \"speech\"" "${ok_encoders[@]}" --component language=dp=4,rank_of
   --component speech=dp=1
 bad "rank" --component vision=dp=2,rank_offset=0 --component audio=dp=2,rank_offset=1 \
   --component language=dp=4,rank_offset=4
+# 0 is "unset" in a job spec: refused, not read as the default.
+bad "tp must be >= 1, got 0" "${ok_encoders[@]}" --component language=tp=0,dp=4,rank_offset=4
+bad "ep must be >= 1, got 0" "${ok_encoders[@]}" --component language=dp=4,ep=0,rank_offset=4
+bad "--world must be >= 0" "${ok_encoders[@]}" --component language=dp=4,rank_offset=4 --world -3
+
+# A damaged source (4 bytes of a rank file's data flipped) is neither resharded nor exported:
+# it would leave under fresh checksums.
+cp -r "$tmp/a3" "$tmp/a3-bad"
+bad_file=$tmp/a3-bad/model_rank_00004.safetensors
+size=$(stat -c %s "$bad_file")
+printf '\xde\xad\xbe\xef' | dd of="$bad_file" bs=1 seek=$((size - 64)) conv=notrunc status=none
+if convert reshard --from "$tmp/a3-bad" --to "$tmp/bad" "${flags[@]}" >"$tmp/bad.out" 2>&1; then
+  fail "a reshard of a damaged checkpoint succeeded"
+fi
+grep -q "model_rank_00004.safetensors has .*the checkpoint is damaged" "$tmp/bad.out" ||
+  fail "the damaged reshard did not name the file: $(cat "$tmp/bad.out")"
+[[ ! -e $tmp/bad ]] || fail "the damaged reshard wrote $tmp/bad"
+if convert export --from "$tmp/a3-bad" --to "$tmp/bad" >"$tmp/bad.out" 2>&1; then
+  fail "an export of a damaged checkpoint succeeded"
+fi
+grep -q "the checkpoint is damaged" "$tmp/bad.out" || fail "export: $(cat "$tmp/bad.out")"
+[[ ! -e $tmp/bad ]] || fail "the damaged export wrote $tmp/bad"
+# A checkpoint's rank files are not weights to import (their QKV rows are in mimo's order).
+if convert import --from "$tmp/a3" --to "$tmp/bad" --spec "$(spec imp a 3 "dir: $tmp/bad")" \
+  >"$tmp/bad.out" 2>&1; then
+  fail "an import of a checkpoint folder succeeded"
+fi
+grep -q "is a mimo checkpoint's rank file" "$tmp/bad.out" || fail "import: $(cat "$tmp/bad.out")"
+[[ ! -e $tmp/bad ]] || fail "the refused import wrote $tmp/bad"
 
 # The chains, each checkpoint verified against A's.
 reshard "$tmp/a3" "$tmp/t2" t2
@@ -157,6 +186,15 @@ if convert reshard --from "$tmp/a3" --to "$tmp/t4" "${flags[@]}" >"$tmp/again.ou
   fail "a reshard over an existing checkpoint succeeded without --overwrite"
 fi
 grep -q "without --overwrite" "$tmp/again.out" || fail "no --overwrite hint: $(cat "$tmp/again.out")"
+# Also when the target's checkpoint is one a crash left aside mid-commit (a trainer resumes it).
+cp -r "$tmp/t2" "$tmp/aside"
+mv "$tmp/aside/iter_0000003" "$tmp/aside/iter_0000003.replaced"
+if convert reshard --from "$tmp/a3" --to "$tmp/aside" "${flags[@]}" >"$tmp/again.out" 2>&1; then
+  fail "a reshard over a checkpoint set aside by a commit succeeded without --overwrite"
+fi
+grep -q "set aside by a commit.*without --overwrite" "$tmp/again.out" ||
+  fail "no --overwrite hint for the aside checkpoint: $(cat "$tmp/again.out")"
+[[ -d $tmp/aside/iter_0000003.replaced ]] || fail "the refused reshard touched the aside checkpoint"
 
 # Each new layout resumes with A's losses: from the resharded root as its dir, or (moved) as
 # resume_from, saving into a dir of its own.
@@ -171,6 +209,18 @@ same_losses moved
 # Export A's iteration 3 and import it into the tp 4 layout: the same weights (fresh optimizer
 # state), and a run starts from them (its first loss below a fresh start's).
 convert export --from "$tmp/a3" --to "$tmp/export" >/dev/null || fail "export failed"
+# What an export that died leaves aside (a hidden folder) is not read by import; a second copy of
+# a module's files is refused (which copy to take is not for import to guess).
+mkdir -p "$tmp/export/.language.partial"
+cp "$tmp/a3/model_rank_00004.safetensors" "$tmp/export/.language.partial/"
+cp -r "$tmp/export/language" "$tmp/export/language-copy"
+if convert import --from "$tmp/export" --to "$tmp/bad" --spec "$(spec imp a 3 "dir: $tmp/bad")" \
+  >"$tmp/bad.out" 2>&1; then
+  fail "an import of two copies of a module succeeded"
+fi
+grep -q "is in both .*more than one export" "$tmp/bad.out" || fail "import: $(cat "$tmp/bad.out")"
+[[ ! -e $tmp/bad ]] || fail "the refused import wrote $tmp/bad"
+rm -r "$tmp/export/language-copy"
 import_spec=$(spec imported t4 3 "dir: $tmp/imported")
 convert import --from "$tmp/export" --to "$tmp/imported" --spec "$import_spec" >"$tmp/import.out" ||
   fail "import failed: $(cat "$tmp/import.out")"

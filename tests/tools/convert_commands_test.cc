@@ -1,6 +1,8 @@
 // mimo-convert inspect and verify on hand-made checkpoints: a row-split two-rank checkpoint and
 // a one-rank one of the same tensor verify equal, a changed element is named with its size; inspect
-// lists the layout, files and tensors and fails on a file whose CRC-32C differs from metadata.json.
+// lists the layout, files and tensors and fails on a file whose CRC-32C differs from metadata.json;
+// export writes Hugging Face folders and refuses a checkpoint whose files do not match its
+// metadata.json.
 #include "tools/convert/convert_commands.h"
 
 #include <gmock/gmock.h>
@@ -8,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -54,6 +57,18 @@ class ConvertCommandsTest : public ::testing::Test {
                     root_ + "/b/model_rank_00000.safetensors",
                     {{.name = "w", .dtype = "F32", .shape = {4, 2}, .data = w.data()}})
                     .ok());
+  }
+
+  // The sizes and CRC-32C of dir's .safetensors files, as metadata.json lists them.
+  static nlohmann::json FilesOf(const std::string& dir) {
+    nlohmann::json files = nlohmann::json::object();
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (e.path().extension() != ".safetensors") continue;
+      const auto d = checkpoint::DigestOf(e.path().string());
+      EXPECT_TRUE(d.ok()) << d.status();
+      files[e.path().filename().string()] = {{"bytes", d->bytes}, {"crc32c", d->crc32c}};
+    }
+    return files;
   }
 
   std::string root_;
@@ -112,6 +127,7 @@ TEST_F(ConvertCommandsTest, ExportWritesEachModuleAsHuggingFaceFiles) {
       << nlohmann::json(
              {{"iteration", 6},
               {"layout", "vision=tp=1 language=tp=2"},
+              {"files", FilesOf(root_ + "/a")},
               {"modules",
                {{{"name", "language"},
                  {"spec", {{"name", "language"}, {"language", {{"vocab_size", 256}}}}}}}}})
@@ -148,6 +164,37 @@ TEST_F(ConvertCommandsTest, ExportWritesEachModuleAsHuggingFaceFiles) {
   EXPECT_EQ(RunExport(again, out3, err3), 0) << err3.str();
   EXPECT_FALSE(fs::exists(root_ + "/out/audio"));
   EXPECT_TRUE(fs::exists(root_ + "/out/vision/model-00001-of-00001.safetensors"));
+  // Each module was written aside and moved into place: nothing of that is left.
+  for (const auto& e : fs::directory_iterator(root_ + "/out")) {
+    EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
+  }
+}
+
+// A checkpoint whose files do not match metadata.json (a changed byte, a file it does not list)
+// is not exported: its weights would leave under fresh names. Nothing is written.
+TEST_F(ConvertCommandsTest, ExportRefusesADamagedCheckpoint) {
+  Write();
+  const std::string file = root_ + "/a/model_rank_00001.safetensors";
+  std::string bytes;
+  {
+    std::ifstream in(file, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  bytes[bytes.size() - 3] ^= 0x40;  // In w's data, the file's last bytes.
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+  std::ostringstream out, err;
+  EXPECT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/out"}, out, err), 1);
+  EXPECT_THAT(err.str(), HasSubstr("model_rank_00001.safetensors has"));
+  EXPECT_THAT(err.str(), HasSubstr("the checkpoint is damaged"));
+  EXPECT_FALSE(fs::exists(root_ + "/out"));
+  // Whole again, but with a file metadata.json does not list.
+  bytes[bytes.size() - 3] ^= 0x40;
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+  fs::copy_file(file, root_ + "/a/model_rank_00002.safetensors");
+  std::ostringstream out2, err2;
+  EXPECT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/out"}, out2, err2), 1);
+  EXPECT_THAT(err2.str(), HasSubstr("model_rank_00002.safetensors is not listed"));
+  EXPECT_FALSE(fs::exists(root_ + "/out"));
 }
 
 // Export writes a fused QKV weight in Megatron's row order (per query group: its query heads,
@@ -177,6 +224,7 @@ TEST_F(ConvertCommandsTest, ExportWritesMegatronsQkvOrderAndTheExpertBiases) {
   std::ofstream(root_ + "/a/metadata.json")
       << nlohmann::json({{"iteration", 6},
                          {"layout", "language=tp=1"},
+                         {"files", FilesOf(root_ + "/a")},
                          {"modules", {{{"name", "lm"}, {"spec", spec}}}}})
              .dump();
   std::ostringstream out, err;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "checkpoint/consolidated_reader.h"
 #include "checkpoint/safetensors.h"
@@ -25,6 +26,7 @@
 #include "nlohmann/json.hpp"
 #include "tools/convert/qkv_layout.h"
 #include "tools/convert/reshard.h"
+#include "tools/convert/source_files.h"
 
 namespace mimo::tools {
 namespace {
@@ -39,6 +41,15 @@ double ValueAt(const std::string& dtype, const std::vector<char>& bytes, size_t 
   float f;
   std::memcpy(&f, bytes.data() + 4 * i, 4);
   return f;
+}
+
+// Writes `text` and a newline to `path`; the error of a failed open, write or close.
+absl::Status WriteTextFile(const std::string& path, const std::string& text) {
+  std::ofstream file(path, std::ios::trunc);
+  file << text << "\n";
+  file.close();
+  if (!file) return absl::DataLossError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -183,6 +194,14 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
     }
   }
   std::error_code ec;
+  // A checkpoint's files are checked against its metadata first (damaged weights would leave
+  // under fresh names); a folder of rank files without metadata.json is read as it is.
+  if (fs::exists(o.from + "/metadata.json", ec)) {
+    if (const absl::Status s = VerifyCheckpointFiles(o.from, meta); !s.ok()) {
+      err << "error: " << s.message() << "\n";
+      return 1;
+    }
+  }
   if (fs::exists(o.to, ec) && !fs::is_empty(o.to, ec) && !o.overwrite) {
     err << "error: " << o.to << " already holds files; refusing to overwrite them without "
         << "--overwrite\n";
@@ -213,11 +232,13 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
                 : absl::InvalidArgumentError(absl::StrCat("metadata.json's spec of module \"",
                                                           module, "\" does not parse"));
     }
-    const std::string dir = o.to + "/" + module;
-    fs::remove_all(dir, ec);
-    fs::create_directories(dir, ec);
+    // Written into a hidden sibling, then renamed into place: an export that dies or fails leaves
+    // the module's earlier export whole (and import skips hidden folders).
+    const std::string dir = o.to + "/" + module, partial = o.to + "/." + module + ".partial";
+    fs::remove_all(partial, ec);
+    fs::create_directories(partial, ec);
     if (ec) {
-      err << "error: cannot create " << dir << ": " << ec.message() << "\n";
+      err << "error: cannot create " << partial << ": " << ec.message() << "\n";
       return 1;
     }
     // Files of at most max_shard_bytes, tensors in name order.
@@ -241,8 +262,8 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
         specs.push_back({.name = t->name, .dtype = t->dtype, .shape = t->shape});
         weight_map[t->name] = name;
       }
-      auto writer =
-          checkpoint::SafetensorsStreamWriter::Create(dir + "/" + name, specs, {{"format", "pt"}});
+      auto writer = checkpoint::SafetensorsStreamWriter::Create(partial + "/" + name, specs,
+                                                                {{"format", "pt"}});
       absl::Status status = writer.status();
       for (size_t i = 0; i < files[f].size() && status.ok(); ++i) {
         const checkpoint::WholeTensor& t = *files[f][i];
@@ -266,19 +287,45 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
       if (status.ok()) status = writer->Finish().status();
       if (!status.ok()) {
         err << "error: " << status.message() << "\n";
+        writer = absl::CancelledError();  // Closed before its folder goes.
+        fs::remove_all(partial, ec);
         return 1;
       }
     }
     const nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}},
                                           {"weight_map", weight_map}};
-    std::ofstream(dir + "/model.safetensors.index.json") << index.dump(2) << "\n";
     nlohmann::ordered_json config = {{"mimo_module", module}};
     if (meta.is_object()) {
       config["iteration"] = meta.value("iteration", nlohmann::json());
       config["source_layout"] = meta.value("layout", nlohmann::json());
       if (!module_spec.is_null()) config["spec"] = module_spec;
     }
-    std::ofstream(dir + "/config.json") << config.dump(2) << "\n";
+    absl::Status status = WriteTextFile(partial + "/model.safetensors.index.json", index.dump(2));
+    if (status.ok()) status = WriteTextFile(partial + "/config.json", config.dump(2));
+    // The old export aside, the new one in, the old one gone (a leftover is hidden: harmless).
+    const std::string old = o.to + "/." + module + ".old";
+    if (status.ok()) {
+      fs::remove_all(old, ec);
+      const bool had = fs::exists(dir, ec);
+      if (had) fs::rename(dir, old, ec);
+      if (!ec) {
+        fs::rename(partial, dir, ec);
+        std::error_code back;
+        if (ec && had) fs::rename(old, dir, back);  // The earlier export back in place.
+      }
+      if (ec) {
+        status = absl::ErrnoToStatus(ec.value(),
+                                     absl::StrCat("cannot move ", partial, " into place as ", dir));
+      } else {
+        std::error_code ignored;
+        fs::remove_all(old, ignored);
+      }
+    }
+    if (!status.ok()) {
+      err << "error: " << status.message() << "\n";
+      fs::remove_all(partial, ec);  // The disk space back; an earlier export stays as it was.
+      return 1;
+    }
     out << module << ": " << tensors.size() << " tensors, " << total << " bytes in " << files.size()
         << (files.size() == 1 ? " file" : " files") << " -> " << dir << "\n";
   }

@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -31,6 +33,7 @@
 #include "nlohmann/json.hpp"
 #include "parallel/component_spec.h"
 #include "tools/convert/qkv_layout.h"
+#include "tools/convert/source_files.h"
 #include "tools/mimoctl/spec_file.h"
 #include "worker/job_checkpoint.h"
 #include "worker/model_spec.h"
@@ -102,16 +105,32 @@ v1::Module* FindModule(v1::JobSpec& spec, const std::string& name) {
 // coordinator validates a job.
 absl::StatusOr<Target> PlanTarget(v1::JobSpec spec, const std::vector<std::string>& components,
                                   int world) {
+  if (world < 0)
+    return absl::InvalidArgumentError(absl::StrCat("--world must be >= 0, got ", world));
   if (!components.empty()) {
     MIMO_ASSIGN_OR_RETURN(const std::vector<parallel::ModuleParallelism> layout,
                           parallel::ParseComponents(components));
     std::vector<std::string> problems, names;
     for (const v1::Module& m : spec.modules()) names.push_back(m.name());
     bool every_dp = true;
-    int ranks = 0;
+    int64_t ranks = 0;
     std::set<std::string> named;
     for (const parallel::ModuleParallelism& c : layout) {
       named.insert(c.name);
+      // The job spec reads 0 as "not set" (a default): refused here, as the planner refuses it.
+      for (const auto& [key, value] :
+           {std::pair{"tp", c.tp}, std::pair{"cp", c.cp}, std::pair{"pp", c.pp},
+            std::pair{"ep", c.ep}, std::pair{"etp", c.etp}, std::pair{"vpp", c.vpp},
+            std::pair{"dp", c.dp.value_or(1)}}) {
+        if (value < 1) {
+          problems.push_back(
+              absl::StrCat("component \"", c.name, "\": ", key, " must be >= 1, got ", value));
+        }
+      }
+      if (c.rank_offset.value_or(0) < 0) {
+        problems.push_back(absl::StrCat("component \"", c.name,
+                                        "\": rank_offset must be >= 0, got ", *c.rank_offset));
+      }
       v1::Module* m = FindModule(spec, c.name);
       if (m == nullptr) {
         problems.push_back(absl::StrCat("component \"", c.name, "\": the job has no module \"",
@@ -129,7 +148,7 @@ absl::StatusOr<Target> PlanTarget(v1::JobSpec spec, const std::vector<std::strin
       c.dp.has_value() ? p.set_dp(*c.dp) : p.clear_dp();
       c.rank_offset.has_value() ? p.set_rank_offset(*c.rank_offset) : p.clear_rank_offset();
       every_dp = every_dp && c.dp.has_value();
-      ranks += c.tp * c.cp * c.pp * c.dp.value_or(0);
+      ranks += int64_t{c.tp} * c.cp * c.pp * c.dp.value_or(0);
     }
     for (const std::string& name : names) {
       if (!named.contains(name)) {
@@ -138,7 +157,13 @@ absl::StatusOr<Target> PlanTarget(v1::JobSpec spec, const std::vector<std::strin
       }
     }
     if (!problems.empty()) return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
-    if (world == 0 && every_dp) world = ranks;
+    if (world == 0 && every_dp) {
+      if (ranks > std::numeric_limits<int32_t>::max()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the components' ranks add up to ", ranks, ", more than a job holds"));
+      }
+      world = static_cast<int>(ranks);
+    }
   }
   if (world > 0) spec.mutable_resources()->set_workers(world);
   // Checked as the coordinator checks a job: every problem, one "field: description" a line.
@@ -409,11 +434,19 @@ absl::Status WriteCheckpoint(const Source& source, const Target& target, const W
     out << "dry run: nothing written\n";
     return absl::OkStatus();
   }
-  MIMO_ASSIGN_OR_RETURN(const std::vector<int64_t> existing, checkpoint::ListCheckpoints(o.to));
-  if (!existing.empty() && !o.overwrite) {
-    return absl::AlreadyExistsError(
-        absl::StrCat(o.to, " already holds checkpoints (iteration ", existing.back(),
-                     "); refusing to write over them without --overwrite"));
+  if (!o.overwrite) {
+    MIMO_ASSIGN_OR_RETURN(const std::vector<int64_t> existing, checkpoint::ListCheckpoints(o.to));
+    // The latest pointer also names a checkpoint a crash left aside mid-commit (which a trainer
+    // resumes from), or one that is gone: either way --to is in use.
+    const absl::StatusOr<std::optional<int64_t>> latest = checkpoint::LatestCheckpoint(o.to);
+    if (!existing.empty() || !latest.ok() || latest->has_value()) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          o.to, " already holds checkpoints (",
+          !existing.empty() ? absl::StrCat("iteration ", existing.back())
+          : latest.ok()     ? absl::StrCat("iteration ", **latest, ", set aside by a commit")
+                            : std::string(latest.status().message()),
+          "); refusing to write over them without --overwrite"));
+    }
   }
   MIMO_ASSIGN_OR_RETURN(const std::string staging,
                         checkpoint::PrepareStaging(o.to, source.iteration));
@@ -499,6 +532,8 @@ absl::Status Reshard(const ReshardOptions& o, std::ostream& out, std::ostream& e
   MIMO_ASSIGN_OR_RETURN(const v1::JobSpec spec,
                         ParseJobSpec(meta["job_spec"].dump(), SpecFormat::kJson));
   MIMO_ASSIGN_OR_RETURN(const Target target, PlanTarget(spec, o.components, o.world));
+  // Damaged files would be copied under fresh checksums: checked first, as a resume checks them.
+  MIMO_RETURN_IF_ERROR(VerifyCheckpointFiles(dir, meta));
   Source source{.iteration = meta["iteration"].get<int64_t>(),
                 .layout = meta.value("layout", std::string())};
   MIMO_ASSIGN_OR_RETURN(source.reader, ConsolidatedReader::Open(dir));
@@ -523,17 +558,47 @@ absl::Status Reshard(const ReshardOptions& o, std::ostream& out, std::ostream& e
 absl::Status Import(const ImportOptions& o, std::ostream& out, std::ostream& err) {
   MIMO_ASSIGN_OR_RETURN(const v1::JobSpec spec, ReadJobSpecFile(o.spec));
   MIMO_ASSIGN_OR_RETURN(const Target target, PlanTarget(spec, o.components, o.world));
-  // Every safetensors file of the export's module folders (or of the folder itself).
+  // Every safetensors file of the export's module folders (or of the folder itself); hidden
+  // entries skipped (an export's folders in the making, or an earlier one's set aside).
   std::vector<std::string> paths;
   std::error_code ec;
-  for (const auto& e : fs::recursive_directory_iterator(o.from, ec)) {
-    if (e.is_regular_file() && e.path().extension() == ".safetensors") {
-      paths.push_back(e.path().string());
+  for (auto it = fs::recursive_directory_iterator(o.from, ec); !ec && it != fs::end(it);
+       it.increment(ec)) {
+    if (it->path().filename().string().starts_with(".")) {
+      it.disable_recursion_pending();
+      continue;
+    }
+    if (it->is_regular_file() && it->path().extension() == ".safetensors") {
+      paths.push_back(it->path().string());
     }
   }
   if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", o.from));
   if (paths.empty()) {
     return absl::NotFoundError(absl::StrCat(o.from, " holds no .safetensors files"));
+  }
+  // A checkpoint's rank files hold mimo's layout (its fused QKV rows, shards), not an export's
+  // whole Megatron-ordered tensors: read as weights they would be scrambled. And an export holds
+  // each tensor once: one in two files (two exports under --from) is ambiguous.
+  std::sort(paths.begin(), paths.end());
+  std::map<std::string, std::string> file_of;
+  for (const std::string& path : paths) {
+    MIMO_ASSIGN_OR_RETURN(const checkpoint::SafetensorsReader file,
+                          checkpoint::SafetensorsReader::Open(path));
+    const auto format = file.header().metadata.find("format");
+    if (format != file.header().metadata.end() && format->second == worker::kRankStateFormat) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path,
+          " is a mimo checkpoint's rank file, not exported weights: reshard the checkpoint "
+          "(mimo-convert reshard --from CHECKPOINT), or export it first"));
+    }
+    for (const checkpoint::TensorEntry& t : file.header().tensors) {
+      const auto [it, inserted] = file_of.emplace(t.name, path);
+      if (!inserted) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, " is in both ",
+                                                       it->second, " and ", path,
+                                                       ": --from holds more than one export"));
+      }
+    }
   }
   Source source;
   MIMO_ASSIGN_OR_RETURN(source.reader, ConsolidatedReader::OpenFiles(paths));
