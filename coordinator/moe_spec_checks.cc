@@ -4,8 +4,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
 
 namespace mimo::coordinator {
 namespace {
@@ -112,10 +115,21 @@ void CheckMoe(const v1::Module& m, const std::string& module, int tp, FieldCheck
                  absl::StrCat("ep=", ep, " does not divide moe.num_experts ", moe.num_experts(),
                               " (each expert-parallel rank holds ", "whole experts)"));
     }
-  } else if (moe.num_experts() == 0 && ep != 1) {
-    checks.Add(ep_path, absl::StrCat("ep=", ep,
-                                     " needs routed experts, but moe.num_experts is 0 (every layer "
-                                     "is dense)"));
+  } else if (moe.num_experts() == 0) {
+    if (ep != 1) {
+      checks.Add(ep_path, absl::StrCat("ep=", ep,
+                                       " needs routed experts, but moe.num_experts is 0 (every "
+                                       "layer is dense)"));
+    }
+    // Without routed experts every MoE setting would be ignored (a dense model trained instead of
+    // the one asked for): each one set is named.
+    std::vector<const google::protobuf::FieldDescriptor*> set;
+    moe.GetReflection()->ListFields(moe, &set);
+    for (const google::protobuf::FieldDescriptor* field : set) {
+      checks.Add(absl::StrCat(moe_path, ".", field->name()),
+                 "is set, but moe.num_experts is 0 (every layer is dense): it would be ignored; "
+                 "set num_experts, or leave the MoE settings out");
+    }
   }
 }
 

@@ -2,7 +2,9 @@
 #include "coordinator/spec_validation.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -114,9 +116,11 @@ class SpecChecker : public FieldChecks {
       const int tp = SizeOrOne(m.parallelism().tp());
       switch (m.model_case()) {
         case v1::Module::kVision:
+          SecondOfKind(i, "vision encoder", vision_, path + ".vision");
           CheckVision(m.vision(), absl::StrCat(path, ".vision"), path, tp);
           break;
         case v1::Module::kAudio:
+          SecondOfKind(i, "audio encoder", audio_, path + ".audio");
           CheckAudio(m.audio(), absl::StrCat(path, ".audio"), path, tp);
           break;
         case v1::Module::kLanguage:
@@ -141,6 +145,17 @@ class SpecChecker : public FieldChecks {
     }
   }
 
+  // Workers build one encoder of each kind: a second one is refused here, not on every worker.
+  void SecondOfKind(int i, const char* kind, int& first, const std::string& path) {
+    if (first < 0) {
+      first = i;
+      return;
+    }
+    Add(path, absl::StrCat("module ", Quote(spec_.modules(i).name()), " is a second ", kind,
+                           " (module ", Quote(spec_.modules(first).name()),
+                           " is the first); one module of each kind is supported"));
+  }
+
   void CheckModuleNames() {
     absl::flat_hash_map<std::string, int> first;
     for (int i = 0; i < spec_.modules_size(); ++i) {
@@ -159,8 +174,9 @@ class SpecChecker : public FieldChecks {
   }
 
   // `path` is the transformer's; `module` the module's, for its parallelism.tp.
+  // `language`: the language model's (rotary embeddings: an even head width).
   void CheckTransformer(const v1::Transformer& t, bool present, const std::string& path,
-                        const std::string& module, int tp) {
+                        const std::string& module, int tp, bool language) {
     if (!present) {
       Add(path, "is required");
       return;
@@ -176,6 +192,12 @@ class SpecChecker : public FieldChecks {
       Add(absl::StrCat(path, ".hidden_size"),
           absl::StrCat("hidden_size ", t.hidden_size(), " is not divisible by num_attention_heads ",
                        heads));
+    }
+    if (language && t.hidden_size() > 0 && t.hidden_size() % heads == 0 &&
+        (t.hidden_size() / heads) % 2 != 0) {
+      Add(absl::StrCat(path, ".hidden_size"),
+          absl::StrCat("the language model's head width hidden_size / num_attention_heads = ",
+                       t.hidden_size() / heads, " must be even (rotary embeddings rotate pairs)"));
     }
     if (t.num_query_groups() > 0 && heads % t.num_query_groups() != 0) {
       Add(absl::StrCat(path, ".num_query_groups"),
@@ -217,7 +239,7 @@ class SpecChecker : public FieldChecks {
                        v.patch_size()));
     }
     CheckTransformer(v.transformer(), v.has_transformer(), absl::StrCat(path, ".transformer"),
-                     module, tp);
+                     module, tp, /*language=*/false);
     CheckProjector(v.projector(), absl::StrCat(path, ".projector"));
   }
 
@@ -233,7 +255,7 @@ class SpecChecker : public FieldChecks {
                        a.frames_per_token()));
     }
     CheckTransformer(a.transformer(), a.has_transformer(), absl::StrCat(path, ".transformer"),
-                     module, tp);
+                     module, tp, /*language=*/false);
     CheckProjector(a.projector(), absl::StrCat(path, ".projector"));
   }
 
@@ -245,7 +267,7 @@ class SpecChecker : public FieldChecks {
     NonNegative(absl::StrCat(path, ".rotary_base"), l.rotary_base());
     NonNegative(absl::StrCat(path, ".vocab_chunk"), l.vocab_chunk());
     CheckTransformer(l.transformer(), l.has_transformer(), absl::StrCat(path, ".transformer"),
-                     module, tp);
+                     module, tp, /*language=*/true);
 
     CheckMoe(m, module, tp, *this);
   }
@@ -305,19 +327,34 @@ class SpecChecker : public FieldChecks {
     }
     EnumSet("training.precision", t.precision(), v1::Precision_descriptor());
 
+    // Workers read these as floats: each must stay finite there, and positive where it must be.
     const v1::Optimizer& o = t.optimizer();
-    Positive("training.optimizer.lr", o.lr());
-    NonNegative("training.optimizer.min_lr", o.min_lr());
-    NonNegative("training.optimizer.weight_decay", o.weight_decay());
+    constexpr double kFloatMax = std::numeric_limits<float>::max();
+    auto float_in = [&](const char* field, double value, bool positive) {
+      const float f = static_cast<float>(value);
+      if (std::isfinite(value) && std::abs(value) <= kFloatMax && (positive ? f > 0 : f >= 0)) {
+        return true;
+      }
+      Add(absl::StrCat("training.optimizer.", field),
+          absl::StrCat(positive ? "must be positive" : "must be >= 0",
+                       " and finite as a float (at most ", kFloatMax, "), got ", value));
+      return false;
+    };
+    if (float_in("lr", o.lr(), true) && float_in("min_lr", o.min_lr(), false) &&
+        o.min_lr() > o.lr()) {
+      Add("training.optimizer.min_lr", absl::StrCat("min_lr ", o.min_lr(), " is above lr ", o.lr(),
+                                                    " (the cosine decays from lr to it)"));
+    }
+    float_in("weight_decay", o.weight_decay(), false);
     for (const auto& [field, beta] :
          {std::pair{"adam_beta1", o.adam_beta1()}, std::pair{"adam_beta2", o.adam_beta2()}}) {
-      if (!(beta >= 0 && beta < 1)) {
+      if (!(beta >= 0 && static_cast<float>(beta) < 1)) {
         Add(absl::StrCat("training.optimizer.", field),
-            absl::StrCat("must be in [0, 1), got ", beta));
+            absl::StrCat("must be in [0, 1) as a float, got ", beta));
       }
     }
-    Positive("training.optimizer.adam_eps", o.adam_eps());
-    NonNegative("training.optimizer.clip_grad", o.clip_grad());
+    float_in("adam_eps", o.adam_eps(), true);
+    float_in("clip_grad", o.clip_grad(), false);
     NonNegative("training.optimizer.warmup_steps", o.warmup_steps());
     NonNegative("training.optimizer.decay_steps", o.decay_steps());
   }
@@ -557,6 +594,8 @@ class SpecChecker : public FieldChecks {
 
   const v1::JobSpec& spec_;
   int language_ = -1;  // Index of the first module with a language model.
+  int vision_ = -1;    // ... with a vision encoder.
+  int audio_ = -1;     // ... with an audio encoder.
 };
 
 }  // namespace

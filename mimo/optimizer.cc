@@ -20,16 +20,24 @@ absl::Status ValidateOptimizerConfig(const OptimizerConfig& c) {
   auto bad = [](const std::string& what) {
     return absl::InvalidArgumentError(absl::StrCat("OptimizerConfig: ", what));
   };
-  if (!(c.lr > 0)) return bad(absl::StrCat("lr ", c.lr, " is not positive"));
+  if (!(c.lr > 0 && std::isfinite(c.lr))) {
+    return bad(absl::StrCat("lr ", c.lr, " is not positive and finite"));
+  }
   if (!(c.min_lr >= 0 && c.min_lr <= c.lr)) {
     return bad(absl::StrCat("min_lr ", c.min_lr, " is not in [0, lr]"));
   }
-  if (!(c.weight_decay >= 0)) return bad(absl::StrCat("weight_decay ", c.weight_decay, " < 0"));
+  if (!(c.weight_decay >= 0 && std::isfinite(c.weight_decay))) {
+    return bad(absl::StrCat("weight_decay ", c.weight_decay, " is not finite and >= 0"));
+  }
   if (!(c.beta1 >= 0 && c.beta1 < 1) || !(c.beta2 >= 0 && c.beta2 < 1)) {
     return bad(absl::StrCat("betas ", c.beta1, ", ", c.beta2, " are not in [0, 1)"));
   }
-  if (!(c.eps > 0)) return bad(absl::StrCat("eps ", c.eps, " is not positive"));
-  if (!(c.clip_grad >= 0)) return bad(absl::StrCat("clip_grad ", c.clip_grad, " < 0"));
+  if (!(c.eps > 0 && std::isfinite(c.eps))) {
+    return bad(absl::StrCat("eps ", c.eps, " is not positive and finite"));
+  }
+  if (!(c.clip_grad >= 0 && std::isfinite(c.clip_grad))) {
+    return bad(absl::StrCat("clip_grad ", c.clip_grad, " is not finite and >= 0"));
+  }
   if (c.warmup_steps < 0 || c.decay_steps < 0) {
     return bad(absl::StrCat("warmup_steps ", c.warmup_steps, " and decay_steps ", c.decay_steps,
                             " must be >= 0"));

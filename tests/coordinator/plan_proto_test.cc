@@ -167,7 +167,7 @@ TEST(RankPlanToProtoTest, EmbeddingGroupsAreEmptyOnMiddleStages) {
   v1::Module language = spec.modules(2);  // The language module.
   language.mutable_parallelism()->Clear();
   language.mutable_parallelism()->set_pp(3);
-  language.mutable_language()->mutable_moe()->set_num_experts(0);
+  language.mutable_language()->clear_moe();
   spec.clear_modules();
   *spec.add_modules() = language;
   spec.mutable_resources()->set_workers(3);

@@ -246,7 +246,7 @@ TEST(ValidateJobSpecTest, DerivedLanguageDpDividesTheGlobalBatch) {
   v1::JobSpec spec = ValidSpec();
   v1::Module language = Language(spec);
   language.clear_parallelism();
-  language.mutable_language()->mutable_moe()->set_num_experts(0);
+  language.mutable_language()->clear_moe();
   spec.clear_modules();
   *spec.add_modules() = language;
   spec.mutable_resources()->set_workers(4);

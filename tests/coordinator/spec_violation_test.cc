@@ -69,15 +69,18 @@ INSTANTIATE_TEST_SUITE_P(
              {"active_deadline"}},
         // Modules.
         Case{"NoModules", [](v1::JobSpec& s) { s.clear_modules(); }, {"modules"}},
-        Case{"NoLanguageModule",
+        Case{"NoLanguageModule",  // Module 2 made a (second) vision encoder.
              [](v1::JobSpec& s) { *Language(s).mutable_vision() = Vision(s).vision(); },
-             {"modules"}},
+             {"modules", "modules[2].vision"}},
         Case{"SecondLanguageModule",
              [](v1::JobSpec& s) {
                *Audio(s).mutable_language() = Language(s).language();
                Language(s).mutable_parallelism()->set_ep(1);
              },
              {"modules[2].language"}},
+        Case{"SecondVisionEncoder",
+             [](v1::JobSpec& s) { *Audio(s).mutable_vision() = Vision(s).vision(); },
+             {"modules[1].vision"}},
         Case{"ModuleWithoutModel", [](v1::JobSpec& s) { Audio(s).clear_audio(); }, {"modules[1]"}},
         Case{"ModuleNameEmpty", [](v1::JobSpec& s) { Audio(s).set_name(""); },
              {"modules[1].name"}},
@@ -216,6 +219,20 @@ INSTANTIATE_TEST_SUITE_P(
                Language(s).mutable_parallelism()->set_ep(1);
              },
              {"modules[2].language.moe.per_sequence_aux_loss"}},
+        Case{"MoeSettingsWithoutExperts",  // A dense model would train, the settings ignored.
+             [](v1::JobSpec& s) {
+               Moe(s).set_num_experts(0);
+               Language(s).mutable_parallelism()->set_ep(1);
+             },
+             {"modules[2].language.moe.top_k", "modules[2].language.moe.router_score",
+              "modules[2].language.moe.aux_loss_coeff"}},
+        Case{"OddLanguageHeadWidth",  // Rotary embeddings rotate pairs of a head's channels.
+             [](v1::JobSpec& s) {
+               auto& t = *Language(s).mutable_language()->mutable_transformer();
+               t.set_hidden_size(60);
+               t.set_ffn_hidden_size(128);
+             },
+             {"modules[2].language.transformer.hidden_size"}},
         Case{"AuxLossInfiniteAsAFloat", [](v1::JobSpec& s) { Moe(s).set_aux_loss_coeff(1e39); },
              {"modules[2].language.moe.aux_loss_coeff"}},
         Case{"ZLossZeroAsAFloat", [](v1::JobSpec& s) { Moe(s).set_z_loss_coeff(1e-50); },
@@ -243,7 +260,7 @@ INSTANTIATE_TEST_SUITE_P(
              {"modules[2].language.moe.shared_expert_ffn_hidden_size"}},
         Case{"EpDoesNotDivideExperts", [](v1::JobSpec& s) { Moe(s).set_num_experts(3); },
              {"modules[2].parallelism.ep"}},
-        Case{"EpWithoutExperts", [](v1::JobSpec& s) { Moe(s).set_num_experts(0); },
+        Case{"EpWithoutExperts", [](v1::JobSpec& s) { Moe(s) = v1::MoE(); },
              {"modules[2].parallelism.ep"}},
         // Training and data.
         Case{"TrainingMissing", [](v1::JobSpec& s) { s.clear_training(); }, {"training"}},
@@ -273,6 +290,19 @@ INSTANTIATE_TEST_SUITE_P(
              {"training.optimizer.adam_eps"}},
         Case{"ClipGradNegative", [](v1::JobSpec& s) { Opt(s).set_clip_grad(-1); },
              {"training.optimizer.clip_grad"}},
+        // Workers read the optimizer's settings as floats.
+        Case{"LrInfiniteAsAFloat", [](v1::JobSpec& s) { Opt(s).set_lr(1e300); },
+             {"training.optimizer.lr"}},
+        Case{"LrZeroAsAFloat", [](v1::JobSpec& s) { Opt(s).set_lr(1e-50); },
+             {"training.optimizer.lr"}},
+        Case{"MinLrAboveLr", [](v1::JobSpec& s) { Opt(s).set_min_lr(1.0); },
+             {"training.optimizer.min_lr"}},
+        Case{"WeightDecayInfiniteAsAFloat", [](v1::JobSpec& s) { Opt(s).set_weight_decay(1e300); },
+             {"training.optimizer.weight_decay"}},
+        Case{"Beta2OneAsAFloat", [](v1::JobSpec& s) { Opt(s).set_adam_beta2(0.9999999999); },
+             {"training.optimizer.adam_beta2"}},
+        Case{"EpsZeroAsAFloat", [](v1::JobSpec& s) { Opt(s).set_adam_eps(1e-50); },
+             {"training.optimizer.adam_eps"}},
         Case{"WarmupNegative", [](v1::JobSpec& s) { Opt(s).set_warmup_steps(-1); },
              {"training.optimizer.warmup_steps"}},
         Case{"DataMissing", [](v1::JobSpec& s) { s.clear_data(); }, {"data"}},
