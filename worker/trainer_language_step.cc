@@ -246,7 +246,7 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
                                                 " placeholders"));
       }
     }
-    if (!whole && cp > 1 && tp_rank == 0 && text.embeddings.numel() > 0) {
+    if (!whole && cp > 1 && tp_rank == 0 && rows[kVision] + rows[kAudio] > 0) {
       // Every cp member places the rows of its tokens.
       MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(dtype));
       MIMO_RETURN_IF_ERROR(options_.groups.cp->Broadcast(
@@ -271,7 +271,8 @@ absl::Status Trainer::LanguageStep(int64_t base, StepMetrics& m) {
             modules_->encoders[x]->Backward(f.ctx, std::move(f.encoder_saved[x]), dx).status());
       }
     } else {
-      if (cp > 1 && ModelGroups::Rank(options_.groups.tp) == 0 && grad.numel() > 0) {
+      if (cp > 1 && ModelGroups::Rank(options_.groups.tp) == 0 &&
+          f.rows[kVision] + f.rows[kAudio] > 0) {
         // Each cp member's gradient holds its tokens' rows: their sum goes up the links.
         MIMO_ASSIGN_OR_RETURN(const comm::DataType type, CommType(grad.dtype()));
         MIMO_RETURN_IF_ERROR(ops_.Synchronize());

@@ -1,9 +1,9 @@
 // The trainer with the language model context parallel over Gloo against one rank on the same
-// data: cp = 2 alone (the vision encoder computed whole by both members), cp = 3, cp 2 x dp 2 with
-// expert parallelism and the distributed optimizer, tp 2 x cp 2 (MoE layers sequence and context
-// parallel), and cp 2 x pp 2 with shared word embeddings. The same losses, auxiliary losses,
-// expert loads and gradient norms at every step, each rank's parameters (slices under tp, its
-// stage's under pp) those of the one-rank run after three AdamW steps, the cp members' bitwise
+// data: cp = 2 alone (the vision encoder computed whole by both members; no encoders), cp = 3, cp 2
+// x dp 2 with expert parallelism and the distributed optimizer, tp 2 x cp 2 (MoE layers sequence
+// and context parallel), and cp 2 x pp 2 with shared word embeddings. The same losses, auxiliary
+// losses, expert loads and gradient norms at every step, each rank's parameters (slices under tp,
+// its stage's under pp) those of the one-rank run after three AdamW steps, the cp members' bitwise
 // equal. With seq_length 24 every sample fills it (its caption is cut), a multiple of 2 cp tp:
 // no padding, so MoE models match exactly; with longer sequences each is padded after its EOS,
 // which a dense model's loss and gradients do not see.
@@ -77,7 +77,8 @@ TrainerOptions Options(int micro_batches, int64_t seq_length) {
 }
 
 std::vector<TrainRun> TrainGrid(const Grid& g, const MimoModelConfig& model, int micro_batches,
-                                int64_t seq_length, bool distributed_optimizer = false) {
+                                int64_t seq_length, bool distributed_optimizer = false,
+                                ModelPart part = ModelPart::kWhole) {
   std::vector<TrainRun> got(g.ranks());
   comm::InMemoryStore store;
   comm::RunRanks(g.ranks(), [&](int rank) {
@@ -94,6 +95,7 @@ std::vector<TrainRun> TrainGrid(const Grid& g, const MimoModelConfig& model, int
     o.pp = (*groups)->Get("pp");
     o.embd = (*groups)->Get("embd");
     o.distributed_optimizer = distributed_optimizer;
+    o.part = part;
     got[rank] = TrainWith(*ops, model, o);
   });
   return got;
@@ -145,6 +147,18 @@ TEST(TrainerContextParallelTest, ThreeMembersEqualOneRank) {
   const TrainRun want = TrainWith(*one, model, Options(2, 24));
   const Grid g{.cp = 3};
   ExpectMatchesOneRank(TrainGrid(g, model, 2, 24), want, g);
+}
+
+// A job's language module alone (the language part, no encoder modules to link to): no
+// placeholder rows to share over cp (a broadcast of none failed on every rank).
+TEST(TrainerContextParallelTest, ALanguageModuleWithoutEncodersEqualsOneRank) {
+  MimoModelConfig model = DpTestModel();
+  model.vision.reset();
+  model.audio.reset();
+  auto one = kernels::NewCpuOps();
+  const TrainRun want = TrainWith(*one, model, Options(2, 24));
+  const Grid g{.cp = 2};
+  ExpectMatchesOneRank(TrainGrid(g, model, 2, 24, false, ModelPart::kLanguage), want, g);
 }
 
 // Each sequence padded after its EOS to a multiple of 4 (seq_length 64: the samples' own lengths
