@@ -176,11 +176,15 @@ class Validator {
     for (size_t i = 0; i < n(); ++i) {
       if (!ok_[i]) continue;
       const ModuleParallelism& m = mod(i);
-      const int64_t dense = int64_t{m.tp} * m.cp * m.pp;
+      // Stepwise: each size may itself be near the limit, and three of them overflow int64.
+      int64_t dense = m.tp;
+      for (const int size : {m.cp, m.pp}) {
+        if (dense <= kMaxWorldSize) dense *= size;
+      }
       if (dense > kMaxWorldSize) {
         Add(i, "",
-            absl::StrCat("module ", Name(i), ": tp*cp*pp = ", m.tp, "*", m.cp, "*", m.pp, " = ",
-                         dense, " exceeds the largest world (", kMaxWorldSize, ")"));
+            absl::StrCat("module ", Name(i), ": tp*cp*pp = ", m.tp, "*", m.cp, "*", m.pp,
+                         " exceeds the largest world (", kMaxWorldSize, ")"));
         ok_[i] = false;
         continue;
       }

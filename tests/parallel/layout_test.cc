@@ -219,7 +219,7 @@ TEST(ResolveLayoutTest, TensorParallelMustBeAPowerOfTwo) {
 
 TEST(ResolveLayoutTest, DenseSizeTooLarge) {
   EXPECT_THAT(Errors(Spec(8, {Module("language", 1 << 16, 1, 0, 1, 1 << 16)})),
-              ElementsAre("module 'language': tp*cp*pp = 65536*1*65536 = 4294967296 exceeds "
+              ElementsAre("module 'language': tp*cp*pp = 65536*1*65536 exceeds "
                           "the largest world (16777216)"));
 }
 
@@ -265,6 +265,14 @@ TEST(ResolveLayoutTest, ModulePastTheLargestWorld) {
               ElementsAre("module 'language': tp*cp*pp = 1*1*1 = 1 times dp=16777216 from "
                           "rank_offset 5 ends at rank 16777221, past the largest world "
                           "(16777216)"));
+}
+
+// Three sizes each within the largest world whose product overflows 64 bits (2^23 * 2^24 *
+// 2^24): refused, not wrapped into a small world.
+TEST(ResolveLayoutTest, ModelParallelSizesWhoseProductOverflows) {
+  EXPECT_THAT(Errors(Spec(8, {Module("language", 1 << 23, 1, 0, 1 << 24, 1 << 24)})),
+              ElementsAre("module 'language': tp*cp*pp = 8388608*16777216*16777216 exceeds the "
+                          "largest world (16777216)"));
 }
 
 TEST(ResolveLayoutTest, ExpertParallelMustRefactorTheSpan) {
