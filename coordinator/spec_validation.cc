@@ -18,6 +18,7 @@
 #include "absl/strings/string_view.h"
 #include "coordinator/field_checks.h"
 #include "coordinator/moe_spec_checks.h"
+#include "data/brace_expand.h"
 
 namespace mimo::coordinator {
 namespace {
@@ -66,8 +67,9 @@ class SpecChecker : public FieldChecks {
     CheckModules();
     const bool plan_layout = spec_.resources().workers() > 0 &&
                              spec_.resources().workers() <= kMaxJobWorkers && language_ >= 0;
-    // The planner checks module names itself.
+    // The planner checks module names itself (empty, given twice); their characters here.
     if (!plan_layout) CheckModuleNames();
+    CheckModuleNameCharacters();
     std::optional<parallel::RankPlan> plan;
     if (plan_layout) plan = PlanLayout();
     if (spec_.kind() == v1::JobSpec::KIND_TRAIN) {
@@ -154,6 +156,20 @@ class SpecChecker : public FieldChecks {
     Add(path, absl::StrCat("module ", Quote(spec_.modules(i).name()), " is a second ", kind,
                            " (module ", Quote(spec_.modules(first).name()),
                            " is the first); one module of each kind is supported"));
+  }
+
+  // The job name's rules: --component NAME=... (mimoctl plan, mimo-convert) must name a module.
+  void CheckModuleNameCharacters() {
+    for (int i = 0; i < spec_.modules_size(); ++i) {
+      const std::string& name = spec_.modules(i).name();
+      if (!name.empty() && !IsValidJobName(name)) {
+        Add(absl::StrCat("modules[", i, "].name"),
+            absl::StrCat("must be 1-", kMaxJobNameLength,
+                         " characters of [a-z0-9-], start with a letter and not end with '-' "
+                         "(what --component NAME=... can name); got ",
+                         Quote(name)));
+      }
+    }
   }
 
   void CheckModuleNames() {
@@ -557,6 +573,9 @@ class SpecChecker : public FieldChecks {
           if (shard.empty() || shard[0] != '/') {
             Add(absl::StrCat("data.webdataset.shards[", j, "]"),
                 absl::StrCat("must be an absolute path or pattern, got \"", shard, "\""));
+          } else if (const auto names = data::ExpandBraces(shard); !names.ok()) {
+            Add(absl::StrCat("data.webdataset.shards[", j, "]"),
+                std::string(names.status().message()));  // As every worker would refuse it.
           }
         }
         if (const std::string& model = d.webdataset().tokenizer_model();

@@ -84,6 +84,8 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"ModuleWithoutModel", [](v1::JobSpec& s) { Audio(s).clear_audio(); }, {"modules[1]"}},
         Case{"ModuleNameEmpty", [](v1::JobSpec& s) { Audio(s).set_name(""); },
              {"modules[1].name"}},
+        Case{"ModuleNameWithComponentSyntax", [](v1::JobSpec& s) { Audio(s).set_name("a=v1,b"); },
+             {"modules[1].name"}},
         Case{"ModuleNameTwice", [](v1::JobSpec& s) { Audio(s).set_name("vision"); },
              {"modules[1].name"}},
         // Models.
@@ -318,6 +320,17 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"WebdatasetRelativePaths",
              [](v1::JobSpec& s) {
                s.mutable_data()->mutable_webdataset()->add_shards("data/a-{0..3}.tar");
+             },
+             {"data.webdataset.shards[0]"}},
+        Case{"WebdatasetUnbalancedPattern",  // Every worker's expansion would refuse it.
+             [](v1::JobSpec& s) {
+               s.mutable_data()->mutable_webdataset()->add_shards("/data/a.tar");
+               s.mutable_data()->mutable_webdataset()->add_shards("/data/{1..3");
+             },
+             {"data.webdataset.shards[1]"}},
+        Case{"WebdatasetPatternOfTooManyShards",
+             [](v1::JobSpec& s) {
+               s.mutable_data()->mutable_webdataset()->add_shards("/data/{0..99999999}.tar");
              },
              {"data.webdataset.shards[0]"}},
         Case{"WebdatasetRelativeTokenizerModel",
