@@ -227,6 +227,17 @@ TEST(ParseJobSpecTest, AliasesRepeatValues) {
 TEST(ParseJobSpecTest, DuplicateKeysAreErrors) {
   EXPECT_THAT(ParseError("name: a\nkind: KIND_TRAIN\nname: b\n"),
               HasSubstr("line 3, column 1: duplicate key 'name'"));
+  // In JSON too (protobuf's parser kept the first object and merged the second's fields).
+  EXPECT_THAT(ParseError(R"({"name": "a", "training": {"steps": 5}, "training": {"seed": 2}})",
+                         SpecFormat::kJson),
+              HasSubstr("key \"training\" is given twice"));
+  EXPECT_THAT(
+      ParseError(R"({"modules": [{"name": "a"}, {"name": "b", "name": "c"}]})", SpecFormat::kJson),
+      HasSubstr("key \"name\" is given twice"));
+  // The same key in two objects is no duplicate.
+  EXPECT_THAT(ParseError(R"({"modules": [{"name": "a"}, {"name": "b"}], "replicas": 1})",
+                         SpecFormat::kJson),
+              HasSubstr("replicas"));
 }
 
 TEST(ParseJobSpecTest, HostileInputIsBounded) {

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -277,7 +278,52 @@ class JsonBuilder : public YAML::EventHandler {
   YAML::Mark root_mark_;
 };
 
+// A JSON object's key given twice, as "path: key" (protobuf's JSON parser would merge or
+// override them silently, where YAML refuses a duplicate); nothing for JSON without one, or that
+// does not parse (protobuf's parser then says why).
+class DuplicateKeyFinder : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  std::string duplicate;
+
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override {
+    objects_.emplace_back();
+    return true;
+  }
+  bool key(string_t& key) override {
+    if (!objects_.back().insert(key).second) {
+      duplicate = key;
+      return false;
+    }
+    return true;
+  }
+  bool end_object() override {
+    objects_.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    return false;
+  }
+
+ private:
+  std::vector<std::set<std::string>> objects_;  // The keys of each open object.
+};
+
 absl::StatusOr<v1::JobSpec> FromJson(absl::string_view json) {
+  DuplicateKeyFinder finder;
+  nlohmann::json::sax_parse(json.begin(), json.end(), &finder);
+  if (!finder.duplicate.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid job spec: key \"", finder.duplicate,
+                                                   "\" is given twice in one object"));
+  }
   v1::JobSpec spec;
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = false;
