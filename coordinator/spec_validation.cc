@@ -321,6 +321,18 @@ class SpecChecker : public FieldChecks {
     Positive("training.micro_batch_size", t.micro_batch_size());
     Positive("training.global_batch_size", t.global_batch_size());
     NonNegative("training.log_interval", t.log_interval());
+    // Workers lay out a step's samples up front and index a micro-batch's tokens in int32.
+    constexpr int64_t kMaxGlobalBatch = int64_t{1} << 24;
+    if (t.global_batch_size() > kMaxGlobalBatch) {
+      Add("training.global_batch_size",
+          absl::StrCat("must be at most ", kMaxGlobalBatch, " samples a step, got ",
+                       t.global_batch_size()));
+    }
+    if (int64_t{t.micro_batch_size()} * t.seq_length() > std::numeric_limits<int32_t>::max()) {
+      Add("training.micro_batch_size",
+          absl::StrCat("micro_batch_size * seq_length = ", t.micro_batch_size(), "*",
+                       t.seq_length(), " tokens exceeds what a micro-batch indexes (2^31 - 1)"));
+    }
     const std::optional<int> dp = LanguageDp(plan);
     if (t.micro_batch_size() > 0 && t.global_batch_size() > 0 && dp && *dp > 0) {
       const int64_t per_step = int64_t{t.micro_batch_size()} * *dp;

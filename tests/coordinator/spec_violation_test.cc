@@ -267,6 +267,15 @@ INSTANTIATE_TEST_SUITE_P(
         // Training and data.
         Case{"TrainingMissing", [](v1::JobSpec& s) { s.clear_training(); }, {"training"}},
         Case{"StepsZero", [](v1::JobSpec& s) { Train(s).set_steps(0); }, {"training.steps"}},
+        Case{"GlobalBatchPastTheLargest",  // Workers lay out a step's samples up front.
+             [](v1::JobSpec& s) { Train(s).set_global_batch_size((1 << 24) + 8); },
+             {"training.global_batch_size"}},
+        Case{"MicroBatchOfMoreTokensThanInt32",
+             [](v1::JobSpec& s) {
+               Train(s).set_micro_batch_size(1 << 24);
+               Train(s).set_global_batch_size(1 << 24);
+             },
+             {"training.micro_batch_size", "training.global_batch_size"}},
         Case{"MicroBatchZero", [](v1::JobSpec& s) { Train(s).set_micro_batch_size(0); },
              {"training.micro_batch_size"}},
         Case{"GlobalBatchZero", [](v1::JobSpec& s) { Train(s).set_global_batch_size(0); },
