@@ -79,6 +79,7 @@ class SpecChecker : public FieldChecks {
     }
     CheckResources();
     CheckCheckpointing();
+    CheckPathLengths();
     return plan;
   }
 
@@ -609,6 +610,25 @@ class SpecChecker : public FieldChecks {
                                             spec_.resources().workers()));
     }
     EnumSet("resources.device", spec_.resources().device(), v1::DeviceKind_descriptor());
+  }
+
+  // Paths are at most PATH_MAX bytes (4096): longer ones name no file, and the spec travels with
+  // every job listing (a few megabytes of output_dir in tens of jobs broke `mimoctl list`).
+  void CheckPathLengths() {
+    constexpr size_t kMaxPath = 4096;
+    auto check = [&](const std::string& path, const std::string& value) {
+      if (value.size() > kMaxPath) {
+        Add(path, absl::StrCat("is ", value.size(), " bytes long; a path is at most ", kMaxPath));
+      }
+    };
+    check("output_dir", spec_.output_dir());
+    check("checkpointing.dir", spec_.checkpointing().dir());
+    check("checkpointing.resume_from", spec_.checkpointing().resume_from());
+    const v1::Data::WebDataset& w = spec_.data().webdataset();
+    for (int j = 0; j < w.shards_size(); ++j) {
+      check(absl::StrCat("data.webdataset.shards[", j, "]"), w.shards(j));
+    }
+    check("data.webdataset.tokenizer_model", w.tokenizer_model());
   }
 
   void CheckCheckpointing() {

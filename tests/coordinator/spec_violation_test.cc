@@ -342,6 +342,9 @@ INSTANTIATE_TEST_SUITE_P(
                s.mutable_data()->mutable_webdataset()->add_shards("/data/{0..99999999}.tar");
              },
              {"data.webdataset.shards[0]"}},
+        Case{"OutputDirLongerThanAPath",
+             [](v1::JobSpec& s) { s.set_output_dir("/" + std::string(5000, 'a')); },
+             {"output_dir"}},
         Case{"WebdatasetRelativeTokenizerModel",
              [](v1::JobSpec& s) {
                s.mutable_data()->mutable_webdataset()->add_shards("/data/a.tar");
