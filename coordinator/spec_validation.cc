@@ -57,6 +57,12 @@ std::string SpecPath(const parallel::LayoutViolation& v) {
   return absl::StrCat(module, ".parallelism.", v.field);
 }
 
+// What IsValidJobName accepts, for messages: job and module names follow it.
+std::string NameRule() {
+  return absl::StrCat("must be 1-", kMaxJobNameLength,
+                      " characters of [a-z0-9-], start with a letter and not end with '-'");
+}
+
 class SpecChecker : public FieldChecks {
  public:
   explicit SpecChecker(const v1::JobSpec& spec) : spec_(spec) {}
@@ -86,10 +92,7 @@ class SpecChecker : public FieldChecks {
  private:
   void CheckJob() {
     if (!IsValidJobName(spec_.name())) {
-      Add("name", absl::StrCat("must be 1-", kMaxJobNameLength,
-                               " characters of [a-z0-9-], start with a letter and not end with "
-                               "'-'; got ",
-                               Quote(spec_.name())));
+      Add("name", absl::StrCat(NameRule(), "; got ", Quote(spec_.name())));
     }
     EnumSet("kind", spec_.kind(), v1::JobSpec::Kind_descriptor());
     NonNegative("max_restarts", spec_.max_restarts());
@@ -165,10 +168,7 @@ class SpecChecker : public FieldChecks {
       const std::string& name = spec_.modules(i).name();
       if (!name.empty() && !IsValidJobName(name)) {
         Add(absl::StrCat("modules[", i, "].name"),
-            absl::StrCat("must be 1-", kMaxJobNameLength,
-                         " characters of [a-z0-9-], start with a letter and not end with '-' "
-                         "(what --component NAME=... can name); got ",
-                         Quote(name)));
+            absl::StrCat(NameRule(), " (what --component NAME=... can name); got ", Quote(name)));
       }
     }
   }
