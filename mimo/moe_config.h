@@ -39,7 +39,8 @@ struct MoeConfig {
   float expert_bias_update_rate = 1e-3f;
   // Token dropping (Megatron's moe_expert_capacity_factor and moe_token_drop_policy): each expert
   // takes at most kernels::MoeExpertCapacity(tokens, top_k, experts, capacity_factor) of a
-  // micro-batch's (token, choice) pairs on this rank, chosen by drop_policy; the others add
+  // micro-batch's (token, choice) pairs on this rank (its own rows: under tp or cp each member
+  // caps its block, as Megatron does), chosen by drop_policy; the others add
   // nothing to the output (their weights' gradients are zero). 0: dropless (the default);
   // otherwise in (0, 1e6]. The auxiliary losses and the per-expert load see the choices before
   // dropping.

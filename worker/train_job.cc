@@ -178,8 +178,9 @@ double PeakTflops(const std::string& device_name, kernels::DType dtype) {
   return 0;
 }
 
-std::string MegatronLogLine(const StepMetrics& m, int64_t steps, int64_t consumed_samples,
+std::string MegatronLogLine(const IntervalMetrics& r, int64_t steps, int64_t consumed_samples,
                             int64_t global_batch_size, double tflops_per_gpu) {
+  const StepMetrics& m = r.mean;
   std::string line = absl::StrFormat(
       " [%s] iteration %8d/%8d | consumed samples: %12d | elapsed time per iteration (ms): %.1f "
       "| throughput per GPU (TFLOP/s/GPU): %.1f | learning rate: %E | global batch size: %5d "
@@ -187,9 +188,8 @@ std::string MegatronLogLine(const StepMetrics& m, int64_t steps, int64_t consume
       absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::Now(), absl::LocalTimeZone()), m.step, steps,
       consumed_samples, m.seconds * 1e3, tflops_per_gpu, m.lr, global_batch_size, m.loss,
       m.aux_loss, m.grad_norm, m.seconds > 0 ? m.tokens / m.seconds : 0.0);
-  absl::StrAppend(
-      &line, "number of skipped iterations: ", absl::StrFormat("%3d", m.skipped ? 1 : 0),
-      " | number of nan iterations: ", absl::StrFormat("%3d", std::isfinite(m.loss) ? 0 : 1), " |");
+  absl::StrAppend(&line, "number of skipped iterations: ", absl::StrFormat("%3d", r.skipped),
+                  " | number of nan iterations: ", absl::StrFormat("%3d", r.nan), " |");
   return line;
 }
 
@@ -259,11 +259,13 @@ absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
   comm::Communicator* world_group = groups.Get(kWorldGroup);
   int64_t requests_done = 0;  // Checkpoint requests saved so far.
   TrainingEnd end{.iteration = first_step - 1};
+  LogInterval interval_steps;  // The steps since the last report.
   for (int64_t step = first_step; step <= t.steps(); ++step) {
     if (hooks.stopped && hooks.stopped()) return absl::CancelledError("the job was stopped");
-    MIMO_ASSIGN_OR_RETURN(const StepMetrics m, trainer->Step());
+    MIMO_ASSIGN_OR_RETURN(const StepMetrics step_metrics, trainer->Step());
     MIMO_RETURN_IF_ERROR(background.Check());
-    seconds += m.seconds;
+    seconds += step_metrics.seconds;
+    if (logs) interval_steps.Add(step_metrics);
     end.iteration = step;
     // The newest request any rank has heard of, as 2 * sequence + stop: a stop request is its
     // attempt's last, so the max names it whenever a rank knows of it.
@@ -326,8 +328,11 @@ absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
       if (stop) break;
       continue;
     }
+    const IntervalMetrics report = interval_steps.Take();
+    const StepMetrics& m = report.mean;
     const double tflops = m.seconds > 0 ? m.model_flops / m.seconds / world / 1e12 : 0;
-    hooks.log(MegatronLogLine(m, t.steps(), trainer->position(), t.global_batch_size(), tflops));
+    hooks.log(
+        MegatronLogLine(report, t.steps(), trainer->position(), t.global_batch_size(), tflops));
     v1::Metrics metrics;
     metrics.set_step(m.step);
     metrics.set_loss(m.loss);
@@ -335,7 +340,8 @@ absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
     values["aux_loss"] = m.aux_loss;
     values["grad_norm"] = m.grad_norm;
     values["lr"] = m.lr;
-    values["skipped"] = m.skipped ? 1 : 0;
+    values["skipped"] = static_cast<double>(report.skipped);
+    values["interval_steps"] = static_cast<double>(report.steps);
     values["tokens"] = static_cast<double>(m.tokens);
     values["step_seconds"] = m.seconds;
     int64_t routed = 0;

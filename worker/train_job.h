@@ -13,6 +13,7 @@
 #include "kernels/ops.h"
 #include "mimo/v1/job.pb.h"
 #include "mimo/v1/worker_service.pb.h"
+#include "worker/log_interval.h"
 #include "worker/trainer.h"
 
 namespace mimo::worker {
@@ -44,10 +45,12 @@ bool OverlapGradReduce(const v1::JobSpec& spec, int tp, int pp, int cp, int ep, 
 // fp32), the denominator of MFU; 0 when unknown (a CPU, another GPU, an H100 PCIe or NVL).
 double PeakTflops(const std::string& device_name, kernels::DType dtype);
 
-// Iteration `step` of `steps` in Megatron-LM's format ("iteration 5/ 50 | consumed samples: 80 |
-// elapsed time per iteration (ms): 12.3 | throughput per GPU (TFLOP/s/GPU): 1.2 | learning rate:
-// 3.000000E-04 | global batch size: 16 | lm loss: 5.123456E+00 | ... |").
-std::string MegatronLogLine(const StepMetrics& m, int64_t steps, int64_t consumed_samples,
+// The report of an interval ending at iteration `r.mean.step` of `steps` in Megatron-LM's format
+// ("iteration 5/ 50 | consumed samples: 80 | elapsed time per iteration (ms): 12.3 | throughput
+// per GPU (TFLOP/s/GPU): 1.2 | learning rate: 3.000000E-04 | global batch size: 16 | lm loss:
+// 5.123456E+00 | ... | number of skipped iterations: 0 | number of nan iterations: 0 |"): times,
+// losses and throughput are the interval's means, the counts its steps' (log_interval.h).
+std::string MegatronLogLine(const IntervalMetrics& r, int64_t steps, int64_t consumed_samples,
                             int64_t global_batch_size, double tflops_per_gpu);
 
 // The group of every rank of a KIND_TRAIN job of more than one rank that saves checkpoints
@@ -82,7 +85,9 @@ struct TrainingEnd {
 // groups). The logging rank (the language module's data-parallel replica 0, tp member 0) logs every
 // training.log_interval steps (0: every step) and the last one, and reports the same steps'
 // metrics, and with spec.output_dir writes them there too (training_outputs.h; `host` names its
-// TensorBoard file); every rank logs its start and end. Cancelled once `stopped` says so. With
+// TensorBoard file): each report covers the steps since the previous one (IntervalMetrics: loss,
+// aux loss, step time and throughput averaged over them, as Megatron-LM's iteration line);
+// every rank logs its start and end. Cancelled once `stopped` says so. With
 // spec.checkpointing it first resumes from the checkpoint job_checkpoint.h finds (the steps
 // after the saved one; the same samples, losses and updates as a run never interrupted) and
 // saves every interval_steps and after the last step. After every step the ranks agree (a max

@@ -1,6 +1,8 @@
 // RunTraining's checkpoint requests on 4 CPU ranks (threads, Gloo groups, an in-memory store):
 // whichever rank hears of a request, every rank saves after the same step; a stop request ends
-// every rank's run there; one heard on the last step ends the run as usual.
+// every rank's run there; one heard on the last step ends the run as usual. Reports come every
+// log_interval (2) steps, after the last one and after a stop, each over the steps since the
+// previous one.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -9,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,6 +33,7 @@ constexpr int kSteps = 5;
 struct RankRun {
   absl::StatusOr<TrainingEnd> end = absl::UnknownError("not run");
   std::vector<std::string> log;
+  std::vector<v1::Metrics> reports;
   bool ran = false;  // Else `end` is its groups' error.
 };
 
@@ -41,10 +45,12 @@ struct Heard {
 };
 
 // SmallSpec (vision dp 2 on ranks 0-1, MoE language dp 2 ep 2 on ranks 2-3) for kSteps steps,
-// saving only at the end (and when asked) into `dir`, run on every rank with `heard`.
+// saving only at the end (and when asked) into `dir`, reporting every 2 steps, run on every rank
+// with `heard`.
 std::vector<RankRun> TrainAll(const std::string& dir, const Heard& heard) {
   v1::JobSpec spec = coordinator::testing::SmallSpec("requests");
   spec.mutable_training()->set_steps(kSteps);
+  spec.mutable_training()->set_log_interval(2);
   spec.mutable_checkpointing()->set_dir(dir);
   absl::Mutex mu;
   std::vector<RankRun> runs(spec.resources().workers());
@@ -56,6 +62,11 @@ std::vector<RankRun> TrainAll(const std::string& dir, const Heard& heard) {
                             [&runs, &mu, r](const std::string& line) {
                               absl::MutexLock lock(&mu);
                               runs[r].log.push_back(line);
+                            },
+                        .report =
+                            [&runs, &mu, r](const v1::Metrics& m) {
+                              absl::MutexLock lock(&mu);
+                              runs[r].reports.push_back(m);
                             },
                         .checkpoint_request =
                             [&heard, &calls, r] {
@@ -86,6 +97,21 @@ std::vector<RankRun> TrainAll(const std::string& dir, const Heard& heard) {
     if (!runs[r].ran) runs[r].end = statuses[r];
   }
   return runs;
+}
+
+// (step, steps it covers) of each report; one rank (the language module's first) reports.
+std::vector<std::pair<int64_t, double>> Reports(const std::vector<RankRun>& runs) {
+  std::vector<std::pair<int64_t, double>> out;
+  int reporting = 0;
+  for (const RankRun& run : runs) {
+    if (run.reports.empty()) continue;
+    ++reporting;
+    for (const v1::Metrics& m : run.reports) {
+      out.emplace_back(m.step(), m.values().at("interval_steps"));
+    }
+  }
+  EXPECT_EQ(reporting, 1);
+  return out;
 }
 
 class TrainJobRequestsTest : public ::testing::Test {
@@ -119,6 +145,8 @@ TEST_F(TrainJobRequestsTest, ARequestOneRankHeardIsSavedByAllAfterTheSameStepAnd
   EXPECT_EQ(Latest(), absl::StrCat(kSteps));
   EXPECT_THAT(runs[0].log,
               ::testing::Contains("saving a checkpoint after iteration 2 as requested"));
+  using Report = std::pair<int64_t, double>;
+  EXPECT_EQ(Reports(runs), (std::vector<Report>{{2, 2}, {4, 2}, {5, 1}}));
 }
 
 TEST_F(TrainJobRequestsTest, AStopRequestEndsEveryRanksRunAfterItsSave) {
@@ -132,6 +160,8 @@ TEST_F(TrainJobRequestsTest, AStopRequestEndsEveryRanksRunAfterItsSave) {
   }
   EXPECT_EQ(Latest(), "3");
   EXPECT_FALSE(fs::exists(Iter(4)));
+  using Report = std::pair<int64_t, double>;
+  EXPECT_EQ(Reports(runs), (std::vector<Report>{{2, 2}, {3, 1}}));
 }
 
 TEST_F(TrainJobRequestsTest, AStopHeardOnTheLastStepEndsTheRunAsUsual) {

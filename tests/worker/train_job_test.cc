@@ -152,12 +152,13 @@ TEST(PeakTflopsTest, KnowsTheSxmPartsOnly) {
 }
 
 TEST(MegatronLogLineTest, ReadsLikeMegatronLm) {
-  StepMetrics m;
+  IntervalMetrics r{.steps = 5, .skipped = 2, .nan = 1};
+  StepMetrics& m = r.mean;
   m.step = 5;
   m.loss = 5.123456;
   m.lr = 3e-4;
   m.seconds = 0.0123;
-  const std::string line = MegatronLogLine(m, 50, 80, 16, 1.25);
+  const std::string line = MegatronLogLine(r, 50, 80, 16, 1.25);
   // Megatron pads the counts to fixed widths.
   EXPECT_THAT(line, ::testing::ContainsRegex("iteration +5/ +50 \\|"));
   EXPECT_THAT(line, ::testing::ContainsRegex("consumed samples: +80 \\|"));
@@ -165,6 +166,8 @@ TEST(MegatronLogLineTest, ReadsLikeMegatronLm) {
   EXPECT_THAT(line, HasSubstr("elapsed time per iteration (ms): 12.3 |"));
   EXPECT_THAT(line, HasSubstr("lm loss: 5.123456E+00"));
   EXPECT_THAT(line, HasSubstr("throughput per GPU (TFLOP/s/GPU):"));
+  EXPECT_THAT(line,
+              HasSubstr("number of skipped iterations:   2 | number of nan iterations:   1 |"));
 }
 
 }  // namespace
