@@ -121,8 +121,9 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& spec,
 absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& id) { return store_->GetJob(id); }
 
 absl::StatusOr<JobStore::Page> JobManager::ListJobs(int page_size, const std::string& page_token,
-                                                    const std::vector<v1::JobState>& states) {
-  return store_->ListJobs(page_size, page_token, states);
+                                                    const std::vector<v1::JobState>& states,
+                                                    size_t max_bytes) {
+  return store_->ListJobs(page_size, page_token, states, max_bytes);
 }
 
 absl::StatusOr<std::vector<v1::JobEvent>> JobManager::ListEvents(const std::string& id,

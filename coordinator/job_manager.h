@@ -66,8 +66,10 @@ class JobManager {
   absl::StatusOr<v1::Job> SubmitJob(const v1::JobSpec& spec, const std::string& request_id,
                                     std::vector<FieldViolation>* violations, absl::Time now);
   absl::StatusOr<v1::Job> GetJob(const std::string& id);
+  // As JobStore::ListJobs.
   absl::StatusOr<JobStore::Page> ListJobs(int page_size, const std::string& page_token,
-                                          const std::vector<v1::JobState>& states);
+                                          const std::vector<v1::JobState>& states,
+                                          size_t max_bytes);
   // PENDING jobs are cancelled at once; scheduled ones go through CANCELLING while their
   // workers stop. FailedPrecondition for a finished job; a CANCELLING job is returned as is.
   absl::StatusOr<v1::Job> CancelJob(const std::string& id, const std::string& reason,

@@ -395,7 +395,8 @@ absl::Status JobStore::SaveJob(const v1::Job& job) {
 }
 
 absl::StatusOr<JobStore::Page> JobStore::ListJobs(int page_size, const std::string& page_token,
-                                                  const std::vector<v1::JobState>& states) {
+                                                  const std::vector<v1::JobState>& states,
+                                                  size_t max_bytes) {
   if (page_size < 0 || page_size > kMaxPageSize) {
     return absl::InvalidArgumentError(
         absl::StrCat("page_size ", page_size, " is outside [0, ", kMaxPageSize, "]"));
@@ -407,13 +408,27 @@ absl::StatusOr<JobStore::Page> JobStore::ListJobs(int page_size, const std::stri
   // One row more than the page tells whether another page follows.
   stmt.Bind(1, before).Bind(2, page_size + 1);
   for (size_t i = 0; i < states.size(); ++i) stmt.Bind(static_cast<int>(i) + 3, states[i]);
-  MIMO_ASSIGN_OR_RETURN(std::vector<JobRow> rows, ReadJobRows(stmt));
+  // Rows are read one at a time, so that a page cut short by max_bytes is all that is held.
   Page page;
-  if (rows.size() > static_cast<size_t>(page_size)) {
-    rows.resize(page_size);
-    page.next_page_token = absl::StrCat(rows.back().seq);
+  size_t bytes = 0;
+  int64_t last_seq = 0;
+  while (true) {
+    MIMO_ASSIGN_OR_RETURN(const bool row, stmt.Step());
+    if (!row) break;
+    const int64_t seq = stmt.Int(0);
+    if (page.jobs.size() == static_cast<size_t>(page_size)) {
+      page.next_page_token = absl::StrCat(last_seq);
+      break;
+    }
+    MIMO_ASSIGN_OR_RETURN(v1::Job job, ParseJob(stmt.Blob(1), absl::StrCat("at seq ", seq)));
+    bytes += job.ByteSizeLong();
+    if (!page.jobs.empty() && bytes > max_bytes) {
+      page.next_page_token = absl::StrCat(last_seq);
+      break;
+    }
+    last_seq = seq;
+    page.jobs.push_back(std::move(job));
   }
-  for (JobRow& row : rows) page.jobs.push_back(std::move(row.job));
   return page;
 }
 

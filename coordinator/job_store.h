@@ -1,7 +1,9 @@
 // Durable job storage in SQLite: jobs, their event history, per-rank logs, idempotency keys.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -71,9 +73,12 @@ class JobStore {
     std::string next_page_token;  // Empty on the last page.
   };
   // Newest first (by creation order). page_size 0 means 50; negative or more than 1000 is
-  // InvalidArgument; a malformed page_token is InvalidArgument. `states` empty means all.
+  // InvalidArgument; a malformed page_token is InvalidArgument. `states` empty means all. The page
+  // ends early, with a next_page_token, before a job that would take its jobs' serialized size
+  // past `max_bytes` (the first job is always taken).
   absl::StatusOr<Page> ListJobs(int page_size, const std::string& page_token,
-                                const std::vector<v1::JobState>& states);
+                                const std::vector<v1::JobState>& states,
+                                size_t max_bytes = std::numeric_limits<size_t>::max());
 
   // Events of a job with sequence > after_sequence, in order, at most `limit` of them (0: all).
   // NotFound for an unknown job.

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "coordinator/message_limits.h"
 
 namespace mimo::coordinator {
 namespace {
@@ -62,6 +63,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   builder.RegisterService(s->worker_service_.get());
   // A second coordinator on a busy port must fail, not silently share its traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // The largest request received (gRPC's default); mimoctl checks its requests against it first.
+  builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
   // Keepalive: ping idle connections (long watches and log follows) and accept client pings.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);

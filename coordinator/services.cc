@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/grpc_status.h"
 #include "coordinator/job_state.h"
+#include "coordinator/message_limits.h"
 #include "coordinator/plan_proto.h"
 #include "google/protobuf/util/time_util.h"
 
@@ -147,8 +148,8 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* context,
       return BadField("page_size", absl::StrCat("is ", request->page_size(), ", outside [0, ",
                                                 JobStore::kMaxPageSize, "]"));
     }
-    absl::StatusOr<JobStore::Page> page =
-        ctx_.manager->ListJobs(request->page_size(), request->page_token(), states);
+    absl::StatusOr<JobStore::Page> page = ctx_.manager->ListJobs(
+        request->page_size(), request->page_token(), states, kMaxListPageBytes);
     // The page size is checked above: a request the store refuses has a bad page_token.
     if (absl::IsInvalidArgument(page.status())) {
       return BadField("page_token", std::string(page.status().message()));

@@ -17,6 +17,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "coordinator/message_limits.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "tests/coordinator/test_server.h"
@@ -25,6 +26,7 @@ namespace mimo::coordinator::testing {
 namespace {
 
 using ::testing::Contains;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Pair;
 using ::testing::UnorderedElementsAre;
@@ -86,6 +88,39 @@ TEST_F(ApiTest, InvalidSpecsAreRejectedWithFieldPaths) {
   EXPECT_EQ(plan.plan().ranks(3).groups_size(), 0);
   ASSERT_TRUE(jobs_->ListJobs(Context().get(), list, &jobs).ok());
   EXPECT_EQ(jobs.jobs_size(), 0);
+}
+
+// ListJobs pages stay readable by a client with gRPC's default 4 MiB receive limit: a page ends
+// before the job that would take it past kMaxListPageBytes (three jobs with 1.5 MB cancel reasons
+// made one 4.5 MB page, which such a client refused as larger than max).
+TEST_F(ApiTest, ListJobsPagesStayWithinTheDefaultReceiveLimit) {
+  StartServer();
+  std::vector<std::string> newest_first;
+  for (int i = 0; i < 3; ++i) {
+    const v1::Job job = Submit(SmallSpec(absl::StrCat("big-", i)));
+    v1::CancelJobRequest cancel;
+    cancel.set_job_id(job.id());
+    cancel.set_reason(std::string(1'500'000, 'a'));
+    v1::CancelJobResponse cancelled;
+    ASSERT_TRUE(jobs_->CancelJob(Context().get(), cancel, &cancelled).ok());
+    newest_first.insert(newest_first.begin(), job.id());
+  }
+  v1::ListJobsRequest request;
+  request.set_page_size(1000);
+  std::vector<std::string> seen;
+  std::vector<int> page_sizes;
+  do {
+    v1::ListJobsResponse page;
+    const grpc::Status status = jobs_->ListJobs(Context().get(), request, &page);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_LE(page.ByteSizeLong(), kMaxListPageBytes);
+    page_sizes.push_back(page.jobs_size());
+    for (const v1::Job& job : page.jobs()) seen.push_back(job.id());
+    request.set_page_token(page.next_page_token());
+    ASSERT_LE(page_sizes.size(), 3u);
+  } while (!request.page_token().empty());
+  EXPECT_THAT(page_sizes, ElementsAre(2, 1));
+  EXPECT_EQ(seen, newest_first);
 }
 
 TEST_F(ApiTest, BusyPortIsAnErrorNotACrash) {

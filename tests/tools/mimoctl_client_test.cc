@@ -1,12 +1,17 @@
 // mimoctl against a real coordinator: submit, get, list, validate, cancel, logs, watch --wait,
-// field-violation errors, auth and an unreachable server, as a user runs them.
+// field-violation errors, oversized specs, auth, an unreachable server and bad flags, as a user
+// runs them.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/json_util.h"
@@ -154,10 +159,92 @@ TEST_F(MimoctlClientTest, TokenIsSentWhenGiven) {
   EXPECT_EQ(allowed.exit_code, 0) << allowed.err;
 }
 
+// A spec the coordinator would not receive is refused before it is sent, naming the limit (gRPC
+// said only "Received message larger than max (5000172 vs. 4194304)").
+TEST_F(MimoctlClientTest, OversizedSpecIsRefusedBeforeSending) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_name(std::string(5'000'000, 'x'));
+  const std::string spec_path = ::testing::TempDir() + "/oversized.json";
+  {
+    std::string json;
+    ASSERT_TRUE(google::protobuf::util::MessageToJsonString(spec, &json).ok());
+    std::ofstream(spec_path) << json;
+  }
+  for (const char* command : {"submit", "validate"}) {
+    SCOPED_TRACE(command);
+    const Result r = Ctl(absl::StrCat(command, " ", spec_path));
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_THAT(r.err, StartsWith("error: " + spec_path + ": the spec makes a request of 500"));
+    EXPECT_THAT(r.err, HasSubstr("bytes; the coordinator accepts at most 4194304 bytes (4 MiB)\n"));
+  }
+  const Result listed = Ctl("list -o json");
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  EXPECT_EQ(nlohmann::json::parse(listed.out).value("jobs", nlohmann::json::array()).size(), 0u);
+}
+
 TEST(MimoctlUnreachableTest, ExitCodeThree) {
   const Result r = RunMimoctl("list --server 127.0.0.1:1 --timeout 2");
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_THAT(r.err, HasSubstr("cannot reach the coordinator at 127.0.0.1:1"));
+}
+
+// --server (or $MIMO_SERVER) is checked before a channel is made: an empty one printed gRPC's
+// own log lines, and port 99999 wrapped to 34463.
+TEST(MimoctlFlagsTest, ServerMustBeHostColonPort) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"''", "--server: the coordinator address is empty; give HOST:PORT, e.g. localhost:50051"},
+      {"localhost:99999",
+       "--server: 'localhost:99999': the port must be a number in 1-65535, "
+       "got '99999'"},
+      {"localhost:0", "the port must be a number in 1-65535, got '0'"},
+      {"localhost", "--server: 'localhost' has no port; give HOST:PORT"},
+      {":50051", "--server: ':50051' has no host"},
+      {"'a b:1'", "--server: 'a b:1': 'a b' is not a host name or IP address"},
+      {"::1:50051", "an IPv6 address goes in brackets, e.g. [::1]:50051"},
+  };
+  for (const auto& [server, message] : cases) {
+    SCOPED_TRACE(server);
+    const Result r = RunMimoctl(absl::StrCat("list --server ", server));
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_THAT(r.err, StartsWith("--server: "));
+    EXPECT_THAT(r.err, HasSubstr(message));
+  }
+  setenv("MIMO_SERVER", "x:70000", /*overwrite=*/1);
+  const Result env = RunMimoctl("list");
+  unsetenv("MIMO_SERVER");
+  EXPECT_EQ(env.exit_code, 2);
+  EXPECT_THAT(env.err, HasSubstr("--server: 'x:70000': the port must be a number in 1-65535"));
+  // A bracketed IPv6 address is taken.
+  const Result v6 = RunMimoctl("list --server '[::1]:1' --timeout 2");
+  EXPECT_EQ(v6.exit_code, 3) << v6.err;
+}
+
+// Numeric flags out of range name the flag and the range (CLI11's PositiveNumber printed
+// "not in range 0.000000 to 1797...", let nan and 1e300 seconds through, and values beyond 32 bits
+// read "Could not convert").
+TEST(MimoctlFlagsTest, NumericFlagsNameTheirRange) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"list --timeout 0", "--timeout: must be a number of seconds in [0.001, 86400], got '0'"},
+      {"list --timeout nan", "--timeout: must be a number of seconds in [0.001, 86400], got 'nan'"},
+      {"list --timeout 1e300", "--timeout: must be a number of seconds in [0.001, 86400]"},
+      {"list --limit 0", "--limit: must be an integer in [1, 2147483647], got '0'"},
+      {"list --limit 99999999999", "--limit: must be an integer in [1, 2147483647]"},
+      {"logs j-1 --rank -1", "--rank: must be an integer in [0, 16777215], got '-1'"},
+      {"logs j-1 --tail 3000000000", "--tail: must be an integer in [0, 2147483647]"},
+      {"logs j-1 --attempt -2", "--attempt: must be an integer in [0, 2147483647]"},
+      {"plan --world 99999999999 --component language=dp=1",
+       "--world: must be an integer in [1, 16777216]"},
+      {"plan --world 1 --component language=dp=1 --seed 99999999999999999999",
+       "--seed: must be an integer in [0, 4611686018427387904]"},
+  };
+  for (const auto& [args, message] : cases) {
+    SCOPED_TRACE(args);
+    // Job commands are given a server that refuses at once, should the flag get through.
+    const Result r =
+        RunMimoctl(args.starts_with("plan") ? args : absl::StrCat(args, " --server 127.0.0.1:1"));
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_THAT(r.err, StartsWith(message));
+  }
 }
 
 }  // namespace

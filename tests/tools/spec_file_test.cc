@@ -315,6 +315,28 @@ TEST(ReadJobSpecFileTest, MissingAndUnreadableFiles) {
   EXPECT_THAT(Message(spec.status()), HasSubstr("Is a directory"));
 }
 
+// A file over kMaxSpecFileBytes is refused before it is parsed (a 100 MB spec took 10 s and
+// 700 MB to parse before the coordinator refused it); one just under it parses (its comment goes).
+TEST(ReadJobSpecFileTest, FilesOverTheLimitAreRefusedUnread) {
+  const fs::path dir = TestDir();
+  const std::string spec = "name: a\n";
+  const std::string under =
+      WriteFile(dir / "under.yaml",
+                "# " + std::string(kMaxSpecFileBytes - spec.size() - 3, 'x') + "\n" + spec);
+  ASSERT_EQ(fs::file_size(under), kMaxSpecFileBytes);
+  absl::StatusOr<v1::JobSpec> parsed = ReadJobSpecFile(under);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->name(), "a");
+  const std::string over =
+      WriteFile(dir / "over.yaml",
+                "# " + std::string(kMaxSpecFileBytes - spec.size() - 2, 'x') + "\n" + spec);
+  parsed = ReadJobSpecFile(over);
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Message(parsed.status()),
+            absl::StrCat(over, ": the file is ", kMaxSpecFileBytes + 1,
+                         " bytes; a spec file is at most 16777216 bytes (16 MiB)"));
+}
+
 // examples/, found from this file's path: tests/tools/ -> ../../examples.
 fs::path ExamplesDir() {
   return fs::path(__FILE__).parent_path().parent_path().parent_path() / "examples";

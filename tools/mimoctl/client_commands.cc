@@ -15,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -29,7 +30,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "coordinator/message_limits.h"
 #include "mimo/v1/job_service.grpc.pb.h"
+#include "parallel/module_parallelism.h"
+#include "tools/mimoctl/flag_checks.h"
 #include "tools/mimoctl/output_format.h"
 #include "tools/mimoctl/spec_file.h"
 
@@ -45,6 +49,11 @@ constexpr int kExitUnreachable = 3;  // No connection to the coordinator.
 constexpr int kMaxPageSize = 1000;
 // The largest response mimoctl accepts.
 constexpr int kMaxResponseBytes = 256 << 20;
+// --timeout's range: a millisecond (gRPC's deadline resolution) to a day.
+constexpr double kMinTimeoutSeconds = 0.001;
+constexpr double kMaxTimeoutSeconds = 86400;
+// The largest value of an int32 request field (--limit, --tail, --attempt).
+constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
 
 enum class Output { kTable, kJson, kYaml };
 
@@ -62,6 +71,7 @@ void AddClientOptions(CLI::App* command, ClientOptions* options) {
   group->add_option("--server", options->server, "Coordinator address")
       ->type_name("HOST:PORT")
       ->envname("MIMO_SERVER")
+      ->check(ServerAddress())
       ->capture_default_str();
   group
       ->add_option("--token", options->token,
@@ -76,7 +86,7 @@ void AddClientOptions(CLI::App* command, ClientOptions* options) {
       ->add_option("--timeout", options->timeout_seconds,
                    "Seconds allowed to connect, and for each request (streams have no limit)")
       ->type_name("SECONDS")
-      ->check(CLI::PositiveNumber)
+      ->check(NumberIn(kMinTimeoutSeconds, kMaxTimeoutSeconds, "seconds"))
       ->capture_default_str();
   group->add_option("-o,--output", options->output, "Output format")
       ->type_name("FORMAT")
@@ -139,6 +149,18 @@ int PrintResult(Output output, const google::protobuf::Message& message,
       break;
   }
   return written ? 0 : kExitFailed;
+}
+
+// Refuses a request larger than the coordinator receives (kMaxRequestBytes), which gRPC would
+// only report after sending it all as "Received message larger than max".
+absl::Status CheckRequestSize(const google::protobuf::Message& request,
+                              const std::string& spec_path) {
+  const size_t bytes = request.ByteSizeLong();
+  if (bytes <= static_cast<size_t>(coordinator::kMaxRequestBytes)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(spec_path, ": the spec makes a request of ", bytes,
+                                                 " bytes; the coordinator accepts at most ",
+                                                 coordinator::kMaxRequestBytes, " bytes (",
+                                                 coordinator::kMaxRequestBytes >> 20, " MiB)"));
 }
 
 // A UUIDv4 from the kernel's random source.
@@ -340,6 +362,9 @@ int RunSubmit(const SubmitOptions& options) {
   } else {
     request.set_request_id(options.request_id);
   }
+  if (absl::Status size = CheckRequestSize(request, options.spec_path); !size.ok()) {
+    return PrintError(size);
+  }
   Coordinator coordinator(options.client, /*streaming=*/options.wait);
   if (const int code = coordinator.Start()) return code;
   v1::SubmitJobResponse response;
@@ -523,7 +548,7 @@ void AddListCommand(CLI::App& app, int* exit_code) {
       ->check(CLI::IsMember(names, CLI::ignore_case));
   command->add_option("--limit", options->limit, "At most this many jobs")
       ->type_name("N")
-      ->check(CLI::PositiveNumber)
+      ->check(IntegerIn(1, kMaxInt32))
       ->capture_default_str();
   command
       ->add_option("--page-token", options->page_token,
@@ -592,14 +617,14 @@ void AddLogsCommand(CLI::App& app, int* exit_code) {
   command->add_flag("-f,--follow", options->follow, "Keep printing new lines until the job ends");
   command->add_option("--rank", options->rank, "Only this rank's lines, printed without the prefix")
       ->type_name("R")
-      ->check(CLI::NonNegativeNumber);
+      ->check(IntegerIn(0, parallel::kMaxWorldSize - 1));
   command->add_option("--tail", options->tail, "Start with the last N lines (0: all)")
       ->type_name("N")
-      ->check(CLI::NonNegativeNumber)
+      ->check(IntegerIn(0, kMaxInt32))
       ->capture_default_str();
   command->add_option("--attempt", options->attempt, "Lines of this attempt (0: the latest)")
       ->type_name("A")
-      ->check(CLI::NonNegativeNumber)
+      ->check(IntegerIn(0, kMaxInt32))
       ->capture_default_str();
   AddClientOptions(command, &options->client);
   command->callback([options, exit_code] { *exit_code = RunLogs(*options); });
@@ -613,10 +638,13 @@ struct ValidateOptions {
 int RunValidate(const ValidateOptions& options) {
   absl::StatusOr<v1::JobSpec> spec = ReadJobSpecFile(options.spec_path);
   if (!spec.ok()) return PrintError(spec.status());
-  Coordinator coordinator(options.client, /*streaming=*/false);
-  if (const int code = coordinator.Start()) return code;
   v1::ValidateJobRequest request;
   *request.mutable_spec() = *std::move(spec);
+  if (absl::Status size = CheckRequestSize(request, options.spec_path); !size.ok()) {
+    return PrintError(size);
+  }
+  Coordinator coordinator(options.client, /*streaming=*/false);
+  if (const int code = coordinator.Start()) return code;
   v1::ValidateJobResponse response;
   const grpc::Status status = coordinator.Call(&JobService::Stub::ValidateJob, request, &response);
   if (!status.ok()) return coordinator.Fail(status, /*streamed=*/false);

@@ -9,12 +9,17 @@
 #include "absl/strings/string_view.h"
 #include "coordinator/spec_validation.h"
 #include "parallel/component_spec.h"
+#include "parallel/module_parallelism.h"
 #include "parallel/plan_format.h"
 #include "parallel/rank_plan.h"
+#include "tools/mimoctl/flag_checks.h"
 #include "tools/mimoctl/spec_file.h"
 
 namespace mimo::tools {
 namespace {
+
+// The largest seed the planner takes.
+constexpr int64_t kMaxSeed = int64_t{1} << 62;
 
 int PrintErrors(const absl::Status& status) {
   for (absl::string_view line : absl::StrSplit(status.message(), '\n')) {
@@ -55,7 +60,8 @@ void AddPlanCommand(CLI::App& app, int* exit_code) {
   CLI::Option* spec =
       plan->add_option("SPEC", options->spec_path,
                        "A job spec (.yaml, .yml or .json), checked as the coordinator checks it");
-  CLI::Option* world = plan->add_option("--world", options->world_size, "Total number of ranks");
+  CLI::Option* world = plan->add_option("--world", options->world_size, "Total number of ranks")
+                           ->check(IntegerIn(1, parallel::kMaxWorldSize));
   std::vector<CLI::Option*> layout_flags = {
       world,
       plan->add_option("--language", options->language, "Name of the language (MoE) module")
@@ -63,7 +69,9 @@ void AddPlanCommand(CLI::App& app, int* exit_code) {
       plan->add_option("--component", options->components,
                        "One module: NAME=tp=N[,pp=N,dp=N,cp=N,ep=N,etp=N,vpp=N,rank_offset=N] "
                        "(repeat per module)"),
-      plan->add_option("--seed", options->seed, "Job seed")->capture_default_str(),
+      plan->add_option("--seed", options->seed, "Job seed")
+          ->check(IntegerIn(0, kMaxSeed))
+          ->capture_default_str(),
       plan->add_flag("--data-parallel-random-init", options->data_parallel_random_init,
                      "Give data-parallel replicas different initialisation seeds")};
   for (CLI::Option* flag : layout_flags) {

@@ -413,7 +413,19 @@ absl::StatusOr<v1::JobSpec> ReadJobSpecFile(const std::string& path) {
   std::string text;
   char buffer[1 << 16];
   size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), file.get())) > 0) text.append(buffer, n);
+  while ((n = std::fread(buffer, 1, sizeof(buffer), file.get())) > 0) {
+    text.append(buffer, n);
+    if (text.size() > kMaxSpecFileBytes) {
+      // Not a regular file (a pipe): its size is unknown.
+      std::error_code error;
+      const uintmax_t size = std::filesystem::file_size(path, error);
+      const std::string bytes =
+          error ? absl::StrCat("more than ", kMaxSpecFileBytes) : absl::StrCat(size);
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": the file is ", bytes, " bytes; a spec file is at most ",
+                       kMaxSpecFileBytes, " bytes (", kMaxSpecFileBytes >> 20, " MiB)"));
+    }
+  }
   if (std::ferror(file.get()))
     return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot read"));
   absl::StatusOr<v1::JobSpec> spec = ParseJobSpec(text, format);

@@ -1,6 +1,7 @@
 // Reads a JobSpec from YAML or JSON text, following the proto3 JSON mapping.
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -22,10 +23,14 @@ enum class SpecFormat { kYaml, kJson };
 // message for an unknown field or a wrong type.
 absl::StatusOr<v1::JobSpec> ParseJobSpec(absl::string_view text, SpecFormat format);
 
+// The largest spec file ReadJobSpecFile reads: four times the coordinator's request limit
+// (coordinator/message_limits.h), room for comments and indentation.
+inline constexpr size_t kMaxSpecFileBytes = 16 << 20;
+
 // Reads and parses a spec file, choosing the format by extension: .yaml or .yml for YAML,
 // .json for JSON (case-insensitive); any other extension is InvalidArgument. A file that cannot
-// be read fails with the errno's status (NotFound for a missing file) and its text. Errors
-// start with the path.
+// be read fails with the errno's status (NotFound for a missing file) and its text; one larger
+// than kMaxSpecFileBytes is InvalidArgument, before it is parsed. Errors start with the path.
 absl::StatusOr<v1::JobSpec> ReadJobSpecFile(const std::string& path);
 
 }  // namespace mimo::tools
