@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "checkpoint/consolidated_reader.h"
 #include "checkpoint/safetensors.h"
 #include "common/bfloat16.h"
@@ -202,6 +203,25 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
       return 1;
     }
   }
+  // A --to inside the checkpoint would add the export to its folder; a checkpoint under --to
+  // where the export replaces or clears folders (a module's, the hidden ones it writes and sets
+  // aside, an earlier export's with --overwrite) would be lost. Refused before anything is written.
+  if (const absl::Status s = CheckTargetApart(
+          o.from, o.to, "the source checkpoint folder",
+          [&](const std::string& name) {
+            absl::string_view hidden = name;
+            return modules.contains(name) ||
+                   (absl::ConsumePrefix(&hidden, ".") &&
+                    (absl::ConsumeSuffix(&hidden, ".partial") ||
+                     absl::ConsumeSuffix(&hidden, ".old")) &&
+                    modules.contains(std::string(hidden))) ||
+                   (o.overwrite &&
+                    fs::exists(fs::path(o.to) / name / "model.safetensors.index.json", ec));
+          });
+      !s.ok()) {
+    err << "error: " << s.message() << "\n";
+    return 1;
+  }
   if (fs::exists(o.to, ec) && !fs::is_empty(o.to, ec) && !o.overwrite) {
     err << "error: " << o.to << " already holds files; refusing to overwrite them without "
         << "--overwrite\n";
@@ -316,9 +336,12 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
       if (ec) {
         status = absl::ErrnoToStatus(ec.value(),
                                      absl::StrCat("cannot move ", partial, " into place as ", dir));
-      } else {
-        std::error_code ignored;
-        fs::remove_all(old, ignored);
+      } else if (std::error_code kept; fs::remove_all(old, kept), kept) {
+        // The new export stands; the old one, hidden (import skips it), waits for the next
+        // export of the module or a hand to remove it.
+        err << "warning: the earlier export of " << module << ", set aside as " << old
+            << ", could not be removed (" << kept.message() << "); it takes disk space until "
+            << "removed by hand or by the next export to " << o.to << "\n";
       }
     }
     if (!status.ok()) {

@@ -39,7 +39,9 @@ struct ExportOptions {
 // model.safetensors.index.json ({"metadata": {"total_size"}, "weight_map": {name: file}}) and
 // config.json (the module's spec from the checkpoint's metadata.json, its iteration and source
 // layout), one tensor in memory at a time. Returns 0, or 1 with the error on `err` (a checkpoint
-// that does not read, TO holding files without `overwrite`).
+// that does not read, TO holding files without `overwrite`, TO inside FROM or holding it where
+// the export writes). A module's earlier export that cannot be removed once the new one is in
+// place is a warning on `err`.
 int RunExport(const ExportOptions& options, std::ostream& out, std::ostream& err);
 
 // Registers `inspect`, `verify`, `export`, `reshard` and `import` on `app`; the exit code of

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -368,6 +369,9 @@ absl::StatusOr<checkpoint::FileDigest> WriteFile(const std::string& path,
 }
 
 struct WriteOptions {
+  // The folder the source is read from (a checkpoint's, an export's) and its name for the user:
+  // the target must lie outside it and not replace it.
+  std::string from, from_what;
   std::string to;
   bool dry_run = false;
   bool overwrite = false;
@@ -379,6 +383,16 @@ struct WriteOptions {
 // against the source first), printed on a dry run, else written and committed.
 absl::Status WriteCheckpoint(const Source& source, const Target& target, const WriteOptions& o,
                              const std::string& what, std::ostream& out, std::ostream& err) {
+  // A target inside the source (or the source itself) would get the new files among the ones
+  // being read; a source under --to as the checkpoint a commit replaces (--overwrite), or as what
+  // a save clears (staging folders, checkpoints set aside), would be lost. Refused before
+  // anything is written, a dry run included.
+  const std::string target_name =
+      fs::path(checkpoint::CheckpointDir(o.to, source.iteration)).filename().string();
+  MIMO_RETURN_IF_ERROR(CheckTargetApart(o.from, o.to, o.from_what, [&](const std::string& name) {
+    return name == target_name || absl::StartsWith(name, ".iter_") ||
+           (absl::StartsWith(name, "iter_") && absl::EndsWith(name, ".replaced"));
+  }));
   const ConsolidatedReader& reader = *source.reader;
   // The weights' dtype: the one the target spec trains in. A reshard's spec is the source job's,
   // so it is the source's; an import converts the export's weights to it.
@@ -448,49 +462,89 @@ absl::Status WriteCheckpoint(const Source& source, const Target& target, const W
           "); refusing to write over them without --overwrite"));
     }
   }
-  MIMO_ASSIGN_OR_RETURN(const std::string staging,
-                        checkpoint::PrepareStaging(o.to, source.iteration));
+  // The outermost folder of --to that does not exist yet: with the staging folder, what a write
+  // that fails removes again, leaving --to as it was.
+  fs::path to_path, created;
+  {
+    std::error_code ec;
+    to_path = fs::absolute(o.to, ec).lexically_normal();
+    if (!to_path.has_filename() && to_path.has_relative_path()) to_path = to_path.parent_path();
+    for (fs::path p = to_path; !ec && p.has_relative_path() && !fs::exists(p, ec) && !ec;
+         p = p.parent_path()) {
+      created = p;
+    }
+  }
+  const std::string staging = checkpoint::StagingDir(o.to, source.iteration);
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  nlohmann::json files = nlohmann::json::object();
-  ByteBuffer buffer, scratch;
   uint64_t done = 0;
-  for (int r = 0; r < world; ++r) {
-    const std::map<std::string, std::string> metadata =
-        worker::RankStateMetadata(source.step, source.position, r, ranks[r].description.parameters);
-    for (const auto& [kind, tensors] :
-         {std::pair{"model", &ranks[r].model}, {"optim", &ranks[r].optim}}) {
-      const std::string path = worker::RankStateFile(staging, kind, r);
-      absl::StatusOr<checkpoint::FileDigest> digest =
-          WriteFile(path, *tensors, metadata, reader, buffer, scratch);
-      if (!digest.ok()) {
-        return absl::Status(digest.status().code(),
-                            absl::StrCat("target rank ", r, ": ", digest.status().message()));
+  // A commit replacing a checkpoint of the same iteration sets it aside, then removes it; what
+  // could not be removed is reported (the new checkpoint stands).
+  std::vector<std::string> not_removed;
+  auto write = [&]() -> absl::Status {
+    MIMO_RETURN_IF_ERROR(checkpoint::PrepareStaging(o.to, source.iteration).status());
+    nlohmann::json files = nlohmann::json::object();
+    ByteBuffer buffer, scratch;
+    for (int r = 0; r < world; ++r) {
+      const std::map<std::string, std::string> metadata = worker::RankStateMetadata(
+          source.step, source.position, r, ranks[r].description.parameters);
+      for (const auto& [kind, tensors] :
+           {std::pair{"model", &ranks[r].model}, {"optim", &ranks[r].optim}}) {
+        const std::string path = worker::RankStateFile(staging, kind, r);
+        absl::StatusOr<checkpoint::FileDigest> digest =
+            WriteFile(path, *tensors, metadata, reader, buffer, scratch);
+        if (!digest.ok()) {
+          return absl::Status(digest.status().code(),
+                              absl::StrCat("target rank ", r, ": ", digest.status().message()));
+        }
+        files[fs::path(path).filename().string()] = {{"bytes", digest->bytes},
+                                                     {"crc32c", digest->crc32c}};
+        for (const TensorPlan& t : *tensors) done += t.bytes();
       }
-      files[fs::path(path).filename().string()] = {{"bytes", digest->bytes},
-                                                   {"crc32c", digest->crc32c}};
-      for (const TensorPlan& t : *tensors) done += t.bytes();
+      if (o.progress) {
+        const int width = 30, filled = static_cast<int>(width * (r + 1) / world);
+        err << "\r[" << std::string(filled, '#') << std::string(width - filled, ' ') << "] "
+            << r + 1 << "/" << world << " ranks  "
+            << kernels::FormatBytes(static_cast<int64_t>(done)) << "  "
+            << kernels::FormatBytes(static_cast<int64_t>(done / std::max(seconds(), 1e-9))) << "/s"
+            << std::flush;
+      }
     }
-    if (o.progress) {
-      const int width = 30, filled = static_cast<int>(width * (r + 1) / world);
-      err << "\r[" << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << r + 1
-          << "/" << world << " ranks  " << kernels::FormatBytes(static_cast<int64_t>(done)) << "  "
-          << kernels::FormatBytes(static_cast<int64_t>(done / std::max(seconds(), 1e-9))) << "/s"
-          << std::flush;
+    if (o.progress) err << "\n";
+    MIMO_RETURN_IF_ERROR(worker::WriteCheckpointMetadata(
+        staging, worker::CheckpointMetadata(target.spec, target.modules, source.iteration,
+                                            source.position, files)));
+    return checkpoint::CommitCheckpoint(o.to, source.iteration, /*keep=*/0, &not_removed);
+  };
+  if (absl::Status status = write(); !status.ok()) {
+    // The staging folder goes (its files are of no use to a rerun, which starts it afresh), then
+    // the folders of --to this write created, as far as they are empty.
+    std::error_code ec;
+    fs::remove_all(staging, ec);
+    if (ec) {
+      status = absl::Status(status.code(),
+                            absl::StrCat(status.message(), "\nthe staging folder ", staging,
+                                         " could not be removed: ", ec.message()));
     }
+    for (fs::path p = to_path; !created.empty(); p = p.parent_path()) {
+      std::error_code kept;  // A folder that holds anything stays, and so do its parents.
+      if ((fs::remove(p, kept), kept) || p == created || !p.has_relative_path()) break;
+    }
+    return status;
   }
-  if (o.progress) err << "\n";
-  MIMO_RETURN_IF_ERROR(worker::WriteCheckpointMetadata(
-      staging, worker::CheckpointMetadata(target.spec, target.modules, source.iteration,
-                                          source.position, files)));
-  MIMO_RETURN_IF_ERROR(checkpoint::CommitCheckpoint(o.to, source.iteration));
   const double s = seconds();
   out << what << "\n  to layout " << layout << ": " << world << " ranks, "
       << kernels::FormatBytes(static_cast<int64_t>(done)) << " in " << absl::StrFormat("%.2f", s)
       << " s (" << kernels::FormatBytes(static_cast<int64_t>(done / std::max(s, 1e-9))) << "/s) -> "
       << checkpoint::CheckpointDir(o.to, source.iteration) << "\n";
+  for (const std::string& problem : not_removed) {
+    err << "warning: the checkpoint this one replaced was set aside but could not be removed ("
+        << problem
+        << "); it takes disk space until removed by hand or cleared by the next save under " << o.to
+        << "\n";
+  }
   return absl::OkStatus();
 }
 
@@ -547,8 +601,12 @@ absl::Status Reshard(const ReshardOptions& o, std::ostream& out, std::ostream& e
     return absl::DataLossError(
         absl::StrCat(first.path(), " records no step and position (not a rank's state file)"));
   }
-  const WriteOptions w{
-      .to = o.to, .dry_run = o.dry_run, .overwrite = o.overwrite, .progress = o.progress};
+  const WriteOptions w{.from = dir,
+                       .from_what = "the source checkpoint folder",
+                       .to = o.to,
+                       .dry_run = o.dry_run,
+                       .overwrite = o.overwrite,
+                       .progress = o.progress};
   return WriteCheckpoint(
       source, target, w,
       absl::StrCat("iteration ", source.iteration, " of ", dir, " (layout ", source.layout, ")"),
@@ -602,7 +660,9 @@ absl::Status Import(const ImportOptions& o, std::ostream& out, std::ostream& err
   }
   Source source;
   MIMO_ASSIGN_OR_RETURN(source.reader, ConsolidatedReader::OpenFiles(paths));
-  const WriteOptions w{.to = o.to,
+  const WriteOptions w{.from = o.from,
+                       .from_what = "the export folder (--from)",
+                       .to = o.to,
                        .dry_run = o.dry_run,
                        .overwrite = o.overwrite,
                        .progress = o.progress,

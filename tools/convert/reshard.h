@@ -32,7 +32,11 @@ struct ReshardOptions {
 
 // Returns 0, or 1 with the error on `err`: a source that does not read or was saved without its
 // job spec, a layout that does not parse or plan (every problem listed), a tensor of the source
-// whose full shape or dtype is not the target's, a target that exists without `overwrite`.
+// whose full shape or dtype is not the target's, a target that exists without `overwrite`, a
+// `to` that is the source folder, inside it, or the root whose checkpoint it is (nothing written).
+// A write that fails removes its staging folder and the folders of `to` it created. A replaced
+// checkpoint of the same iteration that cannot be removed after the commit is a warning on `err`
+// (the new checkpoint stands: 0).
 int RunReshard(const ReshardOptions& options, std::ostream& out, std::ostream& err);
 
 struct ImportOptions {
@@ -50,7 +54,8 @@ struct ImportOptions {
 };
 
 // A fresh start from the export's weights: iteration and step 0, the fp32 masters from the
-// weights, AdamW's moments and the expert biases zero. Returns 0, or 1 with the error on `err`.
+// weights, AdamW's moments and the expert biases zero. Returns 0, or 1 with the error on `err`
+// (a `to` inside `from` among them); failures and warnings as RunReshard's.
 int RunImport(const ImportOptions& options, std::ostream& out, std::ostream& err);
 
 }  // namespace mimo::tools

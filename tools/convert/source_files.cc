@@ -1,15 +1,43 @@
-// Checks a checkpoint folder's rank files against the sizes and CRC-32C its metadata.json lists.
+// Checks a checkpoint folder's rank files against the sizes and CRC-32C its metadata.json lists,
+// and a target folder against the source it is written from.
 #include "tools/convert/source_files.h"
 
 #include <cstdint>
 #include <filesystem>
 #include <system_error>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "checkpoint/safetensors.h"
 #include "common/status_macros.h"
 
 namespace mimo::tools {
+namespace {
+
+namespace fs = std::filesystem;
+
+// `path` absolute, its symlinks resolved as far as it exists, without a trailing separator.
+absl::StatusOr<fs::path> Resolved(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::absolute(path, ec);
+  if (!ec) p = fs::weakly_canonical(p, ec);
+  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot resolve the path ", path));
+  if (!p.has_filename() && p.has_relative_path()) p = p.parent_path();  // "a/b/" -> "a/b".
+  return p;
+}
+
+// Whether `inner` is `outer` or inside it; `*below`: inner's first component under outer (empty
+// when they are equal).
+bool Within(const fs::path& inner, const fs::path& outer, fs::path* below) {
+  auto i = inner.begin();
+  for (auto o = outer.begin(); o != outer.end(); ++o, ++i) {
+    if (i == inner.end() || *i != *o) return false;
+  }
+  *below = i == inner.end() ? fs::path() : *i;
+  return true;
+}
+
+}  // namespace
 
 absl::Status VerifyCheckpointFiles(const std::string& dir, const nlohmann::json& meta) {
   const std::string metadata = dir + "/metadata.json";
@@ -48,6 +76,32 @@ absl::Status VerifyCheckpointFiles(const std::string& dir, const nlohmann::json&
     }
   }
   if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
+  return absl::OkStatus();
+}
+
+absl::Status CheckTargetApart(const std::string& source, const std::string& to,
+                              absl::string_view source_what,
+                              const std::function<bool(const std::string&)>& replaces) {
+  MIMO_ASSIGN_OR_RETURN(const fs::path from, Resolved(source));
+  MIMO_ASSIGN_OR_RETURN(const fs::path target, Resolved(to));
+  // The resolved paths, where the user's spelling (a link, "..") hides them.
+  auto as_given = [](const std::string& given, const fs::path& resolved) {
+    return absl::StrCat(given, resolved.string() == given ? "" : " (" + resolved.string() + ")");
+  };
+  fs::path below;
+  if (Within(target, from, &below)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--to ", as_given(to, target), below.empty() ? " is " : " is inside ", source_what, " ",
+        as_given(source, from),
+        ": the output would be written into the folder it is read from; give --to a folder "
+        "outside it"));
+  }
+  if (Within(from, target, &below) && !below.empty() && replaces(below.string())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source_what, " ", as_given(source, from), from == target / below ? " is " : " is inside ",
+        below.string(), " of --to ", as_given(to, target),
+        ", which writing there replaces or clears; give --to a folder that does not hold it"));
+  }
   return absl::OkStatus();
 }
 

@@ -1,10 +1,13 @@
-// Checks a checkpoint folder's rank files against the sizes and CRC-32C its metadata.json lists,
-// before a tool reads them (what a resuming trainer checks).
+// Checks on a tool's source before it is read: a checkpoint folder's rank files against the sizes
+// and CRC-32C its metadata.json lists (what a resuming trainer checks), and a target folder that
+// would write into the source or replace it.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
 
 namespace mimo::tools {
@@ -13,5 +16,15 @@ namespace mimo::tools {
 // damaged (another size or checksum), or a .safetensors file of `dir` that metadata.json does not
 // list; and when metadata.json lists no files at all.
 absl::Status VerifyCheckpointFiles(const std::string& dir, const nlohmann::json& meta);
+
+// InvalidArgument, before anything is written, when writing under the folder `to` would write
+// into the folder `source` (described to the user as `source_what`, "the source checkpoint
+// folder") or replace it: `to` is `source` or inside it, or `source` is (or is inside) an entry
+// directly under `to` for whose name `replaces` is true (what a write there replaces or clears).
+// Both paths are compared resolved (std::filesystem::weakly_canonical: symlinks followed, "."
+// and ".." folded), so another spelling or a link to the source does not pass.
+absl::Status CheckTargetApart(const std::string& source, const std::string& to,
+                              absl::string_view source_what,
+                              const std::function<bool(const std::string&)>& replaces);
 
 }  // namespace mimo::tools
