@@ -266,7 +266,10 @@ TEST(DeployFilesTest, ManifestsParseAndCarryTheirRequiredFields) {
         EXPECT_TRUE(At(c, "resources.limits")["nvidia.com/gpu"].IsDefined());
         std::set<std::string> env;
         for (const auto& e : c["env"]) env.insert(e["name"].as<std::string>());
-        for (const char* name : {"MIMO_COORDINATOR", "MASTER_ADDR", "WORLD_SIZE", "NODE_RANK"}) {
+        // Nothing that depends on the number of nodes: the pod template of a Job cannot change,
+        // and completions and parallelism must (docs/deploy.md: Scaling).
+        EXPECT_FALSE(env.contains("WORLD_SIZE")) << "the workers' pod template names WORLD_SIZE";
+        for (const char* name : {"MIMO_COORDINATOR", "NODE_RANK"}) {
           EXPECT_TRUE(env.contains(name)) << "the workers' env has no " << name;
         }
         bool shm = false;
