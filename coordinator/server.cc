@@ -44,6 +44,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   std::unique_ptr<CoordinatorServer> s(new CoordinatorServer());
   s->options_ = options;
   MIMO_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
+  MIMO_ASSIGN_OR_RETURN(s->database_lock_, DatabaseLock::Acquire(options.db_path));
   MIMO_ASSIGN_OR_RETURN(s->store_, JobStore::Open({.path = options.db_path}));
   s->manager_ = std::make_unique<JobManager>(s->store_.get(), options.manager);
   MIMO_RETURN_IF_ERROR(s->manager_->Recover(absl::Now()));

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "coordinator/database_lock.h"
 #include "coordinator/job_manager.h"
 #include "coordinator/job_store.h"
 #include "coordinator/local_workers.h"
@@ -63,6 +64,7 @@ class CoordinatorServer {
   void TickLoop();
 
   ServerOptions options_;
+  std::unique_ptr<DatabaseLock> database_lock_;  // Before store_: released after it closes.
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<JobManager> manager_;
   std::unique_ptr<CoordinatorMetrics> metrics_;

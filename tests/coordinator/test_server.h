@@ -27,7 +27,7 @@ inline std::string TempDbPath(const std::string& name) {
 
 // Removes a database file and its WAL/SHM/journal companions.
 inline void RemoveDb(const std::string& path) {
-  for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
+  for (const char* suffix : {"", "-wal", "-shm", "-journal", ".lock"}) {
     std::remove(absl::StrCat(path, suffix).c_str());
   }
 }
