@@ -376,6 +376,7 @@ void JobManager::DropWorker(const std::string& worker_id, const std::string& rea
   const int attempt = w.attempt;
   const int rank = w.rank;
   const bool told_to_stop = w.stop;
+  const bool fetched = w.has_assignment;
   // Silent since before it was told to stop (or its process is gone): dead before the failure.
   const bool dead_before_stop =
       told_to_stop && (reason == "WORKER_EXITED" || w.last_heartbeat < w.stop_time);
@@ -406,6 +407,18 @@ void JobManager::DropWorker(const std::string& worker_id, const std::string& rea
     return;
   }
   if (told_to_stop) return;  // Its attempt is ending anyway; its end changes nothing.
+  if (!fetched && job->state() == v1::JOB_STATE_SCHEDULED) {
+    // Its rank never started (it was likely dead when it was picked), so no attempt is used up:
+    // the job waits for workers again as the same attempt, like a SCHEDULED job after a
+    // coordinator restart. Schedule holds it back until the ranks that did start have stopped.
+    const std::string message =
+        absl::StrCat("attempt ", attempt, ": ", who, " ", what,
+                     " before it fetched its rank; waiting for workers again");
+    if (!Transition(*job, v1::JOB_STATE_PENDING, message, now).ok()) return;
+    ReleaseAttempt(job_id, message, now);
+    active_.erase(job_id);
+    return;
+  }
   FailAttempt(*job, MakeFailure(reason, absl::StrCat(who, " ", what), exit_code, rank),
               Retry::kIfAllowed, now)
       .IgnoreError();
@@ -569,6 +582,8 @@ void JobManager::Schedule(absl::Time now) {
   absl::StatusOr<std::vector<v1::Job>> jobs = store_->ListUnfinishedJobs();
   if (!jobs.ok()) return;
   std::map<std::string, absl::Time> short_since;
+  const absl::Duration silent_limit =
+      std::max(2 * options_.heartbeat_interval, options_.heartbeat_timeout / 2);
   for (v1::Job& job : *jobs) {
     if (job.state() != v1::JOB_STATE_PENDING || active_.contains(job.id())) continue;
     // A job waiting to restart keeps counting from its first start.
@@ -580,16 +595,24 @@ void JobManager::Schedule(absl::Time now) {
     const v1::DeviceKind device = job.spec().resources().device();
     std::vector<std::string> idle, stuck;
     int registered = 0;
+    // Workers still running ranks of this very attempt (scheduled once already, then sent back
+    // to PENDING): rescheduling the attempt before they stop would let them into its rendezvous.
+    int earlier_ranks = 0;
     for (const auto& [id, w] : workers_) {
-      if (w.info.device() != device || w.leaving) continue;
       // Told to stop longer than the cancel grace ago and still not confirming (a collective
       // hung in its process, a stuck file system): not a worker a job can wait for.
-      if (w.stop && !w.job_id.empty() && now - w.stop_time > options_.cancel_grace) {
+      const bool is_stuck =
+          w.stop && !w.job_id.empty() && now - w.stop_time > options_.cancel_grace;
+      if (w.job_id == job.id() && w.attempt == job.attempt() && !is_stuck) ++earlier_ranks;
+      if (w.info.device() != device || w.leaving) continue;
+      if (is_stuck) {
         stuck.push_back(absl::StrCat(id, " on ", w.info.host(), ", device ", w.info.local_index()));
         continue;
       }
       ++registered;
-      if (w.job_id.empty()) idle.push_back(id);
+      // One silent for half its heartbeat timeout (several missed beats) is most likely dead: a
+      // rank given to it would only wait for that timeout and then fail the attempt.
+      if (w.job_id.empty() && now - w.last_heartbeat <= silent_limit) idle.push_back(id);
     }
     if (registered < world) {
       auto it = short_of_workers_since_.find(job.id());
@@ -612,7 +635,7 @@ void JobManager::Schedule(absl::Time now) {
       }
       continue;
     }
-    if (static_cast<int>(idle.size()) < world) continue;
+    if (static_cast<int>(idle.size()) < world || earlier_ranks > 0) continue;
     std::vector<FieldViolation> violations;
     absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(job.spec(), &violations);
     if (!plan.ok()) {

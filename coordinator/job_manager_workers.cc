@@ -199,8 +199,12 @@ absl::StatusOr<JobManager::Active*> JobManager::BoundAttempt(const std::string& 
     return absl::NotFoundError(absl::StrCat("worker ", worker_id, " is not registered"));
   }
   auto active = active_.find(job_id);
+  // The rank's current holder only: a worker of an earlier schedule of the same attempt (sent
+  // back to PENDING) that has not confirmed its stop yet holds nothing.
   if (w->second.job_id != job_id || w->second.attempt != attempt || w->second.rank != rank ||
-      active == active_.end() || active->second.attempt != attempt) {
+      active == active_.end() || active->second.attempt != attempt || rank < 0 ||
+      rank >= static_cast<int>(active->second.worker_of_rank.size()) ||
+      active->second.worker_of_rank[rank] != worker_id) {
     return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " does not run rank ",
                                                       rank, " of job ", job_id, " attempt ",
                                                       attempt));

@@ -253,6 +253,63 @@ TEST_F(LifecycleTest, SilentWorkerFailsTheJobWithinTheHeartbeatTimeout) {
   EXPECT_EQ(workers[2]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
 }
 
+TEST_F(LifecycleTest, AWorkerDeadBeforeFetchingItsRankSendsTheJobBackToPendingAsIs) {
+  const v1::Job job = Submit(SmallSpec());  // max_restarts 0: a used attempt would fail it.
+  auto workers = Workers(4);
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  // Workers 1-3 fetch their ranks and start; worker 0 was dead when it was picked.
+  std::vector<v1::Assignment> as(4);
+  for (int i = 1; i < 4; ++i) {
+    std::optional<v1::Assignment> a = workers[i]->Assignment(absl::Seconds(5));
+    ASSERT_TRUE(a.has_value());
+    as[i] = *a;
+  }
+  const std::vector<FakeWorker*> alive = {workers[1].get(), workers[2].get(), workers[3].get()};
+  const v1::Job pending = AwaitState(job.id(), v1::JOB_STATE_PENDING, absl::Seconds(5), alive);
+  EXPECT_EQ(pending.attempt(), 1);
+  EXPECT_FALSE(pending.has_failure());
+  EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_REGISTER);
+  // Its replacement registers, but the attempt is not scheduled again while ranks of its first
+  // schedule may still run (they would join its rendezvous).
+  workers[0] = std::make_unique<FakeWorker>(Channel(), "h", 0);
+  for (int i = 1; i < 4; ++i) {
+    EXPECT_EQ(workers[i]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+  }
+  KeepBeating(Ptrs(workers), absl::Milliseconds(200));
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);
+  // A late report of the first schedule is no longer the rank's.
+  EXPECT_FALSE(workers[1]->Metrics(as[1], 1, 2.0).ok());
+  for (int i = 1; i < 4; ++i) {
+    ASSERT_TRUE(workers[i]->Report(as[i], v1::WORKER_STATE_STOPPED).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), Ptrs(workers));
+  EXPECT_THAT(StateEvents(job.id()),
+              ElementsAre("PENDING: submitted", "SCHEDULED: attempt 1: 4 ranks assigned",
+                          AllOf(StartsWith("PENDING: attempt 1: rank 0 (worker "),
+                                HasSubstr("sent no heartbeat for 400ms before it fetched its rank; "
+                                          "waiting for workers again")),
+                          "SCHEDULED: attempt 1: 4 ranks assigned"));
+  std::vector<v1::Assignment> again = Assignments(workers);
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(again[r].attempt(), 1);
+    ASSERT_TRUE(workers[r]->Report(again[r], v1::WORKER_STATE_RUNNING).ok());
+  }
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
+}
+
+TEST_F(LifecycleTest, ASilentIdleWorkerGetsNoRank) {
+  auto workers = Workers(4);
+  // Worker 3 falls silent (killed) and stays on record until its heartbeat timeout.
+  const std::vector<FakeWorker*> alive = {workers[0].get(), workers[1].get(), workers[2].get()};
+  KeepBeating(alive, absl::Milliseconds(250));  // Past half its 400 ms heartbeat timeout.
+  const v1::Job job = Submit(SmallSpec());
+  KeepBeating(alive, absl::Milliseconds(100));
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);
+  workers[3] = std::make_unique<FakeWorker>(Channel(), "h", 3);
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), Ptrs(workers));
+  EXPECT_EQ(Assignments(workers).size(), 4u);
+}
+
 TEST_F(LifecycleTest, SilentWorkerOfAnEndedAttemptDoesNotTouchTheNextAttempt) {
   // A long cancel grace, so that below only a wrongly counted rank can end the cancel early.
   ServerOptions options = FastOptions(db_path_);
