@@ -7,6 +7,8 @@
 #include <tuple>
 
 #include "absl/random/random.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
@@ -575,7 +577,41 @@ std::string NotCounted(const std::vector<std::string>& stuck, absl::Duration gra
                       absl::FormatDuration(grace), " ago, never confirmed)");
 }
 
+// Why a PENDING job is not scheduled for want of workers: "waiting for 4 CPU workers: 2
+// registered, 1 idle", "waiting for 2 CUDA workers: none registered".
+std::string WaitingForWorkers(int world, v1::DeviceKind device, int registered, size_t idle,
+                              const std::vector<std::string>& stuck) {
+  std::string text = absl::StrCat(
+      "waiting for ", world, " ", absl::AsciiStrToUpper(DeviceKindWord(device)), " workers: ",
+      registered == 0 ? std::string("none registered")
+                      : absl::StrCat(registered, " registered, ", idle, " idle"));
+  if (!stuck.empty()) {
+    absl::StrAppend(&text, " (not counting ", stuck.size(),
+                    " told to stop long ago and never confirming)");
+  }
+  return text;
+}
+
 }  // namespace
+
+void JobManager::NoteWaiting(v1::Job& job, const std::string& waiting, absl::Time now) {
+  // Why the job went (back) to PENDING stays in front: "attempt 1 failed (...); restarting as
+  // attempt 2 of 2; now waiting for ...". A fresh submission says only what it waits for.
+  static constexpr absl::string_view kJoin = "; now ";
+  std::string base = job.state_reason();
+  if (absl::StartsWith(base, "waiting for ") || base == "submitted") {
+    base.clear();
+  } else if (const size_t at = base.rfind(absl::StrCat(kJoin, "waiting for "));
+             at != std::string::npos) {
+    base.resize(at);
+  }
+  const std::string reason = base.empty() ? waiting : absl::StrCat(base, kJoin, waiting);
+  // Stored only when it changes: Schedule runs several times a second.
+  if (job.state_reason() == reason) return;
+  job.set_state_reason(reason);
+  *job.mutable_update_time() = ToProto(now);
+  if (store_->SaveJob(job).ok()) Changed();
+}
 
 void JobManager::Schedule(absl::Time now) {
   if (shutdown_) return;
@@ -632,10 +668,22 @@ void JobManager::Schedule(absl::Time now) {
             .IgnoreError();
       } else {
         short_since[job.id()] = since;
+        NoteWaiting(job, WaitingForWorkers(world, device, registered, idle.size(), stuck), now);
       }
       continue;
     }
-    if (static_cast<int>(idle.size()) < world || earlier_ranks > 0) continue;
+    if (static_cast<int>(idle.size()) < world) {
+      NoteWaiting(job, WaitingForWorkers(world, device, registered, idle.size(), stuck), now);
+      continue;
+    }
+    if (earlier_ranks > 0) {
+      NoteWaiting(job,
+                  absl::StrCat("waiting for ", earlier_ranks, " rank",
+                               earlier_ranks == 1 ? "" : "s", " of attempt ", job.attempt(),
+                               "'s earlier scheduling to confirm that they stopped"),
+                  now);
+      continue;
+    }
     std::vector<FieldViolation> violations;
     absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(job.spec(), &violations);
     if (!plan.ok()) {

@@ -212,6 +212,11 @@ class JobManager {
                                           const std::string& message, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Schedule(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes the state_reason of a PENDING job say what it still waits for (`waiting`, "waiting for
+  // ..."), after why it went to PENDING unless it was just submitted; stored (without an event)
+  // only when it changed.
+  void NoteWaiting(v1::Job& job, const std::string& waiting, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckWorkers(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Forgets a worker that is gone (silent, or its process exited). If it held a rank of its
   // job's current attempt, `logs` go to that rank's logs and the attempt fails with `reason`

@@ -167,7 +167,10 @@ TEST_F(LifecycleTest, FailedAttemptRestartsWhenAllowed) {
   ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
   v1::Job restarted = AwaitState(job.id(), v1::JOB_STATE_PENDING);
   EXPECT_EQ(restarted.attempt(), 2);
-  EXPECT_THAT(restarted.state_reason(), HasSubstr("restarting as attempt 2 of 2"));
+  // Why it restarted, then what it waits for.
+  EXPECT_THAT(restarted.state_reason(),
+              AllOf(HasSubstr("restarting as attempt 2 of 2; now waiting for 4 CPU workers: "),
+                    ::testing::EndsWith(" registered, 1 idle")));
   for (int r : {0, 2, 3}) {
     EXPECT_EQ(workers[r]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
     ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());

@@ -306,6 +306,29 @@ TEST_F(LifecycleTest, GpuJobWaitsForGpuWorkers) {
   AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
 }
 
+TEST_F(LifecycleTest, APendingJobSaysWhatItWaitsFor) {
+  v1::JobSpec gpu_spec = SmallSpec("gpu");
+  gpu_spec.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+  const v1::Job gpu = Submit(gpu_spec);
+  EXPECT_EQ(gpu.state_reason(), "waiting for 4 CUDA workers: none registered");
+  const v1::Job first = Submit(SmallSpec("first"));
+  auto workers = Workers(2);
+  EXPECT_EQ(Get(first.id()).state_reason(), "waiting for 4 CPU workers: 2 registered, 2 idle");
+  workers.push_back(std::make_unique<FakeWorker>(Channel(), "h", 2));
+  workers.push_back(std::make_unique<FakeWorker>(Channel(), "h", 3));
+  AwaitState(first.id(), v1::JOB_STATE_SCHEDULED);
+  // Queued behind a running job: enough workers registered, none idle.
+  const v1::Job second = Submit(SmallSpec("second"));
+  EXPECT_EQ(second.state_reason(), "waiting for 4 CPU workers: 4 registered, 0 idle");
+  // Nothing changed: the reason is not stored again (no write per scheduling pass).
+  const v1::Job stored = Get(second.id());
+  KeepBeating(Ptrs(workers), absl::Milliseconds(100));
+  EXPECT_EQ(Get(second.id()).update_time().DebugString(), stored.update_time().DebugString());
+  EXPECT_EQ(Get(gpu.id()).state_reason(), "waiting for 4 CUDA workers: none registered");
+  // The waiting is no state change: the events are unchanged.
+  EXPECT_THAT(StateEvents(second.id()), ElementsAre("PENDING: submitted"));
+}
+
 // A worker told to stop that keeps beating but never confirms (a collective hung in its process)
 // stops counting once the cancel grace has passed: the restarted job that needs it fails with
 // JOIN_TIMEOUT naming it instead of waiting behind it forever.
