@@ -2,6 +2,7 @@
 #include "coordinator/job_manager.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <tuple>
@@ -592,6 +593,48 @@ std::string WaitingForWorkers(int world, v1::DeviceKind device, int registered, 
   return text;
 }
 
+// A folder as written in a spec, spelled one way: "/ckpt/./run//" and "/ckpt/run" are the same.
+// Lexical only: the coordinator may not see the workers' file systems.
+std::string NormalFolder(const std::string& dir) {
+  if (dir.empty()) return dir;
+  std::string normal = std::filesystem::path(dir).lexically_normal().string();
+  while (normal.size() > 1 && normal.back() == '/') normal.pop_back();
+  return normal;
+}
+
+// The folders a job writes that another job must not write at the same time: "checkpointing.dir"
+// and "output_dir" (each compared with the same field of other jobs), normalized.
+std::vector<std::pair<const char*, std::string>> SharedFolders(const v1::JobSpec& spec) {
+  std::vector<std::pair<const char*, std::string>> out;
+  if (!spec.checkpointing().dir().empty()) {
+    out.emplace_back("checkpointing.dir", NormalFolder(spec.checkpointing().dir()));
+  }
+  if (!spec.output_dir().empty()) out.emplace_back("output_dir", NormalFolder(spec.output_dir()));
+  return out;
+}
+
+// "waiting for job J (RUNNING) to end: both use checkpointing.dir /ckpt" when a job before
+// `index` in `jobs` (unfinished, in submission order) writes a folder that jobs[index] writes and
+// holds it: it is scheduled or running, or submitted earlier and waiting too. Empty otherwise.
+std::string FolderInUse(const std::vector<v1::Job>& jobs, size_t index) {
+  const std::vector<std::pair<const char*, std::string>> mine = SharedFolders(jobs[index].spec());
+  if (mine.empty()) return "";
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    if (k == index || IsTerminal(jobs[k].state()) ||  // Ended earlier in this pass.
+        (k > index && jobs[k].state() == v1::JOB_STATE_PENDING)) {
+      continue;
+    }
+    for (const auto& [field, folder] : SharedFolders(jobs[k].spec())) {
+      for (const auto& [my_field, my_folder] : mine) {
+        if (std::string_view(field) != my_field || folder != my_folder) continue;
+        return absl::StrCat("waiting for job ", jobs[k].id(), " (", StateName(jobs[k].state()),
+                            ") to end: both use ", field, " ", folder);
+      }
+    }
+  }
+  return "";
+}
+
 }  // namespace
 
 void JobManager::NoteWaiting(v1::Job& job, const std::string& waiting, absl::Time now) {
@@ -620,11 +663,19 @@ void JobManager::Schedule(absl::Time now) {
   std::map<std::string, absl::Time> short_since;
   const absl::Duration silent_limit =
       std::max(2 * options_.heartbeat_interval, options_.heartbeat_timeout / 2);
-  for (v1::Job& job : *jobs) {
+  for (size_t index = 0; index < jobs->size(); ++index) {
+    v1::Job& job = (*jobs)[index];
     if (job.state() != v1::JOB_STATE_PENDING || active_.contains(job.id())) continue;
     // A job waiting to restart keeps counting from its first start.
     if (std::optional<absl::Duration> limit = PastActiveDeadline(job, now)) {
       FailAttempt(job, DeadlineFailure(*limit), Retry::kNever, now).IgnoreError();
+      continue;
+    }
+    // Two jobs writing one checkpoint folder overwrite each other's iterations and latest file
+    // (and keep_last deletes the other's): the later one waits, like a Slurm singleton, so the
+    // same spec submitted again without a cancel resumes once the first run has ended.
+    if (const std::string in_use = FolderInUse(*jobs, index); !in_use.empty()) {
+      NoteWaiting(job, in_use, now);
       continue;
     }
     const int world = job.spec().resources().workers();

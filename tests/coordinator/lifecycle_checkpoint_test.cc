@@ -218,6 +218,53 @@ TEST_F(LifecycleTest, ARestartedAttemptStartsWithoutTheEarlierAttemptsRequests) 
   EXPECT_FALSE(workers[0]->Beat().has_checkpoint_request());
 }
 
+TEST_F(LifecycleTest, AJobWaitsWhileAnotherUnfinishedJobUsesItsCheckpointFolder) {
+  const v1::Job first = Submit(CheckpointingSpec());  // checkpointing.dir /ckpt
+  auto workers = Workers(4);
+  AwaitState(first.id(), v1::JOB_STATE_SCHEDULED);
+  v1::JobSpec again = CheckpointingSpec();
+  again.mutable_checkpointing()->set_dir("/ckpt/./");  // The same folder, spelled otherwise.
+  const v1::Job second = Submit(again);
+  v1::JobSpec other = CheckpointingSpec();
+  other.mutable_checkpointing()->set_dir("/ckpt-other");
+  const v1::Job third = Submit(other);
+  // Free workers do not start it while the first job uses the folder; a job with a folder of its
+  // own goes first.
+  auto more = Workers(4, "h2");
+  AwaitState(third.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), Ptrs(more));
+  v1::Job waiting = Get(second.id());
+  EXPECT_EQ(waiting.state(), v1::JOB_STATE_PENDING);
+  EXPECT_EQ(waiting.state_reason(), absl::StrCat("waiting for job ", first.id(),
+                                                 " (SCHEDULED) to end: both use "
+                                                 "checkpointing.dir /ckpt"));
+  // A third submission of the folder queues behind the second (submission order).
+  const v1::Job fourth = Submit(CheckpointingSpec());
+  EXPECT_EQ(Get(fourth.id()).state_reason(),
+            absl::StrCat("waiting for job ", first.id(),
+                         " (SCHEDULED) to end: both use checkpointing.dir /ckpt"));
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(Cancel(third.id(), &cancelled).ok());
+  ASSERT_TRUE(Cancel(first.id(), &cancelled).ok());
+  AwaitState(second.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), Ptrs(workers));
+  EXPECT_EQ(Get(fourth.id()).state_reason(),
+            absl::StrCat("waiting for job ", second.id(),
+                         " (SCHEDULED) to end: both use checkpointing.dir /ckpt"));
+}
+
+TEST_F(LifecycleTest, AJobWaitsWhileAnotherUnfinishedJobUsesItsOutputFolder) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_output_dir("/runs/a");
+  const v1::Job first = Submit(spec);
+  spec.set_output_dir("/runs/b/../a/");
+  const v1::Job second = Submit(spec);
+  auto workers = Workers(8);
+  AwaitState(first.id(), v1::JOB_STATE_SCHEDULED);
+  KeepBeating(Ptrs(workers), absl::Milliseconds(100));
+  EXPECT_EQ(Get(second.id()).state_reason(),
+            absl::StrCat("waiting for job ", first.id(),
+                         " (SCHEDULED) to end: both use output_dir /runs/a"));
+}
+
 TEST_F(LifecycleTest, CheckpointRequestsNeedARunningJobThatSavesCheckpoints) {
   v1::CheckpointJobResponse response;
   const v1::Job no_dir = Submit(SmallSpec());
