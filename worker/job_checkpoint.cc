@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -126,6 +128,30 @@ std::optional<T> Field(const nlohmann::json& meta, const char* key) {
 }
 
 }  // namespace
+
+absl::Status CheckCheckpointDirWritable(const v1::JobSpec& spec, int rank) {
+  const std::string& dir = spec.checkpointing().dir();
+  if (dir.empty()) return absl::OkStatus();
+  auto refuse = [&dir](absl::string_view why) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpointing.dir ", dir, " cannot hold checkpoints: ", why));
+  };
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) return refuse(error.message());
+  const std::string probe =
+      (std::filesystem::path(dir) / absl::StrCat(".mimo-write-check-rank", rank, "-", getpid()))
+          .string();
+  const int fd = open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return refuse(absl::StrCat("cannot create a file there: ", std::strerror(errno)));
+  const bool written = write(fd, "x", 1) == 1;
+  const int write_error = errno;
+  close(fd);
+  std::filesystem::remove(probe, error);
+  if (!written)
+    return refuse(absl::StrCat("cannot write a file there: ", std::strerror(write_error)));
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::optional<ResumePoint>> FindResumePoint(const v1::Assignment& assignment) {
   MIMO_ASSIGN_OR_RETURN(const std::string dir, ResumeFolder(assignment.spec().checkpointing()));

@@ -47,6 +47,12 @@ struct ResumePoint {
 // the file when it is missing from the record, of another size or CRC-32C.
 absl::Status VerifyRankFiles(const ResumePoint& resume, int rank);
 
+// Makes spec.checkpointing.dir (when set) and proves that this rank can write in it: a file
+// created there and removed. A folder that cannot hold the checkpoints (a plain file on its path,
+// no permission, a read-only mount) thus fails the job at its start, naming the folder, instead of
+// at its first save hours later. FailedPrecondition.
+absl::Status CheckCheckpointDirWritable(const v1::JobSpec& spec, int rank);
+
 // Where this job resumes: the latest checkpoint under spec.checkpointing.dir (the run's own
 // progress: a restarted attempt, or the job submitted again), else resume_from (a folder of
 // another run, say; "latest" is the same as empty); nullopt for a fresh start.

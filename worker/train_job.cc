@@ -221,6 +221,7 @@ absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
                          options.micro_batch_size, " samples per step, ", kernels::DTypeName(dtype),
                          ", ", t.steps(), " steps"));
   const v1::Checkpointing& checkpointing = spec.checkpointing();
+  MIMO_RETURN_IF_ERROR(CheckCheckpointDirWritable(spec, rank.rank()));
   MIMO_ASSIGN_OR_RETURN(const std::optional<ResumePoint> resume,
                         AgreeOnResumePoint(assignment, hooks.store, hooks.store_timeout));
   int64_t first_step = 1;

@@ -124,5 +124,22 @@ TEST_F(JobCheckpointTest, AStagingFolderRankZeroCannotMakeFailsEveryRankAtOnce) 
   }
 }
 
+TEST_F(JobCheckpointTest, TheFolderIsCheckedAtTheStart) {
+  v1::JobSpec spec;
+  EXPECT_TRUE(CheckCheckpointDirWritable(spec, 0).ok());  // No checkpoints: nothing to check.
+  spec.mutable_checkpointing()->set_dir((dir_ / "a" / "ckpt").string());
+  ASSERT_TRUE(CheckCheckpointDirWritable(spec, 3).ok());
+  EXPECT_TRUE(fs::is_directory(dir_ / "a" / "ckpt"));
+  EXPECT_TRUE(fs::is_empty(dir_ / "a" / "ckpt"));  // The probe is gone.
+  // A plain file on the path: the audit's job only failed at its first save.
+  std::ofstream(dir_ / "file") << "not a folder";
+  spec.mutable_checkpointing()->set_dir((dir_ / "file" / "ckpt").string());
+  const absl::Status status = CheckCheckpointDirWritable(spec, 0);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr(absl::StrCat("checkpointing.dir ", (dir_ / "file" / "ckpt").string(),
+                                     " cannot hold checkpoints")));
+}
+
 }  // namespace
 }  // namespace mimo::worker

@@ -175,5 +175,20 @@ TEST_F(TrainJobRequestsTest, AStopHeardOnTheLastStepEndsTheRunAsUsual) {
   EXPECT_EQ(Latest(), absl::StrCat(kSteps));
 }
 
+TEST_F(TrainJobRequestsTest, AFolderThatCannotHoldCheckpointsFailsEveryRankBeforeTraining) {
+  fs::create_directories(dir_);
+  std::ofstream(dir_ / "file") << "not a folder";
+  const std::vector<RankRun> runs = TrainAll((dir_ / "file" / "ckpt").string(), {.rank = -1});
+  ASSERT_EQ(runs.size(), 4u);
+  for (size_t r = 0; r < runs.size(); ++r) {
+    EXPECT_EQ(runs[r].end.status().code(), absl::StatusCode::kFailedPrecondition)
+        << r << ": " << runs[r].end.status();
+    EXPECT_THAT(std::string(runs[r].end.status().message()),
+                ::testing::HasSubstr("cannot hold checkpoints"))
+        << r;
+    EXPECT_TRUE(runs[r].reports.empty()) << r;  // No step ran.
+  }
+}
+
 }  // namespace
 }  // namespace mimo::worker
