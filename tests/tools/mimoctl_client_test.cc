@@ -68,6 +68,18 @@ TEST_F(MimoctlClientTest, SubmitGetListCancel) {
   EXPECT_THAT(again.err, HasSubstr("error: job " + id + " is already CANCELLED"));
 }
 
+TEST_F(MimoctlClientTest, TheNextPageHintKeepsTheFilters) {
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(Ctl(absl::StrCat("submit ", Example("mimo-cpu-8.yaml"))).exit_code, 0);
+  }
+  const Result listed = Ctl("list --state Pending --limit 2");
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  EXPECT_THAT(listed.err,
+              HasSubstr("more jobs: mimoctl list --state pending --limit 2 --page-token "));
+  const Result all = Ctl("list --limit 2");
+  EXPECT_THAT(all.err, HasSubstr("more jobs: mimoctl list --limit 2 --page-token "));
+}
+
 TEST_F(MimoctlClientTest, InvalidSpecPrintsOneLinePerFieldViolation) {
   const Result r = Ctl(absl::StrCat("submit ", Example("invalid-layout.yaml")));
   EXPECT_EQ(r.exit_code, 1);

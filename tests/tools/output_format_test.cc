@@ -152,6 +152,12 @@ TEST(FormatProgressLineTest, WithoutMetrics) {
   job.mutable_progress()->set_percent(70);
   job.mutable_progress()->mutable_eta()->set_seconds(61);
   EXPECT_EQ(FormatProgressLine(job), "SCHEDULED  step 7/10 (70.0%)  ETA 1m1s");
+  // A job stopping or ended keeps its last estimate in the record, but will not finish by it.
+  for (v1::JobState state : {v1::JOB_STATE_CANCELLING, v1::JOB_STATE_CANCELLED,
+                             v1::JOB_STATE_FAILED, v1::JOB_STATE_SUCCEEDED}) {
+    job.set_state(state);
+    EXPECT_EQ(FormatProgressLine(job), JobStateName(state) + "  step 7/10 (70.0%)");
+  }
 }
 
 TEST(FormatJobEndTest, SaysHowTheJobEnded) {

@@ -27,6 +27,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
@@ -530,7 +531,14 @@ int RunList(const ListOptions& options) {
     return code;
   }
   if (output == Output::kTable && !all.next_page_token().empty()) {
-    std::cerr << "more jobs: mimoctl list --page-token " << all.next_page_token() << '\n';
+    // The same query from the next page on: the hint keeps the filters.
+    std::string again = "mimoctl list";
+    if (!options.states.empty()) {
+      absl::StrAppend(&again, " --state ",
+                      absl::AsciiStrToLower(absl::StrJoin(options.states, ",")));
+    }
+    if (options.limit != ListOptions().limit) absl::StrAppend(&again, " --limit ", options.limit);
+    std::cerr << "more jobs: " << again << " --page-token " << all.next_page_token() << '\n';
   }
   return 0;
 }

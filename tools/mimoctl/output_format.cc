@@ -210,7 +210,13 @@ std::string FormatProgressLine(const v1::Job& job) {
       parts.push_back(absl::StrFormat("%.0f tok/s", metrics.tokens_per_second()));
     }
   }
-  if (progress.has_eta()) parts.push_back("ETA " + FormatShortDuration(ToDuration(progress.eta())));
+  // An estimate for a job that will go on training; one that is stopping or ended has none.
+  const bool stops = job.state() == v1::JOB_STATE_CANCELLING ||
+                     job.state() == v1::JOB_STATE_SUCCEEDED ||
+                     job.state() == v1::JOB_STATE_FAILED || job.state() == v1::JOB_STATE_CANCELLED;
+  if (progress.has_eta() && !stops) {
+    parts.push_back("ETA " + FormatShortDuration(ToDuration(progress.eta())));
+  }
   return absl::StrJoin(parts, "  ");
 }
 
