@@ -97,11 +97,14 @@ absl::Status JobManager::Recover(absl::Time now) {
     for (const int32_t r : job.succeeded_ranks()) {
       if (r >= 0 && r < world) active.rank_state[r] = v1::WORKER_STATE_SUCCEEDED;
     }
-    active.reattach_deadline = now + options_.reattach_grace;
+    // Embedded workers died with the previous coordinator: none is waited for.
+    active.reattach_deadline = options_.embedded ? now : now + options_.reattach_grace;
     active.checkpoint = job.checkpoint_request();
     if (job.state() == v1::JOB_STATE_CANCELLING)
       active.cancel_deadline = now + options_.cancel_grace;
   }
+  // Before serving: a dying worker of the previous coordinator must not re-attach meanwhile.
+  if (options_.embedded) CheckActiveJobs(now);
   Changed();
   return absl::OkStatus();
 }
@@ -206,6 +209,12 @@ int64_t JobManager::WaitForChange(int64_t seen, absl::Time deadline) {
                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return version_ != seen || shutdown_; };
   mu_.AwaitWithDeadline(absl::Condition(&changed), deadline);
   return version_;
+}
+
+void JobManager::BeginDrain() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  Changed();
 }
 
 void JobManager::Shutdown() {
@@ -332,7 +341,8 @@ void JobManager::Tick(absl::Time now) {
   bool delete_finished = false;
   {
     absl::MutexLock lock(&mu_);
-    if (shutdown_) return;  // Workers stopped by the shutdown are not failures.
+    // Workers stopped by the shutdown (or the drain before it) are not failures.
+    if (shutdown_ || draining_) return;
     CheckWorkers(now);
     CheckActiveJobs(now);
     Schedule(now);
@@ -463,7 +473,7 @@ void JobManager::WorkerProcessExited(const std::string& host, int pid, int exit_
     if (w.info.pid() == pid && w.info.host() == host) worker_id = id;
   }
   if (worker_id.empty()) return;  // It never registered, or was dropped already.
-  if (shutdown_) {
+  if (shutdown_ || draining_) {
     // Stopped by the shutdown: its job is left to the next start's Recover.
     workers_.erase(worker_id);
     return;
@@ -518,6 +528,11 @@ void JobManager::CheckActiveJobs(absl::Time now) {
       }
       continue;
     }
+    // How the missing ranks' workers are gone.
+    const std::string not_back =
+        options_.embedded ? std::string(" stopped with the previous coordinator (embedded workers)")
+                          : absl::StrCat(" did not re-register within ",
+                                         absl::FormatDuration(options_.reattach_grace));
     if (!missing.empty() && now >= active.reattach_deadline) {
       if (job->state() == v1::JOB_STATE_SCHEDULED &&
           missing.size() == active.worker_of_rank.size()) {
@@ -525,8 +540,11 @@ void JobManager::CheckActiveJobs(absl::Time now) {
         // that had are gone as well), so nothing runs it and it can be scheduled again as is.
         const std::string message = absl::StrCat(
             "the coordinator restarted before attempt ", active.attempt,
-            " started and none of its workers re-registered within ",
-            absl::FormatDuration(options_.reattach_grace), "; waiting for workers again");
+            " started and none of its workers",
+            options_.embedded ? " could come back (embedded workers)"
+                              : absl::StrCat(" re-registered within ",
+                                             absl::FormatDuration(options_.reattach_grace)),
+            "; waiting for workers again");
         if (!Transition(*job, v1::JOB_STATE_PENDING, message, now).ok()) continue;
         ReleaseAttempt(id, message, now);
         active_.erase(id);
@@ -538,8 +556,7 @@ void JobManager::CheckActiveJobs(absl::Time now) {
         const std::string message = absl::StrCat(
             "stopped after a checkpoint request (", job->checkpoint_request().reason(),
             "); the coordinator restarted meanwhile and the workers of rank",
-            missing.size() == 1 ? " " : "s ", absl::StrJoin(missing, ", "),
-            " did not re-register within ", absl::FormatDuration(options_.reattach_grace),
+            missing.size() == 1 ? " " : "s ", absl::StrJoin(missing, ", "), not_back,
             ", so whether the checkpoint was committed is unconfirmed: see the checkpoint "
             "folder's latest_checkpointed_iteration.txt");
         if (!Transition(*job, v1::JOB_STATE_CANCELLING, message, now).ok()) continue;
@@ -550,15 +567,13 @@ void JobManager::CheckActiveJobs(absl::Time now) {
         active_.erase(id);
         continue;
       }
-      FailAttempt(
-          *job,
-          MakeFailure("COORDINATOR_RESTARTED",
-                      absl::StrCat("the coordinator restarted and the workers of rank",
-                                   missing.size() == 1 ? " " : "s ", absl::StrJoin(missing, ", "),
-                                   " did not re-register within ",
-                                   absl::FormatDuration(options_.reattach_grace)),
-                      0, missing.size() == 1 ? std::stoi(missing[0]) : -1),
-          Retry::kIfAllowed, now)
+      FailAttempt(*job,
+                  MakeFailure("COORDINATOR_RESTARTED",
+                              absl::StrCat("the coordinator restarted and the workers of rank",
+                                           missing.size() == 1 ? " " : "s ",
+                                           absl::StrJoin(missing, ", "), not_back),
+                              0, missing.size() == 1 ? std::stoi(missing[0]) : -1),
+                  Retry::kIfAllowed, now)
           .IgnoreError();
       continue;
     }
@@ -657,7 +672,7 @@ void JobManager::NoteWaiting(v1::Job& job, const std::string& waiting, absl::Tim
 }
 
 void JobManager::Schedule(absl::Time now) {
-  if (shutdown_) return;
+  if (shutdown_ || draining_) return;
   absl::StatusOr<std::vector<v1::Job>> jobs = store_->ListUnfinishedJobs();
   if (!jobs.ok()) return;
   std::map<std::string, absl::Time> short_since;

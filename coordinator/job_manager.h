@@ -50,13 +50,19 @@ class JobManager {
     // with its events and logs; then it is deleted (checked every 10 minutes, or every ttl when
     // shorter), like a Kubernetes Job's ttlSecondsAfterFinished. Zero keeps every job.
     absl::Duration finished_job_ttl = absl::ZeroDuration();
+    // Embedded mode: every worker is a process of this coordinator and dies with it (SIGINT when
+    // it dies, a drain when it stops), so after a restart none can re-attach. Recover then
+    // settles at once the jobs a previous coordinator left SCHEDULED, RUNNING or CANCELLING, as
+    // when reattach_grace passes without their workers.
+    bool embedded = false;
   };
 
   // `store` must outlive the manager.
   JobManager(JobStore* store, Options options);
 
   // Loads what a previous coordinator left: jobs that were SCHEDULED, RUNNING or CANCELLING wait
-  // `reattach_grace` from `now` for their workers. Call once, before serving.
+  // `reattach_grace` from `now` for their workers (embedded: are settled at once). Call once,
+  // before serving.
   absl::Status Recover(absl::Time now);
 
   // ---- JobService ----
@@ -137,6 +143,12 @@ class JobManager {
   // scheduling, forgetting old request ids. The server calls it a few times a second.
   void Tick(absl::Time now);
 
+  // The coordinator is stopping its embedded workers with a drain (SIGTERM): no job is scheduled
+  // any more and a dead worker fails nothing, but reports, heartbeats and the rendezvous store go
+  // on, so that a training job saves a checkpoint and its attempt ends as a preemption (back to
+  // PENDING as the next attempt, no restart used). Any other stop of a rank is only recorded:
+  // the job is left as it is for the next start's Recover.
+  void BeginDrain();
   // Wakes every waiter; later waits return at once.
   void Shutdown();
   bool shutting_down();
@@ -257,6 +269,7 @@ class JobManager {
   absl::Mutex mu_;
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;  // See BeginDrain.
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
   // Tells this coordinator's worker ids from an earlier one's: random, in base 36.
   const std::string instance_;

@@ -251,6 +251,13 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   // start's Recover decides, as for workers that outlive the coordinator). Unavailable, so that a
   // final report is kept and sent again to the next coordinator.
   if (shutdown_) return absl::UnavailableError("the coordinator is shutting down");
+  // A stop of the drain that is not a checkpoint's (a job without checkpoints aborted, a rank
+  // that failed as its peers stopped): the job is left to the next start's Recover, like one
+  // whose workers a crash took.
+  if (draining_ && !request.stopped_after_checkpoint() &&
+      request.state() != v1::WORKER_STATE_SUCCEEDED && finished) {
+    return absl::OkStatus();
+  }
   MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(request.job_id()));
   if (request.state() == v1::WORKER_STATE_SUCCEEDED && !IsTerminal(job.state()) &&
       std::find(job.succeeded_ranks().begin(), job.succeeded_ranks().end(), request.rank()) ==

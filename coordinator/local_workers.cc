@@ -93,8 +93,8 @@ absl::Status LocalWorkers::Spawn(Slot& slot) {
   if (pid == 0) {
     // Only async-signal-safe calls from here to exec. The worker dies with this thread (the
     // supervisor, which lives as long as the pool), so a killed coordinator leaves no orphans.
-    // SIGINT stops a worker at once (SIGTERM would drain: save a checkpoint first, through the
-    // coordinator that is gone).
+    // SIGINT stops a worker at once (SIGTERM would drain: save a checkpoint first, which needs
+    // the coordinator's rendezvous store, gone with it).
     prctl(PR_SET_PDEATHSIG, SIGINT);
     if (getppid() != parent) _exit(127);
     // The coordinator blocks SIGTERM and SIGINT in every thread (it takes them with sigwait);
@@ -188,7 +188,10 @@ void LocalWorkers::Supervise() {
     std::vector<pollfd> fds;
     {
       absl::MutexLock lock(&mu_);
-      if (stopping_) return;
+      if (stopping_) {
+        StopAll();
+        return;
+      }
       const absl::Time now = absl::Now();
       for (Slot& slot : slots_) {
         if (slot.pid >= 0 || now < slot.restart_at) continue;
@@ -216,24 +219,33 @@ void LocalWorkers::Stop() {
     if (stopping_) return;
     stopping_ = true;
   }
+  // The supervisor stops the workers: they get SIGINT when it exits (PR_SET_PDEATHSIG), which
+  // would cut their drain short.
   if (supervisor_.joinable()) supervisor_.join();
-  absl::MutexLock lock(&mu_);
-  for (Slot& slot : slots_) {
-    // At once (SIGINT): the coordinator is going, so no job could restart after a drain.
-    if (slot.pid >= 0) kill(slot.pid, SIGINT);
-  }
-  const absl::Time deadline = absl::Now() + options_.stop_grace;
-  while (absl::Now() < deadline) {
-    bool running = false;
+}
+
+void LocalWorkers::StopAll() {
+  // A drain first, as a preempted worker gets: the coordinator still serves until the workers
+  // are gone, so a training job commits a checkpoint and its next start resumes from it without
+  // using a restart. SIGINT then stops what has not drained in time.
+  for (const auto& [sig, grace] :
+       {std::pair{SIGTERM, options_.drain_grace}, std::pair{SIGINT, options_.stop_grace}}) {
     for (Slot& slot : slots_) {
-      Drain(slot);
-      Reap(slot, /*wait=*/false);
-      running |= slot.pid >= 0;
+      if (slot.pid >= 0) kill(slot.pid, sig);
     }
-    if (!running) return;
-    mu_.Unlock();
-    absl::SleepFor(absl::Milliseconds(20));
-    mu_.Lock();
+    const absl::Time deadline = absl::Now() + grace;
+    while (absl::Now() < deadline) {
+      bool running = false;
+      for (Slot& slot : slots_) {
+        Drain(slot);
+        Reap(slot, /*wait=*/false);
+        running |= slot.pid >= 0;
+      }
+      if (!running) return;
+      mu_.Unlock();
+      absl::SleepFor(absl::Milliseconds(20));
+      mu_.Lock();
+    }
   }
   for (Slot& slot : slots_) {
     if (slot.pid < 0) continue;

@@ -33,6 +33,9 @@ struct LocalWorkersOptions {
   std::vector<std::string> extra_args;
   // A worker that exited is started again after this long.
   absl::Duration restart_delay = absl::Seconds(1);
+  // Stop(): how long workers get to drain after SIGTERM (a training job that saves checkpoints
+  // saves one after its current step, then stops) before SIGINT.
+  absl::Duration drain_grace = absl::Seconds(30);
   // Stop(): how long workers get to exit after SIGINT before SIGKILL.
   absl::Duration stop_grace = absl::Seconds(5);
   // Lines of each worker's stderr kept for the report of its exit.
@@ -47,8 +50,10 @@ class LocalWorkers {
                                                              JobManager* manager);
   ~LocalWorkers();  // Stop().
 
-  // SIGINT to every worker (stop at once, no drain), SIGKILL to those still running after
-  // stop_grace, and every process reaped (no zombies). Idempotent.
+  // SIGTERM to every worker (drain: as for a preemption, a training job saves a checkpoint and
+  // stops, any other job stops at once), SIGINT to those still running after drain_grace (stop
+  // at once), SIGKILL to those still running stop_grace later, and every process reaped (no
+  // zombies). Idempotent.
   void Stop();
 
   // Worker processes started so far, restarts included.
@@ -73,6 +78,8 @@ class LocalWorkers {
   // Reaps the slot's process if it exited and reports it; returns true if it did.
   bool Reap(Slot& slot, bool wait) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Supervise();
+  // Stop()'s signals and reaping; run by the supervisor thread, the workers' parent.
+  void StopAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const LocalWorkersOptions options_;
   JobManager* const manager_;

@@ -64,7 +64,7 @@ int CountGpus(const std::string& worker_binary) {
 int main(int argc, char** argv) {
   mimo::coordinator::ServerOptions options;
   std::string token_file, heartbeat_timeout = "10s", reattach_grace = "30s", cancel_grace = "30s",
-                          join_timeout = "10m", finished_job_ttl;
+                          join_timeout = "10m", finished_job_ttl, drain_grace = "30s";
   CLI::App app{"mimo-coordinator: the mimo control plane (job API, job store, scheduling)"};
   app.add_option("--listen", options.listen, "gRPC address")->capture_default_str();
   app.add_option("--db", options.db_path, "SQLite database file")->capture_default_str();
@@ -106,6 +106,10 @@ int main(int argc, char** argv) {
   cpu->excludes(gpu);
   app.add_option("--worker-binary", worker_binary, "The mimo-worker program for embedded mode")
       ->capture_default_str();
+  app.add_option("--drain-grace", drain_grace,
+                 "Embedded mode, on SIGTERM: how long the workers get to save a checkpoint and "
+                 "stop (SIGTERM to them) before they are stopped at once (SIGINT)")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
     int gpus = 0;
@@ -128,6 +132,7 @@ int main(int argc, char** argv) {
     options.manager.reattach_grace = ParseDuration(reattach_grace, "--reattach-grace");
     options.manager.cancel_grace = ParseDuration(cancel_grace, "--cancel-grace");
     options.manager.join_timeout = ParseDuration(join_timeout, "--join-timeout");
+    options.local_workers.drain_grace = ParseDuration(drain_grace, "--drain-grace");
     if (!finished_job_ttl.empty()) {
       options.manager.finished_job_ttl = ParseDuration(finished_job_ttl, "--finished-job-ttl");
     }

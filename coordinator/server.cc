@@ -46,7 +46,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   MIMO_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
   MIMO_ASSIGN_OR_RETURN(s->database_lock_, DatabaseLock::Acquire(options.db_path));
   MIMO_ASSIGN_OR_RETURN(s->store_, JobStore::Open({.path = options.db_path}));
-  s->manager_ = std::make_unique<JobManager>(s->store_.get(), options.manager);
+  JobManager::Options manager_options = options.manager;
+  manager_options.embedded = options.local_workers.count > 0;
+  s->manager_ = std::make_unique<JobManager>(s->store_.get(), manager_options);
   MIMO_RETURN_IF_ERROR(s->manager_->Recover(absl::Now()));
   if (!options.metrics_listen.empty()) {
     MIMO_ASSIGN_OR_RETURN(s->metrics_, CoordinatorMetrics::Serve(options.metrics_listen));
@@ -118,10 +120,14 @@ void CoordinatorServer::Shutdown() {
   if (stopped_ || server_ == nullptr) return;  // Stopped, or never started.
   stopped_ = true;
   server_->GetHealthCheckService()->SetServingStatus(false);
-  // The manager first: the embedded workers' reports of being stopped must not fail their jobs
-  // (the next start's Recover decides what becomes of them).
+  // The embedded workers drain while the server still answers: a training job saves a
+  // checkpoint and ends as a preemption; other stops fail no job (the next start's Recover
+  // decides what becomes of them).
+  if (local_workers_) {
+    manager_->BeginDrain();
+    local_workers_->Stop();
+  }
   manager_->Shutdown();
-  if (local_workers_) local_workers_->Stop();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.shutdown_grace));
   {
     absl::MutexLock lock(&mu_);

@@ -138,8 +138,9 @@ TEST_F(EmbeddedTest, CancelStopsEveryWorkerWithinSeconds) {
 }
 
 // Stopping the coordinator (SIGTERM's path) stops its workers too: their reports of being stopped
-// must not fail the running job. It is left to the next start, which finds no worker of it back
-// (none outlives an embedded coordinator) and ends it as COORDINATOR_RESTARTED.
+// must not fail the running job. It is left to the next start, which knows that no worker of it
+// can come back (none outlives an embedded coordinator) and ends it as COORDINATOR_RESTARTED at
+// once instead of after the reattach grace.
 TEST_F(EmbeddedTest, StoppingTheCoordinatorDoesNotBlameItsWorkers) {
   StartWithWorkers(4);
   const v1::Job job = Submit(Selftest(1000000, "interrupted"));
@@ -147,11 +148,58 @@ TEST_F(EmbeddedTest, StoppingTheCoordinatorDoesNotBlameItsWorkers) {
             v1::JOB_STATE_RUNNING);
   StopServer();
   ServerOptions options = FastOptions(db_path_);
+  options.manager.reattach_grace = absl::Seconds(60);
+  options.local_workers.count = 4;
+  options.local_workers.worker_binary = WorkerBinary();
   StartServer(options);
-  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);  // As the shutdown left it.
-  const v1::Job ended =
-      AwaitState(job.id(), v1::JOB_STATE_FAILED, options.manager.reattach_grace + absl::Seconds(5));
-  EXPECT_EQ(ended.failure().reason(), "COORDINATOR_RESTARTED") << ended.DebugString();
+  const v1::Job ended = Get(job.id());
+  ASSERT_EQ(ended.state(), v1::JOB_STATE_FAILED) << ended.DebugString();
+  EXPECT_EQ(ended.failure().reason(), "COORDINATOR_RESTARTED");
+  EXPECT_THAT(ended.failure().message(),
+              HasSubstr("stopped with the previous coordinator (embedded workers)"));
+}
+
+// A training job that saves checkpoints is drained when the coordinator stops, as a preemption:
+// it saves, its attempt ends without using a restart, and the next start resumes it from there.
+TEST_F(EmbeddedTest, StoppingTheCoordinatorDrainsATrainingJobToACheckpoint) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/drain-ckpt-", getpid());
+  std::filesystem::remove_all(dir);
+  StartWithWorkers(4);
+  v1::JobSpec spec = SmallSpec("drained");
+  spec.mutable_training()->set_steps(1000000);
+  spec.mutable_checkpointing()->set_dir(dir);
+  const v1::Job job = Submit(spec);
+  ASSERT_EQ(AwaitState(job.id(), v1::JOB_STATE_RUNNING, absl::Seconds(60)).state(),
+            v1::JOB_STATE_RUNNING)
+      << Logs(job.id());
+  absl::SleepFor(absl::Seconds(1));  // Some steps.
+  StopServer();
+  ServerOptions options = FastOptions(db_path_);
+  options.local_workers.count = 4;
+  options.local_workers.worker_binary = WorkerBinary();
+  options.manager.heartbeat_interval = absl::Milliseconds(200);
+  options.manager.heartbeat_timeout = absl::Seconds(5);
+  StartServer(options);
+  const v1::Job drained = Get(job.id());
+  EXPECT_EQ(drained.attempt(), 2) << drained.DebugString();
+  EXPECT_EQ(drained.preemptions(), 1);
+  EXPECT_FALSE(drained.has_failure());
+  EXPECT_TRUE(std::filesystem::exists(dir + "/latest_checkpointed_iteration.txt"));
+  const v1::Job resumed = AwaitState(job.id(), v1::JOB_STATE_RUNNING, absl::Seconds(60));
+  EXPECT_EQ(resumed.attempt(), 2);
+  std::string logs;
+  for (absl::Time until = absl::Now() + absl::Seconds(30); absl::Now() < until;
+       absl::SleepFor(absl::Milliseconds(100))) {
+    logs = Logs(job.id());
+    if (logs.find("resumed from") != std::string::npos) break;
+  }
+  EXPECT_THAT(logs, HasSubstr(absl::StrCat("[rank 0] resumed from ", dir, "/iter_")));
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(job.id());
+  v1::CancelJobResponse response;
+  ASSERT_TRUE(jobs_->CancelJob(Context().get(), cancel, &response).ok());
+  AwaitState(job.id(), v1::JOB_STATE_CANCELLED, absl::Seconds(10));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

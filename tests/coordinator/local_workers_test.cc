@@ -45,6 +45,7 @@ class LocalWorkersTest : public ::testing::Test {
     o.coordinator_address = "127.0.0.1:1";
     o.host = "test-host";
     o.restart_delay = absl::Milliseconds(50);
+    o.drain_grace = absl::Milliseconds(200);
     o.stop_grace = absl::Milliseconds(500);
     return o;
   }
@@ -101,7 +102,7 @@ TEST_F(LocalWorkersTest, RestartsWorkersThatExit) {
 }
 
 TEST_F(LocalWorkersTest, StopKillsWorkersThatIgnoreSigint) {
-  const std::string script = Script("stubborn", "trap '' INT; while :; do sleep 1; done");
+  const std::string script = Script("stubborn", "trap '' INT TERM; while :; do sleep 1; done");
   // The coordinator blocks SIGTERM and SIGINT in its threads; workers must not inherit that.
   sigset_t term;
   sigemptyset(&term);
@@ -119,9 +120,38 @@ TEST_F(LocalWorkersTest, StopKillsWorkersThatIgnoreSigint) {
   EXPECT_TRUE(NoChildren());
 }
 
-TEST_F(LocalWorkersTest, PlainWorkersStopOnSigint) {
-  // SIGINT, not SIGTERM: a mimo-worker drains on SIGTERM (a save first), and the coordinator
-  // that stops it is going away.
+TEST_F(LocalWorkersTest, StopDrainsWorkersWithSigtermFirst) {
+  // SIGTERM first, as a preemption: a mimo-worker drains on it (a training job saves a
+  // checkpoint and stops) while the coordinator still serves.
+  const std::string out = absl::StrCat(::testing::TempDir(), "/drained-", getpid());
+  std::remove(out.c_str());
+  const std::string script =
+      Script("drains", absl::StrCat("trap 'echo term >> ", out,
+                                    "; exit 0' TERM; trap '' INT; while :; do sleep 0.1; done"));
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  sigaddset(&term, SIGINT);
+  sigset_t old;
+  pthread_sigmask(SIG_BLOCK, &term, &old);
+  LocalWorkersOptions options = Options(script, 2);
+  options.drain_grace = absl::Seconds(20);
+  auto workers = LocalWorkers::Start(options, manager_.get());
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  while ((*workers)->started() < 2) absl::SleepFor(absl::Milliseconds(10));
+  absl::SleepFor(absl::Milliseconds(100));  // Let them exec.
+  const absl::Time start = absl::Now();
+  (*workers)->Stop();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));  // They exited on SIGTERM.
+  std::stringstream got;
+  got << std::ifstream(out).rdbuf();
+  EXPECT_EQ(got.str(), "term\nterm\n");
+  std::remove(out.c_str());
+  EXPECT_TRUE(NoChildren());
+}
+
+TEST_F(LocalWorkersTest, WorkersStillRunningAfterTheDrainGraceGetSigint) {
   const std::string script =
       Script("plain", "trap 'exit 0' INT; trap '' TERM; while :; do sleep 0.1; done");
   sigset_t term;
@@ -131,6 +161,7 @@ TEST_F(LocalWorkersTest, PlainWorkersStopOnSigint) {
   sigset_t old;
   pthread_sigmask(SIG_BLOCK, &term, &old);
   LocalWorkersOptions options = Options(script, 2);
+  options.drain_grace = absl::Milliseconds(300);
   options.stop_grace = absl::Seconds(20);
   auto workers = LocalWorkers::Start(options, manager_.get());
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
@@ -139,7 +170,7 @@ TEST_F(LocalWorkersTest, PlainWorkersStopOnSigint) {
   absl::SleepFor(absl::Milliseconds(100));  // Let them exec.
   const absl::Time start = absl::Now();
   (*workers)->Stop();
-  // Well within the grace: SIGINT reached them (no SIGKILL was needed).
+  // Well within the stop grace: SIGINT reached them after the drain grace (no SIGKILL needed).
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   EXPECT_TRUE(NoChildren());
 }
