@@ -421,7 +421,8 @@ absl::StatusOr<JobStore::Page> JobStore::ListJobs(int page_size, const std::stri
       break;
     }
     MIMO_ASSIGN_OR_RETURN(v1::Job job, ParseJob(stmt.Blob(1), absl::StrCat("at seq ", seq)));
-    bytes += job.ByteSizeLong();
+    // The job as a repeated field of the response: its bytes, a tag and a length of up to 5.
+    bytes += job.ByteSizeLong() + 6;
     if (!page.jobs.empty() && bytes > max_bytes) {
       page.next_page_token = absl::StrCat(last_seq);
       break;

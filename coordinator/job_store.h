@@ -75,7 +75,8 @@ class JobStore {
   // Newest first (by creation order). page_size 0 means 50; negative or more than 1000 is
   // InvalidArgument; a malformed page_token is InvalidArgument. `states` empty means all. The page
   // ends early, with a next_page_token, before a job that would take its jobs' serialized size
-  // past `max_bytes` (the first job is always taken).
+  // (each as a field of a response: with its tag and length) past `max_bytes` (the first job is
+  // always taken).
   absl::StatusOr<Page> ListJobs(int page_size, const std::string& page_token,
                                 const std::vector<v1::JobState>& states,
                                 size_t max_bytes = std::numeric_limits<size_t>::max());

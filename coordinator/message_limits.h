@@ -10,9 +10,16 @@ namespace mimo::coordinator {
 // SubmitJob or ValidateJob request is almost all its spec.
 inline constexpr int kMaxRequestBytes = 4 << 20;
 
-// ListJobs ends a page before the job that would take its jobs past this many bytes (a page
-// always holds one), so that any gRPC client, whose default receive limit this is, can read pages
-// of jobs with large specs and reasons: a full page of 1000 such jobs was gigabytes.
-inline constexpr size_t kMaxListPageBytes = 4 << 20;
+// ListJobs ends a page before the job that would take it past this many bytes of jobs (each
+// counted with its field's tag and length; a page always holds one), so that
+// any gRPC client, whose default receive limit is kMaxRequestBytes, can read pages of jobs with
+// large specs and reasons: a full page of 1000 such jobs was gigabytes. 64 KiB stay for the rest
+// of the response (its page token). A single job above it (a spec near the submit limit) comes
+// in a page of its own.
+inline constexpr size_t kMaxListPageBytes = (4 << 20) - (64 << 10);
+
+// The longest reason a CancelJob or CheckpointJob request may give: it becomes the job's
+// state_reason and an event, both in every list page and watch of the job.
+inline constexpr size_t kMaxReasonBytes = 4096;
 
 }  // namespace mimo::coordinator

@@ -101,6 +101,14 @@ grpc::Status RequireJobId(const std::string& job_id) {
   return grpc::Status::OK;
 }
 
+// A cancel or checkpoint reason becomes the job's state_reason and an event: bounded, so that
+// jobs stay small in list pages and watches.
+grpc::Status CheckReason(const std::string& reason) {
+  if (reason.size() <= kMaxReasonBytes) return grpc::Status::OK;
+  return BadField("reason",
+                  absl::StrCat("is ", reason.size(), " bytes long; at most ", kMaxReasonBytes));
+}
+
 grpc::Status ShuttingDown() {
   return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator is shutting down");
 }
@@ -166,6 +174,7 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
                                        v1::CancelJobResponse* response) {
   return Handle(ctx_, "CancelJob", *context, [&] {
     if (grpc::Status s = RequireJobId(request->job_id()); !s.ok()) return s;
+    if (grpc::Status s = CheckReason(request->reason()); !s.ok()) return s;
     absl::StatusOr<v1::Job> job =
         ctx_.manager->CancelJob(request->job_id(), request->reason(), absl::Now());
     if (!job.ok()) return ToGrpcStatus(job.status());
@@ -179,6 +188,7 @@ grpc::Status JobServiceImpl::CheckpointJob(grpc::ServerContext* context,
                                            v1::CheckpointJobResponse* response) {
   return Handle(ctx_, "CheckpointJob", *context, [&] {
     if (grpc::Status s = RequireJobId(request->job_id()); !s.ok()) return s;
+    if (grpc::Status s = CheckReason(request->reason()); !s.ok()) return s;
     absl::StatusOr<v1::Job> job = ctx_.manager->CheckpointJob(request->job_id(), request->stop(),
                                                               request->reason(), absl::Now());
     if (!job.ok()) return ToGrpcStatus(job.status());

@@ -97,12 +97,14 @@ TEST_F(ApiTest, ListJobsPagesStayWithinTheDefaultReceiveLimit) {
   StartServer();
   std::vector<std::string> newest_first;
   for (int i = 0; i < 3; ++i) {
-    const v1::Job job = Submit(SmallSpec(absl::StrCat("big-", i)));
-    v1::CancelJobRequest cancel;
-    cancel.set_job_id(job.id());
-    cancel.set_reason(std::string(1'500'000, 'a'));
-    v1::CancelJobResponse cancelled;
-    ASSERT_TRUE(jobs_->CancelJob(Context().get(), cancel, &cancelled).ok());
+    // A spec of 1.5 MB: 400 shard paths of 3.7 KB each.
+    v1::JobSpec spec = SmallSpec(absl::StrCat("big-", i));
+    for (int j = 0; j < 400; ++j) {
+      spec.mutable_data()->mutable_webdataset()->add_shards(
+          absl::StrCat("/", std::string(3700, 'a'), "/", j, ".tar"));
+    }
+    const v1::Job job = Submit(spec);
+    ASSERT_FALSE(job.id().empty());
     newest_first.insert(newest_first.begin(), job.id());
   }
   v1::ListJobsRequest request;
@@ -113,7 +115,7 @@ TEST_F(ApiTest, ListJobsPagesStayWithinTheDefaultReceiveLimit) {
     v1::ListJobsResponse page;
     const grpc::Status status = jobs_->ListJobs(Context().get(), request, &page);
     ASSERT_TRUE(status.ok()) << status.error_message();
-    EXPECT_LE(page.ByteSizeLong(), kMaxListPageBytes);
+    EXPECT_LE(page.ByteSizeLong(), static_cast<size_t>(kMaxRequestBytes));  // gRPC's default.
     page_sizes.push_back(page.jobs_size());
     for (const v1::Job& job : page.jobs()) seen.push_back(job.id());
     request.set_page_token(page.next_page_token());
@@ -121,6 +123,28 @@ TEST_F(ApiTest, ListJobsPagesStayWithinTheDefaultReceiveLimit) {
   } while (!request.page_token().empty());
   EXPECT_THAT(page_sizes, ElementsAre(2, 1));
   EXPECT_EQ(seen, newest_first);
+}
+
+TEST_F(ApiTest, CancelAndCheckpointReasonsAreBounded) {
+  StartServer();
+  const v1::Job job = Submit(SmallSpec("reasons"));
+  v1::CheckpointJobRequest checkpoint;
+  checkpoint.set_job_id(job.id());
+  checkpoint.set_reason(std::string(kMaxReasonBytes + 1, 'a'));
+  v1::CheckpointJobResponse checkpointed;
+  grpc::Status status = jobs_->CheckpointJob(Context().get(), checkpoint, &checkpointed);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(job.id());
+  cancel.set_reason(std::string(kMaxReasonBytes + 1, 'a'));
+  v1::CancelJobResponse cancelled;
+  status = jobs_->CancelJob(Context().get(), cancel, &cancelled);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("reason"));
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);  // Nothing happened.
+  cancel.set_reason(std::string(kMaxReasonBytes, 'a'));
+  ASSERT_TRUE(jobs_->CancelJob(Context().get(), cancel, &cancelled).ok());
+  EXPECT_EQ(Get(job.id()).state_reason(), cancel.reason());
 }
 
 TEST_F(ApiTest, BusyPortIsAnErrorNotACrash) {
