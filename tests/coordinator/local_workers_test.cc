@@ -56,6 +56,26 @@ class LocalWorkersTest : public ::testing::Test {
     return waitpid(-1, &status, WNOHANG) < 0 && errno == ECHILD;
   }
 
+  // Waits (up to a generous deadline: a loaded CI machine may take long to start a shell) until
+  // the `count` workers of `marker` have written their ready files (`marker`.<local index>), that
+  // is, have installed their signal traps; true if they all did.
+  static bool AwaitReady(const std::string& marker, int count) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    for (int i = 0; i < count; ++i) {
+      const std::string file = absl::StrCat(marker, ".", i);
+      while (!std::ifstream(file).good()) {
+        if (absl::Now() > deadline) return false;
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+    return true;
+  }
+
+  // Removes the ready files of AwaitReady.
+  static void RemoveReady(const std::string& marker, int count) {
+    for (int i = 0; i < count; ++i) std::remove(absl::StrCat(marker, ".", i).c_str());
+  }
+
   void TearDown() override {
     for (const std::string& path : scripts_) std::remove(path.c_str());
   }
@@ -124,10 +144,13 @@ TEST_F(LocalWorkersTest, StopDrainsWorkersWithSigtermFirst) {
   // SIGTERM first, as a preemption: a mimo-worker drains on it (a training job saves a
   // checkpoint and stops) while the coordinator still serves.
   const std::string out = absl::StrCat(::testing::TempDir(), "/drained-", getpid());
+  const std::string ready = absl::StrCat(out, "-ready");
   std::remove(out.c_str());
+  RemoveReady(ready, 2);
+  // $6 is the worker's --local-index; the ready file is written once the traps are set.
   const std::string script =
-      Script("drains", absl::StrCat("trap 'echo term >> ", out,
-                                    "; exit 0' TERM; trap '' INT; while :; do sleep 0.1; done"));
+      Script("drains", absl::StrCat("trap 'echo term >> ", out, "; exit 0' TERM; trap '' INT; : > ",
+                                    ready, ".$6; while :; do sleep 0.1; done"));
   sigset_t term;
   sigemptyset(&term);
   sigaddset(&term, SIGTERM);
@@ -139,10 +162,11 @@ TEST_F(LocalWorkersTest, StopDrainsWorkersWithSigtermFirst) {
   auto workers = LocalWorkers::Start(options, manager_.get());
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   ASSERT_TRUE(workers.ok()) << workers.status();
-  while ((*workers)->started() < 2) absl::SleepFor(absl::Milliseconds(10));
-  absl::SleepFor(absl::Milliseconds(100));  // Let them exec.
+  // Stopped before its trap is set, a shell would die of SIGTERM without writing.
+  EXPECT_TRUE(AwaitReady(ready, 2));
   const absl::Time start = absl::Now();
   (*workers)->Stop();
+  RemoveReady(ready, 2);
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));  // They exited on SIGTERM.
   std::stringstream got;
   got << std::ifstream(out).rdbuf();
@@ -152,8 +176,11 @@ TEST_F(LocalWorkersTest, StopDrainsWorkersWithSigtermFirst) {
 }
 
 TEST_F(LocalWorkersTest, WorkersStillRunningAfterTheDrainGraceGetSigint) {
+  const std::string ready = absl::StrCat(::testing::TempDir(), "/plain-", getpid(), "-ready");
+  RemoveReady(ready, 2);
   const std::string script =
-      Script("plain", "trap 'exit 0' INT; trap '' TERM; while :; do sleep 0.1; done");
+      Script("plain", absl::StrCat("trap 'exit 0' INT; trap '' TERM; : > ", ready,
+                                   ".$6; while :; do sleep 0.1; done"));
   sigset_t term;
   sigemptyset(&term);
   sigaddset(&term, SIGTERM);
@@ -166,10 +193,11 @@ TEST_F(LocalWorkersTest, WorkersStillRunningAfterTheDrainGraceGetSigint) {
   auto workers = LocalWorkers::Start(options, manager_.get());
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   ASSERT_TRUE(workers.ok()) << workers.status();
-  while ((*workers)->started() < 2) absl::SleepFor(absl::Milliseconds(10));
-  absl::SleepFor(absl::Milliseconds(100));  // Let them exec.
+  // Stopped before its traps are set, a shell would die of SIGTERM, proving nothing.
+  EXPECT_TRUE(AwaitReady(ready, 2));
   const absl::Time start = absl::Now();
   (*workers)->Stop();
+  RemoveReady(ready, 2);
   // Well within the stop grace: SIGINT reached them after the drain grace (no SIGKILL needed).
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   EXPECT_TRUE(NoChildren());
