@@ -98,13 +98,13 @@ absl::Status JobManager::Recover(absl::Time now) {
       if (r >= 0 && r < world) active.rank_state[r] = v1::WORKER_STATE_SUCCEEDED;
     }
     // Embedded workers died with the previous coordinator: none is waited for.
-    active.reattach_deadline = options_.embedded ? now : now + options_.reattach_grace;
+    active.reattach_deadline = embedded() ? now : now + options_.reattach_grace;
     active.checkpoint = job.checkpoint_request();
     if (job.state() == v1::JOB_STATE_CANCELLING)
       active.cancel_deadline = now + options_.cancel_grace;
   }
   // Before serving: a dying worker of the previous coordinator must not re-attach meanwhile.
-  if (options_.embedded) CheckActiveJobs(now);
+  if (embedded()) CheckActiveJobs(now);
   Changed();
   return absl::OkStatus();
 }
@@ -238,7 +238,10 @@ absl::Status JobManager::Transition(v1::Job& job, v1::JobState to, const std::st
   if (to == v1::JOB_STATE_SCHEDULED && !job.has_start_time()) {
     *job.mutable_start_time() = ToProto(now);
   }
-  if (IsTerminal(to)) *job.mutable_end_time() = ToProto(now);
+  if (IsTerminal(to)) {
+    *job.mutable_end_time() = ToProto(now);
+    lost_before_fetch_.erase(job.id());
+  }
   v1::JobEvent event;
   event.set_state(to);
   event.set_message(message);
@@ -424,13 +427,24 @@ void JobManager::DropWorker(const std::string& worker_id, const std::string& rea
     // Its rank never started (it was likely dead when it was picked), so no attempt is used up:
     // the job waits for workers again as the same attempt, like a SCHEDULED job after a
     // coordinator restart. Schedule holds it back until the ranks that did start have stopped.
-    const std::string message =
-        absl::StrCat("attempt ", attempt, ": ", who, " ", what,
-                     " before it fetched its rank; waiting for workers again");
-    if (!Transition(*job, v1::JOB_STATE_PENDING, message, now).ok()) return;
-    ReleaseAttempt(job_id, message, now);
-    active_.erase(job_id);
-    return;
+    // Only a few times per attempt: a worker that keeps dying between registering and fetching
+    // its rank (a crash as it starts, a failing device) would send the job back forever; after
+    // that the attempt fails as for any other lost rank.
+    auto& [counted_attempt, returns] = lost_before_fetch_[job_id];
+    if (counted_attempt != attempt) {
+      counted_attempt = attempt;
+      returns = 0;
+    }
+    if (returns < kMaxReturnsForUnfetchedRanks) {
+      const std::string message =
+          absl::StrCat("attempt ", attempt, ": ", who, " ", what,
+                       " before it fetched its rank; waiting for workers again");
+      if (!Transition(*job, v1::JOB_STATE_PENDING, message, now).ok()) return;
+      ++returns;
+      ReleaseAttempt(job_id, message, now);
+      active_.erase(job_id);
+      return;
+    }
   }
   FailAttempt(*job, MakeFailure(reason, absl::StrCat(who, " ", what), exit_code, rank),
               Retry::kIfAllowed, now)
@@ -474,8 +488,22 @@ void JobManager::WorkerProcessExited(const std::string& host, int pid, int exit_
   }
   if (worker_id.empty()) return;  // It never registered, or was dropped already.
   if (shutdown_ || draining_) {
-    // Stopped by the shutdown: its job is left to the next start's Recover.
+    // Stopped by the shutdown: its job is left to the next start's Recover. But the rank of a
+    // cancelled job counts as stopped, as it would without the drain, and may end that job now
+    // (as a confirmation does: see ReportStatus).
+    const Worker w = workers_.at(worker_id);
     workers_.erase(worker_id);
+    Changed();
+    auto active = active_.find(w.job_id);
+    if (shutdown_ || active == active_.end() || active->second.attempt != w.attempt || w.rank < 0 ||
+        w.rank >= static_cast<int>(active->second.worker_of_rank.size()) ||
+        active->second.worker_of_rank[w.rank] != worker_id) {
+      return;
+    }
+    absl::StatusOr<v1::Job> job = store_->GetJob(w.job_id);
+    if (!job.ok() || job->state() != v1::JOB_STATE_CANCELLING) return;
+    active->second.rank_state[w.rank] = v1::WORKER_STATE_STOPPED;
+    SettleCancelling(*job, now);
     return;
   }
   std::vector<std::string> logs = {
@@ -487,6 +515,29 @@ void JobManager::WorkerProcessExited(const std::string& host, int pid, int exit_
   DropWorker(worker_id, "WORKER_EXITED", absl::StrCat(how, " (pid ", pid, ")"), exit_code, logs,
              now);
   Schedule(now);
+}
+
+void JobManager::SettleCancelling(v1::Job& job, absl::Time now) {
+  const std::string id = job.id();
+  auto it = active_.find(id);
+  if (it == active_.end()) return;
+  const Active& active = it->second;
+  const auto& states = active.rank_state;
+  const bool all_settled = std::all_of(states.begin(), states.end(), [](v1::WorkerState s) {
+    return s == v1::WORKER_STATE_STOPPED || s == v1::WORKER_STATE_SUCCEEDED ||
+           s == v1::WORKER_STATE_FAILED;
+  });
+  const bool none_attached = UnattachedRanks(active).size() == active.worker_of_rank.size();
+  if (!all_settled && !none_attached && now < active.cancel_deadline) return;
+  const std::string message =
+      all_settled || none_attached
+          ? job.state_reason()
+          : absl::StrCat(job.state_reason(), " (workers did not confirm the stop within ",
+                         absl::FormatDuration(options_.cancel_grace), ")");
+  // Stored first: when the store fails, the attempt stays for the next tick to try again.
+  if (!Transition(job, v1::JOB_STATE_CANCELLED, message, now).ok()) return;
+  ReleaseAttempt(id, message, now);
+  active_.erase(id);
 }
 
 void JobManager::CheckActiveJobs(absl::Time now) {
@@ -502,49 +553,33 @@ void JobManager::CheckActiveJobs(absl::Time now) {
       FailAttempt(*job, failure, retry, now).IgnoreError();
       continue;
     }
-    const auto& states = active.rank_state;
-    const bool all_settled = std::all_of(states.begin(), states.end(), [](v1::WorkerState s) {
-      return s == v1::WORKER_STATE_STOPPED || s == v1::WORKER_STATE_SUCCEEDED ||
-             s == v1::WORKER_STATE_FAILED;
-    });
     if (job->state() == v1::JOB_STATE_RUNNING && AllSucceeded(active)) {
       // Every rank had succeeded when the coordinator restarted, before the job was marked so.
       Succeed(*job, now).IgnoreError();
       continue;
     }
-    const std::vector<std::string> missing = UnattachedRanks(active);
     if (job->state() == v1::JOB_STATE_CANCELLING) {
-      if (all_settled || missing.size() == active.worker_of_rank.size() ||
-          now >= active.cancel_deadline) {
-        const std::string message =
-            all_settled || missing.size() == active.worker_of_rank.size()
-                ? job->state_reason()
-                : absl::StrCat(job->state_reason(), " (workers did not confirm the stop within ",
-                               absl::FormatDuration(options_.cancel_grace), ")");
-        // Stored first: when the store fails, the attempt stays for the next tick to try again.
-        if (!Transition(*job, v1::JOB_STATE_CANCELLED, message, now).ok()) continue;
-        ReleaseAttempt(id, message, now);
-        active_.erase(id);
-      }
+      SettleCancelling(*job, now);
       continue;
     }
+    const std::vector<std::string> missing = UnattachedRanks(active);
     // How the missing ranks' workers are gone.
     const std::string not_back =
-        options_.embedded ? std::string(" stopped with the previous coordinator (embedded workers)")
-                          : absl::StrCat(" did not re-register within ",
-                                         absl::FormatDuration(options_.reattach_grace));
+        embedded() ? std::string(" stopped with the previous coordinator (embedded workers)")
+                   : absl::StrCat(" did not re-register within ",
+                                  absl::FormatDuration(options_.reattach_grace));
     if (!missing.empty() && now >= active.reattach_deadline) {
       if (job->state() == v1::JOB_STATE_SCHEDULED &&
           missing.size() == active.worker_of_rank.size()) {
         // No worker claims the attempt: none had fetched its rank before the restart (or those
         // that had are gone as well), so nothing runs it and it can be scheduled again as is.
-        const std::string message = absl::StrCat(
-            "the coordinator restarted before attempt ", active.attempt,
-            " started and none of its workers",
-            options_.embedded ? " could come back (embedded workers)"
-                              : absl::StrCat(" re-registered within ",
-                                             absl::FormatDuration(options_.reattach_grace)),
-            "; waiting for workers again");
+        const std::string message =
+            absl::StrCat("the coordinator restarted before attempt ", active.attempt,
+                         " started and none of its workers",
+                         embedded() ? " could come back (embedded workers)"
+                                    : absl::StrCat(" re-registered within ",
+                                                   absl::FormatDuration(options_.reattach_grace)),
+                         "; waiting for workers again");
         if (!Transition(*job, v1::JOB_STATE_PENDING, message, now).ok()) continue;
         ReleaseAttempt(id, message, now);
         active_.erase(id);
@@ -593,14 +628,22 @@ std::string NotCounted(const std::vector<std::string>& stuck, absl::Duration gra
                       absl::FormatDuration(grace), " ago, never confirmed)");
 }
 
-// Why a PENDING job is not scheduled for want of workers: "waiting for 4 CPU workers: 2
-// registered, 1 idle", "waiting for 2 CUDA workers: none registered".
-std::string WaitingForWorkers(int world, v1::DeviceKind device, int registered, size_t idle,
+// Why a PENDING job is not scheduled for want of workers: "waiting for 2 CUDA workers: none
+// registered", "waiting for 4 CPU workers: 2 registered", "waiting for 4 CPU workers: 6 registered,
+// fewer than 4 idle". No idle count: it changes whenever any worker takes or leaves a rank (or a
+// heartbeat is late), and every change of the text rewrites the job (fsync, under the manager's
+// mutex) for every queued job.
+std::string WaitingForWorkers(int world, v1::DeviceKind device, int registered,
                               const std::vector<std::string>& stuck) {
-  std::string text = absl::StrCat(
-      "waiting for ", world, " ", absl::AsciiStrToUpper(DeviceKindWord(device)), " workers: ",
-      registered == 0 ? std::string("none registered")
-                      : absl::StrCat(registered, " registered, ", idle, " idle"));
+  std::string text = absl::StrCat("waiting for ", world, " ",
+                                  absl::AsciiStrToUpper(DeviceKindWord(device)), " workers: ");
+  if (registered == 0) {
+    absl::StrAppend(&text, "none registered");
+  } else if (registered < world) {
+    absl::StrAppend(&text, registered, " registered");
+  } else {
+    absl::StrAppend(&text, registered, " registered, fewer than ", world, " idle");
+  }
   if (!stuck.empty()) {
     absl::StrAppend(&text, " (not counting ", stuck.size(),
                     " told to stop long ago and never confirming)");
@@ -676,8 +719,9 @@ void JobManager::Schedule(absl::Time now) {
   absl::StatusOr<std::vector<v1::Job>> jobs = store_->ListUnfinishedJobs();
   if (!jobs.ok()) return;
   std::map<std::string, absl::Time> short_since;
-  const absl::Duration silent_limit =
-      std::max(2 * options_.heartbeat_interval, options_.heartbeat_timeout / 2);
+  // An idle worker silent this long gets no rank: see below.
+  const absl::Duration silent_limit = std::max(
+      2 * options_.heartbeat_interval, options_.heartbeat_timeout - options_.heartbeat_interval);
   for (size_t index = 0; index < jobs->size(); ++index) {
     v1::Job& job = (*jobs)[index];
     if (job.state() != v1::JOB_STATE_PENDING || active_.contains(job.id())) continue;
@@ -712,8 +756,11 @@ void JobManager::Schedule(absl::Time now) {
         continue;
       }
       ++registered;
-      // One silent for half its heartbeat timeout (several missed beats) is most likely dead: a
-      // rank given to it would only wait for that timeout and then fail the attempt.
+      // One silent for all but one heartbeat interval of its timeout (and at least two missed
+      // beats) is about to be declared dead: a rank given to it would most likely only wait for
+      // that. No earlier than that, as a live worker's beats may come late (a loaded host, a slow
+      // network); and a rank that does go to a dead worker is not lost either: the job goes back
+      // to PENDING as the same attempt when that worker is dropped before fetching its rank.
       if (w.job_id.empty() && now - w.last_heartbeat <= silent_limit) idle.push_back(id);
     }
     if (registered < world) {
@@ -734,12 +781,12 @@ void JobManager::Schedule(absl::Time now) {
             .IgnoreError();
       } else {
         short_since[job.id()] = since;
-        NoteWaiting(job, WaitingForWorkers(world, device, registered, idle.size(), stuck), now);
+        NoteWaiting(job, WaitingForWorkers(world, device, registered, stuck), now);
       }
       continue;
     }
     if (static_cast<int>(idle.size()) < world) {
-      NoteWaiting(job, WaitingForWorkers(world, device, registered, idle.size(), stuck), now);
+      NoteWaiting(job, WaitingForWorkers(world, device, registered, stuck), now);
       continue;
     }
     if (earlier_ranks > 0) {

@@ -50,11 +50,20 @@ class JobManager {
     // with its events and logs; then it is deleted (checked every 10 minutes, or every ttl when
     // shorter), like a Kubernetes Job's ttlSecondsAfterFinished. Zero keeps every job.
     absl::Duration finished_job_ttl = absl::ZeroDuration();
+    // Embedded mode: the workers this coordinator starts itself (LocalWorkers), `count` of them
+    // (0: not embedded) of kind `device` on `host`, with local indices 0..count-1.
+    struct EmbeddedWorkers {
+      int count = 0;
+      std::string host;
+      v1::DeviceKind device = v1::DEVICE_KIND_UNSPECIFIED;
+    };
     // Embedded mode: every worker is a process of this coordinator and dies with it (SIGINT when
     // it dies, a drain when it stops), so after a restart none can re-attach. Recover then
     // settles at once the jobs a previous coordinator left SCHEDULED, RUNNING or CANCELLING, as
-    // when reattach_grace passes without their workers.
-    bool embedded = false;
+    // when reattach_grace passes without their workers. To keep that true, RegisterWorker
+    // refuses any worker that is not one of these slots (one from another host would outlive a
+    // restart, its job failed meanwhile, and never get the drain's SIGTERM).
+    EmbeddedWorkers embedded;
   };
 
   // `store` must outlive the manager.
@@ -146,8 +155,9 @@ class JobManager {
   // The coordinator is stopping its embedded workers with a drain (SIGTERM): no job is scheduled
   // any more and a dead worker fails nothing, but reports, heartbeats and the rendezvous store go
   // on, so that a training job saves a checkpoint and its attempt ends as a preemption (back to
-  // PENDING as the next attempt, no restart used). Any other stop of a rank is only recorded:
-  // the job is left as it is for the next start's Recover.
+  // PENDING as the next attempt, no restart used), and a job cancelled before the drain is
+  // CANCELLED once its ranks confirm their stop. Any other stop of a rank is only recorded: the
+  // job is left as it is for the next start's Recover.
   void BeginDrain();
   // Wakes every waiter; later waits return at once.
   void Shutdown();
@@ -233,11 +243,17 @@ class JobManager {
   // Forgets a worker that is gone (silent, or its process exited). If it held a rank of its
   // job's current attempt, `logs` go to that rank's logs and the attempt fails with `reason`
   // and the message "rank R (worker W on HOST, device D) <what>" (or, while the job is being
-  // cancelled, the rank counts as stopped).
+  // cancelled, the rank counts as stopped; or, when the worker had not fetched its rank yet, the
+  // SCHEDULED job goes back to PENDING as the same attempt, at most
+  // kMaxReturnsForUnfetchedRanks times per attempt).
   void DropWorker(const std::string& worker_id, const std::string& reason, const std::string& what,
                   int exit_code, const std::vector<std::string>& logs, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckActiveJobs(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends `job` (CANCELLING) as CANCELLED once every rank of its attempt confirmed its stop (or
+  // had ended), none has a worker, or its cancel grace has passed; the attempt is released then.
+  // Stored first: when the store fails, the attempt stays for a later call to try again.
+  void SettleCancelling(v1::Job& job, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends the attempt of `job` (RUNNING, every rank succeeded): SUCCEEDED at 100%. The attempt
   // stays active when the store fails, for the next report or tick to try again.
   absl::Status Succeed(v1::Job& job, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -263,6 +279,8 @@ class JobManager {
   v1::Assignment MakeAssignment(const std::string& job_id, const Active& active, int rank,
                                 const v1::JobSpec& spec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Changed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++version_; }
+  // See Options::embedded.
+  bool embedded() const { return options_.embedded.count > 0; }
 
   JobStore* const store_;
   const Options options_;
@@ -283,6 +301,11 @@ class JobManager {
   // PENDING jobs restarted for a drained worker: exempt from join_timeout until scheduled (this
   // coordinator process only: a restart of it applies the timeout again).
   std::set<std::string> after_preemption_ ABSL_GUARDED_BY(mu_);
+  // How often a rank lost before its worker fetched it sent the job back to PENDING as the same
+  // attempt (see DropWorker): job id -> (attempt, returns). Forgotten when the job ends; a new
+  // attempt counts from 0.
+  std::map<std::string, std::pair<int, int>> lost_before_fetch_ ABSL_GUARDED_BY(mu_);
+  static constexpr int kMaxReturnsForUnfetchedRanks = 3;
   // "job_id/attempt/key" -> value.
   std::map<std::string, std::string> kv_ ABSL_GUARDED_BY(mu_);
 };

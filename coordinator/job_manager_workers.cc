@@ -2,6 +2,7 @@
 // logs and the rendezvous key-value store.
 #include <algorithm>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
@@ -32,6 +33,19 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
   if (info.host().empty()) return absl::InvalidArgumentError("worker.host is empty");
   if (info.device() == v1::DEVICE_KIND_UNSPECIFIED) {
     return absl::InvalidArgumentError("worker.device is unspecified");
+  }
+  if (const Options::EmbeddedWorkers& own = options_.embedded;
+      own.count > 0 && (info.host() != own.host || info.device() != own.device ||
+                        info.local_index() < 0 || info.local_index() >= own.count)) {
+    // Embedded mode counts on every worker dying with this coordinator (Recover settles their
+    // jobs at once) and being its child (a drain sends it SIGTERM): another one would have its
+    // job failed by a restart while it still runs it, and never be drained.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this coordinator runs its own ", own.count, " ",
+        absl::AsciiStrToUpper(DeviceKindWord(own.device)), " workers on ", own.host,
+        " (--cpu-workers/--gpu-workers) and takes no other worker (this one: ", info.host(), ", ",
+        absl::AsciiStrToUpper(DeviceKindWord(info.device())), " device ", info.local_index(),
+        "); start one without them to take workers from other hosts"));
   }
   absl::MutexLock lock(&mu_);
   // A device runs one worker at a time. While a worker on record holds this one (same host,
@@ -251,14 +265,17 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   // start's Recover decides, as for workers that outlive the coordinator). Unavailable, so that a
   // final report is kept and sent again to the next coordinator.
   if (shutdown_) return absl::UnavailableError("the coordinator is shutting down");
+  MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(request.job_id()));
   // A stop of the drain that is not a checkpoint's (a job without checkpoints aborted, a rank
   // that failed as its peers stopped): the job is left to the next start's Recover, like one
-  // whose workers a crash took.
+  // whose workers a crash took. Except a cancelled job's: its ranks were told to stop before the
+  // drain, and the user waits for it to end, so once they have all confirmed it is CANCELLED now,
+  // as without the drain (nothing else is decided: it fails no job and schedules none).
   if (draining_ && !request.stopped_after_checkpoint() &&
       request.state() != v1::WORKER_STATE_SUCCEEDED && finished) {
+    if (job.state() == v1::JOB_STATE_CANCELLING) SettleCancelling(job, now);
     return absl::OkStatus();
   }
-  MIMO_ASSIGN_OR_RETURN(v1::Job job, store_->GetJob(request.job_id()));
   if (request.state() == v1::WORKER_STATE_SUCCEEDED && !IsTerminal(job.state()) &&
       std::find(job.succeeded_ranks().begin(), job.succeeded_ranks().end(), request.rank()) ==
           job.succeeded_ranks().end()) {
@@ -321,7 +338,8 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   if (job.state() == v1::JOB_STATE_RUNNING && AllSucceeded(**active)) {
     return Succeed(job, now);
   }
-  if (job.state() == v1::JOB_STATE_CANCELLING) CheckActiveJobs(now);
+  // This job only: during a drain no other may be failed (CheckActiveJobs would check deadlines).
+  if (job.state() == v1::JOB_STATE_CANCELLING) SettleCancelling(job, now);
   Schedule(now);
   return absl::OkStatus();
 }

@@ -97,11 +97,13 @@ int main(int argc, char** argv) {
   std::string gpu_workers;
   std::string worker_binary = WorkerBinaryBesideUs();
   CLI::Option* cpu = app.add_option("--cpu-workers", cpu_workers,
-                                    "Embedded mode: start and supervise N CPU workers on this host")
+                                    "Embedded mode: start and supervise N CPU workers on this host "
+                                    "(no other worker may register)")
                          ->check(CLI::Range(1, 4096));
   CLI::Option* gpu = app.add_option("--gpu-workers", gpu_workers,
                                     "Embedded mode: start and supervise N GPU workers on this host "
-                                    "(GPUs 0..N-1), or 'auto': one per GPU the workers can use")
+                                    "(GPUs 0..N-1), or 'auto': one per GPU the workers can use; no "
+                                    "other worker may register")
                          ->type_name("N|auto");
   cpu->excludes(gpu);
   app.add_option("--worker-binary", worker_binary, "The mimo-worker program for embedded mode")

@@ -46,8 +46,17 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   MIMO_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
   MIMO_ASSIGN_OR_RETURN(s->database_lock_, DatabaseLock::Acquire(options.db_path));
   MIMO_ASSIGN_OR_RETURN(s->store_, JobStore::Open({.path = options.db_path}));
+  LocalWorkersOptions local = options.local_workers;
+  if (local.count > 0 && local.host.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    local.host = host;
+  }
   JobManager::Options manager_options = options.manager;
-  manager_options.embedded = options.local_workers.count > 0;
+  if (local.count > 0) {
+    // Only these slots may register (see JobManager::Options::embedded).
+    manager_options.embedded = {.count = local.count, .host = local.host, .device = local.device};
+  }
   s->manager_ = std::make_unique<JobManager>(s->store_.get(), manager_options);
   MIMO_RETURN_IF_ERROR(s->manager_->Recover(absl::Now()));
   if (!options.metrics_listen.empty()) {
@@ -88,13 +97,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
           "local workers reach the coordinator over loopback without TLS; with TLS, start "
           "workers separately (mimo-worker --coordinator HOST:PORT --tls-ca CA)");
     }
-    LocalWorkersOptions local = options.local_workers;
     local.coordinator_address = absl::StrCat("127.0.0.1:", s->port_);
-    if (local.host.empty()) {
-      char host[256] = {};
-      gethostname(host, sizeof(host) - 1);
-      local.host = host;
-    }
     MIMO_ASSIGN_OR_RETURN(s->local_workers_, LocalWorkers::Start(local, s->manager_.get()));
   }
   return s;

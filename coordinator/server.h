@@ -37,8 +37,9 @@ struct ServerOptions {
   absl::Duration tick_interval = absl::Milliseconds(200);
   JobManager::Options manager;
   // Embedded mode: with count > 0, worker processes this coordinator starts on its own host and
-  // supervises (their coordinator_address, and host when empty, are filled in by Start). Count 0:
-  // workers are started by something else and register over the network.
+  // supervises (their coordinator_address, and host when empty, are filled in by Start); no other
+  // worker may register then. Count 0: workers are started by something else and register over
+  // the network.
   LocalWorkersOptions local_workers;
 };
 

@@ -1,12 +1,16 @@
 // Embedded mode end to end: a coordinator that starts real mimo-worker processes runs the
 // communication self-test; a worker killed with SIGKILL fails its job at once and is replaced;
-// a cancel stops every worker within seconds; stopping the coordinator blames no worker.
+// a cancel stops every worker within seconds; stopping the coordinator blames no worker; no worker
+// but its own may register.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "tests/coordinator/test_server.h"
 #include "tools/mimoctl/spec_file.h"
@@ -137,6 +141,45 @@ TEST_F(EmbeddedTest, CancelStopsEveryWorkerWithinSeconds) {
       << Logs(next.id());
 }
 
+// An embedded coordinator takes only its own workers: one from elsewhere would outlive its
+// restart (which fails its job at once) and never be drained. The slots run a stand-in that never
+// registers, so that the test registers for them.
+TEST_F(EmbeddedTest, OnlyItsOwnWorkersMayRegister) {
+  const std::string idle = absl::StrCat(::testing::TempDir(), "/idle-worker-", getpid(), ".sh");
+  std::ofstream(idle) << "#!/bin/sh\nexec sleep 600\n";
+  std::filesystem::permissions(idle, std::filesystem::perms::owner_all);
+  ServerOptions options = FastOptions(db_path_);
+  options.local_workers.count = 2;
+  options.local_workers.worker_binary = idle;
+  options.local_workers.host = "own-host";
+  StartServer(options);
+  auto stub = v1::WorkerService::NewStub(Channel());
+  auto register_as = [&](const std::string& host, int index, v1::DeviceKind device) {
+    v1::RegisterWorkerRequest request;
+    request.mutable_worker()->set_host(host);
+    request.mutable_worker()->set_local_index(index);
+    request.mutable_worker()->set_device(device);
+    v1::RegisterWorkerResponse response;
+    return stub->RegisterWorker(Context().get(), request, &response);
+  };
+  for (const auto& [host, index, device] :
+       std::vector<std::tuple<std::string, int, v1::DeviceKind>>{
+           {"other-host", 0, v1::DEVICE_KIND_CPU},
+           {"own-host", 2, v1::DEVICE_KIND_CPU},
+           {"own-host", 1, v1::DEVICE_KIND_CUDA}}) {
+    const grpc::Status refused = register_as(host, index, device);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << host << " " << index;
+    EXPECT_THAT(refused.error_message(),
+                HasSubstr("this coordinator runs its own 2 CPU workers on own-host "
+                          "(--cpu-workers/--gpu-workers) and takes no other worker"));
+    EXPECT_THAT(refused.error_message(),
+                HasSubstr("start one without them to take workers from other hosts"));
+  }
+  EXPECT_TRUE(register_as("own-host", 1, v1::DEVICE_KIND_CPU).ok());
+  StopServer();
+  std::remove(idle.c_str());
+}
+
 // Stopping the coordinator (SIGTERM's path) stops its workers too: their reports of being stopped
 // must not fail the running job. It is left to the next start, which knows that no worker of it
 // can come back (none outlives an embedded coordinator) and ends it as COORDINATOR_RESTARTED at
@@ -187,13 +230,15 @@ TEST_F(EmbeddedTest, StoppingTheCoordinatorDrainsATrainingJobToACheckpoint) {
   EXPECT_TRUE(std::filesystem::exists(dir + "/latest_checkpointed_iteration.txt"));
   const v1::Job resumed = AwaitState(job.id(), v1::JOB_STATE_RUNNING, absl::Seconds(60));
   EXPECT_EQ(resumed.attempt(), 2);
+  // Rank 0's line: another rank's may come first.
+  const std::string rank0_resumed = absl::StrCat("[rank 0] resumed from ", dir, "/iter_");
   std::string logs;
   for (absl::Time until = absl::Now() + absl::Seconds(30); absl::Now() < until;
        absl::SleepFor(absl::Milliseconds(100))) {
     logs = Logs(job.id());
-    if (logs.find("resumed from") != std::string::npos) break;
+    if (logs.find(rank0_resumed) != std::string::npos) break;
   }
-  EXPECT_THAT(logs, HasSubstr(absl::StrCat("[rank 0] resumed from ", dir, "/iter_")));
+  EXPECT_THAT(logs, HasSubstr(rank0_resumed));
   v1::CancelJobRequest cancel;
   cancel.set_job_id(job.id());
   v1::CancelJobResponse response;

@@ -313,13 +313,14 @@ TEST_F(LifecycleTest, APendingJobSaysWhatItWaitsFor) {
   EXPECT_EQ(gpu.state_reason(), "waiting for 4 CUDA workers: none registered");
   const v1::Job first = Submit(SmallSpec("first"));
   auto workers = Workers(2);
-  EXPECT_EQ(Get(first.id()).state_reason(), "waiting for 4 CPU workers: 2 registered, 2 idle");
+  EXPECT_EQ(Get(first.id()).state_reason(), "waiting for 4 CPU workers: 2 registered");
   workers.push_back(std::make_unique<FakeWorker>(Channel(), "h", 2));
   workers.push_back(std::make_unique<FakeWorker>(Channel(), "h", 3));
-  AwaitState(first.id(), v1::JOB_STATE_SCHEDULED);
-  // Queued behind a running job: enough workers registered, none idle.
+  AwaitState(first.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(5), Ptrs(workers));
+  // Queued behind a running job: enough workers registered, not enough idle (how many are idle
+  // is not said: see APendingJobsReasonIsNotRewrittenAsWorkersComeAndGo).
   const v1::Job second = Submit(SmallSpec("second"));
-  EXPECT_EQ(second.state_reason(), "waiting for 4 CPU workers: 4 registered, 0 idle");
+  EXPECT_EQ(second.state_reason(), "waiting for 4 CPU workers: 4 registered, fewer than 4 idle");
   // Nothing changed: the reason is not stored again (no write per scheduling pass).
   const v1::Job stored = Get(second.id());
   KeepBeating(Ptrs(workers), absl::Milliseconds(100));
@@ -327,6 +328,41 @@ TEST_F(LifecycleTest, APendingJobSaysWhatItWaitsFor) {
   EXPECT_EQ(Get(gpu.id()).state_reason(), "waiting for 4 CUDA workers: none registered");
   // The waiting is no state change: the events are unchanged.
   EXPECT_THAT(StateEvents(second.id()), ElementsAre("PENDING: submitted"));
+}
+
+// Workers freed one by one (here as a cancelled job's ranks confirm their stop) change how many
+// are idle, but not what a queued job waits for: its reason is not stored again for each (an
+// fsync under the manager's mutex, for every queued job).
+TEST_F(LifecycleTest, APendingJobsReasonIsNotRewrittenAsWorkersComeAndGo) {
+  const v1::Job first = Submit(SmallSpec("first"));
+  auto workers = Workers(5);
+  std::vector<std::unique_ptr<FakeWorker>> ranked;
+  for (int i = 0; i < 4; ++i) ranked.push_back(std::move(workers[i]));
+  std::vector<v1::Assignment> as = Assignments(ranked);
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_TRUE(ranked[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  }
+  // Beats along the way, so that no worker times out on a loaded machine (5 registered stays).
+  auto beat = [&] {
+    for (auto& w : ranked) w->Heartbeat();
+    workers[4]->Heartbeat();
+  };
+  beat();
+  const v1::Job second = Submit(SmallSpec("second"));
+  EXPECT_EQ(second.state_reason(), "waiting for 4 CPU workers: 5 registered, fewer than 4 idle");
+  v1::CancelJobResponse cancelled;
+  ASSERT_TRUE(Cancel(first.id(), &cancelled).ok());
+  const v1::Job stored = Get(second.id());
+  for (int r : {0, 1}) {
+    beat();
+    ASSERT_TRUE(ranked[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+    const v1::Job now = Get(second.id());
+    EXPECT_EQ(now.state_reason(), stored.state_reason());
+    EXPECT_EQ(now.update_time().DebugString(), stored.update_time().DebugString());
+  }
+  for (int r : {2, 3}) ASSERT_TRUE(ranked[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  EXPECT_EQ(Get(first.id()).state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(Get(second.id()).state(), v1::JOB_STATE_SCHEDULED);
 }
 
 // A worker told to stop that keeps beating but never confirms (a collective hung in its process)
