@@ -108,7 +108,10 @@ absl::Status Run(const Args& a) {
     if (a.cuda && s == a.warmup + a.steps) cudaProfilerStop();
 #endif
     const double tflops = m.model_flops / m.seconds * 1e-12;
-    std::cout << worker::MegatronLogLine(m, a.warmup + a.steps, s * samples, samples, tflops)
+    worker::LogInterval step;  // Every step logged: an interval of one.
+    step.Add(m);
+    std::cout << worker::MegatronLogLine(step.Take(), a.warmup + a.steps, s * samples, samples,
+                                         tflops)
               << (s <= a.warmup ? " (warm-up)" : "") << "\n";
     const kernels::AllocatorStats memory = ops->allocator().stats();
     if (s == a.warmup) mallocs = memory.system_allocations;
