@@ -3,6 +3,7 @@
 #include "data/webdataset.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "absl/container/flat_hash_map.h"
@@ -170,6 +171,14 @@ absl::Status WebDatasetSource::ReadAudio(const Entry& e, Sample* sample) const {
   frames -= frames % options_.frames_per_token;
   if (frames == 0) return absl::OkStatus();  // Too short for one token: no audio.
   mel.data.resize(frames * options_.num_mel_bins);
+  // A NaN or infinity would reach the loss, skip the step (no update) and name no sample.
+  for (size_t i = 0; i < mel.data.size(); ++i) {
+    if (!std::isfinite(mel.data[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "audio '", name, "': value ", mel.data[i], " at frame ", i / options_.num_mel_bins,
+          ", mel bin ", i % options_.num_mel_bins, " is not finite"));
+    }
+  }
   sample->audio = std::move(mel.data);
   sample->audio_frames = frames;
   return absl::OkStatus();

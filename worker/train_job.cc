@@ -216,6 +216,8 @@ absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
   const int64_t interval = t.log_interval() > 0 ? t.log_interval() : 1;
   const double peak = PeakTflops(device_name, dtype);
   const int world = spec.resources().workers();
+  // Every rank reads the same shards: one says what they held (the skipped samples' counts).
+  if (logs && !trainer->data_summary().empty()) hooks.log(trainer->data_summary());
   hooks.log(absl::StrCat("training module ", rank.module(), ": ", numel,
                          " parameters on this rank, ", options.micro_batches, " micro-batches of ",
                          options.micro_batch_size, " samples per step, ", kernels::DTypeName(dtype),
@@ -263,7 +265,10 @@ absl::StatusOr<TrainingEnd> RunTraining(const v1::Assignment& assignment,
   LogInterval interval_steps;  // The steps since the last report.
   for (int64_t step = first_step; step <= t.steps(); ++step) {
     if (hooks.stopped && hooks.stopped()) return absl::CancelledError("the job was stopped");
-    MIMO_ASSIGN_OR_RETURN(const StepMetrics step_metrics, trainer->Step());
+    MIMO_ASSIGN_OR_RETURN(StepMetrics step_metrics, trainer->Step());
+    // Reports count iterations, as Megatron's: a skipped step is one too, though the optimizer's
+    // update count (the trainer's step, which the learning rate follows) stays.
+    step_metrics.step = step;
     MIMO_RETURN_IF_ERROR(background.Check());
     seconds += step_metrics.seconds;
     if (logs) interval_steps.Add(step_metrics);

@@ -110,8 +110,16 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
         absl::StrCat("TrainerOptions: start_position ", o.start_position, " < 0"));
   }
   std::unique_ptr<data::SampleSource> source;
+  std::string data_summary;
   if (o.webdataset.has_value()) {
-    MIMO_ASSIGN_OR_RETURN(source, data::WebDatasetSource::Open(*o.webdataset));
+    MIMO_ASSIGN_OR_RETURN(std::unique_ptr<data::WebDatasetSource> shards,
+                          data::WebDatasetSource::Open(*o.webdataset));
+    const data::WebDatasetStats& stats = shards->stats();
+    data_summary =
+        absl::StrCat("data: ", stats.shards, " shard(s), ", stats.members, " member(s), ",
+                     stats.samples, " sample(s) kept; skipped ", stats.without_image,
+                     " without an image and ", stats.without_caption, " without a caption");
+    source = std::move(shards);
   } else {
     MIMO_ASSIGN_OR_RETURN(source, data::SyntheticSource::Create(o.data));
   }
@@ -243,6 +251,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
   std::unique_ptr<Trainer> trainer(new Trainer(ops, model, o, std::move(modules), GradientUpdate{},
                                                std::move(dense), std::move(experts)));
   trainer->source_ = std::move(source);
+  trainer->data_summary_ = std::move(data_summary);
   trainer->prefetcher_ = std::make_unique<SamplePrefetcher>(*trainer->source_, 4);
   trainer->tokenizer_ = &tokenizer;
   trainer->owned_tokenizer_ = std::move(owned_tokenizer);

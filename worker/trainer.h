@@ -137,8 +137,8 @@ struct TrainerOptions {
 // Loss, token counts, model FLOPs and expert loads are the language ranks': 0 (empty) on
 // encoder ranks.
 struct StepMetrics {
-  int64_t step = 0;      // 1 for the first update.
-  double loss = 0;       // Mean loss per labelled token.
+  int64_t step = 0;  // The optimizer update's number, 1 for the first (a skipped step takes none).
+  double loss = 0;   // Mean loss per labelled token.
   double aux_loss = 0;   // The MoE layers' load-balancing + z losses, mean per micro-batch.
   double grad_norm = 0;  // Over the whole model, every module's gradients.
   double lr = 0;
@@ -182,6 +182,9 @@ class Trainer {
   void set_routing_log(std::vector<RoutingRecord>* log) { routing_log_ = log; }
   // Samples consumed so far by the whole group (the data position).
   int64_t position() const { return position_; }
+  // For WebDataset shards, what they held: shards, members, samples kept and skipped (for a log
+  // line); "" for the synthetic set.
+  const std::string& data_summary() const { return data_summary_; }
   // The options as resolved (the data's image and audio sizes set from the model).
   const TrainerOptions& options() const { return options_; }
   // Where the samples come from and how their captions become token ids.
@@ -268,6 +271,7 @@ class Trainer {
   std::unique_ptr<Modules> modules_;
   GradientUpdate update_;
   std::unique_ptr<data::SampleSource> source_;
+  std::string data_summary_;  // data_summary().
   std::unique_ptr<SamplePrefetcher> prefetcher_;
   std::vector<int64_t> offsets_;  // Of this step's reads from its base.
   int64_t base_ = 0;              // This step's.

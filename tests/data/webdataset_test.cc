@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <thread>
 
 #include "tests/data/test_files.h"
@@ -268,6 +269,23 @@ TEST_F(WebDatasetTest, ErrorsNameTheShardAndMember) {
   source = WebDatasetSource::Open(o);
   EXPECT_EQ(source.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(source.status().message(), HasSubstr("1 sample(s) without an image"));
+
+  // A NaN in a mel spectrogram would only show as a skipped step: the sample is an error.
+  std::vector<float> mel(8 * 4, 1.0f);
+  mel[4 * 5 + 2] = std::numeric_limits<float>::quiet_NaN();
+  WriteFile(dir_.File("nan.tar"), TarBuilder()
+                                      .File("z.png", Solid(4, 4, 1, 2, 3))
+                                      .File("z.txt", "z")
+                                      .File("z.mel.npy", MakeNpy({8, 4}, mel))
+                                      .Finish());
+  o = Options();
+  o.shards = {dir_.File("nan.tar")};
+  source = WebDatasetSource::Open(o);
+  ASSERT_TRUE(source.ok()) << source.status();
+  sample = (*source)->Get(0);
+  EXPECT_EQ(sample.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(sample.status().message(), HasSubstr(dir_.File("nan.tar") + ":z.mel.npy"));
+  EXPECT_THAT(sample.status().message(), HasSubstr("frame 5, mel bin 2 is not finite"));
 }
 
 TEST(WebDatasetOptionsTest, Validation) {
