@@ -1,5 +1,5 @@
 // ResizeAndCrop: per-axis filter taps for the cropped output pixels only, applied separably
-// (rows first, straight from the 8-bit pixels) to each plane.
+// (rows first, straight from the 8-bit pixels, only the rows the crop reads) to each plane.
 #include "data/image_resize.h"
 
 #include <algorithm>
@@ -59,17 +59,27 @@ std::vector<float> ResizeAndCrop(const DecodedImage& image, int64_t size, int64_
 
   // The planes to scale, in [0, 255]: luma or gray for one channel, else R, G, B (a gray
   // image's one plane serves all three). Rows first, read straight from the pixels, and only the
-  // rows the columns' taps use: (planes, h, size).
+  // rows the columns' taps use, packed: (planes, rows used, size). Packing keeps this
+  // intermediate near min(w, h) x size per plane, so a 67 x 1,000,000 image needs about 70
+  // rows of it and not all million (planes x h x size floats, 2.7 GB at size 224, killed
+  // workers with bad_alloc); each value is still computed as before, so results are the same.
   const int64_t planes = channels == 3 && image.channels == 3 ? 3 : 1;
   const bool luma = planes == 1 && image.channels == 3;
-  std::vector<bool> used(h, false);
+  std::vector<int64_t> used;  // Source rows read, ascending; a tap's row is its index here.
   for (const std::vector<Tap>& taps : ys) {
-    for (const Tap& t : taps) used[t.index] = true;
+    for (const Tap& t : taps) used.push_back(t.index);
   }
-  std::vector<float> rows(planes * h * size);
-  for (int64_t y = 0; y < h; ++y) {
-    if (!used[y]) continue;
-    const uint8_t* in = image.pixels.data() + y * w * image.channels;
+  std::sort(used.begin(), used.end());
+  used.erase(std::unique(used.begin(), used.end()), used.end());
+  std::vector<std::vector<Tap>> packed_ys = ys;
+  for (std::vector<Tap>& taps : packed_ys) {
+    for (Tap& t : taps)
+      t.index = std::lower_bound(used.begin(), used.end(), t.index) - used.begin();
+  }
+  const int64_t n = static_cast<int64_t>(used.size());
+  std::vector<float> rows(planes * n * size);
+  for (int64_t r = 0; r < n; ++r) {
+    const uint8_t* in = image.pixels.data() + used[r] * w * image.channels;
     for (int64_t x = 0; x < size; ++x) {
       float v[3] = {0, 0, 0};
       for (const Tap& t : xs[x]) {
@@ -80,7 +90,7 @@ std::vector<float> ResizeAndCrop(const DecodedImage& image, int64_t size, int64_
           for (int64_t c = 0; c < planes; ++c) v[c] += t.weight * px[c];
         }
       }
-      for (int64_t c = 0; c < planes; ++c) rows[(c * h + y) * size + x] = v[c];
+      for (int64_t c = 0; c < planes; ++c) rows[(c * n + r) * size + x] = v[c];
     }
   }
   std::vector<float> result(channels * size * size);
@@ -89,7 +99,7 @@ std::vector<float> ResizeAndCrop(const DecodedImage& image, int64_t size, int64_
       float* out = result.data() + (c * size + y) * size;
       for (int64_t x = 0; x < size; ++x) {
         float v = 0;
-        for (const Tap& t : ys[y]) v += t.weight * rows[(c * h + t.index) * size + x];
+        for (const Tap& t : packed_ys[y]) v += t.weight * rows[(c * n + t.index) * size + x];
         out[x] = std::clamp(v / 127.5f - 1.0f, -1.0f, 1.0f);
       }
     }
