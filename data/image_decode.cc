@@ -1,5 +1,6 @@
-// DecodeImage: libpng's simplified API for PNG; libjpeg's decompressor from memory for JPEG, its
-// fatal errors brought back with setjmp/longjmp out of C code only.
+// DecodeImage: libpng's simplified API for PNG (gAMA ignored, 16-bit samples taken as sRGB);
+// libjpeg's decompressor from memory for JPEG, its fatal errors brought back with setjmp/longjmp
+// out of C code only.
 #include "data/image_decode.h"
 
 // clang-format off
@@ -29,7 +30,28 @@ absl::Status TooLarge(absl::string_view name, int64_t width, int64_t height) {
                                                  " is more than ", kMaxImagePixels, " pixels"));
 }
 
+// The PNG without its gAMA chunk, or empty if it has none (before IDAT, where the format puts
+// it). PIL, and so torchvision's loaders, ignore gAMA, where libpng's simplified API converts
+// from the file's gamma to sRGB: an image with gAMA 1.0 came out brighter than the same pixels
+// without it. Dropping the chunk leaves the other chunks and their CRCs as they were.
+std::string WithoutGamma(absl::string_view bytes) {
+  size_t pos = sizeof(kPngSignature);
+  while (pos + 12 <= bytes.size()) {
+    const auto* p = reinterpret_cast<const unsigned char*>(bytes.data() + pos);
+    const size_t length = (size_t{p[0]} << 24) | (size_t{p[1]} << 16) | (p[2] << 8) | p[3];
+    const absl::string_view type = bytes.substr(pos + 4, 4);
+    if (type == "IDAT" || type == "IEND" || length > bytes.size() - pos - 12) break;
+    if (type == "gAMA") {
+      return absl::StrCat(bytes.substr(0, pos), bytes.substr(pos + 12 + length));
+    }
+    pos += 12 + length;
+  }
+  return "";
+}
+
 absl::StatusOr<DecodedImage> DecodePng(absl::string_view bytes, absl::string_view name) {
+  const std::string without_gamma = WithoutGamma(bytes);
+  if (!without_gamma.empty()) bytes = without_gamma;
   png_image png;
   std::memset(&png, 0, sizeof(png));
   png.version = PNG_IMAGE_VERSION;
@@ -49,6 +71,10 @@ absl::StatusOr<DecodedImage> DecodePng(absl::string_view bytes, absl::string_vie
     png_image_free(&png);
     return TooLarge(name, image.width, image.height);
   }
+  // 16-bit samples with no gAMA (now all of them) are sRGB, as PIL takes them, not linear as
+  // libpng would: a 16-bit PNG decodes to its 8-bit twin's values (value x 257 gives value),
+  // where it came out brighter.
+  png.flags |= PNG_IMAGE_FLAG_16BIT_sRGB;
   const bool color = (png.format & PNG_FORMAT_FLAG_COLOR) != 0;
   image.channels = color ? 3 : 1;
   png.format = color ? PNG_FORMAT_RGB : PNG_FORMAT_GRAY;

@@ -1,11 +1,14 @@
-// DecodeImage: PNG (RGB, gray, RGBA over white) exactly, JPEG (RGB, gray) within JPEG's error,
-// refusals of unknown, corrupt and truncated files naming the member.
+// DecodeImage: PNG (RGB, gray, RGBA over white; 16-bit as its 8-bit twin, gAMA ignored) exactly,
+// JPEG (RGB, gray) within JPEG's error, refusals of unknown, corrupt and truncated files naming the
+// member.
 #include "data/image_decode.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <png.h>
 
 #include <cstdlib>
+#include <string>
 
 #include "tests/data/test_files.h"
 
@@ -52,6 +55,68 @@ TEST(ImageDecodeTest, PngAlphaIsCompositedOntoWhite) {
   EXPECT_EQ(std::vector<uint8_t>(image->pixels.begin(), image->pixels.begin() + 6),
             (std::vector<uint8_t>{0, 255, 0, 255, 255, 255}));
   EXPECT_NEAR(image->pixels[6], 187, 3);  // sRGB blend of white and black at half coverage.
+}
+
+// A PNG of `depth` bits (8 or 16) with samples value (or value x 257 at 16 bits) of 8-bit
+// `pixels`, channels 1 or 3, with a gAMA chunk of `gamma` unless it is 0.
+std::string EncodePngOf(int width, int height, int channels, int depth,
+                        const std::vector<uint8_t>& pixels, double gamma = 0) {
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png_create_info_struct(png);
+  std::string out;
+  png_set_write_fn(
+      png, &out,
+      [](png_structp p, png_bytep data, png_size_t n) {
+        static_cast<std::string*>(png_get_io_ptr(p))->append(reinterpret_cast<char*>(data), n);
+      },
+      nullptr);
+  png_set_IHDR(png, info, width, height, depth,
+               channels == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  if (gamma != 0) png_set_gAMA(png, info, gamma);
+  png_write_info(png, info);
+  const int bytes = depth / 8;
+  std::vector<uint8_t> row(width * channels * bytes);
+  for (int y = 0; y < height; ++y) {
+    for (int i = 0; i < width * channels; ++i) {
+      const uint8_t v = pixels[y * width * channels + i];
+      for (int b = 0; b < bytes; ++b) row[i * bytes + b] = v;  // Big-endian v x 257.
+    }
+    png_write_row(png, row.data());
+  }
+  png_write_end(png, info);
+  png_destroy_write_struct(&png, &info);
+  return out;
+}
+
+TEST(ImageDecodeTest, SixteenBitPngsDecodeAsTheirEightBitTwins) {
+  // Every 8-bit value, gray and RGB: a 16-bit sample of v x 257 is v, as PIL has it (libpng took
+  // 16-bit samples with no gAMA for linear and made them brighter).
+  for (const int channels : {1, 3}) {
+    std::vector<uint8_t> pixels(16 * 16 * channels);
+    for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(i * 7 / channels);
+    auto eight = DecodeImage(EncodePngOf(16, 16, channels, 8, pixels), "s/8.png");
+    ASSERT_TRUE(eight.ok()) << eight.status();
+    EXPECT_EQ(eight->pixels, pixels);
+    auto sixteen = DecodeImage(EncodePngOf(16, 16, channels, 16, pixels), "s/16.png");
+    ASSERT_TRUE(sixteen.ok()) << sixteen.status();
+    EXPECT_EQ(sixteen->channels, channels);
+    EXPECT_EQ(sixteen->pixels, pixels) << channels << " channels";
+  }
+}
+
+TEST(ImageDecodeTest, PngGammaIsIgnoredAsPilDoes) {
+  // gAMA 1.0 (linear) or 0.8, at 8 or 16 bits: the samples as they are (libpng's simplified
+  // API converted them to sRGB).
+  std::vector<uint8_t> pixels(16 * 4 * 3);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(i * 5);
+  for (const int depth : {8, 16}) {
+    for (const double gamma : {1.0, 0.8, 1 / 2.2}) {
+      auto image = DecodeImage(EncodePngOf(16, 4, 3, depth, pixels, gamma), "s/gama.png");
+      ASSERT_TRUE(image.ok()) << image.status();
+      EXPECT_EQ(image->pixels, pixels) << depth << " bits, gAMA " << gamma;
+    }
+  }
 }
 
 TEST(ImageDecodeTest, JpegRgbAndGray) {
