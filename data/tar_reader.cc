@@ -1,16 +1,21 @@
 // TarReader: walks the 512-byte headers with pread, verifying each checksum, applying GNU long
-// names and pax records to the member that follows them.
+// names and pax records to the member that follows them; links resolved to members' data once
+// every header has been read.
 #include "data/tar_reader.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <optional>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
 
@@ -26,6 +31,7 @@ constexpr int kNameAt = 0, kNameLen = 100;
 constexpr int kSizeAt = 124, kSizeLen = 12;
 constexpr int kChecksumAt = 148, kChecksumLen = 8;
 constexpr int kTypeAt = 156;
+constexpr int kLinkNameAt = 157, kLinkNameLen = 100;
 constexpr int kMagicAt = 257;
 constexpr int kPrefixAt = 345, kPrefixLen = 155;
 
@@ -86,6 +92,7 @@ bool ChecksumMatches(const char* block, std::optional<int64_t> stored) {
 
 struct PaxRecords {
   std::optional<std::string> path;
+  std::optional<std::string> linkpath;
   std::optional<int64_t> size;
 };
 
@@ -110,8 +117,9 @@ absl::StatusOr<PaxRecords> ParsePax(absl::string_view data) {
       return absl::DataLossError(absl::StrCat("pax record at byte ", at, " has no '='"));
     }
     const absl::string_view key = record.substr(0, eq), value = record.substr(eq + 1);
-    if (key == "path") {
-      out.path = value.empty() ? std::nullopt : std::optional<std::string>(value);
+    if (key == "path" || key == "linkpath") {
+      (key == "path" ? out.path : out.linkpath) =
+          value.empty() ? std::nullopt : std::optional<std::string>(value);
     } else if (key == "size") {
       if (value.empty()) {
         out.size.reset();
@@ -129,6 +137,22 @@ absl::StatusOr<PaxRecords> ParsePax(absl::string_view data) {
     at += len;
   }
   return out;
+}
+
+// `path` with "." and empty components dropped and ".." applied, so "./a//b/../c.png" and
+// "a/c.png" name the same member; nullopt when a ".." climbs out of the archive's root.
+std::optional<std::string> Normalize(absl::string_view path) {
+  std::vector<absl::string_view> parts;
+  for (const absl::string_view part : absl::StrSplit(path, '/')) {
+    if (part.empty() || part == ".") continue;
+    if (part == "..") {
+      if (parts.empty()) return std::nullopt;
+      parts.pop_back();
+    } else {
+      parts.push_back(part);
+    }
+  }
+  return absl::StrJoin(parts, "/");
 }
 
 }  // namespace
@@ -180,7 +204,21 @@ absl::Status TarReader::Index() {
     return absl::DataLossError(absl::StrCat("tar ", path_, ": header at offset ", at, ": ", what));
   };
   std::optional<std::string> long_name;  // From a GNU 'L' entry, for the next member.
+  std::optional<std::string> long_link;  // From a GNU 'K' entry, for the next member.
   PaxRecords pax;                        // From a pax 'x' entry, for the next member.
+  // Links are members with the data of the member they name: tar stores a file that repeats as a
+  // hard link to its first copy (and folders of samples may hold symlinks), and skipping the link
+  // silently lost that sample's image or caption. A hard link names an earlier member from the
+  // archive's root; a symlink names a path relative to its own folder, anywhere in the archive.
+  // Links wait here (their member's offset -1) until every member is known: (member, target's
+  // normalized name, what it is for skipped_links_).
+  struct Link {
+    size_t member;
+    std::string target;
+    std::string description;
+  };
+  std::vector<Link> links;
+  absl::flat_hash_map<std::string, size_t> by_name;  // Normalized name: its last member so far.
   char block[kBlock];
   int64_t pos = 0;
   while (true) {
@@ -199,13 +237,14 @@ absl::Status TarReader::Index() {
     if (!header_size) return corrupt(pos, "malformed size field");
     const char type = block[kTypeAt];
     const bool regular = type == '0' || type == '\0' || type == '7';
+    const bool link = type == '1' || type == '2';
     const bool meta = type == 'L' || type == 'x' || type == 'K' || type == 'g';
     // Links, devices, directories and FIFOs have no data whatever their size field says.
     const bool has_data = !(type >= '1' && type <= '6');
     int64_t size = !has_data ? 0 : !meta && pax.size ? *pax.size : *header_size;
     const int64_t data_at = pos + kBlock;
     std::string name;
-    if (regular) {
+    if (regular || link) {
       if (pax.path) {
         name = *pax.path;
       } else if (long_name) {
@@ -223,15 +262,20 @@ absl::Status TarReader::Index() {
           " at offset ", pos, " needs ", size, " data bytes, the file ends ", file_size_ - data_at,
           " bytes after its header (truncated?)"));
     }
-    if (type == 'L' || type == 'x') {
-      if (size > (type == 'L' ? kMaxLongName : kMaxPaxHeader)) {
-        return corrupt(pos, absl::StrCat("a ", size, "-byte ", type == 'L' ? "long name" : "pax",
+    if (type == 'L' || type == 'K' || type == 'x') {
+      if (size > (type == 'x' ? kMaxPaxHeader : kMaxLongName)) {
+        return corrupt(pos, absl::StrCat("a ", size, "-byte ",
+                                         type == 'L'   ? "long name"
+                                         : type == 'K' ? "long link name"
+                                                       : "pax",
                                          " header is too large"));
       }
       std::string data(size, '\0');
       MIMO_RETURN_IF_ERROR(ReadAt(data_at, size, data.data()));
       if (type == 'L') {
         long_name = std::string(data.c_str());  // Up to its NUL.
+      } else if (type == 'K') {
+        long_link = std::string(data.c_str());
       } else {
         absl::StatusOr<PaxRecords> records = ParsePax(data);
         if (!records.ok()) return corrupt(pos, records.status().message());
@@ -239,14 +283,71 @@ absl::Status TarReader::Index() {
       }
     } else if (!meta) {
       // A member: it takes the pending long name and pax records, whatever its type.
-      if (regular && !name.empty() && name.back() != '/') {
-        members_.push_back({.name = std::move(name), .offset = data_at, .size = size});
+      if ((regular || link) && !name.empty() && name.back() != '/') {
+        const std::optional<std::string> key = Normalize(name);
+        if (regular) {
+          if (key) by_name[*key] = members_.size();
+          members_.push_back({.name = std::move(name), .offset = data_at, .size = size});
+        } else {
+          const std::string to = pax.linkpath ? *pax.linkpath
+                                 : long_link  ? *long_link
+                                              : Field(block, kLinkNameAt, kLinkNameLen);
+          std::optional<std::string> target;
+          if (type == '1') {
+            target = Normalize(to);
+          } else if (!to.empty() && to[0] != '/') {
+            const size_t slash = name.rfind('/');
+            target = Normalize(
+                absl::StrCat(slash == std::string::npos ? "" : name.substr(0, slash + 1), to));
+          }
+          // A hard link takes the member named so far (a later one of that name is not it).
+          const auto earlier = target ? by_name.find(*target) : by_name.end();
+          std::string description = absl::StrCat(
+              "'", name, "' (", type == '1' ? "hard link" : "symlink", " to '", to, "')");
+          if (!target) {
+            skipped_links_.push_back(absl::StrCat(
+                description, to.empty() ? ": has no target" : ": outside the archive"));
+          } else if (type == '1' && earlier == by_name.end()) {
+            skipped_links_.push_back(absl::StrCat(description, ": names no earlier member"));
+          } else if (type == '1' && members_[earlier->second].offset >= 0) {
+            const TarMember& from = members_[earlier->second];
+            if (key) by_name[*key] = members_.size();
+            members_.push_back({.name = std::move(name), .offset = from.offset, .size = from.size});
+          } else {  // A symlink, or a hard link to one: resolved once all members are known.
+            links.push_back({.member = members_.size(),
+                             .target = *std::move(target),
+                             .description = std::move(description)});
+            if (key) by_name[*key] = members_.size();
+            members_.push_back({.name = std::move(name), .offset = -1, .size = 0});
+          }
+        }
       }
       long_name.reset();
+      long_link.reset();
       pax = PaxRecords();
     }
     pos = data_at + RoundUp(size);
   }
+  // Links to links resolve once their targets have: pass until nothing changes (a cycle, or a
+  // chain to no member, stays unresolved).
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (Link& l : links) {
+      if (members_[l.member].offset >= 0) continue;
+      const auto it = by_name.find(l.target);
+      if (it == by_name.end() || members_[it->second].offset < 0) continue;
+      members_[l.member].offset = members_[it->second].offset;
+      members_[l.member].size = members_[it->second].size;
+      changed = true;
+    }
+  }
+  for (const Link& l : links) {
+    if (members_[l.member].offset >= 0) continue;
+    skipped_links_.push_back(absl::StrCat(l.description, ": names no member of it"));
+  }
+  members_.erase(std::remove_if(members_.begin(), members_.end(),
+                                [](const TarMember& m) { return m.offset < 0; }),
+                 members_.end());
   return absl::OkStatus();
 }
 

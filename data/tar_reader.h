@@ -19,10 +19,14 @@ struct TarMember {
   int64_t size = 0;    // Data bytes.
 };
 
-// Reads POSIX ustar (name prefixes), GNU (long names, 'L'; base-256 sizes) and pax ('x' headers'
-// `path` and `size`) archives. Indexes regular files (types '0', '\0' and '7') in archive order;
-// skips directories, links, devices, FIFOs, GNU long link names ('K'), global pax headers ('g')
-// and unknown types. Every header's checksum is verified; the archive must end with an
+// Reads POSIX ustar (name prefixes), GNU (long names, 'L'; long link names, 'K'; base-256 sizes)
+// and pax ('x' headers' `path`, `linkpath` and `size`) archives. Indexes regular files (types
+// '0', '\0' and '7') in archive order, and links as members with the data of the member they
+// name: a hard link ('1') the earlier member of its target's name, a symlink ('2') the member its
+// target names relative to the symlink's folder (following symlinks to symlinks). Links that name
+// no member (absolute, outside the archive, missing, a cycle) are left out and listed in
+// skipped_links(). Skips directories, devices, FIFOs, global pax headers ('g') and unknown
+// types. Every header's checksum is verified; the archive must end with an
 // end-of-archive (all-zero) block. Thread-safe once opened: members() is immutable and Read is
 // a pread on the one descriptor, which stays open until the reader is destroyed.
 class TarReader {
@@ -37,6 +41,8 @@ class TarReader {
   const std::string& path() const { return path_; }
   int64_t file_size() const { return file_size_; }
   const std::vector<TarMember>& members() const { return members_; }
+  // The links left out of members(), each "'NAME' (hard link|symlink to 'TARGET'): WHY".
+  const std::vector<std::string>& skipped_links() const { return skipped_links_; }
 
   // The data of `member` (one of members()). DataLoss when the file has shrunk since Open;
   // the errno's status when pread fails.
@@ -51,6 +57,7 @@ class TarReader {
   int fd_ = -1;
   int64_t file_size_ = 0;
   std::vector<TarMember> members_;
+  std::vector<std::string> skipped_links_;
 };
 
 }  // namespace mimo::data

@@ -1,6 +1,7 @@
 // TarReader on archives the test writes: plain, ustar-prefixed, GNU long and pax names, base-256
-// sizes; directories and links skipped; corrupt checksums, truncated files and missing ones
-// refused with the file and offset named; members read back by pread, also from many threads.
+// sizes; directories skipped, hard links and symlinks given their targets' data (or listed when
+// they name no member); corrupt checksums, truncated files and missing ones refused with the
+// file and offset named; members read back by pread, also from many threads.
 #include "data/tar_reader.h"
 
 #include <gmock/gmock.h>
@@ -13,7 +14,9 @@
 namespace mimo::data {
 namespace {
 
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Pair;
 using testing::PatternBytes;
 using testing::TarBuilder;
 using testing::TempDir;
@@ -59,6 +62,55 @@ TEST(TarReaderTest, IndexesRegularFilesOfEveryNameStyle) {
   EXPECT_EQ(*(*reader)->Read(m[4]), "");
   EXPECT_EQ(*(*reader)->Read(m[5]), PatternBytes(700, 5));
   EXPECT_EQ((*reader)->file_size(), static_cast<int64_t>(archive.size()));
+}
+
+TEST(TarReaderTest, LinksAreMembersWithTheirTargetsData) {
+  // A hard link names an earlier member from the root; a symlink a member relative to its own
+  // folder, earlier or later, through other symlinks. Both used to be skipped, so their samples
+  // lost an image or caption without a word.
+  TempDir dir;
+  const std::string long_target = std::string(110, 'l') + "/0002.txt";
+  const std::string archive =
+      TarBuilder()
+          .File("s/0000.png", "png zero")
+          .File("s/0000.txt", "caption zero")
+          .Link("s/0001.png", '1', "s/0000.png")                       // 2
+          .Link("s/0001.txt", '1', "./s/0000.txt")                     // 3
+          .Link("s/0002.png", '2', "0000.png")                         // 4: same folder.
+          .Link("t/0003.png", '2', "../s/0000.png")                    // 5
+          .Link("t/0004.png", '2', "0005.png")                         // 6: a later member.
+          .Link("t/0004.txt", '2', "../t/0003.png")                    // 7: a symlink to a symlink.
+          .File("t/0005.png", "png five")                              // 8
+          .File(long_target, "long", TarBuilder::NameStyle::kGnuLong)  // 9
+          .Link("t/0006.txt", '2', "../" + long_target, /*gnu_long_target=*/true)  // 10
+          .Link("s/0007.png", '1', "s/later.png")  // Skipped: not earlier.
+          .Link("s/0008.png", '2', "/etc/passwd")  // Skipped: absolute.
+          .Link("s/0009.png", '2', "../../x.png")  // Skipped: outside the archive.
+          .Link("s/0010.png", '2', "missing.png")  // Skipped: no such member.
+          .Link("s/0011.png", '2', "0012.png")     // Skipped: a cycle.
+          .Link("s/0012.png", '2', "0011.png")
+          .File("s/later.png", "later")
+          .Finish();
+  const std::string path = dir.File("links.tar");
+  WriteFile(path, archive);
+  auto reader = TarReader::Open(path);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  const std::vector<TarMember>& m = (*reader)->members();
+  std::vector<std::pair<std::string, std::string>> got;
+  for (const TarMember& member : m) got.emplace_back(member.name, *(*reader)->Read(member));
+  EXPECT_THAT(got, ElementsAre(Pair("s/0000.png", "png zero"), Pair("s/0000.txt", "caption zero"),
+                               Pair("s/0001.png", "png zero"), Pair("s/0001.txt", "caption zero"),
+                               Pair("s/0002.png", "png zero"), Pair("t/0003.png", "png zero"),
+                               Pair("t/0004.png", "png five"), Pair("t/0004.txt", "png zero"),
+                               Pair("t/0005.png", "png five"), Pair(long_target, "long"),
+                               Pair("t/0006.txt", "long"), Pair("s/later.png", "later")));
+  EXPECT_THAT((*reader)->skipped_links(),
+              ElementsAre("'s/0007.png' (hard link to 's/later.png'): names no earlier member",
+                          "'s/0008.png' (symlink to '/etc/passwd'): outside the archive",
+                          "'s/0009.png' (symlink to '../../x.png'): outside the archive",
+                          "'s/0010.png' (symlink to 'missing.png'): names no member of it",
+                          "'s/0011.png' (symlink to '0012.png'): names no member of it",
+                          "'s/0012.png' (symlink to '0011.png'): names no member of it"));
 }
 
 TEST(TarReaderTest, ConcurrentReadsSeeTheirOwnMembers) {

@@ -8,6 +8,7 @@
 // clang-format on
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -107,6 +108,25 @@ TarBuilder& TarBuilder::File(const std::string& name, const std::string& data, N
 
 TarBuilder& TarBuilder::Special(const std::string& name, char type) {
   Header(name, "", 0, type);
+  return *this;
+}
+
+TarBuilder& TarBuilder::Link(const std::string& name, char type, const std::string& target,
+                             bool gnu_long_target) {
+  if (gnu_long_target) {
+    Header("././@LongLink", "", static_cast<int64_t>(target.size() + 1), 'K');
+    Data(target + std::string(1, '\0'));
+  }
+  Header(name, "", 0, type);
+  // TarHeaderBlock has no link name: written into the block here, and the checksum redone.
+  char* block = out_.data() + out_.size() - kTarBlockSize;
+  std::memset(block + 157, 0, 100);
+  std::memcpy(block + 157, target.data(),
+              std::min<size_t>(target.size(), gnu_long_target ? 99 : 100));
+  std::memset(block + kTarChecksumOffset, ' ', kTarChecksumWidth);
+  unsigned sum = 0;
+  for (int64_t i = 0; i < kTarBlockSize; ++i) sum += static_cast<unsigned char>(block[i]);
+  std::snprintf(block + kTarChecksumOffset, kTarChecksumWidth, "%06o", sum);  // Then NUL, space.
   return *this;
 }
 

@@ -45,6 +45,10 @@ class TarBuilder {
                    NameStyle style = NameStyle::kPlain);
   // A member of any type with no data (directories '5', symlinks '2', ...).
   TarBuilder& Special(const std::string& name, char type);
+  // A hard link ('1') or symlink ('2') to `target`, in the header's link name field (up to 100
+  // bytes), or in a GNU 'K' member before it when `gnu_long_target`.
+  TarBuilder& Link(const std::string& name, char type, const std::string& target,
+                   bool gnu_long_target = false);
   // A regular file whose size field is written in GNU base-256.
   TarBuilder& Base256File(const std::string& name, const std::string& data);
   // The archive: the members and two zero blocks.
