@@ -91,6 +91,7 @@ struct JpegErrors {
   jpeg_error_mgr manager;
   std::jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
+  bool ended_early = false;  // JWRN_JPEG_EOF came: the data ended before an EOI marker.
 };
 
 void JpegErrorExit(j_common_ptr cinfo) {
@@ -99,11 +100,31 @@ void JpegErrorExit(j_common_ptr cinfo) {
   std::longjmp(errors->jump, 1);
 }
 
-// Warnings of missing data (a truncated file, a segment cut short) are fatal, where libjpeg
-// would fill the rest of the image with gray; others (e.g. extraneous bytes) are ignored.
+// Warnings of missing data (a segment cut short) are fatal, where libjpeg would fill the rest of
+// the image with gray; others (e.g. extraneous bytes) are ignored. The end of the data before an
+// EOI marker is noted and judged once decoding is done: a file missing only its final EOI (common
+// in scraped data; PIL accepts it) has all its pixels, and a cut inside a scan's data also brings
+// JWRN_HIT_MARKER when the decoder wants the missing bits.
 void JpegMessage(j_common_ptr cinfo, int level) {
   const int code = cinfo->err->msg_code;
-  if (level < 0 && (code == JWRN_JPEG_EOF || code == JWRN_HIT_MARKER)) JpegErrorExit(cinfo);
+  if (level >= 0) return;
+  if (code == JWRN_JPEG_EOF) {
+    reinterpret_cast<JpegErrors*>(cinfo->err)->ended_early = true;
+  } else if (code == JWRN_HIT_MARKER) {
+    JpegErrorExit(cinfo);
+  }
+}
+
+// Whether a progressive JPEG's scans gave every coefficient its last bit: one cut between scans
+// ends with no cut scan (so no JWRN_HIT_MARKER) yet lacks the detail of those after it.
+bool AllScansRead(const jpeg_decompress_struct& cinfo) {
+  if (!cinfo.progressive_mode) return true;
+  for (int c = 0; c < cinfo.num_components; ++c) {
+    for (int k = 0; k < DCTSIZE2; ++k) {
+      if (cinfo.coef_bits[c][k] != 0) return false;
+    }
+  }
+  return true;
 }
 
 // Decodes into `image` (its pixels sized here); false with `errors->message` set on failure.
@@ -158,6 +179,11 @@ bool DecodeJpegInto(absl::string_view bytes, DecodedImage* image, bool* too_larg
         out[3 * x + c] = static_cast<uint8_t>((ink * k + 127) / 255);
       }
     }
+  }
+  if (errors->ended_early && !AllScansRead(cinfo)) {
+    std::strcpy(errors->message, "the data ends before its last scan (truncated file)");
+    jpeg_destroy_decompress(&cinfo);
+    return false;
   }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);

@@ -139,6 +139,36 @@ TEST(ImageDecodeTest, JpegRgbAndGray) {
   }
 }
 
+TEST(ImageDecodeTest, JpegMissingOnlyItsEoiMarkerDecodes) {
+  // Common in scraped data, and PIL reads them: all the pixels are there (baseline and
+  // progressive, gray and RGB). "Premature end of JPEG file" failed the whole job.
+  for (const bool progressive : {false, true}) {
+    for (const int channels : {1, 3}) {
+      const std::string jpeg = EncodeJpeg(16, 8, channels, Halves(channels), 95, progressive);
+      ASSERT_EQ(jpeg.substr(jpeg.size() - 2), "\xff\xd9");
+      auto whole = DecodeImage(jpeg, "s/whole.jpg");
+      ASSERT_TRUE(whole.ok()) << whole.status();
+      auto cut = DecodeImage(jpeg.substr(0, jpeg.size() - 2), "s/no_eoi.jpg");
+      ASSERT_TRUE(cut.ok()) << cut.status() << (progressive ? " progressive" : " baseline");
+      EXPECT_EQ(cut->pixels, whole->pixels);
+    }
+  }
+  // Cut a scan short, or between a progressive JPEG's scans (before its last SOS marker): still
+  // refused, as pixels (or their detail) are missing.
+  for (const bool progressive : {false, true}) {
+    const std::string jpeg = EncodeJpeg(16, 8, 3, Halves(3), 95, progressive);
+    auto image = DecodeImage(jpeg.substr(0, jpeg.size() - 40), "s/short.jpg");
+    EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument) << progressive;
+    EXPECT_THAT(image.status().message(), HasSubstr("s/short.jpg"));
+  }
+  const std::string progressive = EncodeJpeg(16, 8, 3, Halves(3), 95, true);
+  const size_t last_scan = progressive.rfind("\xff\xda");
+  ASSERT_NE(last_scan, std::string::npos);
+  auto image = DecodeImage(progressive.substr(0, last_scan), "s/scans.jpg");
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("before its last scan"));
+}
+
 TEST(ImageDecodeTest, RefusesUnknownCorruptAndTruncatedFiles) {
   auto image = DecodeImage("GIF89a....", "shard-003.tar:0001.gif");
   EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);

@@ -145,7 +145,7 @@ std::string EncodePng(int width, int height, int channels, const std::vector<uin
 }
 
 std::string EncodeJpeg(int width, int height, int channels, const std::vector<uint8_t>& pixels,
-                       int quality) {
+                       int quality, bool progressive) {
   jpeg_compress_struct cinfo;
   jpeg_error_mgr errors;
   cinfo.err = jpeg_std_error(&errors);  // Exits on error: fine for a test's own encoder.
@@ -159,6 +159,7 @@ std::string EncodeJpeg(int width, int height, int channels, const std::vector<ui
   cinfo.in_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_set_defaults(&cinfo);
   jpeg_set_quality(&cinfo, quality, TRUE);
+  if (progressive) jpeg_simple_progression(&cinfo);
   jpeg_start_compress(&cinfo, TRUE);
   while (cinfo.next_scanline < cinfo.image_height) {
     JSAMPROW row =

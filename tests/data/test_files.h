@@ -64,9 +64,9 @@ class TarBuilder {
 
 // 8-bit images, pixels (height, width, channels) with channels 1 (gray), 3 (RGB) or 4 (RGBA).
 std::string EncodePng(int width, int height, int channels, const std::vector<uint8_t>& pixels);
-// channels 1 or 3; quality 1..100.
+// channels 1 or 3; quality 1..100; progressive: libjpeg's simple progression of scans.
 std::string EncodeJpeg(int width, int height, int channels, const std::vector<uint8_t>& pixels,
-                       int quality = 95);
+                       int quality = 95, bool progressive = false);
 
 // A .npy file: dtype "<f4" or "<f2" (values converted; pick ones float16 holds exactly),
 // `header_dict` replaces the generated dict when not empty; version 1 or 2.
