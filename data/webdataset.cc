@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <limits>
+#include <system_error>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -60,13 +62,22 @@ absl::StatusOr<std::unique_ptr<WebDatasetSource>> WebDatasetSource::Open(
     const WebDatasetOptions& options) {
   MIMO_RETURN_IF_ERROR(ValidateWebDatasetOptions(options));
   std::unique_ptr<WebDatasetSource> source(new WebDatasetSource(options));
-  absl::flat_hash_set<std::string> seen;
+  // Shards are compared by the file they name: compared as strings, "/a/good.tar",
+  // "/a/./good.tar", "/a/b/../good.tar" and a symlink to it were four shards, and the file was
+  // read twice. weakly_canonical resolves what exists; a path it cannot take is compared
+  // lexically normalized (and fails at its Open below if it is missing).
+  absl::flat_hash_map<std::string, std::string> seen;  // Canonical path: the path as named.
   for (const std::string& pattern : options.shards) {
     MIMO_ASSIGN_OR_RETURN(std::vector<std::string> paths, ExpandBraces(pattern));
     for (std::string& path : paths) {
-      if (!seen.insert(path).second) {
+      std::error_code error;
+      std::filesystem::path canonical = std::filesystem::weakly_canonical(path, error);
+      if (error) canonical = std::filesystem::path(path).lexically_normal();
+      const auto [it, inserted] = seen.try_emplace(canonical.string(), path);
+      if (!inserted) {
         return absl::InvalidArgumentError(
-            absl::StrCat("WebDatasetOptions: shard ", path, " is named twice"));
+            absl::StrCat("WebDatasetOptions: shard ", path, " is named twice",
+                         it->second == path ? "" : absl::StrCat(" (also as ", it->second, ")")));
       }
       source->paths_.push_back(std::move(path));
     }

@@ -9,9 +9,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <limits>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "tests/data/test_files.h"
 
 namespace mimo::data {
@@ -238,6 +240,18 @@ TEST_F(WebDatasetTest, ErrorsNameTheShardAndMember) {
   EXPECT_THAT(source.status().message(), HasSubstr(dir_.File("shard-2.tar")));
 
   o.shards = {dir_.File("shard-0.tar"), dir_.path() + "/shard-{0,1}.tar"};
+  EXPECT_THAT(WebDatasetSource::Open(o).status().message(), HasSubstr("named twice"));
+  // Other spellings of one file are the same shard (they were read twice).
+  std::filesystem::create_directory(dir_.File("sub"));
+  std::filesystem::create_symlink(dir_.File("shard-1.tar"), dir_.File("link.tar"));
+  for (const std::string& other : {dir_.path() + "/./shard-0.tar", dir_.path() + "//shard-0.tar",
+                                   dir_.path() + "/sub/../shard-0.tar"}) {
+    o.shards = {dir_.File("shard-0.tar"), other};
+    EXPECT_THAT(WebDatasetSource::Open(o).status().message(),
+                HasSubstr(absl::StrCat("shard ", other, " is named twice (also as ",
+                                       dir_.File("shard-0.tar"), ")")));
+  }
+  o.shards = {dir_.path() + "/shard-{0,1}.tar", dir_.File("link.tar")};
   EXPECT_THAT(WebDatasetSource::Open(o).status().message(), HasSubstr("named twice"));
   o.shards = {dir_.path() + "/shard-{0..1.tar"};
   EXPECT_EQ(WebDatasetSource::Open(o).status().code(), absl::StatusCode::kInvalidArgument);
