@@ -109,6 +109,11 @@ absl::Status WebDatasetSource::IndexShard(int32_t shard) {
     return absl::InvalidArgumentError(absl::StrCat("shard ", paths_[shard], ": too many members"));
   }
   stats_.members += static_cast<int64_t>(members.size());
+  const std::vector<std::string>& links = readers_[shard]->skipped_links();
+  stats_.unresolved_links += static_cast<int64_t>(links.size());
+  if (stats_.first_unresolved_link.empty() && !links.empty()) {
+    stats_.first_unresolved_link = absl::StrCat(paths_[shard], ": ", links.front());
+  }
   // Members by key, in order of the key's first appearance: (extension, member index) pairs.
   absl::flat_hash_map<std::string, size_t> slot;
   std::vector<std::vector<std::pair<std::string, int32_t>>> groups;

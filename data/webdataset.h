@@ -52,6 +52,10 @@ struct WebDatasetStats {
   // Skipped: require_caption and the sample has no txt or caption member, or it has nothing
   // the model reads at all (no used image or audio, no caption).
   int64_t without_caption = 0;
+  // Links in the shards that name no member (TarReader::skipped_links), left out, and the first
+  // of them ("shard: 'NAME' (symlink to 'TARGET'): why"), for a log line.
+  int64_t unresolved_links = 0;
+  std::string first_unresolved_link;
 };
 
 // Grouping, as WebDataset does it: a member's key is its directory and file name up to the

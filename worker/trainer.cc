@@ -119,6 +119,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
         absl::StrCat("data: ", stats.shards, " shard(s), ", stats.members, " member(s), ",
                      stats.samples, " sample(s) kept; skipped ", stats.without_image,
                      " without an image and ", stats.without_caption, " without a caption");
+    if (stats.unresolved_links > 0) {
+      absl::StrAppend(&data_summary, "; left out ", stats.unresolved_links,
+                      " link(s) naming no member, the first ", stats.first_unresolved_link);
+    }
     source = std::move(shards);
   } else {
     MIMO_ASSIGN_OR_RETURN(source, data::SyntheticSource::Create(o.data));

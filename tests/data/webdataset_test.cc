@@ -284,6 +284,22 @@ TEST_F(WebDatasetTest, ErrorsNameTheShardAndMember) {
   EXPECT_EQ(source.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(source.status().message(), HasSubstr("1 sample(s) without an image"));
 
+  // A link naming no member is left out, counted and named for the job's log.
+  WriteFile(dir_.File("links.tar"), TarBuilder()
+                                        .File("a.png", Solid(4, 4, 1, 2, 3))
+                                        .File("a.txt", "a")
+                                        .Link("b.png", '2', "missing.png")
+                                        .File("b.txt", "b")
+                                        .Finish());
+  o = Options();
+  o.shards = {dir_.File("links.tar")};
+  source = WebDatasetSource::Open(o);
+  ASSERT_TRUE(source.ok()) << source.status();
+  EXPECT_EQ((*source)->stats().unresolved_links, 1);
+  EXPECT_THAT((*source)->stats().first_unresolved_link,
+              HasSubstr(dir_.File("links.tar") + ": 'b.png' (symlink to 'missing.png')"));
+  EXPECT_EQ((*source)->stats().without_image, 1);  // b lost its image.
+
   // A NaN in a mel spectrogram would only show as a skipped step: the sample is an error.
   std::vector<float> mel(8 * 4, 1.0f);
   mel[4 * 5 + 2] = std::numeric_limits<float>::quiet_NaN();
