@@ -109,7 +109,9 @@ absl::Status Run(const Args& a) {
 #endif
     const double tflops = m.model_flops / m.seconds * 1e-12;
     worker::LogInterval step;  // Every step logged: an interval of one.
-    step.Add(m);
+    worker::StepMetrics iteration = m;
+    iteration.step = s;  // The iteration, as RunTraining reports (a skipped step is one).
+    step.Add(iteration);
     std::cout << worker::MegatronLogLine(step.Take(), a.warmup + a.steps, s * samples, samples,
                                          tflops)
               << (s <= a.warmup ? " (warm-up)" : "") << "\n";

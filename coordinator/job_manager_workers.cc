@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "coordinator/job_manager.h"
 #include "coordinator/job_state.h"
+#include "coordinator/message_limits.h"
 #include "coordinator/plan_proto.h"
 #include "google/protobuf/util/time_util.h"
 
@@ -227,6 +228,9 @@ absl::StatusOr<JobManager::Active*> JobManager::BoundAttempt(const std::string& 
 }
 
 absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, absl::Time now) {
+  // A worker's message becomes the job's failure message or state_reason, in every list page and
+  // watch of it: bounded as a user's reason is (kMaxReasonBytes), its start kept.
+  const std::string message(absl::string_view(request.message()).substr(0, kMaxReasonBytes));
   // Stored states drive the job's transitions, so only known ones are accepted.
   if (request.state() == v1::WORKER_STATE_UNSPECIFIED) {
     return absl::InvalidArgumentError("state is unspecified");
@@ -303,7 +307,7 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
         absl::StrCat("rank ", request.rank(),
                      unasked_stop ? " stopped before the job ended"
                                   : absl::StrCat(" failed (exit code ", request.exit_code(), ")"),
-                     request.message().empty() ? "" : ": ", request.message()));
+                     message.empty() ? "" : ": ", message));
     failure.set_exit_code(request.exit_code());
     failure.set_rank(request.rank());
     MIMO_RETURN_IF_ERROR(FailAttempt(job, failure, Retry::kIfAllowed, now));
@@ -315,7 +319,7 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     // Rank 0 reports last of a save, once the checkpoint is committed.
     v1::Failure failure;
     failure.set_reason("PREEMPTED");
-    failure.set_message(request.message());
+    failure.set_message(message);
     failure.set_rank(request.rank());
     MIMO_RETURN_IF_ERROR(FailAttempt(job, failure, Retry::kPreempted, now));
     Schedule(now);
@@ -327,8 +331,7 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     const std::string& reason = job.checkpoint_request().reason();
     MIMO_RETURN_IF_ERROR(Transition(
         job, v1::JOB_STATE_CANCELLING,
-        absl::StrCat(request.message().empty() ? "stopped after a checkpoint as requested"
-                                               : request.message(),
+        absl::StrCat(message.empty() ? "stopped after a checkpoint as requested" : message,
                      reason.empty() ? "" : ": ", reason),
         now));
     (*active)->cancel_deadline = now + options_.cancel_grace;

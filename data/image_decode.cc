@@ -36,17 +36,22 @@ absl::Status TooLarge(absl::string_view name, int64_t width, int64_t height) {
 // without it. Dropping the chunk leaves the other chunks and their CRCs as they were.
 std::string WithoutGamma(absl::string_view bytes) {
   size_t pos = sizeof(kPngSignature);
+  std::string out;  // The bytes kept so far, once a gAMA chunk was found.
+  size_t kept = 0;  // Of `bytes`, up to here copied to `out` or dropped.
   while (pos + 12 <= bytes.size()) {
     const auto* p = reinterpret_cast<const unsigned char*>(bytes.data() + pos);
     const size_t length = (size_t{p[0]} << 24) | (size_t{p[1]} << 16) | (p[2] << 8) | p[3];
     const absl::string_view type = bytes.substr(pos + 4, 4);
     if (type == "IDAT" || type == "IEND" || length > bytes.size() - pos - 12) break;
-    if (type == "gAMA") {
-      return absl::StrCat(bytes.substr(0, pos), bytes.substr(pos + 12 + length));
+    if (type == "gAMA") {  // Every one: a second would be applied where the first was dropped.
+      absl::StrAppend(&out, bytes.substr(kept, pos - kept));
+      kept = pos + 12 + length;
     }
     pos += 12 + length;
   }
-  return "";
+  if (kept == 0) return "";
+  absl::StrAppend(&out, bytes.substr(kept));
+  return out;
 }
 
 absl::StatusOr<DecodedImage> DecodePng(absl::string_view bytes, absl::string_view name) {

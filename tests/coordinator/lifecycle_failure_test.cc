@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "coordinator/message_limits.h"
 #include "google/protobuf/util/time_util.h"
 #include "tests/coordinator/lifecycle_fixture.h"
 
@@ -28,6 +29,19 @@ TEST_F(LifecycleTest, WorkerFailureFailsTheJobNamingTheRank) {
   EXPECT_THAT(failed.failure().message(), HasSubstr("rank 2 failed (exit code 137): killed"));
   // The other ranks are told to stop.
   EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+}
+
+TEST_F(LifecycleTest, AWorkersLongMessageIsCutToTheReasonLimit) {
+  const v1::Job job = Submit(SmallSpec());
+  auto workers = Workers(4);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  const std::string message = "first line\n" + std::string(100'000, 'x');
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, message).ok());
+  const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(failed.failure().message(), HasSubstr("rank 1 failed (exit code 1): first line"));
+  // Within a list page's share: the message's start, at most kMaxReasonBytes of it.
+  EXPECT_LT(failed.failure().message().size(), kMaxReasonBytes + 64);
 }
 
 TEST_F(LifecycleTest, ADeadWorkerWhosePeersFailedFirstIsNamedAsTheCause) {
@@ -328,11 +342,12 @@ TEST_F(LifecycleTest, ASilentIdleWorkerGetsNoRank) {
 TEST_F(LifecycleTest, AnIdleWorkerWithLateHeartbeatsStillGetsARank) {
   ServerOptions options = FastOptions(db_path_);
   options.manager.heartbeat_interval = absl::Milliseconds(100);
-  options.manager.heartbeat_timeout = absl::Seconds(2);
+  options.manager.heartbeat_timeout = absl::Seconds(4);
   StopServer();
   StartServer(options);
   auto workers = Workers(4);
-  absl::SleepFor(absl::Milliseconds(1200));  // Past half the timeout, short of 1.9 s.
+  for (auto& w : workers) w->Heartbeat();  // Each silent from here: a margin of 1.4 s.
+  absl::SleepFor(absl::Milliseconds(2500));  // Past half the timeout, short of 3.9 s.
   const v1::Job job = Submit(SmallSpec());
   EXPECT_EQ(job.state(), v1::JOB_STATE_SCHEDULED) << job.state_reason();
 }

@@ -117,6 +117,15 @@ TEST(ImageDecodeTest, PngGammaIsIgnoredAsPilDoes) {
       EXPECT_EQ(image->pixels, pixels) << depth << " bits, gAMA " << gamma;
     }
   }
+  // A malformed file with its gAMA chunk twice: neither applies.
+  std::string png = EncodePngOf(16, 4, 3, 8, pixels, 1.0);
+  const size_t at = png.find("gAMA");
+  ASSERT_NE(at, std::string::npos);
+  const std::string chunk = png.substr(at - 4, 16);  // Length, type, 4 bytes of gamma, CRC.
+  png.insert(at - 4 + 16, chunk);
+  auto image = DecodeImage(png, "s/two_gama.png");
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->pixels, pixels);
 }
 
 TEST(ImageDecodeTest, JpegRgbAndGray) {
