@@ -25,6 +25,10 @@ namespace {
 constexpr int64_t kBlock = 512;
 constexpr int64_t kMaxLongName = 64 << 10;  // Bytes of a GNU long name or pax header at most.
 constexpr int64_t kMaxPaxHeader = 1 << 20;
+// A link whose target is no member of its own (yet).
+constexpr size_t kNoMember = static_cast<size_t>(-1);
+// Links followed from one link at most, as Linux follows at most 40 symlinks in a path.
+constexpr size_t kMaxLinkHops = 40;
 
 // Header fields: offset and width.
 constexpr int kNameAt = 0, kNameLen = 100;
@@ -216,6 +220,9 @@ absl::Status TarReader::Index() {
     size_t member;
     std::string target;
     std::string description;
+    // A hard link to a pending symlink: the member its name named then (a later member of that
+    // name is not it). kNoMember: resolved by `target`.
+    size_t target_member = kNoMember;
   };
   std::vector<Link> links;
   absl::flat_hash_map<std::string, size_t> by_name;  // Normalized name: its last member so far.
@@ -305,10 +312,10 @@ absl::Status TarReader::Index() {
           std::string description = absl::StrCat(
               "'", name, "' (", type == '1' ? "hard link" : "symlink", " to '", to, "')");
           if (!target) {
-            skipped_links_.push_back(absl::StrCat(
-                description, to.empty() ? ": has no target" : ": outside the archive"));
+            SkipLink(absl::StrCat(description,
+                                  to.empty() ? ": has no target" : ": outside the archive"));
           } else if (type == '1' && earlier == by_name.end()) {
-            skipped_links_.push_back(absl::StrCat(description, ": names no earlier member"));
+            SkipLink(absl::StrCat(description, ": names no earlier member"));
           } else if (type == '1' && members_[earlier->second].offset >= 0) {
             const TarMember& from = members_[earlier->second];
             if (key) by_name[*key] = members_.size();
@@ -316,7 +323,8 @@ absl::Status TarReader::Index() {
           } else {  // A symlink, or a hard link to one: resolved once all members are known.
             links.push_back({.member = members_.size(),
                              .target = *std::move(target),
-                             .description = std::move(description)});
+                             .description = std::move(description),
+                             .target_member = type == '1' ? earlier->second : kNoMember});
             if (key) by_name[*key] = members_.size();
             members_.push_back({.name = std::move(name), .offset = -1, .size = 0});
           }
@@ -328,27 +336,71 @@ absl::Status TarReader::Index() {
     }
     pos = data_at + RoundUp(size);
   }
-  // Links to links resolve once their targets have: pass until nothing changes (a cycle, or a
-  // chain to no member, stays unresolved).
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (Link& l : links) {
-      if (members_[l.member].offset >= 0) continue;
-      const auto it = by_name.find(l.target);
-      if (it == by_name.end() || members_[it->second].offset < 0) continue;
-      members_[l.member].offset = members_[it->second].offset;
-      members_[l.member].size = members_[it->second].size;
-      changed = true;
+  // Links to links: each chain is walked once and every link on it takes its end's data, so L
+  // chained links cost L steps (not L passes over them; at most kMaxLinkHops each where chains
+  // are longer than that). A cycle, a link more than kMaxLinkHops links from its end (the
+  // kernel's symlink limit) or a chain ending at no member stays unresolved.
+  absl::flat_hash_map<size_t, size_t> link_of_member;
+  for (size_t i = 0; i < links.size(); ++i) link_of_member[links[i].member] = i;
+  enum : uint8_t { kNew, kWalking, kDone };
+  std::vector<uint8_t> state(links.size(), kNew);
+  std::vector<size_t> chain;
+  for (size_t i = 0; i < links.size(); ++i) {
+    chain.clear();
+    int64_t offset = -1, size = 0;
+    for (size_t j = i;;) {
+      if (state[j] == kDone) {
+        offset = members_[links[j].member].offset;
+        size = members_[links[j].member].size;
+        break;
+      }
+      if (state[j] == kWalking || chain.size() >= kMaxLinkHops) break;
+      state[j] = kWalking;
+      chain.push_back(j);
+      size_t to = links[j].target_member;
+      if (to == kNoMember) {
+        const auto it = by_name.find(links[j].target);
+        if (it == by_name.end()) break;
+        to = it->second;
+      }
+      if (members_[to].offset >= 0) {
+        offset = members_[to].offset;
+        size = members_[to].size;
+        break;
+      }
+      const auto next = link_of_member.find(to);
+      if (next == link_of_member.end()) break;
+      j = next->second;
+    }
+    if (chain.size() >= kMaxLinkHops && offset < 0) {
+      // Too long from link i; the others on the way may be near enough their end: walked again.
+      for (const size_t c : chain) state[c] = kNew;
+      chain.assign(1, i);
+    }
+    for (const size_t c : chain) {
+      members_[links[c].member].offset = offset;
+      members_[links[c].member].size = size;
+      state[c] = kDone;
     }
   }
   for (const Link& l : links) {
     if (members_[l.member].offset >= 0) continue;
-    skipped_links_.push_back(absl::StrCat(l.description, ": names no member of it"));
+    SkipLink(absl::StrCat(l.description, ": names no member of it"));
   }
   members_.erase(std::remove_if(members_.begin(), members_.end(),
                                 [](const TarMember& m) { return m.offset < 0; }),
                  members_.end());
   return absl::OkStatus();
+}
+
+void TarReader::SkipLink(std::string description) {
+  ++skipped_link_count_;
+  if (skipped_links_.size() >= kMaxListedLinks) return;
+  if (description.size() > kMaxLinkDescription) {
+    description.resize(kMaxLinkDescription);
+    description += "...";
+  }
+  skipped_links_.push_back(std::move(description));
 }
 
 }  // namespace mimo::data

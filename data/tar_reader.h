@@ -41,8 +41,13 @@ class TarReader {
   const std::string& path() const { return path_; }
   int64_t file_size() const { return file_size_; }
   const std::vector<TarMember>& members() const { return members_; }
-  // The links left out of members(), each "'NAME' (hard link|symlink to 'TARGET'): WHY".
+  // The links left out of members(), each "'NAME' (hard link|symlink to 'TARGET'): WHY": the
+  // first kMaxListedLinks, each cut to kMaxLinkDescription bytes (a shard of dangling links,
+  // with pax names of up to a megabyte, kept for the job's life), and how many there were.
+  static constexpr size_t kMaxListedLinks = 16;
+  static constexpr size_t kMaxLinkDescription = 256;
   const std::vector<std::string>& skipped_links() const { return skipped_links_; }
+  int64_t skipped_link_count() const { return skipped_link_count_; }
 
   // The data of `member` (one of members()). DataLoss when the file has shrunk since Open;
   // the errno's status when pread fails.
@@ -52,12 +57,15 @@ class TarReader {
   TarReader(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
   absl::Status Index();
   absl::Status ReadAt(int64_t offset, int64_t size, char* out) const;
+  // Counts a link left out and lists it (SkipLink's bounds: skipped_links()).
+  void SkipLink(std::string description);
 
   std::string path_;
   int fd_ = -1;
   int64_t file_size_ = 0;
   std::vector<TarMember> members_;
   std::vector<std::string> skipped_links_;
+  int64_t skipped_link_count_ = 0;
 };
 
 }  // namespace mimo::data

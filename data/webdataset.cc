@@ -110,7 +110,7 @@ absl::Status WebDatasetSource::IndexShard(int32_t shard) {
   }
   stats_.members += static_cast<int64_t>(members.size());
   const std::vector<std::string>& links = readers_[shard]->skipped_links();
-  stats_.unresolved_links += static_cast<int64_t>(links.size());
+  stats_.unresolved_links += readers_[shard]->skipped_link_count();
   if (stats_.first_unresolved_link.empty() && !links.empty()) {
     stats_.first_unresolved_link = absl::StrCat(paths_[shard], ": ", links.front());
   }

@@ -9,6 +9,7 @@
 
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "tests/data/test_files.h"
 
 namespace mimo::data {
@@ -62,6 +63,28 @@ TEST(TarReaderTest, IndexesRegularFilesOfEveryNameStyle) {
   EXPECT_EQ(*(*reader)->Read(m[4]), "");
   EXPECT_EQ(*(*reader)->Read(m[5]), PatternBytes(700, 5));
   EXPECT_EQ((*reader)->file_size(), static_cast<int64_t>(archive.size()));
+}
+
+TEST(TarReaderTest, LongLinkChainsResolveInLinearTimeUpToFortyHops) {
+  // 20000 symlinks, each to the next, the last to a file: one walk, not 20000 passes (which took
+  // minutes). Only the 40 nearest the file resolve, as a kernel's path walk would.
+  TarBuilder tar;
+  constexpr int kChain = 20000;
+  for (int i = 0; i < kChain; ++i) {
+    tar.Link(absl::StrCat("l", i, ".png"), '2', absl::StrCat("l", i + 1, ".png"));
+  }
+  tar.File(absl::StrCat("l", kChain, ".png"), "end");
+  TempDir dir;
+  const std::string path = dir.File("chain.tar");
+  WriteFile(path, tar.Finish());
+  auto reader = TarReader::Open(path);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  const std::vector<TarMember>& m = (*reader)->members();
+  ASSERT_EQ(m.size(), 41u);  // The file and the 40 links within 40 hops of it.
+  for (const TarMember& member : m) EXPECT_EQ(*(*reader)->Read(member), "end") << member.name;
+  EXPECT_EQ(m.front().name, absl::StrCat("l", kChain - 40, ".png"));
+  EXPECT_EQ((*reader)->skipped_link_count(), kChain - 40);
+  EXPECT_EQ((*reader)->skipped_links().size(), TarReader::kMaxListedLinks);
 }
 
 TEST(TarReaderTest, LinksAreMembersWithTheirTargetsData) {
