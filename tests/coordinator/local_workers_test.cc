@@ -59,6 +59,20 @@ class LocalWorkersTest : public ::testing::Test {
   // Waits (up to a generous deadline: a loaded CI machine may take long to start a shell) until
   // the `count` workers of `marker` have written their ready files (`marker`.<local index>), that
   // is, have installed their signal traps; true if they all did.
+  // Started from a thread blocking SIGTERM and SIGINT, as the coordinator's threads do: the
+  // workers must not inherit that mask.
+  absl::StatusOr<std::unique_ptr<LocalWorkers>> StartWithStopSignalsBlocked(
+      const LocalWorkersOptions& options) {
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    sigset_t old;
+    pthread_sigmask(SIG_BLOCK, &stop, &old);
+    auto workers = LocalWorkers::Start(options, manager_.get());
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    return workers;
+  }
   static bool AwaitReady(const std::string& marker, int count) {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     for (int i = 0; i < count; ++i) {
@@ -123,15 +137,7 @@ TEST_F(LocalWorkersTest, RestartsWorkersThatExit) {
 
 TEST_F(LocalWorkersTest, StopKillsWorkersThatIgnoreSigint) {
   const std::string script = Script("stubborn", "trap '' INT TERM; while :; do sleep 1; done");
-  // The coordinator blocks SIGTERM and SIGINT in its threads; workers must not inherit that.
-  sigset_t term;
-  sigemptyset(&term);
-  sigaddset(&term, SIGTERM);
-  sigaddset(&term, SIGINT);
-  sigset_t old;
-  pthread_sigmask(SIG_BLOCK, &term, &old);
-  auto workers = LocalWorkers::Start(Options(script, 3), manager_.get());
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  auto workers = StartWithStopSignalsBlocked(Options(script, 3));
   ASSERT_TRUE(workers.ok()) << workers.status();
   while ((*workers)->started() < 3) absl::SleepFor(absl::Milliseconds(10));
   const absl::Time start = absl::Now();
@@ -151,16 +157,9 @@ TEST_F(LocalWorkersTest, StopDrainsWorkersWithSigtermFirst) {
   const std::string script =
       Script("drains", absl::StrCat("trap 'echo term >> ", out, "; exit 0' TERM; trap '' INT; : > ",
                                     ready, ".$6; while :; do sleep 0.1; done"));
-  sigset_t term;
-  sigemptyset(&term);
-  sigaddset(&term, SIGTERM);
-  sigaddset(&term, SIGINT);
-  sigset_t old;
-  pthread_sigmask(SIG_BLOCK, &term, &old);
   LocalWorkersOptions options = Options(script, 2);
   options.drain_grace = absl::Seconds(20);
-  auto workers = LocalWorkers::Start(options, manager_.get());
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  auto workers = StartWithStopSignalsBlocked(options);
   ASSERT_TRUE(workers.ok()) << workers.status();
   // Stopped before its trap is set, a shell would die of SIGTERM without writing.
   EXPECT_TRUE(AwaitReady(ready, 2));
@@ -181,17 +180,10 @@ TEST_F(LocalWorkersTest, WorkersStillRunningAfterTheDrainGraceGetSigint) {
   const std::string script =
       Script("plain", absl::StrCat("trap 'exit 0' INT; trap '' TERM; : > ", ready,
                                    ".$6; while :; do sleep 0.1; done"));
-  sigset_t term;
-  sigemptyset(&term);
-  sigaddset(&term, SIGTERM);
-  sigaddset(&term, SIGINT);
-  sigset_t old;
-  pthread_sigmask(SIG_BLOCK, &term, &old);
   LocalWorkersOptions options = Options(script, 2);
   options.drain_grace = absl::Milliseconds(300);
   options.stop_grace = absl::Seconds(20);
-  auto workers = LocalWorkers::Start(options, manager_.get());
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  auto workers = StartWithStopSignalsBlocked(options);
   ASSERT_TRUE(workers.ok()) << workers.status();
   // Stopped before its traps are set, a shell would die of SIGTERM, proving nothing.
   EXPECT_TRUE(AwaitReady(ready, 2));
