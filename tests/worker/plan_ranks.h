@@ -18,6 +18,7 @@
 #include "comm/process_groups.h"
 #include "coordinator/plan_proto.h"
 #include "coordinator/spec_validation.h"
+#include "mimo/v1/worker_service.pb.h"
 #include "worker/group_specs.h"
 
 namespace mimo::worker::testing {
