@@ -91,37 +91,72 @@ absl::StatusOr<DecodedImage> DecodePng(absl::string_view bytes, absl::string_vie
   return image;
 }
 
-// libjpeg's error manager with where to jump back to and the message of a fatal error.
+// libjpeg's error manager with where to jump back to and the message of a fatal error, and what
+// it was told of the data's end and the scans read before it.
 struct JpegErrors {
   jpeg_error_mgr manager;
   std::jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
   bool ended_early = false;  // JWRN_JPEG_EOF came: the data ended before an EOI marker.
+  bool header_cut = false;   // A scan's header (SOS segment) was read past the data's end.
+  // By component index: named by a scan whose whole header came before the data's end.
+  bool scanned[MAX_COMPONENTS] = {};
 };
 
+// The message of a fatal error; one once the data ended early says so (the decoder read its
+// source's stand-in EOI marker where data was wanted).
 void JpegErrorExit(j_common_ptr cinfo) {
   JpegErrors* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
-  (*cinfo->err->format_message)(cinfo, errors->message);
+  char message[JMSG_LENGTH_MAX];
+  (*cinfo->err->format_message)(cinfo, message);
+  std::snprintf(errors->message, sizeof(errors->message),
+                errors->ended_early ? "%s, where the data ends early (truncated file)" : "%s",
+                message);
+  std::longjmp(errors->jump, 1);
+}
+
+[[noreturn]] void JpegFail(j_common_ptr cinfo, const char* message) {
+  JpegErrors* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
+  std::snprintf(errors->message, sizeof(errors->message), "%s", message);
   std::longjmp(errors->jump, 1);
 }
 
 // Warnings of missing data (a segment cut short) are fatal, where libjpeg would fill the rest of
 // the image with gray; others (e.g. extraneous bytes) are ignored. The end of the data before an
-// EOI marker is noted and judged once decoding is done: a file missing only its final EOI (common
-// in scraped data; PIL accepts it) has all its pixels, and a cut inside a scan's data also brings
-// JWRN_HIT_MARKER when the decoder wants the missing bits.
+// EOI marker (JWRN_JPEG_EOF; the source then feeds the decoder EOI markers) is noted and judged by
+// IncompleteJpeg once decoding is done, with the scans whose headers came before it (from the
+// trace of each SOS marker, whose last item is JTRC_SOS_PARAMS).
 void JpegMessage(j_common_ptr cinfo, int level) {
+  JpegErrors* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
   const int code = cinfo->err->msg_code;
+  if (code == JTRC_SOS_PARAMS && cinfo->is_decompressor) {
+    if (errors->ended_early) {
+      errors->header_cut = true;
+      return;
+    }
+    const auto* dinfo = reinterpret_cast<const jpeg_decompress_struct*>(cinfo);
+    for (int i = 0; i < dinfo->comps_in_scan && i < MAX_COMPS_IN_SCAN; ++i) {
+      const jpeg_component_info* component = dinfo->cur_comp_info[i];
+      if (component != nullptr && component->component_index >= 0 &&
+          component->component_index < MAX_COMPONENTS) {
+        errors->scanned[component->component_index] = true;
+      }
+    }
+    return;
+  }
   if (level >= 0) return;
   if (code == JWRN_JPEG_EOF) {
-    reinterpret_cast<JpegErrors*>(cinfo->err)->ended_early = true;
+    errors->ended_early = true;
   } else if (code == JWRN_HIT_MARKER) {
+    // A Huffman decoder wanting bits past its scan's data: zeros would be decoded.
+    if (errors->ended_early) JpegFail(cinfo, "the data ends inside a scan (truncated file)");
     JpegErrorExit(cinfo);
   }
 }
 
 // Whether a progressive JPEG's scans gave every coefficient its last bit: one cut between scans
-// ends with no cut scan (so no JWRN_HIT_MARKER) yet lacks the detail of those after it.
+// ends with no cut scan (so no JWRN_HIT_MARKER) yet lacks the detail of those after it. Read
+// before jpeg_finish_decompress, which frees coef_bits.
 bool AllScansRead(const jpeg_decompress_struct& cinfo) {
   if (!cinfo.progressive_mode) return true;
   for (int c = 0; c < cinfo.num_components; ++c) {
@@ -130,6 +165,27 @@ bool AllScansRead(const jpeg_decompress_struct& cinfo) {
     }
   }
   return true;
+}
+
+// Why a JPEG whose data ended before its EOI marker lacks some of its image, or null where it is
+// whole but for the marker (or data after its last scan), as PIL takes it. That is so only where
+// Huffman-coded: its decoder tells of wanting bits past a scan's data (JWRN_HIT_MARKER, fatal), so
+// a scan read through was whole, where an arithmetic decoder reads zeros there without a word.
+// Then every component must have been named by a scan whose header was read whole (a sequential
+// JPEG of several scans can end between them), and in a progressive JPEG every coefficient must
+// have its last bit (`all_bits`).
+const char* IncompleteJpeg(const jpeg_decompress_struct& cinfo, const JpegErrors& errors,
+                           bool all_bits) {
+  if (cinfo.arith_code) {
+    return "arithmetic-coded data ends before its EOI marker, so its last scan can't be told "
+           "whole (truncated file)";
+  }
+  if (errors.header_cut) return "the data ends inside a scan's header (truncated file)";
+  for (int c = 0; c < cinfo.num_components && c < MAX_COMPONENTS; ++c) {
+    if (!errors.scanned[c]) return "the data ends before its last scan (truncated file)";
+  }
+  if (!all_bits) return "the data ends before its last scan (truncated file)";
+  return nullptr;
 }
 
 // Decodes into `image` (its pixels sized here); false with `errors->message` set on failure.
@@ -185,13 +241,14 @@ bool DecodeJpegInto(absl::string_view bytes, DecodedImage* image, bool* too_larg
       }
     }
   }
-  if (errors->ended_early && !AllScansRead(cinfo)) {
-    std::strcpy(errors->message, "the data ends before its last scan (truncated file)");
-    jpeg_destroy_decompress(&cinfo);
+  const bool all_bits = AllScansRead(cinfo);
+  jpeg_finish_decompress(&cinfo);  // Reads on to the EOI marker, or the data's end.
+  const char* incomplete = errors->ended_early ? IncompleteJpeg(cinfo, *errors, all_bits) : nullptr;
+  jpeg_destroy_decompress(&cinfo);
+  if (incomplete != nullptr) {
+    std::snprintf(errors->message, sizeof(errors->message), "%s", incomplete);
     return false;
   }
-  jpeg_finish_decompress(&cinfo);
-  jpeg_destroy_decompress(&cinfo);
   return true;
 }
 

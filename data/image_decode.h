@@ -23,9 +23,11 @@ inline constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
 // The format is told by the bytes' signature, not the name. PNG: any bit depth, palette and
 // tRNS expanded, 16-bit cut to 8; gray (with or without alpha) stays gray, the rest is RGB;
 // transparent pixels are composited onto white. JPEG: grayscale stays gray, YCbCr and RGB give
-// RGB, CMYK and YCCK are converted to RGB (Adobe's inverted CMYK recognised). InvalidArgument
-// naming `name` (the tar member, for the message) for an unknown format, a corrupt or truncated
-// file, or an image of more than kMaxImagePixels pixels.
+// RGB, CMYK and YCCK are converted to RGB (Adobe's inverted CMYK recognised); a Huffman-coded
+// JPEG whose data ends after its last scan (missing only the EOI marker) decodes, as PIL reads it.
+// InvalidArgument naming `name` (the tar member, for the message) for an unknown format, a
+// corrupt or truncated file (a JPEG cut inside or between its scans, or an arithmetic-coded one
+// missing its EOI marker), or an image of more than kMaxImagePixels pixels.
 absl::StatusOr<DecodedImage> DecodeImage(absl::string_view bytes, absl::string_view name);
 
 }  // namespace mimo::data

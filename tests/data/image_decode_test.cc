@@ -7,8 +7,14 @@
 #include <gtest/gtest.h>
 #include <png.h>
 
+// clang-format off
+#include <cstdio>  // jpeglib.h needs FILE and size_t first.
+#include <jpeglib.h>
+// clang-format on
+
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "tests/data/test_files.h"
 
@@ -18,6 +24,7 @@ namespace {
 using testing::EncodeJpeg;
 using testing::EncodePng;
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 
 // A 16x8 image: left half red, right half blue (or gray 40 and 200).
 std::vector<uint8_t> Halves(int channels) {
@@ -176,6 +183,190 @@ TEST(ImageDecodeTest, JpegMissingOnlyItsEoiMarkerDecodes) {
   auto image = DecodeImage(progressive.substr(0, last_scan), "s/scans.jpg");
   EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(image.status().message(), HasSubstr("before its last scan"));
+}
+
+// How a test JPEG is written: libjpeg's defaults (4:2:0 YCbCr for RGB, Huffman coding, one
+// interleaved scan) unless changed here.
+struct JpegForm {
+  const char* name;
+  int channels = 3;
+  bool arithmetic = false;
+  bool progressive = false;  // libjpeg's simple progression.
+  int restart_interval = 0;  // MCUs between restart markers.
+  // A sequential script: each scan's component indexes (empty: one interleaved scan).
+  std::vector<std::vector<int>> scans;
+};
+
+std::vector<JpegForm> JpegForms() {
+  return {
+      {.name = "baseline gray", .channels = 1},
+      {.name = "baseline"},
+      {.name = "baseline restarts", .restart_interval = 1},
+      {.name = "progressive gray", .channels = 1, .progressive = true},
+      {.name = "progressive", .progressive = true},
+      {.name = "progressive restarts", .progressive = true, .restart_interval = 2},
+      {.name = "non-interleaved", .scans = {{0}, {1}, {2}}},
+      {.name = "Y then CbCr", .scans = {{0}, {1, 2}}},
+      {.name = "arithmetic gray", .channels = 1, .arithmetic = true},
+      {.name = "arithmetic", .arithmetic = true},
+      {.name = "arithmetic progressive", .arithmetic = true, .progressive = true},
+      {.name = "arithmetic non-interleaved", .arithmetic = true, .scans = {{0}, {1}, {2}}},
+  };
+}
+
+// A 45x37 image with detail in every block (so every scan has data), channels 1 or 3.
+std::vector<uint8_t> Texture(int channels) {
+  std::vector<uint8_t> p;
+  for (int y = 0; y < 37; ++y) {
+    for (int x = 0; x < 45; ++x) {
+      for (int c = 0; c < channels; ++c) {
+        p.push_back(static_cast<uint8_t>(x * 7 + y * 13 + c * 50 + (x * y + c) % 17 * 9));
+      }
+    }
+  }
+  return p;
+}
+
+// Texture(form.channels) as a JPEG of `form`, written by libjpeg (which exits on its errors: fine
+// for a test's own encoder).
+std::string EncodeJpegAs(const JpegForm& form) {
+  const std::vector<uint8_t> pixels = Texture(form.channels);
+  jpeg_compress_struct cinfo;
+  jpeg_error_mgr errors;
+  cinfo.err = jpeg_std_error(&errors);
+  jpeg_create_compress(&cinfo);
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;
+  jpeg_mem_dest(&cinfo, &buffer, &size);
+  cinfo.image_width = 45;
+  cinfo.image_height = 37;
+  cinfo.input_components = form.channels;
+  cinfo.in_color_space = form.channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_set_defaults(&cinfo);
+  jpeg_set_quality(&cinfo, 90, TRUE);
+  cinfo.arith_code = form.arithmetic;
+  cinfo.restart_interval = form.restart_interval;
+  if (form.progressive) jpeg_simple_progression(&cinfo);
+  std::vector<jpeg_scan_info> scans;
+  for (const std::vector<int>& components : form.scans) {
+    jpeg_scan_info scan{};
+    scan.comps_in_scan = static_cast<int>(components.size());
+    for (size_t i = 0; i < components.size(); ++i) scan.component_index[i] = components[i];
+    scan.Se = DCTSIZE2 - 1;
+    scans.push_back(scan);
+  }
+  if (!scans.empty()) {
+    cinfo.scan_info = scans.data();
+    cinfo.num_scans = static_cast<int>(scans.size());
+  }
+  jpeg_start_compress(&cinfo, TRUE);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    JSAMPROW row =
+        const_cast<unsigned char*>(pixels.data() + cinfo.next_scanline * 45 * form.channels);
+    jpeg_write_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  std::string out(reinterpret_cast<const char*>(buffer), size);
+  jpeg_destroy_compress(&cinfo);
+  std::free(buffer);
+  return out;
+}
+
+// Where each SOS marker (a scan's header) starts.
+std::vector<size_t> ScanStarts(const std::string& jpeg) {
+  std::vector<size_t> starts;
+  for (size_t at = jpeg.find("\xff\xda"); at != std::string::npos;
+       at = jpeg.find("\xff\xda", at + 2)) {
+    starts.push_back(at);
+  }
+  return starts;
+}
+
+// Where the entropy-coded data of the scan whose SOS marker starts at `sos` ends: at the next
+// marker but a restart marker.
+size_t ScanDataEnd(const std::string& jpeg, size_t sos) {
+  size_t at =
+      sos + 2 + (static_cast<uint8_t>(jpeg[sos + 2]) << 8) + static_cast<uint8_t>(jpeg[sos + 3]);
+  for (; at + 1 < jpeg.size(); ++at) {
+    const uint8_t next = jpeg[at + 1];
+    if (static_cast<uint8_t>(jpeg[at]) == 0xff && next != 0 && (next < 0xd0 || next > 0xd7)) break;
+  }
+  return at;
+}
+
+TEST(ImageDecodeTest, TruncatedJpegsDecodeOnlyWhenNothingButTheEoiIsMissing) {
+  // Cut at every length, each form (Huffman and arithmetic; one interleaved scan, progressive
+  // and non-interleaved sequential scans; with restart markers): a cut file is refused, or it
+  // decodes to the whole file's pixels (one missing only its EOI marker, or a part of it, does
+  // where Huffman-coded). 93b1d26 decoded cuts between sequential scans, and of arithmetic-coded
+  // data, with components or blocks left zero.
+  for (const JpegForm& form : JpegForms()) {
+    const std::string jpeg = EncodeJpegAs(form);
+    ASSERT_EQ(jpeg.substr(jpeg.size() - 2), "\xff\xd9") << form.name;
+    if (!form.progressive) {
+      ASSERT_EQ(ScanStarts(jpeg).size(), form.scans.empty() ? 1 : form.scans.size()) << form.name;
+    }
+    auto whole = DecodeImage(jpeg, "s/whole.jpg");
+    ASSERT_TRUE(whole.ok()) << whole.status() << " " << form.name;
+    std::vector<size_t> wrong;  // Cut lengths that decoded to other pixels.
+    std::vector<size_t> accepted;
+    for (size_t n = 2; n < jpeg.size(); ++n) {
+      auto cut = DecodeImage(jpeg.substr(0, n), "s/cut.jpg");
+      if (cut.ok()) {
+        accepted.push_back(n);
+        if (cut->pixels != whole->pixels) wrong.push_back(n);
+      } else {
+        EXPECT_EQ(cut.status().code(), absl::StatusCode::kInvalidArgument);
+        EXPECT_THAT(cut.status().message(), HasSubstr("s/cut.jpg"));
+      }
+    }
+    EXPECT_THAT(wrong, IsEmpty()) << form.name << " of " << jpeg.size() << " bytes";
+    if (form.arithmetic) {
+      EXPECT_THAT(accepted, IsEmpty()) << form.name << " of " << jpeg.size() << " bytes";
+    } else {
+      EXPECT_THAT(accepted, ::testing::Contains(jpeg.size() - 2)) << form.name;
+    }
+  }
+}
+
+TEST(ImageDecodeTest, TruncatedJpegsAreRefusedNamingTheCut) {
+  const auto refused = [](const std::string& bytes, const char* why) {
+    auto image = DecodeImage(bytes, "s/cut.jpg");
+    EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument) << why;
+    const std::string message(image.status().message());
+    EXPECT_THAT(message, HasSubstr("s/cut.jpg"));
+    EXPECT_THAT(message, HasSubstr(why));
+  };
+  // A baseline JPEG cut inside its (one) scan's entropy data.
+  const std::string baseline = EncodeJpegAs({.name = "baseline"});
+  const size_t sos = ScanStarts(baseline).at(0);
+  refused(baseline.substr(0, (sos + ScanDataEnd(baseline, sos)) / 2), "inside a scan");
+  // A progressive one cut between scans, and inside one half way.
+  const std::string progressive = EncodeJpegAs({.name = "progressive", .progressive = true});
+  const std::vector<size_t> scans = ScanStarts(progressive);
+  ASSERT_GE(scans.size(), 4u);
+  refused(progressive.substr(0, scans[scans.size() / 2]), "before its last scan");
+  refused(progressive.substr(0, (scans[1] + ScanDataEnd(progressive, scans[1])) / 2),
+          "inside a scan");
+  // A sequential one of a scan per component cut between its scans, or inside a scan's header (the
+  // decoder's complaint about what it read past the end, named as a truncation).
+  const std::string sequential =
+      EncodeJpegAs({.name = "non-interleaved", .scans = {{0}, {1}, {2}}});
+  const std::vector<size_t> sequential_scans = ScanStarts(sequential);
+  ASSERT_EQ(sequential_scans.size(), 3u);
+  for (const size_t scan : {sequential_scans[1], sequential_scans[2]}) {
+    refused(sequential.substr(0, scan), "before its last scan");
+    refused(sequential.substr(0, scan + 6), "truncated file");
+  }
+  // Arithmetic-coded, one scan or progressive: cut before the end of its data, or missing only
+  // the EOI marker (arithmetic decoding reads zeros past the data's end without a word, so a
+  // whole scan can't be told from a cut one).
+  for (const bool progressive : {false, true}) {
+    const std::string arithmetic =
+        EncodeJpegAs({.name = "arithmetic", .arithmetic = true, .progressive = progressive});
+    refused(arithmetic.substr(0, arithmetic.size() - 12), "arithmetic-coded");
+    refused(arithmetic.substr(0, arithmetic.size() - 2), "arithmetic-coded");
+  }
 }
 
 TEST(ImageDecodeTest, RefusesUnknownCorruptAndTruncatedFiles) {
