@@ -67,7 +67,10 @@ std::string RandomTag() {
 }  // namespace
 
 JobManager::JobManager(JobStore* store, Options options)
-    : store_(store), options_(options), instance_(RandomTag()) {}
+    : store_(store),
+      options_(options),
+      instance_(RandomTag()),
+      slot_pids_(std::max(options_.embedded.count, 0), 0) {}
 
 absl::Status JobManager::Recover(absl::Time now) {
   absl::MutexLock lock(&mu_);
@@ -478,10 +481,21 @@ void JobManager::BlameDeadRank(const std::string& job_id, int attempt, int rank,
   Changed();
 }
 
+void JobManager::WorkerProcessStarted(int local_index, int pid) {
+  absl::MutexLock lock(&mu_);
+  if (local_index >= 0 && local_index < static_cast<int>(slot_pids_.size())) {
+    slot_pids_[local_index] = pid;
+  }
+}
+
 void JobManager::WorkerProcessExited(const std::string& host, int pid, int exit_code,
                                      const std::string& how,
                                      const std::vector<std::string>& stderr_tail, absl::Time now) {
   absl::MutexLock lock(&mu_);
+  if (host == options_.embedded.host) {
+    // The pid may be reused by a process that is none of ours.
+    std::replace(slot_pids_.begin(), slot_pids_.end(), pid, 0);
+  }
   std::string worker_id;
   for (const auto& [id, w] : workers_) {
     if (w.info.pid() == pid && w.info.host() == host) worker_id = id;

@@ -61,8 +61,10 @@ class JobManager {
     // it dies, a drain when it stops), so after a restart none can re-attach. Recover then
     // settles at once the jobs a previous coordinator left SCHEDULED, RUNNING or CANCELLING, as
     // when reattach_grace passes without their workers. To keep that true, RegisterWorker
-    // refuses any worker that is not one of these slots (one from another host would outlive a
-    // restart, its job failed meanwhile, and never get the drain's SIGTERM).
+    // refuses any worker that is not one of these slots, or whose pid is not that of the process
+    // started for its slot (see WorkerProcessStarted): one from another host, or started by hand
+    // on this one, would outlive a restart, its job failed meanwhile, and never get the drain's
+    // SIGTERM.
     EmbeddedWorkers embedded;
   };
 
@@ -141,10 +143,16 @@ class JobManager {
 
   // ---- Worker processes this coordinator started (embedded mode) ----
 
+  // The process `pid` was started for slot `local_index` (0..embedded.count-1; others are
+  // ignored): from now until it exits (WorkerProcessExited), only a worker with this pid may
+  // register for the slot. Call it before the process can register.
+  void WorkerProcessStarted(int local_index, int pid);
+
   // The worker process `pid` on `host` exited (`how`: "exited with code 3", "was killed by
-  // signal 9 (Killed)"). The worker it registered as is forgotten at once; if it held a rank of a
-  // running attempt, `stderr_tail` is appended to that rank's logs and the attempt fails with
-  // reason WORKER_EXITED and `exit_code` without waiting for the heartbeat timeout.
+  // signal 9 (Killed)"); its slot has no process until the next WorkerProcessStarted. The worker
+  // it registered as is forgotten at once; if it held a rank of a running attempt, `stderr_tail`
+  // is appended to that rank's logs and the attempt fails with reason WORKER_EXITED and
+  // `exit_code` without waiting for the heartbeat timeout.
   void WorkerProcessExited(const std::string& host, int pid, int exit_code, const std::string& how,
                            const std::vector<std::string>& stderr_tail, absl::Time now);
 
@@ -294,6 +302,8 @@ class JobManager {
   absl::Time last_purge_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time last_ttl_check_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
+  // Embedded mode: the pid of the process running each slot (0: none), by local index.
+  std::vector<int> slot_pids_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);
   // PENDING jobs for which fewer workers of their device kind than their world size are
   // registered, and since when (see Options::join_timeout).

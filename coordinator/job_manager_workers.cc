@@ -49,6 +49,21 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
         "); start one without them to take workers from other hosts"));
   }
   absl::MutexLock lock(&mu_);
+  if (embedded()) {
+    // A slot is this coordinator's only while its worker is the process started for it: another
+    // process on this host (a worker started by hand) is no child of ours either.
+    if (const int child = slot_pids_[info.local_index()]; child <= 0 || info.pid() != child) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "slot ", info.local_index(), " (", absl::AsciiStrToUpper(DeviceKindWord(info.device())),
+          " device ", info.local_index(), " of ", info.host(),
+          ") belongs to the worker process this coordinator started for it, ",
+          child > 0 ? absl::StrCat("pid ", child) : "none running now", ", and this worker is pid ",
+          info.pid(), info.pid() == 0 ? " (none sent)" : "",
+          ": an embedded coordinator (--cpu-workers/--gpu-workers) takes no worker started by "
+          "hand (nor one that a --worker-binary script starts without exec); start one without "
+          "them to take such workers"));
+    }
+  }
   // A device runs one worker at a time. While a worker on record holds this one (same host,
   // device kind and local index, not leaving), another registration for it is refused, so a
   // second live worker never displaces the first; the new one retries. A holder without a job

@@ -82,12 +82,20 @@ absl::Status LocalWorkers::Spawn(Slot& slot) {
   if (pipe2(fds, O_CLOEXEC) != 0) {
     return absl::ErrnoToStatus(errno, "local workers: pipe2");
   }
+  // The child waits for a byte on `go` (or its end) before it runs the worker, so the manager
+  // knows the slot's pid before a worker with that pid can register (it refuses any other).
+  int go[2];
+  if (pipe2(go, O_CLOEXEC) != 0) {
+    const int err = errno;
+    close(fds[0]);
+    close(fds[1]);
+    return absl::ErrnoToStatus(err, "local workers: pipe2");
+  }
   const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) {
     const int err = errno;
-    close(fds[0]);
-    close(fds[1]);
+    for (int fd : {fds[0], fds[1], go[0], go[1]}) close(fd);
     return absl::ErrnoToStatus(err, "local workers: fork");
   }
   if (pid == 0) {
@@ -102,12 +110,22 @@ absl::Status LocalWorkers::Spawn(Slot& slot) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
+    close(go[1]);
+    char byte;
+    while (read(go[0], &byte, 1) < 0 && errno == EINTR) {
+    }
     dup2(fds[1], STDOUT_FILENO);
     dup2(fds[1], STDERR_FILENO);
     execv(argv[0], argv.data());
     _exit(127);
   }
   close(fds[1]);
+  close(go[0]);
+  manager_->WorkerProcessStarted(slot.index, pid);
+  const char byte = 1;
+  while (write(go[1], &byte, 1) < 0 && errno == EINTR) {
+  }
+  close(go[1]);  // Its end releases the child too, should the write have failed.
   fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
   slot.pid = pid;
   slot.stderr_fd = fds[0];

@@ -44,8 +44,9 @@ struct LocalWorkersOptions {
 
 class LocalWorkers {
  public:
-  // Starts the workers and their supervisor. `manager` (told about every exit) must outlive
-  // this object. InvalidArgument for a count < 1 or a missing binary.
+  // Starts the workers and their supervisor. `manager` (told about every start, before the
+  // worker runs, and every exit) must outlive this object. InvalidArgument for a count < 1 or a
+  // missing binary.
   static absl::StatusOr<std::unique_ptr<LocalWorkers>> Start(LocalWorkersOptions options,
                                                              JobManager* manager);
   ~LocalWorkers();  // Stop().

@@ -1,11 +1,14 @@
 // Embedded mode end to end: a coordinator that starts real mimo-worker processes runs the
 // communication self-test; a worker killed with SIGKILL fails its job at once and is replaced;
 // a cancel stops every worker within seconds; stopping the coordinator blames no worker; no worker
-// but its own may register.
+// but its own may register (its slots, and the very processes it started for them).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -141,6 +144,20 @@ TEST_F(EmbeddedTest, CancelStopsEveryWorkerWithinSeconds) {
       << Logs(next.id());
 }
 
+// The running processes of an embedded coordinator's `count` slots, once each has one (an empty
+// vector if they do not within 30 s).
+std::vector<pid_t> AwaitSlotPids(CoordinatorServer& server, int count) {
+  for (const absl::Time deadline = absl::Now() + absl::Seconds(30); absl::Now() < deadline;
+       absl::SleepFor(absl::Milliseconds(10))) {
+    const std::vector<pid_t> pids = server.local_workers()->pids();
+    if (static_cast<int>(pids.size()) == count &&
+        std::all_of(pids.begin(), pids.end(), [](pid_t pid) { return pid > 0; })) {
+      return pids;
+    }
+  }
+  return {};
+}
+
 // An embedded coordinator takes only its own workers: one from elsewhere would outlive its
 // restart (which fails its job at once) and never be drained. The slots run a stand-in that never
 // registers, so that the test registers for them.
@@ -153,12 +170,15 @@ TEST_F(EmbeddedTest, OnlyItsOwnWorkersMayRegister) {
   options.local_workers.worker_binary = idle;
   options.local_workers.host = "own-host";
   StartServer(options);
+  const std::vector<pid_t> slot_pids = AwaitSlotPids(*server_, 2);
+  ASSERT_EQ(slot_pids.size(), 2u);
   auto stub = v1::WorkerService::NewStub(Channel());
-  auto register_as = [&](const std::string& host, int index, v1::DeviceKind device) {
+  auto register_as = [&](const std::string& host, int index, v1::DeviceKind device, pid_t pid) {
     v1::RegisterWorkerRequest request;
     request.mutable_worker()->set_host(host);
     request.mutable_worker()->set_local_index(index);
     request.mutable_worker()->set_device(device);
+    request.mutable_worker()->set_pid(pid);
     v1::RegisterWorkerResponse response;
     return stub->RegisterWorker(Context().get(), request, &response);
   };
@@ -167,7 +187,7 @@ TEST_F(EmbeddedTest, OnlyItsOwnWorkersMayRegister) {
            {"other-host", 0, v1::DEVICE_KIND_CPU},
            {"own-host", 2, v1::DEVICE_KIND_CPU},
            {"own-host", 1, v1::DEVICE_KIND_CUDA}}) {
-    const grpc::Status refused = register_as(host, index, device);
+    const grpc::Status refused = register_as(host, index, device, slot_pids[0]);
     EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << host << " " << index;
     EXPECT_THAT(refused.error_message(),
                 HasSubstr("this coordinator runs its own 2 CPU workers on own-host "
@@ -175,7 +195,49 @@ TEST_F(EmbeddedTest, OnlyItsOwnWorkersMayRegister) {
     EXPECT_THAT(refused.error_message(),
                 HasSubstr("start one without them to take workers from other hosts"));
   }
-  EXPECT_TRUE(register_as("own-host", 1, v1::DEVICE_KIND_CPU).ok());
+  // Slot 1 with another process's pid (this test's, or slot 0's): refused naming both pids.
+  for (const pid_t pid : {getpid(), slot_pids[0]}) {
+    const grpc::Status refused = register_as("own-host", 1, v1::DEVICE_KIND_CPU, pid);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << pid;
+    EXPECT_THAT(refused.error_message(),
+                HasSubstr(absl::StrCat("slot 1 (CPU device 1 of own-host) belongs to the worker "
+                                       "process this coordinator started for it, pid ",
+                                       slot_pids[1], ", and this worker is pid ", pid)));
+  }
+  EXPECT_TRUE(register_as("own-host", 1, v1::DEVICE_KIND_CPU, slot_pids[1]).ok());
+  StopServer();
+  std::remove(idle.c_str());
+}
+
+// A real mimo-worker started by hand for a free slot of an embedded coordinator, on its host, is
+// refused (it exits with code 1 saying why) rather than taking the slot.
+TEST_F(EmbeddedTest, AWorkerStartedByHandIsRefused) {
+  const std::string idle = absl::StrCat(::testing::TempDir(), "/idle-slot-", getpid(), ".sh");
+  std::ofstream(idle) << "#!/bin/sh\nexec sleep 600\n";
+  std::filesystem::permissions(idle, std::filesystem::perms::owner_all);
+  ServerOptions options = FastOptions(db_path_);
+  options.local_workers.count = 2;
+  options.local_workers.worker_binary = idle;
+  options.local_workers.host = "own-host";
+  StartServer(options);
+  const std::vector<pid_t> slot_pids = AwaitSlotPids(*server_, 2);
+  ASSERT_EQ(slot_pids.size(), 2u);
+  // Before the check the worker registered and waited for jobs: `timeout` ends it then (124).
+  const std::string command =
+      absl::StrCat("timeout 60 ", WorkerBinary(), " --coordinator 127.0.0.1:", server_->port(),
+                   " --host own-host --local-index 1 --device cpu 2>&1");
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string out;
+  char buffer[4096];
+  while (fgets(buffer, sizeof(buffer), pipe) != nullptr) out += buffer;
+  const int status = pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status)) << out;
+  EXPECT_EQ(WEXITSTATUS(status), 1) << out;
+  EXPECT_THAT(out, HasSubstr(absl::StrCat("slot 1 (CPU device 1 of own-host) belongs to the "
+                                          "worker process this coordinator started for it, pid ",
+                                          slot_pids[1], ", and this worker is pid ")));
+  EXPECT_THAT(out, HasSubstr("takes no worker started by hand"));
   StopServer();
   std::remove(idle.c_str());
 }

@@ -1,6 +1,6 @@
 // JobManager on its own, with a clock the test sets (every call takes `now`): a drain that ends a
 // job cancelled before it, a rank lost before it was fetched over and over, and the embedded
-// coordinator's refusal of workers that are not its own.
+// coordinator's refusal of workers that are not its own (other slots, or other processes).
 #include "coordinator/job_manager.h"
 
 #include <gmock/gmock.h>
@@ -170,7 +170,55 @@ TEST_F(JobManagerTest, AnEmbeddedCoordinatorTakesOnlyItsOwnWorkers) {
                                 "(--cpu-workers/--gpu-workers)"),
                       HasSubstr("start one without them to take workers from other hosts")));
   }
+  for (int i = 0; i < 2; ++i) manager_->WorkerProcessStarted(i, Info("own", i).pid());
   for (int i = 0; i < 2; ++i) EXPECT_TRUE(manager_->RegisterWorker(Info("own", i), {}, now_).ok());
+}
+
+// Embedded mode: a slot takes only the process started for it (by its pid), not another process
+// on the coordinator's host, such as a worker started by hand; nor any while the slot's process
+// is not running.
+TEST_F(JobManagerTest, AnEmbeddedSlotTakesOnlyTheProcessStartedForIt) {
+  JobManager::Options options;
+  options.embedded = {.count = 2, .host = "own", .device = v1::DEVICE_KIND_CPU};
+  Start(options);
+  auto with_pid = [](int local_index, int pid) {
+    v1::WorkerInfo info = Info("own", local_index);
+    info.set_pid(pid);
+    return info;
+  };
+  // Before its process started, a slot takes no worker.
+  absl::StatusOr<std::string> early = manager_->RegisterWorker(with_pid(0, 4000), {}, now_);
+  EXPECT_EQ(early.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(early.status().message(),
+              HasSubstr("slot 0 (CPU device 0 of own) belongs to the worker process this "
+                        "coordinator started for it, none running now, and this worker is pid "
+                        "4000: an embedded coordinator (--cpu-workers/--gpu-workers) takes no "
+                        "worker started by hand"));
+  manager_->WorkerProcessStarted(0, 4000);
+  manager_->WorkerProcessStarted(1, 4001);
+  for (const v1::WorkerInfo& info : {with_pid(1, 4000), with_pid(1, 5555), with_pid(1, 0)}) {
+    absl::StatusOr<std::string> id = manager_->RegisterWorker(info, {}, now_);
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kFailedPrecondition) << info.DebugString();
+    EXPECT_THAT(id.status().message(),
+                HasSubstr(absl::StrCat("slot 1 (CPU device 1 of own) belongs to the worker process "
+                                       "this coordinator started for it, pid 4001, and this worker "
+                                       "is pid ",
+                                       info.pid(), info.pid() == 0 ? " (none sent)" : "", ": ")));
+  }
+  EXPECT_EQ(manager_->num_workers(), 0);
+  EXPECT_TRUE(manager_->RegisterWorker(with_pid(0, 4000), {}, now_).ok());
+  EXPECT_TRUE(manager_->RegisterWorker(with_pid(1, 4001), {}, now_).ok());
+  // Slot 0's process exits and is started again: its old pid (which another process may reuse)
+  // no longer registers, the new one does.
+  manager_->WorkerProcessExited("own", 4000, 1, "exited with code 1", {}, now_);
+  EXPECT_EQ(manager_->num_workers(), 1);
+  EXPECT_EQ(manager_->RegisterWorker(with_pid(0, 4000), {}, now_).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  manager_->WorkerProcessStarted(0, 4002);
+  EXPECT_EQ(manager_->RegisterWorker(with_pid(0, 4000), {}, now_).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(manager_->RegisterWorker(with_pid(0, 4002), {}, now_).ok());
+  EXPECT_EQ(manager_->num_workers(), 2);
 }
 
 }  // namespace
