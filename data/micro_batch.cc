@@ -28,7 +28,7 @@ absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
     const int64_t start = static_cast<int64_t>(b.tokens.size());
     std::vector<int32_t> seq{t.bos()};
     if (o.image_tokens > 0) {
-      if (s.image.empty() || s.image.size() != samples[0].image.size()) {
+      if ((s.image.empty() && !s.image_undecoded) || s.image.size() != samples[0].image.size()) {
         return absl::InvalidArgumentError(
             absl::StrCat("sample ", i, ": an image of ", s.image.size(), " values where ",
                          samples[0].image.size(), " (sample 0's) and not 0 are expected"));

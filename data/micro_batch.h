@@ -46,8 +46,8 @@ struct HostMicroBatch {
 // Packs `samples` with `tokenizer`'s ids (its BOS, EOS, image and audio placeholders; the
 // caption's labels are the ids it calls text, and EOS). InvalidArgument when a sample's
 // placeholders (with BOS and EOS) do not fit seq_length, when images are used (image_tokens >
-// 0) and a sample has none or one of another size than the first's, or when a clip's frames are
-// not a multiple of frames_per_token.
+// 0) and a sample has none (neither decoded nor Sample::image_undecoded) or one of another size
+// than the first's, or when a clip's frames are not a multiple of frames_per_token.
 absl::StatusOr<HostMicroBatch> PackSamples(const std::vector<Sample>& samples,
                                            const MicroBatchOptions& options,
                                            const Tokenizer& tokenizer);

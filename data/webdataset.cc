@@ -205,7 +205,9 @@ absl::StatusOr<Sample> WebDatasetSource::Get(int64_t index) const {
   const Entry& e = entries_[Position(index)];
   const TarReader& reader = *readers_[e.shard];
   Sample sample;
-  if (e.image >= 0) {
+  if (e.image >= 0 && !options_.decode_images) {
+    sample.image_undecoded = true;
+  } else if (e.image >= 0) {
     const TarMember& member = reader.members()[e.image];
     MIMO_ASSIGN_OR_RETURN(const std::string bytes, reader.Read(member));
     MIMO_ASSIGN_OR_RETURN(const DecodedImage image,

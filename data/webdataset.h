@@ -24,6 +24,10 @@ struct WebDatasetOptions {
   // or 3. image_size 0: images are not used (not read; Sample::image stays empty).
   int64_t image_size = 32;
   int64_t num_channels = 3;
+  // false: images are found as above (the same samples are kept and skipped) but not read or
+  // decoded; Sample::image stays empty and Sample::image_undecoded is set. For ranks that only
+  // count an image's tokens (the language module's, whose encoder runs elsewhere).
+  bool decode_images = true;
   // Audio: log-mel frames from .npy members (frames, num_mel_bins); 0 mel bins: audio is not
   // used. Clips are cut to at most max_frames frames, then to a multiple of frames_per_token
   // (>= 1); max_frames >= frames_per_token.

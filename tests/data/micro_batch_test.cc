@@ -144,5 +144,24 @@ TEST(MicroBatchTest, ImagesMustBeThereAndAlike) {
   EXPECT_TRUE(PackSamples({no_image}, {.seq_length = 8}).ok());  // Images not used.
 }
 
+// A rank that does not run the vision encoder packs undecoded images as it packs decoded ones.
+TEST(MicroBatchTest, UndecodedImagesTakeTheirTokens) {
+  Sample undecoded = Make("ab", 0);
+  undecoded.image.clear();
+  undecoded.image_undecoded = true;
+  const MicroBatchOptions o{.seq_length = 16, .image_tokens = 2};
+  auto b = PackSamples({undecoded, undecoded}, o);
+  auto decoded = PackSamples({Make("ab", 0), Make("ab", 0)}, o);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(b->tokens, decoded->tokens);
+  EXPECT_EQ(b->labels, decoded->labels);
+  EXPECT_EQ(b->vision_positions, decoded->vision_positions);
+  EXPECT_EQ(b->num_images, 2);
+  // One batch holds one kind: a decoded image beside an undecoded one is refused.
+  EXPECT_EQ(PackSamples({undecoded, Make("a", 0)}, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace mimo::data

@@ -232,6 +232,41 @@ TEST_F(WebDatasetTest, OptionalCaptionsAndNoImages) {
   EXPECT_TRUE(text->image.empty());
 }
 
+// decode_images false (a language-only rank): the same samples, their images found, not read.
+TEST_F(WebDatasetTest, UndecodedImagesKeepTheSameSamples) {
+  WebDatasetOptions o = Options();
+  o.decode_images = false;
+  auto undecoded = WebDatasetSource::Open(o);
+  auto decoded = WebDatasetSource::Open(Options());
+  ASSERT_TRUE(undecoded.ok()) << undecoded.status();
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ((*undecoded)->stats().without_image, 1);  // 0002, as when decoded.
+  ASSERT_EQ((*undecoded)->num_samples(), (*decoded)->num_samples());
+  for (int64_t i = 0; i < (*decoded)->num_samples(); ++i) {
+    auto u = (*undecoded)->Get(i);
+    auto d = (*decoded)->Get(i);
+    ASSERT_TRUE(u.ok()) << u.status();
+    ASSERT_TRUE(d.ok()) << d.status();
+    EXPECT_TRUE(u->image.empty());
+    EXPECT_TRUE(u->image_undecoded);
+    EXPECT_FALSE(d->image_undecoded);
+    EXPECT_EQ(u->caption, d->caption);
+    EXPECT_EQ(u->audio, d->audio);
+    EXPECT_EQ(u->audio_frames, d->audio_frames);
+  }
+  // The image bytes are not read: one that is not an image fails only where it is decoded.
+  WriteFile(dir_.File("bad.tar"),
+            TarBuilder().File("x.png", "not a png").File("x.txt", "x").Finish());
+  o.shards = {dir_.File("bad.tar")};
+  undecoded = WebDatasetSource::Open(o);
+  ASSERT_TRUE(undecoded.ok()) << undecoded.status();
+  EXPECT_TRUE((*undecoded)->Get(0).ok());
+  o.decode_images = true;
+  decoded = WebDatasetSource::Open(o);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ((*decoded)->Get(0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(WebDatasetTest, ErrorsNameTheShardAndMember) {
   WebDatasetOptions o = Options();
   o.shards = {dir_.path() + "/shard-{0..2}.tar"};
