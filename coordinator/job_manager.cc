@@ -2,17 +2,16 @@
 #include "coordinator/job_manager.h"
 
 #include <algorithm>
-#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <tuple>
 
 #include "absl/random/random.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "coordinator/job_scheduling.h"
 #include "coordinator/job_state.h"
 #include "google/protobuf/util/time_util.h"
 
@@ -640,71 +639,6 @@ std::string NotCounted(const std::vector<std::string>& stuck, absl::Duration gra
   if (stuck.empty()) return "";
   return absl::StrCat(" (not counting ", absl::StrJoin(stuck, "; "), ": told to stop more than ",
                       absl::FormatDuration(grace), " ago, never confirmed)");
-}
-
-// Why a PENDING job is not scheduled for want of workers: "waiting for 2 CUDA workers: none
-// registered", "waiting for 4 CPU workers: 2 registered", "waiting for 4 CPU workers: 6 registered,
-// fewer than 4 idle". No idle count: it changes whenever any worker takes or leaves a rank (or a
-// heartbeat is late), and every change of the text rewrites the job (fsync, under the manager's
-// mutex) for every queued job.
-std::string WaitingForWorkers(int world, v1::DeviceKind device, int registered,
-                              const std::vector<std::string>& stuck) {
-  std::string text = absl::StrCat("waiting for ", world, " ",
-                                  absl::AsciiStrToUpper(DeviceKindWord(device)), " workers: ");
-  if (registered == 0) {
-    absl::StrAppend(&text, "none registered");
-  } else if (registered < world) {
-    absl::StrAppend(&text, registered, " registered");
-  } else {
-    absl::StrAppend(&text, registered, " registered, fewer than ", world, " idle");
-  }
-  if (!stuck.empty()) {
-    absl::StrAppend(&text, " (not counting ", stuck.size(),
-                    " told to stop long ago and never confirming)");
-  }
-  return text;
-}
-
-// A folder as written in a spec, spelled one way: "/ckpt/./run//" and "/ckpt/run" are the same.
-// Lexical only: the coordinator may not see the workers' file systems.
-std::string NormalFolder(const std::string& dir) {
-  if (dir.empty()) return dir;
-  std::string normal = std::filesystem::path(dir).lexically_normal().string();
-  while (normal.size() > 1 && normal.back() == '/') normal.pop_back();
-  return normal;
-}
-
-// The folders a job writes that another job must not write at the same time: "checkpointing.dir"
-// and "output_dir" (each compared with the same field of other jobs), normalized.
-std::vector<std::pair<const char*, std::string>> SharedFolders(const v1::JobSpec& spec) {
-  std::vector<std::pair<const char*, std::string>> out;
-  if (!spec.checkpointing().dir().empty()) {
-    out.emplace_back("checkpointing.dir", NormalFolder(spec.checkpointing().dir()));
-  }
-  if (!spec.output_dir().empty()) out.emplace_back("output_dir", NormalFolder(spec.output_dir()));
-  return out;
-}
-
-// "waiting for job J (RUNNING) to end: both use checkpointing.dir /ckpt" when a job before
-// `index` in `jobs` (unfinished, in submission order) writes a folder that jobs[index] writes and
-// holds it: it is scheduled or running, or submitted earlier and waiting too. Empty otherwise.
-std::string FolderInUse(const std::vector<v1::Job>& jobs, size_t index) {
-  const std::vector<std::pair<const char*, std::string>> mine = SharedFolders(jobs[index].spec());
-  if (mine.empty()) return "";
-  for (size_t k = 0; k < jobs.size(); ++k) {
-    if (k == index || IsTerminal(jobs[k].state()) ||  // Ended earlier in this pass.
-        (k > index && jobs[k].state() == v1::JOB_STATE_PENDING)) {
-      continue;
-    }
-    for (const auto& [field, folder] : SharedFolders(jobs[k].spec())) {
-      for (const auto& [my_field, my_folder] : mine) {
-        if (std::string_view(field) != my_field || folder != my_folder) continue;
-        return absl::StrCat("waiting for job ", jobs[k].id(), " (", StateName(jobs[k].state()),
-                            ") to end: both use ", field, " ", folder);
-      }
-    }
-  }
-  return "";
 }
 
 }  // namespace
