@@ -10,6 +10,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "coordinator/flag_parsing.h"
 #include "coordinator/server.h"
 
 namespace {
@@ -113,7 +114,8 @@ int main(int argc, char** argv) {
                  "stop (SIGTERM to them) before they are stopped at once (SIGINT)")
       ->capture_default_str();
   try {
-    app.parse(argc, argv);
+    // "--metrics-listen=" as "--metrics-listen ''" (CLI11 alone refuses it).
+    mimo::coordinator::ParseFlags(app, argc, argv);
     int gpus = 0;
     if (gpu_workers == "auto") {
       gpus = CountGpus(worker_binary);

@@ -1,23 +1,28 @@
 // mimo-coordinator's command line: bad values of --gpu-workers and of the durations exit 2 with a
-// message naming the flag, and `--gpu-workers auto` asks the worker binary how many GPUs it can
-// use.
+// message naming the flag, `--gpu-workers auto` asks the worker binary how many GPUs it can use,
+// and "--flag=" gives a flag the empty value ("--metrics-listen=": no metrics endpoint).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace mimo::coordinator {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string BinaryBesideUs(const std::string& name) {
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
@@ -80,6 +85,102 @@ TEST(CoordinatorFlagsTest, GpuWorkersAutoWithNoGpuSaysSo) {
       RunCoordinator(absl::StrCat("--gpu-workers auto --worker-binary ", FakeWorker("0")));
   EXPECT_EQ(code, 2) << out;
   EXPECT_THAT(out, HasSubstr("sees no CUDA device"));
+}
+
+// Runs mimo-coordinator with `flags` (shell words) until it says that it serves (or exits), then
+// stops it with SIGTERM; returns its exit code (-1 if it did not stop within 60 s) and its output
+// up to the line saying that it serves, port numbers as "N" (what follows says how long the
+// shutdown took).
+std::pair<int, std::string> ServeAndStop(const std::string& flags) {
+  const std::string db = absl::StrCat(::testing::TempDir(), "/serve-", getpid(), ".db");
+  const std::string command = absl::StrCat("exec ", BinaryBesideUs("mimo-coordinator"),
+                                           " --listen 127.0.0.1:0 --db ", db, " ", flags, " 2>&1");
+  int out[2];
+  if (pipe(out) != 0) return {-1, "pipe failed"};
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    close(out[0]);
+    close(out[1]);
+    execl("/bin/sh", "sh", "-c", command.c_str(), nullptr);
+    _exit(127);
+  }
+  close(out[1]);
+  std::string text;
+  char buffer[4096];
+  bool signalled = false;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < deadline) {
+    pollfd fd = {out[0], POLLIN, 0};
+    if (poll(&fd, 1, 100) <= 0) continue;
+    const ssize_t n = read(out[0], buffer, sizeof(buffer));
+    if (n <= 0) break;  // It exited.
+    text.append(buffer, n);
+    if (!signalled && text.find("serving on port") != std::string::npos &&
+        text.find('\n', text.find("serving on port")) != std::string::npos) {
+      kill(pid, SIGTERM);
+      signalled = true;
+    }
+  }
+  close(out[0]);
+  if (absl::Now() >= deadline) kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  for (const char* suffix : {"", "-wal", "-shm", ".lock"}) {
+    std::filesystem::remove(absl::StrCat(db, suffix));
+  }
+  if (const size_t serving = text.find("serving on port"); serving != std::string::npos) {
+    text.resize(text.find('\n', serving) + 1);
+  }
+  static const std::regex kPort("port [0-9]+");
+  text = std::regex_replace(text, kPort, "port N");
+  return {absl::Now() < deadline && WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
+}
+
+// "--metrics-listen=" (an empty value after '=') turns the metrics endpoint off as
+// "--metrics-listen ''" does; CLI11 refused it ("1 required TEXT missing"), or took the next
+// argument for the address.
+TEST(CoordinatorFlagsTest, AnEmptyMetricsListenAfterEqualsServesNoMetrics) {
+  const auto [code, out] = ServeAndStop("--metrics-listen=");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr("serving on port N (database "));
+  EXPECT_THAT(out, Not(HasSubstr("metrics")));
+  const auto [code_with_space, out_with_space] = ServeAndStop("--metrics-listen ''");
+  EXPECT_EQ(code_with_space, 0);
+  EXPECT_EQ(out_with_space, out);
+  // Followed by other flags, which keep their own values.
+  const auto [code_before, out_before] = ServeAndStop("--metrics-listen= --finished-job-ttl=");
+  EXPECT_EQ(code_before, 0) << out_before;
+  EXPECT_EQ(out_before, out);
+  // An address given after '=' still serves metrics.
+  const auto [code_served, out_served] = ServeAndStop("--metrics-listen=127.0.0.1:0");
+  EXPECT_EQ(code_served, 0) << out_served;
+  EXPECT_THAT(out_served, HasSubstr(", metrics on port N)"));
+}
+
+// Every flag with a value given as "--flag=" is "--flag ''": the same message and exit code.
+TEST(CoordinatorFlagsTest, EveryFlagGivenEmptyAfterEqualsIsGivenEmpty) {
+  for (const char* flag :
+       {"--heartbeat-timeout", "--reattach-grace", "--cancel-grace", "--join-timeout",
+        "--drain-grace", "--auth-token-file", "--tls-cert", "--tls-key", "--cpu-workers"}) {
+    SCOPED_TRACE(flag);
+    const auto [code, out] = RunCoordinator(absl::StrCat(flag, "="));
+    const auto [code_with_space, out_with_space] = RunCoordinator(absl::StrCat(flag, " ''"));
+    EXPECT_EQ(code, 2) << out;
+    EXPECT_THAT(out, HasSubstr(flag));
+    EXPECT_EQ(code, code_with_space);
+    EXPECT_EQ(out, out_with_space);
+  }
+  const auto [code, out] = RunCoordinator("--cpu-workers 1 --worker-binary=");
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_THAT(out, HasSubstr("local workers: cannot run : No such file"));
+  EXPECT_EQ(RunCoordinator("--cpu-workers 1 --worker-binary ''").second, out);
+  for (const char* flag : {"--finished-job-ttl", "--gpu-workers"}) {  // Empty: not set.
+    SCOPED_TRACE(flag);
+    const auto [served, served_out] = ServeAndStop(absl::StrCat("--metrics-listen '' ", flag, "="));
+    EXPECT_EQ(served, 0) << served_out;
+    EXPECT_EQ(served_out, ServeAndStop(absl::StrCat("--metrics-listen '' ", flag, " ''")).second);
+  }
 }
 
 TEST(CoordinatorFlagsTest, CpuAndGpuWorkersExcludeEachOther) {

@@ -194,6 +194,27 @@ TEST_F(MimoctlClientTest, OversizedSpecIsRefusedBeforeSending) {
   EXPECT_EQ(nlohmann::json::parse(listed.out).value("jobs", nlohmann::json::array()).size(), 0u);
 }
 
+// "--flag=" (nothing after '=') is "--flag ''": CLI11 alone refused it ("1 required ... missing")
+// or took the next argument for its value.
+TEST_F(MimoctlClientTest, AnEmptyValueAfterEqualsIsAnEmptyValue) {
+  const Result first =
+      Ctl(absl::StrCat("submit --request-id= ", Example("mimo-cpu-8.yaml"), " -o json"));
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const Result second =
+      Ctl(absl::StrCat("submit --request-id '' ", Example("mimo-cpu-8.yaml"), " -o json"));
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_NE(IdOf(first), IdOf(second));  // No request id: two jobs.
+  const Result listed = Ctl("list --page-token= --limit 1");
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  EXPECT_EQ(listed.out, Ctl("list --page-token '' --limit 1").out);
+  EXPECT_THAT(listed.out, HasSubstr(IdOf(second)));  // The first page: newest first.
+  const Result cancelled = Ctl(absl::StrCat("cancel --reason= ", IdOf(first)));
+  ASSERT_EQ(cancelled.exit_code, 0) << cancelled.err;
+  ASSERT_EQ(Ctl(absl::StrCat("cancel --reason '' ", IdOf(second))).exit_code, 0);
+  EXPECT_EQ(Get(IdOf(first)).state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(Get(IdOf(first)).state_reason(), Get(IdOf(second)).state_reason());
+}
+
 TEST(MimoctlUnreachableTest, ExitCodeThree) {
   const Result r = RunMimoctl("list --server 127.0.0.1:1 --timeout 2");
   EXPECT_EQ(r.exit_code, 3);
@@ -221,6 +242,10 @@ TEST(MimoctlFlagsTest, ServerMustBeHostColonPort) {
     EXPECT_THAT(r.err, StartsWith("--server: "));
     EXPECT_THAT(r.err, HasSubstr(message));
   }
+  // "--server=" is "--server ''".
+  const Result empty = RunMimoctl("list --server=");
+  EXPECT_EQ(empty.exit_code, 2);
+  EXPECT_THAT(empty.err, StartsWith("--server: the coordinator address is empty"));
   setenv("MIMO_SERVER", "x:70000", /*overwrite=*/1);
   const Result env = RunMimoctl("list");
   unsetenv("MIMO_SERVER");

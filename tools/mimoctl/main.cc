@@ -1,5 +1,6 @@
 // mimoctl: the command-line client of mimo.
 #include "CLI/CLI.hpp"
+#include "coordinator/flag_parsing.h"
 #include "tools/mimoctl/client_commands.h"
 #include "tools/mimoctl/plan_command.h"
 
@@ -10,7 +11,8 @@ int main(int argc, char** argv) {
   mimo::tools::AddPlanCommand(app, &exit_code);
   mimo::tools::AddClientCommands(app, &exit_code);
   try {
-    app.parse(argc, argv);
+    // "--reason=" as "--reason ''" (CLI11 alone refuses it).
+    mimo::coordinator::ParseFlags(app, argc, argv);
   } catch (const CLI::ParseError& e) {
     // --help exits 0; every usage error exits 2, whatever CLI11's own code for it.
     return app.exit(e) == 0 ? 0 : 2;
