@@ -10,7 +10,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
-#include "coordinator/flag_parsing.h"
+#include "common/flag_parsing.h"
 #include "coordinator/server.h"
 
 namespace {
@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   try {
     // "--metrics-listen=" as "--metrics-listen ''" (CLI11 alone refuses it).
-    mimo::coordinator::ParseFlags(app, argc, argv);
+    mimo::ParseFlags(app, argc, argv);
     int gpus = 0;
     if (gpu_workers == "auto") {
       gpus = CountGpus(worker_binary);

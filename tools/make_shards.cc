@@ -7,6 +7,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "common/flag_parsing.h"
 #include "data/synthetic_shards.h"
 
 int main(int argc, char** argv) {
@@ -46,7 +47,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--force", o.overwrite, "replace shard files that exist");
   try {
-    app.parse(argc, argv);
+    // "--samples=" as "--samples ''" (CLI11 alone took the next argument for the value).
+    mimo::ParseFlags(app, argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;  // --help exits 0, a usage error 2.
   }

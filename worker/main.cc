@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/flag_parsing.h"
 #include "worker/device_info.h"
 #include "worker/worker.h"
 
@@ -87,7 +88,8 @@ int main(int argc, char** argv) {
       "than its heartbeat timeout and reattach grace, whichever is longer (the running job is\n"
       "aborted first).");
   try {
-    app.parse(argc, argv);
+    // "--host=" as "--host ''" (CLI11 alone refuses it).
+    mimo::ParseFlags(app, argc, argv);
     if (!token_file.empty()) options.coordinator.token = ReadToken(token_file);
   } catch (const CLI::ParseError& e) {
     // --help exits 0; every usage error exits 2, whatever CLI11's own code for it.

@@ -155,6 +155,44 @@ TEST_F(WorkerProcessTest, CountGpusPrintsTheDevicesItCanUse) {
   EXPECT_EQ(out, absl::StrCat(CudaDeviceCount(), "\n"));
 }
 
+// "--flag=" (nothing after '=') gives a flag the empty value, as "--flag ''" does: the same exit
+// code and output. CLI11 alone refused it ("1 required ... missing") or took the next argument
+// for its value.
+TEST(WorkerFlagsTest, AnEmptyValueAfterEqualsIsAnEmptyValue) {
+  struct Case {
+    std::string flag, rest;
+    bool accepted;  // Empty is the default, and the worker goes on to connect.
+  };
+  const std::string unreachable = " --coordinator 127.0.0.1:1 --connect-timeout 0.1";
+  for (const auto& [flag, rest, accepted] : std::vector<Case>{
+           // Empty: gethostname, the host name's address, no token; nothing listens on port 1.
+           {"--host", unreachable, true},
+           {"--listen-address", unreachable, true},
+           {"--token", unreachable, true},
+           // Empty: refused, naming the flag.
+           {"--coordinator", "", false},
+           {"--local-index", unreachable, false},
+           {"--device", unreachable, false},
+           {"--token-file", unreachable, false},
+           {"--tls-ca", unreachable, false},
+           {"--connect-timeout", " --coordinator 127.0.0.1:1", false},
+       }) {
+    SCOPED_TRACE(flag);
+    const auto [code, out] = RunShell(absl::StrCat(WorkerBinary(), " ", flag, "=", rest, " 2>&1"));
+    const auto [code_with_space, out_with_space] =
+        RunShell(absl::StrCat(WorkerBinary(), " ", flag, " ''", rest, " 2>&1"));
+    EXPECT_EQ(code, code_with_space);
+    EXPECT_EQ(out, out_with_space);
+    EXPECT_THAT(out, Not(HasSubstr("missing")));
+    if (accepted) {
+      EXPECT_EQ(code, kExitUnreachable) << out;
+    } else {
+      EXPECT_NE(code, 0) << out;
+      EXPECT_THAT(out, HasSubstr(flag == "--coordinator" ? "coordinator address is empty" : flag));
+    }
+  }
+}
+
 TEST_F(WorkerProcessTest, CudaWorkerWithoutItsGpuExitsOneNamingIt) {
   WorkerProcess w(server_->port(), 63, {"--device", "cuda"});
   const std::optional<int> status = w.WaitExit(absl::Seconds(10));

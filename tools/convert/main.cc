@@ -5,6 +5,7 @@
 //   mimo-convert reshard --from DIR --to ROOT --component NAME=tp=N,... ... [--dry-run]
 //   mimo-convert import --from EXPORT --to ROOT --spec JOB.yaml [--component ...] [--dry-run]
 #include "CLI/CLI.hpp"
+#include "common/flag_parsing.h"
 #include "tools/convert/convert_commands.h"
 
 int main(int argc, char** argv) {
@@ -12,7 +13,8 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   mimo::tools::AddConvertCommands(app, &exit_code);
   try {
-    app.parse(argc, argv);
+    // "--from=" as "--from ''" (CLI11 alone refuses it).
+    mimo::ParseFlags(app, argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     return code == 0 ? 0 : 2;

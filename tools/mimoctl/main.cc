@@ -1,6 +1,6 @@
 // mimoctl: the command-line client of mimo.
 #include "CLI/CLI.hpp"
-#include "coordinator/flag_parsing.h"
+#include "common/flag_parsing.h"
 #include "tools/mimoctl/client_commands.h"
 #include "tools/mimoctl/plan_command.h"
 
@@ -12,7 +12,7 @@ int main(int argc, char** argv) {
   mimo::tools::AddClientCommands(app, &exit_code);
   try {
     // "--reason=" as "--reason ''" (CLI11 alone refuses it).
-    mimo::coordinator::ParseFlags(app, argc, argv);
+    mimo::ParseFlags(app, argc, argv);
   } catch (const CLI::ParseError& e) {
     // --help exits 0; every usage error exits 2, whatever CLI11's own code for it.
     return app.exit(e) == 0 ? 0 : 2;

@@ -1,7 +1,7 @@
 // "--name=" with nothing after '=' gives an option the empty value, as "--name ''" does (CLI11 2.1
 // alone takes the next argument as the value, or fails for want of one), for options of
 // subcommands and option groups too; flags, unknown names and arguments after "--" are left alone.
-#include "coordinator/flag_parsing.h"
+#include "common/flag_parsing.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace mimo::coordinator {
+namespace mimo {
 namespace {
 
 using ::testing::ElementsAre;
@@ -26,7 +26,7 @@ struct Flags {
   std::vector<std::string> positionals;
 };
 
-// A program like mimo-coordinator and mimoctl: top-level options and flags, an option group,
+// A program like the mimo ones: top-level options and flags, an option group,
 // and a subcommand with options of its own.
 class FlagParsingTest : public ::testing::Test {
  protected:
@@ -90,4 +90,4 @@ TEST_F(FlagParsingTest, AFlagGivenAnEmptyValueIsLeftToCli11) {
 }
 
 }  // namespace
-}  // namespace mimo::coordinator
+}  // namespace mimo

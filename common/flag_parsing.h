@@ -1,4 +1,4 @@
-// Command-line parsing shared by mimo-coordinator and mimoctl: "--name=" gives an empty value.
+// Command-line parsing shared by the mimo programs (CLI11): "--name=" gives an empty value.
 #pragma once
 
 #include <string>
@@ -6,7 +6,7 @@
 
 #include "CLI/CLI.hpp"
 
-namespace mimo::coordinator {
+namespace mimo {
 
 namespace flag_parsing_internal {
 
@@ -61,4 +61,4 @@ inline void ParseFlags(CLI::App& app, int argc, const char* const* argv) {
   app.parse(static_cast<int>(pointers.size()), pointers.data());
 }
 
-}  // namespace mimo::coordinator
+}  // namespace mimo

@@ -1,0 +1,87 @@
+// mimo-convert's and mimo-make-shards' command lines: "--flag=" (nothing after '=') gives a flag
+// the empty value, as "--flag ''" does (CLI11 alone refused it or took the next argument for it).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace mimo::tools {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+std::string BinaryBesideUs(const std::string& name) {
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  return self.substr(0, self.rfind('/') + 1) + name;
+}
+
+// Runs the program `name` built beside this test with `args` (shell words); returns its exit code
+// and its output (stdout and stderr).
+std::pair<int, std::string> RunProgram(const std::string& name, const std::string& args) {
+  FILE* pipe = popen(absl::StrCat(BinaryBesideUs(name), " ", args, " 2>&1").c_str(), "r");
+  std::string out;
+  char buffer[256];
+  while (pipe != nullptr && fgets(buffer, sizeof(buffer), pipe) != nullptr) out += buffer;
+  const int status = pipe != nullptr ? pclose(pipe) : -1;
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// `flag` given empty after '=' and as '' (each before `rest`) exits the same, non-zero, with the
+// same output; a message of CLI11 that misses the value (or names a value taken from `rest`)
+// differs.
+void ExpectEmptyAfterEqualsIsEmpty(const std::string& program, const std::string& before,
+                                   const std::string& flag, const std::string& rest) {
+  SCOPED_TRACE(absl::StrCat(program, " ", before, " ", flag));
+  const auto [code, out] = RunProgram(program, absl::StrCat(before, " ", flag, "= ", rest));
+  const auto [code_with_space, out_with_space] =
+      RunProgram(program, absl::StrCat(before, " ", flag, " '' ", rest));
+  EXPECT_NE(code, 0) << out;
+  EXPECT_EQ(code, code_with_space);
+  EXPECT_EQ(out, out_with_space);
+  EXPECT_THAT(out, Not(HasSubstr("missing")));
+}
+
+TEST(ConvertFlagsTest, AnEmptyValueAfterEqualsIsAnEmptyValue) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/convert-flags-", getpid());
+  // --from is read as the empty path: "cannot list", where CLI11 took --to for it and then
+  // wanted --to.
+  const auto [code, out] = RunProgram("mimo-convert", absl::StrCat("export --from= --to ", dir));
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_THAT(out, StartsWith("error: cannot list : "));
+  ExpectEmptyAfterEqualsIsEmpty("mimo-convert", "export", "--from", absl::StrCat("--to ", dir));
+  ExpectEmptyAfterEqualsIsEmpty("mimo-convert", absl::StrCat("export --from ", dir), "--to", "");
+  ExpectEmptyAfterEqualsIsEmpty("mimo-convert", absl::StrCat("export --from ", dir),
+                                "--max-shard-bytes", absl::StrCat("--to ", dir));
+  ExpectEmptyAfterEqualsIsEmpty("mimo-convert", "reshard", "--from",
+                                absl::StrCat("--to ", dir, " --component language=tp=1"));
+  ExpectEmptyAfterEqualsIsEmpty("mimo-convert", absl::StrCat("reshard --from ", dir), "--component",
+                                absl::StrCat("--to ", dir));
+  ExpectEmptyAfterEqualsIsEmpty("mimo-convert", "import", "--spec",
+                                absl::StrCat("--from ", dir, " --to ", dir));
+  EXPECT_FALSE(std::filesystem::exists(dir));
+}
+
+TEST(MakeShardsFlagsTest, AnEmptyValueAfterEqualsIsAnEmptyValue) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/make-shards-flags-", getpid());
+  // The empty count is refused as such, where CLI11 took OUT_DIR for it.
+  const auto [code, out] = RunProgram("mimo-make-shards", absl::StrCat("--samples= ", dir));
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_THAT(out, StartsWith("--samples: Value  not in range"));
+  for (const char* flag : {"--samples", "--shards", "--image-size", "--mel-bins",
+                           "--frames-per-token", "--max-frames"}) {
+    ExpectEmptyAfterEqualsIsEmpty("mimo-make-shards", "", flag, dir);
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir));  // Every one was refused before writing.
+}
+
+}  // namespace
+}  // namespace mimo::tools
