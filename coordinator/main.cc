@@ -4,8 +4,10 @@
 
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
+#include <string>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
@@ -22,6 +24,13 @@ absl::Duration ParseDuration(const std::string& text, const char* flag) {
     throw CLI::ValidationError(flag, "expected a positive duration such as 10s or 500ms");
   }
   return d;
+}
+
+// A CLI11 check that refuses a value with `check`'s message.
+CLI::Validator Checked(std::function<absl::Status(const std::string&)> check) {
+  return CLI::Validator([check = std::move(check)](
+                            std::string& value) { return std::string(check(value).message()); },
+                        "");
 }
 
 // mimo-worker in the folder of this program.
@@ -67,10 +76,23 @@ int main(int argc, char** argv) {
   std::string token_file, heartbeat_timeout = "10s", reattach_grace = "30s", cancel_grace = "30s",
                           join_timeout = "10m", finished_job_ttl, drain_grace = "30s";
   CLI::App app{"mimo-coordinator: the mimo control plane (job API, job store, scheduling)"};
-  app.add_option("--listen", options.listen, "gRPC address")->capture_default_str();
-  app.add_option("--db", options.db_path, "SQLite database file")->capture_default_str();
+  // Addresses and the database path are checked here, before anything is created or bound.
+  app.add_option("--listen", options.listen, "gRPC address")
+      ->type_name("HOST:PORT")
+      ->check(Checked([](const std::string& address) {
+        return mimo::coordinator::CheckListenAddress(address, "0.0.0.0:50051");
+      }))
+      ->capture_default_str();
+  app.add_option("--db", options.db_path, "SQLite database file")
+      ->check(Checked(mimo::coordinator::CheckDatabasePath))
+      ->capture_default_str();
   app.add_option("--metrics-listen", options.metrics_listen,
                  "Prometheus /metrics address; empty disables it")
+      ->type_name("HOST:PORT")
+      ->check(Checked([](const std::string& address) {
+        return address.empty() ? absl::OkStatus()
+                               : mimo::coordinator::CheckListenAddress(address, "0.0.0.0:9464");
+      }))
       ->capture_default_str();
   app.add_option("--auth-token-file", token_file,
                  "Require 'authorization: Bearer <token>' with the token in this file")

@@ -9,7 +9,9 @@
 #include <string>
 #include <thread>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "coordinator/database_lock.h"
 #include "coordinator/job_manager.h"
 #include "coordinator/job_store.h"
@@ -43,9 +45,25 @@ struct ServerOptions {
   LocalWorkersOptions local_workers;
 };
 
+// OK when `path` can name the database: not empty and not a folder (":memory:" is a database of
+// the process alone). InvalidArgument saying what is wrong; nothing is created.
+absl::Status CheckDatabasePath(const std::string& path);
+
+// OK when `address` is HOST:PORT to listen on: a host name or IPv4 address, or an IPv6 address in
+// brackets ([::]:50051), and a port number in 0-65535 (0: any free port). InvalidArgument saying
+// what is wrong, with `example` as a good one; nothing is bound. (gRPC alone printed a raw log
+// line for an empty address, took the https port without one and wrapped ports past 65535 around.)
+absl::Status CheckListenAddress(absl::string_view address, absl::string_view example);
+
+// What Start checks before it touches anything (no file created, no port bound): the database
+// path, the gRPC and (when set) metrics addresses, TLS files both or neither, and for local
+// workers no TLS and a worker binary that can run. InvalidArgument saying what is wrong.
+absl::Status CheckServerOptions(const ServerOptions& options);
+
 class CoordinatorServer {
  public:
-  // Opens the database, recovers unfinished jobs, and starts serving.
+  // Checks `options` (CheckServerOptions), opens the database, recovers unfinished jobs, and
+  // starts serving.
   static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(const ServerOptions& options);
   // Shuts down if still serving.
   ~CoordinatorServer();

@@ -1,6 +1,7 @@
 // mimo-coordinator's command line: bad values of --gpu-workers and of the durations exit 2 with a
 // message naming the flag, `--gpu-workers auto` asks the worker binary how many GPUs it can use,
-// and "--flag=" gives a flag the empty value ("--metrics-listen=": no metrics endpoint).
+// "--flag=" gives a flag the empty value ("--metrics-listen=": no metrics endpoint), and a bad
+// database path or address is refused before any file is created.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -14,6 +15,7 @@
 #include <regex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -22,7 +24,9 @@ namespace mimo::coordinator {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 using ::testing::Not;
+using ::testing::StartsWith;
 
 std::string BinaryBesideUs(const std::string& name) {
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
@@ -181,6 +185,99 @@ TEST(CoordinatorFlagsTest, EveryFlagGivenEmptyAfterEqualsIsGivenEmpty) {
     EXPECT_EQ(served, 0) << served_out;
     EXPECT_EQ(served_out, ServeAndStop(absl::StrCat("--metrics-listen '' ", flag, " ''")).second);
   }
+}
+
+struct RunInFolder {
+  int code = -1;
+  std::string out;
+  std::vector<std::string> left;  // What it left in its working folder.
+};
+
+// Runs mimo-coordinator with exactly `flags` (shell words) in a new empty working folder, which
+// is removed after.
+RunInFolder RunCoordinatorInEmptyFolder(const std::string& flags) {
+  static int runs = 0;
+  const std::filesystem::path folder =
+      absl::StrCat(::testing::TempDir(), "/coordinator-cwd-", getpid(), "-", ++runs);
+  std::filesystem::create_directories(folder);
+  const std::string command = absl::StrCat("cd '", folder.string(), "' && ",
+                                           BinaryBesideUs("mimo-coordinator"), " ", flags, " 2>&1");
+  RunInFolder result;
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[256];
+  while (pipe != nullptr && fgets(buffer, sizeof(buffer), pipe) != nullptr) result.out += buffer;
+  const int status = pipe != nullptr ? pclose(pipe) : -1;
+  result.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) {
+    result.left.push_back(entry.path().filename().string());
+  }
+  std::filesystem::remove_all(folder);
+  return result;
+}
+
+// An empty --db (or a folder) is refused as a usage error before the lock file is created: it
+// left ".lock" in the working folder, then failed "JobStore needs a database path".
+TEST(CoordinatorFlagsTest, ABadDatabasePathIsRefusedBeforeAnyFileIsCreated) {
+  for (const char* db : {"--db ''", "--db="}) {
+    SCOPED_TRACE(db);
+    const RunInFolder run =
+        RunCoordinatorInEmptyFolder(absl::StrCat("--listen 127.0.0.1:0 --metrics-listen '' ", db));
+    EXPECT_EQ(run.code, 2) << run.out;
+    EXPECT_THAT(run.out, StartsWith("--db: the database path is empty; give a file"));
+    EXPECT_THAT(run.left, IsEmpty());
+  }
+  // A folder: its lock would be "<folder>.lock" beside it.
+  const RunInFolder folder =
+      RunCoordinatorInEmptyFolder("--listen 127.0.0.1:0 --metrics-listen '' --db .");
+  EXPECT_EQ(folder.code, 2) << folder.out;
+  EXPECT_THAT(folder.out,
+              StartsWith("--db: '.' is a folder; give a file, e.g. ./mimo-coordinator.db"));
+  EXPECT_THAT(folder.left, IsEmpty());
+}
+
+// A bad --listen or --metrics-listen is a usage error naming the flag, before the database is
+// created; an empty --listen printed gRPC's raw log line ("chttp2_server.cc ... unparseable
+// host:port") and 'cannot listen on  (address in use or invalid)'.
+TEST(CoordinatorFlagsTest, ABadAddressIsRefusedNamingTheFlag) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--listen ''", "--listen: the address is empty; give HOST:PORT, e.g. 0.0.0.0:50051"},
+      {"--listen=", "--listen: the address is empty; give HOST:PORT"},
+      {"--listen localhost", "--listen: 'localhost' has no port"},
+      {"--listen :50051", "--listen: ':50051' has no host"},
+      {"--listen 127.0.0.1:65536",
+       "--listen: '127.0.0.1:65536': the port must be a number in "
+       "0-65535, got '65536'"},
+      {"--listen ::1:0", "--listen: '::1:0': an IPv6 address goes in brackets"},
+      {"--listen 'a b:0'", "--listen: 'a b:0': 'a b' is not a host name or IP address"},
+      {"--metrics-listen 9464",
+       "--metrics-listen: '9464' has no host; give HOST:PORT, e.g. "
+       "0.0.0.0:9464"},
+      {"--metrics-listen=localhost:x", "--metrics-listen: 'localhost:x': the port must be"},
+  };
+  for (const auto& [flags, message] : cases) {
+    SCOPED_TRACE(flags);
+    const RunInFolder run = RunCoordinatorInEmptyFolder(
+        absl::StrCat("--db mimo.db --listen 127.0.0.1:0 --metrics-listen '' ", flags));
+    EXPECT_EQ(run.code, 2) << run.out;
+    EXPECT_THAT(run.out, StartsWith(message));
+    EXPECT_THAT(run.out, Not(HasSubstr("chttp2")));
+    EXPECT_THAT(run.left, IsEmpty());
+  }
+  // A host name still serves (port 0: any free one).
+  const auto [code, out] = ServeAndStop("--metrics-listen localhost:0");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr(", metrics on port N)"));
+}
+
+// Embedded mode's worker binary, and TLS with local workers, are refused before the database is
+// created (they were checked once the server was serving).
+TEST(CoordinatorFlagsTest, EmbeddedModeIsCheckedBeforeAnyFileIsCreated) {
+  const RunInFolder run = RunCoordinatorInEmptyFolder(
+      "--db mimo.db --listen 127.0.0.1:0 --metrics-listen '' --cpu-workers 1 --worker-binary "
+      "./none");
+  EXPECT_EQ(run.code, 1) << run.out;
+  EXPECT_THAT(run.out, HasSubstr("local workers: cannot run ./none: No such file"));
+  EXPECT_THAT(run.left, IsEmpty());
 }
 
 TEST(CoordinatorFlagsTest, CpuAndGpuWorkersExcludeEachOther) {
