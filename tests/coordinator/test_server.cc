@@ -148,6 +148,35 @@ grpc::Status FakeWorker::Logs(const v1::Assignment& a, const std::vector<std::st
   return writer->Finish();
 }
 
+BackgroundHeartbeats::BackgroundHeartbeats(std::vector<FakeWorker*> workers, absl::Duration period)
+    : period_(period), workers_(std::move(workers)), thread_([this] { Run(); }) {}
+
+BackgroundHeartbeats::~BackgroundHeartbeats() {
+  {
+    absl::MutexLock lock(&mu_);
+    done_ = true;
+  }
+  thread_.join();
+}
+
+void BackgroundHeartbeats::Add(FakeWorker* worker) {
+  absl::MutexLock lock(&mu_);
+  workers_.push_back(worker);
+}
+
+void BackgroundHeartbeats::Remove(FakeWorker* worker) {
+  absl::MutexLock lock(&mu_);  // Waits for a round in progress.
+  std::erase(workers_, worker);
+}
+
+void BackgroundHeartbeats::Run() {
+  absl::MutexLock lock(&mu_);
+  while (!done_) {
+    for (FakeWorker* w : workers_) w->Heartbeat();
+    mu_.AwaitWithTimeout(absl::Condition(&done_), period_);
+  }
+}
+
 void CoordinatorFixture::StartServer(ServerOptions options) {
   options_ = options;
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server = CoordinatorServer::Start(options);
@@ -221,6 +250,8 @@ std::vector<std::unique_ptr<FakeWorker>> CoordinatorFixture::Workers(int n,
 
 std::vector<v1::Assignment> CoordinatorFixture::Assignments(
     std::vector<std::unique_ptr<FakeWorker>>& workers) {
+  // Each waits for its rank in turn; the others beat meanwhile, as live workers do.
+  BackgroundHeartbeats beats(Ptrs(workers));
   std::vector<v1::Assignment> out(workers.size());
   for (auto& w : workers) {
     std::optional<v1::Assignment> a = w->Assignment(absl::Seconds(5));

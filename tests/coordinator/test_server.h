@@ -7,9 +7,12 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "coordinator/server.h"
 #include "mimo/v1/job_service.grpc.pb.h"
@@ -76,6 +79,32 @@ class FakeWorker {
   std::string id_;
 };
 
+// Heartbeats workers from a thread of its own every `period` until destroyed, as live workers do
+// while the test's thread waits on its calls (beating only between those calls left workers
+// silent for as long as the calls took: past a 400 ms heartbeat timeout on a loaded machine).
+// The workers must outlive it (declare it after them).
+class BackgroundHeartbeats {
+ public:
+  explicit BackgroundHeartbeats(std::vector<FakeWorker*> workers = {},
+                                absl::Duration period = absl::Milliseconds(20));
+  ~BackgroundHeartbeats();
+  BackgroundHeartbeats(const BackgroundHeartbeats&) = delete;
+  BackgroundHeartbeats& operator=(const BackgroundHeartbeats&) = delete;
+
+  void Add(FakeWorker* worker);
+  // Once it returns, `worker` is sent no more heartbeats from here: it is silent from then on.
+  void Remove(FakeWorker* worker);
+
+ private:
+  void Run();
+
+  const absl::Duration period_;
+  absl::Mutex mu_;  // Held through each round of heartbeats.
+  std::vector<FakeWorker*> workers_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
 // The running server and a JobService client to it.
 class CoordinatorFixture : public ::testing::Test {
  protected:
@@ -101,7 +130,8 @@ class CoordinatorFixture : public ::testing::Test {
   static std::vector<FakeWorker*> Ptrs(const std::vector<std::unique_ptr<FakeWorker>>& workers);
   // `n` fake CPU workers on host "h", devices 0..n-1.
   std::vector<std::unique_ptr<FakeWorker>> Workers(int n, const std::string& host = "h");
-  // Assignments of `workers` in rank order (fails the test if one is missing).
+  // Assignments of `workers` in rank order (fails the test if one is missing); they heartbeat
+  // from a thread meanwhile.
   std::vector<v1::Assignment> Assignments(std::vector<std::unique_ptr<FakeWorker>>& workers);
 
   std::string db_path_ =
