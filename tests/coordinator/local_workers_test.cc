@@ -56,11 +56,8 @@ class LocalWorkersTest : public ::testing::Test {
     return waitpid(-1, &status, WNOHANG) < 0 && errno == ECHILD;
   }
 
-  // Waits (up to a generous deadline: a loaded CI machine may take long to start a shell) until
-  // the `count` workers of `marker` have written their ready files (`marker`.<local index>), that
-  // is, have installed their signal traps; true if they all did.
-  // Started from a thread blocking SIGTERM and SIGINT, as the coordinator's threads do: the
-  // workers must not inherit that mask.
+  // LocalWorkers::Start from a thread blocking SIGTERM and SIGINT, as the coordinator's threads
+  // do: the workers must not inherit that mask.
   absl::StatusOr<std::unique_ptr<LocalWorkers>> StartWithStopSignalsBlocked(
       const LocalWorkersOptions& options) {
     sigset_t stop;
@@ -73,6 +70,10 @@ class LocalWorkersTest : public ::testing::Test {
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     return workers;
   }
+
+  // Waits (up to a generous deadline: a loaded CI machine may take long to start a shell) until
+  // the `count` workers of `marker` have written their ready files (`marker`.<local index>), that
+  // is, have installed their signal traps; true if they all did.
   static bool AwaitReady(const std::string& marker, int count) {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     for (int i = 0; i < count; ++i) {
