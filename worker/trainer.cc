@@ -98,10 +98,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(kernels::Ops& ops,
     o.data.max_frames = model.audio->max_frames;
   }
   if (o.webdataset.has_value()) {
-    // Images are read only when the model has a vision encoder, and decoded only where it runs:
-    // a language-only rank keeps and skips the same samples but only counts their image tokens.
+    // Images are read only when the model has a vision encoder, and decoded only where its first
+    // stage runs: other ranks keep and skip the same samples but only count their image tokens.
     o.webdataset->image_size = model.vision.has_value() ? o.data.image_size : 0;
-    o.webdataset->decode_images = o.part != ModelPart::kLanguage;
+    o.webdataset->decode_images = o.part == ModelPart::kWhole ||
+                                  (o.part == ModelPart::kVision && ModelGroups::Rank(o.pp) == 0);
     o.webdataset->num_channels = o.data.num_channels;
     o.webdataset->num_mel_bins = o.data.num_mel_bins;
     o.webdataset->frames_per_token = o.data.frames_per_token;

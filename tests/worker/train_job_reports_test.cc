@@ -241,5 +241,29 @@ TEST(TrainJobReportsTest, TheLoggingRankSaysWhatTheShardsHeld) {
   EXPECT_THAT(log[1], StartsWith("training module language: "));
 }
 
+// Only the vision encoder's ranks decode images: with every image broken, the vision rank fails
+// naming one, and the language rank, which only counts their tokens, is stopped by that failure
+// (the abort of its groups) without ever decoding one.
+TEST(TrainJobReportsTest, OnlyTheVisionRankDecodesImages) {
+  TempDir dir;
+  TarBuilder tar;
+  for (int i = 0; i < 4; ++i) {
+    const std::string key = absl::StrCat("s", i);
+    tar.File(key + ".png", "not a png");
+    tar.File(key + ".txt", absl::StrCat("sample ", i));
+  }
+  WriteFile(dir.File("shard-0.tar"), tar.Finish());
+  v1::JobSpec spec = TwoRankSpec();
+  spec.mutable_data()->mutable_webdataset()->add_shards(dir.File("shard-0.tar"));
+  const std::vector<RankRun> runs = TrainAll(spec);
+  ASSERT_EQ(runs.size(), 2u);
+  ASSERT_FALSE(runs[kVisionRank].end.ok());
+  EXPECT_THAT(std::string(runs[kVisionRank].end.status().message()),
+              ContainsRegex("shard-0\\.tar:s[0-3]\\.png"));
+  ASSERT_FALSE(runs[kLanguageRank].end.ok());
+  EXPECT_THAT(std::string(runs[kLanguageRank].end.status().message()),
+              ::testing::Not(ContainsRegex("\\.png")));
+}
+
 }  // namespace
 }  // namespace mimo::worker
