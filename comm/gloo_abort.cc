@@ -1,101 +1,43 @@
-// Aborting a connected Gloo context from any thread, by shutting down its pairs' sockets.
+// Aborting a connected Gloo context from any thread, by shutting down its pairs' sockets, and
+// waking the waits of its calls.
 #include "comm/gloo_abort.h"
 
-#include <dirent.h>
-#include <netinet/in.h>
+#include <fcntl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
+#include <unistd.h>
 
-#include <cstdlib>
-#include <cstring>
+#include <algorithm>
+#include <chrono>
+#include <exception>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "comm/gloo_error.h"
+#include "comm/gloo_pair_sockets.h"
 #include "gloo/context.h"
-#include "gloo/transport/pair.h"
-#include "gloo/transport/tcp/address.h"
 
 namespace mimo::comm {
-namespace {
-
-struct OpenSocket {
-  int fd;
-  sockaddr_storage local;
-};
-
-// Connected TCP sockets of this process with their local addresses.
-std::vector<OpenSocket> ConnectedSockets() {
-  std::vector<OpenSocket> sockets;
-  DIR* dir = opendir("/proc/self/fd");
-  if (dir == nullptr) return sockets;
-  while (const dirent* entry = readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(entry->d_name, &end, 10);
-    if (end == entry->d_name || *end != '\0' || fd == dirfd(dir)) continue;
-    struct stat st;
-    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    OpenSocket socket{.fd = static_cast<int>(fd)};
-    socklen_t length = sizeof(socket.local);
-    if (getsockname(socket.fd, reinterpret_cast<sockaddr*>(&socket.local), &length) != 0) {
-      continue;
-    }
-    // Listening sockets have no peer; they are never a pair's connection.
-    sockaddr_storage peer;
-    length = sizeof(peer);
-    if (getpeername(socket.fd, reinterpret_cast<sockaddr*>(&peer), &length) != 0) continue;
-    sockets.push_back(socket);
-  }
-  closedir(dir);
-  return sockets;
-}
-
-bool SameAddress(const sockaddr_storage& a, const sockaddr_storage& b) {
-  if (a.ss_family != b.ss_family) return false;
-  if (a.ss_family == AF_INET) {
-    const auto& x = reinterpret_cast<const sockaddr_in&>(a);
-    const auto& y = reinterpret_cast<const sockaddr_in&>(b);
-    return x.sin_port == y.sin_port && x.sin_addr.s_addr == y.sin_addr.s_addr;
-  }
-  if (a.ss_family == AF_INET6) {
-    const auto& x = reinterpret_cast<const sockaddr_in6&>(a);
-    const auto& y = reinterpret_cast<const sockaddr_in6&>(b);
-    return x.sin6_port == y.sin6_port &&
-           std::memcmp(&x.sin6_addr, &y.sin6_addr, sizeof(x.sin6_addr)) == 0;
-  }
-  return false;
-}
-
-}  // namespace
 
 int ShutDownGlooSockets(gloo::Context& context) {
   int shut_down = 0;
-  try {
-    const std::vector<OpenSocket> sockets = ConnectedSockets();
-    for (int peer = 0; peer < context.size; ++peer) {
-      if (peer == context.rank) continue;
-      std::unique_ptr<gloo::transport::Pair>& pair = context.getPair(peer);
-      if (pair == nullptr) continue;
-      const auto* address = dynamic_cast<const gloo::transport::tcp::Address*>(&pair->address());
-      if (address == nullptr) continue;
-      for (const OpenSocket& socket : sockets) {
-        // A failed pair has closed its socket; its number may since name another, unrelated one,
-        // but then that one's local address differs (each pair has its own port).
-        if (SameAddress(socket.local, address->getSockaddr())) {
-          if (shutdown(socket.fd, SHUT_WR) == 0) ++shut_down;
-          break;
-        }
-      }
+  for (const GlooPairSocket& socket : FindGlooPairSockets(context)) {
+    // On a duplicate, checked to be the pair's socket still: the pair may have closed its
+    // descriptor since it was found, and the number may now name another file.
+    const int fd = fcntl(socket.fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) continue;
+    if (IsSameSocket(GlooPairSocket{.peer = socket.peer, .fd = fd, .inode = socket.inode}) &&
+        shutdown(fd, SHUT_WR) == 0) {
+      ++shut_down;
     }
-  } catch (...) {
-    // getPair throws when the context was never connected: nothing to shut down.
+    close(fd);
   }
   return shut_down;
 }
 
-// Forwards to the wrapped buffer; throws once aborted. Gloo's algorithms ignore what waitSend and
-// waitRecv return, so an abort must throw rather than return false.
+// Forwards to the wrapped buffer; throws once aborted, or once a wait can get nothing more. Gloo's
+// algorithms ignore what waitSend and waitRecv return, so neither may return false for that.
 class AbortableBuffers::Buffer : public gloo::transport::UnboundBuffer {
  public:
   Buffer(AbortableBuffers& owner, std::unique_ptr<gloo::transport::UnboundBuffer> inner)
@@ -105,30 +47,32 @@ class AbortableBuffers::Buffer : public gloo::transport::UnboundBuffer {
   ~Buffer() override { owner_.Remove(this); }
 
   bool waitRecv(int* rank, std::chrono::milliseconds timeout) override {
-    ThrowIfAborted();
-    const bool received = inner_->waitRecv(rank, timeout);
-    // Woken by Abort (false), or done while it came: either way the call is over.
-    ThrowIfAborted();
-    return received;
+    return Wait(Direction::kRecv, rank, timeout);
   }
   bool waitSend(int* rank, std::chrono::milliseconds timeout) override {
-    ThrowIfAborted();
-    const bool sent = inner_->waitSend(rank, timeout);
-    ThrowIfAborted();
-    return sent;
+    return Wait(Direction::kSend, rank, timeout);
   }
-  void abortWaitRecv() override { inner_->abortWaitRecv(); }
-  void abortWaitSend() override { inner_->abortWaitSend(); }
+  void abortWaitRecv() override {
+    caller_aborts_recv_.store(true);
+    inner_->abortWaitRecv();
+  }
+  void abortWaitSend() override {
+    caller_aborts_send_.store(true);
+    inner_->abortWaitSend();
+  }
   void send(int dst_rank, uint64_t slot, size_t offset, size_t nbytes) override {
     ThrowIfAborted();
+    AddPeer(dst_rank);
     inner_->send(dst_rank, slot, offset, nbytes);
   }
   void recv(int src_rank, uint64_t slot, size_t offset, size_t nbytes) override {
     ThrowIfAborted();
+    AddPeer(src_rank);
     inner_->recv(src_rank, slot, offset, nbytes);
   }
   void recv(std::vector<int> src_ranks, uint64_t slot, size_t offset, size_t nbytes) override {
     ThrowIfAborted();
+    for (int rank : src_ranks) AddPeer(rank);
     inner_->recv(std::move(src_ranks), slot, offset, nbytes);
   }
 
@@ -141,11 +85,66 @@ class AbortableBuffers::Buffer : public gloo::transport::UnboundBuffer {
       reason_ = reason;
     }
     aborted_.store(true);
+    Wake();
+  }
+
+  // The peers this buffer has had operations with so far.
+  absl::flat_hash_set<int> Peers() {
+    absl::MutexLock lock(&mu_);
+    return peers_;
+  }
+
+  // Wakes a wait blocked on the buffer (or the next one), which then looks at why (see Wait).
+  void Wake() {
     inner_->abortWaitSend();
     inner_->abortWaitRecv();
   }
 
  private:
+  enum class Direction { kSend, kRecv };
+
+  bool InnerWait(Direction direction, int* rank, std::chrono::milliseconds timeout) {
+    return direction == Direction::kSend ? inner_->waitSend(rank, timeout)
+                                         : inner_->waitRecv(rank, timeout);
+  }
+
+  bool Wait(Direction direction, int* rank, std::chrono::milliseconds timeout) {
+    std::atomic<bool>& caller_aborts =
+        direction == Direction::kSend ? caller_aborts_send_ : caller_aborts_recv_;
+    for (;;) {
+      ThrowIfAborted();
+      const bool done = InnerWait(direction, rank, timeout);
+      // Woken by Abort (false), or done while it came: either way the call is over.
+      ThrowIfAborted();
+      if (done) return true;
+      // False only after abortWait*: by our caller (who gets the false it asked for), or by
+      // Wake after a peer's pair failed. The wake-up may be left over from an earlier wait, or
+      // this buffer may since have begun operations with a peer still connected: then wait on.
+      if (caller_aborts.exchange(false)) return false;
+      const std::string closed = owner_.ClosedReason(Peers());
+      if (closed.empty()) continue;
+      // Every peer of the buffer has failed: completions can no longer come, but one may have
+      // come before. A wait with a short timeout takes it; without one it times out, which fails
+      // every pair of the context (as the call's failure does anyway).
+      constexpr auto kTakeArrived = std::chrono::milliseconds(1);
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        try {
+          if (InnerWait(direction, rank, kTakeArrived)) return true;
+          // False: another wake-up, left over. Look again.
+        } catch (const std::exception&) {
+          break;
+        }
+      }
+      ThrowIfAborted();
+      throw StatusException(absl::UnavailableError(closed));
+    }
+  }
+
+  void AddPeer(int rank) {
+    absl::MutexLock lock(&mu_);
+    peers_.insert(rank);
+  }
+
   void ThrowIfAborted() {
     if (!aborted_.load()) return;
     absl::MutexLock lock(&mu_);
@@ -155,8 +154,11 @@ class AbortableBuffers::Buffer : public gloo::transport::UnboundBuffer {
   AbortableBuffers& owner_;
   const std::unique_ptr<gloo::transport::UnboundBuffer> inner_;
   std::atomic<bool> aborted_{false};
+  std::atomic<bool> caller_aborts_send_{false};
+  std::atomic<bool> caller_aborts_recv_{false};
   absl::Mutex mu_;
   std::string reason_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<int> peers_ ABSL_GUARDED_BY(mu_);
 };
 
 std::unique_ptr<gloo::transport::UnboundBuffer> AbortableBuffers::Wrap(
@@ -181,6 +183,34 @@ void AbortableBuffers::AbortAll(const std::string& reason) {
   aborted_ = true;
   reason_ = reason;
   for (Buffer* buffer : live_) buffer->Abort(reason_);
+}
+
+void AbortableBuffers::PeerClosed(int peer) {
+  absl::MutexLock lock(&mu_);
+  if (!closed_peers_.insert(peer).second) return;
+  for (Buffer* buffer : live_) {
+    if (!ClosedReasonLocked(buffer->Peers()).empty()) buffer->Wake();
+  }
+}
+
+std::string AbortableBuffers::ClosedReason(const absl::flat_hash_set<int>& peers) {
+  absl::MutexLock lock(&mu_);
+  return ClosedReasonLocked(peers);
+}
+
+std::string AbortableBuffers::ClosedReasonLocked(const absl::flat_hash_set<int>& peers) {
+  if (peers.empty()) return "";
+  std::vector<int> closed;
+  for (int peer : peers) {
+    if (!closed_peers_.contains(peer)) return "";
+    closed.push_back(peer);
+  }
+  std::sort(closed.begin(), closed.end());
+  return closed.size() == 1
+             ? absl::StrCat("the connection with member ", closed[0],
+                            " closed while the call waited on it")
+             : absl::StrCat("the connections with members ", absl::StrJoin(closed, ", "),
+                            " closed while the call waited on them");
 }
 
 }  // namespace mimo::comm

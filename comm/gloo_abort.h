@@ -16,28 +16,37 @@ class Context;
 
 namespace mimo::comm {
 
-// Shuts down (shutdown(2), both directions) the TCP socket of every pair of `context`. Gloo's I/O
-// thread then reads end-of-file on each and fails the pair through its ordinary error path: every
-// operation waiting on it wakes with an IoException ("Connection closed by peer"), later
-// operations throw, and the peers see their connections close. Thread-safe; never throws; returns
-// the number of sockets shut down.
+// Shuts down the sending side (shutdown(2), SHUT_WR) of the TCP socket of every pair of `context`
+// that is still open. Each peer's I/O thread then reads end-of-file and fails its pair through
+// Gloo's ordinary error path, closing its end, and so in turn does this side's: every operation
+// waiting on the pair wakes with an IoException ("Connection closed by peer") and later
+// operations throw. Thread-safe; never throws; returns the number of sockets shut down.
 //
 // Why sockets: Gloo 0.5 (2022) fails a pair only from inside (the protected
 // Pair::signalExceptionExternal, which it calls on a timeout), and Pair::close() closes the socket
-// without waking anyone. Gloo's public API does give each pair's local address, which for a
-// connected pair is its socket's, so the socket is found among this process's open descriptors by
-// that address.
+// without waking anyone. The sockets are found exactly, by FindGlooPairSockets (never by local
+// address alone, which another pair's socket of this process can share: shutting that one down
+// broke a healthy connection and left this one open).
 //
-// Not enough alone: when a write fails on a broken connection (EPIPE, ECONNRESET), Gloo queues the
-// send to retry it, and when the pair then fails, Pair::signalException wakes only the *bound*
-// buffers among the queued writes, so the unbound buffer of that send waits out the timeout. Every
-// call therefore also runs on AbortableBuffers, which Abort wakes directly.
+// Not enough alone: when a pair fails, Pair::signalException wakes only the operations still
+// waiting for their peer's notification and the *bound* buffers among the queued writes: the
+// unbound buffer of a send that Gloo had queued (its socket full, or the write refused with EPIPE
+// or ECONNRESET), or of a receive whose data was partly read, waits out the timeout. Every call
+// therefore also runs on AbortableBuffers, which Abort wakes directly, and which GlooPairWatcher
+// tells of every pair that fails.
 int ShutDownGlooSockets(gloo::Context& context);
 
 // The unbound buffers of the calls in flight on one communicator, made abortable. Wrap() returns a
 // buffer that forwards everything to the one it wraps; once AbortAll() has been called (before
 // or after the wrap), its waits, sends and receives throw StatusException(Cancelled) at once,
 // including a wait already blocked in Gloo. Must outlive the buffers it wrapped. Thread-safe.
+//
+// Each buffer also records the peers it has sent to or received from. Once the pairs of all of them
+// have failed (PeerClosed), no completion can come to it any more: a wait on it then takes a
+// completion that came before, else throws StatusException(Unavailable) at once instead of waiting
+// out the timeout. A buffer with a peer still connected waits on: a peer may close its connection
+// once it has finished the call (and so is done with this buffer) while this member still waits
+// for another.
 class AbortableBuffers {
  public:
   AbortableBuffers() = default;
@@ -51,16 +60,26 @@ class AbortableBuffers {
   // Cancelled message. Idempotent (the first reason stays); never blocks on the network.
   void AbortAll(const std::string& reason);
 
+  // Records that the pair with group rank `peer` has failed (Gloo closed its socket), and wakes the
+  // waits of the buffers whose peers have now all failed. Never blocks on the network.
+  void PeerClosed(int peer);
+
  private:
   class Buffer;
 
   void Add(Buffer* buffer);
   void Remove(Buffer* buffer);
+  // When `peers` is not empty and all of their pairs have failed, why a wait can get nothing more;
+  // else empty.
+  std::string ClosedReason(const absl::flat_hash_set<int>& peers) ABSL_LOCKS_EXCLUDED(mu_);
+  std::string ClosedReasonLocked(const absl::flat_hash_set<int>& peers)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   bool aborted_ ABSL_GUARDED_BY(mu_) = false;
   std::string reason_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<Buffer*> live_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<int> closed_peers_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace mimo::comm

@@ -187,6 +187,14 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Connect(
   // member that returns and closes its end at once (an error in a later group, a short-lived
   // group) fails a peer's connect with "Connection closed by peer".
   std::unique_ptr<GlooCommunicator> comm(new GlooCommunicator(std::move(context), kind, members));
+  absl::StatusOr<std::unique_ptr<GlooPairWatcher>> watcher = GlooPairWatcher::Start(
+      *comm->context_, [buffers = &comm->buffers_](int peer) { buffers->PeerClosed(peer); });
+  if (!watcher.ok()) {
+    return absl::Status(watcher.status().code(),
+                        absl::StrCat("connecting group ", group, " as member ", group_rank, ": ",
+                                     watcher.status().message()));
+  }
+  comm->watcher_ = *std::move(watcher);
   const absl::Status barrier = comm->Barrier();
   if (!barrier.ok()) {
     return absl::Status(barrier.code(), absl::StrCat("connecting group ", group, " as member ",

@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "comm/checked_communicator.h"
 #include "comm/gloo_abort.h"
+#include "comm/gloo_pair_sockets.h"
 #include "comm/key_value_store.h"
 
 namespace gloo {
@@ -32,7 +33,8 @@ namespace mimo::comm {
 // of a true reduce-scatter, but it rides on Gloo's tested ring all-reduce. AllToAll first swaps
 // the counts with every peer (one small extra exchange) so that a count mismatch fails with
 // InvalidArgument instead of tripping a check on Gloo's I/O thread, which would end the process.
-// Every call waits at most the group's timeout for its peers.
+// Every call waits at most the group's timeout for its peers, and fails (Unavailable) soon after
+// the connections with the members it waits on have closed.
 class GlooCommunicator : public CheckedCommunicator {
  public:
   // One TCP device (a listening address and an I/O thread) for all of a process's groups.
@@ -104,6 +106,9 @@ class GlooCommunicator : public CheckedCommunicator {
   AbortableBuffers buffers_;
   absl::Mutex mu_;
   absl::Status broken_ ABSL_GUARDED_BY(mu_);
+  // Tells buffers_ of every pair that fails, so that a wait that nothing can complete any more
+  // fails at once (see AbortableBuffers). Last: stopped before what it uses goes.
+  std::unique_ptr<GlooPairWatcher> watcher_;
 };
 
 }  // namespace mimo::comm
