@@ -492,7 +492,7 @@ void JobManager::WorkerProcessExited(const std::string& host, int pid, int exit_
                                      const std::vector<std::string>& stderr_tail, absl::Time now) {
   absl::MutexLock lock(&mu_);
   if (host == options_.embedded.host) {
-    // The pid may be reused by a process that is none of ours.
+    // Once the process is reaped (after this call), its pid may be another process's.
     std::replace(slot_pids_.begin(), slot_pids_.end(), pid, 0);
   }
   std::string worker_id;

@@ -152,7 +152,8 @@ class JobManager {
   // signal 9 (Killed)"); its slot has no process until the next WorkerProcessStarted. The worker
   // it registered as is forgotten at once; if it held a rank of a running attempt, `stderr_tail`
   // is appended to that rank's logs and the attempt fails with reason WORKER_EXITED and
-  // `exit_code` without waiting for the heartbeat timeout.
+  // `exit_code` without waiting for the heartbeat timeout. Call it before the process is reaped
+  // (a zombie still holds `pid`): once reaped, the pid may be another process's.
   void WorkerProcessExited(const std::string& host, int pid, int exit_code, const std::string& how,
                            const std::vector<std::string>& stderr_tail, absl::Time now);
 

@@ -29,6 +29,98 @@ const char* DeviceFlag(v1::DeviceKind device) {
 
 }  // namespace
 
+namespace local_workers_internal {
+
+absl::StatusOr<pid_t> StartChild(const std::vector<std::string>& args, int output_fd,
+                                 absl::FunctionRef<void(pid_t)> started) {
+  std::vector<std::string> copies = args;
+  std::vector<char*> argv;
+  for (std::string& a : copies) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  // The child runs the program once `go` has no writer left: its own end is closed at once, ours
+  // after `started`. Nothing is written (a child that died meanwhile, of a signal sent to the
+  // process group say, would make the write raise SIGPIPE, which kills this process unless
+  // something ignores it).
+  int go[2];
+  if (pipe2(go, O_CLOEXEC) != 0) {
+    return absl::ErrnoToStatus(errno, "local workers: pipe2");
+  }
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    const int err = errno;
+    close(go[0]);
+    close(go[1]);
+    return absl::ErrnoToStatus(err, "local workers: fork");
+  }
+  if (pid == 0) {
+    // Only async-signal-safe calls from here to exec. The child dies with this thread (the
+    // supervisor, which lives as long as the pool), so a killed coordinator leaves no orphans.
+    // SIGINT stops a worker at once (SIGTERM would drain: save a checkpoint first, which needs
+    // the coordinator's rendezvous store, gone with it).
+    prctl(PR_SET_PDEATHSIG, SIGINT);
+    if (getppid() != parent) _exit(127);
+    // The coordinator blocks SIGTERM and SIGINT in every thread (it takes them with sigwait);
+    // an exec'd program would inherit that mask and ignore its stop signal. An ignored SIGPIPE
+    // would be inherited too (the metrics server ignores it in the coordinator).
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    struct sigaction default_action = {};
+    default_action.sa_handler = SIG_DFL;
+    sigaction(SIGPIPE, &default_action, nullptr);
+    close(go[1]);
+    char byte;
+    ssize_t n;
+    while ((n = read(go[0], &byte, 1)) < 0 && errno == EINTR) {
+    }
+    // Only the end of the pipe means go: the parent closed its end after `started`. Not a
+    // parent that died first (its end closed with it), nor anything read.
+    if (n != 0 || getppid() != parent) _exit(127);
+    dup2(output_fd, STDOUT_FILENO);
+    dup2(output_fd, STDERR_FILENO);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(go[0]);
+  started(pid);
+  close(go[1]);
+  return pid;
+}
+
+bool AwaitExit(pid_t pid, bool wait,
+               absl::FunctionRef<void(int exit_code, std::string how)> exited) {
+  // WNOWAIT leaves the child a zombie, its pid not free for another process, while `exited` runs.
+  siginfo_t info = {};
+  int r;
+  do {
+    r = waitid(P_PID, pid, &info, WEXITED | WNOWAIT | (wait ? 0 : WNOHANG));
+  } while (r < 0 && errno == EINTR);
+  if (r == 0 && info.si_pid == 0) return false;  // Still running (WNOHANG).
+  int exit_code = 0;
+  std::string how;
+  if (r < 0) {
+    how = absl::StrCat("could not be waited for: ", std::strerror(errno));
+    exit_code = -1;
+  } else if (info.si_code == CLD_EXITED) {
+    exit_code = info.si_status;
+    how = absl::StrCat("exited with code ", exit_code);
+  } else {  // CLD_KILLED or CLD_DUMPED.
+    const int sig = info.si_status;
+    exit_code = 128 + sig;
+    how = absl::StrCat("was killed by signal ", sig, " (", strsignal(sig), ")");
+  }
+  exited(exit_code, std::move(how));
+  if (r == 0) {
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+  }
+  return true;
+}
+
+}  // namespace local_workers_internal
+
 absl::StatusOr<std::unique_ptr<LocalWorkers>> LocalWorkers::Start(LocalWorkersOptions options,
                                                                   JobManager* manager) {
   if (options.count < 1) {
@@ -75,59 +167,21 @@ absl::Status LocalWorkers::Spawn(Slot& slot) {
                                    "--device",
                                    DeviceFlag(options_.device)};
   args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) {
     return absl::ErrnoToStatus(errno, "local workers: pipe2");
   }
-  // The child waits for a byte on `go` (or its end) before it runs the worker, so the manager
-  // knows the slot's pid before a worker with that pid can register (it refuses any other).
-  int go[2];
-  if (pipe2(go, O_CLOEXEC) != 0) {
-    const int err = errno;
-    close(fds[0]);
-    close(fds[1]);
-    return absl::ErrnoToStatus(err, "local workers: pipe2");
-  }
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    const int err = errno;
-    for (int fd : {fds[0], fds[1], go[0], go[1]}) close(fd);
-    return absl::ErrnoToStatus(err, "local workers: fork");
-  }
-  if (pid == 0) {
-    // Only async-signal-safe calls from here to exec. The worker dies with this thread (the
-    // supervisor, which lives as long as the pool), so a killed coordinator leaves no orphans.
-    // SIGINT stops a worker at once (SIGTERM would drain: save a checkpoint first, which needs
-    // the coordinator's rendezvous store, gone with it).
-    prctl(PR_SET_PDEATHSIG, SIGINT);
-    if (getppid() != parent) _exit(127);
-    // The coordinator blocks SIGTERM and SIGINT in every thread (it takes them with sigwait);
-    // an exec'd program would inherit that mask and ignore its stop signal.
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    close(go[1]);
-    char byte;
-    while (read(go[0], &byte, 1) < 0 && errno == EINTR) {
-    }
-    dup2(fds[1], STDOUT_FILENO);
-    dup2(fds[1], STDERR_FILENO);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
+  // The manager knows the slot's pid before a worker with that pid can register (it refuses any
+  // other).
+  const absl::StatusOr<pid_t> pid = local_workers_internal::StartChild(
+      args, fds[1], [&](pid_t pid) { manager_->WorkerProcessStarted(slot.index, pid); });
   close(fds[1]);
-  close(go[0]);
-  manager_->WorkerProcessStarted(slot.index, pid);
-  const char byte = 1;
-  while (write(go[1], &byte, 1) < 0 && errno == EINTR) {
+  if (!pid.ok()) {
+    close(fds[0]);
+    return pid.status();
   }
-  close(go[1]);  // Its end releases the child too, should the write have failed.
   fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
-  slot.pid = pid;
+  slot.pid = *pid;
   slot.stderr_fd = fds[0];
   slot.partial.clear();
   slot.tail.clear();
@@ -163,42 +217,27 @@ void LocalWorkers::Drain(Slot& slot) {
 
 bool LocalWorkers::Reap(Slot& slot, bool wait) {
   if (slot.pid < 0) return false;
-  int status = 0;
-  pid_t r;
-  do {
-    r = waitpid(slot.pid, &status, wait ? 0 : WNOHANG);
-  } while (r < 0 && errno == EINTR);
-  if (r == 0) return false;
-  Drain(slot);
-  if (!slot.partial.empty()) {
-    slot.tail.push_back(std::move(slot.partial));
-    slot.partial.clear();
-  }
-  if (slot.stderr_fd >= 0) {
-    close(slot.stderr_fd);
-    slot.stderr_fd = -1;
-  }
-  int exit_code = 0;
-  std::string how;
-  if (r < 0) {
-    how = absl::StrCat("could not be waited for: ", std::strerror(errno));
-    exit_code = -1;
-  } else if (WIFSIGNALED(status)) {
-    const int sig = WTERMSIG(status);
-    exit_code = 128 + sig;
-    how = absl::StrCat("was killed by signal ", sig, " (", strsignal(sig), ")");
-  } else {
-    exit_code = WEXITSTATUS(status);
-    how = absl::StrCat("exited with code ", exit_code);
-  }
-  std::cerr << "[worker " << slot.index << "] pid " << slot.pid << " " << how << '\n';
-  manager_->WorkerProcessExited(options_.host, slot.pid, exit_code, how,
-                                std::vector<std::string>(slot.tail.begin(), slot.tail.end()),
-                                absl::Now());
-  slot.pid = -1;
-  slot.tail.clear();
-  slot.restart_at = absl::Now() + options_.restart_delay;
-  return true;
+  // The manager is told while the pid is still the exited worker's (it clears the slot's pid):
+  // once reaped, the pid may be another process's.
+  return local_workers_internal::AwaitExit(
+      slot.pid, wait, [&](int exit_code, std::string how) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        Drain(slot);
+        if (!slot.partial.empty()) {
+          slot.tail.push_back(std::move(slot.partial));
+          slot.partial.clear();
+        }
+        if (slot.stderr_fd >= 0) {
+          close(slot.stderr_fd);
+          slot.stderr_fd = -1;
+        }
+        std::cerr << "[worker " << slot.index << "] pid " << slot.pid << " " << how << '\n';
+        manager_->WorkerProcessExited(options_.host, slot.pid, exit_code, how,
+                                      std::vector<std::string>(slot.tail.begin(), slot.tail.end()),
+                                      absl::Now());
+        slot.pid = -1;
+        slot.tail.clear();
+        slot.restart_at = absl::Now() + options_.restart_delay;
+      });
 }
 
 void LocalWorkers::Supervise() {

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -41,6 +42,28 @@ struct LocalWorkersOptions {
   // Lines of each worker's stderr kept for the report of its exit.
   int stderr_tail_lines = 40;
 };
+
+// The process handling of LocalWorkers, declared for its tests.
+namespace local_workers_internal {
+
+// Forks a child that runs `args` (args[0]: the program's path) with its stdout and stderr on
+// `output_fd`, no signal blocked and SIGPIPE at its default action (neither inherited from this
+// process). `started` runs with the child's pid before the child may exec: the child waits for
+// the end of a pipe, which this process closes once `started` returns, so it never runs the
+// program before `started` is done (nothing is written to it: a child already dead would make a
+// write raise SIGPIPE here). The child gets SIGINT when the calling thread ends.
+absl::StatusOr<pid_t> StartChild(const std::vector<std::string>& args, int output_fd,
+                                 absl::FunctionRef<void(pid_t)> started);
+
+// If child `pid` has exited (waiting for it when `wait`), calls `exited` with its exit code (128
+// + N for signal N; -1 if it could not be waited for) and how it ended ("exited with code 3",
+// "was killed by signal 9 (Killed)"), then reaps it, and returns true; false while it runs. The
+// pid stays the exited child's (a zombie) until `exited` returns, so no other process can have
+// it yet.
+bool AwaitExit(pid_t pid, bool wait,
+               absl::FunctionRef<void(int exit_code, std::string how)> exited);
+
+}  // namespace local_workers_internal
 
 class LocalWorkers {
  public:

@@ -1,16 +1,22 @@
 // The embedded worker pool's supervision with stand-in worker programs (shell scripts): arguments,
-// restarts after an exit, stderr forwarding, and a stop that leaves no process behind.
+// restarts after an exit, stderr forwarding, and a stop that leaves no process behind; and its
+// process handling alone: a child held until the manager knows its pid, and an exit reported
+// before its pid is freed.
 #include "coordinator/local_workers.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -202,6 +208,153 @@ TEST_F(LocalWorkersTest, BadOptionsAreErrors) {
   EXPECT_THAT(missing.status().message(), HasSubstr("/nonexistent/mimo-worker"));
   auto none = LocalWorkers::Start(Options(Script("none", "exit 0"), 0), manager_.get());
   EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Everything `fd` gives until its end; closes it.
+std::string ReadAll(int fd) {
+  std::string text;
+  char buffer[4096];
+  ssize_t n;
+  while ((n = read(fd, buffer, sizeof(buffer))) > 0 || (n < 0 && errno == EINTR)) {
+    if (n > 0) text.append(buffer, n);
+  }
+  close(fd);
+  return text;
+}
+
+// The state letter of /proc/PID/stat ('R' running, 'S' sleeping, 'Z' zombie, ...).
+char ProcessState(pid_t pid) {
+  std::string stat;
+  std::getline(std::ifstream(absl::StrCat("/proc/", pid, "/stat")), stat);
+  const size_t paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() ? '?' : stat[paren + 2];
+}
+
+// The child waits for the end of a pipe, not a byte: one that died before the go (of a SIGTERM
+// sent to the process group, say) made the byte's write raise SIGPIPE, killing the coordinator
+// (nothing ignores it there with --metrics-listen ''), so that it stopped without a drain.
+TEST(StartChildTest, AChildDeadBeforeItsGoSignalLeavesTheParentAlive) {
+  struct sigaction default_action = {};
+  default_action.sa_handler = SIG_DFL;
+  struct sigaction old;
+  sigaction(SIGPIPE, &default_action, &old);
+  int out[2];
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  bool dead = false;
+  const absl::StatusOr<pid_t> pid =
+      local_workers_internal::StartChild({"/bin/echo", "ran"}, out[1], [&](pid_t pid) {
+        kill(pid, SIGKILL);
+        siginfo_t info = {};  // Dead, not reaped: its end of the go pipe is closed.
+        dead = waitid(P_PID, pid, &info, WEXITED | WNOWAIT) == 0 && info.si_code == CLD_KILLED;
+      });
+  close(out[1]);
+  sigaction(SIGPIPE, &old, nullptr);  // Reached: SIGPIPE did not end this process.
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  EXPECT_TRUE(dead);
+  int code = 0;
+  std::string how;
+  EXPECT_TRUE(local_workers_internal::AwaitExit(*pid, /*wait=*/true, [&](int c, std::string h) {
+    code = c;
+    how = std::move(h);
+  }));
+  EXPECT_EQ(code, 128 + SIGKILL);
+  EXPECT_EQ(how, "was killed by signal 9 (Killed)");
+  EXPECT_EQ(ReadAll(out[0]), "");  // It never ran the program.
+}
+
+// The program runs once `started` returned, with no signal blocked and SIGPIPE not ignored, as
+// the calling thread had them (the coordinator blocks SIGTERM and SIGINT; its metrics server
+// ignores SIGPIPE).
+TEST(StartChildTest, TheProgramRunsAfterStartedWithDefaultSignals) {
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  sigset_t old_mask;
+  pthread_sigmask(SIG_BLOCK, &stop, &old_mask);
+  struct sigaction ignore = {};
+  ignore.sa_handler = SIG_IGN;
+  struct sigaction old_pipe;
+  sigaction(SIGPIPE, &ignore, &old_pipe);
+  int out[2];
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  char state = '?';
+  bool still_us = false;
+  const absl::StatusOr<pid_t> pid = local_workers_internal::StartChild(
+      {"/bin/sh", "-c", "exec grep -E '^Sig(Blk|Ign):' /proc/self/status"}, out[1], [&](pid_t pid) {
+        // Until this returns the child waits (asleep), still this program.
+        const absl::Time deadline = absl::Now() + absl::Seconds(30);
+        while ((state = ProcessState(pid)) != 'S' && state != 'Z' && absl::Now() < deadline) {
+          absl::SleepFor(absl::Milliseconds(1));
+        }
+        std::error_code error;
+        still_us = std::filesystem::read_symlink(absl::StrCat("/proc/", pid, "/exe"), error) ==
+                   std::filesystem::read_symlink("/proc/self/exe");
+      });
+  close(out[1]);
+  sigaction(SIGPIPE, &old_pipe, nullptr);
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  EXPECT_EQ(state, 'S');
+  EXPECT_TRUE(still_us);
+  const std::string text = ReadAll(out[0]);
+  int code = -1;
+  EXPECT_TRUE(local_workers_internal::AwaitExit(*pid, /*wait=*/true,
+                                                [&](int c, std::string) { code = c; }));
+  EXPECT_EQ(code, 0) << text;
+  std::istringstream lines(text);
+  uint64_t blocked = ~0ull;
+  uint64_t ignored = ~0ull;
+  for (std::string name, mask; lines >> name >> mask;) {
+    (name == "SigBlk:" ? blocked : ignored) = std::stoull(mask, nullptr, 16);
+  }
+  EXPECT_EQ(blocked & ((1ull << (SIGTERM - 1)) | (1ull << (SIGINT - 1))), 0u) << text;
+  EXPECT_EQ(ignored & (1ull << (SIGPIPE - 1)), 0u) << text;
+}
+
+// The exit is reported while the pid is still the exited child's (a zombie): reaped first, the pid
+// could be another process's by the time the manager cleared it from its slot.
+TEST(AwaitExitTest, TheExitIsReportedBeforeThePidIsFreed) {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(3);
+  ASSERT_GT(pid, 0);
+  bool held = false;
+  int code = -1;
+  std::string how;
+  EXPECT_TRUE(local_workers_internal::AwaitExit(pid, /*wait=*/true, [&](int c, std::string h) {
+    code = c;
+    how = std::move(h);
+    siginfo_t info = {};
+    held = waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid;
+  }));
+  EXPECT_TRUE(held);
+  EXPECT_EQ(code, 3);
+  EXPECT_EQ(how, "exited with code 3");
+  int status = 0;
+  EXPECT_EQ(waitpid(pid, &status, WNOHANG), -1);  // Reaped once reported.
+  EXPECT_EQ(errno, ECHILD);
+}
+
+TEST(AwaitExitTest, ARunningChildIsLeftRunning) {
+  int hold[2];
+  ASSERT_EQ(pipe2(hold, O_CLOEXEC), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(hold[1]);
+    char byte;
+    _exit(read(hold[0], &byte, 1) == 0 ? 0 : 1);  // Until the test closes its end.
+  }
+  ASSERT_GT(pid, 0);
+  close(hold[0]);
+  bool reported = false;
+  EXPECT_FALSE(local_workers_internal::AwaitExit(pid, /*wait=*/false,
+                                                 [&](int, std::string) { reported = true; }));
+  EXPECT_FALSE(reported);
+  close(hold[1]);
+  int code = -1;
+  EXPECT_TRUE(
+      local_workers_internal::AwaitExit(pid, /*wait=*/true, [&](int c, std::string) { code = c; }));
+  EXPECT_EQ(code, 0);
 }
 
 }  // namespace
