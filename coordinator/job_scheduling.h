@@ -30,10 +30,13 @@ std::string NormalFolder(const std::string& dir);
 // left out.
 std::vector<std::pair<const char*, std::string>> SharedFolders(const v1::JobSpec& spec);
 
-// "waiting for job J (RUNNING) to end: both use checkpointing.dir /ckpt" when a job before
-// `index` in `jobs` (unfinished, in submission order) writes a folder that jobs[index] writes and
-// holds it: it is scheduled or running, or submitted earlier and waiting too (one that ended, as
-// jobs may during the scheduler's pass over `jobs`, holds none). Empty otherwise.
+// "waiting for job J (RUNNING) to end: both use checkpointing.dir /ckpt" when another job of
+// `jobs` (unfinished, in submission order) writes a folder that jobs[index] writes (the same
+// field) and holds it: any job past PENDING (scheduled, running or cancelling), before or after
+// `index` (a later job is scheduled first when jobs[index] went back to PENDING meanwhile), or a
+// PENDING job before `index` (submitted earlier, served first). A later PENDING job holds none,
+// nor one that ended (as jobs may during the scheduler's pass over `jobs`). The first such job
+// in `jobs` is named; empty when there is none.
 std::string FolderInUse(const std::vector<v1::Job>& jobs, size_t index);
 
 }  // namespace mimo::coordinator

@@ -129,7 +129,9 @@ int main(int argc, char** argv) {
                                     "other worker may register")
                          ->type_name("N|auto");
   cpu->excludes(gpu);
-  app.add_option("--worker-binary", worker_binary, "The mimo-worker program for embedded mode")
+  app.add_option("--worker-binary", worker_binary,
+                 "The mimo-worker program for embedded mode; a wrapper script must exec "
+                 "mimo-worker (a worker registers only from the pid the coordinator started)")
       ->capture_default_str();
   app.add_option("--drain-grace", drain_grace,
                  "Embedded mode, on SIGTERM: how long the workers get to save a checkpoint and "

@@ -280,6 +280,14 @@ TEST(CoordinatorFlagsTest, EmbeddedModeIsCheckedBeforeAnyFileIsCreated) {
   EXPECT_THAT(run.left, IsEmpty());
 }
 
+// A worker registers only from the pid the coordinator started for its slot, so a wrapper
+// script given as --worker-binary must exec mimo-worker (not run it as its own child).
+TEST(CoordinatorFlagsTest, HelpSaysAWorkerBinaryWrapperMustExec) {
+  const auto [code, out] = RunCoordinator("--help");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr("a wrapper script must exec"));
+}
+
 TEST(CoordinatorFlagsTest, CpuAndGpuWorkersExcludeEachOther) {
   const auto [code, out] = RunCoordinator("--cpu-workers 2 --gpu-workers 2");
   EXPECT_EQ(code, 2) << out;
