@@ -278,6 +278,17 @@ TEST(CoordinatorFlagsTest, EmbeddedModeIsCheckedBeforeAnyFileIsCreated) {
   EXPECT_EQ(run.code, 1) << run.out;
   EXPECT_THAT(run.out, HasSubstr("local workers: cannot run ./none: No such file"));
   EXPECT_THAT(run.left, IsEmpty());
+  // TLS with local workers (which reach it over loopback without TLS). The files need only
+  // exist: they are not read.
+  const std::string pem = absl::StrCat(::testing::TempDir(), "/tls-", getpid(), ".pem");
+  std::ofstream(pem) << "not read\n";
+  const RunInFolder tls = RunCoordinatorInEmptyFolder(absl::StrCat(
+      "--db mimo.db --listen 127.0.0.1:0 --metrics-listen '' --cpu-workers 1 --tls-cert ", pem,
+      " --tls-key ", pem));
+  std::filesystem::remove(pem);
+  EXPECT_EQ(tls.code, 1) << tls.out;
+  EXPECT_THAT(tls.out, HasSubstr("local workers reach the coordinator over loopback without TLS"));
+  EXPECT_THAT(tls.left, IsEmpty());
 }
 
 // A worker registers only from the pid the coordinator started for its slot, so a wrapper
