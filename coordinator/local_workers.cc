@@ -121,8 +121,7 @@ bool AwaitExit(pid_t pid, bool wait,
 
 }  // namespace local_workers_internal
 
-absl::StatusOr<std::unique_ptr<LocalWorkers>> LocalWorkers::Start(LocalWorkersOptions options,
-                                                                  JobManager* manager) {
+absl::Status LocalWorkers::CheckOptions(const LocalWorkersOptions& options) {
   if (options.count < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("local workers: count must be at least 1, got ", options.count));
@@ -131,6 +130,12 @@ absl::StatusOr<std::unique_ptr<LocalWorkers>> LocalWorkers::Start(LocalWorkersOp
     return absl::InvalidArgumentError(absl::StrCat(
         "local workers: cannot run ", options.worker_binary, ": ", std::strerror(errno)));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<LocalWorkers>> LocalWorkers::Start(LocalWorkersOptions options,
+                                                                  JobManager* manager) {
+  if (absl::Status s = CheckOptions(options); !s.ok()) return s;
   auto workers = std::unique_ptr<LocalWorkers>(new LocalWorkers(std::move(options), manager));
   workers->supervisor_ = std::thread([w = workers.get()] { w->Supervise(); });
   return workers;

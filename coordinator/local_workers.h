@@ -67,9 +67,11 @@ bool AwaitExit(pid_t pid, bool wait,
 
 class LocalWorkers {
  public:
+  // What Start checks first: InvalidArgument for a count < 1 or a worker binary that cannot run.
+  static absl::Status CheckOptions(const LocalWorkersOptions& options);
+
   // Starts the workers and their supervisor. `manager` (told about every start, before the
-  // worker runs, and every exit) must outlive this object. InvalidArgument for a count < 1 or a
-  // missing binary.
+  // worker runs, and every exit) must outlive this object. CheckOptions' errors.
   static absl::StatusOr<std::unique_ptr<LocalWorkers>> Start(LocalWorkersOptions options,
                                                              JobManager* manager);
   ~LocalWorkers();  // Stop().

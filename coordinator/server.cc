@@ -6,8 +6,6 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -132,11 +130,7 @@ absl::Status CheckServerOptions(const ServerOptions& options) {
           "local workers reach the coordinator over loopback without TLS; with TLS, start "
           "workers separately (mimo-worker --coordinator HOST:PORT --tls-ca CA)");
     }
-    if (access(options.local_workers.worker_binary.c_str(), X_OK) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("local workers: cannot run ",
-                                                     options.local_workers.worker_binary, ": ",
-                                                     std::strerror(errno)));
-    }
+    MIMO_RETURN_IF_ERROR(LocalWorkers::CheckOptions(options.local_workers));
   }
   return absl::OkStatus();
 }

@@ -57,7 +57,8 @@ absl::Status CheckListenAddress(absl::string_view address, absl::string_view exa
 
 // What Start checks before it touches anything (no file created, no port bound): the database
 // path, the gRPC and (when set) metrics addresses, TLS files both or neither, and for local
-// workers no TLS and a worker binary that can run. InvalidArgument saying what is wrong.
+// workers no TLS and LocalWorkers::CheckOptions (a worker binary that can run). InvalidArgument
+// saying what is wrong.
 absl::Status CheckServerOptions(const ServerOptions& options);
 
 class CoordinatorServer {
