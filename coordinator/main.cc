@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
   app.add_option("--listen", options.listen, "gRPC address")
       ->type_name("HOST:PORT")
       ->check(Checked([](const std::string& address) {
-        return mimo::coordinator::CheckListenAddress(address, "0.0.0.0:50051");
+        return mimo::CheckHostPort(address, mimo::coordinator::kListenRules);
       }))
       ->capture_default_str();
   app.add_option("--db", options.db_path, "SQLite database file")
@@ -90,8 +90,9 @@ int main(int argc, char** argv) {
                  "Prometheus /metrics address; empty disables it")
       ->type_name("HOST:PORT")
       ->check(Checked([](const std::string& address) {
-        return address.empty() ? absl::OkStatus()
-                               : mimo::coordinator::CheckListenAddress(address, "0.0.0.0:9464");
+        return address.empty()
+                   ? absl::OkStatus()
+                   : mimo::CheckHostPort(address, mimo::coordinator::kMetricsListenRules);
       }))
       ->capture_default_str();
   app.add_option("--auth-token-file", token_file,

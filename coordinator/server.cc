@@ -10,10 +10,6 @@
 #include <fstream>
 #include <sstream>
 
-#include "absl/algorithm/container.h"
-#include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "coordinator/message_limits.h"
@@ -56,70 +52,11 @@ absl::Status CheckDatabasePath(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::Status CheckListenAddress(absl::string_view address, absl::string_view example) {
-  const std::string give =
-      absl::StrCat("give HOST:PORT, e.g. ", example, " (port 0: any free one)");
-  if (address.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("the address is empty; ", give));
-  }
-  const std::string quoted = absl::StrCat("'", absl::CEscape(address), "'");
-  absl::string_view host;
-  absl::string_view port;
-  if (address.front() == '[') {
-    const size_t close = address.find(']');
-    if (close == absl::string_view::npos || close + 1 >= address.size() ||
-        address[close + 1] != ':') {
-      return absl::InvalidArgumentError(absl::StrCat(quoted, " is not [IPV6]:PORT; ", give));
-    }
-    host = address.substr(1, close - 1);
-    port = address.substr(close + 2);
-    for (char c : host) {
-      if (!absl::ascii_isxdigit(c) && c != ':' && c != '.') {
-        return absl::InvalidArgumentError(
-            absl::StrCat(quoted, ": '", absl::CEscape(host), "' is not an IPv6 address"));
-      }
-    }
-  } else {
-    const size_t colon = address.rfind(':');
-    if (colon == absl::string_view::npos) {
-      const bool port_alone = absl::c_all_of(address, absl::ascii_isdigit);
-      return absl::InvalidArgumentError(
-          absl::StrCat(quoted, port_alone ? " has no host; " : " has no port; ", give));
-    }
-    host = address.substr(0, colon);
-    port = address.substr(colon + 1);
-    if (absl::StrContains(host, ':')) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(quoted, ": an IPv6 address goes in brackets, e.g. [::]:50051"));
-    }
-    for (char c : host) {
-      if (!absl::ascii_isalnum(c) && c != '.' && c != '-' && c != '_') {
-        return absl::InvalidArgumentError(
-            absl::StrCat(quoted, ": '", absl::CEscape(host), "' is not a host name or IP address"));
-      }
-    }
-  }
-  if (host.empty()) return absl::InvalidArgumentError(absl::StrCat(quoted, " has no host; ", give));
-  int value = 0;
-  for (char c : port) {
-    if (!absl::ascii_isdigit(c) || value > 65535) {
-      value = -1;
-      break;
-    }
-    value = value * 10 + (c - '0');
-  }
-  if (port.empty() || value < 0 || value > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        quoted, ": the port must be a number in 0-65535, got '", absl::CEscape(port), "'"));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CheckServerOptions(const ServerOptions& options) {
   MIMO_RETURN_IF_ERROR(CheckDatabasePath(options.db_path));
-  MIMO_RETURN_IF_ERROR(CheckListenAddress(options.listen, "0.0.0.0:50051"));
+  MIMO_RETURN_IF_ERROR(CheckHostPort(options.listen, kListenRules));
   if (!options.metrics_listen.empty()) {
-    MIMO_RETURN_IF_ERROR(CheckListenAddress(options.metrics_listen, "0.0.0.0:9464"));
+    MIMO_RETURN_IF_ERROR(CheckHostPort(options.metrics_listen, kMetricsListenRules));
   }
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
     return absl::InvalidArgumentError("TLS needs both a certificate and a key");

@@ -11,7 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
+#include "common/host_port.h"
 #include "coordinator/database_lock.h"
 #include "coordinator/job_manager.h"
 #include "coordinator/job_store.h"
@@ -49,11 +49,13 @@ struct ServerOptions {
 // the process alone). InvalidArgument saying what is wrong; nothing is created.
 absl::Status CheckDatabasePath(const std::string& path);
 
-// OK when `address` is HOST:PORT to listen on: a host name or IPv4 address, or an IPv6 address in
-// brackets ([::]:50051), and a port number in 0-65535 (0: any free port). InvalidArgument saying
-// what is wrong, with `example` as a good one; nothing is bound. (gRPC alone printed a raw log
-// line for an empty address, took the https port without one and wrapped ports past 65535 around.)
-absl::Status CheckListenAddress(absl::string_view address, absl::string_view example);
+// How --listen and --metrics-listen are read (CheckHostPort): port 0 is any free one.
+inline constexpr HostPortRules kListenRules = {.name = "the address",
+                                               .example = "0.0.0.0:50051",
+                                               .ipv6_example = "[::]:50051",
+                                               .listen = true};
+inline constexpr HostPortRules kMetricsListenRules = {
+    .name = "the address", .example = "0.0.0.0:9464", .ipv6_example = "[::]:9464", .listen = true};
 
 // What Start checks before it touches anything (no file created, no port bound): the database
 // path, the gRPC and (when set) metrics addresses, TLS files both or neither, and for local

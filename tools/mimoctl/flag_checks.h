@@ -9,68 +9,22 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
-#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/host_port.h"
 
 namespace mimo::tools {
 
-// Empty when `address` is HOST:PORT: a host name or IPv4 address, or an IPv6 address in brackets
-// ([::1]:50051), and a port in 1-65535. Otherwise what is wrong with it.
-inline std::string ServerAddressProblem(absl::string_view address) {
-  constexpr absl::string_view kExample = "give HOST:PORT, e.g. localhost:50051";
-  if (address.empty()) return absl::StrCat("the coordinator address is empty; ", kExample);
-  const std::string quoted = absl::StrCat("'", absl::CEscape(address), "'");
-  absl::string_view host;
-  absl::string_view port;
-  if (address.front() == '[') {
-    const size_t close = address.find(']');
-    if (close == absl::string_view::npos || close + 1 >= address.size() ||
-        address[close + 1] != ':') {
-      return absl::StrCat(quoted, " is not [IPV6]:PORT; ", kExample);
-    }
-    host = address.substr(1, close - 1);
-    port = address.substr(close + 2);
-    for (char c : host) {
-      if (!absl::ascii_isxdigit(c) && c != ':' && c != '.') {
-        return absl::StrCat(quoted, ": '", absl::CEscape(host), "' is not an IPv6 address");
-      }
-    }
-  } else {
-    const size_t colon = address.rfind(':');
-    if (colon == absl::string_view::npos) return absl::StrCat(quoted, " has no port; ", kExample);
-    host = address.substr(0, colon);
-    port = address.substr(colon + 1);
-    if (host.find(':') != absl::string_view::npos) {
-      return absl::StrCat(quoted, ": an IPv6 address goes in brackets, e.g. [::1]:50051");
-    }
-    for (char c : host) {
-      if (!absl::ascii_isalnum(c) && c != '.' && c != '-' && c != '_') {
-        return absl::StrCat(quoted, ": '", absl::CEscape(host),
-                            "' is not a host name or IP address");
-      }
-    }
-  }
-  if (host.empty()) return absl::StrCat(quoted, " has no host; ", kExample);
-  int value = 0;
-  for (char c : port) {
-    if (!absl::ascii_isdigit(c) || value > 65535) {
-      value = -1;
-      break;
-    }
-    value = value * 10 + (c - '0');
-  }
-  if (port.empty() || value < 1 || value > 65535) {
-    return absl::StrCat(quoted, ": the port must be a number in 1-65535, got '",
-                        absl::CEscape(port), "'");
-  }
-  return "";
-}
+// How --server (or $MIMO_SERVER) is read (CheckHostPort): ports 1-65535.
+inline constexpr HostPortRules kServerRules = {
+    .name = "the coordinator address", .example = "localhost:50051", .ipv6_example = "[::1]:50051"};
 
-// Checks --server (or $MIMO_SERVER) with ServerAddressProblem.
+// Checks --server (or $MIMO_SERVER) with CheckHostPort.
 inline CLI::Validator ServerAddress() {
-  return CLI::Validator([](std::string& value) { return ServerAddressProblem(value); }, "");
+  return CLI::Validator(
+      [](std::string& value) { return std::string(CheckHostPort(value, kServerRules).message()); },
+      "");
 }
 
 // Checks that a flag is an integer in [min, max], read as CLI11 reads integers (strtoll, base 0)
