@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <string>
@@ -15,16 +14,14 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "tests/common/test_binaries.h"
 #include "tests/coordinator/test_server.h"
 
 namespace mimo::coordinator::testing {
 namespace {
 
 // The coordinator binary, built next to this test.
-std::string CoordinatorBinary() {
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  return self.substr(0, self.rfind('/') + 1) + "mimo-coordinator";
-}
+std::string CoordinatorBinary() { return test_binaries::BinaryBesideUs("mimo-coordinator"); }
 
 // A free loopback port (bound and released; the coordinator binds it right after).
 int FreePort() {

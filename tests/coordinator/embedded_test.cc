@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "tests/common/test_binaries.h"
 #include "tests/coordinator/test_server.h"
 #include "tools/mimoctl/spec_file.h"
 
@@ -24,10 +25,7 @@ namespace {
 using ::testing::HasSubstr;
 
 // mimo-worker is built into the same folder as this test.
-std::string WorkerBinary() {
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  return self.substr(0, self.rfind('/') + 1) + "mimo-worker";
-}
+std::string WorkerBinary() { return test_binaries::BinaryBesideUs("mimo-worker"); }
 
 // A self-test of the 4-rank layout of SmallSpec, running `iterations` rounds.
 v1::JobSpec Selftest(int iterations, const std::string& name = "selftest") {

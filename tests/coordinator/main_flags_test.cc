@@ -9,43 +9,36 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "tests/common/test_binaries.h"
 
 namespace mimo::coordinator {
 namespace {
 
+using test_binaries::BinaryBesideUs;
+using test_binaries::RunShell;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
 using ::testing::StartsWith;
 
-std::string BinaryBesideUs(const std::string& name) {
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  return self.substr(0, self.rfind('/') + 1) + name;
-}
-
 // Runs mimo-coordinator with `flags` (shell words); returns its exit code and its output.
 std::pair<int, std::string> RunCoordinator(const std::string& flags) {
   const std::string db = absl::StrCat(::testing::TempDir(), "/flags-", getpid(), ".db");
-  const std::string command =
-      absl::StrCat(BinaryBesideUs("mimo-coordinator"), " --listen 127.0.0.1:0 --metrics-listen '' ",
-                   "--db ", db, " ", flags, " 2>&1");
-  FILE* pipe = popen(command.c_str(), "r");
-  std::string out;
-  char buffer[256];
-  while (pipe != nullptr && fgets(buffer, sizeof(buffer), pipe) != nullptr) out += buffer;
-  const int status = pipe != nullptr ? pclose(pipe) : -1;
+  const auto result = RunShell(absl::StrCat(BinaryBesideUs("mimo-coordinator"),
+                                            " --listen 127.0.0.1:0 --metrics-listen '' --db ", db,
+                                            " ", flags, " 2>&1"));
   std::filesystem::remove(db);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return result;
 }
 
 // A stand-in worker binary that prints `text` for --count-gpus.
@@ -203,11 +196,7 @@ RunInFolder RunCoordinatorInEmptyFolder(const std::string& flags) {
   const std::string command = absl::StrCat("cd '", folder.string(), "' && ",
                                            BinaryBesideUs("mimo-coordinator"), " ", flags, " 2>&1");
   RunInFolder result;
-  FILE* pipe = popen(command.c_str(), "r");
-  char buffer[256];
-  while (pipe != nullptr && fgets(buffer, sizeof(buffer), pipe) != nullptr) result.out += buffer;
-  const int status = pipe != nullptr ? pclose(pipe) : -1;
-  result.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::tie(result.code, result.out) = RunShell(command);
   for (const auto& entry : std::filesystem::directory_iterator(folder)) {
     result.left.push_back(entry.path().filename().string());
   }

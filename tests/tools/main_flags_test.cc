@@ -2,37 +2,28 @@
 // the empty value, as "--flag ''" does (CLI11 alone refused it or took the next argument for it).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "tests/common/test_binaries.h"
 
 namespace mimo::tools {
 namespace {
 
+using test_binaries::BinaryBesideUs;
+using test_binaries::RunShell;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
 
-std::string BinaryBesideUs(const std::string& name) {
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  return self.substr(0, self.rfind('/') + 1) + name;
-}
-
 // Runs the program `name` built beside this test with `args` (shell words); returns its exit code
 // and its output (stdout and stderr).
 std::pair<int, std::string> RunProgram(const std::string& name, const std::string& args) {
-  FILE* pipe = popen(absl::StrCat(BinaryBesideUs(name), " ", args, " 2>&1").c_str(), "r");
-  std::string out;
-  char buffer[256];
-  while (pipe != nullptr && fgets(buffer, sizeof(buffer), pipe) != nullptr) out += buffer;
-  const int status = pipe != nullptr ? pclose(pipe) : -1;
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return RunShell(absl::StrCat(BinaryBesideUs(name), " ", args, " 2>&1"));
 }
 
 // `flag` given empty after '=' and as '' (each before `rest`) exits the same, non-zero, with the

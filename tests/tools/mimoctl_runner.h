@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "tests/common/test_binaries.h"
 
 namespace mimo::tools::testing {
 
@@ -22,10 +23,7 @@ struct MimoctlResult {
 };
 
 // mimoctl is built into the same folder as the tests (also inside a relocated GPU bundle).
-inline std::string MimoctlPath() {
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  return self.substr(0, self.rfind('/') + 1) + "mimoctl";
-}
+inline std::string MimoctlPath() { return test_binaries::BinaryBesideUs("mimoctl"); }
 
 // The path of examples/NAME: under the working folder when run from a checkout (as on a GPU host,
 // where the sources moved), else beside this source file.
