@@ -1,6 +1,8 @@
-// Command-line parsing shared by the mimo programs (CLI11): "--name=" gives an empty value.
+// Command-line parsing shared by the mimo programs (CLI11): "--name=" gives an empty value, and an
+// empty value of a number is a usage error.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,46 @@ inline void FindLongOption(const CLI::App& app, const std::string& name, bool* v
   }
   for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
     FindLongOption(*sub, name, value, flag);
+  }
+}
+
+// What an empty value of `option` would silently become (CLI11 2.1 reads "" as T{}, so
+// "--seed ''" was seed 0): "an integer" or "a number" for an option of CLI11's integer,
+// floating-point or enum type (by its type name, INT, UINT, FLOAT or ENUM: an option renamed
+// with type_name() is not recognized), else null.
+inline const char* NumberKind(const CLI::Option& option) {
+  std::string type = option.get_type_name();  // "INT", then ":" and each check's description.
+  type.resize(std::min(type.size(), type.find(':')));
+  if (type == "INT" || type == "UINT" || type == "ENUM") return "an integer";
+  if (type == "FLOAT") return "a number";
+  return nullptr;
+}
+
+// Gives every option of `app` (its subcommands and option groups included) that takes a number a
+// first check that refuses an empty value, naming the flag ("--seed: the value is empty; give an
+// integer, or leave the flag out for its default"): a usage error like any other. Once each.
+inline void RefuseEmptyNumbers(CLI::App& app) {
+  constexpr char kCheck[] = "mimo-refuse-empty-number";
+  for (CLI::Option* option : app.get_options()) {
+    const char* kind = NumberKind(*option);
+    if (kind == nullptr || option->get_items_expected_max() == 0) continue;
+    try {
+      option->get_validator(kCheck);
+      continue;  // Given already.
+    } catch (const CLI::OptionNotFound&) {
+    }
+    option->transform(  // transform: ahead of the option's own checks, such as CLI::Range.
+        CLI::Validator(
+            [kind](std::string& value) {
+              return value.empty() ? std::string("the value is empty; give ") + kind +
+                                         ", or leave the flag out for its default"
+                                   : std::string();
+            },
+            ""),
+        kCheck);
+  }
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    RefuseEmptyNumbers(*sub);
   }
 }
 
@@ -52,9 +94,12 @@ inline std::vector<std::string> SplitEmptyEqualsValues(const CLI::App& app, int 
   return out;
 }
 
-// app.parse(argc, argv) with SplitEmptyEqualsValues: "--name=" is "--name ''". Call once every
-// option is added; throws what app.parse throws.
+// app.parse(argc, argv) with SplitEmptyEqualsValues: "--name=" is "--name ''"; and an empty value
+// for an option that takes a number ("--seed ''", "--seed=", or from its environment variable) is
+// a CLI::ValidationError naming the option (RefuseEmptyNumbers), checked before any callback runs.
+// Call once every option is added; throws what app.parse throws.
 inline void ParseFlags(CLI::App& app, int argc, const char* const* argv) {
+  flag_parsing_internal::RefuseEmptyNumbers(app);
   const std::vector<std::string> args = SplitEmptyEqualsValues(app, argc, argv);
   std::vector<const char*> pointers;
   for (const std::string& arg : args) pointers.push_back(arg.c_str());

@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -87,6 +89,100 @@ TEST_F(FlagParsingTest, OnlyOptionsThatTakeAValueAreSplit) {
 TEST_F(FlagParsingTest, AFlagGivenAnEmptyValueIsLeftToCli11) {
   Parse({"--wait="});  // CLI11 reads an empty flag value as the flag's default: set.
   EXPECT_TRUE(flags_.wait);
+}
+
+// An option that takes a number refuses an empty value, naming itself: CLI11 2.1 read "" as 0
+// ("mimo-make-shards --seed ''" wrote seed 0's samples, "mimo-convert reshard --world=" took the
+// default world), or said "Value  not in range" where the option had a range.
+class EmptyNumberTest : public ::testing::Test {
+ protected:
+  EmptyNumberTest() {
+    app_.add_option("--seed", seed_);
+    app_.add_option("--count", count_)->check(CLI::Range(1, 10));
+    app_.add_option("--bytes", bytes_);
+    app_.add_option("--name", name_);
+    app_.add_option_group("Timing")->add_option("--timeout", timeout_);
+    CLI::App* run = app_.add_subcommand("run");
+    run->add_option("--world", world_);
+    run->add_option("--sizes", sizes_);
+    run->callback([this] { ran_ = true; });
+  }
+  // The message of the CLI::ValidationError that parsing `argv` throws; "" if it parses.
+  std::string Refusal(std::vector<const char*> argv) {
+    argv.insert(argv.begin(), "prog");
+    try {
+      ParseFlags(app_, static_cast<int>(argv.size()), argv.data());
+    } catch (const CLI::ValidationError& e) {
+      EXPECT_EQ(app_.exit(e, null_, null_), static_cast<int>(CLI::ExitCodes::ValidationError));
+      return e.what();
+    }
+    return "";
+  }
+  CLI::App app_;
+  int64_t seed_ = 7;
+  int count_ = 1;
+  uint64_t bytes_ = 1;
+  std::string name_ = "default";
+  double timeout_ = 1.5;
+  int world_ = 4;
+  std::vector<int> sizes_;
+  bool ran_ = false;
+  std::ostringstream null_;
+};
+
+TEST_F(EmptyNumberTest, AnEmptyNumberIsRefusedNamingTheFlag) {
+  for (const char* form : {"=", " "}) {
+    SCOPED_TRACE(form);
+    const auto refusal = [&](const std::vector<std::string>& words) {
+      std::vector<std::string> argv;
+      for (const std::string& word : words) {
+        if (word.starts_with("--") && std::string(form) == " ") {
+          argv.push_back(word);
+          argv.emplace_back();  // "--seed ''".
+        } else {
+          argv.push_back(word + (word.starts_with("--") ? "=" : ""));
+        }
+      }
+      std::vector<const char*> pointers;
+      for (const std::string& a : argv) pointers.push_back(a.c_str());
+      return Refusal(pointers);
+    };
+    EXPECT_EQ(refusal({"--seed"}),
+              "--seed: the value is empty; give an integer, or leave the flag out for its default");
+    EXPECT_EQ(
+        refusal({"--count"}),  // Ahead of the range's "Value  not in range 1 to 10".
+        "--count: the value is empty; give an integer, or leave the flag out for its default");
+    EXPECT_EQ(
+        refusal({"--bytes"}),
+        "--bytes: the value is empty; give an integer, or leave the flag out for its default");
+    EXPECT_EQ(
+        refusal({"--timeout"}),
+        "--timeout: the value is empty; give a number, or leave the flag out for its default");
+    EXPECT_EQ(
+        refusal({"run", "--world"}),
+        "--world: the value is empty; give an integer, or leave the flag out for its default");
+    EXPECT_EQ(
+        refusal({"run", "--sizes"}),
+        "--sizes: the value is empty; give an integer, or leave the flag out for its default");
+  }
+  EXPECT_FALSE(ran_);  // Refused before the subcommand's callback.
+  EXPECT_EQ(seed_, 7);
+}
+
+TEST_F(EmptyNumberTest, OtherValuesAreLeftToTheirOptions) {
+  EXPECT_EQ(Refusal({"--name="}), "");  // Text may be empty.
+  EXPECT_EQ(name_, "");
+  EXPECT_EQ(Refusal({"--seed", "0", "--count", "3", "--timeout=0.25", "run", "--world", "8"}), "");
+  EXPECT_EQ(seed_, 0);
+  EXPECT_EQ(count_, 3);
+  EXPECT_EQ(timeout_, 0.25);
+  EXPECT_EQ(world_, 8);
+  EXPECT_TRUE(ran_);
+  EXPECT_EQ(Refusal({"--count", "11"}), "--count: Value 11 not in range 1 to 10");
+  // Parsed again, the check is not given twice (nor does it change the option's type in --help).
+  EXPECT_EQ(Refusal({"--seed="}),
+            "--seed: the value is empty; give an integer, or leave the flag out for its default");
+  EXPECT_EQ(app_.get_option("--seed")->get_type_name(), "INT");
 }
 
 }  // namespace

@@ -288,6 +288,20 @@ TEST(CoordinatorFlagsTest, HelpSaysAWorkerBinaryWrapperMustExec) {
   EXPECT_THAT(out, HasSubstr("a wrapper script must exec"));
 }
 
+// A number flag given an empty value is a usage error naming it (CLI11 alone read "" as 0; here
+// the range said "Value  not in range 1 to 4096"). The durations are text, refused by their own
+// check (EveryFlagGivenEmptyAfterEqualsIsGivenEmpty); an empty --gpu-workers or
+// --finished-job-ttl is the flag's default.
+TEST(CoordinatorFlagsTest, AnEmptyNumberIsAUsageError) {
+  for (const char* empty : {"--cpu-workers ''", "--cpu-workers="}) {
+    SCOPED_TRACE(empty);
+    const auto [code, out] = RunCoordinator(empty);
+    EXPECT_EQ(code, 2) << out;
+    EXPECT_THAT(out, StartsWith("--cpu-workers: the value is empty; give an integer, or leave the "
+                                "flag out for its default"));
+  }
+}
+
 TEST(CoordinatorFlagsTest, CpuAndGpuWorkersExcludeEachOther) {
   const auto [code, out] = RunCoordinator("--cpu-workers 2 --gpu-workers 2");
   EXPECT_EQ(code, 2) << out;

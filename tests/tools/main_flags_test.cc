@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "tests/common/test_binaries.h"
@@ -66,12 +67,51 @@ TEST(MakeShardsFlagsTest, AnEmptyValueAfterEqualsIsAnEmptyValue) {
   // The empty count is refused as such, where CLI11 took OUT_DIR for it.
   const auto [code, out] = RunProgram("mimo-make-shards", absl::StrCat("--samples= ", dir));
   EXPECT_EQ(code, 2) << out;
-  EXPECT_THAT(out, StartsWith("--samples: Value  not in range"));
+  EXPECT_THAT(out, StartsWith("--samples: the value is empty; give an integer"));
   for (const char* flag : {"--samples", "--shards", "--image-size", "--mel-bins",
                            "--frames-per-token", "--max-frames"}) {
     ExpectEmptyAfterEqualsIsEmpty("mimo-make-shards", "", flag, dir);
   }
   EXPECT_FALSE(std::filesystem::exists(dir));  // Every one was refused before writing.
+}
+
+constexpr char kEmptyInteger[] =
+    ": the value is empty; give an integer, or leave the flag out for its default";
+
+// Every number flag given an empty value is a usage error naming it, in both forms: CLI11 alone
+// read "--seed ''" as seed 0 (and "--world ''" as the default world), silently.
+TEST(MakeShardsFlagsTest, AnEmptyNumberIsAUsageError) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/make-shards-empty-", getpid());
+  for (const char* flag : {"--seed", "--samples", "--shards", "--image-size", "--mel-bins",
+                           "--frames-per-token", "--max-frames"}) {
+    for (const char* empty : {" ''", "="}) {
+      SCOPED_TRACE(absl::StrCat(flag, empty));
+      const auto [code, out] = RunProgram("mimo-make-shards", absl::StrCat(flag, empty, " ", dir));
+      EXPECT_EQ(code, 2) << out;
+      EXPECT_THAT(out, StartsWith(absl::StrCat(flag, kEmptyInteger)));
+    }
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir));
+}
+
+TEST(ConvertFlagsTest, AnEmptyNumberIsAUsageError) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/convert-empty-", getpid());
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {absl::StrCat("export --from ", dir, " --to ", dir, " --max-shard-bytes"),
+       "--max-shard-bytes"},
+      {absl::StrCat("reshard --from ", dir, " --to ", dir, " --component language=tp=1 --world"),
+       "--world"},
+      {absl::StrCat("import --from ", dir, " --to ", dir, " --spec ", dir, " --world"), "--world"},
+  };
+  for (const auto& [args, flag] : cases) {
+    for (const char* empty : {" ''", "="}) {
+      SCOPED_TRACE(absl::StrCat(args, empty));
+      const auto [code, out] = RunProgram("mimo-convert", absl::StrCat(args, empty));
+      EXPECT_EQ(code, 2) << out;
+      EXPECT_THAT(out, StartsWith(absl::StrCat(flag, kEmptyInteger)));
+    }
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir));
 }
 
 }  // namespace

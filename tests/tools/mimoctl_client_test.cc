@@ -284,5 +284,31 @@ TEST(MimoctlFlagsTest, NumericFlagsNameTheirRange) {
   }
 }
 
+// Every numeric flag given an empty value ("--flag ''" or "--flag=") is a usage error naming it:
+// CLI11 alone read an empty number as 0.
+TEST(MimoctlFlagsTest, AnEmptyNumberIsAUsageError) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"list --timeout", "--timeout: must be a number of seconds in [0.001, 86400], got ''"},
+      {"list --limit", "--limit: must be an integer in [1, 2147483647], got ''"},
+      {"logs j-1 --rank", "--rank: must be an integer in [0, 16777215], got ''"},
+      {"logs j-1 --tail", "--tail: must be an integer in [0, 2147483647], got ''"},
+      {"logs j-1 --attempt", "--attempt: must be an integer in [0, 2147483647], got ''"},
+      {"plan --component language=dp=1 --world",
+       "--world: the value is empty; give an integer, or leave the flag out for its default"},
+      {"plan --world 1 --component language=dp=1 --seed",
+       "--seed: the value is empty; give an integer, or leave the flag out for its default"},
+  };
+  for (const auto& [args, message] : cases) {
+    for (const char* empty : {" ''", "="}) {
+      SCOPED_TRACE(absl::StrCat(args, empty));
+      const std::string line = absl::StrCat(args, empty);
+      const Result r =
+          RunMimoctl(line.starts_with("plan") ? line : absl::StrCat(line, " --server 127.0.0.1:1"));
+      EXPECT_EQ(r.exit_code, 2);
+      EXPECT_THAT(r.err, StartsWith(message));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mimo::coordinator::testing

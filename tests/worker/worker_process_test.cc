@@ -23,6 +23,7 @@ using coordinator::testing::CoordinatorFixture;
 using coordinator::testing::FastOptions;
 using ::testing::HasSubstr;
 using ::testing::Not;
+using ::testing::StartsWith;
 
 class WorkerProcessTest : public CoordinatorFixture {
  protected:
@@ -189,6 +190,25 @@ TEST(WorkerFlagsTest, AnEmptyValueAfterEqualsIsAnEmptyValue) {
     } else {
       EXPECT_NE(code, 0) << out;
       EXPECT_THAT(out, HasSubstr(flag == "--coordinator" ? "coordinator address is empty" : flag));
+    }
+  }
+}
+
+// A number flag given an empty value is a usage error naming it (CLI11 alone read "" as 0).
+TEST(WorkerFlagsTest, AnEmptyNumberIsAUsageError) {
+  for (const auto& [flag, message] : std::vector<std::pair<std::string, std::string>>{
+           {"--local-index",
+            "--local-index: the value is empty; give an integer, or leave the flag out for its "
+            "default"},
+           {"--connect-timeout", "--connect-timeout: "},
+       }) {
+    for (const char* empty : {" ''", "="}) {
+      SCOPED_TRACE(absl::StrCat(flag, empty));
+      const auto [code, out] =
+          RunShell(absl::StrCat(WorkerBinary(), " --coordinator 127.0.0.1:1 --connect-timeout 0.1 ",
+                                flag, empty, " 2>&1"));
+      EXPECT_EQ(code, kExitUsage) << out;
+      EXPECT_THAT(out, StartsWith(message));
     }
   }
 }
