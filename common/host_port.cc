@@ -1,6 +1,9 @@
 // HOST:PORT addresses as the mimo programs take them on their command lines.
 #include "common/host_port.h"
 
+#include <algorithm>
+#include <string>
+
 #include "absl/algorithm/container.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -8,6 +11,21 @@
 #include "absl/strings/str_cat.h"
 
 namespace mimo {
+namespace {
+
+// What to give instead of an address without a host: to listen, every interface on its port
+// (`port`, or the example's when it is not a number); to connect, `give`.
+std::string NoHost(absl::string_view port, const HostPortRules& rules, const std::string& give) {
+  if (!rules.listen) return give;
+  if (port.empty() || !absl::c_all_of(port, absl::ascii_isdigit)) {
+    const absl::string_view example = rules.example;
+    port = example.substr(std::min(example.size(), example.rfind(':') + 1));
+  }
+  return absl::StrCat("give ", rules.any_host ? absl::StrCat(":", port, " or ") : "",
+                      "0.0.0.0:", port, " (every interface), or HOST:PORT");
+}
+
+}  // namespace
 
 absl::Status CheckHostPort(absl::string_view address, const HostPortRules& rules) {
   const std::string give = absl::StrCat("give HOST:PORT, e.g. ", rules.example,
@@ -35,9 +53,11 @@ absl::Status CheckHostPort(absl::string_view address, const HostPortRules& rules
   } else {
     const size_t colon = address.rfind(':');
     if (colon == absl::string_view::npos) {
-      const bool port_alone = absl::c_all_of(address, absl::ascii_isdigit);
-      return absl::InvalidArgumentError(
-          absl::StrCat(quoted, port_alone ? " has no host; " : " has no port; ", give));
+      if (absl::c_all_of(address, absl::ascii_isdigit)) {  // A port alone.
+        return absl::InvalidArgumentError(
+            absl::StrCat(quoted, " has no host; ", NoHost(address, rules, give)));
+      }
+      return absl::InvalidArgumentError(absl::StrCat(quoted, " has no port; ", give));
     }
     host = address.substr(0, colon);
     port = address.substr(colon + 1);
@@ -52,7 +72,10 @@ absl::Status CheckHostPort(absl::string_view address, const HostPortRules& rules
       }
     }
   }
-  if (host.empty()) return absl::InvalidArgumentError(absl::StrCat(quoted, " has no host; ", give));
+  if (host.empty() && !(rules.any_host && address.front() == ':')) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(quoted, " has no host; ", NoHost(port, rules, give)));
+  }
   const int min_port = rules.listen ? 0 : 1;
   int value = 0;
   for (char c : port) {

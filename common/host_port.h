@@ -15,12 +15,16 @@ struct HostPortRules {
   // A good address ("localhost:50051") and a good IPv6 one ("[::1]:50051").
   absl::string_view example;
   absl::string_view ipv6_example;
-  // An address to listen on: port 0 (any free one) is taken. Else ports are 1-65535.
+  // An address to listen on: port 0 (any free one) is taken, and a message for a port without a
+  // host suggests every interface ("0.0.0.0:9464"). Else ports are 1-65535.
   bool listen = false;
+  // Listening: ":PORT", with no host, is taken (every interface; the caller reads it so).
+  bool any_host = false;
 };
 
 // OK when `address` is HOST:PORT: a host name or IPv4 address, or an IPv6 address in brackets
-// ([::1]:50051), and a port number (see HostPortRules::listen). InvalidArgument saying what is
+// ([::1]:50051), or no host where `rules.any_host`, and a port number (see HostPortRules::listen).
+// InvalidArgument saying what is
 // wrong otherwise ("'localhost' has no port; give HOST:PORT, e.g. localhost:50051"), the address
 // quoted and C-escaped.
 absl::Status CheckHostPort(absl::string_view address, const HostPortRules& rules);

@@ -5,6 +5,7 @@
 #include <exception>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "coordinator/job_state.h"
 
@@ -14,7 +15,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorMetrics>> CoordinatorMetrics::Serve(
     const std::string& listen) {
   std::unique_ptr<CoordinatorMetrics> m(new CoordinatorMetrics());
   try {
-    m->exposer_ = std::make_unique<prometheus::Exposer>(listen);
+    // civetweb, under prometheus-cpp, takes no empty host: ":9464" would fail to bind.
+    m->exposer_ = std::make_unique<prometheus::Exposer>(
+        absl::StartsWith(listen, ":") ? absl::StrCat("0.0.0.0", listen) : listen);
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
   }

@@ -21,8 +21,8 @@ namespace mimo::coordinator {
 
 class CoordinatorMetrics {
  public:
-  // Serves http://`listen`/metrics ("127.0.0.1:9464"; port 0 picks a free one). Fails if the
-  // address cannot be bound.
+  // Serves http://`listen`/metrics ("127.0.0.1:9464"; port 0 picks a free one; ":9464" is
+  // 0.0.0.0:9464, every interface). Fails if the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<CoordinatorMetrics>> Serve(const std::string& listen);
 
   // The bound port.

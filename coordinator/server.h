@@ -26,7 +26,7 @@ struct ServerOptions {
   std::string listen = "0.0.0.0:50051";
   // SQLite database holding every job.
   std::string db_path = "mimo-coordinator.db";
-  // Prometheus /metrics address; empty disables the endpoint.
+  // Prometheus /metrics address (":PORT": every interface); empty disables the endpoint.
   std::string metrics_listen = "0.0.0.0:9464";
   // Non-empty: every JobService/WorkerService call needs "authorization: Bearer <token>".
   std::string auth_token;
@@ -49,13 +49,17 @@ struct ServerOptions {
 // the process alone). InvalidArgument saying what is wrong; nothing is created.
 absl::Status CheckDatabasePath(const std::string& path);
 
-// How --listen and --metrics-listen are read (CheckHostPort): port 0 is any free one.
+// How --listen and --metrics-listen are read (CheckHostPort): port 0 is any free one; ":9464" is
+// the metrics on every interface (gRPC takes no address without a host).
 inline constexpr HostPortRules kListenRules = {.name = "the address",
                                                .example = "0.0.0.0:50051",
                                                .ipv6_example = "[::]:50051",
                                                .listen = true};
-inline constexpr HostPortRules kMetricsListenRules = {
-    .name = "the address", .example = "0.0.0.0:9464", .ipv6_example = "[::]:9464", .listen = true};
+inline constexpr HostPortRules kMetricsListenRules = {.name = "the address",
+                                                      .example = "0.0.0.0:9464",
+                                                      .ipv6_example = "[::]:9464",
+                                                      .listen = true,
+                                                      .any_host = true};
 
 // What Start checks before it touches anything (no file created, no port bound): the database
 // path, the gRPC and (when set) metrics addresses, TLS files both or neither, and for local

@@ -63,5 +63,31 @@ TEST(CheckHostPortTest, MessagesSayWhatIsWrongWithTheCallersExamples) {
             "'127.0.0.1:65536': the port must be a number in 0-65535, got '65536'");
 }
 
+// To listen, a port without a host is answered with every interface on that port; ":PORT" itself
+// is taken only where the caller reads it so (the coordinator's metrics: gRPC takes no address
+// without a host).
+TEST(CheckHostPortTest, AListenPortWithoutAHostSuggestsEveryInterface) {
+  HostPortRules any_host = kListen;
+  any_host.example = "0.0.0.0:9464";
+  any_host.any_host = true;
+  EXPECT_TRUE(CheckHostPort(":9464", any_host).ok());
+  EXPECT_TRUE(CheckHostPort(":0", any_host).ok());
+  EXPECT_TRUE(CheckHostPort("0.0.0.0:9464", any_host).ok());
+  EXPECT_EQ(CheckHostPort("9464", any_host).message(),
+            "'9464' has no host; give :9464 or 0.0.0.0:9464 (every interface), or HOST:PORT");
+  EXPECT_EQ(CheckHostPort(":", any_host).message(),
+            "':': the port must be a number in 0-65535, got ''");
+  EXPECT_EQ(CheckHostPort("[]:9464", any_host).message(),
+            "'[]:9464' has no host; give :9464 or 0.0.0.0:9464 (every interface), or HOST:PORT");
+  EXPECT_EQ(CheckHostPort("50051", kListen).message(),
+            "'50051' has no host; give 0.0.0.0:50051 (every interface), or HOST:PORT");
+  EXPECT_EQ(CheckHostPort(":8080", kListen).message(),
+            "':8080' has no host; give 0.0.0.0:8080 (every interface), or HOST:PORT");
+  EXPECT_EQ(CheckHostPort(":x", kListen).message(),  // The example's port, not 'x'.
+            "':x' has no host; give 0.0.0.0:50051 (every interface), or HOST:PORT");
+  EXPECT_EQ(CheckHostPort("50051", kConnect).message(),
+            "'50051' has no host; give HOST:PORT, e.g. localhost:50051");
+}
+
 }  // namespace
 }  // namespace mimo

@@ -239,8 +239,10 @@ TEST(CoordinatorFlagsTest, ABadAddressIsRefusedNamingTheFlag) {
       {"--listen ::1:0", "--listen: '::1:0': an IPv6 address goes in brackets"},
       {"--listen 'a b:0'", "--listen: 'a b:0': 'a b' is not a host name or IP address"},
       {"--metrics-listen 9464",
-       "--metrics-listen: '9464' has no host; give HOST:PORT, e.g. "
-       "0.0.0.0:9464"},
+       "--metrics-listen: '9464' has no host; give :9464 or 0.0.0.0:9464 (every interface), or "
+       "HOST:PORT"},
+      {"--listen 50051",
+       "--listen: '50051' has no host; give 0.0.0.0:50051 (every interface), or HOST:PORT"},
       {"--metrics-listen=localhost:x", "--metrics-listen: 'localhost:x': the port must be"},
   };
   for (const auto& [flags, message] : cases) {
@@ -252,10 +254,14 @@ TEST(CoordinatorFlagsTest, ABadAddressIsRefusedNamingTheFlag) {
     EXPECT_THAT(run.out, Not(HasSubstr("chttp2")));
     EXPECT_THAT(run.left, IsEmpty());
   }
-  // A host name still serves (port 0: any free one).
-  const auto [code, out] = ServeAndStop("--metrics-listen localhost:0");
-  EXPECT_EQ(code, 0) << out;
-  EXPECT_THAT(out, HasSubstr(", metrics on port N)"));
+  // A host name still serves (port 0: any free one), and metrics on every interface as ':PORT'
+  // (civetweb alone takes no empty host) or 0.0.0.0:PORT.
+  for (const char* metrics : {"localhost:0", ":0", "0.0.0.0:0"}) {
+    SCOPED_TRACE(metrics);
+    const auto [code, out] = ServeAndStop(absl::StrCat("--metrics-listen ", metrics));
+    EXPECT_EQ(code, 0) << out;
+    EXPECT_THAT(out, HasSubstr(", metrics on port N)"));
+  }
 }
 
 // Embedded mode's worker binary, and TLS with local workers, are refused before the database is
