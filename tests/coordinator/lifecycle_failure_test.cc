@@ -337,24 +337,42 @@ TEST_F(LifecycleTest, AWorkerDeadBeforeFetchingItsRankSendsTheJobBackToPendingAs
 }
 
 // An idle worker silent for all but one heartbeat interval of its timeout is about to be declared
-// dead: it gets no rank. Long beats here, so that the silence can sit well inside that last
-// interval (700 ms to 1 s) on a loaded machine.
+// dead: it gets no rank, though still on record. With beats every 1 s and a 3 s timeout, worker 3,
+// silent from its registration, is in that last interval from 2 s to 3 s: a second for the job
+// submitted at 2 s to be seen waiting (it was 300 ms, timed with fixed sleeps that a loaded
+// machine overran). The live workers beat from a thread, so they stay idle however slow the test.
 TEST_F(LifecycleTest, ASilentIdleWorkerGetsNoRank) {
   ServerOptions options = FastOptions(db_path_);
-  options.manager.heartbeat_interval = absl::Milliseconds(300);
-  options.manager.heartbeat_timeout = absl::Seconds(1);
+  options.manager.heartbeat_interval = absl::Seconds(1);
+  options.manager.heartbeat_timeout = absl::Seconds(3);
   StopServer();
   StartServer(options);
   auto workers = Workers(4);
-  // Worker 3 falls silent (killed) and stays on record until its heartbeat timeout.
-  const std::vector<FakeWorker*> alive = {workers[0].get(), workers[1].get(), workers[2].get()};
-  KeepBeating(alive, absl::Milliseconds(850));  // Past 700 ms, short of the 1 s timeout.
+  const absl::Time registered = absl::Now();  // Worker 3 has been silent since before this.
+  BackgroundHeartbeats beats({workers[0].get(), workers[1].get(), workers[2].get()});
+  // Past 2 s of silence (a wait at least that long: only a longer one eats into the second).
+  while (absl::Now() < registered + absl::Milliseconds(2050)) {
+    absl::SleepFor(registered + absl::Milliseconds(2050) - absl::Now());
+  }
   const v1::Job job = Submit(SmallSpec());
-  EXPECT_EQ(job.state(), v1::JOB_STATE_PENDING);
-  KeepBeating(alive, absl::Milliseconds(100));
-  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);
+  // Polled until the scheduler is seen passing worker 3 over (4 registered, 3 idle); the job
+  // being scheduled means worker 3 was given a rank. Once worker 3 is dropped at 3 s, the reason
+  // would say 3 registered: a test too slow to look within the second fails, never passes.
+  const std::string passed_over = "waiting for 4 CPU workers: 4 registered, fewer than 4 idle";
+  v1::Job seen = job;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (seen.state() == v1::JOB_STATE_PENDING && seen.state_reason() != passed_over &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+    seen = Get(job.id());
+  }
+  EXPECT_EQ(seen.state(), v1::JOB_STATE_PENDING);
+  EXPECT_EQ(seen.state_reason(), passed_over);
+  // A worker registered for its device replaces it (an idle holder two beats late is gone) and
+  // gets the rank.
   workers[3] = std::make_unique<FakeWorker>(Channel(), "h", 3);
-  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(2), Ptrs(workers));
+  beats.Add(workers[3].get());
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED, absl::Seconds(10));
   EXPECT_EQ(Assignments(workers).size(), 4u);
 }
 
