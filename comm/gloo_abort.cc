@@ -24,14 +24,15 @@ int ShutDownGlooSockets(gloo::Context& context) {
   int shut_down = 0;
   for (const GlooPairSocket& socket : FindGlooPairSockets(context)) {
     // On a duplicate, checked to be the pair's socket still: the pair may have closed its
-    // descriptor since it was found, and the number may now name another file.
-    const int fd = fcntl(socket.fd, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0) continue;
-    if (IsSameSocket(GlooPairSocket{.peer = socket.peer, .fd = fd, .inode = socket.inode}) &&
-        shutdown(fd, SHUT_WR) == 0) {
+    // descriptor since it was found, and the number may now name another file. With no descriptor
+    // to spare, on the number itself, checked just before: it would take the pair closing it and
+    // another file getting the number between the two calls to shut the wrong socket down.
+    const int duplicate = fcntl(socket.fd, F_DUPFD_CLOEXEC, 0);
+    const int fd = duplicate >= 0 ? duplicate : socket.fd;
+    if (IsSocketWithInode(fd, socket.dev, socket.inode) && shutdown(fd, SHUT_WR) == 0) {
       ++shut_down;
     }
-    close(fd);
+    if (duplicate >= 0) close(duplicate);
   }
   return shut_down;
 }
@@ -108,36 +109,73 @@ class AbortableBuffers::Buffer : public gloo::transport::UnboundBuffer {
                                          : inner_->waitRecv(rank, timeout);
   }
 
+  // InnerWait, counted in owner_.waiting_ while it blocks.
+  bool BlockingWait(Direction direction, int* rank, std::chrono::milliseconds timeout) {
+    owner_.waiting_.fetch_add(1);
+    if (owner_.on_wait_ != nullptr) owner_.on_wait_();
+    struct Done {
+      std::atomic<int>& waiting;
+      ~Done() { waiting.fetch_sub(1); }
+    } done{owner_.waiting_};
+    return InnerWait(direction, rank, timeout);
+  }
+
   bool Wait(Direction direction, int* rank, std::chrono::milliseconds timeout) {
     std::atomic<bool>& caller_aborts =
         direction == Direction::kSend ? caller_aborts_send_ : caller_aborts_recv_;
+    if (timeout == gloo::transport::kUnsetTimeout) timeout = owner_.timeout_;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
       ThrowIfAborted();
-      const bool done = InnerWait(direction, rank, timeout);
+      // Looked at before every blocking wait, not only once woken: PeerClosed wakes a buffer once,
+      // and an earlier wait on it may have used that wake-up (to take a completion that had come),
+      // leaving nothing to end this one.
+      const std::string closed = owner_.ClosedReason(Peers());
+      if (!closed.empty()) return TakeArrived(direction, rank, caller_aborts, closed);
+      const bool done = BlockingWait(direction, rank, timeout);
       // Woken by Abort (false), or done while it came: either way the call is over.
       ThrowIfAborted();
       if (done) return true;
-      // False only after abortWait*: by our caller (who gets the false it asked for), or by
-      // Wake after a peer's pair failed. The wake-up may be left over from an earlier wait, or
-      // this buffer may since have begun operations with a peer still connected: then wait on.
+      // False only after abortWait*: by our caller (who gets the false it asked for), or by Wake
+      // after a peer's pair failed. The wake-up may be left over from an earlier wait, or this
+      // buffer may since have begun operations with a peer still connected: then look again, and
+      // wait on for what is left of the time (never negative: Gloo reads -1 ms as its default).
       if (caller_aborts.exchange(false)) return false;
-      const std::string closed = owner_.ClosedReason(Peers());
-      if (closed.empty()) continue;
-      // Every peer of the buffer has failed: completions can no longer come, but one may have
-      // come before. A wait with a short timeout takes it; without one it times out, which fails
-      // every pair of the context (as the call's failure does anyway).
-      constexpr auto kTakeArrived = std::chrono::milliseconds(1);
-      for (int attempt = 0; attempt < 3; ++attempt) {
-        try {
-          if (InnerWait(direction, rank, kTakeArrived)) return true;
-          // False: another wake-up, left over. Look again.
-        } catch (const std::exception&) {
-          break;
-        }
+      timeout = std::max(
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()),
+          std::chrono::milliseconds(0));
+    }
+  }
+
+  // Every peer of the buffer has failed (`closed` says so): completions can no longer come, but
+  // one may have come before. A wait with a short timeout takes it.
+  //
+  // Two attempts: the first may end at once, on a wake-up left over from PeerClosed (abortWait*
+  // leaves one behind for the next wait when no wait is blocked). There is at most one of those:
+  // Gloo's flag holds one, and PeerClosed wakes a buffer only as the last of its peers closes, at
+  // most once per peer, so that none comes once all have closed (Abort throws instead). The second
+  // then takes a completion, or times out.
+  //
+  // Timing out is how Gloo's waits give up, and its way is heavy: it fails every pair of the
+  // context, not only this buffer's ("Application timeout caused pair closure"). That costs
+  // nothing here: the call fails (Unavailable) anyway, and a failed call breaks its communicator,
+  // which shuts every connection of the group down (GlooCommunicator::Break) so that the other
+  // members stop waiting on this one.
+  bool TakeArrived(Direction direction, int* rank, std::atomic<bool>& caller_aborts,
+                   const std::string& closed) {
+    constexpr auto kTakeArrived = std::chrono::milliseconds(1);
+    constexpr int kAttempts = 2;
+    for (int attempt = 0; attempt < kAttempts; ++attempt) {
+      try {
+        if (InnerWait(direction, rank, kTakeArrived)) return true;
+      } catch (const std::exception&) {
+        break;
       }
       ThrowIfAborted();
-      throw StatusException(absl::UnavailableError(closed));
+      if (caller_aborts.exchange(false)) return false;
     }
+    ThrowIfAborted();
+    throw StatusException(absl::UnavailableError(closed));
   }
 
   void AddPeer(int rank) {
@@ -160,6 +198,8 @@ class AbortableBuffers::Buffer : public gloo::transport::UnboundBuffer {
   std::string reason_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<int> peers_ ABSL_GUARDED_BY(mu_);
 };
+
+AbortableBuffers::AbortableBuffers(std::chrono::milliseconds timeout) : timeout_(timeout) {}
 
 std::unique_ptr<gloo::transport::UnboundBuffer> AbortableBuffers::Wrap(
     std::unique_ptr<gloo::transport::UnboundBuffer> inner) {
@@ -189,7 +229,10 @@ void AbortableBuffers::PeerClosed(int peer) {
   absl::MutexLock lock(&mu_);
   if (!closed_peers_.insert(peer).second) return;
   for (Buffer* buffer : live_) {
-    if (!ClosedReasonLocked(buffer->Peers()).empty()) buffer->Wake();
+    // Only the buffers whose last connected peer this was: a buffer whose peers had all closed
+    // before was woken then (see Buffer::TakeArrived).
+    const absl::flat_hash_set<int> peers = buffer->Peers();
+    if (peers.contains(peer) && !ClosedReasonLocked(peers).empty()) buffer->Wake();
   }
 }
 

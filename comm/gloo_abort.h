@@ -2,8 +2,11 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
@@ -20,7 +23,8 @@ namespace mimo::comm {
 // that is still open. Each peer's I/O thread then reads end-of-file and fails its pair through
 // Gloo's ordinary error path, closing its end, and so in turn does this side's: every operation
 // waiting on the pair wakes with an IoException ("Connection closed by peer") and later
-// operations throw. Thread-safe; never throws; returns the number of sockets shut down.
+// operations throw. Thread-safe; never throws; returns the number of sockets shut down (none where
+// FindGlooPairSockets cannot find them: it reads /proc, and Gloo's TCP transport is Linux only).
 //
 // Why sockets: Gloo 0.5 (2022) fails a pair only from inside (the protected
 // Pair::signalExceptionExternal, which it calls on a timeout), and Pair::close() closes the socket
@@ -46,10 +50,15 @@ int ShutDownGlooSockets(gloo::Context& context);
 // completion that came before, else throws StatusException(Unavailable) at once instead of waiting
 // out the timeout. A buffer with a peer still connected waits on: a peer may close its connection
 // once it has finished the call (and so is done with this buffer) while this member still waits
-// for another.
+// for another. Giving up that way times the wrapped buffer out after 1 ms, which in Gloo fails
+// every pair of its context: fine for a communicator, whose failed call closes every connection
+// anyway (see GlooCommunicator::Break), not for a caller that would go on using the context.
 class AbortableBuffers {
  public:
-  AbortableBuffers() = default;
+  // `timeout` bounds a wait that names none (Gloo's kUnsetTimeout): the context's timeout, which
+  // the wrapped buffers would use. A wait woken early and waiting again waits only what is left of
+  // its timeout.
+  explicit AbortableBuffers(std::chrono::milliseconds timeout);
   AbortableBuffers(const AbortableBuffers&) = delete;
   AbortableBuffers& operator=(const AbortableBuffers&) = delete;
 
@@ -60,8 +69,17 @@ class AbortableBuffers {
   // Cancelled message. Idempotent (the first reason stays); never blocks on the network.
   void AbortAll(const std::string& reason);
 
+  // Whether a wait on a wrapped buffer blocks now (for GlooPairWatcher's `busy`). Thread-safe.
+  bool Waiting() const { return waiting_.load() > 0; }
+
+  // Has `hook` called (from the waiting thread, which it must not block) as a wait is about to
+  // block: GlooPairWatcher::Hurry, so that the watcher checks often while waits block. Set before
+  // the first wait.
+  void SetOnWait(std::function<void()> hook) { on_wait_ = std::move(hook); }
+
   // Records that the pair with group rank `peer` has failed (Gloo closed its socket), and wakes the
-  // waits of the buffers whose peers have now all failed. Never blocks on the network.
+  // waits of the buffers that had `peer` among their peers and whose peers have now all failed.
+  // Never blocks on the network.
   void PeerClosed(int peer);
 
  private:
@@ -75,6 +93,9 @@ class AbortableBuffers {
   std::string ClosedReasonLocked(const absl::flat_hash_set<int>& peers)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const std::chrono::milliseconds timeout_;
+  std::function<void()> on_wait_;
+  std::atomic<int> waiting_{0};
   absl::Mutex mu_;
   bool aborted_ ABSL_GUARDED_BY(mu_) = false;
   std::string reason_ ABSL_GUARDED_BY(mu_);

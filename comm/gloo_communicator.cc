@@ -3,15 +3,18 @@
 
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <iostream>
 #include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "comm/gloo_abort.h"
 #include "comm/gloo_error.h"
+#include "comm/gloo_pair_watcher.h"
 #include "comm/gloo_store.h"
 #include "common/bfloat16.h"
 #include "common/status_macros.h"
@@ -131,6 +134,13 @@ class AbortableBarrierOptions : public gloo::BarrierOptions {
   }
 };
 
+// Writes `message` to standard error as a warning, the first time only in this process.
+void WarnOnce(const std::string& message) {
+  static std::atomic<bool> warned{false};
+  if (warned.exchange(true)) return;
+  std::cerr << "warning: " << message << std::endl;
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<gloo::transport::Device>> GlooCommunicator::CreateTcpDevice(
@@ -187,14 +197,25 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Connect(
   // member that returns and closes its end at once (an error in a later group, a short-lived
   // group) fails a peer's connect with "Connection closed by peer".
   std::unique_ptr<GlooCommunicator> comm(new GlooCommunicator(std::move(context), kind, members));
+  AbortableBuffers* buffers = &comm->buffers_;
   absl::StatusOr<std::unique_ptr<GlooPairWatcher>> watcher = GlooPairWatcher::Start(
-      *comm->context_, [buffers = &comm->buffers_](int peer) { buffers->PeerClosed(peer); });
+      *comm->context_, [buffers](int peer) { buffers->PeerClosed(peer); },
+      [buffers] { return buffers->Waiting(); });
   if (!watcher.ok()) {
     return absl::Status(watcher.status().code(),
                         absl::StrCat("connecting group ", group, " as member ", group_rank, ": ",
                                      watcher.status().message()));
   }
   comm->watcher_ = *std::move(watcher);
+  buffers->SetOnWait([watcher = comm->watcher_.get()] { watcher->Hurry(); });
+  if (!comm->watcher_->coverage().ok()) {
+    // Not fatal: the group works, but what needs the sockets does less.
+    WarnOnce(absl::StrCat("group ", group, " member ", group_rank, ": ",
+                          comm->watcher_->coverage().message(),
+                          ": aborting the group or a failed call cannot close those connections, "
+                          "so that their peers may wait out the timeout, and a call may wait it "
+                          "out after its peers have gone"));
+  }
   const absl::Status barrier = comm->Barrier();
   if (!barrier.ok()) {
     return absl::Status(barrier.code(), absl::StrCat("connecting group ", group, " as member ",
@@ -208,7 +229,8 @@ GlooCommunicator::GlooCommunicator(std::shared_ptr<gloo::Context> context, absl:
     : CheckedCommunicator(MemberDescription(kind, members, context->rank)),
       context_(std::move(context)),
       rank_(context_->rank),
-      size_(context_->size) {}
+      size_(context_->size),
+      buffers_(context_->getTimeout()) {}
 
 GlooCommunicator::~GlooCommunicator() = default;
 

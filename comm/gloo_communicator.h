@@ -13,7 +13,6 @@
 #include "absl/time/time.h"
 #include "comm/checked_communicator.h"
 #include "comm/gloo_abort.h"
-#include "comm/gloo_pair_sockets.h"
 #include "comm/key_value_store.h"
 
 namespace gloo {
@@ -24,6 +23,8 @@ class Device;
 }  // namespace gloo
 
 namespace mimo::comm {
+
+class GlooPairWatcher;
 
 // float32, int32 and int64 support every call. bfloat16 too: data movement is byte copies, and
 // reductions run on the host in float32, rounding every partial result to bfloat16 (nearest, ties

@@ -3,9 +3,10 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <sys/eventfd.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,9 +15,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
-#include <system_error>
-#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -48,12 +48,35 @@ std::string ReadSmallFile(const std::string& path) {
 
 struct EpollTarget {
   int fd;
+  dev_t dev;
   ino_t inode;
 };
 
-// Every registration of every epoll descriptor of this process, by its event data. The kernel
-// writes one line per registration in the epoll descriptor's fdinfo:
-//   tfd: <fd> events: <hex> data: <hex> pos:<n> ino:<hex inode> sdev:<hex>
+// The registrations an epoll descriptor's fdinfo lists, by their event data. The kernel writes one
+// line per registration:
+//   tfd: <fd> events: <hex> data: <hex>  pos:<n> ino:<hex inode> sdev:<hex device>
+// The device in the kernel's own encoding (major << 20 | minor), not the C library's.
+void ParseEpollFdinfo(const std::string& info,
+                      absl::flat_hash_map<uint64_t, EpollTarget>& registrations) {
+  for (absl::string_view line : absl::StrSplit(info, '\n')) {
+    if (!absl::StartsWith(line, "tfd:")) continue;
+    const std::string text(line);
+    int target_fd = -1;
+    unsigned events = 0;
+    unsigned long long data = 0;
+    long long pos = 0;
+    unsigned long inode = 0;
+    unsigned kernel_dev = 0;
+    if (std::sscanf(text.c_str(), "tfd: %d events: %x data: %llx pos:%lld ino:%lx sdev:%x",
+                    &target_fd, &events, &data, &pos, &inode, &kernel_dev) == 6) {
+      registrations[data] = EpollTarget{.fd = target_fd,
+                                        .dev = makedev(kernel_dev >> 20, kernel_dev & 0xfffff),
+                                        .inode = static_cast<ino_t>(inode)};
+    }
+  }
+}
+
+// Every registration of every epoll descriptor of this process, by its event data.
 absl::flat_hash_map<uint64_t, EpollTarget> EpollRegistrations() {
   absl::flat_hash_map<uint64_t, EpollTarget> registrations;
   DIR* dir = opendir("/proc/self/fd");
@@ -68,31 +91,33 @@ absl::flat_hash_map<uint64_t, EpollTarget> EpollRegistrations() {
     if (length <= 0) continue;
     target[length] = '\0';
     if (std::strcmp(target, "anon_inode:[eventpoll]") != 0) continue;
-    const std::string info = ReadSmallFile(absl::StrCat("/proc/self/fdinfo/", fd));
-    for (absl::string_view line : absl::StrSplit(info, '\n')) {
-      if (!absl::StartsWith(line, "tfd:")) continue;
-      const std::string text(line);
-      int target_fd = -1;
-      unsigned events = 0;
-      unsigned long long data = 0;
-      long long pos = 0;
-      unsigned long inode = 0;
-      if (std::sscanf(text.c_str(), "tfd: %d events: %x data: %llx pos:%lld ino:%lx", &target_fd,
-                      &events, &data, &pos, &inode) == 5) {
-        registrations[data] = EpollTarget{.fd = target_fd, .inode = static_cast<ino_t>(inode)};
-      }
-    }
+    ParseEpollFdinfo(ReadSmallFile(absl::StrCat("/proc/self/fdinfo/", fd)), registrations);
   }
   closedir(dir);
   return registrations;
 }
 
-bool IsSocketWithInode(int fd, ino_t inode) {
-  struct stat st;
-  return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == inode;
-}
+// Closes a descriptor when it goes.
+class ScopedFd {
+ public:
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+  ~ScopedFd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  int get() const { return fd_; }
+
+ private:
+  const int fd_;
+};
 
 }  // namespace
+
+bool IsSocketWithInode(int fd, dev_t dev, ino_t inode) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == dev && st.st_ino == inode;
+}
 
 std::vector<GlooPairSocket> FindGlooPairSockets(gloo::Context& context) {
   std::vector<GlooPairSocket> sockets;
@@ -111,8 +136,9 @@ std::vector<GlooPairSocket> FindGlooPairSockets(gloo::Context& context) {
       auto it = peers_by_handler.find(data);
       if (it == peers_by_handler.end()) continue;
       // Checked in case the pair closed the descriptor since the kernel listed it.
-      if (!IsSocketWithInode(target.fd, target.inode)) continue;
-      sockets.push_back(GlooPairSocket{.peer = it->second, .fd = target.fd, .inode = target.inode});
+      if (!IsSocketWithInode(target.fd, target.dev, target.inode)) continue;
+      sockets.push_back(GlooPairSocket{
+          .peer = it->second, .fd = target.fd, .dev = target.dev, .inode = target.inode});
     }
   } catch (...) {
     // getPair throws when the context was never connected: it has no sockets.
@@ -122,88 +148,37 @@ std::vector<GlooPairSocket> FindGlooPairSockets(gloo::Context& context) {
   return sockets;
 }
 
-bool IsSameSocket(const GlooPairSocket& socket) {
-  return IsSocketWithInode(socket.fd, socket.inode);
-}
-
-absl::StatusOr<std::unique_ptr<GlooPairWatcher>> GlooPairWatcher::Start(
-    gloo::Context& context, std::function<void(int peer)> on_closed) {
-  const int stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (stop_fd < 0) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("watching the Gloo connections: eventfd: ", std::strerror(errno)));
-  }
-  std::unique_ptr<GlooPairWatcher> watcher(
-      new GlooPairWatcher(FindGlooPairSockets(context), stop_fd, std::move(on_closed)));
-  try {
-    watcher->thread_ = std::thread([w = watcher.get()] { w->Run(); });
-  } catch (const std::system_error& e) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("watching the Gloo connections: starting a thread: ", e.what()));
-  }
-  return watcher;
-}
-
-GlooPairWatcher::GlooPairWatcher(std::vector<GlooPairSocket> sockets, int stop_fd,
-                                 std::function<void(int peer)> on_closed)
-    : sockets_(std::move(sockets)), stop_fd_(stop_fd), on_closed_(std::move(on_closed)) {}
-
-GlooPairWatcher::~GlooPairWatcher() {
-  if (thread_.joinable()) {
-    const uint64_t one = 1;
-    while (write(stop_fd_, &one, sizeof(one)) < 0 && errno == EINTR) {
-    }
-    thread_.join();
-  }
-  close(stop_fd_);
-}
-
-void GlooPairWatcher::Run() {
-  // Every open socket is polled for the peer's end of file (POLLRDHUP) and for errors and hang-ups
-  // (always reported). After an event, the pair's socket is only checked (not polled, as the event
-  // stays), more and more rarely, until Gloo has read to the end and closed it: until then a
-  // completion may still come. Idle, every socket is checked once a second, for closes that no
-  // event announced, or that poll missed as the descriptor went.
-  constexpr int kIdleCheckMs = 1000;
-  constexpr int kLongestPendingCheckMs = 64;
-  struct Watched {
-    GlooPairSocket socket;
-    bool pending = false;
+absl::Status CheckGlooPairSocketsFindable() {
+  const auto failed = [](absl::string_view what) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot find the sockets of Gloo's connections: ", what));
   };
-  std::vector<Watched> watched;
-  for (const GlooPairSocket& socket : sockets_) watched.push_back(Watched{.socket = socket});
-  int pending_check_ms = 1;
-  for (;;) {
-    std::vector<pollfd> fds = {pollfd{.fd = stop_fd_, .events = POLLIN, .revents = 0}};
-    std::vector<size_t> polled;
-    bool any_pending = false;
-    for (size_t i = 0; i < watched.size(); ++i) {
-      if (watched[i].pending) {
-        any_pending = true;
-        continue;
-      }
-      fds.push_back(pollfd{.fd = watched[i].socket.fd, .events = POLLRDHUP, .revents = 0});
-      polled.push_back(i);
-    }
-    const int timeout_ms = any_pending ? pending_check_ms : (watched.empty() ? -1 : kIdleCheckMs);
-    const int ready = poll(fds.data(), fds.size(), timeout_ms);
-    if (ready < 0 && errno != EINTR) return;
-    if (ready > 0 && fds[0].revents != 0) return;
-    for (size_t k = 0; k < polled.size(); ++k) {
-      if (fds[k + 1].revents != 0) watched[polled[k]].pending = true;
-    }
-    for (auto it = watched.begin(); it != watched.end();) {
-      if (IsSameSocket(it->socket)) {
-        ++it;
-        continue;
-      }
-      on_closed_(it->socket.peer);
-      it = watched.erase(it);
-    }
-    const bool still_pending =
-        std::any_of(watched.begin(), watched.end(), [](const Watched& w) { return w.pending; });
-    pending_check_ms = still_pending ? std::min(2 * pending_check_ms, kLongestPendingCheckMs) : 1;
+  const ScopedFd epoll(epoll_create1(EPOLL_CLOEXEC));
+  if (epoll.get() < 0) return failed(absl::StrCat("epoll_create1: ", std::strerror(errno)));
+  // A socket, like a pair's (its device is the socket file system's).
+  const ScopedFd target(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (target.get() < 0) return failed(absl::StrCat("socket: ", std::strerror(errno)));
+  constexpr uint64_t kData = 0x6d696d6f;  // Any value: the check looks for it.
+  epoll_event event{.events = EPOLLIN, .data = {.u64 = kData}};
+  if (epoll_ctl(epoll.get(), EPOLL_CTL_ADD, target.get(), &event) != 0) {
+    return failed(absl::StrCat("epoll_ctl: ", std::strerror(errno)));
   }
+  const std::string path = absl::StrCat("/proc/self/fdinfo/", epoll.get());
+  const std::string info = ReadSmallFile(path);
+  if (info.empty()) return failed(absl::StrCat(path, " cannot be read (is /proc mounted?)"));
+  absl::flat_hash_map<uint64_t, EpollTarget> registrations;
+  ParseEpollFdinfo(info, registrations);
+  auto it = registrations.find(kData);
+  if (it == registrations.end()) {
+    return failed(absl::StrCat(path, " lists no registration as 'tfd: ... ino: ... sdev: ...' ",
+                               "(a kernel older than this code expects?)"));
+  }
+  if (it->second.fd != target.get() ||
+      !IsSocketWithInode(target.get(), it->second.dev, it->second.inode)) {
+    return failed(absl::StrCat(path, " lists a registration whose descriptor, device or inode is ",
+                               "not the registered socket's"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mimo::comm

@@ -1,14 +1,11 @@
-// Finding the TCP socket of each pair of a Gloo context, and watching those sockets for closing.
+// Finding the TCP socket of each pair of a Gloo context, through /proc (Linux only).
 #pragma once
 
 #include <sys/types.h>
 
-#include <functional>
-#include <memory>
-#include <thread>
 #include <vector>
 
-#include "absl/status/statusor.h"
+#include "absl/status/status.h"
 
 namespace gloo {
 class Context;
@@ -16,58 +13,44 @@ class Context;
 
 namespace mimo::comm {
 
-// The connected socket of the pair with group rank `peer`: its descriptor, and its inode, which
-// tells whether the descriptor still names that socket (Gloo closes it when the pair fails, and the
-// number may then be reused).
+// The connected socket of the pair with group rank `peer`: its descriptor, and the device and inode
+// of the socket, which tell whether the descriptor still names it (Gloo closes it when the pair
+// fails, and the number may then be reused).
 struct GlooPairSocket {
   int peer = -1;
   int fd = -1;
+  dev_t dev = 0;
   ino_t inode = 0;
 };
 
-// The sockets of `context`'s pairs that Gloo still has open; none for a pair that has failed or
-// closed, or when the context was never connected. Thread-safe; never throws.
+// The sockets of `context`'s pairs that Gloo still has open, by peer; none for a pair that has
+// failed or closed, or when the context was never connected. Thread-safe; never throws.
+//
+// Linux only, like Gloo's TCP transport itself (it runs on epoll): the sockets are found through
+// /proc. Finds nothing when /proc is missing or restricted, when the kernel's epoll fdinfo lacks
+// the fields read here (older kernels list tfd:, events: and data: without ino: and sdev:), or
+// when the process has no descriptor left to read it with; CheckGlooPairSocketsFindable tells.
 //
 // Why this way: Gloo's public API gives a pair only its local address, and that does not identify
 // its socket: Linux gives outgoing connections to different destinations the same ephemeral port,
 // so two pairs of one process (of one context or of two) can have one local address. Gloo does
 // register every connected pair's socket with its device's epoll instance, with the pair (its
 // transport::tcp::Handler) as the event's data, and the kernel lists each registration, target
-// descriptor and inode included, in /proc/self/fdinfo of the epoll descriptor.
+// descriptor, inode and device included, in /proc/self/fdinfo of the epoll descriptor.
 std::vector<GlooPairSocket> FindGlooPairSockets(gloo::Context& context);
 
+// True while `fd` names a socket with device `dev` and inode `inode`: the socket it named when it
+// was found, not another file that got the number after a close.
+bool IsSocketWithInode(int fd, dev_t dev, ino_t inode);
+
 // True while `socket.fd` still names the socket it named when found.
-bool IsSameSocket(const GlooPairSocket& socket);
+inline bool IsSameSocket(const GlooPairSocket& socket) {
+  return IsSocketWithInode(socket.fd, socket.dev, socket.inode);
+}
 
-// Watches the sockets of a context's pairs from a thread of its own and calls `on_closed(peer)`
-// (once per pair, from that thread) after Gloo has closed the pair's socket, which it does only
-// when the pair fails: from then on no operation with that peer can complete. Sees a peer's end of
-// the connection close (end of file or reset) through poll(2), then waits for Gloo to read up to
-// it and close its own; sees a close without such an event (a timeout) within a second. Pairs
-// already closed when it starts are not watched: Gloo refuses new operations with them. Stopping
-// (the destructor) waits for a call of on_closed in progress.
-class GlooPairWatcher {
- public:
-  // Watches the pairs FindGlooPairSockets finds. Fails only when the thread or its wake-up
-  // descriptor cannot be made.
-  static absl::StatusOr<std::unique_ptr<GlooPairWatcher>> Start(
-      gloo::Context& context, std::function<void(int peer)> on_closed);
-
-  GlooPairWatcher(const GlooPairWatcher&) = delete;
-  GlooPairWatcher& operator=(const GlooPairWatcher&) = delete;
-  ~GlooPairWatcher();
-
- private:
-  GlooPairWatcher(std::vector<GlooPairSocket> sockets, int stop_fd,
-                  std::function<void(int peer)> on_closed);
-
-  void Run();
-
-  const std::vector<GlooPairSocket> sockets_;
-  // An eventfd, readable once the destructor asks the thread to end.
-  const int stop_fd_;
-  const std::function<void(int peer)> on_closed_;
-  std::thread thread_;
-};
+// OK when this process can find pair sockets the way FindGlooPairSockets does, checked on an epoll
+// instance of its own (a registration made for the check must be listed with its descriptor,
+// device and inode); else FailedPrecondition saying what is missing.
+absl::Status CheckGlooPairSocketsFindable();
 
 }  // namespace mimo::comm
