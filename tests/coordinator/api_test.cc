@@ -245,7 +245,8 @@ TEST_F(ApiTest, RequestsAreCheckedFieldByField) {
 TEST_F(ApiTest, ListJobEventsPagesThroughTheHistory) {
   StartServer();
   const v1::Job job = Submit(SmallSpec());
-  auto workers = Workers(4);
+  BackgroundHeartbeats beats;
+  auto workers = Workers(4, beats);
   std::vector<v1::Assignment> as = Assignments(workers);
   for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
   for (int step = 1; step <= 5; ++step) ASSERT_TRUE(workers[3]->Metrics(as[3], step, 1.0).ok());
@@ -523,13 +524,35 @@ std::string HttpGet(int port, const std::string& path) {
   return body;
 }
 
+// The metrics page once it has `text` (or after 10 s).
+std::string AwaitMetrics(int port, const std::string& text) {
+  std::string page;
+  for (const absl::Time deadline = absl::Now() + absl::Seconds(10);
+       !absl::StrContains(page, text) && absl::Now() < deadline;
+       absl::SleepFor(absl::Milliseconds(10))) {
+    page = HttpGet(port, "/metrics");
+  }
+  return page;
+}
+
+// The metrics page once it lacks `text` (or after 10 s).
+std::string AwaitNoMetrics(int port, const std::string& text) {
+  std::string page = HttpGet(port, "/metrics");
+  for (const absl::Time deadline = absl::Now() + absl::Seconds(10);
+       absl::StrContains(page, text) && absl::Now() < deadline;
+       absl::SleepFor(absl::Milliseconds(10))) {
+    page = HttpGet(port, "/metrics");
+  }
+  return page;
+}
+
 TEST_F(ApiTest, PrometheusEndpointCountsJobsAndRequests) {
   ServerOptions options = FastOptions(db_path_);
   options.metrics_listen = "127.0.0.1:0";
   StartServer(options);
   Submit(SmallSpec());
-  absl::SleepFor(absl::Milliseconds(100));  // A tick refreshes the job gauges.
-  const std::string page = HttpGet(server_->metrics_port(), "/metrics");
+  // Once a tick has refreshed the job gauges (a loaded machine may take a while).
+  const std::string page = AwaitMetrics(server_->metrics_port(), "mimo_jobs{state=\"pending\"} 1");
   EXPECT_THAT(page, HasSubstr("200 OK"));
   EXPECT_THAT(page, HasSubstr("mimo_jobs{state=\"pending\"} 1"));
   EXPECT_THAT(page, HasSubstr("mimo_jobs{state=\"running\"} 0"));
@@ -541,21 +564,17 @@ TEST_F(ApiTest, PrometheusEndpointShowsRunningJobsTrainingMetrics) {
   ServerOptions options = FastOptions(db_path_);
   options.metrics_listen = "127.0.0.1:0";
   StartServer(options);
-  auto workers = Workers(4);
+  BackgroundHeartbeats beats;  // Alive however long the ticks take on a loaded machine.
+  auto workers = Workers(4, beats);
   const v1::Job job = Submit(SmallSpec());
   std::vector<v1::Assignment> as = Assignments(workers);
   ASSERT_EQ(as.size(), 4u);
   for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
-  AwaitState(job.id(), v1::JOB_STATE_RUNNING, absl::Seconds(5), Ptrs(workers));
+  AwaitState(job.id(), v1::JOB_STATE_RUNNING);
   ASSERT_TRUE(workers[2]->Metrics(as[2], 7, 2.5).ok());
-  // A tick refreshes the gauges; the workers beat meanwhile (a loaded machine may take a while).
+  // Once a tick has refreshed the gauges.
   const std::string label = absl::StrCat("{job=\"", job.id(), "\"}");
-  std::string page;
-  const absl::Time deadline = absl::Now() + absl::Seconds(5);
-  do {
-    KeepBeating(Ptrs(workers), absl::Milliseconds(50));
-    page = HttpGet(server_->metrics_port(), "/metrics");
-  } while (!absl::StrContains(page, "mimo_job_step" + label + " 7") && absl::Now() < deadline);
+  std::string page = AwaitMetrics(server_->metrics_port(), "mimo_job_step" + label + " 7");
   EXPECT_THAT(page, HasSubstr("mimo_job_step" + label + " 7"));
   EXPECT_THAT(page, HasSubstr("mimo_job_loss" + label + " 2.5"));
   EXPECT_THAT(page, HasSubstr("mimo_job_tokens_per_second" + label + " 1000"));
@@ -564,8 +583,7 @@ TEST_F(ApiTest, PrometheusEndpointShowsRunningJobsTrainingMetrics) {
     ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
   }
   AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
-  absl::SleepFor(absl::Milliseconds(100));
-  page = HttpGet(server_->metrics_port(), "/metrics");
+  page = AwaitNoMetrics(server_->metrics_port(), "mimo_job_step{");  // Once a tick has seen it.
   EXPECT_THAT(page, Not(HasSubstr("mimo_job_step{")));
 }
 

@@ -69,7 +69,7 @@ std::unique_ptr<grpc::ClientContext> Context(const std::string& token, absl::Dur
 
 FakeWorker::FakeWorker(std::shared_ptr<grpc::Channel> channel, std::string host, int local_index,
                        v1::DeviceKind device, const v1::RunningAssignment& resume)
-    : stub_(v1::WorkerService::NewStub(channel)) {
+    : channel_(channel), stub_(v1::WorkerService::NewStub(channel)) {
   v1::RegisterWorkerRequest request;
   request.mutable_worker()->set_host(std::move(host));
   request.mutable_worker()->set_local_index(local_index);
@@ -148,8 +148,12 @@ grpc::Status FakeWorker::Logs(const v1::Assignment& a, const std::vector<std::st
   return writer->Finish();
 }
 
-BackgroundHeartbeats::BackgroundHeartbeats(std::vector<FakeWorker*> workers, absl::Duration period)
-    : period_(period), workers_(std::move(workers)), thread_([this] { Run(); }) {}
+BackgroundHeartbeats::BackgroundHeartbeats(const std::vector<FakeWorker*>& workers,
+                                           absl::Duration period)
+    : period_(period) {
+  for (const FakeWorker* w : workers) Add(w);
+  thread_ = std::thread([this] { Run(); });
+}
 
 BackgroundHeartbeats::~BackgroundHeartbeats() {
   {
@@ -159,21 +163,53 @@ BackgroundHeartbeats::~BackgroundHeartbeats() {
   thread_.join();
 }
 
-void BackgroundHeartbeats::Add(FakeWorker* worker) {
+void BackgroundHeartbeats::Add(const FakeWorker* worker) {
   absl::MutexLock lock(&mu_);
-  workers_.push_back(worker);
+  workers_.push_back({worker->id(), v1::WorkerService::NewStub(worker->channel())});
 }
 
-void BackgroundHeartbeats::Remove(FakeWorker* worker) {
+void BackgroundHeartbeats::Remove(const FakeWorker* worker) {
   absl::MutexLock lock(&mu_);  // Waits for a round in progress.
-  std::erase(workers_, worker);
+  std::erase_if(workers_, [&](const Beating& b) { return b.worker_id == worker->id(); });
+}
+
+void BackgroundHeartbeats::Clear() {
+  absl::MutexLock lock(&mu_);
+  workers_.clear();
 }
 
 void BackgroundHeartbeats::Run() {
   absl::MutexLock lock(&mu_);
   while (!done_) {
-    for (FakeWorker* w : workers_) w->Heartbeat();
+    Round();
     mu_.AwaitWithTimeout(absl::Condition(&done_), period_);
+  }
+}
+
+void BackgroundHeartbeats::Round() {
+  struct Call {
+    grpc::ClientContext context;
+    v1::HeartbeatRequest request;
+    v1::HeartbeatResponse response;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::HeartbeatResponse>> reader;
+  };
+  grpc::CompletionQueue queue;
+  std::vector<std::unique_ptr<Call>> calls;
+  for (const Beating& b : workers_) {
+    auto call = std::make_unique<Call>();
+    call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    call->request.set_worker_id(b.worker_id);
+    call->reader = b.stub->AsyncHeartbeat(&call->context, call->request, &queue);
+    call->reader->Finish(&call->response, &call->status, call.get());
+    calls.push_back(std::move(call));
+  }
+  void* tag;
+  bool ok;
+  for (size_t finished = 0; finished < calls.size() && queue.Next(&tag, &ok); ++finished) {
+  }
+  queue.Shutdown();
+  while (queue.Next(&tag, &ok)) {
   }
 }
 
@@ -213,25 +249,15 @@ v1::Job CoordinatorFixture::Get(const std::string& id) {
 }
 
 v1::Job CoordinatorFixture::AwaitState(const std::string& id, v1::JobState state,
-                                       absl::Duration timeout,
-                                       const std::vector<FakeWorker*>& beating) {
+                                       absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   v1::Job job = Get(id);
   while (job.state() != state && absl::Now() < deadline) {
-    for (FakeWorker* w : beating) w->Heartbeat();
     absl::SleepFor(absl::Milliseconds(10));
     job = Get(id);
   }
   EXPECT_EQ(v1::JobState_Name(job.state()), v1::JobState_Name(state)) << job.state_reason();
   return job;
-}
-
-void CoordinatorFixture::KeepBeating(const std::vector<FakeWorker*>& workers, absl::Duration d) {
-  const absl::Time end = absl::Now() + d;
-  while (absl::Now() < end) {
-    for (FakeWorker* w : workers) w->Heartbeat();
-    absl::SleepFor(absl::Milliseconds(20));
-  }
 }
 
 std::vector<FakeWorker*> CoordinatorFixture::Ptrs(
@@ -245,6 +271,17 @@ std::vector<std::unique_ptr<FakeWorker>> CoordinatorFixture::Workers(int n,
                                                                      const std::string& host) {
   std::vector<std::unique_ptr<FakeWorker>> workers;
   for (int i = 0; i < n; ++i) workers.push_back(std::make_unique<FakeWorker>(Channel(), host, i));
+  return workers;
+}
+
+std::vector<std::unique_ptr<FakeWorker>> CoordinatorFixture::Workers(int n,
+                                                                     BackgroundHeartbeats& beats,
+                                                                     const std::string& host) {
+  std::vector<std::unique_ptr<FakeWorker>> workers;
+  for (int i = 0; i < n; ++i) {
+    workers.push_back(std::make_unique<FakeWorker>(Channel(), host, i));
+    beats.Add(workers.back().get());
+  }
   return workers;
 }
 

@@ -74,7 +74,10 @@ class FakeWorker {
   grpc::Status Metrics(const v1::Assignment& a, int64_t step, double loss);
   grpc::Status Logs(const v1::Assignment& a, const std::vector<std::string>& lines);
 
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+
  private:
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::string id_;
 };
@@ -82,25 +85,38 @@ class FakeWorker {
 // Heartbeats workers from a thread of its own every `period` until destroyed, as live workers do
 // while the test's thread waits on its calls (beating only between those calls left workers
 // silent for as long as the calls took: past a 400 ms heartbeat timeout on a loaded machine).
-// The workers must outlive it (declare it after them).
+// Each round sends every worker's heartbeat at once, so a round takes one call's time however
+// many workers beat. It beats by worker id, over stubs of its own: it may outlive the
+// FakeWorkers it beats, and be declared before them. Answers are not looked at (a worker the
+// coordinator dropped hears COMMAND_REGISTER; a stopped server answers nothing): a test checks
+// what it checks with calls of its own.
 class BackgroundHeartbeats {
  public:
-  explicit BackgroundHeartbeats(std::vector<FakeWorker*> workers = {},
+  explicit BackgroundHeartbeats(const std::vector<FakeWorker*>& workers = {},
                                 absl::Duration period = absl::Milliseconds(20));
   ~BackgroundHeartbeats();
   BackgroundHeartbeats(const BackgroundHeartbeats&) = delete;
   BackgroundHeartbeats& operator=(const BackgroundHeartbeats&) = delete;
 
-  void Add(FakeWorker* worker);
+  void Add(const FakeWorker* worker);
   // Once it returns, `worker` is sent no more heartbeats from here: it is silent from then on.
-  void Remove(FakeWorker* worker);
+  void Remove(const FakeWorker* worker);
+  // Removes every worker. Before a test stops the server: a beat that finds it down puts the
+  // connection, which every channel to that address shares, into a reconnect backoff (about 1 s),
+  // and the restarted server would then hear from its workers only that much later.
+  void Clear();
 
  private:
+  struct Beating {
+    std::string worker_id;
+    std::unique_ptr<v1::WorkerService::Stub> stub;
+  };
   void Run();
+  void Round() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const absl::Duration period_;
   absl::Mutex mu_;  // Held through each round of heartbeats.
-  std::vector<FakeWorker*> workers_ ABSL_GUARDED_BY(mu_);
+  std::vector<Beating> workers_ ABSL_GUARDED_BY(mu_);
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
@@ -120,16 +136,17 @@ class CoordinatorFixture : public ::testing::Test {
 
   v1::Job Submit(const v1::JobSpec& spec, const std::string& request_id = "");
   v1::Job Get(const std::string& id);
-  // Polls until the job is in `state` or `timeout` passes, heartbeating `beating` meanwhile;
-  // returns the last job seen.
+  // Polls until the job is in `state` or `timeout` passes; returns the last job seen. Workers
+  // that must stay alive meanwhile beat from a BackgroundHeartbeats.
   v1::Job AwaitState(const std::string& id, v1::JobState state,
-                     absl::Duration timeout = absl::Seconds(5),
-                     const std::vector<FakeWorker*>& beating = {});
-  // Heartbeats every worker for `d`.
-  static void KeepBeating(const std::vector<FakeWorker*>& workers, absl::Duration d);
+                     absl::Duration timeout = absl::Seconds(5));
   static std::vector<FakeWorker*> Ptrs(const std::vector<std::unique_ptr<FakeWorker>>& workers);
   // `n` fake CPU workers on host "h", devices 0..n-1.
   std::vector<std::unique_ptr<FakeWorker>> Workers(int n, const std::string& host = "h");
+  // The same, each heartbeating from `beats` as soon as it has registered (registering them all
+  // first left the first ones silent meanwhile: past the timeout on a loaded machine).
+  std::vector<std::unique_ptr<FakeWorker>> Workers(int n, BackgroundHeartbeats& beats,
+                                                   const std::string& host = "h");
   // Assignments of `workers` in rank order (fails the test if one is missing); they heartbeat
   // from a thread meanwhile.
   std::vector<v1::Assignment> Assignments(std::vector<std::unique_ptr<FakeWorker>>& workers);
