@@ -23,6 +23,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/scoped_fd.h"
 #include "gloo/context.h"
 #include "gloo/transport/pair.h"
 #include "gloo/transport/tcp/loop.h"
@@ -96,21 +97,6 @@ absl::flat_hash_map<uint64_t, EpollTarget> EpollRegistrations() {
   closedir(dir);
   return registrations;
 }
-
-// Closes a descriptor when it goes.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  ~ScopedFd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  const int fd_;
-};
 
 }  // namespace
 

@@ -33,6 +33,7 @@
 #include "comm/gloo_pair_watcher.h"
 #include "comm/in_memory_store.h"
 #include "comm/process_groups.h"
+#include "common/scoped_fd.h"
 #include "gloo/common/error.h"
 #include "gloo/transport/unbound_buffer.h"
 #include "tests/comm/gloo_contexts.h"
@@ -109,21 +110,6 @@ class FakeBuffer : public gloo::transport::UnboundBuffer {
   bool abort_recv_ = false;
   bool abort_send_ = false;
   std::vector<std::chrono::milliseconds> timeouts_;
-};
-
-// Closes a descriptor when it goes, so that a failed assertion leaks none.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  ~ScopedFd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  const int fd_;
 };
 
 // The Status a wrapped buffer's call threw; OK when it returned.
