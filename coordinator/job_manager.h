@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -117,8 +118,12 @@ class JobManager {
   absl::StatusOr<std::string> RegisterWorker(const v1::WorkerInfo& info,
                                              const v1::RunningAssignment& resume, absl::Time now);
   // `leaving`: the worker exits now; an idle one is forgotten at once, a busy one gets no
-  // further rank.
-  v1::HeartbeatResponse Heartbeat(const std::string& worker_id, bool leaving, absl::Time now);
+  // further rank. `clock` is read once the manager's lock is held: a beat that waited for it
+  // (behind a store call stalled on a locked database, say) counts from its answer, as its worker
+  // beats again only an interval after that. (Tick's `now` is read before it waits, so the tick
+  // that waited out the stall does not find the worker silent either.)
+  v1::HeartbeatResponse Heartbeat(const std::string& worker_id, bool leaving,
+                                  absl::FunctionRef<absl::Time()> clock);
   // The worker's assignment once it has one, waiting up to `deadline`; unset if none by then.
   // Once fetched, ending the attempt waits for the worker to report that it stopped.
   absl::StatusOr<std::optional<v1::Assignment>> WaitAssignment(const std::string& worker_id,

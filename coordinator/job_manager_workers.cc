@@ -150,8 +150,9 @@ int64_t JobManager::num_workers() {
 }
 
 v1::HeartbeatResponse JobManager::Heartbeat(const std::string& worker_id, bool leaving,
-                                            absl::Time now) {
+                                            absl::FunctionRef<absl::Time()> clock) {
   absl::MutexLock lock(&mu_);
+  const absl::Time now = clock();
   v1::HeartbeatResponse response;
   auto it = workers_.find(worker_id);
   if (it == workers_.end()) {
@@ -159,7 +160,7 @@ v1::HeartbeatResponse JobManager::Heartbeat(const std::string& worker_id, bool l
     response.set_reason(absl::StrCat("worker ", worker_id, " is not registered"));
     return response;
   }
-  it->second.last_heartbeat = now;
+  it->second.last_heartbeat = std::max(it->second.last_heartbeat, now);
   if (leaving) {
     if (it->second.job_id.empty()) {
       workers_.erase(it);
@@ -266,8 +267,9 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
     // A worker of an attempt that already ended confirms it stopped: it is free again.
     if (finished && w->second.job_id == request.job_id() &&
         w->second.attempt == request.attempt()) {
-      w->second =
-          Worker{.info = w->second.info, .last_heartbeat = now, .leaving = request.leaving()};
+      w->second = Worker{.info = w->second.info,
+                         .last_heartbeat = std::max(w->second.last_heartbeat, now),
+                         .leaving = request.leaving()};
       Changed();
       Schedule(now);
       return absl::OkStatus();
@@ -277,7 +279,9 @@ absl::Status JobManager::ReportStatus(const v1::ReportStatusRequest& request, ab
   (*active)->rank_state[request.rank()] = request.state();
   const bool told_to_stop = w->second.stop;
   if (finished) {
-    w->second = Worker{.info = w->second.info, .last_heartbeat = now, .leaving = request.leaving()};
+    w->second = Worker{.info = w->second.info,
+                       .last_heartbeat = std::max(w->second.last_heartbeat, now),
+                       .leaving = request.leaving()};
   }
   Changed();
   // Shutting down, the coordinator stops its own workers: their reports change no job (the next

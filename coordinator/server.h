@@ -26,6 +26,10 @@ struct ServerOptions {
   std::string listen = "0.0.0.0:50051";
   // SQLite database holding every job.
   std::string db_path = "mimo-coordinator.db";
+  // How long a write waits for another connection's lock on the database before it fails (and
+  // is tried again later). Heartbeats wait behind it, but a worker is never taken as silent
+  // while its beat waits.
+  absl::Duration db_busy_timeout = JobStore::Options{}.busy_timeout;
   // Prometheus /metrics address (":PORT": every interface); empty disables the endpoint.
   std::string metrics_listen = "0.0.0.0:9464";
   // Non-empty: every JobService/WorkerService call needs "authorization: Bearer <token>".

@@ -351,7 +351,8 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* context,
                                           const v1::HeartbeatRequest* request,
                                           v1::HeartbeatResponse* response) {
   return Handle(ctx_, "Heartbeat", *context, [&] {
-    *response = ctx_.manager->Heartbeat(request->worker_id(), request->leaving(), absl::Now());
+    *response = ctx_.manager->Heartbeat(request->worker_id(), request->leaving(),
+                                        [] { return absl::Now(); });
     return grpc::Status::OK;
   });
 }

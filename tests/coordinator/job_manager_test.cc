@@ -131,7 +131,7 @@ TEST_F(JobManagerTest, ARankLostBeforeItWasFetchedOverAndOverFailsTheAttempt) {
     std::vector<v1::Assignment> as(4);
     for (int i = 1; i < 4; ++i) as[i] = Fetch(ids[i]);
     now_ += options.heartbeat_timeout + absl::Seconds(1);
-    for (int i = 1; i < 4; ++i) manager_->Heartbeat(ids[i], false, now_);
+    for (int i = 1; i < 4; ++i) manager_->Heartbeat(ids[i], false, [&] { return now_; });
     manager_->Tick(now_);
     const v1::Job pending = Get(job.id());
     ASSERT_EQ(pending.state(), v1::JOB_STATE_PENDING) << "loss " << loss;

@@ -118,7 +118,7 @@ TEST_F(LifecycleTest, AJobWhoseRanksAllSucceededBeforeARestartSucceedsAfterIt) {
 }
 
 // Runs `fn` while another connection holds the database's write lock: the coordinator's writes
-// meanwhile fail after the store's busy timeout (5 s).
+// meanwhile fail after the store's busy timeout.
 void WhileAnotherProcessLocksTheDatabase(const std::string& db_path,
                                          const std::function<void()>& fn) {
   sqlite3* other = nullptr;
@@ -129,22 +129,24 @@ void WhileAnotherProcessLocksTheDatabase(const std::string& db_path,
   sqlite3_close(other);
 }
 
-// The store's writes fail only after its busy timeout, which the manager's mutex waits out,
-// heartbeats included: a heartbeat timeout longer than that, as in production (10 s against
-// 5 s), so that live workers are not dropped for a stall the test makes (with 400 ms, the tick
-// after the stall dropped every worker whose beat did not come first: a race a loaded machine
-// lost). Those of the tests below beat from a thread throughout.
-ServerOptions OutlastingTheStoreStall(const std::string& db_path) {
+// The store's writes fail only after its busy timeout, which the manager's lock waits out,
+// heartbeats included; here that stall (1.5 s) is longer than the heartbeat timeout (400 ms).
+// Live workers beat from a thread throughout (every 100 ms, so the ticks, every 20 ms, see each
+// round's stamps) and must not be dropped for it: a beat that waited for the lock counts from its
+// answer (stamped on arrival, the waiting beats were 1.5 s old when answered, and the next tick
+// dropped every worker).
+ServerOptions StallingLongerThanTheHeartbeatTimeout(const std::string& db_path) {
   ServerOptions options = FastOptions(db_path);
-  options.manager.heartbeat_timeout = 2 * JobStore::Options{}.busy_timeout;
+  options.db_busy_timeout = absl::Milliseconds(1500);
   return options;
 }
+constexpr absl::Duration kBeatPeriodThroughStalls = absl::Milliseconds(100);
 
 TEST_F(LifecycleTest, ASuccessTheStoreCouldNotTakeIsStoredAtALaterTick) {
   StopServer();
-  StartServer(OutlastingTheStoreStall(db_path_));
+  StartServer(StallingLongerThanTheHeartbeatTimeout(db_path_));
   const v1::Job job = Submit(SmallSpec());
-  BackgroundHeartbeats beats;
+  BackgroundHeartbeats beats({}, kBeatPeriodThroughStalls);
   auto workers = Workers(4, beats);
   std::vector<v1::Assignment> as = Assignments(workers);
   for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
@@ -157,13 +159,16 @@ TEST_F(LifecycleTest, ASuccessTheStoreCouldNotTakeIsStoredAtALaterTick) {
   // Every rank succeeded in memory: a tick stores the job's success once the store takes writes.
   const v1::Job done = AwaitState(job.id(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(done.state_reason(), "all 4 ranks succeeded");
+  // None is dropped for the stall, by the ticks after it (at least this long of them).
+  absl::SleepFor(StallingLongerThanTheHeartbeatTimeout(db_path_).manager.heartbeat_timeout);
+  for (auto& w : workers) EXPECT_EQ(w->Heartbeat(), v1::HeartbeatResponse::COMMAND_CONTINUE);
 }
 
 TEST_F(LifecycleTest, AFailureTheStoreCouldNotTakeIsStoredAtALaterTick) {
   StopServer();
-  StartServer(OutlastingTheStoreStall(db_path_));
+  StartServer(StallingLongerThanTheHeartbeatTimeout(db_path_));
   const v1::Job job = Submit(SmallSpec());
-  BackgroundHeartbeats beats;
+  BackgroundHeartbeats beats({}, kBeatPeriodThroughStalls);
   auto workers = Workers(4, beats);
   std::vector<v1::Assignment> as = Assignments(workers);
   for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
@@ -173,8 +178,10 @@ TEST_F(LifecycleTest, AFailureTheStoreCouldNotTakeIsStoredAtALaterTick) {
   const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
   EXPECT_EQ(failed.failure().reason(), "WORKER_FAILED");
   EXPECT_THAT(failed.failure().message(), HasSubstr("rank 1 failed (exit code 3)"));
-  // The attempt's other workers are told to stop.
-  EXPECT_EQ(workers[0]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
+  // The attempt's other workers are told to stop, and none is dropped for the stall by the ticks
+  // after it (at least this long of them).
+  absl::SleepFor(StallingLongerThanTheHeartbeatTimeout(db_path_).manager.heartbeat_timeout);
+  for (int r : {0, 2, 3}) EXPECT_EQ(workers[r]->Heartbeat(), v1::HeartbeatResponse::COMMAND_STOP);
 }
 
 TEST_F(LifecycleTest, RestartFailsRunningJobsWhoseWorkersDoNotComeBack) {
