@@ -79,7 +79,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   s->options_ = options;
   MIMO_ASSIGN_OR_RETURN(auto credentials, Credentials(options));
   MIMO_ASSIGN_OR_RETURN(s->database_lock_, DatabaseLock::Acquire(options.db_path));
-  MIMO_ASSIGN_OR_RETURN(s->store_, JobStore::Open({.path = options.db_path, .busy_timeout = options.db_busy_timeout}));
+  MIMO_ASSIGN_OR_RETURN(s->store_, JobStore::Open({.path = options.db_path,
+                                                   .busy_timeout = options.db_busy_timeout}));
   LocalWorkersOptions local = options.local_workers;
   if (local.count > 0 && local.host.empty()) {
     char host[256] = {};
