@@ -69,7 +69,15 @@ int main(int argc, char** argv) {
   app.add_option("--connect-timeout", connect_timeout_seconds,
                  "Seconds to wait for the first connection to the coordinator")
       ->type_name("SECONDS")
-      ->check(CLI::PositiveNumber)
+      // CLI::PositiveNumber's message prints the range up to DBL_MAX in full.
+      ->transform(CLI::Validator(
+          [](std::string& value) {
+            double seconds = 0;
+            return CLI::detail::lexical_cast(value, seconds) && seconds > 0
+                       ? std::string()
+                       : "'" + value + "' is not a positive number of seconds, such as 30 or 0.5";
+          },
+          ""))
       ->capture_default_str();
   app.add_flag_callback(
       "--count-gpus",

@@ -200,7 +200,8 @@ TEST(WorkerFlagsTest, AnEmptyNumberIsAUsageError) {
            {"--local-index",
             "--local-index: the value is empty; give an integer, or leave the flag out for its "
             "default"},
-           {"--connect-timeout", "--connect-timeout: "},
+           {"--connect-timeout",
+            "--connect-timeout: '' is not a positive number of seconds, such as 30 or 0.5\n"},
        }) {
     for (const char* empty : {" ''", "="}) {
       SCOPED_TRACE(absl::StrCat(flag, empty));
@@ -210,6 +211,20 @@ TEST(WorkerFlagsTest, AnEmptyNumberIsAUsageError) {
       EXPECT_EQ(code, kExitUsage) << out;
       EXPECT_THAT(out, StartsWith(message));
     }
+  }
+}
+
+// --connect-timeout takes a positive number of seconds; anything else is a usage error saying
+// so in a line (CLI::PositiveNumber's message printed its range up to DBL_MAX in full).
+TEST(WorkerFlagsTest, AConnectTimeoutThatIsNotAPositiveNumberIsAUsageError) {
+  for (const char* value : {"abc", "0", "-1", "10s", "nan"}) {
+    SCOPED_TRACE(value);
+    const auto [code, out] = RunShell(absl::StrCat(
+        WorkerBinary(), " --coordinator 127.0.0.1:1 --connect-timeout ", value, " 2>&1"));
+    EXPECT_EQ(code, kExitUsage) << out;
+    EXPECT_THAT(out, StartsWith(absl::StrCat("--connect-timeout: '", value,
+                                             "' is not a positive number of seconds, such as 30 "
+                                             "or 0.5\n")));
   }
 }
 
