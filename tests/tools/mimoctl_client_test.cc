@@ -108,7 +108,8 @@ TEST_F(MimoctlClientTest, SubmitWaitFollowsTheJobToItsEnd) {
     ASSERT_TRUE(google::protobuf::util::MessageToJsonString(spec, &json).ok());
     std::ofstream(spec_path) << json;
   }
-  auto workers = Workers(4);
+  BackgroundHeartbeats beats;  // Live through mimoctl's start (past 400 ms on a loaded machine).
+  auto workers = Workers(4, beats);
   std::thread run([&] {
     std::vector<v1::Assignment> as = Assignments(workers);
     for (int r = 0; r < 4; ++r)
@@ -147,7 +148,8 @@ TEST_F(MimoctlClientTest, SubmitWaitFollowsTheJobToItsEnd) {
 
 TEST_F(MimoctlClientTest, WatchExitsNonZeroWhenTheJobFails) {
   const v1::Job job = Submit(SmallSpec());
-  auto workers = Workers(4);
+  BackgroundHeartbeats beats;
+  auto workers = Workers(4, beats);
   std::thread fail([&] {
     std::vector<v1::Assignment> as = Assignments(workers);
     absl::SleepFor(absl::Milliseconds(200));
