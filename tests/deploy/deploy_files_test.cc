@@ -1,9 +1,9 @@
 // Keeps deploy/ honest without a container engine: every Kubernetes manifest, compose file and the
 // Helm chart's values parse as YAML and carry the fields their kind needs; every flag that a
-// manifest, the Dockerfile, the Slurm script, mimo-node or a Helm template passes to one of our
-// programs is one that program's own --help lists (for mimoctl and mimo-convert, the
-// subcommand's); every .Values path a Helm template reads exists in values.yaml; the kustomization
-// lists files that exist.
+// manifest, the Dockerfile, the Slurm script, mimo-node (those it gathers with `set --` too) or a
+// Helm template (its `command:` lists too) passes to one of our programs is one that program's own
+// --help lists (for mimoctl and mimo-convert, the subcommand's); every .Values path a Helm
+// template reads exists in values.yaml; the kustomization lists files that exist.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
@@ -127,22 +127,61 @@ void FindYamlCalls(const YAML::Node& node, const std::string& file, std::vector<
 
 // The calls in a script or template, line by line (continuations joined): the words after one
 // of our programs' names up to the end of its command (|, ;, &, >, a closing quote or bracket).
+// A YAML block list whose item is one of our programs (a Helm template's `command:`, which cannot
+// be parsed as YAML) takes the items after it at the same indentation as its arguments, past
+// template lines ({{- with ...}}) between them. A call's "$@" stands for the words of every
+// `set -- ...` in the file (mimo-node builds the workers' flags so).
 std::vector<Call> FindTextCalls(const std::string& file) {
   std::string text = ReadFile(file);
   text = std::regex_replace(text, std::regex(R"(\\\n)"), " ");
+  static const std::regex strip(R"(^[\[\('"]+|[\]\)'",]+$)");
+  static const std::regex list_item(R"(^(\s*)- +(\S.*?)\s*$)");
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
   std::vector<Call> out;
-  std::istringstream lines(text);
-  std::string line;
-  while (std::getline(lines, line)) {
+  std::vector<std::string> set_words;  // The words of `set -- ...`.
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const std::string& line = lines[i];
     const auto hash = line.find_first_not_of(" \t");
     if (hash != std::string::npos && line[hash] == '#') continue;  // Comments.
+    std::smatch item;
+    if (std::regex_match(line, item, list_item) &&
+        kPrograms.contains(Basename(std::regex_replace(item[2].str(), strip, "")))) {
+      Call call{.file = file, .program = Basename(std::regex_replace(item[2].str(), strip, ""))};
+      const std::string indent = item[1];
+      for (; i + 1 < lines.size(); ++i) {
+        const std::string& next = lines[i + 1];
+        std::smatch arg;
+        if (std::regex_match(next, arg, list_item) && arg[1] == indent) {
+          call.args.push_back(std::regex_replace(arg[2].str(), strip, ""));
+        } else if (next.rfind(indent + "{{", 0) != 0) {
+          break;
+        }
+      }
+      out.push_back(std::move(call));
+      continue;
+    }
     std::istringstream words(line);
     std::string word;
     std::optional<Call> call;
+    bool in_set = false;
+    std::string previous;
     while (words >> word) {
-      word = std::regex_replace(word, std::regex(R"(^[\[\('"]+|[\]\)'",]+$)"), "");
+      word = std::regex_replace(word, strip, "");
+      const bool end = word.empty() || word.find_first_of("|;&>") == 0;
+      if (in_set) {
+        if (end) {
+          in_set = false;
+        } else if (word != "$@") {
+          set_words.push_back(word);
+        }
+      } else if (previous == "set" && word == "--") {
+        in_set = true;
+      }
+      previous = word;
       if (call.has_value()) {
-        if (word.empty() || word.find_first_of("|;&>") == 0) {
+        if (end) {
           out.push_back(*std::move(call));
           call.reset();
           continue;
@@ -153,6 +192,11 @@ std::vector<Call> FindTextCalls(const std::string& file) {
       if (kPrograms.contains(Basename(word))) call = Call{.file = file, .program = Basename(word)};
     }
     if (call.has_value()) out.push_back(*std::move(call));
+  }
+  for (Call& call : out) {
+    if (std::find(call.args.begin(), call.args.end(), "$@") != call.args.end()) {
+      call.args.insert(call.args.end(), set_words.begin(), set_words.end());
+    }
   }
   return out;
 }
@@ -185,8 +229,13 @@ TEST(DeployFilesTest, EveryFlagPassedToOurProgramsExists) {
     for (Call& c : FindTextCalls(f)) calls.push_back(std::move(c));
   }
   std::vector<std::string> problems;
+  std::map<std::string, std::set<std::string>> flags_per_file;
   for (const Call& c : calls) {
-    ++per_file[c.file.substr(kSource.size() + 1)];
+    const std::string file = c.file.substr(kSource.size() + 1);
+    ++per_file[file];
+    for (const std::string& a : c.args) {
+      if (a.rfind("--", 0) == 0) flags_per_file[file].insert(a.substr(0, a.find('=')));
+    }
     for (std::string& p : CheckCall(c)) problems.push_back(std::move(p));
   }
   EXPECT_THAT(problems, ::testing::IsEmpty());
@@ -198,6 +247,14 @@ TEST(DeployFilesTest, EveryFlagPassedToOurProgramsExists) {
     EXPECT_GT(per_file[file], 0) << "no call of our programs found in " << file;
   }
   EXPECT_GE(per_file["deploy/slurm/mimo.sbatch"], 5);  // Coordinator, worker, 3 mimoctl.
+  // The flags on the lines after a Helm template's `- mimo-coordinator`, and those mimo-node
+  // gathers with `set --` for its workers, are among those checked.
+  EXPECT_THAT(flags_per_file["deploy/helm/mimo/templates/coordinator.yaml"],
+              ::testing::IsSupersetOf({"--listen", "--db", "--metrics-listen", "--auth-token-file",
+                                       "--reattach-grace", "--finished-job-ttl"}));
+  EXPECT_THAT(flags_per_file["deploy/docker/mimo-node"],
+              ::testing::IsSupersetOf({"--coordinator", "--host", "--device", "--listen-address",
+                                       "--token-file", "--connect-timeout", "--local-index"}));
   // A flag that does not exist is caught (the check can fail).
   EXPECT_THAT(CheckCall({.file = "x", .program = "mimo-worker", .args = {"--no-such-flag"}}),
               ::testing::SizeIs(1));
