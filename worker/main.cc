@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -55,14 +56,17 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--listen-address", options.listen_address,
                  "Address Gloo listens on for peer ranks (default: the host name's address)");
+  // MIMO_TOKEN is read only when neither flag is given: a flag beats the environment (CLI11's
+  // envname would count it as --token, which --token-file excludes).
   CLI::Option* token =
       app.add_option("--token", options.coordinator.token,
-                     "Bearer token, sent as 'authorization: Bearer TOKEN' metadata")
-          ->type_name("TOKEN")
-          ->envname("MIMO_TOKEN");
-  app.add_option("--token-file", token_file, "Read the bearer token from this file")
-      ->check(CLI::ExistingFile)
-      ->excludes(token);
+                     "Bearer token, sent as 'authorization: Bearer TOKEN' metadata (default: "
+                     "$MIMO_TOKEN unless --token-file is given)")
+          ->type_name("TOKEN");
+  CLI::Option* token_file_option =
+      app.add_option("--token-file", token_file, "Read the bearer token from this file")
+          ->check(CLI::ExistingFile)
+          ->excludes(token);
   app.add_option("--tls-ca", options.coordinator.tls_ca_file,
                  "Use TLS, trusting this root CA certificate (PEM); plaintext without it")
       ->check(CLI::ExistingFile);
@@ -98,7 +102,11 @@ int main(int argc, char** argv) {
   try {
     // "--host=" as "--host ''" (CLI11 alone refuses it).
     mimo::ParseFlags(app, argc, argv);
-    if (!token_file.empty()) options.coordinator.token = ReadToken(token_file);
+    if (!token_file.empty()) {
+      options.coordinator.token = ReadToken(token_file);
+    } else if (token->count() == 0 && token_file_option->count() == 0) {
+      if (const char* env = std::getenv("MIMO_TOKEN")) options.coordinator.token = env;
+    }
   } catch (const CLI::ParseError& e) {
     // --help exits 0; every usage error exits 2, whatever CLI11's own code for it.
     return app.exit(e) == 0 ? 0 : kExitUsage;

@@ -7,11 +7,14 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_join.h"
 #include "tests/worker/worker_test_util.h"
 #include "worker/device_info.h"
 
@@ -225,6 +228,48 @@ TEST(WorkerFlagsTest, AConnectTimeoutThatIsNotAPositiveNumberIsAUsageError) {
     EXPECT_THAT(out, StartsWith(absl::StrCat("--connect-timeout: '", value,
                                              "' is not a positive number of seconds, such as 30 "
                                              "or 0.5\n")));
+  }
+}
+
+// A token flag beats MIMO_TOKEN: --token-file with MIMO_TOKEN set was refused as "--token
+// excludes --token-file" (CLI11 counted the environment as --token), so mimo-node with both set
+// exited at once. MIMO_TOKEN alone is still the token.
+TEST_F(WorkerProcessTest, ATokenFlagBeatsMimoTokenFromTheEnvironment) {
+  StopServer();
+  ServerOptions o = FastOptions(db_path_);
+  o.auth_token = "right";
+  StartServer(o);
+  const std::string file = absl::StrCat(::testing::TempDir(), "/token-", getpid());
+  std::ofstream(file) << "right\n";
+  struct Case {
+    const char* env;
+    std::vector<std::string> flags;
+    bool registers;
+  };
+  int index = 0;
+  for (const auto& [env, flags, registers] : std::vector<Case>{
+           {"wrong", {"--token-file", file}, true},
+           {"wrong", {"--token", "right"}, true},
+           {"right", {}, true},
+           {"right", {"--token", "wrong"}, false},
+       }) {
+    SCOPED_TRACE(absl::StrCat("MIMO_TOKEN=", env, " ", absl::StrJoin(flags, " ")));
+    ASSERT_EQ(setenv("MIMO_TOKEN", env, 1), 0);  // The child inherits it.
+    WorkerProcess w(server_->port(), index++, flags);
+    ASSERT_EQ(unsetenv("MIMO_TOKEN"), 0);
+    if (registers) {
+      const absl::Time deadline = absl::Now() + absl::Seconds(10);
+      while (!absl::StrContains(w.Log(), "registered with the coordinator") &&
+             absl::Now() < deadline) {
+        absl::SleepFor(absl::Milliseconds(20));
+      }
+      EXPECT_THAT(w.Log(), HasSubstr("registered with the coordinator"));
+    } else {
+      const std::optional<int> status = w.WaitExit(absl::Seconds(10));
+      ASSERT_TRUE(status.has_value());
+      EXPECT_EQ(ExitCode(*status), kExitError) << w.Log();
+      EXPECT_THAT(w.Log(), HasSubstr("invalid bearer token"));
+    }
   }
 }
 
