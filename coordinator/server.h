@@ -27,8 +27,8 @@ struct ServerOptions {
   // SQLite database holding every job.
   std::string db_path = "mimo-coordinator.db";
   // How long a write waits for another connection's lock on the database before it fails (and
-  // is tried again later). Heartbeats wait behind it, but a worker is never taken as silent
-  // while its beat waits.
+  // is tried again later). Heartbeats wait behind it and count from their answer
+  // (JobManager::Heartbeat).
   absl::Duration db_busy_timeout = JobStore::Options{}.busy_timeout;
   // Prometheus /metrics address (":PORT": every interface); empty disables the endpoint.
   std::string metrics_listen = "0.0.0.0:9464";
