@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -168,6 +169,53 @@ TEST_F(ConvertCommandsTest, ExportWritesEachModuleAsHuggingFaceFiles) {
   for (const auto& e : fs::directory_iterator(root_ + "/out")) {
     EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
   }
+}
+
+// An export over an earlier one that fails at its second module (here: vision's fused QKV
+// without a spec to order it; a full disk alike) leaves the earlier export whole: no module of it
+// replaced by the new checkpoint's, which import would mix with the rest.
+TEST_F(ConvertCommandsTest, AFailedExportLeavesTheEarlierExportWhole) {
+  auto checkpoint = [&](int iteration, bool vision_qkv) {
+    fs::remove_all(root_ + "/a");
+    fs::create_directories(root_ + "/a");
+    const std::vector<float> values = {float(iteration), float(iteration) + 1};
+    std::vector<checkpoint::TensorToWrite> tensors = {
+        {.name = "language.w", .dtype = "F32", .shape = {2}, .data = values.data()},
+        {.name = "vision.w", .dtype = "F32", .shape = {2}, .data = values.data()}};
+    if (vision_qkv) {
+      tensors.push_back({.name = "vision.decoder.layers.0.self_attention.linear_qkv.weight",
+                         .dtype = "F32",
+                         .shape = {2, 1},
+                         .data = values.data()});
+    }
+    ASSERT_TRUE(
+        checkpoint::WriteSafetensors(root_ + "/a/model_rank_00000.safetensors", tensors).ok());
+    std::ofstream(root_ + "/a/metadata.json")
+        << nlohmann::json({{"iteration", iteration}, {"files", FilesOf(root_ + "/a")}}).dump();
+  };
+  checkpoint(6, /*vision_qkv=*/false);
+  const ExportOptions options{.from = root_ + "/a", .to = root_ + "/out", .overwrite = true};
+  std::ostringstream out, err;
+  ASSERT_EQ(RunExport(options, out, err), 0) << err.str();
+  auto contents = [&](const std::string& path) {
+    std::ifstream in(root_ + "/out/" + path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string language = contents("language/model-00001-of-00001.safetensors");
+  const std::string config = contents("language/config.json");
+  ASSERT_THAT(config, HasSubstr("\"iteration\": 6"));
+  checkpoint(7, /*vision_qkv=*/true);
+  std::ostringstream out2, err2;
+  EXPECT_EQ(RunExport(options, out2, err2), 1);
+  EXPECT_THAT(err2.str(), HasSubstr("no spec of module \"vision\""));
+  EXPECT_EQ(contents("language/model-00001-of-00001.safetensors"), language);
+  EXPECT_EQ(contents("language/config.json"), config);
+  std::vector<std::string> entries;
+  for (const auto& e : fs::directory_iterator(root_ + "/out")) {
+    entries.push_back(e.path().filename().string());
+  }
+  std::sort(entries.begin(), entries.end());
+  EXPECT_EQ(entries, (std::vector<std::string>{"language", "vision"}));  // Nothing aside left.
 }
 
 // A checkpoint whose files do not match metadata.json (a changed byte, a file it does not list)

@@ -227,17 +227,16 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
         << "--overwrite\n";
     return 1;
   }
-  // An earlier export's modules that this one lacks go too (import reads every file under --to).
-  if (o.overwrite && fs::is_directory(o.to, ec)) {
-    std::vector<fs::path> stale;
-    for (const fs::directory_entry& e : fs::directory_iterator(o.to, ec)) {
-      if (e.is_directory() && !modules.contains(e.path().filename().string()) &&
-          fs::exists(e.path() / "model.safetensors.index.json")) {
-        stale.push_back(e.path());
-      }
-    }
-    for (const fs::path& p : stale) fs::remove_all(p, ec);
-  }
+  // Every module is written aside first and moved into place only once all are written: an
+  // export that fails or dies while writing leaves an earlier one whole, not some of its modules
+  // replaced by this checkpoint's (import would mix the two).
+  struct Written {
+    std::string module, partial, dir, line;
+  };
+  std::vector<Written> written;
+  auto drop_written = [&] {
+    for (const Written& w : written) fs::remove_all(w.partial, ec);  // The disk space back.
+  };
   std::vector<char> buffer, reordered;
   for (const auto& [module, tensors] : modules) {
     const nlohmann::json module_spec = ModuleSpec(meta, module);
@@ -252,13 +251,13 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
                 : absl::InvalidArgumentError(absl::StrCat("metadata.json's spec of module \"",
                                                           module, "\" does not parse"));
     }
-    // Written into a hidden sibling, then renamed into place: an export that dies or fails leaves
-    // the module's earlier export whole (and import skips hidden folders).
+    // Written into a hidden sibling (import skips hidden folders), renamed into place below.
     const std::string dir = o.to + "/" + module, partial = o.to + "/." + module + ".partial";
     fs::remove_all(partial, ec);
     fs::create_directories(partial, ec);
     if (ec) {
       err << "error: cannot create " << partial << ": " << ec.message() << "\n";
+      drop_written();
       return 1;
     }
     // Files of at most max_shard_bytes, tensors in name order.
@@ -309,6 +308,7 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
         err << "error: " << status.message() << "\n";
         writer = absl::CancelledError();  // Closed before its folder goes.
         fs::remove_all(partial, ec);
+        drop_written();
         return 1;
       }
     }
@@ -322,35 +322,56 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
     }
     absl::Status status = WriteTextFile(partial + "/model.safetensors.index.json", index.dump(2));
     if (status.ok()) status = WriteTextFile(partial + "/config.json", config.dump(2));
-    // The old export aside, the new one in, the old one gone (a leftover is hidden: harmless).
-    const std::string old = o.to + "/." + module + ".old";
-    if (status.ok()) {
-      fs::remove_all(old, ec);
-      const bool had = fs::exists(dir, ec);
-      if (had) fs::rename(dir, old, ec);
-      if (!ec) {
-        fs::rename(partial, dir, ec);
-        std::error_code back;
-        if (ec && had) fs::rename(old, dir, back);  // The earlier export back in place.
-      }
-      if (ec) {
-        status = absl::ErrnoToStatus(ec.value(),
-                                     absl::StrCat("cannot move ", partial, " into place as ", dir));
-      } else if (std::error_code kept; fs::remove_all(old, kept), kept) {
-        // The new export stands; the old one, hidden (import skips it), waits for the next
-        // export of the module or a hand to remove it.
-        err << "warning: the earlier export of " << module << ", set aside as " << old
-            << ", could not be removed (" << kept.message() << "); it takes disk space until "
-            << "removed by hand or by the next export to " << o.to << "\n";
-      }
-    }
     if (!status.ok()) {
       err << "error: " << status.message() << "\n";
-      fs::remove_all(partial, ec);  // The disk space back; an earlier export stays as it was.
+      fs::remove_all(partial, ec);
+      drop_written();
       return 1;
     }
-    out << module << ": " << tensors.size() << " tensors, " << total << " bytes in " << files.size()
-        << (files.size() == 1 ? " file" : " files") << " -> " << dir << "\n";
+    written.push_back(
+        {.module = module,
+         .partial = partial,
+         .dir = dir,
+         .line = absl::StrCat(module, ": ", tensors.size(), " tensors, ", total, " bytes in ",
+                              files.size(), files.size() == 1 ? " file" : " files", " -> ", dir)});
+  }
+  for (size_t i = 0; i < written.size(); ++i) {
+    const auto& [module, partial, dir, line] = written[i];
+    // The old export aside, the new one in, the old one gone (a leftover is hidden: harmless).
+    const std::string old = o.to + "/." + module + ".old";
+    fs::remove_all(old, ec);
+    const bool had = fs::exists(dir, ec);
+    if (had) fs::rename(dir, old, ec);
+    if (!ec) {
+      fs::rename(partial, dir, ec);
+      std::error_code back;
+      if (ec && had) fs::rename(old, dir, back);  // The earlier export back in place.
+    }
+    if (ec) {
+      err << "error: cannot move " << partial << " into place as " << dir << ": " << ec.message()
+          << "\n";
+      for (size_t j = i; j < written.size(); ++j) fs::remove_all(written[j].partial, ec);
+      return 1;
+    }
+    if (std::error_code kept; fs::remove_all(old, kept), kept) {
+      // The new export stands; the old one, hidden (import skips it), waits for the next
+      // export of the module or a hand to remove it.
+      err << "warning: the earlier export of " << module << ", set aside as " << old
+          << ", could not be removed (" << kept.message() << "); it takes disk space until "
+          << "removed by hand or by the next export to " << o.to << "\n";
+    }
+    out << line << "\n";
+  }
+  // An earlier export's modules that this one lacks go too (import reads every file under --to).
+  if (o.overwrite) {
+    std::vector<fs::path> stale;
+    for (const fs::directory_entry& e : fs::directory_iterator(o.to, ec)) {
+      if (e.is_directory() && !modules.contains(e.path().filename().string()) &&
+          fs::exists(e.path() / "model.safetensors.index.json")) {
+        stale.push_back(e.path());
+      }
+    }
+    for (const fs::path& p : stale) fs::remove_all(p, ec);
   }
   return 0;
 }
