@@ -183,14 +183,20 @@ TEST(ParseJobSpecTest, SyntaxErrorsGiveLineAndColumn) {
   EXPECT_THAT(error, StartsWith("YAML syntax error: line "));
   EXPECT_THAT(ParseError("name: a\nkind: KIND_TRAIN\n  steps: 3\n"),
               HasSubstr("YAML syntax error: line 3, column 8"));
-  EXPECT_THAT(ParseError("{\"name\": \"a\",\n", SpecFormat::kJson), HasSubstr("invalid job spec"));
+  // JSON too, on one line (protobuf's message had no position and spanned four lines).
+  EXPECT_EQ(ParseError("{\n  \"name\": \"a\",\n  \"modules\": [ }\n", SpecFormat::kJson),
+            "JSON syntax error: line 3, column 16: syntax error while parsing value - unexpected "
+            "'}'; expected '[', '{', or a literal");
+  EXPECT_THAT(ParseError("{\"name\": \"a\",\n", SpecFormat::kJson),
+              StartsWith("JSON syntax error: line 2, column 1: "));
 }
 
 TEST(ParseJobSpecTest, EmptyDocuments) {
   EXPECT_THAT(ParseError(""), HasSubstr("empty YAML document"));
   EXPECT_THAT(ParseError("# nothing here\n"), HasSubstr("empty YAML document"));
   EXPECT_THAT(ParseError("---\n...\n"), HasSubstr("empty YAML document"));
-  EXPECT_THAT(ParseError("", SpecFormat::kJson), HasSubstr("invalid job spec"));
+  EXPECT_THAT(ParseError("", SpecFormat::kJson),
+              HasSubstr("JSON syntax error: line 1, column 1: "));
 }
 
 TEST(ParseJobSpecTest, TopLevelMustBeAMapping) {

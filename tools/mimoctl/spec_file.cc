@@ -26,6 +26,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "nlohmann/json.hpp"
 #include "yaml-cpp/anchor.h"
@@ -278,12 +279,13 @@ class JsonBuilder : public YAML::EventHandler {
   YAML::Mark root_mark_;
 };
 
-// A JSON object's key given twice, as "path: key" (protobuf's JSON parser would merge or
-// override them silently, where YAML refuses a duplicate); nothing for JSON without one, or that
-// does not parse (protobuf's parser then says why).
+// A JSON object's key given twice (protobuf's JSON parser would merge or override them
+// silently, where YAML refuses a duplicate), or where the text is not JSON: "line L, column C:
+// what" (protobuf's own message has no position and spans lines).
 class DuplicateKeyFinder : public nlohmann::json_sax<nlohmann::json> {
  public:
   std::string duplicate;
+  std::string syntax_error;
 
   bool null() override { return true; }
   bool boolean(bool) override { return true; }
@@ -309,7 +311,11 @@ class DuplicateKeyFinder : public nlohmann::json_sax<nlohmann::json> {
   }
   bool start_array(std::size_t) override { return true; }
   bool end_array() override { return true; }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    // "[json.exception.parse_error.101] parse error at line 4, column 13: syntax error ...".
+    const absl::string_view what = e.what();
+    const size_t at = what.find(" at ");
+    syntax_error = std::string(at == absl::string_view::npos ? what : what.substr(at + 4));
     return false;
   }
 
@@ -320,6 +326,9 @@ class DuplicateKeyFinder : public nlohmann::json_sax<nlohmann::json> {
 absl::StatusOr<v1::JobSpec> FromJson(absl::string_view json) {
   DuplicateKeyFinder finder;
   nlohmann::json::sax_parse(json.begin(), json.end(), &finder);
+  if (!finder.syntax_error.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("JSON syntax error: ", finder.syntax_error));
+  }
   if (!finder.duplicate.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("invalid job spec: key \"", finder.duplicate,
                                                    "\" is given twice in one object"));

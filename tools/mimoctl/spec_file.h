@@ -18,7 +18,7 @@ enum class SpecFormat { kYaml, kJson };
 // .nan become "Infinity" and "NaN"), null/~/empty become null, and every other scalar, quoted
 // ones included, stays a string. Field names may be lower_snake or lowerCamel, enums are given
 // by name (or number), durations as "3600s"; unknown fields are errors. Every error is
-// InvalidArgument saying what is wrong: YAML syntax errors with their line and column, a
+// InvalidArgument saying what is wrong: YAML and JSON syntax errors with their line and column, a
 // duplicate key, a top level that is not a mapping, more than one document, protobuf's
 // message for an unknown field or a wrong type.
 absl::StatusOr<v1::JobSpec> ParseJobSpec(absl::string_view text, SpecFormat format);
