@@ -223,6 +223,20 @@ TEST(MimoctlUnreachableTest, ExitCodeThree) {
   EXPECT_THAT(r.err, HasSubstr("cannot reach the coordinator at 127.0.0.1:1"));
 }
 
+// A --tls-ca file without a certificate (a key given by mistake) is refused: gRPC printed its own
+// log lines and mimoctl "cannot reach the coordinator ...: empty address list", exit 3.
+TEST(MimoctlFlagsTest, TlsCaMustHoldACertificate) {
+  const std::string path = ::testing::TempDir() + "/mimoctl-not-a-ca.pem";
+  std::ofstream(path) << "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+  const Result r =
+      RunMimoctl(absl::StrCat("list --server 127.0.0.1:1 --timeout 2 --tls-ca ", path));
+  std::filesystem::remove(path);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, absl::StrCat("error: --tls-ca ", path,
+                                " holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' "
+                                "line)\n"));
+}
+
 // --server (or $MIMO_SERVER) is checked before a channel is made: an empty one printed gRPC's
 // own log lines, and port 99999 wrapped to 34463.
 TEST(MimoctlFlagsTest, ServerMustBeHostColonPort) {

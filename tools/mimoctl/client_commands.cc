@@ -195,6 +195,12 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateCoordinatorChannel(
       return absl::InvalidArgumentError(
           absl::StrCat("cannot read the CA certificate ", options.tls_ca));
     }
+    // gRPC would log its own errors and fail the connection as "empty address list".
+    if (!absl::StrContains(pem.str(), "-----BEGIN CERTIFICATE-----")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls-ca ", options.tls_ca,
+                       " holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line)"));
+    }
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = pem.str();
     credentials = grpc::SslCredentials(ssl);
