@@ -108,6 +108,63 @@ TEST_F(ConvertCommandsTest, InspectListsAndChecksTheFiles) {
   EXPECT_EQ(RunInspect(root_ + "/missing", out3, err3), 1);
 }
 
+// Inspect checks a checkpoint as a resume does: a metadata.json that is missing, does not parse,
+// lists no files or holds a size that is not a number, a rank file it does not list or one that
+// is missing are errors (exit 1), the file named; none is a crash or "ok".
+TEST_F(ConvertCommandsTest, InspectFailsOnMetadataThatDoesNotCheck) {
+  Write();
+  const std::string dir = root_ + "/a", metadata = dir + "/metadata.json";
+  std::string original;
+  {
+    std::ifstream in(metadata);
+    original.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  struct Case {
+    std::string what, metadata, want_out, want_err;
+  };
+  nlohmann::json text_size = nlohmann::json::parse(original);
+  text_size["files"]["model_rank_00000.safetensors"]["bytes"] = "80";
+  const std::vector<Case> cases = {
+      {"a size that is a string", text_size.dump(),
+       "model_rank_00000.safetensors  168 bytes  CHECKSUM MISMATCH", "1 file(s)"},
+      {"truncated", original.substr(0, original.size() / 2), "(no readable metadata.json)",
+       "metadata.json is missing, unreadable or lists no files"},
+      {"no files", R"({"iteration": 6})", "iteration 6", "lists no files"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    std::ofstream(metadata, std::ios::trunc) << c.metadata;
+    std::ostringstream out, err;
+    EXPECT_EQ(RunInspect(dir, out, err), 1);
+    EXPECT_THAT(out.str(), HasSubstr(c.want_out));
+    EXPECT_THAT(err.str(), HasSubstr(c.want_err));
+  }
+  {
+    SCOPED_TRACE("no metadata.json");
+    fs::remove(metadata);
+    std::ostringstream out, err;
+    EXPECT_EQ(RunInspect(dir, out, err), 1);
+    EXPECT_THAT(err.str(), HasSubstr("metadata.json is missing"));
+  }
+  std::ofstream(metadata, std::ios::trunc) << original;
+  {
+    SCOPED_TRACE("a rank file metadata.json does not list");
+    fs::copy_file(dir + "/model_rank_00001.safetensors", dir + "/model_rank_00002.safetensors");
+    std::ostringstream out, err;
+    EXPECT_EQ(RunInspect(dir, out, err), 1);
+    EXPECT_THAT(out.str(), HasSubstr("model_rank_00002.safetensors  NOT LISTED IN metadata.json"));
+    fs::remove(dir + "/model_rank_00002.safetensors");
+  }
+  {
+    SCOPED_TRACE("a missing rank file");
+    fs::remove(dir + "/model_rank_00001.safetensors");
+    std::ostringstream out, err;
+    EXPECT_EQ(RunInspect(dir, out, err), 1);
+    EXPECT_THAT(out.str(), HasSubstr("model_rank_00001.safetensors  ? bytes  CHECKSUM MISMATCH OR "
+                                     "UNREADABLE"));
+  }
+}
+
 // Export: a module per subfolder, files of at most --max-shard-bytes with the index's weight map
 // and total size, the tensors whole; a second export is refused without --overwrite.
 TEST_F(ConvertCommandsTest, ExportWritesEachModuleAsHuggingFaceFiles) {

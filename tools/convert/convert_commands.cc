@@ -13,6 +13,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -56,14 +57,10 @@ absl::Status WriteTextFile(const std::string& path, const std::string& text) {
 }  // namespace
 
 int RunInspect(const std::string& dir, std::ostream& out, std::ostream& err) {
+  namespace fs = std::filesystem;
   std::ifstream in(dir + "/metadata.json");
   const nlohmann::json meta =
       in ? nlohmann::json::parse(in, nullptr, false) : nlohmann::json(nullptr);
-  auto reader = checkpoint::ConsolidatedReader::Open(dir);
-  if (!reader.ok()) {
-    err << "error: " << reader.status().message() << "\n";
-    return 1;
-  }
   out << "checkpoint " << dir << "\n";
   if (meta.is_object()) {
     out << "  iteration " << meta.value("iteration", nlohmann::json()).dump() << ", "
@@ -73,18 +70,39 @@ int RunInspect(const std::string& dir, std::ostream& out, std::ostream& err) {
   } else {
     out << "  (no readable metadata.json)\n";
   }
-  // Every file the folder's metadata lists, checked.
+  // Every file the folder's metadata lists, checked, and any rank file it does not list (what a
+  // resume and reshard refuse), before the tensors: a missing or damaged file is named.
   int bad = 0;
-  if (meta.is_object() && meta.contains("files") && meta["files"].is_object()) {
+  const bool listed = meta.is_object() && meta.contains("files") && meta["files"].is_object() &&
+                      !meta["files"].empty();
+  if (listed) {
     out << "files:\n";
     for (const auto& [file, d] : meta["files"].items()) {
       const auto got = checkpoint::DigestOf(dir + "/" + file);
-      const bool ok = got.ok() && d.is_object() && d.value("bytes", uint64_t{0}) == got->bytes &&
-                      d.value("crc32c", uint64_t{0}) == got->crc32c;
+      // A hand-edited entry may hold anything: only unsigned integers are compared.
+      auto field = [&d](const char* key) {
+        return d.is_object() && d.contains(key) && d[key].is_number_unsigned()
+                   ? std::optional<uint64_t>(d[key].get<uint64_t>())
+                   : std::nullopt;
+      };
+      const bool ok = got.ok() && field("bytes") == got->bytes && field("crc32c") == got->crc32c;
       bad += ok ? 0 : 1;
       out << "  " << file << "  " << (got.ok() ? std::to_string(got->bytes) : "?") << " bytes  "
           << (ok ? "crc32c ok" : "CHECKSUM MISMATCH OR UNREADABLE") << "\n";
     }
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (e.path().extension() == ".safetensors" && !meta["files"].contains(name)) {
+        ++bad;
+        out << "  " << name << "  NOT LISTED IN metadata.json\n";
+      }
+    }
+  }
+  auto reader = checkpoint::ConsolidatedReader::Open(dir);
+  if (!reader.ok()) {
+    err << "error: " << reader.status().message() << "\n";
+    return 1;
   }
   uint64_t total = 0;
   out << "tensors (" << reader->tensors().size() << "):\n";
@@ -95,6 +113,11 @@ int RunInspect(const std::string& dir, std::ostream& out, std::ostream& err) {
         << (t.optimizer ? "  (optimizer)" : "") << "\n";
   }
   out << "whole tensors: " << total << " bytes\n";
+  if (!listed) {
+    err << "error: " << dir << "/metadata.json is missing, unreadable or lists no files with "
+        << "their checksums: not a complete checkpoint\n";
+    return 1;
+  }
   if (bad > 0) {
     err << "error: " << bad << " file(s) of " << dir << " do not match metadata.json\n";
     return 1;

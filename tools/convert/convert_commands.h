@@ -15,7 +15,9 @@ namespace mimo::tools {
 // Prints a checkpoint folder (iter_NNNNNNN): metadata.json's iteration, world size and layout;
 // every file with its size and whether its CRC-32C matches metadata.json; every whole tensor
 // (name, dtype, full shape, slices). Returns 0, or 1 (the error on `err`) for a folder that does
-// not read or a file whose checksum differs.
+// not read, a file whose size or checksum differs (or that is missing, or has no unsigned
+// integers to compare in metadata.json), a .safetensors file metadata.json does not list, or a
+// metadata.json that is missing, does not parse or lists no files.
 int RunInspect(const std::string& dir, std::ostream& out, std::ostream& err);
 
 // Compares every tensor of two checkpoint folders after un-sharding (the parameters and the
