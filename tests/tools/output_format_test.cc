@@ -357,6 +357,21 @@ TEST(ToYamlTest, ExactBlockForm) {
   EXPECT_EQ(*yaml, "lines: []\n");
 }
 
+// A float in exponent form has a '.': YAML 1.1 readers (PyYAML) read "1e-08" as a string, as
+// `mimoctl get -o yaml` printed a job's adam_eps.
+TEST(ToYamlTest, FloatsReadAsFloatsInYaml11) {
+  v1::Optimizer optimizer;
+  optimizer.set_adam_eps(1e-8);
+  optimizer.set_lr(3e-4);
+  optimizer.set_weight_decay(1e20);
+  absl::StatusOr<std::string> yaml = ToYaml(optimizer);
+  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  EXPECT_THAT(*yaml, HasSubstr("\nadam_eps: 1.0e-08\n"));
+  EXPECT_THAT(*yaml, HasSubstr("\nweight_decay: 1.0e+20\n"));
+  EXPECT_THAT(*yaml, HasSubstr("lr: 0.0003\n"));
+  EXPECT_EQ(YamlToJson(YAML::Load(*yaml))["adam_eps"], 1e-8);
+}
+
 TEST(ToJsonTest, PrintsDefaultValuesButNotUnsetOptionalFields) {
   v1::LogLine line;
   line.set_text("a: b");

@@ -115,9 +115,16 @@ void EmitYaml(const nlohmann::ordered_json& value, YAML::Emitter& out) {
     case nlohmann::ordered_json::value_t::null:
       out << YAML::Null;
       break;
-    default:  // Numbers, in JSON's shortest round-trip text.
-      out << value.dump();
+    default: {  // Numbers, in JSON's shortest round-trip text.
+      std::string number = value.dump();
+      // YAML 1.1 readers (PyYAML) take "1e-08" for a string: a float needs a '.'.
+      if (value.is_number_float() && number.find('.') == std::string::npos) {
+        const size_t exponent = number.find_first_of("eE");
+        if (exponent != std::string::npos) number.insert(exponent, ".0");
+      }
+      out << number;
       break;
+    }
   }
 }
 
