@@ -217,6 +217,26 @@ TEST_F(MimoctlClientTest, AnEmptyValueAfterEqualsIsAnEmptyValue) {
   EXPECT_EQ(Get(IdOf(first)).state_reason(), Get(IdOf(second)).state_reason());
 }
 
+// "-o=json" is "-o json", as in kubectl: CLI11 read a short option's value as "=json" and
+// refused it ("--output: =json not in {table,json,yaml}", exit 2).
+TEST_F(MimoctlClientTest, ShortOutputFlagTakesAnEquals) {
+  const Result submitted = Ctl(absl::StrCat("submit ", Example("mimo-cpu-8.yaml"), " -o json"));
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  const std::string id = IdOf(submitted);
+  const Result json = Ctl(absl::StrCat("get ", id, " -o=json"));
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_EQ(IdOf(json), id);
+  const Result yaml = Ctl(absl::StrCat("get ", id, " -o=yaml"));
+  ASSERT_EQ(yaml.exit_code, 0) << yaml.err;
+  EXPECT_THAT(yaml.out, StartsWith(absl::StrCat("id: ", id, "\n")));
+  const Result table = Ctl(absl::StrCat("get ", id, " -o=table"));
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_THAT(table.out, StartsWith("ID "));
+  const Result bad = Ctl("list -o=xml");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.err, StartsWith("--output: xml not in {table,json,yaml}"));
+}
+
 TEST(MimoctlUnreachableTest, ExitCodeThree) {
   const Result r = RunMimoctl("list --server 127.0.0.1:1 --timeout 2");
   EXPECT_EQ(r.exit_code, 3);

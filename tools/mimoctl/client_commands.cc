@@ -91,6 +91,13 @@ void AddClientOptions(CLI::App* command, ClientOptions* options) {
       ->capture_default_str();
   group->add_option("-o,--output", options->output, "Output format")
       ->type_name("FORMAT")
+      // "-o=json", as kubectl takes it (CLI11 reads a short option's "=json" as the value).
+      ->transform(CLI::Validator(
+          [](std::string& value) {
+            if (value.starts_with('=')) value.erase(0, 1);
+            return std::string();
+          },
+          ""))
       ->check(CLI::IsMember({"table", "json", "yaml"}))
       ->capture_default_str();
   command->footer(
