@@ -300,6 +300,13 @@ TEST_F(ConvertCommandsTest, ExportRefusesADamagedCheckpoint) {
   EXPECT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/out"}, out2, err2), 1);
   EXPECT_THAT(err2.str(), HasSubstr("model_rank_00002.safetensors is not listed"));
   EXPECT_FALSE(fs::exists(root_ + "/out"));
+  // A listed file missing: named, not a tensor short of elements.
+  fs::remove(root_ + "/a/model_rank_00002.safetensors");
+  fs::remove(file);
+  std::ostringstream out3, err3;
+  EXPECT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/out"}, out3, err3), 1);
+  EXPECT_THAT(err3.str(), HasSubstr("lists model_rank_00001.safetensors, which cannot be read"));
+  EXPECT_FALSE(fs::exists(root_ + "/out"));
 }
 
 // Export writes a fused QKV weight in Megatron's row order (per query group: its query heads,

@@ -200,14 +200,24 @@ nlohmann::json ModuleSpec(const nlohmann::json& meta, const std::string& kind) {
 
 int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
   namespace fs = std::filesystem;
+  std::ifstream in(o.from + "/metadata.json");
+  const nlohmann::json meta =
+      in ? nlohmann::json::parse(in, nullptr, false) : nlohmann::json(nullptr);
+  std::error_code ec;
+  // A checkpoint's files are checked against its metadata first, before their tensors are read
+  // (a missing or damaged file is named; damaged weights would leave under fresh names); a folder
+  // of rank files without metadata.json is read as it is.
+  if (fs::exists(o.from + "/metadata.json", ec)) {
+    if (const absl::Status s = VerifyCheckpointFiles(o.from, meta); !s.ok()) {
+      err << "error: " << s.message() << "\n";
+      return 1;
+    }
+  }
   auto reader = checkpoint::ConsolidatedReader::Open(o.from);
   if (!reader.ok()) {
     err << "error: " << reader.status().message() << "\n";
     return 1;
   }
-  std::ifstream in(o.from + "/metadata.json");
-  const nlohmann::json meta =
-      in ? nlohmann::json::parse(in, nullptr, false) : nlohmann::json(nullptr);
   // The tensors by module (the name up to its first dot), in name order: the weights, and the
   // MoE routers' expert biases (aux-loss-free balancing: kept in the optimizer files, but the
   // trained model routes with them).
@@ -215,15 +225,6 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
   for (const auto& [name, t] : reader->tensors()) {
     if (!t.optimizer || absl::EndsWith(name, ".expert_bias")) {
       modules[name.substr(0, name.find('.'))].push_back(&t);
-    }
-  }
-  std::error_code ec;
-  // A checkpoint's files are checked against its metadata first (damaged weights would leave
-  // under fresh names); a folder of rank files without metadata.json is read as it is.
-  if (fs::exists(o.from + "/metadata.json", ec)) {
-    if (const absl::Status s = VerifyCheckpointFiles(o.from, meta); !s.ok()) {
-      err << "error: " << s.message() << "\n";
-      return 1;
     }
   }
   // A --to inside the checkpoint would add the export to its folder; a checkpoint under --to
