@@ -201,9 +201,11 @@ absl::StatusOr<std::optional<int64_t>> LatestCheckpoint(const std::string& root)
   if (!in) return std::optional<int64_t>();
   std::string text((std::istreambuf_iterator<char>(in)), {});
   int64_t step = 0;
-  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &step) || step < 0) {
+  const absl::string_view stripped = absl::StripAsciiWhitespace(text);
+  if (!absl::SimpleAtoi(stripped, &step) || step < 0) {
+    // The text without its line break, so that the message stays one line.
     return absl::DataLossError(
-        absl::StrCat(latest, " does not hold a step number: \"", text.substr(0, 40), "\""));
+        absl::StrCat(latest, " does not hold a step number: \"", stripped.substr(0, 40), "\""));
   }
   std::error_code ec;
   if (!fs::is_directory(CommittedCheckpointFolder(root, step), ec)) {
