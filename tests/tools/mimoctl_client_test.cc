@@ -243,6 +243,18 @@ TEST(MimoctlUnreachableTest, ExitCodeThree) {
   EXPECT_THAT(r.err, HasSubstr("cannot reach the coordinator at 127.0.0.1:1"));
 }
 
+// An empty job id is a usage error: the coordinator answered "error: invalid job spec (1 problem)",
+// then "error: job_id: is required", exit 1.
+TEST(MimoctlFlagsTest, AnEmptyJobIdIsAUsageError) {
+  for (const char* command :
+       {"get ''", "cancel ''", "checkpoint ''", "events ''", "watch ''", "logs ''"}) {
+    SCOPED_TRACE(command);
+    const Result r = RunMimoctl(absl::StrCat(command, " --server 127.0.0.1:1 --timeout 2"));
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_THAT(r.err, StartsWith("JOB_ID: the job id is empty\n"));
+  }
+}
+
 // A --tls-ca file without a certificate (a key given by mistake) is refused: gRPC printed its own
 // log lines and mimoctl "cannot reach the coordinator ...: empty address list", exit 3.
 TEST(MimoctlFlagsTest, TlsCaMustHoldACertificate) {

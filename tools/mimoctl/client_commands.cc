@@ -494,7 +494,9 @@ CLI::App* AddJobCommand(CLI::App& app, int* exit_code, const std::string& name,
                         const std::string& description, int (*run)(const JobOptions&),
                         std::shared_ptr<JobOptions> options) {
   CLI::App* command = app.add_subcommand(name, description);
-  command->add_option("JOB_ID", options->job_id, "Job id, e.g. j-20261123-0001")->required();
+  command->add_option("JOB_ID", options->job_id, "Job id, e.g. j-20261123-0001")
+      ->required()
+      ->check(JobId());
   AddClientOptions(command, &options->client);
   command->callback([options, exit_code, run] { *exit_code = run(*options); });
   return command;
@@ -634,7 +636,9 @@ int RunLogs(const LogsOptions& options) {
 void AddLogsCommand(CLI::App& app, int* exit_code) {
   auto options = std::make_shared<LogsOptions>();
   CLI::App* command = app.add_subcommand("logs", "Print a job's logs as \"[rank R] text\" lines");
-  command->add_option("JOB_ID", options->job_id, "Job id, e.g. j-20261123-0001")->required();
+  command->add_option("JOB_ID", options->job_id, "Job id, e.g. j-20261123-0001")
+      ->required()
+      ->check(JobId());
   command->add_flag("-f,--follow", options->follow, "Keep printing new lines until the job ends");
   command->add_option("--rank", options->rank, "Only this rank's lines, printed without the prefix")
       ->type_name("R")

@@ -27,6 +27,14 @@ inline CLI::Validator ServerAddress() {
       "");
 }
 
+// Checks that a job id is not empty: the coordinator's answer to an empty one reads "invalid job
+// spec (1 problem)".
+inline CLI::Validator JobId() {
+  return CLI::Validator(
+      [](std::string& value) { return value.empty() ? std::string("the job id is empty") : ""; },
+      "");
+}
+
 // Checks that a flag is an integer in [min, max], read as CLI11 reads integers (strtoll, base 0)
 // but refusing values beyond 64 bits, which strtoll clamps. Its message names the range.
 inline CLI::Validator IntegerIn(int64_t min, int64_t max) {
