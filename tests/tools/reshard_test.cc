@@ -291,6 +291,16 @@ TEST_F(ReshardTest, AFailedWriteLeavesNoStagingFolder) {
   }
 }
 
+// A --to below a file fails where its folder cannot be created, in one error line: no staging
+// folder was made, so none is reported as not removed.
+TEST_F(ReshardTest, ATargetBelowAFileIsOneError) {
+  std::ofstream(root_ + "/file") << "x";
+  std::ostringstream out, err;
+  EXPECT_EQ(RunReshard(Options(root_ + "/file/sub"), out, err), 1);
+  EXPECT_EQ(err.str(), "error: cannot create " + root_ + "/file/sub: Not a directory\n");
+  EXPECT_TRUE(fs::is_regular_file(root_ + "/file"));
+}
+
 // With --overwrite the checkpoint of the same iteration is replaced: set aside, the new one
 // moved in, the old one removed. One that cannot be removed is named in a warning (the new
 // checkpoint stands: exit code 0); an export's earlier module folder likewise.

@@ -521,9 +521,10 @@ absl::Status WriteCheckpoint(const Source& source, const Target& target, const W
   if (absl::Status status = write(); !status.ok()) {
     // The staging folder goes (its files are of no use to a rerun, which starts it afresh), then
     // the folders of --to this write created, as far as they are empty.
-    std::error_code ec;
+    std::error_code ec, gone;
     fs::remove_all(staging, ec);
-    if (ec) {
+    // Not an error where there is none to remove (a --to below a file: ENOTDIR).
+    if (ec && fs::symlink_status(staging, gone).type() != fs::file_type::not_found) {
       status = absl::Status(status.code(),
                             absl::StrCat(status.message(), "\nthe staging folder ", staging,
                                          " could not be removed: ", ec.message()));
