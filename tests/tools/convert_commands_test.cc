@@ -275,6 +275,31 @@ TEST_F(ConvertCommandsTest, AFailedExportLeavesTheEarlierExportWhole) {
   EXPECT_EQ(entries, (std::vector<std::string>{"language", "vision"}));  // Nothing aside left.
 }
 
+// An export that fails into a --to it created removes the folders it created: no empty export
+// folder is left behind.
+TEST_F(ConvertCommandsTest, AFailedExportRemovesTheFoldersItCreated) {
+  const std::vector<float> qkv = {0, 1};
+  ASSERT_TRUE(checkpoint::WriteSafetensors(
+                  root_ + "/a/model_rank_00000.safetensors",
+                  {{.name = "vision.decoder.layers.0.self_attention.linear_qkv.weight",
+                    .dtype = "F32",
+                    .shape = {2, 1},
+                    .data = qkv.data()}})
+                  .ok());
+  std::ofstream(root_ + "/a/metadata.json")
+      << nlohmann::json({{"iteration", 6}, {"files", FilesOf(root_ + "/a")}}).dump();
+  std::ostringstream out, err;
+  EXPECT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/new/deeper/"}, out, err), 1);
+  EXPECT_THAT(err.str(), HasSubstr("no spec of module \"vision\""));
+  EXPECT_FALSE(fs::exists(root_ + "/new"));
+  // A folder that was there stays.
+  fs::create_directories(root_ + "/there");
+  std::ostringstream out2, err2;
+  EXPECT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/there/sub"}, out2, err2), 1);
+  EXPECT_FALSE(fs::exists(root_ + "/there/sub"));
+  EXPECT_TRUE(fs::is_directory(root_ + "/there"));
+}
+
 // A checkpoint whose files do not match metadata.json (a changed byte, a file it does not list)
 // is not exported: its weights would leave under fresh names. Nothing is written.
 TEST_F(ConvertCommandsTest, ExportRefusesADamagedCheckpoint) {

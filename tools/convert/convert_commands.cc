@@ -258,8 +258,20 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
     std::string module, partial, dir, line;
   };
   std::vector<Written> written;
+  // The outermost folder of --to that does not exist yet: a failed export removes the folders it
+  // created again (as far as they are empty), as reshard does.
+  fs::path to_path = fs::absolute(o.to, ec).lexically_normal(), created;
+  if (!to_path.has_filename() && to_path.has_relative_path()) to_path = to_path.parent_path();
+  for (fs::path p = to_path; !ec && p.has_relative_path() && !fs::exists(p, ec) && !ec;
+       p = p.parent_path()) {
+    created = p;
+  }
   auto drop_written = [&] {
     for (const Written& w : written) fs::remove_all(w.partial, ec);  // The disk space back.
+    for (fs::path p = to_path; !created.empty(); p = p.parent_path()) {
+      std::error_code kept;  // A folder that holds anything stays, and so do its parents.
+      if ((fs::remove(p, kept), kept) || p == created || !p.has_relative_path()) break;
+    }
   };
   std::vector<char> buffer, reordered;
   for (const auto& [module, tensors] : modules) {
@@ -374,7 +386,7 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
     if (ec) {
       err << "error: cannot move " << partial << " into place as " << dir << ": " << ec.message()
           << "\n";
-      for (size_t j = i; j < written.size(); ++j) fs::remove_all(written[j].partial, ec);
+      drop_written();  // The modules not yet moved.
       return 1;
     }
     if (std::error_code kept; fs::remove_all(old, kept), kept) {
