@@ -243,6 +243,15 @@ TEST(MimoctlUnreachableTest, ExitCodeThree) {
   EXPECT_THAT(r.err, HasSubstr("cannot reach the coordinator at 127.0.0.1:1"));
 }
 
+// logs --follow says that it stays on one attempt: the coordinator's StreamLogs keeps the attempt
+// that was the latest when it started, so after a restart the stream goes silent until the job
+// ends, where the help said "Keep printing new lines until the job ends".
+TEST(MimoctlFlagsTest, LogsFollowSaysItFollowsOneAttempt) {
+  const Result r = RunMimoctl("logs --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.out, HasSubstr("run logs again for the next attempt"));
+}
+
 // An empty job id is a usage error: the coordinator answered "error: invalid job spec (1 problem)",
 // then "error: job_id: is required", exit 1.
 TEST(MimoctlFlagsTest, AnEmptyJobIdIsAUsageError) {

@@ -639,7 +639,10 @@ void AddLogsCommand(CLI::App& app, int* exit_code) {
   command->add_option("JOB_ID", options->job_id, "Job id, e.g. j-20261123-0001")
       ->required()
       ->check(JobId());
-  command->add_flag("-f,--follow", options->follow, "Keep printing new lines until the job ends");
+  command->add_flag("-f,--follow", options->follow,
+                    "Keep printing new lines until the job ends. Only the attempt that is the "
+                    "latest when logs starts is followed: after a restart (max_restarts, a "
+                    "preemption) run logs again for the next attempt");
   command->add_option("--rank", options->rank, "Only this rank's lines, printed without the prefix")
       ->type_name("R")
       ->check(IntegerIn(0, parallel::kMaxWorldSize - 1));
