@@ -275,6 +275,23 @@ TEST_F(ConvertCommandsTest, AFailedExportLeavesTheEarlierExportWhole) {
   EXPECT_EQ(entries, (std::vector<std::string>{"language", "vision"}));  // Nothing aside left.
 }
 
+// What a killed export left in a fresh --to (a module's folder in the making) asks for no
+// --overwrite: the export is written, the leftover gone. Any other entry still does.
+TEST_F(ConvertCommandsTest, AnExportKilledIntoAFreshFolderCanBeRunAgain) {
+  Write();
+  fs::create_directories(root_ + "/out/.w.partial");
+  std::ofstream(root_ + "/out/.w.partial/model-00001-of-00001.safetensors") << "half";
+  std::ostringstream out, err;
+  ASSERT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/out"}, out, err), 0) << err.str();
+  EXPECT_TRUE(fs::exists(root_ + "/out/w/model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(root_ + "/out/.w.partial"));
+  fs::remove_all(root_ + "/out/w");
+  std::ofstream(root_ + "/out/.notes") << "mine";
+  std::ostringstream out2, err2;
+  EXPECT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/out"}, out2, err2), 1);
+  EXPECT_THAT(err2.str(), HasSubstr("without --overwrite"));
+}
+
 // An export that fails into a --to it created removes the folders it created: no empty export
 // folder is left behind.
 TEST_F(ConvertCommandsTest, AFailedExportRemovesTheFoldersItCreated) {

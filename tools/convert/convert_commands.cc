@@ -246,7 +246,18 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
     err << "error: " << s.message() << "\n";
     return 1;
   }
-  if (fs::exists(o.to, ec) && !fs::is_empty(o.to, ec) && !o.overwrite) {
+  // What an export that died left aside (hidden: import skips it) is no earlier export to keep.
+  auto holds_files = [&] {
+    if (!fs::is_directory(o.to, ec)) return fs::exists(o.to, ec) && !fs::is_empty(o.to, ec);
+    for (const fs::directory_entry& e : fs::directory_iterator(o.to, ec)) {
+      const std::string name = e.path().filename().string();
+      if (!name.starts_with(".") || !(name.ends_with(".partial") || name.ends_with(".old"))) {
+        return true;
+      }
+    }
+    return false;
+  };
+  if (!o.overwrite && holds_files()) {
     err << "error: " << o.to << " already holds files; refusing to overwrite them without "
         << "--overwrite\n";
     return 1;
