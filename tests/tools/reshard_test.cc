@@ -291,6 +291,22 @@ TEST_F(ReshardTest, AFailedWriteLeavesNoStagingFolder) {
   }
 }
 
+// A root whose latest folder holds no metadata.json (Megatron's legacy layout: iter_N/mp_rank_00/
+// model_optim_rng.pt) is named as such, not as metadata that does not parse.
+TEST_F(ReshardTest, ARootOfAnotherToolIsNamed) {
+  fs::create_directories(root_ + "/megatron/iter_0000100/mp_rank_00");
+  std::ofstream(root_ + "/megatron/iter_0000100/mp_rank_00/model_optim_rng.pt") << "pt";
+  std::ofstream(root_ + "/megatron/latest_checkpointed_iteration.txt") << "100\n";
+  ReshardOptions options = Options(root_ + "/out");
+  options.from = root_ + "/megatron";
+  std::ostringstream out, err;
+  EXPECT_EQ(RunReshard(options, out, err), 1);
+  EXPECT_EQ(err.str(), "error: " + root_ +
+                           "/megatron/iter_0000100/metadata.json cannot be read (No such file or "
+                           "directory): not a mimo checkpoint\n");
+  EXPECT_FALSE(fs::exists(root_ + "/out"));
+}
+
 // A --to below a file fails where its folder cannot be created, in one error line: no staging
 // folder was made, so none is reported as not removed.
 TEST_F(ReshardTest, ATargetBelowAFileIsOneError) {

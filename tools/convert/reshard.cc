@@ -4,6 +4,7 @@
 #include "tools/convert/reshard.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -574,6 +575,10 @@ int Fail(const absl::Status& status, std::ostream& err) {
 absl::Status Reshard(const ReshardOptions& o, std::ostream& out, std::ostream& err) {
   MIMO_ASSIGN_OR_RETURN(const std::string dir, CheckpointFolder(o.from));
   std::ifstream in(dir + "/metadata.json");
+  if (!in) {  // A root's latest folder without it: another tool's checkpoint (Megatron's .pt).
+    return absl::NotFoundError(absl::StrCat(dir, "/metadata.json cannot be read (",
+                                            std::strerror(errno), "): not a mimo checkpoint"));
+  }
   const nlohmann::json meta = nlohmann::json::parse(in, nullptr, false);
   if (!meta.is_object() || !meta.contains("iteration") || !meta["iteration"].is_number_integer()) {
     return absl::DataLossError(absl::StrCat(dir, "/metadata.json is not a checkpoint's metadata"));
