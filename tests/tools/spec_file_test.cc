@@ -191,6 +191,23 @@ TEST(ParseJobSpecTest, SyntaxErrorsGiveLineAndColumn) {
               StartsWith("JSON syntax error: line 2, column 1: "));
 }
 
+// A field's wrong type or unknown name is reported with the line of its key in YAML (protobuf's
+// message names the field only).
+TEST(ParseJobSpecTest, FieldErrorsGiveTheLineOfTheField) {
+  EXPECT_EQ(
+      ParseError("name: x\nmodules:\n  - name: language\n    language:\n      vocabSize: abc\n"),
+      "invalid job spec: line 5, column 7: (modules[0].language.vocab_size): invalid value "
+      "\"abc\" for type TYPE_INT32");
+  EXPECT_EQ(
+      ParseError("name: x\nmodules:\n  - name: a\n  - {name: b, language: {vocab_sise: 3}}\n"),
+      "invalid job spec: line 4, column 26: (modules[1].language) vocab_sise: Cannot find "
+      "field.");
+  EXPECT_EQ(ParseError("name: x\nreplicas: 3\n"),
+            "invalid job spec: line 2, column 1: replicas: Cannot find field.");
+  EXPECT_THAT(ParseError("name: x\nkind: KIND_SOMETIMES\n"),
+              StartsWith("invalid job spec: line 2, column 1: (kind): invalid value"));
+}
+
 TEST(ParseJobSpecTest, EmptyDocuments) {
   EXPECT_THAT(ParseError(""), HasSubstr("empty YAML document"));
   EXPECT_THAT(ParseError("# nothing here\n"), HasSubstr("empty YAML document"));

@@ -46,6 +46,8 @@ using Json = nlohmann::ordered_json;
 constexpr size_t kMaxDepth = 64;
 // Bounds the JSON built from a YAML document whose aliases repeat large subtrees.
 constexpr int64_t kMaxValues = 1 << 17;
+// Far longer than any JobSpec field's path; longer ones are not given a line in errors.
+constexpr size_t kMaxPathLength = 128;
 
 std::string Where(const YAML::Mark& mark) {
   if (mark.is_null()) return "";
@@ -153,6 +155,12 @@ class JsonBuilder : public YAML::EventHandler {
 
   const std::vector<YAML::Mark>& document_starts() const { return document_starts_; }
   const Json& root() const { return root_; }
+  // Where the key of the field at `path` ("modules[0].language.vocab_size", names in
+  // lower_snake_case, as protobuf's JSON errors give them) is; null when not known.
+  const YAML::Mark* KeyMark(const std::string& path) const {
+    const auto it = key_marks_.find(path);
+    return it == key_marks_.end() ? nullptr : &it->second;
+  }
   const YAML::Mark& root_mark() const { return root_mark_; }
 
   void OnDocumentStart(const YAML::Mark& mark) override { document_starts_.push_back(mark); }
@@ -213,7 +221,35 @@ class JsonBuilder : public YAML::EventHandler {
     YAML::anchor_t anchor = YAML::NullAnchor;
     int64_t count = 1;               // Values in this subtree, itself included.
     std::optional<std::string> key;  // Mappings: the key whose value comes next.
+    std::string path;                // As KeyMark's; "" for the root.
   };
+
+  // The lower_snake_case of a lowerCamel name, as protobuf names fields.
+  static std::string SnakeCase(absl::string_view name) {
+    std::string out;
+    for (char c : name) {
+      if (absl::ascii_isupper(static_cast<unsigned char>(c))) {
+        out += '_';
+        out += absl::ascii_tolower(static_cast<unsigned char>(c));
+      } else {
+        out += c;
+      }
+    }
+    return out;
+  }
+
+  // The path of the top frame's member `key` (a mapping's) or next item (a sequence's).
+  std::string ChildPath(absl::string_view key) const {
+    const Frame& parent = stack_.back();
+    if (parent.value.is_array()) return absl::StrCat(parent.path, "[", parent.value.size(), "]");
+    return parent.path.empty() ? std::string(key) : absl::StrCat(parent.path, ".", key);
+  }
+
+  // Records where the field at `path` is; paths longer than any JobSpec field's are not kept, so
+  // that hostile input cannot make them add up.
+  void RecordKey(const YAML::Mark& mark, std::string path) {
+    if (path.size() <= kMaxPathLength) key_marks_.try_emplace(std::move(path), mark);
+  }
 
   [[noreturn]] static void Fail(const YAML::Mark& mark, absl::string_view what) {
     throw Error{YamlError(mark, what)};
@@ -234,6 +270,8 @@ class JsonBuilder : public YAML::EventHandler {
   void SetKey(const YAML::Mark& mark, const std::string& key) {
     if (stack_.back().value.contains(key)) Fail(mark, absl::StrCat("duplicate key '", key, "'"));
     stack_.back().key = key;
+    RecordKey(mark, ChildPath(SnakeCase(key)));
+    RecordKey(mark, ChildPath(key));  // An unknown field is named as written.
   }
 
   void Push(const YAML::Mark& mark, Json value, YAML::anchor_t anchor) {
@@ -243,7 +281,13 @@ class JsonBuilder : public YAML::EventHandler {
       Fail(mark, absl::StrCat("nested deeper than ", kMaxDepth, " levels"));
     }
     Count(mark, 1);
-    stack_.push_back({.value = std::move(value), .mark = mark, .anchor = anchor});
+    std::string path;
+    if (!stack_.empty()) {
+      path = ChildPath(stack_.back().key ? SnakeCase(*stack_.back().key) : "");
+      if (stack_.back().value.is_array()) RecordKey(mark, path);
+    }
+    stack_.push_back(
+        {.value = std::move(value), .mark = mark, .anchor = anchor, .path = std::move(path)});
   }
 
   void Pop() {
@@ -273,6 +317,7 @@ class JsonBuilder : public YAML::EventHandler {
 
   std::vector<YAML::Mark> document_starts_;
   std::vector<Frame> stack_;
+  absl::flat_hash_map<std::string, YAML::Mark> key_marks_;
   absl::flat_hash_map<YAML::anchor_t, std::pair<Json, int64_t>> anchors_;  // Value, count.
   int64_t values_ = 0;
   Json root_;
@@ -390,7 +435,28 @@ absl::StatusOr<v1::JobSpec> FromYaml(absl::string_view text) {
   } catch (const Json::type_error& e) {
     return absl::InvalidArgumentError(absl::StrCat("invalid YAML spec: ", e.what()));
   }
-  return FromJson(json);
+  absl::StatusOr<v1::JobSpec> spec = FromJson(json);
+  if (spec.ok()) return spec;
+  // protobuf names the field ("(modules[0].language.vocab_size): invalid value ...", "(modules[0])
+  // replicas: Cannot find field.", "name: ..." at the top) but not its line: add the line.
+  absl::string_view rest = spec.status().message();
+  if (!absl::ConsumePrefix(&rest, "invalid job spec: ")) return spec;
+  const absl::string_view error = rest;
+  std::string path;
+  if (absl::ConsumePrefix(&rest, "(")) {
+    const size_t close = rest.find(')');
+    if (close == absl::string_view::npos) return spec;
+    path = std::string(rest.substr(0, close));
+    rest.remove_prefix(close + 1);
+    if (absl::ConsumePrefix(&rest, " ")) {
+      absl::StrAppend(&path, path.empty() ? "" : ".", rest.substr(0, rest.find(':')));
+    }
+  } else {
+    path = std::string(rest.substr(0, rest.find(':')));
+  }
+  const YAML::Mark* mark = builder.KeyMark(path);
+  if (mark == nullptr) return spec;
+  return absl::InvalidArgumentError(absl::StrCat("invalid job spec: ", Where(*mark), error));
 }
 
 }  // namespace

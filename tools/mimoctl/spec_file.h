@@ -20,7 +20,7 @@ enum class SpecFormat { kYaml, kJson };
 // by name (or number), durations as "3600s"; unknown fields are errors. Every error is
 // InvalidArgument saying what is wrong: YAML and JSON syntax errors with their line and column, a
 // duplicate key, a top level that is not a mapping, more than one document, protobuf's
-// message for an unknown field or a wrong type.
+// message for an unknown field or a wrong type (in YAML after the line and column of its key).
 absl::StatusOr<v1::JobSpec> ParseJobSpec(absl::string_view text, SpecFormat format);
 
 // The largest spec file ReadJobSpecFile reads: four times the coordinator's request limit
