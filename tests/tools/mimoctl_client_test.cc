@@ -252,6 +252,19 @@ TEST(MimoctlFlagsTest, LogsFollowSaysItFollowsOneAttempt) {
   EXPECT_THAT(r.out, HasSubstr("run logs again for the next attempt"));
 }
 
+// The help's example job id has the coordinator's form, j-YYYYMMDD-NNNNNN (it showed four digits).
+TEST_F(MimoctlClientTest, HelpShowsAJobIdOfTheRealForm) {
+  const Result submitted = Ctl(absl::StrCat("submit ", Example("mimo-cpu-8.yaml"), " -o json"));
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  const std::string id = IdOf(submitted);
+  ASSERT_EQ(id.size(), std::string("j-20261123-000001").size()) << id;
+  for (const char* command : {"get", "cancel", "checkpoint", "events", "watch", "logs"}) {
+    SCOPED_TRACE(command);
+    EXPECT_THAT(RunMimoctl(absl::StrCat(command, " --help")).out,
+                HasSubstr("Job id, e.g. j-20261123-000001\n"));
+  }
+}
+
 // An empty job id is a usage error: the coordinator answered "error: invalid job spec (1 problem)",
 // then "error: job_id: is required", exit 1.
 TEST(MimoctlFlagsTest, AnEmptyJobIdIsAUsageError) {

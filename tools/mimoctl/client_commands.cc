@@ -494,7 +494,7 @@ CLI::App* AddJobCommand(CLI::App& app, int* exit_code, const std::string& name,
                         const std::string& description, int (*run)(const JobOptions&),
                         std::shared_ptr<JobOptions> options) {
   CLI::App* command = app.add_subcommand(name, description);
-  command->add_option("JOB_ID", options->job_id, "Job id, e.g. j-20261123-0001")
+  command->add_option("JOB_ID", options->job_id, "Job id, e.g. j-20261123-000001")
       ->required()
       ->check(JobId());
   AddClientOptions(command, &options->client);
@@ -636,7 +636,7 @@ int RunLogs(const LogsOptions& options) {
 void AddLogsCommand(CLI::App& app, int* exit_code) {
   auto options = std::make_shared<LogsOptions>();
   CLI::App* command = app.add_subcommand("logs", "Print a job's logs as \"[rank R] text\" lines");
-  command->add_option("JOB_ID", options->job_id, "Job id, e.g. j-20261123-0001")
+  command->add_option("JOB_ID", options->job_id, "Job id, e.g. j-20261123-000001")
       ->required()
       ->check(JobId());
   command->add_flag("-f,--follow", options->follow,
