@@ -175,6 +175,30 @@ TEST_F(MimoctlClientTest, TokenIsSentWhenGiven) {
 
 // A spec the coordinator would not receive is refused before it is sent, naming the limit (gRPC
 // said only "Received message larger than max (5000172 vs. 4194304)").
+// A coordinator serving TLS: mimoctl talks to it with --tls-ca, and without it says to pass it
+// (it said only "cannot reach the coordinator at ...: Socket closed", as if the coordinator were
+// down).
+TEST_F(MimoctlClientTest, TlsNeedsTlsCaAndSaysSo) {
+  StopServer();
+  const std::string cert = ::testing::TempDir() + "/mimoctl-tls-cert.pem";
+  const std::string key = ::testing::TempDir() + "/mimoctl-tls-key.pem";
+  const std::string command = absl::StrCat(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
+      "subjectAltName=IP:127.0.0.1,DNS:localhost -keyout ",
+      key, " -out ", cert, " 2>/dev/null");
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  ServerOptions options = FastOptions(db_path_);
+  options.tls_cert_file = cert;
+  options.tls_key_file = key;
+  StartServer(options);
+  const Result secure = Ctl(absl::StrCat("list --tls-ca ", cert));
+  EXPECT_EQ(secure.exit_code, 0) << secure.err;
+  const Result plain = Ctl("list --timeout 5");
+  EXPECT_EQ(plain.exit_code, 3);
+  EXPECT_THAT(plain.err, HasSubstr("\nnote: the coordinator closed the connection; if it serves "
+                                   "TLS, pass --tls-ca with its CA certificate\n"));
+}
+
 TEST_F(MimoctlClientTest, OversizedSpecIsRefusedBeforeSending) {
   v1::JobSpec spec = SmallSpec();
   spec.set_name(std::string(5'000'000, 'x'));

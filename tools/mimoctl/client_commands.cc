@@ -290,6 +290,12 @@ class Coordinator {
       std::cerr << "error: " << (streamed ? "lost the connection to" : "cannot reach")
                 << " the coordinator at " << options_.server << ": " << status.error_message()
                 << '\n';
+      // What a coordinator serving TLS does to a plaintext connection.
+      if (!streamed && options_.tls_ca.empty() &&
+          absl::StrContains(status.error_message(), "Socket closed")) {
+        std::cerr << "note: the coordinator closed the connection; if it serves TLS, pass "
+                     "--tls-ca with its CA certificate\n";
+      }
       return kExitUnreachable;
     }
     for (const std::string& line : FormatRpcError(status)) std::cerr << line << '\n';
