@@ -351,6 +351,14 @@ TEST_F(ConvertCommandsTest, ExportRefusesADamagedCheckpoint) {
   EXPECT_FALSE(fs::exists(root_ + "/out"));
 }
 
+// An empty --to ("--to=", an unset variable) is refused by name.
+TEST_F(ConvertCommandsTest, ExportRefusesAnEmptyTo) {
+  Write();
+  std::ostringstream out, err;
+  EXPECT_EQ(RunExport({.from = root_ + "/a", .to = ""}, out, err), 1);
+  EXPECT_EQ(err.str(), "error: --to is empty: give it a path\n");
+}
+
 // Export writes a fused QKV weight in Megatron's row order (per query group: its query heads,
 // key, value) and carries the routers' expert biases from the optimizer files, leaving the
 // moments behind.

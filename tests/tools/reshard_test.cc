@@ -307,6 +307,24 @@ TEST_F(ReshardTest, ARootOfAnotherToolIsNamed) {
   EXPECT_FALSE(fs::exists(root_ + "/out"));
 }
 
+// A path given empty ("--from=", an unset variable in a script) is refused by its flag's name,
+// before "" + "/metadata.json" (the filesystem root's) or any other path is read.
+TEST_F(ReshardTest, AnEmptyPathIsRefusedByName) {
+  ReshardOptions from = Options(root_ + "/out"), to = Options("");
+  from.from = "";
+  std::ostringstream out, err, out2, err2, out3, err3;
+  const int from_code = RunReshard(from, out, err);
+  const int to_code = RunReshard(to, out2, err2);
+  const int spec_code = RunImport({.from = root_ + "/export", .to = root_ + "/out"}, out3, err3);
+  EXPECT_EQ(from_code, 1);
+  EXPECT_EQ(err.str(), "error: --from is empty: give it a path\n");
+  EXPECT_EQ(to_code, 1);
+  EXPECT_EQ(err2.str(), "error: --to is empty: give it a path\n");
+  EXPECT_EQ(spec_code, 1);
+  EXPECT_EQ(err3.str(), "error: --spec is empty: give it a path\n");
+  EXPECT_FALSE(fs::exists(root_ + "/out"));
+}
+
 // A --to below a file fails where its folder cannot be created, in one error line: no staging
 // folder was made, so none is reported as not removed.
 TEST_F(ReshardTest, ATargetBelowAFileIsOneError) {

@@ -200,6 +200,10 @@ nlohmann::json ModuleSpec(const nlohmann::json& meta, const std::string& kind) {
 
 int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
   namespace fs = std::filesystem;
+  if (o.to.empty()) {  // "--to=", or an unset variable: no folder named.
+    err << "error: --to is empty: give it a path\n";
+    return 1;
+  }
   std::ifstream in(o.from + "/metadata.json");
   const nlohmann::json meta =
       in ? nlohmann::json::parse(in, nullptr, false) : nlohmann::json(nullptr);

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <optional>
@@ -572,7 +573,19 @@ int Fail(const absl::Status& status, std::ostream& err) {
   return 1;
 }
 
+// A path flag given empty ("--from=", an unset variable) names no folder: "" + "/metadata.json"
+// would be the filesystem root's. Refused by name before any path is read.
+absl::Status NoneEmpty(std::initializer_list<std::pair<const char*, const std::string*>> flags) {
+  for (const auto& [flag, value] : flags) {
+    if (value->empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, " is empty: give it a path"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Reshard(const ReshardOptions& o, std::ostream& out, std::ostream& err) {
+  MIMO_RETURN_IF_ERROR(NoneEmpty({{"--from", &o.from}, {"--to", &o.to}}));
   MIMO_ASSIGN_OR_RETURN(const std::string dir, CheckpointFolder(o.from));
   std::ifstream in(dir + "/metadata.json");
   if (!in) {  // A root's latest folder without it: another tool's checkpoint (Megatron's .pt).
@@ -620,6 +633,7 @@ absl::Status Reshard(const ReshardOptions& o, std::ostream& out, std::ostream& e
 }
 
 absl::Status Import(const ImportOptions& o, std::ostream& out, std::ostream& err) {
+  MIMO_RETURN_IF_ERROR(NoneEmpty({{"--from", &o.from}, {"--to", &o.to}, {"--spec", &o.spec}}));
   MIMO_ASSIGN_OR_RETURN(const v1::JobSpec spec, ReadJobSpecFile(o.spec));
   MIMO_ASSIGN_OR_RETURN(const Target target, PlanTarget(spec, o.components, o.world));
   // Every safetensors file of the export's module folders (or of the folder itself); hidden
