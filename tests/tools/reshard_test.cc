@@ -325,6 +325,32 @@ TEST_F(ReshardTest, AnEmptyPathIsRefusedByName) {
   EXPECT_FALSE(fs::exists(root_ + "/out"));
 }
 
+// An export imported into a spec whose attention has other heads (one query group per head: the
+// same shapes) is refused by its config.json: its fused QKV rows, in Megatron's order per group,
+// would be read by the wrong groups. The same spec imports it.
+TEST_F(ReshardTest, ImportRefusesAnExportOfOtherAttentionSizes) {
+  std::ostringstream out, err;
+  ASSERT_EQ(RunExport({.from = source_, .to = root_ + "/exp"}, out, err), 0) << err.str();
+  std::string other = kSpec;
+  const std::string heads = "num_attention_heads: 2";
+  other.replace(other.find(heads), heads.size(), "num_attention_heads: 4");
+  std::ofstream(root_ + "/other.yaml") << other;
+  std::ostringstream out2, err2;
+  EXPECT_EQ(RunImport({.from = root_ + "/exp", .to = root_ + "/bad", .spec = root_ + "/other.yaml"},
+                      out2, err2),
+            1);
+  EXPECT_THAT(err2.str(), HasSubstr("was exported from a model with 2 attention heads in 2 query "
+                                    "groups of width 8 (its config.json), the spec's module "
+                                    "\"language\" has 4 in 4 of width 4"));
+  EXPECT_FALSE(fs::exists(root_ + "/bad"));
+  std::ostringstream out3, err3;
+  ASSERT_EQ(RunImport({.from = root_ + "/exp", .to = root_ + "/good", .spec = spec_}, out3, err3),
+            0)
+      << err3.str();
+  std::ostringstream out4, err4;
+  EXPECT_EQ(RunVerify(source_, root_ + "/good/iter_0000000", true, out4, err4), 0) << err4.str();
+}
+
 // A --to below a file fails where its folder cannot be created, in one error line: no staging
 // folder was made, so none is reported as not removed.
 TEST_F(ReshardTest, ATargetBelowAFileIsOneError) {

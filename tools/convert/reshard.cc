@@ -32,6 +32,7 @@
 #include "common/status_macros.h"
 #include "coordinator/plan_proto.h"
 #include "coordinator/spec_validation.h"
+#include "google/protobuf/util/json_util.h"
 #include "kernels/allocator.h"
 #include "nlohmann/json.hpp"
 #include "parallel/component_spec.h"
@@ -675,6 +676,35 @@ absl::Status Import(const ImportOptions& o, std::ostream& out, std::ostream& err
         return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, " is in both ",
                                                        it->second, " and ", path,
                                                        ": --from holds more than one export"));
+      }
+    }
+  }
+  // The attention sizes an export's fused QKV rows were ordered by (its config.json's spec) must
+  // be the target's: read by other sizes they would be scrambled, and shapes do not tell (with
+  // one query group per head, any head count gives the same ones).
+  std::set<std::string> folders;
+  for (const std::string& path : paths) folders.insert(fs::path(path).parent_path().string());
+  for (const std::string& folder : folders) {
+    std::ifstream in(folder + "/config.json");
+    const nlohmann::json config = in ? nlohmann::json::parse(in, nullptr, false) : nullptr;
+    if (!config.is_object() || !config.contains("spec") || !config["spec"].is_object()) continue;
+    v1::Module exported;
+    if (!google::protobuf::util::JsonStringToMessage(config["spec"].dump(), &exported).ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(folder, "/config.json: its spec is not a module's spec"));
+    }
+    const absl::StatusOr<QkvShape> from = QkvShapeOf(exported);
+    for (const v1::Module& m : target.spec.modules()) {
+      const absl::StatusOr<QkvShape> to = QkvShapeOf(m);
+      if (m.model_case() != exported.model_case() || !from.ok() || !to.ok()) continue;
+      if (from->heads != to->heads || from->groups != to->groups ||
+          from->head_dim != to->head_dim) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s was exported from a model with %d attention heads in %d query groups of width "
+            "%d (its config.json), the spec's module \"%s\" has %d in %d of width %d: another "
+            "model, whose fused QKV rows would be read in the wrong order",
+            folder, from->heads, from->groups, from->head_dim, m.name(), to->heads, to->groups,
+            to->head_dim));
       }
     }
   }
