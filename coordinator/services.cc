@@ -281,12 +281,12 @@ grpc::Status JobServiceImpl::StreamLogs(grpc::ServerContext* context,
     query.tail_lines = request->tail_lines();
     // Pages of the log, so that a long one is never held in memory whole.
     query.max_lines = kLogPage;
+    // Unset: the latest attempt's lines, and a follow moves on to a restart's.
+    const bool latest = request->attempt() == 0;
     while (true) {
       const int64_t version = m.version();
       absl::StatusOr<v1::Job> job = m.GetJob(request->job_id());
       if (!job.ok()) return ToGrpcStatus(job.status());
-      // The latest attempt when the stream starts, kept: a restart meanwhile does not switch the
-      // pages that follow to another attempt's log.
       if (query.attempt == 0) query.attempt = job->attempt();
       const bool paged = query.tail_lines == 0 || query.after_sequence > 0;
       absl::StatusOr<std::vector<v1::LogLine>> lines = m.ReadLogs(query);
@@ -303,9 +303,16 @@ grpc::Status JobServiceImpl::StreamLogs(grpc::ServerContext* context,
         if (!writer->Write(response)) return grpc::Status::CANCELLED;
       }
       if (more) continue;
-      if (!request->follow() || (IsTerminal(job->state()) && lines->empty())) {
-        return grpc::Status::OK;
+      if (!request->follow()) return grpc::Status::OK;
+      // Followed to its end, the latest attempt is a restart's: its lines, from the first (a late
+      // line of the old attempt may have come after some of them), even when it has ended too.
+      // Lines name their attempt.
+      if (latest && lines->empty() && job->attempt() > query.attempt) {
+        query.attempt = job->attempt();
+        query.after_sequence = 0;
+        continue;
       }
+      if (IsTerminal(job->state()) && lines->empty()) return grpc::Status::OK;
       if (lines->empty()) {
         m.WaitForChange(version, absl::Now() + kStreamPoll);
         if (context->IsCancelled()) return grpc::Status::CANCELLED;

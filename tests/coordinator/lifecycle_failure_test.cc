@@ -3,6 +3,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "coordinator/message_limits.h"
 #include "google/protobuf/util/time_util.h"
 #include "tests/coordinator/lifecycle_fixture.h"
@@ -219,6 +225,70 @@ TEST_F(LifecycleTest, FailedAttemptRestartsWhenAllowed) {
   const v1::Job failed = AwaitState(job.id(), v1::JOB_STATE_FAILED);
   EXPECT_EQ(failed.attempt(), 2);
   EXPECT_EQ(failed.failure().rank(), 0);
+}
+
+// Logs followed without an attempt go on with a restart's lines once the failed attempt's are
+// read (mimoctl logs -f through a restart); a follow of attempt 1 stays with it. Both end with the
+// job.
+TEST_F(LifecycleTest, FollowedLogsGoOnWithTheRestartedAttempt) {
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  const v1::Job job = Submit(spec);
+  BackgroundHeartbeats beats;
+  auto workers = Workers(4, beats);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_TRUE(workers[1]->Logs(as[1], {"attempt 1 starts"}).ok());
+  absl::Mutex mu;
+  std::vector<std::string> latest, first;  // "attempt:rank:text"
+  auto follow = [&](int attempt, std::vector<std::string>* out) {
+    v1::StreamLogsRequest request;
+    request.set_job_id(job.id());
+    request.set_follow(true);
+    request.set_attempt(attempt);
+    auto context = Context("", absl::Seconds(30));
+    auto reader = jobs_->StreamLogs(context.get(), request);
+    v1::StreamLogsResponse chunk;
+    while (reader->Read(&chunk)) {
+      absl::MutexLock lock(&mu);
+      for (const v1::LogLine& l : chunk.lines()) {
+        out->push_back(absl::StrCat(l.attempt(), ":", l.rank(), ":", l.text()));
+      }
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+  };
+  std::thread latest_follower(follow, 0, &latest);
+  std::thread first_follower(follow, 1, &first);
+  // Until both followers have `n` lines (or 10 s pass).
+  auto await_lines = [&](size_t n) {
+    auto enough = [&] { return latest.size() >= n && first.size() >= n; };
+    absl::MutexLock lock(&mu);
+    mu.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
+  };
+  await_lines(1);
+  // EXPECT, not ASSERT, until the followers are joined.
+  EXPECT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  AwaitState(job.id(), v1::JOB_STATE_PENDING);
+  for (int r : {0, 2, 3}) EXPECT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
+  std::vector<v1::Assignment> second = Assignments(workers);
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_TRUE(workers[r]->Report(second[r], v1::WORKER_STATE_RUNNING).ok());
+  }
+  EXPECT_TRUE(workers[2]->Logs(second[2], {"attempt 2 starts", "attempt 2 step 1"}).ok());
+  {
+    auto enough = [&] { return latest.size() >= 3; };
+    absl::MutexLock lock(&mu);
+    mu.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
+  }
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_TRUE(workers[r]->Report(second[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  }
+  latest_follower.join();  // Both streams end with the job.
+  first_follower.join();
+  EXPECT_THAT(latest,
+              ElementsAre("1:1:attempt 1 starts", "2:2:attempt 2 starts", "2:2:attempt 2 step 1"));
+  EXPECT_THAT(first, ElementsAre("1:1:attempt 1 starts"));
 }
 
 // A restarted attempt counts its steps again from its checkpoint's (here from the start): its
