@@ -8,13 +8,16 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"
+#include "mimo/v1/job_service.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "tests/coordinator/test_server.h"
 #include "tests/tools/mimoctl_runner.h"
@@ -286,6 +289,27 @@ TEST_F(MimoctlClientTest, HelpShowsAJobIdOfTheRealForm) {
     SCOPED_TRACE(command);
     EXPECT_THAT(RunMimoctl(absl::StrCat(command, " --help")).out,
                 HasSubstr("Job id, e.g. j-20261123-000001\n"));
+  }
+}
+
+// docs/api.md's list of JobService's calls (those mimoctl makes) names every one of them: it left
+// out CheckpointJob (mimoctl checkpoint).
+TEST(MimoctlDocsTest, ApiDocNamesEveryJobServiceCall) {
+  const std::filesystem::path docs =
+      std::filesystem::path(Example("mimo-cpu-8.yaml")).parent_path().parent_path() / "docs" /
+      "api.md";
+  std::stringstream text;
+  text << std::ifstream(docs).rdbuf();
+  const std::string all = text.str();
+  const size_t start = all.find("`mimo.v1.JobService`, for users");
+  ASSERT_NE(start, std::string::npos) << docs;
+  const std::string list = all.substr(start, all.find(';', start) - start);
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          v1::JobService::service_full_name());
+  ASSERT_NE(service, nullptr);
+  for (int i = 0; i < service->method_count(); ++i) {
+    EXPECT_THAT(list, HasSubstr(absl::StrCat("`", service->method(i)->name(), "`")));
   }
 }
 
