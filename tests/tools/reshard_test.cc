@@ -17,6 +17,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@
 #include "checkpoint/safetensors.h"
 #include "coordinator/spec_validation.h"
 #include "kernels/dtype.h"
+#include "nlohmann/json.hpp"
 #include "tools/convert/convert_commands.h"
 #include "tools/mimoctl/spec_file.h"
 #include "worker/rank_modules.h"
@@ -349,6 +351,46 @@ TEST_F(ReshardTest, ImportRefusesAnExportOfOtherAttentionSizes) {
       << err3.str();
   std::ostringstream out4, err4;
   EXPECT_EQ(RunVerify(source_, root_ + "/good/iter_0000000", true, out4, err4), 0) << err4.str();
+}
+
+// A checkpoint whose rank files are of different saves (one rank's files from another step, its
+// checksums listed anew in metadata.json) is refused: resharded, the mixture would leave as one
+// save's files, every one recording the same step.
+TEST_F(ReshardTest, RefusesRankFilesOfDifferentSaves) {
+  std::ostringstream out, err;
+  ASSERT_EQ(RunReshard(Options(root_ + "/tp2"), out, err), 0) << err.str();
+  const std::string dir = root_ + "/tp2/iter_0000000", file = dir + "/model_rank_00001.safetensors";
+  {  // Rank 1's model file as a save of step 7 would write it, listed with its new checksum.
+    auto reader = checkpoint::SafetensorsReader::Open(file);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    std::map<std::string, std::string> metadata = reader->header().metadata;
+    metadata["step"] = "7";
+    std::vector<std::vector<char>> data;
+    std::vector<checkpoint::TensorToWrite> tensors;
+    for (const checkpoint::TensorEntry& t : reader->header().tensors) {
+      data.emplace_back(t.end - t.begin);
+      ASSERT_TRUE(reader->Read(t.name, absl::MakeSpan(data.back())).ok());
+      tensors.push_back({.name = t.name, .dtype = t.dtype, .shape = t.shape});
+    }
+    for (size_t i = 0; i < tensors.size(); ++i) tensors[i].data = data[i].data();
+    const std::string rewritten = root_ + "/rewritten.safetensors";
+    auto digest = checkpoint::WriteSafetensors(rewritten, tensors, metadata);
+    ASSERT_TRUE(digest.ok()) << digest.status();
+    fs::rename(rewritten, file);
+    std::ifstream in(dir + "/metadata.json");
+    nlohmann::json meta = nlohmann::json::parse(in);
+    meta["files"]["model_rank_00001.safetensors"] = {{"bytes", digest->bytes},
+                                                     {"crc32c", digest->crc32c}};
+    std::ofstream(dir + "/metadata.json", std::ios::trunc) << meta.dump();
+  }
+  ReshardOptions options = Options(root_ + "/mixed");
+  options.from = dir;
+  std::ostringstream out2, err2;
+  EXPECT_EQ(RunReshard(options, out2, err2), 1);
+  EXPECT_THAT(err2.str(), HasSubstr("model_rank_00001.safetensors records step 7 and position 0, " +
+                                    dir + "/model_rank_00000.safetensors step 0"));
+  EXPECT_THAT(err2.str(), HasSubstr("files of different saves"));
+  EXPECT_FALSE(fs::exists(root_ + "/mixed"));
 }
 
 // A --to below a file fails where its folder cannot be created, in one error line: no staging

@@ -611,15 +611,27 @@ absl::Status Reshard(const ReshardOptions& o, std::ostream& out, std::ostream& e
   Source source{.iteration = meta["iteration"].get<int64_t>(),
                 .layout = meta.value("layout", std::string())};
   MIMO_ASSIGN_OR_RETURN(source.reader, ConsolidatedReader::Open(dir));
-  // The step and data position as the ranks' files record them.
-  MIMO_ASSIGN_OR_RETURN(const checkpoint::SafetensorsReader first,
-                        checkpoint::SafetensorsReader::Open(source.reader->files().front()));
-  const auto& m = first.header().metadata;
-  if (!m.contains("step") || !m.contains("position") ||
-      !absl::SimpleAtoi(m.at("step"), &source.step) ||
-      !absl::SimpleAtoi(m.at("position"), &source.position)) {
-    return absl::DataLossError(
-        absl::StrCat(first.path(), " records no step and position (not a rank's state file)"));
+  // The step and data position as the ranks' files record them: every file the same (files of
+  // different saves, their checksums listed anew, would be written out as one save's).
+  for (size_t f = 0; f < source.reader->files().size(); ++f) {
+    MIMO_ASSIGN_OR_RETURN(const checkpoint::SafetensorsReader file,
+                          checkpoint::SafetensorsReader::Open(source.reader->files()[f]));
+    const auto& m = file.header().metadata;
+    int64_t step = 0, position = 0;
+    if (!m.contains("step") || !m.contains("position") || !absl::SimpleAtoi(m.at("step"), &step) ||
+        !absl::SimpleAtoi(m.at("position"), &position)) {
+      return absl::DataLossError(
+          absl::StrCat(file.path(), " records no step and position (not a rank's state file)"));
+    }
+    if (f == 0) {
+      source.step = step;
+      source.position = position;
+    } else if (step != source.step || position != source.position) {
+      return absl::DataLossError(absl::StrCat(
+          file.path(), " records step ", step, " and position ", position, ", ",
+          source.reader->files().front(), " step ", source.step, " and position ", source.position,
+          ": files of different saves (the checkpoint is not as one save wrote it)"));
+    }
   }
   const WriteOptions w{.from = dir,
                        .from_what = "the source checkpoint folder",
