@@ -701,7 +701,10 @@ absl::Status Import(const ImportOptions& o, std::ostream& out, std::ostream& err
     const nlohmann::json config = in ? nlohmann::json::parse(in, nullptr, false) : nullptr;
     if (!config.is_object() || !config.contains("spec") || !config["spec"].is_object()) continue;
     v1::Module exported;
-    if (!google::protobuf::util::JsonStringToMessage(config["spec"].dump(), &exported).ok()) {
+    google::protobuf::util::JsonParseOptions lenient;  // An export of a later version's spec.
+    lenient.ignore_unknown_fields = true;
+    if (!google::protobuf::util::JsonStringToMessage(config["spec"].dump(), &exported, lenient)
+             .ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat(folder, "/config.json: its spec is not a module's spec"));
     }
