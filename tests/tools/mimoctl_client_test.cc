@@ -202,6 +202,21 @@ TEST_F(MimoctlClientTest, TlsNeedsTlsCaAndSaysSo) {
                                    "TLS, pass --tls-ca with its CA certificate\n"));
 }
 
+// A TLS client of a plaintext coordinator gets mimoctl's error alone: gRPC's own log line ("E1207
+// ... ssl_transport_security.cc:1501] Handshake failed ...") came first, saying the same.
+TEST_F(MimoctlClientTest, GrpcLogLinesAreNotPrinted) {
+  const std::string cert = ::testing::TempDir() + "/mimoctl-plain-cert.pem";
+  const std::string key = ::testing::TempDir() + "/mimoctl-plain-key.pem";
+  const std::string command =
+      absl::StrCat("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -keyout ",
+                   key, " -out ", cert, " 2>/dev/null");
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  const Result r = Ctl(absl::StrCat("list --timeout 5 --tls-ca ", cert));
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_THAT(r.err, StartsWith("error: cannot reach the coordinator at 127.0.0.1:"));
+  EXPECT_THAT(r.err, HasSubstr("handshake failed"));  // In mimoctl's error.
+}
+
 TEST_F(MimoctlClientTest, OversizedSpecIsRefusedBeforeSending) {
   v1::JobSpec spec = SmallSpec();
   spec.set_name(std::string(5'000'000, 'x'));
