@@ -351,6 +351,32 @@ TEST_F(ConvertCommandsTest, ExportRefusesADamagedCheckpoint) {
   EXPECT_FALSE(fs::exists(root_ + "/out"));
 }
 
+// Rank files of different saves (one rank's from another step, listed anew in metadata.json) are
+// not exported: their weights would leave as one checkpoint's.
+TEST_F(ConvertCommandsTest, ExportRefusesRankFilesOfDifferentSaves) {
+  const std::vector<float> w = {0, 1, 2, 3};
+  for (int r = 0; r < 2; ++r) {
+    const nlohmann::json shards = {
+        {"w", {{{"dim", 0}, {"full_size", 4}, {"ranges", {{2 * r, 2}}}}}}};
+    ASSERT_TRUE(checkpoint::WriteSafetensors(
+                    root_ + "/a/model_rank_0000" + std::to_string(r) + ".safetensors",
+                    {{.name = "w", .dtype = "F32", .shape = {2}, .data = &w[2 * r]}},
+                    {{"shards", shards.dump()},
+                     {"step", r == 0 ? "4" : "2"},
+                     {"position", r == 0 ? "64" : "32"}})
+                    .ok());
+  }
+  std::ofstream(root_ + "/a/metadata.json")
+      << nlohmann::json({{"iteration", 4}, {"files", FilesOf(root_ + "/a")}}).dump();
+  std::ostringstream out, err;
+  EXPECT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/out"}, out, err), 1);
+  EXPECT_THAT(err.str(),
+              HasSubstr("model_rank_00001.safetensors records step 2 and position 32, " + root_ +
+                        "/a/model_rank_00000.safetensors step 4 and position "
+                        "64: files of different saves"));
+  EXPECT_FALSE(fs::exists(root_ + "/out"));
+}
+
 // An empty --to ("--to=", an unset variable) is refused by name.
 TEST_F(ConvertCommandsTest, ExportRefusesAnEmptyTo) {
   Write();

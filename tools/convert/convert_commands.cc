@@ -222,6 +222,11 @@ int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
     err << "error: " << reader.status().message() << "\n";
     return 1;
   }
+  // Rank files of different saves would leave as one export.
+  if (const auto saved = SavedStep(reader->files(), /*required=*/false); !saved.ok()) {
+    err << "error: " << saved.status().message() << "\n";
+    return 1;
+  }
   // The tensors by module (the name up to its first dot), in name order: the weights, and the
   // MoE routers' expert biases (aux-loss-free balancing: kept in the optimizer files, but the
   // trained model routes with them).

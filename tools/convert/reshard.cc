@@ -16,6 +16,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -613,26 +614,8 @@ absl::Status Reshard(const ReshardOptions& o, std::ostream& out, std::ostream& e
   MIMO_ASSIGN_OR_RETURN(source.reader, ConsolidatedReader::Open(dir));
   // The step and data position as the ranks' files record them: every file the same (files of
   // different saves, their checksums listed anew, would be written out as one save's).
-  for (size_t f = 0; f < source.reader->files().size(); ++f) {
-    MIMO_ASSIGN_OR_RETURN(const checkpoint::SafetensorsReader file,
-                          checkpoint::SafetensorsReader::Open(source.reader->files()[f]));
-    const auto& m = file.header().metadata;
-    int64_t step = 0, position = 0;
-    if (!m.contains("step") || !m.contains("position") || !absl::SimpleAtoi(m.at("step"), &step) ||
-        !absl::SimpleAtoi(m.at("position"), &position)) {
-      return absl::DataLossError(
-          absl::StrCat(file.path(), " records no step and position (not a rank's state file)"));
-    }
-    if (f == 0) {
-      source.step = step;
-      source.position = position;
-    } else if (step != source.step || position != source.position) {
-      return absl::DataLossError(absl::StrCat(
-          file.path(), " records step ", step, " and position ", position, ", ",
-          source.reader->files().front(), " step ", source.step, " and position ", source.position,
-          ": files of different saves (the checkpoint is not as one save wrote it)"));
-    }
-  }
+  MIMO_ASSIGN_OR_RETURN(const auto saved, SavedStep(source.reader->files(), /*required=*/true));
+  std::tie(source.step, source.position) = *saved;
   const WriteOptions w{.from = dir,
                        .from_what = "the source checkpoint folder",
                        .to = o.to,

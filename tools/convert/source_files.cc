@@ -7,6 +7,7 @@
 #include <system_error>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "checkpoint/safetensors.h"
 #include "common/status_macros.h"
@@ -77,6 +78,34 @@ absl::Status VerifyCheckpointFiles(const std::string& dir, const nlohmann::json&
   }
   if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<std::pair<int64_t, int64_t>>> SavedStep(
+    const std::vector<std::string>& paths, bool required) {
+  std::optional<std::pair<int64_t, int64_t>> saved;
+  std::string first;  // The file `saved` is from.
+  for (const std::string& path : paths) {
+    MIMO_ASSIGN_OR_RETURN(const checkpoint::SafetensorsReader file,
+                          checkpoint::SafetensorsReader::Open(path));
+    const auto& m = file.header().metadata;
+    int64_t step = 0, position = 0;
+    if (!m.contains("step") || !m.contains("position") || !absl::SimpleAtoi(m.at("step"), &step) ||
+        !absl::SimpleAtoi(m.at("position"), &position)) {
+      if (!required) continue;
+      return absl::DataLossError(
+          absl::StrCat(path, " records no step and position (not a rank's state file)"));
+    }
+    if (!saved.has_value()) {
+      saved = {step, position};
+      first = path;
+    } else if (saved->first != step || saved->second != position) {
+      return absl::DataLossError(
+          absl::StrCat(path, " records step ", step, " and position ", position, ", ", first,
+                       " step ", saved->first, " and position ", saved->second,
+                       ": files of different saves (the checkpoint is not as one save wrote it)"));
+    }
+  }
+  return saved;
 }
 
 absl::Status CheckTargetApart(const std::string& source, const std::string& to,
