@@ -368,6 +368,9 @@ TEST_F(ConvertCommandsTest, ExportRefusesRankFilesOfDifferentSaves) {
   }
   std::ofstream(root_ + "/a/metadata.json")
       << nlohmann::json({{"iteration", 4}, {"files", FilesOf(root_ + "/a")}}).dump();
+  std::ostringstream inspect_out, inspect_err;  // Inspect names them too.
+  EXPECT_EQ(RunInspect(root_ + "/a", inspect_out, inspect_err), 1);
+  EXPECT_THAT(inspect_err.str(), HasSubstr("files of different saves"));
   std::ostringstream out, err;
   EXPECT_EQ(RunExport({.from = root_ + "/a", .to = root_ + "/out"}, out, err), 1);
   EXPECT_THAT(err.str(),

@@ -113,6 +113,10 @@ int RunInspect(const std::string& dir, std::ostream& out, std::ostream& err) {
         << (t.optimizer ? "  (optimizer)" : "") << "\n";
   }
   out << "whole tensors: " << total << " bytes\n";
+  if (const auto saved = SavedStep(reader->files(), /*required=*/false); !saved.ok()) {
+    err << "error: " << saved.status().message() << "\n";
+    return 1;
+  }
   if (!listed) {
     err << "error: " << dir << "/metadata.json is missing, unreadable or lists no files with "
         << "their checksums: not a complete checkpoint\n";
