@@ -68,8 +68,9 @@ inline void RefuseEmptyNumbers(CLI::App& app) {
 // `argv` with each "--name=" (nothing after '=') of an option of `app` that takes a value split
 // into "--name" and "": CLI11 2.1 reads "--name=" as "--name" without its value, so it took the
 // next argument as the value ("--metrics-listen= --db x" listened on "--db") or failed with
-// "--name: 1 required TEXT missing", where "--name ''" gives the empty value. Flags, names of no
-// option and everything after "--" are left as they are.
+// "--name: 1 required TEXT missing", where "--name ''" gives the empty value. "--name=" of a flag
+// throws CLI::ValidationError naming it (CLI11 set the flag). Names of no option and everything
+// after "--" are left as they are.
 inline std::vector<std::string> SplitEmptyEqualsValues(const CLI::App& app, int argc,
                                                        const char* const* argv) {
   std::vector<std::string> out;
@@ -88,13 +89,20 @@ inline std::vector<std::string> SplitEmptyEqualsValues(const CLI::App& app, int 
         out.emplace_back();
         continue;
       }
+      // CLI11 reads a flag's empty value as set: "--overwrite=$UNSET" would overwrite.
+      if (flag && !value) {
+        arg.pop_back();
+        throw CLI::ValidationError(
+            arg, "the value is empty; give true or false, or leave the flag out for its default");
+      }
     }
     out.push_back(std::move(arg));
   }
   return out;
 }
 
-// app.parse(argc, argv) with SplitEmptyEqualsValues: "--name=" is "--name ''"; and an empty value
+// app.parse(argc, argv) with SplitEmptyEqualsValues: "--name=" is "--name ''" (a usage error for a
+// flag); and an empty value
 // for an option that takes a number ("--seed ''", "--seed=", or from its environment variable) is
 // a CLI::ValidationError naming the option (RefuseEmptyNumbers), checked before any callback runs.
 // Call once every option is added; throws what app.parse throws.

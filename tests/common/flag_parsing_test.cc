@@ -1,6 +1,7 @@
 // "--name=" with nothing after '=' gives an option the empty value, as "--name ''" does (CLI11 2.1
 // alone takes the next argument as the value, or fails for want of one), for options of
-// subcommands and option groups too; flags, unknown names and arguments after "--" are left alone.
+// subcommands and option groups too (a flag's empty value is refused); unknown names and arguments
+// after "--" are left alone.
 #include "common/flag_parsing.h"
 
 #include <gmock/gmock.h>
@@ -76,8 +77,8 @@ TEST_F(FlagParsingTest, ValuesAfterEqualsAreKept) {
 }
 
 TEST_F(FlagParsingTest, OnlyOptionsThatTakeAValueAreSplit) {
-  EXPECT_THAT(Split(app_, {"prog", "--metrics-listen=", "--wait=", "--nope=", "--=", "-o="}),
-              ElementsAre("prog", "--metrics-listen", "", "--wait=", "--nope=", "--=", "-o="));
+  EXPECT_THAT(Split(app_, {"prog", "--metrics-listen=", "--nope=", "--=", "-o="}),
+              ElementsAre("prog", "--metrics-listen", "", "--nope=", "--=", "-o="));
   // The program's name, and what comes after "--", are no options.
   EXPECT_THAT(Split(app_, {"--db=", "plan", "--", "--component=", "--db="}),
               ElementsAre("--db=", "plan", "--", "--component=", "--db="));
@@ -86,8 +87,21 @@ TEST_F(FlagParsingTest, OnlyOptionsThatTakeAValueAreSplit) {
   EXPECT_THAT(flags_.positionals, ElementsAre("--component="));
 }
 
-TEST_F(FlagParsingTest, AFlagGivenAnEmptyValueIsLeftToCli11) {
-  Parse({"--wait="});  // CLI11 reads an empty flag value as the flag's default: set.
+// CLI11 reads a flag's empty value as set, so "--overwrite=$UNSET" overwrote: refused, naming the
+// flag. A flag's explicit values are CLI11's.
+TEST_F(FlagParsingTest, AFlagGivenAnEmptyValueIsRefused) {
+  try {
+    Parse({"--wait="});
+    FAIL() << "accepted";
+  } catch (const CLI::ValidationError& e) {
+    EXPECT_STREQ(e.what(),
+                 "--wait: the value is empty; give true or false, or leave the flag out for its "
+                 "default");
+  }
+  EXPECT_FALSE(flags_.wait);
+  Parse({"--wait=false"});
+  EXPECT_FALSE(flags_.wait);
+  Parse({"--wait=true"});
   EXPECT_TRUE(flags_.wait);
 }
 
