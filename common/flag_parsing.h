@@ -111,7 +111,22 @@ inline void ParseFlags(CLI::App& app, int argc, const char* const* argv) {
   const std::vector<std::string> args = SplitEmptyEqualsValues(app, argc, argv);
   std::vector<const char*> pointers;
   for (const std::string& arg : args) pointers.push_back(arg.c_str());
-  app.parse(static_cast<int>(pointers.size()), pointers.data());
+  try {
+    app.parse(static_cast<int>(pointers.size()), pointers.data());
+  } catch (const CLI::RequiredError&) {
+    // CLI11 says only "A subcommand is required" of a mistyped one ("mimoctl lsit").
+    const std::vector<std::string> rest = app.remaining();
+    if (app.get_require_subcommand_min() == 0 || !app.get_subcommands().empty() || rest.empty() ||
+        rest.front().starts_with("-")) {
+      throw;
+    }
+    std::string commands;
+    for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+      commands += (commands.empty() ? "" : ", ") + sub->get_name();
+    }
+    throw CLI::ParseError("'" + rest.front() + "' is not a command; the commands are " + commands,
+                          CLI::ExitCodes::ExtrasError);
+  }
 }
 
 }  // namespace mimo

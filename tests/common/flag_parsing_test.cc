@@ -87,6 +87,30 @@ TEST_F(FlagParsingTest, OnlyOptionsThatTakeAValueAreSplit) {
   EXPECT_THAT(flags_.positionals, ElementsAre("--component="));
 }
 
+// A mistyped command is named with the commands there are (CLI11 said "A subcommand is
+// required"); without any, CLI11's message stands.
+TEST(CommandParsingTest, AnUnknownCommandIsNamed) {
+  CLI::App app;
+  app.add_option("--server", [](const CLI::results_t&) { return true; });
+  app.add_subcommand("list");
+  app.add_subcommand("plan");
+  app.require_subcommand(1);
+  auto parse = [&](std::vector<const char*> argv) -> std::string {
+    argv.insert(argv.begin(), "prog");
+    try {
+      ParseFlags(app, static_cast<int>(argv.size()), argv.data());
+    } catch (const CLI::ParseError& e) {
+      return e.what();
+    }
+    return "parsed";
+  };
+  EXPECT_EQ(parse({"lsit"}), "'lsit' is not a command; the commands are list, plan");
+  EXPECT_EQ(parse({"--server", "x", "lsit", "more"}),
+            "'lsit' is not a command; the commands are list, plan");
+  EXPECT_EQ(parse({}), "A subcommand is required");
+  EXPECT_EQ(parse({"list"}), "parsed");
+}
+
 // CLI11 reads a flag's empty value as set, so "--overwrite=$UNSET" overwrote: refused, naming the
 // flag. A flag's explicit values are CLI11's.
 TEST_F(FlagParsingTest, AFlagGivenAnEmptyValueIsRefused) {
