@@ -204,9 +204,12 @@ nlohmann::json ModuleSpec(const nlohmann::json& meta, const std::string& kind) {
 
 int RunExport(const ExportOptions& o, std::ostream& out, std::ostream& err) {
   namespace fs = std::filesystem;
-  if (o.to.empty()) {  // "--to=", or an unset variable: no folder named.
-    err << "error: --to is empty: give it a path\n";
-    return 1;
+  // "--from=", "--to=", or an unset variable: no folder named.
+  for (const auto& [flag, path] : {std::pair{"--from", &o.from}, std::pair{"--to", &o.to}}) {
+    if (path->empty()) {
+      err << "error: " << flag << " is empty: give it a path\n";
+      return 1;
+    }
   }
   std::ifstream in(o.from + "/metadata.json");
   const nlohmann::json meta =
