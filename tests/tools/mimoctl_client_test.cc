@@ -26,6 +26,7 @@ namespace mimo::coordinator::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 using Result = ::mimo::tools::testing::MimoctlResult;
@@ -147,6 +148,49 @@ TEST_F(MimoctlClientTest, SubmitWaitFollowsTheJobToItsEnd) {
   ASSERT_EQ(events_json.exit_code, 0) << events_json.err;
   // PENDING SCHEDULED RUNNING, four metrics reports, SUCCEEDED.
   EXPECT_EQ(nlohmann::json::parse(events_json.out)["events"].size(), 8u);
+}
+
+// logs --follow goes on to a restarted job's next attempt, as its help says: the coordinator's
+// stream kept the attempt that was the latest when it started (before dff5776), so mimoctl printed
+// attempt 1's lines, then nothing while attempt 2 ran, and ended with the job; the help said to
+// run logs again (1c8e490).
+TEST_F(MimoctlClientTest, LogsFollowGoesOnToTheNextAttempt) {
+  const Result help = RunMimoctl("logs --help");
+  EXPECT_THAT(help.out, HasSubstr("without --attempt, through restarts"));
+  EXPECT_THAT(help.out, Not(HasSubstr("run logs again")));
+  v1::JobSpec spec = SmallSpec();
+  spec.set_max_restarts(1);
+  const v1::Job job = Submit(spec);
+  BackgroundHeartbeats beats;
+  auto workers = Workers(4, beats);
+  std::vector<v1::Assignment> as = Assignments(workers);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_TRUE(workers[0]->Logs(as[0], {"one"}).ok());
+  FILE* pipe =
+      popen(absl::StrCat(mimo::tools::testing::MimoctlPath(), " logs ", job.id(),
+                         " -f --rank 0 --server 127.0.0.1:", server_->port(), " 2>/dev/null")
+                .c_str(),
+            "r");
+  ASSERT_NE(pipe, nullptr);
+  char line[4096];
+  // Once it printed attempt 1's line, mimoctl follows attempt 1.
+  ASSERT_NE(fgets(line, sizeof(line), pipe), nullptr);
+  EXPECT_STREQ(line, "one\n");
+  ASSERT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
+  AwaitState(job.id(), v1::JOB_STATE_PENDING);
+  for (int r : {0, 2, 3}) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
+  as = Assignments(workers);
+  ASSERT_EQ(as[0].attempt(), 2);
+  for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
+  ASSERT_TRUE(workers[0]->Logs(as[0], {"two"}).ok());
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_SUCCEEDED).ok());
+  }
+  std::string rest;
+  while (fgets(line, sizeof(line), pipe) != nullptr) rest += line;
+  const int status = pclose(pipe);
+  EXPECT_EQ(rest, "two\n");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
 TEST_F(MimoctlClientTest, WatchExitsNonZeroWhenTheJobFails) {
@@ -283,15 +327,6 @@ TEST(MimoctlUnreachableTest, ExitCodeThree) {
   const Result r = RunMimoctl("list --server 127.0.0.1:1 --timeout 2");
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_THAT(r.err, HasSubstr("cannot reach the coordinator at 127.0.0.1:1"));
-}
-
-// logs --follow says that it stays on one attempt: the coordinator's StreamLogs keeps the attempt
-// that was the latest when it started, so after a restart the stream goes silent until the job
-// ends, where the help said "Keep printing new lines until the job ends".
-TEST(MimoctlFlagsTest, LogsFollowSaysItFollowsOneAttempt) {
-  const Result r = RunMimoctl("logs --help");
-  EXPECT_EQ(r.exit_code, 0);
-  EXPECT_THAT(r.out, HasSubstr("run logs again for the next attempt"));
 }
 
 // The help's example job id has the coordinator's form, j-YYYYMMDD-NNNNNN (it showed four digits).

@@ -646,9 +646,8 @@ void AddLogsCommand(CLI::App& app, int* exit_code) {
       ->required()
       ->check(JobId());
   command->add_flag("-f,--follow", options->follow,
-                    "Keep printing new lines until the job ends. Only the attempt that is the "
-                    "latest when logs starts is followed: after a restart (max_restarts, a "
-                    "preemption) run logs again for the next attempt");
+                    "Keep printing new lines until the job ends; without --attempt, through "
+                    "restarts: each new attempt's lines in turn");
   command->add_option("--rank", options->rank, "Only this rank's lines, printed without the prefix")
       ->type_name("R")
       ->check(IntegerIn(0, parallel::kMaxWorldSize - 1));
