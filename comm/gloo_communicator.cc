@@ -3,6 +3,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -185,9 +186,15 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Connect(
   std::shared_ptr<gloo::rendezvous::Context> context;
   const absl::Status status = CallGloo([&] {
     context = std::make_shared<gloo::rendezvous::Context>(group_rank, size);
-    // Before connecting: the pairs take their timeout from the context when they are created.
-    context->setTimeout(std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout)));
+    // The pairs take their timeout from the context when they are created, and Gloo gives a pair
+    // five times its timeout to connect: a peer that published its address and went away (a job
+    // cancelled in its rendezvous) held this member for 5 x `timeout`. So the pairs are made with
+    // a fifth of it (their only other use is in Gloo's sync mode, which is not used here; the
+    // store's waits keep the whole timeout), and every call after gets the whole timeout.
+    const int64_t ms = absl::ToInt64Milliseconds(timeout);
+    context->setTimeout(std::chrono::milliseconds(std::max<int64_t>(1, ms / 5)));
     context->connectFullMesh(gloo_store, device);
+    context->setTimeout(std::chrono::milliseconds(ms));
   });
   if (!status.ok()) {
     return absl::Status(status.code(), absl::StrCat("connecting group ", group, " as member ",

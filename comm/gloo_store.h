@@ -18,7 +18,7 @@ namespace mimo::comm {
 // to fail; CallGloo turns them back into the Status.
 class GlooStore : public gloo::rendezvous::Store {
  public:
-  // `group` names the group in errors; `timeout` bounds every wait.
+  // `group` names the group in errors; `timeout` bounds every wait (Gloo's own is ignored).
   GlooStore(KeyValueStore& store, std::string prefix, std::string group, absl::Duration timeout);
 
   void set(const std::string& key, const std::vector<char>& data) override;

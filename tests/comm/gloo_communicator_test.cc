@@ -9,6 +9,7 @@
 #include <numeric>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "comm/collective_check.h"
 #include "comm/in_memory_store.h"
@@ -156,6 +157,63 @@ TEST(GlooCommunicatorTest, CallTimesOutWhenAPeerNeverJoins) {
   const absl::Status later = comm.Barrier();
   EXPECT_FALSE(later.ok());
   EXPECT_THAT(later.message(), HasSubstr("earlier failure"));
+}
+
+// A store whose waits fail after 300 ms: a member that publishes its address and goes away before
+// it connects (a job cancelled during its rendezvous), once its peer has reached its socket.
+class PublishThenLeaveStore : public KeyValueStore {
+ public:
+  explicit PublishThenLeaveStore(KeyValueStore& inner) : inner_(inner) {}
+  absl::Status Set(absl::string_view key, absl::string_view value) override {
+    return inner_.Set(key, value);
+  }
+  absl::StatusOr<std::vector<std::string>> Wait(const std::vector<std::string>&,
+                                                absl::Duration) override {
+    absl::SleepFor(absl::Milliseconds(300));
+    return absl::CancelledError("the job was cancelled");
+  }
+
+ private:
+  KeyValueStore& inner_;
+};
+
+// A member whose peer published its address and went away fails to connect within the group's
+// timeout: Gloo gives a pair five times its timeout to connect, which held a worker of a cancelled
+// job in its rendezvous for 5 minutes (the 60 s default) where it should leave after one. Member 0
+// goes away; member 1 waited five timeouts when it was the end that waits for the other to
+// connect, which the devices' random ports decide: eight tries (with the old code all eight passed
+// one in 256 runs).
+TEST(GlooCommunicatorTest, AConnectWhosePeerWentAwayFailsWithinTheTimeout) {
+  constexpr absl::Duration kTimeout = absl::Milliseconds(500);
+  constexpr int leaving = 0, staying = 1;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    SCOPED_TRACE(absl::StrCat("try ", attempt));
+    InMemoryStore store;
+    PublishThenLeaveStore leaves(store);
+    std::vector<absl::Status> statuses(2);
+    std::vector<absl::Duration> took(2);
+    // The devices outlive the connects, as in a worker (one device serves every group).
+    std::vector<std::shared_ptr<gloo::transport::Device>> devices(2);
+    for (auto& device : devices) {
+      absl::StatusOr<std::shared_ptr<gloo::transport::Device>> made =
+          GlooCommunicator::CreateTcpDevice("127.0.0.1");
+      ASSERT_TRUE(made.ok()) << made.status();
+      device = *made;
+    }
+    RunRanks(2, [&](int member) {
+      const absl::Time start = absl::Now();
+      statuses[member] =
+          GlooCommunicator::Connect("world", {0, 1}, member,
+                                    member == leaving ? static_cast<KeyValueStore&>(leaves) : store,
+                                    devices[member], kTimeout)
+              .status();
+      took[member] = absl::Now() - start;
+    });
+    EXPECT_EQ(statuses[leaving].code(), absl::StatusCode::kCancelled) << statuses[leaving];
+    EXPECT_FALSE(statuses[staying].ok());
+    // Five timeouts before; at most one now.
+    EXPECT_LT(took[staying], 3 * kTimeout) << statuses[staying];
+  }
 }
 
 TEST(GlooCommunicatorTest, BadArgumentsAreInvalidAndLeaveTheGroupUsable) {
