@@ -16,8 +16,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 }
 
 grpc::Status InvalidSpecStatus(const std::vector<FieldViolation>& violations) {
+  return BadRequestStatus(DescribeViolations(violations), violations);
+}
+
+grpc::Status BadRequestStatus(const std::string& message,
+                              const std::vector<FieldViolation>& violations) {
   google::rpc::BadRequest bad_request;
-  const std::string message = DescribeViolations(violations);
   for (const FieldViolation& v : violations) {
     google::rpc::BadRequest::FieldViolation* fv = bad_request.add_field_violations();
     fv->set_field(v.field);

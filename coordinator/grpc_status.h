@@ -3,6 +3,7 @@
 
 #include <grpcpp/support/status.h>
 
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -14,7 +15,10 @@ namespace mimo::coordinator {
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // INVALID_ARGUMENT whose details (grpc-status-details-bin) are a google.rpc.Status carrying a
-// google.rpc.BadRequest with one field violation per entry.
+// google.rpc.BadRequest with one field violation per entry; the message is `message`.
+grpc::Status BadRequestStatus(const std::string& message,
+                              const std::vector<FieldViolation>& violations);
+// BadRequestStatus of a job spec's violations, described by DescribeViolations.
 grpc::Status InvalidSpecStatus(const std::vector<FieldViolation>& violations);
 
 }  // namespace mimo::coordinator

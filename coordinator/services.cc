@@ -91,9 +91,10 @@ absl::Duration FromProto(const google::protobuf::Duration& d) {
   return absl::Nanoseconds(TimeUtil::DurationToNanoseconds(d));
 }
 
-// INVALID_ARGUMENT with one BadRequest field violation.
+// INVALID_ARGUMENT with one BadRequest field violation, about the request (not a job spec).
 grpc::Status BadField(const std::string& field, const std::string& description) {
-  return InvalidSpecStatus({FieldViolation{field, description}});
+  return BadRequestStatus(absl::StrCat("invalid request: ", field, ": ", description),
+                          {FieldViolation{field, description}});
 }
 
 grpc::Status RequireJobId(const std::string& job_id) {

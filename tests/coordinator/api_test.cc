@@ -198,9 +198,12 @@ TEST_F(ApiTest, TooManyWorkersIsAFieldViolation) {
 
 TEST_F(ApiTest, RequestsAreCheckedFieldByField) {
   StartServer();
+  // The message names the field, as a request's and not a spec's ("invalid job spec (1
+  // problem)" led a bad page token's).
   auto expect_bad = [](const grpc::Status& status, const std::string& field) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
     EXPECT_THAT(FieldViolations(status), Contains(Pair(field, ::testing::_))) << field;
+    EXPECT_THAT(status.error_message(), ::testing::StartsWith("invalid request: " + field + ": "));
   };
   v1::GetJobResponse got;
   expect_bad(jobs_->GetJob(Context().get(), v1::GetJobRequest(), &got), "job_id");
