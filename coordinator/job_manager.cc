@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "absl/random/random.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -116,6 +117,11 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& spec,
                                               std::vector<FieldViolation>* violations,
                                               absl::Time now) {
   MIMO_RETURN_IF_ERROR(ValidateJobSpec(spec, violations).status());
+  if (std::vector<FieldViolation> found = CheckEmbeddedWorkersSuffice(spec); !found.empty()) {
+    const std::string message = DescribeViolations(found);
+    if (violations != nullptr) *violations = std::move(found);
+    return absl::InvalidArgumentError(message);
+  }
   absl::MutexLock lock(&mu_);
   MIMO_ASSIGN_OR_RETURN(JobStore::Created created, store_->CreateJob(spec, request_id, now));
   if (created.created) {
@@ -124,6 +130,26 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& spec,
     MIMO_ASSIGN_OR_RETURN(created.job, store_->GetJob(created.job.id()));
   }
   return created.job;
+}
+
+std::vector<FieldViolation> JobManager::CheckEmbeddedWorkersSuffice(const v1::JobSpec& spec) const {
+  const Options::EmbeddedWorkers& own = options_.embedded;
+  if (own.count == 0) return {};
+  const std::string ours =
+      absl::StrCat("this coordinator runs its own ", own.count, " ",
+                   absl::AsciiStrToUpper(DeviceKindWord(own.device)),
+                   " workers (--cpu-workers/--gpu-workers) and takes no other worker");
+  if (spec.resources().device() != own.device) {
+    return {{"resources.device",
+             absl::StrCat("a job for ",
+                          absl::AsciiStrToUpper(DeviceKindWord(spec.resources().device())),
+                          " workers could never start: ", ours)}};
+  }
+  if (spec.resources().workers() > own.count) {
+    return {{"resources.workers", absl::StrCat("a job of ", spec.resources().workers(),
+                                               " workers could never start: ", ours)}};
+  }
+  return {};
 }
 
 absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& id) { return store_->GetJob(id); }

@@ -79,6 +79,12 @@ class JobManager {
 
   // ---- JobService ----
 
+  // Where this coordinator takes no workers but its own (embedded), a spec that needs more of
+  // them, or another device kind, could never start: one violation of resources.workers or
+  // resources.device saying so (none otherwise). SubmitJob refuses such a spec (ValidateJob
+  // too).
+  std::vector<FieldViolation> CheckEmbeddedWorkersSuffice(const v1::JobSpec& spec) const;
+
   // Validates (filling `violations`, InvalidArgument on failure) and stores a PENDING job;
   // idempotent per non-empty request_id.
   absl::StatusOr<v1::Job> SubmitJob(const v1::JobSpec& spec, const std::string& request_id,

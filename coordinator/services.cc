@@ -331,6 +331,8 @@ grpc::Status JobServiceImpl::ValidateJob(grpc::ServerContext* context,
     absl::StatusOr<parallel::RankPlan> plan = ValidateJobSpec(request->spec(), &violations);
     if (!violations.empty()) return InvalidSpecStatus(violations);
     if (!plan.ok()) return ToGrpcStatus(plan.status());
+    violations = ctx_.manager->CheckEmbeddedWorkersSuffice(request->spec());
+    if (!violations.empty()) return InvalidSpecStatus(violations);
     *response->mutable_plan() = RankPlanToProto(*plan, GroupMembers::kOmit);
     return grpc::Status::OK;
   });

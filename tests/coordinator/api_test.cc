@@ -33,19 +33,6 @@ using ::testing::UnorderedElementsAre;
 
 class ApiTest : public CoordinatorFixture {};
 
-// The (field, description) pairs of a BadRequest carried in the status details.
-std::vector<std::pair<std::string, std::string>> FieldViolations(const grpc::Status& status) {
-  google::rpc::Status rpc;
-  EXPECT_TRUE(rpc.ParseFromString(status.error_details()));
-  std::vector<std::pair<std::string, std::string>> out;
-  for (const auto& any : rpc.details()) {
-    google::rpc::BadRequest bad;
-    if (!any.UnpackTo(&bad)) continue;
-    for (const auto& v : bad.field_violations()) out.emplace_back(v.field(), v.description());
-  }
-  return out;
-}
-
 TEST_F(ApiTest, InvalidSpecsAreRejectedWithFieldPaths) {
   StartServer();
   v1::JobSpec spec = SmallSpec("Bad_Name");

@@ -22,7 +22,9 @@
 namespace mimo::coordinator::testing {
 namespace {
 
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Pair;
 
 // mimo-worker is built into the same folder as this test.
 std::string WorkerBinary() { return test_binaries::BinaryBesideUs("mimo-worker"); }
@@ -203,6 +205,48 @@ TEST_F(EmbeddedTest, OnlyItsOwnWorkersMayRegister) {
                                        slot_pids[1], ", and this worker is pid ", pid)));
   }
   EXPECT_TRUE(register_as("own-host", 1, v1::DEVICE_KIND_CPU, slot_pids[1]).ok());
+  StopServer();
+  std::remove(idle.c_str());
+}
+
+// A job that needs more workers than the coordinator runs, or another device kind, could never
+// start (no other worker may register): refused at submit and validate, naming the field, where it
+// waited out the join timeout (10 minutes) in PENDING.
+TEST_F(EmbeddedTest, AJobItsWorkersCanNeverRunIsRefused) {
+  const std::string idle = absl::StrCat(::testing::TempDir(), "/idle-worker-", getpid(), ".sh");
+  std::ofstream(idle) << "#!/bin/sh\nexec sleep 600\n";
+  std::filesystem::permissions(idle, std::filesystem::perms::owner_all);
+  ServerOptions options = FastOptions(db_path_);
+  options.local_workers.count = 2;
+  options.local_workers.worker_binary = idle;
+  StartServer(options);
+  v1::JobSpec cuda = SmallSpec();
+  cuda.mutable_resources()->set_device(v1::DEVICE_KIND_CUDA);
+  for (const auto& [spec, field, what] :
+       std::vector<std::tuple<v1::JobSpec, std::string, std::string>>{
+           {SmallSpec(), "resources.workers", "a job of 4 workers could never start: "},
+           {cuda, "resources.device", "a job for CUDA workers could never start: "}}) {
+    SCOPED_TRACE(field);
+    const std::string why =
+        what +
+        "this coordinator runs its own 2 CPU workers (--cpu-workers/--gpu-workers) and "
+        "takes no other worker";
+    v1::SubmitJobRequest submit;
+    *submit.mutable_spec() = spec;
+    v1::SubmitJobResponse submitted;
+    const grpc::Status refused = jobs_->SubmitJob(Context().get(), submit, &submitted);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(FieldViolations(refused), ElementsAre(Pair(field, why)));
+    v1::ValidateJobRequest validate;
+    *validate.mutable_spec() = spec;
+    v1::ValidateJobResponse validated;
+    const grpc::Status invalid = jobs_->ValidateJob(Context().get(), validate, &validated);
+    EXPECT_EQ(invalid.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(FieldViolations(invalid), ElementsAre(Pair(field, why)));
+  }
+  v1::ListJobsResponse listed;
+  ASSERT_TRUE(jobs_->ListJobs(Context().get(), v1::ListJobsRequest(), &listed).ok());
+  EXPECT_EQ(listed.jobs_size(), 0);  // None was stored.
   StopServer();
   std::remove(idle.c_str());
 }

@@ -7,10 +7,24 @@
 #include <cstdio>
 
 #include "google/protobuf/util/time_util.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 
 namespace mimo::coordinator::testing {
 
 using google::protobuf::util::TimeUtil;
+
+std::vector<std::pair<std::string, std::string>> FieldViolations(const grpc::Status& status) {
+  google::rpc::Status rpc;
+  EXPECT_TRUE(rpc.ParseFromString(status.error_details()));
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& any : rpc.details()) {
+    google::rpc::BadRequest bad;
+    if (!any.UnpackTo(&bad)) continue;
+    for (const auto& v : bad.field_violations()) out.emplace_back(v.field(), v.description());
+  }
+  return out;
+}
 
 v1::JobSpec SmallSpec(const std::string& name) {
   v1::JobSpec spec;

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -49,6 +50,9 @@ inline ServerOptions FastOptions(const std::string& db_path) {
   o.manager.cancel_grace = absl::Milliseconds(600);
   return o;
 }
+
+// The (field, description) pairs of a BadRequest carried in a status's details.
+std::vector<std::pair<std::string, std::string>> FieldViolations(const grpc::Status& status);
 
 // The example layout on 4 CPU workers: vision tp=2 on ranks 0-1, language dp=2 ep=2 on 2-3.
 v1::JobSpec SmallSpec(const std::string& name = "small-job");
