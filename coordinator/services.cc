@@ -288,6 +288,17 @@ grpc::Status JobServiceImpl::StreamLogs(grpc::ServerContext* context,
       const int64_t version = m.version();
       absl::StatusOr<v1::Job> job = m.GetJob(request->job_id());
       if (!job.ok()) return ToGrpcStatus(job.status());
+      // A rank or attempt the job never had would give no line, silently.
+      if (request->has_rank() && request->rank() >= job->spec().resources().workers()) {
+        return BadField(
+            "rank", absl::StrCat(request->rank(), " is not a rank of job ", job->id(),
+                                 ", whose ranks are 0..", job->spec().resources().workers() - 1));
+      }
+      if (request->attempt() > job->attempt()) {
+        return BadField("attempt",
+                        absl::StrCat("job ", job->id(), " has had ", job->attempt(), " attempt",
+                                     job->attempt() == 1 ? "" : "s", ", not ", request->attempt()));
+      }
       if (query.attempt == 0) query.attempt = job->attempt();
       const bool paged = query.tail_lines == 0 || query.after_sequence > 0;
       absl::StatusOr<std::vector<v1::LogLine>> lines = m.ReadLogs(query);

@@ -13,6 +13,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
@@ -210,6 +211,16 @@ TEST_F(ApiTest, RequestsAreCheckedFieldByField) {
     logs.set_rank(-1);
     auto context = Context();
     expect_bad(jobs_->StreamLogs(context.get(), logs)->Finish(), "rank");
+  }
+  // A rank or attempt the job never had (it gave no line, and OK).
+  for (const auto& [rank, attempt, field] :
+       std::vector<std::tuple<int, int, std::string>>{{4, 0, "rank"}, {0, 2, "attempt"}}) {
+    v1::StreamLogsRequest logs;
+    logs.set_job_id(job.id());
+    logs.set_rank(rank);
+    logs.set_attempt(attempt);
+    auto context = Context();
+    expect_bad(jobs_->StreamLogs(context.get(), logs)->Finish(), field);
   }
   v1::ListJobsRequest list;
   list.add_states(v1::JOB_STATE_PENDING);
