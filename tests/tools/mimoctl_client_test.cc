@@ -166,11 +166,11 @@ TEST_F(MimoctlClientTest, LogsFollowGoesOnToTheNextAttempt) {
   std::vector<v1::Assignment> as = Assignments(workers);
   for (int r = 0; r < 4; ++r) ASSERT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_RUNNING).ok());
   ASSERT_TRUE(workers[0]->Logs(as[0], {"one"}).ok());
-  FILE* pipe =
-      popen(absl::StrCat(mimo::tools::testing::MimoctlPath(), " logs ", job.id(),
-                         " -f --rank 0 --server 127.0.0.1:", server_->port(), " 2>/dev/null")
-                .c_str(),
-            "r");
+  const std::string err = absl::StrCat(::testing::TempDir(), "/logs-follow-", getpid(), ".err");
+  FILE* pipe = popen(absl::StrCat(mimo::tools::testing::MimoctlPath(), " logs ", job.id(),
+                                  " -f --rank 0 --server 127.0.0.1:", server_->port(), " 2>", err)
+                         .c_str(),
+                     "r");
   ASSERT_NE(pipe, nullptr);
   char line[4096];
   // Once it printed attempt 1's line, mimoctl follows attempt 1.
@@ -191,6 +191,11 @@ TEST_F(MimoctlClientTest, LogsFollowGoesOnToTheNextAttempt) {
   const int status = pclose(pipe);
   EXPECT_EQ(rest, "two\n");
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  // Where attempt 2's lines begin is said on stderr.
+  std::stringstream said;
+  said << std::ifstream(err).rdbuf();
+  EXPECT_EQ(said.str(), absl::StrCat("logs: job ", job.id(), " restarted: attempt 2's lines\n"));
+  std::remove(err.c_str());
 }
 
 TEST_F(MimoctlClientTest, WatchExitsNonZeroWhenTheJobFails) {

@@ -629,8 +629,19 @@ int RunLogs(const LogsOptions& options) {
   v1::StreamLogsResponse response;
   bool received = false;
   bool written = true;
+  int attempt = 0;  // Of the lines printed last.
   while (written && reader->Read(&response)) {
     received = true;
+    // Followed through a restart, the lines go on with the next attempt's (each response holds
+    // one attempt's): said on stderr, the log on stdout being the workers' lines alone.
+    if (response.lines_size() > 0) {
+      const int now = response.lines(0).attempt();
+      if (attempt != 0 && now != attempt) {
+        std::cerr << "logs: job " << options.job_id << " restarted: attempt " << now
+                  << "'s lines\n";
+      }
+      attempt = now;
+    }
     written = Write(RenderLogLines(response, coordinator.output(), options.rank < 0));
   }
   if (!written) context.TryCancel();
