@@ -24,11 +24,15 @@ inline void FindLongOption(const CLI::App& app, const std::string& name, bool* v
 }
 
 // What an empty value of `option` would silently become (CLI11 2.1 reads "" as T{}, so
-// "--seed ''" was seed 0): "an integer" or "a number" for an option of CLI11's integer,
-// floating-point or enum type (by its type name, INT, UINT, FLOAT or ENUM: an option renamed
-// with type_name() is not recognized), else null.
+// "--seed ''" was seed 0), or how its check would refuse it unclearly (CLI::ExistingFile said
+// "File does not exist: " of "--tls-ca="): "an integer" or "a number" for an option of CLI11's
+// integer, floating-point or enum type (by its type name, INT, UINT, FLOAT or ENUM: an option
+// renamed with type_name() is not recognized), "a file" for a named option checked with
+// CLI::ExistingFile, else null.
 inline const char* NumberKind(const CLI::Option& option) {
-  std::string type = option.get_type_name();  // "INT", then ":" and each check's description.
+  const std::string full = option.get_type_name();  // "INT", then ":" and each check's.
+  if (!option.get_lnames().empty() && full.find(":FILE") != std::string::npos) return "a file";
+  std::string type = full;
   type.resize(std::min(type.size(), type.find(':')));
   if (type == "INT" || type == "UINT" || type == "ENUM") return "an integer";
   if (type == "FLOAT") return "a number";

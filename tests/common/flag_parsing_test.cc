@@ -111,6 +111,29 @@ TEST(CommandParsingTest, AnUnknownCommandIsNamed) {
   EXPECT_EQ(parse({"list"}), "parsed");
 }
 
+// A named option that must be an existing file refuses an empty value by name (CLI::ExistingFile
+// said "File does not exist: " of "--tls-ca="); a positional one is left to its check.
+TEST(EmptyFileTest, AnEmptyFileIsRefusedNamingTheFlag) {
+  CLI::App app;
+  std::string ca, spec;
+  app.add_option("--tls-ca", ca)->check(CLI::ExistingFile);
+  app.add_option("SPEC", spec)->check(CLI::ExistingFile);
+  auto parse = [&](std::vector<const char*> argv) -> std::string {
+    argv.insert(argv.begin(), "prog");
+    try {
+      ParseFlags(app, static_cast<int>(argv.size()), argv.data());
+    } catch (const CLI::ParseError& e) {
+      return e.what();
+    }
+    return "parsed";
+  };
+  EXPECT_EQ(parse({"--tls-ca="}),
+            "--tls-ca: the value is empty; give a file, or leave the flag out for its default");
+  EXPECT_EQ(parse({"--tls-ca", ""}),
+            "--tls-ca: the value is empty; give a file, or leave the flag out for its default");
+  EXPECT_THAT(parse({""}), ::testing::HasSubstr("File does not exist"));
+}
+
 // CLI11 reads a flag's empty value as set, so "--overwrite=$UNSET" overwrote: refused, naming the
 // flag. A flag's explicit values are CLI11's.
 TEST_F(FlagParsingTest, AFlagGivenAnEmptyValueIsRefused) {
