@@ -120,9 +120,12 @@ class JobManager {
   // ---- WorkerService ----
 
   // Returns the new worker's id. With `resume` naming a job attempt this coordinator is
-  // waiting for (after a restart), the worker is re-attached to its rank.
+  // waiting for (after a restart), the worker is re-attached to its rank. `clock` is read once
+  // the manager's lock is held, as Heartbeat's: the worker's first beat comes an interval after
+  // the answer.
   absl::StatusOr<std::string> RegisterWorker(const v1::WorkerInfo& info,
-                                             const v1::RunningAssignment& resume, absl::Time now);
+                                             const v1::RunningAssignment& resume,
+                                             absl::FunctionRef<absl::Time()> clock);
   // `leaving`: the worker exits now; an idle one is forgotten at once, a busy one gets no
   // further rank. `clock` is read once the manager's lock is held: a beat that waited for it
   // (behind a store call stalled on a locked database, say) counts from its answer, as its worker

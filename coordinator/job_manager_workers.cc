@@ -30,7 +30,7 @@ bool Finished(v1::WorkerState s) {
 
 absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& info,
                                                        const v1::RunningAssignment& resume,
-                                                       absl::Time now) {
+                                                       absl::FunctionRef<absl::Time()> clock) {
   if (info.host().empty()) return absl::InvalidArgumentError("worker.host is empty");
   if (info.device() == v1::DEVICE_KIND_UNSPECIFIED) {
     return absl::InvalidArgumentError("worker.device is unspecified");
@@ -49,6 +49,7 @@ absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& inf
         "); start one without them to take workers from other hosts"));
   }
   absl::MutexLock lock(&mu_);
+  const absl::Time now = clock();  // See Heartbeat: after a wait for the lock.
   if (embedded()) {
     // A slot is this coordinator's only while its worker is the process started for it: another
     // process on this host (a worker started by hand) is no child of ours either.

@@ -513,18 +513,22 @@ absl::StatusOr<std::vector<v1::LogLine>> JobStore::ReadLogs(const LogQuery& quer
   // A tail newest first so that LIMIT keeps it, a page oldest first; -1 is no limit.
   MIMO_ASSIGN_OR_RETURN(
       Statement stmt,
-      Statement::Prepare(db_, tail ? "SELECT sequence, attempt, rank, time, text FROM job_logs "
-                                     "WHERE job_id = ?1 AND attempt = ?2 AND (?3 IS NULL OR "
-                                     "rank = ?3) AND sequence > ?4 ORDER BY sequence DESC LIMIT ?5"
-                                   : "SELECT sequence, attempt, rank, time, text FROM job_logs "
-                                     "WHERE job_id = ?1 AND attempt = ?2 AND (?3 IS NULL OR "
-                                     "rank = ?3) AND sequence > ?4 ORDER BY sequence LIMIT ?5"));
+      Statement::Prepare(db_, tail
+                                  ? "SELECT sequence, attempt, rank, time, text FROM job_logs "
+                                    "WHERE job_id = ?1 AND (attempt = ?2 OR (?6 AND attempt > ?2)) "
+                                    "AND (?3 IS NULL OR rank = ?3) AND sequence > ?4 "
+                                    "ORDER BY sequence DESC LIMIT ?5"
+                                  : "SELECT sequence, attempt, rank, time, text FROM job_logs "
+                                    "WHERE job_id = ?1 AND (attempt = ?2 OR (?6 AND attempt > ?2)) "
+                                    "AND (?3 IS NULL OR rank = ?3) AND sequence > ?4 "
+                                    "ORDER BY sequence LIMIT ?5"));
   stmt.Bind(1, query.job_id)
       .Bind(2, query.attempt > 0 ? query.attempt : job.attempt())
       .Bind(4, query.after_sequence)
       .Bind(5, tail                  ? query.tail_lines
                : query.max_lines > 0 ? query.max_lines
-                                     : -1);
+                                     : -1)
+      .Bind(6, query.later_attempts ? 1 : 0);
   if (query.rank.has_value()) {
     stmt.Bind(3, *query.rank);
   } else {

@@ -96,13 +96,14 @@ class JobStore {
 
   struct LogQuery {
     std::string job_id;
-    std::optional<int> rank;     // Unset: every rank.
-    int attempt = 0;             // 0: the job's latest attempt.
-    int tail_lines = 0;          // > 0: only the last tail_lines matching lines.
-    int64_t after_sequence = 0;  // > 0: only lines with a larger sequence (follow mode); then
-                                 // tail_lines is ignored.
-    int max_lines = 0;           // > 0, without tail_lines: at most this many, the oldest first
-                                 // (a page; read on from the last one's sequence).
+    std::optional<int> rank;      // Unset: every rank.
+    int attempt = 0;              // 0: the job's latest attempt.
+    bool later_attempts = false;  // Also every later attempt's lines (a follow through restarts).
+    int tail_lines = 0;           // > 0: only the last tail_lines matching lines.
+    int64_t after_sequence = 0;   // > 0: only lines with a larger sequence (follow mode); then
+                                  // tail_lines is ignored.
+    int max_lines = 0;            // > 0, without tail_lines: at most this many, the oldest first
+                                  // (a page; read on from the last one's sequence).
   };
   // Matching lines in sequence order. NotFound for an unknown job; InvalidArgument for a negative
   // attempt.

@@ -282,8 +282,10 @@ grpc::Status JobServiceImpl::StreamLogs(grpc::ServerContext* context,
     query.tail_lines = request->tail_lines();
     // Pages of the log, so that a long one is never held in memory whole.
     query.max_lines = kLogPage;
-    // Unset: the latest attempt's lines, and a follow moves on to a restart's.
-    const bool latest = request->attempt() == 0;
+    // Unset: the latest attempt's lines, and a follow goes on with every later attempt's, in the
+    // order they come (a failed attempt's last lines, from the ranks stopping after the failure,
+    // may come after the restart's first ones). Lines name their attempt.
+    query.later_attempts = request->attempt() == 0 && request->follow();
     while (true) {
       const int64_t version = m.version();
       absl::StatusOr<v1::Job> job = m.GetJob(request->job_id());
@@ -316,14 +318,6 @@ grpc::Status JobServiceImpl::StreamLogs(grpc::ServerContext* context,
       }
       if (more) continue;
       if (!request->follow()) return grpc::Status::OK;
-      // Followed to its end, the latest attempt is a restart's: its lines, from the first (a late
-      // line of the old attempt may have come after some of them), even when it has ended too.
-      // Lines name their attempt.
-      if (latest && lines->empty() && job->attempt() > query.attempt) {
-        query.attempt = job->attempt();
-        query.after_sequence = 0;
-        continue;
-      }
       if (IsTerminal(job->state()) && lines->empty()) return grpc::Status::OK;
       if (lines->empty()) {
         m.WaitForChange(version, absl::Now() + kStreamPoll);
@@ -353,8 +347,8 @@ grpc::Status WorkerServiceImpl::RegisterWorker(grpc::ServerContext* context,
                                                const v1::RegisterWorkerRequest* request,
                                                v1::RegisterWorkerResponse* response) {
   return Handle(ctx_, "RegisterWorker", *context, [&] {
-    absl::StatusOr<std::string> id =
-        ctx_.manager->RegisterWorker(request->worker(), request->resume(), absl::Now());
+    absl::StatusOr<std::string> id = ctx_.manager->RegisterWorker(
+        request->worker(), request->resume(), [] { return absl::Now(); });
     if (!id.ok()) return ToGrpcStatus(id.status());
     response->set_worker_id(*id);
     const JobManager::Options& o = ctx_.manager->options();

@@ -41,7 +41,8 @@ class JobManagerTest : public ::testing::Test {
 
   // Registers the CPU worker for device `local_index` of host "h"; returns its id.
   std::string Register(int local_index) {
-    absl::StatusOr<std::string> id = manager_->RegisterWorker(Info("h", local_index), {}, now_);
+    absl::StatusOr<std::string> id =
+        manager_->RegisterWorker(Info("h", local_index), {}, [&] { return now_; });
     EXPECT_TRUE(id.ok()) << id.status();
     return id.value_or("");
   }
@@ -163,7 +164,7 @@ TEST_F(JobManagerTest, AnEmbeddedCoordinatorTakesOnlyItsOwnWorkers) {
   Start(options);
   for (const v1::WorkerInfo& info :
        {Info("other", 0), Info("own", 2), Info("own", -1), Info("own", 0, v1::DEVICE_KIND_CUDA)}) {
-    absl::StatusOr<std::string> id = manager_->RegisterWorker(info, {}, now_);
+    absl::StatusOr<std::string> id = manager_->RegisterWorker(info, {}, [&] { return now_; });
     EXPECT_EQ(id.status().code(), absl::StatusCode::kFailedPrecondition) << info.DebugString();
     EXPECT_THAT(id.status().message(),
                 AllOf(HasSubstr("this coordinator runs its own 2 CPU workers on own "
@@ -171,7 +172,8 @@ TEST_F(JobManagerTest, AnEmbeddedCoordinatorTakesOnlyItsOwnWorkers) {
                       HasSubstr("start one without them to take workers from other hosts")));
   }
   for (int i = 0; i < 2; ++i) manager_->WorkerProcessStarted(i, Info("own", i).pid());
-  for (int i = 0; i < 2; ++i) EXPECT_TRUE(manager_->RegisterWorker(Info("own", i), {}, now_).ok());
+  for (int i = 0; i < 2; ++i)
+    EXPECT_TRUE(manager_->RegisterWorker(Info("own", i), {}, [&] { return now_; }).ok());
 }
 
 // Embedded mode: a slot takes only the process started for it (by its pid), not another process
@@ -187,7 +189,8 @@ TEST_F(JobManagerTest, AnEmbeddedSlotTakesOnlyTheProcessStartedForIt) {
     return info;
   };
   // Before its process started, a slot takes no worker.
-  absl::StatusOr<std::string> early = manager_->RegisterWorker(with_pid(0, 4000), {}, now_);
+  absl::StatusOr<std::string> early =
+      manager_->RegisterWorker(with_pid(0, 4000), {}, [&] { return now_; });
   EXPECT_EQ(early.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(early.status().message(),
               HasSubstr("slot 0 (CPU device 0 of own) belongs to the worker process this "
@@ -197,7 +200,7 @@ TEST_F(JobManagerTest, AnEmbeddedSlotTakesOnlyTheProcessStartedForIt) {
   manager_->WorkerProcessStarted(0, 4000);
   manager_->WorkerProcessStarted(1, 4001);
   for (const v1::WorkerInfo& info : {with_pid(1, 4000), with_pid(1, 5555), with_pid(1, 0)}) {
-    absl::StatusOr<std::string> id = manager_->RegisterWorker(info, {}, now_);
+    absl::StatusOr<std::string> id = manager_->RegisterWorker(info, {}, [&] { return now_; });
     EXPECT_EQ(id.status().code(), absl::StatusCode::kFailedPrecondition) << info.DebugString();
     EXPECT_THAT(id.status().message(),
                 HasSubstr(absl::StrCat("slot 1 (CPU device 1 of own) belongs to the worker process "
@@ -206,18 +209,18 @@ TEST_F(JobManagerTest, AnEmbeddedSlotTakesOnlyTheProcessStartedForIt) {
                                        info.pid(), info.pid() == 0 ? " (none sent)" : "", ": ")));
   }
   EXPECT_EQ(manager_->num_workers(), 0);
-  EXPECT_TRUE(manager_->RegisterWorker(with_pid(0, 4000), {}, now_).ok());
-  EXPECT_TRUE(manager_->RegisterWorker(with_pid(1, 4001), {}, now_).ok());
+  EXPECT_TRUE(manager_->RegisterWorker(with_pid(0, 4000), {}, [&] { return now_; }).ok());
+  EXPECT_TRUE(manager_->RegisterWorker(with_pid(1, 4001), {}, [&] { return now_; }).ok());
   // Slot 0's process exits and is started again: its old pid (which another process may reuse)
   // no longer registers, the new one does.
   manager_->WorkerProcessExited("own", 4000, 1, "exited with code 1", {}, now_);
   EXPECT_EQ(manager_->num_workers(), 1);
-  EXPECT_EQ(manager_->RegisterWorker(with_pid(0, 4000), {}, now_).status().code(),
+  EXPECT_EQ(manager_->RegisterWorker(with_pid(0, 4000), {}, [&] { return now_; }).status().code(),
             absl::StatusCode::kFailedPrecondition);
   manager_->WorkerProcessStarted(0, 4002);
-  EXPECT_EQ(manager_->RegisterWorker(with_pid(0, 4000), {}, now_).status().code(),
+  EXPECT_EQ(manager_->RegisterWorker(with_pid(0, 4000), {}, [&] { return now_; }).status().code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_TRUE(manager_->RegisterWorker(with_pid(0, 4002), {}, now_).ok());
+  EXPECT_TRUE(manager_->RegisterWorker(with_pid(0, 4002), {}, [&] { return now_; }).ok());
   EXPECT_EQ(manager_->num_workers(), 2);
 }
 

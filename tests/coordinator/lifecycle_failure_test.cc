@@ -227,9 +227,10 @@ TEST_F(LifecycleTest, FailedAttemptRestartsWhenAllowed) {
   EXPECT_EQ(failed.failure().rank(), 0);
 }
 
-// Logs followed without an attempt go on with a restart's lines once the failed attempt's are
-// read (mimoctl logs -f through a restart); a follow of attempt 1 stays with it. Both end with the
-// job.
+// Logs followed without an attempt go on with a restart's lines (mimoctl logs -f through a
+// restart), and still get the failed attempt's last lines, which its other ranks send as they
+// stop after the failure (the job is at attempt 2 by then); a follow of attempt 1 stays with it.
+// Both end with the job.
 TEST_F(LifecycleTest, FollowedLogsGoOnWithTheRestartedAttempt) {
   v1::JobSpec spec = SmallSpec();
   spec.set_max_restarts(1);
@@ -269,6 +270,8 @@ TEST_F(LifecycleTest, FollowedLogsGoOnWithTheRestartedAttempt) {
   // EXPECT, not ASSERT, until the followers are joined.
   EXPECT_TRUE(workers[1]->Report(as[1], v1::WORKER_STATE_FAILED, 1, "boom").ok());
   AwaitState(job.id(), v1::JOB_STATE_PENDING);
+  absl::SleepFor(absl::Milliseconds(100));  // The followers see attempt 2 (at least this long).
+  EXPECT_TRUE(workers[0]->Logs(as[0], {"attempt 1 rank 0 stops"}).ok());
   for (int r : {0, 2, 3}) EXPECT_TRUE(workers[r]->Report(as[r], v1::WORKER_STATE_STOPPED).ok());
   AwaitState(job.id(), v1::JOB_STATE_SCHEDULED);
   std::vector<v1::Assignment> second = Assignments(workers);
@@ -277,7 +280,7 @@ TEST_F(LifecycleTest, FollowedLogsGoOnWithTheRestartedAttempt) {
   }
   EXPECT_TRUE(workers[2]->Logs(second[2], {"attempt 2 starts", "attempt 2 step 1"}).ok());
   {
-    auto enough = [&] { return latest.size() >= 3; };
+    auto enough = [&] { return latest.size() >= 4; };
     absl::MutexLock lock(&mu);
     mu.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
   }
@@ -286,9 +289,9 @@ TEST_F(LifecycleTest, FollowedLogsGoOnWithTheRestartedAttempt) {
   }
   latest_follower.join();  // Both streams end with the job.
   first_follower.join();
-  EXPECT_THAT(latest,
-              ElementsAre("1:1:attempt 1 starts", "2:2:attempt 2 starts", "2:2:attempt 2 step 1"));
-  EXPECT_THAT(first, ElementsAre("1:1:attempt 1 starts"));
+  EXPECT_THAT(latest, ElementsAre("1:1:attempt 1 starts", "1:0:attempt 1 rank 0 stops",
+                                  "2:2:attempt 2 starts", "2:2:attempt 2 step 1"));
+  EXPECT_THAT(first, ElementsAre("1:1:attempt 1 starts", "1:0:attempt 1 rank 0 stops"));
 }
 
 // A restarted attempt counts its steps again from its checkpoint's (here from the start): its

@@ -142,6 +142,34 @@ ServerOptions StallingLongerThanTheHeartbeatTimeout(const std::string& db_path) 
 }
 constexpr absl::Duration kBeatPeriodThroughStalls = absl::Milliseconds(100);
 
+// A worker that registers while the manager's lock waits out a store stall (a submit here) is
+// stamped when it is answered, not when it asked: stamped before the wait, it looked silent for
+// the stall once answered and the next tick dropped it (COMMAND_REGISTER).
+TEST_F(LifecycleTest, ARegistrationThatWaitedOutAStallIsNotDropped) {
+  StopServer();
+  StartServer(StallingLongerThanTheHeartbeatTimeout(db_path_));
+  BackgroundHeartbeats beats({}, kBeatPeriodThroughStalls);
+  std::unique_ptr<FakeWorker> worker;
+  WhileAnotherProcessLocksTheDatabase(db_path_, [&] {
+    std::thread submit([&] {
+      v1::SubmitJobRequest request;
+      *request.mutable_spec() = SmallSpec();
+      v1::SubmitJobResponse response;
+      EXPECT_FALSE(jobs_->SubmitJob(Context("", absl::Seconds(10)).get(), request, &response).ok());
+    });
+    // At least this long: the submit holds the lock by then (if not, the registration is answered
+    // at once and the test checks less, never wrongly).
+    absl::SleepFor(absl::Milliseconds(200));
+    worker = std::make_unique<FakeWorker>(Channel(), "h", 0);
+    beats.Add(worker.get());
+    submit.join();
+  });
+  // Not dropped by the ticks after the stall (at least this long of them).
+  absl::SleepFor(StallingLongerThanTheHeartbeatTimeout(db_path_).manager.heartbeat_timeout);
+  beats.Clear();
+  EXPECT_EQ(worker->Heartbeat(), v1::HeartbeatResponse::COMMAND_CONTINUE);
+}
+
 TEST_F(LifecycleTest, ASuccessTheStoreCouldNotTakeIsStoredAtALaterTick) {
   StopServer();
   StartServer(StallingLongerThanTheHeartbeatTimeout(db_path_));
