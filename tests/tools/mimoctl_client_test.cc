@@ -194,7 +194,7 @@ TEST_F(MimoctlClientTest, LogsFollowGoesOnToTheNextAttempt) {
   // Where attempt 2's lines begin is said on stderr.
   std::stringstream said;
   said << std::ifstream(err).rdbuf();
-  EXPECT_EQ(said.str(), absl::StrCat("logs: job ", job.id(), " restarted: attempt 2's lines\n"));
+  EXPECT_EQ(said.str(), absl::StrCat("logs: job ", job.id(), ": attempt 2's lines\n"));
   std::remove(err.c_str());
 }
 

@@ -221,6 +221,14 @@ TEST(FormatRpcErrorTest, ViolationsTheMessageStatesAreNotRepeated) {
                   "error: modules[1].parallelism.ep: must be 1 on an encoder"));
 }
 
+// A violation the message states after a prefix of its own ("invalid request: FIELD: ...", the
+// coordinator's bad request fields) is not printed again.
+TEST(FormatRpcErrorTest, AViolationTheMessageEndsWithIsNotRepeated) {
+  EXPECT_THAT(FormatRpcError(InvalidSpec("invalid request: training.steps: must be positive")),
+              ElementsAre("error: invalid request: training.steps: must be positive",
+                          "error: modules[1].parallelism.ep: must be 1 on an encoder"));
+}
+
 TEST(FormatRpcErrorTest, WithoutDetails) {
   EXPECT_THAT(FormatRpcError(grpc::Status(grpc::StatusCode::NOT_FOUND, "no job j-9")),
               ElementsAre("error: no job j-9"));

@@ -629,20 +629,26 @@ int RunLogs(const LogsOptions& options) {
   v1::StreamLogsResponse response;
   bool received = false;
   bool written = true;
-  int attempt = 0;  // Of the lines printed last.
+  int attempt = 0;  // Of the line printed last.
   while (written && reader->Read(&response)) {
     received = true;
-    // Followed through a restart, the lines go on with the next attempt's (each response holds
-    // one attempt's): said on stderr, the log on stdout being the workers' lines alone.
-    if (response.lines_size() > 0) {
-      const int now = response.lines(0).attempt();
+    // Followed through a restart, the lines go on with the next attempt's (and the failed one's
+    // last lines, which may come after): each change of attempt is said on stderr, the log on
+    // stdout being the workers' lines alone.
+    for (int from = 0; written && from < response.lines_size();) {
+      const int now = response.lines(from).attempt();
+      int to = from + 1;
+      while (to < response.lines_size() && response.lines(to).attempt() == now) ++to;
       if (attempt != 0 && now != attempt) {
-        std::cerr << "logs: job " << options.job_id << " restarted: attempt " << now
-                  << "'s lines\n";
+        std::cout.flush();
+        std::cerr << "logs: job " << options.job_id << ": attempt " << now << "'s lines\n";
       }
       attempt = now;
+      v1::StreamLogsResponse run;
+      for (int i = from; i < to; ++i) *run.add_lines() = response.lines(i);
+      written = Write(RenderLogLines(run, coordinator.output(), options.rank < 0));
+      from = to;
     }
-    written = Write(RenderLogLines(response, coordinator.output(), options.rank < 0));
   }
   if (!written) context.TryCancel();
   const grpc::Status status = reader->Finish();

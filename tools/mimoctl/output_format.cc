@@ -317,9 +317,14 @@ std::vector<std::string> FormatRpcError(const grpc::Status& status) {
     google::rpc::BadRequest bad_request;
     if (!any.UnpackTo(&bad_request)) continue;
     for (const auto& violation : bad_request.field_violations()) {
-      std::string line = absl::StrCat("error: ", violation.field(), ": ", violation.description());
+      // Stated already when a line of the message ends with it ("error: invalid request:
+      // page_token: ..." as much as "error: page_token: ...").
+      const std::string said = absl::StrCat(violation.field(), ": ", violation.description());
       const auto stated = lines.begin() + message_lines;
-      if (std::find(lines.begin(), stated, line) == stated) lines.push_back(std::move(line));
+      if (std::none_of(lines.begin(), stated,
+                       [&](const std::string& line) { return absl::EndsWith(line, said); })) {
+        lines.push_back(absl::StrCat("error: ", said));
+      }
     }
   }
   return lines;
