@@ -189,8 +189,10 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Connect(
     // The pairs take their timeout from the context when they are created, and Gloo gives a pair
     // five times its timeout to connect: a peer that published its address and went away (a job
     // cancelled in its rendezvous) held this member for 5 x `timeout`. So the pairs are made with
-    // a fifth of it (their only other use is in Gloo's sync mode, which is not used here; the
-    // store's waits keep the whole timeout), and every call after gets the whole timeout.
+    // a fifth of it, and the context gets the whole timeout after (the store's waits keep it
+    // throughout). The pairs and Gloo's transport context keep the fifth: Gloo's sync mode, the
+    // bound-buffer API and an unbound buffer's wait without a timeout of its own would get it,
+    // and none is used here (the collectives pass the context's, AbortableBuffers its own).
     const int64_t ms = absl::ToInt64Milliseconds(timeout);
     context->setTimeout(std::chrono::milliseconds(std::max<int64_t>(1, ms / 5)));
     context->connectFullMesh(gloo_store, device);
