@@ -87,6 +87,18 @@ TEST_F(FlagParsingTest, OnlyOptionsThatTakeAValueAreSplit) {
   EXPECT_THAT(flags_.positionals, ElementsAre("--component="));
 }
 
+// The message of the CLI::ParseError that ParseFlags throws for `argv` after the program's name;
+// "parsed" when none is thrown.
+std::string ParseMessage(CLI::App& app, std::vector<const char*> argv) {
+  argv.insert(argv.begin(), "prog");
+  try {
+    ParseFlags(app, static_cast<int>(argv.size()), argv.data());
+  } catch (const CLI::ParseError& e) {
+    return e.what();
+  }
+  return "parsed";
+}
+
 // A mistyped command is named with the commands there are (CLI11 said "A subcommand is
 // required"); without any, CLI11's message stands.
 TEST(CommandParsingTest, AnUnknownCommandIsNamed) {
@@ -95,20 +107,11 @@ TEST(CommandParsingTest, AnUnknownCommandIsNamed) {
   app.add_subcommand("list");
   app.add_subcommand("plan");
   app.require_subcommand(1);
-  auto parse = [&](std::vector<const char*> argv) -> std::string {
-    argv.insert(argv.begin(), "prog");
-    try {
-      ParseFlags(app, static_cast<int>(argv.size()), argv.data());
-    } catch (const CLI::ParseError& e) {
-      return e.what();
-    }
-    return "parsed";
-  };
-  EXPECT_EQ(parse({"lsit"}), "'lsit' is not a command; the commands are list, plan");
-  EXPECT_EQ(parse({"--server", "x", "lsit", "more"}),
+  EXPECT_EQ(ParseMessage(app, {"lsit"}), "'lsit' is not a command; the commands are list, plan");
+  EXPECT_EQ(ParseMessage(app, {"--server", "x", "lsit", "more"}),
             "'lsit' is not a command; the commands are list, plan");
-  EXPECT_EQ(parse({}), "A subcommand is required");
-  EXPECT_EQ(parse({"list"}), "parsed");
+  EXPECT_EQ(ParseMessage(app, {}), "A subcommand is required");
+  EXPECT_EQ(ParseMessage(app, {"list"}), "parsed");
 }
 
 // A named option that must be an existing file refuses an empty value by name (CLI::ExistingFile
@@ -118,20 +121,11 @@ TEST(EmptyFileTest, AnEmptyFileIsRefusedNamingTheFlag) {
   std::string ca, spec;
   app.add_option("--tls-ca", ca)->check(CLI::ExistingFile);
   app.add_option("SPEC", spec)->check(CLI::ExistingFile);
-  auto parse = [&](std::vector<const char*> argv) -> std::string {
-    argv.insert(argv.begin(), "prog");
-    try {
-      ParseFlags(app, static_cast<int>(argv.size()), argv.data());
-    } catch (const CLI::ParseError& e) {
-      return e.what();
-    }
-    return "parsed";
-  };
-  EXPECT_EQ(parse({"--tls-ca="}),
+  EXPECT_EQ(ParseMessage(app, {"--tls-ca="}),
             "--tls-ca: the value is empty; give a file, or leave the flag out for its default");
-  EXPECT_EQ(parse({"--tls-ca", ""}),
+  EXPECT_EQ(ParseMessage(app, {"--tls-ca", ""}),
             "--tls-ca: the value is empty; give a file, or leave the flag out for its default");
-  EXPECT_THAT(parse({""}), ::testing::HasSubstr("File does not exist"));
+  EXPECT_THAT(ParseMessage(app, {""}), ::testing::HasSubstr("File does not exist"));
 }
 
 // CLI11 reads a flag's empty value as set, so "--overwrite=$UNSET" overwrote: refused, naming the

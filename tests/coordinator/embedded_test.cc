@@ -50,6 +50,15 @@ class EmbeddedTest : public CoordinatorFixture {
     StartServer(options);
   }
 
+  // A stand-in worker binary for the slots that never registers (the test registers for them, or
+  // needs no worker at all); the test removes it.
+  static std::string IdleWorkerScript() {
+    const std::string path = absl::StrCat(::testing::TempDir(), "/idle-worker-", getpid(), ".sh");
+    std::ofstream(path) << "#!/bin/sh\nexec sleep 600\n";
+    std::filesystem::permissions(path, std::filesystem::perms::owner_all);
+    return path;
+  }
+
   // All log text of a job.
   std::string Logs(const std::string& job_id) {
     v1::StreamLogsRequest request;
@@ -162,9 +171,7 @@ std::vector<pid_t> AwaitSlotPids(CoordinatorServer& server, int count) {
 // restart (which fails its job at once) and never be drained. The slots run a stand-in that never
 // registers, so that the test registers for them.
 TEST_F(EmbeddedTest, OnlyItsOwnWorkersMayRegister) {
-  const std::string idle = absl::StrCat(::testing::TempDir(), "/idle-worker-", getpid(), ".sh");
-  std::ofstream(idle) << "#!/bin/sh\nexec sleep 600\n";
-  std::filesystem::permissions(idle, std::filesystem::perms::owner_all);
+  const std::string idle = IdleWorkerScript();
   ServerOptions options = FastOptions(db_path_);
   options.local_workers.count = 2;
   options.local_workers.worker_binary = idle;
@@ -213,9 +220,7 @@ TEST_F(EmbeddedTest, OnlyItsOwnWorkersMayRegister) {
 // start (no other worker may register): refused at submit and validate, naming the field, where it
 // waited out the join timeout (10 minutes) in PENDING.
 TEST_F(EmbeddedTest, AJobItsWorkersCanNeverRunIsRefused) {
-  const std::string idle = absl::StrCat(::testing::TempDir(), "/idle-worker-", getpid(), ".sh");
-  std::ofstream(idle) << "#!/bin/sh\nexec sleep 600\n";
-  std::filesystem::permissions(idle, std::filesystem::perms::owner_all);
+  const std::string idle = IdleWorkerScript();
   ServerOptions options = FastOptions(db_path_);
   options.local_workers.count = 2;
   options.local_workers.worker_binary = idle;
@@ -254,9 +259,7 @@ TEST_F(EmbeddedTest, AJobItsWorkersCanNeverRunIsRefused) {
 // A real mimo-worker started by hand for a free slot of an embedded coordinator, on its host, is
 // refused (it exits with code 1 saying why) rather than taking the slot.
 TEST_F(EmbeddedTest, AWorkerStartedByHandIsRefused) {
-  const std::string idle = absl::StrCat(::testing::TempDir(), "/idle-slot-", getpid(), ".sh");
-  std::ofstream(idle) << "#!/bin/sh\nexec sleep 600\n";
-  std::filesystem::permissions(idle, std::filesystem::perms::owner_all);
+  const std::string idle = IdleWorkerScript();
   ServerOptions options = FastOptions(db_path_);
   options.local_workers.count = 2;
   options.local_workers.worker_binary = idle;
