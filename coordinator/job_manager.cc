@@ -7,7 +7,6 @@
 #include <tuple>
 
 #include "absl/random/random.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -130,26 +129,6 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& spec,
     MIMO_ASSIGN_OR_RETURN(created.job, store_->GetJob(created.job.id()));
   }
   return created.job;
-}
-
-std::vector<FieldViolation> JobManager::CheckEmbeddedWorkersSuffice(const v1::JobSpec& spec) const {
-  const Options::EmbeddedWorkers& own = options_.embedded;
-  if (own.count == 0) return {};
-  const std::string ours =
-      absl::StrCat("this coordinator runs its own ", own.count, " ",
-                   absl::AsciiStrToUpper(DeviceKindWord(own.device)),
-                   " workers (--cpu-workers/--gpu-workers) and takes no other worker");
-  if (spec.resources().device() != own.device) {
-    return {{"resources.device",
-             absl::StrCat("a job for ",
-                          absl::AsciiStrToUpper(DeviceKindWord(spec.resources().device())),
-                          " workers could never start: ", ours)}};
-  }
-  if (spec.resources().workers() > own.count) {
-    return {{"resources.workers", absl::StrCat("a job of ", spec.resources().workers(),
-                                               " workers could never start: ", ours)}};
-  }
-  return {};
 }
 
 absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& id) { return store_->GetJob(id); }

@@ -28,6 +28,26 @@ bool Finished(v1::WorkerState s) {
 
 }  // namespace
 
+std::vector<FieldViolation> JobManager::CheckEmbeddedWorkersSuffice(const v1::JobSpec& spec) const {
+  const Options::EmbeddedWorkers& own = options_.embedded;
+  if (own.count == 0) return {};
+  const std::string ours =
+      absl::StrCat("this coordinator runs its own ", own.count, " ",
+                   absl::AsciiStrToUpper(DeviceKindWord(own.device)),
+                   " workers (--cpu-workers/--gpu-workers) and takes no other worker");
+  if (spec.resources().device() != own.device) {
+    return {{"resources.device",
+             absl::StrCat("a job for ",
+                          absl::AsciiStrToUpper(DeviceKindWord(spec.resources().device())),
+                          " workers could never start: ", ours)}};
+  }
+  if (spec.resources().workers() > own.count) {
+    return {{"resources.workers", absl::StrCat("a job of ", spec.resources().workers(),
+                                               " workers could never start: ", ours)}};
+  }
+  return {};
+}
+
 absl::StatusOr<std::string> JobManager::RegisterWorker(const v1::WorkerInfo& info,
                                                        const v1::RunningAssignment& resume,
                                                        absl::FunctionRef<absl::Time()> clock) {
